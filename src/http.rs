@@ -1,0 +1,86 @@
+//! HTTP requests and answers as plain values.
+//!
+//! The core builds every outgoing request (JWKS fetch, Auth user check, PostgREST writes) as an
+//! [`HttpRequest`] and interprets every answer as an [`HttpResponse`], so tests can check exact
+//! URLs, headers and bodies. Only the worker adapter turns these values into real I/O.
+
+use std::future::Future;
+
+/// The HTTP methods the worker sends upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Post,
+    Patch,
+    Delete,
+}
+
+impl Method {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Post => "POST",
+            Method::Patch => "PATCH",
+            Method::Delete => "DELETE",
+        }
+    }
+}
+
+/// An outgoing request, complete: `url` already carries the encoded query string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpRequest {
+    pub method: Method,
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Option<String>,
+}
+
+impl HttpRequest {
+    pub fn new(method: Method, url: impl Into<String>) -> Self {
+        HttpRequest { method, url: url.into(), headers: Vec::new(), body: None }
+    }
+
+    pub fn header(mut self, name: &str, value: impl Into<String>) -> Self {
+        self.headers.push((name.to_string(), value.into()));
+        self
+    }
+
+    pub fn json_body(mut self, body: String) -> Self {
+        self.headers.push(("Content-Type".to_string(), "application/json".to_string()));
+        self.body = Some(body);
+        self
+    }
+
+    /// The first value of a header, case-insensitively.
+    pub fn header_value(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// An upstream answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpResponse {
+    /// The first value of a header, case-insensitively.
+    pub fn header_value(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// Why an upstream request produced no answer (connection refused, DNS, timeout, ...).
+/// The message is for logs; it never contains credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransportError {
+    pub message: String,
+    pub timed_out: bool,
+}
+
+/// Sends plain requests. The worker implements it with `worker::Fetch`; tests with fakes.
+pub trait Transport {
+    fn send(&self, request: HttpRequest) -> impl Future<Output = Result<HttpResponse, TransportError>>;
+}

@@ -1,0 +1,1 @@
+//! Upload bridge (being written).
