@@ -1,3 +1,4 @@
 pub mod http;
 pub mod keys;
+pub mod session;
 pub mod upload;

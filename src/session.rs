@@ -1,0 +1,475 @@
+//! Supabase session verification: is this bearer token a live Supabase user session?
+//!
+//! Signatures are checked by `jsonwebtoken`; the claim rules (expiry, audience, issuer, subject,
+//! project API keys) are checked here with the time passed in, so every rule is testable.
+//! Keys: the legacy HS256 project secret, and the project's signing keys (ES256/RS256) from its
+//! JWKS, cached by [`jwks::JwksCache`]. Fetching the JWKS is the adapter's job: [`Verifier::plan`]
+//! says when a fetch is needed and hands back the request as a plain value.
+
+pub mod jwks;
+
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::{Map, Value};
+
+use crate::http::{HttpRequest, HttpResponse, Method, TransportError};
+use jwks::JwksCache;
+
+/// How a session is checked. Every field documents its default (see `config.rs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionSettings {
+    /// `SUPABASE_URL`, without trailing slash.
+    pub supabase_url: String,
+    /// `SUPABASE_JWT_SECRET`: legacy HS256 secret. `None`: HS256 sessions are rejected.
+    pub jwt_secret: Option<String>,
+    /// `SUPABASE_JWKS_URL`; default `<SUPABASE_URL>/auth/v1/.well-known/jwks.json`.
+    pub jwks_url: String,
+    /// `SUPABASE_JWT_ISSUER`; default `<SUPABASE_URL>/auth/v1`.
+    pub issuer: String,
+    /// `SUPABASE_JWT_AUDIENCE` (comma-separated); default `authenticated`. The token's `aud`
+    /// (string or array) must contain one of them.
+    pub audiences: Vec<String>,
+    /// `SUPABASE_JWT_LEEWAY_SECONDS`; default 30. Clock skew allowed on `exp`, `nbf`, `iat`.
+    pub leeway_seconds: u64,
+    /// `SUPABASE_JWKS_CACHE_SECONDS`; default 600, at most 600 (Supabase's own `max-age`).
+    pub jwks_cache_seconds: u64,
+    /// Project API keys that must never pass as sessions (`SUPABASE_ANON_KEY`,
+    /// `SUPABASE_SERVICE_ROLE_KEY`), compared exactly, on top of the `role` claim rule.
+    pub project_keys: Vec<String>,
+    /// `SUPABASE_VERIFY_SESSION_REMOTE`; default false. Also ask Supabase Auth
+    /// (`GET /auth/v1/user`) whether the session still exists: catches sign-outs before `exp`,
+    /// at the cost of one round trip per request.
+    pub remote_check: bool,
+    /// `SUPABASE_ANON_KEY`, sent as `apikey` on the remote check.
+    pub anon_key: Option<String>,
+}
+
+/// Minimum time between two JWKS fetches triggered by an unknown `kid`.
+pub const UNKNOWN_KID_REFETCH_SECONDS: u64 = 30;
+
+/// A verified session.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Session {
+    /// The user id (`sub`).
+    pub user_id: String,
+    /// All claims, for copying selected ones into the PowerSync token.
+    pub claims: Map<String, Value>,
+    /// The raw access token, forwarded to PostgREST so RLS applies.
+    pub token: String,
+}
+
+/// Why a session was refused. Every variant is the caller's fault except `KeysUnavailable` and
+/// `AuthUnavailable`. `reason()` is for logs and never contains the token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionError {
+    Malformed(String),
+    /// `alg` not allowed here (`none`, HS384, PS256, ...), or HS256 with no secret configured.
+    AlgorithmNotAllowed(String),
+    /// The JWKS has no key under this `kid` (even after a refetch).
+    UnknownKey(String),
+    /// The key found does not fit the token's `alg` (e.g. an EC key for an RS256 token).
+    KeyMismatch(String),
+    BadSignature,
+    Expired,
+    NotYetValid,
+    WrongAudience,
+    WrongIssuer,
+    NoSubject,
+    /// The project's `anon` / `service_role` key presented as a session.
+    ProjectKey,
+    /// Supabase Auth says the session or user no longer exists.
+    Revoked(String),
+    /// The JWKS could not be fetched and no fresh copy is cached.
+    KeysUnavailable(String),
+    /// The remote session check could not reach Supabase Auth.
+    AuthUnavailable(String),
+}
+
+impl SessionError {
+    pub fn reason(&self) -> String {
+        match self {
+            SessionError::Malformed(why) => format!("malformed token: {why}"),
+            SessionError::AlgorithmNotAllowed(alg) => format!("algorithm not allowed: {alg}"),
+            SessionError::UnknownKey(kid) => format!("no signing key with kid '{kid}'"),
+            SessionError::KeyMismatch(why) => format!("key does not fit the token: {why}"),
+            SessionError::BadSignature => "signature does not verify".into(),
+            SessionError::Expired => "token expired".into(),
+            SessionError::NotYetValid => "token not yet valid (nbf/iat in the future)".into(),
+            SessionError::WrongAudience => "aud does not contain an accepted audience".into(),
+            SessionError::WrongIssuer => "iss is not the configured issuer".into(),
+            SessionError::NoSubject => "no sub claim".into(),
+            SessionError::ProjectKey => "a project API key (anon/service_role) is not a session".into(),
+            SessionError::Revoked(why) => format!("Supabase Auth rejected the session: {why}"),
+            SessionError::KeysUnavailable(why) => format!("JWKS unavailable: {why}"),
+            SessionError::AuthUnavailable(why) => format!("Supabase Auth unavailable: {why}"),
+        }
+    }
+}
+
+/// What the adapter must do before [`Verifier::verify`] can decide.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    Ready,
+    FetchJwks(HttpRequest),
+}
+
+/// Session verification state for one isolate: settings plus the JWKS cache.
+#[derive(Debug)]
+pub struct Verifier {
+    pub settings: SessionSettings,
+    hs_key: Option<DecodingKey>,
+    jwks: JwksCache,
+}
+
+impl Verifier {
+    pub fn new(settings: SessionSettings) -> Verifier {
+        let hs_key = settings.jwt_secret.as_ref().map(|s| DecodingKey::from_secret(s.as_bytes()));
+        let jwks = JwksCache::new(settings.jwks_cache_seconds);
+        Verifier { settings, hs_key, jwks }
+    }
+
+    /// Says whether the JWKS must be fetched before `token` can be verified at time `now`.
+    /// Malformed tokens are `Ready` (verification will reject them without a fetch).
+    pub fn plan(&self, token: &str, now: u64) -> Step {
+        let Ok(header) = jsonwebtoken::decode_header(token) else { return Step::Ready };
+        if matches!(header.alg, Algorithm::HS256) || !is_jwks_alg(header.alg) {
+            return Step::Ready;
+        }
+        if self.jwks.wants_fetch(header.kid.as_deref(), now, UNKNOWN_KID_REFETCH_SECONDS) {
+            Step::FetchJwks(HttpRequest::new(Method::Get, &self.settings.jwks_url))
+        } else {
+            Step::Ready
+        }
+    }
+
+    /// Takes the JWKS fetch result into the cache.
+    pub fn accept_jwks(&mut self, answer: Result<HttpResponse, TransportError>, now: u64) {
+        self.jwks.accept(answer, now);
+    }
+
+    /// Verifies signature and claims at time `now`.
+    pub fn verify(&self, token: &str, now: u64) -> Result<Session, SessionError> {
+        if self.settings.project_keys.iter().any(|k| k == token) {
+            return Err(SessionError::ProjectKey);
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|e| {
+            if unverified_alg(token).is_some_and(|alg| alg != "HS256" && alg != "ES256" && alg != "RS256") {
+                SessionError::AlgorithmNotAllowed(unverified_alg(token).unwrap_or_default())
+            } else {
+                SessionError::Malformed(e.to_string())
+            }
+        })?;
+        let key = match header.alg {
+            Algorithm::HS256 => self.hs_key.as_ref().ok_or_else(|| {
+                SessionError::AlgorithmNotAllowed("HS256 (SUPABASE_JWT_SECRET is not set)".into())
+            })?,
+            alg if is_jwks_alg(alg) => self.jwks.key_for(header.kid.as_deref(), alg, now)?,
+            other => return Err(SessionError::AlgorithmNotAllowed(format!("{other:?}"))),
+        };
+        let mut validation = Validation::new(header.alg);
+        // Claim rules are ours (below), with the time passed in.
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.validate_aud = false;
+        validation.required_spec_claims.clear();
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, key, &validation).map_err(|e| {
+            match e.kind() {
+                jsonwebtoken::errors::ErrorKind::InvalidSignature => SessionError::BadSignature,
+                jsonwebtoken::errors::ErrorKind::InvalidKeyFormat
+                | jsonwebtoken::errors::ErrorKind::InvalidAlgorithm => {
+                    SessionError::KeyMismatch(e.to_string())
+                }
+                _ => SessionError::Malformed(e.to_string()),
+            }
+        })?;
+        let session = check_claims(data.claims, &self.settings, now)?;
+        Ok(Session { token: token.to_string(), ..session })
+    }
+
+    /// The optional remote check: `GET <SUPABASE_URL>/auth/v1/user` as the user.
+    pub fn remote_check_request(&self, token: &str) -> Option<HttpRequest> {
+        if !self.settings.remote_check {
+            return None;
+        }
+        let mut request =
+            HttpRequest::new(Method::Get, format!("{}/auth/v1/user", self.settings.supabase_url))
+                .header("Authorization", format!("Bearer {token}"));
+        if let Some(anon) = &self.settings.anon_key {
+            request = request.header("apikey", anon.clone());
+        }
+        Some(request)
+    }
+}
+
+/// Interprets Supabase Auth's answer to `GET /auth/v1/user`.
+pub fn interpret_remote_check(answer: Result<HttpResponse, TransportError>) -> Result<(), SessionError> {
+    let response = answer.map_err(|e| SessionError::AuthUnavailable(e.message))?;
+    match response.status {
+        200..=299 => Ok(()),
+        401 | 403 | 404 => {
+            let body: Value = serde_json::from_str(&response.body).unwrap_or(Value::Null);
+            let code = ["error_code", "code", "msg"]
+                .iter()
+                .find_map(|k| body.get(*k).and_then(|v| v.as_str()))
+                .unwrap_or("rejected");
+            Err(SessionError::Revoked(format!("{} {code}", response.status)))
+        }
+        status => Err(SessionError::AuthUnavailable(format!("status {status}"))),
+    }
+}
+
+fn is_jwks_alg(alg: Algorithm) -> bool {
+    matches!(alg, Algorithm::ES256 | Algorithm::RS256)
+}
+
+/// The header's `alg` read without verification, only to name it in an error.
+fn unverified_alg(token: &str) -> Option<String> {
+    use base64::Engine;
+    let header = token.split('.').next()?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(header.trim_end_matches('=')).ok()?;
+    let value: Value = serde_json::from_slice(&bytes).ok()?;
+    value.get("alg")?.as_str().map(|s| s.chars().take(16).collect())
+}
+
+/// The claim rules, applied after the signature verified.
+fn check_claims(claims: Map<String, Value>, settings: &SessionSettings, now: u64) -> Result<Session, SessionError> {
+    let number = |name: &str| claims.get(name).and_then(Value::as_f64);
+    let leeway = settings.leeway_seconds as f64;
+    let now_f = now as f64;
+    if matches!(claims.get("role").and_then(Value::as_str), Some("anon" | "service_role")) {
+        return Err(SessionError::ProjectKey);
+    }
+    let exp = number("exp").ok_or_else(|| SessionError::Malformed("exp missing or not a number".into()))?;
+    if now_f >= exp + leeway {
+        return Err(SessionError::Expired);
+    }
+    if number("nbf").is_some_and(|nbf| nbf > now_f + leeway) || number("iat").is_some_and(|iat| iat > now_f + leeway) {
+        return Err(SessionError::NotYetValid);
+    }
+    let audience_ok = match claims.get("aud") {
+        Some(Value::String(aud)) => settings.audiences.iter().any(|a| a == aud),
+        Some(Value::Array(auds)) => auds.iter().any(|v| v.as_str().is_some_and(|aud| settings.audiences.iter().any(|a| a == aud))),
+        _ => false,
+    };
+    if !audience_ok {
+        return Err(SessionError::WrongAudience);
+    }
+    if claims.get("iss").and_then(Value::as_str) != Some(settings.issuer.as_str()) {
+        return Err(SessionError::WrongIssuer);
+    }
+    let user_id = match claims.get("sub").and_then(Value::as_str) {
+        Some(sub) if !sub.trim().is_empty() => sub.to_string(),
+        _ => return Err(SessionError::NoSubject),
+    };
+    Ok(Session { user_id, claims, token: String::new() })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use jsonwebtoken::{EncodingKey, Header};
+    use serde_json::json;
+
+    pub(crate) const SECRET: &str = "super-secret-jwt-token-with-at-least-32-characters-long";
+    pub(crate) const URL: &str = "http://127.0.0.1:54321";
+    pub(crate) const NOW: u64 = 1_800_000_000;
+
+    pub(crate) fn settings() -> SessionSettings {
+        SessionSettings {
+            supabase_url: URL.into(),
+            jwt_secret: Some(SECRET.into()),
+            jwks_url: format!("{URL}/auth/v1/.well-known/jwks.json"),
+            issuer: format!("{URL}/auth/v1"),
+            audiences: vec!["authenticated".into()],
+            leeway_seconds: 30,
+            jwks_cache_seconds: 600,
+            project_keys: vec![],
+            remote_check: false,
+            anon_key: Some("anon-key".into()),
+        }
+    }
+
+    pub(crate) fn user_claims() -> Value {
+        json!({
+            "iss": format!("{URL}/auth/v1"), "aud": "authenticated", "sub": "user-1",
+            "role": "authenticated", "email": "a@example.com", "iat": NOW - 10, "exp": NOW + 3600,
+        })
+    }
+
+    pub(crate) fn hs256(claims: &Value) -> String {
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &EncodingKey::from_secret(SECRET.as_bytes())).unwrap()
+    }
+
+    fn verify(token: &str) -> Result<Session, SessionError> {
+        Verifier::new(settings()).verify(token, NOW)
+    }
+
+    fn with(field: &str, value: Value) -> Value {
+        let mut claims = user_claims();
+        claims[field] = value;
+        claims
+    }
+
+    fn without(field: &str) -> Value {
+        let mut claims = user_claims();
+        claims.as_object_mut().unwrap().remove(field);
+        claims
+    }
+
+    #[test]
+    fn valid_hs256_session_yields_its_subject_and_claims() {
+        let token = hs256(&user_claims());
+        let session = verify(&token).unwrap();
+        assert_eq!(session.user_id, "user-1");
+        assert_eq!(session.claims["email"], "a@example.com");
+        assert_eq!(session.token, token);
+    }
+
+    #[test]
+    fn expired_session_is_rejected_as_expired() {
+        assert_eq!(verify(&hs256(&with("exp", json!(NOW - 31)))), Err(SessionError::Expired));
+    }
+
+    #[test]
+    fn session_expired_within_leeway_is_accepted() {
+        assert!(verify(&hs256(&with("exp", json!(NOW - 29)))).is_ok());
+    }
+
+    #[test]
+    fn session_without_exp_is_rejected() {
+        assert!(matches!(verify(&hs256(&without("exp"))), Err(SessionError::Malformed(_))));
+    }
+
+    #[test]
+    fn session_from_the_future_is_rejected_as_not_yet_valid() {
+        assert_eq!(verify(&hs256(&with("nbf", json!(NOW + 120)))), Err(SessionError::NotYetValid));
+        assert_eq!(verify(&hs256(&with("iat", json!(NOW + 120)))), Err(SessionError::NotYetValid));
+    }
+
+    #[test]
+    fn audience_must_contain_authenticated() {
+        assert_eq!(verify(&hs256(&with("aud", json!("anon")))), Err(SessionError::WrongAudience));
+        assert_eq!(verify(&hs256(&without("aud"))), Err(SessionError::WrongAudience));
+        assert!(verify(&hs256(&with("aud", json!(["other", "authenticated"])))).is_ok());
+        assert_eq!(verify(&hs256(&with("aud", json!(["other"])))), Err(SessionError::WrongAudience));
+    }
+
+    #[test]
+    fn configured_audience_replaces_the_default() {
+        let mut s = settings();
+        s.audiences = vec!["my-app".into()];
+        let v = Verifier::new(s);
+        assert!(v.verify(&hs256(&with("aud", json!("my-app"))), NOW).is_ok());
+        assert_eq!(v.verify(&hs256(&user_claims()), NOW), Err(SessionError::WrongAudience));
+    }
+
+    #[test]
+    fn issuer_must_be_the_projects_auth_url() {
+        assert_eq!(verify(&hs256(&with("iss", json!("supabase")))), Err(SessionError::WrongIssuer));
+        assert_eq!(verify(&hs256(&without("iss"))), Err(SessionError::WrongIssuer));
+        let other = json!("https://other.supabase.co/auth/v1");
+        assert_eq!(verify(&hs256(&with("iss", other))), Err(SessionError::WrongIssuer));
+    }
+
+    #[test]
+    fn session_without_subject_is_rejected() {
+        assert_eq!(verify(&hs256(&without("sub"))), Err(SessionError::NoSubject));
+        assert_eq!(verify(&hs256(&with("sub", json!("")))), Err(SessionError::NoSubject));
+        assert_eq!(verify(&hs256(&with("sub", json!(42)))), Err(SessionError::NoSubject));
+    }
+
+    #[test]
+    fn legacy_anon_and_service_role_keys_are_rejected_as_project_keys() {
+        for role in ["anon", "service_role"] {
+            let key = hs256(&json!({"iss": "supabase", "ref": "abc", "role": role, "iat": NOW - 10, "exp": NOW + 999_999}));
+            assert_eq!(verify(&key), Err(SessionError::ProjectKey), "{role}");
+        }
+    }
+
+    #[test]
+    fn configured_project_key_is_rejected_even_if_it_looks_like_a_session() {
+        let token = hs256(&user_claims());
+        let mut s = settings();
+        s.project_keys = vec![token.clone()];
+        assert_eq!(Verifier::new(s).verify(&token, NOW), Err(SessionError::ProjectKey));
+    }
+
+    #[test]
+    fn tampered_signature_is_rejected() {
+        let token = hs256(&user_claims());
+        let (rest, sig) = token.rsplit_once('.').unwrap();
+        let flipped = if sig.starts_with('A') { "B" } else { "A" };
+        let tampered = format!("{rest}.{flipped}{}", &sig[1..]);
+        assert_eq!(verify(&tampered), Err(SessionError::BadSignature));
+    }
+
+    #[test]
+    fn tampered_payload_is_rejected() {
+        let token = hs256(&user_claims());
+        let parts: Vec<&str> = token.split('.').collect();
+        let other = hs256(&with("sub", json!("user-2")));
+        let other_payload = other.split('.').nth(1).unwrap();
+        assert_eq!(verify(&format!("{}.{}.{}", parts[0], other_payload, parts[2])), Err(SessionError::BadSignature));
+    }
+
+    #[test]
+    fn wrong_secret_is_a_bad_signature() {
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &user_claims(), &EncodingKey::from_secret(b"another-secret-another-secret-another")).unwrap();
+        assert_eq!(verify(&token), Err(SessionError::BadSignature));
+    }
+
+    #[test]
+    fn alg_none_is_rejected() {
+        use base64::Engine;
+        let b64 = |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+        let token = format!("{}.{}.", b64(&json!({"alg": "none", "typ": "JWT"})), b64(&user_claims()));
+        assert_eq!(verify(&token), Err(SessionError::AlgorithmNotAllowed("none".into())));
+    }
+
+    #[test]
+    fn hs512_is_not_an_accepted_algorithm() {
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS512), &user_claims(), &EncodingKey::from_secret(SECRET.as_bytes())).unwrap();
+        assert!(matches!(verify(&token), Err(SessionError::AlgorithmNotAllowed(_))));
+    }
+
+    #[test]
+    fn hs256_session_without_configured_secret_is_rejected() {
+        let mut s = settings();
+        s.jwt_secret = None;
+        let err = Verifier::new(s).verify(&hs256(&user_claims()), NOW).unwrap_err();
+        assert!(matches!(err, SessionError::AlgorithmNotAllowed(ref a) if a.contains("HS256")));
+    }
+
+    #[test]
+    fn garbage_is_malformed() {
+        for junk in ["", "abc", "a.b.c", "Bearer x.y.z", "eyJ.eyJ.sig"] {
+            assert!(matches!(verify(junk), Err(SessionError::Malformed(_))), "{junk:?}");
+        }
+    }
+
+    #[test]
+    fn hs256_tokens_need_no_jwks_fetch() {
+        assert_eq!(Verifier::new(settings()).plan(&hs256(&user_claims()), NOW), Step::Ready);
+    }
+
+    #[test]
+    fn remote_check_is_off_by_default_and_builds_the_auth_user_request() {
+        let v = Verifier::new(settings());
+        assert_eq!(v.remote_check_request("tok"), None);
+        let mut s = settings();
+        s.remote_check = true;
+        let request = Verifier::new(s).remote_check_request("tok").unwrap();
+        assert_eq!(request.url, format!("{URL}/auth/v1/user"));
+        assert_eq!(request.header_value("authorization"), Some("Bearer tok"));
+        assert_eq!(request.header_value("apikey"), Some("anon-key"));
+    }
+
+    #[test]
+    fn remote_check_answers_are_interpreted() {
+        let answer = |status: u16, body: &str| Ok(HttpResponse { status, headers: vec![], body: body.into() });
+        assert_eq!(interpret_remote_check(answer(200, "{}")), Ok(()));
+        assert!(matches!(interpret_remote_check(answer(403, r#"{"error_code":"session_not_found"}"#)), Err(SessionError::Revoked(r)) if r.contains("session_not_found")));
+        assert!(matches!(interpret_remote_check(answer(502, "")), Err(SessionError::AuthUnavailable(_))));
+        let refused = Err(TransportError { message: "refused".into(), timed_out: false });
+        assert!(matches!(interpret_remote_check(refused), Err(SessionError::AuthUnavailable(_))));
+    }
+}

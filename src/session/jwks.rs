@@ -1,0 +1,284 @@
+//! The project's signing keys, as published at `/auth/v1/.well-known/jwks.json`, cached in
+//! isolate memory.
+//!
+//! Rules (Supabase asks for them): keep a copy at most `ttl` seconds (never more than 600);
+//! refetch once when a token names an unknown `kid` (a key rotation), at most once per
+//! `refetch_interval`; when no fresh copy can be had, refuse with `KeysUnavailable` rather than
+//! trust a stale one.
+
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, PublicKeyUse};
+use jsonwebtoken::{Algorithm, DecodingKey};
+
+use super::SessionError;
+use crate::http::{HttpResponse, TransportError};
+
+struct CachedKey {
+    kid: Option<String>,
+    alg: Algorithm,
+    key: DecodingKey,
+}
+
+impl std::fmt::Debug for CachedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CachedKey({:?}, {:?})", self.kid, self.alg)
+    }
+}
+
+#[derive(Debug)]
+pub struct JwksCache {
+    ttl: u64,
+    keys: Vec<CachedKey>,
+    fetched_at: Option<u64>,
+    last_attempt: Option<u64>,
+    last_error: Option<String>,
+}
+
+impl JwksCache {
+    pub fn new(ttl: u64) -> JwksCache {
+        JwksCache { ttl: ttl.min(600), keys: Vec::new(), fetched_at: None, last_attempt: None, last_error: None }
+    }
+
+    fn is_fresh(&self, now: u64) -> bool {
+        self.fetched_at.is_some_and(|at| now.saturating_sub(at) < self.ttl)
+    }
+
+    fn knows(&self, kid: Option<&str>) -> bool {
+        self.keys.iter().any(|k| k.kid.as_deref() == kid)
+    }
+
+    /// Whether a token with this `kid` calls for a fetch at `now`.
+    pub fn wants_fetch(&self, kid: Option<&str>, now: u64, refetch_interval: u64) -> bool {
+        if !self.is_fresh(now) {
+            return true;
+        }
+        !self.knows(kid) && self.last_attempt.is_none_or(|at| now.saturating_sub(at) >= refetch_interval)
+    }
+
+    /// Takes a fetch result. A failed fetch keeps the previous copy until its TTL runs out.
+    pub fn accept(&mut self, answer: Result<HttpResponse, TransportError>, now: u64) {
+        self.last_attempt = Some(now);
+        match parse(answer) {
+            Ok(keys) => {
+                self.keys = keys;
+                self.fetched_at = Some(now);
+                self.last_error = None;
+            }
+            Err(why) => self.last_error = Some(why),
+        }
+    }
+
+    /// The key for a token's `kid` and `alg`, if the cache is fresh and holds it.
+    pub fn key_for(&self, kid: Option<&str>, alg: Algorithm, now: u64) -> Result<&DecodingKey, SessionError> {
+        if !self.is_fresh(now) {
+            let why = self.last_error.clone().unwrap_or_else(|| "not fetched".into());
+            return Err(SessionError::KeysUnavailable(why));
+        }
+        let found = match kid {
+            Some(_) => self.keys.iter().find(|k| k.kid.as_deref() == kid),
+            // No kid: only unambiguous when the set has exactly one key.
+            None if self.keys.len() == 1 => self.keys.first(),
+            None => None,
+        };
+        let found = found.ok_or_else(|| SessionError::UnknownKey(kid.unwrap_or("(none)").chars().take(64).collect()))?;
+        if found.alg != alg {
+            return Err(SessionError::KeyMismatch(format!("token alg {alg:?}, key alg {:?}", found.alg)));
+        }
+        Ok(&found.key)
+    }
+}
+
+fn parse(answer: Result<HttpResponse, TransportError>) -> Result<Vec<CachedKey>, String> {
+    let response = answer.map_err(|e| e.message)?;
+    if response.status != 200 {
+        return Err(format!("JWKS answered {}", response.status));
+    }
+    // Parse key by key so one exotic key (e.g. a future EdDSA one) does not hide the others.
+    let raw: serde_json::Value = serde_json::from_str(&response.body).map_err(|e| format!("JWKS is not JSON: {e}"))?;
+    let items = raw.get("keys").and_then(|k| k.as_array()).ok_or("JWKS has no 'keys' array")?;
+    Ok(items
+        .iter()
+        .filter_map(|item| serde_json::from_value::<Jwk>(item.clone()).ok())
+        .filter_map(|jwk| cached(&jwk))
+        .collect())
+}
+
+/// A verification key with the one algorithm it may verify, or `None` for keys we do not use.
+fn cached(jwk: &Jwk) -> Option<CachedKey> {
+    if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption | PublicKeyUse::Other(_))) {
+        return None;
+    }
+    let declared = jwk.common.key_algorithm.and_then(|a| Algorithm::try_from(a).ok());
+    let alg = match (&jwk.algorithm, declared) {
+        (AlgorithmParameters::RSA(_), None) => Algorithm::RS256,
+        (AlgorithmParameters::EllipticCurve(p), None) if p.curve == EllipticCurve::P256 => Algorithm::ES256,
+        (AlgorithmParameters::RSA(_), Some(a @ Algorithm::RS256)) => a,
+        (AlgorithmParameters::EllipticCurve(p), Some(a @ Algorithm::ES256)) if p.curve == EllipticCurve::P256 => a,
+        _ => return None,
+    };
+    let key = DecodingKey::from_jwk(jwk).ok()?;
+    Some(CachedKey { kid: jwk.common.key_id.clone(), alg, key })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{hs256, settings, user_claims, NOW};
+    use super::super::{SessionError, Step, Verifier};
+    use super::*;
+    use crate::keys::tests::test_key;
+    use jsonwebtoken::{EncodingKey, Header};
+    use serde_json::json;
+
+    /// Test-only P-256 key (generated for these tests; not used anywhere else).
+    const EC_PEM: &str = "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgfa0VCgJB6xMMggJ5\nN0dvO0kr9zFiosGSsYGA6rsd++KhRANCAATOM69wbM1n6G3cI6mD18KWtyr7ZlvD\nSPg1dlV70LpWYJJZjZj/0YAKs82lEaj+f959Viio5fSTYEUOwztABeVJ\n-----END PRIVATE KEY-----\n";
+    const EC_X: &str = "zjOvcGzNZ-ht3COpg9fClrcq-2Zbw0j4NXZVe9C6VmA";
+    const EC_Y: &str = "klmNmP_RgAqzzaURqP5_3n1WKKjl9JNgRQ7DO0AF5Uk";
+
+    fn ec_jwk(kid: &str) -> serde_json::Value {
+        json!({"kty": "EC", "crv": "P-256", "x": EC_X, "y": EC_Y, "alg": "ES256", "use": "sig", "kid": kid})
+    }
+
+    fn rsa_jwk(kid: &str) -> serde_json::Value {
+        serde_json::to_value(test_key().public_jwk(kid)).unwrap()
+    }
+
+    fn es256(kid: &str) -> String {
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(kid.into());
+        jsonwebtoken::encode(&header, &user_claims(), &EncodingKey::from_ec_pem(EC_PEM.as_bytes()).unwrap()).unwrap()
+    }
+
+    fn rs256(kid: &str) -> String {
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some(kid.into());
+        jsonwebtoken::encode(&header, &user_claims(), &EncodingKey::from_rsa_der(&test_key().pkcs1_der())).unwrap()
+    }
+
+    fn jwks(keys: Vec<serde_json::Value>) -> Result<HttpResponse, TransportError> {
+        Ok(HttpResponse { status: 200, headers: vec![], body: json!({ "keys": keys }).to_string() })
+    }
+
+    fn verifier_with(keys: Vec<serde_json::Value>) -> Verifier {
+        let mut v = Verifier::new(settings());
+        v.accept_jwks(jwks(keys), NOW);
+        v
+    }
+
+    #[test]
+    fn first_es256_session_asks_for_the_jwks_at_the_auth_url() {
+        let v = Verifier::new(settings());
+        match v.plan(&es256("k1"), NOW) {
+            Step::FetchJwks(request) => {
+                assert_eq!(request.url, "http://127.0.0.1:54321/auth/v1/.well-known/jwks.json");
+                assert_eq!(request.method, crate::http::Method::Get);
+            }
+            Step::Ready => panic!("expected a fetch"),
+        }
+    }
+
+    #[test]
+    fn es256_session_verifies_against_the_jwks() {
+        let v = verifier_with(vec![ec_jwk("k1")]);
+        assert_eq!(v.plan(&es256("k1"), NOW), Step::Ready);
+        assert_eq!(v.verify(&es256("k1"), NOW).unwrap().user_id, "user-1");
+    }
+
+    #[test]
+    fn rs256_session_verifies_against_the_jwks() {
+        let v = verifier_with(vec![ec_jwk("k1"), rsa_jwk("r1")]);
+        assert_eq!(v.verify(&rs256("r1"), NOW).unwrap().user_id, "user-1");
+    }
+
+    #[test]
+    fn unknown_kid_triggers_one_refetch_then_is_rate_limited() {
+        let mut v = verifier_with(vec![ec_jwk("old")]);
+        assert!(matches!(v.plan(&es256("new"), NOW + 40), Step::FetchJwks(_)));
+        v.accept_jwks(jwks(vec![ec_jwk("old")]), NOW + 40);
+        assert_eq!(v.verify(&es256("new"), NOW + 40), Err(SessionError::UnknownKey("new".into())));
+        assert_eq!(v.plan(&es256("new"), NOW + 45), Step::Ready, "rate-limited");
+        assert!(matches!(v.plan(&es256("new"), NOW + 71), Step::FetchJwks(_)));
+    }
+
+    #[test]
+    fn rotated_key_is_found_after_refetch() {
+        let mut v = verifier_with(vec![ec_jwk("old")]);
+        v.accept_jwks(jwks(vec![ec_jwk("old"), ec_jwk("new")]), NOW + 60);
+        assert!(v.verify(&es256("new"), NOW + 60).is_ok());
+        assert!(v.verify(&es256("old"), NOW + 60).is_ok());
+    }
+
+    #[test]
+    fn jwks_is_refetched_after_ten_minutes() {
+        let v = verifier_with(vec![ec_jwk("k1")]);
+        assert_eq!(v.plan(&es256("k1"), NOW + 599), Step::Ready);
+        assert!(matches!(v.plan(&es256("k1"), NOW + 600), Step::FetchJwks(_)));
+    }
+
+    #[test]
+    fn unreachable_jwks_without_cache_is_keys_unavailable() {
+        let mut v = Verifier::new(settings());
+        v.accept_jwks(Err(TransportError { message: "connection refused".into(), timed_out: false }), NOW);
+        assert!(matches!(v.verify(&es256("k1"), NOW), Err(SessionError::KeysUnavailable(r)) if r.contains("refused")));
+        v.accept_jwks(Ok(HttpResponse { status: 500, headers: vec![], body: String::new() }), NOW);
+        assert!(matches!(v.verify(&es256("k1"), NOW), Err(SessionError::KeysUnavailable(r)) if r.contains("500")));
+    }
+
+    #[test]
+    fn stale_jwks_is_not_trusted_when_refetch_fails() {
+        let mut v = verifier_with(vec![ec_jwk("k1")]);
+        v.accept_jwks(Err(TransportError { message: "timeout".into(), timed_out: true }), NOW + 700);
+        assert!(matches!(v.verify(&es256("k1"), NOW + 700), Err(SessionError::KeysUnavailable(_))));
+    }
+
+    #[test]
+    fn failed_refetch_keeps_the_fresh_copy() {
+        let mut v = verifier_with(vec![ec_jwk("k1")]);
+        v.accept_jwks(Err(TransportError { message: "timeout".into(), timed_out: true }), NOW + 100);
+        assert!(v.verify(&es256("k1"), NOW + 100).is_ok());
+    }
+
+    #[test]
+    fn rs256_token_against_an_ec_key_is_a_key_mismatch() {
+        let v = verifier_with(vec![ec_jwk("k1")]);
+        assert!(matches!(v.verify(&rs256("k1"), NOW), Err(SessionError::KeyMismatch(_))));
+    }
+
+    #[test]
+    fn hs256_token_is_never_checked_against_a_public_jwk() {
+        // The classic confusion: an HS256 token "signed" with the public key bytes.
+        let mut s = settings();
+        s.jwt_secret = None;
+        let mut v = Verifier::new(s);
+        v.accept_jwks(jwks(vec![rsa_jwk("r1")]), NOW);
+        let public_n = test_key().public_jwk("r1").n;
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some("r1".into());
+        let forged = jsonwebtoken::encode(&header, &user_claims(), &EncodingKey::from_secret(public_n.as_bytes())).unwrap();
+        assert!(matches!(v.verify(&forged, NOW), Err(SessionError::AlgorithmNotAllowed(_))));
+    }
+
+    #[test]
+    fn encryption_keys_and_unsupported_keys_are_ignored() {
+        let mut enc = ec_jwk("enc");
+        enc["use"] = json!("enc");
+        let okp = json!({"kty": "OKP", "crv": "Ed25519", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo", "kid": "ed"});
+        let v = verifier_with(vec![enc, okp, ec_jwk("k1")]);
+        assert_eq!(v.verify(&es256("enc"), NOW), Err(SessionError::UnknownKey("enc".into())));
+        assert!(v.verify(&es256("k1"), NOW).is_ok());
+    }
+
+    #[test]
+    fn legacy_only_project_with_empty_jwks_still_accepts_hs256() {
+        let v = verifier_with(vec![]);
+        assert!(v.verify(&hs256(&user_claims()), NOW).is_ok());
+        assert!(matches!(v.verify(&es256("k1"), NOW), Err(SessionError::UnknownKey(_))));
+    }
+
+    #[test]
+    fn jwks_key_that_is_not_a_valid_curve_point_is_ignored() {
+        let mut other = ec_jwk("k1");
+        other["x"] = json!("WbbXwVYGdJoP4Xm3qCkGvBRcRvKtEfXDbyvbH6nSXhg");
+        other["y"] = json!("6JRawYF0nLzHgzvU2fIV0jtbWKtL2JoGVdpoBJBsYGM");
+        let v = verifier_with(vec![other]);
+        assert!(v.verify(&es256("k1"), NOW).is_err());
+    }
+}
