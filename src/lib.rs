@@ -1,4 +1,20 @@
+//! A Cloudflare Worker that connects PowerSync apps to Supabase:
+//!
+//! - **token issuer**: a Supabase session in, an RS256 PowerSync token out, plus the JWKS that
+//!   PowerSync verifies it with;
+//! - **upload bridge**: PowerSync CRUD transactions applied through Supabase's PostgREST API.
+//!
+//! Everything except [`edge`] (the Workers adapter, wasm32 only) is plain Rust that builds and
+//! tests natively: it reads no clock, no environment and does no I/O of its own.
+
+pub mod app;
+pub mod config;
+pub mod error;
 pub mod http;
 pub mod keys;
 pub mod session;
+pub mod token;
 pub mod upload;
+
+#[cfg(target_arch = "wasm32")]
+mod edge;

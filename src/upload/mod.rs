@@ -1,1 +1,475 @@
-//! Upload bridge (being written).
+//! Upload bridge: applies the writes a PowerSync client queued to Supabase through PostgREST.
+//!
+//! The app posts the client's CRUD transactions to the worker; once the worker has verified the
+//! caller's Supabase session (not this module's job), [`apply`] writes them through
+//! `<SUPABASE_URL>/rest/v1/<table>` in order and reports, per transaction, whether it was applied
+//! (`success`), rejected for good (`fatal_error`: the client discards it), or must be sent again
+//! (`retryable_error`, `not_attempted`). Nothing is silently lost: a write is only reported
+//! applied after a 2xx answer, and only errors retrying cannot fix are fatal (see [`outcome`]).
+//!
+//! The path through it, all plain values so every step is tested natively:
+//!
+//! 1. [`crud::parse`] reads the body (three accepted shapes) into [`Transaction`]s;
+//! 2. [`plan::plan_transaction`] turns each into PostgREST requests (merging consecutive entries
+//!    where the result is identical, quoting ids, converting values, enforcing ownership in
+//!    service mode, or one RPC call in atomic mode);
+//! 3. [`apply`] sends them through a [`Transport`](crate::http::Transport) in order, classifies each answer with
+//!    [`outcome::classify`], stops at the first retryable error, keeps within the subrequest
+//!    budget and records fatal transactions in the dead-letter table (see [`delivery`]);
+//! 4. the adapter answers `200` with [`UploadReport::body`] or, when
+//!    [`UploadReport::needs_retry`], `503` with `Retry-After: <retry_after_seconds>` and the same
+//!    body.
+//!
+//! Retries are safe because every entry is idempotent: PUT is an upsert by id, PATCH sets the
+//! same columns again, DELETE of a deleted row matches nothing. Outside atomic mode a transaction
+//! may be partly applied when it fails (each HTTP request is its own database transaction); a
+//! retry re-applies the applied prefix harmlessly. A fatal failure after a partial application
+//! leaves that prefix applied while the client discards the rest: use atomic mode
+//! (`UPLOAD_ATOMIC=true`) where transactions must be all-or-nothing.
+
+pub mod crud;
+pub mod dead_letter;
+pub mod delivery;
+pub mod filter;
+pub mod outcome;
+pub mod plan;
+pub mod row;
+pub mod settings;
+
+use std::fmt;
+
+pub use crud::{parse, CrudError, Entry, Limits, Op, Transaction};
+pub use delivery::apply;
+pub use outcome::{FailedOperation, Status, StatusCounts, TransactionResult, UploadReport};
+pub use settings::{from_lookup, SettingProblem, UploadSettings, WriteMode};
+
+/// The verified user on whose behalf an upload is applied.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The session's `sub`: owner id in service mode, `user_id` of dead-letter rows.
+    pub user_id: String,
+    /// The caller's Supabase access token, sent as `Authorization: Bearer` in `rls` mode.
+    pub access_token: String,
+}
+
+impl fmt::Debug for Caller {
+    /// The token is redacted so a caller can be logged.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Caller").field("user_id", &self.user_id).field("access_token", &"<redacted>").finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::{HttpRequest, HttpResponse, Method, Transport, TransportError};
+    use serde_json::{json, Value};
+    use std::cell::RefCell;
+    use std::collections::{BTreeSet, VecDeque};
+    use std::future::Future;
+    use std::pin::pin;
+    use std::task::{Context, Poll, Waker};
+
+    /// Drives a future whose awaits are all immediately ready (the fake transport's are).
+    fn block_on<F: Future>(future: F) -> F::Output {
+        let mut future = pin!(future);
+        let mut context = Context::from_waker(Waker::noop());
+        loop {
+            if let Poll::Ready(output) = future.as_mut().poll(&mut context) {
+                return output;
+            }
+        }
+    }
+
+    type Answer = Result<HttpResponse, TransportError>;
+
+    /// Records every request and answers from a script (204 once the script is used up).
+    #[derive(Default)]
+    struct FakeTransport {
+        sent: RefCell<Vec<HttpRequest>>,
+        answers: RefCell<VecDeque<Answer>>,
+    }
+
+    impl FakeTransport {
+        fn scripted(answers: Vec<Answer>) -> Self {
+            FakeTransport { sent: RefCell::default(), answers: RefCell::new(answers.into()) }
+        }
+
+        fn sent(&self) -> Vec<HttpRequest> {
+            self.sent.borrow().clone()
+        }
+    }
+
+    impl Transport for FakeTransport {
+        fn send(&self, request: HttpRequest) -> impl Future<Output = Answer> {
+            self.sent.borrow_mut().push(request);
+            let answer = self.answers.borrow_mut().pop_front().unwrap_or_else(|| ok(204));
+            std::future::ready(answer)
+        }
+    }
+
+    fn ok(status: u16) -> Answer {
+        Ok(HttpResponse { status, headers: vec![], body: String::new() })
+    }
+
+    fn ok_body(body: &str) -> Answer {
+        Ok(HttpResponse { status: 200, headers: vec![], body: body.to_string() })
+    }
+
+    fn error(status: u16, code: &str, message: &str) -> Answer {
+        Ok(HttpResponse {
+            status,
+            headers: vec![],
+            body: json!({"code": code, "message": message, "details": null, "hint": null}).to_string(),
+        })
+    }
+
+    fn settings() -> UploadSettings {
+        UploadSettings::new("https://p.supabase.co", "anon")
+    }
+
+    fn caller() -> Caller {
+        Caller { user_id: "user-1".to_string(), access_token: "token".to_string() }
+    }
+
+    fn entry(op: Op, id: &str, data: Value) -> Entry {
+        Entry { op, table: "todos".to_string(), id: id.to_string(), data: data.as_object().cloned().unwrap_or_default() }
+    }
+
+    /// A transaction of one PUT, whose columns differ per transaction so nothing merges.
+    fn tx(n: usize) -> Transaction {
+        Transaction { transaction_id: Some(json!(n)), entries: vec![entry(Op::Put, &format!("r{n}"), json!({"n": n}))] }
+    }
+
+    fn statuses(report: &UploadReport) -> Vec<Status> {
+        report.results.iter().map(|r| r.status).collect()
+    }
+
+    fn run(transactions: &[Transaction], settings: &UploadSettings, transport: &FakeTransport) -> UploadReport {
+        block_on(apply(transactions, settings, &caller(), transport))
+    }
+
+    #[test]
+    fn every_transaction_applied_is_success() {
+        let transport = FakeTransport::default();
+        let report = run(&[tx(1), tx(2)], &settings(), &transport);
+        assert_eq!(statuses(&report), vec![Status::Success, Status::Success]);
+        assert_eq!(report.subrequests, 2);
+        assert_eq!(transport.sent().len(), 2);
+        assert!(!report.needs_retry());
+        assert_eq!(report.body()["applied"], json!(2));
+    }
+
+    #[test]
+    fn no_transactions_is_an_empty_success() {
+        let transport = FakeTransport::default();
+        let report = run(&[], &settings(), &transport);
+        assert!(report.results.is_empty());
+        assert_eq!(report.body(), json!({"results": [], "applied": 0, "subrequests": 0}));
+    }
+
+    #[test]
+    fn transaction_without_entries_succeeds_without_requests() {
+        let transport = FakeTransport::default();
+        let report = run(&[Transaction { transaction_id: None, entries: vec![] }], &settings(), &transport);
+        assert_eq!(statuses(&report), vec![Status::Success]);
+        assert!(transport.sent().is_empty());
+    }
+
+    #[test]
+    fn fatal_error_is_reported_and_processing_continues() {
+        let transport = FakeTransport::scripted(vec![ok(201), error(409, "23505", "duplicate key"), ok(201)]);
+        let report = run(&[tx(1), tx(2), tx(3)], &settings(), &transport);
+        assert_eq!(statuses(&report), vec![Status::Success, Status::FatalError, Status::Success]);
+        let failure = report.results[1].failed_operation.clone().expect("failure");
+        assert_eq!((failure.index, failure.code.as_str(), failure.http_status), (Some(0), "23505", Some(409)));
+        assert!(!report.needs_retry());
+        assert_eq!(transport.sent().len(), 3);
+    }
+
+    #[test]
+    fn first_failing_request_ends_the_transaction_with_its_entry_index() {
+        let transaction = Transaction {
+            transaction_id: Some(json!("t")),
+            entries: vec![
+                entry(Op::Put, "a", json!({"x": 1})),
+                entry(Op::Delete, "b", Value::Null),
+                entry(Op::Patch, "c", json!({"y": 1})),
+            ],
+        };
+        let transport = FakeTransport::scripted(vec![ok(201), error(403, "42501", "rls")]);
+        let report = run(&[transaction], &settings(), &transport);
+        assert_eq!(statuses(&report), vec![Status::FatalError]);
+        assert_eq!(report.results[0].failed_operation.as_ref().and_then(|f| f.index), Some(1));
+        assert_eq!(transport.sent().len(), 2, "the PATCH after the failure is not sent");
+    }
+
+    #[test]
+    fn merged_request_failure_is_reported_at_the_group_start() {
+        let transaction = Transaction {
+            transaction_id: None,
+            entries: vec![
+                entry(Op::Delete, "a", Value::Null),
+                entry(Op::Put, "b", json!({"x": 1})),
+                entry(Op::Put, "c", json!({"x": 2})),
+            ],
+        };
+        let transport = FakeTransport::scripted(vec![ok(204), error(400, "22P02", "bad uuid")]);
+        let report = run(&[transaction], &settings(), &transport);
+        assert_eq!(report.results[0].failed_operation.as_ref().and_then(|f| f.index), Some(1));
+    }
+
+    #[test]
+    fn retryable_error_stops_and_later_transactions_are_not_attempted() {
+        let transport = FakeTransport::scripted(vec![ok(201), error(503, "08006", "connection failure")]);
+        let report = run(&[tx(1), tx(2), tx(3), tx(4)], &settings(), &transport);
+        assert_eq!(
+            statuses(&report),
+            vec![Status::Success, Status::RetryableError, Status::NotAttempted, Status::NotAttempted]
+        );
+        assert_eq!(report.results[1].retry_after_ms, Some(5000));
+        assert_eq!(transport.sent().len(), 2);
+        assert!(report.needs_retry());
+        assert_eq!(report.retry_after_seconds, 5);
+        assert_eq!(report.results[3].transaction_id, Some(json!(4)));
+    }
+
+    #[test]
+    fn transport_error_is_retryable() {
+        let transport = FakeTransport::scripted(vec![Err(TransportError {
+            message: "connection refused".to_string(),
+            timed_out: false,
+        })]);
+        let report = run(&[tx(1), tx(2)], &settings(), &transport);
+        assert_eq!(statuses(&report), vec![Status::RetryableError, Status::NotAttempted]);
+        assert_eq!(report.results[0].failed_operation.as_ref().map(|f| f.code.as_str()), Some("network_error"));
+    }
+
+    #[test]
+    fn longer_upstream_retry_after_is_passed_on() {
+        let transport = FakeTransport::scripted(vec![Ok(HttpResponse {
+            status: 429,
+            headers: vec![("Retry-After".to_string(), "30".to_string())],
+            body: String::new(),
+        })]);
+        let report = run(&[tx(1)], &settings(), &transport);
+        assert_eq!(report.results[0].retry_after_ms, Some(30_000));
+        assert_eq!(report.retry_after_seconds, 30);
+    }
+
+    #[test]
+    fn budget_exhaustion_leaves_the_rest_not_attempted() {
+        let mut s = settings();
+        s.subrequest_budget = 45;
+        let transactions: Vec<Transaction> = (0..100).map(tx).collect();
+        let transport = FakeTransport::default();
+        let report = run(&transactions, &s, &transport);
+        let counts = report.counts();
+        assert_eq!((counts.success, counts.not_attempted), (45, 55));
+        assert_eq!(report.subrequests, 45);
+        assert_eq!(transport.sent().len(), 45);
+        assert_eq!(report.results[45].status, Status::NotAttempted);
+        assert!(report.needs_retry());
+    }
+
+    #[test]
+    fn budget_reserves_one_dead_letter_insert_per_transaction() {
+        let mut s = settings();
+        s.subrequest_budget = 10;
+        s.dead_letter_table = Some("dead".to_string());
+        let transactions: Vec<Transaction> = (0..20).map(tx).collect();
+        let transport = FakeTransport::default();
+        let report = run(&transactions, &s, &transport);
+        assert_eq!(report.counts().success, 9, "the 10th needs 1 + 1 reserved, only 1 left");
+        assert!(report.subrequests <= 10);
+    }
+
+    #[test]
+    fn fatal_transactions_with_dead_letters_stay_within_budget() {
+        let mut s = settings();
+        s.subrequest_budget = 5;
+        s.dead_letter_table = Some("dead".to_string());
+        let answers = (0..10).map(|_| error(400, "23502", "null value")).collect();
+        let transport = FakeTransport::scripted(answers);
+        let report = run(&(0..5).map(tx).collect::<Vec<_>>(), &s, &transport);
+        assert_eq!(
+            statuses(&report),
+            vec![Status::FatalError, Status::FatalError, Status::NotAttempted, Status::NotAttempted, Status::NotAttempted]
+        );
+        assert_eq!(report.subrequests, 4);
+    }
+
+    #[test]
+    fn transaction_larger_than_the_whole_budget_is_fatal_not_stuck() {
+        let mut s = settings();
+        s.subrequest_budget = 3;
+        let big = Transaction {
+            transaction_id: Some(json!("big")),
+            entries: (0..4).map(|i| entry(Op::Patch, &format!("r{i}"), json!({ "n": i }))).collect(),
+        };
+        let transport = FakeTransport::default();
+        let report = run(&[big, tx(2)], &s, &transport);
+        assert_eq!(statuses(&report), vec![Status::FatalError, Status::Success]);
+        let failure = report.results[0].failed_operation.clone().expect("failure");
+        assert_eq!((failure.index, failure.code.as_str()), (None, "too_many_requests_for_budget"));
+        assert_eq!(transport.sent().len(), 1, "only the second transaction was sent");
+    }
+
+    #[test]
+    fn transaction_that_fits_after_merging_is_applied() {
+        let mut s = settings();
+        s.subrequest_budget = 1;
+        let big = Transaction {
+            transaction_id: None,
+            entries: (0..1000).map(|i| entry(Op::Patch, &format!("r{i}"), json!({"done": true}))).collect(),
+        };
+        let transport = FakeTransport::default();
+        let report = run(&[big], &s, &transport);
+        assert_eq!(statuses(&report), vec![Status::Success]);
+        assert_eq!(transport.sent().len(), 1);
+    }
+
+    #[test]
+    fn dead_letter_insert_has_the_exact_body() {
+        let mut s = settings();
+        s.dead_letter_table = Some("powersync_dead_letters".to_string());
+        let transaction = Transaction {
+            transaction_id: Some(json!(12)),
+            entries: vec![entry(Op::Put, "a", json!({"title": null}))],
+        };
+        let transport = FakeTransport::scripted(vec![
+            Ok(HttpResponse {
+                status: 400,
+                headers: vec![],
+                body: json!({"code": "23502", "message": "null value in column \"title\"", "details": "Failing row", "hint": null})
+                    .to_string(),
+            }),
+            ok(201),
+        ]);
+        let report = run(&[transaction], &s, &transport);
+        assert_eq!(statuses(&report), vec![Status::FatalError]);
+        let sent = transport.sent();
+        assert_eq!(sent.len(), 2);
+        let dead = &sent[1];
+        assert_eq!(dead.method, Method::Post);
+        assert_eq!(dead.url, "https://p.supabase.co/rest/v1/powersync_dead_letters");
+        assert_eq!(dead.header_value("Prefer"), Some("return=minimal"));
+        assert_eq!(dead.header_value("Authorization"), Some("Bearer token"));
+        let body: Value = serde_json::from_str(dead.body.as_deref().unwrap_or("")).unwrap_or(Value::Null);
+        assert_eq!(
+            body,
+            json!({"user_id": "user-1", "transaction_id": "12", "op_index": 0,
+                   "entry": {"op": "PUT", "table": "todos", "id": "a", "data": {"title": null}},
+                   "code": "23502", "message": "null value in column \"title\"", "details": "Failing row"})
+        );
+        assert_eq!((report.dead_letters, report.dead_letter_failures, report.subrequests), (1, 0, 2));
+    }
+
+    #[test]
+    fn dead_letter_failure_does_not_change_the_outcome() {
+        let mut s = settings();
+        s.dead_letter_table = Some("dead".to_string());
+        let transport = FakeTransport::scripted(vec![
+            error(409, "23505", "duplicate"),
+            error(404, "PGRST205", "table not found"),
+            ok(201),
+        ]);
+        let report = run(&[tx(1), tx(2)], &s, &transport);
+        assert_eq!(statuses(&report), vec![Status::FatalError, Status::Success]);
+        assert_eq!(report.results[0].failed_operation.as_ref().map(|f| f.code.as_str()), Some("23505"));
+        assert_eq!((report.dead_letters, report.dead_letter_failures), (0, 1));
+        assert!(report.dead_letter_errors[0].contains("PGRST205"), "{:?}", report.dead_letter_errors);
+        assert!(!report.needs_retry());
+    }
+
+    #[test]
+    fn no_dead_letter_for_retryable_errors() {
+        let mut s = settings();
+        s.dead_letter_table = Some("dead".to_string());
+        let transport = FakeTransport::scripted(vec![error(503, "PGRST000", "db down")]);
+        let report = run(&[tx(1)], &s, &transport);
+        assert_eq!(statuses(&report), vec![Status::RetryableError]);
+        assert_eq!(transport.sent().len(), 1);
+    }
+
+    #[test]
+    fn refused_table_is_fatal_without_requests_and_dead_lettered() {
+        let mut s = settings();
+        s.tables = Some(BTreeSet::from(["lists".to_string()]));
+        s.dead_letter_table = Some("dead".to_string());
+        let transport = FakeTransport::default();
+        let report = run(&[tx(1), tx(2)], &s, &transport);
+        assert_eq!(statuses(&report), vec![Status::FatalError, Status::FatalError]);
+        let sent = transport.sent();
+        assert_eq!(sent.len(), 2);
+        assert!(sent.iter().all(|r| r.url.ends_with("/rest/v1/dead")));
+    }
+
+    #[test]
+    fn atomic_failure_is_located_by_the_function_hint() {
+        let mut s = settings();
+        s.atomic = true;
+        let transaction = Transaction {
+            transaction_id: Some(json!(1)),
+            entries: vec![entry(Op::Put, "a", json!({})), entry(Op::Delete, "b", Value::Null)],
+        };
+        let transport = FakeTransport::scripted(vec![Ok(HttpResponse {
+            status: 409,
+            headers: vec![],
+            body: json!({"code": "23503", "message": "fk", "details": null, "hint": "powersync op 1 (DELETE todos/b)"})
+                .to_string(),
+        })]);
+        let report = run(&[transaction.clone()], &s, &transport);
+        let failure = report.results[0].failed_operation.clone().expect("failure");
+        assert_eq!((failure.index, failure.code.as_str()), (Some(1), "23503"));
+
+        let transport = FakeTransport::scripted(vec![error(400, "22023", "bad")]);
+        let report = run(&[transaction], &s, &transport);
+        assert_eq!(report.results[0].failed_operation.as_ref().map(|f| f.index), Some(None));
+    }
+
+    fn service() -> UploadSettings {
+        let mut s = settings();
+        s.mode = WriteMode::Service { service_key: "svc".to_string(), owner_column: "owner".to_string() };
+        s
+    }
+
+    #[test]
+    fn service_put_over_a_foreign_row_is_refused_before_writing() {
+        let transaction = Transaction {
+            transaction_id: None,
+            entries: vec![entry(Op::Put, "a", json!({})), entry(Op::Put, "b", json!({}))],
+        };
+        let transport = FakeTransport::scripted(vec![ok_body(r#"[{"id":"b"}]"#)]);
+        let report = run(&[transaction], &service(), &transport);
+        let failure = report.results[0].failed_operation.clone().expect("failure");
+        assert_eq!((report.results[0].status, failure.index, failure.code.as_str()), (Status::FatalError, Some(1), "42501"));
+        assert_eq!(transport.sent().len(), 1, "the upsert is not sent");
+        assert_eq!(transport.sent()[0].method, Method::Get);
+    }
+
+    #[test]
+    fn service_put_over_own_or_new_rows_is_applied() {
+        let transport = FakeTransport::scripted(vec![ok_body("[]"), ok(201)]);
+        let report = run(&[tx(1)], &service(), &transport);
+        assert_eq!(statuses(&report), vec![Status::Success]);
+        assert_eq!(transport.sent().iter().map(|r| r.method).collect::<Vec<_>>(), vec![Method::Get, Method::Post]);
+    }
+
+    #[test]
+    fn unreadable_ownership_check_answer_is_retryable() {
+        let transport = FakeTransport::scripted(vec![ok_body("<html>")]);
+        let report = run(&[tx(1)], &service(), &transport);
+        assert_eq!(statuses(&report), vec![Status::RetryableError]);
+        assert_eq!(
+            report.results[0].failed_operation.as_ref().map(|f| f.code.as_str()),
+            Some("unexpected_response")
+        );
+    }
+
+    #[test]
+    fn caller_debug_hides_the_token() {
+        assert!(!format!("{:?}", caller()).contains("token\""));
+        assert!(format!("{:?}", caller()).contains("<redacted>"));
+    }
+}

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Installs what building and running the worker needs, where missing, and prints the environment
+# for the wasm build as `export` lines (eval them). Idempotent: quick when everything is present.
+#
+#   eval "$(scripts/toolchain.sh)"
+#
+# Route 1 (a laptop with internet): rustup's wasm32-unknown-unknown target.
+# Route 2 (offline machines, see README): Debian's rustc-web + rust-web-src, std built from source.
+# Pinned: worker-build, wasm-bindgen-cli (= the wasm-bindgen in Cargo.lock), npm packages
+# (package-lock.json: wrangler with workerd, binaryen's wasm-opt).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+WORKER_BUILD_VERSION=0.8.7
+WASM_BINDGEN_VERSION=$(awk '/^name = "wasm-bindgen"$/{getline; gsub(/[^0-9.]/,""); print; exit}' Cargo.lock)
+DEBIAN_WASM_PACKAGES="rustc-web cargo-web rust-web-src lld-22"
+
+log() { echo "toolchain: $*" >&2; }
+
+apt_install() {
+  local missing=()
+  for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  log "installing ${missing[*]} (apt)"
+  local sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo -n"
+  $sudo apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >&2
+}
+
+cargo_tool() { # name version crate [extra args]
+  local bin=$1 version=$2 crate=$3; shift 3
+  if command -v "$bin" >/dev/null 2>&1 && "$bin" --version 2>/dev/null | grep -q "$version"; then return 0; fi
+  log "installing $crate $version (cargo install; several minutes the first time)"
+  # --locked where the published lockfile resolves here; else the pinned version with fresh deps.
+  cargo install -q "$crate" --version "$version" --locked "$@" >&2 || cargo install -q "$crate" --version "$version" "$@" >&2
+}
+
+export PATH="$HOME/.cargo/bin:$PATH"
+command -v cargo >/dev/null || { log "cargo is missing: install Rust with rustup first"; exit 1; }
+
+cargo_tool worker-build "$WORKER_BUILD_VERSION" worker-build
+cargo_tool wasm-bindgen "$WASM_BINDGEN_VERSION" wasm-bindgen-cli
+
+if [ ! -x node_modules/.bin/wrangler ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  command -v npm >/dev/null || apt_install nodejs npm
+  log "installing npm packages (wrangler, binaryen) from package-lock.json"
+  npm ci --no-audit --no-fund --loglevel=error >&2
+fi
+
+root=$(pwd)
+echo "export WASM_BINDGEN_BIN=$(command -v wasm-bindgen)"
+echo "export ESBUILD_BIN=$root/node_modules/.bin/esbuild"
+echo "export WASM_OPT_BIN=$root/node_modules/.bin/wasm-opt"
+echo "export PATH=$root/node_modules/.bin:\$PATH"
+
+if rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown \
+   || rustup target add wasm32-unknown-unknown >/dev/null 2>&1; then
+  log "wasm32 target: rustup"
+  echo "export PATH=$HOME/.cargo/bin:\$PATH"
+else
+  log "wasm32 target: Debian rustc-web with std built from source (offline route)"
+  apt_install $DEBIAN_WASM_PACKAGES
+  sysroot=$(/usr/bin/rustc --print sysroot)
+  # worker-build checks that this folder exists; build-std supplies the real std.
+  [ -d "$sysroot/lib/rustlib/wasm32-unknown-unknown" ] || mkdir -p "$sysroot/lib/rustlib/wasm32-unknown-unknown"
+  echo "export PATH=/usr/bin:\$PATH"
+  echo "export RUSTC_BOOTSTRAP=1"
+  echo "export CARGO_UNSTABLE_BUILD_STD=std,panic_abort"
+  # Keep the two compilers' artifacts apart so native tests and the wasm build do not rebuild
+  # each other's dependencies.
+  echo "export CARGO_TARGET_DIR=$root/target/wasm"
+fi

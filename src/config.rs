@@ -1,0 +1,432 @@
+//! Configuration: every environment variable and secret, parsed once into typed settings.
+//!
+//! Each part (session verification, PowerSync token, upload bridge, CORS) is parsed on its own,
+//! so one missing part does not stop the others, and every missing or invalid value is reported
+//! at once ([`Config::problems`]). Values never appear in problems, only names and reasons.
+
+use crate::keys::{self, KeyError, PublicJwk, SigningKey};
+use crate::session::SessionSettings;
+use crate::token::{TokenSettings, DEFAULT_TTL_SECONDS, MAX_TTL_SECONDS, MIN_TTL_SECONDS, RESERVED_CLAIMS};
+use crate::upload::settings::UploadSettings;
+
+/// Every name the worker reads, for the adapter's environment lookup and the docs.
+pub const NAMES: &[&str] = &[
+    "SUPABASE_URL",
+    "SUPABASE_JWT_SECRET",
+    "SUPABASE_JWKS_URL",
+    "SUPABASE_JWT_ISSUER",
+    "SUPABASE_JWT_AUDIENCE",
+    "SUPABASE_JWT_LEEWAY_SECONDS",
+    "SUPABASE_JWKS_CACHE_SECONDS",
+    "SUPABASE_ANON_KEY",
+    "SUPABASE_SERVICE_ROLE_KEY",
+    "SUPABASE_VERIFY_SESSION_REMOTE",
+    "POWERSYNC_URL",
+    "POWERSYNC_KEY_ID",
+    "POWERSYNC_PRIVATE_KEY",
+    "POWERSYNC_TOKEN_TTL_SECONDS",
+    "POWERSYNC_TOKEN_ISSUER",
+    "POWERSYNC_COPY_CLAIMS",
+    "POWERSYNC_PREVIOUS_PUBLIC_KEYS",
+    "CORS_ALLOWED_ORIGINS",
+    "UPSTREAM_TIMEOUT_MS",
+    "UPLOAD_MODE",
+    "UPLOAD_TABLES",
+    "UPLOAD_JSON_COLUMNS",
+    "UPLOAD_BOOLEAN_COLUMNS",
+    "UPLOAD_OWNER_COLUMN",
+    "UPLOAD_ATOMIC",
+    "UPLOAD_ATOMIC_FUNCTION",
+    "UPLOAD_DEAD_LETTER_TABLE",
+    "UPLOAD_SUBREQUEST_BUDGET",
+    "UPLOAD_MAX_BODY_BYTES",
+    "UPLOAD_MAX_ENTRIES",
+    "UPLOAD_MAX_TRANSACTIONS",
+    "UPLOAD_RETRY_AFTER_SECONDS",
+];
+
+/// One missing or invalid setting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub name: String,
+    pub message: String,
+}
+
+impl Problem {
+    fn new(name: &str, message: impl Into<String>) -> Problem {
+        Problem { name: name.to_string(), message: message.into() }
+    }
+}
+
+/// Everything the token endpoint and the JWKS need.
+#[derive(Debug, Clone)]
+pub struct PowerSyncSettings {
+    pub token: TokenSettings,
+    pub key: SigningKey,
+    /// The current public key first, then previous ones kept for rotation.
+    pub jwks: Vec<PublicJwk>,
+}
+
+/// Why the PowerSync part is unusable, most fundamental first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PowerSyncProblem {
+    /// Required secrets absent: their names.
+    Missing(Vec<String>),
+    /// `POWERSYNC_PRIVATE_KEY` present but unusable.
+    Key(KeyError),
+    /// Present but invalid values: their names.
+    Invalid(Vec<String>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CorsSettings {
+    /// `CORS_ALLOWED_ORIGINS` (comma-separated); default `*` (any origin). Native apps send no
+    /// `Origin` and are unaffected; set this for browser apps in production.
+    pub allowed_origins: Vec<String>,
+}
+
+impl CorsSettings {
+    /// The `Access-Control-Allow-Origin` value for a request's `Origin`, if allowed.
+    pub fn allow_origin(&self, origin: Option<&str>) -> Option<String> {
+        if self.allowed_origins.iter().any(|o| o == "*") {
+            return Some("*".into());
+        }
+        let origin = origin?;
+        self.allowed_origins.iter().any(|o| o == origin).then(|| origin.to_string())
+    }
+}
+
+#[derive(Debug)]
+pub struct Config {
+    pub session: Result<SessionSettings, Vec<Problem>>,
+    pub powersync: Result<PowerSyncSettings, PowerSyncProblem>,
+    pub upload: Result<UploadSettings, Vec<Problem>>,
+    pub cors: CorsSettings,
+    /// `UPSTREAM_TIMEOUT_MS`; default 15000 (Supabase's statement timeout for signed-in users
+    /// is 8 s). An upstream request without an answer by then counts as a retryable failure.
+    pub upstream_timeout_ms: u64,
+    /// Every problem found, in all parts.
+    pub problems: Vec<Problem>,
+}
+
+/// Reads settings through `lookup`, treating blank values as absent.
+struct Reader<'a> {
+    lookup: &'a dyn Fn(&str) -> Option<String>,
+    problems: Vec<Problem>,
+}
+
+impl Reader<'_> {
+    fn get(&self, name: &str) -> Option<String> {
+        (self.lookup)(name).map(|v| v.trim().to_string()).filter(|v| !v.is_empty())
+    }
+
+    fn raw(&self, name: &str) -> Option<String> {
+        (self.lookup)(name).filter(|v| !v.trim().is_empty())
+    }
+
+    fn number(&mut self, name: &str, default: u64, range: std::ops::RangeInclusive<u64>) -> u64 {
+        let Some(text) = self.get(name) else { return default };
+        match text.parse::<u64>() {
+            Ok(n) if range.contains(&n) => n,
+            _ => {
+                self.problems.push(Problem::new(
+                    name,
+                    format!("must be a whole number from {} to {}", range.start(), range.end()),
+                ));
+                default
+            }
+        }
+    }
+
+    fn flag(&mut self, name: &str) -> bool {
+        match self.get(name).map(|v| v.to_ascii_lowercase()).as_deref() {
+            None | Some("false" | "0" | "no" | "off") => false,
+            Some("true" | "1" | "yes" | "on") => true,
+            Some(_) => {
+                self.problems.push(Problem::new(name, "must be true or false"));
+                false
+            }
+        }
+    }
+
+    fn url(&mut self, name: &str) -> Option<String> {
+        let value = self.get(name)?;
+        if value.starts_with("https://") || value.starts_with("http://") {
+            Some(value.trim_end_matches('/').to_string())
+        } else {
+            self.problems.push(Problem::new(name, "must be an http(s) URL"));
+            None
+        }
+    }
+
+    fn list(&self, name: &str) -> Vec<String> {
+        self.get(name)
+            .map(|v| v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Runs `parse` and splits off the problems it added.
+    fn part<T>(&mut self, parse: impl FnOnce(&mut Self) -> Option<T>) -> Result<T, Vec<Problem>> {
+        let before = self.problems.len();
+        let value = parse(self);
+        let added = self.problems[before..].to_vec();
+        match value {
+            Some(value) if added.is_empty() => Ok(value),
+            _ => Err(added),
+        }
+    }
+}
+
+impl Config {
+    /// Parses all settings from `lookup` (environment variables and secrets by name).
+    pub fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> Config {
+        let mut r = Reader { lookup, problems: Vec::new() };
+        let session = r.part(session_settings);
+        let before = r.problems.len();
+        let powersync = powersync_settings(&mut r);
+        if let Err(PowerSyncProblem::Key(e)) = &powersync {
+            r.problems.insert(before, Problem::new("POWERSYNC_PRIVATE_KEY", e.reason()));
+        }
+        let upload: Result<UploadSettings, Vec<Problem>> = match crate::upload::settings::from_lookup(&|name| r.raw(name)) {
+            Ok(settings) => Ok(settings),
+            Err(problems) => Err(problems.into_iter().map(|p| Problem::new(&p.name, p.message)).collect()),
+        };
+        if let Err(problems) = &upload {
+            r.problems.extend(problems.iter().cloned());
+        }
+        let origins = r.list("CORS_ALLOWED_ORIGINS");
+        let cors = CorsSettings { allowed_origins: if origins.is_empty() { vec!["*".into()] } else { origins } };
+        let upstream_timeout_ms = r.number("UPSTREAM_TIMEOUT_MS", 15_000, 100..=60_000);
+        Config { session, powersync, upload, cors, upstream_timeout_ms, problems: r.problems }
+    }
+}
+
+fn session_settings(r: &mut Reader) -> Option<SessionSettings> {
+    let supabase_url = r.url("SUPABASE_URL");
+    if r.get("SUPABASE_URL").is_none() {
+        r.problems.push(Problem::new("SUPABASE_URL", "is required (the project URL, e.g. https://<ref>.supabase.co)"));
+    }
+    let jwks_url = r.url("SUPABASE_JWKS_URL");
+    let issuer = r.get("SUPABASE_JWT_ISSUER");
+    let audiences = r.list("SUPABASE_JWT_AUDIENCE");
+    let leeway_seconds = r.number("SUPABASE_JWT_LEEWAY_SECONDS", 30, 0..=300);
+    let jwks_cache_seconds = r.number("SUPABASE_JWKS_CACHE_SECONDS", 600, 0..=600);
+    let remote_check = r.flag("SUPABASE_VERIFY_SESSION_REMOTE");
+    let anon_key = r.get("SUPABASE_ANON_KEY");
+    let project_keys = [anon_key.clone(), r.get("SUPABASE_SERVICE_ROLE_KEY")].into_iter().flatten().collect();
+    let supabase_url = supabase_url?;
+    Some(SessionSettings {
+        jwt_secret: r.get("SUPABASE_JWT_SECRET"),
+        jwks_url: jwks_url.unwrap_or_else(|| format!("{supabase_url}/auth/v1/.well-known/jwks.json")),
+        issuer: issuer.unwrap_or_else(|| format!("{supabase_url}/auth/v1")),
+        audiences: if audiences.is_empty() { vec!["authenticated".into()] } else { audiences },
+        leeway_seconds,
+        jwks_cache_seconds,
+        project_keys,
+        remote_check,
+        anon_key,
+        supabase_url,
+    })
+}
+
+fn powersync_settings(r: &mut Reader) -> Result<PowerSyncSettings, PowerSyncProblem> {
+    let before = r.problems.len();
+    let url = r.url("POWERSYNC_URL");
+    let ttl_seconds = r.number("POWERSYNC_TOKEN_TTL_SECONDS", DEFAULT_TTL_SECONDS, MIN_TTL_SECONDS..=MAX_TTL_SECONDS);
+    let copy_claims = r.list("POWERSYNC_COPY_CLAIMS");
+    if let Some(reserved) = copy_claims.iter().find(|c| RESERVED_CLAIMS.contains(&c.as_str())) {
+        r.problems.push(Problem::new("POWERSYNC_COPY_CLAIMS", format!("'{reserved}' is set by the worker and cannot be copied")));
+    }
+    let previous = match r.raw("POWERSYNC_PREVIOUS_PUBLIC_KEYS") {
+        None => Vec::new(),
+        Some(text) => keys::parse_previous_public_keys(&text).unwrap_or_else(|why| {
+            r.problems.push(Problem::new("POWERSYNC_PREVIOUS_PUBLIC_KEYS", why));
+            Vec::new()
+        }),
+    };
+    let key = r.raw("POWERSYNC_PRIVATE_KEY").map(|text| SigningKey::parse(&text));
+    let key_id = r.get("POWERSYNC_KEY_ID").or_else(|| key.as_ref()?.as_ref().ok()?.jwk_kid.clone());
+
+    let mut missing = Vec::new();
+    if r.get("POWERSYNC_URL").is_none() {
+        missing.push("POWERSYNC_URL".to_string());
+    }
+    if key.is_none() {
+        missing.push("POWERSYNC_PRIVATE_KEY".to_string());
+    }
+    // A broken key is reported as such, not as a missing key id.
+    if key_id.is_none() && !matches!(key, Some(Err(_))) {
+        missing.push("POWERSYNC_KEY_ID".to_string());
+    }
+    for name in &missing {
+        r.problems.push(Problem::new(name, "is required"));
+    }
+    if !missing.is_empty() {
+        return Err(PowerSyncProblem::Missing(missing));
+    }
+    let key = match key {
+        Some(Ok(key)) => key,
+        Some(Err(e)) => return Err(PowerSyncProblem::Key(e)),
+        None => return Err(PowerSyncProblem::Missing(vec!["POWERSYNC_PRIVATE_KEY".into()])),
+    };
+    let invalid: Vec<String> = r.problems[before..].iter().map(|p| p.name.clone()).collect();
+    match (url, key_id) {
+        (Some(powersync_url), Some(key_id)) if invalid.is_empty() => {
+            let mut jwks = vec![key.public_jwk(&key_id)];
+            jwks.extend(previous.into_iter().filter(|p| p.kid != key_id));
+            let issuer = r.get("POWERSYNC_TOKEN_ISSUER");
+            Ok(PowerSyncSettings {
+                token: TokenSettings { powersync_url, key_id, ttl_seconds, issuer, copy_claims },
+                key,
+                jwks,
+            })
+        }
+        _ => Err(PowerSyncProblem::Invalid(invalid)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::tests::test_key;
+    use std::collections::HashMap;
+
+    fn config(vars: &[(&str, &str)]) -> Config {
+        let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::from_lookup(&move |name| map.get(name).cloned())
+    }
+
+    fn complete() -> Vec<(&'static str, String)> {
+        vec![
+            ("SUPABASE_URL", "https://ref.supabase.co/".into()),
+            ("SUPABASE_JWT_SECRET", "secret".into()),
+            ("SUPABASE_ANON_KEY", "anon".into()),
+            ("POWERSYNC_URL", "https://ps.example".into()),
+            ("POWERSYNC_KEY_ID", "kid-1".into()),
+            ("POWERSYNC_PRIVATE_KEY", test_key().pkcs8_pem()),
+        ]
+    }
+
+    fn config_of(vars: &[(&'static str, String)]) -> Config {
+        let pairs: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        config(&pairs)
+    }
+
+    fn names(problems: &[Problem]) -> Vec<&str> {
+        problems.iter().map(|p| p.name.as_str()).collect()
+    }
+
+    #[test]
+    fn complete_configuration_has_documented_defaults() {
+        let c = config_of(&complete());
+        assert!(c.problems.is_empty(), "{:?}", c.problems);
+        let s = c.session.unwrap();
+        assert_eq!(s.supabase_url, "https://ref.supabase.co");
+        assert_eq!(s.issuer, "https://ref.supabase.co/auth/v1");
+        assert_eq!(s.jwks_url, "https://ref.supabase.co/auth/v1/.well-known/jwks.json");
+        assert_eq!(s.audiences, vec!["authenticated"]);
+        assert_eq!((s.leeway_seconds, s.jwks_cache_seconds, s.remote_check), (30, 600, false));
+        assert_eq!(s.project_keys, vec!["anon"]);
+        let p = c.powersync.unwrap();
+        assert_eq!(p.token.ttl_seconds, 28_800);
+        assert_eq!(p.token.key_id, "kid-1");
+        assert_eq!(p.jwks.len(), 1);
+        assert_eq!(c.cors.allowed_origins, vec!["*"]);
+    }
+
+    #[test]
+    fn empty_environment_reports_every_required_name_at_once() {
+        let c = config(&[]);
+        let all = names(&c.problems);
+        for name in ["SUPABASE_URL", "POWERSYNC_URL", "POWERSYNC_PRIVATE_KEY", "POWERSYNC_KEY_ID"] {
+            assert!(all.contains(&name), "{name} not in {all:?}");
+        }
+        assert_eq!(
+            c.powersync.unwrap_err(),
+            PowerSyncProblem::Missing(vec!["POWERSYNC_URL".into(), "POWERSYNC_PRIVATE_KEY".into(), "POWERSYNC_KEY_ID".into()])
+        );
+    }
+
+    #[test]
+    fn invalid_values_are_all_reported_together() {
+        let mut vars = complete();
+        vars.push(("POWERSYNC_TOKEN_TTL_SECONDS", "90000".into()));
+        vars.push(("SUPABASE_JWT_LEEWAY_SECONDS", "soon".into()));
+        vars.push(("SUPABASE_VERIFY_SESSION_REMOTE", "maybe".into()));
+        vars.push(("POWERSYNC_COPY_CLAIMS", "email,sub".into()));
+        let c = config_of(&vars);
+        let all = names(&c.problems);
+        for name in ["POWERSYNC_TOKEN_TTL_SECONDS", "SUPABASE_JWT_LEEWAY_SECONDS", "SUPABASE_VERIFY_SESSION_REMOTE", "POWERSYNC_COPY_CLAIMS"] {
+            assert!(all.contains(&name), "{name} not in {all:?}");
+        }
+        assert!(matches!(c.powersync, Err(PowerSyncProblem::Invalid(ref n)) if n.contains(&"POWERSYNC_TOKEN_TTL_SECONDS".to_string())));
+    }
+
+    #[test]
+    fn ttl_outside_powersync_limits_is_refused() {
+        for (ttl, ok) in [("59", false), ("60", true), ("86400", true), ("86401", false), ("-5", false)] {
+            let mut vars = complete();
+            vars.push(("POWERSYNC_TOKEN_TTL_SECONDS", ttl.into()));
+            assert_eq!(config_of(&vars).powersync.is_ok(), ok, "ttl {ttl}");
+        }
+    }
+
+    #[test]
+    fn broken_private_key_is_a_key_problem_with_its_reason() {
+        let mut vars = complete();
+        vars.retain(|(k, _)| *k != "POWERSYNC_PRIVATE_KEY");
+        vars.push(("POWERSYNC_PRIVATE_KEY", "-----BEGIN PRIVATE KEY-----\nnot base64!\n-----END PRIVATE KEY-----".into()));
+        let c = config_of(&vars);
+        assert!(matches!(c.powersync, Err(PowerSyncProblem::Key(KeyError::BadPem(_)))));
+        assert!(c.problems.iter().any(|p| p.name == "POWERSYNC_PRIVATE_KEY" && p.message.contains("base64")));
+    }
+
+    #[test]
+    fn jwk_kid_is_used_when_key_id_is_unset() {
+        let mut vars = complete();
+        vars.retain(|(k, _)| *k != "POWERSYNC_KEY_ID" && *k != "POWERSYNC_PRIVATE_KEY");
+        vars.push(("POWERSYNC_PRIVATE_KEY", test_key().private_jwk("from-jwk").to_string()));
+        assert_eq!(config_of(&vars).powersync.unwrap().token.key_id, "from-jwk");
+    }
+
+    #[test]
+    fn pem_key_without_key_id_reports_key_id_missing() {
+        let mut vars = complete();
+        vars.retain(|(k, _)| *k != "POWERSYNC_KEY_ID");
+        assert_eq!(config_of(&vars).powersync.unwrap_err(), PowerSyncProblem::Missing(vec!["POWERSYNC_KEY_ID".into()]));
+    }
+
+    #[test]
+    fn previous_public_keys_are_published_after_the_current_one() {
+        let mut vars = complete();
+        let old = serde_json::to_string(&test_key().public_jwk("kid-0")).unwrap();
+        vars.push(("POWERSYNC_PREVIOUS_PUBLIC_KEYS", format!("[{old}]")));
+        let kids: Vec<String> = config_of(&vars).powersync.unwrap().jwks.into_iter().map(|k| k.kid).collect();
+        assert_eq!(kids, vec!["kid-1", "kid-0"]);
+    }
+
+    #[test]
+    fn session_settings_overrides_are_read() {
+        let mut vars = complete();
+        vars.push(("SUPABASE_JWT_AUDIENCE", "a, b".into()));
+        vars.push(("SUPABASE_JWT_ISSUER", "https://issuer".into()));
+        vars.push(("SUPABASE_JWKS_URL", "http://127.0.0.1:9/jwks".into()));
+        vars.push(("SUPABASE_VERIFY_SESSION_REMOTE", "true".into()));
+        let s = config_of(&vars).session.unwrap();
+        assert_eq!(s.audiences, vec!["a", "b"]);
+        assert_eq!(s.issuer, "https://issuer");
+        assert_eq!(s.jwks_url, "http://127.0.0.1:9/jwks");
+        assert!(s.remote_check);
+    }
+
+    #[test]
+    fn cors_origins_are_matched_exactly() {
+        let mut vars = complete();
+        vars.push(("CORS_ALLOWED_ORIGINS", "https://app.example, http://localhost:3000".into()));
+        let cors = config_of(&vars).cors;
+        assert_eq!(cors.allow_origin(Some("https://app.example")).as_deref(), Some("https://app.example"));
+        assert_eq!(cors.allow_origin(Some("https://evil.example")), None);
+        assert_eq!(cors.allow_origin(None), None);
+        assert_eq!(config_of(&complete()).cors.allow_origin(None).as_deref(), Some("*"));
+    }
+}

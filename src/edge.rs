@@ -1,0 +1,154 @@
+//! The Workers adapter (wasm32 only): turns `worker` requests into [`IncomingRequest`]s,
+//! executes upstream requests with `Fetch`, signs with WebCrypto, and writes the log line.
+//! Everything it decides is decided in [`crate::app`]; this file only does I/O.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures_util::future::{select, Either};
+use js_sys::{Object, Reflect, Uint8Array};
+use wasm_bindgen::{JsCast, JsValue};
+use wasm_bindgen_futures::JsFuture;
+use worker::{console_log, event, AbortController, Context, Date, Delay, Env, Fetch, Headers, Method as WMethod, Request, RequestInit, Response};
+
+use crate::app::{App, IncomingRequest};
+use crate::config::Config;
+use crate::http::{HttpRequest, HttpResponse, Method, Transport, TransportError};
+use crate::keys::SigningKey;
+use crate::token::TokenSigner;
+
+thread_local! {
+    /// Parsed once per isolate: configuration, keys and the JWKS cache.
+    static APP: RefCell<Option<Rc<App>>> = const { RefCell::new(None) };
+    /// The WebCrypto key, imported once per isolate.
+    static CRYPTO_KEY: RefCell<Option<web_sys::CryptoKey>> = const { RefCell::new(None) };
+}
+
+fn app(env: &Env) -> Rc<App> {
+    APP.with(|cell| {
+        cell.borrow_mut()
+            .get_or_insert_with(|| {
+                let config = Config::from_lookup(&|name| {
+                    env.secret(name).map(|s| s.to_string()).or_else(|_| env.var(name).map(|v| v.to_string())).ok()
+                });
+                for problem in &config.problems {
+                    console_log!("{}", serde_json::json!({"event": "config_problem", "name": problem.name, "message": problem.message}));
+                }
+                Rc::new(App::new(config))
+            })
+            .clone()
+    })
+}
+
+#[event(fetch)]
+async fn fetch(mut req: Request, env: Env, _ctx: Context) -> worker::Result<Response> {
+    let started = Date::now().as_millis();
+    let app = app(&env);
+    let request_id = request_id(&req);
+    let method = req.method().to_string();
+    let body = if matches!(req.method(), WMethod::Post | WMethod::Put | WMethod::Patch) { req.bytes().await.unwrap_or_default() } else { Vec::new() };
+    let incoming = IncomingRequest { method, path: req.path(), headers: req.headers().entries().collect(), body };
+    let transport = FetchTransport { timeout: Duration::from_millis(app.config.upstream_timeout_ms) };
+    let now = Date::now().as_millis() / 1000;
+    let (response, log) = app.handle(&incoming, &transport, &WebCryptoSigner, now, &request_id).await;
+    let mut line = serde_json::to_value(&log).unwrap_or_default();
+    line["request_id"] = request_id.into();
+    line["duration_ms"] = (Date::now().as_millis().saturating_sub(started)).into();
+    console_log!("{}", line);
+    let headers = Headers::new();
+    for (name, value) in &response.headers {
+        let _ = headers.append(name, value);
+    }
+    Ok(Response::from_bytes(response.body.into_bytes())?.with_status(response.status).with_headers(headers))
+}
+
+/// Cloudflare's `cf-ray` when present (ties our log to Cloudflare's), else random.
+fn request_id(req: &Request) -> String {
+    if let Ok(Some(ray)) = req.headers().get("cf-ray") {
+        return ray;
+    }
+    let mut bytes = [0u8; 8];
+    let _ = getrandom::getrandom(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+struct FetchTransport {
+    timeout: Duration,
+}
+
+impl Transport for FetchTransport {
+    async fn send(&self, request: HttpRequest) -> Result<HttpResponse, TransportError> {
+        let failed = |message: String| TransportError { message, timed_out: false };
+        let headers = Headers::new();
+        for (name, value) in &request.headers {
+            headers.append(name, value).map_err(|e| failed(format!("bad header {name}: {e}")))?;
+        }
+        let mut init = RequestInit::new();
+        init.with_method(match request.method {
+            Method::Get => WMethod::Get,
+            Method::Post => WMethod::Post,
+            Method::Patch => WMethod::Patch,
+            Method::Delete => WMethod::Delete,
+        });
+        init.with_headers(headers);
+        if let Some(body) = request.body {
+            init.with_body(Some(JsValue::from_str(&body)));
+        }
+        let outgoing = Request::new_with_init(&request.url, &init).map_err(|e| failed(format!("bad request: {e}")))?;
+        let controller = AbortController::default();
+        let signal = controller.signal();
+        let fetch = Fetch::Request(outgoing);
+        let sent = Box::pin(fetch.send_with_signal(&signal));
+        let timer = Delay::from(self.timeout);
+        let mut response = match select(sent, timer).await {
+            Either::Left((answer, _)) => answer.map_err(|e| failed(format!("{e}")))?,
+            Either::Right(_) => {
+                controller.abort();
+                return Err(TransportError { message: format!("no answer within {} ms", self.timeout.as_millis()), timed_out: true });
+            }
+        };
+        let body = response.text().await.map_err(|e| failed(format!("reading body: {e}")))?;
+        Ok(HttpResponse { status: response.status_code(), headers: response.headers().entries().collect(), body })
+    }
+}
+
+/// RS256 through the platform's WebCrypto (RSASSA-PKCS1-v1_5 + SHA-256): native speed, and the
+/// private key never runs through wasm arithmetic on the request path.
+struct WebCryptoSigner;
+
+fn subtle() -> Result<web_sys::SubtleCrypto, String> {
+    let scope: web_sys::WorkerGlobalScope = js_sys::global().unchecked_into();
+    Ok(scope.crypto().map_err(|_| "no crypto in this runtime".to_string())?.subtle())
+}
+
+fn describe(e: JsValue) -> String {
+    e.as_string().or_else(|| js_sys::Error::from(e).message().as_string()).unwrap_or_else(|| "unknown error".into())
+}
+
+async fn crypto_key(key: &SigningKey) -> Result<web_sys::CryptoKey, String> {
+    if let Some(cached) = CRYPTO_KEY.with(|c| c.borrow().clone()) {
+        return Ok(cached);
+    }
+    let algorithm = Object::new();
+    Reflect::set(&algorithm, &"name".into(), &"RSASSA-PKCS1-v1_5".into()).map_err(describe)?;
+    Reflect::set(&algorithm, &"hash".into(), &"SHA-256".into()).map_err(describe)?;
+    let der = Uint8Array::from(key.pkcs8_der().as_slice());
+    let usages = js_sys::Array::of1(&"sign".into());
+    let promise = subtle()?.import_key_with_object("pkcs8", &der, &algorithm, false, &usages).map_err(describe)?;
+    let imported: web_sys::CryptoKey = JsFuture::from(promise).await.map_err(describe)?.unchecked_into();
+    CRYPTO_KEY.with(|c| *c.borrow_mut() = Some(imported.clone()));
+    Ok(imported)
+}
+
+impl TokenSigner for WebCryptoSigner {
+    async fn sign(&self, key: &SigningKey, signing_input: &[u8]) -> Result<String, String> {
+        use base64::Engine;
+        let crypto_key = crypto_key(key).await.map_err(|e| format!("WebCrypto importKey failed: {e}"))?;
+        let mut input = signing_input.to_vec();
+        let promise = subtle()?.sign_with_str_and_u8_array("RSASSA-PKCS1-v1_5", &crypto_key, &mut input).map_err(describe)?;
+        let signature = JsFuture::from(promise).await.map_err(|e| format!("WebCrypto sign failed: {}", describe(e)))?;
+        let bytes = Uint8Array::new(&signature).to_vec();
+        Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+    }
+}

@@ -1,0 +1,238 @@
+//! The PowerSync token: claims, the exact bytes that get signed, and the response body.
+//!
+//! Signing itself is pluggable ([`TokenSigner`]): the worker signs with WebCrypto (native code,
+//! within the Free plan's CPU budget); native tests and the dev tool sign with
+//! [`RustSigner`]. RS256 (PKCS#1 v1.5) is deterministic, so both must produce identical tokens.
+
+use std::future::Future;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::keys::SigningKey;
+use crate::session::Session;
+
+/// Default token lifetime: 8 hours, what apps built on the Edge Function expect.
+pub const DEFAULT_TTL_SECONDS: u64 = 8 * 3600;
+/// PowerSync refuses tokens whose `exp - iat` exceeds a day (PSYNC_S2104).
+pub const MAX_TTL_SECONDS: u64 = 86_400;
+pub const MIN_TTL_SECONDS: u64 = 60;
+/// Claims the worker sets itself; they cannot be copied from the session.
+pub const RESERVED_CLAIMS: [&str; 6] = ["sub", "aud", "iat", "exp", "iss", "nbf"];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenSettings {
+    /// `POWERSYNC_URL`: the instance URL, also the token's `aud`.
+    pub powersync_url: String,
+    /// `POWERSYNC_KEY_ID` (or the JWK's own `kid`): the header `kid`.
+    pub key_id: String,
+    /// `POWERSYNC_TOKEN_TTL_SECONDS`; default 28800 (8 h), allowed 60..=86400.
+    pub ttl_seconds: u64,
+    /// `POWERSYNC_TOKEN_ISSUER`; default none (no `iss` claim).
+    pub issuer: Option<String>,
+    /// `POWERSYNC_COPY_CLAIMS` (comma-separated); default none. Session claims copied into the
+    /// token for sync rules (`request.jwt() ->> 'email'`). Absent claims are skipped;
+    /// `parameters` is copied only when it is a JSON object (PowerSync's rule).
+    pub copy_claims: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct Header<'a> {
+    alg: &'static str,
+    typ: &'static str,
+    kid: &'a str,
+}
+
+/// A token waiting for its signature.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UnsignedToken {
+    /// `base64url(header) . base64url(payload)`: the bytes the signature covers.
+    pub signing_input: String,
+    pub user_id: String,
+    pub expires_at: u64,
+}
+
+/// Builds the PowerSync token for `session` at time `now` (Unix seconds).
+pub fn unsigned(settings: &TokenSettings, session: &Session, now: u64) -> UnsignedToken {
+    let header = Header { alg: "RS256", typ: "JWT", kid: &settings.key_id };
+    let expires_at = now + settings.ttl_seconds;
+    let mut claims = Map::new();
+    for name in &settings.copy_claims {
+        match session.claims.get(name) {
+            Some(value) if name != "parameters" || value.is_object() => {
+                claims.insert(name.clone(), value.clone());
+            }
+            _ => {}
+        }
+    }
+    claims.insert("sub".into(), session.user_id.clone().into());
+    claims.insert("aud".into(), settings.powersync_url.clone().into());
+    claims.insert("iat".into(), now.into());
+    claims.insert("exp".into(), expires_at.into());
+    if let Some(iss) = &settings.issuer {
+        claims.insert("iss".into(), iss.clone().into());
+    }
+    let encode = |bytes: Vec<u8>| URL_SAFE_NO_PAD.encode(bytes);
+    let signing_input = format!(
+        "{}.{}",
+        encode(serde_json::to_vec(&header).unwrap_or_default()),
+        encode(serde_json::to_vec(&claims).unwrap_or_default())
+    );
+    UnsignedToken { signing_input, user_id: session.user_id.clone(), expires_at }
+}
+
+/// The success body, shaped like the Edge Function's (`token`, `powersync_url`, `expires_at`,
+/// `user_id`) plus `endpoint`, the PowerSync SDKs' name for the URL.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct IssuedToken {
+    pub token: String,
+    pub powersync_url: String,
+    pub endpoint: String,
+    /// ISO 8601 UTC with milliseconds, e.g. `2025-10-22T20:30:00.000Z`.
+    pub expires_at: String,
+    pub user_id: String,
+}
+
+/// Joins the signing input and a base64url signature into the response body.
+pub fn issued(settings: &TokenSettings, unsigned: UnsignedToken, signature_b64url: &str) -> IssuedToken {
+    IssuedToken {
+        token: format!("{}.{}", unsigned.signing_input, signature_b64url),
+        powersync_url: settings.powersync_url.clone(),
+        endpoint: settings.powersync_url.clone(),
+        expires_at: iso8601_millis(unsigned.expires_at),
+        user_id: unsigned.user_id,
+    }
+}
+
+pub fn iso8601_millis(unix_seconds: u64) -> String {
+    chrono::DateTime::from_timestamp(unix_seconds as i64, 0)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
+/// Produces an RS256 signature (base64url) over a signing input.
+pub trait TokenSigner {
+    fn sign(&self, key: &SigningKey, signing_input: &[u8]) -> impl Future<Output = Result<String, String>>;
+}
+
+/// Pure-Rust RS256 signer (`jsonwebtoken` over RustCrypto's `rsa`). Used natively and by the dev
+/// tool; kept off the worker's request path (slow in wasm, RUSTSEC-2023-0071 timing advisory).
+pub struct RustSigner;
+
+impl RustSigner {
+    pub fn sign_now(key: &SigningKey, signing_input: &[u8]) -> Result<String, String> {
+        let encoding_key = jsonwebtoken::EncodingKey::from_rsa_der(&key.pkcs1_der());
+        jsonwebtoken::crypto::sign(signing_input, &encoding_key, jsonwebtoken::Algorithm::RS256)
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl TokenSigner for RustSigner {
+    async fn sign(&self, key: &SigningKey, signing_input: &[u8]) -> Result<String, String> {
+        RustSigner::sign_now(key, signing_input)
+    }
+}
+
+/// Decodes the header and claims of a token we issued (tests and the dev tool).
+pub fn decode_parts(token: &str) -> Option<(Value, Value)> {
+    let mut parts = token.split('.');
+    let mut next = || -> Option<Value> { serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts.next()?).ok()?).ok() };
+    Some((next()?, next()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::tests::test_key;
+    use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+    use serde_json::json;
+
+    fn settings() -> TokenSettings {
+        TokenSettings {
+            powersync_url: "https://abc.powersync.journeyapps.com".into(),
+            key_id: "ps-key-1".into(),
+            ttl_seconds: DEFAULT_TTL_SECONDS,
+            issuer: None,
+            copy_claims: vec![],
+        }
+    }
+
+    fn session(claims: Value) -> Session {
+        Session { user_id: "user-1".into(), claims: claims.as_object().cloned().unwrap_or_default(), token: "t".into() }
+    }
+
+    fn sign(settings: &TokenSettings, session: &Session, now: u64) -> IssuedToken {
+        let unsigned = unsigned(settings, session, now);
+        let signature = RustSigner::sign_now(test_key(), unsigned.signing_input.as_bytes()).unwrap();
+        issued(settings, unsigned, &signature)
+    }
+
+    #[test]
+    fn token_has_powersync_claims_and_an_eight_hour_lifetime() {
+        let body = sign(&settings(), &session(json!({})), 1_761_158_400);
+        let (header, claims) = decode_parts(&body.token).unwrap();
+        assert_eq!(header, json!({"alg": "RS256", "typ": "JWT", "kid": "ps-key-1"}));
+        assert_eq!(claims, json!({"sub": "user-1", "aud": "https://abc.powersync.journeyapps.com", "iat": 1_761_158_400u64, "exp": 1_761_158_400u64 + 28_800}));
+        assert_eq!(body.user_id, "user-1");
+        assert_eq!(body.powersync_url, "https://abc.powersync.journeyapps.com");
+        assert_eq!(body.endpoint, body.powersync_url);
+    }
+
+    #[test]
+    fn expires_at_is_iso8601_utc_with_milliseconds() {
+        let body = sign(&settings(), &session(json!({})), 1_761_136_200 - 28_800);
+        assert_eq!(body.expires_at, "2025-10-22T12:30:00.000Z");
+    }
+
+    #[test]
+    fn token_verifies_with_the_public_key_under_powersync_rules() {
+        let body = sign(&settings(), &session(json!({})), 1_800_000_000);
+        let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(serde_json::to_value(test_key().public_jwk("ps-key-1")).unwrap()).unwrap();
+        let mut validation = Validation::new(Algorithm::RS256);
+        validation.set_audience(&["https://abc.powersync.journeyapps.com"]);
+        validation.validate_exp = false;
+        let data = jsonwebtoken::decode::<Value>(&body.token, &DecodingKey::from_jwk(&jwk).unwrap(), &validation).unwrap();
+        let lifetime = data.claims["exp"].as_u64().unwrap() - data.claims["iat"].as_u64().unwrap();
+        assert!(lifetime <= MAX_TTL_SECONDS);
+    }
+
+    #[test]
+    fn configured_ttl_and_issuer_are_applied() {
+        let mut s = settings();
+        s.ttl_seconds = 600;
+        s.issuer = Some("https://worker.example".into());
+        let (_, claims) = decode_parts(&sign(&s, &session(json!({})), 1000).token).unwrap();
+        assert_eq!(claims["exp"], 1600);
+        assert_eq!(claims["iss"], "https://worker.example");
+    }
+
+    #[test]
+    fn selected_session_claims_are_copied_and_parameters_must_be_an_object() {
+        let mut s = settings();
+        s.copy_claims = vec!["role".into(), "email".into(), "missing".into(), "parameters".into()];
+        let (_, claims) = decode_parts(&sign(&s, &session(json!({"role": "authenticated", "email": "a@b.c", "parameters": "x", "phone": "1"})), 1000).token).unwrap();
+        assert_eq!(claims["role"], "authenticated");
+        assert_eq!(claims["email"], "a@b.c");
+        assert!(claims.get("missing").is_none() && claims.get("parameters").is_none() && claims.get("phone").is_none());
+        let (_, claims) = decode_parts(&sign(&s, &session(json!({"parameters": {"team": "t1"}})), 1000).token).unwrap();
+        assert_eq!(claims["parameters"], json!({"team": "t1"}));
+    }
+
+    #[test]
+    fn copied_claims_cannot_override_sub_or_aud() {
+        let mut s = settings();
+        s.copy_claims = vec!["sub".into(), "aud".into()];
+        let (_, claims) = decode_parts(&sign(&s, &session(json!({"sub": "evil", "aud": "evil"})), 1000).token).unwrap();
+        assert_eq!(claims["sub"], "user-1");
+        assert_eq!(claims["aud"], "https://abc.powersync.journeyapps.com");
+    }
+
+    #[test]
+    fn rs256_signatures_are_deterministic() {
+        let a = sign(&settings(), &session(json!({})), 1000);
+        let b = sign(&settings(), &session(json!({})), 1000);
+        assert_eq!(a.token, b.token);
+    }
+}

@@ -1,0 +1,208 @@
+//! Delivery: sends the planned requests of each transaction in order and records the outcomes.
+//!
+//! - Transactions are processed in order; within one, requests are sent in order and the first
+//!   failure ends the transaction.
+//! - A fatal failure makes the transaction `fatal_error` (recorded in the dead-letter table when
+//!   configured) and processing continues with the next transaction: the client discards it.
+//! - A retryable failure makes the transaction `retryable_error` and every later one
+//!   `not_attempted`: the client retries them in order.
+//! - Subrequest budget: before a transaction is sent, its planned requests plus one for a possible
+//!   dead-letter insert must fit in what remains of `UPLOAD_SUBREQUEST_BUDGET`; if not, it and
+//!   every later transaction are `not_attempted` (the client sends them again, in a fresh request
+//!   with a fresh budget). A transaction that would not fit even in a whole budget could never be
+//!   applied, and leaving it `not_attempted` would block the client's queue for ever, so it is a
+//!   fatal error `too_many_requests_for_budget` (index null) instead, dead-lettered like any other.
+//!   Merging keeps this rare (1,000 PUTs with the same columns are one request); atomic mode, one
+//!   request per transaction, avoids it entirely.
+
+use super::crud::Transaction;
+use super::dead_letter;
+use super::outcome::{classify, op_index_from_hint, FailedOperation, TransactionResult, UploadReport, Verdict};
+use super::plan::{self, Check, PlannedRequest};
+use super::settings::UploadSettings;
+use super::Caller;
+use crate::http::{HttpResponse, Transport};
+use serde_json::Value;
+
+/// How one transaction ended.
+enum Ending {
+    Success,
+    Fatal(FailedOperation),
+    Retryable(FailedOperation, u64),
+}
+
+/// Applies the transactions through PostgREST and reports what happened to each (see the
+/// module docs for the ordering, retry and budget rules).
+pub async fn apply<T: Transport>(
+    transactions: &[Transaction],
+    settings: &UploadSettings,
+    caller: &Caller,
+    transport: &T,
+) -> UploadReport {
+    let mut report = UploadReport { retry_after_seconds: settings.retry_after_seconds, ..UploadReport::default() };
+    let dead_letter_cost = usize::from(settings.dead_letter_table.is_some());
+    let budget = settings.subrequest_budget;
+    let mut stopped = false;
+
+    for transaction in transactions {
+        let transaction_id = transaction.transaction_id.clone();
+        if stopped {
+            report.results.push(TransactionResult::not_attempted(transaction_id));
+            continue;
+        }
+        let remaining = budget.saturating_sub(report.subrequests);
+        let ending = match plan::plan_transaction(transaction, settings, caller) {
+            Ok(requests) if requests.is_empty() => Some(Ending::Success),
+            Ok(requests) if requests.len() + dead_letter_cost > budget => {
+                refuse_unsendable(remaining, dead_letter_cost, too_big(requests.len(), budget, dead_letter_cost))
+            }
+            Ok(requests) if requests.len() + dead_letter_cost > remaining => None,
+            Ok(requests) => Some(send(requests, settings, transport, &mut report).await),
+            Err(failure) => refuse_unsendable(remaining, dead_letter_cost, failure),
+        };
+        let Some(ending) = ending else {
+            // Does not fit in what is left of the budget: this and every later transaction wait
+            // for the client's next upload.
+            stopped = true;
+            report.results.push(TransactionResult::not_attempted(transaction_id));
+            continue;
+        };
+        match ending {
+            Ending::Success => report.results.push(TransactionResult::success(transaction_id)),
+            Ending::Fatal(failure) => {
+                if let Some(table) = &settings.dead_letter_table {
+                    record_dead_letter(table, settings, caller, transaction, &failure, transport, &mut report).await;
+                }
+                report.results.push(TransactionResult::fatal(transaction_id, failure));
+            }
+            Ending::Retryable(failure, retry_after_seconds) => {
+                report.retry_after_seconds = report.retry_after_seconds.max(retry_after_seconds);
+                report.results.push(TransactionResult::retryable(transaction_id, failure, retry_after_seconds));
+                stopped = true;
+            }
+        }
+    }
+    report
+}
+
+/// A fatal failure found before sending: reported as such if its dead-letter insert still fits in
+/// the budget, otherwise `None` (not attempted; the next upload starts with a fresh budget).
+fn refuse_unsendable(remaining: usize, dead_letter_cost: usize, failure: FailedOperation) -> Option<Ending> {
+    (dead_letter_cost <= remaining).then_some(Ending::Fatal(failure))
+}
+
+fn too_big(planned: usize, budget: usize, dead_letter_cost: usize) -> FailedOperation {
+    let reserve = if dead_letter_cost > 0 { " plus one for its dead-letter record" } else { "" };
+    FailedOperation::new(
+        None,
+        "too_many_requests_for_budget",
+        format!(
+            "this transaction needs {planned} upstream requests{reserve}, more than \
+             UPLOAD_SUBREQUEST_BUDGET={budget} allows; raise the budget (Workers Paid plan) or \
+             enable UPLOAD_ATOMIC"
+        ),
+    )
+}
+
+/// Sends a transaction's requests in order until one fails.
+async fn send<T: Transport>(
+    requests: Vec<PlannedRequest>,
+    settings: &UploadSettings,
+    transport: &T,
+    report: &mut UploadReport,
+) -> Ending {
+    for planned in requests {
+        let index = match planned.check {
+            Check::Atomic => None,
+            _ => Some(planned.entries.start),
+        };
+        report.subrequests += 1;
+        let answer = transport.send(planned.request).await;
+        let verdict = classify(&answer, index);
+        let verdict = match (&planned.check, verdict, &answer) {
+            (Check::OwnerCheck { table, ids }, Verdict::Applied, Ok(response)) => {
+                owner_check(table, ids, planned.entries.start, response)
+            }
+            (Check::Atomic, verdict, _) => with_atomic_index(verdict, planned.entries.len()),
+            (_, verdict, _) => verdict,
+        };
+        match verdict {
+            Verdict::Applied => {}
+            Verdict::Fatal(failure) => return Ending::Fatal(failure),
+            Verdict::Retryable { failure, retry_after_seconds } => {
+                let wait = retry_after_seconds.unwrap_or(0).max(settings.retry_after_seconds);
+                return Ending::Retryable(failure, wait);
+            }
+        }
+    }
+    Ending::Success
+}
+
+/// The verdict on the service-mode ownership check: rows listed in the answer exist and belong to
+/// someone else, so upserting them would take them over.
+fn owner_check(table: &str, ids: &[(String, usize)], first: usize, response: &HttpResponse) -> Verdict {
+    let rows = match serde_json::from_str::<Value>(&response.body) {
+        Ok(Value::Array(rows)) => rows,
+        _ => {
+            let mut failure = FailedOperation::new(
+                Some(first),
+                "unexpected_response",
+                "the ownership check did not answer with a JSON array",
+            );
+            failure.http_status = Some(response.status);
+            return Verdict::Retryable { failure, retry_after_seconds: None };
+        }
+    };
+    let Some(row) = rows.first() else { return Verdict::Applied };
+    let foreign = match row.get("id") {
+        Some(Value::String(id)) => id.clone(),
+        Some(other) => other.to_string(),
+        None => String::new(),
+    };
+    let index = ids.iter().find(|(id, _)| *id == foreign).map_or(first, |(_, i)| *i);
+    let mut failure = FailedOperation::new(
+        Some(index),
+        "42501",
+        format!("row {foreign} of table {table} belongs to another owner"),
+    );
+    failure.http_status = Some(response.status);
+    Verdict::Fatal(failure)
+}
+
+/// Atomic calls: the function names the failing op in its error hint; ops are entries one to one.
+fn with_atomic_index(verdict: Verdict, entries: usize) -> Verdict {
+    let locate = |mut failure: FailedOperation| {
+        failure.index = failure.hint.as_deref().and_then(op_index_from_hint).filter(|i| *i < entries);
+        failure
+    };
+    match verdict {
+        Verdict::Applied => Verdict::Applied,
+        Verdict::Fatal(failure) => Verdict::Fatal(locate(failure)),
+        Verdict::Retryable { failure, retry_after_seconds } => {
+            Verdict::Retryable { failure: locate(failure), retry_after_seconds }
+        }
+    }
+}
+
+/// Records a fatal transaction; a failure is only counted and logged.
+async fn record_dead_letter<T: Transport>(
+    table: &str,
+    settings: &UploadSettings,
+    caller: &Caller,
+    transaction: &Transaction,
+    failure: &FailedOperation,
+    transport: &T,
+    report: &mut UploadReport,
+) {
+    let request = dead_letter::request(table, settings, caller, transaction, failure);
+    report.subrequests += 1;
+    let answer = transport.send(request).await;
+    match classify(&answer, None) {
+        Verdict::Applied => report.dead_letters += 1,
+        Verdict::Fatal(error) | Verdict::Retryable { failure: error, .. } => {
+            report.dead_letter_failures += 1;
+            let status = error.http_status.map_or_else(|| "no answer".to_string(), |s| format!("HTTP {s}"));
+            report.dead_letter_errors.push(format!("dead-letter insert into {table} failed: {} ({status})", error.code));
+        }
+    }
+}

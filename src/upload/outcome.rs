@@ -1,0 +1,642 @@
+//! Outcomes: what an upstream answer means for a transaction, and the report sent to the client.
+//!
+//! The one rule that matters: a *fatal* error makes the client discard the transaction, so only
+//! errors that retrying cannot fix are fatal (bad data, constraint and permission violations,
+//! requests PostgREST cannot understand). Everything that may heal by itself — network failures,
+//! overload, expired sessions, a database in read-only mode, configuration mistakes on the bridge's
+//! side — is *retryable*, so the data waits in the client's queue instead of being lost.
+//!
+//! [`classify`] applies these rules, in this order:
+//!
+//! 1. no answer (connection refused, DNS, timeout) → retryable (`network_error` / `timeout`);
+//! 2. 2xx → applied;
+//! 3. a PostgREST error body `{"code","message","details","hint"}` with a recognised `code`:
+//!    - SQLSTATE classes `21` (e.g. 21000, a row affected twice), `22` (data), `23` (constraints)
+//!      and `42` (schema, privileges and RLS, incl. 42501) → fatal;
+//!    - classes `08` (connection), `25` (e.g. 25006: the project is in read-only mode), `28`
+//!      (authorization configuration), `40` (serialization, deadlock), `53` (resources), `57`
+//!      (operator intervention, statement timeout), `58` (system) → retryable;
+//!    - `PGRST1xx` (request) and `PGRST2xx` (schema cache: unknown table or column) → fatal,
+//!      except `PGRST202` (RPC function not found): it concerns the atomic-mode setup, never the
+//!      data, so it is retryable until the function is installed;
+//!    - `PGRST0xx` (database unreachable), `PGRST3xx` (JWT invalid or expired: the client refreshes
+//!      its session and retries) and `PGRSTX..` (internal) → retryable;
+//!    - any other SQLSTATE (e.g. `P0001` raised by a trigger → 400, `XX000` → 500) → by status;
+//! 4. by HTTP status: 401 → retryable (a gateway's "Invalid API key" has no code and says nothing
+//!    about the data), 408 and 429 → retryable, other 4xx → fatal `http_<status>`, 5xx and anything
+//!    else → retryable `http_<status>`.
+
+use serde_json::{json, Map, Value};
+
+use crate::http::{HttpResponse, TransportError};
+
+/// Most characters of a non-JSON error body quoted in a failure message.
+const BODY_EXCERPT_CHARS: usize = 200;
+/// Cap on an upstream `Retry-After`, so a broken header cannot park a client for days.
+const MAX_RETRY_AFTER_SECONDS: u64 = 3600;
+
+/// A transaction's outcome, in the client's vocabulary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Every entry was applied.
+    Success,
+    /// Rejected for good: the client should discard the transaction.
+    FatalError,
+    /// Failed for a reason that may heal: the client must send it again.
+    RetryableError,
+    /// Not tried (an earlier transaction needs a retry, or the subrequest budget ran out): the
+    /// client must send it again.
+    NotAttempted,
+}
+
+impl Status {
+    /// The wire name: `success`, `fatal_error`, `retryable_error`, `not_attempted`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Success => "success",
+            Status::FatalError => "fatal_error",
+            Status::RetryableError => "retryable_error",
+            Status::NotAttempted => "not_attempted",
+        }
+    }
+}
+
+/// Which entry failed and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedOperation {
+    /// Index of the failing entry within its transaction. When several entries were merged into
+    /// one request, the index of the group's first entry (the error cannot tell which row of the
+    /// group failed). `None` when the failure concerns the whole transaction: an atomic call whose
+    /// error does not name the op, or a transaction too large for the subrequest budget.
+    pub index: Option<usize>,
+    /// SQLSTATE (`23505`), PostgREST code (`PGRST204`) or a bridge code (`http_404`,
+    /// `network_error`, `timeout`, `too_many_requests_for_budget`, `invalid_table_name`,
+    /// `table_not_allowed`, `unexpected_response`).
+    pub code: String,
+    pub message: String,
+    pub details: Option<String>,
+    pub hint: Option<String>,
+    /// The upstream status, when there was an answer.
+    pub http_status: Option<u16>,
+}
+
+impl FailedOperation {
+    /// A failure found by the bridge itself, without an upstream answer.
+    pub fn new(index: Option<usize>, code: &str, message: impl Into<String>) -> Self {
+        FailedOperation {
+            index,
+            code: code.to_string(),
+            message: message.into(),
+            details: None,
+            hint: None,
+            http_status: None,
+        }
+    }
+
+    /// The JSON sent to the client: `{"index","code","message","details"}` plus `hint` and
+    /// `http_status` when known.
+    pub fn to_json(&self) -> Value {
+        let mut object = Map::new();
+        object.insert("index".to_string(), json!(self.index));
+        object.insert("code".to_string(), json!(self.code));
+        object.insert("message".to_string(), json!(self.message));
+        object.insert("details".to_string(), json!(self.details));
+        if let Some(hint) = &self.hint {
+            object.insert("hint".to_string(), json!(hint));
+        }
+        if let Some(status) = self.http_status {
+            object.insert("http_status".to_string(), json!(status));
+        }
+        Value::Object(object)
+    }
+}
+
+/// The outcome of one transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransactionResult {
+    pub status: Status,
+    /// The client's transaction id, echoed (`None` → `null`).
+    pub transaction_id: Option<Value>,
+    /// Set for `FatalError` and `RetryableError`.
+    pub failed_operation: Option<FailedOperation>,
+    /// Set for `RetryableError`: how long the client should wait.
+    pub retry_after_ms: Option<u64>,
+}
+
+impl TransactionResult {
+    pub fn success(transaction_id: Option<Value>) -> Self {
+        TransactionResult { status: Status::Success, transaction_id, failed_operation: None, retry_after_ms: None }
+    }
+
+    pub fn fatal(transaction_id: Option<Value>, failure: FailedOperation) -> Self {
+        TransactionResult {
+            status: Status::FatalError,
+            transaction_id,
+            failed_operation: Some(failure),
+            retry_after_ms: None,
+        }
+    }
+
+    pub fn retryable(transaction_id: Option<Value>, failure: FailedOperation, retry_after_seconds: u64) -> Self {
+        TransactionResult {
+            status: Status::RetryableError,
+            transaction_id,
+            failed_operation: Some(failure),
+            retry_after_ms: Some(retry_after_seconds.saturating_mul(1000)),
+        }
+    }
+
+    pub fn not_attempted(transaction_id: Option<Value>) -> Self {
+        TransactionResult { status: Status::NotAttempted, transaction_id, failed_operation: None, retry_after_ms: None }
+    }
+
+    /// `{"status","transaction_id","failed_operation"?,"retry_after_ms"?}`.
+    pub fn to_json(&self) -> Value {
+        let mut object = Map::new();
+        object.insert("status".to_string(), json!(self.status.as_str()));
+        object.insert("transaction_id".to_string(), self.transaction_id.clone().unwrap_or(Value::Null));
+        if let Some(failure) = &self.failed_operation {
+            object.insert("failed_operation".to_string(), failure.to_json());
+        }
+        if let Some(ms) = self.retry_after_ms {
+            object.insert("retry_after_ms".to_string(), json!(ms));
+        }
+        Value::Object(object)
+    }
+}
+
+/// How many transactions ended in each status, for the request log line.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StatusCounts {
+    pub success: usize,
+    pub fatal: usize,
+    pub retryable: usize,
+    pub not_attempted: usize,
+}
+
+/// Everything one upload did: one result per transaction, in order, plus accounting for logs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UploadReport {
+    pub results: Vec<TransactionResult>,
+    /// Upstream requests made, dead-letter inserts included.
+    pub subrequests: usize,
+    /// Dead-letter rows written.
+    pub dead_letters: usize,
+    /// Dead-letter inserts that failed (the transactions' outcomes are unchanged).
+    pub dead_letter_failures: usize,
+    /// Why each failed dead-letter insert failed (code and status only, no row data), for logs;
+    /// never sent to the client.
+    pub dead_letter_errors: Vec<String>,
+    /// Seconds the client should wait before retrying, when [`needs_retry`](Self::needs_retry):
+    /// the largest `retry_after_ms` of the results, or `UPLOAD_RETRY_AFTER_SECONDS`.
+    pub retry_after_seconds: u64,
+}
+
+impl UploadReport {
+    /// Whether some transaction must be sent again (retryable or not attempted). The adapter then
+    /// answers 503 with `Retry-After: retry_after_seconds`, otherwise 200.
+    pub fn needs_retry(&self) -> bool {
+        self.results.iter().any(|r| matches!(r.status, Status::RetryableError | Status::NotAttempted))
+    }
+
+    /// Transactions per status.
+    pub fn counts(&self) -> StatusCounts {
+        let mut counts = StatusCounts::default();
+        for result in &self.results {
+            match result.status {
+                Status::Success => counts.success += 1,
+                Status::FatalError => counts.fatal += 1,
+                Status::RetryableError => counts.retryable += 1,
+                Status::NotAttempted => counts.not_attempted += 1,
+            }
+        }
+        counts
+    }
+
+    /// The response body: `{"results":[…],"applied":<transactions applied>,"subrequests":<n>}`.
+    pub fn body(&self) -> Value {
+        json!({
+            "results": self.results.iter().map(TransactionResult::to_json).collect::<Vec<_>>(),
+            "applied": self.counts().success,
+            "subrequests": self.subrequests,
+        })
+    }
+}
+
+impl UploadReport {
+    /// Counts and codes for the request log line: no ids, tokens or row data.
+    /// `{"success","fatal","retryable","not_attempted","subrequests","dead_letters",
+    /// "dead_letter_failures","failure_codes":[…],"dead_letter_errors":[…]}`.
+    pub fn log_summary(&self) -> Value {
+        let counts = self.counts();
+        let failure_codes: Vec<&str> = self
+            .results
+            .iter()
+            .filter_map(|r| r.failed_operation.as_ref().map(|f| f.code.as_str()))
+            .collect();
+        json!({
+            "success": counts.success,
+            "fatal": counts.fatal,
+            "retryable": counts.retryable,
+            "not_attempted": counts.not_attempted,
+            "subrequests": self.subrequests,
+            "dead_letters": self.dead_letters,
+            "dead_letter_failures": self.dead_letter_failures,
+            "failure_codes": failure_codes,
+            "dead_letter_errors": self.dead_letter_errors,
+        })
+    }
+}
+
+/// What an answer means for the transaction being sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// 2xx: the request was applied.
+    Applied,
+    /// Retrying cannot help.
+    Fatal(FailedOperation),
+    /// Retrying may help; `retry_after_seconds` is the upstream `Retry-After`, when it sent one.
+    Retryable { failure: FailedOperation, retry_after_seconds: Option<u64> },
+}
+
+/// Classifies the answer to a request covering the entry at `index` (see the module docs).
+pub fn classify(answer: &Result<HttpResponse, TransportError>, index: Option<usize>) -> Verdict {
+    let response = match answer {
+        Ok(response) => response,
+        Err(error) => {
+            let code = if error.timed_out { "timeout" } else { "network_error" };
+            return Verdict::Retryable {
+                failure: FailedOperation::new(index, code, format!("no answer from Supabase: {}", error.message)),
+                retry_after_seconds: None,
+            };
+        }
+    };
+    let status = response.status;
+    if (200..300).contains(&status) {
+        return Verdict::Applied;
+    }
+
+    let body = ErrorBody::parse(&response.body);
+    let class = body.code.as_deref().map(class_of).unwrap_or(Class::Unrecognised);
+    let fatal = match class {
+        Class::Fatal => true,
+        Class::Retryable => false,
+        Class::Unrecognised => (400..500).contains(&status) && !matches!(status, 401 | 408 | 429),
+    };
+    let code = match (&body.code, class) {
+        (Some(code), Class::Fatal | Class::Retryable) => code.clone(),
+        (Some(code), Class::Unrecognised) if is_sqlstate(code) => code.clone(),
+        _ => format!("http_{status}"),
+    };
+    let message = match body.message {
+        Some(message) => message,
+        None if response.body.trim().is_empty() => format!("HTTP {status} from Supabase"),
+        None => format!("HTTP {status} from Supabase: {}", excerpt(&response.body)),
+    };
+    let failure = FailedOperation {
+        index,
+        code,
+        message,
+        details: body.details,
+        hint: body.hint,
+        http_status: Some(status),
+    };
+    if fatal {
+        Verdict::Fatal(failure)
+    } else {
+        Verdict::Retryable { failure, retry_after_seconds: retry_after(response) }
+    }
+}
+
+/// The op index named by the atomic function's error hint (`… powersync op <index> (…)`).
+pub fn op_index_from_hint(hint: &str) -> Option<usize> {
+    const MARKER: &str = "powersync op ";
+    let start = hint.rfind(MARKER)? + MARKER.len();
+    let digits: String = hint[start..].chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    Fatal,
+    Retryable,
+    Unrecognised,
+}
+
+fn class_of(code: &str) -> Class {
+    if let Some(number) = code.strip_prefix("PGRST") {
+        return match number.as_bytes().first() {
+            _ if number == "202" => Class::Retryable,
+            Some(b'1' | b'2') => Class::Fatal,
+            Some(b'0' | b'3' | b'X') => Class::Retryable,
+            _ => Class::Unrecognised,
+        };
+    }
+    if !is_sqlstate(code) {
+        return Class::Unrecognised;
+    }
+    match &code[..2] {
+        "21" | "22" | "23" | "42" => Class::Fatal,
+        "08" | "25" | "28" | "40" | "53" | "57" | "58" => Class::Retryable,
+        _ => Class::Unrecognised,
+    }
+}
+
+/// Five characters of digits and upper-case letters, as Postgres error codes are.
+fn is_sqlstate(code: &str) -> bool {
+    code.len() == 5 && code.bytes().all(|b| b.is_ascii_digit() || b.is_ascii_uppercase())
+}
+
+/// The fields of a PostgREST error body; all absent when the body is not a JSON object.
+#[derive(Debug, Default)]
+struct ErrorBody {
+    code: Option<String>,
+    message: Option<String>,
+    details: Option<String>,
+    hint: Option<String>,
+}
+
+impl ErrorBody {
+    fn parse(body: &str) -> Self {
+        let Ok(Value::Object(fields)) = serde_json::from_str::<Value>(body) else {
+            return ErrorBody::default();
+        };
+        let text = |name: &str| match fields.get(name) {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(other) => Some(other.to_string()),
+        };
+        ErrorBody { code: text("code"), message: text("message"), details: text("details"), hint: text("hint") }
+    }
+}
+
+fn excerpt(body: &str) -> String {
+    let flat: String = body.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    let trimmed = flat.trim();
+    let mut out: String = trimmed.chars().take(BODY_EXCERPT_CHARS).collect();
+    if trimmed.chars().count() > BODY_EXCERPT_CHARS {
+        out.push('…');
+    }
+    out
+}
+
+/// A `Retry-After` given in seconds (the HTTP-date form is ignored).
+fn retry_after(response: &HttpResponse) -> Option<u64> {
+    let seconds: u64 = response.header_value("retry-after")?.trim().parse().ok()?;
+    Some(seconds.min(MAX_RETRY_AFTER_SECONDS))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(status: u16, body: &str) -> Result<HttpResponse, TransportError> {
+        Ok(HttpResponse { status, headers: vec![], body: body.to_string() })
+    }
+
+    fn postgrest(status: u16, code: &str) -> Result<HttpResponse, TransportError> {
+        answer(status, &json!({"code": code, "message": "m", "details": "d", "hint": null}).to_string())
+    }
+
+    fn is_fatal(verdict: &Verdict) -> bool {
+        matches!(verdict, Verdict::Fatal(_))
+    }
+
+    fn is_retryable(verdict: &Verdict) -> bool {
+        matches!(verdict, Verdict::Retryable { .. })
+    }
+
+    fn code(verdict: &Verdict) -> &str {
+        match verdict {
+            Verdict::Fatal(f) | Verdict::Retryable { failure: f, .. } => &f.code,
+            Verdict::Applied => "applied",
+        }
+    }
+
+    #[test]
+    fn success_statuses_are_applied() {
+        for status in [200, 201, 204] {
+            assert_eq!(classify(&answer(status, ""), Some(0)), Verdict::Applied);
+        }
+    }
+
+    #[test]
+    fn data_constraint_and_schema_errors_are_fatal() {
+        for (status, code) in [
+            (400, "22P02"),
+            (400, "22001"),
+            (409, "23505"),
+            (409, "23503"),
+            (400, "23502"),
+            (400, "23514"),
+            (403, "42501"),
+            (401, "42501"),
+            (404, "42P01"),
+            (400, "42703"),
+            (500, "21000"),
+        ] {
+            let verdict = classify(&postgrest(status, code), Some(3));
+            assert!(is_fatal(&verdict), "{code} {verdict:?}");
+            assert_eq!(code_of(&verdict), code);
+        }
+    }
+
+    fn code_of(verdict: &Verdict) -> String {
+        code(verdict).to_string()
+    }
+
+    #[test]
+    fn fatal_failure_carries_body_fields_and_index() {
+        let verdict = classify(
+            &answer(409, r#"{"code":"23505","message":"duplicate key","details":"Key (id)=(1) exists.","hint":"h"}"#),
+            Some(2),
+        );
+        assert_eq!(
+            verdict,
+            Verdict::Fatal(FailedOperation {
+                index: Some(2),
+                code: "23505".to_string(),
+                message: "duplicate key".to_string(),
+                details: Some("Key (id)=(1) exists.".to_string()),
+                hint: Some("h".to_string()),
+                http_status: Some(409),
+            })
+        );
+    }
+
+    #[test]
+    fn transient_database_errors_are_retryable() {
+        for (status, code) in [
+            (503, "08006"),
+            (500, "40001"),
+            (500, "40P01"),
+            (503, "53300"),
+            (500, "57014"),
+            (500, "58030"),
+            (405, "25006"),
+            (403, "28000"),
+        ] {
+            let verdict = classify(&postgrest(status, code), Some(0));
+            assert!(is_retryable(&verdict), "{code} {verdict:?}");
+            assert_eq!(code_of(&verdict), code);
+        }
+    }
+
+    #[test]
+    fn postgrest_request_and_schema_errors_are_fatal() {
+        for code in ["PGRST100", "PGRST102", "PGRST116", "PGRST204", "PGRST205"] {
+            assert!(is_fatal(&classify(&postgrest(400, code), None)), "{code}");
+        }
+    }
+
+    #[test]
+    fn missing_rpc_function_is_retryable() {
+        assert!(is_retryable(&classify(&postgrest(404, "PGRST202"), None)));
+    }
+
+    #[test]
+    fn jwt_connection_and_internal_postgrest_errors_are_retryable() {
+        for (status, code) in [(401, "PGRST301"), (401, "PGRST303"), (503, "PGRST000"), (504, "PGRST003"), (500, "PGRSTX00")] {
+            assert!(is_retryable(&classify(&postgrest(status, code), None)), "{code}");
+        }
+    }
+
+    #[test]
+    fn unrecognised_sqlstate_follows_the_status() {
+        let raised = classify(&postgrest(400, "P0001"), Some(0));
+        assert!(is_fatal(&raised));
+        assert_eq!(code(&raised), "P0001");
+        let internal = classify(&postgrest(500, "XX000"), Some(0));
+        assert!(is_retryable(&internal));
+        assert_eq!(code(&internal), "XX000");
+        assert!(is_fatal(&classify(&postgrest(413, "54000"), Some(0))));
+    }
+
+    #[test]
+    fn answers_without_a_code_follow_the_status() {
+        let html = classify(&answer(404, "<html>Not Found</html>"), Some(1));
+        assert!(is_fatal(&html));
+        assert_eq!(code(&html), "http_404");
+        let text = classify(&answer(400, "bad request"), Some(1));
+        assert!(is_fatal(&text));
+        assert_eq!(code(&text), "http_400");
+        for status in [500, 502, 503, 504, 520, 408, 429, 301] {
+            let verdict = classify(&answer(status, ""), Some(0));
+            assert!(is_retryable(&verdict), "{status}");
+            assert_eq!(code(&verdict), format!("http_{status}"));
+        }
+    }
+
+    #[test]
+    fn unauthorized_without_a_code_is_retryable() {
+        let verdict = classify(&answer(401, r#"{"message":"Invalid API key"}"#), Some(0));
+        assert!(is_retryable(&verdict));
+        assert_eq!(code(&verdict), "http_401");
+    }
+
+    #[test]
+    fn non_sqlstate_code_is_replaced_by_the_status_code() {
+        let verdict = classify(&answer(414, r#"{"code":414,"message":"URI too long"}"#), Some(0));
+        assert!(is_fatal(&verdict));
+        assert_eq!(code(&verdict), "http_414");
+    }
+
+    #[test]
+    fn non_json_message_quotes_a_short_excerpt() {
+        let body = format!("<html>{}</html>\n", "x".repeat(500));
+        match classify(&answer(403, &body), Some(0)) {
+            Verdict::Fatal(f) => {
+                assert!(f.message.starts_with("HTTP 403 from Supabase: <html>xxx"));
+                assert!(f.message.chars().count() < 260);
+                assert!(!f.message.contains('\n'));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn transport_errors_are_retryable() {
+        let refused = Err(TransportError { message: "connection refused".to_string(), timed_out: false });
+        let verdict = classify(&refused, Some(4));
+        assert!(is_retryable(&verdict));
+        assert_eq!(code(&verdict), "network_error");
+        let timeout = Err(TransportError { message: "timed out".to_string(), timed_out: true });
+        assert_eq!(code(&classify(&timeout, None)), "timeout");
+    }
+
+    #[test]
+    fn retry_after_header_is_read_and_capped() {
+        let response = |value: &str| {
+            Ok(HttpResponse {
+                status: 429,
+                headers: vec![("Retry-After".to_string(), value.to_string())],
+                body: String::new(),
+            })
+        };
+        match classify(&response("12"), Some(0)) {
+            Verdict::Retryable { retry_after_seconds, .. } => assert_eq!(retry_after_seconds, Some(12)),
+            other => panic!("{other:?}"),
+        }
+        match classify(&response("999999"), Some(0)) {
+            Verdict::Retryable { retry_after_seconds, .. } => assert_eq!(retry_after_seconds, Some(3600)),
+            other => panic!("{other:?}"),
+        }
+        match classify(&response("Wed, 21 Oct 2015 07:28:00 GMT"), Some(0)) {
+            Verdict::Retryable { retry_after_seconds, .. } => assert_eq!(retry_after_seconds, None),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn op_index_is_read_from_the_atomic_function_hint() {
+        assert_eq!(op_index_from_hint("powersync op 3 (PUT todos/a)"), Some(3));
+        assert_eq!(op_index_from_hint("Check the id; powersync op 12 (PATCH t/x)"), Some(12));
+        assert_eq!(op_index_from_hint("no marker"), None);
+        assert_eq!(op_index_from_hint("powersync op ? (x)"), None);
+    }
+
+    #[test]
+    fn report_body_has_results_applied_and_subrequests() {
+        let report = UploadReport {
+            results: vec![
+                TransactionResult::success(Some(json!(1))),
+                TransactionResult::fatal(Some(json!("b")), FailedOperation::new(Some(0), "23505", "dup")),
+                TransactionResult::retryable(None, FailedOperation::new(Some(2), "http_503", "down"), 5),
+                TransactionResult::not_attempted(Some(json!(4))),
+            ],
+            subrequests: 3,
+            ..UploadReport::default()
+        };
+        assert_eq!(
+            report.body(),
+            json!({
+                "results": [
+                    {"status": "success", "transaction_id": 1},
+                    {"status": "fatal_error", "transaction_id": "b",
+                     "failed_operation": {"index": 0, "code": "23505", "message": "dup", "details": null}},
+                    {"status": "retryable_error", "transaction_id": null,
+                     "failed_operation": {"index": 2, "code": "http_503", "message": "down", "details": null},
+                     "retry_after_ms": 5000},
+                    {"status": "not_attempted", "transaction_id": 4}
+                ],
+                "applied": 1,
+                "subrequests": 3
+            })
+        );
+        assert!(report.needs_retry());
+        assert_eq!(report.counts(), StatusCounts { success: 1, fatal: 1, retryable: 1, not_attempted: 1 });
+    }
+
+    #[test]
+    fn report_without_retryable_or_unattempted_needs_no_retry() {
+        let report = UploadReport {
+            results: vec![
+                TransactionResult::success(None),
+                TransactionResult::fatal(None, FailedOperation::new(None, "x", "y")),
+            ],
+            ..UploadReport::default()
+        };
+        assert!(!report.needs_retry());
+        assert!(!UploadReport::default().needs_retry());
+    }
+}

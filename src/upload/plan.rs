@@ -1,0 +1,768 @@
+//! Plans: a transaction turned into the ordered PostgREST requests that apply it.
+//!
+//! Every entry is idempotent by construction, which is what makes retries safe:
+//!
+//! - PUT → upsert by id: `POST <SUPABASE_URL>/rest/v1/<table>` with a JSON array of rows
+//!   `{"id": <id>, ...data}` and `Prefer: resolution=merge-duplicates,return=minimal`. The URL
+//!   carries no `?columns=` or `?on_conflict=`: `id` is the primary key, and merged rows always
+//!   have identical keys.
+//! - PATCH → `PATCH …/<table>?id=eq.<id>` with the data as body and `Prefer: return=minimal`.
+//!   A PATCH without data sends nothing (there is nothing to change) and counts as applied.
+//! - DELETE → `DELETE …/<table>?id=eq.<id>` with `Prefer: return=minimal`.
+//!
+//! Consecutive entries of one transaction are merged into one request only where the result is
+//! identical to sending them one by one, never across a different operation and never reordered:
+//!
+//! - PUTs to the same table whose rows have the same set of keys → one bulk upsert (in a bulk
+//!   upsert a key missing from one row would overwrite that column with NULL), except that a PUT
+//!   whose id is already in the group starts a new group (Postgres refuses to upsert the same row
+//!   twice in one statement: 21000);
+//! - DELETEs to the same table → one `id=in.(…)`;
+//! - PATCHes to the same table with identical data → one `id=in.(…)`;
+//! - an `in.(…)` list stops growing before the URL passes [`filter::MAX_URL_BYTES`];
+//! - PATCHes without data send nothing, so they neither start nor end a group.
+//!
+//! When a merged request fails, the failure is reported at the group's first entry.
+//!
+//! Service mode (`UPLOAD_MODE=service`) adds, because the service key bypasses RLS:
+//! - `&<owner>=eq.<user id>` on every PATCH and DELETE, so only the caller's rows are touched;
+//! - the owner column forced on PUT rows and removed from PATCH data (see [`row`](super::row));
+//! - before each bulk upsert, an ownership check
+//!   `GET …/<table>?select=id&id=in.(…)&<owner>=isdistinct.<user id>`: an upsert would otherwise
+//!   take over another user's row that has the same id. Any row it returns fails the transaction
+//!   with 42501 before anything is written. (The check and the upsert are two requests, so a row
+//!   created in between by someone else with the same id could still be overwritten; with random
+//!   ids that race needs the other user's id in advance. Atomic mode has no such gap.)
+//!
+//! Atomic mode (`UPLOAD_ATOMIC=true`) sends a whole transaction as one
+//! `POST …/rest/v1/rpc/<function>` with `{"ops":[{"op","table","id","data"?}, …]}` (the same
+//! rows and data as above, one op per entry so op indexes are entry indexes; no `data` for
+//! DELETE) and, in service mode, `"owner_column"` and `"owner_id"`.
+//!
+//! Tables are checked before anything is sent: a name that is not a plain identifier
+//! (`invalid_table_name`), or one outside `UPLOAD_TABLES` or equal to the dead-letter table
+//! (`table_not_allowed`), fails its transaction as a fatal error without any request.
+
+use std::ops::Range;
+
+use serde_json::{json, Map, Value};
+
+use super::crud::{Op, Transaction};
+use super::filter::{self, InList};
+use super::outcome::FailedOperation;
+use super::row;
+use super::settings::{is_identifier, UploadSettings, WriteMode};
+use super::Caller;
+use crate::http::{HttpRequest, Method};
+
+/// `Prefer` of an upsert: merge into existing rows, answer without a body.
+pub const PREFER_UPSERT: &str = "resolution=merge-duplicates,return=minimal";
+/// `Prefer` of PATCH, DELETE and dead-letter inserts.
+pub const PREFER_MINIMAL: &str = "return=minimal";
+
+/// What a successful (2xx) answer to a planned request must additionally satisfy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Check {
+    /// A write: 2xx is enough.
+    Write,
+    /// The service-mode ownership check before an upsert: the answer must be an empty JSON array.
+    /// `ids` maps each checked id to its entry index, to report which entry is at fault.
+    OwnerCheck { table: String, ids: Vec<(String, usize)> },
+    /// The atomic RPC call: an error's hint may name the failing op (= entry index).
+    Atomic,
+}
+
+/// One request of a plan, with the entries it covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedRequest {
+    pub request: HttpRequest,
+    /// The transaction's entries this request applies (first..last merged entry). A failure is
+    /// reported at `entries.start`.
+    pub entries: Range<usize>,
+    pub check: Check,
+}
+
+/// Plans one transaction. An error is the transaction's fatal failure, found before any request.
+pub fn plan_transaction(
+    transaction: &Transaction,
+    settings: &UploadSettings,
+    caller: &Caller,
+) -> Result<Vec<PlannedRequest>, FailedOperation> {
+    for (index, entry) in transaction.entries.iter().enumerate() {
+        check_table(index, &entry.table, settings)?;
+    }
+    let context = Context::new(settings, caller);
+    if settings.atomic {
+        return Ok(context.atomic(transaction).into_iter().collect());
+    }
+    let mut planner = Planner { context, requests: Vec::new(), group: None };
+    for (index, entry) in transaction.entries.iter().enumerate() {
+        match entry.op {
+            Op::Put => {
+                let row = row::put_row(entry, settings, &caller.user_id);
+                planner.add_put(index, &entry.table, &entry.id, row);
+            }
+            Op::Patch => {
+                let data = row::patch_data(entry, settings);
+                if !data.is_empty() {
+                    planner.add_filtered(index, &entry.table, &entry.id, Some(data));
+                }
+            }
+            Op::Delete => planner.add_filtered(index, &entry.table, &entry.id, None),
+        }
+    }
+    planner.flush();
+    Ok(planner.requests)
+}
+
+/// Refuses tables the bridge must not write.
+fn check_table(index: usize, table: &str, settings: &UploadSettings) -> Result<(), FailedOperation> {
+    if !is_identifier(table) {
+        return Err(FailedOperation::new(
+            Some(index),
+            "invalid_table_name",
+            format!("table name {table:?} is not a plain identifier (letters, digits, _)"),
+        ));
+    }
+    let is_dead_letter = settings.dead_letter_table.as_deref() == Some(table);
+    let outside_allowlist = settings.tables.as_ref().is_some_and(|allowed| !allowed.contains(table));
+    if is_dead_letter || outside_allowlist {
+        return Err(FailedOperation::new(
+            Some(index),
+            "table_not_allowed",
+            format!("uploads to table {table} are not allowed"),
+        ));
+    }
+    Ok(())
+}
+
+/// What every request of a plan shares.
+struct Context<'a> {
+    settings: &'a UploadSettings,
+    caller: &'a Caller,
+    /// Service mode: (owner column, user id).
+    owner: Option<(&'a str, &'a str)>,
+}
+
+impl<'a> Context<'a> {
+    fn new(settings: &'a UploadSettings, caller: &'a Caller) -> Self {
+        let owner = match &settings.mode {
+            WriteMode::Rls => None,
+            WriteMode::Service { owner_column, .. } => Some((owner_column.as_str(), caller.user_id.as_str())),
+        };
+        Context { settings, caller, owner }
+    }
+
+    fn table_url(&self, table: &str) -> String {
+        format!("{}/rest/v1/{table}", self.settings.supabase_url)
+    }
+
+    /// A request with `apikey` and `Authorization` for the configured mode.
+    fn request(&self, method: Method, url: String) -> HttpRequest {
+        authorized(method, url, self.settings, self.caller)
+    }
+
+    /// `&<owner>=eq.<user id>` in service mode, empty otherwise.
+    fn owner_filter(&self) -> String {
+        match self.owner {
+            Some((column, user_id)) => format!("&{column}={}", filter::eq(user_id)),
+            None => String::new(),
+        }
+    }
+
+    /// Fixed URL length of a PATCH/DELETE (everything but the id filter value).
+    fn filtered_url_len(&self, table: &str) -> usize {
+        self.table_url(table).len() + "?id=".len() + self.owner_filter().len()
+    }
+
+    fn owner_check_suffix(&self) -> String {
+        match self.owner {
+            Some((column, user_id)) => format!("&{column}={}", filter::is_distinct(user_id)),
+            None => String::new(),
+        }
+    }
+
+    /// Fixed URL length of an ownership check (everything but the id filter value).
+    fn owner_check_url_len(&self, table: &str) -> usize {
+        self.table_url(table).len() + "?select=id&id=".len() + self.owner_check_suffix().len()
+    }
+
+    fn atomic(&self, transaction: &Transaction) -> Option<PlannedRequest> {
+        if transaction.entries.is_empty() {
+            return None;
+        }
+        let ops: Vec<Value> = transaction
+            .entries
+            .iter()
+            .map(|entry| {
+                let mut op = Map::new();
+                op.insert("op".to_string(), json!(entry.op.as_str()));
+                op.insert("table".to_string(), json!(entry.table));
+                op.insert("id".to_string(), json!(entry.id));
+                match entry.op {
+                    Op::Put => {
+                        op.insert("data".to_string(), Value::Object(row::put_row(entry, self.settings, &self.caller.user_id)));
+                    }
+                    Op::Patch => {
+                        op.insert("data".to_string(), Value::Object(row::patch_data(entry, self.settings)));
+                    }
+                    Op::Delete => {}
+                }
+                Value::Object(op)
+            })
+            .collect();
+        let mut body = Map::new();
+        body.insert("ops".to_string(), Value::Array(ops));
+        if let Some((column, user_id)) = self.owner {
+            body.insert("owner_column".to_string(), json!(column));
+            body.insert("owner_id".to_string(), json!(user_id));
+        }
+        let url = format!("{}/rest/v1/rpc/{}", self.settings.supabase_url, self.settings.atomic_function);
+        Some(PlannedRequest {
+            request: self.request(Method::Post, url).json_body(Value::Object(body).to_string()),
+            entries: 0..transaction.entries.len(),
+            check: Check::Atomic,
+        })
+    }
+}
+
+/// A request with the credentials of the configured mode: in `rls` mode the anon key and the
+/// caller's own token (RLS applies), in `service` mode the service key in both headers.
+pub(crate) fn authorized(method: Method, url: String, settings: &UploadSettings, caller: &Caller) -> HttpRequest {
+    let (apikey, bearer) = match &settings.mode {
+        WriteMode::Rls => (settings.anon_key.as_str(), caller.access_token.as_str()),
+        WriteMode::Service { service_key, .. } => (service_key.as_str(), service_key.as_str()),
+    };
+    HttpRequest::new(method, url).header("apikey", apikey).header("Authorization", format!("Bearer {bearer}"))
+}
+
+/// Consecutive entries being merged into one request.
+enum Group<'e> {
+    Put(PutGroup<'e>),
+    Filtered(FilteredGroup<'e>),
+}
+
+struct PutGroup<'e> {
+    table: &'e str,
+    start: usize,
+    end: usize,
+    rows: Vec<Value>,
+    /// Sorted keys shared by every row.
+    keys: Vec<String>,
+    /// (id, entry index) of every row, for duplicate detection and the ownership check.
+    ids: Vec<(String, usize)>,
+    /// Service mode: the ownership check's id list.
+    check_ids: InList,
+}
+
+/// PATCHes with identical data (`data: Some`) or DELETEs (`data: None`) on one table.
+struct FilteredGroup<'e> {
+    table: &'e str,
+    start: usize,
+    end: usize,
+    data: Option<Map<String, Value>>,
+    ids: InList,
+}
+
+struct Planner<'a, 'e> {
+    context: Context<'a>,
+    requests: Vec<PlannedRequest>,
+    group: Option<Group<'e>>,
+}
+
+impl<'e> Planner<'_, 'e> {
+    fn add_put(&mut self, index: usize, table: &'e str, id: &str, row: Map<String, Value>) {
+        let mut keys: Vec<String> = row.keys().cloned().collect();
+        keys.sort();
+        if let Some(Group::Put(group)) = &mut self.group {
+            let url_fits = self.context.owner.is_none()
+                || self.context.owner_check_url_len(table) + group.check_ids.len_with(id) <= filter::MAX_URL_BYTES;
+            let same_shape = group.table == table && group.keys == keys;
+            let new_id = !group.ids.iter().any(|(known, _)| known == id);
+            if same_shape && new_id && url_fits {
+                group.end = index + 1;
+                group.rows.push(Value::Object(row));
+                group.ids.push((id.to_string(), index));
+                group.check_ids.push(id);
+                return;
+            }
+        }
+        self.flush();
+        let mut check_ids = InList::new();
+        check_ids.push(id);
+        self.group = Some(Group::Put(PutGroup {
+            table,
+            start: index,
+            end: index + 1,
+            rows: vec![Value::Object(row)],
+            keys,
+            ids: vec![(id.to_string(), index)],
+            check_ids,
+        }));
+    }
+
+    fn add_filtered(&mut self, index: usize, table: &'e str, id: &str, data: Option<Map<String, Value>>) {
+        if let Some(Group::Filtered(group)) = &mut self.group {
+            let fits = self.context.filtered_url_len(table) + group.ids.len_with(id) <= filter::MAX_URL_BYTES;
+            if group.table == table && group.data == data && fits {
+                group.end = index + 1;
+                group.ids.push(id);
+                return;
+            }
+        }
+        self.flush();
+        let mut ids = InList::new();
+        ids.push(id);
+        self.group = Some(Group::Filtered(FilteredGroup { table, start: index, end: index + 1, data, ids }));
+    }
+
+    /// Turns the open group, if any, into its request(s).
+    fn flush(&mut self) {
+        match self.group.take() {
+            None => {}
+            Some(Group::Put(group)) => {
+                let entries = group.start..group.end;
+                if self.context.owner.is_some() {
+                    let url = format!(
+                        "{}?select=id&id={}{}",
+                        self.context.table_url(group.table),
+                        group.check_ids.filter(),
+                        self.context.owner_check_suffix()
+                    );
+                    self.requests.push(PlannedRequest {
+                        request: self.context.request(Method::Get, url),
+                        entries: entries.clone(),
+                        check: Check::OwnerCheck { table: group.table.to_string(), ids: group.ids },
+                    });
+                }
+                let request = self
+                    .context
+                    .request(Method::Post, self.context.table_url(group.table))
+                    .json_body(Value::Array(group.rows).to_string())
+                    .header("Prefer", PREFER_UPSERT);
+                self.requests.push(PlannedRequest { request, entries, check: Check::Write });
+            }
+            Some(Group::Filtered(group)) => {
+                let url = format!(
+                    "{}?id={}{}",
+                    self.context.table_url(group.table),
+                    group.ids.filter(),
+                    self.context.owner_filter()
+                );
+                let request = match group.data {
+                    Some(data) => self
+                        .context
+                        .request(Method::Patch, url)
+                        .json_body(Value::Object(data).to_string()),
+                    None => self.context.request(Method::Delete, url),
+                };
+                self.requests.push(PlannedRequest {
+                    request: request.header("Prefer", PREFER_MINIMAL),
+                    entries: group.start..group.end,
+                    check: Check::Write,
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upload::crud::Entry;
+    use percent_encoding::percent_decode_str;
+    use std::collections::BTreeSet;
+
+    const BASE: &str = "https://p.supabase.co";
+
+    fn settings() -> UploadSettings {
+        UploadSettings::new(BASE, "anon-key")
+    }
+
+    fn service() -> UploadSettings {
+        let mut s = settings();
+        s.mode = WriteMode::Service { service_key: "svc-key".to_string(), owner_column: "owner".to_string() };
+        s
+    }
+
+    fn caller() -> Caller {
+        Caller { user_id: "user-1".to_string(), access_token: "user-token".to_string() }
+    }
+
+    fn e(op: Op, table: &str, id: &str, data: Value) -> Entry {
+        Entry { op, table: table.to_string(), id: id.to_string(), data: data.as_object().cloned().unwrap_or_default() }
+    }
+
+    fn put(id: &str, data: Value) -> Entry {
+        e(Op::Put, "todos", id, data)
+    }
+
+    fn patch(id: &str, data: Value) -> Entry {
+        e(Op::Patch, "todos", id, data)
+    }
+
+    fn delete(id: &str) -> Entry {
+        e(Op::Delete, "todos", id, Value::Null)
+    }
+
+    fn tx(entries: Vec<Entry>) -> Transaction {
+        Transaction { transaction_id: Some(json!(1)), entries }
+    }
+
+    fn plan(entries: Vec<Entry>, settings: &UploadSettings) -> Vec<PlannedRequest> {
+        match plan_transaction(&tx(entries), settings, &caller()) {
+            Ok(plan) => plan,
+            Err(failure) => panic!("unexpected failure {failure:?}"),
+        }
+    }
+
+    fn body(request: &PlannedRequest) -> Value {
+        serde_json::from_str(request.request.body.as_deref().unwrap_or("null")).unwrap_or(Value::Null)
+    }
+
+    fn headers(request: &PlannedRequest) -> Vec<(&str, &str)> {
+        request.request.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect()
+    }
+
+    fn decoded_url(request: &PlannedRequest) -> String {
+        percent_decode_str(&request.request.url).decode_utf8_lossy().into_owned()
+    }
+
+    #[test]
+    fn put_is_an_upsert_with_exact_url_headers_and_body() {
+        let requests = plan(vec![put("a", json!({"title": "x", "id": "ignored"}))], &settings());
+        assert_eq!(requests.len(), 1);
+        let r = &requests[0];
+        assert_eq!(r.request.method, Method::Post);
+        assert_eq!(r.request.url, "https://p.supabase.co/rest/v1/todos");
+        assert_eq!(
+            headers(r),
+            vec![
+                ("apikey", "anon-key"),
+                ("Authorization", "Bearer user-token"),
+                ("Content-Type", "application/json"),
+                ("Prefer", "resolution=merge-duplicates,return=minimal"),
+            ]
+        );
+        assert_eq!(body(r), json!([{"id": "a", "title": "x"}]));
+        assert_eq!(r.entries, 0..1);
+        assert_eq!(r.check, Check::Write);
+    }
+
+    #[test]
+    fn patch_has_eq_filter_and_data_body() {
+        let requests = plan(vec![patch("a", json!({"title": "y", "n": null}))], &settings());
+        let r = &requests[0];
+        assert_eq!(r.request.method, Method::Patch);
+        assert_eq!(r.request.url, "https://p.supabase.co/rest/v1/todos?id=eq.a");
+        assert_eq!(
+            headers(r),
+            vec![
+                ("apikey", "anon-key"),
+                ("Authorization", "Bearer user-token"),
+                ("Content-Type", "application/json"),
+                ("Prefer", "return=minimal"),
+            ]
+        );
+        assert_eq!(body(r), json!({"title": "y", "n": null}));
+    }
+
+    #[test]
+    fn delete_has_eq_filter_and_no_body() {
+        let requests = plan(vec![delete("a")], &settings());
+        let r = &requests[0];
+        assert_eq!(r.request.method, Method::Delete);
+        assert_eq!(r.request.url, "https://p.supabase.co/rest/v1/todos?id=eq.a");
+        assert_eq!(
+            headers(r),
+            vec![("apikey", "anon-key"), ("Authorization", "Bearer user-token"), ("Prefer", "return=minimal")]
+        );
+        assert_eq!(r.request.body, None);
+    }
+
+    #[test]
+    fn patch_without_data_sends_nothing() {
+        assert!(plan(vec![patch("a", json!({}))], &settings()).is_empty());
+        assert!(plan(vec![patch("a", Value::Null)], &settings()).is_empty());
+    }
+
+    #[test]
+    fn empty_transaction_plans_nothing() {
+        assert!(plan(vec![], &settings()).is_empty());
+        let mut atomic = settings();
+        atomic.atomic = true;
+        assert!(plan(vec![], &atomic).is_empty());
+    }
+
+    #[test]
+    fn thousand_puts_with_same_columns_are_one_request() {
+        let entries: Vec<Entry> = (0..1000).map(|i| put(&format!("id-{i}"), json!({"n": i, "title": "t"}))).collect();
+        let requests = plan(entries, &settings());
+        assert_eq!(requests.len(), 1);
+        assert_eq!(requests[0].entries, 0..1000);
+        let rows = body(&requests[0]);
+        assert_eq!(rows.as_array().map(Vec::len), Some(1000));
+        assert_eq!(rows[999], json!({"id": "id-999", "n": 999, "title": "t"}));
+    }
+
+    #[test]
+    fn puts_with_different_key_sets_are_not_merged() {
+        let requests = plan(vec![put("a", json!({"x": 1})), put("b", json!({"y": 1})), put("c", json!({"y": 2}))], &settings());
+        assert_eq!(requests.len(), 2);
+        assert_eq!(body(&requests[0]), json!([{"id": "a", "x": 1}]));
+        assert_eq!(body(&requests[1]), json!([{"id": "b", "y": 1}, {"id": "c", "y": 2}]));
+        assert_eq!(requests[1].entries, 1..3);
+    }
+
+    #[test]
+    fn puts_to_different_tables_are_not_merged() {
+        let requests = plan(vec![put("a", json!({})), e(Op::Put, "lists", "b", json!({}))], &settings());
+        assert_eq!(requests.len(), 2);
+        assert_eq!(requests[1].request.url, "https://p.supabase.co/rest/v1/lists");
+    }
+
+    #[test]
+    fn put_with_an_id_already_in_the_group_starts_a_new_group() {
+        let requests =
+            plan(vec![put("a", json!({"n": 1})), put("b", json!({"n": 1})), put("a", json!({"n": 2})), put("c", json!({"n": 3}))], &settings());
+        assert_eq!(requests.len(), 2);
+        assert_eq!(body(&requests[0]), json!([{"id": "a", "n": 1}, {"id": "b", "n": 1}]));
+        assert_eq!(body(&requests[1]), json!([{"id": "a", "n": 2}, {"id": "c", "n": 3}]));
+        assert_eq!((requests[0].entries.clone(), requests[1].entries.clone()), (0..2, 2..4));
+    }
+
+    #[test]
+    fn consecutive_deletes_are_one_in_filter() {
+        let requests = plan(vec![delete("a"), delete("b"), delete("a"), delete("c")], &settings());
+        assert_eq!(requests.len(), 1);
+        assert_eq!(requests[0].request.url, "https://p.supabase.co/rest/v1/todos?id=in.%28%22a%22%2C%22b%22%2C%22c%22%29");
+        assert_eq!(requests[0].entries, 0..4);
+    }
+
+    #[test]
+    fn patches_with_identical_data_are_one_in_filter() {
+        let requests = plan(vec![patch("a", json!({"done": true})), patch("b", json!({"done": true}))], &settings());
+        assert_eq!(requests.len(), 1);
+        assert_eq!(decoded_url(&requests[0]), "https://p.supabase.co/rest/v1/todos?id=in.(\"a\",\"b\")");
+        assert_eq!(body(&requests[0]), json!({"done": true}));
+    }
+
+    #[test]
+    fn patches_with_different_data_are_not_merged() {
+        let requests = plan(vec![patch("a", json!({"done": true})), patch("b", json!({"done": false}))], &settings());
+        assert_eq!(requests.len(), 2);
+        assert_eq!(requests[0].request.url, "https://p.supabase.co/rest/v1/todos?id=eq.a");
+        assert_eq!(requests[1].request.url, "https://p.supabase.co/rest/v1/todos?id=eq.b");
+    }
+
+    #[test]
+    fn deletes_on_different_tables_are_not_merged() {
+        let requests = plan(vec![delete("a"), e(Op::Delete, "lists", "b", Value::Null)], &settings());
+        assert_eq!(requests.len(), 2);
+    }
+
+    #[test]
+    fn interleaved_operations_are_never_merged_or_reordered() {
+        let requests = plan(
+            vec![put("a", json!({"n": 1})), delete("a"), put("b", json!({"n": 1})), patch("b", json!({"n": 2})), delete("c")],
+            &settings(),
+        );
+        let summary: Vec<(Method, String, Range<usize>)> =
+            requests.iter().map(|r| (r.request.method, decoded_url(r), r.entries.clone())).collect();
+        assert_eq!(
+            summary,
+            vec![
+                (Method::Post, "https://p.supabase.co/rest/v1/todos".to_string(), 0..1),
+                (Method::Delete, "https://p.supabase.co/rest/v1/todos?id=eq.a".to_string(), 1..2),
+                (Method::Post, "https://p.supabase.co/rest/v1/todos".to_string(), 2..3),
+                (Method::Patch, "https://p.supabase.co/rest/v1/todos?id=eq.b".to_string(), 3..4),
+                (Method::Delete, "https://p.supabase.co/rest/v1/todos?id=eq.c".to_string(), 4..5),
+            ]
+        );
+    }
+
+    #[test]
+    fn patch_without_data_does_not_break_a_group() {
+        let requests = plan(vec![delete("a"), patch("x", json!({})), delete("b")], &settings());
+        assert_eq!(requests.len(), 1);
+        assert_eq!(requests[0].entries, 0..3);
+    }
+
+    #[test]
+    fn nasty_ids_neither_break_nor_widen_eq_filters() {
+        for id in ["a,b", "a)b", "x&id=neq.1", "a\"b", "a\\b", "a=b", "100%", "ünï☃", "a b", "*", "a.b"] {
+            let requests = plan(vec![delete(id)], &settings());
+            let url = &requests[0].request.url;
+            let query = url.split_once('?').map(|(_, q)| q).unwrap_or("");
+            let params: Vec<&str> = query.split('&').collect();
+            assert_eq!(params.len(), 1, "{url}");
+            let value = params[0].strip_prefix("id=").unwrap_or("");
+            assert_eq!(percent_decode_str(value).decode_utf8_lossy(), format!("eq.{id}"), "{url}");
+        }
+    }
+
+    #[test]
+    fn nasty_ids_neither_break_nor_widen_in_filters() {
+        let ids = ["a,b", "a)b", "x&id=neq.1", "a\"b", "a\\b", "a=b", "100%", "ünï☃", "c\"),(\"d"];
+        let requests = plan(ids.iter().map(|id| delete(id)).collect(), &settings());
+        assert_eq!(requests.len(), 1);
+        let url = &requests[0].request.url;
+        let query = url.split_once('?').map(|(_, q)| q).unwrap_or("");
+        assert_eq!(query.split('&').count(), 1, "{url}");
+        let quoted: Vec<String> = ids.iter().map(|id| filter::quote(id)).collect();
+        assert_eq!(decoded_url(&requests[0]), format!("https://p.supabase.co/rest/v1/todos?id=in.({})", quoted.join(",")));
+    }
+
+    #[test]
+    fn long_delete_runs_are_split_to_keep_urls_short() {
+        let entries: Vec<Entry> = (0..1000).map(|i| delete(&format!("{i:08}-aaaa-bbbb-cccc-dddddddddddd"))).collect();
+        let requests = plan(entries, &settings());
+        assert!(requests.len() > 1 && requests.len() < 10, "{}", requests.len());
+        assert!(requests.iter().all(|r| r.request.url.len() <= filter::MAX_URL_BYTES));
+        assert!(requests.iter().any(|r| r.request.url.len() > filter::MAX_URL_BYTES - 100));
+        let covered: Vec<Range<usize>> = requests.iter().map(|r| r.entries.clone()).collect();
+        assert_eq!(covered.first().map(|r| r.start), Some(0));
+        assert_eq!(covered.last().map(|r| r.end), Some(1000));
+        assert!(covered.windows(2).all(|w| w[0].end == w[1].start));
+    }
+
+    #[test]
+    fn a_single_very_long_id_is_still_sent() {
+        let id = "x".repeat(9000);
+        let requests = plan(vec![delete(&id), delete("b")], &settings());
+        assert_eq!(requests.len(), 2);
+        assert!(requests[0].request.url.ends_with(&format!("?id=eq.{id}")));
+    }
+
+    #[test]
+    fn conversions_are_applied_to_puts_and_patches() {
+        let mut s = settings();
+        s.json_columns.insert("todos", "tags");
+        s.boolean_columns.insert("todos", "done");
+        let requests = plan(vec![put("a", json!({"tags": "[1,2]", "done": 1})), patch("a", json!({"done": 0}))], &s);
+        assert_eq!(body(&requests[0]), json!([{"id": "a", "tags": [1, 2], "done": true}]));
+        assert_eq!(body(&requests[1]), json!({"done": false}));
+    }
+
+    #[test]
+    fn service_mode_uses_the_service_key() {
+        let requests = plan(vec![delete("a")], &service());
+        assert_eq!(
+            headers(&requests[0]),
+            vec![("apikey", "svc-key"), ("Authorization", "Bearer svc-key"), ("Prefer", "return=minimal")]
+        );
+    }
+
+    #[test]
+    fn service_mode_filters_patch_and_delete_by_owner() {
+        let requests = plan(vec![patch("a", json!({"t": 1})), delete("b"), delete("c")], &service());
+        assert_eq!(requests[0].request.url, "https://p.supabase.co/rest/v1/todos?id=eq.a&owner=eq.user-1");
+        assert_eq!(decoded_url(&requests[1]), "https://p.supabase.co/rest/v1/todos?id=in.(\"b\",\"c\")&owner=eq.user-1");
+    }
+
+    #[test]
+    fn service_mode_patch_cannot_change_the_owner() {
+        let requests = plan(vec![patch("a", json!({"owner": "user-2", "t": 1}))], &service());
+        assert_eq!(body(&requests[0]), json!({"t": 1}));
+        assert!(plan(vec![patch("a", json!({"owner": "user-2"}))], &service()).is_empty());
+    }
+
+    #[test]
+    fn service_mode_put_checks_ownership_then_upserts_with_forced_owner() {
+        let requests = plan(vec![put("a", json!({"owner": "user-2", "t": 1})), put("b", json!({"t": 2}))], &service());
+        assert_eq!(requests.len(), 2);
+        let check = &requests[0];
+        assert_eq!(check.request.method, Method::Get);
+        assert_eq!(
+            decoded_url(check),
+            "https://p.supabase.co/rest/v1/todos?select=id&id=in.(\"a\",\"b\")&owner=isdistinct.user-1"
+        );
+        assert_eq!(headers(check), vec![("apikey", "svc-key"), ("Authorization", "Bearer svc-key")]);
+        assert_eq!(
+            check.check,
+            Check::OwnerCheck { table: "todos".to_string(), ids: vec![("a".to_string(), 0), ("b".to_string(), 1)] }
+        );
+        assert_eq!(check.entries, 0..2);
+        let upsert = &requests[1];
+        assert_eq!(upsert.request.method, Method::Post);
+        assert_eq!(body(upsert), json!([{"id": "a", "owner": "user-1", "t": 1}, {"id": "b", "owner": "user-1", "t": 2}]));
+    }
+
+    #[test]
+    fn service_mode_put_groups_keep_the_check_url_short() {
+        let entries: Vec<Entry> = (0..600).map(|i| put(&format!("{i:08}-aaaa-bbbb-cccc-dddddddddddd"), json!({}))).collect();
+        let requests = plan(entries, &service());
+        assert!(requests.len() >= 6 && requests.len() % 2 == 0, "{}", requests.len());
+        assert!(requests.iter().all(|r| r.request.url.len() <= filter::MAX_URL_BYTES));
+        let rows: usize = requests.iter().filter(|r| r.request.method == Method::Post).map(|r| body(r).as_array().map_or(0, Vec::len)).sum();
+        assert_eq!(rows, 600);
+    }
+
+    #[test]
+    fn atomic_mode_is_one_rpc_call_per_transaction() {
+        let mut s = settings();
+        s.atomic = true;
+        s.boolean_columns.insert("todos", "done");
+        let requests = plan(vec![put("a", json!({"done": 1})), patch("a", json!({})), delete("b")], &s);
+        assert_eq!(requests.len(), 1);
+        let r = &requests[0];
+        assert_eq!(r.request.method, Method::Post);
+        assert_eq!(r.request.url, "https://p.supabase.co/rest/v1/rpc/powersync_apply_transaction");
+        assert_eq!(
+            headers(r),
+            vec![("apikey", "anon-key"), ("Authorization", "Bearer user-token"), ("Content-Type", "application/json")]
+        );
+        assert_eq!(
+            body(r),
+            json!({"ops": [
+                {"op": "PUT", "table": "todos", "id": "a", "data": {"id": "a", "done": true}},
+                {"op": "PATCH", "table": "todos", "id": "a", "data": {}},
+                {"op": "DELETE", "table": "todos", "id": "b"}
+            ]})
+        );
+        assert_eq!(r.entries, 0..3);
+        assert_eq!(r.check, Check::Atomic);
+    }
+
+    #[test]
+    fn atomic_service_mode_passes_the_owner() {
+        let mut s = service();
+        s.atomic = true;
+        s.atomic_function = "apply_tx".to_string();
+        let requests = plan(vec![put("a", json!({"owner": "x"})), patch("a", json!({"owner": "x", "t": 1}))], &s);
+        assert_eq!(requests[0].request.url, "https://p.supabase.co/rest/v1/rpc/apply_tx");
+        assert_eq!(
+            body(&requests[0]),
+            json!({"ops": [
+                {"op": "PUT", "table": "todos", "id": "a", "data": {"id": "a", "owner": "user-1"}},
+                {"op": "PATCH", "table": "todos", "id": "a", "data": {"t": 1}}
+            ], "owner_column": "owner", "owner_id": "user-1"})
+        );
+    }
+
+    #[test]
+    fn invalid_table_name_fails_the_transaction_before_any_request() {
+        let result = plan_transaction(&tx(vec![put("a", json!({})), e(Op::Put, "todos?x=1", "b", json!({}))]), &settings(), &caller());
+        let failure = result.err().expect("fatal");
+        assert_eq!((failure.index, failure.code.as_str()), (Some(1), "invalid_table_name"));
+    }
+
+    #[test]
+    fn tables_outside_the_allowlist_are_refused() {
+        let mut s = settings();
+        s.tables = Some(BTreeSet::from(["todos".to_string()]));
+        assert!(plan_transaction(&tx(vec![put("a", json!({}))]), &s, &caller()).is_ok());
+        let failure = plan_transaction(&tx(vec![put("a", json!({})), e(Op::Delete, "lists", "b", Value::Null)]), &s, &caller())
+            .err()
+            .expect("fatal");
+        assert_eq!((failure.index, failure.code.as_str()), (Some(1), "table_not_allowed"));
+    }
+
+    #[test]
+    fn the_dead_letter_table_is_never_writable_by_clients() {
+        let mut s = settings();
+        s.dead_letter_table = Some("dead".to_string());
+        let failure = plan_transaction(&tx(vec![e(Op::Put, "dead", "a", json!({}))]), &s, &caller()).err().expect("fatal");
+        assert_eq!(failure.code, "table_not_allowed");
+    }
+}

@@ -1,0 +1,693 @@
+//! Upload bridge settings, read from environment-like values.
+//!
+//! [`from_lookup`] reads every variable through a lookup function (the adapter passes the Worker's
+//! `Env`; tests pass a map) and reports every missing or invalid value at once, so a deployment
+//! can be fixed in one go. Every value is trimmed of surrounding whitespace (pasted secrets often
+//! carry a newline), and a value that is empty after trimming counts as unset — except
+//! `UPLOAD_TABLES`, where an empty list is refused rather than read as "every table".
+//!
+//! | Variable | Default | Meaning |
+//! |---|---|---|
+//! | `SUPABASE_URL` | required | project URL, `http(s)://…`, trailing `/` trimmed |
+//! | `SUPABASE_ANON_KEY` | required | anon or publishable key, sent as `apikey` in `rls` mode |
+//! | `UPLOAD_MODE` | `rls` | `rls`: write as the user (RLS decides); `service`: write with the service key |
+//! | `SUPABASE_SERVICE_ROLE_KEY` | — | required in `service` mode |
+//! | `UPLOAD_OWNER_COLUMN` | — | required in `service` mode only (refused in `rls` mode) |
+//! | `UPLOAD_TABLES` | all tables | comma-separated allowlist; required in `service` mode |
+//! | `UPLOAD_JSON_COLUMNS` | none | `table.column,…` whose JSON text is sent as JSON |
+//! | `UPLOAD_BOOLEAN_COLUMNS` | none | `table.column,…` whose 0/1 is sent as false/true |
+//! | `UPLOAD_SUBREQUEST_BUDGET` | 45 | most upstream requests per upload, 1..=10000 |
+//! | `UPLOAD_ATOMIC` | `false` | one RPC call per transaction (all-or-nothing) |
+//! | `UPLOAD_ATOMIC_FUNCTION` | `powersync_apply_transaction` | the RPC function of atomic mode |
+//! | `UPLOAD_DEAD_LETTER_TABLE` | none | table recording every rejected transaction |
+//! | `UPLOAD_MAX_BODY_BYTES` | 5242880 | largest upload body |
+//! | `UPLOAD_MAX_ENTRIES` | 10000 | most CRUD entries per upload |
+//! | `UPLOAD_MAX_TRANSACTIONS` | 1000 | most transactions per upload |
+//! | `UPLOAD_RETRY_AFTER_SECONDS` | 5 | `Retry-After` suggested when the client must retry |
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use super::crud::Limits;
+
+/// Default for [`UploadSettings::subrequest_budget`]: the Workers Free plan allows 50
+/// subrequests per request and session verification may use a few.
+pub const DEFAULT_SUBREQUEST_BUDGET: usize = 45;
+/// Largest accepted `UPLOAD_SUBREQUEST_BUDGET` (the Workers Paid plan limit).
+pub const MAX_SUBREQUEST_BUDGET: usize = 10_000;
+/// Default for [`UploadSettings::atomic_function`].
+pub const DEFAULT_ATOMIC_FUNCTION: &str = "powersync_apply_transaction";
+/// Default for [`UploadSettings::retry_after_seconds`].
+pub const DEFAULT_RETRY_AFTER_SECONDS: u64 = 5;
+/// Longest Postgres identifier (NAMEDATALEN - 1); longer names are silently truncated by Postgres.
+const MAX_IDENTIFIER_BYTES: usize = 63;
+
+/// Everything the upload bridge needs to know about the deployment.
+#[derive(Clone, PartialEq, Eq)]
+pub struct UploadSettings {
+    /// `SUPABASE_URL` without trailing slash, e.g. `https://abc.supabase.co`.
+    pub supabase_url: String,
+    /// `SUPABASE_ANON_KEY`: the anon or publishable key (the `apikey` header in `rls` mode).
+    pub anon_key: String,
+    /// Whose rights the writes use.
+    pub mode: WriteMode,
+    /// `UPLOAD_TABLES`: tables clients may write. `None` allows every table (only in `rls` mode,
+    /// where RLS still decides; production deployments should set it anyway).
+    pub tables: Option<BTreeSet<String>>,
+    /// `UPLOAD_JSON_COLUMNS`: columns whose string values are JSON text to send as JSON.
+    pub json_columns: ColumnSet,
+    /// `UPLOAD_BOOLEAN_COLUMNS`: columns whose numbers 0/1 are sent as false/true.
+    pub boolean_columns: ColumnSet,
+    /// `UPLOAD_SUBREQUEST_BUDGET`: most upstream requests one upload may make (default 45).
+    pub subrequest_budget: usize,
+    /// `UPLOAD_ATOMIC`: apply each transaction with one RPC call (default false).
+    pub atomic: bool,
+    /// `UPLOAD_ATOMIC_FUNCTION`: the RPC function used in atomic mode.
+    pub atomic_function: String,
+    /// `UPLOAD_DEAD_LETTER_TABLE`: where rejected transactions are recorded (default none).
+    pub dead_letter_table: Option<String>,
+    /// `UPLOAD_MAX_BODY_BYTES`, `UPLOAD_MAX_ENTRIES`, `UPLOAD_MAX_TRANSACTIONS`.
+    pub limits: Limits,
+    /// `UPLOAD_RETRY_AFTER_SECONDS`: the delay suggested to a client that must retry (default 5).
+    pub retry_after_seconds: u64,
+}
+
+impl UploadSettings {
+    /// Settings with every optional value at its default: `rls` mode, all tables, no conversions.
+    pub fn new(supabase_url: &str, anon_key: &str) -> Self {
+        UploadSettings {
+            supabase_url: supabase_url.trim_end_matches('/').to_string(),
+            anon_key: anon_key.to_string(),
+            mode: WriteMode::Rls,
+            tables: None,
+            json_columns: ColumnSet::default(),
+            boolean_columns: ColumnSet::default(),
+            subrequest_budget: DEFAULT_SUBREQUEST_BUDGET,
+            atomic: false,
+            atomic_function: DEFAULT_ATOMIC_FUNCTION.to_string(),
+            dead_letter_table: None,
+            limits: Limits::default(),
+            retry_after_seconds: DEFAULT_RETRY_AFTER_SECONDS,
+        }
+    }
+}
+
+impl fmt::Debug for UploadSettings {
+    /// Keys are redacted so settings can be logged.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UploadSettings")
+            .field("supabase_url", &self.supabase_url)
+            .field("anon_key", &"<redacted>")
+            .field("mode", &self.mode)
+            .field("tables", &self.tables)
+            .field("json_columns", &self.json_columns)
+            .field("boolean_columns", &self.boolean_columns)
+            .field("subrequest_budget", &self.subrequest_budget)
+            .field("atomic", &self.atomic)
+            .field("atomic_function", &self.atomic_function)
+            .field("dead_letter_table", &self.dead_letter_table)
+            .field("limits", &self.limits)
+            .field("retry_after_seconds", &self.retry_after_seconds)
+            .finish()
+    }
+}
+
+/// `UPLOAD_MODE`: whose database rights the writes use.
+#[derive(Clone, PartialEq, Eq)]
+pub enum WriteMode {
+    /// `rls` (default): `apikey: <anon key>` and `Authorization: Bearer <user's access token>`;
+    /// the database's row-level security decides what the user may write.
+    Rls,
+    /// `service`: the service key in both headers (RLS bypassed). The bridge then forces
+    /// `owner_column` to the caller's user id on every written row and limits PATCH and DELETE to
+    /// the caller's rows (see `plan`).
+    Service {
+        /// `SUPABASE_SERVICE_ROLE_KEY`: legacy `service_role` JWT or `sb_secret_…` key.
+        service_key: String,
+        /// `UPLOAD_OWNER_COLUMN`: the column holding the owning user's id.
+        owner_column: String,
+    },
+}
+
+impl fmt::Debug for WriteMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WriteMode::Rls => f.write_str("Rls"),
+            WriteMode::Service { owner_column, .. } => f
+                .debug_struct("Service")
+                .field("service_key", &"<redacted>")
+                .field("owner_column", owner_column)
+                .finish(),
+        }
+    }
+}
+
+/// A set of `table.column` pairs that get a value conversion.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ColumnSet(BTreeSet<(String, String)>);
+
+impl ColumnSet {
+    /// Whether `table.column` is in the set.
+    pub fn contains(&self, table: &str, column: &str) -> bool {
+        self.0.contains(&(table.to_string(), column.to_string()))
+    }
+
+    /// Whether any column of `table` is in the set (lets the planner skip tables quickly).
+    pub fn has_table(&self, table: &str) -> bool {
+        self.0.iter().any(|(t, _)| t == table)
+    }
+
+    /// Adds `table.column`.
+    pub fn insert(&mut self, table: &str, column: &str) {
+        self.0.insert((table.to_string(), column.to_string()));
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &(String, String)> {
+        self.0.iter()
+    }
+}
+
+/// One missing or invalid setting: the variable's name and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettingProblem {
+    pub name: &'static str,
+    pub message: String,
+}
+
+impl fmt::Display for SettingProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.name, self.message)
+    }
+}
+
+/// Whether `name` is a plain SQL identifier (`^[A-Za-z_][A-Za-z0-9_]*$`, at most 63 bytes), the
+/// only table and column names the bridge puts into URLs and filters.
+pub fn is_identifier(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    match bytes.next() {
+        Some(first) if first.is_ascii_alphabetic() || first == b'_' => {}
+        _ => return false,
+    }
+    name.len() <= MAX_IDENTIFIER_BYTES && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// Reads the settings; on failure returns every problem found, in variable order.
+pub fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> Result<UploadSettings, Vec<SettingProblem>> {
+    let mut reader = Reader { lookup, problems: Vec::new() };
+
+    let supabase_url = reader.supabase_url();
+    let anon_key = reader.key("SUPABASE_ANON_KEY", true);
+    let mode = reader.mode();
+    let tables = reader.tables();
+    let json_columns = reader.columns("UPLOAD_JSON_COLUMNS", tables.as_ref());
+    let boolean_columns = reader.columns("UPLOAD_BOOLEAN_COLUMNS", tables.as_ref());
+    let subrequest_budget =
+        reader.number("UPLOAD_SUBREQUEST_BUDGET", DEFAULT_SUBREQUEST_BUDGET as u64, 1, MAX_SUBREQUEST_BUDGET as u64);
+    let atomic = reader.flag("UPLOAD_ATOMIC", false);
+    let atomic_function =
+        reader.identifier("UPLOAD_ATOMIC_FUNCTION").unwrap_or_else(|| DEFAULT_ATOMIC_FUNCTION.to_string());
+    let dead_letter_table = reader.identifier("UPLOAD_DEAD_LETTER_TABLE");
+    let defaults = Limits::default();
+    let limits = Limits {
+        max_body_bytes: reader.number("UPLOAD_MAX_BODY_BYTES", defaults.max_body_bytes as u64, 1, 100 * 1024 * 1024)
+            as usize,
+        max_entries: reader.number("UPLOAD_MAX_ENTRIES", defaults.max_entries as u64, 1, 1_000_000) as usize,
+        max_transactions: reader.number("UPLOAD_MAX_TRANSACTIONS", defaults.max_transactions as u64, 1, 100_000)
+            as usize,
+    };
+    let retry_after_seconds =
+        reader.number("UPLOAD_RETRY_AFTER_SECONDS", DEFAULT_RETRY_AFTER_SECONDS, 1, 3600);
+
+    // Rules that relate several variables (judged on what was asked for, so a service-mode
+    // deployment missing its key still hears about every other problem).
+    let service = reader.raw("UPLOAD_MODE").is_some_and(|m| m.eq_ignore_ascii_case("service"));
+    if service && tables.is_none() {
+        reader.problem(
+            "UPLOAD_TABLES",
+            "required with UPLOAD_MODE=service: the service key bypasses RLS, so the allowlist is \
+             the only limit on which tables clients can write",
+        );
+    }
+    for (table, column) in json_columns.iter() {
+        if boolean_columns.contains(table, column) {
+            reader.problem(
+                "UPLOAD_BOOLEAN_COLUMNS",
+                format!("{table}.{column} is also in UPLOAD_JSON_COLUMNS; a column gets one conversion"),
+            );
+        }
+    }
+    if let (Some(dead), Some(allowed)) = (&dead_letter_table, &tables) {
+        if allowed.contains(dead) {
+            reader.problem(
+                "UPLOAD_DEAD_LETTER_TABLE",
+                format!("{dead} is also in UPLOAD_TABLES; clients must not write dead letters themselves"),
+            );
+        }
+    }
+    let needed = 1 + usize::from(service && !atomic) + usize::from(dead_letter_table.is_some());
+    if (subrequest_budget as usize) < needed {
+        reader.problem(
+            "UPLOAD_SUBREQUEST_BUDGET",
+            format!(
+                "must be at least {needed} with these settings (one write{}{})",
+                if service && !atomic { ", one ownership check" } else { "" },
+                if dead_letter_table.is_some() { ", one dead-letter insert" } else { "" }
+            ),
+        );
+    }
+
+    match (reader.problems.is_empty(), supabase_url, anon_key, mode) {
+        (true, Some(supabase_url), Some(anon_key), Some(mode)) => Ok(UploadSettings {
+            supabase_url,
+            anon_key,
+            mode,
+            tables,
+            json_columns,
+            boolean_columns,
+            subrequest_budget: subrequest_budget as usize,
+            atomic,
+            atomic_function,
+            dead_letter_table,
+            limits,
+            retry_after_seconds,
+        }),
+        _ => Err(reader.problems),
+    }
+}
+
+/// Reads variables and collects problems instead of stopping at the first.
+struct Reader<'a> {
+    lookup: &'a dyn Fn(&str) -> Option<String>,
+    problems: Vec<SettingProblem>,
+}
+
+impl Reader<'_> {
+    /// The trimmed value, `None` when unset or blank.
+    fn raw(&self, name: &str) -> Option<String> {
+        (self.lookup)(name).map(|v| v.trim().to_string()).filter(|v| !v.is_empty())
+    }
+
+    fn problem(&mut self, name: &'static str, message: impl Into<String>) {
+        self.problems.push(SettingProblem { name, message: message.into() });
+    }
+
+    fn supabase_url(&mut self) -> Option<String> {
+        const NAME: &str = "SUPABASE_URL";
+        let Some(value) = self.raw(NAME) else {
+            self.problem(NAME, "required: the project URL, e.g. https://<ref>.supabase.co");
+            return None;
+        };
+        let url = value.trim_end_matches('/');
+        let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"));
+        let problem = match rest {
+            None => Some("must start with https:// or http://"),
+            Some(rest) if rest.is_empty() || rest.starts_with('/') => Some("has no host"),
+            Some(rest) if rest.chars().any(|c| c.is_whitespace() || c.is_control()) => {
+                Some("must not contain spaces")
+            }
+            Some(rest) if rest.contains(['?', '#', '@']) => {
+                Some("must be a plain project URL (no query, fragment or credentials)")
+            }
+            Some(_) if url.ends_with("/rest/v1") => Some("give the project URL without /rest/v1"),
+            Some(_) => None,
+        };
+        match problem {
+            Some(message) => {
+                self.problem(NAME, message);
+                None
+            }
+            None => Some(url.to_string()),
+        }
+    }
+
+    /// A key sent in a header: no spaces or control characters, so it cannot break the header.
+    fn key(&mut self, name: &'static str, required: bool) -> Option<String> {
+        match self.raw(name) {
+            None => {
+                if required {
+                    self.problem(name, "required");
+                }
+                None
+            }
+            Some(value) if value.chars().any(|c| c.is_whitespace() || c.is_control()) => {
+                self.problem(name, "must not contain spaces or line breaks");
+                None
+            }
+            Some(value) => Some(value),
+        }
+    }
+
+    fn identifier(&mut self, name: &'static str) -> Option<String> {
+        let value = self.raw(name)?;
+        if is_identifier(&value) {
+            Some(value)
+        } else {
+            self.problem(name, format!("{value:?} is not a plain identifier (letters, digits, _; not starting with a digit)"));
+            None
+        }
+    }
+
+    fn mode(&mut self) -> Option<WriteMode> {
+        const NAME: &str = "UPLOAD_MODE";
+        let mode = self.raw(NAME).unwrap_or_else(|| "rls".to_string()).to_ascii_lowercase();
+        match mode.as_str() {
+            "rls" => {
+                if self.raw("UPLOAD_OWNER_COLUMN").is_some() {
+                    self.problem(
+                        "UPLOAD_OWNER_COLUMN",
+                        "only used with UPLOAD_MODE=service; in rls mode ownership is enforced by RLS policies",
+                    );
+                }
+                Some(WriteMode::Rls)
+            }
+            "service" => {
+                let service_key = self.key("SUPABASE_SERVICE_ROLE_KEY", true);
+                let owner_column = match self.raw("UPLOAD_OWNER_COLUMN") {
+                    None => {
+                        self.problem("UPLOAD_OWNER_COLUMN", "required with UPLOAD_MODE=service");
+                        None
+                    }
+                    Some(column) if column == "id" => {
+                        self.problem("UPLOAD_OWNER_COLUMN", "must not be the id column");
+                        None
+                    }
+                    Some(_) => self.identifier("UPLOAD_OWNER_COLUMN"),
+                };
+                Some(WriteMode::Service { service_key: service_key?, owner_column: owner_column? })
+            }
+            other => {
+                self.problem(NAME, format!("{other:?} is not a mode; use rls or service"));
+                None
+            }
+        }
+    }
+
+    fn tables(&mut self) -> Option<BTreeSet<String>> {
+        const NAME: &str = "UPLOAD_TABLES";
+        let value = match (self.lookup)(NAME) {
+            None => return None,
+            Some(value) => value,
+        };
+        let mut tables = BTreeSet::new();
+        for item in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            if is_identifier(item) {
+                tables.insert(item.to_string());
+            } else {
+                self.problem(NAME, format!("{item:?} is not a plain table name"));
+            }
+        }
+        if tables.is_empty() && value.split(',').all(|s| s.trim().is_empty()) {
+            self.problem(NAME, "is empty; list at least one table, or remove it to allow every table (rls mode only)");
+        }
+        Some(tables)
+    }
+
+    fn columns(&mut self, name: &'static str, tables: Option<&BTreeSet<String>>) -> ColumnSet {
+        let mut set = ColumnSet::default();
+        let Some(value) = self.raw(name) else { return set };
+        for item in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            match item.split_once('.') {
+                Some((table, column)) if is_identifier(table) && is_identifier(column) => {
+                    if tables.is_some_and(|allowed| !allowed.contains(table)) {
+                        self.problem(name, format!("{item}: table {table} is not in UPLOAD_TABLES"));
+                    }
+                    set.insert(table, column);
+                }
+                _ => self.problem(name, format!("{item:?} is not of the form table.column")),
+            }
+        }
+        set
+    }
+
+    fn number(&mut self, name: &'static str, default: u64, min: u64, max: u64) -> u64 {
+        let Some(value) = self.raw(name) else { return default };
+        match value.parse::<u64>() {
+            Ok(n) if (min..=max).contains(&n) => n,
+            _ => {
+                self.problem(name, format!("{value:?} is not a whole number from {min} to {max}"));
+                default
+            }
+        }
+    }
+
+    fn flag(&mut self, name: &'static str, default: bool) -> bool {
+        let Some(value) = self.raw(name) else { return default };
+        match value.to_ascii_lowercase().as_str() {
+            "true" | "1" => true,
+            "false" | "0" => false,
+            _ => {
+                self.problem(name, format!("{value:?} is not true or false"));
+                default
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn read(vars: &[(&str, &str)]) -> Result<UploadSettings, Vec<SettingProblem>> {
+        let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        from_lookup(&|name| map.get(name).cloned())
+    }
+
+    fn problem_names(vars: &[(&str, &str)]) -> Vec<&'static str> {
+        match read(vars) {
+            Ok(s) => panic!("expected problems, got {s:?}"),
+            Err(problems) => problems.into_iter().map(|p| p.name).collect(),
+        }
+    }
+
+    const BASE: [(&str, &str); 2] = [("SUPABASE_URL", "https://abc.supabase.co/"), ("SUPABASE_ANON_KEY", "anon")];
+
+    fn with(extra: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static str)> {
+        let mut vars = BASE.to_vec();
+        vars.extend_from_slice(extra);
+        vars
+    }
+
+    #[test]
+    fn minimal_settings_take_documented_defaults() {
+        let s = read(&BASE).expect("valid");
+        assert_eq!(s, UploadSettings::new("https://abc.supabase.co", "anon"));
+        assert_eq!(s.supabase_url, "https://abc.supabase.co");
+        assert_eq!(s.mode, WriteMode::Rls);
+        assert_eq!(s.tables, None);
+        assert_eq!(s.subrequest_budget, 45);
+        assert!(!s.atomic);
+        assert_eq!(s.atomic_function, "powersync_apply_transaction");
+        assert_eq!(s.dead_letter_table, None);
+        assert_eq!(s.limits, Limits { max_body_bytes: 5 * 1024 * 1024, max_entries: 10_000, max_transactions: 1_000 });
+        assert_eq!(s.retry_after_seconds, 5);
+    }
+
+    #[test]
+    fn every_missing_required_value_is_reported_at_once() {
+        assert_eq!(problem_names(&[]), vec!["SUPABASE_URL", "SUPABASE_ANON_KEY"]);
+    }
+
+    #[test]
+    fn every_invalid_value_is_reported_at_once() {
+        let names = problem_names(&with(&[
+            ("UPLOAD_MODE", "admin"),
+            ("UPLOAD_TABLES", "todos,bad-name"),
+            ("UPLOAD_JSON_COLUMNS", "todos"),
+            ("UPLOAD_SUBREQUEST_BUDGET", "0"),
+            ("UPLOAD_ATOMIC", "yes"),
+            ("UPLOAD_ATOMIC_FUNCTION", "drop table"),
+            ("UPLOAD_DEAD_LETTER_TABLE", "1x"),
+            ("UPLOAD_MAX_BODY_BYTES", "-1"),
+            ("UPLOAD_MAX_ENTRIES", "many"),
+            ("UPLOAD_MAX_TRANSACTIONS", "0"),
+            ("UPLOAD_RETRY_AFTER_SECONDS", "99999"),
+        ]));
+        assert_eq!(
+            names,
+            vec![
+                "UPLOAD_MODE",
+                "UPLOAD_TABLES",
+                "UPLOAD_JSON_COLUMNS",
+                "UPLOAD_SUBREQUEST_BUDGET",
+                "UPLOAD_ATOMIC",
+                "UPLOAD_ATOMIC_FUNCTION",
+                "UPLOAD_DEAD_LETTER_TABLE",
+                "UPLOAD_MAX_BODY_BYTES",
+                "UPLOAD_MAX_ENTRIES",
+                "UPLOAD_MAX_TRANSACTIONS",
+                "UPLOAD_RETRY_AFTER_SECONDS",
+            ]
+        );
+    }
+
+    #[test]
+    fn supabase_url_must_be_http_or_https() {
+        for bad in ["abc.supabase.co", "ftp://abc", "https://", "https://a b", "https://a?x=1", "https://abc.supabase.co/rest/v1/"] {
+            assert_eq!(problem_names(&[("SUPABASE_URL", bad), ("SUPABASE_ANON_KEY", "k")]), vec!["SUPABASE_URL"], "{bad}");
+        }
+        let s = read(&[("SUPABASE_URL", " http://127.0.0.1:54321// \n"), ("SUPABASE_ANON_KEY", "k")]).expect("valid");
+        assert_eq!(s.supabase_url, "http://127.0.0.1:54321");
+    }
+
+    #[test]
+    fn keys_are_trimmed_and_must_not_contain_spaces() {
+        let s = read(&[("SUPABASE_URL", "https://a.co"), ("SUPABASE_ANON_KEY", "  sb_publishable_x\n")]).expect("valid");
+        assert_eq!(s.anon_key, "sb_publishable_x");
+        assert_eq!(problem_names(&[("SUPABASE_URL", "https://a.co"), ("SUPABASE_ANON_KEY", "a b")]), vec!["SUPABASE_ANON_KEY"]);
+    }
+
+    #[test]
+    fn tables_allowlist_is_parsed() {
+        let s = read(&with(&[("UPLOAD_TABLES", " todos, lists ,")])).expect("valid");
+        let expected: BTreeSet<String> = ["lists", "todos"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(s.tables, Some(expected));
+    }
+
+    #[test]
+    fn empty_tables_allowlist_is_refused() {
+        assert_eq!(problem_names(&with(&[("UPLOAD_TABLES", " , ")])), vec!["UPLOAD_TABLES"]);
+        assert_eq!(problem_names(&with(&[("UPLOAD_TABLES", "")])), vec!["UPLOAD_TABLES"]);
+    }
+
+    #[test]
+    fn identifiers_follow_the_plain_sql_rule() {
+        assert!(is_identifier("todos"));
+        assert!(is_identifier("_x1"));
+        assert!(!is_identifier(""));
+        assert!(!is_identifier("1x"));
+        assert!(!is_identifier("a.b"));
+        assert!(!is_identifier("todos;drop"));
+        assert!(!is_identifier("tödos"));
+        assert!(is_identifier(&"a".repeat(63)));
+        assert!(!is_identifier(&"a".repeat(64)));
+    }
+
+    #[test]
+    fn conversion_columns_are_parsed() {
+        let s = read(&with(&[
+            ("UPLOAD_JSON_COLUMNS", "todos.tags, profiles.settings"),
+            ("UPLOAD_BOOLEAN_COLUMNS", "todos.completed"),
+        ]))
+        .expect("valid");
+        assert!(s.json_columns.contains("todos", "tags"));
+        assert!(s.json_columns.contains("profiles", "settings"));
+        assert!(!s.json_columns.contains("todos", "completed"));
+        assert!(s.boolean_columns.contains("todos", "completed"));
+        assert!(s.boolean_columns.has_table("todos"));
+        assert!(!s.boolean_columns.has_table("profiles"));
+    }
+
+    #[test]
+    fn conversion_columns_must_name_allowed_tables_and_not_overlap() {
+        assert_eq!(
+            problem_names(&with(&[("UPLOAD_TABLES", "todos"), ("UPLOAD_JSON_COLUMNS", "lists.tags")])),
+            vec!["UPLOAD_JSON_COLUMNS"]
+        );
+        assert_eq!(
+            problem_names(&with(&[("UPLOAD_JSON_COLUMNS", "todos.x"), ("UPLOAD_BOOLEAN_COLUMNS", "todos.x")])),
+            vec!["UPLOAD_BOOLEAN_COLUMNS"]
+        );
+        assert_eq!(problem_names(&with(&[("UPLOAD_BOOLEAN_COLUMNS", "todos.a.b")])), vec!["UPLOAD_BOOLEAN_COLUMNS"]);
+    }
+
+    #[test]
+    fn service_mode_requires_key_owner_column_and_tables() {
+        assert_eq!(
+            problem_names(&with(&[("UPLOAD_MODE", "service")])),
+            vec!["SUPABASE_SERVICE_ROLE_KEY", "UPLOAD_OWNER_COLUMN", "UPLOAD_TABLES"]
+        );
+        let s = read(&with(&[
+            ("UPLOAD_MODE", "Service"),
+            ("SUPABASE_SERVICE_ROLE_KEY", "sb_secret_abc"),
+            ("UPLOAD_OWNER_COLUMN", "user_id"),
+            ("UPLOAD_TABLES", "todos"),
+        ]))
+        .expect("valid");
+        assert_eq!(
+            s.mode,
+            WriteMode::Service { service_key: "sb_secret_abc".to_string(), owner_column: "user_id".to_string() }
+        );
+    }
+
+    #[test]
+    fn owner_column_must_be_a_plain_column_other_than_id() {
+        let base = [
+            ("UPLOAD_MODE", "service"),
+            ("SUPABASE_SERVICE_ROLE_KEY", "k"),
+            ("UPLOAD_TABLES", "todos"),
+        ];
+        let mut vars = with(&base);
+        vars.push(("UPLOAD_OWNER_COLUMN", "id"));
+        assert_eq!(problem_names(&vars), vec!["UPLOAD_OWNER_COLUMN"]);
+        let mut vars = with(&base);
+        vars.push(("UPLOAD_OWNER_COLUMN", "user id"));
+        assert_eq!(problem_names(&vars), vec!["UPLOAD_OWNER_COLUMN"]);
+    }
+
+    #[test]
+    fn owner_column_in_rls_mode_is_refused() {
+        assert_eq!(problem_names(&with(&[("UPLOAD_OWNER_COLUMN", "user_id")])), vec!["UPLOAD_OWNER_COLUMN"]);
+    }
+
+    #[test]
+    fn atomic_and_dead_letter_settings_are_read() {
+        let s = read(&with(&[
+            ("UPLOAD_ATOMIC", "TRUE"),
+            ("UPLOAD_ATOMIC_FUNCTION", "apply_tx"),
+            ("UPLOAD_DEAD_LETTER_TABLE", "powersync_dead_letters"),
+            ("UPLOAD_SUBREQUEST_BUDGET", "1000"),
+            ("UPLOAD_RETRY_AFTER_SECONDS", "30"),
+            ("UPLOAD_MAX_ENTRIES", "50"),
+        ]))
+        .expect("valid");
+        assert!(s.atomic);
+        assert_eq!(s.atomic_function, "apply_tx");
+        assert_eq!(s.dead_letter_table.as_deref(), Some("powersync_dead_letters"));
+        assert_eq!(s.subrequest_budget, 1000);
+        assert_eq!(s.retry_after_seconds, 30);
+        assert_eq!(s.limits.max_entries, 50);
+    }
+
+    #[test]
+    fn dead_letter_table_must_not_be_writable_by_clients() {
+        assert_eq!(
+            problem_names(&with(&[("UPLOAD_TABLES", "todos,dead"), ("UPLOAD_DEAD_LETTER_TABLE", "dead")])),
+            vec!["UPLOAD_DEAD_LETTER_TABLE"]
+        );
+    }
+
+    #[test]
+    fn budget_must_cover_one_transaction_and_its_dead_letter() {
+        assert_eq!(
+            problem_names(&with(&[("UPLOAD_SUBREQUEST_BUDGET", "1"), ("UPLOAD_DEAD_LETTER_TABLE", "dead")])),
+            vec!["UPLOAD_SUBREQUEST_BUDGET"]
+        );
+        assert!(read(&with(&[("UPLOAD_SUBREQUEST_BUDGET", "1")])).is_ok());
+        assert!(read(&with(&[("UPLOAD_SUBREQUEST_BUDGET", "10000")])).is_ok());
+        assert_eq!(problem_names(&with(&[("UPLOAD_SUBREQUEST_BUDGET", "10001")])), vec!["UPLOAD_SUBREQUEST_BUDGET"]);
+    }
+
+    #[test]
+    fn blank_optional_values_count_as_unset() {
+        let s = read(&with(&[("UPLOAD_MODE", " "), ("UPLOAD_SUBREQUEST_BUDGET", ""), ("UPLOAD_DEAD_LETTER_TABLE", "\n")]))
+            .expect("valid");
+        assert_eq!(s.mode, WriteMode::Rls);
+        assert_eq!(s.subrequest_budget, 45);
+        assert_eq!(s.dead_letter_table, None);
+    }
+
+    #[test]
+    fn debug_output_hides_keys() {
+        let s = read(&with(&[
+            ("UPLOAD_MODE", "service"),
+            ("SUPABASE_SERVICE_ROLE_KEY", "very-secret"),
+            ("UPLOAD_OWNER_COLUMN", "user_id"),
+            ("UPLOAD_TABLES", "todos"),
+        ]))
+        .expect("valid");
+        let text = format!("{s:?}");
+        assert!(!text.contains("very-secret"));
+        assert!(!text.contains("\"anon\""));
+    }
+}

@@ -1,0 +1,167 @@
+"""Shared fixtures for the end-to-end tests.
+
+Session-wide: a throwaway PostgreSQL (``pg``) with tests/sql/test_schema.sql,
+sql/atomic_upload.sql and sql/dead_letter.sql loaded, and the PostgREST
+stand-in in front of it (``standin``). Per test: the tables are emptied and the
+stand-in's counters/faults/revocations reset (``db``, ``api``).
+
+Keys and tokens:
+  JWT_SECRET        HS256 secret the stand-in verifies with
+  ANON_KEY          legacy anon key (HS256 JWT, role anon)
+  SERVICE_KEY       legacy service_role key (HS256 JWT, role service_role)
+  PUBLISHABLE_KEY   new-style sb_publishable_… key (anon)
+  SECRET_KEY        new-style sb_secret_… key (service_role)
+  make_token(sub, …) -> a Supabase-like user access token
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import quote
+
+import jwt
+import psycopg
+import pytest
+import requests
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tests.postgrest_standin.standin import StandIn  # noqa: E402
+from tests.support.pg import TempPostgres  # noqa: E402
+
+JWT_SECRET = "test-jwt-secret-with-at-least-32-characters-long"
+ANON_KEY = jwt.encode({"iss": "supabase", "ref": "standin", "role": "anon",
+                       "iat": 1700000000, "exp": 4102444800}, JWT_SECRET, algorithm="HS256")
+SERVICE_KEY = jwt.encode({"iss": "supabase", "ref": "standin", "role": "service_role",
+                          "iat": 1700000000, "exp": 4102444800}, JWT_SECRET, algorithm="HS256")
+PUBLISHABLE_KEY = "sb_publishable_standin_test_key"
+SECRET_KEY = "sb_secret_standin_test_key"
+
+SQL_FILES = [ROOT / "tests/sql/test_schema.sql", ROOT / "sql/atomic_upload.sql",
+             ROOT / "sql/dead_letter.sql"]
+TABLES = "public.todos, public.lists, public.profiles, public.powersync_dead_letters"
+
+
+def make_token(sub: str | None, role: str = "authenticated", expires_in: int = 3600,
+               secret: str = JWT_SECRET, algorithm: str = "HS256", headers: dict | None = None,
+               **claims) -> str:
+    """A Supabase-like access token (claims can be overridden/added)."""
+    now = int(time.time())
+    body = {"iss": "http://127.0.0.1/auth/v1", "aud": "authenticated", "role": role,
+            "iat": now, "exp": now + expires_in, "session_id": str(uuid.uuid4()),
+            "email": f"{sub}@example.test" if sub else "", "phone": "", "aal": "aal1",
+            "is_anonymous": False, "app_metadata": {"provider": "email"}, "user_metadata": {}}
+    if sub is not None:
+        body["sub"] = sub
+    body.update(claims)
+    return jwt.encode(body, secret, algorithm=algorithm, headers=headers)
+
+
+class RestClient:
+    """Minimal PostgREST client: raw query strings so tests control encoding."""
+
+    def __init__(self, base_url: str, apikey: str | None, token: str | None = None):
+        self.base_url = base_url.rstrip("/")
+        self.apikey = apikey
+        self.token = token
+        self.http = requests.Session()
+
+    def headers(self, prefer=None, extra=None) -> dict:
+        h = {"Content-Type": "application/json"}
+        if self.apikey is not None:
+            h["apikey"] = self.apikey
+        if self.token is not None:
+            h["Authorization"] = f"Bearer {self.token}"
+        if prefer:
+            h["Prefer"] = prefer
+        h.update(extra or {})
+        return h
+
+    def url(self, table: str, query: str = "") -> str:
+        return f"{self.base_url}/rest/v1/{table}" + (f"?{query}" if query else "")
+
+    def request(self, method, table, query="", json=None, data=None, prefer=None, headers=None,
+                timeout=30):
+        return self.http.request(method, self.url(table, query), json=json, data=data,
+                                 headers=self.headers(prefer, headers), timeout=timeout)
+
+    def post(self, table, json=None, query="", **kw):
+        return self.request("POST", table, query, json=json, **kw)
+
+    def patch(self, table, query, json=None, **kw):
+        return self.request("PATCH", table, query, json=json, **kw)
+
+    def delete(self, table, query, **kw):
+        return self.request("DELETE", table, query, **kw)
+
+    def get(self, table, query="", **kw):
+        return self.request("GET", table, query, **kw)
+
+    def rpc(self, fn, body, **kw):
+        return self.request("POST", f"rpc/{fn}", json=body, **kw)
+
+
+def eq(value: str) -> str:
+    """``eq.<value>`` URL-encoded for a query string."""
+    return "eq." + quote(value, safe="")
+
+
+@pytest.fixture(scope="session")
+def pg():
+    with TempPostgres() as server:
+        for f in SQL_FILES:
+            server.run_sql_file(f)
+        yield server
+
+
+@pytest.fixture(scope="session")
+def standin(pg):
+    s = StandIn(pg.dsn, JWT_SECRET, anon_key=ANON_KEY, service_key=SERVICE_KEY)
+    s.start(port=0)
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def db(pg, standin):
+    """Autocommit superuser connection to the test database; tables emptied
+    and the stand-in reset before each test."""
+    with psycopg.connect(pg.dsn, autocommit=True) as conn:
+        conn.execute(f"truncate {TABLES} restart identity cascade")
+        standin.reset()
+        yield conn
+
+
+@pytest.fixture
+def user_a() -> str:
+    return str(uuid.uuid4())
+
+
+@pytest.fixture
+def user_b() -> str:
+    return str(uuid.uuid4())
+
+
+@pytest.fixture
+def client(standin, db):
+    """client(token=None, apikey=PUBLISHABLE_KEY) -> RestClient."""
+    def make(token: str | None = None, apikey: str | None = PUBLISHABLE_KEY) -> RestClient:
+        return RestClient(standin.url, apikey, token)
+    return make
+
+
+@pytest.fixture
+def as_user(client):
+    """as_user(sub) -> RestClient acting as that signed-in user."""
+    return lambda sub, **claims: client(make_token(sub, **claims))
+
+
+@pytest.fixture
+def as_service(client):
+    """RestClient with the new-style secret key (service_role, bypasses RLS)."""
+    return client(None, SECRET_KEY)
