@@ -162,15 +162,11 @@ const SHAPES: [&str; 3] = ["transactions", "batch", "operations"];
 pub fn parse(body: &[u8], limits: &Limits) -> Result<Vec<Transaction>, CrudError> {
     if body.len() > limits.max_body_bytes {
         return Err(CrudError::TooLarge {
-            message: format!(
-                "body is {} bytes; at most {} are accepted",
-                body.len(),
-                limits.max_body_bytes
-            ),
+            message: format!("body is {} bytes; at most {} are accepted", body.len(), limits.max_body_bytes),
         });
     }
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| malformed(ROOT.to_string(), format!("not valid JSON: {e}")))?;
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| malformed(ROOT.to_string(), format!("not valid JSON: {e}")))?;
     let Value::Object(root) = value else {
         return Err(malformed(
             ROOT.to_string(),
@@ -181,10 +177,7 @@ pub fn parse(body: &[u8], limits: &Limits) -> Result<Vec<Transaction>, CrudError
     match present.as_slice() {
         ["transactions"] => parse_transactions(&root["transactions"], limits),
         [shape] => parse_single(shape, &root[*shape], limits),
-        [] => Err(malformed(
-            ROOT.to_string(),
-            "expected one of `transactions`, `batch` or `operations`".to_string(),
-        )),
+        [] => Err(malformed(ROOT.to_string(), "expected one of `transactions`, `batch` or `operations`".to_string())),
         _ => Err(malformed(
             ROOT.to_string(),
             format!("give only one of `transactions`, `batch` or `operations` (found {})", present.join(", ")),
@@ -205,10 +198,7 @@ fn parse_transactions(value: &Value, limits: &Limits) -> Result<Vec<Transaction>
             ),
         });
     }
-    let total: usize = items
-        .iter()
-        .map(|t| t.get("crud").and_then(Value::as_array).map_or(0, Vec::len))
-        .sum();
+    let total: usize = items.iter().map(|t| t.get("crud").and_then(Value::as_array).map_or(0, Vec::len)).sum();
     check_entry_count(total, limits)?;
 
     let mut transactions = Vec::with_capacity(items.len());
@@ -221,10 +211,7 @@ fn parse_transactions(value: &Value, limits: &Limits) -> Result<Vec<Transaction>
             None | Some(Value::Null) => None,
             Some(id @ (Value::Number(_) | Value::String(_))) => Some(id.clone()),
             Some(other) => {
-                return Err(malformed(
-                    format!("{path}.transaction_id"),
-                    expected("a number or a string", other),
-                ))
+                return Err(malformed(format!("{path}.transaction_id"), expected("a number or a string", other)))
             }
         };
         let crud_path = format!("{path}.crud");
@@ -268,9 +255,8 @@ fn parse_entry(path: &str, value: &Value) -> Result<Entry, CrudError> {
     let op_path = format!("{path}.op");
     let op = match fields.get("op") {
         None | Some(Value::Null) => return Err(malformed(op_path, "missing".to_string())),
-        Some(Value::String(text)) => Op::parse(text).ok_or_else(|| {
-            malformed(op_path, format!("unknown op {text:?}; expected PUT, PATCH or DELETE"))
-        })?,
+        Some(Value::String(text)) => Op::parse(text)
+            .ok_or_else(|| malformed(op_path, format!("unknown op {text:?}; expected PUT, PATCH or DELETE")))?,
         Some(other) => return Err(malformed(op_path, expected("a string", other))),
     };
 
@@ -297,9 +283,7 @@ fn parse_entry(path: &str, value: &Value) -> Result<Entry, CrudError> {
     let data = match aliased(fields, path, &["data", "opData", "op_data"])? {
         None | Some((_, Value::Null)) => Map::new(),
         Some((_, Value::Object(map))) => map.clone(),
-        Some((name, other)) => {
-            return Err(malformed(format!("{path}.{name}"), expected("an object or null", other)))
-        }
+        Some((name, other)) => return Err(malformed(format!("{path}.{name}"), expected("an object or null", other))),
     };
     let data = if op == Op::Delete { Map::new() } else { data };
 
@@ -491,11 +475,15 @@ mod tests {
     #[test]
     fn conflicting_data_aliases_are_rejected() {
         assert_eq!(
-            malformed_path(json!({"batch": [{"op": "PUT", "table": "t", "id": "1", "data": {"a": 1}, "op_data": {"a": 2}}]})),
+            malformed_path(
+                json!({"batch": [{"op": "PUT", "table": "t", "id": "1", "data": {"a": 1}, "op_data": {"a": 2}}]})
+            ),
             "batch[0].op_data"
         );
         assert_eq!(
-            malformed_path(json!({"batch": [{"op": "PUT", "table": "t", "id": "1", "data": null, "opData": {"a": 2}}]})),
+            malformed_path(
+                json!({"batch": [{"op": "PUT", "table": "t", "id": "1", "data": null, "opData": {"a": 2}}]})
+            ),
             "batch[0].opData"
         );
     }

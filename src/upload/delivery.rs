@@ -51,14 +51,15 @@ pub async fn apply<T: Transport>(
             continue;
         }
         let remaining = budget.saturating_sub(report.subrequests);
+        let fresh = report.subrequests == 0;
         let ending = match plan::plan_transaction(transaction, settings, caller) {
             Ok(requests) if requests.is_empty() => Some(Ending::Success),
             Ok(requests) if requests.len() + dead_letter_cost > budget => {
-                refuse_unsendable(remaining, dead_letter_cost, too_big(requests.len(), budget, dead_letter_cost))
+                refuse_unsendable(remaining, fresh, dead_letter_cost, too_big(requests.len(), budget, dead_letter_cost))
             }
             Ok(requests) if requests.len() + dead_letter_cost > remaining => None,
             Ok(requests) => Some(send(requests, settings, transport, &mut report).await),
-            Err(failure) => refuse_unsendable(remaining, dead_letter_cost, failure),
+            Err(failure) => refuse_unsendable(remaining, fresh, dead_letter_cost, failure),
         };
         let Some(ending) = ending else {
             // Does not fit in what is left of the budget: this and every later transaction wait
@@ -86,9 +87,16 @@ pub async fn apply<T: Transport>(
 }
 
 /// A fatal failure found before sending: reported as such if its dead-letter insert still fits in
-/// the budget, otherwise `None` (not attempted; the next upload starts with a fresh budget).
-fn refuse_unsendable(remaining: usize, dead_letter_cost: usize, failure: FailedOperation) -> Option<Ending> {
-    (dead_letter_cost <= remaining).then_some(Ending::Fatal(failure))
+/// the budget, otherwise `None` (not attempted; the next upload starts with a fresh budget) —
+/// unless this upload has not sent anything yet, since a fresh budget would not help then either
+/// (only possible with a budget below the minimum `from_lookup` enforces).
+fn refuse_unsendable(
+    remaining: usize,
+    fresh: bool,
+    dead_letter_cost: usize,
+    failure: FailedOperation,
+) -> Option<Ending> {
+    (dead_letter_cost <= remaining || fresh).then_some(Ending::Fatal(failure))
 }
 
 fn too_big(planned: usize, budget: usize, dead_letter_cost: usize) -> FailedOperation {
@@ -160,11 +168,8 @@ fn owner_check(table: &str, ids: &[(String, usize)], first: usize, response: &Ht
         None => String::new(),
     };
     let index = ids.iter().find(|(id, _)| *id == foreign).map_or(first, |(_, i)| *i);
-    let mut failure = FailedOperation::new(
-        Some(index),
-        "42501",
-        format!("row {foreign} of table {table} belongs to another owner"),
-    );
+    let mut failure =
+        FailedOperation::new(Some(index), "42501", format!("row {foreign} of table {table} belongs to another owner"));
     failure.http_status = Some(response.status);
     Verdict::Fatal(failure)
 }
@@ -184,7 +189,7 @@ fn with_atomic_index(verdict: Verdict, entries: usize) -> Verdict {
     }
 }
 
-/// Records a fatal transaction; a failure is only counted and logged.
+/// Records a fatal transaction; a failure is only counted and logged. Never exceeds the budget.
 async fn record_dead_letter<T: Transport>(
     table: &str,
     settings: &UploadSettings,
@@ -194,6 +199,11 @@ async fn record_dead_letter<T: Transport>(
     transport: &T,
     report: &mut UploadReport,
 ) {
+    if report.subrequests >= settings.subrequest_budget {
+        report.dead_letter_failures += 1;
+        report.dead_letter_errors.push(format!("dead-letter insert into {table} skipped: no subrequest budget left"));
+        return;
+    }
     let request = dead_letter::request(table, settings, caller, transaction, failure);
     report.subrequests += 1;
     let answer = transport.send(request).await;
@@ -202,7 +212,9 @@ async fn record_dead_letter<T: Transport>(
         Verdict::Fatal(error) | Verdict::Retryable { failure: error, .. } => {
             report.dead_letter_failures += 1;
             let status = error.http_status.map_or_else(|| "no answer".to_string(), |s| format!("HTTP {s}"));
-            report.dead_letter_errors.push(format!("dead-letter insert into {table} failed: {} ({status})", error.code));
+            report
+                .dead_letter_errors
+                .push(format!("dead-letter insert into {table} failed: {} ({status})", error.code));
         }
     }
 }

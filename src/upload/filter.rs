@@ -129,7 +129,8 @@ mod tests {
         percent_decode_str(value).decode_utf8_lossy().into_owned()
     }
 
-    const NASTY: [&str; 10] = ["a,b", "a)b", "a&id=neq.x", "a\"b", "a\\b", "a=b", "100%", "ünï ☃", "a.b:c", "x)&or=(id.neq.1"];
+    const NASTY: [&str; 10] =
+        ["a,b", "a)b", "a&id=neq.x", "a\"b", "a\\b", "a=b", "100%", "ünï ☃", "a.b:c", "x)&or=(id.neq.1"];
 
     #[test]
     fn eq_encodes_everything_but_unreserved() {

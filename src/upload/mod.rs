@@ -133,7 +133,12 @@ mod tests {
     }
 
     fn entry(op: Op, id: &str, data: Value) -> Entry {
-        Entry { op, table: "todos".to_string(), id: id.to_string(), data: data.as_object().cloned().unwrap_or_default() }
+        Entry {
+            op,
+            table: "todos".to_string(),
+            id: id.to_string(),
+            data: data.as_object().cloned().unwrap_or_default(),
+        }
     }
 
     /// A transaction of one PUT, whose columns differ per transaction so nothing merges.
@@ -294,7 +299,13 @@ mod tests {
         let report = run(&(0..5).map(tx).collect::<Vec<_>>(), &s, &transport);
         assert_eq!(
             statuses(&report),
-            vec![Status::FatalError, Status::FatalError, Status::NotAttempted, Status::NotAttempted, Status::NotAttempted]
+            vec![
+                Status::FatalError,
+                Status::FatalError,
+                Status::NotAttempted,
+                Status::NotAttempted,
+                Status::NotAttempted
+            ]
         );
         assert_eq!(report.subrequests, 4);
     }
@@ -316,12 +327,28 @@ mod tests {
     }
 
     #[test]
+    fn tiny_budget_never_blocks_the_queue() {
+        // Below the minimum `from_lookup` enforces (1 write + 1 dead letter), a transaction still
+        // gets a final outcome instead of being `not_attempted` on every upload.
+        let mut s = settings();
+        s.subrequest_budget = 1;
+        s.dead_letter_table = Some("dead".to_string());
+        let transport = FakeTransport::default();
+        let report = run(&[tx(1), tx(2)], &s, &transport);
+        assert_eq!(statuses(&report), vec![Status::FatalError, Status::NotAttempted]);
+        let failure = report.results[0].failed_operation.clone().expect("failure");
+        assert_eq!(failure.code, "too_many_requests_for_budget");
+        assert_eq!((report.subrequests, report.dead_letters), (1, 1));
+        assert!(transport.sent()[0].url.ends_with("/rest/v1/dead"));
+    }
+
+    #[test]
     fn transaction_that_fits_after_merging_is_applied() {
         let mut s = settings();
         s.subrequest_budget = 1;
         let big = Transaction {
             transaction_id: None,
-            entries: (0..1000).map(|i| entry(Op::Patch, &format!("r{i}"), json!({"done": true}))).collect(),
+            entries: (0..300).map(|i| entry(Op::Patch, &format!("r{i}"), json!({"done": true}))).collect(),
         };
         let transport = FakeTransport::default();
         let report = run(&[big], &s, &transport);
@@ -333,10 +360,8 @@ mod tests {
     fn dead_letter_insert_has_the_exact_body() {
         let mut s = settings();
         s.dead_letter_table = Some("powersync_dead_letters".to_string());
-        let transaction = Transaction {
-            transaction_id: Some(json!(12)),
-            entries: vec![entry(Op::Put, "a", json!({"title": null}))],
-        };
+        let transaction =
+            Transaction { transaction_id: Some(json!(12)), entries: vec![entry(Op::Put, "a", json!({"title": null}))] };
         let transport = FakeTransport::scripted(vec![
             Ok(HttpResponse {
                 status: 400,
@@ -419,7 +444,7 @@ mod tests {
             body: json!({"code": "23503", "message": "fk", "details": null, "hint": "powersync op 1 (DELETE todos/b)"})
                 .to_string(),
         })]);
-        let report = run(&[transaction.clone()], &s, &transport);
+        let report = run(std::slice::from_ref(&transaction), &s, &transport);
         let failure = report.results[0].failed_operation.clone().expect("failure");
         assert_eq!((failure.index, failure.code.as_str()), (Some(1), "23503"));
 
@@ -443,7 +468,10 @@ mod tests {
         let transport = FakeTransport::scripted(vec![ok_body(r#"[{"id":"b"}]"#)]);
         let report = run(&[transaction], &service(), &transport);
         let failure = report.results[0].failed_operation.clone().expect("failure");
-        assert_eq!((report.results[0].status, failure.index, failure.code.as_str()), (Status::FatalError, Some(1), "42501"));
+        assert_eq!(
+            (report.results[0].status, failure.index, failure.code.as_str()),
+            (Status::FatalError, Some(1), "42501")
+        );
         assert_eq!(transport.sent().len(), 1, "the upsert is not sent");
         assert_eq!(transport.sent()[0].method, Method::Get);
     }
@@ -461,10 +489,7 @@ mod tests {
         let transport = FakeTransport::scripted(vec![ok_body("<html>")]);
         let report = run(&[tx(1)], &service(), &transport);
         assert_eq!(statuses(&report), vec![Status::RetryableError]);
-        assert_eq!(
-            report.results[0].failed_operation.as_ref().map(|f| f.code.as_str()),
-            Some("unexpected_response")
-        );
+        assert_eq!(report.results[0].failed_operation.as_ref().map(|f| f.code.as_str()), Some("unexpected_response"));
     }
 
     #[test]

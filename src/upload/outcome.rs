@@ -229,11 +229,8 @@ impl UploadReport {
     /// "dead_letter_failures","failure_codes":[…],"dead_letter_errors":[…]}`.
     pub fn log_summary(&self) -> Value {
         let counts = self.counts();
-        let failure_codes: Vec<&str> = self
-            .results
-            .iter()
-            .filter_map(|r| r.failed_operation.as_ref().map(|f| f.code.as_str()))
-            .collect();
+        let failure_codes: Vec<&str> =
+            self.results.iter().filter_map(|r| r.failed_operation.as_ref().map(|f| f.code.as_str())).collect();
         json!({
             "success": counts.success,
             "fatal": counts.fatal,
@@ -293,14 +290,8 @@ pub fn classify(answer: &Result<HttpResponse, TransportError>, index: Option<usi
         None if response.body.trim().is_empty() => format!("HTTP {status} from Supabase"),
         None => format!("HTTP {status} from Supabase: {}", excerpt(&response.body)),
     };
-    let failure = FailedOperation {
-        index,
-        code,
-        message,
-        details: body.details,
-        hint: body.hint,
-        http_status: Some(status),
-    };
+    let failure =
+        FailedOperation { index, code, message, details: body.details, hint: body.hint, http_status: Some(status) };
     if fatal {
         Verdict::Fatal(failure)
     } else {
@@ -496,7 +487,9 @@ mod tests {
 
     #[test]
     fn jwt_connection_and_internal_postgrest_errors_are_retryable() {
-        for (status, code) in [(401, "PGRST301"), (401, "PGRST303"), (503, "PGRST000"), (504, "PGRST003"), (500, "PGRSTX00")] {
+        for (status, code) in
+            [(401, "PGRST301"), (401, "PGRST303"), (503, "PGRST000"), (504, "PGRST003"), (500, "PGRSTX00")]
+        {
             assert!(is_retryable(&classify(&postgrest(status, code), None)), "{code}");
         }
     }

@@ -26,7 +26,7 @@
 //!
 //! Service mode (`UPLOAD_MODE=service`) adds, because the service key bypasses RLS:
 //! - `&<owner>=eq.<user id>` on every PATCH and DELETE, so only the caller's rows are touched;
-//! - the owner column forced on PUT rows and removed from PATCH data (see [`row`](super::row));
+//! - the owner column forced on PUT rows and removed from PATCH data (see [`row`]);
 //! - before each bulk upsert, an ownership check
 //!   `GET …/<table>?select=id&id=in.(…)&<owner>=isdistinct.<user id>`: an upsert would otherwise
 //!   take over another user's row that has the same id. Any row it returns fails the transaction
@@ -201,7 +201,10 @@ impl<'a> Context<'a> {
                 op.insert("id".to_string(), json!(entry.id));
                 match entry.op {
                     Op::Put => {
-                        op.insert("data".to_string(), Value::Object(row::put_row(entry, self.settings, &self.caller.user_id)));
+                        op.insert(
+                            "data".to_string(),
+                            Value::Object(row::put_row(entry, self.settings, &self.caller.user_id)),
+                        );
                     }
                     Op::Patch => {
                         op.insert("data".to_string(), Value::Object(row::patch_data(entry, self.settings)));
@@ -350,10 +353,7 @@ impl<'e> Planner<'_, 'e> {
                     self.context.owner_filter()
                 );
                 let request = match group.data {
-                    Some(data) => self
-                        .context
-                        .request(Method::Patch, url)
-                        .json_body(Value::Object(data).to_string()),
+                    Some(data) => self.context.request(Method::Patch, url).json_body(Value::Object(data).to_string()),
                     None => self.context.request(Method::Delete, url),
                 };
                 self.requests.push(PlannedRequest {
@@ -507,7 +507,8 @@ mod tests {
 
     #[test]
     fn puts_with_different_key_sets_are_not_merged() {
-        let requests = plan(vec![put("a", json!({"x": 1})), put("b", json!({"y": 1})), put("c", json!({"y": 2}))], &settings());
+        let requests =
+            plan(vec![put("a", json!({"x": 1})), put("b", json!({"y": 1})), put("c", json!({"y": 2}))], &settings());
         assert_eq!(requests.len(), 2);
         assert_eq!(body(&requests[0]), json!([{"id": "a", "x": 1}]));
         assert_eq!(body(&requests[1]), json!([{"id": "b", "y": 1}, {"id": "c", "y": 2}]));
@@ -523,8 +524,15 @@ mod tests {
 
     #[test]
     fn put_with_an_id_already_in_the_group_starts_a_new_group() {
-        let requests =
-            plan(vec![put("a", json!({"n": 1})), put("b", json!({"n": 1})), put("a", json!({"n": 2})), put("c", json!({"n": 3}))], &settings());
+        let requests = plan(
+            vec![
+                put("a", json!({"n": 1})),
+                put("b", json!({"n": 1})),
+                put("a", json!({"n": 2})),
+                put("c", json!({"n": 3})),
+            ],
+            &settings(),
+        );
         assert_eq!(requests.len(), 2);
         assert_eq!(body(&requests[0]), json!([{"id": "a", "n": 1}, {"id": "b", "n": 1}]));
         assert_eq!(body(&requests[1]), json!([{"id": "a", "n": 2}, {"id": "c", "n": 3}]));
@@ -535,7 +543,10 @@ mod tests {
     fn consecutive_deletes_are_one_in_filter() {
         let requests = plan(vec![delete("a"), delete("b"), delete("a"), delete("c")], &settings());
         assert_eq!(requests.len(), 1);
-        assert_eq!(requests[0].request.url, "https://p.supabase.co/rest/v1/todos?id=in.%28%22a%22%2C%22b%22%2C%22c%22%29");
+        assert_eq!(
+            requests[0].request.url,
+            "https://p.supabase.co/rest/v1/todos?id=in.%28%22a%22%2C%22b%22%2C%22c%22%29"
+        );
         assert_eq!(requests[0].entries, 0..4);
     }
 
@@ -564,7 +575,13 @@ mod tests {
     #[test]
     fn interleaved_operations_are_never_merged_or_reordered() {
         let requests = plan(
-            vec![put("a", json!({"n": 1})), delete("a"), put("b", json!({"n": 1})), patch("b", json!({"n": 2})), delete("c")],
+            vec![
+                put("a", json!({"n": 1})),
+                delete("a"),
+                put("b", json!({"n": 1})),
+                patch("b", json!({"n": 2})),
+                delete("c"),
+            ],
             &settings(),
         );
         let summary: Vec<(Method, String, Range<usize>)> =
@@ -610,7 +627,10 @@ mod tests {
         let query = url.split_once('?').map(|(_, q)| q).unwrap_or("");
         assert_eq!(query.split('&').count(), 1, "{url}");
         let quoted: Vec<String> = ids.iter().map(|id| filter::quote(id)).collect();
-        assert_eq!(decoded_url(&requests[0]), format!("https://p.supabase.co/rest/v1/todos?id=in.({})", quoted.join(",")));
+        assert_eq!(
+            decoded_url(&requests[0]),
+            format!("https://p.supabase.co/rest/v1/todos?id=in.({})", quoted.join(","))
+        );
     }
 
     #[test]
@@ -657,7 +677,10 @@ mod tests {
     fn service_mode_filters_patch_and_delete_by_owner() {
         let requests = plan(vec![patch("a", json!({"t": 1})), delete("b"), delete("c")], &service());
         assert_eq!(requests[0].request.url, "https://p.supabase.co/rest/v1/todos?id=eq.a&owner=eq.user-1");
-        assert_eq!(decoded_url(&requests[1]), "https://p.supabase.co/rest/v1/todos?id=in.(\"b\",\"c\")&owner=eq.user-1");
+        assert_eq!(
+            decoded_url(&requests[1]),
+            "https://p.supabase.co/rest/v1/todos?id=in.(\"b\",\"c\")&owner=eq.user-1"
+        );
     }
 
     #[test]
@@ -685,16 +708,24 @@ mod tests {
         assert_eq!(check.entries, 0..2);
         let upsert = &requests[1];
         assert_eq!(upsert.request.method, Method::Post);
-        assert_eq!(body(upsert), json!([{"id": "a", "owner": "user-1", "t": 1}, {"id": "b", "owner": "user-1", "t": 2}]));
+        assert_eq!(
+            body(upsert),
+            json!([{"id": "a", "owner": "user-1", "t": 1}, {"id": "b", "owner": "user-1", "t": 2}])
+        );
     }
 
     #[test]
     fn service_mode_put_groups_keep_the_check_url_short() {
-        let entries: Vec<Entry> = (0..600).map(|i| put(&format!("{i:08}-aaaa-bbbb-cccc-dddddddddddd"), json!({}))).collect();
+        let entries: Vec<Entry> =
+            (0..600).map(|i| put(&format!("{i:08}-aaaa-bbbb-cccc-dddddddddddd"), json!({}))).collect();
         let requests = plan(entries, &service());
-        assert!(requests.len() >= 6 && requests.len() % 2 == 0, "{}", requests.len());
+        assert!(requests.len() >= 6 && requests.len().is_multiple_of(2), "{}", requests.len());
         assert!(requests.iter().all(|r| r.request.url.len() <= filter::MAX_URL_BYTES));
-        let rows: usize = requests.iter().filter(|r| r.request.method == Method::Post).map(|r| body(r).as_array().map_or(0, Vec::len)).sum();
+        let rows: usize = requests
+            .iter()
+            .filter(|r| r.request.method == Method::Post)
+            .map(|r| body(r).as_array().map_or(0, Vec::len))
+            .sum();
         assert_eq!(rows, 600);
     }
 
@@ -742,8 +773,12 @@ mod tests {
 
     #[test]
     fn invalid_table_name_fails_the_transaction_before_any_request() {
-        let result = plan_transaction(&tx(vec![put("a", json!({})), e(Op::Put, "todos?x=1", "b", json!({}))]), &settings(), &caller());
-        let failure = result.err().expect("fatal");
+        let result = plan_transaction(
+            &tx(vec![put("a", json!({})), e(Op::Put, "todos?x=1", "b", json!({}))]),
+            &settings(),
+            &caller(),
+        );
+        let failure = result.expect_err("fatal");
         assert_eq!((failure.index, failure.code.as_str()), (Some(1), "invalid_table_name"));
     }
 
@@ -752,9 +787,9 @@ mod tests {
         let mut s = settings();
         s.tables = Some(BTreeSet::from(["todos".to_string()]));
         assert!(plan_transaction(&tx(vec![put("a", json!({}))]), &s, &caller()).is_ok());
-        let failure = plan_transaction(&tx(vec![put("a", json!({})), e(Op::Delete, "lists", "b", Value::Null)]), &s, &caller())
-            .err()
-            .expect("fatal");
+        let failure =
+            plan_transaction(&tx(vec![put("a", json!({})), e(Op::Delete, "lists", "b", Value::Null)]), &s, &caller())
+                .expect_err("fatal");
         assert_eq!((failure.index, failure.code.as_str()), (Some(1), "table_not_allowed"));
     }
 
@@ -762,7 +797,8 @@ mod tests {
     fn the_dead_letter_table_is_never_writable_by_clients() {
         let mut s = settings();
         s.dead_letter_table = Some("dead".to_string());
-        let failure = plan_transaction(&tx(vec![e(Op::Put, "dead", "a", json!({}))]), &s, &caller()).err().expect("fatal");
+        let failure =
+            plan_transaction(&tx(vec![e(Op::Put, "dead", "a", json!({}))]), &s, &caller()).expect_err("fatal");
         assert_eq!(failure.code, "table_not_allowed");
     }
 }

@@ -46,8 +46,8 @@ fn json_value(value: &Value) -> Value {
 
 fn boolean_value(value: &Value) -> Value {
     match value.as_f64() {
-        Some(n) if n == 0.0 => Value::Bool(false),
-        Some(n) if n == 1.0 => Value::Bool(true),
+        Some(0.0) => Value::Bool(false),
+        Some(1.0) => Value::Bool(true),
         _ => value.clone(),
     }
 }
@@ -93,7 +93,12 @@ mod tests {
     }
 
     fn entry(op: Op, data: Value) -> Entry {
-        Entry { op, table: "todos".to_string(), id: "r1".to_string(), data: data.as_object().cloned().unwrap_or_default() }
+        Entry {
+            op,
+            table: "todos".to_string(),
+            id: "r1".to_string(),
+            data: data.as_object().cloned().unwrap_or_default(),
+        }
     }
 
     fn map(value: Value) -> Map<String, Value> {

@@ -215,8 +215,7 @@ pub fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> Result<UploadSett
         max_transactions: reader.number("UPLOAD_MAX_TRANSACTIONS", defaults.max_transactions as u64, 1, 100_000)
             as usize,
     };
-    let retry_after_seconds =
-        reader.number("UPLOAD_RETRY_AFTER_SECONDS", DEFAULT_RETRY_AFTER_SECONDS, 1, 3600);
+    let retry_after_seconds = reader.number("UPLOAD_RETRY_AFTER_SECONDS", DEFAULT_RETRY_AFTER_SECONDS, 1, 3600);
 
     // Rules that relate several variables (judged on what was asked for, so a service-mode
     // deployment missing its key still hears about every other problem).
@@ -302,9 +301,7 @@ impl Reader<'_> {
         let problem = match rest {
             None => Some("must start with https:// or http://"),
             Some(rest) if rest.is_empty() || rest.starts_with('/') => Some("has no host"),
-            Some(rest) if rest.chars().any(|c| c.is_whitespace() || c.is_control()) => {
-                Some("must not contain spaces")
-            }
+            Some(rest) if rest.chars().any(|c| c.is_whitespace() || c.is_control()) => Some("must not contain spaces"),
             Some(rest) if rest.contains(['?', '#', '@']) => {
                 Some("must be a plain project URL (no query, fragment or credentials)")
             }
@@ -342,7 +339,10 @@ impl Reader<'_> {
         if is_identifier(&value) {
             Some(value)
         } else {
-            self.problem(name, format!("{value:?} is not a plain identifier (letters, digits, _; not starting with a digit)"));
+            self.problem(
+                name,
+                format!("{value:?} is not a plain identifier (letters, digits, _; not starting with a digit)"),
+            );
             None
         }
     }
@@ -384,10 +384,7 @@ impl Reader<'_> {
 
     fn tables(&mut self) -> Option<BTreeSet<String>> {
         const NAME: &str = "UPLOAD_TABLES";
-        let value = match (self.lookup)(NAME) {
-            None => return None,
-            Some(value) => value,
-        };
+        let value = (self.lookup)(NAME)?;
         let mut tables = BTreeSet::new();
         for item in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             if is_identifier(item) {
@@ -523,8 +520,19 @@ mod tests {
 
     #[test]
     fn supabase_url_must_be_http_or_https() {
-        for bad in ["abc.supabase.co", "ftp://abc", "https://", "https://a b", "https://a?x=1", "https://abc.supabase.co/rest/v1/"] {
-            assert_eq!(problem_names(&[("SUPABASE_URL", bad), ("SUPABASE_ANON_KEY", "k")]), vec!["SUPABASE_URL"], "{bad}");
+        for bad in [
+            "abc.supabase.co",
+            "ftp://abc",
+            "https://",
+            "https://a b",
+            "https://a?x=1",
+            "https://abc.supabase.co/rest/v1/",
+        ] {
+            assert_eq!(
+                problem_names(&[("SUPABASE_URL", bad), ("SUPABASE_ANON_KEY", "k")]),
+                vec!["SUPABASE_URL"],
+                "{bad}"
+            );
         }
         let s = read(&[("SUPABASE_URL", " http://127.0.0.1:54321// \n"), ("SUPABASE_ANON_KEY", "k")]).expect("valid");
         assert_eq!(s.supabase_url, "http://127.0.0.1:54321");
@@ -532,9 +540,13 @@ mod tests {
 
     #[test]
     fn keys_are_trimmed_and_must_not_contain_spaces() {
-        let s = read(&[("SUPABASE_URL", "https://a.co"), ("SUPABASE_ANON_KEY", "  sb_publishable_x\n")]).expect("valid");
+        let s =
+            read(&[("SUPABASE_URL", "https://a.co"), ("SUPABASE_ANON_KEY", "  sb_publishable_x\n")]).expect("valid");
         assert_eq!(s.anon_key, "sb_publishable_x");
-        assert_eq!(problem_names(&[("SUPABASE_URL", "https://a.co"), ("SUPABASE_ANON_KEY", "a b")]), vec!["SUPABASE_ANON_KEY"]);
+        assert_eq!(
+            problem_names(&[("SUPABASE_URL", "https://a.co"), ("SUPABASE_ANON_KEY", "a b")]),
+            vec!["SUPABASE_ANON_KEY"]
+        );
     }
 
     #[test]
@@ -612,11 +624,7 @@ mod tests {
 
     #[test]
     fn owner_column_must_be_a_plain_column_other_than_id() {
-        let base = [
-            ("UPLOAD_MODE", "service"),
-            ("SUPABASE_SERVICE_ROLE_KEY", "k"),
-            ("UPLOAD_TABLES", "todos"),
-        ];
+        let base = [("UPLOAD_MODE", "service"), ("SUPABASE_SERVICE_ROLE_KEY", "k"), ("UPLOAD_TABLES", "todos")];
         let mut vars = with(&base);
         vars.push(("UPLOAD_OWNER_COLUMN", "id"));
         assert_eq!(problem_names(&vars), vec!["UPLOAD_OWNER_COLUMN"]);
@@ -670,8 +678,9 @@ mod tests {
 
     #[test]
     fn blank_optional_values_count_as_unset() {
-        let s = read(&with(&[("UPLOAD_MODE", " "), ("UPLOAD_SUBREQUEST_BUDGET", ""), ("UPLOAD_DEAD_LETTER_TABLE", "\n")]))
-            .expect("valid");
+        let s =
+            read(&with(&[("UPLOAD_MODE", " "), ("UPLOAD_SUBREQUEST_BUDGET", ""), ("UPLOAD_DEAD_LETTER_TABLE", "\n")]))
+                .expect("valid");
         assert_eq!(s.mode, WriteMode::Rls);
         assert_eq!(s.subrequest_budget, 45);
         assert_eq!(s.dead_letter_table, None);

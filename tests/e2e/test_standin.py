@@ -307,6 +307,21 @@ def test_multiple_filters_are_anded_and_neq_is_null_work(db, as_user, user_a):
     assert row(db, "todos", t1) is not None
 
 
+def test_ownership_check_with_in_and_isdistinct(db, as_service, user_a, user_b):
+    mine, theirs, nobody = insert_list(db, user_a), insert_list(db, user_b), new_id()
+    ids = ",".join(f'"{i}"' for i in (mine, theirs, nobody))
+    resp = as_service.get("lists", f"select=id&id=in.({quote(ids, safe='')})"
+                                   f"&owner_id=isdistinct.{quote(user_a, safe='')}")
+    assert resp.status_code == 200, resp.text
+    assert resp.json() == [{"id": theirs}]
+    # NULL is distinct from a value
+    list_id = insert_list(db, user_a)
+    t_null = insert_todo(db, user_a, list_id, completed_by=None)
+    db.execute("update todos set created_by = null where id = %s", (t_null,))
+    resp = as_service.get("todos", f"select=id&created_by=isdistinct.{user_a}")
+    assert resp.json() == [{"id": t_null}]
+
+
 def test_patch_and_delete_match_nothing_still_answer_204(db, as_user, user_a):
     api = as_user(user_a)
     assert api.patch("lists", f"id=eq.{new_id()}", {"name": "x"}).status_code == 204
@@ -911,3 +926,33 @@ def test_cli_prints_listening_line_and_serves(pg, db, user_a):
     finally:
         proc.terminate()
         assert proc.wait(timeout=10) == 0
+
+
+def test_faults_can_target_the_auth_endpoint(db, standin, user_a):
+    _control(standin, "fault", {"status": 500, "path_prefix": "/auth/v1"})
+    assert _auth_user(standin, make_token(user_a)).status_code == 500
+    assert _auth_user(standin, make_token(user_a)).status_code == 200
+    assert as_rest_get_ok(standin, user_a)
+
+
+def as_rest_get_ok(standin, sub) -> bool:
+    return RestClient(standin.url, PUBLISHABLE_KEY, make_token(sub)).get("lists").status_code == 200
+
+
+def test_concurrent_requests_each_run_in_their_own_transaction(db, standin, user_a, user_b):
+    from concurrent.futures import ThreadPoolExecutor
+
+    def write(i):
+        sub = user_a if i % 2 else user_b
+        api = RestClient(standin.url, PUBLISHABLE_KEY, make_token(sub))
+        ok = api.post("lists", {"id": new_id(), "name": f"n{i}", "owner_id": sub}).status_code
+        bad = api.post("lists", {"id": new_id(), "name": "x",
+                                 "owner_id": user_b if sub == user_a else user_a}).status_code
+        return ok, bad
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        results = list(pool.map(write, range(40)))
+    assert results == [(201, 403)] * 40
+    assert count(db, "lists") == 40
+    owners = db.execute("select owner_id::text, count(*) from lists group by 1").fetchall()
+    assert dict(owners) == {user_a: 20, user_b: 20}

@@ -54,7 +54,7 @@ RESERVED_PARAMS = {"select", "columns", "on_conflict", "order", "limit", "offset
 UNSUPPORTED_PARAMS = {"and", "or", "not.and", "not.or"}
 
 FILTER_OPS = {"eq": "=", "neq": "<>", "gt": ">", "gte": ">=", "lt": "<", "lte": "<=",
-              "like": "LIKE", "ilike": "ILIKE"}
+              "like": "LIKE", "ilike": "ILIKE", "isdistinct": "IS DISTINCT FROM"}
 IS_VALUES = {"null": "IS NULL", "not_null": "IS NOT NULL", "true": "IS TRUE",
              "false": "IS FALSE", "unknown": "IS UNKNOWN"}
 
@@ -841,7 +841,7 @@ class StandIn:
                                                   for _ in items))
                     params.extend(items)
             elif op in ("cs", "cd", "ov", "sl", "sr", "nxl", "nxr", "adj", "fts", "plfts",
-                        "phfts", "wfts", "match", "imatch", "isdistinct"):
+                        "phfts", "wfts", "match", "imatch"):
                 raise Unsupported(f"operator {op}.")
             else:
                 raise ApiError(400, "PGRST100", f'"failed to parse filter ({whole})" (line 1, column 1)',
