@@ -173,14 +173,17 @@ pub fn parse(body: &[u8], limits: &Limits) -> Result<Vec<Transaction>, CrudError
             "expected a JSON object with `transactions`, `batch` or `operations`".to_string(),
         ));
     };
-    let present: Vec<&str> = SHAPES.iter().copied().filter(|k| root.contains_key(*k)).collect();
+    let present: Vec<(&str, &Value)> = SHAPES.iter().filter_map(|k| root.get(*k).map(|v| (*k, v))).collect();
     match present.as_slice() {
-        ["transactions"] => parse_transactions(&root["transactions"], limits),
-        [shape] => parse_single(shape, &root[*shape], limits),
+        [("transactions", value)] => parse_transactions(value, limits),
+        [(shape, value)] => parse_single(shape, value, limits),
         [] => Err(malformed(ROOT.to_string(), "expected one of `transactions`, `batch` or `operations`".to_string())),
         _ => Err(malformed(
             ROOT.to_string(),
-            format!("give only one of `transactions`, `batch` or `operations` (found {})", present.join(", ")),
+            format!(
+                "give only one of `transactions`, `batch` or `operations` (found {})",
+                present.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", ")
+            ),
         )),
     }
 }

@@ -326,7 +326,7 @@ fn class_of(code: &str) -> Class {
     if !is_sqlstate(code) {
         return Class::Unrecognised;
     }
-    match &code[..2] {
+    match code.get(..2).unwrap_or_default() {
         "21" | "22" | "23" | "42" => Class::Fatal,
         "08" | "25" | "28" | "40" | "53" | "57" | "58" => Class::Retryable,
         _ => Class::Unrecognised,
