@@ -229,7 +229,7 @@ impl App {
         log.upload = Some(report.log_summary());
         let mut response = json_response(error::upload_status(needs_retry), &report.body());
         if needs_retry {
-            response.headers.push(("Retry-After".into(), settings.retry_after_seconds.to_string()));
+            response.headers.push(("Retry-After".into(), report.retry_after_seconds.to_string()));
         }
         Ok(response)
     }

@@ -22,9 +22,10 @@
 //!    - `PGRST0xx` (database unreachable), `PGRST3xx` (JWT invalid or expired: the client refreshes
 //!      its session and retries) and `PGRSTX..` (internal) → retryable;
 //!    - any other SQLSTATE (e.g. `P0001` raised by a trigger → 400, `XX000` → 500) → by status;
-//! 4. by HTTP status: 401 → retryable (a gateway's "Invalid API key" has no code and says nothing
-//!    about the data), 408 and 429 → retryable, other 4xx → fatal `http_<status>`, 5xx and anything
-//!    else → retryable `http_<status>`.
+//! 4. by HTTP status: 401, 403 and 404 → retryable (without a code they come from a gateway or a
+//!    wrong `SUPABASE_URL`, e.g. "Invalid API key", and say nothing about the data), 408 and 429 →
+//!    retryable, other 4xx → fatal `http_<status>`, 5xx and anything else → retryable
+//!    `http_<status>`.
 
 use serde_json::{json, Map, Value};
 
@@ -278,7 +279,9 @@ pub fn classify(answer: &Result<HttpResponse, TransportError>, index: Option<usi
     let fatal = match class {
         Class::Fatal => true,
         Class::Retryable => false,
-        Class::Unrecognised => (400..500).contains(&status) && !matches!(status, 401 | 408 | 429),
+        // Without a PostgREST/Postgres code, 401/403/404 come from a gateway or a wrong URL, not
+        // from the data: retrying after the operator fixes it loses nothing, discarding would.
+        Class::Unrecognised => (400..500).contains(&status) && !matches!(status, 401 | 403 | 404 | 408 | 429),
     };
     let code = match (&body.code, class) {
         (Some(code), Class::Fatal | Class::Retryable) => code.clone(),
@@ -508,7 +511,7 @@ mod tests {
     #[test]
     fn answers_without_a_code_follow_the_status() {
         let html = classify(&answer(404, "<html>Not Found</html>"), Some(1));
-        assert!(is_fatal(&html));
+        assert!(is_retryable(&html), "a wrong URL must not discard uploads");
         assert_eq!(code(&html), "http_404");
         let text = classify(&answer(400, "bad request"), Some(1));
         assert!(is_fatal(&text));
@@ -537,9 +540,9 @@ mod tests {
     #[test]
     fn non_json_message_quotes_a_short_excerpt() {
         let body = format!("<html>{}</html>\n", "x".repeat(500));
-        match classify(&answer(403, &body), Some(0)) {
+        match classify(&answer(400, &body), Some(0)) {
             Verdict::Fatal(f) => {
-                assert!(f.message.starts_with("HTTP 403 from Supabase: <html>xxx"));
+                assert!(f.message.starts_with("HTTP 400 from Supabase: <html>xxx"));
                 assert!(f.message.chars().count() < 260);
                 assert!(!f.message.contains('\n'));
             }

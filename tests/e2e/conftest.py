@@ -165,3 +165,107 @@ def as_user(client):
 def as_service(client):
     """RestClient with the new-style secret key (service_role, bypasses RLS)."""
     return client(None, SECRET_KEY)
+
+
+# --- The worker under wrangler dev (workerd) -------------------------------------------------
+
+import base64  # noqa: E402
+
+from cryptography.hazmat.primitives import serialization  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric import ec, rsa  # noqa: E402
+from jwt.algorithms import ECAlgorithm, RSAAlgorithm  # noqa: E402
+
+from tests.support.worker import JwksServer, WorkerProcess, devtool  # noqa: E402
+
+POWERSYNC_URL = "https://test-instance.powersync.example"
+
+
+class SessionKeys:
+    """Supabase 'signing keys' for the JWKS: one ES256 and one RS256 key (test-only)."""
+
+    def __init__(self):
+        self.ec = ec.generate_private_key(ec.SECP256R1())
+        self.rsa = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+    def jwk(self, kind: str, kid: str) -> dict:
+        key = self.ec if kind == "ec" else self.rsa
+        algo = ECAlgorithm if kind == "ec" else RSAAlgorithm
+        jwk = json.loads(algo.to_jwk(key.public_key()))
+        jwk.update({"kid": kid, "alg": "ES256" if kind == "ec" else "RS256", "use": "sig"})
+        return jwk
+
+
+import json  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def powersync_key(tmp_path_factory):
+    """A fresh PowerSync signing key from the dev tool: dict with kid, private_pem, ... and
+    `pem_file`, a path the pure-Rust reference signer reads."""
+    key = json.loads(devtool("keygen", "--kid", "ps-test-1"))
+    path = tmp_path_factory.mktemp("keys") / "powersync.pem"
+    path.write_text(key["private_pem"])
+    key["pem_file"] = str(path)
+    return key
+
+
+@pytest.fixture(scope="session")
+def session_keys():
+    return SessionKeys()
+
+
+@pytest.fixture(scope="session")
+def jwks(session_keys):
+    server = JwksServer()
+    server.keys = [session_keys.jwk("ec", "ec-1"), session_keys.jwk("rsa", "rsa-1")]
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def base_vars(standin, jwks, powersync_key):
+    """A complete configuration: Supabase = the stand-in, JWKS = the local JWKS server."""
+    return {
+        "SUPABASE_URL": standin.url,
+        "SUPABASE_JWT_SECRET": JWT_SECRET,
+        "SUPABASE_JWKS_URL": jwks.url,
+        "SUPABASE_ANON_KEY": ANON_KEY,
+        "SUPABASE_SERVICE_ROLE_KEY": SERVICE_KEY,
+        "POWERSYNC_URL": POWERSYNC_URL,
+        "POWERSYNC_KEY_ID": powersync_key["kid"],
+        "POWERSYNC_PRIVATE_KEY": powersync_key["private_pem"],
+        "UPSTREAM_TIMEOUT_MS": "3000",
+    }
+
+
+@pytest.fixture(scope="session")
+def worker(base_vars):
+    """The worker with the complete configuration (shared by tests that do not change it)."""
+    w = WorkerProcess(base_vars)
+    yield w
+    w.stop()
+
+
+@pytest.fixture(scope="session")
+def start_worker():
+    """start_worker(vars) -> WorkerProcess with that exact configuration; stopped at the end."""
+    started = []
+
+    def start(vars: dict) -> WorkerProcess:
+        w = WorkerProcess(vars)
+        started.append(w)
+        return w
+
+    yield start
+    for w in started:
+        w.stop()
+
+
+@pytest.fixture(scope="session")
+def session_token(standin):
+    """session_token(sub, **overrides) -> an HS256 user access token the worker accepts
+    (iss = <SUPABASE_URL>/auth/v1)."""
+    def make(sub: str | None = "11111111-1111-4111-8111-111111111111", **claims) -> str:
+        claims.setdefault("iss", f"{standin.url}/auth/v1")
+        return make_token(sub, **claims)
+    return make

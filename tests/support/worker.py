@@ -1,0 +1,161 @@
+"""The built worker (build/index.js) under `wrangler dev` (workerd), plus a JWKS server.
+
+`WorkerProcess(vars)` writes a throwaway wrangler config (no build step: `make test` builds
+once before the end-to-end tests) and a `.dev.vars` with exactly `vars`, starts
+`wrangler dev` on a free loopback port and waits until it answers. Its combined output is kept
+in `.output()` so tests can check what the worker logged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parents[2]
+WRANGLER = ROOT / "node_modules/.bin/wrangler"
+BUILD = ROOT / "build/index.js"
+DEVTOOL = ROOT / "target/debug/devtool"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def dotenv_value(value: str) -> str:
+    """A .dev.vars value: double-quoted with newlines escaped (wrangler's dotenv expands them)."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+class WorkerProcess:
+    def __init__(self, vars: dict[str, str], startup_timeout: float = 60.0):
+        if not BUILD.exists():
+            raise RuntimeError(f"{BUILD} is missing: run `make build` (make test does) first")
+        self.vars = dict(vars)
+        self.dir = Path(tempfile.mkdtemp(prefix="worker-e2e-"))
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        (self.dir / "wrangler.toml").write_text(
+            f'name = "e2e"\nmain = "{BUILD}"\ncompatibility_date = "2026-04-01"\n'
+        )
+        (self.dir / ".dev.vars").write_text(
+            "".join(f"{k}={dotenv_value(v)}\n" for k, v in self.vars.items())
+        )
+        self.log_path = self.dir / "wrangler.log"
+        self._log = open(self.log_path, "wb")
+        env = dict(os.environ, CI="true", WRANGLER_SEND_METRICS="false", NO_COLOR="1",
+                   WRANGLER_LOG_PATH=str(self.dir / "logs"))
+        self.proc = subprocess.Popen(
+            [str(WRANGLER), "dev", "--ip", "127.0.0.1", "--port", str(self.port),
+             "--inspector-port", str(free_port()), "--log-level", "info"],
+            cwd=self.dir, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+        deadline = time.time() + startup_timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"wrangler dev exited early:\n{self.output()[-3000:]}")
+            try:
+                requests.get(self.url + "/health", timeout=2)
+                break
+            except requests.RequestException:
+                if time.time() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"wrangler dev did not answer:\n{self.output()[-3000:]}")
+                time.sleep(0.3)
+
+    def output(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def log_lines(self) -> list[dict]:
+        """The worker's structured JSON log lines seen so far."""
+        lines = []
+        for line in self.output().splitlines():
+            start = line.find("{")
+            if start < 0:
+                continue
+            try:
+                value = json.loads(line[start:])
+            except ValueError:
+                continue
+            if isinstance(value, dict) and ("route" in value or "event" in value):
+                lines.append(value)
+        return lines
+
+    def get(self, path: str, **kw) -> requests.Response:
+        return requests.get(self.url + path, timeout=kw.pop("timeout", 30), **kw)
+
+    def post(self, path: str, **kw) -> requests.Response:
+        return requests.post(self.url + path, timeout=kw.pop("timeout", 60), **kw)
+
+    def request(self, method: str, path: str, **kw) -> requests.Response:
+        return requests.request(method, self.url + path, timeout=kw.pop("timeout", 30), **kw)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, 15)
+                self.proc.wait(timeout=10)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                try:
+                    os.killpg(self.proc.pid, 9)
+                except ProcessLookupError:
+                    pass
+        self._log.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class JwksServer:
+    """Serves a mutable JWKS at /auth/v1/.well-known/jwks.json and counts fetches.
+    `fail_with` makes it answer that status instead."""
+
+    def __init__(self):
+        self.keys: list[dict] = []
+        self.fetches = 0
+        self.fail_with: int | None = None
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                server.fetches += 1
+                if server.fail_with:
+                    self.send_response(server.fail_with)
+                    self.end_headers()
+                    return
+                body = json.dumps({"keys": server.keys}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Cache-Control", "public, max-age=600")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/auth/v1/.well-known/jwks.json"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.httpd.shutdown()
+
+
+def devtool(*args: str) -> str:
+    """Runs the native dev tool (built by `make test`) and returns its stdout."""
+    return subprocess.run([str(DEVTOOL), *args], check=True, capture_output=True, text=True,
+                          cwd=ROOT).stdout.strip()
