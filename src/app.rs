@@ -154,7 +154,7 @@ impl App {
             (None, Ok(_)) => return Err(ApiError::SessionNotConfigured(vec![])),
         };
         // Never hold the cache borrowed across an await.
-        let step = verifier.borrow().plan(token, now);
+        let step = verifier.borrow_mut().plan(token, now);
         if let Step::FetchJwks(fetch) = step {
             let answer = transport.send(fetch).await;
             verifier.borrow_mut().accept_jwks(answer, now);

@@ -127,9 +127,10 @@ impl Verifier {
         Verifier { settings, hs_key, jwks }
     }
 
-    /// Says whether the JWKS must be fetched before `token` can be verified at time `now`.
+    /// Says whether the JWKS must be fetched before `token` can be verified at time `now`
+    /// (an unknown-`kid` refetch counts against its rate limit from here).
     /// Malformed tokens are `Ready` (verification will reject them without a fetch).
-    pub fn plan(&self, token: &str, now: u64) -> Step {
+    pub fn plan(&mut self, token: &str, now: u64) -> Step {
         let Ok(header) = jsonwebtoken::decode_header(token) else { return Step::Ready };
         if matches!(header.alg, Algorithm::HS256) || !is_jwks_alg(header.alg) {
             return Step::Ready;

@@ -29,13 +29,14 @@ pub struct JwksCache {
     ttl: u64,
     keys: Vec<CachedKey>,
     fetched_at: Option<u64>,
-    last_attempt: Option<u64>,
+    /// When a token's unknown `kid` last triggered a refetch (the rate-limited kind).
+    last_refetch: Option<u64>,
     last_error: Option<String>,
 }
 
 impl JwksCache {
     pub fn new(ttl: u64) -> JwksCache {
-        JwksCache { ttl: ttl.min(600), keys: Vec::new(), fetched_at: None, last_attempt: None, last_error: None }
+        JwksCache { ttl: ttl.min(600), keys: Vec::new(), fetched_at: None, last_refetch: None, last_error: None }
     }
 
     fn is_fresh(&self, now: u64) -> bool {
@@ -46,17 +47,21 @@ impl JwksCache {
         self.keys.iter().any(|k| k.kid.as_deref() == kid)
     }
 
-    /// Whether a token with this `kid` calls for a fetch at `now`.
-    pub fn wants_fetch(&self, kid: Option<&str>, now: u64, refetch_interval: u64) -> bool {
+    /// Whether a token with this `kid` calls for a fetch at `now`. A refetch for an unknown
+    /// `kid` is allowed once per `refetch_interval` and counted from this call.
+    pub fn wants_fetch(&mut self, kid: Option<&str>, now: u64, refetch_interval: u64) -> bool {
         if !self.is_fresh(now) {
             return true;
         }
-        !self.knows(kid) && self.last_attempt.is_none_or(|at| now.saturating_sub(at) >= refetch_interval)
+        if self.knows(kid) || self.last_refetch.is_some_and(|at| now.saturating_sub(at) < refetch_interval) {
+            return false;
+        }
+        self.last_refetch = Some(now);
+        true
     }
 
     /// Takes a fetch result. A failed fetch keeps the previous copy until its TTL runs out.
     pub fn accept(&mut self, answer: Result<HttpResponse, TransportError>, now: u64) {
-        self.last_attempt = Some(now);
         match parse(answer) {
             Ok(keys) => {
                 self.keys = keys;
@@ -165,7 +170,7 @@ mod tests {
 
     #[test]
     fn first_es256_session_asks_for_the_jwks_at_the_auth_url() {
-        let v = Verifier::new(settings());
+        let mut v = Verifier::new(settings());
         match v.plan(&es256("k1"), NOW) {
             Step::FetchJwks(request) => {
                 assert_eq!(request.url, "http://127.0.0.1:54321/auth/v1/.well-known/jwks.json");
@@ -177,7 +182,7 @@ mod tests {
 
     #[test]
     fn es256_session_verifies_against_the_jwks() {
-        let v = verifier_with(vec![ec_jwk("k1")]);
+        let mut v = verifier_with(vec![ec_jwk("k1")]);
         assert_eq!(v.plan(&es256("k1"), NOW), Step::Ready);
         assert_eq!(v.verify(&es256("k1"), NOW).unwrap().user_id, "user-1");
     }
@@ -191,11 +196,13 @@ mod tests {
     #[test]
     fn unknown_kid_triggers_one_refetch_then_is_rate_limited() {
         let mut v = verifier_with(vec![ec_jwk("old")]);
-        assert!(matches!(v.plan(&es256("new"), NOW + 40), Step::FetchJwks(_)));
-        v.accept_jwks(jwks(vec![ec_jwk("old")]), NOW + 40);
-        assert_eq!(v.verify(&es256("new"), NOW + 40), Err(SessionError::UnknownKey("new".into())));
-        assert_eq!(v.plan(&es256("new"), NOW + 45), Step::Ready, "rate-limited");
-        assert!(matches!(v.plan(&es256("new"), NOW + 71), Step::FetchJwks(_)));
+        assert!(matches!(v.plan(&es256("new"), NOW + 1), Step::FetchJwks(_)), "right after a fetch too");
+        v.accept_jwks(jwks(vec![ec_jwk("old")]), NOW + 1);
+        assert_eq!(v.verify(&es256("new"), NOW + 1), Err(SessionError::UnknownKey("new".into())));
+        assert_eq!(v.plan(&es256("new"), NOW + 5), Step::Ready, "rate-limited");
+        assert_eq!(v.plan(&es256("other"), NOW + 30), Step::Ready, "rate-limited for any kid");
+        assert!(matches!(v.plan(&es256("new"), NOW + 31), Step::FetchJwks(_)));
+        assert_eq!(v.plan(&es256("old"), NOW + 32), Step::Ready, "known kids never refetch");
     }
 
     #[test]
@@ -208,7 +215,7 @@ mod tests {
 
     #[test]
     fn jwks_is_refetched_after_ten_minutes() {
-        let v = verifier_with(vec![ec_jwk("k1")]);
+        let mut v = verifier_with(vec![ec_jwk("k1")]);
         assert_eq!(v.plan(&es256("k1"), NOW + 599), Step::Ready);
         assert!(matches!(v.plan(&es256("k1"), NOW + 600), Step::FetchJwks(_)));
     }

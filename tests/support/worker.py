@@ -34,8 +34,13 @@ def free_port() -> int:
 
 
 def dotenv_value(value: str) -> str:
-    """A .dev.vars value: double-quoted with newlines escaped (wrangler's dotenv expands them)."""
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    """A .dev.vars value that dotenv reads back exactly: single-quoted (literal) unless it holds
+    newlines, which only double quotes can carry (as \\n, expanded by dotenv)."""
+    if "\n" in value:
+        assert '"' not in value and "\\n" not in value, "not representable in .dev.vars"
+        return '"' + value.replace("\n", "\\n") + '"'
+    assert "'" not in value, "not representable in .dev.vars"
+    return "'" + value + "'"
 
 
 class WorkerProcess:
@@ -58,7 +63,7 @@ class WorkerProcess:
                    WRANGLER_LOG_PATH=str(self.dir / "logs"))
         self.proc = subprocess.Popen(
             [str(WRANGLER), "dev", "--ip", "127.0.0.1", "--port", str(self.port),
-             "--inspector-port", str(free_port()), "--log-level", "info"],
+             "--inspector-port", str(free_port())],
             cwd=self.dir, env=env, stdout=self._log, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True,
         )

@@ -1,0 +1,368 @@
+"""End-to-end tests of the token issuer: the built worker in workerd (wrangler dev), a local
+JWKS server, and every issued token verified by PyJWT (an implementation independent of the
+worker's signing code) against the worker's own JWKS, with PowerSync's rules."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import time
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from tests.e2e.conftest import ANON_KEY, JWT_SECRET, POWERSYNC_URL, SERVICE_KEY
+from tests.support.worker import devtool
+
+ISO_MILLIS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+
+
+def verify_like_powersync(worker, token: str) -> dict:
+    """PowerSync's checks: kid found in the JWKS, alg RS256, aud == POWERSYNC_URL,
+    exp - iat <= 86400, sub present. Uses PyJWT, not the worker's code."""
+    header = jwt.get_unverified_header(token)
+    assert header["alg"] == "RS256"
+    keys = worker.get("/.well-known/jwks.json").json()["keys"]
+    matching = [k for k in keys if k["kid"] == header["kid"]]
+    assert matching, f"kid {header['kid']} not in JWKS"
+    public_key = jwt.algorithms.RSAAlgorithm.from_jwk(json.dumps(matching[0]))
+    claims = jwt.decode(token, public_key, algorithms=["RS256"], audience=POWERSYNC_URL,
+                        options={"require": ["sub", "iat", "exp", "aud"]}, leeway=60)
+    assert claims["exp"] - claims["iat"] <= 86400
+    assert claims["sub"]
+    return claims
+
+
+def bearer(token: str) -> dict:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def es256_token(session_keys, standin, kid="ec-1", **claims) -> str:
+    now = int(time.time())
+    body = {"iss": f"{standin.url}/auth/v1", "aud": "authenticated", "sub": "es-user",
+            "role": "authenticated", "iat": now, "exp": now + 3600}
+    body.update(claims)
+    return jwt.encode(body, session_keys.ec, algorithm="ES256", headers={"kid": kid})
+
+
+def rs256_token(session_keys, standin, kid="rsa-1", **claims) -> str:
+    now = int(time.time())
+    body = {"iss": f"{standin.url}/auth/v1", "aud": "authenticated", "sub": "rs-user",
+            "role": "authenticated", "iat": now, "exp": now + 3600}
+    body.update(claims)
+    return jwt.encode(body, session_keys.rsa, algorithm="RS256", headers={"kid": kid})
+
+
+def assert_error(response, status: int, message: str, code: str | None = None):
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["error"] == message
+    if code:
+        assert body["code"] == code
+    assert body["request_id"] == response.headers["X-Request-Id"]
+    return body
+
+
+# --- success ---------------------------------------------------------------------------------
+
+def test_hs256_session_gets_a_powersync_token_in_the_edge_function_shape(worker, session_token):
+    before = int(time.time())
+    r = worker.get("/powersync-token", headers=bearer(session_token("user-hs")))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert {"token", "powersync_url", "expires_at", "user_id"} <= set(body)
+    assert body["powersync_url"] == POWERSYNC_URL
+    assert body["user_id"] == "user-hs"
+    assert ISO_MILLIS.match(body["expires_at"]), body["expires_at"]
+    claims = verify_like_powersync(worker, body["token"])
+    assert claims["sub"] == "user-hs"
+    assert claims["aud"] == POWERSYNC_URL
+    assert claims["exp"] - claims["iat"] == 8 * 3600
+    assert abs(claims["iat"] - before) <= 5
+    expires = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(claims["exp"]))
+    assert body["expires_at"] == expires
+    assert r.headers["Cache-Control"] == "no-store"
+
+
+def test_post_is_accepted_like_get(worker, session_token):
+    r = worker.post("/powersync-token", headers=bearer(session_token("user-post")))
+    assert r.status_code == 200
+    assert verify_like_powersync(worker, r.json()["token"])["sub"] == "user-post"
+
+
+def test_webcrypto_signature_equals_the_pure_rust_signature(worker, session_token, powersync_key):
+    token = worker.get("/powersync-token", headers=bearer(session_token())).json()["token"]
+    signing_input, signature = token.rsplit(".", 1)
+    reference = devtool("sign", "--key-file", powersync_key["pem_file"], "--input", signing_input)
+    assert signature == reference
+
+
+def test_token_header_names_the_configured_key_id(worker, session_token, powersync_key):
+    token = worker.get("/powersync-token", headers=bearer(session_token())).json()["token"]
+    assert jwt.get_unverified_header(token) == {"alg": "RS256", "typ": "JWT", "kid": powersync_key["kid"]}
+
+
+def test_es256_session_is_verified_through_the_jwks(worker, session_keys, standin):
+    r = worker.get("/powersync-token", headers=bearer(es256_token(session_keys, standin)))
+    assert r.status_code == 200, r.text
+    assert verify_like_powersync(worker, r.json()["token"])["sub"] == "es-user"
+
+
+def test_rs256_session_is_verified_through_the_jwks(worker, session_keys, standin):
+    r = worker.get("/powersync-token", headers=bearer(rs256_token(session_keys, standin)))
+    assert r.status_code == 200, r.text
+    assert verify_like_powersync(worker, r.json()["token"])["sub"] == "rs-user"
+
+
+def test_jwks_is_cached_between_requests(worker, session_keys, standin, jwks):
+    worker.get("/powersync-token", headers=bearer(es256_token(session_keys, standin)))
+    fetches = jwks.fetches
+    for _ in range(3):
+        assert worker.get("/powersync-token", headers=bearer(es256_token(session_keys, standin))).status_code == 200
+    assert jwks.fetches == fetches
+
+
+def test_rotated_session_key_is_fetched_on_unknown_kid(start_worker, base_vars, session_keys, standin, jwks):
+    w = start_worker(base_vars)
+    assert w.get("/powersync-token", headers=bearer(es256_token(session_keys, standin, kid="ec-1"))).status_code == 200
+    fetches = jwks.fetches
+    jwks.keys = jwks.keys + [session_keys.jwk("ec", "ec-rotated")]
+    try:
+        r = w.get("/powersync-token", headers=bearer(es256_token(session_keys, standin, kid="ec-rotated")))
+        assert r.status_code == 200, r.text
+        assert jwks.fetches == fetches + 1
+        # An unknown kid right after is refused without hammering the JWKS (rate limit).
+        r = w.get("/powersync-token", headers=bearer(es256_token(session_keys, standin, kid="ec-unknown")))
+        assert_error(r, 401, "Unauthorized", "session_invalid")
+        r = w.get("/powersync-token", headers=bearer(es256_token(session_keys, standin, kid="ec-unknown")))
+        assert r.status_code == 401
+        assert jwks.fetches == fetches + 1
+    finally:
+        jwks.keys = [k for k in jwks.keys if k["kid"] != "ec-rotated"]
+
+
+def test_jwk_private_key_in_base64_uses_its_own_kid(start_worker, base_vars, powersync_key, session_token):
+    jwk = json.dumps(dict(powersync_key["private_jwk"], kid="from-the-jwk"))
+    vars = {k: v for k, v in base_vars.items() if k != "POWERSYNC_KEY_ID"}
+    vars["POWERSYNC_PRIVATE_KEY"] = base64.b64encode(jwk.encode()).decode()
+    w = start_worker(vars)
+    token = w.get("/powersync-token", headers=bearer(session_token())).json()["token"]
+    assert jwt.get_unverified_header(token)["kid"] == "from-the-jwk"
+    verify_like_powersync(w, token)
+
+
+def test_pem_with_literal_newlines_and_custom_claims_and_ttl(start_worker, base_vars, powersync_key, session_token):
+    vars = dict(base_vars)
+    vars["POWERSYNC_PRIVATE_KEY"] = powersync_key["private_pem"].replace("\n", "\\n")
+    vars["POWERSYNC_TOKEN_TTL_SECONDS"] = "600"
+    vars["POWERSYNC_COPY_CLAIMS"] = "email,role"
+    vars["POWERSYNC_TOKEN_ISSUER"] = "https://issuer.example"
+    w = start_worker(vars)
+    r = w.get("/powersync-token", headers=bearer(session_token("u-claims", email="c@example.test")))
+    assert r.status_code == 200, r.text
+    claims = verify_like_powersync(w, r.json()["token"])
+    assert claims["exp"] - claims["iat"] == 600
+    assert (claims["email"], claims["role"], claims["iss"]) == ("c@example.test", "authenticated", "https://issuer.example")
+
+
+# --- rejected sessions -----------------------------------------------------------------------
+
+def test_missing_and_blank_authorization_header_is_rejected_with_401(worker):
+    for headers in [{}, {"Authorization": ""}, {"Authorization": "Bearer "}, {"Authorization": "Bearer"}]:
+        assert_error(worker.get("/powersync-token", headers=headers), 401, "No authorization header", "missing_authorization")
+
+
+def test_expired_session_is_rejected_with_401_and_code_session_expired(worker, session_token):
+    token = session_token(iat=int(time.time()) - 7200, exp=int(time.time()) - 3600)
+    assert_error(worker.get("/powersync-token", headers=bearer(token)), 401, "Unauthorized", "session_expired")
+
+
+@pytest.mark.parametrize("claims", [
+    {"aud": "anon"}, {"aud": ["other"]}, {"iss": "https://other.supabase.co/auth/v1"}, {"iss": "supabase"},
+])
+def test_wrong_audience_or_issuer_is_rejected_with_401(worker, session_token, claims):
+    assert_error(worker.get("/powersync-token", headers=bearer(session_token(**claims))), 401, "Unauthorized", "session_invalid")
+
+
+def test_session_without_sub_is_rejected_with_401(worker, session_token):
+    assert_error(worker.get("/powersync-token", headers=bearer(session_token(None))), 401, "Unauthorized", "session_invalid")
+
+
+@pytest.mark.parametrize("key", [ANON_KEY, SERVICE_KEY], ids=["anon", "service_role"])
+def test_project_api_keys_are_not_sessions(worker, key):
+    assert_error(worker.get("/powersync-token", headers=bearer(key)), 401, "Unauthorized", "session_invalid")
+
+
+def test_service_role_claims_with_user_shape_are_rejected(worker, session_token):
+    token = session_token(role="service_role")
+    assert_error(worker.get("/powersync-token", headers=bearer(token)), 401, "Unauthorized")
+
+
+def test_tampered_signature_is_rejected_with_401(worker, session_token):
+    head, payload, sig = session_token().split(".")
+    forged_payload = base64.urlsafe_b64encode(json.dumps(
+        dict(json.loads(base64.urlsafe_b64decode(payload + "==")), sub="someone-else")).encode()).rstrip(b"=").decode()
+    assert_error(worker.get("/powersync-token", headers=bearer(f"{head}.{forged_payload}.{sig}")), 401, "Unauthorized")
+    flipped = ("A" if sig[0] != "A" else "B") + sig[1:]
+    assert_error(worker.get("/powersync-token", headers=bearer(f"{head}.{payload}.{flipped}")), 401, "Unauthorized")
+
+
+def test_wrong_secret_is_rejected_with_401(worker, standin):
+    token = jwt.encode({"iss": f"{standin.url}/auth/v1", "aud": "authenticated", "sub": "x",
+                        "exp": int(time.time()) + 600}, "another-secret-that-is-long-enough-1234", algorithm="HS256")
+    assert_error(worker.get("/powersync-token", headers=bearer(token)), 401, "Unauthorized")
+
+
+def test_alg_none_is_rejected_with_401(worker, standin):
+    b64 = lambda v: base64.urlsafe_b64encode(json.dumps(v).encode()).rstrip(b"=").decode()
+    token = b64({"alg": "none", "typ": "JWT"}) + "." + b64({
+        "iss": f"{standin.url}/auth/v1", "aud": "authenticated", "sub": "x", "exp": int(time.time()) + 600}) + "."
+    assert_error(worker.get("/powersync-token", headers=bearer(token)), 401, "Unauthorized", "session_invalid")
+
+
+def test_hs256_token_signed_with_the_public_jwk_is_rejected(worker, session_keys, standin, jwks):
+    """alg confusion: HS256 'signed' with the RSA public key's PEM must not verify."""
+    pem = session_keys.rsa.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    body = {"iss": f"{standin.url}/auth/v1", "aud": "authenticated", "sub": "x", "exp": int(time.time()) + 600}
+    token = jwt.api_jws.PyJWS().encode(json.dumps(body).encode(), pem, algorithm="HS256", headers={"kid": "rsa-1"}) \
+        if False else _hs256_raw(body, pem, kid="rsa-1")
+    assert_error(worker.get("/powersync-token", headers=bearer(token)), 401, "Unauthorized")
+
+
+def _hs256_raw(body: dict, secret: bytes, kid: str) -> str:
+    import hashlib
+    import hmac
+    b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+    signing_input = b64(json.dumps({"alg": "HS256", "typ": "JWT", "kid": kid}).encode()) + "." + b64(json.dumps(body).encode())
+    return signing_input + "." + b64(hmac.new(secret, signing_input.encode(), hashlib.sha256).digest())
+
+
+def test_es256_token_signed_by_an_unknown_key_is_rejected(worker, standin):
+    from cryptography.hazmat.primitives.asymmetric import ec
+    other = ec.generate_private_key(ec.SECP256R1())
+    token = jwt.encode({"iss": f"{standin.url}/auth/v1", "aud": "authenticated", "sub": "x",
+                        "exp": int(time.time()) + 600}, other, algorithm="ES256", headers={"kid": "ec-1"})
+    assert_error(worker.get("/powersync-token", headers=bearer(token)), 401, "Unauthorized")
+
+
+@pytest.mark.parametrize("header", ["Bearer garbage", "Bearer a.b.c", "Basic dXNlcjpwYXNz", "Bearer " + "x" * 5000])
+def test_garbage_authorization_header_is_rejected_with_401(worker, header):
+    assert_error(worker.get("/powersync-token", headers={"Authorization": header}), 401, "Unauthorized")
+
+
+# --- configuration errors --------------------------------------------------------------------
+
+def test_missing_powersync_secrets_are_named_in_a_500(start_worker, base_vars, session_token):
+    vars = {k: v for k, v in base_vars.items() if not k.startswith("POWERSYNC_")}
+    w = start_worker(vars)
+    body = assert_error(w.get("/powersync-token", headers=bearer(session_token())), 500, "PowerSync not configured", "powersync_not_configured")
+    assert body["missing"] == ["POWERSYNC_URL", "POWERSYNC_PRIVATE_KEY", "POWERSYNC_KEY_ID"]
+    # Missing header is still reported first, as in the Edge Function.
+    assert_error(w.get("/powersync-token"), 401, "No authorization header")
+    health = w.get("/health")
+    assert health.status_code == 503
+    assert {p["name"] for p in health.json()["powersync"]["problems"]} >= {"POWERSYNC_URL", "POWERSYNC_PRIVATE_KEY"}
+
+
+def test_broken_private_key_is_a_500_failed_to_import_with_a_precise_code(start_worker, base_vars, session_token, powersync_key):
+    vars = dict(base_vars)
+    vars["POWERSYNC_PRIVATE_KEY"] = powersync_key["private_pem"][:300] + "\n-----END PRIVATE KEY-----\n"
+    w = start_worker(vars)
+    assert_error(w.get("/powersync-token", headers=bearer(session_token())), 500, "Failed to import private key", "private_key_bad_pem")
+    assert w.get("/.well-known/jwks.json").status_code == 500
+    # The log says why, and never prints the key.
+    assert "PEM key could not be read" in w.output()
+    assert powersync_key["private_pem"].splitlines()[2] not in w.output()
+
+
+def test_unreachable_jwks_is_a_503_while_hs256_still_works(start_worker, base_vars, session_keys, standin, session_token):
+    from tests.support.worker import free_port
+    vars = dict(base_vars, SUPABASE_JWKS_URL=f"http://127.0.0.1:{free_port()}/jwks.json")
+    w = start_worker(vars)
+    r = w.get("/powersync-token", headers=bearer(es256_token(session_keys, standin)))
+    assert_error(r, 503, "Session keys unavailable, try again", "session_keys_unavailable")
+    assert "Retry-After" in r.headers
+    assert w.get("/powersync-token", headers=bearer(session_token())).status_code == 200
+
+
+def test_remote_session_check_rejects_a_signed_out_session(start_worker, base_vars, session_token, standin):
+    w = start_worker(dict(base_vars, SUPABASE_VERIFY_SESSION_REMOTE="true"))
+    user = "22222222-2222-4222-8222-222222222222"
+    assert w.get("/powersync-token", headers=bearer(session_token(user))).status_code == 200
+    standin.revoke(sub=user)
+    try:
+        assert_error(w.get("/powersync-token", headers=bearer(session_token(user))), 401, "Unauthorized", "session_revoked")
+    finally:
+        standin.reset()
+
+
+# --- JWKS, health, CORS, routing -------------------------------------------------------------
+
+def test_jwks_publishes_the_public_key_and_previous_keys(start_worker, base_vars, powersync_key):
+    old = dict(powersync_key["public_jwk"], kid="ps-old")
+    w = start_worker(dict(base_vars, POWERSYNC_PREVIOUS_PUBLIC_KEYS=json.dumps({"keys": [old]})))
+    r = w.get("/.well-known/jwks.json")
+    assert r.status_code == 200
+    assert "max-age" in r.headers["Cache-Control"]
+    keys = r.json()["keys"]
+    assert [k["kid"] for k in keys] == [powersync_key["kid"], "ps-old"]
+    for key in keys:
+        assert set(key) == {"kty", "n", "e", "alg", "use", "kid"}
+        assert (key["kty"], key["alg"], key["use"]) == ("RSA", "RS256", "sig")
+    assert keys[0]["n"] == powersync_key["public_jwk"]["n"]
+
+
+def test_health_names_parts_without_values(worker, base_vars):
+    r = worker.get("/health")
+    assert r.status_code == 200
+    body = r.json()
+    assert body["status"] == "ok"
+    assert body["session"]["configured"] and body["powersync"]["configured"]
+    for name, value in base_vars.items():
+        if len(value) > 8:
+            assert value not in r.text, name
+
+
+def test_cors_preflight_is_answered(worker):
+    r = worker.request("OPTIONS", "/powersync-token", headers={
+        "Origin": "https://app.example", "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization, content-type"})
+    assert r.status_code == 204
+    assert r.headers["Access-Control-Allow-Origin"] == "*"
+    assert "POST" in r.headers["Access-Control-Allow-Methods"]
+    assert "authorization" in r.headers["Access-Control-Allow-Headers"].lower()
+
+
+def test_configured_cors_origins_are_enforced(start_worker, base_vars, session_token):
+    w = start_worker(dict(base_vars, CORS_ALLOWED_ORIGINS="https://app.example"))
+    ok = w.get("/powersync-token", headers=dict(bearer(session_token()), Origin="https://app.example"))
+    assert ok.headers["Access-Control-Allow-Origin"] == "https://app.example"
+    other = w.get("/powersync-token", headers=dict(bearer(session_token()), Origin="https://evil.example"))
+    assert "Access-Control-Allow-Origin" not in other.headers
+    pre = w.request("OPTIONS", "/powersync-token", headers={"Origin": "https://evil.example"})
+    assert "Access-Control-Allow-Methods" not in pre.headers
+
+
+def test_unknown_path_is_404_and_wrong_method_is_405_in_the_json_shape(worker):
+    assert_error(worker.get("/nope"), 404, "Not found", "not_found")
+    r = worker.request("DELETE", "/powersync-token")
+    assert_error(r, 405, "Method not allowed; use GET, POST, OPTIONS", "method_not_allowed")
+    assert r.headers["Allow"] == "GET, POST, OPTIONS"
+    assert worker.request("PUT", "/.well-known/jwks.json").status_code == 405
+
+
+def test_log_lines_are_structured_and_hold_no_tokens(worker, session_token):
+    token = session_token("log-user")
+    worker.get("/powersync-token", headers=bearer(token))
+    worker.get("/powersync-token", headers=bearer(token[:-4] + "AAAA"))
+    time.sleep(0.5)
+    lines = [l for l in worker.log_lines() if l.get("route") == "token"]
+    assert any(l["status"] == 200 for l in lines)
+    failed = [l for l in lines if l["status"] == 401]
+    assert failed and failed[-1]["code"] == "session_invalid" and "signature" in failed[-1]["detail"]
+    for l in lines:
+        assert {"request_id", "duration_ms", "method"} <= set(l)
+    out = worker.output()
+    assert token.split(".")[2] not in out and JWT_SECRET not in out

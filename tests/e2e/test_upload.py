@@ -1,0 +1,864 @@
+"""The upload bridge end to end: POST /powersync-upload through the worker in workerd
+(`wrangler dev`), the PostgREST stand-in and a real PostgreSQL with RLS.
+
+Worker instances (started once for the module, in parallel, see `instances`):
+  rls        default mode (writes as the user), UPLOAD_JSON_COLUMNS=todos.tags,
+             UPLOAD_BOOLEAN_COLUMNS=todos.completed
+  service    UPLOAD_MODE=service, UPLOAD_TABLES=profiles, UPLOAD_OWNER_COLUMN=user_id
+  atomic     UPLOAD_ATOMIC=true
+  dead       UPLOAD_DEAD_LETTER_TABLE=powersync_dead_letters
+  budget     UPLOAD_SUBREQUEST_BUDGET=5
+  refused    SUPABASE_URL = a closed loopback port (HS256 sessions still verify locally)
+
+Every test gets emptied tables and a reset stand-in (`db`), and fresh uuids.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from tests.e2e.conftest import ANON_KEY, make_token
+from tests.e2e.upload_helpers import (body, count, delete, failure, insert_list, insert_profile,
+                                      insert_todo, new_id, patch, put, row, rows, snapshot,
+                                      statuses, tx, upload, upload_log_lines, wait_for,
+                                      wait_until_standin_idle)
+from tests.support.worker import free_port
+
+DEAD_LETTERS = "powersync_dead_letters"
+RPC_PATH = "/rest/v1/rpc/powersync_apply_transaction"
+
+
+# --------------------------------------------------------------------------- worker instances
+@pytest.fixture(scope="module")
+def instances(base_vars, start_worker):
+    """All the worker configurations this module needs, started concurrently (each
+    `wrangler dev` takes several seconds to come up)."""
+    refused_url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    configs = {
+        "rls": {**base_vars, "UPLOAD_JSON_COLUMNS": "todos.tags",
+                "UPLOAD_BOOLEAN_COLUMNS": "todos.completed"},
+        "service": {**base_vars, "UPLOAD_MODE": "service", "UPLOAD_TABLES": "profiles",
+                    "UPLOAD_OWNER_COLUMN": "user_id"},
+        "atomic": {**base_vars, "UPLOAD_ATOMIC": "true"},
+        "dead": {**base_vars, "UPLOAD_DEAD_LETTER_TABLE": DEAD_LETTERS},
+        "budget": {**base_vars, "UPLOAD_SUBREQUEST_BUDGET": "5"},
+        "refused": {**base_vars, "SUPABASE_URL": refused_url},
+    }
+    with ThreadPoolExecutor(max_workers=len(configs)) as pool:
+        futures = {name: pool.submit(start_worker, vars) for name, vars in configs.items()}
+        return {name: f.result() for name, f in futures.items()}
+
+
+@pytest.fixture(scope="module")
+def rls_worker(instances):
+    return instances["rls"]
+
+
+@pytest.fixture(scope="module")
+def service_worker(instances):
+    return instances["service"]
+
+
+@pytest.fixture(scope="module")
+def atomic_worker(instances):
+    return instances["atomic"]
+
+
+@pytest.fixture(scope="module")
+def dead_letter_worker(instances):
+    return instances["dead"]
+
+
+@pytest.fixture(scope="module")
+def budget_worker(instances):
+    return instances["budget"]
+
+
+@pytest.fixture(scope="module")
+def refused_worker(instances):
+    return instances["refused"]
+
+
+@pytest.fixture
+def user(session_token):
+    """A signed-in user: (sub, access token)."""
+    sub = new_id()
+    return sub, session_token(sub)
+
+
+@pytest.fixture
+def other_user(session_token):
+    sub = new_id()
+    return sub, session_token(sub)
+
+
+def requests_made(standin) -> int:
+    return standin.stats()["requests"]
+
+
+def assert_retry_response(response, retry_after: str | None = None):
+    assert response.status_code == 503, response.text
+    assert response.headers.get("Retry-After"), response.headers
+    assert int(response.headers["Retry-After"]) >= 1
+    if retry_after is not None:
+        assert response.headers["Retry-After"] == retry_after
+
+
+# =========================================================================== authentication
+def test_upload_without_authorization_header_is_401(rls_worker, db, standin, user):
+    sub, _ = user
+    response = upload(rls_worker, None, body(tx(put("lists", new_id(), name="n", owner_id=sub))))
+    assert response.status_code == 401
+    assert response.json()["error"] == "No authorization header"
+    assert response.json()["code"] == "missing_authorization"
+    assert requests_made(standin) == 0
+    assert count(db, "lists") == 0
+
+
+@pytest.mark.parametrize("kind", ["garbage", "wrong_secret", "expired", "anon_key", "no_sub"])
+def test_upload_with_invalid_session_token_is_401(rls_worker, db, standin, session_token, kind):
+    sub = new_id()
+    token = {
+        "garbage": "not-a-jwt",
+        "wrong_secret": make_token(sub, secret="another-secret-another-secret-another-secret",
+                                   iss=f"{standin.url}/auth/v1"),
+        "expired": session_token(sub, exp=int(time.time()) - 3600, iat=int(time.time()) - 7200),
+        "anon_key": ANON_KEY,
+        "no_sub": session_token(None),
+    }[kind]
+    response = upload(rls_worker, token, body(tx(put("lists", new_id(), name="n", owner_id=sub))))
+    assert response.status_code == 401, response.text
+    assert response.json()["error"] == "Unauthorized"
+    assert requests_made(standin) == 0
+    assert count(db, "lists") == 0
+
+
+# =========================================================================== body shapes
+def _entry(shape_keys: dict, op: str, table: str, id_: str, data: dict | None) -> dict:
+    entry = {"op": op, shape_keys["table"]: table, "id": id_}
+    if data is not None:
+        entry[shape_keys["data"]] = data
+    return entry
+
+
+@pytest.mark.parametrize("shape,table_key,data_key", [
+    ("transactions", "table", "op_data"),
+    ("transactions", "type", "data"),
+    ("batch", "table", "data"),
+    ("batch", "table", "opData"),
+    ("operations", "type", "opData"),
+    ("operations", "type", "op_data"),
+])
+def test_every_body_shape_and_field_alias_is_applied(rls_worker, db, user, shape, table_key,
+                                                     data_key):
+    sub, token = user
+    keys = {"table": table_key, "data": data_key}
+    list_id, doomed = new_id(), insert_list(db, sub, "doomed")
+    entries = [
+        _entry(keys, "PUT", "lists", list_id, {"name": "first", "owner_id": sub}),
+        _entry(keys, "PATCH", "lists", list_id, {"name": "second"}),
+        _entry(keys, "DELETE", "lists", doomed, None),
+    ]
+    payload = ({"transactions": [{"transaction_id": 42, "crud": entries}]}
+               if shape == "transactions" else {shape: entries})
+    response = upload(rls_worker, token, payload)
+    assert response.status_code == 200, response.text
+    assert response.json()["results"] == [
+        {"status": "success", "transaction_id": 42 if shape == "transactions" else None}]
+    assert response.json()["applied"] == 1
+    assert row(db, "lists", list_id)["name"] == "second"
+    assert row(db, "lists", doomed) is None
+
+
+@pytest.mark.parametrize("payload,field", [
+    ("this is not json", "$"),
+    ([1, 2], "$"),
+    ({"something": []}, "$"),
+    ({"batch": [], "operations": []}, "$"),
+    ({"batch": {"op": "PUT"}}, "batch"),
+    ({"transactions": [{"transaction_id": 1}]}, "transactions[0].crud"),
+    ({"transactions": [{"transaction_id": {"x": 1}, "crud": []}]},
+     "transactions[0].transaction_id"),
+    ({"transactions": [{"crud": []}, {"crud": [
+        {"op": "PUT", "table": "lists", "id": "a", "op_data": {"name": "x"}},
+        {"op": "UPSERT", "table": "lists", "id": "b"}]}]}, "transactions[1].crud[1].op"),
+    ({"batch": [{"op": "PUT", "table": "lists", "data": {}}]}, "batch[0].id"),
+    ({"batch": [{"op": "PUT", "table": "lists", "id": ""}]}, "batch[0].id"),
+    ({"operations": [{"op": "PUT", "id": "a", "data": {}}]}, "operations[0].table"),
+    ({"batch": [{"op": "PUT", "table": "lists", "id": "a", "data": "name=x"}]}, "batch[0].data"),
+    ({"batch": [{"op": "PUT", "table": "lists", "id": "a", "data": {"name": "x"},
+                 "opData": {"name": "y"}}]}, "batch[0].opData"),
+])
+def test_malformed_body_is_400_naming_the_field(rls_worker, db, standin, user, payload, field):
+    _, token = user
+    if isinstance(payload, str):
+        response = upload(rls_worker, token, raw=payload)
+    else:
+        response = upload(rls_worker, token, payload)
+    assert response.status_code == 400, response.text
+    answer = response.json()
+    assert answer["code"] == "invalid_body"
+    assert answer["field"] == field
+    assert answer["error"].startswith(f"{field}: ")
+    assert requests_made(standin) == 0, "a malformed body is refused as a whole"
+    assert count(db, "lists") == 0
+
+
+@pytest.mark.parametrize("too_large", ["transactions", "entries", "bytes"])
+def test_too_large_body_is_413(rls_worker, db, standin, user, too_large):
+    sub, token = user
+    if too_large == "transactions":  # default UPLOAD_MAX_TRANSACTIONS = 1000
+        payload = body(*[tx(delete("lists", new_id())) for _ in range(1001)])
+    elif too_large == "entries":  # default UPLOAD_MAX_ENTRIES = 10000
+        payload = {"batch": [delete("lists", str(i)) for i in range(10_001)]}
+    else:  # default UPLOAD_MAX_BODY_BYTES = 5 MiB
+        payload = body(tx(put("lists", new_id(), name="x" * (5 * 1024 * 1024 + 10), owner_id=sub)))
+    response = upload(rls_worker, token, payload)
+    assert response.status_code == 413, response.text[:500]
+    assert response.json()["code"] == "payload_too_large"
+    assert requests_made(standin) == 0
+    assert count(db, "lists") == 0
+
+
+# =========================================================================== writes
+def test_put_inserts_rows(rls_worker, db, user):
+    sub, token = user
+    list_id, todo_id = new_id(), new_id()
+    response = upload(rls_worker, token, body(tx(
+        put("lists", list_id, name="groceries", owner_id=sub),
+        put("todos", todo_id, description="milk", list_id=list_id, created_by=sub, priority=3),
+    )))
+    assert response.status_code == 200, response.text
+    assert statuses(response) == ["success"]
+    assert row(db, "lists", list_id)["name"] == "groceries"
+    todo = row(db, "todos", todo_id)
+    assert (todo["description"], todo["list_id"], todo["created_by"], todo["priority"],
+            todo["completed"]) == ("milk", list_id, sub, 3, False)
+
+
+def test_put_over_an_existing_row_updates_it(rls_worker, db, user):
+    sub, token = user
+    list_id = insert_list(db, sub, "old name")
+    response = upload(rls_worker, token, body(tx(put("lists", list_id, name="new name",
+                                                     owner_id=sub))))
+    assert statuses(response) == ["success"]
+    assert row(db, "lists", list_id)["name"] == "new name"
+    assert count(db, "lists") == 1
+
+
+def test_patch_updates_only_the_given_columns(rls_worker, db, user):
+    sub, token = user
+    list_id = insert_list(db, sub)
+    todo_id = insert_todo(db, sub, list_id, "before", priority=4, completed=True,
+                          tags=["keep"])
+    before = row(db, "todos", todo_id)
+    response = upload(rls_worker, token, body(tx(patch("todos", todo_id, description="after"))))
+    assert statuses(response) == ["success"]
+    after = row(db, "todos", todo_id)
+    assert after["description"] == "after"
+    assert {k: v for k, v in after.items() if k != "description"} == \
+        {k: v for k, v in before.items() if k != "description"}
+
+
+def test_patch_with_null_sets_the_column_to_null(rls_worker, db, user):
+    sub, token = user
+    list_id = insert_list(db, sub)
+    todo_id = insert_todo(db, sub, list_id, "t", priority=2, tags={"a": 1},
+                          completed_at="2026-01-01T00:00:00Z")
+    response = upload(rls_worker, token, body(tx(
+        patch("todos", todo_id, priority=None, tags=None, completed_at=None))))
+    assert statuses(response) == ["success"]
+    todo = row(db, "todos", todo_id)
+    assert (todo["priority"], todo["tags"], todo["completed_at"]) == (None, None, None)
+    assert todo["description"] == "t"
+
+
+def test_delete_removes_the_row(rls_worker, db, user):
+    sub, token = user
+    list_id = insert_list(db, sub)
+    doomed = [insert_todo(db, sub, list_id, f"d{i}") for i in range(3)]
+    kept = insert_todo(db, sub, list_id, "kept")
+    response = upload(rls_worker, token, body(tx(*[delete("todos", t) for t in doomed])))
+    assert statuses(response) == ["success"]
+    assert all(row(db, "todos", t) is None for t in doomed)
+    assert row(db, "todos", kept)["description"] == "kept"
+    assert row(db, "lists", list_id) is not None
+
+
+def test_resent_batch_is_idempotent(rls_worker, db, user):
+    sub, token = user
+    list_id, t1, t2, t3 = new_id(), new_id(), new_id(), new_id()
+    old_list = insert_list(db, sub, "old")
+    old_todo = insert_todo(db, sub, old_list, "old todo")
+    payload = body(
+        tx(put("lists", list_id, name="l", owner_id=sub),
+           put("todos", t1, description="one", list_id=list_id, created_by=sub),
+           put("todos", t2, description="two", list_id=list_id, created_by=sub), tid=1),
+        tx(patch("todos", t1, description="one!", completed=1),
+           put("todos", t3, description="three", list_id=list_id, created_by=sub, tags='["x"]'),
+           delete("todos", t2), tid=2),
+        tx(delete("todos", old_todo), delete("lists", old_list),
+           patch("lists", list_id, name="renamed"), tid=3),
+    )
+    first = upload(rls_worker, token, payload)
+    assert first.status_code == 200, first.text
+    assert statuses(first) == ["success"] * 3
+    state = snapshot(db)
+    assert set(state["todos"]) == {t1, t3}
+    assert set(state["lists"]) == {list_id}
+    assert state["lists"][list_id]["name"] == "renamed"
+
+    second = upload(rls_worker, token, payload)
+    assert second.status_code == 200, second.text
+    assert statuses(second) == ["success"] * 3
+    assert snapshot(db) == state
+
+
+def test_json_text_and_0_1_are_stored_as_jsonb_and_boolean(rls_worker, db, user):
+    sub, token = user
+    list_id = insert_list(db, sub)
+    t1, t2 = new_id(), new_id()
+    response = upload(rls_worker, token, body(
+        tx(put("todos", t1, description='{"not": "converted"}', list_id=list_id, created_by=sub,
+               tags='["a", "b"]', completed=1),
+           put("todos", t2, description="two", list_id=list_id, created_by=sub,
+               tags='{"k": {"n": 1}}', completed=0)),
+    ))
+    assert statuses(response) == ["success"], response.text
+    first, second = row(db, "todos", t1), row(db, "todos", t2)
+    assert (first["tags"], first["completed"]) == (["a", "b"], True)
+    assert first["description"] == '{"not": "converted"}', "only configured columns convert"
+    assert (second["tags"], second["completed"]) == ({"k": {"n": 1}}, False)
+    types = db.execute("select jsonb_typeof(tags), pg_typeof(completed)::text from todos "
+                       "where id = %s", (t1,)).fetchone()
+    assert types == ("array", "boolean")
+
+    response = upload(rls_worker, token, body(tx(patch("todos", t1, tags="[]", completed=0),
+                                                 patch("todos", t2, tags='"text"', completed=1))))
+    assert statuses(response) == ["success"], response.text
+    assert (row(db, "todos", t1)["tags"], row(db, "todos", t1)["completed"]) == ([], False)
+    assert (row(db, "todos", t2)["tags"], row(db, "todos", t2)["completed"]) == ("text", True)
+
+
+def test_ids_with_special_characters_touch_exactly_their_row(rls_worker, db, user):
+    sub, token = user
+    p = uuid.uuid4().hex[:6] + "-"
+    odd = [p + s for s in ["a,b", "a)b", "(a)", "a&b=c", 'a"b', "a\\b", "a b", "a.b:c",
+                           "a%2Cb", "*", "ünï-日本-🙂", "a;b", "a?b#c", "a+b"]]
+    decoys = [p + s for s in ["a", "b", "a,b,", "ab", "a", "c", '"a,b"', "a\\\\b", "ab=c",
+                              "a,b)", "ünï", "a%2cb", "a b ", "(a", "a)", "a&b"]]
+    decoys = sorted(set(decoys) - set(odd))
+    for d in decoys:
+        insert_profile(db, d, sub, handle="decoy " + d, active=False)
+    decoy_state = {d: row(db, "profiles", d) for d in decoys}
+
+    # created (one bulk upsert), flagged (one merged PATCH ... in.(…)), renamed one by one (eq.)
+    deleted_together, deleted_alone = odd[:5], odd[5]
+    kept = odd[6:]
+    response = upload(rls_worker, token, body(
+        tx(*[put("profiles", i, user_id=sub, active=False) for i in odd], tid="create"),
+        tx(*[patch("profiles", i, active=True) for i in odd], tid="flag"),
+        tx(*[patch("profiles", i, handle=f"handle {n}") for n, i in enumerate(odd)], tid="rename"),
+        tx(*[delete("profiles", i) for i in deleted_together], tid="delete-many"),
+        tx(delete("profiles", deleted_alone), tid="delete-one"),
+    ))
+    assert response.status_code == 200, response.text
+    assert statuses(response) == ["success"] * 5
+
+    for n, i in enumerate(odd):
+        r = row(db, "profiles", i)
+        if i in kept:
+            assert r is not None, f"{i!r} missing"
+            assert (r["active"], r["handle"]) == (True, f"handle {n}"), i
+        else:
+            assert r is None, f"{i!r} not deleted"
+    for d in decoys:
+        assert row(db, "profiles", d) == decoy_state[d], f"decoy {d!r} was touched"
+    assert count(db, "profiles") == len(kept) + len(decoys)
+
+
+# =========================================================================== RLS mode
+def test_rls_user_cannot_update_or_delete_another_users_rows(rls_worker, db, user, other_user):
+    a, _ = user
+    b, b_token = other_user
+    list_id = insert_list(db, a, "a's list")
+    todo_id = insert_todo(db, a, list_id, "a's todo", priority=1)
+    profile_id = insert_profile(db, "profile-" + new_id(), a, handle="a-" + new_id())
+    before = snapshot(db)
+    response = upload(rls_worker, b_token, body(
+        tx(patch("todos", todo_id, description="hacked", priority=5), tid=1),
+        tx(patch("lists", list_id, name="hacked"), patch("profiles", profile_id, active=True),
+           tid=2),
+        tx(delete("todos", todo_id), delete("lists", list_id), delete("profiles", profile_id),
+           tid=3),
+    ))
+    # RLS hides the rows: zero rows matched, which PostgREST answers 204 like a no-op
+    assert response.status_code == 200, response.text
+    assert statuses(response) == ["success"] * 3
+    assert snapshot(db) == before
+
+
+def test_rls_insert_of_a_row_owned_by_another_user_is_fatal_42501(rls_worker, db, user,
+                                                                  other_user):
+    a, _ = user
+    b, b_token = other_user
+    new_list, own_list = new_id(), new_id()
+    a_list = insert_list(db, a, "a's list")
+    response = upload(rls_worker, b_token, body(
+        tx(put("lists", new_list, name="for a", owner_id=a), tid="insert-for-a"),
+        tx(put("lists", a_list, name="taken over", owner_id=b), tid="take-over"),
+        tx(put("lists", own_list, name="mine", owner_id=b), tid="own"),
+    ))
+    assert response.status_code == 200, response.text
+    assert statuses(response) == ["fatal_error", "fatal_error", "success"]
+    for n in (0, 1):
+        f = failure(response, n)
+        assert (f["code"], f["index"]) == ("42501", 0), f
+    assert row(db, "lists", new_list) is None
+    assert row(db, "lists", a_list)["name"] == "a's list"
+    assert row(db, "lists", a_list)["owner_id"] == a
+    assert row(db, "lists", own_list)["owner_id"] == b
+
+
+# =========================================================================== service mode
+def test_service_mode_put_forces_the_owner_column_to_the_session_user(service_worker, db, user,
+                                                                      other_user):
+    a, _ = user
+    b, b_token = other_user
+    claimed_for_a, no_owner = "p-" + new_id(), "p-" + new_id()
+    response = upload(service_worker, b_token, body(
+        tx(put("profiles", claimed_for_a, user_id=a, handle="h-" + new_id())),
+        tx(put("profiles", no_owner, handle="h-" + new_id())),
+    ))
+    assert response.status_code == 200, response.text
+    assert statuses(response) == ["success", "success"]
+    assert row(db, "profiles", claimed_for_a)["user_id"] == b
+    assert row(db, "profiles", no_owner)["user_id"] == b
+
+
+def test_service_mode_patch_and_delete_of_another_users_rows_do_nothing(service_worker, db, user,
+                                                                        other_user):
+    a, _ = user
+    b, b_token = other_user
+    a_profile = insert_profile(db, "a-" + new_id(), a, handle="a-" + new_id(), active=False)
+    b_profile = insert_profile(db, "b-" + new_id(), b, handle="b-" + new_id(), active=False)
+    a_before = row(db, "profiles", a_profile)
+    response = upload(service_worker, b_token, body(
+        tx(patch("profiles", a_profile, active=True, handle="stolen"), tid=1),
+        tx(delete("profiles", a_profile), tid=2),
+        # the owner column cannot be moved by a PATCH either
+        tx(patch("profiles", b_profile, user_id=a, active=True), tid=3),
+    ))
+    assert response.status_code == 200, response.text
+    assert statuses(response) == ["success"] * 3
+    assert row(db, "profiles", a_profile) == a_before
+    assert row(db, "profiles", b_profile)["user_id"] == b
+    assert row(db, "profiles", b_profile)["active"] is True
+
+
+def test_service_mode_put_onto_another_users_id_is_fatal_42501(service_worker, db, user,
+                                                              other_user):
+    a, _ = user
+    b, b_token = other_user
+    a_profile = insert_profile(db, "a-" + new_id(), a, handle="a-" + new_id(), active=False)
+    a_before = row(db, "profiles", a_profile)
+    later = "b-" + new_id()
+    response = upload(service_worker, b_token, body(
+        tx(put("profiles", "b-" + new_id(), handle="b1-" + new_id(), active=True),
+           put("profiles", a_profile, handle="stolen", active=True), tid="steal"),
+        tx(put("profiles", later, handle="b2-" + new_id()), tid="later"),
+    ))
+    assert response.status_code == 200, response.text
+    assert statuses(response) == ["fatal_error", "success"]
+    f = failure(response, 0)
+    assert (f["code"], f["index"]) == ("42501", 1), f
+    assert row(db, "profiles", a_profile) == a_before
+    assert row(db, "profiles", later)["user_id"] == b
+
+
+def test_service_mode_refuses_tables_outside_the_allowlist(service_worker, db, standin, user):
+    sub, token = user
+    list_id = new_id()
+    response = upload(service_worker, token, body(
+        tx(put("lists", list_id, name="n", owner_id=sub)),
+        tx(put("powersync_dead_letters", "1", entry={})),
+    ))
+    assert response.status_code == 200, response.text
+    assert statuses(response) == ["fatal_error", "fatal_error"]
+    assert failure(response, 0)["code"] == "table_not_allowed"
+    assert failure(response, 1)["code"] == "table_not_allowed"
+    assert requests_made(standin) == 0
+    assert count(db, "lists") == 0
+
+
+# =========================================================================== data errors
+def _duplicate_handle(db, sub, list_id):
+    handle = "taken-" + new_id()
+    insert_profile(db, "q-" + new_id(), sub, handle=handle)
+    return put("profiles", "p-" + new_id(), user_id=sub, handle=handle)
+
+
+DATA_ERRORS = {
+    # name: (expected code, builder(db, sub, list_id) -> the failing entry)
+    "unique_violation_23505": ("23505", _duplicate_handle),
+    "foreign_key_violation_23503": ("23503", lambda db, sub, list_id: put(
+        "todos", new_id(), description="orphan", list_id=new_id(), created_by=sub)),
+    "check_violation_23514": ("23514", lambda db, sub, list_id: put(
+        "todos", new_id(), description="urgent", list_id=list_id, created_by=sub, priority=9)),
+    "not_null_violation_23502": ("23502", lambda db, sub, list_id: put(
+        "todos", new_id(), list_id=list_id, created_by=sub)),
+    "invalid_uuid_22P02": ("22P02", lambda db, sub, list_id: put(
+        "todos", new_id(), description="bad", list_id="not-a-uuid", created_by=sub)),
+}
+
+
+@pytest.mark.parametrize("case", list(DATA_ERRORS))
+def test_data_error_is_fatal_with_its_code_and_index_and_later_transactions_succeed(
+        rls_worker, db, user, case):
+    sub, token = user
+    code, build = DATA_ERRORS[case]
+    list_id = insert_list(db, sub, "existing")
+    failing = build(db, sub, list_id)
+    first, later = new_id(), new_id()
+    response = upload(rls_worker, token, body(
+        tx(put("lists", first, name="first", owner_id=sub), tid=1),
+        tx(patch("lists", list_id, name="patched"), failing, tid=2),
+        tx(put("lists", later, name="later", owner_id=sub), tid=3),
+    ))
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert statuses(response) == ["success", "fatal_error", "success"]
+    assert [r["transaction_id"] for r in answer["results"]] == [1, 2, 3]
+    f = failure(response, 1)
+    assert f["code"] == code, f
+    assert f["index"] == 1, f
+    assert isinstance(f["message"], str) and f["message"], f
+    assert "details" in f
+    assert answer["applied"] == 2
+    assert row(db, "lists", first) is not None
+    assert row(db, "lists", later) is not None, "processing continues after a fatal error"
+    assert row(db, failing["table"], failing["id"]) is None
+
+
+# =========================================================================== the response
+def test_response_has_one_result_per_transaction_in_order(rls_worker, db, user):
+    sub, token = user
+    list_id = insert_list(db, sub)
+    response = upload(rls_worker, token, body(
+        tx(put("lists", new_id(), name="a", owner_id=sub), tid=10),
+        tx(put("todos", new_id(), description="p9", list_id=list_id, created_by=sub,
+               priority=9), tid="second"),
+        tx(),  # no entries: nothing to do
+        tx(patch("lists", list_id, name="b")),
+        tx(put("not a table", "x"), tid=5),
+    ))
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert set(answer) >= {"results", "applied"}
+    results = answer["results"]
+    assert [r["status"] for r in results] == [
+        "success", "fatal_error", "success", "success", "fatal_error"]
+    assert [r["transaction_id"] for r in results] == [10, "second", None, None, 5]
+    assert answer["applied"] == 3
+    for r in results:
+        assert r["status"] in {"success", "fatal_error", "retryable_error", "not_attempted"}
+        if r["status"] == "success":
+            assert "failed_operation" not in r
+    f = results[1]["failed_operation"]
+    assert set(f) >= {"index", "code", "message", "details"}
+    assert (f["index"], f["code"]) == (0, "23514")
+    assert results[4]["failed_operation"]["code"] == "invalid_table_name"
+    assert results[4]["failed_operation"]["index"] == 0
+
+
+# =========================================================================== upstream failures
+@pytest.mark.parametrize("status,upstream_retry_after,expected_retry_after", [
+    (500, None, "5"),
+    (503, None, "5"),
+    (503, "30", "30"),
+])
+def test_upstream_5xx_is_retryable_and_later_transactions_not_attempted(
+        rls_worker, db, standin, user, status, upstream_retry_after, expected_retry_after):
+    sub, token = user
+    l1, l2, l3 = new_id(), new_id(), new_id()
+    payload = body(
+        tx(put("lists", l1, name="one", owner_id=sub), tid=1),
+        tx(put("todos", new_id(), description="two", list_id=l1, created_by=sub),
+           patch("lists", l1, name="one patched"), tid=2),
+        tx(put("lists", l2, name="three", owner_id=sub), tid=3),
+        tx(put("lists", l3, name="four", owner_id=sub), tid=4),
+    )
+    fault = {"status": status, "path_prefix": "/rest/v1/todos"}
+    if upstream_retry_after:
+        fault["headers"] = {"Retry-After": upstream_retry_after}
+    standin.add_fault(fault)
+    response = upload(rls_worker, token, payload)
+    assert_retry_response(response, expected_retry_after)
+    assert statuses(response) == ["success", "retryable_error", "not_attempted", "not_attempted"]
+    result = response.json()["results"][1]
+    assert result["failed_operation"]["index"] == 0
+    assert result["failed_operation"]["code"] in (f"http_{status}", "STANDIN_FAULT"), result
+    assert result["retry_after_ms"] == int(expected_retry_after) * 1000
+    assert response.json()["applied"] == 1
+    # only what was reported applied is in the database
+    assert row(db, "lists", l1)["name"] == "one"
+    assert count(db, "todos") == 0
+    assert row(db, "lists", l2) is None and row(db, "lists", l3) is None
+    assert requests_made(standin) == 2
+
+    # the client sends the rest again: it completes
+    payload["transactions"] = payload["transactions"][1:]
+    again = upload(rls_worker, token, payload)
+    assert again.status_code == 200, again.text
+    assert statuses(again) == ["success"] * 3
+    assert row(db, "lists", l1)["name"] == "one patched"
+    assert count(db, "todos") == 1 and count(db, "lists") == 3
+
+
+def test_upstream_timeout_is_retryable(rls_worker, db, standin, user):
+    sub, token = user
+    l1, l2, t1 = new_id(), new_id(), new_id()
+    payload = body(
+        tx(put("lists", l1, name="one", owner_id=sub), tid=1),
+        tx(put("todos", t1, description="slow", list_id=l1, created_by=sub), tid=2),
+        tx(put("lists", l2, name="three", owner_id=sub), tid=3),
+    )
+    # UPSTREAM_TIMEOUT_MS = 3000
+    standin.add_fault({"delay_ms": 3800, "path_prefix": "/rest/v1/todos"})
+    started = time.time()
+    response = upload(rls_worker, token, payload)
+    elapsed = time.time() - started
+    assert_retry_response(response)
+    assert statuses(response) == ["success", "retryable_error", "not_attempted"]
+    assert response.json()["results"][1]["failed_operation"]["code"] == "timeout"
+    assert 2.5 <= elapsed < 3.8, elapsed
+    assert row(db, "lists", l1) is not None
+    assert row(db, "lists", l2) is None
+    # the slow request may still be applied after the worker gave up: that is why it is
+    # retryable; wait for it so it cannot land in another test, then retry
+    assert wait_until_standin_idle(standin)
+    payload["transactions"] = payload["transactions"][1:]
+    again = upload(rls_worker, token, payload)
+    assert again.status_code == 200, again.text
+    assert statuses(again) == ["success", "success"]
+    assert count(db, "todos") == 1 and count(db, "lists") == 2
+
+
+def test_refused_connection_is_retryable(refused_worker, db, standin, session_token):
+    sub = new_id()
+    token = session_token(sub, iss=f"{refused_worker.vars['SUPABASE_URL']}/auth/v1")
+    response = upload(refused_worker, token, body(
+        tx(put("lists", new_id(), name="a", owner_id=sub), tid=1),
+        tx(put("lists", new_id(), name="b", owner_id=sub), tid=2),
+    ))
+    assert_retry_response(response)
+    assert statuses(response) == ["retryable_error", "not_attempted"]
+    f = failure(response, 0)
+    assert f["code"] == "network_error", f
+    assert response.json()["applied"] == 0
+    assert count(db, "lists") == 0
+
+
+def test_write_whose_answer_was_lost_is_retryable_and_resending_it_is_harmless(
+        rls_worker, db, standin, user):
+    sub, token = user
+    l1, l2, t1 = new_id(), new_id(), new_id()
+    payload = body(
+        tx(put("lists", l1, name="one", owner_id=sub), tid=1),
+        tx(put("todos", t1, description="committed", list_id=l1, created_by=sub, priority=1),
+           tid=2),
+        tx(put("lists", l2, name="three", owner_id=sub), tid=3),
+    )
+    # the stand-in commits the insert, then drops the connection without answering
+    standin.add_fault({"drop_after": True, "path_prefix": "/rest/v1/todos"})
+    response = upload(rls_worker, token, payload)
+    assert_retry_response(response)
+    assert statuses(response) == ["success", "retryable_error", "not_attempted"]
+    assert failure(response, 1)["code"] in ("network_error", "timeout")
+    assert row(db, "todos", t1)["description"] == "committed", "the write was applied"
+    assert row(db, "lists", l2) is None
+    state = snapshot(db)
+
+    again = upload(rls_worker, token, payload)  # the client sends everything again
+    assert again.status_code == 200, again.text
+    assert statuses(again) == ["success"] * 3
+    after = snapshot(db)
+    assert after["todos"] == state["todos"]
+    assert set(after["lists"]) == {l1, l2}
+
+
+# =========================================================================== subrequest budget
+def test_subrequest_budget_is_respected_and_the_remainder_completes_on_resend(
+        budget_worker, db, standin, user):
+    sub, token = user
+    home = insert_list(db, sub, "home")
+    todos = [insert_todo(db, sub, home, f"t{i}") for i in range(6)]
+    new_lists = [new_id() for _ in range(6)]
+    # alternating PUT lists / DELETE todos: one request each, nothing merges
+    transactions = []
+    for i in range(6):
+        transactions.append(tx(put("lists", new_lists[i], name=f"l{i}", owner_id=sub),
+                               tid=2 * i))
+        transactions.append(tx(delete("todos", todos[i]), tid=2 * i + 1))
+
+    remaining, rounds = transactions, 0
+    while remaining:
+        rounds += 1
+        assert rounds <= 3, "12 one-request transactions need 3 uploads with a budget of 5"
+        before = requests_made(standin)
+        response = upload(budget_worker, token, body(*remaining))
+        made = requests_made(standin) - before
+        assert made <= 5, f"{made} PostgREST requests for a budget of 5"
+        st = statuses(response)
+        done = st.count("success")
+        assert st == ["success"] * done + ["not_attempted"] * (len(remaining) - done), st
+        assert done == min(5, len(remaining))
+        assert response.json()["subrequests"] == made
+        if done < len(remaining):
+            assert_retry_response(response)
+        else:
+            assert response.status_code == 200, response.text
+        assert [r["transaction_id"] for r in response.json()["results"]] == \
+            [t["transaction_id"] for t in remaining]
+        remaining = remaining[done:]
+    assert rounds == 3
+    assert all(row(db, "lists", l) is not None for l in new_lists)
+    assert all(row(db, "todos", t) is None for t in todos)
+
+
+def test_thousand_puts_with_identical_columns_are_one_request(budget_worker, db, standin, user):
+    sub, token = user
+    ids = [new_id() for _ in range(1000)]
+    response = upload(budget_worker, token, body(
+        tx(*[put("lists", i, name=f"list {n}", owner_id=sub) for n, i in enumerate(ids)])))
+    assert response.status_code == 200, response.text
+    assert statuses(response) == ["success"]
+    assert requests_made(standin) == 1
+    assert response.json()["subrequests"] == 1
+    assert count(db, "lists") == 1000
+    assert row(db, "lists", ids[999])["name"] == "list 999"
+
+
+# =========================================================================== atomic mode
+def test_atomic_transaction_is_rolled_back_when_its_third_op_fails(atomic_worker, db, standin,
+                                                                   user):
+    sub, token = user
+    list_id, t1, t2, later = new_id(), new_id(), new_id(), new_id()
+    response = upload(atomic_worker, token, body(
+        tx(put("lists", list_id, name="l", owner_id=sub),
+           put("todos", t1, description="ok", list_id=list_id, created_by=sub),
+           put("todos", t2, description="bad", list_id=list_id, created_by=sub, priority=9),
+           tid="all-or-nothing"),
+        tx(put("lists", later, name="later", owner_id=sub), tid="later"),
+    ))
+    assert response.status_code == 200, response.text
+    assert statuses(response) == ["fatal_error", "success"]
+    f = failure(response, 0)
+    assert (f["code"], f["index"]) == ("23514", 2), f
+    assert row(db, "lists", list_id) is None
+    assert row(db, "todos", t1) is None
+    assert row(db, "todos", t2) is None
+    assert row(db, "lists", later) is not None
+    assert requests_made(standin) == 2
+
+
+def test_atomic_transaction_is_one_rpc_request(atomic_worker, db, standin, user):
+    sub, token = user
+    old_list = insert_list(db, sub, "old")
+    old_todo = insert_todo(db, sub, old_list, "old")
+    list_id, t1, t2 = new_id(), new_id(), new_id()
+    response = upload(atomic_worker, token, body(tx(
+        put("lists", list_id, name="l", owner_id=sub),
+        put("todos", t1, description="one", list_id=list_id, created_by=sub),
+        put("todos", t2, description="two", list_id=list_id, created_by=sub, priority=5),
+        patch("todos", t1, description="one!", completed=True),
+        delete("todos", old_todo),
+        patch("lists", old_list, name="renamed"),
+    )))
+    assert response.status_code == 200, response.text
+    assert statuses(response) == ["success"]
+    assert requests_made(standin) == 1
+    assert [e["path"] for e in standin.requests_log()] == [RPC_PATH]
+    assert row(db, "lists", list_id)["name"] == "l"
+    assert (row(db, "todos", t1)["description"], row(db, "todos", t1)["completed"]) == \
+        ("one!", True)
+    assert row(db, "todos", t2)["priority"] == 5
+    assert row(db, "todos", old_todo) is None
+    assert row(db, "lists", old_list)["name"] == "renamed"
+
+
+# =========================================================================== dead letters
+def test_fatal_transactions_are_recorded_in_the_dead_letter_table(dead_letter_worker, db, user):
+    sub, token = user
+    list_id = insert_list(db, sub)
+    ok1, ok2, bad_todo, orphan = new_id(), new_id(), new_id(), new_id()
+    bad_data = {"description": "p9", "list_id": list_id, "created_by": sub, "priority": 9}
+    response = upload(dead_letter_worker, token, body(
+        tx(put("lists", ok1, name="ok", owner_id=sub), tid=1),
+        tx(patch("lists", list_id, name="x"), put("todos", bad_todo, bad_data), tid="t-2"),
+        tx(put("lists", ok2, name="ok", owner_id=sub), tid=3),
+        tx(put("todos", orphan, description="o", list_id=new_id(), created_by=sub), tid=7),
+    ))
+    assert response.status_code == 200, response.text
+    assert statuses(response) == ["success", "fatal_error", "success", "fatal_error"]
+    letters = [r[0] for r in db.execute(
+        f"select to_jsonb(d) from {DEAD_LETTERS} d order by id")]
+    assert len(letters) == 2, letters
+    first, second = letters
+    assert first["user_id"] == sub
+    assert first["transaction_id"] == "t-2"
+    assert first["op_index"] == 1
+    assert first["code"] == "23514"
+    assert first["message"]
+    assert first["entry"] == {"op": "PUT", "table": "todos", "id": bad_todo, "data": bad_data}
+    assert (second["user_id"], second["transaction_id"], second["op_index"], second["code"]) == \
+        (sub, "7", 0, "23503")
+    assert second["entry"]["id"] == orphan
+    recorded_ids = {json.dumps(letter["entry"]) for letter in letters}
+    assert not any(ok1 in e or ok2 in e for e in recorded_ids), "successes are not recorded"
+
+
+# =========================================================================== logs
+def test_each_upload_is_logged_once_without_token_or_row_data(rls_worker, db, user):
+    sub, token = user
+    list_id = insert_list(db, sub)
+    secret_value = "row-secret-" + uuid.uuid4().hex
+    bad_token = make_token(sub, secret="wrong-secret-wrong-secret-wrong-secret-x")
+    before = len(upload_log_lines(rls_worker))
+
+    ok = upload(rls_worker, token, body(
+        tx(put("todos", new_id(), description=secret_value, list_id=list_id, created_by=sub),
+           tid=1),
+        tx(put("todos", new_id(), description=secret_value, list_id=list_id, created_by=sub,
+               priority=9), tid=2),
+    ))
+    assert ok.status_code == 200, ok.text
+    refused = upload(rls_worker, bad_token, body(tx(put("lists", new_id(), name=secret_value,
+                                                        owner_id=sub))))
+    assert refused.status_code == 401
+
+    lines = wait_for(lambda: upload_log_lines(rls_worker)[before:] if
+                     len(upload_log_lines(rls_worker)) >= before + 2 else None)
+    assert lines, f"no upload log lines:\n{rls_worker.output()[-2000:]}"
+    time.sleep(0.5)  # nothing more should come
+    lines = upload_log_lines(rls_worker)[before:]
+    assert len(lines) == 2, lines
+    logged_ok, logged_refused = lines
+    assert (logged_ok["route"], logged_ok["method"], logged_ok["status"]) == ("upload", "POST", 200)
+    counts = logged_ok["upload"]
+    assert (counts["success"], counts["fatal"], counts["retryable"], counts["not_attempted"]) == \
+        (1, 1, 0, 0)
+    assert counts["subrequests"] == 2
+    assert counts["failure_codes"] == ["23514"]
+    assert (logged_refused["route"], logged_refused["status"]) == ("upload", 401)
+
+    output = rls_worker.output()
+    assert secret_value not in output, "row data was logged"
+    assert token not in output, "the access token was logged"
+    assert bad_token not in output, "the refused token was logged"
+    assert token.split(".")[2] not in output, "the token's signature was logged"
