@@ -36,7 +36,10 @@ cargo_tool() { # name version crate [extra args]
 }
 
 export PATH="$HOME/.cargo/bin:$PATH"
-command -v cargo >/dev/null || { log "cargo is missing: install Rust with rustup first"; exit 1; }
+if ! command -v cargo >/dev/null; then
+  # No rustup here: Debian's toolchain serves both the native build and (below) the wasm build.
+  apt_install $DEBIAN_WASM_PACKAGES
+fi
 
 cargo_tool worker-build "$WORKER_BUILD_VERSION" worker-build
 cargo_tool wasm-bindgen "$WASM_BINDGEN_VERSION" wasm-bindgen-cli

@@ -420,6 +420,21 @@ mod tests {
     }
 
     #[test]
+    fn secrets_example_documents_exactly_the_names_read() {
+        let example = include_str!("../secrets.example");
+        let documented: Vec<&str> = example
+            .lines()
+            .filter(|l| !l.starts_with('#') && l.contains('='))
+            .filter_map(|l| l.split('=').next())
+            .collect();
+        let mut read: Vec<&str> = NAMES.to_vec();
+        read.sort();
+        let mut sorted = documented.clone();
+        sorted.sort();
+        assert_eq!(sorted, read);
+    }
+
+    #[test]
     fn cors_origins_are_matched_exactly() {
         let mut vars = complete();
         vars.push(("CORS_ALLOWED_ORIGINS", "https://app.example, http://localhost:3000".into()));
