@@ -290,6 +290,61 @@ def test_delete_removes_the_row(rls_worker, db, user):
     assert row(db, "lists", list_id) is not None
 
 
+def test_puts_with_different_columns_are_not_merged_into_one_upsert(rls_worker, db, user):
+    # A bulk upsert sets every column of the union for every row: a column one PUT does not
+    # send must not be overwritten with NULL because another PUT sent it.
+    sub, token = user
+    list_id = insert_list(db, sub)
+    existing = insert_todo(db, sub, list_id, "existing", priority=3, tags=["keep"])
+    fresh = new_id()
+    response = upload(rls_worker, token, body(tx(
+        put("todos", fresh, description="fresh", list_id=list_id, created_by=sub, priority=1,
+            tags='["new"]'),
+        put("todos", existing, description="existing, edited", list_id=list_id, created_by=sub),
+    )))
+    assert statuses(response) == ["success"], response.text
+    edited = row(db, "todos", existing)
+    assert edited["description"] == "existing, edited"
+    assert (edited["priority"], edited["tags"]) == (3, ["keep"])
+    assert (row(db, "todos", fresh)["priority"], row(db, "todos", fresh)["tags"]) == (1, ["new"])
+
+
+def test_entries_on_the_same_row_apply_in_order(rls_worker, db, user):
+    sub, token = user
+    twice, recreated, gone = new_id(), new_id(), new_id()
+    response = upload(rls_worker, token, body(tx(
+        put("lists", twice, name="first", owner_id=sub),
+        put("lists", twice, name="second", owner_id=sub),
+        put("lists", recreated, name="v1", owner_id=sub),
+        delete("lists", recreated),
+        put("lists", recreated, name="v2", owner_id=sub),
+        put("lists", gone, name="short-lived", owner_id=sub),
+        patch("lists", gone, name="patched"),
+        delete("lists", gone),
+    )))
+    assert response.status_code == 200, response.text
+    assert statuses(response) == ["success"]
+    assert row(db, "lists", twice)["name"] == "second"
+    assert row(db, "lists", recreated)["name"] == "v2"
+    assert row(db, "lists", gone) is None
+
+
+def test_entry_id_is_the_row_id_and_numeric_ids_are_text(rls_worker, db, user):
+    sub, token = user
+    list_id, ignored = new_id(), new_id()
+    number = int(uuid.uuid4().int % 10**12)
+    response = upload(rls_worker, token, {"batch": [
+        {"op": "put", "table": "lists", "id": list_id,
+         "data": {"id": ignored, "name": "entry id wins", "owner_id": sub}},
+        {"op": "PUT", "table": "profiles", "id": number, "data": {"user_id": sub}},
+        {"op": "Patch", "table": "profiles", "id": number, "data": {"handle": "h" + str(number)}},
+    ]})
+    assert statuses(response) == ["success"], response.text
+    assert row(db, "lists", list_id)["name"] == "entry id wins"
+    assert row(db, "lists", ignored) is None
+    assert row(db, "profiles", str(number))["handle"] == "h" + str(number)
+
+
 def test_resent_batch_is_idempotent(rls_worker, db, user):
     sub, token = user
     list_id, t1, t2, t3 = new_id(), new_id(), new_id(), new_id()
@@ -345,7 +400,7 @@ def test_json_text_and_0_1_are_stored_as_jsonb_and_boolean(rls_worker, db, user)
     assert (row(db, "todos", t2)["tags"], row(db, "todos", t2)["completed"]) == ("text", True)
 
 
-def test_ids_with_special_characters_touch_exactly_their_row(rls_worker, db, user):
+def test_ids_with_special_characters_touch_exactly_their_row(rls_worker, db, standin, user):
     sub, token = user
     p = uuid.uuid4().hex[:6] + "-"
     odd = [p + s for s in ["a,b", "a)b", "(a)", "a&b=c", 'a"b', "a\\b", "a b", "a.b:c",
@@ -369,6 +424,9 @@ def test_ids_with_special_characters_touch_exactly_their_row(rls_worker, db, use
     ))
     assert response.status_code == 200, response.text
     assert statuses(response) == ["success"] * 5
+    # the quoting paths were all taken: one bulk upsert, one PATCH id=in.(…), one PATCH id=eq.
+    # per id, one DELETE id=in.(…), one DELETE id=eq.
+    assert requests_made(standin) == 1 + 1 + len(odd) + 1 + 1
 
     for n, i in enumerate(odd):
         r = row(db, "profiles", i)
@@ -545,6 +603,19 @@ def test_data_error_is_fatal_with_its_code_and_index_and_later_transactions_succ
     assert row(db, failing["table"], failing["id"]) is None
 
 
+def test_unknown_column_is_fatal(rls_worker, db, user):
+    sub, token = user
+    list_id, later = new_id(), new_id()
+    response = upload(rls_worker, token, body(
+        tx(put("lists", list_id, name="n", owner_id=sub, no_such_column=1)),
+        tx(put("lists", later, name="later", owner_id=sub)),
+    ))
+    assert response.status_code == 200, response.text
+    assert statuses(response) == ["fatal_error", "success"]
+    assert failure(response, 0)["code"] in ("PGRST204", "42703"), failure(response, 0)
+    assert row(db, "lists", list_id) is None and row(db, "lists", later) is not None
+
+
 # =========================================================================== the response
 def test_response_has_one_result_per_transaction_in_order(rls_worker, db, user):
     sub, token = user
@@ -576,6 +647,18 @@ def test_response_has_one_result_per_transaction_in_order(rls_worker, db, user):
     assert results[4]["failed_operation"]["index"] == 0
 
 
+def test_empty_upload_is_an_empty_success(rls_worker, db, standin, user):
+    _, token = user
+    response = upload(rls_worker, token, {"transactions": []})
+    assert response.status_code == 200, response.text
+    assert response.json()["results"] == [] and response.json()["applied"] == 0
+    for payload in ({"batch": []}, {"operations": []}):  # one transaction without entries
+        response = upload(rls_worker, token, payload)
+        assert response.status_code == 200, response.text
+        assert response.json()["results"] == [{"status": "success", "transaction_id": None}]
+    assert requests_made(standin) == 0
+
+
 # =========================================================================== upstream failures
 @pytest.mark.parametrize("status,upstream_retry_after,expected_retry_after", [
     (500, None, "5"),
@@ -602,7 +685,7 @@ def test_upstream_5xx_is_retryable_and_later_transactions_not_attempted(
     assert statuses(response) == ["success", "retryable_error", "not_attempted", "not_attempted"]
     result = response.json()["results"][1]
     assert result["failed_operation"]["index"] == 0
-    assert result["failed_operation"]["code"] in (f"http_{status}", "STANDIN_FAULT"), result
+    assert result["failed_operation"]["code"] == f"http_{status}", result
     assert result["retry_after_ms"] == int(expected_retry_after) * 1000
     assert response.json()["applied"] == 1
     # only what was reported applied is in the database
@@ -618,6 +701,67 @@ def test_upstream_5xx_is_retryable_and_later_transactions_not_attempted(
     assert statuses(again) == ["success"] * 3
     assert row(db, "lists", l1)["name"] == "one patched"
     assert count(db, "todos") == 1 and count(db, "lists") == 3
+
+
+@pytest.mark.parametrize("fault", [
+    {"status": 401, "body": {"message": "Invalid API key"}},
+    {"status": 404, "body": "<html>not found</html>"},
+    {"status": 429, "body": "slow down"},
+    {"status": 500, "body": {"code": "40001", "message": "could not serialize access",
+                             "details": None, "hint": None}},
+    {"status": 503, "body": {"code": "PGRST001", "message": "Database client error",
+                             "details": None, "hint": None}},
+], ids=["gateway-401", "gateway-404", "429", "serialization-40001", "db-unreachable-PGRST001"])
+def test_transient_upstream_errors_are_retryable_not_fatal(rls_worker, db, standin, user, fault):
+    # a fatal answer here would make the client discard data that retrying would have saved
+    sub, token = user
+    list_id = new_id()
+    standin.add_fault(fault)
+    response = upload(rls_worker, token, body(tx(put("lists", list_id, name="n", owner_id=sub))))
+    assert_retry_response(response)
+    assert statuses(response) == ["retryable_error"], response.text
+    assert row(db, "lists", list_id) is None
+    again = upload(rls_worker, token, body(tx(put("lists", list_id, name="n", owner_id=sub))))
+    assert statuses(again) == ["success"]
+    assert row(db, "lists", list_id) is not None
+
+
+def test_session_the_database_refuses_as_expired_is_retryable(rls_worker, db, session_token):
+    # The worker allows SUPABASE_JWT_LEEWAY_SECONDS (30 s) of clock skew, PostgREST none: the
+    # token expired 5 s ago passes the worker and PostgREST answers 401 PGRST303. The client
+    # refreshes its session and retries; discarding the writes would lose them.
+    sub = new_id()
+    now = int(time.time())
+    token = session_token(sub, iat=now - 3600, exp=now - 5)
+    list_id = new_id()
+    response = upload(rls_worker, token, body(tx(put("lists", list_id, name="n", owner_id=sub)),
+                                              tx(put("lists", new_id(), name="m", owner_id=sub))))
+    assert_retry_response(response)
+    assert statuses(response) == ["retryable_error", "not_attempted"], response.text
+    assert failure(response, 0)["code"] == "PGRST303"
+    assert count(db, "lists") == 0
+
+
+def test_long_id_lists_are_split_into_urls_below_8_kib(rls_worker, db, standin, user):
+    sub, token = user
+    list_id = insert_list(db, sub)
+    todos = [insert_todo(db, sub, list_id, "t") for _ in range(600)]
+    kept = insert_todo(db, sub, list_id, "kept")
+    response = upload(rls_worker, token, body(
+        tx(*[patch("todos", t, completed=1) for t in todos]),
+        tx(*[delete("todos", t) for t in todos[:400]]),
+    ))
+    assert response.status_code == 200, response.text
+    assert statuses(response) == ["success", "success"]
+    log = standin.requests_log()
+    assert len(log) >= 4, "600 uuids do not fit one URL"
+    for e in log:
+        assert len(f"{standin.url}{e['path']}?{e['query']}") <= 8000, len(e["query"])
+    assert count(db, "todos") == 201
+    remaining = db.execute("select bool_and(completed) from todos where id <> %s",
+                           (kept,)).fetchone()[0]
+    assert remaining is True
+    assert row(db, "todos", kept)["completed"] is False
 
 
 def test_upstream_timeout_is_retryable(rls_worker, db, standin, user):
@@ -655,8 +799,11 @@ def test_refused_connection_is_retryable(refused_worker, db, standin, session_to
     response = upload(refused_worker, token, body(
         tx(put("lists", new_id(), name="a", owner_id=sub), tid=1),
         tx(put("lists", new_id(), name="b", owner_id=sub), tid=2),
-    ))
+    ), headers={"Origin": "https://app.example"})
     assert_retry_response(response)
+    # a browser client can read Retry-After
+    assert response.headers.get("Access-Control-Allow-Origin") in ("*", "https://app.example")
+    assert "retry-after" in response.headers.get("Access-Control-Expose-Headers", "").lower()
     assert statuses(response) == ["retryable_error", "not_attempted"]
     f = failure(response, 0)
     assert f["code"] == "network_error", f

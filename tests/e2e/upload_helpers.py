@@ -48,9 +48,9 @@ def body(*transactions: dict) -> dict:
 
 # --------------------------------------------------------------------------- the upload call
 def upload(worker, token: str | None, payload: Any = None, *, raw: bytes | str | None = None,
-           timeout: float = 60) -> requests.Response:
+           headers: dict | None = None, timeout: float = 60) -> requests.Response:
     """POST /powersync-upload with `Authorization: Bearer <token>` (no header when None)."""
-    headers = {"Content-Type": "application/json"}
+    headers = {"Content-Type": "application/json", **(headers or {})}
     if token is not None:
         headers["Authorization"] = f"Bearer {token}"
     if raw is not None:
