@@ -51,12 +51,8 @@ $(DEVTOOL): $(RUST_SOURCES)
 
 ## Run ---------------------------------------------------------------------------------------
 
-dev: tools build $(DEVTOOL) .dev.vars
-	@echo
-	@echo "Worker on http://127.0.0.1:$(DEV_PORT). Try:"
-	@echo "  curl -s http://127.0.0.1:$(DEV_PORT)/powersync-token -H \"Authorization: Bearer $$($(DEVTOOL) mint)\""
-	@echo
-	node_modules/.bin/wrangler dev --ip 127.0.0.1 --port $(DEV_PORT)
+dev: tools postgres venv build $(DEVTOOL) .dev.vars
+	DEV_PORT=$(DEV_PORT) scripts/dev.sh
 
 ## Test --------------------------------------------------------------------------------------
 

@@ -773,14 +773,14 @@ def test_upstream_timeout_is_retryable(rls_worker, db, standin, user):
         tx(put("lists", l2, name="three", owner_id=sub), tid=3),
     )
     # UPSTREAM_TIMEOUT_MS = 3000
-    standin.add_fault({"delay_ms": 3800, "path_prefix": "/rest/v1/todos"})
+    standin.add_fault({"delay_ms": 4500, "path_prefix": "/rest/v1/todos"})
     started = time.time()
     response = upload(rls_worker, token, payload)
     elapsed = time.time() - started
     assert_retry_response(response)
     assert statuses(response) == ["success", "retryable_error", "not_attempted"]
     assert response.json()["results"][1]["failed_operation"]["code"] == "timeout"
-    assert 2.5 <= elapsed < 3.8, elapsed
+    assert 2.5 <= elapsed < 4.5, elapsed  # the worker gave up before the answer came
     assert row(db, "lists", l1) is not None
     assert row(db, "lists", l2) is None
     # the slow request may still be applied after the worker gave up: that is why it is
