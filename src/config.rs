@@ -189,7 +189,7 @@ impl Config {
         }
         let upload: Result<UploadSettings, Vec<Problem>> = match crate::upload::settings::from_lookup(&|name| r.raw(name)) {
             Ok(settings) => Ok(settings),
-            Err(problems) => Err(problems.into_iter().map(|p| Problem::new(&p.name, p.message)).collect()),
+            Err(problems) => Err(problems.into_iter().map(|p| Problem::new(p.name, p.message)).collect()),
         };
         if let Err(problems) = &upload {
             r.problems.extend(problems.iter().cloned());
