@@ -9,6 +9,9 @@ use crate::session::SessionSettings;
 use crate::token::{TokenSettings, DEFAULT_TTL_SECONDS, MAX_TTL_SECONDS, MIN_TTL_SECONDS, RESERVED_CLAIMS};
 use crate::upload::settings::UploadSettings;
 
+mod reader;
+pub use reader::Reader;
+
 /// Every name the worker reads, for the adapter's environment lookup and the docs.
 pub const NAMES: &[&str] = &[
     "SUPABASE_URL",
@@ -50,12 +53,6 @@ pub const NAMES: &[&str] = &[
 pub struct Problem {
     pub name: String,
     pub message: String,
-}
-
-impl Problem {
-    fn new(name: &str, message: impl Into<String>) -> Problem {
-        Problem { name: name.to_string(), message: message.into() }
-    }
 }
 
 /// Everything the token endpoint and the JWKS need.
@@ -109,109 +106,56 @@ pub struct Config {
     pub problems: Vec<Problem>,
 }
 
-/// Reads settings through `lookup`, treating blank values as absent.
-struct Reader<'a> {
-    lookup: &'a dyn Fn(&str) -> Option<String>,
-    problems: Vec<Problem>,
-}
-
-impl Reader<'_> {
-    fn get(&self, name: &str) -> Option<String> {
-        (self.lookup)(name).map(|v| v.trim().to_string()).filter(|v| !v.is_empty())
-    }
-
-    fn raw(&self, name: &str) -> Option<String> {
-        (self.lookup)(name).filter(|v| !v.trim().is_empty())
-    }
-
-    fn number(&mut self, name: &str, default: u64, range: std::ops::RangeInclusive<u64>) -> u64 {
-        let Some(text) = self.get(name) else { return default };
-        match text.parse::<u64>() {
-            Ok(n) if range.contains(&n) => n,
-            _ => {
-                self.problems.push(Problem::new(
-                    name,
-                    format!("must be a whole number from {} to {}", range.start(), range.end()),
-                ));
-                default
-            }
-        }
-    }
-
-    fn flag(&mut self, name: &str) -> bool {
-        match self.get(name).map(|v| v.to_ascii_lowercase()).as_deref() {
-            None | Some("false" | "0" | "no" | "off") => false,
-            Some("true" | "1" | "yes" | "on") => true,
-            Some(_) => {
-                self.problems.push(Problem::new(name, "must be true or false"));
-                false
-            }
-        }
-    }
-
-    fn url(&mut self, name: &str) -> Option<String> {
-        let value = self.get(name)?;
-        if value.starts_with("https://") || value.starts_with("http://") {
-            Some(value.trim_end_matches('/').to_string())
-        } else {
-            self.problems.push(Problem::new(name, "must be an http(s) URL"));
-            None
-        }
-    }
-
-    fn list(&self, name: &str) -> Vec<String> {
-        self.get(name)
-            .map(|v| v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
-            .unwrap_or_default()
-    }
-
-    /// Runs `parse` and splits off the problems it added.
-    fn part<T>(&mut self, parse: impl FnOnce(&mut Self) -> Option<T>) -> Result<T, Vec<Problem>> {
-        let before = self.problems.len();
-        let value = parse(self);
-        let added = self.problems[before..].to_vec();
-        match value {
-            Some(value) if added.is_empty() => Ok(value),
-            _ => Err(added),
-        }
-    }
-}
-
 impl Config {
     /// Parses all settings from `lookup` (environment variables and secrets by name).
     pub fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> Config {
-        let mut r = Reader { lookup, problems: Vec::new() };
-        let session = r.part(session_settings);
+        let mut r = Reader::new(lookup);
+        let supabase_url = supabase_url(&mut r);
+        let session = r.part(|r| session_settings(r, supabase_url.clone()));
         let before = r.problems.len();
         let powersync = powersync_settings(&mut r);
         if let Err(PowerSyncProblem::Key(e)) = &powersync {
-            r.problems.insert(before, Problem::new("POWERSYNC_PRIVATE_KEY", e.reason()));
+            r.problems.insert(before, Problem { name: "POWERSYNC_PRIVATE_KEY".into(), message: e.reason() });
         }
-        let upload: Result<UploadSettings, Vec<Problem>> = match crate::upload::settings::from_lookup(&|name| r.raw(name)) {
-            Ok(settings) => Ok(settings),
-            Err(problems) => Err(problems.into_iter().map(|p| Problem::new(p.name, p.message)).collect()),
-        };
-        if let Err(problems) = &upload {
-            r.problems.extend(problems.iter().cloned());
-        }
+        let upload = r.part(|r| crate::upload::settings::read(r, supabase_url.clone()));
         let origins = r.list("CORS_ALLOWED_ORIGINS");
         let cors = CorsSettings { allowed_origins: if origins.is_empty() { vec!["*".into()] } else { origins } };
         let upstream_timeout_ms = r.number("UPSTREAM_TIMEOUT_MS", 15_000, 100..=60_000);
+        // SUPABASE_URL's own problem belongs to every part that needs it, but is listed once.
+        let session = session.map_err(|problems| with_url_problem(problems, &supabase_url, &r.problems));
+        let upload = upload.map_err(|problems| with_url_problem(problems, &supabase_url, &r.problems));
         Config { session, powersync, upload, cors, upstream_timeout_ms, problems: r.problems }
     }
 }
 
-fn session_settings(r: &mut Reader) -> Option<SessionSettings> {
-    let supabase_url = r.url("SUPABASE_URL");
+/// `SUPABASE_URL`: required by session verification and uploads; read (and reported) once.
+pub(crate) fn supabase_url(r: &mut Reader) -> Option<String> {
     if r.get("SUPABASE_URL").is_none() {
-        r.problems.push(Problem::new("SUPABASE_URL", "is required (the project URL, e.g. https://<ref>.supabase.co)"));
+        r.problem("SUPABASE_URL", "is required (the project URL, e.g. https://<ref>.supabase.co)");
+        return None;
     }
+    let url = r.url("SUPABASE_URL")?;
+    if url.ends_with("/rest/v1") || url.ends_with("/auth/v1") {
+        r.problem("SUPABASE_URL", "give the project URL, without /rest/v1 or /auth/v1");
+        return None;
+    }
+    Some(url)
+}
+
+fn with_url_problem(mut problems: Vec<Problem>, url: &Option<String>, all: &[Problem]) -> Vec<Problem> {
+    if url.is_none() {
+        problems.extend(all.iter().filter(|p| p.name == "SUPABASE_URL").cloned());
+    }
+    problems
+}
+
+fn session_settings(r: &mut Reader, supabase_url: Option<String>) -> Option<SessionSettings> {
     let jwks_url = r.url("SUPABASE_JWKS_URL");
     let issuer = r.get("SUPABASE_JWT_ISSUER");
     let audiences = r.list("SUPABASE_JWT_AUDIENCE");
     let leeway_seconds = r.number("SUPABASE_JWT_LEEWAY_SECONDS", 30, 0..=300);
     let jwks_cache_seconds = r.number("SUPABASE_JWKS_CACHE_SECONDS", 600, 0..=600);
-    let remote_check = r.flag("SUPABASE_VERIFY_SESSION_REMOTE");
+    let remote_check = r.flag("SUPABASE_VERIFY_SESSION_REMOTE", false);
     let anon_key = r.get("SUPABASE_ANON_KEY");
     let project_keys = [anon_key.clone(), r.get("SUPABASE_SERVICE_ROLE_KEY")].into_iter().flatten().collect();
     let supabase_url = supabase_url?;
@@ -235,16 +179,16 @@ fn powersync_settings(r: &mut Reader) -> Result<PowerSyncSettings, PowerSyncProb
     let ttl_seconds = r.number("POWERSYNC_TOKEN_TTL_SECONDS", DEFAULT_TTL_SECONDS, MIN_TTL_SECONDS..=MAX_TTL_SECONDS);
     let copy_claims = r.list("POWERSYNC_COPY_CLAIMS");
     if let Some(reserved) = copy_claims.iter().find(|c| RESERVED_CLAIMS.contains(&c.as_str())) {
-        r.problems.push(Problem::new("POWERSYNC_COPY_CLAIMS", format!("'{reserved}' is set by the worker and cannot be copied")));
+        r.problem("POWERSYNC_COPY_CLAIMS", format!("'{reserved}' is set by the worker and cannot be copied"));
     }
-    let previous = match r.raw("POWERSYNC_PREVIOUS_PUBLIC_KEYS") {
+    let previous = match r.get("POWERSYNC_PREVIOUS_PUBLIC_KEYS") {
         None => Vec::new(),
         Some(text) => keys::parse_previous_public_keys(&text).unwrap_or_else(|why| {
-            r.problems.push(Problem::new("POWERSYNC_PREVIOUS_PUBLIC_KEYS", why));
+            r.problem("POWERSYNC_PREVIOUS_PUBLIC_KEYS", why);
             Vec::new()
         }),
     };
-    let key = r.raw("POWERSYNC_PRIVATE_KEY").map(|text| SigningKey::parse(&text));
+    let key = r.get("POWERSYNC_PRIVATE_KEY").map(|text| SigningKey::parse(&text));
     let key_id = r.get("POWERSYNC_KEY_ID").or_else(|| key.as_ref()?.as_ref().ok()?.jwk_kid.clone());
 
     let mut missing = Vec::new();
@@ -259,7 +203,7 @@ fn powersync_settings(r: &mut Reader) -> Result<PowerSyncSettings, PowerSyncProb
         missing.push("POWERSYNC_KEY_ID".to_string());
     }
     for name in &missing {
-        r.problems.push(Problem::new(name, "is required"));
+        r.problem(name, "is required");
     }
     if !missing.is_empty() {
         return Err(PowerSyncProblem::Missing(missing));
@@ -345,6 +289,21 @@ mod tests {
             c.powersync.unwrap_err(),
             PowerSyncProblem::Missing(vec!["POWERSYNC_URL".into(), "POWERSYNC_PRIVATE_KEY".into(), "POWERSYNC_KEY_ID".into()])
         );
+    }
+
+    #[test]
+    fn missing_supabase_url_is_listed_once_but_fails_both_parts_that_need_it() {
+        let c = config(&[("POWERSYNC_URL", "https://ps.example")]);
+        assert_eq!(c.problems.iter().filter(|p| p.name == "SUPABASE_URL").count(), 1);
+        assert!(names(c.session.as_ref().unwrap_err()).contains(&"SUPABASE_URL"));
+        assert!(names(c.upload.as_ref().unwrap_err()).contains(&"SUPABASE_URL"));
+    }
+
+    #[test]
+    fn supabase_url_with_an_api_path_is_refused() {
+        let mut vars = complete();
+        vars[0] = ("SUPABASE_URL", "https://ref.supabase.co/rest/v1".into());
+        assert!(config_of(&vars).problems.iter().any(|p| p.name == "SUPABASE_URL" && p.message.contains("/rest/v1")));
     }
 
     #[test]

@@ -41,7 +41,7 @@ use std::fmt;
 pub use crud::{parse, CrudError, Entry, Limits, Op, Transaction};
 pub use delivery::apply;
 pub use outcome::{FailedOperation, Status, StatusCounts, TransactionResult, UploadReport};
-pub use settings::{from_lookup, SettingProblem, UploadSettings, WriteMode};
+pub use settings::{from_lookup, UploadSettings, WriteMode};
 
 /// The verified user on whose behalf an upload is applied.
 #[derive(Clone, PartialEq, Eq)]

@@ -29,6 +29,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 
 use super::crud::Limits;
+use crate::config::{Problem, Reader};
 
 /// Default for [`UploadSettings::subrequest_budget`]: the Workers Free plan allows 50
 /// subrequests per request and session verification may use a few.
@@ -167,19 +168,6 @@ impl ColumnSet {
     }
 }
 
-/// One missing or invalid setting: the variable's name and what is wrong with it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SettingProblem {
-    pub name: &'static str,
-    pub message: String,
-}
-
-impl fmt::Display for SettingProblem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.name, self.message)
-    }
-}
-
 /// Whether `name` is a plain SQL identifier (`^[A-Za-z_][A-Za-z0-9_]*$`, at most 63 bytes), the
 /// only table and column names the bridge puts into URLs and filters.
 pub fn is_identifier(name: &str) -> bool {
@@ -191,35 +179,42 @@ pub fn is_identifier(name: &str) -> bool {
     name.len() <= MAX_IDENTIFIER_BYTES && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
-/// Reads the settings; on failure returns every problem found, in variable order.
-pub fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> Result<UploadSettings, Vec<SettingProblem>> {
-    let mut reader = Reader { lookup, problems: Vec::new() };
+/// Reads the settings through a lookup (tests; the worker reads all parts at once through
+/// [`crate::config::Config::from_lookup`]); on failure returns every problem found.
+pub fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> Result<UploadSettings, Vec<Problem>> {
+    let mut reader = Reader::new(lookup);
+    let supabase_url = crate::config::supabase_url(&mut reader);
+    reader.part(|r| read(r, supabase_url)).map_err(|_| reader.problems)
+}
 
-    let supabase_url = reader.supabase_url();
-    let anon_key = reader.key("SUPABASE_ANON_KEY", true);
-    let mode = reader.mode();
-    let tables = reader.tables();
-    let json_columns = reader.columns("UPLOAD_JSON_COLUMNS", tables.as_ref());
-    let boolean_columns = reader.columns("UPLOAD_BOOLEAN_COLUMNS", tables.as_ref());
+/// Reads the upload settings given the already-checked `SUPABASE_URL`; `None` when any is
+/// missing or invalid (each problem recorded in `reader`).
+pub fn read(reader: &mut Reader, supabase_url: Option<String>) -> Option<UploadSettings> {
+    let problems_before = reader.problems.len();
+    let anon_key = key(reader, "SUPABASE_ANON_KEY", true);
+    let mode = mode(reader);
+    let tables = tables(reader);
+    let json_columns = columns(reader, "UPLOAD_JSON_COLUMNS", tables.as_ref());
+    let boolean_columns = columns(reader, "UPLOAD_BOOLEAN_COLUMNS", tables.as_ref());
     let subrequest_budget =
-        reader.number("UPLOAD_SUBREQUEST_BUDGET", DEFAULT_SUBREQUEST_BUDGET as u64, 1, MAX_SUBREQUEST_BUDGET as u64);
+        reader.number("UPLOAD_SUBREQUEST_BUDGET", DEFAULT_SUBREQUEST_BUDGET as u64, 1..=MAX_SUBREQUEST_BUDGET as u64);
     let atomic = reader.flag("UPLOAD_ATOMIC", false);
     let atomic_function =
-        reader.identifier("UPLOAD_ATOMIC_FUNCTION").unwrap_or_else(|| DEFAULT_ATOMIC_FUNCTION.to_string());
-    let dead_letter_table = reader.identifier("UPLOAD_DEAD_LETTER_TABLE");
+        identifier(reader, "UPLOAD_ATOMIC_FUNCTION").unwrap_or_else(|| DEFAULT_ATOMIC_FUNCTION.to_string());
+    let dead_letter_table = identifier(reader, "UPLOAD_DEAD_LETTER_TABLE");
     let defaults = Limits::default();
     let limits = Limits {
-        max_body_bytes: reader.number("UPLOAD_MAX_BODY_BYTES", defaults.max_body_bytes as u64, 1, 100 * 1024 * 1024)
+        max_body_bytes: reader.number("UPLOAD_MAX_BODY_BYTES", defaults.max_body_bytes as u64, 1..=100 * 1024 * 1024)
             as usize,
-        max_entries: reader.number("UPLOAD_MAX_ENTRIES", defaults.max_entries as u64, 1, 1_000_000) as usize,
-        max_transactions: reader.number("UPLOAD_MAX_TRANSACTIONS", defaults.max_transactions as u64, 1, 100_000)
+        max_entries: reader.number("UPLOAD_MAX_ENTRIES", defaults.max_entries as u64, 1..=1_000_000) as usize,
+        max_transactions: reader.number("UPLOAD_MAX_TRANSACTIONS", defaults.max_transactions as u64, 1..=100_000)
             as usize,
     };
-    let retry_after_seconds = reader.number("UPLOAD_RETRY_AFTER_SECONDS", DEFAULT_RETRY_AFTER_SECONDS, 1, 3600);
+    let retry_after_seconds = reader.number("UPLOAD_RETRY_AFTER_SECONDS", DEFAULT_RETRY_AFTER_SECONDS, 1..=3600);
 
     // Rules that relate several variables (judged on what was asked for, so a service-mode
     // deployment missing its key still hears about every other problem).
-    let service = reader.raw("UPLOAD_MODE").is_some_and(|m| m.eq_ignore_ascii_case("service"));
+    let service = reader.get("UPLOAD_MODE").is_some_and(|m| m.eq_ignore_ascii_case("service"));
     if service && tables.is_none() {
         reader.problem(
             "UPLOAD_TABLES",
@@ -255,8 +250,8 @@ pub fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> Result<UploadSett
         );
     }
 
-    match (reader.problems.is_empty(), supabase_url, anon_key, mode) {
-        (true, Some(supabase_url), Some(anon_key), Some(mode)) => Ok(UploadSettings {
+    match (reader.problems.len() == problems_before, supabase_url, anon_key, mode) {
+        (true, Some(supabase_url), Some(anon_key), Some(mode)) => Some(UploadSettings {
             supabase_url,
             anon_key,
             mode,
@@ -270,174 +265,107 @@ pub fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> Result<UploadSett
             limits,
             retry_after_seconds,
         }),
-        _ => Err(reader.problems),
+        _ => None,
     }
 }
 
-/// Reads variables and collects problems instead of stopping at the first.
-struct Reader<'a> {
-    lookup: &'a dyn Fn(&str) -> Option<String>,
-    problems: Vec<SettingProblem>,
-}
-
-impl Reader<'_> {
-    /// The trimmed value, `None` when unset or blank.
-    fn raw(&self, name: &str) -> Option<String> {
-        (self.lookup)(name).map(|v| v.trim().to_string()).filter(|v| !v.is_empty())
-    }
-
-    fn problem(&mut self, name: &'static str, message: impl Into<String>) {
-        self.problems.push(SettingProblem { name, message: message.into() });
-    }
-
-    fn supabase_url(&mut self) -> Option<String> {
-        const NAME: &str = "SUPABASE_URL";
-        let Some(value) = self.raw(NAME) else {
-            self.problem(NAME, "required: the project URL, e.g. https://<ref>.supabase.co");
-            return None;
-        };
-        let url = value.trim_end_matches('/');
-        let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"));
-        let problem = match rest {
-            None => Some("must start with https:// or http://"),
-            Some(rest) if rest.is_empty() || rest.starts_with('/') => Some("has no host"),
-            Some(rest) if rest.chars().any(|c| c.is_whitespace() || c.is_control()) => Some("must not contain spaces"),
-            Some(rest) if rest.contains(['?', '#', '@']) => {
-                Some("must be a plain project URL (no query, fragment or credentials)")
+/// A key sent in a header: no spaces or control characters, so it cannot break the header.
+fn key(r: &mut Reader, name: &str, required: bool) -> Option<String> {
+    match r.get(name) {
+        None => {
+            if required {
+                r.problem(name, "required");
             }
-            Some(_) if url.ends_with("/rest/v1") => Some("give the project URL without /rest/v1"),
-            Some(_) => None,
-        };
-        match problem {
-            Some(message) => {
-                self.problem(NAME, message);
-                None
-            }
-            None => Some(url.to_string()),
+            None
         }
+        Some(value) if value.chars().any(|c| c.is_whitespace() || c.is_control()) => {
+            r.problem(name, "must not contain spaces or line breaks");
+            None
+        }
+        Some(value) => Some(value),
     }
+}
 
-    /// A key sent in a header: no spaces or control characters, so it cannot break the header.
-    fn key(&mut self, name: &'static str, required: bool) -> Option<String> {
-        match self.raw(name) {
-            None => {
-                if required {
-                    self.problem(name, "required");
+fn identifier(r: &mut Reader, name: &str) -> Option<String> {
+    let value = r.get(name)?;
+    if is_identifier(&value) {
+        Some(value)
+    } else {
+        r.problem(
+            name,
+            format!("{value:?} is not a plain identifier (letters, digits, _; not starting with a digit)"),
+        );
+        None
+    }
+}
+
+fn mode(r: &mut Reader) -> Option<WriteMode> {
+    const NAME: &str = "UPLOAD_MODE";
+    let mode = r.get(NAME).unwrap_or_else(|| "rls".to_string()).to_ascii_lowercase();
+    match mode.as_str() {
+        "rls" => {
+            if r.get("UPLOAD_OWNER_COLUMN").is_some() {
+                r.problem(
+                    "UPLOAD_OWNER_COLUMN",
+                    "only used with UPLOAD_MODE=service; in rls mode ownership is enforced by RLS policies",
+                );
+            }
+            Some(WriteMode::Rls)
+        }
+        "service" => {
+            let service_key = key(r, "SUPABASE_SERVICE_ROLE_KEY", true);
+            let owner_column = match r.get("UPLOAD_OWNER_COLUMN") {
+                None => {
+                    r.problem("UPLOAD_OWNER_COLUMN", "required with UPLOAD_MODE=service");
+                    None
                 }
-                None
-            }
-            Some(value) if value.chars().any(|c| c.is_whitespace() || c.is_control()) => {
-                self.problem(name, "must not contain spaces or line breaks");
-                None
-            }
-            Some(value) => Some(value),
+                Some(column) if column == "id" => {
+                    r.problem("UPLOAD_OWNER_COLUMN", "must not be the id column");
+                    None
+                }
+                Some(_) => identifier(r, "UPLOAD_OWNER_COLUMN"),
+            };
+            Some(WriteMode::Service { service_key: service_key?, owner_column: owner_column? })
         }
-    }
-
-    fn identifier(&mut self, name: &'static str) -> Option<String> {
-        let value = self.raw(name)?;
-        if is_identifier(&value) {
-            Some(value)
-        } else {
-            self.problem(
-                name,
-                format!("{value:?} is not a plain identifier (letters, digits, _; not starting with a digit)"),
-            );
+        other => {
+            r.problem(NAME, format!("{other:?} is not a mode; use rls or service"));
             None
         }
     }
+}
 
-    fn mode(&mut self) -> Option<WriteMode> {
-        const NAME: &str = "UPLOAD_MODE";
-        let mode = self.raw(NAME).unwrap_or_else(|| "rls".to_string()).to_ascii_lowercase();
-        match mode.as_str() {
-            "rls" => {
-                if self.raw("UPLOAD_OWNER_COLUMN").is_some() {
-                    self.problem(
-                        "UPLOAD_OWNER_COLUMN",
-                        "only used with UPLOAD_MODE=service; in rls mode ownership is enforced by RLS policies",
-                    );
+fn tables(r: &mut Reader) -> Option<BTreeSet<String>> {
+    const NAME: &str = "UPLOAD_TABLES";
+    let value = r.get_untrimmed(NAME)?;
+    let mut tables = BTreeSet::new();
+    for item in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        if is_identifier(item) {
+            tables.insert(item.to_string());
+        } else {
+            r.problem(NAME, format!("{item:?} is not a plain table name"));
+        }
+    }
+    if tables.is_empty() && value.split(',').all(|s| s.trim().is_empty()) {
+        r.problem(NAME, "is empty; list at least one table, or remove it to allow every table (rls mode only)");
+    }
+    Some(tables)
+}
+
+fn columns(r: &mut Reader, name: &str, tables: Option<&BTreeSet<String>>) -> ColumnSet {
+    let mut set = ColumnSet::default();
+    let Some(value) = r.get(name) else { return set };
+    for item in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        match item.split_once('.') {
+            Some((table, column)) if is_identifier(table) && is_identifier(column) => {
+                if tables.is_some_and(|allowed| !allowed.contains(table)) {
+                    r.problem(name, format!("{item}: table {table} is not in UPLOAD_TABLES"));
                 }
-                Some(WriteMode::Rls)
+                set.insert(table, column);
             }
-            "service" => {
-                let service_key = self.key("SUPABASE_SERVICE_ROLE_KEY", true);
-                let owner_column = match self.raw("UPLOAD_OWNER_COLUMN") {
-                    None => {
-                        self.problem("UPLOAD_OWNER_COLUMN", "required with UPLOAD_MODE=service");
-                        None
-                    }
-                    Some(column) if column == "id" => {
-                        self.problem("UPLOAD_OWNER_COLUMN", "must not be the id column");
-                        None
-                    }
-                    Some(_) => self.identifier("UPLOAD_OWNER_COLUMN"),
-                };
-                Some(WriteMode::Service { service_key: service_key?, owner_column: owner_column? })
-            }
-            other => {
-                self.problem(NAME, format!("{other:?} is not a mode; use rls or service"));
-                None
-            }
+            _ => r.problem(name, format!("{item:?} is not of the form table.column")),
         }
     }
-
-    fn tables(&mut self) -> Option<BTreeSet<String>> {
-        const NAME: &str = "UPLOAD_TABLES";
-        let value = (self.lookup)(NAME)?;
-        let mut tables = BTreeSet::new();
-        for item in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            if is_identifier(item) {
-                tables.insert(item.to_string());
-            } else {
-                self.problem(NAME, format!("{item:?} is not a plain table name"));
-            }
-        }
-        if tables.is_empty() && value.split(',').all(|s| s.trim().is_empty()) {
-            self.problem(NAME, "is empty; list at least one table, or remove it to allow every table (rls mode only)");
-        }
-        Some(tables)
-    }
-
-    fn columns(&mut self, name: &'static str, tables: Option<&BTreeSet<String>>) -> ColumnSet {
-        let mut set = ColumnSet::default();
-        let Some(value) = self.raw(name) else { return set };
-        for item in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            match item.split_once('.') {
-                Some((table, column)) if is_identifier(table) && is_identifier(column) => {
-                    if tables.is_some_and(|allowed| !allowed.contains(table)) {
-                        self.problem(name, format!("{item}: table {table} is not in UPLOAD_TABLES"));
-                    }
-                    set.insert(table, column);
-                }
-                _ => self.problem(name, format!("{item:?} is not of the form table.column")),
-            }
-        }
-        set
-    }
-
-    fn number(&mut self, name: &'static str, default: u64, min: u64, max: u64) -> u64 {
-        let Some(value) = self.raw(name) else { return default };
-        match value.parse::<u64>() {
-            Ok(n) if (min..=max).contains(&n) => n,
-            _ => {
-                self.problem(name, format!("{value:?} is not a whole number from {min} to {max}"));
-                default
-            }
-        }
-    }
-
-    fn flag(&mut self, name: &'static str, default: bool) -> bool {
-        let Some(value) = self.raw(name) else { return default };
-        match value.to_ascii_lowercase().as_str() {
-            "true" | "1" => true,
-            "false" | "0" => false,
-            _ => {
-                self.problem(name, format!("{value:?} is not true or false"));
-                default
-            }
-        }
-    }
+    set
 }
 
 #[cfg(test)]
@@ -445,13 +373,13 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
-    fn read(vars: &[(&str, &str)]) -> Result<UploadSettings, Vec<SettingProblem>> {
+    fn read_vars(vars: &[(&str, &str)]) -> Result<UploadSettings, Vec<Problem>> {
         let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         from_lookup(&|name| map.get(name).cloned())
     }
 
-    fn problem_names(vars: &[(&str, &str)]) -> Vec<&'static str> {
-        match read(vars) {
+    fn problem_names(vars: &[(&str, &str)]) -> Vec<String> {
+        match read_vars(vars) {
             Ok(s) => panic!("expected problems, got {s:?}"),
             Err(problems) => problems.into_iter().map(|p| p.name).collect(),
         }
@@ -467,7 +395,7 @@ mod tests {
 
     #[test]
     fn minimal_settings_take_documented_defaults() {
-        let s = read(&BASE).expect("valid");
+        let s = read_vars(&BASE).expect("valid");
         assert_eq!(s, UploadSettings::new("https://abc.supabase.co", "anon"));
         assert_eq!(s.supabase_url, "https://abc.supabase.co");
         assert_eq!(s.mode, WriteMode::Rls);
@@ -492,7 +420,7 @@ mod tests {
             ("UPLOAD_TABLES", "todos,bad-name"),
             ("UPLOAD_JSON_COLUMNS", "todos"),
             ("UPLOAD_SUBREQUEST_BUDGET", "0"),
-            ("UPLOAD_ATOMIC", "yes"),
+            ("UPLOAD_ATOMIC", "maybe"),
             ("UPLOAD_ATOMIC_FUNCTION", "drop table"),
             ("UPLOAD_DEAD_LETTER_TABLE", "1x"),
             ("UPLOAD_MAX_BODY_BYTES", "-1"),
@@ -534,14 +462,14 @@ mod tests {
                 "{bad}"
             );
         }
-        let s = read(&[("SUPABASE_URL", " http://127.0.0.1:54321// \n"), ("SUPABASE_ANON_KEY", "k")]).expect("valid");
+        let s = read_vars(&[("SUPABASE_URL", " http://127.0.0.1:54321// \n"), ("SUPABASE_ANON_KEY", "k")]).expect("valid");
         assert_eq!(s.supabase_url, "http://127.0.0.1:54321");
     }
 
     #[test]
     fn keys_are_trimmed_and_must_not_contain_spaces() {
         let s =
-            read(&[("SUPABASE_URL", "https://a.co"), ("SUPABASE_ANON_KEY", "  sb_publishable_x\n")]).expect("valid");
+            read_vars(&[("SUPABASE_URL", "https://a.co"), ("SUPABASE_ANON_KEY", "  sb_publishable_x\n")]).expect("valid");
         assert_eq!(s.anon_key, "sb_publishable_x");
         assert_eq!(
             problem_names(&[("SUPABASE_URL", "https://a.co"), ("SUPABASE_ANON_KEY", "a b")]),
@@ -551,7 +479,7 @@ mod tests {
 
     #[test]
     fn tables_allowlist_is_parsed() {
-        let s = read(&with(&[("UPLOAD_TABLES", " todos, lists ,")])).expect("valid");
+        let s = read_vars(&with(&[("UPLOAD_TABLES", " todos, lists ,")])).expect("valid");
         let expected: BTreeSet<String> = ["lists", "todos"].iter().map(|s| s.to_string()).collect();
         assert_eq!(s.tables, Some(expected));
     }
@@ -577,7 +505,7 @@ mod tests {
 
     #[test]
     fn conversion_columns_are_parsed() {
-        let s = read(&with(&[
+        let s = read_vars(&with(&[
             ("UPLOAD_JSON_COLUMNS", "todos.tags, profiles.settings"),
             ("UPLOAD_BOOLEAN_COLUMNS", "todos.completed"),
         ]))
@@ -609,7 +537,7 @@ mod tests {
             problem_names(&with(&[("UPLOAD_MODE", "service")])),
             vec!["SUPABASE_SERVICE_ROLE_KEY", "UPLOAD_OWNER_COLUMN", "UPLOAD_TABLES"]
         );
-        let s = read(&with(&[
+        let s = read_vars(&with(&[
             ("UPLOAD_MODE", "Service"),
             ("SUPABASE_SERVICE_ROLE_KEY", "sb_secret_abc"),
             ("UPLOAD_OWNER_COLUMN", "user_id"),
@@ -640,7 +568,7 @@ mod tests {
 
     #[test]
     fn atomic_and_dead_letter_settings_are_read() {
-        let s = read(&with(&[
+        let s = read_vars(&with(&[
             ("UPLOAD_ATOMIC", "TRUE"),
             ("UPLOAD_ATOMIC_FUNCTION", "apply_tx"),
             ("UPLOAD_DEAD_LETTER_TABLE", "powersync_dead_letters"),
@@ -671,15 +599,15 @@ mod tests {
             problem_names(&with(&[("UPLOAD_SUBREQUEST_BUDGET", "1"), ("UPLOAD_DEAD_LETTER_TABLE", "dead")])),
             vec!["UPLOAD_SUBREQUEST_BUDGET"]
         );
-        assert!(read(&with(&[("UPLOAD_SUBREQUEST_BUDGET", "1")])).is_ok());
-        assert!(read(&with(&[("UPLOAD_SUBREQUEST_BUDGET", "10000")])).is_ok());
+        assert!(read_vars(&with(&[("UPLOAD_SUBREQUEST_BUDGET", "1")])).is_ok());
+        assert!(read_vars(&with(&[("UPLOAD_SUBREQUEST_BUDGET", "10000")])).is_ok());
         assert_eq!(problem_names(&with(&[("UPLOAD_SUBREQUEST_BUDGET", "10001")])), vec!["UPLOAD_SUBREQUEST_BUDGET"]);
     }
 
     #[test]
     fn blank_optional_values_count_as_unset() {
         let s =
-            read(&with(&[("UPLOAD_MODE", " "), ("UPLOAD_SUBREQUEST_BUDGET", ""), ("UPLOAD_DEAD_LETTER_TABLE", "\n")]))
+            read_vars(&with(&[("UPLOAD_MODE", " "), ("UPLOAD_SUBREQUEST_BUDGET", ""), ("UPLOAD_DEAD_LETTER_TABLE", "\n")]))
                 .expect("valid");
         assert_eq!(s.mode, WriteMode::Rls);
         assert_eq!(s.subrequest_budget, 45);
@@ -688,7 +616,7 @@ mod tests {
 
     #[test]
     fn debug_output_hides_keys() {
-        let s = read(&with(&[
+        let s = read_vars(&with(&[
             ("UPLOAD_MODE", "service"),
             ("SUPABASE_SERVICE_ROLE_KEY", "very-secret"),
             ("UPLOAD_OWNER_COLUMN", "user_id"),

@@ -1,0 +1,162 @@
+//! Reads settings by name and collects problems instead of stopping at the first, so a
+//! deployment can be fixed in one go. Shared by every part of the configuration.
+//!
+//! Values are trimmed (pasted secrets often carry a newline) and a blank value counts as unset.
+//! Problems name the setting and say what is wrong; they never quote secret values.
+
+use std::ops::RangeInclusive;
+
+use super::Problem;
+
+pub struct Reader<'a> {
+    lookup: &'a dyn Fn(&str) -> Option<String>,
+    pub problems: Vec<Problem>,
+}
+
+impl<'a> Reader<'a> {
+    pub fn new(lookup: &'a dyn Fn(&str) -> Option<String>) -> Reader<'a> {
+        Reader { lookup, problems: Vec::new() }
+    }
+
+    /// The trimmed value; `None` when unset or blank.
+    pub fn get(&self, name: &str) -> Option<String> {
+        (self.lookup)(name).map(|v| v.trim().to_string()).filter(|v| !v.is_empty())
+    }
+
+    /// The value exactly as set, blank included (for settings where "set but empty" means
+    /// something other than "unset").
+    pub fn get_untrimmed(&self, name: &str) -> Option<String> {
+        (self.lookup)(name)
+    }
+
+    pub fn problem(&mut self, name: &str, message: impl Into<String>) {
+        self.problems.push(Problem { name: name.to_string(), message: message.into() });
+    }
+
+    /// A whole number within `range`; `default` when unset (or invalid, with a problem).
+    pub fn number(&mut self, name: &str, default: u64, range: RangeInclusive<u64>) -> u64 {
+        let Some(text) = self.get(name) else { return default };
+        match text.parse::<u64>() {
+            Ok(n) if range.contains(&n) => n,
+            _ => {
+                let message = format!("must be a whole number from {} to {}", range.start(), range.end());
+                self.problem(name, message);
+                default
+            }
+        }
+    }
+
+    /// `true`/`1`/`yes`/`on` or `false`/`0`/`no`/`off`, any case; `default` when unset.
+    pub fn flag(&mut self, name: &str, default: bool) -> bool {
+        match self.get(name).map(|v| v.to_ascii_lowercase()).as_deref() {
+            None => default,
+            Some("true" | "1" | "yes" | "on") => true,
+            Some("false" | "0" | "no" | "off") => false,
+            Some(_) => {
+                self.problem(name, "must be true or false");
+                default
+            }
+        }
+    }
+
+    /// A plain `http(s)://host[/path]` URL without trailing slash; `None` when unset or invalid
+    /// (with a problem).
+    pub fn url(&mut self, name: &str) -> Option<String> {
+        let value = self.get(name)?;
+        let url = value.trim_end_matches('/');
+        let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"));
+        let problem = match rest {
+            None => Some("must start with https:// or http://"),
+            Some(rest) if rest.is_empty() || rest.starts_with('/') => Some("has no host"),
+            Some(rest) if rest.chars().any(|c| c.is_whitespace() || c.is_control()) => Some("must not contain spaces"),
+            Some(rest) if rest.contains(['?', '#', '@']) => {
+                Some("must be a plain URL (no query, fragment or credentials)")
+            }
+            Some(_) => None,
+        };
+        match problem {
+            Some(message) => {
+                self.problem(name, message);
+                None
+            }
+            None => Some(url.to_string()),
+        }
+    }
+
+    /// A comma-separated list, items trimmed, blanks dropped.
+    pub fn list(&self, name: &str) -> Vec<String> {
+        self.get(name)
+            .map(|v| v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Runs `parse` for one part of the configuration: `Ok` only when it produced a value and
+    /// added no problem; otherwise `Err` with the problems it added (they stay in `problems`).
+    pub fn part<T>(&mut self, parse: impl FnOnce(&mut Self) -> Option<T>) -> Result<T, Vec<Problem>> {
+        let before = self.problems.len();
+        let value = parse(self);
+        let added = self.problems[before..].to_vec();
+        match value {
+            Some(value) if added.is_empty() => Ok(value),
+            _ => Err(added),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with<T>(value: &str, read: impl FnOnce(&mut Reader) -> T) -> (T, Vec<Problem>) {
+        let value = value.to_string();
+        let lookup = move |name: &str| (name == "X").then(|| value.clone());
+        let mut reader = Reader::new(&lookup);
+        let out = read(&mut reader);
+        (out, reader.problems)
+    }
+
+    #[test]
+    fn blank_values_are_unset_and_values_are_trimmed() {
+        assert_eq!(with("  \n", |r| r.get("X")).0, None);
+        assert_eq!(with(" v\n", |r| r.get("X")).0.as_deref(), Some("v"));
+    }
+
+    #[test]
+    fn numbers_outside_their_range_are_problems_without_the_value() {
+        let (n, problems) = with("99", |r| r.number("X", 5, 1..=10));
+        assert_eq!(n, 5);
+        assert_eq!(problems, vec![Problem { name: "X".into(), message: "must be a whole number from 1 to 10".into() }]);
+        assert_eq!(with("7", |r| r.number("X", 5, 1..=10)), (7, vec![]));
+    }
+
+    #[test]
+    fn flags_accept_the_usual_spellings() {
+        for (text, value) in [("TRUE", true), ("1", true), ("on", true), ("no", false), ("0", false)] {
+            assert_eq!(with(text, |r| r.flag("X", !value)), (value, vec![]));
+        }
+        assert_eq!(with("maybe", |r| r.flag("X", false)).1.len(), 1);
+    }
+
+    #[test]
+    fn urls_are_checked_and_lose_their_trailing_slash() {
+        assert_eq!(with("https://a.supabase.co/", |r| r.url("X")).0.as_deref(), Some("https://a.supabase.co"));
+        for bad in ["a.supabase.co", "https://", "https://a b", "https://a?x=1", "https://u:p@a", "ftp://a"] {
+            let (url, problems) = with(bad, |r| r.url("X"));
+            assert_eq!((url, problems.len()), (None, 1), "{bad}");
+        }
+    }
+
+    #[test]
+    fn part_separates_the_problems_it_added() {
+        let lookup = |_: &str| None;
+        let mut r = Reader::new(&lookup);
+        r.problem("EARLIER", "x");
+        let failed: Result<(), _> = r.part(|r| {
+            r.problem("A", "bad");
+            Some(())
+        });
+        assert_eq!(failed.unwrap_err().len(), 1);
+        assert_eq!(r.part(|_| Some(1)), Ok(1));
+        assert_eq!(r.problems.len(), 2);
+    }
+}
