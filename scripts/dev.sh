@@ -44,7 +44,7 @@ Worker: http://127.0.0.1:$PORT  (a fresh dev session token: $DEVTOOL mint)
   curl -s http://127.0.0.1:$PORT/powersync-token -H "Authorization: Bearer $token"
   curl -s -X POST http://127.0.0.1:$PORT/powersync-upload -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \\
        -d '{"batch":[{"op":"PUT","table":"lists","id":"$list_id","data":{"name":"from curl","owner_id":"$user"}}]}'
-  scripts/smoke.sh http://127.0.0.1:$PORT
+  SMOKE_SESSION_TOKEN=$token scripts/smoke.sh http://127.0.0.1:$PORT
 Ctrl-C stops everything started here.
 
 MSG

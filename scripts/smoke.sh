@@ -1,0 +1,277 @@
+#!/usr/bin/env bash
+# Smoke test of a running worker, local (`make dev`) or deployed:
+#
+#   scripts/smoke.sh http://127.0.0.1:8787
+#   SMOKE_SESSION_TOKEN=<a Supabase access token> scripts/smoke.sh https://<worker>.workers.dev
+#
+# Checks, in order, stopping at the first failure (exit 1; 2 for bad usage):
+#   health       GET /health: 200, "status": "ok"
+#   jwks         GET /.well-known/jwks.json: RSA keys with kid, n, e; alg RS256
+#   token        GET /powersync-token with the session: 200, token/powersync_url/endpoint/
+#                expires_at/user_id; the token is RS256, signed by a key in the JWKS, sub = user_id
+#   no-auth      no Authorization header: 401 "No authorization header"
+#   bad-token    a malformed session token: 401 "Unauthorized"
+#   upload       (SMOKE_UPLOAD=1) POST {"transactions":[]} to /powersync-upload: 200 {"results":[]}
+#   upload-body  (SMOKE_UPLOAD_BODY set) POST that JSON: 200 and every result "success"
+#                (it really writes: use a row you may create, e.g. in a test table)
+#
+# The session token is $SMOKE_SESSION_TOKEN, or else one minted by `target/debug/devtool mint`
+# with the local dev secret (.dev.vars, or SUPABASE_JWT_SECRET/SUPABASE_URL in the environment):
+# that only works against a worker with that same secret, i.e. local dev.
+# Prints one line per check ("ok   health", "FAIL token: <why>"). Needs bash, curl and python3.
+# SMOKE_TIMEOUT (seconds, default 30) bounds each request.
+set -euo pipefail
+
+if [ $# -ne 1 ] || [ -z "$1" ]; then
+  echo "usage: $0 <base-url>   e.g. $0 http://127.0.0.1:8787" >&2
+  exit 2
+fi
+BASE=${1%/}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+TIMEOUT=${SMOKE_TIMEOUT:-30}
+WORK=$(mktemp -d)
+umask 077
+trap 'rm -rf "$WORK"' EXIT
+
+for tool in curl python3; do
+  command -v "$tool" >/dev/null || { echo "FAIL setup: $tool is not installed"; exit 1; }
+done
+
+# request METHOD PATH [curl args...]: the body goes to $WORK/body, the status to $WORK/status.
+request() {
+  local method=$1 path=$2
+  shift 2
+  if ! curl -sS --max-time "$TIMEOUT" -X "$method" -o "$WORK/body" -w '%{http_code}' \
+       "$@" "$BASE$path" >"$WORK/status" 2>"$WORK/curl"; then
+    echo "$method $path: $(tr -s '\n' ' ' <"$WORK/curl" | sed 's/ *$//')"
+    return 1
+  fi
+}
+
+# verify CHECK [args...]: judges $WORK/status and $WORK/body; prints a detail (ok) or why (fail).
+verify() {
+  python3 - "$WORK" "$@" <<'PY'
+import base64, hashlib, json, re, sys
+from datetime import datetime, timezone
+
+work, check, args = sys.argv[1], sys.argv[2], sys.argv[3:]
+status = int(open(f"{work}/status").read().strip() or 0)
+raw = open(f"{work}/body", "rb").read()
+
+
+class Fail(Exception):
+    pass
+
+
+def body():
+    try:
+        return json.loads(raw)
+    except ValueError:
+        text = raw[:200].decode("utf-8", "replace")
+        raise Fail(f"HTTP {status}, not JSON: {text!r}")
+
+
+def want(code):
+    if status != code:
+        detail = raw[:300].decode("utf-8", "replace").strip()
+        raise Fail(f"HTTP {status} (expected {code}): {detail}")
+
+
+def b64url(text):
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def jwt_parts(token, what):
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise Fail(f"{what} is not a JWT")
+    try:
+        return json.loads(b64url(parts[0])), json.loads(b64url(parts[1])), parts
+    except ValueError:
+        raise Fail(f"{what} is not a readable JWT")
+
+
+def rs256_valid(jwk, signing_input, signature):
+    """RSASSA-PKCS1-v1_5 with SHA-256, verified with the public key only (stdlib)."""
+    n = int.from_bytes(b64url(jwk["n"]), "big")
+    e = int.from_bytes(b64url(jwk["e"]), "big")
+    size = (n.bit_length() + 7) // 8
+    s = int.from_bytes(signature, "big")
+    if len(signature) != size or s >= n:
+        return False
+    digest_info = bytes.fromhex("3031300d060960864801650304020105000420")
+    digest = hashlib.sha256(signing_input).digest()
+    expected = b"\x00\x01" + b"\xff" * (size - 3 - len(digest_info) - len(digest)) + b"\x00"
+    return pow(s, e, n).to_bytes(size, "big") == expected + digest_info + digest
+
+
+def health():
+    data = body()
+    if status != 200 or data.get("status") != "ok":
+        missing = [f"{part}: " + ", ".join(p.get("name", "?") for p in data[part]["problems"])
+                   for part in ("session", "powersync", "upload")
+                   if isinstance(data.get(part), dict) and data[part].get("problems")]
+        raise Fail(f"HTTP {status}, status {data.get('status')!r}"
+                   + (f" ({'; '.join(missing)})" if missing else ""))
+    return f"version {data.get('version', '?')}"
+
+
+def jwks():
+    want(200)
+    keys = body().get("keys")
+    if not isinstance(keys, list) or not keys:
+        raise Fail("no keys")
+    for key in keys:
+        absent = [f for f in ("kid", "n", "e") if not key.get(f)]
+        if absent:
+            raise Fail(f"a key lacks {', '.join(absent)}: {json.dumps(key)[:200]}")
+        if key.get("kty", "RSA") != "RSA" or key.get("alg", "RS256") != "RS256":
+            raise Fail(f"key {key['kid']}: kty {key.get('kty')!r}, alg {key.get('alg')!r}")
+    if not any(key.get("alg") == "RS256" for key in keys):
+        raise Fail("no key has alg RS256")
+    with open(f"{work}/jwks.json", "wb") as f:
+        f.write(raw)
+    return "kids " + ", ".join(key["kid"] for key in keys)
+
+
+def token():
+    want(200)
+    data = body()
+    fields = ("token", "powersync_url", "endpoint", "expires_at", "user_id")
+    absent = [f for f in fields if not isinstance(data.get(f), str) or not data[f]]
+    if absent:
+        raise Fail(f"body lacks {', '.join(absent)}: {raw[:300].decode('utf-8', 'replace')}")
+    if data["endpoint"] != data["powersync_url"]:
+        raise Fail(f"endpoint {data['endpoint']!r} != powersync_url {data['powersync_url']!r}")
+    if not re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", data["expires_at"]):
+        raise Fail(f"expires_at {data['expires_at']!r} is not an ISO 8601 UTC time")
+    session = open(f"{work}/session").read().strip()
+    _, session_claims, _ = jwt_parts(session, "the session token")
+    if "sub" in session_claims and data["user_id"] != session_claims["sub"]:
+        raise Fail(f"user_id {data['user_id']!r} != the session's sub {session_claims['sub']!r}")
+    header, claims, parts = jwt_parts(data["token"], "token")
+    if header.get("alg") != "RS256":
+        raise Fail(f"token alg {header.get('alg')!r}, expected RS256")
+    keys = json.load(open(f"{work}/jwks.json"))["keys"]
+    key = next((k for k in keys if k.get("kid") == header.get("kid")), None)
+    if key is None:
+        raise Fail(f"token kid {header.get('kid')!r} is not in the JWKS")
+    if not rs256_valid(key, f"{parts[0]}.{parts[1]}".encode(), b64url(parts[2])):
+        raise Fail(f"token signature does not verify with JWKS key {key['kid']}")
+    if claims.get("sub") != data["user_id"]:
+        raise Fail(f"token sub {claims.get('sub')!r} != user_id {data['user_id']!r}")
+    aud = claims.get("aud")
+    if data["powersync_url"] not in (aud if isinstance(aud, list) else [aud]):
+        raise Fail(f"token aud {aud!r} does not contain {data['powersync_url']!r}")
+    exp = datetime.fromtimestamp(claims.get("exp", 0), timezone.utc)
+    if exp <= datetime.now(timezone.utc):
+        raise Fail(f"token already expired ({exp.isoformat()})")
+    return f"user {data['user_id']}, kid {key['kid']}, expires {data['expires_at']}"
+
+
+def error(code, message):
+    want(int(code))
+    data = body()
+    if data.get("error") != message:
+        raise Fail(f"error {data.get('error')!r}, expected {message!r}")
+    return f"{code} {message!r}, code {data.get('code')}"
+
+
+def upload_empty():
+    want(200)
+    results = body().get("results")
+    if results != []:
+        raise Fail(f"results {json.dumps(results)[:300]}, expected []")
+    return "200 {\"results\":[]}"
+
+
+def upload_body():
+    want(200)
+    results = body().get("results")
+    if not isinstance(results, list) or not results:
+        raise Fail(f"no results: {raw[:300].decode('utf-8', 'replace')}")
+    failed = [r for r in results if not isinstance(r, dict) or r.get("status") != "success"]
+    if failed:
+        raise Fail(f"{len(failed)} of {len(results)} transactions not applied: "
+                   + json.dumps(failed[0])[:300])
+    return f"{len(results)} transaction(s) applied"
+
+
+checks = {"health": health, "jwks": jwks, "token": token, "error": error,
+          "upload": upload_empty, "upload-body": upload_body}
+try:
+    print(checks[check](*args))
+except Fail as e:
+    print(e)
+    sys.exit(1)
+PY
+}
+
+# check NAME FUNCTION: runs FUNCTION (a request and a verify); one line; exits on failure.
+check() {
+  local name=$1 out
+  shift
+  if out=$("$@" 2>&1); then
+    echo "ok   $name${out:+  ($out)}"
+  else
+    out=${out//$'\n'/ }
+    echo "FAIL $name: ${out:0:2000}"
+    exit 1
+  fi
+}
+
+session_token() {
+  if [ -n "${SMOKE_SESSION_TOKEN:-}" ]; then
+    printf '%s' "$SMOKE_SESSION_TOKEN"
+  elif [ -x "$ROOT/target/debug/devtool" ]; then
+    (cd "$ROOT" && target/debug/devtool mint) || return 1
+  else
+    echo "SMOKE_SESSION_TOKEN is not set and target/debug/devtool is missing (make dev builds it)" >&2
+    return 1
+  fi
+}
+
+check_health() { request GET /health && verify health; }
+check_jwks() { request GET /.well-known/jwks.json && verify jwks; }
+check_token() {
+  if ! session_token >"$WORK/session" 2>"$WORK/session.err" || [ ! -s "$WORK/session" ]; then
+    echo "no session token: $(cat "$WORK/session.err")"
+    return 1
+  fi
+  # The header goes through a file (mode 600 in a private directory), not the command line.
+  printf 'Authorization: Bearer %s\n' "$(cat "$WORK/session")" >"$WORK/auth"
+  request GET /powersync-token -H "@$WORK/auth" || return 1
+  verify token && return 0
+  if [ -z "${SMOKE_SESSION_TOKEN:-}" ]; then
+    echo "(minted with the local dev secret: against a deployment, set SMOKE_SESSION_TOKEN)"
+  fi
+  return 1
+}
+check_no_auth() { request GET /powersync-token && verify error 401 "No authorization header"; }
+check_bad_token() {
+  request GET /powersync-token -H "Authorization: Bearer smoke.not-a.token" &&
+    verify error 401 "Unauthorized"
+}
+check_upload() {
+  request POST /powersync-upload -H "@$WORK/auth" \
+    -H "Content-Type: application/json" --data-binary '{"transactions":[]}' && verify upload
+}
+check_upload_body() {
+  printf '%s' "$SMOKE_UPLOAD_BODY" >"$WORK/upload.json"
+  request POST /powersync-upload -H "@$WORK/auth" \
+    -H "Content-Type: application/json" --data-binary "@$WORK/upload.json" && verify upload-body
+}
+
+echo "smoke test of $BASE"
+check health check_health
+check jwks check_jwks
+check token check_token
+check no-auth check_no_auth
+check bad-token check_bad_token
+if [ "${SMOKE_UPLOAD:-}" = 1 ]; then
+  check upload check_upload
+fi
+if [ -n "${SMOKE_UPLOAD_BODY:-}" ]; then
+  check upload-body check_upload_body
+fi
+echo "all checks passed"
