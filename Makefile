@@ -1,6 +1,7 @@
 # The two commands a newcomer needs:
 #   make dev    run the worker locally (installs what is missing; embedded default configuration)
 #   make test   run every test (native + end-to-end in workerd against PostgreSQL)
+#   make bench  run the benchmarks (not part of make test; see bench/README.md)
 # Everything installs itself where missing and is quick the second time.
 
 SHELL := /bin/bash
@@ -14,7 +15,7 @@ RUST_SOURCES := $(shell find src -name '*.rs') Cargo.toml Cargo.lock
 DEVTOOL := target/debug/devtool
 DEV_PORT ?= 8787
 
-.PHONY: dev test test-native test-e2e build tools postgres venv clean
+.PHONY: dev test test-native test-e2e build tools postgres venv clean bench
 
 ## Tools -------------------------------------------------------------------------------------
 
@@ -63,6 +64,12 @@ test-native: tools
 
 test-e2e: tools postgres venv build $(DEVTOOL)
 	$(PY) -m pytest tests/e2e -q -p no:cacheprovider
+
+## Bench -------------------------------------------------------------------------------------
+
+# About 5 minutes (more when the build is stale); writes bench/results.md and bench/results.json.
+bench:
+	bash bench/run.sh
 
 clean:
 	rm -rf build target/wasm $(VENV)

@@ -44,15 +44,16 @@ def dotenv_value(value: str) -> str:
 
 
 class WorkerProcess:
-    def __init__(self, vars: dict[str, str], startup_timeout: float = 60.0):
-        if not BUILD.exists():
-            raise RuntimeError(f"{BUILD} is missing: run `make build` (make test does) first")
+    def __init__(self, vars: dict[str, str], startup_timeout: float = 60.0, main: Path | None = None):
+        main = main or BUILD
+        if not main.exists():
+            raise RuntimeError(f"{main} is missing: run `make build` (make test does) first")
         self.vars = dict(vars)
         self.dir = Path(tempfile.mkdtemp(prefix="worker-e2e-"))
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         (self.dir / "wrangler.toml").write_text(
-            f'name = "e2e"\nmain = "{BUILD}"\ncompatibility_date = "2026-04-01"\n'
+            f'name = "e2e"\nmain = "{main}"\ncompatibility_date = "2026-04-01"\n'
         )
         (self.dir / ".dev.vars").write_text(
             "".join(f"{k}={dotenv_value(v)}\n" for k, v in self.vars.items())
@@ -135,6 +136,8 @@ class JwksServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            disable_nagle_algorithm = True
+
             def do_GET(self):
                 server.fetches += 1
                 if server.fail_with:
