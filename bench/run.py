@@ -35,7 +35,6 @@ import platform
 import re
 import shutil
 import signal
-import socketserver
 import statistics
 import subprocess
 import sys
