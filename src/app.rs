@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use crate::config::{Config, Problem};
 use crate::error::{self, ApiError};
 use crate::http::{HttpResponse, Transport};
-use crate::session::{self, Session, Step, Verifier};
+use crate::session::{self, Session, SessionError, SignatureVerifier, Step, Verifier};
 use crate::token::{self, TokenSigner};
 use crate::upload;
 
@@ -64,11 +64,11 @@ impl App {
     }
 
     /// Handles one request at time `now` (Unix seconds).
-    pub async fn handle<T: Transport, S: TokenSigner>(
+    pub async fn handle<T: Transport, C: TokenSigner + SignatureVerifier>(
         &self,
         request: &IncomingRequest,
         transport: &T,
-        signer: &S,
+        crypto: &C,
         now: u64,
         request_id: &str,
     ) -> (HttpResponse, RequestLog) {
@@ -81,11 +81,11 @@ impl App {
             }
             (TOKEN_PATH, "GET" | "POST") => {
                 log.route = "token";
-                self.token(request, transport, signer, now).await
+                self.token(request, transport, crypto, now).await
             }
             (UPLOAD_PATH, "POST") => {
                 log.route = "upload";
-                self.upload(request, transport, now, &mut log).await
+                self.upload(request, transport, crypto, now, &mut log).await
             }
             (JWKS_PATH, "GET" | "HEAD") => {
                 log.route = "jwks";
@@ -146,7 +146,13 @@ impl App {
     }
 
     /// Verifies the caller's Supabase session (fetching the JWKS or asking Auth when needed).
-    pub async fn session<T: Transport>(&self, request: &IncomingRequest, transport: &T, now: u64) -> Result<Session, ApiError> {
+    pub async fn session<T: Transport, V: SignatureVerifier>(
+        &self,
+        request: &IncomingRequest,
+        transport: &T,
+        signatures: &V,
+        now: u64,
+    ) -> Result<Session, ApiError> {
         let token = bearer(request.header("Authorization")).ok_or(ApiError::MissingAuthorization)?;
         let verifier = match (&self.verifier, &self.config.session) {
             (Some(verifier), _) => verifier,
@@ -159,7 +165,13 @@ impl App {
             let answer = transport.send(fetch).await;
             verifier.borrow_mut().accept_jwks(answer, now);
         }
-        let session = verifier.borrow().verify(token, now)?;
+        let pending = verifier.borrow().begin(token, now)?;
+        if let Some(check) = &pending.signature {
+            if !signatures.verify(check).await? {
+                return Err(SessionError::BadSignature.into());
+            }
+        }
+        let session = verifier.borrow().finish(pending, now)?;
         let remote = verifier.borrow().remote_check_request(token);
         if let Some(check) = remote {
             session::interpret_remote_check(transport.send(check).await)?;
@@ -167,13 +179,19 @@ impl App {
         Ok(session)
     }
 
-    async fn token<T: Transport, S: TokenSigner>(&self, request: &IncomingRequest, transport: &T, signer: &S, now: u64) -> Result<HttpResponse, ApiError> {
+    async fn token<T: Transport, C: TokenSigner + SignatureVerifier>(
+        &self,
+        request: &IncomingRequest,
+        transport: &T,
+        crypto: &C,
+        now: u64,
+    ) -> Result<HttpResponse, ApiError> {
         // The header check comes first, as in the Edge Function.
         bearer(request.header("Authorization")).ok_or(ApiError::MissingAuthorization)?;
         let powersync = self.config.powersync.as_ref().map_err(|p| ApiError::PowerSync(p.clone()))?;
-        let session = self.session(request, transport, now).await?;
+        let session = self.session(request, transport, crypto, now).await?;
         let unsigned = token::unsigned(&powersync.token, &session, now);
-        let signature = signer.sign(&powersync.key, unsigned.signing_input.as_bytes()).await.map_err(ApiError::Signing)?;
+        let signature = crypto.sign(&powersync.key, unsigned.signing_input.as_bytes()).await.map_err(ApiError::Signing)?;
         let body = token::issued(&powersync.token, unsigned, &signature);
         let mut response = json_response(200, &json!(body));
         response.headers.push(("Cache-Control".into(), "no-store".into()));
@@ -216,8 +234,15 @@ impl App {
         response
     }
 
-    async fn upload<T: Transport>(&self, request: &IncomingRequest, transport: &T, now: u64, log: &mut RequestLog) -> Result<HttpResponse, ApiError> {
-        let session = self.session(request, transport, now).await?;
+    async fn upload<T: Transport, V: SignatureVerifier>(
+        &self,
+        request: &IncomingRequest,
+        transport: &T,
+        signatures: &V,
+        now: u64,
+        log: &mut RequestLog,
+    ) -> Result<HttpResponse, ApiError> {
+        let session = self.session(request, transport, signatures, now).await?;
         let settings = self.config.upload.as_ref().map_err(|problems| ApiError::UploadNotConfigured(names(problems)))?;
         let transactions = upload::crud::parse(&request.body, &settings.limits).map_err(|e| match e {
             upload::crud::CrudError::Malformed { path, message } => ApiError::BadRequest { path, message },

@@ -3,6 +3,7 @@
 //! Everything it decides is decided in [`crate::app`]; this file only does I/O.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -16,13 +17,16 @@ use crate::app::{App, IncomingRequest};
 use crate::config::Config;
 use crate::http::{HttpRequest, HttpResponse, Method, Transport, TransportError};
 use crate::keys::SigningKey;
+use crate::session::{SessionError, SignatureCheck, SignatureVerifier};
 use crate::token::TokenSigner;
 
 thread_local! {
     /// Parsed once per isolate: configuration, keys and the JWKS cache.
     static APP: RefCell<Option<Rc<App>>> = const { RefCell::new(None) };
-    /// The WebCrypto key, imported once per isolate.
+    /// The WebCrypto signing key, imported once per isolate.
     static CRYPTO_KEY: RefCell<Option<web_sys::CryptoKey>> = const { RefCell::new(None) };
+    /// WebCrypto keys for the project's JWKS keys, imported once per key.
+    static SESSION_KEYS: RefCell<HashMap<String, web_sys::CryptoKey>> = RefCell::new(HashMap::new());
 }
 
 fn app(env: &Env) -> Rc<App> {
@@ -51,7 +55,7 @@ async fn fetch(mut req: Request, env: Env, _ctx: Context) -> worker::Result<Resp
     let incoming = IncomingRequest { method, path: req.path(), headers: req.headers().entries().collect(), body };
     let transport = FetchTransport { timeout: Duration::from_millis(app.config.upstream_timeout_ms) };
     let now = Date::now().as_millis() / 1000;
-    let (response, log) = app.handle(&incoming, &transport, &WebCryptoSigner, now, &request_id).await;
+    let (response, log) = app.handle(&incoming, &transport, &WebCrypto, now, &request_id).await;
     let mut line = serde_json::to_value(&log).unwrap_or_default();
     line["request_id"] = request_id.into();
     line["duration_ms"] = (Date::now().as_millis().saturating_sub(started)).into();
@@ -113,9 +117,10 @@ impl Transport for FetchTransport {
     }
 }
 
-/// RS256 through the platform's WebCrypto (RSASSA-PKCS1-v1_5 + SHA-256): native speed, and the
-/// private key never runs through wasm arithmetic on the request path.
-struct WebCryptoSigner;
+/// The platform's WebCrypto: signs RS256 (RSASSA-PKCS1-v1_5 + SHA-256) and verifies ES256/RS256
+/// session signatures at native speed; no private-key or P-256 arithmetic runs in wasm on the
+/// request path.
+struct WebCrypto;
 
 fn subtle() -> Result<web_sys::SubtleCrypto, String> {
     let scope: web_sys::WorkerGlobalScope = js_sys::global().unchecked_into();
@@ -141,7 +146,7 @@ async fn crypto_key(key: &SigningKey) -> Result<web_sys::CryptoKey, String> {
     Ok(imported)
 }
 
-impl TokenSigner for WebCryptoSigner {
+impl TokenSigner for WebCrypto {
     async fn sign(&self, key: &SigningKey, signing_input: &[u8]) -> Result<String, String> {
         use base64::Engine;
         let crypto_key = crypto_key(key).await.map_err(|e| format!("WebCrypto importKey failed: {e}"))?;
@@ -150,5 +155,62 @@ impl TokenSigner for WebCryptoSigner {
         let signature = JsFuture::from(promise).await.map_err(|e| format!("WebCrypto sign failed: {}", describe(e)))?;
         let bytes = Uint8Array::new(&signature).to_vec();
         Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+    }
+}
+
+fn object(entries: &[(&str, &JsValue)]) -> Result<Object, String> {
+    let object = Object::new();
+    for (name, value) in entries {
+        Reflect::set(&object, &JsValue::from_str(name), value).map_err(describe)?;
+    }
+    Ok(object)
+}
+
+/// The WebCrypto algorithm for a JWKS key: import parameters and verify parameters.
+fn algorithm(check: &SignatureCheck) -> Result<(Object, Object), String> {
+    let sha256 = JsValue::from_str("SHA-256");
+    match check.alg {
+        jsonwebtoken::Algorithm::ES256 => Ok((
+            object(&[("name", &"ECDSA".into()), ("namedCurve", &"P-256".into())])?,
+            object(&[("name", &"ECDSA".into()), ("hash", &sha256)])?,
+        )),
+        jsonwebtoken::Algorithm::RS256 => {
+            let rsa = object(&[("name", &"RSASSA-PKCS1-v1_5".into()), ("hash", &sha256)])?;
+            Ok((rsa.clone(), rsa))
+        }
+        other => Err(format!("{other:?} is not verified through WebCrypto")),
+    }
+}
+
+async fn session_key(check: &SignatureCheck, import: &Object) -> Result<web_sys::CryptoKey, String> {
+    // Only the public parameters: WebCrypto refuses a JWK whose `alg`/`use` disagree with it.
+    let jwk = serde_json::to_value(&check.key).map_err(|e| e.to_string())?;
+    let public: serde_json::Map<String, serde_json::Value> = ["kty", "crv", "x", "y", "n", "e"]
+        .iter()
+        .filter_map(|k| jwk.get(*k).map(|v| (k.to_string(), v.clone())))
+        .collect();
+    let cache_key = format!("{:?}{}", check.alg, serde_json::Value::Object(public.clone()));
+    if let Some(key) = SESSION_KEYS.with(|keys| keys.borrow().get(&cache_key).cloned()) {
+        return Ok(key);
+    }
+    let jwk_object: Object = js_sys::JSON::parse(&serde_json::Value::Object(public).to_string()).map_err(describe)?.unchecked_into();
+    let usages = js_sys::Array::of1(&"verify".into());
+    let promise = subtle()?.import_key_with_object("jwk", &jwk_object, import, false, &usages).map_err(describe)?;
+    let key: web_sys::CryptoKey = JsFuture::from(promise).await.map_err(describe)?.unchecked_into();
+    SESSION_KEYS.with(|keys| keys.borrow_mut().insert(cache_key, key.clone()));
+    Ok(key)
+}
+
+impl SignatureVerifier for WebCrypto {
+    async fn verify(&self, check: &SignatureCheck) -> Result<bool, SessionError> {
+        let mismatch = |e: String| SessionError::KeyMismatch(format!("WebCrypto: {e}"));
+        let (import, verify) = algorithm(check).map_err(mismatch)?;
+        let key = session_key(check, &import).await.map_err(mismatch)?;
+        let promise = subtle()
+            .map_err(mismatch)?
+            .verify_with_object_and_u8_array_and_u8_array(&verify, &key, &check.signature, check.message.as_bytes())
+            .map_err(|e| mismatch(describe(e)))?;
+        let valid = JsFuture::from(promise).await.map_err(|e| mismatch(describe(e)))?;
+        Ok(valid.as_bool().unwrap_or(false))
     }
 }

@@ -8,6 +8,9 @@
 
 pub mod jwks;
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
 
@@ -112,6 +115,52 @@ pub enum Step {
     FetchJwks(HttpRequest),
 }
 
+/// A token read and keyed but whose claims are not yet checked.
+#[derive(Debug, Clone)]
+pub struct PendingSession {
+    claims: Map<String, Value>,
+    token: String,
+    /// The ES256/RS256 signature still to verify (`None`: HS256, already verified).
+    pub signature: Option<SignatureCheck>,
+}
+
+/// A signature made with one of the project's signing keys, still to be verified.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SignatureCheck {
+    pub alg: Algorithm,
+    /// The public key from the project's JWKS.
+    pub key: Jwk,
+    /// `base64url(header).base64url(payload)`, the signed bytes.
+    pub message: String,
+    /// Raw signature bytes (for ES256: `r || s`, 64 bytes, as WebCrypto expects).
+    pub signature: Vec<u8>,
+}
+
+/// Verifies ES256/RS256 session signatures. The worker uses WebCrypto (native code: P-256 in
+/// pure-Rust wasm costs ~3 ms per request); [`RustSignatureVerifier`] serves native use.
+pub trait SignatureVerifier {
+    /// `Ok(true)` when valid, `Ok(false)` when not, `Err` when the key cannot be used.
+    fn verify(&self, check: &SignatureCheck) -> impl std::future::Future<Output = Result<bool, SessionError>>;
+}
+
+/// Pure-Rust signature verification (`jsonwebtoken` over RustCrypto).
+pub struct RustSignatureVerifier;
+
+impl RustSignatureVerifier {
+    pub fn check(check: &SignatureCheck) -> Result<bool, SessionError> {
+        let key = DecodingKey::from_jwk(&check.key).map_err(|e| SessionError::KeyMismatch(e.to_string()))?;
+        let signature = URL_SAFE_NO_PAD.encode(&check.signature);
+        jsonwebtoken::crypto::verify(&signature, check.message.as_bytes(), &key, check.alg)
+            .map_err(|e| SessionError::KeyMismatch(e.to_string()))
+    }
+}
+
+impl SignatureVerifier for RustSignatureVerifier {
+    async fn verify(&self, check: &SignatureCheck) -> Result<bool, SessionError> {
+        RustSignatureVerifier::check(check)
+    }
+}
+
 /// Session verification state for one isolate: settings plus the JWKS cache.
 #[derive(Debug)]
 pub struct Verifier {
@@ -147,8 +196,23 @@ impl Verifier {
         self.jwks.accept(answer, now);
     }
 
-    /// Verifies signature and claims at time `now`.
+    /// Verifies signature and claims at time `now`, checking JWKS signatures with
+    /// [`RustSignatureVerifier`] (native use and tests; the worker uses [`Self::begin`],
+    /// its own [`SignatureVerifier`] and [`Self::finish`]).
     pub fn verify(&self, token: &str, now: u64) -> Result<Session, SessionError> {
+        let pending = self.begin(token, now)?;
+        if let Some(check) = &pending.signature {
+            if !RustSignatureVerifier::check(check)? {
+                return Err(SessionError::BadSignature);
+            }
+        }
+        self.finish(pending, now)
+    }
+
+    /// First half of verification: reads the token, finds its key, and verifies an HS256
+    /// signature on the spot (HMAC is cheap). An ES256/RS256 signature is returned as a
+    /// [`SignatureCheck`] for the caller to verify before calling [`Self::finish`].
+    pub fn begin(&self, token: &str, now: u64) -> Result<PendingSession, SessionError> {
         if self.settings.project_keys.iter().any(|k| k == token) {
             return Err(SessionError::ProjectKey);
         }
@@ -159,31 +223,42 @@ impl Verifier {
                 SessionError::Malformed(e.to_string())
             }
         })?;
-        let key = match header.alg {
-            Algorithm::HS256 => self.hs_key.as_ref().ok_or_else(|| {
-                SessionError::AlgorithmNotAllowed("HS256 (SUPABASE_JWT_SECRET is not set)".into())
-            })?,
-            alg if is_jwks_alg(alg) => self.jwks.key_for(header.kid.as_deref(), alg, now)?,
-            other => return Err(SessionError::AlgorithmNotAllowed(format!("{other:?}"))),
-        };
-        let mut validation = Validation::new(header.alg);
-        // Claim rules are ours (below), with the time passed in.
-        validation.validate_exp = false;
-        validation.validate_nbf = false;
-        validation.validate_aud = false;
-        validation.required_spec_claims.clear();
-        let data = jsonwebtoken::decode::<Map<String, Value>>(token, key, &validation).map_err(|e| {
-            match e.kind() {
-                jsonwebtoken::errors::ErrorKind::InvalidSignature => SessionError::BadSignature,
-                jsonwebtoken::errors::ErrorKind::InvalidKeyFormat
-                | jsonwebtoken::errors::ErrorKind::InvalidAlgorithm => {
-                    SessionError::KeyMismatch(e.to_string())
-                }
-                _ => SessionError::Malformed(e.to_string()),
+        match header.alg {
+            Algorithm::HS256 => {
+                let key = self.hs_key.as_ref().ok_or_else(|| {
+                    SessionError::AlgorithmNotAllowed("HS256 (SUPABASE_JWT_SECRET is not set)".into())
+                })?;
+                let mut validation = Validation::new(Algorithm::HS256);
+                // Claim rules are ours (`finish`), with the time passed in.
+                validation.validate_exp = false;
+                validation.validate_nbf = false;
+                validation.validate_aud = false;
+                validation.required_spec_claims.clear();
+                let data = jsonwebtoken::decode::<Map<String, Value>>(token, key, &validation).map_err(|e| match e.kind() {
+                    jsonwebtoken::errors::ErrorKind::InvalidSignature => SessionError::BadSignature,
+                    _ => SessionError::Malformed(e.to_string()),
+                })?;
+                Ok(PendingSession { claims: data.claims, token: token.to_string(), signature: None })
             }
-        })?;
-        let session = check_claims(data.claims, &self.settings, now)?;
-        Ok(Session { token: token.to_string(), ..session })
+            alg if is_jwks_alg(alg) => {
+                let key = self.jwks.key_for(header.kid.as_deref(), alg, now)?.clone();
+                let (message, signature) = token.rsplit_once('.').ok_or_else(|| SessionError::Malformed("not a JWT".into()))?;
+                let payload = message.split_once('.').map(|(_, p)| p).unwrap_or_default();
+                let claims = decode_segment(payload).ok_or_else(|| SessionError::Malformed("payload is not base64url JSON".into()))?;
+                let signature = URL_SAFE_NO_PAD
+                    .decode(signature.trim_end_matches('='))
+                    .map_err(|_| SessionError::Malformed("signature is not base64url".into()))?;
+                let check = SignatureCheck { alg, key, message: message.to_string(), signature };
+                Ok(PendingSession { claims, token: token.to_string(), signature: Some(check) })
+            }
+            other => Err(SessionError::AlgorithmNotAllowed(format!("{other:?}"))),
+        }
+    }
+
+    /// Second half: the claim rules at time `now`, once the signature is known to be valid.
+    pub fn finish(&self, pending: PendingSession, now: u64) -> Result<Session, SessionError> {
+        let session = check_claims(pending.claims, &self.settings, now)?;
+        Ok(Session { token: pending.token, ..session })
     }
 
     /// The optional remote check: `GET <SUPABASE_URL>/auth/v1/user` as the user.
@@ -224,11 +299,14 @@ fn is_jwks_alg(alg: Algorithm) -> bool {
 
 /// The header's `alg` read without verification, only to name it in an error.
 fn unverified_alg(token: &str) -> Option<String> {
-    use base64::Engine;
-    let header = token.split('.').next()?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(header.trim_end_matches('=')).ok()?;
-    let value: Value = serde_json::from_slice(&bytes).ok()?;
-    value.get("alg")?.as_str().map(|s| s.chars().take(16).collect())
+    let header = decode_segment(token.split('.').next()?)?;
+    header.get("alg")?.as_str().map(|s| s.chars().take(16).collect())
+}
+
+/// A base64url JSON object segment of a JWT.
+fn decode_segment(segment: &str) -> Option<Map<String, Value>> {
+    let bytes = URL_SAFE_NO_PAD.decode(segment.trim_end_matches('=')).ok()?;
+    serde_json::from_slice(&bytes).ok()
 }
 
 /// The claim rules, applied after the signature verified.

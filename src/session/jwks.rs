@@ -15,7 +15,7 @@ use crate::http::{HttpResponse, TransportError};
 struct CachedKey {
     kid: Option<String>,
     alg: Algorithm,
-    key: DecodingKey,
+    jwk: Jwk,
 }
 
 impl std::fmt::Debug for CachedKey {
@@ -73,7 +73,7 @@ impl JwksCache {
     }
 
     /// The key for a token's `kid` and `alg`, if the cache is fresh and holds it.
-    pub fn key_for(&self, kid: Option<&str>, alg: Algorithm, now: u64) -> Result<&DecodingKey, SessionError> {
+    pub fn key_for(&self, kid: Option<&str>, alg: Algorithm, now: u64) -> Result<&Jwk, SessionError> {
         if !self.is_fresh(now) {
             let why = self.last_error.clone().unwrap_or_else(|| "not fetched".into());
             return Err(SessionError::KeysUnavailable(why));
@@ -88,7 +88,7 @@ impl JwksCache {
         if found.alg != alg {
             return Err(SessionError::KeyMismatch(format!("token alg {alg:?}, key alg {:?}", found.alg)));
         }
-        Ok(&found.key)
+        Ok(&found.jwk)
     }
 }
 
@@ -120,8 +120,9 @@ fn cached(jwk: &Jwk) -> Option<CachedKey> {
         (AlgorithmParameters::EllipticCurve(p), Some(a @ Algorithm::ES256)) if p.curve == EllipticCurve::P256 => a,
         _ => return None,
     };
-    let key = DecodingKey::from_jwk(jwk).ok()?;
-    Some(CachedKey { kid: jwk.common.key_id.clone(), alg, key })
+    // Keys that cannot be used for verification are dropped here, not at request time.
+    DecodingKey::from_jwk(jwk).ok()?;
+    Some(CachedKey { kid: jwk.common.key_id.clone(), alg, jwk: jwk.clone() })
 }
 
 #[cfg(test)]

@@ -366,3 +366,14 @@ def test_log_lines_are_structured_and_hold_no_tokens(worker, session_token):
         assert {"request_id", "duration_ms", "method"} <= set(l)
     out = worker.output()
     assert token.split(".")[2] not in out and JWT_SECRET not in out
+
+
+@pytest.mark.parametrize("kind", ["es256", "rs256"])
+def test_jwks_signed_session_with_tampered_payload_is_rejected(worker, session_keys, standin, kind):
+    make = es256_token if kind == "es256" else rs256_token
+    head, payload, sig = make(session_keys, standin).split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=="))
+    forged = base64.urlsafe_b64encode(json.dumps(dict(claims, sub="someone-else")).encode()).rstrip(b"=").decode()
+    r = worker.get("/powersync-token", headers=bearer(f"{head}.{forged}.{sig}"))
+    assert_error(r, 401, "Unauthorized", "session_invalid")
+    assert [l for l in worker.log_lines() if l.get("code") == "session_invalid"][-1]["detail"] == "signature does not verify"
