@@ -232,7 +232,18 @@ impl UploadReport {
         let counts = self.counts();
         let failure_codes: Vec<&str> =
             self.results.iter().filter_map(|r| r.failed_operation.as_ref().map(|f| f.code.as_str())).collect();
+        // Every fatal transaction, identified without row data (never `details`, which quotes values).
+        let fatal_transactions: Vec<Value> = self
+            .results
+            .iter()
+            .filter(|r| r.status == Status::FatalError)
+            .filter_map(|r| {
+                let f = r.failed_operation.as_ref()?;
+                Some(json!({"transaction_id": r.transaction_id, "index": f.index, "code": f.code}))
+            })
+            .collect();
         json!({
+            "fatal_transactions": fatal_transactions,
             "success": counts.success,
             "fatal": counts.fatal,
             "retryable": counts.retryable,
@@ -383,6 +394,24 @@ fn retry_after(response: &HttpResponse) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_summary_names_fatal_transactions_without_row_data() {
+        let mut failure = FailedOperation::new(Some(1), "23505", "duplicate key value");
+        failure.details = Some("Key (handle)=(secret-handle) already exists.".into());
+        let report = UploadReport {
+            results: vec![
+                TransactionResult::success(Some(json!(1))),
+                TransactionResult::fatal(Some(json!(2)), failure),
+            ],
+            subrequests: 2,
+            ..UploadReport::default()
+        };
+        let summary = report.log_summary();
+        assert_eq!(summary["fatal_transactions"], json!([{"transaction_id": 2, "index": 1, "code": "23505"}]));
+        assert_eq!((summary["success"].as_u64(), summary["fatal"].as_u64()), (Some(1), Some(1)));
+        assert!(!summary.to_string().contains("secret-handle"));
+    }
 
     fn answer(status: u16, body: &str) -> Result<HttpResponse, TransportError> {
         Ok(HttpResponse { status, headers: vec![], body: body.to_string() })
