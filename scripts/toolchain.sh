@@ -6,6 +6,7 @@
 #
 # Route 1 (a laptop with internet): rustup's wasm32-unknown-unknown target.
 # Route 2 (offline machines, see README): Debian's rustc-web + rust-web-src, std built from source.
+#   WASM_TOOLCHAIN=debian forces it.
 # Pinned: worker-build, wasm-bindgen-cli (= the wasm-bindgen in Cargo.lock), npm packages
 # (package-lock.json: wrangler with workerd, binaryen's wasm-opt).
 set -euo pipefail
@@ -56,16 +57,18 @@ echo "export ESBUILD_BIN=$root/node_modules/.bin/esbuild"
 echo "export WASM_OPT_BIN=$root/node_modules/.bin/wasm-opt"
 echo "export PATH=$root/node_modules/.bin:\$PATH"
 
-if rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown \
-   || rustup target add wasm32-unknown-unknown >/dev/null 2>&1; then
+# WASM_TOOLCHAIN=debian forces route 2 (to check the offline route on a machine that has both).
+if [ "${WASM_TOOLCHAIN:-}" != debian ] && { rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown \
+   || rustup target add wasm32-unknown-unknown >/dev/null 2>&1; }; then
   log "wasm32 target: rustup"
   echo "export PATH=$HOME/.cargo/bin:\$PATH"
 else
   log "wasm32 target: Debian rustc-web with std built from source (offline route)"
   apt_install $DEBIAN_WASM_PACKAGES
   sysroot=$(/usr/bin/rustc --print sysroot)
-  # worker-build checks that this folder exists; build-std supplies the real std.
-  [ -d "$sysroot/lib/rustlib/wasm32-unknown-unknown" ] || mkdir -p "$sysroot/lib/rustlib/wasm32-unknown-unknown"
+  # worker-build checks that the target's libdir exists; build-std supplies the real std.
+  libdir=$(/usr/bin/rustc --target wasm32-unknown-unknown --print target-libdir)
+  [ -d "$libdir" ] || mkdir -p "$libdir"
   echo "export PATH=/usr/bin:\$PATH"
   echo "export RUSTC_BOOTSTRAP=1"
   echo "export CARGO_UNSTABLE_BUILD_STD=std,panic_abort"
