@@ -26,7 +26,7 @@ pub struct IncomingRequest {
 
 impl IncomingRequest {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        crate::http::header_value(&self.headers, name)
     }
 }
 

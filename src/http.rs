@@ -53,8 +53,13 @@ impl HttpRequest {
 
     /// The first value of a header, case-insensitively.
     pub fn header_value(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        header_value(&self.headers, name)
     }
+}
+
+/// The first value of header `name` in a header list, case-insensitively.
+pub fn header_value<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
 }
 
 /// An upstream answer.
@@ -68,7 +73,7 @@ pub struct HttpResponse {
 impl HttpResponse {
     /// The first value of a header, case-insensitively.
     pub fn header_value(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        header_value(&self.headers, name)
     }
 }
 

@@ -39,20 +39,22 @@ def bearer(token: str) -> dict:
     return {"Authorization": f"Bearer {token}"}
 
 
-def es256_token(session_keys, standin, kid="ec-1", **claims) -> str:
+def jwks_token(session_keys, standin, kind: str, kid: str, sub: str, **claims) -> str:
+    """A session signed with one of the project's signing keys (kind "ec" or "rsa")."""
     now = int(time.time())
-    body = {"iss": f"{standin.url}/auth/v1", "aud": "authenticated", "sub": "es-user",
+    body = {"iss": f"{standin.url}/auth/v1", "aud": "authenticated", "sub": sub,
             "role": "authenticated", "iat": now, "exp": now + 3600}
     body.update(claims)
-    return jwt.encode(body, session_keys.ec, algorithm="ES256", headers={"kid": kid})
+    key, alg = (session_keys.ec, "ES256") if kind == "ec" else (session_keys.rsa, "RS256")
+    return jwt.encode(body, key, algorithm=alg, headers={"kid": kid})
+
+
+def es256_token(session_keys, standin, kid="ec-1", **claims) -> str:
+    return jwks_token(session_keys, standin, "ec", kid, "es-user", **claims)
 
 
 def rs256_token(session_keys, standin, kid="rsa-1", **claims) -> str:
-    now = int(time.time())
-    body = {"iss": f"{standin.url}/auth/v1", "aud": "authenticated", "sub": "rs-user",
-            "role": "authenticated", "iat": now, "exp": now + 3600}
-    body.update(claims)
-    return jwt.encode(body, session_keys.rsa, algorithm="RS256", headers={"kid": kid})
+    return jwks_token(session_keys, standin, "rsa", kid, "rs-user", **claims)
 
 
 def assert_error(response, status: int, message: str, code: str | None = None):
