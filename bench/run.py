@@ -10,7 +10,8 @@ bench/results.json:
   * the release worker under `wrangler dev` twice (tests.support.worker.WorkerProcess): the
     default configuration (rls uploads) and UPLOAD_ATOMIC=true; plus the sign-only JS worker
     (bench/sign-only/worker.js), the platform's floor for the token endpoint;
-  * scenarios: bundle size, cold start, token (HS256 / ES256 sessions), JWKS, sign-only, uploads
+  * scenarios: bundle size, cold start, token (HS256 / ES256 sessions), JWKS, sign-only (and, for
+    information, sign-only + the worker's one-line request log), uploads
     (1 / 100 / 1,000 PUTs, mixed batch; rls and atomic) against the one-request-per-entry
     baseline (bench/baseline.py).
 
@@ -425,7 +426,9 @@ def fmt(v, digits=1, suffix=""):
     return f"{v:,}{suffix}"
 
 
-def verdict(ok: bool | None) -> str:
+def verdict(ok: bool | None, info: bool = False) -> str:
+    if info:
+        return "info"
     return "n/a" if ok is None else ("**pass**" if ok else "**FAIL**")
 
 
@@ -451,7 +454,7 @@ def render_markdown(res: dict) -> str:
         "|---|---|---|",
     ]
     for t in res["targets"]:
-        out.append(f"| {t['target']} | {t['measured']} | {verdict(t['pass'])} |")
+        out.append(f"| {t['target']} | {t['measured']} | {verdict(t['pass'], t.get('info', False))} |")
 
     tk = res["token"]
     out += [
@@ -462,7 +465,7 @@ def render_markdown(res: dict) -> str:
         "| Scenario | req/s | p50 ms | p99 ms | workerd CPU ms/req | of which worker / proxy | wrangler (node) ms/req | vs sign-only (req/s) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for key in ("noop_js", "noop_js_log", "health", "sign_only", "token_hs256", "token_es256", "jwks"):
+    for key in ("noop_js", "noop_js_log", "health", "sign_only", "sign_log", "token_hs256", "token_es256", "jwks"):
         v = tk[key]
         s = v["median"]
         ratio = v.get("ratio_vs_sign_only")
@@ -484,7 +487,12 @@ def render_markdown(res: dict) -> str:
         f"- one RSA-2048 WebCrypto signature in JS (sign-only − JS no-op): {fmt(d['sign_ms'], 2)} ms;",
         f"- token HS256 − `/health` (HS256 verify + claims + WebCrypto sign + JSON): {fmt(d['token_hs_minus_health_ms'], 2)} ms;",
         f"- token HS256 − sign-only (everything the worker adds to the signature): {fmt(d['token_hs_minus_sign_ms'], 2)} ms;",
-        f"- ES256 session − HS256 session (P-256 verify in wasm, cached JWKS): {fmt(d['es_minus_hs_ms'], 2)} ms;",
+        f"- one console.log JSON line next to a signature (sign-only + log − sign-only): {fmt(d['sign_log_line_ms'], 2)} ms "
+        f"(+ {fmt(d['sign_log_line_node_ms'], 2)} ms in wrangler's node process);",
+        f"- token HS256 − (sign-only + log) (what the worker adds beyond signing and logging: workers-rs/wasm, "
+        f"session verify, claims, JSON): {fmt(d['token_hs_minus_sign_log_ms'], 2)} ms;",
+        f"- token ES256 − (sign-only + log) (likewise, with an ES256 session): {fmt(d['token_es_minus_sign_log_ms'], 2)} ms;",
+        f"- ES256 session − HS256 session (WebCrypto P-256 verify, cached JWKS and imported key): {fmt(d['es_minus_hs_ms'], 2)} ms;",
         f"- token HS256 above the dev-server floor (what a deployed worker would be billed, roughly): "
         f"{fmt(d['token_hs_above_floor_ms'], 2)} ms; ES256: {fmt(d['token_es_above_floor_ms'], 2)} ms.",
     ]
@@ -654,6 +662,7 @@ def main() -> int:
         check_token_response(w_main.get("/powersync-token", headers=bearer(hs_token)), ps_key["public_jwk"], "token HS256")
         check_token_response(w_main.get("/powersync-token", headers=bearer(es_token)), ps_key["public_jwk"], "token ES256")
         check_token_response(w_sign.get("/sign"), ps_key["public_jwk"], "sign-only")
+        check_token_response(w_sign.get("/sign-log"), ps_key["public_jwk"], "sign-only + log")
         r = w_main.get("/.well-known/jwks.json")
         if r.status_code != 200 or ps_key["kid"] not in r.text:
             raise RuntimeError(f"jwks: {r.status_code} {r.text[:300]}")
@@ -666,6 +675,7 @@ def main() -> int:
             "noop_js_log": ("JS no-op + one console.log line", w_sign, "/noop-log", None),
             "health": ("`/health` (workers-rs floor)", w_main, "/health", None),
             "sign_only": ("sign-only JS worker (the limit)", w_sign, "/sign", None),
+            "sign_log": ("sign-only + one console.log line (same observability as the worker)", w_sign, "/sign-log", None),
             "token_hs256": ("`/powersync-token`, HS256 session", w_main, "/powersync-token", hs_token),
             "token_es256": ("`/powersync-token`, ES256 session (cached JWKS)", w_main, "/powersync-token", es_token),
             "jwks": ("`/.well-known/jwks.json`", w_main, "/.well-known/jwks.json", None),
@@ -693,6 +703,12 @@ def main() -> int:
             ratios = [a["rps"] / b["rps"] for a, b in zip(token_runs[key], token_runs["sign_only"]) if b["rps"]]
             token[key]["ratio_vs_sign_only"] = median(ratios)
             token[key]["ratios_vs_sign_only"] = ratios
+        # Informational: the token endpoint against the sign-only worker that also writes the
+        # worker's one-line request log (same observability). The official target stays vs sign-only.
+        for key in ("token_hs256", "token_es256"):
+            ratios = [a["rps"] / b["rps"] for a, b in zip(token_runs[key], token_runs["sign_log"]) if b["rps"]]
+            token[key]["ratio_vs_sign_log"] = median(ratios)
+            token[key]["ratios_vs_sign_log"] = ratios
 
         # ---------------------------------------------------------------- uploads
         log("upload: preparing batches")
@@ -782,6 +798,10 @@ def main() -> int:
         "sign_ms": diff(med["sign_only"]["cpu_ms_per_req"], med["noop_js"]["cpu_ms_per_req"]),
         "token_hs_minus_health_ms": diff(med["token_hs256"]["cpu_ms_per_req"], med["health"]["cpu_ms_per_req"]),
         "token_hs_minus_sign_ms": diff(med["token_hs256"]["cpu_ms_per_req"], med["sign_only"]["cpu_ms_per_req"]),
+        "sign_log_line_ms": diff(med["sign_log"]["cpu_ms_per_req"], med["sign_only"]["cpu_ms_per_req"]),
+        "sign_log_line_node_ms": diff(med["sign_log"]["node_ms_per_req"], med["sign_only"]["node_ms_per_req"]),
+        "token_hs_minus_sign_log_ms": diff(med["token_hs256"]["cpu_ms_per_req"], med["sign_log"]["cpu_ms_per_req"]),
+        "token_es_minus_sign_log_ms": diff(med["token_es256"]["cpu_ms_per_req"], med["sign_log"]["cpu_ms_per_req"]),
         "es_minus_hs_ms": diff(med["token_es256"]["cpu_ms_per_req"], med["token_hs256"]["cpu_ms_per_req"]),
         "token_hs_above_floor_ms": diff(med["token_hs256"]["cpu_ms_per_req"], med["noop_js"]["cpu_ms_per_req"]),
         "token_es_above_floor_ms": diff(med["token_es256"]["cpu_ms_per_req"], med["noop_js"]["cpu_ms_per_req"]),
@@ -816,6 +836,20 @@ def main() -> int:
         targets.append({"target": "gzipped bundle ≤ 500 KB (wrangler's gzip figure)",
                         "measured": f"{bundle['wrangler_gzip_kib']:.2f} KiB = {gz / 1000:.0f} KB",
                         "value": gz, "pass": gz <= TARGET_BUNDLE_GZIP_BYTES})
+    # Informational rows (not targets, no pass/fail): the same token endpoint against the sign-only
+    # worker that also writes the worker's one-line console.log (the worker must log every request).
+    for key, name in (("token_hs256", "HS256"), ("token_es256", "ES256")):
+        ratio = token[key]["ratio_vs_sign_log"]
+        targets.append({"target": f"info: token issuance ({name} session) req/s as % of sign-only + one console.log line "
+                                  "(same observability as the worker)",
+                        "measured": f"{ratio * 100:.0f} % ({med[key]['rps']:.0f} vs {med['sign_log']['rps']:.0f} req/s)",
+                        "value": ratio, "pass": None, "info": True})
+    for key, name in (("token_hs256", "HS256"), ("token_es256", "ES256")):
+        extra = derived["token_hs_minus_sign_log_ms" if name == "HS256" else "token_es_minus_sign_log_ms"]
+        targets.append({"target": f"info: token issuance ({name} session) workerd CPU per request − sign-only + log's "
+                                  "(what the worker adds beyond signing and logging)",
+                        "measured": f"{extra:+.2f} ms ({med[key]['cpu_ms_per_req']:.2f} vs {med['sign_log']['cpu_ms_per_req']:.2f} ms)",
+                        "value": extra, "pass": None, "info": True})
     if problems:
         for t in targets:
             t["measured"] += " (see Problems)"
@@ -826,6 +860,11 @@ def main() -> int:
         "WebCrypto RSASSA-PKCS1-v1_5/SHA-256 signature with a key imported from PKCS#8 once per isolate, the same "
         "call the worker makes — with nothing the worker could remove (no wasm, no session check, no log line). "
         "Its `/noop` path (no signature) gives the dev server's own per-request floor.",
+        "Rows marked info in the targets table are not targets: they compare the token endpoint with the "
+        "sign-only worker's `/sign-log` path (the same signature plus the same one-line console.log JSON the "
+        "worker writes for every request, a product requirement). Under `wrangler dev` that log line alone "
+        "costs about as much as the signature (see where the CPU goes), so these rows show what the worker "
+        "adds beyond signing and logging; the official targets above stay against the log-free sign-only limit.",
         "CPU per request: utime+stime of both workerd processes of the wrangler session (the worker and "
         "wrangler's proxy in front of it; /proc/<pid>/stat) after minus before each wrk run, divided by the "
         "requests wrk completed. wrk, the stand-in and PostgreSQL are not included. Under `wrangler dev` a "

@@ -5,6 +5,10 @@
 //
 //   GET /noop      -> "ok" without signing: the dev server's per-request floor (no crypto at all).
 //   GET /noop-log  -> the same plus one console.log JSON line, like the worker's request log.
+//   GET /sign-log  -> the signed token (as below) plus the one-line console.log JSON the real worker
+//                     writes for a token request (route, method, status, request_id, duration_ms):
+//                     the floor with the same observability as the worker (informational only; the
+//                     official limit stays the log-free signature).
 //   any other      -> {"token": "<header>.<claims>.<signature>"} signed with POWERSYNC_PRIVATE_KEY.
 //
 // Started by bench/run.py under `wrangler dev` with a throwaway config; env.POWERSYNC_PRIVATE_KEY
@@ -39,8 +43,17 @@ function pkcs8Der(pem) {
   return der;
 }
 
+// 8 random bytes as 16 hex digits, like the worker's request_id when there is no cf-ray header.
+function requestId() {
+  const bytes = crypto.getRandomValues(new Uint8Array(8));
+  let s = "";
+  for (let i = 0; i < bytes.length; i++) s += bytes[i].toString(16).padStart(2, "0");
+  return s;
+}
+
 export default {
   async fetch(request, env) {
+    const started = Date.now();
     const path = new URL(request.url).pathname;
     if (path === "/noop") {
       return new Response("ok");
@@ -60,6 +73,11 @@ export default {
     );
     const key = await keyPromise;
     const signature = new Uint8Array(await crypto.subtle.sign("RSASSA-PKCS1-v1_5", key, SIGNING_INPUT));
+    if (path === "/sign-log") {
+      // The same one-line structured log the real worker writes for a token request.
+      console.log(JSON.stringify({ route: "token", method: request.method, status: 200,
+                                   request_id: requestId(), duration_ms: Date.now() - started }));
+    }
     return new Response(JSON.stringify({ token: `${SIGNING_INPUT_TEXT}.${b64url(signature)}` }), {
       headers: { "Content-Type": "application/json", "Cache-Control": "no-store" },
     });
