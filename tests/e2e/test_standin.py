@@ -956,3 +956,159 @@ def test_concurrent_requests_each_run_in_their_own_transaction(db, standin, user
     assert count(db, "lists") == 40
     owners = db.execute("select owner_id::text, count(*) from lists group by 1").fetchall()
     assert dict(owners) == {user_a: 20, user_b: 20}
+
+
+# --------------------------------------------------------------------------- rpc: grouped ops
+# powersync_apply_transaction applies runs of consecutive PUTs (same table, same keys, distinct
+# ids) and DELETEs (same table) with one statement each. These tests count the statements with
+# a statement-level trigger and check that the result is the same as op by op.
+import contextlib  # noqa: E402
+
+
+@contextlib.contextmanager
+def _statements_on(db, table: str):
+    """Counts INSERT/UPDATE/DELETE statements on `table` while the block runs:
+    yields a function returning {"INSERT": n, ...}."""
+    db.execute("create table if not exists _statement_log (tbl text, op text)")
+    db.execute("truncate _statement_log")
+    db.execute("""create or replace function _log_statement() returns trigger
+                  language plpgsql security definer set search_path = public as $$
+                  begin insert into _statement_log values (tg_table_name, tg_op); return null; end $$""")
+    db.execute(f"create trigger _log_statements after insert or update or delete on {table} "
+               "for each statement execute function _log_statement()")
+    try:
+        yield lambda: dict(db.execute("select op, count(*) from _statement_log where tbl = %s "
+                                      "group by op", (table,)).fetchall())
+    finally:
+        db.execute(f"drop trigger _log_statements on {table}")
+        db.execute("drop table _statement_log")
+        db.execute("drop function _log_statement()")
+
+
+def test_rpc_groups_a_thousand_puts_into_one_statement(db, as_user, user_a):
+    ids = [new_id() for _ in range(1000)]
+    ops = [{"op": "PUT", "table": "lists", "id": i, "data": {"name": f"list {n}", "owner_id": user_a}}
+           for n, i in enumerate(ids)]
+    with _statements_on(db, "lists") as statements:
+        resp = as_user(user_a).rpc("powersync_apply_transaction", {"ops": ops})
+        assert resp.status_code == 200, resp.text
+        assert resp.json() == {"applied": 1000}
+        assert statements()["INSERT"] == 1
+    assert count(db, "lists") == 1000
+    assert (row(db, "lists", ids[0])["name"], row(db, "lists", ids[999])["name"]) == \
+        ("list 0", "list 999")
+    # again over the existing rows: one upsert that updates them all
+    ops = [{**op, "data": {**op["data"], "name": op["data"]["name"] + "!"}} for op in ops]
+    resp = as_user(user_a).rpc("powersync_apply_transaction", {"ops": ops})
+    assert resp.json() == {"applied": 1000}
+    assert count(db, "lists") == 1000
+    assert row(db, "lists", ids[500])["name"] == "list 500!"
+
+
+def test_rpc_groups_only_consecutive_puts_with_the_same_keys(db, as_user, user_a):
+    list_id = insert_list(db, user_a)
+    old = insert_todo(db, user_a, list_id, description="old", priority=4)
+    a, b, c, d = new_id(), new_id(), new_id(), new_id()
+    todo = {"list_id": list_id, "created_by": user_a}
+    ops = [{"op": "PUT", "table": "todos", "id": a, "data": {"description": "a", **todo}},
+           {"op": "PUT", "table": "todos", "id": b, "data": {**todo, "description": "b"}},
+           {"op": "PUT", "table": "todos", "id": old, "data": {"description": "o", **todo}},
+           {"op": "PUT", "table": "todos", "id": c, "data": {"description": "c", "priority": 1, **todo}},
+           {"op": "PATCH", "table": "todos", "id": a, "data": {"completed": True}},
+           {"op": "PUT", "table": "todos", "id": d, "data": {"description": "d", **todo}},
+           {"op": "DELETE", "table": "todos", "id": b},
+           {"op": "DELETE", "table": "todos", "id": c},
+           {"op": "DELETE", "table": "todos", "id": new_id()}]
+    with _statements_on(db, "todos") as statements:
+        resp = as_user(user_a).rpc("powersync_apply_transaction", {"ops": ops})
+        assert resp.status_code == 200, resp.text
+        assert resp.json() == {"applied": 9}
+        # (a, b, old) · (c) · PATCH a · (d) · (DELETE b, c, ?)
+        assert statements() == {"INSERT": 3, "UPDATE": 4, "DELETE": 1}
+    assert (row(db, "todos", a)["completed"], row(db, "todos", d)["description"]) == (True, "d")
+    assert (row(db, "todos", old)["description"], row(db, "todos", old)["priority"]) == ("o", 4)
+    assert row(db, "todos", b) is None and row(db, "todos", c) is None
+
+
+def test_rpc_group_with_a_repeated_id_is_split(db, as_user, user_a):
+    a, b, c = new_id(), new_id(), new_id()
+
+    def put(id_, name):
+        return {"op": "PUT", "table": "lists", "id": id_, "data": {"name": name, "owner_id": user_a}}
+
+    ops = [put(a, "a1"), put(b, "b1"), put(a, "a2"), put(c, "c1"), put(b, "b2"), put(a, "a3"),
+           # the same row spelled differently (upper-case uuid): still applied in order
+           put(a.upper(), "a4")]
+    with _statements_on(db, "lists") as statements:
+        resp = as_user(user_a).rpc("powersync_apply_transaction", {"ops": ops})
+        assert resp.status_code == 200, resp.text
+        assert resp.json() == {"applied": 7}
+        # (a1, b1) · (a2, c1, b2) · (a3, A4): the same row, so that group's statement writes
+        # nothing and its rows are applied one by one (1 + 2)
+        assert statements()["INSERT"] == 5
+    assert [row(db, "lists", i)["name"] for i in (a, b, c)] == ["a4", "b2", "c1"]
+    assert count(db, "lists") == 3
+
+
+def test_rpc_failing_op_in_a_group_rolls_back_and_names_the_groups_first_op(db, as_user, user_a):
+    existing = insert_list(db, user_a, name="keep")
+    list_id = new_id()
+    todos = [new_id() for _ in range(5)]
+    ops = [{"op": "PUT", "table": "lists", "id": list_id, "data": {"name": "l", "owner_id": user_a}},
+           {"op": "PATCH", "table": "lists", "id": existing, "data": {"name": "changed"}}]
+    ops += [{"op": "PUT", "table": "todos", "id": t,
+             "data": {"description": f"t{n}", "list_id": list_id, "created_by": user_a,
+                      "priority": 9 if n == 3 else 1}}
+            for n, t in enumerate(todos)]
+    body = assert_error(as_user(user_a).rpc("powersync_apply_transaction", {"ops": ops}),
+                        400, "23514")
+    # ops 2..6 are one group; op 5 fails, the hint names the group's first op
+    assert body["hint"] == f"powersync op 2 (PUT todos/{todos[0]})"
+    assert "todos_priority_check" in body["message"]
+    assert count(db, "todos") == 0
+    assert row(db, "lists", list_id) is None
+    assert row(db, "lists", existing)["name"] == "keep"
+
+    # a failing DELETE group: same rule
+    body = assert_error(as_user(user_a).rpc("powersync_apply_transaction", {"ops": [
+        {"op": "DELETE", "table": "lists", "id": existing},
+        {"op": "DELETE", "table": "lists", "id": "not-a-uuid"}]}), 400, "22P02")
+    assert body["hint"] == f"powersync op 0 (DELETE lists/{existing})"
+    assert row(db, "lists", existing) is not None
+
+
+def test_rpc_service_mode_forces_the_owner_within_groups(db, as_service, user_a, user_b):
+    theirs = insert_list(db, user_b, name="theirs")
+    mine = insert_list(db, user_a, name="mine")
+    call = {"owner_column": "owner_id", "owner_id": user_a}
+    a, b, c = new_id(), new_id(), new_id()
+    with _statements_on(db, "lists") as statements:
+        resp = as_service.rpc("powersync_apply_transaction", {**call, "ops": [
+            {"op": "PUT", "table": "lists", "id": a, "data": {"name": "a", "owner_id": user_b}},
+            {"op": "PUT", "table": "lists", "id": b, "data": {"name": "b"}},
+            {"op": "PUT", "table": "lists", "id": mine, "data": {"name": "mine!", "owner_id": user_b}},
+            {"op": "DELETE", "table": "lists", "id": theirs},
+            {"op": "DELETE", "table": "lists", "id": b}]})
+        assert resp.status_code == 200, resp.text
+        assert resp.json() == {"applied": 5}
+        assert statements()["INSERT"] == 1 and statements()["DELETE"] == 1
+    assert [row(db, "lists", i)["owner_id"] for i in (a, mine)] == [user_a, user_a]
+    assert row(db, "lists", mine)["name"] == "mine!"
+    assert row(db, "lists", b) is None
+    assert row(db, "lists", theirs)["name"] == "theirs"  # other owner's row: not deleted
+
+    # another owner's row in the middle of a group: 42501, the hint names that very op
+    before = count(db, "lists")
+    resp = as_service.rpc("powersync_apply_transaction", {**call, "ops": [
+        {"op": "DELETE", "table": "lists", "id": a},
+        {"op": "PUT", "table": "lists", "id": c, "data": {"name": "c"}},
+        {"op": "PUT", "table": "lists", "id": mine, "data": {"name": "x"}},
+        {"op": "PUT", "table": "lists", "id": theirs, "data": {"name": "takeover"}},
+        {"op": "PUT", "table": "lists", "id": new_id(), "data": {"name": "d"}}]})
+    body = assert_error(resp, 403, "42501")
+    assert body["message"] == f"row {theirs} of table lists belongs to another owner"
+    assert body["hint"] == f"powersync op 3 (PUT lists/{theirs})"
+    assert count(db, "lists") == before
+    assert row(db, "lists", c) is None and row(db, "lists", a) is not None
+    assert (row(db, "lists", mine)["name"], row(db, "lists", theirs)["owner_id"]) == \
+        ("mine!", user_b)
