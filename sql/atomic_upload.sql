@@ -209,7 +209,7 @@ begin
              where a.attrelid = format('public.%I', g_table)::regclass  -- unknown table: 42P01
                and a.attname = 'id' and not a.attisdropped;
             -- (v_exact is null if there is no id column: the upsert says so)
-            if not v_exact or (v_exact and owner_column is not null) then
+            if v_exact is not null and (not v_exact or owner_column is not null) then
               execute format(
                 'select %s, %s from unnest($1::text[]) with ordinality as u(id, ord)'
                 ' cross join lateral jsonb_populate_record(null::public.%I,'
