@@ -52,8 +52,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.e2e.conftest import (ANON_KEY, JWT_SECRET, POWERSYNC_URL, SERVICE_KEY,  # noqa: E402
-                                SQL_FILES, SessionKeys, make_token)
+from tests.e2e.conftest import (ANON_KEY, JWT_SECRET, SERVICE_KEY,  # noqa: E402
+                                SQL_FILES, SessionKeys, complete_vars, make_token)
 from tests.postgrest_standin.standin import StandIn  # noqa: E402
 from tests.support.pg import TempPostgres  # noqa: E402
 from tests.support.worker import (WRANGLER, JwksServer, WorkerProcess, devtool,  # noqa: E402
@@ -620,17 +620,7 @@ def main() -> int:
         jwks.keys = [session_keys.jwk("ec", "ec-1")]
         ps_key = json.loads(devtool("keygen", "--kid", "bench-1"))
         issuer = f"{standin.url}/auth/v1"
-        base_vars = {
-            "SUPABASE_URL": standin.url,
-            "SUPABASE_JWT_SECRET": JWT_SECRET,
-            "SUPABASE_JWKS_URL": jwks.url,
-            "SUPABASE_ANON_KEY": ANON_KEY,
-            "SUPABASE_SERVICE_ROLE_KEY": SERVICE_KEY,
-            "POWERSYNC_URL": POWERSYNC_URL,
-            "POWERSYNC_KEY_ID": ps_key["kid"],
-            "POWERSYNC_PRIVATE_KEY": ps_key["private_pem"],
-            "UPSTREAM_TIMEOUT_MS": "30000",
-        }
+        base_vars = complete_vars(standin.url, jwks.url, ps_key, timeout_ms=30000)
         sub = str(uuid.uuid4())
         hs_token = make_token(sub, iss=issuer, expires_in=4 * 3600)
         now = int(time.time())

@@ -183,19 +183,14 @@ fn algorithm(check: &SignatureCheck) -> Result<(Object, Object), String> {
 }
 
 async fn session_key(check: &SignatureCheck, import: &Object) -> Result<web_sys::CryptoKey, String> {
-    // Only the public parameters: WebCrypto refuses a JWK whose `alg`/`use` disagree with it.
-    let jwk = serde_json::to_value(&check.key).map_err(|e| e.to_string())?;
-    let public: serde_json::Map<String, serde_json::Value> = ["kty", "crv", "x", "y", "n", "e"]
-        .iter()
-        .filter_map(|k| jwk.get(*k).map(|v| (k.to_string(), v.clone())))
-        .collect();
-    let cache_key = format!("{:?}{}", check.alg, serde_json::Value::Object(public.clone()));
+    let cache_key = format!("{:?}{}", check.alg, check.public_jwk);
     if let Some(key) = SESSION_KEYS.with(|keys| keys.borrow().get(&cache_key).cloned()) {
         return Ok(key);
     }
-    let jwk_object: Object = js_sys::JSON::parse(&serde_json::Value::Object(public).to_string()).map_err(describe)?.unchecked_into();
+    // Only the public parameters: WebCrypto refuses a JWK whose `alg`/`use` disagree with it.
+    let jwk: Object = js_sys::JSON::parse(&check.public_jwk).map_err(describe)?.unchecked_into();
     let usages = js_sys::Array::of1(&"verify".into());
-    let promise = subtle()?.import_key_with_object("jwk", &jwk_object, import, false, &usages).map_err(describe)?;
+    let promise = subtle()?.import_key_with_object("jwk", &jwk, import, false, &usages).map_err(describe)?;
     let key: web_sys::CryptoKey = JsFuture::from(promise).await.map_err(describe)?.unchecked_into();
     SESSION_KEYS.with(|keys| keys.borrow_mut().insert(cache_key, key.clone()));
     Ok(key)

@@ -130,6 +130,9 @@ pub struct SignatureCheck {
     pub alg: Algorithm,
     /// The public key from the project's JWKS.
     pub key: Jwk,
+    /// The same key's public parameters only, as JSON (`{"kty","crv","x","y"}` or
+    /// `{"kty","n","e"}`): what WebCrypto imports, and a stable cache key.
+    pub public_jwk: String,
     /// `base64url(header).base64url(payload)`, the signed bytes.
     pub message: String,
     /// Raw signature bytes (for ES256: `r || s`, 64 bytes, as WebCrypto expects).
@@ -241,14 +244,15 @@ impl Verifier {
                 Ok(PendingSession { claims: data.claims, token: token.to_string(), signature: None })
             }
             alg if is_jwks_alg(alg) => {
-                let key = self.jwks.key_for(header.kid.as_deref(), alg, now)?.clone();
+                let (key, public_jwk) = self.jwks.key_for(header.kid.as_deref(), alg, now)?;
+                let (key, public_jwk) = (key.clone(), public_jwk.to_string());
                 let (message, signature) = token.rsplit_once('.').ok_or_else(|| SessionError::Malformed("not a JWT".into()))?;
                 let payload = message.split_once('.').map(|(_, p)| p).unwrap_or_default();
                 let claims = decode_segment(payload).ok_or_else(|| SessionError::Malformed("payload is not base64url JSON".into()))?;
                 let signature = URL_SAFE_NO_PAD
                     .decode(signature.trim_end_matches('='))
                     .map_err(|_| SessionError::Malformed("signature is not base64url".into()))?;
-                let check = SignatureCheck { alg, key, message: message.to_string(), signature };
+                let check = SignatureCheck { alg, key, public_jwk, message: message.to_string(), signature };
                 Ok(PendingSession { claims, token: token.to_string(), signature: Some(check) })
             }
             other => Err(SessionError::AlgorithmNotAllowed(format!("{other:?}"))),

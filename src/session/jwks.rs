@@ -16,6 +16,8 @@ struct CachedKey {
     kid: Option<String>,
     alg: Algorithm,
     jwk: Jwk,
+    /// Only the public parameters, as JSON: what WebCrypto imports (computed once per fetch).
+    public_json: String,
 }
 
 impl std::fmt::Debug for CachedKey {
@@ -72,8 +74,9 @@ impl JwksCache {
         }
     }
 
-    /// The key for a token's `kid` and `alg`, if the cache is fresh and holds it.
-    pub fn key_for(&self, kid: Option<&str>, alg: Algorithm, now: u64) -> Result<&Jwk, SessionError> {
+    /// The key (and its public-parameters JSON) for a token's `kid` and `alg`, if the cache is
+    /// fresh and holds it.
+    pub fn key_for(&self, kid: Option<&str>, alg: Algorithm, now: u64) -> Result<(&Jwk, &str), SessionError> {
         if !self.is_fresh(now) {
             let why = self.last_error.clone().unwrap_or_else(|| "not fetched".into());
             return Err(SessionError::KeysUnavailable(why));
@@ -88,7 +91,7 @@ impl JwksCache {
         if found.alg != alg {
             return Err(SessionError::KeyMismatch(format!("token alg {alg:?}, key alg {:?}", found.alg)));
         }
-        Ok(&found.jwk)
+        Ok((&found.jwk, &found.public_json))
     }
 }
 
@@ -122,7 +125,13 @@ fn cached(jwk: &Jwk) -> Option<CachedKey> {
     };
     // Keys that cannot be used for verification are dropped here, not at request time.
     DecodingKey::from_jwk(jwk).ok()?;
-    Some(CachedKey { kid: jwk.common.key_id.clone(), alg, jwk: jwk.clone() })
+    let value = serde_json::to_value(jwk).ok()?;
+    let public: serde_json::Map<String, serde_json::Value> = ["kty", "crv", "x", "y", "n", "e"]
+        .iter()
+        .filter_map(|name| value.get(*name).map(|v| (name.to_string(), v.clone())))
+        .collect();
+    let public_json = serde_json::Value::Object(public).to_string();
+    Some(CachedKey { kid: jwk.common.key_id.clone(), alg, jwk: jwk.clone(), public_json })
 }
 
 #[cfg(test)]
@@ -186,6 +195,18 @@ mod tests {
         let mut v = verifier_with(vec![ec_jwk("k1")]);
         assert_eq!(v.plan(&es256("k1"), NOW), Step::Ready);
         assert_eq!(v.verify(&es256("k1"), NOW).unwrap().user_id, "user-1");
+    }
+
+    #[test]
+    fn signature_check_carries_only_the_public_parameters_for_webcrypto() {
+        let v = verifier_with(vec![ec_jwk("k1"), rsa_jwk("r1")]);
+        let ec = v.begin(&es256("k1"), NOW).unwrap().signature.unwrap();
+        let public: serde_json::Value = serde_json::from_str(&ec.public_jwk).unwrap();
+        assert_eq!(public, json!({"kty": "EC", "crv": "P-256", "x": EC_X, "y": EC_Y}));
+        assert_eq!(ec.signature.len(), 64, "ES256 signatures are raw r || s");
+        let rsa = v.begin(&rs256("r1"), NOW).unwrap().signature.unwrap();
+        let public: serde_json::Value = serde_json::from_str(&rsa.public_jwk).unwrap();
+        assert_eq!(public.as_object().unwrap().keys().collect::<Vec<_>>(), vec!["e", "kty", "n"]);
     }
 
     #[test]

@@ -169,9 +169,8 @@ def as_service(client):
 
 # --- The worker under wrangler dev (workerd) -------------------------------------------------
 
-import base64  # noqa: E402
+import json  # noqa: E402
 
-from cryptography.hazmat.primitives import serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec, rsa  # noqa: E402
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm  # noqa: E402
 
@@ -193,9 +192,6 @@ class SessionKeys:
         jwk = json.loads(algo.to_jwk(key.public_key()))
         jwk.update({"kid": kid, "alg": "ES256" if kind == "ec" else "RS256", "use": "sig"})
         return jwk
-
-
-import json  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -222,20 +218,26 @@ def jwks(session_keys):
     server.stop()
 
 
-@pytest.fixture(scope="session")
-def base_vars(standin, jwks, powersync_key):
-    """A complete configuration: Supabase = the stand-in, JWKS = the local JWKS server."""
+def complete_vars(supabase_url: str, jwks_url: str, powersync_key: dict, timeout_ms: int = 3000) -> dict:
+    """A complete worker configuration: Supabase = `supabase_url` (the stand-in), JWKS at
+    `jwks_url`, PowerSync key from `devtool keygen`. Shared with bench/run.py."""
     return {
-        "SUPABASE_URL": standin.url,
+        "SUPABASE_URL": supabase_url,
         "SUPABASE_JWT_SECRET": JWT_SECRET,
-        "SUPABASE_JWKS_URL": jwks.url,
+        "SUPABASE_JWKS_URL": jwks_url,
         "SUPABASE_ANON_KEY": ANON_KEY,
         "SUPABASE_SERVICE_ROLE_KEY": SERVICE_KEY,
         "POWERSYNC_URL": POWERSYNC_URL,
         "POWERSYNC_KEY_ID": powersync_key["kid"],
         "POWERSYNC_PRIVATE_KEY": powersync_key["private_pem"],
-        "UPSTREAM_TIMEOUT_MS": "3000",
+        "UPSTREAM_TIMEOUT_MS": str(timeout_ms),
     }
+
+
+@pytest.fixture(scope="session")
+def base_vars(standin, jwks, powersync_key):
+    """A complete configuration: Supabase = the stand-in, JWKS = the local JWKS server."""
+    return complete_vars(standin.url, jwks.url, powersync_key)
 
 
 @pytest.fixture(scope="session")
