@@ -283,3 +283,177 @@ fn json_response(status: u16, body: &Value) -> HttpResponse {
         body: body.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::fake::{block_on, FakeTransport};
+    use crate::http::{HttpResponse, Method};
+    use crate::keys::tests::test_key;
+    use crate::session::tests::{hs256, user_claims, NOW, SECRET, URL};
+    use crate::session::{RustSignatureVerifier, SignatureCheck};
+    use crate::token::RustSigner;
+    use serde_json::json;
+
+    /// The native stand-ins for WebCrypto.
+    struct RustCrypto;
+
+    impl TokenSigner for RustCrypto {
+        async fn sign(&self, key: &crate::keys::SigningKey, input: &[u8]) -> Result<String, String> {
+            RustSigner::sign_now(key, input)
+        }
+    }
+
+    impl SignatureVerifier for RustCrypto {
+        async fn verify(&self, check: &SignatureCheck) -> Result<bool, SessionError> {
+            RustSignatureVerifier::check(check)
+        }
+    }
+
+    fn app(extra: &[(&str, &str)]) -> App {
+        let pem = test_key().pkcs8_pem();
+        let mut vars: Vec<(String, String)> = [
+            ("SUPABASE_URL", URL),
+            ("SUPABASE_JWT_SECRET", SECRET),
+            ("SUPABASE_ANON_KEY", "anon-key"),
+            ("POWERSYNC_URL", "https://ps.example"),
+            ("POWERSYNC_KEY_ID", "kid-1"),
+            ("POWERSYNC_PRIVATE_KEY", pem.as_str()),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        vars.retain(|(k, _)| !extra.iter().any(|(name, _)| name == k));
+        vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        App::new(Config::from_lookup(&|name| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())))
+    }
+
+    fn request(method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> IncomingRequest {
+        IncomingRequest {
+            method: method.into(),
+            path: path.into(),
+            headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            body: body.as_bytes().to_vec(),
+        }
+    }
+
+    fn send(app: &App, transport: &FakeTransport, req: IncomingRequest) -> (HttpResponse, RequestLog, Value) {
+        let (response, log) = block_on(app.handle(&req, transport, &RustCrypto, NOW, "req-1"));
+        let body = serde_json::from_str(&response.body).unwrap_or(Value::Null);
+        (response, log, body)
+    }
+
+    fn bearer(token: &str) -> String {
+        format!("Bearer {token}")
+    }
+
+    #[test]
+    fn hs256_session_gets_a_token_without_any_upstream_request() {
+        let (app, transport) = (app(&[]), FakeTransport::default());
+        let auth = bearer(&hs256(&user_claims()));
+        let (response, log, body) = send(&app, &transport, request("GET", "/powersync-token", &[("authorization", &auth)], ""));
+        assert_eq!(response.status, 200, "{body}");
+        assert_eq!(body["user_id"], "user-1");
+        assert_eq!(body["powersync_url"], "https://ps.example");
+        assert_eq!(response.header_value("cache-control"), Some("no-store"));
+        assert_eq!(response.header_value("x-request-id"), Some("req-1"));
+        assert_eq!((log.route, log.status, log.code), ("token", 200, None));
+        assert!(transport.sent().is_empty());
+    }
+
+    #[test]
+    fn rs256_session_fetches_the_jwks_once_then_uses_the_cache() {
+        let jwks = json!({"keys": [test_key().public_jwk("sk-1")]}).to_string();
+        let transport = FakeTransport::scripted(vec![Ok(HttpResponse { status: 200, headers: vec![], body: jwks })]);
+        let app = app(&[]);
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+        header.kid = Some("sk-1".into());
+        let token = jsonwebtoken::encode(&header, &user_claims(), &jsonwebtoken::EncodingKey::from_rsa_der(&test_key().pkcs1_der())).unwrap();
+        for _ in 0..2 {
+            let (response, _, body) = send(&app, &transport, request("POST", "/powersync-token", &[("Authorization", &bearer(&token))], ""));
+            assert_eq!(response.status, 200, "{body}");
+        }
+        let sent = transport.sent();
+        assert_eq!(sent.len(), 1);
+        assert_eq!((sent[0].method, sent[0].url.as_str()), (Method::Get, "http://127.0.0.1:54321/auth/v1/.well-known/jwks.json"));
+    }
+
+    #[test]
+    fn missing_header_comes_before_configuration_errors() {
+        let app = app(&[("POWERSYNC_URL", "")]);
+        let (response, log, body) = send(&app, &FakeTransport::default(), request("GET", "/powersync-token", &[], ""));
+        assert_eq!((response.status, body["error"].as_str()), (401, Some("No authorization header")));
+        assert_eq!(log.code, Some("missing_authorization"));
+        let auth = bearer(&hs256(&user_claims()));
+        let (response, _, body) = send(&app, &FakeTransport::default(), request("GET", "/powersync-token", &[("authorization", &auth)], ""));
+        assert_eq!((response.status, body["error"].as_str()), (500, Some("PowerSync not configured")));
+        assert_eq!(body["missing"], json!(["POWERSYNC_URL"]));
+    }
+
+    #[test]
+    fn invalid_session_reason_is_logged_not_answered() {
+        let token = hs256(&json!({"sub": "u", "aud": "authenticated", "iss": "other", "exp": NOW + 60}));
+        let (response, log, body) = send(&app(&[]), &FakeTransport::default(), request("GET", "/powersync-token", &[("authorization", &bearer(&token))], ""));
+        assert_eq!(response.status, 401);
+        assert_eq!(body, json!({"error": "Unauthorized", "code": "session_invalid", "request_id": "req-1"}));
+        assert_eq!(log.detail.as_deref(), Some("iss is not the configured issuer"));
+    }
+
+    #[test]
+    fn unknown_paths_and_wrong_methods_get_json_errors() {
+        let (response, _, body) = send(&app(&[]), &FakeTransport::default(), request("GET", "/nope", &[], ""));
+        assert_eq!((response.status, body["code"].as_str()), (404, Some("not_found")));
+        let (response, _, body) = send(&app(&[]), &FakeTransport::default(), request("GET", "/powersync-upload", &[], ""));
+        assert_eq!((response.status, body["code"].as_str()), (405, Some("method_not_allowed")));
+        assert_eq!(response.header_value("allow"), Some("POST, OPTIONS"));
+    }
+
+    #[test]
+    fn preflight_is_answered_only_for_allowed_origins() {
+        let app = app(&[("CORS_ALLOWED_ORIGINS", "https://app.example")]);
+        let ok = send(&app, &FakeTransport::default(), request("OPTIONS", "/powersync-token", &[("Origin", "https://app.example")], "")).0;
+        assert_eq!(ok.status, 204);
+        assert_eq!(ok.header_value("access-control-allow-origin"), Some("https://app.example"));
+        assert_eq!(ok.header_value("vary"), Some("Origin"));
+        let other = send(&app, &FakeTransport::default(), request("OPTIONS", "/powersync-token", &[("Origin", "https://evil.example")], "")).0;
+        assert_eq!(other.header_value("access-control-allow-origin"), None);
+        assert_eq!(other.header_value("access-control-allow-methods"), None);
+    }
+
+    #[test]
+    fn upload_with_a_malformed_body_is_400_naming_the_field_and_sends_nothing() {
+        let (app, transport) = (app(&[]), FakeTransport::default());
+        let auth = bearer(&hs256(&user_claims()));
+        let body = r#"{"batch":[{"op":"UPSERT","table":"todos","id":"1"}]}"#;
+        let (response, _, answer) = send(&app, &transport, request("POST", "/powersync-upload", &[("authorization", &auth)], body));
+        assert_eq!(response.status, 400);
+        assert_eq!(answer["field"], "batch[0].op");
+        assert!(transport.sent().is_empty());
+    }
+
+    #[test]
+    fn upload_that_must_be_retried_is_503_with_retry_after() {
+        let transport = FakeTransport::scripted(vec![Ok(HttpResponse { status: 503, headers: vec![], body: String::new() })]);
+        let auth = bearer(&hs256(&user_claims()));
+        let body = r#"{"batch":[{"op":"PUT","table":"todos","id":"1","data":{"a":1}}]}"#;
+        let (response, log, answer) = send(&app(&[]), &transport, request("POST", "/powersync-upload", &[("authorization", &auth)], body));
+        assert_eq!(response.status, 503);
+        assert_eq!(response.header_value("retry-after"), Some("5"));
+        assert_eq!(answer["results"][0]["status"], "retryable_error");
+        assert_eq!(log.upload.unwrap()["retryable"], 1);
+        let sent = transport.sent();
+        assert_eq!(sent[0].header_value("authorization"), Some(auth.as_str()), "the caller's own token: RLS decides");
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive_and_blank_is_missing() {
+        assert_eq!(bearer_token(Some("bearer abc")), Some("abc"));
+        assert_eq!(bearer_token(Some("Bearer  abc ")), Some("abc"));
+        assert_eq!(bearer_token(Some("abc")), Some("abc"));
+        assert_eq!(bearer_token(Some("Bearer")), None);
+        assert_eq!(bearer_token(Some("  ")), None);
+        assert_eq!(bearer_token(None), None);
+    }
+
+    use super::bearer as bearer_token;
+}

@@ -89,3 +89,54 @@ pub struct TransportError {
 pub trait Transport {
     fn send(&self, request: HttpRequest) -> impl Future<Output = Result<HttpResponse, TransportError>>;
 }
+
+/// Test doubles: a scripted [`Transport`] and a `block_on` for futures that never wait.
+#[cfg(test)]
+pub(crate) mod fake {
+    use super::{HttpRequest, HttpResponse, Transport, TransportError};
+    use std::cell::RefCell;
+    use std::collections::VecDeque;
+    use std::future::Future;
+    use std::pin::pin;
+    use std::task::{Context, Poll, Waker};
+
+    /// Drives a future whose awaits are all immediately ready (the fake transport's are).
+    pub fn block_on<F: Future>(future: F) -> F::Output {
+        let mut future = pin!(future);
+        let mut context = Context::from_waker(Waker::noop());
+        loop {
+            if let Poll::Ready(output) = future.as_mut().poll(&mut context) {
+                return output;
+            }
+        }
+    }
+
+    type Answer = Result<HttpResponse, TransportError>;
+
+    /// Records every request and answers from a script (204 once the script is used up).
+    #[derive(Default)]
+    pub struct FakeTransport {
+        sent: RefCell<Vec<HttpRequest>>,
+        answers: RefCell<VecDeque<Answer>>,
+    }
+
+    impl FakeTransport {
+        pub fn scripted(answers: Vec<Answer>) -> Self {
+            FakeTransport { sent: RefCell::default(), answers: RefCell::new(answers.into()) }
+        }
+
+        pub fn sent(&self) -> Vec<HttpRequest> {
+            self.sent.borrow().clone()
+        }
+    }
+
+    impl Transport for FakeTransport {
+        fn send(&self, request: HttpRequest) -> impl Future<Output = Answer> {
+            self.sent.borrow_mut().push(request);
+            let answer = self.answers.borrow_mut().pop_front().unwrap_or_else(|| {
+                Ok(HttpResponse { status: 204, headers: vec![], body: String::new() })
+            });
+            std::future::ready(answer)
+        }
+    }
+}

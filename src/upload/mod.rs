@@ -62,51 +62,13 @@ impl fmt::Debug for Caller {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::{HttpRequest, HttpResponse, Method, Transport, TransportError};
+    use crate::http::{HttpResponse, Method, TransportError};
     use serde_json::{json, Value};
-    use std::cell::RefCell;
-    use std::collections::{BTreeSet, VecDeque};
-    use std::future::Future;
-    use std::pin::pin;
-    use std::task::{Context, Poll, Waker};
+    use std::collections::BTreeSet;
 
-    /// Drives a future whose awaits are all immediately ready (the fake transport's are).
-    fn block_on<F: Future>(future: F) -> F::Output {
-        let mut future = pin!(future);
-        let mut context = Context::from_waker(Waker::noop());
-        loop {
-            if let Poll::Ready(output) = future.as_mut().poll(&mut context) {
-                return output;
-            }
-        }
-    }
+    use crate::http::fake::{block_on, FakeTransport};
 
     type Answer = Result<HttpResponse, TransportError>;
-
-    /// Records every request and answers from a script (204 once the script is used up).
-    #[derive(Default)]
-    struct FakeTransport {
-        sent: RefCell<Vec<HttpRequest>>,
-        answers: RefCell<VecDeque<Answer>>,
-    }
-
-    impl FakeTransport {
-        fn scripted(answers: Vec<Answer>) -> Self {
-            FakeTransport { sent: RefCell::default(), answers: RefCell::new(answers.into()) }
-        }
-
-        fn sent(&self) -> Vec<HttpRequest> {
-            self.sent.borrow().clone()
-        }
-    }
-
-    impl Transport for FakeTransport {
-        fn send(&self, request: HttpRequest) -> impl Future<Output = Answer> {
-            self.sent.borrow_mut().push(request);
-            let answer = self.answers.borrow_mut().pop_front().unwrap_or_else(|| ok(204));
-            std::future::ready(answer)
-        }
-    }
 
     fn ok(status: u16) -> Answer {
         Ok(HttpResponse { status, headers: vec![], body: String::new() })
