@@ -21,6 +21,7 @@ pub struct IncomingRequest {
     pub method: String,
     pub path: String,
     pub headers: Vec<(String, String)>,
+    /// The body; left empty by the adapter when `Content-Length` exceeds [`App::body_limit`].
     pub body: Vec<u8>,
 }
 
@@ -61,6 +62,13 @@ impl App {
     pub fn new(config: Config) -> App {
         let verifier = config.session.as_ref().ok().map(|s| RefCell::new(Verifier::new(s.clone())));
         App { config, verifier }
+    }
+
+    /// The largest body worth reading: the upload limit (`UPLOAD_MAX_BODY_BYTES`, default 5 MiB).
+    /// A request declaring more is answered 413 without its body being read.
+    pub fn body_limit(&self) -> u64 {
+        let limits = self.config.upload.as_ref().map(|settings| settings.limits).unwrap_or_default();
+        limits.max_body_bytes as u64
     }
 
     /// Handles one request at time `now` (Unix seconds).
@@ -244,6 +252,13 @@ impl App {
     ) -> Result<HttpResponse, ApiError> {
         let session = self.session(request, transport, signatures, now).await?;
         let settings = self.config.upload.as_ref().map_err(|problems| ApiError::UploadNotConfigured(names(problems)))?;
+        let declared = request.header("Content-Length").and_then(|n| n.trim().parse::<u64>().ok());
+        if let Some(length) = declared.filter(|n| *n > self.body_limit()) {
+            return Err(ApiError::PayloadTooLarge(format!(
+                "body is {length} bytes; at most {} are accepted",
+                self.body_limit()
+            )));
+        }
         let transactions = upload::crud::parse(&request.body, &settings.limits).map_err(|e| match e {
             upload::crud::CrudError::Malformed { path, message } => ApiError::BadRequest { path, message },
             upload::crud::CrudError::TooLarge { message } => ApiError::PayloadTooLarge(message),
@@ -429,6 +444,15 @@ mod tests {
         assert_eq!(response.status, 400);
         assert_eq!(answer["field"], "batch[0].op");
         assert!(transport.sent().is_empty());
+    }
+
+    #[test]
+    fn upload_declaring_a_body_over_the_limit_is_413_before_reading_it() {
+        let app = app(&[("UPLOAD_MAX_BODY_BYTES", "100")]);
+        let auth = bearer(&hs256(&user_claims()));
+        let (response, _, body) = send(&app, &FakeTransport::default(), request("POST", "/powersync-upload", &[("authorization", &auth), ("Content-Length", "101")], ""));
+        assert_eq!((response.status, body["code"].as_str()), (413, Some("payload_too_large")));
+        assert_eq!(app.body_limit(), 100);
     }
 
     #[test]

@@ -51,7 +51,14 @@ async fn fetch(mut req: Request, env: Env, _ctx: Context) -> worker::Result<Resp
     let app = app(&env);
     let request_id = request_id(&req);
     let method = req.method().to_string();
-    let body = if matches!(req.method(), WMethod::Post | WMethod::Put | WMethod::Patch) { req.bytes().await.unwrap_or_default() } else { Vec::new() };
+    let declared = req.headers().get("content-length").ok().flatten().and_then(|n| n.trim().parse::<u64>().ok());
+    let wants_body = matches!(req.method(), WMethod::Post | WMethod::Put | WMethod::Patch);
+    // A body declared over the limit is not read at all; the app answers 413.
+    let body = if wants_body && declared.is_none_or(|n| n <= app.body_limit()) {
+        req.bytes().await.unwrap_or_default()
+    } else {
+        Vec::new()
+    };
     let incoming = IncomingRequest { method, path: req.path(), headers: req.headers().entries().collect(), body };
     let transport = FetchTransport { timeout: Duration::from_millis(app.config.upstream_timeout_ms) };
     let now = Date::now().as_millis() / 1000;
