@@ -19,7 +19,7 @@ stack_pid=""
 cleanup() { [ -n "$stack_pid" ] && kill "$stack_pid" 2>/dev/null && wait "$stack_pid" 2>/dev/null; true; }
 trap cleanup EXIT INT TERM
 
-if curl -s -o /dev/null --max-time 2 http://127.0.0.1:54321/_standin/health; then
+if curl -sf -o /dev/null --max-time 2 http://127.0.0.1:54321/_standin/health; then
   echo "reusing the Supabase stand-in already on :54321"
 elif curl -s -o /dev/null --max-time 2 http://127.0.0.1:54321/rest/v1/; then
   echo "using the Supabase CLI stack on :54321 (its local JWT secret and anon key)"
