@@ -162,12 +162,17 @@ impl<'a> Context<'a> {
         authorized(method, url, self.settings, self.caller)
     }
 
-    /// `&<owner>=eq.<user id>` in service mode, empty otherwise.
-    fn owner_filter(&self) -> String {
+    /// `&<owner>=<operator>.<user id>` in service mode, empty otherwise.
+    fn owner_condition(&self, operator: fn(&str) -> String) -> String {
         match self.owner {
-            Some((column, user_id)) => format!("&{column}={}", filter::eq(user_id)),
+            Some((column, user_id)) => format!("&{column}={}", operator(user_id)),
             None => String::new(),
         }
+    }
+
+    /// `&<owner>=eq.<user id>`: PATCH and DELETE touch only the caller's rows.
+    fn owner_filter(&self) -> String {
+        self.owner_condition(filter::eq)
     }
 
     /// Fixed URL length of a PATCH/DELETE (everything but the id filter value).
@@ -175,11 +180,9 @@ impl<'a> Context<'a> {
         self.table_url(table).len() + "?id=".len() + self.owner_filter().len()
     }
 
+    /// `&<owner>=isdistinct.<user id>`: the ownership check finds rows of other users.
     fn owner_check_suffix(&self) -> String {
-        match self.owner {
-            Some((column, user_id)) => format!("&{column}={}", filter::is_distinct(user_id)),
-            None => String::new(),
-        }
+        self.owner_condition(filter::is_distinct)
     }
 
     /// Fixed URL length of an ownership check (everything but the id filter value).

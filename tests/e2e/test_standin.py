@@ -11,7 +11,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import quote
 
@@ -21,43 +20,13 @@ import requests
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.postgrest_standin.standin import StandIn, parse_in_list, parse_prefer
+from tests.support.db import count, insert_list, insert_todo, new_id, row
 
 from tests.e2e.conftest import (ANON_KEY, JWT_SECRET, PUBLISHABLE_KEY, ROOT, SECRET_KEY, SERVICE_KEY,
                        SQL_FILES, RestClient, eq, make_token)
 
 
 # --------------------------------------------------------------------------- helpers
-def new_id() -> str:
-    return str(uuid.uuid4())
-
-
-def insert_list(db, owner: str, name: str = "list", list_id: str | None = None) -> str:
-    list_id = list_id or new_id()
-    db.execute("insert into lists (id, name, owner_id) values (%s, %s, %s)", (list_id, name, owner))
-    return list_id
-
-
-def insert_todo(db, owner: str, list_id: str, description="todo", **cols) -> str:
-    todo_id = cols.pop("id", None) or new_id()
-    data = {"id": todo_id, "description": description, "list_id": list_id, "created_by": owner,
-            **cols}
-    names = ", ".join(data)
-    marks = ", ".join(["%s"] * len(data))
-    values = [json.dumps(v) if isinstance(v, (dict, list)) else v for v in data.values()]
-    db.execute(f"insert into todos ({names}) values ({marks})", values)
-    return todo_id
-
-
-def row(db, table: str, id_: str) -> dict | None:
-    cur = db.execute(f"select to_jsonb(t) from {table} t where id = %s", (id_,))
-    r = cur.fetchone()
-    return r[0] if r else None
-
-
-def count(db, table: str) -> int:
-    return db.execute(f"select count(*) from {table}").fetchone()[0]
-
-
 def assert_error(resp, status: int, code: str):
     assert resp.status_code == status, resp.text
     body = resp.json()

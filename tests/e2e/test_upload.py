@@ -23,10 +23,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from tests.e2e.conftest import ANON_KEY, make_token
-from tests.e2e.upload_helpers import (body, count, delete, failure, insert_list, insert_profile,
-                                      insert_todo, new_id, patch, put, row, snapshot,
-                                      statuses, tx, upload, upload_log_lines, wait_for,
-                                      wait_until_standin_idle)
+from tests.e2e.upload_helpers import (body, delete, failure, patch, put, statuses, tx, upload,
+                                      upload_log_lines, wait_for, wait_until_standin_idle)
+from tests.support.db import count, insert_list, insert_profile, insert_todo, new_id, row, snapshot
 from tests.support.worker import free_port
 
 DEAD_LETTERS = "powersync_dead_letters"

@@ -1,23 +1,19 @@
 """Helpers for the upload bridge's end-to-end tests (tests/e2e/test_upload.py).
 
-CRUD entry builders in the client's wire vocabulary, the upload call, and small
-database readers working on the ``db`` fixture's autocommit connection.
+CRUD entry builders in the client's wire vocabulary and the upload call; rows in the database
+are read and written with tests/support/db.py.
 """
 
 from __future__ import annotations
 
 import json
 import time
-import uuid
 from typing import Any
 
 import requests
 
+
 UPLOAD_PATH = "/powersync-upload"
-
-
-def new_id() -> str:
-    return str(uuid.uuid4())
 
 
 # --------------------------------------------------------------------------- CRUD entries
@@ -67,55 +63,6 @@ def failure(response: requests.Response, n: int) -> dict:
     result = response.json()["results"][n]
     assert "failed_operation" in result, result
     return result["failed_operation"]
-
-
-# --------------------------------------------------------------------------- database
-def insert_list(db, owner: str, name: str = "list", list_id: str | None = None) -> str:
-    list_id = list_id or new_id()
-    db.execute("insert into lists (id, name, owner_id) values (%s, %s, %s)", (list_id, name, owner))
-    return list_id
-
-
-def insert_todo(db, owner: str, list_id: str, description: str = "todo", **cols) -> str:
-    todo_id = cols.pop("id", None) or new_id()
-    data = {"id": todo_id, "description": description, "list_id": list_id, "created_by": owner,
-            **cols}
-    names = ", ".join(data)
-    marks = ", ".join(["%s"] * len(data))
-    values = [json.dumps(v) if isinstance(v, (dict, list)) else v for v in data.values()]
-    db.execute(f"insert into todos ({names}) values ({marks})", values)
-    return todo_id
-
-
-def insert_profile(db, id_: str, user_id: str, handle: str | None = None, **cols) -> str:
-    data = {"id": id_, "user_id": user_id, "handle": handle, **cols}
-    names = ", ".join(data)
-    marks = ", ".join(["%s"] * len(data))
-    values = [json.dumps(v) if isinstance(v, (dict, list)) else v for v in data.values()]
-    db.execute(f"insert into profiles ({names}) values ({marks})", values)
-    return id_
-
-
-def row(db, table: str, id_: str) -> dict | None:
-    """The row as JSON (jsonb/boolean/uuid columns in their JSON form), or None."""
-    r = db.execute(f"select to_jsonb(t) from {table} t where id = %s", (id_,)).fetchone()
-    return r[0] if r else None
-
-
-def rows(db, table: str) -> dict[str, dict]:
-    """Every row of a table, by id (created_at left out so states compare)."""
-    out = {}
-    for (value,) in db.execute(f"select to_jsonb(t) - 'created_at' from {table} t"):
-        out[value["id"]] = value
-    return out
-
-
-def count(db, table: str) -> int:
-    return db.execute(f"select count(*) from {table}").fetchone()[0]
-
-
-def snapshot(db) -> dict:
-    return {t: rows(db, t) for t in ("lists", "todos", "profiles")}
 
 
 # --------------------------------------------------------------------------- waiting
