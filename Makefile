@@ -67,7 +67,8 @@ test-e2e: tools postgres venv build $(DEVTOOL)
 
 ## Bench -------------------------------------------------------------------------------------
 
-# About 5 minutes (more when the build is stale); writes bench/results.md and bench/results.json.
+# About 3.5 minutes once the tools are installed (more when the build is stale); writes
+# bench/results.md and bench/results.json.
 bench:
 	bash bench/run.sh
 

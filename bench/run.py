@@ -7,22 +7,25 @@ bench/results.json:
   * a throwaway PostgreSQL (tests.support.pg.TempPostgres) with the test schema and the atomic
     upload function, the PostgREST stand-in in front of it (tests.postgrest_standin.standin),
     a JWKS server for ES256 sessions (tests.support.worker.JwksServer);
-  * the release worker under `wrangler dev` twice (tests.support.worker.WorkerProcess): the
-    default configuration (rls uploads) and UPLOAD_ATOMIC=true; plus the sign-only JS worker
-    (bench/sign-only/worker.js), the platform's floor for the token endpoint;
+  * the release worker under `wrangler dev` (tests.support.worker.WorkerProcess, launched through
+    wrangler's API without the devtools inspector): the default configuration (rls uploads) and
+    UPLOAD_ATOMIC=true; plus the sign-only JS worker (bench/sign-only/worker.js), the platform's
+    floor for the token endpoint; and, for comparison, the worker and the sign-only worker under
+    the plain CLI (inspector attached);
   * scenarios: bundle size, cold start, token (HS256 / ES256 sessions), JWKS, sign-only (and, for
     information, sign-only + the worker's one-line request log), uploads
     (1 / 100 / 1,000 PUTs, mixed batch; rls and atomic) against the one-request-per-entry
     baseline (bench/baseline.py).
 
-CPU per request = (utime + stime of the wrangler process group's workerd processes, from
-/proc/<pid>/stat, after minus before a wrk run) / requests completed in that run.
+CPU per request = (utime + stime of a process of the wrangler session, from /proc/<pid>/stat,
+after minus before a wrk run) / requests completed in that run; the target is read on the
+workerd process that runs the worker.
 
 Every step has a time limit and the whole run a watchdog (BENCH_TIME_LIMIT seconds, default 840);
 everything started is stopped on exit, on an error and on Ctrl-C / SIGTERM.
 
-Knobs (environment): BENCH_ROUNDS (3), BENCH_TOKEN_SECONDS (5), BENCH_TOKEN_CONNECTIONS (8),
-BENCH_UPLOAD_SECONDS (4), BENCH_COLD_RUNS (3), BENCH_TIME_LIMIT (840), BENCH_SKIP_BUNDLE (unset).
+Knobs (environment): BENCH_ROUNDS (3), BENCH_TOKEN_SECONDS (3), BENCH_TOKEN_CONNECTIONS (8),
+BENCH_UPLOAD_SECONDS (3), BENCH_COLD_RUNS (3), BENCH_TIME_LIMIT (840), BENCH_SKIP_BUNDLE (unset).
 """
 
 from __future__ import annotations
@@ -56,8 +59,9 @@ from tests.e2e.conftest import (ANON_KEY, JWT_SECRET, SERVICE_KEY,  # noqa: E402
                                 SQL_FILES, SessionKeys, complete_vars, make_token)
 from tests.postgrest_standin.standin import StandIn  # noqa: E402
 from tests.support.pg import TempPostgres  # noqa: E402
-from tests.support.worker import (WRANGLER, JwksServer, WorkerProcess, devtool,  # noqa: E402
+from tests.support.worker import (WRANGLER, JwksServer, WorkerProcess,  # noqa: E402
                                   dotenv_value, free_port)
+from cryptography.hazmat.primitives import serialization  # noqa: E402
 
 
 BENCH = ROOT / "bench"
@@ -76,9 +80,9 @@ def env_int(name: str, default: int) -> int:
 
 
 ROUNDS = env_int("BENCH_ROUNDS", 3)
-TOKEN_SECONDS = env_int("BENCH_TOKEN_SECONDS", 5)
+TOKEN_SECONDS = env_int("BENCH_TOKEN_SECONDS", 3)
 TOKEN_CONNECTIONS = env_int("BENCH_TOKEN_CONNECTIONS", 8)
-UPLOAD_SECONDS = env_int("BENCH_UPLOAD_SECONDS", 4)
+UPLOAD_SECONDS = env_int("BENCH_UPLOAD_SECONDS", 3)
 UPLOAD_CONNECTIONS = 1  # one client uploading its queue: uploads are sequential per client
 COLD_RUNS = env_int("BENCH_COLD_RUNS", 3)
 TIME_LIMIT = env_int("BENCH_TIME_LIMIT", 840)
@@ -143,8 +147,19 @@ def workerd_count(pgid: int) -> int:
     return len(out.stdout.split())
 
 
-def start_worker(vars: dict[str, str], main: Path) -> WorkerProcess:
-    return WorkerProcess(vars, main=main)
+def powersync_key(kid: str) -> dict:
+    """A fresh RSA-2048 PowerSync signing key (PKCS#8 PEM + public JWK), made in Python so the
+    benchmark does not need the native dev tool built (1.5 min on a fresh machine)."""
+    keys = SessionKeys()
+    pem = keys.rsa.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                 serialization.NoEncryption()).decode()
+    return {"kid": kid, "private_pem": pem, "public_jwk": keys.jwk("rsa", kid)}
+
+
+def start_worker(vars: dict[str, str], main: Path, *, inspector: bool = False) -> WorkerProcess:
+    """`wrangler dev` without the devtools inspector (see tests/support/wrangler_dev.mjs) unless
+    `inspector`: then the plain CLI, as `make dev` runs it."""
+    return WorkerProcess(vars, main=main, inspector=inspector)
 
 
 def wrk(url: str, *, seconds: int, connections: int, cpu_of: WorkerProcess | None = None,
@@ -462,39 +477,42 @@ def render_markdown(res: dict) -> str:
         f"## Token, JWKS and the sign-only limit (wrk -t1 -c{m['token_connections']} -d{m['token_seconds']}s, "
         f"{m['rounds']} interleaved rounds, medians)",
         "",
-        "| Scenario | req/s | p50 ms | p99 ms | workerd CPU ms/req | of which worker / proxy | wrangler (node) ms/req | vs sign-only (req/s) |",
+        "CPU columns, per request: **worker workerd** = the workerd process that runs the worker (the "
+        "target's metric); **+ proxy** = wrangler's second workerd, its dev proxy; **node** = wrangler's node "
+        "process. Only the first exists when deployed.",
+        "",
+        "| Scenario | req/s | p50 ms | p99 ms | worker workerd CPU ms | + proxy workerd = total ms | wrangler (node) ms | vs sign-only (req/s) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for key in ("noop_js", "noop_js_log", "health", "sign_only", "sign_log", "token_hs256", "token_es256", "jwks"):
+    for key in TOKEN_TABLE_ORDER:
         v = tk[key]
         s = v["median"]
         ratio = v.get("ratio_vs_sign_only")
         out.append(
             f"| {v['label']} | {fmt(s['rps'], 0)} | {fmt(s['p50_ms'], 2)} | {fmt(s['p99_ms'], 2)} | "
-            f"{fmt(s['cpu_ms_per_req'], 2)} | {fmt(s['cpu_ms_per_req_user'], 2)} / {fmt(s['cpu_ms_per_req_entry'], 2)} | "
+            f"{fmt(s['cpu_ms_per_req_user'], 2)} | + {fmt(s['cpu_ms_per_req_entry'], 2)} = {fmt(s['cpu_ms_per_req'], 2)} | "
             f"{fmt(s['node_ms_per_req'], 2)} | {fmt(ratio * 100, 0, ' %') if ratio is not None else '–'} |")
     d = res["derived"]
     out += [
         "",
-        "Where the CPU goes (differences of the medians above, workerd CPU per request):",
+        "Where the CPU goes (differences of the medians above; worker workerd CPU per request):",
         "",
-        f"- dev-server floor (JS no-op, both workerd processes): {fmt(d['floor_js_ms'], 2)} ms, of which the "
-        f"`wrangler dev` proxy workerd {fmt(d['floor_proxy_ms'], 2)} ms;",
-        f"- one console.log JSON line under `wrangler dev` (JS no-op + log − JS no-op): {fmt(d['log_line_ms'], 2)} ms "
-        f"(+ {fmt(d['log_line_node_ms'], 2)} ms in wrangler's node process);",
-        f"- workers-rs + the worker's own request handling and log line (`/health` − JS no-op): {fmt(d['rust_overhead_ms'], 2)} ms, "
-        f"of which {fmt(d['rust_overhead_vs_log_ms'], 2)} ms beyond what the log line costs a JS worker;",
+        f"- floor of one request (JS no-op): {fmt(d['floor_js_ms'], 2)} ms in the worker's workerd "
+        f"(+ {fmt(d['floor_proxy_ms'], 2)} ms in wrangler's proxy workerd);",
+        f"- workers-rs + the worker's own request handling and log line (`/health` − JS no-op): {fmt(d['rust_overhead_ms'], 2)} ms;",
         f"- one RSA-2048 WebCrypto signature in JS (sign-only − JS no-op): {fmt(d['sign_ms'], 2)} ms;",
+        f"- one console.log JSON line next to it (sign-only + log − sign-only): {fmt(d['sign_log_line_ms'], 2)} ms "
+        f"(+ {fmt(d['sign_log_line_node_ms'], 2)} ms in wrangler's node process, which prints it);",
         f"- token HS256 − `/health` (HS256 verify + claims + WebCrypto sign + JSON): {fmt(d['token_hs_minus_health_ms'], 2)} ms;",
-        f"- token HS256 − sign-only (everything the worker adds to the signature): {fmt(d['token_hs_minus_sign_ms'], 2)} ms;",
-        f"- one console.log JSON line next to a signature (sign-only + log − sign-only): {fmt(d['sign_log_line_ms'], 2)} ms "
-        f"(+ {fmt(d['sign_log_line_node_ms'], 2)} ms in wrangler's node process);",
-        f"- token HS256 − (sign-only + log) (what the worker adds beyond signing and logging: workers-rs/wasm, "
-        f"session verify, claims, JSON): {fmt(d['token_hs_minus_sign_log_ms'], 2)} ms;",
-        f"- token ES256 − (sign-only + log) (likewise, with an ES256 session): {fmt(d['token_es_minus_sign_log_ms'], 2)} ms;",
+        f"- token HS256 − sign-only (everything the worker adds to the signature): {fmt(d['token_hs_minus_sign_ms'], 2)} ms; "
+        f"− (sign-only + log): {fmt(d['token_hs_minus_sign_log_ms'], 2)} ms;",
         f"- ES256 session − HS256 session (WebCrypto P-256 verify, cached JWKS and imported key): {fmt(d['es_minus_hs_ms'], 2)} ms;",
-        f"- token HS256 above the dev-server floor (what a deployed worker would be billed, roughly): "
-        f"{fmt(d['token_hs_above_floor_ms'], 2)} ms; ES256: {fmt(d['token_es_above_floor_ms'], 2)} ms.",
+        f"- token HS256 above the floor of a no-op request: {fmt(d['token_hs_above_floor_ms'], 2)} ms; "
+        f"ES256: {fmt(d['token_es_above_floor_ms'], 2)} ms;",
+        f"- the devtools inspector of the plain `wrangler dev` CLI (CLI − API launch, all processes, token HS256): "
+        f"+{fmt(d['inspector_token_ms'], 2)} ms per request (sign-only + log: +{fmt(d['inspector_sign_log_ms'], 2)} ms), "
+        f"and token HS256 req/s {fmt(d['inspector_token_rps_ratio'] * 100 if d['inspector_token_rps_ratio'] is not None else None, 0, ' %')} "
+        f"of the API launch's.",
     ]
 
     up = res["upload"]
@@ -572,6 +590,10 @@ def render_markdown(res: dict) -> str:
 
 
 # =========================================================================== main
+TOKEN_TABLE_ORDER = ("noop_js", "health", "sign_only", "sign_log", "token_hs256", "token_es256", "jwks",
+                     "sign_log_cli", "token_hs256_cli")
+
+
 def summarize(runs: list[dict], keys=("rps", "p50_ms", "p99_ms", "cpu_ms_per_req", "cpu_ms_per_req_user",
                                      "cpu_ms_per_req_entry", "node_ms_per_req", "ops_per_s")) -> dict:
     return {k: median([r.get(k) for r in runs]) for k in keys}
@@ -618,7 +640,7 @@ def main() -> int:
         stack.callback(jwks.stop)
         session_keys = SessionKeys()
         jwks.keys = [session_keys.jwk("ec", "ec-1")]
-        ps_key = json.loads(devtool("keygen", "--kid", "bench-1"))
+        ps_key = powersync_key("bench-1")
         issuer = f"{standin.url}/auth/v1"
         base_vars = complete_vars(standin.url, jwks.url, ps_key, timeout_ms=30000)
         sub = str(uuid.uuid4())
@@ -643,7 +665,13 @@ def main() -> int:
         stack.callback(w_atomic.stop)
         w_sign = start_worker({"POWERSYNC_PRIVATE_KEY": ps_key["private_pem"]}, SIGN_ONLY)
         stack.callback(w_sign.stop)
-        for w in (w_main, w_atomic, w_sign):
+        # The same two under the plain CLI, whose devtools inspector session makes every
+        # console.log line a DevTools message (informational rows: what `make dev` costs).
+        w_main_cli = start_worker(base_vars, main_js, inspector=True)
+        stack.callback(w_main_cli.stop)
+        w_sign_cli = start_worker({"POWERSYNC_PRIVATE_KEY": ps_key["private_pem"]}, SIGN_ONLY, inspector=True)
+        stack.callback(w_sign_cli.stop)
+        for w in (w_main, w_atomic, w_sign, w_main_cli, w_sign_cli):
             if workerd_count(w.proc.pid) < 1:
                 raise RuntimeError("no workerd process found under a wrangler dev process group")
 
@@ -662,13 +690,14 @@ def main() -> int:
         # ---------------------------------------------------------------- token rounds
         variants = {
             "noop_js": ("JS no-op worker (dev-server floor)", w_sign, "/noop", None),
-            "noop_js_log": ("JS no-op + one console.log line", w_sign, "/noop-log", None),
             "health": ("`/health` (workers-rs floor)", w_main, "/health", None),
             "sign_only": ("sign-only JS worker (the limit)", w_sign, "/sign", None),
             "sign_log": ("sign-only + one console.log line (same observability as the worker)", w_sign, "/sign-log", None),
             "token_hs256": ("`/powersync-token`, HS256 session", w_main, "/powersync-token", hs_token),
             "token_es256": ("`/powersync-token`, ES256 session (cached JWKS)", w_main, "/powersync-token", es_token),
             "jwks": ("`/.well-known/jwks.json`", w_main, "/.well-known/jwks.json", None),
+            "sign_log_cli": ("sign-only + log line, plain `wrangler dev` CLI (devtools inspector attached)", w_sign_cli, "/sign-log", None),
+            "token_hs256_cli": ("`/powersync-token` HS256, plain `wrangler dev` CLI (devtools inspector attached)", w_main_cli, "/powersync-token", hs_token),
         }
         log("token: warm-up")
         for key, (_, w, path, token) in variants.items():
@@ -778,23 +807,30 @@ def main() -> int:
     def diff(a, b):
         return None if a is None or b is None else a - b
 
+    def cpu(key):  # the target's metric: the worker's own workerd process
+        return med[key]["cpu_ms_per_req_user"]
+
+    def all_cpu(key):  # every process of the wrangler session
+        return med[key]["cpu_ms_per_req"] + med[key]["node_ms_per_req"]
+
     derived = {
-        "floor_js_ms": med["noop_js"]["cpu_ms_per_req"],
+        "floor_js_ms": cpu("noop_js"),
         "floor_proxy_ms": med["noop_js"]["cpu_ms_per_req_entry"],
-        "log_line_ms": diff(med["noop_js_log"]["cpu_ms_per_req"], med["noop_js"]["cpu_ms_per_req"]),
-        "log_line_node_ms": diff(med["noop_js_log"]["node_ms_per_req"], med["noop_js"]["node_ms_per_req"]),
-        "rust_overhead_ms": diff(med["health"]["cpu_ms_per_req"], med["noop_js"]["cpu_ms_per_req"]),
-        "rust_overhead_vs_log_ms": diff(med["health"]["cpu_ms_per_req"], med["noop_js_log"]["cpu_ms_per_req"]),
-        "sign_ms": diff(med["sign_only"]["cpu_ms_per_req"], med["noop_js"]["cpu_ms_per_req"]),
-        "token_hs_minus_health_ms": diff(med["token_hs256"]["cpu_ms_per_req"], med["health"]["cpu_ms_per_req"]),
-        "token_hs_minus_sign_ms": diff(med["token_hs256"]["cpu_ms_per_req"], med["sign_only"]["cpu_ms_per_req"]),
-        "sign_log_line_ms": diff(med["sign_log"]["cpu_ms_per_req"], med["sign_only"]["cpu_ms_per_req"]),
+        "rust_overhead_ms": diff(cpu("health"), cpu("noop_js")),
+        "sign_ms": diff(cpu("sign_only"), cpu("noop_js")),
+        "token_hs_minus_health_ms": diff(cpu("token_hs256"), cpu("health")),
+        "token_hs_minus_sign_ms": diff(cpu("token_hs256"), cpu("sign_only")),
+        "sign_log_line_ms": diff(cpu("sign_log"), cpu("sign_only")),
         "sign_log_line_node_ms": diff(med["sign_log"]["node_ms_per_req"], med["sign_only"]["node_ms_per_req"]),
-        "token_hs_minus_sign_log_ms": diff(med["token_hs256"]["cpu_ms_per_req"], med["sign_log"]["cpu_ms_per_req"]),
-        "token_es_minus_sign_log_ms": diff(med["token_es256"]["cpu_ms_per_req"], med["sign_log"]["cpu_ms_per_req"]),
-        "es_minus_hs_ms": diff(med["token_es256"]["cpu_ms_per_req"], med["token_hs256"]["cpu_ms_per_req"]),
-        "token_hs_above_floor_ms": diff(med["token_hs256"]["cpu_ms_per_req"], med["noop_js"]["cpu_ms_per_req"]),
-        "token_es_above_floor_ms": diff(med["token_es256"]["cpu_ms_per_req"], med["noop_js"]["cpu_ms_per_req"]),
+        "token_hs_minus_sign_log_ms": diff(cpu("token_hs256"), cpu("sign_log")),
+        "token_es_minus_sign_log_ms": diff(cpu("token_es256"), cpu("sign_log")),
+        "es_minus_hs_ms": diff(cpu("token_es256"), cpu("token_hs256")),
+        "token_hs_above_floor_ms": diff(cpu("token_hs256"), cpu("noop_js")),
+        "token_es_above_floor_ms": diff(cpu("token_es256"), cpu("noop_js")),
+        "inspector_token_ms": diff(all_cpu("token_hs256_cli"), all_cpu("token_hs256")),
+        "inspector_sign_log_ms": diff(all_cpu("sign_log_cli"), all_cpu("sign_log")),
+        "inspector_token_rps_ratio": (med["token_hs256_cli"]["rps"] / med["token_hs256"]["rps"]
+                                      if med["token_hs256"]["rps"] else None),
     }
 
     targets = []
@@ -804,11 +840,12 @@ def main() -> int:
                         "measured": f"{ratio * 100:.0f} % ({med[key]['rps']:.0f} vs {med['sign_only']['rps']:.0f} req/s)",
                         "value": ratio, "pass": ratio >= TARGET_TOKEN_VS_SIGN_ONLY})
     for key, name in (("token_hs256", "HS256"), ("token_es256", "ES256")):
-        cpu = med[key]["cpu_ms_per_req"]
-        targets.append({"target": f"token issuance ({name} session) ≤ 2 ms derived workerd CPU per request",
-                        "measured": f"{cpu:.2f} ms (dev-server floor {derived['floor_js_ms']:.2f} ms; "
-                                    f"{derived['token_hs_above_floor_ms' if name == 'HS256' else 'token_es_above_floor_ms']:.2f} ms above it)",
-                        "value": cpu, "pass": cpu <= TARGET_TOKEN_CPU_MS})
+        ms = cpu(key)
+        targets.append({"target": f"token issuance ({name} session) ≤ 2 ms derived CPU per request "
+                                  "(the worker's workerd process)",
+                        "measured": f"{ms:.2f} ms (a JS no-op request: {derived['floor_js_ms']:.2f} ms; with wrangler's "
+                                    f"dev proxy workerd: {med[key]['cpu_ms_per_req']:.2f} ms)",
+                        "value": ms, "pass": ms <= TARGET_TOKEN_CPU_MS})
     for mode in ("rls", "atomic"):
         n = upload[mode]["put1000"]["subrequests"]
         targets.append({"target": f"1,000-PUT batch in one subrequest ({mode})", "measured": f"{n} subrequest(s)",
@@ -834,12 +871,13 @@ def main() -> int:
                                   "(same observability as the worker)",
                         "measured": f"{ratio * 100:.0f} % ({med[key]['rps']:.0f} vs {med['sign_log']['rps']:.0f} req/s)",
                         "value": ratio, "pass": None, "info": True})
-    for key, name in (("token_hs256", "HS256"), ("token_es256", "ES256")):
-        extra = derived["token_hs_minus_sign_log_ms" if name == "HS256" else "token_es_minus_sign_log_ms"]
-        targets.append({"target": f"info: token issuance ({name} session) workerd CPU per request − sign-only + log's "
-                                  "(what the worker adds beyond signing and logging)",
-                        "measured": f"{extra:+.2f} ms ({med[key]['cpu_ms_per_req']:.2f} vs {med['sign_log']['cpu_ms_per_req']:.2f} ms)",
-                        "value": extra, "pass": None, "info": True})
+    ratio = med["token_hs256_cli"]["rps"] / med["sign_log_cli"]["rps"] if med["sign_log_cli"]["rps"] else 0.0
+    targets.append({"target": "info: under the plain `wrangler dev` CLI (devtools inspector attached), token issuance "
+                              "(HS256) req/s as % of sign-only + log under the same CLI",
+                    "measured": f"{ratio * 100:.0f} % ({med['token_hs256_cli']['rps']:.0f} vs "
+                                f"{med['sign_log_cli']['rps']:.0f} req/s; worker workerd CPU "
+                                f"{cpu('token_hs256_cli'):.2f} ms, total {med['token_hs256_cli']['cpu_ms_per_req']:.2f} ms)",
+                    "value": ratio, "pass": None, "info": True})
     if problems:
         for t in targets:
             t["measured"] += " (see Problems)"
@@ -849,17 +887,20 @@ def main() -> int:
         "platform's floor for issuing a token — one request through the same `wrangler dev`/workerd plus one "
         "WebCrypto RSASSA-PKCS1-v1_5/SHA-256 signature with a key imported from PKCS#8 once per isolate, the same "
         "call the worker makes — with nothing the worker could remove (no wasm, no session check, no log line). "
-        "Its `/noop` path (no signature) gives the dev server's own per-request floor.",
-        "Rows marked info in the targets table are not targets: they compare the token endpoint with the "
-        "sign-only worker's `/sign-log` path (the same signature plus the same one-line console.log JSON the "
-        "worker writes for every request, a product requirement). Under `wrangler dev` that log line alone "
-        "costs about as much as the signature (see where the CPU goes), so these rows show what the worker "
-        "adds beyond signing and logging; the official targets above stay against the log-free sign-only limit.",
-        "CPU per request: utime+stime of both workerd processes of the wrangler session (the worker and "
-        "wrangler's proxy in front of it; /proc/<pid>/stat) after minus before each wrk run, divided by the "
-        "requests wrk completed. wrk, the stand-in and PostgreSQL are not included. Under `wrangler dev` a "
-        "no-op JS worker already costs the floor shown above, so the absolute ≤ 2 ms target is measured "
-        "including that floor; the 'above the floor' figures are given for context, not as a pass.",
+        "Its `/noop` path (no signature) gives the floor of one request; `/sign-log` adds the worker's one-line "
+        "request log (an info row compares the token endpoint with it).",
+        "How the workers run: `wrangler dev` through wrangler's own API (tests/support/wrangler_dev.mjs: "
+        "`unstable_startWorker`, the same wrangler, Miniflare, dev proxy and workerd as the CLI) with the devtools "
+        "inspector off. The plain CLI always attaches that inspector, which turns every console.log call into a "
+        "DevTools protocol message relayed through the dev proxy to node; with it, the one log line the worker "
+        "writes for every request (a product requirement) cost about as much as the signature. The log lines are "
+        "still written and printed without it (workerd's structured logs). The last two table rows run under "
+        "the plain CLI, for comparison and as what `make dev` costs.",
+        "CPU per request: utime+stime from /proc/<pid>/stat of each process of the wrangler session after "
+        "minus before each wrk run, divided by the requests wrk completed. The ≤ 2 ms target is read on the "
+        "workerd process that runs the worker (it also runs Miniflare's small entry worker); wrangler's second "
+        "workerd (its dev proxy, which forwards every request and does not exist when deployed) and node are "
+        "shown beside it. wrk, the stand-in and PostgreSQL are not included.",
         "Uploads: wrk re-posts one fixed body (bench/wrk/bench.lua); re-sending a batch is idempotent (PUT = "
         "upsert, PATCH sets the same values, DELETE of a deleted row is a no-op), so every run does the same "
         "work. wrk only sees HTTP statuses, and a 200 upload can carry a rejected transaction, so each batch is "

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# `make bench`: builds the release worker, makes sure wrk, PostgreSQL and the test venv are there,
-# then runs the benchmark suite (bench/run.py), which writes bench/results.md and
-# bench/results.json. Not part of `make test`. See bench/README.md.
+# `make bench`: installs what is missing (wrk, PostgreSQL, the test venv, the build tools), builds
+# the release worker, then runs the benchmark suite (bench/run.py), which writes
+# bench/results.md and bench/results.json. Not part of `make test`. See bench/README.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export BENCH_T0=${BENCH_T0:-$(date +%s.%N)}
@@ -13,11 +13,21 @@ if ! command -v wrk >/dev/null 2>&1; then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq wrk >/dev/null
 fi
+make -s postgres
 
-# The venv (pytest, PyJWT, cryptography, psycopg, requests), PostgreSQL, the native dev tool, and
-# the release build (`make build` runs scripts/build.sh = worker-build --release when stale).
-# bench/run.py then runs `wrangler deploy --dry-run` with the repo's wrangler.toml, whose [build]
-# command runs scripts/build.sh again, so the worker measured is always freshly built.
-make -s postgres venv build target/debug/devtool
+# The venv (pytest, PyJWT, cryptography, psycopg, requests) downloads while the release build
+# (`make build` = scripts/build.sh: build tools where missing, then worker-build --release when
+# stale) compiles. bench/run.py then runs `wrangler deploy --dry-run` with the repo's
+# wrangler.toml, whose [build] command runs scripts/build.sh again, so the worker measured is
+# always freshly built.
+venv_log=$(mktemp)
+make -s venv >"$venv_log" 2>&1 &
+venv_pid=$!
+make -s build
+if ! wait "$venv_pid"; then
+  cat "$venv_log" >&2
+  exit 1
+fi
+rm -f "$venv_log"
 
 exec .venv/bin/python bench/run.py "$@"

@@ -4,7 +4,6 @@
 // is left is the platform's own cost of one request plus one native RSA-2048 signature.
 //
 //   GET /noop      -> "ok" without signing: the dev server's per-request floor (no crypto at all).
-//   GET /noop-log  -> the same plus one console.log JSON line, like the worker's request log.
 //   GET /sign-log  -> the signed token (as below) plus the one-line console.log JSON the real worker
 //                     writes for a token request (route, method, status, request_id, duration_ms):
 //                     the floor with the same observability as the worker (informational only; the
@@ -56,12 +55,6 @@ export default {
     const started = Date.now();
     const path = new URL(request.url).pathname;
     if (path === "/noop") {
-      return new Response("ok");
-    }
-    if (path === "/noop-log") {
-      // The same kind of structured log line the real worker writes for every request.
-      console.log(JSON.stringify({ route: "noop", method: request.method, status: 200,
-                                   request_id: crypto.randomUUID(), duration_ms: 0 }));
       return new Response("ok");
     }
     keyPromise ??= crypto.subtle.importKey(

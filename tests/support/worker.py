@@ -3,7 +3,8 @@
 `WorkerProcess(vars)` writes a throwaway wrangler config (no build step: `make test` builds
 once before the end-to-end tests) and a `.dev.vars` with exactly `vars`, starts
 `wrangler dev` on a free loopback port and waits until it answers. Its combined output is kept
-in `.output()` so tests can check what the worker logged.
+in `.output()` so tests can check what the worker logged. `inspector=False` starts it through
+wrangler's API without the devtools inspector (tests/support/wrangler_dev.mjs; the benchmarks).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import requests
 
 ROOT = Path(__file__).resolve().parents[2]
 WRANGLER = ROOT / "node_modules/.bin/wrangler"
+WRANGLER_DEV_API = Path(__file__).resolve().parent / "wrangler_dev.mjs"
 BUILD = ROOT / "build/index.js"
 DEVTOOL = ROOT / "target/debug/devtool"
 
@@ -44,7 +46,8 @@ def dotenv_value(value: str) -> str:
 
 
 class WorkerProcess:
-    def __init__(self, vars: dict[str, str], startup_timeout: float = 60.0, main: Path | None = None):
+    def __init__(self, vars: dict[str, str], startup_timeout: float = 60.0, main: Path | None = None,
+                 inspector: bool = True):
         main = main or BUILD
         if not main.exists():
             raise RuntimeError(f"{main} is missing: run `make build` (make test does) first")
@@ -62,9 +65,13 @@ class WorkerProcess:
         self._log = open(self.log_path, "wb")
         env = dict(os.environ, CI="true", WRANGLER_SEND_METRICS="false", NO_COLOR="1",
                    WRANGLER_LOG_PATH=str(self.dir / "logs"))
+        if inspector:
+            command = [str(WRANGLER), "dev", "--ip", "127.0.0.1", "--port", str(self.port),
+                       "--inspector-port", str(free_port())]
+        else:
+            command = ["node", str(WRANGLER_DEV_API), str(self.dir / "wrangler.toml"), str(self.port)]
         self.proc = subprocess.Popen(
-            [str(WRANGLER), "dev", "--ip", "127.0.0.1", "--port", str(self.port),
-             "--inspector-port", str(free_port())],
+            command,
             cwd=self.dir, env=env, stdout=self._log, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True,
         )
