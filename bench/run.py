@@ -525,8 +525,8 @@ def render_markdown(res: dict) -> str:
         "request at a time. ops/s = entries applied per second. Subrequests per batch = PostgREST "
         "requests the stand-in counted for one upload (`/_standin/stats`).",
         "",
-        "| Mode | Batch | batches/s | ops/s | p50 ms | p99 ms | subrequests / batch | workerd CPU ms / batch | baseline ops/s | vs baseline |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| Mode | Batch | batches/s | ops/s | p50 ms | p99 ms | subrequests / batch | worker workerd CPU ms / batch | + proxy = total | baseline ops/s | vs baseline |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for mode in ("rls", "atomic"):
         for key in ("put1", "put100", "put1000", "mixed"):
@@ -538,7 +538,8 @@ def render_markdown(res: dict) -> str:
                 mark = " ✓" if ratio >= TARGET_UPLOAD_VS_BASELINE else " ✗"
             out.append(
                 f"| {mode} | {v['label']} | {fmt(s['rps'], 1)} | {fmt(s['ops_per_s'], 0)} | {fmt(s['p50_ms'], 1)} | "
-                f"{fmt(s['p99_ms'], 1)} | {v['subrequests']} | {fmt(s['cpu_ms_per_req'], 2)} | "
+                f"{fmt(s['p99_ms'], 1)} | {v['subrequests']} | {fmt(s['cpu_ms_per_req_user'], 2)} | "
+                f"+ {fmt(s['cpu_ms_per_req_entry'], 2)} = {fmt(s['cpu_ms_per_req'], 2)} | "
                 f"{fmt(v['baseline_ops_per_s'], 0)} | {fmt(ratio, 1, '×')}{mark} |")
     bl = res["baseline"]
     out += [
