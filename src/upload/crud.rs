@@ -167,30 +167,35 @@ pub fn parse(body: &[u8], limits: &Limits) -> Result<Vec<Transaction>, CrudError
     }
     let value: Value =
         serde_json::from_slice(body).map_err(|e| malformed(ROOT.to_string(), format!("not valid JSON: {e}")))?;
-    let Value::Object(root) = value else {
+    // The parsed tree is taken apart by value, so rows move into entries instead of being copied.
+    let Value::Object(mut root) = value else {
         return Err(malformed(
             ROOT.to_string(),
             "expected a JSON object with `transactions`, `batch` or `operations`".to_string(),
         ));
     };
-    let present: Vec<(&str, &Value)> = SHAPES.iter().filter_map(|k| root.get(*k).map(|v| (*k, v))).collect();
+    let present: Vec<&str> = SHAPES.iter().copied().filter(|k| root.contains_key(*k)).collect();
     match present.as_slice() {
-        [("transactions", value)] => parse_transactions(value, limits),
-        [(shape, value)] => parse_single(shape, value, limits),
+        [shape] => {
+            let value = root.remove(*shape).unwrap_or_default();
+            if *shape == "transactions" {
+                parse_transactions(value, limits)
+            } else {
+                parse_single(shape, value, limits)
+            }
+        }
         [] => Err(malformed(ROOT.to_string(), "expected one of `transactions`, `batch` or `operations`".to_string())),
         _ => Err(malformed(
             ROOT.to_string(),
-            format!(
-                "give only one of `transactions`, `batch` or `operations` (found {})",
-                present.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", ")
-            ),
+            format!("give only one of `transactions`, `batch` or `operations` (found {})", present.join(", ")),
         )),
     }
 }
 
-fn parse_transactions(value: &Value, limits: &Limits) -> Result<Vec<Transaction>, CrudError> {
-    let Value::Array(items) = value else {
-        return Err(malformed("transactions".to_string(), expected("an array", value)));
+fn parse_transactions(value: Value, limits: &Limits) -> Result<Vec<Transaction>, CrudError> {
+    let items = match value {
+        Value::Array(items) => items,
+        other => return Err(malformed("transactions".to_string(), expected("an array", &other))),
     };
     if items.len() > limits.max_transactions {
         return Err(CrudError::TooLarge {
@@ -205,10 +210,11 @@ fn parse_transactions(value: &Value, limits: &Limits) -> Result<Vec<Transaction>
     check_entry_count(total, limits)?;
 
     let mut transactions = Vec::with_capacity(items.len());
-    for (t, item) in items.iter().enumerate() {
+    for (t, item) in items.into_iter().enumerate() {
         let path = format!("transactions[{t}]");
-        let Value::Object(fields) = item else {
-            return Err(malformed(path, expected("an object", item)));
+        let mut fields = match item {
+            Value::Object(fields) => fields,
+            other => return Err(malformed(path, expected("an object", &other))),
         };
         let transaction_id = match fields.get("transaction_id") {
             None | Some(Value::Null) => None,
@@ -218,9 +224,9 @@ fn parse_transactions(value: &Value, limits: &Limits) -> Result<Vec<Transaction>
             }
         };
         let crud_path = format!("{path}.crud");
-        let entries = match fields.get("crud") {
+        let entries = match fields.remove("crud") {
             Some(Value::Array(list)) => parse_entries(&crud_path, list)?,
-            Some(other) => return Err(malformed(crud_path, expected("an array", other))),
+            Some(other) => return Err(malformed(crud_path, expected("an array", &other))),
             None => return Err(malformed(crud_path, "missing".to_string())),
         };
         transactions.push(Transaction { transaction_id, entries });
@@ -228,9 +234,10 @@ fn parse_transactions(value: &Value, limits: &Limits) -> Result<Vec<Transaction>
     Ok(transactions)
 }
 
-fn parse_single(shape: &str, value: &Value, limits: &Limits) -> Result<Vec<Transaction>, CrudError> {
-    let Value::Array(list) = value else {
-        return Err(malformed(shape.to_string(), expected("an array", value)));
+fn parse_single(shape: &str, value: Value, limits: &Limits) -> Result<Vec<Transaction>, CrudError> {
+    let list = match value {
+        Value::Array(list) => list,
+        other => return Err(malformed(shape.to_string(), expected("an array", &other))),
     };
     check_entry_count(list.len(), limits)?;
     let entries = parse_entries(shape, list)?;
@@ -246,35 +253,36 @@ fn check_entry_count(total: usize, limits: &Limits) -> Result<(), CrudError> {
     Ok(())
 }
 
-fn parse_entries(path: &str, list: &[Value]) -> Result<Vec<Entry>, CrudError> {
-    list.iter().enumerate().map(|(i, item)| parse_entry(&format!("{path}[{i}]"), item)).collect()
+fn parse_entries(path: &str, list: Vec<Value>) -> Result<Vec<Entry>, CrudError> {
+    list.into_iter().enumerate().map(|(i, item)| parse_entry(&format!("{path}[{i}]"), item)).collect()
 }
 
-fn parse_entry(path: &str, value: &Value) -> Result<Entry, CrudError> {
-    let Value::Object(fields) = value else {
-        return Err(malformed(path.to_string(), expected("an object", value)));
+fn parse_entry(path: &str, value: Value) -> Result<Entry, CrudError> {
+    let mut fields = match value {
+        Value::Object(fields) => fields,
+        other => return Err(malformed(path.to_string(), expected("an object", &other))),
     };
 
-    let op_path = format!("{path}.op");
+    let op_path = || format!("{path}.op");
     let op = match fields.get("op") {
-        None | Some(Value::Null) => return Err(malformed(op_path, "missing".to_string())),
+        None | Some(Value::Null) => return Err(malformed(op_path(), "missing".to_string())),
         Some(Value::String(text)) => Op::parse(text)
-            .ok_or_else(|| malformed(op_path, format!("unknown op {text:?}; expected PUT, PATCH or DELETE")))?,
-        Some(other) => return Err(malformed(op_path, expected("a string", other))),
+            .ok_or_else(|| malformed(op_path(), format!("unknown op {text:?}; expected PUT, PATCH or DELETE")))?,
+        Some(other) => return Err(malformed(op_path(), expected("a string", other))),
     };
 
-    let id_path = format!("{path}.id");
+    let id_path = || format!("{path}.id");
     let id = match fields.get("id") {
-        None | Some(Value::Null) => return Err(malformed(id_path, "missing".to_string())),
+        None | Some(Value::Null) => return Err(malformed(id_path(), "missing".to_string())),
         Some(Value::String(text)) if text.is_empty() => {
-            return Err(malformed(id_path, "must not be empty".to_string()))
+            return Err(malformed(id_path(), "must not be empty".to_string()))
         }
         Some(Value::String(text)) => text.clone(),
         Some(Value::Number(number)) => number.to_string(),
-        Some(other) => return Err(malformed(id_path, expected("a string or a number", other))),
+        Some(other) => return Err(malformed(id_path(), expected("a string or a number", other))),
     };
 
-    let table = match aliased(fields, path, &["table", "type"])? {
+    let table = match aliased(&fields, path, &["table", "type"])? {
         None => return Err(malformed(format!("{path}.table"), "missing (as `table` or `type`)".to_string())),
         Some((_, Value::String(text))) if text.is_empty() => {
             return Err(malformed(format!("{path}.table"), "must not be empty".to_string()))
@@ -283,12 +291,18 @@ fn parse_entry(path: &str, value: &Value) -> Result<Entry, CrudError> {
         Some((name, other)) => return Err(malformed(format!("{path}.{name}"), expected("a string", other))),
     };
 
-    let data = match aliased(fields, path, &["data", "opData", "op_data"])? {
-        None | Some((_, Value::Null)) => Map::new(),
-        Some((_, Value::Object(map))) => map.clone(),
+    let data_field = match aliased(&fields, path, &["data", "opData", "op_data"])? {
+        None | Some((_, Value::Null)) => None,
+        Some((name, Value::Object(_))) => Some(name),
         Some((name, other)) => return Err(malformed(format!("{path}.{name}"), expected("an object or null", other))),
     };
-    let data = if op == Op::Delete { Map::new() } else { data };
+    let data = match (data_field, op) {
+        (Some(name), Op::Put | Op::Patch) => match fields.remove(name) {
+            Some(Value::Object(map)) => map,
+            _ => Map::new(),
+        },
+        _ => Map::new(),
+    };
 
     Ok(Entry { op, table, id, data })
 }

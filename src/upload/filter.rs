@@ -12,6 +12,8 @@
 //! than about 8 KiB (nginx/Kong default; Supabase clients cap URLs at 8000 characters), so the
 //! planner uses [`InList`] to keep every merged filter within [`MAX_URL_BYTES`].
 
+use std::collections::HashSet;
+
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 /// Longest URL the planner builds when merging ids into one `in.(…)` filter. A single id longer
@@ -57,10 +59,12 @@ pub fn quote(value: &str) -> String {
 }
 
 /// A growing list of distinct ids for an id filter, tracking the encoded length so the caller can
-/// stop before the URL gets too long.
+/// stop before the URL gets too long. Membership is a set lookup, so merging n entries stays O(n)
+/// (a 1,000-PUT batch spent most of its planning time comparing ids before).
 #[derive(Debug, Clone, Default)]
 pub struct InList {
     ids: Vec<String>,
+    seen: HashSet<String>,
     /// Sum of the encoded, quoted ids.
     items_len: usize,
 }
@@ -76,7 +80,7 @@ impl InList {
     }
 
     pub fn contains(&self, id: &str) -> bool {
-        self.ids.iter().any(|known| known == id)
+        self.seen.contains(id)
     }
 
     /// Length of [`filter`](Self::filter) if `id` were added (unchanged for a known id).
@@ -93,7 +97,7 @@ impl InList {
 
     /// Adds `id` unless already present.
     pub fn push(&mut self, id: &str) {
-        if !self.contains(id) {
+        if self.seen.insert(id.to_string()) {
             self.items_len += encode(&quote(id)).len();
             self.ids.push(id.to_string());
         }

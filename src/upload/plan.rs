@@ -255,9 +255,9 @@ struct PutGroup<'e> {
     rows: Vec<Value>,
     /// Sorted keys shared by every row.
     keys: Vec<String>,
-    /// (id, entry index) of every row, for duplicate detection and the ownership check.
+    /// (id, entry index) of every row, for the ownership check's answer.
     ids: Vec<(String, usize)>,
-    /// Service mode: the ownership check's id list.
+    /// The rows' ids: duplicate detection, and in service mode the ownership check's filter.
     check_ids: InList,
 }
 
@@ -284,7 +284,7 @@ impl<'e> Planner<'_, 'e> {
             let url_fits = self.context.owner.is_none()
                 || self.context.owner_check_url_len(table) + group.check_ids.len_with(id) <= filter::MAX_URL_BYTES;
             let same_shape = group.table == table && group.keys == keys;
-            let new_id = !group.ids.iter().any(|(known, _)| known == id);
+            let new_id = !group.check_ids.contains(id);
             if same_shape && new_id && url_fits {
                 group.end = index + 1;
                 group.rows.push(Value::Object(row));
