@@ -1,0 +1,372 @@
+import type {
+  CommonPowerSyncDatabase,
+  CrudEntry,
+  CrudTransaction,
+  PowerSyncBackendConnector,
+  PowerSyncCredentials,
+} from '@powersync/common';
+
+import { WorkerConnectorError } from './errors.js';
+import {
+  errorOf,
+  interpretUploadResponse,
+  parseRetryAfter,
+  planUploadBody,
+  sentTransactionIds,
+  type FailedOperation,
+} from './protocol.js';
+
+/** The subset of a `fetch` response the connector reads. The global `Response` satisfies it. */
+export interface FetchResponseLike {
+  readonly status: number;
+  readonly headers: { get(name: string): string | null };
+  text(): Promise<string>;
+}
+
+/** What the connector passes to `fetch` as its second argument. */
+export interface FetchInitLike {
+  method: 'GET' | 'POST';
+  headers: Record<string, string>;
+  body?: string;
+  signal?: AbortSignal;
+}
+
+/** A `fetch` implementation: `globalThis.fetch`, or any function with this shape. */
+export type FetchLike = (url: string, init: FetchInitLike) => Promise<FetchResponseLike>;
+
+/** What {@link WorkerConnectorOptions.onFatalError} receives for a transaction the worker rejected for good. */
+export interface FatalErrorReport {
+  /** The SDK's transaction id; `undefined` for entries recorded without one (each is its own transaction). */
+  transactionId: number | undefined;
+  /** Every entry of the transaction, as the SDK queued it. The whole transaction is discarded. */
+  entries: CrudEntry[];
+  /** The worker's `failed_operation`: which entry failed (`index`) and why (`code`, `message`, ...). */
+  failedOperation: FailedOperation | null;
+  /** `entries[failedOperation.index]`, when the worker named the entry. */
+  failedEntry: CrudEntry | undefined;
+}
+
+/** Options of {@link WorkerConnector}. */
+export interface WorkerConnectorOptions {
+  /**
+   * Base URL of the worker, e.g. `https://powersync-supabase-worker.example.workers.dev`. Requests go
+   * to `<workerUrl>/powersync-token` and `<workerUrl>/powersync-upload`; trailing slashes are ignored.
+   * Required; no default.
+   */
+  workerUrl: string;
+  /**
+   * Returns the user's current session access token (Supabase, or whatever the worker verifies),
+   * or `null`/`undefined` when signed out. Called before every request; it should return a fresh
+   * token (e.g. supabase-js `getSession()`, which refreshes an expired one). Required; no default.
+   */
+  getSessionToken: () => Promise<string | null | undefined> | string | null | undefined;
+  /**
+   * Called once for each transaction the worker rejected permanently (`fatal_error`), before that
+   * transaction is removed from the local upload queue. Use it to tell the user, log, or keep a copy.
+   * If it throws (or rejects), the transaction stays queued and `uploadData` rethrows that error, so
+   * the upload is retried later (and this is called again).
+   * Default: logs the transaction id and the worker's error code and message with `console.error`
+   * (no row data).
+   */
+  onFatalError?: (report: FatalErrorReport) => void | Promise<void>;
+  /**
+   * Most transactions sent in one upload request. Set 1 for one transaction per request.
+   * Default: 20.
+   */
+  maxTransactionsPerRequest?: number;
+  /**
+   * Most CRUD entries sent in one upload request, all transactions together. A single transaction
+   * with more entries is still sent, alone. Keep it at or below the worker's `UPLOAD_MAX_ENTRIES`
+   * (10,000 by default). Default: 1000.
+   */
+  maxEntriesPerRequest?: number;
+  /**
+   * Milliseconds before a request to the worker is aborted (then it counts as a network error and is
+   * retried; nothing is completed). 0 disables the timeout. Default: 60000.
+   */
+  requestTimeoutMs?: number;
+  /** The `fetch` to use. Default: `globalThis.fetch`, looked up at each request. */
+  fetch?: FetchLike;
+}
+
+/**
+ * The local upload queue: the methods of the PowerSync database `uploadData` uses. Every
+ * `@powersync/web`, `@powersync/node` and `@powersync/react-native` database satisfies it.
+ */
+export type UploadQueue = Pick<CommonPowerSyncDatabase, 'getNextCrudTransaction'> &
+  Partial<Pick<CommonPowerSyncDatabase, 'getCrudTransactions'>>;
+
+const DEFAULT_MAX_TRANSACTIONS = 20;
+const DEFAULT_MAX_ENTRIES = 1000;
+const DEFAULT_TIMEOUT_MS = 60_000;
+
+/** The SDK's own choice (`utils/compatibility.ts`), so its iterables work on engines without the symbol. */
+const asyncIteratorSymbol: typeof Symbol.asyncIterator =
+  Symbol.asyncIterator ?? (Symbol.for('Symbol.asyncIterator') as typeof Symbol.asyncIterator);
+
+function positiveInteger(name: string, value: number | undefined, fallback: number, allowZero = false): number {
+  if (value === undefined) return fallback;
+  if (!Number.isInteger(value) || value < (allowZero ? 0 : 1)) {
+    throw new TypeError(`${name} must be ${allowZero ? 'a non-negative' : 'a positive'} integer, got ${value}`);
+  }
+  return value;
+}
+
+function defaultOnFatalError(report: FatalErrorReport): void {
+  const failure = report.failedOperation;
+  console.error(
+    `[WorkerConnector] the worker rejected transaction ${report.transactionId ?? '(no id)'} for good; ` +
+      `it is discarded from the upload queue: ${failure ? `${failure.code} ${failure.message}` : 'no details'}` +
+      (failure?.index != null ? ` (entry ${failure.index})` : ''),
+  );
+}
+
+/**
+ * PowerSync backend connector for powersync-supabase-worker.
+ *
+ * - `fetchCredentials()` exchanges the session token for a PowerSync token at `/powersync-token`.
+ * - `uploadData()` sends queued transactions, several per request, to `/powersync-upload` and
+ *   completes exactly those the worker reports as applied (`success`) or rejected for good
+ *   (`fatal_error`), in order; anything else throws so the SDK retries later.
+ *
+ * @example
+ * ```ts
+ * const connector = new WorkerConnector({
+ *   workerUrl: 'https://my-worker.example.workers.dev',
+ *   getSessionToken: async () => (await supabase.auth.getSession()).data.session?.access_token,
+ * });
+ * await db.connect(connector);
+ * ```
+ */
+export class WorkerConnector implements PowerSyncBackendConnector {
+  private readonly baseUrl: string;
+  private readonly getSessionToken: WorkerConnectorOptions['getSessionToken'];
+  private readonly onFatalError: (report: FatalErrorReport) => void | Promise<void>;
+  private readonly maxTransactions: number;
+  private readonly maxEntries: number;
+  private readonly timeoutMs: number;
+  private readonly fetchImpl: FetchLike | undefined;
+
+  constructor(options: WorkerConnectorOptions) {
+    if (typeof options?.workerUrl !== 'string' || options.workerUrl.trim() === '') {
+      throw new TypeError('workerUrl is required');
+    }
+    if (typeof options.getSessionToken !== 'function') {
+      throw new TypeError('getSessionToken is required');
+    }
+    this.baseUrl = options.workerUrl.trim().replace(/\/+$/, '');
+    this.getSessionToken = options.getSessionToken;
+    this.onFatalError = options.onFatalError ?? defaultOnFatalError;
+    this.maxTransactions = positiveInteger('maxTransactionsPerRequest', options.maxTransactionsPerRequest, DEFAULT_MAX_TRANSACTIONS);
+    this.maxEntries = positiveInteger('maxEntriesPerRequest', options.maxEntriesPerRequest, DEFAULT_MAX_ENTRIES);
+    this.timeoutMs = positiveInteger('requestTimeoutMs', options.requestTimeoutMs, DEFAULT_TIMEOUT_MS, true);
+    this.fetchImpl = options.fetch;
+  }
+
+  /**
+   * Asks the worker for a PowerSync token (`GET <workerUrl>/powersync-token`).
+   *
+   * @returns the credentials, or `null` when `getSessionToken` says the user is signed out
+   * @throws {@link WorkerConnectorError} on a network error or any answer other than a valid 200
+   *   (its `code` is the worker's, e.g. `session_expired`); the SDK retries
+   */
+  async fetchCredentials(): Promise<PowerSyncCredentials | null> {
+    const session = await this.getSessionToken();
+    if (!session) return null;
+    const { response, body } = await this.request('GET', '/powersync-token', session);
+    const requestId = response.headers.get('X-Request-Id') ?? errorOf(body).requestId ?? undefined;
+    if (response.status !== 200) {
+      const { code, error } = errorOf(body);
+      throw new WorkerConnectorError(
+        `powersync-token answered HTTP ${response.status}${code ? ` ${code}` : ''}${error ? `: ${error}` : ''}`,
+        {
+          code: code ?? `http_${response.status}`,
+          status: response.status,
+          requestId,
+          retryAfterMs: parseRetryAfter(response.headers.get('Retry-After')),
+        },
+      );
+    }
+    const fields = (typeof body === 'object' && body !== null ? body : {}) as Record<string, unknown>;
+    const endpoint = fields.endpoint ?? fields.powersync_url;
+    const token = fields.token;
+    if (typeof endpoint !== 'string' || endpoint === '' || typeof token !== 'string' || token === '') {
+      throw new WorkerConnectorError('powersync-token answered 200 without a token and an endpoint', {
+        code: 'unexpected_response',
+        status: 200,
+        requestId,
+      });
+    }
+    const credentials: PowerSyncCredentials = { endpoint, token };
+    if (typeof fields.expires_at === 'string' || typeof fields.expires_at === 'number') {
+      const expiresAt = new Date(fields.expires_at);
+      if (!Number.isNaN(expiresAt.getTime())) credentials.expiresAt = expiresAt;
+    }
+    return credentials;
+  }
+
+  /**
+   * Uploads the oldest queued transactions (`POST <workerUrl>/powersync-upload`), several per
+   * request, and completes those the worker reports as `success` or `fatal_error`, in order.
+   *
+   * Returns normally when at least one transaction was completed and nothing needs a delayed retry
+   * (the SDK then calls it again for the rest); throws otherwise, and the SDK retries after its
+   * retry delay. A transaction is never completed unless the worker reported a final outcome for it.
+   *
+   * @throws {@link WorkerConnectorError} when something must be retried; or the error
+   *   `onFatalError` threw
+   */
+  async uploadData(database: UploadQueue): Promise<void> {
+    const transactions = await this.readQueue(database);
+    if (transactions.length === 0) return;
+
+    const session = await this.getSessionToken();
+    if (!session) {
+      throw new WorkerConnectorError('signed out: no session token to upload with', { code: 'signed_out' });
+    }
+
+    // Send; on 413 send the first half only, until it fits or a single transaction is refused.
+    let batch = transactions;
+    for (;;) {
+      const { response, body } = await this.request(
+        'POST',
+        '/powersync-upload',
+        session,
+        JSON.stringify(planUploadBody(batch)),
+      );
+      if (response.status === 413 && batch.length > 1) {
+        batch = batch.slice(0, Math.ceil(batch.length / 2));
+        continue;
+      }
+      await this.settle(batch, response, body);
+      return;
+    }
+  }
+
+  /** Completes what the answer allows, in order, then throws when something must be retried. */
+  private async settle(batch: CrudTransaction[], response: FetchResponseLike, body: unknown): Promise<void> {
+    const verdict = interpretUploadResponse(
+      response.status,
+      body,
+      sentTransactionIds(batch),
+      response.headers.get('Retry-After'),
+    );
+    const results = verdict.results ?? [];
+
+    // Completing transaction k removes every queued entry up to k's last one, so only the last
+    // transaction of the completable prefix is completed, after every fatal one in it was reported.
+    // If onFatalError throws for transaction k, the ones before k are completed and k stays queued.
+    let reported = 0;
+    let handlerFailed = false;
+    let handlerError: unknown;
+    for (; reported < verdict.completable; reported++) {
+      const result = results[reported]!;
+      if (result.status !== 'fatal_error') continue;
+      const tx = batch[reported]!;
+      const failedOperation = result.failed_operation ?? null;
+      const index = failedOperation?.index;
+      try {
+        await this.onFatalError({
+          transactionId: tx.transactionId,
+          entries: tx.crud,
+          failedOperation,
+          failedEntry: typeof index === 'number' ? tx.crud[index] : undefined,
+        });
+      } catch (error) {
+        handlerFailed = true;
+        handlerError = error;
+        break;
+      }
+    }
+    if (reported > 0) await batch[reported - 1]!.complete();
+    if (handlerFailed) throw handlerError;
+
+    if (verdict.next === 'done' || verdict.next === 'continue') return;
+    const requestId = response.headers.get('X-Request-Id') ?? errorOf(body).requestId ?? undefined;
+    const reason = verdict.reason ?? { code: 'unexpected_response', message: 'upload must be retried' };
+    throw new WorkerConnectorError(`${reason.message}; will retry`, {
+      code: reason.code,
+      status: response.status,
+      requestId,
+      retryAfterMs: verdict.retryAfterMs,
+      completedTransactions: verdict.completable,
+    });
+  }
+
+  /**
+   * The oldest queued transactions, in order: at most `maxTransactionsPerRequest` and
+   * `maxEntriesPerRequest` entries (but always at least one transaction).
+   */
+  private async readQueue(database: UploadQueue): Promise<CrudTransaction[]> {
+    if (typeof database.getCrudTransactions !== 'function' || this.maxTransactions === 1) {
+      const tx = await database.getNextCrudTransaction();
+      return tx ? [tx] : [];
+    }
+    const iterator = database.getCrudTransactions()[asyncIteratorSymbol]();
+    const selected: CrudTransaction[] = [];
+    let entries = 0;
+    try {
+      while (selected.length < this.maxTransactions && entries < this.maxEntries) {
+        const step = await iterator.next();
+        if (step.done || !step.value) break;
+        const tx = step.value;
+        if (selected.length > 0 && entries + tx.crud.length > this.maxEntries) break;
+        selected.push(tx);
+        entries += tx.crud.length;
+      }
+    } finally {
+      await iterator.return?.();
+    }
+    return selected;
+  }
+
+  /** One request to the worker; the body is read too, within the timeout. `body` is `undefined` when not JSON. */
+  private async request(
+    method: 'GET' | 'POST',
+    path: string,
+    session: string,
+    body?: string,
+  ): Promise<{ response: FetchResponseLike; body: unknown }> {
+    const headers: Record<string, string> = { Authorization: `Bearer ${session}`, Accept: 'application/json' };
+    const init: FetchInitLike = { method, headers };
+    if (body !== undefined) {
+      headers['Content-Type'] = 'application/json';
+      init.body = body;
+    }
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    let timedOut = false;
+    if (this.timeoutMs > 0 && typeof AbortController === 'function') {
+      const controller = new AbortController();
+      init.signal = controller.signal;
+      timer = setTimeout(() => {
+        timedOut = true;
+        controller.abort();
+      }, this.timeoutMs);
+    }
+    const url = `${this.baseUrl}${path}`;
+    try {
+      const fetchFn = this.fetchImpl;
+      // Called as a plain function (never as a method of an options object: browsers refuse that).
+      const response = fetchFn ? await fetchFn(url, init) : await (globalThis.fetch as unknown as FetchLike)(url, init);
+      return { response, body: parseJson(await response.text()) };
+    } catch (cause) {
+      throw new WorkerConnectorError(
+        timedOut
+          ? `${method} ${path}: no answer within ${this.timeoutMs} ms`
+          : `${method} ${path} failed: ${cause instanceof Error ? cause.message : String(cause)}`,
+        { code: timedOut ? 'timeout' : 'network_error', cause },
+      );
+    } finally {
+      if (timer !== undefined) clearTimeout(timer);
+    }
+  }
+}
+
+/** The parsed JSON, or `undefined` when the text is empty or not JSON. */
+function parseJson(text: string): unknown {
+  try {
+    return JSON.parse(text) as unknown;
+  } catch {
+    return undefined;
+  }
+}

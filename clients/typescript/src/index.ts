@@ -1,0 +1,26 @@
+/**
+ * PowerSync backend connector for powersync-supabase-worker.
+ *
+ * @packageDocumentation
+ */
+export { WorkerConnector } from './connector.js';
+export type {
+  FatalErrorReport,
+  FetchInitLike,
+  FetchLike,
+  FetchResponseLike,
+  UploadQueue,
+  WorkerConnectorOptions,
+} from './connector.js';
+export { WorkerConnectorError } from './errors.js';
+export { interpretUploadResponse, parseRetryAfter, planUploadBody, sentTransactionIds } from './protocol.js';
+export type {
+  FailedOperation,
+  TransactionLike,
+  TransactionResult,
+  TransactionStatus,
+  UploadBody,
+  UploadEntry,
+  UploadInterpretation,
+  UploadTransaction,
+} from './protocol.js';
