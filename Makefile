@@ -1,6 +1,7 @@
 # The two commands a newcomer needs:
 #   make dev    run the worker locally (installs what is missing; embedded default configuration)
-#   make test   run every test (native + end-to-end in workerd against PostgreSQL)
+#   make test   run every test (native, the connector package, end-to-end in workerd against
+#               PostgreSQL with the real PowerSync service and the official SDK)
 #   make bench  run the benchmarks (not part of make test; see bench/README.md)
 # Everything installs itself where missing and is quick the second time.
 
@@ -14,8 +15,16 @@ PY := $(VENV)/bin/python
 RUST_SOURCES := $(shell find src -name '*.rs') Cargo.toml Cargo.lock
 DEVTOOL := target/debug/devtool
 DEV_PORT ?= 8787
+# Node 24.18.1 (scripts/node.sh installs it into a cache outside the tree): wrangler 4.1xx and
+# the PowerSync service need it, Debian's Node 20 cannot run them. Expanded only in the recipes
+# that use it.
+NODE_BIN = $(shell scripts/node.sh)
+WITH_NODE = PATH="$(NODE_BIN):$$PATH"
+CONNECTOR := clients/typescript
+CONNECTOR_SOURCES := $(wildcard $(CONNECTOR)/src/*.ts) $(CONNECTOR)/package-lock.json $(CONNECTOR)/tsconfig.json
+SDK := tests/sdk
 
-.PHONY: dev test test-native test-e2e build tools postgres venv clean bench
+.PHONY: dev test test-native test-connector test-e2e build tools postgres venv powersync sdk clean bench
 
 ## Tools -------------------------------------------------------------------------------------
 
@@ -35,6 +44,26 @@ $(VENV)/.installed: tests/requirements.txt
 
 venv: $(VENV)/.installed
 
+# The PowerSync service v1.25.0, built once from source into the cache (powersync/README.md).
+powersync:
+	@bash powersync/install.sh >/dev/null
+
+# Our connector package, built with tsc (the SDK tests import it).
+$(CONNECTOR)/node_modules/.package-lock.json: $(CONNECTOR)/package-lock.json
+	cd $(CONNECTOR) && $(WITH_NODE) npm ci --no-audit --no-fund --loglevel=error
+
+$(CONNECTOR)/dist/index.js: $(CONNECTOR_SOURCES) $(CONNECTOR)/node_modules/.package-lock.json
+	cd $(CONNECTOR) && $(WITH_NODE) npm run build --silent
+	@touch $@
+
+# The official PowerSync Node SDK (@powersync/node, pinned) beside our connector. better-sqlite3
+# compiles against Node 24's headers (about 2 minutes, once per lockfile change).
+$(SDK)/node_modules/.package-lock.json: $(SDK)/package-lock.json $(CONNECTOR)/dist/index.js
+	cd $(SDK) && $(WITH_NODE) npm_config_nodedir="$(NODE_BIN)/.." npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+sdk: $(SDK)/node_modules/.package-lock.json
+
 ## Build -------------------------------------------------------------------------------------
 
 build/index.js: $(RUST_SOURCES) package-lock.json scripts/build.sh scripts/toolchain.sh
@@ -52,25 +81,30 @@ $(DEVTOOL): $(RUST_SOURCES)
 
 ## Run ---------------------------------------------------------------------------------------
 
-dev: tools postgres venv build $(DEVTOOL) .dev.vars
-	DEV_PORT=$(DEV_PORT) scripts/dev.sh
+# POWERSYNC=off skips the PowerSync service (only the worker and the Supabase stand-in).
+POWERSYNC ?= on
+dev: tools postgres venv build $(DEVTOOL) .dev.vars $(if $(filter off,$(POWERSYNC)),,powersync)
+	$(WITH_NODE) DEV_PORT=$(DEV_PORT) POWERSYNC=$(POWERSYNC) scripts/dev.sh
 
 ## Test --------------------------------------------------------------------------------------
 
-test: test-native test-e2e
+test: test-native test-connector test-e2e
 
 test-native: tools
 	cargo test --all-features
 
-test-e2e: tools postgres venv build $(DEVTOOL)
-	$(PY) -m pytest tests/e2e -q -p no:cacheprovider
+test-connector: $(CONNECTOR)/node_modules/.package-lock.json
+	cd $(CONNECTOR) && $(WITH_NODE) npm test --silent
+
+test-e2e: tools postgres venv build $(DEVTOOL) powersync sdk
+	$(WITH_NODE) $(PY) -m pytest tests/e2e -q -p no:cacheprovider
 
 ## Bench -------------------------------------------------------------------------------------
 
 # About 3.5 minutes once the tools are installed (more when the build is stale); writes
 # bench/results.md and bench/results.json.
 bench:
-	bash bench/run.sh
+	$(WITH_NODE) bash bench/run.sh
 
 clean:
 	rm -rf build target/wasm $(VENV)

@@ -7,7 +7,7 @@
 # Route 1 (a laptop with internet): rustup's wasm32-unknown-unknown target.
 # Route 2 (offline machines, see README): Debian's rustc-web + rust-web-src, std built from source.
 #   WASM_TOOLCHAIN=debian forces it.
-# Pinned: worker-build, wasm-bindgen-cli (= the wasm-bindgen in Cargo.lock), npm packages
+# Pinned: Node 24.18.1 (scripts/node.sh), worker-build, wasm-bindgen-cli (= the wasm-bindgen in Cargo.lock), npm packages
 # (package-lock.json: wrangler with workerd, binaryen's wasm-opt).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,13 +49,17 @@ fi
 cargo_tool worker-build "$WORKER_BUILD_VERSION" worker-build
 cargo_tool wasm-bindgen "$WASM_BINDGEN_VERSION" wasm-bindgen-cli
 
+# wrangler 4.1xx needs Node >= 22.12: Node 24.18.1 from scripts/node.sh (a cache outside the tree).
+command -v npm >/dev/null || apt_install nodejs npm
+NODE_BIN=$(scripts/node.sh)
+export PATH="$NODE_BIN:$PATH"
 if [ ! -x node_modules/.bin/wrangler ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
-  command -v npm >/dev/null || apt_install nodejs npm
   log "installing npm packages (wrangler, binaryen) from package-lock.json"
   npm ci --no-audit --no-fund --loglevel=error >&2
 fi
 
 root=$(pwd)
+echo "export PATH=$NODE_BIN:\$PATH"
 echo "export WASM_BINDGEN_BIN=$(command -v wasm-bindgen)"
 echo "export ESBUILD_BIN=$root/node_modules/.bin/esbuild"
 echo "export WASM_OPT_BIN=$root/node_modules/.bin/wasm-opt"

@@ -2,7 +2,10 @@
 
 Session-wide: a throwaway PostgreSQL (``pg``) with tests/sql/test_schema.sql,
 sql/atomic_upload.sql and sql/dead_letter.sql loaded, and the PostgREST
-stand-in in front of it (``standin``). Per test: the tables are emptied and the
+stand-in in front of it (``standin``). ``pg`` is ready for logical replication
+(wal_level=logical, publication ``powersync``, a password for the URIs) so that
+the real PowerSync service (``powersync_service``, started only by the tests
+that ask for it) can replicate the same database. Per test: the tables are emptied and the
 stand-in's counters/faults/revocations reset (``db``, ``api``).
 
 Keys and tokens:
@@ -16,6 +19,7 @@ Keys and tokens:
 
 from __future__ import annotations
 
+import secrets
 import sys
 import time
 import uuid
@@ -113,9 +117,12 @@ def eq(value: str) -> str:
 
 @pytest.fixture(scope="session")
 def pg():
-    with TempPostgres() as server:
+    # wal_level=logical costs nothing measurable here and lets the PowerSync service replicate
+    # this database; the password only goes into the service's URIs (auth stays trust).
+    with TempPostgres(logical_replication=True, password=secrets.token_urlsafe(16)) as server:
         for f in SQL_FILES:
             server.run_sql_file(f)
+        server.run_sql("create publication powersync for all tables")
         yield server
 
 
@@ -271,3 +278,32 @@ def session_token(standin):
         claims.setdefault("iss", f"{standin.url}/auth/v1")
         return make_token(sub, **claims)
     return make
+
+
+# --- The real PowerSync service ----------------------------------------------------------------
+
+from tests.support.powersync import PowerSyncService  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def powersync_service(pg, worker):
+    """The real PowerSync service v1.25.0 (built once by powersync/install.sh, about 1 minute
+    the first time) replicating `pg` with powersync/sync-rules.yaml, buckets in the database
+    `psstorage` of the same server; initial replication done. It verifies client tokens with the
+    JWKS of `worker` (every worker started with base_vars' PowerSync key serves the same JWKS)
+    and accepts only aud = its own URL: tokens from a worker whose POWERSYNC_URL is
+    `powersync_service.url`."""
+    pg.create_database("psstorage")
+    with PowerSyncService(pg.url(with_password=True), pg.url("psstorage", with_password=True),
+                          jwks_uri=worker.url + "/.well-known/jwks.json") as service:
+        service.wait_for_initial_replication()
+        yield service
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Timings the sync tests measured (tests/e2e/test_sync.py), printed after every run."""
+    from tests.support.sdk_client import TIMINGS
+    if TIMINGS:
+        terminalreporter.section("sync timings (real PowerSync service + SDK)")
+        for what, seconds in TIMINGS:
+            terminalreporter.write_line(f"{seconds:7.2f} s  {what}")

@@ -1,14 +1,18 @@
-"""`make dev`'s local Supabase stand-in: a throwaway PostgreSQL with the demo schema
+"""`make dev`'s local backend: a throwaway PostgreSQL with the demo schema
 (tests/sql/test_schema.sql: `lists` and `todos` owned by their users, with RLS; plus
-sql/atomic_upload.sql and sql/dead_letter.sql) and the PostgREST stand-in on the Supabase CLI's
-port. Runs until interrupted, then stops both.
+sql/atomic_upload.sql and sql/dead_letter.sql), the PostgREST stand-in on the Supabase CLI's
+port and, with --powersync-port, the real PowerSync service replicating that database
+(powersync/sync-rules.yaml) and trusting the worker's JWKS. Runs until interrupted, then stops
+everything.
 
-    python -m tests.support.devstack --port 54321 --jwt-secret S --anon-key A --service-key K
+    python -m tests.support.devstack --port 54321 --jwt-secret S --anon-key A --service-key K \
+        [--powersync-port 8080 --worker-url http://127.0.0.1:8787]
 """
 
 from __future__ import annotations
 
 import argparse
+import secrets
 import signal
 import sys
 import threading
@@ -19,6 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.postgrest_standin.standin import StandIn  # noqa: E402
 from tests.support.pg import TempPostgres  # noqa: E402
+from tests.support.powersync import PowerSyncService  # noqa: E402
 
 SQL_FILES = ["tests/sql/test_schema.sql", "sql/atomic_upload.sql", "sql/dead_letter.sql"]
 
@@ -29,13 +34,17 @@ def main() -> None:
     p.add_argument("--jwt-secret", required=True)
     p.add_argument("--anon-key")
     p.add_argument("--service-key")
+    p.add_argument("--powersync-port", type=int, default=0, help="0: no PowerSync service")
+    p.add_argument("--worker-url", default="http://127.0.0.1:8787")
     args = p.parse_args()
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    pg = TempPostgres().start()
-    standin = None
+    with_powersync = args.powersync_port > 0
+    pg = TempPostgres(logical_replication=with_powersync,
+                      password=secrets.token_urlsafe(16) if with_powersync else None).start()
+    standin = service = None
     try:
         for f in SQL_FILES:
             pg.run_sql_file(ROOT / f)
@@ -43,8 +52,20 @@ def main() -> None:
         standin.start(port=args.port)
         print(f"supabase stand-in listening on http://127.0.0.1:{args.port} (PostgreSQL {pg.dsn})", flush=True)
         print(f"  see uploaded rows: psql '{pg.dsn}' -c 'select * from lists'", flush=True)
+        if with_powersync:
+            pg.run_sql("create publication powersync for all tables")
+            storage = pg.create_database("psstorage")
+            # The worker is not up yet: the service fetches its JWKS when the first client connects.
+            service = PowerSyncService(pg.url(with_password=True), pg.url(storage, with_password=True),
+                                       jwks_uri=args.worker_url + "/.well-known/jwks.json",
+                                       port=args.powersync_port)
+            print(f"PowerSync service listening on {service.url} (sync rules: powersync/sync-rules.yaml;"
+                  f" log: {service.log_path})", flush=True)
+        print("stack ready", flush=True)
         stop.wait()
     finally:
+        if service:
+            service.stop()
         if standin:
             standin.stop()
         pg.stop()

@@ -11,6 +11,12 @@ free port (plus a Unix socket inside that directory), trusts every local
 connection and runs with fsync=off. ``stop()`` kills it (``-m immediate``) and
 deletes the directory.
 
+For the PowerSync service (tests/support/powersync.py): ``logical_replication=True`` starts
+the server with ``wal_level=logical``; ``password=...`` gives the database user a password and
+``url(database, with_password=True)`` puts it into the URI (the service refuses URIs without
+one, PSYNC_S1108; authentication stays ``trust``, so password-less URIs keep working);
+``create_database(name)`` adds e.g. the service's bucket-storage database.
+
 ``initdb`` refuses to run as root, so when the current user is root the
 directory is handed to the ``postgres`` system user and the server binaries
 run through ``runuser -u postgres --``. As any other user they run directly.
@@ -30,6 +36,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 INSTALL_HINT = (
     "PostgreSQL server binaries (initdb, pg_ctl) were not found. "
@@ -71,18 +78,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# What logical replication (the PowerSync service) needs. max_wal_senders and
+# max_replication_slots already default to 10, enough for a few services at once.
+LOGICAL_REPLICATION_SETTINGS = {"wal_level": "logical"}
+
+
 class TempPostgres:
     """A disposable PostgreSQL cluster. Use as a context manager or call
     start()/stop() yourself."""
 
     def __init__(self, port: int | None = None, bin_dir: str | os.PathLike | None = None,
                  os_user: str = "postgres", db_user: str = "postgres",
-                 extra_settings: dict[str, str] | None = None):
+                 extra_settings: dict[str, str] | None = None,
+                 logical_replication: bool = False, password: str | None = None):
         self.requested_port = port
         self.bin_dir = Path(bin_dir) if bin_dir else None
         self.os_user = os_user
         self.db_user = db_user
-        self.extra_settings = dict(extra_settings or {})
+        self.extra_settings = {**(LOGICAL_REPLICATION_SETTINGS if logical_replication else {}),
+                               **(extra_settings or {})}
+        self.password = password
         self.port: int | None = None
         self.base_dir: Path | None = None
         self.data_dir: Path | None = None
@@ -122,6 +137,17 @@ class TempPostgres:
         if self.port is None:
             raise RuntimeError("TempPostgres is not started")
         return f"postgresql://{self.db_user}@127.0.0.1:{self.port}/postgres"
+
+    def url(self, database: str = "postgres", with_password: bool = False) -> str:
+        """A URI for `database`; with the user's password in it when asked (needs `password`)."""
+        if self.port is None:
+            raise RuntimeError("TempPostgres is not started")
+        user = self.db_user
+        if with_password:
+            if self.password is None:
+                raise RuntimeError("TempPostgres was started without a password")
+            user += ":" + quote(self.password, safe="")
+        return f"postgresql://{user}@127.0.0.1:{self.port}/{quote(database, safe='')}"
 
     @property
     def socket_dir(self) -> str:
@@ -170,6 +196,8 @@ class TempPostgres:
                 raise last_err  # type: ignore[misc]
             self._running = True
             self._wait_ready()
+            if self.password is not None:
+                self.run_sql(f"alter role {_ident(self.db_user)} password {_literal(self.password)}")
         except BaseException:
             self.stop()
             raise
@@ -199,10 +227,10 @@ class TempPostgres:
             shutil.rmtree(self.base_dir, ignore_errors=True)
         self.base_dir = None
 
-    def psql_args(self) -> list[str]:
+    def psql_args(self, database: str = "postgres") -> list[str]:
         psql = (self.bin_dir / "psql") if self.bin_dir else Path("psql")
         return [str(psql), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1",
-                "-p", str(self.port), "-U", self.db_user, "-d", "postgres"]
+                "-p", str(self.port), "-U", self.db_user, "-d", database]
 
     def run_sql_file(self, path: str | os.PathLike) -> str:
         """Run a SQL file with psql (ON_ERROR_STOP); returns psql's output,
@@ -214,13 +242,18 @@ class TempPostgres:
             raise RuntimeError(f"psql -f {path} failed ({proc.returncode}):\n{proc.stdout}")
         return proc.stdout
 
-    def run_sql(self, sql: str) -> str:
+    def run_sql(self, sql: str, database: str = "postgres") -> str:
         """Run SQL text (any number of statements) with psql."""
-        proc = subprocess.run([*self.psql_args(), "-c", sql], stdout=subprocess.PIPE,
+        proc = subprocess.run([*self.psql_args(database), "-c", sql], stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True, timeout=300)
         if proc.returncode != 0:
             raise RuntimeError(f"psql failed ({proc.returncode}):\n{proc.stdout}")
         return proc.stdout
+
+    def create_database(self, name: str) -> str:
+        """Creates database `name` (e.g. the PowerSync service's bucket storage); returns `name`."""
+        self.run_sql(f"create database {_ident(name)}")
+        return name
 
     def __enter__(self) -> "TempPostgres":
         return self.start()
@@ -234,6 +267,14 @@ class TempPostgres:
                 self.stop()
         except Exception:
             pass
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
 
 
 def _has_c_utf8() -> bool:

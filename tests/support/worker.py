@@ -47,13 +47,13 @@ def dotenv_value(value: str) -> str:
 
 class WorkerProcess:
     def __init__(self, vars: dict[str, str], startup_timeout: float = 60.0, main: Path | None = None,
-                 inspector: bool = True):
+                 inspector: bool = True, port: int | None = None):
         main = main or BUILD
         if not main.exists():
             raise RuntimeError(f"{main} is missing: run `make build` (make test does) first")
         self.vars = dict(vars)
         self.dir = Path(tempfile.mkdtemp(prefix="worker-e2e-"))
-        self.port = free_port()
+        self.port = port or free_port()  # a fixed port: restart "the same" worker after stop()
         self.url = f"http://127.0.0.1:{self.port}"
         (self.dir / "wrangler.toml").write_text(
             f'name = "e2e"\nmain = "{main}"\ncompatibility_date = "2026-04-01"\n'
