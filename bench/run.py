@@ -250,7 +250,7 @@ def cold_start(vars: dict[str, str], main: Path, hs_token: str, es_token: str) -
     d = Path(tempfile.mkdtemp(prefix="bench-cold-"))
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    (d / "wrangler.toml").write_text(f'name = "bench-cold"\nmain = "{main}"\ncompatibility_date = "2026-04-01"\n')
+    (d / "wrangler.toml").write_text(f'name = "bench-cold"\nmain = "{main}"\ncompatibility_date = "2026-11-01"\n')
     (d / ".dev.vars").write_text("".join(f"{k}={dotenv_value(v)}\n" for k, v in vars.items()))
     log_path = d / "wrangler.log"
     log_file = open(log_path, "wb")

@@ -233,6 +233,9 @@ def test_writes_made_while_the_worker_is_down_stay_queued_then_upload_in_order_w
         assert server_lists(db, user_a) == [{"id": lst, "name": "v3", "owner_id": user_a}]
         assert [t["id"] for t in server_todos(db, user_a)] == [t1]
         assert db.execute("select count(*) from todos where created_by = %s", (user_a,)).fetchone()[0] == 1
+        # The connector sent the five queued transactions in one request, all applied.
+        uploads = [line["upload"] for line in worker.log_lines() if line.get("route") == "upload"]
+        assert uploads[0]["success"] == 5, uploads
     finally:
         worker.stop()
 

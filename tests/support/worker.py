@@ -56,7 +56,7 @@ class WorkerProcess:
         self.port = port or free_port()  # a fixed port: restart "the same" worker after stop()
         self.url = f"http://127.0.0.1:{self.port}"
         (self.dir / "wrangler.toml").write_text(
-            f'name = "e2e"\nmain = "{main}"\ncompatibility_date = "2026-04-01"\n'
+            f'name = "e2e"\nmain = "{main}"\ncompatibility_date = "2026-11-01"\n'
         )
         (self.dir / ".dev.vars").write_text(
             "".join(f"{k}={dotenv_value(v)}\n" for k, v in self.vars.items())
