@@ -9,6 +9,7 @@ from the service, and uploads its local writes through the connector's `uploadDa
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 import uuid
@@ -19,20 +20,6 @@ import pytest
 from tests.support.powersync import PowerSyncService
 from tests.support.sdk_client import SdkApp, record_timing
 from tests.support.worker import WorkerProcess, devtool, free_port
-
-NODE_BIN = None
-
-
-def node_binary() -> str:
-    """Node 24 (scripts/node.sh): the SDK's better-sqlite3 is built against it."""
-    import subprocess
-    from tests.support.worker import ROOT
-    global NODE_BIN
-    if NODE_BIN is None:
-        out = subprocess.run(["bash", str(ROOT / "scripts/node.sh")], check=True, text=True,
-                             stdout=subprocess.PIPE).stdout.strip()
-        NODE_BIN = out + "/node"
-    return NODE_BIN
 
 
 def sync_vars(base_vars: dict, powersync_url: str, **extra: str) -> dict:
@@ -54,7 +41,7 @@ def apps(tmp_path, session_token, db):
     opened: list[SdkApp] = []
 
     def open_app(user: str, worker: WorkerProcess, connect: bool = True, **kw) -> SdkApp:
-        app = SdkApp(node_binary(), worker.url, session_token(user),
+        app = SdkApp(worker.url, session_token(user),
                      tmp_path / f"app-{len(opened)}.db", **kw)
         opened.append(app)
         if connect:
@@ -335,7 +322,6 @@ def test_key_rotation_keeps_connected_clients_syncing_and_new_keys_tokens_are_ac
 
 
 def _b64(part: str) -> bytes:
-    import base64
     return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
 
 

@@ -2,7 +2,7 @@
 connector (clients/typescript), run by tests/sdk/driver.mjs under Node 24 and driven over
 stdin/stdout.
 
-    app = SdkApp(node, worker.url, session_token, tmp_path / "app.db")
+    app = SdkApp(worker.url, session_token, tmp_path / "app.db")
     app.connect()                                  # first sync done
     app.execute("insert into lists ...", [...])
     app.drained()                                  # uploaded and synced back
@@ -14,6 +14,7 @@ Every call waits for the driver's answer and raises `SdkError` with the SDK's me
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import os
@@ -37,13 +38,21 @@ class SdkError(RuntimeError):
     pass
 
 
+@functools.cache
+def node() -> str:
+    """Node 24 (scripts/node.sh): the SDK's better-sqlite3 is compiled against it."""
+    bin_dir = subprocess.run(["bash", str(ROOT / "scripts/node.sh")], check=True, text=True,
+                             stdout=subprocess.PIPE).stdout.strip()
+    return bin_dir + "/node"
+
+
 class SdkApp:
-    def __init__(self, node: str, worker_url: str, session_token: str, db_path: Path,
+    def __init__(self, worker_url: str, session_token: str, db_path: Path,
                  max_transactions_per_request: int | None = None):
         self.log_path = Path(str(db_path) + ".log")
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
-            [node, str(DRIVER)], cwd=DRIVER.parent, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            [node(), str(DRIVER)], cwd=DRIVER.parent, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=self._log, text=True, bufsize=1, env=dict(os.environ, NODE_NO_WARNINGS="1"),
             start_new_session=True)
         self._ids = itertools.count(1)
