@@ -169,11 +169,11 @@ impl App {
         };
         // Never hold the cache borrowed across an await.
         let step = verifier.borrow_mut().plan(token, now);
-        if let Step::FetchJwks(fetch) = step {
-            let answer = transport.send(fetch).await;
+        if let Step::FetchJwks(fetch) = &step {
+            let answer = transport.send(fetch.clone()).await;
             verifier.borrow_mut().accept_jwks(answer, now);
         }
-        let pending = verifier.borrow().begin(token, now)?;
+        let pending = verifier.borrow().begin(token, now).map_err(|e| step.explain(e))?;
         if let Some(check) = &pending.signature {
             if !signatures.verify(check).await? {
                 return Err(SessionError::BadSignature.into());

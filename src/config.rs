@@ -157,6 +157,10 @@ fn session_settings(r: &mut Reader, supabase_url: Option<String>) -> Option<Sess
     let jwks_cache_seconds = r.number("SUPABASE_JWKS_CACHE_SECONDS", 600, 0..=600);
     let remote_check = r.flag("SUPABASE_VERIFY_SESSION_REMOTE", false);
     let anon_key = r.get("SUPABASE_ANON_KEY");
+    if remote_check && anon_key.is_none() {
+        // Supabase's gateway refuses /auth/v1/user without an apikey: every user would fail.
+        r.problem("SUPABASE_VERIFY_SESSION_REMOTE", "needs SUPABASE_ANON_KEY (sent as apikey to Supabase Auth)");
+    }
     let project_keys = [anon_key.clone(), r.get("SUPABASE_SERVICE_ROLE_KEY")].into_iter().flatten().collect();
     let supabase_url = supabase_url?;
     Some(SessionSettings {
@@ -376,6 +380,14 @@ mod tests {
         assert_eq!(s.issuer, "https://issuer");
         assert_eq!(s.jwks_url, "http://127.0.0.1:9/jwks");
         assert!(s.remote_check);
+    }
+
+    #[test]
+    fn remote_session_check_without_an_anon_key_is_a_configuration_problem() {
+        let mut vars: Vec<(&str, String)> = complete().into_iter().filter(|(name, _)| *name != "SUPABASE_ANON_KEY").collect();
+        vars.push(("SUPABASE_VERIFY_SESSION_REMOTE", "true".into()));
+        let problems = config_of(&vars).session.unwrap_err();
+        assert!(problems.iter().any(|p| p.name == "SUPABASE_VERIFY_SESSION_REMOTE" && p.message.contains("SUPABASE_ANON_KEY")), "{problems:?}");
     }
 
     #[test]

@@ -37,6 +37,7 @@ impl ApiError {
             ApiError::MissingAuthorization => 401,
             ApiError::Session(e) => match e {
                 SessionError::KeysUnavailable(_) | SessionError::AuthUnavailable(_) => 503,
+                SessionError::AuthMisconfigured(_) => 500,
                 _ => 401,
             },
             ApiError::PowerSync(_) | ApiError::SessionNotConfigured(_) | ApiError::UploadNotConfigured(_) | ApiError::Signing(_) => 500,
@@ -56,6 +57,7 @@ impl ApiError {
                 SessionError::Revoked(_) => "session_revoked",
                 SessionError::KeysUnavailable(_) => "session_keys_unavailable",
                 SessionError::AuthUnavailable(_) => "auth_unavailable",
+                SessionError::AuthMisconfigured(_) => "auth_check_misconfigured",
                 _ => "session_invalid",
             },
             ApiError::PowerSync(PowerSyncProblem::Missing(_)) => "powersync_not_configured",
@@ -77,6 +79,7 @@ impl ApiError {
             ApiError::MissingAuthorization => "No authorization header".into(),
             ApiError::Session(SessionError::KeysUnavailable(_)) => "Session keys unavailable, try again".into(),
             ApiError::Session(SessionError::AuthUnavailable(_)) => "Supabase Auth unavailable, try again".into(),
+            ApiError::Session(SessionError::AuthMisconfigured(_)) => "Session verification not configured".into(),
             ApiError::Session(_) => "Unauthorized".into(),
             ApiError::PowerSync(PowerSyncProblem::Key(_)) | ApiError::Signing(_) => "Failed to import private key".into(),
             ApiError::PowerSync(_) => "PowerSync not configured".into(),

@@ -60,8 +60,8 @@ pub struct Session {
     pub token: String,
 }
 
-/// Why a session was refused. Every variant is the caller's fault except `KeysUnavailable` and
-/// `AuthUnavailable`. `reason()` is for logs and never contains the token.
+/// Why a session was refused. Every variant is the caller's fault except `KeysUnavailable`,
+/// `AuthUnavailable` and `AuthMisconfigured`. `reason()` is for logs and never contains the token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SessionError {
     Malformed(String),
@@ -85,6 +85,9 @@ pub enum SessionError {
     KeysUnavailable(String),
     /// The remote session check could not reach Supabase Auth.
     AuthUnavailable(String),
+    /// The remote session check was refused by Supabase's gateway, not by Auth (a missing or
+    /// wrong `SUPABASE_ANON_KEY`): our configuration, never the user's session.
+    AuthMisconfigured(String),
 }
 
 impl SessionError {
@@ -104,6 +107,7 @@ impl SessionError {
             SessionError::Revoked(why) => format!("Supabase Auth rejected the session: {why}"),
             SessionError::KeysUnavailable(why) => format!("JWKS unavailable: {why}"),
             SessionError::AuthUnavailable(why) => format!("Supabase Auth unavailable: {why}"),
+            SessionError::AuthMisconfigured(why) => format!("remote session check misconfigured: {why}"),
         }
     }
 }
@@ -113,6 +117,22 @@ impl SessionError {
 pub enum Step {
     Ready,
     FetchJwks(HttpRequest),
+    /// Verify now, but a refetch for the token's unknown `kid` was held back (rate limit or
+    /// back-off after failed fetches): pass verification errors through [`Step::explain`].
+    RefetchSuppressed,
+}
+
+impl Step {
+    /// What a verification error means after this step: an unknown `kid` whose refetch was held
+    /// back is "keys unavailable, try again" (503), not an invalid session (401).
+    pub fn explain(&self, error: SessionError) -> SessionError {
+        match (self, error) {
+            (Step::RefetchSuppressed, SessionError::UnknownKey(kid)) => {
+                SessionError::KeysUnavailable(format!("no key '{kid}' yet and a JWKS refetch is held back"))
+            }
+            (_, error) => error,
+        }
+    }
 }
 
 /// A token read and keyed but whose claims are not yet checked.
@@ -187,10 +207,10 @@ impl Verifier {
         if matches!(header.alg, Algorithm::HS256) || !is_jwks_alg(header.alg) {
             return Step::Ready;
         }
-        if self.jwks.wants_fetch(header.kid.as_deref(), now, UNKNOWN_KID_REFETCH_SECONDS) {
-            Step::FetchJwks(HttpRequest::new(Method::Get, &self.settings.jwks_url))
-        } else {
-            Step::Ready
+        match self.jwks.wants_fetch(header.kid.as_deref(), now, UNKNOWN_KID_REFETCH_SECONDS) {
+            jwks::Freshness::Cached => Step::Ready,
+            jwks::Freshness::Fetch => Step::FetchJwks(HttpRequest::new(Method::Get, &self.settings.jwks_url)),
+            jwks::Freshness::Suppressed => Step::RefetchSuppressed,
         }
     }
 
@@ -280,18 +300,28 @@ impl Verifier {
     }
 }
 
-/// Interprets Supabase Auth's answer to `GET /auth/v1/user`.
+/// Interprets Supabase Auth's answer to `GET /auth/v1/user`. Only Auth's own refusals (a body
+/// with its error code: `error_code`, or `code` as text in API version 2024-01-01) revoke the
+/// session; a 401/403 without one comes from the gateway (`{"message":"Invalid API key"}`), so
+/// the worker's key is wrong and every user would be refused: that is our fault (5xx).
 pub fn interpret_remote_check(answer: Result<HttpResponse, TransportError>) -> Result<(), SessionError> {
     let response = answer.map_err(|e| SessionError::AuthUnavailable(e.message))?;
     match response.status {
         200..=299 => Ok(()),
         401 | 403 | 404 => {
             let body: Value = serde_json::from_str(&response.body).unwrap_or(Value::Null);
-            let code = ["error_code", "code", "msg"]
-                .iter()
-                .find_map(|k| body.get(*k).and_then(|v| v.as_str()))
-                .unwrap_or("rejected");
-            Err(SessionError::Revoked(format!("{} {code}", response.status)))
+            let auth_code = ["error_code", "code"].iter().find_map(|k| body.get(*k).and_then(|v| v.as_str()));
+            match auth_code {
+                Some(code) => Err(SessionError::Revoked(format!("{} {code}", response.status))),
+                None => {
+                    let message = body.get("message").and_then(|v| v.as_str()).unwrap_or("no Auth error code");
+                    Err(SessionError::AuthMisconfigured(format!(
+                        "{} from the gateway: {}",
+                        response.status,
+                        message.chars().take(120).collect::<String>()
+                    )))
+                }
+            }
         }
         status => Err(SessionError::AuthUnavailable(format!("status {status}"))),
     }
@@ -547,10 +577,23 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn remote_check_refused_by_the_gateway_is_our_misconfiguration_not_a_revoked_session() {
+        let answer = |status: u16, body: &str| Ok(HttpResponse { status, headers: vec![], body: body.into() });
+        for body in [r#"{"message":"Invalid API key","hint":"Double check your Supabase `anon` or `service_role` API key."}"#,
+                     r#"{"message":"No API key found in request","hint":"No `apikey` request header or url param was found."}"#, ""] {
+            let error = interpret_remote_check(answer(401, body)).unwrap_err();
+            assert!(matches!(&error, SessionError::AuthMisconfigured(_)), "{body}: {error:?}");
+            let api = crate::error::ApiError::Session(error);
+            assert_eq!((api.status(), api.code()), (500, "auth_check_misconfigured"));
+        }
+    }
+
+    #[test]
     fn remote_check_answers_are_interpreted() {
         let answer = |status: u16, body: &str| Ok(HttpResponse { status, headers: vec![], body: body.into() });
         assert_eq!(interpret_remote_check(answer(200, "{}")), Ok(()));
         assert!(matches!(interpret_remote_check(answer(403, r#"{"error_code":"session_not_found"}"#)), Err(SessionError::Revoked(r)) if r.contains("session_not_found")));
+        assert!(matches!(interpret_remote_check(answer(403, r#"{"code":"user_not_found","message":"User from sub claim in JWT does not exist"}"#)), Err(SessionError::Revoked(r)) if r.contains("user_not_found")));
         assert!(matches!(interpret_remote_check(answer(502, "")), Err(SessionError::AuthUnavailable(_))));
         let refused = Err(TransportError { message: "refused".into(), timed_out: false });
         assert!(matches!(interpret_remote_check(refused), Err(SessionError::AuthUnavailable(_))));

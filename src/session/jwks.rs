@@ -1,16 +1,34 @@
 //! The project's signing keys, as published at `/auth/v1/.well-known/jwks.json`, cached in
 //! isolate memory.
 //!
-//! Rules (Supabase asks for them): keep a copy at most `ttl` seconds (never more than 600);
-//! refetch once when a token names an unknown `kid` (a key rotation), at most once per
-//! `refetch_interval`; when no fresh copy can be had, refuse with `KeysUnavailable` rather than
-//! trust a stale one.
+//! Rules (Supabase asks for them): keep a copy at most `ttl` seconds (never more than 600; 0
+//! means a copy serves only the requests of the second it was fetched in); refetch once when a
+//! token names an unknown `kid` (a key rotation), at most once per `refetch_interval`; when no
+//! fresh copy can be had, refuse with `KeysUnavailable` rather than trust a stale one. A failed
+//! fetch is not repeated on every request: the next try waits 1, 2, 4, ... up to
+//! [`MAX_BACKOFF_SECONDS`] seconds, and requests in between are answered "try again".
 
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
 
 use super::SessionError;
 use crate::http::{HttpResponse, TransportError};
+
+/// Longest wait between two tries after failed JWKS fetches.
+pub const MAX_BACKOFF_SECONDS: u64 = 60;
+
+/// Whether a token's key can be looked up now, or why not (see [`JwksCache::wants_fetch`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Freshness {
+    /// Look the key up in the cache as it is.
+    Cached,
+    /// Fetch the JWKS first.
+    Fetch,
+    /// The token names an unknown `kid` but a refetch is held back (rate limit or back-off): an
+    /// unknown key then means "try again", not "invalid", so a real key rotation is never
+    /// refused because forged tokens used up the refetch.
+    Suppressed,
+}
 
 struct CachedKey {
     kid: Option<String>,
@@ -34,15 +52,34 @@ pub struct JwksCache {
     /// When a token's unknown `kid` last triggered a refetch (the rate-limited kind).
     last_refetch: Option<u64>,
     last_error: Option<String>,
+    /// Failed fetches in a row, and when the last one failed (for the back-off).
+    failures: u32,
+    failed_at: Option<u64>,
 }
 
 impl JwksCache {
     pub fn new(ttl: u64) -> JwksCache {
-        JwksCache { ttl: ttl.min(600), keys: Vec::new(), fetched_at: None, last_refetch: None, last_error: None }
+        JwksCache {
+            ttl: ttl.min(600),
+            keys: Vec::new(),
+            fetched_at: None,
+            last_refetch: None,
+            last_error: None,
+            failures: 0,
+            failed_at: None,
+        }
     }
 
+    /// A copy serves at least the requests of the second it was fetched in (so `ttl` 0 means
+    /// "fetch for every request", not "never usable").
     fn is_fresh(&self, now: u64) -> bool {
-        self.fetched_at.is_some_and(|at| now.saturating_sub(at) < self.ttl)
+        self.fetched_at.is_some_and(|at| now.saturating_sub(at) < self.ttl.max(1))
+    }
+
+    /// Whether failed fetches ask to wait at `now` (1, 2, 4, ... s after the last failure).
+    fn backing_off(&self, now: u64) -> bool {
+        let wait = 1u64.checked_shl(self.failures.saturating_sub(1)).unwrap_or(u64::MAX).min(MAX_BACKOFF_SECONDS);
+        self.failures > 0 && self.failed_at.is_some_and(|at| now.saturating_sub(at) < wait)
     }
 
     fn knows(&self, kid: Option<&str>) -> bool {
@@ -50,16 +87,23 @@ impl JwksCache {
     }
 
     /// Whether a token with this `kid` calls for a fetch at `now`. A refetch for an unknown
-    /// `kid` is allowed once per `refetch_interval` and counted from this call.
-    pub fn wants_fetch(&mut self, kid: Option<&str>, now: u64, refetch_interval: u64) -> bool {
-        if !self.is_fresh(now) {
-            return true;
+    /// `kid` is allowed once per `refetch_interval` and counted from this call; no fetch is
+    /// asked for while failed fetches back off.
+    pub fn wants_fetch(&mut self, kid: Option<&str>, now: u64, refetch_interval: u64) -> Freshness {
+        if self.is_fresh(now) && self.knows(kid) {
+            return Freshness::Cached;
         }
-        if self.knows(kid) || self.last_refetch.is_some_and(|at| now.saturating_sub(at) < refetch_interval) {
-            return false;
+        if self.backing_off(now) {
+            return Freshness::Suppressed;
+        }
+        if !self.is_fresh(now) {
+            return Freshness::Fetch;
+        }
+        if self.last_refetch.is_some_and(|at| now.saturating_sub(at) < refetch_interval) {
+            return Freshness::Suppressed;
         }
         self.last_refetch = Some(now);
-        true
+        Freshness::Fetch
     }
 
     /// Takes a fetch result. A failed fetch keeps the previous copy until its TTL runs out.
@@ -69,8 +113,14 @@ impl JwksCache {
                 self.keys = keys;
                 self.fetched_at = Some(now);
                 self.last_error = None;
+                self.failures = 0;
+                self.failed_at = None;
             }
-            Err(why) => self.last_error = Some(why),
+            Err(why) => {
+                self.last_error = Some(why);
+                self.failures = self.failures.saturating_add(1);
+                self.failed_at = Some(now);
+            }
         }
     }
 
@@ -186,7 +236,7 @@ mod tests {
                 assert_eq!(request.url, "http://127.0.0.1:54321/auth/v1/.well-known/jwks.json");
                 assert_eq!(request.method, crate::http::Method::Get);
             }
-            Step::Ready => panic!("expected a fetch"),
+            other => panic!("expected a fetch, got {other:?}"),
         }
     }
 
@@ -221,10 +271,74 @@ mod tests {
         assert!(matches!(v.plan(&es256("new"), NOW + 1), Step::FetchJwks(_)), "right after a fetch too");
         v.accept_jwks(jwks(vec![ec_jwk("old")]), NOW + 1);
         assert_eq!(v.verify(&es256("new"), NOW + 1), Err(SessionError::UnknownKey("new".into())));
-        assert_eq!(v.plan(&es256("new"), NOW + 5), Step::Ready, "rate-limited");
-        assert_eq!(v.plan(&es256("other"), NOW + 30), Step::Ready, "rate-limited for any kid");
+        assert_eq!(v.plan(&es256("new"), NOW + 5), Step::RefetchSuppressed, "rate-limited");
+        assert_eq!(v.plan(&es256("other"), NOW + 30), Step::RefetchSuppressed, "rate-limited for any kid");
         assert!(matches!(v.plan(&es256("new"), NOW + 31), Step::FetchJwks(_)));
         assert_eq!(v.plan(&es256("old"), NOW + 32), Step::Ready, "known kids never refetch");
+    }
+
+    #[test]
+    fn rotated_kid_after_forged_kids_used_the_refetch_is_try_again_not_invalid() {
+        let mut v = verifier_with(vec![ec_jwk("old")]);
+        // A forged token with a random kid takes the refetch slot; the JWKS really lacks it.
+        assert!(matches!(v.plan(&es256("forged"), NOW + 1), Step::FetchJwks(_)));
+        v.accept_jwks(jwks(vec![ec_jwk("old")]), NOW + 1);
+        // The project rotates its key; a real token with the new kid arrives inside the window.
+        let step = v.plan(&es256("rotated"), NOW + 2);
+        assert_eq!(step, Step::RefetchSuppressed);
+        let error = v.begin(&es256("rotated"), NOW + 2).map(|_| ()).map_err(|e| step.explain(e));
+        assert!(matches!(&error, Err(SessionError::KeysUnavailable(why)) if why.contains("rotated")), "{error:?}");
+        let api = crate::error::ApiError::Session(error.unwrap_err());
+        assert_eq!((api.status(), api.code()), (503, "session_keys_unavailable"));
+        // Once the window has passed, the refetch happens and the new key verifies.
+        assert!(matches!(v.plan(&es256("rotated"), NOW + 31), Step::FetchJwks(_)));
+        v.accept_jwks(jwks(vec![ec_jwk("old"), ec_jwk("rotated")]), NOW + 31);
+        assert!(v.verify(&es256("rotated"), NOW + 31).is_ok());
+    }
+
+    #[test]
+    fn unknown_kid_right_after_its_own_refetch_is_invalid() {
+        let mut v = verifier_with(vec![ec_jwk("old")]);
+        let step = v.plan(&es256("nope"), NOW + 40);
+        assert!(matches!(step, Step::FetchJwks(_)));
+        v.accept_jwks(jwks(vec![ec_jwk("old")]), NOW + 40);
+        let error = v.begin(&es256("nope"), NOW + 40).map(|_| ()).map_err(|e| step.explain(e));
+        assert_eq!(error, Err(SessionError::UnknownKey("nope".into())));
+    }
+
+    #[test]
+    fn cache_seconds_zero_fetches_for_every_request_and_still_verifies() {
+        let mut s = settings();
+        s.jwks_cache_seconds = 0;
+        let mut v = Verifier::new(s);
+        for now in [NOW, NOW + 1, NOW + 2] {
+            assert!(matches!(v.plan(&es256("k1"), now), Step::FetchJwks(_)), "no copy outlives its second");
+            v.accept_jwks(jwks(vec![ec_jwk("k1")]), now);
+            assert_eq!(v.verify(&es256("k1"), now).unwrap().user_id, "user-1");
+        }
+    }
+
+    #[test]
+    fn failed_jwks_fetches_back_off_instead_of_refetching_on_every_request() {
+        let down = || Err(TransportError { message: "connection refused".into(), timed_out: false });
+        let mut v = Verifier::new(settings());
+        let mut fetches = vec![];
+        for now in NOW..NOW + 40 {
+            if let Step::FetchJwks(_) = v.plan(&es256("k1"), now) {
+                fetches.push(now - NOW);
+                v.accept_jwks(down(), now);
+            }
+            assert!(matches!(v.verify(&es256("k1"), now), Err(SessionError::KeysUnavailable(_))));
+        }
+        assert_eq!(fetches, vec![0, 1, 3, 7, 15, 31], "waits of 1, 2, 4, 8, 16 s");
+        // The wait is capped, and one success ends it.
+        let mut v = Verifier::new(settings());
+        for now in (NOW..NOW + 2000).step_by(60) {
+            v.accept_jwks(down(), now);
+        }
+        assert!(matches!(v.plan(&es256("k1"), NOW + 1980 + MAX_BACKOFF_SECONDS), Step::FetchJwks(_)));
+        v.accept_jwks(jwks(vec![ec_jwk("k1")]), NOW + 2100);
+        assert!(v.verify(&es256("k1"), NOW + 2100).is_ok());
     }
 
     #[test]
