@@ -11,8 +11,12 @@
 //! 1. no answer (connection refused, DNS, timeout) → retryable (`network_error` / `timeout`);
 //! 2. 2xx → applied;
 //! 3. a PostgREST error body `{"code","message","details","hint"}` with a recognised `code`:
-//!    - SQLSTATE classes `21` (e.g. 21000, a row affected twice), `22` (data), `23` (constraints)
-//!      and `42` (schema, privileges and RLS, incl. 42501) → fatal;
+//!    - SQLSTATE classes `21` (e.g. 21000, a row affected twice), `22` (data), `23` (constraints),
+//!      `42` (schema, privileges and RLS, incl. 42501), `2F` (SQL routine), `38` (external
+//!      routine), `39` (external routine invocation), `54` (program limit exceeded, e.g. an
+//!      index row too large) and `P0` (PL/pgSQL, e.g. raised by a trigger) → fatal, whatever
+//!      the HTTP status (PostgREST answers 500 for most of them: retrying the same row would
+//!      fail the same way for ever and block the user's queue);
 //!    - classes `08` (connection), `25` (e.g. 25006: the project is in read-only mode), `28`
 //!      (authorization configuration), `40` (serialization, deadlock), `53` (resources), `57`
 //!      (operator intervention, statement timeout), `58` (system) → retryable;
@@ -21,7 +25,7 @@
 //!      data, so it is retryable until the function is installed;
 //!    - `PGRST0xx` (database unreachable), `PGRST3xx` (JWT invalid or expired: the client refreshes
 //!      its session and retries) and `PGRSTX..` (internal) → retryable;
-//!    - any other SQLSTATE (e.g. `P0001` raised by a trigger → 400, `XX000` → 500) → by status;
+//!    - any other SQLSTATE (e.g. `XX000` → 500) → by status;
 //! 4. by HTTP status: 401, 403 and 404 → retryable (without a code they come from a gateway or a
 //!    wrong `SUPABASE_URL`, e.g. "Invalid API key", and say nothing about the data), 408 and 429 →
 //!    retryable, other 4xx → fatal `http_<status>`, 5xx and anything else → retryable
@@ -341,7 +345,7 @@ fn class_of(code: &str) -> Class {
         return Class::Unrecognised;
     }
     match code.get(..2).unwrap_or_default() {
-        "21" | "22" | "23" | "42" => Class::Fatal,
+        "21" | "22" | "23" | "42" | "2F" | "38" | "39" | "54" | "P0" => Class::Fatal,
         "08" | "25" | "28" | "40" | "53" | "57" | "58" => Class::Retryable,
         _ => Class::Unrecognised,
     }
@@ -528,13 +532,30 @@ mod tests {
 
     #[test]
     fn unrecognised_sqlstate_follows_the_status() {
-        let raised = classify(&postgrest(400, "P0001"), Some(0));
-        assert!(is_fatal(&raised));
-        assert_eq!(code(&raised), "P0001");
         let internal = classify(&postgrest(500, "XX000"), Some(0));
         assert!(is_retryable(&internal));
         assert_eq!(code(&internal), "XX000");
-        assert!(is_fatal(&classify(&postgrest(413, "54000"), Some(0))));
+        assert!(is_fatal(&classify(&postgrest(400, "0A000"), Some(0))));
+        assert!(is_retryable(&classify(&postgrest(500, "55P03"), Some(0))));
+    }
+
+    #[test]
+    fn permanent_data_errors_are_fatal_even_when_postgrest_answers_500() {
+        for (status, code) in [
+            (500, "54000"), // program_limit_exceeded: index row too large
+            (500, "54001"), // statement too complex
+            (413, "54000"),
+            (500, "P0002"), // no_data_found, raised by a trigger
+            (500, "P0004"), // assert_failure
+            (400, "P0001"), // raise_exception
+            (500, "2F005"), // function finished without RETURN
+            (500, "38001"), // external routine: containing SQL not permitted
+            (500, "39P01"), // trigger protocol violated
+        ] {
+            let verdict = classify(&postgrest(status, code), Some(2));
+            assert!(is_fatal(&verdict), "{status} {code} {verdict:?}");
+            assert_eq!(code_of(&verdict), code);
+        }
     }
 
     #[test]

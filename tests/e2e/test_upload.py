@@ -16,6 +16,7 @@ Every test gets emptied tables and a reset stand-in (`db`), and fresh uuids.
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -600,6 +601,25 @@ def test_data_error_is_fatal_with_its_code_and_index_and_later_transactions_succ
     assert row(db, "lists", first) is not None
     assert row(db, "lists", later) is not None, "processing continues after a fatal error"
     assert row(db, failing["table"], failing["id"]) is None
+
+
+def test_permanent_error_that_postgrest_answers_500_is_fatal_not_retried_for_ever(
+        rls_worker, db, standin, user):
+    # An index row too large (54000) is a property of the row: PostgREST answers 500, and
+    # retrying would fail the same way for ever, blocking every later write of this user.
+    sub, token = user
+    huge_handle = os.urandom(12_000).hex()  # incompressible: the unique index cannot hold it
+    profile, later = "p-" + new_id(), new_id()
+    response = upload(rls_worker, token, body(
+        tx(put("profiles", profile, user_id=sub, handle=huge_handle), tid=1),
+        tx(put("lists", later, name="later", owner_id=sub), tid=2),
+    ))
+    assert response.status_code == 200, response.text
+    assert statuses(response) == ["fatal_error", "success"]
+    f = failure(response, 0)
+    assert (f["code"], f["index"], f["http_status"]) == ("54000", 0, 500), f
+    assert row(db, "profiles", profile) is None
+    assert row(db, "lists", later) is not None
 
 
 def test_unknown_column_is_fatal(rls_worker, db, user):
