@@ -27,7 +27,8 @@
 //!      its session and retries) and `PGRSTX..` (internal) → retryable;
 //!    - any other SQLSTATE (e.g. `XX000` → 500) → by status;
 //! 4. by HTTP status: 401, 403 and 404 → retryable (without a code they come from a gateway or a
-//!    wrong `SUPABASE_URL`, e.g. "Invalid API key", and say nothing about the data), 408 and 429 →
+//!    wrong `SUPABASE_URL`, e.g. "Invalid API key", and say nothing about the data), 402 →
+//!    retryable (Supabase restricts a project over quota or with an unpaid bill), 408 and 429 →
 //!    retryable, other 4xx → fatal `http_<status>`, 5xx and anything else → retryable
 //!    `http_<status>`.
 
@@ -296,7 +297,9 @@ pub fn classify(answer: &Result<HttpResponse, TransportError>, index: Option<usi
         Class::Retryable => false,
         // Without a PostgREST/Postgres code, 401/403/404 come from a gateway or a wrong URL, not
         // from the data: retrying after the operator fixes it loses nothing, discarding would.
-        Class::Unrecognised => (400..500).contains(&status) && !matches!(status, 401 | 403 | 404 | 408 | 429),
+        // 402: Supabase's gateway refuses every request of a restricted project (quota, fair
+        // use, an unpaid bill) until the owner acts; the data is fine.
+        Class::Unrecognised => (400..500).contains(&status) && !matches!(status, 401 | 402 | 403 | 404 | 408 | 429),
     };
     let code = match (&body.code, class) {
         (Some(code), Class::Fatal | Class::Retryable) => code.clone(),
@@ -570,6 +573,15 @@ mod tests {
             let verdict = classify(&answer(status, ""), Some(0));
             assert!(is_retryable(&verdict), "{status}");
             assert_eq!(code(&verdict), format!("http_{status}"));
+        }
+    }
+
+    #[test]
+    fn payment_required_without_a_code_is_retryable() {
+        for body in ["", r#"{"message":"Service for this project is restricted due to exceeding quota"}"#, "<html>402</html>"] {
+            let verdict = classify(&answer(402, body), Some(0));
+            assert!(is_retryable(&verdict), "{body}");
+            assert_eq!(code(&verdict), "http_402");
         }
     }
 

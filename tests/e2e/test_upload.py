@@ -726,11 +726,14 @@ def test_upstream_5xx_is_retryable_and_later_transactions_not_attempted(
     {"status": 401, "body": {"message": "Invalid API key"}},
     {"status": 404, "body": "<html>not found</html>"},
     {"status": 429, "body": "slow down"},
+    {"status": 402, "body": {"message": "Service for this project is restricted due to "
+                                        "exceeding usage quota"}},
     {"status": 500, "body": {"code": "40001", "message": "could not serialize access",
                              "details": None, "hint": None}},
     {"status": 503, "body": {"code": "PGRST001", "message": "Database client error",
                              "details": None, "hint": None}},
-], ids=["gateway-401", "gateway-404", "429", "serialization-40001", "db-unreachable-PGRST001"])
+], ids=["gateway-401", "gateway-404", "429", "restricted-project-402", "serialization-40001",
+        "db-unreachable-PGRST001"])
 def test_transient_upstream_errors_are_retryable_not_fatal(rls_worker, db, standin, user, fault):
     # a fatal answer here would make the client discard data that retrying would have saved
     sub, token = user
