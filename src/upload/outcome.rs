@@ -21,8 +21,9 @@
 //!      (authorization configuration), `40` (serialization, deadlock), `53` (resources), `57`
 //!      (operator intervention, statement timeout), `58` (system) → retryable;
 //!    - `PGRST1xx` (request) and `PGRST2xx` (schema cache: unknown table or column) → fatal,
-//!      except `PGRST202` (RPC function not found): it concerns the atomic-mode setup, never the
-//!      data, so it is retryable until the function is installed;
+//!      except `PGRST202` (RPC function not found) and `PGRST203` (several overloads of the
+//!      function match): they concern the atomic-mode setup, never the data, so they are
+//!      retryable until the operator fixes the function;
 //!    - `PGRST0xx` (database unreachable), `PGRST3xx` (JWT invalid or expired: the client refreshes
 //!      its session and retries) and `PGRSTX..` (internal) → retryable;
 //!    - any other SQLSTATE (e.g. `XX000` → 500) → by status;
@@ -338,7 +339,9 @@ enum Class {
 fn class_of(code: &str) -> Class {
     if let Some(number) = code.strip_prefix("PGRST") {
         return match number.as_bytes().first() {
-            _ if number == "202" => Class::Retryable,
+            // 202 (function not found) and 203 (ambiguous overload) concern the atomic-mode
+            // setup, never the data.
+            _ if number == "202" || number == "203" => Class::Retryable,
             Some(b'1' | b'2') => Class::Fatal,
             Some(b'0' | b'3' | b'X') => Class::Retryable,
             _ => Class::Unrecognised,
@@ -522,6 +525,13 @@ mod tests {
     #[test]
     fn missing_rpc_function_is_retryable() {
         assert!(is_retryable(&classify(&postgrest(404, "PGRST202"), None)));
+    }
+
+    #[test]
+    fn ambiguous_rpc_function_overload_is_retryable() {
+        let verdict = classify(&postgrest(300, "PGRST203"), None);
+        assert!(is_retryable(&verdict), "{verdict:?}");
+        assert_eq!(code(&verdict), "PGRST203");
     }
 
     #[test]

@@ -961,6 +961,28 @@ def test_atomic_transaction_is_one_rpc_request(atomic_worker, db, standin, user)
     assert row(db, "lists", old_list)["name"] == "renamed"
 
 
+def test_ambiguous_atomic_function_overload_is_retryable_until_the_operator_drops_it(
+        atomic_worker, db, user):
+    # A second powersync_apply_transaction the same call could mean (PGRST203) is a setup
+    # mistake, like a missing function (PGRST202): the writes wait until it is fixed.
+    sub, token = user
+    list_id = new_id()
+    payload = body(tx(put("lists", list_id, name="l", owner_id=sub), tid=1))
+    db.execute("create function public.powersync_apply_transaction(ops jsonb, dry_run boolean "
+               "default false) returns jsonb language sql as $$ select '{}'::jsonb $$")
+    try:
+        response = upload(atomic_worker, token, payload)
+        assert_retry_response(response)
+        assert statuses(response) == ["retryable_error"], response.text
+        assert failure(response, 0)["code"] == "PGRST203"
+        assert row(db, "lists", list_id) is None
+    finally:
+        db.execute("drop function public.powersync_apply_transaction(jsonb, boolean)")
+    again = upload(atomic_worker, token, payload)
+    assert statuses(again) == ["success"], again.text
+    assert row(db, "lists", list_id)["name"] == "l"
+
+
 # =========================================================================== dead letters
 def test_fatal_transactions_are_recorded_in_the_dead_letter_table(dead_letter_worker, db, user):
     sub, token = user
