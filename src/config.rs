@@ -46,6 +46,7 @@ pub const NAMES: &[&str] = &[
     "UPLOAD_MAX_ENTRIES",
     "UPLOAD_MAX_TRANSACTIONS",
     "UPLOAD_RETRY_AFTER_SECONDS",
+    "UPLOAD_ERROR_CLASS_OVERRIDES",
 ];
 
 /// One missing or invalid setting.

@@ -126,7 +126,7 @@ async fn send<T: Transport>(
         };
         report.subrequests += 1;
         let answer = transport.send(planned.request).await;
-        let verdict = classify(&answer, index);
+        let verdict = classify(&answer, index, &settings.error_class_overrides);
         let verdict = match (&planned.check, verdict, &answer) {
             (Check::OwnerCheck { table, ids }, Verdict::Applied, Ok(response)) => {
                 owner_check(table, ids, planned.entries.start, response)
@@ -207,7 +207,7 @@ async fn record_dead_letter<T: Transport>(
     let request = dead_letter::request(table, settings, caller, transaction, failure);
     report.subrequests += 1;
     let answer = transport.send(request).await;
-    match classify(&answer, None) {
+    match classify(&answer, None, &settings.error_class_overrides) {
         Verdict::Applied => report.dead_letters += 1,
         Verdict::Fatal(error) | Verdict::Retryable { failure: error, .. } => {
             report.dead_letter_failures += 1;

@@ -6,7 +6,8 @@ Worker instances (started once for the module, in parallel, see `instances`):
              UPLOAD_BOOLEAN_COLUMNS=todos.completed
   service    UPLOAD_MODE=service, UPLOAD_TABLES=profiles, UPLOAD_OWNER_COLUMN=user_id
   atomic     UPLOAD_ATOMIC=true
-  dead       UPLOAD_DEAD_LETTER_TABLE=powersync_dead_letters
+  dead       UPLOAD_DEAD_LETTER_TABLE=powersync_dead_letters,
+             UPLOAD_ERROR_CLASS_OVERRIDES=PGRST204:fatal,42703:fatal
   budget     UPLOAD_SUBREQUEST_BUDGET=5
   refused    SUPABASE_URL = a closed loopback port (HS256 sessions still verify locally)
 
@@ -45,7 +46,8 @@ def instances(base_vars, start_worker):
         "service": {**base_vars, "UPLOAD_MODE": "service", "UPLOAD_TABLES": "profiles",
                     "UPLOAD_OWNER_COLUMN": "user_id"},
         "atomic": {**base_vars, "UPLOAD_ATOMIC": "true"},
-        "dead": {**base_vars, "UPLOAD_DEAD_LETTER_TABLE": DEAD_LETTERS},
+        "dead": {**base_vars, "UPLOAD_DEAD_LETTER_TABLE": DEAD_LETTERS,
+                 "UPLOAD_ERROR_CLASS_OVERRIDES": "PGRST204:fatal,42703:fatal"},
         "budget": {**base_vars, "UPLOAD_SUBREQUEST_BUDGET": "5"},
         "refused": {**base_vars, "SUPABASE_URL": refused_url},
     }
@@ -622,16 +624,42 @@ def test_permanent_error_that_postgrest_answers_500_is_fatal_not_retried_for_eve
     assert row(db, "lists", later) is not None
 
 
-def test_unknown_column_is_fatal(rls_worker, db, user):
+@pytest.mark.parametrize("case", ["unknown_column", "unknown_table"])
+def test_schema_drift_is_retryable_with_a_longer_retry_after(rls_worker, db, user, case):
+    # An app release that writes a column (or table) before its migration ships: the operator
+    # fixes the schema and the queued writes go through; discarding them would lose them.
     sub, token = user
     list_id, later = new_id(), new_id()
+    drifting = (put("lists", list_id, name="n", owner_id=sub, added_in_v2=1)
+                if case == "unknown_column" else put("lists_v2", list_id, name="n"))
     response = upload(rls_worker, token, body(
-        tx(put("lists", list_id, name="n", owner_id=sub, no_such_column=1)),
-        tx(put("lists", later, name="later", owner_id=sub)),
+        tx(drifting, tid=1),
+        tx(put("lists", later, name="later", owner_id=sub), tid=2),
+    ))
+    assert_retry_response(response)
+    assert int(response.headers["Retry-After"]) >= 60
+    assert statuses(response) == ["retryable_error", "not_attempted"]
+    f = failure(response, 0)
+    assert f["code"] in (("PGRST204", "42703") if case == "unknown_column"
+                         else ("PGRST205", "42P01", "http_404")), f
+    assert response.json()["results"][0]["retry_after_ms"] >= 60_000
+    assert count(db, "lists") == 0
+
+
+def test_operator_override_makes_a_schema_drift_code_fatal_and_dead_lettered(
+        dead_letter_worker, db, user):
+    # UPLOAD_ERROR_CLASS_OVERRIDES=PGRST204:fatal,42703:fatal on this worker
+    sub, token = user
+    list_id, later = new_id(), new_id()
+    response = upload(dead_letter_worker, token, body(
+        tx(put("lists", list_id, name="n", owner_id=sub, never_a_column=1), tid=1),
+        tx(put("lists", later, name="later", owner_id=sub), tid=2),
     ))
     assert response.status_code == 200, response.text
     assert statuses(response) == ["fatal_error", "success"]
-    assert failure(response, 0)["code"] in ("PGRST204", "42703"), failure(response, 0)
+    assert failure(response, 0)["code"] in ("PGRST204", "42703")
+    letters = [r[0] for r in db.execute(f"select code from {DEAD_LETTERS}")]
+    assert letters == [failure(response, 0)["code"]]
     assert row(db, "lists", list_id) is None and row(db, "lists", later) is not None
 
 
