@@ -2,10 +2,12 @@
 //!
 //! Every entry is idempotent by construction, which is what makes retries safe:
 //!
-//! - PUT → upsert by id: `POST <SUPABASE_URL>/rest/v1/<table>` with a JSON array of rows
-//!   `{"id": <id>, ...data}` and `Prefer: resolution=merge-duplicates,return=minimal`. The URL
-//!   carries no `?columns=` or `?on_conflict=`: `id` is the primary key, and merged rows always
-//!   have identical keys.
+//! - PUT → upsert by id: `POST <SUPABASE_URL>/rest/v1/<table>?on_conflict=id` with a JSON array
+//!   of rows `{"id": <id>, ...data}` and `Prefer: resolution=merge-duplicates,return=minimal`.
+//!   The conflict target is named (as the atomic function's `on conflict (id)` does): without
+//!   it PostgREST uses the primary key, so on a table whose `id` is unique but not the primary
+//!   key a PUT of an existing row (a retry) would fail with 23505. No `?columns=`: merged rows
+//!   always have identical keys.
 //! - PATCH → `PATCH …/<table>?id=eq.<id>` with the data as body and `Prefer: return=minimal`.
 //!   A PATCH without data sends nothing (there is nothing to change) and counts as applied.
 //! - DELETE → `DELETE …/<table>?id=eq.<id>` with `Prefer: return=minimal`.
@@ -343,7 +345,7 @@ impl<'e> Planner<'_, 'e> {
                 }
                 let request = self
                     .context
-                    .request(Method::Post, self.context.table_url(group.table))
+                    .request(Method::Post, format!("{}?on_conflict=id", self.context.table_url(group.table)))
                     .json_body(Value::Array(group.rows).to_string())
                     .header("Prefer", PREFER_UPSERT);
                 self.requests.push(PlannedRequest { request, entries, check: Check::Write });
@@ -437,7 +439,7 @@ mod tests {
         assert_eq!(requests.len(), 1);
         let r = &requests[0];
         assert_eq!(r.request.method, Method::Post);
-        assert_eq!(r.request.url, "https://p.supabase.co/rest/v1/todos");
+        assert_eq!(r.request.url, "https://p.supabase.co/rest/v1/todos?on_conflict=id", "id names the conflict target");
         assert_eq!(
             headers(r),
             vec![
@@ -484,6 +486,17 @@ mod tests {
     }
 
     #[test]
+    fn every_upsert_names_id_as_its_conflict_target() {
+        for settings in [settings(), service()] {
+            let requests = plan(vec![put("a", json!({})), put("b", json!({"x": 1})), put("c", json!({"x": 2}))], &settings);
+            let upserts: Vec<&str> =
+                requests.iter().filter(|r| r.request.method == Method::Post).map(|r| r.request.url.as_str()).collect();
+            assert_eq!(upserts.len(), 2);
+            assert!(upserts.iter().all(|url| url.ends_with("/rest/v1/todos?on_conflict=id")), "{upserts:?}");
+        }
+    }
+
+    #[test]
     fn patch_without_data_sends_nothing() {
         assert!(plan(vec![patch("a", json!({}))], &settings()).is_empty());
         assert!(plan(vec![patch("a", Value::Null)], &settings()).is_empty());
@@ -522,7 +535,7 @@ mod tests {
     fn puts_to_different_tables_are_not_merged() {
         let requests = plan(vec![put("a", json!({})), e(Op::Put, "lists", "b", json!({}))], &settings());
         assert_eq!(requests.len(), 2);
-        assert_eq!(requests[1].request.url, "https://p.supabase.co/rest/v1/lists");
+        assert_eq!(requests[1].request.url, "https://p.supabase.co/rest/v1/lists?on_conflict=id");
     }
 
     #[test]
@@ -592,9 +605,9 @@ mod tests {
         assert_eq!(
             summary,
             vec![
-                (Method::Post, "https://p.supabase.co/rest/v1/todos".to_string(), 0..1),
+                (Method::Post, "https://p.supabase.co/rest/v1/todos?on_conflict=id".to_string(), 0..1),
                 (Method::Delete, "https://p.supabase.co/rest/v1/todos?id=eq.a".to_string(), 1..2),
-                (Method::Post, "https://p.supabase.co/rest/v1/todos".to_string(), 2..3),
+                (Method::Post, "https://p.supabase.co/rest/v1/todos?on_conflict=id".to_string(), 2..3),
                 (Method::Patch, "https://p.supabase.co/rest/v1/todos?id=eq.b".to_string(), 3..4),
                 (Method::Delete, "https://p.supabase.co/rest/v1/todos?id=eq.c".to_string(), 4..5),
             ]

@@ -311,6 +311,34 @@ def test_puts_with_different_columns_are_not_merged_into_one_upsert(rls_worker, 
     assert (row(db, "todos", fresh)["priority"], row(db, "todos", fresh)["tags"]) == (1, ["new"])
 
 
+@pytest.fixture
+def notes_table(db):
+    """A table whose `id` is unique but not its primary key (a surrogate key is)."""
+    db.execute("create table public.notes (pk bigserial primary key, id text not null unique, "
+               "body text)")
+    db.execute("grant all on table public.notes to authenticated, service_role")
+    db.execute("grant usage on sequence public.notes_pk_seq to authenticated, service_role")
+    yield "notes"
+    db.execute("drop table public.notes")
+
+
+def test_put_of_an_existing_row_upserts_by_id_when_id_is_not_the_primary_key(
+        rls_worker, db, user, notes_table):
+    # Without ?on_conflict=id PostgREST would upsert on the primary key (pk), so re-sending a PUT
+    # (a retry after a lost answer) would fail for good with 23505 on the id's unique index.
+    _, token = user
+    note = "n-" + new_id()
+    first = upload(rls_worker, token, body(tx(put(notes_table, note, body="v1"), tid=1)))
+    assert statuses(first) == ["success"], first.text
+    again = upload(rls_worker, token, body(tx(put(notes_table, note, body="v2"),
+                                              put(notes_table, "m-" + new_id(), body="other"),
+                                              tid=2)))
+    assert again.status_code == 200, again.text
+    assert statuses(again) == ["success"], again.text
+    assert db.execute("select body from notes where id = %s", (note,)).fetchone() == ("v2",)
+    assert db.execute("select count(*) from notes").fetchone() == (2,)
+
+
 def test_entries_on_the_same_row_apply_in_order(rls_worker, db, user):
     sub, token = user
     twice, recreated, gone = new_id(), new_id(), new_id()
