@@ -267,6 +267,21 @@ def test_patch_updates_only_the_given_columns(rls_worker, db, user):
         {k: v for k, v in before.items() if k != "description"}
 
 
+def test_patch_cannot_rename_the_primary_key(rls_worker, db, user):
+    # The client keeps addressing the row by its id; a PATCH that moved it to another id would
+    # detach it from every later write (and could collide with another row).
+    sub, token = user
+    profile, stolen = "p-" + new_id(), "p-" + new_id()
+    insert_profile(db, profile, sub, handle="h-" + new_id(), active=False)
+    response = upload(rls_worker, token, body(tx(
+        patch("profiles", profile, {"id": stolen, "active": True}),
+        patch("profiles", profile, {"id": stolen}),
+    )))
+    assert statuses(response) == ["success"], response.text
+    assert row(db, "profiles", profile)["active"] is True
+    assert row(db, "profiles", stolen) is None
+
+
 def test_patch_with_null_sets_the_column_to_null(rls_worker, db, user):
     sub, token = user
     list_id = insert_list(db, sub)
