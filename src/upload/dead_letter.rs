@@ -18,7 +18,10 @@
 //!   concerns the whole transaction (`op_index` null: an atomic call whose error does not name
 //!   the op, or a transaction too large for the subrequest budget) it is the array of all the
 //!   transaction's entries instead;
-//! - `created_at` is left to the database default.
+//! - `created_at` is left to the database default;
+//! - U+0000, which PostgreSQL cannot store in `text` or `jsonb`, is replaced by U+FFFD in every
+//!   string and key (an id or a value holding it is what made the transaction fatal; the
+//!   record must still be writable).
 //!
 //! The insert costs one subrequest, which the driver reserves before sending a transaction. Its
 //! failure is logged in the report and never changes the transaction's outcome.
@@ -59,7 +62,21 @@ pub fn request(
         "details": failure.details,
     });
     let url = format!("{}/rest/v1/{table}", settings.supabase_url);
-    authorized(Method::Post, url, settings, caller).json_body(body.to_string()).header("Prefer", PREFER_MINIMAL)
+    authorized(Method::Post, url, settings, caller)
+        .json_body(storable(body).to_string())
+        .header("Prefer", PREFER_MINIMAL)
+}
+
+/// `value` with U+0000 replaced by U+FFFD in every string and object key.
+fn storable(value: Value) -> Value {
+    const NUL: char = '\u{0}';
+    let text = |s: String| if s.contains(NUL) { s.replace(NUL, "\u{FFFD}") } else { s };
+    match value {
+        Value::String(s) => Value::String(text(s)),
+        Value::Array(items) => Value::Array(items.into_iter().map(storable).collect()),
+        Value::Object(fields) => Value::Object(fields.into_iter().map(|(k, v)| (text(k), storable(v))).collect()),
+        other => other,
+    }
 }
 
 #[cfg(test)]
@@ -108,6 +125,27 @@ mod tests {
             json!({"user_id": "u1", "transaction_id": "17", "op_index": 1,
                    "entry": {"op": "DELETE", "table": "todos", "id": "b"},
                    "code": "23503", "message": "fk violation", "details": "Key is not present"})
+        );
+    }
+
+    #[test]
+    fn nul_characters_are_replaced_so_the_record_can_be_stored() {
+        let settings = UploadSettings::new("https://p.supabase.co", "anon");
+        let mut data = serde_json::Map::new();
+        data.insert("ti\u{0}tle".to_string(), json!(["x\u{0}y", {"k": "\u{0}"}]));
+        let transaction = Transaction {
+            transaction_id: Some(json!("t\u{0}")),
+            entries: vec![Entry { op: Op::Put, table: "todos".to_string(), id: "a\u{0}b".to_string(), data }],
+        };
+        let failure = FailedOperation::new(Some(0), "invalid_id", "nul");
+        let request = request("dead", &settings, &caller(), &transaction, &failure);
+        let text = request.body.clone().unwrap_or_default();
+        assert!(!text.contains("\\u0000"), "{text}");
+        let recorded = body(&request);
+        assert_eq!(recorded["transaction_id"], "t\u{FFFD}");
+        assert_eq!(
+            recorded["entry"],
+            json!({"op": "PUT", "table": "todos", "id": "a\u{FFFD}b", "data": {"ti\u{FFFD}tle": ["x\u{FFFD}y", {"k": "\u{FFFD}"}]}})
         );
     }
 

@@ -41,9 +41,11 @@
 //! rows and data as above, one op per entry so op indexes are entry indexes; no `data` for
 //! DELETE) and, in service mode, `"owner_column"` and `"owner_id"`.
 //!
-//! Tables are checked before anything is sent: a name that is not a plain identifier
-//! (`invalid_table_name`), or one outside `UPLOAD_TABLES` or equal to the dead-letter table
-//! (`table_not_allowed`), fails its transaction as a fatal error without any request.
+//! Tables and ids are checked before anything is sent: a name that is not a plain identifier
+//! (`invalid_table_name`), one outside `UPLOAD_TABLES` or equal to the dead-letter table
+//! (`table_not_allowed`), or an id containing U+0000 (`invalid_id`: PostgreSQL cannot store it,
+//! and PostgREST would cut it short inside `in.(…)`, touching another row) fails its
+//! transaction as a fatal error without any request.
 
 use std::ops::Range;
 
@@ -92,6 +94,7 @@ pub fn plan_transaction(
 ) -> Result<Vec<PlannedRequest>, FailedOperation> {
     for (index, entry) in transaction.entries.iter().enumerate() {
         check_table(index, &entry.table, settings)?;
+        check_id(index, &entry.id)?;
     }
     let context = Context::new(settings, caller);
     if settings.atomic {
@@ -115,6 +118,20 @@ pub fn plan_transaction(
     }
     planner.flush();
     Ok(planner.requests)
+}
+
+/// Refuses ids no row can have: PostgreSQL text cannot hold U+0000, and PostgREST cuts each
+/// value of an `in.(…)` list at the first NUL, so a merged PATCH or DELETE for `"a\u{0}b"` would
+/// touch row `a`. Such an entry is never sent.
+fn check_id(index: usize, id: &str) -> Result<(), FailedOperation> {
+    if id.contains('\u{0}') {
+        return Err(FailedOperation::new(
+            Some(index),
+            "invalid_id",
+            "the id contains U+0000, which PostgreSQL cannot store; the entry was not sent",
+        ));
+    }
+    Ok(())
 }
 
 /// Refuses tables the bridge must not write.
@@ -807,6 +824,24 @@ mod tests {
             plan_transaction(&tx(vec![put("a", json!({})), e(Op::Delete, "lists", "b", Value::Null)]), &s, &caller())
                 .expect_err("fatal");
         assert_eq!((failure.index, failure.code.as_str()), (Some(1), "table_not_allowed"));
+    }
+
+    #[test]
+    fn ids_with_nul_fail_the_transaction_before_any_request() {
+        for settings in [settings(), service(), {
+            let mut atomic = settings();
+            atomic.atomic = true;
+            atomic
+        }] {
+            for entries in [
+                vec![delete("a"), delete("a\u{0}b")],
+                vec![patch("x", json!({"n": 1})), patch("a\u{0}", json!({"n": 1}))],
+                vec![put("a", json!({})), put("\u{0}", json!({}))],
+            ] {
+                let failure = plan_transaction(&tx(entries), &settings, &caller()).expect_err("fatal");
+                assert_eq!((failure.index, failure.code.as_str()), (Some(1), "invalid_id"));
+            }
+        }
     }
 
     #[test]

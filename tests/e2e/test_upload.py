@@ -485,6 +485,33 @@ def test_ids_with_special_characters_touch_exactly_their_row(rls_worker, db, sta
     assert count(db, "profiles") == len(kept) + len(decoys)
 
 
+def test_id_with_nul_is_fatal_never_sent_and_dead_lettered(dead_letter_worker, db, standin,
+                                                          user):
+    # PostgREST cuts an in.(…) value at its first NUL: a merged DELETE of "<x>\0b" would have
+    # deleted row <x>.
+    sub, token = user
+    victim, other = "p-" + new_id(), "p-" + new_id()
+    for p in (victim, other):
+        insert_profile(db, p, sub, handle="h-" + new_id())
+    later = new_id()
+    response = upload(dead_letter_worker, token, body(
+        tx(delete("profiles", other), delete("profiles", victim + "\u0000b"), tid="nul"),
+        tx(patch("profiles", other, active=True), patch("profiles", victim + "\u0000", active=True),
+           tid="nul-patch"),
+        tx(put("lists", later, name="later", owner_id=sub), tid="later"),
+    ))
+    assert response.status_code == 200, response.text
+    assert statuses(response) == ["fatal_error", "fatal_error", "success"]
+    for n in (0, 1):
+        assert (failure(response, n)["code"], failure(response, n)["index"]) == ("invalid_id", 1)
+    assert row(db, "profiles", victim) is not None, "the NUL id touched another row"
+    assert row(db, "profiles", other) is not None, "nothing of the transaction was sent"
+    assert [e["path"] for e in standin.requests_log()].count("/rest/v1/profiles") == 0
+    letters = [r[0] for r in db.execute(
+        f"select transaction_id from {DEAD_LETTERS} order by id")]
+    assert letters == ["nul", "nul-patch"]
+
+
 # =========================================================================== RLS mode
 def test_rls_user_cannot_update_or_delete_another_users_rows(rls_worker, db, user, other_user):
     a, _ = user
