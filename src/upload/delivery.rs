@@ -23,6 +23,7 @@ use super::settings::UploadSettings;
 use super::Caller;
 use crate::http::{HttpResponse, Transport};
 use serde_json::Value;
+use std::collections::VecDeque;
 
 /// How one transaction ended.
 enum Ending {
@@ -58,7 +59,7 @@ pub async fn apply<T: Transport>(
                 refuse_unsendable(remaining, fresh, dead_letter_cost, too_big(requests.len(), budget, dead_letter_cost))
             }
             Ok(requests) if requests.len() + dead_letter_cost > remaining => None,
-            Ok(requests) => Some(send(requests, settings, transport, &mut report).await),
+            Ok(requests) => Some(send(requests, settings, transport, &mut report, dead_letter_cost).await),
             Err(failure) => refuse_unsendable(remaining, fresh, dead_letter_cost, failure),
         };
         let Some(ending) = ending else {
@@ -112,17 +113,28 @@ fn too_big(planned: usize, budget: usize, dead_letter_cost: usize) -> FailedOper
     )
 }
 
-/// Sends a transaction's requests in order until one fails.
+/// Sends a transaction's requests in order until one fails. A bulk upsert the database refuses
+/// with 21000 (two of its rows are one row once cast) is sent again in two halves, first half
+/// first, recursively: that equals applying its rows in order, since a later PUT of an id is
+/// always later in the body (see `plan`). The extra requests must fit in the budget, keeping
+/// `reserve` for the dead-letter insert; when they do not, the transaction is retryable.
 async fn send<T: Transport>(
     requests: Vec<PlannedRequest>,
     settings: &UploadSettings,
     transport: &T,
     report: &mut UploadReport,
+    reserve: usize,
 ) -> Ending {
-    for planned in requests {
-        let index = match planned.check {
+    let mut queue: VecDeque<PlannedRequest> = requests.into();
+    while let Some(planned) = queue.pop_front() {
+        let index = match &planned.check {
             Check::Atomic => None,
+            Check::Upsert { row_entries } if row_entries.len() == 1 => row_entries.first().copied(),
             _ => Some(planned.entries.start),
+        };
+        let splittable = match &planned.check {
+            Check::Upsert { row_entries } if row_entries.len() > 1 => Some(planned.clone()),
+            _ => None,
         };
         report.subrequests += 1;
         let answer = transport.send(planned.request).await;
@@ -136,6 +148,23 @@ async fn send<T: Transport>(
         };
         match verdict {
             Verdict::Applied => {}
+            Verdict::Fatal(failure) if failure.code == CARDINALITY_VIOLATION && splittable.is_some() => {
+                let Some(halves) = splittable.and_then(|request| split_upsert(&request)) else {
+                    return Ending::Fatal(failure);
+                };
+                if report.subrequests + queue.len() + halves.len() + reserve > settings.subrequest_budget {
+                    let mut failure = failure;
+                    failure.message = format!(
+                        "{}; two rows of one upsert are the same row once cast, and sending them apart \
+                         needs more requests than UPLOAD_SUBREQUEST_BUDGET leaves in this upload",
+                        failure.message
+                    );
+                    return Ending::Retryable(failure, settings.retry_after_seconds);
+                }
+                for half in halves.into_iter().rev() {
+                    queue.push_front(half);
+                }
+            }
             Verdict::Fatal(failure) => return Ending::Fatal(failure),
             Verdict::Retryable { failure, retry_after_seconds } => {
                 let wait = retry_after_seconds.unwrap_or(0).max(settings.retry_after_seconds);
@@ -144,6 +173,42 @@ async fn send<T: Transport>(
         }
     }
     Ending::Success
+}
+
+/// SQLSTATE 21000: "ON CONFLICT DO UPDATE command cannot affect row a second time".
+const CARDINALITY_VIOLATION: &str = "21000";
+
+/// A bulk upsert of several rows as two upserts of its first and second half (same URL and
+/// headers); `None` if its body is not the array of rows it was built with.
+fn split_upsert(planned: &PlannedRequest) -> Option<[PlannedRequest; 2]> {
+    let Check::Upsert { row_entries } = &planned.check else { return None };
+    let Value::Array(mut rows) = serde_json::from_str::<Value>(planned.request.body.as_deref()?).ok()? else {
+        return None;
+    };
+    if rows.len() != row_entries.len() || rows.len() < 2 {
+        return None;
+    }
+    let middle = rows.len() / 2;
+    let second_rows = rows.split_off(middle);
+    let half = |rows: Vec<Value>, row_entries: &[usize]| {
+        let mut request = planned.request.clone();
+        request.body = Some(Value::Array(rows).to_string());
+        PlannedRequest {
+            request,
+            entries: planned.entries.clone(),
+            check: Check::Upsert { row_entries: row_entries.to_vec() },
+        }
+    };
+    let mut first = half(rows, &row_entries[..middle]);
+    let mut second = half(second_rows, &row_entries[middle..]);
+    // a failure of a half is reported at its first row's entry
+    for part in [&mut first, &mut second] {
+        if let Check::Upsert { row_entries } = &part.check {
+            let start = row_entries.iter().copied().min().unwrap_or(planned.entries.start);
+            part.entries = start..planned.entries.end;
+        }
+    }
+    Some([first, second])
 }
 
 /// The verdict on the service-mode ownership check: rows listed in the answer exist and belong to

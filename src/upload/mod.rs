@@ -186,6 +186,71 @@ mod tests {
         assert_eq!(report.results[0].failed_operation.as_ref().and_then(|f| f.index), Some(1));
     }
 
+    fn rows_sent(request: &crate::http::HttpRequest) -> Vec<String> {
+        let rows: Value = serde_json::from_str(request.body.as_deref().unwrap_or("null")).unwrap_or(Value::Null);
+        rows.as_array().map_or_else(Vec::new, |rows| {
+            rows.iter().map(|r| r["id"].as_str().unwrap_or("?").to_string()).collect()
+        })
+    }
+
+    fn puts(ids: &[&str]) -> Transaction {
+        Transaction {
+            transaction_id: Some(json!("puts")),
+            entries: ids.iter().map(|id| entry(Op::Put, id, json!({"x": 1}))).collect(),
+        }
+    }
+
+    #[test]
+    fn upsert_refused_with_21000_is_sent_again_in_halves_until_it_applies() {
+        // "1.0" and "1" are one numeric value: the planner cannot know, the database says 21000
+        let transport = FakeTransport::scripted(vec![
+            error(500, "21000", "ON CONFLICT DO UPDATE command cannot affect row a second time"),
+            ok(201),
+            error(500, "21000", "ON CONFLICT DO UPDATE command cannot affect row a second time"),
+            ok(201),
+            ok(201),
+        ]);
+        let report = run(&[puts(&["a", "1.0", "1"])], &settings(), &transport);
+        assert_eq!(statuses(&report), vec![Status::Success]);
+        let sent: Vec<Vec<String>> = transport.sent().iter().map(rows_sent).collect();
+        assert_eq!(sent, vec![vec!["a", "1.0", "1"], vec!["a"], vec!["1.0", "1"], vec!["1.0"], vec!["1"]]);
+        assert!(transport.sent().iter().all(|r| r.url.ends_with("/rest/v1/todos?on_conflict=id")));
+        assert_eq!(report.subrequests, 5);
+    }
+
+    #[test]
+    fn failure_of_a_split_upsert_is_reported_at_its_half() {
+        let transport = FakeTransport::scripted(vec![
+            error(500, "21000", "cannot affect row a second time"),
+            ok(201),
+            error(409, "23505", "duplicate key"),
+        ]);
+        let report = run(&[puts(&["a", "b", "c", "d"])], &settings(), &transport);
+        let failure = report.results[0].failed_operation.clone().expect("failure");
+        assert_eq!((report.results[0].status, failure.index, failure.code.as_str()), (Status::FatalError, Some(2), "23505"));
+    }
+
+    #[test]
+    fn split_upsert_that_does_not_fit_the_budget_is_retryable() {
+        let mut s = settings();
+        s.subrequest_budget = 2;
+        let transport = FakeTransport::scripted(vec![error(500, "21000", "cannot affect row a second time")]);
+        let report = run(&[puts(&["a", "b"])], &s, &transport);
+        assert_eq!(statuses(&report), vec![Status::RetryableError]);
+        let failure = report.results[0].failed_operation.clone().expect("failure");
+        assert_eq!(failure.code, "21000");
+        assert!(failure.message.contains("UPLOAD_SUBREQUEST_BUDGET"), "{}", failure.message);
+        assert_eq!(report.subrequests, 1);
+    }
+
+    #[test]
+    fn single_row_21000_is_fatal() {
+        let transport = FakeTransport::scripted(vec![error(500, "21000", "more than one row returned by a subquery")]);
+        let report = run(&[puts(&["a"])], &settings(), &transport);
+        assert_eq!(statuses(&report), vec![Status::FatalError]);
+        assert_eq!(transport.sent().len(), 1);
+    }
+
     #[test]
     fn retryable_error_stops_and_later_transactions_are_not_attempted() {
         let transport = FakeTransport::scripted(vec![ok(201), error(503, "08006", "connection failure")]);

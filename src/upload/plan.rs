@@ -16,9 +16,17 @@
 //! identical to sending them one by one, never across a different operation and never reordered:
 //!
 //! - PUTs to the same table whose rows have the same set of keys → one bulk upsert (in a bulk
-//!   upsert a key missing from one row would overwrite that column with NULL), except that a PUT
-//!   whose id is already in the group starts a new group (Postgres refuses to upsert the same row
-//!   twice in one statement: 21000);
+//!   upsert a key missing from one row would overwrite that column with NULL). Postgres refuses
+//!   to upsert the same row twice in one statement (21000), so:
+//!   - a PUT whose id is already in the group, equal as text, replaces that row, and the row
+//!     moves to the end of the group (the later PUT wins, as applying them in order gives: both
+//!     set the same columns);
+//!   - a PUT whose id differs as text but may be the same value once the database casts it to
+//!     the id column's type (a uuid in another case or form, an integer with a leading zero or
+//!     a sign, trailing spaces: see [`cast_key`]) starts a new group;
+//!   - should the database still answer 21000 (a cast this rule does not foresee), the driver
+//!     sends the group again in halves, recursively, which equals applying its rows in order
+//!     (see `delivery`);
 //! - DELETEs to the same table → one `id=in.(…)`;
 //! - PATCHes to the same table with identical data → one `id=in.(…)`;
 //! - an `in.(…)` list stops growing before the URL passes [`filter::MAX_URL_BYTES`];
@@ -47,6 +55,7 @@
 //! and PostgREST would cut it short inside `in.(…)`, touching another row) fails its
 //! transaction as a fatal error without any request.
 
+use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 
 use serde_json::{json, Map, Value};
@@ -74,6 +83,9 @@ pub enum Check {
     OwnerCheck { table: String, ids: Vec<(String, usize)> },
     /// The atomic RPC call: an error's hint may name the failing op (= entry index).
     Atomic,
+    /// A bulk upsert; `row_entries[i]` is the entry index of row `i` of the body. On 21000 (two
+    /// rows are one row after casting) the driver splits it.
+    Upsert { row_entries: Vec<usize> },
 }
 
 /// One request of a plan, with the entries it covers.
@@ -271,12 +283,16 @@ struct PutGroup<'e> {
     table: &'e str,
     start: usize,
     end: usize,
-    rows: Vec<Value>,
+    /// (row, id, entry index) in body order; `None` where a later PUT of the same id replaced the
+    /// row (it was appended again at the end).
+    rows: Vec<Option<(Map<String, Value>, String, usize)>>,
     /// Sorted keys shared by every row.
     keys: Vec<String>,
-    /// (id, entry index) of every row, for the ownership check's answer.
-    ids: Vec<(String, usize)>,
-    /// The rows' ids: duplicate detection, and in service mode the ownership check's filter.
+    /// Position in `rows` of each id's current row.
+    positions: HashMap<String, usize>,
+    /// [`cast_key`] of every id in the group.
+    cast_keys: HashSet<String>,
+    /// The rows' ids, for the service-mode ownership check's filter.
     check_ids: InList,
 }
 
@@ -299,17 +315,27 @@ impl<'e> Planner<'_, 'e> {
     fn add_put(&mut self, index: usize, table: &'e str, id: &str, row: Map<String, Value>) {
         let mut keys: Vec<String> = row.keys().cloned().collect();
         keys.sort();
+        let cast = cast_key(id);
         if let Some(Group::Put(group)) = &mut self.group {
-            let url_fits = self.context.owner.is_none()
-                || self.context.owner_check_url_len(table) + group.check_ids.len_with(id) <= filter::MAX_URL_BYTES;
-            let same_shape = group.table == table && group.keys == keys;
-            let new_id = !group.check_ids.contains(id);
-            if same_shape && new_id && url_fits {
-                group.end = index + 1;
-                group.rows.push(Value::Object(row));
-                group.ids.push((id.to_string(), index));
-                group.check_ids.push(id);
-                return;
+            if group.table == table && group.keys == keys {
+                if let Some(position) = group.positions.get(id).copied() {
+                    // The same row again: the later PUT replaces it, at the end of the group.
+                    group.rows[position] = None;
+                    group.positions.insert(id.to_string(), group.rows.len());
+                    group.rows.push(Some((row, id.to_string(), index)));
+                    group.end = index + 1;
+                    return;
+                }
+                let url_fits = self.context.owner.is_none()
+                    || self.context.owner_check_url_len(table) + group.check_ids.len_with(id) <= filter::MAX_URL_BYTES;
+                if url_fits && !group.cast_keys.contains(&cast) {
+                    group.end = index + 1;
+                    group.positions.insert(id.to_string(), group.rows.len());
+                    group.rows.push(Some((row, id.to_string(), index)));
+                    group.cast_keys.insert(cast);
+                    group.check_ids.push(id);
+                    return;
+                }
             }
         }
         self.flush();
@@ -319,9 +345,10 @@ impl<'e> Planner<'_, 'e> {
             table,
             start: index,
             end: index + 1,
-            rows: vec![Value::Object(row)],
+            rows: vec![Some((row, id.to_string(), index))],
             keys,
-            ids: vec![(id.to_string(), index)],
+            positions: HashMap::from([(id.to_string(), 0)]),
+            cast_keys: HashSet::from([cast]),
             check_ids,
         }));
     }
@@ -347,6 +374,7 @@ impl<'e> Planner<'_, 'e> {
             None => {}
             Some(Group::Put(group)) => {
                 let entries = group.start..group.end;
+                let rows: Vec<(Map<String, Value>, String, usize)> = group.rows.into_iter().flatten().collect();
                 if self.context.owner.is_some() {
                     let url = format!(
                         "{}?select=id&id={}{}",
@@ -357,15 +385,20 @@ impl<'e> Planner<'_, 'e> {
                     self.requests.push(PlannedRequest {
                         request: self.context.request(Method::Get, url),
                         entries: entries.clone(),
-                        check: Check::OwnerCheck { table: group.table.to_string(), ids: group.ids },
+                        check: Check::OwnerCheck {
+                            table: group.table.to_string(),
+                            ids: rows.iter().map(|(_, id, index)| (id.clone(), *index)).collect(),
+                        },
                     });
                 }
+                let row_entries = rows.iter().map(|(_, _, index)| *index).collect();
+                let body = Value::Array(rows.into_iter().map(|(row, _, _)| Value::Object(row)).collect());
                 let request = self
                     .context
                     .request(Method::Post, format!("{}?on_conflict=id", self.context.table_url(group.table)))
-                    .json_body(Value::Array(group.rows).to_string())
+                    .json_body(body.to_string())
                     .header("Prefer", PREFER_UPSERT);
-                self.requests.push(PlannedRequest { request, entries, check: Check::Write });
+                self.requests.push(PlannedRequest { request, entries, check: Check::Upsert { row_entries } });
             }
             Some(Group::Filtered(group)) => {
                 let url = format!(
@@ -386,6 +419,35 @@ impl<'e> Planner<'_, 'e> {
             }
         }
     }
+}
+
+/// A key under which two ids are equal whenever the database might take them for the same value
+/// once cast to the id column's type, so that they are never upserted in one statement (21000).
+/// Conservative: ids with equal keys may still be different rows (then they only cost one more
+/// request). Surrounding whitespace is dropped (integers, uuids; `char(n)` pads) and letters
+/// are lower-cased (uuid hex digits, `citext`); a uuid in any accepted form (braces, hyphens
+/// anywhere or none) is reduced to its 32 hex digits; an integer to its value's digits (sign,
+/// leading zeros and PostgreSQL 16's `_` separators dropped).
+pub fn cast_key(id: &str) -> String {
+    let lower = id.trim().to_lowercase();
+    let hex: String = lower.chars().filter(|c| !matches!(c, '-' | '{' | '}')).collect();
+    if hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return hex;
+    }
+    let (negative, digits) = match lower.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, lower.strip_prefix('+').unwrap_or(&lower)),
+    };
+    if digits.starts_with(|c: char| c.is_ascii_digit()) && digits.bytes().all(|b| b.is_ascii_digit() || b == b'_') {
+        let value = digits.replace('_', "");
+        let value = value.trim_start_matches('0');
+        return match (negative, value) {
+            (_, "") => "0".to_string(),
+            (true, value) => format!("-{value}"),
+            (false, value) => value.to_string(),
+        };
+    }
+    lower
 }
 
 #[cfg(test)]
@@ -468,7 +530,7 @@ mod tests {
         );
         assert_eq!(body(r), json!([{"id": "a", "title": "x"}]));
         assert_eq!(r.entries, 0..1);
-        assert_eq!(r.check, Check::Write);
+        assert_eq!(r.check, Check::Upsert { row_entries: vec![0] });
     }
 
     #[test]
@@ -556,20 +618,63 @@ mod tests {
     }
 
     #[test]
-    fn put_with_an_id_already_in_the_group_starts_a_new_group() {
+    fn put_of_an_id_already_in_the_group_replaces_its_row_and_the_later_wins() {
         let requests = plan(
             vec![
                 put("a", json!({"n": 1})),
                 put("b", json!({"n": 1})),
                 put("a", json!({"n": 2})),
                 put("c", json!({"n": 3})),
+                put("a", json!({"n": 4})),
             ],
             &settings(),
         );
+        assert_eq!(requests.len(), 1);
+        assert_eq!(body(&requests[0]), json!([{"id": "b", "n": 1}, {"id": "c", "n": 3}, {"id": "a", "n": 4}]));
+        assert_eq!(requests[0].entries, 0..5);
+        assert_eq!(requests[0].check, Check::Upsert { row_entries: vec![1, 3, 4] });
+    }
+
+    #[test]
+    fn ids_that_may_be_equal_after_casting_are_not_upserted_together() {
+        let upper = "0E0B5A1C-2D3E-4F50-8A6B-7C8D9E0F1A2B";
+        let lower = upper.to_lowercase();
+        let requests = plan(
+            vec![put(upper, json!({"n": 1})), put("x", json!({"n": 1})), put(&lower, json!({"n": 2}))],
+            &settings(),
+        );
         assert_eq!(requests.len(), 2);
-        assert_eq!(body(&requests[0]), json!([{"id": "a", "n": 1}, {"id": "b", "n": 1}]));
-        assert_eq!(body(&requests[1]), json!([{"id": "a", "n": 2}, {"id": "c", "n": 3}]));
-        assert_eq!((requests[0].entries.clone(), requests[1].entries.clone()), (0..2, 2..4));
+        assert_eq!(body(&requests[0]), json!([{"id": upper, "n": 1}, {"id": "x", "n": 1}]));
+        assert_eq!(body(&requests[1]), json!([{"id": lower, "n": 2}]));
+        assert_eq!((requests[0].entries.clone(), requests[1].entries.clone()), (0..2, 2..3));
+        let numbers = plan(vec![put("1", json!({})), put("01", json!({})), put("+1", json!({}))], &settings());
+        assert_eq!(numbers.len(), 3);
+    }
+
+    #[test]
+    fn cast_keys_unite_every_spelling_of_one_value() {
+        let uuid = "0e0b5a1c2d3e4f508a6b7c8d9e0f1a2b";
+        for spelling in [
+            "0e0b5a1c-2d3e-4f50-8a6b-7c8d9e0f1a2b",
+            "0E0B5A1C-2D3E-4F50-8A6B-7C8D9E0F1A2B",
+            "{0e0b5a1c-2d3e-4f50-8a6b-7c8d9e0f1a2b}",
+            "0e0b5a1c2d3e4f508a6b7c8d9e0f1a2b",
+            "0e0b-5a1c-2d3e-4f50-8a6b-7c8d-9e0f-1a2b",
+            " 0e0b5a1c-2d3e-4f50-8a6b-7c8d9e0f1a2b ",
+        ] {
+            assert_eq!(cast_key(spelling), uuid, "{spelling}");
+        }
+        for (spelling, key) in
+            [("1", "1"), ("01", "1"), ("+1", "1"), (" 1 ", "1"), ("1_000", "1000"), ("-0", "0"), ("000", "0"), ("-07", "-7")]
+        {
+            assert_eq!(cast_key(spelling), key, "{spelling}");
+        }
+        assert_eq!(cast_key("Abc "), "abc");
+        assert_ne!(cast_key("a-b"), cast_key("ab"), "hyphens only vanish from uuids");
+        assert_ne!(cast_key("1"), cast_key("11"));
+        assert_eq!(cast_key("_1"), "_1");
+        assert_eq!(cast_key("-"), "-");
+        assert_eq!(cast_key(""), "");
     }
 
     #[test]

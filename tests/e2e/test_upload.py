@@ -374,6 +374,37 @@ def test_entries_on_the_same_row_apply_in_order(rls_worker, db, user):
     assert row(db, "lists", gone) is None
 
 
+def test_two_puts_of_one_id_in_a_bulk_upsert_are_merged_and_the_later_wins(rls_worker, db,
+                                                                          standin, user):
+    sub, token = user
+    a, b = new_id(), new_id()
+    response = upload(rls_worker, token, body(tx(
+        put("lists", a, name="a v1", owner_id=sub),
+        put("lists", b, name="b", owner_id=sub),
+        put("lists", a, name="a v2", owner_id=sub),
+    )))
+    assert statuses(response) == ["success"], response.text
+    assert requests_made(standin) == 1, "one bulk upsert"
+    assert (row(db, "lists", a)["name"], row(db, "lists", b)["name"]) == ("a v2", "b")
+
+
+def test_ids_equal_only_after_casting_are_applied_in_order_not_refused(rls_worker, db, standin,
+                                                                       user):
+    # A uuid in upper and in lower case is one row: one upsert of both would fail with 21000
+    sub, token = user
+    lower, other = new_id(), new_id()
+    response = upload(rls_worker, token, body(tx(
+        put("lists", lower.upper(), name="first", owner_id=sub),
+        put("lists", other, name="other", owner_id=sub),
+        put("lists", lower, name="second", owner_id=sub),
+    )))
+    assert response.status_code == 200, response.text
+    assert statuses(response) == ["success"], response.text
+    assert row(db, "lists", lower)["name"] == "second"
+    assert row(db, "lists", other)["name"] == "other"
+    assert count(db, "lists") == 2
+
+
 def test_entry_id_is_the_row_id_and_numeric_ids_are_text(rls_worker, db, user):
     sub, token = user
     list_id, ignored = new_id(), new_id()
