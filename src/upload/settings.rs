@@ -24,6 +24,7 @@
 //! | `UPLOAD_MAX_ENTRIES` | 10000 | most CRUD entries per upload |
 //! | `UPLOAD_MAX_TRANSACTIONS` | 1000 | most transactions per upload |
 //! | `UPLOAD_RETRY_AFTER_SECONDS` | 5 | `Retry-After` suggested when the client must retry |
+//! | `UPLOAD_ALLOW_ANONYMOUS` | `false` | service mode only: accept uploads from anonymous sign-ins (`is_anonymous: true`) |
 //! | `UPLOAD_ERROR_CLASS_OVERRIDES` | none | `code:fatal` / `code:retryable` list overriding how an answer's code is classified |
 
 use std::collections::BTreeSet;
@@ -75,6 +76,10 @@ pub struct UploadSettings {
     pub retry_after_seconds: u64,
     /// `UPLOAD_ERROR_CLASS_OVERRIDES`: codes the operator classifies otherwise (default none).
     pub error_class_overrides: ClassOverrides,
+    /// `UPLOAD_ALLOW_ANONYMOUS` (service mode only; default false): whether sessions of anonymous
+    /// sign-ins may upload. In service mode the worker is the only guard (RLS is bypassed), and
+    /// anyone can create an anonymous session with the public anon key.
+    pub allow_anonymous: bool,
 }
 
 impl UploadSettings {
@@ -94,7 +99,16 @@ impl UploadSettings {
             limits: Limits::default(),
             retry_after_seconds: DEFAULT_RETRY_AFTER_SECONDS,
             error_class_overrides: ClassOverrides::default(),
+            allow_anonymous: false,
         }
+    }
+
+    /// Whether a verified session may upload: in service mode, an anonymous sign-in
+    /// (`is_anonymous: true`) only with `UPLOAD_ALLOW_ANONYMOUS`; in rls mode always (the RLS
+    /// policies decide, and can read `auth.jwt() ->> 'is_anonymous'`).
+    pub fn admits(&self, claims: &serde_json::Map<String, serde_json::Value>) -> bool {
+        let anonymous = claims.get("is_anonymous").and_then(serde_json::Value::as_bool).unwrap_or(false);
+        !anonymous || self.allow_anonymous || self.mode == WriteMode::Rls
     }
 }
 
@@ -115,6 +129,7 @@ impl fmt::Debug for UploadSettings {
             .field("limits", &self.limits)
             .field("retry_after_seconds", &self.retry_after_seconds)
             .field("error_class_overrides", &self.error_class_overrides)
+            .field("allow_anonymous", &self.allow_anonymous)
             .finish()
     }
 }
@@ -218,10 +233,18 @@ pub fn read(reader: &mut Reader, supabase_url: Option<String>) -> Option<UploadS
     };
     let retry_after_seconds = reader.number("UPLOAD_RETRY_AFTER_SECONDS", DEFAULT_RETRY_AFTER_SECONDS, 1..=3600);
     let error_class_overrides = class_overrides(reader);
+    let allow_anonymous = reader.flag("UPLOAD_ALLOW_ANONYMOUS", false);
 
     // Rules that relate several variables (judged on what was asked for, so a service-mode
     // deployment missing its key still hears about every other problem).
     let service = reader.get("UPLOAD_MODE").is_some_and(|m| m.eq_ignore_ascii_case("service"));
+    if !service && reader.get("UPLOAD_ALLOW_ANONYMOUS").is_some() {
+        reader.problem(
+            "UPLOAD_ALLOW_ANONYMOUS",
+            "only used with UPLOAD_MODE=service; in rls mode your RLS policies decide (they can read \
+             auth.jwt() ->> 'is_anonymous')",
+        );
+    }
     if service && tables.is_none() {
         reader.problem(
             "UPLOAD_TABLES",
@@ -272,6 +295,7 @@ pub fn read(reader: &mut Reader, supabase_url: Option<String>) -> Option<UploadS
             limits,
             retry_after_seconds,
             error_class_overrides,
+            allow_anonymous,
         }),
         _ => None,
     }
@@ -643,6 +667,41 @@ mod tests {
         let mut vars = with(&base);
         vars.push(("UPLOAD_OWNER_COLUMN", "user id"));
         assert_eq!(problem_names(&vars), vec!["UPLOAD_OWNER_COLUMN"]);
+    }
+
+    fn claims(value: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
+        value.as_object().cloned().unwrap_or_default()
+    }
+
+    const SERVICE: [(&str, &str); 4] = [
+        ("UPLOAD_MODE", "service"),
+        ("SUPABASE_SERVICE_ROLE_KEY", "k"),
+        ("UPLOAD_OWNER_COLUMN", "user_id"),
+        ("UPLOAD_TABLES", "todos"),
+    ];
+
+    #[test]
+    fn service_mode_refuses_anonymous_sessions_unless_allowed() {
+        let anonymous = claims(serde_json::json!({"sub": "u", "is_anonymous": true}));
+        let signed_in = claims(serde_json::json!({"sub": "u", "is_anonymous": false}));
+        let service = read_vars(&with(&SERVICE)).expect("valid");
+        assert!(!service.allow_anonymous);
+        assert!(!service.admits(&anonymous));
+        assert!(service.admits(&signed_in));
+        assert!(service.admits(&claims(serde_json::json!({"sub": "u"}))), "older tokens have no claim");
+        let mut vars = with(&SERVICE);
+        vars.push(("UPLOAD_ALLOW_ANONYMOUS", "true"));
+        assert!(read_vars(&vars).expect("valid").admits(&anonymous));
+        let rls = read_vars(&BASE).expect("valid");
+        assert!(rls.admits(&anonymous), "RLS policies decide in rls mode");
+    }
+
+    #[test]
+    fn allow_anonymous_is_refused_in_rls_mode() {
+        assert_eq!(problem_names(&with(&[("UPLOAD_ALLOW_ANONYMOUS", "true")])), vec!["UPLOAD_ALLOW_ANONYMOUS"]);
+        let mut vars = with(&SERVICE);
+        vars.push(("UPLOAD_ALLOW_ANONYMOUS", "perhaps"));
+        assert_eq!(problem_names(&vars), vec!["UPLOAD_ALLOW_ANONYMOUS"]);
     }
 
     #[test]

@@ -642,6 +642,23 @@ def test_service_mode_put_onto_another_users_id_is_fatal_42501(service_worker, d
     assert row(db, "profiles", later)["user_id"] == b
 
 
+def test_service_mode_refuses_anonymous_sign_ins(service_worker, db, standin, session_token):
+    # The service key bypasses RLS and anyone can sign in anonymously with the public anon key:
+    # unless UPLOAD_ALLOW_ANONYMOUS=true, such sessions write nothing (403; the client keeps its
+    # queue, e.g. until the user links a permanent account: the sub stays the same).
+    sub = new_id()
+    profile = "p-" + new_id()
+    payload = body(tx(put("profiles", profile, handle="h-" + new_id())))
+    response = upload(service_worker, session_token(sub, is_anonymous=True), payload)
+    assert response.status_code == 403, response.text
+    assert response.json()["code"] == "anonymous_not_allowed"
+    assert requests_made(standin) == 0
+    assert row(db, "profiles", profile) is None
+    signed_in = upload(service_worker, session_token(sub, is_anonymous=False), payload)
+    assert statuses(signed_in) == ["success"], signed_in.text
+    assert row(db, "profiles", profile)["user_id"] == sub
+
+
 def test_service_mode_refuses_tables_outside_the_allowlist(service_worker, db, standin, user):
     sub, token = user
     list_id = new_id()
