@@ -49,7 +49,7 @@ create policy powersync_dead_letters_service on public.powersync_dead_letters
 revoke all on table public.powersync_dead_letters from public;
 do $$
 begin
-  if exists (select 1 from pg_roles where rolname = 'anon') then
+  if exists (select 1 from pg_catalog.pg_roles where rolname = 'anon') then
     execute 'revoke all on table public.powersync_dead_letters from anon';
     execute 'revoke all on sequence public.powersync_dead_letters_id_seq from anon';
   end if;

@@ -1107,6 +1107,34 @@ def test_atomic_transaction_is_one_rpc_request(atomic_worker, db, standin, user)
     assert row(db, "lists", old_list)["name"] == "renamed"
 
 
+def test_atomic_function_pins_its_search_path_so_public_objects_cannot_shadow_built_ins(
+        atomic_worker, pg, db, user):
+    # Anyone who can create functions in public could otherwise slip in a better match for a
+    # built-in the function calls (format(text, text) beats pg_catalog's variadic format) and
+    # have it run with the caller's rights on every upload.
+    config = db.execute("select proconfig from pg_proc where oid = "
+                        "'public.powersync_apply_transaction(jsonb,text,text)'::regprocedure"
+                        ).fetchone()[0]
+    assert config == ["search_path=pg_catalog, pg_temp"]
+    sub, token = user
+    db.execute("create table public.shadow_calls (arg text)")
+    db.execute("grant insert on public.shadow_calls to authenticated, service_role")
+    db.execute("create function public.format(f text, a text) returns text language plpgsql as "
+               "$$ begin insert into public.shadow_calls values (a); "
+               "return pg_catalog.format(f, a); end $$")
+    try:
+        l1, l2 = new_id(), new_id()
+        response = upload(atomic_worker, token, body(tx(put("lists", l1, name="a", owner_id=sub),
+                                                        put("lists", l2, name="b", owner_id=sub))))
+        assert statuses(response) == ["success"], response.text
+        assert row(db, "lists", l2)["name"] == "b"
+        assert db.execute("select count(*) from public.shadow_calls").fetchone() == (0,), \
+            "a function in public ran inside the atomic upload"
+    finally:
+        db.execute("drop function public.format(text, text)")
+        db.execute("drop table public.shadow_calls")
+
+
 def test_ambiguous_atomic_function_overload_is_retryable_until_the_operator_drops_it(
         atomic_worker, db, user):
     # A second powersync_apply_transaction the same call could mean (PGRST203) is a setup
