@@ -2,8 +2,11 @@
 //!
 //! - Transactions are processed in order; within one, requests are sent in order and the first
 //!   failure ends the transaction.
-//! - A fatal failure makes the transaction `fatal_error` (recorded in the dead-letter table when
-//!   configured) and processing continues with the next transaction: the client discards it.
+//! - A fatal failure makes the transaction `fatal_error` and processing continues with the next
+//!   transaction: the client discards it. With a dead-letter table, the whole transaction is
+//!   recorded first, with what became of each entry (applied, failed, not attempted); if that
+//!   record cannot be written, the transaction is `retryable_error` (`dead_letter_failed`)
+//!   instead, so the client keeps it.
 //! - A retryable failure makes the transaction `retryable_error` and every later one
 //!   `not_attempted`: the client retries them in order.
 //! - Subrequest budget: before a transaction is sent, its planned requests plus one for a possible
@@ -16,7 +19,7 @@
 //!   request per transaction, avoids it entirely.
 
 use super::crud::Transaction;
-use super::dead_letter;
+use super::dead_letter::{self, EntryState};
 use super::outcome::{classify, op_index_from_hint, FailedOperation, TransactionResult, UploadReport, Verdict};
 use super::plan::{self, Check, PlannedRequest};
 use super::settings::UploadSettings;
@@ -28,7 +31,8 @@ use std::collections::VecDeque;
 /// How one transaction ended.
 enum Ending {
     Success,
-    Fatal(FailedOperation),
+    /// Rejected for good; what became of each entry (for the dead letter).
+    Fatal(FailedOperation, Vec<EntryState>),
     Retryable(FailedOperation, u64),
 }
 
@@ -55,12 +59,20 @@ pub async fn apply<T: Transport>(
         let fresh = report.subrequests == 0;
         let ending = match plan::plan_transaction(transaction, settings, caller) {
             Ok(requests) if requests.is_empty() => Some(Ending::Success),
-            Ok(requests) if requests.len() + dead_letter_cost > budget => {
-                refuse_unsendable(remaining, fresh, dead_letter_cost, too_big(requests.len(), budget, dead_letter_cost))
-            }
+            Ok(requests) if requests.len() + dead_letter_cost > budget => refuse_unsendable(
+                remaining,
+                fresh,
+                dead_letter_cost,
+                too_big(requests.len(), budget, dead_letter_cost),
+                transaction.entries.len(),
+            ),
             Ok(requests) if requests.len() + dead_letter_cost > remaining => None,
-            Ok(requests) => Some(send(requests, settings, transport, &mut report, dead_letter_cost).await),
-            Err(failure) => refuse_unsendable(remaining, fresh, dead_letter_cost, failure),
+            Ok(requests) => {
+                Some(send(requests, transaction.entries.len(), settings, transport, &mut report, dead_letter_cost).await)
+            }
+            Err(failure) => {
+                refuse_unsendable(remaining, fresh, dead_letter_cost, failure, transaction.entries.len())
+            }
         };
         let Some(ending) = ending else {
             // Does not fit in what is left of the budget: this and every later transaction wait
@@ -71,11 +83,23 @@ pub async fn apply<T: Transport>(
         };
         match ending {
             Ending::Success => report.results.push(TransactionResult::success(transaction_id)),
-            Ending::Fatal(failure) => {
-                if let Some(table) = &settings.dead_letter_table {
-                    record_dead_letter(table, settings, caller, transaction, &failure, transport, &mut report).await;
+            Ending::Fatal(failure, states) => {
+                let recorded = match &settings.dead_letter_table {
+                    Some(table) => {
+                        let record = (transaction, &failure, states.as_slice());
+                        record_dead_letter(table, settings, caller, record, transport, &mut report).await
+                    }
+                    None => Ok(()),
+                };
+                match recorded {
+                    Ok(()) => report.results.push(TransactionResult::fatal(transaction_id, failure)),
+                    Err((kept, retry_after_seconds)) => {
+                        // Not recorded: the client must keep the transaction, so it is retryable.
+                        report.retry_after_seconds = report.retry_after_seconds.max(retry_after_seconds);
+                        report.results.push(TransactionResult::retryable(transaction_id, kept, retry_after_seconds));
+                        stopped = true;
+                    }
                 }
-                report.results.push(TransactionResult::fatal(transaction_id, failure));
             }
             Ending::Retryable(failure, retry_after_seconds) => {
                 report.retry_after_seconds = report.retry_after_seconds.max(retry_after_seconds);
@@ -96,8 +120,10 @@ fn refuse_unsendable(
     fresh: bool,
     dead_letter_cost: usize,
     failure: FailedOperation,
+    entries: usize,
 ) -> Option<Ending> {
-    (dead_letter_cost <= remaining || fresh).then_some(Ending::Fatal(failure))
+    let states = dead_letter::refused_states(entries, failure.index);
+    (dead_letter_cost <= remaining || fresh).then_some(Ending::Fatal(failure, states))
 }
 
 fn too_big(planned: usize, budget: usize, dead_letter_cost: usize) -> FailedOperation {
@@ -120,13 +146,16 @@ fn too_big(planned: usize, budget: usize, dead_letter_cost: usize) -> FailedOper
 /// `reserve` for the dead-letter insert; when they do not, the transaction is retryable.
 async fn send<T: Transport>(
     requests: Vec<PlannedRequest>,
+    entry_count: usize,
     settings: &UploadSettings,
     transport: &T,
     report: &mut UploadReport,
     reserve: usize,
 ) -> Ending {
-    let mut queue: VecDeque<PlannedRequest> = requests.into();
-    while let Some(planned) = queue.pop_front() {
+    let mut states = vec![EntryState::NotAttempted; entry_count];
+    // (request, whether it is a half of a split upsert)
+    let mut queue: VecDeque<(PlannedRequest, bool)> = requests.into_iter().map(|r| (r, false)).collect();
+    while let Some((planned, is_half)) = queue.pop_front() {
         let index = match &planned.check {
             Check::Atomic => None,
             Check::Upsert { row_entries } if row_entries.len() == 1 => row_entries.first().copied(),
@@ -147,10 +176,14 @@ async fn send<T: Transport>(
             (_, verdict, _) => verdict,
         };
         match verdict {
-            Verdict::Applied => {}
+            Verdict::Applied => match (&planned.check, is_half) {
+                (Check::OwnerCheck { .. }, _) => {}
+                (Check::Upsert { row_entries }, true) => mark(&mut states, row_entries.iter().copied(), EntryState::Applied),
+                _ => mark(&mut states, planned.entries.clone(), EntryState::Applied),
+            },
             Verdict::Fatal(failure) if failure.code == CARDINALITY_VIOLATION && splittable.is_some() => {
                 let Some(halves) = splittable.and_then(|request| split_upsert(&request)) else {
-                    return Ending::Fatal(failure);
+                    return Ending::Fatal(failure, failed_states(states, &planned.entries));
                 };
                 if report.subrequests + queue.len() + halves.len() + reserve > settings.subrequest_budget {
                     let mut failure = failure;
@@ -162,10 +195,10 @@ async fn send<T: Transport>(
                     return Ending::Retryable(failure, settings.retry_after_seconds);
                 }
                 for half in halves.into_iter().rev() {
-                    queue.push_front(half);
+                    queue.push_front((half, true));
                 }
             }
-            Verdict::Fatal(failure) => return Ending::Fatal(failure),
+            Verdict::Fatal(failure) => return Ending::Fatal(failure, failed_states(states, &planned.entries)),
             Verdict::Retryable { failure, retry_after_seconds } => {
                 let wait = retry_after_seconds.unwrap_or(0).max(settings.retry_after_seconds);
                 return Ending::Retryable(failure, wait);
@@ -173,6 +206,24 @@ async fn send<T: Transport>(
         }
     }
     Ending::Success
+}
+
+/// Sets `state` for each of `entries` that was not attempted yet.
+fn mark(states: &mut [EntryState], entries: impl IntoIterator<Item = usize>, state: EntryState) {
+    for i in entries {
+        if let Some(slot) = states.get_mut(i).filter(|s| **s == EntryState::NotAttempted) {
+            *slot = state;
+        }
+    }
+}
+
+/// The states once the request covering `failed` failed: its entries not applied are `failed`,
+/// entries before it that no request covered (PATCHes with nothing to write, PUTs a later PUT of
+/// the same id replaced) `applied`, the rest `not_attempted`.
+fn failed_states(mut states: Vec<EntryState>, failed: &std::ops::Range<usize>) -> Vec<EntryState> {
+    mark(&mut states, 0..failed.start, EntryState::Applied);
+    mark(&mut states, failed.clone(), EntryState::Failed);
+    states
 }
 
 /// SQLSTATE 21000: "ON CONFLICT DO UPDATE command cannot affect row a second time".
@@ -254,32 +305,50 @@ fn with_atomic_index(verdict: Verdict, entries: usize) -> Verdict {
     }
 }
 
-/// Records a fatal transaction; a failure is only counted and logged. Never exceeds the budget.
+/// Records a fatal transaction (`record`: the transaction, its failure, its entries' states).
+/// When that fails (or no budget is left for it), the error to report instead, with its
+/// `Retry-After`: the transaction stays with the client. Never exceeds the budget.
 async fn record_dead_letter<T: Transport>(
     table: &str,
     settings: &UploadSettings,
     caller: &Caller,
-    transaction: &Transaction,
-    failure: &FailedOperation,
+    record: (&Transaction, &FailedOperation, &[EntryState]),
     transport: &T,
     report: &mut UploadReport,
-) {
+) -> Result<(), (FailedOperation, u64)> {
+    let (transaction, failure, states) = record;
+    let kept = |why: String, http_status: Option<u16>| {
+        let mut kept = FailedOperation::new(
+            failure.index,
+            "dead_letter_failed",
+            format!(
+                "{}: {}; not discarded because recording it in the dead-letter table failed ({why})",
+                failure.code, failure.message
+            ),
+        );
+        kept.details = failure.details.clone();
+        kept.http_status = http_status;
+        kept
+    };
     if report.subrequests >= settings.subrequest_budget {
         report.dead_letter_failures += 1;
         report.dead_letter_errors.push(format!("dead-letter insert into {table} skipped: no subrequest budget left"));
-        return;
+        return Err((kept("no subrequest budget left".to_string(), None), settings.retry_after_seconds));
     }
-    let request = dead_letter::request(table, settings, caller, transaction, failure);
+    let request = dead_letter::request(table, settings, caller, transaction, failure, states);
     report.subrequests += 1;
     let answer = transport.send(request).await;
-    match classify(&answer, None, &settings.error_class_overrides) {
-        Verdict::Applied => report.dead_letters += 1,
-        Verdict::Fatal(error) | Verdict::Retryable { failure: error, .. } => {
-            report.dead_letter_failures += 1;
-            let status = error.http_status.map_or_else(|| "no answer".to_string(), |s| format!("HTTP {s}"));
-            report
-                .dead_letter_errors
-                .push(format!("dead-letter insert into {table} failed: {} ({status})", error.code));
+    let (error, retry_after) = match classify(&answer, None, &settings.error_class_overrides) {
+        Verdict::Applied => {
+            report.dead_letters += 1;
+            return Ok(());
         }
-    }
+        Verdict::Fatal(error) => (error, None),
+        Verdict::Retryable { failure: error, retry_after_seconds } => (error, retry_after_seconds),
+    };
+    report.dead_letter_failures += 1;
+    let status = error.http_status.map_or_else(|| "no answer".to_string(), |s| format!("HTTP {s}"));
+    report.dead_letter_errors.push(format!("dead-letter insert into {table} failed: {} ({status})", error.code));
+    let wait = retry_after.unwrap_or(0).max(settings.retry_after_seconds);
+    Err((kept(format!("{} {status}", error.code), error.http_status), wait))
 }

@@ -321,7 +321,7 @@ mod tests {
         let mut s = settings();
         s.subrequest_budget = 5;
         s.dead_letter_table = Some("dead".to_string());
-        let answers = (0..10).map(|_| error(400, "23502", "null value")).collect();
+        let answers = (0..10).map(|n| if n % 2 == 0 { error(400, "23502", "null value") } else { ok(201) }).collect();
         let transport = FakeTransport::scripted(answers);
         let report = run(&(0..5).map(tx).collect::<Vec<_>>(), &s, &transport);
         assert_eq!(
@@ -412,26 +412,118 @@ mod tests {
             body,
             json!({"user_id": "user-1", "transaction_id": "12", "op_index": 0,
                    "entry": {"op": "PUT", "table": "todos", "id": "a", "data": {"title": null}},
+                   "entries": [{"op": "PUT", "table": "todos", "id": "a", "data": {"id": "a", "title": null},
+                                "state": "failed"}],
                    "code": "23502", "message": "null value in column \"title\"", "details": "Failing row"})
         );
         assert_eq!((report.dead_letters, report.dead_letter_failures, report.subrequests), (1, 0, 2));
     }
 
     #[test]
-    fn dead_letter_failure_does_not_change_the_outcome() {
+    fn transaction_whose_dead_letter_cannot_be_written_stays_queued() {
         let mut s = settings();
         s.dead_letter_table = Some("dead".to_string());
         let transport = FakeTransport::scripted(vec![
             error(409, "23505", "duplicate"),
             error(404, "PGRST205", "table not found"),
-            ok(201),
         ]);
         let report = run(&[tx(1), tx(2)], &s, &transport);
-        assert_eq!(statuses(&report), vec![Status::FatalError, Status::Success]);
-        assert_eq!(report.results[0].failed_operation.as_ref().map(|f| f.code.as_str()), Some("23505"));
+        assert_eq!(statuses(&report), vec![Status::RetryableError, Status::NotAttempted]);
+        let kept = report.results[0].failed_operation.clone().expect("failure");
+        assert_eq!((kept.index, kept.code.as_str(), kept.http_status), (Some(0), "dead_letter_failed", Some(404)));
+        assert!(kept.message.starts_with("23505: duplicate;"), "{}", kept.message);
+        assert!(kept.message.contains("PGRST205"), "{}", kept.message);
+        assert_eq!(report.results[0].retry_after_ms, Some(60_000), "the dead-letter table is missing: schema drift");
         assert_eq!((report.dead_letters, report.dead_letter_failures), (0, 1));
         assert!(report.dead_letter_errors[0].contains("PGRST205"), "{:?}", report.dead_letter_errors);
-        assert!(!report.needs_retry());
+        assert!(report.needs_retry());
+        assert_eq!(transport.sent().len(), 2, "the second transaction waits");
+    }
+
+    #[test]
+    fn restricted_project_refusing_the_dead_letter_too_keeps_the_transaction() {
+        // Supabase's 402 hits every request: the dead-letter insert as well as the write
+        let mut s = settings();
+        s.dead_letter_table = Some("dead".to_string());
+        let transport = FakeTransport::scripted(vec![error(400, "23502", "null"), ok(402)]);
+        let report = run(&[tx(1)], &s, &transport);
+        assert_eq!(statuses(&report), vec![Status::RetryableError]);
+        assert_eq!(report.results[0].failed_operation.as_ref().map(|f| f.code.as_str()), Some("dead_letter_failed"));
+    }
+
+    fn dead_letter_body(transport: &FakeTransport) -> Value {
+        let sent = transport.sent();
+        let last = sent.last().expect("a dead letter");
+        assert!(last.url.ends_with("/rest/v1/dead"), "{}", last.url);
+        serde_json::from_str(last.body.as_deref().unwrap_or("")).unwrap_or(Value::Null)
+    }
+
+    fn states_of(body: &Value) -> Vec<String> {
+        body["entries"]
+            .as_array()
+            .map(|entries| entries.iter().map(|e| e["state"].as_str().unwrap_or("?").to_string()).collect())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn dead_letter_records_every_entry_with_what_became_of_it() {
+        let mut s = settings();
+        s.dead_letter_table = Some("dead".to_string());
+        let transaction = Transaction {
+            transaction_id: Some(json!(7)),
+            entries: vec![
+                entry(Op::Put, "a", json!({"x": 1})),
+                entry(Op::Patch, "a", json!({})),
+                entry(Op::Delete, "b", Value::Null),
+                entry(Op::Delete, "c", Value::Null),
+                entry(Op::Patch, "d", json!({"y": 1})),
+                entry(Op::Put, "e", json!({"x": 2})),
+            ],
+        };
+        // PUT a: 201; DELETE b,c (merged): 409; the PATCH and the last PUT are never sent
+        let transport = FakeTransport::scripted(vec![ok(201), error(409, "23503", "fk"), ok(201)]);
+        let report = run(std::slice::from_ref(&transaction), &s, &transport);
+        assert_eq!(statuses(&report), vec![Status::FatalError]);
+        let body = dead_letter_body(&transport);
+        assert_eq!(body["op_index"], json!(2));
+        assert_eq!(states_of(&body), vec!["applied", "applied", "failed", "failed", "not_attempted", "not_attempted"]);
+        assert_eq!(
+            body["entries"][4],
+            json!({"op": "PATCH", "table": "todos", "id": "d", "data": {"y": 1}, "state": "not_attempted"})
+        );
+        assert_eq!(body["entry"], json!({"op": "DELETE", "table": "todos", "id": "b"}));
+    }
+
+    #[test]
+    fn dead_letter_of_an_atomic_call_marks_every_entry_failed() {
+        let mut s = settings();
+        s.atomic = true;
+        s.dead_letter_table = Some("dead".to_string());
+        let transaction = Transaction {
+            transaction_id: None,
+            entries: vec![entry(Op::Put, "a", json!({})), entry(Op::Delete, "b", Value::Null)],
+        };
+        let transport = FakeTransport::scripted(vec![Ok(HttpResponse {
+            status: 409,
+            headers: vec![],
+            body: json!({"code": "23503", "message": "fk", "hint": "powersync op 1 (DELETE todos/b)"}).to_string(),
+        })]);
+        run(&[transaction], &s, &transport);
+        assert_eq!(states_of(&dead_letter_body(&transport)), vec!["failed", "failed"]);
+    }
+
+    #[test]
+    fn dead_letter_of_a_split_upsert_marks_the_applied_half() {
+        let mut s = settings();
+        s.dead_letter_table = Some("dead".to_string());
+        let transport = FakeTransport::scripted(vec![
+            error(500, "21000", "cannot affect row a second time"),
+            ok(201),
+            error(409, "23505", "duplicate key"),
+            ok(201),
+        ]);
+        run(&[puts(&["a", "b", "c", "d"])], &s, &transport);
+        assert_eq!(states_of(&dead_letter_body(&transport)), vec!["applied", "applied", "failed", "failed"]);
     }
 
     #[test]

@@ -60,7 +60,7 @@ use std::ops::Range;
 
 use serde_json::{json, Map, Value};
 
-use super::crud::{Op, Transaction};
+use super::crud::{Entry, Op, Transaction};
 use super::filter::{self, InList};
 use super::outcome::FailedOperation;
 use super::row;
@@ -228,25 +228,7 @@ impl<'a> Context<'a> {
         let ops: Vec<Value> = transaction
             .entries
             .iter()
-            .map(|entry| {
-                let mut op = Map::new();
-                op.insert("op".to_string(), json!(entry.op.as_str()));
-                op.insert("table".to_string(), json!(entry.table));
-                op.insert("id".to_string(), json!(entry.id));
-                match entry.op {
-                    Op::Put => {
-                        op.insert(
-                            "data".to_string(),
-                            Value::Object(row::put_row(entry, self.settings, &self.caller.user_id)),
-                        );
-                    }
-                    Op::Patch => {
-                        op.insert("data".to_string(), Value::Object(row::patch_data(entry, self.settings)));
-                    }
-                    Op::Delete => {}
-                }
-                Value::Object(op)
-            })
+            .map(|entry| Value::Object(atomic_op(entry, self.settings, &self.caller.user_id)))
             .collect();
         let mut body = Map::new();
         body.insert("ops".to_string(), Value::Array(ops));
@@ -261,6 +243,25 @@ impl<'a> Context<'a> {
             check: Check::Atomic,
         })
     }
+}
+
+/// One op of the atomic function's `ops`: `{"op","table","id","data"?}`, the data as the bridge
+/// writes it (conversions, owner rules; a PUT's row with its id), no `data` for DELETE.
+pub(crate) fn atomic_op(entry: &Entry, settings: &UploadSettings, user_id: &str) -> Map<String, Value> {
+    let mut op = Map::new();
+    op.insert("op".to_string(), json!(entry.op.as_str()));
+    op.insert("table".to_string(), json!(entry.table));
+    op.insert("id".to_string(), json!(entry.id));
+    match entry.op {
+        Op::Put => {
+            op.insert("data".to_string(), Value::Object(row::put_row(entry, settings, user_id)));
+        }
+        Op::Patch => {
+            op.insert("data".to_string(), Value::Object(row::patch_data(entry, settings)));
+        }
+        Op::Delete => {}
+    }
+    op
 }
 
 /// A request with the credentials of the configured mode: in `rls` mode the anon key and the

@@ -22,6 +22,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
+import psycopg
 import pytest
 
 from tests.e2e.conftest import ANON_KEY, make_token
@@ -1181,11 +1182,72 @@ def test_fatal_transactions_are_recorded_in_the_dead_letter_table(dead_letter_wo
     assert first["code"] == "23514"
     assert first["message"]
     assert first["entry"] == {"op": "PUT", "table": "todos", "id": bad_todo, "data": bad_data}
+    # the whole transaction, in order, with what became of each entry
+    assert first["entries"] == [
+        {"op": "PATCH", "table": "lists", "id": list_id, "data": {"name": "x"}, "state": "applied"},
+        {"op": "PUT", "table": "todos", "id": bad_todo, "data": {**bad_data, "id": bad_todo},
+         "state": "failed"},
+    ]
     assert (second["user_id"], second["transaction_id"], second["op_index"], second["code"]) == \
         (sub, "7", 0, "23503")
     assert second["entry"]["id"] == orphan
     recorded_ids = {json.dumps(letter["entry"]) for letter in letters}
     assert not any(ok1 in e or ok2 in e for e in recorded_ids), "successes are not recorded"
+
+
+def test_transaction_whose_dead_letter_cannot_be_written_is_kept_not_discarded(
+        dead_letter_worker, db, standin, user):
+    sub, token = user
+    list_id, bad, later = insert_list(db, sub), new_id(), new_id()
+    payload = body(
+        tx(put("todos", bad, description="p9", list_id=list_id, created_by=sub, priority=9), tid=1),
+        tx(put("lists", later, name="later", owner_id=sub), tid=2),
+    )
+    standin.add_fault({"status": 503, "path_prefix": f"/rest/v1/{DEAD_LETTERS}"})
+    response = upload(dead_letter_worker, token, payload)
+    assert_retry_response(response)
+    assert statuses(response) == ["retryable_error", "not_attempted"], response.text
+    f = failure(response, 0)
+    assert (f["code"], f["index"]) == ("dead_letter_failed", 0), f
+    assert f["message"].startswith("23514: "), f
+    assert count(db, DEAD_LETTERS) == 0
+    # once the table takes writes again the client's retry records it and completes
+    again = upload(dead_letter_worker, token, payload)
+    assert statuses(again) == ["fatal_error", "success"], again.text
+    assert count(db, DEAD_LETTERS) == 1
+
+
+def test_dead_lettered_transaction_is_replayed_once_its_cause_is_fixed(
+        dead_letter_worker, db, user):
+    # A todo written before its list exists (23503) is dead-lettered with its transaction; the
+    # operator creates the list and replays what was not applied, all or nothing.
+    sub, token = user
+    home, missing = insert_list(db, sub, "home"), new_id()
+    done, first, second = insert_todo(db, sub, home, "done"), new_id(), new_id()
+    response = upload(dead_letter_worker, token, body(tx(
+        patch("todos", done, completed=True),
+        put("todos", first, description="one", list_id=missing, created_by=sub, tags=None),
+        put("todos", second, description="two", list_id=missing, created_by=sub, tags='["x"]'),
+        delete("todos", done),
+        tid="late-list")))
+    assert statuses(response) == ["fatal_error"], response.text
+    assert (failure(response, 0)["code"], failure(response, 0)["index"]) == ("23503", 1)
+    letter_id, entries = db.execute(
+        f"select id, entries from {DEAD_LETTERS} where transaction_id = 'late-list'").fetchone()
+    assert [e["state"] for e in entries] == ["applied", "failed", "failed", "not_attempted"]
+    assert row(db, "todos", done)["completed"] is True, "the applied prefix stays applied"
+
+    db.execute("insert into lists (id, name, owner_id) values (%s, 'late', %s)", (missing, sub))
+    db.execute("update todos set completed = false where id = %s", (done,))  # a later write
+    result = db.execute("select public.powersync_replay_dead_letter(%s)", (letter_id,)).fetchone()[0]
+    assert result == {"applied": 3, "dead_letter_id": letter_id}
+    assert row(db, "todos", first)["list_id"] == missing
+    assert row(db, "todos", second)["tags"] == '["x"]', "the data as the bridge wrote it"
+    assert row(db, "todos", done) is None, "the DELETE that was never attempted is applied"
+    assert db.execute(f"select replayed_at is not null from {DEAD_LETTERS} where id = %s",
+                      (letter_id,)).fetchone() == (True,)
+    with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState):
+        db.execute("select public.powersync_replay_dead_letter(%s)", (letter_id,))
 
 
 # =========================================================================== logs
