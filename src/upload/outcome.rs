@@ -246,7 +246,7 @@ pub struct UploadReport {
     pub subrequests: usize,
     /// Dead-letter rows written.
     pub dead_letters: usize,
-    /// Dead-letter inserts that failed (the transactions' outcomes are unchanged).
+    /// Dead-letter inserts that failed or were skipped (their transactions became retryable).
     pub dead_letter_failures: usize,
     /// Why each failed dead-letter insert failed (code and status only, no row data), for logs;
     /// never sent to the client.
