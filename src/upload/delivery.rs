@@ -12,11 +12,14 @@
 //! - Subrequest budget: before a transaction is sent, its planned requests plus one for a possible
 //!   dead-letter insert must fit in what remains of `UPLOAD_SUBREQUEST_BUDGET`; if not, it and
 //!   every later transaction are `not_attempted` (the client sends them again, in a fresh request
-//!   with a fresh budget). A transaction that would not fit even in a whole budget could never be
-//!   applied, and leaving it `not_attempted` would block the client's queue for ever, so it is a
-//!   fatal error `too_many_requests_for_budget` (index null) instead, dead-lettered like any other.
-//!   Merging keeps this rare (1,000 PUTs with the same columns are one request); atomic mode, one
-//!   request per transaction, avoids it entirely.
+//!   with a fresh budget). A transaction that would not fit even in a whole budget is sent as one
+//!   call of the atomic function instead (`UPLOAD_ATOMIC_FUNCTION`, `sql/atomic_upload.sql`):
+//!   one request whatever its size, all or nothing. Only when that function is not installed
+//!   (PGRST202, or a 404) could it never be applied, and leaving it `not_attempted` would block
+//!   the client's queue for ever, so it is then a fatal error `too_many_requests_for_budget`
+//!   (index null) whose message names atomic mode, dead-lettered whole like any other. Merging
+//!   keeps this rare (1,000 PUTs with the same columns are one request); atomic mode, one request
+//!   per transaction, avoids it entirely.
 
 use super::crud::Transaction;
 use super::dead_letter::{self, EntryState};
@@ -59,13 +62,29 @@ pub async fn apply<T: Transport>(
         let fresh = report.subrequests == 0;
         let ending = match plan::plan_transaction(transaction, settings, caller) {
             Ok(requests) if requests.is_empty() => Some(Ending::Success),
-            Ok(requests) if requests.len() + dead_letter_cost > budget => refuse_unsendable(
-                remaining,
-                fresh,
-                dead_letter_cost,
-                too_big(requests.len(), budget, dead_letter_cost),
-                transaction.entries.len(),
-            ),
+            Ok(requests) if requests.len() + dead_letter_cost > budget => {
+                let too_big = too_big(requests.len(), budget, dead_letter_cost, &settings.atomic_function);
+                match plan::atomic_request(transaction, settings, caller) {
+                    Some(call) if 1 + dead_letter_cost <= remaining => {
+                        let ending =
+                            send(vec![call], transaction.entries.len(), settings, transport, &mut report, dead_letter_cost)
+                                .await;
+                        Some(match ending {
+                            Ending::Retryable(failure, _) | Ending::Fatal(failure, _)
+                                if function_missing(&failure) =>
+                            {
+                                let states = dead_letter::refused_states(transaction.entries.len(), None);
+                                Ending::Fatal(too_big, states)
+                            }
+                            other => other,
+                        })
+                    }
+                    // The call does not fit in what is left: it waits for the next upload's fresh
+                    // budget (a budget that cannot hold it at all is below the enforced minimum).
+                    Some(_) if !fresh => None,
+                    _ => refuse_unsendable(remaining, fresh, dead_letter_cost, too_big, transaction.entries.len()),
+                }
+            }
             Ok(requests) if requests.len() + dead_letter_cost > remaining => None,
             Ok(requests) => {
                 Some(send(requests, transaction.entries.len(), settings, transport, &mut report, dead_letter_cost).await)
@@ -126,17 +145,23 @@ fn refuse_unsendable(
     (dead_letter_cost <= remaining || fresh).then_some(Ending::Fatal(failure, states))
 }
 
-fn too_big(planned: usize, budget: usize, dead_letter_cost: usize) -> FailedOperation {
+fn too_big(planned: usize, budget: usize, dead_letter_cost: usize, function: &str) -> FailedOperation {
     let reserve = if dead_letter_cost > 0 { " plus one for its dead-letter record" } else { "" };
     FailedOperation::new(
         None,
         "too_many_requests_for_budget",
         format!(
             "this transaction needs {planned} upstream requests{reserve}, more than \
-             UPLOAD_SUBREQUEST_BUDGET={budget} allows; raise the budget (Workers Paid plan) or \
-             enable UPLOAD_ATOMIC"
+             UPLOAD_SUBREQUEST_BUDGET={budget} allows, and the atomic function {function} that \
+             applies a transaction in one request is not installed; install sql/atomic_upload.sql \
+             (atomic mode) or raise the budget (Workers Paid plan)"
         ),
     )
+}
+
+/// Whether an atomic call failed because the function does not exist.
+fn function_missing(failure: &FailedOperation) -> bool {
+    failure.code == "PGRST202" || failure.code == "http_404"
 }
 
 /// Sends a transaction's requests in order until one fails. A bulk upsert the database refuses

@@ -337,20 +337,71 @@ mod tests {
         assert_eq!(report.subrequests, 4);
     }
 
+    fn big(n: usize) -> Transaction {
+        Transaction {
+            transaction_id: Some(json!("big")),
+            entries: (0..n).map(|i| entry(Op::Patch, &format!("r{i}"), json!({ "n": i }))).collect(),
+        }
+    }
+
     #[test]
-    fn transaction_larger_than_the_whole_budget_is_fatal_not_stuck() {
+    fn transaction_larger_than_the_whole_budget_goes_through_the_atomic_function() {
         let mut s = settings();
         s.subrequest_budget = 3;
-        let big = Transaction {
-            transaction_id: Some(json!("big")),
-            entries: (0..4).map(|i| entry(Op::Patch, &format!("r{i}"), json!({ "n": i }))).collect(),
-        };
-        let transport = FakeTransport::default();
-        let report = run(&[big, tx(2)], &s, &transport);
+        let transport = FakeTransport::scripted(vec![ok_body(r#"{"applied":4}"#), ok(201)]);
+        let report = run(&[big(4), tx(2)], &s, &transport);
+        assert_eq!(statuses(&report), vec![Status::Success, Status::Success]);
+        let sent = transport.sent();
+        assert_eq!(sent[0].url, "https://p.supabase.co/rest/v1/rpc/powersync_apply_transaction");
+        let call: Value = serde_json::from_str(sent[0].body.as_deref().unwrap_or("")).unwrap_or(Value::Null);
+        assert_eq!(call["ops"].as_array().map(Vec::len), Some(4));
+        assert_eq!(report.subrequests, 2);
+    }
+
+    #[test]
+    fn too_big_transaction_failing_in_the_atomic_function_is_located_by_its_hint() {
+        let mut s = settings();
+        s.subrequest_budget = 3;
+        let transport = FakeTransport::scripted(vec![Ok(HttpResponse {
+            status: 400,
+            headers: vec![],
+            body: json!({"code": "22P02", "message": "bad", "hint": "powersync op 2 (PATCH todos/r2)"}).to_string(),
+        })]);
+        let report = run(&[big(4)], &s, &transport);
+        let failure = report.results[0].failed_operation.clone().expect("failure");
+        assert_eq!((report.results[0].status, failure.index, failure.code.as_str()), (Status::FatalError, Some(2), "22P02"));
+    }
+
+    #[test]
+    fn too_big_transaction_without_the_atomic_function_is_fatal_naming_atomic_mode_and_dead_lettered_whole() {
+        let mut s = settings();
+        s.subrequest_budget = 4;
+        s.dead_letter_table = Some("dead".to_string());
+        let transport = FakeTransport::scripted(vec![error(404, "PGRST202", "Could not find the function"), ok(201), ok(201)]);
+        let report = run(&[big(4), tx(2)], &s, &transport);
         assert_eq!(statuses(&report), vec![Status::FatalError, Status::Success]);
         let failure = report.results[0].failed_operation.clone().expect("failure");
         assert_eq!((failure.index, failure.code.as_str()), (None, "too_many_requests_for_budget"));
-        assert_eq!(transport.sent().len(), 1, "only the second transaction was sent");
+        assert!(failure.message.contains("atomic mode"), "{}", failure.message);
+        assert!(failure.message.contains("sql/atomic_upload.sql"), "{}", failure.message);
+        let sent = transport.sent();
+        assert!(sent[1].url.ends_with("/rest/v1/dead"));
+        let letter: Value = serde_json::from_str(sent[1].body.as_deref().unwrap_or("")).unwrap_or(Value::Null);
+        assert_eq!(letter["op_index"], Value::Null);
+        assert_eq!(letter["entries"].as_array().map(Vec::len), Some(4));
+        assert_eq!(letter["entry"].as_array().map(Vec::len), Some(4));
+        assert_eq!(report.dead_letters, 1);
+    }
+
+    #[test]
+    fn too_big_transaction_waits_for_a_fresh_budget_before_trying_the_atomic_function() {
+        let mut s = settings();
+        s.subrequest_budget = 3;
+        s.dead_letter_table = Some("dead".to_string());
+        let transport = FakeTransport::default();
+        let report = run(&[tx(1), tx(2), big(4)], &s, &transport);
+        assert_eq!(statuses(&report), vec![Status::Success, Status::Success, Status::NotAttempted]);
+        assert_eq!(transport.sent().len(), 2, "the atomic call waits for the next upload");
     }
 
     #[test]

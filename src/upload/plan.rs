@@ -44,6 +44,9 @@
 //!   created in between by someone else with the same id could still be overwritten; with random
 //!   ids that race needs the other user's id in advance. Atomic mode has no such gap.)
 //!
+//! A transaction whose requests would not fit in the whole subrequest budget is sent as one
+//! atomic call too ([`atomic_request`]), whatever the mode, when the function is installed.
+//!
 //! Atomic mode (`UPLOAD_ATOMIC=true`) sends a whole transaction as one
 //! `POST …/rest/v1/rpc/<function>` with `{"ops":[{"op","table","id","data"?}, …]}` (the same
 //! rows and data as above, one op per entry so op indexes are entry indexes; no `data` for
@@ -130,6 +133,13 @@ pub fn plan_transaction(
     }
     planner.flush();
     Ok(planner.requests)
+}
+
+/// The transaction as one call of the atomic function, whatever the mode: how a transaction too
+/// big for the subrequest budget is applied when the function is installed. `None` for a
+/// transaction without entries. The checks of [`plan_transaction`] must have passed.
+pub fn atomic_request(transaction: &Transaction, settings: &UploadSettings, caller: &Caller) -> Option<PlannedRequest> {
+    Context::new(settings, caller).atomic(transaction)
 }
 
 /// Refuses ids no row can have: PostgreSQL text cannot hold U+0000, and PostgREST cuts each

@@ -1047,6 +1047,43 @@ def test_subrequest_budget_is_respected_and_the_remainder_completes_on_resend(
     assert all(row(db, "todos", t) is None for t in todos)
 
 
+def _too_big_for_five(db, sub):
+    """A transaction of 6 PATCHes with different data: 6 requests, over a budget of 5."""
+    list_id = insert_list(db, sub)
+    todos = [insert_todo(db, sub, list_id, f"t{i}") for i in range(6)]
+    return todos, tx(*[patch("todos", t, priority=i % 6) for i, t in enumerate(todos)], tid="big")
+
+
+def test_transaction_too_big_for_the_budget_is_applied_through_the_atomic_function(
+        budget_worker, db, standin, user):
+    sub, token = user
+    todos, big = _too_big_for_five(db, sub)
+    response = upload(budget_worker, token, body(big))
+    assert response.status_code == 200, response.text
+    assert statuses(response) == ["success"]
+    assert [e["path"] for e in standin.requests_log()] == [RPC_PATH]
+    assert [row(db, "todos", t)["priority"] for t in todos] == [0, 1, 2, 3, 4, 5]
+
+
+def test_transaction_too_big_for_the_budget_without_the_atomic_function_is_fatal_naming_it(
+        budget_worker, db, standin, user):
+    sub, token = user
+    todos, big = _too_big_for_five(db, sub)
+    db.execute("alter function public.powersync_apply_transaction(jsonb, text, text) "
+               "rename to powersync_apply_transaction_away")
+    try:
+        response = upload(budget_worker, token, body(big))
+    finally:
+        db.execute("alter function public.powersync_apply_transaction_away(jsonb, text, text) "
+                   "rename to powersync_apply_transaction")
+    assert response.status_code == 200, response.text
+    assert statuses(response) == ["fatal_error"]
+    f = failure(response, 0)
+    assert (f["code"], f["index"]) == ("too_many_requests_for_budget", None), f
+    assert "atomic mode" in f["message"], f
+    assert all(row(db, "todos", t)["priority"] is None for t in todos)
+
+
 def test_thousand_puts_with_identical_columns_are_one_request(budget_worker, db, standin, user):
     sub, token = user
     ids = [new_id() for _ in range(1000)]
