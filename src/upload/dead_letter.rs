@@ -31,6 +31,7 @@
 //!     whole; in atomic mode the whole call is rolled back, so every entry is `failed`); also the
 //!     entry a check refused before anything was sent, and every entry when `op_index` is null;
 //!   - `not_attempted`: never sent.
+//!
 //!   Replaying the entries that are not `applied`, in order, completes the transaction;
 //! - `entry` (kept for older readers) is the failed entry as the client sent it (data before
 //!   conversions), or the array of all of them when `op_index` is null;

@@ -65,7 +65,7 @@ pub async fn apply<T: Transport>(
             Ok(requests) if requests.len() + dead_letter_cost > budget => {
                 let too_big = too_big(requests.len(), budget, dead_letter_cost, &settings.atomic_function);
                 match plan::atomic_request(transaction, settings, caller) {
-                    Some(call) if 1 + dead_letter_cost <= remaining => {
+                    Some(call) if dead_letter_cost < remaining => {
                         let ending =
                             send(vec![call], transaction.entries.len(), settings, transport, &mut report, dead_letter_cost)
                                 .await;

@@ -290,13 +290,16 @@ enum Group<'e> {
     Filtered(FilteredGroup<'e>),
 }
 
+/// A row of a bulk upsert: (row, id, entry index).
+type PutRow = (Map<String, Value>, String, usize);
+
 struct PutGroup<'e> {
     table: &'e str,
     start: usize,
     end: usize,
     /// (row, id, entry index) in body order; `None` where a later PUT of the same id replaced the
     /// row (it was appended again at the end).
-    rows: Vec<Option<(Map<String, Value>, String, usize)>>,
+    rows: Vec<Option<PutRow>>,
     /// Sorted keys shared by every row.
     keys: Vec<String>,
     /// Position in `rows` of each id's current row.
@@ -385,7 +388,7 @@ impl<'e> Planner<'_, 'e> {
             None => {}
             Some(Group::Put(group)) => {
                 let entries = group.start..group.end;
-                let rows: Vec<(Map<String, Value>, String, usize)> = group.rows.into_iter().flatten().collect();
+                let rows: Vec<PutRow> = group.rows.into_iter().flatten().collect();
                 if self.context.owner.is_some() {
                     let url = format!(
                         "{}?select=id&id={}{}",
