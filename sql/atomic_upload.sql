@@ -41,6 +41,16 @@
 -- later op of the group (e.g. a bad value is found before an earlier row's
 -- constraint violation); the call fails either way.
 --
+-- search_path = pg_catalog, pg_temp: every table is schema-qualified
+-- (public.<table>, pg_catalog.pg_attribute …) and built-ins resolve in
+-- pg_catalog first, temporary objects last, so no role that can create
+-- objects in public (or a temporary schema) can shadow a built-in the
+-- function calls (a public.format(text, text) would otherwise be preferred
+-- to pg_catalog's variadic format and run as the caller). Triggers fired by
+-- its writes run with this search_path too: qualify the names they use, or
+-- give trigger functions their own `set search_path` (Supabase's linter asks
+-- for it anyway).
+--
 -- SECURITY INVOKER: it runs with the caller's rights, so row-level security
 -- applies exactly as for plain REST writes when called with a user's token.
 --
@@ -62,7 +72,7 @@ create or replace function public.powersync_apply_transaction(
 ) returns jsonb
 language plpgsql
 security invoker
-set search_path = public
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   v        record;     -- the current op, pre-parsed by the driving query below
@@ -196,17 +206,17 @@ begin
           v_dup := false; v_other := null;
           if v_set is not null and cardinality(g_ids) > 1 then
             select case
-                     when a.atttypid in ('text'::regtype, 'varchar'::regtype)
+                     when a.atttypid in ('pg_catalog.text'::pg_catalog.regtype, 'pg_catalog.varchar'::pg_catalog.regtype)
                        then coalesce(c.collisdeterministic, true)
-                     when a.atttypid = 'uuid'::regtype
+                     when a.atttypid = 'pg_catalog.uuid'::pg_catalog.regtype
                        then (select bool_and(i ~ '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$')
                                from unnest(g_ids) as i)
                      else false
                    end
               into v_exact
-              from pg_attribute as a
-              left join pg_collation as c on c.oid = a.attcollation
-             where a.attrelid = format('public.%I', g_table)::regclass  -- unknown table: 42P01
+              from pg_catalog.pg_attribute as a
+              left join pg_catalog.pg_collation as c on c.oid = a.attcollation
+             where a.attrelid = format('public.%I', g_table)::pg_catalog.regclass  -- unknown table: 42P01
                and a.attname = 'id' and not a.attisdropped;
             -- (v_exact is null if there is no id column: the upsert says so)
             if v_exact is not null and (not v_exact or owner_column is not null) then
@@ -358,7 +368,7 @@ comment on function public.powersync_apply_transaction(jsonb, text, text) is
 revoke all on function public.powersync_apply_transaction(jsonb, text, text) from public;
 do $$
 begin
-  if exists (select 1 from pg_roles where rolname = 'anon') then
+  if exists (select 1 from pg_catalog.pg_roles where rolname = 'anon') then
     execute 'revoke all on function public.powersync_apply_transaction(jsonb, text, text) from anon';
   end if;
 end

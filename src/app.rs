@@ -252,6 +252,9 @@ impl App {
     ) -> Result<HttpResponse, ApiError> {
         let session = self.session(request, transport, signatures, now).await?;
         let settings = self.config.upload.as_ref().map_err(|problems| ApiError::UploadNotConfigured(names(problems)))?;
+        if !settings.admits(&session.claims) {
+            return Err(ApiError::AnonymousNotAllowed);
+        }
         let declared = request.header("Content-Length").and_then(|n| n.trim().parse::<u64>().ok());
         if let Some(length) = declared.filter(|n| *n > self.body_limit()) {
             return Err(ApiError::PayloadTooLarge(format!(
@@ -467,6 +470,34 @@ mod tests {
         assert_eq!(log.upload.unwrap()["retryable"], 1);
         let sent = transport.sent();
         assert_eq!(sent[0].header_value("authorization"), Some(auth.as_str()), "the caller's own token: RLS decides");
+    }
+
+    #[test]
+    fn service_mode_upload_from_an_anonymous_session_is_403_and_sends_nothing() {
+        let service = [
+            ("UPLOAD_MODE", "service"),
+            ("SUPABASE_SERVICE_ROLE_KEY", "svc"),
+            ("UPLOAD_OWNER_COLUMN", "user_id"),
+            ("UPLOAD_TABLES", "todos"),
+        ];
+        let mut claims = user_claims();
+        claims["is_anonymous"] = json!(true);
+        let auth = bearer(&hs256(&claims));
+        let body = r#"{"batch":[{"op":"PUT","table":"todos","id":"1","data":{"a":1}}]}"#;
+        let transport = FakeTransport::default();
+        let (response, log, answer) =
+            send(&app(&service), &transport, request("POST", "/powersync-upload", &[("authorization", &auth)], body));
+        assert_eq!((response.status, answer["code"].as_str()), (403, Some("anonymous_not_allowed")));
+        assert_eq!(log.code, Some("anonymous_not_allowed"));
+        assert!(transport.sent().is_empty());
+
+        let mut allowed = service.to_vec();
+        allowed.push(("UPLOAD_ALLOW_ANONYMOUS", "true"));
+        let transport = FakeTransport::scripted(vec![Ok(HttpResponse { status: 200, headers: vec![], body: "[]".into() })]);
+        let (response, _, answer) =
+            send(&app(&allowed), &transport, request("POST", "/powersync-upload", &[("authorization", &auth)], body));
+        assert_eq!(response.status, 200, "{answer}");
+        assert_eq!(answer["results"][0]["status"], "success");
     }
 
     #[test]

@@ -46,6 +46,8 @@ pub const NAMES: &[&str] = &[
     "UPLOAD_MAX_ENTRIES",
     "UPLOAD_MAX_TRANSACTIONS",
     "UPLOAD_RETRY_AFTER_SECONDS",
+    "UPLOAD_ERROR_CLASS_OVERRIDES",
+    "UPLOAD_ALLOW_ANONYMOUS",
 ];
 
 /// One missing or invalid setting.

@@ -27,6 +27,8 @@ pub enum ApiError {
     /// A malformed request body; `path` points at the offending field.
     BadRequest { path: String, message: String },
     PayloadTooLarge(String),
+    /// Service mode refuses anonymous sign-ins (`UPLOAD_ALLOW_ANONYMOUS` unset).
+    AnonymousNotAllowed,
     NotFound,
     MethodNotAllowed { allow: &'static str },
 }
@@ -43,6 +45,7 @@ impl ApiError {
             ApiError::PowerSync(_) | ApiError::SessionNotConfigured(_) | ApiError::UploadNotConfigured(_) | ApiError::Signing(_) => 500,
             ApiError::BadRequest { .. } => 400,
             ApiError::PayloadTooLarge(_) => 413,
+            ApiError::AnonymousNotAllowed => 403,
             ApiError::NotFound => 404,
             ApiError::MethodNotAllowed { .. } => 405,
         }
@@ -68,6 +71,7 @@ impl ApiError {
             ApiError::Signing(_) => "signing_failed",
             ApiError::BadRequest { .. } => "invalid_body",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::AnonymousNotAllowed => "anonymous_not_allowed",
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
         }
@@ -87,6 +91,7 @@ impl ApiError {
             ApiError::UploadNotConfigured(_) => "Upload not configured".into(),
             ApiError::BadRequest { path, message } => format!("{path}: {message}"),
             ApiError::PayloadTooLarge(message) => message.clone(),
+            ApiError::AnonymousNotAllowed => "Anonymous sessions cannot upload; sign in".into(),
             ApiError::NotFound => "Not found".into(),
             ApiError::MethodNotAllowed { allow } => format!("Method not allowed; use {allow}"),
         }
@@ -171,6 +176,7 @@ mod tests {
         assert_eq!(ApiError::PowerSync(PowerSyncProblem::Invalid(vec![])).status(), 500);
         assert_eq!(ApiError::BadRequest { path: "batch".into(), message: "m".into() }.status(), 400);
         assert_eq!(ApiError::PayloadTooLarge("m".into()).status(), 413);
+        assert_eq!(ApiError::AnonymousNotAllowed.status(), 403);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Dead letters: a record of every transaction the bridge rejected for good.
 //!
 //! A fatal error makes the client discard its transaction, so when `UPLOAD_DEAD_LETTER_TABLE` is
-//! set the bridge first records what was rejected, to be inspected or replayed by hand:
+//! set the bridge first records the whole transaction, to be inspected or replayed once its cause
+//! is fixed (`sql/dead_letter.sql` has `powersync_replay_dead_letter`):
 //!
 //! `POST <SUPABASE_URL>/rest/v1/<table>` with `Prefer: return=minimal`, the credentials of the
 //! configured mode (in `rls` mode the table needs an insert policy for the user's own rows; see
@@ -10,35 +11,86 @@
 //! ```json
 //! {"user_id": "<sub>", "transaction_id": "<text or null>", "op_index": 2,
 //!  "entry": {"op": "PUT", "table": "todos", "id": "…", "data": {…}},
+//!  "entries": [{"op": "PUT", "table": "todos", "id": "…", "data": {…}, "state": "applied"},
+//!              {"op": "DELETE", "table": "lists", "id": "…", "state": "applied"},
+//!              {"op": "PUT", "table": "todos", "id": "…", "data": {…}, "state": "failed"},
+//!              {"op": "PATCH", "table": "todos", "id": "…", "data": {…}, "state": "not_attempted"}],
 //!  "code": "23505", "message": "…", "details": "…"}
 //! ```
 //!
 //! - `transaction_id` is sent as text (a numeric id in its JSON form), matching a `text` column;
-//! - `entry` is the failed entry as the client sent it (data before conversions). When the failure
-//!   concerns the whole transaction (`op_index` null: an atomic call whose error does not name
-//!   the op, or a transaction too large for the subrequest budget) it is the array of all the
-//!   transaction's entries instead;
-//! - `created_at` is left to the database default.
+//! - `op_index` is the failing entry's index, null when the failure concerns the whole
+//!   transaction (an atomic call whose error does not name the op, a transaction too large for
+//!   the subrequest budget);
+//! - `entries` is every entry of the transaction, in order, as the bridge writes it: the op of the
+//!   atomic function (`sql/atomic_upload.sql`), data after `UPLOAD_JSON_COLUMNS` /
+//!   `UPLOAD_BOOLEAN_COLUMNS` conversions and the service-mode owner rules, a PUT's data with its
+//!   `id`, a PATCH's without; plus its `state`:
+//!   - `applied`: written (its request was answered 2xx, or there was nothing to write);
+//!   - `failed`: sent in the request that failed, and so not applied (a merged request fails as a
+//!     whole; in atomic mode the whole call is rolled back, so every entry is `failed`); also the
+//!     entry a check refused before anything was sent, and every entry when `op_index` is null;
+//!   - `not_attempted`: never sent.
 //!
-//! The insert costs one subrequest, which the driver reserves before sending a transaction. Its
-//! failure is logged in the report and never changes the transaction's outcome.
+//!   Replaying the entries that are not `applied`, in order, completes the transaction;
+//! - `entry` (kept for older readers) is the failed entry as the client sent it (data before
+//!   conversions), or the array of all of them when `op_index` is null;
+//! - `created_at` is left to the database default;
+//! - U+0000, which PostgreSQL cannot store in `text` or `jsonb`, is replaced by U+FFFD in every
+//!   string and key (an id or a value holding it is what made the transaction fatal; the
+//!   record must still be writable).
+//!
+//! The insert costs one subrequest, which the driver reserves before sending a transaction. If it
+//! fails, the transaction is reported retryable instead of fatal: the client must not discard
+//! what could not be recorded (see `delivery`).
 
 use serde_json::{json, Value};
 
 use super::crud::Transaction;
 use super::outcome::FailedOperation;
-use super::plan::{authorized, PREFER_MINIMAL};
+use super::plan::{atomic_op, authorized, PREFER_MINIMAL};
 use super::settings::UploadSettings;
 use super::Caller;
 use crate::http::{HttpRequest, Method};
 
-/// The insert recording `failure` of `transaction` in `table`.
+/// What became of one entry of a fatal transaction (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryState {
+    Applied,
+    Failed,
+    NotAttempted,
+}
+
+impl EntryState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntryState::Applied => "applied",
+            EntryState::Failed => "failed",
+            EntryState::NotAttempted => "not_attempted",
+        }
+    }
+}
+
+/// The states of a transaction of `count` entries that failed before anything was sent: the
+/// refused entry `failed` (every entry when `index` is `None`), the others `not_attempted`.
+pub fn refused_states(count: usize, index: Option<usize>) -> Vec<EntryState> {
+    (0..count)
+        .map(|i| match index {
+            Some(failed) if failed != i => EntryState::NotAttempted,
+            _ => EntryState::Failed,
+        })
+        .collect()
+}
+
+/// The insert recording `failure` of `transaction` in `table`; `states[i]` is what became of
+/// entry `i` (missing states count as `failed`).
 pub fn request(
     table: &str,
     settings: &UploadSettings,
     caller: &Caller,
     transaction: &Transaction,
     failure: &FailedOperation,
+    states: &[EntryState],
 ) -> HttpRequest {
     let entry = match failure.index.and_then(|i| transaction.entries.get(i)) {
         Some(entry) => entry.to_json(),
@@ -49,17 +101,43 @@ pub fn request(
         Some(Value::String(text)) => Value::String(text.clone()),
         Some(other) => Value::String(other.to_string()),
     };
+    let entries: Vec<Value> = transaction
+        .entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let mut op = atomic_op(e, settings, &caller.user_id);
+            let state = states.get(i).copied().unwrap_or(EntryState::Failed);
+            op.insert("state".to_string(), Value::String(state.as_str().to_string()));
+            Value::Object(op)
+        })
+        .collect();
     let body = json!({
         "user_id": caller.user_id,
         "transaction_id": transaction_id,
         "op_index": failure.index,
         "entry": entry,
+        "entries": entries,
         "code": failure.code,
         "message": failure.message,
         "details": failure.details,
     });
     let url = format!("{}/rest/v1/{table}", settings.supabase_url);
-    authorized(Method::Post, url, settings, caller).json_body(body.to_string()).header("Prefer", PREFER_MINIMAL)
+    authorized(Method::Post, url, settings, caller)
+        .json_body(storable(body).to_string())
+        .header("Prefer", PREFER_MINIMAL)
+}
+
+/// `value` with U+0000 replaced by U+FFFD in every string and object key.
+fn storable(value: Value) -> Value {
+    const NUL: char = '\u{0}';
+    let text = |s: String| if s.contains(NUL) { s.replace(NUL, "\u{FFFD}") } else { s };
+    match value {
+        Value::String(s) => Value::String(text(s)),
+        Value::Array(items) => Value::Array(items.into_iter().map(storable).collect()),
+        Value::Object(fields) => Value::Object(fields.into_iter().map(|(k, v)| (text(k), storable(v))).collect()),
+        other => other,
+    }
 }
 
 #[cfg(test)]
@@ -91,7 +169,8 @@ mod tests {
         let settings = UploadSettings::new("https://p.supabase.co", "anon");
         let mut failure = FailedOperation::new(Some(1), "23503", "fk violation");
         failure.details = Some("Key is not present".to_string());
-        let request = request("dead", &settings, &caller(), &transaction(Some(json!(17))), &failure);
+        let states = [EntryState::Applied, EntryState::Failed];
+        let request = request("dead", &settings, &caller(), &transaction(Some(json!(17))), &failure, &states);
         assert_eq!(request.method, Method::Post);
         assert_eq!(request.url, "https://p.supabase.co/rest/v1/dead");
         assert_eq!(
@@ -107,8 +186,38 @@ mod tests {
             body(&request),
             json!({"user_id": "u1", "transaction_id": "17", "op_index": 1,
                    "entry": {"op": "DELETE", "table": "todos", "id": "b"},
+                   "entries": [{"op": "PUT", "table": "todos", "id": "a", "data": {"id": "a"}, "state": "applied"},
+                               {"op": "DELETE", "table": "todos", "id": "b", "state": "failed"}],
                    "code": "23503", "message": "fk violation", "details": "Key is not present"})
         );
+    }
+
+    #[test]
+    fn nul_characters_are_replaced_so_the_record_can_be_stored() {
+        let settings = UploadSettings::new("https://p.supabase.co", "anon");
+        let mut data = serde_json::Map::new();
+        data.insert("ti\u{0}tle".to_string(), json!(["x\u{0}y", {"k": "\u{0}"}]));
+        let transaction = Transaction {
+            transaction_id: Some(json!("t\u{0}")),
+            entries: vec![Entry { op: Op::Put, table: "todos".to_string(), id: "a\u{0}b".to_string(), data }],
+        };
+        let failure = FailedOperation::new(Some(0), "invalid_id", "nul");
+        let request = request("dead", &settings, &caller(), &transaction, &failure, &[EntryState::Failed]);
+        let text = request.body.clone().unwrap_or_default();
+        assert!(!text.contains("\\u0000"), "{text}");
+        let recorded = body(&request);
+        assert_eq!(recorded["transaction_id"], "t\u{FFFD}");
+        assert_eq!(
+            recorded["entry"],
+            json!({"op": "PUT", "table": "todos", "id": "a\u{FFFD}b", "data": {"ti\u{FFFD}tle": ["x\u{FFFD}y", {"k": "\u{FFFD}"}]}})
+        );
+    }
+
+    #[test]
+    fn refused_entry_is_failed_and_the_rest_not_attempted() {
+        use EntryState::*;
+        assert_eq!(refused_states(3, Some(1)), vec![NotAttempted, Failed, NotAttempted]);
+        assert_eq!(refused_states(2, None), vec![Failed, Failed]);
     }
 
     #[test]
@@ -116,13 +225,16 @@ mod tests {
         let mut settings = UploadSettings::new("https://p.supabase.co", "anon");
         settings.mode = WriteMode::Service { service_key: "svc".to_string(), owner_column: "owner".to_string() };
         let failure = FailedOperation::new(None, "too_many_requests_for_budget", "too big");
-        let request = request("dead", &settings, &caller(), &transaction(None), &failure);
+        let states = refused_states(2, None);
+        let request = request("dead", &settings, &caller(), &transaction(None), &failure, &states);
         assert_eq!(request.header_value("authorization"), Some("Bearer svc"));
         assert_eq!(
             body(&request),
             json!({"user_id": "u1", "transaction_id": null, "op_index": null,
                    "entry": [{"op": "PUT", "table": "todos", "id": "a", "data": {}},
                              {"op": "DELETE", "table": "todos", "id": "b"}],
+                   "entries": [{"op": "PUT", "table": "todos", "id": "a", "data": {"id": "a", "owner": "u1"}, "state": "failed"},
+                               {"op": "DELETE", "table": "todos", "id": "b", "state": "failed"}],
                    "code": "too_many_requests_for_budget", "message": "too big", "details": null})
         );
     }

@@ -2,32 +2,40 @@
 //!
 //! - Transactions are processed in order; within one, requests are sent in order and the first
 //!   failure ends the transaction.
-//! - A fatal failure makes the transaction `fatal_error` (recorded in the dead-letter table when
-//!   configured) and processing continues with the next transaction: the client discards it.
+//! - A fatal failure makes the transaction `fatal_error` and processing continues with the next
+//!   transaction: the client discards it. With a dead-letter table, the whole transaction is
+//!   recorded first, with what became of each entry (applied, failed, not attempted); if that
+//!   record cannot be written, the transaction is `retryable_error` (`dead_letter_failed`)
+//!   instead, so the client keeps it.
 //! - A retryable failure makes the transaction `retryable_error` and every later one
 //!   `not_attempted`: the client retries them in order.
 //! - Subrequest budget: before a transaction is sent, its planned requests plus one for a possible
 //!   dead-letter insert must fit in what remains of `UPLOAD_SUBREQUEST_BUDGET`; if not, it and
 //!   every later transaction are `not_attempted` (the client sends them again, in a fresh request
-//!   with a fresh budget). A transaction that would not fit even in a whole budget could never be
-//!   applied, and leaving it `not_attempted` would block the client's queue for ever, so it is a
-//!   fatal error `too_many_requests_for_budget` (index null) instead, dead-lettered like any other.
-//!   Merging keeps this rare (1,000 PUTs with the same columns are one request); atomic mode, one
-//!   request per transaction, avoids it entirely.
+//!   with a fresh budget). A transaction that would not fit even in a whole budget is sent as one
+//!   call of the atomic function instead (`UPLOAD_ATOMIC_FUNCTION`, `sql/atomic_upload.sql`):
+//!   one request whatever its size, all or nothing. Only when that function is not installed
+//!   (PGRST202, or a 404) could it never be applied, and leaving it `not_attempted` would block
+//!   the client's queue for ever, so it is then a fatal error `too_many_requests_for_budget`
+//!   (index null) whose message names atomic mode, dead-lettered whole like any other. Merging
+//!   keeps this rare (1,000 PUTs with the same columns are one request); atomic mode, one request
+//!   per transaction, avoids it entirely.
 
 use super::crud::Transaction;
-use super::dead_letter;
+use super::dead_letter::{self, EntryState};
 use super::outcome::{classify, op_index_from_hint, FailedOperation, TransactionResult, UploadReport, Verdict};
 use super::plan::{self, Check, PlannedRequest};
 use super::settings::UploadSettings;
 use super::Caller;
 use crate::http::{HttpResponse, Transport};
 use serde_json::Value;
+use std::collections::VecDeque;
 
 /// How one transaction ended.
 enum Ending {
     Success,
-    Fatal(FailedOperation),
+    /// Rejected for good; what became of each entry (for the dead letter).
+    Fatal(FailedOperation, Vec<EntryState>),
     Retryable(FailedOperation, u64),
 }
 
@@ -55,11 +63,35 @@ pub async fn apply<T: Transport>(
         let ending = match plan::plan_transaction(transaction, settings, caller) {
             Ok(requests) if requests.is_empty() => Some(Ending::Success),
             Ok(requests) if requests.len() + dead_letter_cost > budget => {
-                refuse_unsendable(remaining, fresh, dead_letter_cost, too_big(requests.len(), budget, dead_letter_cost))
+                let too_big = too_big(requests.len(), budget, dead_letter_cost, &settings.atomic_function);
+                match plan::atomic_request(transaction, settings, caller) {
+                    Some(call) if dead_letter_cost < remaining => {
+                        let ending =
+                            send(vec![call], transaction.entries.len(), settings, transport, &mut report, dead_letter_cost)
+                                .await;
+                        Some(match ending {
+                            Ending::Retryable(failure, _) | Ending::Fatal(failure, _)
+                                if function_missing(&failure) =>
+                            {
+                                let states = dead_letter::refused_states(transaction.entries.len(), None);
+                                Ending::Fatal(too_big, states)
+                            }
+                            other => other,
+                        })
+                    }
+                    // The call does not fit in what is left: it waits for the next upload's fresh
+                    // budget (a budget that cannot hold it at all is below the enforced minimum).
+                    Some(_) if !fresh => None,
+                    _ => refuse_unsendable(remaining, fresh, dead_letter_cost, too_big, transaction.entries.len()),
+                }
             }
             Ok(requests) if requests.len() + dead_letter_cost > remaining => None,
-            Ok(requests) => Some(send(requests, settings, transport, &mut report).await),
-            Err(failure) => refuse_unsendable(remaining, fresh, dead_letter_cost, failure),
+            Ok(requests) => {
+                Some(send(requests, transaction.entries.len(), settings, transport, &mut report, dead_letter_cost).await)
+            }
+            Err(failure) => {
+                refuse_unsendable(remaining, fresh, dead_letter_cost, failure, transaction.entries.len())
+            }
         };
         let Some(ending) = ending else {
             // Does not fit in what is left of the budget: this and every later transaction wait
@@ -70,11 +102,23 @@ pub async fn apply<T: Transport>(
         };
         match ending {
             Ending::Success => report.results.push(TransactionResult::success(transaction_id)),
-            Ending::Fatal(failure) => {
-                if let Some(table) = &settings.dead_letter_table {
-                    record_dead_letter(table, settings, caller, transaction, &failure, transport, &mut report).await;
+            Ending::Fatal(failure, states) => {
+                let recorded = match &settings.dead_letter_table {
+                    Some(table) => {
+                        let record = (transaction, &failure, states.as_slice());
+                        record_dead_letter(table, settings, caller, record, transport, &mut report).await
+                    }
+                    None => Ok(()),
+                };
+                match recorded {
+                    Ok(()) => report.results.push(TransactionResult::fatal(transaction_id, failure)),
+                    Err((kept, retry_after_seconds)) => {
+                        // Not recorded: the client must keep the transaction, so it is retryable.
+                        report.retry_after_seconds = report.retry_after_seconds.max(retry_after_seconds);
+                        report.results.push(TransactionResult::retryable(transaction_id, kept, retry_after_seconds));
+                        stopped = true;
+                    }
                 }
-                report.results.push(TransactionResult::fatal(transaction_id, failure));
             }
             Ending::Retryable(failure, retry_after_seconds) => {
                 report.retry_after_seconds = report.retry_after_seconds.max(retry_after_seconds);
@@ -95,38 +139,60 @@ fn refuse_unsendable(
     fresh: bool,
     dead_letter_cost: usize,
     failure: FailedOperation,
+    entries: usize,
 ) -> Option<Ending> {
-    (dead_letter_cost <= remaining || fresh).then_some(Ending::Fatal(failure))
+    let states = dead_letter::refused_states(entries, failure.index);
+    (dead_letter_cost <= remaining || fresh).then_some(Ending::Fatal(failure, states))
 }
 
-fn too_big(planned: usize, budget: usize, dead_letter_cost: usize) -> FailedOperation {
+fn too_big(planned: usize, budget: usize, dead_letter_cost: usize, function: &str) -> FailedOperation {
     let reserve = if dead_letter_cost > 0 { " plus one for its dead-letter record" } else { "" };
     FailedOperation::new(
         None,
         "too_many_requests_for_budget",
         format!(
             "this transaction needs {planned} upstream requests{reserve}, more than \
-             UPLOAD_SUBREQUEST_BUDGET={budget} allows; raise the budget (Workers Paid plan) or \
-             enable UPLOAD_ATOMIC"
+             UPLOAD_SUBREQUEST_BUDGET={budget} allows, and the atomic function {function} that \
+             applies a transaction in one request is not installed; install sql/atomic_upload.sql \
+             (atomic mode) or raise the budget (Workers Paid plan)"
         ),
     )
 }
 
-/// Sends a transaction's requests in order until one fails.
+/// Whether an atomic call failed because the function does not exist.
+fn function_missing(failure: &FailedOperation) -> bool {
+    failure.code == "PGRST202" || failure.code == "http_404"
+}
+
+/// Sends a transaction's requests in order until one fails. A bulk upsert the database refuses
+/// with 21000 (two of its rows are one row once cast) is sent again in two halves, first half
+/// first, recursively: that equals applying its rows in order, since a later PUT of an id is
+/// always later in the body (see `plan`). The extra requests must fit in the budget, keeping
+/// `reserve` for the dead-letter insert; when they do not, the transaction is retryable.
 async fn send<T: Transport>(
     requests: Vec<PlannedRequest>,
+    entry_count: usize,
     settings: &UploadSettings,
     transport: &T,
     report: &mut UploadReport,
+    reserve: usize,
 ) -> Ending {
-    for planned in requests {
-        let index = match planned.check {
+    let mut states = vec![EntryState::NotAttempted; entry_count];
+    // (request, whether it is a half of a split upsert)
+    let mut queue: VecDeque<(PlannedRequest, bool)> = requests.into_iter().map(|r| (r, false)).collect();
+    while let Some((planned, is_half)) = queue.pop_front() {
+        let index = match &planned.check {
             Check::Atomic => None,
+            Check::Upsert { row_entries } if row_entries.len() == 1 => row_entries.first().copied(),
             _ => Some(planned.entries.start),
+        };
+        let splittable = match &planned.check {
+            Check::Upsert { row_entries } if row_entries.len() > 1 => Some(planned.clone()),
+            _ => None,
         };
         report.subrequests += 1;
         let answer = transport.send(planned.request).await;
-        let verdict = classify(&answer, index);
+        let verdict = classify(&answer, index, &settings.error_class_overrides);
         let verdict = match (&planned.check, verdict, &answer) {
             (Check::OwnerCheck { table, ids }, Verdict::Applied, Ok(response)) => {
                 owner_check(table, ids, planned.entries.start, response)
@@ -135,8 +201,29 @@ async fn send<T: Transport>(
             (_, verdict, _) => verdict,
         };
         match verdict {
-            Verdict::Applied => {}
-            Verdict::Fatal(failure) => return Ending::Fatal(failure),
+            Verdict::Applied => match (&planned.check, is_half) {
+                (Check::OwnerCheck { .. }, _) => {}
+                (Check::Upsert { row_entries }, true) => mark(&mut states, row_entries.iter().copied(), EntryState::Applied),
+                _ => mark(&mut states, planned.entries.clone(), EntryState::Applied),
+            },
+            Verdict::Fatal(failure) if failure.code == CARDINALITY_VIOLATION && splittable.is_some() => {
+                let Some(halves) = splittable.and_then(|request| split_upsert(&request)) else {
+                    return Ending::Fatal(failure, failed_states(states, &planned.entries));
+                };
+                if report.subrequests + queue.len() + halves.len() + reserve > settings.subrequest_budget {
+                    let mut failure = failure;
+                    failure.message = format!(
+                        "{}; two rows of one upsert are the same row once cast, and sending them apart \
+                         needs more requests than UPLOAD_SUBREQUEST_BUDGET leaves in this upload",
+                        failure.message
+                    );
+                    return Ending::Retryable(failure, settings.retry_after_seconds);
+                }
+                for half in halves.into_iter().rev() {
+                    queue.push_front((half, true));
+                }
+            }
+            Verdict::Fatal(failure) => return Ending::Fatal(failure, failed_states(states, &planned.entries)),
             Verdict::Retryable { failure, retry_after_seconds } => {
                 let wait = retry_after_seconds.unwrap_or(0).max(settings.retry_after_seconds);
                 return Ending::Retryable(failure, wait);
@@ -144,6 +231,60 @@ async fn send<T: Transport>(
         }
     }
     Ending::Success
+}
+
+/// Sets `state` for each of `entries` that was not attempted yet.
+fn mark(states: &mut [EntryState], entries: impl IntoIterator<Item = usize>, state: EntryState) {
+    for i in entries {
+        if let Some(slot) = states.get_mut(i).filter(|s| **s == EntryState::NotAttempted) {
+            *slot = state;
+        }
+    }
+}
+
+/// The states once the request covering `failed` failed: its entries not applied are `failed`,
+/// entries before it that no request covered (PATCHes with nothing to write, PUTs a later PUT of
+/// the same id replaced) `applied`, the rest `not_attempted`.
+fn failed_states(mut states: Vec<EntryState>, failed: &std::ops::Range<usize>) -> Vec<EntryState> {
+    mark(&mut states, 0..failed.start, EntryState::Applied);
+    mark(&mut states, failed.clone(), EntryState::Failed);
+    states
+}
+
+/// SQLSTATE 21000: "ON CONFLICT DO UPDATE command cannot affect row a second time".
+const CARDINALITY_VIOLATION: &str = "21000";
+
+/// A bulk upsert of several rows as two upserts of its first and second half (same URL and
+/// headers); `None` if its body is not the array of rows it was built with.
+fn split_upsert(planned: &PlannedRequest) -> Option<[PlannedRequest; 2]> {
+    let Check::Upsert { row_entries } = &planned.check else { return None };
+    let Value::Array(mut rows) = serde_json::from_str::<Value>(planned.request.body.as_deref()?).ok()? else {
+        return None;
+    };
+    if rows.len() != row_entries.len() || rows.len() < 2 {
+        return None;
+    }
+    let middle = rows.len() / 2;
+    let second_rows = rows.split_off(middle);
+    let half = |rows: Vec<Value>, row_entries: &[usize]| {
+        let mut request = planned.request.clone();
+        request.body = Some(Value::Array(rows).to_string());
+        PlannedRequest {
+            request,
+            entries: planned.entries.clone(),
+            check: Check::Upsert { row_entries: row_entries.to_vec() },
+        }
+    };
+    let mut first = half(rows, &row_entries[..middle]);
+    let mut second = half(second_rows, &row_entries[middle..]);
+    // a failure of a half is reported at its first row's entry
+    for part in [&mut first, &mut second] {
+        if let Check::Upsert { row_entries } = &part.check {
+            let start = row_entries.iter().copied().min().unwrap_or(planned.entries.start);
+            part.entries = start..planned.entries.end;
+        }
+    }
+    Some([first, second])
 }
 
 /// The verdict on the service-mode ownership check: rows listed in the answer exist and belong to
@@ -189,32 +330,50 @@ fn with_atomic_index(verdict: Verdict, entries: usize) -> Verdict {
     }
 }
 
-/// Records a fatal transaction; a failure is only counted and logged. Never exceeds the budget.
+/// Records a fatal transaction (`record`: the transaction, its failure, its entries' states).
+/// When that fails (or no budget is left for it), the error to report instead, with its
+/// `Retry-After`: the transaction stays with the client. Never exceeds the budget.
 async fn record_dead_letter<T: Transport>(
     table: &str,
     settings: &UploadSettings,
     caller: &Caller,
-    transaction: &Transaction,
-    failure: &FailedOperation,
+    record: (&Transaction, &FailedOperation, &[EntryState]),
     transport: &T,
     report: &mut UploadReport,
-) {
+) -> Result<(), (FailedOperation, u64)> {
+    let (transaction, failure, states) = record;
+    let kept = |why: String, http_status: Option<u16>| {
+        let mut kept = FailedOperation::new(
+            failure.index,
+            "dead_letter_failed",
+            format!(
+                "{}: {}; not discarded because recording it in the dead-letter table failed ({why})",
+                failure.code, failure.message
+            ),
+        );
+        kept.details = failure.details.clone();
+        kept.http_status = http_status;
+        kept
+    };
     if report.subrequests >= settings.subrequest_budget {
         report.dead_letter_failures += 1;
         report.dead_letter_errors.push(format!("dead-letter insert into {table} skipped: no subrequest budget left"));
-        return;
+        return Err((kept("no subrequest budget left".to_string(), None), settings.retry_after_seconds));
     }
-    let request = dead_letter::request(table, settings, caller, transaction, failure);
+    let request = dead_letter::request(table, settings, caller, transaction, failure, states);
     report.subrequests += 1;
     let answer = transport.send(request).await;
-    match classify(&answer, None) {
-        Verdict::Applied => report.dead_letters += 1,
-        Verdict::Fatal(error) | Verdict::Retryable { failure: error, .. } => {
-            report.dead_letter_failures += 1;
-            let status = error.http_status.map_or_else(|| "no answer".to_string(), |s| format!("HTTP {s}"));
-            report
-                .dead_letter_errors
-                .push(format!("dead-letter insert into {table} failed: {} ({status})", error.code));
+    let (error, retry_after) = match classify(&answer, None, &settings.error_class_overrides) {
+        Verdict::Applied => {
+            report.dead_letters += 1;
+            return Ok(());
         }
-    }
+        Verdict::Fatal(error) => (error, None),
+        Verdict::Retryable { failure: error, retry_after_seconds } => (error, retry_after_seconds),
+    };
+    report.dead_letter_failures += 1;
+    let status = error.http_status.map_or_else(|| "no answer".to_string(), |s| format!("HTTP {s}"));
+    report.dead_letter_errors.push(format!("dead-letter insert into {table} failed: {} ({status})", error.code));
+    let wait = retry_after.unwrap_or(0).max(settings.retry_after_seconds);
+    Err((kept(format!("{} {status}", error.code), error.http_status), wait))
 }

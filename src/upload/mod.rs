@@ -186,6 +186,71 @@ mod tests {
         assert_eq!(report.results[0].failed_operation.as_ref().and_then(|f| f.index), Some(1));
     }
 
+    fn rows_sent(request: &crate::http::HttpRequest) -> Vec<String> {
+        let rows: Value = serde_json::from_str(request.body.as_deref().unwrap_or("null")).unwrap_or(Value::Null);
+        rows.as_array().map_or_else(Vec::new, |rows| {
+            rows.iter().map(|r| r["id"].as_str().unwrap_or("?").to_string()).collect()
+        })
+    }
+
+    fn puts(ids: &[&str]) -> Transaction {
+        Transaction {
+            transaction_id: Some(json!("puts")),
+            entries: ids.iter().map(|id| entry(Op::Put, id, json!({"x": 1}))).collect(),
+        }
+    }
+
+    #[test]
+    fn upsert_refused_with_21000_is_sent_again_in_halves_until_it_applies() {
+        // "1.0" and "1" are one numeric value: the planner cannot know, the database says 21000
+        let transport = FakeTransport::scripted(vec![
+            error(500, "21000", "ON CONFLICT DO UPDATE command cannot affect row a second time"),
+            ok(201),
+            error(500, "21000", "ON CONFLICT DO UPDATE command cannot affect row a second time"),
+            ok(201),
+            ok(201),
+        ]);
+        let report = run(&[puts(&["a", "1.0", "1"])], &settings(), &transport);
+        assert_eq!(statuses(&report), vec![Status::Success]);
+        let sent: Vec<Vec<String>> = transport.sent().iter().map(rows_sent).collect();
+        assert_eq!(sent, vec![vec!["a", "1.0", "1"], vec!["a"], vec!["1.0", "1"], vec!["1.0"], vec!["1"]]);
+        assert!(transport.sent().iter().all(|r| r.url.ends_with("/rest/v1/todos?on_conflict=id")));
+        assert_eq!(report.subrequests, 5);
+    }
+
+    #[test]
+    fn failure_of_a_split_upsert_is_reported_at_its_half() {
+        let transport = FakeTransport::scripted(vec![
+            error(500, "21000", "cannot affect row a second time"),
+            ok(201),
+            error(409, "23505", "duplicate key"),
+        ]);
+        let report = run(&[puts(&["a", "b", "c", "d"])], &settings(), &transport);
+        let failure = report.results[0].failed_operation.clone().expect("failure");
+        assert_eq!((report.results[0].status, failure.index, failure.code.as_str()), (Status::FatalError, Some(2), "23505"));
+    }
+
+    #[test]
+    fn split_upsert_that_does_not_fit_the_budget_is_retryable() {
+        let mut s = settings();
+        s.subrequest_budget = 2;
+        let transport = FakeTransport::scripted(vec![error(500, "21000", "cannot affect row a second time")]);
+        let report = run(&[puts(&["a", "b"])], &s, &transport);
+        assert_eq!(statuses(&report), vec![Status::RetryableError]);
+        let failure = report.results[0].failed_operation.clone().expect("failure");
+        assert_eq!(failure.code, "21000");
+        assert!(failure.message.contains("UPLOAD_SUBREQUEST_BUDGET"), "{}", failure.message);
+        assert_eq!(report.subrequests, 1);
+    }
+
+    #[test]
+    fn single_row_21000_is_fatal() {
+        let transport = FakeTransport::scripted(vec![error(500, "21000", "more than one row returned by a subquery")]);
+        let report = run(&[puts(&["a"])], &settings(), &transport);
+        assert_eq!(statuses(&report), vec![Status::FatalError]);
+        assert_eq!(transport.sent().len(), 1);
+    }
+
     #[test]
     fn retryable_error_stops_and_later_transactions_are_not_attempted() {
         let transport = FakeTransport::scripted(vec![ok(201), error(503, "08006", "connection failure")]);
@@ -256,7 +321,7 @@ mod tests {
         let mut s = settings();
         s.subrequest_budget = 5;
         s.dead_letter_table = Some("dead".to_string());
-        let answers = (0..10).map(|_| error(400, "23502", "null value")).collect();
+        let answers = (0..10).map(|n| if n % 2 == 0 { error(400, "23502", "null value") } else { ok(201) }).collect();
         let transport = FakeTransport::scripted(answers);
         let report = run(&(0..5).map(tx).collect::<Vec<_>>(), &s, &transport);
         assert_eq!(
@@ -272,20 +337,71 @@ mod tests {
         assert_eq!(report.subrequests, 4);
     }
 
+    fn big(n: usize) -> Transaction {
+        Transaction {
+            transaction_id: Some(json!("big")),
+            entries: (0..n).map(|i| entry(Op::Patch, &format!("r{i}"), json!({ "n": i }))).collect(),
+        }
+    }
+
     #[test]
-    fn transaction_larger_than_the_whole_budget_is_fatal_not_stuck() {
+    fn transaction_larger_than_the_whole_budget_goes_through_the_atomic_function() {
         let mut s = settings();
         s.subrequest_budget = 3;
-        let big = Transaction {
-            transaction_id: Some(json!("big")),
-            entries: (0..4).map(|i| entry(Op::Patch, &format!("r{i}"), json!({ "n": i }))).collect(),
-        };
-        let transport = FakeTransport::default();
-        let report = run(&[big, tx(2)], &s, &transport);
+        let transport = FakeTransport::scripted(vec![ok_body(r#"{"applied":4}"#), ok(201)]);
+        let report = run(&[big(4), tx(2)], &s, &transport);
+        assert_eq!(statuses(&report), vec![Status::Success, Status::Success]);
+        let sent = transport.sent();
+        assert_eq!(sent[0].url, "https://p.supabase.co/rest/v1/rpc/powersync_apply_transaction");
+        let call: Value = serde_json::from_str(sent[0].body.as_deref().unwrap_or("")).unwrap_or(Value::Null);
+        assert_eq!(call["ops"].as_array().map(Vec::len), Some(4));
+        assert_eq!(report.subrequests, 2);
+    }
+
+    #[test]
+    fn too_big_transaction_failing_in_the_atomic_function_is_located_by_its_hint() {
+        let mut s = settings();
+        s.subrequest_budget = 3;
+        let transport = FakeTransport::scripted(vec![Ok(HttpResponse {
+            status: 400,
+            headers: vec![],
+            body: json!({"code": "22P02", "message": "bad", "hint": "powersync op 2 (PATCH todos/r2)"}).to_string(),
+        })]);
+        let report = run(&[big(4)], &s, &transport);
+        let failure = report.results[0].failed_operation.clone().expect("failure");
+        assert_eq!((report.results[0].status, failure.index, failure.code.as_str()), (Status::FatalError, Some(2), "22P02"));
+    }
+
+    #[test]
+    fn too_big_transaction_without_the_atomic_function_is_fatal_naming_atomic_mode_and_dead_lettered_whole() {
+        let mut s = settings();
+        s.subrequest_budget = 4;
+        s.dead_letter_table = Some("dead".to_string());
+        let transport = FakeTransport::scripted(vec![error(404, "PGRST202", "Could not find the function"), ok(201), ok(201)]);
+        let report = run(&[big(4), tx(2)], &s, &transport);
         assert_eq!(statuses(&report), vec![Status::FatalError, Status::Success]);
         let failure = report.results[0].failed_operation.clone().expect("failure");
         assert_eq!((failure.index, failure.code.as_str()), (None, "too_many_requests_for_budget"));
-        assert_eq!(transport.sent().len(), 1, "only the second transaction was sent");
+        assert!(failure.message.contains("atomic mode"), "{}", failure.message);
+        assert!(failure.message.contains("sql/atomic_upload.sql"), "{}", failure.message);
+        let sent = transport.sent();
+        assert!(sent[1].url.ends_with("/rest/v1/dead"));
+        let letter: Value = serde_json::from_str(sent[1].body.as_deref().unwrap_or("")).unwrap_or(Value::Null);
+        assert_eq!(letter["op_index"], Value::Null);
+        assert_eq!(letter["entries"].as_array().map(Vec::len), Some(4));
+        assert_eq!(letter["entry"].as_array().map(Vec::len), Some(4));
+        assert_eq!(report.dead_letters, 1);
+    }
+
+    #[test]
+    fn too_big_transaction_waits_for_a_fresh_budget_before_trying_the_atomic_function() {
+        let mut s = settings();
+        s.subrequest_budget = 3;
+        s.dead_letter_table = Some("dead".to_string());
+        let transport = FakeTransport::default();
+        let report = run(&[tx(1), tx(2), big(4)], &s, &transport);
+        assert_eq!(statuses(&report), vec![Status::Success, Status::Success, Status::NotAttempted]);
+        assert_eq!(transport.sent().len(), 2, "the atomic call waits for the next upload");
     }
 
     #[test]
@@ -347,26 +463,118 @@ mod tests {
             body,
             json!({"user_id": "user-1", "transaction_id": "12", "op_index": 0,
                    "entry": {"op": "PUT", "table": "todos", "id": "a", "data": {"title": null}},
+                   "entries": [{"op": "PUT", "table": "todos", "id": "a", "data": {"id": "a", "title": null},
+                                "state": "failed"}],
                    "code": "23502", "message": "null value in column \"title\"", "details": "Failing row"})
         );
         assert_eq!((report.dead_letters, report.dead_letter_failures, report.subrequests), (1, 0, 2));
     }
 
     #[test]
-    fn dead_letter_failure_does_not_change_the_outcome() {
+    fn transaction_whose_dead_letter_cannot_be_written_stays_queued() {
         let mut s = settings();
         s.dead_letter_table = Some("dead".to_string());
         let transport = FakeTransport::scripted(vec![
             error(409, "23505", "duplicate"),
             error(404, "PGRST205", "table not found"),
-            ok(201),
         ]);
         let report = run(&[tx(1), tx(2)], &s, &transport);
-        assert_eq!(statuses(&report), vec![Status::FatalError, Status::Success]);
-        assert_eq!(report.results[0].failed_operation.as_ref().map(|f| f.code.as_str()), Some("23505"));
+        assert_eq!(statuses(&report), vec![Status::RetryableError, Status::NotAttempted]);
+        let kept = report.results[0].failed_operation.clone().expect("failure");
+        assert_eq!((kept.index, kept.code.as_str(), kept.http_status), (Some(0), "dead_letter_failed", Some(404)));
+        assert!(kept.message.starts_with("23505: duplicate;"), "{}", kept.message);
+        assert!(kept.message.contains("PGRST205"), "{}", kept.message);
+        assert_eq!(report.results[0].retry_after_ms, Some(60_000), "the dead-letter table is missing: schema drift");
         assert_eq!((report.dead_letters, report.dead_letter_failures), (0, 1));
         assert!(report.dead_letter_errors[0].contains("PGRST205"), "{:?}", report.dead_letter_errors);
-        assert!(!report.needs_retry());
+        assert!(report.needs_retry());
+        assert_eq!(transport.sent().len(), 2, "the second transaction waits");
+    }
+
+    #[test]
+    fn restricted_project_refusing_the_dead_letter_too_keeps_the_transaction() {
+        // Supabase's 402 hits every request: the dead-letter insert as well as the write
+        let mut s = settings();
+        s.dead_letter_table = Some("dead".to_string());
+        let transport = FakeTransport::scripted(vec![error(400, "23502", "null"), ok(402)]);
+        let report = run(&[tx(1)], &s, &transport);
+        assert_eq!(statuses(&report), vec![Status::RetryableError]);
+        assert_eq!(report.results[0].failed_operation.as_ref().map(|f| f.code.as_str()), Some("dead_letter_failed"));
+    }
+
+    fn dead_letter_body(transport: &FakeTransport) -> Value {
+        let sent = transport.sent();
+        let last = sent.last().expect("a dead letter");
+        assert!(last.url.ends_with("/rest/v1/dead"), "{}", last.url);
+        serde_json::from_str(last.body.as_deref().unwrap_or("")).unwrap_or(Value::Null)
+    }
+
+    fn states_of(body: &Value) -> Vec<String> {
+        body["entries"]
+            .as_array()
+            .map(|entries| entries.iter().map(|e| e["state"].as_str().unwrap_or("?").to_string()).collect())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn dead_letter_records_every_entry_with_what_became_of_it() {
+        let mut s = settings();
+        s.dead_letter_table = Some("dead".to_string());
+        let transaction = Transaction {
+            transaction_id: Some(json!(7)),
+            entries: vec![
+                entry(Op::Put, "a", json!({"x": 1})),
+                entry(Op::Patch, "a", json!({})),
+                entry(Op::Delete, "b", Value::Null),
+                entry(Op::Delete, "c", Value::Null),
+                entry(Op::Patch, "d", json!({"y": 1})),
+                entry(Op::Put, "e", json!({"x": 2})),
+            ],
+        };
+        // PUT a: 201; DELETE b,c (merged): 409; the PATCH and the last PUT are never sent
+        let transport = FakeTransport::scripted(vec![ok(201), error(409, "23503", "fk"), ok(201)]);
+        let report = run(std::slice::from_ref(&transaction), &s, &transport);
+        assert_eq!(statuses(&report), vec![Status::FatalError]);
+        let body = dead_letter_body(&transport);
+        assert_eq!(body["op_index"], json!(2));
+        assert_eq!(states_of(&body), vec!["applied", "applied", "failed", "failed", "not_attempted", "not_attempted"]);
+        assert_eq!(
+            body["entries"][4],
+            json!({"op": "PATCH", "table": "todos", "id": "d", "data": {"y": 1}, "state": "not_attempted"})
+        );
+        assert_eq!(body["entry"], json!({"op": "DELETE", "table": "todos", "id": "b"}));
+    }
+
+    #[test]
+    fn dead_letter_of_an_atomic_call_marks_every_entry_failed() {
+        let mut s = settings();
+        s.atomic = true;
+        s.dead_letter_table = Some("dead".to_string());
+        let transaction = Transaction {
+            transaction_id: None,
+            entries: vec![entry(Op::Put, "a", json!({})), entry(Op::Delete, "b", Value::Null)],
+        };
+        let transport = FakeTransport::scripted(vec![Ok(HttpResponse {
+            status: 409,
+            headers: vec![],
+            body: json!({"code": "23503", "message": "fk", "hint": "powersync op 1 (DELETE todos/b)"}).to_string(),
+        })]);
+        run(&[transaction], &s, &transport);
+        assert_eq!(states_of(&dead_letter_body(&transport)), vec!["failed", "failed"]);
+    }
+
+    #[test]
+    fn dead_letter_of_a_split_upsert_marks_the_applied_half() {
+        let mut s = settings();
+        s.dead_letter_table = Some("dead".to_string());
+        let transport = FakeTransport::scripted(vec![
+            error(500, "21000", "cannot affect row a second time"),
+            ok(201),
+            error(409, "23505", "duplicate key"),
+            ok(201),
+        ]);
+        run(&[puts(&["a", "b", "c", "d"])], &s, &transport);
+        assert_eq!(states_of(&dead_letter_body(&transport)), vec!["applied", "applied", "failed", "failed"]);
     }
 
     #[test]

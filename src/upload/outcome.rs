@@ -10,22 +10,36 @@
 //!
 //! 1. no answer (connection refused, DNS, timeout) → retryable (`network_error` / `timeout`);
 //! 2. 2xx → applied;
-//! 3. a PostgREST error body `{"code","message","details","hint"}` with a recognised `code`:
-//!    - SQLSTATE classes `21` (e.g. 21000, a row affected twice), `22` (data), `23` (constraints)
-//!      and `42` (schema, privileges and RLS, incl. 42501) → fatal;
+//! 3. the answer's code: the SQLSTATE or `PGRST` code of a PostgREST error body
+//!    `{"code","message","details","hint"}`, else `http_<status>`. `UPLOAD_ERROR_CLASS_OVERRIDES`
+//!    is consulted first (see [`ClassOverrides`]); then the SQLSTATE class decides, before the
+//!    HTTP status:
+//!    - *schema drift* → retryable, with `Retry-After` at least
+//!      [`SCHEMA_DRIFT_RETRY_AFTER_SECONDS`]: an undefined column (`42703`, `PGRST204`), table
+//!      (`42P01`, `PGRST205`, and a 404 without a code, which PostgREST 12 gives for a table
+//!      missing from its schema cache, as does a wrong `SUPABASE_URL`), function (`42883`;
+//!      `PGRST202`: the atomic function is not installed; `PGRST203`: several overloads of it
+//!      match), or no unique constraint on `id` for the upsert's conflict target (`42P10`).
+//!      These are the operator's to fix (an app release that writes a new column before its
+//!      migration ships): the writes wait in the client's queue;
+//!    - SQLSTATE classes `21` (e.g. 21000, a row affected twice), `22` (data), `23`
+//!      (constraints), `42` (privileges and RLS: `42501`; the rest of the class), `2F` (SQL
+//!      routine), `38` (external routine), `39` (external routine invocation), `54` (program
+//!      limit exceeded, e.g. an index row too large) and `P0` (PL/pgSQL, e.g. raised by a
+//!      trigger) → fatal, whatever the HTTP status (PostgREST answers 500 for most of them:
+//!      retrying the same row would fail the same way for ever and block the user's queue);
 //!    - classes `08` (connection), `25` (e.g. 25006: the project is in read-only mode), `28`
 //!      (authorization configuration), `40` (serialization, deadlock), `53` (resources), `57`
 //!      (operator intervention, statement timeout), `58` (system) → retryable;
-//!    - `PGRST1xx` (request) and `PGRST2xx` (schema cache: unknown table or column) → fatal,
-//!      except `PGRST202` (RPC function not found): it concerns the atomic-mode setup, never the
-//!      data, so it is retryable until the function is installed;
-//!    - `PGRST0xx` (database unreachable), `PGRST3xx` (JWT invalid or expired: the client refreshes
-//!      its session and retries) and `PGRSTX..` (internal) → retryable;
-//!    - any other SQLSTATE (e.g. `P0001` raised by a trigger → 400, `XX000` → 500) → by status;
-//! 4. by HTTP status: 401, 403 and 404 → retryable (without a code they come from a gateway or a
-//!    wrong `SUPABASE_URL`, e.g. "Invalid API key", and say nothing about the data), 408 and 429 →
-//!    retryable, other 4xx → fatal `http_<status>`, 5xx and anything else → retryable
-//!    `http_<status>`.
+//!    - other `PGRST1xx` (request) and `PGRST2xx` (schema cache) → fatal;
+//!    - `PGRST0xx` (database unreachable), `PGRST3xx` (JWT invalid or expired: the client
+//!      refreshes its session and retries) and `PGRSTX..` (internal) → retryable;
+//!    - any other SQLSTATE (e.g. `XX000` → 500) → by status;
+//! 4. by HTTP status: 401 and 403 → retryable (without a code they come from a gateway or a
+//!    wrong key, e.g. "Invalid API key", and say nothing about the data), 402 → retryable
+//!    (Supabase restricts a project over quota or with an unpaid bill), 404 → schema drift
+//!    (above), 408 and 429 → retryable, other 4xx → fatal `http_<status>`, 5xx and anything else
+//!    → retryable `http_<status>`.
 
 use serde_json::{json, Map, Value};
 
@@ -35,6 +49,55 @@ use crate::http::{HttpResponse, TransportError};
 const BODY_EXCERPT_CHARS: usize = 200;
 /// Cap on an upstream `Retry-After`, so a broken header cannot park a client for days.
 const MAX_RETRY_AFTER_SECONDS: u64 = 3600;
+/// Least `Retry-After` for schema drift (an unknown column, table or function): fixing it takes
+/// a migration, so retrying every few seconds would only add load.
+pub const SCHEMA_DRIFT_RETRY_AFTER_SECONDS: u64 = 60;
+
+/// A class an operator can give a code with `UPLOAD_ERROR_CLASS_OVERRIDES`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    Fatal,
+    Retryable,
+}
+
+/// `UPLOAD_ERROR_CLASS_OVERRIDES`: codes whose class the operator chose, consulted before the
+/// built-in rules. A key is a code as reported in `failed_operation.code`: a SQLSTATE
+/// (`23514`), a PostgREST code (`PGRST204`) or `http_<status>` (an answer without a code); or a
+/// two-character SQLSTATE class (`P0`), used when the exact code has no entry. They apply to
+/// upstream answers only: a 2xx is always applied and a lost connection always retryable.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClassOverrides(std::collections::BTreeMap<String, ErrorClass>);
+
+impl ClassOverrides {
+    /// Sets the class of `key` (see [`ClassOverrides::is_valid_key`]); returns the previous one.
+    pub fn insert(&mut self, key: &str, class: ErrorClass) -> Option<ErrorClass> {
+        self.0.insert(key.to_string(), class)
+    }
+
+    /// The operator's class for `code`, if any: the exact code first, then its SQLSTATE class.
+    pub fn get(&self, code: &str) -> Option<ErrorClass> {
+        if let Some(class) = self.0.get(code) {
+            return Some(*class);
+        }
+        if is_sqlstate(code) {
+            return code.get(..2).and_then(|class| self.0.get(class)).copied();
+        }
+        None
+    }
+
+    /// Whether `key` can name a code: a SQLSTATE (5 characters), a SQLSTATE class (2), `PGRST`
+    /// and 3 characters, or `http_<400..599>`. Letters are upper case, as Postgres writes them.
+    pub fn is_valid_key(key: &str) -> bool {
+        let upper_alnum = |s: &str| s.bytes().all(|b| b.is_ascii_digit() || b.is_ascii_uppercase());
+        if let Some(status) = key.strip_prefix("http_") {
+            return status.len() == 3 && status.parse::<u16>().is_ok_and(|s| (400..600).contains(&s));
+        }
+        if let Some(rest) = key.strip_prefix("PGRST") {
+            return rest.len() == 3 && upper_alnum(rest);
+        }
+        (key.len() == 2 || key.len() == 5) && upper_alnum(key)
+    }
+}
 
 /// A transaction's outcome, in the client's vocabulary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,7 +246,7 @@ pub struct UploadReport {
     pub subrequests: usize,
     /// Dead-letter rows written.
     pub dead_letters: usize,
-    /// Dead-letter inserts that failed (the transactions' outcomes are unchanged).
+    /// Dead-letter inserts that failed or were skipped (their transactions became retryable).
     pub dead_letter_failures: usize,
     /// Why each failed dead-letter insert failed (code and status only, no row data), for logs;
     /// never sent to the client.
@@ -269,7 +332,11 @@ pub enum Verdict {
 }
 
 /// Classifies the answer to a request covering the entry at `index` (see the module docs).
-pub fn classify(answer: &Result<HttpResponse, TransportError>, index: Option<usize>) -> Verdict {
+pub fn classify(
+    answer: &Result<HttpResponse, TransportError>,
+    index: Option<usize>,
+    overrides: &ClassOverrides,
+) -> Verdict {
     let response = match answer {
         Ok(response) => response,
         Err(error) => {
@@ -287,17 +354,30 @@ pub fn classify(answer: &Result<HttpResponse, TransportError>, index: Option<usi
 
     let body = ErrorBody::parse(&response.body);
     let class = body.code.as_deref().map(class_of).unwrap_or(Class::Unrecognised);
-    let fatal = match class {
-        Class::Fatal => true,
-        Class::Retryable => false,
-        // Without a PostgREST/Postgres code, 401/403/404 come from a gateway or a wrong URL, not
-        // from the data: retrying after the operator fixes it loses nothing, discarding would.
-        Class::Unrecognised => (400..500).contains(&status) && !matches!(status, 401 | 403 | 404 | 408 | 429),
-    };
     let code = match (&body.code, class) {
-        (Some(code), Class::Fatal | Class::Retryable) => code.clone(),
+        (Some(code), Class::Fatal | Class::Retryable | Class::SchemaDrift) => code.clone(),
         (Some(code), Class::Unrecognised) if is_sqlstate(code) => code.clone(),
         _ => format!("http_{status}"),
+    };
+    let class = match class {
+        // Without a code: PostgREST 12 answers a table missing from its schema cache with a
+        // bare 404 (a wrong SUPABASE_URL looks the same: the operator's to fix either way).
+        Class::Unrecognised if status == 404 => Class::SchemaDrift,
+        // Without a PostgREST/Postgres code, 401/403 come from a gateway or a wrong key, and 402
+        // from Supabase's gateway refusing every request of a restricted project (quota, fair
+        // use, an unpaid bill) until the owner acts: not from the data. Retrying after the
+        // operator fixes it loses nothing, discarding would.
+        Class::Unrecognised if (400..500).contains(&status) && !matches!(status, 401 | 402 | 403 | 408 | 429) => {
+            Class::Fatal
+        }
+        Class::Unrecognised => Class::Retryable,
+        known => known,
+    };
+    let class = match overrides.get(&code) {
+        Some(ErrorClass::Fatal) => Class::Fatal,
+        Some(ErrorClass::Retryable) if class == Class::SchemaDrift => Class::SchemaDrift,
+        Some(ErrorClass::Retryable) => Class::Retryable,
+        None => class,
     };
     let message = match body.message {
         Some(message) => message,
@@ -306,10 +386,15 @@ pub fn classify(answer: &Result<HttpResponse, TransportError>, index: Option<usi
     };
     let failure =
         FailedOperation { index, code, message, details: body.details, hint: body.hint, http_status: Some(status) };
-    if fatal {
-        Verdict::Fatal(failure)
-    } else {
-        Verdict::Retryable { failure, retry_after_seconds: retry_after(response) }
+    match class {
+        Class::Fatal => Verdict::Fatal(failure),
+        Class::SchemaDrift => Verdict::Retryable {
+            failure,
+            retry_after_seconds: Some(retry_after(response).unwrap_or(0).max(SCHEMA_DRIFT_RETRY_AFTER_SECONDS)),
+        },
+        Class::Retryable | Class::Unrecognised => {
+            Verdict::Retryable { failure, retry_after_seconds: retry_after(response) }
+        }
     }
 }
 
@@ -325,13 +410,17 @@ pub fn op_index_from_hint(hint: &str) -> Option<usize> {
 enum Class {
     Fatal,
     Retryable,
+    /// Retryable, with a longer wait: the schema lacks what the client writes.
+    SchemaDrift,
     Unrecognised,
 }
 
 fn class_of(code: &str) -> Class {
     if let Some(number) = code.strip_prefix("PGRST") {
         return match number.as_bytes().first() {
-            _ if number == "202" => Class::Retryable,
+            // 202 (function not found) and 203 (ambiguous overload) concern the atomic-mode
+            // setup, never the data; 204 and 205: unknown column, unknown table.
+            _ if matches!(number, "202" | "203" | "204" | "205") => Class::SchemaDrift,
             Some(b'1' | b'2') => Class::Fatal,
             Some(b'0' | b'3' | b'X') => Class::Retryable,
             _ => Class::Unrecognised,
@@ -340,8 +429,11 @@ fn class_of(code: &str) -> Class {
     if !is_sqlstate(code) {
         return Class::Unrecognised;
     }
+    if matches!(code, "42703" | "42P01" | "42883" | "42P10") {
+        return Class::SchemaDrift;
+    }
     match code.get(..2).unwrap_or_default() {
-        "21" | "22" | "23" | "42" => Class::Fatal,
+        "21" | "22" | "23" | "42" | "2F" | "38" | "39" | "54" | "P0" => Class::Fatal,
         "08" | "25" | "28" | "40" | "53" | "57" | "58" => Class::Retryable,
         _ => Class::Unrecognised,
     }
@@ -394,6 +486,11 @@ fn retry_after(response: &HttpResponse) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The built-in rules, without operator overrides.
+    fn classify(answer: &Result<HttpResponse, TransportError>, index: Option<usize>) -> Verdict {
+        super::classify(answer, index, &ClassOverrides::default())
+    }
 
     #[test]
     fn log_summary_names_fatal_transactions_without_row_data() {
@@ -454,8 +551,7 @@ mod tests {
             (400, "23514"),
             (403, "42501"),
             (401, "42501"),
-            (404, "42P01"),
-            (400, "42703"),
+            (400, "42804"),
             (500, "21000"),
         ] {
             let verdict = classify(&postgrest(status, code), Some(3));
@@ -507,14 +603,96 @@ mod tests {
 
     #[test]
     fn postgrest_request_and_schema_errors_are_fatal() {
-        for code in ["PGRST100", "PGRST102", "PGRST116", "PGRST204", "PGRST205"] {
+        for code in ["PGRST100", "PGRST102", "PGRST116", "PGRST200", "PGRST207"] {
             assert!(is_fatal(&classify(&postgrest(400, code), None)), "{code}");
+        }
+    }
+
+    fn retry_after_of(verdict: &Verdict) -> Option<u64> {
+        match verdict {
+            Verdict::Retryable { retry_after_seconds, .. } => *retry_after_seconds,
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn schema_drift_is_retryable_with_a_longer_retry_after() {
+        for (status, code) in [
+            (400, "42703"),    // undefined column
+            (404, "42P01"),    // undefined table
+            (404, "42883"),    // undefined function
+            (400, "42P10"),    // no unique constraint matching on_conflict=id
+            (400, "PGRST204"), // column not in the schema cache
+            (404, "PGRST205"), // table not in the schema cache
+            (404, "PGRST202"), // the atomic function is not installed
+        ] {
+            let verdict = classify(&postgrest(status, code), Some(1));
+            assert!(is_retryable(&verdict), "{code} {verdict:?}");
+            assert_eq!(code_of(&verdict), code);
+            assert_eq!(retry_after_of(&verdict), Some(SCHEMA_DRIFT_RETRY_AFTER_SECONDS), "{code}");
+        }
+        // PostgREST 12: a table missing from the schema cache is a 404 without a code
+        let bare = classify(&answer(404, ""), Some(0));
+        assert!(is_retryable(&bare));
+        assert_eq!((code(&bare), retry_after_of(&bare)), ("http_404", Some(SCHEMA_DRIFT_RETRY_AFTER_SECONDS)));
+        // a longer upstream Retry-After still wins
+        let longer = Ok(HttpResponse {
+            status: 404,
+            headers: vec![("Retry-After".to_string(), "600".to_string())],
+            body: json!({"code": "PGRST205", "message": "m"}).to_string(),
+        });
+        assert_eq!(retry_after_of(&classify(&longer, None)), Some(600));
+    }
+
+    #[test]
+    fn rls_and_privilege_errors_stay_fatal() {
+        for status in [401, 403] {
+            assert!(is_fatal(&classify(&postgrest(status, "42501"), Some(0))));
+        }
+    }
+
+    #[test]
+    fn overrides_decide_before_the_built_in_rules() {
+        let mut overrides = ClassOverrides::default();
+        overrides.insert("PGRST204", ErrorClass::Fatal);
+        overrides.insert("23514", ErrorClass::Retryable);
+        overrides.insert("P0", ErrorClass::Retryable);
+        overrides.insert("P0004", ErrorClass::Fatal);
+        overrides.insert("http_503", ErrorClass::Fatal);
+        overrides.insert("42703", ErrorClass::Retryable);
+        let with = |status, code: &str| super::classify(&postgrest(status, code), Some(0), &overrides);
+        assert!(is_fatal(&with(400, "PGRST204")));
+        assert!(is_retryable(&with(400, "23514")));
+        assert!(is_retryable(&with(400, "P0001")), "the class entry");
+        assert!(is_fatal(&with(500, "P0004")), "the exact code wins over its class");
+        assert!(is_fatal(&with(409, "23505")), "codes without an entry keep their class");
+        assert_eq!(retry_after_of(&with(400, "42703")), Some(SCHEMA_DRIFT_RETRY_AFTER_SECONDS));
+        assert!(is_fatal(&super::classify(&answer(503, "down"), Some(0), &overrides)));
+        assert_eq!(super::classify(&answer(201, ""), Some(0), &overrides), Verdict::Applied);
+        let lost = Err(TransportError { message: "reset".to_string(), timed_out: false });
+        assert!(is_retryable(&super::classify(&lost, Some(0), &overrides)));
+    }
+
+    #[test]
+    fn override_keys_name_codes() {
+        for key in ["23514", "P0", "PGRST204", "PGRSTX00", "http_404", "http_599", "XX000"] {
+            assert!(ClassOverrides::is_valid_key(key), "{key}");
+        }
+        for key in ["", "2", "235", "p0001", "PGRST20", "http_200", "http_4040", "http_abc", "network_error"] {
+            assert!(!ClassOverrides::is_valid_key(key), "{key}");
         }
     }
 
     #[test]
     fn missing_rpc_function_is_retryable() {
         assert!(is_retryable(&classify(&postgrest(404, "PGRST202"), None)));
+    }
+
+    #[test]
+    fn ambiguous_rpc_function_overload_is_retryable() {
+        let verdict = classify(&postgrest(300, "PGRST203"), None);
+        assert!(is_retryable(&verdict), "{verdict:?}");
+        assert_eq!(code(&verdict), "PGRST203");
     }
 
     #[test]
@@ -528,13 +706,30 @@ mod tests {
 
     #[test]
     fn unrecognised_sqlstate_follows_the_status() {
-        let raised = classify(&postgrest(400, "P0001"), Some(0));
-        assert!(is_fatal(&raised));
-        assert_eq!(code(&raised), "P0001");
         let internal = classify(&postgrest(500, "XX000"), Some(0));
         assert!(is_retryable(&internal));
         assert_eq!(code(&internal), "XX000");
-        assert!(is_fatal(&classify(&postgrest(413, "54000"), Some(0))));
+        assert!(is_fatal(&classify(&postgrest(400, "0A000"), Some(0))));
+        assert!(is_retryable(&classify(&postgrest(500, "55P03"), Some(0))));
+    }
+
+    #[test]
+    fn permanent_data_errors_are_fatal_even_when_postgrest_answers_500() {
+        for (status, code) in [
+            (500, "54000"), // program_limit_exceeded: index row too large
+            (500, "54001"), // statement too complex
+            (413, "54000"),
+            (500, "P0002"), // no_data_found, raised by a trigger
+            (500, "P0004"), // assert_failure
+            (400, "P0001"), // raise_exception
+            (500, "2F005"), // function finished without RETURN
+            (500, "38001"), // external routine: containing SQL not permitted
+            (500, "39P01"), // trigger protocol violated
+        ] {
+            let verdict = classify(&postgrest(status, code), Some(2));
+            assert!(is_fatal(&verdict), "{status} {code} {verdict:?}");
+            assert_eq!(code_of(&verdict), code);
+        }
     }
 
     #[test]
@@ -549,6 +744,15 @@ mod tests {
             let verdict = classify(&answer(status, ""), Some(0));
             assert!(is_retryable(&verdict), "{status}");
             assert_eq!(code(&verdict), format!("http_{status}"));
+        }
+    }
+
+    #[test]
+    fn payment_required_without_a_code_is_retryable() {
+        for body in ["", r#"{"message":"Service for this project is restricted due to exceeding quota"}"#, "<html>402</html>"] {
+            let verdict = classify(&answer(402, body), Some(0));
+            assert!(is_retryable(&verdict), "{body}");
+            assert_eq!(code(&verdict), "http_402");
         }
     }
 

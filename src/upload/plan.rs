@@ -2,10 +2,12 @@
 //!
 //! Every entry is idempotent by construction, which is what makes retries safe:
 //!
-//! - PUT → upsert by id: `POST <SUPABASE_URL>/rest/v1/<table>` with a JSON array of rows
-//!   `{"id": <id>, ...data}` and `Prefer: resolution=merge-duplicates,return=minimal`. The URL
-//!   carries no `?columns=` or `?on_conflict=`: `id` is the primary key, and merged rows always
-//!   have identical keys.
+//! - PUT → upsert by id: `POST <SUPABASE_URL>/rest/v1/<table>?on_conflict=id` with a JSON array
+//!   of rows `{"id": <id>, ...data}` and `Prefer: resolution=merge-duplicates,return=minimal`.
+//!   The conflict target is named (as the atomic function's `on conflict (id)` does): without
+//!   it PostgREST uses the primary key, so on a table whose `id` is unique but not the primary
+//!   key a PUT of an existing row (a retry) would fail with 23505. No `?columns=`: merged rows
+//!   always have identical keys.
 //! - PATCH → `PATCH …/<table>?id=eq.<id>` with the data as body and `Prefer: return=minimal`.
 //!   A PATCH without data sends nothing (there is nothing to change) and counts as applied.
 //! - DELETE → `DELETE …/<table>?id=eq.<id>` with `Prefer: return=minimal`.
@@ -14,9 +16,17 @@
 //! identical to sending them one by one, never across a different operation and never reordered:
 //!
 //! - PUTs to the same table whose rows have the same set of keys → one bulk upsert (in a bulk
-//!   upsert a key missing from one row would overwrite that column with NULL), except that a PUT
-//!   whose id is already in the group starts a new group (Postgres refuses to upsert the same row
-//!   twice in one statement: 21000);
+//!   upsert a key missing from one row would overwrite that column with NULL). Postgres refuses
+//!   to upsert the same row twice in one statement (21000), so:
+//!   - a PUT whose id is already in the group, equal as text, replaces that row, and the row
+//!     moves to the end of the group (the later PUT wins, as applying them in order gives: both
+//!     set the same columns);
+//!   - a PUT whose id differs as text but may be the same value once the database casts it to
+//!     the id column's type (a uuid in another case or form, an integer with a leading zero or
+//!     a sign, trailing spaces: see [`cast_key`]) starts a new group;
+//!   - should the database still answer 21000 (a cast this rule does not foresee), the driver
+//!     sends the group again in halves, recursively, which equals applying its rows in order
+//!     (see `delivery`);
 //! - DELETEs to the same table → one `id=in.(…)`;
 //! - PATCHes to the same table with identical data → one `id=in.(…)`;
 //! - an `in.(…)` list stops growing before the URL passes [`filter::MAX_URL_BYTES`];
@@ -34,20 +44,26 @@
 //!   created in between by someone else with the same id could still be overwritten; with random
 //!   ids that race needs the other user's id in advance. Atomic mode has no such gap.)
 //!
+//! A transaction whose requests would not fit in the whole subrequest budget is sent as one
+//! atomic call too ([`atomic_request`]), whatever the mode, when the function is installed.
+//!
 //! Atomic mode (`UPLOAD_ATOMIC=true`) sends a whole transaction as one
 //! `POST …/rest/v1/rpc/<function>` with `{"ops":[{"op","table","id","data"?}, …]}` (the same
 //! rows and data as above, one op per entry so op indexes are entry indexes; no `data` for
 //! DELETE) and, in service mode, `"owner_column"` and `"owner_id"`.
 //!
-//! Tables are checked before anything is sent: a name that is not a plain identifier
-//! (`invalid_table_name`), or one outside `UPLOAD_TABLES` or equal to the dead-letter table
-//! (`table_not_allowed`), fails its transaction as a fatal error without any request.
+//! Tables and ids are checked before anything is sent: a name that is not a plain identifier
+//! (`invalid_table_name`), one outside `UPLOAD_TABLES` or equal to the dead-letter table
+//! (`table_not_allowed`), or an id containing U+0000 (`invalid_id`: PostgreSQL cannot store it,
+//! and PostgREST would cut it short inside `in.(…)`, touching another row) fails its
+//! transaction as a fatal error without any request.
 
+use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 
 use serde_json::{json, Map, Value};
 
-use super::crud::{Op, Transaction};
+use super::crud::{Entry, Op, Transaction};
 use super::filter::{self, InList};
 use super::outcome::FailedOperation;
 use super::row;
@@ -70,6 +86,9 @@ pub enum Check {
     OwnerCheck { table: String, ids: Vec<(String, usize)> },
     /// The atomic RPC call: an error's hint may name the failing op (= entry index).
     Atomic,
+    /// A bulk upsert; `row_entries[i]` is the entry index of row `i` of the body. On 21000 (two
+    /// rows are one row after casting) the driver splits it.
+    Upsert { row_entries: Vec<usize> },
 }
 
 /// One request of a plan, with the entries it covers.
@@ -90,6 +109,7 @@ pub fn plan_transaction(
 ) -> Result<Vec<PlannedRequest>, FailedOperation> {
     for (index, entry) in transaction.entries.iter().enumerate() {
         check_table(index, &entry.table, settings)?;
+        check_id(index, &entry.id)?;
     }
     let context = Context::new(settings, caller);
     if settings.atomic {
@@ -113,6 +133,27 @@ pub fn plan_transaction(
     }
     planner.flush();
     Ok(planner.requests)
+}
+
+/// The transaction as one call of the atomic function, whatever the mode: how a transaction too
+/// big for the subrequest budget is applied when the function is installed. `None` for a
+/// transaction without entries. The checks of [`plan_transaction`] must have passed.
+pub fn atomic_request(transaction: &Transaction, settings: &UploadSettings, caller: &Caller) -> Option<PlannedRequest> {
+    Context::new(settings, caller).atomic(transaction)
+}
+
+/// Refuses ids no row can have: PostgreSQL text cannot hold U+0000, and PostgREST cuts each
+/// value of an `in.(…)` list at the first NUL, so a merged PATCH or DELETE for `"a\u{0}b"` would
+/// touch row `a`. Such an entry is never sent.
+fn check_id(index: usize, id: &str) -> Result<(), FailedOperation> {
+    if id.contains('\u{0}') {
+        return Err(FailedOperation::new(
+            Some(index),
+            "invalid_id",
+            "the id contains U+0000, which PostgreSQL cannot store; the entry was not sent",
+        ));
+    }
+    Ok(())
 }
 
 /// Refuses tables the bridge must not write.
@@ -197,25 +238,7 @@ impl<'a> Context<'a> {
         let ops: Vec<Value> = transaction
             .entries
             .iter()
-            .map(|entry| {
-                let mut op = Map::new();
-                op.insert("op".to_string(), json!(entry.op.as_str()));
-                op.insert("table".to_string(), json!(entry.table));
-                op.insert("id".to_string(), json!(entry.id));
-                match entry.op {
-                    Op::Put => {
-                        op.insert(
-                            "data".to_string(),
-                            Value::Object(row::put_row(entry, self.settings, &self.caller.user_id)),
-                        );
-                    }
-                    Op::Patch => {
-                        op.insert("data".to_string(), Value::Object(row::patch_data(entry, self.settings)));
-                    }
-                    Op::Delete => {}
-                }
-                Value::Object(op)
-            })
+            .map(|entry| Value::Object(atomic_op(entry, self.settings, &self.caller.user_id)))
             .collect();
         let mut body = Map::new();
         body.insert("ops".to_string(), Value::Array(ops));
@@ -230,6 +253,25 @@ impl<'a> Context<'a> {
             check: Check::Atomic,
         })
     }
+}
+
+/// One op of the atomic function's `ops`: `{"op","table","id","data"?}`, the data as the bridge
+/// writes it (conversions, owner rules; a PUT's row with its id), no `data` for DELETE.
+pub(crate) fn atomic_op(entry: &Entry, settings: &UploadSettings, user_id: &str) -> Map<String, Value> {
+    let mut op = Map::new();
+    op.insert("op".to_string(), json!(entry.op.as_str()));
+    op.insert("table".to_string(), json!(entry.table));
+    op.insert("id".to_string(), json!(entry.id));
+    match entry.op {
+        Op::Put => {
+            op.insert("data".to_string(), Value::Object(row::put_row(entry, settings, user_id)));
+        }
+        Op::Patch => {
+            op.insert("data".to_string(), Value::Object(row::patch_data(entry, settings)));
+        }
+        Op::Delete => {}
+    }
+    op
 }
 
 /// A request with the credentials of the configured mode: in `rls` mode the anon key and the
@@ -248,16 +290,23 @@ enum Group<'e> {
     Filtered(FilteredGroup<'e>),
 }
 
+/// A row of a bulk upsert: (row, id, entry index).
+type PutRow = (Map<String, Value>, String, usize);
+
 struct PutGroup<'e> {
     table: &'e str,
     start: usize,
     end: usize,
-    rows: Vec<Value>,
+    /// (row, id, entry index) in body order; `None` where a later PUT of the same id replaced the
+    /// row (it was appended again at the end).
+    rows: Vec<Option<PutRow>>,
     /// Sorted keys shared by every row.
     keys: Vec<String>,
-    /// (id, entry index) of every row, for the ownership check's answer.
-    ids: Vec<(String, usize)>,
-    /// The rows' ids: duplicate detection, and in service mode the ownership check's filter.
+    /// Position in `rows` of each id's current row.
+    positions: HashMap<String, usize>,
+    /// [`cast_key`] of every id in the group.
+    cast_keys: HashSet<String>,
+    /// The rows' ids, for the service-mode ownership check's filter.
     check_ids: InList,
 }
 
@@ -280,17 +329,27 @@ impl<'e> Planner<'_, 'e> {
     fn add_put(&mut self, index: usize, table: &'e str, id: &str, row: Map<String, Value>) {
         let mut keys: Vec<String> = row.keys().cloned().collect();
         keys.sort();
+        let cast = cast_key(id);
         if let Some(Group::Put(group)) = &mut self.group {
-            let url_fits = self.context.owner.is_none()
-                || self.context.owner_check_url_len(table) + group.check_ids.len_with(id) <= filter::MAX_URL_BYTES;
-            let same_shape = group.table == table && group.keys == keys;
-            let new_id = !group.check_ids.contains(id);
-            if same_shape && new_id && url_fits {
-                group.end = index + 1;
-                group.rows.push(Value::Object(row));
-                group.ids.push((id.to_string(), index));
-                group.check_ids.push(id);
-                return;
+            if group.table == table && group.keys == keys {
+                if let Some(position) = group.positions.get(id).copied() {
+                    // The same row again: the later PUT replaces it, at the end of the group.
+                    group.rows[position] = None;
+                    group.positions.insert(id.to_string(), group.rows.len());
+                    group.rows.push(Some((row, id.to_string(), index)));
+                    group.end = index + 1;
+                    return;
+                }
+                let url_fits = self.context.owner.is_none()
+                    || self.context.owner_check_url_len(table) + group.check_ids.len_with(id) <= filter::MAX_URL_BYTES;
+                if url_fits && !group.cast_keys.contains(&cast) {
+                    group.end = index + 1;
+                    group.positions.insert(id.to_string(), group.rows.len());
+                    group.rows.push(Some((row, id.to_string(), index)));
+                    group.cast_keys.insert(cast);
+                    group.check_ids.push(id);
+                    return;
+                }
             }
         }
         self.flush();
@@ -300,9 +359,10 @@ impl<'e> Planner<'_, 'e> {
             table,
             start: index,
             end: index + 1,
-            rows: vec![Value::Object(row)],
+            rows: vec![Some((row, id.to_string(), index))],
             keys,
-            ids: vec![(id.to_string(), index)],
+            positions: HashMap::from([(id.to_string(), 0)]),
+            cast_keys: HashSet::from([cast]),
             check_ids,
         }));
     }
@@ -328,6 +388,7 @@ impl<'e> Planner<'_, 'e> {
             None => {}
             Some(Group::Put(group)) => {
                 let entries = group.start..group.end;
+                let rows: Vec<PutRow> = group.rows.into_iter().flatten().collect();
                 if self.context.owner.is_some() {
                     let url = format!(
                         "{}?select=id&id={}{}",
@@ -338,15 +399,20 @@ impl<'e> Planner<'_, 'e> {
                     self.requests.push(PlannedRequest {
                         request: self.context.request(Method::Get, url),
                         entries: entries.clone(),
-                        check: Check::OwnerCheck { table: group.table.to_string(), ids: group.ids },
+                        check: Check::OwnerCheck {
+                            table: group.table.to_string(),
+                            ids: rows.iter().map(|(_, id, index)| (id.clone(), *index)).collect(),
+                        },
                     });
                 }
+                let row_entries = rows.iter().map(|(_, _, index)| *index).collect();
+                let body = Value::Array(rows.into_iter().map(|(row, _, _)| Value::Object(row)).collect());
                 let request = self
                     .context
-                    .request(Method::Post, self.context.table_url(group.table))
-                    .json_body(Value::Array(group.rows).to_string())
+                    .request(Method::Post, format!("{}?on_conflict=id", self.context.table_url(group.table)))
+                    .json_body(body.to_string())
                     .header("Prefer", PREFER_UPSERT);
-                self.requests.push(PlannedRequest { request, entries, check: Check::Write });
+                self.requests.push(PlannedRequest { request, entries, check: Check::Upsert { row_entries } });
             }
             Some(Group::Filtered(group)) => {
                 let url = format!(
@@ -367,6 +433,35 @@ impl<'e> Planner<'_, 'e> {
             }
         }
     }
+}
+
+/// A key under which two ids are equal whenever the database might take them for the same value
+/// once cast to the id column's type, so that they are never upserted in one statement (21000).
+/// Conservative: ids with equal keys may still be different rows (then they only cost one more
+/// request). Surrounding whitespace is dropped (integers, uuids; `char(n)` pads) and letters
+/// are lower-cased (uuid hex digits, `citext`); a uuid in any accepted form (braces, hyphens
+/// anywhere or none) is reduced to its 32 hex digits; an integer to its value's digits (sign,
+/// leading zeros and PostgreSQL 16's `_` separators dropped).
+pub fn cast_key(id: &str) -> String {
+    let lower = id.trim().to_lowercase();
+    let hex: String = lower.chars().filter(|c| !matches!(c, '-' | '{' | '}')).collect();
+    if hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return hex;
+    }
+    let (negative, digits) = match lower.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, lower.strip_prefix('+').unwrap_or(&lower)),
+    };
+    if digits.starts_with(|c: char| c.is_ascii_digit()) && digits.bytes().all(|b| b.is_ascii_digit() || b == b'_') {
+        let value = digits.replace('_', "");
+        let value = value.trim_start_matches('0');
+        return match (negative, value) {
+            (_, "") => "0".to_string(),
+            (true, value) => format!("-{value}"),
+            (false, value) => value.to_string(),
+        };
+    }
+    lower
 }
 
 #[cfg(test)]
@@ -437,7 +532,7 @@ mod tests {
         assert_eq!(requests.len(), 1);
         let r = &requests[0];
         assert_eq!(r.request.method, Method::Post);
-        assert_eq!(r.request.url, "https://p.supabase.co/rest/v1/todos");
+        assert_eq!(r.request.url, "https://p.supabase.co/rest/v1/todos?on_conflict=id", "id names the conflict target");
         assert_eq!(
             headers(r),
             vec![
@@ -449,7 +544,7 @@ mod tests {
         );
         assert_eq!(body(r), json!([{"id": "a", "title": "x"}]));
         assert_eq!(r.entries, 0..1);
-        assert_eq!(r.check, Check::Write);
+        assert_eq!(r.check, Check::Upsert { row_entries: vec![0] });
     }
 
     #[test]
@@ -481,6 +576,17 @@ mod tests {
             vec![("apikey", "anon-key"), ("Authorization", "Bearer user-token"), ("Prefer", "return=minimal")]
         );
         assert_eq!(r.request.body, None);
+    }
+
+    #[test]
+    fn every_upsert_names_id_as_its_conflict_target() {
+        for settings in [settings(), service()] {
+            let requests = plan(vec![put("a", json!({})), put("b", json!({"x": 1})), put("c", json!({"x": 2}))], &settings);
+            let upserts: Vec<&str> =
+                requests.iter().filter(|r| r.request.method == Method::Post).map(|r| r.request.url.as_str()).collect();
+            assert_eq!(upserts.len(), 2);
+            assert!(upserts.iter().all(|url| url.ends_with("/rest/v1/todos?on_conflict=id")), "{upserts:?}");
+        }
     }
 
     #[test]
@@ -522,24 +628,67 @@ mod tests {
     fn puts_to_different_tables_are_not_merged() {
         let requests = plan(vec![put("a", json!({})), e(Op::Put, "lists", "b", json!({}))], &settings());
         assert_eq!(requests.len(), 2);
-        assert_eq!(requests[1].request.url, "https://p.supabase.co/rest/v1/lists");
+        assert_eq!(requests[1].request.url, "https://p.supabase.co/rest/v1/lists?on_conflict=id");
     }
 
     #[test]
-    fn put_with_an_id_already_in_the_group_starts_a_new_group() {
+    fn put_of_an_id_already_in_the_group_replaces_its_row_and_the_later_wins() {
         let requests = plan(
             vec![
                 put("a", json!({"n": 1})),
                 put("b", json!({"n": 1})),
                 put("a", json!({"n": 2})),
                 put("c", json!({"n": 3})),
+                put("a", json!({"n": 4})),
             ],
             &settings(),
         );
+        assert_eq!(requests.len(), 1);
+        assert_eq!(body(&requests[0]), json!([{"id": "b", "n": 1}, {"id": "c", "n": 3}, {"id": "a", "n": 4}]));
+        assert_eq!(requests[0].entries, 0..5);
+        assert_eq!(requests[0].check, Check::Upsert { row_entries: vec![1, 3, 4] });
+    }
+
+    #[test]
+    fn ids_that_may_be_equal_after_casting_are_not_upserted_together() {
+        let upper = "0E0B5A1C-2D3E-4F50-8A6B-7C8D9E0F1A2B";
+        let lower = upper.to_lowercase();
+        let requests = plan(
+            vec![put(upper, json!({"n": 1})), put("x", json!({"n": 1})), put(&lower, json!({"n": 2}))],
+            &settings(),
+        );
         assert_eq!(requests.len(), 2);
-        assert_eq!(body(&requests[0]), json!([{"id": "a", "n": 1}, {"id": "b", "n": 1}]));
-        assert_eq!(body(&requests[1]), json!([{"id": "a", "n": 2}, {"id": "c", "n": 3}]));
-        assert_eq!((requests[0].entries.clone(), requests[1].entries.clone()), (0..2, 2..4));
+        assert_eq!(body(&requests[0]), json!([{"id": upper, "n": 1}, {"id": "x", "n": 1}]));
+        assert_eq!(body(&requests[1]), json!([{"id": lower, "n": 2}]));
+        assert_eq!((requests[0].entries.clone(), requests[1].entries.clone()), (0..2, 2..3));
+        let numbers = plan(vec![put("1", json!({})), put("01", json!({})), put("+1", json!({}))], &settings());
+        assert_eq!(numbers.len(), 3);
+    }
+
+    #[test]
+    fn cast_keys_unite_every_spelling_of_one_value() {
+        let uuid = "0e0b5a1c2d3e4f508a6b7c8d9e0f1a2b";
+        for spelling in [
+            "0e0b5a1c-2d3e-4f50-8a6b-7c8d9e0f1a2b",
+            "0E0B5A1C-2D3E-4F50-8A6B-7C8D9E0F1A2B",
+            "{0e0b5a1c-2d3e-4f50-8a6b-7c8d9e0f1a2b}",
+            "0e0b5a1c2d3e4f508a6b7c8d9e0f1a2b",
+            "0e0b-5a1c-2d3e-4f50-8a6b-7c8d-9e0f-1a2b",
+            " 0e0b5a1c-2d3e-4f50-8a6b-7c8d9e0f1a2b ",
+        ] {
+            assert_eq!(cast_key(spelling), uuid, "{spelling}");
+        }
+        for (spelling, key) in
+            [("1", "1"), ("01", "1"), ("+1", "1"), (" 1 ", "1"), ("1_000", "1000"), ("-0", "0"), ("000", "0"), ("-07", "-7")]
+        {
+            assert_eq!(cast_key(spelling), key, "{spelling}");
+        }
+        assert_eq!(cast_key("Abc "), "abc");
+        assert_ne!(cast_key("a-b"), cast_key("ab"), "hyphens only vanish from uuids");
+        assert_ne!(cast_key("1"), cast_key("11"));
+        assert_eq!(cast_key("_1"), "_1");
+        assert_eq!(cast_key("-"), "-");
+        assert_eq!(cast_key(""), "");
     }
 
     #[test]
@@ -592,9 +741,9 @@ mod tests {
         assert_eq!(
             summary,
             vec![
-                (Method::Post, "https://p.supabase.co/rest/v1/todos".to_string(), 0..1),
+                (Method::Post, "https://p.supabase.co/rest/v1/todos?on_conflict=id".to_string(), 0..1),
                 (Method::Delete, "https://p.supabase.co/rest/v1/todos?id=eq.a".to_string(), 1..2),
-                (Method::Post, "https://p.supabase.co/rest/v1/todos".to_string(), 2..3),
+                (Method::Post, "https://p.supabase.co/rest/v1/todos?on_conflict=id".to_string(), 2..3),
                 (Method::Patch, "https://p.supabase.co/rest/v1/todos?id=eq.b".to_string(), 3..4),
                 (Method::Delete, "https://p.supabase.co/rest/v1/todos?id=eq.c".to_string(), 4..5),
             ]
@@ -794,6 +943,24 @@ mod tests {
             plan_transaction(&tx(vec![put("a", json!({})), e(Op::Delete, "lists", "b", Value::Null)]), &s, &caller())
                 .expect_err("fatal");
         assert_eq!((failure.index, failure.code.as_str()), (Some(1), "table_not_allowed"));
+    }
+
+    #[test]
+    fn ids_with_nul_fail_the_transaction_before_any_request() {
+        for settings in [settings(), service(), {
+            let mut atomic = settings();
+            atomic.atomic = true;
+            atomic
+        }] {
+            for entries in [
+                vec![delete("a"), delete("a\u{0}b")],
+                vec![patch("x", json!({"n": 1})), patch("a\u{0}", json!({"n": 1}))],
+                vec![put("a", json!({})), put("\u{0}", json!({}))],
+            ] {
+                let failure = plan_transaction(&tx(entries), &settings, &caller()).expect_err("fatal");
+                assert_eq!((failure.index, failure.code.as_str()), (Some(1), "invalid_id"));
+            }
+        }
     }
 
     #[test]

@@ -7,6 +7,10 @@
 //! - PUT: the owner column is set to the caller's user id, overwriting whatever the client sent;
 //! - PATCH: the owner column is removed from the data (a PATCH can never move a row to another
 //!   user; together with the owner filter the planner adds, it only touches the caller's rows).
+//!
+//! In every mode `id` is the entry's: a PUT's row takes it from the entry, and a PATCH never
+//! sets it (a PATCH that renamed the primary key would move the row away from the id the
+//! client keeps using; the atomic function drops it too).
 
 use serde_json::{Map, Value};
 
@@ -63,10 +67,12 @@ pub fn put_row(entry: &Entry, settings: &UploadSettings, user_id: &str) -> Map<S
     row
 }
 
-/// The columns a PATCH sets: the converted data, without the owner column in service mode.
-/// May be empty, in which case there is nothing to send.
+/// The columns a PATCH sets: the converted data, without `id` (a PATCH cannot rename a row) and
+/// without the owner column in service mode. May be empty, in which case there is nothing to
+/// send.
 pub fn patch_data(entry: &Entry, settings: &UploadSettings) -> Map<String, Value> {
     let mut data = converted(&entry.table, &entry.data, settings);
+    data.remove("id");
     if let WriteMode::Service { owner_column, .. } = &settings.mode {
         data.remove(owner_column);
     }
@@ -173,8 +179,17 @@ mod tests {
     }
 
     #[test]
-    fn rls_patch_data_keeps_every_column() {
+    fn rls_patch_data_keeps_every_column_but_id() {
         let data = patch_data(&entry(Op::Patch, json!({"owner": "x", "done": 0})), &settings());
         assert_eq!(data, map(json!({"owner": "x", "done": false})));
+    }
+
+    #[test]
+    fn patch_data_never_renames_the_primary_key() {
+        for settings in [settings(), service()] {
+            let data = patch_data(&entry(Op::Patch, json!({"id": "r2", "done": 1})), &settings);
+            assert_eq!(data, map(json!({"done": true})));
+            assert!(patch_data(&entry(Op::Patch, json!({"id": "r2"})), &settings).is_empty());
+        }
     }
 }

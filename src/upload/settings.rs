@@ -24,11 +24,14 @@
 //! | `UPLOAD_MAX_ENTRIES` | 10000 | most CRUD entries per upload |
 //! | `UPLOAD_MAX_TRANSACTIONS` | 1000 | most transactions per upload |
 //! | `UPLOAD_RETRY_AFTER_SECONDS` | 5 | `Retry-After` suggested when the client must retry |
+//! | `UPLOAD_ALLOW_ANONYMOUS` | `false` | service mode only: accept uploads from anonymous sign-ins (`is_anonymous: true`) |
+//! | `UPLOAD_ERROR_CLASS_OVERRIDES` | none | `code:fatal` / `code:retryable` list overriding how an answer's code is classified |
 
 use std::collections::BTreeSet;
 use std::fmt;
 
 use super::crud::Limits;
+use super::outcome::{ClassOverrides, ErrorClass};
 use crate::config::{Problem, Reader};
 
 /// Default for [`UploadSettings::subrequest_budget`]: the Workers Free plan allows 50
@@ -71,6 +74,12 @@ pub struct UploadSettings {
     pub limits: Limits,
     /// `UPLOAD_RETRY_AFTER_SECONDS`: the delay suggested to a client that must retry (default 5).
     pub retry_after_seconds: u64,
+    /// `UPLOAD_ERROR_CLASS_OVERRIDES`: codes the operator classifies otherwise (default none).
+    pub error_class_overrides: ClassOverrides,
+    /// `UPLOAD_ALLOW_ANONYMOUS` (service mode only; default false): whether sessions of anonymous
+    /// sign-ins may upload. In service mode the worker is the only guard (RLS is bypassed), and
+    /// anyone can create an anonymous session with the public anon key.
+    pub allow_anonymous: bool,
 }
 
 impl UploadSettings {
@@ -89,7 +98,17 @@ impl UploadSettings {
             dead_letter_table: None,
             limits: Limits::default(),
             retry_after_seconds: DEFAULT_RETRY_AFTER_SECONDS,
+            error_class_overrides: ClassOverrides::default(),
+            allow_anonymous: false,
         }
+    }
+
+    /// Whether a verified session may upload: in service mode, an anonymous sign-in
+    /// (`is_anonymous: true`) only with `UPLOAD_ALLOW_ANONYMOUS`; in rls mode always (the RLS
+    /// policies decide, and can read `auth.jwt() ->> 'is_anonymous'`).
+    pub fn admits(&self, claims: &serde_json::Map<String, serde_json::Value>) -> bool {
+        let anonymous = claims.get("is_anonymous").and_then(serde_json::Value::as_bool).unwrap_or(false);
+        !anonymous || self.allow_anonymous || self.mode == WriteMode::Rls
     }
 }
 
@@ -109,6 +128,8 @@ impl fmt::Debug for UploadSettings {
             .field("dead_letter_table", &self.dead_letter_table)
             .field("limits", &self.limits)
             .field("retry_after_seconds", &self.retry_after_seconds)
+            .field("error_class_overrides", &self.error_class_overrides)
+            .field("allow_anonymous", &self.allow_anonymous)
             .finish()
     }
 }
@@ -211,10 +232,19 @@ pub fn read(reader: &mut Reader, supabase_url: Option<String>) -> Option<UploadS
             as usize,
     };
     let retry_after_seconds = reader.number("UPLOAD_RETRY_AFTER_SECONDS", DEFAULT_RETRY_AFTER_SECONDS, 1..=3600);
+    let error_class_overrides = class_overrides(reader);
+    let allow_anonymous = reader.flag("UPLOAD_ALLOW_ANONYMOUS", false);
 
     // Rules that relate several variables (judged on what was asked for, so a service-mode
     // deployment missing its key still hears about every other problem).
     let service = reader.get("UPLOAD_MODE").is_some_and(|m| m.eq_ignore_ascii_case("service"));
+    if !service && reader.get("UPLOAD_ALLOW_ANONYMOUS").is_some() {
+        reader.problem(
+            "UPLOAD_ALLOW_ANONYMOUS",
+            "only used with UPLOAD_MODE=service; in rls mode your RLS policies decide (they can read \
+             auth.jwt() ->> 'is_anonymous')",
+        );
+    }
     if service && tables.is_none() {
         reader.problem(
             "UPLOAD_TABLES",
@@ -264,6 +294,8 @@ pub fn read(reader: &mut Reader, supabase_url: Option<String>) -> Option<UploadS
             dead_letter_table,
             limits,
             retry_after_seconds,
+            error_class_overrides,
+            allow_anonymous,
         }),
         _ => None,
     }
@@ -351,6 +383,42 @@ fn tables(r: &mut Reader) -> Option<BTreeSet<String>> {
     Some(tables)
 }
 
+/// `UPLOAD_ERROR_CLASS_OVERRIDES`: `code:class` items, comma-separated; class `fatal` or
+/// `retryable` (any case); a code as [`ClassOverrides::is_valid_key`] allows.
+fn class_overrides(r: &mut Reader) -> ClassOverrides {
+    const NAME: &str = "UPLOAD_ERROR_CLASS_OVERRIDES";
+    let mut overrides = ClassOverrides::default();
+    for item in r.list(NAME) {
+        let Some((code, class)) = item.split_once(':') else {
+            r.problem(NAME, format!("{item:?} is not of the form code:fatal or code:retryable"));
+            continue;
+        };
+        let code = code.trim();
+        let class = match class.trim().to_ascii_lowercase().as_str() {
+            "fatal" => ErrorClass::Fatal,
+            "retryable" => ErrorClass::Retryable,
+            other => {
+                r.problem(NAME, format!("{other:?} is not a class; use fatal or retryable"));
+                continue;
+            }
+        };
+        if !ClassOverrides::is_valid_key(code) {
+            r.problem(
+                NAME,
+                format!(
+                    "{code:?} is not a code: give a SQLSTATE (23514) or its class (P0), a PostgREST \
+                     code (PGRST204) or http_<status> (http_404)"
+                ),
+            );
+            continue;
+        }
+        if overrides.insert(code, class).is_some_and(|previous| previous != class) {
+            r.problem(NAME, format!("{code} is given two classes"));
+        }
+    }
+    overrides
+}
+
 fn columns(r: &mut Reader, name: &str, tables: Option<&BTreeSet<String>>) -> ColumnSet {
     let mut set = ColumnSet::default();
     let Some(value) = r.get(name) else { return set };
@@ -427,6 +495,7 @@ mod tests {
             ("UPLOAD_MAX_ENTRIES", "many"),
             ("UPLOAD_MAX_TRANSACTIONS", "0"),
             ("UPLOAD_RETRY_AFTER_SECONDS", "99999"),
+            ("UPLOAD_ERROR_CLASS_OVERRIDES", "23514:sometimes"),
         ]));
         assert_eq!(
             names,
@@ -442,8 +511,47 @@ mod tests {
                 "UPLOAD_MAX_ENTRIES",
                 "UPLOAD_MAX_TRANSACTIONS",
                 "UPLOAD_RETRY_AFTER_SECONDS",
+                "UPLOAD_ERROR_CLASS_OVERRIDES",
             ]
         );
+    }
+
+    #[test]
+    fn error_class_overrides_are_read() {
+        let s = read_vars(&with(&[(
+            "UPLOAD_ERROR_CLASS_OVERRIDES",
+            " PGRST204:Fatal, 23514:retryable,P0:retryable , http_404:fatal,",
+        )]))
+        .expect("valid");
+        let o = &s.error_class_overrides;
+        assert_eq!(o.get("PGRST204"), Some(ErrorClass::Fatal));
+        assert_eq!(o.get("23514"), Some(ErrorClass::Retryable));
+        assert_eq!(o.get("P0004"), Some(ErrorClass::Retryable), "a class covers its codes");
+        assert_eq!(o.get("http_404"), Some(ErrorClass::Fatal));
+        assert_eq!(o.get("23505"), None);
+        assert_eq!(read_vars(&BASE).expect("valid").error_class_overrides, ClassOverrides::default());
+    }
+
+    #[test]
+    fn invalid_error_class_overrides_are_reported_together() {
+        for bad in [
+            "23514",
+            "23514:maybe",
+            "2351:fatal",
+            "pgrst204:fatal",
+            "PGRST2040:fatal",
+            "http_200:fatal",
+            "http_4O4:fatal",
+            "network_error:fatal",
+            "23514:fatal,23514:retryable",
+        ] {
+            match read_vars(&with(&[("UPLOAD_ERROR_CLASS_OVERRIDES", bad)])) {
+                Err(problems) => {
+                    assert!(problems.iter().all(|p| p.name == "UPLOAD_ERROR_CLASS_OVERRIDES"), "{bad}: {problems:?}")
+                }
+                Ok(s) => panic!("{bad} accepted: {:?}", s.error_class_overrides),
+            }
+        }
     }
 
     #[test]
@@ -559,6 +667,41 @@ mod tests {
         let mut vars = with(&base);
         vars.push(("UPLOAD_OWNER_COLUMN", "user id"));
         assert_eq!(problem_names(&vars), vec!["UPLOAD_OWNER_COLUMN"]);
+    }
+
+    fn claims(value: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
+        value.as_object().cloned().unwrap_or_default()
+    }
+
+    const SERVICE: [(&str, &str); 4] = [
+        ("UPLOAD_MODE", "service"),
+        ("SUPABASE_SERVICE_ROLE_KEY", "k"),
+        ("UPLOAD_OWNER_COLUMN", "user_id"),
+        ("UPLOAD_TABLES", "todos"),
+    ];
+
+    #[test]
+    fn service_mode_refuses_anonymous_sessions_unless_allowed() {
+        let anonymous = claims(serde_json::json!({"sub": "u", "is_anonymous": true}));
+        let signed_in = claims(serde_json::json!({"sub": "u", "is_anonymous": false}));
+        let service = read_vars(&with(&SERVICE)).expect("valid");
+        assert!(!service.allow_anonymous);
+        assert!(!service.admits(&anonymous));
+        assert!(service.admits(&signed_in));
+        assert!(service.admits(&claims(serde_json::json!({"sub": "u"}))), "older tokens have no claim");
+        let mut vars = with(&SERVICE);
+        vars.push(("UPLOAD_ALLOW_ANONYMOUS", "true"));
+        assert!(read_vars(&vars).expect("valid").admits(&anonymous));
+        let rls = read_vars(&BASE).expect("valid");
+        assert!(rls.admits(&anonymous), "RLS policies decide in rls mode");
+    }
+
+    #[test]
+    fn allow_anonymous_is_refused_in_rls_mode() {
+        assert_eq!(problem_names(&with(&[("UPLOAD_ALLOW_ANONYMOUS", "true")])), vec!["UPLOAD_ALLOW_ANONYMOUS"]);
+        let mut vars = with(&SERVICE);
+        vars.push(("UPLOAD_ALLOW_ANONYMOUS", "perhaps"));
+        assert_eq!(problem_names(&vars), vec!["UPLOAD_ALLOW_ANONYMOUS"]);
     }
 
     #[test]

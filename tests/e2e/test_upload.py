@@ -6,7 +6,8 @@ Worker instances (started once for the module, in parallel, see `instances`):
              UPLOAD_BOOLEAN_COLUMNS=todos.completed
   service    UPLOAD_MODE=service, UPLOAD_TABLES=profiles, UPLOAD_OWNER_COLUMN=user_id
   atomic     UPLOAD_ATOMIC=true
-  dead       UPLOAD_DEAD_LETTER_TABLE=powersync_dead_letters
+  dead       UPLOAD_DEAD_LETTER_TABLE=powersync_dead_letters,
+             UPLOAD_ERROR_CLASS_OVERRIDES=PGRST204:fatal,42703:fatal
   budget     UPLOAD_SUBREQUEST_BUDGET=5
   refused    SUPABASE_URL = a closed loopback port (HS256 sessions still verify locally)
 
@@ -16,10 +17,12 @@ Every test gets emptied tables and a reset stand-in (`db`), and fresh uuids.
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
+import psycopg
 import pytest
 
 from tests.e2e.conftest import ANON_KEY, make_token
@@ -44,7 +47,8 @@ def instances(base_vars, start_worker):
         "service": {**base_vars, "UPLOAD_MODE": "service", "UPLOAD_TABLES": "profiles",
                     "UPLOAD_OWNER_COLUMN": "user_id"},
         "atomic": {**base_vars, "UPLOAD_ATOMIC": "true"},
-        "dead": {**base_vars, "UPLOAD_DEAD_LETTER_TABLE": DEAD_LETTERS},
+        "dead": {**base_vars, "UPLOAD_DEAD_LETTER_TABLE": DEAD_LETTERS,
+                 "UPLOAD_ERROR_CLASS_OVERRIDES": "PGRST204:fatal,42703:fatal"},
         "budget": {**base_vars, "UPLOAD_SUBREQUEST_BUDGET": "5"},
         "refused": {**base_vars, "SUPABASE_URL": refused_url},
     }
@@ -264,6 +268,21 @@ def test_patch_updates_only_the_given_columns(rls_worker, db, user):
         {k: v for k, v in before.items() if k != "description"}
 
 
+def test_patch_cannot_rename_the_primary_key(rls_worker, db, user):
+    # The client keeps addressing the row by its id; a PATCH that moved it to another id would
+    # detach it from every later write (and could collide with another row).
+    sub, token = user
+    profile, stolen = "p-" + new_id(), "p-" + new_id()
+    insert_profile(db, profile, sub, handle="h-" + new_id(), active=False)
+    response = upload(rls_worker, token, body(tx(
+        patch("profiles", profile, {"id": stolen, "active": True}),
+        patch("profiles", profile, {"id": stolen}),
+    )))
+    assert statuses(response) == ["success"], response.text
+    assert row(db, "profiles", profile)["active"] is True
+    assert row(db, "profiles", stolen) is None
+
+
 def test_patch_with_null_sets_the_column_to_null(rls_worker, db, user):
     sub, token = user
     list_id = insert_list(db, sub)
@@ -308,6 +327,34 @@ def test_puts_with_different_columns_are_not_merged_into_one_upsert(rls_worker, 
     assert (row(db, "todos", fresh)["priority"], row(db, "todos", fresh)["tags"]) == (1, ["new"])
 
 
+@pytest.fixture
+def notes_table(db):
+    """A table whose `id` is unique but not its primary key (a surrogate key is)."""
+    db.execute("create table public.notes (pk bigserial primary key, id text not null unique, "
+               "body text)")
+    db.execute("grant all on table public.notes to authenticated, service_role")
+    db.execute("grant usage on sequence public.notes_pk_seq to authenticated, service_role")
+    yield "notes"
+    db.execute("drop table public.notes")
+
+
+def test_put_of_an_existing_row_upserts_by_id_when_id_is_not_the_primary_key(
+        rls_worker, db, user, notes_table):
+    # Without ?on_conflict=id PostgREST would upsert on the primary key (pk), so re-sending a PUT
+    # (a retry after a lost answer) would fail for good with 23505 on the id's unique index.
+    _, token = user
+    note = "n-" + new_id()
+    first = upload(rls_worker, token, body(tx(put(notes_table, note, body="v1"), tid=1)))
+    assert statuses(first) == ["success"], first.text
+    again = upload(rls_worker, token, body(tx(put(notes_table, note, body="v2"),
+                                              put(notes_table, "m-" + new_id(), body="other"),
+                                              tid=2)))
+    assert again.status_code == 200, again.text
+    assert statuses(again) == ["success"], again.text
+    assert db.execute("select body from notes where id = %s", (note,)).fetchone() == ("v2",)
+    assert db.execute("select count(*) from notes").fetchone() == (2,)
+
+
 def test_entries_on_the_same_row_apply_in_order(rls_worker, db, user):
     sub, token = user
     twice, recreated, gone = new_id(), new_id(), new_id()
@@ -326,6 +373,37 @@ def test_entries_on_the_same_row_apply_in_order(rls_worker, db, user):
     assert row(db, "lists", twice)["name"] == "second"
     assert row(db, "lists", recreated)["name"] == "v2"
     assert row(db, "lists", gone) is None
+
+
+def test_two_puts_of_one_id_in_a_bulk_upsert_are_merged_and_the_later_wins(rls_worker, db,
+                                                                          standin, user):
+    sub, token = user
+    a, b = new_id(), new_id()
+    response = upload(rls_worker, token, body(tx(
+        put("lists", a, name="a v1", owner_id=sub),
+        put("lists", b, name="b", owner_id=sub),
+        put("lists", a, name="a v2", owner_id=sub),
+    )))
+    assert statuses(response) == ["success"], response.text
+    assert requests_made(standin) == 1, "one bulk upsert"
+    assert (row(db, "lists", a)["name"], row(db, "lists", b)["name"]) == ("a v2", "b")
+
+
+def test_ids_equal_only_after_casting_are_applied_in_order_not_refused(rls_worker, db, standin,
+                                                                       user):
+    # A uuid in upper and in lower case is one row: one upsert of both would fail with 21000
+    sub, token = user
+    lower, other = new_id(), new_id()
+    response = upload(rls_worker, token, body(tx(
+        put("lists", lower.upper(), name="first", owner_id=sub),
+        put("lists", other, name="other", owner_id=sub),
+        put("lists", lower, name="second", owner_id=sub),
+    )))
+    assert response.status_code == 200, response.text
+    assert statuses(response) == ["success"], response.text
+    assert row(db, "lists", lower)["name"] == "second"
+    assert row(db, "lists", other)["name"] == "other"
+    assert count(db, "lists") == 2
 
 
 def test_entry_id_is_the_row_id_and_numeric_ids_are_text(rls_worker, db, user):
@@ -439,6 +517,33 @@ def test_ids_with_special_characters_touch_exactly_their_row(rls_worker, db, sta
     assert count(db, "profiles") == len(kept) + len(decoys)
 
 
+def test_id_with_nul_is_fatal_never_sent_and_dead_lettered(dead_letter_worker, db, standin,
+                                                          user):
+    # PostgREST cuts an in.(…) value at its first NUL: a merged DELETE of "<x>\0b" would have
+    # deleted row <x>.
+    sub, token = user
+    victim, other = "p-" + new_id(), "p-" + new_id()
+    for p in (victim, other):
+        insert_profile(db, p, sub, handle="h-" + new_id())
+    later = new_id()
+    response = upload(dead_letter_worker, token, body(
+        tx(delete("profiles", other), delete("profiles", victim + "\u0000b"), tid="nul"),
+        tx(patch("profiles", other, active=True), patch("profiles", victim + "\u0000", active=True),
+           tid="nul-patch"),
+        tx(put("lists", later, name="later", owner_id=sub), tid="later"),
+    ))
+    assert response.status_code == 200, response.text
+    assert statuses(response) == ["fatal_error", "fatal_error", "success"]
+    for n in (0, 1):
+        assert (failure(response, n)["code"], failure(response, n)["index"]) == ("invalid_id", 1)
+    assert row(db, "profiles", victim) is not None, "the NUL id touched another row"
+    assert row(db, "profiles", other) is not None, "nothing of the transaction was sent"
+    assert [e["path"] for e in standin.requests_log()].count("/rest/v1/profiles") == 0
+    letters = [r[0] for r in db.execute(
+        f"select transaction_id from {DEAD_LETTERS} order by id")]
+    assert letters == ["nul", "nul-patch"]
+
+
 # =========================================================================== RLS mode
 def test_rls_user_cannot_update_or_delete_another_users_rows(rls_worker, db, user, other_user):
     a, _ = user
@@ -538,6 +643,23 @@ def test_service_mode_put_onto_another_users_id_is_fatal_42501(service_worker, d
     assert row(db, "profiles", later)["user_id"] == b
 
 
+def test_service_mode_refuses_anonymous_sign_ins(service_worker, db, standin, session_token):
+    # The service key bypasses RLS and anyone can sign in anonymously with the public anon key:
+    # unless UPLOAD_ALLOW_ANONYMOUS=true, such sessions write nothing (403; the client keeps its
+    # queue, e.g. until the user links a permanent account: the sub stays the same).
+    sub = new_id()
+    profile = "p-" + new_id()
+    payload = body(tx(put("profiles", profile, handle="h-" + new_id())))
+    response = upload(service_worker, session_token(sub, is_anonymous=True), payload)
+    assert response.status_code == 403, response.text
+    assert response.json()["code"] == "anonymous_not_allowed"
+    assert requests_made(standin) == 0
+    assert row(db, "profiles", profile) is None
+    signed_in = upload(service_worker, session_token(sub, is_anonymous=False), payload)
+    assert statuses(signed_in) == ["success"], signed_in.text
+    assert row(db, "profiles", profile)["user_id"] == sub
+
+
 def test_service_mode_refuses_tables_outside_the_allowlist(service_worker, db, standin, user):
     sub, token = user
     list_id = new_id()
@@ -602,16 +724,61 @@ def test_data_error_is_fatal_with_its_code_and_index_and_later_transactions_succ
     assert row(db, failing["table"], failing["id"]) is None
 
 
-def test_unknown_column_is_fatal(rls_worker, db, user):
+def test_permanent_error_that_postgrest_answers_500_is_fatal_not_retried_for_ever(
+        rls_worker, db, standin, user):
+    # An index row too large (54000) is a property of the row: PostgREST answers 500, and
+    # retrying would fail the same way for ever, blocking every later write of this user.
     sub, token = user
-    list_id, later = new_id(), new_id()
+    huge_handle = os.urandom(12_000).hex()  # incompressible: the unique index cannot hold it
+    profile, later = "p-" + new_id(), new_id()
     response = upload(rls_worker, token, body(
-        tx(put("lists", list_id, name="n", owner_id=sub, no_such_column=1)),
-        tx(put("lists", later, name="later", owner_id=sub)),
+        tx(put("profiles", profile, user_id=sub, handle=huge_handle), tid=1),
+        tx(put("lists", later, name="later", owner_id=sub), tid=2),
     ))
     assert response.status_code == 200, response.text
     assert statuses(response) == ["fatal_error", "success"]
-    assert failure(response, 0)["code"] in ("PGRST204", "42703"), failure(response, 0)
+    f = failure(response, 0)
+    assert (f["code"], f["index"], f["http_status"]) == ("54000", 0, 500), f
+    assert row(db, "profiles", profile) is None
+    assert row(db, "lists", later) is not None
+
+
+@pytest.mark.parametrize("case", ["unknown_column", "unknown_table"])
+def test_schema_drift_is_retryable_with_a_longer_retry_after(rls_worker, db, user, case):
+    # An app release that writes a column (or table) before its migration ships: the operator
+    # fixes the schema and the queued writes go through; discarding them would lose them.
+    sub, token = user
+    list_id, later = new_id(), new_id()
+    drifting = (put("lists", list_id, name="n", owner_id=sub, added_in_v2=1)
+                if case == "unknown_column" else put("lists_v2", list_id, name="n"))
+    response = upload(rls_worker, token, body(
+        tx(drifting, tid=1),
+        tx(put("lists", later, name="later", owner_id=sub), tid=2),
+    ))
+    assert_retry_response(response)
+    assert int(response.headers["Retry-After"]) >= 60
+    assert statuses(response) == ["retryable_error", "not_attempted"]
+    f = failure(response, 0)
+    assert f["code"] in (("PGRST204", "42703") if case == "unknown_column"
+                         else ("PGRST205", "42P01", "http_404")), f
+    assert response.json()["results"][0]["retry_after_ms"] >= 60_000
+    assert count(db, "lists") == 0
+
+
+def test_operator_override_makes_a_schema_drift_code_fatal_and_dead_lettered(
+        dead_letter_worker, db, user):
+    # UPLOAD_ERROR_CLASS_OVERRIDES=PGRST204:fatal,42703:fatal on this worker
+    sub, token = user
+    list_id, later = new_id(), new_id()
+    response = upload(dead_letter_worker, token, body(
+        tx(put("lists", list_id, name="n", owner_id=sub, never_a_column=1), tid=1),
+        tx(put("lists", later, name="later", owner_id=sub), tid=2),
+    ))
+    assert response.status_code == 200, response.text
+    assert statuses(response) == ["fatal_error", "success"]
+    assert failure(response, 0)["code"] in ("PGRST204", "42703")
+    letters = [r[0] for r in db.execute(f"select code from {DEAD_LETTERS}")]
+    assert letters == [failure(response, 0)["code"]]
     assert row(db, "lists", list_id) is None and row(db, "lists", later) is not None
 
 
@@ -706,11 +873,14 @@ def test_upstream_5xx_is_retryable_and_later_transactions_not_attempted(
     {"status": 401, "body": {"message": "Invalid API key"}},
     {"status": 404, "body": "<html>not found</html>"},
     {"status": 429, "body": "slow down"},
+    {"status": 402, "body": {"message": "Service for this project is restricted due to "
+                                        "exceeding usage quota"}},
     {"status": 500, "body": {"code": "40001", "message": "could not serialize access",
                              "details": None, "hint": None}},
     {"status": 503, "body": {"code": "PGRST001", "message": "Database client error",
                              "details": None, "hint": None}},
-], ids=["gateway-401", "gateway-404", "429", "serialization-40001", "db-unreachable-PGRST001"])
+], ids=["gateway-401", "gateway-404", "429", "restricted-project-402", "serialization-40001",
+        "db-unreachable-PGRST001"])
 def test_transient_upstream_errors_are_retryable_not_fatal(rls_worker, db, standin, user, fault):
     # a fatal answer here would make the client discard data that retrying would have saved
     sub, token = user
@@ -877,6 +1047,43 @@ def test_subrequest_budget_is_respected_and_the_remainder_completes_on_resend(
     assert all(row(db, "todos", t) is None for t in todos)
 
 
+def _too_big_for_five(db, sub):
+    """A transaction of 6 PATCHes with different data: 6 requests, over a budget of 5."""
+    list_id = insert_list(db, sub)
+    todos = [insert_todo(db, sub, list_id, f"t{i}") for i in range(6)]
+    return todos, tx(*[patch("todos", t, priority=i % 6) for i, t in enumerate(todos)], tid="big")
+
+
+def test_transaction_too_big_for_the_budget_is_applied_through_the_atomic_function(
+        budget_worker, db, standin, user):
+    sub, token = user
+    todos, big = _too_big_for_five(db, sub)
+    response = upload(budget_worker, token, body(big))
+    assert response.status_code == 200, response.text
+    assert statuses(response) == ["success"]
+    assert [e["path"] for e in standin.requests_log()] == [RPC_PATH]
+    assert [row(db, "todos", t)["priority"] for t in todos] == [0, 1, 2, 3, 4, 5]
+
+
+def test_transaction_too_big_for_the_budget_without_the_atomic_function_is_fatal_naming_it(
+        budget_worker, db, standin, user):
+    sub, token = user
+    todos, big = _too_big_for_five(db, sub)
+    db.execute("alter function public.powersync_apply_transaction(jsonb, text, text) "
+               "rename to powersync_apply_transaction_away")
+    try:
+        response = upload(budget_worker, token, body(big))
+    finally:
+        db.execute("alter function public.powersync_apply_transaction_away(jsonb, text, text) "
+                   "rename to powersync_apply_transaction")
+    assert response.status_code == 200, response.text
+    assert statuses(response) == ["fatal_error"]
+    f = failure(response, 0)
+    assert (f["code"], f["index"]) == ("too_many_requests_for_budget", None), f
+    assert "atomic mode" in f["message"], f
+    assert all(row(db, "todos", t)["priority"] is None for t in todos)
+
+
 def test_thousand_puts_with_identical_columns_are_one_request(budget_worker, db, standin, user):
     sub, token = user
     ids = [new_id() for _ in range(1000)]
@@ -938,6 +1145,56 @@ def test_atomic_transaction_is_one_rpc_request(atomic_worker, db, standin, user)
     assert row(db, "lists", old_list)["name"] == "renamed"
 
 
+def test_atomic_function_pins_its_search_path_so_public_objects_cannot_shadow_built_ins(
+        atomic_worker, pg, db, user):
+    # Anyone who can create functions in public could otherwise slip in a better match for a
+    # built-in the function calls (format(text, text) beats pg_catalog's variadic format) and
+    # have it run with the caller's rights on every upload.
+    config = db.execute("select proconfig from pg_proc where oid = "
+                        "'public.powersync_apply_transaction(jsonb,text,text)'::regprocedure"
+                        ).fetchone()[0]
+    assert config == ["search_path=pg_catalog, pg_temp"]
+    sub, token = user
+    db.execute("create table public.shadow_calls (arg text)")
+    db.execute("grant insert on public.shadow_calls to authenticated, service_role")
+    db.execute("create function public.format(f text, a text) returns text language plpgsql as "
+               "$$ begin insert into public.shadow_calls values (a); "
+               "return pg_catalog.format(f, a); end $$")
+    try:
+        l1, l2 = new_id(), new_id()
+        response = upload(atomic_worker, token, body(tx(put("lists", l1, name="a", owner_id=sub),
+                                                        put("lists", l2, name="b", owner_id=sub))))
+        assert statuses(response) == ["success"], response.text
+        assert row(db, "lists", l2)["name"] == "b"
+        assert db.execute("select count(*) from public.shadow_calls").fetchone() == (0,), \
+            "a function in public ran inside the atomic upload"
+    finally:
+        db.execute("drop function public.format(text, text)")
+        db.execute("drop table public.shadow_calls")
+
+
+def test_ambiguous_atomic_function_overload_is_retryable_until_the_operator_drops_it(
+        atomic_worker, db, user):
+    # A second powersync_apply_transaction the same call could mean (PGRST203) is a setup
+    # mistake, like a missing function (PGRST202): the writes wait until it is fixed.
+    sub, token = user
+    list_id = new_id()
+    payload = body(tx(put("lists", list_id, name="l", owner_id=sub), tid=1))
+    db.execute("create function public.powersync_apply_transaction(ops jsonb, dry_run boolean "
+               "default false) returns jsonb language sql as $$ select '{}'::jsonb $$")
+    try:
+        response = upload(atomic_worker, token, payload)
+        assert_retry_response(response)
+        assert statuses(response) == ["retryable_error"], response.text
+        assert failure(response, 0)["code"] == "PGRST203"
+        assert row(db, "lists", list_id) is None
+    finally:
+        db.execute("drop function public.powersync_apply_transaction(jsonb, boolean)")
+    again = upload(atomic_worker, token, payload)
+    assert statuses(again) == ["success"], again.text
+    assert row(db, "lists", list_id)["name"] == "l"
+
+
 # =========================================================================== dead letters
 def test_fatal_transactions_are_recorded_in_the_dead_letter_table(dead_letter_worker, db, user):
     sub, token = user
@@ -962,11 +1219,72 @@ def test_fatal_transactions_are_recorded_in_the_dead_letter_table(dead_letter_wo
     assert first["code"] == "23514"
     assert first["message"]
     assert first["entry"] == {"op": "PUT", "table": "todos", "id": bad_todo, "data": bad_data}
+    # the whole transaction, in order, with what became of each entry
+    assert first["entries"] == [
+        {"op": "PATCH", "table": "lists", "id": list_id, "data": {"name": "x"}, "state": "applied"},
+        {"op": "PUT", "table": "todos", "id": bad_todo, "data": {**bad_data, "id": bad_todo},
+         "state": "failed"},
+    ]
     assert (second["user_id"], second["transaction_id"], second["op_index"], second["code"]) == \
         (sub, "7", 0, "23503")
     assert second["entry"]["id"] == orphan
     recorded_ids = {json.dumps(letter["entry"]) for letter in letters}
     assert not any(ok1 in e or ok2 in e for e in recorded_ids), "successes are not recorded"
+
+
+def test_transaction_whose_dead_letter_cannot_be_written_is_kept_not_discarded(
+        dead_letter_worker, db, standin, user):
+    sub, token = user
+    list_id, bad, later = insert_list(db, sub), new_id(), new_id()
+    payload = body(
+        tx(put("todos", bad, description="p9", list_id=list_id, created_by=sub, priority=9), tid=1),
+        tx(put("lists", later, name="later", owner_id=sub), tid=2),
+    )
+    standin.add_fault({"status": 503, "path_prefix": f"/rest/v1/{DEAD_LETTERS}"})
+    response = upload(dead_letter_worker, token, payload)
+    assert_retry_response(response)
+    assert statuses(response) == ["retryable_error", "not_attempted"], response.text
+    f = failure(response, 0)
+    assert (f["code"], f["index"]) == ("dead_letter_failed", 0), f
+    assert f["message"].startswith("23514: "), f
+    assert count(db, DEAD_LETTERS) == 0
+    # once the table takes writes again the client's retry records it and completes
+    again = upload(dead_letter_worker, token, payload)
+    assert statuses(again) == ["fatal_error", "success"], again.text
+    assert count(db, DEAD_LETTERS) == 1
+
+
+def test_dead_lettered_transaction_is_replayed_once_its_cause_is_fixed(
+        dead_letter_worker, db, user):
+    # A todo written before its list exists (23503) is dead-lettered with its transaction; the
+    # operator creates the list and replays what was not applied, all or nothing.
+    sub, token = user
+    home, missing = insert_list(db, sub, "home"), new_id()
+    done, first, second = insert_todo(db, sub, home, "done"), new_id(), new_id()
+    response = upload(dead_letter_worker, token, body(tx(
+        patch("todos", done, completed=True),
+        put("todos", first, description="one", list_id=missing, created_by=sub, tags=None),
+        put("todos", second, description="two", list_id=missing, created_by=sub, tags='["x"]'),
+        delete("todos", done),
+        tid="late-list")))
+    assert statuses(response) == ["fatal_error"], response.text
+    assert (failure(response, 0)["code"], failure(response, 0)["index"]) == ("23503", 1)
+    letter_id, entries = db.execute(
+        f"select id, entries from {DEAD_LETTERS} where transaction_id = 'late-list'").fetchone()
+    assert [e["state"] for e in entries] == ["applied", "failed", "failed", "not_attempted"]
+    assert row(db, "todos", done)["completed"] is True, "the applied prefix stays applied"
+
+    db.execute("insert into lists (id, name, owner_id) values (%s, 'late', %s)", (missing, sub))
+    db.execute("update todos set completed = false where id = %s", (done,))  # a later write
+    result = db.execute("select public.powersync_replay_dead_letter(%s)", (letter_id,)).fetchone()[0]
+    assert result == {"applied": 3, "dead_letter_id": letter_id}
+    assert row(db, "todos", first)["list_id"] == missing
+    assert row(db, "todos", second)["tags"] == '["x"]', "the data as the bridge wrote it"
+    assert row(db, "todos", done) is None, "the DELETE that was never attempted is applied"
+    assert db.execute(f"select replayed_at is not null from {DEAD_LETTERS} where id = %s",
+                      (letter_id,)).fetchone() == (True,)
+    with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState):
+        db.execute("select public.powersync_replay_dead_letter(%s)", (letter_id,))
 
 
 # =========================================================================== logs
