@@ -2,6 +2,7 @@
 #   make dev    run the worker locally (installs what is missing; embedded default configuration)
 #   make test   run every test (native + end-to-end in workerd against PostgreSQL)
 #   make bench  run the benchmarks (not part of make test; see bench/README.md)
+#   make soak   the long model-based fault soak (20,000 operations per mode; tests/soak)
 # Everything installs itself where missing and is quick the second time.
 
 SHELL := /bin/bash
@@ -15,7 +16,7 @@ RUST_SOURCES := $(shell find src -name '*.rs') Cargo.toml Cargo.lock
 DEVTOOL := target/debug/devtool
 DEV_PORT ?= 8787
 
-.PHONY: dev test test-native test-e2e build tools postgres venv clean bench
+.PHONY: dev test test-native test-e2e build tools postgres venv clean bench soak
 
 ## Tools -------------------------------------------------------------------------------------
 
@@ -71,6 +72,12 @@ test-e2e: tools postgres venv build $(DEVTOOL)
 # bench/results.md and bench/results.json.
 bench:
 	bash bench/run.sh
+
+## Soak --------------------------------------------------------------------------------------
+
+# SOAK_OPERATIONS (default 20000 per mode), SOAK_SEED, SOAK_MODES=rls,service,atomic, SOAK_CLIENTS.
+soak: tools postgres venv build
+	$(PY) -m tests.soak
 
 clean:
 	rm -rf build target/wasm $(VENV)
