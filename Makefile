@@ -3,6 +3,7 @@
 #   make test   run every test (native, the connector package, end-to-end in workerd against
 #               PostgreSQL with the real PowerSync service and the official SDK)
 #   make bench  run the benchmarks (not part of make test; see bench/README.md)
+#   make soak   the long model-based fault soak (20,000 operations per mode; tests/soak)
 # Everything installs itself where missing and is quick the second time.
 
 SHELL := /bin/bash
@@ -24,7 +25,7 @@ CONNECTOR := clients/typescript
 CONNECTOR_SOURCES := $(wildcard $(CONNECTOR)/src/*.ts) $(CONNECTOR)/package-lock.json $(CONNECTOR)/tsconfig.json
 SDK := tests/sdk
 
-.PHONY: dev test test-native test-connector test-e2e build tools postgres venv powersync sdk clean bench
+.PHONY: dev test test-native test-connector test-e2e build tools postgres venv powersync sdk clean bench soak
 
 ## Tools -------------------------------------------------------------------------------------
 
@@ -105,6 +106,12 @@ test-e2e: tools postgres venv build $(DEVTOOL) powersync sdk
 # bench/results.md and bench/results.json.
 bench:
 	$(WITH_NODE) bash bench/run.sh
+
+## Soak --------------------------------------------------------------------------------------
+
+# SOAK_OPERATIONS (default 20000 per mode), SOAK_SEED, SOAK_MODES=rls,service,atomic, SOAK_CLIENTS.
+soak: tools postgres venv build
+	$(WITH_NODE) $(PY) -m tests.soak
 
 clean:
 	rm -rf build target/wasm $(VENV)

@@ -1,0 +1,149 @@
+"""The soak's model of the database: the demo schema's lists and todos, and what one CRUD entry
+does to them in each mode, as PostgreSQL (constraints, RLS) and the bridge's rules decide.
+
+Rows are kept by logical table ("lists", "todos") with logical columns; `owner` stands for the
+owner column (lists.owner_id, todos.created_by in the demo schema; owner_id in both tables of the
+service-mode variant, tests/soak/service_schema.sql). `Schema` maps them to the real names.
+
+Semantics (README "/powersync-upload", sql/atomic_upload.sql, tests/sql/test_schema.sql):
+- PUT = insert with the given columns (others get their defaults), or on an existing id update
+  only the given columns.
+  RLS mode: refused (42501) when the existing row belongs to someone else (ON CONFLICT DO
+  UPDATE needs the UPDATE policy's USING) or the new row's owner is not the caller (WITH CHECK).
+  Service mode: the owner column is forced to the caller; refused (42501) when the existing
+  row belongs to someone else (ownership check).
+- PATCH = update the given columns of the row with that id if the caller can see it (RLS: own
+  rows; service: the owner filter), else nothing. `id` is dropped; in service mode the owner
+  column too; nothing left = nothing sent. RLS mode: a new owner other than the caller is
+  refused (42501, WITH CHECK).
+- DELETE = delete the row if the caller can see it; deleting a list deletes its todos
+  (on delete cascade, which RLS does not filter).
+- Constraints: todos.priority between 0 and 5 or null (23514); todos.list_id must name an
+  existing list (23503; foreign keys ignore RLS, so another user's list counts).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+LIST_COLUMNS = ("name", "owner")
+TODO_COLUMNS = ("description", "completed", "owner", "list_id", "priority")
+DEFAULTS = {"lists": {}, "todos": {"completed": False, "priority": None}}
+
+
+@dataclass(frozen=True)
+class Schema:
+    lists: str = "lists"
+    todos: str = "todos"
+    list_owner: str = "owner_id"
+    todo_owner: str = "created_by"
+
+    def table(self, logical: str) -> str:
+        return self.lists if logical == "lists" else self.todos
+
+    def logical(self, table: str) -> str:
+        return "lists" if table == self.lists else "todos"
+
+    def owner(self, logical: str) -> str:
+        return self.list_owner if logical == "lists" else self.todo_owner
+
+    def to_wire(self, logical: str, data: dict) -> dict:
+        owner = self.owner(logical)
+        return {(owner if k == "owner" else k): v for k, v in data.items()}
+
+    def from_wire(self, logical: str, data: dict) -> dict:
+        owner = self.owner(logical)
+        return {("owner" if k == owner else k): v for k, v in data.items()}
+
+
+DEMO = Schema()
+SERVICE = Schema(lists="soak_lists", todos="soak_todos", list_owner="owner_id", todo_owner="owner_id")
+
+
+@dataclass
+class Entry:
+    """One CRUD entry in logical terms. `data` is None for DELETE."""
+    op: str
+    table: str  # logical
+    id: str
+    data: dict | None = None
+
+    def wire(self, schema: Schema) -> dict:
+        e = {"op": self.op, "table": schema.table(self.table), "id": self.id}
+        if self.data is not None:
+            e["data"] = schema.to_wire(self.table, self.data)
+        return e
+
+
+class Refused(Exception):
+    def __init__(self, code: str, why: str):
+        super().__init__(f"{code}: {why}")
+        self.code = code
+        self.why = why
+
+
+class State:
+    """Rows by logical table and id."""
+
+    def __init__(self, tables: dict[str, dict[str, dict]] | None = None):
+        self.tables = tables or {"lists": {}, "todos": {}}
+
+    def copy(self) -> "State":
+        return State(copy.deepcopy(self.tables))
+
+    def apply(self, entry: Entry, user: str, service: bool) -> None:
+        """Applies `entry` as `user`; raises Refused (and changes nothing) when the database or
+        the bridge would refuse it."""
+        rows = self.tables[entry.table]
+        current = rows.get(entry.id)
+        if entry.op == "PUT":
+            data = dict(entry.data or {})
+            data.pop("id", None)
+            if service:
+                data["owner"] = user
+                if current is not None and current["owner"] != user:
+                    raise Refused("42501", "ownership check: another user's row")
+            elif current is not None and current["owner"] != user:
+                raise Refused("42501", "RLS: upsert onto another user's row")
+            new = dict(current) if current is not None else dict(DEFAULTS[entry.table])
+            new.update(data)
+            if not service and new.get("owner") != user:
+                raise Refused("42501", "RLS: new row owned by someone else")
+            self._check(entry.table, new)
+            rows[entry.id] = new
+        elif entry.op == "PATCH":
+            data = dict(entry.data or {})
+            data.pop("id", None)
+            if service:
+                data.pop("owner", None)
+            if not data or current is None or current["owner"] != user:
+                return
+            new = {**current, **data}
+            if not service and new["owner"] != user:
+                raise Refused("42501", "RLS: update gives the row to someone else")
+            self._check(entry.table, new)
+            rows[entry.id] = new
+        elif entry.op == "DELETE":
+            if current is None or current["owner"] != user:
+                return
+            del rows[entry.id]
+            if entry.table == "lists":
+                todos = self.tables["todos"]
+                for tid in [t for t, row in todos.items() if row["list_id"] == entry.id]:
+                    del todos[tid]
+        else:
+            raise ValueError(entry.op)
+
+    def _check(self, table: str, row: dict) -> None:
+        if table == "lists":
+            if row.get("name") is None:
+                raise Refused("23502", "lists.name is null")
+            return
+        if row.get("description") is None:
+            raise Refused("23502", "todos.description is null")
+        p = row.get("priority")
+        if p is not None and not 0 <= p <= 5:
+            raise Refused("23514", f"priority {p}")
+        if row.get("list_id") not in self.tables["lists"]:
+            raise Refused("23503", f"list {row.get('list_id')} does not exist")

@@ -1,0 +1,260 @@
+"""A fault-injecting HTTP proxy for the soak: worker -> proxy -> PostgREST stand-in.
+
+The worker's `SUPABASE_URL` points at the proxy. For every request under `/rest/v1` the proxy
+draws one fault kind from a seeded RNG (only while faults are on; the session path `/auth/v1`
+and everything else always passes):
+
+  pass         forwarded, answer relayed
+  http_500     answered 500 without a PostgREST code, never forwarded
+  http_503     answered 503 without a PostgREST code, never forwarded
+  hang         never forwarded; the connection is held past the worker's timeout, then reset
+  reset        never forwarded; the connection is reset at once (TCP RST)
+  drop_answer  forwarded and applied upstream, then the answer is dropped (connection reset)
+  hang_after   forwarded and applied upstream, then held past the worker's timeout, then reset
+
+"drop_answer" and "hang_after" are the "applied, answer lost" faults: the stand-in has finished
+the request (its database transaction is committed) before the proxy decides not to answer, so
+nothing is applied after the worker has given up on a request (no late writes).
+"""
+
+from __future__ import annotations
+
+import http.client
+import random
+import socket
+import struct
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
+
+KINDS = ("pass", "http_500", "http_503", "hang", "reset", "drop_answer", "hang_after")
+
+# Default per-request probabilities while faults are on (the rest passes).
+# About one request in 13 fails: an upload of ~10 requests then completes whole about half the
+# time, and otherwise completes its leading transactions (the rest is re-sent).
+DEFAULT_RATES = {"http_500": 0.015, "http_503": 0.015, "hang": 0.004, "reset": 0.015,
+                 "drop_answer": 0.025, "hang_after": 0.004}
+
+HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te",
+              "trailer", "upgrade", "content-length", "host"}
+
+
+class FaultProxy:
+    """`FaultProxy(upstream_url, hang_seconds)`; `start()`, `configure(seed, rates)` (faults on),
+    `faults_off()`, `counts` (requests by kind), `stop()`."""
+
+    def __init__(self, upstream_url: str, hang_seconds: float = 1.5, late_seconds: float = 1.0,
+                 host: str = "127.0.0.1"):
+        parts = urlsplit(upstream_url)
+        self.upstream_host = parts.hostname or "127.0.0.1"
+        self.upstream_port = parts.port or 80
+        self.hang_seconds = hang_seconds
+        self.late_seconds = late_seconds
+        self.late = 0
+        self.host = host
+        self.port: int | None = None
+        self._lock = threading.Lock()
+        self._rng = random.Random(0)
+        self._rates: dict[str, float] | None = None
+        self.counts: Counter = Counter()
+        self.other_requests = 0
+        self.upstream_errors = 0
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    # ------------------------------------------------------------ control
+    def configure(self, seed: int, rates: dict[str, float] | None = None) -> None:
+        """Faults on, drawn from `random.Random(seed)`; counters reset."""
+        rates = dict(DEFAULT_RATES if rates is None else rates)
+        unknown = set(rates) - set(KINDS)
+        if unknown or sum(rates.values()) > 1:
+            raise ValueError(f"bad rates {rates}")
+        with self._lock:
+            self._rng = random.Random(seed)
+            self._rates = rates
+            self.counts = Counter()
+            self.other_requests = 0
+            self.upstream_errors = 0
+            self.late = 0
+
+    def faults_off(self) -> None:
+        with self._lock:
+            self._rates = None
+
+    def choose(self, path: str) -> str:
+        with self._lock:
+            if not (path == "/rest/v1" or path.startswith("/rest/v1/")):
+                self.other_requests += 1
+                return "pass"
+            kind = "pass"
+            if self._rates is not None:
+                x = self._rng.random()
+                for name, rate in self._rates.items():
+                    if x < rate:
+                        kind = name
+                        break
+                    x -= rate
+            self.counts[kind] += 1
+            return kind
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            return {"by_kind": {k: self.counts.get(k, 0) for k in KINDS},
+                    "faults": sum(v for k, v in self.counts.items() if k != "pass"),
+                    "rest_requests": sum(self.counts.values()),
+                    "other_requests": self.other_requests,
+                    "upstream_errors": self.upstream_errors,
+                    "late": self.late}
+
+    # ------------------------------------------------------------ lifecycle
+    def start(self, port: int = 0) -> int:
+        proxy = self
+
+        class _Server(ThreadingHTTPServer):
+            daemon_threads = True
+            allow_reuse_address = True
+            request_queue_size = 128
+
+        class _Handler(_ProxyHandler):
+            app = proxy
+
+        self._server = _Server((self.host, port), _Handler)
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever,
+                                        kwargs={"poll_interval": 0.1},
+                                        name=f"soak-proxy:{self.port}", daemon=True)
+        self._thread.start()
+        return self.port
+
+    def stop(self) -> None:
+        if self._server:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+
+class _ProxyHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+    app: FaultProxy
+    _upstream: http.client.HTTPConnection | None = None
+
+    def log_message(self, fmt, *args):  # quiet
+        pass
+
+    def handle(self):
+        try:
+            super().handle()
+        except (ConnectionResetError, BrokenPipeError, TimeoutError):
+            pass  # the worker reset or dropped its connection: nothing to answer
+
+    def do_GET(self):
+        self._handle()
+
+    do_POST = do_PATCH = do_DELETE = do_PUT = do_HEAD = do_OPTIONS = do_GET
+
+    def _read_body(self) -> bytes:
+        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+            chunks = []
+            while True:
+                line = self.rfile.readline(65537)
+                size = int(line.split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
+                        pass
+                    break
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline(65537)
+            return b"".join(chunks)
+        n = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(n) if n > 0 else b""
+
+    def _reset(self) -> None:
+        """Abort the connection with a TCP RST (SO_LINGER 0, then close)."""
+        self.close_connection = True
+        try:
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.close()
+        except OSError:
+            pass
+
+    def _send(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+        self.send_response(status)
+        for k, v in headers:
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD" and body:
+            self.wfile.write(body)
+
+    def _forward(self, body: bytes):
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
+        headers["Host"] = f"{self.app.upstream_host}:{self.app.upstream_port}"
+        headers["Content-Length"] = str(len(body))
+        for attempt in (0, 1):
+            reused = self._upstream is not None
+            if self._upstream is None:
+                self._upstream = http.client.HTTPConnection(self.app.upstream_host,
+                                                            self.app.upstream_port, timeout=60)
+            try:
+                self._upstream.request(self.command, self.path, body=body, headers=headers)
+                resp = self._upstream.getresponse()
+                data = resp.read()
+                out = [(k, v) for k, v in resp.getheaders() if k.lower() not in HOP_BY_HOP]
+                if resp.will_close:
+                    self._upstream.close()
+                    self._upstream = None
+                return resp.status, out, data
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+                # a kept-alive upstream connection closed under us: one new connection
+                self._upstream.close()
+                self._upstream = None
+                if attempt == 1 or not reused:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _handle(self) -> None:
+        try:
+            body = self._read_body()
+        except (ValueError, OSError):
+            return self._reset()
+        path = urlsplit(self.path).path
+        kind = self.app.choose(path)
+        try:
+            if kind == "reset":
+                return self._reset()
+            if kind == "hang":
+                time.sleep(self.app.hang_seconds)
+                return self._reset()
+            if kind in ("http_500", "http_503"):
+                status = int(kind[-3:])
+                payload = b'{"message":"injected by the soak proxy"}'
+                return self._send(status, [("Content-Type", "application/json")], payload)
+            began = time.monotonic()
+            try:
+                status, headers, data = self._forward(body)
+                if time.monotonic() - began > self.app.late_seconds:
+                    with self.app._lock:  # the worker had given up on it when it was applied
+                        self.app.late += 1
+            except (OSError, http.client.HTTPException) as e:
+                with self.app._lock:
+                    self.app.upstream_errors += 1
+                return self._send(502, [("Content-Type", "application/json")],
+                                  ('{"message":"soak proxy: upstream error %s"}' % type(e).__name__).encode())
+            if kind == "drop_answer":
+                return self._reset()
+            if kind == "hang_after":
+                time.sleep(self.app.hang_seconds)
+                return self._reset()
+            self._send(status, headers, data)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
