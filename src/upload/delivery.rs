@@ -243,8 +243,8 @@ fn mark(states: &mut [EntryState], entries: impl IntoIterator<Item = usize>, sta
 }
 
 /// The states once the request covering `failed` failed: its entries not applied are `failed`,
-/// entries before it that no request covered (PATCHes with nothing to write, PUTs a later PUT of
-/// the same id replaced) `applied`, the rest `not_attempted`.
+/// entries before it that no request covered (PATCHes with nothing to write) `applied`, the rest
+/// `not_attempted`.
 fn failed_states(mut states: Vec<EntryState>, failed: &std::ops::Range<usize>) -> Vec<EntryState> {
     mark(&mut states, 0..failed.start, EntryState::Applied);
     mark(&mut states, failed.clone(), EntryState::Failed);

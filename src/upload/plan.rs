@@ -17,13 +17,12 @@
 //!
 //! - PUTs to the same table whose rows have the same set of keys → one bulk upsert (in a bulk
 //!   upsert a key missing from one row would overwrite that column with NULL). Postgres refuses
-//!   to upsert the same row twice in one statement (21000), so:
-//!   - a PUT whose id is already in the group, equal as text, replaces that row, and the row
-//!     moves to the end of the group (the later PUT wins, as applying them in order gives: both
-//!     set the same columns);
-//!   - a PUT whose id differs as text but may be the same value once the database casts it to
-//!     the id column's type (a uuid in another case or form, an integer with a leading zero or
-//!     a sign, trailing spaces: see [`cast_key`]) starts a new group;
+//!   to upsert the same row twice in one statement (21000), so a PUT whose id may be the same
+//!   value as one already in the group (equal as text, or once the database casts it to the id
+//!   column's type: a uuid in another case or form, an integer with a leading zero or a sign,
+//!   trailing spaces: see [`cast_key`]) starts a new group. (Keeping only the later row would
+//!   not equal applying them in order when the earlier one is refused: by RLS, a foreign key or
+//!   a check. The fault soak found exactly that.)
 //!   - should the database still answer 21000 (a cast this rule does not foresee), the driver
 //!     sends the group again in halves, recursively, which equals applying its rows in order
 //!     (see `delivery`);
@@ -58,7 +57,7 @@
 //! and PostgREST would cut it short inside `in.(…)`, touching another row) fails its
 //! transaction as a fatal error without any request.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::ops::Range;
 
 use serde_json::{json, Map, Value};
@@ -297,13 +296,10 @@ struct PutGroup<'e> {
     table: &'e str,
     start: usize,
     end: usize,
-    /// (row, id, entry index) in body order; `None` where a later PUT of the same id replaced the
-    /// row (it was appended again at the end).
-    rows: Vec<Option<PutRow>>,
+    /// (row, id, entry index) in entry order.
+    rows: Vec<PutRow>,
     /// Sorted keys shared by every row.
     keys: Vec<String>,
-    /// Position in `rows` of each id's current row.
-    positions: HashMap<String, usize>,
     /// [`cast_key`] of every id in the group.
     cast_keys: HashSet<String>,
     /// The rows' ids, for the service-mode ownership check's filter.
@@ -332,20 +328,11 @@ impl<'e> Planner<'_, 'e> {
         let cast = cast_key(id);
         if let Some(Group::Put(group)) = &mut self.group {
             if group.table == table && group.keys == keys {
-                if let Some(position) = group.positions.get(id).copied() {
-                    // The same row again: the later PUT replaces it, at the end of the group.
-                    group.rows[position] = None;
-                    group.positions.insert(id.to_string(), group.rows.len());
-                    group.rows.push(Some((row, id.to_string(), index)));
-                    group.end = index + 1;
-                    return;
-                }
                 let url_fits = self.context.owner.is_none()
                     || self.context.owner_check_url_len(table) + group.check_ids.len_with(id) <= filter::MAX_URL_BYTES;
                 if url_fits && !group.cast_keys.contains(&cast) {
                     group.end = index + 1;
-                    group.positions.insert(id.to_string(), group.rows.len());
-                    group.rows.push(Some((row, id.to_string(), index)));
+                    group.rows.push((row, id.to_string(), index));
                     group.cast_keys.insert(cast);
                     group.check_ids.push(id);
                     return;
@@ -359,9 +346,8 @@ impl<'e> Planner<'_, 'e> {
             table,
             start: index,
             end: index + 1,
-            rows: vec![Some((row, id.to_string(), index))],
+            rows: vec![(row, id.to_string(), index)],
             keys,
-            positions: HashMap::from([(id.to_string(), 0)]),
             cast_keys: HashSet::from([cast]),
             check_ids,
         }));
@@ -388,7 +374,7 @@ impl<'e> Planner<'_, 'e> {
             None => {}
             Some(Group::Put(group)) => {
                 let entries = group.start..group.end;
-                let rows: Vec<PutRow> = group.rows.into_iter().flatten().collect();
+                let rows = group.rows;
                 if self.context.owner.is_some() {
                     let url = format!(
                         "{}?select=id&id={}{}",
@@ -632,7 +618,7 @@ mod tests {
     }
 
     #[test]
-    fn put_of_an_id_already_in_the_group_replaces_its_row_and_the_later_wins() {
+    fn put_of_an_id_already_in_the_group_starts_a_new_upsert_so_both_apply_in_order() {
         let requests = plan(
             vec![
                 put("a", json!({"n": 1})),
@@ -643,10 +629,17 @@ mod tests {
             ],
             &settings(),
         );
-        assert_eq!(requests.len(), 1);
-        assert_eq!(body(&requests[0]), json!([{"id": "b", "n": 1}, {"id": "c", "n": 3}, {"id": "a", "n": 4}]));
-        assert_eq!(requests[0].entries, 0..5);
-        assert_eq!(requests[0].check, Check::Upsert { row_entries: vec![1, 3, 4] });
+        let bodies: Vec<Value> = requests.iter().map(body).collect();
+        assert_eq!(
+            bodies,
+            vec![
+                json!([{"id": "a", "n": 1}, {"id": "b", "n": 1}]),
+                json!([{"id": "a", "n": 2}, {"id": "c", "n": 3}]),
+                json!([{"id": "a", "n": 4}])
+            ]
+        );
+        let entries: Vec<_> = requests.iter().map(|r| r.entries.clone()).collect();
+        assert_eq!(entries, vec![0..2, 2..4, 4..5]);
     }
 
     #[test]

@@ -375,8 +375,8 @@ def test_entries_on_the_same_row_apply_in_order(rls_worker, db, user):
     assert row(db, "lists", gone) is None
 
 
-def test_two_puts_of_one_id_in_a_bulk_upsert_are_merged_and_the_later_wins(rls_worker, db,
-                                                                          standin, user):
+def test_two_puts_of_one_id_are_applied_in_order_in_two_upserts_and_the_later_wins(rls_worker, db,
+                                                                                 standin, user):
     sub, token = user
     a, b = new_id(), new_id()
     response = upload(rls_worker, token, body(tx(
@@ -385,8 +385,24 @@ def test_two_puts_of_one_id_in_a_bulk_upsert_are_merged_and_the_later_wins(rls_w
         put("lists", a, name="a v2", owner_id=sub),
     )))
     assert statuses(response) == ["success"], response.text
-    assert requests_made(standin) == 1, "one bulk upsert"
+    assert requests_made(standin) == 2, "the repeated id starts a second upsert"
     assert (row(db, "lists", a)["name"], row(db, "lists", b)["name"]) == ("a v2", "b")
+
+
+def test_refused_put_followed_by_a_put_of_the_same_id_is_fatal_at_the_refused_one(rls_worker, db,
+                                                                                 standin, user):
+    """Applied in order, the first PUT (another user's owner_id: RLS) fails and the transaction
+    stops there; keeping only the later row would report success instead (found by the soak)."""
+    sub, token = user
+    a = new_id()
+    response = upload(rls_worker, token, body(tx(
+        put("lists", a, name="not mine", owner_id=new_id()),
+        put("lists", a, name="mine", owner_id=sub),
+    )))
+    assert statuses(response) == ["fatal_error"], response.text
+    assert response.json()["results"][0]["failed_operation"]["index"] == 0
+    assert response.json()["results"][0]["failed_operation"]["code"] == "42501"
+    assert count(db, "lists") == 0
 
 
 def test_ids_equal_only_after_casting_are_applied_in_order_not_refused(rls_worker, db, standin,
