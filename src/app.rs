@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use crate::config::{Config, Problem};
 use crate::error::{self, ApiError};
-use crate::http::{HttpResponse, Transport};
+use crate::http::{send_resending_once, HttpResponse, Transport};
 use crate::session::{self, Session, SessionError, SignatureVerifier, Step, Verifier};
 use crate::token::{self, TokenSigner};
 use crate::upload;
@@ -170,7 +170,8 @@ impl App {
         // Never hold the cache borrowed across an await.
         let step = verifier.borrow_mut().plan(token, now);
         if let Step::FetchJwks(fetch) = &step {
-            let answer = transport.send(fetch.clone()).await;
+            // A connection lost before any answer is tried again at once (see `http`).
+            let (answer, _) = send_resending_once(transport, fetch.clone(), true).await;
             verifier.borrow_mut().accept_jwks(answer, now);
         }
         let pending = verifier.borrow().begin(token, now).map_err(|e| step.explain(e))?;
@@ -182,7 +183,7 @@ impl App {
         let session = verifier.borrow().finish(pending, now)?;
         let remote = verifier.borrow().remote_check_request(token);
         if let Some(check) = remote {
-            session::interpret_remote_check(transport.send(check).await)?;
+            session::interpret_remote_check(send_resending_once(transport, check, true).await.0)?;
         }
         Ok(session)
     }
@@ -394,6 +395,21 @@ mod tests {
         let sent = transport.sent();
         assert_eq!(sent.len(), 1);
         assert_eq!((sent[0].method, sent[0].url.as_str()), (Method::Get, "http://127.0.0.1:54321/auth/v1/.well-known/jwks.json"));
+    }
+
+    #[test]
+    fn jwks_fetch_whose_connection_was_lost_is_sent_again_at_once() {
+        let jwks = json!({"keys": [test_key().public_jwk("sk-1")]}).to_string();
+        let lost = Err(crate::http::TransportError::no_answer("Network connection lost."));
+        let transport = FakeTransport::scripted(vec![lost, Ok(HttpResponse { status: 200, headers: vec![], body: jwks })]);
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+        header.kid = Some("sk-1".into());
+        let token = jsonwebtoken::encode(&header, &user_claims(), &jsonwebtoken::EncodingKey::from_rsa_der(&test_key().pkcs1_der())).unwrap();
+        let (response, _, body) = send(&app(&[]), &transport, request("POST", "/powersync-token", &[("Authorization", &bearer(&token))], ""));
+        assert_eq!(response.status, 200, "{body}");
+        let sent = transport.sent();
+        assert_eq!(sent.len(), 2);
+        assert_eq!(sent[0], sent[1]);
     }
 
     #[test]

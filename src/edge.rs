@@ -90,7 +90,7 @@ struct FetchTransport {
 
 impl Transport for FetchTransport {
     async fn send(&self, request: HttpRequest) -> Result<HttpResponse, TransportError> {
-        let failed = |message: String| TransportError { message, timed_out: false };
+        let failed = |message: String| TransportError::not_sent(message);
         let headers = Headers::new();
         for (name, value) in &request.headers {
             headers.append(name, value).map_err(|e| failed(format!("bad header {name}: {e}")))?;
@@ -113,13 +113,15 @@ impl Transport for FetchTransport {
         let sent = Box::pin(fetch.send_with_signal(&signal));
         let timer = Delay::from(self.timeout);
         let mut response = match select(sent, timer).await {
-            Either::Left((answer, _)) => answer.map_err(|e| failed(format!("{e}")))?,
+            // No status line arrived: refused, reset, or "Network connection lost" (a pooled
+            // connection the upstream had closed). The core sends such a request again at once.
+            Either::Left((answer, _)) => answer.map_err(|e| TransportError::no_answer(format!("{e}")))?,
             Either::Right(_) => {
                 controller.abort();
-                return Err(TransportError { message: format!("no answer within {} ms", self.timeout.as_millis()), timed_out: true });
+                return Err(TransportError::timed_out(format!("no answer within {} ms", self.timeout.as_millis())));
             }
         };
-        let body = response.text().await.map_err(|e| failed(format!("reading body: {e}")))?;
+        let body = response.text().await.map_err(|e| TransportError::answer_cut(format!("reading body: {e}")))?;
         Ok(HttpResponse { status: response.status_code(), headers: response.headers().entries().collect(), body })
     }
 }

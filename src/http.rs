@@ -82,7 +82,81 @@ impl HttpResponse {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TransportError {
     pub message: String,
-    pub timed_out: bool,
+    pub kind: FailureKind,
+}
+
+/// What is known about a request that produced no usable answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// No response began: the connection was refused, failed, or was lost before any status
+    /// line arrived (workerd's "Network connection lost" when it reuses a connection the
+    /// upstream has closed, e.g. HTTP/1.0 or a proxy's keep-alive timeout). The request may
+    /// have been applied, but every request the bridge sends is idempotent, so it is sent
+    /// again at once (see [`send_resending_once`]).
+    NoAnswer,
+    /// No answer within `UPSTREAM_TIMEOUT_MS`. Not re-sent at once: a slow upstream is most
+    /// likely overloaded, and a second attempt would add load and double the caller's wait.
+    TimedOut,
+    /// The status arrived, the body was cut off: the upstream did answer. Not re-sent at once.
+    AnswerCut,
+    /// The request could not even be built (a header the runtime refuses): never sent, and
+    /// sending it again would fail the same way.
+    NotSent,
+}
+
+impl TransportError {
+    /// The connection failed or was lost before any answer (see [`FailureKind::NoAnswer`]).
+    pub fn no_answer(message: impl Into<String>) -> Self {
+        TransportError { message: message.into(), kind: FailureKind::NoAnswer }
+    }
+
+    /// No answer within the timeout.
+    pub fn timed_out(message: impl Into<String>) -> Self {
+        TransportError { message: message.into(), kind: FailureKind::TimedOut }
+    }
+
+    /// An answer began but its body could not be read.
+    pub fn answer_cut(message: impl Into<String>) -> Self {
+        TransportError { message: message.into(), kind: FailureKind::AnswerCut }
+    }
+
+    /// A request that could not be built, so was never sent.
+    pub fn not_sent(message: impl Into<String>) -> Self {
+        TransportError { message: message.into(), kind: FailureKind::NotSent }
+    }
+
+    pub fn is_timeout(&self) -> bool {
+        self.kind == FailureKind::TimedOut
+    }
+
+    /// Whether sending the same request again at once is the right reaction: only when no
+    /// answer began at all (a stale or broken connection), never after a timeout.
+    pub fn resend_at_once(&self) -> bool {
+        self.kind == FailureKind::NoAnswer
+    }
+}
+
+/// Sends `request`; if no answer began at all ([`TransportError::resend_at_once`]) and
+/// `may_resend` allows it, sends it once more, at once (a fresh connection: the usual cause
+/// is a pooled connection the upstream had closed). Only for idempotent requests, which are
+/// all the bridge sends. Returns the answer and how many requests were sent (1 or 2).
+pub async fn send_resending_once<T: Transport>(
+    transport: &T,
+    request: HttpRequest,
+    may_resend: bool,
+) -> (Result<HttpResponse, TransportError>, usize) {
+    let answer = transport.send(request.clone()).await;
+    match answer {
+        Err(error) if may_resend && error.resend_at_once() => {
+            let again = transport.send(request).await;
+            let again = again.map_err(|second| TransportError {
+                message: format!("{}; sent again at once: {}", error.message, second.message),
+                kind: second.kind,
+            });
+            (again, 2)
+        }
+        answer => (answer, 1),
+    }
 }
 
 /// Sends plain requests. The worker implements it with `worker::Fetch`; tests with fakes.

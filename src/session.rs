@@ -595,7 +595,7 @@ pub(crate) mod tests {
         assert!(matches!(interpret_remote_check(answer(403, r#"{"error_code":"session_not_found"}"#)), Err(SessionError::Revoked(r)) if r.contains("session_not_found")));
         assert!(matches!(interpret_remote_check(answer(403, r#"{"code":"user_not_found","message":"User from sub claim in JWT does not exist"}"#)), Err(SessionError::Revoked(r)) if r.contains("user_not_found")));
         assert!(matches!(interpret_remote_check(answer(502, "")), Err(SessionError::AuthUnavailable(_))));
-        let refused = Err(TransportError { message: "refused".into(), timed_out: false });
+        let refused = Err(TransportError::no_answer("refused"));
         assert!(matches!(interpret_remote_check(refused), Err(SessionError::AuthUnavailable(_))));
     }
 }

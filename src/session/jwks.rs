@@ -320,7 +320,7 @@ mod tests {
 
     #[test]
     fn failed_jwks_fetches_back_off_instead_of_refetching_on_every_request() {
-        let down = || Err(TransportError { message: "connection refused".into(), timed_out: false });
+        let down = || Err(TransportError::no_answer("connection refused"));
         let mut v = Verifier::new(settings());
         let mut fetches = vec![];
         for now in NOW..NOW + 40 {
@@ -359,7 +359,7 @@ mod tests {
     #[test]
     fn unreachable_jwks_without_cache_is_keys_unavailable() {
         let mut v = Verifier::new(settings());
-        v.accept_jwks(Err(TransportError { message: "connection refused".into(), timed_out: false }), NOW);
+        v.accept_jwks(Err(TransportError::no_answer("connection refused")), NOW);
         assert!(matches!(v.verify(&es256("k1"), NOW), Err(SessionError::KeysUnavailable(r)) if r.contains("refused")));
         v.accept_jwks(Ok(HttpResponse { status: 500, headers: vec![], body: String::new() }), NOW);
         assert!(matches!(v.verify(&es256("k1"), NOW), Err(SessionError::KeysUnavailable(r)) if r.contains("500")));
@@ -368,14 +368,14 @@ mod tests {
     #[test]
     fn stale_jwks_is_not_trusted_when_refetch_fails() {
         let mut v = verifier_with(vec![ec_jwk("k1")]);
-        v.accept_jwks(Err(TransportError { message: "timeout".into(), timed_out: true }), NOW + 700);
+        v.accept_jwks(Err(TransportError::timed_out("timeout")), NOW + 700);
         assert!(matches!(v.verify(&es256("k1"), NOW + 700), Err(SessionError::KeysUnavailable(_))));
     }
 
     #[test]
     fn failed_refetch_keeps_the_fresh_copy() {
         let mut v = verifier_with(vec![ec_jwk("k1")]);
-        v.accept_jwks(Err(TransportError { message: "timeout".into(), timed_out: true }), NOW + 100);
+        v.accept_jwks(Err(TransportError::timed_out("timeout")), NOW + 100);
         assert!(v.verify(&es256("k1"), NOW + 100).is_ok());
     }
 

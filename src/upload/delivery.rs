@@ -20,6 +20,17 @@
 //!   (index null) whose message names atomic mode, dead-lettered whole like any other. Merging
 //!   keeps this rare (1,000 PUTs with the same columns are one request); atomic mode, one request
 //!   per transaction, avoids it entirely.
+//! - A lost connection: a request that got no answer at all (the connection was refused, failed
+//!   or was lost before a status line: workerd reusing a connection that an HTTP/1.0 upstream or
+//!   a proxy's keep-alive timeout had closed fails with "Network connection lost") is sent again
+//!   at once, once, on a fresh connection: every request the bridge sends is idempotent (upserts,
+//!   updates and deletes by id, the all-or-nothing atomic call, the dead-letter insert keyed by
+//!   nothing that a second copy would break, the owner-check GET). The second request counts
+//!   against the budget like any other and is only made if it still leaves room for the rest of
+//!   the transaction and the dead-letter reserve; only a second failure (or no room) makes the
+//!   transaction retryable. A timeout is not re-sent at once (the upstream is slow, most likely
+//!   overloaded: a second attempt would add load and double the wait), nor is an answer whose
+//!   body was cut off (the upstream did answer).
 
 use super::crud::Transaction;
 use super::dead_letter::{self, EntryState};
@@ -27,7 +38,7 @@ use super::outcome::{classify, op_index_from_hint, FailedOperation, TransactionR
 use super::plan::{self, Check, PlannedRequest};
 use super::settings::UploadSettings;
 use super::Caller;
-use crate::http::{HttpResponse, Transport};
+use crate::http::{send_resending_once, HttpResponse, Transport};
 use serde_json::Value;
 use std::collections::VecDeque;
 
@@ -190,8 +201,12 @@ async fn send<T: Transport>(
             Check::Upsert { row_entries } if row_entries.len() > 1 => Some(planned.clone()),
             _ => None,
         };
-        report.subrequests += 1;
-        let answer = transport.send(planned.request).await;
+        // A request whose connection failed before any answer is sent again at once, if that
+        // extra request still leaves room for every request planned after it and the reserve.
+        let may_resend = report.subrequests + 2 + queue.len() + reserve <= settings.subrequest_budget;
+        let (answer, sent) = send_resending_once(transport, planned.request, may_resend).await;
+        report.subrequests += sent;
+        report.resent += sent - 1;
         let verdict = classify(&answer, index, &settings.error_class_overrides);
         let verdict = match (&planned.check, verdict, &answer) {
             (Check::OwnerCheck { table, ids }, Verdict::Applied, Ok(response)) => {
@@ -361,8 +376,10 @@ async fn record_dead_letter<T: Transport>(
         return Err((kept("no subrequest budget left".to_string(), None), settings.retry_after_seconds));
     }
     let request = dead_letter::request(table, settings, caller, transaction, failure, states);
-    report.subrequests += 1;
-    let answer = transport.send(request).await;
+    let may_resend = report.subrequests + 2 <= settings.subrequest_budget;
+    let (answer, sent) = send_resending_once(transport, request, may_resend).await;
+    report.subrequests += sent;
+    report.resent += sent - 1;
     let (error, retry_after) = match classify(&answer, None, &settings.error_class_overrides) {
         Verdict::Applied => {
             report.dead_letters += 1;

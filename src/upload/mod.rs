@@ -266,15 +266,150 @@ mod tests {
         assert_eq!(report.results[3].transaction_id, Some(json!(4)));
     }
 
+    fn lost() -> Answer {
+        Err(TransportError::no_answer("Network connection lost."))
+    }
+
+    fn failure_code(report: &UploadReport, n: usize) -> Option<&str> {
+        report.results[n].failed_operation.as_ref().map(|f| f.code.as_str())
+    }
+
     #[test]
-    fn transport_error_is_retryable() {
-        let transport = FakeTransport::scripted(vec![Err(TransportError {
-            message: "connection refused".to_string(),
-            timed_out: false,
-        })]);
+    fn request_whose_connection_was_lost_is_sent_again_at_once_and_succeeds() {
+        let transport = FakeTransport::scripted(vec![lost(), ok(201)]);
+        let report = run(&[tx(1), tx(2)], &settings(), &transport);
+        assert_eq!(statuses(&report), vec![Status::Success, Status::Success]);
+        let sent = transport.sent();
+        assert_eq!(sent.len(), 3);
+        assert_eq!(sent[0], sent[1], "the same request, again");
+        assert_ne!(sent[1], sent[2]);
+        assert_eq!((report.subrequests, report.resent), (3, 1));
+        assert!(!report.needs_retry());
+    }
+
+    #[test]
+    fn second_lost_connection_makes_the_transaction_retryable() {
+        let transport = FakeTransport::scripted(vec![lost(), lost()]);
         let report = run(&[tx(1), tx(2)], &settings(), &transport);
         assert_eq!(statuses(&report), vec![Status::RetryableError, Status::NotAttempted]);
-        assert_eq!(report.results[0].failed_operation.as_ref().map(|f| f.code.as_str()), Some("network_error"));
+        assert_eq!(failure_code(&report, 0), Some("network_error"));
+        let message = &report.results[0].failed_operation.as_ref().unwrap().message;
+        assert!(message.contains("sent again at once"), "{message}");
+        assert_eq!(transport.sent().len(), 2, "re-sent once, never twice");
+        assert_eq!((report.subrequests, report.resent), (2, 1));
+    }
+
+    #[test]
+    fn lost_connection_in_the_middle_of_a_transaction_resends_only_that_request() {
+        // three PATCHes with different data: three requests
+        let transaction = Transaction {
+            transaction_id: Some(json!(7)),
+            entries: (0..3).map(|i| entry(Op::Patch, &format!("r{i}"), json!({"n": i}))).collect(),
+        };
+        let transport = FakeTransport::scripted(vec![ok(204), lost(), ok(204), ok(204)]);
+        let report = run(&[transaction], &settings(), &transport);
+        assert_eq!(statuses(&report), vec![Status::Success]);
+        let sent = transport.sent();
+        assert_eq!(sent.len(), 4);
+        assert_eq!(sent[1], sent[2]);
+        let urls: BTreeSet<&str> = sent.iter().map(|r| r.url.as_str()).collect();
+        assert_eq!(urls.len(), 3, "each entry's request, the lost one twice");
+        assert_eq!((report.subrequests, report.resent), (4, 1));
+    }
+
+    #[test]
+    fn timeout_and_cut_off_answer_are_not_sent_again_at_once() {
+        for (failure, code) in [
+            (TransportError::timed_out("no answer within 3000 ms"), "timeout"),
+            (TransportError::answer_cut("reading body: reset"), "network_error"),
+            (TransportError::not_sent("bad header"), "network_error"),
+        ] {
+            let transport = FakeTransport::scripted(vec![Err(failure)]);
+            let report = run(&[tx(1), tx(2)], &settings(), &transport);
+            assert_eq!(statuses(&report), vec![Status::RetryableError, Status::NotAttempted]);
+            assert_eq!(failure_code(&report, 0), Some(code));
+            assert_eq!((transport.sent().len(), report.subrequests, report.resent), (1, 1, 0));
+        }
+    }
+
+    #[test]
+    fn resent_request_counts_against_the_budget() {
+        let mut s = settings();
+        s.subrequest_budget = 3;
+        let transport = FakeTransport::scripted(vec![ok(201), lost(), ok(201)]);
+        let report = run(&[tx(1), tx(2), tx(3)], &s, &transport);
+        // tx 2 used two requests, so tx 3 no longer fits: the next upload sends it
+        assert_eq!(statuses(&report), vec![Status::Success, Status::Success, Status::NotAttempted]);
+        assert_eq!((transport.sent().len(), report.subrequests, report.resent), (3, 3, 1));
+    }
+
+    #[test]
+    fn no_resend_without_room_for_it_and_the_rest_of_the_transaction() {
+        let mut s = settings();
+        s.subrequest_budget = 2;
+        let transport = FakeTransport::scripted(vec![ok(201), lost()]);
+        let report = run(&[tx(1), tx(2)], &s, &transport);
+        assert_eq!(statuses(&report), vec![Status::Success, Status::RetryableError]);
+        assert_eq!((transport.sent().len(), report.subrequests, report.resent), (2, 2, 0));
+
+        // two requests planned in a budget of 3: the first may not take the second's place
+        let transaction = Transaction {
+            transaction_id: Some(json!(1)),
+            entries: (0..2).map(|i| entry(Op::Patch, &format!("r{i}"), json!({"n": i}))).collect(),
+        };
+        s.subrequest_budget = 3;
+        let transport = FakeTransport::scripted(vec![lost(), ok(204)]);
+        let report = run(std::slice::from_ref(&transaction), &s, &transport);
+        assert_eq!((report.subrequests, report.resent), (3, 1), "1 + resend + 1 fits in 3");
+        assert_eq!(statuses(&report), vec![Status::Success]);
+        s.subrequest_budget = 2;
+        let transport = FakeTransport::scripted(vec![lost()]);
+        let report = run(&[transaction], &s, &transport);
+        assert_eq!(statuses(&report), vec![Status::RetryableError]);
+        assert_eq!((transport.sent().len(), report.resent), (1, 0));
+    }
+
+    #[test]
+    fn resend_never_takes_the_dead_letter_reserve() {
+        let mut s = settings();
+        s.dead_letter_table = Some("dead".to_string());
+        s.subrequest_budget = 2; // one request + the reserved dead-letter insert
+        let transport = FakeTransport::scripted(vec![lost()]);
+        let report = run(&[tx(1)], &s, &transport);
+        assert_eq!(statuses(&report), vec![Status::RetryableError]);
+        assert_eq!((transport.sent().len(), report.resent), (1, 0));
+        s.subrequest_budget = 3;
+        let transport = FakeTransport::scripted(vec![lost(), error(400, "23514", "check"), ok(201)]);
+        let report = run(&[tx(1)], &s, &transport);
+        assert_eq!(statuses(&report), vec![Status::FatalError]);
+        assert_eq!((report.subrequests, report.resent, report.dead_letters), (3, 1, 1));
+    }
+
+    #[test]
+    fn dead_letter_insert_whose_connection_was_lost_is_sent_again() {
+        let mut s = settings();
+        s.dead_letter_table = Some("dead".to_string());
+        let transport = FakeTransport::scripted(vec![error(400, "23514", "check"), lost(), ok(201)]);
+        let report = run(&[tx(1)], &s, &transport);
+        assert_eq!(statuses(&report), vec![Status::FatalError]);
+        let sent = transport.sent();
+        assert_eq!(sent.len(), 3);
+        assert_eq!(sent[1], sent[2]);
+        assert!(sent[1].url.ends_with("/rest/v1/dead"), "{}", sent[1].url);
+        assert_eq!((report.dead_letters, report.dead_letter_failures, report.resent), (1, 0, 1));
+    }
+
+    #[test]
+    fn atomic_call_whose_connection_was_lost_is_sent_again() {
+        let mut s = settings();
+        s.atomic = true;
+        let transport = FakeTransport::scripted(vec![lost(), ok_body("null")]);
+        let report = run(&[puts(&["a", "b"])], &s, &transport);
+        assert_eq!(statuses(&report), vec![Status::Success]);
+        let sent = transport.sent();
+        assert_eq!(sent.len(), 2);
+        assert_eq!(sent[0], sent[1]);
+        assert!(sent[0].url.contains("/rpc/"), "{}", sent[0].url);
     }
 
     #[test]

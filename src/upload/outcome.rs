@@ -9,6 +9,8 @@
 //! [`classify`] applies these rules, in this order:
 //!
 //! 1. no answer (connection refused, DNS, timeout) → retryable (`network_error` / `timeout`);
+//!    a request whose connection failed before any answer has by then already been sent a
+//!    second time, at once (see `delivery`): this is the second failure;
 //! 2. 2xx → applied;
 //! 3. the answer's code: the SQLSTATE or `PGRST` code of a PostgREST error body
 //!    `{"code","message","details","hint"}`, else `http_<status>`. `UPLOAD_ERROR_CLASS_OVERRIDES`
@@ -242,8 +244,11 @@ pub struct StatusCounts {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct UploadReport {
     pub results: Vec<TransactionResult>,
-    /// Upstream requests made, dead-letter inserts included.
+    /// Upstream requests made, dead-letter inserts and re-sent requests included.
     pub subrequests: usize,
+    /// Requests sent a second time at once because their connection failed before any answer
+    /// (see `delivery`); each is also counted in `subrequests`.
+    pub resent: usize,
     /// Dead-letter rows written.
     pub dead_letters: usize,
     /// Dead-letter inserts that failed or were skipped (their transactions became retryable).
@@ -312,6 +317,7 @@ impl UploadReport {
             "retryable": counts.retryable,
             "not_attempted": counts.not_attempted,
             "subrequests": self.subrequests,
+            "resent": self.resent,
             "dead_letters": self.dead_letters,
             "dead_letter_failures": self.dead_letter_failures,
             "failure_codes": failure_codes,
@@ -340,7 +346,7 @@ pub fn classify(
     let response = match answer {
         Ok(response) => response,
         Err(error) => {
-            let code = if error.timed_out { "timeout" } else { "network_error" };
+            let code = if error.is_timeout() { "timeout" } else { "network_error" };
             return Verdict::Retryable {
                 failure: FailedOperation::new(index, code, format!("no answer from Supabase: {}", error.message)),
                 retry_after_seconds: None,
@@ -669,7 +675,7 @@ mod tests {
         assert_eq!(retry_after_of(&with(400, "42703")), Some(SCHEMA_DRIFT_RETRY_AFTER_SECONDS));
         assert!(is_fatal(&super::classify(&answer(503, "down"), Some(0), &overrides)));
         assert_eq!(super::classify(&answer(201, ""), Some(0), &overrides), Verdict::Applied);
-        let lost = Err(TransportError { message: "reset".to_string(), timed_out: false });
+        let lost = Err(TransportError::no_answer("reset"));
         assert!(is_retryable(&super::classify(&lost, Some(0), &overrides)));
     }
 
@@ -785,11 +791,11 @@ mod tests {
 
     #[test]
     fn transport_errors_are_retryable() {
-        let refused = Err(TransportError { message: "connection refused".to_string(), timed_out: false });
+        let refused = Err(TransportError::no_answer("connection refused"));
         let verdict = classify(&refused, Some(4));
         assert!(is_retryable(&verdict));
         assert_eq!(code(&verdict), "network_error");
-        let timeout = Err(TransportError { message: "timed out".to_string(), timed_out: true });
+        let timeout = Err(TransportError::timed_out("timed out"));
         assert_eq!(code(&classify(&timeout, None)), "timeout");
     }
 

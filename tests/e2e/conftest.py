@@ -144,6 +144,15 @@ def db(pg, standin):
         yield conn
 
 
+@pytest.fixture(params=[12, 13], ids=["postgrest12", "postgrest13"])
+def postgrest_version(request, standin, db):
+    """Runs a test against the stand-in answering as PostgREST 12 (Supabase's, the default) and
+    as 13, where they differ (tests/postgrest_standin/standin.py VERSION_DIFFERENCES); the
+    next test's reset restores 12."""
+    standin.configure(postgrest_version=request.param)
+    return request.param
+
+
 @pytest.fixture
 def user_a() -> str:
     return str(uuid.uuid4())

@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -19,7 +20,8 @@ import pytest
 import requests
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests.postgrest_standin.standin import StandIn, parse_in_list, parse_prefer
+from tests.postgrest_standin.standin import (StandIn, parse_in_list, parse_prefer,
+                                             pg_error_status)
 from tests.support.db import count, insert_list, insert_todo, new_id, row
 
 from tests.e2e.conftest import (ANON_KEY, JWT_SECRET, PUBLISHABLE_KEY, ROOT, SECRET_KEY, SERVICE_KEY,
@@ -54,6 +56,75 @@ def test_prefer_parsing_first_occurrence_wins():
 
 
 # --------------------------------------------------------------------------- inserts / upserts
+def test_upsert_answers_201_when_it_inserts_a_row_and_200_when_it_inserts_none(
+        db, as_user, user_a, postgrest_version):
+    # PostgREST 12.0.0 (#1070), same in 13: "POST with Prefer: resolution=merge-duplicates
+    # returns 200 instead of 201 when no rows are inserted" (test/spec/Feature/Query/UpsertSpec.hs)
+    api = as_user(user_a)
+    merge = "resolution=merge-duplicates,return=minimal"
+    old, new = {"id": new_id(), "name": "a", "owner_id": user_a}, \
+        {"id": new_id(), "name": "b", "owner_id": user_a}
+    assert api.post("lists", [old], prefer=merge).status_code == 201
+    assert api.post("lists", [old], prefer=merge).status_code == 200, "updated only"
+    assert api.post("lists", [old, new], prefer=merge).status_code == 201, "one row new"
+    assert api.post("lists", [], prefer=merge).status_code == 200, "nothing at all"
+    assert api.post("lists", [{**old, "name": "c"}], query="on_conflict=id",
+                    prefer="resolution=merge-duplicates,return=representation").status_code == 200
+    assert row(db, "lists", old["id"])["name"] == "c"
+    # ignore-duplicates and plain inserts answer 201 even when nothing is written
+    assert api.post("lists", [old], prefer="resolution=ignore-duplicates").status_code == 201
+    assert api.post("lists", []).status_code == 201
+
+
+def test_57p01_admin_shutdown_is_503_and_the_rest_of_57_is_500():
+    # PostgREST 12.2 and 13 Error.hs: "57P01" -> 503 before '5':'7':_ -> 500
+    assert pg_error_status("57P01", "authenticated") == 503
+    assert pg_error_status("57014", "authenticated") == 500
+    assert pg_error_status("57P03", "authenticated") == 500
+
+
+def test_version_and_connection_mode_switch_through_the_control_api_until_reset(db, standin):
+    base = standin.url + "/_standin/config"
+    assert requests.get(base).json() == {"postgrest_version": 12, "close_connections": None}
+    resp = requests.post(base, json={"postgrest_version": 13, "close_connections": True})
+    assert resp.json() == {"postgrest_version": 13, "close_connections": "http1.0"}
+    resp = requests.post(base, json={"close_connections": "keep-alive-timeout"})
+    assert resp.json() == {"postgrest_version": 13, "close_connections": "keep-alive-timeout"}
+    assert requests.post(base, json={"close_connections": "sometimes"}).status_code == 400
+    assert requests.post(base, json={"postgrest_version": 11}).status_code == 400
+    assert requests.post(base, json={"other": 1}).status_code == 400
+    standin.reset()
+    assert standin.config() == {"postgrest_version": 12, "close_connections": None}
+    with pytest.raises(ValueError):
+        StandIn("postgresql://unused", JWT_SECRET, postgrest_version=14)
+
+
+@pytest.mark.parametrize("mode,status_line", [("http1.0", b"HTTP/1.0 200 "),
+                                               ("keep-alive-timeout", b"HTTP/1.1 200 ")])
+def test_close_connections_modes_close_every_connection_after_its_answer(db, standin, user_a,
+                                                                        mode, status_line):
+    standin.configure(close_connections=mode)
+    headers = {"apikey": PUBLISHABLE_KEY, "Authorization": f"Bearer {make_token(user_a)}"}
+    # a keep-alive HTTP/1.1 request on a raw socket: the answer ends with the server closing
+    with socket.create_connection(("127.0.0.1", standin.port), timeout=10) as sock:
+        sock.sendall(("GET /rest/v1/lists?select=id HTTP/1.1\r\nHost: x\r\n"
+                      + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+                      + "Connection: keep-alive\r\n\r\n").encode())
+        received = b""
+        while chunk := sock.recv(65536):  # a timeout here means the connection stayed open
+            received += chunk
+    head, _, payload = received.partition(b"\r\n\r\n")
+    assert head.startswith(status_line), head
+    assert b"connection:" not in head.lower(), "the close is not announced"
+    assert payload == b"[]", received
+    standin.reset()
+    conn = http.client.HTTPConnection("127.0.0.1", standin.port, timeout=10)
+    conn.request("GET", "/_standin/health")
+    resp = conn.getresponse()
+    assert (resp.version, resp.will_close) == (11, False), "keep-alive again after reset"
+    resp.read()
+    conn.close()
+
 def test_bulk_upsert_inserts_then_merges_idempotently(db, as_user, user_a):
     api = as_user(user_a)
     list_id = insert_list(db, user_a)
@@ -64,11 +135,11 @@ def test_bulk_upsert_inserts_then_merges_idempotently(db, as_user, user_a):
     assert first.status_code == 201, first.text
     assert first.content == b""
     again = api.post("todos", rows, prefer=prefer)  # re-send after e.g. a lost response
-    assert again.status_code == 201, again.text
+    assert again.status_code == 200, again.text  # nothing inserted: 200 since PostgREST 12
     assert count(db, "todos") == 3
 
     rows[1]["description"] = "changed"
-    assert api.post("todos", rows, prefer=prefer).status_code == 201
+    assert api.post("todos", rows, prefer=prefer).status_code == 200
     assert count(db, "todos") == 3
     assert row(db, "todos", rows[1]["id"])["description"] == "changed"
     assert row(db, "todos", rows[0]["id"])["description"] == "t0"
@@ -81,7 +152,7 @@ def test_merge_duplicates_updates_only_the_posted_columns(db, as_user, user_a):
     resp = as_user(user_a).post(
         "todos", {"id": todo_id, "description": "new", "list_id": list_id, "created_by": user_a},
         prefer="resolution=merge-duplicates")
-    assert resp.status_code == 201, resp.text
+    assert resp.status_code == 200, resp.text  # an update only
     r = row(db, "todos", todo_id)
     assert r["description"] == "new"
     assert (r["priority"], r["tags"], r["completed"]) == (3, ["x"], True)
@@ -103,7 +174,7 @@ def test_on_conflict_parameter_picks_the_conflict_target(db, as_user, user_a):
     resp = as_user(user_a).post("profiles", {"id": "p1", "user_id": user_a, "handle": "h",
                                              "active": False},
                                 query="on_conflict=handle", prefer="resolution=merge-duplicates")
-    assert resp.status_code == 201, resp.text
+    assert resp.status_code == 200, resp.text  # an update only
     assert row(db, "profiles", "p1")["active"] is False
 
 
@@ -431,10 +502,22 @@ def test_unknown_column_is_pgrst204(db, as_user, user_a):
                  400, "PGRST204")
 
 
-def test_unknown_table_is_pgrst205_404(db, as_user, user_a):
-    body = assert_error(as_user(user_a).post("nope", {"id": 1}), 404, "PGRST205")
-    assert body["message"] == "Could not find the table 'public.nope' in the schema cache"
-    assert_error(as_user(user_a).delete("nope", "id=eq.1"), 404, "PGRST205")
+def test_unknown_table_is_a_code_less_404_on_12_and_pgrst205_on_13(db, as_user, user_a,
+                                                                    postgrest_version):
+    api = as_user(user_a)
+    writes = [api.post("nope", {"id": 1}), api.patch("nope", "id=eq.1", {"a": 1}),
+              api.delete("nope", "id=eq.1"),
+              api.post("nope", [{"id": 1}], prefer="resolution=merge-duplicates")]
+    if postgrest_version == 12:
+        for resp in writes:  # PostgREST 12's NotFound: {} and no code (#3697, #3836)
+            assert (resp.status_code, resp.json()) == (404, {}), resp.text
+            assert "Proxy-Status" not in resp.headers
+        body = assert_error(api.get("nope", "id=eq.1"), 404, "42P01")
+        assert body["message"] == 'relation "public.nope" does not exist'
+    else:
+        for resp in writes + [api.get("nope", "id=eq.1")]:
+            body = assert_error(resp, 404, "PGRST205")
+            assert body["message"] == "Could not find the table 'public.nope' in the schema cache"
 
 
 def test_malformed_json_is_pgrst102(db, as_user, user_a):
@@ -451,9 +534,13 @@ def test_non_json_content_type_is_415(db, as_user, user_a):
     assert_error(resp, 415, "PGRST107")
 
 
-def test_error_responses_carry_proxy_status(db, as_user, user_a):
-    resp = as_user(user_a).post("nope", {})
-    assert resp.headers["Proxy-Status"] == "PostgREST; error=PGRST205"
+def test_error_responses_carry_proxy_status_from_13_only(db, as_user, user_a, postgrest_version):
+    resp = as_user(user_a).post("lists", {"id": new_id(), "colour": "red"})
+    assert resp.status_code == 400
+    if postgrest_version == 13:  # added in 13.0.0 (#2967)
+        assert resp.headers["Proxy-Status"] == "PostgREST; error=PGRST204"
+    else:
+        assert "Proxy-Status" not in resp.headers
 
 
 def test_statement_errors_roll_back_the_whole_request(db, as_user, user_a):
@@ -485,9 +572,9 @@ def test_bad_signature_is_pgrst301(db, client, user_a):
     assert_error(client("a.b.c").get("lists"), 401, "PGRST301")
 
 
-def test_expired_token_is_pgrst303(db, client, user_a):
+def test_expired_token_is_pgrst301_on_12_and_pgrst303_on_13(db, client, user_a, postgrest_version):
     resp = client(make_token(user_a, expires_in=-60)).get("lists")
-    body = assert_error(resp, 401, "PGRST303")
+    body = assert_error(resp, 401, "PGRST303" if postgrest_version == 13 else "PGRST301")
     assert body["message"] == "JWT expired"
     assert resp.headers["WWW-Authenticate"].startswith("Bearer error=\"invalid_token\"")
 
@@ -859,7 +946,7 @@ def test_drop_after_fault_commits_then_loses_the_answer(db, standin, as_user, us
     # a retry of a plain insert now conflicts; an upsert is idempotent
     assert as_user(user_a).post("lists", payload).status_code == 409
     assert as_user(user_a).post("lists", payload, prefer="resolution=merge-duplicates"
-                                ).status_code == 201
+                                ).status_code == 200  # updates the committed row
 
 
 def test_faults_can_target_a_method_and_reset_clears_them(db, standin, as_user, user_a):

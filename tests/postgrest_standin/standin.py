@@ -9,7 +9,18 @@ in front of a real PostgreSQL, the way Supabase exposes it:
   * ``/rest/v1/rpc/<function>``: POST with named arguments;
   * ``/auth/v1/user``: Supabase Auth's "who am I" endpoint;
   * ``/_standin/...``: a control API for tests (stats, fault injection,
-    session revocation). Not part of PostgREST.
+    session revocation, version and connection mode). Not part of PostgREST.
+
+Versions: PostgREST 12 (what Supabase runs) by default; ``postgrest_version=13``
+(constructor, ``--postgrest-version``, or ``POST /_standin/config``) switches to
+13's answers where the two differ (see VERSION_DIFFERENCES and the README).
+
+``close_connections`` (constructor, ``--close-connections``, or
+``POST /_standin/config {"close_connections": ...}``) closes every connection
+after its answer: ``"http1.0"`` (or ``true``) answers as an HTTP/1.0 server
+(http.server's default: no keep-alive); ``"keep-alive-timeout"`` answers HTTP/1.1
+without announcing the close, like a proxy whose keep-alive timeout ends right
+after each answer. ``false``/``null``: keep-alive, the default.
 
 Each HTTP request is one database transaction: ``BEGIN; SET LOCAL ROLE <role>;
 set_config('request.jwt.claims', ...)`` then one statement, then COMMIT, or
@@ -48,6 +59,31 @@ from psycopg import sql
 API_ROLES = ("anon", "authenticated", "service_role")
 JSON_CT = "application/json; charset=utf-8"
 MAX_LOGGED_REQUESTS = 1000
+POSTGREST_VERSIONS = (12, 13)
+CONNECTION_MODES = (None, "http1.0", "keep-alive-timeout")
+
+
+def connection_mode(value) -> str | None:
+    """``close_connections`` as one of CONNECTION_MODES (``True`` = ``"http1.0"``)."""
+    if value is True:
+        return "http1.0"
+    if value is False or value is None:
+        return None
+    if value in CONNECTION_MODES:
+        return value
+    raise ValueError(f"close_connections must be one of {CONNECTION_MODES} or a boolean")
+
+# Where PostgREST 12 (Supabase's) and 13 answer differently, for what this stand-in covers.
+# Sources: PostgREST CHANGELOG.md 13.0.0 ("Changed": #3697/#3602 PGRST205, #3600/#3926
+# PGRST303; "Added": #2967 Proxy-Status) and src/PostgREST/Error.hs of 12.2 and 13.
+VERSION_DIFFERENCES = {
+    "unknown table": "12: POST/PATCH/DELETE 404 with body {} (no code); GET 404 42P01 from "
+                     "PostgreSQL. 13: 404 PGRST205 'Could not find the table ... in the schema "
+                     "cache' for every method",
+    "expired JWT": "12: 401 PGRST301 'JWT expired'. 13: 401 PGRST303 'JWT expired' (PGRST303 is "
+                   "new in 13: JWT claims errors)",
+    "Proxy-Status": "12: none. 13: 'Proxy-Status: PostgREST; error=<code>' on every error",
+}
 
 # Query-string keys that are not column filters.
 RESERVED_PARAMS = {"select", "columns", "on_conflict", "order", "limit", "offset", "apikey"}
@@ -115,6 +151,8 @@ def pg_error_status(sqlstate: str | None, role: str) -> int:
     if s == "53400":
         return 500
     if two == "53":
+        return 503
+    if s == "57P01":  # terminating connection due to administrator command (12.2 and 13)
         return 503
     if two in ("54", "55", "57", "58", "F0", "HV", "XX"):
         return 500
@@ -457,7 +495,12 @@ class StandIn:
     def __init__(self, dsn: str, jwt_secret: str | None, jwks_url: str | None = None,
                  anon_key: str | None = None, service_key: str | None = None,
                  host: str = "127.0.0.1", schemas=("public",), pool_size: int = 8,
-                 log_requests: bool = False, jwt_leeway: float = 0):
+                 log_requests: bool = False, jwt_leeway: float = 0,
+                 postgrest_version: int = 12, close_connections: bool | str | None = None):
+        if postgrest_version not in POSTGREST_VERSIONS:
+            raise ValueError(f"postgrest_version must be one of {POSTGREST_VERSIONS}")
+        self.default_version = postgrest_version
+        self.default_close_connections = connection_mode(close_connections)
         self.dsn = dsn
         self.jwt_secret = jwt_secret
         self.anon_key = anon_key
@@ -484,6 +527,8 @@ class StandIn:
             self.revoked_subs: dict[str, str] = {}
             self.revoked_sessions: set[str] = set()
             self.request_log: list[dict] = []
+            self.postgrest_version = self.default_version
+            self.close_connections = self.default_close_connections
         self.verifier.reset_cache()
 
     def reset(self):
@@ -515,6 +560,26 @@ class StandIn:
                 self.faults = [x for x in self.faults if x["count"] > 0]
                 return fault
         return None
+
+    def configure(self, postgrest_version: int | None = None,
+                  close_connections: bool | str | None = "unchanged") -> dict:
+        """Switches the PostgREST version answered and the connection mode until the next
+        ``reset()`` (which restores the constructor's values)."""
+        if postgrest_version is not None:
+            if postgrest_version not in POSTGREST_VERSIONS:
+                raise ValueError(f"postgrest_version must be one of {POSTGREST_VERSIONS}")
+        if close_connections != "unchanged":
+            close_connections = connection_mode(close_connections)
+        with self._lock:
+            if postgrest_version is not None:
+                self.postgrest_version = postgrest_version
+            if close_connections != "unchanged":
+                self.close_connections = close_connections
+            return self.config()
+
+    def config(self) -> dict:
+        return {"postgrest_version": self.postgrest_version,
+                "close_connections": self.close_connections}
 
     def revoke(self, sub: str | None = None, session_id: str | None = None,
                error_code: str = "session_not_found"):
@@ -635,7 +700,8 @@ class StandIn:
             try:
                 claims = self.verifier.verify(token)
             except JwtError as e:
-                code = "PGRST303" if e.expired else "PGRST301"
+                # PGRST303 (JWT claims errors) exists only from PostgREST 13
+                code = "PGRST303" if e.expired and self.postgrest_version >= 13 else "PGRST301"
                 raise ApiError(401, code, str(e), None, None,
                                {"WWW-Authenticate": f'Bearer error="invalid_token", '
                                                    f'error_description="{e}"'})
@@ -719,7 +785,8 @@ class StandIn:
             raise ApiError(405, "PGRST117", f"Unsupported HTTP method: {req.method}")
         handler = handlers[req.method]
         return self._run(req, claims,
-                         lambda cur: handler(cur, req, self._table(cur, schema, table_name)))
+                         lambda cur: handler(cur, req, self._table(cur, schema, table_name,
+                                                                   req.method)))
 
     def _schema(self, req: Request) -> str:
         profile = req.header("Content-Profile") if req.method in ("POST", "PATCH", "DELETE", "PUT") \
@@ -763,12 +830,18 @@ class StandIn:
             raise pg_error_to_http(e, role)
 
     # ---------------------------------------------------------------- catalog
-    def _table(self, cur, schema: str, name: str) -> Table:
+    def _table(self, cur, schema: str, name: str, method: str = "GET") -> Table:
         row = cur.execute(TABLE_SQL, (schema, name)).fetchone()
         if row is None:
-            raise ApiError(404, "PGRST205",
-                           f"Could not find the table '{schema}.{name}' in the schema cache",
-                           None, None)
+            if self.postgrest_version >= 13:
+                raise ApiError(404, "PGRST205",
+                               f"Could not find the table '{schema}.{name}' in the schema cache",
+                               None, None)
+            if method in ("GET", "HEAD"):
+                # 12 runs the read and PostgreSQL refuses it
+                raise ApiError(404, "42P01", f'relation "{schema}.{name}" does not exist')
+            # 12's NotFound for a mutation: 404 with an empty JSON object, no code
+            raise HttpError(404, {})
         oid = row[0]
         qualified = sql.Identifier(schema, name).as_string(cur.raw)
         cols = [Column(*r) for r in cur.execute(COLUMNS_SQL, (qualified, oid)).fetchall()]
@@ -955,7 +1028,9 @@ class StandIn:
         on_conflict = self._param(req, "on_conflict")
         conflict_cols = ([c.strip() for c in on_conflict.split(",") if c.strip()]
                          if on_conflict else table.pk)
+        merging = False
         if resolution in ("merge-duplicates", "ignore-duplicates") and conflict_cols:
+            merging = resolution == "merge-duplicates"
             applied.append(f"resolution={resolution}")
             target = sql.SQL(", ").join(map(sql.Identifier, conflict_cols))
             if resolution == "merge-duplicates" and cols:
@@ -969,11 +1044,27 @@ class StandIn:
         representation = prefs.get("return") == "representation"
         if prefs.get("return") in ("representation", "minimal"):
             applied.append(f"return={prefs['return']}")
+        status = 201
+        if merging:
+            # Since PostgREST 12.0.0 (#1070) an upsert that inserts no row (every row updated,
+            # or an empty array) answers 200, not 201. Whether some row is new is looked up
+            # before the write, as the connecting superuser (so RLS and privileges are not
+            # involved, as they are not in PostgREST's answer status).
+            if all(c in cols for c in conflict_cols):
+                new_row = cur.execute(sql.SQL(
+                    "SELECT EXISTS (SELECT 1 FROM jsonb_populate_recordset(NULL::{tbl}, %s::jsonb)"
+                    " AS p WHERE NOT EXISTS (SELECT 1 FROM {tbl} AS t WHERE {match}))").format(
+                    tbl=table.ident, match=sql.SQL(" AND ").join(
+                        sql.SQL("t.{c} = p.{c}").format(c=sql.Identifier(c))
+                        for c in conflict_cols)), [array_text]).fetchone()[0]
+            else:
+                new_row = bool(rows)  # a conflict column left to its default: new rows
+            status = 201 if new_row else 200
+        cur.become()
         if representation:
             stmt = self._wrap_returning(stmt, req, table)
-        cur.become()
         cur.execute(stmt, params)
-        return self._mutation_response(cur, prefs, applied, 201, 201, representation)
+        return self._mutation_response(cur, prefs, applied, status, status, representation)
 
     # ---------------------------------------------------------------- PATCH /table
     def _update(self, cur: "_RoleCursor", req: Request, table: Table):
@@ -1225,6 +1316,16 @@ class Handler(BaseHTTPRequestHandler):
             phrase = HTTPStatus(status).phrase
         except ValueError:
             phrase = "Status"
+        mode = self.standin.close_connections
+        if mode == "http1.0":
+            # an HTTP/1.0 upstream, like http.server's default: answers HTTP/1.0 and closes the
+            # connection after this answer (HTTP/1.0 means close unless keep-alive is said)
+            self.protocol_version = "HTTP/1.0"
+            self.close_connection = True
+        elif mode == "keep-alive-timeout":
+            # a proxy whose keep-alive timeout ends right after each answer: an HTTP/1.1 answer
+            # that does not announce it, then the connection is closed
+            self.close_connection = True
         self.send_response(status, phrase)
         for k, v in headers.items():
             self.send_header(k, v)
@@ -1312,7 +1413,7 @@ class Handler(BaseHTTPRequestHandler):
             except HttpError as e:
                 status, payload = e.status, json.dumps(e.body).encode()
                 headers = {"Content-Type": JSON_CT, **e.headers}
-                if isinstance(e, ApiError):
+                if isinstance(e, ApiError) and app.postgrest_version >= 13:
                     headers.setdefault("Proxy-Status", f"PostgREST; error={e.code}")
 
             if fault and fault.get("delay_after_ms"):
@@ -1363,6 +1464,20 @@ class Handler(BaseHTTPRequestHandler):
             except (ValueError, TypeError) as e:
                 return self._json(400, {"message": str(e)})
             return self._json(200, {"ok": True, "pending_faults": app.stats()["pending_faults"]})
+        if name == "config" and req.method == "GET":
+            return self._json(200, app.config())
+        if name == "config" and req.method == "POST":
+            if not isinstance(payload, dict) or not set(payload) <= {"postgrest_version",
+                                                                     "close_connections"}:
+                return self._json(400, {"message": "give postgrest_version and/or "
+                                                   "close_connections"})
+            try:
+                version = payload.get("postgrest_version")
+                return self._json(200, app.configure(
+                    int(version) if version is not None else None,
+                    payload.get("close_connections", "unchanged")))
+            except (ValueError, TypeError) as e:
+                return self._json(400, {"message": str(e)})
         if name == "revoke" and req.method == "POST":
             if not isinstance(payload, dict) or not (payload.get("sub") or payload.get("session_id")):
                 return self._json(400, {"message": "give sub and/or session_id"})
@@ -1389,6 +1504,12 @@ def main(argv=None):
     p.add_argument("--schemas", default="public", help="exposed schemas, comma separated")
     p.add_argument("--jwt-leeway", type=float, default=0.0, help="seconds of clock skew allowed")
     p.add_argument("--log-requests", action="store_true", help="log each request to stderr")
+    p.add_argument("--postgrest-version", type=int, choices=POSTGREST_VERSIONS,
+                   default=int(os.environ.get("STANDIN_POSTGREST_VERSION", "12")),
+                   help="PostgREST version whose answers to give (default 12, Supabase's)")
+    p.add_argument("--close-connections", choices=CONNECTION_MODES[1:], default=None,
+                   help="close every connection after its answer: as an HTTP/1.0 server, or "
+                        "as a proxy whose keep-alive timeout ends after each answer")
     args = p.parse_args(argv)
     if not args.dsn:
         p.error("--dsn is required")
@@ -1397,7 +1518,9 @@ def main(argv=None):
     standin = StandIn(args.dsn, args.jwt_secret, jwks_url=args.jwks_url, anon_key=args.anon_key,
                       service_key=args.service_key, host=args.host,
                       schemas=[s.strip() for s in args.schemas.split(",") if s.strip()],
-                      log_requests=args.log_requests, jwt_leeway=args.jwt_leeway)
+                      log_requests=args.log_requests, jwt_leeway=args.jwt_leeway,
+                      postgrest_version=args.postgrest_version,
+                      close_connections=args.close_connections)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
