@@ -66,7 +66,7 @@ use serde_json::{json, Map, Value};
 use super::crud::{Entry, Op, Transaction};
 use super::filter::{self, InList};
 use super::outcome::FailedOperation;
-use super::row;
+use super::row::{self, Columns};
 use super::settings::{is_identifier, UploadSettings, WriteMode};
 use super::Caller;
 use crate::http::{HttpRequest, Method};
@@ -125,7 +125,7 @@ pub fn plan_transaction(
             Op::Patch => {
                 let data = row::patch_data(entry, settings);
                 if !data.is_empty() {
-                    planner.add_filtered(index, &entry.table, &entry.id, Some(data));
+                    planner.add_filtered(index, &entry.table, &entry.id, Some(data.to_json_string()));
                 }
             }
             Op::Delete => planner.add_filtered(index, &entry.table, &entry.id, None),
@@ -235,20 +235,40 @@ impl<'a> Context<'a> {
         if transaction.entries.is_empty() {
             return None;
         }
-        let ops: Vec<Value> = transaction
-            .entries
-            .iter()
-            .map(|entry| Value::Object(atomic_op(entry, self.settings, &self.caller.user_id)))
-            .collect();
-        let mut body = Map::new();
-        body.insert("ops".to_string(), Value::Array(ops));
-        if let Some((column, user_id)) = self.owner {
-            body.insert("owner_column".to_string(), json!(column));
-            body.insert("owner_id".to_string(), json!(user_id));
+        // Written directly: the rows' values are the client's text, never rebuilt.
+        let mut body = String::from("{\"ops\":[");
+        for (i, entry) in transaction.entries.iter().enumerate() {
+            if i > 0 {
+                body.push(',');
+            }
+            body.push_str("{\"op\":\"");
+            body.push_str(entry.op.as_str());
+            body.push_str("\",\"table\":");
+            row::push_json_string(&mut body, &entry.table);
+            body.push_str(",\"id\":");
+            row::push_json_string(&mut body, &entry.id);
+            let data = match entry.op {
+                Op::Put => Some(row::put_row(entry, self.settings, &self.caller.user_id)),
+                Op::Patch => Some(row::patch_data(entry, self.settings)),
+                Op::Delete => None,
+            };
+            if let Some(data) = data {
+                body.push_str(",\"data\":");
+                data.write_json(&mut body);
+            }
+            body.push('}');
         }
+        body.push(']');
+        if let Some((column, user_id)) = self.owner {
+            body.push_str(",\"owner_column\":");
+            row::push_json_string(&mut body, column);
+            body.push_str(",\"owner_id\":");
+            row::push_json_string(&mut body, user_id);
+        }
+        body.push('}');
         let url = format!("{}/rest/v1/rpc/{}", self.settings.supabase_url, self.settings.atomic_function);
         Some(PlannedRequest {
-            request: self.request(Method::Post, url).json_body(Value::Object(body).to_string()),
+            request: self.request(Method::Post, url).json_body(body),
             entries: 0..transaction.entries.len(),
             check: Check::Atomic,
         })
@@ -264,10 +284,10 @@ pub(crate) fn atomic_op(entry: &Entry, settings: &UploadSettings, user_id: &str)
     op.insert("id".to_string(), json!(entry.id));
     match entry.op {
         Op::Put => {
-            op.insert("data".to_string(), Value::Object(row::put_row(entry, settings, user_id)));
+            op.insert("data".to_string(), Value::Object(row::put_row(entry, settings, user_id).to_map()));
         }
         Op::Patch => {
-            op.insert("data".to_string(), Value::Object(row::patch_data(entry, settings)));
+            op.insert("data".to_string(), Value::Object(row::patch_data(entry, settings).to_map()));
         }
         Op::Delete => {}
     }
@@ -291,7 +311,7 @@ enum Group<'e> {
 }
 
 /// A row of a bulk upsert: (row, id, entry index).
-type PutRow = (Map<String, Value>, String, usize);
+type PutRow<'e> = (Columns<'e>, &'e str, usize);
 
 struct PutGroup<'e> {
     table: &'e str,
@@ -299,44 +319,46 @@ struct PutGroup<'e> {
     end: usize,
     /// (row, id, entry index) in body order; `None` where a later PUT of the same id replaced the
     /// row (it was appended again at the end).
-    rows: Vec<Option<PutRow>>,
-    /// Sorted keys shared by every row.
-    keys: Vec<String>,
+    rows: Vec<Option<PutRow<'e>>>,
+    /// A row with the column names every row has.
+    keys: Columns<'e>,
     /// Position in `rows` of each id's current row.
-    positions: HashMap<String, usize>,
+    positions: HashMap<&'e str, usize>,
     /// [`cast_key`] of every id in the group.
     cast_keys: HashSet<String>,
     /// The rows' ids, for the service-mode ownership check's filter.
     check_ids: InList,
+    /// Length of the rows' JSON, about.
+    body_len: usize,
 }
 
-/// PATCHes with identical data (`data: Some`) or DELETEs (`data: None`) on one table.
+/// PATCHes with identical data (`data: Some`, the JSON body) or DELETEs (`data: None`) on one
+/// table.
 struct FilteredGroup<'e> {
     table: &'e str,
     start: usize,
     end: usize,
-    data: Option<Map<String, Value>>,
+    data: Option<String>,
     ids: InList,
 }
 
-struct Planner<'a, 'e> {
-    context: Context<'a>,
+struct Planner<'e> {
+    context: Context<'e>,
     requests: Vec<PlannedRequest>,
     group: Option<Group<'e>>,
 }
 
-impl<'e> Planner<'_, 'e> {
-    fn add_put(&mut self, index: usize, table: &'e str, id: &str, row: Map<String, Value>) {
-        let mut keys: Vec<String> = row.keys().cloned().collect();
-        keys.sort();
+impl<'e> Planner<'e> {
+    fn add_put(&mut self, index: usize, table: &'e str, id: &'e str, row: Columns<'e>) {
         let cast = cast_key(id);
         if let Some(Group::Put(group)) = &mut self.group {
-            if group.table == table && group.keys == keys {
+            if group.table == table && row.names().eq(group.keys.names()) {
                 if let Some(position) = group.positions.get(id).copied() {
                     // The same row again: the later PUT replaces it, at the end of the group.
                     group.rows[position] = None;
-                    group.positions.insert(id.to_string(), group.rows.len());
-                    group.rows.push(Some((row, id.to_string(), index)));
+                    group.positions.insert(id, group.rows.len());
+                    group.body_len += row.json_len() + 1;
+                    group.rows.push(Some((row, id, index)));
                     group.end = index + 1;
                     return;
                 }
@@ -344,30 +366,37 @@ impl<'e> Planner<'_, 'e> {
                     || self.context.owner_check_url_len(table) + group.check_ids.len_with(id) <= filter::MAX_URL_BYTES;
                 if url_fits && !group.cast_keys.contains(&cast) {
                     group.end = index + 1;
-                    group.positions.insert(id.to_string(), group.rows.len());
-                    group.rows.push(Some((row, id.to_string(), index)));
+                    group.positions.insert(id, group.rows.len());
+                    group.body_len += row.json_len() + 1;
+                    group.rows.push(Some((row, id, index)));
                     group.cast_keys.insert(cast);
-                    group.check_ids.push(id);
+                    if self.context.owner.is_some() {
+                        group.check_ids.push(id);
+                    }
                     return;
                 }
             }
         }
         self.flush();
         let mut check_ids = InList::new();
-        check_ids.push(id);
+        if self.context.owner.is_some() {
+            check_ids.push(id);
+        }
+        let keys = row.clone();
         self.group = Some(Group::Put(PutGroup {
             table,
             start: index,
             end: index + 1,
-            rows: vec![Some((row, id.to_string(), index))],
+            body_len: row.json_len() + 2,
+            rows: vec![Some((row, id, index))],
             keys,
-            positions: HashMap::from([(id.to_string(), 0)]),
+            positions: HashMap::from([(id, 0)]),
             cast_keys: HashSet::from([cast]),
             check_ids,
         }));
     }
 
-    fn add_filtered(&mut self, index: usize, table: &'e str, id: &str, data: Option<Map<String, Value>>) {
+    fn add_filtered(&mut self, index: usize, table: &'e str, id: &str, data: Option<String>) {
         if let Some(Group::Filtered(group)) = &mut self.group {
             let fits = self.context.filtered_url_len(table) + group.ids.len_with(id) <= filter::MAX_URL_BYTES;
             if group.table == table && group.data == data && fits {
@@ -401,16 +430,25 @@ impl<'e> Planner<'_, 'e> {
                         entries: entries.clone(),
                         check: Check::OwnerCheck {
                             table: group.table.to_string(),
-                            ids: rows.iter().map(|(_, id, index)| (id.clone(), *index)).collect(),
+                            ids: rows.iter().map(|(_, id, index)| (id.to_string(), *index)).collect(),
                         },
                     });
                 }
                 let row_entries = rows.iter().map(|(_, _, index)| *index).collect();
-                let body = Value::Array(rows.into_iter().map(|(row, _, _)| Value::Object(row)).collect());
+                // The rows' values are the client's text: copied into the body, never rebuilt.
+                let mut body = String::with_capacity(group.body_len);
+                body.push('[');
+                for (i, (row, _, _)) in rows.iter().enumerate() {
+                    if i > 0 {
+                        body.push(',');
+                    }
+                    row.write_json(&mut body);
+                }
+                body.push(']');
                 let request = self
                     .context
                     .request(Method::Post, format!("{}?on_conflict=id", self.context.table_url(group.table)))
-                    .json_body(body.to_string())
+                    .json_body(body)
                     .header("Prefer", PREFER_UPSERT);
                 self.requests.push(PlannedRequest { request, entries, check: Check::Upsert { row_entries } });
             }
@@ -422,7 +460,7 @@ impl<'e> Planner<'_, 'e> {
                     self.context.owner_filter()
                 );
                 let request = match group.data {
-                    Some(data) => self.context.request(Method::Patch, url).json_body(Value::Object(data).to_string()),
+                    Some(data) => self.context.request(Method::Patch, url).json_body(data),
                     None => self.context.request(Method::Delete, url),
                 };
                 self.requests.push(PlannedRequest {
@@ -488,7 +526,7 @@ mod tests {
     }
 
     fn e(op: Op, table: &str, id: &str, data: Value) -> Entry {
-        Entry { op, table: table.to_string(), id: id.to_string(), data: data.as_object().cloned().unwrap_or_default() }
+        Entry { op, table: table.to_string(), id: id.to_string(), data: data.as_object().cloned().unwrap_or_default().into() }
     }
 
     fn put(id: &str, data: Value) -> Entry {
