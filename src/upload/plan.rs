@@ -481,6 +481,16 @@ impl<'e> Planner<'e> {
 /// anywhere or none) is reduced to its 32 hex digits; an integer to its value's digits (sign,
 /// leading zeros and PostgreSQL 16's `_` separators dropped).
 pub fn cast_key(id: &str) -> String {
+    if id.len() == 36 && id.is_ascii() {
+        // The common case, a uuid in its usual form: one pass, one allocation.
+        let mut hex = String::with_capacity(32);
+        for b in id.bytes().filter(|b| *b != b'-') {
+            hex.push(b.to_ascii_lowercase() as char);
+        }
+        if hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return hex;
+        }
+    }
     let lower = id.trim().to_lowercase();
     let hex: String = lower.chars().filter(|c| !matches!(c, '-' | '{' | '}')).collect();
     if hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
