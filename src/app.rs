@@ -4,6 +4,7 @@
 //! whole flow runs natively in tests with fakes, and in workerd with `Fetch` and WebCrypto.
 
 use std::cell::RefCell;
+use std::future::Future;
 
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -15,14 +16,36 @@ use crate::session::{self, Session, SessionError, SignatureVerifier, Step, Verif
 use crate::token::{self, TokenSigner};
 use crate::upload;
 
-/// A request as the worker received it.
+/// A request as the worker received it, without its body: the body is a [`RequestBody`] passed
+/// beside it, read only by the route that needs it (uploads, after the session is verified).
 #[derive(Debug, Clone, Default)]
 pub struct IncomingRequest {
     pub method: String,
     pub path: String,
     pub headers: Vec<(String, String)>,
-    /// The body; left empty by the adapter when `Content-Length` exceeds [`App::body_limit`].
-    pub body: Vec<u8>,
+}
+
+/// Why a request body was not read whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BodyError {
+    /// More than the limit arrived (or was declared); reading stopped there.
+    TooLarge { limit: usize },
+    /// The body could not be read (the client went away, a broken chunked encoding...).
+    Unreadable(String),
+}
+
+/// A request body that has not been read yet. The adapter reads the platform's stream chunk by
+/// chunk and stops as soon as more than `limit` bytes arrived, so a body over the limit is never
+/// buffered whole, whether or not it declared a `Content-Length`.
+pub trait RequestBody {
+    fn read(self, limit: usize) -> impl Future<Output = Result<Vec<u8>, BodyError>>;
+}
+
+/// A body already in memory (tests, and anything that has the bytes).
+impl RequestBody for Vec<u8> {
+    fn read(self, limit: usize) -> impl Future<Output = Result<Vec<u8>, BodyError>> {
+        std::future::ready(if self.len() > limit { Err(BodyError::TooLarge { limit }) } else { Ok(self) })
+    }
 }
 
 impl IncomingRequest {
@@ -71,10 +94,13 @@ impl App {
         limits.max_body_bytes as u64
     }
 
-    /// Handles one request at time `now` (Unix seconds).
-    pub async fn handle<T: Transport, C: TokenSigner + SignatureVerifier>(
+    /// Handles one request at time `now` (Unix seconds). `body` is read only by the upload
+    /// route, after the session is verified; every other route drops it unread.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn handle<B: RequestBody, T: Transport, C: TokenSigner + SignatureVerifier>(
         &self,
         request: &IncomingRequest,
+        body: B,
         transport: &T,
         crypto: &C,
         now: u64,
@@ -93,7 +119,7 @@ impl App {
             }
             (UPLOAD_PATH, "POST") => {
                 log.route = "upload";
-                self.upload(request, transport, crypto, now, &mut log).await
+                self.upload(request, body, transport, crypto, now, &mut log).await
             }
             (JWKS_PATH, "GET" | "HEAD") => {
                 log.route = "jwks";
@@ -243,9 +269,10 @@ impl App {
         response
     }
 
-    async fn upload<T: Transport, V: SignatureVerifier>(
+    async fn upload<B: RequestBody, T: Transport, V: SignatureVerifier>(
         &self,
         request: &IncomingRequest,
+        body: B,
         transport: &T,
         signatures: &V,
         now: u64,
@@ -256,14 +283,21 @@ impl App {
         if !settings.admits(&session.claims) {
             return Err(ApiError::AnonymousNotAllowed);
         }
+        // Only now, with the session verified, is the body read; over the limit, reading stops.
+        let limit = settings.limits.max_body_bytes;
         let declared = request.header("Content-Length").and_then(|n| n.trim().parse::<u64>().ok());
-        if let Some(length) = declared.filter(|n| *n > self.body_limit()) {
-            return Err(ApiError::PayloadTooLarge(format!(
-                "body is {length} bytes; at most {} are accepted",
-                self.body_limit()
-            )));
+        if let Some(length) = declared.filter(|n| *n > limit as u64) {
+            return Err(ApiError::PayloadTooLarge(format!("body is {length} bytes; at most {limit} are accepted")));
         }
-        let transactions = upload::crud::parse(&request.body, &settings.limits).map_err(|e| match e {
+        let bytes = body.read(limit).await.map_err(|e| match e {
+            BodyError::TooLarge { limit } => {
+                ApiError::PayloadTooLarge(format!("body is over {limit} bytes; at most {limit} are accepted"))
+            }
+            BodyError::Unreadable(why) => {
+                ApiError::BadRequest { path: "$".into(), message: format!("the body could not be read: {why}") }
+            }
+        })?;
+        let transactions = upload::crud::parse(&bytes, &settings.limits).map_err(|e| match e {
             upload::crud::CrudError::Malformed { path, message } => ApiError::BadRequest { path, message },
             upload::crud::CrudError::TooLarge { message } => ApiError::PayloadTooLarge(message),
         })?;
@@ -347,17 +381,31 @@ mod tests {
         App::new(Config::from_lookup(&|name| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())))
     }
 
-    fn request(method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> IncomingRequest {
-        IncomingRequest {
+    fn request(method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (IncomingRequest, Vec<u8>) {
+        let request = IncomingRequest {
             method: method.into(),
             path: path.into(),
             headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-            body: body.as_bytes().to_vec(),
+        };
+        (request, body.as_bytes().to_vec())
+    }
+
+    /// A body that records whether anyone read it.
+    struct WatchedBody<'a> {
+        bytes: Vec<u8>,
+        read: &'a std::cell::Cell<bool>,
+    }
+
+    impl RequestBody for WatchedBody<'_> {
+        async fn read(self, limit: usize) -> Result<Vec<u8>, BodyError> {
+            self.read.set(true);
+            self.bytes.read(limit).await
         }
     }
 
-    fn send(app: &App, transport: &FakeTransport, req: IncomingRequest) -> (HttpResponse, RequestLog, Value) {
-        let (response, log) = block_on(app.handle(&req, transport, &RustCrypto, NOW, "req-1"));
+    fn send(app: &App, transport: &FakeTransport, req: (IncomingRequest, Vec<u8>)) -> (HttpResponse, RequestLog, Value) {
+        let (req, body) = req;
+        let (response, log) = block_on(app.handle(&req, body, transport, &RustCrypto, NOW, "req-1"));
         let body = serde_json::from_str(&response.body).unwrap_or(Value::Null);
         (response, log, body)
     }
@@ -472,6 +520,51 @@ mod tests {
         let (response, _, body) = send(&app, &FakeTransport::default(), request("POST", "/powersync-upload", &[("authorization", &auth), ("Content-Length", "101")], ""));
         assert_eq!((response.status, body["code"].as_str()), (413, Some("payload_too_large")));
         assert_eq!(app.body_limit(), 100);
+    }
+
+    #[test]
+    fn upload_body_is_not_read_without_a_valid_session() {
+        let app = app(&[]);
+        let body = br#"{"batch":[{"op":"PUT","table":"todos","id":"1","data":{"a":1}}]}"#.to_vec();
+        for auth in [None, Some("Bearer not-a-jwt".to_string()), Some(bearer(&hs256(&json!({"sub": "u", "exp": 1}))))] {
+            let read = std::cell::Cell::new(false);
+            let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", a.as_str())).collect();
+            let (req, _) = request("POST", "/powersync-upload", &headers, "");
+            let transport = FakeTransport::default();
+            let (response, _) =
+                block_on(app.handle(&req, WatchedBody { bytes: body.clone(), read: &read }, &transport, &RustCrypto, NOW, "r"));
+            assert_eq!(response.status, 401);
+            assert!(!read.get(), "the body was read before the session was verified");
+        }
+        let read = std::cell::Cell::new(false);
+        let auth = bearer(&hs256(&user_claims()));
+        let (req, _) = request("POST", "/powersync-upload", &[("authorization", &auth)], "");
+        let (response, _) = block_on(app.handle(&req, WatchedBody { bytes: body, read: &read }, &FakeTransport::default(), &RustCrypto, NOW, "r"));
+        assert_eq!(response.status, 200);
+        assert!(read.get());
+    }
+
+    #[test]
+    fn bodies_of_other_routes_are_never_read() {
+        let app = app(&[]);
+        let auth = bearer(&hs256(&user_claims()));
+        for (method, path) in [("POST", "/powersync-token"), ("POST", "/nope"), ("PUT", "/powersync-upload"), ("OPTIONS", "/powersync-upload")] {
+            let read = std::cell::Cell::new(false);
+            let (req, _) = request(method, path, &[("authorization", &auth)], "");
+            block_on(app.handle(&req, WatchedBody { bytes: b"{}".to_vec(), read: &read }, &FakeTransport::default(), &RustCrypto, NOW, "r"));
+            assert!(!read.get(), "{method} {path} read its body");
+        }
+    }
+
+    #[test]
+    fn upload_body_over_the_limit_without_a_declared_length_is_413() {
+        let app = app(&[("UPLOAD_MAX_BODY_BYTES", "100")]);
+        let auth = bearer(&hs256(&user_claims()));
+        let body = format!(r#"{{"batch":[{{"op":"PUT","table":"todos","id":"1","data":{{"a":"{}"}}}}]}}"#, "x".repeat(100));
+        let transport = FakeTransport::default();
+        let (response, _, answer) = send(&app, &transport, request("POST", "/powersync-upload", &[("authorization", &auth)], &body));
+        assert_eq!((response.status, answer["code"].as_str()), (413, Some("payload_too_large")));
+        assert!(transport.sent().is_empty());
     }
 
     #[test]

@@ -8,12 +8,13 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use futures_util::future::{select, Either};
+use futures_util::StreamExt;
 use js_sys::{Object, Reflect, Uint8Array};
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
-use worker::{console_log, event, AbortController, Context, Date, Delay, Env, Fetch, Headers, Method as WMethod, Request, RequestInit, Response};
+use worker::{console_log, event, AbortController, ByteStream, Context, Date, Delay, Env, Fetch, Headers, Method as WMethod, Request, RequestInit, Response};
 
-use crate::app::{App, IncomingRequest};
+use crate::app::{App, BodyError, IncomingRequest, RequestBody};
 use crate::config::Config;
 use crate::http::{HttpRequest, HttpResponse, Method, Transport, TransportError};
 use crate::keys::SigningKey;
@@ -51,18 +52,13 @@ async fn fetch(mut req: Request, env: Env, _ctx: Context) -> worker::Result<Resp
     let app = app(&env);
     let request_id = request_id(&req);
     let method = req.method().to_string();
-    let declared = req.headers().get("content-length").ok().flatten().and_then(|n| n.trim().parse::<u64>().ok());
-    let wants_body = matches!(req.method(), WMethod::Post | WMethod::Put | WMethod::Patch);
-    // A body declared over the limit is not read at all; the app answers 413.
-    let body = if wants_body && declared.is_none_or(|n| n <= app.body_limit()) {
-        req.bytes().await.unwrap_or_default()
-    } else {
-        Vec::new()
-    };
-    let incoming = IncomingRequest { method, path: req.path(), headers: req.headers().entries().collect(), body };
+    let declared = req.headers().get("content-length").ok().flatten().and_then(|n| n.trim().parse::<usize>().ok());
+    let incoming = IncomingRequest { method, path: req.path(), headers: req.headers().entries().collect() };
+    // Not read here: the app reads it only for an upload whose session is verified.
+    let body = StreamBody { stream: req.stream().ok(), declared };
     let transport = FetchTransport { timeout: Duration::from_millis(app.config.upstream_timeout_ms) };
     let now = Date::now().as_millis() / 1000;
-    let (response, log) = app.handle(&incoming, &transport, &WebCrypto, now, &request_id).await;
+    let (response, log) = app.handle(&incoming, body, &transport, &WebCrypto, now, &request_id).await;
     let mut line = serde_json::to_value(&log).unwrap_or_default();
     line["request_id"] = request_id.into();
     line["duration_ms"] = (Date::now().as_millis().saturating_sub(started)).into();
@@ -82,6 +78,30 @@ fn request_id(req: &Request) -> String {
     let mut bytes = [0u8; 8];
     let _ = getrandom::getrandom(&mut bytes);
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The request's body stream, read chunk by chunk when the app asks for it. Reading stops as soon
+/// as more than the limit has arrived (chunked bodies have no `Content-Length` to refuse them by);
+/// dropping the stream then cancels it, so the rest is never buffered.
+struct StreamBody {
+    /// `None` when the request has no body.
+    stream: Option<ByteStream>,
+    declared: Option<usize>,
+}
+
+impl RequestBody for StreamBody {
+    async fn read(self, limit: usize) -> Result<Vec<u8>, BodyError> {
+        let Some(mut stream) = self.stream else { return Ok(Vec::new()) };
+        let mut bytes = Vec::with_capacity(self.declared.unwrap_or(0).min(limit));
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| BodyError::Unreadable(e.to_string()))?;
+            if bytes.len() + chunk.len() > limit {
+                return Err(BodyError::TooLarge { limit });
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok(bytes)
+    }
 }
 
 struct FetchTransport {
@@ -104,7 +124,8 @@ impl Transport for FetchTransport {
         });
         init.with_headers(headers);
         if let Some(body) = request.body {
-            init.with_body(Some(JsValue::from_str(&body)));
+            // As bytes: one copy out of wasm memory, no UTF-8 → UTF-16 → UTF-8 round trip.
+            init.with_body(Some(Uint8Array::from(body.as_bytes()).into()));
         }
         let outgoing = Request::new_with_init(&request.url, &init).map_err(|e| failed(format!("bad request: {e}")))?;
         let controller = AbortController::default();

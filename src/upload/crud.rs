@@ -28,6 +28,9 @@
 
 use std::fmt;
 
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 /// Default for [`Limits::max_body_bytes`]: 5 MiB.
@@ -102,7 +105,7 @@ pub struct Entry {
     /// The row id, never empty.
     pub id: String,
     /// The columns as sent, before any conversion. Always empty for DELETE.
-    pub data: Map<String, Value>,
+    pub data: Row,
 }
 
 impl Entry {
@@ -114,7 +117,7 @@ impl Entry {
         object.insert("table".to_string(), Value::String(self.table.clone()));
         object.insert("id".to_string(), Value::String(self.id.clone()));
         if self.op != Op::Delete {
-            object.insert("data".to_string(), Value::Object(self.data.clone()));
+            object.insert("data".to_string(), Value::Object(self.data.to_map()));
         }
         Value::Object(object)
     }
@@ -149,42 +152,206 @@ impl fmt::Display for CrudError {
 
 impl std::error::Error for CrudError {}
 
+/// A row's columns as the client sent them: each column's name and the raw JSON text of its
+/// value, which is passed on to PostgREST as it is (never rebuilt) unless a conversion applies.
+/// Names are unique (the last of a repeated name wins, as in a JSON object) and kept in name
+/// order; one buffer holds every name and value.
+#[derive(Clone, Default)]
+pub struct Row {
+    text: String,
+    /// Per column: (name start, name end = value start, value end) in `text`.
+    columns: Vec<(u32, u32, u32)>,
+}
+
+impl Row {
+    /// The row of a JSON object's text. Errors only when `object` is not a JSON object.
+    pub fn parse(object: &str) -> Result<Row, String> {
+        struct RowVisitor(usize);
+        impl<'de> Visitor<'de> for RowVisitor {
+            type Value = Row;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Row, A::Error> {
+                let mut row = Row { text: String::with_capacity(self.0), columns: Vec::new() };
+                while let Some(name) = map.next_key::<Name<'de>>()? {
+                    let value = map.next_value::<&'de RawValue>()?;
+                    row.push(&name.0, value.get());
+                }
+                row.finish();
+                Ok(row)
+            }
+        }
+        let mut deserializer = serde_json::Deserializer::from_str(object);
+        let row = deserializer.deserialize_map(RowVisitor(object.len())).map_err(|e| e.to_string())?;
+        deserializer.end().map_err(|e| e.to_string())?;
+        Ok(row)
+    }
+
+    /// The row of a JSON object (tests, and callers that hold a [`Map`]).
+    pub fn from_map(map: &Map<String, Value>) -> Row {
+        let mut row = Row::default();
+        for (name, value) in map {
+            row.push(name, &value.to_string());
+        }
+        row.finish();
+        row
+    }
+
+    fn push(&mut self, name: &str, raw: &str) {
+        let start = self.text.len() as u32;
+        self.text.push_str(name);
+        let middle = self.text.len() as u32;
+        self.text.push_str(raw);
+        self.columns.push((start, middle, self.text.len() as u32));
+    }
+
+    /// Sorts the columns by name, keeping the last of each repeated name.
+    fn finish(&mut self) {
+        let text = &self.text;
+        let name = |c: &(u32, u32, u32)| &text[c.0 as usize..c.1 as usize];
+        if self.columns.windows(2).all(|w| name(&w[0]) < name(&w[1])) {
+            return;
+        }
+        self.columns.sort_by(|a, b| name(a).cmp(name(b)));
+        // The sort is stable: of each run of one name, the last is the last in the object.
+        let mut kept = 0;
+        for i in 0..self.columns.len() {
+            let column = self.columns[i];
+            if kept > 0 && name(&self.columns[kept - 1]) == name(&column) {
+                self.columns[kept - 1] = column;
+            } else {
+                self.columns[kept] = column;
+                kept += 1;
+            }
+        }
+        self.columns.truncate(kept);
+    }
+
+    /// Bytes of names and values together.
+    pub fn text_len(&self) -> usize {
+        self.text.len()
+    }
+
+    pub fn len(&self) -> usize {
+        self.columns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.columns.is_empty()
+    }
+
+    /// The columns in name order: (name, raw JSON value).
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
+        self.columns.iter().map(|&(start, middle, end)| {
+            (&self.text[start as usize..middle as usize], &self.text[middle as usize..end as usize])
+        })
+    }
+
+    /// The raw JSON value of column `name`.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        let text = &self.text;
+        let i = self.columns.binary_search_by(|c| text[c.0 as usize..c.1 as usize].cmp(name)).ok()?;
+        let (_, middle, end) = self.columns[i];
+        Some(&text[middle as usize..end as usize])
+    }
+
+    /// The row as a JSON object (values parsed; for dead letters, logs and tests).
+    pub fn to_map(&self) -> Map<String, Value> {
+        self.iter()
+            .map(|(name, raw)| (name.to_string(), serde_json::from_str(raw).unwrap_or(Value::Null)))
+            .collect()
+    }
+}
+
+impl From<Map<String, Value>> for Row {
+    fn from(map: Map<String, Value>) -> Row {
+        Row::from_map(&map)
+    }
+}
+
+/// Equal when they are the same JSON object.
+impl PartialEq for Row {
+    fn eq(&self, other: &Row) -> bool {
+        (self.len() == other.len() && self.iter().eq(other.iter())) || self.to_map() == other.to_map()
+    }
+}
+
+impl fmt::Debug for Row {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+/// An object key, borrowed from the input when it has no escapes.
+struct Name<'de>(std::borrow::Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Name<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct NameVisitor;
+        impl<'de> Visitor<'de> for NameVisitor {
+            type Value = Name<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a column name")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, name: &'de str) -> Result<Name<'de>, E> {
+                Ok(Name(std::borrow::Cow::Borrowed(name)))
+            }
+            fn visit_str<E: de::Error>(self, name: &str) -> Result<Name<'de>, E> {
+                Ok(Name(std::borrow::Cow::Owned(name.to_string())))
+            }
+        }
+        deserializer.deserialize_str(NameVisitor)
+    }
+}
+
 /// Path of the body itself in error messages.
 const ROOT: &str = "$";
 /// The top-level keys naming the accepted shapes.
 const SHAPES: [&str; 3] = ["transactions", "batch", "operations"];
+/// Alias values that differ in their text are compared as JSON values only below this size;
+/// larger ones count as different (a conflict) rather than being materialised.
+const ALIAS_COMPARE_LIMIT: usize = 64 * 1024;
 
 /// Reads an upload body into transactions, in order.
 ///
-/// The size of the body is checked before it is parsed; the counts of transactions and entries
-/// before any entry is examined, so an oversized body is always [`CrudError::TooLarge`].
-/// An empty transaction list and a transaction without entries are both valid.
+/// The body is read in one pass into typed values: fields other than the ones above are skipped
+/// without being materialised, and a row's data is kept as the raw JSON text of its columns (see
+/// [`Row`]). Transactions and entries are counted while reading, and reading stops at the first
+/// one over a [`Limits`] value: [`CrudError::TooLarge`], whatever follows. Otherwise a body that
+/// is not JSON is malformed at `$`; then the body's shape is checked, and then each place in
+/// document order (within an entry: `op`, `id`, the table, the data), the first fault found
+/// being reported. An empty transaction list and a transaction without entries are both valid.
 pub fn parse(body: &[u8], limits: &Limits) -> Result<Vec<Transaction>, CrudError> {
     if body.len() > limits.max_body_bytes {
         return Err(CrudError::TooLarge {
             message: format!("body is {} bytes; at most {} are accepted", body.len(), limits.max_body_bytes),
         });
     }
-    let value: Value =
-        serde_json::from_slice(body).map_err(|e| malformed(ROOT.to_string(), format!("not valid JSON: {e}")))?;
-    // The parsed tree is taken apart by value, so rows move into entries instead of being copied.
-    let Value::Object(mut root) = value else {
+    let mut reader = Reader { limits, entries: 0, transactions: 0, too_large: None, fault: None };
+    let mut shapes = Shapes::default();
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let read = RootSeed { reader: &mut reader, shapes: &mut shapes }.deserialize(&mut deserializer);
+    let read = read.and_then(|()| deserializer.end());
+    if let Some(too_large) = reader.too_large.take() {
+        return Err(too_large);
+    }
+    if let Err(e) = read {
+        return Err(malformed(ROOT.to_string(), format!("not valid JSON: {e}")));
+    }
+    if !shapes.object {
         return Err(malformed(
             ROOT.to_string(),
             "expected a JSON object with `transactions`, `batch` or `operations`".to_string(),
         ));
-    };
-    let present: Vec<&str> = SHAPES.iter().copied().filter(|k| root.contains_key(*k)).collect();
-    match present.as_slice() {
-        [shape] => {
-            let value = root.remove(*shape).unwrap_or_default();
-            if *shape == "transactions" {
-                parse_transactions(value, limits)
-            } else {
-                parse_single(shape, value, limits)
-            }
-        }
-        [] => Err(malformed(ROOT.to_string(), "expected one of `transactions`, `batch` or `operations`".to_string())),
+    }
+    let present: Vec<&str> = SHAPES.iter().zip(shapes.seen).filter(|(_, seen)| *seen).map(|(name, _)| *name).collect();
+    match present.len() {
+        0 => Err(malformed(ROOT.to_string(), "expected one of `transactions`, `batch` or `operations`".to_string())),
+        1 => match reader.fault.take() {
+            Some(fault) => Err(fault),
+            None => Ok(shapes.transactions),
+        },
         _ => Err(malformed(
             ROOT.to_string(),
             format!("give only one of `transactions`, `batch` or `operations` (found {})", present.join(", ")),
@@ -192,140 +359,618 @@ pub fn parse(body: &[u8], limits: &Limits) -> Result<Vec<Transaction>, CrudError
     }
 }
 
-fn parse_transactions(value: Value, limits: &Limits) -> Result<Vec<Transaction>, CrudError> {
-    let items = match value {
-        Value::Array(items) => items,
-        other => return Err(malformed("transactions".to_string(), expected("an array", &other))),
-    };
-    if items.len() > limits.max_transactions {
-        return Err(CrudError::TooLarge {
-            message: format!(
-                "{} transactions; at most {} are accepted per request",
-                items.len(),
-                limits.max_transactions
-            ),
-        });
-    }
-    let total: usize = items.iter().map(|t| t.get("crud").and_then(Value::as_array).map_or(0, Vec::len)).sum();
-    check_entry_count(total, limits)?;
+/// What the single pass keeps across the body: the counts against the limits and the first
+/// fault. Once a fault is known, the rest is only counted (nothing more is built).
+struct Reader<'l> {
+    limits: &'l Limits,
+    entries: usize,
+    transactions: usize,
+    /// Set when a limit is passed; reading then stops with an error.
+    too_large: Option<CrudError>,
+    /// The first malformed place, in the order the module docs give.
+    fault: Option<CrudError>,
+}
 
-    let mut transactions = Vec::with_capacity(items.len());
-    for (t, item) in items.into_iter().enumerate() {
-        let path = format!("transactions[{t}]");
-        let mut fields = match item {
-            Value::Object(fields) => fields,
-            other => return Err(malformed(path, expected("an object", &other))),
+impl Reader<'_> {
+    fn count_entry<E: de::Error>(&mut self) -> Result<(), E> {
+        self.entries += 1;
+        if self.entries > self.limits.max_entries {
+            let max = self.limits.max_entries;
+            return Err(self.stop(format!("more than {max} CRUD entries; at most {max} are accepted per request")));
+        }
+        Ok(())
+    }
+
+    fn count_transaction<E: de::Error>(&mut self) -> Result<(), E> {
+        self.transactions += 1;
+        if self.transactions > self.limits.max_transactions {
+            let max = self.limits.max_transactions;
+            return Err(self.stop(format!("more than {max} transactions; at most {max} are accepted per request")));
+        }
+        Ok(())
+    }
+
+    fn stop<E: de::Error>(&mut self, message: String) -> E {
+        self.too_large = Some(CrudError::TooLarge { message: message.clone() });
+        E::custom(message)
+    }
+
+    fn fault(&mut self, fault: CrudError) {
+        self.fault.get_or_insert(fault);
+    }
+
+    fn failed(&self) -> bool {
+        self.fault.is_some()
+    }
+}
+
+/// What the root object held.
+#[derive(Default)]
+struct Shapes {
+    object: bool,
+    /// Which of [`SHAPES`] were present.
+    seen: [bool; 3],
+    transactions: Vec<Transaction>,
+}
+
+/// The kind of a JSON value, for "expected X, found Y", from its first character.
+fn kind_of(raw: &RawValue) -> &'static str {
+    match raw.get().as_bytes().first() {
+        Some(b'{') => "an object",
+        Some(b'[') => "an array",
+        Some(b'"') => "a string",
+        Some(b't' | b'f') => "a boolean",
+        Some(b'n') => "null",
+        _ => "a number",
+    }
+}
+
+fn expected(what: &str, found: &RawValue) -> String {
+    format!("expected {what}, found {}", kind_of(found))
+}
+
+fn is_null(raw: &RawValue) -> bool {
+    raw.get() == "null"
+}
+
+/// Skips whatever value a visitor was handed that it does not want: the fault is recorded by the
+/// caller; this only keeps the counts going (nothing inside is counted, as before).
+macro_rules! reject_other_kinds {
+    ($what:expr) => {
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+            Ok(self.wrong($what, "a boolean"))
+        }
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+            Ok(self.wrong($what, "a number"))
+        }
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+            Ok(self.wrong($what, "a number"))
+        }
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+            Ok(self.wrong($what, "a number"))
+        }
+        fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+            Ok(self.wrong($what, "a string"))
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(self.wrong($what, "null"))
+        }
+    };
+}
+
+struct RootSeed<'r, 'l> {
+    reader: &'r mut Reader<'l>,
+    shapes: &'r mut Shapes,
+}
+
+impl<'de> DeserializeSeed<'de> for RootSeed<'_, '_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl RootSeed<'_, '_> {
+    fn wrong(self, _: &str, _: &str) {
+        self.shapes.object = false;
+    }
+}
+
+impl<'de> Visitor<'de> for RootSeed<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    reject_other_kinds!("");
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        self.shapes.object = true;
+        while let Some(key) = map.next_key::<Key>()? {
+            let shape = match key.0.as_deref() {
+                Some("transactions") => 0,
+                Some("batch") => 1,
+                Some("operations") => 2,
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                    continue;
+                }
+            };
+            let repeated = self.shapes.seen[shape];
+            self.shapes.seen[shape] = true;
+            if self.shapes.seen.iter().filter(|s| **s).count() > 1 {
+                // Malformed whatever it holds (see `parse`); still counted against the limits.
+                let mut spare = Vec::new();
+                map.next_value_seed(ShapeSeed { reader: &mut *self.reader, shape, out: &mut spare })?;
+                continue;
+            }
+            if repeated {
+                // A repeated key: the last value counts, as in a JSON object (all are counted).
+                self.shapes.transactions.clear();
+                self.reader.fault = None;
+            }
+            let out = &mut self.shapes.transactions;
+            map.next_value_seed(ShapeSeed { reader: &mut *self.reader, shape, out })?;
+        }
+        Ok(())
+    }
+}
+
+/// A key of an object, decoded only when it is one of the short names this module knows.
+struct Key(Option<String>);
+
+impl<'de> Deserialize<'de> for Key {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Key, D::Error> {
+        struct KeyVisitor;
+        impl Visitor<'_> for KeyVisitor {
+            type Value = Key;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_str<E: de::Error>(self, key: &str) -> Result<Key, E> {
+                Ok(Key((key.len() <= 16).then(|| key.to_string())))
+            }
+        }
+        deserializer.deserialize_str(KeyVisitor)
+    }
+}
+
+/// The field of an entry a key names.
+#[derive(Clone, Copy)]
+enum Field {
+    Op,
+    Id,
+    Table,
+    Type,
+    Data,
+    OpDataCamel,
+    OpDataSnake,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Field {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Field, D::Error> {
+        struct FieldVisitor;
+        impl Visitor<'_> for FieldVisitor {
+            type Value = Field;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_str<E: de::Error>(self, key: &str) -> Result<Field, E> {
+                Ok(match key {
+                    "op" => Field::Op,
+                    "id" => Field::Id,
+                    "table" => Field::Table,
+                    "type" => Field::Type,
+                    "data" => Field::Data,
+                    "opData" => Field::OpDataCamel,
+                    "op_data" => Field::OpDataSnake,
+                    _ => Field::Other,
+                })
+            }
+        }
+        deserializer.deserialize_identifier(FieldVisitor)
+    }
+}
+
+/// The value of `transactions`, `batch` or `operations`.
+struct ShapeSeed<'r, 'l> {
+    reader: &'r mut Reader<'l>,
+    /// Index in [`SHAPES`].
+    shape: usize,
+    out: &'r mut Vec<Transaction>,
+}
+
+impl<'de> DeserializeSeed<'de> for ShapeSeed<'_, '_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl ShapeSeed<'_, '_> {
+    fn wrong(self, what: &str, found: &str) {
+        self.reader.fault(malformed(SHAPES[self.shape].to_string(), format!("expected {what}, found {found}")));
+    }
+}
+
+impl<'de> Visitor<'de> for ShapeSeed<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an array")
+    }
+
+    reject_other_kinds!("an array");
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        self.wrong("an array", "an object");
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let shape = SHAPES[self.shape];
+        if self.shape == 0 {
+            let mut index = 0;
+            while let Some(read) = seq.next_element_seed(TransactionSeed { reader: &mut *self.reader, index })? {
+                self.reader.count_transaction::<A::Error>()?;
+                if let Some(transaction) = read {
+                    self.out.push(transaction);
+                }
+                index += 1;
+            }
+        } else {
+            let entries = read_entries(&mut seq, self.reader, shape)?;
+            self.out.push(Transaction { transaction_id: None, entries: entries.unwrap_or_default() });
+        }
+        Ok(())
+    }
+}
+
+/// Reads a list of entries, counting each; `None` once any fault is known.
+fn read_entries<'de, A: SeqAccess<'de>>(
+    seq: &mut A,
+    reader: &mut Reader<'_>,
+    path: &str,
+) -> Result<Option<Vec<Entry>>, A::Error> {
+    let mut entries = Vec::new();
+    let mut index = 0;
+    while !reader.failed() {
+        let Some(raw) = seq.next_element::<RawEntry>()? else { return Ok(Some(entries)) };
+        reader.count_entry::<A::Error>()?;
+        match raw.interpret(path, index) {
+            Ok(entry) => entries.push(entry),
+            Err(fault) => reader.fault(fault),
+        }
+        index += 1;
+    }
+    // Only counted from here on.
+    while seq.next_element::<IgnoredAny>()?.is_some() {
+        reader.count_entry::<A::Error>()?;
+    }
+    Ok(None)
+}
+
+/// One element of `transactions`: `Some` when it was read without fault.
+struct TransactionSeed<'r, 'l> {
+    reader: &'r mut Reader<'l>,
+    index: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for TransactionSeed<'_, '_> {
+    type Value = Option<Transaction>;
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Option<Transaction>, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl TransactionSeed<'_, '_> {
+    fn wrong(self, what: &str, found: &str) -> Option<Transaction> {
+        self.reader.fault(malformed(format!("transactions[{}]", self.index), format!("expected {what}, found {found}")));
+        None
+    }
+}
+
+impl<'de> Visitor<'de> for TransactionSeed<'_, '_> {
+    type Value = Option<Transaction>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an object")
+    }
+
+    reject_other_kinds!("an object");
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(self.wrong("an object", "an array"))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let path = format!("transactions[{}]", self.index);
+        let crud_path = format!("{path}.crud");
+        // The faults of this transaction, reported in this order whatever the order of its keys.
+        let already_failed = self.reader.failed();
+        let mut id_fault = None;
+        let mut transaction_id = None;
+        let mut crud: Option<Result<Option<Vec<Entry>>, CrudError>> = None;
+        while let Some(key) = map.next_key::<Key>()? {
+            match key.0.as_deref() {
+                Some("transaction_id") => {
+                    let raw = map.next_value::<&RawValue>()?;
+                    (transaction_id, id_fault) = match raw.get().as_bytes().first() {
+                        Some(b'n') => (None, None),
+                        Some(b'"' | b'-' | b'0'..=b'9') => (serde_json::from_str::<Value>(raw.get()).ok(), None),
+                        _ => (None, Some(malformed(format!("{path}.transaction_id"), expected("a number or a string", raw)))),
+                    };
+                }
+                Some("crud") if already_failed => {
+                    map.next_value_seed(CrudSeed { reader: &mut *self.reader, path: &crud_path })?;
+                    crud = Some(Ok(None));
+                }
+                Some("crud") => {
+                    // Its faults are held back until the transaction id is checked.
+                    let held = self.reader.fault.take();
+                    let list = map.next_value_seed(CrudSeed { reader: &mut *self.reader, path: &crud_path })?;
+                    let fault = std::mem::replace(&mut self.reader.fault, held);
+                    crud = Some(match fault {
+                        Some(fault) => Err(fault),
+                        None => Ok(list),
+                    });
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        let outcome = match (id_fault, crud) {
+            (Some(fault), _) => Err(fault),
+            (None, None) => Err(malformed(crud_path, "missing".to_string())),
+            (None, Some(Err(fault))) => Err(fault),
+            (None, Some(Ok(list))) => Ok(list),
         };
-        let transaction_id = match fields.get("transaction_id") {
-            None | Some(Value::Null) => None,
-            Some(id @ (Value::Number(_) | Value::String(_))) => Some(id.clone()),
-            Some(other) => {
-                return Err(malformed(format!("{path}.transaction_id"), expected("a number or a string", other)))
+        match outcome {
+            Err(fault) => {
+                self.reader.fault(fault);
+                Ok(None)
+            }
+            Ok(Some(entries)) if !already_failed && !self.reader.failed() => Ok(Some(Transaction { transaction_id, entries })),
+            Ok(_) => Ok(None),
+        }
+    }
+}
+
+/// The `crud` list of a transaction: `None` when a fault is known (entries are then only counted).
+struct CrudSeed<'r, 'l> {
+    reader: &'r mut Reader<'l>,
+    path: &'r str,
+}
+
+impl<'de> DeserializeSeed<'de> for CrudSeed<'_, '_> {
+    type Value = Option<Vec<Entry>>;
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl CrudSeed<'_, '_> {
+    fn wrong(self, what: &str, found: &str) -> Option<Vec<Entry>> {
+        self.reader.fault(malformed(self.path.to_string(), format!("expected {what}, found {found}")));
+        None
+    }
+}
+
+impl<'de> Visitor<'de> for CrudSeed<'_, '_> {
+    type Value = Option<Vec<Entry>>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an array")
+    }
+
+    reject_other_kinds!("an array");
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(self.wrong("an array", "an object"))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        read_entries(&mut seq, self.reader, self.path)
+    }
+}
+
+/// An entry as read: the raw text of each field this module knows (the last one when a key
+/// repeats, as a JSON object means); the others were skipped.
+struct RawEntry<'de> {
+    /// `None` when the element is not an object (then `kind` says what it is).
+    fields: Option<[Option<&'de RawValue>; 7]>,
+    kind: &'static str,
+}
+
+impl<'de> Deserialize<'de> for RawEntry<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(RawEntryVisitor)
+    }
+}
+
+struct RawEntryVisitor;
+
+impl RawEntryVisitor {
+    fn wrong<'de>(self, _: &str, found: &'static str) -> RawEntry<'de> {
+        RawEntry { fields: None, kind: found }
+    }
+}
+
+impl<'de> Visitor<'de> for RawEntryVisitor {
+    type Value = RawEntry<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an object")
+    }
+
+    reject_other_kinds!("an object");
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(self.wrong("an object", "an array"))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut fields: [Option<&'de RawValue>; 7] = [None; 7];
+        while let Some(field) = map.next_key::<Field>()? {
+            let slot = match field {
+                Field::Op => 0,
+                Field::Id => 1,
+                Field::Table => 2,
+                Field::Type => 3,
+                Field::Data => 4,
+                Field::OpDataCamel => 5,
+                Field::OpDataSnake => 6,
+                Field::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                    continue;
+                }
+            };
+            fields[slot] = Some(map.next_value::<&'de RawValue>()?);
+        }
+        Ok(RawEntry { fields: Some(fields), kind: "an object" })
+    }
+}
+
+/// The text of a JSON string, borrowed when it has no escapes; `None` for other kinds.
+fn string_of(raw: &RawValue) -> Option<std::borrow::Cow<'_, str>> {
+    let text = raw.get();
+    if !text.starts_with('"') {
+        return None;
+    }
+    if let Some(inner) = text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+        if !inner.contains('\\') {
+            return Some(std::borrow::Cow::Borrowed(inner));
+        }
+    }
+    serde_json::from_str::<String>(text).ok().map(std::borrow::Cow::Owned)
+}
+
+/// Whether two alias values are the same JSON value.
+fn same_value(a: &RawValue, b: &RawValue) -> bool {
+    if a.get() == b.get() {
+        return true;
+    }
+    if a.get().len() + b.get().len() > ALIAS_COMPARE_LIMIT {
+        return false;
+    }
+    match (serde_json::from_str::<Value>(a.get()), serde_json::from_str::<Value>(b.get())) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+const FIELD_NAMES: [&str; 7] = ["op", "id", "table", "type", "data", "opData", "op_data"];
+
+impl<'de> RawEntry<'de> {
+    /// The entry `list[index]`, or its first fault (`op`, `id`, the table, the data, in that
+    /// order).
+    fn interpret(self, list: &str, index: usize) -> Result<Entry, CrudError> {
+        let Some(fields) = self.fields else {
+            return Err(malformed(format!("{list}[{index}]"), format!("expected an object, found {}", self.kind)));
+        };
+        let path = Path { list, index };
+        let op_path = || format!("{path}.op");
+        let op = match fields[0] {
+            None => return Err(malformed(op_path(), "missing".to_string())),
+            Some(raw) if is_null(raw) => return Err(malformed(op_path(), "missing".to_string())),
+            Some(raw) => match string_of(raw) {
+                Some(text) => Op::parse(&text).ok_or_else(|| {
+                    malformed(op_path(), format!("unknown op {text:?}; expected PUT, PATCH or DELETE"))
+                })?,
+                None => return Err(malformed(op_path(), expected("a string", raw))),
+            },
+        };
+
+        let id_path = || format!("{path}.id");
+        let id = match fields[1] {
+            None => return Err(malformed(id_path(), "missing".to_string())),
+            Some(raw) if is_null(raw) => return Err(malformed(id_path(), "missing".to_string())),
+            Some(raw) => match (string_of(raw), kind_of(raw)) {
+                (Some(text), _) if text.is_empty() => return Err(malformed(id_path(), "must not be empty".to_string())),
+                (Some(text), _) => text.into_owned(),
+                (None, "a number") => match serde_json::from_str::<serde_json::Number>(raw.get()) {
+                    Ok(number) => number.to_string(),
+                    Err(_) => return Err(malformed(id_path(), expected("a string or a number", raw))),
+                },
+                (None, _) => return Err(malformed(id_path(), expected("a string or a number", raw))),
+            },
+        };
+
+        let table = match aliased(&fields, &path, &[2, 3])? {
+            None => return Err(malformed(format!("{path}.table"), "missing (as `table` or `type`)".to_string())),
+            Some((slot, raw)) => match string_of(raw) {
+                Some(text) if text.is_empty() => {
+                    return Err(malformed(format!("{path}.table"), "must not be empty".to_string()))
+                }
+                Some(text) => text.into_owned(),
+                None => return Err(malformed(format!("{path}.{}", FIELD_NAMES[slot]), expected("a string", raw))),
+            },
+        };
+
+        let data = match aliased(&fields, &path, &[4, 5, 6])? {
+            None => None,
+            Some((_, raw)) if is_null(raw) => None,
+            Some((_, raw)) if raw.get().starts_with('{') => Some(raw),
+            Some((slot, raw)) => {
+                return Err(malformed(format!("{path}.{}", FIELD_NAMES[slot]), expected("an object or null", raw)))
             }
         };
-        let crud_path = format!("{path}.crud");
-        let entries = match fields.remove("crud") {
-            Some(Value::Array(list)) => parse_entries(&crud_path, list)?,
-            Some(other) => return Err(malformed(crud_path, expected("an array", &other))),
-            None => return Err(malformed(crud_path, "missing".to_string())),
+        let data = match (data, op) {
+            (Some(raw), Op::Put | Op::Patch) => {
+                Row::parse(raw.get()).map_err(|e| malformed(path.to_string(), format!("unreadable data: {e}")))?
+            }
+            _ => Row::default(),
         };
-        transactions.push(Transaction { transaction_id, entries });
+        Ok(Entry { op, table, id, data })
     }
-    Ok(transactions)
 }
 
-fn parse_single(shape: &str, value: Value, limits: &Limits) -> Result<Vec<Transaction>, CrudError> {
-    let list = match value {
-        Value::Array(list) => list,
-        other => return Err(malformed(shape.to_string(), expected("an array", &other))),
-    };
-    check_entry_count(list.len(), limits)?;
-    let entries = parse_entries(shape, list)?;
-    Ok(vec![Transaction { transaction_id: None, entries }])
+/// Where an entry is (`batch[3]`), formatted only for an error message.
+struct Path<'p> {
+    list: &'p str,
+    index: usize,
 }
 
-fn check_entry_count(total: usize, limits: &Limits) -> Result<(), CrudError> {
-    if total > limits.max_entries {
-        return Err(CrudError::TooLarge {
-            message: format!("{total} CRUD entries; at most {} are accepted per request", limits.max_entries),
-        });
+impl fmt::Display for Path<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}[{}]", self.list, self.index)
     }
-    Ok(())
 }
 
-fn parse_entries(path: &str, list: Vec<Value>) -> Result<Vec<Entry>, CrudError> {
-    list.into_iter().enumerate().map(|(i, item)| parse_entry(&format!("{path}[{i}]"), item)).collect()
-}
-
-fn parse_entry(path: &str, value: Value) -> Result<Entry, CrudError> {
-    let mut fields = match value {
-        Value::Object(fields) => fields,
-        other => return Err(malformed(path.to_string(), expected("an object", &other))),
-    };
-
-    let op_path = || format!("{path}.op");
-    let op = match fields.get("op") {
-        None | Some(Value::Null) => return Err(malformed(op_path(), "missing".to_string())),
-        Some(Value::String(text)) => Op::parse(text)
-            .ok_or_else(|| malformed(op_path(), format!("unknown op {text:?}; expected PUT, PATCH or DELETE")))?,
-        Some(other) => return Err(malformed(op_path(), expected("a string", other))),
-    };
-
-    let id_path = || format!("{path}.id");
-    let id = match fields.get("id") {
-        None | Some(Value::Null) => return Err(malformed(id_path(), "missing".to_string())),
-        Some(Value::String(text)) if text.is_empty() => {
-            return Err(malformed(id_path(), "must not be empty".to_string()))
-        }
-        Some(Value::String(text)) => text.clone(),
-        Some(Value::Number(number)) => number.to_string(),
-        Some(other) => return Err(malformed(id_path(), expected("a string or a number", other))),
-    };
-
-    let table = match aliased(&fields, path, &["table", "type"])? {
-        None => return Err(malformed(format!("{path}.table"), "missing (as `table` or `type`)".to_string())),
-        Some((_, Value::String(text))) if text.is_empty() => {
-            return Err(malformed(format!("{path}.table"), "must not be empty".to_string()))
-        }
-        Some((_, Value::String(text))) => text.clone(),
-        Some((name, other)) => return Err(malformed(format!("{path}.{name}"), expected("a string", other))),
-    };
-
-    let data_field = match aliased(&fields, path, &["data", "opData", "op_data"])? {
-        None | Some((_, Value::Null)) => None,
-        Some((name, Value::Object(_))) => Some(name),
-        Some((name, other)) => return Err(malformed(format!("{path}.{name}"), expected("an object or null", other))),
-    };
-    let data = match (data_field, op) {
-        (Some(name), Op::Put | Op::Patch) => match fields.remove(name) {
-            Some(Value::Object(map)) => map,
-            _ => Map::new(),
-        },
-        _ => Map::new(),
-    };
-
-    Ok(Entry { op, table, id, data })
-}
-
-/// The value of a field that may come under several names: `None` when absent, an error when
-/// two names are present with different values.
-fn aliased<'a>(
-    fields: &'a Map<String, Value>,
-    path: &str,
-    names: &[&'static str],
-) -> Result<Option<(&'static str, &'a Value)>, CrudError> {
-    let mut found: Option<(&'static str, &'a Value)> = None;
-    for name in names {
-        if let Some(value) = fields.get(*name) {
+/// The value of a field that may come under several names (`slots` in [`FIELD_NAMES`]): `None`
+/// when absent, an error when two names are present with different values.
+fn aliased<'de>(
+    fields: &[Option<&'de RawValue>; 7],
+    path: &Path,
+    slots: &[usize],
+) -> Result<Option<(usize, &'de RawValue)>, CrudError> {
+    let mut found: Option<(usize, &'de RawValue)> = None;
+    for &slot in slots {
+        if let Some(value) = fields[slot] {
             match found {
-                Some((first, seen)) if seen != value => {
+                Some((first, seen)) if !same_value(seen, value) => {
                     return Err(malformed(
-                        format!("{path}.{name}"),
-                        format!("`{first}` and `{name}` are both given with different values; send one"),
+                        format!("{path}.{}", FIELD_NAMES[slot]),
+                        format!(
+                            "`{}` and `{}` are both given with different values; send one",
+                            FIELD_NAMES[first], FIELD_NAMES[slot]
+                        ),
                     ))
                 }
                 Some(_) => {}
-                None => found = Some((name, value)),
+                None => found = Some((slot, value)),
             }
         }
     }
@@ -334,18 +979,6 @@ fn aliased<'a>(
 
 fn malformed(path: String, message: String) -> CrudError {
     CrudError::Malformed { path, message }
-}
-
-fn expected(what: &str, found: &Value) -> String {
-    let kind = match found {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    };
-    format!("expected {what}, found {kind}")
 }
 
 #[cfg(test)]
@@ -369,7 +1002,7 @@ mod tests {
             Value::Object(map) => map,
             _ => Map::new(),
         };
-        Entry { op, table: table.to_string(), id: id.to_string(), data }
+        Entry { op, table: table.to_string(), id: id.to_string(), data: data.into() }
     }
 
     #[test]
@@ -436,7 +1069,7 @@ mod tests {
             let mut e = json!({"op": "PATCH", "table": "t", "id": "1"});
             e[alias] = json!({"a": true});
             let parsed = parse_value(json!({"batch": [e]})).expect("valid");
-            assert_eq!(parsed[0].entries[0].data, json!({"a": true}).as_object().cloned().unwrap_or_default());
+            assert_eq!(parsed[0].entries[0].data.to_map(), json!({"a": true}).as_object().cloned().unwrap_or_default());
         }
     }
 

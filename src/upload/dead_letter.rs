@@ -199,7 +199,7 @@ mod tests {
         data.insert("ti\u{0}tle".to_string(), json!(["x\u{0}y", {"k": "\u{0}"}]));
         let transaction = Transaction {
             transaction_id: Some(json!("t\u{0}")),
-            entries: vec![Entry { op: Op::Put, table: "todos".to_string(), id: "a\u{0}b".to_string(), data }],
+            entries: vec![Entry { op: Op::Put, table: "todos".to_string(), id: "a\u{0}b".to_string(), data: data.into() }],
         };
         let failure = FailedOperation::new(Some(0), "invalid_id", "nul");
         let request = request("dead", &settings, &caller(), &transaction, &failure, &[EntryState::Failed]);

@@ -99,7 +99,7 @@ mod tests {
             op,
             table: "todos".to_string(),
             id: id.to_string(),
-            data: data.as_object().cloned().unwrap_or_default(),
+            data: data.as_object().cloned().unwrap_or_default().into(),
         }
     }
 

@@ -12,57 +12,186 @@
 //! sets it (a PATCH that renamed the primary key would move the row away from the id the
 //! client keeps using; the atomic function drops it too).
 
+use std::borrow::Cow;
+
 use serde_json::{Map, Value};
 
-use super::crud::Entry;
+use super::crud::{Entry, Row};
 use super::settings::{UploadSettings, WriteMode};
+
+/// The columns of a row as they are written: the client's row (its values' text passed through)
+/// with the columns the bridge sets, converts or leaves out. Costs no copy of the row.
+#[derive(Debug, Clone)]
+pub struct Columns<'a> {
+    row: &'a Row,
+    /// Columns set over the row's (or added), by name, with their raw JSON value.
+    set: Vec<(&'a str, Cow<'a, str>)>,
+    /// Columns of the row left out.
+    removed: Vec<&'a str>,
+}
+
+impl<'a> Columns<'a> {
+    fn of(row: &'a Row) -> Self {
+        Columns { row, set: Vec::new(), removed: Vec::new() }
+    }
+
+    /// The columns in name order: (name, raw JSON value).
+    pub fn iter(&self) -> impl Iterator<Item = (&'a str, &str)> + '_ {
+        let mut own = self
+            .row
+            .iter()
+            .filter(|(name, _)| !self.removed.contains(name) && self.set_index(name).is_err())
+            .peekable();
+        let mut set = self.set.iter().map(|(name, value)| (*name, value.as_ref())).peekable();
+        std::iter::from_fn(move || match (own.peek(), set.peek()) {
+            (Some(a), Some(b)) if a.0 < b.0 => own.next(),
+            (Some(_), Some(_)) | (None, Some(_)) => set.next(),
+            (Some(_), None) => own.next(),
+            (None, None) => None,
+        })
+    }
+
+    fn set_index(&self, name: &str) -> Result<usize, usize> {
+        self.set.binary_search_by(|(n, _)| (*n).cmp(name))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.iter().next().is_none()
+    }
+
+    pub fn len(&self) -> usize {
+        self.iter().count()
+    }
+
+    /// The column names, in order.
+    pub fn names(&self) -> impl Iterator<Item = &'a str> + '_ {
+        self.iter().map(|(name, _)| name)
+    }
+
+    /// Sets column `name` to the raw JSON `value`.
+    pub fn set(&mut self, name: &'a str, value: Cow<'a, str>) {
+        self.removed.retain(|n| *n != name);
+        match self.set_index(name) {
+            Ok(i) => self.set[i].1 = value,
+            Err(i) => self.set.insert(i, (name, value)),
+        }
+    }
+
+    pub fn remove(&mut self, name: &'a str) {
+        if let Ok(i) = self.set_index(name) {
+            self.set.remove(i);
+        }
+        if self.row.get(name).is_some() && !self.removed.contains(&name) {
+            self.removed.push(name);
+        }
+    }
+
+    /// Appends the columns as a JSON object to `out`.
+    pub fn write_json(&self, out: &mut String) {
+        out.push('{');
+        for (i, (name, value)) in self.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            push_json_string(out, name);
+            out.push(':');
+            out.push_str(value);
+        }
+        out.push('}');
+    }
+
+    /// About the length [`write_json`](Self::write_json) appends (for buffer sizes).
+    pub fn json_len(&self) -> usize {
+        self.row.text_len() + 4 * self.row.len() + self.set.iter().map(|(n, v)| n.len() + v.len() + 4).sum::<usize>() + 2
+    }
+
+    pub fn to_json_string(&self) -> String {
+        let mut out = String::with_capacity(self.json_len());
+        self.write_json(&mut out);
+        out
+    }
+
+    /// The columns as a JSON object (values parsed: dead letters and tests).
+    pub fn to_map(&self) -> Map<String, Value> {
+        self.iter().map(|(name, raw)| (name.to_string(), serde_json::from_str(raw).unwrap_or(Value::Null))).collect()
+    }
+}
+
+/// Appends `text` as a JSON string.
+pub fn push_json_string(out: &mut String, text: &str) {
+    if text.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push('"');
+        out.push_str(text);
+        out.push('"');
+    } else {
+        out.push_str(&Value::String(text.to_string()).to_string());
+    }
+}
+
+/// `text` as a JSON string.
+pub fn json_string(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    push_json_string(&mut out, text);
+    out
+}
 
 /// The data with the configured conversions applied:
 /// - JSON columns: a string holding JSON text is sent as that JSON; text that does not parse is
 ///   sent unchanged, so Postgres reports the error against the right column;
 /// - boolean columns: the numbers 0 and 1 become false and true; other values are unchanged.
-pub fn converted(table: &str, data: &Map<String, Value>, settings: &UploadSettings) -> Map<String, Value> {
+///
+/// Every other value is the client's text, passed through as it is.
+pub fn converted<'a>(table: &str, data: &'a Row, settings: &UploadSettings) -> Columns<'a> {
+    let mut columns = Columns::of(data);
     let has_json = settings.json_columns.has_table(table);
     let has_boolean = settings.boolean_columns.has_table(table);
     if !has_json && !has_boolean {
-        return data.clone();
+        return columns;
     }
-    data.iter()
-        .map(|(column, value)| {
-            let value = if has_json && settings.json_columns.contains(table, column) {
-                json_value(value)
-            } else if has_boolean && settings.boolean_columns.contains(table, column) {
-                boolean_value(value)
-            } else {
-                value.clone()
-            };
-            (column.clone(), value)
-        })
-        .collect()
+    for (column, raw) in data.iter() {
+        let value = if has_json && settings.json_columns.contains(table, column) {
+            json_value(raw)
+        } else if has_boolean && settings.boolean_columns.contains(table, column) {
+            boolean_value(raw)
+        } else {
+            continue;
+        };
+        if let Cow::Owned(_) | Cow::Borrowed("true" | "false") = value {
+            if value != raw {
+                columns.set(column, value);
+            }
+        }
+    }
+    columns
 }
 
-fn json_value(value: &Value) -> Value {
-    match value {
-        Value::String(text) => serde_json::from_str(text).unwrap_or_else(|_| value.clone()),
-        other => other.clone(),
+fn json_value(raw: &str) -> Cow<'_, str> {
+    if !raw.starts_with('"') {
+        return Cow::Borrowed(raw);
+    }
+    let parsed = serde_json::from_str::<String>(raw).ok().and_then(|text| serde_json::from_str::<Value>(&text).ok());
+    match parsed {
+        Some(value) => Cow::Owned(value.to_string()),
+        None => Cow::Borrowed(raw),
     }
 }
 
-fn boolean_value(value: &Value) -> Value {
-    match value.as_f64() {
-        Some(0.0) => Value::Bool(false),
-        Some(1.0) => Value::Bool(true),
-        _ => value.clone(),
+fn boolean_value(raw: &str) -> Cow<'_, str> {
+    let is_number = raw.starts_with(|c: char| c == '-' || c.is_ascii_digit());
+    match raw.parse::<f64>() {
+        Ok(n) if is_number && n == 0.0 => Cow::Borrowed("false"),
+        Ok(n) if is_number && n == 1.0 => Cow::Borrowed("true"),
+        _ => Cow::Borrowed(raw),
     }
 }
 
 /// The row a PUT upserts: the converted data, `id` set from the entry (it wins over `data.id`),
 /// and in service mode the owner column forced to `user_id`.
-pub fn put_row(entry: &Entry, settings: &UploadSettings, user_id: &str) -> Map<String, Value> {
+pub fn put_row<'a>(entry: &'a Entry, settings: &'a UploadSettings, user_id: &str) -> Columns<'a> {
     let mut row = converted(&entry.table, &entry.data, settings);
-    row.insert("id".to_string(), Value::String(entry.id.clone()));
+    row.set("id", Cow::Owned(json_string(&entry.id)));
     if let WriteMode::Service { owner_column, .. } = &settings.mode {
-        row.insert(owner_column.clone(), Value::String(user_id.to_string()));
+        row.set(owner_column, Cow::Owned(json_string(user_id)));
     }
     row
 }
@@ -70,7 +199,7 @@ pub fn put_row(entry: &Entry, settings: &UploadSettings, user_id: &str) -> Map<S
 /// The columns a PATCH sets: the converted data, without `id` (a PATCH cannot rename a row) and
 /// without the owner column in service mode. May be empty, in which case there is nothing to
 /// send.
-pub fn patch_data(entry: &Entry, settings: &UploadSettings) -> Map<String, Value> {
+pub fn patch_data<'a>(entry: &'a Entry, settings: &'a UploadSettings) -> Columns<'a> {
     let mut data = converted(&entry.table, &entry.data, settings);
     data.remove("id");
     if let WriteMode::Service { owner_column, .. } = &settings.mode {
@@ -103,12 +232,34 @@ mod tests {
             op,
             table: "todos".to_string(),
             id: "r1".to_string(),
-            data: data.as_object().cloned().unwrap_or_default(),
+            data: data.as_object().cloned().unwrap_or_default().into(),
         }
     }
 
     fn map(value: Value) -> Map<String, Value> {
         value.as_object().cloned().unwrap_or_default()
+    }
+
+    fn row(value: Value) -> Row {
+        Row::from_map(&map(value))
+    }
+
+    fn converted(table: &str, data: &Map<String, Value>, settings: &UploadSettings) -> Map<String, Value> {
+        super::converted(table, &Row::from_map(data), settings).to_map()
+    }
+
+    #[test]
+    fn values_without_a_conversion_are_passed_through_as_sent() {
+        let data = Row::parse(r#"{"title": "a\u0062c", "n": 1.50, "nested": {"b": [1, 2], "a": null}}"#).unwrap();
+        let columns = super::converted("lists", &data, &settings());
+        assert_eq!(columns.to_json_string(), r#"{"n":1.50,"nested":{"b": [1, 2], "a": null},"title":"a\u0062c"}"#);
+    }
+
+    #[test]
+    fn put_row_writes_id_and_owner_as_json_strings() {
+        let entry = Entry { op: Op::Put, table: "t".into(), id: "a\"b".into(), data: row(json!({"x": 1})) };
+        let text = put_row(&entry, &service(), "u\\1").to_json_string();
+        assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), json!({"id": "a\"b", "owner": "u\\1", "x": 1}));
     }
 
     #[test]
@@ -159,35 +310,35 @@ mod tests {
 
     #[test]
     fn put_row_takes_id_from_the_entry() {
-        let row = put_row(&entry(Op::Put, json!({"id": "other", "done": 0})), &settings(), "u1");
+        let row = put_row(&entry(Op::Put, json!({"id": "other", "done": 0})), &settings(), "u1").to_map();
         assert_eq!(row, map(json!({"id": "r1", "done": false})));
     }
 
     #[test]
     fn service_put_row_forces_the_owner() {
-        let row = put_row(&entry(Op::Put, json!({"owner": "someone-else", "title": "t"})), &service(), "u1");
+        let row = put_row(&entry(Op::Put, json!({"owner": "someone-else", "title": "t"})), &service(), "u1").to_map();
         assert_eq!(row, map(json!({"id": "r1", "owner": "u1", "title": "t"})));
-        let row = put_row(&entry(Op::Put, json!({})), &service(), "u1");
+        let row = put_row(&entry(Op::Put, json!({})), &service(), "u1").to_map();
         assert_eq!(row, map(json!({"id": "r1", "owner": "u1"})));
     }
 
     #[test]
     fn service_patch_data_drops_the_owner() {
-        let data = patch_data(&entry(Op::Patch, json!({"owner": "thief", "done": 1})), &service());
+        let data = patch_data(&entry(Op::Patch, json!({"owner": "thief", "done": 1})), &service()).to_map();
         assert_eq!(data, map(json!({"done": true})));
         assert!(patch_data(&entry(Op::Patch, json!({"owner": "thief"})), &service()).is_empty());
     }
 
     #[test]
     fn rls_patch_data_keeps_every_column_but_id() {
-        let data = patch_data(&entry(Op::Patch, json!({"owner": "x", "done": 0})), &settings());
+        let data = patch_data(&entry(Op::Patch, json!({"owner": "x", "done": 0})), &settings()).to_map();
         assert_eq!(data, map(json!({"owner": "x", "done": false})));
     }
 
     #[test]
     fn patch_data_never_renames_the_primary_key() {
         for settings in [settings(), service()] {
-            let data = patch_data(&entry(Op::Patch, json!({"id": "r2", "done": 1})), &settings);
+            let data = patch_data(&entry(Op::Patch, json!({"id": "r2", "done": 1})), &settings).to_map();
             assert_eq!(data, map(json!({"done": true})));
             assert!(patch_data(&entry(Op::Patch, json!({"id": "r2"})), &settings).is_empty());
         }

@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
 import pytest
+import requests
 
 from tests.e2e.conftest import ANON_KEY, make_token
 from tests.e2e.upload_helpers import (body, delete, failure, patch, put, statuses, tx, upload,
@@ -226,6 +228,89 @@ def test_too_large_body_is_413(rls_worker, db, standin, user, too_large):
     assert response.json()["code"] == "payload_too_large"
     assert requests_made(standin) == 0
     assert count(db, "lists") == 0
+
+
+def _chunked(data: bytes) -> bytes:
+    return f"{len(data):x}\r\n".encode() + data + b"\r\n"
+
+
+def _open_chunked_upload(worker, token: str | None) -> socket.socket:
+    """A raw POST /powersync-upload with `Transfer-Encoding: chunked` (no Content-Length) whose
+    body the caller sends (or never finishes)."""
+    sock = socket.create_connection(("127.0.0.1", worker.port), timeout=30)
+    auth = f"Authorization: Bearer {token}\r\n" if token is not None else ""
+    sock.sendall((f"POST /powersync-upload HTTP/1.1\r\nHost: 127.0.0.1:{worker.port}\r\n{auth}"
+                  "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n").encode())
+    return sock
+
+
+def _status_line(sock: socket.socket, timeout: float) -> str:
+    sock.settimeout(timeout)
+    answer = b""
+    while b"\r\n" not in answer:
+        data = sock.recv(4096)
+        if not data:
+            break
+        answer += data
+    return answer.split(b"\r\n", 1)[0].decode(errors="replace")
+
+
+def test_chunked_body_over_the_limit_is_413_without_content_length(rls_worker, db, standin, user):
+    """requests sends a generator body with Transfer-Encoding: chunked: no length to refuse it by."""
+    _, token = user
+    sent = {"bytes": 0}
+
+    def generate():
+        yield b'{"batch":[{"op":"PUT","table":"lists","id":"a","op_data":{"name":"'
+        chunk = b"x" * 65536
+        for _ in range(6 * 16):  # 6 MiB > the default UPLOAD_MAX_BODY_BYTES (5 MiB)
+            sent["bytes"] += len(chunk)
+            yield chunk
+        yield b'"}}]}'
+
+    response = requests.post(f"{rls_worker.url}/powersync-upload", data=generate(), timeout=60,
+                             headers={"Authorization": f"Bearer {token}",
+                                      "Content-Type": "application/json"})
+    assert "Content-Length" not in response.request.headers
+    assert response.request.headers.get("Transfer-Encoding") == "chunked"
+    assert response.status_code == 413, response.text[:500]
+    assert response.json()["code"] == "payload_too_large"
+    assert requests_made(standin) == 0
+    assert count(db, "lists") == 0
+
+
+def test_chunked_body_over_the_limit_is_refused_while_the_client_is_still_sending(rls_worker, user):
+    """The 413 comes as soon as the limit is passed: the worker does not wait for (or buffer)
+    the rest of a body that never ends."""
+    _, token = user
+    sock = _open_chunked_upload(rls_worker, token)
+    try:
+        sock.sendall(_chunked(b'{"batch":[{"op":"PUT","table":"lists","id":"a","op_data":{"n":"'))
+        chunk = _chunked(b"x" * 65536)
+        for _ in range(5 * 16 + 2):  # just over 5 MiB, then the client stalls: no terminating chunk
+            sock.sendall(chunk)
+        started = time.monotonic()
+        status = _status_line(sock, timeout=20)
+        assert status.split(" ")[1:2] == ["413"], status
+        assert time.monotonic() - started < 20
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize("token", [None, "not-a-jwt"])
+def test_upload_body_is_not_read_before_the_session_is_verified(rls_worker, db, standin, token):
+    """A caller without a valid session gets its 401 while its (endless) body is still being
+    sent: the worker never waits for it."""
+    sock = _open_chunked_upload(rls_worker, token)
+    try:
+        sock.sendall(_chunked(b'{"batch":[' + b" " * 1024))
+        started = time.monotonic()
+        status = _status_line(sock, timeout=20)  # the body is never finished
+        assert status.split(" ")[1:2] == ["401"], status
+        assert time.monotonic() - started < 20
+    finally:
+        sock.close()
+    assert requests_made(standin) == 0
 
 
 # =========================================================================== writes

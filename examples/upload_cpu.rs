@@ -1,0 +1,74 @@
+//! Native CPU cost of the upload path for the benchmark's 1,000-PUT batch (bench/run.py's
+//! `put1000` body): parse, plan, request body. For iterating on speed; the figures that count
+//! are `make bench`'s (wasm under workerd).
+//!
+//! `cargo run --release --example upload_cpu`
+
+use std::future::Future;
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+use std::time::Instant;
+
+use powersync_supabase_worker::http::{HttpRequest, HttpResponse, Transport, TransportError};
+use powersync_supabase_worker::upload::{self, crud, Caller, Limits, UploadSettings};
+
+struct Sink;
+
+impl Transport for Sink {
+    fn send(&self, _: HttpRequest) -> impl Future<Output = Result<HttpResponse, TransportError>> {
+        std::future::ready(Ok(HttpResponse { status: 201, headers: vec![], body: String::new() }))
+    }
+}
+
+fn block_on<F: Future>(future: F) -> F::Output {
+    let mut future = pin!(future);
+    let mut context = Context::from_waker(Waker::noop());
+    loop {
+        if let Poll::Ready(output) = future.as_mut().poll(&mut context) {
+            return output;
+        }
+    }
+}
+
+fn id(i: usize) -> String {
+    format!("{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}", i * 2654435761 % 0xffffffff, i % 0xffff, i % 0xfff, (i * 7) % 0xfff, i * 40503)
+}
+
+fn main() {
+    let sub = "5b1f3c2e-8d4a-4f6b-9c1d-2e3f4a5b6c7d";
+    let list = "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d";
+    let entries: Vec<String> = (0..1000)
+        .map(|i| {
+            format!(
+                r#"{{"op": "PUT", "table": "todos", "id": "{}", "op_data": {{"description": "todo {i}", "list_id": "{list}", "created_by": "{sub}", "priority": {}}}}}"#,
+                id(i),
+                i % 6
+            )
+        })
+        .collect();
+    let body = format!(r#"{{"transactions": [{{"transaction_id": 1, "crud": [{}]}}]}}"#, entries.join(", "));
+    let settings = UploadSettings::new("https://p.supabase.co", "anon");
+    let caller = Caller { user_id: sub.into(), access_token: "t".into() };
+    let limits = Limits::default();
+    let rounds = 300;
+    let mut parse_ns = 0u128;
+    let mut apply_ns = 0u128;
+    for _ in 0..rounds {
+        let started = Instant::now();
+        let transactions = crud::parse(body.as_bytes(), &limits).expect("valid");
+        let parsed = Instant::now();
+        let report = block_on(upload::apply(&transactions, &settings, &caller, &Sink));
+        assert_eq!(report.subrequests, 1);
+        std::hint::black_box(report.body().to_string());
+        parse_ns += (parsed - started).as_nanos();
+        apply_ns += parsed.elapsed().as_nanos();
+    }
+    let us = |ns: u128| ns as f64 / rounds as f64 / 1000.0;
+    println!(
+        "1,000-PUT body of {} bytes: parse {:.0} µs + plan/apply {:.0} µs = {:.0} µs per upload (native, {rounds} rounds)",
+        body.len(),
+        us(parse_ns),
+        us(apply_ns),
+        us(parse_ns + apply_ns)
+    );
+}
