@@ -188,13 +188,21 @@ class Generator:
         n = r.choices([1, 2, 3, 4, 5, 6], weights=[30, 25, 18, 12, 8, 7])[0]
         entries = [self.entry() for _ in range(n)]
         if not self.dependent_deletes:
-            # KNOWN HOLE (see DEPENDENT_DELETES in the module docs): a transaction that deletes a
-            # list an earlier entry of it points a todo at is not safe to re-send; unless asked
-            # for, that DELETE becomes a DELETE of one of our todos.
+            # KNOWN HOLE (README "Known gap"): a transaction whose later entry changes what an
+            # earlier entry does is not safe to re-send after a lost answer. Two such patterns
+            # come out of this generator; unless asked for, they are rewritten:
+            # - a DELETE of a list an earlier entry points a todo at becomes a DELETE of one of
+            #   our todos (on a re-send the todo's PUT fails: 23503);
+            # - a PATCH of an id a later entry PUTs becomes a DELETE of it (the first time the
+            #   PATCH matches nothing; on a re-send it hits the row the PUT created). A DELETE
+            #   before the PUT is safe to re-send.
             for k, e in enumerate(entries):
                 if e.op == "DELETE" and e.table == "lists" and any(
                         p.table == "todos" and (p.data or {}).get("list_id") == e.id for p in entries[:k]):
                     entries[k] = Entry("DELETE", "todos", r.choice(self.me.todos))
+                elif e.op == "PATCH" and any(
+                        p.op == "PUT" and (p.table, p.id) == (e.table, e.id) for p in entries[k + 1:]):
+                    entries[k] = Entry("DELETE", e.table, e.id)
         return Transaction(tid, entries)
 
 
