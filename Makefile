@@ -2,6 +2,7 @@
 #   make dev    run the worker locally (installs what is missing; embedded default configuration)
 #   make test   run every test (native + end-to-end in workerd against PostgreSQL)
 #   make bench  run the benchmarks (not part of make test; see bench/README.md)
+#   make fuzz   run every fuzz target for FUZZ_SECONDS (default 60) each (not part of make test)
 # Everything installs itself where missing and is quick the second time.
 
 SHELL := /bin/bash
@@ -15,7 +16,7 @@ RUST_SOURCES := $(shell find src -name '*.rs') Cargo.toml Cargo.lock
 DEVTOOL := target/debug/devtool
 DEV_PORT ?= 8787
 
-.PHONY: dev test test-native test-e2e build tools postgres venv clean bench
+.PHONY: dev test test-native test-e2e build tools postgres venv clean bench fuzz
 
 ## Tools -------------------------------------------------------------------------------------
 
@@ -71,6 +72,15 @@ test-e2e: tools postgres venv build $(DEVTOOL)
 # bench/results.md and bench/results.json.
 bench:
 	bash bench/run.sh
+
+## Fuzz --------------------------------------------------------------------------------------
+
+# cargo-fuzz targets in fuzz/ (parsers of upload bodies, session tokens, private keys, settings);
+# installs cargo-fuzz and a nightly toolchain where missing (falls back to stable without a
+# sanitizer). Prints executions per target; exits 1 on a crash (saved in fuzz/artifacts/).
+FUZZ_SECONDS ?= 60
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) bash scripts/fuzz.sh
 
 clean:
 	rm -rf build target/wasm $(VENV)
