@@ -4,6 +4,7 @@
 #               PostgreSQL with the real PowerSync service and the official SDK)
 #   make bench  run the benchmarks (not part of make test; see bench/README.md)
 #   make soak   the long model-based fault soak (20,000 operations per mode; tests/soak)
+#   make fuzz   run every fuzz target for FUZZ_SECONDS (default 60) each (not part of make test)
 # Everything installs itself where missing and is quick the second time.
 
 SHELL := /bin/bash
@@ -25,7 +26,7 @@ CONNECTOR := clients/typescript
 CONNECTOR_SOURCES := $(wildcard $(CONNECTOR)/src/*.ts) $(CONNECTOR)/package-lock.json $(CONNECTOR)/tsconfig.json
 SDK := tests/sdk
 
-.PHONY: dev test test-native test-connector test-e2e build tools postgres venv powersync sdk clean bench soak
+.PHONY: dev test test-native test-connector test-e2e build tools postgres venv powersync sdk clean bench soak fuzz
 
 ## Tools -------------------------------------------------------------------------------------
 
@@ -112,6 +113,15 @@ bench:
 # SOAK_OPERATIONS (default 20000 per mode), SOAK_SEED, SOAK_MODES=rls,service,atomic, SOAK_CLIENTS.
 soak: tools postgres venv build
 	$(WITH_NODE) $(PY) -m tests.soak
+
+## Fuzz --------------------------------------------------------------------------------------
+
+# cargo-fuzz targets in fuzz/ (parsers of upload bodies, session tokens, private keys, settings);
+# installs cargo-fuzz and a nightly toolchain where missing (falls back to stable without a
+# sanitizer). Prints executions per target; exits 1 on a crash (saved in fuzz/artifacts/).
+FUZZ_SECONDS ?= 60
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) bash scripts/fuzz.sh
 
 clean:
 	rm -rf build target/wasm $(VENV)
