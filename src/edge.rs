@@ -47,7 +47,7 @@ fn app(env: &Env) -> Rc<App> {
 }
 
 #[event(fetch)]
-async fn fetch(mut req: Request, env: Env, _ctx: Context) -> worker::Result<Response> {
+async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response> {
     let started = Date::now().as_millis();
     let app = app(&env);
     let request_id = request_id(&req);
@@ -55,7 +55,7 @@ async fn fetch(mut req: Request, env: Env, _ctx: Context) -> worker::Result<Resp
     let declared = req.headers().get("content-length").ok().flatten().and_then(|n| n.trim().parse::<usize>().ok());
     let incoming = IncomingRequest { method, path: req.path(), headers: req.headers().entries().collect() };
     // Not read here: the app reads it only for an upload whose session is verified.
-    let body = StreamBody { stream: req.stream().ok(), declared };
+    let body = StreamBody::new(req, declared);
     let transport = FetchTransport { timeout: Duration::from_millis(app.config.upstream_timeout_ms) };
     let now = Date::now().as_millis() / 1000;
     let (response, log) = app.handle(&incoming, body, &transport, &WebCrypto, now, &request_id).await;
@@ -80,18 +80,41 @@ fn request_id(req: &Request) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The request's body stream, read chunk by chunk when the app asks for it. Reading stops as soon
+/// The request's body, read chunk by chunk only when the app asks for it. Reading stops as soon
 /// as more than the limit has arrived (chunked bodies have no `Content-Length` to refuse them by);
 /// dropping the stream then cancels it, so the rest is never buffered.
+///
+/// A body that is never read: with a `Content-Length`, its stream is not taken, so workerd drains
+/// it after the answer and a client still sending (a refused 413, a 401) reads its answer instead
+/// of a reset connection; without one (chunked, possibly endless), the stream is taken at once and
+/// cancelled when dropped, so the answer never waits for the client to finish.
 struct StreamBody {
-    /// `None` when the request has no body.
-    stream: Option<ByteStream>,
+    source: BodySource,
     declared: Option<usize>,
+}
+
+enum BodySource {
+    Untaken(Request),
+    Taken(Option<ByteStream>),
+}
+
+impl StreamBody {
+    fn new(mut request: Request, declared: Option<usize>) -> StreamBody {
+        let source = match declared {
+            Some(_) => BodySource::Untaken(request),
+            None => BodySource::Taken(request.stream().ok()),
+        };
+        StreamBody { source, declared }
+    }
 }
 
 impl RequestBody for StreamBody {
     async fn read(self, limit: usize) -> Result<Vec<u8>, BodyError> {
-        let Some(mut stream) = self.stream else { return Ok(Vec::new()) };
+        let stream = match self.source {
+            BodySource::Untaken(mut request) => request.stream().ok(),
+            BodySource::Taken(stream) => stream,
+        };
+        let Some(mut stream) = stream else { return Ok(Vec::new()) };
         let mut bytes = Vec::with_capacity(self.declared.unwrap_or(0).min(limit));
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| BodyError::Unreadable(e.to_string()))?;
