@@ -111,6 +111,7 @@ PREVIOUS_PUT1000_CPU, PREVIOUS_COMMIT = previous_put1000_cpu()
 
 
 TARGET_UPLOAD_VS_BASELINE = 20.0
+TARGET_EDDSA_VS_SIGN_ONLY_CPU = 0.5  # token endpoint with an Ed25519 key vs the RS256 sign-only limit
 TARGET_BUNDLE_GZIP_BYTES = 500 * 1000  # 500 KB, decimal: the stricter reading
 
 
@@ -165,13 +166,24 @@ def workerd_count(pgid: int) -> int:
     return len(out.stdout.split())
 
 
-def powersync_key(kid: str) -> dict:
-    """A fresh RSA-2048 PowerSync signing key (PKCS#8 PEM + public JWK), made in Python so the
-    benchmark does not need the native dev tool built (1.5 min on a fresh machine)."""
-    keys = SessionKeys()
-    pem = keys.rsa.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                 serialization.NoEncryption()).decode()
-    return {"kid": kid, "private_pem": pem, "public_jwk": keys.jwk("rsa", kid)}
+def powersync_key(kid: str, alg: str = "RS256") -> dict:
+    """A fresh PowerSync signing key (PKCS#8 PEM + public JWK): RSA-2048 (RS256), P-256 (ES256)
+    or Ed25519 (EdDSA), made in Python so the benchmark does not need the native dev tool built
+    (1.5 min on a fresh machine)."""
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+    if alg == "RS256":
+        private = SessionKeys().rsa
+        public_jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(private.public_key()))
+    elif alg == "ES256":
+        private = ec.generate_private_key(ec.SECP256R1())
+        public_jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(private.public_key()))
+    else:
+        private = ed25519.Ed25519PrivateKey.generate()
+        public_jwk = json.loads(jwt.algorithms.OKPAlgorithm.to_jwk(private.public_key()))
+    public_jwk.update({"kid": kid, "alg": alg, "use": "sig"})
+    pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption()).decode()
+    return {"kid": kid, "alg": alg, "private_pem": pem, "public_jwk": public_jwk}
 
 
 def start_worker(vars: dict[str, str], main: Path, *, inspector: bool = False) -> WorkerProcess:
@@ -446,8 +458,10 @@ def check_token_response(r: requests.Response, public_jwk: dict, what: str) -> N
     if r.status_code != 200:
         raise RuntimeError(f"{what}: {r.status_code} {r.text[:500]}")
     token = r.json()["token"]
-    key = jwt.algorithms.RSAAlgorithm.from_jwk(json.dumps(public_jwk))
-    jwt.decode(token, key, algorithms=["RS256"], options={"verify_aud": False, "verify_exp": False})
+    if jwt.get_unverified_header(token)["alg"] != public_jwk["alg"]:
+        raise RuntimeError(f"{what}: token alg {jwt.get_unverified_header(token)['alg']}, key {public_jwk['alg']}")
+    jwt.decode(token, jwt.PyJWK(public_jwk).key, algorithms=[public_jwk["alg"]],
+               options={"verify_aud": False, "verify_exp": False})
 
 
 # =========================================================================== report
@@ -527,10 +541,36 @@ def render_markdown(res: dict) -> str:
         f"- ES256 session − HS256 session (WebCrypto P-256 verify, cached JWKS and imported key): {fmt(d['es_minus_hs_ms'], 2)} ms;",
         f"- token HS256 above the floor of a no-op request: {fmt(d['token_hs_above_floor_ms'], 2)} ms; "
         f"ES256: {fmt(d['token_es_above_floor_ms'], 2)} ms;",
+        f"- one WebCrypto signature in JS by key type (sign-only − JS no-op): RSA-2048 {fmt(d['sign_ms'], 2)} ms, "
+        f"P-256 {fmt(d['sign_es256_ms'], 2)} ms, Ed25519 {fmt(d['sign_eddsa_ms'], 2)} ms;",
+        f"- the token endpoint with a P-256 / Ed25519 key − with the RSA key (HS256 session): "
+        f"{fmt(d['token_key_es256_minus_rs256_ms'], 2)} ms / {fmt(d['token_key_eddsa_minus_rs256_ms'], 2)} ms;",
         f"- the devtools inspector of the plain `wrangler dev` CLI (CLI − API launch, all processes, token HS256): "
         f"+{fmt(d['inspector_token_ms'], 2)} ms per request (sign-only + log: +{fmt(d['inspector_sign_log_ms'], 2)} ms), "
         f"and token HS256 req/s {fmt(d['inspector_token_rps_ratio'] * 100 if d['inspector_token_rps_ratio'] is not None else None, 0, ' %')} "
         f"of the API launch's.",
+    ]
+
+    sign_cpu = tk["sign_only"]["median"]["cpu_ms_per_req_user"]
+    out += [
+        "",
+        "### The token endpoint per PowerSync key type (HS256 session), beside the RS256 sign-only limit",
+        "",
+        "| Key (token alg) | token: req/s | token: worker workerd CPU ms | token CPU vs the RS256 sign-only limit's "
+        "| sign-only JS worker with this key: CPU ms | its signature (− JS no-op) ms |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for alg, name, token_key, sign_key in KEY_TYPES:
+        t, sg = tk[token_key]["median"], tk[sign_key]["median"]
+        ratio = t["cpu_ms_per_req_user"] / sign_cpu if sign_cpu else None
+        out.append(f"| {name} ({alg}) | {fmt(t['rps'], 0)} | {fmt(t['cpu_ms_per_req_user'], 2)} | "
+                   f"{fmt(ratio * 100 if ratio is not None else None, 0, ' %')} | {fmt(sg['cpu_ms_per_req_user'], 2)} | "
+                   f"{fmt(sg['cpu_ms_per_req_user'] - tk['noop_js']['median']['cpu_ms_per_req_user'], 2)} |")
+    out += [
+        "",
+        f"The RS256 sign-only limit: {fmt(sign_cpu, 2)} ms of worker workerd CPU per request, of which "
+        f"{fmt(tk['noop_js']['median']['cpu_ms_per_req_user'], 2)} ms is the floor of any request (JS no-op) and "
+        f"{fmt(tk['health']['median']['cpu_ms_per_req_user'], 2)} ms the floor of a workers-rs request (`/health`).",
     ]
 
     up = res["upload"]
@@ -609,8 +649,14 @@ def render_markdown(res: dict) -> str:
 
 
 # =========================================================================== main
-TOKEN_TABLE_ORDER = ("noop_js", "health", "sign_only", "sign_log", "token_hs256", "token_es256", "jwks",
+TOKEN_TABLE_ORDER = ("noop_js", "health", "sign_only", "sign_log", "sign_only_es256", "sign_only_eddsa",
+                     "token_hs256", "token_es256", "token_key_es256", "token_key_eddsa", "jwks",
                      "sign_log_cli", "token_hs256_cli")
+# The token endpoint per PowerSync key type (HS256 session), and the sign-only worker's
+# signature with the same key type.
+KEY_TYPES = (("RS256", "RSA-2048", "token_hs256", "sign_only"),
+             ("ES256", "P-256", "token_key_es256", "sign_only_es256"),
+             ("EdDSA", "Ed25519", "token_key_eddsa", "sign_only_eddsa"))
 
 
 def summarize(runs: list[dict], keys=("rps", "p50_ms", "p99_ms", "cpu_ms_per_req", "cpu_ms_per_req_user",
@@ -660,6 +706,10 @@ def main() -> int:
         session_keys = SessionKeys()
         jwks.keys = [session_keys.jwk("ec", "ec-1")]
         ps_key = powersync_key("bench-1")
+        es_key = powersync_key("bench-es256", "ES256")
+        ed_key = powersync_key("bench-eddsa", "EdDSA")
+        sign_vars = {"POWERSYNC_PRIVATE_KEY": ps_key["private_pem"], "ES256_PRIVATE_KEY": es_key["private_pem"],
+                     "EDDSA_PRIVATE_KEY": ed_key["private_pem"]}
         issuer = f"{standin.url}/auth/v1"
         base_vars = complete_vars(standin.url, jwks.url, ps_key, timeout_ms=30000)
         sub = str(uuid.uuid4())
@@ -682,15 +732,22 @@ def main() -> int:
         stack.callback(w_main.stop)
         w_atomic = start_worker({**base_vars, "UPLOAD_ATOMIC": "true"}, main_js)
         stack.callback(w_atomic.stop)
-        w_sign = start_worker({"POWERSYNC_PRIVATE_KEY": ps_key["private_pem"]}, SIGN_ONLY)
+        w_sign = start_worker(sign_vars, SIGN_ONLY)
         stack.callback(w_sign.stop)
+        # The token endpoint with the other PowerSync key types (same configuration otherwise).
+        w_es_key = start_worker({**base_vars, "POWERSYNC_PRIVATE_KEY": es_key["private_pem"],
+                                 "POWERSYNC_KEY_ID": es_key["kid"]}, main_js)
+        stack.callback(w_es_key.stop)
+        w_ed_key = start_worker({**base_vars, "POWERSYNC_PRIVATE_KEY": ed_key["private_pem"],
+                                 "POWERSYNC_KEY_ID": ed_key["kid"]}, main_js)
+        stack.callback(w_ed_key.stop)
         # The same two under the plain CLI, whose devtools inspector session makes every
         # console.log line a DevTools message (informational rows: what `make dev` costs).
         w_main_cli = start_worker(base_vars, main_js, inspector=True)
         stack.callback(w_main_cli.stop)
         w_sign_cli = start_worker({"POWERSYNC_PRIVATE_KEY": ps_key["private_pem"]}, SIGN_ONLY, inspector=True)
         stack.callback(w_sign_cli.stop)
-        for w in (w_main, w_atomic, w_sign, w_main_cli, w_sign_cli):
+        for w in (w_main, w_atomic, w_sign, w_es_key, w_ed_key, w_main_cli, w_sign_cli):
             if workerd_count(w.proc.pid) < 1:
                 raise RuntimeError("no workerd process found under a wrangler dev process group")
 
@@ -700,6 +757,10 @@ def main() -> int:
         check_token_response(w_main.get("/powersync-token", headers=bearer(es_token)), ps_key["public_jwk"], "token ES256")
         check_token_response(w_sign.get("/sign"), ps_key["public_jwk"], "sign-only")
         check_token_response(w_sign.get("/sign-log"), ps_key["public_jwk"], "sign-only + log")
+        check_token_response(w_sign.get("/sign-es256"), es_key["public_jwk"], "sign-only ES256")
+        check_token_response(w_sign.get("/sign-eddsa"), ed_key["public_jwk"], "sign-only EdDSA")
+        check_token_response(w_es_key.get("/powersync-token", headers=bearer(hs_token)), es_key["public_jwk"], "token, ES256 key")
+        check_token_response(w_ed_key.get("/powersync-token", headers=bearer(hs_token)), ed_key["public_jwk"], "token, EdDSA key")
         r = w_main.get("/.well-known/jwks.json")
         if r.status_code != 200 or ps_key["kid"] not in r.text:
             raise RuntimeError(f"jwks: {r.status_code} {r.text[:300]}")
@@ -712,8 +773,12 @@ def main() -> int:
             "health": ("`/health` (workers-rs floor)", w_main, "/health", None),
             "sign_only": ("sign-only JS worker (the limit)", w_sign, "/sign", None),
             "sign_log": ("sign-only + one console.log line (same observability as the worker)", w_sign, "/sign-log", None),
-            "token_hs256": ("`/powersync-token`, HS256 session", w_main, "/powersync-token", hs_token),
-            "token_es256": ("`/powersync-token`, ES256 session (cached JWKS)", w_main, "/powersync-token", es_token),
+            "sign_only_es256": ("sign-only JS worker, P-256 key (ES256)", w_sign, "/sign-es256", None),
+            "sign_only_eddsa": ("sign-only JS worker, Ed25519 key (EdDSA)", w_sign, "/sign-eddsa", None),
+            "token_hs256": ("`/powersync-token`, HS256 session (RSA-2048 key, RS256)", w_main, "/powersync-token", hs_token),
+            "token_es256": ("`/powersync-token`, ES256 session (cached JWKS; RSA-2048 key)", w_main, "/powersync-token", es_token),
+            "token_key_es256": ("`/powersync-token`, HS256 session, P-256 key (ES256 tokens)", w_es_key, "/powersync-token", hs_token),
+            "token_key_eddsa": ("`/powersync-token`, HS256 session, Ed25519 key (EdDSA tokens)", w_ed_key, "/powersync-token", hs_token),
             "jwks": ("`/.well-known/jwks.json`", w_main, "/.well-known/jwks.json", None),
             "sign_log_cli": ("sign-only + log line, plain `wrangler dev` CLI (devtools inspector attached)", w_sign_cli, "/sign-log", None),
             "token_hs256_cli": ("`/powersync-token` HS256, plain `wrangler dev` CLI (devtools inspector attached)", w_main_cli, "/powersync-token", hs_token),
@@ -846,6 +911,10 @@ def main() -> int:
         "es_minus_hs_ms": diff(cpu("token_es256"), cpu("token_hs256")),
         "token_hs_above_floor_ms": diff(cpu("token_hs256"), cpu("noop_js")),
         "token_es_above_floor_ms": diff(cpu("token_es256"), cpu("noop_js")),
+        "sign_es256_ms": diff(cpu("sign_only_es256"), cpu("noop_js")),
+        "sign_eddsa_ms": diff(cpu("sign_only_eddsa"), cpu("noop_js")),
+        "token_key_es256_minus_rs256_ms": diff(cpu("token_key_es256"), cpu("token_hs256")),
+        "token_key_eddsa_minus_rs256_ms": diff(cpu("token_key_eddsa"), cpu("token_hs256")),
         "inspector_token_ms": diff(all_cpu("token_hs256_cli"), all_cpu("token_hs256")),
         "inspector_sign_log_ms": diff(all_cpu("sign_log_cli"), all_cpu("sign_log")),
         "inspector_token_rps_ratio": (med["token_hs256_cli"]["rps"] / med["token_hs256"]["rps"]
@@ -865,6 +934,13 @@ def main() -> int:
                         "measured": f"{ms:.2f} ms (a JS no-op request: {derived['floor_js_ms']:.2f} ms; with wrangler's "
                                     f"dev proxy workerd: {med[key]['cpu_ms_per_req']:.2f} ms)",
                         "value": ms, "pass": ms <= TARGET_TOKEN_CPU_MS})
+    # Key types: the token endpoint with an Ed25519 key against the RS256 sign-only limit's CPU.
+    ed_ratio = cpu("token_key_eddsa") / cpu("sign_only") if cpu("sign_only") else None
+    targets.append({"target": "token issuance with an Ed25519 key (EdDSA) ≤ 50 % of the RS256 sign-only limit's "
+                              "CPU per request (the worker's workerd process)",
+                    "measured": f"{ed_ratio * 100:.0f} % ({cpu('token_key_eddsa'):.2f} vs {cpu('sign_only'):.2f} ms; "
+                                f"a JS no-op request: {derived['floor_js_ms']:.2f} ms, `/health`: {cpu('health'):.2f} ms)",
+                    "value": ed_ratio, "pass": ed_ratio is not None and ed_ratio <= TARGET_EDDSA_VS_SIGN_ONLY_CPU})
     for mode in ("rls", "atomic"):
         n = upload[mode]["put1000"]["subrequests"]
         targets.append({"target": f"1,000-PUT batch in one subrequest ({mode})", "measured": f"{n} subrequest(s)",
@@ -898,6 +974,11 @@ def main() -> int:
                                   "(same observability as the worker)",
                         "measured": f"{ratio * 100:.0f} % ({med[key]['rps']:.0f} vs {med['sign_log']['rps']:.0f} req/s)",
                         "value": ratio, "pass": None, "info": True})
+    es_ratio = cpu("token_key_es256") / cpu("sign_only") if cpu("sign_only") else 0.0
+    targets.append({"target": "info: token issuance with a P-256 key (ES256) CPU per request as % of the RS256 "
+                              "sign-only limit's",
+                    "measured": f"{es_ratio * 100:.0f} % ({cpu('token_key_es256'):.2f} vs {cpu('sign_only'):.2f} ms)",
+                    "value": es_ratio, "pass": None, "info": True})
     ratio = med["token_hs256_cli"]["rps"] / med["sign_log_cli"]["rps"] if med["sign_log_cli"]["rps"] else 0.0
     targets.append({"target": "info: under the plain `wrangler dev` CLI (devtools inspector attached), token issuance "
                               "(HS256) req/s as % of sign-only + log under the same CLI",

@@ -226,7 +226,7 @@ fn powersync_settings(r: &mut Reader) -> Result<PowerSyncSettings, PowerSyncProb
             jwks.extend(previous.into_iter().filter(|p| p.kid != key_id));
             let issuer = r.get("POWERSYNC_TOKEN_ISSUER");
             Ok(PowerSyncSettings {
-                token: TokenSettings { powersync_url, key_id, ttl_seconds, issuer, copy_claims },
+                token: TokenSettings { powersync_url, key_id, alg: key.alg(), ttl_seconds, issuer, copy_claims },
                 key,
                 jwks,
             })
@@ -368,6 +368,38 @@ mod tests {
         vars.push(("POWERSYNC_PREVIOUS_PUBLIC_KEYS", format!("[{old}]")));
         let kids: Vec<String> = config_of(&vars).powersync.unwrap().jwks.into_iter().map(|k| k.kid).collect();
         assert_eq!(kids, vec!["kid-1", "kid-0"]);
+    }
+
+    #[test]
+    fn an_ed25519_key_beside_a_previous_rsa_key_publishes_both_and_signs_eddsa() {
+        let new_key = crate::keys::tests::ed25519_key();
+        let mut vars: Vec<(&str, String)> = complete().into_iter().filter(|(k, _)| *k != "POWERSYNC_PRIVATE_KEY").collect();
+        vars.push(("POWERSYNC_PRIVATE_KEY", new_key.pkcs8_pem()));
+        let old = serde_json::to_string(&test_key().public_jwk("kid-0")).unwrap();
+        vars.push(("POWERSYNC_PREVIOUS_PUBLIC_KEYS", format!("{{\"keys\":[{old}]}}")));
+        let powersync = config_of(&vars).powersync.unwrap();
+        assert_eq!(powersync.token.alg, "EdDSA");
+        assert_eq!(powersync.jwks, vec![new_key.public_jwk("kid-1"), test_key().public_jwk("kid-0")]);
+    }
+
+    #[test]
+    fn a_p256_jwk_key_signs_es256_under_its_own_kid() {
+        let key = crate::keys::tests::p256_key();
+        let mut vars = complete();
+        vars.retain(|(k, _)| *k != "POWERSYNC_KEY_ID" && *k != "POWERSYNC_PRIVATE_KEY");
+        vars.push(("POWERSYNC_PRIVATE_KEY", key.private_jwk("ec-jwk").to_string()));
+        let powersync = config_of(&vars).powersync.unwrap();
+        assert_eq!((powersync.token.alg, powersync.token.key_id.as_str()), ("ES256", "ec-jwk"));
+        assert_eq!(powersync.jwks[0].kty, "EC");
+    }
+
+    #[test]
+    fn an_unusable_previous_key_is_named_with_its_reason() {
+        let mut vars = complete();
+        vars.push(("POWERSYNC_PREVIOUS_PUBLIC_KEYS", r#"[{"kty":"OKP","crv":"X25519","kid":"x","x":"AA"}]"#.into()));
+        let c = config_of(&vars);
+        assert_eq!(c.powersync.unwrap_err(), PowerSyncProblem::Invalid(vec!["POWERSYNC_PREVIOUS_PUBLIC_KEYS".into()]));
+        assert!(c.problems.iter().any(|p| p.name == "POWERSYNC_PREVIOUS_PUBLIC_KEYS" && p.message.contains("X25519")));
     }
 
     #[test]

@@ -17,15 +17,15 @@ use worker::{console_log, event, AbortController, ByteStream, Context, Date, Del
 use crate::app::{App, BodyError, IncomingRequest, RequestBody};
 use crate::config::Config;
 use crate::http::{HttpRequest, HttpResponse, Method, Transport, TransportError};
-use crate::keys::SigningKey;
+use crate::keys::{KeyKind, SigningKey};
 use crate::session::{SessionError, SignatureCheck, SignatureVerifier};
 use crate::token::TokenSigner;
 
 thread_local! {
     /// Parsed once per isolate: configuration, keys and the JWKS cache.
     static APP: RefCell<Option<Rc<App>>> = const { RefCell::new(None) };
-    /// The WebCrypto signing key, imported once per isolate.
-    static CRYPTO_KEY: RefCell<Option<web_sys::CryptoKey>> = const { RefCell::new(None) };
+    /// The WebCrypto signing key, imported once per isolate, and its sign parameters.
+    static CRYPTO_KEY: RefCell<Option<(web_sys::CryptoKey, Object)>> = const { RefCell::new(None) };
     /// WebCrypto keys for the project's JWKS keys, imported once per key.
     static SESSION_KEYS: RefCell<HashMap<String, web_sys::CryptoKey>> = RefCell::new(HashMap::new());
 }
@@ -170,9 +170,10 @@ impl Transport for FetchTransport {
     }
 }
 
-/// The platform's WebCrypto: signs RS256 (RSASSA-PKCS1-v1_5 + SHA-256) and verifies ES256/RS256
-/// session signatures at native speed; no private-key or P-256 arithmetic runs in wasm on the
-/// request path.
+/// The platform's WebCrypto: signs PowerSync tokens (RS256: RSASSA-PKCS1-v1_5 + SHA-256; ES256:
+/// ECDSA P-256 + SHA-256, whose `r || s` output is the JWS form; EdDSA: Ed25519) and verifies
+/// ES256/RS256 session signatures at native speed; no private-key or curve arithmetic runs in wasm
+/// on the request path.
 struct WebCrypto;
 
 fn subtle() -> Result<web_sys::SubtleCrypto, String> {
@@ -184,27 +185,44 @@ fn describe(e: JsValue) -> String {
     e.as_string().or_else(|| js_sys::Error::from(e).message().as_string()).unwrap_or_else(|| "unknown error".into())
 }
 
-async fn crypto_key(key: &SigningKey) -> Result<web_sys::CryptoKey, String> {
+/// The WebCrypto algorithm for the signing key: import parameters and sign parameters.
+fn signing_algorithm(kind: KeyKind) -> Result<(Object, Object), String> {
+    let sha256 = JsValue::from_str("SHA-256");
+    match kind {
+        KeyKind::Rs256 => {
+            let rsa = object(&[("name", &"RSASSA-PKCS1-v1_5".into()), ("hash", &sha256)])?;
+            Ok((rsa.clone(), rsa))
+        }
+        KeyKind::Es256 => Ok((
+            object(&[("name", &"ECDSA".into()), ("namedCurve", &"P-256".into())])?,
+            object(&[("name", &"ECDSA".into()), ("hash", &sha256)])?,
+        )),
+        KeyKind::EdDsa => {
+            let ed = object(&[("name", &"Ed25519".into())])?;
+            Ok((ed.clone(), ed))
+        }
+    }
+}
+
+/// The signing key, imported from PKCS#8 once per isolate, with its sign parameters.
+async fn crypto_key(key: &SigningKey) -> Result<(web_sys::CryptoKey, Object), String> {
     if let Some(cached) = CRYPTO_KEY.with(|c| c.borrow().clone()) {
         return Ok(cached);
     }
-    let algorithm = Object::new();
-    Reflect::set(&algorithm, &"name".into(), &"RSASSA-PKCS1-v1_5".into()).map_err(describe)?;
-    Reflect::set(&algorithm, &"hash".into(), &"SHA-256".into()).map_err(describe)?;
+    let (import, sign) = signing_algorithm(key.kind())?;
     let der = Uint8Array::from(key.pkcs8_der().as_slice());
     let usages = js_sys::Array::of1(&"sign".into());
-    let promise = subtle()?.import_key_with_object("pkcs8", &der, &algorithm, false, &usages).map_err(describe)?;
+    let promise = subtle()?.import_key_with_object("pkcs8", &der, &import, false, &usages).map_err(describe)?;
     let imported: web_sys::CryptoKey = JsFuture::from(promise).await.map_err(describe)?.unchecked_into();
-    CRYPTO_KEY.with(|c| *c.borrow_mut() = Some(imported.clone()));
-    Ok(imported)
+    CRYPTO_KEY.with(|c| *c.borrow_mut() = Some((imported.clone(), sign.clone())));
+    Ok((imported, sign))
 }
 
 impl TokenSigner for WebCrypto {
     async fn sign(&self, key: &SigningKey, signing_input: &[u8]) -> Result<String, String> {
         use base64::Engine;
-        let crypto_key = crypto_key(key).await.map_err(|e| format!("WebCrypto importKey failed: {e}"))?;
-        let mut input = signing_input.to_vec();
-        let promise = subtle()?.sign_with_str_and_u8_array("RSASSA-PKCS1-v1_5", &crypto_key, &mut input).map_err(describe)?;
+        let (crypto_key, algorithm) = crypto_key(key).await.map_err(|e| format!("WebCrypto importKey failed: {e}"))?;
+        let promise = subtle()?.sign_with_object_and_u8_array(&algorithm, &crypto_key, signing_input).map_err(describe)?;
         let signature = JsFuture::from(promise).await.map_err(|e| format!("WebCrypto sign failed: {}", describe(e)))?;
         let bytes = Uint8Array::new(&signature).to_vec();
         Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))

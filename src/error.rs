@@ -159,7 +159,7 @@ mod tests {
         assert_eq!(ApiError::MissingAuthorization.message(), "No authorization header");
         assert_eq!(ApiError::Session(SessionError::BadSignature).message(), "Unauthorized");
         assert_eq!(ApiError::PowerSync(PowerSyncProblem::Missing(vec![])).message(), "PowerSync not configured");
-        assert_eq!(ApiError::from(KeyError::NotRsa).message(), "Failed to import private key");
+        assert_eq!(ApiError::from(KeyError::UnsupportedCurve("P-384".into())).message(), "Failed to import private key");
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //!
 //! Signing itself is pluggable ([`TokenSigner`]): the worker signs with WebCrypto (native code,
 //! within the Free plan's CPU budget); native tests and the dev tool sign with
-//! [`RustSigner`]. RS256 (PKCS#1 v1.5) is deterministic, so both must produce identical tokens.
+//! [`RustSigner`]. The token's `alg` follows the key: RS256, ES256 or EdDSA. RS256 (PKCS#1 v1.5)
+//! and EdDSA are deterministic, so both signers must produce identical tokens; ECDSA signatures
+//! are randomised (WebCrypto) and are compared by verifying them.
 
 use std::future::Future;
 
@@ -11,7 +13,7 @@ use base64::Engine;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::keys::SigningKey;
+use crate::keys::{KeyKind, SigningKey};
 use crate::session::Session;
 
 /// Default token lifetime: 8 hours, what apps built on the Edge Function expect.
@@ -28,6 +30,8 @@ pub struct TokenSettings {
     pub powersync_url: String,
     /// `POWERSYNC_KEY_ID` (or the JWK's own `kid`): the header `kid`.
     pub key_id: String,
+    /// The header `alg`: the signing key's (`RS256`, `ES256` or `EdDSA`).
+    pub alg: &'static str,
     /// `POWERSYNC_TOKEN_TTL_SECONDS`; default 28800 (8 h), allowed 60..=86400.
     pub ttl_seconds: u64,
     /// `POWERSYNC_TOKEN_ISSUER`; default none (no `iss` claim).
@@ -56,7 +60,7 @@ pub struct UnsignedToken {
 
 /// Builds the PowerSync token for `session` at time `now` (Unix seconds).
 pub fn unsigned(settings: &TokenSettings, session: &Session, now: u64) -> UnsignedToken {
-    let header = Header { alg: "RS256", typ: "JWT", kid: &settings.key_id };
+    let header = Header { alg: settings.alg, typ: "JWT", kid: &settings.key_id };
     let expires_at = now + settings.ttl_seconds;
     let mut claims = Map::new();
     for name in &settings.copy_claims {
@@ -112,20 +116,26 @@ pub fn iso8601_millis(unix_seconds: u64) -> String {
         .unwrap_or_default()
 }
 
-/// Produces an RS256 signature (base64url) over a signing input.
+/// Produces the key's JWS signature (base64url) over a signing input: RS256 (PKCS#1 v1.5),
+/// ES256 (`r || s`, 64 bytes) or EdDSA (Ed25519, 64 bytes).
 pub trait TokenSigner {
     fn sign(&self, key: &SigningKey, signing_input: &[u8]) -> impl Future<Output = Result<String, String>>;
 }
 
-/// Pure-Rust RS256 signer (`jsonwebtoken` over RustCrypto's `rsa`). Used natively and by the dev
-/// tool; kept off the worker's request path (slow in wasm, RUSTSEC-2023-0071 timing advisory).
+/// Pure-Rust signer (`jsonwebtoken` over RustCrypto's `rsa`, `p256` and `ed25519-dalek`). Used
+/// natively and by the dev tool; kept off the worker's request path (slow in wasm; `rsa` has the
+/// RUSTSEC-2023-0071 timing advisory).
 pub struct RustSigner;
 
 impl RustSigner {
     pub fn sign_now(key: &SigningKey, signing_input: &[u8]) -> Result<String, String> {
-        let encoding_key = jsonwebtoken::EncodingKey::from_rsa_der(&key.pkcs1_der());
-        jsonwebtoken::crypto::sign(signing_input, &encoding_key, jsonwebtoken::Algorithm::RS256)
-            .map_err(|e| e.to_string())
+        use jsonwebtoken::{Algorithm, EncodingKey};
+        let (encoding_key, alg) = match key.kind() {
+            KeyKind::Rs256 => (EncodingKey::from_rsa_der(&key.pkcs1_der()), Algorithm::RS256),
+            KeyKind::Es256 => (EncodingKey::from_ec_der(&key.pkcs8_der()), Algorithm::ES256),
+            KeyKind::EdDsa => (EncodingKey::from_ed_der(&key.pkcs8_der()), Algorithm::EdDSA),
+        };
+        jsonwebtoken::crypto::sign(signing_input, &encoding_key, alg).map_err(|e| e.to_string())
     }
 }
 
@@ -145,7 +155,7 @@ pub fn decode_parts(token: &str) -> Option<(Value, Value)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::tests::test_key;
+    use crate::keys::tests::{ed25519_key, p256_key, test_key};
     use jsonwebtoken::{Algorithm, DecodingKey, Validation};
     use serde_json::json;
 
@@ -153,6 +163,7 @@ mod tests {
         TokenSettings {
             powersync_url: "https://abc.powersync.journeyapps.com".into(),
             key_id: "ps-key-1".into(),
+            alg: "RS256",
             ttl_seconds: DEFAULT_TTL_SECONDS,
             issuer: None,
             copy_claims: vec![],
@@ -227,6 +238,63 @@ mod tests {
         let (_, claims) = decode_parts(&sign(&s, &session(json!({"sub": "evil", "aud": "evil"})), 1000).token).unwrap();
         assert_eq!(claims["sub"], "user-1");
         assert_eq!(claims["aud"], "https://abc.powersync.journeyapps.com");
+    }
+
+    /// A token signed with `key` (its own alg), verified by `jsonwebtoken` against the public
+    /// JWK the JWKS publishes, with PowerSync's rules (alg fixed by the key, aud, lifetime).
+    fn verify_with_public_jwk(key: &SigningKey) -> (Value, Value) {
+        let s = TokenSettings { alg: key.alg(), ..settings() };
+        let unsigned = unsigned(&s, &session(json!({})), 1_800_000_000);
+        let signature = RustSigner::sign_now(key, unsigned.signing_input.as_bytes()).unwrap();
+        let token = issued(&s, unsigned, &signature).token;
+        let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(serde_json::to_value(key.public_jwk("ps-key-1")).unwrap()).unwrap();
+        let alg: Algorithm = key.alg().parse().unwrap();
+        let mut validation = Validation::new(alg);
+        validation.set_audience(&["https://abc.powersync.journeyapps.com"]);
+        validation.validate_exp = false;
+        let data = jsonwebtoken::decode::<Value>(&token, &DecodingKey::from_jwk(&jwk).unwrap(), &validation).unwrap();
+        assert_eq!(URL_SAFE_NO_PAD.decode(token.rsplit('.').next().unwrap()).unwrap().len(), if key.kind() == KeyKind::Rs256 { 256 } else { 64 });
+        let (header, _) = decode_parts(&token).unwrap();
+        (header, data.claims)
+    }
+
+    #[test]
+    fn es256_token_has_an_es256_header_and_verifies_with_the_published_jwk() {
+        let (header, claims) = verify_with_public_jwk(&p256_key());
+        assert_eq!(header, json!({"alg": "ES256", "typ": "JWT", "kid": "ps-key-1"}));
+        assert_eq!(claims["sub"], "user-1");
+    }
+
+    #[test]
+    fn eddsa_token_has_an_eddsa_header_and_verifies_with_the_published_jwk() {
+        let (header, claims) = verify_with_public_jwk(&ed25519_key());
+        assert_eq!(header, json!({"alg": "EdDSA", "typ": "JWT", "kid": "ps-key-1"}));
+        assert_eq!(claims["aud"], "https://abc.powersync.journeyapps.com");
+    }
+
+    #[test]
+    fn rs256_token_verifies_with_the_published_jwk_too() {
+        let (header, _) = verify_with_public_jwk(test_key());
+        assert_eq!(header["alg"], "RS256");
+    }
+
+    #[test]
+    fn a_token_of_one_key_type_does_not_verify_with_another_type_s_jwk() {
+        let (ec, ed) = (p256_key(), ed25519_key());
+        let s = TokenSettings { alg: ed.alg(), ..settings() };
+        let unsigned = unsigned(&s, &session(json!({})), 1_800_000_000);
+        let token = issued(&s, unsigned.clone(), &RustSigner::sign_now(&ed, unsigned.signing_input.as_bytes()).unwrap()).token;
+        let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(serde_json::to_value(ec.public_jwk("ps-key-1")).unwrap()).unwrap();
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.validate_aud = false;
+        assert!(jsonwebtoken::decode::<Value>(&token, &DecodingKey::from_jwk(&jwk).unwrap(), &validation).is_err());
+    }
+
+    #[test]
+    fn eddsa_signatures_are_deterministic() {
+        let key = ed25519_key();
+        let a = RustSigner::sign_now(&key, b"input").unwrap();
+        assert_eq!(a, RustSigner::sign_now(&key, b"input").unwrap());
     }
 
     #[test]

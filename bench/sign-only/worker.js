@@ -8,10 +8,14 @@
 //                     writes for a token request (route, method, status, request_id, duration_ms):
 //                     the floor with the same observability as the worker (informational only; the
 //                     official limit stays the log-free signature).
+//   GET /sign-es256, /sign-eddsa
+//                  -> the same with the P-256 key (ECDSA + SHA-256, ES256) or the Ed25519 key
+//                     (EdDSA) in env.ES256_PRIVATE_KEY / env.EDDSA_PRIVATE_KEY: the signature cost
+//                     of the other key types (informational; the limit stays RS256).
 //   any other      -> {"token": "<header>.<claims>.<signature>"} signed with POWERSYNC_PRIVATE_KEY.
 //
 // Started by bench/run.py under `wrangler dev` with a throwaway config; env.POWERSYNC_PRIVATE_KEY
-// is the same PKCS#8 PEM the real worker signs with.
+// is the same PKCS#8 PEM the real worker signs with (and the other two the ES256 / EdDSA workers').
 
 const encoder = new TextEncoder();
 
@@ -22,7 +26,8 @@ function b64url(bytes) {
 }
 
 // A payload shaped like the real token's (same claims, similar size).
-const HEADER = b64url(encoder.encode(JSON.stringify({ alg: "RS256", typ: "JWT", kid: "bench-sign-only" })));
+const header = (alg) => b64url(encoder.encode(JSON.stringify({ alg, typ: "JWT", kid: "bench-sign-only" })));
+const HEADER = header("RS256");
 const CLAIMS = b64url(encoder.encode(JSON.stringify({
   sub: "11111111-1111-4111-8111-111111111111",
   aud: "https://test-instance.powersync.example",
@@ -33,6 +38,16 @@ const SIGNING_INPUT_TEXT = `${HEADER}.${CLAIMS}`;
 const SIGNING_INPUT = encoder.encode(SIGNING_INPUT_TEXT);
 
 let keyPromise = null; // once per isolate
+
+// The other key types: [env name, import parameters, sign parameters, signing input], the key
+// imported once per isolate like the RS256 one.
+const input = (alg) => `${header(alg)}.${CLAIMS}`;
+const OTHER_KEYS = {
+  "/sign-es256": ["ES256_PRIVATE_KEY", { name: "ECDSA", namedCurve: "P-256" }, { name: "ECDSA", hash: "SHA-256" }, input("ES256")],
+  "/sign-eddsa": ["EDDSA_PRIVATE_KEY", { name: "Ed25519" }, { name: "Ed25519" }, input("EdDSA")],
+};
+const OTHER_INPUTS = Object.fromEntries(Object.entries(OTHER_KEYS).map(([p, v]) => [p, encoder.encode(v[3])]));
+const otherKeyPromises = {};
 
 function pkcs8Der(pem) {
   const b64 = pem.replace(/-----[^-]+-----/g, "").replace(/\s+/g, "");
@@ -56,6 +71,16 @@ export default {
     const path = new URL(request.url).pathname;
     if (path === "/noop") {
       return new Response("ok");
+    }
+    const other = OTHER_KEYS[path];
+    if (other) {
+      const [envName, importAlg, signAlg, text] = other;
+      otherKeyPromises[path] ??= crypto.subtle.importKey("pkcs8", pkcs8Der(env[envName]), importAlg, false, ["sign"]);
+      const otherKey = await otherKeyPromises[path];
+      const sig = new Uint8Array(await crypto.subtle.sign(signAlg, otherKey, OTHER_INPUTS[path]));
+      return new Response(JSON.stringify({ token: `${text}.${b64url(sig)}` }), {
+        headers: { "Content-Type": "application/json", "Cache-Control": "no-store" },
+      });
     }
     keyPromise ??= crypto.subtle.importKey(
       "pkcs8",

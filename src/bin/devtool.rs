@@ -1,6 +1,6 @@
-//! Native developer tool: generates PowerSync keys, writes a local `.dev.vars`, mints
-//! Supabase-style session tokens for local use and tests, and signs with the pure-Rust RS256
-//! signer (the reference the worker's WebCrypto signature is compared against).
+//! Native developer tool: generates PowerSync keys (RSA, P-256 or Ed25519), writes a local
+//! `.dev.vars`, mints Supabase-style session tokens for local use and tests, and signs with the
+//! pure-Rust signer (the reference the worker's WebCrypto signature is compared against).
 //!
 //! Build: `cargo run --features devtool --bin devtool -- <command>`; `help` lists commands.
 
@@ -9,20 +9,23 @@ use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use powersync_supabase_worker::keys::SigningKey;
+use powersync_supabase_worker::keys::{KeyKind, SigningKey};
 use powersync_supabase_worker::token::RustSigner;
 use rand::RngCore;
 use serde_json::json;
 
 const HELP: &str = "devtool <command> [--name value ...]
-  keygen [--kid KID]            new RSA-2048 key: JSON {kid, private_pem, private_jwk, public_jwk}
+  keygen [--kid KID] [--alg RS256|ES256|EdDSA]
+                                new key (default RS256: RSA-2048; ES256: P-256; EdDSA: Ed25519):
+                                JSON {kid, private_pem (PKCS#8), private_jwk, public_jwk}
   dev-vars [--supabase-url U] [--powersync-url U]
                                 a complete local .dev.vars (fresh key and JWT secret) on stdout
   mint [--secret S] [--sub ID] [--iss I] [--aud A] [--ttl N] [--role R] [--email E] [--iat T]
                                 an HS256 Supabase session token (defaults from .dev.vars / env:
                                 SUPABASE_JWT_SECRET, SUPABASE_URL); --role anon|service_role
                                 mints a legacy project API key instead
-  sign --key-file F --input S   base64url RS256 signature of S with the key in F (any accepted form)
+  sign --key-file F --input S   base64url signature of S with the key in F (any accepted form;
+                                RS256, ES256 or EdDSA as the key says)
   public-jwk --key-file F --kid K  the public JWK of the key in F";
 
 fn main() -> ExitCode {
@@ -71,12 +74,32 @@ fn random_hex(bytes: usize) -> String {
 }
 
 fn new_key() -> Result<SigningKey, String> {
-    rsa::RsaPrivateKey::new(&mut rand::rngs::OsRng, 2048).map(SigningKey::from_rsa).map_err(|e| e.to_string())
+    new_key_of(KeyKind::Rs256)
+}
+
+fn new_key_of(kind: KeyKind) -> Result<SigningKey, String> {
+    let mut secret = [0u8; 32];
+    match kind {
+        KeyKind::Rs256 => rsa::RsaPrivateKey::new(&mut rand::rngs::OsRng, 2048).map(SigningKey::from_rsa).map_err(|e| e.to_string()),
+        KeyKind::Es256 => loop {
+            // A random scalar; the rare values outside the group order are drawn again.
+            rand::rngs::OsRng.fill_bytes(&mut secret);
+            if let Some(key) = SigningKey::from_p256_bytes(&secret) {
+                return Ok(key);
+            }
+        },
+        KeyKind::EdDsa => {
+            rand::rngs::OsRng.fill_bytes(&mut secret);
+            Ok(SigningKey::from_ed25519_seed(&secret))
+        }
+    }
 }
 
 fn keygen(options: &HashMap<String, String>) -> Result<String, String> {
     let kid = options.get("kid").cloned().unwrap_or_else(|| format!("powersync-{}", random_hex(4)));
-    let key = new_key()?;
+    let alg = options.get("alg").map(String::as_str).unwrap_or("RS256");
+    let kind = KeyKind::from_alg(alg).ok_or_else(|| format!("--alg must be RS256, ES256 or EdDSA, not '{alg}'"))?;
+    let key = new_key_of(kind)?;
     Ok(json!({
         "kid": kid,
         "private_pem": key.pkcs8_pem(),

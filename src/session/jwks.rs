@@ -392,7 +392,7 @@ mod tests {
         s.jwt_secret = None;
         let mut v = Verifier::new(s);
         v.accept_jwks(jwks(vec![rsa_jwk("r1")]), NOW);
-        let public_n = test_key().public_jwk("r1").n;
+        let public_n = test_key().public_jwk("r1").n.unwrap();
         let mut header = Header::new(Algorithm::HS256);
         header.kid = Some("r1".into());
         let forged = jsonwebtoken::encode(&header, &user_claims(), &EncodingKey::from_secret(public_n.as_bytes())).unwrap();

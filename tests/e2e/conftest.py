@@ -222,6 +222,24 @@ def powersync_key(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def signing_key_of(tmp_path_factory):
+    """signing_key_of(alg) -> a PowerSync signing key of that type from the dev tool
+    (`keygen --alg RS256|ES256|EdDSA`), one per alg per session, shaped like `powersync_key`."""
+    made: dict[str, dict] = {}
+
+    def make(alg: str) -> dict:
+        if alg not in made:
+            key = json.loads(devtool("keygen", "--alg", alg, "--kid", f"ps-{alg.lower()}-1"))
+            path = tmp_path_factory.mktemp("keys") / f"powersync-{alg}.pem"
+            path.write_text(key["private_pem"])
+            key["pem_file"] = str(path)
+            made[alg] = key
+        return made[alg]
+
+    return make
+
+
+@pytest.fixture(scope="session")
 def session_keys():
     return SessionKeys()
 

@@ -17,8 +17,10 @@ import uuid
 import jwt
 import pytest
 
+import psycopg
+
 from tests.e2e.conftest import POWERSYNC_URL
-from tests.support.powersync import SyncRefused, read_sync_stream, synced_rows
+from tests.support.powersync import PowerSyncService, SyncRefused, free_port, read_sync_stream, synced_rows
 
 
 @pytest.fixture(scope="module")
@@ -136,3 +138,42 @@ def test_tampered_token_is_refused_by_the_service(powersync_service, ps_worker, 
     assert refused.value.status == 401, refused.value.body
     error = json.loads(refused.value.body)["error"]
     assert (error["code"], error["description"]) == ("PSYNC_S2101", "signature verification failed")
+
+
+def test_service_accepts_es256_and_eddsa_tokens_from_workers_with_those_keys(
+        pg, db, start_worker, base_vars, signing_key_of, session_token):
+    """Two workers, one with a P-256 key and one with an Ed25519 key, and a PowerSync service of
+    their own (its own storage database, a port fixed in advance so that the workers' POWERSYNC_URL
+    is its URL) trusting both workers' JWKS: each worker's tokens open a sync stream, and a
+    changed signature is refused."""
+    service_port = free_port()
+    service_url = f"http://127.0.0.1:{service_port}"
+    workers = {}
+    for alg in ["ES256", "EdDSA"]:
+        key = signing_key_of(alg)
+        workers[alg] = start_worker({**base_vars, "POWERSYNC_URL": service_url,
+                                     "POWERSYNC_PRIVATE_KEY": key["private_pem"], "POWERSYNC_KEY_ID": key["kid"]})
+    storage = pg.create_database(f"psstorage_{uuid.uuid4().hex[:8]}")
+    try:
+        with PowerSyncService(pg.url(with_password=True), pg.url(storage, with_password=True),
+                              jwks_uri=[w.url + "/.well-known/jwks.json" for w in workers.values()],
+                              port=service_port) as service:
+            service.wait_for_initial_replication()
+            for alg, w in workers.items():
+                user = str(uuid.uuid4())
+                token = powersync_token(w, session_token, user)
+                assert jwt.get_unverified_header(token)["alg"] == alg
+                lines = read_sync_stream(service.url, token)
+                assert "checkpoint_complete" in lines[-1], (alg, lines)
+                assert bucket_names(lines) == [f'user_data["{user}"]']
+
+                header, payload, signature = token.split(".")
+                raw = bytearray(b64url_decode(signature))
+                raw[len(raw) // 2] ^= 0x01
+                with pytest.raises(SyncRefused) as refused:
+                    read_sync_stream(service.url, f"{header}.{payload}.{b64url_encode(bytes(raw))}")
+                assert refused.value.status == 401, refused.value.body
+                assert json.loads(refused.value.body)["error"]["code"] == "PSYNC_S2101", (alg, refused.value.body)
+    finally:
+        with psycopg.connect(pg.dsn, autocommit=True) as conn:
+            conn.execute(f'drop database if exists "{storage}" with (force)')

@@ -19,16 +19,22 @@ from tests.support.worker import devtool
 ISO_MILLIS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
 
-def verify_like_powersync(worker, token: str) -> dict:
-    """PowerSync's checks: kid found in the JWKS, alg RS256, aud == POWERSYNC_URL,
-    exp - iat <= 86400, sub present. Uses PyJWT, not the worker's code."""
+def verify_like_powersync(worker, token: str, alg: str = "RS256", jwks: list[dict] | None = None,
+                          audience: str = POWERSYNC_URL) -> dict:
+    """PowerSync's checks: kid found in the JWKS (the worker's, or `jwks`), a key of a type
+    PowerSync reads (RSA/EC/OKP, `use` absent or `sig`) whose `alg`, when it has one, is the
+    token's, the token's alg the expected one (the key's type: RS256, ES256 or EdDSA),
+    aud == POWERSYNC_URL, exp - iat <= 86400, sub present. Uses PyJWT, not the worker's code."""
     header = jwt.get_unverified_header(token)
-    assert header["alg"] == "RS256"
-    keys = worker.get("/.well-known/jwks.json").json()["keys"]
+    assert header["alg"] == alg
+    keys = jwks if jwks is not None else worker.get("/.well-known/jwks.json").json()["keys"]
     matching = [k for k in keys if k["kid"] == header["kid"]]
     assert matching, f"kid {header['kid']} not in JWKS"
-    public_key = jwt.algorithms.RSAAlgorithm.from_jwk(json.dumps(matching[0]))
-    claims = jwt.decode(token, public_key, algorithms=["RS256"], audience=POWERSYNC_URL,
+    jwk = matching[0]
+    assert jwk["kty"] in ("RSA", "EC", "OKP") and jwk.get("use", "sig") == "sig", jwk
+    assert jwk.get("alg", alg) == alg, jwk
+    public_key = jwt.PyJWK(jwk).key
+    claims = jwt.decode(token, public_key, algorithms=[alg], audience=audience,
                         options={"require": ["sub", "iat", "exp", "aud"]}, leeway=60)
     assert claims["exp"] - claims["iat"] <= 86400
     assert claims["sub"]
@@ -421,3 +427,93 @@ def test_jwks_signed_session_with_tampered_payload_is_rejected(worker, session_k
     r = worker.get("/powersync-token", headers=bearer(f"{head}.{forged}.{sig}"))
     assert_error(r, 401, "Unauthorized", "session_invalid")
     assert [l for l in worker.log_lines() if l.get("code") == "session_invalid"][-1]["detail"] == "signature does not verify"
+
+
+# --- key types: ES256 (P-256) and EdDSA (Ed25519) beside RS256 -------------------------------
+
+def b64url_decode(part: str) -> bytes:
+    return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+
+
+def sec1_pem(private_pem: str) -> str:
+    """The same P-256 key as SEC1 `EC PRIVATE KEY` PEM (what `openssl ecparam -genkey` writes)."""
+    key = serialization.load_pem_private_key(private_pem.encode(), password=None)
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                             serialization.NoEncryption()).decode()
+
+
+KEY_FORMS = {
+    "pkcs8 pem": lambda key: key["private_pem"],
+    "sec1 pem with literal \\n": lambda key: sec1_pem(key["private_pem"]).replace("\n", "\\n"),
+    "pem with literal \\n": lambda key: key["private_pem"].replace("\n", "\\n"),
+    "base64url of the private jwk": lambda key: base64.urlsafe_b64encode(json.dumps(key["private_jwk"]).encode()).decode().rstrip("="),
+}
+
+
+@pytest.mark.parametrize("alg,form", [("ES256", "pkcs8 pem"), ("ES256", "sec1 pem with literal \\n"),
+                                      ("EdDSA", "pem with literal \\n"), ("EdDSA", "base64url of the private jwk")])
+def test_es256_and_eddsa_keys_issue_tokens_that_verify_against_the_worker_s_jwks(
+        start_worker, base_vars, signing_key_of, session_token, alg, form):
+    key = signing_key_of(alg)
+    w = start_worker(dict(base_vars, POWERSYNC_PRIVATE_KEY=KEY_FORMS[form](key), POWERSYNC_KEY_ID=key["kid"]))
+    jwks = w.get("/.well-known/jwks.json").json()["keys"]
+    assert jwks == [key["public_jwk"]]  # kty/crv/x(/y), alg, use: sig, kid: what the dev tool printed
+    expected = {"ES256": {"kty", "crv", "x", "y", "alg", "use", "kid"}, "EdDSA": {"kty", "crv", "x", "alg", "use", "kid"}}[alg]
+    assert set(jwks[0]) == expected
+    assert (jwks[0]["kty"], jwks[0]["crv"]) == {"ES256": ("EC", "P-256"), "EdDSA": ("OKP", "Ed25519")}[alg]
+    r = w.get("/powersync-token", headers=bearer(session_token("user-" + alg)))
+    assert r.status_code == 200, r.text
+    token = r.json()["token"]
+    assert jwt.get_unverified_header(token) == {"alg": alg, "typ": "JWT", "kid": key["kid"]}
+    claims = verify_like_powersync(w, token, alg)
+    assert claims["sub"] == "user-" + alg and claims["exp"] - claims["iat"] == 8 * 3600
+    assert len(b64url_decode(token.rsplit(".", 1)[1])) == 64  # ES256: r || s (JWS form); Ed25519: 64 bytes
+
+
+def test_webcrypto_ed25519_signature_equals_the_pure_rust_signature(start_worker, base_vars, signing_key_of, session_token):
+    """Ed25519 is deterministic like RS256: WebCrypto and the pure-Rust signer agree byte for byte."""
+    key = signing_key_of("EdDSA")
+    w = start_worker(dict(base_vars, POWERSYNC_PRIVATE_KEY=key["private_pem"], POWERSYNC_KEY_ID=key["kid"]))
+    for user in ["ed-a", "ed-b"]:
+        token = w.get("/powersync-token", headers=bearer(session_token(user))).json()["token"]
+        signing_input, signature = token.rsplit(".", 1)
+        assert signature == devtool("sign", "--key-file", key["pem_file"], "--input", signing_input)
+
+
+def test_rotation_from_rsa_to_ed25519_keeps_old_tokens_valid(start_worker, worker, base_vars, powersync_key,
+                                                            signing_key_of, session_token):
+    """A new Ed25519 key with the previous RSA key in POWERSYNC_PREVIOUS_PUBLIC_KEYS: the JWKS
+    lists both (new first), tokens from before the rotation (RS256, the shared worker's) still
+    verify against it, and new tokens are EdDSA."""
+    old_token = worker.get("/powersync-token", headers=bearer(session_token("rotating-user"))).json()["token"]
+    new_key = signing_key_of("EdDSA")
+    w = start_worker(dict(base_vars, POWERSYNC_PRIVATE_KEY=new_key["private_pem"], POWERSYNC_KEY_ID=new_key["kid"],
+                          POWERSYNC_PREVIOUS_PUBLIC_KEYS=json.dumps({"keys": [powersync_key["public_jwk"]]})))
+    keys = w.get("/.well-known/jwks.json").json()["keys"]
+    assert keys == [new_key["public_jwk"], powersync_key["public_jwk"]]
+    assert [(k["kty"], k["alg"]) for k in keys] == [("OKP", "EdDSA"), ("RSA", "RS256")]
+    assert verify_like_powersync(w, old_token, "RS256")["sub"] == "rotating-user"
+    new_token = w.get("/powersync-token", headers=bearer(session_token("rotating-user"))).json()["token"]
+    assert verify_like_powersync(w, new_token, "EdDSA")["sub"] == "rotating-user"
+    # and back: an RSA key with the Ed25519 key as the previous one
+    back = start_worker(dict(base_vars, POWERSYNC_PREVIOUS_PUBLIC_KEYS=json.dumps([new_key["public_jwk"]])))
+    assert verify_like_powersync(back, new_token, "EdDSA")["sub"] == "rotating-user"
+
+
+@pytest.mark.parametrize("make_key,code", [
+    (lambda key: _p384_pem(), "private_key_unsupported_curve"),
+    (lambda key: json.dumps({k: v for k, v in key["private_jwk"].items() if k != "d"}), "private_key_public_only"),
+], ids=["p384", "jwk-without-d"])
+def test_unusable_key_types_are_a_500_with_a_precise_code(start_worker, base_vars, signing_key_of, session_token,
+                                                          make_key, code):
+    w = start_worker(dict(base_vars, POWERSYNC_PRIVATE_KEY=make_key(signing_key_of("ES256"))))
+    assert_error(w.get("/powersync-token", headers=bearer(session_token())), 500, "Failed to import private key", code)
+    problems = w.get("/health").json()["powersync"]["problems"]
+    assert [p["name"] for p in problems] == ["POWERSYNC_PRIVATE_KEY"]
+
+
+def _p384_pem() -> str:
+    from cryptography.hazmat.primitives.asymmetric import ec
+    key = ec.generate_private_key(ec.SECP384R1())
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption()).decode()

@@ -9,7 +9,7 @@
 The service replicates the app database (logical replication: wal_level=logical and a
 publication named `powersync`, see tests/support/pg.py), keeps its buckets in a second Postgres
 database, applies powersync/sync-rules.yaml and accepts client tokens verified against
-`jwks_uri` with `aud` in `audience` (default: its own URL, which is what the worker puts in
+`jwks_uri` (one URI or a list) with `aud` in `audience` (default: its own URL, which is what the worker puts in
 `aud` when its POWERSYNC_URL is that URL). Telemetry sharing is off (on by default; it would
 try to reach the internet).
 
@@ -66,7 +66,7 @@ def free_port() -> int:
 
 
 class PowerSyncService:
-    def __init__(self, app_dsn_with_password: str, storage_dsn: str, jwks_uri: str,
+    def __init__(self, app_dsn_with_password: str, storage_dsn: str, jwks_uri: str | list[str],
                  audience: str | list[str] | None = None, port: int | None = None,
                  startup_timeout: float = 60.0):
         node, entry = service_install()
