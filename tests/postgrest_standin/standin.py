@@ -193,6 +193,25 @@ def pg_error_to_http(e: psycopg.Error, role: str) -> HttpError:
 
 
 # --------------------------------------------------------------------------- parsing helpers
+def read_request_body(handler: BaseHTTPRequestHandler) -> bytes:
+    """The body of the request `handler` is serving: chunked or by Content-Length (also used by
+    the fault soak's proxy, tests/soak/proxy.py)."""
+    if "chunked" in (handler.headers.get("Transfer-Encoding") or "").lower():
+        chunks = []
+        while True:
+            line = handler.rfile.readline(65537)
+            size = int(line.split(b";")[0].strip() or b"0", 16)
+            if size == 0:
+                while handler.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
+                    pass
+                break
+            chunks.append(handler.rfile.read(size))
+            handler.rfile.readline(65537)
+        return b"".join(chunks)
+    n = int(handler.headers.get("Content-Length") or 0)
+    return handler.rfile.read(n) if n > 0 else b""
+
+
 def parse_prefer(values: list[str]) -> dict[str, str]:
     """Prefer headers -> {key: value}; the first occurrence of a key wins."""
     prefs: dict[str, str] = {}
@@ -1296,20 +1315,7 @@ class Handler(BaseHTTPRequestHandler):
     do_POST = do_PATCH = do_DELETE = do_PUT = do_HEAD = do_OPTIONS = do_GET
 
     def _read_body(self) -> bytes:
-        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
-            chunks = []
-            while True:
-                line = self.rfile.readline(65537)
-                size = int(line.split(b";")[0].strip() or b"0", 16)
-                if size == 0:
-                    while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
-                        pass
-                    break
-                chunks.append(self.rfile.read(size))
-                self.rfile.readline(65537)
-            return b"".join(chunks)
-        n = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(n) if n > 0 else b""
+        return read_request_body(self)
 
     def _send(self, status: int, headers: dict, body: bytes):
         try:
