@@ -46,12 +46,12 @@ log "toolchain $toolchain ($(rustup run "$toolchain" rustc --version)), sanitize
 
 # A real (small, refused as too small) RSA key as a seed gets the key parser past the DER
 # structure at once; made here rather than committed.
-mkdir -p fuzz/corpus/private_key
-if command -v openssl >/dev/null && [ ! -e fuzz/corpus/private_key/seed-pkcs8.pem ]; then
-  openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:1024 -out fuzz/corpus/private_key/seed-pkcs8.pem 2>/dev/null || true
-  if [ -s fuzz/corpus/private_key/seed-pkcs8.pem ]; then
-    { printf '\x01'; openssl pkey -in fuzz/corpus/private_key/seed-pkcs8.pem -outform DER; } > fuzz/corpus/private_key/seed-pkcs8.der
-    { printf '\x02'; openssl rsa -in fuzz/corpus/private_key/seed-pkcs8.pem -outform DER -traditional 2>/dev/null; } > fuzz/corpus/private_key/seed-pkcs1.der
+mkdir -p fuzz/corpus/powersync_key
+if command -v openssl >/dev/null && [ ! -e fuzz/corpus/powersync_key/seed-pkcs8.pem ]; then
+  openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:1024 -out fuzz/corpus/powersync_key/seed-pkcs8.pem 2>/dev/null || true
+  if [ -s fuzz/corpus/powersync_key/seed-pkcs8.pem ]; then
+    { printf '\x01'; openssl pkey -in fuzz/corpus/powersync_key/seed-pkcs8.pem -outform DER; } > fuzz/corpus/powersync_key/seed-pkcs8.der
+    { printf '\x02'; openssl rsa -in fuzz/corpus/powersync_key/seed-pkcs8.pem -outform DER -traditional 2>/dev/null; } > fuzz/corpus/powersync_key/seed-pkcs1.der
   fi
 fi
 

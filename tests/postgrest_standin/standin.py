@@ -193,6 +193,22 @@ def pg_error_to_http(e: psycopg.Error, role: str) -> HttpError:
 
 
 # --------------------------------------------------------------------------- parsing helpers
+class _ThreadingServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+
+
+def serve_in_thread(handler: type, host: str, port: int, name: str):
+    """Serves `handler` on host:port (0: a free port) in a daemon thread; returns (server,
+    thread). Shared with the fault soak's proxy (tests/soak/proxy.py)."""
+    server = _ThreadingServer((host, port), handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
+                              name=f"{name}:{server.server_address[1]}", daemon=True)
+    thread.start()
+    return server, thread
+
+
 def read_request_body(handler: BaseHTTPRequestHandler) -> bytes:
     """The body of the request `handler` is serving: chunked or by Content-Length (also used by
     the fault soak's proxy, tests/soak/proxy.py)."""
@@ -629,22 +645,9 @@ class StandIn:
         with self.pool.connection() as conn:
             conn.execute("select 1")
             conn.rollback()
-        app = self
-
-        class _Server(ThreadingHTTPServer):
-            daemon_threads = True
-            allow_reuse_address = True
-            request_queue_size = 128
-
-        class _Handler(Handler):
-            standin = app
-
-        self._server = _Server((self.host, port), _Handler)
+        handler = type("_Handler", (Handler,), {"standin": self})
+        self._server, self._thread = serve_in_thread(handler, self.host, port, "postgrest-standin")
         self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        kwargs={"poll_interval": 0.1},
-                                        name=f"postgrest-standin:{self.port}", daemon=True)
-        self._thread.start()
         print(f"standin listening on {self.host}:{self.port}", flush=True)
         return self.port
 

@@ -29,7 +29,7 @@ from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
-from tests.postgrest_standin.standin import read_request_body
+from tests.postgrest_standin.standin import read_request_body, serve_in_thread
 
 KINDS = ("pass", "http_500", "http_503", "hang", "reset", "drop_answer", "hang_after")
 
@@ -116,22 +116,9 @@ class FaultProxy:
 
     # ------------------------------------------------------------ lifecycle
     def start(self, port: int = 0) -> int:
-        proxy = self
-
-        class _Server(ThreadingHTTPServer):
-            daemon_threads = True
-            allow_reuse_address = True
-            request_queue_size = 128
-
-        class _Handler(_ProxyHandler):
-            app = proxy
-
-        self._server = _Server((self.host, port), _Handler)
+        handler = type("_Handler", (_ProxyHandler,), {"app": self})
+        self._server, self._thread = serve_in_thread(handler, self.host, port, "soak-proxy")
         self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        kwargs={"poll_interval": 0.1},
-                                        name=f"soak-proxy:{self.port}", daemon=True)
-        self._thread.start()
         return self.port
 
     def stop(self) -> None:
