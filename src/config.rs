@@ -9,8 +9,7 @@ use crate::session::SessionSettings;
 use crate::token::{TokenSettings, DEFAULT_TTL_SECONDS, MAX_TTL_SECONDS, MIN_TTL_SECONDS, RESERVED_CLAIMS};
 use crate::upload::settings::UploadSettings;
 
-mod reader;
-pub use reader::Reader;
+pub use crate::environment::{Problem, Reader};
 
 /// Every name the worker reads, for the adapter's environment lookup and the docs.
 pub const NAMES: &[&str] = &[
@@ -49,13 +48,6 @@ pub const NAMES: &[&str] = &[
     "UPLOAD_ERROR_CLASS_OVERRIDES",
     "UPLOAD_ALLOW_ANONYMOUS",
 ];
-
-/// One missing or invalid setting.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    pub name: String,
-    pub message: String,
-}
 
 /// Everything the token endpoint and the JWKS need.
 #[derive(Debug, Clone)]

@@ -1,6 +1,6 @@
 //! A Cloudflare Worker that connects PowerSync apps to Supabase:
 //!
-//! - **token issuer**: a Supabase session in, an RS256 PowerSync token out, plus the JWKS that
+//! - **token issuer**: a Supabase session in, an PowerSync token out (RS256, ES256 or EdDSA), plus the JWKS that
 //!   PowerSync verifies it with;
 //! - **upload bridge**: PowerSync CRUD transactions applied through Supabase's PostgREST API.
 //!
@@ -9,6 +9,7 @@
 
 pub mod app;
 pub mod config;
+pub mod environment;
 pub mod error;
 pub mod http;
 pub mod keys;

@@ -32,7 +32,7 @@ use std::fmt;
 
 use super::crud::Limits;
 use super::outcome::{ClassOverrides, ErrorClass};
-use crate::config::{Problem, Reader};
+use crate::environment::{Problem, Reader};
 
 /// Default for [`UploadSettings::subrequest_budget`]: the Workers Free plan allows 50
 /// subrequests per request and session verification may use a few.

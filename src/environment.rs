@@ -1,12 +1,18 @@
-//! Reads settings by name and collects problems instead of stopping at the first, so a
-//! deployment can be fixed in one go. Shared by every part of the configuration.
+//! The worker's environment as settings: read by name, with problems collected instead of
+//! stopping at the first, so a deployment can be fixed in one go. Every part of the
+//! configuration (`config`, `upload::settings`) reads through it; it depends on neither.
 //!
 //! Values are trimmed (pasted secrets often carry a newline) and a blank value counts as unset.
 //! Problems name the setting and say what is wrong; they never quote secret values.
 
 use std::ops::RangeInclusive;
 
-use super::Problem;
+/// One missing or invalid setting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub name: String,
+    pub message: String,
+}
 
 pub struct Reader<'a> {
     lookup: &'a dyn Fn(&str) -> Option<String>,
