@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use crate::config::{Config, Problem};
 use crate::error::{self, ApiError};
 use crate::http::{send_resending_once, HttpResponse, Transport};
-use crate::session::{self, Session, SessionError, SignatureVerifier, Step, Verifier};
+use crate::session::{self, Session, SessionError, SignatureVerifier, Verifier};
 use crate::token::{self, TokenSigner};
 use crate::upload;
 
@@ -195,10 +195,12 @@ impl App {
         };
         // Never hold the cache borrowed across an await.
         let step = verifier.borrow_mut().plan(token, now);
-        if let Step::FetchJwks(fetch) = &step {
+        // At most two fetches: a third-party issuer's discovery document, then its JWKS.
+        let mut next = step.clone();
+        while let Some(fetch) = next.request().cloned() {
             // A connection lost before any answer is tried again at once (see `http`).
-            let (answer, _) = send_resending_once(transport, fetch.clone(), true).await;
-            verifier.borrow_mut().accept_jwks(answer, now);
+            let (answer, _) = send_resending_once(transport, fetch, true).await;
+            next = verifier.borrow_mut().accept(&next, answer, now);
         }
         let pending = verifier.borrow().begin(token, now).map_err(|e| step.explain(e))?;
         if let Some(check) = &pending.signature {

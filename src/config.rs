@@ -23,6 +23,22 @@ pub const NAMES: &[&str] = &[
     "SUPABASE_ANON_KEY",
     "SUPABASE_SERVICE_ROLE_KEY",
     "SUPABASE_VERIFY_SESSION_REMOTE",
+    "THIRD_PARTY_FIREBASE_PROJECT_ID",
+    "THIRD_PARTY_FIREBASE_JWKS_URL",
+    "THIRD_PARTY_AUTH0_TENANT",
+    "THIRD_PARTY_AUTH0_TENANT_REGION",
+    "THIRD_PARTY_AUTH0_JWKS_URL",
+    "THIRD_PARTY_AWS_COGNITO_USER_POOL_ID",
+    "THIRD_PARTY_AWS_COGNITO_USER_POOL_REGION",
+    "THIRD_PARTY_AWS_COGNITO_JWKS_URL",
+    "THIRD_PARTY_CLERK_DOMAIN",
+    "THIRD_PARTY_CLERK_JWKS_URL",
+    "THIRD_PARTY_WORKOS_ISSUER_URL",
+    "THIRD_PARTY_WORKOS_JWKS_URL",
+    "THIRD_PARTY_OIDC_ISSUER",
+    "THIRD_PARTY_OIDC_AUDIENCE",
+    "THIRD_PARTY_OIDC_JWKS_URL",
+    "THIRD_PARTY_ALLOW_MISSING_ROLE",
     "POWERSYNC_URL",
     "POWERSYNC_KEY_ID",
     "POWERSYNC_PRIVATE_KEY",
@@ -156,6 +172,7 @@ fn session_settings(r: &mut Reader, supabase_url: Option<String>) -> Option<Sess
         r.problem("SUPABASE_VERIFY_SESSION_REMOTE", "needs SUPABASE_ANON_KEY (sent as apikey to Supabase Auth)");
     }
     let project_keys = [anon_key.clone(), r.get("SUPABASE_SERVICE_ROLE_KEY")].into_iter().flatten().collect();
+    let third_party = crate::session::third_party::read(r);
     let supabase_url = supabase_url?;
     Some(SessionSettings {
         jwt_secret: r.get("SUPABASE_JWT_SECRET"),
@@ -168,6 +185,7 @@ fn session_settings(r: &mut Reader, supabase_url: Option<String>) -> Option<Sess
         remote_check,
         anon_key,
         supabase_url,
+        third_party,
     })
 }
 

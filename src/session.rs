@@ -7,6 +7,7 @@
 //! says when a fetch is needed and hands back the request as a plain value.
 
 pub mod jwks;
+pub mod third_party;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -16,6 +17,7 @@ use serde_json::{Map, Value};
 
 use crate::http::{HttpRequest, HttpResponse, Method, TransportError};
 use jwks::JwksCache;
+use third_party::{Issuer, KeySource, ThirdPartySettings};
 
 /// How a session is checked. Every field documents its default (see `config.rs`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +46,8 @@ pub struct SessionSettings {
     pub remote_check: bool,
     /// `SUPABASE_ANON_KEY`, sent as `apikey` on the remote check.
     pub anon_key: Option<String>,
+    /// `THIRD_PARTY_*`: third-party auth issuers accepted beside Supabase Auth; default none.
+    pub third_party: ThirdPartySettings,
 }
 
 /// Minimum time between two JWKS fetches triggered by an unknown `kid`.
@@ -77,6 +81,8 @@ pub enum SessionError {
     WrongAudience,
     WrongIssuer,
     NoSubject,
+    /// A third-party token whose `role` is not `authenticated` (or is missing).
+    RoleNotAllowed(String),
     /// The project's `anon` / `service_role` key presented as a session.
     ProjectKey,
     /// Supabase Auth says the session or user no longer exists.
@@ -103,6 +109,7 @@ impl SessionError {
             SessionError::WrongAudience => "aud does not contain an accepted audience".into(),
             SessionError::WrongIssuer => "iss is not the configured issuer".into(),
             SessionError::NoSubject => "no sub claim".into(),
+            SessionError::RoleNotAllowed(why) => format!("third-party token refused: {why} (role must be authenticated)"),
             SessionError::ProjectKey => "a project API key (anon/service_role) is not a session".into(),
             SessionError::Revoked(why) => format!("Supabase Auth rejected the session: {why}"),
             SessionError::KeysUnavailable(why) => format!("JWKS unavailable: {why}"),
@@ -116,13 +123,27 @@ impl SessionError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
     Ready,
+    /// Fetch Supabase's own JWKS, then [`Verifier::accept`] (or [`Verifier::accept_jwks`]).
     FetchJwks(HttpRequest),
+    /// Fetch the JWKS of the `issuer`-th third-party issuer, then [`Verifier::accept`].
+    FetchIssuerKeys { issuer: usize, request: HttpRequest },
+    /// Fetch the OpenID discovery document of the `issuer`-th third-party issuer, then
+    /// [`Verifier::accept`] (which asks for its JWKS next).
+    Discover { issuer: usize, request: HttpRequest },
     /// Verify now, but a refetch for the token's unknown `kid` was held back (rate limit or
     /// back-off after failed fetches): pass verification errors through [`Step::explain`].
     RefetchSuppressed,
 }
 
 impl Step {
+    /// The request to send before verifying, if any.
+    pub fn request(&self) -> Option<&HttpRequest> {
+        match self {
+            Step::FetchJwks(request) | Step::FetchIssuerKeys { request, .. } | Step::Discover { request, .. } => Some(request),
+            Step::Ready | Step::RefetchSuppressed => None,
+        }
+    }
+
     /// What a verification error means after this step: an unknown `kid` whose refetch was held
     /// back is "keys unavailable, try again" (503), not an invalid session (401).
     pub fn explain(&self, error: SessionError) -> SessionError {
@@ -140,6 +161,8 @@ impl Step {
 pub struct PendingSession {
     claims: Map<String, Value>,
     token: String,
+    /// The third-party issuer (index) whose rules apply; `None`: Supabase Auth's.
+    third_party: Option<usize>,
     /// The ES256/RS256 signature still to verify (`None`: HS256, already verified).
     pub signature: Option<SignatureCheck>,
 }
@@ -190,13 +213,65 @@ pub struct Verifier {
     pub settings: SessionSettings,
     hs_key: Option<DecodingKey>,
     jwks: JwksCache,
+    /// One key cache per third-party issuer (same order as `settings.third_party.issuers`).
+    issuers: Vec<IssuerKeys>,
+}
+
+/// A third-party issuer's keys: the same cache rules as Supabase's JWKS, plus the `jwks_uri`
+/// found by discovery (forgotten when a fetch from it fails, so it is discovered again).
+#[derive(Debug)]
+struct IssuerKeys {
+    jwks: JwksCache,
+    jwks_uri: Option<String>,
+}
+
+/// Whose rules a token falls under, chosen by its unverified `iss` before any key is fetched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Supabase,
+    ThirdParty(usize),
+    /// Signed with a key-set algorithm but from no configured issuer: refused with no fetch.
+    Unknown,
 }
 
 impl Verifier {
     pub fn new(settings: SessionSettings) -> Verifier {
         let hs_key = settings.jwt_secret.as_ref().map(|s| DecodingKey::from_secret(s.as_bytes()));
         let jwks = JwksCache::new(settings.jwks_cache_seconds);
-        Verifier { settings, hs_key, jwks }
+        let issuers = settings
+            .third_party
+            .issuers
+            .iter()
+            .map(|issuer| IssuerKeys {
+                jwks: JwksCache::new(settings.jwks_cache_seconds),
+                jwks_uri: match &issuer.keys {
+                    KeySource::Jwks(url) => Some(url.clone()),
+                    KeySource::Discovery(_) => None,
+                },
+            })
+            .collect();
+        Verifier { settings, hs_key, jwks, issuers }
+    }
+
+    /// Picks the rules for `token` by its unverified `iss`: Supabase's own issuer, a configured
+    /// third party, or (for HS256, Supabase's legacy tokens, which need no fetch) Supabase's.
+    fn source(&self, token: &str, alg: Algorithm) -> Source {
+        let iss = token.split('.').nth(1).and_then(decode_segment).and_then(|claims| claims.get("iss")?.as_str().map(str::to_string));
+        let Some(iss) = iss else {
+            return if alg == Algorithm::HS256 { Source::Supabase } else { Source::Unknown };
+        };
+        if iss == self.settings.issuer {
+            return Source::Supabase;
+        }
+        match self.settings.third_party.issuers.iter().position(|i| i.issuer == iss) {
+            Some(index) => Source::ThirdParty(index),
+            None if alg == Algorithm::HS256 => Source::Supabase,
+            None => Source::Unknown,
+        }
+    }
+
+    fn third_party_issuer(&self, index: usize) -> &Issuer {
+        &self.settings.third_party.issuers[index]
     }
 
     /// Says whether the JWKS must be fetched before `token` can be verified at time `now`
@@ -207,6 +282,23 @@ impl Verifier {
         if matches!(header.alg, Algorithm::HS256) || !is_jwks_alg(header.alg) {
             return Step::Ready;
         }
+        match self.source(token, header.alg) {
+            Source::Supabase => {}
+            Source::Unknown => return Step::Ready,
+            Source::ThirdParty(index) => {
+                let keys = &mut self.issuers[index];
+                return match keys.jwks.wants_fetch(header.kid.as_deref(), now, UNKNOWN_KID_REFETCH_SECONDS) {
+                    jwks::Freshness::Cached => Step::Ready,
+                    jwks::Freshness::Suppressed => Step::RefetchSuppressed,
+                    jwks::Freshness::Fetch => match (&keys.jwks_uri, &self.settings.third_party.issuers[index].keys) {
+                        (Some(url), _) => Step::FetchIssuerKeys { issuer: index, request: HttpRequest::new(Method::Get, url) },
+                        (None, KeySource::Discovery(url)) | (None, KeySource::Jwks(url)) => {
+                            Step::Discover { issuer: index, request: HttpRequest::new(Method::Get, url) }
+                        }
+                    },
+                };
+            }
+        }
         match self.jwks.wants_fetch(header.kid.as_deref(), now, UNKNOWN_KID_REFETCH_SECONDS) {
             jwks::Freshness::Cached => Step::Ready,
             jwks::Freshness::Fetch => Step::FetchJwks(HttpRequest::new(Method::Get, &self.settings.jwks_url)),
@@ -214,9 +306,39 @@ impl Verifier {
         }
     }
 
-    /// Takes the JWKS fetch result into the cache.
+    /// Takes Supabase's JWKS fetch result into the cache.
     pub fn accept_jwks(&mut self, answer: Result<HttpResponse, TransportError>, now: u64) {
         self.jwks.accept(answer, now);
+    }
+
+    /// Takes the answer to `step`'s request and says what to do next: a discovery document
+    /// leads to its issuer's JWKS fetch; a JWKS goes into its issuer's cache. A failure counts
+    /// as a failed key fetch for that issuer (same back-off as Supabase's JWKS).
+    pub fn accept(&mut self, step: &Step, answer: Result<HttpResponse, TransportError>, now: u64) -> Step {
+        match step {
+            Step::FetchJwks(_) => self.jwks.accept(answer, now),
+            Step::FetchIssuerKeys { issuer, .. } => {
+                let discovered = matches!(self.third_party_issuer(*issuer).keys, KeySource::Discovery(_));
+                let keys = &mut self.issuers[*issuer];
+                let failed = !matches!(&answer, Ok(response) if response.status == 200);
+                if failed && discovered {
+                    keys.jwks_uri = None;
+                }
+                keys.jwks.accept(answer, now);
+            }
+            Step::Discover { issuer, .. } => {
+                let index = *issuer;
+                match third_party::jwks_uri(answer, &self.third_party_issuer(index).issuer) {
+                    Ok(uri) => {
+                        self.issuers[index].jwks_uri = Some(uri.clone());
+                        return Step::FetchIssuerKeys { issuer: index, request: HttpRequest::new(Method::Get, uri) };
+                    }
+                    Err(why) => self.issuers[index].jwks.fail(why, now),
+                }
+            }
+            Step::Ready | Step::RefetchSuppressed => {}
+        }
+        Step::Ready
     }
 
     /// Verifies signature and claims at time `now`, checking JWKS signatures with
@@ -246,6 +368,20 @@ impl Verifier {
                 SessionError::Malformed(e.to_string())
             }
         })?;
+        let source = self.source(token, header.alg);
+        if let Source::ThirdParty(index) = source {
+            // No shared secret with a third party: HS256 (or anything but RS256/ES256) is refused
+            // before any key is looked at.
+            if !is_jwks_alg(header.alg) {
+                return Err(SessionError::AlgorithmNotAllowed(format!("{:?} from a third-party issuer", header.alg)));
+            }
+            let (key, public_jwk) = self.issuers[index].jwks.key_for(header.kid.as_deref(), header.alg, now)?;
+            let (claims, check) = signature_check(token, header.alg, key, public_jwk)?;
+            return Ok(PendingSession { claims, token: token.to_string(), third_party: Some(index), signature: Some(check) });
+        }
+        if source == Source::Unknown && is_jwks_alg(header.alg) {
+            return Err(SessionError::WrongIssuer);
+        }
         match header.alg {
             Algorithm::HS256 => {
                 let key = self.hs_key.as_ref().ok_or_else(|| {
@@ -261,19 +397,12 @@ impl Verifier {
                     jsonwebtoken::errors::ErrorKind::InvalidSignature => SessionError::BadSignature,
                     _ => SessionError::Malformed(e.to_string()),
                 })?;
-                Ok(PendingSession { claims: data.claims, token: token.to_string(), signature: None })
+                Ok(PendingSession { claims: data.claims, token: token.to_string(), third_party: None, signature: None })
             }
             alg if is_jwks_alg(alg) => {
                 let (key, public_jwk) = self.jwks.key_for(header.kid.as_deref(), alg, now)?;
-                let (key, public_jwk) = (key.clone(), public_jwk.to_string());
-                let (message, signature) = token.rsplit_once('.').ok_or_else(|| SessionError::Malformed("not a JWT".into()))?;
-                let payload = message.split_once('.').map(|(_, p)| p).unwrap_or_default();
-                let claims = decode_segment(payload).ok_or_else(|| SessionError::Malformed("payload is not base64url JSON".into()))?;
-                let signature = URL_SAFE_NO_PAD
-                    .decode(signature.trim_end_matches('='))
-                    .map_err(|_| SessionError::Malformed("signature is not base64url".into()))?;
-                let check = SignatureCheck { alg, key, public_jwk, message: message.to_string(), signature };
-                Ok(PendingSession { claims, token: token.to_string(), signature: Some(check) })
+                let (claims, check) = signature_check(token, alg, key, public_jwk)?;
+                Ok(PendingSession { claims, token: token.to_string(), third_party: None, signature: Some(check) })
             }
             other => Err(SessionError::AlgorithmNotAllowed(format!("{other:?}"))),
         }
@@ -281,13 +410,20 @@ impl Verifier {
 
     /// Second half: the claim rules at time `now`, once the signature is known to be valid.
     pub fn finish(&self, pending: PendingSession, now: u64) -> Result<Session, SessionError> {
+        if let Some(index) = pending.third_party {
+            let third_party = &self.settings.third_party;
+            let user_id = third_party::check_claims(&pending.claims, &third_party.issuers[index], third_party, self.settings.leeway_seconds, now)?;
+            return Ok(Session { user_id, claims: pending.claims, token: pending.token });
+        }
         let session = check_claims(pending.claims, &self.settings, now)?;
         Ok(Session { token: pending.token, ..session })
     }
 
-    /// The optional remote check: `GET <SUPABASE_URL>/auth/v1/user` as the user.
+    /// The optional remote check: `GET <SUPABASE_URL>/auth/v1/user` as the user. Never for a
+    /// third-party token: Supabase Auth does not know its users.
     pub fn remote_check_request(&self, token: &str) -> Option<HttpRequest> {
-        if !self.settings.remote_check {
+        let alg = jsonwebtoken::decode_header(token).map(|h| h.alg).unwrap_or(Algorithm::HS256);
+        if !self.settings.remote_check || matches!(self.source(token, alg), Source::ThirdParty(_)) {
             return None;
         }
         let mut request =
@@ -325,6 +461,18 @@ pub fn interpret_remote_check(answer: Result<HttpResponse, TransportError>) -> R
         }
         status => Err(SessionError::AuthUnavailable(format!("status {status}"))),
     }
+}
+
+/// The claims and the signature still to verify of a token signed with a key-set key.
+fn signature_check(token: &str, alg: Algorithm, key: &Jwk, public_jwk: &str) -> Result<(Map<String, Value>, SignatureCheck), SessionError> {
+    let (message, signature) = token.rsplit_once('.').ok_or_else(|| SessionError::Malformed("not a JWT".into()))?;
+    let payload = message.split_once('.').map(|(_, p)| p).unwrap_or_default();
+    let claims = decode_segment(payload).ok_or_else(|| SessionError::Malformed("payload is not base64url JSON".into()))?;
+    let signature = URL_SAFE_NO_PAD
+        .decode(signature.trim_end_matches('='))
+        .map_err(|_| SessionError::Malformed("signature is not base64url".into()))?;
+    let check = SignatureCheck { alg, key: key.clone(), public_jwk: public_jwk.to_string(), message: message.to_string(), signature };
+    Ok((claims, check))
 }
 
 fn is_jwks_alg(alg: Algorithm) -> bool {
@@ -398,6 +546,7 @@ pub(crate) mod tests {
             project_keys: vec![],
             remote_check: false,
             anon_key: Some("anon-key".into()),
+            third_party: ThirdPartySettings::default(),
         }
     }
 

@@ -212,6 +212,7 @@ fn session_settings() -> SessionSettings {
         project_keys: vec!["anon-key".into()],
         remote_check: false,
         anon_key: Some("anon-key".into()),
+        third_party: Default::default(),
     }
 }
 

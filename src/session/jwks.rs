@@ -116,12 +116,16 @@ impl JwksCache {
                 self.failures = 0;
                 self.failed_at = None;
             }
-            Err(why) => {
-                self.last_error = Some(why);
-                self.failures = self.failures.saturating_add(1);
-                self.failed_at = Some(now);
-            }
+            Err(why) => self.fail(why, now),
         }
+    }
+
+    /// Records a failed fetch (or a failed step before it, such as OpenID discovery): the
+    /// previous copy is kept until its TTL runs out, and the next try backs off.
+    pub fn fail(&mut self, why: String, now: u64) {
+        self.last_error = Some(why);
+        self.failures = self.failures.saturating_add(1);
+        self.failed_at = Some(now);
     }
 
     /// The key (and its public-parameters JSON) for a token's `kid` and `alg`, if the cache is
