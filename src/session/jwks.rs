@@ -189,7 +189,7 @@ fn cached(jwk: &Jwk) -> Option<CachedKey> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::super::tests::{hs256, settings, user_claims, NOW};
     use super::super::{SessionError, Step, Verifier};
     use super::*;
@@ -198,15 +198,15 @@ mod tests {
     use serde_json::json;
 
     /// Test-only P-256 key (generated for these tests; not used anywhere else).
-    const EC_PEM: &str = "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgfa0VCgJB6xMMggJ5\nN0dvO0kr9zFiosGSsYGA6rsd++KhRANCAATOM69wbM1n6G3cI6mD18KWtyr7ZlvD\nSPg1dlV70LpWYJJZjZj/0YAKs82lEaj+f959Viio5fSTYEUOwztABeVJ\n-----END PRIVATE KEY-----\n";
+    pub(crate) const EC_PEM: &str = "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgfa0VCgJB6xMMggJ5\nN0dvO0kr9zFiosGSsYGA6rsd++KhRANCAATOM69wbM1n6G3cI6mD18KWtyr7ZlvD\nSPg1dlV70LpWYJJZjZj/0YAKs82lEaj+f959Viio5fSTYEUOwztABeVJ\n-----END PRIVATE KEY-----\n";
     const EC_X: &str = "zjOvcGzNZ-ht3COpg9fClrcq-2Zbw0j4NXZVe9C6VmA";
     const EC_Y: &str = "klmNmP_RgAqzzaURqP5_3n1WKKjl9JNgRQ7DO0AF5Uk";
 
-    fn ec_jwk(kid: &str) -> serde_json::Value {
+    pub(crate) fn ec_jwk(kid: &str) -> serde_json::Value {
         json!({"kty": "EC", "crv": "P-256", "x": EC_X, "y": EC_Y, "alg": "ES256", "use": "sig", "kid": kid})
     }
 
-    fn rsa_jwk(kid: &str) -> serde_json::Value {
+    pub(crate) fn rsa_jwk(kid: &str) -> serde_json::Value {
         serde_json::to_value(test_key().public_jwk(kid)).unwrap()
     }
 

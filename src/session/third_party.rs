@@ -292,3 +292,452 @@ pub fn check_claims(
     }
     Ok(user_id)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::jwks::tests::{ec_jwk, rsa_jwk, EC_PEM};
+    use super::super::tests::{hs256, settings, NOW, SECRET};
+    use super::super::{SessionError, Step, Verifier};
+    use super::*;
+    use crate::keys::tests::test_key;
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    use serde_json::json;
+    use std::collections::HashMap;
+
+    const PROJECT: &str = "my-app-prod";
+    const UID: &str = "kq3sX9vRZbT1bCq4nW0pYf7LmA82";
+    const LOCAL_JWKS: &str = "http://127.0.0.1:9999/firebase/jwks.json";
+
+    fn read_vars(vars: &[(&str, &str)]) -> (ThirdPartySettings, Vec<crate::environment::Problem>) {
+        let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let lookup = move |name: &str| map.get(name).cloned();
+        let mut r = Reader::new(&lookup);
+        let settings = read(&mut r);
+        (settings, r.problems)
+    }
+
+    fn only(vars: &[(&str, &str)]) -> Issuer {
+        let (settings, problems) = read_vars(vars);
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(settings.issuers.len(), 1);
+        settings.issuers[0].clone()
+    }
+
+    fn problem_names(vars: &[(&str, &str)]) -> Vec<String> {
+        read_vars(vars).1.into_iter().map(|p| p.name).collect()
+    }
+
+    fn firebase_iss(project: &str) -> String {
+        format!("https://securetoken.google.com/{project}")
+    }
+
+    fn firebase_claims(project: &str) -> Value {
+        json!({
+            "iss": firebase_iss(project), "aud": project, "sub": UID, "user_id": UID,
+            "auth_time": NOW - 100, "iat": NOW - 10, "exp": NOW + 3600, "role": "authenticated",
+            "email": "fb@example.test", "firebase": {"sign_in_provider": "password"},
+        })
+    }
+
+    fn rs256(kid: &str, claims: &Value) -> String {
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some(kid.into());
+        jsonwebtoken::encode(&header, claims, &EncodingKey::from_rsa_der(&test_key().pkcs1_der())).unwrap()
+    }
+
+    fn es256(kid: &str, claims: &Value) -> String {
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(kid.into());
+        jsonwebtoken::encode(&header, claims, &EncodingKey::from_ec_pem(EC_PEM.as_bytes()).unwrap()).unwrap()
+    }
+
+    fn jwks(keys: Vec<Value>) -> Result<HttpResponse, TransportError> {
+        ok(json!({ "keys": keys }))
+    }
+
+    fn ok(body: Value) -> Result<HttpResponse, TransportError> {
+        Ok(HttpResponse { status: 200, headers: vec![], body: body.to_string() })
+    }
+
+    /// Supabase settings (HS256 secret, its own JWKS) plus the given third-party settings.
+    fn verifier(vars: &[(&str, &str)]) -> Verifier {
+        let (third_party, problems) = read_vars(vars);
+        assert!(problems.is_empty(), "{problems:?}");
+        let mut s = settings();
+        s.third_party = third_party;
+        Verifier::new(s)
+    }
+
+    /// A verifier for Firebase project `PROJECT` whose key set (fetched once) holds `keys`.
+    fn firebase_with(keys: Vec<Value>, extra: &[(&str, &str)]) -> Verifier {
+        let mut vars = vec![("THIRD_PARTY_FIREBASE_PROJECT_ID", PROJECT), ("THIRD_PARTY_FIREBASE_JWKS_URL", LOCAL_JWKS)];
+        vars.extend_from_slice(extra);
+        let mut v = verifier(&vars);
+        let token = rs256("fb-1", &firebase_claims(PROJECT));
+        let step = v.plan(&token, NOW);
+        assert!(matches!(&step, Step::FetchIssuerKeys { request, .. } if request.url == LOCAL_JWKS), "{step:?}");
+        assert_eq!(v.accept(&step, jwks(keys), NOW), Step::Ready);
+        v
+    }
+
+    fn firebase() -> Verifier {
+        firebase_with(vec![rsa_jwk("fb-1")], &[])
+    }
+
+    // --- settings -------------------------------------------------------------------------
+
+    #[test]
+    fn no_third_party_settings_means_no_third_party_issuers() {
+        assert_eq!(read_vars(&[]), (ThirdPartySettings::default(), vec![]));
+    }
+
+    #[test]
+    fn firebase_project_id_sets_issuer_audience_and_googles_shared_key_set() {
+        let issuer = only(&[("THIRD_PARTY_FIREBASE_PROJECT_ID", PROJECT)]);
+        assert_eq!(issuer.provider, Provider::Firebase);
+        assert_eq!(issuer.issuer, "https://securetoken.google.com/my-app-prod");
+        assert_eq!(issuer.audience.as_deref(), Some(PROJECT));
+        assert_eq!(issuer.keys, KeySource::Jwks(FIREBASE_JWKS_URL.into()));
+    }
+
+    #[test]
+    fn auth0_issuer_is_the_tenant_domain_with_region_and_trailing_slash() {
+        let issuer = only(&[("THIRD_PARTY_AUTH0_TENANT", "my-tenant"), ("THIRD_PARTY_AUTH0_TENANT_REGION", "eu")]);
+        assert_eq!(issuer.issuer, "https://my-tenant.eu.auth0.com/");
+        assert_eq!(issuer.keys, KeySource::Jwks("https://my-tenant.eu.auth0.com/.well-known/jwks.json".into()));
+        assert_eq!(issuer.audience, None, "Supabase checks no aud for Auth0");
+        assert_eq!(only(&[("THIRD_PARTY_AUTH0_TENANT", "old-us")]).issuer, "https://old-us.auth0.com/");
+    }
+
+    #[test]
+    fn cognito_issuer_is_built_from_pool_id_and_region() {
+        let issuer = only(&[("THIRD_PARTY_AWS_COGNITO_USER_POOL_ID", "eu-west-2_AbC123"), ("THIRD_PARTY_AWS_COGNITO_USER_POOL_REGION", "eu-west-2")]);
+        assert_eq!(issuer.issuer, "https://cognito-idp.eu-west-2.amazonaws.com/eu-west-2_AbC123");
+        assert_eq!(issuer.keys, KeySource::Jwks(format!("{}/.well-known/jwks.json", issuer.issuer)));
+        // The region can be read from the pool id.
+        assert_eq!(only(&[("THIRD_PARTY_AWS_COGNITO_USER_POOL_ID", "eu-west-2_AbC123")]).issuer, issuer.issuer);
+    }
+
+    #[test]
+    fn clerk_issuer_is_its_domain_over_https() {
+        for domain in ["clerk.example.com", "https://clerk.example.com/"] {
+            let issuer = only(&[("THIRD_PARTY_CLERK_DOMAIN", domain)]);
+            assert_eq!(issuer.issuer, "https://clerk.example.com");
+            assert_eq!(issuer.keys, KeySource::Jwks("https://clerk.example.com/.well-known/jwks.json".into()));
+        }
+    }
+
+    #[test]
+    fn workos_and_oidc_issuers_use_discovery_unless_a_jwks_url_is_set() {
+        let workos = only(&[("THIRD_PARTY_WORKOS_ISSUER_URL", "https://api.workos.com/user_management/client_01")]);
+        assert_eq!(workos.keys, KeySource::Discovery("https://api.workos.com/user_management/client_01/.well-known/openid-configuration".into()));
+        let oidc = only(&[("THIRD_PARTY_OIDC_ISSUER", "https://idp.example.com/"), ("THIRD_PARTY_OIDC_AUDIENCE", "my-api"), ("THIRD_PARTY_OIDC_JWKS_URL", "https://idp.example.com/keys")]);
+        assert_eq!(oidc.issuer, "https://idp.example.com/", "the issuer is kept exactly, trailing slash included");
+        assert_eq!(oidc.audience.as_deref(), Some("my-api"));
+        assert_eq!(oidc.keys, KeySource::Jwks("https://idp.example.com/keys".into()));
+    }
+
+    #[test]
+    fn several_providers_are_accepted_at_once() {
+        let (settings, problems) = read_vars(&[
+            ("THIRD_PARTY_FIREBASE_PROJECT_ID", PROJECT),
+            ("THIRD_PARTY_AUTH0_TENANT", "t"),
+            ("THIRD_PARTY_AWS_COGNITO_USER_POOL_ID", "us-east-1_X1"),
+            ("THIRD_PARTY_CLERK_DOMAIN", "clerk.example.com"),
+            ("THIRD_PARTY_WORKOS_ISSUER_URL", "https://api.workos.com/user_management/c"),
+            ("THIRD_PARTY_OIDC_ISSUER", "https://idp.example.com"),
+        ]);
+        assert!(problems.is_empty(), "{problems:?}");
+        let providers: Vec<Provider> = settings.issuers.iter().map(|i| i.provider).collect();
+        assert_eq!(providers, vec![Provider::Firebase, Provider::Auth0, Provider::AwsCognito, Provider::Clerk, Provider::WorkOs, Provider::Oidc]);
+        assert!(!settings.allow_missing_role, "default false");
+    }
+
+    #[test]
+    fn invalid_third_party_values_are_all_reported_together() {
+        let names = problem_names(&[
+            ("THIRD_PARTY_FIREBASE_PROJECT_ID", "My Project"),
+            ("THIRD_PARTY_AUTH0_TENANT", "t.us.auth0.com"),
+            ("THIRD_PARTY_AWS_COGNITO_USER_POOL_ID", "us-east-1_X1"),
+            ("THIRD_PARTY_AWS_COGNITO_USER_POOL_REGION", "eu-west-1"),
+            ("THIRD_PARTY_CLERK_DOMAIN", "not a domain"),
+            ("THIRD_PARTY_WORKOS_ISSUER_URL", "http://api.workos.com/x"),
+            ("THIRD_PARTY_OIDC_ISSUER", "ftp://idp.example.com"),
+            ("THIRD_PARTY_FIREBASE_JWKS_URL", "http://proxy.example.com/jwks"),
+            ("THIRD_PARTY_ALLOW_MISSING_ROLE", "perhaps"),
+        ]);
+        for name in [
+            "THIRD_PARTY_FIREBASE_PROJECT_ID",
+            "THIRD_PARTY_AUTH0_TENANT",
+            "THIRD_PARTY_AWS_COGNITO_USER_POOL_REGION",
+            "THIRD_PARTY_CLERK_DOMAIN",
+            "THIRD_PARTY_WORKOS_ISSUER_URL",
+            "THIRD_PARTY_OIDC_ISSUER",
+            "THIRD_PARTY_FIREBASE_JWKS_URL",
+            "THIRD_PARTY_ALLOW_MISSING_ROLE",
+        ] {
+            assert!(names.iter().any(|n| n == name), "{name} not in {names:?}");
+        }
+        assert_eq!(problem_names(&[("THIRD_PARTY_AWS_COGNITO_USER_POOL_ID", "nope")]), vec!["THIRD_PARTY_AWS_COGNITO_USER_POOL_ID"]);
+        assert_eq!(problem_names(&[("THIRD_PARTY_AUTH0_TENANT_REGION", "eu")]), vec!["THIRD_PARTY_AUTH0_TENANT_REGION"]);
+        assert_eq!(problem_names(&[("THIRD_PARTY_OIDC_AUDIENCE", "a")]), vec!["THIRD_PARTY_OIDC_AUDIENCE"]);
+    }
+
+    #[test]
+    fn third_party_problems_make_the_session_part_unusable() {
+        let lookup = |name: &str| match name {
+            "SUPABASE_URL" => Some("https://ref.supabase.co".to_string()),
+            "THIRD_PARTY_FIREBASE_PROJECT_ID" => Some("Bad Id".to_string()),
+            _ => None,
+        };
+        let config = crate::config::Config::from_lookup(&lookup);
+        let problems = config.session.unwrap_err();
+        assert_eq!(problems.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), vec!["THIRD_PARTY_FIREBASE_PROJECT_ID"]);
+        assert!(!problems[0].message.contains("Bad Id"), "values never appear in problems");
+    }
+
+    #[test]
+    fn http_key_urls_are_only_for_loopback_hosts() {
+        for url in ["https://a.example/jwks", "http://127.0.0.1:8080/x", "http://localhost/x", "http://[::1]:9/x"] {
+            assert!(is_fetchable(url), "{url}");
+        }
+        for url in ["http://a.example/jwks", "http://127.0.0.1.evil.example/x", "ftp://127.0.0.1/x", "http://localhost.evil/x"] {
+            assert!(!is_fetchable(url), "{url}");
+        }
+    }
+
+    // --- issuer selection and keys ----------------------------------------------------------
+
+    #[test]
+    fn firebase_token_verifies_and_its_user_id_is_the_firebase_uid() {
+        let session = firebase().verify(&rs256("fb-1", &firebase_claims(PROJECT)), NOW).unwrap();
+        assert_eq!(session.user_id, UID);
+        assert_eq!(session.claims["email"], "fb@example.test");
+    }
+
+    #[test]
+    fn token_for_another_firebase_project_signed_with_the_shared_keys_is_refused() {
+        let mut v = firebase();
+        // Same Google key, other project: an issuer we do not serve. No fetch, refused.
+        let other = rs256("fb-1", &firebase_claims("someone-elses-app"));
+        assert_eq!(v.plan(&other, NOW + 1), Step::Ready);
+        assert_eq!(v.verify(&other, NOW + 1), Err(SessionError::WrongIssuer));
+        // Our issuer but their audience (a forged mix) fails the aud rule.
+        let mut mixed = firebase_claims(PROJECT);
+        mixed["aud"] = json!("someone-elses-app");
+        assert_eq!(v.verify(&rs256("fb-1", &mixed), NOW), Err(SessionError::WrongAudience));
+        mixed.as_object_mut().unwrap().remove("aud");
+        assert_eq!(v.verify(&rs256("fb-1", &mixed), NOW), Err(SessionError::WrongAudience));
+    }
+
+    #[test]
+    fn unknown_issuer_never_causes_a_fetch() {
+        let mut v = verifier(&[("THIRD_PARTY_FIREBASE_PROJECT_ID", PROJECT)]);
+        let mut claims = firebase_claims(PROJECT);
+        for iss in [json!("https://evil.example"), json!(null)] {
+            claims["iss"] = iss;
+            let token = rs256("any", &claims);
+            assert_eq!(v.plan(&token, NOW), Step::Ready, "not Supabase's JWKS either");
+            assert_eq!(v.verify(&token, NOW), Err(SessionError::WrongIssuer));
+        }
+    }
+
+    #[test]
+    fn each_issuer_has_its_own_key_cache() {
+        let mut v = firebase();
+        // Supabase's own ES256 session still asks for Supabase's JWKS: Firebase's keys are apart.
+        let supabase = es256("k1", &super::super::tests::user_claims());
+        assert!(matches!(v.plan(&supabase, NOW), Step::FetchJwks(ref r) if r.url.ends_with("/auth/v1/.well-known/jwks.json")));
+        // A Supabase-issued claim set signed by a key only in Firebase's set is refused.
+        let mut v = firebase_with(vec![rsa_jwk("fb-1")], &[]);
+        v.accept_jwks(jwks(vec![ec_jwk("k1")]), NOW);
+        let forged = rs256("fb-1", &super::super::tests::user_claims());
+        assert!(v.verify(&forged, NOW).is_err());
+    }
+
+    #[test]
+    fn hs256_claiming_a_third_party_issuer_is_refused_even_with_the_supabase_secret() {
+        let v = firebase();
+        let with_secret = hs256(&firebase_claims(PROJECT));
+        assert!(matches!(v.verify(&with_secret, NOW), Err(SessionError::AlgorithmNotAllowed(_))));
+        // The classic confusion: HMAC keyed with the provider's public key.
+        let public_n = test_key().public_jwk("fb-1").n.unwrap();
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some("fb-1".into());
+        let forged = jsonwebtoken::encode(&header, &firebase_claims(PROJECT), &EncodingKey::from_secret(public_n.as_bytes())).unwrap();
+        assert!(matches!(v.verify(&forged, NOW), Err(SessionError::AlgorithmNotAllowed(_))));
+        let hs512 = jsonwebtoken::encode(&Header::new(Algorithm::HS512), &firebase_claims(PROJECT), &EncodingKey::from_secret(SECRET.as_bytes())).unwrap();
+        assert!(matches!(v.verify(&hs512, NOW), Err(SessionError::AlgorithmNotAllowed(_))));
+    }
+
+    #[test]
+    fn es256_token_against_the_providers_rsa_key_is_a_key_mismatch() {
+        let v = firebase();
+        assert!(matches!(v.verify(&es256("fb-1", &firebase_claims(PROJECT)), NOW), Err(SessionError::KeyMismatch(_))));
+    }
+
+    #[test]
+    fn rotation_at_the_provider_refetches_once_then_rate_limits() {
+        let mut v = firebase();
+        let rotated = rs256("fb-2", &firebase_claims(PROJECT));
+        let step = v.plan(&rotated, NOW + 1);
+        assert!(matches!(&step, Step::FetchIssuerKeys { request, .. } if request.url == LOCAL_JWKS), "{step:?}");
+        v.accept(&step, jwks(vec![rsa_jwk("fb-1")]), NOW + 1);
+        // Not yet published: invalid now, and the next refetch waits.
+        assert_eq!(v.verify(&rotated, NOW + 1), Err(SessionError::UnknownKey("fb-2".into())));
+        let held = v.plan(&rotated, NOW + 5);
+        assert_eq!(held, Step::RefetchSuppressed);
+        let error = v.begin(&rotated, NOW + 5).map(|_| ()).map_err(|e| held.explain(e)).unwrap_err();
+        assert!(matches!(error, SessionError::KeysUnavailable(_)), "try again (503), not invalid");
+        let step = v.plan(&rotated, NOW + 31);
+        v.accept(&step, jwks(vec![rsa_jwk("fb-1"), rsa_jwk("fb-2")]), NOW + 31);
+        assert_eq!(v.verify(&rotated, NOW + 31).unwrap().user_id, UID);
+    }
+
+    #[test]
+    fn provider_keys_are_refetched_after_the_cache_time_and_failures_back_off() {
+        let mut v = firebase();
+        let token = rs256("fb-1", &firebase_claims(PROJECT));
+        assert_eq!(v.plan(&token, NOW + 599), Step::Ready);
+        let step = v.plan(&token, NOW + 600);
+        assert!(matches!(step, Step::FetchIssuerKeys { .. }));
+        v.accept(&step, Err(TransportError::no_answer("refused")), NOW + 600);
+        assert!(matches!(v.verify(&token, NOW + 600), Err(SessionError::KeysUnavailable(_))), "a stale copy is not trusted");
+        assert_eq!(v.plan(&token, NOW + 600), Step::RefetchSuppressed, "backing off");
+        assert!(matches!(v.plan(&token, NOW + 601), Step::FetchIssuerKeys { .. }));
+    }
+
+    // --- OpenID discovery -----------------------------------------------------------------
+
+    const OIDC: &str = "https://idp.example.com";
+
+    fn oidc_claims() -> Value {
+        json!({"iss": OIDC, "aud": ["my-api", "other"], "sub": "oidc-user", "role": "authenticated", "iat": NOW, "exp": NOW + 60})
+    }
+
+    #[test]
+    fn discovery_document_leads_to_its_jwks_uri() {
+        let mut v = verifier(&[("THIRD_PARTY_OIDC_ISSUER", OIDC), ("THIRD_PARTY_OIDC_AUDIENCE", "my-api")]);
+        let token = es256("e1", &oidc_claims());
+        let step = v.plan(&token, NOW);
+        assert!(matches!(&step, Step::Discover { request, .. } if request.url == "https://idp.example.com/.well-known/openid-configuration"), "{step:?}");
+        let next = v.accept(&step, ok(json!({"issuer": OIDC, "jwks_uri": "https://keys.example.com/jwks"})), NOW);
+        assert!(matches!(&next, Step::FetchIssuerKeys { request, .. } if request.url == "https://keys.example.com/jwks"), "{next:?}");
+        assert_eq!(v.accept(&next, jwks(vec![ec_jwk("e1")]), NOW), Step::Ready);
+        assert_eq!(v.verify(&token, NOW).unwrap().user_id, "oidc-user");
+        // The jwks_uri is remembered: an unknown kid later refetches the keys, not the document.
+        let step = v.plan(&es256("e2", &oidc_claims()), NOW + 1);
+        assert!(matches!(&step, Step::FetchIssuerKeys { request, .. } if request.url == "https://keys.example.com/jwks"), "{step:?}");
+        // The configured audience is required.
+        let mut claims = oidc_claims();
+        claims["aud"] = json!("not-my-api");
+        assert_eq!(v.verify(&es256("e1", &claims), NOW), Err(SessionError::WrongAudience));
+    }
+
+    #[test]
+    fn discovery_naming_another_issuer_or_an_http_jwks_uri_is_refused_and_backs_off() {
+        for doc in [
+            json!({"issuer": "https://evil.example", "jwks_uri": "https://keys.example.com/jwks"}),
+            json!({"issuer": OIDC, "jwks_uri": "http://keys.example.com/jwks"}),
+            json!({"issuer": OIDC}),
+        ] {
+            let mut v = verifier(&[("THIRD_PARTY_OIDC_ISSUER", OIDC)]);
+            let token = es256("e1", &oidc_claims());
+            let step = v.plan(&token, NOW);
+            assert_eq!(v.accept(&step, ok(doc.clone()), NOW), Step::Ready, "no JWKS fetch for {doc}");
+            assert!(matches!(v.verify(&token, NOW), Err(SessionError::KeysUnavailable(_))), "{doc}");
+            assert_eq!(v.plan(&token, NOW), Step::RefetchSuppressed, "backing off after {doc}");
+        }
+    }
+
+    #[test]
+    fn failed_fetch_from_a_discovered_jwks_uri_discovers_again() {
+        let mut v = verifier(&[("THIRD_PARTY_OIDC_ISSUER", OIDC)]);
+        let token = es256("e1", &oidc_claims());
+        let step = v.plan(&token, NOW);
+        let next = v.accept(&step, ok(json!({"issuer": OIDC, "jwks_uri": "https://keys.example.com/old"})), NOW);
+        v.accept(&next, Ok(HttpResponse { status: 404, headers: vec![], body: String::new() }), NOW);
+        assert!(matches!(v.plan(&token, NOW + 2), Step::Discover { .. }));
+    }
+
+    // --- claims -----------------------------------------------------------------------------
+
+    fn firebase_verify(claims: Value) -> Result<String, SessionError> {
+        firebase().verify(&rs256("fb-1", &claims), NOW).map(|s| s.user_id)
+    }
+
+    fn changed(field: &str, value: Value) -> Value {
+        let mut claims = firebase_claims(PROJECT);
+        match value {
+            Value::Null => claims.as_object_mut().unwrap().remove(field),
+            value => claims.as_object_mut().unwrap().insert(field.into(), value),
+        };
+        claims
+    }
+
+    #[test]
+    fn expired_and_future_third_party_tokens_are_refused_with_the_same_leeway() {
+        assert_eq!(firebase_verify(changed("exp", json!(NOW - 31))), Err(SessionError::Expired));
+        assert!(firebase_verify(changed("exp", json!(NOW - 29))).is_ok());
+        assert!(matches!(firebase_verify(changed("exp", Value::Null)), Err(SessionError::Malformed(_))));
+        assert_eq!(firebase_verify(changed("iat", json!(NOW + 120))), Err(SessionError::NotYetValid));
+        assert_eq!(firebase_verify(changed("nbf", json!(NOW + 120))), Err(SessionError::NotYetValid));
+    }
+
+    #[test]
+    fn third_party_token_needs_a_subject() {
+        assert_eq!(firebase_verify(changed("sub", Value::Null)), Err(SessionError::NoSubject));
+        assert_eq!(firebase_verify(changed("sub", json!(" "))), Err(SessionError::NoSubject));
+    }
+
+    #[test]
+    fn role_must_be_authenticated_and_a_missing_role_is_refused_by_default() {
+        for role in [json!("anon"), json!("service_role"), json!("admin"), json!(["authenticated"])] {
+            assert!(matches!(firebase_verify(changed("role", role.clone())), Err(SessionError::RoleNotAllowed(_))), "{role}");
+        }
+        assert!(matches!(firebase_verify(changed("role", Value::Null)), Err(SessionError::RoleNotAllowed(_))));
+        let api = crate::error::ApiError::Session(SessionError::RoleNotAllowed("x".into()));
+        assert_eq!((api.status(), api.code(), api.message().as_str()), (401, "session_invalid", "Unauthorized"));
+    }
+
+    #[test]
+    fn missing_role_passes_only_with_allow_missing_role() {
+        let v = firebase_with(vec![rsa_jwk("fb-1")], &[("THIRD_PARTY_ALLOW_MISSING_ROLE", "true")]);
+        assert_eq!(v.verify(&rs256("fb-1", &changed("role", Value::Null)), NOW).unwrap().user_id, UID);
+        assert!(matches!(v.verify(&rs256("fb-1", &changed("role", json!("service_role"))), NOW), Err(SessionError::RoleNotAllowed(_))));
+    }
+
+    #[test]
+    fn remote_auth_check_is_never_asked_about_third_party_tokens() {
+        let mut v = firebase();
+        v.settings.remote_check = true;
+        assert_eq!(v.remote_check_request(&rs256("fb-1", &firebase_claims(PROJECT))), None);
+        assert!(v.remote_check_request(&hs256(&super::super::tests::user_claims())).is_some());
+    }
+
+    #[test]
+    fn provider_token_shapes_verify_with_their_real_iss_and_aud_formats() {
+        let cases: Vec<(&[(&str, &str)], Value)> = vec![
+            (&[("THIRD_PARTY_AUTH0_TENANT", "my-tenant"), ("THIRD_PARTY_AUTH0_TENANT_REGION", "eu"), ("THIRD_PARTY_AUTH0_JWKS_URL", LOCAL_JWKS)],
+             json!({"iss": "https://my-tenant.eu.auth0.com/", "sub": "auth0|65f0", "aud": ["https://api.example.com", "https://my-tenant.eu.auth0.com/userinfo"], "azp": "x", "role": "authenticated", "iat": NOW, "exp": NOW + 60})),
+            (&[("THIRD_PARTY_AWS_COGNITO_USER_POOL_ID", "us-east-1_AbC123"), ("THIRD_PARTY_AWS_COGNITO_JWKS_URL", LOCAL_JWKS)],
+             json!({"iss": "https://cognito-idp.us-east-1.amazonaws.com/us-east-1_AbC123", "sub": "3f1c2b4a-1111-4a2b-9c3d-5e6f7a8b9c0d", "token_use": "access", "client_id": "abc", "role": "authenticated", "iat": NOW, "exp": NOW + 60})),
+            (&[("THIRD_PARTY_CLERK_DOMAIN", "clerk.example.com"), ("THIRD_PARTY_CLERK_JWKS_URL", LOCAL_JWKS)],
+             json!({"iss": "https://clerk.example.com", "sub": "user_2abc", "azp": "https://app.example.com", "sid": "sess_1", "role": "authenticated", "iat": NOW, "nbf": NOW - 5, "exp": NOW + 60})),
+            (&[("THIRD_PARTY_WORKOS_ISSUER_URL", "https://api.workos.com/user_management/client_01"), ("THIRD_PARTY_WORKOS_JWKS_URL", LOCAL_JWKS)],
+             json!({"iss": "https://api.workos.com/user_management/client_01", "sub": "user_01H", "sid": "session_01", "role": "authenticated", "iat": NOW, "exp": NOW + 60})),
+        ];
+        for (vars, claims) in cases {
+            let mut v = verifier(vars);
+            let token = rs256("p-1", &claims);
+            let step = v.plan(&token, NOW);
+            assert!(matches!(&step, Step::FetchIssuerKeys { request, .. } if request.url == LOCAL_JWKS), "{step:?}");
+            v.accept(&step, jwks(vec![rsa_jwk("p-1")]), NOW);
+            assert_eq!(v.verify(&token, NOW).unwrap().user_id, claims["sub"].as_str().unwrap(), "{vars:?}");
+            // The same claims under a sibling issuer (another tenant/pool/domain) are refused.
+            let mut other = claims.clone();
+            other["iss"] = json!(format!("{}x", claims["iss"].as_str().unwrap()));
+            assert_eq!(v.verify(&rs256("p-1", &other), NOW), Err(SessionError::WrongIssuer), "{vars:?}");
+        }
+    }
+}
