@@ -1,0 +1,255 @@
+"""End-to-end tests of third-party auth sessions (Firebase Auth, Auth0, AWS Cognito, Clerk,
+WorkOS, a generic OpenID Connect issuer) through the built worker in workerd.
+
+Keys come from a local server (tests/support/issuers.py) through the worker's
+`THIRD_PARTY_*_JWKS_URL` overrides, while the tokens carry each provider's real `iss` and `aud`
+formats; the generic OIDC issuer is served by that server itself, so its discovery document is
+fetched for real. Every issued PowerSync token is checked with PyJWT like PowerSync does.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+
+import jwt
+import pytest
+
+from tests.e2e.conftest import JWT_SECRET
+from tests.e2e.test_token import assert_error, bearer, verify_like_powersync
+from tests.support.issuers import IssuerServer, ProviderKeys, claims
+
+FIREBASE_PROJECT = "my-app-prod"
+FIREBASE_ISS = f"https://securetoken.google.com/{FIREBASE_PROJECT}"
+FIREBASE_UID = "kq3sX9vRZbT1bCq4nW0pYf7LmA82"  # 28 characters, like every Firebase UID
+AUTH0_ISS = "https://my-tenant.eu.auth0.com/"
+COGNITO_POOL = "us-east-1_AbC123xyz"
+COGNITO_ISS = f"https://cognito-idp.us-east-1.amazonaws.com/{COGNITO_POOL}"
+CLERK_ISS = "https://clerk.example.com"
+WORKOS_ISS = "https://api.workos.com/user_management/client_01HXYZ"
+
+
+@pytest.fixture(scope="module")
+def providers():
+    server = IssuerServer()
+    keys = {name: ProviderKeys(f"{name}-1") for name in
+            ["firebase", "auth0", "cognito", "clerk", "workos", "oidc"]}
+    # Google's securetoken set holds RS256 keys; the OIDC issuer here signs ES256.
+    keys["oidc"] = ProviderKeys("oidc-1", alg="ES256")
+    urls = {name: server.serve_jwks(name, k) for name, k in keys.items() if name != "oidc"}
+    oidc_issuer = server.serve_issuer("oidc", keys["oidc"])
+    yield server, keys, urls, oidc_issuer
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def tp_worker(providers, base_vars, start_worker):
+    server, keys, urls, oidc_issuer = providers
+    vars = {
+        **base_vars,
+        "THIRD_PARTY_FIREBASE_PROJECT_ID": FIREBASE_PROJECT,
+        "THIRD_PARTY_FIREBASE_JWKS_URL": urls["firebase"],
+        "THIRD_PARTY_AUTH0_TENANT": "my-tenant",
+        "THIRD_PARTY_AUTH0_TENANT_REGION": "eu",
+        "THIRD_PARTY_AUTH0_JWKS_URL": urls["auth0"],
+        "THIRD_PARTY_AWS_COGNITO_USER_POOL_ID": COGNITO_POOL,
+        "THIRD_PARTY_AWS_COGNITO_USER_POOL_REGION": "us-east-1",
+        "THIRD_PARTY_AWS_COGNITO_JWKS_URL": urls["cognito"],
+        "THIRD_PARTY_CLERK_DOMAIN": "clerk.example.com",
+        "THIRD_PARTY_CLERK_JWKS_URL": urls["clerk"],
+        "THIRD_PARTY_WORKOS_ISSUER_URL": WORKOS_ISS,
+        "THIRD_PARTY_WORKOS_JWKS_URL": urls["workos"],
+        "THIRD_PARTY_OIDC_ISSUER": oidc_issuer,
+        "THIRD_PARTY_OIDC_AUDIENCE": "my-api",
+        "POWERSYNC_COPY_CLAIMS": "email,role",
+    }
+    return start_worker(vars)
+
+
+def firebase_claims(uid=FIREBASE_UID, project=FIREBASE_PROJECT, **extra):
+    """An ID token as Firebase Auth issues it, plus the `role` custom claim Supabase needs."""
+    body = claims(f"https://securetoken.google.com/{project}", uid, aud=project,
+                  user_id=uid, auth_time=int(time.time()) - 60, email="fb@example.test",
+                  email_verified=True, role="authenticated",
+                  firebase={"identities": {"email": ["fb@example.test"]}, "sign_in_provider": "password"})
+    body.update(extra)
+    return body
+
+
+def shapes(oidc_issuer):
+    """(provider, claims) for one token shaped like each provider's."""
+    return [
+        ("firebase", firebase_claims()),
+        ("auth0", claims(AUTH0_ISS, "auth0|65f0c1d2e3a4b5c6d7e8f901",
+                         aud=["https://api.example.com", "https://my-tenant.eu.auth0.com/userinfo"],
+                         azp="AbCdEf123", scope="openid profile email", role="authenticated",
+                         email="a0@example.test")),
+        ("cognito", claims(COGNITO_ISS, "3f1c2b4a-1111-4a2b-9c3d-5e6f7a8b9c0d", token_use="access",
+                           client_id="7abc123defclient", scope="aws.cognito.signin.user.admin",
+                           username="jdoe", role="authenticated")),
+        ("clerk", claims(CLERK_ISS, "user_2abcDEF123ghiJKL", azp="https://app.example.com",
+                         sid="sess_2abc", role="authenticated", nbf=int(time.time()) - 5)),
+        ("workos", claims(WORKOS_ISS, "user_01HXYZABCDEF", sid="session_01HX", org_id="org_01HX",
+                          role="authenticated")),
+        ("oidc", claims(oidc_issuer, "oidc-user-1", aud="my-api", role="authenticated",
+                        email="oidc@example.test")),
+    ]
+
+
+def hs256_raw(body: dict, secret: bytes, kid: str) -> str:
+    """HS256 by hand: PyJWT refuses a PEM public key as an HMAC secret, an attacker does not."""
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+    header = b64(json.dumps({"alg": "HS256", "typ": "JWT", "kid": kid}).encode())
+    payload = b64(json.dumps(body).encode())
+    signature = hmac.new(secret, f"{header}.{payload}".encode(), hashlib.sha256).digest()
+    return f"{header}.{payload}.{b64(signature)}"
+
+
+def powersync_token(worker, token):
+    return worker.get("/powersync-token", headers=bearer(token))
+
+
+# --- accepted --------------------------------------------------------------------------------
+
+def test_each_providers_token_gets_a_powersync_token_for_its_user_id(tp_worker, providers):
+    server, keys, _, oidc_issuer = providers
+    for name, body in shapes(oidc_issuer):
+        r = powersync_token(tp_worker, keys[name].sign(body))
+        assert r.status_code == 200, (name, r.text)
+        issued = verify_like_powersync(tp_worker, r.json()["token"])
+        assert issued["sub"] == body["sub"], name
+        assert issued["role"] == "authenticated", name
+        if "email" in body:
+            assert issued["email"] == body["email"], f"{name}: POWERSYNC_COPY_CLAIMS"
+    assert server.fetches["/oidc/.well-known/openid-configuration"] == 1, server.fetches
+    # Cached: a second round fetches nothing.
+    before = server.total_fetches()
+    for name, body in shapes(oidc_issuer):
+        assert powersync_token(tp_worker, keys[name].sign(body)).status_code == 200, name
+    assert server.total_fetches() == before
+
+
+def test_firebase_uid_becomes_the_powersync_user_id_for_sync_rules(tp_worker, providers):
+    _, keys, _, _ = providers
+    r = powersync_token(tp_worker, keys["firebase"].sign(firebase_claims()))
+    issued = verify_like_powersync(tp_worker, r.json()["token"])
+    # Sync rules: `firebase_uid = token_parameters.user_id()` (user_id() is the token's sub).
+    assert issued["sub"] == FIREBASE_UID and len(issued["sub"]) == 28
+
+
+def test_key_rotation_at_the_provider_is_picked_up_by_one_refetch(tp_worker, providers):
+    server, keys, _, _ = providers
+    assert powersync_token(tp_worker, keys["clerk"].sign(shapes("x")[3][1])).status_code == 200
+    keys["clerk"].rotate("clerk-2")
+    before = server.fetches["/clerk/jwks.json"]
+    r = powersync_token(tp_worker, keys["clerk"].sign(shapes("x")[3][1]))
+    assert r.status_code == 200, r.text
+    assert server.fetches["/clerk/jwks.json"] == before + 1
+
+
+# --- refused ---------------------------------------------------------------------------------
+
+def test_expired_third_party_token_is_401_session_expired(tp_worker, providers):
+    _, keys, _, _ = providers
+    now = int(time.time())
+    token = keys["firebase"].sign(firebase_claims(iat=now - 7200, exp=now - 3600))
+    assert_error(powersync_token(tp_worker, token), 401, "Unauthorized", "session_expired")
+
+
+def test_token_for_another_firebase_project_signed_with_the_shared_keys_is_refused(tp_worker, providers):
+    server, keys, _, _ = providers
+    # Google signs every project's tokens with the same keys: only iss/aud tell them apart.
+    other = keys["firebase"].sign(firebase_claims(project="someone-elses-app"))
+    before = server.total_fetches()
+    assert_error(powersync_token(tp_worker, other), 401, "Unauthorized", "session_invalid")
+    assert server.total_fetches() == before, "an unconfigured issuer never causes a fetch"
+    # Our iss but the other project's aud (or no aud) is refused too.
+    for aud in ["someone-elses-app", None]:
+        body = firebase_claims(aud=aud)
+        if aud is None:
+            del body["aud"]
+        assert_error(powersync_token(tp_worker, keys["firebase"].sign(body)), 401, "Unauthorized", "session_invalid")
+
+
+def test_token_for_another_tenant_pool_or_domain_is_refused_without_a_fetch(tp_worker, providers):
+    server, keys, _, _ = providers
+    before = server.total_fetches()
+    for name, iss in [("auth0", "https://other-tenant.eu.auth0.com/"),
+                      ("auth0", "https://my-tenant.eu.auth0.com"),  # no trailing slash: not Auth0's iss
+                      ("cognito", "https://cognito-idp.us-east-1.amazonaws.com/us-east-1_Other999"),
+                      ("clerk", "https://clerk.other.com"),
+                      ("workos", "https://api.workos.com/user_management/client_OTHER")]:
+        token = keys[name].sign(claims(iss, "someone", role="authenticated"))
+        assert_error(powersync_token(tp_worker, token), 401, "Unauthorized", "session_invalid")
+    assert server.total_fetches() == before
+
+
+def test_unknown_issuer_is_refused_and_nothing_is_fetched(tp_worker, providers, jwks):
+    server, keys, _, _ = providers
+    before, supabase_before = server.total_fetches(), jwks.fetches
+    for kid in ["firebase-1", "never-seen"]:
+        token = keys["firebase"].sign(claims("https://evil.example.com", "x", role="authenticated"), kid="firebase-1")
+        header_kid_token = token if kid == "firebase-1" else jwt.encode(
+            claims("https://evil.example.com", "x", role="authenticated"),
+            keys["firebase"].keys["firebase-1"][1], algorithm="RS256", headers={"kid": kid})
+        assert_error(powersync_token(tp_worker, header_kid_token), 401, "Unauthorized", "session_invalid")
+    assert (server.total_fetches(), jwks.fetches) == (before, supabase_before)
+
+
+def test_alg_confusion_hs256_with_a_third_party_issuer_is_refused(tp_worker, providers):
+    _, keys, _, _ = providers
+    body = firebase_claims()
+    # Signed with the provider's public key as an HMAC secret, and with Supabase's own secret.
+    for secret in [keys["firebase"].public_pem(), JWT_SECRET.encode()]:
+        token = hs256_raw(body, secret, kid="firebase-1")
+        assert_error(powersync_token(tp_worker, token), 401, "Unauthorized", "session_invalid")
+    unsigned = jwt.encode(body, None, algorithm="none")
+    assert_error(powersync_token(tp_worker, unsigned), 401, "Unauthorized", "session_invalid")
+
+
+def test_role_must_be_authenticated(tp_worker, providers):
+    _, keys, _, _ = providers
+    for role in [None, "anon", "service_role", "admin"]:
+        body = firebase_claims(role=role)
+        if role is None:
+            del body["role"]
+        assert_error(powersync_token(tp_worker, keys["firebase"].sign(body)), 401, "Unauthorized", "session_invalid")
+
+
+def test_missing_role_is_accepted_only_with_the_setting(providers, base_vars, start_worker):
+    _, keys, urls, _ = providers
+    w = start_worker({**base_vars, "THIRD_PARTY_FIREBASE_PROJECT_ID": FIREBASE_PROJECT,
+                      "THIRD_PARTY_FIREBASE_JWKS_URL": urls["firebase"],
+                      "THIRD_PARTY_ALLOW_MISSING_ROLE": "true"})
+    body = firebase_claims()
+    del body["role"]
+    assert powersync_token(w, keys["firebase"].sign(body)).status_code == 200
+    assert_error(powersync_token(w, keys["firebase"].sign(firebase_claims(role="anon"))), 401, "Unauthorized")
+
+
+def test_oidc_audience_is_enforced(tp_worker, providers):
+    _, keys, _, oidc_issuer = providers
+    token = keys["oidc"].sign(claims(oidc_issuer, "u", aud="another-api", role="authenticated"))
+    assert_error(powersync_token(tp_worker, token), 401, "Unauthorized", "session_invalid")
+
+
+def test_supabase_sessions_still_pass_beside_third_parties(tp_worker, session_token):
+    r = powersync_token(tp_worker, session_token("11111111-1111-4111-8111-111111111111"))
+    assert r.status_code == 200, r.text
+
+
+def test_invalid_third_party_settings_are_reported_together(base_vars, start_worker):
+    w = start_worker({**base_vars,
+                      "THIRD_PARTY_FIREBASE_PROJECT_ID": "Not A Project",
+                      "THIRD_PARTY_AWS_COGNITO_USER_POOL_ID": "us-east-1_Abc",
+                      "THIRD_PARTY_AWS_COGNITO_USER_POOL_REGION": "eu-west-1",
+                      "THIRD_PARTY_OIDC_ISSUER": "http://idp.example.com"})
+    health = w.get("/health").json()
+    names = {p["name"] for p in health["session"]["problems"]}
+    assert {"THIRD_PARTY_FIREBASE_PROJECT_ID", "THIRD_PARTY_AWS_COGNITO_USER_POOL_REGION",
+            "THIRD_PARTY_OIDC_ISSUER"} <= names, health
+    assert "Not A Project" not in str(health)
