@@ -15,10 +15,16 @@ import hmac
 import json
 import time
 
+import uuid
+
 import jwt
+import psycopg
 import pytest
 
-from tests.e2e.conftest import JWT_SECRET
+from tests.e2e.conftest import ANON_KEY, JWT_SECRET, SERVICE_KEY
+from tests.e2e.upload_helpers import body as upload_body
+from tests.e2e.upload_helpers import put, statuses, tx, upload
+from tests.postgrest_standin.standin import StandIn
 from tests.e2e.test_token import assert_error, bearer, verify_like_powersync
 from tests.support.issuers import IssuerServer, ProviderKeys, claims
 
@@ -253,3 +259,69 @@ def test_invalid_third_party_settings_are_reported_together(base_vars, start_wor
     assert {"THIRD_PARTY_FIREBASE_PROJECT_ID", "THIRD_PARTY_AWS_COGNITO_USER_POOL_REGION",
             "THIRD_PARTY_OIDC_ISSUER"} <= names, health
     assert "Not A Project" not in str(health)
+
+
+# --- RLS uploads with a third-party token ------------------------------------------------------
+
+# A table owned by a Firebase uid, with the policy Supabase's docs give for third-party auth:
+# `auth.uid()` casts `sub` to uuid and fails for a Firebase uid, `auth.jwt() ->> 'sub'` does not.
+FIREBASE_NOTES_SQL = """
+create table if not exists public.firebase_notes (
+  id uuid primary key,
+  firebase_uid text not null,
+  body text not null
+);
+alter table public.firebase_notes enable row level security;
+drop policy if exists firebase_notes_own on public.firebase_notes;
+create policy firebase_notes_own on public.firebase_notes for all to authenticated
+  using (firebase_uid = (auth.jwt() ->> 'sub')) with check (firebase_uid = (auth.jwt() ->> 'sub'));
+grant select, insert, update, delete on public.firebase_notes to authenticated;
+"""
+
+
+@pytest.fixture(scope="module")
+def firebase_rls(pg, providers, base_vars, start_worker):
+    """A PostgREST stand-in that, like Supabase's PostgREST with Firebase configured as a
+    third-party provider, accepts tokens signed with Firebase's keys; and a worker in RLS mode
+    in front of it."""
+    _, _, urls, _ = providers
+    with psycopg.connect(pg.dsn, autocommit=True) as conn:
+        conn.execute(FIREBASE_NOTES_SQL)
+    standin = StandIn(pg.dsn, JWT_SECRET, jwks_url=urls["firebase"], anon_key=ANON_KEY, service_key=SERVICE_KEY)
+    standin.start(port=0)
+    worker = start_worker({**base_vars, "SUPABASE_URL": standin.url,
+                           "THIRD_PARTY_FIREBASE_PROJECT_ID": FIREBASE_PROJECT,
+                           "THIRD_PARTY_FIREBASE_JWKS_URL": urls["firebase"]})
+    yield worker
+    standin.stop()
+    with psycopg.connect(pg.dsn, autocommit=True) as conn:
+        conn.execute("drop table if exists public.firebase_notes")
+
+
+def test_rls_upload_with_a_firebase_token_lands_rows_owned_by_the_firebase_uid(firebase_rls, providers, pg):
+    _, keys, _, _ = providers
+    token = keys["firebase"].sign(firebase_claims())
+    mine, theirs = str(uuid.uuid4()), str(uuid.uuid4())
+    r = upload(firebase_rls, token, upload_body(tx(put("firebase_notes", mine, firebase_uid=FIREBASE_UID, body="hello"))))
+    assert r.status_code == 200, r.text
+    assert statuses(r) == ["success"]
+    # Someone else's uid: RLS refuses it, as PostgREST would.
+    r = upload(firebase_rls, token, upload_body(tx(put("firebase_notes", theirs, firebase_uid="x" * 28, body="no"))))
+    assert r.status_code == 200 and statuses(r) == ["fatal_error"], r.text
+    with psycopg.connect(pg.dsn) as conn:
+        rows = conn.execute("select id::text, firebase_uid from public.firebase_notes").fetchall()
+    assert rows == [(mine, FIREBASE_UID)]
+
+
+def test_rls_keyed_by_auth_uid_cannot_hold_a_firebase_uid(firebase_rls, providers, pg):
+    """The demo schema's `owner_id uuid = auth.uid()` cannot work for Firebase users (a uid is
+    not a uuid): the upload is refused, nothing is written. Apps use text columns and
+    `auth.jwt() ->> 'sub'` instead (README, "Third-party auth")."""
+    _, keys, _, _ = providers
+    token = keys["firebase"].sign(firebase_claims())
+    list_id = str(uuid.uuid4())
+    r = upload(firebase_rls, token, upload_body(tx(put("lists", list_id, name="groceries", owner_id=FIREBASE_UID))))
+    assert r.status_code == 200, r.text
+    assert statuses(r) == ["fatal_error"], r.text
+    with psycopg.connect(pg.dsn) as conn:
+        assert conn.execute("select count(*) from public.lists where id = %s", (list_id,)).fetchone()[0] == 0
