@@ -104,10 +104,15 @@ impl UploadSettings {
     }
 
     /// Whether a verified session may upload: in service mode, an anonymous sign-in
-    /// (`is_anonymous: true`) only with `UPLOAD_ALLOW_ANONYMOUS`; in rls mode always (the RLS
-    /// policies decide, and can read `auth.jwt() ->> 'is_anonymous'`).
+    /// (Supabase's `is_anonymous: true`, or a Firebase ID token's
+    /// `firebase.sign_in_provider: "anonymous"`) only with `UPLOAD_ALLOW_ANONYMOUS`; in rls mode
+    /// always (the RLS policies decide, and can read `auth.jwt() ->> 'is_anonymous'`).
     pub fn admits(&self, claims: &serde_json::Map<String, serde_json::Value>) -> bool {
-        let anonymous = claims.get("is_anonymous").and_then(serde_json::Value::as_bool).unwrap_or(false);
+        let firebase_anonymous = claims
+            .get("firebase")
+            .and_then(|f| f.get("sign_in_provider"))
+            .is_some_and(|p| p.as_str() == Some("anonymous"));
+        let anonymous = claims.get("is_anonymous").and_then(serde_json::Value::as_bool).unwrap_or(false) || firebase_anonymous;
         !anonymous || self.allow_anonymous || self.mode == WriteMode::Rls
     }
 }
@@ -694,6 +699,18 @@ mod tests {
         assert!(read_vars(&vars).expect("valid").admits(&anonymous));
         let rls = read_vars(&BASE).expect("valid");
         assert!(rls.admits(&anonymous), "RLS policies decide in rls mode");
+    }
+
+    #[test]
+    fn service_mode_refuses_firebase_anonymous_sign_ins_unless_allowed() {
+        let anonymous = claims(serde_json::json!({"sub": "kq3sX9vRZbT1bCq4nW0pYf7LmA82", "firebase": {"sign_in_provider": "anonymous"}}));
+        let password = claims(serde_json::json!({"sub": "kq3sX9vRZbT1bCq4nW0pYf7LmA82", "firebase": {"sign_in_provider": "password"}}));
+        let service = read_vars(&with(&SERVICE)).expect("valid");
+        assert!(!service.admits(&anonymous));
+        assert!(service.admits(&password));
+        let mut vars = with(&SERVICE);
+        vars.push(("UPLOAD_ALLOW_ANONYMOUS", "true"));
+        assert!(read_vars(&vars).expect("valid").admits(&anonymous));
     }
 
     #[test]
