@@ -177,3 +177,27 @@ def test_service_accepts_es256_and_eddsa_tokens_from_workers_with_those_keys(
     finally:
         with psycopg.connect(pg.dsn, autocommit=True) as conn:
             conn.execute(f'drop database if exists "{storage}" with (force)')
+
+
+def test_firebase_users_worker_token_is_accepted_with_the_firebase_uid_as_user_id(
+        powersync_service, start_worker, base_vars, db):
+    """Firebase + Supabase + PowerSync: a Firebase ID token (with the `role` claim Supabase needs)
+    gets a worker token the real service accepts, and the service parameterises the user's bucket
+    by the Firebase uid (`request.user_id()` / `token_parameters.user_id`)."""
+    from tests.e2e.test_third_party import FIREBASE_PROJECT, FIREBASE_UID, firebase_claims
+    from tests.support.issuers import IssuerServer, ProviderKeys
+
+    server = IssuerServer()
+    try:
+        keys = ProviderKeys("firebase-1")
+        worker = start_worker({**base_vars, "POWERSYNC_URL": powersync_service.url,
+                               "THIRD_PARTY_FIREBASE_PROJECT_ID": FIREBASE_PROJECT,
+                               "THIRD_PARTY_FIREBASE_JWKS_URL": server.serve_jwks("firebase", keys)})
+        r = worker.get("/powersync-token", headers={"Authorization": f"Bearer {keys.sign(firebase_claims())}"})
+        assert r.status_code == 200, r.text
+        assert r.json()["user_id"] == FIREBASE_UID
+        lines = read_sync_stream(powersync_service.url, r.json()["token"])
+        assert "checkpoint_complete" in lines[-1], lines
+        assert bucket_names(lines) == [f'user_data["{FIREBASE_UID}"]']
+    finally:
+        server.stop()
