@@ -197,13 +197,13 @@ def test_token_for_another_tenant_pool_or_domain_is_refused_without_a_fetch(tp_w
 def test_unknown_issuer_is_refused_and_nothing_is_fetched(tp_worker, providers, jwks):
     server, keys, _, _ = providers
     before, supabase_before = server.total_fetches(), jwks.fetches
+    _, firebase_key = keys["firebase"].keys["firebase-1"]
+    # A known kid and an unknown one (which would trigger a refetch for a configured issuer).
     for kid in ["firebase-1", "never-seen"]:
-        token = keys["firebase"].sign(claims("https://evil.example.com", "x", role="authenticated"), kid="firebase-1")
-        header_kid_token = token if kid == "firebase-1" else jwt.encode(
-            claims("https://evil.example.com", "x", role="authenticated"),
-            keys["firebase"].keys["firebase-1"][1], algorithm="RS256", headers={"kid": kid})
-        assert_error(powersync_token(tp_worker, header_kid_token), 401, "Unauthorized", "session_invalid")
-    assert (server.total_fetches(), jwks.fetches) == (before, supabase_before)
+        body = claims("https://evil.example.com", "x", role="authenticated")
+        token = jwt.encode(body, firebase_key, algorithm="RS256", headers={"kid": kid})
+        assert_error(powersync_token(tp_worker, token), 401, "Unauthorized", "session_invalid")
+    assert (server.total_fetches(), jwks.fetches) == (before, supabase_before), "no fetch at all"
 
 
 def test_alg_confusion_hs256_with_a_third_party_issuer_is_refused(tp_worker, providers):
@@ -280,22 +280,28 @@ grant select, insert, update, delete on public.firebase_notes to authenticated;
 
 
 @pytest.fixture(scope="module")
-def firebase_rls(pg, providers, base_vars, start_worker):
+def firebase_standin(pg, providers, jwks):
     """A PostgREST stand-in that, like Supabase's PostgREST with Firebase configured as a
-    third-party provider, accepts tokens signed with Firebase's keys; and a worker in RLS mode
-    in front of it."""
+    third-party provider, accepts tokens signed with the project's own keys or Firebase's."""
     _, _, urls, _ = providers
     with psycopg.connect(pg.dsn, autocommit=True) as conn:
         conn.execute(FIREBASE_NOTES_SQL)
-    standin = StandIn(pg.dsn, JWT_SECRET, jwks_url=urls["firebase"], anon_key=ANON_KEY, service_key=SERVICE_KEY)
+    standin = StandIn(pg.dsn, JWT_SECRET, jwks_url=[jwks.url, urls["firebase"]], anon_key=ANON_KEY,
+                      service_key=SERVICE_KEY)
     standin.start(port=0)
-    worker = start_worker({**base_vars, "SUPABASE_URL": standin.url,
-                           "THIRD_PARTY_FIREBASE_PROJECT_ID": FIREBASE_PROJECT,
-                           "THIRD_PARTY_FIREBASE_JWKS_URL": urls["firebase"]})
-    yield worker
+    yield standin
     standin.stop()
     with psycopg.connect(pg.dsn, autocommit=True) as conn:
         conn.execute("drop table if exists public.firebase_notes")
+
+
+@pytest.fixture(scope="module")
+def firebase_rls(firebase_standin, providers, base_vars, start_worker):
+    """The worker in RLS mode in front of `firebase_standin`, accepting Firebase sessions."""
+    _, _, urls, _ = providers
+    return start_worker({**base_vars, "SUPABASE_URL": firebase_standin.url,
+                         "THIRD_PARTY_FIREBASE_PROJECT_ID": FIREBASE_PROJECT,
+                         "THIRD_PARTY_FIREBASE_JWKS_URL": urls["firebase"]})
 
 
 def test_rls_upload_with_a_firebase_token_lands_rows_owned_by_the_firebase_uid(firebase_rls, providers, pg):
@@ -325,3 +331,15 @@ def test_rls_keyed_by_auth_uid_cannot_hold_a_firebase_uid(firebase_rls, provider
     assert statuses(r) == ["fatal_error"], r.text
     with psycopg.connect(pg.dsn) as conn:
         assert conn.execute("select count(*) from public.lists where id = %s", (list_id,)).fetchone()[0] == 0
+
+
+def test_supabase_sessions_upload_beside_firebase_ones_through_the_same_bridge(firebase_rls, firebase_standin,
+                                                                              session_keys, pg):
+    from tests.e2e.test_token import jwks_token
+    user = str(uuid.uuid4())
+    token = jwks_token(session_keys, firebase_standin, "ec", "ec-1", user)
+    list_id = str(uuid.uuid4())
+    r = upload(firebase_rls, token, upload_body(tx(put("lists", list_id, name="groceries", owner_id=user))))
+    assert r.status_code == 200 and statuses(r) == ["success"], r.text
+    with psycopg.connect(pg.dsn) as conn:
+        assert conn.execute("select owner_id::text from public.lists where id = %s", (list_id,)).fetchone() == (user,)

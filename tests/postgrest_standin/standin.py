@@ -309,23 +309,38 @@ class JwtError(Exception):
 
 
 class JwtVerifier:
-    def __init__(self, secret: str | None, jwks_url: str | None, leeway: float = 0):
+    """`jwks_url` may be a list: the project's own JWKS plus the key sets of the third-party auth
+    providers it trusts (Supabase's PostgREST accepts tokens signed by any of them once a
+    Third-party Auth integration is configured). A token's `kid` is looked up in each in turn."""
+
+    def __init__(self, secret: str | None, jwks_url: str | list[str] | None, leeway: float = 0):
         self.secret = secret
-        self.jwks_url = jwks_url
+        self.jwks_urls = [jwks_url] if isinstance(jwks_url, str) else list(jwks_url or [])
+        self.jwks_url = self.jwks_urls[0] if self.jwks_urls else None
         self.leeway = leeway
-        self._jwks_client = None
+        self._jwks_clients: list | None = None
         self._lock = threading.Lock()
 
     def reset_cache(self):
         with self._lock:
-            self._jwks_client = None
+            self._jwks_clients = None
 
-    def _jwks(self):
+    def _clients(self) -> list:
         with self._lock:
-            if self._jwks_client is None and self.jwks_url:
-                self._jwks_client = pyjwt.PyJWKClient(self.jwks_url, cache_keys=True,
-                                                      lifespan=600, timeout=5)
-            return self._jwks_client
+            if self._jwks_clients is None:
+                self._jwks_clients = [pyjwt.PyJWKClient(url, cache_keys=True, lifespan=600, timeout=5)
+                                      for url in self.jwks_urls]
+            return self._jwks_clients
+
+    def _jwks_key(self, token: str):
+        """The signing key for `token` from the first key set that has its `kid`."""
+        error: Exception | None = None
+        for client in self._clients():
+            try:
+                return client.get_signing_key_from_jwt(token).key
+            except pyjwt.PyJWKClientError as e:
+                error = e
+        raise error or pyjwt.PyJWKClientError("no JWKS configured")
 
     def verify(self, token: str) -> dict:
         if token.count(".") != 2:
@@ -341,7 +356,7 @@ class JwtVerifier:
             key = self.secret
         elif alg in ("ES256", "RS256", "EdDSA") and self.jwks_url:
             try:
-                key = self._jwks().get_signing_key_from_jwt(token).key
+                key = self._jwks_key(token)
             except pyjwt.PyJWKClientError as e:
                 raise JwtError(f"No suitable key or wrong key type: {e}")
             except pyjwt.PyJWTError as e:
@@ -527,7 +542,7 @@ class StandIn:
     """The stand-in server. ``start(port=0)`` runs it in a background thread
     and returns the port; ``stop()`` shuts it down."""
 
-    def __init__(self, dsn: str, jwt_secret: str | None, jwks_url: str | None = None,
+    def __init__(self, dsn: str, jwt_secret: str | None, jwks_url: str | list[str] | None = None,
                  anon_key: str | None = None, service_key: str | None = None,
                  host: str = "127.0.0.1", schemas=("public",), pool_size: int = 8,
                  log_requests: bool = False, jwt_leeway: float = 0,
