@@ -1,6 +1,7 @@
 //! A Cloudflare Worker that connects PowerSync apps to Supabase:
 //!
-//! - **token issuer**: a Supabase session in, an PowerSync token out (RS256, ES256 or EdDSA), plus the JWKS that
+//! - **token issuer**: a Supabase session (or a third-party auth provider's session, as Supabase
+//!   accepts them) in, an PowerSync token out (RS256, ES256 or EdDSA), plus the JWKS that
 //!   PowerSync verifies it with;
 //! - **upload bridge**: PowerSync CRUD transactions applied through Supabase's PostgREST API.
 //!

@@ -5,6 +5,11 @@
 //! Keys: the legacy HS256 project secret, and the project's signing keys (ES256/RS256) from its
 //! JWKS, cached by [`jwks::JwksCache`]. Fetching the JWKS is the adapter's job: [`Verifier::plan`]
 //! says when a fetch is needed and hands back the request as a plain value.
+//!
+//! Sessions of third-party auth providers (Firebase Auth, Auth0, Cognito, Clerk, WorkOS, any OIDC
+//! issuer; [`third_party`]) are accepted too when configured. The token's unverified `iss` picks
+//! the rules before any key is looked up or fetched: Supabase's own, a configured provider's
+//! (its own key cache, discovery and claim rules), or none (refused, nothing fetched).
 
 pub mod jwks;
 pub mod third_party;
