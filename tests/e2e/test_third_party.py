@@ -343,3 +343,13 @@ def test_supabase_sessions_upload_beside_firebase_ones_through_the_same_bridge(f
     assert r.status_code == 200 and statuses(r) == ["success"], r.text
     with psycopg.connect(pg.dsn) as conn:
         assert conn.execute("select owner_id::text from public.lists where id = %s", (list_id,)).fetchone() == (user,)
+
+
+def test_unreachable_provider_keys_are_503_try_again_not_401(providers, base_vars, start_worker):
+    from tests.support.worker import free_port
+    _, keys, _, _ = providers
+    w = start_worker({**base_vars, "THIRD_PARTY_FIREBASE_PROJECT_ID": FIREBASE_PROJECT,
+                      "THIRD_PARTY_FIREBASE_JWKS_URL": f"http://127.0.0.1:{free_port()}/jwks.json"})
+    r = powersync_token(w, keys["firebase"].sign(firebase_claims()))
+    assert_error(r, 503, "Session keys unavailable, try again", "session_keys_unavailable")
+    assert r.headers["Retry-After"]
