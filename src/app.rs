@@ -70,10 +70,12 @@ pub struct RequestLog {
     pub upload: Option<Value>,
 }
 
-/// One isolate's worth of state: the parsed configuration and the session verifier (JWKS cache).
+/// One isolate's worth of state: the parsed configuration, the session verifier (JWKS cache)
+/// and what the isolate knows about the atomic function (`UPLOAD_ATOMIC` unset).
 pub struct App {
     pub config: Config,
     verifier: Option<RefCell<Verifier>>,
+    atomic_function: RefCell<upload::AtomicFunction>,
 }
 
 const TOKEN_PATH: &str = "/powersync-token";
@@ -84,7 +86,7 @@ const HEALTH_PATH: &str = "/health";
 impl App {
     pub fn new(config: Config) -> App {
         let verifier = config.session.as_ref().ok().map(|s| RefCell::new(Verifier::new(s.clone())));
-        App { config, verifier }
+        App { config, verifier, atomic_function: RefCell::new(upload::AtomicFunction::default()) }
     }
 
     /// The largest body worth reading: the upload limit (`UPLOAD_MAX_BODY_BYTES`, default 5 MiB).
@@ -297,12 +299,15 @@ impl App {
                 ApiError::BadRequest { path: "$".into(), message: format!("the body could not be read: {why}") }
             }
         })?;
-        let transactions = upload::crud::parse(&bytes, &settings.limits).map_err(|e| match e {
-            upload::crud::CrudError::Malformed { path, message } => ApiError::BadRequest { path, message },
-            upload::crud::CrudError::TooLarge { message } => ApiError::PayloadTooLarge(message),
-        })?;
-        let caller = upload::Caller { user_id: session.user_id.clone(), access_token: session.token.clone() };
-        let report = upload::apply(&transactions, settings, &caller, transport).await;
+        let upload::Upload { client_id, transactions } =
+            upload::crud::parse_upload(&bytes, &settings.limits).map_err(|e| match e {
+                upload::crud::CrudError::Malformed { path, message } => ApiError::BadRequest { path, message },
+                upload::crud::CrudError::TooLarge { message } => ApiError::PayloadTooLarge(message),
+            })?;
+        let caller = upload::Caller { user_id: session.user_id.clone(), access_token: session.token.clone(), client_id };
+        let route = self.atomic_function.borrow().route(settings.atomic, now);
+        let report = upload::apply_with(&transactions, settings, &caller, transport, route).await;
+        self.atomic_function.borrow_mut().learn(report.atomic_function, now, settings.atomic_recheck_seconds);
         let needs_retry = report.needs_retry();
         log.upload = Some(report.log_summary());
         let mut response = json_response(error::upload_status(needs_retry), &report.body());
