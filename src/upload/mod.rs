@@ -24,8 +24,11 @@
 //! same columns again, DELETE of a deleted row matches nothing. Outside atomic mode a transaction
 //! may be partly applied when it fails (each HTTP request is its own database transaction); a
 //! retry re-applies the applied prefix harmlessly. A fatal failure after a partial application
-//! leaves that prefix applied while the client discards the rest: use atomic mode
-//! (`UPLOAD_ATOMIC=true`) where transactions must be all-or-nothing.
+//! leaves that prefix applied while the client discards the rest: use atomic mode (install
+//! `sql/atomic_upload.sql`; with `UPLOAD_ATOMIC` unset it is used whenever it is installed, see
+//! [`atomic_function`]) where transactions must be all-or-nothing. Atomic mode with the
+//! client's `client_id` is also exactly once: a transaction re-sent after a lost answer is
+//! answered `already_applied` without being applied again (REST requests cannot do that).
 
 pub mod atomic_function;
 pub mod crud;
