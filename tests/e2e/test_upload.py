@@ -1501,8 +1501,8 @@ def test_expired_ledger_records_are_pruned_by_later_calls(atomic_worker, db, use
                "        ('someone', 'old-client', '2', 'x', now() - interval '29 days')")
     assert statuses(upload(atomic_worker, token, {"client_id": CLIENT, **body(
         tx(put("lists", new_id(), name="n", owner_id=sub), tid=1))})) == ["success"]
-    left = db.execute(f"select user_id, transaction_id from public.{LEDGER} order by 1, 2").fetchall()
-    assert left == [("someone", "2"), (sub, "1")], "kept 30 days (powersync.ledger_retention)"
+    left = set(db.execute(f"select user_id, transaction_id from public.{LEDGER}").fetchall())
+    assert left == {("someone", "2"), (sub, "1")}, "kept 30 days (powersync.ledger_retention)"
 
 
 def test_rerunning_the_sql_file_upgrades_the_three_argument_function_and_keeps_the_ledger(
