@@ -587,6 +587,34 @@ mod tests {
     }
 
     #[test]
+    fn isolate_remembers_a_missing_atomic_function_until_the_recheck_interval_has_passed() {
+        let app = app(&[("UPLOAD_ATOMIC_RECHECK_SECONDS", "60")]);
+        let auth = bearer(&hs256(&user_claims()));
+        let body = r#"{"client_id":"c-1","transactions":[{"transaction_id":1,"crud":[{"op":"DELETE","table":"todos","id":"1"}]}]}"#;
+        let upload_at = |now: u64, transport: &FakeTransport| {
+            let (req, bytes) = request("POST", "/powersync-upload", &[("authorization", &auth)], body);
+            let (response, log) = block_on(app.handle(&req, bytes, transport, &RustCrypto, now, "req-1"));
+            let paths: Vec<String> = transport.sent().iter().map(|r| r.url.replace(URL, "")).collect();
+            (response.status, log.upload.unwrap_or_default(), paths)
+        };
+        let missing = HttpResponse {
+            status: 404,
+            headers: vec![],
+            body: r#"{"code":"PGRST202","message":"Could not find the function"}"#.to_string(),
+        };
+        let rpc = "/rest/v1/rpc/powersync_apply_transaction";
+        let rest = "/rest/v1/todos?id=eq.1";
+        let (status, log, paths) = upload_at(NOW, &FakeTransport::scripted(vec![Ok(missing)]));
+        assert_eq!((status, paths), (200, vec![rpc.to_string(), rest.to_string()]), "same upload, through REST");
+        assert_eq!(log["atomic_function"], "missing");
+        let (_, _, paths) = upload_at(NOW + 59, &FakeTransport::default());
+        assert_eq!(paths, vec![rest.to_string()], "not looked for again yet");
+        let (_, log, paths) = upload_at(NOW + 60, &FakeTransport::default());
+        assert_eq!(paths, vec![rpc.to_string()], "looked for again, and found");
+        assert_eq!(log["atomic_function"], "found");
+    }
+
+    #[test]
     fn service_mode_upload_from_an_anonymous_session_is_403_and_sends_nothing() {
         let service = [
             ("UPLOAD_MODE", "service"),
