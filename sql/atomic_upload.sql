@@ -146,11 +146,13 @@ begin
   exception when others then
     v_keep := interval '30 days';
   end;
-  -- a few expired records per call (index on applied_at): pruning keeps pace
+  -- a few expired records per call (index on applied_at): pruning keeps pace. Rows another
+  -- call is pruning right now are skipped, so concurrent calls neither wait nor deadlock here.
   delete from public.powersync_upload_ledger as l
    where l.ctid in (select o.ctid from public.powersync_upload_ledger as o
                      where o.applied_at < now() - v_keep
-                     order by o.applied_at limit 100);
+                     order by o.applied_at limit 100
+                     for update skip locked);
 
   insert into public.powersync_upload_ledger as l (user_id, client_id, transaction_id, digest)
   values (v_user, p_client_id, p_transaction_id, p_digest)
