@@ -711,7 +711,10 @@ def main() -> int:
         sign_vars = {"POWERSYNC_PRIVATE_KEY": ps_key["private_pem"], "ES256_PRIVATE_KEY": es_key["private_pem"],
                      "EDDSA_PRIVATE_KEY": ed_key["private_pem"]}
         issuer = f"{standin.url}/auth/v1"
-        base_vars = complete_vars(standin.url, jwks.url, ps_key, timeout_ms=30000)
+        # UPLOAD_ATOMIC unset would use the atomic function (installed here): the REST rows
+        # measure REST requests, so they say so; the atomic rows set it to true.
+        base_vars = {**complete_vars(standin.url, jwks.url, ps_key, timeout_ms=30000),
+                     "UPLOAD_ATOMIC": "false"}
         sub = str(uuid.uuid4())
         hs_token = make_token(sub, iss=issuer, expires_in=4 * 3600)
         now = int(time.time())

@@ -48,7 +48,7 @@ fn main() {
         .collect();
     let body = format!(r#"{{"transactions": [{{"transaction_id": 1, "crud": [{}]}}]}}"#, entries.join(", "));
     let settings = UploadSettings::new("https://p.supabase.co", "anon");
-    let caller = Caller { user_id: sub.into(), access_token: "t".into() };
+    let caller = Caller { user_id: sub.into(), access_token: "t".into(), client_id: None };
     let limits = Limits::default();
     let rounds = 300;
     let mut parse_ns = 0u128;

@@ -63,12 +63,138 @@
 --     a PATCH cannot change <owner_column> (it is forced to owner_id).
 --
 -- Returns {"applied": <number of ops processed>}.
--- Idempotent: safe to run again to upgrade.
+--
+-- Exactly once (client_id, transaction_id): the bridge passes the PowerSync
+-- client id the app sent with its upload and the transaction's id. The call
+-- then records (user, client_id, transaction_id, digest of ops) in
+-- public.powersync_upload_ledger, in the same database transaction as the
+-- writes. A later call with the same three and the same ops (the client
+-- re-sending a transaction whose answer was lost) applies nothing and returns
+-- {"applied": 0, "already_applied": true}. Without the two (either null) it
+-- applies the ops as before and records nothing. The same ids with
+-- DIFFERENT ops (a client whose local database was reset and reuses its ids)
+-- are applied, and the record replaced. The user is the caller's JWT `sub`
+-- (request.jwt.claims, set by PostgREST), else owner_id (service mode: the
+-- service key has no `sub`), else ''; a user cannot choose another user's
+-- key. Records are kept 30 days (`powersync.ledger_retention`, e.g.
+-- `alter database postgres set powersync.ledger_retention = '90 days'`):
+-- each recording call deletes up to 100 expired ones. A transaction re-sent
+-- after that is applied again, as without a ledger.
+--
+-- The ledger is reached only through powersync_upload_ledger_claim (SECURITY
+-- DEFINER): API roles have no privileges on the table itself (RLS on, no
+-- policies), so in RLS mode, where this function runs as the user, the user
+-- cannot read or write other users' records. A user calling the claim
+-- function directly can only mark their own (client, transaction) as
+-- applied, which only hurts their own uploads.
+--
+-- Idempotent: safe to run again to upgrade. Upgrading from the copy without
+-- client_id/transaction_id drops that 3-argument version (one transaction, so
+-- no call sees neither); the bridge's dead-letter replay calls it with
+-- positional arguments and is unaffected.
+
+begin;
+
+create table if not exists public.powersync_upload_ledger (
+  user_id        text        not null,
+  client_id      text        not null,
+  transaction_id text        not null,
+  digest         text        not null,  -- sha256 of the ops, hex
+  applied_at     timestamptz not null default now(),
+  primary key (user_id, client_id, transaction_id)
+);
+create index if not exists powersync_upload_ledger_applied_at
+  on public.powersync_upload_ledger (applied_at);
+comment on table public.powersync_upload_ledger is
+  'PowerSync upload bridge: transactions applied by powersync_apply_transaction, so a re-send applies nothing.';
+alter table public.powersync_upload_ledger enable row level security;
+revoke all on table public.powersync_upload_ledger from public;
+do $$
+begin
+  if exists (select 1 from pg_catalog.pg_roles where rolname = 'anon') then
+    execute 'revoke all on table public.powersync_upload_ledger from anon, authenticated';
+  end if;
+end
+$$;
+
+-- Records (user, client, transaction) unless already recorded with the same
+-- digest; true = already applied (apply nothing). Called by
+-- powersync_apply_transaction inside its transaction: if the writes fail,
+-- the record is rolled back with them. A concurrent call for the same key
+-- waits for the first one's transaction, then sees its record.
+create or replace function public.powersync_upload_ledger_claim(
+  p_client_id text,
+  p_transaction_id text,
+  p_digest text,
+  p_owner_id text default null
+) returns boolean
+language plpgsql
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v_claims text := nullif(current_setting('request.jwt.claims', true), '');
+  v_user   text;
+  v_digest text;
+  v_keep   interval;
+begin
+  v_user := coalesce(nullif(case when v_claims is not null then v_claims::jsonb ->> 'sub' end, ''),
+                     p_owner_id, '');
+  begin
+    v_keep := coalesce(nullif(current_setting('powersync.ledger_retention', true), '')::interval,
+                       interval '30 days');
+  exception when others then
+    v_keep := interval '30 days';
+  end;
+  -- a few expired records per call (index on applied_at): pruning keeps pace. Rows another
+  -- call is pruning right now are skipped, so concurrent calls neither wait nor deadlock here.
+  delete from public.powersync_upload_ledger as l
+   where l.ctid in (select o.ctid from public.powersync_upload_ledger as o
+                     where o.applied_at < now() - v_keep
+                     order by o.applied_at limit 100
+                     for update skip locked);
+
+  insert into public.powersync_upload_ledger as l (user_id, client_id, transaction_id, digest)
+  values (v_user, p_client_id, p_transaction_id, p_digest)
+  on conflict (user_id, client_id, transaction_id) do nothing;
+  if found then
+    return false;
+  end if;
+  select l.digest into v_digest from public.powersync_upload_ledger as l
+   where l.user_id = v_user and l.client_id = p_client_id and l.transaction_id = p_transaction_id
+   for update;
+  if v_digest = p_digest then
+    return true;
+  end if;
+  -- the same ids for other ops: a new transaction (the client reused its ids)
+  update public.powersync_upload_ledger as l set digest = p_digest, applied_at = now()
+   where l.user_id = v_user and l.client_id = p_client_id and l.transaction_id = p_transaction_id;
+  return false;
+end
+$$;
+
+comment on function public.powersync_upload_ledger_claim(text, text, text, text) is
+  'PowerSync upload bridge: record a transaction in the ledger; true if it was already applied.';
+revoke all on function public.powersync_upload_ledger_claim(text, text, text, text) from public;
+do $$
+begin
+  if exists (select 1 from pg_catalog.pg_roles where rolname = 'anon') then
+    execute 'revoke all on function public.powersync_upload_ledger_claim(text, text, text, text) from anon';
+  end if;
+end
+$$;
+grant execute on function public.powersync_upload_ledger_claim(text, text, text, text)
+  to authenticated, service_role;
+
+-- the copy installed before exactly-once had three arguments: replaced below
+drop function if exists public.powersync_apply_transaction(jsonb, text, text);
 
 create or replace function public.powersync_apply_transaction(
   ops jsonb,
   owner_column text default null,
-  owner_id text default null
+  owner_id text default null,
+  client_id text default null,
+  transaction_id text default null
 ) returns jsonb
 language plpgsql
 security invoker
@@ -112,6 +238,14 @@ begin
   if (owner_column is null) <> (owner_id is null) then
     raise exception using errcode = '22023',
       message = 'powersync_apply_transaction: owner_column and owner_id must be given together';
+  end if;
+  if client_id is not null and transaction_id is not null
+     and public.powersync_upload_ledger_claim(
+           client_id, transaction_id,
+           pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(ops::text, 'UTF8')), 'hex'),
+           owner_id)
+  then
+    return jsonb_build_object('applied', 0, 'already_applied', true);
   end if;
 
   begin
@@ -362,16 +496,21 @@ begin
 end
 $$;
 
-comment on function public.powersync_apply_transaction(jsonb, text, text) is
+comment on function public.powersync_apply_transaction(jsonb, text, text, text, text) is
   'PowerSync upload bridge: apply one PowerSync transaction (PUT/PATCH/DELETE ops) atomically.';
 
-revoke all on function public.powersync_apply_transaction(jsonb, text, text) from public;
+revoke all on function public.powersync_apply_transaction(jsonb, text, text, text, text) from public;
 do $$
 begin
   if exists (select 1 from pg_catalog.pg_roles where rolname = 'anon') then
-    execute 'revoke all on function public.powersync_apply_transaction(jsonb, text, text) from anon';
+    execute 'revoke all on function public.powersync_apply_transaction(jsonb, text, text, text, text) from anon';
   end if;
 end
 $$;
-grant execute on function public.powersync_apply_transaction(jsonb, text, text)
+grant execute on function public.powersync_apply_transaction(jsonb, text, text, text, text)
   to authenticated, service_role;
+
+commit;
+
+-- PostgREST: see the new signature now (Supabase reloads on DDL by itself)
+notify pgrst, 'reload schema';

@@ -70,10 +70,12 @@ pub struct RequestLog {
     pub upload: Option<Value>,
 }
 
-/// One isolate's worth of state: the parsed configuration and the session verifier (JWKS cache).
+/// One isolate's worth of state: the parsed configuration, the session verifier (JWKS cache)
+/// and what the isolate knows about the atomic function (`UPLOAD_ATOMIC` unset).
 pub struct App {
     pub config: Config,
     verifier: Option<RefCell<Verifier>>,
+    atomic_function: RefCell<upload::AtomicFunction>,
 }
 
 const TOKEN_PATH: &str = "/powersync-token";
@@ -84,7 +86,7 @@ const HEALTH_PATH: &str = "/health";
 impl App {
     pub fn new(config: Config) -> App {
         let verifier = config.session.as_ref().ok().map(|s| RefCell::new(Verifier::new(s.clone())));
-        App { config, verifier }
+        App { config, verifier, atomic_function: RefCell::new(upload::AtomicFunction::default()) }
     }
 
     /// The largest body worth reading: the upload limit (`UPLOAD_MAX_BODY_BYTES`, default 5 MiB).
@@ -299,12 +301,15 @@ impl App {
                 ApiError::BadRequest { path: "$".into(), message: format!("the body could not be read: {why}") }
             }
         })?;
-        let transactions = upload::crud::parse(&bytes, &settings.limits).map_err(|e| match e {
-            upload::crud::CrudError::Malformed { path, message } => ApiError::BadRequest { path, message },
-            upload::crud::CrudError::TooLarge { message } => ApiError::PayloadTooLarge(message),
-        })?;
-        let caller = upload::Caller { user_id: session.user_id.clone(), access_token: session.token.clone() };
-        let report = upload::apply(&transactions, settings, &caller, transport).await;
+        let upload::Upload { client_id, transactions } =
+            upload::crud::parse_upload(&bytes, &settings.limits).map_err(|e| match e {
+                upload::crud::CrudError::Malformed { path, message } => ApiError::BadRequest { path, message },
+                upload::crud::CrudError::TooLarge { message } => ApiError::PayloadTooLarge(message),
+            })?;
+        let caller = upload::Caller { user_id: session.user_id.clone(), access_token: session.token.clone(), client_id };
+        let route = self.atomic_function.borrow().route(settings.atomic, now);
+        let report = upload::apply_with(&transactions, settings, &caller, transport, route).await;
+        self.atomic_function.borrow_mut().learn(report.atomic_function, now, settings.atomic_recheck_seconds);
         let needs_retry = report.needs_retry();
         log.upload = Some(report.log_summary());
         let mut response = json_response(error::upload_status(needs_retry), &report.body());
@@ -581,6 +586,34 @@ mod tests {
         assert_eq!(log.upload.unwrap()["retryable"], 1);
         let sent = transport.sent();
         assert_eq!(sent[0].header_value("authorization"), Some(auth.as_str()), "the caller's own token: RLS decides");
+    }
+
+    #[test]
+    fn isolate_remembers_a_missing_atomic_function_until_the_recheck_interval_has_passed() {
+        let app = app(&[("UPLOAD_ATOMIC_RECHECK_SECONDS", "60")]);
+        let auth = bearer(&hs256(&user_claims()));
+        let body = r#"{"client_id":"c-1","transactions":[{"transaction_id":1,"crud":[{"op":"DELETE","table":"todos","id":"1"}]}]}"#;
+        let upload_at = |now: u64, transport: &FakeTransport| {
+            let (req, bytes) = request("POST", "/powersync-upload", &[("authorization", &auth)], body);
+            let (response, log) = block_on(app.handle(&req, bytes, transport, &RustCrypto, now, "req-1"));
+            let paths: Vec<String> = transport.sent().iter().map(|r| r.url.replace(URL, "")).collect();
+            (response.status, log.upload.unwrap_or_default(), paths)
+        };
+        let missing = HttpResponse {
+            status: 404,
+            headers: vec![],
+            body: r#"{"code":"PGRST202","message":"Could not find the function"}"#.to_string(),
+        };
+        let rpc = "/rest/v1/rpc/powersync_apply_transaction";
+        let rest = "/rest/v1/todos?id=eq.1";
+        let (status, log, paths) = upload_at(NOW, &FakeTransport::scripted(vec![Ok(missing)]));
+        assert_eq!((status, paths), (200, vec![rpc.to_string(), rest.to_string()]), "same upload, through REST");
+        assert_eq!(log["atomic_function"], "missing");
+        let (_, _, paths) = upload_at(NOW + 59, &FakeTransport::default());
+        assert_eq!(paths, vec![rest.to_string()], "not looked for again yet");
+        let (_, log, paths) = upload_at(NOW + 60, &FakeTransport::default());
+        assert_eq!(paths, vec![rpc.to_string()], "looked for again, and found");
+        assert_eq!(log["atomic_function"], "found");
     }
 
     #[test]

@@ -939,7 +939,7 @@ fn upload_settings(service: bool) -> UploadSettings {
 }
 
 fn caller() -> Caller {
-    Caller { user_id: USER.into(), access_token: "user-token".into() }
+    Caller { user_id: USER.into(), access_token: "user-token".into(), client_id: None }
 }
 
 /// Applies `transactions` through the real planner and delivery to a copy of `table`.

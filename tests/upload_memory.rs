@@ -112,7 +112,7 @@ fn hostile_bodies() -> Vec<(&'static str, String)> {
 #[test]
 fn hostile_five_mib_bodies_stay_far_below_the_isolate_memory_limit() {
     let settings = UploadSettings::new("https://p.supabase.co", "anon");
-    let caller = Caller { user_id: "u".into(), access_token: "t".into() };
+    let caller = Caller { user_id: "u".into(), access_token: "t".into(), client_id: None };
     let limits = Limits::default();
     let mut worst = 0;
     for (name, body) in hostile_bodies() {

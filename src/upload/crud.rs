@@ -17,6 +17,11 @@
 //! - the data as `data`, `opData` or `op_data`: a JSON object, or null/absent (= no columns).
 //!   The data of a DELETE is checked the same way and then ignored.
 //!
+//! The body may also carry `"client_id"`: the PowerSync client id of the uploading database
+//! (`db.getClientId()`), a non-empty string of at most [`MAX_CLIENT_ID_BYTES`] bytes, or null
+//! (= none). With it, the atomic function applies each transaction that has a `transaction_id`
+//! exactly once (see `plan` and `sql/atomic_upload.sql`); anything else there is malformed.
+//!
 //! When an entry carries several aliases of the same field they must hold the same value,
 //! otherwise the entry is malformed (which one to believe would be a guess). Other fields
 //! (`op_id`, `tx_id`, `old`, `previous_values`, `metadata`, `clientId`, ...) are ignored, and so
@@ -131,6 +136,17 @@ pub struct Transaction {
     pub transaction_id: Option<Value>,
     pub entries: Vec<Entry>,
 }
+
+/// A whole upload body: the client's id, when it sent one, and its transactions in order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Upload {
+    /// `client_id`: the PowerSync client id (`db.getClientId()`), `None` when absent or null.
+    pub client_id: Option<String>,
+    pub transactions: Vec<Transaction>,
+}
+
+/// Longest accepted `client_id` (PowerSync's are uuids, 36 bytes).
+pub const MAX_CLIENT_ID_BYTES: usize = 256;
 
 /// Why an upload body was refused as a whole.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -323,6 +339,12 @@ const ALIAS_COMPARE_LIMIT: usize = 64 * 1024;
 /// document order (within an entry: `op`, `id`, the table, the data), the first fault found
 /// being reported. An empty transaction list and a transaction without entries are both valid.
 pub fn parse(body: &[u8], limits: &Limits) -> Result<Vec<Transaction>, CrudError> {
+    parse_upload(body, limits).map(|upload| upload.transactions)
+}
+
+/// [`parse`], keeping the body's `client_id` too (checked after the shape, before the entries'
+/// faults).
+pub fn parse_upload(body: &[u8], limits: &Limits) -> Result<Upload, CrudError> {
     if body.len() > limits.max_body_bytes {
         return Err(CrudError::TooLarge {
             message: format!("body is {} bytes; at most {} are accepted", body.len(), limits.max_body_bytes),
@@ -348,9 +370,9 @@ pub fn parse(body: &[u8], limits: &Limits) -> Result<Vec<Transaction>, CrudError
     let present: Vec<&str> = SHAPES.iter().zip(shapes.seen).filter(|(_, seen)| *seen).map(|(name, _)| *name).collect();
     match present.len() {
         0 => Err(malformed(ROOT.to_string(), "expected one of `transactions`, `batch` or `operations`".to_string())),
-        1 => match reader.fault.take() {
-            Some(fault) => Err(fault),
-            None => Ok(shapes.transactions),
+        1 => match (shapes.client_id, reader.fault.take()) {
+            (Err(fault), _) | (_, Some(fault)) => Err(fault),
+            (Ok(client_id), None) => Ok(Upload { client_id, transactions: shapes.transactions }),
         },
         _ => Err(malformed(
             ROOT.to_string(),
@@ -405,12 +427,33 @@ impl Reader<'_> {
 }
 
 /// What the root object held.
-#[derive(Default)]
 struct Shapes {
     object: bool,
     /// Which of [`SHAPES`] were present.
     seen: [bool; 3],
     transactions: Vec<Transaction>,
+    /// `client_id`, or its fault.
+    client_id: Result<Option<String>, CrudError>,
+}
+
+impl Default for Shapes {
+    fn default() -> Self {
+        Shapes { object: false, seen: [false; 3], transactions: Vec::new(), client_id: Ok(None) }
+    }
+}
+
+/// The value of `client_id`: a non-empty string of at most [`MAX_CLIENT_ID_BYTES`], or null.
+fn client_id(raw: &RawValue) -> Result<Option<String>, CrudError> {
+    let fault = |message: String| Err(malformed("client_id".to_string(), message));
+    if is_null(raw) {
+        return Ok(None);
+    }
+    match string_of(raw) {
+        Some(id) if id.is_empty() => fault("must not be empty".to_string()),
+        Some(id) if id.len() > MAX_CLIENT_ID_BYTES => fault(format!("longer than {MAX_CLIENT_ID_BYTES} bytes")),
+        Some(id) => Ok(Some(id.into_owned())),
+        None => fault(expected("a string (the PowerSync client id) or null", raw)),
+    }
 }
 
 /// The kind of a JSON value, for "expected X, found Y", from its first character.
@@ -497,6 +540,10 @@ impl<'de> Visitor<'de> for RootSeed<'_, '_> {
                 Some("transactions") => 0,
                 Some("batch") => 1,
                 Some("operations") => 2,
+                Some("client_id") => {
+                    self.shapes.client_id = client_id(map.next_value::<&RawValue>()?);
+                    continue;
+                }
                 _ => {
                     map.next_value::<IgnoredAny>()?;
                     continue;
@@ -1055,6 +1102,29 @@ mod tests {
         .expect("valid");
         assert_eq!(parsed.len(), 1);
         assert_eq!(parsed[0].entries, vec![entry(Op::Put, "todos", "a", json!({"x": 1}))]);
+    }
+
+    #[test]
+    fn client_id_is_read_beside_every_shape() {
+        let limits = Limits::default();
+        let read = |body: Value| parse_upload(body.to_string().as_bytes(), &limits);
+        let upload = read(json!({"client_id": "c-1", "transactions": [{"transaction_id": 3, "crud": []}]})).expect("valid");
+        assert_eq!(upload.client_id.as_deref(), Some("c-1"));
+        assert_eq!(upload.transactions.len(), 1);
+        assert_eq!(read(json!({"batch": [], "client_id": "c-2"})).expect("valid").client_id.as_deref(), Some("c-2"));
+        assert_eq!(read(json!({"operations": [], "client_id": null})).expect("valid").client_id, None);
+        assert_eq!(read(json!({"operations": []})).expect("valid").client_id, None);
+    }
+
+    #[test]
+    fn client_id_that_is_not_a_non_empty_string_is_400_at_client_id() {
+        for bad in [json!(5), json!(""), json!({"id": "x"}), json!("x".repeat(MAX_CLIENT_ID_BYTES + 1))] {
+            let body = json!({"client_id": bad, "transactions": []}).to_string();
+            match parse_upload(body.as_bytes(), &Limits::default()) {
+                Err(CrudError::Malformed { path, .. }) => assert_eq!(path, "client_id", "{bad}"),
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
     }
 
     #[test]

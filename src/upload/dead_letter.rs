@@ -157,7 +157,7 @@ mod tests {
     }
 
     fn caller() -> Caller {
-        Caller { user_id: "u1".to_string(), access_token: "tok".to_string() }
+        Caller { user_id: "u1".to_string(), access_token: "tok".to_string(), client_id: None }
     }
 
     fn body(request: &HttpRequest) -> Value {

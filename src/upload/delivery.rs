@@ -31,12 +31,21 @@
 //!   transaction retryable. A timeout is not re-sent at once (the upstream is slow, most likely
 //!   overloaded: a second attempt would add load and double the wait), nor is an answer whose
 //!   body was cut off (the upstream did answer).
+//! - The route ([`Route`], chosen per upload by the caller from `UPLOAD_ATOMIC` and the
+//!   isolate's memory, see `atomic_function`): REST requests, one atomic call per transaction, or
+//!   a probe: atomic calls until one answers that the function is missing (PGRST202 or 404);
+//!   nothing was applied then, so that transaction and the rest of the upload go through REST,
+//!   and [`UploadReport::atomic_function`] says what was learnt.
+//! - An atomic call answering `{"already_applied": true}` (its ledger holds this client id and
+//!   transaction id: a re-send after a lost answer) is a success that applied nothing now,
+//!   reported with `already_applied`.
 
+use super::atomic_function::Route;
 use super::crud::Transaction;
 use super::dead_letter::{self, EntryState};
 use super::outcome::{classify, op_index_from_hint, FailedOperation, TransactionResult, UploadReport, Verdict};
 use super::plan::{self, Check, PlannedRequest};
-use super::settings::UploadSettings;
+use super::settings::{AtomicMode, UploadSettings};
 use super::Caller;
 use crate::http::{send_resending_once, HttpResponse, Transport};
 use serde_json::Value;
@@ -45,18 +54,34 @@ use std::collections::VecDeque;
 /// How one transaction ended.
 enum Ending {
     Success,
+    /// The atomic function had applied it already (its ledger knew it): nothing applied now.
+    AlreadyApplied,
     /// Rejected for good; what became of each entry (for the dead letter).
     Fatal(FailedOperation, Vec<EntryState>),
     Retryable(FailedOperation, u64),
 }
 
 /// Applies the transactions through PostgREST and reports what happened to each (see the
-/// module docs for the ordering, retry and budget rules).
+/// module docs for the ordering, retry and budget rules), with no memory of the atomic function:
+/// `UPLOAD_ATOMIC=true` through it, otherwise (unset included) REST requests. The worker uses
+/// [`apply_with`] and its isolate's memory instead.
 pub async fn apply<T: Transport>(
     transactions: &[Transaction],
     settings: &UploadSettings,
     caller: &Caller,
     transport: &T,
+) -> UploadReport {
+    let route = if settings.atomic == AtomicMode::Always { Route::Atomic } else { Route::Rest };
+    apply_with(transactions, settings, caller, transport, route).await
+}
+
+/// [`apply`] along `route` (see the module docs).
+pub async fn apply_with<T: Transport>(
+    transactions: &[Transaction],
+    settings: &UploadSettings,
+    caller: &Caller,
+    transport: &T,
+    route: Route,
 ) -> UploadReport {
     let mut report = UploadReport { retry_after_seconds: settings.retry_after_seconds, ..UploadReport::default() };
     let dead_letter_cost = usize::from(settings.dead_letter_table.is_some());
@@ -69,40 +94,56 @@ pub async fn apply<T: Transport>(
             report.results.push(TransactionResult::not_attempted(transaction_id));
             continue;
         }
-        let remaining = budget.saturating_sub(report.subrequests);
-        let fresh = report.subrequests == 0;
-        let ending = match plan::plan_transaction(transaction, settings, caller) {
-            Ok(requests) if requests.is_empty() => Some(Ending::Success),
-            Ok(requests) if requests.len() + dead_letter_cost > budget => {
-                let too_big = too_big(requests.len(), budget, dead_letter_cost, &settings.atomic_function);
-                match plan::atomic_request(transaction, settings, caller) {
-                    Some(call) if dead_letter_cost < remaining => {
-                        let ending =
-                            send(vec![call], transaction.entries.len(), settings, transport, &mut report, dead_letter_cost)
-                                .await;
-                        Some(match ending {
-                            Ending::Retryable(failure, _) | Ending::Fatal(failure, _)
-                                if function_missing(&failure) =>
-                            {
-                                let states = dead_letter::refused_states(transaction.entries.len(), None);
-                                Ending::Fatal(too_big, states)
-                            }
-                            other => other,
-                        })
+        let ending = loop {
+            let remaining = budget.saturating_sub(report.subrequests);
+            let fresh = report.subrequests == 0;
+            let atomic = route != Route::Rest && report.atomic_function != Some(false);
+            let ending = match plan::plan_transaction_as(transaction, settings, caller, atomic) {
+                Ok(requests) if requests.is_empty() => Some(Ending::Success),
+                Ok(requests) if requests.len() + dead_letter_cost > budget => {
+                    let too_big = too_big(requests.len(), budget, dead_letter_cost, &settings.atomic_function);
+                    match plan::atomic_request(transaction, settings, caller) {
+                        Some(call) if dead_letter_cost < remaining => {
+                            let ending =
+                                send(vec![call], transaction.entries.len(), settings, transport, &mut report, dead_letter_cost)
+                                    .await;
+                            Some(match ending {
+                                Ending::Retryable(failure, _) | Ending::Fatal(failure, _)
+                                    if function_missing(&failure) =>
+                                {
+                                    let states = dead_letter::refused_states(transaction.entries.len(), None);
+                                    Ending::Fatal(too_big, states)
+                                }
+                                other => other,
+                            })
+                        }
+                        // The call does not fit in what is left: it waits for the next upload's fresh
+                        // budget (a budget that cannot hold it at all is below the enforced minimum).
+                        Some(_) if !fresh => None,
+                        _ => refuse_unsendable(remaining, fresh, dead_letter_cost, too_big, transaction.entries.len()),
                     }
-                    // The call does not fit in what is left: it waits for the next upload's fresh
-                    // budget (a budget that cannot hold it at all is below the enforced minimum).
-                    Some(_) if !fresh => None,
-                    _ => refuse_unsendable(remaining, fresh, dead_letter_cost, too_big, transaction.entries.len()),
+                }
+                Ok(requests) if requests.len() + dead_letter_cost > remaining => None,
+                Ok(requests) => {
+                    Some(send(requests, transaction.entries.len(), settings, transport, &mut report, dead_letter_cost).await)
+                }
+                Err(failure) => {
+                    refuse_unsendable(remaining, fresh, dead_letter_cost, failure, transaction.entries.len())
+                }
+            };
+            if route == Route::Probe && atomic && !transaction.entries.is_empty() {
+                match &ending {
+                    Some(Ending::Retryable(failure, _) | Ending::Fatal(failure, _)) if function_missing(failure) => {
+                        // Nothing was applied: this transaction, and the rest, through REST.
+                        report.atomic_function = Some(false);
+                        continue;
+                    }
+                    Some(Ending::Retryable(failure, _) | Ending::Fatal(failure, _)) if failure.http_status.is_none() => {}
+                    Some(_) => report.atomic_function = Some(true),
+                    None => {}
                 }
             }
-            Ok(requests) if requests.len() + dead_letter_cost > remaining => None,
-            Ok(requests) => {
-                Some(send(requests, transaction.entries.len(), settings, transport, &mut report, dead_letter_cost).await)
-            }
-            Err(failure) => {
-                refuse_unsendable(remaining, fresh, dead_letter_cost, failure, transaction.entries.len())
-            }
+            break ending;
         };
         let Some(ending) = ending else {
             // Does not fit in what is left of the budget: this and every later transaction wait
@@ -113,6 +154,7 @@ pub async fn apply<T: Transport>(
         };
         match ending {
             Ending::Success => report.results.push(TransactionResult::success(transaction_id)),
+            Ending::AlreadyApplied => report.results.push(TransactionResult::already_applied(transaction_id)),
             Ending::Fatal(failure, states) => {
                 let recorded = match &settings.dead_letter_table {
                     Some(table) => {
@@ -191,6 +233,7 @@ async fn send<T: Transport>(
     let mut states = vec![EntryState::NotAttempted; entry_count];
     // (request, whether it is a half of a split upsert)
     let mut queue: VecDeque<(PlannedRequest, bool)> = requests.into_iter().map(|r| (r, false)).collect();
+    let mut already_applied = false;
     while let Some((planned, is_half)) = queue.pop_front() {
         let index = match &planned.check {
             Check::Atomic => None,
@@ -218,6 +261,10 @@ async fn send<T: Transport>(
         match verdict {
             Verdict::Applied => match (&planned.check, is_half) {
                 (Check::OwnerCheck { .. }, _) => {}
+                (Check::Atomic, _) => {
+                    already_applied = answer.as_ref().is_ok_and(|response| says_already_applied(&response.body));
+                    mark(&mut states, planned.entries.clone(), EntryState::Applied);
+                }
                 (Check::Upsert { row_entries }, true) => mark(&mut states, row_entries.iter().copied(), EntryState::Applied),
                 _ => mark(&mut states, planned.entries.clone(), EntryState::Applied),
             },
@@ -245,7 +292,17 @@ async fn send<T: Transport>(
             }
         }
     }
-    Ending::Success
+    if already_applied {
+        Ending::AlreadyApplied
+    } else {
+        Ending::Success
+    }
+}
+
+/// Whether the atomic function's answer is `{"already_applied": true, …}`.
+fn says_already_applied(body: &str) -> bool {
+    body.contains("already_applied")
+        && serde_json::from_str::<Value>(body).is_ok_and(|answer| answer["already_applied"] == Value::Bool(true))
 }
 
 /// Sets `state` for each of `entries` that was not attempted yet.

@@ -24,9 +24,13 @@
 //! same columns again, DELETE of a deleted row matches nothing. Outside atomic mode a transaction
 //! may be partly applied when it fails (each HTTP request is its own database transaction); a
 //! retry re-applies the applied prefix harmlessly. A fatal failure after a partial application
-//! leaves that prefix applied while the client discards the rest: use atomic mode
-//! (`UPLOAD_ATOMIC=true`) where transactions must be all-or-nothing.
+//! leaves that prefix applied while the client discards the rest: use atomic mode (install
+//! `sql/atomic_upload.sql`; with `UPLOAD_ATOMIC` unset it is used whenever it is installed, see
+//! [`atomic_function`]) where transactions must be all-or-nothing. Atomic mode with the
+//! client's `client_id` is also exactly once: a transaction re-sent after a lost answer is
+//! answered `already_applied` without being applied again (REST requests cannot do that).
 
+pub mod atomic_function;
 pub mod crud;
 pub mod dead_letter;
 pub mod delivery;
@@ -38,10 +42,11 @@ pub mod settings;
 
 use std::fmt;
 
-pub use crud::{parse, CrudError, Entry, Limits, Op, Transaction};
-pub use delivery::apply;
+pub use crud::{parse, parse_upload, CrudError, Entry, Limits, Op, Transaction, Upload};
+pub use atomic_function::{AtomicFunction, Route};
+pub use delivery::{apply, apply_with};
 pub use outcome::{FailedOperation, Status, StatusCounts, TransactionResult, UploadReport};
-pub use settings::{from_lookup, UploadSettings, WriteMode};
+pub use settings::{from_lookup, AtomicMode, UploadSettings, WriteMode};
 
 /// The verified user on whose behalf an upload is applied.
 #[derive(Clone, PartialEq, Eq)]
@@ -50,12 +55,19 @@ pub struct Caller {
     pub user_id: String,
     /// The caller's Supabase access token, sent as `Authorization: Bearer` in `rls` mode.
     pub access_token: String,
+    /// The PowerSync client id the upload carried (`client_id`, see `crud`): with a
+    /// transaction's id, the key under which the atomic function applies it exactly once.
+    pub client_id: Option<String>,
 }
 
 impl fmt::Debug for Caller {
     /// The token is redacted so a caller can be logged.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Caller").field("user_id", &self.user_id).field("access_token", &"<redacted>").finish()
+        f.debug_struct("Caller")
+            .field("user_id", &self.user_id)
+            .field("access_token", &"<redacted>")
+            .field("client_id", &self.client_id)
+            .finish()
     }
 }
 
@@ -91,7 +103,7 @@ mod tests {
     }
 
     fn caller() -> Caller {
-        Caller { user_id: "user-1".to_string(), access_token: "token".to_string() }
+        Caller { user_id: "user-1".to_string(), access_token: "token".to_string(), client_id: None }
     }
 
     fn entry(op: Op, id: &str, data: Value) -> Entry {
@@ -402,7 +414,7 @@ mod tests {
     #[test]
     fn atomic_call_whose_connection_was_lost_is_sent_again() {
         let mut s = settings();
-        s.atomic = true;
+        s.atomic = AtomicMode::Always;
         let transport = FakeTransport::scripted(vec![lost(), ok_body("null")]);
         let report = run(&[puts(&["a", "b"])], &s, &transport);
         assert_eq!(statuses(&report), vec![Status::Success]);
@@ -683,7 +695,7 @@ mod tests {
     #[test]
     fn dead_letter_of_an_atomic_call_marks_every_entry_failed() {
         let mut s = settings();
-        s.atomic = true;
+        s.atomic = AtomicMode::Always;
         s.dead_letter_table = Some("dead".to_string());
         let transaction = Transaction {
             transaction_id: None,
@@ -738,7 +750,7 @@ mod tests {
     #[test]
     fn atomic_failure_is_located_by_the_function_hint() {
         let mut s = settings();
-        s.atomic = true;
+        s.atomic = AtomicMode::Always;
         let transaction = Transaction {
             transaction_id: Some(json!(1)),
             entries: vec![entry(Op::Put, "a", json!({})), entry(Op::Delete, "b", Value::Null)],
@@ -795,6 +807,69 @@ mod tests {
         let report = run(&[tx(1)], &service(), &transport);
         assert_eq!(statuses(&report), vec![Status::RetryableError]);
         assert_eq!(report.results[0].failed_operation.as_ref().map(|f| f.code.as_str()), Some("unexpected_response"));
+    }
+
+    fn run_on(route: Route, transactions: &[Transaction], transport: &FakeTransport) -> UploadReport {
+        let caller = Caller { client_id: Some("client-1".to_string()), ..caller() };
+        block_on(apply_with(transactions, &settings(), &caller, transport, route))
+    }
+
+    fn missing_function() -> Answer {
+        error(404, "PGRST202", "Could not find the function public.powersync_apply_transaction")
+    }
+
+    #[test]
+    fn transaction_the_atomic_function_had_already_applied_is_a_success_saying_so() {
+        let transport = FakeTransport::scripted(vec![ok_body(r#"{"applied": 0, "already_applied": true}"#), ok_body(r#"{"applied": 1}"#)]);
+        let report = run_on(Route::Atomic, &[tx(1), tx(2)], &transport);
+        assert_eq!(statuses(&report), vec![Status::Success, Status::Success]);
+        assert!(!report.needs_retry());
+        let body = report.body();
+        assert_eq!(body["results"][0], json!({"status": "success", "transaction_id": 1, "already_applied": true}));
+        assert_eq!(body["results"][1], json!({"status": "success", "transaction_id": 2}), "no field when applied now");
+        assert_eq!(body["applied"], json!(2));
+        assert_eq!(report.log_summary()["already_applied"], json!(1));
+        let sent: Value = serde_json::from_str(transport.sent()[0].body.as_deref().unwrap_or("")).unwrap_or(Value::Null);
+        assert_eq!((sent["client_id"].as_str(), sent["transaction_id"].as_str()), (Some("client-1"), Some("1")));
+    }
+
+    #[test]
+    fn probe_uses_the_atomic_function_when_it_answers() {
+        let transport = FakeTransport::scripted(vec![ok_body(r#"{"applied": 1}"#), ok_body(r#"{"applied": 1}"#)]);
+        let report = run_on(Route::Probe, &[tx(1), tx(2)], &transport);
+        assert_eq!(statuses(&report), vec![Status::Success, Status::Success]);
+        assert!(transport.sent().iter().all(|r| r.url.ends_with("/rest/v1/rpc/powersync_apply_transaction")));
+        assert_eq!((report.subrequests, report.atomic_function), (2, Some(true)));
+    }
+
+    #[test]
+    fn probe_of_a_missing_function_applies_the_same_upload_through_rest() {
+        let transport = FakeTransport::scripted(vec![missing_function(), ok(201), ok(201)]);
+        let report = run_on(Route::Probe, &[tx(1), tx(2)], &transport);
+        assert_eq!(statuses(&report), vec![Status::Success, Status::Success]);
+        let urls: Vec<String> = transport.sent().iter().map(|r| r.url.clone()).collect();
+        assert!(urls[0].ends_with("/rpc/powersync_apply_transaction"));
+        assert!(urls[1..].iter().all(|u| u.ends_with("/rest/v1/todos?on_conflict=id")), "{urls:?}");
+        assert_eq!((report.subrequests, report.atomic_function), (3, Some(false)), "the failed probe counts");
+        assert_eq!(report.log_summary()["atomic_function"], json!("missing"));
+    }
+
+    #[test]
+    fn probe_that_gets_a_data_error_from_the_function_knows_it_is_installed() {
+        let transport = FakeTransport::scripted(vec![error(409, "23505", "duplicate")]);
+        let report = run_on(Route::Probe, &[tx(1)], &transport);
+        assert_eq!(statuses(&report), vec![Status::FatalError]);
+        assert_eq!(report.atomic_function, Some(true));
+        let transport = FakeTransport::scripted(vec![lost(), lost()]);
+        assert_eq!(run_on(Route::Probe, &[tx(1)], &transport).atomic_function, None, "no answer teaches nothing");
+    }
+
+    #[test]
+    fn forced_atomic_route_keeps_a_missing_function_retryable() {
+        let transport = FakeTransport::scripted(vec![missing_function()]);
+        let report = run_on(Route::Atomic, &[tx(1), tx(2)], &transport);
+        assert_eq!(statuses(&report), vec![Status::RetryableError, Status::NotAttempted]);
+        assert_eq!(transport.sent().len(), 1);
     }
 
     #[test]

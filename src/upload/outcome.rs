@@ -187,11 +187,26 @@ pub struct TransactionResult {
     pub failed_operation: Option<FailedOperation>,
     /// Set for `RetryableError`: how long the client should wait.
     pub retry_after_ms: Option<u64>,
+    /// `Success` only: the atomic function had already applied this transaction (recorded in its
+    /// ledger under the client id and transaction id: a re-send after a lost answer), so nothing
+    /// was applied now. Sent as `"already_applied": true`, absent otherwise.
+    pub already_applied: bool,
 }
 
 impl TransactionResult {
     pub fn success(transaction_id: Option<Value>) -> Self {
-        TransactionResult { status: Status::Success, transaction_id, failed_operation: None, retry_after_ms: None }
+        TransactionResult {
+            status: Status::Success,
+            transaction_id,
+            failed_operation: None,
+            retry_after_ms: None,
+            already_applied: false,
+        }
+    }
+
+    /// A success the atomic function's ledger answered: applied by an earlier call.
+    pub fn already_applied(transaction_id: Option<Value>) -> Self {
+        TransactionResult { already_applied: true, ..TransactionResult::success(transaction_id) }
     }
 
     pub fn fatal(transaction_id: Option<Value>, failure: FailedOperation) -> Self {
@@ -200,6 +215,7 @@ impl TransactionResult {
             transaction_id,
             failed_operation: Some(failure),
             retry_after_ms: None,
+            already_applied: false,
         }
     }
 
@@ -209,14 +225,21 @@ impl TransactionResult {
             transaction_id,
             failed_operation: Some(failure),
             retry_after_ms: Some(retry_after_seconds.saturating_mul(1000)),
+            already_applied: false,
         }
     }
 
     pub fn not_attempted(transaction_id: Option<Value>) -> Self {
-        TransactionResult { status: Status::NotAttempted, transaction_id, failed_operation: None, retry_after_ms: None }
+        TransactionResult {
+            status: Status::NotAttempted,
+            transaction_id,
+            failed_operation: None,
+            retry_after_ms: None,
+            already_applied: false,
+        }
     }
 
-    /// `{"status","transaction_id","failed_operation"?,"retry_after_ms"?}`.
+    /// `{"status","transaction_id","failed_operation"?,"retry_after_ms"?,"already_applied"?}`.
     pub fn to_json(&self) -> Value {
         let mut object = Map::new();
         object.insert("status".to_string(), json!(self.status.as_str()));
@@ -226,6 +249,9 @@ impl TransactionResult {
         }
         if let Some(ms) = self.retry_after_ms {
             object.insert("retry_after_ms".to_string(), json!(ms));
+        }
+        if self.already_applied {
+            object.insert("already_applied".to_string(), json!(true));
         }
         Value::Object(object)
     }
@@ -256,6 +282,11 @@ pub struct UploadReport {
     /// Why each failed dead-letter insert failed (code and status only, no row data), for logs;
     /// never sent to the client.
     pub dead_letter_errors: Vec<String>,
+    /// What this upload learnt about the atomic function when it tried it with
+    /// `UPLOAD_ATOMIC` unset: `Some(true)` it answered, `Some(false)` it is not installed
+    /// (PGRST202/404), `None` not tried or no answer. The adapter's per-isolate memory
+    /// (`atomic_function`) takes it in.
+    pub atomic_function: Option<bool>,
     /// Seconds the client should wait before retrying, when [`needs_retry`](Self::needs_retry):
     /// the largest `retry_after_ms` of the results, or `UPLOAD_RETRY_AFTER_SECONDS`.
     pub retry_after_seconds: u64,
@@ -318,6 +349,8 @@ impl UploadReport {
             "not_attempted": counts.not_attempted,
             "subrequests": self.subrequests,
             "resent": self.resent,
+            "already_applied": self.results.iter().filter(|r| r.already_applied).count(),
+            "atomic_function": self.atomic_function.map(|found| if found { "found" } else { "missing" }),
             "dead_letters": self.dead_letters,
             "dead_letter_failures": self.dead_letter_failures,
             "failure_codes": failure_codes,

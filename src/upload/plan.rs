@@ -45,10 +45,12 @@
 //! A transaction whose requests would not fit in the whole subrequest budget is sent as one
 //! atomic call too ([`atomic_request`]), whatever the mode, when the function is installed.
 //!
-//! Atomic mode (`UPLOAD_ATOMIC=true`) sends a whole transaction as one
+//! Atomic mode (`UPLOAD_ATOMIC=true`, or unset with the function installed) sends a whole transaction as one
 //! `POST …/rest/v1/rpc/<function>` with `{"ops":[{"op","table","id","data"?}, …]}` (the same
 //! rows and data as above, one op per entry so op indexes are entry indexes; no `data` for
-//! DELETE) and, in service mode, `"owner_column"` and `"owner_id"`.
+//! DELETE) and, in service mode, `"owner_column"` and `"owner_id"`; when the upload carried a
+//! `client_id` and the transaction has an id, `"client_id"` and `"transaction_id"` (as text), so
+//! the function applies it exactly once (a re-send answers `already_applied`).
 //!
 //! Tables and ids are checked before anything is sent: a name that is not a plain identifier
 //! (`invalid_table_name`), one outside `UPLOAD_TABLES` or equal to the dead-letter table
@@ -65,7 +67,7 @@ use super::crud::{Entry, Op, Transaction};
 use super::filter::{self, InList};
 use super::outcome::FailedOperation;
 use super::row::{self, Columns};
-use super::settings::{is_identifier, UploadSettings, WriteMode};
+use super::settings::{is_identifier, AtomicMode, UploadSettings, WriteMode};
 use super::Caller;
 use crate::http::{HttpRequest, Method};
 
@@ -99,18 +101,30 @@ pub struct PlannedRequest {
     pub check: Check,
 }
 
-/// Plans one transaction. An error is the transaction's fatal failure, found before any request.
+/// Plans one transaction, as one atomic call with `UPLOAD_ATOMIC=true`, else as REST requests.
+/// An error is the transaction's fatal failure, found before any request.
 pub fn plan_transaction(
     transaction: &Transaction,
     settings: &UploadSettings,
     caller: &Caller,
+) -> Result<Vec<PlannedRequest>, FailedOperation> {
+    plan_transaction_as(transaction, settings, caller, settings.atomic == AtomicMode::Always)
+}
+
+/// [`plan_transaction`] with the route chosen by the caller: one atomic call (`atomic`) or REST
+/// requests (see `atomic_function` for how an upload chooses).
+pub fn plan_transaction_as(
+    transaction: &Transaction,
+    settings: &UploadSettings,
+    caller: &Caller,
+    atomic: bool,
 ) -> Result<Vec<PlannedRequest>, FailedOperation> {
     for (index, entry) in transaction.entries.iter().enumerate() {
         check_table(index, &entry.table, settings)?;
         check_id(index, &entry.id)?;
     }
     let context = Context::new(settings, caller);
-    if settings.atomic {
+    if atomic {
         return Ok(context.atomic(transaction).into_iter().collect());
     }
     let mut planner = Planner { context, requests: Vec::new(), group: None };
@@ -263,6 +277,12 @@ impl<'a> Context<'a> {
             body.push_str(",\"owner_id\":");
             row::push_json_string(&mut body, user_id);
         }
+        if let (Some(client_id), Some(transaction_id)) = (&self.caller.client_id, ledger_id(transaction)) {
+            body.push_str(",\"client_id\":");
+            row::push_json_string(&mut body, client_id);
+            body.push_str(",\"transaction_id\":");
+            row::push_json_string(&mut body, &transaction_id);
+        }
         body.push('}');
         let url = format!("{}/rest/v1/rpc/{}", self.settings.supabase_url, self.settings.atomic_function);
         Some(PlannedRequest {
@@ -270,6 +290,17 @@ impl<'a> Context<'a> {
             entries: 0..transaction.entries.len(),
             check: Check::Atomic,
         })
+    }
+}
+
+/// The transaction's id as the atomic function's ledger keys it: a string as it is, a number in
+/// its JSON text (`42`); `None` without one (then nothing is recorded: applied as without a
+/// client id).
+fn ledger_id(transaction: &Transaction) -> Option<String> {
+    match transaction.transaction_id.as_ref()? {
+        Value::String(id) => Some(id.clone()),
+        Value::Number(id) => Some(id.to_string()),
+        _ => None,
     }
 }
 
@@ -516,7 +547,7 @@ mod tests {
     }
 
     fn caller() -> Caller {
-        Caller { user_id: "user-1".to_string(), access_token: "user-token".to_string() }
+        Caller { user_id: "user-1".to_string(), access_token: "user-token".to_string(), client_id: None }
     }
 
     fn e(op: Op, table: &str, id: &str, data: Value) -> Entry {
@@ -631,7 +662,7 @@ mod tests {
     fn empty_transaction_plans_nothing() {
         assert!(plan(vec![], &settings()).is_empty());
         let mut atomic = settings();
-        atomic.atomic = true;
+        atomic.atomic = AtomicMode::Always;
         assert!(plan(vec![], &atomic).is_empty());
     }
 
@@ -923,7 +954,7 @@ mod tests {
     #[test]
     fn atomic_mode_is_one_rpc_call_per_transaction() {
         let mut s = settings();
-        s.atomic = true;
+        s.atomic = AtomicMode::Always;
         s.boolean_columns.insert("todos", "done");
         let requests = plan(vec![put("a", json!({"done": 1})), patch("a", json!({})), delete("b")], &s);
         assert_eq!(requests.len(), 1);
@@ -947,9 +978,31 @@ mod tests {
     }
 
     #[test]
+    fn atomic_call_carries_the_client_id_and_transaction_id_for_exactly_once() {
+        let mut s = settings();
+        s.atomic = AtomicMode::Always;
+        let with_client = Caller { client_id: Some("client-1".to_string()), ..caller() };
+        for (transaction_id, sent) in [(json!(42), "42"), (json!("t-7"), "t-7")] {
+            let transaction = Transaction { transaction_id: Some(transaction_id), entries: vec![delete("b")] };
+            let requests = plan_transaction(&transaction, &s, &with_client).expect("planned");
+            let body = body(&requests[0]);
+            assert_eq!((body["client_id"].as_str(), body["transaction_id"].as_str()), (Some("client-1"), Some(sent)));
+        }
+        // no transaction id, or no client id: applied as before, nothing to record
+        let anonymous = Transaction { transaction_id: None, entries: vec![delete("b")] };
+        let body_of = |t: &Transaction, c: &Caller| body(&plan_transaction(t, &s, c).expect("planned")[0]);
+        assert_eq!(body_of(&anonymous, &with_client), json!({"ops": [{"op": "DELETE", "table": "todos", "id": "b"}]}));
+        let numbered = Transaction { transaction_id: Some(json!(1)), entries: vec![delete("b")] };
+        assert_eq!(body_of(&numbered, &caller()), json!({"ops": [{"op": "DELETE", "table": "todos", "id": "b"}]}));
+        // REST requests have nowhere to record it
+        let rest = plan_transaction_as(&numbered, &s, &with_client, false).expect("planned");
+        assert_eq!(rest[0].request.method, Method::Delete);
+    }
+
+    #[test]
     fn atomic_service_mode_passes_the_owner() {
         let mut s = service();
-        s.atomic = true;
+        s.atomic = AtomicMode::Always;
         s.atomic_function = "apply_tx".to_string();
         let requests = plan(vec![put("a", json!({"owner": "x"})), patch("a", json!({"owner": "x", "t": 1}))], &s);
         assert_eq!(requests[0].request.url, "https://p.supabase.co/rest/v1/rpc/apply_tx");
@@ -988,7 +1041,7 @@ mod tests {
     fn ids_with_nul_fail_the_transaction_before_any_request() {
         for settings in [settings(), service(), {
             let mut atomic = settings();
-            atomic.atomic = true;
+            atomic.atomic = AtomicMode::Always;
             atomic
         }] {
             for entries in [

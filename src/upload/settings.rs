@@ -17,8 +17,9 @@
 //! | `UPLOAD_JSON_COLUMNS` | none | `table.column,…` whose JSON text is sent as JSON |
 //! | `UPLOAD_BOOLEAN_COLUMNS` | none | `table.column,…` whose 0/1 is sent as false/true |
 //! | `UPLOAD_SUBREQUEST_BUDGET` | 45 | most upstream requests per upload, 1..=10000 |
-//! | `UPLOAD_ATOMIC` | `false` | one RPC call per transaction (all-or-nothing) |
+//! | `UPLOAD_ATOMIC` | unset (auto) | unset: one RPC call per transaction (all-or-nothing, exactly once) whenever the function is installed, else REST; `true`: always (missing function = retryable); `false`: always REST |
 //! | `UPLOAD_ATOMIC_FUNCTION` | `powersync_apply_transaction` | the RPC function of atomic mode |
+//! | `UPLOAD_ATOMIC_RECHECK_SECONDS` | 300 | `UPLOAD_ATOMIC` unset: how long an isolate that found the function missing uses REST before trying it again, 1..=86400 |
 //! | `UPLOAD_DEAD_LETTER_TABLE` | none | table recording every rejected transaction |
 //! | `UPLOAD_MAX_BODY_BYTES` | 5242880 | largest upload body |
 //! | `UPLOAD_MAX_ENTRIES` | 10000 | most CRUD entries per upload |
@@ -41,6 +42,8 @@ pub const DEFAULT_SUBREQUEST_BUDGET: usize = 45;
 pub const MAX_SUBREQUEST_BUDGET: usize = 10_000;
 /// Default for [`UploadSettings::atomic_function`].
 pub const DEFAULT_ATOMIC_FUNCTION: &str = "powersync_apply_transaction";
+/// Default for [`UploadSettings::atomic_recheck_seconds`]: five minutes.
+pub const DEFAULT_ATOMIC_RECHECK_SECONDS: u64 = 300;
 /// Default for [`UploadSettings::retry_after_seconds`].
 pub const DEFAULT_RETRY_AFTER_SECONDS: u64 = 5;
 /// Longest Postgres identifier (NAMEDATALEN - 1); longer names are silently truncated by Postgres.
@@ -64,10 +67,13 @@ pub struct UploadSettings {
     pub boolean_columns: ColumnSet,
     /// `UPLOAD_SUBREQUEST_BUDGET`: most upstream requests one upload may make (default 45).
     pub subrequest_budget: usize,
-    /// `UPLOAD_ATOMIC`: apply each transaction with one RPC call (default false).
-    pub atomic: bool,
+    /// `UPLOAD_ATOMIC`: when transactions go through the atomic function (default: auto).
+    pub atomic: AtomicMode,
     /// `UPLOAD_ATOMIC_FUNCTION`: the RPC function used in atomic mode.
     pub atomic_function: String,
+    /// `UPLOAD_ATOMIC_RECHECK_SECONDS` (default 300): with [`AtomicMode::Auto`], how long an
+    /// isolate that found the function missing sends REST requests before trying it again.
+    pub atomic_recheck_seconds: u64,
     /// `UPLOAD_DEAD_LETTER_TABLE`: where rejected transactions are recorded (default none).
     pub dead_letter_table: Option<String>,
     /// `UPLOAD_MAX_BODY_BYTES`, `UPLOAD_MAX_ENTRIES`, `UPLOAD_MAX_TRANSACTIONS`.
@@ -93,8 +99,9 @@ impl UploadSettings {
             json_columns: ColumnSet::default(),
             boolean_columns: ColumnSet::default(),
             subrequest_budget: DEFAULT_SUBREQUEST_BUDGET,
-            atomic: false,
+            atomic: AtomicMode::Auto,
             atomic_function: DEFAULT_ATOMIC_FUNCTION.to_string(),
+            atomic_recheck_seconds: DEFAULT_ATOMIC_RECHECK_SECONDS,
             dead_letter_table: None,
             limits: Limits::default(),
             retry_after_seconds: DEFAULT_RETRY_AFTER_SECONDS,
@@ -130,6 +137,7 @@ impl fmt::Debug for UploadSettings {
             .field("subrequest_budget", &self.subrequest_budget)
             .field("atomic", &self.atomic)
             .field("atomic_function", &self.atomic_function)
+            .field("atomic_recheck_seconds", &self.atomic_recheck_seconds)
             .field("dead_letter_table", &self.dead_letter_table)
             .field("limits", &self.limits)
             .field("retry_after_seconds", &self.retry_after_seconds)
@@ -137,6 +145,22 @@ impl fmt::Debug for UploadSettings {
             .field("allow_anonymous", &self.allow_anonymous)
             .finish()
     }
+}
+
+/// `UPLOAD_ATOMIC`: when a transaction is applied by one call of the atomic function
+/// (`sql/atomic_upload.sql`: all or nothing, exactly once with a client id) instead of REST
+/// requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AtomicMode {
+    /// Unset (default): whenever the function is installed. Each isolate tries it and, when it is
+    /// missing (PGRST202 or 404), applies that upload through REST and keeps to REST for
+    /// `UPLOAD_ATOMIC_RECHECK_SECONDS` before trying again (see `atomic_function`).
+    Auto,
+    /// `true`: always; a missing function is a retryable configuration error.
+    Always,
+    /// `false`: always REST requests (a transaction too big for the budget still tries the
+    /// function, as in every mode).
+    Never,
 }
 
 /// `UPLOAD_MODE`: whose database rights the writes use.
@@ -224,7 +248,13 @@ pub fn read(reader: &mut Reader, supabase_url: Option<String>) -> Option<UploadS
     let boolean_columns = columns(reader, "UPLOAD_BOOLEAN_COLUMNS", tables.as_ref());
     let subrequest_budget =
         reader.number("UPLOAD_SUBREQUEST_BUDGET", DEFAULT_SUBREQUEST_BUDGET as u64, 1..=MAX_SUBREQUEST_BUDGET as u64);
-    let atomic = reader.flag("UPLOAD_ATOMIC", false);
+    let atomic = match reader.get("UPLOAD_ATOMIC") {
+        None => AtomicMode::Auto,
+        Some(_) if reader.flag("UPLOAD_ATOMIC", false) => AtomicMode::Always,
+        Some(_) => AtomicMode::Never,
+    };
+    let atomic_recheck_seconds =
+        reader.number("UPLOAD_ATOMIC_RECHECK_SECONDS", DEFAULT_ATOMIC_RECHECK_SECONDS, 1..=86_400);
     let atomic_function =
         identifier(reader, "UPLOAD_ATOMIC_FUNCTION").unwrap_or_else(|| DEFAULT_ATOMIC_FUNCTION.to_string());
     let dead_letter_table = identifier(reader, "UPLOAD_DEAD_LETTER_TABLE");
@@ -273,13 +303,14 @@ pub fn read(reader: &mut Reader, supabase_url: Option<String>) -> Option<UploadS
             );
         }
     }
-    let needed = 1 + usize::from(service && !atomic) + usize::from(dead_letter_table.is_some());
+    let always = atomic == AtomicMode::Always;
+    let needed = 1 + usize::from(service && !always) + usize::from(dead_letter_table.is_some());
     if (subrequest_budget as usize) < needed {
         reader.problem(
             "UPLOAD_SUBREQUEST_BUDGET",
             format!(
                 "must be at least {needed} with these settings (one write{}{})",
-                if service && !atomic { ", one ownership check" } else { "" },
+                if service && !always { ", one ownership check" } else { "" },
                 if dead_letter_table.is_some() { ", one dead-letter insert" } else { "" }
             ),
         );
@@ -296,6 +327,7 @@ pub fn read(reader: &mut Reader, supabase_url: Option<String>) -> Option<UploadS
             subrequest_budget: subrequest_budget as usize,
             atomic,
             atomic_function,
+            atomic_recheck_seconds,
             dead_letter_table,
             limits,
             retry_after_seconds,
@@ -474,8 +506,9 @@ mod tests {
         assert_eq!(s.mode, WriteMode::Rls);
         assert_eq!(s.tables, None);
         assert_eq!(s.subrequest_budget, 45);
-        assert!(!s.atomic);
+        assert_eq!(s.atomic, AtomicMode::Auto);
         assert_eq!(s.atomic_function, "powersync_apply_transaction");
+        assert_eq!(s.atomic_recheck_seconds, 300);
         assert_eq!(s.dead_letter_table, None);
         assert_eq!(s.limits, Limits { max_body_bytes: 5 * 1024 * 1024, max_entries: 10_000, max_transactions: 1_000 });
         assert_eq!(s.retry_after_seconds, 5);
@@ -727,6 +760,18 @@ mod tests {
     }
 
     #[test]
+    fn upload_atomic_is_auto_when_unset_and_forced_either_way_when_set() {
+        let mode = |value: &'static str| read_vars(&with(&[("UPLOAD_ATOMIC", value)])).expect("valid").atomic;
+        assert_eq!(read_vars(&BASE).expect("valid").atomic, AtomicMode::Auto);
+        assert_eq!(mode("true"), AtomicMode::Always);
+        assert_eq!(mode("false"), AtomicMode::Never);
+        assert_eq!(mode("  "), AtomicMode::Auto, "blank counts as unset");
+        let s = read_vars(&with(&[("UPLOAD_ATOMIC_RECHECK_SECONDS", "2")])).expect("valid");
+        assert_eq!(s.atomic_recheck_seconds, 2);
+        assert_eq!(problem_names(&with(&[("UPLOAD_ATOMIC_RECHECK_SECONDS", "0")])), vec!["UPLOAD_ATOMIC_RECHECK_SECONDS"]);
+    }
+
+    #[test]
     fn atomic_and_dead_letter_settings_are_read() {
         let s = read_vars(&with(&[
             ("UPLOAD_ATOMIC", "TRUE"),
@@ -737,7 +782,7 @@ mod tests {
             ("UPLOAD_MAX_ENTRIES", "50"),
         ]))
         .expect("valid");
-        assert!(s.atomic);
+        assert_eq!(s.atomic, AtomicMode::Always);
         assert_eq!(s.atomic_function, "apply_tx");
         assert_eq!(s.dead_letter_table.as_deref(), Some("powersync_dead_letters"));
         assert_eq!(s.subrequest_budget, 1000);

@@ -48,7 +48,8 @@ SECRET_KEY = "sb_secret_standin_test_key"
 
 SQL_FILES = [ROOT / "tests/sql/test_schema.sql", ROOT / "sql/atomic_upload.sql",
              ROOT / "sql/dead_letter.sql"]
-TABLES = "public.todos, public.lists, public.profiles, public.powersync_dead_letters"
+TABLES = ("public.todos, public.lists, public.profiles, public.powersync_dead_letters,"
+          " public.powersync_upload_ledger")
 
 
 def make_token(sub: str | None, role: str = "authenticated", expires_in: int = 3600,

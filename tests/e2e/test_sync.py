@@ -158,6 +158,11 @@ def test_local_writes_in_multi_statement_transactions_upload_and_come_back_throu
     assert todos[milk]["completed"] == 1 and todos[milk]["tags"] == ["dairy"]
     assert todos[sweep]["description"] == "sweep the floor" and todos[sweep]["priority"] == 3
     assert app.records()["fatalReports"] == []
+    # UPLOAD_ATOMIC unset and the function installed: every transaction went through it with
+    # the SDK's client id (db.getClientId(), sent by the connector), recorded exactly once
+    recorded = db.execute("select client_id, count(*) from powersync_upload_ledger where user_id = %s"
+                          " group by client_id", (user_a,)).fetchall()
+    assert len(recorded) == 1 and recorded[0][1] == 4, recorded
 
 
 # --- two users ---------------------------------------------------------------------------------

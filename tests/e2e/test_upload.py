@@ -2,13 +2,16 @@
 (`wrangler dev`), the PostgREST stand-in and a real PostgreSQL with RLS.
 
 Worker instances (started once for the module, in parallel, see `instances`):
-  rls        default mode (writes as the user), UPLOAD_JSON_COLUMNS=todos.tags,
-             UPLOAD_BOOLEAN_COLUMNS=todos.completed
-  service    UPLOAD_MODE=service, UPLOAD_TABLES=profiles, UPLOAD_OWNER_COLUMN=user_id
+  rls        rls mode (writes as the user) through REST requests (UPLOAD_ATOMIC=false),
+             UPLOAD_JSON_COLUMNS=todos.tags, UPLOAD_BOOLEAN_COLUMNS=todos.completed
+  service    UPLOAD_MODE=service, UPLOAD_TABLES=profiles, UPLOAD_OWNER_COLUMN=user_id (REST)
   atomic     UPLOAD_ATOMIC=true
+  auto       UPLOAD_ATOMIC unset (the default: the function whenever it is installed)
+  later      UPLOAD_ATOMIC unset, UPLOAD_ATOMIC_FUNCTION=powersync_apply_later (not installed
+             until a test creates it), UPLOAD_ATOMIC_RECHECK_SECONDS=2
   dead       UPLOAD_DEAD_LETTER_TABLE=powersync_dead_letters,
-             UPLOAD_ERROR_CLASS_OVERRIDES=PGRST204:fatal,42703:fatal
-  budget     UPLOAD_SUBREQUEST_BUDGET=5
+             UPLOAD_ERROR_CLASS_OVERRIDES=PGRST204:fatal,42703:fatal (REST)
+  budget     UPLOAD_SUBREQUEST_BUDGET=5 (REST)
   refused    SUPABASE_URL = a closed loopback port (HS256 sessions still verify locally)
 
 Every test gets emptied tables and a reset stand-in (`db`), and fresh uuids.
@@ -27,7 +30,7 @@ import psycopg
 import pytest
 import requests
 
-from tests.e2e.conftest import ANON_KEY, make_token
+from tests.e2e.conftest import ANON_KEY, ROOT, make_token
 from tests.e2e.upload_helpers import (body, delete, failure, patch, put, statuses, tx, upload,
                                       upload_log_lines, wait_for, wait_until_standin_idle)
 from tests.support.db import count, insert_list, insert_profile, insert_todo, new_id, row, snapshot
@@ -35,6 +38,8 @@ from tests.support.worker import free_port
 
 DEAD_LETTERS = "powersync_dead_letters"
 RPC_PATH = "/rest/v1/rpc/powersync_apply_transaction"
+LATER_FUNCTION = "powersync_apply_later"
+LEDGER = "powersync_upload_ledger"
 
 
 # --------------------------------------------------------------------------- worker instances
@@ -43,17 +48,22 @@ def instances(base_vars, start_worker):
     """All the worker configurations this module needs, started concurrently (each
     `wrangler dev` takes several seconds to come up)."""
     refused_url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    rest = {**base_vars, "UPLOAD_ATOMIC": "false"}
     configs = {
-        "rls": {**base_vars, "UPLOAD_JSON_COLUMNS": "todos.tags",
+        "rls": {**rest, "UPLOAD_JSON_COLUMNS": "todos.tags",
                 "UPLOAD_BOOLEAN_COLUMNS": "todos.completed"},
-        "service": {**base_vars, "UPLOAD_MODE": "service", "UPLOAD_TABLES": "profiles",
+        "service": {**rest, "UPLOAD_MODE": "service", "UPLOAD_TABLES": "profiles",
                     "UPLOAD_OWNER_COLUMN": "user_id"},
         "atomic": {**base_vars, "UPLOAD_ATOMIC": "true"},
-        "dead": {**base_vars, "UPLOAD_DEAD_LETTER_TABLE": DEAD_LETTERS,
+        "auto": dict(base_vars),
+        "later": {**base_vars, "UPLOAD_ATOMIC_FUNCTION": LATER_FUNCTION,
+                  "UPLOAD_ATOMIC_RECHECK_SECONDS": "2"},
+        "dead": {**rest, "UPLOAD_DEAD_LETTER_TABLE": DEAD_LETTERS,
                  "UPLOAD_ERROR_CLASS_OVERRIDES": "PGRST204:fatal,42703:fatal"},
-        "budget": {**base_vars, "UPLOAD_SUBREQUEST_BUDGET": "5"},
-        "refused": {**base_vars, "SUPABASE_URL": refused_url},
+        "budget": {**rest, "UPLOAD_SUBREQUEST_BUDGET": "5"},
+        "refused": {**rest, "SUPABASE_URL": refused_url},
     }
+    assert "UPLOAD_ATOMIC" not in configs["auto"], "auto is the default: left unset"
     with ThreadPoolExecutor(max_workers=len(configs)) as pool:
         futures = {name: pool.submit(start_worker, vars) for name, vars in configs.items()}
         return {name: f.result() for name, f in futures.items()}
@@ -72,6 +82,16 @@ def service_worker(instances):
 @pytest.fixture(scope="module")
 def atomic_worker(instances):
     return instances["atomic"]
+
+
+@pytest.fixture(scope="module")
+def auto_worker(instances):
+    return instances["auto"]
+
+
+@pytest.fixture(scope="module")
+def later_worker(instances):
+    return instances["later"]
 
 
 @pytest.fixture(scope="module")
@@ -1216,12 +1236,12 @@ def test_transaction_too_big_for_the_budget_without_the_atomic_function_is_fatal
         budget_worker, db, standin, user):
     sub, token = user
     todos, big = _too_big_for_five(db, sub)
-    db.execute("alter function public.powersync_apply_transaction(jsonb, text, text) "
+    db.execute("alter function public.powersync_apply_transaction(jsonb, text, text, text, text) "
                "rename to powersync_apply_transaction_away")
     try:
         response = upload(budget_worker, token, body(big))
     finally:
-        db.execute("alter function public.powersync_apply_transaction_away(jsonb, text, text) "
+        db.execute("alter function public.powersync_apply_transaction_away(jsonb, text, text, text, text) "
                    "rename to powersync_apply_transaction")
     assert response.status_code == 200, response.text
     assert statuses(response) == ["fatal_error"]
@@ -1298,7 +1318,7 @@ def test_atomic_function_pins_its_search_path_so_public_objects_cannot_shadow_bu
     # built-in the function calls (format(text, text) beats pg_catalog's variadic format) and
     # have it run with the caller's rights on every upload.
     config = db.execute("select proconfig from pg_proc where oid = "
-                        "'public.powersync_apply_transaction(jsonb,text,text)'::regprocedure"
+                        "'public.powersync_apply_transaction(jsonb,text,text,text,text)'::regprocedure"
                         ).fetchone()[0]
     assert config == ["search_path=pg_catalog, pg_temp"]
     sub, token = user
@@ -1340,6 +1360,226 @@ def test_ambiguous_atomic_function_overload_is_retryable_until_the_operator_drop
     again = upload(atomic_worker, token, payload)
     assert statuses(again) == ["success"], again.text
     assert row(db, "lists", list_id)["name"] == "l"
+
+
+# =========================================================================== exactly once
+CLIENT = "0f6a2c4e-1b7d-4e8a-9c3f-5d2e8a7b6c10"
+
+
+def ledger_rows(db, sub: str) -> list[tuple]:
+    return db.execute(f"select client_id, transaction_id from public.{LEDGER} where user_id = %s"
+                      " order by transaction_id", (sub,)).fetchall()
+
+
+def rpc_calls(standin) -> list[int | None]:
+    """The status of each call of the atomic function the stand-in saw, in order."""
+    wait_until_standin_idle(standin)
+    return [e["status"] for e in standin.requests_log() if e["path"] == RPC_PATH]
+
+
+def test_resent_transaction_with_dependent_entries_is_applied_once_and_answered_already_applied(
+        atomic_worker, db, standin, user):
+    # The known gap's two patterns: a todo put into a list the same transaction then deletes
+    # (on delete cascade), and a PATCH of a row a later PUT creates (the re-sent PATCH would hit
+    # the row and fail its check). Without exactly-once, the re-send after a lost answer fails.
+    sub, token = user
+    list_id = insert_list(db, sub, "doomed")
+    todo, later = new_id(), new_id()
+    payload = {"client_id": CLIENT, **body(
+        tx(put("todos", todo, description="t", list_id=list_id, created_by=sub),
+           delete("lists", list_id), tid=41),
+        tx(patch("todos", later, priority=9),
+           put("todos", later, description="new", list_id=insert_list(db, sub), created_by=sub),
+           tid=42))}
+    first = upload(atomic_worker, token, payload)
+    assert first.status_code == 200, first.text
+    assert first.json()["results"] == [{"status": "success", "transaction_id": 41},
+                                       {"status": "success", "transaction_id": 42}]
+    state = snapshot(db)
+    assert row(db, "lists", list_id) is None and row(db, "todos", todo) is None
+    assert row(db, "todos", later)["description"] == "new"
+    assert ledger_rows(db, sub) == [(CLIENT, "41"), (CLIENT, "42")]
+
+    again = upload(atomic_worker, token, payload)  # the answer was lost: the client re-sends
+    assert again.status_code == 200, again.text
+    assert again.json()["results"] == [
+        {"status": "success", "transaction_id": 41, "already_applied": True},
+        {"status": "success", "transaction_id": 42, "already_applied": True}]
+    assert again.json()["applied"] == 2
+    assert snapshot(db) == state, "nothing applied twice"
+    assert rpc_calls(standin) == [200, 200, 200, 200]
+
+
+def test_answer_lost_after_commit_is_resent_at_once_and_answered_from_the_ledger(
+        atomic_worker, db, standin, user):
+    sub, token = user
+    list_id = insert_list(db, sub, "doomed")
+    todo = new_id()
+    payload = {"client_id": CLIENT, **body(
+        tx(put("todos", todo, description="t", list_id=list_id, created_by=sub),
+           delete("lists", list_id), tid=7))}
+    # the stand-in commits the call, then drops the connection without answering: the worker
+    # sends it again at once, and the function answers from its ledger
+    standin.add_fault({"drop_after": True, "path_prefix": RPC_PATH})
+    response = upload(atomic_worker, token, payload)
+    assert response.status_code == 200, response.text
+    assert response.json()["results"] == [
+        {"status": "success", "transaction_id": 7, "already_applied": True}]
+    assert response.json()["subrequests"] == 2
+    assert row(db, "lists", list_id) is None and row(db, "todos", todo) is None
+    assert ledger_rows(db, sub) == [(CLIENT, "7")]
+
+
+def test_upload_without_client_id_or_transaction_id_is_applied_as_before_without_a_record(
+        atomic_worker, db, user):
+    sub, token = user
+    list_id = insert_list(db, sub, "doomed")
+    todo = new_id()
+    dependent = tx(put("todos", todo, description="t", list_id=list_id, created_by=sub),
+                   delete("lists", list_id), tid=9)
+    assert statuses(upload(atomic_worker, token, body(dependent))) == ["success"]
+    # the known gap, without a client id: the re-send fails at the PUT (its list is gone)
+    again = upload(atomic_worker, token, body(dependent))
+    assert statuses(again) == ["fatal_error"], again.text
+    assert (failure(again, 0)["code"], failure(again, 0)["index"]) == ("23503", 0)
+    # a client id but no transaction id: nothing to key a record on
+    nameless = {"client_id": CLIENT, **body(tx(put("lists", new_id(), name="n", owner_id=sub)))}
+    assert statuses(upload(atomic_worker, token, nameless)) == ["success"]
+    assert ledger_rows(db, sub) == []
+
+
+def test_reused_transaction_id_with_other_entries_is_applied_not_skipped(atomic_worker, db, user):
+    # A client whose local database was reset may send new transactions under old ids: the
+    # ledger's digest of the entries tells them apart.
+    sub, token = user
+    a, b = new_id(), new_id()
+    first = {"client_id": CLIENT, **body(tx(put("lists", a, name="a", owner_id=sub), tid=1))}
+    other = {"client_id": CLIENT, **body(tx(put("lists", b, name="b", owner_id=sub), tid=1))}
+    assert statuses(upload(atomic_worker, token, first)) == ["success"]
+    response = upload(atomic_worker, token, other)
+    assert response.json()["results"] == [{"status": "success", "transaction_id": 1}]
+    assert row(db, "lists", b)["name"] == "b"
+    assert ledger_rows(db, sub) == [(CLIENT, "1")]
+
+
+def test_ledger_is_per_user_and_out_of_reach_of_api_users(atomic_worker, db, standin, user,
+                                                          other_user):
+    # the same client id and transaction id from another user is another transaction
+    sub, token = user
+    other_sub, other_token = other_user
+    mine, theirs = new_id(), new_id()
+    assert statuses(upload(atomic_worker, token, {"client_id": CLIENT, **body(
+        tx(put("lists", mine, name="m", owner_id=sub), tid=5))})) == ["success"]
+    response = upload(atomic_worker, other_token, {"client_id": CLIENT, **body(
+        tx(put("lists", theirs, name="t", owner_id=other_sub), tid=5))})
+    assert response.json()["results"] == [{"status": "success", "transaction_id": 5}]
+    assert row(db, "lists", theirs) is not None
+    # the table itself: no privileges for API roles (RLS on, no policies)
+    read = requests.get(f"{standin.url}/rest/v1/{LEDGER}?select=*",
+                        headers={"apikey": ANON_KEY, "Authorization": f"Bearer {token}"}, timeout=10)
+    assert read.status_code in (401, 403), read.text
+    assert read.json()["code"] == "42501"
+
+
+def test_ledger_records_the_session_user_not_an_owner_id_a_caller_passes(db, pg, user, other_user):
+    # Called directly with a user's JWT claims (as PostgREST sets them), owner_id cannot choose
+    # whose ledger is written: a user cannot mark another user's transactions applied.
+    sub, _ = user
+    victim, _ = other_user
+    with psycopg.connect(pg.dsn) as conn:
+        conn.execute("set local role authenticated")
+        conn.execute("select set_config('request.jwt.claims', %s, true)",
+                     (json.dumps({"sub": sub, "role": "authenticated"}),))
+        conn.execute("select public.powersync_upload_ledger_claim('c', '1', 'd', %s)", (victim,))
+    assert db.execute(f"select user_id from public.{LEDGER}").fetchall() == [(sub,)]
+
+
+def test_expired_ledger_records_are_pruned_by_later_calls(atomic_worker, db, user):
+    sub, token = user
+    db.execute(f"insert into public.{LEDGER} (user_id, client_id, transaction_id, digest, applied_at)"
+               " values ('someone', 'old-client', '1', 'x', now() - interval '31 days'),"
+               "        ('someone', 'old-client', '2', 'x', now() - interval '29 days')")
+    assert statuses(upload(atomic_worker, token, {"client_id": CLIENT, **body(
+        tx(put("lists", new_id(), name="n", owner_id=sub), tid=1))})) == ["success"]
+    left = set(db.execute(f"select user_id, transaction_id from public.{LEDGER}").fetchall())
+    assert left == {("someone", "2"), (sub, "1")}, "kept 30 days (powersync.ledger_retention)"
+
+
+def test_rerunning_the_sql_file_upgrades_the_three_argument_function_and_keeps_the_ledger(
+        atomic_worker, db, pg, user):
+    sub, token = user
+    db.execute(f"insert into public.{LEDGER} (user_id, client_id, transaction_id, digest)"
+               " values ('kept', 'c', '1', 'x')")
+    # what an older install left: the function without client_id/transaction_id
+    db.execute("create function public.powersync_apply_transaction(ops jsonb, owner_column text"
+               " default null, owner_id text default null) returns jsonb language sql"
+               " as $$ select '{}'::jsonb $$")
+    pg.run_sql_file(ROOT / "sql/atomic_upload.sql")
+    pg.run_sql_file(ROOT / "sql/atomic_upload.sql")  # and again: nothing changes
+    signatures = [r[0] for r in db.execute(
+        "select p.oid::regprocedure::text from pg_proc p where p.proname = 'powersync_apply_transaction'")]
+    assert signatures == ["powersync_apply_transaction(jsonb,text,text,text,text)"]
+    assert db.execute(f"select count(*) from public.{LEDGER} where user_id = 'kept'").fetchone() == (1,)
+    list_id = new_id()
+    response = upload(atomic_worker, token, {"client_id": CLIENT, **body(
+        tx(put("lists", list_id, name="l", owner_id=sub), tid=1))})
+    assert statuses(response) == ["success"], response.text
+
+
+# =========================================================================== UPLOAD_ATOMIC unset
+def test_unset_upload_atomic_uses_the_installed_function_one_request_per_transaction(
+        auto_worker, db, standin, user):
+    sub, token = user
+    list_id = insert_list(db, sub, "doomed")
+    todo = new_id()
+    payload = {"client_id": CLIENT, **body(
+        tx(put("todos", todo, description="t", list_id=list_id, created_by=sub),
+           delete("lists", list_id), tid=3))}
+    response = upload(auto_worker, token, payload)
+    assert response.status_code == 200, response.text
+    assert response.json()["subrequests"] == 1
+    assert [e["path"] for e in standin.requests_log()] == [RPC_PATH]
+    again = upload(auto_worker, token, payload)
+    assert again.json()["results"][0].get("already_applied") is True, again.text
+
+
+def test_unset_upload_atomic_without_the_function_falls_back_to_rest_and_finds_it_later(
+        later_worker, db, standin, user):
+    # The worker's function (UPLOAD_ATOMIC_FUNCTION=powersync_apply_later) is not installed yet.
+    sub, token = user
+    a, b, c = new_id(), new_id(), new_id()
+    later_path = f"/rest/v1/rpc/{LATER_FUNCTION}"
+
+    first = upload(later_worker, token, body(tx(put("lists", a, name="a", owner_id=sub), tid=1)))
+    assert statuses(first) == ["success"], first.text
+    assert first.json()["subrequests"] == 2, "the failed probe counts"
+    wait_until_standin_idle(standin)
+    assert [(e["path"], e["status"]) for e in standin.requests_log()] == \
+        [(later_path, 404), ("/rest/v1/lists", 201)]
+    assert row(db, "lists", a)["name"] == "a"
+
+    standin.reset()
+    second = upload(later_worker, token, body(tx(put("lists", b, name="b", owner_id=sub), tid=2)))
+    assert statuses(second) == ["success"]
+    assert [e["path"] for e in standin.requests_log()] == ["/rest/v1/lists"], \
+        "remembered missing: not looked for again before the re-check interval"
+
+    db.execute(f"create function public.{LATER_FUNCTION}(ops jsonb, owner_column text default null,"
+               " owner_id text default null, client_id text default null,"
+               " transaction_id text default null) returns jsonb language sql"
+               " as $$ select public.powersync_apply_transaction(ops, owner_column, owner_id,"
+               " client_id, transaction_id) $$")
+    db.execute(f"grant execute on function public.{LATER_FUNCTION}(jsonb, text, text, text, text)"
+               " to authenticated")
+    try:
+        time.sleep(2.2)  # UPLOAD_ATOMIC_RECHECK_SECONDS=2
+        standin.reset()
+        third = upload(later_worker, token, body(tx(put("lists", c, name="c", owner_id=sub), tid=3)))
+        assert statuses(third) == ["success"], third.text
+        assert [e["path"] for e in standin.requests_log()] == [later_path]
+        assert row(db, "lists", c)["name"] == "c"
+    finally:
+        db.execute(f"drop function public.{LATER_FUNCTION}(jsonb, text, text, text, text)")
 
 
 # =========================================================================== dead letters

@@ -94,7 +94,7 @@ export interface WorkerConnectorOptions {
  * `@powersync/web`, `@powersync/node` and `@powersync/react-native` database satisfies it.
  */
 export type UploadQueue = Pick<CommonPowerSyncDatabase, 'getNextCrudTransaction'> &
-  Partial<Pick<CommonPowerSyncDatabase, 'getCrudTransactions'>>;
+  Partial<Pick<CommonPowerSyncDatabase, 'getCrudTransactions' | 'getClientId'>>;
 
 const DEFAULT_MAX_TRANSACTIONS = 20;
 const DEFAULT_MAX_ENTRIES = 1000;
@@ -110,6 +110,22 @@ function positiveInteger(name: string, value: number | undefined, fallback: numb
     throw new TypeError(`${name} must be ${allowZero ? 'a non-negative' : 'a positive'} integer, got ${value}`);
   }
   return value;
+}
+
+/**
+ * The database's PowerSync client id (`getClientId()`), sent with every upload so the worker's
+ * atomic function applies each transaction exactly once. `undefined` when the database has no
+ * such method or it fails: the upload is then sent without it (applied as before: a re-send
+ * after a lost answer is applied again).
+ */
+async function clientIdOf(database: UploadQueue): Promise<string | undefined> {
+  if (typeof database.getClientId !== 'function') return undefined;
+  try {
+    const id = await database.getClientId();
+    return typeof id === 'string' && id !== '' ? id : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 function defaultOnFatalError(report: FatalErrorReport): void {
@@ -225,6 +241,7 @@ export class WorkerConnector implements PowerSyncBackendConnector {
       throw new WorkerConnectorError('signed out: no session token to upload with', { code: 'signed_out' });
     }
 
+    const clientId = await clientIdOf(database);
     // Send; on 413 send the first half only, until it fits or a single transaction is refused.
     let batch = transactions;
     for (;;) {
@@ -232,7 +249,7 @@ export class WorkerConnector implements PowerSyncBackendConnector {
         'POST',
         '/powersync-upload',
         session,
-        JSON.stringify(planUploadBody(batch)),
+        JSON.stringify(planUploadBody(batch, clientId)),
       );
       if (response.status === 413 && batch.length > 1) {
         batch = batch.slice(0, Math.ceil(batch.length / 2));

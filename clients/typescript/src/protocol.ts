@@ -25,8 +25,14 @@ export interface UploadTransaction {
   crud: UploadEntry[];
 }
 
-/** The request body of `POST /powersync-upload`. */
+/**
+ * The request body of `POST /powersync-upload`. `client_id` is the PowerSync client id of the
+ * uploading database (`db.getClientId()`): with it, the worker's atomic function applies each
+ * transaction exactly once (a re-send after a lost answer applies nothing and is answered
+ * `success` with `already_applied: true`). Absent when the database could not give one.
+ */
 export interface UploadBody {
+  client_id?: string;
   transactions: UploadTransaction[];
 }
 
@@ -54,6 +60,11 @@ export interface TransactionResult {
   transaction_id: number | string | null;
   failed_operation?: FailedOperation | null;
   retry_after_ms?: number;
+  /**
+   * `success` only: the worker's atomic function had already applied this transaction (a re-send
+   * after a lost answer), so nothing was applied again. Absent otherwise.
+   */
+  already_applied?: boolean;
 }
 
 /**
@@ -96,18 +107,21 @@ export function planEntry(entry: Pick<CrudEntry, 'op' | 'table' | 'id' | 'opData
 
 /**
  * The request body for `POST /powersync-upload`:
- * `{"transactions":[{"transaction_id": <id or null>, "crud":[{"op","table","id","data"?}]}]}`.
+ * `{"client_id"?: <PowerSync client id>, "transactions":[{"transaction_id": <id or null>,
+ * "crud":[{"op","table","id","data"?}]}]}`.
  *
  * `data` is the entry's `opData` and is left out for `DELETE`; other SDK fields (`previousValues`,
- * `metadata`, `clientId`) are not sent.
+ * `metadata`, the entry's own `clientId` counter) are not sent. `client_id` is sent when
+ * `clientId` is a non-empty string.
  */
-export function planUploadBody(transactions: readonly TransactionLike[]): UploadBody {
-  return {
+export function planUploadBody(transactions: readonly TransactionLike[], clientId?: string | null): UploadBody {
+  const body: UploadBody = {
     transactions: transactions.map((tx) => ({
       transaction_id: tx.transactionId ?? null,
       crud: tx.crud.map(planEntry),
     })),
   };
+  return typeof clientId === 'string' && clientId !== '' ? { client_id: clientId, ...body } : body;
 }
 
 /** The `transaction_id` each transaction is sent with, in order (what the results must echo). */
@@ -171,6 +185,7 @@ function validResults(body: unknown, sentIds: readonly (number | null)[]): Trans
     if (typeof item.retry_after_ms === 'number' && Number.isFinite(item.retry_after_ms)) {
       result.retry_after_ms = item.retry_after_ms;
     }
+    if (item.already_applied === true) result.already_applied = true;
     results.push(result);
   }
   return results;

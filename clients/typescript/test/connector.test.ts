@@ -137,6 +137,22 @@ describe('fetchCredentials', () => {
 });
 
 describe('uploadData: request', () => {
+  test('sends the database client id, and no client_id when the database cannot give one', async () => {
+    const queue = new FakeQueue().add(1, [{ op: 'DELETE', id: 'a' }]);
+    let fake = new FakeFetch({ status: 200, body: results(['success', 1]) });
+    await connector(fake).uploadData(queue);
+    assert.equal((fake.requests[0]!.json as { client_id?: string }).client_id, 'client-abc');
+
+    for (const database of [
+      withoutIterator(new FakeQueue().add(2, [{ op: 'DELETE', id: 'b' }])),
+      Object.assign(new FakeQueue().add(2, [{ op: 'DELETE', id: 'b' }]), { clientIdAnswer: undefined }),
+    ]) {
+      fake = new FakeFetch({ status: 200, body: results(['success', 2]) });
+      await connector(fake).uploadData(database);
+      assert.ok(!('client_id' in (fake.requests[0]!.json as object)), 'sent without client_id');
+    }
+  });
+
   test('sends POST /powersync-upload with Bearer, JSON headers and the exact transactions body', async () => {
     const queue = new FakeQueue()
       .add(7, [
@@ -160,6 +176,7 @@ describe('uploadData: request', () => {
     assert.equal(
       request!.init.body,
       JSON.stringify({
+        client_id: 'client-abc',
         transactions: [
           {
             transaction_id: 7,

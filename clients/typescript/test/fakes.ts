@@ -22,6 +22,14 @@ export interface EntrySpec {
 export class FakeQueue implements UploadQueue {
   private entries: CrudEntry[] = [];
   private nextClientId = 1;
+  /** What `getClientId()` answers; `undefined` makes it throw (a database that cannot tell). */
+  clientIdAnswer: string | undefined = 'client-abc';
+
+  async getClientId(): Promise<string> {
+    if (this.clientIdAnswer === undefined) throw new Error('no client id');
+    return this.clientIdAnswer;
+  }
+
   /** The `transactionId` of each transaction whose `complete()` was called, in call order. */
   readonly completeCalls: (number | undefined)[] = [];
 

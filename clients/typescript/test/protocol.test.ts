@@ -26,12 +26,30 @@ describe('planUploadBody', () => {
     assert.ok(!('data' in body.transactions[0]!.crud[1]!), 'DELETE has no data key');
   });
 
+  test('puts the client id first when there is one, and leaves it out otherwise', () => {
+    const txs = [{ transactionId: 1, crud: [entry('DELETE', 'todos', 'a')] }];
+    assert.deepEqual(Object.keys(planUploadBody(txs, 'c-1')), ['client_id', 'transactions']);
+    assert.equal(planUploadBody(txs, 'c-1').client_id, 'c-1');
+    for (const none of [undefined, null, '']) {
+      assert.ok(!('client_id' in planUploadBody(txs, none)), `client id ${String(none)}`);
+    }
+  });
+
   test('sentTransactionIds uses null for transactions without an id', () => {
     assert.deepEqual(sentTransactionIds([{ transactionId: 4, crud: [] }, { transactionId: undefined, crud: [] }]), [4, null]);
   });
 });
 
 describe('interpretUploadResponse', () => {
+  test('keeps already_applied on a success the worker had applied before, and completes it', () => {
+    const body = { results: [{ status: 'success', transaction_id: 1, already_applied: true }, { status: 'success', transaction_id: 2 }] };
+    const v = interpretUploadResponse(200, body, [1, 2]);
+    assert.equal(v.completable, 2);
+    assert.equal(v.next, 'done');
+    assert.equal(v.results![0]!.already_applied, true);
+    assert.ok(!('already_applied' in v.results![1]!));
+  });
+
   const ok = (...statuses: string[]) => ({ results: statuses.map((status, i) => ({ status, transaction_id: i + 1 })) });
 
   test('200 with all final results: everything completable, done', () => {
