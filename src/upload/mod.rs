@@ -794,6 +794,21 @@ mod tests {
     }
 
     #[test]
+    fn foreign_row_found_in_the_databases_spelling_is_reported_at_its_own_entry() {
+        let upper = "A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11";
+        for (sent, stored) in [(upper, r#"[{"id":"a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"}]"#), ("007", r#"[{"id":7}]"#)] {
+            let transaction = Transaction {
+                transaction_id: None,
+                entries: vec![entry(Op::Put, "x", json!({})), entry(Op::Put, sent, json!({}))],
+            };
+            let transport = FakeTransport::scripted(vec![ok_body(stored)]);
+            let report = run(&[transaction], &service(), &transport);
+            let failure = report.results[0].failed_operation.clone().expect("failure");
+            assert_eq!((failure.index, failure.code.as_str()), (Some(1), "42501"), "{sent}");
+        }
+    }
+
+    #[test]
     fn service_put_over_own_or_new_rows_is_applied() {
         let transport = FakeTransport::scripted(vec![ok_body("[]"), ok(201)]);
         let report = run(&[tx(1)], &service(), &transport);
