@@ -67,6 +67,7 @@ from cryptography.hazmat.primitives import serialization  # noqa: E402
 BENCH = ROOT / "bench"
 LUA = BENCH / "wrk/bench.lua"
 SIGN_ONLY = BENCH / "sign-only/worker.js"
+UPLOAD_FLOOR = BENCH / "upload-floor/worker.js"
 BASELINE = BENCH / "baseline.py"
 RESULTS_MD = BENCH / "results.md"
 RESULTS_JSON = BENCH / "results.json"
@@ -608,6 +609,22 @@ def render_markdown(res: dict) -> str:
         f"mixed batch {fmt(bl['mixed']['median']['ops_per_s'], 0)} ops/s (p50 {fmt(bl['mixed']['median']['p50_ms'], 2)} ms). "
         "✓/✗: against the ≥ 20× target (not applicable to a batch of one).",
     ]
+    fl = res.get("upload_floor")
+    if fl:
+        out += [
+            "",
+            "Floors under the same conditions (wrk -c1, the same bodies; worker workerd CPU per request): what "
+            "a request costs this workerd with one connection before any work, and the same PUT batches forwarded "
+            "by a plain JS worker (bench/upload-floor/worker.js: reads the body, JSON.parse, builds the rows, "
+            "JSON.stringify, one upsert through fetch, reads the answer; no session check, no log line).",
+            "",
+            "| Floor | req/s | worker workerd CPU ms | + proxy = total |",
+            "|---|---:|---:|---:|",
+        ]
+        for key in ("noop", *FLOOR_BATCHES):
+            s = fl[key]["median"]
+            out.append(f"| {fl[key]['label']} | {fmt(s['rps'], 1)} | {fmt(s['cpu_ms_per_req_user'], 2)} | "
+                       f"+ {fmt(s['cpu_ms_per_req_entry'], 2)} = {fmt(s['cpu_ms_per_req'], 2)} |")
 
     b = res["bundle"]
     out += ["", "## Bundle size", ""]
@@ -649,6 +666,14 @@ def render_markdown(res: dict) -> str:
 
 
 # =========================================================================== main
+# The upload floors (bench/upload-floor/worker.js and the sign-only worker's /noop), measured in
+# the upload rounds with one connection like the uploads.
+FLOOR_BATCHES = ("put1", "put1000")
+FLOOR_LABELS = {
+    "noop": "JS no-op request (sign-only worker `/noop`), one connection",
+    "put1": "JS worker forwarding 1 PUT (read, JSON.parse, rows, JSON.stringify, one fetch)",
+    "put1000": "JS worker forwarding 1,000 PUTs (the same)",
+}
 TOKEN_TABLE_ORDER = ("noop_js", "health", "sign_only", "sign_log", "sign_only_es256", "sign_only_eddsa",
                      "token_hs256", "token_es256", "token_key_es256", "token_key_eddsa", "jwks",
                      "sign_log_cli", "token_hs256_cli")
@@ -737,6 +762,9 @@ def main() -> int:
         stack.callback(w_atomic.stop)
         w_sign = start_worker(sign_vars, SIGN_ONLY)
         stack.callback(w_sign.stop)
+        # The upload's platform floor: the same PUT batches forwarded by a plain JS worker.
+        w_upload_floor = start_worker({"SUPABASE_URL": standin.url, "SUPABASE_ANON_KEY": ANON_KEY}, UPLOAD_FLOOR)
+        stack.callback(w_upload_floor.stop)
         # The token endpoint with the other PowerSync key types (same configuration otherwise).
         w_es_key = start_worker({**base_vars, "POWERSYNC_PRIVATE_KEY": es_key["private_pem"],
                                  "POWERSYNC_KEY_ID": es_key["kid"]}, main_js)
@@ -750,7 +778,7 @@ def main() -> int:
         stack.callback(w_main_cli.stop)
         w_sign_cli = start_worker({"POWERSYNC_PRIVATE_KEY": ps_key["private_pem"]}, SIGN_ONLY, inspector=True)
         stack.callback(w_sign_cli.stop)
-        for w in (w_main, w_atomic, w_sign, w_es_key, w_ed_key, w_main_cli, w_sign_cli):
+        for w in (w_main, w_atomic, w_sign, w_upload_floor, w_es_key, w_ed_key, w_main_cli, w_sign_cli):
             if workerd_count(w.proc.pid) < 1:
                 raise RuntimeError("no workerd process found under a wrangler dev process group")
 
@@ -836,8 +864,16 @@ def main() -> int:
                 log(f"probe {mode} {key}: {probes[(mode, key)]['subrequests']} subrequests, "
                     f"{probes[(mode, key)]['latency_ms']:.0f} ms")
         verify_rows(pg.dsn, sub, batches)
+        for key in FLOOR_BATCHES:
+            r = w_upload_floor.post("/forward", data=batches[key]["body"],
+                                    headers={"Authorization": f"Bearer {hs_token}", "Content-Type": "application/json"})
+            if r.status_code != 200:
+                raise RuntimeError(f"upload floor probe {key}: {r.status_code} {r.text[:300]}")
 
         upload_runs = {(m, k): [] for m in workers for k in batches}
+        # The floors under the uploads' conditions (one connection): a JS no-op request, and the
+        # PUT batches forwarded by the JS floor worker.
+        floor_runs = {k: [] for k in ("noop", *FLOOR_BATCHES)}
         baseline_runs = {"put": [], "mixed": []}
         for rnd in range(ROUNDS):
             for key, b in batches.items():
@@ -857,6 +893,20 @@ def main() -> int:
                     upload_runs[(mode, key)].append(run)
                     log(f"round {rnd + 1}/{ROUNDS} upload {mode} {key}: {run['ops_per_s']:.0f} ops/s, "
                         f"p50 {run['p50_ms']:.1f} ms")
+            for key in floor_runs:
+                path, body = ("/noop", None) if key == "noop" else ("/forward", work / f"{key}.json")
+                w = w_sign if key == "noop" else w_upload_floor
+                standin.reset()
+                run = wrk(w.url + path, seconds=UPLOAD_SECONDS, connections=UPLOAD_CONNECTIONS, cpu_of=w,
+                          method="GET" if body is None else "POST", token=None if body is None else hs_token,
+                          body_file=body)
+                run["round"] = rnd
+                bad = check_standin_clean(standin.stats(), f"upload floor {key} round {rnd}")
+                if not run["ok"] or bad:
+                    run["ok"] = False
+                    problems.extend(bad or [f"upload floor {key} round {rnd}: wrk errors {run['errors']}"])
+                floor_runs[key].append(run)
+                log(f"round {rnd + 1}/{ROUNDS} upload floor {key}: CPU {run.get('cpu_ms_per_req_user', 0):.2f} ms/req")
             for kind, source in (("put", "put1000"), ("mixed", "mixed")):
                 run = run_baseline(standin, hs_token, work / f"{source}.entries.json", UPLOAD_SECONDS)
                 run["round"] = rnd
@@ -886,6 +936,7 @@ def main() -> int:
                 "baseline_ops_per_s": baseline[kind]["median"]["ops_per_s"],
                 "ratio_vs_baseline": median(ratios), "ratios_vs_baseline": ratios,
             }
+        upload_floor = {k: {"label": FLOOR_LABELS[k], "runs": v, "median": summarize(v)} for k, v in floor_runs.items()}
         jwks_fetches = jwks.fetches
 
     # -------------------------------------------------------------------- derived & targets
@@ -952,10 +1003,22 @@ def main() -> int:
         ms = upload[mode]["put1000"]["median"]["cpu_ms_per_req_user"]
         before = PREVIOUS_PUT1000_CPU.get(mode)
         was = f"; previous run ({PREVIOUS_COMMIT}): {before:.2f} ms" if before is not None else ""
+        floor = upload_floor["put1000"]["median"]["cpu_ms_per_req_user"]
+        noop = upload_floor["noop"]["median"]["cpu_ms_per_req_user"]
         targets.append({"target": f"1,000-PUT upload ≤ 3 ms CPU (the worker's workerd process, {mode})",
                         "measured": f"{ms:.2f} ms (1 PUT: {upload[mode]['put1']['median']['cpu_ms_per_req_user']:.2f} ms"
-                                    f"{was})",
+                                    f"{was}; same conditions: JS worker forwarding the batch {floor:.2f} ms, "
+                                    f"JS no-op request {noop:.2f} ms)",
                         "value": ms, "previous": before, "pass": ms <= TARGET_PUT1000_CPU_MS})
+    for mode in ("rls", "atomic"):
+        ms = upload[mode]["put1000"]["median"]["cpu_ms_per_req_user"]
+        floor = upload_floor["put1000"]["median"]["cpu_ms_per_req_user"]
+        noop = upload_floor["noop"]["median"]["cpu_ms_per_req_user"]
+        targets.append({"target": f"info: 1,000-PUT upload CPU ({mode}) above a JS no-op request / vs a JS worker "
+                                  "forwarding the same batch (same run, one connection)",
+                        "measured": f"{ms - noop:.2f} ms above the no-op ({noop:.2f} ms); "
+                                    f"{ms / floor * 100:.0f} % of the JS worker's {floor:.2f} ms",
+                        "value": ms / floor if floor else None, "pass": None, "info": True})
     for mode in ("rls", "atomic"):
         ratio = upload[mode]["put1000"]["ratio_vs_baseline"]
         targets.append({"target": f"upload throughput ≥ 20× one-request-per-entry (1,000-PUT batch, {mode})",
@@ -1065,6 +1128,7 @@ def main() -> int:
         "derived": derived,
         "jwks_fetches": jwks_fetches,
         "upload": upload,
+        "upload_floor": upload_floor,
         "baseline": baseline,
         "bundle": bundle,
         "cold_start": cold,

@@ -348,10 +348,10 @@ struct PutGroup<'e> {
     end: usize,
     /// (row, id, entry index) in entry order.
     rows: Vec<PutRow<'e>>,
-    /// A row with the column names every row has.
-    keys: Columns<'e>,
+    /// The column names every row has, in order.
+    keys: Vec<&'e str>,
     /// [`cast_key`] of every id in the group.
-    cast_keys: HashSet<String>,
+    cast_keys: HashSet<CastKey>,
     /// The rows' ids, for the service-mode ownership check's filter.
     check_ids: InList,
     /// Length of the rows' JSON, about.
@@ -376,9 +376,9 @@ struct Planner<'e> {
 
 impl<'e> Planner<'e> {
     fn add_put(&mut self, index: usize, table: &'e str, id: &'e str, row: Columns<'e>) {
-        let cast = cast_key(id);
+        let cast = CastKey::of(id);
         if let Some(Group::Put(group)) = &mut self.group {
-            if group.table == table && row.names().eq(group.keys.names()) {
+            if group.table == table && row.names().eq(group.keys.iter().copied()) {
                 let url_fits = self.context.owner.is_none()
                     || self.context.owner_check_url_len(table) + group.check_ids.len_with(id) <= filter::MAX_URL_BYTES;
                 if url_fits && !group.cast_keys.contains(&cast) {
@@ -398,7 +398,7 @@ impl<'e> Planner<'e> {
         if self.context.owner.is_some() {
             check_ids.push(id);
         }
-        let keys = row.clone();
+        let keys = row.names().collect();
         self.group = Some(Group::Put(PutGroup {
             table,
             start: index,
@@ -484,6 +484,45 @@ impl<'e> Planner<'e> {
                     check: Check::Write,
                 });
             }
+        }
+    }
+}
+
+/// [`cast_key`] as the planner keeps it: a uuid's 32 hex digits as their value (the common case,
+/// computed without allocating), anything else as its text. Equal exactly when `cast_key` is.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum CastKey {
+    Uuid(u128),
+    Text(String),
+}
+
+impl CastKey {
+    fn of(id: &str) -> CastKey {
+        if id.len() == 36 {
+            // A uuid in its usual form (`cast_key`'s first case): 32 hex digits and 4 hyphens.
+            let mut value: u128 = 0;
+            let mut digits = 0;
+            for b in id.bytes() {
+                if b == b'-' {
+                    continue;
+                }
+                match (b as char).to_digit(16) {
+                    Some(digit) => value = (value << 4) | u128::from(digit),
+                    None => return CastKey::of_text(cast_key(id)),
+                }
+                digits += 1;
+            }
+            if digits == 32 {
+                return CastKey::Uuid(value);
+            }
+        }
+        CastKey::of_text(cast_key(id))
+    }
+
+    fn of_text(key: String) -> CastKey {
+        match u128::from_str_radix(&key, 16) {
+            Ok(value) if key.len() == 32 && key.bytes().all(|b| b.is_ascii_hexdigit()) => CastKey::Uuid(value),
+            _ => CastKey::Text(key),
         }
     }
 }
@@ -759,6 +798,36 @@ mod tests {
         assert_eq!(cast_key("_1"), "_1");
         assert_eq!(cast_key("-"), "-");
         assert_eq!(cast_key(""), "");
+    }
+
+    #[test]
+    fn planner_keys_are_equal_exactly_when_cast_keys_are() {
+        let ids = [
+            "0e0b5a1c-2d3e-4f50-8a6b-7c8d9e0f1a2b",
+            "0E0B5A1C-2D3E-4F50-8A6B-7C8D9E0F1A2B",
+            "{0e0b5a1c-2d3e-4f50-8a6b-7c8d9e0f1a2b}",
+            "0e0b5a1c2d3e4f508a6b7c8d9e0f1a2b",
+            "0e0b-5a1c-2d3e-4f50-8a6b-7c8d-9e0f-1a2b",
+            " 0e0b5a1c-2d3e-4f50-8a6b-7c8d9e0f1a2b ",
+            "0e0b5a1c-2d3e-4f50-8a6b-7c8d9e0f1a2c",
+            "0e0b5a1c-2d3e-4f50-8a6b-7c8d9e0f1a2b0000",
+            "0e0b5a1c2d3e4f508a6b7c8d9e0f1a2b0000",
+            "0e0b5a1cX2d3e-4f50-8a6b-7c8d9e0f1a2b",
+            "0e0b5a1c-2d3e-4f50-8a6b-7c8d9e0f1a2é",
+            "12345678901234567890123456789012",
+            "012345678901234567890123456789012",
+            "+12345678901234567890123456789012",
+            "1",
+            "01",
+            "-1",
+            "todo-1",
+            "",
+        ];
+        for a in ids {
+            for b in ids {
+                assert_eq!(CastKey::of(a) == CastKey::of(b), cast_key(a) == cast_key(b), "{a:?} {b:?}");
+            }
+        }
     }
 
     #[test]
