@@ -381,23 +381,16 @@ fn owner_check(table: &str, ids: &[(String, usize)], first: usize, response: &Ht
         None => String::new(),
     };
     // The database answers with its own spelling of the id (a uuid in lower case, an integer
-    // without leading zeros): match exactly first, then as the database would have compared.
+    // without leading zeros): match exactly first, then by the planner's cast key.
     let index = ids
         .iter()
         .find(|(id, _)| *id == foreign)
-        .or_else(|| ids.iter().find(|(id, _)| same_key(id, &foreign)))
+        .or_else(|| ids.iter().find(|(id, _)| super::plan::cast_key(id) == super::plan::cast_key(&foreign)))
         .map_or(first, |(_, i)| *i);
     let mut failure =
         FailedOperation::new(Some(index), "42501", format!("row {foreign} of table {table} belongs to another owner"));
     failure.http_status = Some(response.status);
     Verdict::Fatal(failure)
-}
-
-/// Whether an id as sent and an id as the database spells it name the same row for the usual
-/// key types: uuid (case-insensitive) and integers (`01` is `1`).
-fn same_key(sent: &str, stored: &str) -> bool {
-    let integer = |s: &str| s.trim().parse::<i128>().ok();
-    sent.eq_ignore_ascii_case(stored) || integer(sent).is_some_and(|n| integer(stored) == Some(n))
 }
 
 /// Atomic calls: the function names the failing op in its error hint; ops are entries one to one.
