@@ -1,6 +1,8 @@
 //! Session tokens: verification at a fixed time never panics and accepts nothing unsigned.
-//! The verifier has an HS256 secret and a cached JWKS with one P-256 and one RSA key, so tokens
-//! naming `ec1`/`rsa1` reach the signature checks. The first byte picks the input's shape:
+//! The verifier has an HS256 secret, a cached JWKS with one P-256 and one RSA key, and a
+//! third-party issuer (Firebase project `fuzz-project`) with the same two keys cached, so tokens
+//! naming `ec1`/`rsa1` reach the signature checks of both. An HS256 token claiming the Firebase
+//! issuer must be refused (no shared secret with a third party). The first byte picks the input's shape:
 //! - `0x01`: the rest is a claims object, signed with the secret (claim rules are fuzzed: the
 //!   result must match the README's rules);
 //! - `0x02`: the rest is `header 0xFF payload 0xFF signature`, each base64url-encoded here;
@@ -13,12 +15,15 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use libfuzzer_sys::fuzz_target;
 use powersync_supabase_worker::http::HttpResponse;
-use powersync_supabase_worker::session::{SessionSettings, Verifier};
+use powersync_supabase_worker::http::{HttpRequest, Method};
+use powersync_supabase_worker::session::third_party::{Issuer, KeySource, Provider, ThirdPartySettings};
+use powersync_supabase_worker::session::{SessionSettings, Step, Verifier};
 use serde_json::{json, Value};
 
 const NOW: u64 = 1_800_000_000;
 const URL: &str = "http://127.0.0.1:54321";
 const SECRET: &str = "super-secret-jwt-token-with-at-least-32-characters-long";
+const FIREBASE_KEYS: &str = "https://keys.example/firebase";
 
 fn verifier() -> &'static Verifier {
     static VERIFIER: OnceLock<Verifier> = OnceLock::new();
@@ -34,6 +39,15 @@ fn verifier() -> &'static Verifier {
             project_keys: vec!["anon-key".into()],
             remote_check: false,
             anon_key: Some("anon-key".into()),
+            third_party: ThirdPartySettings {
+                issuers: vec![Issuer {
+                    provider: Provider::Firebase,
+                    issuer: "https://securetoken.google.com/fuzz-project".into(),
+                    audience: Some("fuzz-project".into()),
+                    keys: KeySource::Jwks(FIREBASE_KEYS.into()),
+                }],
+                allow_missing_role: false,
+            },
         });
         // RFC 7517 appendix A.1 public keys
         let jwks = json!({"keys": [
@@ -43,6 +57,8 @@ fn verifier() -> &'static Verifier {
              "n": "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw"}
         ]});
         verifier.accept_jwks(Ok(HttpResponse { status: 200, headers: vec![], body: jwks.to_string() }), NOW - 10);
+        let firebase = Step::FetchIssuerKeys { issuer: 0, request: HttpRequest::new(Method::Get, FIREBASE_KEYS) };
+        verifier.accept(&firebase, Ok(HttpResponse { status: 200, headers: vec![], body: jwks.to_string() }), NOW - 10);
         verifier
     })
 }
