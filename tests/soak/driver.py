@@ -203,25 +203,32 @@ class Generator:
             # - a PATCH of an id a later entry PUTs becomes a DELETE of it (the first time the
             #   PATCH matches nothing; on a re-send it hits the row the PUT created). A DELETE
             #   before the PUT is safe to re-send.
-            for k, e in enumerate(entries):
-                if e.op == "DELETE" and e.table == "lists" and any(
-                        p.table == "todos" and (p.data or {}).get("list_id") == e.id for p in entries[:k]):
+            # Rewritten until none is left: turning a PATCH of a list into a DELETE can make the
+            # first pattern (a todo PUT earlier in the transaction points at that list).
+            while (k := dependent_entry(entries)) is not None:
+                e = entries[k]
+                if e.op == "DELETE":
                     entries[k] = Entry("DELETE", "todos", r.choice(self.me.todos))
-                elif e.op == "PATCH" and any(
-                        p.op == "PUT" and (p.table, p.id) == (e.table, e.id) for p in entries[k + 1:]):
+                else:
                     entries[k] = Entry("DELETE", e.table, e.id)
         return Transaction(tid, entries)
 
 
-def has_dependent_pattern(entries: list[Entry]) -> bool:
-    """Whether a later entry changes what an earlier one does on a re-send (Generator docs)."""
+def dependent_entry(entries: list[Entry]) -> int | None:
+    """The first entry whose effect a re-send would change (Generator docs): a DELETE of a list an
+    earlier entry points a todo at, or a PATCH of an id a later entry PUTs."""
     for k, e in enumerate(entries):
         if e.op == "DELETE" and e.table == "lists" and any(
                 p.table == "todos" and (p.data or {}).get("list_id") == e.id for p in entries[:k]):
-            return True
+            return k
         if e.op == "PATCH" and any(p.op == "PUT" and (p.table, p.id) == (e.table, e.id) for p in entries[k + 1:]):
-            return True
-    return False
+            return k
+    return None
+
+
+def has_dependent_pattern(entries: list[Entry]) -> bool:
+    """Whether a later entry changes what an earlier one does on a re-send (Generator docs)."""
+    return dependent_entry(entries) is not None
 
 
 # =========================================================================== clients
