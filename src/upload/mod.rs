@@ -82,7 +82,18 @@ mod tests {
 
     type Answer = Result<HttpResponse, TransportError>;
 
+    /// PostgREST's answer to a counted write of one row (`Content-Range: */1`).
     fn ok(status: u16) -> Answer {
+        counted(status, 1)
+    }
+
+    /// PostgREST's answer to a counted write that changed `rows` rows.
+    fn counted(status: u16, rows: usize) -> Answer {
+        Ok(HttpResponse { status, headers: vec![("Content-Range".to_string(), format!("*/{rows}"))], body: String::new() })
+    }
+
+    /// A 2xx without anything PostgREST sends: no `Content-Range`, an empty body.
+    fn bare(status: u16) -> Answer {
         Ok(HttpResponse { status, headers: vec![], body: String::new() })
     }
 
@@ -415,7 +426,7 @@ mod tests {
     fn atomic_call_whose_connection_was_lost_is_sent_again() {
         let mut s = settings();
         s.atomic = AtomicMode::Always;
-        let transport = FakeTransport::scripted(vec![lost(), ok_body("null")]);
+        let transport = FakeTransport::scripted(vec![lost(), ok_body(r#"{"applied":2}"#)]);
         let report = run(&[puts(&["a", "b"])], &s, &transport);
         assert_eq!(statuses(&report), vec![Status::Success]);
         let sent = transport.sent();
@@ -885,6 +896,212 @@ mod tests {
         let report = run_on(Route::Atomic, &[tx(1), tx(2)], &transport);
         assert_eq!(statuses(&report), vec![Status::RetryableError, Status::NotAttempted]);
         assert_eq!(transport.sent().len(), 1);
+    }
+
+    fn failure_of(report: &UploadReport, i: usize) -> FailedOperation {
+        report.results[i].failed_operation.clone().expect("a failure")
+    }
+
+    #[test]
+    fn rest_write_answered_2xx_without_a_row_count_is_unexpected_and_retryable() {
+        for answer in [bare(201), bare(204), ok_body("<html>It works!</html>"), counted(201, 1).map(|mut r| {
+            r.headers = vec![("Content-Range".to_string(), "*/*".to_string())];
+            r
+        })] {
+            let transport = FakeTransport::scripted(vec![answer]);
+            let report = run(&[tx(1), tx(2)], &settings(), &transport);
+            assert_eq!(statuses(&report), vec![Status::RetryableError, Status::NotAttempted]);
+            let failure = failure_of(&report, 0);
+            assert_eq!((failure.code.as_str(), failure.index), ("unexpected_response", Some(0)));
+            assert!(failure.message.contains("Content-Range"), "{}", failure.message);
+            assert_eq!(report.body()["applied"], json!(0), "nothing reported applied");
+            assert_eq!(transport.sent().len(), 1);
+        }
+        // PATCH and DELETE too
+        let transaction = Transaction {
+            transaction_id: Some(json!(1)),
+            entries: vec![entry(Op::Patch, "a", json!({"x": 1})), entry(Op::Delete, "b", Value::Null)],
+        };
+        let transport = FakeTransport::scripted(vec![counted(204, 1), bare(204)]);
+        let report = run(std::slice::from_ref(&transaction), &settings(), &transport);
+        assert_eq!(statuses(&report), vec![Status::RetryableError]);
+        assert_eq!((failure_of(&report, 0).code.as_str(), failure_of(&report, 0).index), ("unexpected_response", Some(1)));
+    }
+
+    #[test]
+    fn atomic_call_answered_2xx_with_anything_but_the_functions_result_is_unexpected_and_retryable() {
+        let mut s = settings();
+        s.atomic = AtomicMode::Always;
+        for (answer, quoted) in [
+            (bare(201), "with an empty body"),
+            (ok_body("<html><body>Welcome</body></html>"), "<html><body>Welcome"),
+            (ok_body("null"), "null"),
+            (ok_body(r#"{"ok": true}"#), "ok"),
+        ] {
+            let transport = FakeTransport::scripted(vec![answer]);
+            let report = run(&[tx(1), tx(2)], &s, &transport);
+            assert_eq!(statuses(&report), vec![Status::RetryableError, Status::NotAttempted], "{quoted}");
+            let failure = failure_of(&report, 0);
+            assert_eq!((failure.code.as_str(), failure.index), ("unexpected_response", None));
+            assert!(failure.message.contains(quoted), "{}", failure.message);
+            assert!(failure.message.starts_with("HTTP "), "{}", failure.message);
+            assert_eq!(report.log_summary()["unexpected_responses"][0], json!(failure.message));
+        }
+    }
+
+    #[test]
+    fn probe_answered_with_something_else_than_the_functions_result_learns_nothing() {
+        let transport = FakeTransport::scripted(vec![bare(201)]);
+        let report = run_on(Route::Probe, &[tx(1)], &transport);
+        assert_eq!(statuses(&report), vec![Status::RetryableError]);
+        assert_eq!(report.atomic_function, None);
+    }
+
+    #[test]
+    fn patch_or_delete_that_changed_no_row_is_reported_unchanged() {
+        let transaction = Transaction {
+            transaction_id: Some(json!(9)),
+            entries: vec![
+                entry(Op::Put, "a", json!({"x": 1})),
+                entry(Op::Patch, "gone", json!({"x": 2})),
+                entry(Op::Patch, "a", json!({})),
+                entry(Op::Delete, "a", Value::Null),
+                entry(Op::Put, "b", json!({"y": 1})),
+                entry(Op::Delete, "hidden", Value::Null),
+            ],
+        };
+        let transport =
+            FakeTransport::scripted(vec![counted(201, 1), counted(204, 0), counted(204, 1), counted(201, 1), counted(204, 0)]);
+        let report = run(std::slice::from_ref(&transaction), &settings(), &transport);
+        assert_eq!(statuses(&report), vec![Status::Success]);
+        assert_eq!(report.results[0].unchanged, vec![1, 5]);
+        assert_eq!(report.body()["results"][0], json!({"status": "success", "transaction_id": 9, "unchanged": [1, 5]}));
+        let prefer: Vec<Option<String>> =
+            transport.sent().iter().map(|r| r.header_value("Prefer").map(str::to_string)).collect();
+        assert_eq!(
+            prefer,
+            vec![
+                Some("resolution=merge-duplicates,return=minimal,count=exact".to_string()),
+                Some("return=minimal,count=exact".to_string()),
+                Some("return=minimal,count=exact".to_string()),
+                Some("resolution=merge-duplicates,return=minimal,count=exact".to_string()),
+                Some("return=minimal,count=exact".to_string()),
+            ],
+            "every write asks for its row count: no extra request"
+        );
+    }
+
+    #[test]
+    fn merged_delete_short_of_its_ids_reports_every_entry_of_its_group() {
+        let deletes = |ids: &[&str]| Transaction {
+            transaction_id: Some(json!(1)),
+            entries: ids.iter().map(|id| entry(Op::Delete, id, Value::Null)).collect(),
+        };
+        // one request, id=in.(a,b,c): the count cannot say which id matched nothing
+        let transport = FakeTransport::scripted(vec![counted(204, 2)]);
+        let report = run(&[deletes(&["a", "b", "c"])], &settings(), &transport);
+        assert_eq!(transport.sent().len(), 1);
+        assert_eq!(report.results[0].unchanged, vec![0, 1, 2]);
+        let transport = FakeTransport::scripted(vec![counted(204, 3)]);
+        assert_eq!(run(&[deletes(&["a", "b", "c"])], &settings(), &transport).results[0].unchanged, Vec::<usize>::new());
+        // the same row twice is one row: deleting it once is all there is to change
+        let transport = FakeTransport::scripted(vec![counted(204, 1)]);
+        assert_eq!(run(&[deletes(&["a", "a"])], &settings(), &transport).results[0].unchanged, Vec::<usize>::new());
+        // a merged PATCH group with a data-less PATCH in between: only the ids sent are listed
+        let transaction = Transaction {
+            transaction_id: None,
+            entries: vec![
+                entry(Op::Patch, "a", json!({"done": true})),
+                entry(Op::Patch, "b", json!({})),
+                entry(Op::Patch, "c", json!({"done": true})),
+            ],
+        };
+        let transport = FakeTransport::scripted(vec![counted(204, 0)]);
+        let report = run(&[transaction], &settings(), &transport);
+        assert_eq!(transport.sent().len(), 1);
+        assert_eq!(report.results[0].unchanged, vec![0, 2]);
+    }
+
+    #[test]
+    fn atomic_functions_unchanged_ops_are_reported() {
+        let transport = FakeTransport::scripted(vec![ok_body(r#"{"applied": 2, "unchanged": [1]}"#)]);
+        let transaction = Transaction {
+            transaction_id: Some(json!(3)),
+            entries: vec![entry(Op::Put, "a", json!({})), entry(Op::Delete, "b", Value::Null)],
+        };
+        let report = run_on(Route::Atomic, &[transaction], &transport);
+        assert_eq!(report.body()["results"][0], json!({"status": "success", "transaction_id": 3, "unchanged": [1]}));
+    }
+
+    fn permission_denied(object: &str) -> Answer {
+        error(403, "42501", &format!("permission denied for {object}"))
+    }
+
+    #[test]
+    fn permission_denied_for_table_is_retryable_and_never_dead_lettered() {
+        let mut s = settings();
+        s.dead_letter_table = Some("dead".to_string());
+        let transport = FakeTransport::scripted(vec![permission_denied("table todos")]);
+        let report = run(&[tx(1), tx(2)], &s, &transport);
+        assert_eq!(statuses(&report), vec![Status::RetryableError, Status::NotAttempted]);
+        assert_eq!(report.results[0].retry_after_ms, Some(60_000));
+        assert!(report.retry_after_seconds >= 60);
+        let failure = failure_of(&report, 0);
+        assert_eq!(failure.code, "42501");
+        assert!(failure.message.contains("grant select, insert, update, delete on table public.todos to authenticated"));
+        assert_eq!((transport.sent().len(), report.dead_letters), (1, 0), "no dead letter: nothing was refused for good");
+        // service mode: the service role's GRANT
+        let transport = FakeTransport::scripted(vec![ok_body("[]"), permission_denied("table todos")]);
+        let report = run(&[tx(1)], &service(), &transport);
+        assert!(failure_of(&report, 0).message.ends_with("on table public.todos to service_role"));
+    }
+
+    #[test]
+    fn row_refused_by_row_level_security_stays_fatal() {
+        let transport = FakeTransport::scripted(vec![error(
+            403,
+            "42501",
+            "new row violates row-level security policy for table \"todos\"",
+        )]);
+        let report = run(&[tx(1)], &settings(), &transport);
+        assert_eq!(statuses(&report), vec![Status::FatalError]);
+    }
+
+    #[test]
+    fn probe_of_a_function_the_role_may_not_execute_applies_the_upload_through_rest() {
+        let transport = FakeTransport::scripted(vec![permission_denied("function powersync_apply_transaction"), ok(201)]);
+        let report = run_on(Route::Probe, &[tx(1)], &transport);
+        assert_eq!(statuses(&report), vec![Status::Success]);
+        assert_eq!(report.atomic_function, Some(false));
+        assert!(transport.sent()[1].url.ends_with("/rest/v1/todos?on_conflict=id"));
+        // the ledger's function is another GRANT: the transaction waits for it
+        let transport = FakeTransport::scripted(vec![permission_denied("function powersync_upload_ledger_claim")]);
+        let report = run_on(Route::Probe, &[tx(1)], &transport);
+        assert_eq!(statuses(&report), vec![Status::RetryableError]);
+        assert_eq!(report.atomic_function, Some(true));
+    }
+
+    #[test]
+    fn forced_atomic_route_waits_for_a_missing_execute_grant_naming_it() {
+        let transport = FakeTransport::scripted(vec![permission_denied("function powersync_apply_transaction")]);
+        let report = run_on(Route::Atomic, &[tx(1), tx(2)], &transport);
+        assert_eq!(statuses(&report), vec![Status::RetryableError, Status::NotAttempted]);
+        assert_eq!(report.results[0].retry_after_ms, Some(60_000));
+        assert!(failure_of(&report, 0)
+            .message
+            .ends_with("grant execute on function public.powersync_apply_transaction to authenticated"));
+    }
+
+    #[test]
+    fn too_big_transaction_whose_function_may_not_be_executed_waits_instead_of_being_refused() {
+        let mut s = settings();
+        s.subrequest_budget = 3;
+        s.dead_letter_table = Some("dead".to_string());
+        let transport = FakeTransport::scripted(vec![permission_denied("function powersync_apply_transaction")]);
+        let report = run(&[big(4)], &s, &transport);
+        assert_eq!(statuses(&report), vec![Status::RetryableError]);
+        assert_eq!(failure_of(&report, 0).code, "42501");
+        assert_eq!(report.dead_letters, 0);
     }
 
     #[test]

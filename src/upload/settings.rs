@@ -180,6 +180,17 @@ pub enum WriteMode {
     },
 }
 
+impl WriteMode {
+    /// The database role the writes run as: `authenticated` (a user's session, RLS mode) or
+    /// `service_role` (the service key). Named in the GRANT a missing privilege calls for.
+    pub fn api_role(&self) -> &'static str {
+        match self {
+            WriteMode::Rls => "authenticated",
+            WriteMode::Service { .. } => "service_role",
+        }
+    }
+}
+
 impl fmt::Debug for WriteMode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
