@@ -62,7 +62,11 @@
 --     (other users' rows are silently left alone, like RLS-hidden rows);
 --     a PATCH cannot change <owner_column> (it is forced to owner_id).
 --
--- Returns {"applied": <number of ops processed>}.
+-- Returns {"applied": <number of ops processed>, "unchanged": [<op index>, …]}:
+-- "unchanged" lists, in order, the PATCH ops that updated no row and the
+-- DELETE ops whose id matched no row (gone already, hidden by row-level
+-- security, or another owner's in service mode), learnt from the statements
+-- themselves (row count; the DELETE's `returning id`), without another query.
 --
 -- Exactly once (client_id, transaction_id): the bridge passes the PowerSync
 -- client id the app sent with its upload and the transaction's id. The call
@@ -212,6 +216,8 @@ declare
   v_rows   bigint;
   v_count  bigint;
   v_other  bigint;     -- PUT group: position of the op that hit another owner's row
+  v_unchanged integer[] := '{}';  -- PATCH/DELETE ops that changed no row
+  v_missed integer[];  -- DELETE group: positions (from 0) of the ids that matched no row
   v_n      integer;    -- PUT group: number of rows to apply
   -- the pending group: consecutive ops not applied yet (g_kind null = none)
   g_kind   text;       -- 'PUT' or 'DELETE'
@@ -410,17 +416,26 @@ begin
           end if;
 
         else -- DELETE
-          -- the ids are typed by the table's id column (so the index is used)
+          -- the ids are typed by the table's id column (so the index is used);
+          -- the deleted rows' ids, returned, tell which ops matched no row
           v_sql := format(
-            'delete from public.%I as t where t.id = any (array('
+            'with d as (delete from public.%I as t where t.id = any (array('
             '  select r.id from unnest($1::text[]) as u(id)'
             '  cross join lateral jsonb_populate_record(null::public.%I,'
-            '                                           jsonb_build_object(''id'', u.id)) as r))',
-            g_table, g_table);
-          if owner_column is not null then
-            v_sql := v_sql || format(' and t.%I::text = $2', owner_column);
-          end if;
-          execute v_sql using g_ids, owner_id;
+            '                                           jsonb_build_object(''id'', u.id)) as r))'
+            '%s returning t.id)'
+            ' select coalesce(array_agg((u.ord - 1)::integer order by u.ord), ''{}'')'
+            '   from unnest($1::text[]) with ordinality as u(id, ord)'
+            '  cross join lateral jsonb_populate_record(null::public.%I,'
+            '                                           jsonb_build_object(''id'', u.id)) as r'
+            '  where not exists (select 1 from d where d.id = r.id)',
+            g_table, g_table,
+            case when owner_column is null then ''
+                 else format(' and t.%I::text = $2', owner_column) end,
+            g_table);
+          execute v_sql into v_missed using g_ids, owner_id;
+          v_unchanged := v_unchanged
+                         || array(select g_start + m from unnest(v_missed) as m order by m);
         end if;
 
         g_kind := null;
@@ -467,6 +482,10 @@ begin
             execute v_sql || format(' and t.%I::text = $2', owner_column)
               using v_data || jsonb_build_object('id', v.id), owner_id;
           end if;
+          get diagnostics v_rows = row_count;
+          if v_rows = 0 then
+            v_unchanged := v_unchanged || v.idx;
+          end if;
         end if;
 
       else
@@ -492,7 +511,8 @@ begin
     end if;
   end;
 
-  return jsonb_build_object('applied', jsonb_array_length(ops));
+  return jsonb_build_object('applied', jsonb_array_length(ops),
+                            'unchanged', to_jsonb(v_unchanged));
 end
 $$;
 

@@ -723,7 +723,7 @@ def test_rpc_applies_three_ops_atomically(db, as_user, user_a):
             "data": {"completed": True, "completed_at": "2024-01-01T00:00:00Z"}}]
     resp = as_user(user_a).rpc("powersync_apply_transaction", {"ops": ops})
     assert resp.status_code == 200, resp.text
-    assert resp.json() == {"applied": 3}
+    assert resp.json() == {"applied": 3, "unchanged": []}
     t = row(db, "todos", todo_id)
     assert (t["description"], t["completed"], t["tags"], t["priority"]) == ("milk", True,
                                                                             ["dairy"], 2)
@@ -753,12 +753,13 @@ def test_rpc_put_merges_only_given_columns_and_delete_removes(db, as_user, user_
            {"op": "PATCH", "table": "lists", "id": list_id, "data": {}},
            {"op": "DELETE", "table": "lists", "id": new_id()}]
     resp = as_user(user_a).rpc("powersync_apply_transaction", {"ops": ops})
-    assert resp.json() == {"applied": 3}
+    # the DELETE of a row that does not exist changed nothing; a PATCH without data is no write
+    assert resp.json() == {"applied": 3, "unchanged": [2]}
     assert (row(db, "todos", todo_id)["description"], row(db, "todos", todo_id)["priority"]) == \
         ("new", 4)
     resp = as_user(user_a).rpc("powersync_apply_transaction",
                                {"ops": [{"op": "DELETE", "table": "todos", "id": todo_id}]})
-    assert resp.json() == {"applied": 1}
+    assert resp.json() == {"applied": 1, "unchanged": []}
     assert row(db, "todos", todo_id) is None
 
 
@@ -770,6 +771,7 @@ def test_rpc_respects_rls_in_user_mode(db, as_user, user_a, user_b):
         {"op": "PATCH", "table": "lists", "id": theirs, "data": {"name": "x"}},
         {"op": "DELETE", "table": "lists", "id": theirs}]})
     assert resp.status_code == 200
+    assert resp.json() == {"applied": 2, "unchanged": [0, 1]}, "both changed nothing, and say so"
     assert row(db, "lists", theirs)["name"] == "theirs"
     # PUT over it or PUT a row for someone else: 42501, all rolled back
     mine = new_id()
@@ -795,7 +797,8 @@ def test_rpc_service_mode_forces_the_owner(db, as_service, user_a, user_b):
         {"op": "PATCH", "table": "lists", "id": new_list, "data": {"owner_id": user_b}},
         {"op": "DELETE", "table": "lists", "id": theirs}]})
     assert resp.status_code == 200, resp.text
-    assert resp.json() == {"applied": 4}
+    # the PATCH and DELETE of another owner's row changed nothing
+    assert resp.json() == {"applied": 4, "unchanged": [1, 3]}
     assert row(db, "lists", new_list)["owner_id"] == user_a
     assert row(db, "lists", theirs)["name"] == "theirs"
 
@@ -1048,7 +1051,7 @@ def test_rpc_groups_a_thousand_puts_into_one_statement(db, as_user, user_a):
     with _statements_on(db, "lists") as statements:
         resp = as_user(user_a).rpc("powersync_apply_transaction", {"ops": ops})
         assert resp.status_code == 200, resp.text
-        assert resp.json() == {"applied": 1000}
+        assert resp.json() == {"applied": 1000, "unchanged": []}
         assert statements()["INSERT"] == 1
     assert count(db, "lists") == 1000
     assert (row(db, "lists", ids[0])["name"], row(db, "lists", ids[999])["name"]) == \
@@ -1056,7 +1059,7 @@ def test_rpc_groups_a_thousand_puts_into_one_statement(db, as_user, user_a):
     # again over the existing rows: one upsert that updates them all
     ops = [{**op, "data": {**op["data"], "name": op["data"]["name"] + "!"}} for op in ops]
     resp = as_user(user_a).rpc("powersync_apply_transaction", {"ops": ops})
-    assert resp.json() == {"applied": 1000}
+    assert resp.json() == {"applied": 1000, "unchanged": []}
     assert count(db, "lists") == 1000
     assert row(db, "lists", ids[500])["name"] == "list 500!"
 
@@ -1078,7 +1081,8 @@ def test_rpc_groups_only_consecutive_puts_with_the_same_keys(db, as_user, user_a
     with _statements_on(db, "todos") as statements:
         resp = as_user(user_a).rpc("powersync_apply_transaction", {"ops": ops})
         assert resp.status_code == 200, resp.text
-        assert resp.json() == {"applied": 9}
+        # the grouped DELETE (b, c, an id no row has) says which of its ids matched nothing
+        assert resp.json() == {"applied": 9, "unchanged": [8]}
         # (a, b, old) · (c) · PATCH a · (d) · (DELETE b, c, ?)
         assert statements() == {"INSERT": 3, "UPDATE": 4, "DELETE": 1}
     assert (row(db, "todos", a)["completed"], row(db, "todos", d)["description"]) == (True, "d")
@@ -1098,7 +1102,7 @@ def test_rpc_group_with_a_repeated_id_is_split(db, as_user, user_a):
     with _statements_on(db, "lists") as statements:
         resp = as_user(user_a).rpc("powersync_apply_transaction", {"ops": ops})
         assert resp.status_code == 200, resp.text
-        assert resp.json() == {"applied": 7}
+        assert resp.json() == {"applied": 7, "unchanged": []}
         # (a1, b1) · (a2, c1, b2) · (a3, A4: the same row, so applied row by row: 2)
         assert statements()["INSERT"] == 4
     assert [row(db, "lists", i)["name"] for i in (a, b, c)] == ["a4", "b2", "c1"]
@@ -1145,7 +1149,7 @@ def test_rpc_service_mode_forces_the_owner_within_groups(db, as_service, user_a,
             {"op": "DELETE", "table": "lists", "id": theirs},
             {"op": "DELETE", "table": "lists", "id": b}]})
         assert resp.status_code == 200, resp.text
-        assert resp.json() == {"applied": 5}
+        assert resp.json() == {"applied": 5, "unchanged": [3]}
         assert statements()["INSERT"] == 1 and statements()["DELETE"] == 1
     assert [row(db, "lists", i)["owner_id"] for i in (a, mine)] == [user_a, user_a]
     assert row(db, "lists", mine)["name"] == "mine!"
