@@ -379,6 +379,47 @@ def test_patch_and_delete_without_filters_affect_every_visible_row(db, as_user, 
     assert count(db, "lists") == 0
 
 
+def test_writes_carry_postgrests_content_range_with_the_row_count_only_when_asked(
+        db, as_user, user_a, user_b, postgrest_version):
+    # PostgREST 12 and 13 (src/PostgREST/Response.hs): POST and DELETE `*/<n>`, PATCH
+    # `0-<n-1>/<n>` (`*/0` for none); without `Prefer: count=exact` the total is `*`.
+    api = as_user(user_a)
+    a, b = new_id(), new_id()
+    rows = [{"id": a, "name": "a", "owner_id": user_a}, {"id": b, "name": "b", "owner_id": user_a}]
+    upsert = "resolution=merge-duplicates,return=minimal"
+    counted, minimal = "return=minimal,count=exact", "return=minimal"
+    r = api.post("lists", rows, query="on_conflict=id", prefer=upsert + ",count=exact")
+    assert (r.status_code, r.headers["Content-Range"]) == (201, "*/2")
+    assert r.headers["Preference-Applied"] == "resolution=merge-duplicates, return=minimal, count=exact"
+    r = api.post("lists", rows, query="on_conflict=id", prefer=upsert)
+    assert (r.status_code, r.headers["Content-Range"]) == (200, "*/*")
+    assert "count" not in r.headers["Preference-Applied"]
+    r = api.post("lists", [], prefer=counted)
+    assert r.headers["Content-Range"] == "*/0"
+    r = api.post("lists", [{"id": new_id(), "name": "c", "owner_id": user_a}],
+                 prefer="return=representation,count=exact")
+    assert (r.status_code, r.headers["Content-Range"], len(r.json())) == (201, "*/1", 1)
+
+    theirs = insert_list(db, user_b)  # hidden by RLS: counted like a row that does not exist
+    r = api.patch("lists", f"id=in.({a},{b},{theirs})", {"name": "x"}, prefer=counted)
+    assert (r.status_code, r.headers["Content-Range"]) == (204, "0-1/2")
+    r = api.patch("lists", f"id=eq.{a}", {"name": "y"}, prefer=minimal)
+    assert r.headers["Content-Range"] == "0-0/*"
+    for query in (f"id=eq.{theirs}", f"id=eq.{new_id()}"):
+        r = api.patch("lists", query, {"name": "x"}, prefer=counted)
+        assert (r.status_code, r.headers["Content-Range"]) == (204, "*/0"), query
+        assert api.patch("lists", query, {"name": "x"}, prefer=minimal).headers["Content-Range"] == "*/*"
+    r = api.patch("lists", f"id=eq.{a}", {"name": "z"}, prefer="return=representation,count=exact")
+    assert (r.status_code, r.headers["Content-Range"]) == (200, "0-0/1")
+
+    r = api.delete("lists", f"id=in.({a},{new_id()},{theirs})", prefer=counted)
+    assert (r.status_code, r.headers["Content-Range"]) == (204, "*/1")
+    assert r.headers["Preference-Applied"] == "return=minimal, count=exact"
+    assert api.delete("lists", f"id=eq.{b}", prefer=minimal).headers["Content-Range"] == "*/*"
+    assert api.delete("lists", f"id=eq.{b}", prefer=counted).headers["Content-Range"] == "*/0"
+    assert row(db, "lists", theirs) is not None
+
+
 def test_patch_representation_returns_updated_rows(db, as_user, user_a):
     list_id = insert_list(db, user_a)
     resp = as_user(user_a).patch("lists", f"id=eq.{list_id}", {"name": "renamed"},
