@@ -1627,7 +1627,7 @@ def test_transaction_whose_dead_letter_cannot_be_written_is_kept_not_discarded(
         tx(put("todos", bad, description="p9", list_id=list_id, created_by=sub, priority=9), tid=1),
         tx(put("lists", later, name="later", owner_id=sub), tid=2),
     )
-    standin.add_fault({"status": 503, "path_prefix": f"/rest/v1/{DEAD_LETTERS}"})
+    standin.add_fault({"status": 503, "path_prefix": "/rest/v1/rpc/powersync_record_dead_letter"})
     response = upload(dead_letter_worker, token, payload)
     assert_retry_response(response)
     assert statuses(response) == ["retryable_error", "not_attempted"], response.text
@@ -1663,8 +1663,9 @@ def test_dead_lettered_transaction_is_replayed_once_its_cause_is_fixed(
 
     db.execute("insert into lists (id, name, owner_id) values (%s, 'late', %s)", (missing, sub))
     db.execute("update todos set completed = false where id = %s", (done,))  # a later write
+    # replayed as the user who recorded it (RLS mode): their policies allow all three
     result = db.execute("select public.powersync_replay_dead_letter(%s)", (letter_id,)).fetchone()[0]
-    assert result == {"applied": 3, "dead_letter_id": letter_id}
+    assert result == {"applied": 3, "replayed": True, "dead_letter_id": letter_id}
     assert row(db, "todos", first)["list_id"] == missing
     assert row(db, "todos", second)["tags"] == '["x"]', "the data as the bridge wrote it"
     assert row(db, "todos", done) is None, "the DELETE that was never attempted is applied"
