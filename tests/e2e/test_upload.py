@@ -1490,7 +1490,7 @@ def test_ledger_records_the_session_user_not_an_owner_id_a_caller_passes(db, pg,
         conn.execute("set local role authenticated")
         conn.execute("select set_config('request.jwt.claims', %s, true)",
                      (json.dumps({"sub": sub, "role": "authenticated"}),))
-        conn.execute("select public.powersync_upload_ledger_claim('c', '1', 'd', %s)", (victim,))
+        conn.execute("select public.powersync_upload_ledger_claim('c', '1', %s, %s)", ("d" * 64, victim))
     assert db.execute(f"select user_id from public.{LEDGER}").fetchall() == [(sub,)]
 
 
@@ -1502,7 +1502,7 @@ def test_expired_ledger_records_are_pruned_by_later_calls(atomic_worker, db, use
     assert statuses(upload(atomic_worker, token, {"client_id": CLIENT, **body(
         tx(put("lists", new_id(), name="n", owner_id=sub), tid=1))})) == ["success"]
     left = set(db.execute(f"select user_id, transaction_id from public.{LEDGER}").fetchall())
-    assert left == {("someone", "2"), (sub, "1")}, "kept 30 days (powersync.ledger_retention)"
+    assert left == {("someone", "2"), (sub, "1")}, "kept 30 days (powersync_upload_ledger_settings)"
 
 
 def test_rerunning_the_sql_file_upgrades_the_three_argument_function_and_keeps_the_ledger(
