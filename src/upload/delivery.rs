@@ -4,9 +4,10 @@
 //!   failure ends the transaction.
 //! - A fatal failure makes the transaction `fatal_error` and processing continues with the next
 //!   transaction: the client discards it. With a dead-letter table, the whole transaction is
-//!   recorded first, with what became of each entry (applied, failed, not attempted); if that
-//!   record cannot be written, the transaction is `retryable_error` (`dead_letter_failed`)
-//!   instead, so the client keeps it.
+//!   recorded first (`powersync_record_dead_letter`, see `dead_letter`), with what became of each
+//!   entry (applied, failed, not attempted); if that record cannot be written (the call fails,
+//!   including a missing EXECUTE grant, or answers anything but the row's id), the transaction is
+//!   `retryable_error` (`dead_letter_failed`) instead, so the client keeps it.
 //! - A retryable failure makes the transaction `retryable_error` and every later one
 //!   `not_attempted`: the client retries them in order.
 //! - Subrequest budget: before a transaction is sent, its planned requests plus one for a possible
@@ -24,8 +25,8 @@
 //!   or was lost before a status line: workerd reusing a connection that an HTTP/1.0 upstream or
 //!   a proxy's keep-alive timeout had closed fails with "Network connection lost") is sent again
 //!   at once, once, on a fresh connection: every request the bridge sends is idempotent (upserts,
-//!   updates and deletes by id, the all-or-nothing atomic call, the dead-letter insert keyed by
-//!   nothing that a second copy would break, the owner-check GET). The second request counts
+//!   updates and deletes by id, the all-or-nothing atomic call, the dead-letter call (a second copy of
+//!   one transaction returns the first row's id), the owner-check GET). The second request counts
 //!   against the budget like any other and is only made if it still leaves room for the rest of
 //!   the transaction and the dead-letter reserve; only a second failure (or no room) makes the
 //!   transaction retryable. A timeout is not re-sent at once (the upstream is slow, most likely
@@ -184,9 +185,9 @@ pub async fn apply_with<T: Transport>(
             Ending::AlreadyApplied => report.results.push(TransactionResult::already_applied(transaction_id)),
             Ending::Fatal(failure, states) => {
                 let recorded = match &settings.dead_letter_table {
-                    Some(table) => {
+                    Some(_) => {
                         let record = (transaction, &failure, states.as_slice());
-                        record_dead_letter(table, settings, caller, record, transport, &mut report).await
+                        record_dead_letter(settings, caller, record, transport, &mut report).await
                     }
                     None => Ok(()),
                 };
@@ -472,11 +473,11 @@ fn with_atomic_index(verdict: Verdict, entries: usize) -> Verdict {
     }
 }
 
-/// Records a fatal transaction (`record`: the transaction, its failure, its entries' states).
-/// When that fails (or no budget is left for it), the error to report instead, with its
-/// `Retry-After`: the transaction stays with the client. Never exceeds the budget.
+/// Records a fatal transaction (`record`: the transaction, its failure, its entries' states)
+/// through `powersync_record_dead_letter`. When that fails (or no budget is left for it, or the
+/// answer is not the recorded row's id), the error to report instead, with its `Retry-After`:
+/// the transaction stays with the client. Never exceeds the budget.
 async fn record_dead_letter<T: Transport>(
-    table: &str,
     settings: &UploadSettings,
     caller: &Caller,
     record: (&Transaction, &FailedOperation, &[EntryState]),
@@ -497,27 +498,34 @@ async fn record_dead_letter<T: Transport>(
         kept.http_status = http_status;
         kept
     };
+    let function = dead_letter::RECORD_FUNCTION;
     if report.subrequests >= settings.subrequest_budget {
         report.dead_letter_failures += 1;
-        report.dead_letter_errors.push(format!("dead-letter insert into {table} skipped: no subrequest budget left"));
+        report.dead_letter_errors.push(format!("dead-letter call {function} skipped: no subrequest budget left"));
         return Err((kept("no subrequest budget left".to_string(), None), settings.retry_after_seconds));
     }
-    let request = dead_letter::request(table, settings, caller, transaction, failure, states);
+    let request = dead_letter::request(settings, caller, transaction, failure, states);
     let may_resend = report.subrequests + 2 <= settings.subrequest_budget;
     let (answer, sent) = send_resending_once(transport, request, may_resend).await;
     report.subrequests += sent;
     report.resent += sent - 1;
-    let (error, retry_after) = match classify(&answer, None, &settings.error_class_overrides, settings.mode.api_role()) {
-        Verdict::Applied => {
+    let (error, retry_after) = match (classify(&answer, None, &settings.error_class_overrides, settings.mode.api_role()), &answer) {
+        (Verdict::Applied, Ok(response)) if dead_letter::is_recorded(&response.body) => {
             report.dead_letters += 1;
             return Ok(());
         }
-        Verdict::Fatal(error) => (error, None),
-        Verdict::Retryable { failure: error, retry_after_seconds } => (error, retry_after_seconds),
+        (Verdict::Applied, _) => {
+            // A 2xx that is not the function's answer (a catch-all server, a proxy): not recorded.
+            let mut error = FailedOperation::new(None, "unexpected_response", "the answer is not a dead letter's id");
+            error.http_status = answer.as_ref().ok().map(|response| response.status);
+            (error, None)
+        }
+        (Verdict::Fatal(error), _) => (error, None),
+        (Verdict::Retryable { failure: error, retry_after_seconds }, _) => (error, retry_after_seconds),
     };
     report.dead_letter_failures += 1;
     let status = error.http_status.map_or_else(|| "no answer".to_string(), |s| format!("HTTP {s}"));
-    report.dead_letter_errors.push(format!("dead-letter insert into {table} failed: {} ({status})", error.code));
+    report.dead_letter_errors.push(format!("dead-letter call {function} failed: {} ({status})", error.code));
     let wait = retry_after.unwrap_or(0).max(settings.retry_after_seconds);
     Err((kept(format!("{} {status}", error.code), error.http_status), wait))
 }

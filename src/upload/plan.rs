@@ -307,15 +307,20 @@ impl<'a> Context<'a> {
 }
 
 /// The transaction's id as the atomic function's ledger keys it: a string as it is, a number in
-/// its JSON text (`42`); `None` without one (then nothing is recorded: applied as without a
-/// client id).
+/// its JSON text (`42`); `None` without one, or one longer than [`MAX_LEDGER_ID_BYTES`] (then
+/// nothing is recorded: applied as without a client id).
 fn ledger_id(transaction: &Transaction) -> Option<String> {
-    match transaction.transaction_id.as_ref()? {
-        Value::String(id) => Some(id.clone()),
-        Value::Number(id) => Some(id.to_string()),
-        _ => None,
-    }
+    let id = match transaction.transaction_id.as_ref()? {
+        Value::String(id) => id.clone(),
+        Value::Number(id) => id.to_string(),
+        _ => return None,
+    };
+    (id.len() <= MAX_LEDGER_ID_BYTES).then_some(id)
 }
+
+/// Longest transaction id the ledger takes (`powersync_upload_ledger_claim` refuses longer ones;
+/// PowerSync's are integers). Equal to the longest client id an upload may carry.
+pub const MAX_LEDGER_ID_BYTES: usize = super::crud::MAX_CLIENT_ID_BYTES;
 
 /// One op of the atomic function's `ops`: `{"op","table","id","data"?}`, the data as the bridge
 /// writes it (conversions, owner rules; a PUT's row with its id), no `data` for DELETE.
@@ -1093,6 +1098,19 @@ mod tests {
         // REST requests have nowhere to record it
         let rest = plan_transaction_as(&numbered, &s, &with_client, false).expect("planned");
         assert_eq!(rest[0].request.method, Method::Delete);
+    }
+
+    #[test]
+    fn transaction_id_longer_than_the_ledger_takes_is_applied_without_a_ledger_record() {
+        let mut s = settings();
+        s.atomic = AtomicMode::Always;
+        let with_client = Caller { client_id: Some("client-1".to_string()), ..caller() };
+        for (id, recorded) in [("x".repeat(MAX_LEDGER_ID_BYTES), true), ("x".repeat(MAX_LEDGER_ID_BYTES + 1), false)] {
+            let transaction = Transaction { transaction_id: Some(json!(id)), entries: vec![delete("b")] };
+            let body = body(&plan_transaction(&transaction, &s, &with_client).expect("planned")[0]);
+            assert_eq!(body.get("transaction_id").is_some(), recorded, "{} bytes", id.len());
+            assert_eq!(body.get("client_id").is_some(), recorded, "{} bytes", id.len());
+        }
     }
 
     #[test]

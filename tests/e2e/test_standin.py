@@ -885,19 +885,23 @@ def test_rpc_is_not_callable_by_anon(db, client):
 
 
 # --------------------------------------------------------------------------- dead letters
-def test_dead_letter_insert_allowed_for_own_user_id_only(db, as_user, as_service, user_a, user_b):
-    entry = {"op": "PUT", "type": "todos", "id": new_id(), "data": {"priority": 9}}
-    letter = {"transaction_id": "42", "op_index": 0, "entry": entry, "code": "23514",
+def test_dead_letters_are_recorded_through_the_rpc_for_the_users_own_id_only(db, as_user, as_service,
+                                                                           user_a, user_b):
+    entries = [{"op": "PUT", "table": "todos", "id": new_id(), "data": {"priority": 9}, "state": "failed"}]
+    letter = {"transaction_id": "42", "op_index": 0, "entries": entries, "code": "23514",
               "message": "check violation", "details": None}
     api = as_user(user_a)
-    ok = api.post("powersync_dead_letters", {**letter, "user_id": user_a})
-    assert ok.status_code == 201, ok.text
-    assert_error(api.post("powersync_dead_letters", {**letter, "user_id": user_b}), 403, "42501")
-    assert as_service.post("powersync_dead_letters", {**letter, "user_id": user_b}
-                           ).status_code == 201
-    rows = db.execute("select user_id::text, entry, code from powersync_dead_letters order by id"
-                      ).fetchall()
-    assert rows == [(user_a, entry, "23514"), (user_b, entry, "23514")]
+    ok = api.rpc("powersync_record_dead_letter", {**letter, "user_id": user_a})
+    assert ok.status_code == 200, ok.text
+    assert_error(api.rpc("powersync_record_dead_letter", {**letter, "user_id": user_b}), 403, "42501")
+    # the table itself takes no writes from the API roles
+    assert_error(api.post("powersync_dead_letters", {"user_id": user_a, "entry": {}}), 403, "42501")
+    assert_error(as_service.post("powersync_dead_letters", {"user_id": user_b, "entry": {}}), 403, "42501")
+    named = as_service.rpc("powersync_record_dead_letter",
+                           {**letter, "user_id": user_b, "owner_column": "created_by"})
+    assert named.status_code == 200, named.text
+    rows = db.execute("select user_id, recorded_as, code from powersync_dead_letters order by id").fetchall()
+    assert rows == [(user_a, "user", "23514"), (user_b, "service", "23514")]
     assert [r["user_id"] for r in api.get("powersync_dead_letters").json()] == [user_a]
 
 

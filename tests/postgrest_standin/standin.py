@@ -26,7 +26,8 @@ Each HTTP request is one database transaction: ``BEGIN; SET LOCAL ROLE <role>;
 set_config('request.jwt.claims', ...)`` then one statement, then COMMIT, or
 ROLLBACK on error, so RLS policies using ``auth.uid()`` behave as on Supabase.
 The stand-in connects as a superuser (the DSN's user) and switches role per
-request; it never formats values into SQL (parameters + quoted identifiers).
+request, with ``authenticator`` as the session user as on Supabase; it never formats values
+into SQL (parameters + quoted identifiers).
 
 Run:  python -m tests.postgrest_standin.standin --port 54321 \
           --dsn postgresql://postgres@127.0.0.1:5432/postgres --jwt-secret S
@@ -1317,7 +1318,12 @@ class StandIn:
 
 class _RoleCursor:
     """A cursor wrapper: catalog lookups run as the connecting superuser until
-    ``become()`` switches to the request's role (SET LOCAL ROLE)."""
+    ``become()`` switches to the request's role (SET LOCAL ROLE).
+
+    Like PostgREST on Supabase, the request then runs with ``authenticator`` as its session
+    user (SET LOCAL SESSION AUTHORIZATION, when the database has that role: see
+    tests/sql/test_schema.sql), so a function can only ``set role`` to the roles
+    ``authenticator`` is a member of, not to any role as a superuser session could."""
 
     def __init__(self, cur, role):
         self._cur = cur
@@ -1325,7 +1331,11 @@ class _RoleCursor:
         self.raw = cur
 
     def become(self):
-        self._cur.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(self._role)))
+        # one round trip (no parameters: the simple query protocol runs both statements)
+        self._cur.execute(sql.SQL(
+            "SELECT set_config('session_authorization', 'authenticator', true)"
+            " WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'authenticator');"
+            " SET LOCAL ROLE {}").format(sql.Identifier(self._role)))
 
     def execute(self, *a, **kw):
         return self._cur.execute(*a, **kw)
