@@ -238,7 +238,7 @@ def test_service_mode_replay_keeps_the_recorded_owner_and_allowed_tables(workers
         ("service", sub, "user_id", ["profiles"])
     db.execute("delete from profiles where handle = %s", (handle,))  # the cause, fixed
     result = as_service.rpc(REPLAY, {"dead_letter_id": letter["id"]})
-    assert result.json() == {"applied": 1, "replayed": True, "dead_letter_id": letter["id"]}, result.text
+    assert result.json() == {"applied": 1, "unchanged": [], "replayed": True, "dead_letter_id": letter["id"]}, result.text
     assert row(db, "profiles", mine)["user_id"] == sub
 
     # a service-mode record naming a table outside the allowed ones is refused on replay
