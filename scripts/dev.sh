@@ -1,51 +1,65 @@
 #!/usr/bin/env bash
 # `make dev`: the worker on :8787 with both jobs working locally. Supabase is either a
-# `supabase start` stack already answering on :54321 (used with the CLI's documented local JWT
-# secret and anon key), or PostgreSQL + the PostgREST stand-in started here, with the real
-# PowerSync service on :8080 (POWERSYNC_PORT) replicating that database (POWERSYNC=off skips it).
-# Ctrl-C stops everything started here.
+# `supabase start` stack already answering on :54321 (SUPABASE_PORT; used with the CLI's
+# documented local JWT secret and anon key), or PostgreSQL + the PostgREST stand-in started here,
+# with the real PowerSync service on :8080 (POWERSYNC_PORT) replicating that database
+# (POWERSYNC=off skips it). The settings it gives the worker itself are printed; a value set in
+# .dev.vars always wins over them (scripts/dev_settings.sh). Ctrl-C stops everything started here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PORT=${DEV_PORT:-8787}
 PS_PORT=${POWERSYNC_PORT:-8080}
+SB_PORT=${SUPABASE_PORT:-54321}
 POWERSYNC=${POWERSYNC:-on}
 DEVTOOL=target/debug/devtool
 PY=.venv/bin/python
-var() { sed -n "s/^$1=//p" .dev.vars | head -1 | sed 's/^"//; s/"$//'; }
+source scripts/dev_settings.sh
 
 # Supabase CLI local defaults (supabase/cli: `supabase status` prints the same values).
 CLI_JWT_SECRET=super-secret-jwt-token-with-at-least-32-characters-long
 CLI_ANON_KEY=eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJpc3MiOiJzdXBhYmFzZS1kZW1vIiwicm9sZSI6ImFub24iLCJleHAiOjE5ODM4MTI5OTZ9.CRXP1A7WOeoJeXxjNni43kdQwgnWNReilDMblYTn_I0
 
 secret=$(var SUPABASE_JWT_SECRET)
-extra=()
 stack_pid=""
-cleanup() { [ -n "$stack_pid" ] && kill "$stack_pid" 2>/dev/null && wait "$stack_pid" 2>/dev/null; true; }
+settings=$(mktemp)
+cleanup() { rm -f "$settings"; [ -n "$stack_pid" ] && kill "$stack_pid" 2>/dev/null && wait "$stack_pid" 2>/dev/null; true; }
 trap cleanup EXIT INT TERM
 
-if curl -sf -o /dev/null --max-time 2 http://127.0.0.1:54321/_standin/health; then
-  echo "reusing the Supabase stand-in already on :54321"
-elif curl -s -o /dev/null --max-time 2 http://127.0.0.1:54321/rest/v1/; then
-  echo "using the Supabase CLI stack on :54321 (its local JWT secret and anon key)"
-  secret=$CLI_JWT_SECRET
-  extra=(--var "SUPABASE_JWT_SECRET:$CLI_JWT_SECRET" --var "SUPABASE_ANON_KEY:$CLI_ANON_KEY")
+if curl -sf -o /dev/null --max-time 2 "http://127.0.0.1:$SB_PORT/_standin/health"; then
+  echo "reusing the Supabase stand-in already on :$SB_PORT"
+  demo_settings >>"$settings"
+elif curl -s -o /dev/null --max-time 2 "http://127.0.0.1:$SB_PORT/rest/v1/"; then
+  echo "using the Supabase CLI stack on :$SB_PORT (its local JWT secret and anon key)"
+  if [ -n "$secret" ] && [ "$secret" != "$CLI_JWT_SECRET" ]; then
+    echo "  note: .dev.vars's SUPABASE_JWT_SECRET is not the Supabase CLI's default local secret:" \
+         "this stack's sessions verify only if its config sets the same one (remove the line to use the CLI's)" >>"$settings"
+  fi
+  secret=${secret:-$CLI_JWT_SECRET}
+  setting SUPABASE_JWT_SECRET "$CLI_JWT_SECRET" secret >>"$settings"
+  setting SUPABASE_ANON_KEY "$CLI_ANON_KEY" secret >>"$settings"
 else
   log=$(mktemp)
   ps_args=()
   if [ "$POWERSYNC" != off ]; then
     ps_args=(--powersync-port "$PS_PORT" --worker-url "http://127.0.0.1:$PORT")
     powersync_started=1
-    # The demo schema's columns as the SDK stores them (0/1, JSON text); fatal writes recorded.
-    extra+=(--var "POWERSYNC_URL:http://127.0.0.1:$PS_PORT" --var "UPLOAD_BOOLEAN_COLUMNS:todos.completed"
-            --var "UPLOAD_JSON_COLUMNS:todos.tags" --var "UPLOAD_DEAD_LETTER_TABLE:powersync_dead_letters")
   fi
-  $PY -m tests.support.devstack --port 54321 --jwt-secret "$secret" "${ps_args[@]}" \
+  $PY -m tests.support.devstack --port "$SB_PORT" --jwt-secret "$secret" "${ps_args[@]}" \
       --anon-key "$(var SUPABASE_ANON_KEY)" --service-key "$(var SUPABASE_SERVICE_ROLE_KEY)" >"$log" 2>&1 &
   stack_pid=$!
   for _ in $(seq 1 300); do grep -q "stack ready" "$log" && break; kill -0 $stack_pid 2>/dev/null || break; sleep 0.2; done
   grep -q "stack ready" "$log" || { cat "$log"; echo "the local stack (stand-in, PowerSync service) did not start"; exit 1; }
   grep -v "stack ready" "$log"
+  demo_settings >>"$settings"
 fi
+# The PowerSync token's aud: the service started here (its URL is its audience).
+mine=$(var POWERSYNC_URL)
+if [ -n "${powersync_started:-}" ] && [ -n "$mine" ] && [ "$mine" != "http://127.0.0.1:$PS_PORT" ]; then
+  echo "  note: .dev.vars's POWERSYNC_URL is not the PowerSync service started here" \
+       "(http://127.0.0.1:$PS_PORT): that service refuses tokens whose aud is another URL" >>"$settings"
+fi
+setting POWERSYNC_URL "http://127.0.0.1:$PS_PORT" >>"$settings"
+# `setting` ran in this shell (its output appended to a file), so dev_vars holds its --var list.
 
 token=$($DEVTOOL mint --secret "$secret")
 user=$($PY -c "import jwt,sys; print(jwt.decode(sys.argv[1], options={'verify_signature': False})['sub'])" "$token")
@@ -68,7 +82,31 @@ elif [ "$POWERSYNC" != off ]; then
   echo "PowerSync service: not started (it replicates only the local stand-in's database; see powersync/README.md)"
 fi
 cat <<MSG
+
+Settings make dev gives the worker (a value set in .dev.vars wins):
+$(cat "$settings")
 Ctrl-C stops everything started here.
 
 MSG
-node_modules/.bin/wrangler dev --ip 127.0.0.1 --port "$PORT" "${extra[@]}"
+inspector=()
+[ -n "${DEV_INSPECTOR_PORT:-}" ] && inspector=(--inspector-port "$DEV_INSPECTOR_PORT")
+# Configuration problems (every one, by name) as soon as the worker answers.
+report_health() {
+  local health
+  for _ in $(seq 1 600); do
+    if health=$(curl -s --max-time 2 "http://127.0.0.1:$PORT/health") && [ -n "$health" ]; then
+      $PY -c '
+import json, sys
+health = json.loads(sys.argv[1])
+problems = [p for part in ("session", "powersync", "upload") for p in health.get(part, {}).get("problems", [])]
+for p in problems:
+    print("configuration problem: " + p["name"] + " " + p["message"])
+print("worker ready" + ("" if problems else ": configuration complete"))
+' "$health" || true
+      return
+    fi
+    sleep 0.2
+  done
+}
+report_health &
+node_modules/.bin/wrangler dev --ip 127.0.0.1 --port "$PORT" "${inspector[@]}" "${dev_vars[@]}"

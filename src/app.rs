@@ -11,8 +11,8 @@ use serde_json::{json, Value};
 
 use crate::config::{Config, Problem};
 use crate::error::{self, ApiError};
-use crate::http::{send_resending_once, HttpResponse, Transport};
-use crate::session::{self, Session, SessionError, SignatureVerifier, Verifier};
+use crate::http::{send_resending_once, HttpResponse, Resume, Transport};
+use crate::session::{self, KeySet, Session, SessionError, SignatureVerifier, Step, Verifier};
 use crate::token::{self, TokenSigner};
 use crate::upload;
 
@@ -76,6 +76,8 @@ pub struct App {
     pub config: Config,
     verifier: Option<RefCell<Verifier>>,
     atomic_function: RefCell<upload::AtomicFunction>,
+    /// Requests waiting for another request's key fetch (single flight), by key cache.
+    waiting: RefCell<Vec<(KeySet, Resume)>>,
 }
 
 const TOKEN_PATH: &str = "/powersync-token";
@@ -86,7 +88,7 @@ const HEALTH_PATH: &str = "/health";
 impl App {
     pub fn new(config: Config) -> App {
         let verifier = config.session.as_ref().ok().map(|s| RefCell::new(Verifier::new(s.clone())));
-        App { config, verifier, atomic_function: RefCell::new(upload::AtomicFunction::default()) }
+        App { config, verifier, atomic_function: RefCell::new(upload::AtomicFunction::default()), waiting: RefCell::default() }
     }
 
     /// The largest body worth reading: the upload limit (`UPLOAD_MAX_BODY_BYTES`, default 5 MiB).
@@ -196,13 +198,24 @@ impl App {
             (None, Ok(_)) => return Err(ApiError::SessionNotConfigured(vec![])),
         };
         // Never hold the cache borrowed across an await.
-        let step = verifier.borrow_mut().plan(token, now);
-        // At most two fetches: a third-party issuer's discovery document, then its JWKS.
-        let mut next = step.clone();
-        while let Some(fetch) = next.request().cloned() {
-            // A connection lost before any answer is tried again at once (see `http`).
-            let (answer, _) = send_resending_once(transport, fetch, true).await;
-            next = verifier.borrow_mut().accept(&next, answer, now);
+        let mut step = verifier.borrow_mut().plan(token, now);
+        // Single flight: while another request fetches these keys, wait for it.
+        while let Step::Wait { keys, .. } = step {
+            let (pause, resume) = transport.pause(self.longest_key_fetch());
+            self.waiting.borrow_mut().push((keys, resume));
+            let resumed = pause.await;
+            step = verifier.borrow_mut().after_wait(token, now, &step, resumed);
+        }
+        if step.request().is_some() {
+            let flight = Flight { app: self, verifier, step: &step, ended: false };
+            // At most two fetches: a third-party issuer's discovery document, then its JWKS.
+            let mut next = step.clone();
+            while let Some(fetch) = next.request().cloned() {
+                // A connection lost before any answer is tried again at once (see `http`).
+                let (answer, _) = send_resending_once(transport, fetch, true).await;
+                next = verifier.borrow_mut().accept(&next, answer, now);
+            }
+            flight.end();
         }
         let pending = verifier.borrow().begin(token, now).map_err(|e| step.explain(e))?;
         if let Some(check) = &pending.signature {
@@ -216,6 +229,25 @@ impl App {
             session::interpret_remote_check(send_resending_once(transport, check, true).await.0)?;
         }
         Ok(session)
+    }
+
+    /// How long a request waits for another's key fetch before taking it over: a discovery
+    /// document and a key set, each within `UPSTREAM_TIMEOUT_MS`.
+    fn longest_key_fetch(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(2 * self.config.upstream_timeout_ms)
+    }
+
+    /// Resumes every request waiting for a fetch of `keys`.
+    fn resume_waiting(&self, keys: Option<KeySet>) {
+        let resumes: Vec<Resume> = {
+            let mut waiting = self.waiting.borrow_mut();
+            let (done, rest) = std::mem::take(&mut *waiting).into_iter().partition(|(k, _)| Some(*k) == keys);
+            *waiting = rest;
+            done.into_iter().map(|(_, resume)| resume).collect()
+        };
+        for resume in resumes {
+            resume();
+        }
     }
 
     async fn token<T: Transport, C: TokenSigner + SignatureVerifier>(
@@ -317,6 +349,33 @@ impl App {
             response.headers.push(("Retry-After".into(), report.retry_after_seconds.to_string()));
         }
         Ok(response)
+    }
+}
+
+/// A key fetch under way for one request (single flight): when it ends, the requests waiting for
+/// it are resumed; when it is dropped unfinished (its request went away), it is given up first,
+/// so one of them fetches instead.
+struct Flight<'a> {
+    app: &'a App,
+    verifier: &'a RefCell<Verifier>,
+    step: &'a Step,
+    ended: bool,
+}
+
+impl Flight<'_> {
+    fn end(mut self) {
+        self.ended = true;
+    }
+}
+
+impl Drop for Flight<'_> {
+    fn drop(&mut self) {
+        if !self.ended {
+            if let Ok(mut verifier) = self.verifier.try_borrow_mut() {
+                verifier.abandon(self.step);
+            }
+        }
+        self.app.resume_waiting(self.step.keys());
     }
 }
 
@@ -450,6 +509,133 @@ mod tests {
         let sent = transport.sent();
         assert_eq!(sent.len(), 1);
         assert_eq!((sent[0].method, sent[0].url.as_str()), (Method::Get, "http://127.0.0.1:54321/auth/v1/.well-known/jwks.json"));
+    }
+
+    // --- single flight: one key fetch per isolate and key set --------------------------------
+
+    /// A transport whose answers arrive one poll later (so requests overlap), and whose pauses
+    /// can be made to run out at once.
+    struct SlowTransport {
+        inner: FakeTransport,
+        pauses_run_out: bool,
+    }
+
+    impl SlowTransport {
+        fn new(answers: Vec<Result<HttpResponse, crate::http::TransportError>>) -> Self {
+            SlowTransport { inner: FakeTransport::scripted(answers), pauses_run_out: false }
+        }
+    }
+
+    impl Transport for SlowTransport {
+        async fn send(&self, request: crate::http::HttpRequest) -> Result<HttpResponse, crate::http::TransportError> {
+            let answer = self.inner.send(request).await;
+            let mut yielded = false;
+            std::future::poll_fn(|cx| {
+                if yielded {
+                    return std::task::Poll::Ready(());
+                }
+                yielded = true;
+                cx.waker().wake_by_ref();
+                std::task::Poll::Pending
+            })
+            .await;
+            answer
+        }
+
+        fn pause(&self, _max: std::time::Duration) -> (impl Future<Output = bool>, Resume) {
+            let (pause, resume) = crate::http::local_pause();
+            let runs_out = self.pauses_run_out;
+            (async move { !runs_out && pause.await }, resume)
+        }
+    }
+
+    /// Polls every future in turn until all are done (they wake each other through the app).
+    fn run_all<F: Future>(futures: Vec<std::pin::Pin<Box<F>>>) -> Vec<F::Output> {
+        let mut futures: Vec<Option<std::pin::Pin<Box<F>>>> = futures.into_iter().map(Some).collect();
+        let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+        let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+        for _ in 0..1000 {
+            for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+                if let Some(running) = future {
+                    if let std::task::Poll::Ready(done) = running.as_mut().poll(&mut context) {
+                        *output = Some(done);
+                        *future = None;
+                    }
+                }
+            }
+            if outputs.iter().all(Option::is_some) {
+                return outputs.into_iter().flatten().collect();
+            }
+        }
+        panic!("the requests never finished");
+    }
+
+    fn rs256_session() -> String {
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+        header.kid = Some("sk-1".into());
+        jsonwebtoken::encode(&header, &user_claims(), &jsonwebtoken::EncodingKey::from_rsa_der(&test_key().pkcs1_der())).unwrap()
+    }
+
+    fn jwks_answer() -> Result<HttpResponse, crate::http::TransportError> {
+        Ok(HttpResponse { status: 200, headers: vec![], body: json!({"keys": [test_key().public_jwk("sk-1")]}).to_string() })
+    }
+
+    fn token_requests<'a>(app: &'a App, transport: &'a SlowTransport, auth: &'a str, n: usize) -> Vec<std::pin::Pin<Box<impl Future<Output = (HttpResponse, RequestLog)> + 'a>>> {
+        (0..n)
+            .map(|_| {
+                Box::pin(async move {
+                    let (req, body) = request("GET", "/powersync-token", &[("Authorization", auth)], "");
+                    app.handle(&req, body, transport, &RustCrypto, NOW, "r").await
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn concurrent_sessions_with_a_cold_key_cache_share_one_jwks_fetch() {
+        let (app, transport) = (app(&[]), SlowTransport::new(vec![jwks_answer()]));
+        let auth = bearer(&rs256_session());
+        let answers = run_all(token_requests(&app, &transport, &auth, 5));
+        assert!(answers.iter().all(|(response, _)| response.status == 200), "{answers:?}");
+        assert_eq!(transport.inner.sent().len(), 1, "one fetch for five requests");
+        assert!(app.waiting.borrow().is_empty(), "every waiting request was resumed");
+    }
+
+    #[test]
+    fn requests_waiting_for_a_failed_key_fetch_do_not_fetch_again() {
+        let refused = Err(crate::http::TransportError::timed_out("no answer"));
+        let (app, transport) = (app(&[]), SlowTransport::new(vec![refused]));
+        let auth = bearer(&rs256_session());
+        let answers = run_all(token_requests(&app, &transport, &auth, 4));
+        assert!(answers.iter().all(|(response, log)| (response.status, log.code) == (503, Some("session_keys_unavailable"))), "{answers:?}");
+        assert_eq!(transport.inner.sent().len(), 1);
+    }
+
+    #[test]
+    fn key_fetch_whose_request_went_away_is_taken_over_by_a_waiting_request() {
+        let (app, transport) = (app(&[]), SlowTransport::new(vec![jwks_answer(), jwks_answer()]));
+        let auth = bearer(&rs256_session());
+        let mut requests = token_requests(&app, &transport, &auth, 3);
+        let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+        for request in requests.iter_mut() {
+            assert!(request.as_mut().poll(&mut context).is_pending());
+        }
+        assert_eq!(transport.inner.sent().len(), 1, "the first fetches, the others wait");
+        drop(requests.remove(0));
+        let answers = run_all(requests);
+        assert!(answers.iter().all(|(response, _)| response.status == 200), "{answers:?}");
+        assert_eq!(transport.inner.sent().len(), 2, "one waiting request fetched instead");
+    }
+
+    #[test]
+    fn key_fetch_that_outlives_the_wait_is_taken_over() {
+        let mut transport = SlowTransport::new(vec![jwks_answer(), jwks_answer()]);
+        transport.pauses_run_out = true;
+        let app = app(&[]);
+        let auth = bearer(&rs256_session());
+        let answers = run_all(token_requests(&app, &transport, &auth, 2));
+        assert!(answers.iter().all(|(response, _)| response.status == 200), "{answers:?}");
+        assert_eq!(transport.inner.sent().len(), 2);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use worker::{console_log, event, AbortController, ByteStream, Context, Date, Del
 
 use crate::app::{App, BodyError, IncomingRequest, RequestBody};
 use crate::config::Config;
-use crate::http::{HttpRequest, HttpResponse, Method, Transport, TransportError};
+use crate::http::{HttpRequest, HttpResponse, Method, Resume, Transport, TransportError};
 use crate::keys::{KeyKind, SigningKey};
 use crate::session::{SessionError, SignatureCheck, SignatureVerifier};
 use crate::token::TokenSigner;
@@ -178,6 +178,27 @@ impl Transport for FetchTransport {
         };
         let body = response.text().await.map_err(|e| TransportError::answer_cut(format!("reading body: {e}")))?;
         Ok(HttpResponse { status: response.status_code(), headers: response.headers().entries().collect(), body })
+    }
+
+    /// A promise created by the paused request itself, resolved by the fetching one: workerd
+    /// runs a promise's continuations in the request that created it, so the paused request
+    /// goes on in its own context (a task woken directly would go on in the fetching request's,
+    /// and be cancelled when that one ends). The timer keeps the paused request alive.
+    fn pause(&self, max: Duration) -> (impl std::future::Future<Output = bool>, Resume) {
+        let mut resolve = None;
+        let promise = js_sys::Promise::new(&mut |done, _| resolve = Some(done));
+        let resume: Resume = Box::new(move || {
+            if let Some(done) = resolve {
+                let _ = done.call0(&JsValue::UNDEFINED);
+            }
+        });
+        let pause = async move {
+            match select(JsFuture::from(promise), Delay::from(max)).await {
+                Either::Left(_) => true,
+                Either::Right(_) => false,
+            }
+        };
+        (pause, resume)
     }
 }
 

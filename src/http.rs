@@ -159,9 +159,52 @@ pub async fn send_resending_once<T: Transport>(
     }
 }
 
+/// Ends a [`Transport::pause`]: called by the request whose fetch the paused one waits for.
+pub type Resume = Box<dyn FnOnce()>;
+
 /// Sends plain requests. The worker implements it with `worker::Fetch`; tests with fakes.
 pub trait Transport {
     fn send(&self, request: HttpRequest) -> impl Future<Output = Result<HttpResponse, TransportError>>;
+
+    /// A pause of the calling request that ends when the returned [`Resume`] is called (`true`)
+    /// or after `max` (`false`), whichever comes first: how a request waits for a key fetch
+    /// another request of the same isolate is making (single flight, see `session::Step::Wait`).
+    ///
+    /// The default suits native single-threaded executors: `Resume` wakes the paused task
+    /// directly, and there is no timer (`max` is not applied). The worker's adapter overrides it:
+    /// in workerd a task woken directly would go on inside the request that woke it.
+    fn pause(&self, max: std::time::Duration) -> (impl Future<Output = bool>, Resume) {
+        let _ = max;
+        local_pause()
+    }
+}
+
+/// A pause ended only by its [`Resume`], waking the paused task directly.
+pub fn local_pause() -> (impl Future<Output = bool>, Resume) {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    use std::task::{Poll, Waker};
+    let state: Rc<RefCell<(bool, Option<Waker>)>> = Rc::default();
+    let paused = Rc::clone(&state);
+    let pause = std::future::poll_fn(move |context| {
+        let mut state = paused.borrow_mut();
+        if state.0 {
+            return Poll::Ready(true);
+        }
+        state.1 = Some(context.waker().clone());
+        Poll::Pending
+    });
+    let resume: Resume = Box::new(move || {
+        let waker = {
+            let mut state = state.borrow_mut();
+            state.0 = true;
+            state.1.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    });
+    (pause, resume)
 }
 
 /// Test doubles: a scripted [`Transport`] and a `block_on` for futures that never wait.

@@ -138,6 +138,18 @@ pub enum Step {
     /// Verify now, but a refetch for the token's unknown `kid` was held back (rate limit or
     /// back-off after failed fetches): pass verification errors through [`Step::explain`].
     RefetchSuppressed,
+    /// Another request of this isolate is fetching these keys (single flight): wait until it
+    /// has ended, then [`Verifier::after_wait`] says what to do. `seen`: where the fetches of
+    /// these keys stood when the wait began.
+    Wait { keys: KeySet, seen: jwks::FlightMark },
+}
+
+/// One key cache of a [`Verifier`]: Supabase's JWKS, or a third-party issuer's keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KeySet {
+    Supabase,
+    /// The `n`-th third-party issuer's.
+    Issuer(usize),
 }
 
 impl Step {
@@ -145,6 +157,16 @@ impl Step {
     pub fn request(&self) -> Option<&HttpRequest> {
         match self {
             Step::FetchJwks(request) | Step::FetchIssuerKeys { request, .. } | Step::Discover { request, .. } => Some(request),
+            Step::Ready | Step::RefetchSuppressed | Step::Wait { .. } => None,
+        }
+    }
+
+    /// The key cache this step fetches for or waits on.
+    pub fn keys(&self) -> Option<KeySet> {
+        match self {
+            Step::FetchJwks(_) => Some(KeySet::Supabase),
+            Step::FetchIssuerKeys { issuer, .. } | Step::Discover { issuer, .. } => Some(KeySet::Issuer(*issuer)),
+            Step::Wait { keys, .. } => Some(*keys),
             Step::Ready | Step::RefetchSuppressed => None,
         }
     }
@@ -295,6 +317,7 @@ impl Verifier {
                 return match keys.jwks.wants_fetch(header.kid.as_deref(), now, UNKNOWN_KID_REFETCH_SECONDS) {
                     jwks::Freshness::Cached => Step::Ready,
                     jwks::Freshness::Suppressed => Step::RefetchSuppressed,
+                    jwks::Freshness::InFlight => Step::Wait { keys: KeySet::Issuer(index), seen: keys.jwks.mark() },
                     jwks::Freshness::Fetch => match (&keys.jwks_uri, &self.settings.third_party.issuers[index].keys) {
                         (Some(url), _) => Step::FetchIssuerKeys { issuer: index, request: HttpRequest::new(Method::Get, url) },
                         (None, KeySource::Discovery(url)) | (None, KeySource::Jwks(url)) => {
@@ -308,6 +331,37 @@ impl Verifier {
             jwks::Freshness::Cached => Step::Ready,
             jwks::Freshness::Fetch => Step::FetchJwks(HttpRequest::new(Method::Get, &self.settings.jwks_url)),
             jwks::Freshness::Suppressed => Step::RefetchSuppressed,
+            jwks::Freshness::InFlight => Step::Wait { keys: KeySet::Supabase, seen: self.jwks.mark() },
+        }
+    }
+
+    fn cache(&mut self, keys: KeySet) -> Option<&mut JwksCache> {
+        match keys {
+            KeySet::Supabase => Some(&mut self.jwks),
+            KeySet::Issuer(index) => self.issuers.get_mut(index).map(|keys| &mut keys.jwks),
+        }
+    }
+
+    /// What to do after a [`Step::Wait`] ended: `resumed` when the fetching request said it was
+    /// done, `false` when the wait ran out first. Once the fetch waited for has ended (with keys
+    /// or without), verify with what it brought: it was made after this request arrived, so it
+    /// is as fresh as any this request could make ([`Step::Ready`]: an unknown `kid` is then
+    /// invalid, a failed fetch "try again"). A fetch that outlived the wait is taken as lost
+    /// (its request went away) and this request plans again, so it may fetch itself.
+    pub fn after_wait(&mut self, token: &str, now: u64, waited: &Step, resumed: bool) -> Step {
+        let Step::Wait { keys, seen } = waited else { return self.plan(token, now) };
+        let Some(cache) = self.cache(*keys) else { return Step::Ready };
+        if cache.after_wait(*seen, resumed) {
+            return Step::Ready;
+        }
+        self.plan(token, now)
+    }
+
+    /// Gives up the fetch `step` handed out, without a result (its request went away): the
+    /// requests waiting for it plan again, and one of them fetches.
+    pub fn abandon(&mut self, step: &Step) {
+        if let Some(cache) = step.keys().and_then(|keys| self.cache(keys)) {
+            cache.abandon();
         }
     }
 
@@ -341,7 +395,7 @@ impl Verifier {
                     Err(why) => self.issuers[index].jwks.fail(why, now),
                 }
             }
-            Step::Ready | Step::RefetchSuppressed => {}
+            Step::Ready | Step::RefetchSuppressed | Step::Wait { .. } => {}
         }
         Step::Ready
     }

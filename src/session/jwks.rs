@@ -7,6 +7,12 @@
 //! fresh copy can be had, refuse with `KeysUnavailable` rather than trust a stale one. A failed
 //! fetch is not repeated on every request: the next try waits 1, 2, 4, ... up to
 //! [`MAX_BACKOFF_SECONDS`] seconds, and requests in between are answered "try again".
+//!
+//! Single flight: while a fetch handed out by [`JwksCache::wants_fetch`] is under way, the other
+//! requests of the isolate that need the keys are told to wait for it ([`Freshness::InFlight`])
+//! instead of fetching too; the fetch ends with [`JwksCache::accept`] or [`JwksCache::fail`]
+//! (a waiting request then uses its result: [`JwksCache::after_wait`]), or is given up with
+//! [`JwksCache::abandon`] (its request went away) so that one of the waiting requests takes over.
 
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
@@ -28,6 +34,8 @@ pub enum Freshness {
     /// unknown key then means "try again", not "invalid", so a real key rotation is never
     /// refused because forged tokens used up the refetch.
     Suppressed,
+    /// Another request is fetching the keys: wait until it has ended, then look again.
+    InFlight,
 }
 
 struct CachedKey {
@@ -55,6 +63,19 @@ pub struct JwksCache {
     /// Failed fetches in a row, and when the last one failed (for the back-off).
     failures: u32,
     failed_at: Option<u64>,
+    /// A fetch handed out by `wants_fetch` has not ended yet (single flight).
+    fetching: bool,
+    /// Fetches handed out so far, and ended so far (successful or not).
+    started: u64,
+    ended: u64,
+}
+
+/// How far a key set's fetches were when a request began to wait for one (see
+/// [`JwksCache::after_wait`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlightMark {
+    started: u64,
+    ended: u64,
 }
 
 impl JwksCache {
@@ -67,6 +88,9 @@ impl JwksCache {
             last_error: None,
             failures: 0,
             failed_at: None,
+            fetching: false,
+            started: 0,
+            ended: 0,
         }
     }
 
@@ -88,10 +112,23 @@ impl JwksCache {
 
     /// Whether a token with this `kid` calls for a fetch at `now`. A refetch for an unknown
     /// `kid` is allowed once per `refetch_interval` and counted from this call; no fetch is
-    /// asked for while failed fetches back off.
+    /// asked for while failed fetches back off, nor while another is under way (`InFlight`).
+    /// `Fetch` hands the fetch to the caller: until it ends, everyone else is told `InFlight`.
     pub fn wants_fetch(&mut self, kid: Option<&str>, now: u64, refetch_interval: u64) -> Freshness {
+        let wants = self.wants(kid, now, refetch_interval);
+        if wants == Freshness::Fetch {
+            self.fetching = true;
+            self.started = self.started.wrapping_add(1);
+        }
+        wants
+    }
+
+    fn wants(&mut self, kid: Option<&str>, now: u64, refetch_interval: u64) -> Freshness {
         if self.is_fresh(now) && self.knows(kid) {
             return Freshness::Cached;
+        }
+        if self.fetching {
+            return Freshness::InFlight;
         }
         if self.backing_off(now) {
             return Freshness::Suppressed;
@@ -106,7 +143,8 @@ impl JwksCache {
         Freshness::Fetch
     }
 
-    /// Takes a fetch result. A failed fetch keeps the previous copy until its TTL runs out.
+    /// Takes a fetch result, ending the fetch. A failed fetch keeps the previous copy until its
+    /// TTL runs out.
     pub fn accept(&mut self, answer: Result<HttpResponse, TransportError>, now: u64) {
         match parse(answer) {
             Ok(keys) => {
@@ -115,17 +153,49 @@ impl JwksCache {
                 self.last_error = None;
                 self.failures = 0;
                 self.failed_at = None;
+                self.end();
             }
             Err(why) => self.fail(why, now),
         }
     }
 
-    /// Records a failed fetch (or a failed step before it, such as OpenID discovery): the
-    /// previous copy is kept until its TTL runs out, and the next try backs off.
+    /// Records a failed fetch (or a failed step before it, such as OpenID discovery), ending it:
+    /// the previous copy is kept until its TTL runs out, and the next try backs off.
     pub fn fail(&mut self, why: String, now: u64) {
         self.last_error = Some(why);
         self.failures = self.failures.saturating_add(1);
         self.failed_at = Some(now);
+        self.end();
+    }
+
+    fn end(&mut self) {
+        self.fetching = false;
+        self.ended = self.ended.wrapping_add(1);
+    }
+
+    /// Gives up the fetch under way without a result (the request making it went away): the
+    /// next caller of `wants_fetch` may fetch again.
+    pub fn abandon(&mut self) {
+        self.fetching = false;
+    }
+
+    /// Where the fetches stand, for a request about to wait for the one under way.
+    pub fn mark(&self) -> FlightMark {
+        FlightMark { started: self.started, ended: self.ended }
+    }
+
+    /// After a wait that began at `mark`: `true` when a fetch has ended since (verify with what
+    /// it brought). Otherwise the fetch waited for was given up, or, when the wait ran out
+    /// (`resumed` false) and that same fetch is still under way, it is taken as lost (its
+    /// request went away without a word) and given up here; either way the caller plans again.
+    pub fn after_wait(&mut self, mark: FlightMark, resumed: bool) -> bool {
+        if self.ended != mark.ended {
+            return true;
+        }
+        if !resumed && self.fetching && self.started == mark.started {
+            self.fetching = false;
+        }
+        false
     }
 
     /// The key (and its public-parameters JSON) for a token's `kid` and `alg`, if the cache is
@@ -191,7 +261,7 @@ fn cached(jwk: &Jwk) -> Option<CachedKey> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::super::tests::{hs256, settings, user_claims, NOW};
-    use super::super::{SessionError, Step, Verifier};
+    use super::super::{KeySet, SessionError, Step, Verifier};
     use super::*;
     use crate::keys::tests::test_key;
     use jsonwebtoken::{EncodingKey, Header};
@@ -279,6 +349,71 @@ pub(crate) mod tests {
         assert_eq!(v.plan(&es256("other"), NOW + 30), Step::RefetchSuppressed, "rate-limited for any kid");
         assert!(matches!(v.plan(&es256("new"), NOW + 31), Step::FetchJwks(_)));
         assert_eq!(v.plan(&es256("old"), NOW + 32), Step::Ready, "known kids never refetch");
+    }
+
+    #[test]
+    fn while_a_fetch_is_under_way_everyone_else_waits_for_it() {
+        let mut v = verifier_with(vec![ec_jwk("k1")]);
+        let fetch = v.plan(&es256("k1"), NOW + 600);
+        assert!(matches!(fetch, Step::FetchJwks(_)), "expired: the first request fetches");
+        // Expired copy or unknown kid alike: the others wait, none fetches.
+        let waits: Vec<(String, Step)> = ["k1", "k1", "rotated"].iter().map(|kid| (es256(kid), v.plan(&es256(kid), NOW + 600))).collect();
+        for (_, wait) in &waits {
+            assert!(matches!(wait, Step::Wait { keys: KeySet::Supabase, .. }), "{wait:?}");
+            assert_eq!(wait.request(), None);
+        }
+        v.accept(&fetch, jwks(vec![ec_jwk("k1"), ec_jwk("rotated")]), NOW + 601);
+        for (token, wait) in &waits {
+            assert_eq!(v.after_wait(token, NOW + 601, wait, true), Step::Ready);
+            assert!(v.verify(token, NOW + 601).is_ok());
+        }
+        assert_eq!(v.plan(&es256("k1"), NOW + 602), Step::Ready, "fresh again");
+    }
+
+    #[test]
+    fn requests_that_waited_for_a_fetch_use_its_result_and_never_fetch_again() {
+        let mut v = verifier_with(vec![ec_jwk("k1")]);
+        let fetch = v.plan(&es256("forged"), NOW + 1);
+        assert!(matches!(fetch, Step::FetchJwks(_)));
+        let wait = v.plan(&es256("other-forged"), NOW + 1);
+        v.accept(&fetch, jwks(vec![ec_jwk("k1")]), NOW + 1);
+        // The key set was fetched after this request arrived: its unknown kid is invalid (401).
+        let step = v.after_wait(&es256("other-forged"), NOW + 1, &wait, true);
+        assert_eq!(step, Step::Ready);
+        let error = v.begin(&es256("other-forged"), NOW + 1).map(|_| ()).map_err(|e| step.explain(e));
+        assert_eq!(error, Err(SessionError::UnknownKey("other-forged".into())));
+        // A failed fetch ends the wait too: "try again" (503), and the back-off holds.
+        let mut v = Verifier::new(settings());
+        let fetch = v.plan(&es256("k1"), NOW);
+        let wait = v.plan(&es256("k1"), NOW);
+        v.accept(&fetch, Err(TransportError::timed_out("no answer")), NOW);
+        assert_eq!(v.after_wait(&es256("k1"), NOW, &wait, true), Step::Ready);
+        assert!(matches!(v.verify(&es256("k1"), NOW), Err(SessionError::KeysUnavailable(_))));
+        assert_eq!(v.plan(&es256("k1"), NOW), Step::RefetchSuppressed);
+    }
+
+    #[test]
+    fn an_abandoned_or_overdue_fetch_is_taken_over_by_one_waiting_request() {
+        for abandoned in [true, false] {
+            let mut v = Verifier::new(settings());
+            let fetch = v.plan(&es256("k1"), NOW);
+            let (first, second) = (v.plan(&es256("k1"), NOW), v.plan(&es256("k1"), NOW));
+            if abandoned {
+                // The fetching request went away: its waiters are resumed and plan again.
+                v.abandon(&fetch);
+            }
+            // Resumed after an abandon, or its wait ran out: this one fetches itself...
+            let took_over = v.after_wait(&es256("k1"), NOW + 30, &first, abandoned);
+            assert!(matches!(took_over, Step::FetchJwks(_)), "{took_over:?}");
+            // ...and the other waits for it.
+            let still = v.after_wait(&es256("k1"), NOW + 30, &second, abandoned);
+            assert!(matches!(still, Step::Wait { .. }), "{still:?}");
+            v.accept(&took_over, jwks(vec![ec_jwk("k1")]), NOW + 31);
+            assert_eq!(v.after_wait(&es256("k1"), NOW + 31, &still, true), Step::Ready);
+            // The old fetch's late answer is still taken (and ends nothing else).
+            v.accept(&fetch, jwks(vec![ec_jwk("k1")]), NOW + 32);
+            assert!(v.verify(&es256("k1"), NOW + 32).is_ok());
+        }
     }
 
     #[test]

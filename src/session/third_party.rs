@@ -3,8 +3,8 @@
 //! integrations.
 //!
 //! Each configured provider is one [`Issuer`]: the exact `iss` its tokens carry, its `aud` rule
-//! (Firebase: the project id; a generic OIDC issuer: the configured audience, if any; the others:
-//! none, as Supabase), and where its signing keys are (a fixed JWKS URL, or the `jwks_uri` of the
+//! (Firebase: the project id; a generic OIDC issuer: the configured audience, required unless
+//! loudly waived; the others: none, as Supabase), and where its signing keys are (a fixed JWKS URL, or the `jwks_uri` of the
 //! issuer's OpenID discovery document). The settings are named after Supabase's own
 //! (`[auth.third_party.*]` in the Supabase CLI's `config.toml`).
 //!
@@ -84,17 +84,35 @@ pub struct ThirdPartySettings {
     pub allow_missing_role: bool,
 }
 
-/// Whether `url` may be fetched for keys: `https://`, or `http://` to a loopback host (local
-/// development and tests only).
-pub fn is_fetchable(url: &str) -> bool {
-    if url.starts_with("https://") {
-        return true;
+/// A key or issuer URL that may be fetched, parsed by the WHATWG URL rules workerd's `fetch`
+/// applies (the `url` crate): `https://` to any host, or `http://` to a loopback host only
+/// (127.0.0.0/8, `localhost`, `[::1]`: local development and tests), never with credentials
+/// (`http://localhost:80@keys.example.com/` is a request to `keys.example.com`). Scheme and host
+/// are case-insensitive; ports are allowed. `Err` says why not (never quoting the value).
+pub fn fetchable(text: &str) -> Result<url::Url, &'static str> {
+    if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("must not contain spaces");
     }
-    let Some(rest) = url.strip_prefix("http://") else { return false };
-    let host = rest.split('/').next().unwrap_or_default();
-    let host = if host.starts_with('[') { host.split(']').next().map(|h| &h[1..]).unwrap_or_default() } else { host.split(':').next().unwrap_or_default() };
-    matches!(host, "127.0.0.1" | "localhost" | "::1")
+    let url = url::Url::parse(text).map_err(|_| "is not a URL")?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("must not contain credentials (user@host)");
+    }
+    let loopback = match url.host() {
+        None => return Err("has no host"),
+        Some(url::Host::Domain(name)) => name == "localhost",
+        Some(url::Host::Ipv4(address)) => address.is_loopback(),
+        Some(url::Host::Ipv6(address)) => address.is_loopback(),
+    };
+    match url.scheme() {
+        "https" => Ok(url),
+        "http" if loopback => Ok(url),
+        "http" => Err("http:// is only for loopback hosts (127.0.0.0/8, localhost, [::1])"),
+        _ => Err("must be an https:// URL"),
+    }
 }
+
+/// What a key or issuer URL setting must be, after [`fetchable`]'s reason.
+const URL_RULE: &str = "an https:// URL without credentials (http:// only to 127.0.0.0/8, localhost or [::1])";
 
 /// An AWS region as Cognito's issuer spells it (`us-east-1`, `ap-southeast-2`, `us-gov-west-1`).
 fn is_aws_region(region: &str) -> bool {
@@ -113,17 +131,41 @@ fn is_host_name(name: &str) -> bool {
         && !name.ends_with(['.', '-'])
 }
 
+/// The loud opt-out of the generic OIDC issuer's `aud` rule.
+pub const ANY_AUDIENCE: &str = "THIRD_PARTY_OIDC_DANGEROUSLY_ACCEPT_ANY_AUDIENCE";
+
+/// The `aud` a generic OIDC issuer's tokens must carry: `THIRD_PARTY_OIDC_AUDIENCE`, required.
+/// An IdP signs the tokens of all its clients (apps, APIs) with the same keys, so without an
+/// `aud` rule a token it issued to any other client would pass. `None` only with the explicit
+/// `THIRD_PARTY_OIDC_DANGEROUSLY_ACCEPT_ANY_AUDIENCE=true` (default false).
+fn oidc_audience(r: &mut Reader) -> Option<String> {
+    let audience = r.get("THIRD_PARTY_OIDC_AUDIENCE");
+    let any = r.flag(ANY_AUDIENCE, false);
+    match (&audience, any) {
+        (Some(_), true) => r.problem(ANY_AUDIENCE, "contradicts THIRD_PARTY_OIDC_AUDIENCE: set one of them"),
+        (None, false) => r.problem(
+            "THIRD_PARTY_OIDC_AUDIENCE",
+            format!("is required with THIRD_PARTY_OIDC_ISSUER: the aud of this app's tokens (its client id or API identifier); without it a token the issuer gave any of its other clients would pass ({ANY_AUDIENCE}=true accepts that)"),
+        ),
+        _ => {}
+    }
+    audience
+}
+
 /// Reads every `THIRD_PARTY_*` setting (problems go to `r`).
 pub fn read(r: &mut Reader) -> ThirdPartySettings {
     let mut issuers = Vec::new();
     // A key URL override: "default: the provider's published key set; set only for a proxy or tests".
     let jwks_override = |r: &mut Reader, name: &str| -> Option<String> {
         let url = r.get(name)?;
-        if !is_fetchable(&url) || url.contains(char::is_whitespace) {
-            r.problem(name, "must be an https:// URL (http:// only to 127.0.0.1, localhost or [::1])");
-            return None;
+        match fetchable(&url) {
+            // The parsed form: exactly what was checked is what is fetched.
+            Ok(url) => Some(url.to_string()),
+            Err(why) => {
+                r.problem(name, format!("{why}; must be {URL_RULE}"));
+                None
+            }
         }
-        Some(url)
     };
 
     if let Some(project) = r.get("THIRD_PARTY_FIREBASE_PROJECT_ID") {
@@ -206,20 +248,31 @@ pub fn read(r: &mut Reader) -> ThirdPartySettings {
     ] {
         let Some(issuer) = r.get(issuer_name) else { continue };
         let keys = jwks_override(r, jwks_name);
+        let audience = match provider {
+            Provider::Oidc => oidc_audience(r),
+            _ => None,
+        };
         // Kept exactly as set (a trailing slash is part of an issuer, e.g. Auth0's).
-        if !is_fetchable(&issuer) || issuer.contains(char::is_whitespace) || issuer.contains(['?', '#', '@']) {
-            r.problem(issuer_name, "must be an https:// issuer URL without query or fragment (http:// only to 127.0.0.1, localhost or [::1])");
+        let checked = fetchable(&issuer).and_then(|url| match url.query().is_some() || url.fragment().is_some() {
+            true => Err("must not have a query or fragment"),
+            false => Ok(url),
+        });
+        if let Err(why) = checked {
+            r.problem(issuer_name, format!("{why}; must be {URL_RULE}"));
             continue;
         }
-        let audience = if provider == Provider::Oidc { r.get("THIRD_PARTY_OIDC_AUDIENCE") } else { None };
         let keys = match keys {
             Some(url) => KeySource::Jwks(url),
             None => KeySource::Discovery(Issuer::discovery_url(&issuer)),
         };
         issuers.push(Issuer { provider, issuer, audience, keys });
     }
-    if r.get("THIRD_PARTY_OIDC_AUDIENCE").is_some() && r.get("THIRD_PARTY_OIDC_ISSUER").is_none() {
-        r.problem("THIRD_PARTY_OIDC_AUDIENCE", "is set but THIRD_PARTY_OIDC_ISSUER is not");
+    if r.get("THIRD_PARTY_OIDC_ISSUER").is_none() {
+        for name in ["THIRD_PARTY_OIDC_AUDIENCE", ANY_AUDIENCE] {
+            if r.get(name).is_some() {
+                r.problem(name, "is set but THIRD_PARTY_OIDC_ISSUER is not");
+            }
+        }
     }
     for (i, issuer) in issuers.iter().enumerate() {
         if issuers[..i].iter().any(|earlier| earlier.issuer == issuer.issuer) {
@@ -241,9 +294,7 @@ pub fn jwks_uri(answer: Result<HttpResponse, TransportError>, issuer: &str) -> R
         return Err("discovery document names another issuer".into());
     }
     let uri = doc.get("jwks_uri").and_then(Value::as_str).ok_or("discovery document has no jwks_uri")?;
-    if !is_fetchable(uri) {
-        return Err("discovery jwks_uri is not https".into());
-    }
+    let uri = fetchable(uri).map_err(|why| format!("discovery jwks_uri {why}"))?;
     Ok(uri.to_string())
 }
 
@@ -297,7 +348,7 @@ pub fn check_claims(
 mod tests {
     use super::super::jwks::tests::{ec_jwk, rsa_jwk, EC_PEM};
     use super::super::tests::{hs256, settings, NOW, SECRET};
-    use super::super::{SessionError, Step, Verifier};
+    use super::super::{KeySet, SessionError, Step, Verifier};
     use super::*;
     use crate::keys::tests::test_key;
     use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -446,6 +497,7 @@ mod tests {
             ("THIRD_PARTY_CLERK_DOMAIN", "clerk.example.com"),
             ("THIRD_PARTY_WORKOS_ISSUER_URL", "https://api.workos.com/user_management/c"),
             ("THIRD_PARTY_OIDC_ISSUER", "https://idp.example.com"),
+            ("THIRD_PARTY_OIDC_AUDIENCE", "my-api"),
         ]);
         assert!(problems.is_empty(), "{problems:?}");
         let providers: Vec<Provider> = settings.issuers.iter().map(|i| i.provider).collect();
@@ -497,12 +549,131 @@ mod tests {
     }
 
     #[test]
-    fn http_key_urls_are_only_for_loopback_hosts() {
-        for url in ["https://a.example/jwks", "http://127.0.0.1:8080/x", "http://localhost/x", "http://[::1]:9/x"] {
-            assert!(is_fetchable(url), "{url}");
+    fn key_urls_are_https_or_http_to_a_loopback_host() {
+        for url in [
+            "https://a.example/jwks",
+            "HTTPS://Keys.Example.COM:8443/jwks",
+            "http://127.0.0.1:8080/x",
+            "http://127.1.2.3/x",
+            "http://localhost/x",
+            "HTTP://LOCALHOST:8080/x",
+            "http://[::1]:8080/",
+            "http://[0:0:0:0:0:0:0:1]/x",
+        ] {
+            assert!(fetchable(url).is_ok(), "{url}");
         }
-        for url in ["http://a.example/jwks", "http://127.0.0.1.evil.example/x", "ftp://127.0.0.1/x", "http://localhost.evil/x"] {
-            assert!(!is_fetchable(url), "{url}");
+        for url in [
+            "http://a.example/jwks",
+            "http://127.0.0.1.evil.example/x",
+            "http://localhost.evil/x",
+            "http://128.0.0.1/x",
+            "http://[::2]/x",
+            "http://[::ffff:7f00:1]/x",
+            "ftp://127.0.0.1/x",
+            "file:///etc/passwd",
+            "127.0.0.1/x",
+            "https://",
+            "https://a.example/a b",
+        ] {
+            assert!(fetchable(url).is_err(), "{url}");
+        }
+    }
+
+    #[test]
+    fn key_urls_with_credentials_are_refused_whatever_their_host() {
+        // The host is what follows the `@`: keys.example.com, over plain http.
+        for url in [
+            "http://localhost:80@keys.example.com/jwks",
+            "http://127.0.0.1@keys.example.com/jwks",
+            "http://user:pass@localhost/jwks",
+            "https://user@keys.example.com/jwks",
+            "https://:pw@keys.example.com/jwks",
+        ] {
+            assert_eq!(fetchable(url).map(|u| u.to_string()), Err("must not contain credentials (user@host)"), "{url}");
+        }
+        for name in ["THIRD_PARTY_FIREBASE_JWKS_URL", "THIRD_PARTY_OIDC_JWKS_URL", "THIRD_PARTY_OIDC_ISSUER", "THIRD_PARTY_WORKOS_ISSUER_URL"] {
+            let mut vars = vec![("THIRD_PARTY_FIREBASE_PROJECT_ID", PROJECT), ("THIRD_PARTY_OIDC_ISSUER", "https://idp.example.com"), ("THIRD_PARTY_OIDC_AUDIENCE", "my-api")];
+            vars.retain(|(n, _)| *n != name);
+            vars.push((name, "http://localhost:80@keys.example.com/jwks"));
+            if name == "THIRD_PARTY_WORKOS_ISSUER_URL" {
+                vars.retain(|(n, _)| !n.starts_with("THIRD_PARTY_OIDC"));
+            }
+            let (_, problems) = read_vars(&vars);
+            assert_eq!(problems.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), vec![name], "{problems:?}");
+            assert!(problems[0].message.contains("credentials") && !problems[0].message.contains("keys.example.com"), "{problems:?}");
+        }
+    }
+
+    #[test]
+    fn key_urls_are_fetched_in_their_parsed_form() {
+        let issuer = only(&[("THIRD_PARTY_FIREBASE_PROJECT_ID", PROJECT), ("THIRD_PARTY_FIREBASE_JWKS_URL", "HTTP://LocalHost:9999/jwks")]);
+        assert_eq!(issuer.keys, KeySource::Jwks("http://localhost:9999/jwks".into()));
+        let issuer = only(&[("THIRD_PARTY_CLERK_DOMAIN", "clerk.example.com"), ("THIRD_PARTY_CLERK_JWKS_URL", "http://[::1]:8080")]);
+        assert_eq!(issuer.keys, KeySource::Jwks("http://[::1]:8080/".into()));
+        // An issuer is compared with `iss` exactly as set, so it is kept as set.
+        let oidc = only(&[("THIRD_PARTY_OIDC_ISSUER", "http://127.0.0.1:8080/realms/app"), ("THIRD_PARTY_OIDC_AUDIENCE", "my-api")]);
+        assert_eq!(oidc.issuer, "http://127.0.0.1:8080/realms/app");
+        assert_eq!(problem_names(&[("THIRD_PARTY_OIDC_ISSUER", "https://idp.example.com/?tenant=1"), ("THIRD_PARTY_OIDC_AUDIENCE", "a")]), vec!["THIRD_PARTY_OIDC_ISSUER"]);
+    }
+
+    #[test]
+    fn discovered_jwks_uri_follows_the_same_url_rules() {
+        let doc = |uri: &str| ok(json!({"issuer": OIDC, "jwks_uri": uri}));
+        assert_eq!(jwks_uri(doc("https://keys.example.com/jwks"), OIDC), Ok("https://keys.example.com/jwks".into()));
+        assert_eq!(jwks_uri(doc("http://[::1]:8080/jwks"), OIDC), Ok("http://[::1]:8080/jwks".into()));
+        for uri in ["http://localhost:80@keys.example.com/jwks", "http://keys.example.com/jwks", "not a url"] {
+            assert!(jwks_uri(doc(uri), OIDC).is_err(), "{uri}");
+        }
+    }
+
+    #[test]
+    fn generic_oidc_issuer_requires_an_audience() {
+        let (_, problems) = read_vars(&[("THIRD_PARTY_OIDC_ISSUER", OIDC)]);
+        assert_eq!(problems.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), vec!["THIRD_PARTY_OIDC_AUDIENCE"]);
+        assert!(problems[0].message.contains(ANY_AUDIENCE), "names the opt-out: {problems:?}");
+        // Reported with every other problem, and the session part is unusable.
+        let lookup = |name: &str| match name {
+            "SUPABASE_URL" => Some("https://ref.supabase.co".to_string()),
+            "THIRD_PARTY_OIDC_ISSUER" => Some(OIDC.to_string()),
+            "THIRD_PARTY_CLERK_DOMAIN" => Some("not a domain".to_string()),
+            _ => None,
+        };
+        let config = crate::config::Config::from_lookup(&lookup);
+        let names: Vec<String> = config.session.unwrap_err().into_iter().map(|p| p.name).collect();
+        assert_eq!(names, vec!["THIRD_PARTY_CLERK_DOMAIN", "THIRD_PARTY_OIDC_AUDIENCE"]);
+    }
+
+    #[test]
+    fn any_audience_only_with_the_dangerous_opt_out() {
+        let issuer = only(&[("THIRD_PARTY_OIDC_ISSUER", OIDC), (ANY_AUDIENCE, "true")]);
+        assert_eq!(issuer.audience, None);
+        let mut v = verifier(&[("THIRD_PARTY_OIDC_ISSUER", OIDC), (ANY_AUDIENCE, "true"), ("THIRD_PARTY_OIDC_JWKS_URL", LOCAL_JWKS)]);
+        let mut claims = oidc_claims();
+        claims["aud"] = json!("another-client");
+        let token = es256("e1", &claims);
+        let step = v.plan(&token, NOW);
+        v.accept(&step, jwks(vec![ec_jwk("e1")]), NOW);
+        assert_eq!(v.verify(&token, NOW).unwrap().user_id, "oidc-user");
+        // Both set contradict each other; the opt-out alone without an issuer is a problem too;
+        // `false` is the same as unset.
+        assert_eq!(problem_names(&[("THIRD_PARTY_OIDC_ISSUER", OIDC), ("THIRD_PARTY_OIDC_AUDIENCE", "a"), (ANY_AUDIENCE, "true")]), vec![ANY_AUDIENCE]);
+        assert_eq!(problem_names(&[(ANY_AUDIENCE, "true")]), vec![ANY_AUDIENCE]);
+        assert_eq!(problem_names(&[("THIRD_PARTY_OIDC_ISSUER", OIDC), (ANY_AUDIENCE, "false")]), vec!["THIRD_PARTY_OIDC_AUDIENCE"]);
+        assert_eq!(problem_names(&[("THIRD_PARTY_OIDC_ISSUER", OIDC), (ANY_AUDIENCE, "perhaps")]), vec![ANY_AUDIENCE, "THIRD_PARTY_OIDC_AUDIENCE"]);
+    }
+
+    #[test]
+    fn token_issued_to_another_client_of_the_oidc_issuer_is_refused() {
+        let mut v = verifier(&[("THIRD_PARTY_OIDC_ISSUER", OIDC), ("THIRD_PARTY_OIDC_AUDIENCE", "my-api"), ("THIRD_PARTY_OIDC_JWKS_URL", LOCAL_JWKS)]);
+        let mut claims = oidc_claims();
+        let step = v.plan(&es256("e1", &claims), NOW);
+        v.accept(&step, jwks(vec![ec_jwk("e1")]), NOW);
+        for aud in [json!("another-client"), json!(["another-client"]), Value::Null] {
+            match &aud {
+                Value::Null => claims.as_object_mut().unwrap().remove("aud"),
+                aud => claims.as_object_mut().unwrap().insert("aud".into(), aud.clone()),
+            };
+            assert_eq!(v.verify(&es256("e1", &claims), NOW), Err(SessionError::WrongAudience), "{aud}");
         }
     }
 
@@ -635,13 +806,31 @@ mod tests {
     }
 
     #[test]
+    fn discovery_and_its_key_fetch_are_one_flight_for_concurrent_requests() {
+        let mut v = verifier(&[("THIRD_PARTY_OIDC_ISSUER", OIDC), ("THIRD_PARTY_OIDC_AUDIENCE", "my-api")]);
+        let token = es256("e1", &oidc_claims());
+        let discover = v.plan(&token, NOW);
+        assert!(matches!(discover, Step::Discover { .. }), "{discover:?}");
+        let wait = v.plan(&token, NOW);
+        assert!(matches!(wait, Step::Wait { keys: KeySet::Issuer(0), .. }), "{wait:?}");
+        let fetch = v.accept(&discover, ok(json!({"issuer": OIDC, "jwks_uri": "https://keys.example.com/jwks"})), NOW);
+        assert!(matches!(fetch, Step::FetchIssuerKeys { .. }));
+        assert!(matches!(v.plan(&token, NOW), Step::Wait { .. }), "still one flight between the two fetches");
+        // Another key set is another flight.
+        assert!(matches!(v.plan(&es256("k1", &super::super::tests::user_claims()), NOW), Step::FetchJwks(_)));
+        v.accept(&fetch, jwks(vec![ec_jwk("e1")]), NOW);
+        assert_eq!(v.after_wait(&token, NOW, &wait, true), Step::Ready);
+        assert_eq!(v.verify(&token, NOW).unwrap().user_id, "oidc-user");
+    }
+
+    #[test]
     fn discovery_naming_another_issuer_or_an_http_jwks_uri_is_refused_and_backs_off() {
         for doc in [
             json!({"issuer": "https://evil.example", "jwks_uri": "https://keys.example.com/jwks"}),
             json!({"issuer": OIDC, "jwks_uri": "http://keys.example.com/jwks"}),
             json!({"issuer": OIDC}),
         ] {
-            let mut v = verifier(&[("THIRD_PARTY_OIDC_ISSUER", OIDC)]);
+            let mut v = verifier(&[("THIRD_PARTY_OIDC_ISSUER", OIDC), ("THIRD_PARTY_OIDC_AUDIENCE", "my-api")]);
             let token = es256("e1", &oidc_claims());
             let step = v.plan(&token, NOW);
             assert_eq!(v.accept(&step, ok(doc.clone()), NOW), Step::Ready, "no JWKS fetch for {doc}");
@@ -652,7 +841,7 @@ mod tests {
 
     #[test]
     fn failed_fetch_from_a_discovered_jwks_uri_discovers_again() {
-        let mut v = verifier(&[("THIRD_PARTY_OIDC_ISSUER", OIDC)]);
+        let mut v = verifier(&[("THIRD_PARTY_OIDC_ISSUER", OIDC), ("THIRD_PARTY_OIDC_AUDIENCE", "my-api")]);
         let token = es256("e1", &oidc_claims());
         let step = v.plan(&token, NOW);
         let next = v.accept(&step, ok(json!({"issuer": OIDC, "jwks_uri": "https://keys.example.com/old"})), NOW);

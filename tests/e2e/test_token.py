@@ -8,6 +8,7 @@ import base64
 import json
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import jwt
 import pytest
@@ -149,6 +150,34 @@ def test_rotated_session_key_is_fetched_on_unknown_kid(start_worker, base_vars, 
         assert jwks.fetches == fetches + 1
     finally:
         jwks.keys = [k for k in jwks.keys if k["kid"] != "ec-rotated"]
+
+
+def concurrently(n: int, call) -> list:
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        return list(pool.map(lambda _: call(), range(n)))
+
+
+def test_concurrent_sessions_with_a_cold_key_cache_share_one_jwks_fetch(start_worker, base_vars, session_keys,
+                                                                        standin, jwks):
+    """Single flight: the first request fetches the JWKS, the others of the isolate wait for
+    that fetch instead of fetching too; the same when an unknown kid (a rotation) forces a
+    refetch."""
+    w = start_worker(base_vars)
+    fetches = jwks.fetches
+    jwks.delay = 0.5
+    try:
+        token = es256_token(session_keys, standin, kid="ec-1")
+        answers = concurrently(8, lambda: w.get("/powersync-token", headers=bearer(token)))
+        assert [r.status_code for r in answers] == [200] * 8, [r.text for r in answers]
+        assert jwks.fetches == fetches + 1
+        jwks.keys = jwks.keys + [session_keys.jwk("ec", "ec-rotated-together")]
+        rotated = es256_token(session_keys, standin, kid="ec-rotated-together")
+        answers = concurrently(8, lambda: w.get("/powersync-token", headers=bearer(rotated)))
+        assert [r.status_code for r in answers] == [200] * 8, [r.text for r in answers]
+        assert jwks.fetches == fetches + 2
+    finally:
+        jwks.delay = 0.0
+        jwks.keys = [k for k in jwks.keys if k["kid"] != "ec-rotated-together"]
 
 
 def test_unknown_kid_after_its_own_refetch_is_401(start_worker, base_vars, session_keys, standin, jwks):

@@ -134,19 +134,24 @@ class WorkerProcess:
 
 class JwksServer:
     """Serves a mutable JWKS at /auth/v1/.well-known/jwks.json and counts fetches.
-    `fail_with` makes it answer that status instead."""
+    `fail_with` makes it answer that status instead; `delay` (seconds) holds every answer back
+    (so that concurrent requests overlap a fetch)."""
 
     def __init__(self):
         self.keys: list[dict] = []
         self.fetches = 0
         self.fail_with: int | None = None
+        self.delay = 0.0
         server = self
+        counting = threading.Lock()
 
         class Handler(BaseHTTPRequestHandler):
             disable_nagle_algorithm = True
 
             def do_GET(self):
-                server.fetches += 1
+                with counting:
+                    server.fetches += 1
+                time.sleep(server.delay)
                 if server.fail_with:
                     self.send_response(server.fail_with)
                     self.end_headers()
