@@ -191,6 +191,11 @@ pub struct TransactionResult {
     /// ledger under the client id and transaction id: a re-send after a lost answer), so nothing
     /// was applied now. Sent as `"already_applied": true`, absent otherwise.
     pub already_applied: bool,
+    /// Why this transaction went through REST requests although its route was the atomic
+    /// function (its atomic call was cancelled by the statement timeout, see `delivery`): it was
+    /// then neither all-or-nothing nor exactly once. Sent as `"applied_via": "rest"` and
+    /// `"applied_via_reason": <this>`, absent otherwise.
+    pub applied_via_rest: Option<String>,
 }
 
 impl TransactionResult {
@@ -201,6 +206,7 @@ impl TransactionResult {
             failed_operation: None,
             retry_after_ms: None,
             already_applied: false,
+            applied_via_rest: None,
         }
     }
 
@@ -216,6 +222,7 @@ impl TransactionResult {
             failed_operation: Some(failure),
             retry_after_ms: None,
             already_applied: false,
+            applied_via_rest: None,
         }
     }
 
@@ -226,6 +233,7 @@ impl TransactionResult {
             failed_operation: Some(failure),
             retry_after_ms: Some(retry_after_seconds.saturating_mul(1000)),
             already_applied: false,
+            applied_via_rest: None,
         }
     }
 
@@ -236,10 +244,12 @@ impl TransactionResult {
             failed_operation: None,
             retry_after_ms: None,
             already_applied: false,
+            applied_via_rest: None,
         }
     }
 
-    /// `{"status","transaction_id","failed_operation"?,"retry_after_ms"?,"already_applied"?}`.
+    /// `{"status","transaction_id","failed_operation"?,"retry_after_ms"?,"already_applied"?,
+    /// "applied_via"?,"applied_via_reason"?}`.
     pub fn to_json(&self) -> Value {
         let mut object = Map::new();
         object.insert("status".to_string(), json!(self.status.as_str()));
@@ -252,6 +262,10 @@ impl TransactionResult {
         }
         if self.already_applied {
             object.insert("already_applied".to_string(), json!(true));
+        }
+        if let Some(reason) = &self.applied_via_rest {
+            object.insert("applied_via".to_string(), json!("rest"));
+            object.insert("applied_via_reason".to_string(), json!(reason));
         }
         Value::Object(object)
     }
@@ -350,6 +364,7 @@ impl UploadReport {
             "subrequests": self.subrequests,
             "resent": self.resent,
             "already_applied": self.results.iter().filter(|r| r.already_applied).count(),
+            "applied_via_rest": self.results.iter().filter(|r| r.applied_via_rest.is_some()).count(),
             "atomic_function": self.atomic_function.map(|found| if found { "found" } else { "missing" }),
             "dead_letters": self.dead_letters,
             "dead_letter_failures": self.dead_letter_failures,
