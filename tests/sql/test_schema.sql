@@ -20,14 +20,21 @@ begin
   if not exists (select 1 from pg_roles where rolname = 'service_role') then
     create role service_role nologin noinherit bypassrls;
   end if;
+  -- the role PostgREST logs in as (here only for its settings: the stand-in
+  -- connects as the superuser and applies them, see its docstring)
+  if not exists (select 1 from pg_roles where rolname = 'authenticator') then
+    create role authenticator nologin noinherit;
+  end if;
 end
 $$;
 alter role service_role bypassrls;
 
 -- Supabase's per-role statement timeouts (PostgREST 12 applies role settings
--- of the impersonated role inside each request's transaction).
+-- of the impersonated role inside each request's transaction). service_role
+-- has none of its own: it keeps the authenticator's, a session default.
 alter role anon set statement_timeout = '3s';
 alter role authenticated set statement_timeout = '8s';
+alter role authenticator set statement_timeout = '8s';
 
 -- ---------------------------------------------------------------- auth schema
 create schema if not exists auth;
