@@ -3,6 +3,8 @@
 #   make test   run every test (native, the connector package, end-to-end in workerd against
 #               PostgreSQL with the real PowerSync service and the official SDK)
 #   make bench  run the benchmarks (not part of make test; see bench/README.md)
+#   make bench-atomic  the largest transaction the atomic function applies within Supabase's
+#               8 s statement timeout (bench/atomic_limit.py; not part of make test)
 #   make soak   the long model-based fault soak (20,000 operations per mode; tests/soak)
 #   make fuzz   run every fuzz target for FUZZ_SECONDS (default 60) each (not part of make test)
 # Everything installs itself where missing and is quick the second time.
@@ -26,7 +28,7 @@ CONNECTOR := clients/typescript
 CONNECTOR_SOURCES := $(wildcard $(CONNECTOR)/src/*.ts) $(CONNECTOR)/package-lock.json $(CONNECTOR)/tsconfig.json
 SDK := tests/sdk
 
-.PHONY: dev test test-native test-connector test-e2e build tools postgres venv powersync sdk clean bench soak fuzz
+.PHONY: dev test test-native test-connector test-e2e build tools postgres venv powersync sdk clean bench bench-atomic soak fuzz
 
 ## Tools -------------------------------------------------------------------------------------
 
@@ -110,6 +112,11 @@ test-e2e: tools postgres venv build $(DEVTOOL) powersync sdk
 # bench/results.md and bench/results.json.
 bench:
 	$(WITH_NODE) bash bench/run.sh
+
+# About 4 minutes (PostgreSQL and the stand-in only, no worker build); writes
+# bench/atomic_limit.md and bench/atomic_limit.json.
+bench-atomic: postgres venv
+	$(PY) bench/atomic_limit.py
 
 ## Soak --------------------------------------------------------------------------------------
 

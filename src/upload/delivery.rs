@@ -54,6 +54,18 @@
 //!   below the number of different ids, the count cannot say which of them changed nothing, so
 //!   every entry of the group is listed (the list may then name entries that did change their
 //!   row; the atomic function, which learns it per id, lists exactly the ones that did not).
+//! - A statement timeout (57014, `canceling statement due to statement timeout`: Supabase
+//!   gives `authenticated` 8 s per statement) cancels an atomic call as a whole: nothing was
+//!   applied. Retrying the same call would most likely time out again, for ever, so the
+//!   transaction is sent through REST requests at once, in the same upload (each request is
+//!   its own statement with its own timeout), and its result says so: `"applied_via": "rest"`
+//!   with `"applied_via_reason"`. Applied that way it is neither all-or-nothing nor exactly
+//!   once. Where those requests do not fit in what is left of the budget it stays retryable,
+//!   with a message saying whether the next upload (a fresh budget) can take it or only the
+//!   operator can (a longer statement timeout, a larger budget); with `UPLOAD_ATOMIC=true`
+//!   (all-or-nothing demanded) it stays retryable with a message naming the fix. A bulk upsert
+//!   the statement timeout cancels is sent again in two halves, recursively, like one refused
+//!   with 21000 (below), while the budget allows.
 //! - An atomic call answering `{"already_applied": true}` (its ledger holds this client id and
 //!   transaction id: a re-send after a lost answer) is a success that applied nothing now,
 //!   reported with `already_applied`.
@@ -63,10 +75,10 @@ use super::crud::Transaction;
 use super::dead_letter::{self, EntryState};
 use super::outcome::{
     affected_rows, atomic_answer, classify, op_index_from_hint, unexpected_response, FailedOperation, TransactionResult,
-    UploadReport, Verdict, UNEXPECTED_RESPONSE,
+    UploadReport, Verdict, SCHEMA_DRIFT_RETRY_AFTER_SECONDS, UNEXPECTED_RESPONSE,
 };
 use super::plan::{self, Check, PlannedRequest};
-use super::settings::{AtomicMode, UploadSettings};
+use super::settings::{AtomicMode, UploadSettings, WriteMode};
 use super::Caller;
 use crate::http::{send_resending_once, HttpResponse, Transport};
 use serde_json::Value;
@@ -116,6 +128,8 @@ pub async fn apply_with<T: Transport>(
             report.results.push(TransactionResult::not_attempted(transaction_id));
             continue;
         }
+        // Set when the transaction went through REST after its atomic call timed out.
+        let mut via_rest = None;
         let ending = loop {
             let remaining = budget.saturating_sub(report.subrequests);
             let fresh = report.subrequests == 0;
@@ -136,6 +150,12 @@ pub async fn apply_with<T: Transport>(
                                     let states = dead_letter::refused_states(transaction.entries.len(), None);
                                     Ending::Fatal(too_big, states)
                                 }
+                                Ending::Retryable(failure, _) if failure.code == QUERY_CANCELED => {
+                                    let fallback = (transaction, settings, caller, dead_letter_cost);
+                                    let (ending, reason) = after_timeout(fallback, failure, transport, &mut report).await;
+                                    via_rest = reason;
+                                    ending
+                                }
                                 other => other,
                             })
                         }
@@ -147,7 +167,15 @@ pub async fn apply_with<T: Transport>(
                 }
                 Ok(requests) if requests.len() + dead_letter_cost > remaining => None,
                 Ok(requests) => {
-                    Some(send(requests, transaction.entries.len(), settings, transport, &mut report, dead_letter_cost).await)
+                    match send(requests, transaction.entries.len(), settings, transport, &mut report, dead_letter_cost).await {
+                        Ending::Retryable(failure, _) if atomic && failure.code == QUERY_CANCELED => {
+                            let fallback = (transaction, settings, caller, dead_letter_cost);
+                            let (ending, reason) = after_timeout(fallback, failure, transport, &mut report).await;
+                            via_rest = reason;
+                            Some(ending)
+                        }
+                        ending => Some(ending),
+                    }
                 }
                 Err(failure) => {
                     refuse_unsendable(remaining, fresh, dead_letter_cost, failure, transaction.entries.len())
@@ -207,8 +235,85 @@ pub async fn apply_with<T: Transport>(
                 stopped = true;
             }
         }
+        if let (Some(reason), Some(result)) = (via_rest, report.results.last_mut()) {
+            result.applied_via_rest = Some(reason);
+        }
     }
     report
+}
+
+/// SQLSTATE 57014: `canceling statement due to statement timeout` (also a cancel request).
+const QUERY_CANCELED: &str = "57014";
+
+/// A transaction whose atomic call was cancelled by the statement timeout (`failure`; nothing was
+/// applied): sent through REST requests now, unless `UPLOAD_ATOMIC=true` or they do not fit in
+/// what is left of the budget (see the module docs). Returns how it ended and, when REST
+/// requests were sent, the reason for its result's `applied_via_reason`.
+async fn after_timeout<T: Transport>(
+    (transaction, settings, caller, reserve): (&Transaction, &UploadSettings, &Caller, usize),
+    mut failure: FailedOperation,
+    transport: &T,
+    report: &mut UploadReport,
+) -> (Ending, Option<String>) {
+    let entries = transaction.entries.len();
+    let role = match settings.mode {
+        WriteMode::Rls => "authenticated",
+        WriteMode::Service { .. } => "service_role",
+    };
+    let fix = format!(
+        "raise the statement timeout of role {role} (alter role {role} set statement_timeout = '30s'; \
+         notify pgrst, 'reload config')"
+    );
+    let operator_wait = settings.retry_after_seconds.max(SCHEMA_DRIFT_RETRY_AFTER_SECONDS);
+    let cancelled = format!("the atomic call of this transaction ({entries} entries) was cancelled by the statement timeout");
+    if settings.atomic == AtomicMode::Always {
+        failure.message = format!(
+            "{}; {cancelled}, and UPLOAD_ATOMIC=true keeps every transaction all-or-nothing, so it waits: \
+             {fix}, or unset UPLOAD_ATOMIC so that such a transaction goes through REST requests",
+            failure.message
+        );
+        return (Ending::Retryable(failure, operator_wait), None);
+    }
+    let requests = match plan::plan_transaction_as(transaction, settings, caller, false) {
+        Ok(requests) => requests,
+        // Not reached: the atomic call passed the same checks.
+        Err(refused) => {
+            let states = dead_letter::refused_states(entries, refused.index);
+            return (Ending::Fatal(refused, states), None);
+        }
+    };
+    let needed = requests.len();
+    let budget = settings.subrequest_budget;
+    if needed + reserve > budget.saturating_sub(report.subrequests) {
+        let reserve_text = if reserve > 0 { " plus one for a dead-letter record" } else { "" };
+        let (why, wait) = if needed + reserve < budget {
+            (
+                format!(
+                    "through REST it needs {needed} requests{reserve_text}, more than this upload has left; \
+                     sent first in the next upload, whose budget has room for them"
+                ),
+                settings.retry_after_seconds,
+            )
+        } else {
+            (
+                format!(
+                    "through REST it needs {needed} requests{reserve_text}, more than \
+                     UPLOAD_SUBREQUEST_BUDGET={budget} allows beside the atomic call, so no upload can apply it: \
+                     {fix}, or raise the budget (Workers Paid plan)"
+                ),
+                operator_wait,
+            )
+        };
+        failure.message = format!("{}; {cancelled}, and {why}", failure.message);
+        return (Ending::Retryable(failure, wait), None);
+    }
+    let reason = format!(
+        "{cancelled} ({}: {}), so it was applied through {needed} REST requests instead: \
+         neither all-or-nothing nor exactly once",
+        failure.code, failure.message
+    );
+    let ending = send(requests, entries, settings, transport, report, reserve).await;
+    (ending, Some(reason))
 }
 
 /// A fatal failure found before sending: reported as such if its dead-letter insert still fits in
@@ -352,6 +457,32 @@ async fn send<T: Transport>(
                 }
                 for half in halves.into_iter().rev() {
                     queue.push_front((half, true));
+                }
+            }
+            // The statement timeout cancelled the whole upsert (nothing of it applied): its halves
+            // are smaller statements, each with a timeout of its own.
+            Verdict::Retryable { mut failure, retry_after_seconds } if failure.code == QUERY_CANCELED => {
+                let halves = splittable.and_then(|request| split_upsert(&request));
+                let fits = |halves: &[PlannedRequest; 2]| {
+                    report.subrequests + queue.len() + halves.len() + reserve <= settings.subrequest_budget
+                };
+                match halves {
+                    Some(halves) if fits(&halves) => {
+                        for half in halves.into_iter().rev() {
+                            queue.push_front((half, true));
+                        }
+                    }
+                    _ => {
+                        if matches!(planned.check, Check::Upsert { ref row_entries } if row_entries.len() > 1) {
+                            failure.message = format!(
+                                "{}; the statement timeout cancelled an upsert of several rows, and sending it in \
+                                 smaller parts needs more requests than UPLOAD_SUBREQUEST_BUDGET leaves in this upload",
+                                failure.message
+                            );
+                        }
+                        let wait = retry_after_seconds.unwrap_or(0).max(settings.retry_after_seconds);
+                        return Ending::Retryable(failure, wait);
+                    }
                 }
             }
             Verdict::Fatal(failure) => return Ending::Fatal(failure, failed_states(states, &planned.entries)),

@@ -1149,6 +1149,169 @@ mod tests {
         assert_eq!(report.dead_letters, 0);
     }
 
+    // --- issue 15 item 9: an atomic call cancelled by the statement timeout
+
+    fn statement_timeout() -> Answer {
+        error(500, "57014", "canceling statement due to statement timeout")
+    }
+
+    /// PUT a, PUT b (other columns), DELETE c: three REST requests, one atomic call.
+    fn mixed(id: &str) -> Transaction {
+        Transaction {
+            transaction_id: Some(json!(id)),
+            entries: vec![
+                entry(Op::Put, "a", json!({"x": 1})),
+                entry(Op::Put, "b", json!({"y": 2})),
+                entry(Op::Delete, "c", Value::Null),
+            ],
+        }
+    }
+
+    fn run_with(route: Route, settings: &UploadSettings, transactions: &[Transaction], transport: &FakeTransport) -> UploadReport {
+        let caller = Caller { client_id: Some("client-1".to_string()), ..caller() };
+        block_on(apply_with(transactions, settings, &caller, transport, route))
+    }
+
+    #[test]
+    fn atomic_call_cancelled_by_the_statement_timeout_is_applied_through_rest_and_says_so() {
+        let transport =
+            FakeTransport::scripted(vec![statement_timeout(), ok(201), ok(201), ok(204), ok_body(r#"{"applied": 1}"#)]);
+        let report = run_on(Route::Probe, &[mixed("big"), tx(2)], &transport);
+        assert_eq!(statuses(&report), vec![Status::Success, Status::Success]);
+        let urls: Vec<String> = transport.sent().iter().map(|r| r.url.clone()).collect();
+        assert_eq!(
+            urls,
+            vec![
+                "https://p.supabase.co/rest/v1/rpc/powersync_apply_transaction",
+                "https://p.supabase.co/rest/v1/todos?on_conflict=id",
+                "https://p.supabase.co/rest/v1/todos?on_conflict=id",
+                "https://p.supabase.co/rest/v1/todos?id=eq.c",
+                "https://p.supabase.co/rest/v1/rpc/powersync_apply_transaction",
+            ],
+            "the REST requests at once, then the next transaction through the function again"
+        );
+        let body = report.body();
+        let result = &body["results"][0];
+        assert_eq!(result["applied_via"], json!("rest"));
+        let reason = result["applied_via_reason"].as_str().unwrap_or("");
+        for part in ["statement timeout", "57014", "3 REST requests", "neither all-or-nothing nor exactly once"] {
+            assert!(reason.contains(part), "{part:?} in {reason}");
+        }
+        assert_eq!(body["results"][1], json!({"status": "success", "transaction_id": 2}), "no field when atomic");
+        assert_eq!(report.subrequests, 5);
+        assert_eq!(report.atomic_function, Some(true), "the function answered: it is installed");
+        assert_eq!(report.log_summary()["applied_via_rest"], json!(1));
+        assert!(!report.needs_retry());
+    }
+
+    #[test]
+    fn rest_fallback_failing_for_good_is_fatal_says_so_and_dead_letters_what_rest_applied() {
+        let mut s = settings();
+        s.dead_letter_table = Some("dead".to_string());
+        let transport =
+            FakeTransport::scripted(vec![statement_timeout(), ok(201), error(409, "23505", "duplicate key"), recorded()]);
+        let report = run_with(Route::Probe, &s, &[mixed("big")], &transport);
+        assert_eq!(statuses(&report), vec![Status::FatalError]);
+        let result = report.body()["results"][0].clone();
+        assert_eq!((result["failed_operation"]["code"].clone(), result["failed_operation"]["index"].clone()), (json!("23505"), json!(1)));
+        assert_eq!(result["applied_via"], json!("rest"), "the app learns that the first PUT stayed applied");
+        let sent = transport.sent();
+        assert!(sent[3].url.ends_with(RECORD_PATH));
+        assert_eq!(states_of(&dead_letter_body(&transport)), vec!["applied", "failed", "not_attempted"]);
+    }
+
+    #[test]
+    fn timed_out_transaction_whose_rest_requests_do_not_fit_what_is_left_waits_for_the_next_upload() {
+        let mut s = settings();
+        s.subrequest_budget = 4;
+        let transport = FakeTransport::scripted(vec![ok_body(r#"{"applied": 1}"#), ok_body(r#"{"applied": 1}"#), statement_timeout()]);
+        let report = run_with(Route::Probe, &s, &[tx(1), tx(2), mixed("big"), tx(4)], &transport);
+        assert_eq!(
+            statuses(&report),
+            vec![Status::Success, Status::Success, Status::RetryableError, Status::NotAttempted]
+        );
+        assert_eq!(transport.sent().len(), 3, "no REST request that would not fit");
+        let failure = report.results[2].failed_operation.clone().expect("failure");
+        assert_eq!(failure.code, "57014");
+        assert!(failure.message.contains("needs 3 requests"), "{}", failure.message);
+        assert!(failure.message.contains("next upload"), "{}", failure.message);
+        assert_eq!(report.results[2].retry_after_ms, Some(5000));
+        assert_eq!(report.results[2].applied_via_rest, None, "nothing went through REST");
+        // the next upload starts with it and a fresh budget: 1 atomic call + 3 REST requests fit in 4
+        let transport = FakeTransport::scripted(vec![statement_timeout()]);
+        let report = run_with(Route::Probe, &s, &[mixed("big"), tx(4)], &transport);
+        assert_eq!(statuses(&report), vec![Status::Success, Status::NotAttempted]);
+        assert!(report.results[0].applied_via_rest.is_some());
+        assert_eq!(report.subrequests, 4);
+    }
+
+    #[test]
+    fn timed_out_transaction_no_budget_can_take_through_rest_is_retryable_naming_the_fixes() {
+        let mut s = settings();
+        s.subrequest_budget = 3;
+        s.dead_letter_table = Some("dead".to_string());
+        // through the function (auto), and as the too-big path of REST mode: the same answer
+        for route in [Route::Probe, Route::Rest] {
+            let transport = FakeTransport::scripted(vec![statement_timeout()]);
+            let report = run_with(route, &s, &[big(4), tx(2)], &transport);
+            assert_eq!(statuses(&report), vec![Status::RetryableError, Status::NotAttempted], "{route:?}");
+            assert_eq!(transport.sent().len(), 1, "{route:?}: only the atomic call");
+            let failure = report.results[0].failed_operation.clone().expect("failure");
+            assert_eq!(failure.code, "57014");
+            for part in [
+                "needs 4 requests plus one for a dead-letter record",
+                "UPLOAD_SUBREQUEST_BUDGET=3",
+                "no upload can apply it",
+                "alter role authenticated set statement_timeout",
+            ] {
+                assert!(failure.message.contains(part), "{route:?}: {part:?} in {}", failure.message);
+            }
+            assert_eq!(report.results[0].retry_after_ms, Some(60_000), "{route:?}: the operator's to fix");
+            assert_eq!(report.dead_letters, 0, "{route:?}: never discarded for its size");
+        }
+    }
+
+    #[test]
+    fn upload_atomic_true_keeps_a_timed_out_transaction_retryable_naming_the_fix() {
+        let mut s = service();
+        s.atomic = AtomicMode::Always;
+        let transport = FakeTransport::scripted(vec![statement_timeout()]);
+        let report = run_with(Route::Atomic, &s, &[mixed("big"), tx(2)], &transport);
+        assert_eq!(statuses(&report), vec![Status::RetryableError, Status::NotAttempted]);
+        assert_eq!(transport.sent().len(), 1, "all-or-nothing demanded: no REST requests");
+        let failure = report.results[0].failed_operation.clone().expect("failure");
+        assert!(failure.message.contains("UPLOAD_ATOMIC=true"), "{}", failure.message);
+        assert!(failure.message.contains("alter role service_role set statement_timeout"), "{}", failure.message);
+        assert_eq!(report.results[0].retry_after_ms, Some(60_000));
+    }
+
+    #[test]
+    fn bulk_upsert_cancelled_by_the_statement_timeout_is_sent_again_in_halves() {
+        let transport = FakeTransport::scripted(vec![statement_timeout(), ok(201), statement_timeout(), ok(201), ok(201)]);
+        let report = run(&[puts(&["a", "b", "c", "d"])], &settings(), &transport);
+        assert_eq!(statuses(&report), vec![Status::Success]);
+        let sent: Vec<Vec<String>> = transport.sent().iter().map(rows_sent).collect();
+        assert_eq!(sent, vec![vec!["a", "b", "c", "d"], vec!["a", "b"], vec!["c", "d"], vec!["c"], vec!["d"]]);
+        assert_eq!(report.subrequests, 5);
+    }
+
+    #[test]
+    fn upsert_cancelled_by_the_statement_timeout_without_room_to_split_is_retryable_saying_why() {
+        let mut s = settings();
+        s.subrequest_budget = 2;
+        let transport = FakeTransport::scripted(vec![statement_timeout()]);
+        let report = run(&[puts(&["a", "b"])], &s, &transport);
+        assert_eq!(statuses(&report), vec![Status::RetryableError]);
+        let failure = report.results[0].failed_operation.clone().expect("failure");
+        assert_eq!(failure.code, "57014");
+        assert!(failure.message.contains("smaller parts"), "{}", failure.message);
+        // one row cannot be split: retryable as before
+        let transport = FakeTransport::scripted(vec![statement_timeout()]);
+        let report = run(&[puts(&["a"])], &settings(), &transport);
+        assert_eq!(statuses(&report), vec![Status::RetryableError]);
+        assert_eq!(transport.sent().len(), 1);
+    }
+
     #[test]
     fn caller_debug_hides_the_token() {
         assert!(!format!("{:?}", caller()).contains("token\""));

@@ -208,6 +208,11 @@ pub struct TransactionResult {
     /// order. Sent as `"unchanged": [...]`, absent when empty. See `delivery` for how it is
     /// learnt (and when a merged request makes it list more entries than changed nothing).
     pub unchanged: Vec<usize>,
+    /// Why this transaction went through REST requests although its route was the atomic
+    /// function (its atomic call was cancelled by the statement timeout, see `delivery`): it was
+    /// then neither all-or-nothing nor exactly once. Sent as `"applied_via": "rest"` and
+    /// `"applied_via_reason": <this>`, absent otherwise.
+    pub applied_via_rest: Option<String>,
 }
 
 impl TransactionResult {
@@ -219,6 +224,7 @@ impl TransactionResult {
             retry_after_ms: None,
             already_applied: false,
             unchanged: Vec::new(),
+            applied_via_rest: None,
         }
     }
 
@@ -240,6 +246,7 @@ impl TransactionResult {
             retry_after_ms: None,
             already_applied: false,
             unchanged: Vec::new(),
+            applied_via_rest: None,
         }
     }
 
@@ -251,6 +258,7 @@ impl TransactionResult {
             retry_after_ms: Some(retry_after_seconds.saturating_mul(1000)),
             already_applied: false,
             unchanged: Vec::new(),
+            applied_via_rest: None,
         }
     }
 
@@ -262,11 +270,12 @@ impl TransactionResult {
             retry_after_ms: None,
             already_applied: false,
             unchanged: Vec::new(),
+            applied_via_rest: None,
         }
     }
 
     /// `{"status","transaction_id","failed_operation"?,"retry_after_ms"?,"already_applied"?,
-    /// "unchanged"?}`.
+    /// "unchanged"?,"applied_via"?,"applied_via_reason"?}`.
     pub fn to_json(&self) -> Value {
         let mut object = Map::new();
         object.insert("status".to_string(), json!(self.status.as_str()));
@@ -282,6 +291,10 @@ impl TransactionResult {
         }
         if !self.unchanged.is_empty() {
             object.insert("unchanged".to_string(), json!(self.unchanged));
+        }
+        if let Some(reason) = &self.applied_via_rest {
+            object.insert("applied_via".to_string(), json!("rest"));
+            object.insert("applied_via_reason".to_string(), json!(reason));
         }
         Value::Object(object)
     }
@@ -391,6 +404,7 @@ impl UploadReport {
             "already_applied": self.results.iter().filter(|r| r.already_applied).count(),
             "unchanged_entries": self.results.iter().map(|r| r.unchanged.len()).sum::<usize>(),
             "unexpected_responses": unexpected,
+            "applied_via_rest": self.results.iter().filter(|r| r.applied_via_rest.is_some()).count(),
             "atomic_function": self.atomic_function.map(|found| if found { "found" } else { "missing" }),
             "dead_letters": self.dead_letters,
             "dead_letter_failures": self.dead_letter_failures,

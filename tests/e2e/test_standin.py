@@ -638,6 +638,18 @@ def test_claims_reach_postgres_and_role_settings_apply(db, as_user, user_a):
                            "email": f"{user_a}@example.test"}
 
 
+def test_service_role_keeps_the_statement_timeout_of_the_role_postgrest_connects_as(db, as_service):
+    # Supabase: service_role has no timeout of its own; authenticator (PostgREST's login role)
+    # has 8 s, a session default that SET ROLE keeps. anon's own 3 s overrides it.
+    db.execute("""create or replace function public.my_timeout() returns text language sql stable
+                  as $$ select current_setting('statement_timeout') $$""")
+    db.execute("grant execute on function public.my_timeout() to anon, service_role")
+    resp = as_service.rpc("my_timeout", {})
+    assert (resp.status_code, resp.json()) == (200, "8s"), resp.text
+    resp = RestClient(as_service.base_url, ANON_KEY).rpc("my_timeout", {})
+    assert (resp.status_code, resp.json()) == (200, "3s"), resp.text
+
+
 class _JwksServer:
     def __init__(self, jwks: dict):
         body = json.dumps(jwks).encode()

@@ -28,6 +28,14 @@ ROLLBACK on error, so RLS policies using ``auth.uid()`` behave as on Supabase.
 The stand-in connects as a superuser (the DSN's user) and switches role per
 request, with ``authenticator`` as the session user as on Supabase; it never formats values
 into SQL (parameters + quoted identifiers).
+Role settings (``alter role ... set``): PostgREST logs in as its authenticator
+role, whose settings are the session's defaults, and applies the impersonated
+role's settings in each transaction (PostgREST >= 11.1, "impersonated role
+settings"; read when its configuration is loaded or reloaded). The stand-in
+applies, in each transaction, the settings of a role named ``authenticator``
+(if one exists; Supabase's has ``statement_timeout=8s``, which is what
+``service_role``, without a timeout of its own, runs with) and then the
+impersonated role's, read for every request.
 
 Run:  python -m tests.postgrest_standin.standin --port 54321 \
           --dsn postgresql://postgres@127.0.0.1:5432/postgres --jwt-secret S
@@ -58,6 +66,8 @@ import psycopg
 from psycopg import sql
 
 API_ROLES = ("anon", "authenticated", "service_role")
+# The role PostgREST logs in as on Supabase: its settings are each session's defaults.
+AUTHENTICATOR_ROLE = "authenticator"
 JSON_CT = "application/json; charset=utf-8"
 MAX_LOGGED_REQUESTS = 1000
 POSTGREST_VERSIONS = (12, 13)
@@ -849,9 +859,10 @@ class StandIn:
             with self.pool.connection() as conn:
                 try:
                     with conn.cursor() as cur:
-                        for (setting,) in cur.execute(ROLE_SETTINGS_SQL, (role,)).fetchall():
-                            name, _, value = setting.partition("=")
-                            cur.execute("select set_config(%s, %s, true)", (name, value))
+                        for settings_of in (AUTHENTICATOR_ROLE, role):
+                            for (setting,) in cur.execute(ROLE_SETTINGS_SQL, (settings_of,)).fetchall():
+                                name, _, value = setting.partition("=")
+                                cur.execute("select set_config(%s, %s, true)", (name, value))
                         cur.execute(
                             "select set_config('request.jwt.claims', %s, true),"
                             " set_config('request.method', %s, true),"

@@ -38,9 +38,11 @@ $$;
 grant anon, authenticated, service_role to authenticator;
 
 -- Supabase's per-role statement timeouts (PostgREST 12 applies role settings
--- of the impersonated role inside each request's transaction).
+-- of the impersonated role inside each request's transaction). service_role
+-- has none of its own: it keeps the authenticator's, a session default.
 alter role anon set statement_timeout = '3s';
 alter role authenticated set statement_timeout = '8s';
+alter role authenticator set statement_timeout = '8s';
 
 -- ---------------------------------------------------------------- auth schema
 create schema if not exists auth;
