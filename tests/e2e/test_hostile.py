@@ -264,6 +264,20 @@ class Scene:
         return {i: self.replay(i, replayer) for i in ids}
 
 
+def replay_refused(answer) -> bool:
+    """Whether a replay answer (Scene.replay) reports that nothing was applied: an error raised,
+    or the function's result saying it did not replay."""
+    how, body = answer
+    if how == "error" or (isinstance(how, int) and how >= 400):
+        return True
+    if isinstance(body, str):
+        try:
+            body = json.loads(body)
+        except ValueError:
+            return False
+    return isinstance(body, dict) and body.get("replayed") is False and body.get("applied") == 0
+
+
 def assert_b_unharmed(s: Scene, context=None):
     """B's data as it was, and B's queue working (module docs)."""
     assert s.snapshot() == s.before, f"B's data changed ({context})"
@@ -561,21 +575,21 @@ def test_replay_rpc_is_not_callable_by_users(scene):
     assert_b_unharmed(s)
 
 
-def _functions(db) -> list[tuple[str, list[tuple[str, str]]]]:
-    """Every powersync_* function in public (what the SQL files create): its name and input
-    arguments (name, type)."""
+def _functions(db) -> list[tuple[str, list[tuple[str, str]], int]]:
+    """Every powersync_* function in public (what the SQL files create): its name, input
+    arguments (name, type) and how many of them are required (the rest have defaults)."""
     found = []
-    for name, names, types, modes in db.execute(
+    for name, names, types, modes, defaults in db.execute(
             "select p.proname, coalesce(p.proargnames, '{}'::text[]),"
             "       array(select pg_catalog.format_type(t.oid, null)"
             "               from unnest(coalesce(p.proallargtypes, p.proargtypes::oid[]))"
             "                    with ordinality as t(oid, ord) order by t.ord),"
-            "       coalesce(p.proargmodes::text[], '{}'::text[])"
+            "       coalesce(p.proargmodes::text[], '{}'::text[]), p.pronargdefaults"
             "  from pg_catalog.pg_proc p join pg_catalog.pg_namespace n on n.oid = p.pronamespace"
             " where n.nspname = 'public' and p.proname like 'powersync%' order by 1"):
         args = [(n, t) for i, (n, t) in enumerate(zip(names, types))
                 if not modes or modes[i] in ("i", "b", "v")]
-        found.append((name, args))
+        found.append((name, args, len(args) - defaults))
     return found
 
 
@@ -631,20 +645,67 @@ def test_every_rpc_function_called_with_arguments_pointing_at_b_leaves_b_unharme
     s = scene
     api = s.rest(s.a if caller == "user" else None)
     functions = _functions(s.db)
-    assert {APPLY, CLAIM, REPLAY} <= {name for name, _ in functions}
+    assert {APPLY, CLAIM, REPLAY, RECORD} <= {name for name, _, _ in functions}
     answers = {}
-    for name, args in functions:
+    for name, args, required in functions:
         if not all(n for n, _ in args):
             continue  # unnamed arguments: not callable by name through /rpc
-        body = {n: hostile_argument(s, n, t) for n, t in args}
-        r = api.rpc(name, body)
-        answers[name] = (r.status_code, r.text[:200])
-        assert r.status_code < 500 or r.json().get("code") not in ("STANDIN500",), r.text
+        # every argument pointing at B; and only the required ones (the defaults decide the rest)
+        for label, chosen in (("all", args), ("required", args[:required])):
+            r = api.rpc(name, {n: hostile_argument(s, n, t) for n, t in chosen})
+            answers[f"{name} ({label})"] = (r.status_code, r.text[:200])
+            assert r.status_code < 500 or r.json().get("code") not in ("STANDIN500",), r.text
     if caller == "anon":
         assert all(status in (401, 403, 404) for status, _ in answers.values()), answers
     s.replay_all_new("service_role")
     s.replay_all_new("postgres")
     assert_b_unharmed(s, answers)
+
+
+@pytest.mark.parametrize("issuer", ISSUERS)
+@pytest.mark.parametrize("mode", MODES)
+def test_dead_letters_a_records_through_rpc_are_a_own_and_replay_with_a_rights_only(scene):
+    """A calls the recorder directly with entries built to hurt B when replayed: naming B as the
+    owner, an owner column and allowed tables (service-mode provenance), its own id and time, B's
+    client and transaction ids and B's next ops. Whatever is recorded is A's, with A's claims and
+    the database's time, one row per transaction; the operator's replays (service_role, then
+    postgres) apply it as A, so they report a refusal and B stays as it was."""
+    s, a, b = scene, scene.a, scene.b
+    api = s.rest(a)
+    planted = {"entries": s.hostile_entries(), "code": "23514", "message": "planted"}
+    # in B's name, or with a service-mode provenance: refused, or recorded as A's own
+    for extra in ({"user_id": b.sub}, {"owner_column": "owner_id"}, {"allowed_tables": [NOTES, ADMIN]},
+                  {"user_id": b.sub, "owner_column": "owner_id", "allowed_tables": None}):
+        r = api.rpc(RECORD, {**planted, **extra, "transaction_id": "p-" + new_id()})
+        assert r.status_code < 500, r.text
+    # an id, a time or a provenance of its own choosing: there is no such argument
+    for extra in ({"id": 1}, {"created_at": "2000-01-01T00:00:00Z"}, {"recorded_as": "service"}):
+        r = api.rpc(RECORD, {**planted, **extra})
+        assert 400 <= r.status_code < 500, r.text
+    # B's next fatal transaction (its client and transaction ids, its ops), recorded first by A
+    b_next_fatal = [{"op": "PUT", "table": NOTES, "id": s.b_next_fatal,
+                     "data": {"id": s.b_next_fatal, "body": "fatal", "owner_id": b.sub}, "state": "failed"}]
+    for _ in range(2):  # twice: one dead letter per transaction
+        r = api.rpc(RECORD, {"entries": b_next_fatal, "code": "23514", "message": "m",
+                             "client_id": b.client_id, "transaction_id": "4"})
+        assert r.status_code == 200, r.text
+    # and plainly, A's own: recorded
+    r = api.rpc(RECORD, {**planted, "transaction_id": "plain", "client_id": a.client_id})
+    assert r.status_code == 200, r.text
+    mine = s.dead_letters_of(a)
+    assert [d["transaction_id"] for d in mine].count("4") == 1, mine
+    assert "plain" in [d["transaction_id"] for d in mine]
+    for d in mine:
+        assert d["user_id"] == a.sub
+        assert d.get("recorded_as") == "user" and (d.get("recorded_claims") or {}).get("sub") == a.sub, d
+        assert not d.get("owner_column") and not d.get("allowed_tables"), d
+    now = s.db.execute("select now()").fetchone()[0]
+    assert all(abs((now - s.db.execute(f"select created_at from public.{DEAD_LETTERS} where id = %s",
+                                       (d["id"],)).fetchone()[0]).total_seconds()) < 120 for d in mine)
+    for replayer in REPLAYERS:
+        answers = s.replay_all_new(replayer)
+        assert answers and all(replay_refused(answer) for answer in answers.values()), answers
+    assert_b_unharmed(s)
 
 
 # =========================================================================== the operator's replay
@@ -672,4 +733,6 @@ def test_dead_letters_a_gets_recorded_through_the_worker_replay_without_touching
     assert len(letters) >= 2, letters
     answers = s.replay_all_new(replayer)
     assert set(answers) == {d["id"] for d in letters}
+    # each would need more than A's rights: refused, and the refusal reported, not forced
+    assert all(replay_refused(answer) for answer in answers.values()), answers
     assert_b_unharmed(s, answers)
