@@ -62,7 +62,11 @@
 --     (other users' rows are silently left alone, like RLS-hidden rows);
 --     a PATCH cannot change <owner_column> (it is forced to owner_id).
 --
--- Returns {"applied": <number of ops processed>}.
+-- Returns {"applied": <number of ops processed>, "unchanged": [<op index>, …]}:
+-- "unchanged" lists, in order, the PATCH ops that updated no row and the
+-- DELETE ops whose id matched no row (gone already, hidden by row-level
+-- security, or another owner's in service mode), learnt from the statements
+-- themselves (row count; the DELETE's `returning id`), without another query.
 --
 -- Exactly once (client_id, transaction_id): the bridge passes the PowerSync
 -- client id the app sent with its upload and the transaction's id. The call
@@ -74,19 +78,22 @@
 -- applies the ops as before and records nothing. The same ids with
 -- DIFFERENT ops (a client whose local database was reset and reuses its ids)
 -- are applied, and the record replaced. The user is the caller's JWT `sub`
--- (request.jwt.claims, set by PostgREST), else owner_id (service mode: the
--- service key has no `sub`), else ''; a user cannot choose another user's
--- key. Records are kept 30 days (`powersync.ledger_retention`, e.g.
--- `alter database postgres set powersync.ledger_retention = '90 days'`):
--- each recording call deletes up to 100 expired ones. A transaction re-sent
--- after that is applied again, as without a ledger.
+-- (request.jwt.claims, set by PostgREST); without one, owner_id if the
+-- caller bypasses row-level security (service mode: the service key has no
+-- `sub`; an operator), else the call is refused: a user cannot choose another
+-- user's key. Records are kept 30 days and at most 10,000 per user (the table
+-- public.powersync_upload_ledger_settings, which no API role can read or
+-- change; see powersync_upload_ledger_claim for the ranges): each recording
+-- call deletes up to 100 expired ones, and a user's oldest beyond the cap. A
+-- transaction re-sent after that is applied again, as without a ledger.
 --
 -- The ledger is reached only through powersync_upload_ledger_claim (SECURITY
 -- DEFINER): API roles have no privileges on the table itself (RLS on, no
 -- policies), so in RLS mode, where this function runs as the user, the user
 -- cannot read or write other users' records. A user calling the claim
 -- function directly can only mark their own (client, transaction) as
--- applied, which only hurts their own uploads.
+-- applied, which only hurts their own uploads; its inputs are checked and a
+-- user's records are capped.
 --
 -- Idempotent: safe to run again to upgrade. Upgrading from the copy without
 -- client_id/transaction_id drops that 3-argument version (one transaction, so
@@ -109,11 +116,55 @@ comment on table public.powersync_upload_ledger is
   'PowerSync upload bridge: transactions applied by powersync_apply_transaction, so a re-send applies nothing.';
 alter table public.powersync_upload_ledger enable row level security;
 revoke all on table public.powersync_upload_ledger from public;
+
+-- Ledger settings: one row, no privileges for any API role (an API session can
+-- neither read nor change them; unlike a GUC, no session can SET them).
+-- Change them as the owner, e.g.
+--   update public.powersync_upload_ledger_settings set retention = '90 days';
+-- Both are clamped when read (see powersync_upload_ledger_claim):
+--   retention             1 day .. 365 days, default 30 days;
+--   max_records_per_user  1,000 .. 1,000,000, default 10,000.
+create table if not exists public.powersync_upload_ledger_settings (
+  id                   boolean primary key default true check (id),
+  retention            interval not null default interval '30 days',
+  max_records_per_user integer not null default 10000
+);
+comment on table public.powersync_upload_ledger_settings is
+  'PowerSync upload bridge: ledger retention and per-user cap (one row; clamped when read).';
+alter table public.powersync_upload_ledger_settings enable row level security;
+-- the first run keeps a retention set the old way (powersync.ledger_retention), if valid
 do $$
+declare
+  v_keep interval;
 begin
-  if exists (select 1 from pg_catalog.pg_roles where rolname = 'anon') then
-    execute 'revoke all on table public.powersync_upload_ledger from anon, authenticated';
-  end if;
+  begin
+    v_keep := nullif(current_setting('powersync.ledger_retention', true), '')::interval;
+  exception when others then
+    v_keep := null;
+  end;
+  insert into public.powersync_upload_ledger_settings as s (id, retention)
+  values (true, coalesce(v_keep, interval '30 days'))
+  on conflict (id) do nothing;
+end
+$$;
+
+-- a user's records, newest first: the per-user cap
+create index if not exists powersync_upload_ledger_user_applied_at
+  on public.powersync_upload_ledger (user_id, applied_at);
+
+-- Privileges: none for the API roles on either table (older Supabase projects
+-- grant every new table in public to them by default).
+do $$
+declare
+  r text;
+begin
+  execute 'revoke all on table public.powersync_upload_ledger_settings from public';
+  foreach r in array array['anon', 'authenticated', 'service_role'] loop
+    if exists (select 1 from pg_catalog.pg_roles where rolname = r) then
+      execute pg_catalog.format('revoke all on table public.powersync_upload_ledger from %I', r);
+      execute pg_catalog.format('revoke all on table public.powersync_upload_ledger_settings from %I', r);
+    end if;
+  end loop;
 end
 $$;
 
@@ -122,30 +173,74 @@ $$;
 -- powersync_apply_transaction inside its transaction: if the writes fail,
 -- the record is rolled back with them. A concurrent call for the same key
 -- waits for the first one's transaction, then sees its record.
+--
+-- Callable by `authenticated` through /rpc, so it trusts nothing it is given:
+--   * p_digest must be a sha256 in hex (64 lower-case hex digits);
+--   * p_client_id and p_transaction_id: 1 to 256 bytes. 256 is the bridge's
+--     own limit for a client id (a longer one is refused with 400 before
+--     anything is sent) and the bridge sends no longer transaction id to the
+--     ledger (such a transaction is applied without a ledger record), so a
+--     longer value can only come from a direct call;
+--   * the user is the caller's JWT `sub`; p_owner_id counts only for a caller
+--     that bypasses row-level security (service mode, operators) and has no
+--     `sub`. A caller that does neither is refused (42501): a user only ever
+--     touches their own records;
+--   * each new record beyond the user's max_records_per_user removes that
+--     user's oldest (which only weakens that user's own exactly-once: a
+--     re-send of a transaction that old is applied again);
+--   * p_not_before (the dead-letter replay): a record of this (user, client,
+--     transaction) made at or after it counts as applied, whatever its ops.
+-- Errors: 22023 for bad input, 42501 for a caller without a user.
 create or replace function public.powersync_upload_ledger_claim(
   p_client_id text,
   p_transaction_id text,
   p_digest text,
-  p_owner_id text default null
+  p_owner_id text default null,
+  p_not_before timestamptz default null
 ) returns boolean
 language plpgsql
 security definer
 set search_path = pg_catalog, pg_temp
 as $$
 declare
-  v_claims text := nullif(current_setting('request.jwt.claims', true), '');
-  v_user   text;
-  v_digest text;
-  v_keep   interval;
+  v_claims  text := nullif(current_setting('request.jwt.claims', true), '');
+  -- the calling role: SECURITY DEFINER changes current_user, not the `role` setting
+  v_caller  text := coalesce(nullif(nullif(current_setting('role', true), 'none'), ''), session_user);
+  v_trusted boolean;
+  v_user    text;
+  v_digest  text;
+  v_at      timestamptz;
+  v_keep    interval;
+  v_cap     integer;
+  v_cut     timestamptz;
 begin
-  v_user := coalesce(nullif(case when v_claims is not null then v_claims::jsonb ->> 'sub' end, ''),
-                     p_owner_id, '');
-  begin
-    v_keep := coalesce(nullif(current_setting('powersync.ledger_retention', true), '')::interval,
-                       interval '30 days');
-  exception when others then
-    v_keep := interval '30 days';
-  end;
+  if p_digest is null or p_digest !~ '^[0-9a-f]{64}$' then
+    raise exception using errcode = '22023',
+      message = 'powersync_upload_ledger_claim: p_digest must be a sha256 in hex (64 lower-case hex digits)';
+  end if;
+  if coalesce(octet_length(p_client_id), 0) not between 1 and 256
+     or coalesce(octet_length(p_transaction_id), 0) not between 1 and 256 then
+    raise exception using errcode = '22023',
+      message = 'powersync_upload_ledger_claim: p_client_id and p_transaction_id must be 1 to 256 bytes';
+  end if;
+  v_user := nullif(case when v_claims is not null then v_claims::jsonb ->> 'sub' end, '');
+  if v_user is null then
+    select r.rolsuper or r.rolbypassrls into v_trusted
+      from pg_catalog.pg_roles r where r.rolname = v_caller;
+    if not coalesce(v_trusted, false) then
+      raise exception using errcode = '42501',
+        message = 'powersync_upload_ledger_claim: the session has no sub';
+    end if;
+    v_user := coalesce(p_owner_id, '');
+  end if;
+
+  select least(greatest(s.retention, interval '1 day'), interval '365 days'),
+         least(greatest(s.max_records_per_user, 1000), 1000000)
+    into v_keep, v_cap
+    from public.powersync_upload_ledger_settings as s;
+  v_keep := coalesce(v_keep, interval '30 days');
+  v_cap := coalesce(v_cap, 10000);
+
   -- a few expired records per call (index on applied_at): pruning keeps pace. Rows another
   -- call is pruning right now are skipped, so concurrent calls neither wait nor deadlock here.
   delete from public.powersync_upload_ledger as l
@@ -158,12 +253,23 @@ begin
   values (v_user, p_client_id, p_transaction_id, p_digest)
   on conflict (user_id, client_id, transaction_id) do nothing;
   if found then
+    -- beyond the cap, this user's oldest records go (a few per call, like expiry)
+    select o.applied_at into v_cut from public.powersync_upload_ledger as o
+     where o.user_id = v_user
+     order by o.applied_at desc offset v_cap limit 1;
+    if v_cut is not null then
+      delete from public.powersync_upload_ledger as l
+       where l.ctid in (select o.ctid from public.powersync_upload_ledger as o
+                         where o.user_id = v_user and o.applied_at <= v_cut
+                         order by o.applied_at limit 100
+                         for update skip locked);
+    end if;
     return false;
   end if;
-  select l.digest into v_digest from public.powersync_upload_ledger as l
+  select l.digest, l.applied_at into v_digest, v_at from public.powersync_upload_ledger as l
    where l.user_id = v_user and l.client_id = p_client_id and l.transaction_id = p_transaction_id
    for update;
-  if v_digest = p_digest then
+  if v_digest = p_digest or v_at >= p_not_before then
     return true;
   end if;
   -- the same ids for other ops: a new transaction (the client reused its ids)
@@ -173,17 +279,24 @@ begin
 end
 $$;
 
-comment on function public.powersync_upload_ledger_claim(text, text, text, text) is
+comment on function public.powersync_upload_ledger_claim(text, text, text, text, timestamptz) is
   'PowerSync upload bridge: record a transaction in the ledger; true if it was already applied.';
-revoke all on function public.powersync_upload_ledger_claim(text, text, text, text) from public;
+-- the copy before input checks had four arguments: a call with four would be ambiguous
+drop function if exists public.powersync_upload_ledger_claim(text, text, text, text);
 do $$
+declare
+  r text;
 begin
-  if exists (select 1 from pg_catalog.pg_roles where rolname = 'anon') then
-    execute 'revoke all on function public.powersync_upload_ledger_claim(text, text, text, text) from anon';
-  end if;
+  execute 'revoke all on function public.powersync_upload_ledger_claim(text, text, text, text, timestamptz) from public';
+  foreach r in array array['anon', 'authenticated', 'service_role'] loop
+    if exists (select 1 from pg_catalog.pg_roles where rolname = r) then
+      execute pg_catalog.format(
+        'revoke all on function public.powersync_upload_ledger_claim(text, text, text, text, timestamptz) from %I', r);
+    end if;
+  end loop;
 end
 $$;
-grant execute on function public.powersync_upload_ledger_claim(text, text, text, text)
+grant execute on function public.powersync_upload_ledger_claim(text, text, text, text, timestamptz)
   to authenticated, service_role;
 
 -- the copy installed before exactly-once had three arguments: replaced below
@@ -212,6 +325,8 @@ declare
   v_rows   bigint;
   v_count  bigint;
   v_other  bigint;     -- PUT group: position of the op that hit another owner's row
+  v_unchanged integer[] := '{}';  -- PATCH/DELETE ops that changed no row
+  v_missed integer[];  -- DELETE group: positions (from 0) of the ids that matched no row
   v_n      integer;    -- PUT group: number of rows to apply
   -- the pending group: consecutive ops not applied yet (g_kind null = none)
   g_kind   text;       -- 'PUT' or 'DELETE'
@@ -410,17 +525,26 @@ begin
           end if;
 
         else -- DELETE
-          -- the ids are typed by the table's id column (so the index is used)
+          -- the ids are typed by the table's id column (so the index is used);
+          -- the deleted rows' ids, returned, tell which ops matched no row
           v_sql := format(
-            'delete from public.%I as t where t.id = any (array('
+            'with d as (delete from public.%I as t where t.id = any (array('
             '  select r.id from unnest($1::text[]) as u(id)'
             '  cross join lateral jsonb_populate_record(null::public.%I,'
-            '                                           jsonb_build_object(''id'', u.id)) as r))',
-            g_table, g_table);
-          if owner_column is not null then
-            v_sql := v_sql || format(' and t.%I::text = $2', owner_column);
-          end if;
-          execute v_sql using g_ids, owner_id;
+            '                                           jsonb_build_object(''id'', u.id)) as r))'
+            '%s returning t.id)'
+            ' select coalesce(array_agg((u.ord - 1)::integer order by u.ord), ''{}'')'
+            '   from unnest($1::text[]) with ordinality as u(id, ord)'
+            '  cross join lateral jsonb_populate_record(null::public.%I,'
+            '                                           jsonb_build_object(''id'', u.id)) as r'
+            '  where not exists (select 1 from d where d.id = r.id)',
+            g_table, g_table,
+            case when owner_column is null then ''
+                 else format(' and t.%I::text = $2', owner_column) end,
+            g_table);
+          execute v_sql into v_missed using g_ids, owner_id;
+          v_unchanged := v_unchanged
+                         || array(select g_start + m from unnest(v_missed) as m order by m);
         end if;
 
         g_kind := null;
@@ -467,6 +591,10 @@ begin
             execute v_sql || format(' and t.%I::text = $2', owner_column)
               using v_data || jsonb_build_object('id', v.id), owner_id;
           end if;
+          get diagnostics v_rows = row_count;
+          if v_rows = 0 then
+            v_unchanged := v_unchanged || v.idx;
+          end if;
         end if;
 
       else
@@ -492,7 +620,8 @@ begin
     end if;
   end;
 
-  return jsonb_build_object('applied', jsonb_array_length(ops));
+  return jsonb_build_object('applied', jsonb_array_length(ops),
+                            'unchanged', to_jsonb(v_unchanged));
 end
 $$;
 

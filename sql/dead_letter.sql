@@ -1,4 +1,4 @@
--- PowerSync upload bridge: dead-letter table and replay.
+-- PowerSync upload bridge: dead letters and their replay.
 --
 -- Run this once in your Supabase project if you enable dead-lettering
 -- (UPLOAD_DEAD_LETTER_TABLE=powersync_dead_letters): when a transaction is
@@ -6,42 +6,85 @@
 -- records the WHOLE transaction here, then tells the client to discard it,
 -- instead of blocking the user's upload queue forever. If the record cannot be
 -- written, the transaction is reported retryable and stays with the client.
+-- Idempotent: safe to run again; it also upgrades an older copy in place
+-- (user_id uuid -> text, bigserial id -> identity, provenance columns) without
+-- losing rows.
 --
---   POST /rest/v1/powersync_dead_letters
---   {"user_id": "<sub>", "transaction_id": "…", "op_index": 1,
---    "entry": {…the failing CRUD entry, as the client sent it…},
---    "entries": [{"op": "PUT", "table": "todos", "id": "…", "data": {…},
+-- Recording: only through powersync_record_dead_letter (SECURITY DEFINER).
+-- API roles cannot insert, update or delete the table nor use its sequence;
+-- an `authenticated` user may only read their own rows. The bridge calls
+--
+--   POST /rest/v1/rpc/powersync_record_dead_letter
+--   {"entries": [{"op": "PUT", "table": "todos", "id": "…", "data": {…},
 --                 "state": "applied"},
 --                {"op": "DELETE", "table": "todos", "id": "…", "state": "failed"},
 --                {"op": "PATCH", "table": "lists", "id": "…", "data": {…},
 --                 "state": "not_attempted"}],
---    "code": "23505", "message": "…", "details": "…"}
+--    "code": "23505", "message": "…", "details": "…",
+--    "transaction_id": "…", "client_id": "…", "op_index": 1,
+--    "entry": {…the failing entry, as the client sent it…}}
+--   service mode adds: "user_id": "<sub>", "owner_column": "user_id",
+--                      "allowed_tables": ["todos", "lists"] (null: any table)
 --
--- `entries` is every entry of the transaction in order, as the bridge writes
--- it (the ops of powersync_apply_transaction: data after conversions), with
--- what became of it: applied (written), failed (in the request that failed,
--- so not written), not_attempted (never sent). op_index is the failing entry
--- (null: the failure concerns the whole transaction).
+-- and gets the row's id back. `entries` is every entry of the transaction in
+-- order, as the bridge writes it (the ops of powersync_apply_transaction: data
+-- after conversions) with what became of it: applied (written), failed (in the
+-- request that failed, so not written), not_attempted (never sent). op_index
+-- is the failing entry (null: the failure concerns the whole transaction).
+--
+-- The function sets everything that makes a replay safe itself (provenance):
+--   * id (identity, never chosen by the caller) and created_at (now());
+--   * a caller that does not bypass row-level security (`authenticated`):
+--     the owner (user_id) is its JWT's `sub` and its JWT claims are kept
+--     (recorded_as = 'user', recorded_claims). A user_id other than the
+--     session's own, an owner_column or allowed_tables is refused (42501),
+--     as is a session without a `sub`;
+--   * a caller that bypasses row-level security (service_role, the
+--     postgres/owner role): must name the owner (user_id) and the owner column;
+--     recorded_as = 'service', with owner_column and allowed_tables;
+--   * recorded_by: the database role that called.
+-- One dead letter per transaction: the same owner, client_id,
+-- transaction_id and ops (sha256 of `entries` without their state, which is
+-- what the atomic function's ledger computes for the transaction) return the
+-- first row's id and add nothing (a re-send after the bridge lost the answer).
 --
 -- Replay, once the cause is fixed (needs sql/atomic_upload.sql):
 --
 --   select public.powersync_replay_dead_letter(42);
---   -- service mode: pass the owner column, so ownership is enforced as the
---   -- bridge would (the dead letter's user_id is the owner):
---   select public.powersync_replay_dead_letter(42, owner_column => 'user_id');
 --
--- It applies the entries that are not `applied`, in order, in one atomic
--- call (all or nothing), marks the row replayed_at = now() and refuses to
--- replay a row twice. It runs with the rights of whoever calls it (run it as
--- an operator: postgres or service_role; RLS applies to other roles).
---
--- With a user's token the row must carry that user's id (RLS); with the
--- service key any row may be written.
--- Idempotent: safe to run again (also to upgrade an older table).
+-- EXECUTE: service_role and the owner (postgres) only. It applies the entries
+-- that are not `applied`, in order, in one powersync_apply_transaction call
+-- (all or nothing), and NEVER with more rights than the original writer:
+--   * recorded_as = 'user': as that user: the function switches to the role
+--     `authenticated` with the recorded claims (request.jwt.claims, and
+--     request.jwt.claim.sub / .role for older auth helpers) for the call, so
+--     that user's RLS policies decide, then restores the caller's role and
+--     settings. (SET ROLE is refused inside SECURITY DEFINER functions, so the
+--     replay is SECURITY INVOKER; the session user -- postgres, or
+--     `authenticator` under PostgREST -- is a member of `authenticated` on
+--     Supabase.)
+--   * recorded_as = 'service': with the caller's rights, the recorded owner
+--     column and owner (ownership enforced as the bridge did), and only the
+--     recorded allowed tables; never the bridge's own tables.
+--   * a row without provenance (recorded by an older bridge or written by
+--     hand before this version) is refused (42501): replay its entries by hand.
+-- Refused or failing (RLS, a table not allowed, a constraint, already applied
+-- since): nothing is applied, the error is returned and stored in replay_error
+-- ({"applied": 0, "replayed": false, "error": {code, message, details, hint}}),
+-- and the row can be replayed again once the cause is fixed. Success:
+-- {"applied": n, "replayed": true, "dead_letter_id": id}, replayed_at set.
+-- A row already replayed is refused (55000, raised). With a client_id and a
+-- transaction_id the replay asks the ledger first: a transaction applied since
+-- it was dead-lettered (same user, client, transaction, recorded after
+-- created_at; or the same ops at any time) is refused (55000, stored);
+-- otherwise the replay records it in the ledger with the digest of ALL its
+-- ops, so a later re-send by the client is `already_applied`.
+
+begin;
 
 create table if not exists public.powersync_dead_letters (
-  id             bigserial primary key,
-  user_id        uuid,
+  id             bigint generated always as identity primary key,
+  user_id        text,
   transaction_id text,
   op_index       int,
   entry          jsonb not null,
@@ -54,93 +97,354 @@ create table if not exists public.powersync_dead_letters (
 -- added after the first release: run this file again to upgrade
 alter table public.powersync_dead_letters
   add column if not exists entries jsonb,
-  add column if not exists replayed_at timestamptz;
+  add column if not exists replayed_at timestamptz,
+  -- provenance, set by powersync_record_dead_letter only
+  add column if not exists client_id text,
+  add column if not exists recorded_as text,        -- 'user' | 'service'; null: no provenance
+  add column if not exists recorded_by text,        -- the database role that recorded it
+  add column if not exists recorded_claims jsonb,   -- the recording session's JWT claims
+  add column if not exists owner_column text,       -- service: the owner column
+  add column if not exists allowed_tables text[],   -- service: the tables allowed (null: any)
+  add column if not exists ops_digest text,         -- sha256 of the ops (entries without state)
+  add column if not exists dedup_key text,          -- one dead letter per transaction
+  -- the last replay attempt
+  add column if not exists replay_result jsonb,
+  add column if not exists replay_error jsonb,
+  add column if not exists replay_attempted_at timestamptz;
 
-create index if not exists powersync_dead_letters_user_id_idx
-  on public.powersync_dead_letters (user_id, created_at);
-
-alter table public.powersync_dead_letters enable row level security;
-
+-- the policies name user_id: dropped before its type changes (one transaction:
+-- no moment without them), created again below
 drop policy if exists powersync_dead_letters_insert_own on public.powersync_dead_letters;
 drop policy if exists powersync_dead_letters_select_own on public.powersync_dead_letters;
 drop policy if exists powersync_dead_letters_service on public.powersync_dead_letters;
+drop policy if exists powersync_dead_letters_service_select on public.powersync_dead_letters;
+drop policy if exists powersync_dead_letters_service_update on public.powersync_dead_letters;
 
-create policy powersync_dead_letters_insert_own on public.powersync_dead_letters
-  for insert to authenticated
-  with check (user_id = (select auth.uid()));
-create policy powersync_dead_letters_select_own on public.powersync_dead_letters
-  for select to authenticated
-  using (user_id = (select auth.uid()));
--- service_role bypasses RLS on Supabase; this policy keeps it working where it does not
-create policy powersync_dead_letters_service on public.powersync_dead_letters
-  for all to service_role
-  using (true) with check (true);
-
-revoke all on table public.powersync_dead_letters from public;
 do $$
+declare
+  v_next bigint;
 begin
-  if exists (select 1 from pg_catalog.pg_roles where rolname = 'anon') then
-    execute 'revoke all on table public.powersync_dead_letters from anon';
-    execute 'revoke all on sequence public.powersync_dead_letters_id_seq from anon';
+  -- user_id was uuid (auth.uid()): any issuer's `sub` is text
+  if (select a.atttypid from pg_catalog.pg_attribute a
+       where a.attrelid = 'public.powersync_dead_letters'::pg_catalog.regclass
+         and a.attname = 'user_id' and not a.attisdropped) <> 'pg_catalog.text'::pg_catalog.regtype then
+    alter table public.powersync_dead_letters alter column user_id type text using user_id::text;
+  end if;
+  -- id was bigserial (insertable by users): an identity nobody chooses
+  if not exists (select 1 from pg_catalog.pg_attribute a
+                  where a.attrelid = 'public.powersync_dead_letters'::pg_catalog.regclass
+                    and a.attname = 'id' and a.attidentity = 'a') then
+    select coalesce(max(d.id), 0) + 1 into v_next from public.powersync_dead_letters d;
+    alter table public.powersync_dead_letters alter column id drop default;
+    drop sequence if exists public.powersync_dead_letters_id_seq;
+    execute pg_catalog.format(
+      'alter table public.powersync_dead_letters alter column id'
+      ' add generated always as identity (start with %s)', v_next);
+  end if;
+  if not exists (select 1 from pg_catalog.pg_constraint c
+                  where c.conrelid = 'public.powersync_dead_letters'::pg_catalog.regclass
+                    and c.conname = 'powersync_dead_letters_recorded_as_check') then
+    alter table public.powersync_dead_letters add constraint powersync_dead_letters_recorded_as_check
+      check (recorded_as in ('user', 'service'));
   end if;
 end
 $$;
-grant select, insert on table public.powersync_dead_letters to authenticated;
-grant all on table public.powersync_dead_letters to service_role;
-grant usage, select on sequence public.powersync_dead_letters_id_seq to authenticated, service_role;
+
+create index if not exists powersync_dead_letters_user_id_idx
+  on public.powersync_dead_letters (user_id, created_at);
+create unique index if not exists powersync_dead_letters_dedup_key
+  on public.powersync_dead_letters (dedup_key);
+
+comment on table public.powersync_dead_letters is
+  'PowerSync upload bridge: transactions rejected for good, written only by powersync_record_dead_letter.';
+
+alter table public.powersync_dead_letters enable row level security;
+
+-- a user reads their own dead letters (any issuer: the JWT's sub, not auth.uid())
+create policy powersync_dead_letters_select_own on public.powersync_dead_letters
+  for select to authenticated
+  using (user_id = (select auth.jwt() ->> 'sub'));
+-- service_role bypasses RLS on Supabase; these keep it working where it does not
+create policy powersync_dead_letters_service_select on public.powersync_dead_letters
+  for select to service_role using (true);
+create policy powersync_dead_letters_service_update on public.powersync_dead_letters
+  for update to service_role using (true) with check (true);
+
+-- Privileges: exactly these (older Supabase projects grant every new table and
+-- sequence in public to the API roles by default; newer ones grant nothing).
+--   authenticated: SELECT (its own rows, by the policy above)
+--   service_role:  SELECT, and UPDATE of the replay bookkeeping columns (the
+--                  replay runs as its caller)
+--   anon: nothing. Nobody but the owner writes the other columns.
+do $$
+declare
+  r text;
+begin
+  execute 'revoke all on table public.powersync_dead_letters from public';
+  execute pg_catalog.format('revoke all on sequence %s from public',
+                            pg_catalog.pg_get_serial_sequence('public.powersync_dead_letters', 'id'));
+  foreach r in array array['anon', 'authenticated', 'service_role'] loop
+    if exists (select 1 from pg_catalog.pg_roles where rolname = r) then
+      execute pg_catalog.format('revoke all on table public.powersync_dead_letters from %I', r);
+      execute pg_catalog.format('revoke all on sequence %s from %I',
+                                pg_catalog.pg_get_serial_sequence('public.powersync_dead_letters', 'id'), r);
+    end if;
+  end loop;
+end
+$$;
+grant select on table public.powersync_dead_letters to authenticated;
+grant select, update (replayed_at, replay_result, replay_error, replay_attempted_at)
+  on table public.powersync_dead_letters to service_role;
+
+-- ---------------------------------------------------------------- record
+create or replace function public.powersync_record_dead_letter(
+  entries        jsonb,
+  code           text,
+  message        text,
+  details        text default null,
+  transaction_id text default null,
+  client_id      text default null,
+  op_index       integer default null,
+  entry          jsonb default null,
+  user_id        text default null,
+  owner_column   text default null,
+  allowed_tables text[] default null
+) returns bigint
+language plpgsql
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+#variable_conflict use_variable
+declare
+  -- the calling role: SECURITY DEFINER changes current_user, not the `role` setting
+  v_caller  text := coalesce(nullif(nullif(current_setting('role', true), 'none'), ''), session_user);
+  v_claims  jsonb := nullif(current_setting('request.jwt.claims', true), '')::jsonb;
+  v_trusted boolean;
+  v_as      text;
+  v_owner   text;
+  v_bad     text;
+  v_digest  text;
+  v_key     text;
+  v_id      bigint;
+begin
+  select r.rolsuper or r.rolbypassrls into v_trusted
+    from pg_catalog.pg_roles r where r.rolname = v_caller;
+  if coalesce(v_trusted, false) then
+    -- service mode (or an operator): names the owner and the owner column
+    if coalesce(user_id, '') = '' or coalesce(owner_column, '') = '' then
+      raise exception using errcode = '22023',
+        message = 'powersync_record_dead_letter: a caller that bypasses row-level security must give user_id and owner_column';
+    end if;
+    v_as := 'service';
+    v_owner := user_id;
+  else
+    -- a user: the owner is the session's own sub, whatever the body says
+    v_owner := nullif(v_claims ->> 'sub', '');
+    if v_owner is null then
+      raise exception using errcode = '42501',
+        message = 'powersync_record_dead_letter: the session has no sub';
+    end if;
+    if user_id is distinct from null and user_id <> v_owner then
+      raise exception using errcode = '42501',
+        message = 'powersync_record_dead_letter: user_id must be the session''s own sub';
+    end if;
+    if owner_column is not null or allowed_tables is not null then
+      raise exception using errcode = '42501',
+        message = 'powersync_record_dead_letter: only service_role records owner_column and allowed_tables';
+    end if;
+    v_as := 'user';
+  end if;
+
+  if entries is null or jsonb_typeof(entries) <> 'array' then
+    raise exception using errcode = '22023',
+      message = 'powersync_record_dead_letter: entries must be a JSON array';
+  end if;
+  select pg_catalog.format('entry %s', e.ord - 1) into v_bad
+    from jsonb_array_elements(entries) with ordinality as e(value, ord)
+   where jsonb_typeof(e.value) <> 'object'
+      or jsonb_typeof(e.value -> 'table') is distinct from 'string'
+      or jsonb_typeof(e.value -> 'id') is distinct from 'string'
+      or (e.value ->> 'state') is null
+      or (e.value ->> 'state') not in ('applied', 'failed', 'not_attempted')
+   order by e.ord limit 1;
+  if v_bad is not null then
+    raise exception using errcode = '22023',
+      message = pg_catalog.format('powersync_record_dead_letter: %s is not {"op","table","id","data"?,"state"}', v_bad);
+  end if;
+
+  -- the digest the atomic function's ledger computes for these ops
+  select pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(
+           coalesce(jsonb_agg(e.value - 'state' order by e.ord), '[]'::jsonb)::text, 'UTF8')), 'hex')
+    into v_digest
+    from jsonb_array_elements(entries) with ordinality as e(value, ord);
+  if transaction_id is not null then
+    v_key := pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(
+               jsonb_build_array(v_owner, client_id, transaction_id, v_digest)::text, 'UTF8')), 'hex');
+  end if;
+
+  insert into public.powersync_dead_letters as d
+    (user_id, transaction_id, client_id, op_index, entry, entries, code, message, details,
+     recorded_as, recorded_by, recorded_claims, owner_column, allowed_tables, ops_digest, dedup_key)
+  values
+    (v_owner, transaction_id, client_id, op_index, coalesce(entry, entries), entries, code, message,
+     details, v_as, v_caller, v_claims,
+     case when v_as = 'service' then owner_column end,
+     case when v_as = 'service' then allowed_tables end,
+     v_digest, v_key)
+  on conflict (dedup_key) do nothing
+  returning d.id into v_id;
+  if v_id is null then
+    -- this transaction has its dead letter already
+    select d.id into v_id from public.powersync_dead_letters as d where d.dedup_key = v_key;
+  end if;
+  return v_id;
+end
+$$;
+
+comment on function public.powersync_record_dead_letter(jsonb, text, text, text, text, text, integer, jsonb, text, text, text[]) is
+  'PowerSync upload bridge: record a transaction rejected for good (owner and provenance set by the function); returns its id.';
 
 -- ---------------------------------------------------------------- replay
-create or replace function public.powersync_replay_dead_letter(
-  dead_letter_id bigint,
-  owner_column text default null
-) returns jsonb
+drop function if exists public.powersync_replay_dead_letter(bigint, text);
+
+create or replace function public.powersync_replay_dead_letter(dead_letter_id bigint)
+returns jsonb
 language plpgsql
 security invoker
 set search_path = pg_catalog, pg_temp
 as $$
 declare
-  d      public.powersync_dead_letters;
-  v_ops  jsonb;
-  v_done jsonb;
+  d        public.powersync_dead_letters;
+  v_ops    jsonb;
+  v_owner  text;
+  v_table  text;
+  v_result jsonb;
+  v_error  jsonb;
+  -- what a user's replay changes, restored afterwards
+  s_role       text := current_setting('role');
+  s_claims     text := coalesce(current_setting('request.jwt.claims', true), '');
+  s_claim      text := coalesce(current_setting('request.jwt.claim', true), '');
+  s_claim_sub  text := coalesce(current_setting('request.jwt.claim.sub', true), '');
+  s_claim_role text := coalesce(current_setting('request.jwt.claim.role', true), '');
+  e_state  text;
+  e_msg    text;
+  e_detail text;
+  e_hint   text;
 begin
   select * into d from public.powersync_dead_letters as l
    where l.id = dead_letter_id
      for update;
   if not found then
     raise exception using errcode = 'P0002',
-      message = format('no dead letter with id %s', dead_letter_id);
+      message = pg_catalog.format('no dead letter with id %s', dead_letter_id);
   end if;
   if d.replayed_at is not null then
     raise exception using errcode = '55000',
-      message = format('dead letter %s was already replayed at %s', dead_letter_id, d.replayed_at);
+      message = pg_catalog.format('dead letter %s was already replayed at %s', dead_letter_id, d.replayed_at);
+  end if;
+  if d.recorded_as is null then
+    raise exception using errcode = '42501',
+      message = pg_catalog.format('dead letter %s has no provenance (written before '
+                                  'powersync_record_dead_letter existed, or by hand): replay its entries by hand',
+                                  dead_letter_id);
   end if;
   if d.entries is null or jsonb_typeof(d.entries) <> 'array' then
     raise exception using errcode = '22023',
-      message = format('dead letter %s has no "entries" (recorded by an older bridge): '
-                       'replay its "entry" by hand', dead_letter_id);
+      message = pg_catalog.format('dead letter %s has no "entries"', dead_letter_id);
   end if;
   -- the entries not applied, in order, without their state
   select coalesce(jsonb_agg(e.value - 'state' order by e.ord), '[]'::jsonb)
     into v_ops
     from jsonb_array_elements(d.entries) with ordinality as e(value, ord)
    where e.value ->> 'state' is distinct from 'applied';
-  v_done := public.powersync_apply_transaction(
-    v_ops, owner_column,
-    case when owner_column is null then null else d.user_id::text end);
-  update public.powersync_dead_letters as l set replayed_at = now() where l.id = dead_letter_id;
-  return v_done || jsonb_build_object('dead_letter_id', dead_letter_id);
-end
-$$;
 
-comment on function public.powersync_replay_dead_letter(bigint, text) is
-  'PowerSync upload bridge: apply the entries of a dead-lettered transaction that were not applied, atomically.';
+  begin
+    if d.recorded_as = 'service' then
+      -- only the tables the bridge allowed, never its own
+      select o.value ->> 'table' into v_table
+        from jsonb_array_elements(v_ops) as o(value)
+       where coalesce(o.value ->> 'table', '') in
+               ('', 'powersync_dead_letters', 'powersync_upload_ledger', 'powersync_upload_ledger_settings')
+          or (d.allowed_tables is not null and not ((o.value ->> 'table') = any (d.allowed_tables)))
+       limit 1;
+      if found then
+        raise exception using errcode = '42501',
+          message = pg_catalog.format('table %s is not one the bridge allowed when it recorded dead letter %s',
+                                      v_table, dead_letter_id);
+      end if;
+      v_owner := d.user_id;
+    else
+      -- as the user who recorded it: their role, their claims, their policies
+      perform pg_catalog.set_config('role', 'authenticated', true);
+      perform pg_catalog.set_config('request.jwt.claims', d.recorded_claims::text, true);
+      perform pg_catalog.set_config('request.jwt.claim', '', true);
+      perform pg_catalog.set_config('request.jwt.claim.sub', d.user_id, true);
+      perform pg_catalog.set_config('request.jwt.claim.role', 'authenticated', true);
+    end if;
+    if d.client_id is not null and d.transaction_id is not null and d.ops_digest is not null
+       and public.powersync_upload_ledger_claim(d.client_id, d.transaction_id, d.ops_digest,
+                                                v_owner, d.created_at)
+    then
+      raise exception using errcode = '55000',
+        message = pg_catalog.format('transaction %s of client %s was applied after dead letter %s was recorded',
+                                    d.transaction_id, d.client_id, dead_letter_id);
+    end if;
+    v_result := public.powersync_apply_transaction(v_ops, d.owner_column, v_owner);
+    perform pg_catalog.set_config('role', s_role, true);
+    perform pg_catalog.set_config('request.jwt.claims', s_claims, true);
+    perform pg_catalog.set_config('request.jwt.claim', s_claim, true);
+    perform pg_catalog.set_config('request.jwt.claim.sub', s_claim_sub, true);
+    perform pg_catalog.set_config('request.jwt.claim.role', s_claim_role, true);
+  exception when others then
+    -- rolled back to the start of this block: nothing applied, role and settings restored
+    get stacked diagnostics
+      e_state  = returned_sqlstate,
+      e_msg    = message_text,
+      e_detail = pg_exception_detail,
+      e_hint   = pg_exception_hint;
+    v_error := jsonb_strip_nulls(jsonb_build_object(
+      'code', e_state, 'message', e_msg,
+      'details', nullif(e_detail, ''), 'hint', nullif(e_hint, '')));
+  end;
 
-revoke all on function public.powersync_replay_dead_letter(bigint, text) from public;
-do $$
-begin
-  if exists (select 1 from pg_catalog.pg_roles where rolname = 'anon') then
-    execute 'revoke all on function public.powersync_replay_dead_letter(bigint, text) from anon, authenticated';
+  if v_error is not null then
+    update public.powersync_dead_letters as l
+       set replay_error = v_error, replay_attempted_at = now()
+     where l.id = dead_letter_id;
+    return jsonb_build_object('applied', 0, 'replayed', false, 'dead_letter_id', dead_letter_id,
+                              'error', v_error);
   end if;
+  update public.powersync_dead_letters as l
+     set replayed_at = now(), replay_attempted_at = now(), replay_result = v_result, replay_error = null
+   where l.id = dead_letter_id;
+  return v_result || jsonb_build_object('replayed', true, 'dead_letter_id', dead_letter_id);
 end
 $$;
-grant execute on function public.powersync_replay_dead_letter(bigint, text) to service_role;
+
+comment on function public.powersync_replay_dead_letter(bigint) is
+  'PowerSync upload bridge: apply the entries of a dead-lettered transaction that were not applied, atomically, with the rights of the original writer.';
+
+-- EXECUTE: exactly these (Postgres grants new functions to PUBLIC; older
+-- Supabase projects also to the API roles by default)
+do $$
+declare
+  r text;
+begin
+  execute 'revoke all on function public.powersync_record_dead_letter(jsonb, text, text, text, text, text, integer, jsonb, text, text, text[]) from public';
+  execute 'revoke all on function public.powersync_replay_dead_letter(bigint) from public';
+  foreach r in array array['anon', 'authenticated', 'service_role'] loop
+    if exists (select 1 from pg_catalog.pg_roles where rolname = r) then
+      execute pg_catalog.format('revoke all on function public.powersync_record_dead_letter(jsonb, text, text, text, text, text, integer, jsonb, text, text, text[]) from %I', r);
+      execute pg_catalog.format('revoke all on function public.powersync_replay_dead_letter(bigint) from %I', r);
+    end if;
+  end loop;
+end
+$$;
+grant execute on function public.powersync_record_dead_letter(jsonb, text, text, text, text, text, integer, jsonb, text, text, text[])
+  to authenticated, service_role;
+grant execute on function public.powersync_replay_dead_letter(bigint) to service_role;
+
+commit;
+
+-- PostgREST: see the functions now (Supabase reloads on DDL by itself)
+notify pgrst, 'reload schema';

@@ -637,7 +637,8 @@ mod tests {
 
         let mut allowed = service.to_vec();
         allowed.push(("UPLOAD_ALLOW_ANONYMOUS", "true"));
-        let transport = FakeTransport::scripted(vec![Ok(HttpResponse { status: 200, headers: vec![], body: "[]".into() })]);
+        let transport =
+            FakeTransport::scripted(vec![Ok(HttpResponse { status: 200, headers: vec![], body: r#"{"applied":1}"#.into() })]);
         let (response, _, answer) =
             send(&app(&allowed), &transport, request("POST", "/powersync-upload", &[("authorization", &auth)], body));
         assert_eq!(response.status, 200, "{answer}");

@@ -187,7 +187,11 @@ pub(crate) mod fake {
 
     type Answer = Result<HttpResponse, TransportError>;
 
-    /// Records every request and answers from a script (204 once the script is used up).
+    /// Records every request and answers from a script; once the script is used up, as
+    /// PostgREST with the atomic function installed would if every row named existed: an RPC
+    /// call 200 `{"applied": <ops>}`, any other request 204 with `Content-Range: */<n>` when it
+    /// asked `Prefer: count=exact` (n: the rows a POST body holds, or the ids its
+    /// `id=eq.`/`id=in.(…)` filter names).
     #[derive(Default)]
     pub struct FakeTransport {
         sent: RefCell<Vec<HttpRequest>>,
@@ -206,11 +210,47 @@ pub(crate) mod fake {
 
     impl Transport for FakeTransport {
         fn send(&self, request: HttpRequest) -> impl Future<Output = Answer> {
-            self.sent.borrow_mut().push(request);
-            let answer = self.answers.borrow_mut().pop_front().unwrap_or_else(|| {
-                Ok(HttpResponse { status: 204, headers: vec![], body: String::new() })
+            let counted = request.header_value("Prefer").is_some_and(|p| p.contains("count=exact"));
+            let rows = rows_named(&request);
+            let ops = request.url.contains("/rest/v1/rpc/").then(|| {
+                let call: serde_json::Value =
+                    serde_json::from_str(request.body.as_deref().unwrap_or("")).unwrap_or_default();
+                call["ops"].as_array().map_or(0, Vec::len)
             });
+            let answer = self.answers.borrow_mut().pop_front().unwrap_or_else(|| {
+                if let Some(ops) = ops {
+                    return Ok(HttpResponse { status: 200, headers: vec![], body: format!("{{\"applied\":{ops}}}") });
+                }
+                let headers =
+                    if counted { vec![("Content-Range".to_string(), format!("*/{rows}"))] } else { vec![] };
+                Ok(HttpResponse { status: 204, headers, body: String::new() })
+            });
+            self.sent.borrow_mut().push(request);
             std::future::ready(answer)
         }
+    }
+
+    /// The rows a write names: a POST body's array length, else the ids of `id=eq.` (1) or
+    /// `id=in.(…)` (its comma-separated values, quoted ones whole).
+    fn rows_named(request: &HttpRequest) -> usize {
+        if let Some(body) = request.body.as_deref().filter(|_| request.url.contains("on_conflict")) {
+            return serde_json::from_str::<serde_json::Value>(body).ok().and_then(|v| v.as_array().map(Vec::len)).unwrap_or(1);
+        }
+        if request.url.contains("id=eq.") {
+            return 1;
+        }
+        let Some(list) = request.url.split_once("id=in.(").map(|(_, rest)| rest) else { return 0 };
+        let (mut count, mut quoted, mut escaped) = (1, false, false);
+        for c in list.chars() {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' if quoted => escaped = true,
+                '"' => quoted = !quoted,
+                ',' if !quoted => count += 1,
+                ')' if !quoted => break,
+                _ => {}
+            }
+        }
+        count
     }
 }

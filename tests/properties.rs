@@ -817,12 +817,14 @@ impl Table {
                 Ok(HttpResponse { status: 200, headers: vec![], body: Value::Array(found).to_string() })
             }
             Method::Delete => {
+                let mut deleted = 0;
                 for key in &keys {
                     if self.matches(&self.rows[key], &filters)? {
                         self.rows.remove(key);
+                        deleted += 1;
                     }
                 }
-                Ok(HttpResponse { status: 204, headers: vec![], body: String::new() })
+                Ok(counted(204, deleted))
             }
             Method::Patch => {
                 let Value::Object(data) = body else { return Err(error(400, "PGRST102", "PATCH body is not an object")) };
@@ -840,12 +842,13 @@ impl Table {
                         updated.insert(new_key, row);
                     }
                 }
+                let changed = updated.len();
                 for (key, row) in updated {
                     if self.rows.insert(key, row).is_some() {
                         return Err(error(409, "23505", "duplicate key"));
                     }
                 }
-                Ok(HttpResponse { status: 204, headers: vec![], body: String::new() })
+                Ok(counted(204, changed))
             }
             Method::Post => {
                 let merge = request.header_value("Prefer").is_some_and(|p| p.contains("resolution=merge-duplicates"));
@@ -858,7 +861,7 @@ impl Table {
                     _ => return Err(error(400, "PGRST102", "bad body")),
                 };
                 // PostgREST takes the columns from the first row; a key missing from a later row is NULL.
-                let Some(Value::Object(first)) = rows.first() else { return Ok(HttpResponse { status: 201, headers: vec![], body: String::new() }) };
+                let Some(Value::Object(first)) = rows.first() else { return Ok(counted(201, 0)) };
                 let payload_columns: Vec<String> = first.keys().cloned().collect();
                 if let Some(column) = unknown_column(first) {
                     return Err(error(400, "PGRST204", &format!("column {column} not found")));
@@ -887,10 +890,15 @@ impl Table {
                     }
                 }
                 self.rows = next;
-                Ok(HttpResponse { status: 201, headers: vec![], body: String::new() })
+                Ok(counted(201, rows.len()))
             }
         }
     }
+}
+
+/// PostgREST's answer to a write asked `Prefer: count=exact`: `Content-Range: */<rows>`.
+fn counted(status: u16, rows: usize) -> HttpResponse {
+    HttpResponse { status, headers: vec![("Content-Range".to_string(), format!("*/{rows}"))], body: String::new() }
 }
 
 fn error(status: u16, code: &str, message: &str) -> HttpResponse {
@@ -1097,7 +1105,7 @@ proptest! {
 fn model_refuses_one_row_twice_and_reads_merged_filters() {
     let mut table = Table { id_type: IdType::Int, service: false, rows: BTreeMap::new() };
     let upsert = HttpRequest::new(Method::Post, format!("{BASE}/rest/v1/todos?on_conflict=id"))
-        .header("Prefer", "resolution=merge-duplicates,return=minimal")
+        .header("Prefer", "resolution=merge-duplicates,return=minimal,count=exact")
         .json_body(json!([{"id": "1", "a": 1}, {"id": "01", "a": 2}]).to_string());
     let answer = table.handle(&upsert).expect_err("21000");
     assert!(answer.body.contains("21000"), "{answer:?}");

@@ -1,23 +1,33 @@
 //! Dead letters: a record of every transaction the bridge rejected for good.
 //!
 //! A fatal error makes the client discard its transaction, so when `UPLOAD_DEAD_LETTER_TABLE` is
-//! set the bridge first records the whole transaction, to be inspected or replayed once its cause
-//! is fixed (`sql/dead_letter.sql` has `powersync_replay_dead_letter`):
+//! set (to `powersync_dead_letters`, the table of `sql/dead_letter.sql`) the bridge first records
+//! the whole transaction, to be inspected or replayed once its cause is fixed
+//! (`powersync_replay_dead_letter`, which applies it with the rights of the original writer):
 //!
-//! `POST <SUPABASE_URL>/rest/v1/<table>` with `Prefer: return=minimal`, the credentials of the
-//! configured mode (in `rls` mode the table needs an insert policy for the user's own rows; see
-//! `sql/dead_letter.sql`), and the body
+//! `POST <SUPABASE_URL>/rest/v1/rpc/powersync_record_dead_letter` with the credentials of the
+//! configured mode and the body
 //!
 //! ```json
-//! {"user_id": "<sub>", "transaction_id": "<text or null>", "op_index": 2,
-//!  "entry": {"op": "PUT", "table": "todos", "id": "…", "data": {…}},
-//!  "entries": [{"op": "PUT", "table": "todos", "id": "…", "data": {…}, "state": "applied"},
+//! {"entries": [{"op": "PUT", "table": "todos", "id": "…", "data": {…}, "state": "applied"},
 //!              {"op": "DELETE", "table": "lists", "id": "…", "state": "applied"},
 //!              {"op": "PUT", "table": "todos", "id": "…", "data": {…}, "state": "failed"},
 //!              {"op": "PATCH", "table": "todos", "id": "…", "data": {…}, "state": "not_attempted"}],
-//!  "code": "23505", "message": "…", "details": "…"}
+//!  "code": "23505", "message": "…", "details": "…",
+//!  "transaction_id": "<text or null>", "client_id": "<text or null>", "op_index": 2,
+//!  "entry": {"op": "PUT", "table": "todos", "id": "…", "data": {…}}}
 //! ```
 //!
+//! plus, in `service` mode only, `"user_id": "<sub>"`, `"owner_column": "<UPLOAD_OWNER_COLUMN>"`
+//! and `"allowed_tables": [<UPLOAD_TABLES, sorted>]` (null: every table). In `rls` mode the user's
+//! own token is sent and the function takes the owner (the JWT's `sub`) and the claims from the
+//! session itself; it refuses a `user_id` other than the session's.
+//!
+//! - The function sets the row's id, `created_at` and provenance itself, and answers the row's id
+//!   (a JSON integer); a transaction it has recorded already (same owner, client id, transaction
+//!   id and entries) answers the first row's id and adds nothing, so a re-send after a lost answer
+//!   adds no second dead letter. Any other 2xx answer is not taken as recorded
+//!   (`unexpected_response`).
 //! - `transaction_id` is sent as text (a numeric id in its JSON form), matching a `text` column;
 //! - `op_index` is the failing entry's index, null when the failure concerns the whole
 //!   transaction (an atomic call whose error does not name the op, a transaction too large for
@@ -32,24 +42,27 @@
 //!     entry a check refused before anything was sent, and every entry when `op_index` is null;
 //!   - `not_attempted`: never sent.
 //!
-//!   Replaying the entries that are not `applied`, in order, completes the transaction;
+//!   Replaying the entries that are not `applied`, in order, completes the transaction. Without
+//!   their states they are exactly the atomic call's `ops`, so the function's digest of them is
+//!   the one the ledger keeps for the transaction (a replay is recorded there: a later re-send
+//!   is `already_applied`);
 //! - `entry` (kept for older readers) is the failed entry as the client sent it (data before
 //!   conversions), or the array of all of them when `op_index` is null;
-//! - `created_at` is left to the database default;
 //! - U+0000, which PostgreSQL cannot store in `text` or `jsonb`, is replaced by U+FFFD in every
 //!   string and key (an id or a value holding it is what made the transaction fatal; the
 //!   record must still be writable).
 //!
-//! The insert costs one subrequest, which the driver reserves before sending a transaction. If it
-//! fails, the transaction is reported retryable instead of fatal: the client must not discard
-//! what could not be recorded (see `delivery`).
+//! The call costs one subrequest, which the driver reserves before sending a transaction. If it
+//! fails (including a missing EXECUTE grant or a function not installed), the transaction is
+//! reported retryable instead of fatal: the client must not discard what could not be recorded
+//! (see `delivery`).
 
 use serde_json::{json, Value};
 
 use super::crud::Transaction;
 use super::outcome::FailedOperation;
-use super::plan::{atomic_op, authorized, PREFER_MINIMAL};
-use super::settings::UploadSettings;
+use super::plan::{atomic_op, authorized};
+use super::settings::{UploadSettings, WriteMode};
 use super::Caller;
 use crate::http::{HttpRequest, Method};
 
@@ -82,10 +95,12 @@ pub fn refused_states(count: usize, index: Option<usize>) -> Vec<EntryState> {
         .collect()
 }
 
-/// The insert recording `failure` of `transaction` in `table`; `states[i]` is what became of
-/// entry `i` (missing states count as `failed`).
+/// The function that records dead letters (`sql/dead_letter.sql`).
+pub const RECORD_FUNCTION: &str = "powersync_record_dead_letter";
+
+/// The call recording `failure` of `transaction`; `states[i]` is what became of entry `i`
+/// (missing states count as `failed`).
 pub fn request(
-    table: &str,
     settings: &UploadSettings,
     caller: &Caller,
     transaction: &Transaction,
@@ -112,20 +127,28 @@ pub fn request(
             Value::Object(op)
         })
         .collect();
-    let body = json!({
-        "user_id": caller.user_id,
-        "transaction_id": transaction_id,
-        "op_index": failure.index,
-        "entry": entry,
+    let mut body = json!({
         "entries": entries,
         "code": failure.code,
         "message": failure.message,
         "details": failure.details,
+        "transaction_id": transaction_id,
+        "client_id": caller.client_id,
+        "op_index": failure.index,
+        "entry": entry,
     });
-    let url = format!("{}/rest/v1/{table}", settings.supabase_url);
-    authorized(Method::Post, url, settings, caller)
-        .json_body(storable(body).to_string())
-        .header("Prefer", PREFER_MINIMAL)
+    if let WriteMode::Service { owner_column, .. } = &settings.mode {
+        body["user_id"] = json!(caller.user_id);
+        body["owner_column"] = json!(owner_column);
+        body["allowed_tables"] = json!(settings.tables);
+    }
+    let url = format!("{}/rest/v1/rpc/{RECORD_FUNCTION}", settings.supabase_url);
+    authorized(Method::Post, url, settings, caller).json_body(storable(body).to_string())
+}
+
+/// Whether a 2xx answer to [`request`] is the function's: the recorded row's id.
+pub fn is_recorded(body: &str) -> bool {
+    serde_json::from_str::<Value>(body).is_ok_and(|id| id.as_u64().is_some_and(|id| id > 0))
 }
 
 /// `value` with U+0000 replaced by U+FFFD in every string and object key.
@@ -144,7 +167,7 @@ fn storable(value: Value) -> Value {
 mod tests {
     use super::*;
     use crate::upload::crud::{Entry, Op};
-    use crate::upload::settings::WriteMode;
+    use std::collections::BTreeSet;
 
     fn transaction(id: Option<Value>) -> Transaction {
         Transaction {
@@ -157,7 +180,7 @@ mod tests {
     }
 
     fn caller() -> Caller {
-        Caller { user_id: "u1".to_string(), access_token: "tok".to_string(), client_id: None }
+        Caller { user_id: "u1".to_string(), access_token: "tok".to_string(), client_id: Some("client-1".to_string()) }
     }
 
     fn body(request: &HttpRequest) -> Value {
@@ -165,31 +188,73 @@ mod tests {
     }
 
     #[test]
-    fn dead_letter_records_the_failed_entry() {
+    fn rls_mode_calls_the_recorder_with_the_users_token_and_no_owner() {
         let settings = UploadSettings::new("https://p.supabase.co", "anon");
         let mut failure = FailedOperation::new(Some(1), "23503", "fk violation");
         failure.details = Some("Key is not present".to_string());
         let states = [EntryState::Applied, EntryState::Failed];
-        let request = request("dead", &settings, &caller(), &transaction(Some(json!(17))), &failure, &states);
+        let request = request(&settings, &caller(), &transaction(Some(json!(17))), &failure, &states);
         assert_eq!(request.method, Method::Post);
-        assert_eq!(request.url, "https://p.supabase.co/rest/v1/dead");
+        assert_eq!(request.url, "https://p.supabase.co/rest/v1/rpc/powersync_record_dead_letter");
         assert_eq!(
             request.headers,
             vec![
                 ("apikey".to_string(), "anon".to_string()),
                 ("Authorization".to_string(), "Bearer tok".to_string()),
                 ("Content-Type".to_string(), "application/json".to_string()),
-                ("Prefer".to_string(), "return=minimal".to_string()),
             ]
         );
         assert_eq!(
             body(&request),
-            json!({"user_id": "u1", "transaction_id": "17", "op_index": 1,
-                   "entry": {"op": "DELETE", "table": "todos", "id": "b"},
-                   "entries": [{"op": "PUT", "table": "todos", "id": "a", "data": {"id": "a"}, "state": "applied"},
+            json!({"entries": [{"op": "PUT", "table": "todos", "id": "a", "data": {"id": "a"}, "state": "applied"},
                                {"op": "DELETE", "table": "todos", "id": "b", "state": "failed"}],
-                   "code": "23503", "message": "fk violation", "details": "Key is not present"})
+                   "code": "23503", "message": "fk violation", "details": "Key is not present",
+                   "transaction_id": "17", "client_id": "client-1", "op_index": 1,
+                   "entry": {"op": "DELETE", "table": "todos", "id": "b"}})
         );
+    }
+
+    #[test]
+    fn service_mode_names_the_owner_its_column_and_the_allowed_tables() {
+        let mut settings = UploadSettings::new("https://p.supabase.co", "anon");
+        settings.mode = WriteMode::Service { service_key: "svc".to_string(), owner_column: "owner".to_string() };
+        settings.tables = Some(BTreeSet::from(["todos".to_string(), "lists".to_string()]));
+        let failure = FailedOperation::new(None, "too_many_requests_for_budget", "too big");
+        let states = refused_states(2, None);
+        let caller = Caller { client_id: None, ..caller() };
+        let request = request(&settings, &caller, &transaction(None), &failure, &states);
+        assert_eq!(request.url, "https://p.supabase.co/rest/v1/rpc/powersync_record_dead_letter");
+        assert_eq!(request.header_value("apikey"), Some("svc"));
+        assert_eq!(request.header_value("authorization"), Some("Bearer svc"));
+        assert_eq!(
+            body(&request),
+            json!({"entries": [{"op": "PUT", "table": "todos", "id": "a", "data": {"id": "a", "owner": "u1"}, "state": "failed"},
+                               {"op": "DELETE", "table": "todos", "id": "b", "state": "failed"}],
+                   "code": "too_many_requests_for_budget", "message": "too big", "details": null,
+                   "transaction_id": null, "client_id": null, "op_index": null,
+                   "entry": [{"op": "PUT", "table": "todos", "id": "a", "data": {}},
+                             {"op": "DELETE", "table": "todos", "id": "b"}],
+                   "user_id": "u1", "owner_column": "owner", "allowed_tables": ["lists", "todos"]})
+        );
+    }
+
+    #[test]
+    fn service_mode_without_an_allowlist_sends_null_allowed_tables() {
+        let mut settings = UploadSettings::new("https://p.supabase.co", "anon");
+        settings.mode = WriteMode::Service { service_key: "svc".to_string(), owner_column: "owner".to_string() };
+        let failure = FailedOperation::new(Some(0), "23505", "dup");
+        let request = request(&settings, &caller(), &transaction(Some(json!("t"))), &failure, &[]);
+        assert_eq!(body(&request)["allowed_tables"], Value::Null);
+        assert_eq!(body(&request)["user_id"], "u1");
+    }
+
+    #[test]
+    fn only_a_row_id_counts_as_recorded() {
+        assert!(is_recorded("42"));
+        assert!(is_recorded(" 7\n"));
+        for answer in ["", "null", "0", "-3", "1.5", "\"42\"", "{}", "[]", "{\"id\": 4}", "<html>ok</html>"] {
+            assert!(!is_recorded(answer), "{answer:?}");
+        }
     }
 
     #[test]
@@ -202,7 +267,7 @@ mod tests {
             entries: vec![Entry { op: Op::Put, table: "todos".to_string(), id: "a\u{0}b".to_string(), data: data.into() }],
         };
         let failure = FailedOperation::new(Some(0), "invalid_id", "nul");
-        let request = request("dead", &settings, &caller(), &transaction, &failure, &[EntryState::Failed]);
+        let request = request(&settings, &caller(), &transaction, &failure, &[EntryState::Failed]);
         let text = request.body.clone().unwrap_or_default();
         assert!(!text.contains("\\u0000"), "{text}");
         let recorded = body(&request);
@@ -218,24 +283,5 @@ mod tests {
         use EntryState::*;
         assert_eq!(refused_states(3, Some(1)), vec![NotAttempted, Failed, NotAttempted]);
         assert_eq!(refused_states(2, None), vec![Failed, Failed]);
-    }
-
-    #[test]
-    fn whole_transaction_failure_records_every_entry() {
-        let mut settings = UploadSettings::new("https://p.supabase.co", "anon");
-        settings.mode = WriteMode::Service { service_key: "svc".to_string(), owner_column: "owner".to_string() };
-        let failure = FailedOperation::new(None, "too_many_requests_for_budget", "too big");
-        let states = refused_states(2, None);
-        let request = request("dead", &settings, &caller(), &transaction(None), &failure, &states);
-        assert_eq!(request.header_value("authorization"), Some("Bearer svc"));
-        assert_eq!(
-            body(&request),
-            json!({"user_id": "u1", "transaction_id": null, "op_index": null,
-                   "entry": [{"op": "PUT", "table": "todos", "id": "a", "data": {}},
-                             {"op": "DELETE", "table": "todos", "id": "b"}],
-                   "entries": [{"op": "PUT", "table": "todos", "id": "a", "data": {"id": "a", "owner": "u1"}, "state": "failed"},
-                               {"op": "DELETE", "table": "todos", "id": "b", "state": "failed"}],
-                   "code": "too_many_requests_for_budget", "message": "too big", "details": null})
-        );
     }
 }

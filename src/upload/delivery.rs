@@ -4,9 +4,10 @@
 //!   failure ends the transaction.
 //! - A fatal failure makes the transaction `fatal_error` and processing continues with the next
 //!   transaction: the client discards it. With a dead-letter table, the whole transaction is
-//!   recorded first, with what became of each entry (applied, failed, not attempted); if that
-//!   record cannot be written, the transaction is `retryable_error` (`dead_letter_failed`)
-//!   instead, so the client keeps it.
+//!   recorded first (`powersync_record_dead_letter`, see `dead_letter`), with what became of each
+//!   entry (applied, failed, not attempted); if that record cannot be written (the call fails,
+//!   including a missing EXECUTE grant, or answers anything but the row's id), the transaction is
+//!   `retryable_error` (`dead_letter_failed`) instead, so the client keeps it.
 //! - A retryable failure makes the transaction `retryable_error` and every later one
 //!   `not_attempted`: the client retries them in order.
 //! - Subrequest budget: before a transaction is sent, its planned requests plus one for a possible
@@ -24,8 +25,8 @@
 //!   or was lost before a status line: workerd reusing a connection that an HTTP/1.0 upstream or
 //!   a proxy's keep-alive timeout had closed fails with "Network connection lost") is sent again
 //!   at once, once, on a fresh connection: every request the bridge sends is idempotent (upserts,
-//!   updates and deletes by id, the all-or-nothing atomic call, the dead-letter insert keyed by
-//!   nothing that a second copy would break, the owner-check GET). The second request counts
+//!   updates and deletes by id, the all-or-nothing atomic call, the dead-letter call (a second copy of
+//!   one transaction returns the first row's id), the owner-check GET). The second request counts
 //!   against the budget like any other and is only made if it still leaves room for the rest of
 //!   the transaction and the dead-letter reserve; only a second failure (or no room) makes the
 //!   transaction retryable. A timeout is not re-sent at once (the upstream is slow, most likely
@@ -35,7 +36,24 @@
 //!   isolate's memory, see `atomic_function`): REST requests, one atomic call per transaction, or
 //!   a probe: atomic calls until one answers that the function is missing (PGRST202 or 404);
 //!   nothing was applied then, so that transaction and the rest of the upload go through REST,
-//!   and [`UploadReport::atomic_function`] says what was learnt.
+//!   and [`UploadReport::atomic_function`] says what was learnt. The function installed but not
+//!   executable by the API role (`42501 permission denied for function …`: a missing EXECUTE
+//!   grant) is treated the same way: nothing was applied, REST applies it. (With
+//!   `UPLOAD_ATOMIC=true` the same answer is retryable, naming the GRANT, and the transaction
+//!   waits; a transaction too big for REST waits too rather than being refused.)
+//! - Only PostgREST's answer counts as applied. A 2xx to an atomic call must carry the
+//!   function's result (a JSON object with a numeric `applied`); a 2xx to a REST write the
+//!   row count PostgREST sends for `Prefer: count=exact` (`Content-Range: */3`, `0-2/3`). A 2xx
+//!   without it (a catch-all server or proxy behind a wrong `SUPABASE_URL`, an empty 201) is
+//!   `unexpected_response`, retryable: nothing is reported applied.
+//! - Writes that changed nothing: the transaction's result lists in `unchanged` the PATCH and
+//!   DELETE entries that changed no row (the row is gone, or hidden by RLS or owned by another
+//!   user in service mode; PostgREST answers 204 either way), learnt from that count without
+//!   another request, or from the atomic function's `unchanged`. A single-entry request's count
+//!   names its entry exactly. Merged entries (`id=in.(a,b,c)`) share one count: when it is
+//!   below the number of different ids, the count cannot say which of them changed nothing, so
+//!   every entry of the group is listed (the list may then name entries that did change their
+//!   row; the atomic function, which learns it per id, lists exactly the ones that did not).
 //! - An atomic call answering `{"already_applied": true}` (its ledger holds this client id and
 //!   transaction id: a re-send after a lost answer) is a success that applied nothing now,
 //!   reported with `already_applied`.
@@ -43,7 +61,10 @@
 use super::atomic_function::Route;
 use super::crud::Transaction;
 use super::dead_letter::{self, EntryState};
-use super::outcome::{classify, op_index_from_hint, FailedOperation, TransactionResult, UploadReport, Verdict};
+use super::outcome::{
+    affected_rows, atomic_answer, classify, op_index_from_hint, unexpected_response, FailedOperation, TransactionResult,
+    UploadReport, Verdict, UNEXPECTED_RESPONSE,
+};
 use super::plan::{self, Check, PlannedRequest};
 use super::settings::{AtomicMode, UploadSettings};
 use super::Caller;
@@ -53,7 +74,8 @@ use std::collections::VecDeque;
 
 /// How one transaction ended.
 enum Ending {
-    Success,
+    /// Applied; the PATCH and DELETE entries that changed no row, in order.
+    Success(Vec<usize>),
     /// The atomic function had applied it already (its ledger knew it): nothing applied now.
     AlreadyApplied,
     /// Rejected for good; what became of each entry (for the dead letter).
@@ -99,7 +121,7 @@ pub async fn apply_with<T: Transport>(
             let fresh = report.subrequests == 0;
             let atomic = route != Route::Rest && report.atomic_function != Some(false);
             let ending = match plan::plan_transaction_as(transaction, settings, caller, atomic) {
-                Ok(requests) if requests.is_empty() => Some(Ending::Success),
+                Ok(requests) if requests.is_empty() => Some(Ending::Success(Vec::new())),
                 Ok(requests) if requests.len() + dead_letter_cost > budget => {
                     let too_big = too_big(requests.len(), budget, dead_letter_cost, &settings.atomic_function);
                     match plan::atomic_request(transaction, settings, caller) {
@@ -133,12 +155,16 @@ pub async fn apply_with<T: Transport>(
             };
             if route == Route::Probe && atomic && !transaction.entries.is_empty() {
                 match &ending {
-                    Some(Ending::Retryable(failure, _) | Ending::Fatal(failure, _)) if function_missing(failure) => {
+                    Some(Ending::Retryable(failure, _) | Ending::Fatal(failure, _))
+                        if function_missing(failure) || function_not_executable(failure, &settings.atomic_function) =>
+                    {
                         // Nothing was applied: this transaction, and the rest, through REST.
                         report.atomic_function = Some(false);
                         continue;
                     }
-                    Some(Ending::Retryable(failure, _) | Ending::Fatal(failure, _)) if failure.http_status.is_none() => {}
+                    // No answer, or not PostgREST's: nothing learnt.
+                    Some(Ending::Retryable(failure, _) | Ending::Fatal(failure, _))
+                        if failure.http_status.is_none() || failure.code == UNEXPECTED_RESPONSE => {}
                     Some(_) => report.atomic_function = Some(true),
                     None => {}
                 }
@@ -153,13 +179,15 @@ pub async fn apply_with<T: Transport>(
             continue;
         };
         match ending {
-            Ending::Success => report.results.push(TransactionResult::success(transaction_id)),
+            Ending::Success(unchanged) => {
+                report.results.push(TransactionResult::success_with_unchanged(transaction_id, unchanged))
+            }
             Ending::AlreadyApplied => report.results.push(TransactionResult::already_applied(transaction_id)),
             Ending::Fatal(failure, states) => {
                 let recorded = match &settings.dead_letter_table {
-                    Some(table) => {
+                    Some(_) => {
                         let record = (transaction, &failure, states.as_slice());
-                        record_dead_letter(table, settings, caller, record, transport, &mut report).await
+                        record_dead_letter(settings, caller, record, transport, &mut report).await
                     }
                     None => Ok(()),
                 };
@@ -217,6 +245,19 @@ fn function_missing(failure: &FailedOperation) -> bool {
     failure.code == "PGRST202" || failure.code == "http_404"
 }
 
+/// Whether an atomic call failed because the API role may not execute `function` (PostgreSQL's
+/// `permission denied for function <name>`): nothing was applied. (The function's own calls,
+/// e.g. of the ledger, name another function: those wait for their GRANT.)
+fn function_not_executable(failure: &FailedOperation, function: &str) -> bool {
+    let name = function.rsplit('.').next().unwrap_or(function);
+    failure.code == "42501"
+        && failure
+            .message
+            .strip_prefix("permission denied for function ")
+            .and_then(|rest| rest.strip_prefix(name))
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with(':'))
+}
+
 /// Sends a transaction's requests in order until one fails. A bulk upsert the database refuses
 /// with 21000 (two of its rows are one row once cast) is sent again in two halves, first half
 /// first, recursively: that equals applying its rows in order, since a later PUT of an id is
@@ -234,6 +275,7 @@ async fn send<T: Transport>(
     // (request, whether it is a half of a split upsert)
     let mut queue: VecDeque<(PlannedRequest, bool)> = requests.into_iter().map(|r| (r, false)).collect();
     let mut already_applied = false;
+    let mut unchanged: Vec<usize> = Vec::new();
     while let Some((planned, is_half)) = queue.pop_front() {
         let index = match &planned.check {
             Check::Atomic => None,
@@ -250,21 +292,48 @@ async fn send<T: Transport>(
         let (answer, sent) = send_resending_once(transport, planned.request, may_resend).await;
         report.subrequests += sent;
         report.resent += sent - 1;
-        let verdict = classify(&answer, index, &settings.error_class_overrides);
+        let verdict = classify(&answer, index, &settings.error_class_overrides, settings.mode.api_role());
+        // A 2xx counts only when it is PostgREST's answer (see the module docs).
+        let not_postgrest = |response: &HttpResponse, expected: &str| Verdict::Retryable {
+            failure: unexpected_response(index, response, expected),
+            retry_after_seconds: None,
+        };
         let verdict = match (&planned.check, verdict, &answer) {
             (Check::OwnerCheck { table, ids }, Verdict::Applied, Ok(response)) => {
                 owner_check(table, ids, planned.entries.start, response)
             }
+            (Check::Atomic, Verdict::Applied, Ok(response)) => {
+                match atomic_answer(&response.body, planned.entries.len()) {
+                    Some(result) => {
+                        already_applied = result.already_applied;
+                        unchanged.extend(result.unchanged);
+                        Verdict::Applied
+                    }
+                    None => not_postgrest(response, "the atomic function's result: a JSON object with a numeric \"applied\""),
+                }
+            }
             (Check::Atomic, verdict, _) => with_atomic_index(verdict, planned.entries.len()),
+            (Check::Upsert { .. } | Check::Filtered { .. }, Verdict::Applied, Ok(response)) => {
+                match affected_rows(response) {
+                    Some(count) => {
+                        if let Check::Filtered { row_entries, distinct_ids } = &planned.check {
+                            // Fewer rows changed than ids named: with one id, that entry; with
+                            // several, the count cannot say which, so all of them.
+                            if count < *distinct_ids as u64 {
+                                unchanged.extend(row_entries.iter().copied());
+                            }
+                        }
+                        Verdict::Applied
+                    }
+                    None => not_postgrest(response, "a write answered with its row count, Content-Range: */<n>"),
+                }
+            }
             (_, verdict, _) => verdict,
         };
         match verdict {
             Verdict::Applied => match (&planned.check, is_half) {
                 (Check::OwnerCheck { .. }, _) => {}
-                (Check::Atomic, _) => {
-                    already_applied = answer.as_ref().is_ok_and(|response| says_already_applied(&response.body));
-                    mark(&mut states, planned.entries.clone(), EntryState::Applied);
-                }
+                (Check::Atomic, _) => mark(&mut states, planned.entries.clone(), EntryState::Applied),
                 (Check::Upsert { row_entries }, true) => mark(&mut states, row_entries.iter().copied(), EntryState::Applied),
                 _ => mark(&mut states, planned.entries.clone(), EntryState::Applied),
             },
@@ -295,14 +364,10 @@ async fn send<T: Transport>(
     if already_applied {
         Ending::AlreadyApplied
     } else {
-        Ending::Success
+        unchanged.sort_unstable();
+        unchanged.dedup();
+        Ending::Success(unchanged)
     }
-}
-
-/// Whether the atomic function's answer is `{"already_applied": true, …}`.
-fn says_already_applied(body: &str) -> bool {
-    body.contains("already_applied")
-        && serde_json::from_str::<Value>(body).is_ok_and(|answer| answer["already_applied"] == Value::Bool(true))
 }
 
 /// Sets `state` for each of `entries` that was not attempted yet.
@@ -408,11 +473,11 @@ fn with_atomic_index(verdict: Verdict, entries: usize) -> Verdict {
     }
 }
 
-/// Records a fatal transaction (`record`: the transaction, its failure, its entries' states).
-/// When that fails (or no budget is left for it), the error to report instead, with its
-/// `Retry-After`: the transaction stays with the client. Never exceeds the budget.
+/// Records a fatal transaction (`record`: the transaction, its failure, its entries' states)
+/// through `powersync_record_dead_letter`. When that fails (or no budget is left for it, or the
+/// answer is not the recorded row's id), the error to report instead, with its `Retry-After`:
+/// the transaction stays with the client. Never exceeds the budget.
 async fn record_dead_letter<T: Transport>(
-    table: &str,
     settings: &UploadSettings,
     caller: &Caller,
     record: (&Transaction, &FailedOperation, &[EntryState]),
@@ -433,27 +498,34 @@ async fn record_dead_letter<T: Transport>(
         kept.http_status = http_status;
         kept
     };
+    let function = dead_letter::RECORD_FUNCTION;
     if report.subrequests >= settings.subrequest_budget {
         report.dead_letter_failures += 1;
-        report.dead_letter_errors.push(format!("dead-letter insert into {table} skipped: no subrequest budget left"));
+        report.dead_letter_errors.push(format!("dead-letter call {function} skipped: no subrequest budget left"));
         return Err((kept("no subrequest budget left".to_string(), None), settings.retry_after_seconds));
     }
-    let request = dead_letter::request(table, settings, caller, transaction, failure, states);
+    let request = dead_letter::request(settings, caller, transaction, failure, states);
     let may_resend = report.subrequests + 2 <= settings.subrequest_budget;
     let (answer, sent) = send_resending_once(transport, request, may_resend).await;
     report.subrequests += sent;
     report.resent += sent - 1;
-    let (error, retry_after) = match classify(&answer, None, &settings.error_class_overrides) {
-        Verdict::Applied => {
+    let (error, retry_after) = match (classify(&answer, None, &settings.error_class_overrides, settings.mode.api_role()), &answer) {
+        (Verdict::Applied, Ok(response)) if dead_letter::is_recorded(&response.body) => {
             report.dead_letters += 1;
             return Ok(());
         }
-        Verdict::Fatal(error) => (error, None),
-        Verdict::Retryable { failure: error, retry_after_seconds } => (error, retry_after_seconds),
+        (Verdict::Applied, _) => {
+            // A 2xx that is not the function's answer (a catch-all server, a proxy): not recorded.
+            let mut error = FailedOperation::new(None, "unexpected_response", "the answer is not a dead letter's id");
+            error.http_status = answer.as_ref().ok().map(|response| response.status);
+            (error, None)
+        }
+        (Verdict::Fatal(error), _) => (error, None),
+        (Verdict::Retryable { failure: error, retry_after_seconds }, _) => (error, retry_after_seconds),
     };
     report.dead_letter_failures += 1;
     let status = error.http_status.map_or_else(|| "no answer".to_string(), |s| format!("HTTP {s}"));
-    report.dead_letter_errors.push(format!("dead-letter insert into {table} failed: {} ({status})", error.code));
+    report.dead_letter_errors.push(format!("dead-letter call {function} failed: {} ({status})", error.code));
     let wait = retry_after.unwrap_or(0).max(settings.retry_after_seconds);
     Err((kept(format!("{} {status}", error.code), error.http_status), wait))
 }

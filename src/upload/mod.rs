@@ -82,12 +82,30 @@ mod tests {
 
     type Answer = Result<HttpResponse, TransportError>;
 
+    const RECORD_PATH: &str = "/rest/v1/rpc/powersync_record_dead_letter";
+
+    /// PostgREST's answer to a counted write of one row (`Content-Range: */1`).
     fn ok(status: u16) -> Answer {
+        counted(status, 1)
+    }
+
+    /// PostgREST's answer to a counted write that changed `rows` rows.
+    fn counted(status: u16, rows: usize) -> Answer {
+        Ok(HttpResponse { status, headers: vec![("Content-Range".to_string(), format!("*/{rows}"))], body: String::new() })
+    }
+
+    /// A 2xx without anything PostgREST sends: no `Content-Range`, an empty body.
+    fn bare(status: u16) -> Answer {
         Ok(HttpResponse { status, headers: vec![], body: String::new() })
     }
 
     fn ok_body(body: &str) -> Answer {
         Ok(HttpResponse { status: 200, headers: vec![], body: body.to_string() })
+    }
+
+    /// `powersync_record_dead_letter`'s answer: the recorded row's id.
+    fn recorded() -> Answer {
+        ok_body("1")
     }
 
     fn error(status: u16, code: &str, message: &str) -> Answer {
@@ -391,7 +409,7 @@ mod tests {
         assert_eq!(statuses(&report), vec![Status::RetryableError]);
         assert_eq!((transport.sent().len(), report.resent), (1, 0));
         s.subrequest_budget = 3;
-        let transport = FakeTransport::scripted(vec![lost(), error(400, "23514", "check"), ok(201)]);
+        let transport = FakeTransport::scripted(vec![lost(), error(400, "23514", "check"), recorded()]);
         let report = run(&[tx(1)], &s, &transport);
         assert_eq!(statuses(&report), vec![Status::FatalError]);
         assert_eq!((report.subrequests, report.resent, report.dead_letters), (3, 1, 1));
@@ -401,13 +419,13 @@ mod tests {
     fn dead_letter_insert_whose_connection_was_lost_is_sent_again() {
         let mut s = settings();
         s.dead_letter_table = Some("dead".to_string());
-        let transport = FakeTransport::scripted(vec![error(400, "23514", "check"), lost(), ok(201)]);
+        let transport = FakeTransport::scripted(vec![error(400, "23514", "check"), lost(), recorded()]);
         let report = run(&[tx(1)], &s, &transport);
         assert_eq!(statuses(&report), vec![Status::FatalError]);
         let sent = transport.sent();
         assert_eq!(sent.len(), 3);
         assert_eq!(sent[1], sent[2]);
-        assert!(sent[1].url.ends_with("/rest/v1/dead"), "{}", sent[1].url);
+        assert!(sent[1].url.ends_with(RECORD_PATH), "{}", sent[1].url);
         assert_eq!((report.dead_letters, report.dead_letter_failures, report.resent), (1, 0, 1));
     }
 
@@ -415,7 +433,7 @@ mod tests {
     fn atomic_call_whose_connection_was_lost_is_sent_again() {
         let mut s = settings();
         s.atomic = AtomicMode::Always;
-        let transport = FakeTransport::scripted(vec![lost(), ok_body("null")]);
+        let transport = FakeTransport::scripted(vec![lost(), ok_body(r#"{"applied":2}"#)]);
         let report = run(&[puts(&["a", "b"])], &s, &transport);
         assert_eq!(statuses(&report), vec![Status::Success]);
         let sent = transport.sent();
@@ -468,7 +486,7 @@ mod tests {
         let mut s = settings();
         s.subrequest_budget = 5;
         s.dead_letter_table = Some("dead".to_string());
-        let answers = (0..10).map(|n| if n % 2 == 0 { error(400, "23502", "null value") } else { ok(201) }).collect();
+        let answers = (0..10).map(|n| if n % 2 == 0 { error(400, "23502", "null value") } else { recorded() }).collect();
         let transport = FakeTransport::scripted(answers);
         let report = run(&(0..5).map(tx).collect::<Vec<_>>(), &s, &transport);
         assert_eq!(
@@ -524,7 +542,7 @@ mod tests {
         let mut s = settings();
         s.subrequest_budget = 4;
         s.dead_letter_table = Some("dead".to_string());
-        let transport = FakeTransport::scripted(vec![error(404, "PGRST202", "Could not find the function"), ok(201), ok(201)]);
+        let transport = FakeTransport::scripted(vec![error(404, "PGRST202", "Could not find the function"), recorded(), ok(201)]);
         let report = run(&[big(4), tx(2)], &s, &transport);
         assert_eq!(statuses(&report), vec![Status::FatalError, Status::Success]);
         let failure = report.results[0].failed_operation.clone().expect("failure");
@@ -532,7 +550,7 @@ mod tests {
         assert!(failure.message.contains("atomic mode"), "{}", failure.message);
         assert!(failure.message.contains("sql/atomic_upload.sql"), "{}", failure.message);
         let sent = transport.sent();
-        assert!(sent[1].url.ends_with("/rest/v1/dead"));
+        assert!(sent[1].url.ends_with(RECORD_PATH));
         let letter: Value = serde_json::from_str(sent[1].body.as_deref().unwrap_or("")).unwrap_or(Value::Null);
         assert_eq!(letter["op_index"], Value::Null);
         assert_eq!(letter["entries"].as_array().map(Vec::len), Some(4));
@@ -558,13 +576,13 @@ mod tests {
         let mut s = settings();
         s.subrequest_budget = 1;
         s.dead_letter_table = Some("dead".to_string());
-        let transport = FakeTransport::default();
+        let transport = FakeTransport::scripted(vec![recorded()]);
         let report = run(&[tx(1), tx(2)], &s, &transport);
         assert_eq!(statuses(&report), vec![Status::FatalError, Status::NotAttempted]);
         let failure = report.results[0].failed_operation.clone().expect("failure");
         assert_eq!(failure.code, "too_many_requests_for_budget");
         assert_eq!((report.subrequests, report.dead_letters), (1, 1));
-        assert!(transport.sent()[0].url.ends_with("/rest/v1/dead"));
+        assert!(transport.sent()[0].url.ends_with(RECORD_PATH));
     }
 
     #[test]
@@ -582,7 +600,7 @@ mod tests {
     }
 
     #[test]
-    fn dead_letter_insert_has_the_exact_body() {
+    fn dead_letter_call_has_the_exact_url_headers_and_body() {
         let mut s = settings();
         s.dead_letter_table = Some("powersync_dead_letters".to_string());
         let transaction =
@@ -594,27 +612,65 @@ mod tests {
                 body: json!({"code": "23502", "message": "null value in column \"title\"", "details": "Failing row", "hint": null})
                     .to_string(),
             }),
-            ok(201),
+            recorded(),
         ]);
-        let report = run(&[transaction], &s, &transport);
+        let caller = Caller { client_id: Some("client-9".to_string()), ..caller() };
+        let report = block_on(apply(&[transaction], &s, &caller, &transport));
         assert_eq!(statuses(&report), vec![Status::FatalError]);
         let sent = transport.sent();
         assert_eq!(sent.len(), 2);
         let dead = &sent[1];
         assert_eq!(dead.method, Method::Post);
-        assert_eq!(dead.url, "https://p.supabase.co/rest/v1/powersync_dead_letters");
-        assert_eq!(dead.header_value("Prefer"), Some("return=minimal"));
-        assert_eq!(dead.header_value("Authorization"), Some("Bearer token"));
+        assert_eq!(dead.url, "https://p.supabase.co/rest/v1/rpc/powersync_record_dead_letter");
+        assert_eq!(
+            dead.headers,
+            vec![
+                ("apikey".to_string(), "anon".to_string()),
+                ("Authorization".to_string(), "Bearer token".to_string()),
+                ("Content-Type".to_string(), "application/json".to_string()),
+            ]
+        );
         let body: Value = serde_json::from_str(dead.body.as_deref().unwrap_or("")).unwrap_or(Value::Null);
         assert_eq!(
             body,
-            json!({"user_id": "user-1", "transaction_id": "12", "op_index": 0,
-                   "entry": {"op": "PUT", "table": "todos", "id": "a", "data": {"title": null}},
-                   "entries": [{"op": "PUT", "table": "todos", "id": "a", "data": {"id": "a", "title": null},
+            json!({"entries": [{"op": "PUT", "table": "todos", "id": "a", "data": {"id": "a", "title": null},
                                 "state": "failed"}],
-                   "code": "23502", "message": "null value in column \"title\"", "details": "Failing row"})
+                   "code": "23502", "message": "null value in column \"title\"", "details": "Failing row",
+                   "transaction_id": "12", "client_id": "client-9", "op_index": 0,
+                   "entry": {"op": "PUT", "table": "todos", "id": "a", "data": {"title": null}}})
         );
         assert_eq!((report.dead_letters, report.dead_letter_failures, report.subrequests), (1, 0, 2));
+    }
+
+    #[test]
+    fn dead_letter_answer_that_is_not_a_row_id_keeps_the_transaction() {
+        // a 2xx from something that is not the function (a catch-all server, a proxy)
+        let mut s = settings();
+        s.dead_letter_table = Some("dead".to_string());
+        for answer in [ok(201), ok(204), ok_body("<html>ok</html>"), ok_body("null")] {
+            let transport = FakeTransport::scripted(vec![error(409, "23505", "duplicate"), answer]);
+            let report = run(&[tx(1)], &s, &transport);
+            assert_eq!(statuses(&report), vec![Status::RetryableError]);
+            let kept = report.results[0].failed_operation.clone().expect("failure");
+            assert_eq!(kept.code, "dead_letter_failed");
+            assert!(kept.message.contains("unexpected_response"), "{}", kept.message);
+            assert_eq!((report.dead_letters, report.dead_letter_failures), (0, 1));
+        }
+    }
+
+    #[test]
+    fn missing_execute_grant_on_the_recorder_keeps_the_transaction() {
+        let mut s = settings();
+        s.dead_letter_table = Some("dead".to_string());
+        let transport = FakeTransport::scripted(vec![
+            error(409, "23505", "duplicate"),
+            error(403, "42501", "permission denied for function powersync_record_dead_letter"),
+        ]);
+        let report = run(&[tx(1), tx(2)], &s, &transport);
+        assert_eq!(statuses(&report), vec![Status::RetryableError, Status::NotAttempted]);
+        let kept = report.results[0].failed_operation.clone().expect("failure");
+        assert_eq!((kept.code.as_str(), kept.http_status), ("dead_letter_failed", Some(403)));
+        assert!(report.dead_letter_errors[0].contains("powersync_record_dead_letter"), "{:?}", report.dead_letter_errors);
     }
 
     #[test]
@@ -623,17 +679,17 @@ mod tests {
         s.dead_letter_table = Some("dead".to_string());
         let transport = FakeTransport::scripted(vec![
             error(409, "23505", "duplicate"),
-            error(404, "PGRST205", "table not found"),
+            error(404, "PGRST202", "Could not find the function public.powersync_record_dead_letter"),
         ]);
         let report = run(&[tx(1), tx(2)], &s, &transport);
         assert_eq!(statuses(&report), vec![Status::RetryableError, Status::NotAttempted]);
         let kept = report.results[0].failed_operation.clone().expect("failure");
         assert_eq!((kept.index, kept.code.as_str(), kept.http_status), (Some(0), "dead_letter_failed", Some(404)));
         assert!(kept.message.starts_with("23505: duplicate;"), "{}", kept.message);
-        assert!(kept.message.contains("PGRST205"), "{}", kept.message);
-        assert_eq!(report.results[0].retry_after_ms, Some(60_000), "the dead-letter table is missing: schema drift");
+        assert!(kept.message.contains("PGRST202"), "{}", kept.message);
+        assert_eq!(report.results[0].retry_after_ms, Some(60_000), "the recorder is not installed: schema drift");
         assert_eq!((report.dead_letters, report.dead_letter_failures), (0, 1));
-        assert!(report.dead_letter_errors[0].contains("PGRST205"), "{:?}", report.dead_letter_errors);
+        assert!(report.dead_letter_errors[0].contains("PGRST202"), "{:?}", report.dead_letter_errors);
         assert!(report.needs_retry());
         assert_eq!(transport.sent().len(), 2, "the second transaction waits");
     }
@@ -652,7 +708,7 @@ mod tests {
     fn dead_letter_body(transport: &FakeTransport) -> Value {
         let sent = transport.sent();
         let last = sent.last().expect("a dead letter");
-        assert!(last.url.ends_with("/rest/v1/dead"), "{}", last.url);
+        assert!(last.url.ends_with(RECORD_PATH), "{}", last.url);
         serde_json::from_str(last.body.as_deref().unwrap_or("")).unwrap_or(Value::Null)
     }
 
@@ -679,7 +735,7 @@ mod tests {
             ],
         };
         // PUT a: 201; DELETE b,c (merged): 409; the PATCH and the last PUT are never sent
-        let transport = FakeTransport::scripted(vec![ok(201), error(409, "23503", "fk"), ok(201)]);
+        let transport = FakeTransport::scripted(vec![ok(201), error(409, "23503", "fk"), recorded()]);
         let report = run(std::slice::from_ref(&transaction), &s, &transport);
         assert_eq!(statuses(&report), vec![Status::FatalError]);
         let body = dead_letter_body(&transport);
@@ -718,7 +774,7 @@ mod tests {
             error(500, "21000", "cannot affect row a second time"),
             ok(201),
             error(409, "23505", "duplicate key"),
-            ok(201),
+            recorded(),
         ]);
         run(&[puts(&["a", "b", "c", "d"])], &s, &transport);
         assert_eq!(states_of(&dead_letter_body(&transport)), vec!["applied", "applied", "failed", "failed"]);
@@ -739,12 +795,12 @@ mod tests {
         let mut s = settings();
         s.tables = Some(BTreeSet::from(["lists".to_string()]));
         s.dead_letter_table = Some("dead".to_string());
-        let transport = FakeTransport::default();
+        let transport = FakeTransport::scripted(vec![recorded(), recorded()]);
         let report = run(&[tx(1), tx(2)], &s, &transport);
         assert_eq!(statuses(&report), vec![Status::FatalError, Status::FatalError]);
         let sent = transport.sent();
         assert_eq!(sent.len(), 2);
-        assert!(sent.iter().all(|r| r.url.ends_with("/rest/v1/dead")));
+        assert!(sent.iter().all(|r| r.url.ends_with(RECORD_PATH)));
     }
 
     #[test]
@@ -885,6 +941,212 @@ mod tests {
         let report = run_on(Route::Atomic, &[tx(1), tx(2)], &transport);
         assert_eq!(statuses(&report), vec![Status::RetryableError, Status::NotAttempted]);
         assert_eq!(transport.sent().len(), 1);
+    }
+
+    fn failure_of(report: &UploadReport, i: usize) -> FailedOperation {
+        report.results[i].failed_operation.clone().expect("a failure")
+    }
+
+    #[test]
+    fn rest_write_answered_2xx_without_a_row_count_is_unexpected_and_retryable() {
+        for answer in [bare(201), bare(204), ok_body("<html>It works!</html>"), counted(201, 1).map(|mut r| {
+            r.headers = vec![("Content-Range".to_string(), "*/*".to_string())];
+            r
+        })] {
+            let transport = FakeTransport::scripted(vec![answer]);
+            let report = run(&[tx(1), tx(2)], &settings(), &transport);
+            assert_eq!(statuses(&report), vec![Status::RetryableError, Status::NotAttempted]);
+            let failure = failure_of(&report, 0);
+            assert_eq!((failure.code.as_str(), failure.index), ("unexpected_response", Some(0)));
+            assert!(failure.message.contains("Content-Range"), "{}", failure.message);
+            assert_eq!(report.body()["applied"], json!(0), "nothing reported applied");
+            assert_eq!(transport.sent().len(), 1);
+        }
+        // PATCH and DELETE too
+        let transaction = Transaction {
+            transaction_id: Some(json!(1)),
+            entries: vec![entry(Op::Patch, "a", json!({"x": 1})), entry(Op::Delete, "b", Value::Null)],
+        };
+        let transport = FakeTransport::scripted(vec![counted(204, 1), bare(204)]);
+        let report = run(std::slice::from_ref(&transaction), &settings(), &transport);
+        assert_eq!(statuses(&report), vec![Status::RetryableError]);
+        assert_eq!((failure_of(&report, 0).code.as_str(), failure_of(&report, 0).index), ("unexpected_response", Some(1)));
+    }
+
+    #[test]
+    fn atomic_call_answered_2xx_with_anything_but_the_functions_result_is_unexpected_and_retryable() {
+        let mut s = settings();
+        s.atomic = AtomicMode::Always;
+        for (answer, quoted) in [
+            (bare(201), "with an empty body"),
+            (ok_body("<html><body>Welcome</body></html>"), "<html><body>Welcome"),
+            (ok_body("null"), "null"),
+            (ok_body(r#"{"ok": true}"#), "ok"),
+        ] {
+            let transport = FakeTransport::scripted(vec![answer]);
+            let report = run(&[tx(1), tx(2)], &s, &transport);
+            assert_eq!(statuses(&report), vec![Status::RetryableError, Status::NotAttempted], "{quoted}");
+            let failure = failure_of(&report, 0);
+            assert_eq!((failure.code.as_str(), failure.index), ("unexpected_response", None));
+            assert!(failure.message.contains(quoted), "{}", failure.message);
+            assert!(failure.message.starts_with("HTTP "), "{}", failure.message);
+            assert_eq!(report.log_summary()["unexpected_responses"][0], json!(failure.message));
+        }
+    }
+
+    #[test]
+    fn probe_answered_with_something_else_than_the_functions_result_learns_nothing() {
+        let transport = FakeTransport::scripted(vec![bare(201)]);
+        let report = run_on(Route::Probe, &[tx(1)], &transport);
+        assert_eq!(statuses(&report), vec![Status::RetryableError]);
+        assert_eq!(report.atomic_function, None);
+    }
+
+    #[test]
+    fn patch_or_delete_that_changed_no_row_is_reported_unchanged() {
+        let transaction = Transaction {
+            transaction_id: Some(json!(9)),
+            entries: vec![
+                entry(Op::Put, "a", json!({"x": 1})),
+                entry(Op::Patch, "gone", json!({"x": 2})),
+                entry(Op::Patch, "a", json!({})),
+                entry(Op::Delete, "a", Value::Null),
+                entry(Op::Put, "b", json!({"y": 1})),
+                entry(Op::Delete, "hidden", Value::Null),
+            ],
+        };
+        let transport =
+            FakeTransport::scripted(vec![counted(201, 1), counted(204, 0), counted(204, 1), counted(201, 1), counted(204, 0)]);
+        let report = run(std::slice::from_ref(&transaction), &settings(), &transport);
+        assert_eq!(statuses(&report), vec![Status::Success]);
+        assert_eq!(report.results[0].unchanged, vec![1, 5]);
+        assert_eq!(report.body()["results"][0], json!({"status": "success", "transaction_id": 9, "unchanged": [1, 5]}));
+        let prefer: Vec<Option<String>> =
+            transport.sent().iter().map(|r| r.header_value("Prefer").map(str::to_string)).collect();
+        assert_eq!(
+            prefer,
+            vec![
+                Some("resolution=merge-duplicates,return=minimal,count=exact".to_string()),
+                Some("return=minimal,count=exact".to_string()),
+                Some("return=minimal,count=exact".to_string()),
+                Some("resolution=merge-duplicates,return=minimal,count=exact".to_string()),
+                Some("return=minimal,count=exact".to_string()),
+            ],
+            "every write asks for its row count: no extra request"
+        );
+    }
+
+    #[test]
+    fn merged_delete_short_of_its_ids_reports_every_entry_of_its_group() {
+        let deletes = |ids: &[&str]| Transaction {
+            transaction_id: Some(json!(1)),
+            entries: ids.iter().map(|id| entry(Op::Delete, id, Value::Null)).collect(),
+        };
+        // one request, id=in.(a,b,c): the count cannot say which id matched nothing
+        let transport = FakeTransport::scripted(vec![counted(204, 2)]);
+        let report = run(&[deletes(&["a", "b", "c"])], &settings(), &transport);
+        assert_eq!(transport.sent().len(), 1);
+        assert_eq!(report.results[0].unchanged, vec![0, 1, 2]);
+        let transport = FakeTransport::scripted(vec![counted(204, 3)]);
+        assert_eq!(run(&[deletes(&["a", "b", "c"])], &settings(), &transport).results[0].unchanged, Vec::<usize>::new());
+        // the same row twice is one row: deleting it once is all there is to change
+        let transport = FakeTransport::scripted(vec![counted(204, 1)]);
+        assert_eq!(run(&[deletes(&["a", "a"])], &settings(), &transport).results[0].unchanged, Vec::<usize>::new());
+        // a merged PATCH group with a data-less PATCH in between: only the ids sent are listed
+        let transaction = Transaction {
+            transaction_id: None,
+            entries: vec![
+                entry(Op::Patch, "a", json!({"done": true})),
+                entry(Op::Patch, "b", json!({})),
+                entry(Op::Patch, "c", json!({"done": true})),
+            ],
+        };
+        let transport = FakeTransport::scripted(vec![counted(204, 0)]);
+        let report = run(&[transaction], &settings(), &transport);
+        assert_eq!(transport.sent().len(), 1);
+        assert_eq!(report.results[0].unchanged, vec![0, 2]);
+    }
+
+    #[test]
+    fn atomic_functions_unchanged_ops_are_reported() {
+        let transport = FakeTransport::scripted(vec![ok_body(r#"{"applied": 2, "unchanged": [1]}"#)]);
+        let transaction = Transaction {
+            transaction_id: Some(json!(3)),
+            entries: vec![entry(Op::Put, "a", json!({})), entry(Op::Delete, "b", Value::Null)],
+        };
+        let report = run_on(Route::Atomic, &[transaction], &transport);
+        assert_eq!(report.body()["results"][0], json!({"status": "success", "transaction_id": 3, "unchanged": [1]}));
+    }
+
+    fn permission_denied(object: &str) -> Answer {
+        error(403, "42501", &format!("permission denied for {object}"))
+    }
+
+    #[test]
+    fn permission_denied_for_table_is_retryable_and_never_dead_lettered() {
+        let mut s = settings();
+        s.dead_letter_table = Some("dead".to_string());
+        let transport = FakeTransport::scripted(vec![permission_denied("table todos")]);
+        let report = run(&[tx(1), tx(2)], &s, &transport);
+        assert_eq!(statuses(&report), vec![Status::RetryableError, Status::NotAttempted]);
+        assert_eq!(report.results[0].retry_after_ms, Some(60_000));
+        assert!(report.retry_after_seconds >= 60);
+        let failure = failure_of(&report, 0);
+        assert_eq!(failure.code, "42501");
+        assert!(failure.message.contains("grant select, insert, update, delete on table public.todos to authenticated"));
+        assert_eq!((transport.sent().len(), report.dead_letters), (1, 0), "no dead letter: nothing was refused for good");
+        // service mode: the service role's GRANT
+        let transport = FakeTransport::scripted(vec![ok_body("[]"), permission_denied("table todos")]);
+        let report = run(&[tx(1)], &service(), &transport);
+        assert!(failure_of(&report, 0).message.ends_with("on table public.todos to service_role"));
+    }
+
+    #[test]
+    fn row_refused_by_row_level_security_stays_fatal() {
+        let transport = FakeTransport::scripted(vec![error(
+            403,
+            "42501",
+            "new row violates row-level security policy for table \"todos\"",
+        )]);
+        let report = run(&[tx(1)], &settings(), &transport);
+        assert_eq!(statuses(&report), vec![Status::FatalError]);
+    }
+
+    #[test]
+    fn probe_of_a_function_the_role_may_not_execute_applies_the_upload_through_rest() {
+        let transport = FakeTransport::scripted(vec![permission_denied("function powersync_apply_transaction"), ok(201)]);
+        let report = run_on(Route::Probe, &[tx(1)], &transport);
+        assert_eq!(statuses(&report), vec![Status::Success]);
+        assert_eq!(report.atomic_function, Some(false));
+        assert!(transport.sent()[1].url.ends_with("/rest/v1/todos?on_conflict=id"));
+        // the ledger's function is another GRANT: the transaction waits for it
+        let transport = FakeTransport::scripted(vec![permission_denied("function powersync_upload_ledger_claim")]);
+        let report = run_on(Route::Probe, &[tx(1)], &transport);
+        assert_eq!(statuses(&report), vec![Status::RetryableError]);
+        assert_eq!(report.atomic_function, Some(true));
+    }
+
+    #[test]
+    fn forced_atomic_route_waits_for_a_missing_execute_grant_naming_it() {
+        let transport = FakeTransport::scripted(vec![permission_denied("function powersync_apply_transaction")]);
+        let report = run_on(Route::Atomic, &[tx(1), tx(2)], &transport);
+        assert_eq!(statuses(&report), vec![Status::RetryableError, Status::NotAttempted]);
+        assert_eq!(report.results[0].retry_after_ms, Some(60_000));
+        assert!(failure_of(&report, 0)
+            .message
+            .ends_with("grant execute on function public.powersync_apply_transaction to authenticated"));
+    }
+
+    #[test]
+    fn too_big_transaction_whose_function_may_not_be_executed_waits_instead_of_being_refused() {
+        let mut s = settings();
+        s.subrequest_budget = 3;
+        s.dead_letter_table = Some("dead".to_string());
+        let transport = FakeTransport::scripted(vec![permission_denied("function powersync_apply_transaction")]);
+        let report = run(&[big(4)], &s, &transport);
+        assert_eq!(statuses(&report), vec![Status::RetryableError]);
+        assert_eq!(failure_of(&report, 0).code, "42501");
+        assert_eq!(report.dead_letters, 0);
     }
 
     #[test]

@@ -11,7 +11,10 @@
 //! 1. no answer (connection refused, DNS, timeout) → retryable (`network_error` / `timeout`);
 //!    a request whose connection failed before any answer has by then already been sent a
 //!    second time, at once (see `delivery`): this is the second failure;
-//! 2. 2xx → applied;
+//! 2. 2xx → applied, as far as the status goes: the caller then checks that the body is
+//!    PostgREST's answer (see `delivery`: the atomic function's result, a write's
+//!    `Content-Range` count); anything else is `unexpected_response` ([`unexpected_response`]),
+//!    retryable;
 //! 3. the answer's code: the SQLSTATE or `PGRST` code of a PostgREST error body
 //!    `{"code","message","details","hint"}`, else `http_<status>`. `UPLOAD_ERROR_CLASS_OVERRIDES`
 //!    is consulted first (see [`ClassOverrides`]); then the SQLSTATE class decides, before the
@@ -24,8 +27,17 @@
 //!      match), or no unique constraint on `id` for the upsert's conflict target (`42P10`).
 //!      These are the operator's to fix (an app release that writes a new column before its
 //!      migration ships): the writes wait in the client's queue;
+//!    - *a missing GRANT* → retryable, with the same least `Retry-After` as schema drift:
+//!      `42501` whose message is PostgreSQL's `permission denied for <kind> <name>` (table,
+//!      view, column, sequence, schema, function, …: aclchk.c's wording). Since 2026 Supabase no
+//!      longer grants new tables and functions to the API roles by default, so a table created
+//!      without its GRANTs refuses every write: the operator's mistake, fixed by one statement,
+//!      which the failure's message names ([`missing_grant`]), for the API role of the write
+//!      mode (`authenticated` in `rls` mode, `service_role` in `service` mode). Any other
+//!      `42501` (a row refused by a row-level security policy, `new row violates row-level
+//!      security policy …`; the service-mode `row … belongs to another owner`) stays fatal;
 //!    - SQLSTATE classes `21` (e.g. 21000, a row affected twice), `22` (data), `23`
-//!      (constraints), `42` (privileges and RLS: `42501`; the rest of the class), `2F` (SQL
+//!      (constraints), `42` (RLS: `42501` not matched above; the rest of the class), `2F` (SQL
 //!      routine), `38` (external routine), `39` (external routine invocation), `54` (program
 //!      limit exceeded, e.g. an index row too large) and `P0` (PL/pgSQL, e.g. raised by a
 //!      trigger) → fatal, whatever the HTTP status (PostgREST answers 500 for most of them:
@@ -51,8 +63,8 @@ use crate::http::{HttpResponse, TransportError};
 const BODY_EXCERPT_CHARS: usize = 200;
 /// Cap on an upstream `Retry-After`, so a broken header cannot park a client for days.
 const MAX_RETRY_AFTER_SECONDS: u64 = 3600;
-/// Least `Retry-After` for schema drift (an unknown column, table or function): fixing it takes
-/// a migration, so retrying every few seconds would only add load.
+/// Least `Retry-After` for schema drift (an unknown column, table or function) and a missing
+/// GRANT: fixing it takes a migration, so retrying every few seconds would only add load.
 pub const SCHEMA_DRIFT_RETRY_AFTER_SECONDS: u64 = 60;
 
 /// A class an operator can give a code with `UPLOAD_ERROR_CLASS_OVERRIDES`.
@@ -191,6 +203,11 @@ pub struct TransactionResult {
     /// ledger under the client id and transaction id: a re-send after a lost answer), so nothing
     /// was applied now. Sent as `"already_applied": true`, absent otherwise.
     pub already_applied: bool,
+    /// `Success` only: the indexes of the PATCH and DELETE entries that changed no row (the row
+    /// is gone, or hidden from the caller by RLS or, in service mode, owned by someone else), in
+    /// order. Sent as `"unchanged": [...]`, absent when empty. See `delivery` for how it is
+    /// learnt (and when a merged request makes it list more entries than changed nothing).
+    pub unchanged: Vec<usize>,
 }
 
 impl TransactionResult {
@@ -201,7 +218,13 @@ impl TransactionResult {
             failed_operation: None,
             retry_after_ms: None,
             already_applied: false,
+            unchanged: Vec::new(),
         }
+    }
+
+    /// A success whose `unchanged` entries changed no row.
+    pub fn success_with_unchanged(transaction_id: Option<Value>, unchanged: Vec<usize>) -> Self {
+        TransactionResult { unchanged, ..TransactionResult::success(transaction_id) }
     }
 
     /// A success the atomic function's ledger answered: applied by an earlier call.
@@ -216,6 +239,7 @@ impl TransactionResult {
             failed_operation: Some(failure),
             retry_after_ms: None,
             already_applied: false,
+            unchanged: Vec::new(),
         }
     }
 
@@ -226,6 +250,7 @@ impl TransactionResult {
             failed_operation: Some(failure),
             retry_after_ms: Some(retry_after_seconds.saturating_mul(1000)),
             already_applied: false,
+            unchanged: Vec::new(),
         }
     }
 
@@ -236,10 +261,12 @@ impl TransactionResult {
             failed_operation: None,
             retry_after_ms: None,
             already_applied: false,
+            unchanged: Vec::new(),
         }
     }
 
-    /// `{"status","transaction_id","failed_operation"?,"retry_after_ms"?,"already_applied"?}`.
+    /// `{"status","transaction_id","failed_operation"?,"retry_after_ms"?,"already_applied"?,
+    /// "unchanged"?}`.
     pub fn to_json(&self) -> Value {
         let mut object = Map::new();
         object.insert("status".to_string(), json!(self.status.as_str()));
@@ -252,6 +279,9 @@ impl TransactionResult {
         }
         if self.already_applied {
             object.insert("already_applied".to_string(), json!(true));
+        }
+        if !self.unchanged.is_empty() {
+            object.insert("unchanged".to_string(), json!(self.unchanged));
         }
         Value::Object(object)
     }
@@ -331,6 +361,15 @@ impl UploadReport {
         let counts = self.counts();
         let failure_codes: Vec<&str> =
             self.results.iter().filter_map(|r| r.failed_operation.as_ref().map(|f| f.code.as_str())).collect();
+        // What came back that was not PostgREST's answer: status and the body's first bytes (the
+        // failure's message, see `unexpected_response`), so a wrong SUPABASE_URL shows in logs.
+        let unexpected: Vec<&str> = self
+            .results
+            .iter()
+            .filter_map(|r| r.failed_operation.as_ref())
+            .filter(|f| f.code == UNEXPECTED_RESPONSE)
+            .map(|f| f.message.as_str())
+            .collect();
         // Every fatal transaction, identified without row data (never `details`, which quotes values).
         let fatal_transactions: Vec<Value> = self
             .results
@@ -350,6 +389,8 @@ impl UploadReport {
             "subrequests": self.subrequests,
             "resent": self.resent,
             "already_applied": self.results.iter().filter(|r| r.already_applied).count(),
+            "unchanged_entries": self.results.iter().map(|r| r.unchanged.len()).sum::<usize>(),
+            "unexpected_responses": unexpected,
             "atomic_function": self.atomic_function.map(|found| if found { "found" } else { "missing" }),
             "dead_letters": self.dead_letters,
             "dead_letter_failures": self.dead_letter_failures,
@@ -371,10 +412,13 @@ pub enum Verdict {
 }
 
 /// Classifies the answer to a request covering the entry at `index` (see the module docs).
+/// `api_role` is the database role the write runs as (`authenticated`, `service_role`), named in
+/// the GRANT a missing privilege calls for.
 pub fn classify(
     answer: &Result<HttpResponse, TransportError>,
     index: Option<usize>,
     overrides: &ClassOverrides,
+    api_role: &str,
 ) -> Verdict {
     let response = match answer {
         Ok(response) => response,
@@ -391,8 +435,21 @@ pub fn classify(
         return Verdict::Applied;
     }
 
-    let body = ErrorBody::parse(&response.body);
-    let class = body.code.as_deref().map(class_of).unwrap_or(Class::Unrecognised);
+    let mut body = ErrorBody::parse(&response.body);
+    let grant = match (body.code.as_deref(), body.message.as_deref()) {
+        (Some("42501"), Some(message)) => missing_grant(message, api_role),
+        _ => None,
+    };
+    let class = match &grant {
+        Some(_) => Class::SchemaDrift,
+        None => body.code.as_deref().map(class_of).unwrap_or(Class::Unrecognised),
+    };
+    if let (Some(grant), Some(message)) = (grant, body.message.as_mut()) {
+        *message = format!(
+            "{message}: the API role lacks a privilege (a missing GRANT, the operator's to fix; \
+             the upload waits): {grant}"
+        );
+    }
     let code = match (&body.code, class) {
         (Some(code), Class::Fatal | Class::Retryable | Class::SchemaDrift) => code.clone(),
         (Some(code), Class::Unrecognised) if is_sqlstate(code) => code.clone(),
@@ -445,11 +502,160 @@ pub fn op_index_from_hint(hint: &str) -> Option<usize> {
     digits.parse().ok()
 }
 
+/// The failure code of a 2xx answer that is not PostgREST's (see [`unexpected_response`]).
+pub const UNEXPECTED_RESPONSE: &str = "unexpected_response";
+
+/// A 2xx answer that is not what PostgREST sends for the request (`expected` says what that
+/// is): not counted as applied, retryable. The message names the status and quotes the body's
+/// first characters (at most [`BODY_EXCERPT_CHARS`], control characters blanked), e.g. a
+/// catch-all server or a proxy behind a wrong `SUPABASE_URL`.
+pub fn unexpected_response(index: Option<usize>, response: &HttpResponse, expected: &str) -> FailedOperation {
+    let body = if response.body.trim().is_empty() {
+        "an empty body".to_string()
+    } else {
+        format!("body {:?}", excerpt(&response.body))
+    };
+    let mut failure = FailedOperation::new(
+        index,
+        UNEXPECTED_RESPONSE,
+        format!(
+            "HTTP {} from Supabase with {body} is not PostgREST's answer ({expected}); not counted as \
+             applied (is SUPABASE_URL the project's API URL?)",
+            response.status
+        ),
+    );
+    failure.http_status = Some(response.status);
+    failure
+}
+
+/// The number of rows a write changed, as PostgREST reports it when asked `Prefer: count=exact`:
+/// the total of its `Content-Range` (`*/3` for POST and DELETE, `0-2/3` for PATCH, `*/0` for
+/// none). `None` without the header or without a count (`*/*`, `0-2/*`): not PostgREST's answer
+/// to a counted write.
+pub fn affected_rows(response: &HttpResponse) -> Option<u64> {
+    let value = response.header_value("content-range")?.trim();
+    let (range, total) = value.split_once('/')?;
+    let range_ok = range == "*"
+        || range.split_once('-').is_some_and(|(a, b)| {
+            !a.is_empty() && !b.is_empty() && a.bytes().all(|c| c.is_ascii_digit()) && b.bytes().all(|c| c.is_ascii_digit())
+        });
+    if !range_ok || total.is_empty() || !total.bytes().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    total.parse().ok()
+}
+
+/// What the atomic function answered: `{"applied": n, "unchanged": [op indexes]?,
+/// "already_applied": true?}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AtomicAnswer {
+    /// The ledger knew the transaction: nothing was applied now.
+    pub already_applied: bool,
+    /// Ops (= entries) that changed no row, below `entries`, in order, without repeats.
+    pub unchanged: Vec<usize>,
+}
+
+/// The atomic function's result in a 2xx body, or `None` when the body is not one (not a JSON
+/// object with a numeric `applied`, or an `unchanged` that is not an array of op indexes):
+/// then the answer is not the function's. Indexes at or past `entries` are dropped.
+pub fn atomic_answer(body: &str, entries: usize) -> Option<AtomicAnswer> {
+    let Ok(Value::Object(fields)) = serde_json::from_str::<Value>(body) else { return None };
+    if !fields.get("applied").is_some_and(Value::is_number) {
+        return None;
+    }
+    let mut unchanged: Vec<usize> = match fields.get("unchanged") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) => {
+            let indexes: Option<Vec<usize>> =
+                items.iter().map(|i| i.as_u64().and_then(|i| usize::try_from(i).ok())).collect();
+            indexes?.into_iter().filter(|i| *i < entries).collect()
+        }
+        Some(_) => return None,
+    };
+    unchanged.sort_unstable();
+    unchanged.dedup();
+    Some(AtomicAnswer { already_applied: fields.get("already_applied") == Some(&Value::Bool(true)), unchanged })
+}
+
+/// The GRANT that a `42501` message of PostgreSQL's form `permission denied for <kind> <name>`
+/// calls for (aclchk.c: `permission denied for table todos`, `… for column "c" of relation
+/// "r"`, `… for sequence s`, `… for schema s`, `… for function f`, …), for `role`; `None` for
+/// any other message (a row-level security refusal, `belongs to another owner`, `permission
+/// denied to set parameter …`). Names without a schema are taken to be in `public`, where the
+/// bridge writes. A table needs all four privileges: an upsert needs `select` (its conflict
+/// target), `insert` and `update`; PATCH `update` and `select` (its filter), DELETE `delete` and
+/// `select`.
+pub fn missing_grant(message: &str, role: &str) -> Option<String> {
+    let rest = message.trim().strip_prefix("permission denied for ")?;
+    if let Some(column) = rest.strip_prefix("column ") {
+        // `"<column>" of relation "<table>"`
+        let (column, relation) = column.split_once(" of relation ")?;
+        let unquote = |s: &str| s.strip_prefix('"').and_then(|s| s.strip_suffix('"')).map(str::to_string);
+        let (column, relation) = (unquote(column)?, unquote(relation)?);
+        let column = quote_ident(&column);
+        return Some(format!(
+            "grant select ({column}), insert ({column}), update ({column}) on table {} to {role}",
+            qualified(&relation)
+        ));
+    }
+    const KINDS: [(&str, &str); 17] = [
+        ("table", "grant select, insert, update, delete on table {} to {role}"),
+        ("view", "grant select, insert, update, delete on table {} to {role}"),
+        ("materialized view", "grant select on table {} to {role}"),
+        ("foreign table", "grant select, insert, update, delete on table {} to {role}"),
+        ("relation", "grant select, insert, update, delete on table {} to {role}"),
+        ("sequence", "grant usage on sequence {} to {role}"),
+        ("schema", "grant usage on schema {} to {role}"),
+        ("function", "grant execute on function {} to {role}"),
+        ("procedure", "grant execute on procedure {} to {role}"),
+        ("routine", "grant execute on routine {} to {role}"),
+        ("aggregate", "grant execute on function {} to {role}"),
+        ("type", "grant usage on type {} to {role}"),
+        ("domain", "grant usage on domain {} to {role}"),
+        ("large object", "grant select, update on large object {} to {role}"),
+        ("language", "grant usage on language {} to {role}"),
+        ("foreign server", "grant usage on foreign server {} to {role}"),
+        ("foreign-data wrapper", "grant usage on foreign data wrapper {} to {role}"),
+    ];
+    // longest kind first: "materialized view" before "view", "foreign table" before "table"
+    let mut kinds = KINDS;
+    kinds.sort_by_key(|(kind, _)| std::cmp::Reverse(kind.len()));
+    let (kind, template) = kinds.iter().find(|(kind, _)| rest.strip_prefix(kind).is_some_and(|r| r.starts_with(' ')))?;
+    let name = rest[kind.len()..].trim();
+    if name.is_empty() {
+        return None;
+    }
+    let object = match *kind {
+        "schema" | "language" | "foreign server" | "foreign-data wrapper" => quote_ident(name),
+        "large object" => name.to_string(),
+        _ => qualified(name),
+    };
+    Some(template.replace("{role}", role).replacen("{}", &object, 1))
+}
+
+/// `name` as a SQL identifier: as it is when it is a plain lower-case identifier, else quoted.
+fn quote_ident(name: &str) -> String {
+    let plain = name.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if plain {
+        name.to_string()
+    } else {
+        format!("\"{}\"", name.replace('"', "\"\""))
+    }
+}
+
+/// `public.<name>`, the schema the bridge writes (PostgreSQL's message names the object without
+/// its schema).
+fn qualified(name: &str) -> String {
+    format!("public.{}", quote_ident(name))
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Class {
     Fatal,
     Retryable,
-    /// Retryable, with a longer wait: the schema lacks what the client writes.
+    /// Retryable, with a longer wait: the schema lacks what the client writes, or the API role
+    /// a GRANT.
     SchemaDrift,
     Unrecognised,
 }
@@ -528,7 +734,7 @@ mod tests {
 
     /// The built-in rules, without operator overrides.
     fn classify(answer: &Result<HttpResponse, TransportError>, index: Option<usize>) -> Verdict {
-        super::classify(answer, index, &ClassOverrides::default())
+        super::classify(answer, index, &ClassOverrides::default(), "authenticated")
     }
 
     #[test]
@@ -683,6 +889,148 @@ mod tests {
         assert_eq!(retry_after_of(&classify(&longer, None)), Some(600));
     }
 
+    fn with_message(status: u16, code: &str, message: &str) -> Result<HttpResponse, TransportError> {
+        answer(status, &json!({"code": code, "message": message, "details": null, "hint": null}).to_string())
+    }
+
+    #[test]
+    fn permission_denied_for_table_is_retryable_and_names_the_grant() {
+        // PostgreSQL 15's text (aclchk.c), as PostgREST passes it on with 403
+        let verdict = classify(&with_message(403, "42501", "permission denied for table todos"), Some(2));
+        let Verdict::Retryable { failure, retry_after_seconds } = &verdict else { panic!("{verdict:?}") };
+        assert_eq!((failure.code.as_str(), failure.index, failure.http_status), ("42501", Some(2), Some(403)));
+        assert_eq!(*retry_after_seconds, Some(SCHEMA_DRIFT_RETRY_AFTER_SECONDS), "a migration's wait, like schema drift");
+        assert!(failure.message.starts_with("permission denied for table todos: "), "{}", failure.message);
+        assert!(
+            failure.message.ends_with("grant select, insert, update, delete on table public.todos to authenticated"),
+            "{}",
+            failure.message
+        );
+        // service mode names the service role
+        let verdict = super::classify(
+            &with_message(403, "42501", "permission denied for table todos"),
+            None,
+            &ClassOverrides::default(),
+            "service_role",
+        );
+        let Verdict::Retryable { failure, .. } = &verdict else { panic!("{verdict:?}") };
+        assert!(failure.message.ends_with("on table public.todos to service_role"), "{}", failure.message);
+    }
+
+    #[test]
+    fn permission_denied_for_every_object_kind_names_its_grant() {
+        for (message, grant) in [
+            ("permission denied for view open_todos", "grant select, insert, update, delete on table public.open_todos to r"),
+            ("permission denied for sequence todos_id_seq", "grant usage on sequence public.todos_id_seq to r"),
+            ("permission denied for schema app", "grant usage on schema app to r"),
+            (
+                "permission denied for function powersync_apply_transaction",
+                "grant execute on function public.powersync_apply_transaction to r",
+            ),
+            ("permission denied for procedure p", "grant execute on procedure public.p to r"),
+            ("permission denied for materialized view mv", "grant select on table public.mv to r"),
+            ("permission denied for type mood", "grant usage on type public.mood to r"),
+            (
+                "permission denied for column \"done\" of relation \"todos\"",
+                "grant select (done), insert (done), update (done) on table public.todos to r",
+            ),
+            ("permission denied for table My Todos", "grant select, insert, update, delete on table public.\"My Todos\" to r"),
+        ] {
+            assert_eq!(missing_grant(message, "r").as_deref(), Some(grant), "{message}");
+            let verdict = super::classify(&with_message(403, "42501", message), None, &ClassOverrides::default(), "r");
+            assert_eq!(retry_after_of(&verdict), Some(SCHEMA_DRIFT_RETRY_AFTER_SECONDS), "{message}");
+        }
+    }
+
+    #[test]
+    fn row_level_security_and_other_42501_refusals_stay_fatal() {
+        for message in [
+            "new row violates row-level security policy for table \"todos\"",
+            "new row violates row-level security policy (USING expression) for table \"todos\"",
+            "row 1b4e28ba of table todos belongs to another owner",
+            "permission denied to set parameter \"log_statement\"",
+            "permission denied for",
+            "permission denied for table ",
+        ] {
+            let verdict = classify(&with_message(403, "42501", message), Some(0));
+            assert!(is_fatal(&verdict), "{message}: {verdict:?}");
+            let Verdict::Fatal(failure) = verdict else { continue };
+            assert_eq!(failure.message, message, "the message is left as it is");
+        }
+        // another code with the same words is not a privilege error
+        assert!(is_fatal(&classify(&with_message(400, "23514", "permission denied for table todos"), Some(0))));
+    }
+
+    #[test]
+    fn operator_override_of_42501_still_decides_for_missing_grants() {
+        let mut overrides = ClassOverrides::default();
+        overrides.insert("42501", ErrorClass::Fatal);
+        let verdict =
+            super::classify(&with_message(403, "42501", "permission denied for table todos"), None, &overrides, "r");
+        assert!(is_fatal(&verdict));
+    }
+
+    fn with_range(status: u16, range: Option<&str>, body: &str) -> HttpResponse {
+        HttpResponse {
+            status,
+            headers: range.map(|r| vec![("Content-Range".to_string(), r.to_string())]).unwrap_or_default(),
+            body: body.to_string(),
+        }
+    }
+
+    #[test]
+    fn affected_rows_is_the_total_of_postgrests_content_range() {
+        for (range, rows) in [("*/3", Some(3)), ("0-2/3", Some(3)), ("*/0", Some(0)), (" 0-0/1 ", Some(1))] {
+            assert_eq!(affected_rows(&with_range(204, Some(range), "")), rows, "{range}");
+        }
+        // not counted, or not PostgREST's header
+        for range in ["*/*", "0-2/*", "3", "", "/3", "a-b/3", "*/-1", "*/3x", "0-/3", "bytes 0-2/3"] {
+            assert_eq!(affected_rows(&with_range(204, Some(range), "")), None, "{range}");
+        }
+        assert_eq!(affected_rows(&with_range(204, None, "")), None);
+    }
+
+    #[test]
+    fn atomic_answer_is_the_functions_result_object() {
+        assert_eq!(atomic_answer(r#"{"applied": 3}"#, 3), Some(AtomicAnswer::default()));
+        assert_eq!(
+            atomic_answer(r#"{"applied": 3, "unchanged": [2, 0, 2, 7]}"#, 3),
+            Some(AtomicAnswer { already_applied: false, unchanged: vec![0, 2] })
+        );
+        assert_eq!(
+            atomic_answer(r#"{"applied": 0, "already_applied": true}"#, 3),
+            Some(AtomicAnswer { already_applied: true, unchanged: vec![] })
+        );
+        for body in ["", "null", "[]", "{}", r#"{"applied": "3"}"#, "<html>ok</html>", r#"{"applied": 1, "unchanged": "0"}"#,
+                     r#"{"applied": 1, "unchanged": [-1]}"#]
+        {
+            assert_eq!(atomic_answer(body, 3), None, "{body}");
+        }
+    }
+
+    #[test]
+    fn unexpected_response_names_the_status_and_a_short_clean_excerpt() {
+        let failure = unexpected_response(Some(1), &with_range(201, None, ""), "the function's result");
+        assert_eq!((failure.code.as_str(), failure.index, failure.http_status), ("unexpected_response", Some(1), Some(201)));
+        assert!(failure.message.starts_with("HTTP 201 from Supabase with an empty body"), "{}", failure.message);
+        let html = format!("<html>\u{1b}[31m\r\n{}</html>", "x".repeat(1000));
+        let failure = unexpected_response(None, &with_range(200, None, &html), "x");
+        assert!(failure.message.starts_with("HTTP 200 from Supabase with body \"<html>"), "{}", failure.message);
+        assert!(!failure.message.chars().any(char::is_control), "{:?}", failure.message);
+        assert!(failure.message.chars().count() < 400, "{}", failure.message.len());
+        assert!(failure.message.contains("xxx…"));
+    }
+
+    #[test]
+    fn unchanged_entries_are_sent_only_when_there_are_some() {
+        let result = TransactionResult::success_with_unchanged(Some(json!(4)), vec![1, 3]);
+        assert_eq!(result.to_json(), json!({"status": "success", "transaction_id": 4, "unchanged": [1, 3]}));
+        let result = TransactionResult::success_with_unchanged(Some(json!(4)), vec![]);
+        assert_eq!(result.to_json(), json!({"status": "success", "transaction_id": 4}));
+        let report = UploadReport { results: vec![TransactionResult::success_with_unchanged(None, vec![0, 2])], ..UploadReport::default() };
+        assert_eq!(report.log_summary()["unchanged_entries"], json!(2));
+    }
+
     #[test]
     fn rls_and_privilege_errors_stay_fatal() {
         for status in [401, 403] {
@@ -699,17 +1047,17 @@ mod tests {
         overrides.insert("P0004", ErrorClass::Fatal);
         overrides.insert("http_503", ErrorClass::Fatal);
         overrides.insert("42703", ErrorClass::Retryable);
-        let with = |status, code: &str| super::classify(&postgrest(status, code), Some(0), &overrides);
+        let with = |status, code: &str| super::classify(&postgrest(status, code), Some(0), &overrides, "authenticated");
         assert!(is_fatal(&with(400, "PGRST204")));
         assert!(is_retryable(&with(400, "23514")));
         assert!(is_retryable(&with(400, "P0001")), "the class entry");
         assert!(is_fatal(&with(500, "P0004")), "the exact code wins over its class");
         assert!(is_fatal(&with(409, "23505")), "codes without an entry keep their class");
         assert_eq!(retry_after_of(&with(400, "42703")), Some(SCHEMA_DRIFT_RETRY_AFTER_SECONDS));
-        assert!(is_fatal(&super::classify(&answer(503, "down"), Some(0), &overrides)));
-        assert_eq!(super::classify(&answer(201, ""), Some(0), &overrides), Verdict::Applied);
+        assert!(is_fatal(&super::classify(&answer(503, "down"), Some(0), &overrides, "authenticated")));
+        assert_eq!(super::classify(&answer(201, ""), Some(0), &overrides, "authenticated"), Verdict::Applied);
         let lost = Err(TransportError::no_answer("reset"));
-        assert!(is_retryable(&super::classify(&lost, Some(0), &overrides)));
+        assert!(is_retryable(&super::classify(&lost, Some(0), &overrides, "authenticated")));
     }
 
     #[test]

@@ -4,13 +4,19 @@
 //!
 //! - PUT → upsert by id: `POST <SUPABASE_URL>/rest/v1/<table>?on_conflict=id` with a JSON array
 //!   of rows `{"id": <id>, ...data}` and `Prefer: resolution=merge-duplicates,return=minimal`.
+//!   `count=exact` makes PostgREST answer with the number of rows written (`Content-Range: */n`),
+//!   which `delivery` requires of every write's answer (a 2xx without it is not PostgREST's).
 //!   The conflict target is named (as the atomic function's `on conflict (id)` does): without
 //!   it PostgREST uses the primary key, so on a table whose `id` is unique but not the primary
 //!   key a PUT of an existing row (a retry) would fail with 23505. No `?columns=`: merged rows
 //!   always have identical keys.
-//! - PATCH → `PATCH …/<table>?id=eq.<id>` with the data as body and `Prefer: return=minimal`.
-//!   A PATCH without data sends nothing (there is nothing to change) and counts as applied.
-//! - DELETE → `DELETE …/<table>?id=eq.<id>` with `Prefer: return=minimal`.
+//! - PATCH → `PATCH …/<table>?id=eq.<id>` with the data as body and
+//!   `Prefer: return=minimal,count=exact`. A PATCH without data sends nothing (there is nothing
+//!   to change) and counts as applied.
+//! - DELETE → `DELETE …/<table>?id=eq.<id>` with `Prefer: return=minimal,count=exact`.
+//! - PATCH and DELETE answer with the number of rows they changed (`Content-Range: 0-0/1`,
+//!   `*/1`; `*/0` for none): an entry that changed no row is reported `unchanged` (see
+//!   `delivery`).
 //!
 //! Consecutive entries of one transaction are merged into one request only where the result is
 //! identical to sending them one by one, never across a different operation and never reordered:
@@ -71,23 +77,30 @@ use super::settings::{is_identifier, AtomicMode, UploadSettings, WriteMode};
 use super::Caller;
 use crate::http::{HttpRequest, Method};
 
-/// `Prefer` of an upsert: merge into existing rows, answer without a body.
-pub const PREFER_UPSERT: &str = "resolution=merge-duplicates,return=minimal";
-/// `Prefer` of PATCH, DELETE and dead-letter inserts.
+/// `Prefer` of an upsert: merge into existing rows, answer without a body but with the number of
+/// rows written.
+pub const PREFER_UPSERT: &str = "resolution=merge-duplicates,return=minimal,count=exact";
+/// `Prefer` of PATCH and DELETE: answer without a body but with the number of rows changed.
+pub const PREFER_COUNTED: &str = "return=minimal,count=exact";
+/// `Prefer` of dead-letter inserts.
 pub const PREFER_MINIMAL: &str = "return=minimal";
 
 /// What a successful (2xx) answer to a planned request must additionally satisfy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Check {
-    /// A write: 2xx is enough.
-    Write,
+    /// A PATCH or DELETE of the rows `id=in.(…)`: a 2xx must carry PostgREST's count of changed
+    /// rows. `row_entries` are the entries whose ids it names, in order (a PATCH without data in
+    /// between is not among them); `distinct_ids` how many different rows those ids can be at
+    /// most (ids equal once cast count once, see [`cast_key`]): a count below it means some
+    /// entries changed nothing.
+    Filtered { row_entries: Vec<usize>, distinct_ids: usize },
     /// The service-mode ownership check before an upsert: the answer must be an empty JSON array.
     /// `ids` maps each checked id to its entry index, to report which entry is at fault.
     OwnerCheck { table: String, ids: Vec<(String, usize)> },
     /// The atomic RPC call: an error's hint may name the failing op (= entry index).
     Atomic,
     /// A bulk upsert; `row_entries[i]` is the entry index of row `i` of the body. On 21000 (two
-    /// rows are one row after casting) the driver splits it.
+    /// rows are one row after casting) the driver splits it. A 2xx must carry PostgREST's count.
     Upsert { row_entries: Vec<usize> },
 }
 
@@ -294,15 +307,20 @@ impl<'a> Context<'a> {
 }
 
 /// The transaction's id as the atomic function's ledger keys it: a string as it is, a number in
-/// its JSON text (`42`); `None` without one (then nothing is recorded: applied as without a
-/// client id).
+/// its JSON text (`42`); `None` without one, or one longer than [`MAX_LEDGER_ID_BYTES`] (then
+/// nothing is recorded: applied as without a client id).
 fn ledger_id(transaction: &Transaction) -> Option<String> {
-    match transaction.transaction_id.as_ref()? {
-        Value::String(id) => Some(id.clone()),
-        Value::Number(id) => Some(id.to_string()),
-        _ => None,
-    }
+    let id = match transaction.transaction_id.as_ref()? {
+        Value::String(id) => id.clone(),
+        Value::Number(id) => id.to_string(),
+        _ => return None,
+    };
+    (id.len() <= MAX_LEDGER_ID_BYTES).then_some(id)
 }
+
+/// Longest transaction id the ledger takes (`powersync_upload_ledger_claim` refuses longer ones;
+/// PowerSync's are integers). Equal to the longest client id an upload may carry.
+pub const MAX_LEDGER_ID_BYTES: usize = super::crud::MAX_CLIENT_ID_BYTES;
 
 /// One op of the atomic function's `ops`: `{"op","table","id","data"?}`, the data as the bridge
 /// writes it (conversions, owner rules; a PUT's row with its id), no `data` for DELETE.
@@ -366,6 +384,10 @@ struct FilteredGroup<'e> {
     end: usize,
     data: Option<String>,
     ids: InList,
+    /// The entries whose ids are in `ids`, in order.
+    row_entries: Vec<usize>,
+    /// [`cast_key`] of every id in the group.
+    cast_keys: HashSet<CastKey>,
 }
 
 struct Planner<'e> {
@@ -417,13 +439,23 @@ impl<'e> Planner<'e> {
             if group.table == table && group.data == data && fits {
                 group.end = index + 1;
                 group.ids.push(id);
+                group.row_entries.push(index);
+                group.cast_keys.insert(CastKey::of(id));
                 return;
             }
         }
         self.flush();
         let mut ids = InList::new();
         ids.push(id);
-        self.group = Some(Group::Filtered(FilteredGroup { table, start: index, end: index + 1, data, ids }));
+        self.group = Some(Group::Filtered(FilteredGroup {
+            table,
+            start: index,
+            end: index + 1,
+            data,
+            ids,
+            row_entries: vec![index],
+            cast_keys: HashSet::from([CastKey::of(id)]),
+        }));
     }
 
     /// Turns the open group, if any, into its request(s).
@@ -479,9 +511,9 @@ impl<'e> Planner<'e> {
                     None => self.context.request(Method::Delete, url),
                 };
                 self.requests.push(PlannedRequest {
-                    request: request.header("Prefer", PREFER_MINIMAL),
+                    request: request.header("Prefer", PREFER_COUNTED),
                     entries: group.start..group.end,
-                    check: Check::Write,
+                    check: Check::Filtered { row_entries: group.row_entries, distinct_ids: group.cast_keys.len() },
                 });
             }
         }
@@ -641,7 +673,7 @@ mod tests {
                 ("apikey", "anon-key"),
                 ("Authorization", "Bearer user-token"),
                 ("Content-Type", "application/json"),
-                ("Prefer", "resolution=merge-duplicates,return=minimal"),
+                ("Prefer", "resolution=merge-duplicates,return=minimal,count=exact"),
             ]
         );
         assert_eq!(body(r), json!([{"id": "a", "title": "x"}]));
@@ -661,7 +693,7 @@ mod tests {
                 ("apikey", "anon-key"),
                 ("Authorization", "Bearer user-token"),
                 ("Content-Type", "application/json"),
-                ("Prefer", "return=minimal"),
+                ("Prefer", "return=minimal,count=exact"),
             ]
         );
         assert_eq!(body(r), json!({"title": "y", "n": null}));
@@ -675,7 +707,7 @@ mod tests {
         assert_eq!(r.request.url, "https://p.supabase.co/rest/v1/todos?id=eq.a");
         assert_eq!(
             headers(r),
-            vec![("apikey", "anon-key"), ("Authorization", "Bearer user-token"), ("Prefer", "return=minimal")]
+            vec![("apikey", "anon-key"), ("Authorization", "Bearer user-token"), ("Prefer", "return=minimal,count=exact")]
         );
         assert_eq!(r.request.body, None);
     }
@@ -960,7 +992,7 @@ mod tests {
         let requests = plan(vec![delete("a")], &service());
         assert_eq!(
             headers(&requests[0]),
-            vec![("apikey", "svc-key"), ("Authorization", "Bearer svc-key"), ("Prefer", "return=minimal")]
+            vec![("apikey", "svc-key"), ("Authorization", "Bearer svc-key"), ("Prefer", "return=minimal,count=exact")]
         );
     }
 
@@ -1066,6 +1098,19 @@ mod tests {
         // REST requests have nowhere to record it
         let rest = plan_transaction_as(&numbered, &s, &with_client, false).expect("planned");
         assert_eq!(rest[0].request.method, Method::Delete);
+    }
+
+    #[test]
+    fn transaction_id_longer_than_the_ledger_takes_is_applied_without_a_ledger_record() {
+        let mut s = settings();
+        s.atomic = AtomicMode::Always;
+        let with_client = Caller { client_id: Some("client-1".to_string()), ..caller() };
+        for (id, recorded) in [("x".repeat(MAX_LEDGER_ID_BYTES), true), ("x".repeat(MAX_LEDGER_ID_BYTES + 1), false)] {
+            let transaction = Transaction { transaction_id: Some(json!(id)), entries: vec![delete("b")] };
+            let body = body(&plan_transaction(&transaction, &s, &with_client).expect("planned")[0]);
+            assert_eq!(body.get("transaction_id").is_some(), recorded, "{} bytes", id.len());
+            assert_eq!(body.get("client_id").is_some(), recorded, "{} bytes", id.len());
+        }
     }
 
     #[test]

@@ -20,7 +20,7 @@
 //! | `UPLOAD_ATOMIC` | unset (auto) | unset: one RPC call per transaction (all-or-nothing, exactly once) whenever the function is installed, else REST; `true`: always (missing function = retryable); `false`: always REST |
 //! | `UPLOAD_ATOMIC_FUNCTION` | `powersync_apply_transaction` | the RPC function of atomic mode |
 //! | `UPLOAD_ATOMIC_RECHECK_SECONDS` | 300 | `UPLOAD_ATOMIC` unset: how long an isolate that found the function missing uses REST before trying it again, 1..=86400 |
-//! | `UPLOAD_DEAD_LETTER_TABLE` | none | table recording every rejected transaction |
+//! | `UPLOAD_DEAD_LETTER_TABLE` | none | `powersync_dead_letters`: record every rejected transaction there (through `powersync_record_dead_letter`, `sql/dead_letter.sql`) |
 //! | `UPLOAD_MAX_BODY_BYTES` | 5242880 | largest upload body |
 //! | `UPLOAD_MAX_ENTRIES` | 10000 | most CRUD entries per upload |
 //! | `UPLOAD_MAX_TRANSACTIONS` | 1000 | most transactions per upload |
@@ -34,6 +34,10 @@ use std::fmt;
 use super::crud::Limits;
 use super::outcome::{ClassOverrides, ErrorClass};
 use crate::environment::{Problem, Reader};
+
+/// The only value of `UPLOAD_DEAD_LETTER_TABLE`: the table `sql/dead_letter.sql` creates and
+/// `powersync_record_dead_letter` writes.
+pub const DEAD_LETTER_TABLE: &str = "powersync_dead_letters";
 
 /// Default for [`UploadSettings::subrequest_budget`]: the Workers Free plan allows 50
 /// subrequests per request and session verification may use a few.
@@ -74,7 +78,8 @@ pub struct UploadSettings {
     /// `UPLOAD_ATOMIC_RECHECK_SECONDS` (default 300): with [`AtomicMode::Auto`], how long an
     /// isolate that found the function missing sends REST requests before trying it again.
     pub atomic_recheck_seconds: u64,
-    /// `UPLOAD_DEAD_LETTER_TABLE`: where rejected transactions are recorded (default none).
+    /// `UPLOAD_DEAD_LETTER_TABLE`: set (to [`DEAD_LETTER_TABLE`]) when rejected transactions are
+    /// recorded (default none); the table uploads may never write.
     pub dead_letter_table: Option<String>,
     /// `UPLOAD_MAX_BODY_BYTES`, `UPLOAD_MAX_ENTRIES`, `UPLOAD_MAX_TRANSACTIONS`.
     pub limits: Limits,
@@ -180,6 +185,17 @@ pub enum WriteMode {
     },
 }
 
+impl WriteMode {
+    /// The database role the writes run as: `authenticated` (a user's session, RLS mode) or
+    /// `service_role` (the service key). Named in the GRANT a missing privilege calls for.
+    pub fn api_role(&self) -> &'static str {
+        match self {
+            WriteMode::Rls => "authenticated",
+            WriteMode::Service { .. } => "service_role",
+        }
+    }
+}
+
 impl fmt::Debug for WriteMode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -258,6 +274,15 @@ pub fn read(reader: &mut Reader, supabase_url: Option<String>) -> Option<UploadS
     let atomic_function =
         identifier(reader, "UPLOAD_ATOMIC_FUNCTION").unwrap_or_else(|| DEFAULT_ATOMIC_FUNCTION.to_string());
     let dead_letter_table = identifier(reader, "UPLOAD_DEAD_LETTER_TABLE");
+    if dead_letter_table.as_deref().is_some_and(|table| table != DEAD_LETTER_TABLE) {
+        reader.problem(
+            "UPLOAD_DEAD_LETTER_TABLE",
+            format!(
+                "must be {DEAD_LETTER_TABLE} (or unset): dead letters are recorded by the function \
+                 powersync_record_dead_letter into that table (sql/dead_letter.sql)"
+            ),
+        );
+    }
     let defaults = Limits::default();
     let limits = Limits {
         max_body_bytes: reader.number("UPLOAD_MAX_BODY_BYTES", defaults.max_body_bytes as u64, 1..=100 * 1024 * 1024)
@@ -793,15 +818,26 @@ mod tests {
     #[test]
     fn dead_letter_table_must_not_be_writable_by_clients() {
         assert_eq!(
-            problem_names(&with(&[("UPLOAD_TABLES", "todos,dead"), ("UPLOAD_DEAD_LETTER_TABLE", "dead")])),
+            problem_names(&with(&[
+                ("UPLOAD_TABLES", "todos,powersync_dead_letters"),
+                ("UPLOAD_DEAD_LETTER_TABLE", "powersync_dead_letters")
+            ])),
             vec!["UPLOAD_DEAD_LETTER_TABLE"]
         );
     }
 
     #[test]
+    fn dead_letter_table_is_the_one_the_recording_function_writes() {
+        let problems = read_vars(&with(&[("UPLOAD_DEAD_LETTER_TABLE", "my_dead_letters")])).err().unwrap_or_default();
+        assert_eq!(problems.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), vec!["UPLOAD_DEAD_LETTER_TABLE"]);
+        assert!(problems[0].message.contains("powersync_dead_letters"), "{:?}", problems[0]);
+        assert!(read_vars(&with(&[("UPLOAD_DEAD_LETTER_TABLE", "powersync_dead_letters")])).is_ok());
+    }
+
+    #[test]
     fn budget_must_cover_one_transaction_and_its_dead_letter() {
         assert_eq!(
-            problem_names(&with(&[("UPLOAD_SUBREQUEST_BUDGET", "1"), ("UPLOAD_DEAD_LETTER_TABLE", "dead")])),
+            problem_names(&with(&[("UPLOAD_SUBREQUEST_BUDGET", "1"), ("UPLOAD_DEAD_LETTER_TABLE", DEAD_LETTER_TABLE)])),
             vec!["UPLOAD_SUBREQUEST_BUDGET"]
         );
         assert!(read_vars(&with(&[("UPLOAD_SUBREQUEST_BUDGET", "1")])).is_ok());

@@ -379,6 +379,47 @@ def test_patch_and_delete_without_filters_affect_every_visible_row(db, as_user, 
     assert count(db, "lists") == 0
 
 
+def test_writes_carry_postgrests_content_range_with_the_row_count_only_when_asked(
+        db, as_user, user_a, user_b, postgrest_version):
+    # PostgREST 12 and 13 (src/PostgREST/Response.hs): POST and DELETE `*/<n>`, PATCH
+    # `0-<n-1>/<n>` (`*/0` for none); without `Prefer: count=exact` the total is `*`.
+    api = as_user(user_a)
+    a, b = new_id(), new_id()
+    rows = [{"id": a, "name": "a", "owner_id": user_a}, {"id": b, "name": "b", "owner_id": user_a}]
+    upsert = "resolution=merge-duplicates,return=minimal"
+    counted, minimal = "return=minimal,count=exact", "return=minimal"
+    r = api.post("lists", rows, query="on_conflict=id", prefer=upsert + ",count=exact")
+    assert (r.status_code, r.headers["Content-Range"]) == (201, "*/2")
+    assert r.headers["Preference-Applied"] == "resolution=merge-duplicates, return=minimal, count=exact"
+    r = api.post("lists", rows, query="on_conflict=id", prefer=upsert)
+    assert (r.status_code, r.headers["Content-Range"]) == (200, "*/*")
+    assert "count" not in r.headers["Preference-Applied"]
+    r = api.post("lists", [], prefer=counted)
+    assert r.headers["Content-Range"] == "*/0"
+    r = api.post("lists", [{"id": new_id(), "name": "c", "owner_id": user_a}],
+                 prefer="return=representation,count=exact")
+    assert (r.status_code, r.headers["Content-Range"], len(r.json())) == (201, "*/1", 1)
+
+    theirs = insert_list(db, user_b)  # hidden by RLS: counted like a row that does not exist
+    r = api.patch("lists", f"id=in.({a},{b},{theirs})", {"name": "x"}, prefer=counted)
+    assert (r.status_code, r.headers["Content-Range"]) == (204, "0-1/2")
+    r = api.patch("lists", f"id=eq.{a}", {"name": "y"}, prefer=minimal)
+    assert r.headers["Content-Range"] == "0-0/*"
+    for query in (f"id=eq.{theirs}", f"id=eq.{new_id()}"):
+        r = api.patch("lists", query, {"name": "x"}, prefer=counted)
+        assert (r.status_code, r.headers["Content-Range"]) == (204, "*/0"), query
+        assert api.patch("lists", query, {"name": "x"}, prefer=minimal).headers["Content-Range"] == "*/*"
+    r = api.patch("lists", f"id=eq.{a}", {"name": "z"}, prefer="return=representation,count=exact")
+    assert (r.status_code, r.headers["Content-Range"]) == (200, "0-0/1")
+
+    r = api.delete("lists", f"id=in.({a},{new_id()},{theirs})", prefer=counted)
+    assert (r.status_code, r.headers["Content-Range"]) == (204, "*/1")
+    assert r.headers["Preference-Applied"] == "return=minimal, count=exact"
+    assert api.delete("lists", f"id=eq.{b}", prefer=minimal).headers["Content-Range"] == "*/*"
+    assert api.delete("lists", f"id=eq.{b}", prefer=counted).headers["Content-Range"] == "*/0"
+    assert row(db, "lists", theirs) is not None
+
+
 def test_patch_representation_returns_updated_rows(db, as_user, user_a):
     list_id = insert_list(db, user_a)
     resp = as_user(user_a).patch("lists", f"id=eq.{list_id}", {"name": "renamed"},
@@ -723,7 +764,7 @@ def test_rpc_applies_three_ops_atomically(db, as_user, user_a):
             "data": {"completed": True, "completed_at": "2024-01-01T00:00:00Z"}}]
     resp = as_user(user_a).rpc("powersync_apply_transaction", {"ops": ops})
     assert resp.status_code == 200, resp.text
-    assert resp.json() == {"applied": 3}
+    assert resp.json() == {"applied": 3, "unchanged": []}
     t = row(db, "todos", todo_id)
     assert (t["description"], t["completed"], t["tags"], t["priority"]) == ("milk", True,
                                                                             ["dairy"], 2)
@@ -753,12 +794,13 @@ def test_rpc_put_merges_only_given_columns_and_delete_removes(db, as_user, user_
            {"op": "PATCH", "table": "lists", "id": list_id, "data": {}},
            {"op": "DELETE", "table": "lists", "id": new_id()}]
     resp = as_user(user_a).rpc("powersync_apply_transaction", {"ops": ops})
-    assert resp.json() == {"applied": 3}
+    # the DELETE of a row that does not exist changed nothing; a PATCH without data is no write
+    assert resp.json() == {"applied": 3, "unchanged": [2]}
     assert (row(db, "todos", todo_id)["description"], row(db, "todos", todo_id)["priority"]) == \
         ("new", 4)
     resp = as_user(user_a).rpc("powersync_apply_transaction",
                                {"ops": [{"op": "DELETE", "table": "todos", "id": todo_id}]})
-    assert resp.json() == {"applied": 1}
+    assert resp.json() == {"applied": 1, "unchanged": []}
     assert row(db, "todos", todo_id) is None
 
 
@@ -770,6 +812,7 @@ def test_rpc_respects_rls_in_user_mode(db, as_user, user_a, user_b):
         {"op": "PATCH", "table": "lists", "id": theirs, "data": {"name": "x"}},
         {"op": "DELETE", "table": "lists", "id": theirs}]})
     assert resp.status_code == 200
+    assert resp.json() == {"applied": 2, "unchanged": [0, 1]}, "both changed nothing, and say so"
     assert row(db, "lists", theirs)["name"] == "theirs"
     # PUT over it or PUT a row for someone else: 42501, all rolled back
     mine = new_id()
@@ -795,7 +838,8 @@ def test_rpc_service_mode_forces_the_owner(db, as_service, user_a, user_b):
         {"op": "PATCH", "table": "lists", "id": new_list, "data": {"owner_id": user_b}},
         {"op": "DELETE", "table": "lists", "id": theirs}]})
     assert resp.status_code == 200, resp.text
-    assert resp.json() == {"applied": 4}
+    # the PATCH and DELETE of another owner's row changed nothing
+    assert resp.json() == {"applied": 4, "unchanged": [1, 3]}
     assert row(db, "lists", new_list)["owner_id"] == user_a
     assert row(db, "lists", theirs)["name"] == "theirs"
 
@@ -841,19 +885,23 @@ def test_rpc_is_not_callable_by_anon(db, client):
 
 
 # --------------------------------------------------------------------------- dead letters
-def test_dead_letter_insert_allowed_for_own_user_id_only(db, as_user, as_service, user_a, user_b):
-    entry = {"op": "PUT", "type": "todos", "id": new_id(), "data": {"priority": 9}}
-    letter = {"transaction_id": "42", "op_index": 0, "entry": entry, "code": "23514",
+def test_dead_letters_are_recorded_through_the_rpc_for_the_users_own_id_only(db, as_user, as_service,
+                                                                           user_a, user_b):
+    entries = [{"op": "PUT", "table": "todos", "id": new_id(), "data": {"priority": 9}, "state": "failed"}]
+    letter = {"transaction_id": "42", "op_index": 0, "entries": entries, "code": "23514",
               "message": "check violation", "details": None}
     api = as_user(user_a)
-    ok = api.post("powersync_dead_letters", {**letter, "user_id": user_a})
-    assert ok.status_code == 201, ok.text
-    assert_error(api.post("powersync_dead_letters", {**letter, "user_id": user_b}), 403, "42501")
-    assert as_service.post("powersync_dead_letters", {**letter, "user_id": user_b}
-                           ).status_code == 201
-    rows = db.execute("select user_id::text, entry, code from powersync_dead_letters order by id"
-                      ).fetchall()
-    assert rows == [(user_a, entry, "23514"), (user_b, entry, "23514")]
+    ok = api.rpc("powersync_record_dead_letter", {**letter, "user_id": user_a})
+    assert ok.status_code == 200, ok.text
+    assert_error(api.rpc("powersync_record_dead_letter", {**letter, "user_id": user_b}), 403, "42501")
+    # the table itself takes no writes from the API roles
+    assert_error(api.post("powersync_dead_letters", {"user_id": user_a, "entry": {}}), 403, "42501")
+    assert_error(as_service.post("powersync_dead_letters", {"user_id": user_b, "entry": {}}), 403, "42501")
+    named = as_service.rpc("powersync_record_dead_letter",
+                           {**letter, "user_id": user_b, "owner_column": "created_by"})
+    assert named.status_code == 200, named.text
+    rows = db.execute("select user_id, recorded_as, code from powersync_dead_letters order by id").fetchall()
+    assert rows == [(user_a, "user", "23514"), (user_b, "service", "23514")]
     assert [r["user_id"] for r in api.get("powersync_dead_letters").json()] == [user_a]
 
 
@@ -1048,7 +1096,7 @@ def test_rpc_groups_a_thousand_puts_into_one_statement(db, as_user, user_a):
     with _statements_on(db, "lists") as statements:
         resp = as_user(user_a).rpc("powersync_apply_transaction", {"ops": ops})
         assert resp.status_code == 200, resp.text
-        assert resp.json() == {"applied": 1000}
+        assert resp.json() == {"applied": 1000, "unchanged": []}
         assert statements()["INSERT"] == 1
     assert count(db, "lists") == 1000
     assert (row(db, "lists", ids[0])["name"], row(db, "lists", ids[999])["name"]) == \
@@ -1056,7 +1104,7 @@ def test_rpc_groups_a_thousand_puts_into_one_statement(db, as_user, user_a):
     # again over the existing rows: one upsert that updates them all
     ops = [{**op, "data": {**op["data"], "name": op["data"]["name"] + "!"}} for op in ops]
     resp = as_user(user_a).rpc("powersync_apply_transaction", {"ops": ops})
-    assert resp.json() == {"applied": 1000}
+    assert resp.json() == {"applied": 1000, "unchanged": []}
     assert count(db, "lists") == 1000
     assert row(db, "lists", ids[500])["name"] == "list 500!"
 
@@ -1078,7 +1126,8 @@ def test_rpc_groups_only_consecutive_puts_with_the_same_keys(db, as_user, user_a
     with _statements_on(db, "todos") as statements:
         resp = as_user(user_a).rpc("powersync_apply_transaction", {"ops": ops})
         assert resp.status_code == 200, resp.text
-        assert resp.json() == {"applied": 9}
+        # the grouped DELETE (b, c, an id no row has) says which of its ids matched nothing
+        assert resp.json() == {"applied": 9, "unchanged": [8]}
         # (a, b, old) · (c) · PATCH a · (d) · (DELETE b, c, ?)
         assert statements() == {"INSERT": 3, "UPDATE": 4, "DELETE": 1}
     assert (row(db, "todos", a)["completed"], row(db, "todos", d)["description"]) == (True, "d")
@@ -1098,7 +1147,7 @@ def test_rpc_group_with_a_repeated_id_is_split(db, as_user, user_a):
     with _statements_on(db, "lists") as statements:
         resp = as_user(user_a).rpc("powersync_apply_transaction", {"ops": ops})
         assert resp.status_code == 200, resp.text
-        assert resp.json() == {"applied": 7}
+        assert resp.json() == {"applied": 7, "unchanged": []}
         # (a1, b1) · (a2, c1, b2) · (a3, A4: the same row, so applied row by row: 2)
         assert statements()["INSERT"] == 4
     assert [row(db, "lists", i)["name"] for i in (a, b, c)] == ["a4", "b2", "c1"]
@@ -1145,7 +1194,7 @@ def test_rpc_service_mode_forces_the_owner_within_groups(db, as_service, user_a,
             {"op": "DELETE", "table": "lists", "id": theirs},
             {"op": "DELETE", "table": "lists", "id": b}]})
         assert resp.status_code == 200, resp.text
-        assert resp.json() == {"applied": 5}
+        assert resp.json() == {"applied": 5, "unchanged": [3]}
         assert statements()["INSERT"] == 1 and statements()["DELETE"] == 1
     assert [row(db, "lists", i)["owner_id"] for i in (a, mine)] == [user_a, user_a]
     assert row(db, "lists", mine)["name"] == "mine!"

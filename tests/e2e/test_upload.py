@@ -1393,8 +1393,9 @@ def test_resent_transaction_with_dependent_entries_is_applied_once_and_answered_
            tid=42))}
     first = upload(atomic_worker, token, payload)
     assert first.status_code == 200, first.text
+    # the PATCH ran before the PUT that creates its row: it changed nothing, and says so
     assert first.json()["results"] == [{"status": "success", "transaction_id": 41},
-                                       {"status": "success", "transaction_id": 42}]
+                                       {"status": "success", "transaction_id": 42, "unchanged": [0]}]
     state = snapshot(db)
     assert row(db, "lists", list_id) is None and row(db, "todos", todo) is None
     assert row(db, "todos", later)["description"] == "new"
@@ -1490,7 +1491,7 @@ def test_ledger_records_the_session_user_not_an_owner_id_a_caller_passes(db, pg,
         conn.execute("set local role authenticated")
         conn.execute("select set_config('request.jwt.claims', %s, true)",
                      (json.dumps({"sub": sub, "role": "authenticated"}),))
-        conn.execute("select public.powersync_upload_ledger_claim('c', '1', 'd', %s)", (victim,))
+        conn.execute("select public.powersync_upload_ledger_claim('c', '1', %s, %s)", ("d" * 64, victim))
     assert db.execute(f"select user_id from public.{LEDGER}").fetchall() == [(sub,)]
 
 
@@ -1502,7 +1503,7 @@ def test_expired_ledger_records_are_pruned_by_later_calls(atomic_worker, db, use
     assert statuses(upload(atomic_worker, token, {"client_id": CLIENT, **body(
         tx(put("lists", new_id(), name="n", owner_id=sub), tid=1))})) == ["success"]
     left = set(db.execute(f"select user_id, transaction_id from public.{LEDGER}").fetchall())
-    assert left == {("someone", "2"), (sub, "1")}, "kept 30 days (powersync.ledger_retention)"
+    assert left == {("someone", "2"), (sub, "1")}, "kept 30 days (powersync_upload_ledger_settings)"
 
 
 def test_rerunning_the_sql_file_upgrades_the_three_argument_function_and_keeps_the_ledger(
@@ -1627,7 +1628,7 @@ def test_transaction_whose_dead_letter_cannot_be_written_is_kept_not_discarded(
         tx(put("todos", bad, description="p9", list_id=list_id, created_by=sub, priority=9), tid=1),
         tx(put("lists", later, name="later", owner_id=sub), tid=2),
     )
-    standin.add_fault({"status": 503, "path_prefix": f"/rest/v1/{DEAD_LETTERS}"})
+    standin.add_fault({"status": 503, "path_prefix": "/rest/v1/rpc/powersync_record_dead_letter"})
     response = upload(dead_letter_worker, token, payload)
     assert_retry_response(response)
     assert statuses(response) == ["retryable_error", "not_attempted"], response.text
@@ -1663,8 +1664,9 @@ def test_dead_lettered_transaction_is_replayed_once_its_cause_is_fixed(
 
     db.execute("insert into lists (id, name, owner_id) values (%s, 'late', %s)", (missing, sub))
     db.execute("update todos set completed = false where id = %s", (done,))  # a later write
+    # replayed as the user who recorded it (RLS mode): their policies allow all three
     result = db.execute("select public.powersync_replay_dead_letter(%s)", (letter_id,)).fetchone()[0]
-    assert result == {"applied": 3, "dead_letter_id": letter_id}
+    assert result == {"applied": 3, "unchanged": [], "replayed": True, "dead_letter_id": letter_id}
     assert row(db, "todos", first)["list_id"] == missing
     assert row(db, "todos", second)["tags"] == '["x"]', "the data as the bridge wrote it"
     assert row(db, "todos", done) is None, "the DELETE that was never attempted is applied"

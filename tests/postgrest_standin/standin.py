@@ -26,7 +26,8 @@ Each HTTP request is one database transaction: ``BEGIN; SET LOCAL ROLE <role>;
 set_config('request.jwt.claims', ...)`` then one statement, then COMMIT, or
 ROLLBACK on error, so RLS policies using ``auth.uid()`` behave as on Supabase.
 The stand-in connects as a superuser (the DSN's user) and switches role per
-request; it never formats values into SQL (parameters + quoted identifiers).
+request, with ``authenticator`` as the session user as on Supabase; it never formats values
+into SQL (parameters + quoted identifiers).
 
 Run:  python -m tests.postgrest_standin.standin --port 54321 \
           --dsn postgresql://postgres@127.0.0.1:5432/postgres --jwt-secret S
@@ -241,6 +242,13 @@ def parse_prefer(values: list[str]) -> dict[str, str]:
             if key not in prefs:
                 prefs[key] = val
     return prefs
+
+
+def content_range(lower: int, upper: int, total: int | None) -> str:
+    """PostgREST's ``contentRangeH``: ``<lower>-<upper>/<total>``, the range ``*`` when the total
+    is 0 or the range is empty, the total ``*`` when not counted."""
+    in_range = total != 0 and lower <= upper
+    return (f"{lower}-{upper}" if in_range else "*") + "/" + ("*" if total is None else str(total))
 
 
 def parse_in_list(raw: str, whole: str) -> list[str]:
@@ -991,19 +999,38 @@ class StandIn:
                            None, None)
 
     def _mutation_response(self, cur, prefs, applied: list[str], ok_status: int,
-                           minimal_status: int, representation: bool):
+                           minimal_status: int, representation: bool, method: str,
+                           rows: int | None = None):
+        """PostgREST's answer to a write (src/PostgREST/Response.hs, 12 and 13 alike): every
+        POST, PATCH and DELETE carries a ``Content-Range`` whose total is the number of rows
+        written when ``Prefer: count=exact`` asked for it (then ``count=exact`` is in
+        ``Preference-Applied``), ``*`` otherwise: POST and DELETE ``*/<n>`` (range
+        ``contentRangeH 1 0``: always ``*``), PATCH ``0-<n-1>/<n>`` (``*/0`` for none); without
+        the count ``*/*``, and for PATCH ``0-<n-1>/*``."""
         headers = {}
+        text = None
+        if representation:
+            text, rows = cur.fetchone()
+        elif rows is None:
+            rows = max(cur.raw.rowcount, 0)
+        counted = prefs.get("count") == "exact"
+        if counted:
+            applied.append("count=exact")
+        total = rows if counted else None
+        if method == "PATCH":
+            headers["Content-Range"] = content_range(0, rows - 1, total)
+        else:
+            headers["Content-Range"] = content_range(1, 0, total)
         if applied:
             headers["Preference-Applied"] = ", ".join(applied)
         if representation:
-            text = cur.fetchone()[0]
             headers["Content-Type"] = JSON_CT
             return ok_status, headers, text.encode()
         return minimal_status, headers, b""
 
     def _wrap_returning(self, stmt: sql.Composable, req: Request, table: Table) -> sql.Composable:
         return sql.SQL("WITH pgrst_source AS ({stmt} RETURNING {tbl}.*) "
-                       "SELECT coalesce(json_agg(pgrst_t), '[]')::text FROM "
+                       "SELECT coalesce(json_agg(pgrst_t), '[]')::text, count(*) FROM "
                        "(SELECT {sel} FROM pgrst_source) AS pgrst_t").format(
             stmt=stmt, tbl=table.ident, sel=self._select_list(req, table))
 
@@ -1101,7 +1128,7 @@ class StandIn:
         if representation:
             stmt = self._wrap_returning(stmt, req, table)
         cur.execute(stmt, params)
-        return self._mutation_response(cur, prefs, applied, status, status, representation)
+        return self._mutation_response(cur, prefs, applied, status, status, representation, "POST")
 
     # ---------------------------------------------------------------- PATCH /table
     def _update(self, cur: "_RoleCursor", req: Request, table: Table):
@@ -1126,8 +1153,9 @@ class StandIn:
         if not cols:  # nothing to set: no-op
             cur.become()
             if representation:
-                cur.execute("select '[]'::text")
-            return self._mutation_response(cur, prefs, applied, 200, 204, representation)
+                cur.execute("select '[]'::text, 0")
+            return self._mutation_response(cur, prefs, applied, 200, 204, representation, "PATCH",
+                                           rows=0)
         body_sql = sql.SQL("%s::jsonb")
         params: list = [raw_text]
         if restrict:
@@ -1146,7 +1174,7 @@ class StandIn:
             stmt = self._wrap_returning(stmt, req, table)
         cur.become()
         cur.execute(stmt, params)
-        return self._mutation_response(cur, prefs, applied, 200, 204, representation)
+        return self._mutation_response(cur, prefs, applied, 200, 204, representation, "PATCH")
 
     # ---------------------------------------------------------------- DELETE /table
     def _delete(self, cur: "_RoleCursor", req: Request, table: Table):
@@ -1161,7 +1189,7 @@ class StandIn:
             stmt = self._wrap_returning(stmt, req, table)
         cur.become()
         cur.execute(stmt, filter_params)
-        return self._mutation_response(cur, prefs, applied, 200, 204, representation)
+        return self._mutation_response(cur, prefs, applied, 200, 204, representation, "DELETE")
 
     # ---------------------------------------------------------------- GET /table
     def _select(self, cur: "_RoleCursor", req: Request, table: Table):
@@ -1290,7 +1318,12 @@ class StandIn:
 
 class _RoleCursor:
     """A cursor wrapper: catalog lookups run as the connecting superuser until
-    ``become()`` switches to the request's role (SET LOCAL ROLE)."""
+    ``become()`` switches to the request's role (SET LOCAL ROLE).
+
+    Like PostgREST on Supabase, the request then runs with ``authenticator`` as its session
+    user (SET LOCAL SESSION AUTHORIZATION, when the database has that role: see
+    tests/sql/test_schema.sql), so a function can only ``set role`` to the roles
+    ``authenticator`` is a member of, not to any role as a superuser session could."""
 
     def __init__(self, cur, role):
         self._cur = cur
@@ -1298,7 +1331,11 @@ class _RoleCursor:
         self.raw = cur
 
     def become(self):
-        self._cur.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(self._role)))
+        # one round trip (no parameters: the simple query protocol runs both statements)
+        self._cur.execute(sql.SQL(
+            "SELECT set_config('session_authorization', 'authenticator', true)"
+            " WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'authenticator');"
+            " SET LOCAL ROLE {}").format(sql.Identifier(self._role)))
 
     def execute(self, *a, **kw):
         return self._cur.execute(*a, **kw)

@@ -23,6 +23,19 @@ begin
 end
 $$;
 alter role service_role bypassrls;
+-- PostgREST logs in as `authenticator` (NOINHERIT: no rights of its own) and
+-- switches to the request's role; as on Supabase it is a member of all three,
+-- which is what lets a function called by service_role `set role authenticated`
+-- (the dead-letter replay). The stand-in does the same (SET SESSION
+-- AUTHORIZATION authenticator, then SET ROLE).
+do $$
+begin
+  if not exists (select 1 from pg_roles where rolname = 'authenticator') then
+    create role authenticator login noinherit;
+  end if;
+end
+$$;
+grant anon, authenticated, service_role to authenticator;
 
 -- Supabase's per-role statement timeouts (PostgREST 12 applies role settings
 -- of the impersonated role inside each request's transaction).

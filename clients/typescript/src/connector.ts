@@ -46,6 +46,18 @@ export interface FatalErrorReport {
   failedEntry: CrudEntry | undefined;
 }
 
+/** What {@link WorkerConnectorOptions.onUnchanged} receives for an applied transaction some of whose writes changed nothing. */
+export interface UnchangedReport {
+  /** The SDK's transaction id; `undefined` for entries recorded without one. */
+  transactionId: number | undefined;
+  /** Every entry of the transaction, as the SDK queued it. */
+  entries: CrudEntry[];
+  /** Indexes in `entries` of the PATCH and DELETE entries that changed no row, in order. */
+  unchangedIndexes: number[];
+  /** `entries[i]` for each of `unchangedIndexes`. */
+  unchangedEntries: CrudEntry[];
+}
+
 /** Options of {@link WorkerConnector}. */
 export interface WorkerConnectorOptions {
   /**
@@ -69,6 +81,18 @@ export interface WorkerConnectorOptions {
    * (no row data).
    */
   onFatalError?: (report: FatalErrorReport) => void | Promise<void>;
+  /**
+   * Called once for each transaction the worker applied (`success`) in which some PATCH or DELETE
+   * changed no row (the worker's `unchanged`): the row was already gone, or hidden from the user by
+   * row-level security. The user's change to it is not in the database: tell the user, or
+   * re-create the row. Called before the transaction is removed from the upload queue; if it
+   * throws (or rejects), the transaction stays queued and `uploadData` rethrows that error (the
+   * transaction is sent again later: a worker with the atomic function's exactly-once ledger then
+   * answers `already_applied`, without `unchanged`, so this is not called again for it).
+   * Default: logs the transaction id and the entries' indexes, tables and ops with `console.warn`
+   * (no row data).
+   */
+  onUnchanged?: (report: UnchangedReport) => void | Promise<void>;
   /**
    * Most transactions sent in one upload request. Set 1 for one transaction per request.
    * Default: 20.
@@ -128,6 +152,16 @@ async function clientIdOf(database: UploadQueue): Promise<string | undefined> {
   }
 }
 
+function defaultOnUnchanged(report: UnchangedReport): void {
+  const which = report.unchangedIndexes
+    .map((i) => `${i} (${report.entries[i]?.op ?? '?'} ${report.entries[i]?.table ?? '?'})`)
+    .join(', ');
+  console.warn(
+    `[WorkerConnector] transaction ${report.transactionId ?? '(no id)'} was applied, but entries ${which} ` +
+      'changed no row (already gone, or hidden by row-level security)',
+  );
+}
+
 function defaultOnFatalError(report: FatalErrorReport): void {
   const failure = report.failedOperation;
   console.error(
@@ -158,6 +192,7 @@ export class WorkerConnector implements PowerSyncBackendConnector {
   private readonly baseUrl: string;
   private readonly getSessionToken: WorkerConnectorOptions['getSessionToken'];
   private readonly onFatalError: (report: FatalErrorReport) => void | Promise<void>;
+  private readonly onUnchanged: (report: UnchangedReport) => void | Promise<void>;
   private readonly maxTransactions: number;
   private readonly maxEntries: number;
   private readonly timeoutMs: number;
@@ -173,6 +208,7 @@ export class WorkerConnector implements PowerSyncBackendConnector {
     this.baseUrl = options.workerUrl.trim().replace(/\/+$/, '');
     this.getSessionToken = options.getSessionToken;
     this.onFatalError = options.onFatalError ?? defaultOnFatalError;
+    this.onUnchanged = options.onUnchanged ?? defaultOnUnchanged;
     this.maxTransactions = positiveInteger('maxTransactionsPerRequest', options.maxTransactionsPerRequest, DEFAULT_MAX_TRANSACTIONS);
     this.maxEntries = positiveInteger('maxEntriesPerRequest', options.maxEntriesPerRequest, DEFAULT_MAX_ENTRIES);
     this.timeoutMs = positiveInteger('requestTimeoutMs', options.requestTimeoutMs, DEFAULT_TIMEOUT_MS, true);
@@ -230,7 +266,7 @@ export class WorkerConnector implements PowerSyncBackendConnector {
    * retry delay. A transaction is never completed unless the worker reported a final outcome for it.
    *
    * @throws {@link WorkerConnectorError} when something must be retried; or the error
-   *   `onFatalError` threw
+   *   `onFatalError` or `onUnchanged` threw
    */
   async uploadData(database: UploadQueue): Promise<void> {
     const transactions = await this.readQueue(database);
@@ -271,24 +307,35 @@ export class WorkerConnector implements PowerSyncBackendConnector {
     const results = verdict.results ?? [];
 
     // Completing transaction k removes every queued entry up to k's last one, so only the last
-    // transaction of the completable prefix is completed, after every fatal one in it was reported.
-    // If onFatalError throws for transaction k, the ones before k are completed and k stays queued.
+    // transaction of the completable prefix is completed, after every fatal one (and every one with
+    // unchanged entries) in it was reported. If onFatalError or onUnchanged throws for transaction
+    // k, the ones before k are completed and k stays queued.
     let reported = 0;
     let handlerFailed = false;
     let handlerError: unknown;
     for (; reported < verdict.completable; reported++) {
       const result = results[reported]!;
-      if (result.status !== 'fatal_error') continue;
       const tx = batch[reported]!;
-      const failedOperation = result.failed_operation ?? null;
-      const index = failedOperation?.index;
       try {
-        await this.onFatalError({
-          transactionId: tx.transactionId,
-          entries: tx.crud,
-          failedOperation,
-          failedEntry: typeof index === 'number' ? tx.crud[index] : undefined,
-        });
+        if (result.status === 'fatal_error') {
+          const failedOperation = result.failed_operation ?? null;
+          const index = failedOperation?.index;
+          await this.onFatalError({
+            transactionId: tx.transactionId,
+            entries: tx.crud,
+            failedOperation,
+            failedEntry: typeof index === 'number' ? tx.crud[index] : undefined,
+          });
+        } else {
+          const unchangedIndexes = (result.unchanged ?? []).filter((i) => i < tx.crud.length);
+          if (unchangedIndexes.length === 0) continue;
+          await this.onUnchanged({
+            transactionId: tx.transactionId,
+            entries: tx.crud,
+            unchangedIndexes,
+            unchangedEntries: unchangedIndexes.map((i) => tx.crud[i]!),
+          });
+        }
       } catch (error) {
         handlerFailed = true;
         handlerError = error;

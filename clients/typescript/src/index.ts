@@ -9,6 +9,7 @@ export type {
   FetchInitLike,
   FetchLike,
   FetchResponseLike,
+  UnchangedReport,
   UploadQueue,
   WorkerConnectorOptions,
 } from './connector.js';

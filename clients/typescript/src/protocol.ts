@@ -65,6 +65,13 @@ export interface TransactionResult {
    * after a lost answer), so nothing was applied again. Absent otherwise.
    */
   already_applied?: boolean;
+  /**
+   * `success` only: indexes (in the transaction's `crud`) of the PATCH and DELETE entries that
+   * changed no row: the row was gone already, or hidden from the user by row-level security (or,
+   * in the worker's service mode, owned by someone else). Absent when there are none. May list
+   * more entries than changed nothing when the worker merged them into one request (README).
+   */
+  unchanged?: number[];
 }
 
 /**
@@ -165,6 +172,13 @@ function describeFailure(result: TransactionResult): string {
   return `transaction ${id} is ${result.status}${why}`;
 }
 
+/** The entry indexes of a result's `unchanged` (integers from 0), in order, without repeats; anything else is ignored. */
+function unchangedIndexes(raw: unknown): number[] {
+  if (!Array.isArray(raw)) return [];
+  const valid = raw.filter((i): i is number => Number.isInteger(i) && (i as number) >= 0);
+  return [...new Set(valid)].sort((a, b) => a - b);
+}
+
 /**
  * Validates the worker's `results` against what was sent. Returns `null` unless there is exactly
  * one result per transaction sent, in the same order, each echoing its `transaction_id`.
@@ -186,6 +200,8 @@ function validResults(body: unknown, sentIds: readonly (number | null)[]): Trans
       result.retry_after_ms = item.retry_after_ms;
     }
     if (item.already_applied === true) result.already_applied = true;
+    const unchanged = unchangedIndexes(item.unchanged);
+    if (unchanged.length > 0) result.unchanged = unchanged;
     results.push(result);
   }
   return results;

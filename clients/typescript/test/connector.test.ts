@@ -3,7 +3,13 @@ import { describe, test } from 'node:test';
 
 import type { CommonPowerSyncDatabase, PowerSyncBackendConnector } from '@powersync/common';
 
-import { WorkerConnector, WorkerConnectorError, type FatalErrorReport, type WorkerConnectorOptions } from '../src/index.js';
+import {
+  WorkerConnector,
+  WorkerConnectorError,
+  type FatalErrorReport,
+  type UnchangedReport,
+  type WorkerConnectorOptions,
+} from '../src/index.js';
 import { FakeFetch, FakeQueue, results, sentIds, withoutIterator, type Answer } from './fakes.js';
 
 const WORKER = 'https://worker.example.test';
@@ -15,6 +21,7 @@ function connector(fake: FakeFetch, options: Partial<WorkerConnectorOptions> = {
     getSessionToken: async () => SESSION,
     fetch: fake.fetch,
     onFatalError: () => {},
+    onUnchanged: () => {},
     ...options,
   });
 }
@@ -326,6 +333,68 @@ describe('uploadData: what is completed', () => {
     await new WorkerConnector({ workerUrl: WORKER, getSessionToken: () => SESSION, fetch: fake.fetch }).uploadData(queue);
     assert.equal(logged.mock.callCount(), 1);
     assert.match(String(logged.mock.calls[0]!.arguments[0]), /transaction 1 .*23505/);
+    assert.deepEqual(queue.remainingTransactionIds(), []);
+  });
+
+  test('success with unchanged entries calls onUnchanged with those entries before completing', async () => {
+    const queue = new FakeQueue()
+      .add(1, [
+        { op: 'PUT', table: 'lists', id: 'l1', data: { name: 'x' } },
+        { op: 'PATCH', table: 'todos', id: 'gone', data: { done: true } },
+        { op: 'DELETE', table: 'todos', id: 'hidden' },
+      ])
+      .addMany(2, 1);
+    const reports: UnchangedReport[] = [];
+    let queuedDuringCallback: (number | undefined)[] = [];
+    const fake = new FakeFetch({
+      status: 200,
+      body: results(['success', 1, { unchanged: [2, 1, 1, 7, -1, 'x'] }], ['success', 2]),
+    });
+    await connector(fake, {
+      onUnchanged: (report) => {
+        reports.push(report);
+        queuedDuringCallback = queue.remainingTransactionIds();
+      },
+    }).uploadData(queue);
+    assert.equal(reports.length, 1, 'only the transaction with unchanged entries');
+    const [report] = reports;
+    assert.equal(report!.transactionId, 1);
+    assert.equal(report!.entries.length, 3);
+    assert.deepEqual(report!.unchangedIndexes, [1, 2], 'in order, valid indexes only');
+    assert.deepEqual(
+      report!.unchangedEntries.map((e) => [e.op, e.table, e.id]),
+      [
+        ['PATCH', 'todos', 'gone'],
+        ['DELETE', 'todos', 'hidden'],
+      ],
+    );
+    assert.deepEqual(queuedDuringCallback, [1, 2], 'onUnchanged runs before the transaction is completed');
+    assert.deepEqual(queue.remainingTransactionIds(), []);
+  });
+
+  test('onUnchanged throwing keeps that transaction queued and rethrows', async () => {
+    const queue = new FakeQueue().addMany(1, 2);
+    const fake = new FakeFetch({ status: 200, body: results(['success', 1], ['success', 2, { unchanged: [0] }]) });
+    await assert.rejects(
+      connector(fake, {
+        onUnchanged: () => {
+          throw new Error('could not tell the user');
+        },
+      }).uploadData(queue),
+      /could not tell the user/,
+    );
+    assert.deepEqual(queue.remainingTransactionIds(), [2]);
+  });
+
+  test('without onUnchanged, unchanged entries are logged with console.warn, without row data', async (t) => {
+    const warned = t.mock.method(console, 'warn', () => {});
+    const queue = new FakeQueue().add(5, [{ op: 'DELETE', table: 'todos', id: 'secret-id' }]);
+    const fake = new FakeFetch({ status: 200, body: results(['success', 5, { unchanged: [0] }]) });
+    await new WorkerConnector({ workerUrl: WORKER, getSessionToken: () => SESSION, fetch: fake.fetch }).uploadData(queue);
+    assert.equal(warned.mock.callCount(), 1);
+    const line = String(warned.mock.calls[0]!.arguments[0]);
+    assert.match(line, /transaction 5 .*0 \(DELETE todos\)/);
+    assert.doesNotMatch(line, /secret-id/);
     assert.deepEqual(queue.remainingTransactionIds(), []);
   });
 

@@ -50,6 +50,21 @@ describe('interpretUploadResponse', () => {
     assert.ok(!('already_applied' in v.results![1]!));
   });
 
+  test('keeps the unchanged entry indexes of a success, valid ones only, in order', () => {
+    const body = {
+      results: [
+        { status: 'success', transaction_id: 1, unchanged: [3, 0, 3, -2, 1.5, '2', null] },
+        { status: 'success', transaction_id: 2, unchanged: 'all' },
+        { status: 'success', transaction_id: 3 },
+      ],
+    };
+    const v = interpretUploadResponse(200, body, [1, 2, 3]);
+    assert.equal(v.completable, 3);
+    assert.deepEqual(v.results![0]!.unchanged, [0, 3]);
+    assert.ok(!('unchanged' in v.results![1]!));
+    assert.ok(!('unchanged' in v.results![2]!));
+  });
+
   const ok = (...statuses: string[]) => ({ results: statuses.map((status, i) => ({ status, transaction_id: i + 1 })) });
 
   test('200 with all final results: everything completable, done', () => {

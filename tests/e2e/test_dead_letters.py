@@ -1,0 +1,472 @@
+"""Dead letters and the ledger end to end (issue 15): who can record, what a replay may do, one
+dead letter per transaction, the ledger's checked inputs, settings and cap, the SQL files'
+grants, and the in-place upgrade of an older dead-letter table.
+
+The worker runs in workerd (`wrangler dev`), PostgREST is the stand-in (requests run with
+`authenticator` as session user, as on Supabase), data lands in the session's PostgreSQL.
+
+Worker instances (started once for the module, in parallel):
+  rest      rls mode, REST requests, UPLOAD_DEAD_LETTER_TABLE=powersync_dead_letters
+  atomic    rls mode, UPLOAD_ATOMIC=true, dead letters
+  service   UPLOAD_MODE=service, UPLOAD_TABLES=profiles, UPLOAD_OWNER_COLUMN=user_id, dead letters
+  firebase  rls mode in front of a stand-in that also accepts Firebase ID tokens, dead letters
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import psycopg
+import pytest
+
+from tests.e2e.conftest import ROOT, SECRET_KEY
+from tests.e2e.test_third_party import (FIREBASE_PROJECT, FIREBASE_UID, firebase_claims,  # noqa: F401
+                                        firebase_standin, providers)
+from tests.e2e.upload_helpers import body, failure, patch, put, statuses, tx, upload
+from tests.support.db import count, insert_list, insert_profile, insert_todo, new_id, row
+
+DEAD_LETTERS = "powersync_dead_letters"
+RECORD = "powersync_record_dead_letter"
+REPLAY = "powersync_replay_dead_letter"
+CLAIM = "powersync_upload_ledger_claim"
+DEAD = {"UPLOAD_DEAD_LETTER_TABLE": DEAD_LETTERS}
+
+
+@pytest.fixture(scope="module")
+def workers(base_vars, start_worker, firebase_standin, providers):  # noqa: F811
+    _, _, urls, _ = providers
+    configs = {
+        "rest": {**base_vars, **DEAD, "UPLOAD_ATOMIC": "false"},
+        "atomic": {**base_vars, **DEAD, "UPLOAD_ATOMIC": "true"},
+        "service": {**base_vars, **DEAD, "UPLOAD_ATOMIC": "false", "UPLOAD_MODE": "service",
+                    "UPLOAD_TABLES": "profiles", "UPLOAD_OWNER_COLUMN": "user_id"},
+        "firebase": {**base_vars, **DEAD, "SUPABASE_URL": firebase_standin.url,
+                     "THIRD_PARTY_FIREBASE_PROJECT_ID": FIREBASE_PROJECT,
+                     "THIRD_PARTY_FIREBASE_JWKS_URL": urls["firebase"]},
+    }
+    with ThreadPoolExecutor(max_workers=len(configs)) as pool:
+        futures = {name: pool.submit(start_worker, vars) for name, vars in configs.items()}
+        return {name: f.result() for name, f in futures.items()}
+
+
+@pytest.fixture
+def user(session_token):
+    sub = new_id()
+    return sub, session_token(sub)
+
+
+@pytest.fixture
+def other_user(session_token):
+    sub = new_id()
+    return sub, session_token(sub)
+
+
+def letters(db) -> list[dict]:
+    return [r[0] for r in db.execute(f"select to_jsonb(d) from {DEAD_LETTERS} d order by id")]
+
+
+def with_client(payload: dict, client_id: str) -> dict:
+    return {**payload, "client_id": client_id}
+
+
+def bad_todo(sub: str, list_id: str) -> dict:
+    """A PUT that the check constraint refuses (priority between 0 and 5): fatal 23514."""
+    return put("todos", new_id(), description="p9", list_id=list_id, created_by=sub, priority=9)
+
+
+# =========================================================================== recording
+def test_users_cannot_write_the_dead_letter_table_or_pick_its_owner(as_user, db, user, other_user):
+    a, _ = user
+    b, _ = other_user
+    api = as_user(a)
+    plain = {"user_id": a, "entry": {}, "entries": [], "code": "x"}
+    chosen_id = api.post(DEAD_LETTERS, json={**plain, "id": 999_999})
+    # refused as an identity column ("generated always") before privileges are even checked
+    assert (chosen_id.status_code, chosen_id.json()["code"]) in ((400, "428C9"), (403, "42501")), chosen_id.text
+    assert api.post(DEAD_LETTERS, json=plain).status_code == 403
+    entries = [{"op": "DELETE", "table": "lists", "id": new_id(), "state": "failed"}]
+    refused = api.rpc(RECORD, {"entries": entries, "code": "x", "message": "m", "user_id": b})
+    assert (refused.status_code, refused.json()["code"]) == (403, "42501"), refused.text
+    as_service_mode = api.rpc(RECORD, {"entries": entries, "code": "x", "message": "m",
+                                       "owner_column": "owner_id", "allowed_tables": ["lists"]})
+    assert as_service_mode.status_code == 403, as_service_mode.text
+    assert count(db, DEAD_LETTERS) == 0
+
+    recorded = api.rpc(RECORD, {"entries": entries, "code": "x", "message": "m", "user_id": a})
+    assert recorded.status_code == 200, recorded.text
+    (letter,) = letters(db)
+    assert letter["id"] == recorded.json()
+    assert (letter["user_id"], letter["recorded_as"], letter["recorded_by"]) == (a, "user", "authenticated")
+    assert letter["recorded_claims"]["sub"] == a
+    assert (letter["owner_column"], letter["allowed_tables"]) == (None, None)
+    # nothing written by hand gets past the function: no update, no delete, only own rows read
+    assert api.patch(DEAD_LETTERS, f"id=eq.{letter['id']}", json={"user_id": b}).status_code == 403
+    assert api.delete(DEAD_LETTERS, f"id=eq.{letter['id']}").status_code == 403
+    assert [r["id"] for r in api.get(DEAD_LETTERS, "select=id").json()] == [letter["id"]]
+    assert as_user(b).get(DEAD_LETTERS, "select=id").json() == []
+
+
+def test_fatal_transaction_is_recorded_with_the_users_provenance_and_client_id(workers, db, user):
+    sub, token = user
+    list_id = insert_list(db, sub)
+    response = upload(workers["rest"], token, with_client(body(tx(bad_todo(sub, list_id), tid=3)), "client-a"))
+    assert statuses(response) == ["fatal_error"], response.text
+    (letter,) = letters(db)
+    assert (letter["user_id"], letter["client_id"], letter["transaction_id"]) == (sub, "client-a", "3")
+    assert (letter["recorded_as"], letter["recorded_claims"]["sub"]) == ("user", sub)
+    assert len(letter["ops_digest"]) == 64
+
+
+def test_a_resent_fatal_transaction_gets_no_second_dead_letter(workers, db, user):
+    # The client re-sends a fatal transaction whose answer it lost: same user, client id,
+    # transaction id and ops -> the first dead letter, nothing added.
+    sub, token = user
+    list_id = insert_list(db, sub)
+    payload = with_client(body(tx(bad_todo(sub, list_id), tid=8)), "client-r")
+    for _ in range(3):
+        assert statuses(upload(workers["rest"], token, payload)) == ["fatal_error"]
+    assert count(db, DEAD_LETTERS) == 1
+    # another client id, or other ops under the same ids, is another transaction
+    upload(workers["rest"], token, with_client(body(tx(bad_todo(sub, list_id), tid=8)), "client-r"))
+    upload(workers["rest"], token, with_client(body(*payload["transactions"]), "client-s"))
+    assert count(db, DEAD_LETTERS) == 3
+
+
+def test_missing_execute_grant_on_the_recorder_keeps_the_transaction_until_granted(workers, db, user):
+    sub, token = user
+    list_id = insert_list(db, sub)
+    later = new_id()
+    payload = body(tx(bad_todo(sub, list_id), tid=1), tx(put("lists", later, name="later", owner_id=sub), tid=2))
+    signature = "public.powersync_record_dead_letter(jsonb, text, text, text, text, text, integer, jsonb, text, text, text[])"
+    db.execute(f"revoke execute on function {signature} from authenticated")
+    try:
+        response = upload(workers["rest"], token, payload)
+        assert statuses(response) == ["retryable_error", "not_attempted"], response.text
+        assert failure(response, 0)["code"] == "dead_letter_failed"
+        assert count(db, DEAD_LETTERS) == 0
+    finally:
+        db.execute(f"grant execute on function {signature} to authenticated")
+    again = upload(workers["rest"], token, payload)
+    assert statuses(again) == ["fatal_error", "success"], again.text
+    assert count(db, DEAD_LETTERS) == 1
+    assert row(db, "lists", later) is not None
+
+
+def test_third_party_users_fatal_transaction_is_dead_lettered_and_their_queue_moves_on(workers, providers, pg):  # noqa: F811
+    _, keys, _, _ = providers
+    token = keys["firebase"].sign(firebase_claims())
+    theirs, mine = str(uuid.uuid4()), str(uuid.uuid4())
+    response = upload(workers["firebase"], token, with_client(body(
+        tx(put("firebase_notes", theirs, firebase_uid="x" * 28, body="no"), tid=1),  # RLS: fatal
+        tx(put("firebase_notes", mine, firebase_uid=FIREBASE_UID, body="yes"), tid=2),
+    ), "fb-client"))
+    assert statuses(response) == ["fatal_error", "success"], response.text
+    with psycopg.connect(pg.dsn, autocommit=True) as conn:
+        rows = conn.execute(f"select user_id, recorded_as, transaction_id, client_id from {DEAD_LETTERS}"
+                            " where user_id = %s", (FIREBASE_UID,)).fetchall()
+        conn.execute(f"delete from {DEAD_LETTERS} where user_id = %s", (FIREBASE_UID,))
+        notes = conn.execute("select id::text from public.firebase_notes").fetchall()
+    assert rows == [(FIREBASE_UID, "user", "1", "fb-client")]
+    assert notes == [(mine,)]
+
+
+# =========================================================================== replay
+def test_replay_of_a_planted_dead_letter_cannot_touch_another_users_rows(as_user, as_service, db, user, other_user):
+    # A recorded what deletes B's list and writes into it; the operator replays it through
+    # PostgREST with the service key. It runs as A: RLS hides B's list from the DELETE and
+    # refuses the PUT, so nothing of B's changes and the refusal is reported and kept.
+    a, _ = user
+    b, _ = other_user
+    b_list = insert_list(db, b, "b's")
+    b_todo = insert_todo(db, b, b_list, "b's todo")
+    api = as_user(a)
+    deleting = api.rpc(RECORD, {"entries": [{"op": "DELETE", "table": "lists", "id": b_list, "state": "failed"}],
+                                "code": "x", "message": "m"}).json()
+    writing = api.rpc(RECORD, {"entries": [
+        {"op": "PATCH", "table": "todos", "id": b_todo, "data": {"description": "hacked"}, "state": "failed"},
+        {"op": "PUT", "table": "lists", "id": new_id(), "data": {"name": "in b's name", "owner_id": b},
+         "state": "failed"}], "code": "x", "message": "m"}).json()
+
+    result = as_service.rpc(REPLAY, {"dead_letter_id": deleting})
+    assert result.status_code == 200, result.text
+    assert result.json()["replayed"] is True
+    assert row(db, "lists", b_list) is not None, "a replay deleted another user's row"
+
+    refused = as_service.rpc(REPLAY, {"dead_letter_id": writing})
+    assert refused.status_code == 200, refused.text
+    assert (refused.json()["replayed"], refused.json()["applied"], refused.json()["error"]["code"]) == \
+        (False, 0, "42501"), refused.text
+    assert row(db, "todos", b_todo)["description"] == "b's todo"
+    assert count(db, "lists") == 1
+    stored = db.execute(f"select replay_error ->> 'code', replayed_at from {DEAD_LETTERS} where id = %s",
+                        (writing,)).fetchone()
+    assert stored == ("42501", None), "refusal stored, row left replayable"
+    # users cannot replay at all
+    assert as_user(a).rpc(REPLAY, {"dead_letter_id": deleting}).status_code in (401, 403)
+
+
+def test_rls_refusal_recorded_by_the_bridge_is_not_forced_through_by_the_operators_replay(workers, db, user,
+                                                                                         other_user):
+    sub, token = user
+    other, _ = other_user
+    list_id = new_id()
+    response = upload(workers["rest"], token, body(tx(put("lists", list_id, name="n", owner_id=other), tid=1)))
+    assert statuses(response) == ["fatal_error"] and failure(response, 0)["code"] == "42501", response.text
+    (letter,) = letters(db)
+    with db.transaction():
+        result = db.execute(f"select public.{REPLAY}(%s)", (letter["id"],)).fetchone()[0]
+        # the caller's role and claims are back for the rest of its transaction
+        assert db.execute("select current_user, coalesce(current_setting('request.jwt.claims', true), '')"
+                          ).fetchone() == ("postgres", "")
+    assert (result["replayed"], result["error"]["code"]) == (False, "42501"), result
+    assert row(db, "lists", list_id) is None
+
+
+def test_service_mode_replay_keeps_the_recorded_owner_and_allowed_tables(workers, as_service, db, user, other_user):
+    sub, token = user
+    other, _ = other_user
+    handle = "taken-" + new_id()
+    insert_profile(db, "p-" + new_id(), other, handle=handle)
+    mine = "p-" + new_id()
+    response = upload(workers["service"], token, body(tx(put("profiles", mine, handle=handle), tid="s1")))
+    assert statuses(response) == ["fatal_error"] and failure(response, 0)["code"] == "23505", response.text
+    (letter,) = letters(db)
+    assert (letter["recorded_as"], letter["user_id"], letter["owner_column"], letter["allowed_tables"]) == \
+        ("service", sub, "user_id", ["profiles"])
+    db.execute("delete from profiles where handle = %s", (handle,))  # the cause, fixed
+    result = as_service.rpc(REPLAY, {"dead_letter_id": letter["id"]})
+    assert result.json() == {"applied": 1, "replayed": True, "dead_letter_id": letter["id"]}, result.text
+    assert row(db, "profiles", mine)["user_id"] == sub
+
+    # a service-mode record naming a table outside the allowed ones is refused on replay
+    planted = as_service.rpc(RECORD, {
+        "entries": [{"op": "PUT", "table": "lists", "id": new_id(), "data": {"name": "x", "owner_id": sub},
+                     "state": "failed"}],
+        "code": "x", "message": "m", "user_id": sub, "owner_column": "owner_id", "allowed_tables": ["profiles"]})
+    assert planted.status_code == 200, planted.text
+    refused = as_service.rpc(REPLAY, {"dead_letter_id": planted.json()}).json()
+    assert (refused["replayed"], refused["error"]["code"]) == (False, "42501"), refused
+    assert count(db, "lists") == 0
+
+
+def test_replay_is_recorded_in_the_ledger_so_a_client_resend_applies_nothing(workers, db, user):
+    sub, token = user
+    missing, todo = new_id(), new_id()
+    payload = with_client(body(tx(put("todos", todo, description="d", list_id=missing, created_by=sub), tid=21)),
+                          "client-l")
+    assert statuses(upload(workers["atomic"], token, payload)) == ["fatal_error"]
+    (letter,) = letters(db)
+    insert_list(db, sub, list_id=missing)
+    result = db.execute(f"select public.{REPLAY}(%s)", (letter["id"],)).fetchone()[0]
+    assert result["replayed"] is True, result
+    db.execute("update todos set description = 'changed later' where id = %s", (todo,))
+    again = upload(workers["atomic"], token, payload)
+    assert statuses(again) == ["success"] and again.json()["results"][0].get("already_applied") is True, again.text
+    assert row(db, "todos", todo)["description"] == "changed later"
+
+
+def test_transaction_applied_since_its_dead_letter_is_not_replayed(workers, db, user):
+    sub, token = user
+    list_id = insert_list(db, sub)
+    assert statuses(upload(workers["atomic"], token, with_client(body(tx(bad_todo(sub, list_id), tid=5)),
+                                                                 "client-x"))) == ["fatal_error"]
+    (letter,) = letters(db)
+    # the client (its database reset) applies other ops under the same ids
+    renamed = upload(workers["atomic"], token, with_client(body(tx(patch("lists", list_id, name="new"), tid=5)),
+                                                          "client-x"))
+    assert statuses(renamed) == ["success"], renamed.text
+    result = db.execute(f"select public.{REPLAY}(%s)", (letter["id"],)).fetchone()[0]
+    assert (result["replayed"], result["error"]["code"]) == (False, "55000"), result
+    assert count(db, "todos") == 0
+
+
+# =========================================================================== the ledger
+def test_ledger_claim_refuses_bad_inputs_from_a_user(as_user, db, user, other_user):
+    a, _ = user
+    b, _ = other_user
+    api = as_user(a)
+    good = {"p_client_id": "c", "p_transaction_id": "t", "p_digest": "0" * 64}
+    for bad in [{"p_digest": "f" * 2_000_000}, {"p_digest": "A" * 64}, {"p_digest": "0" * 63},
+                {"p_client_id": "c" * 257}, {"p_transaction_id": "t" * 257}, {"p_client_id": ""}]:
+        answer = api.rpc(CLAIM, {**good, **bad})
+        assert (answer.status_code, answer.json()["code"]) == (400, "22023"), (list(bad), answer.text[:200])
+    assert count(db, "powersync_upload_ledger") == 0
+    # p_owner_id cannot make it another user's record
+    assert api.rpc(CLAIM, {**good, "p_owner_id": b}).json() is False
+    assert api.rpc(CLAIM, {**good, "p_owner_id": b}).json() is True
+    assert db.execute("select user_id from powersync_upload_ledger").fetchall() == [(a,)]
+    # the settings are out of reach
+    for method in ("get", "post", "patch"):
+        answer = getattr(api, method)("powersync_upload_ledger_settings",
+                                      **({"json": {"retention": "1 second"}} if method != "get" else {}),
+                                      **({"query": "id=eq.true"} if method == "patch" else {}))
+        assert answer.status_code in (401, 403), (method, answer.text)
+
+
+def claim_as(db, sub: str, transaction_id: str, settings: str = "") -> bool:
+    """A claim as user `sub` in its own transaction (settings: SQL run first in it)."""
+    with db.transaction():
+        if settings:
+            db.execute(settings)
+        db.execute("select set_config('request.jwt.claims', %s, true)", (f'{{"sub": "{sub}"}}',))
+        db.execute("set local role authenticated")
+        return db.execute(f"select public.{CLAIM}('c', %s, %s)", (transaction_id, "1" * 64)).fetchone()[0]
+
+
+def test_ledger_retention_is_not_a_session_setting_and_is_clamped(db, user, other_user):
+    a, _ = user
+    b, _ = other_user
+    db.execute("insert into powersync_upload_ledger (user_id, client_id, transaction_id, digest, applied_at)"
+               " values (%s, 'c', 'hours-old', %s, now() - interval '2 hours'),"
+               "        (%s, 'c', 'days-old', %s, now() - interval '2 days')", (a, "2" * 64, a, "2" * 64))
+    # a session cannot shorten it (the old function read powersync.ledger_retention)
+    claim_as(db, b, "t1", "set local powersync.ledger_retention = '1 second'")
+    assert count(db, "powersync_upload_ledger") == 3
+    try:
+        db.execute("update powersync_upload_ledger_settings set retention = '1 second'")
+        claim_as(db, b, "t2")
+        kept = [r[0] for r in db.execute("select transaction_id from powersync_upload_ledger where user_id = %s", (a,))]
+        assert kept == ["hours-old"], "clamped to at least 1 day"
+    finally:
+        db.execute("update powersync_upload_ledger_settings set retention = '30 days'")
+
+
+def test_a_users_ledger_is_capped_and_only_their_own_oldest_records_go(db, user, other_user):
+    a, _ = user
+    b, _ = other_user
+    try:
+        db.execute("update powersync_upload_ledger_settings set max_records_per_user = 10")  # clamped to 1,000
+        db.execute("insert into powersync_upload_ledger (user_id, client_id, transaction_id, digest, applied_at)"
+                   " select %s, 'c', 'old-' || i, %s, now() - interval '1 hour' + i * interval '1 second'"
+                   " from generate_series(1, 1000) as i", (a, "3" * 64))
+        db.execute("insert into powersync_upload_ledger (user_id, client_id, transaction_id, digest, applied_at)"
+                   " values (%s, 'c', 'b-old', %s, now() - interval '2 hours')", (b, "3" * 64))
+        assert claim_as(db, a, "new") is False
+        ids = {r[0] for r in db.execute("select transaction_id from powersync_upload_ledger where user_id = %s", (a,))}
+        assert len(ids) == 1000 and "old-1" not in ids and "new" in ids and "old-2" in ids
+        assert count(db, "powersync_upload_ledger") == 1001, "the other user's record stays"
+    finally:
+        db.execute("update powersync_upload_ledger_settings set max_records_per_user = 10000")
+
+
+# =========================================================================== the SQL files
+SQL_FILES = [ROOT / "tests/sql/test_schema.sql", ROOT / "sql/atomic_upload.sql", ROOT / "sql/dead_letter.sql"]
+
+
+def run_file(pg, database: str, path) -> None:
+    proc = subprocess.run([*pg.psql_args(database), "-f", str(path)], stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=300,
+                          env={**os.environ, "PGOPTIONS": "-c client_min_messages=warning"})
+    assert proc.returncode == 0, proc.stdout
+
+
+@pytest.fixture
+def fresh_database(pg):
+    """fresh_database(name) -> a DSN of a new, empty database of the session's server."""
+    made = []
+
+    def make(name: str) -> str:
+        name = f"{name}_{uuid.uuid4().hex[:8]}"
+        pg.create_database(name)
+        made.append(name)
+        return pg.url(name)
+
+    yield make
+    for name in made:
+        pg.run_sql(f"drop database if exists {name} with (force)")
+
+
+TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
+API_ROLES = ("anon", "authenticated", "service_role")
+
+
+def privileges(conn) -> dict:
+    """Every privilege an API role holds on the objects the SQL files create."""
+    held: dict = {}
+    for table in ("powersync_dead_letters", "powersync_upload_ledger", "powersync_upload_ledger_settings"):
+        for role in API_ROLES:
+            held[(table, role)] = {p for p in TABLE_PRIVILEGES if conn.execute(
+                "select has_table_privilege(%s, %s, %s)", (role, f"public.{table}", p)).fetchone()[0]}
+            held[(table, role, "columns updatable")] = {c for (c,) in conn.execute(
+                "select attname from pg_attribute where attrelid = %s::regclass and attnum > 0"
+                " and not attisdropped and has_column_privilege(%s, attrelid, attnum, 'UPDATE')",
+                (f"public.{table}", role))}
+    sequence = conn.execute("select pg_get_serial_sequence('public.powersync_dead_letters', 'id')").fetchone()[0]
+    for role in API_ROLES:
+        held[("dead letter ids", role)] = {p for p in ("USAGE", "SELECT", "UPDATE") if conn.execute(
+            "select has_sequence_privilege(%s, %s, %s)", (role, sequence, p)).fetchone()[0]}
+    functions = conn.execute(
+        "select p.oid::regprocedure::text, p.oid from pg_proc p where p.pronamespace = 'public'::regnamespace"
+        " and p.proname like 'powersync%%'").fetchall()
+    for name, oid in functions:
+        held[(name, "EXECUTE")] = {r for r in API_ROLES + ("public",) if conn.execute(
+            "select has_function_privilege(%s, %s::oid, 'EXECUTE')", (r, oid)).fetchone()[0]}
+    return held
+
+
+EXPECTED = {
+    **{(t, r): set() for t in ("powersync_dead_letters", "powersync_upload_ledger",
+                                "powersync_upload_ledger_settings") for r in API_ROLES},
+    ("powersync_dead_letters", "authenticated"): {"SELECT"},
+    ("powersync_dead_letters", "service_role"): {"SELECT"},
+    **{(t, r, "columns updatable"): set() for t in ("powersync_dead_letters", "powersync_upload_ledger",
+                                                    "powersync_upload_ledger_settings") for r in API_ROLES},
+    ("powersync_dead_letters", "service_role", "columns updatable"):
+        {"replayed_at", "replay_result", "replay_error", "replay_attempted_at"},
+    **{("dead letter ids", r): set() for r in API_ROLES},
+    ("powersync_apply_transaction(jsonb,text,text,text,text)", "EXECUTE"): {"authenticated", "service_role"},
+    ("powersync_upload_ledger_claim(text,text,text,text,timestamp with time zone)", "EXECUTE"):
+        {"authenticated", "service_role"},
+    ("powersync_record_dead_letter(jsonb,text,text,text,text,text,integer,jsonb,text,text,text[])", "EXECUTE"):
+        {"authenticated", "service_role"},
+    ("powersync_replay_dead_letter(bigint)", "EXECUTE"): {"service_role"},
+}
+
+
+@pytest.mark.parametrize("defaults", ["none", "supabase_before_2026"])
+def test_sql_files_grant_exactly_what_they_need(pg, fresh_database, defaults):
+    # Supabase projects created before the 2026 change grant every new table, sequence and
+    # function in public to the API roles by default; newer ones grant nothing. Either way the
+    # files end with exactly these privileges (and PUBLIC executes none of the functions).
+    dsn = fresh_database("grants")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        if defaults == "supabase_before_2026":
+            for kind in ("tables", "sequences", "functions"):
+                conn.execute(f"alter default privileges in schema public grant all on {kind}"
+                             " to anon, authenticated, service_role")
+    for path in SQL_FILES:
+        run_file(pg, dsn.rsplit("/", 1)[1], path)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        held = privileges(conn)
+    assert held == EXPECTED
+
+
+def test_rerunning_dead_letter_sql_upgrades_an_older_table_in_place(pg, fresh_database):
+    dsn = fresh_database("upgrade")
+    database = dsn.rsplit("/", 1)[1]
+    for path in SQL_FILES[:2] + [ROOT / "tests/sql/dead_letter_before_issue15.sql"]:
+        run_file(pg, database, path)
+    user = str(uuid.uuid4())
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"insert into {DEAD_LETTERS} (user_id, transaction_id, op_index, entry, entries, code)"
+                     " values (%s, '1', 0, '{}', '[]', '23505'), (null, '2', null, '[]', null, 'x')", (user,))
+        before = conn.execute(f"select id, user_id::text, transaction_id, entry, code from {DEAD_LETTERS}"
+                              " order by id").fetchall()
+    for _ in range(2):  # idempotent
+        run_file(pg, database, ROOT / "sql/dead_letter.sql")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        after = conn.execute(f"select id, user_id, transaction_id, entry, code from {DEAD_LETTERS}"
+                             " order by id").fetchall()
+        assert after == before
+        assert conn.execute(f"select pg_typeof(user_id)::text from {DEAD_LETTERS} limit 1").fetchone() == ("text",)
+        assert conn.execute("select attidentity from pg_attribute where attrelid = %s::regclass"
+                            " and attname = 'id'", (DEAD_LETTERS,)).fetchone() == ("a",)
+        # new rows continue after the old ids; old rows, without provenance, are not replayable
+        new_id_ = conn.execute(f"select public.{RECORD}('[]', 'x', 'm', user_id => 'u', owner_column => 'o')"
+                               ).fetchone()[0]
+        assert new_id_ > max(r[0] for r in before)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(f"select public.{REPLAY}(%s)", (before[0][0],))

@@ -1,0 +1,244 @@
+"""Honest outcomes end to end (issue 15 items 5-7): the worker in workerd, the PostgREST stand-in
+and a real PostgreSQL.
+
+- A missing GRANT (PostgreSQL's `permission denied for table …`, `… for function …`) is the
+  operator's mistake: the upload waits (retryable, Retry-After of a migration) with the GRANT
+  to run named, and applies once it is granted; a row refused by RLS stays fatal.
+- A PATCH or DELETE that changed no row is reported in its transaction's `unchanged`.
+- Only PostgREST's answer counts as applied: a catch-all server answering `201 ""` behind
+  SUPABASE_URL applies nothing and is reported `unexpected_response`, retryable.
+
+Worker instances (started once for the module, in parallel):
+  rest            rls mode through REST requests (UPLOAD_ATOMIC=false)
+  atomic          UPLOAD_ATOMIC=true
+  auto            UPLOAD_ATOMIC unset (the function whenever it is installed and executable)
+  catchall_rest   SUPABASE_URL = a server answering every request `201` with an empty body (REST)
+  catchall_auto   the same, UPLOAD_ATOMIC unset
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from tests.e2e.upload_helpers import (body, delete, failure, patch, put, statuses, tx, upload,
+                                      upload_log_lines)
+from tests.support.db import insert_list, new_id, row
+
+GRANT_TODOS = "grant select, insert, update, delete on table public.todos to authenticated"
+GRANT_EXECUTE = "grant execute on function public.powersync_apply_transaction to authenticated"
+FUNCTION = "public.powersync_apply_transaction(jsonb, text, text, text, text)"
+
+
+class CatchAll:
+    """A server that answers every request `201 Created` with an empty body (what a catch-all
+    host or a misrouted proxy might do), counting the requests."""
+
+    def __init__(self):
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _answer(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                if length:
+                    self.rfile.read(length)
+                with owner.lock:
+                    owner.requests += 1
+                self.send_response(201)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            do_GET = do_POST = do_PATCH = do_DELETE = do_PUT = _answer
+
+            def log_message(self, *args):
+                pass
+
+        self.lock = threading.Lock()
+        self.requests = 0
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def catch_all():
+    server = CatchAll()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def instances(base_vars, start_worker, catch_all):
+    rest = {**base_vars, "UPLOAD_ATOMIC": "false"}
+    configs = {
+        "rest": rest,
+        "atomic": {**base_vars, "UPLOAD_ATOMIC": "true"},
+        "auto": dict(base_vars),
+        "catchall_rest": {**rest, "SUPABASE_URL": catch_all.url},
+        "catchall_auto": {**base_vars, "SUPABASE_URL": catch_all.url},
+    }
+    with ThreadPoolExecutor(max_workers=len(configs)) as pool:
+        futures = {name: pool.submit(start_worker, vars) for name, vars in configs.items()}
+        return {name: f.result() for name, f in futures.items()}
+
+
+@pytest.fixture
+def user(session_token):
+    sub = new_id()
+    return sub, session_token(sub)
+
+
+@contextmanager
+def revoked(db, statement: str, restore: str):
+    """Runs `statement` (a REVOKE) for the duration, then `restore` whatever happened: the
+    database is shared by the whole session."""
+    db.execute(statement)
+    try:
+        yield
+    finally:
+        db.execute(restore)
+
+
+def todo(sub: str, list_id: str, todo_id: str | None = None) -> dict:
+    return put("todos", todo_id or new_id(), description="d", list_id=list_id, created_by=sub)
+
+
+# =========================================================================== 5. missing GRANTs
+@pytest.mark.parametrize("name", ["rest", "atomic"])
+def test_missing_table_grant_keeps_the_upload_queued_naming_the_grant_until_granted(
+        instances, db, user, name):
+    worker = instances[name]
+    sub, token = user
+    list_id = insert_list(db, sub)
+    todo_id = new_id()
+    payload = body(tx(todo(sub, list_id, todo_id), tid=1), tx(put("lists", new_id(), name="n", owner_id=sub), tid=2))
+    with revoked(db, "revoke all on table public.todos from authenticated",
+                 "grant select, insert, update, delete on table public.todos to authenticated"):
+        response = upload(worker, token, payload)
+        assert response.status_code == 503, response.text
+        assert int(response.headers["Retry-After"]) >= 60, response.headers
+        assert statuses(response) == ["retryable_error", "not_attempted"]
+        result = response.json()["results"][0]
+        assert result["retry_after_ms"] >= 60_000
+        failed = failure(response, 0)
+        # PostgreSQL's own words, then the GRANT that fixes it
+        assert failed["code"] == "42501" and failed["http_status"] == 403, failed
+        assert failed["message"].startswith("permission denied for table todos"), failed
+        assert failed["message"].endswith(GRANT_TODOS), failed
+        assert row(db, "todos", todo_id) is None
+    # granted (as the message says): the same upload applies
+    response = upload(worker, token, payload)
+    assert response.status_code == 200, response.text
+    assert statuses(response) == ["success", "success"]
+    assert row(db, "todos", todo_id) is not None
+
+
+def test_row_refused_by_row_level_security_stays_fatal(instances, db, user, other_user_sub):
+    sub, token = user
+    response = upload(instances["rest"], token, body(tx(put("lists", new_id(), name="n", owner_id=other_user_sub))))
+    assert statuses(response) == ["fatal_error"], response.text
+    assert failure(response, 0)["code"] == "42501"
+    assert "row-level security" in failure(response, 0)["message"]
+
+
+@pytest.fixture
+def other_user_sub() -> str:
+    return new_id()
+
+
+def test_missing_execute_grant_on_the_atomic_function_never_discards(instances, db, user):
+    sub, token = user
+    first, second = new_id(), new_id()
+    with revoked(db, f"revoke execute on function {FUNCTION} from authenticated",
+                 f"grant execute on function {FUNCTION} to authenticated"):
+        # UPLOAD_ATOMIC=true: the transaction waits, naming the GRANT
+        response = upload(instances["atomic"], token, body(tx(put("lists", first, name="a", owner_id=sub), tid=1)))
+        assert response.status_code == 503, response.text
+        assert int(response.headers["Retry-After"]) >= 60
+        failed = failure(response, 0)
+        assert failed["code"] == "42501", failed
+        assert failed["message"].startswith("permission denied for function powersync_apply_transaction"), failed
+        assert failed["message"].endswith(GRANT_EXECUTE), failed
+        assert row(db, "lists", first) is None
+        # UPLOAD_ATOMIC unset: the function cannot be used, so REST applies the transaction
+        response = upload(instances["auto"], token, body(tx(put("lists", second, name="b", owner_id=sub), tid=1)))
+        assert response.status_code == 200, response.text
+        assert statuses(response) == ["success"]
+        assert row(db, "lists", second)["name"] == "b"
+        assert upload_log_lines(instances["auto"])[-1]["upload"]["atomic_function"] == "missing"
+    response = upload(instances["atomic"], token, body(tx(put("lists", first, name="a", owner_id=sub), tid=1)))
+    assert statuses(response) == ["success"], response.text
+    assert row(db, "lists", first)["name"] == "a"
+
+
+# =========================================================================== 6. nothing silent
+@pytest.mark.parametrize("name", ["rest", "atomic"])
+def test_patch_and_delete_that_changed_no_row_are_reported_unchanged(instances, db, user, name):
+    sub, token = user
+    theirs = insert_list(db, new_id(), name="theirs")  # hidden from this user by RLS
+    mine = new_id()
+    response = upload(instances[name], token, body(tx(
+        put("lists", mine, name="mine", owner_id=sub),
+        patch("lists", theirs, name="x"),   # 1: hidden, changes nothing
+        delete("lists", new_id()),          # 2: no such row
+        patch("lists", mine, name="mine!"),  # 3: changes its row
+        tid=7)))
+    assert response.status_code == 200, response.text
+    assert response.json()["results"] == [{"status": "success", "transaction_id": 7, "unchanged": [1, 2]}]
+    assert row(db, "lists", theirs)["name"] == "theirs"
+    assert row(db, "lists", mine)["name"] == "mine!"
+    # a transaction whose every write changed its row says nothing more
+    response = upload(instances[name], token, body(tx(patch("lists", mine, name="again"), tid=8)))
+    assert response.json()["results"] == [{"status": "success", "transaction_id": 8}]
+    log = upload_log_lines(instances[name])
+    assert [line["upload"]["unchanged_entries"] for line in log[-2:]] == [2, 0]
+
+
+@pytest.mark.parametrize("name,expected", [("rest", [0, 1, 2]), ("atomic", [1])])
+def test_merged_delete_short_of_its_ids_lists_its_group_through_rest_and_exactly_through_the_function(
+        instances, db, user, name, expected):
+    # REST merges the three DELETEs into one id=in.(…) request whose count (2 of 3) cannot say
+    # which id matched nothing: all three are listed. The function learns it per id.
+    sub, token = user
+    a, b = insert_list(db, sub), insert_list(db, sub)
+    response = upload(instances[name], token, body(tx(
+        delete("lists", a), delete("lists", new_id()), delete("lists", b), tid=1)))
+    assert response.status_code == 200, response.text
+    assert response.json()["results"][0]["unchanged"] == expected
+    assert row(db, "lists", a) is None and row(db, "lists", b) is None
+
+
+# =========================================================================== 7. PostgREST's answer only
+@pytest.mark.parametrize("name", ["catchall_rest", "catchall_auto"])
+def test_catch_all_server_answering_201_is_never_counted_applied(instances, catch_all, session_token,
+                                                                 name):
+    worker = instances[name]
+    sub = new_id()
+    token = session_token(sub, iss=f"{catch_all.url}/auth/v1")  # verified locally (HS256)
+    before = catch_all.requests
+    response = upload(worker, token, body(
+        tx(put("lists", new_id(), name="n", owner_id=sub), delete("lists", new_id()), tid=1),
+        tx(patch("lists", new_id(), name="m"), tid=2)))
+    assert response.status_code == 503, response.text
+    assert response.headers.get("Retry-After")
+    answer = response.json()
+    assert statuses(response) == ["retryable_error", "not_attempted"]
+    assert answer["applied"] == 0, "nothing reported applied"
+    failed = failure(response, 0)
+    assert (failed["code"], failed["http_status"]) == ("unexpected_response", 201), failed
+    assert failed["message"].startswith("HTTP 201 from Supabase with an empty body"), failed
+    assert catch_all.requests == before + 1, "the first answer stops the upload"
+    logged = upload_log_lines(worker)[-1]["upload"]
+    assert logged["failure_codes"] == ["unexpected_response"]
+    assert logged["unexpected_responses"] == [failed["message"]]
