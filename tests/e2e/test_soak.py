@@ -4,8 +4,8 @@ and PostgREST (errors, hangs past the timeout, resets, answers lost after the wr
 end PostgreSQL must equal the model of what the worker reported (nothing lost, nothing applied
 twice), and every fatal transaction must have exactly one dead letter and no other dead letter
 exist. Some transactions carry an always-refused entry at a random position, and one table has no
-grants for the API roles until the driver grants them half-way through the run (its writes must
-wait, not be discarded). Design and reasoning: tests/soak/driver.py. The long run: `make soak`.
+grants for the API roles until the driver grants them during the run (its writes must wait, not
+be discarded). Design and reasoning: tests/soak/driver.py. The long run: `make soak`.
 
 SOAK_OPERATIONS (default 2000 per mode) and SOAK_SEED (default random, printed) override.
 """
