@@ -38,8 +38,26 @@ applied again; that makes the dependent patterns below safe there, and they are 
 atomic mode's default workload (`dependent_deletes=None`: on in atomic mode, off in the others,
 where the known gap remains).
 
+Fatal at any position: besides the refusals the workload makes by itself, a share of the
+transactions (`SoakConfig.fatal_rate`) gets one entry the database always refuses (a check, a
+not-null or a foreign key violation, on a fresh id no other entry names) inserted at a random
+position, first to last; the report counts them by position. Every fatal transaction must have
+exactly one dead letter (a second one, e.g. after the answer to the first was lost, is a
+dead-letter problem), and no other dead letter may exist.
+
+A table without grants: every mode also writes `soak_notes` (tests/soak/service_schema.sql),
+whose grants for the API roles are revoked before the run, as Supabase creates new tables since
+2026. A write to it is refused with `42501 permission denied`, which is the operator's mistake,
+so it must be retryable: the client keeps the transaction and re-sends it. The driver runs the
+GRANT during the run (once half of the operations are final, or as soon as half of the clients
+still running wait on it: waiting clients idle, and the bounded soak must stay about as fast as
+without the missing grant), and from then on the table takes writes like the others. A
+transaction discarded for the missing grant would be a fatal result the model does not refuse:
+a disagreement.
+
 Faults: see tests/soak/proxy.py. The client ignores `Retry-After` (it would make the soak wait
-minutes) and retries after 10-40 ms.
+minutes) and retries after 10-40 ms, or 100-200 ms while it waits for the missing grant (so
+waiting clients do not take the 2-core machine from the others).
 """
 
 from __future__ import annotations
@@ -55,11 +73,13 @@ from dataclasses import dataclass, field
 import psycopg
 import requests
 
-from tests.soak.model import DEMO, SERVICE, Entry, Refused, Schema, State
+from tests.soak.model import DEMO, SERVICE, TABLES, Entry, Refused, Schema, State
 
 MODES = ("rls", "service", "atomic")
 DEAD_LETTERS = "powersync_dead_letters"
 FINAL = ("success", "fatal_error")
+UNGRANTED = SERVICE.notes  # the table granted during the run (module docs)
+API_ROLES = "authenticated, service_role"
 
 
 def schema_for(mode: str) -> Schema:
@@ -73,7 +93,8 @@ def worker_vars(mode: str, base: dict, proxy_url: str, timeout_ms: int) -> dict:
     if mode == "rls":
         v["UPLOAD_ATOMIC"] = "false"
     elif mode == "service":
-        v.update({"UPLOAD_MODE": "service", "UPLOAD_TABLES": f"{SERVICE.lists},{SERVICE.todos}",
+        v.update({"UPLOAD_MODE": "service",
+                  "UPLOAD_TABLES": f"{SERVICE.lists},{SERVICE.todos},{SERVICE.notes}",
                   "UPLOAD_OWNER_COLUMN": "owner_id", "UPLOAD_ATOMIC": "false"})
     elif mode == "atomic":
         v["UPLOAD_ATOMIC"] = "true"
@@ -91,6 +112,7 @@ def rid(rng: random.Random) -> str:
 class Transaction:
     tid: int
     entries: list[Entry]
+    fatal_at: int | None = None  # where an always-refused entry was inserted (module docs)
 
     def wire(self, schema: Schema) -> dict:
         return {"transaction_id": self.tid, "crud": [e.wire(schema) for e in self.entries]}
@@ -103,20 +125,25 @@ class Ids:
     todos: list[str]
     anchor_list: str
     anchor_todo: str
+    notes: list[str] = field(default_factory=list)  # soak_notes ids (the ungranted table)
 
 
 class Generator:
-    """Random transactions of one client over its own small id space (3 lists, 6 todos), with
-    deliberate refusals and cross-client writes that cannot depend on timing (module docs)."""
+    """Random transactions of one client over its own small id space (3 lists, 6 todos, 3 notes),
+    with deliberate refusals, always-refused entries at random positions (`fatal_rate`) and
+    cross-client writes that cannot depend on timing (module docs)."""
 
-    def __init__(self, rng: random.Random, me: Ids, others: list[Ids], dependent_deletes: bool = False):
+    def __init__(self, rng: random.Random, me: Ids, others: list[Ids], dependent_deletes: bool = False,
+                 fatal_rate: float = 0.0):
         self.rng = rng
         self.dependent_deletes = dependent_deletes
+        self.fatal_rate = fatal_rate
         self.me = me
         self.others = others
         self.anchor_lists = [me.anchor_list] + [o.anchor_list for o in others]
         self.foreign_ids = [("lists", i) for o in others for i in o.lists + [o.anchor_list]] + \
-                           [("todos", i) for o in others for i in o.todos + [o.anchor_todo]]
+                           [("todos", i) for o in others for i in o.todos + [o.anchor_todo]] + \
+                           [("notes", i) for o in others for i in o.notes]
 
     def text(self, prefix: str) -> str:
         r = self.rng
@@ -137,11 +164,20 @@ class Generator:
 
     def entry(self) -> Entry:
         r, me = self.rng, self.me
-        kind = r.choices(
-            ["put_list", "put_todo", "patch_todo", "patch_list", "delete_todo", "delete_list",
-             "bad_priority_put", "missing_list_put", "bad_priority_patch", "put_foreign_anchor",
-             "put_list_for_other", "patch_list_owner", "foreign_patch_delete"],
-            weights=[16, 26, 12, 6, 7, 3, 1.5, 1, 1.5, 1, 1, 1, 3])[0]
+        kinds = ["put_list", "put_todo", "patch_todo", "patch_list", "delete_todo", "delete_list",
+                 "bad_priority_put", "missing_list_put", "bad_priority_patch", "put_foreign_anchor",
+                 "put_list_for_other", "patch_list_owner", "foreign_patch_delete"]
+        weights = [16, 26, 12, 6, 7, 3, 1.5, 1, 1.5, 1, 1, 1, 3]
+        if me.notes:  # rare: each client soon waits on the missing grant (module docs)
+            kinds += ["put_note", "patch_note", "delete_note"]
+            weights += [0.4, 0.15, 0.15]
+        kind = r.choices(kinds, weights=weights)[0]
+        if kind == "put_note":
+            return Entry("PUT", "notes", r.choice(me.notes), {"body": self.text("note"), "owner": me.sub})
+        if kind == "patch_note":
+            return Entry("PATCH", "notes", r.choice(me.notes), {"body": self.text("edited")})
+        if kind == "delete_note":
+            return Entry("DELETE", "notes", r.choice(me.notes))
         if kind == "put_list":
             return Entry("PUT", "lists", r.choice(me.lists), {"name": self.text("list"), "owner": me.sub})
         if kind == "put_todo":
@@ -179,7 +215,23 @@ class Generator:
         table, id_ = r.choice(self.foreign_ids)
         if r.random() < 0.5:
             return Entry("DELETE", table, id_)
-        return Entry("PATCH", table, id_, {"name": self.text("x")} if table == "lists" else {"description": self.text("x")})
+        column = {"lists": "name", "todos": "description", "notes": "body"}[table]
+        return Entry("PATCH", table, id_, {column: self.text("x")})
+
+    def fatal_entry(self) -> Entry:
+        """An entry the database always refuses, on a fresh id no other entry names (so it makes
+        no dependent pattern): a check, not-null or foreign-key violation."""
+        r, me = self.rng, self.me
+        kind = r.choice(["check", "not_null", "foreign_key"] + (["note_not_null"] if me.notes else []))
+        if kind == "check":
+            data = self.todo_data(me.anchor_list, True)
+            data["priority"] = r.choice([9, -1, 6])
+            return Entry("PUT", "todos", rid(r), data)
+        if kind == "not_null":
+            return Entry("PUT", "lists", rid(r), {"name": None, "owner": me.sub})
+        if kind == "foreign_key":
+            return Entry("PUT", "todos", rid(r), self.todo_data(rid(r), r.random() < 0.5))
+        return Entry("PUT", "notes", rid(r), {"body": None, "owner": me.sub})
 
     def transaction(self, tid: int) -> Transaction:
         r = self.rng
@@ -191,7 +243,7 @@ class Generator:
             if r.random() < 0.3:
                 entries.insert(0, Entry("PUT", "lists", list_id, {"name": self.text("list"), "owner": self.me.sub})
                                if list_id in self.me.lists else Entry("DELETE", "todos", r.choice(self.me.todos)))
-            return Transaction(tid, entries)
+            return self.with_fatal_entry(tid, entries)
         n = r.choices([1, 2, 3, 4, 5, 6], weights=[30, 25, 18, 12, 8, 7])[0]
         entries = [self.entry() for _ in range(n)]
         if not self.dependent_deletes:
@@ -211,6 +263,14 @@ class Generator:
                     entries[k] = Entry("DELETE", "todos", r.choice(self.me.todos))
                 else:
                     entries[k] = Entry("DELETE", e.table, e.id)
+        return self.with_fatal_entry(tid, entries)
+
+    def with_fatal_entry(self, tid: int, entries: list[Entry]) -> Transaction:
+        """The transaction, with an always-refused entry at a random position (first to last)
+        for a share `fatal_rate` of transactions."""
+        if self.fatal_rate and self.rng.random() < self.fatal_rate:
+            at = self.rng.randint(0, len(entries))
+            return Transaction(tid, entries[:at] + [self.fatal_entry()] + entries[at:], fatal_at=at)
         return Transaction(tid, entries)
 
 
@@ -239,6 +299,7 @@ class ClientStats:
     resent_transactions: int = 0   # transactions sent again (each time)
     network_errors: int = 0
     already_applied: int = 0       # results answered from the atomic function's ledger
+    grant_retries: int = 0         # head transactions answered retryable for a missing grant
     not_json: int = 0
     http_status: Counter = field(default_factory=Counter)
     result_status: Counter = field(default_factory=Counter)
@@ -265,6 +326,8 @@ class Client(threading.Thread):
         self.attempts: dict[int, list] = defaultdict(list)  # tid -> what each upload answered for it
         self.stats = ClientStats()
         self.error: BaseException | None = None
+        # the head of the queue was last answered "retryable: permission denied" (a missing grant)
+        self.waiting_for_grant = False
 
     def run(self):
         try:
@@ -303,6 +366,9 @@ class Client(threading.Thread):
                     while done < len(batch) and results[done].get("status") in FINAL:
                         self.completed.append((batch[done], results[done]))
                         done += 1
+                    head_result = results[done] if done < len(batch) else {}
+                    self.waiting_for_grant = waits_for_grant(head_result)
+                    self.stats.grant_retries += self.waiting_for_grant
                 else:
                     for t in batch:
                         self.attempts[t.tid].append([response.status_code, "unusable answer"])
@@ -314,7 +380,14 @@ class Client(threading.Thread):
             if done < len(batch):
                 self.stats.retried_uploads += 1
                 self.stats.resent_transactions += len(batch) - done
-                time.sleep(self.rng.uniform(0.01, 0.04))
+                # waiting for the operator's GRANT: a slower pace (module docs)
+                time.sleep(self.rng.uniform(0.1, 0.2) if self.waiting_for_grant else self.rng.uniform(0.01, 0.04))
+
+
+def waits_for_grant(result: dict) -> bool:
+    """A result retryable because a privilege is missing (42501 `permission denied for ...`)."""
+    failure = result.get("failed_operation") or {}
+    return result.get("status") == "retryable_error" and failure.get("code") == "42501"
 
 
 # =========================================================================== the run
@@ -332,6 +405,10 @@ class SoakConfig:
     # docs); None: on in atomic mode (the ledger makes them safe), off in the REST modes
     dependent_deletes: bool | None = None
     drain_seconds: float = 120.0
+    # share of transactions with an always-refused entry inserted at a random position
+    fatal_rate: float = 0.08
+    # soak_notes starts without grants for the API roles and is granted during the run (module docs)
+    ungranted_table: bool = True
 
 
 @dataclass
@@ -348,6 +425,9 @@ class SoakReport:
     resent_transactions: int = 0
     network_errors: int = 0
     already_applied: int = 0
+    grant_retries: int = 0            # results "retryable: permission denied" before the GRANT
+    granted: dict | None = None       # when soak_notes was granted (seconds, operations, waiting)
+    injected_fatal: Counter = field(default_factory=Counter)  # completed, by position
     dependent_deletes: bool = False
     dependent_transactions: int = 0   # completed transactions with a dependent pattern
     proxy: dict = field(default_factory=dict)
@@ -379,6 +459,11 @@ class SoakReport:
             f"transactions re-sent {self.resent_transactions}, network errors {self.network_errors}, "
             f"answered already applied {self.already_applied}; dependent patterns "
             f"{'on' if self.dependent_deletes else 'off'} ({self.dependent_transactions} transactions)",
+            f"  always-refused entries inserted: {sum(self.injected_fatal.values())} "
+            f"({', '.join(f'{k} {v}' for k, v in sorted(self.injected_fatal.items())) or 'none'}); "
+            + (f"{UNGRANTED} granted after {self.granted['seconds']:.1f} s, {self.granted['operations']} "
+               f"operations final, {self.granted['waiting']} clients waiting; {self.grant_retries} "
+               f"retries for the missing grant" if self.granted else f"{UNGRANTED} never ungranted"),
             f"  upstream requests {p.get('rest_requests', 0)} (+{p.get('other_requests', 0)} other), "
             f"faults {p.get('faults', 0)}: {kinds}; proxy upstream errors {p.get('upstream_errors', 0)}; "
             f"passed but slower than the worker's timeout {p.get('late', 0)}",
@@ -408,12 +493,22 @@ def _db_rows(conn, schema: Schema) -> dict[str, dict[str, dict]]:
              for r in conn.execute(
                  f"select id::text, description, completed, {schema.todo_owner}::text, list_id::text, priority"
                  f" from public.{schema.todos}")}
-    return {"lists": lists, "todos": todos}
+    notes = {r[0]: {"body": r[1], "owner": r[2]} for r in conn.execute(
+        f"select id::text, body, {schema.note_owner}::text from public.{schema.notes}")}
+    return {"lists": lists, "todos": todos, "notes": notes}
+
+
+def _grant(conn, granted: bool) -> None:
+    """Grants (or revokes) what the bridge needs on the table of the missing grant."""
+    if granted:
+        conn.execute(f"grant select, insert, update, delete on public.{UNGRANTED} to {API_ROLES}")
+    else:
+        conn.execute(f"revoke all on public.{UNGRANTED} from {API_ROLES}")
 
 
 def _reset_tables(conn) -> None:
     conn.execute(f"truncate public.todos, public.lists, public.soak_todos, public.soak_lists,"
-                 f" public.{DEAD_LETTERS} restart identity cascade")
+                 f" public.{UNGRANTED}, public.{DEAD_LETTERS} restart identity cascade")
     # a rerun with the same seed reuses client and transaction ids
     if conn.execute("select to_regclass('public.powersync_upload_ledger')").fetchone()[0]:
         conn.execute("truncate public.powersync_upload_ledger")
@@ -445,12 +540,12 @@ def run_soak(cfg: SoakConfig, worker_url: str, proxy, dsn: str, make_token, log=
     log(f"soak {cfg.mode}: seed {seed} (rerun with SOAK_SEED={seed})")
     master = random.Random(f"{seed}:ids")
     ids = [Ids(rid(master), [rid(master) for _ in range(3)], [rid(master) for _ in range(6)],
-               rid(master), rid(master)) for _ in range(cfg.clients)]
+               rid(master), rid(master), [rid(master) for _ in range(3)]) for _ in range(cfg.clients)]
     queues: list[list[Transaction]] = []
     per_client = max(1, cfg.operations // cfg.clients)
     for i, me in enumerate(ids):
         gen = Generator(random.Random(f"{seed}:workload:{i}"), me, [o for o in ids if o is not me],
-                        dependent)
+                        dependent, cfg.fatal_rate)
         queue, n = [], 0
         while n < per_client:
             t = gen.transaction((i + 1) * 1_000_000 + len(queue))
@@ -460,6 +555,7 @@ def run_soak(cfg: SoakConfig, worker_url: str, proxy, dsn: str, make_token, log=
 
     with psycopg.connect(dsn, autocommit=True) as conn:
         _reset_tables(conn)
+        _grant(conn, not cfg.ungranted_table)
         anchors = _insert_anchors(conn, schema, ids)
         dl_columns = {r[0] for r in conn.execute(
             "select column_name from information_schema.columns where table_schema = 'public'"
@@ -472,10 +568,31 @@ def run_soak(cfg: SoakConfig, worker_url: str, proxy, dsn: str, make_token, log=
     proxy.configure(seed, cfg.rates)
     for c in clients:
         c.start()
+
+    def final_operations() -> int:
+        return sum(len(t.entries) for c in clients for t, _ in list(c.completed))
+
+    def grant(force: bool = False) -> None:
+        """The operator's GRANT, during the run: once half of the operations are final, or when
+        half of the clients still running wait on it (module docs)."""
+        if report.granted is not None:
+            return
+        done = final_operations()
+        running = [c for c in clients if c.is_alive()]
+        waiting = sum(c.waiting_for_grant for c in running)
+        if force or done >= cfg.operations / 2 or 2 * waiting >= len(running):
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                _grant(conn, True)
+            report.granted = {"seconds": time.monotonic() - started, "operations": done, "waiting": waiting}
+            log(f"  {time.monotonic() - started:.0f} s: {UNGRANTED} granted ({done} operations final, "
+                f"{waiting} of {len(running)} running clients waiting on it)")
+
     def wait(until: float) -> None:
         last = time.monotonic()
         while any(c.is_alive() for c in clients) and time.monotonic() < until:
             time.sleep(0.2)
+            if cfg.ungranted_table:
+                grant()
             if time.monotonic() - last >= cfg.progress_seconds:
                 last = time.monotonic()
                 done = sum(len(t.entries) for c in clients for t, _ in c.completed)
@@ -485,6 +602,8 @@ def run_soak(cfg: SoakConfig, worker_url: str, proxy, dsn: str, make_token, log=
                     f"{p['late']} late")
 
     wait(started + cfg.fault_phase_seconds)
+    if cfg.ungranted_table:
+        grant(force=True)
     proxy_stats = proxy.snapshot()
     proxy.faults_off()
     if any(c.is_alive() for c in clients):
@@ -507,9 +626,14 @@ def run_soak(cfg: SoakConfig, worker_url: str, proxy, dsn: str, make_token, log=
         report.resent_transactions += s.resent_transactions
         report.network_errors += s.network_errors
         report.already_applied += s.already_applied
+        report.grant_retries += s.grant_retries
         for tx, result in c.completed:
             report.transactions += 1
             report.operations += len(tx.entries)
+            if tx.fatal_at is not None:
+                n = len(tx.entries)
+                report.injected_fatal["only" if n == 1 else "first" if tx.fatal_at == 0
+                                      else "last" if tx.fatal_at == n - 1 else "middle"] += 1
             report.dependent_transactions += has_dependent_pattern(tx.entries)
             if result["status"] == "success":
                 report.successes += 1
@@ -580,6 +704,9 @@ def verify(report: SoakReport, clients: list[Client], anchors: State, db: dict, 
                 else:
                     if len(mine) > 1:
                         report.duplicate_dead_letters += len(mine) - 1
+                        report.dead_letter_problems.append({"problem": "more than one dead letter for one transaction",
+                                                            "client": c.index, "tid": tx.tid,
+                                                            "ids": [row.get("id") for row in mine]})
                     letter = mine[-1]
                     for row in mine:
                         _check_letter(report, c, tx, wire, result, row)
@@ -609,7 +736,7 @@ def verify(report: SoakReport, clients: list[Client], anchors: State, db: dict, 
                                                  "client": c.index, "tid": tx.tid, "applied": applied,
                                                  "result": result, "crud": wire})
         # this client's own rows (anchors are the same in every client's state)
-        for table in ("lists", "todos"):
+        for table in TABLES:
             for id_, row in state.tables[table].items():
                 if id_ in anchors.tables[table]:
                     if row != anchors.tables[table][id_]:
@@ -623,7 +750,7 @@ def verify(report: SoakReport, clients: list[Client], anchors: State, db: dict, 
             report.dead_letter_problems.append({"problem": "dead letter for a transaction not reported fatal",
                                                 "tid": tid, "rows": len(rows), "code": rows[0].get("code")})
 
-    for table in ("lists", "todos"):
+    for table in TABLES:
         want, have = final.tables[table], db[table]
         report.rows_compared += len(set(want) | set(have))
         for id_ in sorted(set(want) | set(have)):

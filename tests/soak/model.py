@@ -1,9 +1,13 @@
-"""The soak's model of the database: the demo schema's lists and todos, and what one CRUD entry
-does to them in each mode, as PostgreSQL (constraints, RLS) and the bridge's rules decide.
+"""The soak's model of the database: the demo schema's lists and todos, the soak's notes, and what
+one CRUD entry does to them in each mode, as PostgreSQL (constraints, RLS) and the bridge's rules
+decide.
 
-Rows are kept by logical table ("lists", "todos") with logical columns; `owner` stands for the
-owner column (lists.owner_id, todos.created_by in the demo schema; owner_id in both tables of the
-service-mode variant, tests/soak/service_schema.sql). `Schema` maps them to the real names.
+Rows are kept by logical table ("lists", "todos", "notes") with logical columns; `owner` stands
+for the owner column (lists.owner_id, todos.created_by in the demo schema; owner_id in both tables
+of the service-mode variant and in soak_notes, tests/soak/service_schema.sql). `Schema` maps them
+to the real names. soak_notes starts without grants for the API roles and is granted during the
+run (tests/soak/driver.py); a write refused for a missing grant is retryable, so it never reaches
+the model, which therefore knows nothing about grants.
 
 Semantics (README "/powersync-upload", sql/atomic_upload.sql, tests/sql/test_schema.sql):
 - PUT = insert with the given columns (others get their defaults), or on an existing id update
@@ -19,7 +23,8 @@ Semantics (README "/powersync-upload", sql/atomic_upload.sql, tests/sql/test_sch
 - DELETE = delete the row if the caller can see it; deleting a list deletes its todos
   (on delete cascade, which RLS does not filter).
 - Constraints: todos.priority between 0 and 5 or null (23514); todos.list_id must name an
-  existing list (23503; foreign keys ignore RLS, so another user's list counts).
+  existing list (23503; foreign keys ignore RLS, so another user's list counts); lists.name,
+  todos.description and notes.body are not null (23502).
 """
 
 from __future__ import annotations
@@ -29,7 +34,9 @@ from dataclasses import dataclass
 
 LIST_COLUMNS = ("name", "owner")
 TODO_COLUMNS = ("description", "completed", "owner", "list_id", "priority")
-DEFAULTS = {"lists": {}, "todos": {"completed": False, "priority": None}}
+NOTE_COLUMNS = ("body", "owner")
+TABLES = ("lists", "todos", "notes")
+DEFAULTS = {"lists": {}, "todos": {"completed": False, "priority": None}, "notes": {}}
 
 
 @dataclass(frozen=True)
@@ -38,15 +45,17 @@ class Schema:
     todos: str = "todos"
     list_owner: str = "owner_id"
     todo_owner: str = "created_by"
+    notes: str = "soak_notes"
+    note_owner: str = "owner_id"
 
     def table(self, logical: str) -> str:
-        return self.lists if logical == "lists" else self.todos
+        return {"lists": self.lists, "todos": self.todos, "notes": self.notes}[logical]
 
     def logical(self, table: str) -> str:
-        return "lists" if table == self.lists else "todos"
+        return {self.lists: "lists", self.todos: "todos", self.notes: "notes"}[table]
 
     def owner(self, logical: str) -> str:
-        return self.list_owner if logical == "lists" else self.todo_owner
+        return {"lists": self.list_owner, "todos": self.todo_owner, "notes": self.note_owner}[logical]
 
     def to_wire(self, logical: str, data: dict) -> dict:
         owner = self.owner(logical)
@@ -87,7 +96,7 @@ class State:
     """Rows by logical table and id."""
 
     def __init__(self, tables: dict[str, dict[str, dict]] | None = None):
-        self.tables = tables or {"lists": {}, "todos": {}}
+        self.tables = tables or {t: {} for t in TABLES}
 
     def copy(self) -> "State":
         return State(copy.deepcopy(self.tables))
@@ -136,6 +145,10 @@ class State:
             raise ValueError(entry.op)
 
     def _check(self, table: str, row: dict) -> None:
+        if table == "notes":
+            if row.get("body") is None:
+                raise Refused("23502", "soak_notes.body is null")
+            return
         if table == "lists":
             if row.get("name") is None:
                 raise Refused("23502", "lists.name is null")

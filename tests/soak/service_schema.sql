@@ -35,3 +35,17 @@ create policy soak_todos_own on public.soak_todos for all to authenticated
 
 grant select, insert, update, delete on public.soak_lists, public.soak_todos
   to authenticated, service_role;
+
+-- Every mode's soak also writes soak_notes, a table created WITHOUT grants for the API roles (as
+-- Supabase creates new public tables since 2026): tests/soak/driver.py revokes them before each
+-- run and grants them half-way through, so writes to it must wait (retryable), never be lost.
+create table if not exists public.soak_notes (
+  id uuid primary key,
+  owner_id uuid not null,
+  body text not null
+);
+
+alter table public.soak_notes enable row level security;
+drop policy if exists soak_notes_own on public.soak_notes;
+create policy soak_notes_own on public.soak_notes for all to authenticated
+  using (owner_id = auth.uid()) with check (owner_id = auth.uid());
