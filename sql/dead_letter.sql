@@ -29,8 +29,10 @@
 -- and gets the row's id back. `entries` is every entry of the transaction in
 -- order, as the bridge writes it (the ops of powersync_apply_transaction: data
 -- after conversions) with what became of it: applied (written), failed (in the
--- request that failed, so not written), not_attempted (never sent). op_index
--- is the failing entry (null: the failure concerns the whole transaction).
+-- request that failed, so not written), not_attempted (never sent), unchanged
+-- (applied but it changed no row: the records of UPLOAD_DEAD_LETTER_UNCHANGED,
+-- code 'unchanged'). op_index is the failing entry (null: the failure concerns
+-- the whole transaction).
 --
 -- The function sets everything that makes a replay safe itself (provenance):
 --   * id (identity, never chosen by the caller) and created_at (now());
@@ -265,7 +267,7 @@ begin
       or jsonb_typeof(e.value -> 'table') is distinct from 'string'
       or jsonb_typeof(e.value -> 'id') is distinct from 'string'
       or (e.value ->> 'state') is null
-      or (e.value ->> 'state') not in ('applied', 'failed', 'not_attempted')
+      or (e.value ->> 'state') not in ('applied', 'failed', 'not_attempted', 'unchanged')
    order by e.ord limit 1;
   if v_bad is not null then
     raise exception using errcode = '22023',

@@ -72,6 +72,9 @@ pub enum EntryState {
     Applied,
     Failed,
     NotAttempted,
+    /// Applied, but it changed no row (a PATCH or DELETE whose row is gone or hidden): only in
+    /// the records `UPLOAD_DEAD_LETTER_UNCHANGED` writes (see [`unchanged_record`]).
+    Unchanged,
 }
 
 impl EntryState {
@@ -80,6 +83,7 @@ impl EntryState {
             EntryState::Applied => "applied",
             EntryState::Failed => "failed",
             EntryState::NotAttempted => "not_attempted",
+            EntryState::Unchanged => "unchanged",
         }
     }
 }
@@ -93,6 +97,30 @@ pub fn refused_states(count: usize, index: Option<usize>) -> Vec<EntryState> {
             _ => EntryState::Failed,
         })
         .collect()
+}
+
+/// Code of the records `UPLOAD_DEAD_LETTER_UNCHANGED` writes.
+pub const UNCHANGED: &str = "unchanged";
+
+/// What `UPLOAD_DEAD_LETTER_UNCHANGED` records for an applied transaction of `count` entries
+/// whose entries `unchanged` (indexes, in order, not empty) changed no row: a failure with code
+/// `unchanged` at the first of them, and the states (those entries `unchanged`, the others
+/// `applied`). A replay applies the `unchanged` entries again (e.g. once a policy that hid the
+/// rows is fixed).
+pub fn unchanged_record(count: usize, unchanged: &[usize]) -> (FailedOperation, Vec<EntryState>) {
+    let listed = unchanged.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+    let failure = FailedOperation::new(
+        unchanged.first().copied(),
+        UNCHANGED,
+        format!(
+            "applied, but entries {listed} (PATCH or DELETE) changed no row: the row is gone, or hidden \
+             from the writer by row-level security or another owner"
+        ),
+    );
+    let states = (0..count)
+        .map(|i| if unchanged.contains(&i) { EntryState::Unchanged } else { EntryState::Applied })
+        .collect();
+    (failure, states)
 }
 
 /// The function that records dead letters (`sql/dead_letter.sql`).

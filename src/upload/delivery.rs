@@ -208,6 +208,13 @@ pub async fn apply_with<T: Transport>(
         };
         match ending {
             Ending::Success(unchanged) => {
+                if settings.dead_letter_unchanged && settings.dead_letter_table.is_some() && !unchanged.is_empty() {
+                    // Best effort: the transaction is applied and its result names the entries
+                    // either way; a record that fails is counted and logged, not retried.
+                    let (failure, states) = dead_letter::unchanged_record(transaction.entries.len(), &unchanged);
+                    let record = (transaction, &failure, states.as_slice());
+                    let _ = record_dead_letter(settings, caller, record, transport, &mut report).await;
+                }
                 report.results.push(TransactionResult::success_with_unchanged(transaction_id, unchanged))
             }
             Ending::AlreadyApplied => report.results.push(TransactionResult::already_applied(transaction_id)),

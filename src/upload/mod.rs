@@ -1036,6 +1036,56 @@ mod tests {
         );
     }
 
+    fn put_then_patch_of_a_gone_row() -> Transaction {
+        Transaction {
+            transaction_id: Some(json!("u")),
+            entries: vec![entry(Op::Put, "a", json!({"x": 1})), entry(Op::Patch, "gone", json!({"x": 2}))],
+        }
+    }
+
+    #[test]
+    fn unchanged_entries_are_not_dead_lettered_by_default() {
+        let mut s = settings();
+        s.dead_letter_table = Some("dead".to_string());
+        let transport = FakeTransport::scripted(vec![counted(201, 1), counted(204, 0)]);
+        let report = run(&[put_then_patch_of_a_gone_row()], &s, &transport);
+        assert_eq!(statuses(&report), vec![Status::Success]);
+        assert_eq!(report.results[0].unchanged, vec![1]);
+        assert_eq!(transport.sent().len(), 2, "no record");
+        assert_eq!(report.dead_letters, 0);
+    }
+
+    #[test]
+    fn with_upload_dead_letter_unchanged_a_transaction_that_changed_nothing_somewhere_is_recorded() {
+        let mut s = settings();
+        s.dead_letter_table = Some("dead".to_string());
+        s.dead_letter_unchanged = true;
+        let transport = FakeTransport::scripted(vec![counted(201, 1), counted(204, 0), recorded()]);
+        let report = run(&[put_then_patch_of_a_gone_row(), tx(2)], &s, &transport);
+        assert_eq!(statuses(&report), vec![Status::Success, Status::Success]);
+        assert_eq!(report.results[0].unchanged, vec![1]);
+        assert_eq!(report.dead_letters, 1);
+        let body: Value = serde_json::from_str(transport.sent()[2].body.as_deref().unwrap_or("")).unwrap_or(Value::Null);
+        assert!(transport.sent()[2].url.ends_with(RECORD_PATH));
+        assert_eq!((body["code"].clone(), body["op_index"].clone()), (json!("unchanged"), json!(1)));
+        assert_eq!(states_of(&body), vec!["applied", "unchanged"]);
+        assert_eq!(transport.sent().len(), 4, "tx 2 after the record, not recorded itself");
+    }
+
+    #[test]
+    fn failed_record_of_unchanged_entries_keeps_the_success_and_is_logged() {
+        let mut s = settings();
+        s.dead_letter_table = Some("dead".to_string());
+        s.dead_letter_unchanged = true;
+        let transport = FakeTransport::scripted(vec![counted(201, 1), counted(204, 0), error(404, "PGRST202", "no function")]);
+        let report = run(&[put_then_patch_of_a_gone_row()], &s, &transport);
+        assert_eq!(statuses(&report), vec![Status::Success], "applied is applied: re-sending would not record it better");
+        assert_eq!(report.results[0].unchanged, vec![1], "the client still learns it");
+        assert_eq!((report.dead_letters, report.dead_letter_failures), (0, 1));
+        assert!(report.dead_letter_errors[0].contains("PGRST202"), "{:?}", report.dead_letter_errors);
+        assert!(!report.needs_retry());
+    }
+
     #[test]
     fn merged_delete_short_of_its_ids_reports_every_entry_of_its_group() {
         let deletes = |ids: &[&str]| Transaction {

@@ -81,6 +81,10 @@ pub struct UploadSettings {
     /// `UPLOAD_DEAD_LETTER_TABLE`: set (to [`DEAD_LETTER_TABLE`]) when rejected transactions are
     /// recorded (default none); the table uploads may never write.
     pub dead_letter_table: Option<String>,
+    /// `UPLOAD_DEAD_LETTER_UNCHANGED` (default false; needs `UPLOAD_DEAD_LETTER_TABLE`): also
+    /// record, as a dead letter with code `unchanged`, every applied transaction whose PATCH or
+    /// DELETE entries changed no row (they are reported in the result's `unchanged` either way).
+    pub dead_letter_unchanged: bool,
     /// `UPLOAD_MAX_BODY_BYTES`, `UPLOAD_MAX_ENTRIES`, `UPLOAD_MAX_TRANSACTIONS`.
     pub limits: Limits,
     /// `UPLOAD_RETRY_AFTER_SECONDS`: the delay suggested to a client that must retry (default 5).
@@ -108,6 +112,7 @@ impl UploadSettings {
             atomic_function: DEFAULT_ATOMIC_FUNCTION.to_string(),
             atomic_recheck_seconds: DEFAULT_ATOMIC_RECHECK_SECONDS,
             dead_letter_table: None,
+            dead_letter_unchanged: false,
             limits: Limits::default(),
             retry_after_seconds: DEFAULT_RETRY_AFTER_SECONDS,
             error_class_overrides: ClassOverrides::default(),
@@ -144,6 +149,7 @@ impl fmt::Debug for UploadSettings {
             .field("atomic_function", &self.atomic_function)
             .field("atomic_recheck_seconds", &self.atomic_recheck_seconds)
             .field("dead_letter_table", &self.dead_letter_table)
+            .field("dead_letter_unchanged", &self.dead_letter_unchanged)
             .field("limits", &self.limits)
             .field("retry_after_seconds", &self.retry_after_seconds)
             .field("error_class_overrides", &self.error_class_overrides)
@@ -283,6 +289,13 @@ pub fn read(reader: &mut Reader, supabase_url: Option<String>) -> Option<UploadS
             ),
         );
     }
+    let dead_letter_unchanged = reader.flag("UPLOAD_DEAD_LETTER_UNCHANGED", false);
+    if dead_letter_unchanged && dead_letter_table.is_none() {
+        reader.problem(
+            "UPLOAD_DEAD_LETTER_UNCHANGED",
+            format!("records dead letters: set UPLOAD_DEAD_LETTER_TABLE={DEAD_LETTER_TABLE} too (sql/dead_letter.sql)"),
+        );
+    }
     let defaults = Limits::default();
     let limits = Limits {
         max_body_bytes: reader.number("UPLOAD_MAX_BODY_BYTES", defaults.max_body_bytes as u64, 1..=100 * 1024 * 1024)
@@ -354,6 +367,7 @@ pub fn read(reader: &mut Reader, supabase_url: Option<String>) -> Option<UploadS
             atomic_function,
             atomic_recheck_seconds,
             dead_letter_table,
+            dead_letter_unchanged,
             limits,
             retry_after_seconds,
             error_class_overrides,
@@ -832,6 +846,16 @@ mod tests {
         assert_eq!(problems.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), vec!["UPLOAD_DEAD_LETTER_TABLE"]);
         assert!(problems[0].message.contains("powersync_dead_letters"), "{:?}", problems[0]);
         assert!(read_vars(&with(&[("UPLOAD_DEAD_LETTER_TABLE", "powersync_dead_letters")])).is_ok());
+    }
+
+    #[test]
+    fn recording_unchanged_entries_is_off_by_default_and_needs_the_dead_letter_table() {
+        assert!(!read_vars(&with(&[])).expect("valid").dead_letter_unchanged);
+        assert_eq!(problem_names(&with(&[("UPLOAD_DEAD_LETTER_UNCHANGED", "true")])), vec!["UPLOAD_DEAD_LETTER_UNCHANGED"]);
+        let s = read_vars(&with(&[("UPLOAD_DEAD_LETTER_UNCHANGED", "true"), ("UPLOAD_DEAD_LETTER_TABLE", DEAD_LETTER_TABLE)]))
+            .expect("valid");
+        assert!(s.dead_letter_unchanged);
+        assert_eq!(problem_names(&with(&[("UPLOAD_DEAD_LETTER_UNCHANGED", "maybe")])), vec!["UPLOAD_DEAD_LETTER_UNCHANGED"]);
     }
 
     #[test]

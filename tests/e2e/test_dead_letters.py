@@ -10,6 +10,7 @@ Worker instances (started once for the module, in parallel):
   atomic    rls mode, UPLOAD_ATOMIC=true, dead letters
   service   UPLOAD_MODE=service, UPLOAD_TABLES=profiles, UPLOAD_OWNER_COLUMN=user_id, dead letters
   firebase  rls mode in front of a stand-in that also accepts Firebase ID tokens, dead letters
+  unchanged rls mode, REST requests, dead letters, UPLOAD_DEAD_LETTER_UNCHANGED=true
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ def workers(base_vars, start_worker, firebase_standin, providers):  # noqa: F811
         "firebase": {**base_vars, **DEAD, "SUPABASE_URL": firebase_standin.url,
                      "THIRD_PARTY_FIREBASE_PROJECT_ID": FIREBASE_PROJECT,
                      "THIRD_PARTY_FIREBASE_JWKS_URL": urls["firebase"]},
+        "unchanged": {**base_vars, **DEAD, "UPLOAD_ATOMIC": "false", "UPLOAD_DEAD_LETTER_UNCHANGED": "true"},
     }
     with ThreadPoolExecutor(max_workers=len(configs)) as pool:
         futures = {name: pool.submit(start_worker, vars) for name, vars in configs.items()}
@@ -470,3 +472,38 @@ def test_rerunning_dead_letter_sql_upgrades_an_older_table_in_place(pg, fresh_da
         assert new_id_ > max(r[0] for r in before)
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute(f"select public.{REPLAY}(%s)", (before[0][0],))
+
+
+# =========================================================================== unchanged entries
+
+
+def test_unchanged_entries_are_recorded_only_with_the_setting_and_replay_as_the_writer(workers, db, user,
+                                                                                        other_user):
+    """UPLOAD_DEAD_LETTER_UNCHANGED: an applied transaction whose PATCH changed no row (its row
+    was gone, or hidden by RLS) is recorded with code `unchanged`; its replay runs as the writer:
+    the gone row's PATCH applies once the row is back, the hidden row stays untouched."""
+    sub, token = user
+    other, _ = other_user
+    mine = insert_list(db, sub, name="mine")
+    gone, hidden = new_id(), insert_list(db, other, name="b's")
+    payload = body(tx(patch("lists", mine, name="renamed"), patch("lists", gone, name="late"),
+                      patch("lists", hidden, name="taken"), tid="u1"))
+
+    plain = upload(workers["rest"], token, payload)
+    assert statuses(plain) == ["success"] and plain.json()["results"][0]["unchanged"] == [1, 2], plain.text
+    assert letters(db) == [], "off by default"
+
+    response = upload(workers["unchanged"], token, with_client(payload, "c-unchanged"))
+    assert statuses(response) == ["success"] and response.json()["results"][0]["unchanged"] == [1, 2], response.text
+    (letter,) = letters(db)
+    assert (letter["code"], letter["op_index"], letter["user_id"], letter["recorded_as"]) == \
+        ("unchanged", 1, sub, "user")
+    assert [e["state"] for e in letter["entries"]] == ["applied", "unchanged", "unchanged"]
+    assert upload(workers["unchanged"], token, with_client(payload, "c-unchanged")).status_code == 200
+    assert len(letters(db)) == 1, "a re-send adds no second record"
+
+    insert_list(db, sub, name="back", list_id=gone)  # the operator brings the row back
+    result = db.execute(f"select public.{REPLAY}(%s)", (letter["id"],)).fetchone()[0]
+    assert (result["replayed"], result["applied"], result["unchanged"]) == (True, 2, [1]), result
+    assert row(db, "lists", gone)["name"] == "late"
+    assert row(db, "lists", hidden)["name"] == "b's", "replayed as the writer: B's row stays hidden"
