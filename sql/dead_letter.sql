@@ -45,6 +45,9 @@
 --     postgres/owner role): must name the owner (user_id) and the owner column;
 --     recorded_as = 'service', with owner_column and allowed_tables;
 --   * recorded_by: the database role that called.
+-- At most 10000 dead letters per owner wait for a replay: beyond that the
+-- function refuses (54000) and the bridge keeps the transaction queued
+-- (dead_letter_failed) until an operator replays or deletes some.
 -- One dead letter per transaction: the same owner, client_id,
 -- transaction_id and ops (sha256 of `entries` without their state, which is
 -- what the atomic function's ledger computes for the transaction) return the
@@ -282,6 +285,18 @@ begin
   if transaction_id is not null then
     v_key := pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(
                jsonb_build_array(v_owner, client_id, transaction_id, v_digest)::text, 'UTF8')), 'hex');
+  end if;
+
+  -- a user's dead letters waiting for a replay are capped (recording them is open to the user
+  -- through /rpc): beyond the cap this user's next record fails, so the bridge keeps their
+  -- transaction queued (dead_letter_failed) until an operator looks; no one else is affected
+  if (select count(*) from (select 1 from public.powersync_dead_letters as w
+                             where w.user_id = v_owner and w.replayed_at is null
+                               and w.dedup_key is distinct from v_key
+                             limit 10000) as waiting) >= 10000 then
+    raise exception using errcode = '54000',
+      message = 'powersync_record_dead_letter: 10000 dead letters of this user are waiting for a replay',
+      hint = 'replay or delete them (as an operator) before more can be recorded';
   end if;
 
   insert into public.powersync_dead_letters as d

@@ -507,3 +507,28 @@ def test_unchanged_entries_are_recorded_only_with_the_setting_and_replay_as_the_
     assert (result["replayed"], result["applied"], result["unchanged"]) == (True, 2, [1]), result
     assert row(db, "lists", gone)["name"] == "late"
     assert row(db, "lists", hidden)["name"] == "b's", "replayed as the writer: B's row stays hidden"
+
+
+def test_a_user_over_the_dead_letter_cap_keeps_their_own_transactions_queued_and_no_one_elses(
+        workers, db, user, other_user):
+    """Recording is open to a user through /rpc, so a user's waiting dead letters are capped
+    (10,000): beyond it their next fatal transaction stays queued (dead_letter_failed), while
+    another user's is still recorded and discarded as usual."""
+    sub, token = user
+    other, other_token = other_user
+    db.execute(f"insert into {DEAD_LETTERS} (user_id, entry, entries, code, recorded_as)"
+               " select %s, '{}'::jsonb, '[]'::jsonb, 'planted', 'user' from generate_series(1, 10000)", (sub,))
+    mine, theirs = insert_list(db, sub), insert_list(db, other)
+
+    response = upload(workers["rest"], token, body(tx(bad_todo(sub, mine), tid="over")))
+    assert statuses(response) == ["retryable_error"], response.text
+    assert failure(response, 0)["code"] == "dead_letter_failed", response.text
+    assert response.status_code == 503
+
+    response = upload(workers["rest"], other_token, body(tx(bad_todo(other, theirs), tid="fine")))
+    assert statuses(response) == ["fatal_error"], response.text
+    assert db.execute(f"select count(*) from {DEAD_LETTERS} where user_id = %s", (other,)).fetchone()[0] == 1
+
+    db.execute(f"update {DEAD_LETTERS} set replayed_at = now() where user_id = %s and code = 'planted'", (sub,))
+    response = upload(workers["rest"], token, body(tx(bad_todo(sub, mine), tid="over")))
+    assert statuses(response) == ["fatal_error"], "recorded once the operator has dealt with the waiting ones"
