@@ -298,6 +298,32 @@ def start_worker():
         w.stop()
 
 
+@pytest.fixture(scope="module")
+def start_workers(start_worker):
+    """start_workers({name: vars}) -> {name: WorkerProcess}, started in parallel."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def start(configs: dict) -> dict:
+        with ThreadPoolExecutor(max_workers=len(configs)) as pool:
+            futures = {name: pool.submit(start_worker, vars) for name, vars in configs.items()}
+            return {name: f.result() for name, f in futures.items()}
+    return start
+
+
+@pytest.fixture
+def user(session_token):
+    """A signed-in Supabase user: (sub, access token)."""
+    sub = str(uuid.uuid4())
+    return sub, session_token(sub)
+
+
+@pytest.fixture
+def other_user(session_token):
+    """A second signed-in Supabase user: (sub, access token)."""
+    sub = str(uuid.uuid4())
+    return sub, session_token(sub)
+
+
 @pytest.fixture(scope="session")
 def session_token(standin):
     """session_token(sub, **overrides) -> an HS256 user access token the worker accepts

@@ -18,12 +18,11 @@ from __future__ import annotations
 import os
 import subprocess
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
 import pytest
 
-from tests.e2e.conftest import ROOT, SECRET_KEY
+from tests.e2e.conftest import ROOT
 from tests.e2e.test_third_party import (FIREBASE_PROJECT, FIREBASE_UID, firebase_claims,  # noqa: F401
                                         firebase_standin, providers)
 from tests.e2e.upload_helpers import body, failure, patch, put, statuses, tx, upload
@@ -37,7 +36,7 @@ DEAD = {"UPLOAD_DEAD_LETTER_TABLE": DEAD_LETTERS}
 
 
 @pytest.fixture(scope="module")
-def workers(base_vars, start_worker, firebase_standin, providers):  # noqa: F811
+def workers(base_vars, start_workers, firebase_standin, providers):  # noqa: F811
     _, _, urls, _ = providers
     configs = {
         "rest": {**base_vars, **DEAD, "UPLOAD_ATOMIC": "false"},
@@ -49,21 +48,9 @@ def workers(base_vars, start_worker, firebase_standin, providers):  # noqa: F811
                      "THIRD_PARTY_FIREBASE_JWKS_URL": urls["firebase"]},
         "unchanged": {**base_vars, **DEAD, "UPLOAD_ATOMIC": "false", "UPLOAD_DEAD_LETTER_UNCHANGED": "true"},
     }
-    with ThreadPoolExecutor(max_workers=len(configs)) as pool:
-        futures = {name: pool.submit(start_worker, vars) for name, vars in configs.items()}
-        return {name: f.result() for name, f in futures.items()}
+    return start_workers(configs)
 
 
-@pytest.fixture
-def user(session_token):
-    sub = new_id()
-    return sub, session_token(sub)
-
-
-@pytest.fixture
-def other_user(session_token):
-    sub = new_id()
-    return sub, session_token(sub)
 
 
 def letters(db) -> list[dict]:

@@ -34,7 +34,6 @@ import json
 import random
 import string
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import psycopg
@@ -113,7 +112,7 @@ def hostile_standin(pg, jwks, firebase_issuer):
 
 
 @pytest.fixture(scope="module")
-def hostile_workers(hostile_standin, base_vars, start_worker, firebase_issuer):
+def hostile_workers(hostile_standin, base_vars, start_workers, firebase_issuer):
     """One worker per mode in front of `hostile_standin`, every one recording dead letters and
     accepting Supabase and Firebase sessions; started concurrently."""
     _, firebase_jwks = firebase_issuer
@@ -128,9 +127,7 @@ def hostile_workers(hostile_standin, base_vars, start_worker, firebase_issuer):
         "service": {**common, **service, "UPLOAD_ATOMIC": "true"},
         "service-rest": {**common, **service, "UPLOAD_ATOMIC": "false"},
     }
-    with ThreadPoolExecutor(max_workers=len(configs)) as pool:
-        futures = {name: pool.submit(start_worker, vars) for name, vars in configs.items()}
-        return {name: f.result() for name, f in futures.items()}
+    return start_workers(configs)
 
 
 # =========================================================================== users and scene

@@ -19,7 +19,6 @@ Worker instances (started once for the module, in parallel):
 from __future__ import annotations
 
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -79,7 +78,7 @@ def catch_all():
 
 
 @pytest.fixture(scope="module")
-def instances(base_vars, start_worker, catch_all):
+def instances(base_vars, start_workers, catch_all):
     rest = {**base_vars, "UPLOAD_ATOMIC": "false"}
     configs = {
         "rest": rest,
@@ -88,15 +87,8 @@ def instances(base_vars, start_worker, catch_all):
         "catchall_rest": {**rest, "SUPABASE_URL": catch_all.url},
         "catchall_auto": {**base_vars, "SUPABASE_URL": catch_all.url},
     }
-    with ThreadPoolExecutor(max_workers=len(configs)) as pool:
-        futures = {name: pool.submit(start_worker, vars) for name, vars in configs.items()}
-        return {name: f.result() for name, f in futures.items()}
+    return start_workers(configs)
 
-
-@pytest.fixture
-def user(session_token):
-    sub = new_id()
-    return sub, session_token(sub)
 
 
 @contextmanager

@@ -24,7 +24,6 @@ import os
 import socket
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
 import pytest
@@ -44,7 +43,7 @@ LEDGER = "powersync_upload_ledger"
 
 # --------------------------------------------------------------------------- worker instances
 @pytest.fixture(scope="module")
-def instances(base_vars, start_worker):
+def instances(base_vars, start_workers):
     """All the worker configurations this module needs, started concurrently (each
     `wrangler dev` takes several seconds to come up)."""
     refused_url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
@@ -64,9 +63,7 @@ def instances(base_vars, start_worker):
         "refused": {**rest, "SUPABASE_URL": refused_url},
     }
     assert "UPLOAD_ATOMIC" not in configs["auto"], "auto is the default: left unset"
-    with ThreadPoolExecutor(max_workers=len(configs)) as pool:
-        futures = {name: pool.submit(start_worker, vars) for name, vars in configs.items()}
-        return {name: f.result() for name, f in futures.items()}
+    return start_workers(configs)
 
 
 @pytest.fixture(scope="module")
@@ -109,17 +106,6 @@ def refused_worker(instances):
     return instances["refused"]
 
 
-@pytest.fixture
-def user(session_token):
-    """A signed-in user: (sub, access token)."""
-    sub = new_id()
-    return sub, session_token(sub)
-
-
-@pytest.fixture
-def other_user(session_token):
-    sub = new_id()
-    return sub, session_token(sub)
 
 
 def requests_made(standin) -> int:
