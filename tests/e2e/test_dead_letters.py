@@ -355,7 +355,8 @@ def test_a_users_ledger_is_capped_and_only_their_own_oldest_records_go(db, user,
 
 
 # =========================================================================== the SQL files
-SQL_FILES = [ROOT / "tests/sql/test_schema.sql", ROOT / "sql/atomic_upload.sql", ROOT / "sql/dead_letter.sql"]
+SQL_FILES = [ROOT / "tests/sql/test_schema.sql", ROOT / "sql/atomic_upload.sql", ROOT / "sql/dead_letter.sql",
+             ROOT / "sql/doctor.sql"]
 
 
 def run_file(pg, database: str, path) -> None:

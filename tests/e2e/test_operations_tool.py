@@ -330,3 +330,20 @@ def test_dead_letter_commands_name_the_fix_when_the_service_role_lacks_its_grant
         db.execute(f"grant select on public.{DEAD_LETTERS} to service_role")
     assert result.returncode == 1
     assert "run sql/dead_letter.sql again" in result.stderr, result.stderr
+
+
+def test_discarding_frees_room_under_a_users_dead_letter_cap(standin, ops_worker, session_token, db):
+    """A user at the cap (10,000 waiting) has their next fatal transaction kept queued; once the
+    operator discards one of them with the tool, the next one is recorded (discarded ones do not
+    wait)."""
+    sub = str(uuid.uuid4())
+    db.execute(f"insert into {DEAD_LETTERS} (user_id, entry, entries, code, recorded_as)"
+               " select %s, '{}'::jsonb, '[]'::jsonb, 'planted', 'user' from generate_series(1, 10000)", (sub,))
+    list_id = insert_list(db, sub)
+    payload = {**body(tx(bad_priority(sub, list_id), tid="over")), "client_id": "c"}
+    response = upload(ops_worker, session_token(sub), payload)
+    assert statuses(response) == ["retryable_error"], response.text
+    (first,) = as_json(dead_letters(standin, "list", "--user", sub, "--limit", "1", "--json"))
+    assert dead_letters(standin, "discard", "--id", str(first["id"]), "--reason", "planted").returncode == 0
+    response = upload(ops_worker, session_token(sub), payload)
+    assert statuses(response) == ["fatal_error"], response.text

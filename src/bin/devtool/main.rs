@@ -152,12 +152,26 @@ fn setting_from(path: &str, name: &str) -> Option<String> {
         for line in text.lines() {
             if let Some((key, value)) = line.split_once('=') {
                 if key.trim() == name {
-                    return Some(value.trim().trim_matches('"').replace("\\n", "\n"));
+                    return Some(dotenv_value(value));
                 }
             }
         }
     }
     std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// A `.dev.vars` value as dotenv reads it: 'single-quoted' is literal, "double-quoted" expands
+/// `\n`, a bare value is trimmed.
+fn dotenv_value(raw: &str) -> String {
+    let raw = raw.trim();
+    let quoted = |q: char| raw.len() >= 2 && raw.starts_with(q) && raw.ends_with(q);
+    if quoted('\'') {
+        raw[1..raw.len() - 1].to_string()
+    } else if quoted('"') {
+        raw[1..raw.len() - 1].replace("\\n", "\n")
+    } else {
+        raw.to_string()
+    }
 }
 
 fn vars_file(options: &HashMap<String, String>) -> String {
@@ -436,4 +450,17 @@ fn sign(options: &HashMap<String, String>) -> Result<String, String> {
 fn public_jwk(options: &HashMap<String, String>) -> Result<String, String> {
     let kid = options.get("kid").ok_or("--kid is required")?;
     serde_json::to_string(&key_from_file(options)?.public_jwk(kid)).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vars_file_values_are_read_as_dotenv_reads_them() {
+        assert_eq!(dotenv_value(" 'a\\nb' "), "a\\nb");
+        assert_eq!(dotenv_value("\"-----BEGIN\\nX\\n-----END\""), "-----BEGIN\nX\n-----END");
+        assert_eq!(dotenv_value("plain "), "plain");
+        assert_eq!(dotenv_value("'"), "'");
+    }
 }
