@@ -248,20 +248,18 @@ fn doctor_findings(options: &HashMap<String, String>) -> Result<Vec<doctor::Find
         findings.extend(doctor::check_session_keys(&session.jwks_url, &jwks, session.jwt_secret.is_some(), signs));
     }
     let tables: Vec<String> = options.get("tables").map(|t| t.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()).unwrap_or_default();
-    match &config.upload {
-        Ok(upload) => {
-            if upload.tables.is_none() && tables.is_empty() {
-                findings.push(doctor::Finding {
-                    severity: doctor::Severity::Warning,
-                    problem: "no UPLOAD_TABLES and no --tables: the uploaded tables' grants and RLS are not checked".into(),
-                    fix: "pass --tables a,b (the tables your clients upload to), or set UPLOAD_TABLES".into(),
-                });
-            }
-            let expected = doctor::expectations(upload, &tables);
-            let answer = rest::send(&doctor::catalog_request(&supabase_url, &service_key, &expected));
-            findings.extend(doctor::check_catalog(&expected, &answer, &supabase_url));
+    // invalid upload settings are reported above with the other settings
+    if let Ok(upload) = &config.upload {
+        if upload.tables.is_none() && tables.is_empty() {
+            findings.push(doctor::Finding {
+                severity: doctor::Severity::Warning,
+                problem: "no UPLOAD_TABLES and no --tables: the uploaded tables' grants and RLS are not checked".into(),
+                fix: "pass --tables a,b (the tables your clients upload to), or set UPLOAD_TABLES".into(),
+            });
         }
-        Err(_) => {} // reported above with the other settings
+        let expected = doctor::expectations(upload, &tables);
+        let answer = rest::send(&doctor::catalog_request(&supabase_url, &service_key, &expected));
+        findings.extend(doctor::check_catalog(&expected, &answer, &supabase_url));
     }
     Ok(findings)
 }
