@@ -53,6 +53,9 @@
 -- what the atomic function's ledger computes for the transaction) return the
 -- first row's id and add nothing (a re-send after the bridge lost the answer).
 --
+-- Operators list, show, replay and discard dead letters with `devtool dead-letters`
+-- (docs/operations-tool.md), or call the functions below.
+--
 -- Replay, once the cause is fixed (needs sql/atomic_upload.sql):
 --
 --   select public.powersync_replay_dead_letter(42);
@@ -115,7 +118,11 @@ alter table public.powersync_dead_letters
   -- the last replay attempt
   add column if not exists replay_result jsonb,
   add column if not exists replay_error jsonb,
-  add column if not exists replay_attempted_at timestamptz;
+  add column if not exists replay_attempted_at timestamptz,
+  -- discarded by an operator (powersync_discard_dead_letter): never replayed, reason kept
+  add column if not exists discarded_at timestamptz,
+  add column if not exists discard_reason text,
+  add column if not exists discarded_by text;
 
 -- the policies name user_id: dropped before its type changes (one transaction:
 -- no moment without them), created again below
@@ -198,7 +205,8 @@ begin
 end
 $$;
 grant select on table public.powersync_dead_letters to authenticated;
-grant select, update (replayed_at, replay_result, replay_error, replay_attempted_at)
+grant select, update (replayed_at, replay_result, replay_error, replay_attempted_at,
+                      discarded_at, discard_reason, discarded_by)
   on table public.powersync_dead_letters to service_role;
 
 -- ---------------------------------------------------------------- record
@@ -292,6 +300,7 @@ begin
   -- transaction queued (dead_letter_failed) until an operator looks; no one else is affected
   if (select count(*) from (select 1 from public.powersync_dead_letters as w
                              where w.user_id = v_owner and w.replayed_at is null
+                               and w.discarded_at is null
                                and w.dedup_key is distinct from v_key
                              limit 10000) as waiting) >= 10000 then
     raise exception using errcode = '54000',
@@ -358,6 +367,11 @@ begin
   if d.replayed_at is not null then
     raise exception using errcode = '55000',
       message = pg_catalog.format('dead letter %s was already replayed at %s', dead_letter_id, d.replayed_at);
+  end if;
+  if d.discarded_at is not null then
+    raise exception using errcode = '55000',
+      message = pg_catalog.format('dead letter %s was discarded at %s: %s', dead_letter_id,
+                                  d.discarded_at, d.discard_reason);
   end if;
   if d.recorded_as is null then
     raise exception using errcode = '42501',
@@ -441,6 +455,53 @@ $$;
 comment on function public.powersync_replay_dead_letter(bigint) is
   'PowerSync upload bridge: apply the entries of a dead-lettered transaction that were not applied, atomically, with the rights of the original writer.';
 
+-- ---------------------------------------------------------------- discard
+-- An operator gives up on a dead letter: it is kept (entries and all) with the
+-- reason, who and when, and is never replayed (replay refuses it, 55000). It no
+-- longer counts toward the owner's 10000 waiting. Refused: an empty reason
+-- (22023), a dead letter already replayed (55000), an unknown id (P0002).
+-- Discarding one already discarded changes nothing and returns it as it is.
+-- EXECUTE: service_role (and the owner) only. Returns
+-- {"dead_letter_id", "discarded": true, "discarded_at", "discard_reason"}.
+create or replace function public.powersync_discard_dead_letter(dead_letter_id bigint, reason text)
+returns jsonb
+language plpgsql
+security invoker
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  d public.powersync_dead_letters;
+begin
+  if coalesce(btrim(reason), '') = '' then
+    raise exception using errcode = '22023',
+      message = 'powersync_discard_dead_letter: a reason is required';
+  end if;
+  select * into d from public.powersync_dead_letters as l
+   where l.id = dead_letter_id
+     for update;
+  if not found then
+    raise exception using errcode = 'P0002',
+      message = pg_catalog.format('no dead letter with id %s', dead_letter_id);
+  end if;
+  if d.replayed_at is not null then
+    raise exception using errcode = '55000',
+      message = pg_catalog.format('dead letter %s was replayed at %s: nothing to discard', dead_letter_id, d.replayed_at);
+  end if;
+  if d.discarded_at is null then
+    update public.powersync_dead_letters as l
+       set discarded_at = now(), discard_reason = reason,
+           discarded_by = coalesce(nullif(nullif(current_setting('role', true), 'none'), ''), session_user)
+     where l.id = dead_letter_id
+    returning * into d;
+  end if;
+  return jsonb_build_object('dead_letter_id', d.id, 'discarded', true,
+                            'discarded_at', d.discarded_at, 'discard_reason', d.discard_reason);
+end
+$$;
+
+comment on function public.powersync_discard_dead_letter(bigint, text) is
+  'PowerSync upload bridge: give up on a dead letter (kept, with the reason); it is never replayed.';
+
 -- EXECUTE: exactly these (Postgres grants new functions to PUBLIC; older
 -- Supabase projects also to the API roles by default)
 do $$
@@ -449,10 +510,12 @@ declare
 begin
   execute 'revoke all on function public.powersync_record_dead_letter(jsonb, text, text, text, text, text, integer, jsonb, text, text, text[]) from public';
   execute 'revoke all on function public.powersync_replay_dead_letter(bigint) from public';
+  execute 'revoke all on function public.powersync_discard_dead_letter(bigint, text) from public';
   foreach r in array array['anon', 'authenticated', 'service_role'] loop
     if exists (select 1 from pg_catalog.pg_roles where rolname = r) then
       execute pg_catalog.format('revoke all on function public.powersync_record_dead_letter(jsonb, text, text, text, text, text, integer, jsonb, text, text, text[]) from %I', r);
       execute pg_catalog.format('revoke all on function public.powersync_replay_dead_letter(bigint) from %I', r);
+      execute pg_catalog.format('revoke all on function public.powersync_discard_dead_letter(bigint, text) from %I', r);
     end if;
   end loop;
 end
@@ -460,6 +523,7 @@ $$;
 grant execute on function public.powersync_record_dead_letter(jsonb, text, text, text, text, text, integer, jsonb, text, text, text[])
   to authenticated, service_role;
 grant execute on function public.powersync_replay_dead_letter(bigint) to service_role;
+grant execute on function public.powersync_discard_dead_letter(bigint, text) to service_role;
 
 commit;
 

@@ -1,7 +1,7 @@
 """Shared fixtures for the end-to-end tests.
 
 Session-wide: a throwaway PostgreSQL (``pg``) with tests/sql/test_schema.sql,
-sql/atomic_upload.sql and sql/dead_letter.sql loaded, and the PostgREST
+sql/atomic_upload.sql, sql/dead_letter.sql and sql/doctor.sql loaded, and the PostgREST
 stand-in in front of it (``standin``). ``pg`` is ready for logical replication
 (wal_level=logical, publication ``powersync``, a password for the URIs) so that
 the real PowerSync service (``powersync_service``, started only by the tests
@@ -47,7 +47,7 @@ PUBLISHABLE_KEY = "sb_publishable_standin_test_key"
 SECRET_KEY = "sb_secret_standin_test_key"
 
 SQL_FILES = [ROOT / "tests/sql/test_schema.sql", ROOT / "sql/atomic_upload.sql",
-             ROOT / "sql/dead_letter.sql"]
+             ROOT / "sql/dead_letter.sql", ROOT / "sql/doctor.sql"]
 TABLES = ("public.todos, public.lists, public.profiles, public.powersync_dead_letters,"
           " public.powersync_upload_ledger")
 

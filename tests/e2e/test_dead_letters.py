@@ -342,7 +342,8 @@ def test_a_users_ledger_is_capped_and_only_their_own_oldest_records_go(db, user,
 
 
 # =========================================================================== the SQL files
-SQL_FILES = [ROOT / "tests/sql/test_schema.sql", ROOT / "sql/atomic_upload.sql", ROOT / "sql/dead_letter.sql"]
+SQL_FILES = [ROOT / "tests/sql/test_schema.sql", ROOT / "sql/atomic_upload.sql", ROOT / "sql/dead_letter.sql",
+             ROOT / "sql/doctor.sql"]
 
 
 def run_file(pg, database: str, path) -> None:
@@ -404,7 +405,8 @@ EXPECTED = {
     **{(t, r, "columns updatable"): set() for t in ("powersync_dead_letters", "powersync_upload_ledger",
                                                     "powersync_upload_ledger_settings") for r in API_ROLES},
     ("powersync_dead_letters", "service_role", "columns updatable"):
-        {"replayed_at", "replay_result", "replay_error", "replay_attempted_at"},
+        {"replayed_at", "replay_result", "replay_error", "replay_attempted_at",
+         "discarded_at", "discard_reason", "discarded_by"},
     **{("dead letter ids", r): set() for r in API_ROLES},
     ("powersync_apply_transaction(jsonb,text,text,text,text)", "EXECUTE"): {"authenticated", "service_role"},
     ("powersync_upload_ledger_claim(text,text,text,text,timestamp with time zone)", "EXECUTE"):
@@ -412,6 +414,8 @@ EXPECTED = {
     ("powersync_record_dead_letter(jsonb,text,text,text,text,text,integer,jsonb,text,text,text[])", "EXECUTE"):
         {"authenticated", "service_role"},
     ("powersync_replay_dead_letter(bigint)", "EXECUTE"): {"service_role"},
+    ("powersync_discard_dead_letter(bigint,text)", "EXECUTE"): {"service_role"},
+    ("powersync_doctor(jsonb,text[])", "EXECUTE"): {"service_role"},
 }
 
 

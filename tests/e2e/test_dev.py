@@ -5,7 +5,8 @@ answer 500 upload_not_configured).
 
 The settings part (scripts/dev_settings.sh) is sourced on its own for every case; one test runs
 the whole script (stand-in started, POWERSYNC=off) from a copy of the repository layout, so a
-developer's own .dev.vars and ports do not interfere."""
+developer's own .dev.vars and ports do not interfere, and runs `devtool doctor` and
+`devtool dead-letters list` against it."""
 
 from __future__ import annotations
 
@@ -144,6 +145,16 @@ def test_make_dev_runs_the_worker_with_the_dev_vars_values_and_prints_its_own(tm
         with psycopg.connect(dsn) as conn:
             row = conn.execute("select user_id::text from public.profiles where id = %s", (profile,)).fetchone()
         assert row == (user,)
+
+        # the operator's tool against make dev's stack, with the developer's .dev.vars
+        doctor = subprocess.run([str(DEVTOOL), "doctor", "--worker-url", f"http://127.0.0.1:{port}",
+                                 "--vars", str(root / ".dev.vars")], capture_output=True, text=True, timeout=120)
+        assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+        assert doctor.stdout.splitlines()[-1].startswith("doctor: ready"), doctor.stdout
+        listed = subprocess.run([str(DEVTOOL), "dead-letters", "list", "--vars", str(root / ".dev.vars")],
+                                capture_output=True, text=True, timeout=60)
+        assert listed.returncode == 0, listed.stdout + listed.stderr
+        assert listed.stdout.splitlines()[-1] == "0 dead letter(s)", listed.stdout
     finally:
         try:
             os.killpg(proc.pid, signal.SIGTERM)

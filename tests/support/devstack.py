@@ -25,7 +25,8 @@ from tests.postgrest_standin.standin import StandIn  # noqa: E402
 from tests.support.pg import TempPostgres  # noqa: E402
 from tests.support.powersync import PowerSyncService  # noqa: E402
 
-SQL_FILES = ["tests/sql/test_schema.sql", "sql/atomic_upload.sql", "sql/dead_letter.sql"]
+SQL_FILES = ["tests/sql/test_schema.sql", "sql/atomic_upload.sql", "sql/dead_letter.sql",
+             "sql/doctor.sql"]
 
 
 def main() -> None:

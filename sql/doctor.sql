@@ -1,0 +1,111 @@
+-- PowerSync upload bridge: the setup doctor's catalog view (read-only).
+--
+-- `devtool doctor` (docs/operations-tool.md) checks a deployment over PostgREST
+-- with the service key; PostgREST alone cannot tell whether row-level security
+-- is on, which privileges each API role has, or what the `powersync`
+-- publication contains. This function reads exactly that from the catalog and
+-- changes nothing. Without it the doctor says so and cannot vouch for the
+-- database. Idempotent: safe to run again.
+--
+--   POST /rest/v1/rpc/powersync_doctor
+--   {"tables": [{"schema": "public", "name": "todos", "columns": ["user_id"]}],
+--    "functions": ["public.powersync_apply_transaction(jsonb, text, text, text, text)"]}
+--
+-- answers
+--   {"version": 1, "publication": true,
+--    "tables": [{"schema": "public", "name": "todos", "exists": true, "rls": true,
+--                "missing_columns": [], "published": true,
+--                "privileges": {"anon": [], "authenticated": ["DELETE", "INSERT", "SELECT", "UPDATE"],
+--                               "service_role": ["DELETE", "INSERT", "SELECT", "UPDATE"]}}],
+--    "functions": [{"signature": "…", "exists": true,
+--                   "execute": {"anon": false, "authenticated": true, "service_role": true}}]}
+--
+-- A privilege counts when the role holds it on the table (SELECT, INSERT and
+-- UPDATE: or on any of its columns). Roles that do not exist are left out.
+-- EXECUTE: service_role (and the owner) only: the answer describes the schema.
+
+create or replace function public.powersync_doctor(tables jsonb, functions text[] default '{}')
+returns jsonb
+language sql
+stable
+security invoker
+set search_path = pg_catalog, pg_temp
+as $$
+  with roles as (
+    select r.oid, r.rolname from pg_catalog.pg_roles r
+     where r.rolname in ('anon', 'authenticated', 'service_role')
+  ),
+  wanted as (
+    select t.ord, t.value ->> 'schema' as schema_name, t.value ->> 'name' as table_name,
+           coalesce(t.value -> 'columns', '[]'::jsonb) as columns
+      from jsonb_array_elements(coalesce(tables, '[]'::jsonb)) with ordinality as t(value, ord)
+  ),
+  found as (
+    select w.*, c.oid as rel, c.relrowsecurity
+      from wanted w
+      left join pg_catalog.pg_namespace n on n.nspname = w.schema_name
+      left join pg_catalog.pg_class c
+        on c.relnamespace = n.oid and c.relname = w.table_name
+       and c.relkind in ('r', 'p', 'v', 'f')
+  )
+  select jsonb_build_object(
+    'version', 1,
+    'publication', exists (select 1 from pg_catalog.pg_publication p where p.pubname = 'powersync'),
+    'tables', coalesce((
+      select jsonb_agg(jsonb_build_object(
+        'schema', f.schema_name,
+        'name', f.table_name,
+        'exists', f.rel is not null,
+        'rls', coalesce(f.relrowsecurity, false),
+        'missing_columns', coalesce((
+          select jsonb_agg(col order by col)
+            from jsonb_array_elements_text(f.columns) as col
+           where f.rel is null
+              or not exists (select 1 from pg_catalog.pg_attribute a
+                              where a.attrelid = f.rel and a.attname = col
+                                and a.attnum > 0 and not a.attisdropped)), '[]'::jsonb),
+        'published', exists (select 1 from pg_catalog.pg_publication_tables pt
+                              where pt.pubname = 'powersync' and pt.schemaname = f.schema_name
+                                and pt.tablename = f.table_name),
+        'privileges', coalesce((
+          select jsonb_object_agg(r.rolname, coalesce((
+            select jsonb_agg(p order by p)
+              from unnest(array['DELETE', 'INSERT', 'SELECT', 'UPDATE']) as p
+             where f.rel is not null
+               and case when p = 'DELETE' then pg_catalog.has_table_privilege(r.oid, f.rel, p)
+                        else pg_catalog.has_any_column_privilege(r.oid, f.rel, p) end), '[]'::jsonb))
+            from roles r), '{}'::jsonb)
+      ) order by f.ord)
+      from found f), '[]'::jsonb),
+    'functions', coalesce((
+      select jsonb_agg(jsonb_build_object(
+        'signature', s.sig,
+        'exists', pg_catalog.to_regprocedure(s.sig) is not null,
+        'execute', coalesce((
+          select jsonb_object_agg(r.rolname,
+                   pg_catalog.to_regprocedure(s.sig) is not null
+                   and pg_catalog.has_function_privilege(r.oid, pg_catalog.to_regprocedure(s.sig), 'EXECUTE'))
+            from roles r), '{}'::jsonb)
+      ) order by s.ord)
+      from unnest(coalesce(functions, '{}'::text[])) with ordinality as s(sig, ord)), '[]'::jsonb)
+  )
+$$;
+
+comment on function public.powersync_doctor(jsonb, text[]) is
+  'PowerSync upload bridge: what devtool doctor needs from the catalog (tables, RLS, privileges, publication, functions); read-only.';
+
+do $$
+declare
+  r text;
+begin
+  execute 'revoke all on function public.powersync_doctor(jsonb, text[]) from public';
+  foreach r in array array['anon', 'authenticated', 'service_role'] loop
+    if exists (select 1 from pg_catalog.pg_roles where rolname = r) then
+      execute pg_catalog.format('revoke all on function public.powersync_doctor(jsonb, text[]) from %I', r);
+    end if;
+  end loop;
+end
+$$;
+grant execute on function public.powersync_doctor(jsonb, text[]) to service_role;
+
+notify pgrst, 'reload schema';

@@ -1,0 +1,348 @@
+//! `devtool dead-letters`: list, show, replay and discard dead letters over PostgREST with the
+//! service key (sql/dead_letter.sql). Requests are built and answers read here as plain values;
+//! replay goes through `powersync_replay_dead_letter` (all or nothing, with the original
+//! writer's rights), discard through `powersync_discard_dead_letter` (the reason is kept).
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::{json, Value};
+
+use crate::rest::{self, Request, Response};
+
+pub const TABLE: &str = "powersync_dead_letters";
+const LIST_COLUMNS: &str = "id,user_id,code,message,transaction_id,client_id,op_index,created_at,replayed_at,replay_error,discarded_at,discard_reason";
+
+/// Which dead letters: by state, owner, code, age; or exact ids.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Selection {
+    pub ids: Vec<i64>,
+    pub user: Option<String>,
+    pub code: Option<String>,
+    /// Only those recorded at least this many seconds ago.
+    pub older_than_seconds: Option<u64>,
+    pub state: State,
+    pub limit: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum State {
+    /// Neither replayed nor discarded (the default).
+    #[default]
+    Waiting,
+    Replayed,
+    Discarded,
+    All,
+}
+
+impl State {
+    pub fn parse(text: &str) -> Result<State, String> {
+        match text {
+            "waiting" => Ok(State::Waiting),
+            "replayed" => Ok(State::Replayed),
+            "discarded" => Ok(State::Discarded),
+            "all" => Ok(State::All),
+            _ => Err(format!("--state must be waiting, replayed, discarded or all, not '{text}'")),
+        }
+    }
+}
+
+/// `90s`, `45m`, `12h`, `7d` (or plain seconds) as seconds.
+pub fn parse_age(text: &str) -> Result<u64, String> {
+    let bad = || format!("'{text}' is not an age like 90s, 45m, 12h or 7d");
+    let (digits, unit) = match text.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    let factor = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(factor).ok_or_else(bad)
+}
+
+pub fn parse_ids(text: &str) -> Result<Vec<i64>, String> {
+    text.split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| s.trim().parse::<i64>().map_err(|_| format!("'{s}' is not a dead letter id")))
+        .collect()
+}
+
+fn encode(value: &str) -> String {
+    percent_encoding::utf8_percent_encode(value, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+/// `GET /rest/v1/powersync_dead_letters?…` for `selection`, oldest first; `now` in seconds.
+pub fn list_request(supabase_url: &str, service_key: &str, selection: &Selection, now: i64) -> Request {
+    let mut query = vec![format!("select={LIST_COLUMNS}")];
+    if !selection.ids.is_empty() {
+        let ids: Vec<String> = selection.ids.iter().map(i64::to_string).collect();
+        query.push(format!("id=in.({})", ids.join(",")));
+    }
+    match selection.state {
+        State::Waiting => query.extend(["replayed_at=is.null".to_string(), "discarded_at=is.null".to_string()]),
+        State::Replayed => query.push("replayed_at=not.is.null".to_string()),
+        State::Discarded => query.push("discarded_at=not.is.null".to_string()),
+        State::All => {}
+    }
+    if let Some(user) = &selection.user {
+        query.push(format!("user_id=eq.{}", encode(user)));
+    }
+    if let Some(code) = &selection.code {
+        query.push(format!("code=eq.{}", encode(code)));
+    }
+    if let Some(age) = selection.older_than_seconds {
+        let before = DateTime::<Utc>::from_timestamp(now.saturating_sub(age as i64), 0).unwrap_or_default();
+        query.push(format!("created_at=lt.{}", encode(&before.to_rfc3339_opts(SecondsFormat::Secs, true))));
+    }
+    query.push("order=id.asc".to_string());
+    query.push(format!("limit={}", selection.limit.max(1)));
+    Request {
+        method: "GET",
+        url: format!("{}/rest/v1/{TABLE}?{}", supabase_url.trim_end_matches('/'), query.join("&")),
+        headers: rest::service_headers(service_key),
+        body: None,
+    }
+}
+
+/// `GET` one dead letter with every column (entries, provenance, replay and discard records).
+pub fn show_request(supabase_url: &str, service_key: &str, id: i64) -> Request {
+    Request {
+        method: "GET",
+        url: format!("{}/rest/v1/{TABLE}?select=*&id=eq.{id}", supabase_url.trim_end_matches('/')),
+        headers: rest::service_headers(service_key),
+        body: None,
+    }
+}
+
+pub fn replay_request(supabase_url: &str, service_key: &str, id: i64) -> Request {
+    rest::rpc(supabase_url, service_key, "powersync_replay_dead_letter", json!({"dead_letter_id": id}))
+}
+
+pub fn discard_request(supabase_url: &str, service_key: &str, id: i64, reason: &str) -> Request {
+    rest::rpc(supabase_url, service_key, "powersync_discard_dead_letter", json!({"dead_letter_id": id, "reason": reason}))
+}
+
+/// The rows of a list/show answer, or what went wrong with the fix when it is a setup problem.
+pub fn rows(response: &Response) -> Result<Vec<Value>, String> {
+    if response.status == 200 {
+        return match response.json() {
+            Some(Value::Array(rows)) => Ok(rows),
+            _ => Err(format!("unexpected answer: {}", response.describe())),
+        };
+    }
+    Err(match response.error_code().as_deref() {
+        Some("42P01") | Some("PGRST205") => {
+            format!("{} (the dead-letter table is not installed: run sql/dead_letter.sql)", response.describe())
+        }
+        Some("42501") => format!("{} (run sql/dead_letter.sql again: it grants service_role what it needs)", response.describe()),
+        Some("42703") => format!("{} (the dead-letter table is outdated: run sql/dead_letter.sql again, it upgrades in place)", response.describe()),
+        _ => response.describe(),
+    })
+}
+
+/// A replay's or discard's outcome: the function's answer, or the refusal as an error object.
+/// `ok` is false when nothing was done (a replay that failed is stored in `replay_error`).
+pub fn outcome(id: i64, response: &Response) -> (bool, Value) {
+    if response.status == 200 {
+        if let Some(answer) = response.json() {
+            let ok = answer.get("replayed").and_then(Value::as_bool).or(answer.get("discarded").and_then(Value::as_bool)).unwrap_or(false);
+            return (ok, answer);
+        }
+    }
+    let error = match response.json() {
+        Some(v) if v.get("message").is_some() => v,
+        _ => json!({"message": response.describe()}),
+    };
+    let hint = match response.error_code().as_deref() {
+        Some("PGRST202") | Some("42883") => Some("the function is missing or outdated: run sql/dead_letter.sql (and sql/atomic_upload.sql for replay)"),
+        Some("42501") if error.get("message").and_then(Value::as_str).is_some_and(|m| m.contains("permission denied for function")) => {
+            Some("run sql/dead_letter.sql again: it grants EXECUTE to service_role")
+        }
+        _ => None,
+    };
+    let mut answer = json!({"dead_letter_id": id, "error": error});
+    if let Some(hint) = hint {
+        answer["fix"] = json!(hint);
+    }
+    (false, answer)
+}
+
+/// What a replay would apply: the entries not yet `applied`, in order, without their state.
+pub fn pending_entries(row: &Value) -> Vec<Value> {
+    row.get("entries")
+        .and_then(Value::as_array)
+        .map(|entries| {
+            entries
+                .iter()
+                .filter(|e| e.get("state").and_then(Value::as_str) != Some("applied"))
+                .map(|e| {
+                    let mut e = e.clone();
+                    if let Some(o) = e.as_object_mut() {
+                        o.remove("state");
+                    }
+                    e
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn state_of(row: &Value) -> &'static str {
+    if !row["discarded_at"].is_null() {
+        "discarded"
+    } else if !row["replayed_at"].is_null() {
+        "replayed"
+    } else if !row["replay_error"].is_null() {
+        "replay failed"
+    } else {
+        "waiting"
+    }
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// One line per dead letter: id, state, recorded at, owner, code, message (cut at 60 chars).
+pub fn format_list(rows: &[Value]) -> String {
+    let mut out = String::from("id\tstate\tcreated_at\tuser_id\tcode\tmessage\n");
+    for row in rows {
+        let message: String = text(&row["message"]).chars().take(60).collect();
+        out.push_str(&format!(
+            "{}\t{}\t{}\t{}\t{}\t{}\n",
+            text(&row["id"]),
+            state_of(row),
+            text(&row["created_at"]),
+            text(&row["user_id"]),
+            text(&row["code"]),
+            message.replace(['\n', '\t'], " ")
+        ));
+    }
+    out.push_str(&format!("{} dead letter(s)", rows.len()));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const URL: &str = "https://p.supabase.co";
+
+    #[test]
+    fn list_by_default_asks_for_waiting_dead_letters_oldest_first() {
+        let r = list_request(URL, "sb_secret_x", &Selection { limit: 50, ..Default::default() }, 0);
+        assert_eq!(r.method, "GET");
+        assert_eq!(
+            r.url,
+            format!("{URL}/rest/v1/powersync_dead_letters?select={LIST_COLUMNS}&replayed_at=is.null&discarded_at=is.null&order=id.asc&limit=50")
+        );
+        assert_eq!(r.headers, vec![("apikey".to_string(), "sb_secret_x".to_string())]);
+    }
+
+    #[test]
+    fn list_filters_by_user_code_age_ids_and_state_with_values_encoded() {
+        let selection = Selection {
+            ids: vec![3, 5],
+            user: Some("a b&c".into()),
+            code: Some("23505".into()),
+            older_than_seconds: Some(3600),
+            state: State::All,
+            limit: 10,
+        };
+        let r = list_request(URL, "k", &selection, 1_700_003_600);
+        assert_eq!(
+            r.url,
+            format!(
+                "{URL}/rest/v1/powersync_dead_letters?select={LIST_COLUMNS}&id=in.(3,5)&user_id=eq.a%20b%26c&code=eq.23505\
+                 &created_at=lt.2023%2D11%2D14T22%3A13%3A20Z&order=id.asc&limit=10"
+            )
+        );
+        let replayed = list_request(URL, "k", &Selection { state: State::Replayed, limit: 1, ..Default::default() }, 0);
+        assert!(replayed.url.contains("&replayed_at=not.is.null&"));
+        let discarded = list_request(URL, "k", &Selection { state: State::Discarded, limit: 1, ..Default::default() }, 0);
+        assert!(discarded.url.contains("&discarded_at=not.is.null&"));
+    }
+
+    #[test]
+    fn ages_ids_and_states_parse_or_say_what_is_wrong() {
+        assert_eq!(parse_age("90s"), Ok(90));
+        assert_eq!(parse_age("45m"), Ok(2700));
+        assert_eq!(parse_age("12h"), Ok(43200));
+        assert_eq!(parse_age("7d"), Ok(604800));
+        assert_eq!(parse_age("120"), Ok(120));
+        assert!(parse_age("7w").is_err());
+        assert!(parse_age("d").is_err());
+        assert_eq!(parse_ids("1, 2,3"), Ok(vec![1, 2, 3]));
+        assert!(parse_ids("1,x").is_err());
+        assert_eq!(State::parse("all"), Ok(State::All));
+        assert!(State::parse("old").is_err());
+    }
+
+    #[test]
+    fn show_replay_and_discard_requests_are_exact() {
+        assert_eq!(show_request(URL, "k", 7).url, format!("{URL}/rest/v1/powersync_dead_letters?select=*&id=eq.7"));
+        let replay = replay_request(URL, "k", 7);
+        assert_eq!((replay.method, replay.url.as_str()), ("POST", "https://p.supabase.co/rest/v1/rpc/powersync_replay_dead_letter"));
+        assert_eq!(replay.body, Some(json!({"dead_letter_id": 7})));
+        let discard = discard_request(URL, "k", 7, "duplicate of 6");
+        assert_eq!(discard.url, format!("{URL}/rest/v1/rpc/powersync_discard_dead_letter"));
+        assert_eq!(discard.body, Some(json!({"dead_letter_id": 7, "reason": "duplicate of 6"})));
+    }
+
+    #[test]
+    fn outcome_tells_done_refused_and_missing_function_apart() {
+        let done = Response { status: 200, body: r#"{"applied":2,"replayed":true,"dead_letter_id":7}"#.into() };
+        assert_eq!(outcome(7, &done), (true, json!({"applied": 2, "replayed": true, "dead_letter_id": 7})));
+        let failed = Response { status: 200, body: r#"{"applied":0,"replayed":false,"error":{"code":"23514"}}"#.into() };
+        assert!(!outcome(7, &failed).0);
+        let refused = Response { status: 400, body: r#"{"code":"55000","message":"dead letter 7 was already replayed"}"#.into() };
+        let (ok, answer) = outcome(7, &refused);
+        assert!(!ok);
+        assert_eq!(answer, json!({"dead_letter_id": 7, "error": {"code": "55000", "message": "dead letter 7 was already replayed"}}));
+        let missing = Response { status: 404, body: r#"{"code":"PGRST202","message":"Could not find the function"}"#.into() };
+        assert!(outcome(7, &missing).1["fix"].as_str().unwrap().contains("sql/dead_letter.sql"));
+        let discarded = Response { status: 200, body: r#"{"dead_letter_id":7,"discarded":true}"#.into() };
+        assert!(outcome(7, &discarded).0);
+    }
+
+    #[test]
+    fn rows_explain_a_missing_or_outdated_table() {
+        let ok = Response { status: 200, body: r#"[{"id":1}]"#.into() };
+        assert_eq!(rows(&ok), Ok(vec![json!({"id": 1})]));
+        let missing = Response { status: 404, body: r#"{"code":"PGRST205","message":"Could not find the table"}"#.into() };
+        assert!(rows(&missing).unwrap_err().contains("run sql/dead_letter.sql"));
+        let outdated = Response { status: 400, body: r#"{"code":"42703","message":"column discarded_at does not exist"}"#.into() };
+        assert!(rows(&outdated).unwrap_err().contains("upgrades in place"));
+    }
+
+    #[test]
+    fn pending_entries_are_those_not_applied_without_state_and_list_shows_state() {
+        let row = json!({"id": 1, "entries": [
+            {"op": "PUT", "table": "t", "id": "a", "state": "applied"},
+            {"op": "PATCH", "table": "t", "id": "b", "data": {"x": 1}, "state": "failed"},
+            {"op": "DELETE", "table": "t", "id": "c", "state": "not_attempted"}]});
+        assert_eq!(
+            pending_entries(&row),
+            vec![json!({"op": "PATCH", "table": "t", "id": "b", "data": {"x": 1}}), json!({"op": "DELETE", "table": "t", "id": "c"})]
+        );
+        let listed = format_list(&[
+            json!({"id": 1, "created_at": "t0", "user_id": "u", "code": "23514", "message": "check\nviolated", "replayed_at": null, "discarded_at": null, "replay_error": null}),
+            json!({"id": 2, "discarded_at": "t1", "replayed_at": null}),
+            json!({"id": 3, "replayed_at": "t1", "discarded_at": null}),
+            json!({"id": 4, "replay_error": {"code": "23514"}, "replayed_at": null, "discarded_at": null}),
+        ]);
+        let lines: Vec<&str> = listed.lines().collect();
+        assert_eq!(lines[1], "1\twaiting\tt0\tu\t23514\tcheck violated");
+        assert!(lines[2].starts_with("2\tdiscarded\t"));
+        assert!(lines[3].starts_with("3\treplayed\t"));
+        assert!(lines[4].starts_with("4\treplay failed\t"));
+        assert_eq!(lines[5], "4 dead letter(s)");
+    }
+}

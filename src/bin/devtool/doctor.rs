@@ -1,0 +1,554 @@
+//! `devtool doctor`: checks a deployment end to end and prints each problem with its fix. The
+//! checks are pure: what to expect comes from the worker's own settings (parsed by the worker's
+//! `Config`), requests are built as values and answers read as values.
+//!
+//! Sources: the worker's `/health` (its configuration) and `/.well-known/jwks.json` (what
+//! PowerSync must trust); the session JWKS URL and the legacy JWT secret (consistent with the
+//! project's API keys); and the database's catalog through `powersync_doctor` (sql/doctor.sql,
+//! called over PostgREST with the service key: PostgREST alone cannot tell RLS flags, each
+//! role's privileges or the publication).
+
+use std::collections::BTreeSet;
+
+use powersync_supabase_worker::upload::settings::{AtomicMode, UploadSettings, WriteMode};
+use serde_json::{json, Value};
+
+use crate::rest::{self, Request, Response};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    /// Writes would be lost or blocked (or the deployment is unsafe): the doctor exits non-zero.
+    Blocking,
+    /// Worth fixing; writes are not blocked.
+    Warning,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finding {
+    pub severity: Severity,
+    pub problem: String,
+    pub fix: String,
+}
+
+fn blocking(problem: impl Into<String>, fix: impl Into<String>) -> Finding {
+    Finding { severity: Severity::Blocking, problem: problem.into(), fix: fix.into() }
+}
+
+fn warning(problem: impl Into<String>, fix: impl Into<String>) -> Finding {
+    Finding { severity: Severity::Warning, problem: problem.into(), fix: fix.into() }
+}
+
+pub const WRITE_PRIVILEGES: [&str; 4] = ["DELETE", "INSERT", "SELECT", "UPDATE"];
+pub const LEDGER_CLAIM: &str = "public.powersync_upload_ledger_claim(text, text, text, text, timestamptz)";
+pub const RECORD: &str = "public.powersync_record_dead_letter(jsonb, text, text, text, text, text, integer, jsonb, text, text, text[])";
+pub const REPLAY: &str = "public.powersync_replay_dead_letter(bigint)";
+pub const DISCARD: &str = "public.powersync_discard_dead_letter(bigint, text)";
+/// Columns of the dead-letter table this version relies on (added over time: their absence
+/// means sql/dead_letter.sql is outdated).
+pub const DEAD_LETTER_COLUMNS: [&str; 7] = ["client_id", "dedup_key", "discard_reason", "discarded_at", "entries", "recorded_as", "replay_error"];
+
+/// A table to check: `schema.name`, the columns it must have, and why it is checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TableCheck {
+    pub schema: String,
+    pub name: String,
+    pub columns: Vec<String>,
+    pub kind: TableKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum TableKind {
+    Uploaded,
+    DeadLetters,
+    Ledger,
+}
+
+/// What the database must hold for these settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Expectations {
+    /// The role the bridge writes as: `authenticated` (rls) or `service_role` (service).
+    pub role: &'static str,
+    pub rls_mode: bool,
+    pub tables: Vec<TableCheck>,
+    /// The atomic function's signature, and whether a missing one blocks (`UPLOAD_ATOMIC=true`).
+    pub atomic: Option<(String, bool)>,
+    pub dead_letters: bool,
+}
+
+fn split_table(name: &str) -> (String, String) {
+    match name.split_once('.') {
+        Some((schema, table)) => (schema.to_string(), table.to_string()),
+        None => ("public".to_string(), name.to_string()),
+    }
+}
+
+fn qualified(schema: &str, name: &str) -> String {
+    format!("{schema}.{name}")
+}
+
+/// The expectations of `settings`; `tables` (from `--tables`) adds to `UPLOAD_TABLES`.
+pub fn expectations(settings: &UploadSettings, tables: &[String]) -> Expectations {
+    let (role, rls_mode, owner) = match &settings.mode {
+        WriteMode::Rls => ("authenticated", true, None),
+        WriteMode::Service { owner_column, .. } => ("service_role", false, Some(owner_column.clone())),
+    };
+    let mut names: BTreeSet<String> = settings.tables.clone().unwrap_or_default();
+    names.extend(tables.iter().cloned());
+    let mut checks: Vec<TableCheck> = names
+        .iter()
+        .map(|n| {
+            let (schema, name) = split_table(n);
+            let mut columns = vec!["id".to_string()];
+            columns.extend(owner.clone());
+            TableCheck { schema, name, columns, kind: TableKind::Uploaded }
+        })
+        .collect();
+    let atomic = match settings.atomic {
+        AtomicMode::Never => None,
+        mode => {
+            let name = if settings.atomic_function.contains('.') { settings.atomic_function.clone() } else { format!("public.{}", settings.atomic_function) };
+            Some((format!("{name}(jsonb, text, text, text, text)"), mode == AtomicMode::Always))
+        }
+    };
+    if atomic.is_some() {
+        for t in ["powersync_upload_ledger", "powersync_upload_ledger_settings"] {
+            checks.push(TableCheck { schema: "public".into(), name: t.into(), columns: vec![], kind: TableKind::Ledger });
+        }
+    }
+    let dead_letters = settings.dead_letter_table.is_some();
+    if dead_letters {
+        checks.push(TableCheck {
+            schema: "public".into(),
+            name: "powersync_dead_letters".into(),
+            columns: DEAD_LETTER_COLUMNS.iter().map(|c| c.to_string()).collect(),
+            kind: TableKind::DeadLetters,
+        });
+    }
+    Expectations { role, rls_mode, tables: checks, atomic, dead_letters }
+}
+
+impl Expectations {
+    pub fn functions(&self) -> Vec<String> {
+        let mut f = vec![];
+        if let Some((signature, _)) = &self.atomic {
+            f.push(signature.clone());
+            f.push(LEDGER_CLAIM.to_string());
+        }
+        if self.dead_letters {
+            f.extend([RECORD, REPLAY, DISCARD].map(String::from));
+        }
+        f
+    }
+}
+
+/// `POST /rest/v1/rpc/powersync_doctor` for `expected`.
+pub fn catalog_request(supabase_url: &str, service_key: &str, expected: &Expectations) -> Request {
+    let tables: Vec<Value> = expected.tables.iter().map(|t| json!({"schema": t.schema, "name": t.name, "columns": t.columns})).collect();
+    rest::rpc(supabase_url, service_key, "powersync_doctor", json!({"tables": tables, "functions": expected.functions()}))
+}
+
+fn privileges_of(table: &Value, role: &str) -> BTreeSet<String> {
+    table["privileges"][role].as_array().map(|a| a.iter().filter_map(|p| p.as_str().map(String::from)).collect()).unwrap_or_default()
+}
+
+/// Problems in the catalog answer (or in getting it).
+pub fn check_catalog(expected: &Expectations, response: &Response, supabase_url: &str) -> Vec<Finding> {
+    let answer = match (response.status, response.json()) {
+        (200, Some(v)) if v.get("version").is_some() => v,
+        (0, _) => {
+            return vec![blocking(
+                format!("Supabase is not reachable at {supabase_url}: {}", response.describe()),
+                "check SUPABASE_URL (https://<project ref>.supabase.co) and that the project is not paused",
+            )]
+        }
+        _ => {
+            let fix = match response.error_code().as_deref() {
+                Some("PGRST202") | Some("42883") => "run sql/doctor.sql in the SQL editor (read-only: it lets the doctor read grants, RLS and the publication)",
+                Some("42501") => "run sql/doctor.sql again (it grants EXECUTE on powersync_doctor to service_role)",
+                _ if response.status == 401 => "SUPABASE_SERVICE_ROLE_KEY (or --service-key) is not this project's service_role / secret key",
+                _ => "check SUPABASE_URL and the service key",
+            };
+            return vec![blocking(format!("cannot read the database's setup through powersync_doctor: {}", response.describe()), fix)];
+        }
+    };
+    let mut findings = vec![];
+    let role = expected.role;
+    let tables = answer["tables"].as_array().cloned().unwrap_or_default();
+    for (check, table) in expected.tables.iter().zip(tables.iter()) {
+        let name = qualified(&check.schema, &check.name);
+        let sql_file = match check.kind {
+            TableKind::Uploaded => None,
+            TableKind::DeadLetters => Some("sql/dead_letter.sql"),
+            TableKind::Ledger => Some("sql/atomic_upload.sql"),
+        };
+        if table["exists"] != json!(true) {
+            findings.push(match sql_file {
+                Some(file) => blocking(format!("table {name} is missing"), format!("run {file}")),
+                None => blocking(format!("uploaded table {name} does not exist"), format!("create it, or remove '{}' from UPLOAD_TABLES / --tables", check.name)),
+            });
+            continue;
+        }
+        let missing: Vec<String> = table["missing_columns"].as_array().map(|a| a.iter().filter_map(|c| c.as_str().map(String::from)).collect()).unwrap_or_default();
+        if !missing.is_empty() {
+            findings.push(match sql_file {
+                Some(file) => blocking(format!("table {name} is outdated (no column {})", missing.join(", ")), format!("run {file} again (it upgrades in place, keeping rows)")),
+                None => blocking(
+                    format!("uploaded table {name} has no column {}", missing.join(", ")),
+                    "add it (the owner column is UPLOAD_OWNER_COLUMN in service mode; every PowerSync table has id)",
+                ),
+            });
+        }
+        let held = privileges_of(table, role);
+        match check.kind {
+            TableKind::Uploaded => {
+                let lacking: Vec<&str> = WRITE_PRIVILEGES.iter().copied().filter(|p| !held.contains(*p)).collect();
+                if !lacking.is_empty() {
+                    findings.push(blocking(
+                        format!("{role} lacks {} on {name}: every upload to it stays queued (42501)", lacking.join(", ")),
+                        format!("grant select, insert, update, delete on table {name} to {role};"),
+                    ));
+                }
+                if expected.rls_mode && table["rls"] != json!(true) {
+                    findings.push(blocking(
+                        format!("row-level security is off on {name}: in rls mode any signed-in user may write any row"),
+                        format!("alter table {name} enable row level security; (and add policies for the owner)"),
+                    ));
+                }
+                if answer["publication"] == json!(true) && table["published"] != json!(true) {
+                    findings.push(warning(
+                        format!("{name} is not in the publication powersync: PowerSync does not sync its changes back"),
+                        format!("alter publication powersync add table {name};"),
+                    ));
+                }
+            }
+            TableKind::DeadLetters => {
+                if !held.contains("SELECT") {
+                    findings.push(warning(
+                        format!("service_role cannot read {name}: devtool dead-letters cannot list them"),
+                        "run sql/dead_letter.sql again (it grants what the tools need)",
+                    ));
+                }
+            }
+            TableKind::Ledger => {}
+        }
+    }
+    if !answer["publication"].as_bool().unwrap_or(false) {
+        findings.push(warning(
+            "the publication powersync does not exist: PowerSync cannot replicate the database",
+            "create publication powersync for all tables; (or for the tables your sync rules use)",
+        ));
+    }
+    let functions = answer["functions"].as_array().cloned().unwrap_or_default();
+    for f in functions {
+        let signature = f["signature"].as_str().unwrap_or_default().to_string();
+        let exists = f["exists"] == json!(true);
+        let executes = |r: &str| f["execute"][r] == json!(true);
+        let is_atomic = expected.atomic.as_ref().is_some_and(|(s, _)| *s == signature) || signature == LEDGER_CLAIM;
+        let file = if is_atomic { "sql/atomic_upload.sql" } else { "sql/dead_letter.sql" };
+        let tool = signature == REPLAY || signature == DISCARD;
+        let required_role = if tool { "service_role" } else { role };
+        if !exists {
+            let always = expected.atomic.as_ref().is_some_and(|(_, always)| *always);
+            findings.push(if is_atomic && !always {
+                warning(format!("{signature} is missing: uploads go through REST requests, not all-or-nothing"), format!("run {file}"))
+            } else if tool {
+                warning(format!("{signature} is missing (outdated {file}): devtool dead-letters cannot use it"), format!("run {file} again"))
+            } else {
+                blocking(format!("{signature} is missing: uploads that need it stay queued"), format!("run {file} (again: it upgrades in place)"))
+            });
+        } else if !executes(required_role) {
+            let name = signature.split('(').next().unwrap_or_default();
+            let problem = format!("{required_role} may not execute {signature}");
+            let fix = format!("run {file} again, or: grant execute on function {name} to {required_role};");
+            findings.push(if tool { warning(problem, fix) } else { blocking(format!("{problem}: uploads that need it stay queued (42501)"), fix) });
+        }
+    }
+    findings
+}
+
+/// The worker's `/health`: reachable, and every part configured.
+pub fn check_health(worker_url: &str, response: &Response) -> Vec<Finding> {
+    if response.status == 0 {
+        return vec![blocking(format!("the worker is not reachable at {worker_url}: {}", response.describe()), "check --worker-url and that the worker is deployed (wrangler deploy)")];
+    }
+    let Some(body) = response.json() else {
+        return vec![blocking(format!("{worker_url}/health is not the bridge's: {}", response.describe()), "check --worker-url (the worker's own URL, e.g. https://name.account.workers.dev)")];
+    };
+    let mut findings = vec![];
+    for part in ["session", "powersync", "upload"] {
+        if body[part]["configured"] == json!(true) {
+            continue;
+        }
+        let problems: Vec<String> = body[part]["problems"]
+            .as_array()
+            .map(|a| a.iter().map(|p| format!("{}: {}", p["name"].as_str().unwrap_or("?"), p["message"].as_str().unwrap_or("?"))).collect())
+            .unwrap_or_default();
+        findings.push(blocking(
+            format!("the worker's {part} settings are not usable: {}", if problems.is_empty() { "no details".to_string() } else { problems.join("; ") }),
+            "set them as secrets (wrangler secret put NAME) or in wrangler.toml [vars], then deploy",
+        ));
+    }
+    if findings.is_empty() && response.status != 200 {
+        findings.push(blocking(format!("{worker_url}/health answers {}", response.describe()), "see the worker's log (wrangler tail)"));
+    }
+    findings
+}
+
+/// The worker's JWKS, which PowerSync fetches to verify the worker's tokens.
+pub fn check_worker_jwks(worker_url: &str, response: &Response, key_id: Option<&str>) -> Vec<Finding> {
+    let url = format!("{worker_url}/.well-known/jwks.json");
+    let keys = match (response.status, response.json()) {
+        (200, Some(v)) => v["keys"].as_array().cloned().unwrap_or_default(),
+        _ => return vec![blocking(format!("{url} does not serve a JWKS ({}): PowerSync cannot verify the worker's tokens", response.describe()), "fix the worker's POWERSYNC_* settings (see its /health)")],
+    };
+    if keys.is_empty() {
+        return vec![blocking(format!("{url} has no keys: PowerSync cannot verify the worker's tokens"), "set POWERSYNC_PRIVATE_KEY and POWERSYNC_KEY_ID")];
+    }
+    if let Some(kid) = key_id {
+        if !keys.iter().any(|k| k["kid"] == json!(kid)) {
+            return vec![blocking(
+                format!("{url} does not have the key {kid} of these settings: the worker runs another key"),
+                "deploy the worker with these settings, or check --vars",
+            )];
+        }
+    }
+    vec![]
+}
+
+/// The session keys: a JWKS PowerSync-style verification can use, and a legacy JWT secret that
+/// actually signed the project's API keys (`secret_signs_keys`: None when no key is a JWT).
+pub fn check_session_keys(jwks_url: &str, jwks: &Response, has_secret: bool, secret_signs_keys: Option<bool>) -> Vec<Finding> {
+    let mut findings = vec![];
+    if secret_signs_keys == Some(false) {
+        findings.push(blocking(
+            "SUPABASE_JWT_SECRET did not sign the project's API keys: it is not this project's JWT secret, every HS256 session is refused",
+            "copy the legacy JWT secret from the dashboard (Project Settings > JWT Keys), or unset it if the project uses signing keys",
+        ));
+    }
+    let keys = match (jwks.status, jwks.json()) {
+        (200, Some(v)) => v["keys"].as_array().map(Vec::len),
+        _ => None,
+    };
+    match keys {
+        Some(n) if n > 0 => {}
+        _ if has_secret => findings.push(warning(
+            format!("the session JWKS at {jwks_url} has no usable keys ({}): only HS256 (legacy secret) sessions are accepted", jwks.describe()),
+            "check SUPABASE_JWKS_URL, or ignore if the project still signs sessions with the legacy secret",
+        )),
+        _ => findings.push(blocking(
+            format!("the session JWKS at {jwks_url} has no usable keys ({}) and there is no SUPABASE_JWT_SECRET: no session can be verified", jwks.describe()),
+            "check SUPABASE_URL / SUPABASE_JWKS_URL, or set SUPABASE_JWT_SECRET for a project on the legacy secret",
+        )),
+    }
+    findings
+}
+
+/// The report and the exit status: 1 when something blocks writes, else 0.
+pub fn report(findings: &[Finding]) -> (String, u8) {
+    let mut sorted: Vec<&Finding> = findings.iter().collect();
+    sorted.sort_by_key(|f| f.severity);
+    let mut out = String::new();
+    for f in &sorted {
+        let label = match f.severity {
+            Severity::Blocking => "PROBLEM",
+            Severity::Warning => "warning",
+        };
+        out.push_str(&format!("{label}: {}\n  fix: {}\n", f.problem, f.fix));
+    }
+    let blocking = findings.iter().filter(|f| f.severity == Severity::Blocking).count();
+    let warnings = findings.len() - blocking;
+    out.push_str(&if blocking == 0 {
+        format!("doctor: ready ({warnings} warning(s))")
+    } else {
+        format!("doctor: {blocking} problem(s) that lose or block writes, {warnings} warning(s)")
+    });
+    (out, u8::from(blocking > 0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use powersync_supabase_worker::config::Config;
+
+    fn settings(vars: &[(&str, &str)]) -> UploadSettings {
+        let mut all = vec![("SUPABASE_URL", "https://p.supabase.co"), ("SUPABASE_ANON_KEY", "sb_publishable_x")];
+        all.extend_from_slice(vars);
+        let config = Config::from_lookup(&|name| all.iter().find(|(n, _)| *n == name).map(|(_, v)| v.to_string()));
+        config.upload.expect("valid upload settings")
+    }
+
+    fn answer(tables: Value, functions: Value) -> Response {
+        Response { status: 200, body: json!({"version": 1, "publication": true, "tables": tables, "functions": functions}).to_string() }
+    }
+
+    fn table(name: &str, privileges: &[&str], rls: bool) -> Value {
+        json!({"schema": "public", "name": name, "exists": true, "rls": rls, "missing_columns": [], "published": true,
+               "privileges": {"anon": [], "authenticated": privileges, "service_role": privileges}})
+    }
+
+    fn function(signature: &str, exists: bool, roles: &[&str]) -> Value {
+        let execute: serde_json::Map<String, Value> = ["anon", "authenticated", "service_role"].iter().map(|r| (r.to_string(), json!(roles.contains(r)))).collect();
+        json!({"signature": signature, "exists": exists, "execute": execute})
+    }
+
+    #[test]
+    fn rls_mode_with_dead_letters_and_atomic_expects_tables_functions_and_role() {
+        let e = expectations(&settings(&[("UPLOAD_TABLES", "todos,lists"), ("UPLOAD_DEAD_LETTER_TABLE", "powersync_dead_letters"), ("UPLOAD_ATOMIC", "true")]), &[]);
+        assert_eq!(e.role, "authenticated");
+        let names: Vec<&str> = e.tables.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["lists", "todos", "powersync_upload_ledger", "powersync_upload_ledger_settings", "powersync_dead_letters"]);
+        assert_eq!(e.functions(), [
+            "public.powersync_apply_transaction(jsonb, text, text, text, text)".to_string(),
+            LEDGER_CLAIM.into(),
+            RECORD.into(),
+            REPLAY.into(),
+            DISCARD.into()
+        ]);
+        let r = catalog_request("https://p.supabase.co", "sb_secret_k", &e);
+        assert_eq!(r.url, "https://p.supabase.co/rest/v1/rpc/powersync_doctor");
+        assert_eq!(r.body.as_ref().unwrap()["tables"][0], json!({"schema": "public", "name": "lists", "columns": ["id"]}));
+    }
+
+    #[test]
+    fn service_mode_checks_the_owner_column_as_service_role_and_rest_only_skips_atomic() {
+        let e = expectations(
+            &settings(&[("UPLOAD_MODE", "service"), ("SUPABASE_SERVICE_ROLE_KEY", "sb_secret_k"), ("UPLOAD_TABLES", "profiles"), ("UPLOAD_OWNER_COLUMN", "user_id"), ("UPLOAD_ATOMIC", "false")]),
+            &["app.notes".to_string()],
+        );
+        assert_eq!(e.role, "service_role");
+        assert!(!e.rls_mode);
+        assert_eq!(e.tables[0], TableCheck { schema: "app".into(), name: "notes".into(), columns: vec!["id".into(), "user_id".into()], kind: TableKind::Uploaded });
+        assert_eq!(e.tables.len(), 2);
+        assert!(e.functions().is_empty());
+    }
+
+    #[test]
+    fn a_healthy_catalog_has_no_findings() {
+        let e = expectations(&settings(&[("UPLOAD_TABLES", "todos"), ("UPLOAD_DEAD_LETTER_TABLE", "powersync_dead_letters")]), &[]);
+        let all = ["DELETE", "INSERT", "SELECT", "UPDATE"];
+        let tables = json!([table("todos", &all, true), table("powersync_upload_ledger", &[], true), table("powersync_upload_ledger_settings", &[], true),
+                            table("powersync_dead_letters", &["SELECT"], true)]);
+        let functions = json!(e.functions().iter().map(|s| function(s, true, &["authenticated", "service_role"])).collect::<Vec<_>>());
+        assert_eq!(check_catalog(&e, &answer(tables, functions), "u"), vec![]);
+    }
+
+    #[test]
+    fn missing_grant_rls_off_unpublished_and_missing_table_each_say_their_fix() {
+        let e = expectations(&settings(&[("UPLOAD_TABLES", "todos,lists,gone"), ("UPLOAD_ATOMIC", "false")]), &[]);
+        let mut unpublished = table("todos", &["DELETE", "INSERT", "SELECT", "UPDATE"], false);
+        unpublished["published"] = json!(false);
+        let tables = json!([{"schema": "public", "name": "gone", "exists": false}, table("lists", &["SELECT"], true), unpublished]);
+        let findings = check_catalog(&e, &answer(tables, json!([])), "u");
+        assert_eq!(findings[0], blocking("uploaded table public.gone does not exist", "create it, or remove 'gone' from UPLOAD_TABLES / --tables"));
+        assert_eq!(findings[1].severity, Severity::Blocking);
+        assert!(findings[1].problem.starts_with("authenticated lacks DELETE, INSERT, UPDATE on public.lists"));
+        assert_eq!(findings[1].fix, "grant select, insert, update, delete on table public.lists to authenticated;");
+        assert_eq!(findings[2].fix, "alter table public.todos enable row level security; (and add policies for the owner)");
+        assert_eq!((findings[3].severity, findings[3].fix.as_str()), (Severity::Warning, "alter publication powersync add table public.todos;"));
+        assert_eq!(findings.len(), 4);
+    }
+
+    #[test]
+    fn functions_missing_or_not_granted_block_writes_unless_only_the_tools_need_them() {
+        let e = expectations(&settings(&[("UPLOAD_DEAD_LETTER_TABLE", "powersync_dead_letters")]), &[]);
+        let mut dl = table("powersync_dead_letters", &[], true);
+        dl["missing_columns"] = json!(["discarded_at"]);
+        let tables = json!([table("powersync_upload_ledger", &[], true), table("powersync_upload_ledger_settings", &[], true), dl]);
+        let functions = json!([
+            function("public.powersync_apply_transaction(jsonb, text, text, text, text)", false, &[]),
+            function(LEDGER_CLAIM, true, &["service_role"]),
+            function(RECORD, true, &["service_role"]),
+            function(REPLAY, true, &[]),
+            function(DISCARD, false, &[]),
+        ]);
+        let findings = check_catalog(&e, &answer(tables, functions), "u");
+        let summary: Vec<(Severity, &str)> = findings.iter().map(|f| (f.severity, f.problem.as_str())).collect();
+        assert_eq!(summary[0], (Severity::Blocking, "table public.powersync_dead_letters is outdated (no column discarded_at)"));
+        assert_eq!(summary[1].0, Severity::Warning); // service_role cannot read the table
+        // auto mode: a missing atomic function falls back to REST
+        assert_eq!(summary[2], (Severity::Warning, "public.powersync_apply_transaction(jsonb, text, text, text, text) is missing: uploads go through REST requests, not all-or-nothing"));
+        assert_eq!(summary[3].0, Severity::Blocking);
+        assert!(summary[3].1.starts_with("authenticated may not execute public.powersync_upload_ledger_claim"));
+        assert_eq!(findings[3].fix, "run sql/atomic_upload.sql again, or: grant execute on function public.powersync_upload_ledger_claim to authenticated;");
+        assert_eq!(summary[4].0, Severity::Blocking);
+        assert!(summary[4].1.starts_with("authenticated may not execute public.powersync_record_dead_letter"));
+        assert_eq!((summary[5].0, summary[6].0), (Severity::Warning, Severity::Warning));
+        assert_eq!(findings.len(), 7);
+    }
+
+    #[test]
+    fn atomic_always_makes_a_missing_function_blocking() {
+        let e = expectations(&settings(&[("UPLOAD_ATOMIC", "true")]), &[]);
+        let tables = json!([table("powersync_upload_ledger", &[], true), table("powersync_upload_ledger_settings", &[], true)]);
+        let functions = json!([function("public.powersync_apply_transaction(jsonb, text, text, text, text)", false, &[]), function(LEDGER_CLAIM, true, &["authenticated"])]);
+        let findings = check_catalog(&e, &answer(tables, functions), "u");
+        assert_eq!(findings.len(), 1);
+        assert_eq!(findings[0].severity, Severity::Blocking);
+        assert_eq!(findings[0].fix, "run sql/atomic_upload.sql (again: it upgrades in place)");
+    }
+
+    #[test]
+    fn no_catalog_answer_says_why_and_blocks() {
+        let e = expectations(&settings(&[]), &[]);
+        let missing = Response { status: 404, body: r#"{"code":"PGRST202","message":"Could not find the function public.powersync_doctor"}"#.into() };
+        let f = check_catalog(&e, &missing, "u");
+        assert_eq!(f.len(), 1);
+        assert!(f[0].fix.starts_with("run sql/doctor.sql"));
+        let down = check_catalog(&e, &Response { status: 0, body: "connection refused".into() }, "https://x.supabase.co");
+        assert_eq!(down[0].problem, "Supabase is not reachable at https://x.supabase.co: no answer (connection refused)");
+        let bad_key = check_catalog(&e, &Response { status: 401, body: r#"{"message":"Invalid API key"}"#.into() }, "u");
+        assert!(bad_key[0].fix.contains("service_role"));
+        let no_publication = answer(json!([table("powersync_upload_ledger", &[], true), table("powersync_upload_ledger_settings", &[], true)]), json!([]));
+        let mut v = no_publication.json().unwrap();
+        v["publication"] = json!(false);
+        let f = check_catalog(&e, &Response { status: 200, body: v.to_string() }, "u");
+        assert_eq!(f[0].severity, Severity::Warning);
+        assert!(f[0].fix.starts_with("create publication powersync"));
+    }
+
+    #[test]
+    fn health_reports_each_unconfigured_part_and_an_unreachable_worker() {
+        let ok = Response { status: 200, body: json!({"status": "ok", "session": {"configured": true}, "powersync": {"configured": true}, "upload": {"configured": true}}).to_string() };
+        assert_eq!(check_health("w", &ok), vec![]);
+        let degraded = Response {
+            status: 503,
+            body: json!({"status": "degraded", "session": {"configured": true}, "powersync": {"configured": false, "problems": [{"name": "POWERSYNC_KEY_ID", "message": "missing"}]}, "upload": {"configured": true}}).to_string(),
+        };
+        let f = check_health("w", &degraded);
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].problem, "the worker's powersync settings are not usable: POWERSYNC_KEY_ID: missing");
+        let down = check_health("http://w", &Response { status: 0, body: "refused".into() });
+        assert_eq!(down[0].problem, "the worker is not reachable at http://w: no answer (refused)");
+        assert_eq!(check_health("w", &Response { status: 200, body: "<html>".into() })[0].severity, Severity::Blocking);
+    }
+
+    #[test]
+    fn worker_jwks_must_hold_the_configured_key() {
+        let jwks = Response { status: 200, body: r#"{"keys":[{"kid":"k1"}]}"#.into() };
+        assert_eq!(check_worker_jwks("w", &jwks, Some("k1")), vec![]);
+        assert!(check_worker_jwks("w", &jwks, Some("k2"))[0].problem.contains("does not have the key k2"));
+        assert!(check_worker_jwks("w", &Response { status: 200, body: r#"{"keys":[]}"#.into() }, None)[0].problem.contains("has no keys"));
+        assert!(check_worker_jwks("w", &Response { status: 503, body: "{}".into() }, None)[0].problem.contains("does not serve a JWKS"));
+    }
+
+    #[test]
+    fn session_keys_need_a_jwks_or_a_secret_that_signed_the_api_keys() {
+        let jwks = Response { status: 200, body: r#"{"keys":[{"kid":"a"}]}"#.into() };
+        let down = Response { status: 0, body: "refused".into() };
+        assert_eq!(check_session_keys("j", &jwks, true, Some(true)), vec![]);
+        assert_eq!(check_session_keys("j", &jwks, false, None), vec![]);
+        let wrong_secret = check_session_keys("j", &jwks, true, Some(false));
+        assert_eq!((wrong_secret.len(), wrong_secret[0].severity), (1, Severity::Blocking));
+        assert_eq!(check_session_keys("j", &down, true, Some(true))[0].severity, Severity::Warning);
+        assert_eq!(check_session_keys("j", &down, false, None)[0].severity, Severity::Blocking);
+    }
+
+    #[test]
+    fn report_lists_problems_first_and_exits_non_zero_only_when_writes_are_blocked() {
+        let (text, code) = report(&[warning("w", "fw"), blocking("b", "fb")]);
+        assert_eq!(text, "PROBLEM: b\n  fix: fb\nwarning: w\n  fix: fw\ndoctor: 1 problem(s) that lose or block writes, 1 warning(s)");
+        assert_eq!(code, 1);
+        assert_eq!(report(&[warning("w", "fw")]).1, 0);
+        assert_eq!(report(&[]), ("doctor: ready (0 warning(s))".to_string(), 0));
+    }
+}
