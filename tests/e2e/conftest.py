@@ -335,3 +335,17 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section("sync timings (real PowerSync service + SDK)")
         for what, seconds in TIMINGS:
             terminalreporter.write_line(f"{seconds:7.2f} s  {what}")
+
+
+# --- The real Supabase Storage server ------------------------------------------------------------
+
+from tests.support.storage import StorageServer  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def storage_server(pg):
+    """The real Supabase Storage API server v1.70.6 (built once by storage/install.sh, about
+    1 minute the first time) against `pg` (its migrations create the `storage` schema there) with
+    the stand-in's JWT secret, files on local disk. About 30 s to start on a fresh database."""
+    with StorageServer(pg.url(), JWT_SECRET) as server:
+        yield server
