@@ -8,7 +8,9 @@ read back through the download URL, and Storage's own listing shows what it hold
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import time
 import uuid
 
@@ -18,6 +20,7 @@ import requests
 from tests.e2e.conftest import SERVICE_KEY
 from tests.e2e.test_third_party import FIREBASE_PROJECT, firebase_claims
 from tests.support.issuers import IssuerServer, ProviderKeys
+from tests.support.sdk_client import SdkApp
 
 SERVICE_BUCKET = "attachments"
 RLS_BUCKET = "rls-files"
@@ -236,3 +239,59 @@ def test_storage_down_is_retryable(base_vars, start_worker, session_token):
     r = call(worker, "download", session_token(user), {"files": [{"bucket": RLS_BUCKET, "path": f"{user}/a"}]})
     assert (r.status_code, r.json()["code"]) == (503, "storage_unavailable")
     assert r.headers.get("Retry-After") == "5"
+
+
+QUEUED_UPLOAD, SYNCED = 0, 3  # @powersync/common AttachmentState
+
+
+def wait_until(what: str, check, timeout: float = 30.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"{what}: not within {timeout:.0f} s"
+        time.sleep(0.2)
+
+
+def attachment(app: SdkApp, id: str) -> dict | None:
+    return next((r for r in app.call("attachmentRecords") if r["id"] == id), None)
+
+
+def test_sdk_attachment_queue_uploads_once_when_back_online_then_another_device_downloads_and_it_deletes(
+        service_worker, storage, session_token, tmp_path):
+    """The official Node SDK's AttachmentQueue with the connector's WorkerStorageAdapter: a file
+    saved offline stays queued locally, is uploaded once when the app is back online, another
+    device downloads the same bytes, and deleting it removes it from Storage."""
+    user = str(uuid.uuid4())
+    token = session_token(user)
+    file_id = str(uuid.uuid4())
+    data = b"\x89PNG\r\n" + os.urandom(120)
+    with SdkApp(service_worker.url, token, tmp_path / "phone.db", with_attachments=True) as phone:
+        phone.call("attachments", workerUrl=service_worker.url, bucket=SERVICE_BUCKET, directory=str(tmp_path / "phone-files"))
+        phone.call("offline", value=True)
+        phone.call("saveFile", id=file_id, base64=base64.b64encode(data).decode(), mediaType="image/png", fileExtension="png")
+        wait_until("upload attempted offline", lambda: any(r.get("error") == "offline" for r in phone.call("fileRequests")))
+        time.sleep(1.5)  # several sync rounds while offline
+        record = attachment(phone, file_id)
+        assert record["state"] == QUEUED_UPLOAD and record["local_uri"], record
+        assert base64.b64decode(phone.call("readLocal", id=file_id)) == data, "kept locally"
+        assert storage.list_objects(SERVICE_BUCKET, user, SERVICE_KEY) == []
+
+        phone.call("offline", value=False)
+        wait_until("uploaded", lambda: (attachment(phone, file_id) or {}).get("state") == SYNCED)
+        assert storage.list_objects(SERVICE_BUCKET, user, SERVICE_KEY) == [f"{file_id}.png"]
+        time.sleep(1.5)  # more sync rounds: nothing is uploaded again
+        puts = [r for r in phone.call("fileRequests") if r["kind"] == "signed PUT"]
+        assert puts == [{"kind": "signed PUT", "status": 200}], puts
+
+        with SdkApp(service_worker.url, token, tmp_path / "laptop.db", with_attachments=True) as laptop:
+            laptop.call("attachments", workerUrl=service_worker.url, bucket=SERVICE_BUCKET, directory=str(tmp_path / "laptop-files"))
+            laptop.call("watch", items=[{"id": file_id, "fileExtension": "png", "mediaType": "image/png"}])
+            wait_until("downloaded", lambda: (attachment(laptop, file_id) or {}).get("state") == SYNCED)
+            assert base64.b64decode(laptop.call("readLocal", id=file_id)) == data
+
+        phone.call("deleteAttachment", id=file_id)
+        wait_until("deleted from Storage", lambda: storage.list_objects(SERVICE_BUCKET, user, SERVICE_KEY) == [])
+        kinds = {r["kind"] for r in phone.call("fileRequests")}
+        assert "/powersync-files/delete" in kinds, kinds
