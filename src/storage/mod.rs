@@ -339,7 +339,9 @@ pub fn interpret(
     };
     match status {
         200..=299 => {}
-        403 | 401 if settings.mode == StorageMode::Rls && response.status == 400 => return Err(FileError::Denied { index }),
+        // In rls mode a refusal is the user's (a storage policy). In service mode the service key
+        // was refused: a configuration problem, not the user's.
+        403 if settings.mode == StorageMode::Rls => return Err(FileError::Denied { index }),
         404 if request.op == FileOp::Delete => return Ok(FileResult::Deleted { existed: false }),
         404 => return Err(FileError::NotFound { index }),
         409 => return Err(FileError::Exists { index }),
@@ -546,7 +548,13 @@ mod tests {
         let request = upload("u1/a.jpg", "image/jpeg", 3);
         let file = &request.files[0];
         let denied = answer(400, json!({"statusCode": "403", "error": "Unauthorized", "message": "new row violates row-level security policy"}));
-        assert_eq!(interpret(&request, file, 2, &s, denied), Err(FileError::Denied { index: 2 }));
+        assert_eq!(interpret(&request, file, 2, &s, denied.clone()), Err(FileError::Denied { index: 2 }));
+        let plain_403 = answer(403, json!({"statusCode": "403", "error": "Unauthorized"}));
+        assert_eq!(interpret(&request, file, 0, &s, plain_403), Err(FileError::Denied { index: 0 }));
+        let service = settings(StorageMode::Service, Some("photos"));
+        assert!(matches!(interpret(&request, file, 0, &service, denied), Err(FileError::Failed { .. })), "the service key refused: ours");
+        let jwt_refused = answer(400, json!({"statusCode": "401", "error": "InvalidJWT"}));
+        assert!(matches!(interpret(&request, file, 0, &s, jwt_refused), Err(FileError::Failed { .. })), "Storage does not trust the issuer: configuration");
         let exists = answer(400, json!({"statusCode": "409", "error": "Duplicate", "message": "The resource already exists"}));
         assert_eq!(interpret(&request, file, 0, &s, exists), Err(FileError::Exists { index: 0 }));
         assert!(matches!(interpret(&request, file, 0, &s, answer(502, json!(null))), Err(FileError::Unavailable { .. })));
