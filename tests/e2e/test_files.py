@@ -19,7 +19,7 @@ import requests
 
 from tests.e2e.conftest import SERVICE_KEY
 from tests.e2e.test_third_party import FIREBASE_PROJECT, firebase_claims
-from tests.support.issuers import IssuerServer, ProviderKeys
+from tests.support.issuers import IssuerServer
 from tests.support.sdk_client import SdkApp
 
 SERVICE_BUCKET = "attachments"
@@ -33,18 +33,19 @@ do $$ begin
   drop policy if exists files_delete_own on storage.objects;
 end $$;
 create policy files_insert_own on storage.objects for insert to authenticated
-  with check (bucket_id = '{RLS_BUCKET}' and (storage.foldername(name))[1] = auth.uid()::text);
+  with check (bucket_id = '{RLS_BUCKET}' and (storage.foldername(name))[1] = auth.jwt() ->> 'sub');
 create policy files_select_own on storage.objects for select to authenticated
-  using (bucket_id = '{RLS_BUCKET}' and (storage.foldername(name))[1] = auth.uid()::text);
+  using (bucket_id = '{RLS_BUCKET}' and (storage.foldername(name))[1] = auth.jwt() ->> 'sub');
 create policy files_delete_own on storage.objects for delete to authenticated
-  using (bucket_id = '{RLS_BUCKET}' and (storage.foldername(name))[1] = auth.uid()::text);
+  using (bucket_id = '{RLS_BUCKET}' and (storage.foldername(name))[1] = auth.jwt() ->> 'sub');
 """
 
 
 @pytest.fixture(scope="module")
-def firebase():
+def firebase(storage_trusted_keys):
+    """Firebase's keys, served to the worker; the Storage server trusts them too."""
     server = IssuerServer()
-    keys = ProviderKeys("firebase-1")
+    keys = storage_trusted_keys
     url = server.serve_jwks("firebase", keys)
     yield keys, url
     server.stop()
@@ -73,8 +74,11 @@ def service_worker(storage, base_vars, firebase, start_worker):
 
 
 @pytest.fixture(scope="module")
-def rls_worker(storage, base_vars, start_worker):
-    return start_worker({**base_vars, "STORAGE_URL": storage.url})
+def rls_worker(storage, base_vars, firebase, start_worker):
+    _, jwks_url = firebase
+    return start_worker({**base_vars, "STORAGE_URL": storage.url,
+                         "THIRD_PARTY_FIREBASE_PROJECT_ID": FIREBASE_PROJECT,
+                         "THIRD_PARTY_FIREBASE_JWKS_URL": jwks_url})
 
 
 def call(worker, op: str, token: str, body: dict) -> requests.Response:
@@ -197,9 +201,13 @@ def test_batch_of_files_gets_one_url_each_in_order(service_worker, storage, sess
     assert storage.list_objects(SERVICE_BUCKET, user, SERVICE_KEY) == []
 
 
-def test_rls_mode_is_refused_by_a_storage_policy_and_allowed_by_another(rls_worker, storage, session_token):
-    user, other = str(uuid.uuid4()), str(uuid.uuid4())
-    token = session_token(user)
+@pytest.mark.parametrize("who", ["supabase", "firebase"])
+def test_rls_mode_is_refused_by_a_storage_policy_and_allowed_by_another(rls_worker, storage, session_token, firebase, who):
+    """The user's own token goes to Storage (a Firebase ID token too: Storage trusts Firebase's
+    keys, as a Supabase project with third-party auth does), and the policies decide."""
+    user = str(uuid.uuid4()) if who == "supabase" else "fbRls" + uuid.uuid4().hex[:20]
+    other = str(uuid.uuid4())
+    token = session_token(user) if who == "supabase" else firebase_token(firebase, user)
     # files_insert_own allows the user's own folder ...
     data = b"mine" + uuid.uuid4().bytes
     r = upload_file(rls_worker, token, RLS_BUCKET, f"{user}/a.bin", data, "application/octet-stream")
@@ -214,7 +222,7 @@ def test_rls_mode_is_refused_by_a_storage_policy_and_allowed_by_another(rls_work
     assert (r.status_code, r.json()["code"]) == (403, "file_denied"), r.text
     # the other user cannot read or delete the file; its owner can delete it
     r = call(rls_worker, "download", session_token(other), {"files": [{"bucket": RLS_BUCKET, "path": f"{user}/a.bin"}]})
-    assert r.status_code in (403, 404), r.text
+    assert (r.status_code, r.json()["code"]) in ((403, "file_denied"), (404, "file_not_found")), r.text
     r = call(rls_worker, "delete", session_token(other), {"files": [{"bucket": RLS_BUCKET, "path": f"{user}/a.bin"}]})
     assert (r.status_code, r.json()["code"]) == (403, "file_denied"), r.text
     assert storage.list_objects(RLS_BUCKET, user, SERVICE_KEY) == ["a.bin"]

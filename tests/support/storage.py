@@ -8,7 +8,8 @@ tests and `make dev`.
 Single tenant, files on local disk (a temp dir), against the given PostgreSQL database: the
 server runs its own migrations into the `storage` schema at start (and creates the roles anon,
 authenticated, service_role when missing). It verifies tokens with the same HS256 secret as the
-PostgREST stand-in, so user tokens and the service key work on both. Its background job queue
+PostgREST stand-in, so user tokens and the service key work on both; `jwks` adds public keys it
+trusts too (a third-party provider's). Its background job queue
 stays off (PG_QUEUE_ENABLE=false; see storage/install.sh for why). Its environment is built
 from scratch (only PATH and HOME are passed on), so no other service's settings leak into it.
 
@@ -18,6 +19,7 @@ from storage/install.sh (builds once, about 1 minute; instant afterwards).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -56,7 +58,8 @@ def server_install() -> tuple[str, str]:
 
 class StorageServer:
     def __init__(self, database_url: str, jwt_secret: str, port: int | None = None,
-                 files_dir: str | None = None, startup_timeout: float = 90.0):
+                 files_dir: str | None = None, startup_timeout: float = 90.0,
+                 jwks: dict | None = None):
         node, entry = server_install()
         self.port = port or free_port()
         self.admin_port = free_port()
@@ -77,6 +80,10 @@ class StorageServer:
             "STORAGE_BACKEND": "file", "STORAGE_FILE_BACKEND_PATH": str(self.files_dir),
             "STORAGE_S3_BUCKET": "stub", "PG_QUEUE_ENABLE": "false", "NO_COLOR": "1",
         }
+        if jwks:
+            # Asymmetric keys Storage trusts besides the secret (JWT_JWKS), as a Supabase project
+            # with third-party auth trusts its providers' keys.
+            env["JWT_JWKS"] = json.dumps(jwks)
         self.log_path = self.dir / "storage.log"
         self._log = open(self.log_path, "wb")
         # cwd = the server's own folder: it reads ./migrations from there
