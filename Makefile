@@ -1,7 +1,8 @@
 # The two commands a newcomer needs:
 #   make dev    run the worker locally (installs what is missing; embedded default configuration)
 #   make test   run every test (native, the connector package, end-to-end in workerd against
-#               PostgreSQL with the real PowerSync service and the official SDK)
+#               PostgreSQL with the real PowerSync service, the real Supabase Storage server and
+#               the official SDK)
 #   make bench  run the benchmarks (not part of make test; see bench/README.md)
 #   make bench-atomic  the largest transaction the atomic function applies within Supabase's
 #               8 s statement timeout (bench/atomic_limit.py; not part of make test)
@@ -28,7 +29,7 @@ CONNECTOR := clients/typescript
 CONNECTOR_SOURCES := $(wildcard $(CONNECTOR)/src/*.ts) $(CONNECTOR)/package-lock.json $(CONNECTOR)/tsconfig.json
 SDK := tests/sdk
 
-.PHONY: dev test test-native test-connector test-e2e build tools postgres venv powersync sdk clean bench bench-atomic soak fuzz
+.PHONY: dev test test-native test-connector test-e2e build tools postgres venv powersync storage sdk clean bench bench-atomic soak fuzz
 
 ## Tools -------------------------------------------------------------------------------------
 
@@ -51,6 +52,10 @@ venv: $(VENV)/.installed
 # The PowerSync service v1.25.0, built once from source into the cache (powersync/README.md).
 powersync:
 	@bash powersync/install.sh >/dev/null
+
+# The Supabase Storage API server v1.70.6, built once from source into the cache (storage/install.sh).
+storage:
+	@bash storage/install.sh >/dev/null
 
 # Our connector package, built with tsc (the SDK tests import it).
 $(CONNECTOR)/node_modules/.package-lock.json: $(CONNECTOR)/package-lock.json
@@ -85,10 +90,12 @@ $(DEVTOOL): $(RUST_SOURCES)
 
 ## Run ---------------------------------------------------------------------------------------
 
-# POWERSYNC=off skips the PowerSync service (only the worker and the Supabase stand-in).
+# POWERSYNC=off skips the PowerSync service, STORAGE=off the Supabase Storage server (file
+# endpoints); with both off, only the worker and the Supabase stand-in.
 POWERSYNC ?= on
-dev: tools postgres venv build $(DEVTOOL) .dev.vars $(if $(filter off,$(POWERSYNC)),,powersync)
-	$(WITH_NODE) DEV_PORT=$(DEV_PORT) POWERSYNC=$(POWERSYNC) scripts/dev.sh
+STORAGE ?= on
+dev: tools postgres venv build $(DEVTOOL) .dev.vars $(if $(filter off,$(POWERSYNC)),,powersync) $(if $(filter off,$(STORAGE)),,storage)
+	$(WITH_NODE) DEV_PORT=$(DEV_PORT) POWERSYNC=$(POWERSYNC) STORAGE=$(STORAGE) scripts/dev.sh
 
 ## Test --------------------------------------------------------------------------------------
 
@@ -103,7 +110,7 @@ test-native: tools
 test-connector: $(CONNECTOR)/node_modules/.package-lock.json
 	cd $(CONNECTOR) && $(WITH_NODE) npm test --silent
 
-test-e2e: tools postgres venv build $(DEVTOOL) powersync sdk
+test-e2e: tools postgres venv build $(DEVTOOL) powersync storage sdk
 	$(WITH_NODE) $(PY) -m pytest tests/e2e -q -p no:cacheprovider
 
 ## Bench -------------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 # `supabase start` stack already answering on :54321 (SUPABASE_PORT; used with the CLI's
 # documented local JWT secret and anon key), or PostgreSQL + the PostgREST stand-in started here,
 # with the real PowerSync service on :8080 (POWERSYNC_PORT) replicating that database
-# (POWERSYNC=off skips it). The settings it gives the worker itself are printed; a value set in
+# (POWERSYNC=off skips it) and the real Supabase Storage server on :5000 (STORAGE_PORT; STORAGE=off
+# skips it) for the file endpoints. The settings it gives the worker itself are printed; a value set in
 # .dev.vars always wins over them (scripts/dev_settings.sh). Ctrl-C stops everything started here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +12,8 @@ PORT=${DEV_PORT:-8787}
 PS_PORT=${POWERSYNC_PORT:-8080}
 SB_PORT=${SUPABASE_PORT:-54321}
 POWERSYNC=${POWERSYNC:-on}
+STORAGE=${STORAGE:-on}
+ST_PORT=${STORAGE_PORT:-5000}
 DEVTOOL=target/debug/devtool
 PY=.venv/bin/python
 source scripts/dev_settings.sh
@@ -44,10 +47,14 @@ else
     ps_args=(--powersync-port "$PS_PORT" --worker-url "http://127.0.0.1:$PORT")
     powersync_started=1
   fi
+  if [ "$STORAGE" != off ]; then
+    ps_args+=(--storage-port "$ST_PORT")
+    storage_started=1
+  fi
   $PY -m tests.support.devstack --port "$SB_PORT" --jwt-secret "$secret" "${ps_args[@]}" \
       --anon-key "$(var SUPABASE_ANON_KEY)" --service-key "$(var SUPABASE_SERVICE_ROLE_KEY)" >"$log" 2>&1 &
   stack_pid=$!
-  for _ in $(seq 1 300); do grep -q "stack ready" "$log" && break; kill -0 $stack_pid 2>/dev/null || break; sleep 0.2; done
+  for _ in $(seq 1 900); do grep -q "stack ready" "$log" && break; kill -0 $stack_pid 2>/dev/null || break; sleep 0.2; done
   grep -q "stack ready" "$log" || { cat "$log"; echo "the local stack (stand-in, PowerSync service) did not start"; exit 1; }
   grep -v "stack ready" "$log"
   demo_settings >>"$settings"
@@ -59,6 +66,7 @@ if [ -n "${powersync_started:-}" ] && [ -n "$mine" ] && [ "$mine" != "http://127
        "(http://127.0.0.1:$PS_PORT): that service refuses tokens whose aud is another URL" >>"$settings"
 fi
 setting POWERSYNC_URL "http://127.0.0.1:$PS_PORT" >>"$settings"
+[ -n "${storage_started:-}" ] && setting STORAGE_URL "http://127.0.0.1:$ST_PORT" >>"$settings"
 # `setting` ran in this shell (its output appended to a file), so dev_vars holds its --var list.
 
 token=$($DEVTOOL mint --secret "$secret")
@@ -81,6 +89,15 @@ MSG
 elif [ "$POWERSYNC" != off ]; then
   echo "PowerSync service: not started (it replicates only the local stand-in's database; see powersync/README.md)"
 fi
+if [ -n "${storage_started:-}" ]; then cat <<MSG
+Supabase Storage: http://127.0.0.1:$ST_PORT  (bucket attachments; each user may use the folder named after their id; docs/files.md)
+  url=\$(curl -s -X POST http://127.0.0.1:$PORT/powersync-files/upload -H "Authorization: Bearer $token" \\
+        -d '{"files":[{"bucket":"attachments","path":"$user/hello.txt","content_type":"text/plain","size":6}]}' | $PY -c 'import json,sys; print(json.load(sys.stdin)["files"][0]["url"])')
+  curl -s -X PUT "\$url" -H 'Content-Type: text/plain' --data-binary 'hello!'
+  curl -s -X POST http://127.0.0.1:$PORT/powersync-files/download -H "Authorization: Bearer $token" \\
+       -d '{"files":[{"bucket":"attachments","path":"$user/hello.txt"}]}'     # then GET the url it answers
+MSG
+fi
 cat <<MSG
 
 Settings make dev gives the worker (a value set in .dev.vars wins):
@@ -98,7 +115,7 @@ report_health() {
       $PY -c '
 import json, sys
 health = json.loads(sys.argv[1])
-problems = [p for part in ("session", "powersync", "upload") for p in health.get(part, {}).get("problems", [])]
+problems = [p for part in ("session", "powersync", "upload", "files") for p in health.get(part, {}).get("problems", [])]
 for p in problems:
     print("configuration problem: " + p["name"] + " " + p["message"])
 print("worker ready" + ("" if problems else ": configuration complete"))

@@ -13,6 +13,7 @@ use crate::config::{Config, Problem};
 use crate::error::{self, ApiError};
 use crate::http::{send_resending_once, HttpResponse, Resume, Transport};
 use crate::session::{self, KeySet, Session, SessionError, SignatureVerifier, Step, Verifier};
+use crate::storage::{self, FileOp};
 use crate::token::{self, TokenSigner};
 use crate::upload;
 
@@ -68,6 +69,9 @@ pub struct RequestLog {
     /// Upload outcome counts and subrequests, for upload requests.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upload: Option<Value>,
+    /// File requests: operation, file count, files done, declared bytes, buckets (never paths).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub files: Option<Value>,
 }
 
 /// One isolate's worth of state: the parsed configuration, the session verifier (JWKS cache)
@@ -84,6 +88,9 @@ const TOKEN_PATH: &str = "/powersync-token";
 const UPLOAD_PATH: &str = "/powersync-upload";
 const JWKS_PATH: &str = "/.well-known/jwks.json";
 const HEALTH_PATH: &str = "/health";
+const FILES_UPLOAD_PATH: &str = "/powersync-files/upload";
+const FILES_DOWNLOAD_PATH: &str = "/powersync-files/download";
+const FILES_DELETE_PATH: &str = "/powersync-files/delete";
 
 impl App {
     pub fn new(config: Config) -> App {
@@ -125,6 +132,19 @@ impl App {
                 log.route = "upload";
                 self.upload(request, body, transport, crypto, now, &mut log).await
             }
+            (FILES_UPLOAD_PATH | FILES_DOWNLOAD_PATH | FILES_DELETE_PATH, "POST") => {
+                let op = match request.path.as_str() {
+                    FILES_UPLOAD_PATH => FileOp::Upload,
+                    FILES_DOWNLOAD_PATH => FileOp::Download,
+                    _ => FileOp::Delete,
+                };
+                log.route = match op {
+                    FileOp::Upload => "files_upload",
+                    FileOp::Download => "files_download",
+                    FileOp::Delete => "files_delete",
+                };
+                self.files(op, request, body, transport, crypto, now, &mut log).await
+            }
             (JWKS_PATH, "GET" | "HEAD") => {
                 log.route = "jwks";
                 self.jwks()
@@ -134,7 +154,9 @@ impl App {
                 Ok(self.health())
             }
             (TOKEN_PATH, _) => Err(ApiError::MethodNotAllowed { allow: "GET, POST, OPTIONS" }),
-            (UPLOAD_PATH, _) => Err(ApiError::MethodNotAllowed { allow: "POST, OPTIONS" }),
+            (UPLOAD_PATH | FILES_UPLOAD_PATH | FILES_DOWNLOAD_PATH | FILES_DELETE_PATH, _) => {
+                Err(ApiError::MethodNotAllowed { allow: "POST, OPTIONS" })
+            }
             (JWKS_PATH | HEALTH_PATH, _) => Err(ApiError::MethodNotAllowed { allow: "GET, HEAD, OPTIONS" }),
             _ => Err(ApiError::NotFound),
         };
@@ -292,6 +314,10 @@ impl App {
             Ok(_) => vec![],
             Err(problems) => problems.iter().collect(),
         };
+        let storage_problems: Vec<&Problem> = match &self.config.storage {
+            Ok(_) => vec![],
+            Err(problems) => problems.iter().collect(),
+        };
         let token_ready = self.config.session.is_ok() && self.config.powersync.is_ok();
         let body = json!({
             "status": if token_ready { "ok" } else { "degraded" },
@@ -299,6 +325,7 @@ impl App {
             "session": part(session_problems),
             "powersync": part(of(&["POWERSYNC_"])),
             "upload": part(upload_problems),
+            "files": part(storage_problems),
         });
         let mut response = json_response(if token_ready { 200 } else { 503 }, &body);
         response.headers.push(("Cache-Control".into(), "no-store".into()));
@@ -348,6 +375,50 @@ impl App {
         if needs_retry {
             response.headers.push(("Retry-After".into(), report.retry_after_seconds.to_string()));
         }
+        Ok(response)
+    }
+}
+
+impl App {
+    /// The file endpoints: session, then every check on every file, then one Storage request per
+    /// file, in order. The first refusal or failure answers the whole request (files signed
+    /// before it are merely unused URLs; deletes are idempotent, so the request can be repeated).
+    #[allow(clippy::too_many_arguments)]
+    async fn files<B: RequestBody, T: Transport, V: SignatureVerifier>(
+        &self,
+        op: FileOp,
+        request: &IncomingRequest,
+        body: B,
+        transport: &T,
+        signatures: &V,
+        now: u64,
+        log: &mut RequestLog,
+    ) -> Result<HttpResponse, ApiError> {
+        let session = self.session(request, transport, signatures, now).await?;
+        let settings = self.config.storage.as_ref().map_err(|problems| ApiError::StorageNotConfigured(names(problems)))?;
+        if !settings.admits(&session.claims) {
+            return Err(ApiError::AnonymousNotAllowed);
+        }
+        let limit = storage::MAX_BODY_BYTES;
+        let bytes = body.read(limit).await.map_err(|e| match e {
+            BodyError::TooLarge { limit } => ApiError::PayloadTooLarge(format!("body is over {limit} bytes; at most {limit} are accepted")),
+            BodyError::Unreadable(why) => ApiError::BadRequest { path: "$".into(), message: format!("the body could not be read: {why}") },
+        })?;
+        let files = storage::parse_request(op, &bytes).map_err(ApiError::File)?;
+        log.files = Some(storage::log_summary(&files, 0));
+        storage::check(&files, settings, &session.user_id).map_err(ApiError::File)?;
+        let mut results = Vec::with_capacity(files.files.len());
+        for (index, file) in files.files.iter().enumerate() {
+            let planned = storage::plan(&files, file, settings, &session.token);
+            // Signing and deleting are idempotent: a connection lost before any answer is retried.
+            let (answer, _) = send_resending_once(transport, planned, true).await;
+            let result = storage::interpret(&files, file, index, settings, answer);
+            log.files = Some(storage::log_summary(&files, results.len()));
+            results.push(result.map_err(ApiError::File)?);
+        }
+        log.files = Some(storage::log_summary(&files, results.len()));
+        let mut response = json_response(200, &storage::answer_body(&files, &results));
+        response.headers.push(("Cache-Control".into(), "no-store".into()));
         Ok(response)
     }
 }
@@ -829,6 +900,53 @@ mod tests {
             send(&app(&allowed), &transport, request("POST", "/powersync-upload", &[("authorization", &auth)], body));
         assert_eq!(response.status, 200, "{answer}");
         assert_eq!(answer["results"][0]["status"], "success");
+    }
+
+    #[test]
+    fn file_request_outside_the_users_folder_is_refused_before_anything_is_signed() {
+        let service = [("STORAGE_MODE", "service"), ("SUPABASE_SERVICE_ROLE_KEY", "svc"), ("STORAGE_BUCKETS", "photos")];
+        let auth = bearer(&hs256(&user_claims()));
+        let body = r#"{"files":[{"bucket":"photos","path":"user-1/a.jpg","content_type":"image/jpeg","size":3},
+                              {"bucket":"photos","path":"user-2/a.jpg","content_type":"image/jpeg","size":3}]}"#;
+        let transport = FakeTransport::default();
+        let (response, log, answer) =
+            send(&app(&service), &transport, request("POST", "/powersync-files/upload", &[("authorization", &auth)], body));
+        assert_eq!((response.status, answer["code"].as_str(), answer["index"].as_u64()), (403, Some("file_path_not_allowed"), Some(1)));
+        assert!(transport.sent().is_empty(), "nothing signed");
+        assert_eq!(log.files.unwrap()["done"], 0);
+        assert!(!format!("{:?}", log.detail).contains("user-2"));
+    }
+
+    #[test]
+    fn file_upload_url_is_signed_with_the_service_key_and_answered_absolute() {
+        let service = [("STORAGE_MODE", "service"), ("SUPABASE_SERVICE_ROLE_KEY", "svc"), ("STORAGE_BUCKETS", "photos")];
+        let auth = bearer(&hs256(&user_claims()));
+        let signed = r#"{"url":"/object/upload/sign/photos/user-1/a.jpg?token=t"}"#;
+        let transport = FakeTransport::scripted(vec![Ok(HttpResponse { status: 200, headers: vec![], body: signed.into() })]);
+        let body = r#"{"files":[{"bucket":"photos","path":"user-1/a.jpg","content_type":"image/jpeg","size":3}]}"#;
+        let (response, log, answer) =
+            send(&app(&service), &transport, request("POST", "/powersync-files/upload", &[("authorization", &auth)], body));
+        assert_eq!(response.status, 200, "{answer}");
+        assert_eq!(answer["files"][0]["url"], format!("{URL}/storage/v1/object/upload/sign/photos/user-1/a.jpg?token=t"));
+        assert_eq!(answer["files"][0]["headers"]["Content-Type"], "image/jpeg");
+        let sent = transport.sent();
+        assert_eq!(sent[0].url, format!("{URL}/storage/v1/object/upload/sign/photos/user-1/a.jpg"));
+        assert_eq!(sent[0].header_value("authorization"), Some("Bearer svc"));
+        assert_eq!(log.files.unwrap(), json!({"op": "upload", "count": 1, "done": 1, "bytes": 3, "buckets": ["photos"]}));
+    }
+
+    #[test]
+    fn file_endpoints_need_a_session_and_refuse_anonymous_users_in_service_mode() {
+        let service = [("STORAGE_MODE", "service"), ("SUPABASE_SERVICE_ROLE_KEY", "svc"), ("STORAGE_BUCKETS", "photos")];
+        let body = r#"{"files":[{"bucket":"photos","path":"user-1/a.jpg"}]}"#;
+        let (response, _, _) = send(&app(&service), &FakeTransport::default(), request("POST", "/powersync-files/download", &[], body));
+        assert_eq!(response.status, 401);
+        let mut claims = user_claims();
+        claims["is_anonymous"] = json!(true);
+        let auth = bearer(&hs256(&claims));
+        let (response, _, answer) =
+            send(&app(&service), &FakeTransport::default(), request("POST", "/powersync-files/delete", &[("authorization", &auth)], body));
+        assert_eq!((response.status, answer["code"].as_str()), (403, Some("anonymous_not_allowed")));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 use crate::keys::{self, KeyError, PublicJwk, SigningKey};
 use crate::session::SessionSettings;
 use crate::token::{TokenSettings, DEFAULT_TTL_SECONDS, MAX_TTL_SECONDS, MIN_TTL_SECONDS, RESERVED_CLAIMS};
+use crate::storage::settings::StorageSettings;
 use crate::upload::settings::UploadSettings;
 
 pub use crate::environment::{Problem, Reader};
@@ -66,6 +67,11 @@ pub const NAMES: &[&str] = &[
     "UPLOAD_RETRY_AFTER_SECONDS",
     "UPLOAD_ERROR_CLASS_OVERRIDES",
     "UPLOAD_ALLOW_ANONYMOUS",
+    "STORAGE_MODE",
+    "STORAGE_URL",
+    "STORAGE_BUCKETS",
+    "STORAGE_DOWNLOAD_URL_SECONDS",
+    "STORAGE_ALLOW_ANONYMOUS",
 ];
 
 /// Everything the token endpoint and the JWKS need.
@@ -111,6 +117,8 @@ pub struct Config {
     pub session: Result<SessionSettings, Vec<Problem>>,
     pub powersync: Result<PowerSyncSettings, PowerSyncProblem>,
     pub upload: Result<UploadSettings, Vec<Problem>>,
+    /// The file endpoints (Supabase Storage).
+    pub storage: Result<StorageSettings, Vec<Problem>>,
     pub cors: CorsSettings,
     /// `UPSTREAM_TIMEOUT_MS`; default 15000 (Supabase's statement timeout for signed-in users
     /// is 8 s). An upstream request without an answer by then counts as a retryable failure.
@@ -131,13 +139,20 @@ impl Config {
             r.problems.insert(before, Problem { name: "POWERSYNC_PRIVATE_KEY".into(), message: e.reason() });
         }
         let upload = r.part(|r| crate::upload::settings::read(r, supabase_url.clone()));
+        // Settings shared with other parts (SUPABASE_ANON_KEY, ...) are listed once in `problems`.
+        let shared = r.problems.len();
+        let storage = r.part(|r| crate::storage::settings::read(r, supabase_url.clone()));
+        let earlier: Vec<String> = r.problems[..shared].iter().map(|p| p.name.clone()).collect();
+        let mine = r.problems.split_off(shared);
+        r.problems.extend(mine.into_iter().filter(|p| !earlier.contains(&p.name)));
         let origins = r.list("CORS_ALLOWED_ORIGINS");
         let cors = CorsSettings { allowed_origins: if origins.is_empty() { vec!["*".into()] } else { origins } };
         let upstream_timeout_ms = r.number("UPSTREAM_TIMEOUT_MS", 15_000, 100..=60_000);
         // SUPABASE_URL's own problem belongs to every part that needs it, but is listed once.
         let session = session.map_err(|problems| with_url_problem(problems, &supabase_url, &r.problems));
         let upload = upload.map_err(|problems| with_url_problem(problems, &supabase_url, &r.problems));
-        Config { session, powersync, upload, cors, upstream_timeout_ms, problems: r.problems }
+        let storage = storage.map_err(|problems| with_url_problem(problems, &supabase_url, &r.problems));
+        Config { session, powersync, upload, storage, cors, upstream_timeout_ms, problems: r.problems }
     }
 }
 

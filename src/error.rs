@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 use crate::config::PowerSyncProblem;
 use crate::keys::KeyError;
 use crate::session::SessionError;
+use crate::storage::FileError;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApiError {
@@ -29,6 +30,10 @@ pub enum ApiError {
     PayloadTooLarge(String),
     /// Service mode refuses anonymous sign-ins (`UPLOAD_ALLOW_ANONYMOUS` unset).
     AnonymousNotAllowed,
+    /// The file endpoints: a refused file request, or Storage's answer.
+    File(FileError),
+    /// The file part of the configuration is unusable (names of the bad settings).
+    StorageNotConfigured(Vec<String>),
     NotFound,
     MethodNotAllowed { allow: &'static str },
 }
@@ -46,6 +51,17 @@ impl ApiError {
             ApiError::BadRequest { .. } => 400,
             ApiError::PayloadTooLarge(_) => 413,
             ApiError::AnonymousNotAllowed => 403,
+            ApiError::File(e) => match e {
+                FileError::Malformed { .. } | FileError::InvalidPath { .. } | FileError::InvalidBucket { .. } => 400,
+                FileError::BucketNotAllowed { .. } | FileError::PathNotAllowed { .. } | FileError::Denied { .. } => 403,
+                FileError::NotFound { .. } => 404,
+                FileError::Exists { .. } => 409,
+                FileError::TooLarge { .. } => 413,
+                FileError::TypeNotAllowed { .. } => 415,
+                FileError::Unavailable { .. } => 503,
+                FileError::Failed { .. } => 502,
+            },
+            ApiError::StorageNotConfigured(_) => 500,
             ApiError::NotFound => 404,
             ApiError::MethodNotAllowed { .. } => 405,
         }
@@ -72,6 +88,21 @@ impl ApiError {
             ApiError::BadRequest { .. } => "invalid_body",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::AnonymousNotAllowed => "anonymous_not_allowed",
+            ApiError::File(e) => match e {
+                FileError::Malformed { .. } => "invalid_body",
+                FileError::InvalidPath { .. } => "file_path_invalid",
+                FileError::InvalidBucket { .. } => "file_bucket_invalid",
+                FileError::BucketNotAllowed { .. } => "file_bucket_not_allowed",
+                FileError::PathNotAllowed { .. } => "file_path_not_allowed",
+                FileError::TooLarge { .. } => "file_too_large",
+                FileError::TypeNotAllowed { .. } => "file_type_not_allowed",
+                FileError::Denied { .. } => "file_denied",
+                FileError::NotFound { .. } => "file_not_found",
+                FileError::Exists { .. } => "file_exists",
+                FileError::Unavailable { .. } => "storage_unavailable",
+                FileError::Failed { .. } => "storage_failed",
+            },
+            ApiError::StorageNotConfigured(_) => "storage_not_configured",
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
         }
@@ -92,6 +123,22 @@ impl ApiError {
             ApiError::BadRequest { path, message } => format!("{path}: {message}"),
             ApiError::PayloadTooLarge(message) => message.clone(),
             ApiError::AnonymousNotAllowed => "Anonymous sessions cannot upload; sign in".into(),
+            ApiError::File(e) => match e {
+                FileError::Malformed { field, message } => format!("{field}: {message}"),
+                FileError::InvalidPath { problem, .. } => format!("The path {}", problem.reason()),
+                FileError::InvalidBucket { .. } => "The bucket name is not valid".into(),
+                FileError::BucketNotAllowed { .. } => "Files cannot go to this bucket".into(),
+                FileError::PathNotAllowed { .. } => "This path is outside your folder".into(),
+                FileError::TooLarge { max_bytes: 0, .. } => "The file is too large".into(),
+                FileError::TooLarge { max_bytes, .. } => format!("The file is too large; at most {max_bytes} bytes"),
+                FileError::TypeNotAllowed { .. } => "This content type is not allowed here".into(),
+                FileError::Denied { .. } => "Storage refused: a storage policy does not allow this".into(),
+                FileError::NotFound { .. } => "No such file".into(),
+                FileError::Exists { .. } => "A file already exists at this path (set upsert to replace it)".into(),
+                FileError::Unavailable { .. } => "Storage unavailable, try again".into(),
+                FileError::Failed { .. } => "Storage answered unexpectedly".into(),
+            },
+            ApiError::StorageNotConfigured(_) => "Files not configured".into(),
             ApiError::NotFound => "Not found".into(),
             ApiError::MethodNotAllowed { allow } => format!("Method not allowed; use {allow}"),
         }
@@ -103,6 +150,7 @@ impl ApiError {
             ApiError::Session(e) => Some(e.reason()),
             ApiError::PowerSync(PowerSyncProblem::Key(e)) => Some(e.reason()),
             ApiError::Signing(why) => Some(why.clone()),
+            ApiError::File(FileError::Unavailable { detail } | FileError::Failed { detail }) => Some(detail.clone()),
             _ => None,
         }
     }
@@ -114,7 +162,8 @@ impl ApiError {
             ApiError::PowerSync(PowerSyncProblem::Missing(names)) => Some(("missing", names)),
             ApiError::PowerSync(PowerSyncProblem::Invalid(names))
             | ApiError::SessionNotConfigured(names)
-            | ApiError::UploadNotConfigured(names) => Some(("invalid", names)),
+            | ApiError::UploadNotConfigured(names)
+            | ApiError::StorageNotConfigured(names) => Some(("invalid", names)),
             _ => None,
         };
         if let Some((key, names)) = names {
@@ -122,6 +171,14 @@ impl ApiError {
         }
         if let ApiError::BadRequest { path, .. } = self {
             body["field"] = json!(path);
+        }
+        if let ApiError::File(e) = self {
+            if let FileError::Malformed { field, .. } = e {
+                body["field"] = json!(field);
+            }
+            if let Some(index) = e.index() {
+                body["index"] = json!(index);
+            }
         }
         body
     }
@@ -153,6 +210,20 @@ pub fn upload_status(needs_retry: bool) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn file_refusals_are_the_callers_and_name_the_file_storage_failures_are_ours() {
+        let outside = ApiError::File(FileError::PathNotAllowed { index: 3 });
+        assert_eq!((outside.status(), outside.code()), (403, "file_path_not_allowed"));
+        assert_eq!(outside.body("r")["index"], 3);
+        let denied = ApiError::File(FileError::Denied { index: 0 });
+        assert_eq!((denied.status(), denied.code()), (403, "file_denied"));
+        let down = ApiError::File(FileError::Unavailable { detail: "storage: refused".into() });
+        assert_eq!((down.status(), down.code()), (503, "storage_unavailable"));
+        assert!(!down.body("r").to_string().contains("refused"), "details go to the log only");
+        assert_eq!(ApiError::File(FileError::TooLarge { index: 0, max_bytes: 5 }).status(), 413);
+        assert_eq!(ApiError::File(FileError::TypeNotAllowed { index: 0 }).status(), 415);
+    }
 
     #[test]
     fn edge_function_messages_are_kept_verbatim() {

@@ -125,13 +125,18 @@ impl UploadSettings {
     /// `firebase.sign_in_provider: "anonymous"`) only with `UPLOAD_ALLOW_ANONYMOUS`; in rls mode
     /// always (the RLS policies decide, and can read `auth.jwt() ->> 'is_anonymous'`).
     pub fn admits(&self, claims: &serde_json::Map<String, serde_json::Value>) -> bool {
-        let firebase_anonymous = claims
-            .get("firebase")
-            .and_then(|f| f.get("sign_in_provider"))
-            .is_some_and(|p| p.as_str() == Some("anonymous"));
-        let anonymous = claims.get("is_anonymous").and_then(serde_json::Value::as_bool).unwrap_or(false) || firebase_anonymous;
-        !anonymous || self.allow_anonymous || self.mode == WriteMode::Rls
+        !is_anonymous(claims) || self.allow_anonymous || self.mode == WriteMode::Rls
     }
+}
+
+/// Whether a session is an anonymous sign-in: Supabase's `is_anonymous: true`, or a Firebase
+/// ID token's `firebase.sign_in_provider: "anonymous"`.
+pub fn is_anonymous(claims: &serde_json::Map<String, serde_json::Value>) -> bool {
+    let firebase_anonymous = claims
+        .get("firebase")
+        .and_then(|f| f.get("sign_in_provider"))
+        .is_some_and(|p| p.as_str() == Some("anonymous"));
+    claims.get("is_anonymous").and_then(serde_json::Value::as_bool).unwrap_or(false) || firebase_anonymous
 }
 
 impl fmt::Debug for UploadSettings {

@@ -361,3 +361,26 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section("sync timings (real PowerSync service + SDK)")
         for what, seconds in TIMINGS:
             terminalreporter.write_line(f"{seconds:7.2f} s  {what}")
+
+
+# --- The real Supabase Storage server ------------------------------------------------------------
+
+from tests.support.storage import StorageServer  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def storage_trusted_keys():
+    """A third-party provider's signing keys (shaped as Firebase's: RS256) that the Storage server
+    trusts beside the JWT secret, as a Supabase project with third-party auth does."""
+    from tests.support.issuers import ProviderKeys
+    return ProviderKeys("firebase-storage-1")
+
+
+@pytest.fixture(scope="session")
+def storage_server(pg, storage_trusted_keys):
+    """The real Supabase Storage API server v1.70.6 (built once by storage/install.sh, about
+    1 minute the first time) against `pg` (its migrations create the `storage` schema there) with
+    the stand-in's JWT secret and `storage_trusted_keys`, files on local disk. 10 to 30 s to
+    start on a fresh database."""
+    with StorageServer(pg.url(), JWT_SECRET, jwks=storage_trusted_keys.jwks()) as server:
+        yield server

@@ -109,7 +109,9 @@ def test_make_dev_runs_the_worker_with_the_dev_vars_values_and_prints_its_own(tm
         "POWERSYNC_KEY_ID": powersync_key["kid"], "POWERSYNC_PRIVATE_KEY": powersync_key["private_pem"],
         "POWERSYNC_URL": mine, "UPLOAD_TABLES": "profiles",
     })
+    storage_port = free_port()
     env = dict(os.environ, DEV_PORT=str(port), SUPABASE_PORT=str(supabase_port), POWERSYNC="off",
+               STORAGE_PORT=str(storage_port),
                DEV_INSPECTOR_PORT=str(free_port()), CI="true", WRANGLER_SEND_METRICS="false",
                NO_COLOR="1", WRANGLER_LOG_PATH=str(tmp_path / "logs"))
     proc = subprocess.Popen(["bash", str(root / "scripts/dev.sh")], cwd=root, env=env, text=True,
@@ -119,7 +121,7 @@ def test_make_dev_runs_the_worker_with_the_dev_vars_values_and_prints_its_own(tm
     reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
     reader.start()
     try:
-        deadline = time.time() + 120
+        deadline = time.time() + 240  # the Storage server migrates its schema first (~30 s)
         while not any(line.startswith("worker ready") for line in lines):
             assert proc.poll() is None and time.time() < deadline, "".join(lines)
             time.sleep(0.2)
@@ -155,6 +157,19 @@ def test_make_dev_runs_the_worker_with_the_dev_vars_values_and_prints_its_own(tm
                                 capture_output=True, text=True, timeout=60)
         assert listed.returncode == 0, listed.stdout + listed.stderr
         assert listed.stdout.splitlines()[-1] == "0 dead letter(s)", listed.stdout
+
+        # The Storage server beside it (rls mode: the dev policies allow the user's own folder).
+        assert f"  STORAGE_URL=http://127.0.0.1:{storage_port}\n" in output, output
+        assert "/powersync-files/upload" in output, "make dev prints how to try the file endpoints"
+        file = {"bucket": "attachments", "path": f"{user}/hello.txt"}
+        r = requests.post(f"http://127.0.0.1:{port}/powersync-files/upload", headers=auth, timeout=30,
+                          json={"files": [{**file, "content_type": "text/plain", "size": 6}]})
+        assert r.status_code == 200, r.text
+        entry = r.json()["files"][0]
+        assert requests.put(entry["url"], data=b"hello!", headers=entry["headers"], timeout=30).status_code == 200
+        r = requests.post(f"http://127.0.0.1:{port}/powersync-files/download", headers=auth, timeout=30,
+                          json={"files": [file]})
+        assert requests.get(r.json()["files"][0]["url"], timeout=30).content == b"hello!"
     finally:
         try:
             os.killpg(proc.pid, signal.SIGTERM)

@@ -8,12 +8,12 @@
 // Everything the SDK and the connector do is the real thing; the driver only records what the
 // connector reports (fatal outcomes, credential fetches, upload errors) so tests can assert on it.
 import { createInterface } from 'node:readline';
-import { column, PowerSyncDatabase, Schema, Table } from '@powersync/node';
-import { WorkerConnector } from '@powersync-supabase-worker/connector';
+import { AttachmentQueue, AttachmentTable, column, NodeFileSystemAdapter, PowerSyncDatabase, Schema, Table } from '@powersync/node';
+import { WorkerConnector, WorkerStorageAdapter } from '@powersync-supabase-worker/connector';
 
 // The demo schema (tests/sql/test_schema.sql), as the SDK sees it: booleans are 0/1 and JSON
 // columns are text, as in every PowerSync app.
-const schema = new Schema({
+const tables = {
   lists: new Table({ created_at: column.text, name: column.text, owner_id: column.text }),
   todos: new Table({
     created_at: column.text,
@@ -26,7 +26,10 @@ const schema = new Schema({
     tags: column.text,
     priority: column.integer,
   }),
-});
+};
+const schema = new Schema(tables);
+// With the SDK's attachment queue: its local-only `attachments` table too.
+const schemaWithAttachments = new Schema({ ...tables, attachments: new AttachmentTable() });
 
 let db = null;
 let connector = null;
@@ -35,9 +38,17 @@ const fatalReports = [];
 const credentials = []; // {at, expiresAt} per successful fetchCredentials
 const uploadErrors = [];
 const uploads = []; // {at, ms} per uploadData call that finished without throwing
+// The attachment queue (commands attachments, saveFile, watch, ...): what the app wants locally,
+// whether its network is "offline" (every request of the storage adapter fails as fetch does
+// without a network), and every request the adapter made ({method, url kind, status or error}).
+let queue = null;
+let wanted = [];
+let onWatched = null;
+let offline = false;
+const fileRequests = [];
 
 const commands = {
-  async open({ path, workerUrl, token, maxTransactionsPerRequest }) {
+  async open({ path, workerUrl, token, maxTransactionsPerRequest, withAttachments = false }) {
     sessionToken = token;
     const base = new WorkerConnector({
       workerUrl,
@@ -65,7 +76,7 @@ const commands = {
         }
       },
     };
-    db = new PowerSyncDatabase({ schema, database: { dbFilename: path } });
+    db = new PowerSyncDatabase({ schema: withAttachments ? schemaWithAttachments : schema, database: { dbFilename: path } });
     await db.init();
     return true;
   },
@@ -137,11 +148,87 @@ const commands = {
     }
   },
 
+  // Starts the SDK's AttachmentQueue with our WorkerStorageAdapter (files through the worker).
+  async attachments({ workerUrl, bucket, directory, syncIntervalMs = 500 }) {
+    const remoteStorage = new WorkerStorageAdapter({
+      workerUrl,
+      bucket,
+      getSessionToken: async () => sessionToken,
+      fetch: async (url, init) => {
+        const kind = url.startsWith(workerUrl) ? new URL(url).pathname : `signed ${init.method}`;
+        if (offline) {
+          fileRequests.push({ kind, error: 'offline' });
+          throw new TypeError('fetch failed (offline)');
+        }
+        const response = await fetch(url, init);
+        fileRequests.push({ kind, status: response.status });
+        return response;
+      },
+    });
+    queue = new AttachmentQueue({
+      db,
+      localStorage: new NodeFileSystemAdapter(directory),
+      remoteStorage,
+      syncIntervalMs,
+      watchAttachments: (onUpdate) => {
+        onWatched = onUpdate;
+        onUpdate(wanted);
+      },
+    });
+    await queue.startSync();
+    return true;
+  },
+
+  async offline({ value }) {
+    offline = value;
+    return true;
+  },
+
+  // Saves a file locally (queued for upload) and marks it wanted.
+  async saveFile({ id, base64, mediaType, fileExtension }) {
+    wanted = [...wanted.filter((w) => w.id !== id), { id, fileExtension, mediaType }];
+    const data = Uint8Array.from(Buffer.from(base64, 'base64')).buffer;
+    const record = await queue.saveFile({ data, fileExtension, mediaType, id });
+    await onWatched?.(wanted);
+    return { id: record.id, filename: record.filename, state: record.state };
+  },
+
+  // The attachments the app references (as a query over its rows would give them).
+  async watch({ items }) {
+    wanted = items;
+    await onWatched?.(wanted);
+    return true;
+  },
+
+  async deleteAttachment({ id }) {
+    wanted = wanted.filter((w) => w.id !== id);
+    await queue.deleteFile({ id });
+    return true;
+  },
+
+  async attachmentRecords() {
+    return db.getAll('select id, filename, local_uri, state, has_synced, size, media_type from attachments order by id');
+  },
+
+  // The bytes of a local attachment file, base64.
+  async readLocal({ id }) {
+    const row = await db.getOptional('select local_uri from attachments where id = ?', [id]);
+    if (!row?.local_uri) return null;
+    const data = await queue.localStorage.readFile(row.local_uri);
+    return Buffer.from(data).toString('base64');
+  },
+
+  async fileRequests() {
+    return fileRequests;
+  },
+
   async records() {
     return { fatalReports, credentials, uploadErrors, uploads };
   },
 
   async close() {
+    if (queue) await queue.stopSync();
+    queue = null;
     if (db) await db.close();
     db = null;
     return true;

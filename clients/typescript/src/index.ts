@@ -14,6 +14,8 @@ export type {
   WorkerConnectorOptions,
 } from './connector.js';
 export { WorkerConnectorError } from './errors.js';
+export { WorkerStorageAdapter, subjectOf } from './files.js';
+export type { FileFetchInit, FileFetchLike, FileFetchResponse, WorkerStorageAdapterOptions } from './files.js';
 export { interpretUploadResponse, parseRetryAfter, planUploadBody, sentTransactionIds } from './protocol.js';
 export type {
   FailedOperation,

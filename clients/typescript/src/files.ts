@@ -1,0 +1,201 @@
+import type { AttachmentRecord, RemoteStorageAdapter } from '@powersync/common';
+
+import { WorkerConnectorError } from './errors.js';
+import { parseRetryAfter } from './protocol.js';
+
+/** What {@link WorkerStorageAdapter} passes to `fetch`: worker requests (JSON) and the signed URLs (bytes). */
+export interface FileFetchInit {
+  method: 'GET' | 'POST' | 'PUT';
+  headers: Record<string, string>;
+  body?: string | ArrayBuffer;
+  signal?: AbortSignal;
+}
+
+/** The subset of a `fetch` response the adapter reads. The global `Response` satisfies it. */
+export interface FileFetchResponse {
+  readonly status: number;
+  readonly headers: { get(name: string): string | null };
+  text(): Promise<string>;
+  arrayBuffer(): Promise<ArrayBuffer>;
+}
+
+/** A `fetch` implementation: `globalThis.fetch`, or any function with this shape. */
+export type FileFetchLike = (url: string, init: FileFetchInit) => Promise<FileFetchResponse>;
+
+/** Options of {@link WorkerStorageAdapter}. */
+export interface WorkerStorageAdapterOptions {
+  /** Base URL of the worker (as for `WorkerConnector`). Required; no default. */
+  workerUrl: string;
+  /** The user's current session token, `null`/`undefined` when signed out (as for `WorkerConnector`). Required. */
+  getSessionToken: () => Promise<string | null | undefined> | string | null | undefined;
+  /** The Storage bucket attachments go to. Required; no default. */
+  bucket: string;
+  /**
+   * The object path of an attachment. Default: `<user id>/<attachment.filename>`, the user id
+   * being the session token's `sub` (the worker's default path template in service mode, and
+   * the usual storage policy's folder in rls mode).
+   */
+  pathOf?: (attachment: AttachmentRecord, userId: string) => string;
+  /** The `fetch` to use. Default: `globalThis.fetch`, looked up at each request. */
+  fetch?: FileFetchLike;
+  /** Abort a request (to the worker or to a signed URL) after this many ms; 0 = never. Default 60000. */
+  requestTimeoutMs?: number;
+}
+
+/**
+ * A `RemoteStorageAdapter` for PowerSync's attachments (`AttachmentQueue` of `@powersync/common`)
+ * that moves files through the worker's file endpoints: the worker checks the session and signs
+ * a Supabase Storage URL, the bytes go straight to Storage. No Supabase client or key in the app.
+ *
+ * Every failure throws a {@link WorkerConnectorError} (`code` = the worker's, e.g.
+ * `file_denied`, `file_too_large`, `storage_unavailable`; or `network_error`, `timeout`,
+ * `signed_out`, `storage_http_<status>` for the signed URL itself), and the attachment queue
+ * retries later, as the SDK does for uploads. Uploads replace an object at the same path, so an
+ * upload retried after a lost answer is harmless; deleting a file that is gone succeeds.
+ */
+export class WorkerStorageAdapter implements RemoteStorageAdapter {
+  private readonly baseUrl: string;
+  private readonly options: WorkerStorageAdapterOptions;
+  private readonly timeoutMs: number;
+
+  constructor(options: WorkerStorageAdapterOptions) {
+    if (!options.workerUrl) throw new TypeError('workerUrl is required');
+    if (typeof options.getSessionToken !== 'function') throw new TypeError('getSessionToken is required');
+    if (!options.bucket) throw new TypeError('bucket is required');
+    const timeout = options.requestTimeoutMs ?? 60_000;
+    if (!Number.isInteger(timeout) || timeout < 0) {
+      throw new TypeError(`requestTimeoutMs must be a non-negative integer, got ${timeout}`);
+    }
+    this.baseUrl = options.workerUrl.replace(/\/+$/, '');
+    this.options = options;
+    this.timeoutMs = timeout;
+  }
+
+  async uploadFile(fileData: ArrayBuffer, attachment: AttachmentRecord): Promise<void> {
+    const file = {
+      ...(await this.file(attachment)),
+      content_type: attachment.mediaType || 'application/octet-stream',
+      size: fileData.byteLength,
+      upsert: true,
+    };
+    const entry = await this.ask('upload', { files: [file] }, file.session);
+    const headers = (entry['headers'] ?? {}) as Record<string, string>;
+    const response = await this.send(String(entry['url']), { method: 'PUT', headers, body: fileData }, 'PUT signed upload URL');
+    if (response.status < 200 || response.status >= 300) throw storageError('upload', response.status, await safeText(response));
+  }
+
+  async downloadFile(attachment: AttachmentRecord): Promise<ArrayBuffer> {
+    const file = await this.file(attachment);
+    const entry = await this.ask('download', { files: [file] }, file.session);
+    const response = await this.send(String(entry['url']), { method: 'GET', headers: {} }, 'GET signed download URL');
+    if (response.status !== 200) throw storageError('download', response.status, await safeText(response));
+    return response.arrayBuffer();
+  }
+
+  async deleteFile(attachment: AttachmentRecord): Promise<void> {
+    const file = await this.file(attachment);
+    await this.ask('delete', { files: [file] }, file.session);
+  }
+
+  /** The bucket and path of an attachment, with the session token it is asked for with. */
+  private async file(attachment: AttachmentRecord): Promise<{ bucket: string; path: string; session: string }> {
+    const session = await this.options.getSessionToken();
+    if (!session) throw new WorkerConnectorError('signed out: no session token for files', { code: 'signed_out' });
+    const userId = subjectOf(session);
+    const path = this.options.pathOf ? this.options.pathOf(attachment, userId) : `${userId}/${attachment.filename}`;
+    return { bucket: this.options.bucket, path, session };
+  }
+
+  /** One request to a file endpoint; answers the entry of the (only) file, or throws. */
+  private async ask(
+    op: 'upload' | 'download' | 'delete',
+    body: { files: Record<string, unknown>[] },
+    session: string,
+  ): Promise<Record<string, unknown>> {
+    const files = body.files.map(({ session: _session, ...file }) => file);
+    const response = await this.send(
+      `${this.baseUrl}/powersync-files/${op}`,
+      {
+        method: 'POST',
+        headers: { Authorization: `Bearer ${session}`, 'Content-Type': 'application/json', Accept: 'application/json' },
+        body: JSON.stringify({ files }),
+      },
+      `POST /powersync-files/${op}`,
+    );
+    const answer = parseJson(await safeText(response)) as Record<string, unknown> | undefined;
+    const entry = (answer?.['files'] as Record<string, unknown>[] | undefined)?.[0];
+    if (response.status === 200 && entry && (op === 'delete' || typeof entry['url'] === 'string')) return entry;
+    const code = typeof answer?.['code'] === 'string' ? answer['code'] : response.status === 200 ? 'unexpected_response' : `http_${response.status}`;
+    const message = typeof answer?.['error'] === 'string' ? answer['error'] : `answered ${response.status}`;
+    throw new WorkerConnectorError(`/powersync-files/${op}: ${message}`, {
+      code,
+      status: response.status,
+      requestId: (answer?.['request_id'] as string | undefined) ?? response.headers.get('X-Request-Id') ?? undefined,
+      retryAfterMs: parseRetryAfter(response.headers.get('Retry-After')),
+    });
+  }
+
+  private async send(url: string, init: FileFetchInit, what: string): Promise<FileFetchResponse> {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    let timedOut = false;
+    if (this.timeoutMs > 0 && typeof AbortController === 'function') {
+      const controller = new AbortController();
+      init.signal = controller.signal;
+      timer = setTimeout(() => {
+        timedOut = true;
+        controller.abort();
+      }, this.timeoutMs);
+    }
+    try {
+      const fetchFn = this.options.fetch;
+      // Called as a plain function (never as a method of the options object: browsers refuse that).
+      return fetchFn ? await fetchFn(url, init) : await (globalThis.fetch as unknown as FileFetchLike)(url, init);
+    } catch (cause) {
+      throw new WorkerConnectorError(
+        timedOut ? `${what}: no answer within ${this.timeoutMs} ms` : `${what} failed: ${cause instanceof Error ? cause.message : String(cause)}`,
+        { code: timedOut ? 'timeout' : 'network_error', cause },
+      );
+    } finally {
+      if (timer !== undefined) clearTimeout(timer);
+    }
+  }
+}
+
+/** The `sub` of a JWT, read without verifying it (the worker verifies; this only names a folder). */
+export function subjectOf(token: string): string {
+  const payload = token.split('.')[1];
+  try {
+    const base64 = payload!.replace(/-/g, '+').replace(/_/g, '/');
+    const bytes = Uint8Array.from(atob(base64), (c) => c.charCodeAt(0));
+    const json = JSON.parse(new TextDecoder().decode(bytes)) as { sub?: unknown };
+    if (typeof json.sub === 'string' && json.sub) return json.sub;
+  } catch {
+    // fall through
+  }
+  throw new WorkerConnectorError('the session token has no sub (user id) to name the folder with; pass pathOf', {
+    code: 'session_without_sub',
+  });
+}
+
+function storageError(what: string, status: number, text: string): WorkerConnectorError {
+  return new WorkerConnectorError(`Storage refused the ${what} (${status}): ${text.slice(0, 200)}`, {
+    code: `storage_http_${status}`,
+    status,
+  });
+}
+
+async function safeText(response: FileFetchResponse): Promise<string> {
+  try {
+    return await response.text();
+  } catch {
+    return '';
+  }
+}
+
+function parseJson(text: string): unknown {
+  try {
+    return JSON.parse(text) as unknown;
+  } catch {
+    return undefined;
+  }
+}

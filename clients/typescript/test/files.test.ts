@@ -1,0 +1,130 @@
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+
+import { AttachmentState, type AttachmentRecord } from '@powersync/common';
+
+import { WorkerConnectorError, WorkerStorageAdapter, subjectOf, type FileFetchInit, type FileFetchResponse } from '../src/index.js';
+
+const WORKER = 'https://worker.example.test';
+const USER = '8d0f6a52-7c1e-4b7e-9a1a-3f2c1d0e9b8a';
+const SESSION = `h.${Buffer.from(JSON.stringify({ sub: USER, role: 'authenticated' })).toString('base64url')}.s`;
+
+interface Sent {
+  url: string;
+  init: FileFetchInit;
+}
+
+type Reply = { status: number; json?: unknown; bytes?: Uint8Array; headers?: Record<string, string> } | Error;
+
+/** A scripted fetch: answers in order, records every request. */
+function scripted(...replies: Reply[]): { fetch: (url: string, init: FileFetchInit) => Promise<FileFetchResponse>; sent: Sent[] } {
+  const sent: Sent[] = [];
+  return {
+    sent,
+    fetch: async (url, init) => {
+      sent.push({ url, init });
+      const reply = replies.shift();
+      if (!reply) throw new Error(`unexpected request ${init.method} ${url}`);
+      if (reply instanceof Error) throw reply;
+      const text = reply.json === undefined ? '' : JSON.stringify(reply.json);
+      const headers = reply.headers ?? {};
+      return {
+        status: reply.status,
+        headers: { get: (name: string) => headers[name] ?? null },
+        text: async () => text,
+        arrayBuffer: async () => (reply.bytes ?? new Uint8Array()).slice().buffer,
+      };
+    },
+  };
+}
+
+function adapter(fetch: (url: string, init: FileFetchInit) => Promise<FileFetchResponse>, session: string | null = SESSION) {
+  return new WorkerStorageAdapter({ workerUrl: `${WORKER}/`, getSessionToken: () => session, bucket: 'attachments', fetch });
+}
+
+const photo: AttachmentRecord = { id: 'a1', filename: 'a1.jpg', mediaType: 'image/jpeg', state: AttachmentState.QUEUED_UPLOAD };
+
+async function rejectsWith(promise: Promise<unknown>, expected: Partial<WorkerConnectorError>): Promise<void> {
+  const error = await promise.then(
+    () => assert.fail('expected a rejection'),
+    (e: unknown) => e,
+  );
+  assert.ok(error instanceof WorkerConnectorError, String(error));
+  for (const [key, value] of Object.entries(expected)) assert.deepEqual((error as unknown as Record<string, unknown>)[key], value, key);
+}
+
+describe('WorkerStorageAdapter', () => {
+  test('uploadFile asks the worker for a signed URL in the user folder, then PUTs the bytes there with its headers', async () => {
+    const signed = 'https://storage.example/object/upload/sign/attachments/x?token=t';
+    const fake = scripted(
+      { status: 200, json: { files: [{ url: signed, method: 'PUT', headers: { 'Content-Type': 'image/jpeg', 'x-upsert': 'true' } }] } },
+      { status: 200, json: { Key: 'attachments/x' } },
+    );
+    await adapter(fake.fetch).uploadFile(new Uint8Array([1, 2, 3]).buffer, photo);
+    assert.equal(fake.sent[0]!.url, `${WORKER}/powersync-files/upload`);
+    assert.equal(fake.sent[0]!.init.headers['Authorization'], `Bearer ${SESSION}`);
+    assert.deepEqual(JSON.parse(String(fake.sent[0]!.init.body)), {
+      files: [{ bucket: 'attachments', path: `${USER}/a1.jpg`, content_type: 'image/jpeg', size: 3, upsert: true }],
+    });
+    assert.equal(fake.sent[1]!.url, signed);
+    assert.equal(fake.sent[1]!.init.method, 'PUT');
+    assert.equal(fake.sent[1]!.init.headers['Authorization'], undefined, 'no credentials go to Storage');
+    assert.deepEqual(fake.sent[1]!.init.headers, { 'Content-Type': 'image/jpeg', 'x-upsert': 'true' });
+    assert.deepEqual(new Uint8Array(fake.sent[1]!.init.body as ArrayBuffer), new Uint8Array([1, 2, 3]));
+  });
+
+  test('downloadFile GETs the signed download URL and answers its bytes', async () => {
+    const fake = scripted({ status: 200, json: { files: [{ url: 'https://s/object/sign/a?token=t' }] } }, { status: 200, bytes: new Uint8Array([9, 8]) });
+    const data = await adapter(fake.fetch).downloadFile(photo);
+    assert.deepEqual(new Uint8Array(data), new Uint8Array([9, 8]));
+    assert.deepEqual(JSON.parse(String(fake.sent[0]!.init.body)), { files: [{ bucket: 'attachments', path: `${USER}/a1.jpg` }] });
+    assert.equal(fake.sent[1]!.init.method, 'GET');
+  });
+
+  test('deleteFile asks the worker to delete, and a file already gone is fine', async () => {
+    const fake = scripted({ status: 200, json: { files: [{ bucket: 'attachments', path: 'p', deleted: false }] } });
+    await adapter(fake.fetch).deleteFile(photo);
+    assert.equal(fake.sent[0]!.url, `${WORKER}/powersync-files/delete`);
+  });
+
+  test("a refusal carries the worker's code and status, and a 503 its Retry-After, so the queue retries later", async () => {
+    await rejectsWith(
+      adapter(scripted({ status: 403, json: { code: 'file_denied', error: 'Storage refused', request_id: 'r1' } }).fetch).uploadFile(new ArrayBuffer(1), photo),
+      { code: 'file_denied', status: 403, requestId: 'r1' },
+    );
+    await rejectsWith(
+      adapter(scripted({ status: 503, json: { code: 'storage_unavailable', error: 'x' }, headers: { 'Retry-After': '5' } }).fetch).downloadFile(photo),
+      { code: 'storage_unavailable', status: 503, retryAfterMs: 5000 },
+    );
+    await rejectsWith(adapter(scripted(new Error('offline')).fetch).deleteFile(photo), { code: 'network_error', status: null });
+  });
+
+  test('a signed URL Storage refuses is an error naming its status', async () => {
+    const fake = scripted({ status: 200, json: { files: [{ url: 'https://s/u' }] } }, { status: 400, json: { statusCode: '403', error: 'expired' } });
+    await rejectsWith(adapter(fake.fetch).downloadFile(photo), { code: 'storage_http_400', status: 400 });
+  });
+
+  test('signed out: nothing is sent', async () => {
+    const fake = scripted();
+    await rejectsWith(adapter(fake.fetch, null).uploadFile(new ArrayBuffer(1), photo), { code: 'signed_out' });
+    assert.equal(fake.sent.length, 0);
+  });
+
+  test('pathOf chooses the object path', async () => {
+    const fake = scripted({ status: 200, json: { files: [{ deleted: true }] } });
+    const custom = new WorkerStorageAdapter({
+      workerUrl: WORKER,
+      getSessionToken: async () => SESSION,
+      bucket: 'docs',
+      fetch: fake.fetch,
+      pathOf: (attachment, userId) => `users/${userId}/${attachment.id}`,
+    });
+    await custom.deleteFile(photo);
+    assert.deepEqual(JSON.parse(String(fake.sent[0]!.init.body)), { files: [{ bucket: 'docs', path: `users/${USER}/a1` }] });
+  });
+
+  test('subjectOf reads the sub of a token and refuses a token without one', () => {
+    assert.equal(subjectOf(SESSION), USER);
+    assert.throws(() => subjectOf('not-a-jwt'), (e: unknown) => e instanceof WorkerConnectorError && e.code === 'session_without_sub');
+  });
+});

@@ -1,0 +1,589 @@
+//! Files: signed Supabase Storage URLs for uploads and downloads, and deletes, after the same
+//! session verification as the token endpoint. Pure: a request body and a session go in,
+//! Storage requests come out as [`HttpRequest`] values, and Storage's answers are classified
+//! into [`FileResult`]s or a [`FileError`] (mapped to HTTP in `error`, the one mapping).
+//!
+//! Who may do what:
+//! - `rls` mode: Storage is asked with the user's own token, so the storage policies on
+//!   `storage.objects` decide; a refusal (Storage answers 400 with `"statusCode":"403"` in its
+//!   body) is the user's ([`FileError::Denied`]).
+//! - `service` mode: Storage is asked with the service key, after the worker's own rules: the
+//!   bucket allow-list, the path template per bucket (default: the first segment is the user's
+//!   id), the largest size and the allowed content types.
+//!
+//! Every path is validated ([`check_path`]) before anything is signed, in both modes; every
+//! file of a request passes every check before the first Storage request is sent.
+
+pub mod settings;
+
+use serde_json::{json, Value};
+
+use crate::http::{HttpRequest, HttpResponse, Method, TransportError};
+use settings::{BucketRules, StorageMode, StorageSettings};
+
+/// Longest object path (Storage's own limit on a key's name).
+pub const MAX_PATH_BYTES: usize = 1024;
+/// Longest bucket name.
+pub const MAX_BUCKET_BYTES: usize = 100;
+/// Most files per request: each is one Storage request, and a Workers Free request may make 50.
+pub const MAX_FILES_PER_REQUEST: usize = 40;
+/// Largest request body of the file endpoints.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// What a request asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileOp {
+    Upload,
+    Download,
+    Delete,
+}
+
+impl FileOp {
+    pub fn name(self) -> &'static str {
+        match self {
+            FileOp::Upload => "upload",
+            FileOp::Download => "download",
+            FileOp::Delete => "delete",
+        }
+    }
+}
+
+/// One file of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileSpec {
+    pub bucket: String,
+    pub path: String,
+    /// Uploads only: the declared content type and size, and whether to replace an object.
+    pub content_type: Option<String>,
+    pub size: Option<u64>,
+    pub upsert: bool,
+}
+
+/// A parsed request: the files and, for downloads, the asked lifetime.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileRequest {
+    pub op: FileOp,
+    pub files: Vec<FileSpec>,
+    pub expires_in: Option<u64>,
+}
+
+/// Why a path or bucket name is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathProblem {
+    Empty,
+    TooLong,
+    EmptySegment,
+    DotSegment,
+    ControlCharacter,
+    Backslash,
+}
+
+impl PathProblem {
+    pub fn reason(self) -> &'static str {
+        match self {
+            PathProblem::Empty => "is empty",
+            PathProblem::TooLong => "is too long",
+            PathProblem::EmptySegment => "has an empty segment (leading, trailing or double /)",
+            PathProblem::DotSegment => "has a . or .. segment",
+            PathProblem::ControlCharacter => "has a control character",
+            PathProblem::Backslash => "has a backslash",
+        }
+    }
+}
+
+/// Why a file request is refused, or what went wrong asking Storage. `index` is the file's
+/// position in the request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileError {
+    /// The body is not a valid request (`field` names the place).
+    Malformed { field: String, message: String },
+    InvalidPath { index: usize, problem: PathProblem },
+    InvalidBucket { index: usize },
+    BucketNotAllowed { index: usize },
+    PathNotAllowed { index: usize },
+    TooLarge { index: usize, max_bytes: u64 },
+    TypeNotAllowed { index: usize },
+    /// Storage refused (a storage policy in rls mode).
+    Denied { index: usize },
+    NotFound { index: usize },
+    /// An upload to a path that holds an object, without `upsert`.
+    Exists { index: usize },
+    /// Storage could not be reached or failed: retry later.
+    Unavailable { detail: String },
+    /// Storage answered something unexpected (configuration or a bug): detail for the log.
+    Failed { detail: String },
+}
+
+impl FileError {
+    /// The file the error is about, if one.
+    pub fn index(&self) -> Option<usize> {
+        match self {
+            FileError::InvalidPath { index, .. }
+            | FileError::InvalidBucket { index }
+            | FileError::BucketNotAllowed { index }
+            | FileError::PathNotAllowed { index }
+            | FileError::TooLarge { index, .. }
+            | FileError::TypeNotAllowed { index }
+            | FileError::Denied { index }
+            | FileError::NotFound { index }
+            | FileError::Exists { index } => Some(*index),
+            _ => None,
+        }
+    }
+}
+
+/// Checks an object path: 1..=1024 bytes, no empty, `.` or `..` segment, no control character,
+/// no backslash.
+pub fn check_path(path: &str) -> Result<(), PathProblem> {
+    if path.is_empty() {
+        return Err(PathProblem::Empty);
+    }
+    if path.len() > MAX_PATH_BYTES {
+        return Err(PathProblem::TooLong);
+    }
+    if path.chars().any(char::is_control) {
+        return Err(PathProblem::ControlCharacter);
+    }
+    if path.contains('\\') {
+        return Err(PathProblem::Backslash);
+    }
+    for segment in path.split('/') {
+        match segment {
+            "" => return Err(PathProblem::EmptySegment),
+            "." | ".." => return Err(PathProblem::DotSegment),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Checks a bucket name: 1..=100 of `A-Z a-z 0-9 _ . -`, not `.` or `..`.
+pub fn check_bucket(bucket: &str) -> Result<(), PathProblem> {
+    if bucket.is_empty() {
+        return Err(PathProblem::Empty);
+    }
+    if bucket.len() > MAX_BUCKET_BYTES {
+        return Err(PathProblem::TooLong);
+    }
+    if bucket == "." || bucket == ".." {
+        return Err(PathProblem::DotSegment);
+    }
+    if !bucket.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')) {
+        return Err(PathProblem::ControlCharacter);
+    }
+    Ok(())
+}
+
+fn malformed(field: impl Into<String>, message: impl Into<String>) -> FileError {
+    FileError::Malformed { field: field.into(), message: message.into() }
+}
+
+/// Parses a request body: `{"files": [{"bucket", "path", "content_type"?, "size"?, "upsert"?}],
+/// "expires_in"?}`. Uploads need `content_type` and `size`.
+pub fn parse_request(op: FileOp, body: &[u8]) -> Result<FileRequest, FileError> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| malformed("$", format!("not valid JSON ({e})")))?;
+    let Value::Object(top) = value else { return Err(malformed("$", "must be a JSON object")) };
+    for key in top.keys() {
+        if key != "files" && !(key == "expires_in" && op == FileOp::Download) {
+            return Err(malformed(key.clone(), "unknown field"));
+        }
+    }
+    let expires_in = match top.get("expires_in") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(v.as_u64().filter(|n| *n > 0).ok_or_else(|| malformed("expires_in", "must be a positive whole number of seconds"))?),
+    };
+    let Some(Value::Array(items)) = top.get("files") else { return Err(malformed("files", "must be an array")) };
+    if items.is_empty() {
+        return Err(malformed("files", "is empty"));
+    }
+    if items.len() > MAX_FILES_PER_REQUEST {
+        return Err(malformed("files", format!("has {} files; at most {MAX_FILES_PER_REQUEST} per request", items.len())));
+    }
+    let mut files = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let field = |name: &str| format!("files[{i}].{name}");
+        let Value::Object(item) = item else { return Err(malformed(format!("files[{i}]"), "must be an object")) };
+        let allowed: &[&str] = match op {
+            FileOp::Upload => &["bucket", "path", "content_type", "size", "upsert"],
+            _ => &["bucket", "path"],
+        };
+        if let Some(key) = item.keys().find(|k| !allowed.contains(&k.as_str())) {
+            return Err(malformed(field(key), "unknown field"));
+        }
+        let text = |name: &str| item.get(name).and_then(Value::as_str).map(str::to_string);
+        let bucket = text("bucket").ok_or_else(|| malformed(field("bucket"), "must be a string"))?;
+        let path = text("path").ok_or_else(|| malformed(field("path"), "must be a string"))?;
+        let (mut content_type, mut size, mut upsert) = (None, None, false);
+        if op == FileOp::Upload {
+            let kind = text("content_type")
+                .filter(|t| t.len() <= 255 && t.contains('/') && !t.chars().any(char::is_control))
+                .ok_or_else(|| malformed(field("content_type"), "must be a content type such as image/png"))?;
+            content_type = Some(kind);
+            size = Some(item.get("size").and_then(Value::as_u64).ok_or_else(|| malformed(field("size"), "must be the size in bytes"))?);
+            upsert = match item.get("upsert") {
+                None => false,
+                Some(v) => v.as_bool().ok_or_else(|| malformed(field("upsert"), "must be true or false"))?,
+            };
+        }
+        files.push(FileSpec { bucket, path, content_type, size, upsert });
+    }
+    Ok(FileRequest { op, files, expires_in })
+}
+
+/// Every check that comes before signing, for every file: names, then (when buckets are
+/// configured, always in service mode) allow-list, path template, size and content type.
+pub fn check(request: &FileRequest, settings: &StorageSettings, user_id: &str) -> Result<(), FileError> {
+    for (index, file) in request.files.iter().enumerate() {
+        check_bucket(&file.bucket).map_err(|_| FileError::InvalidBucket { index })?;
+        check_path(&file.path).map_err(|problem| FileError::InvalidPath { index, problem })?;
+    }
+    let Some(buckets) = &settings.buckets else { return Ok(()) };
+    for (index, file) in request.files.iter().enumerate() {
+        let rules = buckets.get(&file.bucket).ok_or(FileError::BucketNotAllowed { index })?;
+        if !within_template(rules, user_id, &file.path) {
+            return Err(FileError::PathNotAllowed { index });
+        }
+        if request.op == FileOp::Upload {
+            if file.size.unwrap_or(0) > rules.max_bytes {
+                return Err(FileError::TooLarge { index, max_bytes: rules.max_bytes });
+            }
+            if !rules.allows_type(file.content_type.as_deref().unwrap_or("")) {
+                return Err(FileError::TypeNotAllowed { index });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether `path` lies under the bucket's template for this user. A user id that is not one
+/// plain path segment never matches (it could reach another user's folder).
+pub fn within_template(rules: &BucketRules, user_id: &str, path: &str) -> bool {
+    if rules.path_template.contains("{user_id}") && (check_path(user_id).is_err() || user_id.contains('/')) {
+        return false;
+    }
+    let prefix = rules.path_template.replace("{user_id}", user_id);
+    path.starts_with(&prefix) && path.len() > prefix.len()
+}
+
+/// Percent-encodes every byte of a segment but the unreserved ones.
+fn encode_segment(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len());
+    for byte in segment.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+fn object_path(file: &FileSpec) -> String {
+    let path: Vec<String> = file.path.split('/').map(encode_segment).collect();
+    format!("{}/{}", encode_segment(&file.bucket), path.join("/"))
+}
+
+/// The lifetime of a download URL: the asked one, at most the configured one.
+pub fn download_seconds(request: &FileRequest, settings: &StorageSettings) -> u64 {
+    request.expires_in.map_or(settings.download_url_seconds, |asked| asked.min(settings.download_url_seconds))
+}
+
+/// The Storage request for one file. Credentials: the user's own token in rls mode, the service
+/// key in service mode; `apikey` beside it (Supabase's gateway needs one).
+pub fn plan(request: &FileRequest, file: &FileSpec, settings: &StorageSettings, user_token: &str) -> HttpRequest {
+    let base = &settings.storage_url;
+    let object = object_path(file);
+    let request_to = match request.op {
+        FileOp::Upload => HttpRequest::new(Method::Post, format!("{base}/object/upload/sign/{object}"))
+            .header("x-upsert", if file.upsert { "true" } else { "false" }),
+        FileOp::Download => HttpRequest::new(Method::Post, format!("{base}/object/sign/{object}"))
+            .json_body(json!({ "expiresIn": download_seconds(request, settings) }).to_string()),
+        FileOp::Delete => HttpRequest::new(Method::Delete, format!("{base}/object/{object}")),
+    };
+    let (token, apikey) = match (settings.mode, &settings.service_key) {
+        (StorageMode::Service, Some(key)) => (key.as_str(), key.as_str()),
+        _ => (user_token, settings.anon_key.as_str()),
+    };
+    request_to.header("Authorization", format!("Bearer {token}")).header("apikey", apikey)
+}
+
+/// What one file got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileResult {
+    /// A signed URL (absolute) and, for uploads, the headers the client must send with its PUT.
+    Signed { url: String, headers: Vec<(String, String)>, expires_in: Option<u64> },
+    /// Deleted (`existed: false` when there was nothing to delete: deletes are idempotent).
+    Deleted { existed: bool },
+}
+
+/// Classifies Storage's answer for file `index`. Storage reports most refusals as HTTP 400 with
+/// the real status in the body's `statusCode` (a string): classified by the body.
+pub fn interpret(
+    request: &FileRequest,
+    file: &FileSpec,
+    index: usize,
+    settings: &StorageSettings,
+    answer: Result<HttpResponse, TransportError>,
+) -> Result<FileResult, FileError> {
+    let response = answer.map_err(|e| FileError::Unavailable { detail: format!("storage: {}", e.message) })?;
+    let body: Value = serde_json::from_str(&response.body).unwrap_or(Value::Null);
+    let inner = match &body["statusCode"] {
+        Value::String(code) => code.parse::<u16>().ok(),
+        Value::Number(n) => n.as_u64().map(|n| n as u16),
+        _ => None,
+    };
+    let status = if (200..300).contains(&response.status) { response.status } else { inner.unwrap_or(response.status) };
+    let described = || {
+        let error = body["error"].as_str().unwrap_or("");
+        format!("storage answered {} (statusCode {:?}, error {error:?})", response.status, inner)
+    };
+    match status {
+        200..=299 => {}
+        // In rls mode a refusal is the user's (a storage policy). In service mode the service key
+        // was refused: a configuration problem, not the user's.
+        403 if settings.mode == StorageMode::Rls => return Err(FileError::Denied { index }),
+        404 if request.op == FileOp::Delete => return Ok(FileResult::Deleted { existed: false }),
+        404 => return Err(FileError::NotFound { index }),
+        409 => return Err(FileError::Exists { index }),
+        413 => return Err(FileError::TooLarge { index, max_bytes: 0 }),
+        415 => return Err(FileError::TypeNotAllowed { index }),
+        408 | 429 | 500..=599 => return Err(FileError::Unavailable { detail: described() }),
+        _ => return Err(FileError::Failed { detail: described() }),
+    }
+    let base = &settings.storage_url;
+    let relative = |key: &str| body[key].as_str().filter(|u| u.starts_with('/')).map(|u| format!("{base}{u}"));
+    match request.op {
+        FileOp::Upload => {
+            let url = relative("url").ok_or_else(|| FileError::Failed { detail: "storage: no url in the upload signing answer".into() })?;
+            let headers = vec![
+                ("Content-Type".to_string(), file.content_type.clone().unwrap_or_default()),
+                ("x-upsert".to_string(), file.upsert.to_string()),
+            ];
+            Ok(FileResult::Signed { url, headers, expires_in: None })
+        }
+        FileOp::Download => {
+            let url = relative("signedURL").ok_or_else(|| FileError::Failed { detail: "storage: no signedURL in the signing answer".into() })?;
+            Ok(FileResult::Signed { url, headers: vec![], expires_in: Some(download_seconds(request, settings)) })
+        }
+        FileOp::Delete => Ok(FileResult::Deleted { existed: true }),
+    }
+}
+
+/// The answer body: one entry per file, in request order.
+pub fn answer_body(request: &FileRequest, results: &[FileResult]) -> Value {
+    let files: Vec<Value> = request
+        .files
+        .iter()
+        .zip(results)
+        .map(|(file, result)| {
+            let mut entry = json!({ "bucket": file.bucket, "path": file.path });
+            match result {
+                FileResult::Signed { url, headers, expires_in } => {
+                    entry["url"] = json!(url);
+                    if request.op == FileOp::Upload {
+                        entry["method"] = json!("PUT");
+                        entry["headers"] = Value::Object(headers.iter().map(|(k, v)| (k.clone(), json!(v))).collect());
+                    }
+                    if let Some(seconds) = expires_in {
+                        entry["expires_in"] = json!(seconds);
+                    }
+                }
+                FileResult::Deleted { existed } => entry["deleted"] = json!(existed),
+            }
+            entry
+        })
+        .collect();
+    json!({ "files": files })
+}
+
+/// The log line's `files` field: counts, declared bytes and buckets; never a path (paths often
+/// hold names, ids or other personal data).
+pub fn log_summary(request: &FileRequest, done: usize) -> Value {
+    let mut buckets: Vec<&str> = request.files.iter().map(|f| f.bucket.as_str()).collect();
+    buckets.sort_unstable();
+    buckets.dedup();
+    let bytes: u64 = request.files.iter().filter_map(|f| f.size).sum();
+    json!({ "op": request.op.name(), "count": request.files.len(), "done": done, "bytes": bytes, "buckets": buckets })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::settings::parse_buckets;
+    use super::*;
+
+    fn settings(mode: StorageMode, buckets: Option<&str>) -> StorageSettings {
+        StorageSettings {
+            mode,
+            storage_url: "https://ref.supabase.co/storage/v1".into(),
+            anon_key: "anon".into(),
+            service_key: (mode == StorageMode::Service).then(|| "svc".to_string()),
+            buckets: buckets.map(|b| parse_buckets(b).unwrap()),
+            download_url_seconds: 600,
+            allow_anonymous: false,
+        }
+    }
+
+    fn upload(path: &str, kind: &str, size: u64) -> FileRequest {
+        let body = json!({"files": [{"bucket": "photos", "path": path, "content_type": kind, "size": size}]});
+        parse_request(FileOp::Upload, body.to_string().as_bytes()).unwrap()
+    }
+
+    fn answer(status: u16, body: Value) -> Result<HttpResponse, TransportError> {
+        Ok(HttpResponse { status, headers: vec![], body: body.to_string() })
+    }
+
+    #[test]
+    fn paths_with_traversal_empty_segments_or_control_characters_are_refused() {
+        assert_eq!(check_path("u1/a b/ü.jpg"), Ok(()));
+        for (path, problem) in [
+            ("", PathProblem::Empty),
+            ("u1/../u2/a", PathProblem::DotSegment),
+            ("./a", PathProblem::DotSegment),
+            ("/u1/a", PathProblem::EmptySegment),
+            ("u1//a", PathProblem::EmptySegment),
+            ("u1/", PathProblem::EmptySegment),
+            ("u1/a\u{0}b", PathProblem::ControlCharacter),
+            ("u1/a\nb", PathProblem::ControlCharacter),
+            ("u1\\..\\a", PathProblem::Backslash),
+        ] {
+            assert_eq!(check_path(path), Err(problem), "{path:?}");
+        }
+        assert_eq!(check_path(&"a".repeat(1025)), Err(PathProblem::TooLong));
+        assert_eq!(check_path(&"a".repeat(1024)), Ok(()));
+    }
+
+    #[test]
+    fn malformed_bodies_name_the_field() {
+        for (op, body, field) in [
+            (FileOp::Upload, "[]", "$"),
+            (FileOp::Upload, r#"{"files":[]}"#, "files"),
+            (FileOp::Upload, r#"{"files":[{"bucket":"b","path":"p","size":1}]}"#, "files[0].content_type"),
+            (FileOp::Upload, r#"{"files":[{"bucket":"b","path":"p","content_type":"a/b","size":-1}]}"#, "files[0].size"),
+            (FileOp::Download, r#"{"files":[{"bucket":"b","path":"p","size":1}]}"#, "files[0].size"),
+            (FileOp::Download, r#"{"files":[{"bucket":"b","path":"p"}],"expires_in":0}"#, "expires_in"),
+            (FileOp::Delete, r#"{"files":[{"bucket":"b"}]}"#, "files[0].path"),
+            (FileOp::Delete, r#"{"files":[{"bucket":"b","path":"p"}],"expires_in":5}"#, "expires_in"),
+        ] {
+            match parse_request(op, body.as_bytes()) {
+                Err(FileError::Malformed { field: f, .. }) => assert_eq!(f, field, "{body}"),
+                other => panic!("{body}: {other:?}"),
+            }
+        }
+        let many = json!({"files": vec![json!({"bucket": "b", "path": "p"}); MAX_FILES_PER_REQUEST + 1]});
+        assert!(matches!(parse_request(FileOp::Delete, many.to_string().as_bytes()), Err(FileError::Malformed { .. })));
+    }
+
+    #[test]
+    fn service_rules_refuse_other_buckets_other_users_folders_large_and_wrongly_typed_files() {
+        let s = settings(StorageMode::Service, Some(r#"{"photos":{"max_bytes":100,"content_types":["image/*"]}}"#));
+        assert_eq!(check(&upload("u1/a.jpg", "image/jpeg", 100), &s, "u1"), Ok(()));
+        assert_eq!(check(&upload("u2/a.jpg", "image/jpeg", 1), &s, "u1"), Err(FileError::PathNotAllowed { index: 0 }));
+        assert_eq!(check(&upload("u1", "image/jpeg", 1), &s, "u1"), Err(FileError::PathNotAllowed { index: 0 }));
+        assert_eq!(check(&upload("u10/a.jpg", "image/jpeg", 1), &s, "u1"), Err(FileError::PathNotAllowed { index: 0 }));
+        assert_eq!(check(&upload("u1/a.jpg", "image/jpeg", 101), &s, "u1"), Err(FileError::TooLarge { index: 0, max_bytes: 100 }));
+        assert_eq!(check(&upload("u1/a.html", "text/html", 1), &s, "u1"), Err(FileError::TypeNotAllowed { index: 0 }));
+        assert_eq!(
+            check(&upload("u1/../u2/a.jpg", "image/jpeg", 1), &s, "u1"),
+            Err(FileError::InvalidPath { index: 0, problem: PathProblem::DotSegment })
+        );
+        let other = settings(StorageMode::Service, Some("docs"));
+        assert_eq!(check(&upload("u1/a.jpg", "image/jpeg", 1), &other, "u1"), Err(FileError::BucketNotAllowed { index: 0 }));
+    }
+
+    #[test]
+    fn a_user_id_that_is_not_one_segment_never_matches_a_template() {
+        let rules = BucketRules::default();
+        assert!(within_template(&rules, "auth0|123", "auth0|123/a"));
+        assert!(!within_template(&rules, "..", "../a"));
+        assert!(!within_template(&rules, "a/b", "a/b/c"));
+        assert!(!within_template(&rules, "", "/a"));
+    }
+
+    #[test]
+    fn rls_mode_without_buckets_checks_only_names() {
+        let s = settings(StorageMode::Rls, None);
+        assert_eq!(check(&upload("anyone/a.jpg", "text/html", u64::MAX), &s, "u1"), Ok(()));
+        assert!(matches!(check(&upload("a//b", "image/png", 1), &s, "u1"), Err(FileError::InvalidPath { .. })));
+    }
+
+    #[test]
+    fn storage_requests_carry_the_users_token_in_rls_mode_and_the_service_key_in_service_mode() {
+        let request = upload("u1/a b.jpg", "image/jpeg", 3);
+        let rls = plan(&request, &request.files[0], &settings(StorageMode::Rls, None), "user-jwt");
+        assert_eq!(rls.method, Method::Post);
+        assert_eq!(rls.url, "https://ref.supabase.co/storage/v1/object/upload/sign/photos/u1/a%20b.jpg");
+        assert_eq!(rls.header_value("authorization"), Some("Bearer user-jwt"));
+        assert_eq!(rls.header_value("apikey"), Some("anon"));
+        assert_eq!(rls.header_value("x-upsert"), Some("false"));
+        let service = plan(&request, &request.files[0], &settings(StorageMode::Service, Some("photos")), "user-jwt");
+        assert_eq!(service.header_value("authorization"), Some("Bearer svc"));
+        assert_eq!(service.header_value("apikey"), Some("svc"));
+    }
+
+    #[test]
+    fn download_lifetime_is_the_asked_one_at_most_the_configured_one() {
+        let s = settings(StorageMode::Rls, None);
+        for (asked, got) in [(None, 600), (Some(60), 60), (Some(6000), 600)] {
+            let mut body = json!({"files": [{"bucket": "photos", "path": "u1/a"}]});
+            if let Some(asked) = asked {
+                body["expires_in"] = json!(asked);
+            }
+            let request = parse_request(FileOp::Download, body.to_string().as_bytes()).unwrap();
+            let planned = plan(&request, &request.files[0], &s, "t");
+            assert_eq!(planned.url, "https://ref.supabase.co/storage/v1/object/sign/photos/u1/a");
+            assert_eq!(planned.body, Some(json!({"expiresIn": got}).to_string()));
+        }
+    }
+
+    #[test]
+    fn deletes_go_to_the_object() {
+        let request = parse_request(FileOp::Delete, br#"{"files":[{"bucket":"photos","path":"u1/%.jpg"}]}"#).unwrap();
+        let planned = plan(&request, &request.files[0], &settings(StorageMode::Rls, None), "t");
+        assert_eq!((planned.method, planned.url.as_str()), (Method::Delete, "https://ref.supabase.co/storage/v1/object/photos/u1/%25.jpg"));
+    }
+
+    #[test]
+    fn storage_answers_are_classified_by_the_body_status_code() {
+        let s = settings(StorageMode::Rls, None);
+        let request = upload("u1/a.jpg", "image/jpeg", 3);
+        let file = &request.files[0];
+        let denied = answer(400, json!({"statusCode": "403", "error": "Unauthorized", "message": "new row violates row-level security policy"}));
+        assert_eq!(interpret(&request, file, 2, &s, denied.clone()), Err(FileError::Denied { index: 2 }));
+        let plain_403 = answer(403, json!({"statusCode": "403", "error": "Unauthorized"}));
+        assert_eq!(interpret(&request, file, 0, &s, plain_403), Err(FileError::Denied { index: 0 }));
+        let service = settings(StorageMode::Service, Some("photos"));
+        assert!(matches!(interpret(&request, file, 0, &service, denied), Err(FileError::Failed { .. })), "the service key refused: ours");
+        let jwt_refused = answer(400, json!({"statusCode": "401", "error": "InvalidJWT"}));
+        assert!(matches!(interpret(&request, file, 0, &s, jwt_refused), Err(FileError::Failed { .. })), "Storage does not trust the issuer: configuration");
+        let exists = answer(400, json!({"statusCode": "409", "error": "Duplicate", "message": "The resource already exists"}));
+        assert_eq!(interpret(&request, file, 0, &s, exists), Err(FileError::Exists { index: 0 }));
+        assert!(matches!(interpret(&request, file, 0, &s, answer(502, json!(null))), Err(FileError::Unavailable { .. })));
+        assert!(matches!(
+            interpret(&request, file, 0, &s, Err(TransportError::timed_out("t"))),
+            Err(FileError::Unavailable { .. })
+        ));
+        assert!(matches!(interpret(&request, file, 0, &s, answer(400, json!({"statusCode": "400", "error": "InvalidJWT"}))), Err(FileError::Failed { .. })));
+        let signed = answer(200, json!({"url": "/object/upload/sign/photos/u1/a.jpg?token=abc"}));
+        let FileResult::Signed { url, headers, .. } = interpret(&request, file, 0, &s, signed).unwrap() else { panic!() };
+        assert_eq!(url, "https://ref.supabase.co/storage/v1/object/upload/sign/photos/u1/a.jpg?token=abc");
+        assert_eq!(headers, vec![("Content-Type".into(), "image/jpeg".into()), ("x-upsert".into(), "false".into())]);
+    }
+
+    #[test]
+    fn a_missing_object_is_not_found_for_downloads_and_already_gone_for_deletes() {
+        let s = settings(StorageMode::Rls, None);
+        let missing = || answer(400, json!({"statusCode": "404", "error": "not_found", "message": "Object not found"}));
+        let download = parse_request(FileOp::Download, br#"{"files":[{"bucket":"b","path":"u/a"}]}"#).unwrap();
+        assert_eq!(interpret(&download, &download.files[0], 0, &s, missing()), Err(FileError::NotFound { index: 0 }));
+        let delete = parse_request(FileOp::Delete, br#"{"files":[{"bucket":"b","path":"u/a"}]}"#).unwrap();
+        assert_eq!(interpret(&delete, &delete.files[0], 0, &s, missing()), Ok(FileResult::Deleted { existed: false }));
+    }
+
+    #[test]
+    fn log_summary_has_counts_bytes_and_buckets_but_no_path() {
+        let request = upload("u1/secret-diagnosis.pdf", "application/pdf", 42);
+        let summary = log_summary(&request, 1);
+        assert_eq!(summary, json!({"op": "upload", "count": 1, "done": 1, "bytes": 42, "buckets": ["photos"]}));
+        assert!(!summary.to_string().contains("diagnosis"));
+    }
+}

@@ -1,0 +1,256 @@
+//! File endpoint settings (Supabase Storage), read once with the rest of the configuration.
+//!
+//! | Variable | Default | Meaning |
+//! |---|---|---|
+//! | `STORAGE_MODE` | `rls` | `rls`: ask Storage with the user's own token (storage policies decide); `service`: sign with the service key after the worker's own rules |
+//! | `STORAGE_URL` | `<SUPABASE_URL>/storage/v1` | the Storage API |
+//! | `STORAGE_BUCKETS` | none (any bucket, rls mode only) | the buckets files may go to, with their rules: `a,b` or JSON `{"a":{"path":"{user_id}/","max_bytes":N,"content_types":["image/*"]}}`; required in service mode |
+//! | `STORAGE_DOWNLOAD_URL_SECONDS` | 3600 | lifetime of download URLs (a request may ask for less), 1..=604800 |
+//! | `SUPABASE_ANON_KEY` | required | sent as `apikey` in rls mode |
+//! | `SUPABASE_SERVICE_ROLE_KEY` | — | required in service mode |
+//! | `STORAGE_ALLOW_ANONYMOUS` | `false` | service mode only: anonymous sign-ins may use the file endpoints (as `UPLOAD_ALLOW_ANONYMOUS` for rows) |
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde_json::Value;
+
+use crate::environment::Reader;
+
+/// Default path template: the first segment is the user's id (any issuer's `sub`).
+pub const DEFAULT_PATH_TEMPLATE: &str = "{user_id}/";
+/// Default largest upload: Supabase's default global file size limit (50 MB).
+pub const DEFAULT_MAX_BYTES: u64 = 50 * 1024 * 1024;
+/// Default download URL lifetime.
+pub const DEFAULT_DOWNLOAD_URL_SECONDS: u64 = 3600;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageMode {
+    /// The user's token goes to Storage: its policies on `storage.objects` decide.
+    Rls,
+    /// The service key goes to Storage: the worker's rules ([`BucketRules`]) decide.
+    Service,
+}
+
+/// One bucket's rules (from `STORAGE_BUCKETS`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BucketRules {
+    /// Every path must start with this, `{user_id}` replaced by the caller's id; ends with `/`.
+    pub path_template: String,
+    /// Largest declared upload size, in bytes.
+    pub max_bytes: u64,
+    /// Allowed content types (`image/png` exactly, or `image/*`); empty = any.
+    pub content_types: Vec<String>,
+}
+
+impl Default for BucketRules {
+    fn default() -> Self {
+        BucketRules { path_template: DEFAULT_PATH_TEMPLATE.into(), max_bytes: DEFAULT_MAX_BYTES, content_types: vec![] }
+    }
+}
+
+impl BucketRules {
+    pub fn allows_type(&self, content_type: &str) -> bool {
+        let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        self.content_types.is_empty()
+            || self.content_types.iter().any(|allowed| match allowed.strip_suffix("/*") {
+                Some(kind) => essence.split_once('/').is_some_and(|(k, sub)| k == kind && !sub.is_empty()),
+                None => *allowed == essence,
+            })
+    }
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct StorageSettings {
+    pub mode: StorageMode,
+    /// `STORAGE_URL` without trailing slash.
+    pub storage_url: String,
+    pub anon_key: String,
+    /// Present in service mode.
+    pub service_key: Option<String>,
+    /// `None`: any bucket, no rules of ours (rls mode only).
+    pub buckets: Option<BTreeMap<String, BucketRules>>,
+    pub download_url_seconds: u64,
+    pub allow_anonymous: bool,
+}
+
+impl StorageSettings {
+    /// Whether a verified session may use the file endpoints: in service mode, anonymous
+    /// sign-ins only with `STORAGE_ALLOW_ANONYMOUS`; in rls mode always (policies decide).
+    pub fn admits(&self, claims: &serde_json::Map<String, Value>) -> bool {
+        self.mode == StorageMode::Rls || self.allow_anonymous || !crate::upload::settings::is_anonymous(claims)
+    }
+}
+
+impl fmt::Debug for StorageSettings {
+    /// Keys are redacted so settings can be logged.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StorageSettings")
+            .field("mode", &self.mode)
+            .field("storage_url", &self.storage_url)
+            .field("buckets", &self.buckets)
+            .field("download_url_seconds", &self.download_url_seconds)
+            .field("allow_anonymous", &self.allow_anonymous)
+            .finish_non_exhaustive()
+    }
+}
+
+pub fn read(r: &mut Reader, supabase_url: Option<String>) -> Option<StorageSettings> {
+    let mode = match r.get("STORAGE_MODE").map(|m| m.to_ascii_lowercase()).as_deref() {
+        None | Some("rls") => StorageMode::Rls,
+        Some("service") => StorageMode::Service,
+        Some(_) => {
+            r.problem("STORAGE_MODE", "must be rls or service");
+            StorageMode::Rls
+        }
+    };
+    let storage_url = r.url("STORAGE_URL");
+    let buckets = r.get("STORAGE_BUCKETS").and_then(|text| match parse_buckets(&text) {
+        Ok(buckets) => Some(buckets),
+        Err(why) => {
+            r.problem("STORAGE_BUCKETS", why);
+            None
+        }
+    });
+    let service_key = r.get("SUPABASE_SERVICE_ROLE_KEY");
+    if mode == StorageMode::Service {
+        if service_key.is_none() {
+            r.problem("SUPABASE_SERVICE_ROLE_KEY", "is required with STORAGE_MODE=service");
+        }
+        if r.get("STORAGE_BUCKETS").is_none() {
+            r.problem("STORAGE_BUCKETS", "is required with STORAGE_MODE=service (the buckets files may go to)");
+        }
+    }
+    let download_url_seconds = r.number("STORAGE_DOWNLOAD_URL_SECONDS", DEFAULT_DOWNLOAD_URL_SECONDS, 1..=604_800);
+    let allow_anonymous = r.flag("STORAGE_ALLOW_ANONYMOUS", false);
+    if mode == StorageMode::Rls && allow_anonymous {
+        r.problem("STORAGE_ALLOW_ANONYMOUS", "applies to STORAGE_MODE=service only (in rls mode the storage policies decide)");
+    }
+    let anon_key = r.get("SUPABASE_ANON_KEY");
+    if anon_key.is_none() {
+        r.problem("SUPABASE_ANON_KEY", "is required (sent to Storage as apikey)");
+    }
+    let storage_url = storage_url.or_else(|| Some(format!("{}/storage/v1", supabase_url?)))?;
+    Some(StorageSettings {
+        mode,
+        storage_url,
+        anon_key: anon_key?,
+        service_key: if mode == StorageMode::Service { service_key } else { None },
+        buckets,
+        download_url_seconds,
+        allow_anonymous,
+    })
+}
+
+/// `a,b` (default rules) or a JSON object of bucket -> rules.
+pub fn parse_buckets(text: &str) -> Result<BTreeMap<String, BucketRules>, String> {
+    let mut buckets = BTreeMap::new();
+    if !text.trim_start().starts_with('{') {
+        for name in text.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            super::check_bucket(name).map_err(|_| format!("'{name}' is not a valid bucket name"))?;
+            buckets.insert(name.to_string(), BucketRules::default());
+        }
+        return if buckets.is_empty() { Err("lists no bucket".into()) } else { Ok(buckets) };
+    }
+    let value: Value = serde_json::from_str(text).map_err(|e| format!("is not valid JSON ({e})"))?;
+    let Value::Object(map) = value else { return Err("must be a JSON object".into()) };
+    for (name, rules) in map {
+        super::check_bucket(&name).map_err(|_| format!("'{name}' is not a valid bucket name"))?;
+        let Value::Object(fields) = rules else { return Err(format!("{name}: rules must be an object")) };
+        let mut bucket = BucketRules::default();
+        for (field, value) in fields {
+            match (field.as_str(), value) {
+                ("path", Value::String(template)) => {
+                    check_template(&template).map_err(|why| format!("{name}.path: {why}"))?;
+                    bucket.path_template = template;
+                }
+                ("max_bytes", Value::Number(n)) if n.as_u64().is_some_and(|n| n > 0) => {
+                    bucket.max_bytes = n.as_u64().unwrap_or(DEFAULT_MAX_BYTES);
+                }
+                ("content_types", Value::Array(types)) => {
+                    bucket.content_types = types
+                        .iter()
+                        .map(|t| t.as_str().filter(|t| t.contains('/')).map(|t| t.trim().to_ascii_lowercase()))
+                        .collect::<Option<Vec<_>>>()
+                        .ok_or(format!("{name}.content_types: give types like image/png or image/*"))?;
+                }
+                (other, _) => {
+                    return Err(format!("{name}.{other}: unknown or invalid (use path, max_bytes, content_types)"))
+                }
+            }
+        }
+        buckets.insert(name, bucket);
+    }
+    if buckets.is_empty() {
+        return Err("lists no bucket".into());
+    }
+    Ok(buckets)
+}
+
+/// A template is a path prefix ending in `/` whose only placeholder is `{user_id}`.
+fn check_template(template: &str) -> Result<(), String> {
+    if !template.ends_with('/') {
+        return Err("must end with / (it is a folder prefix)".into());
+    }
+    let probe = template.replace("{user_id}", "u");
+    if probe.contains(['{', '}']) {
+        return Err("the only placeholder is {user_id}".into());
+    }
+    super::check_path(&format!("{probe}x")).map_err(|e| format!("not a valid path prefix ({e:?})"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn read_vars(vars: &[(&str, &str)]) -> Result<StorageSettings, Vec<String>> {
+        let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let lookup = move |name: &str| map.get(name).cloned();
+        let mut r = Reader::new(&lookup);
+        r.part(|r| read(r, Some("https://abc.supabase.co".into()))).map_err(|p| p.into_iter().map(|p| p.name).collect())
+    }
+
+    #[test]
+    fn rls_mode_needs_nothing_beyond_the_anon_key_and_has_documented_defaults() {
+        let s = read_vars(&[("SUPABASE_ANON_KEY", "anon")]).unwrap();
+        assert_eq!(s.mode, StorageMode::Rls);
+        assert_eq!(s.storage_url, "https://abc.supabase.co/storage/v1");
+        assert_eq!((s.buckets, s.download_url_seconds, s.allow_anonymous, s.service_key), (None, 3600, false, None));
+    }
+
+    #[test]
+    fn service_mode_needs_the_service_key_and_a_bucket_list() {
+        let problems = read_vars(&[("SUPABASE_ANON_KEY", "anon"), ("STORAGE_MODE", "service")]).unwrap_err();
+        assert_eq!(problems, vec!["SUPABASE_SERVICE_ROLE_KEY", "STORAGE_BUCKETS"]);
+    }
+
+    #[test]
+    fn bucket_list_takes_default_rules_and_json_sets_each_rule() {
+        let plain = parse_buckets("a, b").unwrap();
+        assert_eq!(plain.keys().collect::<Vec<_>>(), vec!["a", "b"]);
+        assert_eq!(plain["a"], BucketRules::default());
+        let json = parse_buckets(r#"{"photos":{"path":"users/{user_id}/","max_bytes":1000,"content_types":["image/*","application/PDF"]}}"#).unwrap();
+        let rules = &json["photos"];
+        assert_eq!((rules.path_template.as_str(), rules.max_bytes), ("users/{user_id}/", 1000));
+        assert!(rules.allows_type("image/png") && rules.allows_type("application/pdf; charset=x"));
+        assert!(!rules.allows_type("text/html") && !rules.allows_type("image/") && !rules.allows_type("imagex/png"));
+    }
+
+    #[test]
+    fn bad_bucket_settings_are_explained() {
+        for (text, why) in [
+            ("", "lists no bucket"),
+            ("a/b", "not a valid bucket name"),
+            (r#"{"a":{"path":"{user_id}"}}"#, "must end with /"),
+            (r#"{"a":{"path":"{team}/"}}"#, "only placeholder"),
+            (r#"{"a":{"path":"../{user_id}/"}}"#, "not a valid path prefix"),
+            (r#"{"a":{"max_bytes":0}}"#, "a.max_bytes"),
+            (r#"{"a":{"content_types":["png"]}}"#, "a.content_types"),
+            ("{", "not valid JSON"),
+        ] {
+            let error = parse_buckets(text).unwrap_err();
+            assert!(error.contains(why), "{text}: {error}");
+        }
+    }
+}

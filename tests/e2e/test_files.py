@@ -1,0 +1,305 @@
+"""End-to-end tests of the file endpoints (/powersync-files/upload|download|delete) through the
+built worker in workerd, against the real Supabase Storage server (tests/support/storage.py) on
+the same PostgreSQL, in both modes, with a Supabase user and a third-party (Firebase) user.
+
+Bytes really go through the signed URLs: uploaded with PUT to the URL the worker answered,
+read back through the download URL, and Storage's own listing shows what it holds.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import time
+import uuid
+
+import pytest
+import requests
+
+from tests.e2e.conftest import SERVICE_KEY
+from tests.e2e.test_third_party import FIREBASE_PROJECT, firebase_claims
+from tests.support.issuers import IssuerServer
+from tests.support.sdk_client import SdkApp
+
+SERVICE_BUCKET = "attachments"
+RLS_BUCKET = "rls-files"
+PHOTO_RULES = {"path": "{user_id}/", "max_bytes": 1000, "content_types": ["image/*", "text/plain"]}
+
+RLS_POLICIES = f"""
+do $$ begin
+  drop policy if exists files_insert_own on storage.objects;
+  drop policy if exists files_select_own on storage.objects;
+  drop policy if exists files_delete_own on storage.objects;
+end $$;
+create policy files_insert_own on storage.objects for insert to authenticated
+  with check (bucket_id = '{RLS_BUCKET}' and (storage.foldername(name))[1] = auth.jwt() ->> 'sub');
+create policy files_select_own on storage.objects for select to authenticated
+  using (bucket_id = '{RLS_BUCKET}' and (storage.foldername(name))[1] = auth.jwt() ->> 'sub');
+create policy files_delete_own on storage.objects for delete to authenticated
+  using (bucket_id = '{RLS_BUCKET}' and (storage.foldername(name))[1] = auth.jwt() ->> 'sub');
+"""
+
+
+@pytest.fixture(scope="module")
+def firebase(storage_trusted_keys):
+    """Firebase's keys, served to the worker; the Storage server trusts them too."""
+    server = IssuerServer()
+    keys = storage_trusted_keys
+    url = server.serve_jwks("firebase", keys)
+    yield keys, url
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def storage(storage_server, pg):
+    storage_server.create_bucket(SERVICE_BUCKET, SERVICE_KEY)
+    storage_server.create_bucket(RLS_BUCKET, SERVICE_KEY)
+    pg.run_sql(RLS_POLICIES)
+    return storage_server
+
+
+@pytest.fixture(scope="module")
+def service_worker(storage, base_vars, firebase, start_worker):
+    _, jwks_url = firebase
+    return start_worker({
+        **base_vars,
+        "STORAGE_URL": storage.url,
+        "STORAGE_MODE": "service",
+        "STORAGE_BUCKETS": json.dumps({SERVICE_BUCKET: PHOTO_RULES}),
+        "STORAGE_DOWNLOAD_URL_SECONDS": "600",
+        "THIRD_PARTY_FIREBASE_PROJECT_ID": FIREBASE_PROJECT,
+        "THIRD_PARTY_FIREBASE_JWKS_URL": jwks_url,
+    })
+
+
+@pytest.fixture(scope="module")
+def rls_worker(storage, base_vars, firebase, start_worker):
+    _, jwks_url = firebase
+    return start_worker({**base_vars, "STORAGE_URL": storage.url,
+                         "THIRD_PARTY_FIREBASE_PROJECT_ID": FIREBASE_PROJECT,
+                         "THIRD_PARTY_FIREBASE_JWKS_URL": jwks_url})
+
+
+def call(worker, op: str, token: str, body: dict) -> requests.Response:
+    return requests.post(f"{worker.url}/powersync-files/{op}", json=body, timeout=30,
+                         headers={"Authorization": f"Bearer {token}"})
+
+
+def upload_file(worker, token, bucket, path, data: bytes, content_type="image/png") -> requests.Response:
+    """Asks for an upload URL and, when granted, PUTs the bytes there; returns the worker's answer."""
+    r = call(worker, "upload", token, {"files": [
+        {"bucket": bucket, "path": path, "content_type": content_type, "size": len(data)}]})
+    if r.status_code == 200:
+        entry = r.json()["files"][0]
+        assert entry["method"] == "PUT"
+        put = requests.put(entry["url"], data=data, headers=entry["headers"], timeout=30)
+        assert put.status_code == 200, put.text
+    return r
+
+
+def download(worker, token, bucket, path, **extra) -> bytes:
+    r = call(worker, "download", token, {"files": [{"bucket": bucket, "path": path}], **extra})
+    assert r.status_code == 200, r.text
+    got = requests.get(r.json()["files"][0]["url"], timeout=30)
+    assert got.status_code == 200, got.text
+    return got.content
+
+
+def firebase_token(firebase, uid: str) -> str:
+    keys, _ = firebase
+    return keys.sign(firebase_claims(uid=uid, user_id=uid))
+
+
+@pytest.mark.parametrize("who", ["supabase", "firebase"])
+def test_service_mode_upload_through_the_signed_url_then_download_the_same_bytes(
+        service_worker, storage, session_token, firebase, who):
+    user = str(uuid.uuid4()) if who == "supabase" else "kq3sX9vRZbT1bCq4nW0p" + uuid.uuid4().hex[:8]
+    token = session_token(user) if who == "supabase" else firebase_token(firebase, user)
+    data = b"\x89PNG\r\n" + uuid.uuid4().bytes
+    r = upload_file(service_worker, token, SERVICE_BUCKET, f"{user}/photo one.png", data)
+    assert r.status_code == 200, r.text
+    assert r.headers.get("Cache-Control") == "no-store"
+    assert download(service_worker, token, SERVICE_BUCKET, f"{user}/photo one.png") == data
+    assert storage.list_objects(SERVICE_BUCKET, user, SERVICE_KEY) == ["photo one.png"]
+    r = call(service_worker, "delete", token, {"files": [{"bucket": SERVICE_BUCKET, "path": f"{user}/photo one.png"}]})
+    assert (r.status_code, r.json()["files"][0]["deleted"]) == (200, True), r.text
+    assert storage.list_objects(SERVICE_BUCKET, user, SERVICE_KEY) == []
+    r = call(service_worker, "delete", token, {"files": [{"bucket": SERVICE_BUCKET, "path": f"{user}/photo one.png"}]})
+    assert (r.status_code, r.json()["files"][0]["deleted"]) == (200, False), "deleting again is harmless"
+
+
+@pytest.mark.parametrize("file, status, code", [
+    ({"bucket": SERVICE_BUCKET, "path": "{other}/a.png"}, 403, "file_path_not_allowed"),
+    ({"bucket": "avatars", "path": "{user}/a.png"}, 403, "file_bucket_not_allowed"),
+    ({"bucket": SERVICE_BUCKET, "path": "{user}/a.png", "size": 1001}, 413, "file_too_large"),
+    ({"bucket": SERVICE_BUCKET, "path": "{user}/a.html", "content_type": "text/html"}, 415, "file_type_not_allowed"),
+    ({"bucket": SERVICE_BUCKET, "path": "{user}/../{other}/a.png"}, 400, "file_path_invalid"),
+    ({"bucket": SERVICE_BUCKET, "path": "{user}//a.png"}, 400, "file_path_invalid"),
+    ({"bucket": SERVICE_BUCKET, "path": "{user}/a\u0000.png"}, 400, "file_path_invalid"),
+], ids=["outside_prefix", "bucket_not_allowed", "oversized", "wrong_type", "dotdot", "empty_segment", "control"])
+@pytest.mark.parametrize("who", ["supabase", "firebase"])
+def test_refused_file_is_refused_before_anything_is_signed_and_storage_holds_nothing_new(
+        service_worker, storage, session_token, firebase, who, file, status, code):
+    user = str(uuid.uuid4()) if who == "supabase" else "fbUser" + uuid.uuid4().hex[:16]
+    other = str(uuid.uuid4())
+    token = session_token(user) if who == "supabase" else firebase_token(firebase, user)
+    spec = {"content_type": "image/png", "size": 10, **file}
+    spec["path"] = spec["path"].format(user=user, other=other)
+    # A good file first in the same request: it must not be signed either.
+    good = {"bucket": SERVICE_BUCKET, "path": f"{user}/good.png", "content_type": "image/png", "size": 10}
+    before = len(storage.output())
+    r = call(service_worker, "upload", token, {"files": [good, spec]})
+    assert (r.status_code, r.json()["code"], r.json()["index"]) == (status, code, 1), r.text
+    assert "url" not in r.text
+    new_log = storage.output()[before:]
+    assert "sign_upload_url" not in new_log, "Storage was asked to sign"
+    assert storage.list_objects(SERVICE_BUCKET, user, SERVICE_KEY) == []
+    assert storage.list_objects(SERVICE_BUCKET, other, SERVICE_KEY) == []
+    line = next(json.loads(l[l.index("{"):]) for l in reversed(service_worker.output().splitlines())
+                if '"route":"files_upload"' in l)
+    assert line["code"] == code and line["files"]["done"] == 0
+    assert user not in json.dumps(line) and "good.png" not in json.dumps(line), "no path in the log"
+
+
+def test_expired_download_url_is_refused_by_storage(service_worker, storage, session_token):
+    user = str(uuid.uuid4())
+    token = session_token(user)
+    assert upload_file(service_worker, token, SERVICE_BUCKET, f"{user}/a.txt", b"soon gone", "text/plain").status_code == 200
+    r = call(service_worker, "download", token, {"files": [{"bucket": SERVICE_BUCKET, "path": f"{user}/a.txt"}], "expires_in": 1})
+    assert r.status_code == 200 and r.json()["files"][0]["expires_in"] == 1
+    url = r.json()["files"][0]["url"]
+    time.sleep(2.5)
+    got = requests.get(url, timeout=30)
+    assert got.status_code in (400, 401, 403) and b"soon gone" not in got.content, got.text
+    assert "xpired" in got.text or "jwt" in got.text.lower()
+
+
+def test_download_lifetime_is_capped_by_the_setting(service_worker, storage, session_token):
+    user = str(uuid.uuid4())
+    token = session_token(user)
+    assert upload_file(service_worker, token, SERVICE_BUCKET, f"{user}/b.txt", b"x", "text/plain").status_code == 200
+    r = call(service_worker, "download", token, {"files": [{"bucket": SERVICE_BUCKET, "path": f"{user}/b.txt"}], "expires_in": 86400})
+    assert r.json()["files"][0]["expires_in"] == 600
+    r = call(service_worker, "download", token, {"files": [{"bucket": SERVICE_BUCKET, "path": f"{user}/missing.txt"}]})
+    assert (r.status_code, r.json()["code"]) == (404, "file_not_found")
+
+
+def test_batch_of_files_gets_one_url_each_in_order(service_worker, storage, session_token):
+    user = str(uuid.uuid4())
+    token = session_token(user)
+    files = [{"bucket": SERVICE_BUCKET, "path": f"{user}/{i}.txt", "content_type": "text/plain", "size": 1} for i in range(5)]
+    r = call(service_worker, "upload", token, {"files": files})
+    assert r.status_code == 200, r.text
+    for i, entry in enumerate(r.json()["files"]):
+        assert entry["path"] == f"{user}/{i}.txt"
+        assert requests.put(entry["url"], data=str(i).encode(), headers=entry["headers"], timeout=30).status_code == 200
+    r = call(service_worker, "download", token, {"files": [{"bucket": SERVICE_BUCKET, "path": f["path"]} for f in files]})
+    assert [requests.get(e["url"], timeout=30).content for e in r.json()["files"]] == [b"0", b"1", b"2", b"3", b"4"]
+    r = call(service_worker, "delete", token, {"files": [{"bucket": SERVICE_BUCKET, "path": f["path"]} for f in files]})
+    assert [e["deleted"] for e in r.json()["files"]] == [True] * 5
+    assert storage.list_objects(SERVICE_BUCKET, user, SERVICE_KEY) == []
+
+
+@pytest.mark.parametrize("who", ["supabase", "firebase"])
+def test_rls_mode_is_refused_by_a_storage_policy_and_allowed_by_another(rls_worker, storage, session_token, firebase, who):
+    """The user's own token goes to Storage (a Firebase ID token too: Storage trusts Firebase's
+    keys, as a Supabase project with third-party auth does), and the policies decide."""
+    user = str(uuid.uuid4()) if who == "supabase" else "fbRls" + uuid.uuid4().hex[:20]
+    other = str(uuid.uuid4())
+    token = session_token(user) if who == "supabase" else firebase_token(firebase, user)
+    # files_insert_own allows the user's own folder ...
+    data = b"mine" + uuid.uuid4().bytes
+    r = upload_file(rls_worker, token, RLS_BUCKET, f"{user}/a.bin", data, "application/octet-stream")
+    assert r.status_code == 200, r.text
+    assert download(rls_worker, token, RLS_BUCKET, f"{user}/a.bin") == data
+    # ... and no policy allows another user's: Storage refuses (400 with statusCode "403").
+    r = upload_file(rls_worker, token, RLS_BUCKET, f"{other}/a.bin", b"theirs", "application/octet-stream")
+    assert (r.status_code, r.json()["code"]) == (403, "file_denied"), r.text
+    assert storage.list_objects(RLS_BUCKET, other, SERVICE_KEY) == []
+    # no policy at all on the service bucket for users
+    r = upload_file(rls_worker, token, SERVICE_BUCKET, f"{user}/a.bin", b"x", "application/octet-stream")
+    assert (r.status_code, r.json()["code"]) == (403, "file_denied"), r.text
+    # the other user cannot read or delete the file; its owner can delete it
+    r = call(rls_worker, "download", session_token(other), {"files": [{"bucket": RLS_BUCKET, "path": f"{user}/a.bin"}]})
+    assert (r.status_code, r.json()["code"]) in ((403, "file_denied"), (404, "file_not_found")), r.text
+    r = call(rls_worker, "delete", session_token(other), {"files": [{"bucket": RLS_BUCKET, "path": f"{user}/a.bin"}]})
+    assert (r.status_code, r.json()["code"]) == (403, "file_denied"), r.text
+    assert storage.list_objects(RLS_BUCKET, user, SERVICE_KEY) == ["a.bin"]
+    r = call(rls_worker, "delete", token, {"files": [{"bucket": RLS_BUCKET, "path": f"{user}/a.bin"}]})
+    assert r.json()["files"][0]["deleted"] is True
+    assert storage.list_objects(RLS_BUCKET, user, SERVICE_KEY) == []
+
+
+def test_rls_mode_checks_paths_before_asking_storage(rls_worker, storage, session_token):
+    user = str(uuid.uuid4())
+    before = len(storage.output())
+    r = call(rls_worker, "upload", session_token(user), {"files": [
+        {"bucket": RLS_BUCKET, "path": f"{user}/../x/a.bin", "content_type": "image/png", "size": 1}]})
+    assert (r.status_code, r.json()["code"]) == (400, "file_path_invalid")
+    assert "sign_upload_url" not in storage.output()[before:]
+
+
+def test_storage_down_is_retryable(base_vars, start_worker, session_token):
+    from tests.support.worker import free_port
+    worker = start_worker({**base_vars, "STORAGE_URL": f"http://127.0.0.1:{free_port()}"})
+    user = str(uuid.uuid4())
+    r = call(worker, "download", session_token(user), {"files": [{"bucket": RLS_BUCKET, "path": f"{user}/a"}]})
+    assert (r.status_code, r.json()["code"]) == (503, "storage_unavailable")
+    assert r.headers.get("Retry-After") == "5"
+
+
+QUEUED_UPLOAD, SYNCED = 0, 3  # @powersync/common AttachmentState
+
+
+def wait_until(what: str, check, timeout: float = 30.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"{what}: not within {timeout:.0f} s"
+        time.sleep(0.2)
+
+
+def attachment(app: SdkApp, id: str) -> dict | None:
+    return next((r for r in app.call("attachmentRecords") if r["id"] == id), None)
+
+
+def test_sdk_attachment_queue_uploads_once_when_back_online_then_another_device_downloads_and_it_deletes(
+        service_worker, storage, session_token, tmp_path):
+    """The official Node SDK's AttachmentQueue with the connector's WorkerStorageAdapter: a file
+    saved offline stays queued locally, is uploaded once when the app is back online, another
+    device downloads the same bytes, and deleting it removes it from Storage."""
+    user = str(uuid.uuid4())
+    token = session_token(user)
+    file_id = str(uuid.uuid4())
+    data = b"\x89PNG\r\n" + os.urandom(120)
+    with SdkApp(service_worker.url, token, tmp_path / "phone.db", with_attachments=True) as phone:
+        phone.call("attachments", workerUrl=service_worker.url, bucket=SERVICE_BUCKET, directory=str(tmp_path / "phone-files"))
+        phone.call("offline", value=True)
+        phone.call("saveFile", id=file_id, base64=base64.b64encode(data).decode(), mediaType="image/png", fileExtension="png")
+        wait_until("upload attempted offline", lambda: any(r.get("error") == "offline" for r in phone.call("fileRequests")))
+        time.sleep(1.5)  # several sync rounds while offline
+        record = attachment(phone, file_id)
+        assert record["state"] == QUEUED_UPLOAD and record["local_uri"], record
+        assert base64.b64decode(phone.call("readLocal", id=file_id)) == data, "kept locally"
+        assert storage.list_objects(SERVICE_BUCKET, user, SERVICE_KEY) == []
+
+        phone.call("offline", value=False)
+        wait_until("uploaded", lambda: (attachment(phone, file_id) or {}).get("state") == SYNCED)
+        assert storage.list_objects(SERVICE_BUCKET, user, SERVICE_KEY) == [f"{file_id}.png"]
+        time.sleep(1.5)  # more sync rounds: nothing is uploaded again
+        puts = [r for r in phone.call("fileRequests") if r["kind"] == "signed PUT"]
+        assert puts == [{"kind": "signed PUT", "status": 200}], puts
+
+        with SdkApp(service_worker.url, token, tmp_path / "laptop.db", with_attachments=True) as laptop:
+            laptop.call("attachments", workerUrl=service_worker.url, bucket=SERVICE_BUCKET, directory=str(tmp_path / "laptop-files"))
+            laptop.call("watch", items=[{"id": file_id, "fileExtension": "png", "mediaType": "image/png"}])
+            wait_until("downloaded", lambda: (attachment(laptop, file_id) or {}).get("state") == SYNCED)
+            assert base64.b64decode(laptop.call("readLocal", id=file_id)) == data
+
+        phone.call("deleteAttachment", id=file_id)
+        wait_until("deleted from Storage", lambda: storage.list_objects(SERVICE_BUCKET, user, SERVICE_KEY) == [])
+        kinds = {r["kind"] for r in phone.call("fileRequests")}
+        assert "/powersync-files/delete" in kinds, kinds

@@ -1,0 +1,157 @@
+"""The real Supabase Storage API server (v1.70.6, built from source by storage/install.sh) for
+tests and `make dev`.
+
+    with StorageServer(pg.url(), jwt_secret=JWT_SECRET) as storage:
+        storage.create_bucket("attachments", service_key=SERVICE_KEY)
+        requests.post(storage.url + "/object/sign/attachments/<user>/a.jpg", ...)
+
+Single tenant, files on local disk (a temp dir), against the given PostgreSQL database: the
+server runs its own migrations into the `storage` schema at start (and creates the roles anon,
+authenticated, service_role when missing). It verifies tokens with the same HS256 secret as the
+PostgREST stand-in, so user tokens and the service key work on both; `jwks` adds public keys it
+trusts too (a third-party provider's). Its background job queue
+stays off (PG_QUEUE_ENABLE=false; see storage/install.sh for why). Its environment is built
+from scratch (only PATH and HOME are passed on), so no other service's settings leak into it.
+
+Node and the server come from $STORAGE_NODE / $STORAGE_SERVER_ENTRY when both are set, else
+from storage/install.sh (builds once, about 1 minute; instant afterwards).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import requests
+
+from tests.support.powersync import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+INSTALL_SCRIPT = ROOT / "storage/install.sh"
+
+_installed: tuple[str, str] | None = None
+
+
+def server_install() -> tuple[str, str]:
+    """(node binary, dist/start/server.js): from the environment, else from storage/install.sh."""
+    global _installed
+    node, entry = os.environ.get("STORAGE_NODE"), os.environ.get("STORAGE_SERVER_ENTRY")
+    if node and entry:
+        return node, entry
+    if _installed is None:
+        proc = subprocess.run(["bash", str(INSTALL_SCRIPT)], cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, timeout=1800,
+                              env=dict(os.environ, CI="true"))
+        if proc.returncode != 0:
+            raise RuntimeError(f"storage/install.sh failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+        found = dict(line.removeprefix("export ").split("=", 1)
+                     for line in proc.stdout.splitlines() if line.startswith("export "))
+        _installed = found["STORAGE_NODE"], found["STORAGE_SERVER_ENTRY"]
+    return _installed
+
+
+class StorageServer:
+    def __init__(self, database_url: str, jwt_secret: str, port: int | None = None,
+                 files_dir: str | None = None, startup_timeout: float = 90.0,
+                 jwks: dict | None = None):
+        node, entry = server_install()
+        self.port = port or free_port()
+        self.admin_port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._own_dir = files_dir is None
+        self.dir = Path(files_dir or tempfile.mkdtemp(prefix="supabase-storage-"))
+        self.files_dir = self.dir / "files"
+        self.files_dir.mkdir(parents=True, exist_ok=True)
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/tmp"),
+            "NODE_ENV": "production", "SERVER_HOST": "127.0.0.1", "SERVER_PORT": str(self.port),
+            "SERVER_ADMIN_PORT": str(self.admin_port), "SERVER_REGION": "local",
+            "TENANT_ID": "stub", "REGION": "local",
+            "AUTH_JWT_SECRET": jwt_secret, "AUTH_JWT_ALGORITHM": "HS256",
+            "DATABASE_URL": database_url, "DB_INSTALL_ROLES": "true", "DB_ANON_ROLE": "anon",
+            "DB_SERVICE_ROLE": "service_role", "DB_AUTHENTICATED_ROLE": "authenticated",
+            "DB_SUPER_USER": "postgres",
+            "STORAGE_BACKEND": "file", "STORAGE_FILE_BACKEND_PATH": str(self.files_dir),
+            "STORAGE_S3_BUCKET": "stub", "PG_QUEUE_ENABLE": "false", "NO_COLOR": "1",
+        }
+        if jwks:
+            # Asymmetric keys Storage trusts besides the secret (JWT_JWKS), as a Supabase project
+            # with third-party auth trusts its providers' keys.
+            env["JWT_JWKS"] = json.dumps(jwks)
+        self.log_path = self.dir / "storage.log"
+        self._log = open(self.log_path, "wb")
+        # cwd = the server's own folder: it reads ./migrations from there
+        self.proc = subprocess.Popen([node, entry], cwd=Path(entry).parents[2], stdout=self._log,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     start_new_session=True, env=env)
+        try:
+            self._wait_live(startup_timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_live(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"Storage server exited ({self.proc.returncode}):\n{self.output()[-4000:]}")
+            try:
+                if requests.get(self.url + "/status", timeout=2).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"Storage server not live after {timeout:.0f} s:\n{self.output()[-4000:]}")
+            time.sleep(0.3)
+
+    def output(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    @staticmethod
+    def headers(token: str) -> dict:
+        return {"Authorization": f"Bearer {token}", "apikey": token}
+
+    def create_bucket(self, name: str, service_key: str, public: bool = False, **limits) -> None:
+        """Creates a bucket (idempotent). `limits`: file_size_limit, allowed_mime_types."""
+        r = requests.post(self.url + "/bucket", headers=self.headers(service_key), timeout=10,
+                          json={"id": name, "name": name, "public": public, **limits})
+        if r.status_code != 200 and "already exists" not in r.text and "Duplicate" not in r.text:
+            raise RuntimeError(f"create bucket {name}: {r.status_code} {r.text}")
+
+    def list_objects(self, bucket: str, prefix: str, service_key: str) -> list[str]:
+        """Names of the objects under `prefix` (a folder), as the service role sees them."""
+        r = requests.post(self.url + f"/object/list/{bucket}", headers=self.headers(service_key),
+                          json={"prefix": prefix, "limit": 1000}, timeout=10)
+        r.raise_for_status()
+        return [o["name"] for o in r.json() if o.get("id")]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(timeout=15)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                try:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                    self.proc.wait(timeout=5)
+                except (ProcessLookupError, subprocess.TimeoutExpired):
+                    pass
+        if not self._log.closed:
+            self._log.close()
+        if self._own_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> "StorageServer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
