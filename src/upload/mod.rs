@@ -130,6 +130,8 @@ mod tests {
             table: "todos".to_string(),
             id: id.to_string(),
             data: data.as_object().cloned().unwrap_or_default().into(),
+            previous: None,
+            metadata: None,
         }
     }
 

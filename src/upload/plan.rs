@@ -622,7 +622,7 @@ mod tests {
     }
 
     fn e(op: Op, table: &str, id: &str, data: Value) -> Entry {
-        Entry { op, table: table.to_string(), id: id.to_string(), data: data.as_object().cloned().unwrap_or_default().into() }
+        Entry { op, table: table.to_string(), id: id.to_string(), data: data.as_object().cloned().unwrap_or_default().into(), previous: None, metadata: None }
     }
 
     fn put(id: &str, data: Value) -> Entry {
