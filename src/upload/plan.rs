@@ -99,6 +99,13 @@ pub enum Check {
     OwnerCheck { table: String, ids: Vec<(String, usize)> },
     /// The atomic RPC call: an error's hint may name the failing op (= entry index).
     Atomic,
+    /// A PATCH or DELETE of one entry that applies only where the row still holds the previous
+    /// values the client saw (`UPLOAD_CONFLICT_DETECTION`). A 2xx must carry PostgREST's count;
+    /// when it is 0, `current` (`GET …?select=*&id=eq.<id>`) tells a gone or hidden row (no row:
+    /// `unchanged`) from a changed one, and `same` (PATCH only: `GET …?select=id&id=eq.<id>&<the
+    /// new values>`) a row that already holds this PATCH's values (its own earlier, lost-answer
+    /// application: applied) from a conflict. See `delivery`.
+    Conditional { current: HttpRequest, same: Option<HttpRequest> },
     /// A bulk upsert; `row_entries[i]` is the entry index of row `i` of the body. On 21000 (two
     /// rows are one row after casting) the driver splits it. A 2xx must carry PostgREST's count.
     Upsert { row_entries: Vec<usize> },
@@ -149,15 +156,40 @@ pub fn plan_transaction_as(
             }
             Op::Patch => {
                 let data = row::patch_data(entry, settings);
-                if !data.is_empty() {
-                    planner.add_filtered(index, &entry.table, &entry.id, Some(data.to_json_string()));
+                if data.is_empty() {
+                    continue;
+                }
+                match planner.context.conditions(entry, Some(&data)) {
+                    Some(conditions) => planner.add_conditional(index, entry, Some(data.to_json_string()), conditions),
+                    None => planner.add_filtered(index, &entry.table, &entry.id, Some(data.to_json_string())),
                 }
             }
-            Op::Delete => planner.add_filtered(index, &entry.table, &entry.id, None),
+            Op::Delete => match planner.context.conditions(entry, None) {
+                Some(conditions) => planner.add_conditional(index, entry, None, conditions),
+                None => planner.add_filtered(index, &entry.table, &entry.id, None),
+            },
         }
     }
     planner.flush();
     Ok(planner.requests)
+}
+
+/// Whether the transaction has an entry whose conflict conditions only REST requests check
+/// (`UPLOAD_CONFLICT_DETECTION` and a PATCH or DELETE with previous values for a column it
+/// changes): the driver then plans it as REST requests, not as an atomic call.
+pub fn needs_conflict_checks(transaction: &Transaction, settings: &UploadSettings, caller: &Caller) -> bool {
+    if !settings.conflict_detection {
+        return false;
+    }
+    let context = Context::new(settings, caller);
+    transaction.entries.iter().any(|entry| match entry.op {
+        Op::Put => false,
+        Op::Patch => {
+            let data = row::patch_data(entry, settings);
+            !data.is_empty() && context.conditions(entry, Some(&data)).is_some()
+        }
+        Op::Delete => context.conditions(entry, None).is_some(),
+    })
 }
 
 /// The transaction as one call of the atomic function, whatever the mode: how a transaction too
@@ -256,6 +288,55 @@ impl<'a> Context<'a> {
         self.table_url(table).len() + "?select=id&id=".len() + self.owner_check_suffix().len()
     }
 
+    /// The conflict conditions of a PATCH (`data`: its columns as written) or DELETE (`None`),
+    /// `None` when conflict detection is off, the entry has no previous values, or none applies.
+    ///
+    /// The checked columns: for a PATCH those it sets that have a previous value; for a DELETE
+    /// every column with a previous value; never `id` (already the row filter), nor the owner
+    /// column in service mode (already filtered), nor a name that is not a plain identifier
+    /// (it could not be a filter key). Each is `&<column>=is.null` for a null, else
+    /// `&<column>=eq.<value>` (a string's text, any other JSON value's JSON text, percent-encoded:
+    /// PostgREST takes everything after `eq.` literally and PostgreSQL casts it to the column's
+    /// type). Previous values pass through the same `UPLOAD_JSON_COLUMNS` / `UPLOAD_BOOLEAN_COLUMNS`
+    /// conversions as data. A condition that would make the URL longer than
+    /// [`filter::MAX_URL_BYTES`] is left out (that column is not compared).
+    fn conditions(&self, entry: &Entry, data: Option<&Columns>) -> Option<Conditions> {
+        if !self.settings.conflict_detection {
+            return None;
+        }
+        let previous = entry.previous.as_ref()?;
+        let previous = row::converted(&entry.table, previous, self.settings);
+        let owner = self.owner.map(|(column, _)| column);
+        let mut room = filter::MAX_URL_BYTES
+            .saturating_sub(self.table_url(&entry.table).len() + "?select=id&id=".len() + filter::eq(&entry.id).len())
+            .saturating_sub(self.owner_filter().len());
+        let mut conditions = Conditions::default();
+        for (column, old) in previous.iter() {
+            if column == "id" || Some(column) == owner || !is_identifier(column) {
+                continue;
+            }
+            let new = match data {
+                Some(data) => match data.iter().find(|(name, _)| *name == column) {
+                    Some((_, value)) => Some(value),
+                    None => continue,
+                },
+                None => None,
+            };
+            let old_condition = column_condition(column, old);
+            let new_condition = new.map(|value| column_condition(column, value));
+            let cost = old_condition.len().max(new_condition.as_ref().map_or(0, String::len));
+            if cost > room {
+                continue;
+            }
+            room -= cost;
+            conditions.previous.push_str(&old_condition);
+            if let Some(new_condition) = new_condition {
+                conditions.new.get_or_insert_with(String::new).push_str(&new_condition);
+            }
+        }
+        (!conditions.previous.is_empty()).then_some(conditions)
+    }
+
     fn atomic(&self, transaction: &Transaction) -> Option<PlannedRequest> {
         if transaction.entries.is_empty() {
             return None;
@@ -349,6 +430,28 @@ pub(crate) fn authorized(method: Method, url: String, settings: &UploadSettings,
         WriteMode::Service { service_key, .. } => (service_key.as_str(), service_key.as_str()),
     };
     HttpRequest::new(method, url).header("apikey", apikey).header("Authorization", format!("Bearer {bearer}"))
+}
+
+/// An entry's conflict conditions (see [`Context::conditions`]): `&<column>=<filter>` each.
+#[derive(Debug, Default)]
+struct Conditions {
+    /// The row still holds the previous values.
+    previous: String,
+    /// PATCH only: the row already holds the new values.
+    new: Option<String>,
+}
+
+/// `&<column>=is.null` for a JSON null, else `&<column>=eq.<text>`: a string's text, another
+/// value's JSON text, percent-encoded.
+fn column_condition(column: &str, raw: &str) -> String {
+    if raw == "null" {
+        return format!("&{column}=is.null");
+    }
+    let text = match serde_json::from_str::<Value>(raw) {
+        Ok(Value::String(text)) => text,
+        _ => raw.to_string(),
+    };
+    format!("&{column}={}", filter::eq(&text))
 }
 
 /// Consecutive entries being merged into one request.
@@ -456,6 +559,25 @@ impl<'e> Planner<'e> {
             row_entries: vec![index],
             cast_keys: HashSet::from([CastKey::of(id)]),
         }));
+    }
+
+    /// A PATCH (`data`) or DELETE with conflict conditions: a request of its own (conditions
+    /// differ per entry, so it is never merged).
+    fn add_conditional(&mut self, index: usize, entry: &Entry, data: Option<String>, conditions: Conditions) {
+        self.flush();
+        let row = format!("{}?id={}{}", self.context.table_url(&entry.table), filter::eq(&entry.id), self.context.owner_filter());
+        let write_url = format!("{row}{}", conditions.previous);
+        let request = match data {
+            Some(data) => self.context.request(Method::Patch, write_url).json_body(data),
+            None => self.context.request(Method::Delete, write_url),
+        };
+        let current = self.context.request(Method::Get, format!("{row}&select=*"));
+        let same = conditions.new.map(|new| self.context.request(Method::Get, format!("{row}{new}&select=id")));
+        self.requests.push(PlannedRequest {
+            request: request.header("Prefer", PREFER_COUNTED),
+            entries: index..index + 1,
+            check: Check::Conditional { current, same },
+        });
     }
 
     /// Turns the open group, if any, into its request(s).
