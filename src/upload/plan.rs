@@ -846,6 +846,51 @@ mod tests {
     }
 
     #[test]
+    fn conflict_conditions_encode_values_as_postgrest_reads_filters_and_are_never_merged() {
+        let mut s = settings();
+        s.conflict_detection = true;
+        let mut odd = patch("a", json!({"t": "x", "n": 2, "j": {"k": 1}, "b": true, "z": "new", "bad name": 1}));
+        let previous = json!({"t": "a,b)&=%\"", "n": 1.5, "j": {"k": 0}, "b": null, "bad name": 0, "untouched": 5});
+        odd.previous = Some(previous.as_object().cloned().unwrap_or_default().into());
+        let mut second = patch("b", json!({"t": "x", "n": 2, "j": {"k": 1}, "b": true, "z": "new", "bad name": 1}));
+        second.previous = odd.previous.clone();
+        let requests = plan(vec![odd, second], &s);
+        assert_eq!(requests.len(), 2, "conditional entries are sent one by one");
+        assert_eq!(
+            requests[0].request.url,
+            "https://p.supabase.co/rest/v1/todos?id=eq.a&b=is.null&j=eq.%7B%22k%22%3A0%7D&n=eq.1.5&t=eq.a%2Cb%29%26%3D%25%22"
+        );
+        match &requests[0].check {
+            Check::Conditional { current, same: Some(same) } => {
+                assert_eq!(current.url, "https://p.supabase.co/rest/v1/todos?id=eq.a&select=*");
+                assert_eq!(
+                    same.url,
+                    "https://p.supabase.co/rest/v1/todos?id=eq.a&b=eq.true&j=eq.%7B%22k%22%3A1%7D&n=eq.2&t=eq.x&select=id"
+                );
+                assert_eq!(current.method, Method::Get);
+            }
+            other => panic!("expected a conditional check, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn previous_values_for_no_changed_column_or_without_the_setting_plan_as_before() {
+        let mut s = settings();
+        s.conflict_detection = true;
+        let mut unrelated = patch("a", json!({"x": 1}));
+        unrelated.previous = Some(json!({"y": 0}).as_object().cloned().unwrap_or_default().into());
+        let mut other = patch("b", json!({"x": 1}));
+        other.previous = unrelated.previous.clone();
+        let requests = plan(vec![unrelated.clone(), other.clone()], &s);
+        assert_eq!(requests.len(), 1, "merged as without previous values");
+        let mut with_previous = patch("c", json!({"x": 1}));
+        with_previous.previous = Some(json!({"x": 0}).as_object().cloned().unwrap_or_default().into());
+        let off = plan(vec![with_previous], &settings());
+        assert_eq!(off[0].request.url, "https://p.supabase.co/rest/v1/todos?id=eq.c");
+        assert!(matches!(off[0].check, Check::Filtered { .. }));
+    }
+
+    #[test]
     fn patch_without_data_sends_nothing() {
         assert!(plan(vec![patch("a", json!({}))], &settings()).is_empty());
         assert!(plan(vec![patch("a", Value::Null)], &settings()).is_empty());

@@ -39,8 +39,8 @@ export interface FatalErrorReport {
   /**
    * `fatal_error`: the worker rejected the transaction for good. `conflict` (only with the worker's
    * `UPLOAD_CONFLICT_DETECTION`): nothing of it was applied because a row had changed on the server
-   * since the app saw it; `failedEntry` is that entry, `failedOperation.current` the server's row
-   * (when readable). Either way the transaction is discarded from the queue once this returns.
+   * since the app saw it; `failedEntry` is that entry (the server's row reaches the app by sync).
+   * Either way the transaction is discarded from the queue once this returns.
    */
   status: 'fatal_error' | 'conflict';
   /** The SDK's transaction id; `undefined` for entries recorded without one (each is its own transaction). */

@@ -55,15 +55,13 @@ export interface FailedOperation {
   hint?: string;
   /** The upstream HTTP status, when there was an answer. */
   http_status?: number;
-  /** `conflict` only: the row as the server holds it now, when the worker could read it. */
-  current?: Record<string, unknown> | null;
 }
 
 /**
  * The outcomes the worker reports per transaction. `conflict` (only with the worker's
  * `UPLOAD_CONFLICT_DETECTION`) is final like `fatal_error`: nothing of the transaction was applied
  * because a row no longer held the previous values the app saw (`failed_operation.index` names the
- * entry, `failed_operation.current` the row as the server holds it, when readable).
+ * entry, `failed_operation.code` is `conflict`; the server's row reaches the app by sync).
  */
 export type TransactionStatus = 'success' | 'fatal_error' | 'conflict' | 'retryable_error' | 'not_attempted';
 

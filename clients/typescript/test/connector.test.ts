@@ -295,7 +295,7 @@ describe('uploadData: what is completed', () => {
     const queue = new FakeQueue()
       .add(5, [{ op: 'PATCH', id: 't1', data: { title: 'mine' }, previousValues: { title: 'seen' } }])
       .addMany(6, 1);
-    const conflict = { index: 0, code: 'conflict', message: 'row changed since the client saw it', current: { id: 't1', title: 'theirs' } };
+    const conflict = { index: 0, code: 'conflict', message: 'row changed since the client saw it', details: null };
     const reports: FatalErrorReport[] = [];
     const fake = new FakeFetch({ status: 200, body: results(['conflict', 5, { failed_operation: conflict }], ['success', 6]) });
     await connector(fake, { onFatalError: (report) => void reports.push(report) }).uploadData(queue);
@@ -307,7 +307,7 @@ describe('uploadData: what is completed', () => {
     assert.equal(reports[0]!.status, 'conflict');
     assert.equal(reports[0]!.transactionId, 5);
     assert.equal(reports[0]!.failedEntry?.id, 't1');
-    assert.deepEqual(reports[0]!.failedOperation?.current, { id: 't1', title: 'theirs' });
+    assert.equal(reports[0]!.failedOperation?.code, 'conflict');
     assert.deepEqual(queue.remainingTransactionIds(), []);
   });
 

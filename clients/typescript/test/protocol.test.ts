@@ -63,8 +63,8 @@ describe('planUploadBody', () => {
 });
 
 describe('interpretUploadResponse', () => {
-  test('conflict is final like fatal_error: completable, and it keeps failed_operation with the server row', () => {
-    const failure = { index: 0, code: 'conflict', message: 'row changed', current: { id: 'a', title: 'theirs' } };
+  test('conflict is final like fatal_error: completable, and it keeps failed_operation', () => {
+    const failure = { index: 0, code: 'conflict', message: 'row changed', details: null };
     const body = { results: [{ status: 'conflict', transaction_id: 1, failed_operation: failure }, { status: 'success', transaction_id: 2 }] };
     const v = interpretUploadResponse(200, body, [1, 2]);
     assert.equal(v.completable, 2);
