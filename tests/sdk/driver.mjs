@@ -12,9 +12,10 @@ import { column, PowerSyncDatabase, Schema, Table } from '@powersync/node';
 import { WorkerConnector } from '@powersync-supabase-worker/connector';
 
 // The demo schema (tests/sql/test_schema.sql), as the SDK sees it: booleans are 0/1 and JSON
-// columns are text, as in every PowerSync app.
-const schema = new Schema({
-  lists: new Table({ created_at: column.text, name: column.text, owner_id: column.text }),
+// columns are text, as in every PowerSync app. `trackPrevious` (open's option): the SDK records
+// each PATCH's and DELETE's previous values (`CrudEntry.previousValues`), for conflict detection.
+const schemaOf = (trackPrevious) => new Schema({
+  lists: new Table({ created_at: column.text, name: column.text, owner_id: column.text }, trackPrevious ? { trackPrevious: true } : {}),
   todos: new Table({
     created_at: column.text,
     completed_at: column.text,
@@ -25,7 +26,7 @@ const schema = new Schema({
     list_id: column.text,
     tags: column.text,
     priority: column.integer,
-  }),
+  }, trackPrevious ? { trackPrevious: true } : {}),
 });
 
 let db = null;
@@ -37,7 +38,7 @@ const uploadErrors = [];
 const uploads = []; // {at, ms} per uploadData call that finished without throwing
 
 const commands = {
-  async open({ path, workerUrl, token, maxTransactionsPerRequest }) {
+  async open({ path, workerUrl, token, maxTransactionsPerRequest, trackPrevious = false }) {
     sessionToken = token;
     const base = new WorkerConnector({
       workerUrl,
@@ -65,7 +66,7 @@ const commands = {
         }
       },
     };
-    db = new PowerSyncDatabase({ schema, database: { dbFilename: path } });
+    db = new PowerSyncDatabase({ schema: schemaOf(trackPrevious), database: { dbFilename: path } });
     await db.init();
     return true;
   },
