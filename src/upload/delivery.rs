@@ -141,8 +141,8 @@ pub async fn apply_with<T: Transport>(
                 && !plan::needs_conflict_checks(transaction, settings, caller);
             let ending = match plan::plan_transaction_as(transaction, settings, caller, atomic) {
                 Ok(requests) if requests.is_empty() => Some(Ending::Success(Vec::new())),
-                Ok(requests) if requests.len() + dead_letter_cost > budget => {
-                    let too_big = too_big(requests.len(), budget, dead_letter_cost, &settings.atomic_function);
+                Ok(requests) if worst_case(&requests) + dead_letter_cost > budget => {
+                    let too_big = too_big(worst_case(&requests), budget, dead_letter_cost, &settings.atomic_function);
                     match plan::atomic_request(transaction, settings, caller) {
                         Some(call) if dead_letter_cost < remaining => {
                             let ending =
@@ -170,7 +170,7 @@ pub async fn apply_with<T: Transport>(
                         _ => refuse_unsendable(remaining, fresh, dead_letter_cost, too_big, transaction.entries.len()),
                     }
                 }
-                Ok(requests) if requests.len() + dead_letter_cost > remaining => None,
+                Ok(requests) if worst_case(&requests) + dead_letter_cost > remaining => None,
                 Ok(requests) => {
                     match send(requests, transaction.entries.len(), settings, transport, &mut report, dead_letter_cost).await {
                         Ending::Retryable(failure, _) if atomic && failure.code == QUERY_CANCELED => {
@@ -316,7 +316,7 @@ async fn after_timeout<T: Transport>(
             return (Ending::Fatal(refused, states), None);
         }
     };
-    let needed = requests.len();
+    let needed = worst_case(&requests);
     let budget = settings.subrequest_budget;
     if needed + reserve > budget.saturating_sub(report.subrequests) {
         let reserve_text = if reserve > 0 { " plus one for a dead-letter record" } else { "" };
@@ -558,6 +558,21 @@ async fn send<T: Transport>(
         unchanged.dedup();
         Ending::Success(unchanged)
     }
+}
+
+/// The most subrequests `requests` can take: one each, plus the reads a conditional write may need
+/// when it changes no row (see [`probe_conflict`]). Reserved up front, so that a transaction
+/// whose re-send finds its own earlier writes (each then needing its reads) still fits in a fresh
+/// budget: one that cannot fit is too big for REST and goes through the atomic function.
+fn worst_case(requests: &[PlannedRequest]) -> usize {
+    requests
+        .iter()
+        .map(|planned| match &planned.check {
+            Check::Conditional { same: Some(_), .. } => 3,
+            Check::Conditional { same: None, .. } => 2,
+            _ => 1,
+        })
+        .sum()
 }
 
 /// Code of a conflict's `failed_operation`.

@@ -1157,13 +1157,37 @@ mod tests {
     }
 
     #[test]
-    fn a_conflict_check_without_budget_left_is_retryable() {
+    fn a_conflict_checked_transaction_waits_for_a_budget_with_room_for_its_reads() {
         let mut s = conflict_settings();
-        s.subrequest_budget = 2;
-        let transport = FakeTransport::scripted(vec![counted(204, 0)]);
-        let report = run(&[Transaction { transaction_id: Some(json!(1)), entries: vec![stale_patch()] }], &s, &transport);
-        assert_eq!(statuses(&report), vec![Status::RetryableError]);
-        assert_eq!(report.results[0].failed_operation.as_ref().map(|f| f.code.as_str()), Some("conflict_check_budget"));
+        s.subrequest_budget = 4;
+        // tx 1 (one PUT) leaves 3 of 4: the conditional PATCH with its two possible reads needs 3
+        // plus nothing reserved, so it is sent; a second one would need 3 more: not attempted.
+        let transport = FakeTransport::scripted(vec![counted(201, 1), counted(204, 0), rows(json!([])), counted(204, 1)]);
+        let second = Transaction { transaction_id: Some(json!(3)), entries: vec![stale_patch()] };
+        let report = run(
+            &[tx(1), Transaction { transaction_id: Some(json!(2)), entries: vec![stale_patch()] }, second],
+            &s,
+            &transport,
+        );
+        assert_eq!(statuses(&report), vec![Status::Success, Status::Success, Status::NotAttempted]);
+        assert_eq!(report.subrequests, 3);
+    }
+
+    #[test]
+    fn a_conflict_checked_transaction_too_big_for_its_worst_case_goes_through_the_atomic_function() {
+        let mut s = conflict_settings();
+        s.subrequest_budget = 8;
+        let entries: Vec<Entry> = (0..3)
+            .map(|i| {
+                let mut patch = stale_patch();
+                patch.id = format!("r{i}");
+                patch
+            })
+            .collect();
+        let transport = FakeTransport::scripted(vec![ok_body(r#"{"applied":3}"#)]);
+        let report = run(&[Transaction { transaction_id: Some(json!(1)), entries }], &s, &transport);
+        assert_eq!(statuses(&report), vec![Status::Success]);
+        assert!(transport.sent()[0].url.ends_with("/rpc/powersync_apply_transaction"), "3 x 3 > 8: atomic, unchecked");
     }
 
     fn put_then_patch_of_a_gone_row() -> Transaction {
