@@ -307,31 +307,42 @@ impl<'a> Context<'a> {
         let previous = entry.previous.as_ref()?;
         let previous = row::converted(&entry.table, previous, self.settings);
         let owner = self.owner.map(|(column, _)| column);
-        let mut room = filter::MAX_URL_BYTES
-            .saturating_sub(self.table_url(&entry.table).len() + "?select=id&id=".len() + filter::eq(&entry.id).len())
-            .saturating_sub(self.owner_filter().len());
+        let fixed = self.table_url(&entry.table).len() + "?select=id&id=".len() + filter::eq(&entry.id).len();
+        let room = filter::MAX_URL_BYTES.saturating_sub(fixed + self.owner_filter().len());
         let mut conditions = Conditions::default();
+        let mut left = room;
         for (column, old) in previous.iter() {
             if column == "id" || Some(column) == owner || !is_identifier(column) {
                 continue;
             }
-            let new = match data {
-                Some(data) => match data.iter().find(|(name, _)| *name == column) {
-                    Some((_, value)) => Some(value),
-                    None => continue,
-                },
-                None => None,
-            };
-            let old_condition = column_condition(column, old);
-            let new_condition = new.map(|value| column_condition(column, value));
-            let cost = old_condition.len().max(new_condition.as_ref().map_or(0, String::len));
-            if cost > room {
+            if let Some(data) = data {
+                if !data.names().any(|name| name == column) {
+                    continue;
+                }
+            }
+            let condition = column_condition(column, old);
+            if condition.len() > left {
                 continue;
             }
-            room -= cost;
-            conditions.previous.push_str(&old_condition);
-            if let Some(new_condition) = new_condition {
-                conditions.new.get_or_insert_with(String::new).push_str(&new_condition);
+            left -= condition.len();
+            conditions.previous.push_str(&condition);
+        }
+        // A PATCH's row "already holds the new values" only if it holds every column the PATCH
+        // sets (not only the compared ones): otherwise a column without a previous value would be
+        // lost. When one cannot be a filter (not an identifier, or too long), there is no such
+        // check (a re-send of its own write then reads as a conflict).
+        if let Some(data) = data {
+            let mut new = String::new();
+            let all = data.iter().all(|(column, value)| {
+                let condition = column_condition(column, value);
+                let fits = is_identifier(column) && new.len() + condition.len() <= room;
+                if fits {
+                    new.push_str(&condition);
+                }
+                fits
+            });
+            if all && !new.is_empty() {
+                conditions.new = Some(new);
             }
         }
         (!conditions.previous.is_empty()).then_some(conditions)
@@ -437,7 +448,7 @@ pub(crate) fn authorized(method: Method, url: String, settings: &UploadSettings,
 struct Conditions {
     /// The row still holds the previous values.
     previous: String,
-    /// PATCH only: the row already holds the new values.
+    /// PATCH only: the row already holds the new values (every column it sets).
     new: Option<String>,
 }
 
@@ -849,12 +860,16 @@ mod tests {
     fn conflict_conditions_encode_values_as_postgrest_reads_filters_and_are_never_merged() {
         let mut s = settings();
         s.conflict_detection = true;
-        let mut odd = patch("a", json!({"t": "x", "n": 2, "j": {"k": 1}, "b": true, "z": "new", "bad name": 1}));
+        let mut odd = patch("a", json!({"t": "x", "n": 2, "j": {"k": 1}, "b": true, "z": "new"}));
         let previous = json!({"t": "a,b)&=%\"", "n": 1.5, "j": {"k": 0}, "b": null, "bad name": 0, "untouched": 5});
         odd.previous = Some(previous.as_object().cloned().unwrap_or_default().into());
         let mut second = patch("b", json!({"t": "x", "n": 2, "j": {"k": 1}, "b": true, "z": "new", "bad name": 1}));
         second.previous = odd.previous.clone();
         let requests = plan(vec![odd, second], &s);
+        assert!(
+            matches!(&requests[1].check, Check::Conditional { same: None, .. }),
+            "a column that cannot be a filter: no 'already holds the new values' check"
+        );
         assert_eq!(requests.len(), 2, "conditional entries are sent one by one");
         assert_eq!(
             requests[0].request.url,
@@ -865,7 +880,7 @@ mod tests {
                 assert_eq!(current.url, "https://p.supabase.co/rest/v1/todos?id=eq.a&select=*");
                 assert_eq!(
                     same.url,
-                    "https://p.supabase.co/rest/v1/todos?id=eq.a&b=eq.true&j=eq.%7B%22k%22%3A1%7D&n=eq.2&t=eq.x&select=id"
+                    "https://p.supabase.co/rest/v1/todos?id=eq.a&b=eq.true&j=eq.%7B%22k%22%3A1%7D&n=eq.2&t=eq.x&z=eq.new&select=id"
                 );
                 assert_eq!(current.method, Method::Get);
             }
