@@ -143,3 +143,27 @@ def test_an_unconflicted_edit_with_previous_values_applies_and_a_gone_row_stays_
     while app.query("select id from lists order by id") != [{"id": kept}]:
         assert time.monotonic() < deadline, app.query("select id, name from lists")
         time.sleep(0.1)
+
+
+def test_a_re_sent_write_whose_first_answer_was_lost_is_no_conflict(tracking_apps, db, standin, detecting_worker, user_a):
+    """The fault soak's case: the conditional PATCH commits, its answer is lost (the stand-in drops
+    the connection after the write), the worker sends it again: now zero rows hold the previous
+    values, but the row holds this write's own values, so it is applied, not a conflict."""
+    list_id = str(uuid.uuid4())
+    db.execute("insert into lists (id, name, owner_id) values (%s, 'original', %s)", (list_id, user_a))
+    app = tracking_apps(user_a, detecting_worker)
+    app.wait_for("select name from lists where id = ?", [{"name": "original"}], params=[list_id])
+    app.disconnect()
+    app.execute("update lists set name = 'mine' where id = ?", [list_id])
+    standin.add_fault({"drop_after": True, "method": "PATCH", "path_prefix": "/rest/v1/lists"})
+    app.connect()
+    app.drained()
+
+    assert server_name(db, list_id) == "mine"
+    assert app.records()["fatalReports"] == []
+    assert standin.faults == [], "the fault was used: the first answer was lost"
+    uploads = [line["upload"] for line in detecting_worker.log_lines()
+               if line.get("route") == "upload" and line.get("upload", {}).get("resent")]
+    # the PATCH, its re-send (zero rows), the read of the row, the read of the new values
+    assert [(u["resent"], u["subrequests"], u["success"], u["conflict"]) for u in uploads] == [(1, 4, 1, 0)], uploads
+    assert db.execute("select count(*) from powersync_dead_letters").fetchone()[0] == 0
