@@ -7,7 +7,7 @@
 /// );
 /// await db.connect(connector: connector);
 /// ```
-library;
+library powersync_supabase_worker;
 
 export 'src/connector.dart';
 export 'src/protocol.dart';

@@ -99,7 +99,7 @@ void main() {
         ])
         ..add(2, [const EntrySpec(UpdateType.delete, 'c', previousValues: {'x': 3})]);
       final fake = FakeWorker([
-        jsonResponse(200, results([('success', 1, {}), ('success', 2, {})])),
+        jsonResponse(200, results([['success', 1], ['success', 2]])),
       ]);
       await connector(fake).uploadFrom(queue);
 
@@ -130,8 +130,8 @@ void main() {
     test('reads at most maxTransactionsPerRequest and maxEntriesPerRequest', () async {
       final queue = FakeQueue()..addMany(1, 5);
       final fake = FakeWorker([
-        jsonResponse(200, results([('success', 1, {}), ('success', 2, {})])),
-        jsonResponse(200, results([('success', 3, {}), ('success', 4, {}), ('success', 5, {})])),
+        jsonResponse(200, results([['success', 1], ['success', 2]])),
+        jsonResponse(200, results([['success', 3], ['success', 4], ['success', 5]])),
       ]);
       await connector(fake, maxTransactionsPerRequest: 2).uploadFrom(queue);
       await connector(fake, maxEntriesPerRequest: 3).uploadFrom(queue);
@@ -149,7 +149,7 @@ void main() {
       final reports = <FatalErrorReport>[];
       List<int?>? queuedDuringCallback;
       final fake = FakeWorker([
-        jsonResponse(200, results([('fatal_error', 3, {'failed_operation': failure23505}), ('success', 4, {})])),
+        jsonResponse(200, results([['fatal_error', 3, {'failed_operation': failure23505}], ['success', 4]])),
       ]);
       await connector(fake, onFatalError: (report) {
         reports.add(report);
@@ -170,7 +170,7 @@ void main() {
       final reports = <FatalErrorReport>[];
       final conflict = {'index': 0, 'code': 'conflict', 'message': 'row changed', 'details': null};
       final fake = FakeWorker([
-        jsonResponse(200, results([('conflict', 5, {'failed_operation': conflict})])),
+        jsonResponse(200, results([['conflict', 5, {'failed_operation': conflict}]])),
       ]);
       await connector(fake, onFatalError: reports.add).uploadFrom(queue);
       expect(reports.single.isConflict, isTrue);
@@ -182,7 +182,7 @@ void main() {
       final queue = FakeQueue()..addMany(1, 3);
       final fake = FakeWorker([
         jsonResponse(
-            200, results([('success', 1, {}), ('fatal_error', 2, {'failed_operation': failure23505}), ('success', 3, {})])),
+            200, results([['success', 1], ['fatal_error', 2, {'failed_operation': failure23505}], ['success', 3]])),
       ]);
       final boom = StateError('could not keep the rejected transaction');
       await expectLater(
@@ -200,7 +200,7 @@ void main() {
         ]);
       final logged = <String>[];
       final fake = FakeWorker([
-        jsonResponse(200, results([('success', 1, {'unchanged': [0, 7]})])),
+        jsonResponse(200, results([['success', 1, {'unchanged': [0, 7]}]])),
       ]);
       await connector(fake, logged: logged).uploadFrom(queue);
       expect(logged.single, contains('entries 0 (PATCH todos)'));
@@ -211,7 +211,7 @@ void main() {
     test('503 with [success, retryable_error] completes the first only and throws with Retry-After', () async {
       final queue = FakeQueue()..addMany(1, 2);
       final fake = FakeWorker([
-        jsonResponse(503, results([('success', 1, {}), ('retryable_error', 2, {'retry_after_ms': 5000})]),
+        jsonResponse(503, results([['success', 1], ['retryable_error', 2, {'retry_after_ms': 5000}]]),
             headers: {'retry-after': '3'}),
       ]);
       await expectLater(
@@ -226,8 +226,8 @@ void main() {
 
     test('results that do not match what was sent complete nothing', () async {
       for (final body in [
-        results([('success', 1, {})]), // one result for two transactions
-        results([('success', 1, {}), ('success', 99, {})]), // wrong id
+        results([['success', 1]]), // one result for two transactions
+        results([['success', 1], ['success', 99]]), // wrong id
         {'error': 'not results'},
       ]) {
         final queue = FakeQueue()..addMany(1, 2);
@@ -241,7 +241,7 @@ void main() {
       final queue = FakeQueue()..addMany(1, 4);
       final fake = FakeWorker([
         jsonResponse(413, {'code': 'payload_too_large'}),
-        jsonResponse(200, results([('success', 1, {}), ('success', 2, {})])),
+        jsonResponse(200, results([['success', 1], ['success', 2]])),
       ]);
       await connector(fake).uploadFrom(queue);
       expect(fake.json(1)['transactions'], hasLength(2));
@@ -272,7 +272,7 @@ void main() {
       final queue = FakeQueue()
         ..addMany(1, 1)
         ..clientIdAnswer = null;
-      final fake = FakeWorker([jsonResponse(200, results([('success', 1, {})]))]);
+      final fake = FakeWorker([jsonResponse(200, results([['success', 1]]))]);
       await connector(fake).uploadFrom(queue);
       expect(fake.json(0).containsKey('client_id'), isFalse);
       await connector(fake).uploadFrom(queue);

@@ -112,9 +112,14 @@ class FakeWorker {
 http.Response jsonResponse(int status, Object? body, {Map<String, String> headers = const {}}) =>
     http.Response(jsonEncode(body), status, headers: {'content-type': 'application/json', ...headers});
 
-/// A `{"results": [...]}` body: each item (status, transaction id, extra fields).
-Map<String, Object?> results(List<(String, int?, Map<String, Object?>)> items) => {
+/// A `{"results": [...]}` body: each item `[status, transaction id, extra fields?]`.
+Map<String, Object?> results(List<List<Object?>> items) => {
       'results': [
-        for (final (status, id, extra) in items) {'status': status, 'transaction_id': id, ...extra},
+        for (final item in items)
+          {
+            'status': item[0],
+            'transaction_id': item[1],
+            if (item.length > 2) ...(item[2] as Map<String, Object?>),
+          },
       ],
     };

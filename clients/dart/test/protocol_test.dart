@@ -29,22 +29,22 @@ void main() {
   group('interpretUploadResponse', () {
     test('only 200 and 503 carry results', () {
       final v = interpretUploadResponse(401, {'code': 'session_expired'}, [1]);
-      expect((v.completable, v.next, v.reasonCode), (0, 'retry', 'session_expired'));
+      expect([v.completable, v.next, v.reasonCode], [0, 'retry', 'session_expired']);
     });
 
     test('the leading final results are completable, conflict included', () {
       final v = interpretUploadResponse(
-          200, results([('success', 1, {}), ('conflict', 2, {}), ('fatal_error', null, {})]), [1, 2, null]);
-      expect((v.completable, v.next), (3, 'done'));
+          200, results([['success', 1], ['conflict', 2], ['fatal_error', null]]), [1, 2, null]);
+      expect([v.completable, v.next], [3, 'done']);
     });
 
     test('a final prefix followed only by not_attempted continues at once', () {
-      final v = interpretUploadResponse(503, results([('success', 1, {}), ('not_attempted', 2, {})]), [1, 2]);
-      expect((v.completable, v.next), (1, 'continue'));
+      final v = interpretUploadResponse(503, results([['success', 1], ['not_attempted', 2]]), [1, 2]);
+      expect([v.completable, v.next], [1, 'continue']);
     });
 
     test('results not matching what was sent are not trusted', () {
-      expect(interpretUploadResponse(200, results([('success', 2, {})]), [1]).completable, 0);
+      expect(interpretUploadResponse(200, results([['success', 2]]), [1]).completable, 0);
       expect(interpretUploadResponse(200, null, [1]).reasonMessage, contains('not JSON'));
     });
 
@@ -52,9 +52,9 @@ void main() {
       final v = interpretUploadResponse(
           200,
           results([
-            ('success', 1, {
+            ['success', 1, {
               'unchanged': [3, 1, 3, -1, 'x']
-            })
+            }]
           ]),
           [1]);
       expect(v.results!.single.unchanged, [1, 3]);

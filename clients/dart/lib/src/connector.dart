@@ -9,7 +9,7 @@ import 'protocol.dart';
 /// The local upload queue, as the connector uses it. The SDK's database class cannot be mocked,
 /// so the connector reads the queue through this interface: [PowerSyncUploadQueue] wraps a
 /// `PowerSyncDatabase`, tests give a fake.
-abstract interface class UploadQueue {
+abstract class UploadQueue {
   /// The queued transactions, oldest first (`PowerSyncDatabase.getCrudTransactions()`).
   Stream<CrudTransaction> getCrudTransactions();
 

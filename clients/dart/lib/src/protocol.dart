@@ -1,7 +1,6 @@
-/// The worker's wire format, as pure functions: what is sent to `/powersync-upload` and what an
-/// answer means for each transaction sent. No I/O here, so the rules are testable on their own.
-/// The same rules as the TypeScript connector (clients/typescript/src/protocol.ts).
-library;
+// The worker's wire format, as pure functions: what is sent to `/powersync-upload` and what an
+// answer means for each transaction sent. No I/O here, so the rules are testable on their own.
+// The same rules as the TypeScript connector (clients/typescript/src/protocol.ts).
 
 import 'package:powersync_core/powersync_core.dart';
 
@@ -176,13 +175,22 @@ DateTime? parseHttpDateOrNull(String text) {
   );
 }
 
-/// `code`, `error` and `request_id` of a worker error body, when it is one.
-({String? code, String? error, String? requestId}) errorOf(Object? body) {
-  if (body is! Map) return (code: null, error: null, requestId: null);
+/// `code`, `error` and `request_id` of a worker error body (all null when it is not one).
+class WorkerError {
+  final String? code;
+  final String? error;
+  final String? requestId;
+
+  const WorkerError({this.code, this.error, this.requestId});
+}
+
+/// The [WorkerError] fields of an answer's body.
+WorkerError errorOf(Object? body) {
+  if (body is! Map) return const WorkerError();
   final code = body['code'];
   final error = body['error'];
   final requestId = body['request_id'];
-  return (
+  return WorkerError(
     code: code is String ? code : null,
     error: error is String ? error : null,
     requestId: requestId is String ? requestId : null,
