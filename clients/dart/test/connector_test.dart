@@ -123,7 +123,7 @@ void main() {
           },
         ],
       });
-      expect(queue.completeCalls, [2], 'only the last transaction of the prefix is completed');
+      expect(queue.completeCalls, [2], reason: 'only the last transaction of the prefix is completed');
       expect(queue.remainingTransactionIds(), isEmpty);
     });
 
@@ -233,7 +233,7 @@ void main() {
         final queue = FakeQueue()..addMany(1, 2);
         final fake = FakeWorker([jsonResponse(200, body)]);
         await expectLater(connector(fake).uploadFrom(queue), throwsA(isA<WorkerConnectorException>()));
-        expect(queue.completeCalls, isEmpty, 'body $body');
+        expect(queue.completeCalls, isEmpty, reason: 'body $body');
       }
     });
 
