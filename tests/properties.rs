@@ -992,6 +992,8 @@ fn arb_scenario(id_type: IdType, service: bool) -> impl Strategy<Value = Scenari
             } else {
                 data.into_iter().map(|(k, v)| (k.to_string(), v)).collect::<Map<String, Value>>().into()
             },
+            previous: None,
+            metadata: None,
         });
     let transaction = prop::collection::vec(entry, 0..9);
     let transactions = prop::collection::vec(transaction, 1..4).prop_map(|list| {
@@ -1113,7 +1115,7 @@ fn model_refuses_one_row_twice_and_reads_merged_filters() {
 
     let mut table = Table { id_type: IdType::Text, service: false, rows: BTreeMap::new() };
     for id in TEXT_IDS {
-        table.apply_entry(&Entry { op: Op::Put, table: "todos".into(), id: id.into(), data: Map::new().into() }).unwrap();
+        table.apply_entry(&Entry { op: Op::Put, table: "todos".into(), id: id.into(), data: Map::new().into(), previous: None, metadata: None }).unwrap();
     }
     let mut list = InList::new();
     list.push("a");

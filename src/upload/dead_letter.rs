@@ -201,8 +201,8 @@ mod tests {
         Transaction {
             transaction_id: id,
             entries: vec![
-                Entry { op: Op::Put, table: "todos".to_string(), id: "a".to_string(), data: Default::default() },
-                Entry { op: Op::Delete, table: "todos".to_string(), id: "b".to_string(), data: Default::default() },
+                Entry { op: Op::Put, table: "todos".to_string(), id: "a".to_string(), data: Default::default(), previous: None, metadata: None },
+                Entry { op: Op::Delete, table: "todos".to_string(), id: "b".to_string(), data: Default::default(), previous: None, metadata: None },
             ],
         }
     }
@@ -292,7 +292,7 @@ mod tests {
         data.insert("ti\u{0}tle".to_string(), json!(["x\u{0}y", {"k": "\u{0}"}]));
         let transaction = Transaction {
             transaction_id: Some(json!("t\u{0}")),
-            entries: vec![Entry { op: Op::Put, table: "todos".to_string(), id: "a\u{0}b".to_string(), data: data.into() }],
+            entries: vec![Entry { op: Op::Put, table: "todos".to_string(), id: "a\u{0}b".to_string(), data: data.into(), previous: None, metadata: None }],
         };
         let failure = FailedOperation::new(Some(0), "invalid_id", "nul");
         let request = request(&settings, &caller(), &transaction, &failure, &[EntryState::Failed]);

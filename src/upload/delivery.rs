@@ -92,6 +92,9 @@ enum Ending {
     AlreadyApplied,
     /// Rejected for good; what became of each entry (for the dead letter).
     Fatal(FailedOperation, Vec<EntryState>),
+    /// A conflicting PATCH or DELETE (`UPLOAD_CONFLICT_DETECTION`): the failure naming it, the
+    /// entries' states, and the row as the server holds it (for the dead letter only).
+    Conflict(FailedOperation, Vec<EntryState>, Value),
     Retryable(FailedOperation, u64),
 }
 
@@ -133,11 +136,13 @@ pub async fn apply_with<T: Transport>(
         let ending = loop {
             let remaining = budget.saturating_sub(report.subrequests);
             let fresh = report.subrequests == 0;
-            let atomic = route != Route::Rest && report.atomic_function != Some(false);
+            let atomic = route != Route::Rest
+                && report.atomic_function != Some(false)
+                && !plan::needs_conflict_checks(transaction, settings, caller);
             let ending = match plan::plan_transaction_as(transaction, settings, caller, atomic) {
                 Ok(requests) if requests.is_empty() => Some(Ending::Success(Vec::new())),
-                Ok(requests) if requests.len() + dead_letter_cost > budget => {
-                    let too_big = too_big(requests.len(), budget, dead_letter_cost, &settings.atomic_function);
+                Ok(requests) if worst_case(&requests) + dead_letter_cost > budget => {
+                    let too_big = too_big(worst_case(&requests), budget, dead_letter_cost, &settings.atomic_function);
                     match plan::atomic_request(transaction, settings, caller) {
                         Some(call) if dead_letter_cost < remaining => {
                             let ending =
@@ -165,7 +170,7 @@ pub async fn apply_with<T: Transport>(
                         _ => refuse_unsendable(remaining, fresh, dead_letter_cost, too_big, transaction.entries.len()),
                     }
                 }
-                Ok(requests) if requests.len() + dead_letter_cost > remaining => None,
+                Ok(requests) if worst_case(&requests) + dead_letter_cost > remaining => None,
                 Ok(requests) => {
                     match send(requests, transaction.entries.len(), settings, transport, &mut report, dead_letter_cost).await {
                         Ending::Retryable(failure, _) if atomic && failure.code == QUERY_CANCELED => {
@@ -236,6 +241,28 @@ pub async fn apply_with<T: Transport>(
                     }
                 }
             }
+            Ending::Conflict(failure, states, current) => {
+                let recorded = match &settings.dead_letter_table {
+                    Some(_) => {
+                        // The dead letter keeps both sides: the client's entry (its data and
+                        // previous values) and, in `details`, the server's row as it was read.
+                        let mut recorded_failure = failure.clone();
+                        recorded_failure.details = Some(current.to_string());
+                        let record = (transaction, &recorded_failure, states.as_slice());
+                        record_dead_letter(settings, caller, record, transport, &mut report).await
+                    }
+                    None => Ok(()),
+                };
+                match recorded {
+                    Ok(()) => report.results.push(TransactionResult::conflict(transaction_id, failure)),
+                    Err((mut kept, retry_after_seconds)) => {
+                        kept.details = None;
+                        report.retry_after_seconds = report.retry_after_seconds.max(retry_after_seconds);
+                        report.results.push(TransactionResult::retryable(transaction_id, kept, retry_after_seconds));
+                        stopped = true;
+                    }
+                }
+            }
             Ending::Retryable(failure, retry_after_seconds) => {
                 report.retry_after_seconds = report.retry_after_seconds.max(retry_after_seconds);
                 report.results.push(TransactionResult::retryable(transaction_id, failure, retry_after_seconds));
@@ -289,7 +316,7 @@ async fn after_timeout<T: Transport>(
             return (Ending::Fatal(refused, states), None);
         }
     };
-    let needed = requests.len();
+    let needed = worst_case(&requests);
     let budget = settings.subrequest_budget;
     if needed + reserve > budget.saturating_sub(report.subrequests) {
         let reserve_text = if reserve > 0 { " plus one for a dead-letter record" } else { "" };
@@ -425,6 +452,31 @@ async fn send<T: Transport>(
                 }
             }
             (Check::Atomic, verdict, _) => with_atomic_index(verdict, planned.entries.len()),
+            (Check::Conditional { current, same }, Verdict::Applied, Ok(response)) => match affected_rows(response) {
+                Some(0) => {
+                    let entry = planned.entries.start;
+                    let spare = queue.len() + reserve;
+                    match probe_conflict(current, same.as_ref(), entry, spare, settings, transport, report).await {
+                        Probe::Gone => {
+                            unchanged.push(entry);
+                            Verdict::Applied
+                        }
+                        Probe::Same => Verdict::Applied,
+                        Probe::Changed(row) => {
+                            let failure = FailedOperation::new(
+                                Some(entry),
+                                CONFLICT,
+                                "the row changed since the client saw it: it no longer holds the previous values \
+                                 sent for the columns this entry changes; nothing of this entry was applied",
+                            );
+                            return Ending::Conflict(failure, failed_states(states, &planned.entries), row);
+                        }
+                        Probe::Failed(verdict) => verdict,
+                    }
+                }
+                Some(_) => Verdict::Applied,
+                None => not_postgrest(response, "a write answered with its row count, Content-Range: */<n>"),
+            },
             (Check::Upsert { .. } | Check::Filtered { .. }, Verdict::Applied, Ok(response)) => {
                 match affected_rows(response) {
                     Some(count) => {
@@ -505,6 +557,103 @@ async fn send<T: Transport>(
         unchanged.sort_unstable();
         unchanged.dedup();
         Ending::Success(unchanged)
+    }
+}
+
+/// The most subrequests `requests` can take: one each, plus the reads a conditional write may need
+/// when it changes no row (see [`probe_conflict`]). Reserved up front, so that a transaction
+/// whose re-send finds its own earlier writes (each then needing its reads) still fits in a fresh
+/// budget: one that cannot fit is too big for REST and goes through the atomic function.
+fn worst_case(requests: &[PlannedRequest]) -> usize {
+    requests
+        .iter()
+        .map(|planned| match &planned.check {
+            Check::Conditional { same: Some(_), .. } => 3,
+            Check::Conditional { same: None, .. } => 2,
+            _ => 1,
+        })
+        .sum()
+}
+
+/// Code of a conflict's `failed_operation`.
+pub const CONFLICT: &str = "conflict";
+
+/// What the reads after a conditional write that changed no row found (see [`probe_conflict`]).
+enum Probe {
+    /// No row with that id (gone, or hidden from the caller): `unchanged`, as without conditions.
+    Gone,
+    /// The row already holds the PATCH's new values (its own earlier application): applied.
+    Same,
+    /// The row holds other values: a conflict; the row as read.
+    Changed(Value),
+    /// A read failed: its verdict.
+    Failed(Verdict),
+}
+
+/// After a conditional PATCH or DELETE of entry `entry` changed no row: reads the row
+/// (`current`) and, for a PATCH, whether it already holds the new values (`same`). Needs up to
+/// two requests, which must leave `spare` requests of the budget (those planned after this one
+/// and the dead-letter reserve); without them the transaction is retryable: nothing of this
+/// entry was applied, and sending it again is safe.
+async fn probe_conflict<T: Transport>(
+    current: &crate::http::HttpRequest,
+    same: Option<&crate::http::HttpRequest>,
+    entry: usize,
+    spare: usize,
+    settings: &UploadSettings,
+    transport: &T,
+    report: &mut UploadReport,
+) -> Probe {
+    let reads = if same.is_some() { 2 } else { 1 };
+    if report.subrequests + reads + spare > settings.subrequest_budget {
+        let failure = FailedOperation::new(
+            Some(entry),
+            "conflict_check_budget",
+            "a conditional write changed no row, and telling a changed row from a gone one needs more requests \
+             than UPLOAD_SUBREQUEST_BUDGET leaves in this upload; the transaction is sent again",
+        );
+        return Probe::Failed(Verdict::Retryable { failure, retry_after_seconds: None });
+    }
+    let may_resend = report.subrequests + 1 + reads + spare <= settings.subrequest_budget;
+    let row = match read_rows(current.clone(), entry, may_resend, settings, transport, report).await {
+        Ok(rows) => match rows.into_iter().next() {
+            None => return Probe::Gone,
+            Some(row) => row,
+        },
+        Err(verdict) => return Probe::Failed(verdict),
+    };
+    if let Some(same) = same {
+        let may_resend = report.subrequests + 2 + spare <= settings.subrequest_budget;
+        match read_rows(same.clone(), entry, may_resend, settings, transport, report).await {
+            Ok(rows) if !rows.is_empty() => return Probe::Same,
+            Ok(_) => {}
+            Err(verdict) => return Probe::Failed(verdict),
+        }
+    }
+    Probe::Changed(row)
+}
+
+/// Sends a read whose 2xx answer must be a JSON array of rows.
+async fn read_rows<T: Transport>(
+    request: crate::http::HttpRequest,
+    entry: usize,
+    may_resend: bool,
+    settings: &UploadSettings,
+    transport: &T,
+    report: &mut UploadReport,
+) -> Result<Vec<Value>, Verdict> {
+    let (answer, sent) = send_resending_once(transport, request, may_resend).await;
+    report.subrequests += sent;
+    report.resent += sent - 1;
+    match (classify(&answer, Some(entry), &settings.error_class_overrides, settings.mode.api_role()), &answer) {
+        (Verdict::Applied, Ok(response)) => match serde_json::from_str::<Value>(&response.body) {
+            Ok(Value::Array(rows)) => Ok(rows),
+            _ => Err(Verdict::Retryable {
+                failure: unexpected_response(Some(entry), response, "a JSON array of rows"),
+                retry_after_seconds: None,
+            }),
+        },
+        (verdict, _) => Err(verdict),
     }
 }
 

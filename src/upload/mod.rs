@@ -130,6 +130,8 @@ mod tests {
             table: "todos".to_string(),
             id: id.to_string(),
             data: data.as_object().cloned().unwrap_or_default().into(),
+            previous: None,
+            metadata: None,
         }
     }
 
@@ -1034,6 +1036,158 @@ mod tests {
             ],
             "every write asks for its row count: no extra request"
         );
+    }
+
+    fn conflict_settings() -> UploadSettings {
+        let mut s = settings();
+        s.conflict_detection = true;
+        s
+    }
+
+    /// A PATCH of row `a` from title "seen" to "mine" (with its previous values).
+    fn stale_patch() -> Entry {
+        let mut patch = entry(Op::Patch, "a", json!({"title": "mine"}));
+        patch.previous = Some(json!({"title": "seen", "done": 0}).as_object().cloned().unwrap_or_default().into());
+        patch
+    }
+
+    fn rows(rows: Value) -> Answer {
+        ok_body(&rows.to_string())
+    }
+
+    #[test]
+    fn with_conflict_detection_a_patch_applies_only_where_the_row_holds_the_previous_values() {
+        let transport = FakeTransport::scripted(vec![counted(204, 1)]);
+        let transaction = Transaction { transaction_id: Some(json!(1)), entries: vec![stale_patch()] };
+        let report = run(&[transaction], &conflict_settings(), &transport);
+        assert_eq!(statuses(&report), vec![Status::Success]);
+        let sent = transport.sent();
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].url, "https://p.supabase.co/rest/v1/todos?id=eq.a&title=eq.seen");
+        assert_eq!(sent[0].body.as_deref(), Some(r#"{"title":"mine"}"#), "only the changed column is compared and set");
+    }
+
+    #[test]
+    fn a_conditional_write_that_changed_no_row_of_a_changed_row_is_a_conflict_and_stops_the_transaction() {
+        let transport = FakeTransport::scripted(vec![
+            counted(204, 0),
+            rows(json!([{"id": "a", "title": "theirs"}])),
+            rows(json!([])),
+        ]);
+        let transaction = Transaction {
+            transaction_id: Some(json!(4)),
+            entries: vec![stale_patch(), entry(Op::Put, "b", json!({"x": 1}))],
+        };
+        let report = run(&[transaction, tx(5)], &conflict_settings(), &transport);
+        assert_eq!(statuses(&report), vec![Status::Conflict, Status::Success]);
+        let result = report.body()["results"][0].clone();
+        assert_eq!((result["status"].clone(), result["failed_operation"]["index"].clone()), (json!("conflict"), json!(0)));
+        assert_eq!(result["failed_operation"]["code"], json!("conflict"));
+        assert_eq!(result["failed_operation"]["details"], Value::Null, "the server's row is not sent back");
+        let urls: Vec<String> = transport.sent().iter().map(|r| r.url.clone()).collect();
+        assert_eq!(
+            urls[..3],
+            [
+                "https://p.supabase.co/rest/v1/todos?id=eq.a&title=eq.seen".to_string(),
+                "https://p.supabase.co/rest/v1/todos?id=eq.a&select=*".to_string(),
+                "https://p.supabase.co/rest/v1/todos?id=eq.a&title=eq.mine&select=id".to_string(),
+            ]
+        );
+        assert_eq!(urls.len(), 4, "the PUT after the conflicting entry is not sent; tx 5 is");
+        assert!(!report.needs_retry());
+    }
+
+    #[test]
+    fn a_conditional_write_of_a_gone_row_is_unchanged_and_of_a_row_already_holding_its_values_is_applied() {
+        let transport = FakeTransport::scripted(vec![
+            counted(204, 0),
+            rows(json!([])),
+            counted(204, 0),
+            rows(json!([{"id": "a", "title": "mine"}])),
+            rows(json!([{"id": "a"}])),
+        ]);
+        let gone = Transaction { transaction_id: Some(json!(1)), entries: vec![stale_patch()] };
+        let own = Transaction { transaction_id: Some(json!(2)), entries: vec![stale_patch()] };
+        let report = run(&[gone, own], &conflict_settings(), &transport);
+        assert_eq!(statuses(&report), vec![Status::Success, Status::Success]);
+        assert_eq!(report.results[0].unchanged, vec![0]);
+        assert!(report.results[1].unchanged.is_empty(), "its own earlier application is no conflict");
+    }
+
+    #[test]
+    fn a_conflict_is_dead_lettered_with_the_clients_entry_and_the_servers_row() {
+        let mut s = conflict_settings();
+        s.dead_letter_table = Some("dead".to_string());
+        let mut delete = entry(Op::Delete, "a", Value::Null);
+        delete.previous = Some(json!({"id": "a", "title": "seen", "note": null}).as_object().cloned().unwrap_or_default().into());
+        let transport =
+            FakeTransport::scripted(vec![counted(204, 0), rows(json!([{"id": "a", "title": "theirs", "note": null}])), recorded()]);
+        let report = run(&[Transaction { transaction_id: Some(json!(3)), entries: vec![delete] }], &s, &transport);
+        assert_eq!(statuses(&report), vec![Status::Conflict]);
+        let sent = transport.sent();
+        assert_eq!(sent[0].url, "https://p.supabase.co/rest/v1/todos?id=eq.a&note=is.null&title=eq.seen");
+        assert_eq!(sent.len(), 3, "a DELETE has no new values to compare: one read");
+        let body: Value = serde_json::from_str(sent[2].body.as_deref().unwrap_or("")).unwrap_or(Value::Null);
+        assert_eq!(body["code"], json!("conflict"));
+        assert_eq!(body["entry"]["previous_values"], json!({"id": "a", "title": "seen", "note": null}));
+        let server: Value = serde_json::from_str(body["details"].as_str().unwrap_or("")).unwrap_or(Value::Null);
+        assert_eq!(server, json!({"id": "a", "title": "theirs", "note": null}));
+        assert_eq!(report.dead_letters, 1);
+    }
+
+    #[test]
+    fn without_conflict_detection_previous_values_change_nothing() {
+        let transport = FakeTransport::scripted(vec![counted(204, 0)]);
+        let report = run(&[Transaction { transaction_id: Some(json!(1)), entries: vec![stale_patch()] }], &settings(), &transport);
+        assert_eq!(statuses(&report), vec![Status::Success]);
+        assert_eq!(report.results[0].unchanged, vec![0]);
+        assert_eq!(transport.sent()[0].url, "https://p.supabase.co/rest/v1/todos?id=eq.a");
+    }
+
+    #[test]
+    fn conflict_checked_transactions_go_through_rest_even_on_the_atomic_route() {
+        let mut s = conflict_settings();
+        s.atomic = AtomicMode::Always;
+        let transport = FakeTransport::scripted(vec![counted(204, 1), ok_body(r#"{"applied":1}"#)]);
+        let plain = Transaction { transaction_id: Some(json!(2)), entries: vec![entry(Op::Patch, "b", json!({"x": 1}))] };
+        let report = run(&[Transaction { transaction_id: Some(json!(1)), entries: vec![stale_patch()] }, plain], &s, &transport);
+        assert_eq!(statuses(&report), vec![Status::Success, Status::Success]);
+        assert!(transport.sent()[0].url.contains("title=eq.seen"));
+        assert!(transport.sent()[1].url.ends_with("/rpc/powersync_apply_transaction"), "without previous values: atomic");
+    }
+
+    #[test]
+    fn a_conflict_checked_transaction_waits_for_a_budget_with_room_for_its_reads() {
+        let mut s = conflict_settings();
+        s.subrequest_budget = 4;
+        // tx 1 (one PUT) leaves 3 of 4: the conditional PATCH with its two possible reads needs 3
+        // plus nothing reserved, so it is sent; a second one would need 3 more: not attempted.
+        let transport = FakeTransport::scripted(vec![counted(201, 1), counted(204, 0), rows(json!([])), counted(204, 1)]);
+        let second = Transaction { transaction_id: Some(json!(3)), entries: vec![stale_patch()] };
+        let report = run(
+            &[tx(1), Transaction { transaction_id: Some(json!(2)), entries: vec![stale_patch()] }, second],
+            &s,
+            &transport,
+        );
+        assert_eq!(statuses(&report), vec![Status::Success, Status::Success, Status::NotAttempted]);
+        assert_eq!(report.subrequests, 3);
+    }
+
+    #[test]
+    fn a_conflict_checked_transaction_too_big_for_its_worst_case_goes_through_the_atomic_function() {
+        let mut s = conflict_settings();
+        s.subrequest_budget = 8;
+        let entries: Vec<Entry> = (0..3)
+            .map(|i| {
+                let mut patch = stale_patch();
+                patch.id = format!("r{i}");
+                patch
+            })
+            .collect();
+        let transport = FakeTransport::scripted(vec![ok_body(r#"{"applied":3}"#)]);
+        let report = run(&[Transaction { transaction_id: Some(json!(1)), entries }], &s, &transport);
+        assert_eq!(statuses(&report), vec![Status::Success]);
+        assert!(transport.sent()[0].url.ends_with("/rpc/powersync_apply_transaction"), "3 x 3 > 8: atomic, unchecked");
     }
 
     fn put_then_patch_of_a_gone_row() -> Transaction {

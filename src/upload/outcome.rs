@@ -120,6 +120,11 @@ pub enum Status {
     Success,
     /// Rejected for good: the client should discard the transaction.
     FatalError,
+    /// `UPLOAD_CONFLICT_DETECTION` only: a PATCH or DELETE found its row changed since the client
+    /// saw it (it no longer holds the previous values the client sent); that entry was not
+    /// applied, nor anything after it. Final like `FatalError` (the client discards the
+    /// transaction and tells the app); `failed_operation` names the entry (code `conflict`).
+    Conflict,
     /// Failed for a reason that may heal: the client must send it again.
     RetryableError,
     /// Not tried (an earlier transaction needs a retry, or the subrequest budget ran out): the
@@ -128,11 +133,12 @@ pub enum Status {
 }
 
 impl Status {
-    /// The wire name: `success`, `fatal_error`, `retryable_error`, `not_attempted`.
+    /// The wire name: `success`, `fatal_error`, `conflict`, `retryable_error`, `not_attempted`.
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Success => "success",
             Status::FatalError => "fatal_error",
+            Status::Conflict => "conflict",
             Status::RetryableError => "retryable_error",
             Status::NotAttempted => "not_attempted",
         }
@@ -195,7 +201,7 @@ pub struct TransactionResult {
     pub status: Status,
     /// The client's transaction id, echoed (`None` → `null`).
     pub transaction_id: Option<Value>,
-    /// Set for `FatalError` and `RetryableError`.
+    /// Set for `FatalError`, `Conflict` and `RetryableError`.
     pub failed_operation: Option<FailedOperation>,
     /// Set for `RetryableError`: how long the client should wait.
     pub retry_after_ms: Option<u64>,
@@ -248,6 +254,11 @@ impl TransactionResult {
             unchanged: Vec::new(),
             applied_via_rest: None,
         }
+    }
+
+    /// A conflict (see [`Status::Conflict`]): `failure` names the entry.
+    pub fn conflict(transaction_id: Option<Value>, failure: FailedOperation) -> Self {
+        TransactionResult { status: Status::Conflict, ..TransactionResult::fatal(transaction_id, failure) }
     }
 
     pub fn retryable(transaction_id: Option<Value>, failure: FailedOperation, retry_after_seconds: u64) -> Self {
@@ -305,6 +316,7 @@ impl TransactionResult {
 pub struct StatusCounts {
     pub success: usize,
     pub fatal: usize,
+    pub conflict: usize,
     pub retryable: usize,
     pub not_attempted: usize,
 }
@@ -349,6 +361,7 @@ impl UploadReport {
             match result.status {
                 Status::Success => counts.success += 1,
                 Status::FatalError => counts.fatal += 1,
+                Status::Conflict => counts.conflict += 1,
                 Status::RetryableError => counts.retryable += 1,
                 Status::NotAttempted => counts.not_attempted += 1,
             }
@@ -368,7 +381,7 @@ impl UploadReport {
 
 impl UploadReport {
     /// Counts and codes for the request log line: no ids, tokens or row data.
-    /// `{"success","fatal","retryable","not_attempted","subrequests","dead_letters",
+    /// `{"success","fatal","conflict","retryable","not_attempted","subrequests","dead_letters",
     /// "dead_letter_failures","failure_codes":[…],"dead_letter_errors":[…]}`.
     pub fn log_summary(&self) -> Value {
         let counts = self.counts();
@@ -387,7 +400,7 @@ impl UploadReport {
         let fatal_transactions: Vec<Value> = self
             .results
             .iter()
-            .filter(|r| r.status == Status::FatalError)
+            .filter(|r| matches!(r.status, Status::FatalError | Status::Conflict))
             .filter_map(|r| {
                 let f = r.failed_operation.as_ref()?;
                 Some(json!({"transaction_id": r.transaction_id, "index": f.index, "code": f.code}))
@@ -397,6 +410,7 @@ impl UploadReport {
             "fatal_transactions": fatal_transactions,
             "success": counts.success,
             "fatal": counts.fatal,
+            "conflict": counts.conflict,
             "retryable": counts.retryable,
             "not_attempted": counts.not_attempted,
             "subrequests": self.subrequests,
@@ -1254,7 +1268,7 @@ mod tests {
             })
         );
         assert!(report.needs_retry());
-        assert_eq!(report.counts(), StatusCounts { success: 1, fatal: 1, retryable: 1, not_attempted: 1 });
+        assert_eq!(report.counts(), StatusCounts { success: 1, fatal: 1, conflict: 0, retryable: 1, not_attempted: 1 });
     }
 
     #[test]

@@ -99,6 +99,13 @@ pub enum Check {
     OwnerCheck { table: String, ids: Vec<(String, usize)> },
     /// The atomic RPC call: an error's hint may name the failing op (= entry index).
     Atomic,
+    /// A PATCH or DELETE of one entry that applies only where the row still holds the previous
+    /// values the client saw (`UPLOAD_CONFLICT_DETECTION`). A 2xx must carry PostgREST's count;
+    /// when it is 0, `current` (`GET …?select=*&id=eq.<id>`) tells a gone or hidden row (no row:
+    /// `unchanged`) from a changed one, and `same` (PATCH only: `GET …?select=id&id=eq.<id>&<the
+    /// new values>`) a row that already holds this PATCH's values (its own earlier, lost-answer
+    /// application: applied) from a conflict. See `delivery`.
+    Conditional { current: HttpRequest, same: Option<HttpRequest> },
     /// A bulk upsert; `row_entries[i]` is the entry index of row `i` of the body. On 21000 (two
     /// rows are one row after casting) the driver splits it. A 2xx must carry PostgREST's count.
     Upsert { row_entries: Vec<usize> },
@@ -149,15 +156,40 @@ pub fn plan_transaction_as(
             }
             Op::Patch => {
                 let data = row::patch_data(entry, settings);
-                if !data.is_empty() {
-                    planner.add_filtered(index, &entry.table, &entry.id, Some(data.to_json_string()));
+                if data.is_empty() {
+                    continue;
+                }
+                match planner.context.conditions(entry, Some(&data)) {
+                    Some(conditions) => planner.add_conditional(index, entry, Some(data.to_json_string()), conditions),
+                    None => planner.add_filtered(index, &entry.table, &entry.id, Some(data.to_json_string())),
                 }
             }
-            Op::Delete => planner.add_filtered(index, &entry.table, &entry.id, None),
+            Op::Delete => match planner.context.conditions(entry, None) {
+                Some(conditions) => planner.add_conditional(index, entry, None, conditions),
+                None => planner.add_filtered(index, &entry.table, &entry.id, None),
+            },
         }
     }
     planner.flush();
     Ok(planner.requests)
+}
+
+/// Whether the transaction has an entry whose conflict conditions only REST requests check
+/// (`UPLOAD_CONFLICT_DETECTION` and a PATCH or DELETE with previous values for a column it
+/// changes): the driver then plans it as REST requests, not as an atomic call.
+pub fn needs_conflict_checks(transaction: &Transaction, settings: &UploadSettings, caller: &Caller) -> bool {
+    if !settings.conflict_detection {
+        return false;
+    }
+    let context = Context::new(settings, caller);
+    transaction.entries.iter().any(|entry| match entry.op {
+        Op::Put => false,
+        Op::Patch => {
+            let data = row::patch_data(entry, settings);
+            !data.is_empty() && context.conditions(entry, Some(&data)).is_some()
+        }
+        Op::Delete => context.conditions(entry, None).is_some(),
+    })
 }
 
 /// The transaction as one call of the atomic function, whatever the mode: how a transaction too
@@ -256,6 +288,66 @@ impl<'a> Context<'a> {
         self.table_url(table).len() + "?select=id&id=".len() + self.owner_check_suffix().len()
     }
 
+    /// The conflict conditions of a PATCH (`data`: its columns as written) or DELETE (`None`),
+    /// `None` when conflict detection is off, the entry has no previous values, or none applies.
+    ///
+    /// The checked columns: for a PATCH those it sets that have a previous value; for a DELETE
+    /// every column with a previous value; never `id` (already the row filter), nor the owner
+    /// column in service mode (already filtered), nor a name that is not a plain identifier
+    /// (it could not be a filter key). Each is `&<column>=is.null` for a null, else
+    /// `&<column>=eq.<value>` (a string's text, any other JSON value's JSON text, percent-encoded:
+    /// PostgREST takes everything after `eq.` literally and PostgreSQL casts it to the column's
+    /// type). Previous values pass through the same `UPLOAD_JSON_COLUMNS` / `UPLOAD_BOOLEAN_COLUMNS`
+    /// conversions as data. A condition that would make the URL longer than
+    /// [`filter::MAX_URL_BYTES`] is left out (that column is not compared).
+    fn conditions(&self, entry: &Entry, data: Option<&Columns>) -> Option<Conditions> {
+        if !self.settings.conflict_detection {
+            return None;
+        }
+        let previous = entry.previous.as_ref()?;
+        let previous = row::converted(&entry.table, previous, self.settings);
+        let owner = self.owner.map(|(column, _)| column);
+        let fixed = self.table_url(&entry.table).len() + "?select=id&id=".len() + filter::eq(&entry.id).len();
+        let room = filter::MAX_URL_BYTES.saturating_sub(fixed + self.owner_filter().len());
+        let mut conditions = Conditions::default();
+        let mut left = room;
+        for (column, old) in previous.iter() {
+            if column == "id" || Some(column) == owner || !is_identifier(column) {
+                continue;
+            }
+            if let Some(data) = data {
+                if !data.names().any(|name| name == column) {
+                    continue;
+                }
+            }
+            let condition = column_condition(column, old);
+            if condition.len() > left {
+                continue;
+            }
+            left -= condition.len();
+            conditions.previous.push_str(&condition);
+        }
+        // A PATCH's row "already holds the new values" only if it holds every column the PATCH
+        // sets (not only the compared ones): otherwise a column without a previous value would be
+        // lost. When one cannot be a filter (not an identifier, or too long), there is no such
+        // check (a re-send of its own write then reads as a conflict).
+        if let Some(data) = data {
+            let mut new = String::new();
+            let all = data.iter().all(|(column, value)| {
+                let condition = column_condition(column, value);
+                let fits = is_identifier(column) && new.len() + condition.len() <= room;
+                if fits {
+                    new.push_str(&condition);
+                }
+                fits
+            });
+            if all && !new.is_empty() {
+                conditions.new = Some(new);
+            }
+        }
+        (!conditions.previous.is_empty()).then_some(conditions)
+    }
+
     fn atomic(&self, transaction: &Transaction) -> Option<PlannedRequest> {
         if transaction.entries.is_empty() {
             return None;
@@ -349,6 +441,28 @@ pub(crate) fn authorized(method: Method, url: String, settings: &UploadSettings,
         WriteMode::Service { service_key, .. } => (service_key.as_str(), service_key.as_str()),
     };
     HttpRequest::new(method, url).header("apikey", apikey).header("Authorization", format!("Bearer {bearer}"))
+}
+
+/// An entry's conflict conditions (see [`Context::conditions`]): `&<column>=<filter>` each.
+#[derive(Debug, Default)]
+struct Conditions {
+    /// The row still holds the previous values.
+    previous: String,
+    /// PATCH only: the row already holds the new values (every column it sets).
+    new: Option<String>,
+}
+
+/// `&<column>=is.null` for a JSON null, else `&<column>=eq.<text>`: a string's text, another
+/// value's JSON text, percent-encoded.
+fn column_condition(column: &str, raw: &str) -> String {
+    if raw == "null" {
+        return format!("&{column}=is.null");
+    }
+    let text = match serde_json::from_str::<Value>(raw) {
+        Ok(Value::String(text)) => text,
+        _ => raw.to_string(),
+    };
+    format!("&{column}={}", filter::eq(&text))
 }
 
 /// Consecutive entries being merged into one request.
@@ -456,6 +570,25 @@ impl<'e> Planner<'e> {
             row_entries: vec![index],
             cast_keys: HashSet::from([CastKey::of(id)]),
         }));
+    }
+
+    /// A PATCH (`data`) or DELETE with conflict conditions: a request of its own (conditions
+    /// differ per entry, so it is never merged).
+    fn add_conditional(&mut self, index: usize, entry: &Entry, data: Option<String>, conditions: Conditions) {
+        self.flush();
+        let row = format!("{}?id={}{}", self.context.table_url(&entry.table), filter::eq(&entry.id), self.context.owner_filter());
+        let write_url = format!("{row}{}", conditions.previous);
+        let request = match data {
+            Some(data) => self.context.request(Method::Patch, write_url).json_body(data),
+            None => self.context.request(Method::Delete, write_url),
+        };
+        let current = self.context.request(Method::Get, format!("{row}&select=*"));
+        let same = conditions.new.map(|new| self.context.request(Method::Get, format!("{row}{new}&select=id")));
+        self.requests.push(PlannedRequest {
+            request: request.header("Prefer", PREFER_COUNTED),
+            entries: index..index + 1,
+            check: Check::Conditional { current, same },
+        });
     }
 
     /// Turns the open group, if any, into its request(s).
@@ -622,7 +755,7 @@ mod tests {
     }
 
     fn e(op: Op, table: &str, id: &str, data: Value) -> Entry {
-        Entry { op, table: table.to_string(), id: id.to_string(), data: data.as_object().cloned().unwrap_or_default().into() }
+        Entry { op, table: table.to_string(), id: id.to_string(), data: data.as_object().cloned().unwrap_or_default().into(), previous: None, metadata: None }
     }
 
     fn put(id: &str, data: Value) -> Entry {
@@ -721,6 +854,55 @@ mod tests {
             assert_eq!(upserts.len(), 2);
             assert!(upserts.iter().all(|url| url.ends_with("/rest/v1/todos?on_conflict=id")), "{upserts:?}");
         }
+    }
+
+    #[test]
+    fn conflict_conditions_encode_values_as_postgrest_reads_filters_and_are_never_merged() {
+        let mut s = settings();
+        s.conflict_detection = true;
+        let mut odd = patch("a", json!({"t": "x", "n": 2, "j": {"k": 1}, "b": true, "z": "new"}));
+        let previous = json!({"t": "a,b)&=%\"", "n": 1.5, "j": {"k": 0}, "b": null, "bad name": 0, "untouched": 5});
+        odd.previous = Some(previous.as_object().cloned().unwrap_or_default().into());
+        let mut second = patch("b", json!({"t": "x", "n": 2, "j": {"k": 1}, "b": true, "z": "new", "bad name": 1}));
+        second.previous = odd.previous.clone();
+        let requests = plan(vec![odd, second], &s);
+        assert!(
+            matches!(&requests[1].check, Check::Conditional { same: None, .. }),
+            "a column that cannot be a filter: no 'already holds the new values' check"
+        );
+        assert_eq!(requests.len(), 2, "conditional entries are sent one by one");
+        assert_eq!(
+            requests[0].request.url,
+            "https://p.supabase.co/rest/v1/todos?id=eq.a&b=is.null&j=eq.%7B%22k%22%3A0%7D&n=eq.1.5&t=eq.a%2Cb%29%26%3D%25%22"
+        );
+        match &requests[0].check {
+            Check::Conditional { current, same: Some(same) } => {
+                assert_eq!(current.url, "https://p.supabase.co/rest/v1/todos?id=eq.a&select=*");
+                assert_eq!(
+                    same.url,
+                    "https://p.supabase.co/rest/v1/todos?id=eq.a&b=eq.true&j=eq.%7B%22k%22%3A1%7D&n=eq.2&t=eq.x&z=eq.new&select=id"
+                );
+                assert_eq!(current.method, Method::Get);
+            }
+            other => panic!("expected a conditional check, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn previous_values_for_no_changed_column_or_without_the_setting_plan_as_before() {
+        let mut s = settings();
+        s.conflict_detection = true;
+        let mut unrelated = patch("a", json!({"x": 1}));
+        unrelated.previous = Some(json!({"y": 0}).as_object().cloned().unwrap_or_default().into());
+        let mut other = patch("b", json!({"x": 1}));
+        other.previous = unrelated.previous.clone();
+        let requests = plan(vec![unrelated.clone(), other.clone()], &s);
+        assert_eq!(requests.len(), 1, "merged as without previous values");
+        let mut with_previous = patch("c", json!({"x": 1}));
+        with_previous.previous = Some(json!({"x": 0}).as_object().cloned().unwrap_or_default().into());
+        let off = plan(vec![with_previous], &settings());
+        assert_eq!(off[0].request.url, "https://p.supabase.co/rest/v1/todos?id=eq.c");
+        assert!(matches!(off[0].check, Check::Filtered { .. }));
     }
 
     #[test]

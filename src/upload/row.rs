@@ -233,6 +233,8 @@ mod tests {
             table: "todos".to_string(),
             id: "r1".to_string(),
             data: data.as_object().cloned().unwrap_or_default().into(),
+            previous: None,
+            metadata: None,
         }
     }
 
@@ -257,7 +259,7 @@ mod tests {
 
     #[test]
     fn put_row_writes_id_and_owner_as_json_strings() {
-        let entry = Entry { op: Op::Put, table: "t".into(), id: "a\"b".into(), data: row(json!({"x": 1})) };
+        let entry = Entry { op: Op::Put, table: "t".into(), id: "a\"b".into(), data: row(json!({"x": 1})), previous: None, metadata: None };
         let text = put_row(&entry, &service(), "u\\1").to_json_string();
         assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), json!({"id": "a\"b", "owner": "u\\1", "x": 1}));
     }

@@ -85,6 +85,10 @@ pub struct UploadSettings {
     /// record, as a dead letter with code `unchanged`, every applied transaction whose PATCH or
     /// DELETE entries changed no row (they are reported in the result's `unchanged` either way).
     pub dead_letter_unchanged: bool,
+    /// `UPLOAD_CONFLICT_DETECTION` (default false): a PATCH or DELETE that carries the row's
+    /// previous values applies only where the row still holds them, for the columns it changes;
+    /// otherwise its transaction is reported `conflict` (docs/conflicts.md, `plan`, `delivery`).
+    pub conflict_detection: bool,
     /// `UPLOAD_MAX_BODY_BYTES`, `UPLOAD_MAX_ENTRIES`, `UPLOAD_MAX_TRANSACTIONS`.
     pub limits: Limits,
     /// `UPLOAD_RETRY_AFTER_SECONDS`: the delay suggested to a client that must retry (default 5).
@@ -113,6 +117,7 @@ impl UploadSettings {
             atomic_recheck_seconds: DEFAULT_ATOMIC_RECHECK_SECONDS,
             dead_letter_table: None,
             dead_letter_unchanged: false,
+            conflict_detection: false,
             limits: Limits::default(),
             retry_after_seconds: DEFAULT_RETRY_AFTER_SECONDS,
             error_class_overrides: ClassOverrides::default(),
@@ -155,6 +160,7 @@ impl fmt::Debug for UploadSettings {
             .field("atomic_recheck_seconds", &self.atomic_recheck_seconds)
             .field("dead_letter_table", &self.dead_letter_table)
             .field("dead_letter_unchanged", &self.dead_letter_unchanged)
+            .field("conflict_detection", &self.conflict_detection)
             .field("limits", &self.limits)
             .field("retry_after_seconds", &self.retry_after_seconds)
             .field("error_class_overrides", &self.error_class_overrides)
@@ -301,6 +307,7 @@ pub fn read(reader: &mut Reader, supabase_url: Option<String>) -> Option<UploadS
             format!("records dead letters: set UPLOAD_DEAD_LETTER_TABLE={DEAD_LETTER_TABLE} too (sql/dead_letter.sql)"),
         );
     }
+    let conflict_detection = reader.flag("UPLOAD_CONFLICT_DETECTION", false);
     let defaults = Limits::default();
     let limits = Limits {
         max_body_bytes: reader.number("UPLOAD_MAX_BODY_BYTES", defaults.max_body_bytes as u64, 1..=100 * 1024 * 1024)
@@ -373,6 +380,7 @@ pub fn read(reader: &mut Reader, supabase_url: Option<String>) -> Option<UploadS
             atomic_recheck_seconds,
             dead_letter_table,
             dead_letter_unchanged,
+            conflict_detection,
             limits,
             retry_after_seconds,
             error_class_overrides,
@@ -861,6 +869,13 @@ mod tests {
             .expect("valid");
         assert!(s.dead_letter_unchanged);
         assert_eq!(problem_names(&with(&[("UPLOAD_DEAD_LETTER_UNCHANGED", "maybe")])), vec!["UPLOAD_DEAD_LETTER_UNCHANGED"]);
+    }
+
+    #[test]
+    fn conflict_detection_is_off_by_default_and_a_flag() {
+        assert!(!read_vars(&with(&[])).expect("valid").conflict_detection);
+        assert!(read_vars(&with(&[("UPLOAD_CONFLICT_DETECTION", "true")])).expect("valid").conflict_detection);
+        assert_eq!(problem_names(&with(&[("UPLOAD_CONFLICT_DETECTION", "sometimes")])), vec!["UPLOAD_CONFLICT_DETECTION"]);
     }
 
     #[test]

@@ -12,9 +12,10 @@ import { AttachmentQueue, AttachmentTable, column, NodeFileSystemAdapter, PowerS
 import { WorkerConnector, WorkerStorageAdapter } from '@powersync-supabase-worker/connector';
 
 // The demo schema (tests/sql/test_schema.sql), as the SDK sees it: booleans are 0/1 and JSON
-// columns are text, as in every PowerSync app.
-const tables = {
-  lists: new Table({ created_at: column.text, name: column.text, owner_id: column.text }),
+// columns are text, as in every PowerSync app. `trackPrevious` (open's option): the SDK records
+// each PATCH's and DELETE's previous values (`CrudEntry.previousValues`), for conflict detection.
+const tablesOf = (trackPrevious) => ({
+  lists: new Table({ created_at: column.text, name: column.text, owner_id: column.text }, trackPrevious ? { trackPrevious: true } : {}),
   todos: new Table({
     created_at: column.text,
     completed_at: column.text,
@@ -25,11 +26,11 @@ const tables = {
     list_id: column.text,
     tags: column.text,
     priority: column.integer,
-  }),
-};
-const schema = new Schema(tables);
+  }, trackPrevious ? { trackPrevious: true } : {}),
+});
 // With the SDK's attachment queue: its local-only `attachments` table too.
-const schemaWithAttachments = new Schema({ ...tables, attachments: new AttachmentTable() });
+const schemaOf = (trackPrevious, withAttachments) =>
+  new Schema(withAttachments ? { ...tablesOf(trackPrevious), attachments: new AttachmentTable() } : tablesOf(trackPrevious));
 
 let db = null;
 let connector = null;
@@ -48,7 +49,7 @@ let offline = false;
 const fileRequests = [];
 
 const commands = {
-  async open({ path, workerUrl, token, maxTransactionsPerRequest, withAttachments = false }) {
+  async open({ path, workerUrl, token, maxTransactionsPerRequest, withAttachments = false, trackPrevious = false }) {
     sessionToken = token;
     const base = new WorkerConnector({
       workerUrl,
@@ -76,7 +77,7 @@ const commands = {
         }
       },
     };
-    db = new PowerSyncDatabase({ schema: withAttachments ? schemaWithAttachments : schema, database: { dbFilename: path } });
+    db = new PowerSyncDatabase({ schema: schemaOf(trackPrevious, withAttachments), database: { dbFilename: path } });
     await db.init();
     return true;
   },

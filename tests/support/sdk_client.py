@@ -48,7 +48,8 @@ def node() -> str:
 
 class SdkApp:
     def __init__(self, worker_url: str, session_token: str, db_path: Path,
-                 max_transactions_per_request: int | None = None, with_attachments: bool = False):
+                 max_transactions_per_request: int | None = None, with_attachments: bool = False,
+                 track_previous: bool = False):
         self.log_path = Path(str(db_path) + ".log")
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
@@ -58,7 +59,8 @@ class SdkApp:
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self.call("open", timeout=60, path=str(db_path), workerUrl=worker_url, token=session_token,
-                  maxTransactionsPerRequest=max_transactions_per_request, withAttachments=with_attachments)
+                  maxTransactionsPerRequest=max_transactions_per_request, withAttachments=with_attachments,
+                  trackPrevious=track_previous)
 
     def call(self, cmd: str, timeout: float = 60, **args):
         with self._lock:

@@ -36,6 +36,13 @@ export type FetchLike = (url: string, init: FetchInitLike) => Promise<FetchRespo
 
 /** What {@link WorkerConnectorOptions.onFatalError} receives for a transaction the worker rejected for good. */
 export interface FatalErrorReport {
+  /**
+   * `fatal_error`: the worker rejected the transaction for good. `conflict` (only with the worker's
+   * `UPLOAD_CONFLICT_DETECTION`): nothing of it was applied because a row had changed on the server
+   * since the app saw it; `failedEntry` is that entry (the server's row reaches the app by sync).
+   * Either way the transaction is discarded from the queue once this returns.
+   */
+  status: 'fatal_error' | 'conflict';
   /** The SDK's transaction id; `undefined` for entries recorded without one (each is its own transaction). */
   transactionId: number | undefined;
   /** Every entry of the transaction, as the SDK queued it. The whole transaction is discarded. */
@@ -73,7 +80,8 @@ export interface WorkerConnectorOptions {
    */
   getSessionToken: () => Promise<string | null | undefined> | string | null | undefined;
   /**
-   * Called once for each transaction the worker rejected permanently (`fatal_error`), before that
+   * Called once for each transaction the worker rejected permanently (`fatal_error`, or `conflict`
+   * when the worker's conflict detection found a row changed since the app saw it), before that
    * transaction is removed from the local upload queue. Use it to tell the user, log, or keep a copy.
    * If it throws (or rejects), the transaction stays queued and `uploadData` rethrows that error, so
    * the upload is retried later (and this is called again).
@@ -165,7 +173,7 @@ function defaultOnUnchanged(report: UnchangedReport): void {
 function defaultOnFatalError(report: FatalErrorReport): void {
   const failure = report.failedOperation;
   console.error(
-    `[WorkerConnector] the worker rejected transaction ${report.transactionId ?? '(no id)'} for good; ` +
+    `[WorkerConnector] the worker ${report.status === 'conflict' ? 'found a conflict in' : 'rejected'} transaction ${report.transactionId ?? '(no id)'} for good; ` +
       `it is discarded from the upload queue: ${failure ? `${failure.code} ${failure.message}` : 'no details'}` +
       (failure?.index != null ? ` (entry ${failure.index})` : ''),
   );
@@ -177,7 +185,7 @@ function defaultOnFatalError(report: FatalErrorReport): void {
  * - `fetchCredentials()` exchanges the session token for a PowerSync token at `/powersync-token`.
  * - `uploadData()` sends queued transactions, several per request, to `/powersync-upload` and
  *   completes exactly those the worker reports as applied (`success`) or rejected for good
- *   (`fatal_error`), in order; anything else throws so the SDK retries later.
+ *   (`fatal_error`, `conflict`), in order; anything else throws so the SDK retries later.
  *
  * @example
  * ```ts
@@ -317,10 +325,11 @@ export class WorkerConnector implements PowerSyncBackendConnector {
       const result = results[reported]!;
       const tx = batch[reported]!;
       try {
-        if (result.status === 'fatal_error') {
+        if (result.status === 'fatal_error' || result.status === 'conflict') {
           const failedOperation = result.failed_operation ?? null;
           const index = failedOperation?.index;
           await this.onFatalError({
+            status: result.status === 'conflict' ? 'conflict' : 'fatal_error',
             transactionId: tx.transactionId,
             entries: tx.crud,
             failedOperation,

@@ -17,6 +17,14 @@ export interface UploadEntry {
   table: string;
   id: string;
   data?: Record<string, unknown>;
+  /**
+   * The row's values before this write, as the app last saw them (the SDK's `previousValues`, from
+   * a table with `trackPrevious`). PATCH and DELETE only; absent when the SDK has none. The worker
+   * uses them for conflict detection (`UPLOAD_CONFLICT_DETECTION`, docs/conflicts.md).
+   */
+  previous_values?: Record<string, unknown>;
+  /** The write's metadata (the SDK's `metadata`, from a table with `trackMetadata`); absent when none. */
+  metadata?: string;
 }
 
 /** One transaction on the wire. `transaction_id` is `null` for entries the SDK recorded without one. */
@@ -49,8 +57,13 @@ export interface FailedOperation {
   http_status?: number;
 }
 
-/** The four outcomes the worker reports per transaction. */
-export type TransactionStatus = 'success' | 'fatal_error' | 'retryable_error' | 'not_attempted';
+/**
+ * The outcomes the worker reports per transaction. `conflict` (only with the worker's
+ * `UPLOAD_CONFLICT_DETECTION`) is final like `fatal_error`: nothing of the transaction was applied
+ * because a row no longer held the previous values the app saw (`failed_operation.index` names the
+ * entry, `failed_operation.code` is `conflict`; the server's row reaches the app by sync).
+ */
+export type TransactionStatus = 'success' | 'fatal_error' | 'conflict' | 'retryable_error' | 'not_attempted';
 
 /** One element of the worker's `results` array, after validation. */
 export interface TransactionResult {
@@ -101,13 +114,26 @@ export interface UploadInterpretation {
   retryAfterMs?: number;
 }
 
-const FINAL: ReadonlySet<string> = new Set(['success', 'fatal_error']);
+const FINAL: ReadonlySet<string> = new Set(['success', 'fatal_error', 'conflict']);
 
-/** The wire form of one SDK entry: `{op, table, id, data}`, without `data` for `DELETE`. */
-export function planEntry(entry: Pick<CrudEntry, 'op' | 'table' | 'id' | 'opData'>): UploadEntry {
-  const wire: UploadEntry = { op: String(entry.op), table: entry.table, id: entry.id };
-  if (String(entry.op) !== 'DELETE' && entry.opData != null) {
+/**
+ * The wire form of one SDK entry: `{op, table, id, data?, previous_values?, metadata?}`: `data` is
+ * `opData`, left out for `DELETE`; `previous_values` is `previousValues` for PATCH and DELETE when
+ * the SDK tracked them; `metadata` when the write carried some.
+ */
+export function planEntry(
+  entry: Pick<CrudEntry, 'op' | 'table' | 'id' | 'opData'> & Partial<Pick<CrudEntry, 'previousValues' | 'metadata'>>,
+): UploadEntry {
+  const op = String(entry.op);
+  const wire: UploadEntry = { op, table: entry.table, id: entry.id };
+  if (op !== 'DELETE' && entry.opData != null) {
     wire.data = entry.opData;
+  }
+  if (op !== 'PUT' && isObject(entry.previousValues)) {
+    wire.previous_values = entry.previousValues;
+  }
+  if (typeof entry.metadata === 'string') {
+    wire.metadata = entry.metadata;
   }
   return wire;
 }
@@ -117,9 +143,9 @@ export function planEntry(entry: Pick<CrudEntry, 'op' | 'table' | 'id' | 'opData
  * `{"client_id"?: <PowerSync client id>, "transactions":[{"transaction_id": <id or null>,
  * "crud":[{"op","table","id","data"?}]}]}`.
  *
- * `data` is the entry's `opData` and is left out for `DELETE`; other SDK fields (`previousValues`,
- * `metadata`, the entry's own `clientId` counter) are not sent. `client_id` is sent when
- * `clientId` is a non-empty string.
+ * Each entry as {@link planEntry} gives it (`previous_values` and `metadata` only when the SDK has
+ * them; the entry's own `clientId` counter is not sent). `client_id` is sent when `clientId` is a
+ * non-empty string.
  */
 export function planUploadBody(transactions: readonly TransactionLike[], clientId?: string | null): UploadBody {
   const body: UploadBody = {
@@ -215,7 +241,7 @@ function validResults(body: unknown, sentIds: readonly (number | null)[]): Trans
  *   5xx, ...) completes nothing.
  * - The results must match what was sent exactly (same count, same order, same `transaction_id`s);
  *   otherwise nothing is completed (the answer is not trusted).
- * - The leading run of `success` / `fatal_error` results may be completed, in order. The first
+ * - The leading run of `success` / `fatal_error` / `conflict` results may be completed, in order. The first
  *   other result stops the run: it and everything after it are sent again.
  * - If at least one result is final and every later one is `not_attempted` (no `retryable_error`),
  *   the worker ran out of its per-request subrequest budget: `next` is `continue`, the rest can be

@@ -276,6 +276,7 @@ describe('uploadData: what is completed', () => {
 
     assert.equal(reports.length, 1);
     const [report] = reports;
+    assert.equal(report!.status, 'fatal_error');
     assert.equal(report!.transactionId, 3);
     assert.deepEqual(
       report!.entries.map((e) => [e.op, e.table, e.id, e.opData]),
@@ -287,6 +288,26 @@ describe('uploadData: what is completed', () => {
     assert.deepEqual(report!.failedOperation, FAILURE_23505);
     assert.equal(report!.failedEntry?.id, 'p2');
     assert.deepEqual(queuedDuringCallback, [3, 4], 'onFatalError runs before the transaction is discarded');
+    assert.deepEqual(queue.remainingTransactionIds(), []);
+  });
+
+  test('200 conflict calls onFatalError with status conflict and the entry, then completes (previous values sent)', async () => {
+    const queue = new FakeQueue()
+      .add(5, [{ op: 'PATCH', id: 't1', data: { title: 'mine' }, previousValues: { title: 'seen' } }])
+      .addMany(6, 1);
+    const conflict = { index: 0, code: 'conflict', message: 'row changed since the client saw it', details: null };
+    const reports: FatalErrorReport[] = [];
+    const fake = new FakeFetch({ status: 200, body: results(['conflict', 5, { failed_operation: conflict }], ['success', 6]) });
+    await connector(fake, { onFatalError: (report) => void reports.push(report) }).uploadData(queue);
+
+    assert.deepEqual((fake.requests[0]!.json as { transactions: { crud: unknown[] }[] }).transactions[0]!.crud, [
+      { op: 'PATCH', table: 'todos', id: 't1', data: { title: 'mine' }, previous_values: { title: 'seen' } },
+    ]);
+    assert.equal(reports.length, 1);
+    assert.equal(reports[0]!.status, 'conflict');
+    assert.equal(reports[0]!.transactionId, 5);
+    assert.equal(reports[0]!.failedEntry?.id, 't1');
+    assert.equal(reports[0]!.failedOperation?.code, 'conflict');
     assert.deepEqual(queue.remainingTransactionIds(), []);
   });
 

@@ -10,6 +10,8 @@ export interface EntrySpec {
   table?: string;
   id: string;
   data?: Record<string, unknown>;
+  previousValues?: Record<string, unknown>;
+  metadata?: string;
 }
 
 /**
@@ -43,6 +45,8 @@ export class FakeQueue implements UploadQueue {
         op: spec.op,
         table: spec.table ?? 'todos',
         opData: spec.data,
+        previousValues: spec.previousValues,
+        metadata: spec.metadata,
         transactionId,
         toJSON: () => ({ op_id: clientId }),
         equals: (other: CrudEntry) => other.clientId === clientId,

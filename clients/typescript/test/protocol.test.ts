@@ -6,7 +6,7 @@ import type { CrudEntry } from '@powersync/common';
 import { interpretUploadResponse, parseRetryAfter, planUploadBody, sentTransactionIds } from '../src/index.js';
 
 function entry(op: string, table: string, id: string, opData?: Record<string, unknown>): CrudEntry {
-  return { op, table, id, opData, clientId: 1, previousValues: { old: 1 }, metadata: 'm' } as unknown as CrudEntry;
+  return { op, table, id, opData, clientId: 1 } as unknown as CrudEntry;
 }
 
 describe('planUploadBody', () => {
@@ -35,12 +35,43 @@ describe('planUploadBody', () => {
     }
   });
 
+  test('forwards previousValues (PATCH and DELETE only) as previous_values and metadata when the SDK has them', () => {
+    const withPrevious = (op: string, previousValues: unknown, metadata?: unknown) =>
+      ({ op, table: 'todos', id: 'a', opData: op === 'DELETE' ? undefined : { title: 'new' }, clientId: 1, previousValues, metadata }) as unknown as CrudEntry;
+    const body = planUploadBody([
+      {
+        transactionId: 1,
+        crud: [
+          withPrevious('PATCH', { title: 'old', done: null }, 'edited offline'),
+          withPrevious('DELETE', { title: 'old' }),
+          withPrevious('PUT', { title: 'ignored' }, 'm'),
+          withPrevious('PATCH', undefined, 42),
+        ],
+      },
+    ]);
+    assert.deepEqual(body.transactions[0]!.crud, [
+      { op: 'PATCH', table: 'todos', id: 'a', data: { title: 'new' }, previous_values: { title: 'old', done: null }, metadata: 'edited offline' },
+      { op: 'DELETE', table: 'todos', id: 'a', previous_values: { title: 'old' } },
+      { op: 'PUT', table: 'todos', id: 'a', data: { title: 'new' }, metadata: 'm' },
+      { op: 'PATCH', table: 'todos', id: 'a', data: { title: 'new' } },
+    ]);
+  });
+
   test('sentTransactionIds uses null for transactions without an id', () => {
     assert.deepEqual(sentTransactionIds([{ transactionId: 4, crud: [] }, { transactionId: undefined, crud: [] }]), [4, null]);
   });
 });
 
 describe('interpretUploadResponse', () => {
+  test('conflict is final like fatal_error: completable, and it keeps failed_operation', () => {
+    const failure = { index: 0, code: 'conflict', message: 'row changed', details: null };
+    const body = { results: [{ status: 'conflict', transaction_id: 1, failed_operation: failure }, { status: 'success', transaction_id: 2 }] };
+    const v = interpretUploadResponse(200, body, [1, 2]);
+    assert.equal(v.completable, 2);
+    assert.equal(v.next, 'done');
+    assert.deepEqual(v.results![0]!.failed_operation, failure);
+  });
+
   test('keeps already_applied on a success the worker had applied before, and completes it', () => {
     const body = { results: [{ status: 'success', transaction_id: 1, already_applied: true }, { status: 'success', transaction_id: 2 }] };
     const v = interpretUploadResponse(200, body, [1, 2]);

@@ -1,0 +1,169 @@
+"""Conflict detection (`UPLOAD_CONFLICT_DETECTION`, docs/conflicts.md), for real: two official
+PowerSync Node SDK apps (tests/sdk, with `trackPrevious` on the demo tables) of one user edit the
+same row offline; the worker in workerd, the PostgREST stand-in, PostgreSQL and the PowerSync
+service are the real ones.
+
+With the setting on, the second upload is reported `conflict` (handed to the app's onFatalError,
+dead-lettered with both sides) and the first client's value stays; with it off, the last writer
+wins, as without previous values.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import pytest
+
+from tests.support.sdk_client import SdkApp
+
+
+def conflict_vars(base_vars: dict, powersync_url: str, detection: bool) -> dict:
+    return {**base_vars, "POWERSYNC_URL": powersync_url,
+            "UPLOAD_BOOLEAN_COLUMNS": "todos.completed", "UPLOAD_JSON_COLUMNS": "todos.tags",
+            "UPLOAD_DEAD_LETTER_TABLE": "powersync_dead_letters",
+            "UPLOAD_CONFLICT_DETECTION": "true" if detection else "false"}
+
+
+@pytest.fixture(scope="module")
+def detecting_worker(start_worker, base_vars, powersync_service):
+    return start_worker(conflict_vars(base_vars, powersync_service.url, True))
+
+
+@pytest.fixture(scope="module")
+def plain_worker(start_worker, base_vars, powersync_service):
+    return start_worker(conflict_vars(base_vars, powersync_service.url, False))
+
+
+@pytest.fixture
+def tracking_apps(tmp_path, session_token, db):
+    """tracking_apps(user, worker) -> a connected SdkApp whose tables track previous values."""
+    opened: list[SdkApp] = []
+
+    def open_app(user: str, worker) -> SdkApp:
+        app = SdkApp(worker.url, session_token(user), tmp_path / f"app-{len(opened)}.db", track_previous=True)
+        opened.append(app)
+        app.connect()
+        return app
+
+    yield open_app
+    for app in opened:
+        app.close()
+
+
+def server_name(db, list_id: str) -> str | None:
+    row = db.execute("select name from lists where id = %s", (list_id,)).fetchone()
+    return row[0] if row else None
+
+
+def edit_offline_then_upload_in_turn(apps, db, worker, user: str) -> tuple[str, SdkApp, SdkApp]:
+    """A list both apps have synced; both rename it while disconnected; first uploads, then second."""
+    list_id = str(uuid.uuid4())
+    db.execute("insert into lists (id, name, owner_id) values (%s, 'original', %s)", (list_id, user))
+    first, second = apps(user, worker), apps(user, worker)
+    for app in (first, second):
+        app.wait_for("select name from lists where id = ?", [{"name": "original"}], params=[list_id])
+        app.disconnect()
+    first.execute("update lists set name = 'from first' where id = ?", [list_id])
+    second.execute("update lists set name = 'from second' where id = ?", [list_id])
+
+    first.connect()
+    first.drained()
+    assert server_name(db, list_id) == "from first"
+    second.connect()
+    second.drained()
+    return list_id, first, second
+
+
+def test_second_offline_edit_of_a_row_is_a_conflict_and_the_first_value_stays(tracking_apps, db, detecting_worker, user_a):
+    list_id, first, second = edit_offline_then_upload_in_turn(tracking_apps, db, detecting_worker, user_a)
+
+    assert server_name(db, list_id) == "from first"
+    # The second app's own copy comes back to the server's value through sync.
+    second.wait_for("select name from lists where id = ?", [{"name": "from first"}], params=[list_id])
+    reports = second.records()["fatalReports"]
+    assert [(r["status"], r["failedOperation"]["code"], r["failedEntry"]["id"]) for r in reports] == [
+        ("conflict", "conflict", list_id)]
+    assert first.records()["fatalReports"] == []
+
+    dead = db.execute("select user_id::text, code, op_index, entry, details from powersync_dead_letters").fetchall()
+    assert len(dead) == 1
+    user_id, code, op_index, entry, details = dead[0]
+    assert (user_id, code, op_index) == (user_a, "conflict", 0)
+    # Both sides: the client's write and what it had seen, and the server's row when it refused.
+    assert entry["op"] == "PATCH" and entry["data"] == {"name": "from second"}
+    assert entry["previous_values"]["name"] == "original"
+    assert json.loads(details)["name"] == "from first"
+
+
+def test_a_delete_of_a_row_changed_since_is_a_conflict_and_the_row_stays(tracking_apps, db, detecting_worker, user_a):
+    list_id = str(uuid.uuid4())
+    db.execute("insert into lists (id, name, owner_id) values (%s, 'original', %s)", (list_id, user_a))
+    app = tracking_apps(user_a, detecting_worker)
+    app.wait_for("select name from lists where id = ?", [{"name": "original"}], params=[list_id])
+    app.disconnect()
+    app.execute("delete from lists where id = ?", [list_id])
+    db.execute("update lists set name = 'renamed on the server' where id = %s", (list_id,))
+    app.connect()
+    app.drained()
+
+    assert server_name(db, list_id) == "renamed on the server"
+    app.wait_for("select name from lists where id = ?", [{"name": "renamed on the server"}], params=[list_id])
+    assert [r["status"] for r in app.records()["fatalReports"]] == ["conflict"]
+
+
+def test_without_conflict_detection_the_last_writer_wins(tracking_apps, db, plain_worker, user_a):
+    list_id, first, second = edit_offline_then_upload_in_turn(tracking_apps, db, plain_worker, user_a)
+
+    assert server_name(db, list_id) == "from second"
+    first.wait_for("select name from lists where id = ?", [{"name": "from second"}], params=[list_id])
+    assert first.records()["fatalReports"] == [] and second.records()["fatalReports"] == []
+    assert db.execute("select count(*) from powersync_dead_letters").fetchone()[0] == 0
+
+
+def test_an_unconflicted_edit_with_previous_values_applies_and_a_gone_row_stays_unchanged(
+        tracking_apps, db, detecting_worker, user_a):
+    kept, gone = str(uuid.uuid4()), str(uuid.uuid4())
+    db.execute("insert into lists (id, name, owner_id) values (%s, 'a', %s), (%s, 'b', %s)",
+               (kept, user_a, gone, user_a))
+    app = tracking_apps(user_a, detecting_worker)
+    app.wait_for("select count(*) as n from lists", [{"n": 2}])
+    app.disconnect()
+    app.execute("update lists set name = 'a2' where id = ?", [kept])
+    app.execute("update lists set name = 'b2' where id = ?", [gone])
+    db.execute("delete from lists where id = %s", (gone,))
+    app.connect()
+    app.drained()
+
+    assert server_name(db, kept) == "a2"
+    assert server_name(db, gone) is None
+    assert app.records()["fatalReports"] == []
+    deadline = time.monotonic() + 15
+    while app.query("select id from lists order by id") != [{"id": kept}]:
+        assert time.monotonic() < deadline, app.query("select id, name from lists")
+        time.sleep(0.1)
+
+
+def test_a_re_sent_write_whose_first_answer_was_lost_is_no_conflict(tracking_apps, db, standin, detecting_worker, user_a):
+    """The fault soak's case: the conditional PATCH commits, its answer is lost (the stand-in drops
+    the connection after the write), the worker sends it again: now zero rows hold the previous
+    values, but the row holds this write's own values, so it is applied, not a conflict."""
+    list_id = str(uuid.uuid4())
+    db.execute("insert into lists (id, name, owner_id) values (%s, 'original', %s)", (list_id, user_a))
+    app = tracking_apps(user_a, detecting_worker)
+    app.wait_for("select name from lists where id = ?", [{"name": "original"}], params=[list_id])
+    app.disconnect()
+    app.execute("update lists set name = 'mine' where id = ?", [list_id])
+    standin.add_fault({"drop_after": True, "method": "PATCH", "path_prefix": "/rest/v1/lists"})
+    app.connect()
+    app.drained()
+
+    assert server_name(db, list_id) == "mine"
+    assert app.records()["fatalReports"] == []
+    assert standin.faults == [], "the fault was used: the first answer was lost"
+    uploads = [line["upload"] for line in detecting_worker.log_lines()
+               if line.get("route") == "upload" and line.get("upload", {}).get("resent")]
+    # the PATCH, its re-send (zero rows), the read of the row, the read of the new values
+    assert [(u["resent"], u["subrequests"], u["success"], u["conflict"]) for u in uploads] == [(1, 4, 1, 0)], uploads
+    assert db.execute("select count(*) from powersync_dead_letters").fetchone()[0] == 0
