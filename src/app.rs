@@ -343,9 +343,10 @@ impl App {
         now: u64,
         log: &mut RequestLog,
     ) -> Result<HttpResponse, ApiError> {
-        log.queue = metrics::queue_report(request.header(metrics::QUEUE_HEADER));
         let session = self.session(request, transport, signatures, now).await?;
         self.note_session(&session, log);
+        // Only a verified caller's report counts: nobody else can skew the queue figures.
+        log.queue = metrics::queue_report(request.header(metrics::QUEUE_HEADER));
         let settings = self.config.upload.as_ref().map_err(|problems| ApiError::UploadNotConfigured(names(problems)))?;
         if !settings.admits(&session.claims) {
             return Err(ApiError::AnonymousNotAllowed);
@@ -941,6 +942,7 @@ mod tests {
         assert!(point.indexes.is_empty());
         assert_eq!(blob(&point, "user"), "");
         assert_eq!(double(&point, "status"), 401.0);
+        assert_eq!((log.queue, double(&point, "queue_reported")), (None, 0.0), "an unverified caller's queue report is not taken");
     }
 
     #[test]
