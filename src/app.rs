@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 
 use crate::config::{Config, Problem};
 use crate::error::{self, ApiError};
+use crate::metrics;
 use crate::http::{send_resending_once, HttpResponse, Resume, Transport};
 use crate::session::{self, KeySet, Session, SessionError, SignatureVerifier, Step, Verifier};
 use crate::storage::{self, FileOp};
@@ -66,12 +67,27 @@ pub struct RequestLog {
     /// Why it failed (the reason behind a fixed public message).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// Who issued the verified session: `supabase`, or a third-party provider (`firebase`, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<&'static str>,
+    /// The verified session token's `alg` (HS256, ES256, RS256).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_alg: Option<&'static str>,
+    /// The PowerSync token's `alg` (RS256, ES256, EdDSA), for issued tokens.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signing_alg: Option<&'static str>,
+    /// The verified user, as [`metrics::user_hash`] (never the raw id).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
     /// Upload outcome counts and subrequests, for upload requests.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upload: Option<Value>,
     /// File requests: operation, file count, files done, declared bytes, buckets (never paths).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub files: Option<Value>,
+    /// The client's upload queue as it reported it ([`metrics::QUEUE_HEADER`]), for uploads.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue: Option<metrics::QueueReport>,
 }
 
 /// One isolate's worth of state: the parsed configuration, the session verifier (JWKS cache)
@@ -126,7 +142,7 @@ impl App {
             }
             (TOKEN_PATH, "GET" | "POST") => {
                 log.route = "token";
-                self.token(request, transport, crypto, now).await
+                self.token(request, transport, crypto, now, &mut log).await
             }
             (UPLOAD_PATH, "POST") => {
                 log.route = "upload";
@@ -253,6 +269,16 @@ impl App {
         Ok(session)
     }
 
+    /// Records who the verified session is, for the log line and metrics (no token, no raw id).
+    fn note_session(&self, session: &Session, log: &mut RequestLog) {
+        if let Some(verifier) = &self.verifier {
+            let (issuer, alg) = verifier.borrow().describe(&session.token);
+            log.issuer = Some(issuer);
+            log.session_alg = Some(alg);
+        }
+        log.user = Some(metrics::user_hash(&session.user_id));
+    }
+
     /// How long a request waits for another's key fetch before taking it over: a discovery
     /// document and a key set, each within `UPSTREAM_TIMEOUT_MS`.
     fn longest_key_fetch(&self) -> std::time::Duration {
@@ -278,11 +304,14 @@ impl App {
         transport: &T,
         crypto: &C,
         now: u64,
+        log: &mut RequestLog,
     ) -> Result<HttpResponse, ApiError> {
         // The header check comes first, as in the Edge Function.
         bearer(request.header("Authorization")).ok_or(ApiError::MissingAuthorization)?;
         let powersync = self.config.powersync.as_ref().map_err(|p| ApiError::PowerSync(p.clone()))?;
         let session = self.session(request, transport, crypto, now).await?;
+        self.note_session(&session, log);
+        log.signing_alg = Some(powersync.key.alg());
         let unsigned = token::unsigned(&powersync.token, &session, now);
         let signature = crypto.sign(&powersync.key, unsigned.signing_input.as_bytes()).await.map_err(ApiError::Signing)?;
         let body = token::issued(&powersync.token, unsigned, &signature);
@@ -342,6 +371,9 @@ impl App {
         log: &mut RequestLog,
     ) -> Result<HttpResponse, ApiError> {
         let session = self.session(request, transport, signatures, now).await?;
+        self.note_session(&session, log);
+        // Only a verified caller's report counts: nobody else can skew the queue figures.
+        log.queue = metrics::queue_report(request.header(metrics::QUEUE_HEADER));
         let settings = self.config.upload.as_ref().map_err(|problems| ApiError::UploadNotConfigured(names(problems)))?;
         if !settings.admits(&session.claims) {
             return Err(ApiError::AnonymousNotAllowed);
@@ -370,7 +402,17 @@ impl App {
         let report = upload::apply_with(&transactions, settings, &caller, transport, route).await;
         self.atomic_function.borrow_mut().learn(report.atomic_function, now, settings.atomic_recheck_seconds);
         let needs_retry = report.needs_retry();
-        log.upload = Some(report.log_summary());
+        let mut summary = report.log_summary();
+        summary["transactions"] = transactions.len().into();
+        summary["entries"] = transactions.iter().map(|t| t.entries.len()).sum::<usize>().into();
+        summary["write_mode"] = settings.mode.name().into();
+        summary["atomic"] = match route {
+            upload::Route::Atomic => true,
+            upload::Route::Probe => report.atomic_function == Some(true),
+            upload::Route::Rest => false,
+        }
+        .into();
+        log.upload = Some(summary);
         let mut response = json_response(error::upload_status(needs_retry), &report.body());
         if needs_retry {
             response.headers.push(("Retry-After".into(), report.retry_after_seconds.to_string()));
@@ -960,4 +1002,117 @@ mod tests {
     }
 
     use super::bearer as bearer_token;
+
+    // --- one metric data point per request, from the log line --------------------------------
+
+    /// The log line as the adapter writes it, and the data point built from it.
+    fn line_and_point(log: &RequestLog) -> (Value, metrics::DataPoint) {
+        let mut line = serde_json::to_value(log).unwrap();
+        line["request_id"] = "req-1".into();
+        line["duration_ms"] = 7.into();
+        let point = metrics::data_point(&line);
+        (line, point)
+    }
+
+    fn blob<'a>(point: &'a metrics::DataPoint, name: &str) -> &'a str {
+        &point.blobs[metrics::BLOBS.iter().position(|b| *b == name).unwrap()]
+    }
+
+    fn double(point: &metrics::DataPoint, name: &str) -> f64 {
+        point.doubles[metrics::DOUBLES.iter().position(|d| *d == name).unwrap()]
+    }
+
+    #[test]
+    fn token_data_point_names_issuer_algorithms_and_hashed_user_without_secrets() {
+        let token = hs256(&user_claims());
+        let (response, log, _) = send(&app(&[]), &FakeTransport::default(), request("GET", "/powersync-token", &[("authorization", &bearer(&token))], ""));
+        assert_eq!(response.status, 200);
+        let (line, point) = line_and_point(&log);
+        let user = metrics::user_hash("user-1");
+        assert_eq!(line["user"], json!(user));
+        assert_eq!(point.indexes, vec![user.clone()]);
+        assert_eq!(
+            [blob(&point, "route"), blob(&point, "status_class"), blob(&point, "code"), blob(&point, "issuer"), blob(&point, "session_alg"), blob(&point, "signing_alg"), blob(&point, "user")],
+            ["token", "2xx", "", "supabase", "HS256", "RS256", user.as_str()]
+        );
+        assert_eq!((double(&point, "status"), double(&point, "duration_ms")), (200.0, 7.0));
+        let everything = format!("{line} {point:?}");
+        assert!(!everything.contains("user-1") && !everything.contains(&token), "no raw user id, no token");
+    }
+
+    #[test]
+    fn rs256_session_is_described_in_the_data_point() {
+        let jwks = json!({"keys": [test_key().public_jwk("sk-1")]}).to_string();
+        let transport = FakeTransport::scripted(vec![Ok(HttpResponse { status: 200, headers: vec![], body: jwks })]);
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+        header.kid = Some("sk-1".into());
+        let token = jsonwebtoken::encode(&header, &user_claims(), &jsonwebtoken::EncodingKey::from_rsa_der(&test_key().pkcs1_der())).unwrap();
+        let (_, log, _) = send(&app(&[]), &transport, request("GET", "/powersync-token", &[("Authorization", &bearer(&token))], ""));
+        let (_, point) = line_and_point(&log);
+        assert_eq!((blob(&point, "issuer"), blob(&point, "session_alg")), ("supabase", "RS256"));
+    }
+
+    #[test]
+    fn refused_request_data_point_has_its_code_and_no_user() {
+        let (_, log, _) = send(&app(&[]), &FakeTransport::default(), request("POST", "/powersync-upload", &[(metrics::QUEUE_HEADER, "count=3")], "{}"));
+        let (_, point) = line_and_point(&log);
+        assert_eq!((blob(&point, "route"), blob(&point, "status_class"), blob(&point, "code")), ("upload", "4xx", "missing_authorization"));
+        assert!(point.indexes.is_empty());
+        assert_eq!(blob(&point, "user"), "");
+        assert_eq!(double(&point, "status"), 401.0);
+        assert_eq!((log.queue, double(&point, "queue_reported")), (None, 0.0), "an unverified caller's queue report is not taken");
+    }
+
+    #[test]
+    fn upload_data_point_carries_the_outcome_counts_queue_and_write_path() {
+        // Two transactions through the atomic function: the first applied, the second refused.
+        let applied = Ok(HttpResponse { status: 200, headers: vec![], body: r#"{"applied":1}"#.into() });
+        let refused = Ok(HttpResponse {
+            status: 409,
+            headers: vec![],
+            body: r#"{"code":"23505","message":"duplicate key value","details":"Key (id)=(secret) exists","hint":null}"#.into(),
+        });
+        let transport = FakeTransport::scripted(vec![applied, refused, Ok(HttpResponse { status: 201, headers: vec![], body: String::new() })]);
+        let auth = bearer(&hs256(&user_claims()));
+        let body = r#"{"client_id":"c-1","transactions":[
+            {"transaction_id":1,"crud":[{"op":"PUT","table":"todos","id":"1","data":{"a":1}},{"op":"DELETE","table":"todos","id":"2"}]},
+            {"transaction_id":2,"crud":[{"op":"PUT","table":"todos","id":"3","data":{"a":"secret"}}]}]}"#;
+        let headers = [("authorization", auth.as_str()), (metrics::QUEUE_HEADER, "count=42; oldest_seconds=90")];
+        let (response, log, answer) = send(&app(&[]), &transport, request("POST", "/powersync-upload", &headers, body));
+        assert_eq!(response.status, 200, "{answer}");
+        let (line, point) = line_and_point(&log);
+        assert_eq!(line["queue"], json!({"count": 42, "oldest_seconds": 90}));
+        assert_eq!((blob(&point, "write_mode"), blob(&point, "failure_codes"), blob(&point, "issuer")), ("rls", "23505", "supabase"));
+        let figures: Vec<(&str, f64)> = ["transactions", "entries", "success", "fatal", "retryable", "not_attempted", "atomic", "queue_reported", "queue_count", "queue_oldest_seconds"]
+            .iter()
+            .map(|name| (*name, double(&point, name)))
+            .collect();
+        assert_eq!(
+            figures,
+            vec![("transactions", 2.0), ("entries", 3.0), ("success", 1.0), ("fatal", 1.0), ("retryable", 0.0), ("not_attempted", 0.0), ("atomic", 1.0), ("queue_reported", 1.0), ("queue_count", 42.0), ("queue_oldest_seconds", 90.0)]
+        );
+        // Every double is the log line's figure of the same name.
+        for (name, value) in metrics::DOUBLES.iter().zip(&point.doubles) {
+            let in_line = line["upload"].get(*name).or_else(|| line.get(*name));
+            if let Some(figure) = in_line.and_then(|v| v.as_f64().or_else(|| v.as_bool().map(|b| f64::from(u8::from(b))))) {
+                assert_eq!(figure, *value, "{name}");
+            }
+        }
+        assert_eq!(double(&point, "subrequests"), line["upload"]["subrequests"].as_f64().unwrap());
+        assert!(!format!("{point:?}").contains("secret"), "no row data");
+    }
+
+    #[test]
+    fn malformed_queue_report_is_ignored_and_the_upload_goes_on() {
+        let transport = FakeTransport::scripted(vec![Ok(HttpResponse { status: 200, headers: vec![], body: r#"{"applied":1}"#.into() })]);
+        let auth = bearer(&hs256(&user_claims()));
+        let body = r#"{"batch":[{"op":"PUT","table":"todos","id":"1","data":{"a":1}}]}"#;
+        let headers = [("authorization", auth.as_str()), (metrics::QUEUE_HEADER, "count=lots")];
+        let (response, log, answer) = send(&app(&[("UPLOAD_ATOMIC", "true")]), &transport, request("POST", "/powersync-upload", &headers, body));
+        assert_eq!((response.status, answer["results"][0]["status"].as_str()), (200, Some("success")));
+        assert_eq!(log.queue, None);
+        let (line, point) = line_and_point(&log);
+        assert!(line.get("queue").is_none());
+        assert_eq!((double(&point, "queue_reported"), double(&point, "queue_count")), (0.0, 0.0));
+    }
 }

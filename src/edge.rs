@@ -18,6 +18,7 @@ use crate::app::{App, BodyError, IncomingRequest, RequestBody};
 use crate::config::Config;
 use crate::http::{HttpRequest, HttpResponse, Method, Resume, Transport, TransportError};
 use crate::keys::{KeyKind, SigningKey};
+use crate::metrics;
 use crate::session::{SessionError, SignatureCheck, SignatureVerifier};
 use crate::token::TokenSigner;
 
@@ -62,12 +63,32 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response
     let mut line = serde_json::to_value(&log).unwrap_or_default();
     line["request_id"] = request_id.into();
     line["duration_ms"] = (Date::now().as_millis().saturating_sub(started)).into();
+    // The metric comes from the log line itself: one record, two outlets.
+    if let Err(e) = write_data_point(&env, &metrics::data_point(&line)) {
+        line["metrics_error"] = e.into();
+    }
     console_log!("{}", line);
     let headers = Headers::new();
     for (name, value) in &response.headers {
         let _ = headers.append(name, value);
     }
     Ok(Response::from_bytes(response.body.into_bytes())?.with_status(response.status).with_headers(headers))
+}
+
+/// Writes one data point to the Analytics Engine dataset bound as [`metrics::BINDING`]; nothing
+/// when the binding is absent. `writeDataPoint` returns at once (the runtime sends it after the
+/// response); it throws only for a malformed point.
+fn write_data_point(env: &Env, point: &metrics::DataPoint) -> Result<(), String> {
+    let dataset = Reflect::get(env.as_ref(), &JsValue::from_str(metrics::BINDING)).map_err(describe)?;
+    if dataset.is_undefined() || dataset.is_null() {
+        return Ok(());
+    }
+    let write: js_sys::Function =
+        Reflect::get(&dataset, &"writeDataPoint".into()).map_err(describe)?.dyn_into().map_err(|_| "METRICS is not an Analytics Engine dataset".to_string())?;
+    let strings = |values: &[String]| values.iter().map(|v| JsValue::from_str(v)).collect::<js_sys::Array>();
+    let numbers = point.doubles.iter().map(|d| JsValue::from_f64(*d)).collect::<js_sys::Array>();
+    let event = object(&[("indexes", &strings(&point.indexes)), ("blobs", &strings(&point.blobs)), ("doubles", &numbers)])?;
+    write.call1(&dataset, &event).map(|_| ()).map_err(describe)
 }
 
 /// Cloudflare's `cf-ray` when present (ties our log to Cloudflare's), else random.

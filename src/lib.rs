@@ -15,6 +15,7 @@ pub mod environment;
 pub mod error;
 pub mod http;
 pub mod keys;
+pub mod metrics;
 pub mod session;
 pub mod storage;
 pub mod token;

@@ -282,6 +282,24 @@ impl Verifier {
 
     /// Picks the rules for `token` by its unverified `iss`: Supabase's own issuer, a configured
     /// third party, or (for HS256, Supabase's legacy tokens, which need no fetch) Supabase's.
+    /// For logs and metrics, of a token already verified: who issued it (`supabase`, or the
+    /// third-party provider's name: `firebase`, `auth0`, ...) and its `alg`. Nothing secret.
+    pub fn describe(&self, token: &str) -> (&'static str, &'static str) {
+        let alg = jsonwebtoken::decode_header(token).map(|h| h.alg).unwrap_or(Algorithm::HS256);
+        let issuer = match self.source(token, alg) {
+            Source::Supabase => "supabase",
+            Source::ThirdParty(index) => self.third_party_issuer(index).provider.name(),
+            Source::Unknown => "unknown",
+        };
+        let alg = match alg {
+            Algorithm::HS256 => "HS256",
+            Algorithm::ES256 => "ES256",
+            Algorithm::RS256 => "RS256",
+            _ => "other",
+        };
+        (issuer, alg)
+    }
+
     fn source(&self, token: &str, alg: Algorithm) -> Source {
         let iss = token.split('.').nth(1).and_then(decode_segment).and_then(|claims| claims.get("iss")?.as_str().map(str::to_string));
         let Some(iss) = iss else {

@@ -203,6 +203,14 @@ pub enum WriteMode {
 }
 
 impl WriteMode {
+    /// The `UPLOAD_MODE` value: `rls` or `service` (for logs and metrics).
+    pub fn name(&self) -> &'static str {
+        match self {
+            WriteMode::Rls => "rls",
+            WriteMode::Service { .. } => "service",
+        }
+    }
+
     /// The database role the writes run as: `authenticated` (a user's session, RLS mode) or
     /// `service_role` (the service key). Named in the GRANT a missing privilege calls for.
     pub fn api_role(&self) -> &'static str {

@@ -226,8 +226,13 @@ def test_writes_made_while_the_worker_is_down_stay_queued_then_upload_in_order_w
         assert [t["id"] for t in server_todos(db, user_a)] == [t1]
         assert db.execute("select count(*) from todos where created_by = %s", (user_a,)).fetchone()[0] == 1
         # The connector sent the five queued transactions in one request, all applied.
-        uploads = [line["upload"] for line in worker.log_lines() if line.get("route") == "upload"]
+        lines = [line for line in worker.log_lines() if line.get("route") == "upload"]
+        uploads = [line["upload"] for line in lines]
         assert uploads[0]["success"] == 5, uploads
+        # It reported the SDK's upload queue (getUploadQueueStats: six entries) and how long the
+        # head had waited since the first failed try (across the worker's restart).
+        assert lines[0]["queue"]["count"] == 6, lines[0]
+        assert lines[0]["queue"]["oldest_seconds"] >= 1, lines[0]
     finally:
         worker.stop()
 

@@ -3,7 +3,8 @@
 `WorkerProcess(vars)` writes a throwaway wrangler config (no build step: `make test` builds
 once before the end-to-end tests) and a `.dev.vars` with exactly `vars`, starts
 `wrangler dev` on a free loopback port and waits until it answers. Its combined output is kept
-in `.output()` so tests can check what the worker logged. `inspector=False` starts it through
+in `.output()` so tests can check what the worker logged. `extra_config` is appended to the
+wrangler config (bindings, e.g. the metrics dataset). `inspector=False` starts it through
 wrangler's API without the devtools inspector (tests/support/wrangler_dev.mjs; the benchmarks).
 """
 
@@ -47,7 +48,7 @@ def dotenv_value(value: str) -> str:
 
 class WorkerProcess:
     def __init__(self, vars: dict[str, str], startup_timeout: float = 60.0, main: Path | None = None,
-                 inspector: bool = True, port: int | None = None):
+                 inspector: bool = True, port: int | None = None, extra_config: str = ""):
         main = main or BUILD
         if not main.exists():
             raise RuntimeError(f"{main} is missing: run `make build` (make test does) first")
@@ -56,7 +57,7 @@ class WorkerProcess:
         self.port = port or free_port()  # a fixed port: restart "the same" worker after stop()
         self.url = f"http://127.0.0.1:{self.port}"
         (self.dir / "wrangler.toml").write_text(
-            f'name = "e2e"\nmain = "{main}"\ncompatibility_date = "2026-11-01"\n'
+            f'name = "e2e"\nmain = "{main}"\ncompatibility_date = "2026-11-01"\n' + extra_config
         )
         (self.dir / ".dev.vars").write_text(
             "".join(f"{k}={dotenv_value(v)}\n" for k, v in self.vars.items())

@@ -119,6 +119,14 @@ export interface WorkerConnectorOptions {
   requestTimeoutMs?: number;
   /** The `fetch` to use. Default: `globalThis.fetch`, looked up at each request. */
   fetch?: FetchLike;
+  /**
+   * Whether each upload reports the local upload queue to the worker, in the
+   * `PowerSync-Upload-Queue` header (`count=<entries waiting>; oldest_seconds=<how long the
+   * transaction at the head of the queue has waited since this connector first tried it>`), from
+   * the SDK's `getUploadQueueStats()`. The worker records it in its log line and metrics (docs/metrics.md).
+   * No row data is sent. Default: true.
+   */
+  reportQueue?: boolean;
 }
 
 /**
@@ -126,7 +134,10 @@ export interface WorkerConnectorOptions {
  * `@powersync/web`, `@powersync/node` and `@powersync/react-native` database satisfies it.
  */
 export type UploadQueue = Pick<CommonPowerSyncDatabase, 'getNextCrudTransaction'> &
-  Partial<Pick<CommonPowerSyncDatabase, 'getCrudTransactions' | 'getClientId'>>;
+  Partial<Pick<CommonPowerSyncDatabase, 'getCrudTransactions' | 'getClientId' | 'getUploadQueueStats'>>;
+
+/** The request header the queue report travels in (see {@link WorkerConnectorOptions.reportQueue}). */
+export const QUEUE_HEADER = 'PowerSync-Upload-Queue';
 
 const DEFAULT_MAX_TRANSACTIONS = 20;
 const DEFAULT_MAX_ENTRIES = 1000;
@@ -205,6 +216,9 @@ export class WorkerConnector implements PowerSyncBackendConnector {
   private readonly maxEntries: number;
   private readonly timeoutMs: number;
   private readonly fetchImpl: FetchLike | undefined;
+  private readonly reportQueue: boolean;
+  /** The transaction at the head of the queue and when this connector first read it there. */
+  private head: { key: string; since: number } | undefined;
 
   constructor(options: WorkerConnectorOptions) {
     if (typeof options?.workerUrl !== 'string' || options.workerUrl.trim() === '') {
@@ -220,6 +234,7 @@ export class WorkerConnector implements PowerSyncBackendConnector {
     this.maxTransactions = positiveInteger('maxTransactionsPerRequest', options.maxTransactionsPerRequest, DEFAULT_MAX_TRANSACTIONS);
     this.maxEntries = positiveInteger('maxEntriesPerRequest', options.maxEntriesPerRequest, DEFAULT_MAX_ENTRIES);
     this.timeoutMs = positiveInteger('requestTimeoutMs', options.requestTimeoutMs, DEFAULT_TIMEOUT_MS, true);
+    this.reportQueue = options.reportQueue ?? true;
     this.fetchImpl = options.fetch;
   }
 
@@ -286,6 +301,7 @@ export class WorkerConnector implements PowerSyncBackendConnector {
     }
 
     const clientId = await clientIdOf(database);
+    const queue = this.reportQueue ? await this.queueReport(database, transactions[0]!) : undefined;
     // Send; on 413 send the first half only, until it fits or a single transaction is refused.
     let batch = transactions;
     for (;;) {
@@ -294,6 +310,7 @@ export class WorkerConnector implements PowerSyncBackendConnector {
         '/powersync-upload',
         session,
         JSON.stringify(planUploadBody(batch, clientId)),
+        queue === undefined ? undefined : { [QUEUE_HEADER]: queue },
       );
       if (response.status === 413 && batch.length > 1) {
         batch = batch.slice(0, Math.ceil(batch.length / 2));
@@ -367,6 +384,27 @@ export class WorkerConnector implements PowerSyncBackendConnector {
   }
 
   /**
+   * The queue header's value: `count=<n>; oldest_seconds=<s>`. The count is the SDK's
+   * `getUploadQueueStats().count`; the age is how long `head` (the oldest queued transaction) has
+   * been at the head of the queue since this connector first read it there. `undefined` when the
+   * database has no statistics or they fail: the upload then goes without the header.
+   */
+  private async queueReport(database: UploadQueue, head: CrudTransaction): Promise<string | undefined> {
+    if (typeof database.getUploadQueueStats !== 'function') return undefined;
+    let count: number;
+    try {
+      count = (await database.getUploadQueueStats()).count;
+    } catch {
+      return undefined;
+    }
+    if (!Number.isInteger(count) || count < 0) return undefined;
+    const key = `${head.transactionId ?? ''}:${head.crud[0]?.clientId ?? ''}`;
+    const now = Date.now();
+    if (this.head?.key !== key) this.head = { key, since: now };
+    return `count=${count}; oldest_seconds=${Math.max(0, Math.floor((now - this.head.since) / 1000))}`;
+  }
+
+  /**
    * The oldest queued transactions, in order: at most `maxTransactionsPerRequest` and
    * `maxEntriesPerRequest` entries (but always at least one transaction).
    */
@@ -399,8 +437,13 @@ export class WorkerConnector implements PowerSyncBackendConnector {
     path: string,
     session: string,
     body?: string,
+    extraHeaders?: Record<string, string>,
   ): Promise<{ response: FetchResponseLike; body: unknown }> {
-    const headers: Record<string, string> = { Authorization: `Bearer ${session}`, Accept: 'application/json' };
+    const headers: Record<string, string> = {
+      ...extraHeaders,
+      Authorization: `Bearer ${session}`,
+      Accept: 'application/json',
+    };
     const init: FetchInitLike = { method, headers };
     if (body !== undefined) {
       headers['Content-Type'] = 'application/json';

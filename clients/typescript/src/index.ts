@@ -3,7 +3,7 @@
  *
  * @packageDocumentation
  */
-export { WorkerConnector } from './connector.js';
+export { QUEUE_HEADER, WorkerConnector } from './connector.js';
 export type {
   FatalErrorReport,
   FetchInitLike,

@@ -1,9 +1,10 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 
-import type { CommonPowerSyncDatabase, PowerSyncBackendConnector } from '@powersync/common';
+import type { CommonPowerSyncDatabase, PowerSyncBackendConnector, UploadQueueStats } from '@powersync/common';
 
 import {
+  QUEUE_HEADER,
   WorkerConnector,
   WorkerConnectorError,
   type FatalErrorReport,
@@ -39,6 +40,9 @@ async function rejectsWith(promise: Promise<unknown>, expected: Partial<WorkerCo
   }
   return caught;
 }
+
+/** The SDK's upload-queue statistics with only the count (what the connector reads). */
+const stats = (count: number) => ({ count }) as unknown as UploadQueueStats;
 
 const FAILURE_23505 = {
   index: 1,
@@ -144,6 +148,42 @@ describe('fetchCredentials', () => {
 });
 
 describe('uploadData: request', () => {
+  test('reports the queue depth and how long the head transaction has waited', async (t) => {
+    let clock = 1_000_000;
+    t.mock.method(Date, 'now', () => clock);
+    const queue = Object.assign(new FakeQueue().add(1, [{ op: 'DELETE', id: 'a' }]).add(2, [{ op: 'DELETE', id: 'b' }]), {
+      getUploadQueueStats: async () => stats(2),
+    });
+    const retry = { status: 503, body: results(['retryable_error', 1], ['not_attempted', 2]), headers: { 'Retry-After': '1' } };
+    const fake = new FakeFetch(retry, retry, { status: 200, body: results(['success', 1], ['retryable_error', 2]) }, retry);
+    const c = connector(fake);
+    const header = (i: number) => fake.requests[i]!.init.headers[QUEUE_HEADER];
+    await assert.rejects(c.uploadData(queue));
+    assert.equal(header(0), 'count=2; oldest_seconds=0');
+    clock += 90_500;
+    await assert.rejects(c.uploadData(queue));
+    assert.equal(header(1), 'count=2; oldest_seconds=90', 'the same head, 90 s later');
+    await assert.rejects(c.uploadData(queue));
+    clock += 5_000;
+    await assert.rejects(c.uploadData(queue));
+    assert.equal(header(3), 'count=2; oldest_seconds=0', 'a new head: its own wait starts when first read');
+  });
+
+  test('sends no queue header without statistics, when they fail, or with reportQueue false', async () => {
+    const cases: [ReturnType<typeof withoutIterator>, Partial<WorkerConnectorOptions>][] = [
+      [new FakeQueue().add(1, [{ op: 'DELETE', id: 'a' }]), {}],
+      [Object.assign(new FakeQueue().add(1, [{ op: 'DELETE', id: 'a' }]), { getUploadQueueStats: async (): Promise<UploadQueueStats> => { throw new Error('closed'); } }), {}],
+      [Object.assign(new FakeQueue().add(1, [{ op: 'DELETE', id: 'a' }]), { getUploadQueueStats: async () => stats(-1) }), {}],
+      [Object.assign(new FakeQueue().add(1, [{ op: 'DELETE', id: 'a' }]), { getUploadQueueStats: async () => stats(4) }), { reportQueue: false }],
+    ];
+    for (const [database, options] of cases) {
+      const fake = new FakeFetch({ status: 200, body: results(['success', 1]) });
+      await connector(fake, options).uploadData(database);
+      assert.ok(!(QUEUE_HEADER in fake.requests[0]!.init.headers), 'no queue header');
+      assert.equal(fake.requests[0]!.init.headers.Authorization, `Bearer ${SESSION}`, 'uploaded as usual');
+    }
+  });
+
   test('sends the database client id, and no client_id when the database cannot give one', async () => {
     const queue = new FakeQueue().add(1, [{ op: 'DELETE', id: 'a' }]);
     let fake = new FakeFetch({ status: 200, body: results(['success', 1]) });
