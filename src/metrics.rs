@@ -22,7 +22,7 @@ pub const BLOBS: [&str; 9] =
     ["route", "status_class", "code", "issuer", "session_alg", "signing_alg", "write_mode", "failure_codes", "user"];
 
 /// The doubles, in order (`double1` is `status`). Absent fields are written as 0; booleans as 0/1.
-pub const DOUBLES: [&str; 19] = [
+pub const DOUBLES: [&str; 20] = [
     "status",
     "duration_ms",
     "transactions",
@@ -42,6 +42,7 @@ pub const DOUBLES: [&str; 19] = [
     "queue_reported",
     "queue_count",
     "queue_oldest_seconds",
+    "file_bytes",
 ];
 
 /// Longest `failure_codes` blob: the distinct codes joined by commas (a data point's blobs may
@@ -74,6 +75,7 @@ pub fn data_point(line: &Value) -> DataPoint {
             _ => field(name).and_then(Value::as_str).unwrap_or_default().to_string(),
         })
         .collect();
+    let files = line.get("files").filter(|f| f.is_object());
     let doubles = DOUBLES
         .iter()
         .map(|name| {
@@ -81,6 +83,10 @@ pub fn data_point(line: &Value) -> DataPoint {
                 "queue_reported" => return if line.get("queue").is_some_and(Value::is_object) { 1.0 } else { 0.0 },
                 "queue_count" => line.get("queue").and_then(|q| q.get("count")),
                 "queue_oldest_seconds" => line.get("queue").and_then(|q| q.get("oldest_seconds")),
+                // file requests: the files in the request, those done, their declared bytes
+                "entries" if files.is_some() => files.and_then(|f| f.get("count")),
+                "success" if files.is_some() => files.and_then(|f| f.get("done")),
+                "file_bytes" => files.and_then(|f| f.get("bytes")),
                 _ => field(name),
             };
             match value {
@@ -178,6 +184,19 @@ mod tests {
 
     fn double(point: &DataPoint, name: &str) -> f64 {
         point.doubles[DOUBLES.iter().position(|d| *d == name).unwrap()]
+    }
+
+    #[test]
+    fn file_request_data_point_counts_files_done_and_bytes_but_no_path_or_bucket() {
+        let line = json!({"route": "files_upload", "status": 403, "code": "file_path_not_allowed",
+            "user": user_hash("u"), "files": {"op": "upload", "count": 3, "done": 0, "bytes": 4096,
+            "buckets": ["photos"]}});
+        let point = data_point(&line);
+        assert_eq!((blob(&point, "route"), blob(&point, "code")), ("files_upload", "file_path_not_allowed"));
+        assert_eq!((double(&point, "entries"), double(&point, "success"), double(&point, "file_bytes")), (3.0, 0.0, 4096.0));
+        assert!(point.blobs.iter().all(|b| !b.contains("photos")));
+        let upload = data_point(&json!({"route": "upload", "status": 200, "upload": {"entries": 7, "success": 2}}));
+        assert_eq!((double(&upload, "entries"), double(&upload, "success"), double(&upload, "file_bytes")), (7.0, 2.0, 0.0));
     }
 
     #[test]

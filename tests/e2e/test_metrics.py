@@ -56,7 +56,9 @@ def expected_blob(line: dict, name: str) -> str:
 
 
 def expected_double(line: dict, name: str) -> float:
-    upload, queue = line.get("upload") or {}, line.get("queue") or {}
+    upload, queue, files = line.get("upload") or {}, line.get("queue") or {}, line.get("files")
+    if files is not None and name in ("entries", "success", "file_bytes"):
+        return float(files[{"entries": "count", "success": "done", "file_bytes": "bytes"}[name]])
     if name == "queue_reported":
         return 1.0 if line.get("queue") else 0.0
     if name.startswith("queue_"):
@@ -82,7 +84,7 @@ def requests_and_points(worker: WorkerProcess) -> list[tuple[dict, dict]]:
 
 def test_every_request_writes_one_data_point_with_its_log_line_figures(metrics_worker, session_token, db):
     columns = documented_columns()
-    assert len(columns["blob"]) == 9 and len(columns["double"]) == 19, columns
+    assert len(columns["blob"]) == 9 and len(columns["double"]) == 20, columns
     sub = new_id()
     token = session_token(sub)
     metrics_worker.get("/health")
@@ -94,17 +96,22 @@ def test_every_request_writes_one_data_point_with_its_log_line_figures(metrics_w
     bad = upload(metrics_worker, token, body(tx(put("lists", new_id(), name="n", owner_id=new_id()), tid=2)),
                  headers={"PowerSync-Upload-Queue": "count=lots"})
     assert bad.status_code in (200, 503), bad.text
+    refused = metrics_worker.post("/powersync-files/upload", headers={"Authorization": f"Bearer {token}"},
+                                  json={"files": [{"bucket": "attachments", "path": f"{sub}/../x.jpg",
+                                                   "content_type": "image/jpeg", "size": 2048}]})
+    assert refused.status_code == 400 and refused.json()["code"] == "file_path_invalid", refused.text
     deadline = time.time() + 10
-    while len(requests_and_points(metrics_worker)) < 5 and time.time() < deadline:
+    while len(requests_and_points(metrics_worker)) < 6 and time.time() < deadline:
         time.sleep(0.2)
     pairs = requests_and_points(metrics_worker)
-    assert [line["route"] for line, _ in pairs][-5:] == ["health", "token", "token", "upload", "upload"]
+    assert [line["route"] for line, _ in pairs][-6:] == ["health", "token", "token", "upload", "upload", "files_upload"]
     for line, point in pairs:
         assert "metrics_error" not in line, line
         assert point["blobs"] == [expected_blob(line, name) for name in columns["blob"]], line
         assert point["doubles"] == [expected_double(line, name) for name in columns["double"]], line
         assert point["indexes"] == ([line["user"]] if line.get("user") else []), line
-    health, token_ok, token_refused, upload_ok, upload_bad = (line for line, _ in pairs[-5:])
+    health, token_ok, token_refused, upload_ok, upload_bad, files_refused = (line for line, _ in pairs[-6:])
+    assert files_refused["code"] == "file_path_invalid" and f"{sub}/" not in str(files_refused)
     assert (token_ok["issuer"], token_ok["session_alg"], token_ok["signing_alg"]) == ("supabase", "HS256", "RS256")
     assert token_refused["code"] == "missing_authorization" and "user" not in token_refused
     assert upload_ok["queue"] == {"count": 7, "oldest_seconds": 42}
