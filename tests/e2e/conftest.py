@@ -283,9 +283,11 @@ def worker(base_vars):
     w.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def start_worker():
-    """start_worker(vars) -> WorkerProcess with that exact configuration; stopped at the end."""
+    """start_worker(vars) -> WorkerProcess with that exact configuration; stopped when the
+    module's tests are done (a whole run would otherwise keep every module's workers alive at
+    once: with today's ~20 modules that starved the later modules' worker starts)."""
     started = []
 
     def start(vars: dict) -> WorkerProcess:
