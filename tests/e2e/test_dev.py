@@ -108,7 +108,7 @@ def test_make_dev_runs_the_worker_with_the_dev_vars_values_and_prints_its_own(tm
         "POWERSYNC_KEY_ID": powersync_key["kid"], "POWERSYNC_PRIVATE_KEY": powersync_key["private_pem"],
         "POWERSYNC_URL": mine, "UPLOAD_TABLES": "profiles",
     })
-    env = dict(os.environ, DEV_PORT=str(port), SUPABASE_PORT=str(supabase_port), POWERSYNC="off",
+    env = dict(os.environ, DEV_PORT=str(port), SUPABASE_PORT=str(supabase_port), POWERSYNC="off", WEB="off",
                DEV_INSPECTOR_PORT=str(free_port()), CI="true", WRANGLER_SEND_METRICS="false",
                NO_COLOR="1", WRANGLER_LOG_PATH=str(tmp_path / "logs"))
     proc = subprocess.Popen(["bash", str(root / "scripts/dev.sh")], cwd=root, env=env, text=True,
