@@ -1,7 +1,9 @@
 # The two commands a newcomer needs:
-#   make dev    run the worker locally (installs what is missing; embedded default configuration)
+#   make dev    run the worker locally with the local stack and the web demo (installs what is
+#               missing; embedded default configuration)
 #   make test   run every test (native, the connector package, end-to-end in workerd against
-#               PostgreSQL with the real PowerSync service and the official SDK)
+#               PostgreSQL with the real PowerSync service and the official SDK, the web demo
+#               in headless Chromium)
 #   make bench  run the benchmarks (not part of make test; see bench/README.md)
 #   make bench-atomic  the largest transaction the atomic function applies within Supabase's
 #               8 s statement timeout (bench/atomic_limit.py; not part of make test)

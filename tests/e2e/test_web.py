@@ -161,7 +161,12 @@ def test_insert_update_delete_made_in_the_page_upload_through_the_worker(
         add_todo(browser, tab, list_id, "Return library books", priority=3)
         other = add_list(browser, tab, "Weekend")
         add_todo(browser, tab, other, "Repair the bike", priority=1)
+        add_todo(browser, tab, other, "Sleep for a week", priority=9)  # rejected: priority is 0 to 5
+        browser.wait_for(tab, "window.demo.fatal.length === 1")
         wait_queue_empty(browser, tab)
+        # The rejected row leaves the local database with the next checkpoint.
+        browser.wait_for(tab, "![...document.querySelectorAll('.description')]"
+                              ".some(e => e.textContent === 'Sleep for a week')")
         shot = Path(os.environ["WEB_DEMO_SCREENSHOT"])
         browser.screenshot(tab, shot)
         assert shot.stat().st_size > 10_000
