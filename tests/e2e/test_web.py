@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 import uuid
 from pathlib import Path
@@ -183,6 +184,9 @@ def test_write_made_while_the_worker_is_unreachable_stays_queued_and_lands_exact
         tab = open_signed_in(browser, page, worker.url, session_token(user_a))
         list_id = add_list(browser, tab, "Trip")
         wait_queue_empty(browser, tab)
+        # Cross-origin for real: Chromium asked the worker (a preflight) before each kind of request.
+        for path in ("/powersync-token", "/powersync-upload"):
+            assert re.search(rf"OPTIONS {path} 20\d", worker.output()), worker.output()[-2000:]
         errors_before = len(browser.errors(tab))
         worker.stop()
         outage_started = time.time() * 1000
@@ -207,6 +211,28 @@ def test_write_made_while_the_worker_is_unreachable_stays_queued_and_lands_exact
             assert outage_started - 1000 <= e["at"] <= outage_ended + 5000, e
     finally:
         worker.stop()
+
+
+def test_going_offline_in_the_page_keeps_writes_local_until_it_goes_online_again(
+        browser, page, web_worker, db, session_token, user_a):
+    tab = open_signed_in(browser, page, web_worker.url, session_token(user_a))
+    list_id = add_list(browser, tab, "Offline")
+    wait_queue_empty(browser, tab)
+
+    browser.click(tab, "#toggle-connection")  # Go offline
+    browser.wait_for(tab, "document.getElementById('sync-status').dataset.state === 'offline'")
+    uploads = browser.eval(tab, "window.demo.uploads")
+    todo = add_todo(browser, tab, list_id, "Written offline")
+    browser.wait_for(tab, "document.getElementById('queue-count').dataset.count === '1'", 5000)
+    time.sleep(2)  # nothing is sent while offline
+    assert browser.eval(tab, "window.demo.uploads") == uploads
+    assert db.execute("select count(*) from todos where id = %s", (todo,)).fetchone()[0] == 0
+
+    browser.click(tab, "#toggle-connection")  # Go online
+    wait_queue_empty(browser, tab)
+    browser.wait_for(tab, "document.getElementById('sync-status').dataset.state === 'connected'")
+    assert [t["id"] for t in server_todos(db, user_a)] == [todo]
+    assert_no_console_errors(browser, tab)
 
 
 # --- a fatal write reaches the page ---------------------------------------------------------------
