@@ -257,7 +257,11 @@ def test_fatal_write_reaches_the_pages_callback_and_later_writes_still_upload(
     assert db.execute("select count(*) from powersync_dead_letters").fetchone()[0] == 1
     fine = add_todo(browser, tab, list_id, "Possible", priority=5)
     wait_queue_empty(browser, tab)
-    assert [t["id"] for t in server_todos(db, user_a)] == [fine]
+    assert [t["id"] for t in server_todos(db, user_a)] == [fine], (
+        browser.eval(tab, "JSON.stringify({last: window.demo.lastUpload, uploads: window.demo.uploads, "
+                          "fatal: window.demo.fatal})"),
+        local(browser, tab, "select id, description from todos"),
+        [line.get("upload") for line in web_worker.log_lines() if line.get("route") == "upload"][-4:])
     assert_no_console_errors(browser, tab)
 
 
