@@ -115,6 +115,27 @@ def test_page_first_sync_shows_exactly_the_users_rows_then_a_server_insert_live(
     assert_no_console_errors(browser, tab)
 
 
+def test_a_to_do_being_typed_keeps_its_focus_and_text_while_rows_arrive_from_the_server(
+        browser, page, web_worker, db, session_token, user_a):
+    mine = new_id()
+    db.execute("insert into lists (id, name, owner_id) values (%s, 'Groceries', %s)", (mine, user_a))
+    tab = open_signed_in(browser, page, web_worker.url, session_token(user_a))
+    field = json.dumps(f".list[data-id='{mine}'] .new-todo input[name=description]")
+    browser.wait_for(tab, f"document.querySelector({field}) !== null")
+    browser.click(tab, f".list[data-id='{mine}'] .new-todo input[name=description]")
+    browser.type(tab, "Half")
+
+    # Rows from the server re-render the lists while the person is typing.
+    db.execute("insert into todos (id, description, list_id, created_by) values (%s, 'Milk', %s, %s)",
+               (new_id(), mine, user_a))
+    browser.wait_for(tab, "[...document.querySelectorAll('.todos .description')].some(e => e.textContent === 'Milk')",
+                     15000)
+    browser.type(tab, " typed")
+    assert browser.eval(tab, f"document.activeElement === document.querySelector({field})") is True
+    assert browser.eval(tab, f"document.querySelector({field}).value") == "Half typed"
+    assert_no_console_errors(browser, tab)
+
+
 # --- writes in the page, uploaded through the worker -------------------------------------------
 
 def add_list(browser: Browser, tab: int, name: str) -> str:
@@ -130,9 +151,12 @@ def add_todo(browser: Browser, tab: int, list_id: str, description: str, priorit
     browser.fill(tab, f"{form} input[name=description]", description)
     browser.fill(tab, f"{form} input[name=priority]", priority)
     browser.click(tab, f"{form} button[type=submit]")
-    return browser.wait_for(
+    todo = browser.wait_for(
         tab, f"[...document.querySelectorAll('.todos li')].find(e => e.querySelector('.description').textContent"
              f" === {json.dumps(description)})?.dataset.id")
+    # The row has what was typed (a keystroke that went elsewhere would make it another write).
+    assert browser.texts(tab, f".todos li[data-id='{todo}'] .priority") == [f"priority {priority}"]
+    return todo
 
 
 def test_insert_update_delete_made_in_the_page_upload_through_the_worker(
@@ -255,6 +279,11 @@ def test_fatal_write_reaches_the_pages_callback_and_later_writes_still_upload(
     assert browser.eval(tab, "window.demo.lastUpload.results") == ["fatal_error"]
     # Dead-lettered on the server, and the queue goes on.
     assert db.execute("select count(*) from powersync_dead_letters").fetchone()[0] == 1
+    # The rejected row leaves the local database with the next checkpoint. Waited for: until then
+    # the page can still change under the next click (the form moves up when the row goes).
+    browser.wait_for(tab, f"document.querySelector(\".todos li[data-id='{bad}']\") === null")
+    assert local(browser, tab, "select id from todos") == []
+
     fine = add_todo(browser, tab, list_id, "Possible", priority=5)
     wait_queue_empty(browser, tab)
     assert [t["id"] for t in server_todos(db, user_a)] == [fine], (
@@ -262,6 +291,9 @@ def test_fatal_write_reaches_the_pages_callback_and_later_writes_still_upload(
                           "fatal: window.demo.fatal})"),
         local(browser, tab, "select id, description from todos"),
         [line.get("upload") for line in web_worker.log_lines() if line.get("route") == "upload"][-4:])
+    assert browser.eval(tab, "window.demo.lastUpload.results") == ["success"]
+    assert len(browser.eval(tab, "window.demo.fatal")) == 1
+    assert db.execute("select count(*) from powersync_dead_letters").fetchone()[0] == 1
     assert_no_console_errors(browser, tab)
 
 

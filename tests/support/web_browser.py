@@ -153,6 +153,10 @@ class Browser:
     def click(self, tab: int, selector: str) -> None:
         self.call("click", tab=tab, selector=selector)
 
+    def type(self, tab: int, text: str) -> None:
+        """Keystrokes into whatever has the focus now (`fill` focuses its element first)."""
+        self.call("type", tab=tab, text=text)
+
     def texts(self, tab: int, selector: str) -> list[str]:
         return self.call("text", tab=tab, selector=selector)
 

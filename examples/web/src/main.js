@@ -228,14 +228,22 @@ function watchRows(db) {
   });
 }
 
-// One element per list, kept across renders (so a half-typed to-do is not lost when rows change).
+// One element per list, kept across renders and moved only when the order changes: a half-typed
+// to-do keeps its text and its focus when rows arrive (moving an element, even to where it is
+// already, takes the focus from the field in it, and later keystrokes go nowhere).
 const listElements = new Map();
 
 function renderLists(db) {
   const container = $('lists');
-  const seen = new Set();
+  const shown = new Set(lists.map((list) => list.id));
+  for (const [id, el] of listElements) {
+    if (!shown.has(id)) {
+      el.remove();
+      listElements.delete(id);
+    }
+  }
+  let previous = null;
   for (const list of lists) {
-    seen.add(list.id);
     let el = listElements.get(list.id);
     if (!el) {
       el = listElement(db, list.id);
@@ -244,13 +252,9 @@ function renderLists(db) {
     el.querySelector('.name').textContent = list.name;
     const mine = todos.filter((t) => t.list_id === list.id);
     el.querySelector('.todos').replaceChildren(...mine.map((t) => todoElement(db, t)));
-    container.appendChild(el); // keeps the query's order
-  }
-  for (const [id, el] of listElements) {
-    if (!seen.has(id)) {
-      el.remove();
-      listElements.delete(id);
-    }
+    const at = previous ? previous.nextSibling : container.firstChild;
+    if (el !== at) container.insertBefore(el, at); // the query's order
+    previous = el;
   }
 }
 

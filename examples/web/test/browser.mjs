@@ -93,6 +93,12 @@ const commands = {
     return true;
   },
 
+  // Types into whatever has the focus now (no element is focused first, unlike `fill`).
+  async type({ tab: index, text }) {
+    await tab(index).page.keyboard.type(String(text));
+    return true;
+  },
+
   async text({ tab: index, selector }) {
     return tab(index).page.locator(selector).allInnerTexts();
   },
