@@ -1,8 +1,9 @@
 # The two commands a newcomer needs:
-#   make dev    run the worker locally (installs what is missing; embedded default configuration)
+#   make dev    run the worker locally with the local stack and the web demo (installs what is
+#               missing; embedded default configuration)
 #   make test   run every test (native, the connector package, end-to-end in workerd against
 #               PostgreSQL with the real PowerSync service, the real Supabase Storage server and
-#               the official SDK)
+#               the official SDK, the web demo in headless Chromium)
 #   make bench  run the benchmarks (not part of make test; see bench/README.md)
 #   make bench-atomic  the largest transaction the atomic function applies within Supabase's
 #               8 s statement timeout (bench/atomic_limit.py; not part of make test)
@@ -28,8 +29,9 @@ WITH_NODE = PATH="$(NODE_BIN):$$PATH"
 CONNECTOR := clients/typescript
 CONNECTOR_SOURCES := $(wildcard $(CONNECTOR)/src/*.ts) $(CONNECTOR)/package-lock.json $(CONNECTOR)/tsconfig.json
 SDK := tests/sdk
+WEB_DEMO := examples/web
 
-.PHONY: dev test test-native test-connector test-e2e build tools postgres venv powersync storage sdk clean bench bench-atomic soak fuzz
+.PHONY: dev test test-native test-connector test-e2e build tools postgres venv powersync storage sdk web chromium clean bench bench-atomic soak fuzz
 
 ## Tools -------------------------------------------------------------------------------------
 
@@ -73,6 +75,19 @@ $(SDK)/node_modules/.package-lock.json: $(SDK)/package-lock.json $(CONNECTOR)/di
 
 sdk: $(SDK)/node_modules/.package-lock.json
 
+# The web demo (examples/web: Vite, @powersync/web, our connector, playwright-core for its tests);
+# about 10 s, once per lockfile change.
+$(WEB_DEMO)/node_modules/.package-lock.json: $(WEB_DEMO)/package-lock.json $(CONNECTOR)/dist/index.js
+	cd $(WEB_DEMO) && $(WITH_NODE) CI=true npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+web: $(WEB_DEMO)/node_modules/.package-lock.json
+
+# A Chromium for the browser tests (scripts/chromium.sh: Debian's package, installed with apt
+# where missing, about 1.5 minutes once).
+chromium:
+	@scripts/chromium.sh >/dev/null
+
 ## Build -------------------------------------------------------------------------------------
 
 build/index.js: $(RUST_SOURCES) package-lock.json scripts/build.sh scripts/toolchain.sh
@@ -92,10 +107,13 @@ $(DEVTOOL): $(RUST_SOURCES)
 
 # POWERSYNC=off skips the PowerSync service, STORAGE=off the Supabase Storage server (file
 # endpoints); with both off, only the worker and the Supabase stand-in.
+# WEB=off skips the web demo (examples/web, served by Vite on WEB_PORT, default 5173).
 POWERSYNC ?= on
 STORAGE ?= on
-dev: tools postgres venv build $(DEVTOOL) .dev.vars $(if $(filter off,$(POWERSYNC)),,powersync) $(if $(filter off,$(STORAGE)),,storage)
-	$(WITH_NODE) DEV_PORT=$(DEV_PORT) POWERSYNC=$(POWERSYNC) STORAGE=$(STORAGE) scripts/dev.sh
+WEB ?= on
+WEB_PORT ?= 5173
+dev: tools postgres venv build $(DEVTOOL) .dev.vars $(if $(filter off,$(POWERSYNC)),,powersync) $(if $(filter off,$(STORAGE)),,storage) $(if $(filter off,$(WEB)),,web)
+	$(WITH_NODE) DEV_PORT=$(DEV_PORT) POWERSYNC=$(POWERSYNC) STORAGE=$(STORAGE) WEB=$(WEB) WEB_PORT=$(WEB_PORT) scripts/dev.sh
 
 ## Test --------------------------------------------------------------------------------------
 
@@ -110,8 +128,8 @@ test-native: tools
 test-connector: $(CONNECTOR)/node_modules/.package-lock.json
 	cd $(CONNECTOR) && $(WITH_NODE) npm test --silent
 
-test-e2e: tools postgres venv build $(DEVTOOL) powersync storage sdk
-	$(WITH_NODE) $(PY) -m pytest tests/e2e -q -p no:cacheprovider
+test-e2e: tools postgres venv build $(DEVTOOL) powersync storage sdk web chromium
+	$(WITH_NODE) CHROMIUM="$$(scripts/chromium.sh)" $(PY) -m pytest tests/e2e -q -p no:cacheprovider
 
 ## Bench -------------------------------------------------------------------------------------
 

@@ -3,9 +3,11 @@
 # `supabase start` stack already answering on :54321 (SUPABASE_PORT; used with the CLI's
 # documented local JWT secret and anon key), or PostgreSQL + the PostgREST stand-in started here,
 # with the real PowerSync service on :8080 (POWERSYNC_PORT) replicating that database
-# (POWERSYNC=off skips it) and the real Supabase Storage server on :5000 (STORAGE_PORT; STORAGE=off
-# skips it) for the file endpoints. The settings it gives the worker itself are printed; a value set in
-# .dev.vars always wins over them (scripts/dev_settings.sh). Ctrl-C stops everything started here.
+# (POWERSYNC=off skips it), the real Supabase Storage server on :5000 (STORAGE_PORT; STORAGE=off
+# skips it) for the file endpoints, and the web demo (examples/web, Vite on :5173 = WEB_PORT;
+# WEB=off skips it) whose printed address opens signed in with a fresh dev session. The settings it
+# gives the worker itself are printed; a value set in .dev.vars always wins over them
+# (scripts/dev_settings.sh). Ctrl-C stops everything started here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PORT=${DEV_PORT:-8787}
@@ -14,6 +16,8 @@ SB_PORT=${SUPABASE_PORT:-54321}
 POWERSYNC=${POWERSYNC:-on}
 STORAGE=${STORAGE:-on}
 ST_PORT=${STORAGE_PORT:-5000}
+WEB=${WEB:-on}
+WEB_PORT=${WEB_PORT:-5173}
 DEVTOOL=target/debug/devtool
 PY=.venv/bin/python
 source scripts/dev_settings.sh
@@ -24,8 +28,14 @@ CLI_ANON_KEY=eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJpc3MiOiJzdXBhYmFzZS1kZW1vIi
 
 secret=$(var SUPABASE_JWT_SECRET)
 stack_pid=""
+web_pid=""
 settings=$(mktemp)
-cleanup() { rm -f "$settings"; [ -n "$stack_pid" ] && kill "$stack_pid" 2>/dev/null && wait "$stack_pid" 2>/dev/null; true; }
+cleanup() {
+  rm -f "$settings"
+  [ -n "$web_pid" ] && kill "$web_pid" 2>/dev/null && wait "$web_pid" 2>/dev/null
+  [ -n "$stack_pid" ] && kill "$stack_pid" 2>/dev/null && wait "$stack_pid" 2>/dev/null
+  true
+}
 trap cleanup EXIT INT TERM
 
 if curl -sf -o /dev/null --max-time 2 "http://127.0.0.1:$SB_PORT/_standin/health"; then
@@ -69,7 +79,10 @@ setting POWERSYNC_URL "http://127.0.0.1:$PS_PORT" >>"$settings"
 [ -n "${storage_started:-}" ] && setting STORAGE_URL "http://127.0.0.1:$ST_PORT" >>"$settings"
 # `setting` ran in this shell (its output appended to a file), so dev_vars holds its --var list.
 
-token=$($DEVTOOL mint --secret "$secret")
+# iss from .dev.vars's SUPABASE_URL as dev_settings.sh reads it (quotes removed; devtool's own
+# .dev.vars reading keeps them, which gave an iss the worker refused).
+supabase_url=$(var SUPABASE_URL)
+token=$($DEVTOOL mint --secret "$secret" ${supabase_url:+--iss "${supabase_url%/}/auth/v1"})
 user=$($PY -c "import jwt,sys; print(jwt.decode(sys.argv[1], options={'verify_signature': False})['sub'])" "$token")
 list_id=$($PY -c "import uuid; print(uuid.uuid4())")
 cat <<MSG
@@ -96,6 +109,19 @@ Supabase Storage: http://127.0.0.1:$ST_PORT  (bucket attachments; each user may 
   curl -s -X PUT "\$url" -H 'Content-Type: text/plain' --data-binary 'hello!'
   curl -s -X POST http://127.0.0.1:$PORT/powersync-files/download -H "Authorization: Bearer $token" \\
        -d '{"files":[{"bucket":"attachments","path":"$user/hello.txt"}]}'     # then GET the url it answers
+MSG
+fi
+if [ "$WEB" != off ]; then
+  # The web demo (docs/web.md), served by Vite from its own origin: the worker's CORS applies.
+  # The session token rides in the address's #fragment (never sent to a server).
+  web_log=$(mktemp)
+  (cd examples/web && exec node node_modules/vite/bin/vite.js --port "$WEB_PORT" --strictPort) >"$web_log" 2>&1 &
+  web_pid=$!
+  worker_param=$($PY -c "import urllib.parse,sys; print(urllib.parse.quote(sys.argv[1], safe=''))" "http://127.0.0.1:$PORT")
+  cat <<MSG
+Web demo: http://127.0.0.1:$WEB_PORT/?worker=$worker_param#session=$token
+  (a to-do list with @powersync/web and the connector, signed in as $user; docs/web.md; WEB=off skips it;
+   Vite's log: $web_log)
 MSG
 fi
 cat <<MSG

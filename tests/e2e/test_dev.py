@@ -4,9 +4,9 @@ conflict with the developer's settings (the worker refuses such a conflict: ever
 answer 500 upload_not_configured).
 
 The settings part (scripts/dev_settings.sh) is sourced on its own for every case; one test runs
-the whole script (stand-in started, POWERSYNC=off) from a copy of the repository layout, so a
-developer's own .dev.vars and ports do not interfere, and runs `devtool doctor` and
-`devtool dead-letters list` against it."""
+the whole script (stand-in started, POWERSYNC=off, the web demo served and its printed address
+signed in) from a copy of the repository layout, so a developer's own .dev.vars and ports do not
+interfere, and runs `devtool doctor` and `devtool dead-letters list` against it."""
 
 from __future__ import annotations
 
@@ -92,7 +92,7 @@ def repo_copy(tmp_path: Path, dev_vars: dict[str, str]) -> Path:
         shutil.copy(ROOT / "scripts" / name, root / "scripts" / name)
     (root / "target/debug").mkdir(parents=True)
     (root / "target/debug/devtool").symlink_to(DEVTOOL)
-    for name in (".venv", "node_modules", "tests"):
+    for name in (".venv", "node_modules", "tests", "examples"):
         (root / name).symlink_to(ROOT / name)
     (root / "wrangler.toml").write_text(f'name = "dev"\nmain = "{BUILD}"\ncompatibility_date = "2026-11-01"\n')
     (root / ".dev.vars").write_text("".join(f"{k}={dotenv_value(v)}\n" for k, v in dev_vars.items()))
@@ -109,9 +109,9 @@ def test_make_dev_runs_the_worker_with_the_dev_vars_values_and_prints_its_own(tm
         "POWERSYNC_KEY_ID": powersync_key["kid"], "POWERSYNC_PRIVATE_KEY": powersync_key["private_pem"],
         "POWERSYNC_URL": mine, "UPLOAD_TABLES": "profiles",
     })
-    storage_port = free_port()
+    storage_port, web_port = free_port(), free_port()
     env = dict(os.environ, DEV_PORT=str(port), SUPABASE_PORT=str(supabase_port), POWERSYNC="off",
-               STORAGE_PORT=str(storage_port),
+               STORAGE_PORT=str(storage_port), WEB_PORT=str(web_port),
                DEV_INSPECTOR_PORT=str(free_port()), CI="true", WRANGLER_SEND_METRICS="false",
                NO_COLOR="1", WRANGLER_LOG_PATH=str(tmp_path / "logs"))
     proc = subprocess.Popen(["bash", str(root / "scripts/dev.sh")], cwd=root, env=env, text=True,
@@ -143,6 +143,22 @@ def test_make_dev_runs_the_worker_with_the_dev_vars_values_and_prints_its_own(tm
                            "data": {"user_id": user, "handle": profile}}]}
         r = requests.post(f"http://127.0.0.1:{port}/powersync-upload", headers=auth, json=body, timeout=60)
         assert r.status_code == 200, r.text
+        # The web demo (docs/web.md): its address opens signed in (a session token in the fragment).
+        web = re.search(rf"^Web demo: http://127\.0\.0\.1:{web_port}/\?worker=http%3A%2F%2F127\.0\.0\.1%3A{port}"
+                        r"#session=(\S+)$", output, re.M)
+        assert web, output
+        session = requests.get(f"http://127.0.0.1:{port}/powersync-token",
+                               headers={"Authorization": f"Bearer {web.group(1)}"}, timeout=30)
+        assert session.status_code == 200, session.text
+        deadline = time.time() + 60
+        while True:
+            try:
+                page = requests.get(f"http://127.0.0.1:{web_port}/", timeout=5)
+                break
+            except requests.RequestException:
+                assert time.time() < deadline, "the web demo was not served"
+                time.sleep(0.3)
+        assert page.status_code == 200 and "<title>To-dos" in page.text, page.text[:500]
         dsn = re.search(r"\(PostgreSQL (.+)\)\n", output).group(1)
         with psycopg.connect(dsn) as conn:
             row = conn.execute("select user_id::text from public.profiles where id = %s", (profile,)).fetchone()
