@@ -54,7 +54,19 @@ class WorkerProcess:
             raise RuntimeError(f"{main} is missing: run `make build` (make test does) first")
         self.vars = dict(vars)
         self.dir = Path(tempfile.mkdtemp(prefix="worker-e2e-"))
-        self.port = port or free_port()  # a fixed port: restart "the same" worker after stop()
+        # free_port() only finds a port free at that instant: a port another process takes in
+        # between (or a stopped worker's, still lingering) makes wrangler exit with "Address
+        # already in use". With a port of our choosing, try again on another one.
+        for attempt in range(3):
+            try:
+                self._launch(main, startup_timeout, inspector, port or free_port(), extra_config)
+                return
+            except RuntimeError as e:
+                if port is not None or attempt == 2 or "Address already in use" not in str(e):
+                    raise
+
+    def _launch(self, main: Path, startup_timeout: float, inspector: bool, port: int, extra_config: str):
+        self.port = port  # a fixed port: restart "the same" worker after stop()
         self.url = f"http://127.0.0.1:{self.port}"
         (self.dir / "wrangler.toml").write_text(
             f'name = "e2e"\nmain = "{main}"\ncompatibility_date = "2026-11-01"\n' + extra_config
