@@ -34,7 +34,14 @@ fn block_on<F: Future>(future: F) -> F::Output {
 }
 
 fn id(i: usize) -> String {
-    format!("{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}", i * 2654435761 % 0xffffffff, i % 0xffff, i % 0xfff, (i * 7) % 0xfff, i * 40503)
+    format!(
+        "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
+        i * 2654435761 % 0xffffffff,
+        i % 0xffff,
+        i % 0xfff,
+        (i * 7) % 0xfff,
+        i * 40503
+    )
 }
 
 fn main() {

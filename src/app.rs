@@ -11,8 +11,8 @@ use serde_json::{json, Value};
 
 use crate::config::{Config, Problem};
 use crate::error::{self, ApiError};
-use crate::metrics;
 use crate::http::{send_resending_once, HttpResponse, Resume, Transport};
+use crate::metrics;
 use crate::session::{self, KeySet, Session, SessionError, SignatureVerifier, Step, Verifier};
 use crate::storage::{self, FileOp};
 use crate::token::{self, TokenSigner};
@@ -111,7 +111,12 @@ const FILES_DELETE_PATH: &str = "/powersync-files/delete";
 impl App {
     pub fn new(config: Config) -> App {
         let verifier = config.session.as_ref().ok().map(|s| RefCell::new(Verifier::new(s.clone())));
-        App { config, verifier, atomic_function: RefCell::new(upload::AtomicFunction::default()), waiting: RefCell::default() }
+        App {
+            config,
+            verifier,
+            atomic_function: RefCell::new(upload::AtomicFunction::default()),
+            waiting: RefCell::default(),
+        }
     }
 
     /// The largest body worth reading: the upload limit (`UPLOAD_MAX_BODY_BYTES`, default 5 MiB).
@@ -211,7 +216,10 @@ impl App {
             ("Access-Control-Allow-Methods".to_string(), "GET, POST, OPTIONS".to_string()),
             (
                 "Access-Control-Allow-Headers".to_string(),
-                request.header("Access-Control-Request-Headers").unwrap_or("authorization, content-type, apikey, x-client-info").to_string(),
+                request
+                    .header("Access-Control-Request-Headers")
+                    .unwrap_or("authorization, content-type, apikey, x-client-info")
+                    .to_string(),
             ),
             ("Access-Control-Max-Age".to_string(), "86400".to_string()),
         ];
@@ -313,7 +321,8 @@ impl App {
         self.note_session(&session, log);
         log.signing_alg = Some(powersync.key.alg());
         let unsigned = token::unsigned(&powersync.token, &session, now);
-        let signature = crypto.sign(&powersync.key, unsigned.signing_input.as_bytes()).await.map_err(ApiError::Signing)?;
+        let signature =
+            crypto.sign(&powersync.key, unsigned.signing_input.as_bytes()).await.map_err(ApiError::Signing)?;
         let body = token::issued(&powersync.token, unsigned, &signature);
         let mut response = json_response(200, &json!(body));
         response.headers.push(("Cache-Control".into(), "no-store".into()));
@@ -329,9 +338,7 @@ impl App {
     }
 
     fn health(&self) -> HttpResponse {
-        let part = |problems: Vec<&Problem>| {
-            json!({ "configured": problems.is_empty(), "problems": problems.iter().map(|p| json!({"name": p.name, "message": p.message})).collect::<Vec<_>>() })
-        };
+        let part = |problems: Vec<&Problem>| json!({ "configured": problems.is_empty(), "problems": problems.iter().map(|p| json!({"name": p.name, "message": p.message})).collect::<Vec<_>>() });
         let of = |prefixes: &[&str]| -> Vec<&Problem> {
             self.config.problems.iter().filter(|p| prefixes.iter().any(|x| p.name.starts_with(x))).collect()
         };
@@ -374,7 +381,8 @@ impl App {
         self.note_session(&session, log);
         // Only a verified caller's report counts: nobody else can skew the queue figures.
         log.queue = metrics::queue_report(request.header(metrics::QUEUE_HEADER));
-        let settings = self.config.upload.as_ref().map_err(|problems| ApiError::UploadNotConfigured(names(problems)))?;
+        let settings =
+            self.config.upload.as_ref().map_err(|problems| ApiError::UploadNotConfigured(names(problems)))?;
         if !settings.admits(&session.claims) {
             return Err(ApiError::AnonymousNotAllowed);
         }
@@ -397,7 +405,8 @@ impl App {
                 upload::crud::CrudError::Malformed { path, message } => ApiError::BadRequest { path, message },
                 upload::crud::CrudError::TooLarge { message } => ApiError::PayloadTooLarge(message),
             })?;
-        let caller = upload::Caller { user_id: session.user_id.clone(), access_token: session.token.clone(), client_id };
+        let caller =
+            upload::Caller { user_id: session.user_id.clone(), access_token: session.token.clone(), client_id };
         let route = self.atomic_function.borrow().route(settings.atomic, now);
         let report = upload::apply_with(&transactions, settings, &caller, transport, route).await;
         self.atomic_function.borrow_mut().learn(report.atomic_function, now, settings.atomic_recheck_seconds);
@@ -437,14 +446,19 @@ impl App {
         log: &mut RequestLog,
     ) -> Result<HttpResponse, ApiError> {
         let session = self.session(request, transport, signatures, now).await?;
-        let settings = self.config.storage.as_ref().map_err(|problems| ApiError::StorageNotConfigured(names(problems)))?;
+        let settings =
+            self.config.storage.as_ref().map_err(|problems| ApiError::StorageNotConfigured(names(problems)))?;
         if !settings.admits(&session.claims) {
             return Err(ApiError::AnonymousNotAllowed);
         }
         let limit = storage::MAX_BODY_BYTES;
         let bytes = body.read(limit).await.map_err(|e| match e {
-            BodyError::TooLarge { limit } => ApiError::PayloadTooLarge(format!("body is over {limit} bytes; at most {limit} are accepted")),
-            BodyError::Unreadable(why) => ApiError::BadRequest { path: "$".into(), message: format!("the body could not be read: {why}") },
+            BodyError::TooLarge { limit } => {
+                ApiError::PayloadTooLarge(format!("body is over {limit} bytes; at most {limit} are accepted"))
+            }
+            BodyError::Unreadable(why) => {
+                ApiError::BadRequest { path: "$".into(), message: format!("the body could not be read: {why}") }
+            }
         })?;
         let files = storage::parse_request(op, &bytes).map_err(ApiError::File)?;
         log.files = Some(storage::log_summary(&files, 0));
@@ -509,11 +523,7 @@ fn names(problems: &[Problem]) -> Vec<String> {
 }
 
 fn json_response(status: u16, body: &Value) -> HttpResponse {
-    HttpResponse {
-        status,
-        headers: vec![("Content-Type".into(), "application/json".into())],
-        body: body.to_string(),
-    }
+    HttpResponse { status, headers: vec![("Content-Type".into(), "application/json".into())], body: body.to_string() }
 }
 
 #[cfg(test)]
@@ -582,7 +592,11 @@ mod tests {
         }
     }
 
-    fn send(app: &App, transport: &FakeTransport, req: (IncomingRequest, Vec<u8>)) -> (HttpResponse, RequestLog, Value) {
+    fn send(
+        app: &App,
+        transport: &FakeTransport,
+        req: (IncomingRequest, Vec<u8>),
+    ) -> (HttpResponse, RequestLog, Value) {
         let (req, body) = req;
         let (response, log) = block_on(app.handle(&req, body, transport, &RustCrypto, NOW, "req-1"));
         let body = serde_json::from_str(&response.body).unwrap_or(Value::Null);
@@ -597,7 +611,8 @@ mod tests {
     fn hs256_session_gets_a_token_without_any_upstream_request() {
         let (app, transport) = (app(&[]), FakeTransport::default());
         let auth = bearer(&hs256(&user_claims()));
-        let (response, log, body) = send(&app, &transport, request("GET", "/powersync-token", &[("authorization", &auth)], ""));
+        let (response, log, body) =
+            send(&app, &transport, request("GET", "/powersync-token", &[("authorization", &auth)], ""));
         assert_eq!(response.status, 200, "{body}");
         assert_eq!(body["user_id"], "user-1");
         assert_eq!(body["powersync_url"], "https://ps.example");
@@ -614,14 +629,23 @@ mod tests {
         let app = app(&[]);
         let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
         header.kid = Some("sk-1".into());
-        let token = jsonwebtoken::encode(&header, &user_claims(), &jsonwebtoken::EncodingKey::from_rsa_der(&test_key().pkcs1_der())).unwrap();
+        let token = jsonwebtoken::encode(
+            &header,
+            &user_claims(),
+            &jsonwebtoken::EncodingKey::from_rsa_der(&test_key().pkcs1_der()),
+        )
+        .unwrap();
         for _ in 0..2 {
-            let (response, _, body) = send(&app, &transport, request("POST", "/powersync-token", &[("Authorization", &bearer(&token))], ""));
+            let (response, _, body) =
+                send(&app, &transport, request("POST", "/powersync-token", &[("Authorization", &bearer(&token))], ""));
             assert_eq!(response.status, 200, "{body}");
         }
         let sent = transport.sent();
         assert_eq!(sent.len(), 1);
-        assert_eq!((sent[0].method, sent[0].url.as_str()), (Method::Get, "http://127.0.0.1:54321/auth/v1/.well-known/jwks.json"));
+        assert_eq!(
+            (sent[0].method, sent[0].url.as_str()),
+            (Method::Get, "http://127.0.0.1:54321/auth/v1/.well-known/jwks.json")
+        );
     }
 
     // --- single flight: one key fetch per isolate and key set --------------------------------
@@ -686,14 +710,24 @@ mod tests {
     fn rs256_session() -> String {
         let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
         header.kid = Some("sk-1".into());
-        jsonwebtoken::encode(&header, &user_claims(), &jsonwebtoken::EncodingKey::from_rsa_der(&test_key().pkcs1_der())).unwrap()
+        jsonwebtoken::encode(&header, &user_claims(), &jsonwebtoken::EncodingKey::from_rsa_der(&test_key().pkcs1_der()))
+            .unwrap()
     }
 
     fn jwks_answer() -> Result<HttpResponse, crate::http::TransportError> {
-        Ok(HttpResponse { status: 200, headers: vec![], body: json!({"keys": [test_key().public_jwk("sk-1")]}).to_string() })
+        Ok(HttpResponse {
+            status: 200,
+            headers: vec![],
+            body: json!({"keys": [test_key().public_jwk("sk-1")]}).to_string(),
+        })
     }
 
-    fn token_requests<'a>(app: &'a App, transport: &'a SlowTransport, auth: &'a str, n: usize) -> Vec<std::pin::Pin<Box<impl Future<Output = (HttpResponse, RequestLog)> + 'a>>> {
+    fn token_requests<'a>(
+        app: &'a App,
+        transport: &'a SlowTransport,
+        auth: &'a str,
+        n: usize,
+    ) -> Vec<std::pin::Pin<Box<impl Future<Output = (HttpResponse, RequestLog)> + 'a>>> {
         (0..n)
             .map(|_| {
                 Box::pin(async move {
@@ -720,7 +754,12 @@ mod tests {
         let (app, transport) = (app(&[]), SlowTransport::new(vec![refused]));
         let auth = bearer(&rs256_session());
         let answers = run_all(token_requests(&app, &transport, &auth, 4));
-        assert!(answers.iter().all(|(response, log)| (response.status, log.code) == (503, Some("session_keys_unavailable"))), "{answers:?}");
+        assert!(
+            answers
+                .iter()
+                .all(|(response, log)| (response.status, log.code) == (503, Some("session_keys_unavailable"))),
+            "{answers:?}"
+        );
         assert_eq!(transport.inner.sent().len(), 1);
     }
 
@@ -755,11 +794,18 @@ mod tests {
     fn jwks_fetch_whose_connection_was_lost_is_sent_again_at_once() {
         let jwks = json!({"keys": [test_key().public_jwk("sk-1")]}).to_string();
         let lost = Err(crate::http::TransportError::no_answer("Network connection lost."));
-        let transport = FakeTransport::scripted(vec![lost, Ok(HttpResponse { status: 200, headers: vec![], body: jwks })]);
+        let transport =
+            FakeTransport::scripted(vec![lost, Ok(HttpResponse { status: 200, headers: vec![], body: jwks })]);
         let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
         header.kid = Some("sk-1".into());
-        let token = jsonwebtoken::encode(&header, &user_claims(), &jsonwebtoken::EncodingKey::from_rsa_der(&test_key().pkcs1_der())).unwrap();
-        let (response, _, body) = send(&app(&[]), &transport, request("POST", "/powersync-token", &[("Authorization", &bearer(&token))], ""));
+        let token = jsonwebtoken::encode(
+            &header,
+            &user_claims(),
+            &jsonwebtoken::EncodingKey::from_rsa_der(&test_key().pkcs1_der()),
+        )
+        .unwrap();
+        let (response, _, body) =
+            send(&app(&[]), &transport, request("POST", "/powersync-token", &[("Authorization", &bearer(&token))], ""));
         assert_eq!(response.status, 200, "{body}");
         let sent = transport.sent();
         assert_eq!(sent.len(), 2);
@@ -773,7 +819,8 @@ mod tests {
         assert_eq!((response.status, body["error"].as_str()), (401, Some("No authorization header")));
         assert_eq!(log.code, Some("missing_authorization"));
         let auth = bearer(&hs256(&user_claims()));
-        let (response, _, body) = send(&app, &FakeTransport::default(), request("GET", "/powersync-token", &[("authorization", &auth)], ""));
+        let (response, _, body) =
+            send(&app, &FakeTransport::default(), request("GET", "/powersync-token", &[("authorization", &auth)], ""));
         assert_eq!((response.status, body["error"].as_str()), (500, Some("PowerSync not configured")));
         assert_eq!(body["missing"], json!(["POWERSYNC_URL"]));
     }
@@ -781,7 +828,11 @@ mod tests {
     #[test]
     fn invalid_session_reason_is_logged_not_answered() {
         let token = hs256(&json!({"sub": "u", "aud": "authenticated", "iss": "other", "exp": NOW + 60}));
-        let (response, log, body) = send(&app(&[]), &FakeTransport::default(), request("GET", "/powersync-token", &[("authorization", &bearer(&token))], ""));
+        let (response, log, body) = send(
+            &app(&[]),
+            &FakeTransport::default(),
+            request("GET", "/powersync-token", &[("authorization", &bearer(&token))], ""),
+        );
         assert_eq!(response.status, 401);
         assert_eq!(body, json!({"error": "Unauthorized", "code": "session_invalid", "request_id": "req-1"}));
         assert_eq!(log.detail.as_deref(), Some("iss is not the configured issuer"));
@@ -791,7 +842,8 @@ mod tests {
     fn unknown_paths_and_wrong_methods_get_json_errors() {
         let (response, _, body) = send(&app(&[]), &FakeTransport::default(), request("GET", "/nope", &[], ""));
         assert_eq!((response.status, body["code"].as_str()), (404, Some("not_found")));
-        let (response, _, body) = send(&app(&[]), &FakeTransport::default(), request("GET", "/powersync-upload", &[], ""));
+        let (response, _, body) =
+            send(&app(&[]), &FakeTransport::default(), request("GET", "/powersync-upload", &[], ""));
         assert_eq!((response.status, body["code"].as_str()), (405, Some("method_not_allowed")));
         assert_eq!(response.header_value("allow"), Some("POST, OPTIONS"));
     }
@@ -799,11 +851,21 @@ mod tests {
     #[test]
     fn preflight_is_answered_only_for_allowed_origins() {
         let app = app(&[("CORS_ALLOWED_ORIGINS", "https://app.example")]);
-        let ok = send(&app, &FakeTransport::default(), request("OPTIONS", "/powersync-token", &[("Origin", "https://app.example")], "")).0;
+        let ok = send(
+            &app,
+            &FakeTransport::default(),
+            request("OPTIONS", "/powersync-token", &[("Origin", "https://app.example")], ""),
+        )
+        .0;
         assert_eq!(ok.status, 204);
         assert_eq!(ok.header_value("access-control-allow-origin"), Some("https://app.example"));
         assert_eq!(ok.header_value("vary"), Some("Origin"));
-        let other = send(&app, &FakeTransport::default(), request("OPTIONS", "/powersync-token", &[("Origin", "https://evil.example")], "")).0;
+        let other = send(
+            &app,
+            &FakeTransport::default(),
+            request("OPTIONS", "/powersync-token", &[("Origin", "https://evil.example")], ""),
+        )
+        .0;
         assert_eq!(other.header_value("access-control-allow-origin"), None);
         assert_eq!(other.header_value("access-control-allow-methods"), None);
     }
@@ -813,7 +875,8 @@ mod tests {
         let (app, transport) = (app(&[]), FakeTransport::default());
         let auth = bearer(&hs256(&user_claims()));
         let body = r#"{"batch":[{"op":"UPSERT","table":"todos","id":"1"}]}"#;
-        let (response, _, answer) = send(&app, &transport, request("POST", "/powersync-upload", &[("authorization", &auth)], body));
+        let (response, _, answer) =
+            send(&app, &transport, request("POST", "/powersync-upload", &[("authorization", &auth)], body));
         assert_eq!(response.status, 400);
         assert_eq!(answer["field"], "batch[0].op");
         assert!(transport.sent().is_empty());
@@ -823,7 +886,11 @@ mod tests {
     fn upload_declaring_a_body_over_the_limit_is_413_before_reading_it() {
         let app = app(&[("UPLOAD_MAX_BODY_BYTES", "100")]);
         let auth = bearer(&hs256(&user_claims()));
-        let (response, _, body) = send(&app, &FakeTransport::default(), request("POST", "/powersync-upload", &[("authorization", &auth), ("Content-Length", "101")], ""));
+        let (response, _, body) = send(
+            &app,
+            &FakeTransport::default(),
+            request("POST", "/powersync-upload", &[("authorization", &auth), ("Content-Length", "101")], ""),
+        );
         assert_eq!((response.status, body["code"].as_str()), (413, Some("payload_too_large")));
         assert_eq!(app.body_limit(), 100);
     }
@@ -837,15 +904,28 @@ mod tests {
             let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", a.as_str())).collect();
             let (req, _) = request("POST", "/powersync-upload", &headers, "");
             let transport = FakeTransport::default();
-            let (response, _) =
-                block_on(app.handle(&req, WatchedBody { bytes: body.clone(), read: &read }, &transport, &RustCrypto, NOW, "r"));
+            let (response, _) = block_on(app.handle(
+                &req,
+                WatchedBody { bytes: body.clone(), read: &read },
+                &transport,
+                &RustCrypto,
+                NOW,
+                "r",
+            ));
             assert_eq!(response.status, 401);
             assert!(!read.get(), "the body was read before the session was verified");
         }
         let read = std::cell::Cell::new(false);
         let auth = bearer(&hs256(&user_claims()));
         let (req, _) = request("POST", "/powersync-upload", &[("authorization", &auth)], "");
-        let (response, _) = block_on(app.handle(&req, WatchedBody { bytes: body, read: &read }, &FakeTransport::default(), &RustCrypto, NOW, "r"));
+        let (response, _) = block_on(app.handle(
+            &req,
+            WatchedBody { bytes: body, read: &read },
+            &FakeTransport::default(),
+            &RustCrypto,
+            NOW,
+            "r",
+        ));
         assert_eq!(response.status, 200);
         assert!(read.get());
     }
@@ -854,10 +934,22 @@ mod tests {
     fn bodies_of_other_routes_are_never_read() {
         let app = app(&[]);
         let auth = bearer(&hs256(&user_claims()));
-        for (method, path) in [("POST", "/powersync-token"), ("POST", "/nope"), ("PUT", "/powersync-upload"), ("OPTIONS", "/powersync-upload")] {
+        for (method, path) in [
+            ("POST", "/powersync-token"),
+            ("POST", "/nope"),
+            ("PUT", "/powersync-upload"),
+            ("OPTIONS", "/powersync-upload"),
+        ] {
             let read = std::cell::Cell::new(false);
             let (req, _) = request(method, path, &[("authorization", &auth)], "");
-            block_on(app.handle(&req, WatchedBody { bytes: b"{}".to_vec(), read: &read }, &FakeTransport::default(), &RustCrypto, NOW, "r"));
+            block_on(app.handle(
+                &req,
+                WatchedBody { bytes: b"{}".to_vec(), read: &read },
+                &FakeTransport::default(),
+                &RustCrypto,
+                NOW,
+                "r",
+            ));
             assert!(!read.get(), "{method} {path} read its body");
         }
     }
@@ -866,19 +958,23 @@ mod tests {
     fn upload_body_over_the_limit_without_a_declared_length_is_413() {
         let app = app(&[("UPLOAD_MAX_BODY_BYTES", "100")]);
         let auth = bearer(&hs256(&user_claims()));
-        let body = format!(r#"{{"batch":[{{"op":"PUT","table":"todos","id":"1","data":{{"a":"{}"}}}}]}}"#, "x".repeat(100));
+        let body =
+            format!(r#"{{"batch":[{{"op":"PUT","table":"todos","id":"1","data":{{"a":"{}"}}}}]}}"#, "x".repeat(100));
         let transport = FakeTransport::default();
-        let (response, _, answer) = send(&app, &transport, request("POST", "/powersync-upload", &[("authorization", &auth)], &body));
+        let (response, _, answer) =
+            send(&app, &transport, request("POST", "/powersync-upload", &[("authorization", &auth)], &body));
         assert_eq!((response.status, answer["code"].as_str()), (413, Some("payload_too_large")));
         assert!(transport.sent().is_empty());
     }
 
     #[test]
     fn upload_that_must_be_retried_is_503_with_retry_after() {
-        let transport = FakeTransport::scripted(vec![Ok(HttpResponse { status: 503, headers: vec![], body: String::new() })]);
+        let transport =
+            FakeTransport::scripted(vec![Ok(HttpResponse { status: 503, headers: vec![], body: String::new() })]);
         let auth = bearer(&hs256(&user_claims()));
         let body = r#"{"batch":[{"op":"PUT","table":"todos","id":"1","data":{"a":1}}]}"#;
-        let (response, log, answer) = send(&app(&[]), &transport, request("POST", "/powersync-upload", &[("authorization", &auth)], body));
+        let (response, log, answer) =
+            send(&app(&[]), &transport, request("POST", "/powersync-upload", &[("authorization", &auth)], body));
         assert_eq!(response.status, 503);
         assert_eq!(response.header_value("retry-after"), Some("5"));
         assert_eq!(answer["results"][0]["status"], "retryable_error");
@@ -936,8 +1032,11 @@ mod tests {
 
         let mut allowed = service.to_vec();
         allowed.push(("UPLOAD_ALLOW_ANONYMOUS", "true"));
-        let transport =
-            FakeTransport::scripted(vec![Ok(HttpResponse { status: 200, headers: vec![], body: r#"{"applied":1}"#.into() })]);
+        let transport = FakeTransport::scripted(vec![Ok(HttpResponse {
+            status: 200,
+            headers: vec![],
+            body: r#"{"applied":1}"#.into(),
+        })]);
         let (response, _, answer) =
             send(&app(&allowed), &transport, request("POST", "/powersync-upload", &[("authorization", &auth)], body));
         assert_eq!(response.status, 200, "{answer}");
@@ -946,14 +1045,21 @@ mod tests {
 
     #[test]
     fn file_request_outside_the_users_folder_is_refused_before_anything_is_signed() {
-        let service = [("STORAGE_MODE", "service"), ("SUPABASE_SERVICE_ROLE_KEY", "svc"), ("STORAGE_BUCKETS", "photos")];
+        let service =
+            [("STORAGE_MODE", "service"), ("SUPABASE_SERVICE_ROLE_KEY", "svc"), ("STORAGE_BUCKETS", "photos")];
         let auth = bearer(&hs256(&user_claims()));
         let body = r#"{"files":[{"bucket":"photos","path":"user-1/a.jpg","content_type":"image/jpeg","size":3},
                               {"bucket":"photos","path":"user-2/a.jpg","content_type":"image/jpeg","size":3}]}"#;
         let transport = FakeTransport::default();
-        let (response, log, answer) =
-            send(&app(&service), &transport, request("POST", "/powersync-files/upload", &[("authorization", &auth)], body));
-        assert_eq!((response.status, answer["code"].as_str(), answer["index"].as_u64()), (403, Some("file_path_not_allowed"), Some(1)));
+        let (response, log, answer) = send(
+            &app(&service),
+            &transport,
+            request("POST", "/powersync-files/upload", &[("authorization", &auth)], body),
+        );
+        assert_eq!(
+            (response.status, answer["code"].as_str(), answer["index"].as_u64()),
+            (403, Some("file_path_not_allowed"), Some(1))
+        );
         assert!(transport.sent().is_empty(), "nothing signed");
         assert_eq!(log.files.unwrap()["done"], 0);
         assert!(!format!("{:?}", log.detail).contains("user-2"));
@@ -961,33 +1067,49 @@ mod tests {
 
     #[test]
     fn file_upload_url_is_signed_with_the_service_key_and_answered_absolute() {
-        let service = [("STORAGE_MODE", "service"), ("SUPABASE_SERVICE_ROLE_KEY", "svc"), ("STORAGE_BUCKETS", "photos")];
+        let service =
+            [("STORAGE_MODE", "service"), ("SUPABASE_SERVICE_ROLE_KEY", "svc"), ("STORAGE_BUCKETS", "photos")];
         let auth = bearer(&hs256(&user_claims()));
         let signed = r#"{"url":"/object/upload/sign/photos/user-1/a.jpg?token=t"}"#;
-        let transport = FakeTransport::scripted(vec![Ok(HttpResponse { status: 200, headers: vec![], body: signed.into() })]);
+        let transport =
+            FakeTransport::scripted(vec![Ok(HttpResponse { status: 200, headers: vec![], body: signed.into() })]);
         let body = r#"{"files":[{"bucket":"photos","path":"user-1/a.jpg","content_type":"image/jpeg","size":3}]}"#;
-        let (response, log, answer) =
-            send(&app(&service), &transport, request("POST", "/powersync-files/upload", &[("authorization", &auth)], body));
+        let (response, log, answer) = send(
+            &app(&service),
+            &transport,
+            request("POST", "/powersync-files/upload", &[("authorization", &auth)], body),
+        );
         assert_eq!(response.status, 200, "{answer}");
-        assert_eq!(answer["files"][0]["url"], format!("{URL}/storage/v1/object/upload/sign/photos/user-1/a.jpg?token=t"));
+        assert_eq!(
+            answer["files"][0]["url"],
+            format!("{URL}/storage/v1/object/upload/sign/photos/user-1/a.jpg?token=t")
+        );
         assert_eq!(answer["files"][0]["headers"]["Content-Type"], "image/jpeg");
         let sent = transport.sent();
         assert_eq!(sent[0].url, format!("{URL}/storage/v1/object/upload/sign/photos/user-1/a.jpg"));
         assert_eq!(sent[0].header_value("authorization"), Some("Bearer svc"));
-        assert_eq!(log.files.unwrap(), json!({"op": "upload", "count": 1, "done": 1, "bytes": 3, "buckets": ["photos"]}));
+        assert_eq!(
+            log.files.unwrap(),
+            json!({"op": "upload", "count": 1, "done": 1, "bytes": 3, "buckets": ["photos"]})
+        );
     }
 
     #[test]
     fn file_endpoints_need_a_session_and_refuse_anonymous_users_in_service_mode() {
-        let service = [("STORAGE_MODE", "service"), ("SUPABASE_SERVICE_ROLE_KEY", "svc"), ("STORAGE_BUCKETS", "photos")];
+        let service =
+            [("STORAGE_MODE", "service"), ("SUPABASE_SERVICE_ROLE_KEY", "svc"), ("STORAGE_BUCKETS", "photos")];
         let body = r#"{"files":[{"bucket":"photos","path":"user-1/a.jpg"}]}"#;
-        let (response, _, _) = send(&app(&service), &FakeTransport::default(), request("POST", "/powersync-files/download", &[], body));
+        let (response, _, _) =
+            send(&app(&service), &FakeTransport::default(), request("POST", "/powersync-files/download", &[], body));
         assert_eq!(response.status, 401);
         let mut claims = user_claims();
         claims["is_anonymous"] = json!(true);
         let auth = bearer(&hs256(&claims));
-        let (response, _, answer) =
-            send(&app(&service), &FakeTransport::default(), request("POST", "/powersync-files/delete", &[("authorization", &auth)], body));
+        let (response, _, answer) = send(
+            &app(&service),
+            &FakeTransport::default(),
+            request("POST", "/powersync-files/delete", &[("authorization", &auth)], body),
+        );
         assert_eq!((response.status, answer["code"].as_str()), (403, Some("anonymous_not_allowed")));
     }
 
@@ -1025,14 +1147,26 @@ mod tests {
     #[test]
     fn token_data_point_names_issuer_algorithms_and_hashed_user_without_secrets() {
         let token = hs256(&user_claims());
-        let (response, log, _) = send(&app(&[]), &FakeTransport::default(), request("GET", "/powersync-token", &[("authorization", &bearer(&token))], ""));
+        let (response, log, _) = send(
+            &app(&[]),
+            &FakeTransport::default(),
+            request("GET", "/powersync-token", &[("authorization", &bearer(&token))], ""),
+        );
         assert_eq!(response.status, 200);
         let (line, point) = line_and_point(&log);
         let user = metrics::user_hash("user-1");
         assert_eq!(line["user"], json!(user));
         assert_eq!(point.indexes, vec![user.clone()]);
         assert_eq!(
-            [blob(&point, "route"), blob(&point, "status_class"), blob(&point, "code"), blob(&point, "issuer"), blob(&point, "session_alg"), blob(&point, "signing_alg"), blob(&point, "user")],
+            [
+                blob(&point, "route"),
+                blob(&point, "status_class"),
+                blob(&point, "code"),
+                blob(&point, "issuer"),
+                blob(&point, "session_alg"),
+                blob(&point, "signing_alg"),
+                blob(&point, "user")
+            ],
             ["token", "2xx", "", "supabase", "HS256", "RS256", user.as_str()]
         );
         assert_eq!((double(&point, "status"), double(&point, "duration_ms")), (200.0, 7.0));
@@ -1046,21 +1180,38 @@ mod tests {
         let transport = FakeTransport::scripted(vec![Ok(HttpResponse { status: 200, headers: vec![], body: jwks })]);
         let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
         header.kid = Some("sk-1".into());
-        let token = jsonwebtoken::encode(&header, &user_claims(), &jsonwebtoken::EncodingKey::from_rsa_der(&test_key().pkcs1_der())).unwrap();
-        let (_, log, _) = send(&app(&[]), &transport, request("GET", "/powersync-token", &[("Authorization", &bearer(&token))], ""));
+        let token = jsonwebtoken::encode(
+            &header,
+            &user_claims(),
+            &jsonwebtoken::EncodingKey::from_rsa_der(&test_key().pkcs1_der()),
+        )
+        .unwrap();
+        let (_, log, _) =
+            send(&app(&[]), &transport, request("GET", "/powersync-token", &[("Authorization", &bearer(&token))], ""));
         let (_, point) = line_and_point(&log);
         assert_eq!((blob(&point, "issuer"), blob(&point, "session_alg")), ("supabase", "RS256"));
     }
 
     #[test]
     fn refused_request_data_point_has_its_code_and_no_user() {
-        let (_, log, _) = send(&app(&[]), &FakeTransport::default(), request("POST", "/powersync-upload", &[(metrics::QUEUE_HEADER, "count=3")], "{}"));
+        let (_, log, _) = send(
+            &app(&[]),
+            &FakeTransport::default(),
+            request("POST", "/powersync-upload", &[(metrics::QUEUE_HEADER, "count=3")], "{}"),
+        );
         let (_, point) = line_and_point(&log);
-        assert_eq!((blob(&point, "route"), blob(&point, "status_class"), blob(&point, "code")), ("upload", "4xx", "missing_authorization"));
+        assert_eq!(
+            (blob(&point, "route"), blob(&point, "status_class"), blob(&point, "code")),
+            ("upload", "4xx", "missing_authorization")
+        );
         assert!(point.indexes.is_empty());
         assert_eq!(blob(&point, "user"), "");
         assert_eq!(double(&point, "status"), 401.0);
-        assert_eq!((log.queue, double(&point, "queue_reported")), (None, 0.0), "an unverified caller's queue report is not taken");
+        assert_eq!(
+            (log.queue, double(&point, "queue_reported")),
+            (None, 0.0),
+            "an unverified caller's queue report is not taken"
+        );
     }
 
     #[test]
@@ -1070,9 +1221,15 @@ mod tests {
         let refused = Ok(HttpResponse {
             status: 409,
             headers: vec![],
-            body: r#"{"code":"23505","message":"duplicate key value","details":"Key (id)=(secret) exists","hint":null}"#.into(),
+            body:
+                r#"{"code":"23505","message":"duplicate key value","details":"Key (id)=(secret) exists","hint":null}"#
+                    .into(),
         });
-        let transport = FakeTransport::scripted(vec![applied, refused, Ok(HttpResponse { status: 201, headers: vec![], body: String::new() })]);
+        let transport = FakeTransport::scripted(vec![
+            applied,
+            refused,
+            Ok(HttpResponse { status: 201, headers: vec![], body: String::new() }),
+        ]);
         let auth = bearer(&hs256(&user_claims()));
         let body = r#"{"client_id":"c-1","transactions":[
             {"transaction_id":1,"crud":[{"op":"PUT","table":"todos","id":"1","data":{"a":1}},{"op":"DELETE","table":"todos","id":"2"}]},
@@ -1082,19 +1239,46 @@ mod tests {
         assert_eq!(response.status, 200, "{answer}");
         let (line, point) = line_and_point(&log);
         assert_eq!(line["queue"], json!({"count": 42, "oldest_seconds": 90}));
-        assert_eq!((blob(&point, "write_mode"), blob(&point, "failure_codes"), blob(&point, "issuer")), ("rls", "23505", "supabase"));
-        let figures: Vec<(&str, f64)> = ["transactions", "entries", "success", "fatal", "retryable", "not_attempted", "atomic", "queue_reported", "queue_count", "queue_oldest_seconds"]
-            .iter()
-            .map(|name| (*name, double(&point, name)))
-            .collect();
+        assert_eq!(
+            (blob(&point, "write_mode"), blob(&point, "failure_codes"), blob(&point, "issuer")),
+            ("rls", "23505", "supabase")
+        );
+        let figures: Vec<(&str, f64)> = [
+            "transactions",
+            "entries",
+            "success",
+            "fatal",
+            "retryable",
+            "not_attempted",
+            "atomic",
+            "queue_reported",
+            "queue_count",
+            "queue_oldest_seconds",
+        ]
+        .iter()
+        .map(|name| (*name, double(&point, name)))
+        .collect();
         assert_eq!(
             figures,
-            vec![("transactions", 2.0), ("entries", 3.0), ("success", 1.0), ("fatal", 1.0), ("retryable", 0.0), ("not_attempted", 0.0), ("atomic", 1.0), ("queue_reported", 1.0), ("queue_count", 42.0), ("queue_oldest_seconds", 90.0)]
+            vec![
+                ("transactions", 2.0),
+                ("entries", 3.0),
+                ("success", 1.0),
+                ("fatal", 1.0),
+                ("retryable", 0.0),
+                ("not_attempted", 0.0),
+                ("atomic", 1.0),
+                ("queue_reported", 1.0),
+                ("queue_count", 42.0),
+                ("queue_oldest_seconds", 90.0)
+            ]
         );
         // Every double is the log line's figure of the same name.
         for (name, value) in metrics::DOUBLES.iter().zip(&point.doubles) {
             let in_line = line["upload"].get(*name).or_else(|| line.get(*name));
-            if let Some(figure) = in_line.and_then(|v| v.as_f64().or_else(|| v.as_bool().map(|b| f64::from(u8::from(b))))) {
+            if let Some(figure) =
+                in_line.and_then(|v| v.as_f64().or_else(|| v.as_bool().map(|b| f64::from(u8::from(b)))))
+            {
                 assert_eq!(figure, *value, "{name}");
             }
         }
@@ -1104,11 +1288,16 @@ mod tests {
 
     #[test]
     fn malformed_queue_report_is_ignored_and_the_upload_goes_on() {
-        let transport = FakeTransport::scripted(vec![Ok(HttpResponse { status: 200, headers: vec![], body: r#"{"applied":1}"#.into() })]);
+        let transport = FakeTransport::scripted(vec![Ok(HttpResponse {
+            status: 200,
+            headers: vec![],
+            body: r#"{"applied":1}"#.into(),
+        })]);
         let auth = bearer(&hs256(&user_claims()));
         let body = r#"{"batch":[{"op":"PUT","table":"todos","id":"1","data":{"a":1}}]}"#;
         let headers = [("authorization", auth.as_str()), (metrics::QUEUE_HEADER, "count=lots")];
-        let (response, log, answer) = send(&app(&[("UPLOAD_ATOMIC", "true")]), &transport, request("POST", "/powersync-upload", &headers, body));
+        let (response, log, answer) =
+            send(&app(&[("UPLOAD_ATOMIC", "true")]), &transport, request("POST", "/powersync-upload", &headers, body));
         assert_eq!((response.status, answer["results"][0]["status"].as_str()), (200, Some("success")));
         assert_eq!(log.queue, None);
         let (line, point) = line_and_point(&log);

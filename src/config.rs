@@ -6,8 +6,8 @@
 
 use crate::keys::{self, KeyError, PublicJwk, SigningKey};
 use crate::session::SessionSettings;
-use crate::token::{TokenSettings, DEFAULT_TTL_SECONDS, MAX_TTL_SECONDS, MIN_TTL_SECONDS, RESERVED_CLAIMS};
 use crate::storage::settings::StorageSettings;
+use crate::token::{TokenSettings, DEFAULT_TTL_SECONDS, MAX_TTL_SECONDS, MIN_TTL_SECONDS, RESERVED_CLAIMS};
 use crate::upload::settings::UploadSettings;
 
 pub use crate::environment::{Problem, Reader};
@@ -322,7 +322,11 @@ mod tests {
         }
         assert_eq!(
             c.powersync.unwrap_err(),
-            PowerSyncProblem::Missing(vec!["POWERSYNC_URL".into(), "POWERSYNC_PRIVATE_KEY".into(), "POWERSYNC_KEY_ID".into()])
+            PowerSyncProblem::Missing(vec![
+                "POWERSYNC_URL".into(),
+                "POWERSYNC_PRIVATE_KEY".into(),
+                "POWERSYNC_KEY_ID".into()
+            ])
         );
     }
 
@@ -350,10 +354,17 @@ mod tests {
         vars.push(("POWERSYNC_COPY_CLAIMS", "email,sub".into()));
         let c = config_of(&vars);
         let all = names(&c.problems);
-        for name in ["POWERSYNC_TOKEN_TTL_SECONDS", "SUPABASE_JWT_LEEWAY_SECONDS", "SUPABASE_VERIFY_SESSION_REMOTE", "POWERSYNC_COPY_CLAIMS"] {
+        for name in [
+            "POWERSYNC_TOKEN_TTL_SECONDS",
+            "SUPABASE_JWT_LEEWAY_SECONDS",
+            "SUPABASE_VERIFY_SESSION_REMOTE",
+            "POWERSYNC_COPY_CLAIMS",
+        ] {
             assert!(all.contains(&name), "{name} not in {all:?}");
         }
-        assert!(matches!(c.powersync, Err(PowerSyncProblem::Invalid(ref n)) if n.contains(&"POWERSYNC_TOKEN_TTL_SECONDS".to_string())));
+        assert!(
+            matches!(c.powersync, Err(PowerSyncProblem::Invalid(ref n)) if n.contains(&"POWERSYNC_TOKEN_TTL_SECONDS".to_string()))
+        );
     }
 
     #[test]
@@ -369,7 +380,10 @@ mod tests {
     fn broken_private_key_is_a_key_problem_with_its_reason() {
         let mut vars = complete();
         vars.retain(|(k, _)| *k != "POWERSYNC_PRIVATE_KEY");
-        vars.push(("POWERSYNC_PRIVATE_KEY", "-----BEGIN PRIVATE KEY-----\nnot base64!\n-----END PRIVATE KEY-----".into()));
+        vars.push((
+            "POWERSYNC_PRIVATE_KEY",
+            "-----BEGIN PRIVATE KEY-----\nnot base64!\n-----END PRIVATE KEY-----".into(),
+        ));
         let c = config_of(&vars);
         assert!(matches!(c.powersync, Err(PowerSyncProblem::Key(KeyError::BadPem(_)))));
         assert!(c.problems.iter().any(|p| p.name == "POWERSYNC_PRIVATE_KEY" && p.message.contains("base64")));
@@ -402,7 +416,8 @@ mod tests {
     #[test]
     fn an_ed25519_key_beside_a_previous_rsa_key_publishes_both_and_signs_eddsa() {
         let new_key = crate::keys::tests::ed25519_key();
-        let mut vars: Vec<(&str, String)> = complete().into_iter().filter(|(k, _)| *k != "POWERSYNC_PRIVATE_KEY").collect();
+        let mut vars: Vec<(&str, String)> =
+            complete().into_iter().filter(|(k, _)| *k != "POWERSYNC_PRIVATE_KEY").collect();
         vars.push(("POWERSYNC_PRIVATE_KEY", new_key.pkcs8_pem()));
         let old = serde_json::to_string(&test_key().public_jwk("kid-0")).unwrap();
         vars.push(("POWERSYNC_PREVIOUS_PUBLIC_KEYS", format!("{{\"keys\":[{old}]}}")));
@@ -447,10 +462,16 @@ mod tests {
 
     #[test]
     fn remote_session_check_without_an_anon_key_is_a_configuration_problem() {
-        let mut vars: Vec<(&str, String)> = complete().into_iter().filter(|(name, _)| *name != "SUPABASE_ANON_KEY").collect();
+        let mut vars: Vec<(&str, String)> =
+            complete().into_iter().filter(|(name, _)| *name != "SUPABASE_ANON_KEY").collect();
         vars.push(("SUPABASE_VERIFY_SESSION_REMOTE", "true".into()));
         let problems = config_of(&vars).session.unwrap_err();
-        assert!(problems.iter().any(|p| p.name == "SUPABASE_VERIFY_SESSION_REMOTE" && p.message.contains("SUPABASE_ANON_KEY")), "{problems:?}");
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.name == "SUPABASE_VERIFY_SESSION_REMOTE" && p.message.contains("SUPABASE_ANON_KEY")),
+            "{problems:?}"
+        );
     }
 
     #[test]

@@ -12,7 +12,10 @@ use futures_util::StreamExt;
 use js_sys::{Object, Reflect, Uint8Array};
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
-use worker::{console_log, event, AbortController, ByteStream, Context, Date, Delay, Env, Fetch, Headers, Method as WMethod, Request, RequestInit, Response};
+use worker::{
+    console_log, event, AbortController, ByteStream, Context, Date, Delay, Env, Fetch, Headers, Method as WMethod,
+    Request, RequestInit, Response,
+};
 
 use crate::app::{App, BodyError, IncomingRequest, RequestBody};
 use crate::config::Config;
@@ -39,7 +42,10 @@ fn app(env: &Env) -> Rc<App> {
                     env.secret(name).map(|s| s.to_string()).or_else(|_| env.var(name).map(|v| v.to_string())).ok()
                 });
                 for problem in &config.problems {
-                    console_log!("{}", serde_json::json!({"event": "config_problem", "name": problem.name, "message": problem.message}));
+                    console_log!(
+                        "{}",
+                        serde_json::json!({"event": "config_problem", "name": problem.name, "message": problem.message})
+                    );
                 }
                 Rc::new(App::new(config))
             })
@@ -83,11 +89,14 @@ fn write_data_point(env: &Env, point: &metrics::DataPoint) -> Result<(), String>
     if dataset.is_undefined() || dataset.is_null() {
         return Ok(());
     }
-    let write: js_sys::Function =
-        Reflect::get(&dataset, &"writeDataPoint".into()).map_err(describe)?.dyn_into().map_err(|_| "METRICS is not an Analytics Engine dataset".to_string())?;
+    let write: js_sys::Function = Reflect::get(&dataset, &"writeDataPoint".into())
+        .map_err(describe)?
+        .dyn_into()
+        .map_err(|_| "METRICS is not an Analytics Engine dataset".to_string())?;
     let strings = |values: &[String]| values.iter().map(|v| JsValue::from_str(v)).collect::<js_sys::Array>();
     let numbers = point.doubles.iter().map(|d| JsValue::from_f64(*d)).collect::<js_sys::Array>();
-    let event = object(&[("indexes", &strings(&point.indexes)), ("blobs", &strings(&point.blobs)), ("doubles", &numbers)])?;
+    let event =
+        object(&[("indexes", &strings(&point.indexes)), ("blobs", &strings(&point.blobs)), ("doubles", &numbers)])?;
     write.call1(&dataset, &event).map(|_| ()).map_err(describe)
 }
 
@@ -275,7 +284,8 @@ impl TokenSigner for WebCrypto {
     async fn sign(&self, key: &SigningKey, signing_input: &[u8]) -> Result<String, String> {
         use base64::Engine;
         let (crypto_key, algorithm) = crypto_key(key).await.map_err(|e| format!("WebCrypto importKey failed: {e}"))?;
-        let promise = subtle()?.sign_with_object_and_u8_array(&algorithm, &crypto_key, signing_input).map_err(describe)?;
+        let promise =
+            subtle()?.sign_with_object_and_u8_array(&algorithm, &crypto_key, signing_input).map_err(describe)?;
         let signature = JsFuture::from(promise).await.map_err(|e| format!("WebCrypto sign failed: {}", describe(e)))?;
         let bytes = Uint8Array::new(&signature).to_vec();
         Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))

@@ -26,7 +26,10 @@ pub enum ApiError {
     /// WebCrypto refused the key or the signature failed.
     Signing(String),
     /// A malformed request body; `path` points at the offending field.
-    BadRequest { path: String, message: String },
+    BadRequest {
+        path: String,
+        message: String,
+    },
     PayloadTooLarge(String),
     /// Service mode refuses anonymous sign-ins (`UPLOAD_ALLOW_ANONYMOUS` unset).
     AnonymousNotAllowed,
@@ -35,7 +38,9 @@ pub enum ApiError {
     /// The file part of the configuration is unusable (names of the bad settings).
     StorageNotConfigured(Vec<String>),
     NotFound,
-    MethodNotAllowed { allow: &'static str },
+    MethodNotAllowed {
+        allow: &'static str,
+    },
 }
 
 impl ApiError {
@@ -47,7 +52,10 @@ impl ApiError {
                 SessionError::AuthMisconfigured(_) => 500,
                 _ => 401,
             },
-            ApiError::PowerSync(_) | ApiError::SessionNotConfigured(_) | ApiError::UploadNotConfigured(_) | ApiError::Signing(_) => 500,
+            ApiError::PowerSync(_)
+            | ApiError::SessionNotConfigured(_)
+            | ApiError::UploadNotConfigured(_)
+            | ApiError::Signing(_) => 500,
             ApiError::BadRequest { .. } => 400,
             ApiError::PayloadTooLarge(_) => 413,
             ApiError::AnonymousNotAllowed => 403,
@@ -116,7 +124,9 @@ impl ApiError {
             ApiError::Session(SessionError::AuthUnavailable(_)) => "Supabase Auth unavailable, try again".into(),
             ApiError::Session(SessionError::AuthMisconfigured(_)) => "Session verification not configured".into(),
             ApiError::Session(_) => "Unauthorized".into(),
-            ApiError::PowerSync(PowerSyncProblem::Key(_)) | ApiError::Signing(_) => "Failed to import private key".into(),
+            ApiError::PowerSync(PowerSyncProblem::Key(_)) | ApiError::Signing(_) => {
+                "Failed to import private key".into()
+            }
             ApiError::PowerSync(_) => "PowerSync not configured".into(),
             ApiError::SessionNotConfigured(_) => "Session verification not configured".into(),
             ApiError::UploadNotConfigured(_) => "Upload not configured".into(),
@@ -230,7 +240,10 @@ mod tests {
         assert_eq!(ApiError::MissingAuthorization.message(), "No authorization header");
         assert_eq!(ApiError::Session(SessionError::BadSignature).message(), "Unauthorized");
         assert_eq!(ApiError::PowerSync(PowerSyncProblem::Missing(vec![])).message(), "PowerSync not configured");
-        assert_eq!(ApiError::from(KeyError::UnsupportedCurve("P-384".into())).message(), "Failed to import private key");
+        assert_eq!(
+            ApiError::from(KeyError::UnsupportedCurve("P-384".into())).message(),
+            "Failed to import private key"
+        );
     }
 
     #[test]
@@ -253,7 +266,10 @@ mod tests {
     #[test]
     fn missing_secrets_are_named_in_the_body() {
         let body = ApiError::PowerSync(PowerSyncProblem::Missing(vec!["POWERSYNC_URL".into()])).body("r1");
-        assert_eq!(body, json!({"error": "PowerSync not configured", "code": "powersync_not_configured", "request_id": "r1", "missing": ["POWERSYNC_URL"]}));
+        assert_eq!(
+            body,
+            json!({"error": "PowerSync not configured", "code": "powersync_not_configured", "request_id": "r1", "missing": ["POWERSYNC_URL"]})
+        );
     }
 
     #[test]

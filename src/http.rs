@@ -264,8 +264,7 @@ pub(crate) mod fake {
                 if let Some(ops) = ops {
                     return Ok(HttpResponse { status: 200, headers: vec![], body: format!("{{\"applied\":{ops}}}") });
                 }
-                let headers =
-                    if counted { vec![("Content-Range".to_string(), format!("*/{rows}"))] } else { vec![] };
+                let headers = if counted { vec![("Content-Range".to_string(), format!("*/{rows}"))] } else { vec![] };
                 Ok(HttpResponse { status: 204, headers, body: String::new() })
             });
             self.sent.borrow_mut().push(request);
@@ -277,7 +276,10 @@ pub(crate) mod fake {
     /// `id=in.(…)` (its comma-separated values, quoted ones whole).
     fn rows_named(request: &HttpRequest) -> usize {
         if let Some(body) = request.body.as_deref().filter(|_| request.url.contains("on_conflict")) {
-            return serde_json::from_str::<serde_json::Value>(body).ok().and_then(|v| v.as_array().map(Vec::len)).unwrap_or(1);
+            return serde_json::from_str::<serde_json::Value>(body)
+                .ok()
+                .and_then(|v| v.as_array().map(Vec::len))
+                .unwrap_or(1);
         }
         if request.url.contains("id=eq.") {
             return 1;

@@ -189,7 +189,8 @@ impl std::fmt::Debug for SigningKey {
 
 /// PKCS#8 v1 prefix of an Ed25519 key (RFC 8410): the 32-byte seed follows. Without the optional
 /// public key, the form every WebCrypto implementation imports.
-const ED25519_PKCS8_PREFIX: [u8; 16] = [0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20];
+const ED25519_PKCS8_PREFIX: [u8; 16] =
+    [0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20];
 
 impl SigningKey {
     /// Reads `POWERSYNC_PRIVATE_KEY` in any accepted form.
@@ -364,13 +365,15 @@ fn unquote(text: &str) -> &str {
 fn parse_pem(text: &str) -> Result<SigningKey, KeyError> {
     let text = text.replace("\\r\\n", "\n").replace("\\n", "\n");
     let mut blocks = text.split("-----BEGIN ").skip(1).peekable();
-    while blocks.peek().is_some_and(|b| b.starts_with("EC PARAMETERS-----") && b.contains("-----END EC PARAMETERS-----")) {
+    while blocks
+        .peek()
+        .is_some_and(|b| b.starts_with("EC PARAMETERS-----") && b.contains("-----END EC PARAMETERS-----"))
+    {
         blocks.next();
     }
     let after_begin = blocks.next().unwrap_or("");
-    let (label, rest) = after_begin
-        .split_once("-----")
-        .ok_or_else(|| KeyError::BadPem("missing end of the BEGIN line".into()))?;
+    let (label, rest) =
+        after_begin.split_once("-----").ok_or_else(|| KeyError::BadPem("missing end of the BEGIN line".into()))?;
     let body = rest
         .split_once("-----END ")
         .map(|(body, _)| body)
@@ -389,7 +392,8 @@ fn parse_pem(text: &str) -> Result<SigningKey, KeyError> {
     let inner = match label {
         "PRIVATE KEY" => parse_pkcs8(&der)?,
         "RSA PRIVATE KEY" => Inner::Rsa(
-            RsaPrivateKey::from_pkcs1_der(&der).map_err(|e| KeyError::BadPem(format!("PKCS#1 RSA key is invalid: {e}")))?,
+            RsaPrivateKey::from_pkcs1_der(&der)
+                .map_err(|e| KeyError::BadPem(format!("PKCS#1 RSA key is invalid: {e}")))?,
         ),
         "EC PRIVATE KEY" => parse_sec1(&der)?,
         other => return Err(KeyError::UnsupportedPemLabel(other.to_string())),
@@ -400,7 +404,8 @@ fn parse_pem(text: &str) -> Result<SigningKey, KeyError> {
 /// PKCS#8: the algorithm (and curve) is read first, so an unusable key is named precisely.
 fn parse_pkcs8(der: &[u8]) -> Result<Inner, KeyError> {
     let bad = |what: &str, e: String| KeyError::BadPem(format!("PKCS#8 {what} key is invalid: {e}"));
-    let info = rsa::pkcs8::PrivateKeyInfo::try_from(der).map_err(|e| KeyError::BadPem(format!("not a PKCS#8 key: {e}")))?;
+    let info =
+        rsa::pkcs8::PrivateKeyInfo::try_from(der).map_err(|e| KeyError::BadPem(format!("not a PKCS#8 key: {e}")))?;
     let oid = info.algorithm.oid;
     if oid == OID_RSA {
         return RsaPrivateKey::from_pkcs8_der(der).map(Inner::Rsa).map_err(|e| bad("RSA", e.to_string()));
@@ -415,7 +420,9 @@ fn parse_pkcs8(der: &[u8]) -> Result<Inner, KeyError> {
         };
     }
     if oid == OID_ED25519 {
-        return ed25519_dalek::SigningKey::from_pkcs8_der(der).map(Inner::Ed25519).map_err(|e| bad("Ed25519", e.to_string()));
+        return ed25519_dalek::SigningKey::from_pkcs8_der(der)
+            .map(Inner::Ed25519)
+            .map_err(|e| bad("Ed25519", e.to_string()));
     }
     let name = oid_name(&oid);
     if name == "Ed448" {
@@ -426,7 +433,8 @@ fn parse_pkcs8(der: &[u8]) -> Result<Inner, KeyError> {
 
 /// SEC1 `EC PRIVATE KEY` (what `openssl ecparam -genkey` writes): P-256 only.
 fn parse_sec1(der: &[u8]) -> Result<Inner, KeyError> {
-    let key = sec1::EcPrivateKey::try_from(der).map_err(|e| KeyError::BadPem(format!("SEC1 EC key is invalid: {e}")))?;
+    let key =
+        sec1::EcPrivateKey::try_from(der).map_err(|e| KeyError::BadPem(format!("SEC1 EC key is invalid: {e}")))?;
     match key.parameters.and_then(|p| p.named_curve()) {
         Some(curve) if curve != OID_P256 => return Err(KeyError::UnsupportedCurve(oid_name(&curve))),
         None if key.private_key.len() != 32 => {
@@ -434,9 +442,9 @@ fn parse_sec1(der: &[u8]) -> Result<Inner, KeyError> {
         }
         _ => {}
     }
-    p256::SecretKey::from_sec1_der(der)
-        .map(Inner::P256)
-        .map_err(|_| KeyError::BadPem("SEC1 P-256 key is invalid (public key does not match, or the scalar is out of range)".into()))
+    p256::SecretKey::from_sec1_der(der).map(Inner::P256).map_err(|_| {
+        KeyError::BadPem("SEC1 P-256 key is invalid (public key does not match, or the scalar is out of range)".into())
+    })
 }
 
 /// Every member a private JWK of any supported type may carry.
@@ -486,7 +494,8 @@ fn parse_jwk(text: &str) -> Result<SigningKey, KeyError> {
     }
     let inner = match kind {
         KeyKind::Rs256 => {
-            let number = |name: &str, value: &Option<String>| jwk_bytes(name, value).map(|b| BigUint::from_bytes_be(&b));
+            let number =
+                |name: &str, value: &Option<String>| jwk_bytes(name, value).map(|b| BigUint::from_bytes_be(&b));
             let (n, e, d) = (number("n", &jwk.n)?, number("e", &jwk.e)?, number("d", &jwk.d)?);
             let (p, q) = (number("p", &jwk.p)?, number("q", &jwk.q)?);
             let key = RsaPrivateKey::from_components(n, e, d, vec![p, q])
@@ -499,7 +508,8 @@ fn parse_jwk(text: &str) -> Result<SigningKey, KeyError> {
             if d.len() != 32 {
                 return Err(KeyError::BadJwk(format!("'d' has {} bytes, a P-256 key has 32", d.len())));
             }
-            let key = p256::SecretKey::from_slice(&d).map_err(|_| KeyError::BadJwk("'d' is not a valid P-256 scalar".into()))?;
+            let key = p256::SecretKey::from_slice(&d)
+                .map_err(|_| KeyError::BadJwk("'d' is not a valid P-256 scalar".into()))?;
             let point = key.public_key().to_encoded_point(false);
             let (x, y) = (jwk_bytes("x", &jwk.x)?, jwk_bytes("y", &jwk.y)?);
             if point.x().map(|v| &v[..]) != Some(&x[..]) || point.y().map(|v| &v[..]) != Some(&y[..]) {
@@ -535,8 +545,7 @@ fn checked(key: SigningKey) -> Result<SigningKey, KeyError> {
 /// EC P-256/P-384/P-521 (ES256/384/512) and Ed25519 (EdDSA), so a rotation can change the key
 /// type. Private members are dropped; `alg` is kept when it fits the key, else derived from it.
 pub fn parse_previous_public_keys(text: &str) -> Result<Vec<PublicJwk>, String> {
-    let value: serde_json::Value =
-        serde_json::from_str(text.trim()).map_err(|e| format!("not valid JSON: {e}"))?;
+    let value: serde_json::Value = serde_json::from_str(text.trim()).map_err(|e| format!("not valid JSON: {e}"))?;
     let items = match value {
         serde_json::Value::Array(items) => items,
         serde_json::Value::Object(ref obj) if obj.contains_key("keys") => match &obj["keys"] {
@@ -546,7 +555,11 @@ pub fn parse_previous_public_keys(text: &str) -> Result<Vec<PublicJwk>, String> 
         obj @ serde_json::Value::Object(_) => vec![obj],
         _ => return Err("expected a JWKS, an array of JWKs or one JWK".into()),
     };
-    items.into_iter().enumerate().map(|(i, item)| previous_key(&item).map_err(|why| format!("key {i}: {why}"))).collect()
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| previous_key(&item).map_err(|why| format!("key {i}: {why}")))
+        .collect()
 }
 
 fn previous_key(item: &serde_json::Value) -> Result<PublicJwk, String> {
@@ -565,7 +578,17 @@ fn previous_key(item: &serde_json::Value) -> Result<PublicJwk, String> {
     let (allowed, mut jwk): (&[&str], PublicJwk) = match (kty.as_str(), crv.as_deref()) {
         ("RSA", _) => (
             &["RS256", "RS384", "RS512"],
-            PublicJwk { kty, crv: None, x: None, y: None, n: Some(required("n")?), e: Some(required("e")?), alg: "RS256".into(), key_use: "sig".into(), kid },
+            PublicJwk {
+                kty,
+                crv: None,
+                x: None,
+                y: None,
+                n: Some(required("n")?),
+                e: Some(required("e")?),
+                alg: "RS256".into(),
+                key_use: "sig".into(),
+                kid,
+            },
         ),
         ("EC", Some(c @ ("P-256" | "P-384" | "P-521"))) => {
             let (alg, len) = match c {
@@ -574,11 +597,37 @@ fn previous_key(item: &serde_json::Value) -> Result<PublicJwk, String> {
                 _ => ("ES512", 66),
             };
             let (x, y) = (coordinate("x", len)?, coordinate("y", len)?);
-            (&[], PublicJwk { kty, crv, x: Some(x), y: Some(y), n: None, e: None, alg: alg.into(), key_use: "sig".into(), kid })
+            (
+                &[],
+                PublicJwk {
+                    kty,
+                    crv,
+                    x: Some(x),
+                    y: Some(y),
+                    n: None,
+                    e: None,
+                    alg: alg.into(),
+                    key_use: "sig".into(),
+                    kid,
+                },
+            )
         }
         ("OKP", Some("Ed25519")) => {
             let x = coordinate("x", 32)?;
-            (&[], PublicJwk { kty, crv, x: Some(x), y: None, n: None, e: None, alg: "EdDSA".into(), key_use: "sig".into(), kid })
+            (
+                &[],
+                PublicJwk {
+                    kty,
+                    crv,
+                    x: Some(x),
+                    y: None,
+                    n: None,
+                    e: None,
+                    alg: "EdDSA".into(),
+                    key_use: "sig".into(),
+                    kid,
+                },
+            )
         }
         (kty, crv) => {
             return Err(format!(
@@ -589,7 +638,11 @@ fn previous_key(item: &serde_json::Value) -> Result<PublicJwk, String> {
     };
     if let Some(alg) = get("alg") {
         if alg != jwk.alg && !allowed.contains(&alg.as_str()) {
-            return Err(format!("alg '{alg}' does not fit a {} key ({} expected)", jwk.crv.as_deref().unwrap_or("RSA"), jwk.alg));
+            return Err(format!(
+                "alg '{alg}' does not fit a {} key ({} expected)",
+                jwk.crv.as_deref().unwrap_or("RSA"),
+                jwk.alg
+            ));
         }
         jwk.alg = alg;
     }
@@ -740,7 +793,10 @@ pub(crate) mod tests {
         let key = SigningKey::parse(P256_PKCS8).unwrap();
         assert_eq!((key.kind(), key.alg()), (KeyKind::Es256, "ES256"));
         let jwk = key.public_jwk("ec-1");
-        assert_eq!((jwk.kty.as_str(), jwk.crv.as_deref(), jwk.alg.as_str(), jwk.key_use.as_str()), ("EC", Some("P-256"), "ES256", "sig"));
+        assert_eq!(
+            (jwk.kty.as_str(), jwk.crv.as_deref(), jwk.alg.as_str(), jwk.key_use.as_str()),
+            ("EC", Some("P-256"), "ES256", "sig")
+        );
         assert_eq!(jwk.x.as_deref(), Some("p9ZZSOQajZ91OJK7AiBpEnTkiUkJZH97nGh6SgrjVUQ"));
         assert_eq!(jwk.y.as_deref(), Some("n53I3zHIHfUpSExcJ_6xQSo2aPbiULrbYQKfx1UoVCQ"));
         let json = serde_json::to_value(&jwk).unwrap();
@@ -776,7 +832,10 @@ pub(crate) mod tests {
     fn p256_private_jwk_and_its_base64_forms_are_accepted_with_their_kid() {
         let key = p256_key();
         let jwk = key.private_jwk("ec-kid");
-        assert_eq!((jwk["kty"].as_str(), jwk["crv"].as_str(), jwk["alg"].as_str()), (Some("EC"), Some("P-256"), Some("ES256")));
+        assert_eq!(
+            (jwk["kty"].as_str(), jwk["crv"].as_str(), jwk["alg"].as_str()),
+            (Some("EC"), Some("P-256"), Some("ES256"))
+        );
         let text = jwk.to_string();
         for encoded in [text.clone(), STANDARD.encode(&text), URL_SAFE_NO_PAD.encode(&text), URL_SAFE.encode(&text)] {
             let parsed = SigningKey::parse(&encoded).unwrap();
@@ -813,7 +872,9 @@ pub(crate) mod tests {
         jwk["d"] = URL_SAFE_NO_PAD.encode([1u8; 31]).into();
         assert!(matches!(SigningKey::parse(&jwk.to_string()).unwrap_err(), KeyError::BadJwk(r) if r.contains("32")));
         jwk["d"] = URL_SAFE_NO_PAD.encode([0u8; 32]).into();
-        assert!(matches!(SigningKey::parse(&jwk.to_string()).unwrap_err(), KeyError::BadJwk(r) if r.contains("scalar")));
+        assert!(
+            matches!(SigningKey::parse(&jwk.to_string()).unwrap_err(), KeyError::BadJwk(r) if r.contains("scalar"))
+        );
     }
 
     #[test]
@@ -838,7 +899,8 @@ pub(crate) mod tests {
         members.sort_unstable();
         assert_eq!(members, ["alg", "crv", "kid", "kty", "use", "x"]);
         // PKCS#8 v1 as OpenSSL writes it: what WebCrypto is given
-        let der = STANDARD.decode(ED25519_PKCS8.lines().filter(|l| !l.starts_with("-----")).collect::<String>()).unwrap();
+        let der =
+            STANDARD.decode(ED25519_PKCS8.lines().filter(|l| !l.starts_with("-----")).collect::<String>()).unwrap();
         assert_eq!(key.pkcs8_der(), der);
     }
 
@@ -865,7 +927,10 @@ pub(crate) mod tests {
     fn ed25519_private_jwk_and_its_base64_forms_are_accepted_with_their_kid() {
         let key = ed25519_key();
         let jwk = key.private_jwk("ed-kid");
-        assert_eq!((jwk["kty"].as_str(), jwk["crv"].as_str(), jwk["alg"].as_str()), (Some("OKP"), Some("Ed25519"), Some("EdDSA")));
+        assert_eq!(
+            (jwk["kty"].as_str(), jwk["crv"].as_str(), jwk["alg"].as_str()),
+            (Some("OKP"), Some("Ed25519"), Some("EdDSA"))
+        );
         let text = jwk.to_string();
         for encoded in [text.clone(), STANDARD.encode(&text), URL_SAFE_NO_PAD.encode(&text), URL_SAFE.encode(&text)] {
             let parsed = SigningKey::parse(&encoded).unwrap();
@@ -881,7 +946,9 @@ pub(crate) mod tests {
         jwk["x"] = ed25519_key().private_jwk("k")["x"].clone();
         assert!(matches!(SigningKey::parse(&jwk.to_string()).unwrap_err(), KeyError::BadJwk(r) if r.contains("'x'")));
         jwk["d"] = URL_SAFE_NO_PAD.encode([7u8; 57]).into();
-        assert!(matches!(SigningKey::parse(&jwk.to_string()).unwrap_err(), KeyError::BadJwk(r) if r.contains("57 bytes")));
+        assert!(
+            matches!(SigningKey::parse(&jwk.to_string()).unwrap_err(), KeyError::BadJwk(r) if r.contains("57 bytes"))
+        );
     }
 
     // --- unusable keys ---------------------------------------------------------------------
@@ -1062,7 +1129,8 @@ pub(crate) mod tests {
 
     #[test]
     fn previous_public_keys_of_every_type_are_published_as_given() {
-        let (rsa, ec, ed) = (test_key().public_jwk("rsa-old"), p256_key().public_jwk("ec-old"), ed25519_key().public_jwk("ed-old"));
+        let (rsa, ec, ed) =
+            (test_key().public_jwk("rsa-old"), p256_key().public_jwk("ec-old"), ed25519_key().public_jwk("ed-old"));
         let jwks = serde_json::json!({"keys": [rsa, ec, ed]}).to_string();
         assert_eq!(parse_previous_public_keys(&jwks).unwrap(), vec![rsa, ec, ed]);
     }
@@ -1092,7 +1160,8 @@ pub(crate) mod tests {
 
     #[test]
     fn previous_keys_that_cannot_verify_tokens_are_refused_precisely() {
-        let x25519 = serde_json::json!({"kty": "OKP", "crv": "X25519", "kid": "x", "x": URL_SAFE_NO_PAD.encode([1u8; 32])});
+        let x25519 =
+            serde_json::json!({"kty": "OKP", "crv": "X25519", "kid": "x", "x": URL_SAFE_NO_PAD.encode([1u8; 32])});
         assert!(parse_previous_public_keys(&x25519.to_string()).unwrap_err().contains("X25519"));
         let oct = serde_json::json!({"kty": "oct", "kid": "s", "k": "c2VjcmV0"});
         assert!(parse_previous_public_keys(&oct.to_string()).unwrap_err().contains("'oct'"));

@@ -193,10 +193,16 @@ mod tests {
             "buckets": ["photos"]}});
         let point = data_point(&line);
         assert_eq!((blob(&point, "route"), blob(&point, "code")), ("files_upload", "file_path_not_allowed"));
-        assert_eq!((double(&point, "entries"), double(&point, "success"), double(&point, "file_bytes")), (3.0, 0.0, 4096.0));
+        assert_eq!(
+            (double(&point, "entries"), double(&point, "success"), double(&point, "file_bytes")),
+            (3.0, 0.0, 4096.0)
+        );
         assert!(point.blobs.iter().all(|b| !b.contains("photos")));
         let upload = data_point(&json!({"route": "upload", "status": 200, "upload": {"entries": 7, "success": 2}}));
-        assert_eq!((double(&upload, "entries"), double(&upload, "success"), double(&upload, "file_bytes")), (7.0, 2.0, 0.0));
+        assert_eq!(
+            (double(&upload, "entries"), double(&upload, "success"), double(&upload, "file_bytes")),
+            (7.0, 2.0, 0.0)
+        );
     }
 
     #[test]
@@ -244,16 +250,32 @@ mod tests {
 
     #[test]
     fn queue_header_reads_count_and_oldest_age() {
-        assert_eq!(queue_report(Some("count=12; oldest_seconds=340")), Some(QueueReport { count: 12, oldest_seconds: Some(340) }));
+        assert_eq!(
+            queue_report(Some("count=12; oldest_seconds=340")),
+            Some(QueueReport { count: 12, oldest_seconds: Some(340) })
+        );
         assert_eq!(queue_report(Some("count=0")), Some(QueueReport { count: 0, oldest_seconds: None }));
-        assert_eq!(queue_report(Some(" OLDEST_SECONDS=5 , count=3 ")), Some(QueueReport { count: 3, oldest_seconds: Some(5) }));
+        assert_eq!(
+            queue_report(Some(" OLDEST_SECONDS=5 , count=3 ")),
+            Some(QueueReport { count: 3, oldest_seconds: Some(5) })
+        );
     }
 
     #[test]
     fn malformed_queue_header_is_ignored() {
         for bad in [
-            "", "count", "count=", "count=-1", "count=1.5", "count=abc", "count=1e3", "oldest_seconds=4",
-            "count=1; count=2", "count=1; size=9", "count=99999999999999999999", "count=1000000000001",
+            "",
+            "count",
+            "count=",
+            "count=-1",
+            "count=1.5",
+            "count=abc",
+            "count=1e3",
+            "oldest_seconds=4",
+            "count=1; count=2",
+            "count=1; size=9",
+            "count=99999999999999999999",
+            "count=1000000000001",
             "count=1;oldest_seconds=x",
         ] {
             assert_eq!(queue_report(Some(bad)), None, "{bad:?}");

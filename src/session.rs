@@ -114,7 +114,9 @@ impl SessionError {
             SessionError::WrongAudience => "aud does not contain an accepted audience".into(),
             SessionError::WrongIssuer => "iss is not the configured issuer".into(),
             SessionError::NoSubject => "no sub claim".into(),
-            SessionError::RoleNotAllowed(why) => format!("third-party token refused: {why} (role must be authenticated)"),
+            SessionError::RoleNotAllowed(why) => {
+                format!("third-party token refused: {why} (role must be authenticated)")
+            }
             SessionError::ProjectKey => "a project API key (anon/service_role) is not a session".into(),
             SessionError::Revoked(why) => format!("Supabase Auth rejected the session: {why}"),
             SessionError::KeysUnavailable(why) => format!("JWKS unavailable: {why}"),
@@ -131,17 +133,26 @@ pub enum Step {
     /// Fetch Supabase's own JWKS, then [`Verifier::accept`] (or [`Verifier::accept_jwks`]).
     FetchJwks(HttpRequest),
     /// Fetch the JWKS of the `issuer`-th third-party issuer, then [`Verifier::accept`].
-    FetchIssuerKeys { issuer: usize, request: HttpRequest },
+    FetchIssuerKeys {
+        issuer: usize,
+        request: HttpRequest,
+    },
     /// Fetch the OpenID discovery document of the `issuer`-th third-party issuer, then
     /// [`Verifier::accept`] (which asks for its JWKS next).
-    Discover { issuer: usize, request: HttpRequest },
+    Discover {
+        issuer: usize,
+        request: HttpRequest,
+    },
     /// Verify now, but a refetch for the token's unknown `kid` was held back (rate limit or
     /// back-off after failed fetches): pass verification errors through [`Step::explain`].
     RefetchSuppressed,
     /// Another request of this isolate is fetching these keys (single flight): wait until it
     /// has ended, then [`Verifier::after_wait`] says what to do. `seen`: where the fetches of
     /// these keys stood when the wait began.
-    Wait { keys: KeySet, seen: jwks::FlightMark },
+    Wait {
+        keys: KeySet,
+        seen: jwks::FlightMark,
+    },
 }
 
 /// One key cache of a [`Verifier`]: Supabase's JWKS, or a third-party issuer's keys.
@@ -156,7 +167,9 @@ impl Step {
     /// The request to send before verifying, if any.
     pub fn request(&self) -> Option<&HttpRequest> {
         match self {
-            Step::FetchJwks(request) | Step::FetchIssuerKeys { request, .. } | Step::Discover { request, .. } => Some(request),
+            Step::FetchJwks(request) | Step::FetchIssuerKeys { request, .. } | Step::Discover { request, .. } => {
+                Some(request)
+            }
             Step::Ready | Step::RefetchSuppressed | Step::Wait { .. } => None,
         }
     }
@@ -301,7 +314,11 @@ impl Verifier {
     }
 
     fn source(&self, token: &str, alg: Algorithm) -> Source {
-        let iss = token.split('.').nth(1).and_then(decode_segment).and_then(|claims| claims.get("iss")?.as_str().map(str::to_string));
+        let iss = token
+            .split('.')
+            .nth(1)
+            .and_then(decode_segment)
+            .and_then(|claims| claims.get("iss")?.as_str().map(str::to_string));
         let Some(iss) = iss else {
             return if alg == Algorithm::HS256 { Source::Supabase } else { Source::Unknown };
         };
@@ -337,7 +354,9 @@ impl Verifier {
                     jwks::Freshness::Suppressed => Step::RefetchSuppressed,
                     jwks::Freshness::InFlight => Step::Wait { keys: KeySet::Issuer(index), seen: keys.jwks.mark() },
                     jwks::Freshness::Fetch => match (&keys.jwks_uri, &self.settings.third_party.issuers[index].keys) {
-                        (Some(url), _) => Step::FetchIssuerKeys { issuer: index, request: HttpRequest::new(Method::Get, url) },
+                        (Some(url), _) => {
+                            Step::FetchIssuerKeys { issuer: index, request: HttpRequest::new(Method::Get, url) }
+                        }
                         (None, KeySource::Discovery(url)) | (None, KeySource::Jwks(url)) => {
                             Step::Discover { issuer: index, request: HttpRequest::new(Method::Get, url) }
                         }
@@ -454,7 +473,12 @@ impl Verifier {
             }
             let (key, public_jwk) = self.issuers[index].jwks.key_for(header.kid.as_deref(), header.alg, now)?;
             let (claims, check) = signature_check(token, header.alg, key, public_jwk)?;
-            return Ok(PendingSession { claims, token: token.to_string(), third_party: Some(index), signature: Some(check) });
+            return Ok(PendingSession {
+                claims,
+                token: token.to_string(),
+                third_party: Some(index),
+                signature: Some(check),
+            });
         }
         if source == Source::Unknown && is_jwks_alg(header.alg) {
             return Err(SessionError::WrongIssuer);
@@ -470,7 +494,9 @@ impl Verifier {
                 validation.validate_nbf = false;
                 validation.validate_aud = false;
                 validation.required_spec_claims.clear();
-                let data = jsonwebtoken::decode::<Map<String, Value>>(token, key, &validation).map_err(|e| match e.kind() {
+                let data = jsonwebtoken::decode::<Map<String, Value>>(token, key, &validation).map_err(|e| match e
+                    .kind()
+                {
                     jsonwebtoken::errors::ErrorKind::InvalidSignature => SessionError::BadSignature,
                     _ => SessionError::Malformed(e.to_string()),
                 })?;
@@ -489,7 +515,13 @@ impl Verifier {
     pub fn finish(&self, pending: PendingSession, now: u64) -> Result<Session, SessionError> {
         if let Some(index) = pending.third_party {
             let third_party = &self.settings.third_party;
-            let user_id = third_party::check_claims(&pending.claims, &third_party.issuers[index], third_party, self.settings.leeway_seconds, now)?;
+            let user_id = third_party::check_claims(
+                &pending.claims,
+                &third_party.issuers[index],
+                third_party,
+                self.settings.leeway_seconds,
+                now,
+            )?;
             return Ok(Session { user_id, claims: pending.claims, token: pending.token });
         }
         let session = check_claims(pending.claims, &self.settings, now)?;
@@ -503,9 +535,8 @@ impl Verifier {
         if !self.settings.remote_check || matches!(self.source(token, alg), Source::ThirdParty(_)) {
             return None;
         }
-        let mut request =
-            HttpRequest::new(Method::Get, format!("{}/auth/v1/user", self.settings.supabase_url))
-                .header("Authorization", format!("Bearer {token}"));
+        let mut request = HttpRequest::new(Method::Get, format!("{}/auth/v1/user", self.settings.supabase_url))
+            .header("Authorization", format!("Bearer {token}"));
         if let Some(anon) = &self.settings.anon_key {
             request = request.header("apikey", anon.clone());
         }
@@ -541,14 +572,26 @@ pub fn interpret_remote_check(answer: Result<HttpResponse, TransportError>) -> R
 }
 
 /// The claims and the signature still to verify of a token signed with a key-set key.
-fn signature_check(token: &str, alg: Algorithm, key: &Jwk, public_jwk: &str) -> Result<(Map<String, Value>, SignatureCheck), SessionError> {
+fn signature_check(
+    token: &str,
+    alg: Algorithm,
+    key: &Jwk,
+    public_jwk: &str,
+) -> Result<(Map<String, Value>, SignatureCheck), SessionError> {
     let (message, signature) = token.rsplit_once('.').ok_or_else(|| SessionError::Malformed("not a JWT".into()))?;
     let payload = message.split_once('.').map(|(_, p)| p).unwrap_or_default();
-    let claims = decode_segment(payload).ok_or_else(|| SessionError::Malformed("payload is not base64url JSON".into()))?;
+    let claims =
+        decode_segment(payload).ok_or_else(|| SessionError::Malformed("payload is not base64url JSON".into()))?;
     let signature = URL_SAFE_NO_PAD
         .decode(signature.trim_end_matches('='))
         .map_err(|_| SessionError::Malformed("signature is not base64url".into()))?;
-    let check = SignatureCheck { alg, key: key.clone(), public_jwk: public_jwk.to_string(), message: message.to_string(), signature };
+    let check = SignatureCheck {
+        alg,
+        key: key.clone(),
+        public_jwk: public_jwk.to_string(),
+        message: message.to_string(),
+        signature,
+    };
     Ok((claims, check))
 }
 
@@ -585,7 +628,9 @@ fn check_claims(claims: Map<String, Value>, settings: &SessionSettings, now: u64
     }
     let audience_ok = match claims.get("aud") {
         Some(Value::String(aud)) => settings.audiences.iter().any(|a| a == aud),
-        Some(Value::Array(auds)) => auds.iter().any(|v| v.as_str().is_some_and(|aud| settings.audiences.iter().any(|a| a == aud))),
+        Some(Value::Array(auds)) => {
+            auds.iter().any(|v| v.as_str().is_some_and(|aud| settings.audiences.iter().any(|a| a == aud)))
+        }
         _ => false,
     };
     if !audience_ok {
@@ -635,7 +680,8 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn hs256(claims: &Value) -> String {
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &EncodingKey::from_secret(SECRET.as_bytes())).unwrap()
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &EncodingKey::from_secret(SECRET.as_bytes()))
+            .unwrap()
     }
 
     fn verify(token: &str) -> Result<Session, SessionError> {
@@ -719,7 +765,8 @@ pub(crate) mod tests {
     #[test]
     fn legacy_anon_and_service_role_keys_are_rejected_as_project_keys() {
         for role in ["anon", "service_role"] {
-            let key = hs256(&json!({"iss": "supabase", "ref": "abc", "role": role, "iat": NOW - 10, "exp": NOW + 999_999}));
+            let key =
+                hs256(&json!({"iss": "supabase", "ref": "abc", "role": role, "iat": NOW - 10, "exp": NOW + 999_999}));
             assert_eq!(verify(&key), Err(SessionError::ProjectKey), "{role}");
         }
     }
@@ -752,7 +799,12 @@ pub(crate) mod tests {
 
     #[test]
     fn wrong_secret_is_a_bad_signature() {
-        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &user_claims(), &EncodingKey::from_secret(b"another-secret-another-secret-another")).unwrap();
+        let token = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &user_claims(),
+            &EncodingKey::from_secret(b"another-secret-another-secret-another"),
+        )
+        .unwrap();
         assert_eq!(verify(&token), Err(SessionError::BadSignature));
     }
 
@@ -766,7 +818,12 @@ pub(crate) mod tests {
 
     #[test]
     fn hs512_is_not_an_accepted_algorithm() {
-        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS512), &user_claims(), &EncodingKey::from_secret(SECRET.as_bytes())).unwrap();
+        let token = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS512),
+            &user_claims(),
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap();
         assert!(matches!(verify(&token), Err(SessionError::AlgorithmNotAllowed(_))));
     }
 
@@ -805,8 +862,11 @@ pub(crate) mod tests {
     #[test]
     fn remote_check_refused_by_the_gateway_is_our_misconfiguration_not_a_revoked_session() {
         let answer = |status: u16, body: &str| Ok(HttpResponse { status, headers: vec![], body: body.into() });
-        for body in [r#"{"message":"Invalid API key","hint":"Double check your Supabase `anon` or `service_role` API key."}"#,
-                     r#"{"message":"No API key found in request","hint":"No `apikey` request header or url param was found."}"#, ""] {
+        for body in [
+            r#"{"message":"Invalid API key","hint":"Double check your Supabase `anon` or `service_role` API key."}"#,
+            r#"{"message":"No API key found in request","hint":"No `apikey` request header or url param was found."}"#,
+            "",
+        ] {
             let error = interpret_remote_check(answer(401, body)).unwrap_err();
             assert!(matches!(&error, SessionError::AuthMisconfigured(_)), "{body}: {error:?}");
             let api = crate::error::ApiError::Session(error);
@@ -818,8 +878,12 @@ pub(crate) mod tests {
     fn remote_check_answers_are_interpreted() {
         let answer = |status: u16, body: &str| Ok(HttpResponse { status, headers: vec![], body: body.into() });
         assert_eq!(interpret_remote_check(answer(200, "{}")), Ok(()));
-        assert!(matches!(interpret_remote_check(answer(403, r#"{"error_code":"session_not_found"}"#)), Err(SessionError::Revoked(r)) if r.contains("session_not_found")));
-        assert!(matches!(interpret_remote_check(answer(403, r#"{"code":"user_not_found","message":"User from sub claim in JWT does not exist"}"#)), Err(SessionError::Revoked(r)) if r.contains("user_not_found")));
+        assert!(
+            matches!(interpret_remote_check(answer(403, r#"{"error_code":"session_not_found"}"#)), Err(SessionError::Revoked(r)) if r.contains("session_not_found"))
+        );
+        assert!(
+            matches!(interpret_remote_check(answer(403, r#"{"code":"user_not_found","message":"User from sub claim in JWT does not exist"}"#)), Err(SessionError::Revoked(r)) if r.contains("user_not_found"))
+        );
         assert!(matches!(interpret_remote_check(answer(502, "")), Err(SessionError::AuthUnavailable(_))));
         let refused = Err(TransportError::no_answer("refused"));
         assert!(matches!(interpret_remote_check(refused), Err(SessionError::AuthUnavailable(_))));

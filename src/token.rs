@@ -185,7 +185,10 @@ mod tests {
         let body = sign(&settings(), &session(json!({})), 1_761_158_400);
         let (header, claims) = decode_parts(&body.token).unwrap();
         assert_eq!(header, json!({"alg": "RS256", "typ": "JWT", "kid": "ps-key-1"}));
-        assert_eq!(claims, json!({"sub": "user-1", "aud": "https://abc.powersync.journeyapps.com", "iat": 1_761_158_400u64, "exp": 1_761_158_400u64 + 28_800}));
+        assert_eq!(
+            claims,
+            json!({"sub": "user-1", "aud": "https://abc.powersync.journeyapps.com", "iat": 1_761_158_400u64, "exp": 1_761_158_400u64 + 28_800})
+        );
         assert_eq!(body.user_id, "user-1");
         assert_eq!(body.powersync_url, "https://abc.powersync.journeyapps.com");
         assert_eq!(body.endpoint, body.powersync_url);
@@ -200,11 +203,13 @@ mod tests {
     #[test]
     fn token_verifies_with_the_public_key_under_powersync_rules() {
         let body = sign(&settings(), &session(json!({})), 1_800_000_000);
-        let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(serde_json::to_value(test_key().public_jwk("ps-key-1")).unwrap()).unwrap();
+        let jwk: jsonwebtoken::jwk::Jwk =
+            serde_json::from_value(serde_json::to_value(test_key().public_jwk("ps-key-1")).unwrap()).unwrap();
         let mut validation = Validation::new(Algorithm::RS256);
         validation.set_audience(&["https://abc.powersync.journeyapps.com"]);
         validation.validate_exp = false;
-        let data = jsonwebtoken::decode::<Value>(&body.token, &DecodingKey::from_jwk(&jwk).unwrap(), &validation).unwrap();
+        let data =
+            jsonwebtoken::decode::<Value>(&body.token, &DecodingKey::from_jwk(&jwk).unwrap(), &validation).unwrap();
         let lifetime = data.claims["exp"].as_u64().unwrap() - data.claims["iat"].as_u64().unwrap();
         assert!(lifetime <= MAX_TTL_SECONDS);
     }
@@ -223,7 +228,15 @@ mod tests {
     fn selected_session_claims_are_copied_and_parameters_must_be_an_object() {
         let mut s = settings();
         s.copy_claims = vec!["role".into(), "email".into(), "missing".into(), "parameters".into()];
-        let (_, claims) = decode_parts(&sign(&s, &session(json!({"role": "authenticated", "email": "a@b.c", "parameters": "x", "phone": "1"})), 1000).token).unwrap();
+        let (_, claims) = decode_parts(
+            &sign(
+                &s,
+                &session(json!({"role": "authenticated", "email": "a@b.c", "parameters": "x", "phone": "1"})),
+                1000,
+            )
+            .token,
+        )
+        .unwrap();
         assert_eq!(claims["role"], "authenticated");
         assert_eq!(claims["email"], "a@b.c");
         assert!(claims.get("missing").is_none() && claims.get("parameters").is_none() && claims.get("phone").is_none());
@@ -247,13 +260,17 @@ mod tests {
         let unsigned = unsigned(&s, &session(json!({})), 1_800_000_000);
         let signature = RustSigner::sign_now(key, unsigned.signing_input.as_bytes()).unwrap();
         let token = issued(&s, unsigned, &signature).token;
-        let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(serde_json::to_value(key.public_jwk("ps-key-1")).unwrap()).unwrap();
+        let jwk: jsonwebtoken::jwk::Jwk =
+            serde_json::from_value(serde_json::to_value(key.public_jwk("ps-key-1")).unwrap()).unwrap();
         let alg: Algorithm = key.alg().parse().unwrap();
         let mut validation = Validation::new(alg);
         validation.set_audience(&["https://abc.powersync.journeyapps.com"]);
         validation.validate_exp = false;
         let data = jsonwebtoken::decode::<Value>(&token, &DecodingKey::from_jwk(&jwk).unwrap(), &validation).unwrap();
-        assert_eq!(URL_SAFE_NO_PAD.decode(token.rsplit('.').next().unwrap()).unwrap().len(), if key.kind() == KeyKind::Rs256 { 256 } else { 64 });
+        assert_eq!(
+            URL_SAFE_NO_PAD.decode(token.rsplit('.').next().unwrap()).unwrap().len(),
+            if key.kind() == KeyKind::Rs256 { 256 } else { 64 }
+        );
         let (header, _) = decode_parts(&token).unwrap();
         (header, data.claims)
     }
@@ -283,8 +300,10 @@ mod tests {
         let (ec, ed) = (p256_key(), ed25519_key());
         let s = TokenSettings { alg: ed.alg(), ..settings() };
         let unsigned = unsigned(&s, &session(json!({})), 1_800_000_000);
-        let token = issued(&s, unsigned.clone(), &RustSigner::sign_now(&ed, unsigned.signing_input.as_bytes()).unwrap()).token;
-        let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(serde_json::to_value(ec.public_jwk("ps-key-1")).unwrap()).unwrap();
+        let token =
+            issued(&s, unsigned.clone(), &RustSigner::sign_now(&ed, unsigned.signing_input.as_bytes()).unwrap()).token;
+        let jwk: jsonwebtoken::jwk::Jwk =
+            serde_json::from_value(serde_json::to_value(ec.public_jwk("ps-key-1")).unwrap()).unwrap();
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.validate_aud = false;
         assert!(jsonwebtoken::decode::<Value>(&token, &DecodingKey::from_jwk(&jwk).unwrap(), &validation).is_err());

@@ -62,7 +62,8 @@ fn literals_of_fn(source: &str, name: &str) -> BTreeSet<String> {
 #[test]
 fn configuration_reference_documents_every_setting_read_exactly_once() {
     let rows = table_rows("docs/configuration.md", "Settings reference");
-    let documented: Vec<String> = rows.iter().filter_map(|r| code_spans(&r[0]).first().cloned()).filter(|n| n != "Setting").collect();
+    let documented: Vec<String> =
+        rows.iter().filter_map(|r| code_spans(&r[0]).first().cloned()).filter(|n| n != "Setting").collect();
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
     for name in &documented {
         *counts.entry(name.as_str()).or_default() += 1;
@@ -111,7 +112,14 @@ fn error_class_table_lists_the_bridges_own_failure_codes() {
             }
         }
     }
-    for code in ["invalid_id", "too_many_requests_for_budget", "network_error", "timeout", "dead_letter_failed", "unexpected_response"] {
+    for code in [
+        "invalid_id",
+        "too_many_requests_for_budget",
+        "network_error",
+        "timeout",
+        "dead_letter_failed",
+        "unexpected_response",
+    ] {
         assert!(made.contains(code), "{code} is no longer made by the bridge: update this test and the table");
     }
     let rows = table_rows("docs/upload.md", "Error classes");
@@ -124,7 +132,10 @@ fn error_class_table_lists_the_bridges_own_failure_codes() {
 fn metrics_table_lists_the_data_point_columns_in_order() {
     let rows = table_rows("docs/metrics.md", "Fields");
     let named = |kind: &str| -> Vec<String> {
-        rows.iter().filter(|r| r[0].starts_with(kind) && r[0][kind.len()..].parse::<usize>().is_ok()).map(|r| r[1].clone()).collect()
+        rows.iter()
+            .filter(|r| r[0].starts_with(kind) && r[0][kind.len()..].parse::<usize>().is_ok())
+            .map(|r| r[1].clone())
+            .collect()
     };
     for (i, row) in rows.iter().filter(|r| r[0].starts_with("blob")).enumerate() {
         assert_eq!(row[0], format!("blob{}", i + 1));

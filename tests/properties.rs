@@ -46,9 +46,41 @@ fn cases(default: u32) -> ProptestConfig {
 
 /// Keys and strings the parsers look for, so random JSON reaches past the first check.
 const WORDS: &[&str] = &[
-    "transactions", "batch", "operations", "crud", "transaction_id", "op", "id", "table", "type", "data",
-    "opData", "op_data", "PUT", "put", "PATCH", "DELETE", "todos", "", "kty", "RSA", "n", "e", "d", "p", "q",
-    "alg", "kid", "RS256", "HS256", "ES256", "sub", "aud", "iss", "exp", "authenticated",
+    "transactions",
+    "batch",
+    "operations",
+    "crud",
+    "transaction_id",
+    "op",
+    "id",
+    "table",
+    "type",
+    "data",
+    "opData",
+    "op_data",
+    "PUT",
+    "put",
+    "PATCH",
+    "DELETE",
+    "todos",
+    "",
+    "kty",
+    "RSA",
+    "n",
+    "e",
+    "d",
+    "p",
+    "q",
+    "alg",
+    "kid",
+    "RS256",
+    "HS256",
+    "ES256",
+    "sub",
+    "aud",
+    "iss",
+    "exp",
+    "authenticated",
 ];
 
 fn arb_word() -> impl Strategy<Value = String> {
@@ -338,7 +370,11 @@ fn pem(label: &str, der: &[u8]) -> String {
 }
 
 fn arb_der() -> impl Strategy<Value = Vec<u8>> {
-    let mutated = (any::<bool>(), prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4), any::<prop::sample::Index>())
+    let mutated = (
+        any::<bool>(),
+        prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
+        any::<prop::sample::Index>(),
+    )
         .prop_map(|(pkcs8, flips, cut)| {
             let (pkcs8_der, pkcs1_der) = small_key_der();
             let mut der = if pkcs8 { pkcs8_der.clone() } else { pkcs1_der.clone() };
@@ -355,23 +391,31 @@ fn arb_der() -> impl Strategy<Value = Vec<u8>> {
 }
 
 fn arb_key_text() -> impl Strategy<Value = String> {
-    let label = prop::sample::select(vec!["PRIVATE KEY", "RSA PRIVATE KEY", "ENCRYPTED PRIVATE KEY", "PUBLIC KEY", "EC PRIVATE KEY", ""]);
+    let label = prop::sample::select(vec![
+        "PRIVATE KEY",
+        "RSA PRIVATE KEY",
+        "ENCRYPTED PRIVATE KEY",
+        "PUBLIC KEY",
+        "EC PRIVATE KEY",
+        "",
+    ]);
     let number = prop_oneof![
         prop::collection::vec(any::<u8>(), 0..6).prop_map(|b| b64(&b)),
         prop::collection::vec(any::<u8>(), 0..70).prop_map(|b| b64(&b)),
         Just("AQAB".to_string()),
         Just("!!".to_string()),
     ];
-    let jwk = (prop::collection::vec(prop::option::weighted(0.9, number), 5), prop::sample::select(vec!["RSA", "EC", ""]))
-        .prop_map(|(numbers, kty)| {
-            let mut object = json!({"kty": kty});
-            for (name, value) in ["n", "e", "d", "p", "q"].iter().zip(numbers) {
-                if let Some(value) = value {
-                    object[*name] = json!(value);
+    let jwk =
+        (prop::collection::vec(prop::option::weighted(0.9, number), 5), prop::sample::select(vec!["RSA", "EC", ""]))
+            .prop_map(|(numbers, kty)| {
+                let mut object = json!({"kty": kty});
+                for (name, value) in ["n", "e", "d", "p", "q"].iter().zip(numbers) {
+                    if let Some(value) = value {
+                        object[*name] = json!(value);
+                    }
                 }
-            }
-            object.to_string()
-        });
+                object.to_string()
+            });
     let armoured = (label, arb_der()).prop_map(|(label, der)| pem(label, &der));
     let text = prop_oneof![armoured, jwk, any::<String>()];
     // Then the accidents the parser forgives: literal \n, spaces for newlines, quotes, base64.
@@ -405,11 +449,45 @@ proptest! {
 
 /// Values that mean something to some setting, so random configurations reach deep checks.
 const SETTING_VALUES: &[&str] = &[
-    "", " ", "true", "false", "yes", "0", "1", "-1", "60", "86400", "99999999999999999999999", "https://p.supabase.co",
-    "https://p.supabase.co/", "http://127.0.0.1:54321", "https://p.supabase.co/rest/v1", "not a url", "rls", "service",
-    "todos", "todos,lists", "todos.tags", "todos.tags,lists.done", "a.b.c", ".x", "*", "42501=retryable",
-    "PGRST204=fatal,23505=retryable", "x=y", "email,role", "exp", "kid-1", "{\"keys\":[]}", "[1]", "{}",
-    "https://x.powersync.journeyapps.com", "sb_secret_x", "powersync_apply_transaction", "dead_letters", "a-b",
+    "",
+    " ",
+    "true",
+    "false",
+    "yes",
+    "0",
+    "1",
+    "-1",
+    "60",
+    "86400",
+    "99999999999999999999999",
+    "https://p.supabase.co",
+    "https://p.supabase.co/",
+    "http://127.0.0.1:54321",
+    "https://p.supabase.co/rest/v1",
+    "not a url",
+    "rls",
+    "service",
+    "todos",
+    "todos,lists",
+    "todos.tags",
+    "todos.tags,lists.done",
+    "a.b.c",
+    ".x",
+    "*",
+    "42501=retryable",
+    "PGRST204=fatal,23505=retryable",
+    "x=y",
+    "email,role",
+    "exp",
+    "kid-1",
+    "{\"keys\":[]}",
+    "[1]",
+    "{}",
+    "https://x.powersync.journeyapps.com",
+    "sb_secret_x",
+    "powersync_apply_transaction",
+    "dead_letters",
+    "a-b",
 ];
 
 fn arb_setting_value() -> impl Strategy<Value = String> {
@@ -562,7 +640,10 @@ fn parse_list(text: &str) -> Result<Vec<String>, String> {
 #[test]
 fn reference_grammar_reads_postgrest_examples() {
     assert_eq!(parse_op_expr("eq.a.b,c"), Ok(Filter::Op { negated: false, op: "eq".into(), value: "a.b,c".into() }));
-    assert_eq!(parse_op_expr("in.(1,2,3)"), Ok(Filter::In { negated: false, values: vec!["1".into(), "2".into(), "3".into()] }));
+    assert_eq!(
+        parse_op_expr("in.(1,2,3)"),
+        Ok(Filter::In { negated: false, values: vec!["1".into(), "2".into(), "3".into()] })
+    );
     assert_eq!(
         parse_op_expr(r#"in.("a,b","c\"d",e)"#),
         Ok(Filter::In { negated: false, values: vec!["a,b".into(), "c\"d".into(), "e".into()] })
@@ -580,8 +661,32 @@ fn reference_grammar_reads_postgrest_examples() {
 /// Ids as clients may send them: any unicode but U+0000 (refused before planning), weighted
 /// toward the characters of the filter grammar.
 fn arb_id() -> impl Strategy<Value = String> {
-    let special = prop::sample::select(vec!['"', '\\', ',', '(', ')', '.', '&', '=', '+', '%', ' ', '#', '?', 'é', '☃', '\u{1F600}', 'a', '\t', '\n']);
-    let piece = prop_oneof![special.prop_map(String::from), "\\PC{0,3}".prop_map(String::from), any::<char>().prop_map(String::from)];
+    let special = prop::sample::select(vec![
+        '"',
+        '\\',
+        ',',
+        '(',
+        ')',
+        '.',
+        '&',
+        '=',
+        '+',
+        '%',
+        ' ',
+        '#',
+        '?',
+        'é',
+        '☃',
+        '\u{1F600}',
+        'a',
+        '\t',
+        '\n',
+    ]);
+    let piece = prop_oneof![
+        special.prop_map(String::from),
+        "\\PC{0,3}".prop_map(String::from),
+        any::<char>().prop_map(String::from)
+    ];
     prop::collection::vec(piece, 1..8)
         .prop_map(|pieces| pieces.concat().replace('\u{0}', ""))
         .prop_filter("non-empty", |id| !id.is_empty())
@@ -729,7 +834,10 @@ impl Table {
                 if owned == Some(false) {
                     return Err("42501".to_string());
                 }
-                let row = self.rows.entry(key).or_insert_with(|| columns.iter().map(|c| (c.to_string(), Value::Null)).collect());
+                let row = self
+                    .rows
+                    .entry(key)
+                    .or_insert_with(|| columns.iter().map(|c| (c.to_string(), Value::Null)).collect());
                 row.insert("id".to_string(), id_value);
                 row.extend(data);
             }
@@ -752,11 +860,14 @@ impl Table {
 
     fn matches(&self, row: &Row, filters: &[(String, Filter)]) -> Result<bool, HttpResponse> {
         for (column, filter) in filters {
-            let cell = row.get(column).ok_or_else(|| error(400, "42703", &format!("column {column} does not exist")))?;
+            let cell =
+                row.get(column).ok_or_else(|| error(400, "42703", &format!("column {column} does not exist")))?;
             // the literal as the column's type
             let literal = |text: &str| -> Result<Value, HttpResponse> {
                 if column == "id" {
-                    self.cast_id(&json!(text)).map(|(v, _)| v).map_err(|t| error(400, "22P02", &format!("invalid input syntax for type integer: {t:?}")))
+                    self.cast_id(&json!(text))
+                        .map(|(v, _)| v)
+                        .map_err(|t| error(400, "22P02", &format!("invalid input syntax for type integer: {t:?}")))
                 } else {
                     Ok(json!(text))
                 }
@@ -784,7 +895,8 @@ impl Table {
     }
 
     fn handle(&mut self, request: &HttpRequest) -> Result<HttpResponse, HttpResponse> {
-        let rest = request.url.strip_prefix(&format!("{BASE}/rest/v1/")).ok_or_else(|| error(404, "", "unknown URL"))?;
+        let rest =
+            request.url.strip_prefix(&format!("{BASE}/rest/v1/")).ok_or_else(|| error(404, "", "unknown URL"))?;
         let (table, query) = rest.split_once('?').unwrap_or((rest, ""));
         if table != "todos" {
             return Err(error(404, "PGRST205", &format!("unknown table {table}")));
@@ -795,7 +907,9 @@ impl Table {
             match name.as_str() {
                 "select" => {}
                 "on_conflict" => on_conflict = Some(value),
-                column => filters.push((column.to_string(), parse_op_expr(&value).map_err(|e| error(400, "PGRST100", &e))?)),
+                column => {
+                    filters.push((column.to_string(), parse_op_expr(&value).map_err(|e| error(400, "PGRST100", &e))?))
+                }
             }
         }
         let body: Value = match &request.body {
@@ -803,7 +917,8 @@ impl Table {
             None => Value::Null,
         };
         let columns = self.columns();
-        let unknown_column = |object: &Map<String, Value>| object.keys().find(|k| !columns.contains(&k.as_str())).cloned();
+        let unknown_column =
+            |object: &Map<String, Value>| object.keys().find(|k| !columns.contains(&k.as_str())).cloned();
         let keys: Vec<String> = self.rows.keys().cloned().collect();
         match request.method {
             Method::Get => {
@@ -827,7 +942,9 @@ impl Table {
                 Ok(counted(204, deleted))
             }
             Method::Patch => {
-                let Value::Object(data) = body else { return Err(error(400, "PGRST102", "PATCH body is not an object")) };
+                let Value::Object(data) = body else {
+                    return Err(error(400, "PGRST102", "PATCH body is not an object"));
+                };
                 if let Some(column) = unknown_column(&data) {
                     return Err(error(400, "PGRST204", &format!("column {column} not found")));
                 }
@@ -870,10 +987,19 @@ impl Table {
                 let mut touched = std::collections::BTreeSet::new();
                 for row in &rows {
                     let Value::Object(object) = row else { return Err(error(400, "PGRST102", "row is not an object")) };
-                    let values: Row = payload_columns.iter().map(|c| (c.clone(), object.get(c).cloned().unwrap_or(Value::Null))).collect();
-                    let (id, key) = self.cast_id(&values["id"]).map_err(|t| error(400, "22P02", &format!("invalid input syntax for type integer: {t:?}")))?;
+                    let values: Row = payload_columns
+                        .iter()
+                        .map(|c| (c.clone(), object.get(c).cloned().unwrap_or(Value::Null)))
+                        .collect();
+                    let (id, key) = self
+                        .cast_id(&values["id"])
+                        .map_err(|t| error(400, "22P02", &format!("invalid input syntax for type integer: {t:?}")))?;
                     if !touched.insert(key.clone()) {
-                        return Err(error(500, "21000", "ON CONFLICT DO UPDATE command cannot affect row a second time"));
+                        return Err(error(
+                            500,
+                            "21000",
+                            "ON CONFLICT DO UPDATE command cannot affect row a second time",
+                        ));
                     }
                     match next.get_mut(&key) {
                         Some(_) if !merge => return Err(error(409, "23505", "duplicate key")),
@@ -951,7 +1077,10 @@ fn caller() -> Caller {
 }
 
 /// Applies `transactions` through the real planner and delivery to a copy of `table`.
-fn through_bridge(table: &Table, transactions: &[Transaction]) -> (Table, UploadReport, Vec<(HttpRequest, HttpResponse)>) {
+fn through_bridge(
+    table: &Table,
+    transactions: &[Transaction],
+) -> (Table, UploadReport, Vec<(HttpRequest, HttpResponse)>) {
     let fake = FakePostgrest { table: RefCell::new(table.clone()), errors: RefCell::new(Vec::new()) };
     let report = block_on(upload::apply(transactions, &upload_settings(table.service), &caller(), &fake));
     (fake.table.into_inner(), report, fake.errors.into_inner())
@@ -1115,7 +1244,16 @@ fn model_refuses_one_row_twice_and_reads_merged_filters() {
 
     let mut table = Table { id_type: IdType::Text, service: false, rows: BTreeMap::new() };
     for id in TEXT_IDS {
-        table.apply_entry(&Entry { op: Op::Put, table: "todos".into(), id: id.into(), data: Map::new().into(), previous: None, metadata: None }).unwrap();
+        table
+            .apply_entry(&Entry {
+                op: Op::Put,
+                table: "todos".into(),
+                id: id.into(),
+                data: Map::new().into(),
+                previous: None,
+                metadata: None,
+            })
+            .unwrap();
     }
     let mut list = InList::new();
     list.push("a");

@@ -82,7 +82,8 @@ fn entry(id: usize, data: &str) -> String {
 fn hostile_bodies() -> Vec<(&'static str, String)> {
     let one_string = format!(r#"{{"batch":[{}]}}"#, entry(1, &format!(r#"{{"s":"{}"}}"#, "x".repeat(BODY - 100))));
     let depth = (BODY - 100) / 2;
-    let nested = format!(r#"{{"batch":[{}]}}"#, entry(1, &format!(r#"{{"d":{}{}}}"#, "[".repeat(depth), "]".repeat(depth))));
+    let nested =
+        format!(r#"{{"batch":[{}]}}"#, entry(1, &format!(r#"{{"d":{}{}}}"#, "[".repeat(depth), "]".repeat(depth))));
     let numbers = format!(r#"{{"batch":[{}]}}"#, entry(1, &format!(r#"{{"d":[{}0]}}"#, "0,".repeat((BODY - 100) / 2))));
     let mut columns = String::from("{");
     let mut i = 0;
@@ -94,7 +95,8 @@ fn hostile_bodies() -> Vec<(&'static str, String)> {
     let columns = format!(r#"{{"batch":[{}]}}"#, entry(1, &columns));
     let tiny: Vec<String> = (0..100_000).map(|i| format!(r#"{{"op":"DELETE","table":"t","id":"{i}"}}"#)).collect();
     let tiny = format!(r#"{{"batch":[{}]}}"#, tiny.join(","));
-    let limit: Vec<String> = (0..10_000).map(|i| entry(i, &format!(r#"{{"n":{i},"s":"{}"}}"#, "y".repeat(400)))).collect();
+    let limit: Vec<String> =
+        (0..10_000).map(|i| entry(i, &format!(r#"{{"n":{i},"s":"{}"}}"#, "y".repeat(400)))).collect();
     let at_limit = format!(r#"{{"batch":[{}]}}"#, limit.join(","));
     let ignored = format!(
         r#"{{"batch":[{{"op":"PUT","table":"todos","id":"1","data":{{}},"metadata":[{}0]}}]}}"#,
@@ -128,7 +130,8 @@ fn hostile_five_mib_bodies_stay_far_below_the_isolate_memory_limit() {
             Err(CrudError::TooLarge { message }) => format!("413 {message}"),
             Err(CrudError::Malformed { path, message }) => format!("400 {path}: {}", &message[..message.len().min(60)]),
         });
-        let (_, tree) = peak_of(|| serde_json::from_slice::<serde_json::Value>(&body).map(drop).map_err(|e| e.to_string()));
+        let (_, tree) =
+            peak_of(|| serde_json::from_slice::<serde_json::Value>(&body).map(drop).map_err(|e| e.to_string()));
         println!(
             "{name:48} body {:>5.2} MiB  peak above it {:>6.2} MiB  (as a Value tree: {:>6.2} MiB)  {outcome}",
             body.len() as f64 / MIB as f64,

@@ -211,7 +211,8 @@ impl JwksCache {
             None if self.keys.len() == 1 => self.keys.first(),
             None => None,
         };
-        let found = found.ok_or_else(|| SessionError::UnknownKey(kid.unwrap_or("(none)").chars().take(64).collect()))?;
+        let found =
+            found.ok_or_else(|| SessionError::UnknownKey(kid.unwrap_or("(none)").chars().take(64).collect()))?;
         if found.alg != alg {
             return Err(SessionError::KeyMismatch(format!("token alg {alg:?}, key alg {:?}", found.alg)));
         }
@@ -357,7 +358,8 @@ pub(crate) mod tests {
         let fetch = v.plan(&es256("k1"), NOW + 600);
         assert!(matches!(fetch, Step::FetchJwks(_)), "expired: the first request fetches");
         // Expired copy or unknown kid alike: the others wait, none fetches.
-        let waits: Vec<(String, Step)> = ["k1", "k1", "rotated"].iter().map(|kid| (es256(kid), v.plan(&es256(kid), NOW + 600))).collect();
+        let waits: Vec<(String, Step)> =
+            ["k1", "k1", "rotated"].iter().map(|kid| (es256(kid), v.plan(&es256(kid), NOW + 600))).collect();
         for (_, wait) in &waits {
             assert!(matches!(wait, Step::Wait { keys: KeySet::Supabase, .. }), "{wait:?}");
             assert_eq!(wait.request(), None);
@@ -534,7 +536,8 @@ pub(crate) mod tests {
         let public_n = test_key().public_jwk("r1").n.unwrap();
         let mut header = Header::new(Algorithm::HS256);
         header.kid = Some("r1".into());
-        let forged = jsonwebtoken::encode(&header, &user_claims(), &EncodingKey::from_secret(public_n.as_bytes())).unwrap();
+        let forged =
+            jsonwebtoken::encode(&header, &user_claims(), &EncodingKey::from_secret(public_n.as_bytes())).unwrap();
         assert!(matches!(v.verify(&forged, NOW), Err(SessionError::AlgorithmNotAllowed(_))));
     }
 
@@ -542,7 +545,8 @@ pub(crate) mod tests {
     fn encryption_keys_and_unsupported_keys_are_ignored() {
         let mut enc = ec_jwk("enc");
         enc["use"] = json!("enc");
-        let okp = json!({"kty": "OKP", "crv": "Ed25519", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo", "kid": "ed"});
+        let okp =
+            json!({"kty": "OKP", "crv": "Ed25519", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo", "kid": "ed"});
         let v = verifier_with(vec![enc, okp, ec_jwk("k1")]);
         assert_eq!(v.verify(&es256("enc"), NOW), Err(SessionError::UnknownKey("enc".into())));
         assert!(v.verify(&es256("k1"), NOW).is_ok());

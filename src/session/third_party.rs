@@ -20,7 +20,8 @@ use crate::environment::Reader;
 use crate::http::{HttpResponse, TransportError};
 
 /// Google's key set for Firebase Auth ID tokens, shared by every Firebase project.
-pub const FIREBASE_JWKS_URL: &str = "https://www.googleapis.com/service_accounts/v1/jwk/securetoken@system.gserviceaccount.com";
+pub const FIREBASE_JWKS_URL: &str =
+    "https://www.googleapis.com/service_accounts/v1/jwk/securetoken@system.gserviceaccount.com";
 
 /// Which integration an [`Issuer`] comes from (for logs and docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,7 +173,10 @@ pub fn read(r: &mut Reader) -> ThirdPartySettings {
         let keys = jwks_override(r, "THIRD_PARTY_FIREBASE_JWKS_URL").unwrap_or_else(|| FIREBASE_JWKS_URL.into());
         // Firebase project ids: 6-30 lowercase letters, digits and hyphens.
         if project.len() > 30 || !project.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') {
-            r.problem("THIRD_PARTY_FIREBASE_PROJECT_ID", "must be a Firebase project id (lowercase letters, digits and hyphens)");
+            r.problem(
+                "THIRD_PARTY_FIREBASE_PROJECT_ID",
+                "must be a Firebase project id (lowercase letters, digits and hyphens)",
+            );
         } else {
             issuers.push(Issuer {
                 provider: Provider::Firebase,
@@ -188,7 +192,10 @@ pub fn read(r: &mut Reader) -> ThirdPartySettings {
         let keys = jwks_override(r, "THIRD_PARTY_AUTH0_JWKS_URL");
         let region_ok = region.as_deref().is_none_or(|g| is_host_name(g) && !g.contains('.'));
         if !is_host_name(&tenant) || tenant.contains('.') {
-            r.problem("THIRD_PARTY_AUTH0_TENANT", "must be the tenant name only (e.g. my-tenant, not my-tenant.us.auth0.com)");
+            r.problem(
+                "THIRD_PARTY_AUTH0_TENANT",
+                "must be the tenant name only (e.g. my-tenant, not my-tenant.us.auth0.com)",
+            );
         } else if !region_ok {
             r.problem("THIRD_PARTY_AUTH0_TENANT_REGION", "must be a region label such as us, eu, au or jp");
         } else {
@@ -216,18 +223,34 @@ pub fn read(r: &mut Reader) -> ThirdPartySettings {
             let keys = jwks_override(r, "THIRD_PARTY_AWS_COGNITO_JWKS_URL");
             // A pool id is `<region>_<id>`; the region setting may be left out.
             let region = region.or_else(|| pool.split_once('_').map(|(g, _)| g.to_string()));
-            let pool_ok = pool.split_once('_').is_some_and(|(g, id)| is_aws_region(g) && !id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric()));
+            let pool_ok = pool.split_once('_').is_some_and(|(g, id)| {
+                is_aws_region(g) && !id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric())
+            });
             match region {
-                _ if !pool_ok => r.problem("THIRD_PARTY_AWS_COGNITO_USER_POOL_ID", "must be a user pool id such as us-east-1_AbCdEf123"),
+                _ if !pool_ok => r.problem(
+                    "THIRD_PARTY_AWS_COGNITO_USER_POOL_ID",
+                    "must be a user pool id such as us-east-1_AbCdEf123",
+                ),
                 Some(region) if is_aws_region(&region) && pool.starts_with(&format!("{region}_")) => {
                     let issuer = format!("https://cognito-idp.{region}.amazonaws.com/{pool}");
                     let jwks = keys.unwrap_or_else(|| format!("{issuer}/.well-known/jwks.json"));
-                    issuers.push(Issuer { provider: Provider::AwsCognito, issuer, audience: None, keys: KeySource::Jwks(jwks) });
+                    issuers.push(Issuer {
+                        provider: Provider::AwsCognito,
+                        issuer,
+                        audience: None,
+                        keys: KeySource::Jwks(jwks),
+                    });
                 }
-                _ => r.problem("THIRD_PARTY_AWS_COGNITO_USER_POOL_REGION", "must be the AWS region the user pool id starts with (e.g. us-east-1)"),
+                _ => r.problem(
+                    "THIRD_PARTY_AWS_COGNITO_USER_POOL_REGION",
+                    "must be the AWS region the user pool id starts with (e.g. us-east-1)",
+                ),
             }
         }
-        (None, Some(_)) => r.problem("THIRD_PARTY_AWS_COGNITO_USER_POOL_REGION", "is set but THIRD_PARTY_AWS_COGNITO_USER_POOL_ID is not"),
+        (None, Some(_)) => r.problem(
+            "THIRD_PARTY_AWS_COGNITO_USER_POOL_REGION",
+            "is set but THIRD_PARTY_AWS_COGNITO_USER_POOL_ID is not",
+        ),
     }
 
     if let Some(domain) = r.get("THIRD_PARTY_CLERK_DOMAIN") {
@@ -421,7 +444,8 @@ mod tests {
 
     /// A verifier for Firebase project `PROJECT` whose key set (fetched once) holds `keys`.
     fn firebase_with(keys: Vec<Value>, extra: &[(&str, &str)]) -> Verifier {
-        let mut vars = vec![("THIRD_PARTY_FIREBASE_PROJECT_ID", PROJECT), ("THIRD_PARTY_FIREBASE_JWKS_URL", LOCAL_JWKS)];
+        let mut vars =
+            vec![("THIRD_PARTY_FIREBASE_PROJECT_ID", PROJECT), ("THIRD_PARTY_FIREBASE_JWKS_URL", LOCAL_JWKS)];
         vars.extend_from_slice(extra);
         let mut v = verifier(&vars);
         let token = rs256("fb-1", &firebase_claims(PROJECT));
@@ -462,7 +486,10 @@ mod tests {
 
     #[test]
     fn cognito_issuer_is_built_from_pool_id_and_region() {
-        let issuer = only(&[("THIRD_PARTY_AWS_COGNITO_USER_POOL_ID", "eu-west-2_AbC123"), ("THIRD_PARTY_AWS_COGNITO_USER_POOL_REGION", "eu-west-2")]);
+        let issuer = only(&[
+            ("THIRD_PARTY_AWS_COGNITO_USER_POOL_ID", "eu-west-2_AbC123"),
+            ("THIRD_PARTY_AWS_COGNITO_USER_POOL_REGION", "eu-west-2"),
+        ]);
         assert_eq!(issuer.issuer, "https://cognito-idp.eu-west-2.amazonaws.com/eu-west-2_AbC123");
         assert_eq!(issuer.keys, KeySource::Jwks(format!("{}/.well-known/jwks.json", issuer.issuer)));
         // The region can be read from the pool id.
@@ -481,8 +508,17 @@ mod tests {
     #[test]
     fn workos_and_oidc_issuers_use_discovery_unless_a_jwks_url_is_set() {
         let workos = only(&[("THIRD_PARTY_WORKOS_ISSUER_URL", "https://api.workos.com/user_management/client_01")]);
-        assert_eq!(workos.keys, KeySource::Discovery("https://api.workos.com/user_management/client_01/.well-known/openid-configuration".into()));
-        let oidc = only(&[("THIRD_PARTY_OIDC_ISSUER", "https://idp.example.com/"), ("THIRD_PARTY_OIDC_AUDIENCE", "my-api"), ("THIRD_PARTY_OIDC_JWKS_URL", "https://idp.example.com/keys")]);
+        assert_eq!(
+            workos.keys,
+            KeySource::Discovery(
+                "https://api.workos.com/user_management/client_01/.well-known/openid-configuration".into()
+            )
+        );
+        let oidc = only(&[
+            ("THIRD_PARTY_OIDC_ISSUER", "https://idp.example.com/"),
+            ("THIRD_PARTY_OIDC_AUDIENCE", "my-api"),
+            ("THIRD_PARTY_OIDC_JWKS_URL", "https://idp.example.com/keys"),
+        ]);
         assert_eq!(oidc.issuer, "https://idp.example.com/", "the issuer is kept exactly, trailing slash included");
         assert_eq!(oidc.audience.as_deref(), Some("my-api"));
         assert_eq!(oidc.keys, KeySource::Jwks("https://idp.example.com/keys".into()));
@@ -501,7 +537,17 @@ mod tests {
         ]);
         assert!(problems.is_empty(), "{problems:?}");
         let providers: Vec<Provider> = settings.issuers.iter().map(|i| i.provider).collect();
-        assert_eq!(providers, vec![Provider::Firebase, Provider::Auth0, Provider::AwsCognito, Provider::Clerk, Provider::WorkOs, Provider::Oidc]);
+        assert_eq!(
+            providers,
+            vec![
+                Provider::Firebase,
+                Provider::Auth0,
+                Provider::AwsCognito,
+                Provider::Clerk,
+                Provider::WorkOs,
+                Provider::Oidc
+            ]
+        );
         assert!(!settings.allow_missing_role, "default false");
     }
 
@@ -530,8 +576,14 @@ mod tests {
         ] {
             assert!(names.iter().any(|n| n == name), "{name} not in {names:?}");
         }
-        assert_eq!(problem_names(&[("THIRD_PARTY_AWS_COGNITO_USER_POOL_ID", "nope")]), vec!["THIRD_PARTY_AWS_COGNITO_USER_POOL_ID"]);
-        assert_eq!(problem_names(&[("THIRD_PARTY_AUTH0_TENANT_REGION", "eu")]), vec!["THIRD_PARTY_AUTH0_TENANT_REGION"]);
+        assert_eq!(
+            problem_names(&[("THIRD_PARTY_AWS_COGNITO_USER_POOL_ID", "nope")]),
+            vec!["THIRD_PARTY_AWS_COGNITO_USER_POOL_ID"]
+        );
+        assert_eq!(
+            problem_names(&[("THIRD_PARTY_AUTH0_TENANT_REGION", "eu")]),
+            vec!["THIRD_PARTY_AUTH0_TENANT_REGION"]
+        );
         assert_eq!(problem_names(&[("THIRD_PARTY_OIDC_AUDIENCE", "a")]), vec!["THIRD_PARTY_OIDC_AUDIENCE"]);
     }
 
@@ -544,7 +596,10 @@ mod tests {
         };
         let config = crate::config::Config::from_lookup(&lookup);
         let problems = config.session.unwrap_err();
-        assert_eq!(problems.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), vec!["THIRD_PARTY_FIREBASE_PROJECT_ID"]);
+        assert_eq!(
+            problems.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
+            vec!["THIRD_PARTY_FIREBASE_PROJECT_ID"]
+        );
         assert!(!problems[0].message.contains("Bad Id"), "values never appear in problems");
     }
 
@@ -591,8 +646,17 @@ mod tests {
         ] {
             assert_eq!(fetchable(url).map(|u| u.to_string()), Err("must not contain credentials (user@host)"), "{url}");
         }
-        for name in ["THIRD_PARTY_FIREBASE_JWKS_URL", "THIRD_PARTY_OIDC_JWKS_URL", "THIRD_PARTY_OIDC_ISSUER", "THIRD_PARTY_WORKOS_ISSUER_URL"] {
-            let mut vars = vec![("THIRD_PARTY_FIREBASE_PROJECT_ID", PROJECT), ("THIRD_PARTY_OIDC_ISSUER", "https://idp.example.com"), ("THIRD_PARTY_OIDC_AUDIENCE", "my-api")];
+        for name in [
+            "THIRD_PARTY_FIREBASE_JWKS_URL",
+            "THIRD_PARTY_OIDC_JWKS_URL",
+            "THIRD_PARTY_OIDC_ISSUER",
+            "THIRD_PARTY_WORKOS_ISSUER_URL",
+        ] {
+            let mut vars = vec![
+                ("THIRD_PARTY_FIREBASE_PROJECT_ID", PROJECT),
+                ("THIRD_PARTY_OIDC_ISSUER", "https://idp.example.com"),
+                ("THIRD_PARTY_OIDC_AUDIENCE", "my-api"),
+            ];
             vars.retain(|(n, _)| *n != name);
             vars.push((name, "http://localhost:80@keys.example.com/jwks"));
             if name == "THIRD_PARTY_WORKOS_ISSUER_URL" {
@@ -600,20 +664,38 @@ mod tests {
             }
             let (_, problems) = read_vars(&vars);
             assert_eq!(problems.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), vec![name], "{problems:?}");
-            assert!(problems[0].message.contains("credentials") && !problems[0].message.contains("keys.example.com"), "{problems:?}");
+            assert!(
+                problems[0].message.contains("credentials") && !problems[0].message.contains("keys.example.com"),
+                "{problems:?}"
+            );
         }
     }
 
     #[test]
     fn key_urls_are_fetched_in_their_parsed_form() {
-        let issuer = only(&[("THIRD_PARTY_FIREBASE_PROJECT_ID", PROJECT), ("THIRD_PARTY_FIREBASE_JWKS_URL", "HTTP://LocalHost:9999/jwks")]);
+        let issuer = only(&[
+            ("THIRD_PARTY_FIREBASE_PROJECT_ID", PROJECT),
+            ("THIRD_PARTY_FIREBASE_JWKS_URL", "HTTP://LocalHost:9999/jwks"),
+        ]);
         assert_eq!(issuer.keys, KeySource::Jwks("http://localhost:9999/jwks".into()));
-        let issuer = only(&[("THIRD_PARTY_CLERK_DOMAIN", "clerk.example.com"), ("THIRD_PARTY_CLERK_JWKS_URL", "http://[::1]:8080")]);
+        let issuer = only(&[
+            ("THIRD_PARTY_CLERK_DOMAIN", "clerk.example.com"),
+            ("THIRD_PARTY_CLERK_JWKS_URL", "http://[::1]:8080"),
+        ]);
         assert_eq!(issuer.keys, KeySource::Jwks("http://[::1]:8080/".into()));
         // An issuer is compared with `iss` exactly as set, so it is kept as set.
-        let oidc = only(&[("THIRD_PARTY_OIDC_ISSUER", "http://127.0.0.1:8080/realms/app"), ("THIRD_PARTY_OIDC_AUDIENCE", "my-api")]);
+        let oidc = only(&[
+            ("THIRD_PARTY_OIDC_ISSUER", "http://127.0.0.1:8080/realms/app"),
+            ("THIRD_PARTY_OIDC_AUDIENCE", "my-api"),
+        ]);
         assert_eq!(oidc.issuer, "http://127.0.0.1:8080/realms/app");
-        assert_eq!(problem_names(&[("THIRD_PARTY_OIDC_ISSUER", "https://idp.example.com/?tenant=1"), ("THIRD_PARTY_OIDC_AUDIENCE", "a")]), vec!["THIRD_PARTY_OIDC_ISSUER"]);
+        assert_eq!(
+            problem_names(&[
+                ("THIRD_PARTY_OIDC_ISSUER", "https://idp.example.com/?tenant=1"),
+                ("THIRD_PARTY_OIDC_AUDIENCE", "a")
+            ]),
+            vec!["THIRD_PARTY_OIDC_ISSUER"]
+        );
     }
 
     #[test]
@@ -647,7 +729,11 @@ mod tests {
     fn any_audience_only_with_the_dangerous_opt_out() {
         let issuer = only(&[("THIRD_PARTY_OIDC_ISSUER", OIDC), (ANY_AUDIENCE, "true")]);
         assert_eq!(issuer.audience, None);
-        let mut v = verifier(&[("THIRD_PARTY_OIDC_ISSUER", OIDC), (ANY_AUDIENCE, "true"), ("THIRD_PARTY_OIDC_JWKS_URL", LOCAL_JWKS)]);
+        let mut v = verifier(&[
+            ("THIRD_PARTY_OIDC_ISSUER", OIDC),
+            (ANY_AUDIENCE, "true"),
+            ("THIRD_PARTY_OIDC_JWKS_URL", LOCAL_JWKS),
+        ]);
         let mut claims = oidc_claims();
         claims["aud"] = json!("another-client");
         let token = es256("e1", &claims);
@@ -656,15 +742,32 @@ mod tests {
         assert_eq!(v.verify(&token, NOW).unwrap().user_id, "oidc-user");
         // Both set contradict each other; the opt-out alone without an issuer is a problem too;
         // `false` is the same as unset.
-        assert_eq!(problem_names(&[("THIRD_PARTY_OIDC_ISSUER", OIDC), ("THIRD_PARTY_OIDC_AUDIENCE", "a"), (ANY_AUDIENCE, "true")]), vec![ANY_AUDIENCE]);
+        assert_eq!(
+            problem_names(&[
+                ("THIRD_PARTY_OIDC_ISSUER", OIDC),
+                ("THIRD_PARTY_OIDC_AUDIENCE", "a"),
+                (ANY_AUDIENCE, "true")
+            ]),
+            vec![ANY_AUDIENCE]
+        );
         assert_eq!(problem_names(&[(ANY_AUDIENCE, "true")]), vec![ANY_AUDIENCE]);
-        assert_eq!(problem_names(&[("THIRD_PARTY_OIDC_ISSUER", OIDC), (ANY_AUDIENCE, "false")]), vec!["THIRD_PARTY_OIDC_AUDIENCE"]);
-        assert_eq!(problem_names(&[("THIRD_PARTY_OIDC_ISSUER", OIDC), (ANY_AUDIENCE, "perhaps")]), vec![ANY_AUDIENCE, "THIRD_PARTY_OIDC_AUDIENCE"]);
+        assert_eq!(
+            problem_names(&[("THIRD_PARTY_OIDC_ISSUER", OIDC), (ANY_AUDIENCE, "false")]),
+            vec!["THIRD_PARTY_OIDC_AUDIENCE"]
+        );
+        assert_eq!(
+            problem_names(&[("THIRD_PARTY_OIDC_ISSUER", OIDC), (ANY_AUDIENCE, "perhaps")]),
+            vec![ANY_AUDIENCE, "THIRD_PARTY_OIDC_AUDIENCE"]
+        );
     }
 
     #[test]
     fn token_issued_to_another_client_of_the_oidc_issuer_is_refused() {
-        let mut v = verifier(&[("THIRD_PARTY_OIDC_ISSUER", OIDC), ("THIRD_PARTY_OIDC_AUDIENCE", "my-api"), ("THIRD_PARTY_OIDC_JWKS_URL", LOCAL_JWKS)]);
+        let mut v = verifier(&[
+            ("THIRD_PARTY_OIDC_ISSUER", OIDC),
+            ("THIRD_PARTY_OIDC_AUDIENCE", "my-api"),
+            ("THIRD_PARTY_OIDC_JWKS_URL", LOCAL_JWKS),
+        ]);
         let mut claims = oidc_claims();
         let step = v.plan(&es256("e1", &claims), NOW);
         v.accept(&step, jwks(vec![ec_jwk("e1")]), NOW);
@@ -718,7 +821,9 @@ mod tests {
         let mut v = firebase();
         // Supabase's own ES256 session still asks for Supabase's JWKS: Firebase's keys are apart.
         let supabase = es256("k1", &super::super::tests::user_claims());
-        assert!(matches!(v.plan(&supabase, NOW), Step::FetchJwks(ref r) if r.url.ends_with("/auth/v1/.well-known/jwks.json")));
+        assert!(
+            matches!(v.plan(&supabase, NOW), Step::FetchJwks(ref r) if r.url.ends_with("/auth/v1/.well-known/jwks.json"))
+        );
         // A Supabase-issued claim set signed by a key only in Firebase's set is refused.
         let mut v = firebase_with(vec![rsa_jwk("fb-1")], &[]);
         v.accept_jwks(jwks(vec![ec_jwk("k1")]), NOW);
@@ -735,9 +840,16 @@ mod tests {
         let public_n = test_key().public_jwk("fb-1").n.unwrap();
         let mut header = Header::new(Algorithm::HS256);
         header.kid = Some("fb-1".into());
-        let forged = jsonwebtoken::encode(&header, &firebase_claims(PROJECT), &EncodingKey::from_secret(public_n.as_bytes())).unwrap();
+        let forged =
+            jsonwebtoken::encode(&header, &firebase_claims(PROJECT), &EncodingKey::from_secret(public_n.as_bytes()))
+                .unwrap();
         assert!(matches!(v.verify(&forged, NOW), Err(SessionError::AlgorithmNotAllowed(_))));
-        let hs512 = jsonwebtoken::encode(&Header::new(Algorithm::HS512), &firebase_claims(PROJECT), &EncodingKey::from_secret(SECRET.as_bytes())).unwrap();
+        let hs512 = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS512),
+            &firebase_claims(PROJECT),
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap();
         assert!(matches!(v.verify(&hs512, NOW), Err(SessionError::AlgorithmNotAllowed(_))));
     }
 
@@ -773,7 +885,10 @@ mod tests {
         let step = v.plan(&token, NOW + 600);
         assert!(matches!(step, Step::FetchIssuerKeys { .. }));
         v.accept(&step, Err(TransportError::no_answer("refused")), NOW + 600);
-        assert!(matches!(v.verify(&token, NOW + 600), Err(SessionError::KeysUnavailable(_))), "a stale copy is not trusted");
+        assert!(
+            matches!(v.verify(&token, NOW + 600), Err(SessionError::KeysUnavailable(_))),
+            "a stale copy is not trusted"
+        );
         assert_eq!(v.plan(&token, NOW + 600), Step::RefetchSuppressed, "backing off");
         assert!(matches!(v.plan(&token, NOW + 601), Step::FetchIssuerKeys { .. }));
     }
@@ -791,14 +906,23 @@ mod tests {
         let mut v = verifier(&[("THIRD_PARTY_OIDC_ISSUER", OIDC), ("THIRD_PARTY_OIDC_AUDIENCE", "my-api")]);
         let token = es256("e1", &oidc_claims());
         let step = v.plan(&token, NOW);
-        assert!(matches!(&step, Step::Discover { request, .. } if request.url == "https://idp.example.com/.well-known/openid-configuration"), "{step:?}");
+        assert!(
+            matches!(&step, Step::Discover { request, .. } if request.url == "https://idp.example.com/.well-known/openid-configuration"),
+            "{step:?}"
+        );
         let next = v.accept(&step, ok(json!({"issuer": OIDC, "jwks_uri": "https://keys.example.com/jwks"})), NOW);
-        assert!(matches!(&next, Step::FetchIssuerKeys { request, .. } if request.url == "https://keys.example.com/jwks"), "{next:?}");
+        assert!(
+            matches!(&next, Step::FetchIssuerKeys { request, .. } if request.url == "https://keys.example.com/jwks"),
+            "{next:?}"
+        );
         assert_eq!(v.accept(&next, jwks(vec![ec_jwk("e1")]), NOW), Step::Ready);
         assert_eq!(v.verify(&token, NOW).unwrap().user_id, "oidc-user");
         // The jwks_uri is remembered: an unknown kid later refetches the keys, not the document.
         let step = v.plan(&es256("e2", &oidc_claims()), NOW + 1);
-        assert!(matches!(&step, Step::FetchIssuerKeys { request, .. } if request.url == "https://keys.example.com/jwks"), "{step:?}");
+        assert!(
+            matches!(&step, Step::FetchIssuerKeys { request, .. } if request.url == "https://keys.example.com/jwks"),
+            "{step:?}"
+        );
         // The configured audience is required.
         let mut claims = oidc_claims();
         claims["aud"] = json!("not-my-api");
@@ -882,7 +1006,10 @@ mod tests {
     #[test]
     fn role_must_be_authenticated_and_a_missing_role_is_refused_by_default() {
         for role in [json!("anon"), json!("service_role"), json!("admin"), json!(["authenticated"])] {
-            assert!(matches!(firebase_verify(changed("role", role.clone())), Err(SessionError::RoleNotAllowed(_))), "{role}");
+            assert!(
+                matches!(firebase_verify(changed("role", role.clone())), Err(SessionError::RoleNotAllowed(_))),
+                "{role}"
+            );
         }
         assert!(matches!(firebase_verify(changed("role", Value::Null)), Err(SessionError::RoleNotAllowed(_))));
         let api = crate::error::ApiError::Session(SessionError::RoleNotAllowed("x".into()));
@@ -893,7 +1020,10 @@ mod tests {
     fn missing_role_passes_only_with_allow_missing_role() {
         let v = firebase_with(vec![rsa_jwk("fb-1")], &[("THIRD_PARTY_ALLOW_MISSING_ROLE", "true")]);
         assert_eq!(v.verify(&rs256("fb-1", &changed("role", Value::Null)), NOW).unwrap().user_id, UID);
-        assert!(matches!(v.verify(&rs256("fb-1", &changed("role", json!("service_role"))), NOW), Err(SessionError::RoleNotAllowed(_))));
+        assert!(matches!(
+            v.verify(&rs256("fb-1", &changed("role", json!("service_role"))), NOW),
+            Err(SessionError::RoleNotAllowed(_))
+        ));
     }
 
     #[test]
@@ -907,14 +1037,32 @@ mod tests {
     #[test]
     fn provider_token_shapes_verify_with_their_real_iss_and_aud_formats() {
         let cases: Vec<(&[(&str, &str)], Value)> = vec![
-            (&[("THIRD_PARTY_AUTH0_TENANT", "my-tenant"), ("THIRD_PARTY_AUTH0_TENANT_REGION", "eu"), ("THIRD_PARTY_AUTH0_JWKS_URL", LOCAL_JWKS)],
-             json!({"iss": "https://my-tenant.eu.auth0.com/", "sub": "auth0|65f0", "aud": ["https://api.example.com", "https://my-tenant.eu.auth0.com/userinfo"], "azp": "x", "role": "authenticated", "iat": NOW, "exp": NOW + 60})),
-            (&[("THIRD_PARTY_AWS_COGNITO_USER_POOL_ID", "us-east-1_AbC123"), ("THIRD_PARTY_AWS_COGNITO_JWKS_URL", LOCAL_JWKS)],
-             json!({"iss": "https://cognito-idp.us-east-1.amazonaws.com/us-east-1_AbC123", "sub": "3f1c2b4a-1111-4a2b-9c3d-5e6f7a8b9c0d", "token_use": "access", "client_id": "abc", "role": "authenticated", "iat": NOW, "exp": NOW + 60})),
-            (&[("THIRD_PARTY_CLERK_DOMAIN", "clerk.example.com"), ("THIRD_PARTY_CLERK_JWKS_URL", LOCAL_JWKS)],
-             json!({"iss": "https://clerk.example.com", "sub": "user_2abc", "azp": "https://app.example.com", "sid": "sess_1", "role": "authenticated", "iat": NOW, "nbf": NOW - 5, "exp": NOW + 60})),
-            (&[("THIRD_PARTY_WORKOS_ISSUER_URL", "https://api.workos.com/user_management/client_01"), ("THIRD_PARTY_WORKOS_JWKS_URL", LOCAL_JWKS)],
-             json!({"iss": "https://api.workos.com/user_management/client_01", "sub": "user_01H", "sid": "session_01", "role": "authenticated", "iat": NOW, "exp": NOW + 60})),
+            (
+                &[
+                    ("THIRD_PARTY_AUTH0_TENANT", "my-tenant"),
+                    ("THIRD_PARTY_AUTH0_TENANT_REGION", "eu"),
+                    ("THIRD_PARTY_AUTH0_JWKS_URL", LOCAL_JWKS),
+                ],
+                json!({"iss": "https://my-tenant.eu.auth0.com/", "sub": "auth0|65f0", "aud": ["https://api.example.com", "https://my-tenant.eu.auth0.com/userinfo"], "azp": "x", "role": "authenticated", "iat": NOW, "exp": NOW + 60}),
+            ),
+            (
+                &[
+                    ("THIRD_PARTY_AWS_COGNITO_USER_POOL_ID", "us-east-1_AbC123"),
+                    ("THIRD_PARTY_AWS_COGNITO_JWKS_URL", LOCAL_JWKS),
+                ],
+                json!({"iss": "https://cognito-idp.us-east-1.amazonaws.com/us-east-1_AbC123", "sub": "3f1c2b4a-1111-4a2b-9c3d-5e6f7a8b9c0d", "token_use": "access", "client_id": "abc", "role": "authenticated", "iat": NOW, "exp": NOW + 60}),
+            ),
+            (
+                &[("THIRD_PARTY_CLERK_DOMAIN", "clerk.example.com"), ("THIRD_PARTY_CLERK_JWKS_URL", LOCAL_JWKS)],
+                json!({"iss": "https://clerk.example.com", "sub": "user_2abc", "azp": "https://app.example.com", "sid": "sess_1", "role": "authenticated", "iat": NOW, "nbf": NOW - 5, "exp": NOW + 60}),
+            ),
+            (
+                &[
+                    ("THIRD_PARTY_WORKOS_ISSUER_URL", "https://api.workos.com/user_management/client_01"),
+                    ("THIRD_PARTY_WORKOS_JWKS_URL", LOCAL_JWKS),
+                ],
+                json!({"iss": "https://api.workos.com/user_management/client_01", "sub": "user_01H", "sid": "session_01", "role": "authenticated", "iat": NOW, "exp": NOW + 60}),
+            ),
         ];
         for (vars, claims) in cases {
             let mut v = verifier(vars);

@@ -96,22 +96,49 @@ impl PathProblem {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FileError {
     /// The body is not a valid request (`field` names the place).
-    Malformed { field: String, message: String },
-    InvalidPath { index: usize, problem: PathProblem },
-    InvalidBucket { index: usize },
-    BucketNotAllowed { index: usize },
-    PathNotAllowed { index: usize },
-    TooLarge { index: usize, max_bytes: u64 },
-    TypeNotAllowed { index: usize },
+    Malformed {
+        field: String,
+        message: String,
+    },
+    InvalidPath {
+        index: usize,
+        problem: PathProblem,
+    },
+    InvalidBucket {
+        index: usize,
+    },
+    BucketNotAllowed {
+        index: usize,
+    },
+    PathNotAllowed {
+        index: usize,
+    },
+    TooLarge {
+        index: usize,
+        max_bytes: u64,
+    },
+    TypeNotAllowed {
+        index: usize,
+    },
     /// Storage refused (a storage policy in rls mode).
-    Denied { index: usize },
-    NotFound { index: usize },
+    Denied {
+        index: usize,
+    },
+    NotFound {
+        index: usize,
+    },
     /// An upload to a path that holds an object, without `upsert`.
-    Exists { index: usize },
+    Exists {
+        index: usize,
+    },
     /// Storage could not be reached or failed: retry later.
-    Unavailable { detail: String },
+    Unavailable {
+        detail: String,
+    },
     /// Storage answered something unexpected (configuration or a bug): detail for the log.
-    Failed { detail: String },
+    Failed {
+        detail: String,
+    },
 }
 
 impl FileError {
@@ -190,14 +217,21 @@ pub fn parse_request(op: FileOp, body: &[u8]) -> Result<FileRequest, FileError> 
     }
     let expires_in = match top.get("expires_in") {
         None | Some(Value::Null) => None,
-        Some(v) => Some(v.as_u64().filter(|n| *n > 0).ok_or_else(|| malformed("expires_in", "must be a positive whole number of seconds"))?),
+        Some(v) => Some(
+            v.as_u64()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| malformed("expires_in", "must be a positive whole number of seconds"))?,
+        ),
     };
     let Some(Value::Array(items)) = top.get("files") else { return Err(malformed("files", "must be an array")) };
     if items.is_empty() {
         return Err(malformed("files", "is empty"));
     }
     if items.len() > MAX_FILES_PER_REQUEST {
-        return Err(malformed("files", format!("has {} files; at most {MAX_FILES_PER_REQUEST} per request", items.len())));
+        return Err(malformed(
+            "files",
+            format!("has {} files; at most {MAX_FILES_PER_REQUEST} per request", items.len()),
+        ));
     }
     let mut files = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
@@ -219,7 +253,11 @@ pub fn parse_request(op: FileOp, body: &[u8]) -> Result<FileRequest, FileError> 
                 .filter(|t| t.len() <= 255 && t.contains('/') && !t.chars().any(char::is_control))
                 .ok_or_else(|| malformed(field("content_type"), "must be a content type such as image/png"))?;
             content_type = Some(kind);
-            size = Some(item.get("size").and_then(Value::as_u64).ok_or_else(|| malformed(field("size"), "must be the size in bytes"))?);
+            size = Some(
+                item.get("size")
+                    .and_then(Value::as_u64)
+                    .ok_or_else(|| malformed(field("size"), "must be the size in bytes"))?,
+            );
             upsert = match item.get("upsert") {
                 None => false,
                 Some(v) => v.as_bool().ok_or_else(|| malformed(field("upsert"), "must be true or false"))?,
@@ -354,7 +392,8 @@ pub fn interpret(
     let relative = |key: &str| body[key].as_str().filter(|u| u.starts_with('/')).map(|u| format!("{base}{u}"));
     match request.op {
         FileOp::Upload => {
-            let url = relative("url").ok_or_else(|| FileError::Failed { detail: "storage: no url in the upload signing answer".into() })?;
+            let url = relative("url")
+                .ok_or_else(|| FileError::Failed { detail: "storage: no url in the upload signing answer".into() })?;
             let headers = vec![
                 ("Content-Type".to_string(), file.content_type.clone().unwrap_or_default()),
                 ("x-upsert".to_string(), file.upsert.to_string()),
@@ -362,7 +401,8 @@ pub fn interpret(
             Ok(FileResult::Signed { url, headers, expires_in: None })
         }
         FileOp::Download => {
-            let url = relative("signedURL").ok_or_else(|| FileError::Failed { detail: "storage: no signedURL in the signing answer".into() })?;
+            let url = relative("signedURL")
+                .ok_or_else(|| FileError::Failed { detail: "storage: no signedURL in the signing answer".into() })?;
             Ok(FileResult::Signed { url, headers: vec![], expires_in: Some(download_seconds(request, settings)) })
         }
         FileOp::Delete => Ok(FileResult::Deleted { existed: true }),
@@ -458,7 +498,11 @@ mod tests {
             (FileOp::Upload, "[]", "$"),
             (FileOp::Upload, r#"{"files":[]}"#, "files"),
             (FileOp::Upload, r#"{"files":[{"bucket":"b","path":"p","size":1}]}"#, "files[0].content_type"),
-            (FileOp::Upload, r#"{"files":[{"bucket":"b","path":"p","content_type":"a/b","size":-1}]}"#, "files[0].size"),
+            (
+                FileOp::Upload,
+                r#"{"files":[{"bucket":"b","path":"p","content_type":"a/b","size":-1}]}"#,
+                "files[0].size",
+            ),
             (FileOp::Download, r#"{"files":[{"bucket":"b","path":"p","size":1}]}"#, "files[0].size"),
             (FileOp::Download, r#"{"files":[{"bucket":"b","path":"p"}],"expires_in":0}"#, "expires_in"),
             (FileOp::Delete, r#"{"files":[{"bucket":"b"}]}"#, "files[0].path"),
@@ -480,14 +524,20 @@ mod tests {
         assert_eq!(check(&upload("u2/a.jpg", "image/jpeg", 1), &s, "u1"), Err(FileError::PathNotAllowed { index: 0 }));
         assert_eq!(check(&upload("u1", "image/jpeg", 1), &s, "u1"), Err(FileError::PathNotAllowed { index: 0 }));
         assert_eq!(check(&upload("u10/a.jpg", "image/jpeg", 1), &s, "u1"), Err(FileError::PathNotAllowed { index: 0 }));
-        assert_eq!(check(&upload("u1/a.jpg", "image/jpeg", 101), &s, "u1"), Err(FileError::TooLarge { index: 0, max_bytes: 100 }));
+        assert_eq!(
+            check(&upload("u1/a.jpg", "image/jpeg", 101), &s, "u1"),
+            Err(FileError::TooLarge { index: 0, max_bytes: 100 })
+        );
         assert_eq!(check(&upload("u1/a.html", "text/html", 1), &s, "u1"), Err(FileError::TypeNotAllowed { index: 0 }));
         assert_eq!(
             check(&upload("u1/../u2/a.jpg", "image/jpeg", 1), &s, "u1"),
             Err(FileError::InvalidPath { index: 0, problem: PathProblem::DotSegment })
         );
         let other = settings(StorageMode::Service, Some("docs"));
-        assert_eq!(check(&upload("u1/a.jpg", "image/jpeg", 1), &other, "u1"), Err(FileError::BucketNotAllowed { index: 0 }));
+        assert_eq!(
+            check(&upload("u1/a.jpg", "image/jpeg", 1), &other, "u1"),
+            Err(FileError::BucketNotAllowed { index: 0 })
+        );
     }
 
     #[test]
@@ -539,7 +589,10 @@ mod tests {
     fn deletes_go_to_the_object() {
         let request = parse_request(FileOp::Delete, br#"{"files":[{"bucket":"photos","path":"u1/%.jpg"}]}"#).unwrap();
         let planned = plan(&request, &request.files[0], &settings(StorageMode::Rls, None), "t");
-        assert_eq!((planned.method, planned.url.as_str()), (Method::Delete, "https://ref.supabase.co/storage/v1/object/photos/u1/%25.jpg"));
+        assert_eq!(
+            (planned.method, planned.url.as_str()),
+            (Method::Delete, "https://ref.supabase.co/storage/v1/object/photos/u1/%25.jpg")
+        );
     }
 
     #[test]
@@ -547,24 +600,42 @@ mod tests {
         let s = settings(StorageMode::Rls, None);
         let request = upload("u1/a.jpg", "image/jpeg", 3);
         let file = &request.files[0];
-        let denied = answer(400, json!({"statusCode": "403", "error": "Unauthorized", "message": "new row violates row-level security policy"}));
+        let denied = answer(
+            400,
+            json!({"statusCode": "403", "error": "Unauthorized", "message": "new row violates row-level security policy"}),
+        );
         assert_eq!(interpret(&request, file, 2, &s, denied.clone()), Err(FileError::Denied { index: 2 }));
         let plain_403 = answer(403, json!({"statusCode": "403", "error": "Unauthorized"}));
         assert_eq!(interpret(&request, file, 0, &s, plain_403), Err(FileError::Denied { index: 0 }));
         let service = settings(StorageMode::Service, Some("photos"));
-        assert!(matches!(interpret(&request, file, 0, &service, denied), Err(FileError::Failed { .. })), "the service key refused: ours");
+        assert!(
+            matches!(interpret(&request, file, 0, &service, denied), Err(FileError::Failed { .. })),
+            "the service key refused: ours"
+        );
         let jwt_refused = answer(400, json!({"statusCode": "401", "error": "InvalidJWT"}));
-        assert!(matches!(interpret(&request, file, 0, &s, jwt_refused), Err(FileError::Failed { .. })), "Storage does not trust the issuer: configuration");
-        let exists = answer(400, json!({"statusCode": "409", "error": "Duplicate", "message": "The resource already exists"}));
+        assert!(
+            matches!(interpret(&request, file, 0, &s, jwt_refused), Err(FileError::Failed { .. })),
+            "Storage does not trust the issuer: configuration"
+        );
+        let exists =
+            answer(400, json!({"statusCode": "409", "error": "Duplicate", "message": "The resource already exists"}));
         assert_eq!(interpret(&request, file, 0, &s, exists), Err(FileError::Exists { index: 0 }));
-        assert!(matches!(interpret(&request, file, 0, &s, answer(502, json!(null))), Err(FileError::Unavailable { .. })));
+        assert!(matches!(
+            interpret(&request, file, 0, &s, answer(502, json!(null))),
+            Err(FileError::Unavailable { .. })
+        ));
         assert!(matches!(
             interpret(&request, file, 0, &s, Err(TransportError::timed_out("t"))),
             Err(FileError::Unavailable { .. })
         ));
-        assert!(matches!(interpret(&request, file, 0, &s, answer(400, json!({"statusCode": "400", "error": "InvalidJWT"}))), Err(FileError::Failed { .. })));
+        assert!(matches!(
+            interpret(&request, file, 0, &s, answer(400, json!({"statusCode": "400", "error": "InvalidJWT"}))),
+            Err(FileError::Failed { .. })
+        ));
         let signed = answer(200, json!({"url": "/object/upload/sign/photos/u1/a.jpg?token=abc"}));
-        let FileResult::Signed { url, headers, .. } = interpret(&request, file, 0, &s, signed).unwrap() else { panic!() };
+        let FileResult::Signed { url, headers, .. } = interpret(&request, file, 0, &s, signed).unwrap() else {
+            panic!()
+        };
         assert_eq!(url, "https://ref.supabase.co/storage/v1/object/upload/sign/photos/u1/a.jpg?token=abc");
         assert_eq!(headers, vec![("Content-Type".into(), "image/jpeg".into()), ("x-upsert".into(), "false".into())]);
     }

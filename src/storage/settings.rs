@@ -124,7 +124,10 @@ pub fn read(r: &mut Reader, supabase_url: Option<String>) -> Option<StorageSetti
     let download_url_seconds = r.number("STORAGE_DOWNLOAD_URL_SECONDS", DEFAULT_DOWNLOAD_URL_SECONDS, 1..=604_800);
     let allow_anonymous = r.flag("STORAGE_ALLOW_ANONYMOUS", false);
     if mode == StorageMode::Rls && allow_anonymous {
-        r.problem("STORAGE_ALLOW_ANONYMOUS", "applies to STORAGE_MODE=service only (in rls mode the storage policies decide)");
+        r.problem(
+            "STORAGE_ALLOW_ANONYMOUS",
+            "applies to STORAGE_MODE=service only (in rls mode the storage policies decide)",
+        );
     }
     let anon_key = r.get("SUPABASE_ANON_KEY");
     if anon_key.is_none() {
@@ -230,7 +233,10 @@ mod tests {
         let plain = parse_buckets("a, b").unwrap();
         assert_eq!(plain.keys().collect::<Vec<_>>(), vec!["a", "b"]);
         assert_eq!(plain["a"], BucketRules::default());
-        let json = parse_buckets(r#"{"photos":{"path":"users/{user_id}/","max_bytes":1000,"content_types":["image/*","application/PDF"]}}"#).unwrap();
+        let json = parse_buckets(
+            r#"{"photos":{"path":"users/{user_id}/","max_bytes":1000,"content_types":["image/*","application/PDF"]}}"#,
+        )
+        .unwrap();
         let rules = &json["photos"];
         assert_eq!((rules.path_template.as_str(), rules.max_bytes), ("users/{user_id}/", 1000));
         assert!(rules.allows_type("image/png") && rules.allows_type("application/pdf; charset=x"));

@@ -79,11 +79,7 @@ mod tests {
         memory.learn(Some(false), NOW, 300);
         assert_eq!(memory.route(AtomicMode::Auto, NOW), Route::Rest);
         assert_eq!(memory.route(AtomicMode::Auto, NOW + 299), Route::Rest);
-        assert_eq!(
-            memory.route(AtomicMode::Auto, NOW + 300),
-            Route::Probe,
-            "looked for again"
-        );
+        assert_eq!(memory.route(AtomicMode::Auto, NOW + 300), Route::Probe, "looked for again");
     }
 
     #[test]
@@ -93,11 +89,7 @@ mod tests {
         memory.learn(Some(true), NOW + 300, 300);
         assert_eq!(memory.route(AtomicMode::Auto, NOW + 301), Route::Probe);
         memory.learn(None, NOW + 302, 300);
-        assert_eq!(
-            memory.route(AtomicMode::Auto, NOW + 303),
-            Route::Probe,
-            "no answer teaches nothing"
-        );
+        assert_eq!(memory.route(AtomicMode::Auto, NOW + 303), Route::Probe, "no answer teaches nothing");
     }
 
     #[test]
@@ -105,9 +97,6 @@ mod tests {
         let mut memory = AtomicFunction::default();
         memory.learn(Some(false), NOW, 300);
         assert_eq!(memory.route(AtomicMode::Always, NOW), Route::Atomic);
-        assert_eq!(
-            AtomicFunction::default().route(AtomicMode::Never, NOW),
-            Route::Rest
-        );
+        assert_eq!(AtomicFunction::default().route(AtomicMode::Never, NOW), Route::Rest);
     }
 }

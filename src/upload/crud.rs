@@ -297,9 +297,7 @@ impl Row {
 
     /// The row as a JSON object (values parsed; for dead letters, logs and tests).
     pub fn to_map(&self) -> Map<String, Value> {
-        self.iter()
-            .map(|(name, raw)| (name.to_string(), serde_json::from_str(raw).unwrap_or(Value::Null)))
-            .collect()
+        self.iter().map(|(name, raw)| (name.to_string(), serde_json::from_str(raw).unwrap_or(Value::Null))).collect()
     }
 }
 
@@ -751,7 +749,8 @@ impl<'de> DeserializeSeed<'de> for TransactionSeed<'_, '_> {
 
 impl TransactionSeed<'_, '_> {
     fn wrong(self, what: &str, found: &str) -> Option<Transaction> {
-        self.reader.fault(malformed(format!("transactions[{}]", self.index), format!("expected {what}, found {found}")));
+        self.reader
+            .fault(malformed(format!("transactions[{}]", self.index), format!("expected {what}, found {found}")));
         None
     }
 }
@@ -785,7 +784,10 @@ impl<'de> Visitor<'de> for TransactionSeed<'_, '_> {
                     (transaction_id, id_fault) = match raw.get().as_bytes().first() {
                         Some(b'n') => (None, None),
                         Some(b'"' | b'-' | b'0'..=b'9') => (serde_json::from_str::<Value>(raw.get()).ok(), None),
-                        _ => (None, Some(malformed(format!("{path}.transaction_id"), expected("a number or a string", raw)))),
+                        _ => (
+                            None,
+                            Some(malformed(format!("{path}.transaction_id"), expected("a number or a string", raw))),
+                        ),
                     };
                 }
                 Some("crud") if already_failed => {
@@ -818,7 +820,9 @@ impl<'de> Visitor<'de> for TransactionSeed<'_, '_> {
                 self.reader.fault(fault);
                 Ok(None)
             }
-            Ok(Some(entries)) if !already_failed && !self.reader.failed() => Ok(Some(Transaction { transaction_id, entries })),
+            Ok(Some(entries)) if !already_failed && !self.reader.failed() => {
+                Ok(Some(Transaction { transaction_id, entries }))
+            }
             Ok(_) => Ok(None),
         }
     }
@@ -983,7 +987,9 @@ impl<'de> RawEntry<'de> {
             None => return Err(malformed(id_path(), "missing".to_string())),
             Some(raw) if is_null(raw) => return Err(malformed(id_path(), "missing".to_string())),
             Some(raw) => match (string_of(raw), kind_of(raw)) {
-                (Some(text), _) if text.is_empty() => return Err(malformed(id_path(), "must not be empty".to_string())),
+                (Some(text), _) if text.is_empty() => {
+                    return Err(malformed(id_path(), "must not be empty".to_string()))
+                }
                 (Some(text), _) => text.into_owned(),
                 (None, "a number") => match serde_json::from_str::<serde_json::Number>(raw.get()) {
                     Ok(number) => number.to_string(),
@@ -1023,7 +1029,8 @@ impl<'de> RawEntry<'de> {
             None => None,
             Some((_, raw)) if is_null(raw) => None,
             Some((_, raw)) if raw.get().starts_with('{') => Some(
-                Row::parse(raw.get()).map_err(|e| malformed(path.to_string(), format!("unreadable previous values: {e}")))?,
+                Row::parse(raw.get())
+                    .map_err(|e| malformed(path.to_string(), format!("unreadable previous values: {e}")))?,
             ),
             Some((slot, raw)) => {
                 return Err(malformed(format!("{path}.{}", FIELD_NAMES[slot]), expected("an object or null", raw)))
@@ -1036,7 +1043,10 @@ impl<'de> RawEntry<'de> {
             Some(raw) if is_null(raw) => None,
             Some(raw) => match string_of(raw) {
                 Some(text) if text.len() > MAX_METADATA_BYTES => {
-                    return Err(malformed(format!("{path}.metadata"), format!("longer than {MAX_METADATA_BYTES} bytes")))
+                    return Err(malformed(
+                        format!("{path}.metadata"),
+                        format!("longer than {MAX_METADATA_BYTES} bytes"),
+                    ))
                 }
                 Some(text) => Some(text.into_owned()),
                 None => return Err(malformed(format!("{path}.metadata"), expected("a string or null", raw))),
@@ -1131,7 +1141,10 @@ mod tests {
             ] {
                 let parsed = parse_value(body).unwrap();
                 let entry = &parsed[0].entries[0];
-                assert_eq!(entry.previous, Some(Row::from_map(json!({"title": "old", "done": null}).as_object().unwrap())));
+                assert_eq!(
+                    entry.previous,
+                    Some(Row::from_map(json!({"title": "old", "done": null}).as_object().unwrap()))
+                );
                 assert_eq!(entry.metadata.as_deref(), Some("edited offline"));
                 assert_eq!(
                     entry.to_json(),
@@ -1162,12 +1175,20 @@ mod tests {
             "batch[0].previous_values"
         );
         assert_eq!(
-            malformed_path(json!({"batch": [{"op": "DELETE", "table": "t", "id": "a", "previousValues": {"x": 1}, "old": {"x": 2}}]})),
+            malformed_path(
+                json!({"batch": [{"op": "DELETE", "table": "t", "id": "a", "previousValues": {"x": 1}, "old": {"x": 2}}]})
+            ),
             "batch[0].old"
         );
-        assert_eq!(malformed_path(json!({"batch": [{"op": "DELETE", "table": "t", "id": "a", "metadata": 5}]})), "batch[0].metadata");
+        assert_eq!(
+            malformed_path(json!({"batch": [{"op": "DELETE", "table": "t", "id": "a", "metadata": 5}]})),
+            "batch[0].metadata"
+        );
         let long = "m".repeat(MAX_METADATA_BYTES + 1);
-        assert_eq!(malformed_path(json!({"batch": [{"op": "DELETE", "table": "t", "id": "a", "metadata": long}]})), "batch[0].metadata");
+        assert_eq!(
+            malformed_path(json!({"batch": [{"op": "DELETE", "table": "t", "id": "a", "metadata": long}]})),
+            "batch[0].metadata"
+        );
     }
 
     #[test]
@@ -1229,7 +1250,8 @@ mod tests {
     fn client_id_is_read_beside_every_shape() {
         let limits = Limits::default();
         let read = |body: Value| parse_upload(body.to_string().as_bytes(), &limits);
-        let upload = read(json!({"client_id": "c-1", "transactions": [{"transaction_id": 3, "crud": []}]})).expect("valid");
+        let upload =
+            read(json!({"client_id": "c-1", "transactions": [{"transaction_id": 3, "crud": []}]})).expect("valid");
         assert_eq!(upload.client_id.as_deref(), Some("c-1"));
         assert_eq!(upload.transactions.len(), 1);
         assert_eq!(read(json!({"batch": [], "client_id": "c-2"})).expect("valid").client_id.as_deref(), Some("c-2"));

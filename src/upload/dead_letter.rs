@@ -117,9 +117,8 @@ pub fn unchanged_record(count: usize, unchanged: &[usize]) -> (FailedOperation, 
              from the writer by row-level security or another owner"
         ),
     );
-    let states = (0..count)
-        .map(|i| if unchanged.contains(&i) { EntryState::Unchanged } else { EntryState::Applied })
-        .collect();
+    let states =
+        (0..count).map(|i| if unchanged.contains(&i) { EntryState::Unchanged } else { EntryState::Applied }).collect();
     (failure, states)
 }
 
@@ -201,8 +200,22 @@ mod tests {
         Transaction {
             transaction_id: id,
             entries: vec![
-                Entry { op: Op::Put, table: "todos".to_string(), id: "a".to_string(), data: Default::default(), previous: None, metadata: None },
-                Entry { op: Op::Delete, table: "todos".to_string(), id: "b".to_string(), data: Default::default(), previous: None, metadata: None },
+                Entry {
+                    op: Op::Put,
+                    table: "todos".to_string(),
+                    id: "a".to_string(),
+                    data: Default::default(),
+                    previous: None,
+                    metadata: None,
+                },
+                Entry {
+                    op: Op::Delete,
+                    table: "todos".to_string(),
+                    id: "b".to_string(),
+                    data: Default::default(),
+                    previous: None,
+                    metadata: None,
+                },
             ],
         }
     }
@@ -292,7 +305,14 @@ mod tests {
         data.insert("ti\u{0}tle".to_string(), json!(["x\u{0}y", {"k": "\u{0}"}]));
         let transaction = Transaction {
             transaction_id: Some(json!("t\u{0}")),
-            entries: vec![Entry { op: Op::Put, table: "todos".to_string(), id: "a\u{0}b".to_string(), data: data.into(), previous: None, metadata: None }],
+            entries: vec![Entry {
+                op: Op::Put,
+                table: "todos".to_string(),
+                id: "a\u{0}b".to_string(),
+                data: data.into(),
+                previous: None,
+                metadata: None,
+            }],
         };
         let failure = FailedOperation::new(Some(0), "invalid_id", "nul");
         let request = request(&settings, &caller(), &transaction, &failure, &[EntryState::Failed]);

@@ -74,8 +74,8 @@ use super::atomic_function::Route;
 use super::crud::Transaction;
 use super::dead_letter::{self, EntryState};
 use super::outcome::{
-    affected_rows, atomic_answer, classify, op_index_from_hint, unexpected_response, FailedOperation, TransactionResult,
-    UploadReport, Verdict, SCHEMA_DRIFT_RETRY_AFTER_SECONDS, UNEXPECTED_RESPONSE,
+    affected_rows, atomic_answer, classify, op_index_from_hint, unexpected_response, FailedOperation,
+    TransactionResult, UploadReport, Verdict, SCHEMA_DRIFT_RETRY_AFTER_SECONDS, UNEXPECTED_RESPONSE,
 };
 use super::plan::{self, Check, PlannedRequest};
 use super::settings::{AtomicMode, UploadSettings, WriteMode};
@@ -145,9 +145,15 @@ pub async fn apply_with<T: Transport>(
                     let too_big = too_big(worst_case(&requests), budget, dead_letter_cost, &settings.atomic_function);
                     match plan::atomic_request(transaction, settings, caller) {
                         Some(call) if dead_letter_cost < remaining => {
-                            let ending =
-                                send(vec![call], transaction.entries.len(), settings, transport, &mut report, dead_letter_cost)
-                                    .await;
+                            let ending = send(
+                                vec![call],
+                                transaction.entries.len(),
+                                settings,
+                                transport,
+                                &mut report,
+                                dead_letter_cost,
+                            )
+                            .await;
                             Some(match ending {
                                 Ending::Retryable(failure, _) | Ending::Fatal(failure, _)
                                     if function_missing(&failure) =>
@@ -157,7 +163,8 @@ pub async fn apply_with<T: Transport>(
                                 }
                                 Ending::Retryable(failure, _) if failure.code == QUERY_CANCELED => {
                                     let fallback = (transaction, settings, caller, dead_letter_cost);
-                                    let (ending, reason) = after_timeout(fallback, failure, transport, &mut report).await;
+                                    let (ending, reason) =
+                                        after_timeout(fallback, failure, transport, &mut report).await;
                                     via_rest = reason;
                                     ending
                                 }
@@ -172,7 +179,9 @@ pub async fn apply_with<T: Transport>(
                 }
                 Ok(requests) if worst_case(&requests) + dead_letter_cost > remaining => None,
                 Ok(requests) => {
-                    match send(requests, transaction.entries.len(), settings, transport, &mut report, dead_letter_cost).await {
+                    match send(requests, transaction.entries.len(), settings, transport, &mut report, dead_letter_cost)
+                        .await
+                    {
                         Ending::Retryable(failure, _) if atomic && failure.code == QUERY_CANCELED => {
                             let fallback = (transaction, settings, caller, dead_letter_cost);
                             let (ending, reason) = after_timeout(fallback, failure, transport, &mut report).await;
@@ -299,7 +308,8 @@ async fn after_timeout<T: Transport>(
          notify pgrst, 'reload config')"
     );
     let operator_wait = settings.retry_after_seconds.max(SCHEMA_DRIFT_RETRY_AFTER_SECONDS);
-    let cancelled = format!("the atomic call of this transaction ({entries} entries) was cancelled by the statement timeout");
+    let cancelled =
+        format!("the atomic call of this transaction ({entries} entries) was cancelled by the statement timeout");
     if settings.atomic == AtomicMode::Always {
         failure.message = format!(
             "{}; {cancelled}, and UPLOAD_ATOMIC=true keeps every transaction all-or-nothing, so it waits: \
@@ -448,7 +458,10 @@ async fn send<T: Transport>(
                         unchanged.extend(result.unchanged);
                         Verdict::Applied
                     }
-                    None => not_postgrest(response, "the atomic function's result: a JSON object with a numeric \"applied\""),
+                    None => not_postgrest(
+                        response,
+                        "the atomic function's result: a JSON object with a numeric \"applied\"",
+                    ),
                 }
             }
             (Check::Atomic, verdict, _) => with_atomic_index(verdict, planned.entries.len()),
@@ -498,7 +511,9 @@ async fn send<T: Transport>(
             Verdict::Applied => match (&planned.check, is_half) {
                 (Check::OwnerCheck { .. }, _) => {}
                 (Check::Atomic, _) => mark(&mut states, planned.entries.clone(), EntryState::Applied),
-                (Check::Upsert { row_entries }, true) => mark(&mut states, row_entries.iter().copied(), EntryState::Applied),
+                (Check::Upsert { row_entries }, true) => {
+                    mark(&mut states, row_entries.iter().copied(), EntryState::Applied)
+                }
                 _ => mark(&mut states, planned.entries.clone(), EntryState::Applied),
             },
             Verdict::Fatal(failure) if failure.code == CARDINALITY_VIOLATION && splittable.is_some() => {
@@ -796,20 +811,22 @@ async fn record_dead_letter<T: Transport>(
     let (answer, sent) = send_resending_once(transport, request, may_resend).await;
     report.subrequests += sent;
     report.resent += sent - 1;
-    let (error, retry_after) = match (classify(&answer, None, &settings.error_class_overrides, settings.mode.api_role()), &answer) {
-        (Verdict::Applied, Ok(response)) if dead_letter::is_recorded(&response.body) => {
-            report.dead_letters += 1;
-            return Ok(());
-        }
-        (Verdict::Applied, _) => {
-            // A 2xx that is not the function's answer (a catch-all server, a proxy): not recorded.
-            let mut error = FailedOperation::new(None, "unexpected_response", "the answer is not a dead letter's id");
-            error.http_status = answer.as_ref().ok().map(|response| response.status);
-            (error, None)
-        }
-        (Verdict::Fatal(error), _) => (error, None),
-        (Verdict::Retryable { failure: error, retry_after_seconds }, _) => (error, retry_after_seconds),
-    };
+    let (error, retry_after) =
+        match (classify(&answer, None, &settings.error_class_overrides, settings.mode.api_role()), &answer) {
+            (Verdict::Applied, Ok(response)) if dead_letter::is_recorded(&response.body) => {
+                report.dead_letters += 1;
+                return Ok(());
+            }
+            (Verdict::Applied, _) => {
+                // A 2xx that is not the function's answer (a catch-all server, a proxy): not recorded.
+                let mut error =
+                    FailedOperation::new(None, "unexpected_response", "the answer is not a dead letter's id");
+                error.http_status = answer.as_ref().ok().map(|response| response.status);
+                (error, None)
+            }
+            (Verdict::Fatal(error), _) => (error, None),
+            (Verdict::Retryable { failure: error, retry_after_seconds }, _) => (error, retry_after_seconds),
+        };
     report.dead_letter_failures += 1;
     let status = error.http_status.map_or_else(|| "no answer".to_string(), |s| format!("HTTP {s}"));
     report.dead_letter_errors.push(format!("dead-letter call {function} failed: {} ({status})", error.code));

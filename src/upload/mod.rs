@@ -42,8 +42,8 @@ pub mod settings;
 
 use std::fmt;
 
-pub use crud::{parse, parse_upload, CrudError, Entry, Limits, Op, Transaction, Upload};
 pub use atomic_function::{AtomicFunction, Route};
+pub use crud::{parse, parse_upload, CrudError, Entry, Limits, Op, Transaction, Upload};
 pub use delivery::{apply, apply_with};
 pub use outcome::{FailedOperation, Status, StatusCounts, TransactionResult, UploadReport};
 pub use settings::{from_lookup, AtomicMode, UploadSettings, WriteMode};
@@ -91,7 +91,11 @@ mod tests {
 
     /// PostgREST's answer to a counted write that changed `rows` rows.
     fn counted(status: u16, rows: usize) -> Answer {
-        Ok(HttpResponse { status, headers: vec![("Content-Range".to_string(), format!("*/{rows}"))], body: String::new() })
+        Ok(HttpResponse {
+            status,
+            headers: vec![("Content-Range".to_string(), format!("*/{rows}"))],
+            body: String::new(),
+        })
     }
 
     /// A 2xx without anything PostgREST sends: no `Content-Range`, an empty body.
@@ -220,9 +224,8 @@ mod tests {
 
     fn rows_sent(request: &crate::http::HttpRequest) -> Vec<String> {
         let rows: Value = serde_json::from_str(request.body.as_deref().unwrap_or("null")).unwrap_or(Value::Null);
-        rows.as_array().map_or_else(Vec::new, |rows| {
-            rows.iter().map(|r| r["id"].as_str().unwrap_or("?").to_string()).collect()
-        })
+        rows.as_array()
+            .map_or_else(Vec::new, |rows| rows.iter().map(|r| r["id"].as_str().unwrap_or("?").to_string()).collect())
     }
 
     fn puts(ids: &[&str]) -> Transaction {
@@ -259,7 +262,10 @@ mod tests {
         ]);
         let report = run(&[puts(&["a", "b", "c", "d"])], &settings(), &transport);
         let failure = report.results[0].failed_operation.clone().expect("failure");
-        assert_eq!((report.results[0].status, failure.index, failure.code.as_str()), (Status::FatalError, Some(2), "23505"));
+        assert_eq!(
+            (report.results[0].status, failure.index, failure.code.as_str()),
+            (Status::FatalError, Some(2), "23505")
+        );
     }
 
     #[test]
@@ -488,7 +494,8 @@ mod tests {
         let mut s = settings();
         s.subrequest_budget = 5;
         s.dead_letter_table = Some("dead".to_string());
-        let answers = (0..10).map(|n| if n % 2 == 0 { error(400, "23502", "null value") } else { recorded() }).collect();
+        let answers =
+            (0..10).map(|n| if n % 2 == 0 { error(400, "23502", "null value") } else { recorded() }).collect();
         let transport = FakeTransport::scripted(answers);
         let report = run(&(0..5).map(tx).collect::<Vec<_>>(), &s, &transport);
         assert_eq!(
@@ -536,7 +543,10 @@ mod tests {
         })]);
         let report = run(&[big(4)], &s, &transport);
         let failure = report.results[0].failed_operation.clone().expect("failure");
-        assert_eq!((report.results[0].status, failure.index, failure.code.as_str()), (Status::FatalError, Some(2), "22P02"));
+        assert_eq!(
+            (report.results[0].status, failure.index, failure.code.as_str()),
+            (Status::FatalError, Some(2), "22P02")
+        );
     }
 
     #[test]
@@ -544,7 +554,8 @@ mod tests {
         let mut s = settings();
         s.subrequest_budget = 4;
         s.dead_letter_table = Some("dead".to_string());
-        let transport = FakeTransport::scripted(vec![error(404, "PGRST202", "Could not find the function"), recorded(), ok(201)]);
+        let transport =
+            FakeTransport::scripted(vec![error(404, "PGRST202", "Could not find the function"), recorded(), ok(201)]);
         let report = run(&[big(4), tx(2)], &s, &transport);
         assert_eq!(statuses(&report), vec![Status::FatalError, Status::Success]);
         let failure = report.results[0].failed_operation.clone().expect("failure");
@@ -672,7 +683,11 @@ mod tests {
         assert_eq!(statuses(&report), vec![Status::RetryableError, Status::NotAttempted]);
         let kept = report.results[0].failed_operation.clone().expect("failure");
         assert_eq!((kept.code.as_str(), kept.http_status), ("dead_letter_failed", Some(403)));
-        assert!(report.dead_letter_errors[0].contains("powersync_record_dead_letter"), "{:?}", report.dead_letter_errors);
+        assert!(
+            report.dead_letter_errors[0].contains("powersync_record_dead_letter"),
+            "{:?}",
+            report.dead_letter_errors
+        );
     }
 
     #[test]
@@ -854,7 +869,8 @@ mod tests {
     #[test]
     fn foreign_row_found_in_the_databases_spelling_is_reported_at_its_own_entry() {
         let upper = "A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11";
-        for (sent, stored) in [(upper, r#"[{"id":"a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"}]"#), ("007", r#"[{"id":7}]"#)] {
+        for (sent, stored) in [(upper, r#"[{"id":"a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"}]"#), ("007", r#"[{"id":7}]"#)]
+        {
             let transaction = Transaction {
                 transaction_id: None,
                 entries: vec![entry(Op::Put, "x", json!({})), entry(Op::Put, sent, json!({}))],
@@ -893,7 +909,10 @@ mod tests {
 
     #[test]
     fn transaction_the_atomic_function_had_already_applied_is_a_success_saying_so() {
-        let transport = FakeTransport::scripted(vec![ok_body(r#"{"applied": 0, "already_applied": true}"#), ok_body(r#"{"applied": 1}"#)]);
+        let transport = FakeTransport::scripted(vec![
+            ok_body(r#"{"applied": 0, "already_applied": true}"#),
+            ok_body(r#"{"applied": 1}"#),
+        ]);
         let report = run_on(Route::Atomic, &[tx(1), tx(2)], &transport);
         assert_eq!(statuses(&report), vec![Status::Success, Status::Success]);
         assert!(!report.needs_retry());
@@ -902,7 +921,8 @@ mod tests {
         assert_eq!(body["results"][1], json!({"status": "success", "transaction_id": 2}), "no field when applied now");
         assert_eq!(body["applied"], json!(2));
         assert_eq!(report.log_summary()["already_applied"], json!(1));
-        let sent: Value = serde_json::from_str(transport.sent()[0].body.as_deref().unwrap_or("")).unwrap_or(Value::Null);
+        let sent: Value =
+            serde_json::from_str(transport.sent()[0].body.as_deref().unwrap_or("")).unwrap_or(Value::Null);
         assert_eq!((sent["client_id"].as_str(), sent["transaction_id"].as_str()), (Some("client-1"), Some("1")));
     }
 
@@ -951,10 +971,15 @@ mod tests {
 
     #[test]
     fn rest_write_answered_2xx_without_a_row_count_is_unexpected_and_retryable() {
-        for answer in [bare(201), bare(204), ok_body("<html>It works!</html>"), counted(201, 1).map(|mut r| {
-            r.headers = vec![("Content-Range".to_string(), "*/*".to_string())];
-            r
-        })] {
+        for answer in [
+            bare(201),
+            bare(204),
+            ok_body("<html>It works!</html>"),
+            counted(201, 1).map(|mut r| {
+                r.headers = vec![("Content-Range".to_string(), "*/*".to_string())];
+                r
+            }),
+        ] {
             let transport = FakeTransport::scripted(vec![answer]);
             let report = run(&[tx(1), tx(2)], &settings(), &transport);
             assert_eq!(statuses(&report), vec![Status::RetryableError, Status::NotAttempted]);
@@ -972,7 +997,10 @@ mod tests {
         let transport = FakeTransport::scripted(vec![counted(204, 1), bare(204)]);
         let report = run(std::slice::from_ref(&transaction), &settings(), &transport);
         assert_eq!(statuses(&report), vec![Status::RetryableError]);
-        assert_eq!((failure_of(&report, 0).code.as_str(), failure_of(&report, 0).index), ("unexpected_response", Some(1)));
+        assert_eq!(
+            (failure_of(&report, 0).code.as_str(), failure_of(&report, 0).index),
+            ("unexpected_response", Some(1))
+        );
     }
 
     #[test]
@@ -1017,8 +1045,13 @@ mod tests {
                 entry(Op::Delete, "hidden", Value::Null),
             ],
         };
-        let transport =
-            FakeTransport::scripted(vec![counted(201, 1), counted(204, 0), counted(204, 1), counted(201, 1), counted(204, 0)]);
+        let transport = FakeTransport::scripted(vec![
+            counted(201, 1),
+            counted(204, 0),
+            counted(204, 1),
+            counted(201, 1),
+            counted(204, 0),
+        ]);
         let report = run(std::slice::from_ref(&transaction), &settings(), &transport);
         assert_eq!(statuses(&report), vec![Status::Success]);
         assert_eq!(report.results[0].unchanged, vec![1, 5]);
@@ -1081,7 +1114,10 @@ mod tests {
         let report = run(&[transaction, tx(5)], &conflict_settings(), &transport);
         assert_eq!(statuses(&report), vec![Status::Conflict, Status::Success]);
         let result = report.body()["results"][0].clone();
-        assert_eq!((result["status"].clone(), result["failed_operation"]["index"].clone()), (json!("conflict"), json!(0)));
+        assert_eq!(
+            (result["status"].clone(), result["failed_operation"]["index"].clone()),
+            (json!("conflict"), json!(0))
+        );
         assert_eq!(result["failed_operation"]["code"], json!("conflict"));
         assert_eq!(result["failed_operation"]["details"], Value::Null, "the server's row is not sent back");
         let urls: Vec<String> = transport.sent().iter().map(|r| r.url.clone()).collect();
@@ -1119,9 +1155,13 @@ mod tests {
         let mut s = conflict_settings();
         s.dead_letter_table = Some("dead".to_string());
         let mut delete = entry(Op::Delete, "a", Value::Null);
-        delete.previous = Some(json!({"id": "a", "title": "seen", "note": null}).as_object().cloned().unwrap_or_default().into());
-        let transport =
-            FakeTransport::scripted(vec![counted(204, 0), rows(json!([{"id": "a", "title": "theirs", "note": null}])), recorded()]);
+        delete.previous =
+            Some(json!({"id": "a", "title": "seen", "note": null}).as_object().cloned().unwrap_or_default().into());
+        let transport = FakeTransport::scripted(vec![
+            counted(204, 0),
+            rows(json!([{"id": "a", "title": "theirs", "note": null}])),
+            recorded(),
+        ]);
         let report = run(&[Transaction { transaction_id: Some(json!(3)), entries: vec![delete] }], &s, &transport);
         assert_eq!(statuses(&report), vec![Status::Conflict]);
         let sent = transport.sent();
@@ -1138,7 +1178,11 @@ mod tests {
     #[test]
     fn without_conflict_detection_previous_values_change_nothing() {
         let transport = FakeTransport::scripted(vec![counted(204, 0)]);
-        let report = run(&[Transaction { transaction_id: Some(json!(1)), entries: vec![stale_patch()] }], &settings(), &transport);
+        let report = run(
+            &[Transaction { transaction_id: Some(json!(1)), entries: vec![stale_patch()] }],
+            &settings(),
+            &transport,
+        );
         assert_eq!(statuses(&report), vec![Status::Success]);
         assert_eq!(report.results[0].unchanged, vec![0]);
         assert_eq!(transport.sent()[0].url, "https://p.supabase.co/rest/v1/todos?id=eq.a");
@@ -1149,11 +1193,16 @@ mod tests {
         let mut s = conflict_settings();
         s.atomic = AtomicMode::Always;
         let transport = FakeTransport::scripted(vec![counted(204, 1), ok_body(r#"{"applied":1}"#)]);
-        let plain = Transaction { transaction_id: Some(json!(2)), entries: vec![entry(Op::Patch, "b", json!({"x": 1}))] };
-        let report = run(&[Transaction { transaction_id: Some(json!(1)), entries: vec![stale_patch()] }, plain], &s, &transport);
+        let plain =
+            Transaction { transaction_id: Some(json!(2)), entries: vec![entry(Op::Patch, "b", json!({"x": 1}))] };
+        let report =
+            run(&[Transaction { transaction_id: Some(json!(1)), entries: vec![stale_patch()] }, plain], &s, &transport);
         assert_eq!(statuses(&report), vec![Status::Success, Status::Success]);
         assert!(transport.sent()[0].url.contains("title=eq.seen"));
-        assert!(transport.sent()[1].url.ends_with("/rpc/powersync_apply_transaction"), "without previous values: atomic");
+        assert!(
+            transport.sent()[1].url.ends_with("/rpc/powersync_apply_transaction"),
+            "without previous values: atomic"
+        );
     }
 
     #[test]
@@ -1162,7 +1211,8 @@ mod tests {
         s.subrequest_budget = 4;
         // tx 1 (one PUT) leaves 3 of 4: the conditional PATCH with its two possible reads needs 3
         // plus nothing reserved, so it is sent; a second one would need 3 more: not attempted.
-        let transport = FakeTransport::scripted(vec![counted(201, 1), counted(204, 0), rows(json!([])), counted(204, 1)]);
+        let transport =
+            FakeTransport::scripted(vec![counted(201, 1), counted(204, 0), rows(json!([])), counted(204, 1)]);
         let second = Transaction { transaction_id: Some(json!(3)), entries: vec![stale_patch()] };
         let report = run(
             &[tx(1), Transaction { transaction_id: Some(json!(2)), entries: vec![stale_patch()] }, second],
@@ -1219,7 +1269,8 @@ mod tests {
         assert_eq!(statuses(&report), vec![Status::Success, Status::Success]);
         assert_eq!(report.results[0].unchanged, vec![1]);
         assert_eq!(report.dead_letters, 1);
-        let body: Value = serde_json::from_str(transport.sent()[2].body.as_deref().unwrap_or("")).unwrap_or(Value::Null);
+        let body: Value =
+            serde_json::from_str(transport.sent()[2].body.as_deref().unwrap_or("")).unwrap_or(Value::Null);
         assert!(transport.sent()[2].url.ends_with(RECORD_PATH));
         assert_eq!((body["code"].clone(), body["op_index"].clone()), (json!("unchanged"), json!(1)));
         assert_eq!(states_of(&body), vec!["applied", "unchanged"]);
@@ -1231,9 +1282,14 @@ mod tests {
         let mut s = settings();
         s.dead_letter_table = Some("dead".to_string());
         s.dead_letter_unchanged = true;
-        let transport = FakeTransport::scripted(vec![counted(201, 1), counted(204, 0), error(404, "PGRST202", "no function")]);
+        let transport =
+            FakeTransport::scripted(vec![counted(201, 1), counted(204, 0), error(404, "PGRST202", "no function")]);
         let report = run(&[put_then_patch_of_a_gone_row()], &s, &transport);
-        assert_eq!(statuses(&report), vec![Status::Success], "applied is applied: re-sending would not record it better");
+        assert_eq!(
+            statuses(&report),
+            vec![Status::Success],
+            "applied is applied: re-sending would not record it better"
+        );
         assert_eq!(report.results[0].unchanged, vec![1], "the client still learns it");
         assert_eq!((report.dead_letters, report.dead_letter_failures), (0, 1));
         assert!(report.dead_letter_errors[0].contains("PGRST202"), "{:?}", report.dead_letter_errors);
@@ -1252,7 +1308,10 @@ mod tests {
         assert_eq!(transport.sent().len(), 1);
         assert_eq!(report.results[0].unchanged, vec![0, 1, 2]);
         let transport = FakeTransport::scripted(vec![counted(204, 3)]);
-        assert_eq!(run(&[deletes(&["a", "b", "c"])], &settings(), &transport).results[0].unchanged, Vec::<usize>::new());
+        assert_eq!(
+            run(&[deletes(&["a", "b", "c"])], &settings(), &transport).results[0].unchanged,
+            Vec::<usize>::new()
+        );
         // the same row twice is one row: deleting it once is all there is to change
         let transport = FakeTransport::scripted(vec![counted(204, 1)]);
         assert_eq!(run(&[deletes(&["a", "a"])], &settings(), &transport).results[0].unchanged, Vec::<usize>::new());
@@ -1297,8 +1356,14 @@ mod tests {
         assert!(report.retry_after_seconds >= 60);
         let failure = failure_of(&report, 0);
         assert_eq!(failure.code, "42501");
-        assert!(failure.message.contains("grant select, insert, update, delete on table public.todos to authenticated"));
-        assert_eq!((transport.sent().len(), report.dead_letters), (1, 0), "no dead letter: nothing was refused for good");
+        assert!(failure
+            .message
+            .contains("grant select, insert, update, delete on table public.todos to authenticated"));
+        assert_eq!(
+            (transport.sent().len(), report.dead_letters),
+            (1, 0),
+            "no dead letter: nothing was refused for good"
+        );
         // service mode: the service role's GRANT
         let transport = FakeTransport::scripted(vec![ok_body("[]"), permission_denied("table todos")]);
         let report = run(&[tx(1)], &service(), &transport);
@@ -1318,7 +1383,8 @@ mod tests {
 
     #[test]
     fn probe_of_a_function_the_role_may_not_execute_applies_the_upload_through_rest() {
-        let transport = FakeTransport::scripted(vec![permission_denied("function powersync_apply_transaction"), ok(201)]);
+        let transport =
+            FakeTransport::scripted(vec![permission_denied("function powersync_apply_transaction"), ok(201)]);
         let report = run_on(Route::Probe, &[tx(1)], &transport);
         assert_eq!(statuses(&report), vec![Status::Success]);
         assert_eq!(report.atomic_function, Some(false));
@@ -1371,7 +1437,12 @@ mod tests {
         }
     }
 
-    fn run_with(route: Route, settings: &UploadSettings, transactions: &[Transaction], transport: &FakeTransport) -> UploadReport {
+    fn run_with(
+        route: Route,
+        settings: &UploadSettings,
+        transactions: &[Transaction],
+        transport: &FakeTransport,
+    ) -> UploadReport {
         let caller = Caller { client_id: Some("client-1".to_string()), ..caller() };
         block_on(apply_with(transactions, settings, &caller, transport, route))
     }
@@ -1412,12 +1483,19 @@ mod tests {
     fn rest_fallback_failing_for_good_is_fatal_says_so_and_dead_letters_what_rest_applied() {
         let mut s = settings();
         s.dead_letter_table = Some("dead".to_string());
-        let transport =
-            FakeTransport::scripted(vec![statement_timeout(), ok(201), error(409, "23505", "duplicate key"), recorded()]);
+        let transport = FakeTransport::scripted(vec![
+            statement_timeout(),
+            ok(201),
+            error(409, "23505", "duplicate key"),
+            recorded(),
+        ]);
         let report = run_with(Route::Probe, &s, &[mixed("big")], &transport);
         assert_eq!(statuses(&report), vec![Status::FatalError]);
         let result = report.body()["results"][0].clone();
-        assert_eq!((result["failed_operation"]["code"].clone(), result["failed_operation"]["index"].clone()), (json!("23505"), json!(1)));
+        assert_eq!(
+            (result["failed_operation"]["code"].clone(), result["failed_operation"]["index"].clone()),
+            (json!("23505"), json!(1))
+        );
         assert_eq!(result["applied_via"], json!("rest"), "the app learns that the first PUT stayed applied");
         let sent = transport.sent();
         assert!(sent[3].url.ends_with(RECORD_PATH));
@@ -1428,7 +1506,11 @@ mod tests {
     fn timed_out_transaction_whose_rest_requests_do_not_fit_what_is_left_waits_for_the_next_upload() {
         let mut s = settings();
         s.subrequest_budget = 4;
-        let transport = FakeTransport::scripted(vec![ok_body(r#"{"applied": 1}"#), ok_body(r#"{"applied": 1}"#), statement_timeout()]);
+        let transport = FakeTransport::scripted(vec![
+            ok_body(r#"{"applied": 1}"#),
+            ok_body(r#"{"applied": 1}"#),
+            statement_timeout(),
+        ]);
         let report = run_with(Route::Probe, &s, &[tx(1), tx(2), mixed("big"), tx(4)], &transport);
         assert_eq!(
             statuses(&report),
@@ -1491,7 +1573,8 @@ mod tests {
 
     #[test]
     fn bulk_upsert_cancelled_by_the_statement_timeout_is_sent_again_in_halves() {
-        let transport = FakeTransport::scripted(vec![statement_timeout(), ok(201), statement_timeout(), ok(201), ok(201)]);
+        let transport =
+            FakeTransport::scripted(vec![statement_timeout(), ok(201), statement_timeout(), ok(201), ok(201)]);
         let report = run(&[puts(&["a", "b", "c", "d"])], &settings(), &transport);
         assert_eq!(statuses(&report), vec![Status::Success]);
         let sent: Vec<Vec<String>> = transport.sent().iter().map(rows_sent).collect();

@@ -565,7 +565,10 @@ pub fn affected_rows(response: &HttpResponse) -> Option<u64> {
     let (range, total) = value.split_once('/')?;
     let range_ok = range == "*"
         || range.split_once('-').is_some_and(|(a, b)| {
-            !a.is_empty() && !b.is_empty() && a.bytes().all(|c| c.is_ascii_digit()) && b.bytes().all(|c| c.is_ascii_digit())
+            !a.is_empty()
+                && !b.is_empty()
+                && a.bytes().all(|c| c.is_ascii_digit())
+                && b.bytes().all(|c| c.is_ascii_digit())
         });
     if !range_ok || total.is_empty() || !total.bytes().all(|c| c.is_ascii_digit()) {
         return None;
@@ -648,7 +651,8 @@ pub fn missing_grant(message: &str, role: &str) -> Option<String> {
     // longest kind first: "materialized view" before "view", "foreign table" before "table"
     let mut kinds = KINDS;
     kinds.sort_by_key(|(kind, _)| std::cmp::Reverse(kind.len()));
-    let (kind, template) = kinds.iter().find(|(kind, _)| rest.strip_prefix(kind).is_some_and(|r| r.starts_with(' ')))?;
+    let (kind, template) =
+        kinds.iter().find(|(kind, _)| rest.strip_prefix(kind).is_some_and(|r| r.starts_with(' ')))?;
     let name = rest[kind.len()..].trim();
     if name.is_empty() {
         return None;
@@ -927,7 +931,11 @@ mod tests {
         let verdict = classify(&with_message(403, "42501", "permission denied for table todos"), Some(2));
         let Verdict::Retryable { failure, retry_after_seconds } = &verdict else { panic!("{verdict:?}") };
         assert_eq!((failure.code.as_str(), failure.index, failure.http_status), ("42501", Some(2), Some(403)));
-        assert_eq!(*retry_after_seconds, Some(SCHEMA_DRIFT_RETRY_AFTER_SECONDS), "a migration's wait, like schema drift");
+        assert_eq!(
+            *retry_after_seconds,
+            Some(SCHEMA_DRIFT_RETRY_AFTER_SECONDS),
+            "a migration's wait, like schema drift"
+        );
         assert!(failure.message.starts_with("permission denied for table todos: "), "{}", failure.message);
         assert!(
             failure.message.ends_with("grant select, insert, update, delete on table public.todos to authenticated"),
@@ -948,7 +956,10 @@ mod tests {
     #[test]
     fn permission_denied_for_every_object_kind_names_its_grant() {
         for (message, grant) in [
-            ("permission denied for view open_todos", "grant select, insert, update, delete on table public.open_todos to r"),
+            (
+                "permission denied for view open_todos",
+                "grant select, insert, update, delete on table public.open_todos to r",
+            ),
             ("permission denied for sequence todos_id_seq", "grant usage on sequence public.todos_id_seq to r"),
             ("permission denied for schema app", "grant usage on schema app to r"),
             (
@@ -962,7 +973,10 @@ mod tests {
                 "permission denied for column \"done\" of relation \"todos\"",
                 "grant select (done), insert (done), update (done) on table public.todos to r",
             ),
-            ("permission denied for table My Todos", "grant select, insert, update, delete on table public.\"My Todos\" to r"),
+            (
+                "permission denied for table My Todos",
+                "grant select, insert, update, delete on table public.\"My Todos\" to r",
+            ),
         ] {
             assert_eq!(missing_grant(message, "r").as_deref(), Some(grant), "{message}");
             let verdict = super::classify(&with_message(403, "42501", message), None, &ClassOverrides::default(), "r");
@@ -1029,9 +1043,16 @@ mod tests {
             atomic_answer(r#"{"applied": 0, "already_applied": true}"#, 3),
             Some(AtomicAnswer { already_applied: true, unchanged: vec![] })
         );
-        for body in ["", "null", "[]", "{}", r#"{"applied": "3"}"#, "<html>ok</html>", r#"{"applied": 1, "unchanged": "0"}"#,
-                     r#"{"applied": 1, "unchanged": [-1]}"#]
-        {
+        for body in [
+            "",
+            "null",
+            "[]",
+            "{}",
+            r#"{"applied": "3"}"#,
+            "<html>ok</html>",
+            r#"{"applied": 1, "unchanged": "0"}"#,
+            r#"{"applied": 1, "unchanged": [-1]}"#,
+        ] {
             assert_eq!(atomic_answer(body, 3), None, "{body}");
         }
     }
@@ -1039,7 +1060,10 @@ mod tests {
     #[test]
     fn unexpected_response_names_the_status_and_a_short_clean_excerpt() {
         let failure = unexpected_response(Some(1), &with_range(201, None, ""), "the function's result");
-        assert_eq!((failure.code.as_str(), failure.index, failure.http_status), ("unexpected_response", Some(1), Some(201)));
+        assert_eq!(
+            (failure.code.as_str(), failure.index, failure.http_status),
+            ("unexpected_response", Some(1), Some(201))
+        );
         assert!(failure.message.starts_with("HTTP 201 from Supabase with an empty body"), "{}", failure.message);
         let html = format!("<html>\u{1b}[31m\r\n{}</html>", "x".repeat(1000));
         let failure = unexpected_response(None, &with_range(200, None, &html), "x");
@@ -1055,7 +1079,10 @@ mod tests {
         assert_eq!(result.to_json(), json!({"status": "success", "transaction_id": 4, "unchanged": [1, 3]}));
         let result = TransactionResult::success_with_unchanged(Some(json!(4)), vec![]);
         assert_eq!(result.to_json(), json!({"status": "success", "transaction_id": 4}));
-        let report = UploadReport { results: vec![TransactionResult::success_with_unchanged(None, vec![0, 2])], ..UploadReport::default() };
+        let report = UploadReport {
+            results: vec![TransactionResult::success_with_unchanged(None, vec![0, 2])],
+            ..UploadReport::default()
+        };
         assert_eq!(report.log_summary()["unchanged_entries"], json!(2));
     }
 
@@ -1164,7 +1191,9 @@ mod tests {
 
     #[test]
     fn payment_required_without_a_code_is_retryable() {
-        for body in ["", r#"{"message":"Service for this project is restricted due to exceeding quota"}"#, "<html>402</html>"] {
+        for body in
+            ["", r#"{"message":"Service for this project is restricted due to exceeding quota"}"#, "<html>402</html>"]
+        {
             let verdict = classify(&answer(402, body), Some(0));
             assert!(is_retryable(&verdict), "{body}");
             assert_eq!(code(&verdict), "http_402");

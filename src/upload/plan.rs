@@ -576,7 +576,12 @@ impl<'e> Planner<'e> {
     /// differ per entry, so it is never merged).
     fn add_conditional(&mut self, index: usize, entry: &Entry, data: Option<String>, conditions: Conditions) {
         self.flush();
-        let row = format!("{}?id={}{}", self.context.table_url(&entry.table), filter::eq(&entry.id), self.context.owner_filter());
+        let row = format!(
+            "{}?id={}{}",
+            self.context.table_url(&entry.table),
+            filter::eq(&entry.id),
+            self.context.owner_filter()
+        );
         let write_url = format!("{row}{}", conditions.previous);
         let request = match data {
             Some(data) => self.context.request(Method::Patch, write_url).json_body(data),
@@ -755,7 +760,14 @@ mod tests {
     }
 
     fn e(op: Op, table: &str, id: &str, data: Value) -> Entry {
-        Entry { op, table: table.to_string(), id: id.to_string(), data: data.as_object().cloned().unwrap_or_default().into(), previous: None, metadata: None }
+        Entry {
+            op,
+            table: table.to_string(),
+            id: id.to_string(),
+            data: data.as_object().cloned().unwrap_or_default().into(),
+            previous: None,
+            metadata: None,
+        }
     }
 
     fn put(id: &str, data: Value) -> Entry {
@@ -840,7 +852,11 @@ mod tests {
         assert_eq!(r.request.url, "https://p.supabase.co/rest/v1/todos?id=eq.a");
         assert_eq!(
             headers(r),
-            vec![("apikey", "anon-key"), ("Authorization", "Bearer user-token"), ("Prefer", "return=minimal,count=exact")]
+            vec![
+                ("apikey", "anon-key"),
+                ("Authorization", "Bearer user-token"),
+                ("Prefer", "return=minimal,count=exact")
+            ]
         );
         assert_eq!(r.request.body, None);
     }
@@ -848,7 +864,8 @@ mod tests {
     #[test]
     fn every_upsert_names_id_as_its_conflict_target() {
         for settings in [settings(), service()] {
-            let requests = plan(vec![put("a", json!({})), put("b", json!({"x": 1})), put("c", json!({"x": 2}))], &settings);
+            let requests =
+                plan(vec![put("a", json!({})), put("b", json!({"x": 1})), put("c", json!({"x": 2}))], &settings);
             let upserts: Vec<&str> =
                 requests.iter().filter(|r| r.request.method == Method::Post).map(|r| r.request.url.as_str()).collect();
             assert_eq!(upserts.len(), 2);
@@ -1001,9 +1018,16 @@ mod tests {
         ] {
             assert_eq!(cast_key(spelling), uuid, "{spelling}");
         }
-        for (spelling, key) in
-            [("1", "1"), ("01", "1"), ("+1", "1"), (" 1 ", "1"), ("1_000", "1000"), ("-0", "0"), ("000", "0"), ("-07", "-7")]
-        {
+        for (spelling, key) in [
+            ("1", "1"),
+            ("01", "1"),
+            ("+1", "1"),
+            (" 1 ", "1"),
+            ("1_000", "1000"),
+            ("-0", "0"),
+            ("000", "0"),
+            ("-07", "-7"),
+        ] {
             assert_eq!(cast_key(spelling), key, "{spelling}");
         }
         assert_eq!(cast_key("Abc "), "abc");

@@ -102,7 +102,10 @@ impl<'a> Columns<'a> {
 
     /// About the length [`write_json`](Self::write_json) appends (for buffer sizes).
     pub fn json_len(&self) -> usize {
-        self.row.text_len() + 4 * self.row.len() + self.set.iter().map(|(n, v)| n.len() + v.len() + 4).sum::<usize>() + 2
+        self.row.text_len()
+            + 4 * self.row.len()
+            + self.set.iter().map(|(n, v)| n.len() + v.len() + 4).sum::<usize>()
+            + 2
     }
 
     pub fn to_json_string(&self) -> String {
@@ -259,7 +262,14 @@ mod tests {
 
     #[test]
     fn put_row_writes_id_and_owner_as_json_strings() {
-        let entry = Entry { op: Op::Put, table: "t".into(), id: "a\"b".into(), data: row(json!({"x": 1})), previous: None, metadata: None };
+        let entry = Entry {
+            op: Op::Put,
+            table: "t".into(),
+            id: "a\"b".into(),
+            data: row(json!({"x": 1})),
+            previous: None,
+            metadata: None,
+        };
         let text = put_row(&entry, &service(), "u\\1").to_json_string();
         assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), json!({"id": "a\"b", "owner": "u\\1", "x": 1}));
     }

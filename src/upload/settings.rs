@@ -137,10 +137,8 @@ impl UploadSettings {
 /// Whether a session is an anonymous sign-in: Supabase's `is_anonymous: true`, or a Firebase
 /// ID token's `firebase.sign_in_provider: "anonymous"`.
 pub fn is_anonymous(claims: &serde_json::Map<String, serde_json::Value>) -> bool {
-    let firebase_anonymous = claims
-        .get("firebase")
-        .and_then(|f| f.get("sign_in_provider"))
-        .is_some_and(|p| p.as_str() == Some("anonymous"));
+    let firebase_anonymous =
+        claims.get("firebase").and_then(|f| f.get("sign_in_provider")).is_some_and(|p| p.as_str() == Some("anonymous"));
     claims.get("is_anonymous").and_then(serde_json::Value::as_bool).unwrap_or(false) || firebase_anonymous
 }
 
@@ -420,10 +418,7 @@ fn identifier(r: &mut Reader, name: &str) -> Option<String> {
     if is_identifier(&value) {
         Some(value)
     } else {
-        r.problem(
-            name,
-            format!("{value:?} is not a plain identifier (letters, digits, _; not starting with a digit)"),
-        );
+        r.problem(name, format!("{value:?} is not a plain identifier (letters, digits, _; not starting with a digit)"));
         None
     }
 }
@@ -668,14 +663,15 @@ mod tests {
                 "{bad}"
             );
         }
-        let s = read_vars(&[("SUPABASE_URL", " http://127.0.0.1:54321// \n"), ("SUPABASE_ANON_KEY", "k")]).expect("valid");
+        let s =
+            read_vars(&[("SUPABASE_URL", " http://127.0.0.1:54321// \n"), ("SUPABASE_ANON_KEY", "k")]).expect("valid");
         assert_eq!(s.supabase_url, "http://127.0.0.1:54321");
     }
 
     #[test]
     fn keys_are_trimmed_and_must_not_contain_spaces() {
-        let s =
-            read_vars(&[("SUPABASE_URL", "https://a.co"), ("SUPABASE_ANON_KEY", "  sb_publishable_x\n")]).expect("valid");
+        let s = read_vars(&[("SUPABASE_URL", "https://a.co"), ("SUPABASE_ANON_KEY", "  sb_publishable_x\n")])
+            .expect("valid");
         assert_eq!(s.anon_key, "sb_publishable_x");
         assert_eq!(
             problem_names(&[("SUPABASE_URL", "https://a.co"), ("SUPABASE_ANON_KEY", "a b")]),
@@ -796,8 +792,12 @@ mod tests {
 
     #[test]
     fn service_mode_refuses_firebase_anonymous_sign_ins_unless_allowed() {
-        let anonymous = claims(serde_json::json!({"sub": "kq3sX9vRZbT1bCq4nW0pYf7LmA82", "firebase": {"sign_in_provider": "anonymous"}}));
-        let password = claims(serde_json::json!({"sub": "kq3sX9vRZbT1bCq4nW0pYf7LmA82", "firebase": {"sign_in_provider": "password"}}));
+        let anonymous = claims(
+            serde_json::json!({"sub": "kq3sX9vRZbT1bCq4nW0pYf7LmA82", "firebase": {"sign_in_provider": "anonymous"}}),
+        );
+        let password = claims(
+            serde_json::json!({"sub": "kq3sX9vRZbT1bCq4nW0pYf7LmA82", "firebase": {"sign_in_provider": "password"}}),
+        );
         let service = read_vars(&with(&SERVICE)).expect("valid");
         assert!(!service.admits(&anonymous));
         assert!(service.admits(&password));
@@ -828,7 +828,10 @@ mod tests {
         assert_eq!(mode("  "), AtomicMode::Auto, "blank counts as unset");
         let s = read_vars(&with(&[("UPLOAD_ATOMIC_RECHECK_SECONDS", "2")])).expect("valid");
         assert_eq!(s.atomic_recheck_seconds, 2);
-        assert_eq!(problem_names(&with(&[("UPLOAD_ATOMIC_RECHECK_SECONDS", "0")])), vec!["UPLOAD_ATOMIC_RECHECK_SECONDS"]);
+        assert_eq!(
+            problem_names(&with(&[("UPLOAD_ATOMIC_RECHECK_SECONDS", "0")])),
+            vec!["UPLOAD_ATOMIC_RECHECK_SECONDS"]
+        );
     }
 
     #[test]
@@ -872,18 +875,30 @@ mod tests {
     #[test]
     fn recording_unchanged_entries_is_off_by_default_and_needs_the_dead_letter_table() {
         assert!(!read_vars(&with(&[])).expect("valid").dead_letter_unchanged);
-        assert_eq!(problem_names(&with(&[("UPLOAD_DEAD_LETTER_UNCHANGED", "true")])), vec!["UPLOAD_DEAD_LETTER_UNCHANGED"]);
-        let s = read_vars(&with(&[("UPLOAD_DEAD_LETTER_UNCHANGED", "true"), ("UPLOAD_DEAD_LETTER_TABLE", DEAD_LETTER_TABLE)]))
-            .expect("valid");
+        assert_eq!(
+            problem_names(&with(&[("UPLOAD_DEAD_LETTER_UNCHANGED", "true")])),
+            vec!["UPLOAD_DEAD_LETTER_UNCHANGED"]
+        );
+        let s = read_vars(&with(&[
+            ("UPLOAD_DEAD_LETTER_UNCHANGED", "true"),
+            ("UPLOAD_DEAD_LETTER_TABLE", DEAD_LETTER_TABLE),
+        ]))
+        .expect("valid");
         assert!(s.dead_letter_unchanged);
-        assert_eq!(problem_names(&with(&[("UPLOAD_DEAD_LETTER_UNCHANGED", "maybe")])), vec!["UPLOAD_DEAD_LETTER_UNCHANGED"]);
+        assert_eq!(
+            problem_names(&with(&[("UPLOAD_DEAD_LETTER_UNCHANGED", "maybe")])),
+            vec!["UPLOAD_DEAD_LETTER_UNCHANGED"]
+        );
     }
 
     #[test]
     fn conflict_detection_is_off_by_default_and_a_flag() {
         assert!(!read_vars(&with(&[])).expect("valid").conflict_detection);
         assert!(read_vars(&with(&[("UPLOAD_CONFLICT_DETECTION", "true")])).expect("valid").conflict_detection);
-        assert_eq!(problem_names(&with(&[("UPLOAD_CONFLICT_DETECTION", "sometimes")])), vec!["UPLOAD_CONFLICT_DETECTION"]);
+        assert_eq!(
+            problem_names(&with(&[("UPLOAD_CONFLICT_DETECTION", "sometimes")])),
+            vec!["UPLOAD_CONFLICT_DETECTION"]
+        );
     }
 
     #[test]
@@ -899,9 +914,12 @@ mod tests {
 
     #[test]
     fn blank_optional_values_count_as_unset() {
-        let s =
-            read_vars(&with(&[("UPLOAD_MODE", " "), ("UPLOAD_SUBREQUEST_BUDGET", ""), ("UPLOAD_DEAD_LETTER_TABLE", "\n")]))
-                .expect("valid");
+        let s = read_vars(&with(&[
+            ("UPLOAD_MODE", " "),
+            ("UPLOAD_SUBREQUEST_BUDGET", ""),
+            ("UPLOAD_DEAD_LETTER_TABLE", "\n"),
+        ]))
+        .expect("valid");
         assert_eq!(s.mode, WriteMode::Rls);
         assert_eq!(s.subrequest_budget, 45);
         assert_eq!(s.dead_letter_table, None);

@@ -122,7 +122,12 @@ pub fn replay_request(supabase_url: &str, service_key: &str, id: i64) -> Request
 }
 
 pub fn discard_request(supabase_url: &str, service_key: &str, id: i64, reason: &str) -> Request {
-    rest::rpc(supabase_url, service_key, "powersync_discard_dead_letter", json!({"dead_letter_id": id, "reason": reason}))
+    rest::rpc(
+        supabase_url,
+        service_key,
+        "powersync_discard_dead_letter",
+        json!({"dead_letter_id": id, "reason": reason}),
+    )
 }
 
 /// The rows of a list/show answer, or what went wrong with the fix when it is a setup problem.
@@ -137,8 +142,13 @@ pub fn rows(response: &Response) -> Result<Vec<Value>, String> {
         Some("42P01") | Some("PGRST205") => {
             format!("{} (the dead-letter table is not installed: run sql/dead_letter.sql)", response.describe())
         }
-        Some("42501") => format!("{} (run sql/dead_letter.sql again: it grants service_role what it needs)", response.describe()),
-        Some("42703") => format!("{} (the dead-letter table is outdated: run sql/dead_letter.sql again, it upgrades in place)", response.describe()),
+        Some("42501") => {
+            format!("{} (run sql/dead_letter.sql again: it grants service_role what it needs)", response.describe())
+        }
+        Some("42703") => format!(
+            "{} (the dead-letter table is outdated: run sql/dead_letter.sql again, it upgrades in place)",
+            response.describe()
+        ),
         _ => response.describe(),
     })
 }
@@ -148,7 +158,11 @@ pub fn rows(response: &Response) -> Result<Vec<Value>, String> {
 pub fn outcome(id: i64, response: &Response) -> (bool, Value) {
     if response.status == 200 {
         if let Some(answer) = response.json() {
-            let ok = answer.get("replayed").and_then(Value::as_bool).or(answer.get("discarded").and_then(Value::as_bool)).unwrap_or(false);
+            let ok = answer
+                .get("replayed")
+                .and_then(Value::as_bool)
+                .or(answer.get("discarded").and_then(Value::as_bool))
+                .unwrap_or(false);
             return (ok, answer);
         }
     }
@@ -157,8 +171,15 @@ pub fn outcome(id: i64, response: &Response) -> (bool, Value) {
         _ => json!({"message": response.describe()}),
     };
     let hint = match response.error_code().as_deref() {
-        Some("PGRST202") | Some("42883") => Some("the function is missing or outdated: run sql/dead_letter.sql (and sql/atomic_upload.sql for replay)"),
-        Some("42501") if error.get("message").and_then(Value::as_str).is_some_and(|m| m.contains("permission denied for function")) => {
+        Some("PGRST202") | Some("42883") => {
+            Some("the function is missing or outdated: run sql/dead_letter.sql (and sql/atomic_upload.sql for replay)")
+        }
+        Some("42501")
+            if error
+                .get("message")
+                .and_then(Value::as_str)
+                .is_some_and(|m| m.contains("permission denied for function")) =>
+        {
             Some("run sql/dead_letter.sql again: it grants EXECUTE to service_role")
         }
         _ => None,
@@ -266,7 +287,8 @@ mod tests {
         );
         let replayed = list_request(URL, "k", &Selection { state: State::Replayed, limit: 1, ..Default::default() }, 0);
         assert!(replayed.url.contains("&replayed_at=not.is.null&"));
-        let discarded = list_request(URL, "k", &Selection { state: State::Discarded, limit: 1, ..Default::default() }, 0);
+        let discarded =
+            list_request(URL, "k", &Selection { state: State::Discarded, limit: 1, ..Default::default() }, 0);
         assert!(discarded.url.contains("&discarded_at=not.is.null&"));
     }
 
@@ -289,7 +311,10 @@ mod tests {
     fn show_replay_and_discard_requests_are_exact() {
         assert_eq!(show_request(URL, "k", 7).url, format!("{URL}/rest/v1/powersync_dead_letters?select=*&id=eq.7"));
         let replay = replay_request(URL, "k", 7);
-        assert_eq!((replay.method, replay.url.as_str()), ("POST", "https://p.supabase.co/rest/v1/rpc/powersync_replay_dead_letter"));
+        assert_eq!(
+            (replay.method, replay.url.as_str()),
+            ("POST", "https://p.supabase.co/rest/v1/rpc/powersync_replay_dead_letter")
+        );
         assert_eq!(replay.body, Some(json!({"dead_letter_id": 7})));
         let discard = discard_request(URL, "k", 7, "duplicate of 6");
         assert_eq!(discard.url, format!("{URL}/rest/v1/rpc/powersync_discard_dead_letter"));
@@ -300,13 +325,19 @@ mod tests {
     fn outcome_tells_done_refused_and_missing_function_apart() {
         let done = Response { status: 200, body: r#"{"applied":2,"replayed":true,"dead_letter_id":7}"#.into() };
         assert_eq!(outcome(7, &done), (true, json!({"applied": 2, "replayed": true, "dead_letter_id": 7})));
-        let failed = Response { status: 200, body: r#"{"applied":0,"replayed":false,"error":{"code":"23514"}}"#.into() };
+        let failed =
+            Response { status: 200, body: r#"{"applied":0,"replayed":false,"error":{"code":"23514"}}"#.into() };
         assert!(!outcome(7, &failed).0);
-        let refused = Response { status: 400, body: r#"{"code":"55000","message":"dead letter 7 was already replayed"}"#.into() };
+        let refused =
+            Response { status: 400, body: r#"{"code":"55000","message":"dead letter 7 was already replayed"}"#.into() };
         let (ok, answer) = outcome(7, &refused);
         assert!(!ok);
-        assert_eq!(answer, json!({"dead_letter_id": 7, "error": {"code": "55000", "message": "dead letter 7 was already replayed"}}));
-        let missing = Response { status: 404, body: r#"{"code":"PGRST202","message":"Could not find the function"}"#.into() };
+        assert_eq!(
+            answer,
+            json!({"dead_letter_id": 7, "error": {"code": "55000", "message": "dead letter 7 was already replayed"}})
+        );
+        let missing =
+            Response { status: 404, body: r#"{"code":"PGRST202","message":"Could not find the function"}"#.into() };
         assert!(outcome(7, &missing).1["fix"].as_str().unwrap().contains("sql/dead_letter.sql"));
         let discarded = Response { status: 200, body: r#"{"dead_letter_id":7,"discarded":true}"#.into() };
         assert!(outcome(7, &discarded).0);
@@ -316,9 +347,11 @@ mod tests {
     fn rows_explain_a_missing_or_outdated_table() {
         let ok = Response { status: 200, body: r#"[{"id":1}]"#.into() };
         assert_eq!(rows(&ok), Ok(vec![json!({"id": 1})]));
-        let missing = Response { status: 404, body: r#"{"code":"PGRST205","message":"Could not find the table"}"#.into() };
+        let missing =
+            Response { status: 404, body: r#"{"code":"PGRST205","message":"Could not find the table"}"#.into() };
         assert!(rows(&missing).unwrap_err().contains("run sql/dead_letter.sql"));
-        let outdated = Response { status: 400, body: r#"{"code":"42703","message":"column discarded_at does not exist"}"#.into() };
+        let outdated =
+            Response { status: 400, body: r#"{"code":"42703","message":"column discarded_at does not exist"}"#.into() };
         assert!(rows(&outdated).unwrap_err().contains("upgrades in place"));
     }
 
@@ -330,7 +363,10 @@ mod tests {
             {"op": "DELETE", "table": "t", "id": "c", "state": "not_attempted"}]});
         assert_eq!(
             pending_entries(&row),
-            vec![json!({"op": "PATCH", "table": "t", "id": "b", "data": {"x": 1}}), json!({"op": "DELETE", "table": "t", "id": "c"})]
+            vec![
+                json!({"op": "PATCH", "table": "t", "id": "b", "data": {"x": 1}}),
+                json!({"op": "DELETE", "table": "t", "id": "c"})
+            ]
         );
         let listed = format_list(&[
             json!({"id": 1, "created_at": "t0", "user_id": "u", "code": "23514", "message": "check\nviolated", "replayed_at": null, "discarded_at": null, "replay_error": null}),

@@ -40,12 +40,14 @@ fn warning(problem: impl Into<String>, fix: impl Into<String>) -> Finding {
 
 pub const WRITE_PRIVILEGES: [&str; 4] = ["DELETE", "INSERT", "SELECT", "UPDATE"];
 pub const LEDGER_CLAIM: &str = "public.powersync_upload_ledger_claim(text, text, text, text, timestamptz)";
-pub const RECORD: &str = "public.powersync_record_dead_letter(jsonb, text, text, text, text, text, integer, jsonb, text, text, text[])";
+pub const RECORD: &str =
+    "public.powersync_record_dead_letter(jsonb, text, text, text, text, text, integer, jsonb, text, text, text[])";
 pub const REPLAY: &str = "public.powersync_replay_dead_letter(bigint)";
 pub const DISCARD: &str = "public.powersync_discard_dead_letter(bigint, text)";
 /// Columns of the dead-letter table this version relies on (added over time: their absence
 /// means sql/dead_letter.sql is outdated).
-pub const DEAD_LETTER_COLUMNS: [&str; 7] = ["client_id", "dedup_key", "discard_reason", "discarded_at", "entries", "recorded_as", "replay_error"];
+pub const DEAD_LETTER_COLUMNS: [&str; 7] =
+    ["client_id", "dedup_key", "discard_reason", "discarded_at", "entries", "recorded_as", "replay_error"];
 
 /// A table to check: `schema.name`, the columns it must have, and why it is checked.
 #[derive(Debug, Clone, PartialEq)]
@@ -106,13 +108,22 @@ pub fn expectations(settings: &UploadSettings, tables: &[String]) -> Expectation
     let atomic = match settings.atomic {
         AtomicMode::Never => None,
         mode => {
-            let name = if settings.atomic_function.contains('.') { settings.atomic_function.clone() } else { format!("public.{}", settings.atomic_function) };
+            let name = if settings.atomic_function.contains('.') {
+                settings.atomic_function.clone()
+            } else {
+                format!("public.{}", settings.atomic_function)
+            };
             Some((format!("{name}(jsonb, text, text, text, text)"), mode == AtomicMode::Always))
         }
     };
     if atomic.is_some() {
         for t in ["powersync_upload_ledger", "powersync_upload_ledger_settings"] {
-            checks.push(TableCheck { schema: "public".into(), name: t.into(), columns: vec![], kind: TableKind::Ledger });
+            checks.push(TableCheck {
+                schema: "public".into(),
+                name: t.into(),
+                columns: vec![],
+                kind: TableKind::Ledger,
+            });
         }
     }
     let dead_letters = settings.dead_letter_table.is_some();
@@ -143,12 +154,21 @@ impl Expectations {
 
 /// `POST /rest/v1/rpc/powersync_doctor` for `expected`.
 pub fn catalog_request(supabase_url: &str, service_key: &str, expected: &Expectations) -> Request {
-    let tables: Vec<Value> = expected.tables.iter().map(|t| json!({"schema": t.schema, "name": t.name, "columns": t.columns})).collect();
-    rest::rpc(supabase_url, service_key, "powersync_doctor", json!({"tables": tables, "functions": expected.functions()}))
+    let tables: Vec<Value> =
+        expected.tables.iter().map(|t| json!({"schema": t.schema, "name": t.name, "columns": t.columns})).collect();
+    rest::rpc(
+        supabase_url,
+        service_key,
+        "powersync_doctor",
+        json!({"tables": tables, "functions": expected.functions()}),
+    )
 }
 
 fn privileges_of(table: &Value, role: &str) -> BTreeSet<String> {
-    table["privileges"][role].as_array().map(|a| a.iter().filter_map(|p| p.as_str().map(String::from)).collect()).unwrap_or_default()
+    table["privileges"][role]
+        .as_array()
+        .map(|a| a.iter().filter_map(|p| p.as_str().map(String::from)).collect())
+        .unwrap_or_default()
 }
 
 /// Problems in the catalog answer (or in getting it).
@@ -168,7 +188,10 @@ pub fn check_catalog(expected: &Expectations, response: &Response, supabase_url:
                 _ if response.status == 401 => "SUPABASE_SERVICE_ROLE_KEY (or --service-key) is not this project's service_role / secret key",
                 _ => "check SUPABASE_URL and the service key",
             };
-            return vec![blocking(format!("cannot read the database's setup through powersync_doctor: {}", response.describe()), fix)];
+            return vec![blocking(
+                format!("cannot read the database's setup through powersync_doctor: {}", response.describe()),
+                fix,
+            )];
         }
     };
     let mut findings = vec![];
@@ -184,14 +207,23 @@ pub fn check_catalog(expected: &Expectations, response: &Response, supabase_url:
         if table["exists"] != json!(true) {
             findings.push(match sql_file {
                 Some(file) => blocking(format!("table {name} is missing"), format!("run {file}")),
-                None => blocking(format!("uploaded table {name} does not exist"), format!("create it, or remove '{}' from UPLOAD_TABLES / --tables", check.name)),
+                None => blocking(
+                    format!("uploaded table {name} does not exist"),
+                    format!("create it, or remove '{}' from UPLOAD_TABLES / --tables", check.name),
+                ),
             });
             continue;
         }
-        let missing: Vec<String> = table["missing_columns"].as_array().map(|a| a.iter().filter_map(|c| c.as_str().map(String::from)).collect()).unwrap_or_default();
+        let missing: Vec<String> = table["missing_columns"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|c| c.as_str().map(String::from)).collect())
+            .unwrap_or_default();
         if !missing.is_empty() {
             findings.push(match sql_file {
-                Some(file) => blocking(format!("table {name} is outdated (no column {})", missing.join(", ")), format!("run {file} again (it upgrades in place, keeping rows)")),
+                Some(file) => blocking(
+                    format!("table {name} is outdated (no column {})", missing.join(", ")),
+                    format!("run {file} again (it upgrades in place, keeping rows)"),
+                ),
                 None => blocking(
                     format!("uploaded table {name} has no column {}", missing.join(", ")),
                     "add it (the owner column is UPLOAD_OWNER_COLUMN in service mode; every PowerSync table has id)",
@@ -204,13 +236,18 @@ pub fn check_catalog(expected: &Expectations, response: &Response, supabase_url:
                 let lacking: Vec<&str> = WRITE_PRIVILEGES.iter().copied().filter(|p| !held.contains(*p)).collect();
                 if !lacking.is_empty() {
                     findings.push(blocking(
-                        format!("{role} lacks {} on {name}: every upload to it stays queued (42501)", lacking.join(", ")),
+                        format!(
+                            "{role} lacks {} on {name}: every upload to it stays queued (42501)",
+                            lacking.join(", ")
+                        ),
                         format!("grant select, insert, update, delete on table {name} to {role};"),
                     ));
                 }
                 if expected.rls_mode && table["rls"] != json!(true) {
                     findings.push(blocking(
-                        format!("row-level security is off on {name}: in rls mode any signed-in user may write any row"),
+                        format!(
+                            "row-level security is off on {name}: in rls mode any signed-in user may write any row"
+                        ),
                         format!("alter table {name} enable row level security; (and add policies for the owner)"),
                     ));
                 }
@@ -250,17 +287,30 @@ pub fn check_catalog(expected: &Expectations, response: &Response, supabase_url:
         if !exists {
             let always = expected.atomic.as_ref().is_some_and(|(_, always)| *always);
             findings.push(if is_atomic && !always {
-                warning(format!("{signature} is missing: uploads go through REST requests, not all-or-nothing"), format!("run {file}"))
+                warning(
+                    format!("{signature} is missing: uploads go through REST requests, not all-or-nothing"),
+                    format!("run {file}"),
+                )
             } else if tool {
-                warning(format!("{signature} is missing (outdated {file}): devtool dead-letters cannot use it"), format!("run {file} again"))
+                warning(
+                    format!("{signature} is missing (outdated {file}): devtool dead-letters cannot use it"),
+                    format!("run {file} again"),
+                )
             } else {
-                blocking(format!("{signature} is missing: uploads that need it stay queued"), format!("run {file} (again: it upgrades in place)"))
+                blocking(
+                    format!("{signature} is missing: uploads that need it stay queued"),
+                    format!("run {file} (again: it upgrades in place)"),
+                )
             });
         } else if !executes(required_role) {
             let name = signature.split('(').next().unwrap_or_default();
             let problem = format!("{required_role} may not execute {signature}");
             let fix = format!("run {file} again, or: grant execute on function {name} to {required_role};");
-            findings.push(if tool { warning(problem, fix) } else { blocking(format!("{problem}: uploads that need it stay queued (42501)"), fix) });
+            findings.push(if tool {
+                warning(problem, fix)
+            } else {
+                blocking(format!("{problem}: uploads that need it stay queued (42501)"), fix)
+            });
         }
     }
     findings
@@ -269,10 +319,16 @@ pub fn check_catalog(expected: &Expectations, response: &Response, supabase_url:
 /// The worker's `/health`: reachable, and every part configured.
 pub fn check_health(worker_url: &str, response: &Response) -> Vec<Finding> {
     if response.status == 0 {
-        return vec![blocking(format!("the worker is not reachable at {worker_url}: {}", response.describe()), "check --worker-url and that the worker is deployed (wrangler deploy)")];
+        return vec![blocking(
+            format!("the worker is not reachable at {worker_url}: {}", response.describe()),
+            "check --worker-url and that the worker is deployed (wrangler deploy)",
+        )];
     }
     let Some(body) = response.json() else {
-        return vec![blocking(format!("{worker_url}/health is not the bridge's: {}", response.describe()), "check --worker-url (the worker's own URL, e.g. https://name.account.workers.dev)")];
+        return vec![blocking(
+            format!("{worker_url}/health is not the bridge's: {}", response.describe()),
+            "check --worker-url (the worker's own URL, e.g. https://name.account.workers.dev)",
+        )];
     };
     let mut findings = vec![];
     for part in ["session", "powersync", "upload"] {
@@ -281,15 +337,25 @@ pub fn check_health(worker_url: &str, response: &Response) -> Vec<Finding> {
         }
         let problems: Vec<String> = body[part]["problems"]
             .as_array()
-            .map(|a| a.iter().map(|p| format!("{}: {}", p["name"].as_str().unwrap_or("?"), p["message"].as_str().unwrap_or("?"))).collect())
+            .map(|a| {
+                a.iter()
+                    .map(|p| format!("{}: {}", p["name"].as_str().unwrap_or("?"), p["message"].as_str().unwrap_or("?")))
+                    .collect()
+            })
             .unwrap_or_default();
         findings.push(blocking(
-            format!("the worker's {part} settings are not usable: {}", if problems.is_empty() { "no details".to_string() } else { problems.join("; ") }),
+            format!(
+                "the worker's {part} settings are not usable: {}",
+                if problems.is_empty() { "no details".to_string() } else { problems.join("; ") }
+            ),
             "set them as secrets (wrangler secret put NAME) or in wrangler.toml [vars], then deploy",
         ));
     }
     if findings.is_empty() && response.status != 200 {
-        findings.push(blocking(format!("{worker_url}/health answers {}", response.describe()), "see the worker's log (wrangler tail)"));
+        findings.push(blocking(
+            format!("{worker_url}/health answers {}", response.describe()),
+            "see the worker's log (wrangler tail)",
+        ));
     }
     findings
 }
@@ -299,10 +365,21 @@ pub fn check_worker_jwks(worker_url: &str, response: &Response, key_id: Option<&
     let url = format!("{worker_url}/.well-known/jwks.json");
     let keys = match (response.status, response.json()) {
         (200, Some(v)) => v["keys"].as_array().cloned().unwrap_or_default(),
-        _ => return vec![blocking(format!("{url} does not serve a JWKS ({}): PowerSync cannot verify the worker's tokens", response.describe()), "fix the worker's POWERSYNC_* settings (see its /health)")],
+        _ => {
+            return vec![blocking(
+                format!(
+                    "{url} does not serve a JWKS ({}): PowerSync cannot verify the worker's tokens",
+                    response.describe()
+                ),
+                "fix the worker's POWERSYNC_* settings (see its /health)",
+            )]
+        }
     };
     if keys.is_empty() {
-        return vec![blocking(format!("{url} has no keys: PowerSync cannot verify the worker's tokens"), "set POWERSYNC_PRIVATE_KEY and POWERSYNC_KEY_ID")];
+        return vec![blocking(
+            format!("{url} has no keys: PowerSync cannot verify the worker's tokens"),
+            "set POWERSYNC_PRIVATE_KEY and POWERSYNC_KEY_ID",
+        )];
     }
     if let Some(kid) = key_id {
         if !keys.iter().any(|k| k["kid"] == json!(kid)) {
@@ -317,7 +394,12 @@ pub fn check_worker_jwks(worker_url: &str, response: &Response, key_id: Option<&
 
 /// The session keys: a JWKS PowerSync-style verification can use, and a legacy JWT secret that
 /// actually signed the project's API keys (`secret_signs_keys`: None when no key is a JWT).
-pub fn check_session_keys(jwks_url: &str, jwks: &Response, has_secret: bool, secret_signs_keys: Option<bool>) -> Vec<Finding> {
+pub fn check_session_keys(
+    jwks_url: &str,
+    jwks: &Response,
+    has_secret: bool,
+    secret_signs_keys: Option<bool>,
+) -> Vec<Finding> {
     let mut findings = vec![];
     if secret_signs_keys == Some(false) {
         findings.push(blocking(
@@ -378,7 +460,10 @@ mod tests {
     }
 
     fn answer(tables: Value, functions: Value) -> Response {
-        Response { status: 200, body: json!({"version": 1, "publication": true, "tables": tables, "functions": functions}).to_string() }
+        Response {
+            status: 200,
+            body: json!({"version": 1, "publication": true, "tables": tables, "functions": functions}).to_string(),
+        }
     }
 
     fn table(name: &str, privileges: &[&str], rls: bool) -> Value {
@@ -387,48 +472,92 @@ mod tests {
     }
 
     fn function(signature: &str, exists: bool, roles: &[&str]) -> Value {
-        let execute: serde_json::Map<String, Value> = ["anon", "authenticated", "service_role"].iter().map(|r| (r.to_string(), json!(roles.contains(r)))).collect();
+        let execute: serde_json::Map<String, Value> = ["anon", "authenticated", "service_role"]
+            .iter()
+            .map(|r| (r.to_string(), json!(roles.contains(r))))
+            .collect();
         json!({"signature": signature, "exists": exists, "execute": execute})
     }
 
     #[test]
     fn rls_mode_with_dead_letters_and_atomic_expects_tables_functions_and_role() {
-        let e = expectations(&settings(&[("UPLOAD_TABLES", "todos,lists"), ("UPLOAD_DEAD_LETTER_TABLE", "powersync_dead_letters"), ("UPLOAD_ATOMIC", "true")]), &[]);
+        let e = expectations(
+            &settings(&[
+                ("UPLOAD_TABLES", "todos,lists"),
+                ("UPLOAD_DEAD_LETTER_TABLE", "powersync_dead_letters"),
+                ("UPLOAD_ATOMIC", "true"),
+            ]),
+            &[],
+        );
         assert_eq!(e.role, "authenticated");
         let names: Vec<&str> = e.tables.iter().map(|t| t.name.as_str()).collect();
-        assert_eq!(names, ["lists", "todos", "powersync_upload_ledger", "powersync_upload_ledger_settings", "powersync_dead_letters"]);
-        assert_eq!(e.functions(), [
-            "public.powersync_apply_transaction(jsonb, text, text, text, text)".to_string(),
-            LEDGER_CLAIM.into(),
-            RECORD.into(),
-            REPLAY.into(),
-            DISCARD.into()
-        ]);
+        assert_eq!(
+            names,
+            ["lists", "todos", "powersync_upload_ledger", "powersync_upload_ledger_settings", "powersync_dead_letters"]
+        );
+        assert_eq!(
+            e.functions(),
+            [
+                "public.powersync_apply_transaction(jsonb, text, text, text, text)".to_string(),
+                LEDGER_CLAIM.into(),
+                RECORD.into(),
+                REPLAY.into(),
+                DISCARD.into()
+            ]
+        );
         let r = catalog_request("https://p.supabase.co", "sb_secret_k", &e);
         assert_eq!(r.url, "https://p.supabase.co/rest/v1/rpc/powersync_doctor");
-        assert_eq!(r.body.as_ref().unwrap()["tables"][0], json!({"schema": "public", "name": "lists", "columns": ["id"]}));
+        assert_eq!(
+            r.body.as_ref().unwrap()["tables"][0],
+            json!({"schema": "public", "name": "lists", "columns": ["id"]})
+        );
     }
 
     #[test]
     fn service_mode_checks_the_owner_column_as_service_role_and_rest_only_skips_atomic() {
         let e = expectations(
-            &settings(&[("UPLOAD_MODE", "service"), ("SUPABASE_SERVICE_ROLE_KEY", "sb_secret_k"), ("UPLOAD_TABLES", "profiles"), ("UPLOAD_OWNER_COLUMN", "user_id"), ("UPLOAD_ATOMIC", "false")]),
+            &settings(&[
+                ("UPLOAD_MODE", "service"),
+                ("SUPABASE_SERVICE_ROLE_KEY", "sb_secret_k"),
+                ("UPLOAD_TABLES", "profiles"),
+                ("UPLOAD_OWNER_COLUMN", "user_id"),
+                ("UPLOAD_ATOMIC", "false"),
+            ]),
             &["app.notes".to_string()],
         );
         assert_eq!(e.role, "service_role");
         assert!(!e.rls_mode);
-        assert_eq!(e.tables[0], TableCheck { schema: "app".into(), name: "notes".into(), columns: vec!["id".into(), "user_id".into()], kind: TableKind::Uploaded });
+        assert_eq!(
+            e.tables[0],
+            TableCheck {
+                schema: "app".into(),
+                name: "notes".into(),
+                columns: vec!["id".into(), "user_id".into()],
+                kind: TableKind::Uploaded
+            }
+        );
         assert_eq!(e.tables.len(), 2);
         assert!(e.functions().is_empty());
     }
 
     #[test]
     fn a_healthy_catalog_has_no_findings() {
-        let e = expectations(&settings(&[("UPLOAD_TABLES", "todos"), ("UPLOAD_DEAD_LETTER_TABLE", "powersync_dead_letters")]), &[]);
+        let e = expectations(
+            &settings(&[("UPLOAD_TABLES", "todos"), ("UPLOAD_DEAD_LETTER_TABLE", "powersync_dead_letters")]),
+            &[],
+        );
         let all = ["DELETE", "INSERT", "SELECT", "UPDATE"];
-        let tables = json!([table("todos", &all, true), table("powersync_upload_ledger", &[], true), table("powersync_upload_ledger_settings", &[], true),
-                            table("powersync_dead_letters", &["SELECT"], true)]);
-        let functions = json!(e.functions().iter().map(|s| function(s, true, &["authenticated", "service_role"])).collect::<Vec<_>>());
+        let tables = json!([
+            table("todos", &all, true),
+            table("powersync_upload_ledger", &[], true),
+            table("powersync_upload_ledger_settings", &[], true),
+            table("powersync_dead_letters", &["SELECT"], true)
+        ]);
+        let functions = json!(e
+            .functions()
+            .iter()
+            .map(|s| function(s, true, &["authenticated", "service_role"]))
+            .collect::<Vec<_>>());
         assert_eq!(check_catalog(&e, &answer(tables, functions), "u"), vec![]);
     }
 
@@ -439,12 +568,24 @@ mod tests {
         unpublished["published"] = json!(false);
         let tables = json!([{"schema": "public", "name": "gone", "exists": false}, table("lists", &["SELECT"], true), unpublished]);
         let findings = check_catalog(&e, &answer(tables, json!([])), "u");
-        assert_eq!(findings[0], blocking("uploaded table public.gone does not exist", "create it, or remove 'gone' from UPLOAD_TABLES / --tables"));
+        assert_eq!(
+            findings[0],
+            blocking(
+                "uploaded table public.gone does not exist",
+                "create it, or remove 'gone' from UPLOAD_TABLES / --tables"
+            )
+        );
         assert_eq!(findings[1].severity, Severity::Blocking);
         assert!(findings[1].problem.starts_with("authenticated lacks DELETE, INSERT, UPDATE on public.lists"));
         assert_eq!(findings[1].fix, "grant select, insert, update, delete on table public.lists to authenticated;");
-        assert_eq!(findings[2].fix, "alter table public.todos enable row level security; (and add policies for the owner)");
-        assert_eq!((findings[3].severity, findings[3].fix.as_str()), (Severity::Warning, "alter publication powersync add table public.todos;"));
+        assert_eq!(
+            findings[2].fix,
+            "alter table public.todos enable row level security; (and add policies for the owner)"
+        );
+        assert_eq!(
+            (findings[3].severity, findings[3].fix.as_str()),
+            (Severity::Warning, "alter publication powersync add table public.todos;")
+        );
         assert_eq!(findings.len(), 4);
     }
 
@@ -453,7 +594,11 @@ mod tests {
         let e = expectations(&settings(&[("UPLOAD_DEAD_LETTER_TABLE", "powersync_dead_letters")]), &[]);
         let mut dl = table("powersync_dead_letters", &[], true);
         dl["missing_columns"] = json!(["discarded_at"]);
-        let tables = json!([table("powersync_upload_ledger", &[], true), table("powersync_upload_ledger_settings", &[], true), dl]);
+        let tables = json!([
+            table("powersync_upload_ledger", &[], true),
+            table("powersync_upload_ledger_settings", &[], true),
+            dl
+        ]);
         let functions = json!([
             function("public.powersync_apply_transaction(jsonb, text, text, text, text)", false, &[]),
             function(LEDGER_CLAIM, true, &["service_role"]),
@@ -463,9 +608,12 @@ mod tests {
         ]);
         let findings = check_catalog(&e, &answer(tables, functions), "u");
         let summary: Vec<(Severity, &str)> = findings.iter().map(|f| (f.severity, f.problem.as_str())).collect();
-        assert_eq!(summary[0], (Severity::Blocking, "table public.powersync_dead_letters is outdated (no column discarded_at)"));
+        assert_eq!(
+            summary[0],
+            (Severity::Blocking, "table public.powersync_dead_letters is outdated (no column discarded_at)")
+        );
         assert_eq!(summary[1].0, Severity::Warning); // service_role cannot read the table
-        // auto mode: a missing atomic function falls back to REST
+                                                     // auto mode: a missing atomic function falls back to REST
         assert_eq!(summary[2], (Severity::Warning, "public.powersync_apply_transaction(jsonb, text, text, text, text) is missing: uploads go through REST requests, not all-or-nothing"));
         assert_eq!(summary[3].0, Severity::Blocking);
         assert!(summary[3].1.starts_with("authenticated may not execute public.powersync_upload_ledger_claim"));
@@ -479,8 +627,12 @@ mod tests {
     #[test]
     fn atomic_always_makes_a_missing_function_blocking() {
         let e = expectations(&settings(&[("UPLOAD_ATOMIC", "true")]), &[]);
-        let tables = json!([table("powersync_upload_ledger", &[], true), table("powersync_upload_ledger_settings", &[], true)]);
-        let functions = json!([function("public.powersync_apply_transaction(jsonb, text, text, text, text)", false, &[]), function(LEDGER_CLAIM, true, &["authenticated"])]);
+        let tables =
+            json!([table("powersync_upload_ledger", &[], true), table("powersync_upload_ledger_settings", &[], true)]);
+        let functions = json!([
+            function("public.powersync_apply_transaction(jsonb, text, text, text, text)", false, &[]),
+            function(LEDGER_CLAIM, true, &["authenticated"])
+        ]);
         let findings = check_catalog(&e, &answer(tables, functions), "u");
         assert_eq!(findings.len(), 1);
         assert_eq!(findings[0].severity, Severity::Blocking);
@@ -490,15 +642,26 @@ mod tests {
     #[test]
     fn no_catalog_answer_says_why_and_blocks() {
         let e = expectations(&settings(&[]), &[]);
-        let missing = Response { status: 404, body: r#"{"code":"PGRST202","message":"Could not find the function public.powersync_doctor"}"#.into() };
+        let missing = Response {
+            status: 404,
+            body: r#"{"code":"PGRST202","message":"Could not find the function public.powersync_doctor"}"#.into(),
+        };
         let f = check_catalog(&e, &missing, "u");
         assert_eq!(f.len(), 1);
         assert!(f[0].fix.starts_with("run sql/doctor.sql"));
-        let down = check_catalog(&e, &Response { status: 0, body: "connection refused".into() }, "https://x.supabase.co");
-        assert_eq!(down[0].problem, "Supabase is not reachable at https://x.supabase.co: no answer (connection refused)");
-        let bad_key = check_catalog(&e, &Response { status: 401, body: r#"{"message":"Invalid API key"}"#.into() }, "u");
+        let down =
+            check_catalog(&e, &Response { status: 0, body: "connection refused".into() }, "https://x.supabase.co");
+        assert_eq!(
+            down[0].problem,
+            "Supabase is not reachable at https://x.supabase.co: no answer (connection refused)"
+        );
+        let bad_key =
+            check_catalog(&e, &Response { status: 401, body: r#"{"message":"Invalid API key"}"#.into() }, "u");
         assert!(bad_key[0].fix.contains("service_role"));
-        let no_publication = answer(json!([table("powersync_upload_ledger", &[], true), table("powersync_upload_ledger_settings", &[], true)]), json!([]));
+        let no_publication = answer(
+            json!([table("powersync_upload_ledger", &[], true), table("powersync_upload_ledger_settings", &[], true)]),
+            json!([]),
+        );
         let mut v = no_publication.json().unwrap();
         v["publication"] = json!(false);
         let f = check_catalog(&e, &Response { status: 200, body: v.to_string() }, "u");
@@ -527,8 +690,12 @@ mod tests {
         let jwks = Response { status: 200, body: r#"{"keys":[{"kid":"k1"}]}"#.into() };
         assert_eq!(check_worker_jwks("w", &jwks, Some("k1")), vec![]);
         assert!(check_worker_jwks("w", &jwks, Some("k2"))[0].problem.contains("does not have the key k2"));
-        assert!(check_worker_jwks("w", &Response { status: 200, body: r#"{"keys":[]}"#.into() }, None)[0].problem.contains("has no keys"));
-        assert!(check_worker_jwks("w", &Response { status: 503, body: "{}".into() }, None)[0].problem.contains("does not serve a JWKS"));
+        assert!(check_worker_jwks("w", &Response { status: 200, body: r#"{"keys":[]}"#.into() }, None)[0]
+            .problem
+            .contains("has no keys"));
+        assert!(check_worker_jwks("w", &Response { status: 503, body: "{}".into() }, None)[0]
+            .problem
+            .contains("does not serve a JWKS"));
     }
 
     #[test]

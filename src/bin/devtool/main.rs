@@ -112,7 +112,9 @@ fn new_key() -> Result<SigningKey, String> {
 fn new_key_of(kind: KeyKind) -> Result<SigningKey, String> {
     let mut secret = [0u8; 32];
     match kind {
-        KeyKind::Rs256 => rsa::RsaPrivateKey::new(&mut rand::rngs::OsRng, 2048).map(SigningKey::from_rsa).map_err(|e| e.to_string()),
+        KeyKind::Rs256 => {
+            rsa::RsaPrivateKey::new(&mut rand::rngs::OsRng, 2048).map(SigningKey::from_rsa).map_err(|e| e.to_string())
+        }
         KeyKind::Es256 => loop {
             // A random scalar; the rare values outside the group order are drawn again.
             rand::rngs::OsRng.fill_bytes(&mut secret);
@@ -181,7 +183,11 @@ fn vars_file(options: &HashMap<String, String>) -> String {
 /// The Supabase URL and service key of the operator commands.
 fn supabase_access(options: &HashMap<String, String>) -> Result<(String, String), String> {
     let vars = vars_file(options);
-    let url = options.get("supabase-url").cloned().or_else(|| setting_from(&vars, "SUPABASE_URL")).ok_or("no --supabase-url and no SUPABASE_URL")?;
+    let url = options
+        .get("supabase-url")
+        .cloned()
+        .or_else(|| setting_from(&vars, "SUPABASE_URL"))
+        .ok_or("no --supabase-url and no SUPABASE_URL")?;
     let key = options
         .get("service-key")
         .cloned()
@@ -219,7 +225,9 @@ fn secret_signs_keys(secret: &str, keys: &[String]) -> Option<bool> {
 }
 
 fn doctor_findings(options: &HashMap<String, String>) -> Result<Vec<doctor::Finding>, String> {
-    let worker_url = options.get("worker-url").ok_or("--worker-url is required (the deployed worker, e.g. https://name.account.workers.dev)")?;
+    let worker_url = options
+        .get("worker-url")
+        .ok_or("--worker-url is required (the deployed worker, e.g. https://name.account.workers.dev)")?;
     let worker_url = worker_url.trim_end_matches('/');
     let vars = vars_file(options);
     let lookup = |name: &str| match name {
@@ -238,16 +246,24 @@ fn doctor_findings(options: &HashMap<String, String>) -> Result<Vec<doctor::Find
     }
     findings.extend(doctor::check_health(worker_url, &rest::send(&rest::get(&format!("{worker_url}/health")))));
     let kid = lookup("POWERSYNC_KEY_ID");
-    findings.extend(doctor::check_worker_jwks(worker_url, &rest::send(&rest::get(&format!("{worker_url}/.well-known/jwks.json"))), kid.as_deref()));
+    findings.extend(doctor::check_worker_jwks(
+        worker_url,
+        &rest::send(&rest::get(&format!("{worker_url}/.well-known/jwks.json"))),
+        kid.as_deref(),
+    ));
     if let Ok(session) = &config.session {
         let jwks = rest::send(&rest::get(&session.jwks_url));
         let signs = session.jwt_secret.as_deref().and_then(|secret| {
-            let keys: Vec<String> = ["SUPABASE_ANON_KEY", "SUPABASE_SERVICE_ROLE_KEY"].iter().filter_map(|n| lookup(n)).collect();
+            let keys: Vec<String> =
+                ["SUPABASE_ANON_KEY", "SUPABASE_SERVICE_ROLE_KEY"].iter().filter_map(|n| lookup(n)).collect();
             secret_signs_keys(secret, &keys)
         });
         findings.extend(doctor::check_session_keys(&session.jwks_url, &jwks, session.jwt_secret.is_some(), signs));
     }
-    let tables: Vec<String> = options.get("tables").map(|t| t.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()).unwrap_or_default();
+    let tables: Vec<String> = options
+        .get("tables")
+        .map(|t| t.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
+        .unwrap_or_default();
     // invalid upload settings are reported above with the other settings
     if let Ok(upload) = &config.upload {
         if upload.tables.is_none() && tables.is_empty() {
@@ -295,7 +311,11 @@ fn selection(options: &HashMap<String, String>) -> Result<dead_letters::Selectio
         code: options.get("code").cloned(),
         older_than_seconds: options.get("older-than").map(|a| dead_letters::parse_age(a)).transpose()?,
         state: options.get("state").map(|s| dead_letters::State::parse(s)).transpose()?.unwrap_or_default(),
-        limit: options.get("limit").map(|l| l.parse::<u32>().map_err(|_| "--limit must be a number")).transpose()?.unwrap_or(100),
+        limit: options
+            .get("limit")
+            .map(|l| l.parse::<u32>().map_err(|_| "--limit must be a number"))
+            .transpose()?
+            .unwrap_or(100),
     })
 }
 
@@ -312,7 +332,10 @@ fn dead_letters_command(subcommand: &str, options: &HashMap<String, String>) -> 
     match subcommand {
         "list" => {
             let rows = fetch_rows(&url, &key, &selection)?;
-            Ok((if json_out { serde_json::Value::Array(rows).to_string() } else { dead_letters::format_list(&rows) }, true))
+            Ok((
+                if json_out { serde_json::Value::Array(rows).to_string() } else { dead_letters::format_list(&rows) },
+                true,
+            ))
         }
         "show" => {
             let id = *selection.ids.first().ok_or("--id is required")?;
@@ -325,8 +348,14 @@ fn dead_letters_command(subcommand: &str, options: &HashMap<String, String>) -> 
             if subcommand == "discard" && reason.trim().is_empty() {
                 return Err("--reason is required (it is kept with the dead letter)".into());
             }
-            if selection.ids.is_empty() && selection.user.is_none() && selection.code.is_none() && selection.older_than_seconds.is_none() {
-                return Err(format!("{subcommand} what? give --id N, --ids 1,2, or a selection (--user, --code, --older-than)"));
+            if selection.ids.is_empty()
+                && selection.user.is_none()
+                && selection.code.is_none()
+                && selection.older_than_seconds.is_none()
+            {
+                return Err(format!(
+                    "{subcommand} what? give --id N, --ids 1,2, or a selection (--user, --code, --older-than)"
+                ));
             }
             // only dead letters still waiting (the functions refuse the others anyway)
             let waiting = dead_letters::Selection { state: dead_letters::State::Waiting, ..selection.clone() };
@@ -345,10 +374,12 @@ fn dead_letters_command(subcommand: &str, options: &HashMap<String, String>) -> 
             for row in &rows {
                 let id = row["id"].as_i64().unwrap_or_default();
                 if dry_run {
-                    let mut would = json!({"dead_letter_id": id, "dry_run": true, "user_id": row["user_id"], "code": row["code"]});
+                    let mut would =
+                        json!({"dead_letter_id": id, "dry_run": true, "user_id": row["user_id"], "code": row["code"]});
                     if subcommand == "replay" {
                         let full = dead_letters::rows(&rest::send(&dead_letters::show_request(&url, &key, id)))?;
-                        would["would_apply"] = json!(full.first().map(dead_letters::pending_entries).unwrap_or_default());
+                        would["would_apply"] =
+                            json!(full.first().map(dead_letters::pending_entries).unwrap_or_default());
                     } else {
                         would["would_discard_with_reason"] = json!(reason);
                     }
@@ -368,7 +399,11 @@ fn dead_letters_command(subcommand: &str, options: &HashMap<String, String>) -> 
                 serde_json::Value::Array(outcomes).to_string()
             } else {
                 let mut lines: Vec<String> = outcomes.iter().map(|o| o.to_string()).collect();
-                lines.push(format!("{} dead letter(s){}", rows.len(), if dry_run { " (dry run: nothing changed)" } else { "" }));
+                lines.push(format!(
+                    "{} dead letter(s){}",
+                    rows.len(),
+                    if dry_run { " (dry run: nothing changed)" } else { "" }
+                ));
                 lines.join("\n")
             };
             Ok((text, all_ok))
@@ -378,7 +413,8 @@ fn dead_letters_command(subcommand: &str, options: &HashMap<String, String>) -> 
 }
 
 fn hs256(claims: &serde_json::Value, secret: &str) -> Result<String, String> {
-    jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &EncodingKey::from_secret(secret.as_bytes())).map_err(|e| e.to_string())
+    jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &EncodingKey::from_secret(secret.as_bytes()))
+        .map_err(|e| e.to_string())
 }
 
 /// The Supabase CLI's local defaults (public, local development only).
@@ -410,13 +446,18 @@ fn dev_vars(options: &HashMap<String, String>) -> Result<String, String> {
 }
 
 fn mint(options: &HashMap<String, String>) -> Result<String, String> {
-    let secret = options.get("secret").cloned().or_else(|| setting("SUPABASE_JWT_SECRET")).ok_or("no --secret and no SUPABASE_JWT_SECRET")?;
+    let secret = options
+        .get("secret")
+        .cloned()
+        .or_else(|| setting("SUPABASE_JWT_SECRET"))
+        .ok_or("no --secret and no SUPABASE_JWT_SECRET")?;
     let role = options.get("role").cloned().unwrap_or_else(|| "authenticated".into());
     let iat = match options.get("iat") {
         Some(t) => t.parse::<u64>().map_err(|_| "--iat must be a number")?,
         None => now(),
     };
-    let ttl: i64 = options.get("ttl").map(|t| t.parse().map_err(|_| "--ttl must be a number")).transpose()?.unwrap_or(3600);
+    let ttl: i64 =
+        options.get("ttl").map(|t| t.parse().map_err(|_| "--ttl must be a number")).transpose()?.unwrap_or(3600);
     let exp = (iat as i64 + ttl).max(0);
     if role == "anon" || role == "service_role" {
         return hs256(&json!({"iss": "supabase", "ref": "local", "role": role, "iat": iat, "exp": exp}), &secret);

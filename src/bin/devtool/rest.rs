@@ -60,7 +60,12 @@ pub fn service_headers(service_key: &str) -> Vec<(String, String)> {
 pub fn rpc(supabase_url: &str, service_key: &str, function: &str, body: Value) -> Request {
     let mut headers = service_headers(service_key);
     headers.push(("Content-Type".to_string(), "application/json".to_string()));
-    Request { method: "POST", url: format!("{}/rest/v1/rpc/{function}", supabase_url.trim_end_matches('/')), headers, body: Some(body) }
+    Request {
+        method: "POST",
+        url: format!("{}/rest/v1/rpc/{function}", supabase_url.trim_end_matches('/')),
+        headers,
+        body: Some(body),
+    }
 }
 
 /// `GET <url>` with no credentials.
@@ -118,7 +123,10 @@ mod tests {
         let r = Response { status: 404, body: r#"{"code":"PGRST202","message":"Could not find"}"#.into() };
         assert_eq!(r.describe(), "HTTP 404 PGRST202: Could not find");
         assert_eq!(r.error_code().as_deref(), Some("PGRST202"));
-        assert_eq!(Response { status: 0, body: "connection refused".into() }.describe(), "no answer (connection refused)");
+        assert_eq!(
+            Response { status: 0, body: "connection refused".into() }.describe(),
+            "no answer (connection refused)"
+        );
         assert_eq!(Response { status: 502, body: "bad gateway".into() }.describe(), "HTTP 502: bad gateway");
     }
 }
