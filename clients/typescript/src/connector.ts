@@ -7,6 +7,7 @@ import type {
 } from '@powersync/common';
 
 import { WorkerConnectorError } from './errors.js';
+import { fetchWithin } from './fetching.js';
 import {
   errorOf,
   interpretUploadResponse,
@@ -449,32 +450,10 @@ export class WorkerConnector implements PowerSyncBackendConnector {
       headers['Content-Type'] = 'application/json';
       init.body = body;
     }
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    let timedOut = false;
-    if (this.timeoutMs > 0 && typeof AbortController === 'function') {
-      const controller = new AbortController();
-      init.signal = controller.signal;
-      timer = setTimeout(() => {
-        timedOut = true;
-        controller.abort();
-      }, this.timeoutMs);
-    }
-    const url = `${this.baseUrl}${path}`;
-    try {
-      const fetchFn = this.fetchImpl;
-      // Called as a plain function (never as a method of an options object: browsers refuse that).
-      const response = fetchFn ? await fetchFn(url, init) : await (globalThis.fetch as unknown as FetchLike)(url, init);
-      return { response, body: parseJson(await response.text()) };
-    } catch (cause) {
-      throw new WorkerConnectorError(
-        timedOut
-          ? `${method} ${path}: no answer within ${this.timeoutMs} ms`
-          : `${method} ${path} failed: ${cause instanceof Error ? cause.message : String(cause)}`,
-        { code: timedOut ? 'timeout' : 'network_error', cause },
-      );
-    } finally {
-      if (timer !== undefined) clearTimeout(timer);
-    }
+    return fetchWithin(this.fetchImpl, `${this.baseUrl}${path}`, init, this.timeoutMs, `${method} ${path}`, async (response) => ({
+      response,
+      body: parseJson(await response.text()),
+    }));
   }
 }
 

@@ -1,6 +1,7 @@
 import type { AttachmentRecord, RemoteStorageAdapter } from '@powersync/common';
 
 import { WorkerConnectorError } from './errors.js';
+import { fetchWithin } from './fetching.js';
 import { parseRetryAfter } from './protocol.js';
 
 /** What {@link WorkerStorageAdapter} passes to `fetch`: worker requests (JSON) and the signed URLs (bytes). */
@@ -135,29 +136,8 @@ export class WorkerStorageAdapter implements RemoteStorageAdapter {
     });
   }
 
-  private async send(url: string, init: FileFetchInit, what: string): Promise<FileFetchResponse> {
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    let timedOut = false;
-    if (this.timeoutMs > 0 && typeof AbortController === 'function') {
-      const controller = new AbortController();
-      init.signal = controller.signal;
-      timer = setTimeout(() => {
-        timedOut = true;
-        controller.abort();
-      }, this.timeoutMs);
-    }
-    try {
-      const fetchFn = this.options.fetch;
-      // Called as a plain function (never as a method of the options object: browsers refuse that).
-      return fetchFn ? await fetchFn(url, init) : await (globalThis.fetch as unknown as FileFetchLike)(url, init);
-    } catch (cause) {
-      throw new WorkerConnectorError(
-        timedOut ? `${what}: no answer within ${this.timeoutMs} ms` : `${what} failed: ${cause instanceof Error ? cause.message : String(cause)}`,
-        { code: timedOut ? 'timeout' : 'network_error', cause },
-      );
-    } finally {
-      if (timer !== undefined) clearTimeout(timer);
-    }
+  private send(url: string, init: FileFetchInit, what: string): Promise<FileFetchResponse> {
+    return fetchWithin(this.options.fetch, url, init, this.timeoutMs, what, async (response) => response);
   }
 }
 
