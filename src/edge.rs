@@ -70,7 +70,7 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response
     line["request_id"] = request_id.into();
     line["duration_ms"] = (Date::now().as_millis().saturating_sub(started)).into();
     // The metric comes from the log line itself: one record, two outlets.
-    if let Err(e) = write_data_point(&env, &metrics::data_point(&line)) {
+    if let Err(e) = write_data_point(&env, &line) {
         line["metrics_error"] = e.into();
     }
     console_log!("{}", line);
@@ -81,14 +81,15 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response
     Ok(Response::from_bytes(response.body.into_bytes())?.with_status(response.status).with_headers(headers))
 }
 
-/// Writes one data point to the Analytics Engine dataset bound as [`metrics::BINDING`]; nothing
-/// when the binding is absent. `writeDataPoint` returns at once (the runtime sends it after the
-/// response); it throws only for a malformed point.
-fn write_data_point(env: &Env, point: &metrics::DataPoint) -> Result<(), String> {
+/// Writes the data point of `line` to the Analytics Engine dataset bound as [`metrics::BINDING`];
+/// nothing (not even the point is built) when the binding is absent. `writeDataPoint` returns at
+/// once (the runtime sends it after the response); it throws only for a malformed point.
+fn write_data_point(env: &Env, line: &serde_json::Value) -> Result<(), String> {
     let dataset = Reflect::get(env.as_ref(), &JsValue::from_str(metrics::BINDING)).map_err(describe)?;
     if dataset.is_undefined() || dataset.is_null() {
         return Ok(());
     }
+    let point = metrics::data_point(line);
     let write: js_sys::Function = Reflect::get(&dataset, &"writeDataPoint".into())
         .map_err(describe)?
         .dyn_into()
