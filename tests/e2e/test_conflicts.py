@@ -5,7 +5,9 @@ service are the real ones.
 
 With the setting on, the second upload is reported `conflict` (handed to the app's onFatalError,
 dead-lettered with both sides) and the first client's value stays; with it off, the last writer
-wins, as without previous values.
+wins, as without previous values. Each rule is checked on both routes: REST requests
+(`UPLOAD_ATOMIC=false`, conditional writes) and the atomic function (`UPLOAD_ATOMIC=true`, compared
+inside its transaction: a conflict applies nothing of the transaction).
 """
 
 from __future__ import annotations
@@ -19,21 +21,49 @@ import pytest
 from tests.support.sdk_client import SdkApp
 
 
-def conflict_vars(base_vars: dict, powersync_url: str, detection: bool) -> dict:
+ROUTES = ["atomic", "rest"]
+RPC_PATH = "/rest/v1/rpc/powersync_apply_transaction"
+
+
+def conflict_vars(base_vars: dict, powersync_url: str, detection: bool, route: str) -> dict:
     return {**base_vars, "POWERSYNC_URL": powersync_url,
             "UPLOAD_BOOLEAN_COLUMNS": "todos.completed", "UPLOAD_JSON_COLUMNS": "todos.tags",
             "UPLOAD_DEAD_LETTER_TABLE": "powersync_dead_letters",
+            "UPLOAD_ATOMIC": "true" if route == "atomic" else "false",
             "UPLOAD_CONFLICT_DETECTION": "true" if detection else "false"}
 
 
 @pytest.fixture(scope="module")
-def detecting_worker(start_worker, base_vars, powersync_service):
-    return start_worker(conflict_vars(base_vars, powersync_service.url, True))
+def workers(start_worker, base_vars, powersync_service):
+    """workers(detection, route) -> the worker with that setting and route (started once)."""
+    started: dict = {}
+
+    def get(detection: bool, route: str):
+        if (detection, route) not in started:
+            started[detection, route] = start_worker(
+                conflict_vars(base_vars, powersync_service.url, detection, route))
+        return started[detection, route]
+    return get
 
 
-@pytest.fixture(scope="module")
-def plain_worker(start_worker, base_vars, powersync_service):
-    return start_worker(conflict_vars(base_vars, powersync_service.url, False))
+@pytest.fixture(params=ROUTES)
+def detecting_worker(request, workers):
+    return workers(True, request.param)
+
+
+@pytest.fixture(params=ROUTES)
+def plain_worker(request, workers):
+    return workers(False, request.param)
+
+
+@pytest.fixture
+def detecting_rest_worker(workers):
+    return workers(True, "rest")
+
+
+@pytest.fixture
+def detecting_atomic_worker(workers):
+    return workers(True, "atomic")
 
 
 @pytest.fixture
@@ -145,13 +175,14 @@ def test_an_unconflicted_edit_with_previous_values_applies_and_a_gone_row_stays_
         time.sleep(0.1)
 
 
-def test_a_re_sent_write_whose_first_answer_was_lost_is_no_conflict(tracking_apps, db, standin, detecting_worker, user_a):
+def test_a_re_sent_write_whose_first_answer_was_lost_is_no_conflict(
+        tracking_apps, db, standin, detecting_rest_worker, user_a):
     """The fault soak's case: the conditional PATCH commits, its answer is lost (the stand-in drops
     the connection after the write), the worker sends it again: now zero rows hold the previous
     values, but the row holds this write's own values, so it is applied, not a conflict."""
     list_id = str(uuid.uuid4())
     db.execute("insert into lists (id, name, owner_id) values (%s, 'original', %s)", (list_id, user_a))
-    app = tracking_apps(user_a, detecting_worker)
+    app = tracking_apps(user_a, detecting_rest_worker)
     app.wait_for("select name from lists where id = ?", [{"name": "original"}], params=[list_id])
     app.disconnect()
     app.execute("update lists set name = 'mine' where id = ?", [list_id])
@@ -162,8 +193,72 @@ def test_a_re_sent_write_whose_first_answer_was_lost_is_no_conflict(tracking_app
     assert server_name(db, list_id) == "mine"
     assert app.records()["fatalReports"] == []
     assert standin.faults == [], "the fault was used: the first answer was lost"
-    uploads = [line["upload"] for line in detecting_worker.log_lines()
+    uploads = [line["upload"] for line in detecting_rest_worker.log_lines()
                if line.get("route") == "upload" and line.get("upload", {}).get("resent")]
     # the PATCH, its re-send (zero rows), the read of the row, the read of the new values
     assert [(u["resent"], u["subrequests"], u["success"], u["conflict"]) for u in uploads] == [(1, 4, 1, 0)], uploads
     assert db.execute("select count(*) from powersync_dead_letters").fetchone()[0] == 0
+
+
+# ================================================================ the atomic function's own rules
+def test_an_atomic_conflict_applies_nothing_of_its_transaction(tracking_apps, db, detecting_atomic_worker, user_a):
+    """The second app renames the list and adds a todo to it in one transaction: the rename is a
+    conflict, so the todo, sent in the same call of the atomic function, is not applied either; the
+    dead letter holds the whole transaction, every entry `failed`, so a replay applies both."""
+    list_id = str(uuid.uuid4())
+    db.execute("insert into lists (id, name, owner_id) values (%s, 'original', %s)", (list_id, user_a))
+    first, second = tracking_apps(user_a, detecting_atomic_worker), tracking_apps(user_a, detecting_atomic_worker)
+    for app in (first, second):
+        app.wait_for("select name from lists where id = ?", [{"name": "original"}], params=[list_id])
+        app.disconnect()
+    first.execute("update lists set name = 'from first' where id = ?", [list_id])
+    todo_id = str(uuid.uuid4())
+    second.transaction(
+        ("insert into todos (id, list_id, description, created_by, completed) values (?, ?, 'added', ?, 0)",
+         [todo_id, list_id, user_a]),
+        ("update lists set name = 'from second' where id = ?", [list_id]))
+    first.connect()
+    first.drained()
+    second.connect()
+    second.drained()
+
+    assert server_name(db, list_id) == "from first"
+    assert db.execute("select count(*) from todos where id = %s", (todo_id,)).fetchone()[0] == 0, \
+        "all or nothing: the insert of the conflicting transaction is not applied"
+    reports = second.records()["fatalReports"]
+    assert [(r["status"], r["failedOperation"]["index"]) for r in reports] == [("conflict", 1)], reports
+    (entries, details), = db.execute(
+        "select entries, details from powersync_dead_letters where code = 'conflict'").fetchall()
+    assert [(e["op"], e["state"]) for e in entries] == [("PUT", "failed"), ("PATCH", "failed")]
+    assert json.loads(details)["name"] == "from first"
+    # the operator chooses the client's side: the replay applies the whole transaction, uncompared
+    (dead_id,) = db.execute("select id from powersync_dead_letters").fetchone()
+    replayed = db.execute("select public.powersync_replay_dead_letter(%s)", (dead_id,)).fetchone()[0]
+    assert replayed["replayed"] is True, replayed
+    assert server_name(db, list_id) == "from second"
+    assert db.execute("select count(*) from todos where id = %s", (todo_id,)).fetchone()[0] == 1
+
+
+def test_an_atomic_call_whose_answer_was_lost_is_already_applied_when_re_sent_not_a_conflict(
+        tracking_apps, db, standin, detecting_atomic_worker, user_a):
+    """The call commits (the rename and its ledger record), its answer is lost; the re-sent call
+    finds the ledger's record before comparing anything: `already_applied`, although the row no
+    longer holds the previous values it carries."""
+    list_id = str(uuid.uuid4())
+    db.execute("insert into lists (id, name, owner_id) values (%s, 'original', %s)", (list_id, user_a))
+    app = tracking_apps(user_a, detecting_atomic_worker)
+    app.wait_for("select name from lists where id = ?", [{"name": "original"}], params=[list_id])
+    app.disconnect()
+    app.execute("update lists set name = 'mine' where id = ?", [list_id])
+    standin.add_fault({"drop_after": True, "method": "POST", "path_prefix": RPC_PATH})
+    app.connect()
+    app.drained()
+
+    assert server_name(db, list_id) == "mine"
+    assert standin.faults == [], "the fault was used: the first answer was lost"
+    assert app.records()["fatalReports"] == []
+    assert db.execute("select count(*) from powersync_dead_letters").fetchone()[0] == 0
+    uploads = [line["upload"] for line in detecting_atomic_worker.log_lines()
+               if line.get("route") == "upload" and line.get("upload", {}).get("resent")]
+    assert [(u["resent"], u["subrequests"], u["already_applied"], u["conflict"]) for u in uploads] == [(1, 2, 1, 0)], \
+        uploads
