@@ -18,6 +18,7 @@ import uuid
 
 import pytest
 
+from tests.e2e.conftest import SERVICE_KEY
 from tests.support.sdk_client import SdkApp
 
 
@@ -262,3 +263,101 @@ def test_an_atomic_call_whose_answer_was_lost_is_already_applied_when_re_sent_no
                if line.get("route") == "upload" and line.get("upload", {}).get("resent")]
     assert [(u["resent"], u["subrequests"], u["already_applied"], u["conflict"]) for u in uploads] == [(1, 2, 1, 0)], \
         uploads
+
+
+# ============================================ the function itself, called as PostgREST calls it
+def apply(as_user, sub: str, ops: list, **args):
+    """powersync_apply_transaction through the stand-in's /rpc, as `sub` (RLS applies)."""
+    response = as_user(sub).rpc("powersync_apply_transaction", {"ops": ops, **args})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def patch_profile(expect: dict, data: dict | None = None) -> dict:
+    return {"op": "PATCH", "table": "profiles", "id": "p1", "data": data or {"handle": "new"}, "expect": expect}
+
+
+def test_atomic_function_compares_as_postgrest_eq_filters_do(db, as_user, user_a):
+    """The expected text is cast to the column's type: a reformatted jsonb, `1` for a boolean and
+    the same instant in another zone are equal; null is `is null`."""
+    db.execute("insert into profiles (id, user_id, handle, settings, active) values"
+               " ('p1', %s, 'old', '{\"a\": [1, 2]}', true)", (user_a,))
+    db.execute("insert into lists (id, name, owner_id, created_at) values"
+               " ('9a6a5e0c-0000-4000-8000-000000000001', 'l', %s, '2026-01-02 03:04:05+00')", (user_a,))
+    same = apply(as_user, user_a, [
+        patch_profile({"settings": '{"a":[1,2]}', "active": "1", "handle": "old"}),
+        {"op": "PATCH", "table": "lists", "id": "9a6a5e0c-0000-4000-8000-000000000001", "data": {"name": "m"},
+         "expect": {"name": "l", "created_at": "2026-01-02T05:04:05+02:00"}}], detect_conflicts=True)
+    assert same == {"applied": 2, "unchanged": []}
+    assert db.execute("select handle from profiles where id = 'p1'").fetchone()[0] == "new"
+    # a null previous value matches only a null
+    changed = apply(as_user, user_a, [patch_profile({"handle": None}, {"handle": "newer"})], detect_conflicts=True)
+    assert changed["conflict"]["index"] == 0 and changed["conflict"]["row"]["handle"] == "new", changed
+    db.execute("update profiles set handle = null where id = 'p1'")
+    assert apply(as_user, user_a, [patch_profile({"handle": None}, {"handle": "newer"})],
+                 detect_conflicts=True) == {"applied": 1, "unchanged": []}
+
+
+def test_atomic_conflict_rolls_back_the_call_and_records_nothing_in_the_ledger(db, as_user, user_a):
+    list_id, new_list = str(uuid.uuid4()), str(uuid.uuid4())
+    db.execute("insert into lists (id, name, owner_id) values (%s, 'theirs', %s)", (list_id, user_a))
+    ops = [{"op": "PUT", "table": "lists", "id": new_list, "data": {"name": "n", "owner_id": user_a}},
+           {"op": "PATCH", "table": "lists", "id": list_id, "data": {"name": "mine"}, "expect": {"name": "seen"}}]
+    ids = {"client_id": "c1", "transaction_id": "7", "detect_conflicts": True}
+    answer = apply(as_user, user_a, ops, **ids)
+    assert answer["applied"] == 0 and answer["conflict"]["index"] == 1, answer
+    assert answer["conflict"]["row"]["name"] == "theirs"
+    assert server_name(db, new_list) is None and server_name(db, list_id) == "theirs"
+    assert db.execute("select count(*) from powersync_upload_ledger").fetchone()[0] == 0
+    # the same transaction id with values that hold: applied and recorded; sent again, the ledger
+    # answers before anything is compared (the row no longer holds "theirs")
+    ops[1]["expect"] = {"name": "theirs"}
+    assert apply(as_user, user_a, ops, **ids) == {"applied": 2, "unchanged": []}
+    assert apply(as_user, user_a, ops, **ids) == {"applied": 0, "already_applied": True}
+    # the ledger's digest leaves "expect" out: the ops as the dead-letter table stores them
+    plain = [{k: v for k, v in op.items() if k != "expect"} for op in ops]
+    (digest,) = db.execute("select digest from powersync_upload_ledger").fetchone()
+    assert digest == db.execute("select encode(sha256(convert_to(%s::jsonb::text, 'UTF8')), 'hex')",
+                                (json.dumps(plain),)).fetchone()[0]
+
+
+def test_atomic_compared_write_of_a_hidden_or_gone_row_is_unchanged_not_a_conflict(db, as_user, user_a, user_b):
+    hidden = str(uuid.uuid4())
+    db.execute("insert into lists (id, name, owner_id) values (%s, 'theirs', %s)", (hidden, user_b))
+    answer = apply(as_user, user_a, [
+        {"op": "PATCH", "table": "lists", "id": hidden, "data": {"name": "x"}, "expect": {"name": "seen"}},
+        {"op": "DELETE", "table": "lists", "id": hidden, "expect": {"name": "seen"}},
+        {"op": "DELETE", "table": "lists", "id": str(uuid.uuid4()), "expect": {"name": "seen"}}],
+        detect_conflicts=True)
+    assert answer == {"applied": 3, "unchanged": [0, 1, 2]}, "nothing of another user's row is revealed"
+    assert server_name(db, hidden) == "theirs"
+
+
+def test_atomic_function_without_detect_conflicts_ignores_expect_as_before(db, as_user, user_a):
+    list_id = str(uuid.uuid4())
+    db.execute("insert into lists (id, name, owner_id) values (%s, 'theirs', %s)", (list_id, user_a))
+    ops = [{"op": "PATCH", "table": "lists", "id": list_id, "data": {"name": "mine"}, "expect": {"name": "seen"}}]
+    assert apply(as_user, user_a, ops) == {"applied": 1, "unchanged": []}
+    assert server_name(db, list_id) == "mine"
+
+
+def test_atomic_function_in_service_mode_compares_only_the_owners_rows(db, client, user_a, user_b):
+    """Called with the service key (RLS bypassed) and owner_column/owner_id, as the bridge in
+    service mode: another owner's row is left alone (`unchanged`), the owner's own changed row is a
+    conflict, and the owner column is never what decides it."""
+    service = client(SERVICE_KEY, SERVICE_KEY)
+    mine, theirs = str(uuid.uuid4()), str(uuid.uuid4())
+    db.execute("insert into lists (id, name, owner_id) values (%s, 'changed', %s), (%s, 'seen', %s)",
+               (mine, user_a, theirs, user_b))
+
+    def call(ops):
+        response = service.rpc("powersync_apply_transaction", {
+            "ops": ops, "owner_column": "owner_id", "owner_id": user_a, "detect_conflicts": True})
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    assert call([{"op": "DELETE", "table": "lists", "id": theirs, "expect": {"name": "seen"}}]) == \
+        {"applied": 1, "unchanged": [0]}
+    answer = call([{"op": "PATCH", "table": "lists", "id": mine, "data": {"name": "x"}, "expect": {"name": "seen"}}])
+    assert answer["conflict"]["index"] == 0 and answer["conflict"]["row"]["name"] == "changed", answer
+    assert (server_name(db, mine), server_name(db, theirs)) == ("changed", "seen")
