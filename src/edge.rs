@@ -31,6 +31,10 @@ thread_local! {
     static APP: RefCell<Option<Rc<App>>> = const { RefCell::new(None) };
     /// The WebCrypto signing key, imported once per isolate, and its sign parameters.
     static CRYPTO_KEY: RefCell<Option<(web_sys::CryptoKey, Object)>> = const { RefCell::new(None) };
+    /// `crypto.subtle`, looked up once.
+    static SUBTLE: RefCell<Option<web_sys::SubtleCrypto>> = const { RefCell::new(None) };
+    /// WebCrypto import and verify parameters per session algorithm, built once.
+    static SESSION_ALGORITHMS: RefCell<HashMap<jsonwebtoken::Algorithm, (Object, Object)>> = RefCell::new(HashMap::new());
     /// WebCrypto keys for the project's JWKS keys, imported once per key.
     static SESSION_KEYS: RefCell<HashMap<String, web_sys::CryptoKey>> = RefCell::new(HashMap::new());
 }
@@ -265,9 +269,15 @@ impl Transport for FetchTransport {
 /// on the request path.
 struct WebCrypto;
 
+/// The runtime's `crypto.subtle`, looked up once per isolate.
 fn subtle() -> Result<web_sys::SubtleCrypto, String> {
+    if let Some(subtle) = SUBTLE.with(|s| s.borrow().clone()) {
+        return Ok(subtle);
+    }
     let scope: web_sys::WorkerGlobalScope = js_sys::global().unchecked_into();
-    Ok(scope.crypto().map_err(|_| "no crypto in this runtime".to_string())?.subtle())
+    let subtle = scope.crypto().map_err(|_| "no crypto in this runtime".to_string())?.subtle();
+    SUBTLE.with(|s| *s.borrow_mut() = Some(subtle.clone()));
+    Ok(subtle)
 }
 
 fn describe(e: JsValue) -> String {
@@ -360,7 +370,14 @@ async fn session_key(check: &SignatureCheck, import: &Object) -> Result<web_sys:
 impl SignatureVerifier for WebCrypto {
     async fn verify(&self, check: &SignatureCheck) -> Result<bool, SessionError> {
         let mismatch = |e: String| SessionError::KeyMismatch(format!("WebCrypto: {e}"));
-        let (import, verify) = algorithm(check).map_err(mismatch)?;
+        let (import, verify) = match SESSION_ALGORITHMS.with(|a| a.borrow().get(&check.alg).cloned()) {
+            Some(parameters) => parameters,
+            None => {
+                let parameters = algorithm(check).map_err(mismatch)?;
+                SESSION_ALGORITHMS.with(|a| a.borrow_mut().insert(check.alg, parameters.clone()));
+                parameters
+            }
+        };
         let key = session_key(check, &import).await.map_err(mismatch)?;
         let promise = subtle()
             .map_err(mismatch)?
