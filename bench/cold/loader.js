@@ -18,10 +18,17 @@ import NOOP_JS from "./noop.js.txt";
 import TOKEN_JS from "./token.js.txt";
 import UPLOAD_JS from "./upload.js.txt";
 
+// `<script>_load`: the same script imported for its top level only (compile, instantiate,
+// evaluate) behind a module that answers every request itself: a fresh isolate's first request
+// to it costs the runtime's share plus the script's load, without the script's own request.
+const LOAD_ONLY = 'import "./worker.js"; export default { fetch() { return new Response("loaded"); } };';
+
 const SCRIPTS = {
   rust: { "index.js": { js: RUST_JS }, "index_bg.wasm": { wasm: RUST_WASM } },
+  rust_load: { "index.js": { js: LOAD_ONLY }, "worker.js": { js: RUST_JS }, "index_bg.wasm": { wasm: RUST_WASM } },
   noop: { "index.js": { js: NOOP_JS } },
   token: { "index.js": { js: TOKEN_JS } },
+  token_load: { "index.js": { js: LOAD_ONLY }, "worker.js": { js: TOKEN_JS } },
   upload: { "index.js": { js: UPLOAD_JS } },
 };
 
@@ -35,7 +42,7 @@ export default {
       compatibilityDate: "2026-11-01",
       mainModule: "index.js",
       modules,
-      env: JSON.parse(env[`ENV_${script.toUpperCase()}`] || "{}"),
+      env: JSON.parse(env[`ENV_${script.replace(/_load$/, "").toUpperCase()}`] || "{}"),
     }));
     const init = { method: request.method, headers: request.headers };
     if (request.method !== "GET" && request.method !== "HEAD") init.body = await request.arrayBuffer();
