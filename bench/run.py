@@ -60,8 +60,7 @@ from tests.e2e.conftest import (ANON_KEY, JWT_SECRET, SERVICE_KEY,  # noqa: E402
                                 SQL_FILES, SessionKeys, complete_vars, make_token)
 from tests.postgrest_standin.standin import StandIn  # noqa: E402
 from tests.support.pg import TempPostgres  # noqa: E402
-from tests.support.worker import (WRANGLER, JwksServer, WorkerProcess,  # noqa: E402
-                                  dotenv_value, free_port)
+from tests.support.worker import WRANGLER, JwksServer, WorkerProcess  # noqa: E402
 from cryptography.hazmat.primitives import serialization  # noqa: E402
 
 
