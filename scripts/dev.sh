@@ -95,7 +95,7 @@ Worker: http://127.0.0.1:$PORT  (a fresh dev session token: $DEVTOOL mint)
 MSG
 if [ -n "${powersync_started:-}" ]; then cat <<MSG
 PowerSync service: http://127.0.0.1:$PS_PORT  (the worker's tokens carry aud = this URL)
-  Point an app at it: clients/typescript (README: Local stack), e.g.
+  Point an app at it: clients/typescript (README.md, "The local stack"), e.g.
     new WorkerConnector({ workerUrl: 'http://127.0.0.1:$PORT', getSessionToken: async () => '<session token>' })
   and db.connect(connector): credentials, sync and uploads all go through the worker.
 MSG

@@ -295,7 +295,7 @@ fn b64(bytes: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
-/// The claim rules of the README, as an oracle for HS256 tokens with a valid signature.
+/// The claim rules of docs/token.md ("`/powersync-token`"), as an oracle for HS256 tokens with a valid signature.
 fn claims_acceptable(claims: &Value) -> bool {
     let Some(object) = claims.as_object() else { return false };
     let number = |name: &str| object.get(name).and_then(Value::as_f64);
