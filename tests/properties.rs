@@ -1189,7 +1189,7 @@ fn check_equivalence(scenario: &Scenario) -> Result<(), TestCaseError> {
                 let failure = result.failed_operation.as_ref().expect("failure");
                 prop_assert_eq!(failure.code.as_str(), "42501");
                 prop_assert!(
-                    prefixes.iter().any(|prefix| *prefix == after),
+                    prefixes.contains(&after),
                     "transaction {}: the bridge applied something that is not a prefix up to entry {}",
                     t,
                     k
