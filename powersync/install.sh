@@ -19,8 +19,7 @@
 #     script downloads from GitHub).
 # About 1 minute (downloads included; pnpm install ~15 s, tsc build ~40 s on 2 cores) and 900 MB
 # the first time; the second run only checks a stamp file.
-# A half build never counts: it happens in a temp dir that is renamed into place after the stamp
-# is written. A lock keeps two concurrent runs from building twice.
+# A half build never counts, and two concurrent runs do not build twice (scripts/pinned_build.sh).
 set -euo pipefail
 
 VERSION=1.25.0
@@ -30,28 +29,18 @@ GIT_URL=${POWERSYNC_SERVICE_GIT_URL:-https://github.com/powersync-ja/powersync-s
 PNPM_VERSION=11.0.9
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-CACHE=${POWERSYNC_STACK_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/powersync-supabase-worker}
-DEST=$CACHE/powersync-service-$VERSION
-STAMP=$DEST/.installed
-PNPM_DIR=$CACHE/pnpm-$PNPM_VERSION
+NAME=powersync PACKAGE=powersync-service TARBALL_VAR=POWERSYNC_SERVICE_TARBALL
 TARBALL=${POWERSYNC_SERVICE_TARBALL:-$ROOT/../shared/vendor/powersync-service-$VERSION.tar.gz}
-
-log() { echo "powersync/install.sh: $*" >&2; }
-
-NODE_BIN=$("$ROOT/scripts/node.sh")
-export PATH="$NODE_BIN:$PATH" CI=true
+# shellcheck source=scripts/pinned_build.sh
+source "$ROOT/scripts/pinned_build.sh"
+PNPM_DIR=$CACHE/pnpm-$PNPM_VERSION
 
 print_env() {
   echo "export POWERSYNC_NODE=$NODE_BIN/node"
   echo "export POWERSYNC_SERVICE_ENTRY=$DEST/service/lib/entry.js"
 }
 
-if [ -f "$STAMP" ]; then print_env; exit 0; fi
-
-mkdir -p "$CACHE"
-exec 9>"$CACHE/.powersync-install.lock"
-flock 9
-if [ -f "$STAMP" ]; then print_env; exit 0; fi   # another run finished while we waited
+pinned_lock
 
 # --- pnpm ---------------------------------------------------------------------------------------
 if [ ! -x "$PNPM_DIR/node_modules/.bin/pnpm" ]; then
@@ -67,26 +56,7 @@ export PATH="$PNPM_DIR/node_modules/.bin:$PATH"   # `pnpm build` calls pnpm itse
 [ "$("$PNPM" --version)" = "$PNPM_VERSION" ] || { log "pnpm is not $PNPM_VERSION"; exit 1; }
 
 # --- source -------------------------------------------------------------------------------------
-rm -rf "$DEST"                                   # a leftover without stamp is a failed build
-build=$(mktemp -d "$CACHE/.powersync-build.XXXXXX")
-trap 'rm -rf "$build"' EXIT
-src=$build/powersync-service-$VERSION
-if [ -f "$TARBALL" ]; then
-  log "source: $TARBALL"
-  actual=$(sha256sum "$TARBALL" | cut -d' ' -f1)
-  [ "$actual" = "$TARBALL_SHA256" ] || { log "sha256 mismatch: $actual, want $TARBALL_SHA256"; exit 1; }
-  tar xzf "$TARBALL" -C "$build"
-  [ -f "$src/package.json" ] || { log "the tarball has no powersync-service-$VERSION/ folder"; exit 1; }
-elif [ -n "${POWERSYNC_SERVICE_TARBALL:-}" ]; then
-  log "POWERSYNC_SERVICE_TARBALL=$POWERSYNC_SERVICE_TARBALL does not exist"; exit 1
-else
-  log "source: $GIT_URL tag v$VERSION (no tarball at $TARBALL)"
-  GIT_TERMINAL_PROMPT=0 git -c advice.detachedHead=false clone --quiet --depth 1 \
-    --branch "v$VERSION" "$GIT_URL" "$src" >&2
-  actual=$(git -C "$src" rev-parse HEAD)
-  [ "$actual" = "$COMMIT" ] || { log "tag v$VERSION is commit $actual, want $COMMIT"; exit 1; }
-  rm -rf "$src/.git"
-fi
+pinned_source
 
 # --- the two edits ------------------------------------------------------------------------------
 node -e '
@@ -110,7 +80,4 @@ log "pnpm build (about 40 s)"
 (cd "$src" && "$PNPM" build >&2)
 [ -f "$src/service/lib/entry.js" ] || { log "build produced no service/lib/entry.js"; exit 1; }
 
-echo "PowerSync service $VERSION ($COMMIT), Node $(node --version), pnpm $PNPM_VERSION" > "$src/.installed"
-mv -T "$src" "$DEST"
-log "built in $((SECONDS - start)) s: $DEST"
-print_env
+pinned_done "PowerSync service $VERSION ($COMMIT), Node $(node --version), pnpm $PNPM_VERSION" "$start"

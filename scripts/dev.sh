@@ -79,10 +79,8 @@ setting POWERSYNC_URL "http://127.0.0.1:$PS_PORT" >>"$settings"
 [ -n "${storage_started:-}" ] && setting STORAGE_URL "http://127.0.0.1:$ST_PORT" >>"$settings"
 # `setting` ran in this shell (its output appended to a file), so dev_vars holds its --var list.
 
-# iss from .dev.vars's SUPABASE_URL as dev_settings.sh reads it (quotes removed; devtool's own
-# .dev.vars reading keeps them, which gave an iss the worker refused).
-supabase_url=$(var SUPABASE_URL)
-token=$($DEVTOOL mint --secret "$secret" ${supabase_url:+--iss "${supabase_url%/}/auth/v1"})
+# iss from .dev.vars's SUPABASE_URL, which devtool reads as wrangler does.
+token=$($DEVTOOL mint --secret "$secret")
 user=$($PY -c "import jwt,sys; print(jwt.decode(sys.argv[1], options={'verify_signature': False})['sub'])" "$token")
 list_id=$($PY -c "import uuid; print(uuid.uuid4())")
 cat <<MSG
@@ -95,7 +93,7 @@ Worker: http://127.0.0.1:$PORT  (a fresh dev session token: $DEVTOOL mint)
 MSG
 if [ -n "${powersync_started:-}" ]; then cat <<MSG
 PowerSync service: http://127.0.0.1:$PS_PORT  (the worker's tokens carry aud = this URL)
-  Point an app at it: clients/typescript (README: Local stack), e.g.
+  Point an app at it: clients/typescript (README.md, "The local stack"), e.g.
     new WorkerConnector({ workerUrl: 'http://127.0.0.1:$PORT', getSessionToken: async () => '<session token>' })
   and db.connect(connector): credentials, sync and uploads all go through the worker.
 MSG

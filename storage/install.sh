@@ -17,7 +17,7 @@
 # reports three type errors, so the server is built without the type check
 # (`node build.js && npx resolve-tspaths`).
 # About 1-2 minutes and 720 MB the first time (npm install ~40 s with a warm npm cache); the
-# second run only checks a stamp file. A half build never counts (temp dir renamed into place).
+# second run only checks a stamp file. A half build never counts (scripts/pinned_build.sh).
 set -euo pipefail
 
 VERSION=1.70.6
@@ -27,48 +27,18 @@ GIT_URL=${STORAGE_SERVER_GIT_URL:-https://github.com/supabase/storage.git}  # ov
 PG_BOSS_VERSION=10.3.2
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-CACHE=${POWERSYNC_STACK_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/powersync-supabase-worker}
-DEST=$CACHE/supabase-storage-$VERSION
-STAMP=$DEST/.installed
+NAME=storage PACKAGE=supabase-storage TARBALL_VAR=STORAGE_SERVER_TARBALL
 TARBALL=${STORAGE_SERVER_TARBALL:-$ROOT/../shared/vendor/supabase-storage-$VERSION.tar.gz}
-
-log() { echo "storage/install.sh: $*" >&2; }
-
-NODE_BIN=$("$ROOT/scripts/node.sh")
-export PATH="$NODE_BIN:$PATH" CI=true
+# shellcheck source=scripts/pinned_build.sh
+source "$ROOT/scripts/pinned_build.sh"
 
 print_env() {
   echo "export STORAGE_NODE=$NODE_BIN/node"
   echo "export STORAGE_SERVER_ENTRY=$DEST/dist/start/server.js"
 }
 
-if [ -f "$STAMP" ]; then print_env; exit 0; fi
-
-mkdir -p "$CACHE"
-exec 9>"$CACHE/.storage-install.lock"
-flock 9
-if [ -f "$STAMP" ]; then print_env; exit 0; fi   # another run finished while we waited
-
-rm -rf "$DEST"                                   # a leftover without stamp is a failed build
-build=$(mktemp -d "$CACHE/.storage-build.XXXXXX")
-trap 'rm -rf "$build"' EXIT
-src=$build/supabase-storage-$VERSION
-if [ -f "$TARBALL" ]; then
-  log "source: $TARBALL"
-  actual=$(sha256sum "$TARBALL" | cut -d' ' -f1)
-  [ "$actual" = "$TARBALL_SHA256" ] || { log "sha256 mismatch: $actual, want $TARBALL_SHA256"; exit 1; }
-  tar xzf "$TARBALL" -C "$build"
-  [ -f "$src/package.json" ] || { log "the tarball has no supabase-storage-$VERSION/ folder"; exit 1; }
-elif [ -n "${STORAGE_SERVER_TARBALL:-}" ]; then
-  log "STORAGE_SERVER_TARBALL=$STORAGE_SERVER_TARBALL does not exist"; exit 1
-else
-  log "source: $GIT_URL tag v$VERSION (no tarball at $TARBALL)"
-  GIT_TERMINAL_PROMPT=0 git -c advice.detachedHead=false clone --quiet --depth 1 \
-    --branch "v$VERSION" "$GIT_URL" "$src" >&2
-  actual=$(git -C "$src" rev-parse HEAD)
-  [ "$actual" = "$COMMIT" ] || { log "tag v$VERSION is commit $actual, want $COMMIT"; exit 1; }
-  rm -rf "$src/.git"
-fi
+pinned_lock
+pinned_source
 
 # --- the pg-boss swap ---------------------------------------------------------------------------
 node -e '
@@ -92,7 +62,4 @@ log "build without type check"
 (cd "$src" && node ./build.js >&2 && npx --no-install resolve-tspaths >&2)
 [ -f "$src/dist/start/server.js" ] || { log "build produced no dist/start/server.js"; exit 1; }
 
-echo "Supabase Storage $VERSION ($COMMIT), Node $(node --version), pg-boss $PG_BOSS_VERSION" > "$src/.installed"
-mv -T "$src" "$DEST"
-log "built in $((SECONDS - start)) s: $DEST"
-print_env
+pinned_done "Supabase Storage $VERSION ($COMMIT), Node $(node --version), pg-boss $PG_BOSS_VERSION" "$start"

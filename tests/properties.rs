@@ -295,7 +295,7 @@ fn b64(bytes: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
-/// The claim rules of the README, as an oracle for HS256 tokens with a valid signature.
+/// The claim rules of docs/token.md ("`/powersync-token`"), as an oracle for HS256 tokens with a valid signature.
 fn claims_acceptable(claims: &Value) -> bool {
     let Some(object) = claims.as_object() else { return false };
     let number = |name: &str| object.get(name).and_then(Value::as_f64);
@@ -1189,7 +1189,7 @@ fn check_equivalence(scenario: &Scenario) -> Result<(), TestCaseError> {
                 let failure = result.failed_operation.as_ref().expect("failure");
                 prop_assert_eq!(failure.code.as_str(), "42501");
                 prop_assert!(
-                    prefixes.iter().any(|prefix| *prefix == after),
+                    prefixes.contains(&after),
                     "transaction {}: the bridge applied something that is not a prefix up to entry {}",
                     t,
                     k

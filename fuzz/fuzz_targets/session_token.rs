@@ -4,7 +4,7 @@
 //! naming `ec1`/`rsa1` reach the signature checks of both. An HS256 token claiming the Firebase
 //! issuer must be refused (no shared secret with a third party). The first byte picks the input's shape:
 //! - `0x01`: the rest is a claims object, signed with the secret (claim rules are fuzzed: the
-//!   result must match the README's rules);
+//!   result must match the rules of docs/token.md);
 //! - `0x02`: the rest is `header 0xFF payload 0xFF signature`, each base64url-encoded here;
 //! - anything else: the whole input is the token text.
 #![no_main]
@@ -63,7 +63,7 @@ fn verifier() -> &'static Verifier {
     })
 }
 
-/// The claim rules of the README.
+/// The claim rules of docs/token.md ("`/powersync-token`").
 fn acceptable(claims: &serde_json::Map<String, Value>) -> bool {
     let number = |name: &str| claims.get(name).and_then(Value::as_f64);
     let now = NOW as f64;

@@ -23,7 +23,7 @@ atomic mode) and one fatal transaction (a dead letter). After A's attempts:
   transaction gets exactly one dead letter, B's.
 
 The data table `hostile_notes` keys its owner by `text` with policies on the JWT's `sub`
-(README "Third-party auth"), so the same table serves both issuers; `hostile_admin` is a table
+(docs/third-party-auth.md), so the same table serves both issuers; `hostile_admin` is a table
 the API users have no rights on and that is outside `UPLOAD_TABLES`, which service_role (and so
 an operator's replay) can write.
 """

@@ -322,7 +322,7 @@ def test_rls_upload_with_a_firebase_token_lands_rows_owned_by_the_firebase_uid(f
 def test_rls_keyed_by_auth_uid_cannot_hold_a_firebase_uid(firebase_rls, providers, pg):
     """The demo schema's `owner_id uuid = auth.uid()` cannot work for Firebase users (a uid is
     not a uuid): the upload is refused, nothing is written. Apps use text columns and
-    `auth.jwt() ->> 'sub'` instead (README, "Third-party auth")."""
+    `auth.jwt() ->> 'sub'` instead (docs/third-party-auth.md)."""
     _, keys, _, _ = providers
     token = keys["firebase"].sign(firebase_claims())
     list_id = str(uuid.uuid4())

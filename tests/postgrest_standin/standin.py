@@ -13,7 +13,7 @@ in front of a real PostgreSQL, the way Supabase exposes it:
 
 Versions: PostgREST 12 (what Supabase runs) by default; ``postgrest_version=13``
 (constructor, ``--postgrest-version``, or ``POST /_standin/config``) switches to
-13's answers where the two differ (see VERSION_DIFFERENCES and the README).
+13's answers where the two differ (see VERSION_DIFFERENCES and docs/testing.md, "The PostgREST stand-in").
 
 ``close_connections`` (constructor, ``--close-connections``, or
 ``POST /_standin/config {"close_connections": ...}``) closes every connection

@@ -302,7 +302,7 @@ class Generator:
         n = r.choices([1, 2, 3, 4, 5, 6], weights=[30, 25, 18, 12, 8, 7])[0]
         entries = [self.entry() for _ in range(n)]
         if not self.dependent_deletes:
-            # KNOWN HOLE (README "Known gap"): a transaction whose later entry changes what an
+            # KNOWN HOLE (docs/upload.md "Known gap"): a transaction whose later entry changes what an
             # earlier entry does is not safe to re-send after a lost answer. Two such patterns
             # come out of this generator; unless asked for, they are rewritten:
             # - a DELETE of a list an earlier entry points a todo at becomes a DELETE of one of

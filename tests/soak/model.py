@@ -9,7 +9,7 @@ to the real names. soak_notes starts without grants for the API roles and is gra
 run (tests/soak/driver.py); a write refused for a missing grant is retryable, so it never reaches
 the model, which therefore knows nothing about grants.
 
-Semantics (README "/powersync-upload", sql/atomic_upload.sql, tests/sql/test_schema.sql):
+Semantics (docs/upload.md "/powersync-upload", sql/atomic_upload.sql, tests/sql/test_schema.sql):
 - PUT = insert with the given columns (others get their defaults), or on an existing id update
   only the given columns.
   RLS mode: refused (42501) when the existing row belongs to someone else (ON CONFLICT DO

@@ -24,9 +24,7 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import socket
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -34,29 +32,15 @@ from typing import Callable
 
 import requests
 
-ROOT = Path(__file__).resolve().parents[2]
-INSTALL_SCRIPT = ROOT / "powersync/install.sh"
-SYNC_RULES = ROOT / "powersync/sync-rules.yaml"
+from tests.support.node_service import NodeService, installed
 
-_installed: tuple[str, str] | None = None
+ROOT = Path(__file__).resolve().parents[2]
+SYNC_RULES = ROOT / "powersync/sync-rules.yaml"
 
 
 def service_install() -> tuple[str, str]:
     """(node binary, service entry.js): from the environment, else from powersync/install.sh."""
-    global _installed
-    node, entry = os.environ.get("POWERSYNC_NODE"), os.environ.get("POWERSYNC_SERVICE_ENTRY")
-    if node and entry:
-        return node, entry
-    if _installed is None:
-        proc = subprocess.run(["bash", str(INSTALL_SCRIPT)], cwd=ROOT, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, timeout=1800,
-                              env=dict(os.environ, CI="true"))
-        if proc.returncode != 0:
-            raise RuntimeError(f"powersync/install.sh failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
-        found = dict(line.removeprefix("export ").split("=", 1)
-                     for line in proc.stdout.splitlines() if line.startswith("export "))
-        _installed = found["POWERSYNC_NODE"], found["POWERSYNC_SERVICE_ENTRY"]
-    return _installed
+    return installed("powersync/install.sh", "POWERSYNC_NODE", "POWERSYNC_SERVICE_ENTRY")
 
 
 def free_port() -> int:
@@ -65,7 +49,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class PowerSyncService:
+class PowerSyncService(NodeService):
+    NAME = "PowerSync service"
+
     def __init__(self, app_dsn_with_password: str, storage_dsn: str, jwks_uri: str | list[str],
                  audience: str | list[str] | None = None, port: int | None = None,
                  startup_timeout: float = 60.0):
@@ -91,40 +77,16 @@ class PowerSyncService:
         # JSON is YAML: no YAML library needed.
         self.config_path = self.dir / "powersync.yaml"
         self.config_path.write_text(json.dumps(config, indent=2))
-        self.log_path = self.dir / "service.log"
-        self._log = open(self.log_path, "wb")
         # cwd = the temp dir: the service writes its health probes to ./.probes
-        self.proc = subprocess.Popen(
-            [node, entry, "start", "-c", str(self.config_path)], cwd=self.dir,
-            stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True, env=dict(os.environ, NODE_ENV="production", NO_COLOR="1"))
-        try:
-            self._wait_live(startup_timeout)
-        except BaseException:
-            self.stop()
-            raise
-
-    def _wait_live(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"PowerSync service exited ({self.proc.returncode}):\n{self.output()[-4000:]}")
-            try:
-                if requests.get(self.url + "/probes/liveness", timeout=2).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"PowerSync service not live after {timeout:.0f} s:\n{self.output()[-4000:]}")
-            time.sleep(0.2)
+        self._run([node, entry, "start", "-c", str(self.config_path)], cwd=self.dir,
+                  env=dict(os.environ, NODE_ENV="production", NO_COLOR="1"),
+                  log_path=self.dir / "service.log", probe_path="/probes/liveness",
+                  timeout=startup_timeout, poll_seconds=0.2)
 
     def output(self) -> str:
         """The service's log so far (its text logger colours levels even without a TTY: the
         escape codes are removed)."""
-        try:
-            return re.sub(r"\x1b\[[0-9;]*m", "", self.log_path.read_text(errors="replace"))
-        except OSError:
-            return ""
+        return re.sub(r"\x1b\[[0-9;]*m", "", super().output())
 
     def diagnostics(self) -> dict:
         """The admin diagnostics (connections, active sync rules, replication state, errors)."""
@@ -158,26 +120,8 @@ class PowerSyncService:
             time.sleep(0.3)
 
     def stop(self) -> None:
-        """SIGTERM (the service stops cleanly), then SIGKILL after 15 s."""
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-                self.proc.wait(timeout=15)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                try:
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                    self.proc.wait(timeout=5)
-                except (ProcessLookupError, subprocess.TimeoutExpired):
-                    pass
-        if not self._log.closed:
-            self._log.close()
+        super().stop()
         shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> "PowerSyncService":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
 
 # --- the sync protocol, without a client SDK ---------------------------------------------------

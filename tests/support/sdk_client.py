@@ -14,13 +14,10 @@ Every call waits for the driver's answer and raises `SdkError` with the SDK's me
 
 from __future__ import annotations
 
-import functools
-import itertools
-import json
-import os
 import subprocess
-import threading
 from pathlib import Path
+
+from tests.support.line_child import LineChild
 
 ROOT = Path(__file__).resolve().parents[2]
 DRIVER = ROOT / "tests/sdk/driver.mjs"
@@ -38,58 +35,17 @@ class SdkError(RuntimeError):
     pass
 
 
-@functools.cache
-def node() -> str:
-    """Node 24 (scripts/node.sh): the SDK's better-sqlite3 is compiled against it."""
-    bin_dir = subprocess.run(["bash", str(ROOT / "scripts/node.sh")], check=True, text=True,
-                             stdout=subprocess.PIPE).stdout.strip()
-    return bin_dir + "/node"
+class SdkApp(LineChild):
+    ERROR = SdkError
+    ERROR_LOG_TAIL = 2000
 
-
-class SdkApp:
     def __init__(self, worker_url: str, session_token: str, db_path: Path,
                  max_transactions_per_request: int | None = None, with_attachments: bool = False,
                  track_previous: bool = False):
-        self.log_path = Path(str(db_path) + ".log")
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
-            [node(), str(DRIVER)], cwd=DRIVER.parent, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=self._log, text=True, bufsize=1, env=dict(os.environ, NODE_NO_WARNINGS="1"),
-            start_new_session=True)
-        self._ids = itertools.count(1)
-        self._lock = threading.Lock()
+        self._spawn(DRIVER, cwd=DRIVER.parent, log_path=Path(str(db_path) + ".log"))
         self.call("open", timeout=60, path=str(db_path), workerUrl=worker_url, token=session_token,
                   maxTransactionsPerRequest=max_transactions_per_request, withAttachments=with_attachments,
                   trackPrevious=track_previous)
-
-    def call(self, cmd: str, timeout: float = 60, **args):
-        with self._lock:
-            msg_id = next(self._ids)
-            self.proc.stdin.write(json.dumps({"id": msg_id, "cmd": cmd, "args": args}) + "\n")
-            self.proc.stdin.flush()
-            result: dict = {}
-
-            def read():
-                while True:
-                    line = self.proc.stdout.readline()
-                    if not line:
-                        return
-                    try:
-                        msg = json.loads(line)
-                    except ValueError:
-                        continue  # not ours (a library printing to stdout)
-                    if msg.get("id") == msg_id:
-                        result.update(msg)
-                        return
-
-            reader = threading.Thread(target=read, daemon=True)
-            reader.start()
-            reader.join(timeout)
-            if not result:
-                raise SdkError(f"{cmd}: no answer within {timeout} s\n{self.log()[-3000:]}")
-            if not result.get("ok"):
-                raise SdkError(f"{cmd}: {result.get('error')}\n{self.log()[-2000:]}")
-            return result.get("result")
 
     # The driver's commands, as methods (see tests/sdk/driver.mjs).
     def connect(self, timeout_ms: int = 30000, **kw):
@@ -125,12 +81,6 @@ class SdkApp:
 
     def records(self) -> dict:
         return self.call("records")
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
 
     def close(self):
         if self.proc.poll() is None:

@@ -22,41 +22,23 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import requests
 
+from tests.support.node_service import NodeService, installed
 from tests.support.powersync import free_port
-
-ROOT = Path(__file__).resolve().parents[2]
-INSTALL_SCRIPT = ROOT / "storage/install.sh"
-
-_installed: tuple[str, str] | None = None
 
 
 def server_install() -> tuple[str, str]:
     """(node binary, dist/start/server.js): from the environment, else from storage/install.sh."""
-    global _installed
-    node, entry = os.environ.get("STORAGE_NODE"), os.environ.get("STORAGE_SERVER_ENTRY")
-    if node and entry:
-        return node, entry
-    if _installed is None:
-        proc = subprocess.run(["bash", str(INSTALL_SCRIPT)], cwd=ROOT, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, timeout=1800,
-                              env=dict(os.environ, CI="true"))
-        if proc.returncode != 0:
-            raise RuntimeError(f"storage/install.sh failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
-        found = dict(line.removeprefix("export ").split("=", 1)
-                     for line in proc.stdout.splitlines() if line.startswith("export "))
-        _installed = found["STORAGE_NODE"], found["STORAGE_SERVER_ENTRY"]
-    return _installed
+    return installed("storage/install.sh", "STORAGE_NODE", "STORAGE_SERVER_ENTRY")
 
 
-class StorageServer:
+class StorageServer(NodeService):
+    NAME = "Storage server"
+
     def __init__(self, database_url: str, jwt_secret: str, port: int | None = None,
                  files_dir: str | None = None, startup_timeout: float = 90.0,
                  jwks: dict | None = None):
@@ -84,37 +66,10 @@ class StorageServer:
             # Asymmetric keys Storage trusts besides the secret (JWT_JWKS), as a Supabase project
             # with third-party auth trusts its providers' keys.
             env["JWT_JWKS"] = json.dumps(jwks)
-        self.log_path = self.dir / "storage.log"
-        self._log = open(self.log_path, "wb")
         # cwd = the server's own folder: it reads ./migrations from there
-        self.proc = subprocess.Popen([node, entry], cwd=Path(entry).parents[2], stdout=self._log,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     start_new_session=True, env=env)
-        try:
-            self._wait_live(startup_timeout)
-        except BaseException:
-            self.stop()
-            raise
-
-    def _wait_live(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"Storage server exited ({self.proc.returncode}):\n{self.output()[-4000:]}")
-            try:
-                if requests.get(self.url + "/status", timeout=2).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"Storage server not live after {timeout:.0f} s:\n{self.output()[-4000:]}")
-            time.sleep(0.3)
-
-    def output(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
+        self._run([node, entry], cwd=Path(entry).parents[2], env=env,
+                  log_path=self.dir / "storage.log", probe_path="/status",
+                  timeout=startup_timeout, poll_seconds=0.3)
 
     @staticmethod
     def headers(token: str) -> dict:
@@ -135,23 +90,6 @@ class StorageServer:
         return [o["name"] for o in r.json() if o.get("id")]
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-                self.proc.wait(timeout=15)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                try:
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                    self.proc.wait(timeout=5)
-                except (ProcessLookupError, subprocess.TimeoutExpired):
-                    pass
-        if not self._log.closed:
-            self._log.close()
+        super().stop()
         if self._own_dir:
             shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> "StorageServer":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()

@@ -12,18 +12,15 @@ line), under Node 24 (scripts/node.sh), as tests/support/sdk_client.py drives th
 
 from __future__ import annotations
 
-import itertools
-import json
 import os
 import subprocess
-import threading
 import time
 from pathlib import Path
 from urllib.parse import quote
 
 import requests
 
-from tests.support.sdk_client import node
+from tests.support.line_child import LineChild, node
 from tests.support.worker import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -89,53 +86,15 @@ class DemoPage:
                 self.proc.kill()
 
 
-class Browser:
+class Browser(LineChild):
     """One headless Chromium profile (tabs share IndexedDB and shared workers, like one person's
     browser)."""
 
+    ERROR = BrowserError
+
     def __init__(self, log_path: Path):
-        self.log_path = log_path
-        self._log = open(log_path, "wb")
-        self.proc = subprocess.Popen(
-            [node(), str(DRIVER)], cwd=WEB, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=self._log, text=True, bufsize=1, env=dict(os.environ, NODE_NO_WARNINGS="1"),
-            start_new_session=True)
-        self._ids = itertools.count(1)
-        self._lock = threading.Lock()
+        self._spawn(DRIVER, cwd=WEB, log_path=log_path)
         self.version = self.call("launch", timeout=60)
-
-    def call(self, cmd: str, timeout: float = 60, **args):
-        with self._lock:
-            msg_id = next(self._ids)
-            self.proc.stdin.write(json.dumps({"id": msg_id, "cmd": cmd, "args": args}) + "\n")
-            self.proc.stdin.flush()
-            result: dict = {}
-
-            def read():
-                while True:
-                    line = self.proc.stdout.readline()
-                    if not line:
-                        return
-                    try:
-                        msg = json.loads(line)
-                    except ValueError:
-                        continue
-                    if msg.get("id") == msg_id:
-                        result.update(msg)
-                        return
-
-            reader = threading.Thread(target=read, daemon=True)
-            reader.start()
-            reader.join(timeout)
-            if not result:
-                raise BrowserError(f"{cmd}: no answer within {timeout} s\n{self.log()[-3000:]}")
-            if not result.get("ok"):
-                raise BrowserError(f"{cmd}: {result.get('error')}")
-            return result.get("result")
-
-    def log(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")
 
     def open(self, url: str) -> int:
         return self.call("open", url=url)

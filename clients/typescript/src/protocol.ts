@@ -82,7 +82,8 @@ export interface TransactionResult {
    * `success` only: indexes (in the transaction's `crud`) of the PATCH and DELETE entries that
    * changed no row: the row was gone already, or hidden from the user by row-level security (or,
    * in the worker's service mode, owned by someone else). Absent when there are none. May list
-   * more entries than changed nothing when the worker merged them into one request (README).
+   * more entries than changed nothing when the worker merged them into one request (the worker's
+   * docs/upload.md, "Nothing silent").
    */
   unchanged?: number[];
 }
@@ -236,7 +237,7 @@ function validResults(body: unknown, sentIds: readonly (number | null)[]): Trans
 /**
  * Decides, from one `/powersync-upload` answer, which of the transactions sent may be completed.
  *
- * The rules (README "`/powersync-upload`"):
+ * The rules (the worker's docs/upload.md, "`/powersync-upload`"):
  * - Only HTTP 200 and HTTP 503 carry per-transaction results. Any other status (400, 401, 413,
  *   5xx, ...) completes nothing.
  * - The results must match what was sent exactly (same count, same order, same `transaction_id`s);

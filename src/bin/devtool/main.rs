@@ -9,6 +9,7 @@
 
 mod dead_letters;
 mod doctor;
+mod dotenv;
 mod rest;
 
 use std::collections::HashMap;
@@ -148,32 +149,15 @@ fn setting(name: &str) -> Option<String> {
     setting_from(".dev.vars", name)
 }
 
-/// Values from the vars file `path` (`NAME=value` lines, as `.dev.vars`), then the environment.
+/// Values from the vars file `path` (as wrangler reads `.dev.vars`: [`dotenv::parse`]), then the
+/// environment.
 fn setting_from(path: &str, name: &str) -> Option<String> {
     if let Ok(text) = std::fs::read_to_string(path) {
-        for line in text.lines() {
-            if let Some((key, value)) = line.split_once('=') {
-                if key.trim() == name {
-                    return Some(dotenv_value(value));
-                }
-            }
+        if let Some(value) = dotenv::parse(&text).remove(name) {
+            return Some(value);
         }
     }
     std::env::var(name).ok().filter(|v| !v.is_empty())
-}
-
-/// A `.dev.vars` value as dotenv reads it: 'single-quoted' is literal, "double-quoted" expands
-/// `\n`, a bare value is trimmed.
-fn dotenv_value(raw: &str) -> String {
-    let raw = raw.trim();
-    let quoted = |q: char| raw.len() >= 2 && raw.starts_with(q) && raw.ends_with(q);
-    if quoted('\'') {
-        raw[1..raw.len() - 1].to_string()
-    } else if quoted('"') {
-        raw[1..raw.len() - 1].replace("\\n", "\n")
-    } else {
-        raw.to_string()
-    }
 }
 
 fn vars_file(options: &HashMap<String, String>) -> String {
@@ -496,10 +480,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn vars_file_values_are_read_as_dotenv_reads_them() {
-        assert_eq!(dotenv_value(" 'a\\nb' "), "a\\nb");
-        assert_eq!(dotenv_value("\"-----BEGIN\\nX\\n-----END\""), "-----BEGIN\nX\n-----END");
-        assert_eq!(dotenv_value("plain "), "plain");
-        assert_eq!(dotenv_value("'"), "'");
+    fn settings_come_from_the_vars_file_as_wrangler_reads_it_then_the_environment() {
+        let path = std::env::temp_dir().join(format!("devtool-vars-{}", std::process::id()));
+        std::fs::write(&path, "export SUPABASE_URL='http://127.0.0.1:54321' # local\nSUPABASE_ANON_KEY=\n").unwrap();
+        let path = path.to_str().unwrap();
+        assert_eq!(setting_from(path, "SUPABASE_URL").as_deref(), Some("http://127.0.0.1:54321"));
+        // set in the file, even blank: the file's value (wrangler gives the worker that one)
+        assert_eq!(setting_from(path, "SUPABASE_ANON_KEY").as_deref(), Some(""));
+        // not in the file: the environment's (PATH is set wherever tests run)
+        assert_eq!(setting_from(path, "PATH"), std::env::var("PATH").ok());
+        std::fs::remove_file(path).unwrap();
     }
 }
