@@ -69,6 +69,7 @@ LUA = BENCH / "wrk/bench.lua"
 SIGN_ONLY = BENCH / "sign-only/worker.js"
 UPLOAD_FLOOR = BENCH / "upload-floor/worker.js"
 JS_TOKEN = BENCH / "js/token.js"
+RUST_FLOOR = BENCH / "rust-floor/build/index.js"  # built by bench/run.sh
 JS_UPLOAD = BENCH / "js/upload.js"
 WRANGLER_DEV_API = ROOT / "tests/support/wrangler_dev.mjs"
 BASELINE = BENCH / "baseline.py"
@@ -582,7 +583,11 @@ def render_markdown(res: dict) -> str:
         "",
         f"- floor of one request (JS no-op): {fmt(d['floor_js_ms'], 2)} ms (+ {fmt(d['floor_proxy_ms'], 2)} ms in "
         "wrangler's proxy workerd);",
-        f"- `/health` − JS no-op (workers-rs, the worker's routing and its log line): {fmt(d['rust_overhead_ms'], 2)} ms;",
+        f"- `/health` − JS no-op (workers-rs, the worker's routing and its log line): {fmt(d['rust_overhead_ms'], 2)} ms, of "
+        f"which: the smallest workers-rs worker − JS no-op (the wasm entry, `worker`'s glue, the panic-recovery shim) "
+        f"{fmt(d['rust_floor_ms'], 2)} ms; `/health` − that worker (routing, the log line, the answer) "
+        f"{fmt(d['health_minus_rust_floor_ms'], 2)} ms; for scale, one console.log line in JS (JS no-op + log − JS no-op) "
+        f"{fmt(d['log_line_js_ms'], 2)} ms;",
         f"- one RSA-2048 WebCrypto signature (sign-only − JS no-op): {fmt(d['sign_ms'], 2)} ms;",
         f"- the JS jose token worker (RSA) − JS no-op (verify, claims, sign, JSON, log line): "
         f"{fmt(d['js_token_minus_noop_ms'], 2)} ms; the worker's token (RSA) − `/health`: {fmt(d['token_hs_minus_health_ms'], 2)} ms;",
@@ -706,7 +711,7 @@ JS_UPLOAD_LABELS = {
     "js_full_rls": "JS worker + session check (jose) + log line (bench/js/upload.js `/rls`)",
     "js_full_atomic": "JS worker + session check (jose) + log line (bench/js/upload.js `/atomic`)",
 }
-TOKEN_TABLE_ORDER = ("noop_js", "health", "sign_only", "token_hs256", "js_token_rs256", "token_key_es256",
+TOKEN_TABLE_ORDER = ("noop_js", "noop_log_js", "rust_floor", "health", "sign_only", "token_hs256", "js_token_rs256", "token_key_es256",
                      "js_token_es256", "token_key_eddsa", "js_token_eddsa", "token_es256", "js_token_es256_session",
                      "token_hs256_metrics")
 # The token endpoint per PowerSync key type (HS256 session), and the JS jose worker with the same key type.
@@ -822,6 +827,8 @@ def main() -> int:
         # The JavaScript workers (bench/README.md, "The JavaScript workers").
         w_sign = start_worker(sign_vars, SIGN_ONLY)
         stack.callback(w_sign.stop)
+        w_floor = start_worker({}, RUST_FLOOR)
+        stack.callback(w_floor.stop)
         w_js = {}
         for alg, key in (("RS256", ps_key), ("ES256", es_key), ("EdDSA", ed_key)):
             w_js[alg] = start_worker({**js_token_vars, "POWERSYNC_ALG": alg, "POWERSYNC_PRIVATE_KEY": key["private_pem"],
@@ -831,7 +838,8 @@ def main() -> int:
         stack.callback(w_upload_floor.stop)
         w_js_upload = start_worker(js_token_vars, JS_UPLOAD)
         stack.callback(w_js_upload.stop)
-        for w in (w_main, w_atomic, w_es_key, w_ed_key, w_metrics, w_sign, *w_js.values(), w_upload_floor, w_js_upload):
+        for w in (w_main, w_atomic, w_es_key, w_ed_key, w_metrics, w_sign, w_floor, *w_js.values(), w_upload_floor,
+                  w_js_upload):
             if workerd_count(w.proc.pid) < 1:
                 raise RuntimeError("no workerd process found under a wrangler dev process group")
 
@@ -852,12 +860,16 @@ def main() -> int:
         if w_js["RS256"].get("/powersync-token", headers=bearer(hs_token + "x")).status_code != 401:
             raise RuntimeError("JS token worker accepted a bad signature")
         check_token_response(w_sign.get("/sign"), ps_key["public_jwk"], "sign-only")
-        if w_main.get("/health").status_code != 200 or w_sign.get("/noop").text != "ok":
+        if (w_main.get("/health").status_code != 200 or w_sign.get("/noop").text != "ok"
+                or w_sign.get("/noop-log").text != "ok" or w_floor.get("/").text != "ok"):
             raise RuntimeError("health / noop did not answer as expected")
 
         # ---------------------------------------------------------------- token rounds
         variants = {
             "noop_js": ("JS no-op request (sign-only worker `/noop`)", w_sign, "/noop", None),
+            "noop_log_js": ("JS no-op + the worker's one log line (sign-only worker `/noop-log`)", w_sign, "/noop-log",
+                            None),
+            "rust_floor": ("the smallest workers-rs worker (bench/rust-floor: `Response::ok`)", w_floor, "/", None),
             "health": ("`/health`", w_main, "/health", None),
             "sign_only": ("JS: one RSA-2048 WebCrypto signature, nothing else (sign-only worker)", w_sign, "/sign", None),
             "token_hs256": ("token, RSA-2048 key (RS256), HS256 session", w_main, "/powersync-token", hs_token),
@@ -1068,6 +1080,9 @@ def main() -> int:
         "floor_js_ms": cpu("noop_js"),
         "floor_proxy_ms": med["noop_js"]["cpu_ms_per_req_entry"],
         "rust_overhead_ms": diff(cpu("health"), cpu("noop_js")),
+        "log_line_js_ms": diff(cpu("noop_log_js"), cpu("noop_js")),
+        "rust_floor_ms": diff(cpu("rust_floor"), cpu("noop_js")),
+        "health_minus_rust_floor_ms": diff(cpu("health"), cpu("rust_floor")),
         "sign_ms": diff(cpu("sign_only"), cpu("noop_js")),
         "token_hs_minus_health_ms": diff(cpu("token_hs256"), cpu("health")),
         "js_token_minus_noop_ms": diff(cpu("js_token_rs256"), cpu("noop_js")),
@@ -1087,6 +1102,14 @@ def main() -> int:
 
     ratio_target(f"`/health` ≤ {TARGET_HEALTH_VS_NOOP:.2f}× a JS no-op request (worker workerd CPU)", "health", "noop_js",
                  TARGET_HEALTH_VS_NOOP, token_runs["health"], token_runs["noop_js"], cpu("health"), cpu("noop_js"))
+    for what, key in (("the smallest workers-rs worker (bench/rust-floor)", "rust_floor"),
+                      ("`/health`", "health")):
+        ratio = cpu(key) / cpu("noop_js") if cpu(key) and cpu("noop_js") else None
+        with_log = cpu(key) / cpu("noop_log_js") if cpu(key) and cpu("noop_log_js") else None
+        targets.append({"target": f"info: {what} vs a JS no-op / vs a JS no-op that writes the same one log line",
+                        "measured": f"{fmt(ratio, 2)}× / {fmt(with_log, 2)}× ({fmt(cpu(key), 2)} vs {fmt(cpu('noop_js'), 2)} / "
+                                    f"{fmt(cpu('noop_log_js'), 2)} ms)",
+                        "value": ratio, "pass": None, "info": True})
     for alg, name, rust_key, js_key in KEY_TYPES:
         ratio_target(f"token, {name} key, HS256 session ≤ {TARGET_TOKEN_VS_JS:.2f}× the JS jose worker with the same key",
                      rust_key, js_key, TARGET_TOKEN_VS_JS, token_runs[rust_key], token_runs[js_key], cpu(rust_key), cpu(js_key))

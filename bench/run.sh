@@ -30,6 +30,11 @@ if ! wait "$venv_pid"; then
 fi
 rm -f "$venv_log"
 
+# The smallest workers-rs worker (bench/rust-floor: the floor of a Rust request), with the
+# worker's toolchain; worker-build rebuilds only what changed (seconds once built).
+(eval "$(scripts/toolchain.sh)" && cd bench/rust-floor \
+   && CARGO_TARGET_DIR="$PWD/../../target/rust-floor" worker-build --release >/dev/null)
+
 # The JavaScript comparison workers' one dependency (jose, pinned in bench/js/package-lock.json),
 # installed again only when the lock file changed; wrangler bundles it (esbuild) when it starts them.
 if [ ! -f bench/js/node_modules/.package-lock.json ] || [ bench/js/package-lock.json -nt bench/js/node_modules/.package-lock.json ]; then

@@ -72,6 +72,13 @@ export default {
     if (path === "/noop") {
       return new Response("ok");
     }
+    if (path === "/noop-log") {
+      // The no-op plus the one-line structured log the worker writes for every request (its
+      // /health line): what a JS worker with the same observability pays per request.
+      console.log(JSON.stringify({ route: "health", method: request.method, status: 200,
+                                   request_id: requestId(), duration_ms: Date.now() - started }));
+      return new Response("ok");
+    }
     const other = OTHER_KEYS[path];
     if (other) {
       const [envName, importAlg, signAlg, text] = other;
