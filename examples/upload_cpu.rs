@@ -2,7 +2,8 @@
 //! `put1000` body): parse, plan, request body. For iterating on speed; the figures that count
 //! are `make bench`'s (wasm under workerd).
 //!
-//! `cargo run --release --example upload_cpu`
+//! `cargo run --release --example upload_cpu`; instruction counts by function:
+//! `UPLOAD_CPU_ROUNDS=3 valgrind --tool=callgrind target/release/examples/upload_cpu`
 
 use std::future::Future;
 use std::pin::pin;
@@ -60,7 +61,8 @@ fn main() {
     let settings = UploadSettings::new("https://p.supabase.co", "anon");
     let caller = Caller { user_id: sub.into(), access_token: "t".into(), client_id: None };
     let limits = Limits::default();
-    let rounds = 300;
+    // UPLOAD_CPU_ROUNDS=3 for a callgrind run (instruction counts per function)
+    let rounds: u32 = std::env::var("UPLOAD_CPU_ROUNDS").ok().and_then(|n| n.parse().ok()).unwrap_or(300);
     let mut parse_ns = 0u128;
     let mut apply_ns = 0u128;
     for _ in 0..rounds {
