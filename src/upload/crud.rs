@@ -373,9 +373,14 @@ pub fn parse_upload(body: &[u8], limits: &Limits) -> Result<Upload, CrudError> {
     }
     let mut reader = Reader { limits, entries: 0, transactions: 0, too_large: None, fault: None };
     let mut shapes = Shapes::default();
-    let mut deserializer = serde_json::Deserializer::from_slice(body);
-    let read = RootSeed { reader: &mut reader, shapes: &mut shapes }.deserialize(&mut deserializer);
-    let read = read.and_then(|()| deserializer.end());
+    // A UTF-8 body (every valid one) is checked once here, and then read as text: read as bytes,
+    // every raw value kept (each entry's fields, each column's value) would be checked again.
+    // Bytes that are not UTF-8 are read as bytes, for serde_json's error and its position.
+    let seed = RootSeed { reader: &mut reader, shapes: &mut shapes };
+    let read = match std::str::from_utf8(body) {
+        Ok(text) => read_all(seed, &mut serde_json::Deserializer::from_str(text)),
+        Err(_) => read_all(seed, &mut serde_json::Deserializer::from_slice(body)),
+    };
     if let Some(too_large) = reader.too_large.take() {
         return Err(too_large);
     }
@@ -400,6 +405,15 @@ pub fn parse_upload(body: &[u8], limits: &Limits) -> Result<Upload, CrudError> {
             format!("give only one of `transactions`, `batch` or `operations` (found {})", present.join(", ")),
         )),
     }
+}
+
+/// The whole body through `seed`, nothing after it.
+fn read_all<'de, R: serde_json::de::Read<'de>>(
+    seed: RootSeed<'_, '_>,
+    deserializer: &mut serde_json::Deserializer<R>,
+) -> Result<(), serde_json::Error> {
+    seed.deserialize(&mut *deserializer)?;
+    deserializer.end()
 }
 
 /// What the single pass keeps across the body: the counts against the limits and the first
