@@ -621,13 +621,21 @@ impl<'e> Planner<'e> {
                 }
                 let row_entries = rows.iter().map(|(_, _, index)| *index).collect();
                 // The rows' values are the client's text: copied into the body, never rebuilt.
+                // Every row has the group's column names (see `add_put`): each name's JSON text
+                // is made once.
+                let names: Vec<String> = group.keys.iter().map(|name| row::json_string(name) + ":").collect();
                 let mut body = String::with_capacity(group.body_len);
                 body.push('[');
                 for (i, (row, _, _)) in rows.iter().enumerate() {
-                    if i > 0 {
-                        body.push(',');
+                    body.push_str(if i > 0 { ",{" } else { "{" });
+                    for (j, ((_, value), name)) in row.iter().zip(&names).enumerate() {
+                        if j > 0 {
+                            body.push(',');
+                        }
+                        body.push_str(name);
+                        body.push_str(value);
                     }
-                    row.write_json(&mut body);
+                    body.push('}');
                 }
                 body.push(']');
                 let request = self
@@ -676,7 +684,13 @@ impl CastKey {
                 if b == b'-' {
                     continue;
                 }
-                match (b as char).to_digit(16) {
+                let digit = match b {
+                    b'0'..=b'9' => b - b'0',
+                    b'a'..=b'f' => b - b'a' + 10,
+                    b'A'..=b'F' => b - b'A' + 10,
+                    _ => 16,
+                };
+                match (digit < 16).then_some(digit) {
                     Some(digit) => value = (value << 4) | u128::from(digit),
                     None => return CastKey::of_text(cast_key(id)),
                 }

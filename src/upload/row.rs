@@ -35,19 +35,23 @@ impl<'a> Columns<'a> {
         Columns { row, set: Vec::new(), removed: Vec::new() }
     }
 
-    /// The columns in name order: (name, raw JSON value).
+    /// The columns in name order: (name, raw JSON value). The row's and the set columns are both
+    /// in name order: one merge, a set column replacing the row's of the same name.
     pub fn iter(&self) -> impl Iterator<Item = (&'a str, &str)> + '_ {
-        let mut own = self
-            .row
-            .iter()
-            .filter(|(name, _)| !self.removed.contains(name) && self.set_index(name).is_err())
-            .peekable();
+        let removed = &self.removed;
+        let mut own = self.row.iter().filter(move |(name, _)| removed.is_empty() || !removed.contains(name)).peekable();
         let mut set = self.set.iter().map(|(name, value)| (*name, value.as_ref())).peekable();
         std::iter::from_fn(move || match (own.peek(), set.peek()) {
-            (Some(a), Some(b)) if a.0 < b.0 => own.next(),
-            (Some(_), Some(_)) | (None, Some(_)) => set.next(),
+            (Some(a), Some(b)) => match a.0.cmp(b.0) {
+                std::cmp::Ordering::Less => own.next(),
+                std::cmp::Ordering::Equal => {
+                    own.next();
+                    set.next()
+                }
+                std::cmp::Ordering::Greater => set.next(),
+            },
             (Some(_), None) => own.next(),
-            (None, None) => None,
+            (None, _) => set.next(),
         })
     }
 
