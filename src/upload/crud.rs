@@ -194,37 +194,58 @@ impl std::error::Error for CrudError {}
 /// A row's columns as the client sent them: each column's name and the raw JSON text of its
 /// value, which is passed on to PostgREST as it is (never rebuilt) unless a conversion applies.
 /// Names are unique (the last of a repeated name wins, as in a JSON object) and kept in name
-/// order; one buffer holds every name and value.
+/// order; one buffer holds every name and value (a parsed row's buffer is the object's text,
+/// copied once, plus any name that had to be unescaped).
 #[derive(Clone, Default)]
 pub struct Row {
     text: String,
-    /// Per column: (name start, name end = value start, value end) in `text`.
-    columns: Vec<(u32, u32, u32)>,
+    /// Per column: (name start, name end, value start, value end) in `text`.
+    columns: Vec<[u32; 4]>,
 }
 
 impl Row {
     /// The row of a JSON object's text. Errors only when `object` is not a JSON object.
     pub fn parse(object: &str) -> Result<Row, String> {
-        struct RowVisitor(usize);
-        impl<'de> Visitor<'de> for RowVisitor {
-            type Value = Row;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("an object")
+        let raw = serde_json::from_str::<&RawValue>(object).map_err(|e| e.to_string())?;
+        if !raw.get().starts_with('{') {
+            return Err(format!("expected an object, found {}", kind_of(raw)));
+        }
+        Ok(Row::of_object(raw))
+    }
+
+    /// The row of `object`, which serde_json has read as a JSON object (so its text is valid
+    /// JSON: the scan below only finds where each name and value starts and ends).
+    fn of_object(object: &RawValue) -> Row {
+        let mut row = Row { text: object.get().to_string(), columns: Vec::new() };
+        let bytes = row.text.as_bytes();
+        let mut escaped_names = Vec::new();
+        let mut at = skip_space(bytes, 1);
+        while bytes.get(at) == Some(&b'"') {
+            let name_end = string_end(bytes, at);
+            let (name_start, name_stop) = (at + 1, name_end - 1);
+            if bytes[name_start..name_stop].contains(&b'\\') {
+                escaped_names.push((row.columns.len(), at, name_end));
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Row, A::Error> {
-                let mut row = Row { text: String::with_capacity(self.0), columns: Vec::new() };
-                while let Some(name) = map.next_key::<Name<'de>>()? {
-                    let value = map.next_value::<&'de RawValue>()?;
-                    row.push(&name.0, value.get());
-                }
-                row.finish();
-                Ok(row)
+            at = skip_space(bytes, name_end);
+            at = skip_space(bytes, at + 1); // the colon
+            let value_start = at;
+            let value_end = value_end(bytes, at);
+            row.columns.push([name_start as u32, name_stop as u32, value_start as u32, value_end as u32]);
+            at = skip_space(bytes, value_end);
+            if bytes.get(at) == Some(&b',') {
+                at = skip_space(bytes, at + 1);
             }
         }
-        let mut deserializer = serde_json::Deserializer::from_str(object);
-        let row = deserializer.deserialize_map(RowVisitor(object.len())).map_err(|e| e.to_string())?;
-        deserializer.end().map_err(|e| e.to_string())?;
-        Ok(row)
+        // Names with escapes are decoded once, after the text, where their offsets point.
+        for (column, start, end) in escaped_names {
+            let name = serde_json::from_str::<String>(&row.text[start..end]).unwrap_or_default();
+            let name_start = row.text.len() as u32;
+            row.text.push_str(&name);
+            row.columns[column][0] = name_start;
+            row.columns[column][1] = row.text.len() as u32;
+        }
+        row.finish();
+        row
     }
 
     /// The row of a JSON object (tests, and callers that hold a [`Map`]).
@@ -242,13 +263,13 @@ impl Row {
         self.text.push_str(name);
         let middle = self.text.len() as u32;
         self.text.push_str(raw);
-        self.columns.push((start, middle, self.text.len() as u32));
+        self.columns.push([start, middle, middle, self.text.len() as u32]);
     }
 
     /// Sorts the columns by name, keeping the last of each repeated name.
     fn finish(&mut self) {
         let text = &self.text;
-        let name = |c: &(u32, u32, u32)| &text[c.0 as usize..c.1 as usize];
+        let name = |c: &[u32; 4]| &text[c[0] as usize..c[1] as usize];
         if self.columns.windows(2).all(|w| name(&w[0]) < name(&w[1])) {
             return;
         }
@@ -282,17 +303,17 @@ impl Row {
 
     /// The columns in name order: (name, raw JSON value).
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
-        self.columns.iter().map(|&(start, middle, end)| {
-            (&self.text[start as usize..middle as usize], &self.text[middle as usize..end as usize])
+        self.columns.iter().map(|&[name, name_end, value, value_end]| {
+            (&self.text[name as usize..name_end as usize], &self.text[value as usize..value_end as usize])
         })
     }
 
     /// The raw JSON value of column `name`.
     pub fn get(&self, name: &str) -> Option<&str> {
         let text = &self.text;
-        let i = self.columns.binary_search_by(|c| text[c.0 as usize..c.1 as usize].cmp(name)).ok()?;
-        let (_, middle, end) = self.columns[i];
-        Some(&text[middle as usize..end as usize])
+        let i = self.columns.binary_search_by(|c| text[c[0] as usize..c[1] as usize].cmp(name)).ok()?;
+        let [_, _, value, value_end] = self.columns[i];
+        Some(&text[value as usize..value_end as usize])
     }
 
     /// The row as a JSON object (values parsed; for dead letters, logs and tests).
@@ -320,25 +341,61 @@ impl fmt::Debug for Row {
     }
 }
 
-/// An object key, borrowed from the input when it has no escapes.
-struct Name<'de>(std::borrow::Cow<'de, str>);
+/// The first byte at or after `at` that is not JSON whitespace.
+fn skip_space(bytes: &[u8], at: usize) -> usize {
+    let rest = bytes.get(at..).unwrap_or_default();
+    at + rest.iter().position(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r')).unwrap_or(rest.len())
+}
 
-impl<'de> Deserialize<'de> for Name<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct NameVisitor;
-        impl<'de> Visitor<'de> for NameVisitor {
-            type Value = Name<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a column name")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, name: &'de str) -> Result<Name<'de>, E> {
-                Ok(Name(std::borrow::Cow::Borrowed(name)))
-            }
-            fn visit_str<E: de::Error>(self, name: &str) -> Result<Name<'de>, E> {
-                Ok(Name(std::borrow::Cow::Owned(name.to_string())))
+/// Just past the JSON string starting at `at` (its opening quote), in valid JSON.
+fn string_end(bytes: &[u8], at: usize) -> usize {
+    let mut at = at + 1;
+    loop {
+        let rest = bytes.get(at..).unwrap_or_default();
+        match memchr::memchr2(b'"', b'\\', rest) {
+            Some(i) if rest[i] == b'"' => return at + i + 1,
+            Some(i) => at += i + 2,
+            None => return bytes.len(),
+        }
+    }
+}
+
+/// Just past the JSON value starting at `at`, in valid JSON.
+fn value_end(bytes: &[u8], at: usize) -> usize {
+    match bytes.get(at) {
+        Some(b'"') => string_end(bytes, at),
+        Some(b'{' | b'[') => {
+            let mut at = at;
+            let mut depth = 0usize;
+            loop {
+                let rest = bytes.get(at..).unwrap_or_default();
+                let Some(i) = rest.iter().position(|&b| matches!(b, b'"' | b'{' | b'[' | b'}' | b']')) else {
+                    return bytes.len();
+                };
+                at += i;
+                match rest[i] {
+                    b'"' => {
+                        at = string_end(bytes, at);
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    _ => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return at + 1;
+                        }
+                    }
+                }
+                at += 1;
             }
         }
-        deserializer.deserialize_str(NameVisitor)
+        _ => {
+            let rest = bytes.get(at..).unwrap_or_default();
+            at + rest
+                .iter()
+                .position(|b| matches!(b, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'))
+                .unwrap_or(rest.len())
+        }
     }
 }
 
@@ -1033,19 +1090,14 @@ impl<'de> RawEntry<'de> {
             }
         };
         let data = match (data, op) {
-            (Some(raw), Op::Put | Op::Patch) => {
-                Row::parse(raw.get()).map_err(|e| malformed(path.to_string(), format!("unreadable data: {e}")))?
-            }
+            (Some(raw), Op::Put | Op::Patch) => Row::of_object(raw),
             _ => Row::default(),
         };
 
         let previous = match aliased(&fields, &path, &[7, 8, 9])? {
             None => None,
             Some((_, raw)) if is_null(raw) => None,
-            Some((_, raw)) if raw.get().starts_with('{') => Some(
-                Row::parse(raw.get())
-                    .map_err(|e| malformed(path.to_string(), format!("unreadable previous values: {e}")))?,
-            ),
+            Some((_, raw)) if raw.get().starts_with('{') => Some(Row::of_object(raw)),
             Some((slot, raw)) => {
                 return Err(malformed(format!("{path}.{}", FIELD_NAMES[slot]), expected("an object or null", raw)))
             }
@@ -1298,6 +1350,35 @@ mod tests {
             let parsed = parse_value(json!({"batch": [e]})).expect("valid");
             assert_eq!(parsed[0].entries[0].data.to_map(), json!({"a": true}).as_object().cloned().unwrap_or_default());
         }
+    }
+
+    #[test]
+    fn rows_keep_each_value_as_sent_whatever_its_spacing_nesting_and_escapes() {
+        let objects = [
+            r#"{}"#,
+            r#"{ }"#,
+            " {\n \"b\" :\t1 , \"a\":\"x\" \r\n}",
+            r#"{"n":-1.5e+3,"t":true,"f":false,"z":null,"s":"","e":"q\"}]{[,"}"#,
+            r#"{"nested":{"a":[1,{"b":"]}\\"},[]],"c":{}},"after":[ ],"x":"\u00e9"}"#,
+            r#"{"na\u006de":1,"name2":2,"\"q\"":3,"tab\t":4}"#,
+            r#"{"dup":1,"other":2,"dup":{"last":true}}"#,
+            r#"{"z":1,"y":2,"x":3,"w":[4]}"#,
+        ];
+        for object in objects {
+            let row = Row::parse(object).unwrap();
+            let expected: Map<String, Value> = serde_json::from_str(object).unwrap();
+            let names: Vec<&str> = row.iter().map(|(name, _)| name).collect();
+            let mut sorted: Vec<&str> = expected.keys().map(String::as_str).collect();
+            sorted.sort();
+            assert_eq!(names, sorted, "{object}");
+            for (name, raw) in row.iter() {
+                let value: Value = serde_json::from_str(raw).unwrap_or_else(|e| panic!("{object}: {name}: {raw}: {e}"));
+                assert_eq!(&value, &expected[name], "{object}: {name}");
+                assert_eq!(raw, raw.trim(), "{object}: {name}: no surrounding space");
+            }
+        }
+        assert!(Row::parse("[1]").is_err());
+        assert!(Row::parse("{\"a\":").is_err());
     }
 
     #[test]
