@@ -194,13 +194,12 @@ impl std::error::Error for CrudError {}
 /// A row's columns as the client sent them: each column's name and the raw JSON text of its
 /// value, which is passed on to PostgREST as it is (never rebuilt) unless a conversion applies.
 /// Names are unique (the last of a repeated name wins, as in a JSON object) and kept in name
-/// order; one buffer holds every name and value (a parsed row's buffer is the object's text,
-/// copied once, plus any name that had to be unescaped).
+/// order; one buffer holds every name and value.
 #[derive(Clone, Default)]
 pub struct Row {
     text: String,
-    /// Per column: (name start, name end, value start, value end) in `text`.
-    columns: Vec<[u32; 4]>,
+    /// Per column: (name start, name end = value start, value end) in `text`.
+    columns: Vec<(u32, u32, u32)>,
 }
 
 impl Row {
@@ -213,36 +212,30 @@ impl Row {
         Ok(Row::of_object(raw))
     }
 
-    /// The row of `object`, which serde_json has read as a JSON object (so its text is valid
-    /// JSON: the scan below only finds where each name and value starts and ends).
+    /// The row of `object`, which serde_json has read as a JSON object: its text is valid JSON,
+    /// so a scan finds where each name and value starts and ends (serde_json reading it again
+    /// cost more).
     fn of_object(object: &RawValue) -> Row {
-        let mut row = Row { text: object.get().to_string(), columns: Vec::new() };
-        let bytes = row.text.as_bytes();
-        let mut escaped_names = Vec::new();
+        let text = object.get();
+        let bytes = text.as_bytes();
+        let mut row = Row { text: String::with_capacity(text.len()), columns: Vec::new() };
         let mut at = skip_space(bytes, 1);
         while bytes.get(at) == Some(&b'"') {
-            let name_end = string_end(bytes, at);
-            let (name_start, name_stop) = (at + 1, name_end - 1);
-            if bytes[name_start..name_stop].contains(&b'\\') {
-                escaped_names.push((row.columns.len(), at, name_end));
-            }
+            let (name_end, escaped) = string_end(bytes, at);
+            let name = (at, name_end);
             at = skip_space(bytes, name_end);
             at = skip_space(bytes, at + 1); // the colon
-            let value_start = at;
             let value_end = value_end(bytes, at);
-            row.columns.push([name_start as u32, name_stop as u32, value_start as u32, value_end as u32]);
+            let value = &text[at..value_end];
+            if escaped {
+                row.push(&serde_json::from_str::<String>(&text[name.0..name.1]).unwrap_or_default(), value);
+            } else {
+                row.push(&text[name.0 + 1..name.1 - 1], value);
+            }
             at = skip_space(bytes, value_end);
             if bytes.get(at) == Some(&b',') {
                 at = skip_space(bytes, at + 1);
             }
-        }
-        // Names with escapes are decoded once, after the text, where their offsets point.
-        for (column, start, end) in escaped_names {
-            let name = serde_json::from_str::<String>(&row.text[start..end]).unwrap_or_default();
-            let name_start = row.text.len() as u32;
-            row.text.push_str(&name);
-            row.columns[column][0] = name_start;
-            row.columns[column][1] = row.text.len() as u32;
         }
         row.finish();
         row
@@ -263,13 +256,13 @@ impl Row {
         self.text.push_str(name);
         let middle = self.text.len() as u32;
         self.text.push_str(raw);
-        self.columns.push([start, middle, middle, self.text.len() as u32]);
+        self.columns.push((start, middle, self.text.len() as u32));
     }
 
     /// Sorts the columns by name, keeping the last of each repeated name.
     fn finish(&mut self) {
         let text = &self.text;
-        let name = |c: &[u32; 4]| &text[c[0] as usize..c[1] as usize];
+        let name = |c: &(u32, u32, u32)| &text[c.0 as usize..c.1 as usize];
         if self.columns.windows(2).all(|w| name(&w[0]) < name(&w[1])) {
             return;
         }
@@ -303,17 +296,17 @@ impl Row {
 
     /// The columns in name order: (name, raw JSON value).
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
-        self.columns.iter().map(|&[name, name_end, value, value_end]| {
-            (&self.text[name as usize..name_end as usize], &self.text[value as usize..value_end as usize])
+        self.columns.iter().map(|&(start, middle, end)| {
+            (&self.text[start as usize..middle as usize], &self.text[middle as usize..end as usize])
         })
     }
 
     /// The raw JSON value of column `name`.
     pub fn get(&self, name: &str) -> Option<&str> {
         let text = &self.text;
-        let i = self.columns.binary_search_by(|c| text[c[0] as usize..c[1] as usize].cmp(name)).ok()?;
-        let [_, _, value, value_end] = self.columns[i];
-        Some(&text[value as usize..value_end as usize])
+        let i = self.columns.binary_search_by(|c| text[c.0 as usize..c.1 as usize].cmp(name)).ok()?;
+        let (_, middle, end) = self.columns[i];
+        Some(&text[middle as usize..end as usize])
     }
 
     /// The row as a JSON object (values parsed; for dead letters, logs and tests).
@@ -347,15 +340,20 @@ fn skip_space(bytes: &[u8], at: usize) -> usize {
     at + rest.iter().position(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r')).unwrap_or(rest.len())
 }
 
-/// Just past the JSON string starting at `at` (its opening quote), in valid JSON.
-fn string_end(bytes: &[u8], at: usize) -> usize {
+/// Just past the JSON string starting at `at` (its opening quote), in valid JSON, and whether it
+/// holds an escape.
+fn string_end(bytes: &[u8], at: usize) -> (usize, bool) {
     let mut at = at + 1;
+    let mut escaped = false;
     loop {
         let rest = bytes.get(at..).unwrap_or_default();
         match memchr::memchr2(b'"', b'\\', rest) {
-            Some(i) if rest[i] == b'"' => return at + i + 1,
-            Some(i) => at += i + 2,
-            None => return bytes.len(),
+            Some(i) if rest[i] == b'"' => return (at + i + 1, escaped),
+            Some(i) => {
+                escaped = true;
+                at += i + 2;
+            }
+            None => return (bytes.len(), escaped),
         }
     }
 }
@@ -363,7 +361,7 @@ fn string_end(bytes: &[u8], at: usize) -> usize {
 /// Just past the JSON value starting at `at`, in valid JSON.
 fn value_end(bytes: &[u8], at: usize) -> usize {
     match bytes.get(at) {
-        Some(b'"') => string_end(bytes, at),
+        Some(b'"') => string_end(bytes, at).0,
         Some(b'{' | b'[') => {
             let mut at = at;
             let mut depth = 0usize;
@@ -375,7 +373,7 @@ fn value_end(bytes: &[u8], at: usize) -> usize {
                 at += i;
                 match rest[i] {
                     b'"' => {
-                        at = string_end(bytes, at);
+                        at = string_end(bytes, at).0;
                         continue;
                     }
                     b'{' | b'[' => depth += 1,

@@ -621,18 +621,24 @@ impl<'e> Planner<'e> {
                 }
                 let row_entries = rows.iter().map(|(_, _, index)| *index).collect();
                 // The rows' values are the client's text: copied into the body, never rebuilt.
-                // Every row has the group's column names (see `add_put`): each name's JSON text
-                // is made once.
-                let names: Vec<String> = group.keys.iter().map(|name| row::json_string(name) + ":").collect();
+                // Every row has the group's column names (see `add_put`): when none needs
+                // escaping (the usual case), names are copied between quotes without a check each.
+                let plain = group.keys.iter().all(|name| row::is_plain(name));
                 let mut body = String::with_capacity(group.body_len);
                 body.push('[');
                 for (i, (row, _, _)) in rows.iter().enumerate() {
-                    body.push_str(if i > 0 { ",{" } else { "{" });
-                    for (j, ((_, value), name)) in row.iter().zip(&names).enumerate() {
-                        if j > 0 {
-                            body.push(',');
-                        }
+                    if i > 0 {
+                        body.push(',');
+                    }
+                    if !plain {
+                        row.write_json(&mut body);
+                        continue;
+                    }
+                    body.push('{');
+                    for (j, (name, value)) in row.iter().enumerate() {
+                        body.push_str(if j > 0 { ",\"" } else { "\"" });
                         body.push_str(name);
+                        body.push_str("\":");
                         body.push_str(value);
                     }
                     body.push('}');

@@ -124,9 +124,14 @@ impl<'a> Columns<'a> {
     }
 }
 
+/// Whether `text` is its own JSON string's content (nothing to escape).
+pub fn is_plain(text: &str) -> bool {
+    text.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\')
+}
+
 /// Appends `text` as a JSON string.
 pub fn push_json_string(out: &mut String, text: &str) {
-    if text.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+    if is_plain(text) {
         out.push('"');
         out.push_str(text);
         out.push('"');
