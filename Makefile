@@ -133,7 +133,7 @@ test-e2e: tools postgres venv build $(DEVTOOL) powersync storage sdk web chromiu
 
 ## Bench -------------------------------------------------------------------------------------
 
-# About 3.5 minutes once the tools are installed (more when the build is stale); writes
+# About 6.5 minutes once the tools are installed (more when the build is stale); writes
 # bench/results.md and bench/results.json.
 bench:
 	$(WITH_NODE) bash bench/run.sh

@@ -30,4 +30,11 @@ if ! wait "$venv_pid"; then
 fi
 rm -f "$venv_log"
 
+# The JavaScript comparison workers' one dependency (jose, pinned in bench/js/package-lock.json),
+# installed again only when the lock file changed; wrangler bundles it (esbuild) when it starts them.
+if [ ! -f bench/js/node_modules/.package-lock.json ] || [ bench/js/package-lock.json -nt bench/js/node_modules/.package-lock.json ]; then
+  echo "bench: installing bench/js (npm ci)"
+  (cd bench/js && npm ci --no-audit --no-fund --loglevel=error)
+fi
+
 exec .venv/bin/python bench/run.py "$@"

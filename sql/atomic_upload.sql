@@ -95,10 +95,33 @@
 -- applied, which only hurts their own uploads; its inputs are checked and a
 -- user's records are capped.
 --
--- Idempotent: safe to run again to upgrade. Upgrading from the copy without
--- client_id/transaction_id drops that 3-argument version (one transaction, so
--- no call sees neither); the bridge's dead-letter replay calls it with
--- positional arguments and is unaffected.
+-- Conflict detection (detect_conflicts => true; the bridge's
+-- UPLOAD_CONFLICT_DETECTION, docs/conflicts.md): a PATCH or DELETE op may
+-- carry "expect": {"<column>": "<text>" | null, …}, the values the client saw.
+-- The op then applies only where the row still holds them, compared as
+-- PostgREST's `eq.`/`is.null` filters do: `t.<column> = '<text>'` with the
+-- text as an untyped literal (PostgreSQL casts it to the column's type) and
+-- `t.<column> is null` for null. When it changes no row, the row is read (with
+-- the caller's rights: RLS applies): no row = gone or hidden, the op is listed
+-- in "unchanged" as without "expect"; a PATCH whose row already holds every
+-- value it sets (compared as written: `is not distinct from` the value of
+-- jsonb_populate_record) was applied before: no conflict; otherwise the call
+-- applies NOTHING (every write of the call is rolled back, the ledger records
+-- nothing) and returns
+--   {"applied": 0, "conflict": {"index": <op index>, "row": <the row as read>}}.
+-- The ledger is asked first: a transaction already applied is
+-- {"already_applied": true} before any comparison. Its digest leaves "expect"
+-- out (the ops as the dead-letter table stores them), so a replay of a
+-- `conflict` dead letter is recorded under the same digest. Without
+-- detect_conflicts, "expect" is ignored (as by copies before it), so callers
+-- that do not pass it see the function as before; a bridge that compares
+-- passes it, and a copy of the function without the argument answers
+-- "function not found" (PGRST202) instead of applying without comparing.
+--
+-- Idempotent: safe to run again to upgrade. Upgrading from the copies without
+-- client_id/transaction_id (3 arguments) or without detect_conflicts (5)
+-- drops them (one transaction, so no call sees neither); the bridge's
+-- dead-letter replay calls it with positional arguments and is unaffected.
 
 begin;
 
@@ -299,15 +322,18 @@ $$;
 grant execute on function public.powersync_upload_ledger_claim(text, text, text, text, timestamptz)
   to authenticated, service_role;
 
--- the copy installed before exactly-once had three arguments: replaced below
+-- the copies installed before exactly-once (three arguments) and before conflict detection
+-- (five): replaced below
 drop function if exists public.powersync_apply_transaction(jsonb, text, text);
+drop function if exists public.powersync_apply_transaction(jsonb, text, text, text, text);
 
 create or replace function public.powersync_apply_transaction(
   ops jsonb,
   owner_column text default null,
   owner_id text default null,
   client_id text default null,
-  transaction_id text default null
+  transaction_id text default null,
+  detect_conflicts boolean default false
 ) returns jsonb
 language plpgsql
 security invoker
@@ -328,6 +354,13 @@ declare
   v_unchanged integer[] := '{}';  -- PATCH/DELETE ops that changed no row
   v_missed integer[];  -- DELETE group: positions (from 0) of the ids that matched no row
   v_n      integer;    -- PUT group: number of rows to apply
+  v_cond   text;       -- an op's "expect" as SQL conditions on t
+  v_owned  text;       -- service mode: the condition on the owner column
+  v_read   text;       -- a compared op's read of its row: format(v_read, <select list>, table, table, <conditions>)
+  v_row    jsonb;      -- a compared op's row as read after it changed nothing
+  v_same   boolean;    -- a compared PATCH's row already holds its values
+  c_index  integer;    -- the conflicting op (set before raising PS409)
+  c_row    jsonb;
   -- the pending group: consecutive ops not applied yet (g_kind null = none)
   g_kind   text;       -- 'PUT' or 'DELETE'
   g_table  text;
@@ -354,10 +387,23 @@ begin
     raise exception using errcode = '22023',
       message = 'powersync_apply_transaction: owner_column and owner_id must be given together';
   end if;
+  v_owned := case when owner_column is null then ''
+                  else format(' and t.%I::text = $2', owner_column) end;
+  v_read := 'select %s from public.%I as t, jsonb_populate_record(null::public.%I, $1) as r'
+            ' where t.id = r.id' || replace(v_owned, '%', '%%') || '%s';
+
+  -- this block is rolled back as a whole on a conflict (PS409), the ledger's record included
+  begin
+  -- the ledger's digest: of the ops without "expect" (as the dead-letter table stores them)
   if client_id is not null and transaction_id is not null
      and public.powersync_upload_ledger_claim(
            client_id, transaction_id,
-           pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(ops::text, 'UTF8')), 'hex'),
+           pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(
+             case when detect_conflicts then
+               (select coalesce(jsonb_agg(case when jsonb_typeof(e.value) = 'object' then e.value - 'expect'
+                                               else e.value end order by e.ord), '[]'::jsonb)
+                  from jsonb_array_elements(ops) with ordinality as e(value, ord))
+             else ops end::text, 'UTF8')), 'hex'),
            owner_id)
   then
     return jsonb_build_object('applied', 0, 'already_applied', true);
@@ -371,6 +417,7 @@ begin
     --   put_cols  PUT: its keys as a JSON array (jsonb keeps an object's keys
     --             in one fixed order, so equal key sets give equal arrays)
     --   prev_idx  index of the previous op with the same table and id
+    --   expect    PATCH/DELETE with detect_conflicts: the values to compare
     for v in
       with parsed as (
         select (e.ord - 1)::integer as idx,
@@ -379,7 +426,8 @@ begin
                e.value ->> 'op' as raw_op,
                e.value ->> 'table' as tbl,
                e.value ->> 'id' as id,
-               coalesce(nullif(e.value -> 'data', 'null'::jsonb), '{}'::jsonb) as data
+               coalesce(nullif(e.value -> 'data', 'null'::jsonb), '{}'::jsonb) as data,
+               case when detect_conflicts then nullif(e.value -> 'expect', 'null'::jsonb) end as expect
           from jsonb_array_elements(ops) with ordinality as e(value, ord)
       ), checked as (
         select p.*,
@@ -400,13 +448,13 @@ begin
              lag(r.idx) over (partition by r.tbl, r.id order by r.idx) as prev_idx
         from prepared r
       union all
-      select null, null, null, null, null, null, null, null, null, null, null
+      select null, null, null, null, null, null, null, null, null, null, null, null
       order by 1 nulls last
     loop
       -- 1. Op v joins the pending group if it is the same kind of op on the
       --    same table (for a PUT: same columns, and its id not yet in the group).
       if g_kind is not null and v.valid and v.op = g_kind and v.tbl = g_table
-         and (g_kind = 'DELETE'
+         and (g_kind = 'DELETE' and v.expect is null
               or (v.put_cols = g_cols and (v.prev_idx is null or v.prev_idx < g_start)))
       then
         g_ids := array_append(g_ids, v.id);
@@ -567,8 +615,38 @@ begin
       if jsonb_typeof(v.data) <> 'object' then
         raise exception using errcode = '22023', message = '"data" must be a JSON object';
       end if;
+      v_cond := null; v_row := null; v_same := null;
+      if v.expect is not null and v.op in ('PATCH', 'DELETE') then
+        if jsonb_typeof(v.expect) <> 'object' then
+          raise exception using errcode = '22023', message = '"expect" must be a JSON object';
+        end if;
+        -- as PostgREST's filters: `eq.<text>` (an untyped literal, cast to the column's type)
+        select string_agg(case when x.value = 'null'::jsonb then format(' and t.%I is null', x.key)
+                               else format(' and t.%I = %L', x.key, x.value #>> '{}') end, '' order by x.key)
+          into v_cond
+          from jsonb_each(v.expect) as x;
+      end if;
 
-      if v.op in ('PUT', 'DELETE') then
+      if v.op = 'DELETE' and v_cond is not null then
+        -- compared: on its own, only where the row still holds the expected values
+        execute format(
+          'delete from public.%I as t using jsonb_populate_record(null::public.%I, $1) as r'
+          ' where t.id = r.id%s%s',
+          v.tbl, v.tbl, v_owned, v_cond)
+          using jsonb_build_object('id', v.id), owner_id;
+        get diagnostics v_rows = row_count;
+        if v_rows = 0 then
+          execute format(v_read, 'to_jsonb(t)', v.tbl, v.tbl, '')
+            into v_row using jsonb_build_object('id', v.id), owner_id;
+          if v_row is null then  -- gone, or hidden from the caller
+            v_unchanged := v_unchanged || v.idx;
+          else
+            c_index := v.idx; c_row := v_row;
+            raise exception using errcode = 'PS409', message = 'powersync conflict';
+          end if;
+        end if;
+
+      elsif v.op in ('PUT', 'DELETE') then
         g_kind := v.op; g_table := v.tbl; g_start := v.idx;
         g_cols := v.put_cols; g_ids := array[v.id];
         g_rows := case when v.op = 'PUT' then array[v.put_row] end;
@@ -585,14 +663,26 @@ begin
           v_sql := format(
             'update public.%I as t set %s from jsonb_populate_record(null::public.%I, $1) as r where t.id = r.id',
             v.tbl, v_set, v.tbl);
-          if owner_column is null then
-            execute v_sql using v_data || jsonb_build_object('id', v.id);
-          else
-            execute v_sql || format(' and t.%I::text = $2', owner_column)
-              using v_data || jsonb_build_object('id', v.id), owner_id;
-          end if;
+          execute v_sql || v_owned || coalesce(v_cond, '')
+            using v_data || jsonb_build_object('id', v.id), owner_id;
           get diagnostics v_rows = row_count;
-          if v_rows = 0 then
+          if v_rows = 0 and v_cond is not null then
+            execute format(v_read, 'to_jsonb(t)', v.tbl, v.tbl, '')
+              into v_row using jsonb_build_object('id', v.id), owner_id;
+            if v_row is not null then
+              -- already holds every value it sets: its own earlier application, or the same
+              -- change by someone else, not a conflict
+              execute format(v_read, 'true', v.tbl, v.tbl,
+                             (select string_agg(format(' and t.%I is not distinct from r.%I', k, k), '')
+                                from jsonb_object_keys(v_data) as k))
+                into v_same using v_data || jsonb_build_object('id', v.id), owner_id;
+              if v_same is null then
+                c_index := v.idx; c_row := v_row;
+                raise exception using errcode = 'PS409', message = 'powersync conflict';
+              end if;
+            end if;
+          end if;
+          if v_rows = 0 and v_row is null then
             v_unchanged := v_unchanged || v.idx;
           end if;
         end if;
@@ -622,21 +712,29 @@ begin
 
   return jsonb_build_object('applied', jsonb_array_length(ops),
                             'unchanged', to_jsonb(v_unchanged));
+  exception when sqlstate 'PS409' then
+    if c_index is null then
+      raise;  -- not ours (a trigger's?): as any error
+    end if;
+    -- rolled back: nothing of this call is applied, nothing recorded in the ledger
+    return jsonb_build_object('applied', 0,
+                              'conflict', jsonb_build_object('index', c_index, 'row', c_row));
+  end;
 end
 $$;
 
-comment on function public.powersync_apply_transaction(jsonb, text, text, text, text) is
+comment on function public.powersync_apply_transaction(jsonb, text, text, text, text, boolean) is
   'PowerSync upload bridge: apply one PowerSync transaction (PUT/PATCH/DELETE ops) atomically.';
 
-revoke all on function public.powersync_apply_transaction(jsonb, text, text, text, text) from public;
+revoke all on function public.powersync_apply_transaction(jsonb, text, text, text, text, boolean) from public;
 do $$
 begin
   if exists (select 1 from pg_catalog.pg_roles where rolname = 'anon') then
-    execute 'revoke all on function public.powersync_apply_transaction(jsonb, text, text, text, text) from anon';
+    execute 'revoke all on function public.powersync_apply_transaction(jsonb, text, text, text, text, boolean) from anon';
   end if;
 end
 $$;
-grant execute on function public.powersync_apply_transaction(jsonb, text, text, text, text)
+grant execute on function public.powersync_apply_transaction(jsonb, text, text, text, text, boolean)
   to authenticated, service_role;
 
 commit;

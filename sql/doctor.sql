@@ -9,7 +9,7 @@
 --
 --   POST /rest/v1/rpc/powersync_doctor
 --   {"tables": [{"schema": "public", "name": "todos", "columns": ["user_id"]}],
---    "functions": ["public.powersync_apply_transaction(jsonb, text, text, text, text)"]}
+--    "functions": ["public.powersync_apply_transaction(jsonb, text, text, text, text, boolean)"]}
 --
 -- answers
 --   {"version": 1, "publication": true,

@@ -27,6 +27,22 @@ pub struct IncomingRequest {
     pub headers: Vec<(String, String)>,
 }
 
+impl IncomingRequest {
+    /// From the request's head as the adapter reads it in one call: `method\nurl\n`, then
+    /// `name\nvalue\n` per header (none of these can hold a line feed). The path is the URL's
+    /// serialized path, without query or fragment, percent-encoding kept.
+    pub fn from_head(head: &str) -> IncomingRequest {
+        let mut lines = head.split('\n');
+        let method = lines.next().unwrap_or_default().to_string();
+        let path = crate::http::url_path(lines.next().unwrap_or_default()).to_string();
+        let mut headers = Vec::new();
+        while let (Some(name), Some(value)) = (lines.next(), lines.next()) {
+            headers.push((name.to_string(), value.to_string()));
+        }
+        IncomingRequest { method, path, headers }
+    }
+}
+
 /// Why a request body was not read whole.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BodyError {
@@ -88,6 +104,15 @@ pub struct RequestLog {
     /// The client's upload queue as it reported it ([`metrics::QUEUE_HEADER`]), for uploads.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub queue: Option<metrics::QueueReport>,
+    /// Set by the adapter: the request id it answered with (`cf-ray` when present).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub request_id: String,
+    /// Set by the adapter: wall time from the request's arrival to its answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    /// Set by the adapter when the Analytics Engine dataset refused the data point.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_error: Option<String>,
 }
 
 /// One isolate's worth of state: the parsed configuration, the session verifier (JWKS cache)
@@ -98,6 +123,8 @@ pub struct App {
     atomic_function: RefCell<upload::AtomicFunction>,
     /// Requests waiting for another request's key fetch (single flight), by key cache.
     waiting: RefCell<Vec<(KeySet, Resume)>>,
+    /// The `/health` answer: it depends only on the configuration, so it is built once.
+    health: HttpResponse,
 }
 
 const TOKEN_PATH: &str = "/powersync-token";
@@ -111,11 +138,13 @@ const FILES_DELETE_PATH: &str = "/powersync-files/delete";
 impl App {
     pub fn new(config: Config) -> App {
         let verifier = config.session.as_ref().ok().map(|s| RefCell::new(Verifier::new(s.clone())));
+        let health = health(&config);
         App {
             config,
             verifier,
             atomic_function: RefCell::new(upload::AtomicFunction::default()),
             waiting: RefCell::default(),
+            health,
         }
     }
 
@@ -172,7 +201,7 @@ impl App {
             }
             (HEALTH_PATH, "GET" | "HEAD") => {
                 log.route = "health";
-                Ok(self.health())
+                Ok(self.health.clone())
             }
             (TOKEN_PATH, _) => Err(ApiError::MethodNotAllowed { allow: "GET, POST, OPTIONS" }),
             (UPLOAD_PATH | FILES_UPLOAD_PATH | FILES_DOWNLOAD_PATH | FILES_DELETE_PATH, _) => {
@@ -337,37 +366,6 @@ impl App {
         Ok(response)
     }
 
-    fn health(&self) -> HttpResponse {
-        let part = |problems: Vec<&Problem>| json!({ "configured": problems.is_empty(), "problems": problems.iter().map(|p| json!({"name": p.name, "message": p.message})).collect::<Vec<_>>() });
-        let of = |prefixes: &[&str]| -> Vec<&Problem> {
-            self.config.problems.iter().filter(|p| prefixes.iter().any(|x| p.name.starts_with(x))).collect()
-        };
-        let session_problems: Vec<&Problem> = match &self.config.session {
-            Ok(_) => vec![],
-            Err(problems) => problems.iter().collect(),
-        };
-        let upload_problems: Vec<&Problem> = match &self.config.upload {
-            Ok(_) => vec![],
-            Err(problems) => problems.iter().collect(),
-        };
-        let storage_problems: Vec<&Problem> = match &self.config.storage {
-            Ok(_) => vec![],
-            Err(problems) => problems.iter().collect(),
-        };
-        let token_ready = self.config.session.is_ok() && self.config.powersync.is_ok();
-        let body = json!({
-            "status": if token_ready { "ok" } else { "degraded" },
-            "version": env!("CARGO_PKG_VERSION"),
-            "session": part(session_problems),
-            "powersync": part(of(&["POWERSYNC_"])),
-            "upload": part(upload_problems),
-            "files": part(storage_problems),
-        });
-        let mut response = json_response(if token_ready { 200 } else { 503 }, &body);
-        response.headers.push(("Cache-Control".into(), "no-store".into()));
-        response
-    }
-
     async fn upload<B: RequestBody, T: Transport, V: SignatureVerifier>(
         &self,
         request: &IncomingRequest,
@@ -522,6 +520,38 @@ fn names(problems: &[Problem]) -> Vec<String> {
     problems.iter().map(|p| p.name.clone()).collect()
 }
 
+/// The `/health` answer for a configuration: what is configured, and every problem found.
+fn health(config: &Config) -> HttpResponse {
+    let part = |problems: Vec<&Problem>| json!({ "configured": problems.is_empty(), "problems": problems.iter().map(|p| json!({"name": p.name, "message": p.message})).collect::<Vec<_>>() });
+    let of = |prefixes: &[&str]| -> Vec<&Problem> {
+        config.problems.iter().filter(|p| prefixes.iter().any(|x| p.name.starts_with(x))).collect()
+    };
+    let session_problems: Vec<&Problem> = match &config.session {
+        Ok(_) => vec![],
+        Err(problems) => problems.iter().collect(),
+    };
+    let upload_problems: Vec<&Problem> = match &config.upload {
+        Ok(_) => vec![],
+        Err(problems) => problems.iter().collect(),
+    };
+    let storage_problems: Vec<&Problem> = match &config.storage {
+        Ok(_) => vec![],
+        Err(problems) => problems.iter().collect(),
+    };
+    let token_ready = config.session.is_ok() && config.powersync.is_ok();
+    let body = json!({
+        "status": if token_ready { "ok" } else { "degraded" },
+        "version": env!("CARGO_PKG_VERSION"),
+        "session": part(session_problems),
+        "powersync": part(of(&["POWERSYNC_"])),
+        "upload": part(upload_problems),
+        "files": part(storage_problems),
+    });
+    let mut response = json_response(if token_ready { 200 } else { 503 }, &body);
+    response.headers.push(("Cache-Control".into(), "no-store".into()));
+    response
+}
+
 fn json_response(status: u16, body: &Value) -> HttpResponse {
     HttpResponse { status, headers: vec![("Content-Type".into(), "application/json".into())], body: body.to_string() }
 }
@@ -536,6 +566,31 @@ mod tests {
     use crate::session::{RustSignatureVerifier, SignatureCheck};
     use crate::token::RustSigner;
     use serde_json::json;
+
+    #[test]
+    fn request_head_gives_method_path_and_every_header_in_order() {
+        let head = "POST\nhttps://w.example/powersync-upload?x=1#f\nauthorization\nBearer a b\ncontent-length\n12\nx-empty\n\n";
+        let request = IncomingRequest::from_head(head);
+        assert_eq!(request.method, "POST");
+        assert_eq!(request.path, "/powersync-upload");
+        assert_eq!(
+            request.headers,
+            vec![
+                ("authorization".to_string(), "Bearer a b".to_string()),
+                ("content-length".to_string(), "12".to_string()),
+                ("x-empty".to_string(), String::new()),
+            ]
+        );
+        assert_eq!(request.header("Content-Length"), Some("12"));
+    }
+
+    #[test]
+    fn request_head_without_headers_or_path() {
+        let request = IncomingRequest::from_head("GET\nhttp://127.0.0.1:8787\n");
+        assert_eq!((request.method.as_str(), request.path.as_str()), ("GET", "/"));
+        assert!(request.headers.is_empty());
+        assert_eq!(IncomingRequest::from_head("").path, "/");
+    }
 
     /// The native stand-ins for WebCrypto.
     struct RustCrypto;

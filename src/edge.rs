@@ -1,5 +1,5 @@
 //! The Workers adapter (wasm32 only): turns `worker` requests into [`IncomingRequest`]s,
-//! executes upstream requests with `Fetch`, signs with WebCrypto, and writes the log line.
+//! executes upstream requests with `fetch`, signs with WebCrypto, and writes the log line.
 //! Everything it decides is decided in [`crate::app`]; this file only does I/O.
 
 use std::cell::RefCell;
@@ -10,11 +10,12 @@ use std::time::Duration;
 use futures_util::future::{select, Either};
 use futures_util::StreamExt;
 use js_sys::{Object, Reflect, Uint8Array};
+use wasm_bindgen::prelude::wasm_bindgen;
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
-use worker::{console_log, event, ByteStream, Context, Date, Delay, Env, Headers, Request, Response};
+use worker::{console_log, event, ByteStream, Context, Delay, Env, Headers, Request};
 
-use crate::app::{App, BodyError, IncomingRequest, RequestBody};
+use crate::app::{App, BodyError, IncomingRequest, RequestBody, RequestLog};
 use crate::config::Config;
 use crate::http::{HttpRequest, HttpResponse, Resume, Transport, TransportError};
 use crate::keys::{KeyKind, SigningKey};
@@ -27,6 +28,10 @@ thread_local! {
     static APP: RefCell<Option<Rc<App>>> = const { RefCell::new(None) };
     /// The WebCrypto signing key, imported once per isolate, and its sign parameters.
     static CRYPTO_KEY: RefCell<Option<(web_sys::CryptoKey, Object)>> = const { RefCell::new(None) };
+    /// `crypto.subtle`, looked up once.
+    static SUBTLE: RefCell<Option<web_sys::SubtleCrypto>> = const { RefCell::new(None) };
+    /// WebCrypto import and verify parameters per session algorithm, built once.
+    static SESSION_ALGORITHMS: RefCell<HashMap<jsonwebtoken::Algorithm, (Object, Object)>> = RefCell::new(HashMap::new());
     /// WebCrypto keys for the project's JWKS keys, imported once per key.
     static SESSION_KEYS: RefCell<HashMap<String, web_sys::CryptoKey>> = RefCell::new(HashMap::new());
 }
@@ -50,43 +55,67 @@ fn app(env: &Env) -> Rc<App> {
     })
 }
 
+#[wasm_bindgen(inline_js = r#"
+export function requestHead(request) {
+  let head = request.method + "\n" + request.url + "\n";
+  for (const [name, value] of request.headers) head += name + "\n" + value + "\n";
+  return head;
+}
+export function respond(status, headLines, body) {
+  const headers = new Headers();
+  const parts = headLines.split("\n");
+  for (let i = 0; i + 1 < parts.length; i += 2) headers.append(parts[i], parts[i + 1]);
+  return new Response(body.length ? body.slice() : null, { status, headers });
+}
+"#)]
+extern "C" {
+    /// The request's method, URL and headers in one string (`method\nurl\n` then `name\nvalue\n`
+    /// per header): one call and one string instead of a call or two per header. Neither a
+    /// method, a serialized URL, a header name nor a header value can contain a line feed.
+    #[wasm_bindgen(js_name = requestHead)]
+    fn request_head(request: &web_sys::Request) -> String;
+    /// The answer in one call: status, headers as `name\nvalue\n` lines, body bytes (copied).
+    #[wasm_bindgen(js_name = respond)]
+    fn respond(status: u16, head_lines: &str, body: &[u8]) -> web_sys::Response;
+}
+
 #[event(fetch)]
-async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response> {
-    let started = Date::now().as_millis();
+async fn fetch(req: web_sys::Request, env: Env, _ctx: Context) -> worker::Result<web_sys::Response> {
+    let started = js_sys::Date::now();
     let app = app(&env);
-    let request_id = request_id(&req);
-    let method = req.method().to_string();
-    let declared = req.headers().get("content-length").ok().flatten().and_then(|n| n.trim().parse::<usize>().ok());
-    let incoming = IncomingRequest { method, path: req.path(), headers: req.headers().entries().collect() };
+    let incoming = IncomingRequest::from_head(&request_head(&req));
+    let request_id = request_id(&incoming);
+    let declared = incoming.header("content-length").and_then(|n| n.trim().parse::<usize>().ok());
     // Not read here: the app reads it only for an upload whose session is verified.
     let body = StreamBody::new(req, declared);
     let transport = FetchTransport { timeout: Duration::from_millis(app.config.upstream_timeout_ms) };
-    let now = Date::now().as_millis() / 1000;
+    let now = (started / 1000.0) as u64;
     let (response, log) = app.handle(&incoming, body, &transport, &WebCrypto, now, &request_id).await;
-    let mut line = serde_json::to_value(&log).unwrap_or_default();
-    line["request_id"] = request_id.into();
-    line["duration_ms"] = (Date::now().as_millis().saturating_sub(started)).into();
+    let mut log = RequestLog { request_id, duration_ms: Some((js_sys::Date::now() - started).max(0.0) as u64), ..log };
     // The metric comes from the log line itself: one record, two outlets.
-    if let Err(e) = write_data_point(&env, &line) {
-        line["metrics_error"] = e.into();
+    if let Err(e) = write_data_point(&env, &log) {
+        log.metrics_error = Some(e);
     }
-    console_log!("{}", line);
-    let headers = Headers::new();
+    web_sys::console::log_1(&JsValue::from_str(&serde_json::to_string(&log).unwrap_or_default()));
+    let mut head = String::new();
     for (name, value) in &response.headers {
-        let _ = headers.append(name, value);
+        head.push_str(name);
+        head.push('\n');
+        head.push_str(value);
+        head.push('\n');
     }
-    Ok(Response::from_bytes(response.body.into_bytes())?.with_status(response.status).with_headers(headers))
+    Ok(respond(response.status, &head, response.body.as_bytes()))
 }
 
 /// Writes the data point of `line` to the Analytics Engine dataset bound as [`metrics::BINDING`];
 /// nothing (not even the point is built) when the binding is absent. `writeDataPoint` returns at
 /// once (the runtime sends it after the response); it throws only for a malformed point.
-fn write_data_point(env: &Env, line: &serde_json::Value) -> Result<(), String> {
+fn write_data_point(env: &Env, log: &RequestLog) -> Result<(), String> {
     let dataset = Reflect::get(env.as_ref(), &JsValue::from_str(metrics::BINDING)).map_err(describe)?;
     if dataset.is_undefined() || dataset.is_null() {
         return Ok(());
     }
-    let point = metrics::data_point(line);
+    let point = metrics::data_point(&serde_json::to_value(log).unwrap_or_default());
     let write: js_sys::Function = Reflect::get(&dataset, &"writeDataPoint".into())
         .map_err(describe)?
         .dyn_into()
@@ -99,9 +128,9 @@ fn write_data_point(env: &Env, line: &serde_json::Value) -> Result<(), String> {
 }
 
 /// Cloudflare's `cf-ray` when present (ties our log to Cloudflare's), else random.
-fn request_id(req: &Request) -> String {
-    if let Ok(Some(ray)) = req.headers().get("cf-ray") {
-        return ray;
+fn request_id(req: &IncomingRequest) -> String {
+    if let Some(ray) = req.header("cf-ray") {
+        return ray.to_string();
     }
     let mut bytes = [0u8; 8];
     let _ = getrandom::getrandom(&mut bytes);
@@ -123,15 +152,16 @@ struct StreamBody {
 }
 
 enum BodySource {
-    Untaken(Request),
+    /// Still the runtime's request: converted to the `worker` crate's only when read.
+    Untaken(web_sys::Request),
     Taken(Option<ByteStream>),
 }
 
 impl StreamBody {
-    fn new(mut request: Request, declared: Option<usize>) -> StreamBody {
+    fn new(request: web_sys::Request, declared: Option<usize>) -> StreamBody {
         let source = match declared {
             Some(_) => BodySource::Untaken(request),
-            None => BodySource::Taken(request.stream().ok()),
+            None => BodySource::Taken(Request::from(request).stream().ok()),
         };
         StreamBody { source, declared }
     }
@@ -143,14 +173,14 @@ impl RequestBody for StreamBody {
             // A declared length within the limit (the app refused a larger one unread): the
             // body is exactly that long, so it is taken whole, in one copy into wasm memory,
             // rather than chunk by chunk (a promise and two copies per chunk).
-            BodySource::Untaken(mut request) if self.declared.is_some_and(|n| n <= limit) => {
-                let bytes = request.bytes().await.map_err(|e| BodyError::Unreadable(e.to_string()))?;
+            BodySource::Untaken(request) if self.declared.is_some_and(|n| n <= limit) => {
+                let bytes = Request::from(request).bytes().await.map_err(|e| BodyError::Unreadable(e.to_string()))?;
                 if bytes.len() > limit {
                     return Err(BodyError::TooLarge { limit });
                 }
                 return Ok(bytes);
             }
-            BodySource::Untaken(mut request) => request.stream().ok(),
+            BodySource::Untaken(request) => Request::from(request).stream().ok(),
             BodySource::Taken(stream) => stream,
         };
         let Some(mut stream) = stream else { return Ok(Vec::new()) };
@@ -243,9 +273,15 @@ impl Transport for FetchTransport {
 /// on the request path.
 struct WebCrypto;
 
+/// The runtime's `crypto.subtle`, looked up once per isolate.
 fn subtle() -> Result<web_sys::SubtleCrypto, String> {
+    if let Some(subtle) = SUBTLE.with(|s| s.borrow().clone()) {
+        return Ok(subtle);
+    }
     let scope: web_sys::WorkerGlobalScope = js_sys::global().unchecked_into();
-    Ok(scope.crypto().map_err(|_| "no crypto in this runtime".to_string())?.subtle())
+    let subtle = scope.crypto().map_err(|_| "no crypto in this runtime".to_string())?.subtle();
+    SUBTLE.with(|s| *s.borrow_mut() = Some(subtle.clone()));
+    Ok(subtle)
 }
 
 fn describe(e: JsValue) -> String {
@@ -338,7 +374,14 @@ async fn session_key(check: &SignatureCheck, import: &Object) -> Result<web_sys:
 impl SignatureVerifier for WebCrypto {
     async fn verify(&self, check: &SignatureCheck) -> Result<bool, SessionError> {
         let mismatch = |e: String| SessionError::KeyMismatch(format!("WebCrypto: {e}"));
-        let (import, verify) = algorithm(check).map_err(mismatch)?;
+        let (import, verify) = match SESSION_ALGORITHMS.with(|a| a.borrow().get(&check.alg).cloned()) {
+            Some(parameters) => parameters,
+            None => {
+                let parameters = algorithm(check).map_err(mismatch)?;
+                SESSION_ALGORITHMS.with(|a| a.borrow_mut().insert(check.alg, parameters.clone()));
+                parameters
+            }
+        };
         let key = session_key(check, &import).await.map_err(mismatch)?;
         let promise = subtle()
             .map_err(mismatch)?

@@ -57,6 +57,16 @@ impl HttpRequest {
     }
 }
 
+/// The path of an absolute, already-serialized WHATWG URL (what a request's `url` is): from the
+/// first `/` after the host to the first `?` or `#`, which the serialization percent-encodes
+/// inside a path; `/` when there is none.
+pub fn url_path(url: &str) -> &str {
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    let Some(start) = url[after_scheme..].find('/').map(|i| after_scheme + i) else { return "/" };
+    let path = &url[start..];
+    &path[..path.find(['?', '#']).unwrap_or(path.len())]
+}
+
 /// The first value of header `name` in a header list, case-insensitively.
 pub fn header_value<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
     headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
@@ -208,6 +218,22 @@ pub fn local_pause() -> (impl Future<Output = bool>, Resume) {
 }
 
 /// Test doubles: a scripted [`Transport`] and a `block_on` for futures that never wait.
+#[cfg(test)]
+mod tests {
+    use super::url_path;
+
+    #[test]
+    fn url_path_is_the_serialized_path_without_query_or_fragment() {
+        assert_eq!(url_path("https://w.example/powersync-token"), "/powersync-token");
+        assert_eq!(url_path("https://w.example/a/b?c=/d#e"), "/a/b");
+        assert_eq!(url_path("https://w.example/a%20b%3F?x"), "/a%20b%3F");
+        assert_eq!(url_path("http://127.0.0.1:8787/"), "/");
+        assert_eq!(url_path("http://127.0.0.1:8787"), "/");
+        assert_eq!(url_path("https://w.example#x"), "/");
+        assert_eq!(url_path("https://user:p@w.example:1/x"), "/x");
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod fake {
     use super::{HttpRequest, HttpResponse, Transport, TransportError};

@@ -17,7 +17,7 @@ pub mod third_party;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use jsonwebtoken::jwk::Jwk;
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use jsonwebtoken::{Algorithm, DecodingKey};
 use serde_json::{Map, Value};
 
 use crate::http::{HttpRequest, HttpResponse, Method, TransportError};
@@ -251,7 +251,8 @@ impl SignatureVerifier for RustSignatureVerifier {
 #[derive(Debug)]
 pub struct Verifier {
     pub settings: SessionSettings,
-    hs_key: Option<DecodingKey>,
+    /// `SUPABASE_JWT_SECRET`'s bytes: the HS256 key.
+    hs_key: Option<Vec<u8>>,
     jwks: JwksCache,
     /// One key cache per third-party issuer (same order as `settings.third_party.issuers`).
     issuers: Vec<IssuerKeys>,
@@ -276,7 +277,7 @@ enum Source {
 
 impl Verifier {
     pub fn new(settings: SessionSettings) -> Verifier {
-        let hs_key = settings.jwt_secret.as_ref().map(|s| DecodingKey::from_secret(s.as_bytes()));
+        let hs_key = settings.jwt_secret.as_ref().map(|s| s.as_bytes().to_vec());
         let jwks = JwksCache::new(settings.jwks_cache_seconds);
         let issuers = settings
             .third_party
@@ -488,19 +489,8 @@ impl Verifier {
                 let key = self.hs_key.as_ref().ok_or_else(|| {
                     SessionError::AlgorithmNotAllowed("HS256 (SUPABASE_JWT_SECRET is not set)".into())
                 })?;
-                let mut validation = Validation::new(Algorithm::HS256);
-                // Claim rules are ours (`finish`), with the time passed in.
-                validation.validate_exp = false;
-                validation.validate_nbf = false;
-                validation.validate_aud = false;
-                validation.required_spec_claims.clear();
-                let data = jsonwebtoken::decode::<Map<String, Value>>(token, key, &validation).map_err(|e| match e
-                    .kind()
-                {
-                    jsonwebtoken::errors::ErrorKind::InvalidSignature => SessionError::BadSignature,
-                    _ => SessionError::Malformed(e.to_string()),
-                })?;
-                Ok(PendingSession { claims: data.claims, token: token.to_string(), third_party: None, signature: None })
+                let claims = verify_hs256(token, key)?;
+                Ok(PendingSession { claims, token: token.to_string(), third_party: None, signature: None })
             }
             alg if is_jwks_alg(alg) => {
                 let (key, public_jwk) = self.jwks.key_for(header.kid.as_deref(), alg, now)?;
@@ -593,6 +583,25 @@ fn signature_check(
         signature,
     };
     Ok((claims, check))
+}
+
+/// An HS256 token's claims, once its HMAC-SHA256 under `secret` is verified (in constant time).
+/// With `hmac` directly rather than `jsonwebtoken::decode`: its crypto dispatch links every
+/// algorithm's code (RSA, P-256, P-384, Ed25519) into the wasm bundle, where only HMAC runs.
+fn verify_hs256(token: &str, secret: &[u8]) -> Result<Map<String, Value>, SessionError> {
+    use hmac::{Hmac, Mac};
+    let (message, signature) = token.rsplit_once('.').ok_or_else(|| SessionError::Malformed("not a JWT".into()))?;
+    let payload = match message.split_once('.') {
+        Some((_, payload)) if !payload.contains('.') => payload,
+        _ => return Err(SessionError::Malformed("not a JWT".into())),
+    };
+    let signature = URL_SAFE_NO_PAD
+        .decode(signature.trim_end_matches('='))
+        .map_err(|_| SessionError::Malformed("signature is not base64url".into()))?;
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret).map_err(|e| SessionError::Malformed(e.to_string()))?;
+    mac.update(message.as_bytes());
+    mac.verify_slice(&signature).map_err(|_| SessionError::BadSignature)?;
+    decode_segment(payload).ok_or_else(|| SessionError::Malformed("payload is not base64url JSON".into()))
 }
 
 fn is_jwks_alg(alg: Algorithm) -> bool {
@@ -833,6 +842,25 @@ pub(crate) mod tests {
         s.jwt_secret = None;
         let err = Verifier::new(s).verify(&hs256(&user_claims()), NOW).unwrap_err();
         assert!(matches!(err, SessionError::AlgorithmNotAllowed(ref a) if a.contains("HS256")));
+    }
+
+    #[test]
+    fn hs256_signed_payload_that_is_not_json_is_malformed_and_extra_segments_are_refused() {
+        use base64::Engine;
+        use hmac::{Hmac, Mac};
+        let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        let sign = |message: &str| {
+            let mut mac = Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+            mac.update(message.as_bytes());
+            b64(&mac.finalize().into_bytes())
+        };
+        let header = b64(br#"{"alg":"HS256","typ":"JWT"}"#);
+        let not_json = format!("{header}.{}", b64(b"not json"));
+        assert!(matches!(verify(&format!("{not_json}.{}", sign(&not_json))), Err(SessionError::Malformed(_))));
+        let four = format!("{header}.{}.{}", b64(user_claims().to_string().as_bytes()), b64(b"x"));
+        assert!(matches!(verify(&format!("{four}.{}", sign(&four))), Err(SessionError::Malformed(_))));
+        let good = format!("{header}.{}", b64(user_claims().to_string().as_bytes()));
+        assert!(verify(&format!("{good}.{}", sign(&good))).is_ok());
     }
 
     #[test]

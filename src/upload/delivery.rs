@@ -74,7 +74,7 @@ use super::atomic_function::Route;
 use super::crud::Transaction;
 use super::dead_letter::{self, EntryState};
 use super::outcome::{
-    affected_rows, atomic_answer, classify, op_index_from_hint, unexpected_response, FailedOperation,
+    affected_rows, atomic_answer, classify, op_index_from_hint, unexpected_response, AtomicAnswer, FailedOperation,
     TransactionResult, UploadReport, Verdict, SCHEMA_DRIFT_RETRY_AFTER_SECONDS, UNEXPECTED_RESPONSE,
 };
 use super::plan::{self, Check, PlannedRequest};
@@ -136,9 +136,7 @@ pub async fn apply_with<T: Transport>(
         let ending = loop {
             let remaining = budget.saturating_sub(report.subrequests);
             let fresh = report.subrequests == 0;
-            let atomic = route != Route::Rest
-                && report.atomic_function != Some(false)
-                && !plan::needs_conflict_checks(transaction, settings, caller);
+            let atomic = route != Route::Rest && report.atomic_function != Some(false);
             let ending = match plan::plan_transaction_as(transaction, settings, caller, atomic) {
                 Ok(requests) if requests.is_empty() => Some(Ending::Success(Vec::new())),
                 Ok(requests) if worst_case(&requests) + dead_letter_cost > budget => {
@@ -383,7 +381,8 @@ fn too_big(planned: usize, budget: usize, dead_letter_cost: usize, function: &st
         format!(
             "this transaction needs {planned} upstream requests{reserve}, more than \
              UPLOAD_SUBREQUEST_BUDGET={budget} allows, and the atomic function {function} that \
-             applies a transaction in one request is not installed; install sql/atomic_upload.sql \
+             applies a transaction in one request is not installed (or, for a transaction with compared \
+             entries, is a copy without detect_conflicts); install sql/atomic_upload.sql \
              (atomic mode) or raise the budget (Workers Paid plan)"
         ),
     )
@@ -453,6 +452,16 @@ async fn send<T: Transport>(
             }
             (Check::Atomic, Verdict::Applied, Ok(response)) => {
                 match atomic_answer(&response.body, planned.entries.len()) {
+                    Some(AtomicAnswer { conflict: Some((entry, row)), .. }) => {
+                        // The whole call was rolled back: every entry failed, none applied.
+                        let failure = FailedOperation::new(
+                            Some(entry),
+                            CONFLICT,
+                            "the row changed since the client saw it: it no longer holds the previous values \
+                             sent for the columns this entry changes; nothing of this transaction was applied",
+                        );
+                        return Ending::Conflict(failure, vec![EntryState::Failed; entry_count], row);
+                    }
                     Some(result) => {
                         already_applied = result.already_applied;
                         unchanged.extend(result.unchanged);

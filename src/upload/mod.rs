@@ -1189,20 +1189,85 @@ mod tests {
     }
 
     #[test]
-    fn conflict_checked_transactions_go_through_rest_even_on_the_atomic_route() {
+    fn compared_entries_go_through_the_atomic_function_on_the_atomic_route() {
         let mut s = conflict_settings();
         s.atomic = AtomicMode::Always;
-        let transport = FakeTransport::scripted(vec![counted(204, 1), ok_body(r#"{"applied":1}"#)]);
+        let transport = FakeTransport::scripted(vec![ok_body(r#"{"applied":1}"#), ok_body(r#"{"applied":1}"#)]);
         let plain =
             Transaction { transaction_id: Some(json!(2)), entries: vec![entry(Op::Patch, "b", json!({"x": 1}))] };
         let report =
             run(&[Transaction { transaction_id: Some(json!(1)), entries: vec![stale_patch()] }, plain], &s, &transport);
         assert_eq!(statuses(&report), vec![Status::Success, Status::Success]);
-        assert!(transport.sent()[0].url.contains("title=eq.seen"));
-        assert!(
-            transport.sent()[1].url.ends_with("/rpc/powersync_apply_transaction"),
-            "without previous values: atomic"
+        let sent = transport.sent();
+        assert!(sent.iter().all(|r| r.url.ends_with("/rpc/powersync_apply_transaction")));
+        let body = |i: usize| serde_json::from_str::<Value>(sent[i].body.as_deref().unwrap_or("")).unwrap_or_default();
+        assert_eq!(body(0)["ops"][0]["expect"], json!({"title": "seen"}), "only the changed column is compared");
+        assert_eq!(body(0)["detect_conflicts"], json!(true));
+        assert_eq!(body(1).get("detect_conflicts"), None, "without previous values: the call as before");
+    }
+
+    #[test]
+    fn an_atomic_conflict_applies_nothing_and_is_dead_lettered_with_both_sides() {
+        let mut s = conflict_settings();
+        s.atomic = AtomicMode::Always;
+        s.dead_letter_table = Some("powersync_dead_letters".to_string());
+        let conflict = r#"{"applied":0,"conflict":{"index":1,"row":{"id":"a","title":"theirs"}}}"#;
+        let transport = FakeTransport::scripted(vec![ok_body(conflict), recorded(), ok_body(r#"{"applied":1}"#)]);
+        let first = Transaction {
+            transaction_id: Some(json!(1)),
+            entries: vec![entry(Op::Put, "p", json!({"x": 1})), stale_patch(), entry(Op::Delete, "q", json!(null))],
+        };
+        let report = run(&[first, tx(2)], &s, &transport);
+        assert_eq!(statuses(&report), vec![Status::Conflict, Status::Success], "a conflict is final: the next goes on");
+        let result = report.results[0].to_json();
+        assert_eq!(
+            (&result["failed_operation"]["code"], &result["failed_operation"]["index"]),
+            (&json!("conflict"), &json!(1))
         );
+        assert!(!result.to_string().contains("theirs"), "the server's row is not in the response: {result}");
+        let sent = transport.sent();
+        assert!(sent[1].url.ends_with("/rpc/powersync_record_dead_letter"));
+        let record: Value = serde_json::from_str(sent[1].body.as_deref().unwrap_or("")).unwrap_or_default();
+        assert_eq!((&record["code"], &record["op_index"]), (&json!("conflict"), &json!(1)));
+        let states: Vec<&Value> =
+            record["entries"].as_array().map(|e| e.iter().map(|e| &e["state"]).collect()).unwrap_or_default();
+        assert_eq!(states, vec!["failed"; 3], "rolled back as a whole: a replay applies every entry");
+        assert!(
+            record["entries"][1].get("expect").is_none(),
+            "entries are the ops without expect (the ledger's digest)"
+        );
+        assert_eq!(record["entry"]["previous_values"], json!({"title": "seen", "done": 0}));
+        let server: Value = serde_json::from_str(record["details"].as_str().unwrap_or("")).unwrap_or_default();
+        assert_eq!(server, json!({"id": "a", "title": "theirs"}));
+    }
+
+    #[test]
+    fn an_atomic_re_send_after_a_lost_answer_is_already_applied_not_a_conflict() {
+        let mut s = conflict_settings();
+        s.atomic = AtomicMode::Always;
+        let transport = FakeTransport::scripted(vec![ok_body(r#"{"applied":0,"already_applied":true}"#)]);
+        let report =
+            run(&[Transaction { transaction_id: Some(json!(1)), entries: vec![stale_patch()] }], &s, &transport);
+        assert_eq!(statuses(&report), vec![Status::Success]);
+        assert!(report.results[0].already_applied);
+    }
+
+    #[test]
+    fn an_atomic_function_older_than_conflict_detection_means_rest_with_comparison() {
+        // the copy without detect_conflicts: PostgREST finds no function with that argument
+        let transport = FakeTransport::scripted(vec![
+            error(
+                404,
+                "PGRST202",
+                "Could not find the function public.powersync_apply_transaction(detect_conflicts, ops)",
+            ),
+            counted(204, 1),
+        ]);
+        let transaction = Transaction { transaction_id: Some(json!(1)), entries: vec![stale_patch()] };
+        let report = run_with(Route::Probe, &conflict_settings(), &[transaction], &transport);
+        assert_eq!(statuses(&report), vec![Status::Success]);
+        assert_eq!(report.atomic_function, Some(false));
+        assert_eq!(transport.sent()[1].url, "https://p.supabase.co/rest/v1/todos?id=eq.a&title=eq.seen", "compared");
     }
 
     #[test]
@@ -1224,7 +1289,7 @@ mod tests {
     }
 
     #[test]
-    fn a_conflict_checked_transaction_too_big_for_its_worst_case_goes_through_the_atomic_function() {
+    fn a_conflict_checked_transaction_too_big_for_its_worst_case_is_compared_in_the_atomic_function() {
         let mut s = conflict_settings();
         s.subrequest_budget = 8;
         let entries: Vec<Entry> = (0..3)
@@ -1237,7 +1302,10 @@ mod tests {
         let transport = FakeTransport::scripted(vec![ok_body(r#"{"applied":3}"#)]);
         let report = run(&[Transaction { transaction_id: Some(json!(1)), entries }], &s, &transport);
         assert_eq!(statuses(&report), vec![Status::Success]);
-        assert!(transport.sent()[0].url.ends_with("/rpc/powersync_apply_transaction"), "3 x 3 > 8: atomic, unchecked");
+        let sent = transport.sent();
+        assert!(sent[0].url.ends_with("/rpc/powersync_apply_transaction"), "3 x 3 > 8: atomic");
+        let body: Value = serde_json::from_str(sent[0].body.as_deref().unwrap_or("")).unwrap_or_default();
+        assert_eq!((&body["detect_conflicts"], &body["ops"][2]["expect"]), (&json!(true), &json!({"title": "seen"})));
     }
 
     fn put_then_patch_of_a_gone_row() -> Transaction {

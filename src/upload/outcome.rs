@@ -577,23 +577,38 @@ pub fn affected_rows(response: &HttpResponse) -> Option<u64> {
 }
 
 /// What the atomic function answered: `{"applied": n, "unchanged": [op indexes]?,
-/// "already_applied": true?}`.
+/// "already_applied": true?}`, or `{"applied": 0, "conflict": {"index": i, "row": {…}}}`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AtomicAnswer {
     /// The ledger knew the transaction: nothing was applied now.
     pub already_applied: bool,
     /// Ops (= entries) that changed no row, below `entries`, in order, without repeats.
     pub unchanged: Vec<usize>,
+    /// A compared op found its row changed (`detect_conflicts`): nothing was applied. The op's
+    /// index and the row as the function read it (for the dead letter only).
+    pub conflict: Option<(usize, Value)>,
 }
 
 /// The atomic function's result in a 2xx body, or `None` when the body is not one (not a JSON
-/// object with a numeric `applied`, or an `unchanged` that is not an array of op indexes):
-/// then the answer is not the function's. Indexes at or past `entries` are dropped.
+/// object with a numeric `applied`, an `unchanged` that is not an array of op indexes, or a
+/// `conflict` without an op index below `entries` and a row object): then the answer is not
+/// the function's. `unchanged` indexes at or past `entries` are dropped.
 pub fn atomic_answer(body: &str, entries: usize) -> Option<AtomicAnswer> {
-    let Ok(Value::Object(fields)) = serde_json::from_str::<Value>(body) else { return None };
+    let Ok(Value::Object(mut fields)) = serde_json::from_str::<Value>(body) else { return None };
     if !fields.get("applied").is_some_and(Value::is_number) {
         return None;
     }
+    let conflict = match fields.remove("conflict") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(mut conflict)) => {
+            let index = conflict.get("index").and_then(Value::as_u64).and_then(|i| usize::try_from(i).ok());
+            match (index, conflict.remove("row")) {
+                (Some(index), Some(row @ Value::Object(_))) if index < entries => Some((index, row)),
+                _ => return None,
+            }
+        }
+        Some(_) => return None,
+    };
     let mut unchanged: Vec<usize> = match fields.get("unchanged") {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::Array(items)) => {
@@ -605,7 +620,11 @@ pub fn atomic_answer(body: &str, entries: usize) -> Option<AtomicAnswer> {
     };
     unchanged.sort_unstable();
     unchanged.dedup();
-    Some(AtomicAnswer { already_applied: fields.get("already_applied") == Some(&Value::Bool(true)), unchanged })
+    Some(AtomicAnswer {
+        already_applied: fields.get("already_applied") == Some(&Value::Bool(true)),
+        unchanged,
+        conflict,
+    })
 }
 
 /// The GRANT that a `42501` message of PostgreSQL's form `permission denied for <kind> <name>`
@@ -1037,11 +1056,15 @@ mod tests {
         assert_eq!(atomic_answer(r#"{"applied": 3}"#, 3), Some(AtomicAnswer::default()));
         assert_eq!(
             atomic_answer(r#"{"applied": 3, "unchanged": [2, 0, 2, 7]}"#, 3),
-            Some(AtomicAnswer { already_applied: false, unchanged: vec![0, 2] })
+            Some(AtomicAnswer { already_applied: false, unchanged: vec![0, 2], conflict: None })
         );
         assert_eq!(
             atomic_answer(r#"{"applied": 0, "already_applied": true}"#, 3),
-            Some(AtomicAnswer { already_applied: true, unchanged: vec![] })
+            Some(AtomicAnswer { already_applied: true, unchanged: vec![], conflict: None })
+        );
+        assert_eq!(
+            atomic_answer(r#"{"applied": 0, "conflict": {"index": 2, "row": {"id": "a", "n": 1}}}"#, 3),
+            Some(AtomicAnswer { conflict: Some((2, json!({"id": "a", "n": 1}))), ..AtomicAnswer::default() })
         );
         for body in [
             "",
@@ -1052,6 +1075,10 @@ mod tests {
             "<html>ok</html>",
             r#"{"applied": 1, "unchanged": "0"}"#,
             r#"{"applied": 1, "unchanged": [-1]}"#,
+            r#"{"applied": 0, "conflict": {"index": 3, "row": {}}}"#,
+            r#"{"applied": 0, "conflict": {"index": 0}}"#,
+            r#"{"applied": 0, "conflict": {"index": "0", "row": {}}}"#,
+            r#"{"applied": 0, "conflict": true}"#,
         ] {
             assert_eq!(atomic_answer(body, 3), None, "{body}");
         }

@@ -174,24 +174,6 @@ pub fn plan_transaction_as(
     Ok(planner.requests)
 }
 
-/// Whether the transaction has an entry whose conflict conditions only REST requests check
-/// (`UPLOAD_CONFLICT_DETECTION` and a PATCH or DELETE with previous values for a column it
-/// changes): the driver then plans it as REST requests, not as an atomic call.
-pub fn needs_conflict_checks(transaction: &Transaction, settings: &UploadSettings, caller: &Caller) -> bool {
-    if !settings.conflict_detection {
-        return false;
-    }
-    let context = Context::new(settings, caller);
-    transaction.entries.iter().any(|entry| match entry.op {
-        Op::Put => false,
-        Op::Patch => {
-            let data = row::patch_data(entry, settings);
-            !data.is_empty() && context.conditions(entry, Some(&data)).is_some()
-        }
-        Op::Delete => context.conditions(entry, None).is_some(),
-    })
-}
-
 /// The transaction as one call of the atomic function, whatever the mode: how a transaction too
 /// big for the subrequest budget is applied when the function is installed. `None` for a
 /// transaction without entries. The checks of [`plan_transaction`] must have passed.
@@ -301,25 +283,13 @@ impl<'a> Context<'a> {
     /// conversions as data. A condition that would make the URL longer than
     /// [`filter::MAX_URL_BYTES`] is left out (that column is not compared).
     fn conditions(&self, entry: &Entry, data: Option<&Columns>) -> Option<Conditions> {
-        if !self.settings.conflict_detection {
-            return None;
-        }
-        let previous = entry.previous.as_ref()?;
+        let previous = entry.previous.as_ref().filter(|_| self.settings.conflict_detection)?;
         let previous = row::converted(&entry.table, previous, self.settings);
-        let owner = self.owner.map(|(column, _)| column);
         let fixed = self.table_url(&entry.table).len() + "?select=id&id=".len() + filter::eq(&entry.id).len();
         let room = filter::MAX_URL_BYTES.saturating_sub(fixed + self.owner_filter().len());
         let mut conditions = Conditions::default();
         let mut left = room;
-        for (column, old) in previous.iter() {
-            if column == "id" || Some(column) == owner || !is_identifier(column) {
-                continue;
-            }
-            if let Some(data) = data {
-                if !data.names().any(|name| name == column) {
-                    continue;
-                }
-            }
+        for (column, old) in self.compared(&previous, data) {
             let condition = column_condition(column, old);
             if condition.len() > left {
                 continue;
@@ -348,12 +318,54 @@ impl<'a> Context<'a> {
         (!conditions.previous.is_empty()).then_some(conditions)
     }
 
+    /// The compared columns of a PATCH (`data`: its columns as written) or DELETE (`None`) with
+    /// their previous values (`previous`, converted), raw JSON: for a PATCH those it sets that
+    /// have a previous value; for a DELETE every column with a previous value; never `id`
+    /// (already the row filter), nor the owner column in service mode (already filtered), nor a
+    /// name that is not a plain identifier.
+    fn compared<'c>(
+        &self,
+        previous: &'c Columns<'c>,
+        data: Option<&'c Columns<'c>>,
+    ) -> impl Iterator<Item = (&'c str, &'c str)> + 'c {
+        let owner = self.owner.map(|(column, _)| column.to_string());
+        previous.iter().filter(move |(column, _)| {
+            *column != "id"
+                && owner.as_deref() != Some(*column)
+                && is_identifier(column)
+                && data.is_none_or(|data| data.names().any(|name| name == *column))
+        })
+    }
+
+    /// A PATCH's or DELETE's `"expect"` for the atomic function (see `sql/atomic_upload.sql`):
+    /// `{"<column>": "<text>" | null}` for its compared columns, each text the one REST sends
+    /// after `eq.` (see [`column_condition`]); `None` without any.
+    fn expect(&self, entry: &Entry, data: Option<&Columns>) -> Option<String> {
+        let previous = entry.previous.as_ref().filter(|_| self.settings.conflict_detection)?;
+        let previous = row::converted(&entry.table, previous, self.settings);
+        let mut expect = String::from("{");
+        for (column, old) in self.compared(&previous, data) {
+            if expect.len() > 1 {
+                expect.push(',');
+            }
+            row::push_json_string(&mut expect, column);
+            expect.push(':');
+            match condition_text(old) {
+                Some(text) => row::push_json_string(&mut expect, &text),
+                None => expect.push_str("null"),
+            }
+        }
+        expect.push('}');
+        (expect.len() > 2).then_some(expect)
+    }
+
     fn atomic(&self, transaction: &Transaction) -> Option<PlannedRequest> {
         if transaction.entries.is_empty() {
             return None;
         }
         // Written directly: the rows' values are the client's text, never rebuilt.
         let mut body = String::from("{\"ops\":[");
+        let mut compares = false;
         for (i, entry) in transaction.entries.iter().enumerate() {
             if i > 0 {
                 body.push(',');
@@ -369,13 +381,31 @@ impl<'a> Context<'a> {
                 Op::Patch => Some(row::patch_data(entry, self.settings)),
                 Op::Delete => None,
             };
-            if let Some(data) = data {
+            if let Some(data) = &data {
                 body.push_str(",\"data\":");
                 data.write_json(&mut body);
+            }
+            // A PATCH with nothing to write is a no-op: nothing to compare either.
+            let expect = match entry.op {
+                Op::Put => None,
+                Op::Patch => {
+                    data.as_ref().filter(|data| !data.is_empty()).and_then(|data| self.expect(entry, Some(data)))
+                }
+                Op::Delete => self.expect(entry, None),
+            };
+            if let Some(expect) = expect {
+                body.push_str(",\"expect\":");
+                body.push_str(&expect);
+                compares = true;
             }
             body.push('}');
         }
         body.push(']');
+        if compares {
+            // Also the version check: a copy of the function without this argument answers
+            // PGRST202 (not found) rather than applying without comparing.
+            body.push_str(",\"detect_conflicts\":true");
+        }
         if let Some((column, user_id)) = self.owner {
             body.push_str(",\"owner_column\":");
             row::push_json_string(&mut body, column);
@@ -455,14 +485,22 @@ struct Conditions {
 /// `&<column>=is.null` for a JSON null, else `&<column>=eq.<text>`: a string's text, another
 /// value's JSON text, percent-encoded.
 fn column_condition(column: &str, raw: &str) -> String {
-    if raw == "null" {
-        return format!("&{column}=is.null");
+    match condition_text(raw) {
+        None => format!("&{column}=is.null"),
+        Some(text) => format!("&{column}={}", filter::eq(&text)),
     }
-    let text = match serde_json::from_str::<Value>(raw) {
+}
+
+/// What a previous value (raw JSON) is compared as: `None` for null, else a string's text or
+/// another value's JSON text (PostgreSQL casts it to the column's type).
+fn condition_text(raw: &str) -> Option<String> {
+    if raw == "null" {
+        return None;
+    }
+    Some(match serde_json::from_str::<Value>(raw) {
         Ok(Value::String(text)) => text,
         _ => raw.to_string(),
-    };
-    format!("&{column}={}", filter::eq(&text))
+    })
 }
 
 /// Consecutive entries being merged into one request.
@@ -1324,6 +1362,44 @@ mod tests {
         // REST requests have nowhere to record it
         let rest = plan_transaction_as(&numbered, &s, &with_client, false).expect("planned");
         assert_eq!(rest[0].request.method, Method::Delete);
+    }
+
+    #[test]
+    fn atomic_call_carries_each_compared_entrys_expected_values_as_the_rest_filters_compare_them() {
+        let mut s = service();
+        s.atomic = AtomicMode::Always;
+        s.conflict_detection = true;
+        s.boolean_columns.insert("todos", "b");
+        let previous = |v: Value| Some(v.as_object().cloned().unwrap_or_default().into());
+        let mut changed = patch("a", json!({"t": "x", "n": 2, "j": {"k": 1}, "b": 0, "owner": "me"}));
+        // compared: the columns it sets with a previous value, never id nor the owner column;
+        // a previous value far longer than a URL takes is compared here (no URL)
+        let long = "l".repeat(9000);
+        changed.previous = previous(
+            json!({"t": long, "n": 1.5, "j": {"k": 0}, "b": 1, "untouched": 5, "id": "a", "owner": "x", "bad name": 0}),
+        );
+        let mut nothing = patch("c", json!({}));
+        nothing.previous = previous(json!({"t": "seen"}));
+        let mut gone = delete("d");
+        gone.previous = previous(json!({"t": null, "n": 3}));
+        let requests = plan(vec![put("p", json!({"t": "new"})), changed, nothing, gone], &s);
+        assert_eq!(requests.len(), 1);
+        assert_eq!(
+            body(&requests[0]),
+            json!({"ops": [
+                {"op": "PUT", "table": "todos", "id": "p", "data": {"id": "p", "t": "new", "owner": "user-1"}},
+                {"op": "PATCH", "table": "todos", "id": "a", "data": {"t": "x", "n": 2, "j": {"k": 1}, "b": false},
+                 "expect": {"t": long, "n": "1.5", "j": "{\"k\":0}", "b": "true"}},
+                {"op": "PATCH", "table": "todos", "id": "c", "data": {}},
+                {"op": "DELETE", "table": "todos", "id": "d", "expect": {"t": null, "n": "3"}}
+            ], "owner_column": "owner", "owner_id": "user-1", "detect_conflicts": true})
+        );
+        // without the setting, or without previous values: the call as before
+        s.conflict_detection = false;
+        let mut stale = patch("a", json!({"t": "x"}));
+        stale.previous = previous(json!({"t": "seen"}));
+        let plain = body(&plan(vec![stale], &s)[0]);
+        assert!(plain.get("detect_conflicts").is_none() && plain["ops"][0].get("expect").is_none(), "{plain}");
     }
 
     #[test]

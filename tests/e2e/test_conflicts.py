@@ -5,7 +5,9 @@ service are the real ones.
 
 With the setting on, the second upload is reported `conflict` (handed to the app's onFatalError,
 dead-lettered with both sides) and the first client's value stays; with it off, the last writer
-wins, as without previous values.
+wins, as without previous values. Each rule is checked on both routes: REST requests
+(`UPLOAD_ATOMIC=false`, conditional writes) and the atomic function (`UPLOAD_ATOMIC=true`, compared
+inside its transaction: a conflict applies nothing of the transaction).
 """
 
 from __future__ import annotations
@@ -16,24 +18,53 @@ import uuid
 
 import pytest
 
+from tests.e2e.conftest import SERVICE_KEY
 from tests.support.sdk_client import SdkApp
 
 
-def conflict_vars(base_vars: dict, powersync_url: str, detection: bool) -> dict:
+ROUTES = ["atomic", "rest"]
+RPC_PATH = "/rest/v1/rpc/powersync_apply_transaction"
+
+
+def conflict_vars(base_vars: dict, powersync_url: str, detection: bool, route: str) -> dict:
     return {**base_vars, "POWERSYNC_URL": powersync_url,
             "UPLOAD_BOOLEAN_COLUMNS": "todos.completed", "UPLOAD_JSON_COLUMNS": "todos.tags",
             "UPLOAD_DEAD_LETTER_TABLE": "powersync_dead_letters",
+            "UPLOAD_ATOMIC": "true" if route == "atomic" else "false",
             "UPLOAD_CONFLICT_DETECTION": "true" if detection else "false"}
 
 
 @pytest.fixture(scope="module")
-def detecting_worker(start_worker, base_vars, powersync_service):
-    return start_worker(conflict_vars(base_vars, powersync_service.url, True))
+def workers(start_worker, base_vars, powersync_service):
+    """workers(detection, route) -> the worker with that setting and route (started once)."""
+    started: dict = {}
+
+    def get(detection: bool, route: str):
+        if (detection, route) not in started:
+            started[detection, route] = start_worker(
+                conflict_vars(base_vars, powersync_service.url, detection, route))
+        return started[detection, route]
+    return get
 
 
-@pytest.fixture(scope="module")
-def plain_worker(start_worker, base_vars, powersync_service):
-    return start_worker(conflict_vars(base_vars, powersync_service.url, False))
+@pytest.fixture(params=ROUTES)
+def detecting_worker(request, workers):
+    return workers(True, request.param)
+
+
+@pytest.fixture(params=ROUTES)
+def plain_worker(request, workers):
+    return workers(False, request.param)
+
+
+@pytest.fixture
+def detecting_rest_worker(workers):
+    return workers(True, "rest")
+
+
+@pytest.fixture
+def detecting_atomic_worker(workers):
+    return workers(True, "atomic")
 
 
 @pytest.fixture
@@ -145,13 +176,14 @@ def test_an_unconflicted_edit_with_previous_values_applies_and_a_gone_row_stays_
         time.sleep(0.1)
 
 
-def test_a_re_sent_write_whose_first_answer_was_lost_is_no_conflict(tracking_apps, db, standin, detecting_worker, user_a):
+def test_a_re_sent_write_whose_first_answer_was_lost_is_no_conflict(
+        tracking_apps, db, standin, detecting_rest_worker, user_a):
     """The fault soak's case: the conditional PATCH commits, its answer is lost (the stand-in drops
     the connection after the write), the worker sends it again: now zero rows hold the previous
     values, but the row holds this write's own values, so it is applied, not a conflict."""
     list_id = str(uuid.uuid4())
     db.execute("insert into lists (id, name, owner_id) values (%s, 'original', %s)", (list_id, user_a))
-    app = tracking_apps(user_a, detecting_worker)
+    app = tracking_apps(user_a, detecting_rest_worker)
     app.wait_for("select name from lists where id = ?", [{"name": "original"}], params=[list_id])
     app.disconnect()
     app.execute("update lists set name = 'mine' where id = ?", [list_id])
@@ -162,8 +194,170 @@ def test_a_re_sent_write_whose_first_answer_was_lost_is_no_conflict(tracking_app
     assert server_name(db, list_id) == "mine"
     assert app.records()["fatalReports"] == []
     assert standin.faults == [], "the fault was used: the first answer was lost"
-    uploads = [line["upload"] for line in detecting_worker.log_lines()
+    uploads = [line["upload"] for line in detecting_rest_worker.log_lines()
                if line.get("route") == "upload" and line.get("upload", {}).get("resent")]
     # the PATCH, its re-send (zero rows), the read of the row, the read of the new values
     assert [(u["resent"], u["subrequests"], u["success"], u["conflict"]) for u in uploads] == [(1, 4, 1, 0)], uploads
     assert db.execute("select count(*) from powersync_dead_letters").fetchone()[0] == 0
+
+
+# ================================================================ the atomic function's own rules
+def test_an_atomic_conflict_applies_nothing_of_its_transaction(tracking_apps, db, detecting_atomic_worker, user_a):
+    """The second app renames the list and adds a todo to it in one transaction: the rename is a
+    conflict, so the todo, sent in the same call of the atomic function, is not applied either; the
+    dead letter holds the whole transaction, every entry `failed`, so a replay applies both."""
+    list_id = str(uuid.uuid4())
+    db.execute("insert into lists (id, name, owner_id) values (%s, 'original', %s)", (list_id, user_a))
+    first, second = tracking_apps(user_a, detecting_atomic_worker), tracking_apps(user_a, detecting_atomic_worker)
+    for app in (first, second):
+        app.wait_for("select name from lists where id = ?", [{"name": "original"}], params=[list_id])
+        app.disconnect()
+    first.execute("update lists set name = 'from first' where id = ?", [list_id])
+    todo_id = str(uuid.uuid4())
+    second.transaction(
+        ("insert into todos (id, list_id, description, created_by, completed) values (?, ?, 'added', ?, 0)",
+         [todo_id, list_id, user_a]),
+        ("update lists set name = 'from second' where id = ?", [list_id]))
+    first.connect()
+    first.drained()
+    second.connect()
+    second.drained()
+
+    assert server_name(db, list_id) == "from first"
+    assert db.execute("select count(*) from todos where id = %s", (todo_id,)).fetchone()[0] == 0, \
+        "all or nothing: the insert of the conflicting transaction is not applied"
+    reports = second.records()["fatalReports"]
+    assert [(r["status"], r["failedOperation"]["index"]) for r in reports] == [("conflict", 1)], reports
+    (entries, details), = db.execute(
+        "select entries, details from powersync_dead_letters where code = 'conflict'").fetchall()
+    assert [(e["op"], e["state"]) for e in entries] == [("PUT", "failed"), ("PATCH", "failed")]
+    assert json.loads(details)["name"] == "from first"
+    # the operator chooses the client's side: the replay applies the whole transaction, uncompared
+    (dead_id,) = db.execute("select id from powersync_dead_letters").fetchone()
+    replayed = db.execute("select public.powersync_replay_dead_letter(%s)", (dead_id,)).fetchone()[0]
+    assert replayed["replayed"] is True, replayed
+    assert server_name(db, list_id) == "from second"
+    assert db.execute("select count(*) from todos where id = %s", (todo_id,)).fetchone()[0] == 1
+
+
+def test_an_atomic_call_whose_answer_was_lost_is_already_applied_when_re_sent_not_a_conflict(
+        tracking_apps, db, standin, detecting_atomic_worker, user_a):
+    """The call commits (the rename and its ledger record), its answer is lost; the re-sent call
+    finds the ledger's record before comparing anything: `already_applied`, although the row no
+    longer holds the previous values it carries."""
+    list_id = str(uuid.uuid4())
+    db.execute("insert into lists (id, name, owner_id) values (%s, 'original', %s)", (list_id, user_a))
+    app = tracking_apps(user_a, detecting_atomic_worker)
+    app.wait_for("select name from lists where id = ?", [{"name": "original"}], params=[list_id])
+    app.disconnect()
+    app.execute("update lists set name = 'mine' where id = ?", [list_id])
+    standin.add_fault({"drop_after": True, "method": "POST", "path_prefix": RPC_PATH})
+    app.connect()
+    app.drained()
+
+    assert server_name(db, list_id) == "mine"
+    assert standin.faults == [], "the fault was used: the first answer was lost"
+    assert app.records()["fatalReports"] == []
+    assert db.execute("select count(*) from powersync_dead_letters").fetchone()[0] == 0
+    uploads = [line["upload"] for line in detecting_atomic_worker.log_lines()
+               if line.get("route") == "upload" and line.get("upload", {}).get("resent")]
+    assert [(u["resent"], u["subrequests"], u["already_applied"], u["conflict"]) for u in uploads] == [(1, 2, 1, 0)], \
+        uploads
+
+
+# ============================================ the function itself, called as PostgREST calls it
+def apply(as_user, sub: str, ops: list, **args):
+    """powersync_apply_transaction through the stand-in's /rpc, as `sub` (RLS applies)."""
+    response = as_user(sub).rpc("powersync_apply_transaction", {"ops": ops, **args})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def patch_profile(expect: dict, data: dict | None = None) -> dict:
+    return {"op": "PATCH", "table": "profiles", "id": "p1", "data": data or {"handle": "new"}, "expect": expect}
+
+
+def test_atomic_function_compares_as_postgrest_eq_filters_do(db, as_user, user_a):
+    """The expected text is cast to the column's type: a reformatted jsonb, `1` for a boolean and
+    the same instant in another zone are equal; null is `is null`."""
+    db.execute("insert into profiles (id, user_id, handle, settings, active) values"
+               " ('p1', %s, 'old', '{\"a\": [1, 2]}', true)", (user_a,))
+    db.execute("insert into lists (id, name, owner_id, created_at) values"
+               " ('9a6a5e0c-0000-4000-8000-000000000001', 'l', %s, '2026-01-02 03:04:05+00')", (user_a,))
+    same = apply(as_user, user_a, [
+        patch_profile({"settings": '{"a":[1,2]}', "active": "1", "handle": "old"}),
+        {"op": "PATCH", "table": "lists", "id": "9a6a5e0c-0000-4000-8000-000000000001", "data": {"name": "m"},
+         "expect": {"name": "l", "created_at": "2026-01-02T05:04:05+02:00"}}], detect_conflicts=True)
+    assert same == {"applied": 2, "unchanged": []}
+    assert db.execute("select handle from profiles where id = 'p1'").fetchone()[0] == "new"
+    # a null previous value matches only a null
+    changed = apply(as_user, user_a, [patch_profile({"handle": None}, {"handle": "newer"})], detect_conflicts=True)
+    assert changed["conflict"]["index"] == 0 and changed["conflict"]["row"]["handle"] == "new", changed
+    db.execute("update profiles set handle = null where id = 'p1'")
+    assert apply(as_user, user_a, [patch_profile({"handle": None}, {"handle": "newer"})],
+                 detect_conflicts=True) == {"applied": 1, "unchanged": []}
+
+
+def test_atomic_conflict_rolls_back_the_call_and_records_nothing_in_the_ledger(db, as_user, user_a):
+    list_id, new_list = str(uuid.uuid4()), str(uuid.uuid4())
+    db.execute("insert into lists (id, name, owner_id) values (%s, 'theirs', %s)", (list_id, user_a))
+    ops = [{"op": "PUT", "table": "lists", "id": new_list, "data": {"name": "n", "owner_id": user_a}},
+           {"op": "PATCH", "table": "lists", "id": list_id, "data": {"name": "mine"}, "expect": {"name": "seen"}}]
+    ids = {"client_id": "c1", "transaction_id": "7", "detect_conflicts": True}
+    answer = apply(as_user, user_a, ops, **ids)
+    assert answer["applied"] == 0 and answer["conflict"]["index"] == 1, answer
+    assert answer["conflict"]["row"]["name"] == "theirs"
+    assert server_name(db, new_list) is None and server_name(db, list_id) == "theirs"
+    assert db.execute("select count(*) from powersync_upload_ledger").fetchone()[0] == 0
+    # the same transaction id with values that hold: applied and recorded; sent again, the ledger
+    # answers before anything is compared (the row no longer holds "theirs")
+    ops[1]["expect"] = {"name": "theirs"}
+    assert apply(as_user, user_a, ops, **ids) == {"applied": 2, "unchanged": []}
+    assert apply(as_user, user_a, ops, **ids) == {"applied": 0, "already_applied": True}
+    # the ledger's digest leaves "expect" out: the ops as the dead-letter table stores them
+    plain = [{k: v for k, v in op.items() if k != "expect"} for op in ops]
+    (digest,) = db.execute("select digest from powersync_upload_ledger").fetchone()
+    assert digest == db.execute("select encode(sha256(convert_to(%s::jsonb::text, 'UTF8')), 'hex')",
+                                (json.dumps(plain),)).fetchone()[0]
+
+
+def test_atomic_compared_write_of_a_hidden_or_gone_row_is_unchanged_not_a_conflict(db, as_user, user_a, user_b):
+    hidden = str(uuid.uuid4())
+    db.execute("insert into lists (id, name, owner_id) values (%s, 'theirs', %s)", (hidden, user_b))
+    answer = apply(as_user, user_a, [
+        {"op": "PATCH", "table": "lists", "id": hidden, "data": {"name": "x"}, "expect": {"name": "seen"}},
+        {"op": "DELETE", "table": "lists", "id": hidden, "expect": {"name": "seen"}},
+        {"op": "DELETE", "table": "lists", "id": str(uuid.uuid4()), "expect": {"name": "seen"}}],
+        detect_conflicts=True)
+    assert answer == {"applied": 3, "unchanged": [0, 1, 2]}, "nothing of another user's row is revealed"
+    assert server_name(db, hidden) == "theirs"
+
+
+def test_atomic_function_without_detect_conflicts_ignores_expect_as_before(db, as_user, user_a):
+    list_id = str(uuid.uuid4())
+    db.execute("insert into lists (id, name, owner_id) values (%s, 'theirs', %s)", (list_id, user_a))
+    ops = [{"op": "PATCH", "table": "lists", "id": list_id, "data": {"name": "mine"}, "expect": {"name": "seen"}}]
+    assert apply(as_user, user_a, ops) == {"applied": 1, "unchanged": []}
+    assert server_name(db, list_id) == "mine"
+
+
+def test_atomic_function_in_service_mode_compares_only_the_owners_rows(db, client, user_a, user_b):
+    """Called with the service key (RLS bypassed) and owner_column/owner_id, as the bridge in
+    service mode: another owner's row is left alone (`unchanged`), the owner's own changed row is a
+    conflict, and the owner column is never what decides it."""
+    service = client(SERVICE_KEY, SERVICE_KEY)
+    mine, theirs = str(uuid.uuid4()), str(uuid.uuid4())
+    db.execute("insert into lists (id, name, owner_id) values (%s, 'changed', %s), (%s, 'seen', %s)",
+               (mine, user_a, theirs, user_b))
+
+    def call(ops):
+        response = service.rpc("powersync_apply_transaction", {
+            "ops": ops, "owner_column": "owner_id", "owner_id": user_a, "detect_conflicts": True})
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    assert call([{"op": "DELETE", "table": "lists", "id": theirs, "expect": {"name": "seen"}}]) == \
+        {"applied": 1, "unchanged": [0]}
+    answer = call([{"op": "PATCH", "table": "lists", "id": mine, "data": {"name": "x"}, "expect": {"name": "seen"}}])
+    assert answer["conflict"]["index"] == 0 and answer["conflict"]["row"]["name"] == "changed", answer
+    assert (server_name(db, mine), server_name(db, theirs)) == ("changed", "seen")

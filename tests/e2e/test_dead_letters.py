@@ -408,7 +408,7 @@ EXPECTED = {
         {"replayed_at", "replay_result", "replay_error", "replay_attempted_at",
          "discarded_at", "discard_reason", "discarded_by"},
     **{("dead letter ids", r): set() for r in API_ROLES},
-    ("powersync_apply_transaction(jsonb,text,text,text,text)", "EXECUTE"): {"authenticated", "service_role"},
+    ("powersync_apply_transaction(jsonb,text,text,text,text,boolean)", "EXECUTE"): {"authenticated", "service_role"},
     ("powersync_upload_ledger_claim(text,text,text,text,timestamp with time zone)", "EXECUTE"):
         {"authenticated", "service_role"},
     ("powersync_record_dead_letter(jsonb,text,text,text,text,text,integer,jsonb,text,text,text[])", "EXECUTE"):

@@ -29,7 +29,7 @@ from tests.support.pg import free_port
 from tests.support.worker import DEVTOOL
 
 DEAD_LETTERS = "powersync_dead_letters"
-APPLY = "public.powersync_apply_transaction(jsonb, text, text, text, text)"
+APPLY = "public.powersync_apply_transaction(jsonb, text, text, text, text, boolean)"
 RECORD = "public.powersync_record_dead_letter(jsonb, text, text, text, text, text, integer, jsonb, text, text, text[])"
 
 

@@ -30,7 +30,7 @@ from tests.support.db import insert_list, new_id, row
 
 GRANT_TODOS = "grant select, insert, update, delete on table public.todos to authenticated"
 GRANT_EXECUTE = "grant execute on function public.powersync_apply_transaction to authenticated"
-FUNCTION = "public.powersync_apply_transaction(jsonb, text, text, text, text)"
+FUNCTION = "public.powersync_apply_transaction(jsonb, text, text, text, text, boolean)"
 
 
 class CatchAll:

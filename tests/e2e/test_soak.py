@@ -5,7 +5,11 @@ end PostgreSQL must equal the model of what the worker reported (nothing lost, n
 twice), and every fatal transaction must have exactly one dead letter and no other dead letter
 exist. Some transactions carry an always-refused entry at a random position, and one table has no
 grants for the API roles until the driver grants them during the run (its writes must wait, not
-be discarded). Design and reasoning: tests/soak/driver.py. The long run: `make soak`.
+be discarded). The workers run with UPLOAD_CONFLICT_DETECTION=true and the clients send previous
+values with a share of their PATCHes and DELETEs (their local copy, which a refused write leaves
+behind the server): every `conflict` reported must be a real one in the model (never a
+transaction's own earlier, lost-answer application), and no real one may be applied. Design and
+reasoning: tests/soak/driver.py. The long run: `make soak`.
 
 SOAK_OPERATIONS (default 2000 per mode) and SOAK_SEED (default random, printed) override.
 """
@@ -49,6 +53,10 @@ def soak(mode: str, soak_stack, pg):
     assert report.granted is not None and report.granted["operations"] < report.operations, report.summary()
     assert report.grant_retries > 0, report.summary()
     assert report.dependent_deletes or report.dependent_transactions == 0, report.summary()
+    # conflict detection was exercised: compared entries, real conflicts (each checked against the
+    # model), and compared transactions completed after being sent again
+    assert report.compared_entries > 0 and report.conflicts > 0, report.summary()
+    assert report.compared_resent > 0, report.summary()
 
 
 def test_workload_without_dependent_patterns_never_contains_one():

@@ -1222,12 +1222,12 @@ def test_transaction_too_big_for_the_budget_without_the_atomic_function_is_fatal
         budget_worker, db, standin, user):
     sub, token = user
     todos, big = _too_big_for_five(db, sub)
-    db.execute("alter function public.powersync_apply_transaction(jsonb, text, text, text, text) "
+    db.execute("alter function public.powersync_apply_transaction(jsonb, text, text, text, text, boolean) "
                "rename to powersync_apply_transaction_away")
     try:
         response = upload(budget_worker, token, body(big))
     finally:
-        db.execute("alter function public.powersync_apply_transaction_away(jsonb, text, text, text, text) "
+        db.execute("alter function public.powersync_apply_transaction_away(jsonb, text, text, text, text, boolean) "
                    "rename to powersync_apply_transaction")
     assert response.status_code == 200, response.text
     assert statuses(response) == ["fatal_error"]
@@ -1304,7 +1304,7 @@ def test_atomic_function_pins_its_search_path_so_public_objects_cannot_shadow_bu
     # built-in the function calls (format(text, text) beats pg_catalog's variadic format) and
     # have it run with the caller's rights on every upload.
     config = db.execute("select proconfig from pg_proc where oid = "
-                        "'public.powersync_apply_transaction(jsonb,text,text,text,text)'::regprocedure"
+                        "'public.powersync_apply_transaction(jsonb,text,text,text,text,boolean)'::regprocedure"
                         ).fetchone()[0]
     assert config == ["search_path=pg_catalog, pg_temp"]
     sub, token = user
@@ -1492,20 +1492,25 @@ def test_expired_ledger_records_are_pruned_by_later_calls(atomic_worker, db, use
     assert left == {("someone", "2"), (sub, "1")}, "kept 30 days (powersync_upload_ledger_settings)"
 
 
-def test_rerunning_the_sql_file_upgrades_the_three_argument_function_and_keeps_the_ledger(
+def test_rerunning_the_sql_file_upgrades_the_older_functions_and_keeps_the_ledger(
         atomic_worker, db, pg, user):
     sub, token = user
     db.execute(f"insert into public.{LEDGER} (user_id, client_id, transaction_id, digest)"
                " values ('kept', 'c', '1', 'x')")
-    # what an older install left: the function without client_id/transaction_id
+    # what older installs left: the function without client_id/transaction_id, and the one
+    # without detect_conflicts
     db.execute("create function public.powersync_apply_transaction(ops jsonb, owner_column text"
                " default null, owner_id text default null) returns jsonb language sql"
+               " as $$ select '{}'::jsonb $$")
+    db.execute("create function public.powersync_apply_transaction(ops jsonb, owner_column text"
+               " default null, owner_id text default null, client_id text default null,"
+               " transaction_id text default null) returns jsonb language sql"
                " as $$ select '{}'::jsonb $$")
     pg.run_sql_file(ROOT / "sql/atomic_upload.sql")
     pg.run_sql_file(ROOT / "sql/atomic_upload.sql")  # and again: nothing changes
     signatures = [r[0] for r in db.execute(
         "select p.oid::regprocedure::text from pg_proc p where p.proname = 'powersync_apply_transaction'")]
-    assert signatures == ["powersync_apply_transaction(jsonb,text,text,text,text)"]
+    assert signatures == ["powersync_apply_transaction(jsonb,text,text,text,text,boolean)"]
     assert db.execute(f"select count(*) from public.{LEDGER} where user_id = 'kept'").fetchone() == (1,)
     list_id = new_id()
     response = upload(atomic_worker, token, {"client_id": CLIENT, **body(

@@ -1,6 +1,7 @@
 """`make soak`: the long model-based fault soak, with its own PostgreSQL, stand-in and workers.
 
     python -m tests.soak [--operations 20000] [--clients 6] [--seed N] [--modes rls,service,atomic]
+                         [--previous-rate 0.6]
 
 Prints one report per mode (operations, faults by kind, retries, fatal count, the final
 difference, which must be zero) and exits 1 if any mode found a difference.
@@ -43,6 +44,8 @@ def main(argv=None) -> int:
     p.add_argument("--clients", type=int, default=int(os.environ.get("SOAK_CLIENTS", "6")))
     p.add_argument("--seed", type=int, default=int(os.environ["SOAK_SEED"]) if os.environ.get("SOAK_SEED") else None)
     p.add_argument("--modes", default=os.environ.get("SOAK_MODES", ",".join(MODES)))
+    p.add_argument("--previous-rate", type=float, default=float(os.environ.get("SOAK_PREVIOUS_RATE", "0.6")),
+                   help="share of PATCHes and DELETEs sent with previous values (conflict detection; default 0.6)")
     args = p.parse_args(argv)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     for m in modes:
@@ -72,7 +75,8 @@ def main(argv=None) -> int:
             proxy, by_mode = start_stack(pg, standin.url, base, start_worker, modes)
             iss = f"{proxy.url}/auth/v1"
             for m in modes:
-                cfg = SoakConfig(m, operations=args.operations, clients=args.clients, seed=args.seed)
+                cfg = SoakConfig(m, operations=args.operations, clients=args.clients, seed=args.seed,
+                                 previous_rate=args.previous_rate)
                 report = run_soak(cfg, by_mode[m].url, proxy, pg.dsn, lambda sub: make_token(sub, iss=iss))
                 print(report.summary(), flush=True)
                 reports.append(report)

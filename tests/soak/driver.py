@@ -23,8 +23,8 @@ order they were completed, each as the worker reported it, on top of the anchors
 the clients' rows. No lock serialises the clients, so the worker sees real concurrency
 (several uploads in flight at once, interleaved PostgREST requests).
 
-"As reported": a `success` applies every entry; a `fatal_error` applies the entries its dead
-letter marks `applied` (per-entry states) or, for a dead letter without states, the entries
+"As reported": a `success` applies every entry; a `fatal_error` or `conflict` applies the
+entries its dead letter marks `applied` (per-entry states) or, for a dead letter without states, the entries
 before `failed_operation.index` outside atomic mode and none in atomic mode. The model also
 predicts every outcome itself; a report the model disagrees with (a success it would refuse, a
 fatal transaction whose unapplied part it would accept) is a *disagreement* and fails the soak,
@@ -55,6 +55,18 @@ without the missing grant), and from then on the table takes writes like the oth
 transaction discarded for the missing grant would be a fatal result the model does not refuse:
 a disagreement.
 
+Conflict detection: the workers run with UPLOAD_CONFLICT_DETECTION=true, and each client sends
+previous values (`previous_values`) with a share of its PATCHes and DELETEs (`previous_rate`):
+the row as its own local copy holds it, a copy that applies every write at once, refused or not,
+as an app's SQLite does. A write the server refused therefore leaves the copy ahead of the server,
+and a later entry comparing that row meets a real conflict. The model (tests/soak/model.py)
+decides each compared entry against the rows it holds at that point, so a `conflict` result must
+be one the model finds at the reported index, and a `success` may not apply one; the run fails on
+either. Re-sends are where a false conflict would come from (the row holds the transaction's own
+earlier application): the REST rules' read of the new values and the atomic function's ledger must
+make them no conflict. Outside atomic mode an entry whose row a later entry of the same transaction
+writes again carries no previous values (a known limit of the REST route, docs/conflicts.md).
+
 Faults: see tests/soak/proxy.py. The client ignores `Retry-After` (it would make the soak wait
 minutes) and retries after 10-40 ms, or 100-200 ms while it waits for the missing grant (so
 waiting clients do not take the 2-core machine from the others).
@@ -73,11 +85,11 @@ from dataclasses import dataclass, field
 import psycopg
 import requests
 
-from tests.soak.model import DEMO, SERVICE, TABLES, Entry, Refused, Schema, State
+from tests.soak.model import DEFAULTS, DEMO, SERVICE, TABLES, Conflict, Entry, Refused, Schema, State
 
 MODES = ("rls", "service", "atomic")
 DEAD_LETTERS = "powersync_dead_letters"
-FINAL = ("success", "fatal_error")
+FINAL = ("success", "fatal_error", "conflict")
 UNGRANTED = SERVICE.notes  # the table granted during the run (module docs)
 API_ROLES = "authenticated, service_role"
 
@@ -89,7 +101,7 @@ def schema_for(mode: str) -> Schema:
 def worker_vars(mode: str, base: dict, proxy_url: str, timeout_ms: int) -> dict:
     """The worker configuration of a soak mode (base: conftest.complete_vars)."""
     v = {**base, "SUPABASE_URL": proxy_url, "UPSTREAM_TIMEOUT_MS": str(timeout_ms),
-         "UPLOAD_DEAD_LETTER_TABLE": DEAD_LETTERS}
+         "UPLOAD_DEAD_LETTER_TABLE": DEAD_LETTERS, "UPLOAD_CONFLICT_DETECTION": "true"}
     if mode == "rls":
         v["UPLOAD_ATOMIC"] = "false"
     elif mode == "service":
@@ -134,10 +146,14 @@ class Generator:
     cross-client writes that cannot depend on timing (module docs)."""
 
     def __init__(self, rng: random.Random, me: Ids, others: list[Ids], dependent_deletes: bool = False,
-                 fatal_rate: float = 0.0):
+                 fatal_rate: float = 0.0, previous_rate: float = 0.0):
         self.rng = rng
         self.dependent_deletes = dependent_deletes
         self.fatal_rate = fatal_rate
+        self.previous_rate = previous_rate
+        # the client's own local copy (its SQLite): every write applied at once, refused or not,
+        # so a write the server refused leaves it behind the server (a real conflict later)
+        self.local: dict[str, dict[str, dict]] = {t: {} for t in TABLES}
         self.me = me
         self.others = others
         self.anchor_lists = [me.anchor_list] + [o.anchor_list for o in others]
@@ -234,6 +250,45 @@ class Generator:
         return Entry("PUT", "notes", rid(r), {"body": None, "owner": me.sub})
 
     def transaction(self, tid: int) -> Transaction:
+        t = self._transaction(tid)
+        if self.previous_rate:
+            self.with_previous_values(t.entries)
+        else:
+            for e in t.entries:
+                self.local_apply(e)
+        return t
+
+    def local_apply(self, e: Entry) -> None:
+        rows = self.local[e.table]
+        data = {k: v for k, v in (e.data or {}).items() if k != "id"}
+        if e.op == "PUT":
+            rows[e.id] = {**(rows.get(e.id) or DEFAULTS[e.table]), **data}
+        elif e.op == "PATCH" and e.id in rows:
+            rows[e.id] = {**rows[e.id], **data}
+        elif e.op == "DELETE":
+            rows.pop(e.id, None)
+
+    def with_previous_values(self, entries: list[Entry]) -> None:
+        """Tracks previous values as the SDK does (`trackPrevious`), for a share `previous_rate`
+        of the PATCHes and DELETEs: the local row before the change. An id not in the local copy
+        (another client's) gets a made-up value: its row is hidden, so it must stay `unchanged`.
+        Outside atomic mode (`dependent_deletes` off) an entry whose row a later entry of the same
+        transaction writes again carries none: re-sent after a lost answer, it would find that
+        later write and read as a conflict (docs/conflicts.md, Limits), a case of the known gap."""
+        r = self.rng
+        for k, e in enumerate(entries):
+            if e.op in ("PATCH", "DELETE") and r.random() < self.previous_rate:
+                row = self.local[e.table].get(e.id)
+                if row is not None:
+                    e.previous = dict(row)
+                else:
+                    e.previous = {{"lists": "name", "todos": "description", "notes": "body"}[e.table]: "seen"}
+                if not self.dependent_deletes and any(
+                        (p.table, p.id) == (e.table, e.id) and p.op in ("PUT", "PATCH") for p in entries[k + 1:]):
+                    e.previous = None
+            self.local_apply(e)
+
+    def _transaction(self, tid: int) -> Transaction:
         r = self.rng
         if r.random() < 0.08:  # a run of PUTs with one key set: one bulk upsert (and a repeated id)
             list_id = self.own_list_for_todo()
@@ -299,6 +354,7 @@ class ClientStats:
     resent_transactions: int = 0   # transactions sent again (each time)
     network_errors: int = 0
     already_applied: int = 0       # results answered from the atomic function's ledger
+    compared_already_applied: int = 0  # of those, transactions with previous values
     grant_retries: int = 0         # head transactions answered retryable for a missing grant
     not_json: int = 0
     http_status: Counter = field(default_factory=Counter)
@@ -360,6 +416,7 @@ class Client(threading.Thread):
                         self.stats.result_status[r.get("status")] += 1
                         if r.get("already_applied") is True:
                             self.stats.already_applied += 1
+                            self.stats.compared_already_applied += any(e.previous for e in t.entries)
                         f = r.get("failed_operation") or {}
                         self.attempts[t.tid].append([response.status_code, r.get("status"), f.get("index"),
                                                      f.get("code")])
@@ -409,6 +466,9 @@ class SoakConfig:
     fatal_rate: float = 0.08
     # soak_notes starts without grants for the API roles and is granted during the run (module docs)
     ungranted_table: bool = True
+    # share of PATCHes and DELETEs sent with previous values (the worker runs with
+    # UPLOAD_CONFLICT_DETECTION=true; 0: none are compared)
+    previous_rate: float = 0.6
 
 
 @dataclass
@@ -420,6 +480,10 @@ class SoakReport:
     operations: int = 0
     successes: int = 0
     fatal: int = 0
+    conflicts: int = 0                # transactions reported `conflict` (each one real: verify)
+    compared_entries: int = 0         # completed entries sent with previous values
+    compared_resent: int = 0          # completed with previous values after being sent more than once
+    compared_already_applied: int = 0
     uploads: int = 0
     retried_uploads: int = 0
     resent_transactions: int = 0
@@ -454,7 +518,10 @@ class SoakReport:
         lines = [
             f"soak {self.mode}: seed {self.seed}, {self.clients} clients, {self.seconds:.1f} s",
             f"  operations {self.operations} in {self.transactions} transactions: "
-            f"{self.successes} success, {self.fatal} fatal",
+            f"{self.successes} success, {self.fatal} fatal, {self.conflicts} conflict",
+            f"  compared entries (previous values) {self.compared_entries}; transactions with them "
+            f"completed after a re-send {self.compared_resent}, answered already applied "
+            f"{self.compared_already_applied}",
             f"  uploads {self.uploads}; retried uploads {self.retried_uploads}, "
             f"transactions re-sent {self.resent_transactions}, network errors {self.network_errors}, "
             f"answered already applied {self.already_applied}; dependent patterns "
@@ -545,7 +612,7 @@ def run_soak(cfg: SoakConfig, worker_url: str, proxy, dsn: str, make_token, log=
     per_client = max(1, cfg.operations // cfg.clients)
     for i, me in enumerate(ids):
         gen = Generator(random.Random(f"{seed}:workload:{i}"), me, [o for o in ids if o is not me],
-                        dependent, cfg.fatal_rate)
+                        dependent, cfg.fatal_rate, cfg.previous_rate)
         queue, n = [], 0
         while n < per_client:
             t = gen.transaction((i + 1) * 1_000_000 + len(queue))
@@ -626,6 +693,7 @@ def run_soak(cfg: SoakConfig, worker_url: str, proxy, dsn: str, make_token, log=
         report.resent_transactions += s.resent_transactions
         report.network_errors += s.network_errors
         report.already_applied += s.already_applied
+        report.compared_already_applied += s.compared_already_applied
         report.grant_retries += s.grant_retries
         for tx, result in c.completed:
             report.transactions += 1
@@ -635,8 +703,13 @@ def run_soak(cfg: SoakConfig, worker_url: str, proxy, dsn: str, make_token, log=
                 report.injected_fatal["only" if n == 1 else "first" if tx.fatal_at == 0
                                       else "last" if tx.fatal_at == n - 1 else "middle"] += 1
             report.dependent_transactions += has_dependent_pattern(tx.entries)
+            compared = sum(e.previous is not None for e in tx.entries)
+            report.compared_entries += compared
+            report.compared_resent += bool(compared) and len(c.attempts.get(tx.tid, [])) > 1
             if result["status"] == "success":
                 report.successes += 1
+            elif result["status"] == "conflict":
+                report.conflicts += 1
             else:
                 report.fatal += 1
 
@@ -687,14 +760,14 @@ def verify(report: SoakReport, clients: list[Client], anchors: State, db: dict, 
         state = anchors.copy()
         for tx, result in c.completed:
             tid = str(tx.tid)
-            wire = tx.wire(schema)["crud"]
+            wire = [{k: v for k, v in e.items() if k != "previous_values"} for e in tx.wire(schema)["crud"]]
             failure = result.get("failed_operation") or {}
             for e in tx.entries:
                 touched[(e.table, e.id)].append({"client": c.index, "tid": tx.tid, "status": result["status"],
                                                   "index": failure.get("index"), "code": failure.get("code"),
                                                   "attempts": c.attempts.get(tx.tid), "crud": wire})
             letter = None
-            if result["status"] == "fatal_error":
+            if result["status"] in ("fatal_error", "conflict"):
                 fatal_tids.add(tid)
                 mine = letters.get(tid, [])
                 if not mine:
@@ -714,27 +787,43 @@ def verify(report: SoakReport, clients: list[Client], anchors: State, db: dict, 
             # the model's own view of the outcome, from the state before the transaction
             for i in applied:
                 try:
-                    state.apply(tx.entries[i], c.ids.sub, service)
+                    state.apply(tx.entries[i], c.ids.sub, service, detect=True)
                 except Refused as e:
                     report.disagreements.append({"problem": f"reported applied ({how}) but the model refuses it",
                                                  "client": c.index, "tid": tx.tid, "entry": i, "why": str(e),
                                                  "result": result, "attempts": c.attempts.get(tx.tid),
                                                  "crud": wire})
-            if result["status"] == "fatal_error":
+                except Conflict as e:
+                    report.disagreements.append({"problem": f"a real conflict reported applied ({how}): "
+                                                            "a silent overwrite", "client": c.index, "tid": tx.tid,
+                                                 "entry": i, "why": str(e), "result": result,
+                                                 "attempts": c.attempts.get(tx.tid), "crud": wire})
+            if result["status"] in ("fatal_error", "conflict"):
+                # the first unapplied entry the model does not accept must be what was reported:
+                # a refusal for fatal_error, a conflict at the reported index for conflict
                 probe = state.copy()
-                refused = None
+                stopped = None
                 for i in range(len(tx.entries)):
                     if i in applied:
                         continue
                     try:
-                        probe.apply(tx.entries[i], c.ids.sub, service)
-                    except Refused as e:
-                        refused = (i, e)
+                        probe.apply(tx.entries[i], c.ids.sub, service, detect=True)
+                    except (Refused, Conflict) as e:
+                        stopped = (i, e)
                         break
-                if refused is None:
-                    report.disagreements.append({"problem": "reported fatal but the model accepts the unapplied entries",
+                if result["status"] == "fatal_error" and not isinstance(stopped and stopped[1], Refused):
+                    report.disagreements.append({"problem": "reported fatal but the model accepts the unapplied entries"
+                                                            + (f" up to a conflict ({stopped[1]})" if stopped else ""),
                                                  "client": c.index, "tid": tx.tid, "applied": applied,
                                                  "result": result, "crud": wire})
+                if result["status"] == "conflict" and not (
+                        stopped and isinstance(stopped[1], Conflict) and stopped[0] == failure.get("index")):
+                    report.disagreements.append({"problem": "conflict reported where the model finds none"
+                                                            + (f" (it stops at entry {stopped[0]}: {stopped[1]})"
+                                                               if stopped else ""),
+                                                 "client": c.index, "tid": tx.tid, "applied": applied,
+                                                 "result": result, "attempts": c.attempts.get(tx.tid),
+                                                 "crud": wire})
         # this client's own rows (anchors are the same in every client's state)
         for table in TABLES:
             for id_, row in state.tables[table].items():

@@ -25,6 +25,13 @@ Semantics (README "/powersync-upload", sql/atomic_upload.sql, tests/sql/test_sch
 - Constraints: todos.priority between 0 and 5 or null (23514); todos.list_id must name an
   existing list (23503; foreign keys ignore RLS, so another user's list counts); lists.name,
   todos.description and notes.body are not null (23502).
+- Conflict detection (UPLOAD_CONFLICT_DETECTION, docs/conflicts.md), for a PATCH or DELETE with
+  `previous` values: the compared columns are, for a PATCH, those it sets (after the drops above)
+  that have a previous value, for a DELETE every column with one; never the owner in service mode.
+  A row the caller cannot see: nothing (as without). A row that holds the previous values of every
+  compared column (None = null): applied as without. Otherwise a PATCH whose row already holds
+  every value it sets changes nothing (its own earlier application); anything else is a
+  `Conflict` (nothing of that entry applied).
 """
 
 from __future__ import annotations
@@ -72,16 +79,20 @@ SERVICE = Schema(lists="soak_lists", todos="soak_todos", list_owner="owner_id", 
 
 @dataclass
 class Entry:
-    """One CRUD entry in logical terms. `data` is None for DELETE."""
+    """One CRUD entry in logical terms. `data` is None for DELETE; `previous` the row the client
+    saw before a PATCH or DELETE (SDK `trackPrevious`), None when not tracked."""
     op: str
     table: str  # logical
     id: str
     data: dict | None = None
+    previous: dict | None = None
 
     def wire(self, schema: Schema) -> dict:
         e = {"op": self.op, "table": schema.table(self.table), "id": self.id}
         if self.data is not None:
             e["data"] = schema.to_wire(self.table, self.data)
+        if self.previous is not None:
+            e["previous_values"] = schema.to_wire(self.table, self.previous)
         return e
 
 
@@ -90,6 +101,28 @@ class Refused(Exception):
         super().__init__(f"{code}: {why}")
         self.code = code
         self.why = why
+
+
+class Conflict(Exception):
+    """A compared PATCH or DELETE whose row changed since the client saw it."""
+
+    def __init__(self, why: str):
+        super().__init__(f"conflict: {why}")
+        self.why = why
+
+
+def compared_columns(entry: Entry, service: bool) -> list[str]:
+    """The columns a PATCH or DELETE with previous values is compared on (module docs)."""
+    if entry.previous is None or entry.op not in ("PATCH", "DELETE"):
+        return []
+    columns = [c for c in entry.previous if c != "id" and not (service and c == "owner")]
+    if entry.op == "PATCH":
+        data = dict(entry.data or {})
+        data.pop("id", None)
+        if service:
+            data.pop("owner", None)
+        columns = [c for c in columns if c in data]
+    return columns
 
 
 class State:
@@ -101,11 +134,24 @@ class State:
     def copy(self) -> "State":
         return State(copy.deepcopy(self.tables))
 
-    def apply(self, entry: Entry, user: str, service: bool) -> None:
+    def apply(self, entry: Entry, user: str, service: bool, detect: bool = False) -> None:
         """Applies `entry` as `user`; raises Refused (and changes nothing) when the database or
-        the bridge would refuse it."""
+        the bridge would refuse it, Conflict when `detect` (UPLOAD_CONFLICT_DETECTION) and the row
+        changed since the client saw it."""
         rows = self.tables[entry.table]
         current = rows.get(entry.id)
+        compared = compared_columns(entry, service) if detect else []
+        if compared and current is not None and current["owner"] == user:
+            previous = entry.previous or {}
+            changed = [c for c in compared if current.get(c) != previous[c]]
+            if changed:
+                data = dict(entry.data or {})
+                data.pop("id", None)
+                if service:
+                    data.pop("owner", None)
+                if entry.op == "PATCH" and data and all(current.get(c) == v for c, v in data.items()):
+                    return  # already holds this PATCH's values: applied, nothing changes
+                raise Conflict(f"{entry.op} {entry.table}/{entry.id}: {changed} changed")
         if entry.op == "PUT":
             data = dict(entry.data or {})
             data.pop("id", None)

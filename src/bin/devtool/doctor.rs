@@ -113,7 +113,7 @@ pub fn expectations(settings: &UploadSettings, tables: &[String]) -> Expectation
             } else {
                 format!("public.{}", settings.atomic_function)
             };
-            Some((format!("{name}(jsonb, text, text, text, text)"), mode == AtomicMode::Always))
+            Some((format!("{name}(jsonb, text, text, text, text, boolean)"), mode == AtomicMode::Always))
         }
     };
     if atomic.is_some() {
@@ -498,7 +498,7 @@ mod tests {
         assert_eq!(
             e.functions(),
             [
-                "public.powersync_apply_transaction(jsonb, text, text, text, text)".to_string(),
+                "public.powersync_apply_transaction(jsonb, text, text, text, text, boolean)".to_string(),
                 LEDGER_CLAIM.into(),
                 RECORD.into(),
                 REPLAY.into(),
@@ -600,7 +600,7 @@ mod tests {
             dl
         ]);
         let functions = json!([
-            function("public.powersync_apply_transaction(jsonb, text, text, text, text)", false, &[]),
+            function("public.powersync_apply_transaction(jsonb, text, text, text, text, boolean)", false, &[]),
             function(LEDGER_CLAIM, true, &["service_role"]),
             function(RECORD, true, &["service_role"]),
             function(REPLAY, true, &[]),
@@ -614,7 +614,7 @@ mod tests {
         );
         assert_eq!(summary[1].0, Severity::Warning); // service_role cannot read the table
                                                      // auto mode: a missing atomic function falls back to REST
-        assert_eq!(summary[2], (Severity::Warning, "public.powersync_apply_transaction(jsonb, text, text, text, text) is missing: uploads go through REST requests, not all-or-nothing"));
+        assert_eq!(summary[2], (Severity::Warning, "public.powersync_apply_transaction(jsonb, text, text, text, text, boolean) is missing: uploads go through REST requests, not all-or-nothing"));
         assert_eq!(summary[3].0, Severity::Blocking);
         assert!(summary[3].1.starts_with("authenticated may not execute public.powersync_upload_ledger_claim"));
         assert_eq!(findings[3].fix, "run sql/atomic_upload.sql again, or: grant execute on function public.powersync_upload_ledger_claim to authenticated;");
@@ -630,7 +630,7 @@ mod tests {
         let tables =
             json!([table("powersync_upload_ledger", &[], true), table("powersync_upload_ledger_settings", &[], true)]);
         let functions = json!([
-            function("public.powersync_apply_transaction(jsonb, text, text, text, text)", false, &[]),
+            function("public.powersync_apply_transaction(jsonb, text, text, text, text, boolean)", false, &[]),
             function(LEDGER_CLAIM, true, &["authenticated"])
         ]);
         let findings = check_catalog(&e, &answer(tables, functions), "u");
