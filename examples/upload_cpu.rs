@@ -17,7 +17,7 @@ use powersync_supabase_worker::upload::{self, crud, Caller, Limits, UploadSettin
 struct Sink;
 
 impl Transport for Sink {
-    fn send(&self, request: HttpRequest) -> impl Future<Output = Result<HttpResponse, TransportError>> {
+    fn send(&self, request: &HttpRequest) -> impl Future<Output = Result<HttpResponse, TransportError>> {
         if request.url.contains("/rpc/") {
             // The atomic function's result
             let body = r#"{"applied":1000}"#.to_string();

@@ -204,7 +204,7 @@ impl Transport for FetchTransport {
     /// One `fetch(url, init)` call, as a JS worker makes it: the init carries the method, the
     /// headers, the body as bytes and the abort signal. (Through workers-rs it was
     /// `fetch(new Request(url, init), {signal})`, which builds the request twice.)
-    async fn send(&self, request: HttpRequest) -> Result<HttpResponse, TransportError> {
+    async fn send(&self, request: &HttpRequest) -> Result<HttpResponse, TransportError> {
         let failed = |message: String| TransportError::not_sent(message);
         let headers = web_sys::Headers::new().map_err(|e| failed(describe(e)))?;
         for (name, value) in &request.headers {
@@ -213,7 +213,7 @@ impl Transport for FetchTransport {
         let init = web_sys::RequestInit::new();
         init.set_method(request.method.as_str());
         init.set_headers(&headers);
-        if let Some(body) = request.body {
+        if let Some(body) = &request.body {
             // As bytes: one copy out of wasm memory, no UTF-8 → UTF-16 → UTF-8 round trip.
             init.set_body(&Uint8Array::from(body.as_bytes()));
         }

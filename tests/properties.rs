@@ -1043,10 +1043,10 @@ struct FakePostgrest {
 }
 
 impl Transport for FakePostgrest {
-    fn send(&self, request: HttpRequest) -> impl Future<Output = Result<HttpResponse, TransportError>> {
-        let answer = self.table.borrow_mut().handle(&request).unwrap_or_else(|e| e);
+    fn send(&self, request: &HttpRequest) -> impl Future<Output = Result<HttpResponse, TransportError>> {
+        let answer = self.table.borrow_mut().handle(request).unwrap_or_else(|e| e);
         if answer.status >= 300 {
-            self.errors.borrow_mut().push((request, answer.clone()));
+            self.errors.borrow_mut().push((request.clone(), answer.clone()));
         }
         std::future::ready(Ok(answer))
     }
@@ -1189,7 +1189,7 @@ fn check_equivalence(scenario: &Scenario) -> Result<(), TestCaseError> {
                 let failure = result.failed_operation.as_ref().expect("failure");
                 prop_assert_eq!(failure.code.as_str(), "42501");
                 prop_assert!(
-                    prefixes.iter().any(|prefix| *prefix == after),
+                    prefixes.contains(&after),
                     "transaction {}: the bridge applied something that is not a prefix up to entry {}",
                     t,
                     k

@@ -261,6 +261,10 @@ impl Row {
 
     /// Sorts the columns by name, keeping the last of each repeated name.
     fn finish(&mut self) {
+        if self.columns.capacity() - self.columns.len() > 1024 {
+            // A wide row: the index's growth left up to half of it unused (kept through planning).
+            self.columns.shrink_to_fit();
+        }
         let text = &self.text;
         let name = |c: &(u32, u32, u32)| &text[c.0 as usize..c.1 as usize];
         if self.columns.windows(2).all(|w| name(&w[0]) < name(&w[1])) {

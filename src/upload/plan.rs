@@ -518,8 +518,6 @@ struct PutGroup<'e> {
     end: usize,
     /// (row, id, entry index) in entry order.
     rows: Vec<PutRow<'e>>,
-    /// The column names every row has, in order.
-    keys: Vec<&'e str>,
     /// [`cast_key`] of every id in the group.
     cast_keys: HashSet<CastKey>,
     /// The rows' ids, for the service-mode ownership check's filter.
@@ -552,7 +550,8 @@ impl<'e> Planner<'e> {
     fn add_put(&mut self, index: usize, table: &'e str, id: &'e str, row: Columns<'e>) {
         let cast = CastKey::of(id);
         if let Some(Group::Put(group)) = &mut self.group {
-            if group.table == table && row.names().eq(group.keys.iter().copied()) {
+            // Every row of a group has the first row's column names.
+            if group.table == table && row.same_names(&group.rows[0].0) {
                 let url_fits = self.context.owner.is_none()
                     || self.context.owner_check_url_len(table) + group.check_ids.len_with(id) <= filter::MAX_URL_BYTES;
                 if url_fits && !group.cast_keys.contains(&cast) {
@@ -572,14 +571,12 @@ impl<'e> Planner<'e> {
         if self.context.owner.is_some() {
             check_ids.push(id);
         }
-        let keys = row.names().collect();
         self.group = Some(Group::Put(PutGroup {
             table,
             start: index,
             end: index + 1,
             body_len: row.json_len() + 2,
             rows: vec![(row, id, index)],
-            keys,
             cast_keys: HashSet::from([cast]),
             check_ids,
         }));
@@ -661,7 +658,7 @@ impl<'e> Planner<'e> {
                 // The rows' values are the client's text: copied into the body, never rebuilt.
                 // Every row has the group's column names (see `add_put`): when none needs
                 // escaping (the usual case), names are copied between quotes without a check each.
-                let plain = group.keys.iter().all(|name| row::is_plain(name));
+                let plain = rows[0].0.names().all(row::is_plain);
                 let mut body = String::with_capacity(group.body_len);
                 body.push('[');
                 for (i, (row, _, _)) in rows.iter().enumerate() {
