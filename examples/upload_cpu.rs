@@ -2,7 +2,9 @@
 //! `put1000` body): parse, plan, request body. For iterating on speed; the figures that count
 //! are `make bench`'s (wasm under workerd).
 //!
-//! `cargo run --release --example upload_cpu`
+//! `cargo run --release --example upload_cpu` (`UPLOAD_CPU_ATOMIC=1`: atomic mode); instruction counts by
+//! function:
+//! `UPLOAD_CPU_ROUNDS=3 valgrind --tool=callgrind target/release/examples/upload_cpu`
 
 use std::future::Future;
 use std::pin::pin;
@@ -15,7 +17,12 @@ use powersync_supabase_worker::upload::{self, crud, Caller, Limits, UploadSettin
 struct Sink;
 
 impl Transport for Sink {
-    fn send(&self, _: HttpRequest) -> impl Future<Output = Result<HttpResponse, TransportError>> {
+    fn send(&self, request: &HttpRequest) -> impl Future<Output = Result<HttpResponse, TransportError>> {
+        if request.url.contains("/rpc/") {
+            // The atomic function's result
+            let body = r#"{"applied":1000}"#.to_string();
+            return std::future::ready(Ok(HttpResponse { status: 200, headers: Vec::new(), body }));
+        }
         // PostgREST's answer to a counted write (`Prefer: count=exact`): without the row count a
         // 2xx is not counted as applied
         let headers = vec![("Content-Range".to_string(), "*/1".to_string())];
@@ -57,10 +64,15 @@ fn main() {
         })
         .collect();
     let body = format!(r#"{{"transactions": [{{"transaction_id": 1, "crud": [{}]}}]}}"#, entries.join(", "));
-    let settings = UploadSettings::new("https://p.supabase.co", "anon");
+    let mut settings = UploadSettings::new("https://p.supabase.co", "anon");
+    // UPLOAD_CPU_ATOMIC=1: the same batch as one call of the atomic function
+    if std::env::var_os("UPLOAD_CPU_ATOMIC").is_some() {
+        settings.atomic = upload::AtomicMode::Always;
+    }
     let caller = Caller { user_id: sub.into(), access_token: "t".into(), client_id: None };
     let limits = Limits::default();
-    let rounds = 300;
+    // UPLOAD_CPU_ROUNDS=3 for a callgrind run (instruction counts per function)
+    let rounds: u32 = std::env::var("UPLOAD_CPU_ROUNDS").ok().and_then(|n| n.parse().ok()).unwrap_or(300);
     let mut parse_ns = 0u128;
     let mut apply_ns = 0u128;
     for _ in 0..rounds {

@@ -287,7 +287,7 @@ impl App {
             let mut next = step.clone();
             while let Some(fetch) = next.request().cloned() {
                 // A connection lost before any answer is tried again at once (see `http`).
-                let (answer, _) = send_resending_once(transport, fetch, true).await;
+                let (answer, _) = send_resending_once(transport, &fetch, true).await;
                 next = verifier.borrow_mut().accept(&next, answer, now);
             }
             flight.end();
@@ -301,7 +301,7 @@ impl App {
         let session = verifier.borrow().finish(pending, now)?;
         let remote = verifier.borrow().remote_check_request(token);
         if let Some(check) = remote {
-            session::interpret_remote_check(send_resending_once(transport, check, true).await.0)?;
+            session::interpret_remote_check(send_resending_once(transport, &check, true).await.0)?;
         }
         Ok(session)
     }
@@ -465,7 +465,7 @@ impl App {
         for (index, file) in files.files.iter().enumerate() {
             let planned = storage::plan(&files, file, settings, &session.token);
             // Signing and deleting are idempotent: a connection lost before any answer is retried.
-            let (answer, _) = send_resending_once(transport, planned, true).await;
+            let (answer, _) = send_resending_once(transport, &planned, true).await;
             let result = storage::interpret(&files, file, index, settings, answer);
             log.files = Some(storage::log_summary(&files, results.len()));
             results.push(result.map_err(ApiError::File)?);
@@ -719,7 +719,7 @@ mod tests {
     }
 
     impl Transport for SlowTransport {
-        async fn send(&self, request: crate::http::HttpRequest) -> Result<HttpResponse, crate::http::TransportError> {
+        async fn send(&self, request: &crate::http::HttpRequest) -> Result<HttpResponse, crate::http::TransportError> {
             let answer = self.inner.send(request).await;
             let mut yielded = false;
             std::future::poll_fn(|cx| {

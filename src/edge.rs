@@ -1,5 +1,5 @@
 //! The Workers adapter (wasm32 only): turns `worker` requests into [`IncomingRequest`]s,
-//! executes upstream requests with `Fetch`, signs with WebCrypto, and writes the log line.
+//! executes upstream requests with `fetch`, signs with WebCrypto, and writes the log line.
 //! Everything it decides is decided in [`crate::app`]; this file only does I/O.
 
 use std::cell::RefCell;
@@ -13,14 +13,11 @@ use js_sys::{Object, Reflect, Uint8Array};
 use wasm_bindgen::prelude::wasm_bindgen;
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
-use worker::{
-    console_log, event, AbortController, ByteStream, Context, Delay, Env, Fetch, Headers, Method as WMethod, Request,
-    RequestInit,
-};
+use worker::{console_log, event, ByteStream, Context, Delay, Env, Headers, Request};
 
 use crate::app::{App, BodyError, IncomingRequest, RequestBody, RequestLog};
 use crate::config::Config;
-use crate::http::{HttpRequest, HttpResponse, Method, Resume, Transport, TransportError};
+use crate::http::{HttpRequest, HttpResponse, Resume, Transport, TransportError};
 use crate::keys::{KeyKind, SigningKey};
 use crate::metrics;
 use crate::session::{SessionError, SignatureCheck, SignatureVerifier};
@@ -204,41 +201,48 @@ struct FetchTransport {
 }
 
 impl Transport for FetchTransport {
-    async fn send(&self, request: HttpRequest) -> Result<HttpResponse, TransportError> {
+    /// One `fetch(url, init)` call, as a JS worker makes it: the init carries the method, the
+    /// headers, the body as bytes and the abort signal. (Through workers-rs it was
+    /// `fetch(new Request(url, init), {signal})`, which builds the request twice.)
+    async fn send(&self, request: &HttpRequest) -> Result<HttpResponse, TransportError> {
         let failed = |message: String| TransportError::not_sent(message);
-        let headers = Headers::new();
+        let headers = web_sys::Headers::new().map_err(|e| failed(describe(e)))?;
         for (name, value) in &request.headers {
-            headers.append(name, value).map_err(|e| failed(format!("bad header {name}: {e}")))?;
+            headers.append(name, value).map_err(|e| failed(format!("bad header {name}: {}", describe(e))))?;
         }
-        let mut init = RequestInit::new();
-        init.with_method(match request.method {
-            Method::Get => WMethod::Get,
-            Method::Post => WMethod::Post,
-            Method::Patch => WMethod::Patch,
-            Method::Delete => WMethod::Delete,
-        });
-        init.with_headers(headers);
-        if let Some(body) = request.body {
+        let init = web_sys::RequestInit::new();
+        init.set_method(request.method.as_str());
+        init.set_headers(&headers);
+        if let Some(body) = &request.body {
             // As bytes: one copy out of wasm memory, no UTF-8 → UTF-16 → UTF-8 round trip.
-            init.with_body(Some(Uint8Array::from(body.as_bytes()).into()));
+            init.set_body(&Uint8Array::from(body.as_bytes()));
         }
-        let outgoing = Request::new_with_init(&request.url, &init).map_err(|e| failed(format!("bad request: {e}")))?;
-        let controller = AbortController::default();
-        let signal = controller.signal();
-        let fetch = Fetch::Request(outgoing);
-        let sent = Box::pin(fetch.send_with_signal(&signal));
+        let controller = web_sys::AbortController::new().map_err(|e| failed(describe(e)))?;
+        init.set_signal(Some(&controller.signal()));
+        // Called through `Function.call`, which catches: a request that cannot be made (a bad
+        // URL) is refused here, never thrown through wasm.
+        let global = js_sys::global();
+        let fetch: js_sys::Function =
+            Reflect::get(&global, &"fetch".into()).map_err(|e| failed(describe(e)))?.unchecked_into();
+        let promise = fetch
+            .call2(&global, &JsValue::from_str(&request.url), &init)
+            .map_err(|e| failed(format!("bad request: {}", describe(e))))?;
+        let sent = JsFuture::from(js_sys::Promise::from(promise));
         let timer = Delay::from(self.timeout);
-        let mut response = match select(sent, timer).await {
+        let answer = match select(sent, timer).await {
             // No status line arrived: refused, reset, or "Network connection lost" (a pooled
             // connection the upstream had closed). The core sends such a request again at once.
-            Either::Left((answer, _)) => answer.map_err(|e| TransportError::no_answer(format!("{e}")))?,
+            Either::Left((answer, _)) => answer.map_err(|e| TransportError::no_answer(describe(e)))?,
             Either::Right(_) => {
                 controller.abort();
                 return Err(TransportError::timed_out(format!("no answer within {} ms", self.timeout.as_millis())));
             }
         };
-        let body = response.text().await.map_err(|e| TransportError::answer_cut(format!("reading body: {e}")))?;
-        Ok(HttpResponse { status: response.status_code(), headers: response.headers().entries().collect(), body })
+        let response: web_sys::Response = answer.unchecked_into();
+        let cut = |e: JsValue| TransportError::answer_cut(format!("reading body: {}", describe(e)));
+        let body = JsFuture::from(response.text().map_err(cut)?).await.map_err(cut)?.as_string().unwrap_or_default();
+        let headers = Headers(response.headers()).entries().collect();
+        Ok(HttpResponse { status: response.status(), headers, body })
     }
 
     /// A promise created by the paused request itself, resolved by the fetching one: workerd

@@ -152,10 +152,10 @@ impl TransportError {
 /// all the bridge sends. Returns the answer and how many requests were sent (1 or 2).
 pub async fn send_resending_once<T: Transport>(
     transport: &T,
-    request: HttpRequest,
+    request: &HttpRequest,
     may_resend: bool,
 ) -> (Result<HttpResponse, TransportError>, usize) {
-    let answer = transport.send(request.clone()).await;
+    let answer = transport.send(request).await;
     match answer {
         Err(error) if may_resend && error.resend_at_once() => {
             let again = transport.send(request).await;
@@ -172,9 +172,10 @@ pub async fn send_resending_once<T: Transport>(
 /// Ends a [`Transport::pause`]: called by the request whose fetch the paused one waits for.
 pub type Resume = Box<dyn FnOnce()>;
 
-/// Sends plain requests. The worker implements it with `worker::Fetch`; tests with fakes.
+/// Sends plain requests. The worker implements it with `fetch`; tests with fakes.
 pub trait Transport {
-    fn send(&self, request: HttpRequest) -> impl Future<Output = Result<HttpResponse, TransportError>>;
+    /// Sends `request` (borrowed: a request sent again, or split, is not copied first).
+    fn send(&self, request: &HttpRequest) -> impl Future<Output = Result<HttpResponse, TransportError>>;
 
     /// A pause of the calling request that ends when the returned [`Resume`] is called (`true`)
     /// or after `max` (`false`), whichever comes first: how a request waits for a key fetch
@@ -278,7 +279,8 @@ pub(crate) mod fake {
     }
 
     impl Transport for FakeTransport {
-        fn send(&self, request: HttpRequest) -> impl Future<Output = Answer> {
+        fn send(&self, request: &HttpRequest) -> impl Future<Output = Answer> {
+            let request = request.clone();
             let counted = request.header_value("Prefer").is_some_and(|p| p.contains("count=exact"));
             let rows = rows_named(&request);
             let ops = request.url.contains("/rest/v1/rpc/").then(|| {

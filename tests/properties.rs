@@ -1043,10 +1043,10 @@ struct FakePostgrest {
 }
 
 impl Transport for FakePostgrest {
-    fn send(&self, request: HttpRequest) -> impl Future<Output = Result<HttpResponse, TransportError>> {
-        let answer = self.table.borrow_mut().handle(&request).unwrap_or_else(|e| e);
+    fn send(&self, request: &HttpRequest) -> impl Future<Output = Result<HttpResponse, TransportError>> {
+        let answer = self.table.borrow_mut().handle(request).unwrap_or_else(|e| e);
         if answer.status >= 300 {
-            self.errors.borrow_mut().push((request, answer.clone()));
+            self.errors.borrow_mut().push((request.clone(), answer.clone()));
         }
         std::future::ready(Ok(answer))
     }

@@ -56,7 +56,7 @@ fn peak_of<T>(f: impl FnOnce() -> T) -> (T, usize) {
 struct Sink;
 
 impl Transport for Sink {
-    fn send(&self, _: HttpRequest) -> impl Future<Output = Result<HttpResponse, TransportError>> {
+    fn send(&self, _: &HttpRequest) -> impl Future<Output = Result<HttpResponse, TransportError>> {
         let headers = vec![("Content-Range".to_string(), "*/1".to_string())];
         std::future::ready(Ok(HttpResponse { status: 201, headers, body: String::new() }))
     }
@@ -139,10 +139,11 @@ fn hostile_five_mib_bodies_stay_far_below_the_isolate_memory_limit() {
             tree as f64 / MIB as f64
         );
         worst = worst.max(peak);
-        // The worst case (one row of 500,000 columns) measures 24.0 MiB: its per-column index and
-        // its copies; a few hundred bytes of fixed overhead (larger futures and entries) must not
-        // fail it, a per-column regression must.
-        assert!(peak < 25 * MIB, "{name}: {peak} bytes at peak");
+        // Issue 19's bound: body + 16 MiB. The worst case (one row of 500,000 columns) measures
+        // 15.2 MiB: its per-column index, its text and the request body; a few hundred bytes of
+        // fixed overhead (larger futures and entries) must not fail it, a per-column regression
+        // or another copy of the body must.
+        assert!(peak < 16 * MIB, "{name}: {peak} bytes at peak");
     }
     println!("worst peak above the body: {:.2} MiB", worst as f64 / MIB as f64);
 }

@@ -205,26 +205,40 @@ pub struct Row {
 impl Row {
     /// The row of a JSON object's text. Errors only when `object` is not a JSON object.
     pub fn parse(object: &str) -> Result<Row, String> {
-        struct RowVisitor(usize);
-        impl<'de> Visitor<'de> for RowVisitor {
-            type Value = Row;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("an object")
+        let raw = serde_json::from_str::<&RawValue>(object).map_err(|e| e.to_string())?;
+        if !raw.get().starts_with('{') {
+            return Err(format!("expected an object, found {}", kind_of(raw)));
+        }
+        Ok(Row::of_object(raw))
+    }
+
+    /// The row of `object`, which serde_json has read as a JSON object: its text is valid JSON,
+    /// so a scan finds where each name and value starts and ends (serde_json reading it again
+    /// cost more).
+    fn of_object(object: &RawValue) -> Row {
+        let text = object.get();
+        let bytes = text.as_bytes();
+        let mut row = Row { text: String::with_capacity(text.len()), columns: Vec::new() };
+        let mut at = skip_space(bytes, 1);
+        while bytes.get(at) == Some(&b'"') {
+            let (name_end, escaped) = string_end(bytes, at);
+            let name = (at, name_end);
+            at = skip_space(bytes, name_end);
+            at = skip_space(bytes, at + 1); // the colon
+            let value_end = value_end(bytes, at);
+            let value = &text[at..value_end];
+            if escaped {
+                row.push(&serde_json::from_str::<String>(&text[name.0..name.1]).unwrap_or_default(), value);
+            } else {
+                row.push(&text[name.0 + 1..name.1 - 1], value);
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Row, A::Error> {
-                let mut row = Row { text: String::with_capacity(self.0), columns: Vec::new() };
-                while let Some(name) = map.next_key::<Name<'de>>()? {
-                    let value = map.next_value::<&'de RawValue>()?;
-                    row.push(&name.0, value.get());
-                }
-                row.finish();
-                Ok(row)
+            at = skip_space(bytes, value_end);
+            if bytes.get(at) == Some(&b',') {
+                at = skip_space(bytes, at + 1);
             }
         }
-        let mut deserializer = serde_json::Deserializer::from_str(object);
-        let row = deserializer.deserialize_map(RowVisitor(object.len())).map_err(|e| e.to_string())?;
-        deserializer.end().map_err(|e| e.to_string())?;
-        Ok(row)
+        row.finish();
+        row
     }
 
     /// The row of a JSON object (tests, and callers that hold a [`Map`]).
@@ -247,6 +261,10 @@ impl Row {
 
     /// Sorts the columns by name, keeping the last of each repeated name.
     fn finish(&mut self) {
+        if self.columns.capacity() - self.columns.len() > 1024 {
+            // A wide row: the index's growth left up to half of it unused (kept through planning).
+            self.columns.shrink_to_fit();
+        }
         let text = &self.text;
         let name = |c: &(u32, u32, u32)| &text[c.0 as usize..c.1 as usize];
         if self.columns.windows(2).all(|w| name(&w[0]) < name(&w[1])) {
@@ -320,25 +338,66 @@ impl fmt::Debug for Row {
     }
 }
 
-/// An object key, borrowed from the input when it has no escapes.
-struct Name<'de>(std::borrow::Cow<'de, str>);
+/// The first byte at or after `at` that is not JSON whitespace.
+fn skip_space(bytes: &[u8], at: usize) -> usize {
+    let rest = bytes.get(at..).unwrap_or_default();
+    at + rest.iter().position(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r')).unwrap_or(rest.len())
+}
 
-impl<'de> Deserialize<'de> for Name<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct NameVisitor;
-        impl<'de> Visitor<'de> for NameVisitor {
-            type Value = Name<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a column name")
+/// Just past the JSON string starting at `at` (its opening quote), in valid JSON, and whether it
+/// holds an escape.
+fn string_end(bytes: &[u8], at: usize) -> (usize, bool) {
+    let mut at = at + 1;
+    let mut escaped = false;
+    loop {
+        let rest = bytes.get(at..).unwrap_or_default();
+        match memchr::memchr2(b'"', b'\\', rest) {
+            Some(i) if rest[i] == b'"' => return (at + i + 1, escaped),
+            Some(i) => {
+                escaped = true;
+                at += i + 2;
             }
-            fn visit_borrowed_str<E: de::Error>(self, name: &'de str) -> Result<Name<'de>, E> {
-                Ok(Name(std::borrow::Cow::Borrowed(name)))
-            }
-            fn visit_str<E: de::Error>(self, name: &str) -> Result<Name<'de>, E> {
-                Ok(Name(std::borrow::Cow::Owned(name.to_string())))
+            None => return (bytes.len(), escaped),
+        }
+    }
+}
+
+/// Just past the JSON value starting at `at`, in valid JSON.
+fn value_end(bytes: &[u8], at: usize) -> usize {
+    match bytes.get(at) {
+        Some(b'"') => string_end(bytes, at).0,
+        Some(b'{' | b'[') => {
+            let mut at = at;
+            let mut depth = 0usize;
+            loop {
+                let rest = bytes.get(at..).unwrap_or_default();
+                let Some(i) = rest.iter().position(|&b| matches!(b, b'"' | b'{' | b'[' | b'}' | b']')) else {
+                    return bytes.len();
+                };
+                at += i;
+                match rest[i] {
+                    b'"' => {
+                        at = string_end(bytes, at).0;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    _ => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return at + 1;
+                        }
+                    }
+                }
+                at += 1;
             }
         }
-        deserializer.deserialize_str(NameVisitor)
+        _ => {
+            let rest = bytes.get(at..).unwrap_or_default();
+            at + rest
+                .iter()
+                .position(|b| matches!(b, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'))
+                .unwrap_or(rest.len())
+        }
     }
 }
 
@@ -373,9 +432,14 @@ pub fn parse_upload(body: &[u8], limits: &Limits) -> Result<Upload, CrudError> {
     }
     let mut reader = Reader { limits, entries: 0, transactions: 0, too_large: None, fault: None };
     let mut shapes = Shapes::default();
-    let mut deserializer = serde_json::Deserializer::from_slice(body);
-    let read = RootSeed { reader: &mut reader, shapes: &mut shapes }.deserialize(&mut deserializer);
-    let read = read.and_then(|()| deserializer.end());
+    // A UTF-8 body (every valid one) is checked once here, and then read as text: read as bytes,
+    // every raw value kept (each entry's fields, each column's value) would be checked again.
+    // Bytes that are not UTF-8 are read as bytes, for serde_json's error and its position.
+    let seed = RootSeed { reader: &mut reader, shapes: &mut shapes };
+    let read = match std::str::from_utf8(body) {
+        Ok(text) => read_all(seed, &mut serde_json::Deserializer::from_str(text)),
+        Err(_) => read_all(seed, &mut serde_json::Deserializer::from_slice(body)),
+    };
     if let Some(too_large) = reader.too_large.take() {
         return Err(too_large);
     }
@@ -400,6 +464,15 @@ pub fn parse_upload(body: &[u8], limits: &Limits) -> Result<Upload, CrudError> {
             format!("give only one of `transactions`, `batch` or `operations` (found {})", present.join(", ")),
         )),
     }
+}
+
+/// The whole body through `seed`, nothing after it.
+fn read_all<'de, R: serde_json::de::Read<'de>>(
+    seed: RootSeed<'_, '_>,
+    deserializer: &mut serde_json::Deserializer<R>,
+) -> Result<(), serde_json::Error> {
+    seed.deserialize(&mut *deserializer)?;
+    deserializer.end()
 }
 
 /// What the single pass keeps across the body: the counts against the limits and the first
@@ -1019,19 +1092,14 @@ impl<'de> RawEntry<'de> {
             }
         };
         let data = match (data, op) {
-            (Some(raw), Op::Put | Op::Patch) => {
-                Row::parse(raw.get()).map_err(|e| malformed(path.to_string(), format!("unreadable data: {e}")))?
-            }
+            (Some(raw), Op::Put | Op::Patch) => Row::of_object(raw),
             _ => Row::default(),
         };
 
         let previous = match aliased(&fields, &path, &[7, 8, 9])? {
             None => None,
             Some((_, raw)) if is_null(raw) => None,
-            Some((_, raw)) if raw.get().starts_with('{') => Some(
-                Row::parse(raw.get())
-                    .map_err(|e| malformed(path.to_string(), format!("unreadable previous values: {e}")))?,
-            ),
+            Some((_, raw)) if raw.get().starts_with('{') => Some(Row::of_object(raw)),
             Some((slot, raw)) => {
                 return Err(malformed(format!("{path}.{}", FIELD_NAMES[slot]), expected("an object or null", raw)))
             }
@@ -1284,6 +1352,35 @@ mod tests {
             let parsed = parse_value(json!({"batch": [e]})).expect("valid");
             assert_eq!(parsed[0].entries[0].data.to_map(), json!({"a": true}).as_object().cloned().unwrap_or_default());
         }
+    }
+
+    #[test]
+    fn rows_keep_each_value_as_sent_whatever_its_spacing_nesting_and_escapes() {
+        let objects = [
+            r#"{}"#,
+            r#"{ }"#,
+            " {\n \"b\" :\t1 , \"a\":\"x\" \r\n}",
+            r#"{"n":-1.5e+3,"t":true,"f":false,"z":null,"s":"","e":"q\"}]{[,"}"#,
+            r#"{"nested":{"a":[1,{"b":"]}\\"},[]],"c":{}},"after":[ ],"x":"\u00e9"}"#,
+            r#"{"na\u006de":1,"name2":2,"\"q\"":3,"tab\t":4}"#,
+            r#"{"dup":1,"other":2,"dup":{"last":true}}"#,
+            r#"{"z":1,"y":2,"x":3,"w":[4]}"#,
+        ];
+        for object in objects {
+            let row = Row::parse(object).unwrap();
+            let expected: Map<String, Value> = serde_json::from_str(object).unwrap();
+            let names: Vec<&str> = row.iter().map(|(name, _)| name).collect();
+            let mut sorted: Vec<&str> = expected.keys().map(String::as_str).collect();
+            sorted.sort();
+            assert_eq!(names, sorted, "{object}");
+            for (name, raw) in row.iter() {
+                let value: Value = serde_json::from_str(raw).unwrap_or_else(|e| panic!("{object}: {name}: {raw}: {e}"));
+                assert_eq!(&value, &expected[name], "{object}: {name}");
+                assert_eq!(raw, raw.trim(), "{object}: {name}: no surrounding space");
+            }
+        }
+        assert!(Row::parse("[1]").is_err());
+        assert!(Row::parse("{\"a\":").is_err());
     }
 
     #[test]

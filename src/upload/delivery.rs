@@ -431,13 +431,13 @@ async fn send<T: Transport>(
             _ => Some(planned.entries.start),
         };
         let splittable = match &planned.check {
-            Check::Upsert { row_entries } if row_entries.len() > 1 => Some(planned.clone()),
+            Check::Upsert { row_entries } if row_entries.len() > 1 => Some(&planned),
             _ => None,
         };
         // A request whose connection failed before any answer is sent again at once, if that
         // extra request still leaves room for every request planned after it and the reserve.
         let may_resend = report.subrequests + 2 + queue.len() + reserve <= settings.subrequest_budget;
-        let (answer, sent) = send_resending_once(transport, planned.request, may_resend).await;
+        let (answer, sent) = send_resending_once(transport, &planned.request, may_resend).await;
         report.subrequests += sent;
         report.resent += sent - 1;
         let verdict = classify(&answer, index, &settings.error_class_overrides, settings.mode.api_role());
@@ -526,7 +526,7 @@ async fn send<T: Transport>(
                 _ => mark(&mut states, planned.entries.clone(), EntryState::Applied),
             },
             Verdict::Fatal(failure) if failure.code == CARDINALITY_VIOLATION && splittable.is_some() => {
-                let Some(halves) = splittable.and_then(|request| split_upsert(&request)) else {
+                let Some(halves) = splittable.and_then(split_upsert) else {
                     return Ending::Fatal(failure, failed_states(states, &planned.entries));
                 };
                 if report.subrequests + queue.len() + halves.len() + reserve > settings.subrequest_budget {
@@ -545,7 +545,7 @@ async fn send<T: Transport>(
             // The statement timeout cancelled the whole upsert (nothing of it applied): its halves
             // are smaller statements, each with a timeout of its own.
             Verdict::Retryable { mut failure, retry_after_seconds } if failure.code == QUERY_CANCELED => {
-                let halves = splittable.and_then(|request| split_upsert(&request));
+                let halves = splittable.and_then(split_upsert);
                 let fits = |halves: &[PlannedRequest; 2]| {
                     report.subrequests + queue.len() + halves.len() + reserve <= settings.subrequest_budget
                 };
@@ -666,7 +666,7 @@ async fn read_rows<T: Transport>(
     transport: &T,
     report: &mut UploadReport,
 ) -> Result<Vec<Value>, Verdict> {
-    let (answer, sent) = send_resending_once(transport, request, may_resend).await;
+    let (answer, sent) = send_resending_once(transport, &request, may_resend).await;
     report.subrequests += sent;
     report.resent += sent - 1;
     match (classify(&answer, Some(entry), &settings.error_class_overrides, settings.mode.api_role()), &answer) {
@@ -817,7 +817,7 @@ async fn record_dead_letter<T: Transport>(
     }
     let request = dead_letter::request(settings, caller, transaction, failure, states);
     let may_resend = report.subrequests + 2 <= settings.subrequest_budget;
-    let (answer, sent) = send_resending_once(transport, request, may_resend).await;
+    let (answer, sent) = send_resending_once(transport, &request, may_resend).await;
     report.subrequests += sent;
     report.resent += sent - 1;
     let (error, retry_after) =

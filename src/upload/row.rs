@@ -35,19 +35,23 @@ impl<'a> Columns<'a> {
         Columns { row, set: Vec::new(), removed: Vec::new() }
     }
 
-    /// The columns in name order: (name, raw JSON value).
+    /// The columns in name order: (name, raw JSON value). The row's and the set columns are both
+    /// in name order: one merge, a set column replacing the row's of the same name.
     pub fn iter(&self) -> impl Iterator<Item = (&'a str, &str)> + '_ {
-        let mut own = self
-            .row
-            .iter()
-            .filter(|(name, _)| !self.removed.contains(name) && self.set_index(name).is_err())
-            .peekable();
+        let removed = &self.removed;
+        let mut own = self.row.iter().filter(move |(name, _)| removed.is_empty() || !removed.contains(name)).peekable();
         let mut set = self.set.iter().map(|(name, value)| (*name, value.as_ref())).peekable();
         std::iter::from_fn(move || match (own.peek(), set.peek()) {
-            (Some(a), Some(b)) if a.0 < b.0 => own.next(),
-            (Some(_), Some(_)) | (None, Some(_)) => set.next(),
+            (Some(a), Some(b)) => match a.0.cmp(b.0) {
+                std::cmp::Ordering::Less => own.next(),
+                std::cmp::Ordering::Equal => {
+                    own.next();
+                    set.next()
+                }
+                std::cmp::Ordering::Greater => set.next(),
+            },
             (Some(_), None) => own.next(),
-            (None, None) => None,
+            (None, _) => set.next(),
         })
     }
 
@@ -66,6 +70,21 @@ impl<'a> Columns<'a> {
     /// The column names, in order.
     pub fn names(&self) -> impl Iterator<Item = &'a str> + '_ {
         self.iter().map(|(name, _)| name)
+    }
+
+    /// Whether both have the same column names. Quick when both set and leave out the same
+    /// names and their rows have the same names (the usual case in a batch).
+    pub fn same_names(&self, other: &Columns) -> bool {
+        let same_changes = self.removed == other.removed
+            && self.set.len() == other.set.len()
+            && self.set.iter().zip(&other.set).all(|(a, b)| a.0 == b.0);
+        if same_changes
+            && self.row.len() == other.row.len()
+            && self.row.iter().zip(other.row.iter()).all(|(a, b)| a.0 == b.0)
+        {
+            return true;
+        }
+        self.names().eq(other.names())
     }
 
     /// Sets column `name` to the raw JSON `value`.
@@ -120,9 +139,14 @@ impl<'a> Columns<'a> {
     }
 }
 
+/// Whether `text` is its own JSON string's content (nothing to escape).
+pub fn is_plain(text: &str) -> bool {
+    text.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\')
+}
+
 /// Appends `text` as a JSON string.
 pub fn push_json_string(out: &mut String, text: &str) {
-    if text.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+    if is_plain(text) {
         out.push('"');
         out.push_str(text);
         out.push('"');
