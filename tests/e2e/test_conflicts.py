@@ -88,14 +88,20 @@ def server_name(db, list_id: str) -> str | None:
     return row[0] if row else None
 
 
-def edit_offline_then_upload_in_turn(apps, db, worker, user: str) -> tuple[str, SdkApp, SdkApp]:
-    """A list both apps have synced; both rename it while disconnected; first uploads, then second."""
+def two_apps_offline_with_a_list(apps, db, worker, user: str) -> tuple[str, SdkApp, SdkApp]:
+    """A list named 'original' that two apps of `user` have synced, both now disconnected."""
     list_id = str(uuid.uuid4())
     db.execute("insert into lists (id, name, owner_id) values (%s, 'original', %s)", (list_id, user))
     first, second = apps(user, worker), apps(user, worker)
     for app in (first, second):
         app.wait_for("select name from lists where id = ?", [{"name": "original"}], params=[list_id])
         app.disconnect()
+    return list_id, first, second
+
+
+def edit_offline_then_upload_in_turn(apps, db, worker, user: str) -> tuple[str, SdkApp, SdkApp]:
+    """A list both apps have synced; both rename it while disconnected; first uploads, then second."""
+    list_id, first, second = two_apps_offline_with_a_list(apps, db, worker, user)
     first.execute("update lists set name = 'from first' where id = ?", [list_id])
     second.execute("update lists set name = 'from second' where id = ?", [list_id])
 
@@ -206,12 +212,7 @@ def test_an_atomic_conflict_applies_nothing_of_its_transaction(tracking_apps, db
     """The second app renames the list and adds a todo to it in one transaction: the rename is a
     conflict, so the todo, sent in the same call of the atomic function, is not applied either; the
     dead letter holds the whole transaction, every entry `failed`, so a replay applies both."""
-    list_id = str(uuid.uuid4())
-    db.execute("insert into lists (id, name, owner_id) values (%s, 'original', %s)", (list_id, user_a))
-    first, second = tracking_apps(user_a, detecting_atomic_worker), tracking_apps(user_a, detecting_atomic_worker)
-    for app in (first, second):
-        app.wait_for("select name from lists where id = ?", [{"name": "original"}], params=[list_id])
-        app.disconnect()
+    list_id, first, second = two_apps_offline_with_a_list(tracking_apps, db, detecting_atomic_worker, user_a)
     first.execute("update lists set name = 'from first' where id = ?", [list_id])
     todo_id = str(uuid.uuid4())
     second.transaction(
