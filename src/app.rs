@@ -258,13 +258,15 @@ impl App {
         headers
     }
 
-    /// Verifies the caller's Supabase session (fetching the JWKS or asking Auth when needed).
+    /// Verifies the caller's Supabase session (fetching the JWKS or asking Auth when needed) and
+    /// records who it is in `log`, for every route alike.
     pub async fn session<T: Transport, V: SignatureVerifier>(
         &self,
         request: &IncomingRequest,
         transport: &T,
         signatures: &V,
         now: u64,
+        log: &mut RequestLog,
     ) -> Result<Session, ApiError> {
         let token = bearer(request.header("Authorization")).ok_or(ApiError::MissingAuthorization)?;
         let verifier = match (&self.verifier, &self.config.session) {
@@ -303,6 +305,7 @@ impl App {
         if let Some(check) = remote {
             session::interpret_remote_check(send_resending_once(transport, &check, true).await.0)?;
         }
+        self.note_session(&session, log);
         Ok(session)
     }
 
@@ -346,8 +349,7 @@ impl App {
         // The header check comes first, as in the Edge Function.
         bearer(request.header("Authorization")).ok_or(ApiError::MissingAuthorization)?;
         let powersync = self.config.powersync.as_ref().map_err(|p| ApiError::PowerSync(p.clone()))?;
-        let session = self.session(request, transport, crypto, now).await?;
-        self.note_session(&session, log);
+        let session = self.session(request, transport, crypto, now, log).await?;
         log.signing_alg = Some(powersync.key.alg());
         let unsigned = token::unsigned(&powersync.token, &session, now);
         let signature =
@@ -375,8 +377,7 @@ impl App {
         now: u64,
         log: &mut RequestLog,
     ) -> Result<HttpResponse, ApiError> {
-        let session = self.session(request, transport, signatures, now).await?;
-        self.note_session(&session, log);
+        let session = self.session(request, transport, signatures, now, log).await?;
         // Only a verified caller's report counts: nobody else can skew the queue figures.
         log.queue = metrics::queue_report(request.header(metrics::QUEUE_HEADER));
         let settings =
@@ -390,14 +391,7 @@ impl App {
         if let Some(length) = declared.filter(|n| *n > limit as u64) {
             return Err(ApiError::PayloadTooLarge(format!("body is {length} bytes; at most {limit} are accepted")));
         }
-        let bytes = body.read(limit).await.map_err(|e| match e {
-            BodyError::TooLarge { limit } => {
-                ApiError::PayloadTooLarge(format!("body is over {limit} bytes; at most {limit} are accepted"))
-            }
-            BodyError::Unreadable(why) => {
-                ApiError::BadRequest { path: "$".into(), message: format!("the body could not be read: {why}") }
-            }
-        })?;
+        let bytes = read_body(body, limit).await?;
         let upload::Upload { client_id, transactions } =
             upload::crud::parse_upload(&bytes, &settings.limits).map_err(|e| match e {
                 upload::crud::CrudError::Malformed { path, message } => ApiError::BadRequest { path, message },
@@ -443,21 +437,14 @@ impl App {
         now: u64,
         log: &mut RequestLog,
     ) -> Result<HttpResponse, ApiError> {
-        let session = self.session(request, transport, signatures, now).await?;
+        let session = self.session(request, transport, signatures, now, log).await?;
         let settings =
             self.config.storage.as_ref().map_err(|problems| ApiError::StorageNotConfigured(names(problems)))?;
         if !settings.admits(&session.claims) {
             return Err(ApiError::AnonymousNotAllowed);
         }
         let limit = storage::MAX_BODY_BYTES;
-        let bytes = body.read(limit).await.map_err(|e| match e {
-            BodyError::TooLarge { limit } => {
-                ApiError::PayloadTooLarge(format!("body is over {limit} bytes; at most {limit} are accepted"))
-            }
-            BodyError::Unreadable(why) => {
-                ApiError::BadRequest { path: "$".into(), message: format!("the body could not be read: {why}") }
-            }
-        })?;
+        let bytes = read_body(body, limit).await?;
         let files = storage::parse_request(op, &bytes).map_err(ApiError::File)?;
         log.files = Some(storage::log_summary(&files, 0));
         storage::check(&files, settings, &session.user_id).map_err(ApiError::File)?;
@@ -550,6 +537,19 @@ fn health(config: &Config) -> HttpResponse {
     let mut response = json_response(if token_ready { 200 } else { 503 }, &body);
     response.headers.push(("Cache-Control".into(), "no-store".into()));
     response
+}
+
+/// Reads a request body of at most `limit` bytes: more is the caller's 413, a body that cannot
+/// be read their 400.
+async fn read_body<B: RequestBody>(body: B, limit: usize) -> Result<Vec<u8>, ApiError> {
+    body.read(limit).await.map_err(|e| match e {
+        BodyError::TooLarge { limit } => {
+            ApiError::PayloadTooLarge(format!("body is over {limit} bytes; at most {limit} are accepted"))
+        }
+        BodyError::Unreadable(why) => {
+            ApiError::BadRequest { path: "$".into(), message: format!("the body could not be read: {why}") }
+        }
+    })
 }
 
 fn json_response(status: u16, body: &Value) -> HttpResponse {
@@ -1116,6 +1116,11 @@ mod tests {
             (403, Some("file_path_not_allowed"), Some(1))
         );
         assert!(transport.sent().is_empty(), "nothing signed");
+        // A file request records its verified session as every route does (log line, metrics).
+        assert_eq!(
+            (log.issuer, log.session_alg, log.user.as_deref()),
+            (Some("supabase"), Some("HS256"), Some(metrics::user_hash("user-1").as_str()))
+        );
         assert_eq!(log.files.unwrap()["done"], 0);
         assert!(!format!("{:?}", log.detail).contains("user-2"));
     }

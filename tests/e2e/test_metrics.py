@@ -112,6 +112,7 @@ def test_every_request_writes_one_data_point_with_its_log_line_figures(metrics_w
         assert point["indexes"] == ([line["user"]] if line.get("user") else []), line
     health, token_ok, token_refused, upload_ok, upload_bad, files_refused = (line for line, _ in pairs[-6:])
     assert files_refused["code"] == "file_path_invalid" and f"{sub}/" not in str(files_refused)
+    assert (files_refused["issuer"], files_refused["user"]) == ("supabase", upload_ok["user"]), "the session is noted"
     assert (token_ok["issuer"], token_ok["session_alg"], token_ok["signing_alg"]) == ("supabase", "HS256", "RS256")
     assert token_refused["code"] == "missing_authorization" and "user" not in token_refused
     assert upload_ok["queue"] == {"count": 7, "oldest_seconds": 42}
