@@ -1,5 +1,6 @@
-//! The Workers adapter (wasm32 only): turns `worker` requests into [`IncomingRequest`]s,
-//! executes upstream requests with `fetch`, signs with WebCrypto, and writes the log line.
+//! The Workers adapter (wasm32 only): turns the runtime's requests into [`IncomingRequest`]s and
+//! answers into its responses (one call each way), executes upstream requests with `fetch`, signs
+//! with WebCrypto, and writes the log line and the data point.
 //! Everything it decides is decided in [`crate::app`]; this file only does I/O.
 
 use std::cell::RefCell;
@@ -115,7 +116,7 @@ async fn fetch(req: web_sys::Request, env: Env, _ctx: Context) -> worker::Result
     Ok(respond(response.status, &head, response.body.as_bytes()))
 }
 
-/// Writes the data point of `line` to the Analytics Engine dataset bound as [`metrics::BINDING`];
+/// Writes the data point of `log` to the Analytics Engine dataset bound as [`metrics::BINDING`];
 /// nothing (not even the point is built) when the binding is absent. `writeDataPoint` returns at
 /// once (the runtime sends it after the response); it throws only for a malformed point.
 fn write_data_point(env: &Env, log: &RequestLog) -> Result<(), String> {
