@@ -147,8 +147,10 @@ pub fn plan_transaction_as(
     if atomic {
         return Ok(context.atomic(transaction).into_iter().collect());
     }
+    let put_before = put_before(transaction, settings);
     let mut planner = Planner { context, requests: Vec::new(), group: None };
     for (index, entry) in transaction.entries.iter().enumerate() {
+        let compares = !put_before.get(index).copied().unwrap_or(false);
         match entry.op {
             Op::Put => {
                 let row = row::put_row(entry, settings, &caller.user_id);
@@ -159,12 +161,12 @@ pub fn plan_transaction_as(
                 if data.is_empty() {
                     continue;
                 }
-                match planner.context.conditions(entry, Some(&data)) {
+                match planner.context.conditions(entry, Some(&data)).filter(|_| compares) {
                     Some(conditions) => planner.add_conditional(index, entry, Some(data.to_json_string()), conditions),
                     None => planner.add_filtered(index, &entry.table, &entry.id, Some(data.to_json_string())),
                 }
             }
-            Op::Delete => match planner.context.conditions(entry, None) {
+            Op::Delete => match planner.context.conditions(entry, None).filter(|_| compares) {
                 Some(conditions) => planner.add_conditional(index, entry, None, conditions),
                 None => planner.add_filtered(index, &entry.table, &entry.id, None),
             },
@@ -172,6 +174,35 @@ pub fn plan_transaction_as(
     }
     planner.flush();
     Ok(planner.requests)
+}
+
+/// For each entry of `transaction`, whether an earlier entry of it PUT the same row (same table,
+/// same [`cast_key`]: conservative, so two ids the database might take for one count as one).
+/// Such an entry compares nothing (its previous values are not sent as conditions or `expect`):
+/// a PUT never compares, it replaces the row as the client holds it, so the client's previous
+/// values for a later entry on that row describe its own write, not a state another writer could
+/// have changed since the client saw it. Comparing them would only find what the PUT did not
+/// set, and on the REST route a re-send after a lost answer could not repeat it: a row the first
+/// attempt deleted comes back from the re-sent PUT with the columns it does not set at their
+/// defaults, and the re-sent compared entry would then read as a false conflict (the fault soak
+/// found it). Empty (nothing is dropped) without conflict detection or previous values.
+fn put_before(transaction: &Transaction, settings: &UploadSettings) -> Vec<bool> {
+    if !settings.conflict_detection || transaction.entries.iter().all(|entry| entry.previous.is_none()) {
+        return Vec::new();
+    }
+    let mut put = HashSet::new();
+    transaction
+        .entries
+        .iter()
+        .map(|entry| {
+            let key = (entry.table.as_str(), cast_key(&entry.id));
+            let before = put.contains(&key);
+            if entry.op == Op::Put {
+                put.insert(key);
+            }
+            before
+        })
+        .collect()
 }
 
 /// The transaction as one call of the atomic function, whatever the mode: how a transaction too
@@ -366,6 +397,7 @@ impl<'a> Context<'a> {
         // Written directly: the rows' values are the client's text, never rebuilt.
         let mut body = String::from("{\"ops\":[");
         let mut compares = false;
+        let put_before = put_before(transaction, self.settings);
         for (i, entry) in transaction.entries.iter().enumerate() {
             if i > 0 {
                 body.push(',');
@@ -387,6 +419,7 @@ impl<'a> Context<'a> {
             }
             // A PATCH with nothing to write is a no-op: nothing to compare either.
             let expect = match entry.op {
+                _ if put_before.get(i).copied().unwrap_or(false) => None,
                 Op::Put => None,
                 Op::Patch => {
                     data.as_ref().filter(|data| !data.is_empty()).and_then(|data| self.expect(entry, Some(data)))
@@ -975,6 +1008,33 @@ mod tests {
         let off = plan(vec![with_previous], &settings());
         assert_eq!(off[0].request.url, "https://p.supabase.co/rest/v1/todos?id=eq.c");
         assert!(matches!(off[0].check, Check::Filtered { .. }));
+    }
+
+    #[test]
+    fn an_entry_on_a_row_an_earlier_put_of_its_transaction_wrote_compares_nothing_on_both_routes() {
+        let previous = |v: Value| Some(v.as_object().cloned().unwrap_or_default().into());
+        let mut s = settings();
+        s.conflict_detection = true;
+        // PUT x, then a compared PATCH and DELETE of x (the same row in another uuid form, as the
+        // database would cast it) and a compared DELETE of another row, which still compares
+        let x = "0b3e8c3c-5a4f-4f47-9d1e-1a2b3c4d5e6f";
+        let mut patch_x = patch(&x.to_uppercase(), json!({"t": "y"}));
+        patch_x.previous = previous(json!({"t": "x", "priority": 2}));
+        let mut delete_x = delete(x);
+        delete_x.previous = previous(json!({"t": "y", "priority": 2}));
+        let mut delete_other = delete("other");
+        delete_other.previous = previous(json!({"t": "z"}));
+        let mut patch_before = patch(x, json!({"t": "w"}));
+        patch_before.previous = previous(json!({"t": "v"}));
+        let entries = vec![patch_before, put(x, json!({"t": "x"})), patch_x, delete_x, delete_other];
+        let requests = plan(entries.clone(), &s);
+        let checks: Vec<bool> = requests.iter().map(|r| matches!(r.check, Check::Conditional { .. })).collect();
+        assert_eq!(checks, [true, false, false, false, true], "{requests:#?}");
+        assert_eq!(decoded_url(&requests[3]), format!("https://p.supabase.co/rest/v1/todos?id=eq.{x}"));
+        s.atomic = AtomicMode::Always;
+        let ops = body(&plan(entries, &s)[0])["ops"].clone();
+        let expects: Vec<bool> = ops.as_array().into_iter().flatten().map(|op| op.get("expect").is_some()).collect();
+        assert_eq!(expects, [true, false, false, false, true], "{ops}");
     }
 
     #[test]

@@ -31,7 +31,8 @@ Semantics (docs/upload.md "/powersync-upload", sql/atomic_upload.sql, tests/sql/
   A row the caller cannot see: nothing (as without). A row that holds the previous values of every
   compared column (None = null): applied as without. Otherwise a PATCH whose row already holds
   every value it sets changes nothing (its own earlier application); anything else is a
-  `Conflict` (nothing of that entry applied).
+  `Conflict` (nothing of that entry applied). An entry whose row an earlier entry of its
+  transaction PUT compares nothing (`compares`).
 """
 
 from __future__ import annotations
@@ -123,6 +124,13 @@ def compared_columns(entry: Entry, service: bool) -> list[str]:
             data.pop("owner", None)
         columns = [c for c in columns if c in data]
     return columns
+
+
+def compares(entries: list[Entry], i: int) -> bool:
+    """Whether entry `i` of a transaction is compared at all: not when an earlier entry of the
+    transaction PUT its row (the worker's rule, docs/conflicts.md)."""
+    e = entries[i]
+    return not any(p.op == "PUT" and (p.table, p.id) == (e.table, e.id) for p in entries[:i])
 
 
 class State:
