@@ -12,9 +12,9 @@
 //! than about 8 KiB (nginx/Kong default; Supabase clients cap URLs at 8000 characters), so the
 //! planner uses [`InList`] to keep every merged filter within [`MAX_URL_BYTES`].
 
-use std::collections::HashSet;
-
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+
+use super::id_set::{self, IdSet};
 
 /// Longest URL the planner builds when merging ids into one `in.(…)` filter. A single id longer
 /// than this is still sent alone in an `eq.` filter.
@@ -61,17 +61,17 @@ pub fn quote(value: &str) -> String {
 /// A growing list of distinct ids for an id filter, tracking the encoded length so the caller can
 /// stop before the URL gets too long. Membership is a set lookup, so merging n entries stays O(n)
 /// (a 1,000-PUT batch spent most of its planning time comparing ids before).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct InList {
     ids: Vec<String>,
-    seen: HashSet<String>,
+    seen: IdSet<String>,
     /// Sum of the encoded, quoted ids.
     items_len: usize,
 }
 
 impl InList {
     pub fn new() -> Self {
-        InList::default()
+        InList { ids: Vec::new(), seen: id_set::new(), items_len: 0 }
     }
 
     /// The ids, in first-seen order.

@@ -35,6 +35,7 @@ pub mod crud;
 pub mod dead_letter;
 pub mod delivery;
 pub mod filter;
+pub mod id_set;
 pub mod outcome;
 pub mod plan;
 pub mod row;

@@ -64,13 +64,13 @@
 //! and PostgREST would cut it short inside `in.(…)`, touching another row) fails its
 //! transaction as a fatal error without any request.
 
-use std::collections::HashSet;
 use std::ops::Range;
 
 use serde_json::{json, Map, Value};
 
 use super::crud::{Entry, Op, Transaction};
 use super::filter::{self, InList};
+use super::id_set::{self, IdSet};
 use super::outcome::FailedOperation;
 use super::row::{self, Columns};
 use super::settings::{is_identifier, AtomicMode, UploadSettings, WriteMode};
@@ -190,7 +190,7 @@ fn put_before(transaction: &Transaction, settings: &UploadSettings) -> Vec<bool>
     if !settings.conflict_detection || transaction.entries.iter().all(|entry| entry.previous.is_none()) {
         return Vec::new();
     }
-    let mut put = HashSet::new();
+    let mut put = id_set::new();
     transaction
         .entries
         .iter()
@@ -552,7 +552,7 @@ struct PutGroup<'e> {
     /// (row, id, entry index) in entry order.
     rows: Vec<PutRow<'e>>,
     /// [`cast_key`] of every id in the group.
-    cast_keys: HashSet<CastKey>,
+    cast_keys: IdSet<CastKey>,
     /// The rows' ids, for the service-mode ownership check's filter.
     check_ids: InList,
     /// Length of the rows' JSON, about.
@@ -570,7 +570,7 @@ struct FilteredGroup<'e> {
     /// The entries whose ids are in `ids`, in order.
     row_entries: Vec<usize>,
     /// [`cast_key`] of every id in the group.
-    cast_keys: HashSet<CastKey>,
+    cast_keys: IdSet<CastKey>,
 }
 
 struct Planner<'e> {
@@ -581,17 +581,16 @@ struct Planner<'e> {
 
 impl<'e> Planner<'e> {
     fn add_put(&mut self, index: usize, table: &'e str, id: &'e str, row: Columns<'e>) {
-        let cast = CastKey::of(id);
         if let Some(Group::Put(group)) = &mut self.group {
             // Every row of a group has the first row's column names.
             if group.table == table && row.same_names(&group.rows[0].0) {
                 let url_fits = self.context.owner.is_none()
                     || self.context.owner_check_url_len(table) + group.check_ids.len_with(id) <= filter::MAX_URL_BYTES;
-                if url_fits && !group.cast_keys.contains(&cast) {
+                // (A key already there ends the group, which is dropped: inserting it is harmless.)
+                if url_fits && group.cast_keys.insert(CastKey::of(id)) {
                     group.end = index + 1;
                     group.body_len += row.json_len() + 1;
                     group.rows.push((row, id, index));
-                    group.cast_keys.insert(cast);
                     if self.context.owner.is_some() {
                         group.check_ids.push(id);
                     }
@@ -610,7 +609,7 @@ impl<'e> Planner<'e> {
             end: index + 1,
             body_len: row.json_len() + 2,
             rows: vec![(row, id, index)],
-            cast_keys: HashSet::from([cast]),
+            cast_keys: id_set::of(CastKey::of(id)),
             check_ids,
         }));
     }
@@ -636,7 +635,7 @@ impl<'e> Planner<'e> {
             data,
             ids,
             row_entries: vec![index],
-            cast_keys: HashSet::from([CastKey::of(id)]),
+            cast_keys: id_set::of(CastKey::of(id)),
         }));
     }
 
