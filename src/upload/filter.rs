@@ -69,9 +69,15 @@ pub struct InList {
     items_len: usize,
 }
 
+impl Default for InList {
+    fn default() -> Self {
+        InList { ids: Vec::new(), seen: id_set::new(), items_len: 0 }
+    }
+}
+
 impl InList {
     pub fn new() -> Self {
-        InList { ids: Vec::new(), seen: id_set::new(), items_len: 0 }
+        InList::default()
     }
 
     /// The ids, in first-seen order.
