@@ -1010,7 +1010,7 @@ mod tests {
     }
 
     #[test]
-    fn an_entry_on_a_row_an_earlier_put_of_its_transaction_wrote_compares_nothing_on_both_routes() {
+    fn conflict_detection_compares_nothing_on_a_row_an_earlier_put_of_its_transaction_wrote_on_both_routes() {
         let previous = |v: Value| Some(v.as_object().cloned().unwrap_or_default().into());
         let mut s = settings();
         s.conflict_detection = true;
