@@ -132,7 +132,7 @@ impl Config {
     /// Parses all settings from `lookup` (environment variables and secrets by name).
     pub fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> Config {
         let mut r = Reader::new(lookup);
-        let supabase_url = supabase_url(&mut r);
+        let supabase_url = r.supabase_url();
         let session = r.part(|r| session_settings(r, supabase_url.clone()));
         let before = r.problems.len();
         let powersync = powersync_settings(&mut r);
@@ -155,20 +155,6 @@ impl Config {
         let storage = storage.map_err(|problems| with_url_problem(problems, &supabase_url, &r.problems));
         Config { session, powersync, upload, storage, cors, upstream_timeout_ms, problems: r.problems }
     }
-}
-
-/// `SUPABASE_URL`: required by session verification and uploads; read (and reported) once.
-pub(crate) fn supabase_url(r: &mut Reader) -> Option<String> {
-    if r.get("SUPABASE_URL").is_none() {
-        r.problem("SUPABASE_URL", "is required (the project URL, e.g. https://<ref>.supabase.co)");
-        return None;
-    }
-    let url = r.url("SUPABASE_URL")?;
-    if url.ends_with("/rest/v1") || url.ends_with("/auth/v1") {
-        r.problem("SUPABASE_URL", "give the project URL, without /rest/v1 or /auth/v1");
-        return None;
-    }
-    Some(url)
 }
 
 fn with_url_problem(mut problems: Vec<Problem>, url: &Option<String>, all: &[Problem]) -> Vec<Problem> {

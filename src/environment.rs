@@ -1,6 +1,7 @@
 //! The worker's environment as settings: read by name, with problems collected instead of
 //! stopping at the first, so a deployment can be fixed in one go. Every part of the
-//! configuration (`config`, `upload::settings`) reads through it; it depends on neither.
+//! configuration (`config`, `session`, `upload::settings`, `storage::settings`) reads through it;
+//! it depends on none of them.
 //!
 //! Values are trimmed (pasted secrets often carry a newline) and a blank value counts as unset.
 //! Problems name the setting and say what is wrong; they never quote secret values.
@@ -63,6 +64,21 @@ impl<'a> Reader<'a> {
                 default
             }
         }
+    }
+
+    /// `SUPABASE_URL`, the project URL every part needs (session verification, uploads, files):
+    /// required, a plain URL, not an API path. `None` with a problem when unset or invalid.
+    pub fn supabase_url(&mut self) -> Option<String> {
+        if self.get("SUPABASE_URL").is_none() {
+            self.problem("SUPABASE_URL", "is required (the project URL, e.g. https://<ref>.supabase.co)");
+            return None;
+        }
+        let url = self.url("SUPABASE_URL")?;
+        if url.ends_with("/rest/v1") || url.ends_with("/auth/v1") {
+            self.problem("SUPABASE_URL", "give the project URL, without /rest/v1 or /auth/v1");
+            return None;
+        }
+        Some(url)
     }
 
     /// A plain `http(s)://host[/path]` URL without trailing slash; `None` when unset or invalid

@@ -272,7 +272,7 @@ pub fn is_identifier(name: &str) -> bool {
 /// [`crate::config::Config::from_lookup`]); on failure returns every problem found.
 pub fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> Result<UploadSettings, Vec<Problem>> {
     let mut reader = Reader::new(lookup);
-    let supabase_url = crate::config::supabase_url(&mut reader);
+    let supabase_url = reader.supabase_url();
     reader.part(|r| read(r, supabase_url)).map_err(|_| reader.problems)
 }
 
