@@ -94,7 +94,11 @@ pub fn fetchable(text: &str) -> Result<url::Url, &'static str> {
     if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err("must not contain spaces");
     }
-    let url = url::Url::parse(text).map_err(|_| "is not a URL")?;
+    let url = url::Url::parse(text).map_err(|_| match text.is_ascii() {
+        true => "is not a URL",
+        // `url` is built without Unicode host names (idna_adapter 1.0, see Cargo.toml).
+        false => "is not a URL (a host name with non-ASCII letters must be given in its ASCII xn-- form)",
+    })?;
     if !url.username().is_empty() || url.password().is_some() {
         return Err("must not contain credentials (user@host)");
     }
@@ -632,6 +636,27 @@ mod tests {
         ] {
             assert!(fetchable(url).is_err(), "{url}");
         }
+    }
+
+    #[test]
+    fn a_key_url_host_with_non_ascii_letters_is_refused_with_its_ascii_form_named_and_that_form_works() {
+        for url in ["https://münchen.example/jwks", "https://例え.jp/.well-known/jwks.json"] {
+            assert_eq!(
+                fetchable(url).map(|u| u.to_string()),
+                Err("is not a URL (a host name with non-ASCII letters must be given in its ASCII xn-- form)"),
+                "{url}"
+            );
+        }
+        assert_eq!(
+            fetchable("https://xn--mnchen-3ya.example/jwks").map(|u| u.to_string()),
+            Ok("https://xn--mnchen-3ya.example/jwks".to_string())
+        );
+        // Non-ASCII outside the host is percent-encoded, as fetch does.
+        assert_eq!(
+            fetchable("https://keys.example/ü").map(|u| u.to_string()),
+            Ok("https://keys.example/%C3%BC".to_string())
+        );
+        assert_eq!(fetchable("https://").map(|u| u.to_string()), Err("is not a URL"));
     }
 
     #[test]
