@@ -150,7 +150,6 @@ pub fn plan_transaction_as(
     let put_before = put_before(transaction, settings);
     let mut planner = Planner { context, requests: Vec::new(), group: None };
     for (index, entry) in transaction.entries.iter().enumerate() {
-        let compares = !put_before.get(index).copied().unwrap_or(false);
         match entry.op {
             Op::Put => {
                 let row = row::put_row(entry, settings, &caller.user_id);
@@ -161,12 +160,12 @@ pub fn plan_transaction_as(
                 if data.is_empty() {
                     continue;
                 }
-                match planner.context.conditions(entry, Some(&data)).filter(|_| compares) {
+                match (!put_before[index]).then(|| planner.context.conditions(entry, Some(&data))).flatten() {
                     Some(conditions) => planner.add_conditional(index, entry, Some(data.to_json_string()), conditions),
                     None => planner.add_filtered(index, &entry.table, &entry.id, Some(data.to_json_string())),
                 }
             }
-            Op::Delete => match planner.context.conditions(entry, None).filter(|_| compares) {
+            Op::Delete => match (!put_before[index]).then(|| planner.context.conditions(entry, None)).flatten() {
                 Some(conditions) => planner.add_conditional(index, entry, None, conditions),
                 None => planner.add_filtered(index, &entry.table, &entry.id, None),
             },
@@ -185,10 +184,11 @@ pub fn plan_transaction_as(
 /// set, and on the REST route a re-send after a lost answer could not repeat it: a row the first
 /// attempt deleted comes back from the re-sent PUT with the columns it does not set at their
 /// defaults, and the re-sent compared entry would then read as a false conflict (the fault soak
-/// found it). Empty (nothing is dropped) without conflict detection or previous values.
+/// found it). All false, without computing a key, when nothing is compared anyway (no conflict
+/// detection, no previous values).
 fn put_before(transaction: &Transaction, settings: &UploadSettings) -> Vec<bool> {
     if !settings.conflict_detection || transaction.entries.iter().all(|entry| entry.previous.is_none()) {
-        return Vec::new();
+        return vec![false; transaction.entries.len()];
     }
     let mut put = id_set::new();
     transaction
@@ -419,8 +419,8 @@ impl<'a> Context<'a> {
             }
             // A PATCH with nothing to write is a no-op: nothing to compare either.
             let expect = match entry.op {
-                _ if put_before.get(i).copied().unwrap_or(false) => None,
                 Op::Put => None,
+                _ if put_before[i] => None,
                 Op::Patch => {
                     data.as_ref().filter(|data| !data.is_empty()).and_then(|data| self.expect(entry, Some(data)))
                 }
