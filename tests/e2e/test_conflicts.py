@@ -88,14 +88,20 @@ def server_name(db, list_id: str) -> str | None:
     return row[0] if row else None
 
 
-def two_apps_offline_with_a_list(apps, db, worker, user: str) -> tuple[str, SdkApp, SdkApp]:
-    """A list named 'original' that two apps of `user` have synced, both now disconnected."""
+def apps_offline_with_a_list(apps, db, worker, user: str, count: int) -> tuple[str, list[SdkApp]]:
+    """A list named 'original' that `count` apps of `user` have synced, all now disconnected."""
     list_id = str(uuid.uuid4())
     db.execute("insert into lists (id, name, owner_id) values (%s, 'original', %s)", (list_id, user))
-    first, second = apps(user, worker), apps(user, worker)
-    for app in (first, second):
+    opened = [apps(user, worker) for _ in range(count)]
+    for app in opened:
         app.wait_for("select name from lists where id = ?", [{"name": "original"}], params=[list_id])
         app.disconnect()
+    return list_id, opened
+
+
+def two_apps_offline_with_a_list(apps, db, worker, user: str) -> tuple[str, SdkApp, SdkApp]:
+    """A list named 'original' that two apps of `user` have synced, both now disconnected."""
+    list_id, (first, second) = apps_offline_with_a_list(apps, db, worker, user, 2)
     return list_id, first, second
 
 
@@ -135,11 +141,7 @@ def test_second_offline_edit_of_a_row_is_a_conflict_and_the_first_value_stays(tr
 
 
 def test_a_delete_of_a_row_changed_since_is_a_conflict_and_the_row_stays(tracking_apps, db, detecting_worker, user_a):
-    list_id = str(uuid.uuid4())
-    db.execute("insert into lists (id, name, owner_id) values (%s, 'original', %s)", (list_id, user_a))
-    app = tracking_apps(user_a, detecting_worker)
-    app.wait_for("select name from lists where id = ?", [{"name": "original"}], params=[list_id])
-    app.disconnect()
+    list_id, (app,) = apps_offline_with_a_list(tracking_apps, db, detecting_worker, user_a, 1)
     app.execute("delete from lists where id = ?", [list_id])
     db.execute("update lists set name = 'renamed on the server' where id = %s", (list_id,))
     app.connect()
@@ -187,11 +189,7 @@ def test_a_re_sent_write_whose_first_answer_was_lost_is_no_conflict(
     """The fault soak's case: the conditional PATCH commits, its answer is lost (the stand-in drops
     the connection after the write), the worker sends it again: now zero rows hold the previous
     values, but the row holds this write's own values, so it is applied, not a conflict."""
-    list_id = str(uuid.uuid4())
-    db.execute("insert into lists (id, name, owner_id) values (%s, 'original', %s)", (list_id, user_a))
-    app = tracking_apps(user_a, detecting_rest_worker)
-    app.wait_for("select name from lists where id = ?", [{"name": "original"}], params=[list_id])
-    app.disconnect()
+    list_id, (app,) = apps_offline_with_a_list(tracking_apps, db, detecting_rest_worker, user_a, 1)
     app.execute("update lists set name = 'mine' where id = ?", [list_id])
     standin.add_fault({"drop_after": True, "method": "PATCH", "path_prefix": "/rest/v1/lists"})
     app.connect()
@@ -246,11 +244,7 @@ def test_an_atomic_call_whose_answer_was_lost_is_already_applied_when_re_sent_no
     """The call commits (the rename and its ledger record), its answer is lost; the re-sent call
     finds the ledger's record before comparing anything: `already_applied`, although the row no
     longer holds the previous values it carries."""
-    list_id = str(uuid.uuid4())
-    db.execute("insert into lists (id, name, owner_id) values (%s, 'original', %s)", (list_id, user_a))
-    app = tracking_apps(user_a, detecting_atomic_worker)
-    app.wait_for("select name from lists where id = ?", [{"name": "original"}], params=[list_id])
-    app.disconnect()
+    list_id, (app,) = apps_offline_with_a_list(tracking_apps, db, detecting_atomic_worker, user_a, 1)
     app.execute("update lists set name = 'mine' where id = ?", [list_id])
     standin.add_fault({"drop_after": True, "method": "POST", "path_prefix": RPC_PATH})
     app.connect()
