@@ -25,7 +25,7 @@ Every step has a time limit and the whole run a watchdog (BENCH_TIME_LIMIT secon
 everything started is stopped on exit, on an error and on Ctrl-C / SIGTERM.
 
 Knobs (environment): BENCH_ROUNDS (3), BENCH_TOKEN_SECONDS (3), BENCH_TOKEN_CONNECTIONS (8),
-BENCH_UPLOAD_SECONDS (3), BENCH_COLD_RUNS (10), BENCH_TIME_LIMIT (840), BENCH_SKIP_BUNDLE (unset),
+BENCH_UPLOAD_SECONDS (3), BENCH_UPLOAD_WARMUP_SECONDS (4), BENCH_COLD_RUNS (10), BENCH_TIME_LIMIT (840), BENCH_SKIP_BUNDLE (unset),
 BENCH_SKIP_MEMORY (unset).
 """
 
@@ -64,6 +64,15 @@ from tests.support.worker import WRANGLER, JwksServer, WorkerProcess  # noqa: E4
 from cryptography.hazmat.primitives import serialization  # noqa: E402
 
 
+# wrangler dev (4.164) runs a local observability collector inside the worker's own workerd
+# process unless X_LOCAL_OBSERVABILITY=false: every invocation's trace events and log lines go to
+# a collector worker that stores them in SQLite (a Durable Object), about 1.5-2 ms of that
+# process's CPU per upload request for every worker (docs/performance.md). A deployed worker's
+# CPU carries none of it, so it is off for every worker the benchmarks start, as the devtools
+# inspector is (tests/support/wrangler_dev.mjs). bench/upload_profile.py and
+# bench/cpu_profile.py import this module and inherit it.
+os.environ.setdefault("X_LOCAL_OBSERVABILITY", "false")
+
 BENCH = ROOT / "bench"
 LUA = BENCH / "wrk/bench.lua"
 SIGN_ONLY = BENCH / "sign-only/worker.js"
@@ -88,6 +97,7 @@ ROUNDS = env_int("BENCH_ROUNDS", 3)
 TOKEN_SECONDS = env_int("BENCH_TOKEN_SECONDS", 3)
 TOKEN_CONNECTIONS = env_int("BENCH_TOKEN_CONNECTIONS", 8)
 UPLOAD_SECONDS = env_int("BENCH_UPLOAD_SECONDS", 3)
+UPLOAD_WARMUP_SECONDS = env_int("BENCH_UPLOAD_WARMUP_SECONDS", 4)
 UPLOAD_CONNECTIONS = 1  # one client uploading its queue: uploads are sequential per client
 COLD_RUNS = env_int("BENCH_COLD_RUNS", 10)
 TIME_LIMIT = env_int("BENCH_TIME_LIMIT", 840)
@@ -941,6 +951,22 @@ def main() -> int:
                     raise RuntimeError(f"{js_key} probe {key}: {r.status_code} {r.text[:300]} {problems_here}")
         if w_js_upload.post("/rls", data=batches["put1"]["body"], headers={"Authorization": f"Bearer {hs_token}x"}).status_code != 401:
             raise RuntimeError("JS upload worker accepted a bad session")
+
+        # V8 first runs each wasm function unoptimized (Liftoff) and recompiles the hot ones with
+        # TurboFan on a background thread; for the worker's 1.1 MB of wasm that goes on for
+        # several seconds of uploads (about 3 ms of CPU per request in the first 5 s of 1,000-PUT
+        # uploads, under 0.1 ms after 10 s). A deployed isolate serving traffic has long done so:
+        # every upload row is warmed up first, the JS ones too.
+        log("upload: warm-up")
+        for key in batches:
+            for mode, w in workers.items():
+                if key in mode_batches[mode]:
+                    wrk(w.url + "/powersync-upload", seconds=UPLOAD_WARMUP_SECONDS, connections=UPLOAD_CONNECTIONS,
+                        method="POST", token=hs_token, body_file=work / f"{key}.json")
+            if key in FLOOR_BATCHES:
+                for w, path in js_uploads.values():
+                    wrk(w.url + path, seconds=UPLOAD_WARMUP_SECONDS, connections=UPLOAD_CONNECTIONS,
+                        method="POST", token=hs_token, body_file=work / f"{key}.json")
 
         upload_runs = {(m, k): [] for m in workers for k in mode_batches[m]}
         floor_runs = {"noop": [], **{(j, k): [] for j in js_uploads for k in FLOOR_BATCHES}}

@@ -11,6 +11,9 @@ if [ -z "${FORCE_BUILD:-}" ] && [ -f build/index.js ] && [ -f build/index_bg.was
 fi
 eval "$(scripts/toolchain.sh)"
 worker-build --release "$@"
+# A copy with the function names, for bench/cpu_profile.py (a profile names wasm functions by
+# them); the same code as the stripped one below.
+mkdir -p target/names && cp build/index_bg.wasm target/names/index_bg.wasm
 # worker-build runs wasm-opt with --debuginfo, which keeps the wasm "name" section: 167 KB raw,
 # ~46 KB of the ~488 KB gzipped bundle (bench/results.md; the limit is 500 KB). It only names
 # functions in stack traces (a panic's message and source location stay), so it is dropped

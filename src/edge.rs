@@ -175,7 +175,7 @@ impl RequestBody for StreamBody {
             // body is exactly that long, so it is taken whole, in one copy into wasm memory,
             // rather than chunk by chunk (a promise and two copies per chunk).
             BodySource::Untaken(request) if self.declared.is_some_and(|n| n <= limit) => {
-                let bytes = Request::from(request).bytes().await.map_err(|e| BodyError::Unreadable(e.to_string()))?;
+                let bytes = whole_body(&request).await.map_err(BodyError::Unreadable)?;
                 if bytes.len() > limit {
                     return Err(BodyError::TooLarge { limit });
                 }
@@ -195,6 +195,14 @@ impl RequestBody for StreamBody {
         }
         Ok(bytes)
     }
+}
+
+/// A body in one piece: `arrayBuffer()`, then one copy into wasm memory. Straight through web-sys:
+/// the `worker` crate's `Request` would first copy the method, the URL, the headers and the `cf`
+/// object (a deep clone in workerd), none of which is read here.
+async fn whole_body(request: &web_sys::Request) -> Result<Vec<u8>, String> {
+    let buffer = JsFuture::from(request.array_buffer().map_err(describe)?).await.map_err(describe)?;
+    Ok(js_sys::Uint8Array::new(&buffer).to_vec())
 }
 
 struct FetchTransport {
