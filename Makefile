@@ -5,6 +5,8 @@
 #               PostgreSQL with the real PowerSync service, the real Supabase Storage server and
 #               the official SDK, the web demo in headless Chromium)
 #   make bench  run the benchmarks (not part of make test; see bench/README.md)
+#   make bench-profile  where the worker's CPU goes in workerd, beside the JS workers (perf;
+#               bench/cpu_profile.py; not part of make test)
 #   make bench-atomic  the largest transaction the atomic function applies within Supabase's
 #               8 s statement timeout (bench/atomic_limit.py; not part of make test)
 #   make soak   the long model-based fault soak (20,000 operations per mode; tests/soak)
@@ -31,7 +33,7 @@ CONNECTOR_SOURCES := $(wildcard $(CONNECTOR)/src/*.ts) $(CONNECTOR)/package-lock
 SDK := tests/sdk
 WEB_DEMO := examples/web
 
-.PHONY: dev test test-native test-connector test-e2e build tools postgres venv powersync storage sdk web chromium clean bench bench-atomic soak fuzz
+.PHONY: dev test test-native test-connector test-e2e build tools postgres venv powersync storage sdk web chromium clean bench bench-profile bench-atomic soak fuzz
 
 ## Tools -------------------------------------------------------------------------------------
 
@@ -137,6 +139,15 @@ test-e2e: tools postgres venv build $(DEVTOOL) powersync storage sdk web chromiu
 # bench/results.md and bench/results.json.
 bench:
 	$(WITH_NODE) bash bench/run.sh
+
+# Where the CPU goes: perf profiles of the worker and the JS workers in workerd (about 4 minutes;
+# writes bench/cpu_profile.md). perf is Debian's linux-perf; the build keeps a copy of the wasm
+# with its function names (target/names), rebuilt here when older than the build.
+bench-profile: postgres venv build
+	@command -v perf >/dev/null 2>&1 || { echo "installing perf (apt: linux-perf)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-perf >/dev/null; }
+	@[ target/names/index_bg.wasm -nt build/index_bg.wasm ] || FORCE_BUILD=1 scripts/build.sh
+	$(WITH_NODE) $(PY) bench/cpu_profile.py
 
 # About 4 minutes (PostgreSQL and the stand-in only, no worker build); writes
 # bench/atomic_limit.md and bench/atomic_limit.json.
