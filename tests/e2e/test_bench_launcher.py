@@ -1,6 +1,8 @@
 """The benchmarks launch `wrangler dev` through wrangler's API without the devtools inspector
-(tests/support/wrangler_dev.mjs). Their CPU figures are only meaningful if the worker behaves
-the same there: it answers, and its one log line per request is still written and printed."""
+(tests/support/wrangler_dev.mjs) and without wrangler's local observability collector
+(X_LOCAL_OBSERVABILITY=false, bench/run.py). Their CPU figures are only meaningful if the worker
+behaves the same there: it answers, and its one log line per request is still written and
+printed."""
 
 from __future__ import annotations
 
@@ -9,7 +11,9 @@ from tests.e2e.upload_helpers import wait_for
 from tests.support.worker import WorkerProcess
 
 
-def test_worker_without_devtools_inspector_issues_tokens_and_still_prints_its_log_lines(base_vars, standin):
+def test_worker_launched_as_the_benchmarks_do_issues_tokens_and_still_prints_its_log_lines(
+        base_vars, standin, monkeypatch):
+    monkeypatch.setenv("X_LOCAL_OBSERVABILITY", "false")
     w = WorkerProcess(base_vars, inspector=False)
     try:
         token = make_token("11111111-1111-4111-8111-111111111111", iss=f"{standin.url}/auth/v1")
