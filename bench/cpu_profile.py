@@ -11,8 +11,8 @@ the names of generated code from /tmp/perf-<pid>.map, left there for it).
     CPU_PROFILE_SECONDS=8 CPU_PROFILE_HZ=2999 ...         # knobs (these are the defaults)
 
 Each scenario: one worker under `wrangler dev` as bench/run.py starts it (no inspector, no local
-observability collector), warmed up for CPU_PROFILE_WARMUP seconds (5; V8 has then recompiled
-the hot wasm functions), then `perf record -g -p <its workerd>` while wrk re-sends one request.
+observability collector), warmed up for CPU_PROFILE_WARMUP seconds (8; V8 has then recompiled
+most of the hot wasm functions), then `perf record -g -p <its workerd>` while wrk re-sends one request.
 workerd runs with V8's `--perf-basic-prof` (through Miniflare's MINIFLARE_WORKERD_V8_FLAGS):
 V8 writes /tmp/perf-<pid>.map, naming the code it generates. The worker is build/index.js with
 target/names/index_bg.wasm: the shipped code plus the wasm name section, which scripts/build.sh
@@ -52,7 +52,7 @@ from tests.support.pg import TempPostgres  # noqa: E402
 from tests.support.worker import JwksServer  # noqa: E402
 
 SECONDS = bench.env_int("CPU_PROFILE_SECONDS", 8)
-WARMUP = bench.env_int("CPU_PROFILE_WARMUP", 5)
+WARMUP = bench.env_int("CPU_PROFILE_WARMUP", 8)
 HZ = bench.env_int("CPU_PROFILE_HZ", 2999)
 NAMED_WASM = ROOT / "target/names/index_bg.wasm"
 OUT_DIR = ROOT / "target/profiles"
@@ -67,8 +67,9 @@ V8 = "V8: built-ins and runtime (JSON, strings, objects, wasm<->JS calls)"
 GC = "V8: garbage collection"
 COMPILER = "V8: compiler (tier-up)"
 API = "workerd: JS API (fetch, Request/Response, Headers, streams, console)"
+CRYPTO = "workerd: WebCrypto (BoringSSL: signatures, HMAC, digests)"
 IO = "workerd: I/O, HTTP, event loop, kernel"
-GROUPS = (OURS, SERDE, RUST_STD, OTHER_WASM, JS, V8, GC, COMPILER, API, IO)
+GROUPS = (OURS, SERDE, RUST_STD, OTHER_WASM, JS, V8, GC, COMPILER, API, CRYPTO, IO)
 CRATES = {"powersync_supabase_worker": OURS, "foldhash": OURS, "serde_json": SERDE, "serde_core": SERDE,
           "serde": SERDE, "core": RUST_STD, "alloc": RUST_STD, "std": RUST_STD, "dlmalloc": RUST_STD}
 # Frames that count for their caller: copies, allocators, the kernel, libc.
@@ -76,6 +77,8 @@ PASS_THROUGH = re.compile(r"^(__mem|__str|tcmalloc|TCMalloc|absl|Absl|v8::intern
                           r"operator delete|free$|malloc$|__libc|_int_|\[unknown\])")
 GC_RE = re.compile(r"Heap::|Scavenge|MarkCompact|Sweeper|cppgc|MinorMS|GCTracer|Evacuat|MarkingVisitor|"
                    r"ConcurrentMarking|MarkingBarrier")
+CRYPTO_RE = re.compile(r"^_*(bn_|BN_|RSA_|rsa|EC_|ec_|ecp_|p256|fiat_|sha\d+_block|SHA\d+|EVP_|ED25519|x25519|"
+                       r"CRYPTO_|HMAC|bssl::|edwards|ecdsa|ECDSA_|mulx?4x|sqrx?8x|ge_|sc_|md_|ERR_)")
 COMPILER_RE = re.compile(r"compiler::|turboshaft|Maglev|wasm::Liftoff|WasmCompilationUnit|Compiler::|"
                          r"CompilationJob|BytecodeGenerator|Parser::|TierUp")
 
@@ -101,6 +104,8 @@ def group_of(stack: list[tuple[str, str]]) -> str:
             return GC
         if sym.startswith(("Builtins_", "Builtin:", "Stub:", "v8::", "Runtime_", "unibrow::", "icu_")):
             return V8
+        if CRYPTO_RE.match(sym) or "SubtleCrypto" in sym:
+            return CRYPTO
         if sym.startswith(("workerd::api", "workerd::jsg")) or "jsg::" in sym[:60] or "api::" in sym[:60]:
             return API
         return IO
