@@ -46,10 +46,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import psycopg  # noqa: E402
 
 import run as bench  # noqa: E402  (bench/run.py: its helpers)
-from tests.e2e.conftest import ANON_KEY, JWT_SECRET, SERVICE_KEY, SQL_FILES, complete_vars, make_token  # noqa: E402
-from tests.postgrest_standin.standin import StandIn  # noqa: E402
-from tests.support.pg import TempPostgres  # noqa: E402
-from tests.support.worker import JwksServer  # noqa: E402
+from tests.e2e.conftest import complete_vars, make_token  # noqa: E402
 
 SECONDS = bench.env_int("CPU_PROFILE_SECONDS", 8)
 WARMUP = bench.env_int("CPU_PROFILE_WARMUP", 8)
@@ -211,16 +208,7 @@ def main() -> int:
         stack.callback(shutil.rmtree, named, ignore_errors=True)
         shutil.copy2(ROOT / "build/index.js", named / "index.js")
         shutil.copy2(NAMED_WASM, named / "index_bg.wasm")
-        pg = TempPostgres()
-        stack.callback(pg.stop)
-        pg.start()
-        for f in SQL_FILES:
-            pg.run_sql_file(f)
-        standin = StandIn(pg.dsn, JWT_SECRET, anon_key=ANON_KEY, service_key=SERVICE_KEY)
-        standin.start(port=0)
-        stack.callback(standin.stop)
-        jwks = JwksServer()
-        stack.callback(jwks.stop)
+        pg, standin, jwks = bench.start_infrastructure(stack)
         ps_key = bench.powersync_key("profile-1", "RS256")
         worker_vars = complete_vars(standin.url, jwks.url, ps_key, timeout_ms=30000)
         # As bench/run.py configures the JS workers.

@@ -187,6 +187,22 @@ def powersync_key(kid: str, alg: str = "RS256") -> dict:
     return {"kid": kid, "alg": alg, "private_pem": pem, "public_jwk": public_jwk}
 
 
+def start_infrastructure(stack: contextlib.ExitStack) -> tuple[TempPostgres, StandIn, JwksServer]:
+    """A throwaway PostgreSQL with the test schema and the atomic function, the PostgREST stand-in
+    in front of it and a JWKS server, each stopped when `stack` closes."""
+    pg = TempPostgres()
+    stack.callback(pg.stop)
+    pg.start()
+    for f in SQL_FILES:
+        pg.run_sql_file(f)
+    standin = StandIn(pg.dsn, JWT_SECRET, anon_key=ANON_KEY, service_key=SERVICE_KEY)
+    standin.start(port=0)
+    stack.callback(standin.stop)
+    jwks = JwksServer()
+    stack.callback(jwks.stop)
+    return pg, standin, jwks
+
+
 def start_worker(vars: dict[str, str], main: Path, *, inspector: bool = False) -> WorkerProcess:
     """`wrangler dev` without the devtools inspector (see tests/support/wrangler_dev.mjs) unless
     `inspector`: then the plain CLI, as `make dev` runs it."""
@@ -786,16 +802,7 @@ def main() -> int:
 
         # ---------------------------------------------------------------- infrastructure
         log("starting PostgreSQL, the PostgREST stand-in and the JWKS server")
-        pg = TempPostgres()
-        stack.callback(pg.stop)
-        pg.start()
-        for f in SQL_FILES:
-            pg.run_sql_file(f)
-        standin = StandIn(pg.dsn, JWT_SECRET, anon_key=ANON_KEY, service_key=SERVICE_KEY)
-        standin.start(port=0)
-        stack.callback(standin.stop)
-        jwks = JwksServer()
-        stack.callback(jwks.stop)
+        pg, standin, jwks = start_infrastructure(stack)
         session_keys = SessionKeys()
         jwks.keys = [session_keys.jwk("ec", "ec-1")]
         ps_key = powersync_key("bench-1")

@@ -46,10 +46,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import psycopg  # noqa: E402
 
 import run as bench  # noqa: E402  (bench/run.py: its helpers)
-from tests.e2e.conftest import ANON_KEY, JWT_SECRET, SERVICE_KEY, SQL_FILES, complete_vars, make_token  # noqa: E402
-from tests.postgrest_standin.standin import StandIn  # noqa: E402
-from tests.support.pg import TempPostgres  # noqa: E402
-from tests.support.worker import JwksServer  # noqa: E402
+from tests.e2e.conftest import ANON_KEY, complete_vars, make_token  # noqa: E402
 
 ROUNDS = bench.env_int("PROFILE_ROUNDS", 2)
 SECONDS = bench.env_int("PROFILE_SECONDS", 3)
@@ -67,16 +64,7 @@ def main() -> int:
             for f in ("index.js", "index_bg.wasm"):
                 shutil.copy2(ROOT / path / f, snap / f)
             builds[name] = snap
-        pg = TempPostgres()
-        stack.callback(pg.stop)
-        pg.start()
-        for f in SQL_FILES:
-            pg.run_sql_file(f)
-        standin = StandIn(pg.dsn, JWT_SECRET, anon_key=ANON_KEY, service_key=SERVICE_KEY)
-        standin.start(port=0)
-        stack.callback(standin.stop)
-        jwks = JwksServer()
-        stack.callback(jwks.stop)
+        pg, standin, jwks = bench.start_infrastructure(stack)
         ps_key = bench.powersync_key("profile-1", "EdDSA")
         base_vars = complete_vars(standin.url, jwks.url, ps_key, timeout_ms=30000)
         sub = str(uuid.uuid4())
