@@ -43,8 +43,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-import psycopg  # noqa: E402
-
 import run as bench  # noqa: E402  (bench/run.py: its helpers)
 from tests.e2e.conftest import complete_vars, make_token  # noqa: E402
 
@@ -218,10 +216,7 @@ def main() -> int:
                    "POWERSYNC_KEY_ID": ps_key["kid"]}
         sub = str(uuid.uuid4())
         token = make_token(sub, iss=f"{standin.url}/auth/v1", expires_in=4 * 3600)
-        list_id = str(uuid.uuid4())
-        with psycopg.connect(pg.dsn, autocommit=True) as db:
-            db.execute("insert into public.lists (id, name, owner_id) values (%s, %s, %s)", (list_id, "p", sub))
-        batches = bench.build_batches(sub, list_id)
+        batches = bench.seeded_batches(pg.dsn, sub)
         work = Path(tempfile.mkdtemp(prefix="cpu-profile-bodies-"))
         stack.callback(shutil.rmtree, work, ignore_errors=True)
         for k in ("put1", "put1000"):
@@ -231,6 +226,7 @@ def main() -> int:
         atomic_vars = {**worker_vars, "UPLOAD_ATOMIC": "true"}
         scenarios = {  # key: (label, main, vars, method, path, token, body)
             "js_noop": ("JS no-op", bench.SIGN_ONLY, js_vars, "GET", "/noop", None, None),
+            "rust_floor": ("the smallest workers-rs worker", bench.RUST_FLOOR, {}, "GET", "/", None, None),
             "health": ("`/health`", worker, worker_vars, "GET", "/health", None, None),
             "js_token": ("JS jose token (RSA)", bench.JS_TOKEN, js_vars, "GET", "/powersync-token", token, None),
             "token": ("token (RSA)", worker, worker_vars, "GET", "/powersync-token", token, None),

@@ -433,6 +433,14 @@ def put_todo(id_: str, list_id: str, sub: str, i: int) -> dict:
                         "priority": i % 6}}
 
 
+def seeded_batches(dsn: str, sub: str) -> dict[str, dict]:
+    """The upload batches (build_batches) of `sub`, with the list their todos belong to inserted."""
+    list_id = str(uuid.uuid4())
+    with psycopg.connect(dsn, autocommit=True) as db:
+        db.execute("insert into public.lists (id, name, owner_id) values (%s, %s, %s)", (list_id, "bench", sub))
+    return build_batches(sub, list_id)
+
+
 def build_batches(sub: str, list_id: str) -> dict[str, dict]:
     """The upload batches. Each is one transaction in the reference write API's shape
     ({"transactions":[{"transaction_id","crud":[…]}]}), owned by `sub` (RLS)."""
@@ -922,11 +930,7 @@ def main() -> int:
 
         # ---------------------------------------------------------------- uploads
         log("upload: preparing batches")
-        list_id = str(uuid.uuid4())
-        with psycopg.connect(pg.dsn, autocommit=True) as db:
-            db.execute("insert into public.lists (id, name, owner_id) values (%s, %s, %s)",
-                       (list_id, "bench", sub))
-        batches = build_batches(sub, list_id)
+        batches = seeded_batches(pg.dsn, sub)
         work = Path(tempfile.mkdtemp(prefix="bench-upload-"))
         stack.callback(shutil.rmtree, work, ignore_errors=True)
         for key, b in batches.items():

@@ -30,10 +30,8 @@ if ! wait "$venv_pid"; then
 fi
 rm -f "$venv_log"
 
-# The smallest workers-rs worker (bench/rust-floor: the floor of a Rust request), with the
-# worker's toolchain; worker-build rebuilds only what changed (seconds once built).
-(eval "$(scripts/toolchain.sh)" && cd bench/rust-floor \
-   && CARGO_TARGET_DIR="$PWD/../../target/rust-floor" worker-build --release >/dev/null)
+# The smallest workers-rs worker (bench/rust-floor: the floor of a Rust request).
+bench/rust-floor/build.sh
 
 # The JavaScript comparison workers' one dependency (jose, pinned in bench/js/package-lock.json),
 # installed again only when the lock file changed; wrangler bundles it (esbuild) when it starts them.

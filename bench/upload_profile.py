@@ -43,8 +43,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-import psycopg  # noqa: E402
-
 import run as bench  # noqa: E402  (bench/run.py: its helpers)
 from tests.e2e.conftest import ANON_KEY, complete_vars, make_token  # noqa: E402
 
@@ -80,10 +78,7 @@ def main() -> int:
         w_js = bench.start_worker({"SUPABASE_URL": standin.url, "SUPABASE_ANON_KEY": ANON_KEY}, FLOOR)
         stack.callback(w_js.stop)
 
-        list_id = str(uuid.uuid4())
-        with psycopg.connect(pg.dsn, autocommit=True) as db:
-            db.execute("insert into public.lists (id, name, owner_id) values (%s, %s, %s)", (list_id, "p", sub))
-        batches = bench.build_batches(sub, list_id)
+        batches = bench.seeded_batches(pg.dsn, sub)
         work = Path(tempfile.mkdtemp(prefix="upload-profile-"))
         stack.callback(shutil.rmtree, work, ignore_errors=True)
         bodies = {k: b["body"] for k, b in batches.items() if k != "mixed"}
