@@ -25,8 +25,8 @@ Every step has a time limit and the whole run a watchdog (BENCH_TIME_LIMIT secon
 everything started is stopped on exit, on an error and on Ctrl-C / SIGTERM.
 
 Knobs (environment): BENCH_ROUNDS (3), BENCH_TOKEN_SECONDS (3), BENCH_TOKEN_CONNECTIONS (8),
-BENCH_UPLOAD_SECONDS (3), BENCH_UPLOAD_WARMUP_SECONDS (4), BENCH_COLD_RUNS (10), BENCH_TIME_LIMIT (840), BENCH_SKIP_BUNDLE (unset),
-BENCH_SKIP_MEMORY (unset).
+BENCH_UPLOAD_SECONDS (3), BENCH_UPLOAD_WARMUP_SECONDS (4), BENCH_COLD_RUNS (10),
+BENCH_TIME_LIMIT (840), BENCH_SKIP_BUNDLE (unset), BENCH_SKIP_MEMORY (unset).
 """
 
 from __future__ import annotations

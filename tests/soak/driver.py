@@ -768,7 +768,9 @@ def verify(report: SoakReport, clients: list[Client], anchors: State, db: dict, 
             for e in tx.entries:
                 touched[(e.table, e.id)].append({"client": c.index, "tid": tx.tid, "status": result["status"],
                                                   "index": failure.get("index"), "code": failure.get("code"),
-                                                  "attempts": c.attempts.get(tx.tid), "crud": wire})
+                                                  "unchanged": result.get("unchanged"),
+                                                  "attempts": c.attempts.get(tx.tid),
+                                                  "crud": tx.wire(schema)["crud"]})
             letter = None
             if result["status"] in ("fatal_error", "conflict"):
                 fatal_tids.add(tid)
@@ -836,6 +838,15 @@ def verify(report: SoakReport, clients: list[Client], anchors: State, db: dict, 
                                                      "table": table, "id": id_})
                     continue
                 final.tables[table][id_] = row
+
+    # The history of the row each disagreement is about (a diverging row that a later entry
+    # deletes shows up here, not among the differences).
+    for d in report.disagreements:
+        tx = next((t for c in clients if c.index == d.get("client") for t, _ in c.completed if t.tid == d.get("tid")),
+                  None)
+        entry = tx.entries[d["entry"]] if tx is not None and isinstance(d.get("entry"), int) else None
+        if entry is not None and len(report.histories) < 5:
+            report.histories[f"{schema.table(entry.table)}/{entry.id}"] = touched.get((entry.table, entry.id), [])
 
     for tid, rows in letters.items():
         if tid not in fatal_tids:
