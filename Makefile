@@ -157,7 +157,8 @@ bench-atomic: postgres venv
 
 ## Soak --------------------------------------------------------------------------------------
 
-# SOAK_OPERATIONS (default 20000 per mode), SOAK_SEED, SOAK_MODES=rls,service,atomic, SOAK_CLIENTS.
+# SOAK_OPERATIONS (default 20000 per mode), SOAK_SEED, SOAK_MODES=rls,service,atomic, SOAK_CLIENTS,
+# SOAK_RATES (proxy fault rates, e.g. late=0.02,hang=0.01).
 soak: tools postgres venv build
 	$(WITH_NODE) $(PY) -m tests.soak
 

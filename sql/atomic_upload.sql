@@ -74,7 +74,11 @@
 -- public.powersync_upload_ledger, in the same database transaction as the
 -- writes. A later call with the same three and the same ops (the client
 -- re-sending a transaction whose answer was lost) applies nothing and returns
--- {"applied": 0, "already_applied": true}. Without the two (either null) it
+-- {"applied": 0, "already_applied": true}. A transaction the bridge reported
+-- rejected and dead-lettered (powersync_upload_ledger_refuse) is never applied
+-- by a later call either (one the bridge gave up on that arrives late, or a
+-- re-send): it returns {"applied": 0, "dead_letter": {"id", "index", "code",
+-- "message", "details"}}, as recorded. Without the two (either null) it
 -- applies the ops as before and records nothing. The same ids with
 -- DIFFERENT ops (a client whose local database was reset and reuses its ids)
 -- are applied, and the record replaced. The user is the caller's JWT `sub`
@@ -133,10 +137,13 @@ create table if not exists public.powersync_upload_ledger (
   applied_at     timestamptz not null default now(),
   primary key (user_id, client_id, transaction_id)
 );
+-- added after the first release: the dead letter of a transaction the bridge reported rejected
+-- (null: applied); see powersync_upload_ledger_refuse
+alter table public.powersync_upload_ledger add column if not exists dead_letter_id bigint;
 create index if not exists powersync_upload_ledger_applied_at
   on public.powersync_upload_ledger (applied_at);
 comment on table public.powersync_upload_ledger is
-  'PowerSync upload bridge: transactions applied by powersync_apply_transaction, so a re-send applies nothing.';
+  'PowerSync upload bridge: transactions applied by powersync_apply_transaction, or rejected and dead-lettered, so a re-send applies nothing.';
 alter table public.powersync_upload_ledger enable row level security;
 revoke all on table public.powersync_upload_ledger from public;
 
@@ -191,6 +198,36 @@ begin
 end
 $$;
 
+-- The user whose ledger records a call touches: the caller's JWT `sub`; without
+-- one, p_owner_id if the calling role bypasses row-level security (service
+-- mode, operators), else 42501. Called by the SECURITY DEFINER functions below
+-- (SECURITY DEFINER changes current_user, not the `role` setting, which names
+-- the calling role); no API role may call it.
+create or replace function public.powersync_upload_ledger_user(p_owner_id text) returns text
+language plpgsql
+security invoker
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v_claims  text := nullif(current_setting('request.jwt.claims', true), '');
+  v_caller  text := coalesce(nullif(nullif(current_setting('role', true), 'none'), ''), session_user);
+  v_trusted boolean;
+  v_user    text;
+begin
+  v_user := nullif(case when v_claims is not null then v_claims::jsonb ->> 'sub' end, '');
+  if v_user is null then
+    select r.rolsuper or r.rolbypassrls into v_trusted
+      from pg_catalog.pg_roles r where r.rolname = v_caller;
+    if not coalesce(v_trusted, false) then
+      raise exception using errcode = '42501',
+        message = 'powersync_upload_ledger_claim: the session has no sub';
+    end if;
+    v_user := coalesce(p_owner_id, '');
+  end if;
+  return v_user;
+end
+$$;
+
 -- Records (user, client, transaction) unless already recorded with the same
 -- digest; true = already applied (apply nothing). Called by
 -- powersync_apply_transaction inside its transaction: if the writes fail,
@@ -212,7 +249,10 @@ $$;
 --     user's oldest (which only weakens that user's own exactly-once: a
 --     re-send of a transaction that old is applied again);
 --   * p_not_before (the dead-letter replay): a record of this (user, client,
---     transaction) made at or after it counts as applied, whatever its ops.
+--     transaction) made at or after it counts as applied, whatever its ops;
+--   * a dead-lettered record (powersync_upload_ledger_refuse) with the same
+--     digest counts as applied (true: apply nothing) for every call but the
+--     replay (p_not_before given), which turns it into an applied record.
 -- Errors: 22023 for bad input, 42501 for a caller without a user.
 create or replace function public.powersync_upload_ledger_claim(
   p_client_id text,
@@ -226,12 +266,9 @@ security definer
 set search_path = pg_catalog, pg_temp
 as $$
 declare
-  v_claims  text := nullif(current_setting('request.jwt.claims', true), '');
-  -- the calling role: SECURITY DEFINER changes current_user, not the `role` setting
-  v_caller  text := coalesce(nullif(nullif(current_setting('role', true), 'none'), ''), session_user);
-  v_trusted boolean;
   v_user    text;
   v_digest  text;
+  v_dead    bigint;
   v_at      timestamptz;
   v_keep    interval;
   v_cap     integer;
@@ -246,16 +283,7 @@ begin
     raise exception using errcode = '22023',
       message = 'powersync_upload_ledger_claim: p_client_id and p_transaction_id must be 1 to 256 bytes';
   end if;
-  v_user := nullif(case when v_claims is not null then v_claims::jsonb ->> 'sub' end, '');
-  if v_user is null then
-    select r.rolsuper or r.rolbypassrls into v_trusted
-      from pg_catalog.pg_roles r where r.rolname = v_caller;
-    if not coalesce(v_trusted, false) then
-      raise exception using errcode = '42501',
-        message = 'powersync_upload_ledger_claim: the session has no sub';
-    end if;
-    v_user := coalesce(p_owner_id, '');
-  end if;
+  v_user := public.powersync_upload_ledger_user(p_owner_id);
 
   select least(greatest(s.retention, interval '1 day'), interval '365 days'),
          least(greatest(s.max_records_per_user, 1000), 1000000)
@@ -289,14 +317,17 @@ begin
     end if;
     return false;
   end if;
-  select l.digest, l.applied_at into v_digest, v_at from public.powersync_upload_ledger as l
+  select l.digest, l.applied_at, l.dead_letter_id into v_digest, v_at, v_dead
+    from public.powersync_upload_ledger as l
    where l.user_id = v_user and l.client_id = p_client_id and l.transaction_id = p_transaction_id
    for update;
-  if v_digest = p_digest or v_at >= p_not_before then
+  -- a dead-lettered transaction: its replay applies it (from now on it counts as applied);
+  -- anything else, a late or re-sent call, applies nothing
+  if (v_digest = p_digest or v_at >= p_not_before) and not (v_dead is not null and p_not_before is not null) then
     return true;
   end if;
-  -- the same ids for other ops: a new transaction (the client reused its ids)
-  update public.powersync_upload_ledger as l set digest = p_digest, applied_at = now()
+  -- the replay, or the same ids for other ops: a new transaction (the client reused its ids)
+  update public.powersync_upload_ledger as l set digest = p_digest, applied_at = now(), dead_letter_id = null
    where l.user_id = v_user and l.client_id = p_client_id and l.transaction_id = p_transaction_id;
   return false;
 end
@@ -320,6 +351,114 @@ begin
 end
 $$;
 grant execute on function public.powersync_upload_ledger_claim(text, text, text, text, timestamptz)
+  to authenticated, service_role;
+
+-- A transaction the bridge reported rejected (fatal_error or conflict) and
+-- dead-lettered must never be applied afterwards by a call the bridge gave up
+-- on (a timeout) that reaches the database late: the client has discarded it
+-- and may have written the same rows since. powersync_record_dead_letter
+-- (sql/dead_letter.sql) calls this in the transaction that inserts the dead
+-- letter: the ledger then holds (user, client, transaction, digest) with the
+-- dead letter's id, and a later call of the same transaction applies nothing
+-- and answers that dead letter (powersync_upload_ledger_dead_letter). If the
+-- ledger shows the same transaction applied (the late call came first), it
+-- raises 55000: no dead letter is recorded, the bridge keeps the transaction
+-- (dead_letter_failed) and its re-send is answered already applied. Other ops
+-- under the same ids (a reused id) replace the record. Only the owner runs it
+-- (through powersync_record_dead_letter): no API role may call it.
+create or replace function public.powersync_upload_ledger_refuse(
+  p_user_id text,
+  p_client_id text,
+  p_transaction_id text,
+  p_digest text,
+  p_dead_letter_id bigint
+) returns void
+language plpgsql
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v_digest text;
+  v_dead   bigint;
+begin
+  if coalesce(octet_length(p_client_id), 0) not between 1 and 256
+     or coalesce(octet_length(p_transaction_id), 0) not between 1 and 256 then
+    return;  -- the bridge sends no such transaction to the ledger either
+  end if;
+  insert into public.powersync_upload_ledger as l (user_id, client_id, transaction_id, digest, dead_letter_id)
+  values (p_user_id, p_client_id, p_transaction_id, p_digest, p_dead_letter_id)
+  on conflict (user_id, client_id, transaction_id) do nothing;
+  if found then
+    return;
+  end if;
+  select l.digest, l.dead_letter_id into v_digest, v_dead from public.powersync_upload_ledger as l
+   where l.user_id = p_user_id and l.client_id = p_client_id and l.transaction_id = p_transaction_id
+   for update;
+  if v_digest = p_digest and v_dead is null then
+    raise exception using errcode = '55000',
+      message = pg_catalog.format('transaction %s of client %s was applied: it is not recorded as a dead letter',
+                                  p_transaction_id, p_client_id);
+  end if;
+  update public.powersync_upload_ledger as l
+     set digest = p_digest, dead_letter_id = p_dead_letter_id, applied_at = now()
+   where l.user_id = p_user_id and l.client_id = p_client_id and l.transaction_id = p_transaction_id;
+end
+$$;
+comment on function public.powersync_upload_ledger_refuse(text, text, text, text, bigint) is
+  'PowerSync upload bridge: record a dead-lettered transaction in the ledger, so no later call applies it.';
+
+-- The dead letter the ledger holds for the caller's (client, transaction), as
+-- {"id", "index", "code", "message", "details"} (index, code, message and
+-- details as recorded; the id alone if the row is gone), or null: what
+-- powersync_apply_transaction answers for a dead-lettered transaction.
+create or replace function public.powersync_upload_ledger_dead_letter(
+  p_client_id text,
+  p_transaction_id text,
+  p_owner_id text default null
+) returns jsonb
+language plpgsql
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v_id  bigint;
+  v_row jsonb;
+begin
+  select l.dead_letter_id into v_id from public.powersync_upload_ledger as l
+   where l.user_id = public.powersync_upload_ledger_user(p_owner_id)
+     and l.client_id = p_client_id and l.transaction_id = p_transaction_id;
+  if v_id is null then
+    return null;
+  end if;
+  if pg_catalog.to_regclass('public.powersync_dead_letters') is not null then
+    execute 'select pg_catalog.jsonb_build_object(''id'', d.id, ''index'', d.op_index, ''code'', d.code,'
+            ' ''message'', d.message, ''details'', d.details) from public.powersync_dead_letters as d where d.id = $1'
+      into v_row using v_id;
+  end if;
+  return coalesce(v_row, pg_catalog.jsonb_build_object('id', v_id));
+end
+$$;
+comment on function public.powersync_upload_ledger_dead_letter(text, text, text) is
+  'PowerSync upload bridge: the dead letter the ledger holds for a transaction, or null.';
+
+do $$
+declare
+  r text;
+  f text;
+begin
+  foreach f in array array['public.powersync_upload_ledger_user(text)',
+                           'public.powersync_upload_ledger_refuse(text, text, text, text, bigint)',
+                           'public.powersync_upload_ledger_dead_letter(text, text, text)'] loop
+    execute pg_catalog.format('revoke all on function %s from public', f);
+    foreach r in array array['anon', 'authenticated', 'service_role'] loop
+      if exists (select 1 from pg_catalog.pg_roles where rolname = r) then
+        execute pg_catalog.format('revoke all on function %s from %I', f, r);
+      end if;
+    end loop;
+  end loop;
+end
+$$;
+grant execute on function public.powersync_upload_ledger_dead_letter(text, text, text)
   to authenticated, service_role;
 
 -- the copies installed before exactly-once (three arguments) and before conflict detection
@@ -406,6 +545,11 @@ begin
              else ops end::text, 'UTF8')), 'hex'),
            owner_id)
   then
+    -- recorded: applied already, or rejected and dead-lettered (powersync_upload_ledger_refuse)
+    v_row := public.powersync_upload_ledger_dead_letter(client_id, transaction_id, owner_id);
+    if v_row is not null then
+      return jsonb_build_object('applied', 0, 'dead_letter', v_row);
+    end if;
     return jsonb_build_object('applied', 0, 'already_applied', true);
   end if;
 

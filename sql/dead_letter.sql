@@ -52,6 +52,12 @@
 -- transaction_id and ops (sha256 of `entries` without their state, which is
 -- what the atomic function's ledger computes for the transaction) return the
 -- first row's id and add nothing (a re-send after the bridge lost the answer).
+-- With sql/atomic_upload.sql installed, a new dead letter with a client_id and
+-- a transaction_id is also recorded in its ledger (powersync_upload_ledger_refuse):
+-- a later call of the same transaction (one the bridge gave up on that reaches
+-- the database late, or a re-send) applies nothing and answers this dead letter;
+-- if the ledger shows the transaction applied already, recording fails (55000)
+-- and the bridge keeps the transaction queued.
 --
 -- Operators list, show, replay and discard dead letters with `devtool dead-letters`
 -- (docs/operations-tool.md), or call the functions below.
@@ -319,6 +325,14 @@ begin
      v_digest, v_key)
   on conflict (dedup_key) do nothing
   returning d.id into v_id;
+  -- a new dead letter: with sql/atomic_upload.sql's ledger, no later (late or re-sent) call of
+  -- this transaction may apply it, and one that applied it already makes this call fail (55000)
+  if v_id is not null and client_id is not null and transaction_id is not null
+     and pg_catalog.to_regprocedure('public.powersync_upload_ledger_refuse(text, text, text, text, bigint)') is not null
+  then
+    execute 'select public.powersync_upload_ledger_refuse($1, $2, $3, $4, $5)'
+      using v_owner, client_id, transaction_id, v_digest, v_id;
+  end if;
   if v_id is null then
     -- this transaction has its dead letter already
     select d.id into v_id from public.powersync_dead_letters as d where d.dedup_key = v_key;

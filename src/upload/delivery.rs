@@ -68,7 +68,12 @@
 //!   with 21000 (below), while the budget allows.
 //! - An atomic call answering `{"already_applied": true}` (its ledger holds this client id and
 //!   transaction id: a re-send after a lost answer) is a success that applied nothing now,
-//!   reported with `already_applied`.
+//!   reported with `already_applied`. One answering `{"dead_letter": {…}}` (the ledger holds
+//!   the transaction as rejected: it was dead-lettered, and this is a re-send after a lost
+//!   answer) applied nothing either, and is reported as it was then: `conflict` or
+//!   `fatal_error` with the recorded index, code and message; recording the dead letter again
+//!   returns the first one. The same answer to a call that reached the database after the bridge
+//!   gave up on it is what keeps a transaction reported rejected from being applied later.
 
 use super::atomic_function::Route;
 use super::crud::Transaction;
@@ -461,6 +466,19 @@ async fn send<T: Transport>(
                              sent for the columns this entry changes; nothing of this transaction was applied",
                         );
                         return Ending::Conflict(failure, vec![EntryState::Failed; entry_count], row);
+                    }
+                    Some(AtomicAnswer { dead_letter: Some(failure), .. }) => {
+                        // Rejected and dead-lettered before (this call arrived late, or the client
+                        // re-sent it): nothing applied now; answered as it was then.
+                        let states = vec![EntryState::Failed; entry_count];
+                        return match failure.index {
+                            Some(_) if failure.code == CONFLICT => {
+                                let row = failure.details.as_deref().and_then(|d| serde_json::from_str(d).ok());
+                                let failure = FailedOperation { details: None, ..failure };
+                                Ending::Conflict(failure, states, row.unwrap_or(Value::Null))
+                            }
+                            _ => Ending::Fatal(failure, states),
+                        };
                     }
                     Some(result) => {
                         already_applied = result.already_applied;

@@ -928,6 +928,42 @@ mod tests {
     }
 
     #[test]
+    fn transaction_the_ledger_holds_as_dead_lettered_is_answered_as_recorded_and_applies_nothing() {
+        let mut s = settings();
+        s.atomic = AtomicMode::Always;
+        s.dead_letter_table = Some("dead".to_string());
+        let caller = Caller { client_id: Some("client-1".to_string()), ..caller() };
+        let fatal = r#"{"applied": 0, "dead_letter": {"id": 4, "index": 0, "code": "23514", "message": "check", "details": null}}"#;
+        let conflict = json!({"applied": 0, "dead_letter": {"id": 5, "index": 0, "code": "conflict",
+                              "message": "the row changed", "details": "{\"id\": \"a\", \"n\": 2}"}});
+        let transport = FakeTransport::scripted(vec![
+            ok_body(fatal),
+            recorded(),
+            ok_body(&conflict.to_string()),
+            recorded(),
+            ok_body(r#"{"applied": 1}"#),
+        ]);
+        let report = block_on(apply_with(&[tx(1), tx(2), tx(3)], &s, &caller, &transport, Route::Atomic));
+        assert_eq!(statuses(&report), vec![Status::FatalError, Status::Conflict, Status::Success]);
+        let body = report.body();
+        assert_eq!(body["applied"], json!(1), "nothing of the dead-lettered transactions applied");
+        let failure = |i: usize| report.results[i].failed_operation.clone().expect("failure");
+        assert_eq!(
+            (failure(0).index, failure(0).code.as_str(), failure(0).message.as_str()),
+            (Some(0), "23514", "check")
+        );
+        assert_eq!((failure(1).index, failure(1).code.as_str(), failure(1).details), (Some(0), "conflict", None));
+        // the dead letter is recorded again (the database returns the first one's id), the
+        // conflict's with the row as recorded
+        let sent = transport.sent();
+        let letter =
+            |i: usize| -> Value { serde_json::from_str(sent[i].body.as_deref().unwrap_or("")).unwrap_or(Value::Null) };
+        assert!(sent[1].url.ends_with(RECORD_PATH) && sent[3].url.ends_with(RECORD_PATH));
+        assert_eq!((letter(1)["code"].as_str(), letter(1)["op_index"].as_u64()), (Some("23514"), Some(0)));
+        assert_eq!(letter(3)["details"], json!(r#"{"id":"a","n":2}"#));
+    }
+
+    #[test]
     fn probe_uses_the_atomic_function_when_it_answers() {
         let transport = FakeTransport::scripted(vec![ok_body(r#"{"applied": 1}"#), ok_body(r#"{"applied": 1}"#)]);
         let report = run_on(Route::Probe, &[tx(1), tx(2)], &transport);

@@ -577,7 +577,8 @@ pub fn affected_rows(response: &HttpResponse) -> Option<u64> {
 }
 
 /// What the atomic function answered: `{"applied": n, "unchanged": [op indexes]?,
-/// "already_applied": true?}`, or `{"applied": 0, "conflict": {"index": i, "row": {…}}}`.
+/// "already_applied": true?}`, `{"applied": 0, "conflict": {"index": i, "row": {…}}}`, or
+/// `{"applied": 0, "dead_letter": {"id": n, "index": i?, "code": c?, "message": m?, "details": d?}}`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AtomicAnswer {
     /// The ledger knew the transaction: nothing was applied now.
@@ -587,7 +588,15 @@ pub struct AtomicAnswer {
     /// A compared op found its row changed (`detect_conflicts`): nothing was applied. The op's
     /// index and the row as the function read it (for the dead letter only).
     pub conflict: Option<(usize, Value)>,
+    /// The ledger holds the transaction as rejected and dead-lettered (this call reached the
+    /// database after the bridge had given up on it, or the client re-sent the transaction
+    /// after losing the answer): nothing was applied. The failure as the dead letter recorded
+    /// it (`details` of a conflict: the row as read then).
+    pub dead_letter: Option<FailedOperation>,
 }
+
+/// Code of a re-sent transaction's failure when its dead letter's row is gone.
+pub const DEAD_LETTERED: &str = "dead_lettered";
 
 /// The atomic function's result in a 2xx body, or `None` when the body is not one (not a JSON
 /// object with a numeric `applied`, an `unchanged` that is not an array of op indexes, or a
@@ -620,10 +629,29 @@ pub fn atomic_answer(body: &str, entries: usize) -> Option<AtomicAnswer> {
     };
     unchanged.sort_unstable();
     unchanged.dedup();
+    let dead_letter = match fields.get("dead_letter") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(letter)) => {
+            let id = letter.get("id").and_then(Value::as_i64)?;
+            let text = |key: &str| letter.get(key).and_then(Value::as_str).map(str::to_string);
+            let index = letter.get("index").and_then(Value::as_u64).and_then(|i| usize::try_from(i).ok());
+            let message = text("message")
+                .unwrap_or_else(|| format!("this transaction was rejected before (dead letter {id}); nothing applied"));
+            let mut failure = FailedOperation::new(
+                index.filter(|i| *i < entries),
+                text("code").as_deref().unwrap_or(DEAD_LETTERED),
+                message,
+            );
+            failure.details = text("details");
+            Some(failure)
+        }
+        Some(_) => return None,
+    };
     Some(AtomicAnswer {
         already_applied: fields.get("already_applied") == Some(&Value::Bool(true)),
         unchanged,
         conflict,
+        dead_letter,
     })
 }
 
@@ -1056,15 +1084,35 @@ mod tests {
         assert_eq!(atomic_answer(r#"{"applied": 3}"#, 3), Some(AtomicAnswer::default()));
         assert_eq!(
             atomic_answer(r#"{"applied": 3, "unchanged": [2, 0, 2, 7]}"#, 3),
-            Some(AtomicAnswer { already_applied: false, unchanged: vec![0, 2], conflict: None })
+            Some(AtomicAnswer { unchanged: vec![0, 2], ..AtomicAnswer::default() })
         );
         assert_eq!(
             atomic_answer(r#"{"applied": 0, "already_applied": true}"#, 3),
-            Some(AtomicAnswer { already_applied: true, unchanged: vec![], conflict: None })
+            Some(AtomicAnswer { already_applied: true, ..AtomicAnswer::default() })
         );
         assert_eq!(
             atomic_answer(r#"{"applied": 0, "conflict": {"index": 2, "row": {"id": "a", "n": 1}}}"#, 3),
             Some(AtomicAnswer { conflict: Some((2, json!({"id": "a", "n": 1}))), ..AtomicAnswer::default() })
+        );
+        let recorded = r#"{"applied": 0, "dead_letter": {"id": 7, "index": 1, "code": "23514", "message": "check", "details": "d"}}"#;
+        let mut failure = FailedOperation::new(Some(1), "23514", "check");
+        failure.details = Some("d".to_string());
+        assert_eq!(
+            atomic_answer(recorded, 3),
+            Some(AtomicAnswer { dead_letter: Some(failure), ..AtomicAnswer::default() })
+        );
+        // a dead letter without an op index (or one past the transaction), or whose row is gone
+        let whole =
+            atomic_answer(r#"{"applied": 0, "dead_letter": {"id": 7, "index": 5, "code": "x", "message": "m"}}"#, 3);
+        assert_eq!(whole.and_then(|a| a.dead_letter), Some(FailedOperation::new(None, "x", "m")));
+        let gone = atomic_answer(r#"{"applied": 0, "dead_letter": {"id": 7}}"#, 3).and_then(|a| a.dead_letter);
+        assert_eq!(
+            gone,
+            Some(FailedOperation::new(
+                None,
+                DEAD_LETTERED,
+                "this transaction was rejected before (dead letter 7); nothing applied"
+            ))
         );
         for body in [
             "",
@@ -1072,6 +1120,8 @@ mod tests {
             "[]",
             "{}",
             r#"{"applied": "3"}"#,
+            r#"{"applied": 0, "dead_letter": {"index": 1}}"#,
+            r#"{"applied": 0, "dead_letter": true}"#,
             "<html>ok</html>",
             r#"{"applied": 1, "unchanged": "0"}"#,
             r#"{"applied": 1, "unchanged": [-1]}"#,

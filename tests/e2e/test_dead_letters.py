@@ -272,6 +272,62 @@ def test_transaction_applied_since_its_dead_letter_is_not_replayed(workers, db, 
     assert count(db, "todos") == 0
 
 
+def test_dead_lettered_transaction_is_never_applied_later_and_its_resend_is_answered_as_recorded(workers, db, user):
+    """The client discarded a transaction reported fatal: a call of it that reaches the database
+    after the bridge gave up on it, or its re-send after a lost answer, must not apply it once
+    its cause is gone (it could undo what the client wrote since). Its replay still can."""
+    sub, token = user
+    missing, todo = new_id(), new_id()
+    payload = with_client(body(tx(put("todos", todo, description="d", list_id=missing, created_by=sub), tid=31)),
+                          "client-late")
+    first = upload(workers["atomic"], token, payload)
+    assert statuses(first) == ["fatal_error"] and failure(first, 0)["code"] == "23503", first.text
+    insert_list(db, sub, list_id=missing)  # the cause is gone: the same call would now apply
+    again = upload(workers["atomic"], token, payload)
+    assert statuses(again) == ["fatal_error"], again.text
+    assert {k: failure(again, 0)[k] for k in ("index", "code", "message")} == \
+        {k: failure(first, 0)[k] for k in ("index", "code", "message")}
+    assert count(db, "todos") == 0
+    (letter,) = letters(db)
+    result = db.execute(f"select public.{REPLAY}(%s)", (letter["id"],)).fetchone()[0]
+    assert result["replayed"] is True, result
+    assert row(db, "todos", todo)["description"] == "d"
+    resent = upload(workers["atomic"], token, payload)
+    assert statuses(resent) == ["success"] and resent.json()["results"][0].get("already_applied") is True, resent.text
+
+
+def test_dead_letter_of_a_transaction_the_ledger_holds_applied_is_refused_so_the_client_keeps_it(
+        as_user, db, user):
+    """A late call applied the transaction before the bridge recorded it as rejected: the record
+    fails (the bridge then keeps the transaction queued, and its re-send is already applied)."""
+    sub, _ = user
+    api = as_user(sub)
+    list_id = insert_list(db, sub)
+    ops = [{"op": "PATCH", "table": "lists", "id": list_id, "data": {"name": "late"}}]
+    applied = api.rpc("powersync_apply_transaction", {"ops": ops, "client_id": "client-r", "transaction_id": "9"})
+    assert applied.status_code == 200 and applied.json()["applied"] == 1, applied.text
+    refused = api.rpc(RECORD, {"entries": [{**ops[0], "state": "failed"}], "code": "23514", "message": "m",
+                               "transaction_id": "9", "client_id": "client-r", "op_index": 0})
+    assert refused.json()["code"] == "55000", refused.text
+    assert letters(db) == []
+    # other ops under the same ids (a reused id) are a new transaction: recorded
+    other = [{**ops[0], "data": {"name": "other"}, "state": "failed"}]
+    recorded = api.rpc(RECORD, {"entries": other, "code": "23514", "message": "m", "transaction_id": "9",
+                                "client_id": "client-r", "op_index": 0})
+    assert recorded.status_code == 200 and len(letters(db)) == 1, recorded.text
+
+
+def test_ledger_helpers_behind_the_dead_letter_are_not_callable_by_users(as_user, db, user, other_user):
+    a, _ = user
+    b, _ = other_user
+    api = as_user(a)
+    refuse = api.rpc("powersync_upload_ledger_refuse", {"p_user_id": b, "p_client_id": "c", "p_transaction_id": "t",
+                                                        "p_digest": "0" * 64, "p_dead_letter_id": 1})
+    assert refuse.status_code in (401, 403, 404), refuse.text
+    assert api.rpc("powersync_upload_ledger_user", {"p_owner_id": b}).status_code in (401, 403, 404)
+    assert count(db, "powersync_upload_ledger") == 0
+
+
 # =========================================================================== the ledger
 def test_ledger_claim_refuses_bad_inputs_from_a_user(as_user, db, user, other_user):
     a, _ = user
@@ -411,6 +467,9 @@ EXPECTED = {
     ("powersync_apply_transaction(jsonb,text,text,text,text,boolean)", "EXECUTE"): {"authenticated", "service_role"},
     ("powersync_upload_ledger_claim(text,text,text,text,timestamp with time zone)", "EXECUTE"):
         {"authenticated", "service_role"},
+    ("powersync_upload_ledger_dead_letter(text,text,text)", "EXECUTE"): {"authenticated", "service_role"},
+    ("powersync_upload_ledger_refuse(text,text,text,text,bigint)", "EXECUTE"): set(),
+    ("powersync_upload_ledger_user(text)", "EXECUTE"): set(),
     ("powersync_record_dead_letter(jsonb,text,text,text,text,text,integer,jsonb,text,text,text[])", "EXECUTE"):
         {"authenticated", "service_role"},
     ("powersync_replay_dead_letter(bigint)", "EXECUTE"): {"service_role"},

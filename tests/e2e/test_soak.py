@@ -2,8 +2,9 @@
 upload random transactions through the worker while a proxy injects faults between the worker
 and PostgREST (errors, hangs past the timeout, resets, answers lost after the write); at the
 end PostgreSQL must equal the model of what the worker reported (nothing lost, nothing applied
-twice), and every fatal transaction must have exactly one dead letter and no other dead letter
-exist. Some transactions carry an always-refused entry at a random position, and one table has no
+twice; in atomic mode also with writes landing after the worker gave up on them), and every
+fatal transaction must have exactly one dead letter and no other dead letter exist. Some
+transactions carry an always-refused entry at a random position, and one table has no
 grants for the API roles until the driver grants them during the run (its writes must wait, not
 be discarded). The workers run with UPLOAD_CONFLICT_DETECTION=true and the clients send previous
 values with a share of their PATCHes and DELETEs (their local copy, which a refused write leaves
@@ -57,6 +58,10 @@ def soak(mode: str, soak_stack, pg):
     # model), and compared transactions completed after being sent again
     assert report.compared_entries > 0 and report.conflicts > 0, report.summary()
     assert report.compared_resent > 0, report.summary()
+    # atomic mode met writes that landed after the worker gave up on them (the ledger makes them
+    # harmless); the REST modes get none (the known gap, docs/upload.md)
+    late = report.proxy["by_kind"]["late"]
+    assert late > 0 if mode == "atomic" else late == 0, report.summary()
 
 
 def test_workload_without_dependent_patterns_never_contains_one():
@@ -86,5 +91,5 @@ def test_service_mode_under_random_faults_loses_no_write(soak_stack, pg):
     soak("service", soak_stack, pg)
 
 
-def test_atomic_mode_under_random_faults_loses_no_write(soak_stack, pg):
+def test_atomic_mode_under_random_faults_and_late_writes_loses_no_write(soak_stack, pg):
     soak("atomic", soak_stack, pg)

@@ -76,6 +76,18 @@ def test_upsert_answers_201_when_it_inserts_a_row_and_200_when_it_inserts_none(
     assert api.post("lists", []).status_code == 201
 
 
+def test_request_past_its_test_deadline_is_rolled_back_as_a_statement_timeout(db, as_user, user_a):
+    # X-Standin-Deadline (the fault soak's hook, not PostgREST's): nothing commits after it
+    api = as_user(user_a)
+    late, due = {"id": new_id(), "name": "late", "owner_id": user_a}, {"id": new_id(), "name": "due", "owner_id": user_a}
+    past = api.post("lists", [late], headers={"X-Standin-Deadline": repr(time.monotonic() - 0.001)})
+    assert_error(past, 500, "57014")
+    assert row(db, "lists", late["id"]) is None
+    ahead = api.post("lists", [due], headers={"X-Standin-Deadline": repr(time.monotonic() + 30)})
+    assert ahead.status_code == 201, ahead.text
+    assert row(db, "lists", due["id"])["name"] == "due"
+
+
 def test_57p01_admin_shutdown_is_503_and_the_rest_of_57_is_500():
     # PostgREST 12.2 and 13 Error.hs: "57P01" -> 503 before '5':'7':_ -> 500
     assert pg_error_status("57P01", "authenticated") == 503

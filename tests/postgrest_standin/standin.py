@@ -37,6 +37,13 @@ applies, in each transaction, the settings of a role named ``authenticator``
 ``service_role``, without a timeout of its own, runs with) and then the
 impersonated role's, read for every request.
 
+``X-Standin-Deadline`` (a test hook, not PostgREST's): a request carrying a
+``time.monotonic()`` value is rolled back instead of committed once that moment
+has passed, and answered as a statement timeout (500, 57014). The fault soak's
+proxy sets it so that no write lands after the worker gave up on it, as a
+database whose statement timeout is shorter than the worker's
+``UPSTREAM_TIMEOUT_MS`` guarantees (tests/soak/proxy.py).
+
 Run:  python -m tests.postgrest_standin.standin --port 54321 \
           --dsn postgresql://postgres@127.0.0.1:5432/postgres --jwt-secret S
 Import:  StandIn(dsn, jwt_secret, ...).start(port=0) -> port; .stop()
@@ -874,6 +881,9 @@ class StandIn:
                         # superuser, like PostgREST's schema cache), then calls
                         # _become(cur, role) before its statement
                         result = body_fn(_RoleCursor(cur, role))
+                    deadline = req.header("X-Standin-Deadline")
+                    if deadline is not None and time.monotonic() > float(deadline):
+                        raise ApiError(500, "57014", "canceling statement due to statement timeout")
                     conn.commit()
                     return result
                 except BaseException:

@@ -46,7 +46,15 @@ def main(argv=None) -> int:
     p.add_argument("--modes", default=os.environ.get("SOAK_MODES", ",".join(MODES)))
     p.add_argument("--previous-rate", type=float, default=float(os.environ.get("SOAK_PREVIOUS_RATE", "0.6")),
                    help="share of PATCHes and DELETEs sent with previous values (conflict detection; default 0.6)")
+    p.add_argument("--rates", default=os.environ.get("SOAK_RATES"),
+                   help="proxy fault rates, e.g. hang=0.01,late=0.01 (default: tests/soak/proxy.py DEFAULT_RATES)")
     args = p.parse_args(argv)
+    rates = None
+    if args.rates:
+        try:
+            rates = {k.strip(): float(v) for k, v in (kv.split("=") for kv in args.rates.split(","))}
+        except ValueError:
+            p.error(f"bad --rates {args.rates}")
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     for m in modes:
         if m not in MODES:
@@ -76,7 +84,7 @@ def main(argv=None) -> int:
             iss = f"{proxy.url}/auth/v1"
             for m in modes:
                 cfg = SoakConfig(m, operations=args.operations, clients=args.clients, seed=args.seed,
-                                 previous_rate=args.previous_rate)
+                                 previous_rate=args.previous_rate, rates=rates)
                 report = run_soak(cfg, by_mode[m].url, proxy, pg.dsn, lambda sub: make_token(sub, iss=iss))
                 print(report.summary(), flush=True)
                 reports.append(report)

@@ -70,7 +70,12 @@ entry whose row an earlier entry of its transaction PUT does carry them, and the
 compare it (docs/conflicts.md): a re-sent PUT brings a deleted row back with its defaults, which
 the REST route would otherwise read as a false conflict (seed 305193507 found it).
 
-Faults: see tests/soak/proxy.py. The client ignores `Retry-After` (it would make the soak wait
+Faults: see tests/soak/proxy.py. In atomic mode the proxy also applies a share of the requests
+after the worker gave up on them (`late`), by which time the client has re-sent the transaction
+and often sent later ones: the ledger must make the late call change nothing. The REST modes do
+not get them: a late REST write can undo a later one, the known gap (docs/upload.md); `python -m
+tests.soak --modes service --rates ...,late=0.02` shows it. Without that fault no write lands late:
+the proxy gives every request a deadline inside the worker's timeout (proxy docs). The client ignores `Retry-After` (it would make the soak wait
 minutes) and retries after 10-40 ms, or 100-200 ms while it waits for the missing grant (so
 waiting clients do not take the 2-core machine from the others).
 """
@@ -89,12 +94,14 @@ import psycopg
 import requests
 
 from tests.soak.model import DEFAULTS, DEMO, SERVICE, TABLES, Conflict, Entry, Refused, Schema, State, compares
+from tests.soak.proxy import DEFAULT_RATES
 
 MODES = ("rls", "service", "atomic")
 DEAD_LETTERS = "powersync_dead_letters"
 FINAL = ("success", "fatal_error", "conflict")
 UNGRANTED = SERVICE.notes  # the table granted during the run (module docs)
 API_ROLES = "authenticated, service_role"
+LATE_RATE = 0.01  # share of atomic-mode requests the proxy applies after the worker gave up
 
 
 def schema_for(mode: str) -> Schema:
@@ -116,6 +123,13 @@ def worker_vars(mode: str, base: dict, proxy_url: str, timeout_ms: int) -> dict:
     else:
         raise ValueError(mode)
     return v
+
+
+def default_rates(mode: str) -> dict[str, float]:
+    """The proxy's fault rates in a mode: proxy.DEFAULT_RATES, and in atomic mode late writes too
+    (LATE_RATE): only the atomic function's ledger makes a write that lands after the worker gave
+    up on it harmless; through REST requests it can undo a later write (docs/upload.md, known gap)."""
+    return {**DEFAULT_RATES, "late": LATE_RATE} if mode == "atomic" else dict(DEFAULT_RATES)
 
 
 def rid(rng: random.Random) -> str:
@@ -457,7 +471,7 @@ class SoakConfig:
     operations: int = 2000         # CRUD entries to complete, all clients together
     clients: int = 6
     seed: int | None = None
-    rates: dict | None = None      # proxy fault rates (None: proxy.DEFAULT_RATES)
+    rates: dict | None = None      # proxy fault rates (None: default_rates(mode))
     max_per_upload: int = 3        # transactions per upload request, at most
     fault_phase_seconds: float = 600.0   # faults stop after this long even if queues are not drained
     progress_seconds: float = 15.0
@@ -536,7 +550,7 @@ class SoakReport:
                f"retries for the missing grant" if self.granted else f"{UNGRANTED} never ungranted"),
             f"  upstream requests {p.get('rest_requests', 0)} (+{p.get('other_requests', 0)} other), "
             f"faults {p.get('faults', 0)}: {kinds}; proxy upstream errors {p.get('upstream_errors', 0)}; "
-            f"passed but slower than the worker's timeout {p.get('late', 0)}",
+            f"rolled back at the deadline {p.get('expired', 0)}",
             f"  dead letters {self.dead_letters} ({self.dead_letter_format}; "
             f"{self.duplicate_dead_letters} duplicates)",
             f"  rows compared {self.rows_compared}; differences {len(self.differences)}, "
@@ -635,7 +649,7 @@ def run_soak(cfg: SoakConfig, worker_url: str, proxy, dsn: str, make_token, log=
     clients = [Client(i, ids[i], make_token(ids[i].sub), queues[i], worker_url, schema, str(seed),
                       cfg.max_per_upload, stop) for i in range(cfg.clients)]
     started = time.monotonic()
-    proxy.configure(seed, cfg.rates)
+    proxy.configure(seed, cfg.rates if cfg.rates is not None else default_rates(cfg.mode))
     for c in clients:
         c.start()
 
@@ -669,7 +683,7 @@ def run_soak(cfg: SoakConfig, worker_url: str, proxy, dsn: str, make_token, log=
                 p = proxy.snapshot()
                 log(f"  ... {time.monotonic() - started:.0f} s: {done} operations final, "
                     f"{sum(c.stats.uploads for c in clients)} uploads, {p['faults']} faults, "
-                    f"{p['late']} late")
+                    f"{p['expired']} rolled back at the deadline")
 
     wait(started + cfg.fault_phase_seconds)
     if cfg.ungranted_table:

@@ -11,10 +11,20 @@ and everything else always passes):
   reset        never forwarded; the connection is reset at once (TCP RST)
   drop_answer  forwarded and applied upstream, then the answer is dropped (connection reset)
   hang_after   forwarded and applied upstream, then held past the worker's timeout, then reset
+  late         held past the worker's timeout, then forwarded and applied upstream, then reset:
+               a write that lands after the worker gave up on it (and after whatever it sent
+               next), as a request queued behind a busy database can in production
 
 "drop_answer" and "hang_after" are the "applied, answer lost" faults: the stand-in has finished
-the request (its database transaction is committed) before the proxy decides not to answer, so
-nothing is applied after the worker has given up on a request (no late writes).
+the request (its database transaction is committed) before the proxy decides not to answer.
+
+"late" is the one fault that applies a write after the worker has given up on it. Outside it,
+no write may land late: every other forwarded request carries a deadline (`X-Standin-Deadline`,
+`deadline_seconds` after the proxy received it, well inside the worker's timeout), past which the
+stand-in rolls it back and answers a statement timeout (57014), as a database whose statement
+timeout is shorter than the worker's `UPSTREAM_TIMEOUT_MS` does. Without it, a request the
+stand-in serves slowly on a busy machine would be an unplanned late write; `expired` counts the
+requests rolled back that way.
 """
 
 from __future__ import annotations
@@ -31,7 +41,7 @@ from urllib.parse import urlsplit
 
 from tests.postgrest_standin.standin import read_request_body, serve_in_thread
 
-KINDS = ("pass", "http_500", "http_503", "hang", "reset", "drop_answer", "hang_after")
+KINDS = ("pass", "http_500", "http_503", "hang", "reset", "drop_answer", "hang_after", "late")
 
 # Default per-request probabilities while faults are on (the rest passes).
 # About one request in 13 fails: an upload of ~10 requests then completes whole about half the
@@ -47,14 +57,14 @@ class FaultProxy:
     """`FaultProxy(upstream_url, hang_seconds)`; `start()`, `configure(seed, rates)` (faults on),
     `faults_off()`, `counts` (requests by kind), `stop()`."""
 
-    def __init__(self, upstream_url: str, hang_seconds: float = 1.5, late_seconds: float = 1.0,
+    def __init__(self, upstream_url: str, hang_seconds: float = 1.5, deadline_seconds: float = 0.6,
                  host: str = "127.0.0.1"):
         parts = urlsplit(upstream_url)
         self.upstream_host = parts.hostname or "127.0.0.1"
         self.upstream_port = parts.port or 80
         self.hang_seconds = hang_seconds
-        self.late_seconds = late_seconds
-        self.late = 0
+        self.deadline_seconds = deadline_seconds
+        self.expired = 0
         self.host = host
         self.port: int | None = None
         self._lock = threading.Lock()
@@ -83,7 +93,7 @@ class FaultProxy:
             self.counts = Counter()
             self.other_requests = 0
             self.upstream_errors = 0
-            self.late = 0
+            self.expired = 0
 
     def faults_off(self) -> None:
         with self._lock:
@@ -112,7 +122,7 @@ class FaultProxy:
                     "rest_requests": sum(self.counts.values()),
                     "other_requests": self.other_requests,
                     "upstream_errors": self.upstream_errors,
-                    "late": self.late}
+                    "expired": self.expired}
 
     # ------------------------------------------------------------ lifecycle
     def start(self, port: int = 0) -> int:
@@ -172,8 +182,10 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         if self.command != "HEAD" and body:
             self.wfile.write(body)
 
-    def _forward(self, body: bytes):
+    def _forward(self, body: bytes, deadline: float | None):
         headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
+        if deadline is not None:
+            headers["X-Standin-Deadline"] = repr(deadline)
         headers["Host"] = f"{self.app.upstream_host}:{self.app.upstream_port}"
         headers["Content-Length"] = str(len(body))
         for attempt in (0, 1):
@@ -199,6 +211,7 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         raise AssertionError("unreachable")
 
     def _handle(self) -> None:
+        received = time.monotonic()
         try:
             body = self._read_body()
         except (ValueError, OSError):
@@ -215,18 +228,22 @@ class _ProxyHandler(BaseHTTPRequestHandler):
                 status = int(kind[-3:])
                 payload = b'{"message":"injected by the soak proxy"}'
                 return self._send(status, [("Content-Type", "application/json")], payload)
-            began = time.monotonic()
+            deadline = None
+            if kind == "late":
+                time.sleep(self.app.hang_seconds)  # the worker gives up; the write lands after
+            else:
+                deadline = received + self.app.deadline_seconds
             try:
-                status, headers, data = self._forward(body)
-                if time.monotonic() - began > self.app.late_seconds:
-                    with self.app._lock:  # the worker had given up on it when it was applied
-                        self.app.late += 1
+                status, headers, data = self._forward(body, deadline)
+                if deadline is not None and status == 500 and b'"57014"' in data and time.monotonic() > deadline:
+                    with self.app._lock:  # rolled back at the deadline (module docs)
+                        self.app.expired += 1
             except (OSError, http.client.HTTPException) as e:
                 with self.app._lock:
                     self.app.upstream_errors += 1
                 return self._send(502, [("Content-Type", "application/json")],
                                   ('{"message":"soak proxy: upstream error %s"}' % type(e).__name__).encode())
-            if kind == "drop_answer":
+            if kind in ("drop_answer", "late"):
                 return self._reset()
             if kind == "hang_after":
                 time.sleep(self.app.hang_seconds)
