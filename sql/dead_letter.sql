@@ -53,7 +53,8 @@
 -- what the atomic function's ledger computes for the transaction) return the
 -- first row's id and add nothing (a re-send after the bridge lost the answer).
 -- With sql/atomic_upload.sql installed, a new dead letter with a client_id and
--- a transaction_id is also recorded in its ledger (powersync_upload_ledger_refuse):
+-- a transaction_id (other than code `unchanged`: that transaction was applied)
+-- is also recorded in its ledger (powersync_upload_ledger_refuse):
 -- a later call of the same transaction (one the bridge gave up on that reaches
 -- the database late, or a re-send) applies nothing and answers this dead letter;
 -- if the ledger shows the transaction applied already, recording fails (55000)
@@ -325,9 +326,11 @@ begin
      v_digest, v_key)
   on conflict (dedup_key) do nothing
   returning d.id into v_id;
-  -- a new dead letter: with sql/atomic_upload.sql's ledger, no later (late or re-sent) call of
-  -- this transaction may apply it, and one that applied it already makes this call fail (55000)
+  -- a new dead letter of a rejected transaction (not the record of an applied one's unchanged
+  -- entries): with sql/atomic_upload.sql's ledger, no later (late or re-sent) call of it may
+  -- apply it, and one that applied it already makes this call fail (55000)
   if v_id is not null and client_id is not null and transaction_id is not null
+     and code is distinct from 'unchanged'
      and pg_catalog.to_regprocedure('public.powersync_upload_ledger_refuse(text, text, text, text, bigint)') is not null
   then
     execute 'select public.powersync_upload_ledger_refuse($1, $2, $3, $4, $5)'

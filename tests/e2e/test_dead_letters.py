@@ -11,6 +11,7 @@ Worker instances (started once for the module, in parallel):
   service   UPLOAD_MODE=service, UPLOAD_TABLES=profiles, UPLOAD_OWNER_COLUMN=user_id, dead letters
   firebase  rls mode in front of a stand-in that also accepts Firebase ID tokens, dead letters
   unchanged rls mode, REST requests, dead letters, UPLOAD_DEAD_LETTER_UNCHANGED=true
+  atomic_unchanged  rls mode, UPLOAD_ATOMIC=true, dead letters, UPLOAD_DEAD_LETTER_UNCHANGED=true
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ def workers(base_vars, start_workers, firebase_standin, providers):  # noqa: F81
                      "THIRD_PARTY_FIREBASE_PROJECT_ID": FIREBASE_PROJECT,
                      "THIRD_PARTY_FIREBASE_JWKS_URL": urls["firebase"]},
         "unchanged": {**base_vars, **DEAD, "UPLOAD_ATOMIC": "false", "UPLOAD_DEAD_LETTER_UNCHANGED": "true"},
+        "atomic_unchanged": {**base_vars, **DEAD, "UPLOAD_ATOMIC": "true", "UPLOAD_DEAD_LETTER_UNCHANGED": "true"},
     }
     return start_workers(configs)
 
@@ -557,6 +559,18 @@ def test_unchanged_entries_are_recorded_only_with_the_setting_and_replay_as_the_
     assert (result["replayed"], result["applied"], result["unchanged"]) == (True, 2, [1]), result
     assert row(db, "lists", gone)["name"] == "late"
     assert row(db, "lists", hidden)["name"] == "b's", "replayed as the writer: B's row stays hidden"
+
+
+def test_unchanged_record_of_an_atomic_transaction_leaves_it_applied_in_the_ledger(workers, db, user):
+    """The `unchanged` record is of an applied transaction: it is recorded, and a re-send is
+    already applied (not answered as a rejected transaction's dead letter)."""
+    sub, token = user
+    payload = with_client(body(tx(patch("lists", new_id(), name="gone"), tid="u2")), "c-atomic-unchanged")
+    response = upload(workers["atomic_unchanged"], token, payload)
+    assert statuses(response) == ["success"] and response.json()["results"][0]["unchanged"] == [0], response.text
+    assert [letter["code"] for letter in letters(db)] == ["unchanged"]
+    again = upload(workers["atomic_unchanged"], token, payload)
+    assert statuses(again) == ["success"] and again.json()["results"][0].get("already_applied") is True, again.text
 
 
 def test_a_user_over_the_dead_letter_cap_keeps_their_own_transactions_queued_and_no_one_elses(
