@@ -101,7 +101,7 @@ DEAD_LETTERS = "powersync_dead_letters"
 FINAL = ("success", "fatal_error", "conflict")
 UNGRANTED = SERVICE.notes  # the table granted during the run (module docs)
 API_ROLES = "authenticated, service_role"
-LATE_RATE = 0.01  # share of atomic-mode requests the proxy applies after the worker gave up
+LATE_RATE = 0.03  # share of atomic-mode requests the proxy applies after the worker gave up
 
 
 def schema_for(mode: str) -> Schema:
@@ -550,7 +550,8 @@ class SoakReport:
                f"retries for the missing grant" if self.granted else f"{UNGRANTED} never ungranted"),
             f"  upstream requests {p.get('rest_requests', 0)} (+{p.get('other_requests', 0)} other), "
             f"faults {p.get('faults', 0)}: {kinds}; proxy upstream errors {p.get('upstream_errors', 0)}; "
-            f"rolled back at the deadline {p.get('expired', 0)}",
+            f"rolled back at the deadline {p.get('expired', 0)}; atomic calls answered from a dead letter "
+            f"{p.get('dead_letter_answers', 0)}",
             f"  dead letters {self.dead_letters} ({self.dead_letter_format}; "
             f"{self.duplicate_dead_letters} duplicates)",
             f"  rows compared {self.rows_compared}; differences {len(self.differences)}, "

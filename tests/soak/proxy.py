@@ -65,6 +65,7 @@ class FaultProxy:
         self.hang_seconds = hang_seconds
         self.deadline_seconds = deadline_seconds
         self.expired = 0
+        self.dead_letter_answers = 0
         self.host = host
         self.port: int | None = None
         self._lock = threading.Lock()
@@ -94,6 +95,7 @@ class FaultProxy:
             self.other_requests = 0
             self.upstream_errors = 0
             self.expired = 0
+            self.dead_letter_answers = 0
 
     def faults_off(self) -> None:
         with self._lock:
@@ -122,7 +124,8 @@ class FaultProxy:
                     "rest_requests": sum(self.counts.values()),
                     "other_requests": self.other_requests,
                     "upstream_errors": self.upstream_errors,
-                    "expired": self.expired}
+                    "expired": self.expired,
+                    "dead_letter_answers": self.dead_letter_answers}
 
     # ------------------------------------------------------------ lifecycle
     def start(self, port: int = 0) -> int:
@@ -238,6 +241,10 @@ class _ProxyHandler(BaseHTTPRequestHandler):
                 if deadline is not None and status == 500 and b'"57014"' in data and time.monotonic() > deadline:
                     with self.app._lock:  # rolled back at the deadline (module docs)
                         self.app.expired += 1
+                if status == 200 and path.endswith("/rpc/powersync_apply_transaction") and \
+                        b'"dead_letter"' in data:
+                    with self.app._lock:  # the atomic function answered from a dead letter's ledger record
+                        self.app.dead_letter_answers += 1
             except (OSError, http.client.HTTPException) as e:
                 with self.app._lock:
                     self.app.upstream_errors += 1
