@@ -119,6 +119,12 @@ BROKEN = [
      f"PROBLEM: authenticated may not execute {APPLY}: uploads that need it stay queued (42501)", 1),
     ("ledger_missing", "drop table public.powersync_upload_ledger", {}, [],
      "PROBLEM: table public.powersync_upload_ledger is missing", 1),
+    ("ledger_outdated", "alter table public.powersync_upload_ledger drop column dead_letter_id", {}, [],
+     "PROBLEM: table public.powersync_upload_ledger is outdated (no column dead_letter_id)", 1),
+    ("ledger_dead_letter_lookup_not_granted",
+     "revoke execute on function public.powersync_upload_ledger_dead_letter(text, text, text) from authenticated",
+     {}, [], "PROBLEM: authenticated may not execute public.powersync_upload_ledger_dead_letter(text, text, text):"
+     " uploads that need it stay queued (42501)", 1),
     ("dead_letter_function_missing", f"drop function {RECORD}", {}, [],
      f"PROBLEM: {RECORD} is missing: uploads that need it stay queued", 1),
     ("dead_letter_function_not_granted", f"revoke execute on function {RECORD} from authenticated", {}, [],

@@ -40,6 +40,11 @@ fn warning(problem: impl Into<String>, fix: impl Into<String>) -> Finding {
 
 pub const WRITE_PRIVILEGES: [&str; 4] = ["DELETE", "INSERT", "SELECT", "UPDATE"];
 pub const LEDGER_CLAIM: &str = "public.powersync_upload_ledger_claim(text, text, text, text, timestamptz)";
+/// What the atomic function answers for a dead-lettered transaction (called as the API role).
+pub const LEDGER_DEAD_LETTER: &str = "public.powersync_upload_ledger_dead_letter(text, text, text)";
+/// Columns of the ledger this version relies on (added over time: their absence means
+/// sql/atomic_upload.sql is outdated, and a late call could apply a dead-lettered transaction).
+pub const LEDGER_COLUMNS: [&str; 1] = ["dead_letter_id"];
 pub const RECORD: &str =
     "public.powersync_record_dead_letter(jsonb, text, text, text, text, text, integer, jsonb, text, text, text[])";
 pub const REPLAY: &str = "public.powersync_replay_dead_letter(bigint)";
@@ -117,11 +122,13 @@ pub fn expectations(settings: &UploadSettings, tables: &[String]) -> Expectation
         }
     };
     if atomic.is_some() {
-        for t in ["powersync_upload_ledger", "powersync_upload_ledger_settings"] {
+        for (t, columns) in
+            [("powersync_upload_ledger", &LEDGER_COLUMNS[..]), ("powersync_upload_ledger_settings", &[])]
+        {
             checks.push(TableCheck {
                 schema: "public".into(),
                 name: t.into(),
-                columns: vec![],
+                columns: columns.iter().map(|c| c.to_string()).collect(),
                 kind: TableKind::Ledger,
             });
         }
@@ -144,6 +151,7 @@ impl Expectations {
         if let Some((signature, _)) = &self.atomic {
             f.push(signature.clone());
             f.push(LEDGER_CLAIM.to_string());
+            f.push(LEDGER_DEAD_LETTER.to_string());
         }
         if self.dead_letters {
             f.extend([RECORD, REPLAY, DISCARD].map(String::from));
@@ -280,7 +288,9 @@ pub fn check_catalog(expected: &Expectations, response: &Response, supabase_url:
         let signature = f["signature"].as_str().unwrap_or_default().to_string();
         let exists = f["exists"] == json!(true);
         let executes = |r: &str| f["execute"][r] == json!(true);
-        let is_atomic = expected.atomic.as_ref().is_some_and(|(s, _)| *s == signature) || signature == LEDGER_CLAIM;
+        let is_atomic = expected.atomic.as_ref().is_some_and(|(s, _)| *s == signature)
+            || signature == LEDGER_CLAIM
+            || signature == LEDGER_DEAD_LETTER;
         let file = if is_atomic { "sql/atomic_upload.sql" } else { "sql/dead_letter.sql" };
         let tool = signature == REPLAY || signature == DISCARD;
         let required_role = if tool { "service_role" } else { role };
@@ -500,6 +510,7 @@ mod tests {
             [
                 "public.powersync_apply_transaction(jsonb, text, text, text, text, boolean)".to_string(),
                 LEDGER_CLAIM.into(),
+                LEDGER_DEAD_LETTER.into(),
                 RECORD.into(),
                 REPLAY.into(),
                 DISCARD.into()
@@ -637,6 +648,42 @@ mod tests {
         assert_eq!(findings.len(), 1);
         assert_eq!(findings[0].severity, Severity::Blocking);
         assert_eq!(findings[0].fix, "run sql/atomic_upload.sql (again: it upgrades in place)");
+    }
+
+    #[test]
+    fn ledger_without_dead_letter_records_or_their_lookup_grant_is_named_with_its_fix() {
+        let e = expectations(&settings(&[("UPLOAD_ATOMIC", "true")]), &[]);
+        let mut ledger = table("powersync_upload_ledger", &[], true);
+        ledger["missing_columns"] = json!(["dead_letter_id"]);
+        let tables = json!([ledger, table("powersync_upload_ledger_settings", &[], true)]);
+        let functions = json!([
+            function(
+                "public.powersync_apply_transaction(jsonb, text, text, text, text, boolean)",
+                true,
+                &["authenticated"]
+            ),
+            function(LEDGER_CLAIM, true, &["authenticated"]),
+            function(LEDGER_DEAD_LETTER, true, &["service_role"]),
+        ]);
+        let findings = check_catalog(&e, &answer(tables, functions), "u");
+        let summary: Vec<(Severity, &str, &str)> =
+            findings.iter().map(|f| (f.severity, f.problem.as_str(), f.fix.as_str())).collect();
+        assert_eq!(
+            summary,
+            vec![
+                (
+                    Severity::Blocking,
+                    "table public.powersync_upload_ledger is outdated (no column dead_letter_id)",
+                    "run sql/atomic_upload.sql again (it upgrades in place, keeping rows)"
+                ),
+                (
+                    Severity::Blocking,
+                    "authenticated may not execute public.powersync_upload_ledger_dead_letter(text, text, text): \
+                     uploads that need it stay queued (42501)",
+                    "run sql/atomic_upload.sql again, or: grant execute on function public.powersync_upload_ledger_dead_letter to authenticated;"
+                ),
+            ]
+        );
     }
 
     #[test]
