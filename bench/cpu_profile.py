@@ -209,11 +209,7 @@ def main() -> int:
         pg, standin, jwks = bench.start_infrastructure(stack)
         ps_key = bench.powersync_key("profile-1", "RS256")
         worker_vars = complete_vars(standin.url, jwks.url, ps_key, timeout_ms=30000)
-        # As bench/run.py configures the JS workers.
-        js_vars = {**{k: worker_vars[k] for k in ("SUPABASE_URL", "SUPABASE_JWT_SECRET", "SUPABASE_JWKS_URL",
-                                                   "SUPABASE_ANON_KEY", "POWERSYNC_URL")},
-                   "POWERSYNC_ALG": "RS256", "POWERSYNC_PRIVATE_KEY": ps_key["private_pem"],
-                   "POWERSYNC_KEY_ID": ps_key["kid"]}
+        js_vars = bench.js_worker_vars(worker_vars, ps_key)
         sub = str(uuid.uuid4())
         token = make_token(sub, iss=f"{standin.url}/auth/v1", expires_in=4 * 3600)
         batches = bench.seeded_batches(pg.dsn, sub)

@@ -187,6 +187,16 @@ def powersync_key(kid: str, alg: str = "RS256") -> dict:
     return {"kid": kid, "alg": alg, "private_pem": pem, "public_jwk": public_jwk}
 
 
+def js_worker_vars(worker_vars: dict[str, str], key: dict | None = None) -> dict[str, str]:
+    """The JS workers' settings (bench/js/*.js): the worker's session and Supabase settings, and
+    with `key` (powersync_key) the PowerSync key the token worker signs with."""
+    out = {k: worker_vars[k] for k in ("SUPABASE_URL", "SUPABASE_JWT_SECRET", "SUPABASE_JWKS_URL",
+                                       "SUPABASE_ANON_KEY", "POWERSYNC_URL")}
+    if key is not None:
+        out.update(POWERSYNC_ALG=key["alg"], POWERSYNC_PRIVATE_KEY=key["private_pem"], POWERSYNC_KEY_ID=key["kid"])
+    return out
+
+
 def start_infrastructure(stack: contextlib.ExitStack) -> tuple[TempPostgres, StandIn, JwksServer]:
     """A throwaway PostgreSQL with the test schema and the atomic function, the PostgREST stand-in
     in front of it and a JWKS server, each stopped when `stack` closes."""
@@ -830,8 +840,7 @@ def main() -> int:
                                "iat": now, "exp": now + 4 * 3600, "session_id": str(uuid.uuid4())},
                               session_keys.ec, algorithm="ES256", headers={"kid": "ec-1"})
         # The JS workers read the same settings as the worker (bench/js/*.js).
-        js_token_vars = {k: base_vars[k] for k in ("SUPABASE_URL", "SUPABASE_JWT_SECRET", "SUPABASE_JWKS_URL",
-                                                   "SUPABASE_ANON_KEY", "POWERSYNC_URL")}
+        js_token_vars = js_worker_vars(base_vars)
 
         # ---------------------------------------------------------------- workers
         log("starting the workers")
@@ -856,8 +865,7 @@ def main() -> int:
         stack.callback(w_floor.stop)
         w_js = {}
         for alg, key in (("RS256", ps_key), ("ES256", es_key), ("EdDSA", ed_key)):
-            w_js[alg] = start_worker({**js_token_vars, "POWERSYNC_ALG": alg, "POWERSYNC_PRIVATE_KEY": key["private_pem"],
-                                      "POWERSYNC_KEY_ID": key["kid"]}, JS_TOKEN)
+            w_js[alg] = start_worker(js_worker_vars(base_vars, key), JS_TOKEN)
             stack.callback(w_js[alg].stop)
         w_upload_floor = start_worker({"SUPABASE_URL": standin.url, "SUPABASE_ANON_KEY": ANON_KEY}, UPLOAD_FLOOR)
         stack.callback(w_upload_floor.stop)
@@ -1060,8 +1068,7 @@ def main() -> int:
             w.stop()
         log("cold start: bundling the JS token worker, starting the loader")
         js_token_bundle = js_bundle(JS_TOKEN)
-        js_token_env = {**js_token_vars, "POWERSYNC_ALG": "RS256", "POWERSYNC_PRIVATE_KEY": ps_key["private_pem"],
-                        "POWERSYNC_KEY_ID": ps_key["kid"]}
+        js_token_env = js_worker_vars(base_vars, ps_key)
         loader, loader_dir = start_cold_loader(
             {"rust": {"js": main_js.read_text(), "wasm": (snap / "index_bg.wasm").read_bytes()},
              "noop": {"js": SIGN_ONLY.read_text()}, "token": {"js": js_token_bundle["js"]},

@@ -498,6 +498,7 @@ declare
   v_read   text;       -- a compared op's read of its row: format(v_read, <select list>, table, table, <conditions>)
   v_row    jsonb;      -- a compared op's row as read after it changed nothing
   v_same   boolean;    -- a compared PATCH's row already holds its values
+  v_letter jsonb;      -- the dead letter the ledger holds for this transaction
   c_index  integer;    -- the conflicting op (set before raising PS409)
   c_row    jsonb;
   -- the pending group: consecutive ops not applied yet (g_kind null = none)
@@ -546,9 +547,9 @@ begin
            owner_id)
   then
     -- recorded: applied already, or rejected and dead-lettered (powersync_upload_ledger_refuse)
-    v_row := public.powersync_upload_ledger_dead_letter(client_id, transaction_id, owner_id);
-    if v_row is not null then
-      return jsonb_build_object('applied', 0, 'dead_letter', v_row);
+    v_letter := public.powersync_upload_ledger_dead_letter(client_id, transaction_id, owner_id);
+    if v_letter is not null then
+      return jsonb_build_object('applied', 0, 'dead_letter', v_letter);
     end if;
     return jsonb_build_object('applied', 0, 'already_applied', true);
   end if;

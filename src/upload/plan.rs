@@ -176,7 +176,8 @@ pub fn plan_transaction_as(
 }
 
 /// For each entry of `transaction`, whether an earlier entry of it PUT the same row (same table,
-/// same [`CastKey`], the planner's key for [`cast_key`]: conservative, so two ids the database might take for one count as one).
+/// same [`CastKey`], the planner's key for [`cast_key`]: conservative, so two ids the database
+/// might take for one count as one).
 /// Such an entry compares nothing (its previous values are not sent as conditions or `expect`):
 /// a PUT never compares, it replaces the row as the client holds it, so the client's previous
 /// values for a later entry on that row describe its own write, not a state another writer could
