@@ -104,6 +104,7 @@ def main() -> int:
 
         rust_scenarios = {
             "health": ("`/health` (workers-rs floor)", "rls", "GET", "/health", None, None),
+            "token": ("token, `GET /powersync-token` (HS256 session)", "rls", "GET", "/powersync-token", token, None),
             "no_session": ("upload, no session (401, body unread)", "rls", "POST", "/powersync-upload", None, "put1000"),
             "empty": ("upload `{\"transactions\":[]}` (session + parse)", "rls", "POST", "/powersync-upload", token, "empty"),
             "padded_empty": ("upload `{\"transactions\":[]}` padded to the 1,000-PUT body's size (+ reading it)",

@@ -5,6 +5,7 @@
 
 use std::cell::RefCell;
 use std::future::Future;
+use std::pin::Pin;
 
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -176,11 +177,11 @@ impl App {
             }
             (TOKEN_PATH, "GET" | "POST") => {
                 log.route = "token";
-                self.token(request, transport, crypto, now, &mut log).await
+                separately(self.token(request, transport, crypto, now, &mut log)).await
             }
             (UPLOAD_PATH, "POST") => {
                 log.route = "upload";
-                self.upload(request, body, transport, crypto, now, &mut log).await
+                separately(self.upload(request, body, transport, crypto, now, &mut log)).await
             }
             (FILES_UPLOAD_PATH | FILES_DOWNLOAD_PATH | FILES_DELETE_PATH, "POST") => {
                 let op = match request.path.as_str() {
@@ -193,7 +194,7 @@ impl App {
                     FileOp::Download => "files_download",
                     FileOp::Delete => "files_delete",
                 };
-                self.files(op, request, body, transport, crypto, now, &mut log).await
+                separately(self.files(op, request, body, transport, crypto, now, &mut log)).await
             }
             (JWKS_PATH, "GET" | "HEAD") => {
                 log.route = "jwks";
@@ -501,6 +502,15 @@ pub fn bearer(header: Option<&str>) -> Option<&str> {
         _ => value,
     };
     (!token.is_empty()).then_some(token)
+}
+
+/// A route's future behind a pointer and awaited through its vtable, so that its state machine
+/// stays a wasm function of its own instead of being inlined into [`App::handle`]'s. V8 compiles
+/// each wasm function whole on its first call, so a fresh isolate then compiles only the routes
+/// it serves: inlined, every route's code was compiled by the first request of any route
+/// (`/health` included). docs/performance.md, "Cold start".
+fn separately<'a, T>(route: impl Future<Output = T> + 'a) -> Pin<Box<dyn Future<Output = T> + 'a>> {
+    Box::pin(route)
 }
 
 fn names(problems: &[Problem]) -> Vec<String> {

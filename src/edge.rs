@@ -124,8 +124,15 @@ fn write_data_point(env: &Env, log: &RequestLog) -> Result<(), String> {
     if dataset.is_undefined() || dataset.is_null() {
         return Ok(());
     }
+    write_point(&dataset, &point_json(log)).map_err(describe)
+}
+
+/// The data point of `log` as JSON. A function of its own (not inlined into the check above), so
+/// that an isolate without the binding never compiles it (docs/performance.md, "Cold start").
+#[inline(never)]
+fn point_json(log: &RequestLog) -> String {
     let point = metrics::data_point(&serde_json::to_value(log).unwrap_or_default());
-    write_point(&dataset, &serde_json::to_string(&point).unwrap_or_default()).map_err(describe)
+    serde_json::to_string(&point).unwrap_or_default()
 }
 
 /// Cloudflare's `cf-ray` when present (ties our log to Cloudflare's), else random.
@@ -162,6 +169,9 @@ impl StreamBody {
     fn new(request: web_sys::Request, declared: Option<usize>) -> StreamBody {
         let source = match declared {
             Some(_) => BodySource::Untaken(request),
+            // No body at all (a GET, a HEAD, most token requests): nothing to take, and the
+            // `worker` crate's `Request` (method, URL, headers and `cf` copied) is not made.
+            None if request.body().is_none() => BodySource::Taken(None),
             None => BodySource::Taken(Request::from(request).stream().ok()),
         };
         StreamBody { source, declared }

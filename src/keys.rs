@@ -346,6 +346,10 @@ impl SigningKey {
 }
 
 /// Parses a PEM or JWK text; `Ok(None)` when the text is neither (it may be base64 of one).
+///
+/// Each format's parser below is a function of its own (`#[inline(never)]`): a fresh isolate
+/// compiles each wasm function whole on its first call, so it then compiles only the parser of
+/// the format its key is in (docs/performance.md, "Cold start").
 fn parse_text(text: &str) -> Result<Option<SigningKey>, KeyError> {
     if text.contains("-----BEGIN") {
         return parse_pem(text).map(Some);
@@ -362,6 +366,7 @@ fn unquote(text: &str) -> &str {
 
 /// Reads PEM armour tolerantly: newlines may be real, literal `\n`/`\r\n`, or spaces. An
 /// `EC PARAMETERS` block (what `openssl ecparam -genkey` prints before the key) is skipped.
+#[inline(never)]
 fn parse_pem(text: &str) -> Result<SigningKey, KeyError> {
     let text = text.replace("\\r\\n", "\n").replace("\\n", "\n");
     let mut blocks = text.split("-----BEGIN ").skip(1).peekable();
@@ -402,6 +407,7 @@ fn parse_pem(text: &str) -> Result<SigningKey, KeyError> {
 }
 
 /// PKCS#8: the algorithm (and curve) is read first, so an unusable key is named precisely.
+#[inline(never)]
 fn parse_pkcs8(der: &[u8]) -> Result<Inner, KeyError> {
     let bad = |what: &str, e: String| KeyError::BadPem(format!("PKCS#8 {what} key is invalid: {e}"));
     let info =
@@ -432,6 +438,7 @@ fn parse_pkcs8(der: &[u8]) -> Result<Inner, KeyError> {
 }
 
 /// SEC1 `EC PRIVATE KEY` (what `openssl ecparam -genkey` writes): P-256 only.
+#[inline(never)]
 fn parse_sec1(der: &[u8]) -> Result<Inner, KeyError> {
     let key =
         sec1::EcPrivateKey::try_from(der).map_err(|e| KeyError::BadPem(format!("SEC1 EC key is invalid: {e}")))?;
@@ -470,6 +477,7 @@ fn jwk_bytes(name: &str, value: &Option<String>) -> Result<Vec<u8>, KeyError> {
         .map_err(|_| KeyError::BadJwk(format!("'{name}' is not base64url")))
 }
 
+#[inline(never)]
 fn parse_jwk(text: &str) -> Result<SigningKey, KeyError> {
     let jwk: Jwk = serde_json::from_str(text).map_err(|e| KeyError::BadJwk(format!("not valid JWK JSON: {e}")))?;
     let kty = jwk.kty.as_deref().ok_or_else(|| KeyError::BadJwk("kty is missing".into()))?;
