@@ -14,7 +14,7 @@ use js_sys::{Object, Reflect, Uint8Array};
 use wasm_bindgen::prelude::wasm_bindgen;
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
-use worker::{console_log, event, ByteStream, Context, Delay, Env, Headers, Request};
+use worker::{console_log, event, ByteStream, Context, Delay, Env, Request};
 
 use crate::app::{App, BodyError, IncomingRequest, RequestBody, RequestLog};
 use crate::config::Config;
@@ -68,6 +68,19 @@ export function respond(status, headLines, body) {
   for (let i = 0; i + 1 < parts.length; i += 2) headers.append(parts[i], parts[i + 1]);
   return new Response(body.length ? body.slice() : null, { status, headers });
 }
+export function send(url, method, headLines, body, hasBody, signal) {
+  const headers = new Headers();
+  const parts = headLines.split("\n");
+  for (let i = 0; i + 1 < parts.length; i += 2) headers.append(parts[i], parts[i + 1]);
+  const init = { method, headers, signal };
+  if (hasBody) init.body = body.slice();
+  return fetch(url, init);
+}
+export function responseHead(response) {
+  let head = response.status + "\n";
+  for (const [name, value] of response.headers) head += name + "\n" + value + "\n";
+  return head;
+}
 export function writeDataPoint(dataset, point) {
   if (typeof dataset.writeDataPoint !== "function") throw new Error("METRICS is not an Analytics Engine dataset");
   dataset.writeDataPoint(JSON.parse(point));
@@ -82,6 +95,22 @@ extern "C" {
     /// The answer in one call: status, headers as `name\nvalue\n` lines, body bytes (copied).
     #[wasm_bindgen(js_name = respond)]
     fn respond(status: u16, head_lines: &str, body: &[u8]) -> web_sys::Response;
+    /// `fetch(url, {method, headers, body, signal})` in one call: the headers as `name\nvalue\n`
+    /// lines ([`crate::http::head_lines`]), the body's bytes copied when `has_body`. A request
+    /// the runtime refuses (a bad URL, a bad header) is an `Err`, never thrown through wasm.
+    #[wasm_bindgen(js_name = send, catch)]
+    fn fetch_in_one_call(
+        url: &str,
+        method: &str,
+        head_lines: &str,
+        body: &[u8],
+        has_body: bool,
+        signal: &web_sys::AbortSignal,
+    ) -> Result<js_sys::Promise, JsValue>;
+    /// An answer's status and headers in one string: `status\n`, then `name\nvalue\n` per header
+    /// (a call and two strings per header before).
+    #[wasm_bindgen(js_name = responseHead)]
+    fn response_head(response: &web_sys::Response) -> String;
     /// `dataset.writeDataPoint(JSON.parse(point))`: the point in one call and one string (with
     /// its arrays built by calls from wasm, a point took about 35 calls).
     #[wasm_bindgen(js_name = writeDataPoint, catch)]
@@ -106,13 +135,9 @@ async fn fetch(req: web_sys::Request, env: Env, _ctx: Context) -> worker::Result
         log.metrics_error = Some(e);
     }
     web_sys::console::log_1(&JsValue::from_str(&serde_json::to_string(&log).unwrap_or_default()));
-    let mut head = String::new();
-    for (name, value) in &response.headers {
-        head.push_str(name);
-        head.push('\n');
-        head.push_str(value);
-        head.push('\n');
-    }
+    // The answer's headers hold no line feed: their values are the worker's own or come from the
+    // request's head, which is read split at line feeds.
+    let head = crate::http::head_lines(&response.headers).unwrap_or_default();
     Ok(respond(response.status, &head, response.body.as_bytes()))
 }
 
@@ -220,33 +245,26 @@ struct FetchTransport {
 }
 
 impl Transport for FetchTransport {
-    /// One `fetch(url, init)` call, as a JS worker makes it: the init carries the method, the
-    /// headers, the body as bytes and the abort signal. (Through workers-rs it was
-    /// `fetch(new Request(url, init), {signal})`, which builds the request twice.)
+    /// One `fetch(url, init)` call, as a JS worker makes it, with the request's head and body
+    /// handed over in one call from wasm ([`fetch_in_one_call`]) and the answer's head read in
+    /// one ([`response_head`]). (Through workers-rs it was `fetch(new Request(url, init),
+    /// {signal})`, which builds the request twice, and a call or two per header each way.)
     async fn send(&self, request: &HttpRequest) -> Result<HttpResponse, TransportError> {
         let failed = |message: String| TransportError::not_sent(message);
-        let headers = web_sys::Headers::new().map_err(|e| failed(describe(e)))?;
-        for (name, value) in &request.headers {
-            headers.append(name, value).map_err(|e| failed(format!("bad header {name}: {}", describe(e))))?;
-        }
-        let init = web_sys::RequestInit::new();
-        init.set_method(request.method.as_str());
-        init.set_headers(&headers);
-        if let Some(body) = &request.body {
-            // As bytes: one copy out of wasm memory, no UTF-8 → UTF-16 → UTF-8 round trip.
-            init.set_body(&Uint8Array::from(body.as_bytes()));
-        }
+        let head = crate::http::head_lines(&request.headers)
+            .map_err(|name| failed(format!("bad header {name}: it holds a line feed")))?;
         let controller = web_sys::AbortController::new().map_err(|e| failed(describe(e)))?;
-        init.set_signal(Some(&controller.signal()));
-        // Called through `Function.call`, which catches: a request that cannot be made (a bad
-        // URL) is refused here, never thrown through wasm.
-        let global = js_sys::global();
-        let fetch: js_sys::Function =
-            Reflect::get(&global, &"fetch".into()).map_err(|e| failed(describe(e)))?.unchecked_into();
-        let promise = fetch
-            .call2(&global, &JsValue::from_str(&request.url), &init)
-            .map_err(|e| failed(format!("bad request: {}", describe(e))))?;
-        let sent = JsFuture::from(js_sys::Promise::from(promise));
+        let body = request.body.as_deref().unwrap_or_default();
+        let promise = fetch_in_one_call(
+            &request.url,
+            request.method.as_str(),
+            &head,
+            body.as_bytes(),
+            request.body.is_some(),
+            &controller.signal(),
+        )
+        .map_err(|e| failed(format!("bad request: {}", describe(e))))?;
+        let sent = JsFuture::from(promise);
         let timer = Delay::from(self.timeout);
         let answer = match select(sent, timer).await {
             // No status line arrived: refused, reset, or "Network connection lost" (a pooled
@@ -260,8 +278,7 @@ impl Transport for FetchTransport {
         let response: web_sys::Response = answer.unchecked_into();
         let cut = |e: JsValue| TransportError::answer_cut(format!("reading body: {}", describe(e)));
         let body = JsFuture::from(response.text().map_err(cut)?).await.map_err(cut)?.as_string().unwrap_or_default();
-        let headers = Headers(response.headers()).entries().collect();
-        Ok(HttpResponse { status: response.status(), headers, body })
+        Ok(HttpResponse::from_head(&response_head(&response), body))
     }
 
     /// A promise created by the paused request itself, resolved by the fetching one: workerd

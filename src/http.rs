@@ -85,6 +85,35 @@ impl HttpResponse {
     pub fn header_value(&self, name: &str) -> Option<&str> {
         header_value(&self.headers, name)
     }
+
+    /// An answer from its head as the adapter reads it in one call (`status\n`, then
+    /// `name\nvalue\n` per header: no header name or value can hold a line feed) and its body.
+    pub fn from_head(head: &str, body: String) -> HttpResponse {
+        let mut lines = head.split('\n');
+        let status = lines.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+        let mut headers = Vec::new();
+        while let (Some(name), Some(value)) = (lines.next(), lines.next()) {
+            headers.push((name.to_string(), value.to_string()));
+        }
+        HttpResponse { status, headers, body }
+    }
+}
+
+/// Headers as the adapter hands them to the runtime in one string: `name\nvalue\n` per header.
+/// Refused (`Err` with the header's name) when a name or value holds a line feed, which would
+/// split it into other headers; no valid header holds one, and the runtime refuses the rest.
+pub fn head_lines(headers: &[(String, String)]) -> Result<String, &str> {
+    let mut head = String::new();
+    for (name, value) in headers {
+        if name.contains('\n') || value.contains('\n') {
+            return Err(name);
+        }
+        head.push_str(name);
+        head.push('\n');
+        head.push_str(value);
+        head.push('\n');
+    }
+    Ok(head)
 }
 
 /// Why an upstream request produced no answer (connection refused, DNS, timeout, ...).
@@ -221,7 +250,31 @@ pub fn local_pause() -> (impl Future<Output = bool>, Resume) {
 /// Test doubles: a scripted [`Transport`] and a `block_on` for futures that never wait.
 #[cfg(test)]
 mod tests {
-    use super::url_path;
+    use super::{head_lines, url_path, HttpResponse};
+
+    #[test]
+    fn headers_travel_as_lines_and_come_back_as_they_were() {
+        let headers = vec![
+            ("content-range".to_string(), "0-0/*".to_string()),
+            ("x-empty".to_string(), String::new()),
+            ("prefer".to_string(), "resolution=merge-duplicates, return=minimal".to_string()),
+        ];
+        let head = head_lines(&headers).unwrap();
+        assert_eq!(head, "content-range\n0-0/*\nx-empty\n\nprefer\nresolution=merge-duplicates, return=minimal\n");
+        let answer = HttpResponse::from_head(&format!("201\n{head}"), "[]".into());
+        assert_eq!(answer, HttpResponse { status: 201, headers, body: "[]".into() });
+        assert_eq!(HttpResponse::from_head("204\n", String::new()).headers, vec![]);
+    }
+
+    #[test]
+    fn a_header_holding_a_line_feed_is_refused_not_split_into_others() {
+        let smuggled = vec![
+            ("apikey".to_string(), "k".to_string()),
+            ("content-type".to_string(), "image/png\nauthorization\nBearer someone-else".to_string()),
+        ];
+        assert_eq!(head_lines(&smuggled), Err("content-type"));
+        assert_eq!(head_lines(&[("a\nb".to_string(), "v".to_string())]), Err("a\nb"));
+    }
 
     #[test]
     fn url_path_is_the_serialized_path_without_query_or_fragment() {

@@ -25,7 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from tests.e2e.upload_helpers import (body, delete, failure, patch, put, statuses, tx, upload,
-                                      upload_log_lines)
+                                      upload_log_line)
 from tests.support.db import insert_list, new_id, row
 
 GRANT_TODOS = "grant select, insert, update, delete on table public.todos to authenticated"
@@ -168,7 +168,7 @@ def test_missing_execute_grant_on_the_atomic_function_never_discards(instances, 
         assert response.status_code == 200, response.text
         assert statuses(response) == ["success"]
         assert row(db, "lists", second)["name"] == "b"
-        assert upload_log_lines(instances["auto"])[-1]["upload"]["atomic_function"] == "missing"
+        assert upload_log_line(instances["auto"], response)["upload"]["atomic_function"] == "missing"
     response = upload(instances["atomic"], token, body(tx(put("lists", first, name="a", owner_id=sub), tid=1)))
     assert statuses(response) == ["success"], response.text
     assert row(db, "lists", first)["name"] == "a"
@@ -180,21 +180,20 @@ def test_patch_and_delete_that_changed_no_row_are_reported_unchanged(instances, 
     sub, token = user
     theirs = insert_list(db, new_id(), name="theirs")  # hidden from this user by RLS
     mine = new_id()
-    response = upload(instances[name], token, body(tx(
+    first = upload(instances[name], token, body(tx(
         put("lists", mine, name="mine", owner_id=sub),
         patch("lists", theirs, name="x"),   # 1: hidden, changes nothing
         delete("lists", new_id()),          # 2: no such row
         patch("lists", mine, name="mine!"),  # 3: changes its row
         tid=7)))
-    assert response.status_code == 200, response.text
-    assert response.json()["results"] == [{"status": "success", "transaction_id": 7, "unchanged": [1, 2]}]
+    assert first.status_code == 200, first.text
+    assert first.json()["results"] == [{"status": "success", "transaction_id": 7, "unchanged": [1, 2]}]
     assert row(db, "lists", theirs)["name"] == "theirs"
     assert row(db, "lists", mine)["name"] == "mine!"
     # a transaction whose every write changed its row says nothing more
-    response = upload(instances[name], token, body(tx(patch("lists", mine, name="again"), tid=8)))
-    assert response.json()["results"] == [{"status": "success", "transaction_id": 8}]
-    log = upload_log_lines(instances[name])
-    assert [line["upload"]["unchanged_entries"] for line in log[-2:]] == [2, 0]
+    second = upload(instances[name], token, body(tx(patch("lists", mine, name="again"), tid=8)))
+    assert second.json()["results"] == [{"status": "success", "transaction_id": 8}]
+    assert [upload_log_line(instances[name], r)["upload"]["unchanged_entries"] for r in (first, second)] == [2, 0]
 
 
 @pytest.mark.parametrize("name,expected", [("rest", [0, 1, 2]), ("atomic", [1])])
@@ -231,6 +230,6 @@ def test_catch_all_server_answering_201_is_never_counted_applied(instances, catc
     assert (failed["code"], failed["http_status"]) == ("unexpected_response", 201), failed
     assert failed["message"].startswith("HTTP 201 from Supabase with an empty body"), failed
     assert catch_all.requests == before + 1, "the first answer stops the upload"
-    logged = upload_log_lines(worker)[-1]["upload"]
+    logged = upload_log_line(worker, response)["upload"]
     assert logged["failure_codes"] == ["unexpected_response"]
     assert logged["unexpected_responses"] == [failed["message"]]
