@@ -150,7 +150,7 @@ def main() -> int:
                                     "median_rps": bench.median([r["rps"] for r in v])} for k, v in runs.items()}}
         OUT.write_text(json.dumps(result, indent=2) + "\n")
         print(f"\nload average after: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
-        print(f"| Scenario | worker workerd CPU ms / request | req/s |\n|---|---:|---:|")
+        print("| Scenario | worker workerd CPU ms / request | req/s |\n|---|---:|---:|")
         for k, v in result["scenarios"].items():
             print(f"| {v['label']} | {v['median_cpu_ms']:.2f} | {v['median_rps']:.0f} |")
     return 0
