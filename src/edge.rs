@@ -68,13 +68,15 @@ export function respond(status, headLines, body) {
   for (let i = 0; i + 1 < parts.length; i += 2) headers.append(parts[i], parts[i + 1]);
   return new Response(body.length ? body.slice() : null, { status, headers });
 }
-export function send(url, method, headLines, body, hasBody, signal) {
+export function send(url, method, headLines, body, hasBody, timeoutMs) {
   const headers = new Headers();
   const parts = headLines.split("\n");
   for (let i = 0; i + 1 < parts.length; i += 2) headers.append(parts[i], parts[i + 1]);
-  const init = { method, headers, signal };
+  const controller = new AbortController();
+  const init = { method, headers, signal: controller.signal };
   if (hasBody) init.body = body.slice();
-  return fetch(url, init);
+  const timer = setTimeout(() => controller.abort(new DOMException("no answer in time", "TimeoutError")), timeoutMs);
+  return fetch(url, init).finally(() => clearTimeout(timer));
 }
 export function responseHead(response) {
   let head = response.status + "\n";
@@ -96,8 +98,10 @@ extern "C" {
     #[wasm_bindgen(js_name = respond)]
     fn respond(status: u16, head_lines: &str, body: &[u8]) -> web_sys::Response;
     /// `fetch(url, {method, headers, body, signal})` in one call: the headers as `name\nvalue\n`
-    /// lines ([`crate::http::head_lines`]), the body's bytes copied when `has_body`. A request
-    /// the runtime refuses (a bad URL, a bad header) is an `Err`, never thrown through wasm.
+    /// lines ([`crate::http::head_lines`]), the body's bytes copied when `has_body`, aborted
+    /// with a `TimeoutError` when no answer's head arrived within `timeout_ms` (the body is read
+    /// after that without it). A request the runtime refuses (a bad URL, a bad header) is an
+    /// `Err`, never thrown through wasm.
     #[wasm_bindgen(js_name = send, catch)]
     fn fetch_in_one_call(
         url: &str,
@@ -105,7 +109,7 @@ extern "C" {
         head_lines: &str,
         body: &[u8],
         has_body: bool,
-        signal: &web_sys::AbortSignal,
+        timeout_ms: f64,
     ) -> Result<js_sys::Promise, JsValue>;
     /// An answer's status and headers in one string: `status\n`, then `name\nvalue\n` per header
     /// (a call and two strings per header before).
@@ -253,7 +257,6 @@ impl Transport for FetchTransport {
         let failed = |message: String| TransportError::not_sent(message);
         let head = crate::http::head_lines(&request.headers)
             .map_err(|name| failed(format!("bad header {name}: it holds a line feed")))?;
-        let controller = web_sys::AbortController::new().map_err(|e| failed(describe(e)))?;
         let body = request.body.as_deref().unwrap_or_default();
         let promise = fetch_in_one_call(
             &request.url,
@@ -261,20 +264,18 @@ impl Transport for FetchTransport {
             &head,
             body.as_bytes(),
             request.body.is_some(),
-            &controller.signal(),
+            self.timeout.as_millis() as f64,
         )
         .map_err(|e| failed(format!("bad request: {}", describe(e))))?;
-        let sent = JsFuture::from(promise);
-        let timer = Delay::from(self.timeout);
-        let answer = match select(sent, timer).await {
-            // No status line arrived: refused, reset, or "Network connection lost" (a pooled
-            // connection the upstream had closed). The core sends such a request again at once.
-            Either::Left((answer, _)) => answer.map_err(|e| TransportError::no_answer(describe(e)))?,
-            Either::Right(_) => {
-                controller.abort();
-                return Err(TransportError::timed_out(format!("no answer within {} ms", self.timeout.as_millis())));
+        // No status line arrived: refused, reset, "Network connection lost" (a pooled connection
+        // the upstream had closed; the core sends such a request again at once), or the timeout.
+        let answer = JsFuture::from(promise).await.map_err(|e| {
+            if Reflect::get(&e, &"name".into()).ok().and_then(|n| n.as_string()).as_deref() == Some("TimeoutError") {
+                TransportError::timed_out(format!("no answer within {} ms", self.timeout.as_millis()))
+            } else {
+                TransportError::no_answer(describe(e))
             }
-        };
+        })?;
         let response: web_sys::Response = answer.unchecked_into();
         let cut = |e: JsValue| TransportError::answer_cut(format!("reading body: {}", describe(e)));
         let body = JsFuture::from(response.text().map_err(cut)?).await.map_err(cut)?.as_string().unwrap_or_default();
