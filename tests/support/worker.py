@@ -61,8 +61,11 @@ class WorkerProcess:
             try:
                 self._launch(main, startup_timeout, inspector, port or free_port(), extra_config)
                 return
-            except RuntimeError as e:
-                if port is not None or attempt == 2 or "Address already in use" not in str(e):
+            except RuntimeError:
+                # The whole log of this attempt, not the error's message: that holds only the
+                # log's end, and when wrangler exits its bundler (esbuild) can print a long
+                # goroutine dump after wrangler's own "Address already in use" (seen in CI).
+                if port is not None or attempt == 2 or "Address already in use" not in self.output():
                     raise
 
     def _launch(self, main: Path, startup_timeout: float, inspector: bool, port: int, extra_config: str):
