@@ -37,19 +37,6 @@ RUNS = bench.env_int("COLD_RUNS", 8)
 KINDS = ["noop", "load", *os.environ.get("COLD_ONLY", "health,token,put1000").split(",")]
 
 
-def thread_cpu_ms(pid: int) -> tuple[float, float]:
-    """CPU of `pid`'s main thread and of its other threads, ms (schedstat, ns resolution)."""
-    main = other = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            ns = int((task / "schedstat").read_text().split()[0])
-            if task.name == str(pid):
-                main += ns
-            else:
-                other += ns
-    return main / 1e6, other / 1e6
-
-
 def main() -> int:
     builds = dict(b.split("=", 1) for b in os.environ.get("COLD_BUILDS", "build=build").split(","))
     with contextlib.ExitStack() as stack:
@@ -85,13 +72,13 @@ def main() -> int:
             for kind in KINDS:
                 script, method, path, headers, data = requests_by_kind[kind]
                 for name, (loader, pid) in loaders.items():
-                    main0, other0 = thread_cpu_ms(pid)
+                    main0, other0 = bench.thread_cpu_ms(pid)
                     r = http.request(method, f"{loader.url}/{script}/{kind}-{i}{path}", headers=headers,
                                      data=data, timeout=60)
                     if r.status_code != 200:
                         raise RuntimeError(f"{name} {kind}: {r.status_code} {r.text[:300]}")
                     time.sleep(0.2)
-                    main1, other1 = thread_cpu_ms(pid)
+                    main1, other1 = bench.thread_cpu_ms(pid)
                     if i:
                         samples[(kind, name)].append((main1 - main0, other1 - other0))
             bench.log(f"round {i}/{RUNS} done")

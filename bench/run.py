@@ -317,15 +317,25 @@ def workerd_user_pid(pgid: int, entry_port: int) -> int | None:
     return None
 
 
-def task_cpu_ms(pid: int) -> float:
-    """CPU time of every thread of `pid` in ms at nanosecond resolution (the first field of
+def thread_cpu_ms(pid: int) -> tuple[float, float]:
+    """CPU time of `pid`'s main thread and of its other threads (in workerd: V8's worker thread,
+    background compiles) in ms at nanosecond resolution (the first field of
     /proc/<pid>/task/*/schedstat: time spent on the CPU), where /proc/<pid>/stat counts 10 ms
     ticks. Threads that ended are not counted (workerd's threads live as long as it does)."""
-    total = 0
+    main = other = 0
     for task in Path(f"/proc/{pid}/task").iterdir():
         with contextlib.suppress(OSError, ValueError, IndexError):
-            total += int((task / "schedstat").read_text().split()[0])
-    return total / 1e6
+            ns = int((task / "schedstat").read_text().split()[0])
+            if task.name == str(pid):
+                main += ns
+            else:
+                other += ns
+    return main / 1e6, other / 1e6
+
+
+def task_cpu_ms(pid: int) -> float:
+    """CPU time of every thread of `pid` in ms (thread_cpu_ms summed)."""
+    return sum(thread_cpu_ms(pid))
 
 
 # Cold start: what each kind loads into a fresh isolate and asks first: (label, script).

@@ -36,11 +36,7 @@ impl IncomingRequest {
         let mut lines = head.split('\n');
         let method = lines.next().unwrap_or_default().to_string();
         let path = crate::http::url_path(lines.next().unwrap_or_default()).to_string();
-        let mut headers = Vec::new();
-        while let (Some(name), Some(value)) = (lines.next(), lines.next()) {
-            headers.push((name.to_string(), value.to_string()));
-        }
-        IncomingRequest { method, path, headers }
+        IncomingRequest { method, path, headers: crate::http::read_head_lines(lines) }
     }
 }
 

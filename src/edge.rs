@@ -62,16 +62,17 @@ export function requestHead(request) {
   for (const [name, value] of request.headers) head += name + "\n" + value + "\n";
   return head;
 }
-export function respond(status, headLines, body) {
+function headersOf(headLines) {
   const headers = new Headers();
   const parts = headLines.split("\n");
   for (let i = 0; i + 1 < parts.length; i += 2) headers.append(parts[i], parts[i + 1]);
-  return new Response(body.length ? body.slice() : null, { status, headers });
+  return headers;
+}
+export function respond(status, headLines, body) {
+  return new Response(body.length ? body.slice() : null, { status, headers: headersOf(headLines) });
 }
 export function send(url, method, headLines, body, hasBody, timeoutMs) {
-  const headers = new Headers();
-  const parts = headLines.split("\n");
-  for (let i = 0; i + 1 < parts.length; i += 2) headers.append(parts[i], parts[i + 1]);
+  const headers = headersOf(headLines);
   const controller = new AbortController();
   const init = { method, headers, signal: controller.signal };
   if (hasBody) init.body = body.slice();

@@ -91,12 +91,18 @@ impl HttpResponse {
     pub fn from_head(head: &str, body: String) -> HttpResponse {
         let mut lines = head.split('\n');
         let status = lines.next().and_then(|s| s.parse().ok()).unwrap_or(0);
-        let mut headers = Vec::new();
-        while let (Some(name), Some(value)) = (lines.next(), lines.next()) {
-            headers.push((name.to_string(), value.to_string()));
-        }
-        HttpResponse { status, headers, body }
+        HttpResponse { status, headers: read_head_lines(lines), body }
     }
+}
+
+/// Headers back from the lines [`head_lines`] writes (`name`, `value`, ...; a trailing empty
+/// line, or a name without its value, ends them). Shared by the request's and the answer's head.
+pub fn read_head_lines<'a>(mut lines: impl Iterator<Item = &'a str>) -> Vec<(String, String)> {
+    let mut headers = Vec::new();
+    while let (Some(name), Some(value)) = (lines.next(), lines.next()) {
+        headers.push((name.to_string(), value.to_string()));
+    }
+    headers
 }
 
 /// Headers as the adapter hands them to the runtime in one string: `name\nvalue\n` per header.

@@ -92,11 +92,7 @@ def upload_log_line(worker, response, timeout: float = 10.0) -> dict:
     before answering, but wrangler passes it to the worker's output on its own time, so it is
     waited for: reading the last line right after the answer can find the one before."""
     request_id = response.headers["X-Request-Id"]
-    deadline = time.monotonic() + timeout
-    while True:
-        for line in upload_log_lines(worker):
-            if line.get("request_id") == request_id:
-                return line
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no upload log line for request {request_id}")
-        time.sleep(0.05)
+    lines = wait_for(lambda: [line for line in upload_log_lines(worker) if line.get("request_id") == request_id],
+                     timeout=timeout)
+    assert lines, f"no upload log line for request {request_id}"
+    return lines[0]
