@@ -125,6 +125,9 @@ class Browser(LineChild):
     def errors(self, tab: int) -> list[dict]:
         return self.call("errors", tab=tab)
 
+    def warnings(self, tab: int) -> list[dict]:
+        return self.call("warnings", tab=tab)
+
     def close(self) -> None:
         try:
             self.call("close", timeout=20)

@@ -7,7 +7,8 @@
 //   <- {"id": 1, "ok": true, "result": 0}              or {"id": 1, "ok": false, "error": "..."}
 //
 // Every tab records its console errors and uncaught page errors (`errors`), with the time, so a
-// test can assert there were none.
+// test can assert there were none, and its console warnings (`warnings`), which the PowerSync SDK
+// uses for sync events a failure message should show (a checkpoint it could not apply, say).
 import { createInterface } from 'node:readline';
 import { chromium } from 'playwright-core';
 
@@ -54,11 +55,11 @@ const commands = {
 
   async open({ url }) {
     const page = await context.newPage();
-    const t = { page, errors: [] };
+    const t = { page, errors: [], warnings: [] };
     page.on('console', (msg) => {
-      if (msg.type() === 'error') {
-        t.errors.push({ at: Date.now(), text: msg.text(), url: msg.location()?.url ?? '' });
-      }
+      const entry = () => ({ at: Date.now(), text: msg.text(), url: msg.location()?.url ?? '' });
+      if (msg.type() === 'error') t.errors.push(entry());
+      if (msg.type() === 'warning') t.warnings.push(entry());
     });
     page.on('pageerror', (error) => t.errors.push({ at: Date.now(), text: `uncaught: ${error.message}`, url: '' }));
     tabs.push(t);
@@ -110,6 +111,10 @@ const commands = {
 
   async errors({ tab: index }) {
     return tab(index).errors;
+  },
+
+  async warnings({ tab: index }) {
+    return tab(index).warnings;
   },
 
   async close() {
