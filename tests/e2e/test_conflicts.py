@@ -26,6 +26,18 @@ ROUTES = ["atomic", "rest"]
 RPC_PATH = "/rest/v1/rpc/powersync_apply_transaction"
 
 
+def resent_uploads(worker) -> list[dict]:
+    """The upload log lines' counts of the uploads that re-sent a request, once there is one
+    (wrangler passes the worker's lines on in its own time, after the answer)."""
+    deadline = time.monotonic() + 10
+    while True:
+        uploads = [line["upload"] for line in worker.log_lines()
+                   if line.get("route") == "upload" and line.get("upload", {}).get("resent")]
+        if uploads or time.monotonic() > deadline:
+            return uploads
+        time.sleep(0.1)
+
+
 def conflict_vars(base_vars: dict, powersync_url: str, detection: bool, route: str) -> dict:
     return {**base_vars, "POWERSYNC_URL": powersync_url,
             "UPLOAD_BOOLEAN_COLUMNS": "todos.completed", "UPLOAD_JSON_COLUMNS": "todos.tags",
@@ -198,8 +210,7 @@ def test_a_re_sent_write_whose_first_answer_was_lost_is_no_conflict(
     assert server_name(db, list_id) == "mine"
     assert app.records()["fatalReports"] == []
     assert standin.faults == [], "the fault was used: the first answer was lost"
-    uploads = [line["upload"] for line in detecting_rest_worker.log_lines()
-               if line.get("route") == "upload" and line.get("upload", {}).get("resent")]
+    uploads = resent_uploads(detecting_rest_worker)
     # the PATCH, its re-send (zero rows), the read of the row, the read of the new values
     assert [(u["resent"], u["subrequests"], u["success"], u["conflict"]) for u in uploads] == [(1, 4, 1, 0)], uploads
     assert db.execute("select count(*) from powersync_dead_letters").fetchone()[0] == 0
@@ -254,8 +265,7 @@ def test_an_atomic_call_whose_answer_was_lost_is_already_applied_when_re_sent_no
     assert standin.faults == [], "the fault was used: the first answer was lost"
     assert app.records()["fatalReports"] == []
     assert db.execute("select count(*) from powersync_dead_letters").fetchone()[0] == 0
-    uploads = [line["upload"] for line in detecting_atomic_worker.log_lines()
-               if line.get("route") == "upload" and line.get("upload", {}).get("resent")]
+    uploads = resent_uploads(detecting_atomic_worker)
     assert [(u["resent"], u["subrequests"], u["already_applied"], u["conflict"]) for u in uploads] == [(1, 2, 1, 0)], \
         uploads
 

@@ -17,7 +17,7 @@ import uuid
 import psycopg
 import pytest
 
-from tests.e2e.upload_helpers import put, upload, upload_log_line, wait_until_standin_idle
+from tests.e2e.upload_helpers import put, upload, wait_until_standin_idle
 
 GROUPS = 40          # REST upserts: consecutive PUTs with another set of columns start a new one
 ROWS_PER_GROUP = 250  # 10,000 entries: UPLOAD_MAX_ENTRIES' default
@@ -98,6 +98,6 @@ def test_transaction_whose_atomic_call_the_statement_timeout_cancels_is_applied_
     ledger = db.execute("select count(*) from public.powersync_upload_ledger"
                         " where client_id = 'client-big'").fetchone()[0]
     assert ledger == 0, "applied through REST: not recorded for exactly once"
-    line = upload_log_line(auto_worker, resp)["upload"]
+    line = auto_worker.log_line(resp)["upload"]
     assert line["applied_via_rest"] == 1, line
     assert line["success"] == 1, line

@@ -87,9 +87,9 @@ def test_every_request_writes_one_data_point_with_its_log_line_figures(metrics_w
     assert len(columns["blob"]) == 9 and len(columns["double"]) == 20, columns
     sub = new_id()
     token = session_token(sub)
-    metrics_worker.get("/health")
-    metrics_worker.get("/powersync-token", headers={"Authorization": f"Bearer {token}"})
-    metrics_worker.get("/powersync-token")
+    health = metrics_worker.get("/health")
+    token_ok = metrics_worker.get("/powersync-token", headers={"Authorization": f"Bearer {token}"})
+    token_refused = metrics_worker.get("/powersync-token")
     ok = upload(metrics_worker, token, body(tx(put("lists", new_id(), name="n", owner_id=sub), tid=1)),
                 headers={"PowerSync-Upload-Queue": "count=7; oldest_seconds=42"})
     assert ok.status_code == 200, ok.text
@@ -100,17 +100,23 @@ def test_every_request_writes_one_data_point_with_its_log_line_figures(metrics_w
                                   json={"files": [{"bucket": "attachments", "path": f"{sub}/../x.jpg",
                                                    "content_type": "image/jpeg", "size": 2048}]})
     assert refused.status_code == 400 and refused.json()["code"] == "file_path_invalid", refused.text
+    # This test's six lines, by request id: wrangler passes them on in its own time, and the
+    # worker's start-up check wrote a line before them.
+    ids = [r.headers["X-Request-Id"] for r in (health, token_ok, token_refused, ok, bad, refused)]
     deadline = time.time() + 10
-    while len(requests_and_points(metrics_worker)) < 6 and time.time() < deadline:
+    while not set(ids) <= {line.get("request_id") for line, _ in requests_and_points(metrics_worker)}:
+        assert time.time() < deadline, metrics_worker.output()[-3000:]
         time.sleep(0.2)
     pairs = requests_and_points(metrics_worker)
-    assert [line["route"] for line, _ in pairs][-6:] == ["health", "token", "token", "upload", "upload", "files_upload"]
+    by_id = {line["request_id"]: (line, point) for line, point in pairs}
+    mine = [by_id[i] for i in ids]
+    assert [line["route"] for line, _ in mine] == ["health", "token", "token", "upload", "upload", "files_upload"]
     for line, point in pairs:
         assert "metrics_error" not in line, line
         assert point["blobs"] == [expected_blob(line, name) for name in columns["blob"]], line
         assert point["doubles"] == [expected_double(line, name) for name in columns["double"]], line
         assert point["indexes"] == ([line["user"]] if line.get("user") else []), line
-    health, token_ok, token_refused, upload_ok, upload_bad, files_refused = (line for line, _ in pairs[-6:])
+    health, token_ok, token_refused, upload_ok, upload_bad, files_refused = (line for line, _ in mine)
     assert files_refused["code"] == "file_path_invalid" and f"{sub}/" not in str(files_refused)
     assert (files_refused["issuer"], files_refused["user"]) == ("supabase", upload_ok["user"]), "the session is noted"
     assert (token_ok["issuer"], token_ok["session_alg"], token_ok["signing_alg"]) == ("supabase", "HS256", "RS256")

@@ -24,8 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tests.e2e.upload_helpers import (body, delete, failure, patch, put, statuses, tx, upload,
-                                      upload_log_line)
+from tests.e2e.upload_helpers import body, delete, failure, patch, put, statuses, tx, upload
 from tests.support.db import insert_list, new_id, row
 
 GRANT_TODOS = "grant select, insert, update, delete on table public.todos to authenticated"
@@ -168,7 +167,7 @@ def test_missing_execute_grant_on_the_atomic_function_never_discards(instances, 
         assert response.status_code == 200, response.text
         assert statuses(response) == ["success"]
         assert row(db, "lists", second)["name"] == "b"
-        assert upload_log_line(instances["auto"], response)["upload"]["atomic_function"] == "missing"
+        assert instances["auto"].log_line(response)["upload"]["atomic_function"] == "missing"
     response = upload(instances["atomic"], token, body(tx(put("lists", first, name="a", owner_id=sub), tid=1)))
     assert statuses(response) == ["success"], response.text
     assert row(db, "lists", first)["name"] == "a"
@@ -193,7 +192,7 @@ def test_patch_and_delete_that_changed_no_row_are_reported_unchanged(instances, 
     # a transaction whose every write changed its row says nothing more
     second = upload(instances[name], token, body(tx(patch("lists", mine, name="again"), tid=8)))
     assert second.json()["results"] == [{"status": "success", "transaction_id": 8}]
-    assert [upload_log_line(instances[name], r)["upload"]["unchanged_entries"] for r in (first, second)] == [2, 0]
+    assert [instances[name].log_line(r)["upload"]["unchanged_entries"] for r in (first, second)] == [2, 0]
 
 
 @pytest.mark.parametrize("name,expected", [("rest", [0, 1, 2]), ("atomic", [1])])
@@ -230,6 +229,6 @@ def test_catch_all_server_answering_201_is_never_counted_applied(instances, catc
     assert (failed["code"], failed["http_status"]) == ("unexpected_response", 201), failed
     assert failed["message"].startswith("HTTP 201 from Supabase with an empty body"), failed
     assert catch_all.requests == before + 1, "the first answer stops the upload"
-    logged = upload_log_line(worker, response)["upload"]
+    logged = worker.log_line(response)["upload"]
     assert logged["failure_codes"] == ["unexpected_response"]
     assert logged["unexpected_responses"] == [failed["message"]]

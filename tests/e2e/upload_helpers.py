@@ -85,14 +85,3 @@ def wait_until_standin_idle(standin, timeout: float = 10.0):
 
 def upload_log_lines(worker) -> list[dict]:
     return [line for line in worker.log_lines() if line.get("route") == "upload"]
-
-
-def upload_log_line(worker, response, timeout: float = 10.0) -> dict:
-    """The upload log line of `response` (the one with its X-Request-Id). The worker writes it
-    before answering, but wrangler passes it to the worker's output on its own time, so it is
-    waited for: reading the last line right after the answer can find the one before."""
-    request_id = response.headers["X-Request-Id"]
-    lines = wait_for(lambda: [line for line in upload_log_lines(worker) if line.get("request_id") == request_id],
-                     timeout=timeout)
-    assert lines, f"no upload log line for request {request_id}"
-    return lines[0]

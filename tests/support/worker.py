@@ -125,6 +125,19 @@ class WorkerProcess:
                 lines.append(value)
         return lines
 
+    def log_line(self, response: requests.Response, timeout: float = 10.0) -> dict:
+        """The log line of `response` (the one with its X-Request-Id). The worker writes it before
+        answering, but wrangler passes it to the output on its own time: it is waited for, since
+        the last line read right after the answer can be the request's before."""
+        request_id = response.headers["X-Request-Id"]
+        deadline = time.time() + timeout
+        while True:
+            lines = [line for line in self.log_lines() if line.get("request_id") == request_id]
+            if lines:
+                return lines[0]
+            assert time.time() < deadline, f"no log line for request {request_id}:\n{self.output()[-2000:]}"
+            time.sleep(0.1)
+
     def get(self, path: str, **kw) -> requests.Response:
         return requests.get(self.url + path, timeout=kw.pop("timeout", 30), **kw)
 
