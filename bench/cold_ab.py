@@ -7,9 +7,10 @@ effect on cold starts is measured with it (docs/performance.md, "Cold start").
     cp -r build /tmp/before   # then change and `make build`
     COLD_BUILDS=before=/tmp/before,after=build .venv/bin/python bench/cold_ab.py
     COLD_RUNS=10 COLD_ONLY=health,token ...       # knobs (defaults: 8 isolates, every kind)
+    COLD_BUILDS=rsa=build,ed=build COLD_ALGS=ed=EdDSA ...  # one build, the key's type varied
 
 Kinds: `noop` (the JS no-op worker: the runtime's share), `load` (the build's script loaded
-only), `health`, `token` (RSA key, HS256 session) and `put1000` (1,000 PUTs, rls). CPU is the
+only), `health`, `token` (an RSA key unless COLD_ALGS names another type; HS256 session) and `put1000` (1,000 PUTs, rls). CPU is the
 loader's workerd process's, read from /proc per thread around each request (0.2 s after the
 answer, so that V8's background compiles are counted): "main" is the thread that runs the
 isolates, "all" adds V8's worker thread (background compiles), as `make bench` counts it.
@@ -39,15 +40,17 @@ KINDS = ["noop", "load", *os.environ.get("COLD_ONLY", "health,token,put1000").sp
 
 def main() -> int:
     builds = dict(b.split("=", 1) for b in os.environ.get("COLD_BUILDS", "build=build").split(","))
+    algs = dict(a.split("=", 1) for a in os.environ.get("COLD_ALGS", "").split(",") if a)
     with contextlib.ExitStack() as stack:
         pg, standin, jwks = bench.start_infrastructure(stack)
         key = bench.powersync_key("cold-ab")
-        env = {**complete_vars(standin.url, jwks.url, key, timeout_ms=30000), "UPLOAD_ATOMIC": "false"}
+        keys = {name: bench.powersync_key("cold-ab", algs[name]) if name in algs else key for name in builds}
         sub = "11111111-1111-1111-1111-111111111111"
         auth = {"Authorization": f"Bearer {make_token(sub, iss=f'{standin.url}/auth/v1', expires_in=3600)}"}
         loaders = {}
         for name, directory in builds.items():
             d = ROOT / directory
+            env = {**complete_vars(standin.url, jwks.url, keys[name], timeout_ms=30000), "UPLOAD_ATOMIC": "false"}
             loader, loader_dir = bench.start_cold_loader(
                 {"rust": {"js": (d / "index.js").read_text(), "wasm": (d / "index_bg.wasm").read_bytes()},
                  "noop": {"js": bench.SIGN_ONLY.read_text()},

@@ -136,6 +136,7 @@ def group_cpu(pgid: int, entry_port: int | None = None) -> dict[str, float]:
     workerd_entry (wrangler's proxy workerd, listening on the public port), workerd_user (the
     worker itself), node (wrangler), other."""
     totals = {"workerd_entry": 0.0, "workerd_user": 0.0, "node": 0.0, "other": 0.0}
+    listening = listening_inodes(entry_port) if entry_port is not None else set()
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
@@ -149,12 +150,7 @@ def group_cpu(pgid: int, entry_port: int | None = None) -> dict[str, float]:
             continue
         seconds = (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
         if comm == "workerd":
-            try:
-                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
-                cmdline = ""
-            entry = entry_port is not None and f"--socket-addr=entry=127.0.0.1:{entry_port}" in cmdline
-            totals["workerd_entry" if entry else "workerd_user"] += seconds
+            totals["workerd_entry" if listens(proc, listening) else "workerd_user"] += seconds
         elif comm.startswith("node") or comm == "MainThread":
             totals["node"] += seconds
         else:
@@ -301,20 +297,42 @@ def snapshot_build() -> Path:
 # =========================================================================== cold start
 def workerd_user_pid(pgid: int, entry_port: int) -> int | None:
     """The workerd process of a wrangler dev session that runs the worker (not the dev proxy,
-    which listens on the public port)."""
+    which listens on the public port: found by its listening socket, since both processes are
+    told port 0 when wrangler picks the port)."""
+    listening = listening_inodes(entry_port)
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
             stat = (proc / "stat").read_text()
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            fields = stat[stat.rindex(")") + 2:].split()
+            if int(fields[2]) != pgid or stat[stat.index("(") + 1:stat.rindex(")")] != "workerd":
+                continue
         except OSError:
             continue
-        comm = stat[stat.index("(") + 1:stat.rindex(")")]
-        fields = stat[stat.rindex(")") + 2:].split()
-        if int(fields[2]) == pgid and comm == "workerd" and f"--socket-addr=entry=127.0.0.1:{entry_port}" not in cmdline:
+        if not listens(proc, listening):
             return int(proc.name)
     return None
+
+
+def listens(proc: Path, inodes: set[str]) -> bool:
+    """Whether process `proc` (/proc/<pid>) holds one of the sockets `inodes`."""
+    with contextlib.suppress(OSError):
+        return any(link.readlink().name in inodes for link in (proc / "fd").iterdir())
+    return False
+
+
+def listening_inodes(port: int) -> set[str]:
+    """The sockets listening on TCP `port`, as a process's fd links name them ("socket:[inode]";
+    from /proc/net/tcp and tcp6)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[1].rsplit(":", 1)[1] == f"{port:04X}" and fields[3] == "0A":
+                    inodes.add(f"socket:[{fields[9]}]")
+    return inodes
 
 
 def thread_cpu_ms(pid: int) -> tuple[float, float]:

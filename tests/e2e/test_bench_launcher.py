@@ -2,9 +2,16 @@
 (tests/support/wrangler_dev.mjs) and without wrangler's local observability collector
 (X_LOCAL_OBSERVABILITY=false, bench/run.py). Their CPU figures are only meaningful if the worker
 behaves the same there: it answers, and its one log line per request is still written and
-printed."""
+printed. And the CPU they report must be the worker's own workerd process's (wrangler's dev
+proxy, a second workerd, listens on the public port; both are told port 0 when wrangler picks
+the port, so they are told apart by that listening socket)."""
 
 from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import requests
 
 from tests.e2e.conftest import make_token
 from tests.e2e.upload_helpers import wait_for
@@ -25,5 +32,33 @@ def test_worker_launched_as_the_benchmarks_do_issues_tokens_and_still_prints_its
         assert len(lines) == 1, w.output()[-2000:]
         assert lines[0]["route"] == "token" and lines[0]["status"] == 200
         assert "inspector" not in " ".join(w.proc.args)
+    finally:
+        w.stop()
+
+
+def bench_run():
+    """bench/run.py, the benchmarks' helpers (bench/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("bench_run", Path(__file__).resolve().parents[2] / "bench/run.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmarks_count_the_cpu_of_the_workers_own_workerd_apart_from_the_proxys(base_vars):
+    bench = bench_run()
+    w = WorkerProcess(base_vars, inspector=False)
+    try:
+        pid = bench.workerd_user_pid(w.proc.pid, w.port)
+        assert pid is not None
+        proxy = bench.listening_inodes(w.port)
+        assert proxy, "something listens on the worker's port"
+        assert not bench.listens(Path(f"/proc/{pid}"), proxy), "the worker's workerd is not the proxy"
+        before = bench.group_cpu(w.proc.pid, w.port)
+        with requests.Session() as http:
+            for _ in range(300):
+                assert http.get(w.url + "/health", timeout=10).status_code == 200
+        after = bench.group_cpu(w.proc.pid, w.port)
+        assert after["workerd_user"] > before["workerd_user"], (before, after)
+        assert after["workerd_entry"] > before["workerd_entry"], (before, after)
     finally:
         w.stop()

@@ -196,8 +196,8 @@ def test_two_users_at_once_neither_receives_nor_changes_the_others_rows(apps, db
 
 def test_writes_made_while_the_worker_is_down_stay_queued_then_upload_in_order_without_loss(
         apps, db, base_vars, powersync_service, user_a):
-    port = free_port()
-    worker = WorkerProcess(sync_vars(base_vars, powersync_service.url), port=port)
+    worker = WorkerProcess(sync_vars(base_vars, powersync_service.url))
+    port = worker.port  # back at the same address later
     try:
         app = apps(user_a, worker)
         worker.stop()
@@ -290,14 +290,15 @@ def test_key_rotation_keeps_connected_clients_syncing_and_new_keys_tokens_are_ac
         apps, db, pg, base_vars, powersync_key, user_a, user_b):
     """The service reads the JWKS of the worker it trusts (a fixed port); the worker restarts on
     that port with a new key and the old public key in POWERSYNC_PREVIOUS_PUBLIC_KEYS."""
-    worker_port, service_port = free_port(), free_port()
+    service_port = free_port()
     service_url = f"http://127.0.0.1:{service_port}"
     old_vars = sync_vars(base_vars, service_url)
     new_key = json.loads(devtool("keygen", "--kid", "ps-rotated-2"))
     new_vars = {**old_vars, "POWERSYNC_KEY_ID": new_key["kid"], "POWERSYNC_PRIVATE_KEY": new_key["private_pem"],
                 "POWERSYNC_PREVIOUS_PUBLIC_KEYS": json.dumps({"keys": [powersync_key["public_jwk"]]})}
     storage = pg.create_database(f"psstorage_{uuid.uuid4().hex[:8]}")
-    worker = WorkerProcess(old_vars, port=worker_port)
+    worker = WorkerProcess(old_vars)
+    worker_port = worker.port  # the new key's worker comes back at the same address
     service = None
     try:
         service = PowerSyncService(pg.url(with_password=True), pg.url(storage, with_password=True),

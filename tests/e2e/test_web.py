@@ -23,7 +23,7 @@ import pytest
 
 from tests.e2e.test_sync import server_todos, sync_vars
 from tests.support.web_browser import Browser, DemoPage
-from tests.support.worker import WorkerProcess, free_port
+from tests.support.worker import WorkerProcess
 
 def new_id() -> str:
     return str(uuid.uuid4())
@@ -215,9 +215,9 @@ def test_insert_update_delete_made_in_the_page_upload_through_the_worker(
 
 def test_write_made_while_the_worker_is_unreachable_stays_queued_and_lands_exactly_once(
         browser, page, base_vars, powersync_service, db, session_token, user_a):
-    port = free_port()
     vars = web_vars(base_vars, powersync_service.url, page)
-    worker = WorkerProcess(vars, port=port)
+    worker = WorkerProcess(vars)
+    port = worker.port  # back at the same address after the outage
     try:
         tab = open_signed_in(browser, page, worker.url, session_token(user_a))
         list_id = add_list(browser, tab, "Trip")

@@ -2,7 +2,8 @@
 
 `WorkerProcess(vars)` writes a throwaway wrangler config (no build step: `make test` builds
 once before the end-to-end tests) and a `.dev.vars` with exactly `vars`, starts
-`wrangler dev` on a free loopback port and waits until it answers. Its combined output is kept
+`wrangler dev` on a loopback port (the one wrangler binds and reports, unless one is given) and
+waits until it answers. Its combined output is kept
 in `.output()` so tests can check what the worker logged. `extra_config` is appended to the
 wrangler config (bindings, e.g. the metrics dataset). `inspector=False` starts it through
 wrangler's API without the devtools inspector (tests/support/wrangler_dev.mjs; the benchmarks).
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -28,6 +30,9 @@ WRANGLER = ROOT / "node_modules/.bin/wrangler"
 WRANGLER_DEV_API = Path(__file__).resolve().parent / "wrangler_dev.mjs"
 BUILD = ROOT / "build/index.js"
 DEVTOOL = ROOT / "target/debug/devtool"
+
+
+READY = re.compile(r"Ready on http://127\.0\.0\.1:(\d+)")
 
 
 def free_port() -> int:
@@ -54,23 +59,6 @@ class WorkerProcess:
             raise RuntimeError(f"{main} is missing: run `make build` (make test does) first")
         self.vars = dict(vars)
         self.dir = Path(tempfile.mkdtemp(prefix="worker-e2e-"))
-        # free_port() only finds a port free at that instant: a port another process takes in
-        # between (or a stopped worker's, still lingering) makes wrangler exit with "Address
-        # already in use". With a port of our choosing, try again on another one.
-        for attempt in range(3):
-            try:
-                self._launch(main, startup_timeout, inspector, port or free_port(), extra_config)
-                return
-            except RuntimeError:
-                # The whole log of this attempt, not the error's message: that holds only the
-                # log's end, and when wrangler exits its bundler (esbuild) can print a long
-                # goroutine dump after wrangler's own "Address already in use" (seen in CI).
-                if port is not None or attempt == 2 or "Address already in use" not in self.output():
-                    raise
-
-    def _launch(self, main: Path, startup_timeout: float, inspector: bool, port: int, extra_config: str):
-        self.port = port  # a fixed port: restart "the same" worker after stop()
-        self.url = f"http://127.0.0.1:{self.port}"
         (self.dir / "wrangler.toml").write_text(
             f'name = "e2e"\nmain = "{main}"\ncompatibility_date = "2026-11-01"\n' + extra_config
         )
@@ -81,21 +69,30 @@ class WorkerProcess:
         self._log = open(self.log_path, "wb")
         env = dict(os.environ, CI="true", WRANGLER_SEND_METRICS="false", NO_COLOR="1",
                    WRANGLER_LOG_PATH=str(self.dir / "logs"))
+        # Without a port given, wrangler binds one the system picks (port 0) and prints it. A port
+        # chosen here first can be taken by another process before wrangler binds it: wrangler's
+        # CLI then exits with "Address already in use" (a CI run lost a module to it), its API hangs.
         if inspector:
-            command = [str(WRANGLER), "dev", "--ip", "127.0.0.1", "--port", str(self.port),
-                       "--inspector-port", str(free_port())]
+            command = [str(WRANGLER), "dev", "--ip", "127.0.0.1", "--port", str(port or 0), "--inspector-port", "0"]
         else:
-            command = ["node", str(WRANGLER_DEV_API), str(self.dir / "wrangler.toml"), str(self.port)]
+            command = ["node", str(WRANGLER_DEV_API), str(self.dir / "wrangler.toml"), str(port or 0)]
         self.proc = subprocess.Popen(
             command,
             cwd=self.dir, env=env, stdout=self._log, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True,
         )
         deadline = time.time() + startup_timeout
+        # The port: the one given (a worker restarted at the same address after stop()), or the
+        # one wrangler reports ("Ready on http://127.0.0.1:<port>").
+        self.port = port
         while True:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"wrangler dev exited early:\n{self.output()[-3000:]}")
+            if self.port is None and (ready := READY.search(self.output())):
+                self.port = int(ready.group(1))
             try:
+                if self.port is None:
+                    raise requests.ConnectionError("not ready yet")
                 requests.get(self.url + "/health", timeout=2)
                 break
             except requests.RequestException:
@@ -103,6 +100,10 @@ class WorkerProcess:
                     self.stop()
                     raise RuntimeError(f"wrangler dev did not answer:\n{self.output()[-3000:]}")
                 time.sleep(0.3)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
     def output(self) -> str:
         try:
