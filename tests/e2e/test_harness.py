@@ -1,12 +1,24 @@
 """The end-to-end harness itself. A worker is started on a port the system picks when wrangler
 binds it (port 0), and the harness reads it from wrangler's "Ready on" line. A port chosen by
 the harness first (as before) could be taken by another process before wrangler bound it; a CI
-run lost a whole module to that ("Address already in use")."""
+run lost a whole module to that ("Address already in use"). The PowerSync service and the
+Storage server are told their ports, so one taken before they bound it (EADDRINUSE) makes the
+harness start them again on other ports."""
 
 from __future__ import annotations
 
+import socket
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
+import requests
+
+import tests.support.powersync as powersync
+import tests.support.storage as storage_module
+from tests.e2e.conftest import JWT_SECRET
+from tests.support.powersync import PowerSyncService
+from tests.support.storage import StorageServer
 from tests.support.worker import WorkerProcess
 
 
@@ -23,3 +35,39 @@ def test_workers_started_at_once_get_ports_of_their_own_and_each_answers_at_its_
     finally:
         for w in workers:
             w.stop()
+
+
+@pytest.fixture
+def taken_port():
+    """A port another process holds (listening), as a port picked by free_port() and taken
+    before the service bound it would be."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        yield taken.getsockname()[1]
+
+
+def picks_first(monkeypatch, module, port: int) -> list[int]:
+    """Makes `module.free_port()` return `port` once, then free ports; returns what is left of
+    the planted pick (empty once it was used)."""
+    planted, real = [port], module.free_port
+    monkeypatch.setattr(module, "free_port", lambda: planted.pop() if planted else real())
+    return planted
+
+
+def test_powersync_service_whose_picked_port_was_taken_starts_again_on_another(pg, worker, taken_port, monkeypatch):
+    planted = picks_first(monkeypatch, powersync, taken_port)
+    storage = pg.create_database(f"psstorage_{uuid.uuid4().hex[:8]}")
+    with PowerSyncService(pg.url(with_password=True), pg.url(storage, with_password=True),
+                          jwks_uri=worker.url + "/.well-known/jwks.json") as service:
+        assert not planted, "the taken port was tried first"
+        assert service.port != taken_port
+        assert requests.get(service.url + "/probes/liveness", timeout=10).status_code == 200
+
+
+def test_storage_server_whose_picked_port_was_taken_starts_again_on_another(pg, taken_port, monkeypatch):
+    planted = picks_first(monkeypatch, storage_module, taken_port)
+    with StorageServer(pg.url(), JWT_SECRET) as server:
+        assert not planted, "the taken port was tried first"
+        assert server.port != taken_port
+        assert requests.get(server.url + "/status", timeout=10).status_code == 200

@@ -56,11 +56,23 @@ class PowerSyncService(NodeService):
                  audience: str | list[str] | None = None, port: int | None = None,
                  startup_timeout: float = 60.0):
         node, entry = service_install()
+        # Admin API token (diagnostics), random per run: only this process knows it.
+        self.api_token = secrets.token_urlsafe(24)
+        for attempt in range(self.ATTEMPTS):
+            try:
+                self._start(node, entry, app_dsn_with_password, storage_dsn, jwks_uri, audience, port,
+                            startup_timeout)
+                return
+            except RuntimeError as e:
+                if not self._run_again_elsewhere(e, attempt, port is not None):
+                    raise
+
+    def _start(self, node: str, entry: str, app_dsn_with_password: str, storage_dsn: str,
+               jwks_uri: str | list[str], audience: str | list[str] | None, port: int | None,
+               startup_timeout: float) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.audience = [audience] if isinstance(audience, str) else list(audience or [self.url])
-        # Admin API token (diagnostics), random per run: only this process knows it.
-        self.api_token = secrets.token_urlsafe(24)
         self.dir = Path(tempfile.mkdtemp(prefix="powersync-service-"))
         config = {
             "replication": {"connections": [
