@@ -1,9 +1,9 @@
 """The end-to-end harness itself. A worker is started on a port the system picks when wrangler
 binds it (port 0), and the harness reads it from wrangler's "Ready on" line. A port chosen by
 the harness first (as before) could be taken by another process before wrangler bound it; a CI
-run lost a whole module to that ("Address already in use"). The PowerSync service and the
-Storage server are told their ports, so one taken before they bound it (EADDRINUSE) makes the
-harness start them again on other ports."""
+run lost a whole module to that ("Address already in use"). The PowerSync service, the
+Storage server and the demo page's server (Vite) are told their ports, so one taken before they
+bound it makes the harness start them again on other ports."""
 
 from __future__ import annotations
 
@@ -16,9 +16,11 @@ import requests
 
 import tests.support.powersync as powersync
 import tests.support.storage as storage_module
+import tests.support.web_browser as web_browser
 from tests.e2e.conftest import JWT_SECRET
 from tests.support.powersync import PowerSyncService
 from tests.support.storage import StorageServer
+from tests.support.web_browser import DemoPage
 from tests.support.worker import WorkerProcess
 
 
@@ -71,3 +73,14 @@ def test_storage_server_whose_picked_port_was_taken_starts_again_on_another(pg, 
         assert not planted, "the taken port was tried first"
         assert server.port != taken_port
         assert requests.get(server.url + "/status", timeout=10).status_code == 200
+
+
+def test_demo_page_whose_picked_port_was_taken_is_served_on_another(taken_port, monkeypatch, tmp_path):
+    planted = picks_first(monkeypatch, web_browser, taken_port)
+    page = DemoPage.start(tmp_path)
+    try:
+        assert not planted, "the taken port was tried first"
+        assert page.port != taken_port
+        assert "<html" in requests.get(page.origin + "/", timeout=10).text.lower()
+    finally:
+        page.stop()

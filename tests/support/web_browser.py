@@ -52,26 +52,33 @@ class DemoPage:
         subprocess.run([node(), str(VITE), "build", "--logLevel", "warn", "--outDir", str(out), "--emptyOutDir",
                         "--bypass-lock"],
                        cwd=WEB, env=env, check=True)
-        port = free_port()
-        log_path = log_dir / "vite-preview.log"
-        log = open(log_path, "wb")
-        # --bypass-lock (here and in the build): Vite allows one build and one preview per
-        # project at a time unless told otherwise; each run has its own outDir.
-        proc = subprocess.Popen([node(), str(VITE), "preview", "--port", str(port), "--outDir", str(out),
-                                 "--bypass-lock"], cwd=WEB, env=env,
-                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
-        page = cls(port, proc, log_path)
-        deadline = time.time() + 30
-        while True:
-            try:
-                requests.get(page.origin + "/", timeout=2).raise_for_status()
-                return page
-            except requests.RequestException:
-                if proc.poll() is not None or time.time() > deadline:
-                    page.stop()
-                    raise BrowserError(f"vite preview did not start:\n{log_path.read_text()[-2000:]}")
-                time.sleep(0.2)
+        # The port is picked here (free_port), and another process can take it before Vite binds
+        # it: Vite then exits (strictPort, vite.config.js) and the page starts on another one.
+        for attempt in range(3):
+            port = free_port()
+            log_path = log_dir / f"vite-preview-{attempt}.log"
+            log = open(log_path, "wb")
+            # --bypass-lock (here and in the build): Vite allows one build and one preview per
+            # project at a time unless told otherwise; each run has its own outDir.
+            proc = subprocess.Popen([node(), str(VITE), "preview", "--port", str(port), "--outDir", str(out),
+                                     "--bypass-lock"], cwd=WEB, env=env,
+                                    stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True)
+            page = cls(port, proc, log_path)
+            deadline = time.time() + 30
+            while True:
+                try:
+                    requests.get(page.origin + "/", timeout=2).raise_for_status()
+                    return page
+                except requests.RequestException:
+                    if proc.poll() is not None or time.time() > deadline:
+                        page.stop()
+                        shown = log_path.read_text()
+                        if attempt < 2 and "already in use" in shown:
+                            break
+                        raise BrowserError(f"vite preview did not start:\n{shown[-2000:]}")
+                    time.sleep(0.2)
+        raise AssertionError("unreachable")
 
     def url_for(self, worker_url: str, session_token: str | None = None, retry_delay_ms: int = 1000) -> str:
         url = f"{self.origin}/?worker={quote(worker_url, safe='')}&retryDelayMs={retry_delay_ms}"
