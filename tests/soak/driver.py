@@ -612,6 +612,31 @@ def _insert_anchors(conn, schema: Schema, clients: list[Ids]) -> State:
     return state
 
 
+def client_ids(seed: int, clients: int) -> list[Ids]:
+    """Each client's user and rows, from the seed."""
+    master = random.Random(f"{seed}:ids")
+    return [Ids(rid(master), [rid(master) for _ in range(3)], [rid(master) for _ in range(6)],
+                rid(master), rid(master), [rid(master) for _ in range(3)]) for _ in range(clients)]
+
+
+def workloads(cfg: SoakConfig, seed: int, ids: list[Ids], dependent: bool) -> list[list[Transaction]]:
+    """Each client's transactions, from the seed: at least its share of cfg.operations entries,
+    so all of them together hold at least cfg.operations. The share is rounded up: rounded down,
+    6 clients' 333 entries could come to 1,998 or 1,999 of 2,000 (seed 522860893 did)."""
+    per_client = max(1, -(-cfg.operations // len(ids)))
+    queues = []
+    for i, me in enumerate(ids):
+        gen = Generator(random.Random(f"{seed}:workload:{i}"), me, [o for o in ids if o is not me],
+                        dependent, cfg.fatal_rate, cfg.previous_rate)
+        queue, n = [], 0
+        while n < per_client:
+            t = gen.transaction((i + 1) * 1_000_000 + len(queue))
+            queue.append(t)
+            n += len(t.entries)
+        queues.append(queue)
+    return queues
+
+
 def run_soak(cfg: SoakConfig, worker_url: str, proxy, dsn: str, make_token, log=print) -> SoakReport:
     """Runs one soak against a worker already configured for `cfg.mode` (worker_vars) whose
     SUPABASE_URL is `proxy`. `make_token(sub)` -> a session token the worker accepts."""
@@ -623,20 +648,8 @@ def run_soak(cfg: SoakConfig, worker_url: str, proxy, dsn: str, make_token, log=
     dependent = cfg.dependent_deletes if cfg.dependent_deletes is not None else atomic
     report.dependent_deletes = dependent
     log(f"soak {cfg.mode}: seed {seed} (rerun with SOAK_SEED={seed})")
-    master = random.Random(f"{seed}:ids")
-    ids = [Ids(rid(master), [rid(master) for _ in range(3)], [rid(master) for _ in range(6)],
-               rid(master), rid(master), [rid(master) for _ in range(3)]) for _ in range(cfg.clients)]
-    queues: list[list[Transaction]] = []
-    per_client = max(1, cfg.operations // cfg.clients)
-    for i, me in enumerate(ids):
-        gen = Generator(random.Random(f"{seed}:workload:{i}"), me, [o for o in ids if o is not me],
-                        dependent, cfg.fatal_rate, cfg.previous_rate)
-        queue, n = [], 0
-        while n < per_client:
-            t = gen.transaction((i + 1) * 1_000_000 + len(queue))
-            queue.append(t)
-            n += len(t.entries)
-        queues.append(queue)
+    ids = client_ids(seed, cfg.clients)
+    queues = workloads(cfg, seed, ids, dependent)
 
     with psycopg.connect(dsn, autocommit=True) as conn:
         _reset_tables(conn)
