@@ -137,17 +137,7 @@ def group_cpu(pgid: int, entry_port: int | None = None) -> dict[str, float]:
     worker itself), node (wrangler), other."""
     totals = {"workerd_entry": 0.0, "workerd_user": 0.0, "node": 0.0, "other": 0.0}
     listening = listening_inodes(entry_port) if entry_port is not None else set()
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            stat = (proc / "stat").read_text()
-        except OSError:
-            continue
-        comm = stat[stat.index("(") + 1:stat.rindex(")")]
-        fields = stat[stat.rindex(")") + 2:].split()
-        if int(fields[2]) != pgid:  # pgrp
-            continue
+    for proc, comm, fields in group_processes(pgid):
         seconds = (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
         if comm == "workerd":
             totals["workerd_entry" if listens(proc, listening) else "workerd_user"] += seconds
@@ -300,19 +290,25 @@ def workerd_user_pid(pgid: int, entry_port: int) -> int | None:
     which listens on the public port: found by its listening socket, since both processes are
     told port 0 when wrangler picks the port)."""
     listening = listening_inodes(entry_port)
+    for proc, comm, _ in group_processes(pgid):
+        if comm == "workerd" and not listens(proc, listening):
+            return int(proc.name)
+    return None
+
+
+def group_processes(pgid: int):
+    """(/proc/<pid>, command name, /proc/<pid>/stat's fields after the name) of each process
+    in process group `pgid`."""
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
             stat = (proc / "stat").read_text()
-            fields = stat[stat.rindex(")") + 2:].split()
-            if int(fields[2]) != pgid or stat[stat.index("(") + 1:stat.rindex(")")] != "workerd":
-                continue
         except OSError:
             continue
-        if not listens(proc, listening):
-            return int(proc.name)
-    return None
+        fields = stat[stat.rindex(")") + 2:].split()
+        if int(fields[2]) == pgid:  # pgrp
+            yield proc, stat[stat.index("(") + 1:stat.rindex(")")], fields
 
 
 def listens(proc: Path, inodes: set[str]) -> bool:

@@ -57,10 +57,13 @@ fn app(env: &Env) -> Rc<App> {
 }
 
 #[wasm_bindgen(inline_js = r#"
+function headLinesOf(headers) {
+  let lines = "";
+  for (const [name, value] of headers) lines += name + "\n" + value + "\n";
+  return lines;
+}
 export function requestHead(request) {
-  let head = request.method + "\n" + request.url + "\n";
-  for (const [name, value] of request.headers) head += name + "\n" + value + "\n";
-  return head;
+  return request.method + "\n" + request.url + "\n" + headLinesOf(request.headers);
 }
 function headersOf(headLines) {
   const headers = new Headers();
@@ -80,9 +83,7 @@ export function send(url, method, headLines, body, hasBody, timeoutMs) {
   return fetch(url, init).finally(() => clearTimeout(timer));
 }
 export function responseHead(response) {
-  let head = response.status + "\n";
-  for (const [name, value] of response.headers) head += name + "\n" + value + "\n";
-  return head;
+  return response.status + "\n" + headLinesOf(response.headers);
 }
 export function writeDataPoint(dataset, point) {
   if (typeof dataset.writeDataPoint !== "function") throw new Error("METRICS is not an Analytics Engine dataset");

@@ -14,7 +14,6 @@ from pathlib import Path
 import requests
 
 from tests.e2e.conftest import make_token
-from tests.e2e.upload_helpers import wait_for
 from tests.support.worker import WorkerProcess
 
 
@@ -27,10 +26,10 @@ def test_worker_launched_as_the_benchmarks_do_issues_tokens_and_still_prints_its
         r = w.get("/powersync-token", headers={"Authorization": f"Bearer {token}"})
         assert r.status_code == 200, r.text
         assert r.json()["token"].count(".") == 2
-        request_id = r.headers["X-Request-Id"]
-        lines = wait_for(lambda: [line for line in w.log_lines() if line.get("request_id") == request_id])
-        assert len(lines) == 1, w.output()[-2000:]
-        assert lines[0]["route"] == "token" and lines[0]["status"] == 200
+        line = w.log_line(r)
+        lines = [l for l in w.log_lines() if l.get("request_id") == r.headers["X-Request-Id"]]
+        assert lines == [line], w.output()[-2000:]
+        assert line["route"] == "token" and line["status"] == 200
         assert "inspector" not in " ".join(w.proc.args)
     finally:
         w.stop()

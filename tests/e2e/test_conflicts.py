@@ -19,6 +19,7 @@ import uuid
 import pytest
 
 from tests.e2e.conftest import SERVICE_KEY
+from tests.e2e.upload_helpers import wait_for
 from tests.support.sdk_client import SdkApp
 
 
@@ -29,13 +30,8 @@ RPC_PATH = "/rest/v1/rpc/powersync_apply_transaction"
 def resent_uploads(worker) -> list[dict]:
     """The upload log lines' counts of the uploads that re-sent a request, once there is one
     (wrangler passes the worker's lines on in its own time, after the answer)."""
-    deadline = time.monotonic() + 10
-    while True:
-        uploads = [line["upload"] for line in worker.log_lines()
-                   if line.get("route") == "upload" and line.get("upload", {}).get("resent")]
-        if uploads or time.monotonic() > deadline:
-            return uploads
-        time.sleep(0.1)
+    return wait_for(lambda: [line["upload"] for line in worker.log_lines()
+                             if line.get("route") == "upload" and line.get("upload", {}).get("resent")])
 
 
 def conflict_vars(base_vars: dict, powersync_url: str, detection: bool, route: str) -> dict:

@@ -56,14 +56,18 @@ class NodeService:
             self.stop()
             raise
 
-    ATTEMPTS = 3  # starts on other free ports when the one picked was taken (below)
-
-    def _run_again_elsewhere(self, error: RuntimeError, attempt: int, ports_given: bool) -> bool:
-        """Whether a start that failed with `error` is tried again on other free ports: when
-        another process took a port between the pick (`free_port`, which only finds a port free
-        at that instant) and the service's bind (Node's EADDRINUSE, in the output `error`
-        holds), the ports were the harness's to pick, and attempts are left."""
-        return not ports_given and attempt < self.ATTEMPTS - 1 and "EADDRINUSE" in str(error)
+    def _start_on_free_ports(self, start, ports_given: bool, attempts: int = 3) -> None:
+        """Calls `start()`, which picks free ports and runs the service (`_run`), again on other
+        free ports when another process took one between the pick (`free_port`, which only finds
+        a port free at that instant) and the service's bind: Node's EADDRINUSE, in the output the
+        error holds. Ports the caller gave are never changed."""
+        for attempt in range(attempts):
+            try:
+                start()
+                return
+            except RuntimeError as e:
+                if ports_given or attempt == attempts - 1 or "EADDRINUSE" not in str(e):
+                    raise
 
     def _wait_live(self, probe_path: str, timeout: float, poll_seconds: float) -> None:
         deadline = time.monotonic() + timeout

@@ -58,14 +58,8 @@ class PowerSyncService(NodeService):
         node, entry = service_install()
         # Admin API token (diagnostics), random per run: only this process knows it.
         self.api_token = secrets.token_urlsafe(24)
-        for attempt in range(self.ATTEMPTS):
-            try:
-                self._start(node, entry, app_dsn_with_password, storage_dsn, jwks_uri, audience, port,
-                            startup_timeout)
-                return
-            except RuntimeError as e:
-                if not self._run_again_elsewhere(e, attempt, port is not None):
-                    raise
+        self._start_on_free_ports(lambda: self._start(node, entry, app_dsn_with_password, storage_dsn, jwks_uri,
+                                                      audience, port, startup_timeout), port is not None)
 
     def _start(self, node: str, entry: str, app_dsn_with_password: str, storage_dsn: str,
                jwks_uri: str | list[str], audience: str | list[str] | None, port: int | None,

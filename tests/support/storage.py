@@ -43,13 +43,8 @@ class StorageServer(NodeService):
                  files_dir: str | None = None, startup_timeout: float = 90.0,
                  jwks: dict | None = None):
         node, entry = server_install()
-        for attempt in range(self.ATTEMPTS):
-            try:
-                self._start(node, entry, database_url, jwt_secret, port, files_dir, startup_timeout, jwks)
-                return
-            except RuntimeError as e:
-                if not self._run_again_elsewhere(e, attempt, port is not None):
-                    raise
+        self._start_on_free_ports(lambda: self._start(node, entry, database_url, jwt_secret, port, files_dir,
+                                                      startup_timeout, jwks), port is not None)
 
     def _start(self, node: str, entry: str, database_url: str, jwt_secret: str, port: int | None,
                files_dir: str | None, startup_timeout: float, jwks: dict | None) -> None:

@@ -90,16 +90,16 @@ class WorkerProcess:
                 raise RuntimeError(f"wrangler dev exited early:\n{self.output()[-3000:]}")
             if self.port is None and (ready := READY.search(self.output())):
                 self.port = int(ready.group(1))
-            try:
-                if self.port is None:
-                    raise requests.ConnectionError("not ready yet")
-                requests.get(self.url + "/health", timeout=2)
-                break
-            except requests.RequestException:
-                if time.time() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"wrangler dev did not answer:\n{self.output()[-3000:]}")
-                time.sleep(0.3)
+            if self.port is not None:
+                try:
+                    requests.get(self.url + "/health", timeout=2)
+                    break
+                except requests.RequestException:
+                    pass
+            if time.time() > deadline:
+                self.stop()
+                raise RuntimeError(f"wrangler dev did not answer:\n{self.output()[-3000:]}")
+            time.sleep(0.3)
 
     @property
     def url(self) -> str:
