@@ -147,7 +147,7 @@ bench-profile: postgres venv build
 	@command -v perf >/dev/null 2>&1 || { echo "installing perf (apt: linux-perf)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-perf >/dev/null; }
 	@[ target/names/index_bg.wasm -nt build/index_bg.wasm ] || FORCE_BUILD=1 scripts/build.sh
-	@bench/rust-floor/build.sh
+	@bench/build_rust_floors.sh
 	$(WITH_NODE) $(PY) bench/cpu_profile.py
 
 # About 4 minutes (PostgreSQL and the stand-in only, no worker build); writes

@@ -53,9 +53,8 @@ def main() -> int:
             env = {**complete_vars(standin.url, jwks.url, keys[name], timeout_ms=30000), "UPLOAD_ATOMIC": "false"}
             loader, loader_dir = bench.start_cold_loader(
                 {"rust": {"js": (d / "index.js").read_text(), "wasm": (d / "index_bg.wasm").read_bytes()},
-                 "noop": {"js": bench.SIGN_ONLY.read_text()},
-                 "token": {"js": "export default {}"}, "upload": {"js": "export default {}"}},
-                {"rust": env, "noop": {"POWERSYNC_PRIVATE_KEY": key["private_pem"]}, "token": {}, "upload": {}})
+                 "noop": {"js": bench.SIGN_ONLY.read_text()}},
+                {"rust": env, "noop": {"POWERSYNC_PRIVATE_KEY": key["private_pem"]}})
             stack.callback(loader.stop)
             pid = bench.workerd_user_pid(loader.proc.pid, loader.port)
             if pid is None:

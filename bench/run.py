@@ -78,7 +78,8 @@ LUA = BENCH / "wrk/bench.lua"
 SIGN_ONLY = BENCH / "sign-only/worker.js"
 UPLOAD_FLOOR = BENCH / "upload-floor/worker.js"
 JS_TOKEN = BENCH / "js/token.js"
-RUST_FLOOR = BENCH / "rust-floor/build/index.js"  # built by bench/run.sh
+RUST_FLOOR = BENCH / "rust-floor/build/index.js"  # built by bench/build_rust_floors.sh
+RUST_UPLOAD_FLOOR = BENCH / "rust-upload-floor/build/index.js"  # the same
 JS_UPLOAD = BENCH / "js/upload.js"
 WRANGLER_DEV_API = ROOT / "tests/support/wrangler_dev.mjs"
 BASELINE = BENCH / "baseline.py"
@@ -365,21 +366,29 @@ COLD_KINDS = {
     "token": ("the worker (RSA key), `GET /powersync-token` (HS256 session)", "rust"),
     "js_put1000": ("plain JS upload worker (bench/upload-floor/worker.js), 1,000 PUTs (`/forward`)", "upload"),
     "put1000": ("the worker (rls), 1,000 PUTs", "rust"),
+    "rust_floor": ("the smallest workers-rs worker (bench/rust-floor), `GET /`", "rust_floor"),
+    "rust_put1000": ("the plain JS upload worker's job in Rust (bench/rust-upload-floor), 1,000 PUTs (`/forward`)",
+                     "rust_upload"),
 }
 COLD_PAIRS = (("health", "noop_js", "`/health`"), ("token", "js_token", "token (RSA key, HS256 session)"),
               ("put1000", "js_put1000", "1,000-PUT upload (rls)"))
 COLD_LOADER = BENCH / "cold/loader.js"
 
 
+# The scripts bench/cold/loader.js imports, and whether each has a wasm module beside its JS.
+COLD_SCRIPTS = {"rust": True, "noop": False, "token": False, "upload": False, "rust_floor": True, "rust_upload": True}
+
+
 def start_cold_loader(scripts: dict[str, dict], envs: dict[str, dict]) -> tuple[WorkerProcess, Path]:
-    """bench/cold/loader.js under `wrangler dev`, with the scripts to load (`rust`: index.js +
-    index_bg.wasm, the others one bundled JS module each) copied beside it and each script's env
-    as JSON in ENV_<SCRIPT>."""
+    """bench/cold/loader.js under `wrangler dev`, with the scripts to load (the Rust ones: index.js
+    + index_bg.wasm, the others one bundled JS module each) copied beside it and each script's env
+    as JSON in ENV_<SCRIPT>. A script not given is an empty module (never loaded)."""
     d = Path(tempfile.mkdtemp(prefix="bench-cold-loader-"))
     shutil.copy2(COLD_LOADER, d / "loader.js")
-    for name, files in scripts.items():
+    for name, has_wasm in COLD_SCRIPTS.items():
+        files = scripts.get(name, {"js": "export default {}", "wasm": b""})
         (d / f"{name}.js.txt").write_text(files["js"])
-        if "wasm" in files:
+        if has_wasm:
             (d / f"{name}.wasm.bin").write_bytes(files["wasm"])
     config = ('rules = [ { type = "Data", globs = ["**/*.bin"] }, { type = "Text", globs = ["**/*.txt"] } ]\n'
               '[[worker_loaders]]\nbinding = "LOADER"\n')
@@ -685,7 +694,7 @@ def render_markdown(res: dict) -> str:
                 f"| {mode_labels[mode]} | {v['label']} | {fmt(s['rps'], 1)} | {fmt(s['ops_per_s'], 0)} | {fmt(s['p50_ms'], 1)} | "
                 f"{fmt(s['p99_ms'], 1)} | {v['subrequests']} | {fmt(s['cpu_ms_per_req_user'], 2)} | "
                 f"+ {fmt(s['cpu_ms_per_req_entry'], 2)} = {fmt(s['cpu_ms_per_req'], 2)} | {fmt(v['ratio_vs_baseline'], 1, '×')} |")
-    for js_key in JS_UPLOAD_LABELS:
+    for js_key in COMPARED_UPLOAD_LABELS:
         for key, v in uj[js_key].items():
             s = v["median"]
             out.append(f"| {v['label']} | | {fmt(s['rps'], 1)} | – | {fmt(s['p50_ms'], 1)} | {fmt(s['p99_ms'], 1)} | 1 | "
@@ -773,11 +782,14 @@ def render_markdown(res: dict) -> str:
 # =========================================================================== main
 # The PUT batches the JavaScript upload workers are measured with (they forward PUTs only).
 FLOOR_BATCHES = ("put1", "put1000")
-JS_UPLOAD_LABELS = {
+# The workers the worker's uploads are compared with (bench/README.md, "The JavaScript workers").
+COMPARED_UPLOAD_LABELS = {
     "js_rls": "plain JS worker (bench/upload-floor/worker.js `/forward`: read, JSON.parse, rows, JSON.stringify, one upsert)",
     "js_atomic": "plain JS worker (`/atomic`: the same as one `rpc/powersync_apply_transaction` call)",
     "js_full_rls": "JS worker + session check (jose) + log line (bench/js/upload.js `/rls`)",
     "js_full_atomic": "JS worker + session check (jose) + log line (bench/js/upload.js `/atomic`)",
+    "rust_rls": "the plain JS worker's `/forward` in Rust (bench/rust-upload-floor: workers-rs, serde_json)",
+    "rust_atomic": "the plain JS worker's `/atomic` in Rust (bench/rust-upload-floor)",
 }
 TOKEN_TABLE_ORDER = ("noop_js", "noop_log_js", "rust_floor", "health", "sign_only", "token_hs256", "js_token_rs256", "token_key_es256",
                      "js_token_es256", "token_key_eddsa", "js_token_eddsa", "token_es256", "js_token_es256_session",
@@ -895,8 +907,10 @@ def main() -> int:
         stack.callback(w_upload_floor.stop)
         w_js_upload = start_worker(js_token_vars, JS_UPLOAD)
         stack.callback(w_js_upload.stop)
+        w_rust_upload = start_worker({"SUPABASE_URL": standin.url, "SUPABASE_ANON_KEY": ANON_KEY}, RUST_UPLOAD_FLOOR)
+        stack.callback(w_rust_upload.stop)
         for w in (w_main, w_atomic, w_es_key, w_ed_key, w_metrics, w_sign, w_floor, *w_js.values(), w_upload_floor,
-                  w_js_upload):
+                  w_js_upload, w_rust_upload):
             if workerd_count(w.proc.pid) < 1:
                 raise RuntimeError("no workerd process found under a wrangler dev process group")
 
@@ -983,6 +997,8 @@ def main() -> int:
             "js_atomic": (w_upload_floor, "/atomic"),
             "js_full_rls": (w_js_upload, "/rls"),
             "js_full_atomic": (w_js_upload, "/atomic"),
+            "rust_rls": (w_rust_upload, "/forward"),
+            "rust_atomic": (w_rust_upload, "/atomic"),
         }
         for js_key, (w, path) in js_uploads.items():
             for key in FLOOR_BATCHES:
@@ -1082,13 +1098,14 @@ def main() -> int:
         upload_js = {"noop": {"label": "JS no-op request (sign-only worker `/noop`), one connection",
                               "runs": floor_runs["noop"], "median": summarize(floor_runs["noop"])}}
         for (js_key, key), runs in ((k, v) for k, v in floor_runs.items() if k != "noop"):
-            upload_js.setdefault(js_key, {})[key] = {"label": f"{JS_UPLOAD_LABELS[js_key]}, {batches[key]['label']}",
+            upload_js.setdefault(js_key, {})[key] = {"label": f"{COMPARED_UPLOAD_LABELS[js_key]}, {batches[key]['label']}",
                                                      "runs": runs, "median": summarize(runs)}
         jwks_fetches = jwks.fetches
 
         # ---------------------------------------------------------------- cold start (fresh isolates)
         # Last, with the other workers stopped, so that their idle processes do not share the cores.
-        for w in (w_atomic, w_es_key, w_ed_key, w_metrics, *w_js.values(), w_js_upload, w_upload_floor, w_main, w_sign):
+        for w in (w_atomic, w_es_key, w_ed_key, w_metrics, *w_js.values(), w_js_upload, w_upload_floor, w_main, w_sign,
+                  w_floor, w_rust_upload):
             w.stop()
         log("cold start: bundling the JS token worker, starting the loader")
         js_token_bundle = js_bundle(JS_TOKEN)
@@ -1096,9 +1113,12 @@ def main() -> int:
         loader, loader_dir = start_cold_loader(
             {"rust": {"js": main_js.read_text(), "wasm": (snap / "index_bg.wasm").read_bytes()},
              "noop": {"js": SIGN_ONLY.read_text()}, "token": {"js": js_token_bundle["js"]},
-             "upload": {"js": UPLOAD_FLOOR.read_text()}},
+             "upload": {"js": UPLOAD_FLOOR.read_text()},
+             **{name: {"js": main.read_text(), "wasm": (main.parent / "index_bg.wasm").read_bytes()}
+                for name, main in (("rust_floor", RUST_FLOOR), ("rust_upload", RUST_UPLOAD_FLOOR))}},
             {"rust": base_vars, "noop": sign_vars, "token": js_token_env,
-             "upload": {"SUPABASE_URL": standin.url, "SUPABASE_ANON_KEY": ANON_KEY}})
+             "upload": {"SUPABASE_URL": standin.url, "SUPABASE_ANON_KEY": ANON_KEY},
+             "rust_upload": {"SUPABASE_URL": standin.url, "SUPABASE_ANON_KEY": ANON_KEY}})
         stack.callback(shutil.rmtree, loader_dir, ignore_errors=True)
         stack.callback(loader.stop)
         loader_pid = workerd_user_pid(loader.proc.pid, loader.port)
@@ -1114,6 +1134,8 @@ def main() -> int:
             "token": ("GET", "/powersync-token", bearer(hs_token), None),
             "js_put1000": ("POST", "/forward", upload_headers, batches["put1000"]["body"]),
             "put1000": ("POST", "/powersync-upload", upload_headers, batches["put1000"]["body"]),
+            "rust_floor": ("GET", "/", None, None),
+            "rust_put1000": ("POST", "/forward", upload_headers, batches["put1000"]["body"]),
         }
         cold_samples: dict[str, list[dict]] = {k: [] for k in cold_requests}
         for i in range(COLD_RUNS + 1):  # round 0: the process's first load of each script, reported apart
@@ -1189,12 +1211,14 @@ def main() -> int:
         for mode in ("rls", "atomic"):
             js = upload_js[f"js_{mode}"][key]
             full = upload_js[f"js_full_{mode}"][key]["median"]["cpu_ms_per_req_user"]
+            floor = upload_js[f"rust_{mode}"][key]["median"]["cpu_ms_per_req_user"]
             rust = upload[mode][key]
+            rust_ms, js_ms = rust["median"]["cpu_ms_per_req_user"], js["median"]["cpu_ms_per_req_user"]
             ratio_target(f"upload, {rust['label']} ({mode}) ≤ {limit:.2f}× the plain JS worker doing the same "
-                         "(worker workerd CPU)", mode, f"js_{mode}", limit, rust["runs"], js["runs"],
-                         rust["median"]["cpu_ms_per_req_user"], js["median"]["cpu_ms_per_req_user"],
-                         f"; info: {rust['median']['cpu_ms_per_req_user'] / full:.2f}× the JS worker that also "
-                         f"verifies the session and logs ({full:.2f} ms)")
+                         "(worker workerd CPU)", mode, f"js_{mode}", limit, rust["runs"], js["runs"], rust_ms, js_ms,
+                         f"; info: {rust_ms / full:.2f}× the JS worker that also verifies the session and logs "
+                         f"({full:.2f} ms); the plain JS worker's job in Rust (bench/rust-upload-floor) "
+                         f"{floor:.2f} ms = {floor / js_ms:.2f}× the plain JS worker, and the worker {rust_ms / floor:.2f}× it")
     for mode in ("rls", "atomic"):
         m = upload[mode]["mixed"]
         targets.append({"target": f"info: upload, mixed 100 entries over 3 tables ({mode})", "pass": None, "info": True,
@@ -1212,6 +1236,15 @@ def main() -> int:
                                     f"script's own share {r['own_cpu_ms']:.1f} vs {j['own_cpu_ms']:.1f} ms, the worker's "
                                     f"load {fmt(r.get('load_cpu_ms'), 1)} ms of it); wall "
                                     f"{r['first_wall_ms']:.1f} vs {j['first_wall_ms']:.1f} ms ({pair['wall_ratio']:.2f}×)"})
+    cm = cold["median"]
+    for what, rust, js in (("the smallest workers-rs worker (bench/rust-floor, `GET /`) vs the JS no-op", "rust_floor",
+                            "noop_js"),
+                           ("1,000 PUTs, the plain JS worker's job in Rust (bench/rust-upload-floor) vs the plain JS "
+                            "worker", "rust_put1000", "js_put1000")):
+        r, j = cm[rust]["first_cpu_ms"], cm[js]["first_cpu_ms"]
+        targets.append({"target": f"info: cold start, {what}", "value": r / j if j else None, "pass": None, "info": True,
+                        "measured": f"{fmt(r / j if j else None, 2)}× ({r:.1f} vs {j:.1f} ms; the script's own share "
+                                    f"{cm[rust]['own_cpu_ms']:.1f} vs {cm[js]['own_cpu_ms']:.1f} ms)"})
     if bundle.get("skipped") or bundle.get("wrangler_gzip_kib") is None:
         targets.append({"target": "gzipped bundle ≤ 500 KB", "measured": "not measured", "value": None, "pass": None})
     else:

@@ -30,8 +30,8 @@ if ! wait "$venv_pid"; then
 fi
 rm -f "$venv_log"
 
-# The smallest workers-rs worker (bench/rust-floor: the floor of a Rust request).
-bench/rust-floor/build.sh
+# The Rust floors: the smallest workers-rs worker and the plain JS upload worker's job in Rust.
+bench/build_rust_floors.sh
 
 # The JavaScript comparison workers' one dependency (jose, pinned in bench/js/package-lock.json),
 # installed again only when the lock file changed; wrangler bundles it (esbuild) when it starts them.

@@ -10,13 +10,19 @@
 // Scripts (bench/run.py copies them next to this file before starting it, as Text / Data
 // modules): `rust` = build/index.js + index_bg.wasm (the worker as deployed), `noop` =
 // bench/sign-only/worker.js, `token` = bench/js/token.js bundled by wrangler, `upload` =
-// bench/upload-floor/worker.js. Each script's env is the JSON in ENV_<SCRIPT> (a string var).
+// bench/upload-floor/worker.js, `rust_floor` and `rust_upload` = bench/rust-floor and
+// bench/rust-upload-floor as built (index.js + index_bg.wasm). Each script's env is the JSON in
+// ENV_<SCRIPT> (a string var).
 
 import RUST_JS from "./rust.js.txt";
 import RUST_WASM from "./rust.wasm.bin";
 import NOOP_JS from "./noop.js.txt";
 import TOKEN_JS from "./token.js.txt";
 import UPLOAD_JS from "./upload.js.txt";
+import RUST_FLOOR_JS from "./rust_floor.js.txt";
+import RUST_FLOOR_WASM from "./rust_floor.wasm.bin";
+import RUST_UPLOAD_JS from "./rust_upload.js.txt";
+import RUST_UPLOAD_WASM from "./rust_upload.wasm.bin";
 
 // `<script>_load`: the same script imported for its top level only (compile, instantiate,
 // evaluate) behind a module that answers every request itself: a fresh isolate's first request
@@ -30,6 +36,8 @@ const SCRIPTS = {
   token: { "index.js": { js: TOKEN_JS } },
   token_load: { "index.js": { js: LOAD_ONLY }, "worker.js": { js: TOKEN_JS } },
   upload: { "index.js": { js: UPLOAD_JS } },
+  rust_floor: { "index.js": { js: RUST_FLOOR_JS }, "index_bg.wasm": { wasm: RUST_FLOOR_WASM } },
+  rust_upload: { "index.js": { js: RUST_UPLOAD_JS }, "index_bg.wasm": { wasm: RUST_UPLOAD_WASM } },
 };
 
 export default {
