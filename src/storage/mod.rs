@@ -76,7 +76,15 @@ pub enum PathProblem {
     DotSegment,
     ControlCharacter,
     Backslash,
+    /// A character outside the ones Storage accepts in an object's name ([`STORAGE_KEY_PUNCTUATION`]).
+    Character,
 }
+
+/// The punctuation Storage accepts in an object's name besides ASCII letters and digits (its
+/// `isValidKey`, supabase/storage `src/storage/limits.ts`), less `?`: a signed download URL of a
+/// name with `?` never verifies (Storage signs the URL's path undecoded, `%3F`, and checks it
+/// against the decoded name).
+pub const STORAGE_KEY_PUNCTUATION: &str = "_/!.*'() &$=@;:+,-";
 
 impl PathProblem {
     pub fn reason(self) -> &'static str {
@@ -87,6 +95,9 @@ impl PathProblem {
             PathProblem::DotSegment => "has a . or .. segment",
             PathProblem::ControlCharacter => "has a control character",
             PathProblem::Backslash => "has a backslash",
+            PathProblem::Character => {
+                "has a character Storage does not accept in a name (accepted: A-Z a-z 0-9 and _ / ! . * ' ( ) space & $ = @ ; : + , -)"
+            }
         }
     }
 }
@@ -159,8 +170,9 @@ impl FileError {
     }
 }
 
-/// Checks an object path: 1..=1024 bytes, no empty, `.` or `..` segment, no control character,
-/// no backslash.
+/// Checks an object path: 1..=1024 bytes, no empty, `.` or `..` segment, only the characters
+/// Storage accepts in a name (ASCII letters, digits and [`STORAGE_KEY_PUNCTUATION`]; a name with
+/// another one could be signed for an upload whose PUT Storage then refuses).
 pub fn check_path(path: &str) -> Result<(), PathProblem> {
     if path.is_empty() {
         return Err(PathProblem::Empty);
@@ -173,6 +185,9 @@ pub fn check_path(path: &str) -> Result<(), PathProblem> {
     }
     if path.contains('\\') {
         return Err(PathProblem::Backslash);
+    }
+    if !path.chars().all(|c| c.is_ascii_alphanumeric() || STORAGE_KEY_PUNCTUATION.contains(c)) {
+        return Err(PathProblem::Character);
     }
     for segment in path.split('/') {
         match segment {
@@ -303,22 +318,22 @@ pub fn within_template(rules: &BucketRules, user_id: &str, path: &str) -> bool {
     path.starts_with(&prefix) && path.len() > prefix.len()
 }
 
-/// Percent-encodes every byte of a segment but the unreserved ones.
-fn encode_segment(segment: &str) -> String {
-    let mut out = String::with_capacity(segment.len());
-    for byte in segment.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
+/// A bucket and a path as a URL path: ASCII letters, digits and [`STORAGE_KEY_PUNCTUATION`] (all
+/// that [`check_path`] lets through) as they are, but a space as `%20`; any other byte
+/// percent-encoded (never reached after the checks; no `?` or `#` can end the path early).
+/// Storage signs a download URL's path as it arrives, decoding only what `decodeURI` decodes
+/// (not `%3A`, `%40`, `%26`, ...), and checks the signature against the decoded name: a name
+/// with `:` sent as `%3A` got a URL that never verified.
+fn object_path(file: &FileSpec) -> String {
+    let mut out = String::with_capacity(file.bucket.len() + file.path.len() + 8);
+    for byte in file.bucket.bytes().chain(std::iter::once(b'/')).chain(file.path.bytes()) {
+        match byte {
+            b' ' => out.push_str("%20"),
+            b if b.is_ascii_alphanumeric() || STORAGE_KEY_PUNCTUATION.as_bytes().contains(&b) => out.push(b as char),
+            b => out.push_str(&format!("%{b:02X}")),
         }
     }
     out
-}
-
-fn object_path(file: &FileSpec) -> String {
-    let path: Vec<String> = file.path.split('/').map(encode_segment).collect();
-    format!("{}/{}", encode_segment(&file.bucket), path.join("/"))
 }
 
 /// The lifetime of a download URL: the asked one, at most the configured one.
@@ -355,7 +370,15 @@ pub enum FileResult {
 }
 
 /// Classifies Storage's answer for file `index`. Storage reports most refusals as HTTP 400 with
-/// the real status in the body's `statusCode` (a string): classified by the body.
+/// the real status in the body's `statusCode` (a string): an HTTP 400 is classified by that one;
+/// a body never turns another status into a success.
+///
+/// Only Storage's own words for the user's case are the user's: its "no such object"
+/// (`"error":"not_found"`: gone already for a delete, not found for a download) and, in rls
+/// mode, a storage policy's refusal ([`is_policy_refusal`]). Every other 403 or 404 (Storage
+/// did not accept the user's token, a missing GRANT, a missing bucket, a gateway's 404 for a
+/// wrong `STORAGE_URL`) is the configuration's, for the operator to fix ([`FileError::Failed`]):
+/// a delete is never reported done, nor an upload refused as the user's, for it.
 pub fn interpret(
     request: &FileRequest,
     file: &FileSpec,
@@ -367,21 +390,25 @@ pub fn interpret(
     let body: Value = serde_json::from_str(&response.body).unwrap_or(Value::Null);
     let inner = match &body["statusCode"] {
         Value::String(code) => code.parse::<u16>().ok(),
-        Value::Number(n) => n.as_u64().map(|n| n as u16),
+        Value::Number(n) => n.as_u64().and_then(|n| u16::try_from(n).ok()),
         _ => None,
     };
-    let status = if (200..300).contains(&response.status) { response.status } else { inner.unwrap_or(response.status) };
-    let described = || {
-        let error = body["error"].as_str().unwrap_or("");
-        format!("storage answered {} (statusCode {:?}, error {error:?})", response.status, inner)
+    let status = match (response.status, inner) {
+        (400, Some(code)) if code >= 400 => code,
+        (status, _) => status,
     };
+    let error = body["error"].as_str().unwrap_or("");
+    let described = || format!("storage answered {} (statusCode {:?}, error {error:?})", response.status, inner);
     match status {
         200..=299 => {}
-        // In rls mode a refusal is the user's (a storage policy). In service mode the service key
-        // was refused: a configuration problem, not the user's.
-        403 if settings.mode == StorageMode::Rls => return Err(FileError::Denied { index }),
-        404 if request.op == FileOp::Delete => return Ok(FileResult::Deleted { existed: false }),
-        404 => return Err(FileError::NotFound { index }),
+        // In service mode the service key was refused: the configuration's, never the user's.
+        403 if settings.mode == StorageMode::Rls && is_policy_refusal(&body) => {
+            return Err(FileError::Denied { index })
+        }
+        404 if error == "not_found" && request.op == FileOp::Delete => {
+            return Ok(FileResult::Deleted { existed: false })
+        }
+        404 if error == "not_found" && request.op == FileOp::Download => return Err(FileError::NotFound { index }),
         409 => return Err(FileError::Exists { index }),
         413 => return Err(FileError::TooLarge { index, max_bytes: 0 }),
         415 => return Err(FileError::TypeNotAllowed { index }),
@@ -407,6 +434,16 @@ pub fn interpret(
         }
         FileOp::Delete => Ok(FileResult::Deleted { existed: true }),
     }
+}
+
+/// Whether a 403 body is a storage policy's refusal, in Storage's words (supabase/storage 1.70):
+/// a row the policies refuse (`new row violates row-level security policy`, from 42501 with
+/// row-level security) or a delete they hide (`Access denied`). Not: a token Storage did not
+/// accept (its JWT check's message), a role without the GRANT (`permission denied for table
+/// objects`), `Access denied: JWT is not authenticated`.
+fn is_policy_refusal(body: &Value) -> bool {
+    let message = body["message"].as_str().unwrap_or("");
+    message.contains("row-level security") || message == "Access denied"
 }
 
 /// The answer body: one entry per file, in request order.
@@ -474,7 +511,7 @@ mod tests {
 
     #[test]
     fn paths_with_traversal_empty_segments_or_control_characters_are_refused() {
-        assert_eq!(check_path("u1/a b/ü.jpg"), Ok(()));
+        assert_eq!(check_path("u1/a b/c.jpg"), Ok(()));
         for (path, problem) in [
             ("", PathProblem::Empty),
             ("u1/../u2/a", PathProblem::DotSegment),
@@ -490,6 +527,18 @@ mod tests {
         }
         assert_eq!(check_path(&"a".repeat(1025)), Err(PathProblem::TooLong));
         assert_eq!(check_path(&"a".repeat(1024)), Ok(()));
+    }
+
+    #[test]
+    fn paths_hold_only_the_characters_storage_accepts_in_a_name() {
+        assert_eq!(check_path("u1/2024-01-01T10:00:00 (1) a_b!c*d'e&f$g=h@i;j+k,l.jpg"), Ok(()));
+        for path in
+            ["u1/ü.jpg", "u1/a?b", "u1/a#b", "u1/a%2e%2e", "u1/a|b", "u1/a~b", "u1/a\"b", "auth0|123/a", "u1/a[b]"]
+        {
+            assert!(check_path(path).is_err(), "{path:?}");
+        }
+        assert_eq!(check_path("u1/ü.jpg"), Err(PathProblem::Character));
+        assert!(PathProblem::Character.reason().contains("A-Z a-z 0-9"));
     }
 
     #[test]
@@ -543,7 +592,8 @@ mod tests {
     #[test]
     fn a_user_id_that_is_not_one_segment_never_matches_a_template() {
         let rules = BucketRules::default();
-        assert!(within_template(&rules, "auth0|123", "auth0|123/a"));
+        assert!(within_template(&rules, "google-oauth2_123", "google-oauth2_123/a"));
+        assert!(!within_template(&rules, "auth0|123", "auth0|123/a"), "Storage refuses | in a name");
         assert!(!within_template(&rules, "..", "../a"));
         assert!(!within_template(&rules, "a/b", "a/b/c"));
         assert!(!within_template(&rules, "", "/a"));
@@ -587,12 +637,30 @@ mod tests {
 
     #[test]
     fn deletes_go_to_the_object() {
-        let request = parse_request(FileOp::Delete, br#"{"files":[{"bucket":"photos","path":"u1/%.jpg"}]}"#).unwrap();
+        let request = parse_request(FileOp::Delete, br#"{"files":[{"bucket":"photos","path":"u1/a.jpg"}]}"#).unwrap();
         let planned = plan(&request, &request.files[0], &settings(StorageMode::Rls, None), "t");
         assert_eq!(
             (planned.method, planned.url.as_str()),
-            (Method::Delete, "https://ref.supabase.co/storage/v1/object/photos/u1/%25.jpg")
+            (Method::Delete, "https://ref.supabase.co/storage/v1/object/photos/u1/a.jpg")
         );
+    }
+
+    #[test]
+    fn names_go_into_urls_as_storage_signs_them_punctuation_unencoded_and_spaces_as_percent_20() {
+        let name = "u1/a:b@c&d=e+f,g;h$i!j*k'l(m) n.jpg";
+        assert_eq!(check_path(name), Ok(()));
+        let body = json!({"files": [{"bucket": "photos", "path": name}]}).to_string();
+        let request = parse_request(FileOp::Download, body.as_bytes()).unwrap();
+        let planned = plan(&request, &request.files[0], &settings(StorageMode::Rls, None), "t");
+        assert_eq!(
+            planned.url,
+            "https://ref.supabase.co/storage/v1/object/sign/photos/u1/a:b@c&d=e+f,g;h$i!j*k'l(m)%20n.jpg"
+        );
+        // Unchecked names (never planned by the app) still cannot end the path early.
+        let body = json!({"files": [{"bucket": "photos", "path": "u1/a?x=1#f%ü"}]}).to_string();
+        let request = parse_request(FileOp::Delete, body.as_bytes()).unwrap();
+        let planned = plan(&request, &request.files[0], &settings(StorageMode::Rls, None), "t");
+        assert_eq!(planned.url, "https://ref.supabase.co/storage/v1/object/photos/u1/a%3Fx=1%23f%25%C3%BC");
     }
 
     #[test]
@@ -605,18 +673,32 @@ mod tests {
             json!({"statusCode": "403", "error": "Unauthorized", "message": "new row violates row-level security policy"}),
         );
         assert_eq!(interpret(&request, file, 2, &s, denied.clone()), Err(FileError::Denied { index: 2 }));
-        let plain_403 = answer(403, json!({"statusCode": "403", "error": "Unauthorized"}));
-        assert_eq!(interpret(&request, file, 0, &s, plain_403), Err(FileError::Denied { index: 0 }));
         let service = settings(StorageMode::Service, Some("photos"));
         assert!(
             matches!(interpret(&request, file, 0, &service, denied), Err(FileError::Failed { .. })),
             "the service key refused: ours"
         );
-        let jwt_refused = answer(400, json!({"statusCode": "401", "error": "InvalidJWT"}));
-        assert!(
-            matches!(interpret(&request, file, 0, &s, jwt_refused), Err(FileError::Failed { .. })),
-            "Storage does not trust the issuer: configuration"
-        );
+        // Storage's other 403s, in its own form (HTTP 400, AccessDenied, the cause as message):
+        // the operator's to fix, never the user's refusal.
+        for message in [
+            "\"exp\" claim timestamp check failed",
+            "signature verification failed",
+            "unexpected \"iss\" claim value",
+            "no applicable key found in the JSON Web Key Set",
+            "permission denied for table objects",
+            "Access denied: JWT is not authenticated",
+            "JWT payload is missing",
+        ] {
+            let refused = answer(
+                400,
+                json!({"statusCode": "403", "code": "AccessDenied", "error": "Unauthorized", "message": message}),
+            );
+            assert!(matches!(interpret(&request, file, 0, &s, refused), Err(FileError::Failed { .. })), "{message}");
+        }
+        assert!(matches!(
+            interpret(&request, file, 0, &s, answer(403, json!({"statusCode": "403", "error": "Unauthorized"}))),
+            Err(FileError::Failed { .. })
+        ));
         let exists =
             answer(400, json!({"statusCode": "409", "error": "Duplicate", "message": "The resource already exists"}));
         assert_eq!(interpret(&request, file, 0, &s, exists), Err(FileError::Exists { index: 0 }));
@@ -648,6 +730,59 @@ mod tests {
         assert_eq!(interpret(&download, &download.files[0], 0, &s, missing()), Err(FileError::NotFound { index: 0 }));
         let delete = parse_request(FileOp::Delete, br#"{"files":[{"bucket":"b","path":"u/a"}]}"#).unwrap();
         assert_eq!(interpret(&delete, &delete.files[0], 0, &s, missing()), Ok(FileResult::Deleted { existed: false }));
+        let hidden = answer(400, json!({"statusCode": "403", "error": "Unauthorized", "message": "Access denied"}));
+        assert_eq!(interpret(&delete, &delete.files[0], 0, &s, hidden), Err(FileError::Denied { index: 0 }));
+    }
+
+    #[test]
+    fn a_404_that_is_not_storages_missing_object_is_the_configurations_and_never_a_done_delete() {
+        let s = settings(StorageMode::Service, Some("b"));
+        let requests = [
+            parse_request(FileOp::Delete, br#"{"files":[{"bucket":"b","path":"u/a"}]}"#).unwrap(),
+            parse_request(FileOp::Download, br#"{"files":[{"bucket":"b","path":"u/a"}]}"#).unwrap(),
+            upload("u/a", "image/png", 1),
+        ];
+        let answers = [
+            answer(400, json!({"statusCode": "404", "error": "Bucket not found", "message": "Bucket not found"})),
+            answer(
+                400,
+                json!({"statusCode": "404", "error": "InvalidRequest", "message": "The related resource does not exist"}),
+            ),
+            answer(404, json!({"message": "no Route matched with those values"})),
+            Ok(HttpResponse { status: 404, headers: vec![], body: "<html><h1>404 Not Found</h1></html>".into() }),
+            answer(404, json!(null)),
+        ];
+        for request in &requests {
+            for got in &answers {
+                let result = interpret(request, &request.files[0], 0, &s, got.clone());
+                assert!(matches!(result, Err(FileError::Failed { .. })), "{:?} {got:?}: {result:?}", request.op);
+            }
+        }
+        let upload_request = upload("u/a", "image/png", 1);
+        let missing = answer(400, json!({"statusCode": "404", "error": "not_found", "message": "Object not found"}));
+        assert!(matches!(
+            interpret(&upload_request, &upload_request.files[0], 0, &s, missing),
+            Err(FileError::Failed { .. })
+        ));
+    }
+
+    #[test]
+    fn a_body_never_turns_a_failed_answer_into_a_success() {
+        let s = settings(StorageMode::Rls, None);
+        let delete = parse_request(FileOp::Delete, br#"{"files":[{"bucket":"b","path":"u/a"}]}"#).unwrap();
+        for (status, body) in [
+            (500, json!({"statusCode": 200})),
+            (500, json!({"statusCode": "200"})),
+            (400, json!({"statusCode": 65736})),
+            (400, json!({"statusCode": "204"})),
+            (503, json!({"statusCode": "404", "error": "not_found"})),
+        ] {
+            let result = interpret(&delete, &delete.files[0], 0, &s, answer(status, body.clone()));
+            assert!(
+                matches!(result, Err(FileError::Unavailable { .. } | FileError::Failed { .. })),
+                "{status} {body}: {result:?}"
+            );
+        }
     }
 
     #[test]

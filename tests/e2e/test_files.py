@@ -137,7 +137,10 @@ def test_service_mode_upload_through_the_signed_url_then_download_the_same_bytes
     ({"bucket": SERVICE_BUCKET, "path": "{user}/../{other}/a.png"}, 400, "file_path_invalid"),
     ({"bucket": SERVICE_BUCKET, "path": "{user}//a.png"}, 400, "file_path_invalid"),
     ({"bucket": SERVICE_BUCKET, "path": "{user}/a\u0000.png"}, 400, "file_path_invalid"),
-], ids=["outside_prefix", "bucket_not_allowed", "oversized", "wrong_type", "dotdot", "empty_segment", "control"])
+    ({"bucket": SERVICE_BUCKET, "path": "{user}/\u00fc.png"}, 400, "file_path_invalid"),
+    ({"bucket": SERVICE_BUCKET, "path": "{user}/a?b.png"}, 400, "file_path_invalid"),
+], ids=["outside_prefix", "bucket_not_allowed", "oversized", "wrong_type", "dotdot", "empty_segment", "control",
+        "not_a_storage_character", "question_mark"])
 @pytest.mark.parametrize("who", ["supabase", "firebase"])
 def test_refused_file_is_refused_before_anything_is_signed_and_storage_holds_nothing_new(
         service_worker, storage, session_token, firebase, who, file, status, code):
@@ -159,6 +162,62 @@ def test_refused_file_is_refused_before_anything_is_signed_and_storage_holds_not
     line = service_worker.log_line(r)
     assert line["route"] == "files_upload" and line["code"] == code and line["files"]["done"] == 0
     assert user not in json.dumps(line) and "good.png" not in json.dumps(line), "no path in the log"
+
+
+def test_names_with_every_punctuation_storage_accepts_upload_download_and_delete(service_worker, storage, session_token):
+    """Storage signs a download URL's path undecoded and checks it against the decoded name: a
+    name with `:` or `@` sent percent-encoded got a URL that never verified."""
+    user = str(uuid.uuid4())
+    token = session_token(user)
+    name = "2024-01-01T10:00:00 a&b=c+d,e;f$g@h!i*j'k(l)_m-n.png"
+    data = b"\x89PNG" + uuid.uuid4().bytes
+    assert upload_file(service_worker, token, SERVICE_BUCKET, f"{user}/{name}", data).status_code == 200
+    assert storage.list_objects(SERVICE_BUCKET, user, SERVICE_KEY) == [name]
+    assert download(service_worker, token, SERVICE_BUCKET, f"{user}/{name}") == data
+    r = call(service_worker, "delete", token, {"files": [{"bucket": SERVICE_BUCKET, "path": f"{user}/{name}"}]})
+    assert (r.status_code, r.json()["files"][0]["deleted"]) == (200, True), r.text
+    assert storage.list_objects(SERVICE_BUCKET, user, SERVICE_KEY) == []
+
+
+def test_a_bucket_missing_in_storage_is_the_operators_not_a_missing_file(storage, base_vars, start_worker, session_token):
+    """A bucket listed in STORAGE_BUCKETS but never created: Storage answers 404 (`The related
+    resource does not exist`, `Bucket not found`); the upload must not read as the user's."""
+    worker = start_worker({**base_vars, "STORAGE_URL": storage.url, "STORAGE_MODE": "service",
+                           "STORAGE_BUCKETS": "never-created"})
+    user = str(uuid.uuid4())
+    r = call(worker, "upload", session_token(user), {"files": [
+        {"bucket": "never-created", "path": f"{user}/a.png", "content_type": "image/png", "size": 3}]})
+    assert (r.status_code, r.json()["code"]) == (502, "storage_failed"), r.text
+
+
+def test_a_wrong_storage_url_never_reports_a_delete_done_and_the_file_stays(
+        service_worker, storage, base_vars, start_worker, session_token):
+    """STORAGE_URL with a path Storage does not serve: every answer is a 404 that is not
+    Storage's "no such object"; a delete answered `deleted: false` would be dropped by the client
+    while the file stays."""
+    user = str(uuid.uuid4())
+    token = session_token(user)
+    assert upload_file(service_worker, token, SERVICE_BUCKET, f"{user}/keep.png", b"kept").status_code == 200
+    wrong = start_worker({**base_vars, "STORAGE_URL": storage.url + "/storage/v1", "STORAGE_MODE": "service",
+                          "STORAGE_BUCKETS": json.dumps({SERVICE_BUCKET: PHOTO_RULES})})
+    for op in ("delete", "download"):
+        r = call(wrong, op, token, {"files": [{"bucket": SERVICE_BUCKET, "path": f"{user}/keep.png"}]})
+        assert (r.status_code, r.json()["code"]) == (502, "storage_failed"), (op, r.text)
+    assert storage.list_objects(SERVICE_BUCKET, user, SERVICE_KEY) == ["keep.png"]
+
+
+def test_rls_mode_a_token_storage_does_not_accept_is_the_configurations_not_a_refusal(
+        rls_worker, storage, session_token):
+    """A session expired 10 s ago: within the worker's 30 s leeway, refused by Storage (no clock
+    skew allowed there) with its policy-refusal shape (statusCode 403, AccessDenied); not the
+    user's `file_denied`, which a client would take as final."""
+    user = str(uuid.uuid4())
+    r = call(rls_worker, "upload", session_token(user, expires_in=-10), {"files": [
+        {"bucket": RLS_BUCKET, "path": f"{user}/a.bin", "content_type": "image/png", "size": 1}]})
+    assert (r.status_code, r.json()["code"]) == (502, "storage_failed"), r.text
+    r = call(rls_worker, "upload", session_token(user), {"files": [
+        {"bucket": RLS_BUCKET, "path": f"{user}/a.bin", "content_type": "image/png", "size": 1}]})
+    assert r.status_code == 200, r.text
 
 
 def test_expired_download_url_is_refused_by_storage(service_worker, storage, session_token):
