@@ -77,7 +77,7 @@ export function respond(status, headLines, body) {
 export function send(url, method, headLines, body, hasBody, timeoutMs) {
   const headers = headersOf(headLines);
   const controller = new AbortController();
-  const init = { method, headers, signal: controller.signal };
+  const init = { method, headers, signal: controller.signal, redirect: "manual" };
   if (hasBody) init.body = body.slice();
   const timer = setTimeout(() => controller.abort(new DOMException("no answer in time", "TimeoutError")), timeoutMs);
   return fetch(url, init).finally(() => clearTimeout(timer));
@@ -99,11 +99,13 @@ extern "C" {
     /// The answer in one call: status, headers as `name\nvalue\n` lines, body bytes (copied).
     #[wasm_bindgen(js_name = respond)]
     fn respond(status: u16, head_lines: &str, body: &[u8]) -> web_sys::Response;
-    /// `fetch(url, {method, headers, body, signal})` in one call: the headers as `name\nvalue\n`
-    /// lines ([`crate::http::head_lines`]), the body's bytes copied when `has_body`, aborted
-    /// with a `TimeoutError` when no answer's head arrived within `timeout_ms` (the body is read
-    /// after that without it). A request the runtime refuses (a bad URL, a bad header) is an
-    /// `Err`, never thrown through wasm.
+    /// `fetch(url, {method, headers, body, signal, redirect: "manual"})` in one call: the headers
+    /// as `name\nvalue\n` lines ([`crate::http::head_lines`]), the body's bytes copied when
+    /// `has_body`, aborted with a `TimeoutError` when no answer's head arrived within
+    /// `timeout_ms` (the body is read after that without it). A request the runtime refuses (a
+    /// bad URL, a bad header) is an `Err`, never thrown through wasm. Redirects are answered,
+    /// never followed: fetch re-sends a redirected POST (301, 302) or any redirected request
+    /// (303) as a GET without its body, whose 200 would have read as a write applied.
     #[wasm_bindgen(js_name = send, catch)]
     fn fetch_in_one_call(
         url: &str,

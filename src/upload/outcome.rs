@@ -484,6 +484,10 @@ pub fn classify(
         _ => format!("http_{status}"),
     };
     let class = match class {
+        // A redirect, answered and never followed (fetch would re-send a write as a GET without
+        // its body): a SUPABASE_URL that is not the address Supabase answers at (`http://` to
+        // `https://`, a moved host). The operator's to fix; the upload waits.
+        Class::Unrecognised if (300..400).contains(&status) => Class::SchemaDrift,
         // Without a code: PostgREST 12 answers a table missing from its schema cache with a
         // bare 404 (a wrong SUPABASE_URL looks the same: the operator's to fix either way).
         Class::Unrecognised if status == 404 => Class::SchemaDrift,
@@ -505,6 +509,7 @@ pub fn classify(
     };
     let message = match body.message {
         Some(message) => message,
+        None if (300..400).contains(&status) => redirect_message(response),
         None if response.body.trim().is_empty() => format!("HTTP {status} from Supabase"),
         None => format!("HTTP {status} from Supabase: {}", excerpt(&response.body)),
     };
@@ -802,6 +807,21 @@ fn excerpt(body: &str) -> String {
 }
 
 /// A `Retry-After` given in seconds (the HTTP-date form is ignored).
+/// What a redirect answer says: where to (the target's origin only: its path and query may hold
+/// the request's ids) and what to change.
+fn redirect_message(response: &HttpResponse) -> String {
+    let to = response
+        .header_value("location")
+        .and_then(|location| url::Url::parse(location).ok())
+        .map(|target| format!(" to {}", target.origin().ascii_serialization()))
+        .unwrap_or_default();
+    format!(
+        "HTTP {} from Supabase: a redirect{to}, not followed (it would re-send the write as a GET); \
+         set SUPABASE_URL to the address Supabase answers at",
+        response.status
+    )
+}
+
 fn retry_after(response: &HttpResponse) -> Option<u64> {
     let seconds: u64 = response.header_value("retry-after")?.trim().parse().ok()?;
     Some(seconds.min(MAX_RETRY_AFTER_SECONDS))
@@ -1312,6 +1332,31 @@ mod tests {
         assert_eq!(code(&verdict), "network_error");
         let timeout = Err(TransportError::timed_out("timed out"));
         assert_eq!(code(&classify(&timeout, None)), "timeout");
+    }
+
+    #[test]
+    fn a_redirect_is_never_applied_and_waits_for_the_operator_with_its_target_named() {
+        for status in [301, 302, 303, 307, 308] {
+            let answer = Ok(HttpResponse {
+                status,
+                headers: vec![(
+                    "Location".to_string(),
+                    "https://ref.supabase.co/rest/v1/todos?id=eq.secret".to_string(),
+                )],
+                body: "<html>Moved</html>".to_string(),
+            });
+            match classify(&answer, Some(3)) {
+                Verdict::Retryable { failure, retry_after_seconds } => {
+                    assert_eq!(failure.code, format!("http_{status}"));
+                    assert_eq!(failure.index, Some(3));
+                    assert!(failure.message.contains("redirect to https://ref.supabase.co,"), "{}", failure.message);
+                    assert!(failure.message.contains("SUPABASE_URL"), "{}", failure.message);
+                    assert!(!failure.message.contains("secret"), "{}", failure.message);
+                    assert!(retry_after_seconds >= Some(SCHEMA_DRIFT_RETRY_AFTER_SECONDS));
+                }
+                other => panic!("{status}: {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -1709,3 +1709,68 @@ def test_each_upload_is_logged_once_without_token_or_row_data(rls_worker, db, us
     assert token not in output, "the access token was logged"
     assert bad_token not in output, "the refused token was logged"
     assert token.split(".")[2] not in output, "the token's signature was logged"
+
+
+# --------------------------------------------------------------------------- redirects
+class RedirectServer:
+    """Answers every request with `status` and `Location: <target><same path and query>`: a
+    SUPABASE_URL that is not the final address (`http://` redirected to `https://`, a moved host)."""
+
+    def __init__(self, status: int, target: str):
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        import threading
+
+        self.requests: list[str] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def answer(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                if length:
+                    self.rfile.read(length)
+                server.requests.append(f"{self.command} {self.path}")
+                self.send_response(status)
+                self.send_header("Location", target + self.path)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            do_GET = do_POST = do_PATCH = do_DELETE = answer
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.mark.parametrize("atomic, status", [("false", 301), ("false", 303), ("true", 301), ("true", 308)])
+def test_a_redirect_is_never_followed_and_the_writes_stay_queued(
+        base_vars, start_worker, db, standin, session_token, atomic, status):
+    """fetch follows redirects by default, and re-sends a redirected POST (301, 302) or any
+    redirected request (303) as a GET without its body: PostgREST's 200 to that GET, with a
+    row count, read as the upsert or the delete applied while nothing was written."""
+    redirect = RedirectServer(status, standin.url)
+    try:
+        worker = start_worker({**base_vars, "UPLOAD_ATOMIC": atomic, "SUPABASE_URL": redirect.url})
+        sub = new_id()
+        token = session_token(sub, iss=f"{redirect.url}/auth/v1")
+        kept = insert_list(db, sub, name="kept")
+        before = snapshot(db)
+        response = upload(worker, token, body(
+            tx(put("lists", new_id(), name="new", owner_id=sub), delete("lists", kept), tid=1)))
+        assert_retry_response(response)
+        assert statuses(response) == ["retryable_error"], response.text
+        f = failure(response, 0)
+        assert f["code"] == f"http_{status}", f
+        assert "redirect" in f["message"] and "SUPABASE_URL" in f["message"], f
+        assert response.json()["applied"] == 0
+        assert snapshot(db) == before
+        assert requests_made(standin) == 0, "the redirect was followed"
+        assert redirect.requests and all(not r.startswith("GET") for r in redirect.requests), redirect.requests
+    finally:
+        redirect.stop()
