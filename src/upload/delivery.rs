@@ -16,7 +16,8 @@
 //!   with a fresh budget). A transaction that would not fit even in a whole budget is sent as one
 //!   call of the atomic function instead (`UPLOAD_ATOMIC_FUNCTION`, `sql/atomic_upload.sql`):
 //!   one request whatever its size, all or nothing. Only when that function is not installed
-//!   (PGRST202, or a 404) could it never be applied, and leaving it `not_attempted` would block
+//!   (PostgREST's PGRST202; a bare 404, e.g. from a wrong `SUPABASE_URL`, stays retryable) could
+//!   it never be applied, and leaving it `not_attempted` would block
 //!   the client's queue for ever, so it is then a fatal error `too_many_requests_for_budget`
 //!   (index null) whose message names atomic mode, dead-lettered whole like any other. Merging
 //!   keeps this rare (1,000 PUTs with the same columns are one request); atomic mode, one request
@@ -159,7 +160,7 @@ pub async fn apply_with<T: Transport>(
                             .await;
                             Some(match ending {
                                 Ending::Retryable(failure, _) | Ending::Fatal(failure, _)
-                                    if function_missing(&failure) =>
+                                    if failure.code == FUNCTION_NOT_FOUND =>
                                 {
                                     let states = dead_letter::refused_states(transaction.entries.len(), None);
                                     Ending::Fatal(too_big, states)
@@ -393,9 +394,14 @@ fn too_big(planned: usize, budget: usize, dead_letter_cost: usize, function: &st
     )
 }
 
-/// Whether an atomic call failed because the function does not exist.
+/// PostgREST's answer to a call of a function it does not know.
+const FUNCTION_NOT_FOUND: &str = "PGRST202";
+
+/// Whether an atomic call failed because the function does not exist, as far as the auto mode's
+/// probe can tell: PostgREST says so, or a bare 404 (then REST answers the same way if the URL
+/// is wrong, and waits).
 fn function_missing(failure: &FailedOperation) -> bool {
-    failure.code == "PGRST202" || failure.code == "http_404"
+    failure.code == FUNCTION_NOT_FOUND || failure.code == "http_404"
 }
 
 /// Whether an atomic call failed because the API role may not execute `function` (PostgreSQL's

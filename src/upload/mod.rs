@@ -573,6 +573,22 @@ mod tests {
     }
 
     #[test]
+    fn too_big_transaction_whose_atomic_call_gets_a_bare_404_stays_queued_not_dead_lettered() {
+        // A wrong SUPABASE_URL (a gateway's 404 page), not PostgREST saying the function is missing.
+        let mut s = settings();
+        s.subrequest_budget = 4;
+        s.dead_letter_table = Some("dead".to_string());
+        let html = Ok(HttpResponse { status: 404, headers: vec![], body: "<html>Not Found</html>".to_string() });
+        let transport = FakeTransport::scripted(vec![html]);
+        let report = run(&[big(4), tx(2)], &s, &transport);
+        assert_eq!(statuses(&report)[0], Status::RetryableError);
+        let failure = report.results[0].failed_operation.clone().expect("failure");
+        assert_eq!(failure.code, "http_404");
+        assert_eq!(report.dead_letters, 0);
+        assert!(transport.sent().iter().all(|r| !r.url.ends_with(RECORD_PATH)), "nothing dead-lettered");
+    }
+
+    #[test]
     fn too_big_transaction_waits_for_a_fresh_budget_before_trying_the_atomic_function() {
         let mut s = settings();
         s.subrequest_budget = 3;

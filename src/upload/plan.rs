@@ -73,7 +73,7 @@ use super::filter::{self, InList};
 use super::id_set::{self, IdSet};
 use super::outcome::FailedOperation;
 use super::row::{self, Columns};
-use super::settings::{is_identifier, AtomicMode, UploadSettings, WriteMode};
+use super::settings::{is_filter_column, is_identifier, AtomicMode, UploadSettings, WriteMode};
 use super::Caller;
 use crate::http::{HttpRequest, Method};
 
@@ -90,9 +90,9 @@ pub const PREFER_MINIMAL: &str = "return=minimal";
 pub enum Check {
     /// A PATCH or DELETE of the rows `id=in.(…)`: a 2xx must carry PostgREST's count of changed
     /// rows. `row_entries` are the entries whose ids it names, in order (a PATCH without data in
-    /// between is not among them); `distinct_ids` how many different rows those ids can be at
-    /// most (ids equal once cast count once, see [`cast_key`]): a count below it means some
-    /// entries changed nothing.
+    /// between is not among them); `distinct_ids` how many different rows those ids are (a
+    /// request never names two spellings of one [`cast_key`], so each distinct id is one row):
+    /// a count below it means some entries changed nothing.
     Filtered { row_entries: Vec<usize>, distinct_ids: usize },
     /// The service-mode ownership check before an upsert: the answer must be an empty JSON array.
     /// `ids` maps each checked id to its entry index, to report which entry is at fault.
@@ -308,7 +308,8 @@ impl<'a> Context<'a> {
     /// The checked columns: for a PATCH those it sets that have a previous value; for a DELETE
     /// every column with a previous value; never `id` (already the row filter), nor the owner
     /// column in service mode (already filtered), nor a name that is not a plain identifier
-    /// (it could not be a filter key). Each is `&<column>=is.null` for a null, else
+    /// or is a key PostgREST's query string reserves (it could not be a filter key:
+    /// [`is_filter_column`]; the atomic function compares those). Each is `&<column>=is.null` for a null, else
     /// `&<column>=eq.<value>` (a string's text, any other JSON value's JSON text, percent-encoded:
     /// PostgREST takes everything after `eq.` literally and PostgreSQL casts it to the column's
     /// type). Previous values pass through the same `UPLOAD_JSON_COLUMNS` / `UPLOAD_BOOLEAN_COLUMNS`
@@ -321,7 +322,7 @@ impl<'a> Context<'a> {
         let room = filter::MAX_URL_BYTES.saturating_sub(fixed + self.owner_filter().len());
         let mut conditions = Conditions::default();
         let mut left = room;
-        for (column, old) in self.compared(&previous, data) {
+        for (column, old) in self.compared(&previous, data).filter(|(column, _)| is_filter_column(column)) {
             let condition = column_condition(column, old);
             if condition.len() > left {
                 continue;
@@ -331,13 +332,13 @@ impl<'a> Context<'a> {
         }
         // A PATCH's row "already holds the new values" only if it holds every column the PATCH
         // sets (not only the compared ones): otherwise a column without a previous value would be
-        // lost. When one cannot be a filter (not an identifier, or too long), there is no such
-        // check (a re-send of its own write then reads as a conflict).
+        // lost. When one cannot be a filter (not an identifier, a reserved query key, or too
+        // long), there is no such check (a re-send of its own write then reads as a conflict).
         if let Some(data) = data {
             let mut new = String::new();
             let all = data.iter().all(|(column, value)| {
                 let condition = column_condition(column, value);
-                let fits = is_identifier(column) && new.len() + condition.len() <= room;
+                let fits = is_filter_column(column) && new.len() + condition.len() <= room;
                 if fits {
                     new.push_str(&condition);
                 }
@@ -618,11 +619,16 @@ impl<'e> Planner<'e> {
     fn add_filtered(&mut self, index: usize, table: &'e str, id: &str, data: Option<String>) {
         if let Some(Group::Filtered(group)) = &mut self.group {
             let fits = self.context.filtered_url_len(table) + group.ids.len_with(id) <= filter::MAX_URL_BYTES;
-            if group.table == table && group.data == data && fits {
+            let key = CastKey::of(id);
+            // Another spelling of an id the group names (`abc` and `ABC`, a uuid in two forms) is
+            // the same row or not depending on the column's type: the request's row count could
+            // not tell whether each changed a row (`unchanged`), so it goes in the next request.
+            let respelled = !group.ids.contains(id) && group.cast_keys.contains(&key);
+            if group.table == table && group.data == data && fits && !respelled {
                 group.end = index + 1;
                 group.ids.push(id);
                 group.row_entries.push(index);
-                group.cast_keys.insert(CastKey::of(id));
+                group.cast_keys.insert(key);
                 return;
             }
         }
@@ -1035,6 +1041,62 @@ mod tests {
         let ops = body(&plan(entries, &s)[0])["ops"].clone();
         let expects: Vec<bool> = ops.as_array().into_iter().flatten().map(|op| op.get("expect").is_some()).collect();
         assert_eq!(expects, [true, false, false, false, true], "{ops}");
+    }
+
+    #[test]
+    fn columns_named_like_postgrest_query_keys_are_never_url_filters_but_the_atomic_function_compares_them() {
+        let previous = |v: Value| Some(v.as_object().cloned().unwrap_or_default().into());
+        let mut s = settings();
+        s.conflict_detection = true;
+        let reserved = json!({"limit": 5, "order": 3, "and": "x", "or": "y", "offset": 1, "select": "s",
+                              "columns": "c", "on_conflict": "o", "apikey": "k", "title": "old"});
+        let mut changed = patch("a", json!({"limit": 6, "title": "new"}));
+        changed.previous = previous(reserved.clone());
+        let mut gone = delete("b");
+        gone.previous = previous(reserved);
+        let requests = plan(vec![changed.clone(), gone.clone()], &s);
+        assert_eq!(decoded_url(&requests[0]), "https://p.supabase.co/rest/v1/todos?id=eq.a&title=eq.old");
+        assert_eq!(decoded_url(&requests[1]), "https://p.supabase.co/rest/v1/todos?id=eq.b&title=eq.old");
+        assert!(
+            matches!(&requests[0].check, Check::Conditional { same: None, .. }),
+            "`limit` cannot be a filter: no 'already holds the new values' check"
+        );
+        s.atomic = AtomicMode::Always;
+        let ops = body(&plan(vec![changed, gone], &s)[0])["ops"].clone();
+        assert_eq!(ops[0]["expect"], json!({"limit": "5", "title": "old"}));
+        assert_eq!(ops[1]["expect"]["and"], json!("x"));
+        assert_eq!(ops[1]["expect"]["apikey"], json!("k"));
+    }
+
+    #[test]
+    fn two_spellings_of_one_cast_key_are_never_in_one_filtered_request() {
+        let upper = "0E0B5A1C-2D3E-4F50-8A6B-7C8D9E0F1A2B";
+        let requests = plan(
+            vec![
+                delete("abc"),
+                delete("abc"),
+                delete("ABC"),
+                delete("x"),
+                delete(upper),
+                delete(&upper.to_lowercase()),
+            ],
+            &settings(),
+        );
+        let ids: Vec<(String, usize)> = requests
+            .iter()
+            .map(|r| match &r.check {
+                Check::Filtered { distinct_ids, .. } => (decoded_url(r), *distinct_ids),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            ids,
+            vec![
+                ("https://p.supabase.co/rest/v1/todos?id=eq.abc".to_string(), 1),
+                (format!("https://p.supabase.co/rest/v1/todos?id=in.(\"ABC\",\"x\",\"{upper}\")"), 3),
+                (format!("https://p.supabase.co/rest/v1/todos?id=eq.{}", upper.to_lowercase()), 1),
+            ]
+        );
     }
 
     #[test]

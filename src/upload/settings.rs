@@ -257,6 +257,19 @@ impl ColumnSet {
     }
 }
 
+/// Query-string keys that are not column filters: PostgREST's own (`select`, `columns`,
+/// `on_conflict`, `order`, `limit`, `offset`, `and`, `or`) and `apikey`, which Supabase's gateway
+/// reads as the API key. A filter on a column with one of these names is not one: PostgREST reads
+/// `limit=eq.5` as a limit it cannot parse and drops it, and `and=eq.5` as a malformed logic tree.
+pub const RESERVED_QUERY_KEYS: [&str; 9] =
+    ["select", "columns", "on_conflict", "order", "limit", "offset", "and", "or", "apikey"];
+
+/// Whether `column` can be a filter in a PostgREST URL (`&<column>=eq.…`): a plain identifier
+/// ([`is_identifier`]) that is not one of the [`RESERVED_QUERY_KEYS`].
+pub fn is_filter_column(column: &str) -> bool {
+    is_identifier(column) && !RESERVED_QUERY_KEYS.contains(&column)
+}
+
 /// Whether `name` is a plain SQL identifier (`^[A-Za-z_][A-Za-z0-9_]*$`, at most 63 bytes), the
 /// only table and column names the bridge puts into URLs and filters.
 pub fn is_identifier(name: &str) -> bool {
@@ -447,7 +460,16 @@ fn mode(r: &mut Reader) -> Option<WriteMode> {
                     r.problem("UPLOAD_OWNER_COLUMN", "must not be the id column");
                     None
                 }
-                Some(_) => identifier(r, "UPLOAD_OWNER_COLUMN"),
+                Some(_) => identifier(r, "UPLOAD_OWNER_COLUMN").filter(|column| {
+                    let filter = is_filter_column(column);
+                    if !filter {
+                        r.problem(
+                            "UPLOAD_OWNER_COLUMN",
+                            format!("{column:?} cannot be a PostgREST filter (a name its query string reserves)"),
+                        );
+                    }
+                    filter
+                }),
             };
             Some(WriteMode::Service { service_key: service_key?, owner_column: owner_column? })
         }
@@ -761,6 +783,12 @@ mod tests {
         let mut vars = with(&base);
         vars.push(("UPLOAD_OWNER_COLUMN", "user id"));
         assert_eq!(problem_names(&vars), vec!["UPLOAD_OWNER_COLUMN"]);
+        // Its ownership filter would not be one: PostgREST reads `limit=eq.<sub>` as a limit.
+        for reserved in RESERVED_QUERY_KEYS {
+            let mut vars = with(&base);
+            vars.push(("UPLOAD_OWNER_COLUMN", reserved));
+            assert_eq!(problem_names(&vars), vec!["UPLOAD_OWNER_COLUMN"], "{reserved}");
+        }
     }
 
     fn claims(value: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
