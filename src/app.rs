@@ -291,7 +291,7 @@ impl App {
             }
             flight.end();
         }
-        let pending = verifier.borrow().begin(token, now).map_err(|e| step.explain(e))?;
+        let pending = verifier.borrow().begin(token, now).map_err(|e| verifier.borrow().explain(token, &step, e))?;
         if let Some(check) = &pending.signature {
             if !signatures.verify(check).await? {
                 return Err(SessionError::BadSignature.into());

@@ -164,8 +164,12 @@ fn with_url_problem(mut problems: Vec<Problem>, url: &Option<String>, all: &[Pro
     problems
 }
 
+/// Shortest `SUPABASE_JWT_SECRET` (Supabase's own rule for self-hosted projects; hosted
+/// projects' secrets are 40 characters or more).
+pub const MIN_JWT_SECRET_BYTES: usize = 32;
+
 fn session_settings(r: &mut Reader, supabase_url: Option<String>) -> Option<SessionSettings> {
-    let jwks_url = r.url("SUPABASE_JWKS_URL");
+    let jwks_url = r.fetchable_url("SUPABASE_JWKS_URL");
     let issuer = r.get("SUPABASE_JWT_ISSUER");
     let audiences = r.list("SUPABASE_JWT_AUDIENCE");
     let leeway_seconds = r.number("SUPABASE_JWT_LEEWAY_SECONDS", 30, 0..=300);
@@ -178,9 +182,19 @@ fn session_settings(r: &mut Reader, supabase_url: Option<String>) -> Option<Sess
     }
     let project_keys = [anon_key.clone(), r.get("SUPABASE_SERVICE_ROLE_KEY")].into_iter().flatten().collect();
     let third_party = crate::session::third_party::read(r);
+    let jwt_secret = r.get("SUPABASE_JWT_SECRET");
+    if jwt_secret.as_ref().is_some_and(|secret| secret.len() < MIN_JWT_SECRET_BYTES) {
+        r.problem(
+            "SUPABASE_JWT_SECRET",
+            format!(
+                "is shorter than {MIN_JWT_SECRET_BYTES} characters: an HS256 secret that short can be \
+                 guessed from any session token (Supabase's are 40 or more)"
+            ),
+        );
+    }
     let supabase_url = supabase_url?;
     Some(SessionSettings {
-        jwt_secret: r.get("SUPABASE_JWT_SECRET"),
+        jwt_secret,
         jwks_url: jwks_url.unwrap_or_else(|| format!("{supabase_url}/auth/v1/.well-known/jwks.json")),
         issuer: issuer.unwrap_or_else(|| format!("{supabase_url}/auth/v1")),
         audiences: if audiences.is_empty() { vec!["authenticated".into()] } else { audiences },
@@ -264,7 +278,7 @@ mod tests {
     fn complete() -> Vec<(&'static str, String)> {
         vec![
             ("SUPABASE_URL", "https://ref.supabase.co/".into()),
-            ("SUPABASE_JWT_SECRET", "secret".into()),
+            ("SUPABASE_JWT_SECRET", "a-jwt-secret-of-at-least-32-characters".into()),
             ("SUPABASE_ANON_KEY", "anon".into()),
             ("POWERSYNC_URL", "https://ps.example".into()),
             ("POWERSYNC_KEY_ID", "kid-1".into()),
@@ -322,6 +336,29 @@ mod tests {
         assert_eq!(c.problems.iter().filter(|p| p.name == "SUPABASE_URL").count(), 1);
         assert!(names(c.session.as_ref().unwrap_err()).contains(&"SUPABASE_URL"));
         assert!(names(c.upload.as_ref().unwrap_err()).contains(&"SUPABASE_URL"));
+    }
+
+    #[test]
+    fn urls_that_get_tokens_or_keys_are_https_or_loopback_http_and_the_jwt_secret_is_not_short() {
+        for (name, value) in [
+            ("SUPABASE_URL", "http://ref.supabase.co"),
+            ("SUPABASE_JWKS_URL", "http://keys.example.net/jwks"),
+            ("STORAGE_URL", "http://storage.example.net/storage/v1"),
+            ("SUPABASE_JWT_SECRET", "short-secret"),
+        ] {
+            let mut vars = complete();
+            vars.retain(|(n, _)| *n != name);
+            vars.push((name, value.into()));
+            let c = config_of(&vars);
+            assert_eq!(names(&c.problems), vec![name], "{value}");
+            assert!(c.session.is_err() || name == "STORAGE_URL", "{name}");
+            assert!(!c.problems[0].message.contains(value), "the value is not quoted");
+        }
+        let mut local = complete();
+        local[0] = ("SUPABASE_URL", "http://127.0.0.1:54321".into());
+        local.push(("SUPABASE_JWKS_URL", "http://localhost:9999/jwks".into()));
+        local.push(("STORAGE_URL", "http://[::1]:5000/storage/v1".into()));
+        assert!(config_of(&local).problems.is_empty(), "{:?}", config_of(&local).problems);
     }
 
     #[test]

@@ -73,7 +73,7 @@ impl<'a> Reader<'a> {
             self.problem("SUPABASE_URL", "is required (the project URL, e.g. https://<ref>.supabase.co)");
             return None;
         }
-        let url = self.url("SUPABASE_URL")?;
+        let url = self.fetchable_url("SUPABASE_URL")?;
         if url.ends_with("/rest/v1") || url.ends_with("/auth/v1") {
             self.problem("SUPABASE_URL", "give the project URL, without /rest/v1 or /auth/v1");
             return None;
@@ -105,6 +105,19 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// [`Self::url`] that the worker may also send requests to ([`fetchable`]): `https://`, or
+    /// `http://` to a loopback host only. Users' tokens and the project's keys go there.
+    pub fn fetchable_url(&mut self, name: &str) -> Option<String> {
+        let url = self.url(name)?;
+        match fetchable(&url) {
+            Ok(_) => Some(url),
+            Err(why) => {
+                self.problem(name, format!("{why}; must be {FETCHABLE_URL_RULE}"));
+                None
+            }
+        }
+    }
+
     /// A comma-separated list, items trimmed, blanks dropped.
     pub fn list(&self, name: &str) -> Vec<String> {
         self.get(name)
@@ -124,6 +137,43 @@ impl<'a> Reader<'a> {
         }
     }
 }
+
+/// A URL the worker may send requests to (Supabase's, Storage's, a key or issuer URL), parsed by the WHATWG URL rules workerd's `fetch`
+/// applies (the `url` crate): `https://` to any host, or `http://` to a loopback host only
+/// (127.0.0.0/8, `localhost`, `[::1]`: local development and tests; plain HTTP elsewhere would let
+/// anyone on the path read the tokens and keys sent there, or serve forged session keys), never
+/// with credentials
+/// (`http://localhost:80@keys.example.com/` is a request to `keys.example.com`). Scheme and host
+/// are case-insensitive; ports are allowed. `Err` says why not (never quoting the value).
+pub fn fetchable(text: &str) -> Result<url::Url, &'static str> {
+    if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("must not contain spaces");
+    }
+    let url = url::Url::parse(text).map_err(|_| match text.is_ascii() {
+        true => "is not a URL",
+        // `url` is built without Unicode host names (idna_adapter 1.0, see Cargo.toml).
+        false => "is not a URL (a host name with non-ASCII letters must be given in its ASCII xn-- form)",
+    })?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("must not contain credentials (user@host)");
+    }
+    let loopback = match url.host() {
+        None => return Err("has no host"),
+        Some(url::Host::Domain(name)) => name == "localhost",
+        Some(url::Host::Ipv4(address)) => address.is_loopback(),
+        Some(url::Host::Ipv6(address)) => address.is_loopback(),
+    };
+    match url.scheme() {
+        "https" => Ok(url),
+        "http" if loopback => Ok(url),
+        "http" => Err("http:// is only for loopback hosts (127.0.0.0/8, localhost, [::1])"),
+        _ => Err("must be an https:// URL"),
+    }
+}
+
+/// What a key or issuer URL setting must be, after [`fetchable`]'s reason.
+pub const FETCHABLE_URL_RULE: &str =
+    "an https:// URL without credentials (http:// only to 127.0.0.0/8, localhost or [::1])";
 
 #[cfg(test)]
 mod tests {

@@ -563,11 +563,18 @@ pub fn parse_previous_public_keys(text: &str) -> Result<Vec<PublicJwk>, String> 
         obj @ serde_json::Value::Object(_) => vec![obj],
         _ => return Err("expected a JWKS, an array of JWKs or one JWK".into()),
     };
-    items
+    let keys: Vec<PublicJwk> = items
         .into_iter()
         .enumerate()
         .map(|(i, item)| previous_key(&item).map_err(|why| format!("key {i}: {why}")))
-        .collect()
+        .collect::<Result<_, _>>()?;
+    // PowerSync picks a key by its kid: two keys under one kid would make it guess.
+    for (i, key) in keys.iter().enumerate() {
+        if keys[..i].iter().any(|earlier| earlier.kid == key.kid) {
+            return Err(format!("key {i}: its kid is another previous key's too"));
+        }
+    }
+    Ok(keys)
 }
 
 fn previous_key(item: &serde_json::Value) -> Result<PublicJwk, String> {
@@ -581,7 +588,27 @@ fn previous_key(item: &serde_json::Value) -> Result<PublicJwk, String> {
         }
     };
     let kid = required("kid")?;
+    if kid.trim().is_empty() {
+        return Err("'kid' is empty".into());
+    }
     let kty = required("kty")?;
+    // An RSA key's modulus and exponent: base64url big-endian numbers, at least MIN_RSA_BITS and
+    // an exponent above 1, as for the signing key.
+    let rsa_number = |name: &str| -> Result<String, String> {
+        let value = required(name)?;
+        let bytes = URL_SAFE_NO_PAD
+            .decode(value.trim_end_matches('=').as_bytes())
+            .map_err(|_| format!("'{name}' is not base64url"))?;
+        let bits = match bytes.iter().position(|b| *b != 0) {
+            Some(first) => (bytes.len() - first) * 8 - bytes[first].leading_zeros() as usize,
+            None => 0,
+        };
+        match name {
+            "n" if bits < MIN_RSA_BITS => Err(format!("'n' is a {bits}-bit modulus; at least {MIN_RSA_BITS}")),
+            "e" if bits < 2 => Err("'e' is not an RSA exponent".into()),
+            _ => Ok(value),
+        }
+    };
     let crv = get("crv");
     let (allowed, mut jwk): (&[&str], PublicJwk) = match (kty.as_str(), crv.as_deref()) {
         ("RSA", _) => (
@@ -591,8 +618,8 @@ fn previous_key(item: &serde_json::Value) -> Result<PublicJwk, String> {
                 crv: None,
                 x: None,
                 y: None,
-                n: Some(required("n")?),
-                e: Some(required("e")?),
+                n: Some(rsa_number("n")?),
+                e: Some(rsa_number("e")?),
                 alg: "RS256".into(),
                 key_use: "sig".into(),
                 kid,
@@ -1133,6 +1160,25 @@ pub(crate) mod tests {
         assert_eq!(parse_previous_public_keys(&jwk.to_string()).unwrap()[0].kid, "old");
         assert!(parse_previous_public_keys(r#"[{"kty":"RSA","n":"x","e":"AQAB"}]"#).unwrap_err().contains("kid"));
         assert!(parse_previous_public_keys("nope").is_err());
+    }
+
+    #[test]
+    fn previous_rsa_keys_are_real_rsa_keys_under_distinct_non_empty_kids() {
+        let jwk = serde_json::to_value(test_key().public_jwk("old")).unwrap();
+        let with = |name: &str, value: serde_json::Value| {
+            let mut key = jwk.clone();
+            key[name] = value;
+            parse_previous_public_keys(&format!("[{key}]"))
+        };
+        assert!(with("n", "not base64 at all!!".into()).unwrap_err().contains("'n' is not base64url"));
+        assert!(with("e", "%%".into()).unwrap_err().contains("'e' is not base64url"));
+        assert!(with("n", "AQ".into()).unwrap_err().contains("1-bit modulus"));
+        assert!(with("n", "AAAA".into()).unwrap_err().contains("0-bit modulus"));
+        assert!(with("e", "AQ".into()).unwrap_err().contains("'e'"));
+        assert!(with("kid", "".into()).unwrap_err().contains("'kid' is empty"));
+        let twice = format!("[{jwk},{jwk}]");
+        assert!(parse_previous_public_keys(&twice).unwrap_err().contains("key 1: its kid"));
+        assert!(with("n", jwk["n"].clone()).is_ok());
     }
 
     #[test]

@@ -183,17 +183,6 @@ impl Step {
             Step::Ready | Step::RefetchSuppressed => None,
         }
     }
-
-    /// What a verification error means after this step: an unknown `kid` whose refetch was held
-    /// back is "keys unavailable, try again" (503), not an invalid session (401).
-    pub fn explain(&self, error: SessionError) -> SessionError {
-        match (self, error) {
-            (Step::RefetchSuppressed, SessionError::UnknownKey(kid)) => {
-                SessionError::KeysUnavailable(format!("no key '{kid}' yet and a JWKS refetch is held back"))
-            }
-            (_, error) => error,
-        }
-    }
 }
 
 /// A token read and keyed but whose claims are not yet checked.
@@ -370,6 +359,29 @@ impl Verifier {
             jwks::Freshness::Fetch => Step::FetchJwks(HttpRequest::new(Method::Get, &self.settings.jwks_url)),
             jwks::Freshness::Suppressed => Step::RefetchSuppressed,
             jwks::Freshness::InFlight => Step::Wait { keys: KeySet::Supabase, seen: self.jwks.mark() },
+        }
+    }
+
+    /// What a verification error of `token` means after `step`: an unknown `kid` is "keys
+    /// unavailable, try again" (503), not an invalid session (401), when its key set could not
+    /// be fetched again: the refetch was held back, or the last fetch of that key set (this
+    /// request's, or the one it waited for) failed. Only a key set fetched successfully since
+    /// the token arrived can say that a `kid` is unknown.
+    pub fn explain(&self, token: &str, step: &Step, error: SessionError) -> SessionError {
+        let SessionError::UnknownKey(kid) = error else { return error };
+        if *step == Step::RefetchSuppressed {
+            return SessionError::KeysUnavailable(format!("no key '{kid}' yet and a JWKS refetch is held back"));
+        }
+        let cache = jsonwebtoken::decode_header(token).ok().and_then(|header| match self.source(token, header.alg) {
+            Source::Supabase => Some(&self.jwks),
+            Source::ThirdParty(index) => self.issuers.get(index).map(|keys| &keys.jwks),
+            Source::Unknown => None,
+        });
+        match cache.and_then(JwksCache::last_failure) {
+            Some(why) => {
+                SessionError::KeysUnavailable(format!("no key '{kid}', and the key set's refetch failed: {why}"))
+            }
+            None => SessionError::UnknownKey(kid),
         }
     }
 

@@ -106,8 +106,16 @@ impl JwksCache {
         self.failures > 0 && self.failed_at.is_some_and(|at| now.saturating_sub(at) < wait)
     }
 
+    /// Whether the copy can answer for `kid` without a fetch. A token without a `kid` never asks
+    /// for one: a fresh set either has the one key it can mean, or several among which no fetch
+    /// could choose (then it is invalid, 401, not "try again" for ever).
     fn knows(&self, kid: Option<&str>) -> bool {
-        self.keys.iter().any(|k| k.kid.as_deref() == kid)
+        kid.is_none() || self.keys.iter().any(|k| k.kid.as_deref() == kid)
+    }
+
+    /// Why the last fetch failed, when it did (`None` once a fetch succeeded since).
+    pub fn last_failure(&self) -> Option<String> {
+        (self.failures > 0).then(|| self.last_error.clone().unwrap_or_else(|| "fetch failed".into()))
     }
 
     /// Whether a token with this `kid` calls for a fetch at `now`. A refetch for an unknown
@@ -382,7 +390,10 @@ pub(crate) mod tests {
         // The key set was fetched after this request arrived: its unknown kid is invalid (401).
         let step = v.after_wait(&es256("other-forged"), NOW + 1, &wait, true);
         assert_eq!(step, Step::Ready);
-        let error = v.begin(&es256("other-forged"), NOW + 1).map(|_| ()).map_err(|e| step.explain(e));
+        let error = v
+            .begin(&es256("other-forged"), NOW + 1)
+            .map(|_| ())
+            .map_err(|e| v.explain(&es256("other-forged"), &step, e));
         assert_eq!(error, Err(SessionError::UnknownKey("other-forged".into())));
         // A failed fetch ends the wait too: "try again" (503), and the back-off holds.
         let mut v = Verifier::new(settings());
@@ -427,7 +438,7 @@ pub(crate) mod tests {
         // The project rotates its key; a real token with the new kid arrives inside the window.
         let step = v.plan(&es256("rotated"), NOW + 2);
         assert_eq!(step, Step::RefetchSuppressed);
-        let error = v.begin(&es256("rotated"), NOW + 2).map(|_| ()).map_err(|e| step.explain(e));
+        let error = v.begin(&es256("rotated"), NOW + 2).map(|_| ()).map_err(|e| v.explain(&es256("rotated"), &step, e));
         assert!(matches!(&error, Err(SessionError::KeysUnavailable(why)) if why.contains("rotated")), "{error:?}");
         let api = crate::error::ApiError::Session(error.unwrap_err());
         assert_eq!((api.status(), api.code()), (503, "session_keys_unavailable"));
@@ -438,12 +449,59 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn unknown_kid_whose_refetch_failed_is_try_again_for_the_fetching_and_the_waiting_request() {
+        // The project rotated its key; the fresh copy lacks the new kid and the refetch times out.
+        let mut v = verifier_with(vec![ec_jwk("old")]);
+        let rotated = es256("rotated");
+        let fetch = v.plan(&rotated, NOW + 40);
+        assert!(matches!(fetch, Step::FetchJwks(_)));
+        let wait = v.plan(&rotated, NOW + 40);
+        v.accept(&fetch, Err(TransportError::timed_out("no answer")), NOW + 40);
+        let waited = v.after_wait(&rotated, NOW + 40, &wait, true);
+        for step in [&fetch, &waited] {
+            let error = v.begin(&rotated, NOW + 40).map(|_| ()).map_err(|e| v.explain(&rotated, step, e));
+            assert!(
+                matches!(&error, Err(SessionError::KeysUnavailable(why)) if why.contains("rotated") && why.contains("no answer")),
+                "{error:?}"
+            );
+            let api = crate::error::ApiError::Session(error.unwrap_err());
+            assert_eq!((api.status(), api.code()), (503, "session_keys_unavailable"));
+        }
+        // The old key still verifies meanwhile; once a refetch succeeds, an unknown kid is invalid.
+        assert!(v.verify(&es256("old"), NOW + 40).is_ok());
+        let step = v.plan(&es256("forged"), NOW + 100);
+        v.accept(&step, jwks(vec![ec_jwk("old")]), NOW + 100);
+        let error = v.begin(&es256("forged"), NOW + 100).map(|_| ()).map_err(|e| v.explain(&es256("forged"), &step, e));
+        assert_eq!(error, Err(SessionError::UnknownKey("forged".into())));
+    }
+
+    #[test]
+    fn token_without_kid_never_asks_for_a_refetch_and_is_invalid_when_several_keys_could_be_meant() {
+        let no_kid = jsonwebtoken::encode(
+            &Header::new(Algorithm::ES256),
+            &user_claims(),
+            &EncodingKey::from_ec_pem(EC_PEM.as_bytes()).unwrap(),
+        )
+        .unwrap();
+        let mut one = verifier_with(vec![ec_jwk("k1")]);
+        assert_eq!(one.plan(&no_kid, NOW + 40), Step::Ready);
+        assert_eq!(one.verify(&no_kid, NOW + 40).unwrap().user_id, "user-1");
+        let mut several = verifier_with(vec![ec_jwk("k1"), rsa_jwk("r1")]);
+        for now in [NOW + 1, NOW + 2, NOW + 40] {
+            let step = several.plan(&no_kid, now);
+            assert_eq!(step, Step::Ready, "no fetch can choose among several keys");
+            let error = several.begin(&no_kid, now).map(|_| ()).map_err(|e| several.explain(&no_kid, &step, e));
+            assert_eq!(error, Err(SessionError::UnknownKey("(none)".into())), "401, not 503 for ever");
+        }
+    }
+
+    #[test]
     fn unknown_kid_right_after_its_own_refetch_is_invalid() {
         let mut v = verifier_with(vec![ec_jwk("old")]);
         let step = v.plan(&es256("nope"), NOW + 40);
         assert!(matches!(step, Step::FetchJwks(_)));
         v.accept_jwks(jwks(vec![ec_jwk("old")]), NOW + 40);
-        let error = v.begin(&es256("nope"), NOW + 40).map(|_| ()).map_err(|e| step.explain(e));
+        let error = v.begin(&es256("nope"), NOW + 40).map(|_| ()).map_err(|e| v.explain(&es256("nope"), &step, e));
         assert_eq!(error, Err(SessionError::UnknownKey("nope".into())));
     }
 

@@ -16,7 +16,7 @@
 use serde_json::{Map, Value};
 
 use super::SessionError;
-use crate::environment::Reader;
+use crate::environment::{fetchable, Reader, FETCHABLE_URL_RULE as URL_RULE};
 use crate::http::{HttpResponse, TransportError};
 
 /// Google's key set for Firebase Auth ID tokens, shared by every Firebase project.
@@ -84,40 +84,6 @@ pub struct ThirdPartySettings {
     /// refused whatever this says.
     pub allow_missing_role: bool,
 }
-
-/// A key or issuer URL that may be fetched, parsed by the WHATWG URL rules workerd's `fetch`
-/// applies (the `url` crate): `https://` to any host, or `http://` to a loopback host only
-/// (127.0.0.0/8, `localhost`, `[::1]`: local development and tests), never with credentials
-/// (`http://localhost:80@keys.example.com/` is a request to `keys.example.com`). Scheme and host
-/// are case-insensitive; ports are allowed. `Err` says why not (never quoting the value).
-pub fn fetchable(text: &str) -> Result<url::Url, &'static str> {
-    if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err("must not contain spaces");
-    }
-    let url = url::Url::parse(text).map_err(|_| match text.is_ascii() {
-        true => "is not a URL",
-        // `url` is built without Unicode host names (idna_adapter 1.0, see Cargo.toml).
-        false => "is not a URL (a host name with non-ASCII letters must be given in its ASCII xn-- form)",
-    })?;
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err("must not contain credentials (user@host)");
-    }
-    let loopback = match url.host() {
-        None => return Err("has no host"),
-        Some(url::Host::Domain(name)) => name == "localhost",
-        Some(url::Host::Ipv4(address)) => address.is_loopback(),
-        Some(url::Host::Ipv6(address)) => address.is_loopback(),
-    };
-    match url.scheme() {
-        "https" => Ok(url),
-        "http" if loopback => Ok(url),
-        "http" => Err("http:// is only for loopback hosts (127.0.0.0/8, localhost, [::1])"),
-        _ => Err("must be an https:// URL"),
-    }
-}
-
-/// What a key or issuer URL setting must be, after [`fetchable`]'s reason.
-const URL_RULE: &str = "an https:// URL without credentials (http:// only to 127.0.0.0/8, localhost or [::1])";
 
 /// An AWS region as Cognito's issuer spells it (`us-east-1`, `ap-southeast-2`, `us-gov-west-1`).
 fn is_aws_region(region: &str) -> bool {
@@ -895,7 +861,7 @@ mod tests {
         assert_eq!(v.verify(&rotated, NOW + 1), Err(SessionError::UnknownKey("fb-2".into())));
         let held = v.plan(&rotated, NOW + 5);
         assert_eq!(held, Step::RefetchSuppressed);
-        let error = v.begin(&rotated, NOW + 5).map(|_| ()).map_err(|e| held.explain(e)).unwrap_err();
+        let error = v.begin(&rotated, NOW + 5).map(|_| ()).map_err(|e| v.explain(&rotated, &held, e)).unwrap_err();
         assert!(matches!(error, SessionError::KeysUnavailable(_)), "try again (503), not invalid");
         let step = v.plan(&rotated, NOW + 31);
         v.accept(&step, jwks(vec![rsa_jwk("fb-1"), rsa_jwk("fb-2")]), NOW + 31);

@@ -104,7 +104,7 @@ pub fn read(r: &mut Reader, supabase_url: Option<String>) -> Option<StorageSetti
             StorageMode::Rls
         }
     };
-    let storage_url = r.url("STORAGE_URL");
+    let storage_url = r.fetchable_url("STORAGE_URL");
     let buckets = r.get("STORAGE_BUCKETS").and_then(|text| match parse_buckets(&text) {
         Ok(buckets) => Some(buckets),
         Err(why) => {
