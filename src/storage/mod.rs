@@ -409,7 +409,10 @@ pub fn interpret(
             return Ok(FileResult::Deleted { existed: false })
         }
         404 if error == "not_found" && request.op == FileOp::Download => return Err(FileError::NotFound { index }),
-        409 => return Err(FileError::Exists { index }),
+        // An occupied path (`Duplicate`); Storage's other 409s (a transaction conflict, a
+        // referenced resource) are not the user's: try again.
+        409 if error == "Duplicate" => return Err(FileError::Exists { index }),
+        409 => return Err(FileError::Unavailable { detail: described() }),
         413 => return Err(FileError::TooLarge { index, max_bytes: 0 }),
         415 => return Err(FileError::TypeNotAllowed { index }),
         408 | 429 | 500..=599 => return Err(FileError::Unavailable { detail: described() }),
@@ -702,6 +705,8 @@ mod tests {
         let exists =
             answer(400, json!({"statusCode": "409", "error": "Duplicate", "message": "The resource already exists"}));
         assert_eq!(interpret(&request, file, 0, &s, exists), Err(FileError::Exists { index: 0 }));
+        let conflict = answer(400, json!({"statusCode": "409", "error": "TransactionError", "message": "x"}));
+        assert!(matches!(interpret(&request, file, 0, &s, conflict), Err(FileError::Unavailable { .. })));
         assert!(matches!(
             interpret(&request, file, 0, &s, answer(502, json!(null))),
             Err(FileError::Unavailable { .. })
