@@ -138,11 +138,11 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// A URL the worker may send requests to (Supabase's, Storage's, a key or issuer URL), parsed by the WHATWG URL rules workerd's `fetch`
-/// applies (the `url` crate): `https://` to any host, or `http://` to a loopback host only
-/// (127.0.0.0/8, `localhost`, `[::1]`: local development and tests; plain HTTP elsewhere would let
-/// anyone on the path read the tokens and keys sent there, or serve forged session keys), never
-/// with credentials
+/// A URL the worker may send requests to (Supabase's, Storage's, a key or issuer URL), parsed
+/// by the WHATWG URL rules workerd's `fetch` applies (the `url` crate): `https://` to any host,
+/// or `http://` to a loopback host only (127.0.0.0/8, `localhost`, `[::1]`: local development
+/// and tests; plain HTTP elsewhere would let anyone on the path read the tokens and keys sent
+/// there, or serve forged session keys), never with credentials
 /// (`http://localhost:80@keys.example.com/` is a request to `keys.example.com`). Scheme and host
 /// are case-insensitive; ports are allowed. `Err` says why not (never quoting the value).
 pub fn fetchable(text: &str) -> Result<url::Url, &'static str> {
@@ -171,7 +171,7 @@ pub fn fetchable(text: &str) -> Result<url::Url, &'static str> {
     }
 }
 
-/// What a key or issuer URL setting must be, after [`fetchable`]'s reason.
+/// What such a URL setting must be, after [`fetchable`]'s reason.
 pub const FETCHABLE_URL_RULE: &str =
     "an https:// URL without credentials (http:// only to 127.0.0.0/8, localhost or [::1])";
 
