@@ -38,6 +38,12 @@ WorkerConnector connector(
     );
 
 void main() {
+  test('a request timeout of zero or less is refused (it would time out every upload)', () {
+    for (final timeout in [Duration.zero, const Duration(seconds: -1)]) {
+      expect(() => connector(FakeWorker([]), requestTimeout: timeout), throwsArgumentError);
+    }
+  });
+
   group('fetchCredentials', () {
     test('GETs <workerUrl>/powersync-token with the session, trailing slashes removed', () async {
       final fake = FakeWorker([

@@ -81,6 +81,14 @@ export interface WorkerConnectorOptions {
    */
   getSessionToken: () => Promise<string | null | undefined> | string | null | undefined;
   /**
+   * Called once after the worker answered 401 (e.g. `session_expired` while the app's clock
+   * still took the token for valid) to get a refreshed token, with which the request is sent
+   * again at once (e.g. supabase-js `async () => (await supabase.auth.refreshSession()).data.session?.access_token`).
+   * Not set, or answering nothing new: no second attempt; the 401 is thrown and the SDK retries
+   * later (nothing is completed). Default: not set.
+   */
+  refreshSessionToken?: () => Promise<string | null | undefined> | string | null | undefined;
+  /**
    * Called once for each transaction the worker rejected permanently (`fatal_error`, or `conflict`
    * when the worker's conflict detection found a row changed since the app saw it), before that
    * transaction is removed from the local upload queue. Use it to tell the user, log, or keep a copy.
@@ -211,6 +219,7 @@ function defaultOnFatalError(report: FatalErrorReport): void {
 export class WorkerConnector implements PowerSyncBackendConnector {
   private readonly baseUrl: string;
   private readonly getSessionToken: WorkerConnectorOptions['getSessionToken'];
+  private readonly refreshSessionToken: WorkerConnectorOptions['refreshSessionToken'];
   private readonly onFatalError: (report: FatalErrorReport) => void | Promise<void>;
   private readonly onUnchanged: (report: UnchangedReport) => void | Promise<void>;
   private readonly maxTransactions: number;
@@ -230,6 +239,10 @@ export class WorkerConnector implements PowerSyncBackendConnector {
     }
     this.baseUrl = options.workerUrl.trim().replace(/\/+$/, '');
     this.getSessionToken = options.getSessionToken;
+    if (options.refreshSessionToken !== undefined && typeof options.refreshSessionToken !== 'function') {
+      throw new TypeError('refreshSessionToken must be a function');
+    }
+    this.refreshSessionToken = options.refreshSessionToken;
     this.onFatalError = options.onFatalError ?? defaultOnFatalError;
     this.onUnchanged = options.onUnchanged ?? defaultOnUnchanged;
     this.maxTransactions = positiveInteger('maxTransactionsPerRequest', options.maxTransactionsPerRequest, DEFAULT_MAX_TRANSACTIONS);
@@ -433,7 +446,22 @@ export class WorkerConnector implements PowerSyncBackendConnector {
   }
 
   /** One request to the worker; the body is read too, within the timeout. `body` is `undefined` when not JSON. */
+  /** One request; after a 401, once more with `refreshSessionToken`'s token when it gives a new one. */
   private async request(
+    method: 'GET' | 'POST',
+    path: string,
+    session: string,
+    body?: string,
+    extraHeaders?: Record<string, string>,
+  ): Promise<{ response: FetchResponseLike; body: unknown }> {
+    const answer = await this.requestOnce(method, path, session, body, extraHeaders);
+    if (answer.response.status !== 401 || !this.refreshSessionToken) return answer;
+    const fresh = await this.refreshSessionToken();
+    if (!fresh || fresh === session) return answer;
+    return this.requestOnce(method, path, fresh, body, extraHeaders);
+  }
+
+  private async requestOnce(
     method: 'GET' | 'POST',
     path: string,
     session: string,

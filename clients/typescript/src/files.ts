@@ -81,16 +81,27 @@ export class WorkerStorageAdapter implements RemoteStorageAdapter {
     };
     const entry = await this.ask('upload', { files: [file] }, file.session);
     const headers = (entry['headers'] ?? {}) as Record<string, string>;
-    const response = await this.send(String(entry['url']), { method: 'PUT', headers, body: fileData }, 'PUT signed upload URL');
-    if (response.status < 200 || response.status >= 300) throw storageError('upload', response.status, await safeText(response));
+    const { status, text } = await this.send(
+      String(entry['url']),
+      { method: 'PUT', headers, body: fileData },
+      'PUT signed upload URL',
+      async (response) => ({ status: response.status, text: ok(response.status) ? '' : await response.text() }),
+    );
+    if (!ok(status)) throw storageError('upload', status, text);
   }
 
   async downloadFile(attachment: AttachmentRecord): Promise<ArrayBuffer> {
     const file = await this.file(attachment);
     const entry = await this.ask('download', { files: [file] }, file.session);
-    const response = await this.send(String(entry['url']), { method: 'GET', headers: {} }, 'GET signed download URL');
-    if (response.status !== 200) throw storageError('download', response.status, await safeText(response));
-    return response.arrayBuffer();
+    const answer = await this.send(
+      String(entry['url']),
+      { method: 'GET', headers: {} },
+      'GET signed download URL',
+      async (response): Promise<{ bytes: ArrayBuffer } | { status: number; text: string }> =>
+        response.status === 200 ? { bytes: await response.arrayBuffer() } : { status: response.status, text: await response.text() },
+    );
+    if (!('bytes' in answer)) throw storageError('download', answer.status, answer.text);
+    return answer.bytes;
   }
 
   async deleteFile(attachment: AttachmentRecord): Promise<void> {
@@ -122,8 +133,9 @@ export class WorkerStorageAdapter implements RemoteStorageAdapter {
         body: JSON.stringify({ files }),
       },
       `POST /powersync-files/${op}`,
+      async (response) => ({ status: response.status, headers: response.headers, text: await response.text() }),
     );
-    const answer = parseJson(await safeText(response)) as Record<string, unknown> | undefined;
+    const answer = parseJson(response.text) as Record<string, unknown> | undefined;
     const entry = (answer?.['files'] as Record<string, unknown>[] | undefined)?.[0];
     if (response.status === 200 && entry && (op === 'delete' || typeof entry['url'] === 'string')) return entry;
     const code = typeof answer?.['code'] === 'string' ? answer['code'] : response.status === 200 ? 'unexpected_response' : `http_${response.status}`;
@@ -136,8 +148,12 @@ export class WorkerStorageAdapter implements RemoteStorageAdapter {
     });
   }
 
-  private send(url: string, init: FileFetchInit, what: string): Promise<FileFetchResponse> {
-    return fetchWithin(this.options.fetch, url, init, this.timeoutMs, what, async (response) => response);
+  /**
+   * One request, its answer read by `read` within `requestTimeoutMs` too: a server that sends
+   * its head and then nothing is a `timeout`, not a request that never ends.
+   */
+  private send<T>(url: string, init: FileFetchInit, what: string, read: (response: FileFetchResponse) => Promise<T>): Promise<T> {
+    return fetchWithin(this.options.fetch, url, init, this.timeoutMs, what, read);
   }
 }
 
@@ -164,12 +180,8 @@ function storageError(what: string, status: number, text: string): WorkerConnect
   });
 }
 
-async function safeText(response: FileFetchResponse): Promise<string> {
-  try {
-    return await response.text();
-  } catch {
-    return '';
-  }
+function ok(status: number): boolean {
+  return status >= 200 && status < 300;
 }
 
 function parseJson(text: string): unknown {

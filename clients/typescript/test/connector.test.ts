@@ -571,6 +571,27 @@ describe('uploadData: what completes nothing', () => {
     });
   }
 
+  test('after a 401, refreshSessionToken gives a new token and the same request is sent again with it', async () => {
+    const queue = new FakeQueue().addMany(1, 1);
+    const fake = new FakeFetch({ status: 401, body: { error: 'Unauthorized', code: 'session_expired' } }, { status: 200, body: results(['success', 1]) });
+    let refreshed = 0;
+    const refreshing = connector(fake, { refreshSessionToken: async () => (refreshed++, 'fresh-token') });
+    await refreshing.uploadData(queue);
+    assert.equal(refreshed, 1);
+    assert.deepEqual(
+      fake.requests.map((r) => r.init.headers['Authorization']),
+      [`Bearer ${SESSION}`, 'Bearer fresh-token'],
+    );
+    assert.deepEqual(fake.requests[1]!.json, fake.requests[0]!.json, 'the same body');
+    assert.deepEqual(queue.remainingTransactionIds(), []);
+    // Nothing new from the refresh: the 401 is thrown, once, and nothing is completed.
+    const again = new FakeQueue().addMany(1, 1);
+    const stale = new FakeFetch({ status: 401, body: { error: 'Unauthorized', code: 'session_expired' } });
+    await rejectsWith(connector(stale, { refreshSessionToken: () => SESSION }).uploadData(again), { code: 'session_expired', status: 401 });
+    assert.equal(stale.requests.length, 1);
+    assert.deepEqual(again.remainingTransactionIds(), [1]);
+  });
+
   test('a request with no answer within requestTimeoutMs is aborted, throws timeout and completes nothing', async () => {
     const queue = new FakeQueue().addMany(1, 1);
     const fake = new FakeFetch(

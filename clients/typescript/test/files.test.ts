@@ -123,6 +123,29 @@ describe('WorkerStorageAdapter', () => {
     assert.deepEqual(JSON.parse(String(fake.sent[0]!.init.body)), { files: [{ bucket: 'docs', path: `users/${USER}/a1` }] });
   });
 
+  test('an answer whose head arrives but whose body never ends is a timeout, for the worker and for a signed URL', async () => {
+    // The body's promise settles only when the request is aborted (as fetch's body does).
+    const stalled = (status: number, first?: FileFetchResponse) => {
+      let calls = 0;
+      return async (_url: string, init: FileFetchInit): Promise<FileFetchResponse> => {
+        calls += 1;
+        if (first && calls === 1) return first;
+        const never = () => new Promise<never>((_, reject) => init.signal?.addEventListener('abort', () => reject(new Error('aborted'))));
+        return { status, headers: { get: () => null }, text: never, arrayBuffer: never };
+      };
+    };
+    const within = (fetch: (url: string, init: FileFetchInit) => Promise<FileFetchResponse>) =>
+      new WorkerStorageAdapter({ workerUrl: WORKER, getSessionToken: () => SESSION, bucket: 'attachments', fetch, requestTimeoutMs: 30 });
+    await rejectsWith(within(stalled(200)).deleteFile(photo), { code: 'timeout' });
+    const signed: FileFetchResponse = {
+      status: 200,
+      headers: { get: () => null },
+      text: async () => JSON.stringify({ files: [{ url: 'https://s/object/sign/a?token=t' }] }),
+      arrayBuffer: async () => new ArrayBuffer(0),
+    };
+    await rejectsWith(within(stalled(200, signed)).downloadFile(photo), { code: 'timeout' });
+  });
+
   test('subjectOf reads the sub of a token and refuses a token without one', () => {
     assert.equal(subjectOf(SESSION), USER);
     assert.throws(() => subjectOf('not-a-jwt'), (e: unknown) => e instanceof WorkerConnectorError && e.code === 'session_without_sub');

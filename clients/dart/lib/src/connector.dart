@@ -148,7 +148,7 @@ class WorkerConnector extends PowerSyncBackendConnector {
 
   /// How long a request may take, body included; then it counts as a network error (nothing is
   /// completed, the SDK retries) so that `disconnect()` and sign-out never wait for ever.
-  /// Default 60 seconds.
+  /// Must be positive (an [ArgumentError] otherwise). Default 60 seconds.
   final Duration requestTimeout;
 
   /// Where the default callbacks write. Default: `print`.
@@ -177,6 +177,11 @@ class WorkerConnector extends PowerSyncBackendConnector {
     }
     if (maxEntriesPerRequest < 1) {
       throw ArgumentError.value(maxEntriesPerRequest, 'maxEntriesPerRequest', 'must be at least 1');
+    }
+    // Zero is not "no limit" here (it is in the TypeScript connector's requestTimeoutMs): every
+    // request would time out and nothing would ever be uploaded.
+    if (requestTimeout <= Duration.zero) {
+      throw ArgumentError.value(requestTimeout, 'requestTimeout', 'must be positive');
     }
   }
 
