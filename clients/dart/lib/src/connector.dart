@@ -134,8 +134,10 @@ class WorkerConnector extends PowerSyncBackendConnector {
   final FutureOr<void> Function(FatalErrorReport report) onFatalError;
 
   /// Called once per applied transaction with entries that changed no row, before it is removed
-  /// from the queue. If it throws, the transaction stays queued and [uploadData] rethrows.
-  /// Default: a log line through [log] (no row data).
+  /// from the queue. If it throws, the transaction stays queued and [uploadData] rethrows; the
+  /// transaction is sent again, and a worker with the atomic function's exactly-once ledger then
+  /// answers `already_applied` without `unchanged`, so this is not called again for it (nor when
+  /// the first answer was lost). Default: a log line through [log] (no row data).
   final FutureOr<void> Function(UnchangedReport report) onUnchanged;
 
   /// Most transactions per upload request (1: one per request). Default 20.
