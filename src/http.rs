@@ -86,6 +86,29 @@ impl HttpResponse {
         header_value(&self.headers, name)
     }
 
+    /// For a redirect (3xx, which the worker never follows), where it points: the `Location`'s
+    /// origin only (its path and query may hold the request's ids), e.g. `https://ref.supabase.co`.
+    pub fn redirect_origin(&self) -> Option<String> {
+        if !(300..400).contains(&self.status) {
+            return None;
+        }
+        let location = url::Url::parse(self.header_value("location")?).ok()?;
+        Some(location.origin().ascii_serialization())
+    }
+
+    /// What a failed answer's status says, for a log line: `301, a redirect to <origin>, not
+    /// followed` for a redirect, else the status.
+    pub fn status_described(&self) -> String {
+        match (300..400).contains(&self.status) {
+            true => format!(
+                "{}, a redirect{}, not followed (give the address it points to)",
+                self.status,
+                self.redirect_origin().map(|to| format!(" to {to}")).unwrap_or_default()
+            ),
+            false => self.status.to_string(),
+        }
+    }
+
     /// An answer from its head as the adapter reads it in one call (`status\n`, then
     /// `name\nvalue\n` per header: no header name or value can hold a line feed) and its body.
     pub fn from_head(head: &str, body: String) -> HttpResponse {
@@ -270,6 +293,24 @@ mod tests {
         let answer = HttpResponse::from_head(&format!("201\n{head}"), "[]".into());
         assert_eq!(answer, HttpResponse { status: 201, headers, body: "[]".into() });
         assert_eq!(HttpResponse::from_head("204\n", String::new()).headers, vec![]);
+    }
+
+    #[test]
+    fn a_redirect_is_described_by_its_targets_origin_only() {
+        let answer = |status: u16, location: &str| HttpResponse {
+            status,
+            headers: vec![("Location".to_string(), location.to_string())],
+            body: String::new(),
+        };
+        let moved = answer(301, "https://keys.example:8443/jwks.json?user=secret");
+        assert_eq!(moved.redirect_origin().as_deref(), Some("https://keys.example:8443"));
+        assert_eq!(
+            moved.status_described(),
+            "301, a redirect to https://keys.example:8443, not followed (give the address it points to)"
+        );
+        assert_eq!(answer(302, "/relative").redirect_origin(), None);
+        assert_eq!(answer(404, "https://x.example/").redirect_origin(), None);
+        assert_eq!(answer(404, "https://x.example/").status_described(), "404");
     }
 
     #[test]

@@ -231,7 +231,7 @@ impl JwksCache {
 fn parse(answer: Result<HttpResponse, TransportError>) -> Result<Vec<CachedKey>, String> {
     let response = answer.map_err(|e| e.message)?;
     if response.status != 200 {
-        return Err(format!("JWKS answered {}", response.status));
+        return Err(format!("JWKS answered {}", response.status_described()));
     }
     // Parse key by key so one exotic key (e.g. a future EdDSA one) does not hide the others.
     let raw: serde_json::Value = serde_json::from_str(&response.body).map_err(|e| format!("JWKS is not JSON: {e}"))?;

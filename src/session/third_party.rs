@@ -280,7 +280,7 @@ pub fn read(r: &mut Reader) -> ThirdPartySettings {
 pub fn jwks_uri(answer: Result<HttpResponse, TransportError>, issuer: &str) -> Result<String, String> {
     let response = answer.map_err(|e| format!("discovery: {}", e.message))?;
     if response.status != 200 {
-        return Err(format!("discovery answered {}", response.status));
+        return Err(format!("discovery answered {}", response.status_described()));
     }
     let doc: Value = serde_json::from_str(&response.body).map_err(|_| "discovery document is not JSON".to_string())?;
     if doc.get("issuer").and_then(Value::as_str) != Some(issuer) {

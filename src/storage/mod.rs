@@ -398,7 +398,8 @@ pub fn interpret(
         (status, _) => status,
     };
     let error = body["error"].as_str().unwrap_or("");
-    let described = || format!("storage answered {} (statusCode {:?}, error {error:?})", response.status, inner);
+    let described =
+        || format!("storage answered {} (statusCode {:?}, error {error:?})", response.status_described(), inner);
     match status {
         200..=299 => {}
         // In service mode the service key was refused: the configuration's, never the user's.

@@ -810,11 +810,7 @@ fn excerpt(body: &str) -> String {
 /// What a redirect answer says: where to (the target's origin only: its path and query may hold
 /// the request's ids) and what to change.
 fn redirect_message(response: &HttpResponse) -> String {
-    let to = response
-        .header_value("location")
-        .and_then(|location| url::Url::parse(location).ok())
-        .map(|target| format!(" to {}", target.origin().ascii_serialization()))
-        .unwrap_or_default();
+    let to = response.redirect_origin().map(|origin| format!(" to {origin}")).unwrap_or_default();
     format!(
         "HTTP {} from Supabase: a redirect{to}, not followed (it would re-send the write as a GET); \
          set SUPABASE_URL to the address Supabase answers at",
