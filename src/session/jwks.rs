@@ -106,11 +106,15 @@ impl JwksCache {
         self.failures > 0 && self.failed_at.is_some_and(|at| now.saturating_sub(at) < wait)
     }
 
-    /// Whether the copy can answer for `kid` without a fetch. A token without a `kid` never asks
-    /// for one: a fresh set either has the one key it can mean, or several among which no fetch
-    /// could choose (then it is invalid, 401, not "try again" for ever).
+    /// Whether the copy can answer for `kid` without a fetch. A token without a `kid` against a
+    /// set of several keys is answered too: no fetch could choose among them (it is invalid,
+    /// 401, not "try again" for ever). Against one key or none it may still ask for the
+    /// rate-limited refetch (the provider may have replaced its only key).
     fn knows(&self, kid: Option<&str>) -> bool {
-        kid.is_none() || self.keys.iter().any(|k| k.kid.as_deref() == kid)
+        match kid {
+            None => self.keys.len() >= 2 || self.keys.iter().any(|k| k.kid.is_none()),
+            Some(_) => self.keys.iter().any(|k| k.kid.as_deref() == kid),
+        }
     }
 
     /// Why the last fetch failed, when it did (`None` once a fetch succeeded since).
@@ -476,16 +480,15 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn token_without_kid_never_asks_for_a_refetch_and_is_invalid_when_several_keys_could_be_meant() {
+    fn token_without_kid_is_invalid_without_refetches_when_several_keys_could_be_meant() {
         let no_kid = jsonwebtoken::encode(
             &Header::new(Algorithm::ES256),
             &user_claims(),
             &EncodingKey::from_ec_pem(EC_PEM.as_bytes()).unwrap(),
         )
         .unwrap();
-        let mut one = verifier_with(vec![ec_jwk("k1")]);
-        assert_eq!(one.plan(&no_kid, NOW + 40), Step::Ready);
-        assert_eq!(one.verify(&no_kid, NOW + 40).unwrap().user_id, "user-1");
+        let one = verifier_with(vec![ec_jwk("k1")]);
+        assert_eq!(one.verify(&no_kid, NOW + 40).unwrap().user_id, "user-1", "the only key");
         let mut several = verifier_with(vec![ec_jwk("k1"), rsa_jwk("r1")]);
         for now in [NOW + 1, NOW + 2, NOW + 40] {
             let step = several.plan(&no_kid, now);
