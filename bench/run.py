@@ -991,8 +991,8 @@ def main() -> int:
                 log(f"probe {mode} {key}: {probes[(mode, key)]['subrequests']} subrequests, "
                     f"{probes[(mode, key)]['latency_ms']:.0f} ms")
         verify_rows(pg.dsn, sub, batches)
-        # The JavaScript upload workers: (worker, path) per comparison row.
-        js_uploads = {
+        # The workers the uploads are compared with: (worker, path) per comparison row.
+        compared_uploads = {
             "js_rls": (w_upload_floor, "/forward"),
             "js_atomic": (w_upload_floor, "/atomic"),
             "js_full_rls": (w_js_upload, "/rls"),
@@ -1000,7 +1000,7 @@ def main() -> int:
             "rust_rls": (w_rust_upload, "/forward"),
             "rust_atomic": (w_rust_upload, "/atomic"),
         }
-        for js_key, (w, path) in js_uploads.items():
+        for js_key, (w, path) in compared_uploads.items():
             for key in FLOOR_BATCHES:
                 standin.reset()
                 r = w.post(path, data=batches[key]["body"],
@@ -1023,12 +1023,12 @@ def main() -> int:
                     wrk(w.url + "/powersync-upload", seconds=UPLOAD_WARMUP_SECONDS, connections=UPLOAD_CONNECTIONS,
                         method="POST", token=hs_token, body_file=work / f"{key}.json")
             if key in FLOOR_BATCHES:
-                for w, path in js_uploads.values():
+                for w, path in compared_uploads.values():
                     wrk(w.url + path, seconds=UPLOAD_WARMUP_SECONDS, connections=UPLOAD_CONNECTIONS,
                         method="POST", token=hs_token, body_file=work / f"{key}.json")
 
         upload_runs = {(m, k): [] for m in workers for k in mode_batches[m]}
-        floor_runs = {"noop": [], **{(j, k): [] for j in js_uploads for k in FLOOR_BATCHES}}
+        floor_runs = {"noop": [], **{(j, k): [] for j in compared_uploads for k in FLOOR_BATCHES}}
         baseline_runs = {"put": [], "mixed": []}
         for rnd in range(ROUNDS):
             for key, b in batches.items():
@@ -1052,7 +1052,7 @@ def main() -> int:
                         f"CPU {run.get('cpu_ms_per_req_user', 0):.2f} ms/req")
                 if key not in FLOOR_BATCHES:
                     continue
-                for js_key, (w, path) in js_uploads.items():
+                for js_key, (w, path) in compared_uploads.items():
                     standin.reset()
                     run = wrk(w.url + path, seconds=UPLOAD_SECONDS, connections=UPLOAD_CONNECTIONS, cpu_of=w,
                               method="POST", token=hs_token, body_file=work / f"{key}.json")

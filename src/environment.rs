@@ -109,8 +109,19 @@ impl<'a> Reader<'a> {
     /// `http://` to a loopback host only. Users' tokens and the project's keys go there.
     pub fn fetchable_url(&mut self, name: &str) -> Option<String> {
         let url = self.url(name)?;
-        match fetchable(&url) {
-            Ok(_) => Some(url),
+        self.checked_fetchable(name, &url).map(|_| url)
+    }
+
+    /// A setting that is a URL the worker may fetch ([`fetchable`]), parsed: exactly what was
+    /// checked is what is fetched. `None` when unset, or with a problem.
+    pub fn fetchable(&mut self, name: &str) -> Option<url::Url> {
+        let text = self.get(name)?;
+        self.checked_fetchable(name, &text)
+    }
+
+    fn checked_fetchable(&mut self, name: &str, text: &str) -> Option<url::Url> {
+        match fetchable(text) {
+            Ok(url) => Some(url),
             Err(why) => {
                 self.problem(name, format!("{why}; must be {FETCHABLE_URL_RULE}"));
                 None

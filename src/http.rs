@@ -86,10 +86,15 @@ impl HttpResponse {
         header_value(&self.headers, name)
     }
 
-    /// For a redirect (3xx, which the worker never follows), where it points: the `Location`'s
-    /// origin only (its path and query may hold the request's ids), e.g. `https://ref.supabase.co`.
+    /// A redirect (3xx), which the worker answers and never follows (`redirect: "manual"`).
+    pub fn is_redirect(&self) -> bool {
+        (300..400).contains(&self.status)
+    }
+
+    /// For a redirect, where it points: the `Location`'s origin only (its path and query may
+    /// hold the request's ids), e.g. `https://ref.supabase.co`.
     pub fn redirect_origin(&self) -> Option<String> {
-        if !(300..400).contains(&self.status) {
+        if !self.is_redirect() {
             return None;
         }
         let location = url::Url::parse(self.header_value("location")?).ok()?;
@@ -99,7 +104,7 @@ impl HttpResponse {
     /// What a failed answer's status says, for a log line: `301, a redirect to <origin>, not
     /// followed` for a redirect, else the status.
     pub fn status_described(&self) -> String {
-        match (300..400).contains(&self.status) {
+        match self.is_redirect() {
             true => format!(
                 "{}, a redirect{}, not followed (give the address it points to)",
                 self.status,

@@ -127,17 +127,7 @@ fn oidc_audience(r: &mut Reader) -> Option<String> {
 pub fn read(r: &mut Reader) -> ThirdPartySettings {
     let mut issuers = Vec::new();
     // A key URL override: "default: the provider's published key set; set only for a proxy or tests".
-    let jwks_override = |r: &mut Reader, name: &str| -> Option<String> {
-        let url = r.get(name)?;
-        match fetchable(&url) {
-            // The parsed form: exactly what was checked is what is fetched.
-            Ok(url) => Some(url.to_string()),
-            Err(why) => {
-                r.problem(name, format!("{why}; must be {URL_RULE}"));
-                None
-            }
-        }
-    };
+    let jwks_override = |r: &mut Reader, name: &str| r.fetchable(name).map(|url| url.to_string());
 
     if let Some(project) = r.get("THIRD_PARTY_FIREBASE_PROJECT_ID") {
         let keys = jwks_override(r, "THIRD_PARTY_FIREBASE_JWKS_URL").unwrap_or_else(|| FIREBASE_JWKS_URL.into());

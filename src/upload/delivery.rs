@@ -17,8 +17,8 @@
 //!   call of the atomic function instead (`UPLOAD_ATOMIC_FUNCTION`, `sql/atomic_upload.sql`):
 //!   one request whatever its size, all or nothing. Only when that function is not installed
 //!   (PostgREST's PGRST202; a bare 404, e.g. from a wrong `SUPABASE_URL`, stays retryable) could
-//!   it never be applied, and leaving it `not_attempted` would block
-//!   the client's queue for ever, so it is then a fatal error `too_many_requests_for_budget`
+//!   it never be applied, and leaving it `not_attempted` would block the client's queue for
+//!   ever, so it is then a fatal error `too_many_requests_for_budget`
 //!   (index null) whose message names atomic mode, dead-lettered whole like any other. Merging
 //!   keeps this rare (1,000 PUTs with the same columns are one request); atomic mode, one request
 //!   per transaction, avoids it entirely.

@@ -487,7 +487,7 @@ pub fn classify(
         // A redirect, answered and never followed (fetch would re-send a write as a GET without
         // its body): a SUPABASE_URL that is not the address Supabase answers at (`http://` to
         // `https://`, a moved host). The operator's to fix; the upload waits.
-        Class::Unrecognised if (300..400).contains(&status) => Class::SchemaDrift,
+        Class::Unrecognised if response.is_redirect() => Class::SchemaDrift,
         // Without a code: PostgREST 12 answers a table missing from its schema cache with a
         // bare 404 (a wrong SUPABASE_URL looks the same: the operator's to fix either way).
         Class::Unrecognised if status == 404 => Class::SchemaDrift,
@@ -509,7 +509,12 @@ pub fn classify(
     };
     let message = match body.message {
         Some(message) => message,
-        None if (300..400).contains(&status) => redirect_message(response),
+        None if response.is_redirect() => {
+            format!(
+                "HTTP {} from Supabase; set SUPABASE_URL to the address Supabase answers at",
+                response.status_described()
+            )
+        }
         None if response.body.trim().is_empty() => format!("HTTP {status} from Supabase"),
         None => format!("HTTP {status} from Supabase: {}", excerpt(&response.body)),
     };
@@ -807,17 +812,6 @@ fn excerpt(body: &str) -> String {
 }
 
 /// A `Retry-After` given in seconds (the HTTP-date form is ignored).
-/// What a redirect answer says: where to (the target's origin only: its path and query may hold
-/// the request's ids) and what to change.
-fn redirect_message(response: &HttpResponse) -> String {
-    let to = response.redirect_origin().map(|origin| format!(" to {origin}")).unwrap_or_default();
-    format!(
-        "HTTP {} from Supabase: a redirect{to}, not followed (it would re-send the write as a GET); \
-         set SUPABASE_URL to the address Supabase answers at",
-        response.status
-    )
-}
-
 fn retry_after(response: &HttpResponse) -> Option<u64> {
     let seconds: u64 = response.header_value("retry-after")?.trim().parse().ok()?;
     Some(seconds.min(MAX_RETRY_AFTER_SECONDS))
