@@ -79,6 +79,7 @@ SIGN_ONLY = BENCH / "sign-only/worker.js"
 UPLOAD_FLOOR = BENCH / "upload-floor/worker.js"
 JS_TOKEN = BENCH / "js/token.js"
 RUST_FLOOR = BENCH / "rust-floor/build/index.js"  # built by bench/build_rust_floors.sh
+WASM_FLOOR = BENCH / "wasm-floor/build/index.js"  # the same
 RUST_UPLOAD_FLOOR = BENCH / "rust-upload-floor/build/index.js"  # the same
 JS_UPLOAD = BENCH / "js/upload.js"
 WRANGLER_DEV_API = ROOT / "tests/support/wrangler_dev.mjs"
@@ -665,6 +666,10 @@ def render_markdown(res: dict) -> str:
         f"{fmt(d['rust_floor_ms'], 2)} ms; `/health` − that worker (routing, the log line, the answer) "
         f"{fmt(d['health_minus_rust_floor_ms'], 2)} ms; for scale, one console.log line in JS (JS no-op + log − JS no-op) "
         f"{fmt(d['log_line_js_ms'], 2)} ms;",
+        f"- the platform's own share of a Rust request (the smallest wasm worker − JS no-op: a synchronous call into "
+        f"wasm and a Response made from it) {fmt(d['wasm_floor_ms'], 2)} ms; `/health`'s job done in JS (route, request "
+        f"id, body, five headers, log line) − JS no-op {fmt(d['health_js_ms'], 2)} ms, and `/health` − that "
+        f"{fmt(d['health_minus_health_js_ms'], 2)} ms;",
         f"- one RSA-2048 WebCrypto signature (sign-only − JS no-op): {fmt(d['sign_ms'], 2)} ms;",
         f"- the JS jose token worker (RSA) − JS no-op (verify, claims, sign, JSON, log line): "
         f"{fmt(d['js_token_minus_noop_ms'], 2)} ms; the worker's token (RSA) − `/health`: {fmt(d['token_hs_minus_health_ms'], 2)} ms;",
@@ -791,7 +796,7 @@ COMPARED_UPLOAD_LABELS = {
     "rust_rls": "the plain JS worker's `/forward` in Rust (bench/rust-upload-floor: workers-rs, serde_json)",
     "rust_atomic": "the plain JS worker's `/atomic` in Rust (bench/rust-upload-floor)",
 }
-TOKEN_TABLE_ORDER = ("noop_js", "noop_log_js", "rust_floor", "health", "sign_only", "token_hs256", "js_token_rs256", "token_key_es256",
+TOKEN_TABLE_ORDER = ("noop_js", "noop_log_js", "health_js", "wasm_floor", "rust_floor", "health", "sign_only", "token_hs256", "js_token_rs256", "token_key_es256",
                      "js_token_es256", "token_key_eddsa", "js_token_eddsa", "token_es256", "js_token_es256_session",
                      "token_hs256_metrics")
 # The token endpoint per PowerSync key type (HS256 session), and the JS jose worker with the same key type.
@@ -899,6 +904,8 @@ def main() -> int:
         stack.callback(w_sign.stop)
         w_floor = start_worker({}, RUST_FLOOR)
         stack.callback(w_floor.stop)
+        w_wasm_floor = start_worker({}, WASM_FLOOR)
+        stack.callback(w_wasm_floor.stop)
         w_js = {}
         for alg, key in (("RS256", ps_key), ("ES256", es_key), ("EdDSA", ed_key)):
             w_js[alg] = start_worker(js_worker_vars(base_vars, key), JS_TOKEN)
@@ -909,7 +916,7 @@ def main() -> int:
         stack.callback(w_js_upload.stop)
         w_rust_upload = start_worker({"SUPABASE_URL": standin.url, "SUPABASE_ANON_KEY": ANON_KEY}, RUST_UPLOAD_FLOOR)
         stack.callback(w_rust_upload.stop)
-        for w in (w_main, w_atomic, w_es_key, w_ed_key, w_metrics, w_sign, w_floor, *w_js.values(), w_upload_floor,
+        for w in (w_main, w_atomic, w_es_key, w_ed_key, w_metrics, w_sign, w_floor, w_wasm_floor, *w_js.values(), w_upload_floor,
                   w_js_upload, w_rust_upload):
             if workerd_count(w.proc.pid) < 1:
                 raise RuntimeError("no workerd process found under a wrangler dev process group")
@@ -932,7 +939,8 @@ def main() -> int:
             raise RuntimeError("JS token worker accepted a bad signature")
         check_token_response(w_sign.get("/sign"), ps_key["public_jwk"], "sign-only")
         if (w_main.get("/health").status_code != 200 or w_sign.get("/noop").text != "ok"
-                or w_sign.get("/noop-log").text != "ok" or w_floor.get("/").text != "ok"):
+                or w_sign.get("/noop-log").text != "ok" or w_floor.get("/").text != "ok"
+                or w_wasm_floor.get("/").text != "ok" or w_sign.get("/health").json()["status"] != "ok"):
             raise RuntimeError("health / noop did not answer as expected")
 
         # ---------------------------------------------------------------- token rounds
@@ -940,6 +948,10 @@ def main() -> int:
             "noop_js": ("JS no-op request (sign-only worker `/noop`)", w_sign, "/noop", None),
             "noop_log_js": ("JS no-op + the worker's one log line (sign-only worker `/noop-log`)", w_sign, "/noop-log",
                             None),
+            "health_js": ("`/health`'s job in JS (sign-only worker `/health`: route, request id, body, five headers, log line)",
+                          w_sign, "/health", None),
+            "wasm_floor": ("the smallest wasm worker (bench/wasm-floor: a synchronous wasm-bindgen export)", w_wasm_floor,
+                           "/", None),
             "rust_floor": ("the smallest workers-rs worker (bench/rust-floor: `Response::ok`)", w_floor, "/", None),
             "health": ("`/health`", w_main, "/health", None),
             "sign_only": ("JS: one RSA-2048 WebCrypto signature, nothing else (sign-only worker)", w_sign, "/sign", None),
@@ -1172,6 +1184,9 @@ def main() -> int:
         "rust_overhead_ms": diff(cpu("health"), cpu("noop_js")),
         "log_line_js_ms": diff(cpu("noop_log_js"), cpu("noop_js")),
         "rust_floor_ms": diff(cpu("rust_floor"), cpu("noop_js")),
+        "wasm_floor_ms": diff(cpu("wasm_floor"), cpu("noop_js")),
+        "health_js_ms": diff(cpu("health_js"), cpu("noop_js")),
+        "health_minus_health_js_ms": diff(cpu("health"), cpu("health_js")),
         "health_minus_rust_floor_ms": diff(cpu("health"), cpu("rust_floor")),
         "sign_ms": diff(cpu("sign_only"), cpu("noop_js")),
         "token_hs_minus_health_ms": diff(cpu("token_hs256"), cpu("health")),
@@ -1192,7 +1207,8 @@ def main() -> int:
 
     ratio_target(f"`/health` ≤ {TARGET_HEALTH_VS_NOOP:.2f}× a JS no-op request (worker workerd CPU)", "health", "noop_js",
                  TARGET_HEALTH_VS_NOOP, token_runs["health"], token_runs["noop_js"], cpu("health"), cpu("noop_js"))
-    for what, key in (("the smallest workers-rs worker (bench/rust-floor)", "rust_floor"),
+    for what, key in (("the smallest wasm worker (bench/wasm-floor: the platform's floor for Rust)", "wasm_floor"),
+                      ("the smallest workers-rs worker (bench/rust-floor)", "rust_floor"),
                       ("`/health`", "health")):
         ratio = cpu(key) / cpu("noop_js") if cpu(key) and cpu("noop_js") else None
         with_log = cpu(key) / cpu("noop_log_js") if cpu(key) and cpu("noop_log_js") else None
@@ -1200,6 +1216,13 @@ def main() -> int:
                         "measured": f"{fmt(ratio, 2)}× / {fmt(with_log, 2)}× ({fmt(cpu(key), 2)} vs {fmt(cpu('noop_js'), 2)} / "
                                     f"{fmt(cpu('noop_log_js'), 2)} ms)",
                         "value": ratio, "pass": None, "info": True})
+    job = cpu("health_js") / cpu("noop_js") if cpu("health_js") and cpu("noop_js") else None
+    vs_job = cpu("health") / cpu("health_js") if cpu("health") and cpu("health_js") else None
+    targets.append({"target": "info: `/health`'s job in JS (the sign-only worker's `/health`) vs a JS no-op; `/health` vs it",
+                    "measured": f"{fmt(job, 2)}× ({fmt(cpu('health_js'), 2)} vs {fmt(cpu('noop_js'), 2)} ms); "
+                                f"{fmt(vs_job, 2)}× ({fmt(cpu('health'), 2)} ms; "
+                                f"{spread(per_round(token_runs['health'], token_runs['health_js']))})",
+                    "value": job, "pass": None, "info": True})
     for alg, name, rust_key, js_key in KEY_TYPES:
         ratio_target(f"token, {name} key, HS256 session ≤ {TARGET_TOKEN_VS_JS:.2f}× the JS jose worker with the same key",
                      rust_key, js_key, TARGET_TOKEN_VS_JS, token_runs[rust_key], token_runs[js_key], cpu(rust_key), cpu(js_key))

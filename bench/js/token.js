@@ -3,7 +3,8 @@
 //
 //   GET /powersync-token   Authorization: Bearer <Supabase session>
 //     -> 200 {"token","powersync_url","endpoint","expires_at","user_id"}, the worker's shape
-//        (docs/token.md), Cache-Control: no-store, X-Request-Id; 401 {"error","code"} otherwise.
+//        (docs/token.md), Cache-Control: no-store, X-Request-Id, the worker's default CORS headers;
+//        401 {"error","code"} otherwise.
 //   GET /noop              -> "ok": the runtime's floor for this script (cold start).
 //
 // The same checks as the worker's session verification (src/session.rs): the signature (HS256
@@ -25,6 +26,9 @@ const SIGNING = {
   EdDSA: [{ name: "Ed25519" }, { name: "Ed25519" }],
 };
 const encoder = new TextEncoder();
+// The CORS headers the worker sends on every answer with its default CORS_ALLOWED_ORIGINS (`*`):
+// web apps (Flutter web among them) read the token from another origin.
+const CORS = { "Access-Control-Allow-Origin": "*", "Access-Control-Expose-Headers": "X-Request-Id, Retry-After" };
 
 // Per isolate: the imported keys and the JWKS (jose caches the fetched key set).
 let isolate = null;
@@ -55,7 +59,7 @@ function requestId(request) {
 function json(body, status, id) {
   return new Response(JSON.stringify(body), {
     status,
-    headers: { "Content-Type": "application/json", "Cache-Control": "no-store", "X-Request-Id": id },
+    headers: { "Content-Type": "application/json", "Cache-Control": "no-store", "X-Request-Id": id, ...CORS },
   });
 }
 

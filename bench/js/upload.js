@@ -3,7 +3,7 @@
 // the rows, JSON.stringify, one request to PostgREST, read the answer) plus what a team that owns
 // its uploads would add: the Supabase session verified with `jose` before anything is sent (HS256,
 // the key imported once per isolate; the same claim checks as bench/js/token.js), an answer per
-// transaction, and one JSON log line per request.
+// transaction with the worker's default CORS headers, and one JSON log line per request.
 //
 //   POST /rls      one upsert `POST /rest/v1/todos?on_conflict=id` of the first transaction's PUTs
 //   POST /atomic   one `POST /rest/v1/rpc/powersync_apply_transaction` {"ops":[{op, table, id, data}]}
@@ -13,6 +13,8 @@
 import { jwtVerify } from "jose";
 
 let hmacKey = null; // per isolate
+// The CORS headers the worker sends on every answer with its default CORS_ALLOWED_ORIGINS (`*`).
+const CORS = { "Access-Control-Allow-Origin": "*", "Access-Control-Expose-Headers": "X-Request-Id, Retry-After" };
 
 function requestId(request) {
   const ray = request.headers.get("cf-ray");
@@ -24,7 +26,7 @@ function requestId(request) {
 function json(body, status, id) {
   return new Response(JSON.stringify(body), {
     status,
-    headers: { "Content-Type": "application/json", "X-Request-Id": id },
+    headers: { "Content-Type": "application/json", "X-Request-Id": id, ...CORS },
   });
 }
 

@@ -4,6 +4,10 @@
 // is left is the platform's own cost of one request plus one native RSA-2048 signature.
 //
 //   GET /noop      -> "ok" without signing: the dev server's per-request floor (no crypto at all).
+//   GET /health    -> the worker's `/health` job in JS: the route read from the URL, the request id,
+//                     the same JSON body (built once per isolate), the same five headers (with the
+//                     worker's default CORS, `*`) and the same log line. What answering `/health`
+//                     costs a JS worker (informational; the target stays the bare no-op).
 //   GET /sign-log  -> the signed token (as below) plus the one-line console.log JSON the real worker
 //                     writes for a token request (route, method, status, request_id, duration_ms):
 //                     the floor with the same observability as the worker (informational only; the
@@ -48,6 +52,7 @@ const OTHER_KEYS = {
 };
 const OTHER_INPUTS = Object.fromEntries(Object.entries(OTHER_KEYS).map(([p, v]) => [p, encoder.encode(v[3])]));
 const otherKeyPromises = {};
+let healthBody = null; // once per isolate, as the worker builds its /health answer
 
 function pkcs8Der(pem) {
   const b64 = pem.replace(/-----[^-]+-----/g, "").replace(/\s+/g, "");
@@ -71,6 +76,23 @@ export default {
     const path = new URL(request.url).pathname;
     if (path === "/noop") {
       return new Response("ok");
+    }
+    if (path === "/health") {
+      const id = request.headers.get("cf-ray") || requestId();
+      healthBody ??= JSON.stringify({
+        status: "ok", version: "0.1.0", session: { configured: true, problems: [] },
+        powersync: { configured: true, problems: [] }, upload: { configured: true, problems: [] },
+        files: { configured: true, problems: [] },
+      });
+      const response = new Response(healthBody, {
+        headers: {
+          "Content-Type": "application/json", "Cache-Control": "no-store", "X-Request-Id": id,
+          "Access-Control-Allow-Origin": "*", "Access-Control-Expose-Headers": "X-Request-Id, Retry-After",
+        },
+      });
+      console.log(JSON.stringify({ route: "health", method: request.method, status: 200, request_id: id,
+                                   duration_ms: Date.now() - started }));
+      return response;
     }
     if (path === "/noop-log") {
       // The no-op plus the one-line structured log the worker writes for every request (its
