@@ -468,8 +468,13 @@ pub fn classify(
         (Some("42501"), Some(message)) => missing_grant(message, api_role),
         _ => None,
     };
+    let unbypassed = body.code.as_deref() == Some("42501")
+        && body.message.as_deref().is_some_and(|m| m.ends_with(": the session has no sub"));
     let class = match &grant {
         Some(_) => Class::SchemaDrift,
+        // The SQL functions' refusal of a caller with neither a `sub` nor the right to bypass
+        // row-level security: in service mode, a service role without BYPASSRLS.
+        None if unbypassed => Class::SchemaDrift,
         None => body.code.as_deref().map(class_of).unwrap_or(Class::Unrecognised),
     };
     if let (Some(grant), Some(message)) = (grant, body.message.as_mut()) {
@@ -477,6 +482,18 @@ pub fn classify(
             "{message}: the API role lacks a privilege (a missing GRANT, the operator's to fix; \
              the upload waits): {grant}"
         );
+    } else if let (true, Some(message)) = (unbypassed, body.message.as_mut()) {
+        *message = format!(
+            "{message}: in service mode the service key's role must bypass row-level security, as \
+             Supabase's service_role does (the operator's to fix; the upload waits)"
+        );
+    } else if let (Some(code), Some(message)) = (body.code.as_deref(), body.message.as_mut()) {
+        if is_database_setup_error(code) {
+            *message = format!(
+                "{message}: an error in the database's own policies, triggers or functions, not in \
+                 the data (the operator's to fix; the upload waits)"
+            );
+        }
     }
     let code = match (&body.code, class) {
         (Some(code), Class::Fatal | Class::Retryable | Class::SchemaDrift) => code.clone(),
@@ -763,13 +780,29 @@ fn class_of(code: &str) -> Class {
     if !is_sqlstate(code) {
         return Class::Unrecognised;
     }
-    if matches!(code, "42703" | "42P01" | "42883" | "42P10") {
+    if matches!(code, "42703" | "42P01" | "42883" | "42P10") || is_database_setup_error(code) {
         return Class::SchemaDrift;
     }
     match code.get(..2).unwrap_or_default() {
-        "21" | "22" | "23" | "42" | "2F" | "38" | "39" | "54" | "P0" => Class::Fatal,
+        "21" | "22" | "23" | "42" | "54" | "P0" => Class::Fatal,
         "08" | "25" | "28" | "40" | "53" | "57" | "58" => Class::Retryable,
         _ => Class::Unrecognised,
+    }
+}
+
+/// An error of the database's own setup rather than of the data written: SQL the bridge and
+/// PostgREST generate never has a syntax error, so in class 42 only a refusal (`42501`: row-level
+/// security; a missing GRANT is told apart by its message) and a value of the wrong type
+/// (`42804`, `42846`) can be the data's; the rest are the operator's (`42P17` a policy that
+/// queries its own table, `42702` an ambiguous column in a policy or trigger, `428C9` a generated
+/// column written, ...). Class 2F (a function without RETURN), 38 and 39 (a function or trigger
+/// breaking its contract) are routine bugs. A deliberate refusal raised by a trigger (`P0001`,
+/// class P0) stays the data's.
+fn is_database_setup_error(code: &str) -> bool {
+    match code.get(..2).unwrap_or_default() {
+        "42" => !matches!(code, "42501" | "42804" | "42846"),
+        "2F" | "38" | "39" => true,
+        _ => false,
     }
 }
 
@@ -1251,14 +1284,47 @@ mod tests {
             (500, "P0002"), // no_data_found, raised by a trigger
             (500, "P0004"), // assert_failure
             (400, "P0001"), // raise_exception
-            (500, "2F005"), // function finished without RETURN
-            (500, "38001"), // external routine: containing SQL not permitted
-            (500, "39P01"), // trigger protocol violated
         ] {
             let verdict = classify(&postgrest(status, code), Some(2));
             assert!(is_fatal(&verdict), "{status} {code} {verdict:?}");
             assert_eq!(code_of(&verdict), code);
         }
+    }
+
+    #[test]
+    fn errors_of_the_databases_own_policies_triggers_and_functions_wait_for_the_operator() {
+        for (status, code) in [
+            (500, "42P17"), // infinite recursion detected in policy
+            (400, "42702"), // ambiguous column, in a policy or trigger
+            (400, "42601"), // syntax error, in a trigger's dynamic SQL
+            (400, "428C9"), // a generated column written
+            (500, "2F005"), // function finished without RETURN
+            (500, "38001"), // external routine: containing SQL not permitted
+            (500, "39P01"), // trigger protocol violated
+        ] {
+            let verdict = classify(&postgrest(status, code), Some(2));
+            let Verdict::Retryable { failure, retry_after_seconds } = &verdict else { panic!("{code}: {verdict:?}") };
+            assert_eq!(failure.code, code);
+            assert_eq!(*retry_after_seconds, Some(SCHEMA_DRIFT_RETRY_AFTER_SECONDS), "{code}");
+            assert!(failure.message.contains("the operator's to fix; the upload waits"), "{}", failure.message);
+        }
+    }
+
+    #[test]
+    fn a_service_role_that_cannot_bypass_row_level_security_keeps_the_upload_queued() {
+        let refused =
+            answer(403, r#"{"code":"42501","message":"powersync_upload_ledger_claim: the session has no sub"}"#);
+        let verdict = classify(&refused, Some(0));
+        let Verdict::Retryable { failure, retry_after_seconds } = &verdict else { panic!("{verdict:?}") };
+        assert_eq!(failure.code, "42501");
+        assert_eq!(*retry_after_seconds, Some(SCHEMA_DRIFT_RETRY_AFTER_SECONDS));
+        assert!(failure.message.contains("must bypass row-level security"), "{}", failure.message);
+        // a row-level security refusal of the data stays the user's
+        let policy = answer(
+            403,
+            r#"{"code":"42501","message":"new row violates row-level security policy for table \"lists\""}"#,
+        );
+        assert!(is_fatal(&classify(&policy, Some(0))));
     }
 
     #[test]

@@ -135,6 +135,33 @@ def test_missing_table_grant_keeps_the_upload_queued_naming_the_grant_until_gran
     assert row(db, "todos", todo_id) is not None
 
 
+@pytest.mark.parametrize("name", ["rest", "atomic"])
+def test_a_policy_that_queries_its_own_table_keeps_the_upload_queued_until_the_operator_fixes_it(
+        instances, db, user, name):
+    """A policy whose check reads its own table fails every statement with PostgreSQL's `42P17
+    infinite recursion detected in policy`: the operator's mistake, not the data's. The upload
+    waits (Retry-After ≥ 60 s) and applies once the policy is dropped."""
+    worker = instances[name]
+    sub, token = user
+    list_id = insert_list(db, sub)
+    todo_id = new_id()
+    payload = body(tx(todo(sub, list_id, todo_id), tid=1))
+    with revoked(db, "create policy recursive_check on public.todos for select to authenticated"
+                     " using (exists (select 1 from public.todos t where t.id = todos.id))",
+                 "drop policy if exists recursive_check on public.todos"):
+        response = upload(worker, token, payload)
+        assert response.status_code == 503, response.text
+        assert int(response.headers["Retry-After"]) >= 60, response.headers
+        assert statuses(response) == ["retryable_error"]
+        failed = failure(response, 0)
+        assert failed["code"] == "42P17", failed
+        assert "infinite recursion" in failed["message"] and "the operator's to fix" in failed["message"], failed
+        assert row(db, "todos", todo_id) is None
+    response = upload(worker, token, payload)
+    assert statuses(response) == ["success"], response.text
+    assert row(db, "todos", todo_id) is not None
+
+
 def test_row_refused_by_row_level_security_stays_fatal(instances, db, user, other_user_sub):
     sub, token = user
     response = upload(instances["rest"], token, body(tx(put("lists", new_id(), name="n", owner_id=other_user_sub))))
