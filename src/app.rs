@@ -11,6 +11,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::config::{Config, Problem};
+use crate::credentials;
 use crate::error::{self, ApiError};
 use crate::http::{send_resending_once, HttpResponse, Resume, Transport};
 use crate::metrics;
@@ -515,7 +516,8 @@ fn names(problems: &[Problem]) -> Vec<String> {
 
 /// The `/health` answer for a configuration: what is configured, and every problem found.
 fn health(config: &Config) -> HttpResponse {
-    let part = |problems: Vec<&Problem>| json!({ "configured": problems.is_empty(), "problems": problems.iter().map(|p| json!({"name": p.name, "message": p.message})).collect::<Vec<_>>() });
+    // A message may quote a setting's value: credential-shaped text is left out (`/health` is public).
+    let part = |problems: Vec<&Problem>| json!({ "configured": problems.is_empty(), "problems": problems.iter().map(|p| json!({"name": p.name, "message": credentials::redact(&p.message)})).collect::<Vec<_>>() });
     let of = |prefixes: &[&str]| -> Vec<&Problem> {
         config.problems.iter().filter(|p| prefixes.iter().any(|x| p.name.starts_with(x))).collect()
     };
@@ -666,6 +668,15 @@ mod tests {
 
     fn bearer(token: &str) -> String {
         format!("Bearer {token}")
+    }
+
+    #[test]
+    fn health_names_problems_without_quoting_a_secret_pasted_under_the_wrong_name() {
+        let secret = "sb_secret_N7UND0UgjKTVK-Uodkm0Hg_xSvEMPvz";
+        let app = app(&[("UPLOAD_OWNER_COLUMN", secret)]);
+        let (response, _, body) = send(&app, &FakeTransport::default(), request("GET", "/health", &[], ""));
+        assert_eq!(body["upload"]["problems"][0]["name"], "UPLOAD_OWNER_COLUMN", "{body}");
+        assert!(!response.body.contains(secret), "{}", response.body);
     }
 
     #[test]

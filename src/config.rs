@@ -241,6 +241,10 @@ fn powersync_settings(r: &mut Reader) -> Result<PowerSyncSettings, PowerSyncProb
         r.problem(name, "is required");
     }
     if !missing.is_empty() {
+        // Every problem at once: a broken key too, not only once the missing ones are set.
+        if let Some(Err(e)) = &key {
+            r.problem("POWERSYNC_PRIVATE_KEY", e.reason());
+        }
         return Err(PowerSyncProblem::Missing(missing));
     }
     let key = match key {
@@ -273,6 +277,13 @@ mod tests {
     fn config(vars: &[(&str, &str)]) -> Config {
         let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Config::from_lookup(&move |name| map.get(name).cloned())
+    }
+
+    #[test]
+    fn a_broken_key_is_reported_beside_a_missing_powersync_url() {
+        let c = config(&[("POWERSYNC_PRIVATE_KEY", "not a key at all"), ("POWERSYNC_KEY_ID", "k1")]);
+        let names: Vec<&str> = c.problems.iter().map(|p| p.name.as_str()).collect();
+        assert!(names.contains(&"POWERSYNC_URL") && names.contains(&"POWERSYNC_PRIVATE_KEY"), "{names:?}");
     }
 
     fn complete() -> Vec<(&'static str, String)> {

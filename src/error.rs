@@ -13,6 +13,9 @@ use crate::keys::KeyError;
 use crate::session::SessionError;
 use crate::storage::FileError;
 
+/// Most characters of an error's detail in the log line (then `…`).
+pub const MAX_LOG_DETAIL_CHARS: usize = 300;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApiError {
     /// No `Authorization: Bearer ...` header, or a blank one.
@@ -156,13 +159,19 @@ impl ApiError {
 
     /// Detail for the log line: the reason behind the public message. No secrets.
     pub fn log_detail(&self) -> Option<String> {
-        match self {
-            ApiError::Session(e) => Some(e.reason()),
-            ApiError::PowerSync(PowerSyncProblem::Key(e)) => Some(e.reason()),
-            ApiError::Signing(why) => Some(why.clone()),
-            ApiError::File(FileError::Unavailable { detail } | FileError::Failed { detail }) => Some(detail.clone()),
-            _ => None,
-        }
+        let detail = match self {
+            ApiError::Session(e) => e.reason(),
+            ApiError::PowerSync(PowerSyncProblem::Key(e)) => e.reason(),
+            ApiError::Signing(why) => why.clone(),
+            ApiError::File(FileError::Unavailable { detail } | FileError::Failed { detail }) => detail.clone(),
+            _ => return None,
+        };
+        // A reason may quote the caller's input (a token's header, as its JSON parser saw it):
+        // one anonymous request must not write a log line as long as its headers.
+        Some(match detail.char_indices().nth(MAX_LOG_DETAIL_CHARS) {
+            Some((cut, _)) => format!("{}…", &detail[..cut]),
+            None => detail,
+        })
     }
 
     /// The JSON body. Configuration errors name the settings (never their values).
@@ -233,6 +242,16 @@ mod tests {
         assert!(!down.body("r").to_string().contains("refused"), "details go to the log only");
         assert_eq!(ApiError::File(FileError::TooLarge { index: 0, max_bytes: 5 }).status(), 413);
         assert_eq!(ApiError::File(FileError::TypeNotAllowed { index: 0 }).status(), 415);
+    }
+
+    #[test]
+    fn a_detail_quoting_the_callers_input_is_clipped_in_the_log() {
+        let long = ApiError::Session(SessionError::Malformed("é".repeat(50_000)));
+        let detail = long.log_detail().unwrap_or_default();
+        assert_eq!(detail.chars().count(), MAX_LOG_DETAIL_CHARS + 1);
+        assert!(detail.ends_with('…'));
+        let short = ApiError::Session(SessionError::Malformed("not a JWT".into()));
+        assert_eq!(short.log_detail().as_deref(), Some("malformed token: not a JWT"));
     }
 
     #[test]

@@ -384,11 +384,20 @@ fn parse_pem(text: &str) -> Result<SigningKey, KeyError> {
         .map(|(body, _)| body)
         .ok_or_else(|| KeyError::BadPem("missing END line".into()))?;
     let label = label.trim();
+    // A label is quoted in problems (logged, and listed by `/health`): only when it looks like one,
+    // never a mangled block's first line, which may hold key material.
+    let quotable = |label: &str| {
+        if label.len() <= 40 && label.bytes().all(|b| b.is_ascii_uppercase() || b == b' ' || b == b'#') {
+            label.to_string()
+        } else {
+            "an unrecognised label".to_string()
+        }
+    };
     if body.contains("Proc-Type") || label == "ENCRYPTED PRIVATE KEY" {
         return Err(KeyError::EncryptedPem);
     }
     if label.ends_with("PUBLIC KEY") {
-        return Err(KeyError::PublicOnly(format!("the PEM block '{label}'")));
+        return Err(KeyError::PublicOnly(format!("the PEM block '{}'", quotable(label))));
     }
     let compact: String = body.split_whitespace().collect();
     let der = STANDARD
@@ -401,7 +410,7 @@ fn parse_pem(text: &str) -> Result<SigningKey, KeyError> {
                 .map_err(|e| KeyError::BadPem(format!("PKCS#1 RSA key is invalid: {e}")))?,
         ),
         "EC PRIVATE KEY" => parse_sec1(&der)?,
-        other => return Err(KeyError::UnsupportedPemLabel(other.to_string())),
+        other => return Err(KeyError::UnsupportedPemLabel(quotable(other))),
     };
     checked(SigningKey { inner, jwk_kid: None })
 }
@@ -1076,6 +1085,18 @@ pub(crate) mod tests {
     #[test]
     fn empty_key_is_reported_as_empty() {
         assert_eq!(SigningKey::parse("  ").unwrap_err(), KeyError::Empty);
+    }
+
+    #[test]
+    fn a_mangled_pem_label_holding_key_material_is_never_quoted() {
+        let body = "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7";
+        let pem = format!("-----BEGIN PRIVATE KEY {body}-----\n-----END PRIVATE KEY-----\n");
+        let err = SigningKey::parse(&pem).unwrap_err();
+        assert_eq!(err.code(), "private_key_wrong_pem_type");
+        assert!(!err.reason().contains("MIIE"), "{}", err.reason());
+        assert!(err.reason().contains("an unrecognised label"), "{}", err.reason());
+        let public = format!("-----BEGIN {body} PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n");
+        assert!(!SigningKey::parse(&public).unwrap_err().reason().contains("MIIE"));
     }
 
     #[test]

@@ -11,6 +11,7 @@
 
 pub mod app;
 pub mod config;
+pub mod credentials;
 pub mod environment;
 pub mod error;
 pub mod http;

@@ -477,13 +477,19 @@ pub fn answer_body(request: &FileRequest, results: &[FileResult]) -> Value {
     json!({ "files": files })
 }
 
+/// Most characters of a bucket's name in the log line (Storage's own limit is 100 bytes).
+const MAX_LOGGED_BUCKET_CHARS: usize = 100;
+
 /// The log line's `files` field: counts, declared bytes and buckets; never a path (paths often
-/// hold names, ids or other personal data).
+/// hold names, ids or other personal data). Made before the request is checked, so from the
+/// caller's input as it came: the declared sizes are added without overflowing, and a bucket
+/// name is clipped to the longest Storage accepts.
 pub fn log_summary(request: &FileRequest, done: usize) -> Value {
-    let mut buckets: Vec<&str> = request.files.iter().map(|f| f.bucket.as_str()).collect();
+    let mut buckets: Vec<String> =
+        request.files.iter().map(|f| f.bucket.chars().take(MAX_LOGGED_BUCKET_CHARS).collect()).collect();
     buckets.sort_unstable();
     buckets.dedup();
-    let bytes: u64 = request.files.iter().filter_map(|f| f.size).sum();
+    let bytes = request.files.iter().filter_map(|f| f.size).fold(0u64, u64::saturating_add);
     json!({ "op": request.op.name(), "count": request.files.len(), "done": done, "bytes": bytes, "buckets": buckets })
 }
 
@@ -797,5 +803,17 @@ mod tests {
         let summary = log_summary(&request, 1);
         assert_eq!(summary, json!({"op": "upload", "count": 1, "done": 1, "bytes": 42, "buckets": ["photos"]}));
         assert!(!summary.to_string().contains("diagnosis"));
+    }
+
+    #[test]
+    fn log_summary_of_unchecked_input_neither_overflows_nor_grows_with_a_bucket_name() {
+        let body = json!({"files": [
+            {"bucket": "b".repeat(60_000), "path": "u1/a", "content_type": "text/plain", "size": u64::MAX},
+            {"bucket": "photos", "path": "u1/b", "content_type": "text/plain", "size": u64::MAX},
+        ]});
+        let request = parse_request(FileOp::Upload, body.to_string().as_bytes()).expect("parsed before it is checked");
+        let summary = log_summary(&request, 0);
+        assert_eq!(summary["bytes"], u64::MAX);
+        assert!(summary.to_string().len() < 300, "{summary}");
     }
 }

@@ -57,6 +57,7 @@
 
 use serde_json::{json, Map, Value};
 
+use crate::credentials;
 use crate::http::{HttpResponse, TransportError};
 
 /// Most characters of a non-JSON error body quoted in a failure message.
@@ -830,12 +831,18 @@ impl ErrorBody {
             Some(Value::String(s)) => Some(s.clone()),
             Some(other) => Some(other.to_string()),
         };
-        ErrorBody { code: text("code"), message: text("message"), details: text("details"), hint: text("hint") }
+        let redacted = |name: &str| text(name).map(|t| credentials::redact(&t));
+        ErrorBody {
+            code: text("code"),
+            message: redacted("message"),
+            details: redacted("details"),
+            hint: redacted("hint"),
+        }
     }
 }
 
 fn excerpt(body: &str) -> String {
-    let flat: String = body.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    let flat: String = credentials::redact(body).chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
     let trimmed = flat.trim();
     let mut out: String = trimmed.chars().take(BODY_EXCERPT_CHARS).collect();
     if trimmed.chars().count() > BODY_EXCERPT_CHARS {
@@ -1325,6 +1332,37 @@ mod tests {
             r#"{"code":"42501","message":"new row violates row-level security policy for table \"lists\""}"#,
         );
         assert!(is_fatal(&classify(&policy, Some(0))));
+    }
+
+    #[test]
+    fn credentials_echoed_by_an_upstream_never_reach_the_answer() {
+        let service = "sb_secret_N7UND0UgjKTVK-Uodkm0Hg_xSvEMPvz";
+        let session = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1In0.c2lnbmF0dXJl";
+        let opaque = "0123456789abcdef.opaque-token";
+        let echoed =
+            format!("GET /rest/v1/todos\nAuthorization: Bearer {session}\napikey: {service}\nX: Bearer: {opaque}");
+        let json = json!({"code": "XX000", "message": echoed, "details": echoed, "hint": echoed}).to_string();
+        let html = format!("<html><pre>{echoed}</pre></html>");
+        for answer in [answer(500, &json), answer(502, &html), answer(200, &html)] {
+            let verdict = classify(&answer, Some(0));
+            let failure = match &verdict {
+                Verdict::Retryable { failure, .. } | Verdict::Fatal(failure) => failure.clone(),
+                Verdict::Applied => unexpected_response(Some(0), answer.as_ref().unwrap(), "a row count"),
+            };
+            let text = format!("{failure:?}");
+            for secret in [service, session, opaque] {
+                assert!(!text.contains(secret), "{secret} in {text}");
+            }
+            assert!(text.contains(credentials::REDACTED), "{text}");
+        }
+        // ordinary messages are untouched, a row's values included
+        for message in [
+            r#"new row violates row-level security policy for table "lists""#,
+            "Failing row contains (1, eyJ, bearer).",
+            "permission denied for table todos",
+        ] {
+            assert_eq!(credentials::redact(message), message);
+        }
     }
 
     #[test]
