@@ -157,12 +157,22 @@ pub fn rows(response: &Response) -> Result<Vec<Value>, String> {
 /// `ok` is false when nothing was done (a replay that failed is stored in `replay_error`).
 pub fn outcome(id: i64, response: &Response) -> (bool, Value) {
     if response.status == 200 {
-        if let Some(answer) = response.json() {
+        if let Some(mut answer) = response.json() {
             let ok = answer
                 .get("replayed")
                 .and_then(Value::as_bool)
                 .or(answer.get("discarded").and_then(Value::as_bool))
                 .unwrap_or(false);
+            // Replayed, but some entries changed no row: the letter is closed all the same (an
+            // entry hidden from its writer must never be forced), so this is said out loud.
+            let unchanged = answer.get("unchanged").and_then(Value::as_array).filter(|u| !u.is_empty()).cloned();
+            if let (true, Some(unchanged)) = (ok, unchanged) {
+                answer["warning"] = json!(format!(
+                    "entries {} changed no row (gone, or hidden from the writer by row-level security): \
+                     the dead letter is marked replayed; check those rows",
+                    Value::Array(unchanged)
+                ));
+            }
             return (ok, answer);
         }
     }
@@ -341,6 +351,18 @@ mod tests {
         assert!(outcome(7, &missing).1["fix"].as_str().unwrap().contains("sql/dead_letter.sql"));
         let discarded = Response { status: 200, body: r#"{"dead_letter_id":7,"discarded":true}"#.into() };
         assert!(outcome(7, &discarded).0);
+    }
+
+    #[test]
+    fn a_replay_that_left_entries_unchanged_says_so() {
+        let partly =
+            Response { status: 200, body: r#"{"applied":2,"unchanged":[1],"replayed":true,"dead_letter_id":7}"#.into() };
+        let (ok, answer) = outcome(7, &partly);
+        assert!(ok);
+        let warning = answer["warning"].as_str().unwrap_or_default();
+        assert!(warning.contains("entries [1] changed no row"), "{answer}");
+        let whole = Response { status: 200, body: r#"{"applied":2,"unchanged":[],"replayed":true}"#.into() };
+        assert!(outcome(7, &whole).1.get("warning").is_none());
     }
 
     #[test]
