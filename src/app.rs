@@ -541,6 +541,8 @@ fn health(config: &Config) -> HttpResponse {
         "powersync": part(of(&["POWERSYNC_"])),
         "upload": part(upload_problems),
         "files": part(storage_problems),
+        // Settings every route shares (CORS_ALLOWED_ORIGINS, UPSTREAM_TIMEOUT_MS).
+        "worker": part(of(&["CORS_", "UPSTREAM_"])),
     });
     let mut response = json_response(if token_ready { 200 } else { 503 }, &body);
     response.headers.push(("Cache-Control".into(), "no-store".into()));
@@ -677,6 +679,17 @@ mod tests {
         let (response, _, body) = send(&app, &FakeTransport::default(), request("GET", "/health", &[], ""));
         assert_eq!(body["upload"]["problems"][0]["name"], "UPLOAD_OWNER_COLUMN", "{body}");
         assert!(!response.body.contains(secret), "{}", response.body);
+    }
+
+    #[test]
+    fn health_lists_the_problems_of_settings_every_route_shares() {
+        let app = app(&[("CORS_ALLOWED_ORIGINS", "https://app.example/"), ("UPSTREAM_TIMEOUT_MS", "5")]);
+        let (response, _, body) = send(&app, &FakeTransport::default(), request("GET", "/health", &[], ""));
+        assert_eq!(response.status, 200, "the token still works: {body}");
+        let names: Vec<&str> =
+            body["worker"]["problems"].as_array().into_iter().flatten().filter_map(|p| p["name"].as_str()).collect();
+        assert_eq!(names, ["CORS_ALLOWED_ORIGINS", "UPSTREAM_TIMEOUT_MS"], "{body}");
+        assert_eq!(body["worker"]["configured"], false);
     }
 
     #[test]

@@ -147,6 +147,16 @@ impl Config {
         let mine = r.problems.split_off(shared);
         r.problems.extend(mine.into_iter().filter(|p| !earlier.contains(&p.name)));
         let origins = r.list("CORS_ALLOWED_ORIGINS");
+        // A browser's `Origin` is `scheme://host[:port]`, compared exactly: an entry with a path,
+        // a trailing slash or no scheme would never match, so it is reported, not ignored.
+        let malformed: Vec<&String> = origins.iter().filter(|o| *o != "*" && !is_origin(o)).collect();
+        if !malformed.is_empty() {
+            let list = malformed.iter().map(|o| format!("{o:?}")).collect::<Vec<_>>().join(", ");
+            r.problem(
+                "CORS_ALLOWED_ORIGINS",
+                format!("{list}: each entry is * or an origin as browsers send it, scheme://host[:port] (no path, no trailing /)"),
+            );
+        }
         let cors = CorsSettings { allowed_origins: if origins.is_empty() { vec!["*".into()] } else { origins } };
         let upstream_timeout_ms = r.number("UPSTREAM_TIMEOUT_MS", 15_000, 100..=60_000);
         // SUPABASE_URL's own problem belongs to every part that needs it, but is listed once.
@@ -155,6 +165,23 @@ impl Config {
         let storage = storage.map_err(|problems| with_url_problem(problems, &supabase_url, &r.problems));
         Config { session, powersync, upload, storage, cors, upstream_timeout_ms, problems: r.problems }
     }
+}
+
+/// `scheme://host[:port]`, as a browser's `Origin` header is (lower-case scheme and host).
+fn is_origin(text: &str) -> bool {
+    let Some((scheme, rest)) = text.split_once("://") else { return false };
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() => (host, Some(port)),
+        _ => (rest, None),
+    };
+    !scheme.is_empty()
+        && scheme.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.".contains(&b))
+        && !host.is_empty()
+        && match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            Some(ipv6) => ipv6.bytes().all(|b| b.is_ascii_hexdigit() || b":.".contains(&b)),
+            None => host.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-.".contains(&b)),
+        }
+        && port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()))
 }
 
 fn with_url_problem(mut problems: Vec<Problem>, url: &Option<String>, all: &[Problem]) -> Vec<Problem> {
@@ -277,6 +304,26 @@ mod tests {
     fn config(vars: &[(&str, &str)]) -> Config {
         let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Config::from_lookup(&move |name| map.get(name).cloned())
+    }
+
+    #[test]
+    fn cors_origins_that_no_browser_sends_are_reported() {
+        for good in ["*", "https://app.example", "http://localhost:3000", "http://127.0.0.1:5173", "http://[::1]:8080"]
+        {
+            let c = config(&[("CORS_ALLOWED_ORIGINS", good)]);
+            assert!(c.problems.iter().all(|p| p.name != "CORS_ALLOWED_ORIGINS"), "{good}: {:?}", c.problems);
+        }
+        for bad in [
+            "https://app.example/",
+            "app.example",
+            "https://app.example/path",
+            "https://App.example",
+            "https://a.example:",
+        ] {
+            let c = config(&[("CORS_ALLOWED_ORIGINS", &format!("https://ok.example, {bad}"))]);
+            let problem = c.problems.iter().find(|p| p.name == "CORS_ALLOWED_ORIGINS");
+            assert!(problem.is_some_and(|p| p.message.contains(bad)), "{bad}: {:?}", c.problems);
+        }
     }
 
     #[test]

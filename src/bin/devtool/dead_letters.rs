@@ -355,8 +355,10 @@ mod tests {
 
     #[test]
     fn a_replay_that_left_entries_unchanged_says_so() {
-        let partly =
-            Response { status: 200, body: r#"{"applied":2,"unchanged":[1],"replayed":true,"dead_letter_id":7}"#.into() };
+        let partly = Response {
+            status: 200,
+            body: r#"{"applied":2,"unchanged":[1],"replayed":true,"dead_letter_id":7}"#.into(),
+        };
         let (ok, answer) = outcome(7, &partly);
         assert!(ok);
         let warning = answer["warning"].as_str().unwrap_or_default();
