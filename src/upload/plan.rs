@@ -227,6 +227,10 @@ fn check_id(index: usize, id: &str) -> Result<(), FailedOperation> {
     Ok(())
 }
 
+/// The tables of the bridge's SQL files, never written through an upload.
+const BRIDGE_TABLES: [&str; 3] =
+    ["powersync_upload_ledger", "powersync_upload_ledger_settings", "powersync_dead_letters"];
+
 /// Refuses tables the bridge must not write.
 fn check_table(index: usize, table: &str, settings: &UploadSettings) -> Result<(), FailedOperation> {
     if !is_identifier(table) {
@@ -237,8 +241,12 @@ fn check_table(index: usize, table: &str, settings: &UploadSettings) -> Result<(
         ));
     }
     let is_dead_letter = settings.dead_letter_table.as_deref() == Some(table);
+    // The bridge's own tables (sql/atomic_upload.sql, sql/dead_letter.sql), whatever is set:
+    // row-level security and their grants refuse such a write anyway, but its refusal would
+    // read as the operator's missing GRANT.
+    let is_bridges = BRIDGE_TABLES.contains(&table);
     let outside_allowlist = settings.tables.as_ref().is_some_and(|allowed| !allowed.contains(table));
-    if is_dead_letter || outside_allowlist {
+    if is_dead_letter || is_bridges || outside_allowlist {
         return Err(FailedOperation::new(
             Some(index),
             "table_not_allowed",
@@ -1597,5 +1605,16 @@ mod tests {
         let failure =
             plan_transaction(&tx(vec![e(Op::Put, "dead", "a", json!({}))]), &s, &caller()).expect_err("fatal");
         assert_eq!(failure.code, "table_not_allowed");
+    }
+
+    #[test]
+    fn the_bridges_own_tables_are_never_writable_by_clients_even_without_settings() {
+        let s = settings();
+        assert!(s.dead_letter_table.is_none() && s.tables.is_none());
+        for table in BRIDGE_TABLES {
+            let failure =
+                plan_transaction(&tx(vec![e(Op::Put, table, "a", json!({}))]), &s, &caller()).expect_err("fatal");
+            assert_eq!(failure.code, "table_not_allowed", "{table}");
+        }
     }
 }
