@@ -1711,12 +1711,12 @@ def test_each_upload_is_logged_once_without_token_or_row_data(rls_worker, db, us
     assert token.split(".")[2] not in output, "the token's signature was logged"
 
 
-# --------------------------------------------------------------------------- redirects
-class RedirectServer:
-    """Answers every request with `status` and `Location: <target><same path and query>`: a
-    SUPABASE_URL that is not the final address (`http://` redirected to `https://`, a moved host)."""
+# --------------------------------------------------------------------------- scripted upstreams
+class ScriptedUpstream:
+    """An upstream in place of Supabase that answers every request with `respond(method, path,
+    headers, body) -> (status, headers, body)`, and keeps what it was asked (`METHOD path`)."""
 
-    def __init__(self, status: int, target: str):
+    def __init__(self, respond):
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
         import threading
 
@@ -1726,13 +1726,15 @@ class RedirectServer:
         class Handler(BaseHTTPRequestHandler):
             def answer(self):
                 length = int(self.headers.get("Content-Length") or 0)
-                if length:
-                    self.rfile.read(length)
+                sent = self.rfile.read(length) if length else b""
                 server.requests.append(f"{self.command} {self.path}")
+                status, headers, content = respond(self.command, self.path, self.headers, sent)
                 self.send_response(status)
-                self.send_header("Location", target + self.path)
-                self.send_header("Content-Length", "0")
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(content)))
                 self.end_headers()
+                self.wfile.write(content)
 
             do_GET = do_POST = do_PATCH = do_DELETE = answer
 
@@ -1746,6 +1748,12 @@ class RedirectServer:
     def stop(self):
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def RedirectServer(status: int, target: str) -> ScriptedUpstream:
+    """Answers every request with `status` and `Location: <target><same path and query>`: a
+    SUPABASE_URL that is not the final address (`http://` redirected to `https://`, a moved host)."""
+    return ScriptedUpstream(lambda method, path, headers, sent: (status, {"Location": target + path}, b""))
 
 
 @pytest.mark.parametrize("atomic, status", [("false", 301), ("false", 303), ("true", 301), ("true", 308)])
@@ -1774,3 +1782,41 @@ def test_a_redirect_is_never_followed_and_the_writes_stay_queued(
         assert redirect.requests and all(not r.startswith("GET") for r in redirect.requests), redirect.requests
     finally:
         redirect.stop()
+
+
+@pytest.mark.parametrize("mode", ["rls", "service"])
+@pytest.mark.parametrize("answer", ["json-500", "html-502", "text-200"])
+def test_credentials_an_upstream_echoes_reach_neither_the_answer_nor_the_log(
+        base_vars, start_worker, session_token, mode, answer):
+    """A debugging proxy, an echo service or a gateway's error page behind a wrong SUPABASE_URL
+    answers with the request's own headers: the service key (service mode) or the user's session
+    (rls mode) must not come back to the app, nor go into the log line."""
+    def respond(method, path, headers, sent):
+        echoed = "".join(f"{name}: {value}\n" for name, value in headers.items())
+        if answer == "json-500":
+            return 500, {"Content-Type": "application/json"}, json.dumps(
+                {"code": "XX000", "message": echoed, "details": echoed, "hint": echoed}).encode()
+        if answer == "html-502":
+            return 502, {"Content-Type": "text/html"}, f"<html><pre>{echoed}</pre></html>".encode()
+        return 200, {"Content-Type": "text/plain"}, echoed.encode()
+
+    echo = ScriptedUpstream(respond)
+    try:
+        vars = {**base_vars, "SUPABASE_URL": echo.url}
+        if mode == "service":
+            vars.update(UPLOAD_MODE="service", UPLOAD_OWNER_COLUMN="owner_id", UPLOAD_TABLES="lists")
+        worker = start_worker(vars)
+        sub = new_id()
+        token = session_token(sub, iss=f"{echo.url}/auth/v1")
+        response = upload(worker, token, body(tx(put("lists", new_id(), name="n", owner_id=sub), tid=1)))
+        assert statuses(response) == ["retryable_error"], response.text
+        assert echo.requests, "the upstream was asked"
+        line = json.dumps(worker.log_line(response))
+        secrets = [token, base_vars["SUPABASE_ANON_KEY"], base_vars["SUPABASE_SERVICE_ROLE_KEY"]]
+        for secret in secrets:
+            assert secret not in response.text, (mode, answer, response.text[:500])
+            assert secret not in line, (mode, answer, line[:500])
+        assert "[redacted]" in response.text, response.text[:500]
+    finally:
+        echo.stop()
+
