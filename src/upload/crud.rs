@@ -545,6 +545,8 @@ fn client_id(raw: &RawValue) -> Result<Option<String>, CrudError> {
     match string_of(raw) {
         Some(id) if id.is_empty() => fault("must not be empty".to_string()),
         Some(id) if id.len() > MAX_CLIENT_ID_BYTES => fault(format!("longer than {MAX_CLIENT_ID_BYTES} bytes")),
+        // PostgreSQL text cannot hold it: every transaction of such a client would fail.
+        Some(id) if id.contains('\u{0}') => fault("must not contain U+0000".to_string()),
         Some(id) => Ok(Some(id.into_owned())),
         None => fault(expected("a string (the PowerSync client id) or null", raw)),
     }
@@ -1329,7 +1331,9 @@ mod tests {
 
     #[test]
     fn client_id_that_is_not_a_non_empty_string_is_400_at_client_id() {
-        for bad in [json!(5), json!(""), json!({"id": "x"}), json!("x".repeat(MAX_CLIENT_ID_BYTES + 1))] {
+        for bad in
+            [json!(5), json!(""), json!({"id": "x"}), json!("x".repeat(MAX_CLIENT_ID_BYTES + 1)), json!("c\u{0}1")]
+        {
             let body = json!({"client_id": bad, "transactions": []}).to_string();
             match parse_upload(body.as_bytes(), &Limits::default()) {
                 Err(CrudError::Malformed { path, .. }) => assert_eq!(path, "client_id", "{bad}"),

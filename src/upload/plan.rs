@@ -480,7 +480,9 @@ fn ledger_id(transaction: &Transaction) -> Option<String> {
         Value::Number(id) => id.to_string(),
         _ => return None,
     };
-    (id.len() <= MAX_LEDGER_ID_BYTES).then_some(id)
+    // The ledger refuses an empty id, and PostgreSQL text cannot hold U+0000: such a transaction
+    // is applied without the ledger, as one with an id too long for it.
+    (!id.is_empty() && !id.contains('\u{0}') && id.len() <= MAX_LEDGER_ID_BYTES).then_some(id)
 }
 
 /// Longest transaction id the ledger takes (`powersync_upload_ledger_claim` refuses longer ones;
@@ -1605,6 +1607,16 @@ mod tests {
         let failure =
             plan_transaction(&tx(vec![e(Op::Put, "dead", "a", json!({}))]), &s, &caller()).expect_err("fatal");
         assert_eq!(failure.code, "table_not_allowed");
+    }
+
+    #[test]
+    fn a_transaction_id_the_ledger_cannot_hold_goes_without_the_ledger() {
+        let with_id = |id: Value| Transaction { transaction_id: Some(id), entries: vec![] };
+        assert_eq!(ledger_id(&with_id(json!(7))).as_deref(), Some("7"));
+        assert_eq!(ledger_id(&with_id(json!("t-7"))).as_deref(), Some("t-7"));
+        for id in [json!(""), json!("a\u{0}b"), json!("x".repeat(MAX_LEDGER_ID_BYTES + 1)), json!(true)] {
+            assert_eq!(ledger_id(&with_id(id.clone())), None, "{id}");
+        }
     }
 
     #[test]
