@@ -12,16 +12,21 @@
 --    "functions": ["public.powersync_apply_transaction(jsonb, text, text, text, text, boolean)"]}
 --
 -- answers
---   {"version": 1, "publication": true,
+--   {"version": 2, "publication": true,
+--    "bypassrls": {"anon": false, "authenticated": false, "service_role": true},
 --    "tables": [{"schema": "public", "name": "todos", "exists": true, "rls": true,
 --                "missing_columns": [], "published": true,
 --                "privileges": {"anon": [], "authenticated": ["DELETE", "INSERT", "SELECT", "UPDATE"],
---                               "service_role": ["DELETE", "INSERT", "SELECT", "UPDATE"]}}],
+--                               "service_role": ["DELETE", "INSERT", "SELECT", "UPDATE"]},
+--                "column_only": {"anon": [], "authenticated": [], "service_role": []}}],
 --    "functions": [{"signature": "…", "exists": true,
 --                   "execute": {"anon": false, "authenticated": true, "service_role": true}}]}
 --
 -- A privilege counts when the role holds it on the table (SELECT, INSERT and
--- UPDATE: or on any of its columns). Roles that do not exist are left out.
+-- UPDATE: or on any of its columns); "column_only" lists those held on some
+-- columns but not on the table (a write of another column is refused).
+-- "bypassrls": whether the role bypasses row-level security (a superuser
+-- does). Roles that do not exist are left out.
 -- EXECUTE: service_role (and the owner) only: the answer describes the schema.
 
 create or replace function public.powersync_doctor(tables jsonb, functions text[] default '{}')
@@ -32,7 +37,7 @@ security invoker
 set search_path = pg_catalog, pg_temp
 as $$
   with roles as (
-    select r.oid, r.rolname from pg_catalog.pg_roles r
+    select r.oid, r.rolname, r.rolbypassrls or r.rolsuper as bypasses from pg_catalog.pg_roles r
      where r.rolname in ('anon', 'authenticated', 'service_role')
   ),
   wanted as (
@@ -49,7 +54,8 @@ as $$
        and c.relkind in ('r', 'p', 'v', 'f')
   )
   select jsonb_build_object(
-    'version', 1,
+    'version', 2,
+    'bypassrls', coalesce((select jsonb_object_agg(r.rolname, r.bypasses) from roles r), '{}'::jsonb),
     'publication', exists (select 1 from pg_catalog.pg_publication p where p.pubname = 'powersync'),
     'tables', coalesce((
       select jsonb_agg(jsonb_build_object(
@@ -74,6 +80,14 @@ as $$
              where f.rel is not null
                and case when p = 'DELETE' then pg_catalog.has_table_privilege(r.oid, f.rel, p)
                         else pg_catalog.has_any_column_privilege(r.oid, f.rel, p) end), '[]'::jsonb))
+            from roles r), '{}'::jsonb),
+        'column_only', coalesce((
+          select jsonb_object_agg(r.rolname, coalesce((
+            select jsonb_agg(p order by p)
+              from unnest(array['INSERT', 'SELECT', 'UPDATE']) as p
+             where f.rel is not null
+               and pg_catalog.has_any_column_privilege(r.oid, f.rel, p)
+               and not pg_catalog.has_table_privilege(r.oid, f.rel, p)), '[]'::jsonb))
             from roles r), '{}'::jsonb)
       ) order by f.ord)
       from found f), '[]'::jsonb),

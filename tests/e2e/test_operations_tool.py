@@ -111,6 +111,14 @@ BROKEN = [
     ("service_role_not_granted", "revoke update on public.profiles from service_role",
      {"UPLOAD_MODE": "service", "UPLOAD_TABLES": "profiles", "UPLOAD_OWNER_COLUMN": "user_id"}, [],
      "PROBLEM: service_role lacks UPDATE on public.profiles: every upload to it stays queued (42501)", 1),
+    ("service_role_under_rls", ("alter role service_role nobypassrls", "alter role service_role bypassrls"),
+     {"UPLOAD_MODE": "service", "UPLOAD_TABLES": "profiles", "UPLOAD_OWNER_COLUMN": "user_id"}, [],
+     "PROBLEM: service_role does not bypass row-level security", 1),
+    ("column_only_grant", "revoke update on public.todos from authenticated;"
+     " grant update (description, completed) on public.todos to authenticated", {}, [],
+     "warning: authenticated holds UPDATE on only some columns of public.todos", 0),
+    ("ledger_writable_by_users", "grant insert on public.powersync_upload_ledger to authenticated", {}, [],
+     "PROBLEM: authenticated may INSERT public.powersync_upload_ledger directly", 1),
     ("uploaded_table_missing", None, {}, ["--tables", "notes"],
      "PROBLEM: uploaded table public.notes does not exist", 1),
     ("atomic_function_missing", f"drop function {APPLY}", {}, [],
@@ -153,9 +161,20 @@ BROKEN = [
 def test_doctor_names_each_broken_setup_with_its_fix(name, breaking_sql, settings, args, line, code,
                                                       ops_vars, ops_worker, copy_stack, tmp_path, pg):
     dsn, standin_url = copy_stack
+    # a role is the whole cluster's: what breaks one is undone after the check
+    breaking_sql, restore = breaking_sql if isinstance(breaking_sql, tuple) else (breaking_sql, None)
     if breaking_sql:
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(breaking_sql)
+    try:
+        check_doctor(dsn, standin_url, settings, args, line, code, ops_vars, ops_worker, tmp_path)
+    finally:
+        if restore:
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute(restore)
+
+
+def check_doctor(dsn, standin_url, settings, args, line, code, ops_vars, ops_worker, tmp_path):
     dead = dead_port_url()
     vars = {**ops_vars, "SUPABASE_URL": standin_url,
             **{k: (dead if v == "dead" else v) for k, v in settings.items()}}

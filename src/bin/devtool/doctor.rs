@@ -251,6 +251,23 @@ pub fn check_catalog(expected: &Expectations, response: &Response, supabase_url:
                         format!("grant select, insert, update, delete on table {name} to {role};"),
                     ));
                 }
+                let partial: Vec<String> = table["column_only"][role]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|p| p.as_str().map(String::from)).collect())
+                    .unwrap_or_default();
+                if !partial.is_empty() {
+                    findings.push(warning(
+                        format!(
+                            "{role} holds {} on only some columns of {name}: a write of any other column is \
+                             refused (42501) and stays queued until granted",
+                            partial.join(", ")
+                        ),
+                        format!(
+                            "grant them on the whole table ({}), or keep clients from writing the other columns",
+                            format_args!("grant {} on table {name} to {role};", partial.join(", ").to_lowercase())
+                        ),
+                    ));
+                }
                 if expected.rls_mode && table["rls"] != json!(true) {
                     findings.push(blocking(
                         format!(
@@ -266,15 +283,48 @@ pub fn check_catalog(expected: &Expectations, response: &Response, supabase_url:
                     ));
                 }
             }
-            TableKind::DeadLetters => {
-                if !held.contains("SELECT") {
-                    findings.push(warning(
-                        format!("service_role cannot read {name}: devtool dead-letters cannot list them"),
-                        "run sql/dead_letter.sql again (it grants what the tools need)",
-                    ));
+            TableKind::DeadLetters | TableKind::Ledger => {
+                // Written only through the SECURITY DEFINER functions: a user who could write
+                // them directly could forge, hide or replay records.
+                for api_role in ["anon", "authenticated"] {
+                    let writes: Vec<String> = privileges_of(table, api_role)
+                        .into_iter()
+                        .filter(|p| ["DELETE", "INSERT", "UPDATE"].contains(&p.as_str()))
+                        .collect();
+                    if !writes.is_empty() {
+                        findings.push(blocking(
+                            format!(
+                                "{api_role} may {} {name} directly: a user could forge or remove its records",
+                                writes.join(", ")
+                            ),
+                            format!(
+                                "run {} again (it revokes them), or: revoke insert, update, delete on table {name} from {api_role};",
+                                sql_file.unwrap_or_default()
+                            ),
+                        ));
+                    }
                 }
             }
-            TableKind::Ledger => {}
+        }
+        if check.kind == TableKind::DeadLetters && !held.contains("SELECT") {
+            findings.push(warning(
+                format!("service_role cannot read {name}: devtool dead-letters cannot list them"),
+                "run sql/dead_letter.sql again (it grants what the tools need)",
+            ));
+        }
+    }
+    if !expected.rls_mode {
+        match answer["bypassrls"].get("service_role") {
+            Some(Value::Bool(true)) => {}
+            Some(_) => findings.push(blocking(
+                "service_role does not bypass row-level security: in service mode the bridge's writes meet \
+                 the tables' policies, and the ledger refuses calls without a session sub (42501); uploads stay queued",
+                "alter role service_role bypassrls; (Supabase's service_role has it by default)",
+            )),
+            None => findings.push(warning(
+                "sql/doctor.sql is outdated: the doctor cannot tell whether service_role bypasses row-level security",
+                "run sql/doctor.sql again (read-only)",
+            )),
         }
     }
     if !answer["publication"].as_bool().unwrap_or(false) {
@@ -570,6 +620,55 @@ mod tests {
             .map(|s| function(s, true, &["authenticated", "service_role"]))
             .collect::<Vec<_>>());
         assert_eq!(check_catalog(&e, &answer(tables, functions), "u"), vec![]);
+    }
+
+    #[test]
+    fn column_only_grants_writable_bridge_tables_and_a_service_role_under_rls_are_each_named() {
+        let all = ["DELETE", "INSERT", "SELECT", "UPDATE"];
+        let e = expectations(&settings(&[("UPLOAD_TABLES", "profiles"), ("UPLOAD_ATOMIC", "true")]), &[]);
+        let mut profiles = table("profiles", &all, true);
+        profiles["column_only"] = json!({"anon": [], "authenticated": ["UPDATE"], "service_role": []});
+        let mut ledger = table("powersync_upload_ledger", &[], true);
+        ledger["privileges"]["authenticated"] = json!(["INSERT", "SELECT"]);
+        let tables = json!([profiles, ledger, table("powersync_upload_ledger_settings", &[], true)]);
+        let functions = json!(e
+            .functions()
+            .iter()
+            .map(|s| function(s, true, &["authenticated", "service_role"]))
+            .collect::<Vec<_>>());
+        let findings = check_catalog(&e, &answer(tables, functions), "u");
+        assert_eq!(findings.len(), 2, "{findings:?}");
+        assert_eq!(findings[0].severity, Severity::Warning);
+        assert!(findings[0].problem.starts_with("authenticated holds UPDATE on only some columns of public.profiles"));
+        assert!(findings[0].fix.contains("grant update on table public.profiles to authenticated;"));
+        assert_eq!(findings[1].severity, Severity::Blocking);
+        assert!(findings[1].problem.starts_with("authenticated may INSERT public.powersync_upload_ledger directly"));
+        assert!(findings[1].fix.starts_with("run sql/atomic_upload.sql again"));
+
+        let service = expectations(
+            &settings(&[
+                ("UPLOAD_MODE", "service"),
+                ("SUPABASE_SERVICE_ROLE_KEY", "sb_secret_k"),
+                ("UPLOAD_TABLES", "profiles"),
+                ("UPLOAD_OWNER_COLUMN", "user_id"),
+                ("UPLOAD_ATOMIC", "false"),
+            ]),
+            &[],
+        );
+        let with = |bypassrls: Value| {
+            let mut body: Value =
+                serde_json::from_str(&answer(json!([table("profiles", &all, true)]), json!([])).body).expect("json");
+            if !bypassrls.is_null() {
+                body["bypassrls"] = bypassrls;
+            }
+            check_catalog(&service, &Response { status: 200, body: body.to_string() }, "u")
+        };
+        assert_eq!(with(json!({"service_role": true})), vec![]);
+        let under_rls = with(json!({"service_role": false}));
+        assert_eq!(under_rls.len(), 1);
+        assert_eq!(under_rls[0].severity, Severity::Blocking);
+        assert!(under_rls[0].problem.starts_with("service_role does not bypass row-level security"));
+        assert_eq!(with(Value::Null)[0].severity, Severity::Warning, "an outdated doctor.sql says so");
     }
 
     #[test]
