@@ -564,7 +564,7 @@ pub fn interpret_remote_check(answer: Result<HttpResponse, TransportError>) -> R
                     Err(SessionError::AuthMisconfigured(format!(
                         "{} from the gateway: {}",
                         response.status,
-                        message.chars().take(120).collect::<String>()
+                        crate::credentials::redact(&message.chars().take(120).collect::<String>())
                     )))
                 }
             }
@@ -912,6 +912,10 @@ pub(crate) mod tests {
             let api = crate::error::ApiError::Session(error);
             assert_eq!((api.status(), api.code()), (500, "auth_check_misconfigured"));
         }
+        // a gateway that echoes the request quotes no credential into the log
+        let echoed = r#"{"message":"apikey: sb_publishable_abc Authorization: Bearer eyJh.eyJz.sig"}"#;
+        let reason = interpret_remote_check(answer(401, echoed)).unwrap_err().reason();
+        assert!(!reason.contains("sb_publishable_abc") && !reason.contains("eyJh.eyJz"), "{reason}");
     }
 
     #[test]
