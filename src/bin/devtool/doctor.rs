@@ -512,6 +512,15 @@ mod tests {
     use super::*;
     use powersync_supabase_worker::config::Config;
 
+    /// Service mode on `profiles`, REST only.
+    const SERVICE_MODE: [(&str, &str); 5] = [
+        ("UPLOAD_MODE", "service"),
+        ("SUPABASE_SERVICE_ROLE_KEY", "sb_secret_k"),
+        ("UPLOAD_TABLES", "profiles"),
+        ("UPLOAD_OWNER_COLUMN", "user_id"),
+        ("UPLOAD_ATOMIC", "false"),
+    ];
+
     fn settings(vars: &[(&str, &str)]) -> UploadSettings {
         let mut all = vec![("SUPABASE_URL", "https://p.supabase.co"), ("SUPABASE_ANON_KEY", "sb_publishable_x")];
         all.extend_from_slice(vars);
@@ -576,16 +585,7 @@ mod tests {
 
     #[test]
     fn service_mode_checks_the_owner_column_as_service_role_and_rest_only_skips_atomic() {
-        let e = expectations(
-            &settings(&[
-                ("UPLOAD_MODE", "service"),
-                ("SUPABASE_SERVICE_ROLE_KEY", "sb_secret_k"),
-                ("UPLOAD_TABLES", "profiles"),
-                ("UPLOAD_OWNER_COLUMN", "user_id"),
-                ("UPLOAD_ATOMIC", "false"),
-            ]),
-            &["app.notes".to_string()],
-        );
+        let e = expectations(&settings(&SERVICE_MODE), &["app.notes".to_string()]);
         assert_eq!(e.role, "service_role");
         assert!(!e.rls_mode);
         assert_eq!(
@@ -645,16 +645,7 @@ mod tests {
         assert!(findings[1].problem.starts_with("authenticated may INSERT public.powersync_upload_ledger directly"));
         assert!(findings[1].fix.starts_with("run sql/atomic_upload.sql again"));
 
-        let service = expectations(
-            &settings(&[
-                ("UPLOAD_MODE", "service"),
-                ("SUPABASE_SERVICE_ROLE_KEY", "sb_secret_k"),
-                ("UPLOAD_TABLES", "profiles"),
-                ("UPLOAD_OWNER_COLUMN", "user_id"),
-                ("UPLOAD_ATOMIC", "false"),
-            ]),
-            &[],
-        );
+        let service = expectations(&settings(&SERVICE_MODE), &[]);
         let with = |bypassrls: Value| {
             let mut body: Value =
                 serde_json::from_str(&answer(json!([table("profiles", &all, true)]), json!([])).body).expect("json");
