@@ -632,6 +632,10 @@ def test_expired_token_is_pgrst301_on_12_and_pgrst303_on_13(db, client, user_a, 
     assert resp.headers["WWW-Authenticate"].startswith("Bearer error=\"invalid_token\"")
 
 
+def test_a_token_within_postgrests_30_s_clock_skew_is_accepted(db, client, user_a):
+    assert client(make_token(user_a, expires_in=-20)).get("lists").status_code == 200
+
+
 def test_role_claim_must_be_an_api_role(db, client, user_a):
     assert_error(client(make_token(user_a, role="postgres")).get("lists"), 401, "PGRST301")
     no_role = jwt.encode({"sub": user_a, "exp": int(time.time()) + 60}, JWT_SECRET)

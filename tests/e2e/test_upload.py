@@ -1008,18 +1008,19 @@ def test_transient_upstream_errors_are_retryable_not_fatal(rls_worker, db, stand
     assert row(db, "lists", list_id) is not None
 
 
-def test_session_the_database_refuses_as_expired_is_retryable(rls_worker, db, session_token,
+def test_session_the_database_refuses_as_expired_is_retryable(base_vars, start_worker, db, session_token,
                                                                postgrest_version):
-    # The worker allows SUPABASE_JWT_LEEWAY_SECONDS (30 s) of clock skew, PostgREST none: the
-    # token expired 5 s ago passes the worker and PostgREST answers 401 PGRST301 "JWT expired"
-    # (12) or PGRST303 (13). The client
-    # refreshes its session and retries; discarding the writes would lose them.
+    # A worker allowing more clock skew (SUPABASE_JWT_LEEWAY_SECONDS=120) than PostgREST (30 s):
+    # the token expired 60 s ago passes the worker and PostgREST answers 401 PGRST301 "JWT
+    # expired" (12) or PGRST303 (13). The client refreshes its session and retries; discarding
+    # the writes would lose them.
+    worker = start_worker({**base_vars, "UPLOAD_ATOMIC": "false", "SUPABASE_JWT_LEEWAY_SECONDS": "120"})
     sub = new_id()
     now = int(time.time())
-    token = session_token(sub, iat=now - 3600, exp=now - 5)
+    token = session_token(sub, iat=now - 3600, exp=now - 60)
     list_id = new_id()
-    response = upload(rls_worker, token, body(tx(put("lists", list_id, name="n", owner_id=sub)),
-                                              tx(put("lists", new_id(), name="m", owner_id=sub))))
+    response = upload(worker, token, body(tx(put("lists", list_id, name="n", owner_id=sub)),
+                                          tx(put("lists", new_id(), name="m", owner_id=sub))))
     assert_retry_response(response)
     assert statuses(response) == ["retryable_error", "not_attempted"], response.text
     assert failure(response, 0)["code"] == ("PGRST303" if postgrest_version == 13 else "PGRST301")

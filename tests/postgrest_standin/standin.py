@@ -333,6 +333,11 @@ class JwtError(Exception):
         self.expired = expired
 
 
+# PostgREST allows 30 s of clock skew on `exp`, `iat` and `nbf` (Auth.hs `allowedSkewSeconds`,
+# since PR #2772, v11.1; documented by PR #3908). Supabase Auth's `/auth/v1/user` allows none.
+POSTGREST_JWT_SKEW_SECONDS = 30
+
+
 class JwtVerifier:
     """`jwks_url` may be a list: the project's own JWKS plus the key sets of the third-party auth
     providers it trusts (Supabase's PostgREST accepts tokens signed by any of them once a
@@ -367,7 +372,8 @@ class JwtVerifier:
                 error = e
         raise error or pyjwt.PyJWKClientError("no JWKS configured")
 
-    def verify(self, token: str) -> dict:
+    def verify(self, token: str, leeway: float | None = None) -> dict:
+        """The token's claims; `leeway` seconds of clock skew (default: the verifier's)."""
         if token.count(".") != 2:
             raise JwtError(f"Expected 3 parts in JWT; got {token.count('.') + 1}")
         try:
@@ -389,7 +395,7 @@ class JwtVerifier:
         else:
             raise JwtError(f"No suitable key or wrong key type (alg {alg!r})")
         try:
-            return pyjwt.decode(token, key, algorithms=[alg], leeway=self.leeway,
+            return pyjwt.decode(token, key, algorithms=[alg], leeway=self.leeway if leeway is None else leeway,
                                 options={"verify_aud": False, "verify_iss": False,
                                          "require": []})
         except pyjwt.ExpiredSignatureError:
@@ -760,7 +766,7 @@ class StandIn:
             claims = self._key_claims(token)  # "Bearer sb_publishable_…" like supabase-js sends
         else:
             try:
-                claims = self.verifier.verify(token)
+                claims = self.verifier.verify(token, leeway=max(self.verifier.leeway, POSTGREST_JWT_SKEW_SECONDS))
             except JwtError as e:
                 # PGRST303 (JWT claims errors) exists only from PostgREST 13
                 code = "PGRST303" if e.expired and self.postgrest_version >= 13 else "PGRST301"
