@@ -621,11 +621,13 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn jwks_key_that_is_not_a_valid_curve_point_is_ignored() {
+    fn jwks_key_that_is_not_a_valid_curve_point_verifies_no_token() {
         let mut other = ec_jwk("k1");
         other["x"] = json!("WbbXwVYGdJoP4Xm3qCkGvBRcRvKtEfXDbyvbH6nSXhg");
         other["y"] = json!("6JRawYF0nLzHgzvU2fIV0jtbWKtL2JoGVdpoBJBsYGM");
         let v = verifier_with(vec![other]);
-        assert!(v.verify(&es256("k1"), NOW).is_err());
+        // refused as a key that does not fit (401), before any signature is checked
+        let r = v.verify(&es256("k1"), NOW);
+        assert!(matches!(&r, Err(SessionError::KeyMismatch(why)) if why.contains("InvalidEcdsaKey")), "{r:?}");
     }
 }

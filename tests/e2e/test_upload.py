@@ -31,7 +31,7 @@ import requests
 
 from tests.e2e.conftest import ANON_KEY, ROOT, make_token
 from tests.e2e.upload_helpers import (body, delete, failure, patch, put, statuses, tx, upload,
-                                      upload_log_lines, wait_for, wait_until_standin_idle)
+                                      upload_log_lines, wait_until_standin_idle)
 from tests.support.db import count, insert_list, insert_profile, insert_todo, new_id, row, snapshot
 from tests.support.worker import free_port
 
@@ -1677,7 +1677,6 @@ def test_each_upload_is_logged_once_without_token_or_row_data(rls_worker, db, us
     list_id = insert_list(db, sub)
     secret_value = "row-secret-" + uuid.uuid4().hex
     bad_token = make_token(sub, secret="wrong-secret-wrong-secret-wrong-secret-x")
-    before = len(upload_log_lines(rls_worker))
 
     ok = upload(rls_worker, token, body(
         tx(put("todos", new_id(), description=secret_value, list_id=list_id, created_by=sub),
@@ -1690,13 +1689,13 @@ def test_each_upload_is_logged_once_without_token_or_row_data(rls_worker, db, us
                                                         owner_id=sub))))
     assert refused.status_code == 401
 
-    lines = wait_for(lambda: upload_log_lines(rls_worker)[before:] if
-                     len(upload_log_lines(rls_worker)) >= before + 2 else None)
-    assert lines, f"no upload log lines:\n{rls_worker.output()[-2000:]}"
-    time.sleep(0.5)  # nothing more should come
-    lines = upload_log_lines(rls_worker)[before:]
-    assert len(lines) == 2, lines
-    logged_ok, logged_refused = lines
+    # each request's own line, found by its X-Request-Id (the module's worker logs other tests'
+    # requests too, some of them late), and only one per request
+    logged_ok, logged_refused = rls_worker.log_line(ok), rls_worker.log_line(refused)
+    time.sleep(0.5)  # a second line for either would have come by now
+    for response in (ok, refused):
+        request_id = response.headers["X-Request-Id"]
+        assert len([l for l in rls_worker.log_lines() if l.get("request_id") == request_id]) == 1, request_id
     assert (logged_ok["route"], logged_ok["method"], logged_ok["status"]) == ("upload", "POST", 200)
     counts = logged_ok["upload"]
     assert (counts["success"], counts["fatal"], counts["retryable"], counts["not_attempted"]) == \

@@ -76,11 +76,13 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.1):
         time.sleep(interval)
 
 
-def wait_until_standin_idle(standin, timeout: float = 10.0):
+def wait_until_standin_idle(standin, timeout: float = 10.0) -> bool:
     """Waits until every request the stand-in received has been answered (or dropped), so a
-    delayed write cannot land in the next test."""
-    return wait_for(lambda: all(e.get("status") is not None for e in standin.requests_log()),
-                    timeout=timeout)
+    delayed write cannot land in the next test; fails the test when one is still open."""
+    idle = wait_for(lambda: all(e.get("status") is not None for e in standin.requests_log()), timeout=timeout)
+    open_requests = [e for e in standin.requests_log() if e.get("status") is None]
+    assert idle, f"the stand-in still holds {len(open_requests)} request(s) after {timeout} s: {open_requests[:3]}"
+    return idle
 
 
 def upload_log_lines(worker) -> list[dict]:

@@ -30,6 +30,11 @@ void main() {
     test('only 200 and 503 carry results', () {
       final v = interpretUploadResponse(401, {'code': 'session_expired'}, [1]);
       expect([v.completable, v.next, v.reasonCode], [0, 'retry', 'session_expired']);
+      // a body with final results completes nothing under any other status
+      for (final status in [201, 204, 400, 401, 403, 404, 409, 413, 429, 500, 502, 504]) {
+        final other = interpretUploadResponse(status, results([['success', 1]]), [1]);
+        expect(other.completable, 0, reason: 'HTTP $status');
+      }
     });
 
     test('the leading final results are completable, conflict included', () {
