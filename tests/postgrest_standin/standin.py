@@ -773,7 +773,10 @@ class StandIn:
                 raise ApiError(401, code, str(e), None, None,
                                {"WWW-Authenticate": f'Bearer error="invalid_token", '
                                                    f'error_description="{e}"'})
-        role = claims.get("role")
+        # A valid JWT without a role claim runs as the anonymous role, as without a JWT
+        # (PostgREST's docs, "User Impersonation"; Supabase's db-anon-role is `anon`).
+        role = claims.get("role", "anon")
+        claims = {**claims, "role": role}
         if role not in API_ROLES:
             raise ApiError(401, "PGRST301",
                            f"JWT role claim {role!r} is missing or not one of "
