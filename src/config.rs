@@ -137,7 +137,7 @@ impl Config {
         let before = r.problems.len();
         let powersync = powersync_settings(&mut r);
         if let Err(PowerSyncProblem::Key(e)) = &powersync {
-            r.problems.insert(before, Problem { name: "POWERSYNC_PRIVATE_KEY".into(), message: e.reason() });
+            r.problems.insert(before, Problem::new("POWERSYNC_PRIVATE_KEY", e.reason()));
         }
         let upload = r.part(|r| crate::upload::settings::read(r, supabase_url.clone()));
         // Settings shared with other parts (SUPABASE_ANON_KEY, ...) are listed once in `problems`.

@@ -47,7 +47,7 @@ fn app(env: &Env) -> Rc<App> {
                 for problem in &config.problems {
                     console_log!(
                         "{}",
-                        serde_json::json!({"event": "config_problem", "name": problem.name, "message": crate::credentials::redact(&problem.message)})
+                        serde_json::json!({"event": "config_problem", "name": problem.name, "message": problem.message})
                     );
                 }
                 Rc::new(App::new(config))

@@ -15,6 +15,15 @@ pub struct Problem {
     pub message: String,
 }
 
+impl Problem {
+    /// A message may quote the setting's value (a secret pasted under the wrong name), and every
+    /// outlet repeats it (the log, the unauthenticated `/health`, the dev tool): credential-shaped
+    /// text is left out here, once.
+    pub fn new(name: &str, message: impl Into<String>) -> Problem {
+        Problem { name: name.to_string(), message: crate::credentials::redact(&message.into()) }
+    }
+}
+
 pub struct Reader<'a> {
     lookup: &'a dyn Fn(&str) -> Option<String>,
     pub problems: Vec<Problem>,
@@ -37,7 +46,7 @@ impl<'a> Reader<'a> {
     }
 
     pub fn problem(&mut self, name: &str, message: impl Into<String>) {
-        self.problems.push(Problem { name: name.to_string(), message: message.into() });
+        self.problems.push(Problem::new(name, message));
     }
 
     /// A whole number within `range`; `default` when unset (or invalid, with a problem).

@@ -10,9 +10,7 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import quote
 
 import jwt
@@ -23,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from tests.postgrest_standin.standin import (StandIn, parse_in_list, parse_prefer,
                                              pg_error_status)
 from tests.support.db import count, insert_list, insert_todo, new_id, row
+from tests.support.upstream import ScriptedUpstream
 
 from tests.e2e.conftest import (ANON_KEY, JWT_SECRET, PUBLISHABLE_KEY, ROOT, SECRET_KEY, SERVICE_KEY,
                        SQL_FILES, RestClient, eq, make_token)
@@ -668,36 +667,19 @@ def test_service_role_keeps_the_statement_timeout_of_the_role_postgrest_connects
     assert (resp.status_code, resp.json()) == (200, "3s"), resp.text
 
 
-class _JwksServer:
-    def __init__(self, jwks: dict):
-        body = json.dumps(jwks).encode()
-
-        class H(BaseHTTPRequestHandler):
-            def do_GET(self):
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *a):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/auth/v1/.well-known/jwks.json"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+def jwks_server(jwks: dict) -> tuple[ScriptedUpstream, str]:
+    """A key set served at Supabase's path: the server and the key set's URL."""
+    body = json.dumps(jwks).encode()
+    server = ScriptedUpstream(lambda method, path, headers, sent: (200, {"Content-Type": "application/json"}, body))
+    return server, f"{server.url}/auth/v1/.well-known/jwks.json"
 
 
 def test_es256_tokens_verify_through_jwks(pg, db, user_a):
     key = ec.generate_private_key(ec.SECP256R1())
     jwk = jwt.algorithms.ECAlgorithm.to_jwk(key.public_key(), as_dict=True)
     jwk.update({"kid": "kid-1", "alg": "ES256", "use": "sig"})
-    jwks = _JwksServer({"keys": [jwk]})
-    s = StandIn(pg.dsn, JWT_SECRET, jwks_url=jwks.url)
+    jwks, jwks_url = jwks_server({"keys": [jwk]})
+    s = StandIn(pg.dsn, JWT_SECRET, jwks_url=jwks_url)
     try:
         s.start(0)
         good = make_token(user_a, secret=key, algorithm="ES256", headers={"kid": "kid-1"})
@@ -713,7 +695,7 @@ def test_es256_tokens_verify_through_jwks(pg, db, user_a):
         assert RestClient(s.url, PUBLISHABLE_KEY, make_token(user_a)).get("lists").status_code == 200
     finally:
         s.stop()
-        jwks.close()
+        jwks.stop()
 
 
 # --------------------------------------------------------------------------- /auth/v1/user

@@ -33,6 +33,7 @@ from tests.e2e.conftest import ANON_KEY, ROOT, make_token
 from tests.e2e.upload_helpers import (body, delete, failure, patch, put, statuses, tx, upload,
                                       upload_log_lines, wait_until_standin_idle)
 from tests.support.db import count, insert_list, insert_profile, insert_todo, new_id, row, snapshot
+from tests.support.upstream import ScriptedUpstream
 from tests.support.worker import free_port
 
 DEAD_LETTERS = "powersync_dead_letters"
@@ -1712,44 +1713,6 @@ def test_each_upload_is_logged_once_without_token_or_row_data(rls_worker, db, us
 
 
 # --------------------------------------------------------------------------- scripted upstreams
-class ScriptedUpstream:
-    """An upstream in place of Supabase that answers every request with `respond(method, path,
-    headers, body) -> (status, headers, body)`, and keeps what it was asked (`METHOD path`)."""
-
-    def __init__(self, respond):
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-        import threading
-
-        self.requests: list[str] = []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def answer(self):
-                length = int(self.headers.get("Content-Length") or 0)
-                sent = self.rfile.read(length) if length else b""
-                server.requests.append(f"{self.command} {self.path}")
-                status, headers, content = respond(self.command, self.path, self.headers, sent)
-                self.send_response(status)
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(content)))
-                self.end_headers()
-                self.wfile.write(content)
-
-            do_GET = do_POST = do_PATCH = do_DELETE = answer
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def stop(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 def RedirectServer(status: int, target: str) -> ScriptedUpstream:
     """Answers every request with `status` and `Location: <target><same path and query>`: a
     SUPABASE_URL that is not the final address (`http://` redirected to `https://`, a moved host)."""

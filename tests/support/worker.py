@@ -20,10 +20,11 @@ import subprocess
 import tempfile
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import requests
+
+from tests.support.upstream import ScriptedUpstream
 
 ROOT = Path(__file__).resolve().parents[2]
 WRANGLER = ROOT / "node_modules/.bin/wrangler"
@@ -172,37 +173,22 @@ class JwksServer:
         self.fetches = 0
         self.fail_with: int | None = None
         self.delay = 0.0
-        server = self
         counting = threading.Lock()
 
-        class Handler(BaseHTTPRequestHandler):
-            disable_nagle_algorithm = True
+        def respond(method, path, headers, sent):
+            with counting:
+                self.fetches += 1
+            time.sleep(self.delay)
+            if self.fail_with:
+                return self.fail_with, {}, b""
+            body = json.dumps({"keys": self.keys}).encode()
+            return 200, {"Content-Type": "application/json", "Cache-Control": "public, max-age=600"}, body
 
-            def do_GET(self):
-                with counting:
-                    server.fetches += 1
-                time.sleep(server.delay)
-                if server.fail_with:
-                    self.send_response(server.fail_with)
-                    self.end_headers()
-                    return
-                body = json.dumps({"keys": server.keys}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Cache-Control", "public, max-age=600")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/auth/v1/.well-known/jwks.json"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.upstream = ScriptedUpstream(respond)
+        self.url = f"{self.upstream.url}/auth/v1/.well-known/jwks.json"
 
     def stop(self):
-        self.httpd.shutdown()
+        self.upstream.stop()
 
 
 def devtool(*args: str) -> str:

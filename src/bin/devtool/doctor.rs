@@ -263,8 +263,9 @@ pub fn check_catalog(expected: &Expectations, response: &Response, supabase_url:
                             partial.join(", ")
                         ),
                         format!(
-                            "grant them on the whole table ({}), or keep clients from writing the other columns",
-                            format_args!("grant {} on table {name} to {role};", partial.join(", ").to_lowercase())
+                            "grant them on the whole table (grant {} on table {name} to {role};), or keep \
+                             clients from writing the other columns",
+                            partial.join(", ").to_lowercase()
                         ),
                     ));
                 }
