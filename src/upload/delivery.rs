@@ -86,7 +86,7 @@ use super::outcome::{
 use super::plan::{self, Check, PlannedRequest};
 use super::settings::{AtomicMode, UploadSettings, WriteMode};
 use super::Caller;
-use crate::http::{send_resending_once, HttpResponse, Transport};
+use crate::http::{send_resending_once, HttpResponse, Transport, TransportError};
 use serde_json::Value;
 use std::collections::VecDeque;
 
@@ -152,7 +152,7 @@ pub async fn apply_with<T: Transport>(
                             let ending = send(
                                 vec![call],
                                 transaction.entries.len(),
-                                settings,
+                                (settings, caller),
                                 transport,
                                 &mut report,
                                 dead_letter_cost,
@@ -183,8 +183,15 @@ pub async fn apply_with<T: Transport>(
                 }
                 Ok(requests) if worst_case(&requests) + dead_letter_cost > remaining => None,
                 Ok(requests) => {
-                    match send(requests, transaction.entries.len(), settings, transport, &mut report, dead_letter_cost)
-                        .await
+                    match send(
+                        requests,
+                        transaction.entries.len(),
+                        (settings, caller),
+                        transport,
+                        &mut report,
+                        dead_letter_cost,
+                    )
+                    .await
                     {
                         Ending::Retryable(failure, _) if atomic && failure.code == QUERY_CANCELED => {
                             let fallback = (transaction, settings, caller, dead_letter_cost);
@@ -360,7 +367,7 @@ async fn after_timeout<T: Transport>(
          neither all-or-nothing nor exactly once",
         failure.code, failure.message
     );
-    let ending = send(requests, entries, settings, transport, report, reserve).await;
+    let ending = send(requests, entries, (settings, caller), transport, report, reserve).await;
     (ending, Some(reason))
 }
 
@@ -425,7 +432,7 @@ fn function_not_executable(failure: &FailedOperation, function: &str) -> bool {
 async fn send<T: Transport>(
     requests: Vec<PlannedRequest>,
     entry_count: usize,
-    settings: &UploadSettings,
+    (settings, caller): (&UploadSettings, &Caller),
     transport: &T,
     report: &mut UploadReport,
     reserve: usize,
@@ -451,7 +458,7 @@ async fn send<T: Transport>(
         let (answer, sent) = send_resending_once(transport, &planned.request, may_resend).await;
         report.subrequests += sent;
         report.resent += sent - 1;
-        let verdict = classify(&answer, index, &settings.error_class_overrides, settings.mode.api_role());
+        let verdict = classify_for(&answer, index, settings, caller);
         // A 2xx counts only when it is PostgREST's answer (see the module docs).
         let not_postgrest = |response: &HttpResponse, expected: &str| Verdict::Retryable {
             failure: unexpected_response(index, response, expected),
@@ -502,7 +509,9 @@ async fn send<T: Transport>(
                 Some(0) => {
                     let entry = planned.entries.start;
                     let spare = queue.len() + reserve;
-                    match probe_conflict(current, same.as_ref(), entry, spare, settings, transport, report).await {
+                    match probe_conflict((current, same.as_ref()), entry, spare, (settings, caller), transport, report)
+                        .await
+                    {
                         Probe::Gone => {
                             unchanged.push(entry);
                             Verdict::Applied
@@ -644,11 +653,10 @@ enum Probe {
 /// and the dead-letter reserve); without them the transaction is retryable: nothing of this
 /// entry was applied, and sending it again is safe.
 async fn probe_conflict<T: Transport>(
-    current: &crate::http::HttpRequest,
-    same: Option<&crate::http::HttpRequest>,
+    (current, same): (&crate::http::HttpRequest, Option<&crate::http::HttpRequest>),
     entry: usize,
     spare: usize,
-    settings: &UploadSettings,
+    (settings, caller): (&UploadSettings, &Caller),
     transport: &T,
     report: &mut UploadReport,
 ) -> Probe {
@@ -663,7 +671,7 @@ async fn probe_conflict<T: Transport>(
         return Probe::Failed(Verdict::Retryable { failure, retry_after_seconds: None });
     }
     let may_resend = report.subrequests + 1 + reads + spare <= settings.subrequest_budget;
-    let row = match read_rows(current.clone(), entry, may_resend, settings, transport, report).await {
+    let row = match read_rows(current.clone(), entry, may_resend, (settings, caller), transport, report).await {
         Ok(rows) => match rows.into_iter().next() {
             None => return Probe::Gone,
             Some(row) => row,
@@ -672,7 +680,7 @@ async fn probe_conflict<T: Transport>(
     };
     if let Some(same) = same {
         let may_resend = report.subrequests + 2 + spare <= settings.subrequest_budget;
-        match read_rows(same.clone(), entry, may_resend, settings, transport, report).await {
+        match read_rows(same.clone(), entry, may_resend, (settings, caller), transport, report).await {
             Ok(rows) if !rows.is_empty() => return Probe::Same,
             Ok(_) => {}
             Err(verdict) => return Probe::Failed(verdict),
@@ -686,14 +694,14 @@ async fn read_rows<T: Transport>(
     request: crate::http::HttpRequest,
     entry: usize,
     may_resend: bool,
-    settings: &UploadSettings,
+    (settings, caller): (&UploadSettings, &Caller),
     transport: &T,
     report: &mut UploadReport,
 ) -> Result<Vec<Value>, Verdict> {
     let (answer, sent) = send_resending_once(transport, &request, may_resend).await;
     report.subrequests += sent;
     report.resent += sent - 1;
-    match (classify(&answer, Some(entry), &settings.error_class_overrides, settings.mode.api_role()), &answer) {
+    match (classify_for(&answer, Some(entry), settings, caller), &answer) {
         (Verdict::Applied, Ok(response)) => match serde_json::from_str::<Value>(&response.body) {
             Ok(Value::Array(rows)) => Ok(rows),
             _ => Err(Verdict::Retryable {
@@ -808,6 +816,16 @@ fn with_atomic_index(verdict: Verdict, entries: usize) -> Verdict {
     }
 }
 
+/// [`classify`] under this upload's settings, for this caller.
+fn classify_for(
+    answer: &Result<HttpResponse, TransportError>,
+    index: Option<usize>,
+    settings: &UploadSettings,
+    caller: &Caller,
+) -> Verdict {
+    classify(answer, index, &settings.error_class_overrides, settings.mode.api_role(), &caller.user_id)
+}
+
 /// Records a fatal transaction (`record`: the transaction, its failure, its entries' states)
 /// through `powersync_record_dead_letter`. When that fails (or no budget is left for it, or the
 /// answer is not the recorded row's id), the error to report instead, with its `Retry-After`:
@@ -844,22 +862,20 @@ async fn record_dead_letter<T: Transport>(
     let (answer, sent) = send_resending_once(transport, &request, may_resend).await;
     report.subrequests += sent;
     report.resent += sent - 1;
-    let (error, retry_after) =
-        match (classify(&answer, None, &settings.error_class_overrides, settings.mode.api_role()), &answer) {
-            (Verdict::Applied, Ok(response)) if dead_letter::is_recorded(&response.body) => {
-                report.dead_letters += 1;
-                return Ok(());
-            }
-            (Verdict::Applied, _) => {
-                // A 2xx that is not the function's answer (a catch-all server, a proxy): not recorded.
-                let mut error =
-                    FailedOperation::new(None, "unexpected_response", "the answer is not a dead letter's id");
-                error.http_status = answer.as_ref().ok().map(|response| response.status);
-                (error, None)
-            }
-            (Verdict::Fatal(error), _) => (error, None),
-            (Verdict::Retryable { failure: error, retry_after_seconds }, _) => (error, retry_after_seconds),
-        };
+    let (error, retry_after) = match (classify_for(&answer, None, settings, caller), &answer) {
+        (Verdict::Applied, Ok(response)) if dead_letter::is_recorded(&response.body) => {
+            report.dead_letters += 1;
+            return Ok(());
+        }
+        (Verdict::Applied, _) => {
+            // A 2xx that is not the function's answer (a catch-all server, a proxy): not recorded.
+            let mut error = FailedOperation::new(None, "unexpected_response", "the answer is not a dead letter's id");
+            error.http_status = answer.as_ref().ok().map(|response| response.status);
+            (error, None)
+        }
+        (Verdict::Fatal(error), _) => (error, None),
+        (Verdict::Retryable { failure: error, retry_after_seconds }, _) => (error, retry_after_seconds),
+    };
     report.dead_letter_failures += 1;
     let status = error.http_status.map_or_else(|| "no answer".to_string(), |s| format!("HTTP {s}"));
     report.dead_letter_errors.push(format!("dead-letter call {function} failed: {} ({status})", error.code));

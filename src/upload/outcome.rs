@@ -442,12 +442,14 @@ pub enum Verdict {
 
 /// Classifies the answer to a request covering the entry at `index` (see the module docs).
 /// `api_role` is the database role the write runs as (`authenticated`, `service_role`), named in
-/// the GRANT a missing privilege calls for.
+/// the GRANT a missing privilege calls for; `sub` is the caller's user id, which the database
+/// may have failed to cast to a uuid (see [`sub_not_a_uuid`]).
 pub fn classify(
     answer: &Result<HttpResponse, TransportError>,
     index: Option<usize>,
     overrides: &ClassOverrides,
     api_role: &str,
+    sub: &str,
 ) -> Verdict {
     let response = match answer {
         Ok(response) => response,
@@ -471,11 +473,12 @@ pub fn classify(
     };
     let unbypassed = body.code.as_deref() == Some("42501")
         && body.message.as_deref().is_some_and(|m| m.ends_with(": the session has no sub"));
+    let uncastable_sub = sub_not_a_uuid(&body, sub);
     let class = match &grant {
         Some(_) => Class::SchemaDrift,
         // The SQL functions' refusal of a caller with neither a `sub` nor the right to bypass
         // row-level security: in service mode, a service role without BYPASSRLS.
-        None if unbypassed => Class::SchemaDrift,
+        None if unbypassed || uncastable_sub => Class::SchemaDrift,
         None => body.code.as_deref().map(class_of).unwrap_or(Class::Unrecognised),
     };
     if let (Some(grant), Some(message)) = (grant, body.message.as_mut()) {
@@ -487,6 +490,12 @@ pub fn classify(
         *message = format!(
             "{message}: in service mode the service key's role must bypass row-level security, as \
              Supabase's service_role does (the operator's to fix; the upload waits)"
+        );
+    } else if let (true, Some(message)) = (uncastable_sub, body.message.as_mut()) {
+        *message = format!(
+            "{message}: the session's user id (sub) is not a uuid, and the database casts it to one \
+             (a policy, trigger or default using auth.uid(), or a uuid column meant for it); with \
+             this issuer compare auth.jwt() ->> 'sub' as text (the operator's to fix; the upload waits)"
         );
     } else if let (Some(code), Some(message)) = (body.code.as_deref(), body.message.as_mut()) {
         if is_database_setup_error(code) {
@@ -807,6 +816,24 @@ fn is_database_setup_error(code: &str) -> bool {
     }
 }
 
+/// Whether the database refused the caller's own user id as a uuid: `22P02` `invalid input
+/// syntax for type uuid: "<sub>"`. Supabase's `auth.uid()` casts the session's `sub` to uuid,
+/// so every policy, trigger or default that uses it fails this way for a third-party issuer
+/// whose ids are not uuids (Firebase, Auth0, Clerk), whatever the row holds; so does a uuid
+/// owner column given that id. The schema is the operator's to fix, and the write waits for it:
+/// a client cannot choose its `sub`, so it cannot make its own data look like this.
+fn sub_not_a_uuid(body: &ErrorBody, sub: &str) -> bool {
+    const PREFIX: &str = "invalid input syntax for type uuid: \"";
+    body.code.as_deref() == Some("22P02")
+        && !sub.is_empty()
+        && body
+            .message
+            .as_deref()
+            .and_then(|m| m.strip_prefix(PREFIX))
+            .and_then(|quoted| quoted.strip_suffix('"'))
+            .is_some_and(|value| value == sub)
+}
+
 /// Five characters of digits and upper-case letters, as Postgres error codes are.
 fn is_sqlstate(code: &str) -> bool {
     code.len() == 5 && code.bytes().all(|b| b.is_ascii_digit() || b.is_ascii_uppercase())
@@ -863,7 +890,7 @@ mod tests {
 
     /// The built-in rules, without operator overrides.
     fn classify(answer: &Result<HttpResponse, TransportError>, index: Option<usize>) -> Verdict {
-        super::classify(answer, index, &ClassOverrides::default(), "authenticated")
+        super::classify(answer, index, &ClassOverrides::default(), "authenticated", "user-1")
     }
 
     #[test]
@@ -1045,6 +1072,7 @@ mod tests {
             None,
             &ClassOverrides::default(),
             "service_role",
+            "user-1",
         );
         let Verdict::Retryable { failure, .. } = &verdict else { panic!("{verdict:?}") };
         assert!(failure.message.ends_with("on table public.todos to service_role"), "{}", failure.message);
@@ -1076,7 +1104,8 @@ mod tests {
             ),
         ] {
             assert_eq!(missing_grant(message, "r").as_deref(), Some(grant), "{message}");
-            let verdict = super::classify(&with_message(403, "42501", message), None, &ClassOverrides::default(), "r");
+            let verdict =
+                super::classify(&with_message(403, "42501", message), None, &ClassOverrides::default(), "r", "user-1");
             assert_eq!(retry_after_of(&verdict), Some(SCHEMA_DRIFT_RETRY_AFTER_SECONDS), "{message}");
         }
     }
@@ -1104,8 +1133,13 @@ mod tests {
     fn operator_override_of_42501_still_decides_for_missing_grants() {
         let mut overrides = ClassOverrides::default();
         overrides.insert("42501", ErrorClass::Fatal);
-        let verdict =
-            super::classify(&with_message(403, "42501", "permission denied for table todos"), None, &overrides, "r");
+        let verdict = super::classify(
+            &with_message(403, "42501", "permission denied for table todos"),
+            None,
+            &overrides,
+            "r",
+            "user-1",
+        );
         assert!(is_fatal(&verdict));
     }
 
@@ -1229,17 +1263,19 @@ mod tests {
         overrides.insert("P0004", ErrorClass::Fatal);
         overrides.insert("http_503", ErrorClass::Fatal);
         overrides.insert("42703", ErrorClass::Retryable);
-        let with = |status, code: &str| super::classify(&postgrest(status, code), Some(0), &overrides, "authenticated");
+        let with = |status, code: &str| {
+            super::classify(&postgrest(status, code), Some(0), &overrides, "authenticated", "user-1")
+        };
         assert!(is_fatal(&with(400, "PGRST204")));
         assert!(is_retryable(&with(400, "23514")));
         assert!(is_retryable(&with(400, "P0001")), "the class entry");
         assert!(is_fatal(&with(500, "P0004")), "the exact code wins over its class");
         assert!(is_fatal(&with(409, "23505")), "codes without an entry keep their class");
         assert_eq!(retry_after_of(&with(400, "42703")), Some(SCHEMA_DRIFT_RETRY_AFTER_SECONDS));
-        assert!(is_fatal(&super::classify(&answer(503, "down"), Some(0), &overrides, "authenticated")));
-        assert_eq!(super::classify(&answer(201, ""), Some(0), &overrides, "authenticated"), Verdict::Applied);
+        assert!(is_fatal(&super::classify(&answer(503, "down"), Some(0), &overrides, "authenticated", "user-1")));
+        assert_eq!(super::classify(&answer(201, ""), Some(0), &overrides, "authenticated", "user-1"), Verdict::Applied);
         let lost = Err(TransportError::no_answer("reset"));
-        assert!(is_retryable(&super::classify(&lost, Some(0), &overrides, "authenticated")));
+        assert!(is_retryable(&super::classify(&lost, Some(0), &overrides, "authenticated", "user-1")));
     }
 
     #[test]
@@ -1332,6 +1368,37 @@ mod tests {
             r#"{"code":"42501","message":"new row violates row-level security policy for table \"lists\""}"#,
         );
         assert!(is_fatal(&classify(&policy, Some(0))));
+    }
+
+    #[test]
+    fn a_database_that_cannot_cast_the_callers_sub_to_uuid_keeps_the_upload_queued() {
+        let firebase_uid = "Xk3pQ9abcDEF0123456789ghij";
+        let uncastable = |value: &str| {
+            let message = format!("invalid input syntax for type uuid: \"{value}\"");
+            answer(400, &json!({"code": "22P02", "message": message, "details": null, "hint": null}).to_string())
+        };
+        let verdict = super::classify(
+            &uncastable(firebase_uid),
+            Some(1),
+            &ClassOverrides::default(),
+            "authenticated",
+            firebase_uid,
+        );
+        let Verdict::Retryable { failure, retry_after_seconds } = &verdict else { panic!("{verdict:?}") };
+        assert_eq!((failure.code.as_str(), failure.index), ("22P02", Some(1)));
+        assert_eq!(*retry_after_seconds, Some(SCHEMA_DRIFT_RETRY_AFTER_SECONDS));
+        assert!(failure.message.contains("auth.jwt() ->> 'sub'"), "{}", failure.message);
+        assert!(failure.message.contains("the operator's to fix; the upload waits"), "{}", failure.message);
+        // Any other value that is not a uuid is the data's, for this caller as for another.
+        let rules = |sub| super::classify(&uncastable("not-a-uuid"), Some(1), &ClassOverrides::default(), "r", sub);
+        assert!(is_fatal(&rules(firebase_uid)));
+        assert!(is_fatal(&rules("")));
+        // The caller's id quoted in another error, or in a longer value, stays the data's.
+        let other = format!("invalid input syntax for type integer: \"{firebase_uid}\"");
+        let other = answer(400, &json!({"code": "22P02", "message": other}).to_string());
+        assert!(is_fatal(&super::classify(&other, None, &ClassOverrides::default(), "r", firebase_uid)));
+        let longer = uncastable(&format!("{firebase_uid}x"));
+        assert!(is_fatal(&super::classify(&longer, None, &ClassOverrides::default(), "r", firebase_uid)));
     }
 
     #[test]

@@ -23,7 +23,7 @@ import pytest
 
 from tests.e2e.conftest import ANON_KEY, JWT_SECRET, SERVICE_KEY
 from tests.e2e.upload_helpers import body as upload_body
-from tests.e2e.upload_helpers import put, statuses, tx, upload
+from tests.e2e.upload_helpers import failure, put, statuses, tx, upload
 from tests.postgrest_standin.standin import StandIn
 from tests.e2e.test_token import assert_error, bearer, verify_like_powersync
 from tests.support.issuers import IssuerServer, ProviderKeys, claims
@@ -276,6 +276,26 @@ drop policy if exists firebase_notes_own on public.firebase_notes;
 create policy firebase_notes_own on public.firebase_notes for all to authenticated
   using (firebase_uid = (auth.jwt() ->> 'sub')) with check (firebase_uid = (auth.jwt() ->> 'sub'));
 grant select, insert, update, delete on public.firebase_notes to authenticated;
+drop table if exists public.firebase_lists;
+create table public.firebase_lists (
+  id uuid primary key,
+  owner_id uuid not null default auth.uid(),
+  name text not null
+);
+alter table public.firebase_lists enable row level security;
+create policy firebase_lists_own on public.firebase_lists for all to authenticated
+  using (owner_id = auth.uid()) with check (owner_id = auth.uid());
+grant select, insert, update, delete on public.firebase_lists to authenticated;
+"""
+
+# The operator's fix for third-party users: a text owner and `auth.jwt() ->> 'sub'`.
+FIREBASE_LISTS_FIXED_SQL = """
+drop policy firebase_lists_own on public.firebase_lists;
+alter table public.firebase_lists alter column owner_id drop default;
+alter table public.firebase_lists alter column owner_id type text;
+alter table public.firebase_lists alter column owner_id set default (auth.jwt() ->> 'sub');
+create policy firebase_lists_own on public.firebase_lists for all to authenticated
+  using (owner_id = (auth.jwt() ->> 'sub')) with check (owner_id = (auth.jwt() ->> 'sub'));
 """
 
 
@@ -292,7 +312,7 @@ def firebase_standin(pg, providers, jwks):
     yield standin
     standin.stop()
     with psycopg.connect(pg.dsn, autocommit=True) as conn:
-        conn.execute("drop table if exists public.firebase_notes")
+        conn.execute("drop table if exists public.firebase_notes, public.firebase_lists")
 
 
 @pytest.fixture(scope="module")
@@ -319,18 +339,42 @@ def test_rls_upload_with_a_firebase_token_lands_rows_owned_by_the_firebase_uid(f
     assert rows == [(mine, FIREBASE_UID)]
 
 
-def test_rls_keyed_by_auth_uid_cannot_hold_a_firebase_uid(firebase_rls, providers, pg):
-    """The demo schema's `owner_id uuid = auth.uid()` cannot work for Firebase users (a uid is
-    not a uuid): the upload is refused, nothing is written. Apps use text columns and
-    `auth.jwt() ->> 'sub'` instead (docs/third-party-auth.md)."""
+def test_rls_keyed_by_auth_uid_keeps_a_firebase_users_write_queued_until_the_schema_is_fixed(
+        firebase_rls, providers, pg):
+    """A schema written for Supabase's own users (`owner_id uuid default auth.uid()`, policies on
+    `auth.uid()`) cannot take a Firebase uid, which is not a uuid: PostgreSQL refuses the cast
+    with 22P02. That is the operator's schema, not the user's data, so the write waits
+    (retryable, nothing written) and lands once the operator moves to a text column and
+    `auth.jwt() ->> 'sub'` (docs/third-party-auth.md); before, it was discarded."""
     _, keys, _, _ = providers
     token = keys["firebase"].sign(firebase_claims())
     list_id = str(uuid.uuid4())
-    r = upload(firebase_rls, token, upload_body(tx(put("lists", list_id, name="groceries", owner_id=FIREBASE_UID))))
-    assert r.status_code == 200, r.text
-    assert statuses(r) == ["fatal_error"], r.text
+    body = upload_body(tx(put("firebase_lists", list_id, name="groceries")))
+    r = upload(firebase_rls, token, body)
+    assert r.status_code == 503, r.text
+    assert statuses(r) == ["retryable_error"], r.text
+    failed = failure(r, 0)
+    assert failed["code"] == "22P02", failed
+    assert "auth.jwt() ->> 'sub'" in failed["message"] and "the upload waits" in failed["message"], failed
+    assert int(r.headers["Retry-After"]) >= 60
+    with psycopg.connect(pg.dsn, autocommit=True) as conn:
+        assert conn.execute("select count(*) from public.firebase_lists").fetchone()[0] == 0
+        conn.execute(FIREBASE_LISTS_FIXED_SQL)
+    r = upload(firebase_rls, token, body)
+    assert r.status_code == 200 and statuses(r) == ["success"], r.text
     with psycopg.connect(pg.dsn) as conn:
-        assert conn.execute("select count(*) from public.lists where id = %s", (list_id,)).fetchone()[0] == 0
+        assert conn.execute("select id::text, owner_id from public.firebase_lists").fetchall() == \
+            [(list_id, FIREBASE_UID)]
+
+
+def test_a_non_uuid_value_of_the_users_own_in_a_uuid_column_is_still_the_datas_fault(firebase_rls, providers):
+    """Only the caller's own id, which the client cannot choose, keeps a 22P02 queued."""
+    _, keys, _, _ = providers
+    token = keys["firebase"].sign(firebase_claims())
+    r = upload(firebase_rls, token, upload_body(tx(put("firebase_notes", "not-a-uuid", firebase_uid=FIREBASE_UID,
+                                                       body="x"))))
+    assert r.status_code == 200 and statuses(r) == ["fatal_error"], r.text
+    assert failure(r, 0)["code"] == "22P02"
 
 
 def test_supabase_sessions_upload_beside_firebase_ones_through_the_same_bridge(firebase_rls, firebase_standin,
