@@ -74,7 +74,8 @@
 -- public.powersync_upload_ledger, in the same database transaction as the
 -- writes. A later call with the same three and the same ops (the client
 -- re-sending a transaction whose answer was lost) applies nothing and returns
--- {"applied": 0, "already_applied": true}. A transaction the bridge reported
+-- {"applied": 0, "already_applied": true}, with the first call's "unchanged"
+-- when it was not empty (powersync_upload_ledger_unchanged). A transaction the bridge reported
 -- rejected and dead-lettered (powersync_upload_ledger_refuse) is never applied
 -- by a later call either (one the bridge gave up on that arrives late, or a
 -- re-send): it returns {"applied": 0, "dead_letter": {"id", "index", "code",
@@ -140,6 +141,9 @@ create table if not exists public.powersync_upload_ledger (
 -- added after the first release: the dead letter of a transaction the bridge reported rejected
 -- (null: applied); see powersync_upload_ledger_refuse
 alter table public.powersync_upload_ledger add column if not exists dead_letter_id bigint;
+-- added later: the ops of an applied transaction that changed no row ("unchanged"), so a re-send
+-- after a lost answer reports them too (null: none); see powersync_upload_ledger_unchanged
+alter table public.powersync_upload_ledger add column if not exists unchanged integer[];
 create index if not exists powersync_upload_ledger_applied_at
   on public.powersync_upload_ledger (applied_at);
 comment on table public.powersync_upload_ledger is
@@ -327,7 +331,8 @@ begin
     return true;
   end if;
   -- the replay, or the same ids for other ops: a new transaction (the client reused its ids)
-  update public.powersync_upload_ledger as l set digest = p_digest, applied_at = now(), dead_letter_id = null
+  update public.powersync_upload_ledger as l
+     set digest = p_digest, applied_at = now(), dead_letter_id = null, unchanged = null
    where l.user_id = v_user and l.client_id = p_client_id and l.transaction_id = p_transaction_id;
   return false;
 end
@@ -400,7 +405,7 @@ begin
                                   p_transaction_id, p_client_id);
   end if;
   update public.powersync_upload_ledger as l
-     set digest = p_digest, dead_letter_id = p_dead_letter_id, applied_at = now()
+     set digest = p_digest, dead_letter_id = p_dead_letter_id, applied_at = now(), unchanged = null
    where l.user_id = p_user_id and l.client_id = p_client_id and l.transaction_id = p_transaction_id;
 end
 $$;
@@ -441,6 +446,49 @@ $$;
 comment on function public.powersync_upload_ledger_dead_letter(text, text, text) is
   'PowerSync upload bridge: the dead letter the ledger holds for a transaction, or null.';
 
+-- The ops of the caller's applied (client, transaction) that changed no row,
+-- as recorded when it was applied ('{}' when none, or no such record): what
+-- powersync_apply_transaction answers beside "already_applied", so a re-send
+-- after a lost answer reports them as the first answer did. With p_unchanged
+-- (op indexes), it records them first: powersync_apply_transaction calls it
+-- so after its writes, in their transaction. The user is found as for the
+-- claim, so a user calling it directly only touches their own record, and so
+-- only what their own re-sends report. Errors: 22023 for bad input, 42501 for
+-- a caller without a user.
+create or replace function public.powersync_upload_ledger_unchanged(
+  p_client_id text,
+  p_transaction_id text,
+  p_owner_id text default null,
+  p_unchanged integer[] default null
+) returns integer[]
+language plpgsql
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v_user      text;
+  v_unchanged integer[];
+begin
+  if p_unchanged is not null and (pg_catalog.cardinality(p_unchanged) > 100000
+     or exists (select 1 from unnest(p_unchanged) as u(i) where u.i is null or u.i < 0)) then
+    raise exception using errcode = '22023',
+      message = 'powersync_upload_ledger_unchanged: p_unchanged must be op indexes (at most 100,000)';
+  end if;
+  v_user := public.powersync_upload_ledger_user(p_owner_id);
+  if p_unchanged is not null then
+    update public.powersync_upload_ledger as l set unchanged = nullif(p_unchanged, '{}')
+     where l.user_id = v_user and l.client_id = p_client_id and l.transaction_id = p_transaction_id
+       and l.dead_letter_id is null;
+  end if;
+  select l.unchanged into v_unchanged from public.powersync_upload_ledger as l
+   where l.user_id = v_user and l.client_id = p_client_id and l.transaction_id = p_transaction_id
+     and l.dead_letter_id is null;
+  return coalesce(v_unchanged, '{}');
+end
+$$;
+comment on function public.powersync_upload_ledger_unchanged(text, text, text, integer[]) is
+  'PowerSync upload bridge: the ops of an applied transaction that changed no row (recorded when given).';
+
 do $$
 declare
   r text;
@@ -448,7 +496,8 @@ declare
 begin
   foreach f in array array['public.powersync_upload_ledger_user(text)',
                            'public.powersync_upload_ledger_refuse(text, text, text, text, bigint)',
-                           'public.powersync_upload_ledger_dead_letter(text, text, text)'] loop
+                           'public.powersync_upload_ledger_dead_letter(text, text, text)',
+                           'public.powersync_upload_ledger_unchanged(text, text, text, integer[])'] loop
     execute pg_catalog.format('revoke all on function %s from public', f);
     foreach r in array array['anon', 'authenticated', 'service_role'] loop
       if exists (select 1 from pg_catalog.pg_roles where rolname = r) then
@@ -459,6 +508,8 @@ begin
 end
 $$;
 grant execute on function public.powersync_upload_ledger_dead_letter(text, text, text)
+  to authenticated, service_role;
+grant execute on function public.powersync_upload_ledger_unchanged(text, text, text, integer[])
   to authenticated, service_role;
 
 -- the copies installed before exactly-once (three arguments) and before conflict detection
@@ -550,6 +601,10 @@ begin
     v_letter := public.powersync_upload_ledger_dead_letter(client_id, transaction_id, owner_id);
     if v_letter is not null then
       return jsonb_build_object('applied', 0, 'dead_letter', v_letter);
+    end if;
+    v_unchanged := public.powersync_upload_ledger_unchanged(client_id, transaction_id, owner_id);
+    if pg_catalog.cardinality(v_unchanged) > 0 then
+      return jsonb_build_object('applied', 0, 'already_applied', true, 'unchanged', to_jsonb(v_unchanged));
     end if;
     return jsonb_build_object('applied', 0, 'already_applied', true);
   end if;
@@ -855,6 +910,10 @@ begin
     end if;
   end;
 
+  -- recorded, so that a re-send after a lost answer reports them too
+  if client_id is not null and transaction_id is not null and pg_catalog.cardinality(v_unchanged) > 0 then
+    perform public.powersync_upload_ledger_unchanged(client_id, transaction_id, owner_id, v_unchanged);
+  end if;
   return jsonb_build_object('applied', jsonb_array_length(ops),
                             'unchanged', to_jsonb(v_unchanged));
   exception when sqlstate 'PS409' then

@@ -92,10 +92,13 @@ use std::collections::VecDeque;
 
 /// How one transaction ended.
 enum Ending {
-    /// Applied; the PATCH and DELETE entries that changed no row, in order.
-    Success(Vec<usize>),
-    /// The atomic function had applied it already (its ledger knew it): nothing applied now.
-    AlreadyApplied,
+    /// Applied: now, or before (`already_applied`: the atomic function's ledger knew it, and
+    /// nothing was applied now); the PATCH and DELETE entries that changed no row, in order (for
+    /// a transaction applied before, as the ledger recorded them then).
+    Success {
+        unchanged: Vec<usize>,
+        already_applied: bool,
+    },
     /// Rejected for good; what became of each entry (for the dead letter).
     Fatal(FailedOperation, Vec<EntryState>),
     /// A conflicting PATCH or DELETE (`UPLOAD_CONFLICT_DETECTION`): the failure naming it, the
@@ -144,7 +147,9 @@ pub async fn apply_with<T: Transport>(
             let fresh = report.subrequests == 0;
             let atomic = route != Route::Rest && report.atomic_function != Some(false);
             let ending = match plan::plan_transaction_as(transaction, settings, caller, atomic) {
-                Ok(requests) if requests.is_empty() => Some(Ending::Success(Vec::new())),
+                Ok(requests) if requests.is_empty() => {
+                    Some(Ending::Success { unchanged: Vec::new(), already_applied: false })
+                }
                 Ok(requests) if worst_case(&requests) + dead_letter_cost > budget => {
                     let too_big = too_big(worst_case(&requests), budget, dead_letter_cost, &settings.atomic_function);
                     match plan::atomic_request(transaction, settings, caller) {
@@ -232,17 +237,19 @@ pub async fn apply_with<T: Transport>(
             continue;
         };
         match ending {
-            Ending::Success(unchanged) => {
+            Ending::Success { unchanged, already_applied } => {
                 if settings.dead_letter_unchanged && settings.dead_letter_table.is_some() && !unchanged.is_empty() {
                     // Best effort: the transaction is applied and its result names the entries
-                    // either way; a record that fails is counted and logged, not retried.
+                    // either way; a record that fails is counted and logged, not retried. For a
+                    // transaction applied before, this is the record its lost answer would have
+                    // made (made already, it is returned, not made twice: one per transaction).
                     let (failure, states) = dead_letter::unchanged_record(transaction.entries.len(), &unchanged);
                     let record = (transaction, &failure, states.as_slice());
                     let _ = record_dead_letter(settings, caller, record, transport, &mut report).await;
                 }
-                report.results.push(TransactionResult::success_with_unchanged(transaction_id, unchanged))
+                let result = TransactionResult::success_with_unchanged(transaction_id, unchanged);
+                report.results.push(TransactionResult { already_applied, ..result })
             }
-            Ending::AlreadyApplied => report.results.push(TransactionResult::already_applied(transaction_id)),
             Ending::Fatal(failure, states) => {
                 let recorded = match &settings.dead_letter_table {
                     Some(_) => {
@@ -608,13 +615,9 @@ async fn send<T: Transport>(
             }
         }
     }
-    if already_applied {
-        Ending::AlreadyApplied
-    } else {
-        unchanged.sort_unstable();
-        unchanged.dedup();
-        Ending::Success(unchanged)
-    }
+    unchanged.sort_unstable();
+    unchanged.dedup();
+    Ending::Success { unchanged, already_applied }
 }
 
 /// The most subrequests `requests` can take: one each, plus the reads a conditional write may need

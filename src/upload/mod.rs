@@ -1399,6 +1399,32 @@ mod tests {
     }
 
     #[test]
+    fn an_atomic_re_send_reports_the_unchanged_entries_the_ledger_recorded_and_records_their_letter() {
+        // The first call's answer was lost; the ledger kept what it changed nothing of.
+        let mut s = settings();
+        s.atomic = AtomicMode::Always;
+        s.dead_letter_table = Some("dead".to_string());
+        s.dead_letter_unchanged = true;
+        let transport = FakeTransport::scripted(vec![
+            ok_body(r#"{"applied": 0, "already_applied": true, "unchanged": [1]}"#),
+            recorded(),
+        ]);
+        let caller = Caller { client_id: Some("client-1".to_string()), ..caller() };
+        let report = block_on(apply(&[put_then_patch_of_a_gone_row()], &s, &caller, &transport));
+        assert_eq!(statuses(&report), vec![Status::Success]);
+        assert_eq!(
+            report.body()["results"][0],
+            json!({"status": "success", "transaction_id": "u", "already_applied": true, "unchanged": [1]})
+        );
+        assert_eq!(report.dead_letters, 1);
+        let body: Value =
+            serde_json::from_str(transport.sent()[1].body.as_deref().unwrap_or("")).unwrap_or(Value::Null);
+        assert!(transport.sent()[1].url.ends_with(RECORD_PATH));
+        assert_eq!((body["code"].clone(), body["op_index"].clone()), (json!("unchanged"), json!(1)));
+        assert_eq!(states_of(&body), vec!["applied", "unchanged"]);
+    }
+
+    #[test]
     fn failed_record_of_unchanged_entries_keeps_the_success_and_is_logged() {
         let mut s = settings();
         s.dead_letter_table = Some("dead".to_string());

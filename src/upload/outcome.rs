@@ -241,10 +241,6 @@ impl TransactionResult {
     }
 
     /// A success the atomic function's ledger answered: applied by an earlier call.
-    pub fn already_applied(transaction_id: Option<Value>) -> Self {
-        TransactionResult { already_applied: true, ..TransactionResult::success(transaction_id) }
-    }
-
     pub fn fatal(transaction_id: Option<Value>, failure: FailedOperation) -> Self {
         TransactionResult {
             status: Status::FatalError,

@@ -33,6 +33,8 @@ DEAD_LETTERS = "powersync_dead_letters"
 RECORD = "powersync_record_dead_letter"
 REPLAY = "powersync_replay_dead_letter"
 CLAIM = "powersync_upload_ledger_claim"
+UNCHANGED = "powersync_upload_ledger_unchanged"
+APPLY_PATH = "/rest/v1/rpc/powersync_apply_transaction"
 DEAD = {"UPLOAD_DEAD_LETTER_TABLE": DEAD_LETTERS}
 
 
@@ -353,6 +355,23 @@ def test_ledger_claim_refuses_bad_inputs_from_a_user(as_user, db, user, other_us
         assert answer.status_code in (401, 403), (method, answer.text)
 
 
+def test_ledgers_unchanged_entries_are_the_callers_own_and_checked(as_user, db, user, other_user):
+    """What a re-send reports as unchanged is recorded on the caller's own ledger record only."""
+    a, _ = user
+    b, _ = other_user
+    ids = {"p_client_id": "c", "p_transaction_id": "t"}
+    assert as_user(a).rpc(CLAIM, {**ids, "p_digest": "0" * 64}).json() is False
+    for bad in ([-1], [1, None]):
+        answer = as_user(a).rpc(UNCHANGED, {**ids, "p_unchanged": bad})
+        assert (answer.status_code, answer.json()["code"]) == (400, "22023"), (bad, answer.text[:200])
+    assert as_user(a).rpc(UNCHANGED, {**ids, "p_unchanged": [2, 5]}).json() == [2, 5]
+    assert as_user(a).rpc(UNCHANGED, ids).json() == [2, 5]
+    # another user names the same ids, and a's sub as owner: their own (absent) record, not a's
+    assert as_user(b).rpc(UNCHANGED, {**ids, "p_owner_id": a, "p_unchanged": [9]}).json() == []
+    assert as_user(b).rpc(UNCHANGED, {**ids, "p_owner_id": a}).json() == []
+    assert db.execute("select user_id, unchanged from powersync_upload_ledger").fetchall() == [(a, [2, 5])]
+
+
 def claim_as(db, sub: str, transaction_id: str, settings: str = "") -> bool:
     """A claim as user `sub` in its own transaction (settings: SQL run first in it)."""
     with db.transaction():
@@ -470,6 +489,7 @@ EXPECTED = {
     ("powersync_upload_ledger_claim(text,text,text,text,timestamp with time zone)", "EXECUTE"):
         {"authenticated", "service_role"},
     ("powersync_upload_ledger_dead_letter(text,text,text)", "EXECUTE"): {"authenticated", "service_role"},
+    ("powersync_upload_ledger_unchanged(text,text,text,integer[])", "EXECUTE"): {"authenticated", "service_role"},
     ("powersync_upload_ledger_refuse(text,text,text,text,bigint)", "EXECUTE"): set(),
     ("powersync_upload_ledger_user(text)", "EXECUTE"): set(),
     ("powersync_record_dead_letter(jsonb,text,text,text,text,text,integer,jsonb,text,text,text[])", "EXECUTE"):
@@ -571,6 +591,30 @@ def test_unchanged_record_of_an_atomic_transaction_leaves_it_applied_in_the_ledg
     assert [letter["code"] for letter in letters(db)] == ["unchanged"]
     again = upload(workers["atomic_unchanged"], token, payload)
     assert statuses(again) == ["success"] and again.json()["results"][0].get("already_applied") is True, again.text
+
+
+def test_an_atomic_transaction_whose_answer_was_lost_still_reports_and_records_its_unchanged_entries(
+        workers, db, standin, user, other_user):
+    """The atomic call commits, its answer is lost (the connection drops after the database
+    applied it) and the worker sends it again at once: the ledger answers already applied, with
+    the entries the first call changed no row of, so the client learns them and their record is
+    made as if the first answer had arrived. Before, the re-send reported none and recorded
+    nothing: a write hidden by a policy was gone without a trace."""
+    sub, token = user
+    other, _ = other_user
+    mine, hidden = insert_list(db, sub, name="mine"), insert_list(db, other, name="b's")
+    payload = with_client(body(tx(patch("lists", mine, name="renamed"), patch("lists", hidden, name="taken"),
+                                  tid="u3")), "c-lost-answer")
+    standin.add_fault({"drop_after": True, "method": "POST", "path_prefix": APPLY_PATH})
+    response = upload(workers["atomic_unchanged"], token, payload)
+    assert standin.faults == [], "the fault was used: the first answer was lost"
+    result = response.json()["results"][0]
+    assert (result["status"], result.get("already_applied"), result.get("unchanged")) == ("success", True, [1]), \
+        response.text
+    assert (row(db, "lists", mine)["name"], row(db, "lists", hidden)["name"]) == ("renamed", "b's")
+    (letter,) = letters(db)
+    assert (letter["code"], letter["op_index"], letter["transaction_id"]) == ("unchanged", 1, "u3")
+    assert [e["state"] for e in letter["entries"]] == ["applied", "unchanged"]
 
 
 def test_a_user_over_the_dead_letter_cap_keeps_their_own_transactions_queued_and_no_one_elses(

@@ -104,8 +104,8 @@ export interface WorkerConnectorOptions {
    * row-level security. The user's change to it is not in the database: tell the user, or
    * re-create the row. Called before the transaction is removed from the upload queue; if it
    * throws (or rejects), the transaction stays queued and `uploadData` rethrows that error (the
-   * transaction is sent again later: a worker with the atomic function's exactly-once ledger then
-   * answers `already_applied`, without `unchanged`, so this is not called again for it).
+   * transaction is sent again later, and this is called again for it: a worker with the atomic
+   * function's exactly-once ledger answers `already_applied` with the same `unchanged`).
    * Default: logs the transaction id and the entries' indexes, tables and ops with `console.warn`
    * (no row data).
    */

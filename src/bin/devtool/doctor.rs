@@ -42,9 +42,14 @@ pub const WRITE_PRIVILEGES: [&str; 4] = ["DELETE", "INSERT", "SELECT", "UPDATE"]
 pub const LEDGER_CLAIM: &str = "public.powersync_upload_ledger_claim(text, text, text, text, timestamptz)";
 /// What the atomic function answers for a dead-lettered transaction (called as the API role).
 pub const LEDGER_DEAD_LETTER: &str = "public.powersync_upload_ledger_dead_letter(text, text, text)";
+/// What the atomic function records and answers of entries that changed no row (called as the
+/// API role).
+pub const LEDGER_UNCHANGED: &str = "public.powersync_upload_ledger_unchanged(text, text, text, integer[])";
 /// Columns of the ledger this version relies on (added over time: their absence means
-/// sql/atomic_upload.sql is outdated, and a late call could apply a dead-lettered transaction).
-pub const LEDGER_COLUMNS: [&str; 1] = ["dead_letter_id"];
+/// sql/atomic_upload.sql is outdated: a late call could apply a dead-lettered transaction
+/// (`dead_letter_id`), a re-send after a lost answer would not report entries that changed no
+/// row (`unchanged`)).
+pub const LEDGER_COLUMNS: [&str; 2] = ["dead_letter_id", "unchanged"];
 pub const RECORD: &str =
     "public.powersync_record_dead_letter(jsonb, text, text, text, text, text, integer, jsonb, text, text, text[])";
 pub const REPLAY: &str = "public.powersync_replay_dead_letter(bigint)";
@@ -152,6 +157,7 @@ impl Expectations {
             f.push(signature.clone());
             f.push(LEDGER_CLAIM.to_string());
             f.push(LEDGER_DEAD_LETTER.to_string());
+            f.push(LEDGER_UNCHANGED.to_string());
         }
         if self.dead_letters {
             f.extend([RECORD, REPLAY, DISCARD].map(String::from));
@@ -341,7 +347,8 @@ pub fn check_catalog(expected: &Expectations, response: &Response, supabase_url:
         let executes = |r: &str| f["execute"][r] == json!(true);
         let is_atomic = expected.atomic.as_ref().is_some_and(|(s, _)| *s == signature)
             || signature == LEDGER_CLAIM
-            || signature == LEDGER_DEAD_LETTER;
+            || signature == LEDGER_DEAD_LETTER
+            || signature == LEDGER_UNCHANGED;
         let file = if is_atomic { "sql/atomic_upload.sql" } else { "sql/dead_letter.sql" };
         let tool = signature == REPLAY || signature == DISCARD;
         let required_role = if tool { "service_role" } else { role };
@@ -571,6 +578,7 @@ mod tests {
                 "public.powersync_apply_transaction(jsonb, text, text, text, text, boolean)".to_string(),
                 LEDGER_CLAIM.into(),
                 LEDGER_DEAD_LETTER.into(),
+                LEDGER_UNCHANGED.into(),
                 RECORD.into(),
                 REPLAY.into(),
                 DISCARD.into()

@@ -135,8 +135,8 @@ class WorkerConnector extends PowerSyncBackendConnector {
 
   /// Called once per applied transaction with entries that changed no row, before it is removed
   /// from the queue. If it throws, the transaction stays queued and [uploadData] rethrows; the
-  /// transaction is sent again, and a worker with the atomic function's exactly-once ledger then
-  /// answers `already_applied` without `unchanged`, so this is not called again for it (nor when
+  /// transaction is sent again, and this is called again for it (a worker with the atomic
+  /// function's exactly-once ledger answers `already_applied` with the same `unchanged`, also when
   /// the first answer was lost). Default: a log line through [log] (no row data).
   final FutureOr<void> Function(UnchangedReport report) onUnchanged;
 
