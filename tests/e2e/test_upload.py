@@ -1394,9 +1394,10 @@ def test_resent_transaction_with_dependent_entries_is_applied_once_and_answered_
 
     again = upload(atomic_worker, token, payload)  # the answer was lost: the client re-sends
     assert again.status_code == 200, again.text
+    # what changed no row the first time is reported again: the ledger kept it
     assert again.json()["results"] == [
         {"status": "success", "transaction_id": 41, "already_applied": True},
-        {"status": "success", "transaction_id": 42, "already_applied": True}]
+        {"status": "success", "transaction_id": 42, "already_applied": True, "unchanged": [0]}]
     assert again.json()["applied"] == 2
     assert snapshot(db) == state, "nothing applied twice"
     assert rpc_calls(standin) == [200, 200, 200, 200]
