@@ -2,7 +2,8 @@
 //!
 //! Each part (session verification, PowerSync token, upload bridge, CORS) is parsed on its own,
 //! so one missing part does not stop the others, and every missing or invalid value is reported
-//! at once ([`Config::problems`]). Values never appear in problems, only names and reasons.
+//! at once ([`Config::problems`]). A problem may quote the value it finds wrong, less anything
+//! shaped like a secret ([`crate::environment::Problem::new`]).
 
 use crate::keys::{self, KeyError, PublicJwk, SigningKey};
 use crate::session::SessionSettings;

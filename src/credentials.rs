@@ -36,6 +36,47 @@ pub fn redact(text: &str) -> String {
     out
 }
 
+/// `text` as [`redact`] leaves it, and without anything else that may be a secret: a PEM block
+/// (from `-----BEGIN` to the end of its `-----END …-----` line, or of the text) and any run of 32
+/// or more base64 characters (`A-Z a-z 0-9 + / = _ -`) holding both a digit and a letter (a JWT
+/// secret, a key's body, a hex or base64 key, in any case). For what the worker says about its
+/// own configuration: a problem may quote a setting's value, and a secret pasted under the wrong
+/// name must reach neither the log nor the unauthenticated `/health`. Not for an upstream's
+/// answer, whose ids (a uuid is such a run) the user needs to read.
+pub fn redact_setting_text(text: &str) -> String {
+    let mut unpemmed = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("-----BEGIN") {
+        unpemmed.push_str(&rest[..start]);
+        unpemmed.push_str(REDACTED);
+        let block = &rest[start..];
+        rest = match block.find("-----END").and_then(|end| {
+            let label = end + "-----END".len();
+            block[label..].find("-----").map(|close| label + close + "-----".len())
+        }) {
+            Some(after) => &block[after..],
+            None => "",
+        };
+    }
+    unpemmed.push_str(rest);
+    let text = redact(&unpemmed);
+    let is_base64 = |c: char| c.is_ascii_alphanumeric() || "+/=_-".contains(c);
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text.as_str();
+    while !rest.is_empty() {
+        let start = rest.find(is_base64).unwrap_or(rest.len());
+        out.push_str(&rest[..start]);
+        rest = &rest[start..];
+        let end = rest.find(|c: char| !is_base64(c)).unwrap_or(rest.len());
+        let (run, tail) = rest.split_at(end);
+        let secret =
+            run.len() >= 32 && run.bytes().any(|b| b.is_ascii_digit()) && run.bytes().any(|b| b.is_ascii_alphabetic());
+        out.push_str(if secret { REDACTED } else { run });
+        rest = tail;
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -47,5 +88,34 @@ mod tests {
         for plain in ["\"todos\" is not a plain identifier", "Failing row contains (1, eyJ, bearer).", "sb_other"] {
             assert_eq!(redact(plain), plain);
         }
+    }
+
+    #[test]
+    fn setting_text_loses_pem_blocks_and_long_secret_shaped_runs_and_keeps_names_and_urls() {
+        let pem = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n-----END PRIVATE KEY-----";
+        assert_eq!(
+            redact_setting_text(&format!("\"{pem}\": each entry is * or an origin")),
+            "\"[redacted]\": each entry is * or an origin"
+        );
+        assert_eq!(
+            redact_setting_text("unknown mode \"-----BEGIN EC PRIVATE KEY-----\nabc"),
+            "unknown mode \"[redacted]"
+        );
+        let secret = "Xy9f2kQ7Lm3pR8sT1vW4zA6bC0dE5gH2jK";
+        for quoted in [
+            secret.to_string(),
+            secret.to_lowercase(),
+            "super-secret-jwt-token-with-at-least-32-characters-long".into(),
+        ] {
+            assert_eq!(redact_setting_text(&format!("\"{quoted}\" is not a bucket")), "\"[redacted]\" is not a bucket");
+        }
+        for plain in [
+            "\"https://abcdefghijklmnopqrst.supabase.co/auth/v1\" is not an origin",
+            "\"public.a_rather_long_table_name_without_digits\" is not in UPLOAD_TABLES",
+            "UPSTREAM_TIMEOUT_MS must be 100 to 60000",
+        ] {
+            assert_eq!(redact_setting_text(plain), plain);
+        }
+        assert_eq!(redact_setting_text("Bearer abc"), "Bearer [redacted]", "and what redact removes");
     }
 }

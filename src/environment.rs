@@ -17,10 +17,10 @@ pub struct Problem {
 
 impl Problem {
     /// A message may quote the setting's value (a secret pasted under the wrong name), and every
-    /// outlet repeats it (the log, the unauthenticated `/health`, the dev tool): credential-shaped
-    /// text is left out here, once.
+    /// outlet repeats it (the log, the unauthenticated `/health`, the dev tool): secret-shaped
+    /// text is left out here, once ([`crate::credentials::redact_setting_text`]).
     pub fn new(name: &str, message: impl Into<String>) -> Problem {
-        Problem { name: name.to_string(), message: crate::credentials::redact(&message.into()) }
+        Problem { name: name.to_string(), message: crate::credentials::redact_setting_text(&message.into()) }
     }
 }
 

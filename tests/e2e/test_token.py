@@ -404,6 +404,25 @@ def test_health_names_parts_without_values(worker, base_vars):
             assert value not in r.text, name
 
 
+def test_secrets_pasted_under_the_wrong_settings_never_reach_health_or_the_log(start_worker, base_vars,
+                                                                              powersync_key):
+    """Problems quote the value they find wrong; a private key, a JWT secret or a service key
+    pasted under another setting's name is left out of `/health` (unauthenticated) and the log."""
+    pem = powersync_key["private_pem"].strip()
+    jwt_secret = base_vars["SUPABASE_JWT_SECRET"]
+    w = start_worker(dict(base_vars, CORS_ALLOWED_ORIGINS=pem, UPLOAD_TABLES=jwt_secret,
+                          STORAGE_BUCKETS=jwt_secret.lower(), UPLOAD_MODE=jwt_secret))
+    r = w.get("/health")
+    assert r.status_code == 200, "the token still works: " + r.text
+    named = {p["name"] for part in r.json().values() if isinstance(part, dict) for p in part.get("problems", [])}
+    assert {"CORS_ALLOWED_ORIGINS", "UPLOAD_TABLES", "UPLOAD_MODE"} <= named, r.text
+    log = "\n".join(json.dumps(line) for line in w.log_lines())
+    assert "config_problem" in log
+    for secret in (pem.splitlines()[1], jwt_secret, jwt_secret.lower()):
+        assert secret not in r.text and secret.lower() not in r.text.lower(), r.text
+        assert secret not in log, "the configuration's log lines quote it"
+
+
 def test_cors_preflight_is_answered(worker):
     r = worker.request("OPTIONS", "/powersync-token", headers={
         "Origin": "https://app.example", "Access-Control-Request-Method": "POST",
