@@ -71,6 +71,7 @@ impl ApiError {
                 FileError::TypeNotAllowed { .. } => 415,
                 FileError::Unavailable { .. } => 503,
                 FileError::Failed { .. } => 502,
+                FileError::Session(e) => ApiError::Session(e.clone()).status(),
             },
             ApiError::StorageNotConfigured(_) => 500,
             ApiError::NotFound => 404,
@@ -112,6 +113,7 @@ impl ApiError {
                 FileError::Exists { .. } => "file_exists",
                 FileError::Unavailable { .. } => "storage_unavailable",
                 FileError::Failed { .. } => "storage_failed",
+                FileError::Session(e) => ApiError::Session(e.clone()).code(),
             },
             ApiError::StorageNotConfigured(_) => "storage_not_configured",
             ApiError::NotFound => "not_found",
@@ -150,6 +152,7 @@ impl ApiError {
                 FileError::Exists { .. } => "A file already exists at this path (set upsert to replace it)".into(),
                 FileError::Unavailable { .. } => "Storage unavailable, try again".into(),
                 FileError::Failed { .. } => "Storage answered unexpectedly".into(),
+                FileError::Session(e) => ApiError::Session(e.clone()).message(),
             },
             ApiError::StorageNotConfigured(_) => "Files not configured".into(),
             ApiError::NotFound => "Not found".into(),
@@ -160,7 +163,7 @@ impl ApiError {
     /// Detail for the log line: the reason behind the public message. No secrets.
     pub fn log_detail(&self) -> Option<String> {
         let detail = match self {
-            ApiError::Session(e) => e.reason(),
+            ApiError::Session(e) | ApiError::File(FileError::Session(e)) => e.reason(),
             ApiError::PowerSync(PowerSyncProblem::Key(e)) => e.reason(),
             ApiError::Signing(why) => why.clone(),
             ApiError::File(FileError::Unavailable { detail } | FileError::Failed { detail }) => detail.clone(),

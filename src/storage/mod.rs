@@ -19,6 +19,7 @@ pub mod settings;
 use serde_json::{json, Value};
 
 use crate::http::{HttpRequest, HttpResponse, Method, TransportError};
+use crate::session::SessionError;
 use settings::{BucketRules, StorageMode, StorageSettings};
 
 /// Longest object path (Storage's own limit on a key's name).
@@ -150,6 +151,10 @@ pub enum FileError {
     Failed {
         detail: String,
     },
+    /// Storage refused the session's times (rls mode): it allows no clock skew, where the worker
+    /// allows `SUPABASE_JWT_LEEWAY_SECONDS`, so a session the worker accepted can be expired there.
+    /// Answered as the worker answers such a session (401: the client refreshes it).
+    Session(SessionError),
 }
 
 impl FileError {
@@ -402,6 +407,9 @@ pub fn interpret(
         || format!("storage answered {} (statusCode {:?}, error {error:?})", response.status_described(), inner);
     match status {
         200..=299 => {}
+        403 if settings.mode == StorageMode::Rls && session_time_refusal(&body).is_some() => {
+            return Err(FileError::Session(session_time_refusal(&body).unwrap_or(SessionError::Expired)))
+        }
         // In service mode the service key was refused: the configuration's, never the user's.
         403 if settings.mode == StorageMode::Rls && is_policy_refusal(&body) => {
             return Err(FileError::Denied { index })
@@ -437,6 +445,23 @@ pub fn interpret(
             Ok(FileResult::Signed { url, headers: vec![], expires_in: Some(download_seconds(request, settings)) })
         }
         FileOp::Delete => Ok(FileResult::Deleted { existed: true }),
+    }
+}
+
+/// Storage's refusal of the session's times, in its JWT library's words (jose 6, as Storage 1.70
+/// answers them: `"exp" claim timestamp check failed`, ...): expired, or not valid yet.
+fn session_time_refusal(body: &Value) -> Option<SessionError> {
+    let message = body["message"].as_str()?;
+    if message.starts_with("\"exp\" claim timestamp check failed")
+        || message.starts_with("\"iat\" claim timestamp check failed (too far in the past)")
+    {
+        Some(SessionError::Expired)
+    } else if message.starts_with("\"nbf\" claim timestamp check failed")
+        || message.starts_with("\"iat\" claim timestamp check failed (it should be in the past)")
+    {
+        Some(SessionError::NotYetValid)
+    } else {
+        None
     }
 }
 
@@ -691,7 +716,6 @@ mod tests {
         // Storage's other 403s, in its own form (HTTP 400, AccessDenied, the cause as message):
         // the operator's to fix, never the user's refusal.
         for message in [
-            "\"exp\" claim timestamp check failed",
             "signature verification failed",
             "unexpected \"iss\" claim value",
             "no applicable key found in the JSON Web Key Set",
@@ -776,6 +800,26 @@ mod tests {
             interpret(&upload_request, &upload_request.files[0], 0, &s, missing),
             Err(FileError::Failed { .. })
         ));
+    }
+
+    #[test]
+    fn a_session_storage_finds_expired_is_refused_as_expired_not_blamed_on_the_configuration() {
+        // Storage checks a session's times with no clock skew; the worker allows some.
+        let refusal =
+            |message: &str| answer(400, json!({"statusCode": "403", "error": "Unauthorized", "message": message}));
+        let rls = settings(StorageMode::Rls, None);
+        let delete = parse_request(FileOp::Delete, br#"{"files":[{"bucket":"b","path":"u/a"}]}"#).unwrap();
+        let got = |s: &StorageSettings, message: &str| interpret(&delete, &delete.files[0], 0, s, refusal(message));
+        assert_eq!(got(&rls, "\"exp\" claim timestamp check failed"), Err(FileError::Session(SessionError::Expired)));
+        assert_eq!(
+            got(&rls, "\"nbf\" claim timestamp check failed"),
+            Err(FileError::Session(SessionError::NotYetValid))
+        );
+        let error = crate::error::ApiError::File(FileError::Session(SessionError::Expired));
+        assert_eq!((error.status(), error.code()), (401, "session_expired"));
+        // the service key's times are the configuration's
+        let service = settings(StorageMode::Service, Some("b"));
+        assert!(matches!(got(&service, "\"exp\" claim timestamp check failed"), Err(FileError::Failed { .. })));
     }
 
     #[test]

@@ -206,15 +206,16 @@ def test_a_wrong_storage_url_never_reports_a_delete_done_and_the_file_stays(
     assert storage.list_objects(SERVICE_BUCKET, user, SERVICE_KEY) == ["keep.png"]
 
 
-def test_rls_mode_a_token_storage_does_not_accept_is_the_configurations_not_a_refusal(
+def test_rls_mode_a_session_storage_finds_expired_is_401_session_expired_so_the_client_refreshes(
         rls_worker, storage, session_token):
     """A session expired 10 s ago: within the worker's 30 s leeway, refused by Storage (no clock
-    skew allowed there) with its policy-refusal shape (statusCode 403, AccessDenied); not the
-    user's `file_denied`, which a client would take as final."""
+    skew allowed there) with its AccessDenied shape (statusCode 403, `"exp" claim timestamp
+    check failed`). The user's to refresh, as the worker answers an expired session itself: not
+    the configuration's `502 storage_failed`, nor `file_denied`, which a client takes as final."""
     user = str(uuid.uuid4())
     r = call(rls_worker, "upload", session_token(user, expires_in=-10), {"files": [
         {"bucket": RLS_BUCKET, "path": f"{user}/a.bin", "content_type": "image/png", "size": 1}]})
-    assert (r.status_code, r.json()["code"]) == (502, "storage_failed"), r.text
+    assert (r.status_code, r.json()["code"]) == (401, "session_expired"), r.text
     r = call(rls_worker, "upload", session_token(user), {"files": [
         {"bucket": RLS_BUCKET, "path": f"{user}/a.bin", "content_type": "image/png", "size": 1}]})
     assert r.status_code == 200, r.text
