@@ -54,7 +54,12 @@ impl BucketRules {
         let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
         self.content_types.is_empty()
             || self.content_types.iter().any(|allowed| match allowed.strip_suffix("/*") {
-                Some(kind) => essence.split_once('/').is_some_and(|(k, sub)| k == kind && !sub.is_empty()),
+                // The subtype one token (RFC 9110): `image/png, text/html` is not an image.
+                Some(kind) => essence.split_once('/').is_some_and(|(k, sub)| {
+                    k == kind
+                        && !sub.is_empty()
+                        && sub.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+                }),
                 None => *allowed == essence,
             })
     }
@@ -241,6 +246,10 @@ mod tests {
         assert_eq!((rules.path_template.as_str(), rules.max_bytes), ("users/{user_id}/", 1000));
         assert!(rules.allows_type("image/png") && rules.allows_type("application/pdf; charset=x"));
         assert!(!rules.allows_type("text/html") && !rules.allows_type("image/") && !rules.allows_type("imagex/png"));
+        for smuggled in ["image/png, text/html", "image/png text/html", "image/svg+xml,text/html"] {
+            assert!(!rules.allows_type(smuggled), "{smuggled}");
+        }
+        assert!(rules.allows_type("image/svg+xml") && rules.allows_type("IMAGE/PNG"));
     }
 
     #[test]
