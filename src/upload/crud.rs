@@ -1066,10 +1066,8 @@ impl<'de> RawEntry<'de> {
                     return Err(malformed(id_path(), "must not be empty".to_string()))
                 }
                 (Some(text), _) => text.into_owned(),
-                (None, "a number") => match serde_json::from_str::<serde_json::Number>(raw.get()) {
-                    Ok(number) => number.to_string(),
-                    Err(_) => return Err(malformed(id_path(), expected("a string or a number", raw))),
-                },
+                // Its JSON text, as sent: through f64, 123456789012345678901 and …902 were one id.
+                (None, "a number") => raw.get().to_string(),
                 (None, _) => return Err(malformed(id_path(), expected("a string or a number", raw))),
             },
         };
@@ -1425,6 +1423,13 @@ mod tests {
         .expect("valid");
         assert_eq!(parsed[0].entries[0].id, "42");
         assert_eq!(parsed[0].entries[1].id, "1.5");
+        // as sent, never through f64 (which made these two one id, 1.2345678901234567e20)
+        let body = r#"{"batch": [{"op": "DELETE", "table": "t", "id": 123456789012345678901},
+                                 {"op": "DELETE", "table": "t", "id": 123456789012345678902},
+                                 {"op": "DELETE", "table": "t", "id": 1e2}]}"#;
+        let parsed = parse(body.as_bytes(), &Limits::default()).expect("valid");
+        let ids: Vec<&str> = parsed[0].entries.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids, ["123456789012345678901", "123456789012345678902", "1e2"]);
     }
 
     #[test]

@@ -738,28 +738,27 @@ fn failed_states(mut states: Vec<EntryState>, failed: &std::ops::Range<usize>) -
 const CARDINALITY_VIOLATION: &str = "21000";
 
 /// A bulk upsert of several rows as two upserts of its first and second half (same URL and
-/// headers); `None` if its body is not the array of rows it was built with.
+/// headers), each row's text as it was (never re-read as numbers: a value beyond f64 would
+/// change); `None` if its body is not the array of rows it was built with.
 fn split_upsert(planned: &PlannedRequest) -> Option<[PlannedRequest; 2]> {
     let Check::Upsert { row_entries } = &planned.check else { return None };
-    let Value::Array(mut rows) = serde_json::from_str::<Value>(planned.request.body.as_deref()?).ok()? else {
-        return None;
-    };
+    let rows: Vec<&serde_json::value::RawValue> = serde_json::from_str(planned.request.body.as_deref()?).ok()?;
     if rows.len() != row_entries.len() || rows.len() < 2 {
         return None;
     }
     let middle = rows.len() / 2;
-    let second_rows = rows.split_off(middle);
-    let half = |rows: Vec<Value>, row_entries: &[usize]| {
+    let half = |rows: &[&serde_json::value::RawValue], row_entries: &[usize]| {
         let mut request = planned.request.clone();
-        request.body = Some(Value::Array(rows).to_string());
+        let texts: Vec<&str> = rows.iter().map(|row| row.get()).collect();
+        request.body = Some(format!("[{}]", texts.join(",")));
         PlannedRequest {
             request,
             entries: planned.entries.clone(),
             check: Check::Upsert { row_entries: row_entries.to_vec() },
         }
     };
-    let mut first = half(rows, &row_entries[..middle]);
-    let mut second = half(second_rows, &row_entries[middle..]);
+    let mut first = half(&rows[..middle], &row_entries[..middle]);
+    let mut second = half(&rows[middle..], &row_entries[middle..]);
     // a failure of a half is reported at its first row's entry
     for part in [&mut first, &mut second] {
         if let Check::Upsert { row_entries } = &part.check {

@@ -255,6 +255,24 @@ mod tests {
     }
 
     #[test]
+    fn halves_of_a_split_upsert_carry_each_rows_values_as_sent() {
+        let body = r#"{"batch": [
+            {"op": "PUT", "table": "todos", "id": "a", "data": {"n": 123456789012345678901234567890, "f": 0.10}},
+            {"op": "PUT", "table": "todos", "id": "b", "data": {"n": 1e400, "f": 2}}]}"#;
+        let transactions = crate::upload::parse(body.as_bytes(), &crate::upload::Limits::default()).expect("valid");
+        let transport = FakeTransport::scripted(vec![
+            error(500, "21000", "ON CONFLICT DO UPDATE command cannot affect row a second time"),
+            ok(201),
+            ok(201),
+        ]);
+        let report = run(&transactions, &settings(), &transport);
+        assert_eq!(statuses(&report), vec![Status::Success]);
+        let bodies: Vec<String> = transport.sent().into_iter().map(|r| r.body.unwrap_or_default()).collect();
+        assert!(bodies[1].contains("123456789012345678901234567890") && bodies[1].contains("0.10"), "{}", bodies[1]);
+        assert!(bodies[2].contains("1e400"), "{}", bodies[2]);
+    }
+
+    #[test]
     fn failure_of_a_split_upsert_is_reported_at_its_half() {
         let transport = FakeTransport::scripted(vec![
             error(500, "21000", "cannot affect row a second time"),
