@@ -1645,6 +1645,20 @@ mod tests {
     }
 
     #[test]
+    fn what_the_rest_fallback_meets_teaches_nothing_about_the_atomic_function() {
+        // The call reached the function (the statement timeout cancelled it); a bare 404 from a
+        // REST request after it is not "function missing": the transaction is not sent again
+        // through REST, and the next one still goes through the function.
+        let html = Ok(HttpResponse { status: 404, headers: vec![], body: "<html>Not Found</html>".to_string() });
+        let transport = FakeTransport::scripted(vec![statement_timeout(), ok(201), html]);
+        let report = run_on(Route::Probe, &[mixed("big"), tx(2)], &transport);
+        assert_eq!(statuses(&report), vec![Status::RetryableError, Status::NotAttempted]);
+        assert_eq!(report.results[0].failed_operation.as_ref().map(|f| f.code.as_str()), Some("http_404"));
+        assert_eq!(report.atomic_function, Some(true), "the function answered: it is installed");
+        assert_eq!(transport.sent().len(), 3, "the transaction is not sent through REST a second time");
+    }
+
+    #[test]
     fn rest_fallback_failing_for_good_is_fatal_says_so_and_dead_letters_what_rest_applied() {
         let mut s = settings();
         s.dead_letter_table = Some("dead".to_string());

@@ -519,7 +519,14 @@ pub fn classify(
         // use, an unpaid bill) until the owner acts: not from the data. Retrying after the
         // operator fixes it loses nothing, discarding would.
         Class::Unrecognised if (400..500).contains(&status) && !matches!(status, 401 | 402 | 403 | 408 | 429) => {
-            Class::Fatal
+            match body.code.as_deref() {
+                // A SQLSTATE of a class not listed, answered 4xx: the data's, as before.
+                Some(code) if is_sqlstate(code) => Class::Fatal,
+                // PostgREST answers every error with its JSON code: any other 4xx (405 from a
+                // host that is not Supabase, 413 or 431 from a proxy's limits, a gateway's 400)
+                // came from something in front of it: the operator's to fix, the upload waits.
+                _ => Class::SchemaDrift,
+            }
         }
         Class::Unrecognised => Class::Retryable,
         known => known,
@@ -802,12 +809,14 @@ fn class_of(code: &str) -> Class {
 /// (`42804`, `42846`) can be the data's; the rest are the operator's (`42P17` a policy that
 /// queries its own table, `42702` an ambiguous column in a policy or trigger, `428C9` a generated
 /// column written, ...). Class 2F (a function without RETURN), 38 and 39 (a function or trigger
-/// breaking its contract) are routine bugs. A deliberate refusal raised by a trigger (`P0001`,
+/// breaking its contract) are routine bugs; so are 0A (a feature not supported: a view that
+/// cannot be written, a deferrable unique constraint on `id` an upsert cannot use), 3F (a schema
+/// that does not exist) and 26 (a prepared statement's name). A deliberate refusal raised by a trigger (`P0001`,
 /// class P0) stays the data's.
 fn is_database_setup_error(code: &str) -> bool {
     match code.get(..2).unwrap_or_default() {
         "42" => !matches!(code, "42501" | "42804" | "42846"),
-        "2F" | "38" | "39" => true,
+        "2F" | "38" | "39" | "0A" | "3F" | "26" => true,
         _ => false,
     }
 }
@@ -1310,7 +1319,7 @@ mod tests {
         let internal = classify(&postgrest(500, "XX000"), Some(0));
         assert!(is_retryable(&internal));
         assert_eq!(code(&internal), "XX000");
-        assert!(is_fatal(&classify(&postgrest(400, "0A000"), Some(0))));
+        assert!(is_fatal(&classify(&postgrest(400, "44000"), Some(0))));
         assert!(is_retryable(&classify(&postgrest(500, "55P03"), Some(0))));
     }
 
@@ -1340,6 +1349,9 @@ mod tests {
             (500, "2F005"), // function finished without RETURN
             (500, "38001"), // external routine: containing SQL not permitted
             (500, "39P01"), // trigger protocol violated
+            (400, "0A000"), // a view that cannot be written; a deferrable unique id as arbiter
+            (400, "3F000"), // a trigger's schema that does not exist
+            (400, "26000"), // a prepared statement's name
         ] {
             let verdict = classify(&postgrest(status, code), Some(2));
             let Verdict::Retryable { failure, retry_after_seconds } = &verdict else { panic!("{code}: {verdict:?}") };
@@ -1433,9 +1445,15 @@ mod tests {
         let html = classify(&answer(404, "<html>Not Found</html>"), Some(1));
         assert!(is_retryable(&html), "a wrong URL must not discard uploads");
         assert_eq!(code(&html), "http_404");
-        let text = classify(&answer(400, "bad request"), Some(1));
-        assert!(is_fatal(&text));
-        assert_eq!(code(&text), "http_400");
+        // PostgREST answers every error with a code: these come from something in front of it
+        for status in [400, 405, 413, 415, 431] {
+            let bare = classify(&answer(status, "bad request"), Some(1));
+            assert!(is_retryable(&bare), "{status}");
+            assert_eq!(code(&bare), format!("http_{status}"));
+            assert_eq!(retry_after_of(&bare), Some(SCHEMA_DRIFT_RETRY_AFTER_SECONDS));
+        }
+        // a SQLSTATE of a class not listed stays the data's
+        assert!(is_fatal(&classify(&postgrest(400, "44000"), Some(1))));
         for status in [500, 502, 503, 504, 520, 408, 429, 301] {
             let verdict = classify(&answer(status, ""), Some(0));
             assert!(is_retryable(&verdict), "{status}");
@@ -1464,7 +1482,7 @@ mod tests {
     #[test]
     fn non_sqlstate_code_is_replaced_by_the_status_code() {
         let verdict = classify(&answer(414, r#"{"code":414,"message":"URI too long"}"#), Some(0));
-        assert!(is_fatal(&verdict));
+        assert!(is_retryable(&verdict), "a proxy's limit: not PostgREST's answer");
         assert_eq!(code(&verdict), "http_414");
     }
 
@@ -1472,7 +1490,7 @@ mod tests {
     fn non_json_message_quotes_a_short_excerpt() {
         let body = format!("<html>{}</html>\n", "x".repeat(500));
         match classify(&answer(400, &body), Some(0)) {
-            Verdict::Fatal(f) => {
+            Verdict::Retryable { failure: f, .. } => {
                 assert!(f.message.starts_with("HTTP 400 from Supabase: <html>xxx"));
                 assert!(f.message.chars().count() < 260);
                 assert!(!f.message.contains('\n'));
