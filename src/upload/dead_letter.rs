@@ -59,7 +59,7 @@
 
 use serde_json::{json, Value};
 
-use super::crud::Transaction;
+use super::crud::{Entry, Transaction};
 use super::outcome::FailedOperation;
 use super::plan::{atomic_op, authorized};
 use super::settings::{UploadSettings, WriteMode};
@@ -120,6 +120,30 @@ pub fn unchanged_record(count: usize, unchanged: &[usize]) -> (FailedOperation, 
     let states =
         (0..count).map(|i| if unchanged.contains(&i) { EntryState::Unchanged } else { EntryState::Applied }).collect();
     (failure, states)
+}
+
+/// What a conflict's dead letter keeps of the row as the server held it (its `details`), as
+/// JSON. The user can read their own dead letters, so in service mode, where the row was read
+/// with the service key, only the columns the entry (`None`: unknown) itself names (`id`, what
+/// it writes, what it compared) are kept: the others may be hidden from the user by a column
+/// grant or their sync rules. Under RLS the row was read with the user's own rights, and is
+/// kept whole.
+pub fn conflict_details(row: &Value, entry: Option<&Entry>, mode: &WriteMode) -> String {
+    match (mode, row) {
+        (WriteMode::Service { .. }, Value::Object(columns)) => {
+            let named = |name: &str| {
+                name == "id"
+                    || entry.is_some_and(|entry| {
+                        entry.data.iter().any(|(n, _)| n == name)
+                            || entry.previous.as_ref().is_some_and(|p| p.iter().any(|(n, _)| n == name))
+                    })
+            };
+            let kept: serde_json::Map<String, Value> =
+                columns.iter().filter(|(name, _)| named(name)).map(|(k, v)| (k.clone(), v.clone())).collect();
+            Value::Object(kept).to_string()
+        }
+        _ => row.to_string(),
+    }
 }
 
 /// The function that records dead letters (`sql/dead_letter.sql`).

@@ -279,7 +279,8 @@ pub async fn apply_with<T: Transport>(
                         // The dead letter keeps both sides: the client's entry (its data and
                         // previous values) and, in `details`, the server's row as it was read.
                         let mut recorded_failure = failure.clone();
-                        recorded_failure.details = Some(current.to_string());
+                        let entry = failure.index.and_then(|i| transaction.entries.get(i));
+                        recorded_failure.details = Some(dead_letter::conflict_details(&current, entry, &settings.mode));
                         let record = (transaction, &recorded_failure, states.as_slice());
                         record_dead_letter(settings, caller, record, transport, &mut report).await
                     }

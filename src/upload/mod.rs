@@ -1247,6 +1247,28 @@ mod tests {
     }
 
     #[test]
+    fn in_service_mode_a_conflicts_dead_letter_keeps_only_the_columns_the_entry_names() {
+        // Read with the service key: the user, who can read their own dead letters, must not
+        // learn the row's other columns through it.
+        let mut s = conflict_settings();
+        s.dead_letter_table = Some("dead".to_string());
+        s.mode = WriteMode::Service { service_key: "svc".to_string(), owner_column: "owner".to_string() };
+        let transport = FakeTransport::scripted(vec![
+            counted(204, 0),
+            rows(json!([{"id": "a", "title": "theirs", "done": 1, "owner": "user-1", "internal_score": 7}])),
+            rows(json!([])),
+            recorded(),
+        ]);
+        let report =
+            run(&[Transaction { transaction_id: Some(json!(3)), entries: vec![stale_patch()] }], &s, &transport);
+        assert_eq!(statuses(&report), vec![Status::Conflict]);
+        let sent = transport.sent();
+        let body: Value = serde_json::from_str(sent[3].body.as_deref().unwrap_or("")).unwrap_or(Value::Null);
+        let server: Value = serde_json::from_str(body["details"].as_str().unwrap_or("")).unwrap_or(Value::Null);
+        assert_eq!(server, json!({"id": "a", "title": "theirs", "done": 1}));
+    }
+
+    #[test]
     fn without_conflict_detection_previous_values_change_nothing() {
         let transport = FakeTransport::scripted(vec![counted(204, 0)]);
         let report = run(
