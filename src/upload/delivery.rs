@@ -211,13 +211,13 @@ pub async fn apply_with<T: Transport>(
                     refuse_unsendable(remaining, fresh, dead_letter_cost, failure, transaction.entries.len())
                 }
             };
-            // Learnt from the atomic call's own answer only: after a statement timeout the call
-            // reached the function, and what the REST requests sent after it met (a bare 404
-            // from a table missing from PostgREST's cache) says nothing of the function.
-            if route == Route::Probe && atomic && !transaction.entries.is_empty() && via_rest.is_some() {
-                report.atomic_function = Some(true);
-            } else if route == Route::Probe && atomic && !transaction.entries.is_empty() {
+            if route == Route::Probe && atomic && !transaction.entries.is_empty() {
                 match &ending {
+                    // Learnt from the atomic call's own answer only: after a statement timeout
+                    // the call reached the function, and what the REST requests sent after it
+                    // met (a bare 404 from a table missing from PostgREST's cache) says nothing
+                    // of the function.
+                    _ if via_rest.is_some() => report.atomic_function = Some(true),
                     Some(Ending::Retryable(failure, _) | Ending::Fatal(failure, _))
                         if function_missing(failure) || function_not_executable(failure, &settings.atomic_function) =>
                     {
