@@ -75,8 +75,9 @@
 -- writes. A later call with the same three and the same ops (the client
 -- re-sending a transaction whose answer was lost) applies nothing and returns
 -- {"applied": 0, "already_applied": true}, with the first call's "unchanged"
--- when it was not empty (powersync_upload_ledger_unchanged). A transaction the bridge reported
--- rejected and dead-lettered (powersync_upload_ledger_refuse) is never applied
+-- when it was not empty (powersync_upload_ledger_unchanged). A transaction
+-- the bridge reported rejected and dead-lettered
+-- (powersync_upload_ledger_refuse) is never applied
 -- by a later call either (one the bridge gave up on that arrives late, or a
 -- re-send): it returns {"applied": 0, "dead_letter": {"id", "index", "code",
 -- "message", "details"}}, as recorded. Without the two (either null) it

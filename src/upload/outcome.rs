@@ -240,7 +240,6 @@ impl TransactionResult {
         TransactionResult { unchanged, ..TransactionResult::success(transaction_id) }
     }
 
-    /// A success the atomic function's ledger answered: applied by an earlier call.
     pub fn fatal(transaction_id: Option<Value>, failure: FailedOperation) -> Self {
         TransactionResult {
             status: Status::FatalError,
@@ -811,8 +810,8 @@ fn class_of(code: &str) -> Class {
 /// column written, ...). Class 2F (a function without RETURN), 38 and 39 (a function or trigger
 /// breaking its contract) are routine bugs; so are 0A (a feature not supported: a view that
 /// cannot be written, a deferrable unique constraint on `id` an upsert cannot use), 3F (a schema
-/// that does not exist) and 26 (a prepared statement's name). A deliberate refusal raised by a trigger (`P0001`,
-/// class P0) stays the data's.
+/// that does not exist) and 26 (a prepared statement's name). A deliberate refusal raised by a
+/// trigger (`P0001`, class P0) stays the data's.
 fn is_database_setup_error(code: &str) -> bool {
     match code.get(..2).unwrap_or_default() {
         "42" => !matches!(code, "42501" | "42804" | "42846"),
