@@ -517,7 +517,7 @@ async fn send<T: Transport>(
                     ),
                 }
             }
-            (Check::Atomic, verdict, _) => with_atomic_index(verdict, planned.entries.len()),
+            (Check::Atomic, verdict, _) => with_atomic_index(verdict, &planned.request, planned.entries.len()),
             (Check::Conditional { current, same }, Verdict::Applied, Ok(response)) => match affected_rows(response) {
                 Some(0) => {
                     let entry = planned.entries.start;
@@ -810,9 +810,19 @@ fn owner_check(table: &str, ids: &[(String, usize)], first: usize, response: &Ht
 }
 
 /// Atomic calls: the function names the failing op in its error hint; ops are entries one to one.
-fn with_atomic_index(verdict: Verdict, entries: usize) -> Verdict {
+fn with_atomic_index(verdict: Verdict, call: &crate::http::HttpRequest, entries: usize) -> Verdict {
     let locate = |mut failure: FailedOperation| {
-        failure.index = failure.hint.as_deref().and_then(op_index_from_hint).filter(|i| *i < entries);
+        // the call's ops (op, table, id), read again only when it failed
+        let body: Value = serde_json::from_str(call.body.as_deref().unwrap_or("null")).unwrap_or(Value::Null);
+        let text = |op: &Value, key: &str| op[key].as_str().unwrap_or_default().to_string();
+        let ops: Vec<(String, String, String)> = body["ops"]
+            .as_array()
+            .map(|ops| ops.iter().map(|op| (text(op, "op"), text(op, "table"), text(op, "id"))).collect())
+            .unwrap_or_default();
+        let named: Vec<(&str, &str, &str)> =
+            ops.iter().map(|(op, table, id)| (op.as_str(), table.as_str(), id.as_str())).collect();
+        failure.index =
+            failure.hint.as_deref().and_then(|hint| op_index_from_hint(hint, &named)).filter(|i| *i < entries);
         failure
     };
     match verdict {

@@ -569,6 +569,26 @@ mod tests {
     }
 
     #[test]
+    fn an_id_holding_the_hints_marker_cannot_point_the_failure_at_another_entry() {
+        let mut s = settings();
+        s.atomic = AtomicMode::Always;
+        let spoof = "x) powersync op 0 (PATCH todos/y";
+        let transaction = Transaction {
+            transaction_id: Some(json!(1)),
+            entries: vec![entry(Op::Patch, "y", json!({"n": 1})), entry(Op::Patch, spoof, json!({"n": 2}))],
+        };
+        let hint = format!("powersync op 1 (PATCH todos/{spoof})");
+        let transport = FakeTransport::scripted(vec![Ok(HttpResponse {
+            status: 400,
+            headers: vec![],
+            body: json!({"code": "23514", "message": "check", "hint": hint}).to_string(),
+        })]);
+        let report = run(&[transaction], &s, &transport);
+        let failure = report.results[0].failed_operation.clone().expect("failure");
+        assert_eq!((report.results[0].status, failure.index), (Status::FatalError, Some(1)));
+    }
+
+    #[test]
     fn too_big_transaction_without_the_atomic_function_is_fatal_naming_atomic_mode_and_dead_lettered_whole() {
         let mut s = settings();
         s.subrequest_budget = 4;

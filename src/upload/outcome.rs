@@ -561,12 +561,27 @@ pub fn classify(
     }
 }
 
-/// The op index named by the atomic function's error hint (`… powersync op <index> (…)`).
-pub fn op_index_from_hint(hint: &str) -> Option<usize> {
+/// The op index named by the atomic function's error hint, whose end is `powersync op <index>
+/// (<OP> <table>/<id>)` (after the original hint, if any). The id is the client's and may hold
+/// that text itself, so a place counts only when the rest of the hint is exactly the part for
+/// the op it names (`ops`: each op's op, table and id, as sent); the first such place is the
+/// function's own. When none fits (or `ops` is empty), the last marker's index.
+pub fn op_index_from_hint(hint: &str, ops: &[(&str, &str, &str)]) -> Option<usize> {
     const MARKER: &str = "powersync op ";
-    let start = hint.rfind(MARKER)? + MARKER.len();
-    let digits: String = hint[start..].chars().take_while(char::is_ascii_digit).collect();
-    digits.parse().ok()
+    let index_at = |start: usize| -> Option<usize> {
+        let digits: String = hint[start..].chars().take_while(char::is_ascii_digit).collect();
+        digits.parse().ok()
+    };
+    let starts = || hint.match_indices(MARKER).map(|(at, _)| at + MARKER.len());
+    let fits = |start: usize| {
+        index_at(start).is_some_and(|index| {
+            ops.get(index).is_some_and(|(op, table, id)| hint[start..] == format!("{index} ({op} {table}/{id})"))
+        })
+    };
+    match starts().find(|start| fits(*start)) {
+        Some(start) => index_at(start),
+        None => index_at(starts().last()?),
+    }
 }
 
 /// The failure code of a 2xx answer that is not PostgREST's (see [`unexpected_response`]).
@@ -1558,10 +1573,16 @@ mod tests {
 
     #[test]
     fn op_index_is_read_from_the_atomic_function_hint() {
-        assert_eq!(op_index_from_hint("powersync op 3 (PUT todos/a)"), Some(3));
-        assert_eq!(op_index_from_hint("Check the id; powersync op 12 (PATCH t/x)"), Some(12));
-        assert_eq!(op_index_from_hint("no marker"), None);
-        assert_eq!(op_index_from_hint("powersync op ? (x)"), None);
+        assert_eq!(op_index_from_hint("powersync op 3 (PUT todos/a)", &[]), Some(3));
+        assert_eq!(op_index_from_hint("Check the id; powersync op 12 (PATCH t/x)", &[]), Some(12));
+        assert_eq!(op_index_from_hint("no marker", &[]), None);
+        assert_eq!(op_index_from_hint("powersync op ? (x)", &[]), None);
+        // an id that holds the marker itself cannot point elsewhere
+        let spoof = "x) powersync op 0 (PUT t/y";
+        let ops = [("PUT", "t", "y"), ("PUT", "t", "b"), ("PATCH", "t", spoof)];
+        let hint = format!("powersync op 2 (PATCH t/{spoof})");
+        assert_eq!(op_index_from_hint(&hint, &ops), Some(2));
+        assert_eq!(op_index_from_hint(&format!("a trigger's hint; {hint}"), &ops), Some(2));
     }
 
     #[test]

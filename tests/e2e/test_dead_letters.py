@@ -113,6 +113,22 @@ def test_fatal_transaction_is_recorded_with_the_users_provenance_and_client_id(w
     assert len(letter["ops_digest"]) == 64
 
 
+def test_an_id_holding_the_hints_marker_cannot_point_an_atomic_failure_at_another_entry(workers, db, user):
+    """The atomic function names the failing op at the end of its hint, after which comes the
+    op's id: an id that holds `powersync op 0 (…` does not make the failure entry 0's."""
+    sub, token = user
+    insert_profile(db, "p-taken", sub, handle="taken")
+    spoof = "x) powersync op 0 (PUT profiles/p-ok"
+    payload = body(tx(put("profiles", "p-ok", user_id=sub, handle="free"),
+                      put("profiles", spoof, user_id=sub, handle="taken", active=True), tid="spoof"))
+    response = upload(workers["atomic"], token, payload)
+    assert statuses(response) == ["fatal_error"], response.text
+    failed = failure(response, 0)
+    assert (failed["code"], failed["index"]) == ("23505", 1), failed
+    (letter,) = letters(db)
+    assert letter["op_index"] == 1
+
+
 def test_a_resent_fatal_transaction_gets_no_second_dead_letter(workers, db, user):
     # The client re-sends a fatal transaction whose answer it lost: same user, client id,
     # transaction id and ops -> the first dead letter, nothing added.
