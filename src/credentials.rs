@@ -12,28 +12,16 @@ pub const REDACTED: &str = "[redacted]";
 /// and are logged and listed by the unauthenticated `/health`.
 pub fn redact(text: &str) -> String {
     let is_token_char = |c: char| c.is_ascii_alphanumeric() || "-._~+/=".contains(c);
-    let mut out = String::with_capacity(text.len());
     let mut after_bearer = false;
-    let mut rest = text;
-    while let Some(c) = rest.chars().next() {
-        if !is_token_char(c) {
-            // `Bearer <token>`, `Bearer: <token>`
-            after_bearer &= c.is_whitespace() || c == ':';
-            out.push(c);
-            rest = &rest[c.len_utf8()..];
-            continue;
-        }
-        let end = rest.find(|c: char| !is_token_char(c)).unwrap_or(rest.len());
-        let (run, tail) = rest.split_at(end);
-        let secret = after_bearer
+    replace_runs(text, is_token_char, |gap, run| {
+        // `Bearer <token>`, `Bearer: <token>`
+        let secret = (after_bearer && gap.chars().all(|c| c.is_whitespace() || c == ':'))
             || (run.starts_with("eyJ") && run.contains('.'))
             || run.starts_with("sb_secret_")
             || run.starts_with("sb_publishable_");
         after_bearer = run.eq_ignore_ascii_case("bearer");
-        out.push_str(if secret { REDACTED } else { run });
-        rest = tail;
-    }
-    out
+        secret
+    })
 }
 
 /// `text` as [`redact`] leaves it, and without anything else that may be a secret: a PEM block
@@ -59,19 +47,24 @@ pub fn redact_setting_text(text: &str) -> String {
         };
     }
     unpemmed.push_str(rest);
-    let text = redact(&unpemmed);
     let is_base64 = |c: char| c.is_ascii_alphanumeric() || "+/=_-".contains(c);
+    replace_runs(&redact(&unpemmed), is_base64, |_, run| {
+        run.len() >= 32 && run.bytes().any(|b| b.is_ascii_digit()) && run.bytes().any(|b| b.is_ascii_alphabetic())
+    })
+}
+
+/// `text` with each maximal run of `in_run` characters for which `secret(the text before it since
+/// the last run, the run)` holds replaced by [`REDACTED`].
+fn replace_runs(text: &str, in_run: impl Fn(char) -> bool, mut secret: impl FnMut(&str, &str) -> bool) -> String {
     let mut out = String::with_capacity(text.len());
-    let mut rest = text.as_str();
+    let mut rest = text;
     while !rest.is_empty() {
-        let start = rest.find(is_base64).unwrap_or(rest.len());
-        out.push_str(&rest[..start]);
-        rest = &rest[start..];
-        let end = rest.find(|c: char| !is_base64(c)).unwrap_or(rest.len());
-        let (run, tail) = rest.split_at(end);
-        let secret =
-            run.len() >= 32 && run.bytes().any(|b| b.is_ascii_digit()) && run.bytes().any(|b| b.is_ascii_alphabetic());
-        out.push_str(if secret { REDACTED } else { run });
+        let (gap, from) = rest.split_at(rest.find(&in_run).unwrap_or(rest.len()));
+        let (run, tail) = from.split_at(from.find(|c: char| !in_run(c)).unwrap_or(from.len()));
+        out.push_str(gap);
+        if !run.is_empty() {
+            out.push_str(if secret(gap, run) { REDACTED } else { run });
+        }
         rest = tail;
     }
     out

@@ -405,11 +405,11 @@ pub fn interpret(
     let error = body["error"].as_str().unwrap_or("");
     let described =
         || format!("storage answered {} (statusCode {:?}, error {error:?})", response.status_described(), inner);
+    if let (403, StorageMode::Rls, Some(refused)) = (status, settings.mode, session_time_refusal(&body)) {
+        return Err(FileError::Session(refused));
+    }
     match status {
         200..=299 => {}
-        403 if settings.mode == StorageMode::Rls && session_time_refusal(&body).is_some() => {
-            return Err(FileError::Session(session_time_refusal(&body).unwrap_or(SessionError::Expired)))
-        }
         // In service mode the service key was refused: the configuration's, never the user's.
         403 if settings.mode == StorageMode::Rls && is_policy_refusal(&body) => {
             return Err(FileError::Denied { index })

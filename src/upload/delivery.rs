@@ -77,7 +77,7 @@
 //!   gave up on it is what keeps a transaction reported rejected from being applied later.
 
 use super::atomic_function::Route;
-use super::crud::Transaction;
+use super::crud::{Entry, Transaction};
 use super::dead_letter::{self, EntryState};
 use super::outcome::{
     affected_rows, atomic_answer, classify, op_index_from_hint, unexpected_response, AtomicAnswer, FailedOperation,
@@ -156,7 +156,7 @@ pub async fn apply_with<T: Transport>(
                         Some(call) if dead_letter_cost < remaining => {
                             let ending = send(
                                 vec![call],
-                                transaction.entries.len(),
+                                &transaction.entries,
                                 (settings, caller),
                                 transport,
                                 &mut report,
@@ -190,7 +190,7 @@ pub async fn apply_with<T: Transport>(
                 Ok(requests) => {
                     match send(
                         requests,
-                        transaction.entries.len(),
+                        &transaction.entries,
                         (settings, caller),
                         transport,
                         &mut report,
@@ -380,7 +380,7 @@ async fn after_timeout<T: Transport>(
          neither all-or-nothing nor exactly once",
         failure.code, failure.message
     );
-    let ending = send(requests, entries, (settings, caller), transport, report, reserve).await;
+    let ending = send(requests, &transaction.entries, (settings, caller), transport, report, reserve).await;
     (ending, Some(reason))
 }
 
@@ -444,12 +444,13 @@ fn function_not_executable(failure: &FailedOperation, function: &str) -> bool {
 /// `reserve` for the dead-letter insert; when they do not, the transaction is retryable.
 async fn send<T: Transport>(
     requests: Vec<PlannedRequest>,
-    entry_count: usize,
+    entries: &[Entry],
     (settings, caller): (&UploadSettings, &Caller),
     transport: &T,
     report: &mut UploadReport,
     reserve: usize,
 ) -> Ending {
+    let entry_count = entries.len();
     let mut states = vec![EntryState::NotAttempted; entry_count];
     // (request, whether it is a half of a split upsert)
     let mut queue: VecDeque<(PlannedRequest, bool)> = requests.into_iter().map(|r| (r, false)).collect();
@@ -517,7 +518,7 @@ async fn send<T: Transport>(
                     ),
                 }
             }
-            (Check::Atomic, verdict, _) => with_atomic_index(verdict, &planned.request, planned.entries.len()),
+            (Check::Atomic, verdict, _) => with_atomic_index(verdict, entries),
             (Check::Conditional { current, same }, Verdict::Applied, Ok(response)) => match affected_rows(response) {
                 Some(0) => {
                     let entry = planned.entries.start;
@@ -810,19 +811,12 @@ fn owner_check(table: &str, ids: &[(String, usize)], first: usize, response: &Ht
 }
 
 /// Atomic calls: the function names the failing op in its error hint; ops are entries one to one.
-fn with_atomic_index(verdict: Verdict, call: &crate::http::HttpRequest, entries: usize) -> Verdict {
+fn with_atomic_index(verdict: Verdict, entries: &[Entry]) -> Verdict {
     let locate = |mut failure: FailedOperation| {
-        // the call's ops (op, table, id), read again only when it failed
-        let body: Value = serde_json::from_str(call.body.as_deref().unwrap_or("null")).unwrap_or(Value::Null);
-        let text = |op: &Value, key: &str| op[key].as_str().unwrap_or_default().to_string();
-        let ops: Vec<(String, String, String)> = body["ops"]
-            .as_array()
-            .map(|ops| ops.iter().map(|op| (text(op, "op"), text(op, "table"), text(op, "id"))).collect())
-            .unwrap_or_default();
-        let named: Vec<(&str, &str, &str)> =
-            ops.iter().map(|(op, table, id)| (op.as_str(), table.as_str(), id.as_str())).collect();
+        let ops: Vec<(&str, &str, &str)> =
+            entries.iter().map(|e| (e.op.as_str(), e.table.as_str(), e.id.as_str())).collect();
         failure.index =
-            failure.hint.as_deref().and_then(|hint| op_index_from_hint(hint, &named)).filter(|i| *i < entries);
+            failure.hint.as_deref().and_then(|hint| op_index_from_hint(hint, &ops)).filter(|i| *i < entries.len());
         failure
     };
     match verdict {

@@ -462,43 +462,13 @@ pub fn classify(
     }
 
     let mut body = ErrorBody::parse(&response.body);
-    let grant = match (body.code.as_deref(), body.message.as_deref()) {
-        (Some("42501"), Some(message)) => missing_grant(message, api_role),
-        _ => None,
-    };
-    let unbypassed = body.code.as_deref() == Some("42501")
-        && body.message.as_deref().is_some_and(|m| m.ends_with(": the session has no sub"));
-    let uncastable_sub = sub_not_a_uuid(&body, sub);
-    let class = match &grant {
+    let operators = operators_to_fix(&body, api_role, sub);
+    let class = match &operators {
         Some(_) => Class::SchemaDrift,
-        // The SQL functions' refusal of a caller with neither a `sub` nor the right to bypass
-        // row-level security: in service mode, a service role without BYPASSRLS.
-        None if unbypassed || uncastable_sub => Class::SchemaDrift,
         None => body.code.as_deref().map(class_of).unwrap_or(Class::Unrecognised),
     };
-    if let (Some(grant), Some(message)) = (grant, body.message.as_mut()) {
-        *message = format!(
-            "{message}: the API role lacks a privilege (a missing GRANT, the operator's to fix; \
-             the upload waits): {grant}"
-        );
-    } else if let (true, Some(message)) = (unbypassed, body.message.as_mut()) {
-        *message = format!(
-            "{message}: in service mode the service key's role must bypass row-level security, as \
-             Supabase's service_role does (the operator's to fix; the upload waits)"
-        );
-    } else if let (true, Some(message)) = (uncastable_sub, body.message.as_mut()) {
-        *message = format!(
-            "{message}: the session's user id (sub) is not a uuid, and the database casts it to one \
-             (a policy, trigger or default using auth.uid(), or a uuid column meant for it); with \
-             this issuer compare auth.jwt() ->> 'sub' as text (the operator's to fix; the upload waits)"
-        );
-    } else if let (Some(code), Some(message)) = (body.code.as_deref(), body.message.as_mut()) {
-        if is_database_setup_error(code) {
-            *message = format!(
-                "{message}: an error in the database's own policies, triggers or functions, not in \
-                 the data (the operator's to fix; the upload waits)"
-            );
-        }
+    if let (Some(why), Some(message)) = (&operators, body.message.as_mut()) {
+        *message = format!("{message}: {why}");
     }
     let code = match (&body.code, class) {
         (Some(code), Class::Fatal | Class::Retryable | Class::SchemaDrift) => code.clone(),
@@ -559,6 +529,42 @@ pub fn classify(
             Verdict::Retryable { failure, retry_after_seconds: retry_after(response) }
         }
     }
+}
+
+/// Why an error answer is the operator's to fix, not the data's (the write waits: schema
+/// drift), said after its message; `None` when nothing says so.
+fn operators_to_fix(body: &ErrorBody, api_role: &str, sub: &str) -> Option<String> {
+    let code = body.code.as_deref()?;
+    let message = body.message.as_deref().unwrap_or_default();
+    if code == "42501" {
+        if let Some(grant) = missing_grant(message, api_role) {
+            return Some(format!(
+                "the API role lacks a privilege (a missing GRANT, the operator's to fix; the upload waits): {grant}"
+            ));
+        }
+        // The SQL functions' refusal of a caller with neither a `sub` nor the right to bypass
+        // row-level security: in service mode, a service role without BYPASSRLS.
+        if message.ends_with(": the session has no sub") {
+            return Some(
+                "in service mode the service key's role must bypass row-level security, as Supabase's \
+                 service_role does (the operator's to fix; the upload waits)"
+                    .into(),
+            );
+        }
+    }
+    if sub_not_a_uuid(body, sub) {
+        return Some(
+            "the session's user id (sub) is not a uuid, and the database casts it to one (a policy, \
+             trigger or default using auth.uid(), or a uuid column meant for it); with this issuer \
+             compare auth.jwt() ->> 'sub' as text (the operator's to fix; the upload waits)"
+                .into(),
+        );
+    }
+    is_database_setup_error(code).then(|| {
+        "an error in the database's own policies, triggers or functions, not in the data (the \
+         operator's to fix; the upload waits)"
+            .into()
+    })
 }
 
 /// The op index named by the atomic function's error hint, whose end is `powersync op <index>

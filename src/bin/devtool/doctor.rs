@@ -178,8 +178,9 @@ pub fn catalog_request(supabase_url: &str, service_key: &str, expected: &Expecta
     )
 }
 
-fn privileges_of(table: &Value, role: &str) -> BTreeSet<String> {
-    table["privileges"][role]
+/// `table[field][role]` of the catalog answer: privilege names (`privileges`, `column_only`).
+fn privileges_of(table: &Value, field: &str, role: &str) -> BTreeSet<String> {
+    table[field][role]
         .as_array()
         .map(|a| a.iter().filter_map(|p| p.as_str().map(String::from)).collect())
         .unwrap_or_default()
@@ -244,7 +245,7 @@ pub fn check_catalog(expected: &Expectations, response: &Response, supabase_url:
                 ),
             });
         }
-        let held = privileges_of(table, role);
+        let held = privileges_of(table, "privileges", role);
         match check.kind {
             TableKind::Uploaded => {
                 let lacking: Vec<&str> = WRITE_PRIVILEGES.iter().copied().filter(|p| !held.contains(*p)).collect();
@@ -257,10 +258,7 @@ pub fn check_catalog(expected: &Expectations, response: &Response, supabase_url:
                         format!("grant select, insert, update, delete on table {name} to {role};"),
                     ));
                 }
-                let partial: Vec<String> = table["column_only"][role]
-                    .as_array()
-                    .map(|a| a.iter().filter_map(|p| p.as_str().map(String::from)).collect())
-                    .unwrap_or_default();
+                let partial: Vec<String> = privileges_of(table, "column_only", role).into_iter().collect();
                 if !partial.is_empty() {
                     findings.push(warning(
                         format!(
@@ -294,7 +292,7 @@ pub fn check_catalog(expected: &Expectations, response: &Response, supabase_url:
                 // Written only through the SECURITY DEFINER functions: a user who could write
                 // them directly could forge, hide or replay records.
                 for api_role in ["anon", "authenticated"] {
-                    let writes: Vec<String> = privileges_of(table, api_role)
+                    let writes: Vec<String> = privileges_of(table, "privileges", api_role)
                         .into_iter()
                         .filter(|p| ["DELETE", "INSERT", "UPDATE"].contains(&p.as_str()))
                         .collect();
