@@ -103,15 +103,18 @@
 --
 -- Conflict detection (detect_conflicts => true; the bridge's
 -- UPLOAD_CONFLICT_DETECTION, docs/conflicts.md): a PATCH or DELETE op may
--- carry "expect": {"<column>": "<text>" | null, …}, the values the client saw.
--- The op then applies only where the row still holds them, compared as
--- PostgREST's `eq.`/`is.null` filters do: `t.<column> = '<text>'` with the
--- text as an untyped literal (PostgreSQL casts it to the column's type) and
--- `t.<column> is null` for null. When it changes no row, the row is read (with
+-- carry "expect": {"<column>": "<text>" | <array or object> | null, …}, the
+-- values the client saw. The op then applies only where the row still holds
+-- them, compared as PostgREST's `eq.`/`is.null` filters do: `t.<column> =
+-- '<text>'` with the text as an untyped literal (PostgreSQL casts it to the
+-- column's type) and `t.<column> is null` for null; an array or object (a
+-- JSON column's value) as JSON, `to_jsonb(t.<column>) = <value>`, which json,
+-- jsonb and array columns alike can take. When it changes no row, the row is read (with
 -- the caller's rights: RLS applies): no row = gone or hidden, the op is listed
 -- in "unchanged" as without "expect"; a PATCH whose row already holds every
--- value it sets (compared as written: `is not distinct from` the value of
--- jsonb_populate_record) was applied before: no conflict; otherwise the call
+-- value it sets (compared as written: `to_jsonb` of the column `is not
+-- distinct from` that of the value of jsonb_populate_record, so json and
+-- array columns compare too) was applied before: no conflict; otherwise the call
 -- applies NOTHING (every write of the call is rolled back, the ledger records
 -- nothing) and returns
 --   {"applied": 0, "conflict": {"index": <op index>, "row": <the row as read>}}.
@@ -823,6 +826,8 @@ begin
         end if;
         -- as PostgREST's filters: `eq.<text>` (an untyped literal, cast to the column's type)
         select string_agg(case when x.value = 'null'::jsonb then format(' and t.%I is null', x.key)
+                               when jsonb_typeof(x.value) in ('array', 'object')
+                                 then format(' and to_jsonb(t.%I) = %L::jsonb', x.key, x.value)
                                else format(' and t.%I = %L', x.key, x.value #>> '{}') end, '' order by x.key)
           into v_cond
           from jsonb_each(v.expect) as x;
@@ -874,7 +879,7 @@ begin
               -- already holds every value it sets: its own earlier application, or the same
               -- change by someone else, not a conflict
               execute format(v_read, 'true', v.tbl, v.tbl,
-                             (select string_agg(format(' and t.%I is not distinct from r.%I', k, k), '')
+                             (select string_agg(format(' and to_jsonb(t.%I) is not distinct from to_jsonb(r.%I)', k, k), '')
                                 from jsonb_object_keys(v_data) as k))
                 into v_same using v_data || jsonb_build_object('id', v.id), owner_id;
               if v_same is null then

@@ -16,10 +16,10 @@
 //!   with a fresh budget). A transaction that would not fit even in a whole budget is sent as one
 //!   call of the atomic function instead (`UPLOAD_ATOMIC_FUNCTION`, `sql/atomic_upload.sql`):
 //!   one request whatever its size, all or nothing. Only when that function is not installed
-//!   (PostgREST's PGRST202; a bare 404, e.g. from a wrong `SUPABASE_URL`, stays retryable) could
-//!   it never be applied, and leaving it `not_attempted` would block the client's queue for
-//!   ever, so it is then a fatal error `too_many_requests_for_budget`
-//!   (index null) whose message names atomic mode, dead-lettered whole like any other. Merging
+//!   (PostgREST's PGRST202; a bare 404, e.g. from a wrong `SUPABASE_URL`, stays retryable as
+//!   such) can no upload apply it: it is then `retryable_error` `too_many_requests_for_budget`
+//!   (index null, Retry-After of a migration) whose message names atomic mode, and waits for the
+//!   operator to install the function, as for a missing GRANT. Merging
 //!   keeps this rare (1,000 PUTs with the same columns are one request); atomic mode, one request
 //!   per transaction, avoids it entirely.
 //! - A lost connection: a request that got no answer at all (the connection was refused, failed
@@ -164,11 +164,13 @@ pub async fn apply_with<T: Transport>(
                             )
                             .await;
                             Some(match ending {
+                                // Installing the function (or a budget the plan allows) is the
+                                // operator's to do: the transaction waits, as for a missing GRANT.
                                 Ending::Retryable(failure, _) | Ending::Fatal(failure, _)
                                     if failure.code == FUNCTION_NOT_FOUND =>
                                 {
-                                    let states = dead_letter::refused_states(transaction.entries.len(), None);
-                                    Ending::Fatal(too_big, states)
+                                    let wait = settings.retry_after_seconds.max(SCHEMA_DRIFT_RETRY_AFTER_SECONDS);
+                                    Ending::Retryable(too_big, wait)
                                 }
                                 Ending::Retryable(failure, _) if failure.code == QUERY_CANCELED => {
                                     let fallback = (transaction, settings, caller, dead_letter_cost);
@@ -408,8 +410,8 @@ fn too_big(planned: usize, budget: usize, dead_letter_cost: usize, function: &st
             "this transaction needs {planned} upstream requests{reserve}, more than \
              UPLOAD_SUBREQUEST_BUDGET={budget} allows, and the atomic function {function} that \
              applies a transaction in one request is not installed (or, for a transaction with compared \
-             entries, is a copy without detect_conflicts); install sql/atomic_upload.sql \
-             (atomic mode) or raise the budget (Workers Paid plan)"
+             entries, is a copy without detect_conflicts); it waits until sql/atomic_upload.sql is \
+             installed (atomic mode) or the budget raised (Workers Paid plan)"
         ),
     )
 }

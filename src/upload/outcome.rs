@@ -536,6 +536,13 @@ pub fn classify(
 fn operators_to_fix(body: &ErrorBody, api_role: &str, sub: &str) -> Option<String> {
     let code = body.code.as_deref()?;
     let message = body.message.as_deref().unwrap_or_default();
+    if session_role_unusable(code, message) {
+        return Some(
+            "the session's role claim names a database role PostgREST cannot switch to (create the role \
+             and grant it to authenticator: the operator's to fix; the upload waits)"
+                .into(),
+        );
+    }
     if code == "42501" {
         if let Some(grant) = missing_grant(message, api_role) {
             return Some(format!(
@@ -713,6 +720,18 @@ pub fn atomic_answer(body: &str, entries: usize) -> Option<AtomicAnswer> {
         conflict,
         dead_letter,
     })
+}
+
+/// PostgreSQL's refusal of PostgREST's switch to the role the session's `role` claim names (a
+/// custom role from an access-token hook): `22023 role "x" does not exist` (PostgREST answers it
+/// 400, from 13 on 401) or `42501 permission denied to set role "x"` (the role is not granted to
+/// `authenticator`). The claim is signed by the project, so this is its setup, never the data.
+fn session_role_unusable(code: &str, message: &str) -> bool {
+    match code {
+        "22023" => message.starts_with("role \"") && message.ends_with("\" does not exist"),
+        "42501" => message.starts_with("permission denied to set role \""),
+        _ => false,
+    }
 }
 
 /// The GRANT that a `42501` message of PostgreSQL's form `permission denied for <kind> <name>`
@@ -1379,6 +1398,23 @@ mod tests {
             assert_eq!(*retry_after_seconds, Some(SCHEMA_DRIFT_RETRY_AFTER_SECONDS), "{code}");
             assert!(failure.message.contains("the operator's to fix; the upload waits"), "{}", failure.message);
         }
+    }
+
+    #[test]
+    fn a_session_role_the_database_cannot_switch_to_keeps_the_upload_queued() {
+        for (status, body) in [
+            (400, r#"{"code":"22023","message":"role \"teacher\" does not exist"}"#),
+            (401, r#"{"code":"22023","message":"role \"teacher\" does not exist"}"#),
+            (403, r#"{"code":"42501","message":"permission denied to set role \"teacher\""}"#),
+        ] {
+            let verdict = classify(&answer(status, body), Some(0));
+            let Verdict::Retryable { failure, retry_after_seconds } = &verdict else { panic!("{body}: {verdict:?}") };
+            assert_eq!(*retry_after_seconds, Some(SCHEMA_DRIFT_RETRY_AFTER_SECONDS), "{body}");
+            assert!(failure.message.contains("grant it to authenticator"), "{}", failure.message);
+        }
+        // any other invalid parameter value is still the data's
+        let other = answer(400, r#"{"code":"22023","message":"invalid value for parameter \"x\""}"#);
+        assert!(matches!(classify(&other, Some(0)), Verdict::Fatal(_)));
     }
 
     #[test]

@@ -317,8 +317,10 @@ impl<'a> Context<'a> {
     /// every column with a previous value; never `id` (already the row filter), nor the owner
     /// column in service mode (already filtered), nor a name that is not a plain identifier
     /// or is a key PostgREST's query string reserves (it could not be a filter key:
-    /// [`is_filter_column`]; the atomic function compares those). Each is `&<column>=is.null` for a null, else
-    /// `&<column>=eq.<value>` (a string's text, any other JSON value's JSON text, percent-encoded:
+    /// [`is_filter_column`]; the atomic function compares those), nor one whose previous value is
+    /// an array or an object ([`is_structured`]; the atomic function compares those too). Each is
+    /// `&<column>=is.null` for a null, else
+    /// `&<column>=eq.<value>` (a string's text, a number's or boolean's JSON text, percent-encoded:
     /// PostgREST takes everything after `eq.` literally and PostgreSQL casts it to the column's
     /// type). Previous values pass through the same `UPLOAD_JSON_COLUMNS` / `UPLOAD_BOOLEAN_COLUMNS`
     /// conversions as data. A condition that would make the URL longer than
@@ -330,7 +332,9 @@ impl<'a> Context<'a> {
         let room = filter::MAX_URL_BYTES.saturating_sub(fixed + self.owner_filter().len());
         let mut conditions = Conditions::default();
         let mut left = room;
-        for (column, old) in self.compared(&previous, data).filter(|(column, _)| is_filter_column(column)) {
+        for (column, old) in
+            self.compared(&previous, data).filter(|(column, old)| is_filter_column(column) && !is_structured(old))
+        {
             let condition = column_condition(column, old);
             if condition.len() > left {
                 continue;
@@ -341,12 +345,13 @@ impl<'a> Context<'a> {
         // A PATCH's row "already holds the new values" only if it holds every column the PATCH
         // sets (not only the compared ones): otherwise a column without a previous value would be
         // lost. When one cannot be a filter (not an identifier, a reserved query key, or too
-        // long), there is no such check (a re-send of its own write then reads as a conflict).
+        // long, or set to an array or an object), there is no such check (a re-send of its own
+        // write then reads as a conflict).
         if let Some(data) = data {
             let mut new = String::new();
             let all = data.iter().all(|(column, value)| {
                 let condition = column_condition(column, value);
-                let fits = is_filter_column(column) && new.len() + condition.len() <= room;
+                let fits = is_filter_column(column) && !is_structured(value) && new.len() + condition.len() <= room;
                 if fits {
                     new.push_str(&condition);
                 }
@@ -379,8 +384,9 @@ impl<'a> Context<'a> {
     }
 
     /// A PATCH's or DELETE's `"expect"` for the atomic function (see `sql/atomic_upload.sql`):
-    /// `{"<column>": "<text>" | null}` for its compared columns, each text the one REST sends
-    /// after `eq.` (see [`column_condition`]); `None` without any.
+    /// `{"<column>": "<text>" | <array or object> | null}` for its compared columns, each text
+    /// the one REST sends after `eq.` (see [`column_condition`]), an array or object as sent
+    /// (compared as JSON); `None` without any.
     fn expect(&self, entry: &Entry, data: Option<&Columns>) -> Option<String> {
         let previous = entry.previous.as_ref().filter(|_| self.settings.conflict_detection)?;
         let previous = row::converted(&entry.table, previous, self.settings);
@@ -392,6 +398,8 @@ impl<'a> Context<'a> {
             row::push_json_string(&mut expect, column);
             expect.push(':');
             match condition_text(old) {
+                // compared as JSON by the function (`to_jsonb(column)`), whatever the column's type
+                Some(_) if is_structured(old) => expect.push_str(old),
                 Some(text) => row::push_json_string(&mut expect, &text),
                 None => expect.push_str("null"),
             }
@@ -546,6 +554,14 @@ fn condition_text(raw: &str) -> Option<String> {
         Ok(Value::String(text)) => text,
         _ => raw.to_string(),
     })
+}
+
+/// Whether a value (raw JSON) is an array or an object: a JSON column's value after
+/// `UPLOAD_JSON_COLUMNS`. PostgREST's `eq` cannot compare one in every column type that takes it
+/// (an array literal must be `{a,b}` for `text[]`, a `json` column has no `=`), so REST leaves
+/// such a column out of its comparisons; the atomic function compares it as JSON.
+fn is_structured(raw: &str) -> bool {
+    raw.starts_with(['[', '{'])
 }
 
 /// Consecutive entries being merged into one request.
@@ -981,7 +997,7 @@ mod tests {
     fn conflict_conditions_encode_values_as_postgrest_reads_filters_and_are_never_merged() {
         let mut s = settings();
         s.conflict_detection = true;
-        let mut odd = patch("a", json!({"t": "x", "n": 2, "j": {"k": 1}, "b": true, "z": "new"}));
+        let mut odd = patch("a", json!({"t": "x", "n": 2, "b": true, "z": "new"}));
         let previous = json!({"t": "a,b)&=%\"", "n": 1.5, "j": {"k": 0}, "b": null, "bad name": 0, "untouched": 5});
         odd.previous = Some(previous.as_object().cloned().unwrap_or_default().into());
         let mut second = patch("b", json!({"t": "x", "n": 2, "j": {"k": 1}, "b": true, "z": "new", "bad name": 1}));
@@ -994,19 +1010,48 @@ mod tests {
         assert_eq!(requests.len(), 2, "conditional entries are sent one by one");
         assert_eq!(
             requests[0].request.url,
-            "https://p.supabase.co/rest/v1/todos?id=eq.a&b=is.null&j=eq.%7B%22k%22%3A0%7D&n=eq.1.5&t=eq.a%2Cb%29%26%3D%25%22"
+            "https://p.supabase.co/rest/v1/todos?id=eq.a&b=is.null&n=eq.1.5&t=eq.a%2Cb%29%26%3D%25%22"
         );
         match &requests[0].check {
             Check::Conditional { current, same: Some(same) } => {
                 assert_eq!(current.url, "https://p.supabase.co/rest/v1/todos?id=eq.a&select=*");
                 assert_eq!(
                     same.url,
-                    "https://p.supabase.co/rest/v1/todos?id=eq.a&b=eq.true&j=eq.%7B%22k%22%3A1%7D&n=eq.2&t=eq.x&z=eq.new&select=id"
+                    "https://p.supabase.co/rest/v1/todos?id=eq.a&b=eq.true&n=eq.2&t=eq.x&z=eq.new&select=id"
                 );
                 assert_eq!(current.method, Method::Get);
             }
             other => panic!("expected a conditional check, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn rest_leaves_arrays_and_objects_out_of_its_comparisons() {
+        // `eq.["a"]` is no literal a text[] column takes, and a json column has no `=`: such a
+        // filter would fail the write (22P02, 42883) instead of comparing it
+        let mut s = settings();
+        s.conflict_detection = true;
+        s.json_columns.insert("todos", "tags");
+        let mut edit = patch("a", json!({"tags": "[\"a\",\"c\"]", "t": "x"}));
+        edit.previous =
+            Some(json!({"tags": "[\"a\",\"b\"]", "t": "y"}).as_object().cloned().unwrap_or_default().into());
+        let mut only_tags = patch("b", json!({"tags": "{\"k\":1}"}));
+        only_tags.previous = Some(json!({"tags": "{\"k\":0}"}).as_object().cloned().unwrap_or_default().into());
+        let requests = plan(vec![edit, only_tags], &s);
+        assert_eq!(requests[0].request.url, "https://p.supabase.co/rest/v1/todos?id=eq.a&t=eq.y");
+        assert!(
+            matches!(&requests[0].check, Check::Conditional { same: None, .. }),
+            "a PATCH setting an array cannot be checked for holding its new values by filters"
+        );
+        // nothing left to compare: applied as without previous values
+        assert_eq!(requests[1].request.url, "https://p.supabase.co/rest/v1/todos?id=eq.b");
+        assert!(!matches!(&requests[1].check, Check::Conditional { .. }));
+        // the atomic function compares them, as JSON
+        s.atomic = AtomicMode::Always;
+        let mut edit = patch("a", json!({"tags": "[\"a\",\"c\"]"}));
+        edit.previous = Some(json!({"tags": "[\"a\", \"b\"]"}).as_object().cloned().unwrap_or_default().into());
+        let requests = plan(vec![edit], &s);
+        assert_eq!(body(&requests[0])["ops"][0]["expect"], json!({"tags": ["a", "b"]}));
     }
 
     #[test]
@@ -1518,7 +1563,7 @@ mod tests {
             json!({"ops": [
                 {"op": "PUT", "table": "todos", "id": "p", "data": {"id": "p", "t": "new", "owner": "user-1"}},
                 {"op": "PATCH", "table": "todos", "id": "a", "data": {"t": "x", "n": 2, "j": {"k": 1}, "b": false},
-                 "expect": {"t": long, "n": "1.5", "j": "{\"k\":0}", "b": "true"}},
+                 "expect": {"t": long, "n": "1.5", "j": {"k": 0}, "b": "true"}},
                 {"op": "PATCH", "table": "todos", "id": "c", "data": {}},
                 {"op": "DELETE", "table": "todos", "id": "d", "expect": {"t": null, "n": "3"}}
             ], "owner_column": "owner", "owner_id": "user-1", "detect_conflicts": true})

@@ -14,6 +14,7 @@
 
 use std::borrow::Cow;
 
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::crud::{Entry, Row};
@@ -163,8 +164,10 @@ pub fn json_string(text: &str) -> String {
 }
 
 /// The data with the configured conversions applied:
-/// - JSON columns: a string holding JSON text is sent as that JSON; text that does not parse is
-///   sent unchanged, so Postgres reports the error against the right column;
+/// - JSON columns: a string holding JSON text is sent as that JSON, its text exactly as written
+///   (checked, never rebuilt: numbers keep every digit, a `json` column its key order); text
+///   that does not parse is sent unchanged, so Postgres reports the error against the right
+///   column;
 /// - boolean columns: the numbers 0 and 1 become false and true; other values are unchanged.
 ///
 /// Every other value is the client's text, passed through as it is.
@@ -196,10 +199,12 @@ fn json_value(raw: &str) -> Cow<'_, str> {
     if !raw.starts_with('"') {
         return Cow::Borrowed(raw);
     }
-    let parsed = serde_json::from_str::<String>(raw).ok().and_then(|text| serde_json::from_str::<Value>(&text).ok());
-    match parsed {
-        Some(value) => Cow::Owned(value.to_string()),
-        None => Cow::Borrowed(raw),
+    let Ok(text) = serde_json::from_str::<String>(raw) else {
+        return Cow::Borrowed(raw);
+    };
+    match serde_json::from_str::<&RawValue>(&text) {
+        Ok(json) => Cow::Owned(json.get().to_string()),
+        Err(_) => Cow::Borrowed(raw),
     }
 }
 
@@ -304,6 +309,24 @@ mod tests {
         assert_eq!(converted("todos", &data, &settings()), map(json!({"tags": ["a", 1], "title": "[1]"})));
         let object = map(json!({"tags": "{\"k\":null}"}));
         assert_eq!(converted("todos", &object, &settings()), map(json!({"tags": {"k": null}})));
+    }
+
+    #[test]
+    fn json_text_is_sent_as_written_never_through_a_float() {
+        let data = row(
+            json!({"tags": "{\"n\": 12345678901234567890123, \"pi\": 3.14159265358979323846, \"b\": 1, \"a\": 2}"}),
+        );
+        let tags = |data: &Row| {
+            let columns = super::converted("todos", data, &settings());
+            let tags = columns.iter().find(|(name, _)| *name == "tags").map(|(_, value)| value.to_string());
+            tags
+        };
+        assert_eq!(
+            tags(&data).as_deref(),
+            Some("{\"n\": 12345678901234567890123, \"pi\": 3.14159265358979323846, \"b\": 1, \"a\": 2}")
+        );
+        let padded = row(json!({"tags": "  [1e400]\n"}));
+        assert_eq!(tags(&padded).as_deref(), Some("[1e400]"));
     }
 
     #[test]

@@ -162,6 +162,39 @@ def test_a_policy_that_queries_its_own_table_keeps_the_upload_queued_until_the_o
     assert row(db, "todos", todo_id) is not None
 
 
+@pytest.mark.parametrize("name", ["rest", "atomic"])
+def test_a_custom_role_claim_the_database_cannot_switch_to_keeps_the_upload_queued_until_set_up(
+        instances, db, session_token, name):
+    """An access-token hook gives users a role of the project's own: PostgREST switches to it, and
+    PostgreSQL refuses a role that does not exist (22023) or is not granted to authenticator
+    (42501 `permission denied to set role`). The project's setup, never the data: the upload
+    waits (Retry-After of a migration) and applies once the role is set up."""
+    worker = instances[name]
+    sub, role = new_id(), f"teacher_{name}"
+    token = session_token(sub, role=role)
+    list_id = new_id()
+    payload = body(tx(put("lists", list_id, name="n", owner_id=sub), tid=1))
+    db.execute(f"drop role if exists {role}")
+    try:
+        for step in ("missing", "not granted to authenticator"):
+            if step != "missing":
+                db.execute(f"create role {role} nologin; grant authenticated to {role}")
+            response = upload(worker, token, payload)
+            assert response.status_code == 503, (step, response.text)
+            assert int(response.headers["Retry-After"]) >= 60, response.headers
+            assert statuses(response) == ["retryable_error"], (step, response.text)
+            failed = failure(response, 0)
+            assert failed["code"] == ("22023" if step == "missing" else "42501"), (step, failed)
+            assert "grant it to authenticator" in failed["message"], failed
+            assert row(db, "lists", list_id) is None
+        db.execute(f"grant {role} to authenticator")
+        response = upload(worker, token, payload)
+        assert statuses(response) == ["success"], response.text
+        assert row(db, "lists", list_id) is not None
+    finally:
+        db.execute(f"drop role if exists {role}")
+
+
 def test_row_refused_by_row_level_security_stays_fatal(instances, db, user, other_user_sub):
     sub, token = user
     response = upload(instances["rest"], token, body(tx(put("lists", new_id(), name="n", owner_id=other_user_sub))))

@@ -635,8 +635,15 @@ def test_a_token_within_postgrests_30_s_clock_skew_is_accepted(db, client, user_
     assert client(make_token(user_a, expires_in=-20)).get("lists").status_code == 200
 
 
-def test_role_claim_must_be_an_api_role_and_without_one_the_token_runs_as_anon(db, client, user_a):
-    assert_error(client(make_token(user_a, role="postgres")).get("lists"), 401, "PGRST301")
+def test_role_claim_is_switched_to_as_postgrest_does_and_without_one_the_token_runs_as_anon(
+        db, client, user_a, postgrest_version):
+    # PostgREST sets whatever role the claim names, as `authenticator`: PostgreSQL refuses a role
+    # not granted to it (42501) and one that does not exist (22023: 400, from PostgREST 13 401)
+    body = assert_error(client(make_token(user_a, role="postgres")).get("lists"), 403, "42501")
+    assert body["message"] == 'permission denied to set role "postgres"'
+    body = assert_error(client(make_token(user_a, role="no_such_role")).get("lists"),
+                        401 if postgrest_version == 13 else 400, "22023")
+    assert body["message"] == 'role "no_such_role" does not exist'
     no_role = jwt.encode({"sub": user_a, "exp": int(time.time()) + 60}, JWT_SECRET)
     anon = make_token(user_a, role="anon")
     as_anon, without_role = client(anon).get("lists"), client(no_role).get("lists")

@@ -42,6 +42,18 @@ LATER_FUNCTION = "powersync_apply_later"
 LEDGER = "powersync_upload_ledger"
 
 
+def test_json_text_is_stored_with_every_digit_of_its_numbers(rls_worker, db, user):
+    """The JSON column's text is checked and sent as written, never rebuilt through a float."""
+    sub, token = user
+    list_id, todo_id = insert_list(db, sub), new_id()
+    tags = '{"n": 12345678901234567890123, "pi": 3.14159265358979323846}'
+    response = upload(rls_worker, token, body(tx(put("todos", todo_id, description="d", list_id=list_id,
+                                                     created_by=sub, tags=tags))))
+    assert statuses(response) == ["success"], response.text
+    stored = db.execute("select tags->>'n', tags->>'pi' from todos where id = %s", (todo_id,)).fetchone()
+    assert stored == ("12345678901234567890123", "3.14159265358979323846")
+
+
 # --------------------------------------------------------------------------- worker instances
 @pytest.fixture(scope="module")
 def instances(base_vars, start_workers):
@@ -1223,8 +1235,10 @@ def test_transaction_too_big_for_the_budget_is_applied_through_the_atomic_functi
     assert [row(db, "todos", t)["priority"] for t in todos] == [0, 1, 2, 3, 4, 5]
 
 
-def test_transaction_too_big_for_the_budget_without_the_atomic_function_is_fatal_naming_it(
+def test_transaction_too_big_for_the_budget_without_the_atomic_function_waits_for_it_naming_it(
         budget_worker, db, standin, user):
+    """Installing the function is the operator's to do: the transaction stays queued (Retry-After
+    of a migration), never discarded, and applies once it is installed."""
     sub, token = user
     todos, big = _too_big_for_five(db, sub)
     db.execute("alter function public.powersync_apply_transaction(jsonb, text, text, text, text, boolean) "
@@ -1234,12 +1248,16 @@ def test_transaction_too_big_for_the_budget_without_the_atomic_function_is_fatal
     finally:
         db.execute("alter function public.powersync_apply_transaction_away(jsonb, text, text, text, text, boolean) "
                    "rename to powersync_apply_transaction")
-    assert response.status_code == 200, response.text
-    assert statuses(response) == ["fatal_error"]
+    assert response.status_code == 503, response.text
+    assert int(response.headers["Retry-After"]) >= 60, response.headers
+    assert statuses(response) == ["retryable_error"]
     f = failure(response, 0)
     assert (f["code"], f["index"]) == ("too_many_requests_for_budget", None), f
     assert "atomic mode" in f["message"], f
     assert all(row(db, "todos", t)["priority"] is None for t in todos)
+    response = upload(budget_worker, token, body(big))
+    assert statuses(response) == ["success"], response.text
+    assert [row(db, "todos", t)["priority"] for t in todos] == [0, 1, 2, 3, 4, 5]
 
 
 def test_thousand_puts_with_identical_columns_are_one_request(budget_worker, db, standin, user):

@@ -72,7 +72,6 @@ import jwt as pyjwt
 import psycopg
 from psycopg import sql
 
-API_ROLES = ("anon", "authenticated", "service_role")
 # The role PostgREST logs in as on Supabase: its settings are each session's defaults.
 AUTHENTICATOR_ROLE = "authenticator"
 JSON_CT = "application/json; charset=utf-8"
@@ -187,7 +186,7 @@ def pg_error_status(sqlstate: str | None, role: str) -> int:
     return 400
 
 
-def pg_error_to_http(e: psycopg.Error, role: str) -> HttpError:
+def pg_error_to_http(e: psycopg.Error, role: str, version: int = 12) -> HttpError:
     diag = e.diag
     sqlstate = e.sqlstate
     message = diag.message_primary or str(e).strip()
@@ -206,8 +205,11 @@ def pg_error_to_http(e: psycopg.Error, role: str) -> HttpError:
         except (ValueError, KeyError, TypeError):
             return ApiError(500, "PGRST121", "Could not parse JSON in the \"RAISE SQLSTATE 'PGRST'\""
                             " error", message, None)
-    return ApiError(pg_error_status(sqlstate, role), sqlstate, message,
-                    diag.message_detail, diag.message_hint)
+    status = pg_error_status(sqlstate, role)
+    if sqlstate == "22023" and message.startswith("role") and message.endswith("does not exist") \
+            and version >= 13:
+        status = 401  # the JWT's role claim names no role (PostgREST 13, PR #4081)
+    return ApiError(status, sqlstate, message, diag.message_detail, diag.message_hint)
 
 
 # --------------------------------------------------------------------------- parsing helpers
@@ -775,13 +777,14 @@ class StandIn:
                                                    f'error_description="{e}"'})
         # A valid JWT without a role claim runs as the anonymous role, as without a JWT
         # (PostgREST's docs, "User Impersonation"; Supabase's db-anon-role is `anon`).
+        # Any other role is switched to as PostgREST does (SET ROLE as `authenticator`): a role
+        # that does not exist is PostgreSQL's 22023, one not granted to authenticator its 42501
+        # (see _RoleCursor and pg_error_to_http).
         role = claims.get("role", "anon")
-        claims = {**claims, "role": role}
-        if role not in API_ROLES:
-            raise ApiError(401, "PGRST301",
-                           f"JWT role claim {role!r} is missing or not one of "
-                           f"{', '.join(API_ROLES)}", None, None,
+        if not isinstance(role, str) or not role:
+            raise ApiError(401, "PGRST301", "JWT role claim is not a role name", None, None,
                            {"WWW-Authenticate": 'Bearer error="invalid_token"'})
+        claims = {**claims, "role": role}
         return claims
 
     # ------------------------------------------------------------ /auth/v1/user
@@ -902,7 +905,7 @@ class StandIn:
                         pass
                     raise
         except psycopg.Error as e:
-            raise pg_error_to_http(e, role)
+            raise pg_error_to_http(e, role, self.postgrest_version)
 
     # ---------------------------------------------------------------- catalog
     def _table(self, cur, schema: str, name: str, method: str = "GET") -> Table:
