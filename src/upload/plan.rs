@@ -318,7 +318,8 @@ impl<'a> Context<'a> {
     /// column in service mode (already filtered), nor a name that is not a plain identifier
     /// or is a key PostgREST's query string reserves (it could not be a filter key:
     /// [`is_filter_column`]; the atomic function compares those), nor one whose previous value is
-    /// an array or an object ([`is_structured`]; the atomic function compares those too). Each is
+    /// an array or an object, or whose column is a JSON column ([`is_structured`]; the atomic
+    /// function compares those). Each is
     /// `&<column>=is.null` for a null, else
     /// `&<column>=eq.<value>` (a string's text, a number's or boolean's JSON text, percent-encoded:
     /// PostgREST takes everything after `eq.` literally and PostgreSQL casts it to the column's
@@ -332,8 +333,10 @@ impl<'a> Context<'a> {
         let room = filter::MAX_URL_BYTES.saturating_sub(fixed + self.owner_filter().len());
         let mut conditions = Conditions::default();
         let mut left = room;
-        for (column, old) in
-            self.compared(&previous, data).filter(|(column, old)| is_filter_column(column) && !is_structured(old))
+        let json = |column: &str| self.settings.json_columns.contains(&entry.table, column);
+        for (column, old) in self
+            .compared(&previous, data)
+            .filter(|(column, old)| is_filter_column(column) && !json(column) && !is_structured(old))
         {
             let condition = column_condition(column, old);
             if condition.len() > left {
@@ -351,7 +354,10 @@ impl<'a> Context<'a> {
             let mut new = String::new();
             let all = data.iter().all(|(column, value)| {
                 let condition = column_condition(column, value);
-                let fits = is_filter_column(column) && !is_structured(value) && new.len() + condition.len() <= room;
+                let fits = is_filter_column(column)
+                    && !json(column)
+                    && !is_structured(value)
+                    && new.len() + condition.len() <= room;
                 if fits {
                     new.push_str(&condition);
                 }
@@ -556,10 +562,11 @@ fn condition_text(raw: &str) -> Option<String> {
     })
 }
 
-/// Whether a value (raw JSON) is an array or an object: a JSON column's value after
+/// Whether a value (raw JSON) is an array or an object, as a JSON column's value is after
 /// `UPLOAD_JSON_COLUMNS`. PostgREST's `eq` cannot compare one in every column type that takes it
-/// (an array literal must be `{a,b}` for `text[]`, a `json` column has no `=`), so REST leaves
-/// such a column out of its comparisons; the atomic function compares it as JSON.
+/// (an array literal must be `{a,b}` for `text[]`, a `json` column has no `=`), nor a JSON
+/// column's string (`eq.hello` is no `jsonb`), so REST leaves JSON columns and such values out of
+/// its comparisons; the atomic function compares arrays and objects as JSON.
 fn is_structured(raw: &str) -> bool {
     raw.starts_with(['[', '{'])
 }
@@ -1026,7 +1033,7 @@ mod tests {
     }
 
     #[test]
-    fn rest_leaves_arrays_and_objects_out_of_its_comparisons() {
+    fn rest_leaves_json_columns_arrays_and_objects_out_of_its_comparisons() {
         // `eq.["a"]` is no literal a text[] column takes, and a json column has no `=`: such a
         // filter would fail the write (22P02, 42883) instead of comparing it
         let mut s = settings();
@@ -1036,7 +1043,7 @@ mod tests {
         edit.previous =
             Some(json!({"tags": "[\"a\",\"b\"]", "t": "y"}).as_object().cloned().unwrap_or_default().into());
         let mut only_tags = patch("b", json!({"tags": "{\"k\":1}"}));
-        only_tags.previous = Some(json!({"tags": "{\"k\":0}"}).as_object().cloned().unwrap_or_default().into());
+        only_tags.previous = Some(json!({"tags": "\"a string\""}).as_object().cloned().unwrap_or_default().into());
         let requests = plan(vec![edit, only_tags], &s);
         assert_eq!(requests[0].request.url, "https://p.supabase.co/rest/v1/todos?id=eq.a&t=eq.y");
         assert!(
