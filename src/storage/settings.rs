@@ -4,7 +4,7 @@
 //! |---|---|---|
 //! | `STORAGE_MODE` | `rls` | `rls`: ask Storage with the user's own token (storage policies decide); `service`: sign with the service key after the worker's own rules |
 //! | `STORAGE_URL` | `<SUPABASE_URL>/storage/v1` | the Storage API |
-//! | `STORAGE_BUCKETS` | none (any bucket, rls mode only) | the buckets files may go to, with their rules: `a,b` or JSON `{"a":{"path":"{user_id}/","max_bytes":N,"content_types":["image/*"]}}`; required in service mode |
+//! | `STORAGE_BUCKETS` | none (any bucket, rls mode only) | the buckets files may go to, with their rules: `a,b` or JSON `{"a":{"path":"{user_id}/","max_bytes":N,"content_types":["image/*"],"shared":false}}` (service mode: a path without `{user_id}` needs `"shared": true`); required in service mode |
 //! | `STORAGE_DOWNLOAD_URL_SECONDS` | 3600 | lifetime of download URLs (a request may ask for less), 1..=604800 |
 //! | `SUPABASE_ANON_KEY` | required | sent as `apikey` in rls mode |
 //! | `SUPABASE_SERVICE_ROLE_KEY` | — | required in service mode |
@@ -41,11 +41,20 @@ pub struct BucketRules {
     pub max_bytes: u64,
     /// Allowed content types (`image/png` exactly, or `image/*`); empty = any.
     pub content_types: Vec<String>,
+    /// `"shared": true`: a template without `{user_id}` is meant. Default `false`. In service
+    /// mode such a folder is every user's: anyone signed in may overwrite or delete any file in
+    /// it (the service key signs), so it must be asked for by name.
+    pub shared: bool,
 }
 
 impl Default for BucketRules {
     fn default() -> Self {
-        BucketRules { path_template: DEFAULT_PATH_TEMPLATE.into(), max_bytes: DEFAULT_MAX_BYTES, content_types: vec![] }
+        BucketRules {
+            path_template: DEFAULT_PATH_TEMPLATE.into(),
+            max_bytes: DEFAULT_MAX_BYTES,
+            content_types: vec![],
+            shared: false,
+        }
     }
 }
 
@@ -125,6 +134,17 @@ pub fn read(r: &mut Reader, supabase_url: Option<String>) -> Option<StorageSetti
         if r.get("STORAGE_BUCKETS").is_none() {
             r.problem("STORAGE_BUCKETS", "is required with STORAGE_MODE=service (the buckets files may go to)");
         }
+        for (name, rules) in buckets.iter().flatten() {
+            if !rules.path_template.contains("{user_id}") && !rules.shared {
+                r.problem(
+                    "STORAGE_BUCKETS",
+                    format!(
+                        "{name}.path has no {{user_id}}: with STORAGE_MODE=service every signed-in user could \
+                         overwrite and delete every file under it; add \"shared\": true if that is meant"
+                    ),
+                );
+            }
+        }
     }
     let download_url_seconds = r.number("STORAGE_DOWNLOAD_URL_SECONDS", DEFAULT_DOWNLOAD_URL_SECONDS, 1..=604_800);
     let allow_anonymous = r.flag("STORAGE_ALLOW_ANONYMOUS", false);
@@ -182,8 +202,11 @@ pub fn parse_buckets(text: &str) -> Result<BTreeMap<String, BucketRules>, String
                         .collect::<Option<Vec<_>>>()
                         .ok_or(format!("{name}.content_types: give types like image/png or image/*"))?;
                 }
+                ("shared", Value::Bool(shared)) => bucket.shared = shared,
                 (other, _) => {
-                    return Err(format!("{name}.{other}: unknown or invalid (use path, max_bytes, content_types)"))
+                    return Err(format!(
+                        "{name}.{other}: unknown or invalid (use path, max_bytes, content_types, shared)"
+                    ))
                 }
             }
         }
@@ -212,11 +235,19 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
-    fn read_vars(vars: &[(&str, &str)]) -> Result<StorageSettings, Vec<String>> {
+    fn read_settings(vars: &[(&str, &str)]) -> Result<StorageSettings, Vec<crate::environment::Problem>> {
         let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let lookup = move |name: &str| map.get(name).cloned();
         let mut r = Reader::new(&lookup);
-        r.part(|r| read(r, Some("https://abc.supabase.co".into()))).map_err(|p| p.into_iter().map(|p| p.name).collect())
+        r.part(|r| read(r, Some("https://abc.supabase.co".into())))
+    }
+
+    fn read_vars(vars: &[(&str, &str)]) -> Result<StorageSettings, Vec<String>> {
+        read_settings(vars).map_err(|p| p.into_iter().map(|p| p.name).collect())
+    }
+
+    fn read_problems(vars: &[(&str, &str)]) -> Vec<crate::environment::Problem> {
+        read_settings(vars).err().unwrap_or_default()
     }
 
     #[test]
@@ -250,6 +281,31 @@ mod tests {
             assert!(!rules.allows_type(smuggled), "{smuggled}");
         }
         assert!(rules.allows_type("image/svg+xml") && rules.allows_type("IMAGE/PNG"));
+    }
+
+    #[test]
+    fn a_service_mode_folder_without_the_user_id_must_be_asked_for_as_shared() {
+        let vars = |mode: &str, buckets: &str| {
+            read_vars(&[
+                ("SUPABASE_ANON_KEY", "anon"),
+                ("SUPABASE_SERVICE_ROLE_KEY", "svc"),
+                ("STORAGE_MODE", mode),
+                ("STORAGE_BUCKETS", buckets),
+            ])
+        };
+        assert_eq!(vars("service", r#"{"docs":{"path":"shared/"}}"#).unwrap_err(), vec!["STORAGE_BUCKETS"]);
+        let shared = vars("service", r#"{"docs":{"path":"shared/","shared":true}}"#).unwrap();
+        assert!(shared.buckets.unwrap()["docs"].shared);
+        // the user's own folder needs nothing; in rls mode the storage policies decide
+        assert!(vars("service", r#"{"docs":{"path":"users/{user_id}/"}}"#).is_ok());
+        assert!(vars("rls", r#"{"docs":{"path":"shared/"}}"#).is_ok());
+        let problems = read_problems(&[
+            ("SUPABASE_ANON_KEY", "anon"),
+            ("SUPABASE_SERVICE_ROLE_KEY", "svc"),
+            ("STORAGE_MODE", "service"),
+            ("STORAGE_BUCKETS", r#"{"docs":{"path":"shared/"}}"#),
+        ]);
+        assert!(problems[0].message.contains("\"shared\": true"), "{problems:?}");
     }
 
     #[test]
