@@ -57,6 +57,8 @@
 //! reported retryable instead of fatal: the client must not discard what could not be recorded
 //! (see `delivery`).
 
+use std::borrow::Cow;
+
 use serde_json::{json, Value};
 
 use super::crud::{Entry, Transaction};
@@ -167,19 +169,19 @@ pub fn request(
         Some(Value::String(text)) => Value::String(text.clone()),
         Some(other) => Value::String(other.to_string()),
     };
-    let entries: Vec<Value> = transaction
+    // The ops as the atomic call writes them, their values' text as the client sent it (a
+    // number through a float would lose digits, and the ledger's digest of the ops with them).
+    let entries: Vec<String> = transaction
         .entries
         .iter()
         .enumerate()
         .map(|(i, e)| {
-            let mut op = atomic_op(e, settings, &caller.user_id);
             let state = states.get(i).copied().unwrap_or(EntryState::Failed);
-            op.insert("state".to_string(), Value::String(state.as_str().to_string()));
-            Value::Object(op)
+            let op = atomic_op(e, settings, &caller.user_id, &format!(",\"state\":\"{}\"", state.as_str()));
+            storable_text(&op).into_owned()
         })
         .collect();
     let mut body = json!({
-        "entries": entries,
         "code": failure.code,
         "message": failure.message,
         "details": failure.details,
@@ -194,7 +196,31 @@ pub fn request(
         body["allowed_tables"] = json!(settings.tables);
     }
     let url = format!("{}/rest/v1/rpc/{RECORD_FUNCTION}", settings.supabase_url);
-    authorized(Method::Post, url, settings, caller).json_body(storable(body).to_string())
+    let mut text = storable(body).to_string();
+    text.pop(); // the object's closing brace: the entries go in as written
+    text.push_str(",\"entries\":[");
+    text.push_str(&entries.join(","));
+    text.push_str("]}");
+    authorized(Method::Post, url, settings, caller).json_body(text)
+}
+
+/// JSON text with every `\u0000` escape (the only way U+0000 appears in JSON text) replaced by
+/// `\ufffd`, escape by escape (`\\u0000` is a backslash and the text `u0000`, left as it is).
+fn storable_text(json: &str) -> Cow<'_, str> {
+    if !json.contains("\\u0000") {
+        return Cow::Borrowed(json);
+    }
+    let mut out = String::with_capacity(json.len());
+    let mut rest = json;
+    while let Some(at) = rest.find('\\') {
+        out.push_str(&rest[..at]);
+        let escape = &rest[at..];
+        let len = if escape.starts_with("\\u") { 6 } else { 2 }.min(escape.len());
+        out.push_str(if &escape[..len] == "\\u0000" { "\\ufffd" } else { &escape[..len] });
+        rest = &escape[len..];
+    }
+    out.push_str(rest);
+    Cow::Owned(out)
 }
 
 /// Whether a 2xx answer to [`request`] is the function's: the recorded row's id.
@@ -348,6 +374,47 @@ mod tests {
             recorded["entry"],
             json!({"op": "PUT", "table": "todos", "id": "a\u{FFFD}b", "data": {"ti\u{FFFD}tle": ["x\u{FFFD}y", {"k": "\u{FFFD}"}]}})
         );
+        assert_eq!(
+            recorded["entries"][0]["data"],
+            json!({"id": "a\u{FFFD}b", "ti\u{FFFD}tle": ["x\u{FFFD}y", {"k": "\u{FFFD}"}]})
+        );
+        assert_eq!(recorded["entries"][0]["id"], "a\u{FFFD}b");
+    }
+
+    #[test]
+    fn an_escaped_backslash_before_u0000_is_no_nul() {
+        assert_eq!(storable_text(r#"["\u0000","\\u0000","\\\u0000x"]"#), r#"["\ufffd","\\u0000","\\\ufffdx"]"#);
+        assert!(matches!(storable_text(r#"{"a":"\n"}"#), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn the_ops_keep_the_clients_numbers_as_written_as_the_atomic_call_does() {
+        // A JSON column's text with a number no float holds: the dead letter's ops (and the
+        // ledger's digest of them) must be the atomic call's, digit for digit.
+        let mut settings = UploadSettings::new("https://p.supabase.co", "anon");
+        settings.json_columns.insert("todos", "tags");
+        let transaction = Transaction {
+            transaction_id: None,
+            entries: vec![Entry {
+                op: Op::Put,
+                table: "todos".to_string(),
+                id: "a".to_string(),
+                data: crate::upload::crud::Row::parse(
+                    r#"{"tags": "{\"n\": 12345678901234567890123, \"x\": 1e2}", "price": 0.1000000000000000000001}"#,
+                )
+                .unwrap_or_default(),
+                previous: None,
+                metadata: None,
+            }],
+        };
+        let failure = FailedOperation::new(Some(0), "23505", "dup");
+        let request = request(&settings, &caller(), &transaction, &failure, &[]);
+        let sent = request.body.as_deref().unwrap_or_default();
+        assert!(sent.contains(r#""tags":{"n": 12345678901234567890123, "x": 1e2}"#), "{sent}");
+        assert!(sent.contains(r#""price":0.1000000000000000000001"#), "{sent}");
+        let atomic = crate::upload::plan::atomic_request(&transaction, &settings, &caller()).map(|r| r.request);
+        let atomic = atomic.and_then(|r| r.body).unwrap_or_default();
+        assert!(atomic.contains(r#""tags":{"n": 12345678901234567890123, "x": 1e2}"#), "{atomic}");
     }
 
     #[test]

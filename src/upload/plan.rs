@@ -66,7 +66,7 @@
 
 use std::ops::Range;
 
-use serde_json::{json, Map, Value};
+use serde_json::Value;
 
 use super::crud::{Entry, Op, Transaction};
 use super::filter::{self, InList};
@@ -426,21 +426,8 @@ impl<'a> Context<'a> {
             if i > 0 {
                 body.push(',');
             }
-            body.push_str("{\"op\":\"");
-            body.push_str(entry.op.as_str());
-            body.push_str("\",\"table\":");
-            row::push_json_string(&mut body, &entry.table);
-            body.push_str(",\"id\":");
-            row::push_json_string(&mut body, &entry.id);
-            let data = match entry.op {
-                Op::Put => Some(row::put_row(entry, self.settings, &self.caller.user_id)),
-                Op::Patch => Some(row::patch_data(entry, self.settings)),
-                Op::Delete => None,
-            };
-            if let Some(data) = &data {
-                body.push_str(",\"data\":");
-                data.write_json(&mut body);
-            }
+            let data = written_data(entry, self.settings, &self.caller.user_id);
+            write_op_fields(&mut body, entry, data.as_ref());
             // A PATCH with nothing to write is a no-op: nothing to compare either.
             let expect = match entry.op {
                 Op::Put => None,
@@ -503,22 +490,39 @@ fn ledger_id(transaction: &Transaction) -> Option<String> {
 /// PowerSync's are integers). Equal to the longest client id an upload may carry.
 pub const MAX_LEDGER_ID_BYTES: usize = super::crud::MAX_CLIENT_ID_BYTES;
 
-/// One op of the atomic function's `ops`: `{"op","table","id","data"?}`, the data as the bridge
-/// writes it (conversions, owner rules; a PUT's row with its id), no `data` for DELETE.
-pub(crate) fn atomic_op(entry: &Entry, settings: &UploadSettings, user_id: &str) -> Map<String, Value> {
-    let mut op = Map::new();
-    op.insert("op".to_string(), json!(entry.op.as_str()));
-    op.insert("table".to_string(), json!(entry.table));
-    op.insert("id".to_string(), json!(entry.id));
+/// The columns an entry writes: a PUT's row with its id, a PATCH's data (conversions, owner
+/// rules); `None` for a DELETE.
+fn written_data<'e>(entry: &'e Entry, settings: &'e UploadSettings, user_id: &str) -> Option<Columns<'e>> {
     match entry.op {
-        Op::Put => {
-            op.insert("data".to_string(), Value::Object(row::put_row(entry, settings, user_id).to_map()));
-        }
-        Op::Patch => {
-            op.insert("data".to_string(), Value::Object(row::patch_data(entry, settings).to_map()));
-        }
-        Op::Delete => {}
+        Op::Put => Some(row::put_row(entry, settings, user_id)),
+        Op::Patch => Some(row::patch_data(entry, settings)),
+        Op::Delete => None,
     }
+}
+
+/// `{"op":…,"table":…,"id":…` and `,"data":{…}` when there is data, without the closing brace.
+fn write_op_fields(out: &mut String, entry: &Entry, data: Option<&Columns>) {
+    out.push_str("{\"op\":\"");
+    out.push_str(entry.op.as_str());
+    out.push_str("\",\"table\":");
+    row::push_json_string(out, &entry.table);
+    out.push_str(",\"id\":");
+    row::push_json_string(out, &entry.id);
+    if let Some(data) = data {
+        out.push_str(",\"data\":");
+        data.write_json(out);
+    }
+}
+
+/// One op of the atomic function's `ops` as JSON text, `{"op","table","id","data"?}` and the
+/// `extra` fields (`,"name":value…`), the data as the bridge writes it: the client's values'
+/// text, never rebuilt (a number keeps every digit, so a dead letter's ops and their digest are
+/// the atomic call's).
+pub(crate) fn atomic_op(entry: &Entry, settings: &UploadSettings, user_id: &str, extra: &str) -> String {
+    let mut op = String::new();
+    write_op_fields(&mut op, entry, written_data(entry, settings, user_id).as_ref());
+    op.push_str(extra);
+    op.push('}');
     op
 }
 
@@ -868,6 +872,7 @@ mod tests {
     use super::*;
     use crate::upload::crud::Entry;
     use percent_encoding::percent_decode_str;
+    use serde_json::json;
     use std::collections::BTreeSet;
 
     const BASE: &str = "https://p.supabase.co";

@@ -51,6 +51,7 @@ def workers(base_vars, start_workers, firebase_standin, providers):  # noqa: F81
                      "THIRD_PARTY_FIREBASE_JWKS_URL": urls["firebase"]},
         "unchanged": {**base_vars, **DEAD, "UPLOAD_ATOMIC": "false", "UPLOAD_DEAD_LETTER_UNCHANGED": "true"},
         "atomic_unchanged": {**base_vars, **DEAD, "UPLOAD_ATOMIC": "true", "UPLOAD_DEAD_LETTER_UNCHANGED": "true"},
+        "atomic_json": {**base_vars, **DEAD, "UPLOAD_ATOMIC": "true", "UPLOAD_JSON_COLUMNS": "todos.tags"},
     }
     return start_workers(configs)
 
@@ -314,6 +315,30 @@ def test_dead_lettered_transaction_is_never_applied_later_and_its_resend_is_answ
     assert row(db, "todos", todo)["description"] == "d"
     resent = upload(workers["atomic"], token, payload)
     assert statuses(resent) == ["success"] and resent.json()["results"][0].get("already_applied") is True, resent.text
+
+
+def test_a_dead_letter_keeps_every_digit_so_its_transaction_stays_recorded_and_replays_as_sent(workers, db, user):
+    """A JSON column's number no float holds: the dead letter's ops are the atomic call's, digit
+    for digit. Else the ledger's digest of them differs from the call's, and a late call or
+    re-send of the rejected transaction would apply it; and a replay would write other data."""
+    sub, token = user
+    missing, todo = new_id(), new_id()
+    tags = '{"n": 12345678901234567890123, "pi": 3.14159265358979323846}'
+    payload = with_client(body(tx(put("todos", todo, description="d", list_id=missing, created_by=sub, tags=tags),
+                                  tid=41)), "client-digits")
+    first = upload(workers["atomic_json"], token, payload)
+    assert statuses(first) == ["fatal_error"] and failure(first, 0)["code"] == "23503", first.text
+    stored = db.execute(f"select entries->0->'data'->'tags'->>'n', entries->0->'data'->'tags'->>'pi'"
+                        f" from {DEAD_LETTERS}").fetchone()
+    assert stored == ("12345678901234567890123", "3.14159265358979323846")
+    insert_list(db, sub, list_id=missing)  # the cause is gone: the same call would now apply
+    again = upload(workers["atomic_json"], token, payload)
+    assert statuses(again) == ["fatal_error"], again.text
+    assert count(db, "todos") == 0
+    (letter,) = letters(db)
+    result = db.execute(f"select public.{REPLAY}(%s)", (letter["id"],)).fetchone()[0]
+    assert result["replayed"] is True, result
+    assert db.execute("select tags->>'n' from todos where id = %s", (todo,)).fetchone() == ("12345678901234567890123",)
 
 
 def test_dead_letter_of_a_transaction_the_ledger_holds_applied_is_refused_so_the_client_keeps_it(
