@@ -10,6 +10,9 @@ export interface FileFetchInit {
   headers: Record<string, string>;
   body?: string | ArrayBuffer;
   signal?: AbortSignal;
+  /** `'manual'` for the PUT to a signed upload URL: a redirect there is no upload (fetch would
+   * re-send it as a body-less GET, whose 200 would read as stored). */
+  redirect?: 'manual';
 }
 
 /** The subset of a `fetch` response the adapter reads. The global `Response` satisfies it. */
@@ -83,7 +86,7 @@ export class WorkerStorageAdapter implements RemoteStorageAdapter {
     const headers = (entry['headers'] ?? {}) as Record<string, string>;
     const { status, text } = await this.send(
       String(entry['url']),
-      { method: 'PUT', headers, body: fileData },
+      { method: 'PUT', headers, body: fileData, redirect: 'manual' },
       'PUT signed upload URL',
       async (response) => ({ status: response.status, text: ok(response.status) ? '' : await response.text() }),
     );

@@ -71,6 +71,15 @@ describe('WorkerStorageAdapter', () => {
     assert.equal(fake.sent[1]!.init.headers['Authorization'], undefined, 'no credentials go to Storage');
     assert.deepEqual(fake.sent[1]!.init.headers, { 'Content-Type': 'image/jpeg', 'x-upsert': 'true' });
     assert.deepEqual(new Uint8Array(fake.sent[1]!.init.body as ArrayBuffer), new Uint8Array([1, 2, 3]));
+    assert.equal(fake.sent[1]!.init.redirect, 'manual', 'a redirected PUT is never followed as a GET');
+  });
+
+  test('a signed upload URL answered with a redirect is no upload: an error, so the queue retries', async () => {
+    const fake = scripted(
+      { status: 200, json: { files: [{ url: 'https://s/u', method: 'PUT', headers: {} }] } },
+      { status: 303, json: {}, headers: { Location: 'https://elsewhere/' } },
+    );
+    await rejectsWith(adapter(fake.fetch).uploadFile(new ArrayBuffer(1), photo), { code: 'storage_http_303', status: 303 });
   });
 
   test('downloadFile GETs the signed download URL and answers its bytes', async () => {
