@@ -227,10 +227,12 @@ impl App {
         }
         log.status = response.status;
         response.headers.push(("X-Request-Id".into(), request_id.into()));
+        // With an allow-list the answer depends on Origin, allowed or not: a cache (the JWKS is
+        // `public, max-age=300`) must not serve one origin's copy to another.
+        if !self.config.cors.allows_any() {
+            response.headers.push(("Vary".into(), "Origin".into()));
+        }
         if let Some(origin) = self.config.cors.allow_origin(request.header("Origin")) {
-            if origin != "*" {
-                response.headers.push(("Vary".into(), "Origin".into()));
-            }
             response.headers.push(("Access-Control-Allow-Origin".into(), origin));
             response.headers.push(("Access-Control-Expose-Headers".into(), "X-Request-Id, Retry-After".into()));
         }
@@ -383,12 +385,7 @@ impl App {
             return Err(ApiError::AnonymousNotAllowed);
         }
         // Only now, with the session verified, is the body read; over the limit, reading stops.
-        let limit = settings.limits.max_body_bytes;
-        let declared = request.header("Content-Length").and_then(|n| n.trim().parse::<u64>().ok());
-        if let Some(length) = declared.filter(|n| *n > limit as u64) {
-            return Err(ApiError::PayloadTooLarge(format!("body is {length} bytes; at most {limit} are accepted")));
-        }
-        let bytes = read_body(body, limit).await?;
+        let bytes = read_declared_body(request, body, settings.limits.max_body_bytes).await?;
         let upload::Upload { client_id, transactions } =
             upload::crud::parse_upload(&bytes, &settings.limits).map_err(|e| match e {
                 upload::crud::CrudError::Malformed { path, message } => ApiError::BadRequest { path, message },
@@ -440,8 +437,7 @@ impl App {
         if !settings.admits(&session.claims) {
             return Err(ApiError::AnonymousNotAllowed);
         }
-        let limit = storage::MAX_BODY_BYTES;
-        let bytes = read_body(body, limit).await?;
+        let bytes = read_declared_body(request, body, storage::MAX_BODY_BYTES).await?;
         let files = storage::parse_request(op, &bytes).map_err(ApiError::File)?;
         log.files = Some(storage::log_summary(&files, 0));
         storage::check(&files, settings, &session.user_id).map_err(ApiError::File)?;
@@ -545,6 +541,20 @@ fn health(config: &Config) -> HttpResponse {
     let mut response = json_response(if token_ready { 200 } else { 503 }, &body);
     response.headers.push(("Cache-Control".into(), "no-store".into()));
     response
+}
+
+/// Reads a request body of at most `limit` bytes, refusing a larger declared `Content-Length`
+/// before reading any of it: more is the caller's 413, a body that cannot be read their 400.
+async fn read_declared_body<B: RequestBody>(
+    request: &IncomingRequest,
+    body: B,
+    limit: usize,
+) -> Result<Vec<u8>, ApiError> {
+    let declared = request.header("Content-Length").and_then(|n| n.trim().parse::<u64>().ok());
+    if let Some(length) = declared.filter(|n| *n > limit as u64) {
+        return Err(ApiError::PayloadTooLarge(format!("body is {length} bytes; at most {limit} are accepted")));
+    }
+    read_body(body, limit).await
 }
 
 /// Reads a request body of at most `limit` bytes: more is the caller's 413, a body that cannot
@@ -951,6 +961,27 @@ mod tests {
         .0;
         assert_eq!(other.header_value("access-control-allow-origin"), None);
         assert_eq!(other.header_value("access-control-allow-methods"), None);
+        // an answer that depends on Origin says so whether or not it was allowed (a cache would
+        // otherwise serve a copy without the CORS header to an allowed origin), and with `*` not
+        assert_eq!(other.header_value("vary"), Some("Origin"));
+        let jwks = send(&app, &FakeTransport::default(), request("GET", "/.well-known/jwks.json", &[], "")).0;
+        assert_eq!((jwks.status, jwks.header_value("vary")), (200, Some("Origin")));
+        let any = send(&self::app(&[]), &FakeTransport::default(), request("GET", "/.well-known/jwks.json", &[], "")).0;
+        assert_eq!(any.header_value("vary"), None);
+    }
+
+    #[test]
+    fn files_declaring_a_body_over_the_limit_is_413_before_reading_it() {
+        let app = app(&[]);
+        let auth = bearer(&hs256(&user_claims()));
+        let declared = (storage::MAX_BODY_BYTES + 1).to_string();
+        let (response, _, body) = send(
+            &app,
+            &FakeTransport::default(),
+            request("POST", FILES_UPLOAD_PATH, &[("authorization", &auth), ("Content-Length", &declared)], ""),
+        );
+        assert_eq!((response.status, body["code"].as_str()), (413, Some("payload_too_large")));
+        assert!(body["error"].as_str().is_some_and(|e| e.contains(&declared)), "{body}");
     }
 
     #[test]

@@ -104,9 +104,14 @@ pub struct CorsSettings {
 }
 
 impl CorsSettings {
+    /// Whether any origin is allowed (`*`): then no answer depends on `Origin`.
+    pub fn allows_any(&self) -> bool {
+        self.allowed_origins.iter().any(|o| o == "*")
+    }
+
     /// The `Access-Control-Allow-Origin` value for a request's `Origin`, if allowed.
     pub fn allow_origin(&self, origin: Option<&str>) -> Option<String> {
-        if self.allowed_origins.iter().any(|o| o == "*") {
+        if self.allows_any() {
             return Some("*".into());
         }
         let origin = origin?;
@@ -280,6 +285,21 @@ fn powersync_settings(r: &mut Reader) -> Result<PowerSyncSettings, PowerSyncProb
         Some(Err(e)) => return Err(PowerSyncProblem::Key(e)),
         None => return Err(PowerSyncProblem::Missing(vec!["POWERSYNC_PRIVATE_KEY".into()])),
     };
+    // A previous key under the current kid is the current key published twice (dropped), unless
+    // it is another key: then tokens it signed would stop verifying, and PowerSync, which
+    // fetches the JWKS again only for a kid it does not know, could keep the old key for it.
+    if let Some(key_id) = &key_id {
+        let current = key.public_jwk(key_id);
+        if previous.iter().any(|p| p.kid == *key_id && !p.same_key_as(&current)) {
+            r.problem(
+                "POWERSYNC_PREVIOUS_PUBLIC_KEYS",
+                format!(
+                    "a previous key has the current key's kid ({key_id}) but is another key: give the new key a new \
+                     POWERSYNC_KEY_ID, so that both verify while tokens of the old one are in use"
+                ),
+            );
+        }
+    }
     let invalid: Vec<String> = r.problems[before..].iter().map(|p| p.name.clone()).collect();
     match (url, key_id) {
         (Some(powersync_url), Some(key_id)) if invalid.is_empty() => {
@@ -493,6 +513,22 @@ mod tests {
         vars.push(("POWERSYNC_PREVIOUS_PUBLIC_KEYS", format!("[{old}]")));
         let kids: Vec<String> = config_of(&vars).powersync.unwrap().jwks.into_iter().map(|k| k.kid).collect();
         assert_eq!(kids, vec!["kid-1", "kid-0"]);
+    }
+
+    #[test]
+    fn a_previous_key_under_the_current_kid_is_dropped_if_it_is_the_current_key_else_refused() {
+        // the current key listed as previous too (the rotation's middle step): published once
+        let mut vars = complete();
+        let same = serde_json::to_string(&test_key().public_jwk("kid-1")).unwrap();
+        vars.push(("POWERSYNC_PREVIOUS_PUBLIC_KEYS", format!("[{same}]")));
+        assert_eq!(config_of(&vars).powersync.unwrap().jwks, vec![test_key().public_jwk("kid-1")]);
+        // another key under the current kid: its tokens would stop verifying, silently
+        let mut vars = complete();
+        let other = serde_json::to_string(&crate::keys::tests::p256_key().public_jwk("kid-1")).unwrap();
+        vars.push(("POWERSYNC_PREVIOUS_PUBLIC_KEYS", format!("[{other}]")));
+        let c = config_of(&vars);
+        assert_eq!(c.powersync.unwrap_err(), PowerSyncProblem::Invalid(vec!["POWERSYNC_PREVIOUS_PUBLIC_KEYS".into()]));
+        assert!(c.problems.iter().any(|p| p.message.contains("new POWERSYNC_KEY_ID")), "{:?}", c.problems);
     }
 
     #[test]

@@ -160,6 +160,14 @@ pub struct PublicJwk {
     pub kid: String,
 }
 
+impl PublicJwk {
+    /// The same public key (type, curve and numbers), whatever its `kid`, `alg` or `use`.
+    pub fn same_key_as(&self, other: &PublicJwk) -> bool {
+        (&self.kty, &self.crv, &self.x, &self.y, &self.n, &self.e)
+            == (&other.kty, &other.crv, &other.x, &other.y, &other.n, &other.e)
+    }
+}
+
 #[derive(Clone)]
 enum Inner {
     Rsa(RsaPrivateKey),

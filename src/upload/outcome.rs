@@ -399,7 +399,7 @@ impl UploadReport {
             .filter(|r| matches!(r.status, Status::FatalError | Status::Conflict))
             .filter_map(|r| {
                 let f = r.failed_operation.as_ref()?;
-                Some(json!({"transaction_id": r.transaction_id, "index": f.index, "code": f.code}))
+                Some(json!({"transaction_id": logged_id(&r.transaction_id), "index": f.index, "code": f.code}))
             })
             .collect();
         json!({
@@ -912,6 +912,20 @@ impl ErrorBody {
     }
 }
 
+/// Longest transaction id (a string the client chose) a log line carries: one upload of 1,000
+/// fatal transactions must not write a log line of megabytes.
+const MAX_LOGGED_ID_CHARS: usize = 64;
+
+fn logged_id(id: &Option<Value>) -> Value {
+    match id {
+        Some(Value::String(text)) if text.chars().nth(MAX_LOGGED_ID_CHARS).is_some() => {
+            Value::String(format!("{}…", text.chars().take(MAX_LOGGED_ID_CHARS).collect::<String>()))
+        }
+        Some(id) => id.clone(),
+        None => Value::Null,
+    }
+}
+
 fn excerpt(body: &str) -> String {
     let flat: String = credentials::redact(body).chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
     let trimmed = flat.trim();
@@ -953,6 +967,21 @@ mod tests {
         assert_eq!(summary["fatal_transactions"], json!([{"transaction_id": 2, "index": 1, "code": "23505"}]));
         assert_eq!((summary["success"].as_u64(), summary["fatal"].as_u64()), (Some(1), Some(1)));
         assert!(!summary.to_string().contains("secret-handle"));
+    }
+
+    #[test]
+    fn log_summary_clips_a_transaction_id_the_client_chose() {
+        let long = "x".repeat(5000);
+        let report = UploadReport {
+            results: vec![TransactionResult::fatal(
+                Some(json!(long)),
+                FailedOperation::new(None, "table_not_allowed", "m"),
+            )],
+            ..UploadReport::default()
+        };
+        let logged = report.log_summary()["fatal_transactions"][0]["transaction_id"].as_str().unwrap_or("").to_string();
+        assert_eq!(logged.chars().count(), MAX_LOGGED_ID_CHARS + 1);
+        assert!(logged.ends_with('…'));
     }
 
     fn answer(status: u16, body: &str) -> Result<HttpResponse, TransportError> {
