@@ -430,11 +430,13 @@ security definer
 set search_path = pg_catalog, pg_temp
 as $$
 declare
-  v_id  bigint;
-  v_row jsonb;
+  -- read once: in the WHERE clause the (volatile) call would cost a scan of the whole ledger
+  v_user text := public.powersync_upload_ledger_user(p_owner_id);
+  v_id   bigint;
+  v_row  jsonb;
 begin
   select l.dead_letter_id into v_id from public.powersync_upload_ledger as l
-   where l.user_id = public.powersync_upload_ledger_user(p_owner_id)
+   where l.user_id = v_user
      and l.client_id = p_client_id and l.transaction_id = p_transaction_id;
   if v_id is null then
     return null;

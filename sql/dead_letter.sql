@@ -71,7 +71,9 @@
 -- that are not `applied`, in order, in one powersync_apply_transaction call
 -- (all or nothing), and NEVER with more rights than the original writer:
 --   * recorded_as = 'user': as that user: the function switches to the role
---     `authenticated` with the recorded claims (request.jwt.claims, and
+--     that recorded it (recorded_by: `authenticated`, or a custom role an
+--     access-token hook gives; refused if that role now bypasses row-level
+--     security) with the recorded claims (request.jwt.claims, and
 --     request.jwt.claim.sub / .role for older auth helpers) for the call, so
 --     that user's RLS policies decide, then restores the caller's role and
 --     settings. (SET ROLE is refused inside SECURITY DEFINER functions, so the
@@ -363,6 +365,7 @@ declare
   v_table  text;
   v_result jsonb;
   v_error  jsonb;
+  v_role   text;
   -- what a user's replay changes, restored afterwards
   s_role       text := current_setting('role');
   s_claims     text := coalesce(current_setting('request.jwt.claims', true), '');
@@ -422,12 +425,20 @@ begin
       end if;
       v_owner := d.user_id;
     else
-      -- as the user who recorded it: their role, their claims, their policies
-      perform pg_catalog.set_config('role', 'authenticated', true);
+      -- as the user who recorded it: their role (a custom one from an access-token hook too:
+      -- never `authenticated`'s rights for a role that has fewer), their claims, their policies
+      v_role := coalesce(d.recorded_by, 'authenticated');
+      if exists (select 1 from pg_catalog.pg_roles as r
+                  where r.rolname = v_role and (r.rolsuper or r.rolbypassrls)) then
+        raise exception using errcode = '42501',
+          message = pg_catalog.format('dead letter %s was recorded by role %s, which now bypasses row-level '
+                                      'security: replay its entries by hand', dead_letter_id, v_role);
+      end if;
+      perform pg_catalog.set_config('role', v_role, true);
       perform pg_catalog.set_config('request.jwt.claims', d.recorded_claims::text, true);
       perform pg_catalog.set_config('request.jwt.claim', '', true);
       perform pg_catalog.set_config('request.jwt.claim.sub', d.user_id, true);
-      perform pg_catalog.set_config('request.jwt.claim.role', 'authenticated', true);
+      perform pg_catalog.set_config('request.jwt.claim.role', v_role, true);
     end if;
     if d.client_id is not null and d.transaction_id is not null and d.ops_digest is not null
        and public.powersync_upload_ledger_claim(d.client_id, d.transaction_id, d.ops_digest,

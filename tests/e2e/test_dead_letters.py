@@ -218,6 +218,34 @@ def test_replay_of_a_planted_dead_letter_cannot_touch_another_users_rows(as_user
     assert as_user(a).rpc(REPLAY, {"dead_letter_id": deleting}).status_code in (401, 403)
 
 
+def test_replay_runs_as_the_custom_role_that_recorded_it_never_with_authenticateds_rights(
+        as_user, as_service, db, user):
+    """A project's own role with fewer rights than `authenticated` (here: read-only on lists): what
+    a user of it recorded cannot be written by the operator's replay either."""
+    sub, _ = user
+    role = "readonly_user"
+    db.execute(f"drop role if exists {role}")
+    db.execute(f"create role {role} nologin noinherit; grant {role} to authenticator;"
+               f" grant usage on schema public to {role}; grant select on public.lists to {role};"
+               f" grant execute on function public.{RECORD} to {role}")
+    try:
+        list_id = new_id()
+        insert = as_user(sub, role=role).post("lists", {"id": list_id, "name": "n", "owner_id": sub})
+        assert insert.status_code == 403, insert.text  # the user cannot write lists
+        recorded = as_user(sub, role=role).rpc(RECORD, {"entries": [
+            {"op": "PUT", "table": "lists", "id": list_id, "data": {"name": "by a read-only user", "owner_id": sub},
+             "state": "failed"}], "code": "42501", "message": "m"})
+        assert recorded.status_code == 200, recorded.text
+        assert db.execute(f"select recorded_by from {DEAD_LETTERS} where id = %s",
+                          (recorded.json(),)).fetchone() == (role,)
+        result = as_service.rpc(REPLAY, {"dead_letter_id": recorded.json()})
+        assert result.status_code == 200, result.text
+        assert (result.json()["replayed"], result.json()["error"]["code"]) == (False, "42501"), result.text
+        assert row(db, "lists", list_id) is None
+    finally:
+        db.execute(f"drop owned by {role}; drop role if exists {role}")
+
+
 def test_rls_refusal_recorded_by_the_bridge_is_not_forced_through_by_the_operators_replay(workers, db, user,
                                                                                          other_user):
     sub, token = user
