@@ -385,7 +385,7 @@ impl App {
             return Err(ApiError::AnonymousNotAllowed);
         }
         // Only now, with the session verified, is the body read; over the limit, reading stops.
-        let bytes = read_declared_body(request, body, settings.limits.max_body_bytes).await?;
+        let bytes = read_body(request, body, settings.limits.max_body_bytes).await?;
         let upload::Upload { client_id, transactions } =
             upload::crud::parse_upload(&bytes, &settings.limits).map_err(|e| match e {
                 upload::crud::CrudError::Malformed { path, message } => ApiError::BadRequest { path, message },
@@ -437,7 +437,7 @@ impl App {
         if !settings.admits(&session.claims) {
             return Err(ApiError::AnonymousNotAllowed);
         }
-        let bytes = read_declared_body(request, body, storage::MAX_BODY_BYTES).await?;
+        let bytes = read_body(request, body, storage::MAX_BODY_BYTES).await?;
         let files = storage::parse_request(op, &bytes).map_err(ApiError::File)?;
         log.files = Some(storage::log_summary(&files, 0));
         storage::check(&files, settings, &session.user_id).map_err(ApiError::File)?;
@@ -545,21 +545,11 @@ fn health(config: &Config) -> HttpResponse {
 
 /// Reads a request body of at most `limit` bytes, refusing a larger declared `Content-Length`
 /// before reading any of it: more is the caller's 413, a body that cannot be read their 400.
-async fn read_declared_body<B: RequestBody>(
-    request: &IncomingRequest,
-    body: B,
-    limit: usize,
-) -> Result<Vec<u8>, ApiError> {
+async fn read_body<B: RequestBody>(request: &IncomingRequest, body: B, limit: usize) -> Result<Vec<u8>, ApiError> {
     let declared = request.header("Content-Length").and_then(|n| n.trim().parse::<u64>().ok());
     if let Some(length) = declared.filter(|n| *n > limit as u64) {
         return Err(ApiError::PayloadTooLarge(format!("body is {length} bytes; at most {limit} are accepted")));
     }
-    read_body(body, limit).await
-}
-
-/// Reads a request body of at most `limit` bytes: more is the caller's 413, a body that cannot
-/// be read their 400.
-async fn read_body<B: RequestBody>(body: B, limit: usize) -> Result<Vec<u8>, ApiError> {
     body.read(limit).await.map_err(|e| match e {
         BodyError::TooLarge { limit } => {
             ApiError::PayloadTooLarge(format!("body is over {limit} bytes; at most {limit} are accepted"))

@@ -1,4 +1,15 @@
-//! Credentials kept out of what the worker repeats.
+//! What the worker repeats of text it did not write: credentials kept out, length bounded.
+
+use std::borrow::Cow;
+
+/// `text` cut after `max_chars` characters, with `…` where it was cut: a log line quoting the
+/// caller's text (a token's header, a transaction id, an upstream's body) stays short.
+pub fn clipped(text: &str, max_chars: usize) -> Cow<'_, str> {
+    match text.char_indices().nth(max_chars) {
+        Some((cut, _)) => Cow::Owned(format!("{}…", &text[..cut])),
+        None => Cow::Borrowed(text),
+    }
+}
 
 /// What replaces a credential.
 pub const REDACTED: &str = "[redacted]";
@@ -73,6 +84,14 @@ fn replace_runs(text: &str, in_run: impl Fn(char) -> bool, mut secret: impl FnMu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clipped_cuts_after_the_limit_in_characters_and_marks_the_cut() {
+        assert_eq!(clipped("abc", 3), "abc");
+        assert_eq!(clipped("abcd", 3), "abc…");
+        assert_eq!(clipped("ééééé", 2), "éé…");
+        assert!(matches!(clipped("short", 10), Cow::Borrowed(_)));
+    }
 
     #[test]
     fn bearer_tokens_jwts_and_supabase_keys_are_redacted_and_nothing_else() {

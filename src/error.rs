@@ -171,10 +171,7 @@ impl ApiError {
         };
         // A reason may quote the caller's input (a token's header, as its JSON parser saw it):
         // one anonymous request must not write a log line as long as its headers.
-        Some(match detail.char_indices().nth(MAX_LOG_DETAIL_CHARS) {
-            Some((cut, _)) => format!("{}…", &detail[..cut]),
-            None => detail,
-        })
+        Some(crate::credentials::clipped(&detail, MAX_LOG_DETAIL_CHARS).into_owned())
     }
 
     /// The JSON body. Configuration errors name the settings (never their values).

@@ -177,8 +177,7 @@ pub fn request(
         .enumerate()
         .map(|(i, e)| {
             let state = states.get(i).copied().unwrap_or(EntryState::Failed);
-            let op = atomic_op(e, settings, &caller.user_id, &format!(",\"state\":\"{}\"", state.as_str()));
-            storable_text(&op).into_owned()
+            atomic_op(e, settings, &caller.user_id, &format!(",\"state\":\"{}\"", state.as_str()))
         })
         .collect();
     let mut body = json!({
@@ -196,17 +195,19 @@ pub fn request(
         body["allowed_tables"] = json!(settings.tables);
     }
     let url = format!("{}/rest/v1/rpc/{RECORD_FUNCTION}", settings.supabase_url);
-    let mut text = storable(body).to_string();
+    let mut text = body.to_string();
     text.pop(); // the object's closing brace: the entries go in as written
     text.push_str(",\"entries\":[");
     text.push_str(&entries.join(","));
     text.push_str("]}");
-    authorized(Method::Post, url, settings, caller).json_body(text)
+    authorized(Method::Post, url, settings, caller).json_body(storable(&text).into_owned())
 }
 
-/// JSON text with every `\u0000` escape (the only way U+0000 appears in JSON text) replaced by
-/// `\ufffd`, escape by escape (`\\u0000` is a backslash and the text `u0000`, left as it is).
-fn storable_text(json: &str) -> Cow<'_, str> {
+/// JSON text with U+0000, which PostgreSQL's text and jsonb cannot hold, replaced by U+FFFD in
+/// every string and key: each `\u0000` escape (the only way U+0000 appears in JSON text, and how
+/// serde_json writes it) becomes `\ufffd`, escape by escape (`\\u0000` is a backslash and the
+/// text `u0000`, left as it is).
+fn storable(json: &str) -> Cow<'_, str> {
     if !json.contains("\\u0000") {
         return Cow::Borrowed(json);
     }
@@ -226,18 +227,6 @@ fn storable_text(json: &str) -> Cow<'_, str> {
 /// Whether a 2xx answer to [`request`] is the function's: the recorded row's id.
 pub fn is_recorded(body: &str) -> bool {
     serde_json::from_str::<Value>(body).is_ok_and(|id| id.as_u64().is_some_and(|id| id > 0))
-}
-
-/// `value` with U+0000 replaced by U+FFFD in every string and object key.
-fn storable(value: Value) -> Value {
-    const NUL: char = '\u{0}';
-    let text = |s: String| if s.contains(NUL) { s.replace(NUL, "\u{FFFD}") } else { s };
-    match value {
-        Value::String(s) => Value::String(text(s)),
-        Value::Array(items) => Value::Array(items.into_iter().map(storable).collect()),
-        Value::Object(fields) => Value::Object(fields.into_iter().map(|(k, v)| (text(k), storable(v))).collect()),
-        other => other,
-    }
 }
 
 #[cfg(test)]
@@ -383,8 +372,8 @@ mod tests {
 
     #[test]
     fn an_escaped_backslash_before_u0000_is_no_nul() {
-        assert_eq!(storable_text(r#"["\u0000","\\u0000","\\\u0000x"]"#), r#"["\ufffd","\\u0000","\\\ufffdx"]"#);
-        assert!(matches!(storable_text(r#"{"a":"\n"}"#), Cow::Borrowed(_)));
+        assert_eq!(storable(r#"["\u0000","\\u0000","\\\u0000x"]"#), r#"["\ufffd","\\u0000","\\\ufffdx"]"#);
+        assert!(matches!(storable(r#"{"a":"\n"}"#), Cow::Borrowed(_)));
     }
 
     #[test]

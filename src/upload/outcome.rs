@@ -918,9 +918,7 @@ const MAX_LOGGED_ID_CHARS: usize = 64;
 
 fn logged_id(id: &Option<Value>) -> Value {
     match id {
-        Some(Value::String(text)) if text.chars().nth(MAX_LOGGED_ID_CHARS).is_some() => {
-            Value::String(format!("{}…", text.chars().take(MAX_LOGGED_ID_CHARS).collect::<String>()))
-        }
+        Some(Value::String(text)) => Value::String(credentials::clipped(text, MAX_LOGGED_ID_CHARS).into_owned()),
         Some(id) => id.clone(),
         None => Value::Null,
     }
@@ -928,12 +926,7 @@ fn logged_id(id: &Option<Value>) -> Value {
 
 fn excerpt(body: &str) -> String {
     let flat: String = credentials::redact(body).chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
-    let trimmed = flat.trim();
-    let mut out: String = trimmed.chars().take(BODY_EXCERPT_CHARS).collect();
-    if trimmed.chars().count() > BODY_EXCERPT_CHARS {
-        out.push('…');
-    }
-    out
+    credentials::clipped(flat.trim(), BODY_EXCERPT_CHARS).into_owned()
 }
 
 /// A `Retry-After` given in seconds (the HTTP-date form is ignored).
