@@ -83,11 +83,10 @@
 -- "message", "details"}}, as recorded. Without the two (either null) it
 -- applies the ops as before and records nothing. The same ids with
 -- DIFFERENT ops (a client whose local database was reset and reuses its ids)
--- are applied, and the record replaced. The user is the caller's JWT `sub`
--- (request.jwt.claims, set by PostgREST); without one, owner_id if the
--- caller bypasses row-level security (service mode: the service key has no
--- `sub`; an operator), else the call is refused: a user cannot choose another
--- user's key. Records are kept 30 days and at most 10,000 per user (the table
+-- are applied, and the record replaced. The user is owner_id if the caller
+-- bypasses row-level security (service mode, an operator), else the caller's
+-- JWT `sub` (request.jwt.claims, set by PostgREST), else the call is refused:
+-- a user cannot choose another user's key. Records are kept 30 days and at most 10,000 per user (the table
 -- public.powersync_upload_ledger_settings, which no API role can read or
 -- change; see powersync_upload_ledger_claim for the ranges): each recording
 -- call deletes up to 100 expired ones, and a user's oldest beyond the cap. A
@@ -206,9 +205,12 @@ begin
 end
 $$;
 
--- The user whose ledger records a call touches: the caller's JWT `sub`; without
--- one, p_owner_id if the calling role bypasses row-level security (service
--- mode, operators), else 42501. Called by the SECURITY DEFINER functions below
+-- The user whose ledger records a call touches: p_owner_id if the calling role
+-- bypasses row-level security (service mode, operators: it acts for the user
+-- it names, and a `sub` its own key may carry is the same for every user);
+-- else the caller's JWT `sub`; else '' for a caller that bypasses row-level
+-- security, 42501 for any other. The dead-letter recorder keys the ledger by
+-- the same user (its user_id). Called by the SECURITY DEFINER functions below
 -- (SECURITY DEFINER changes current_user, not the `role` setting, which names
 -- the calling role); no API role may call it.
 create or replace function public.powersync_upload_ledger_user(p_owner_id text) returns text
@@ -223,16 +225,19 @@ declare
   v_user    text;
 begin
   v_user := nullif(case when v_claims is not null then v_claims::jsonb ->> 'sub' end, '');
-  if v_user is null then
+  if v_user is null or p_owner_id is not null then
     select r.rolsuper or r.rolbypassrls into v_trusted
       from pg_catalog.pg_roles r where r.rolname = v_caller;
-    if not coalesce(v_trusted, false) then
+    v_trusted := coalesce(v_trusted, false);
+    if v_trusted and p_owner_id is not null then
+      return p_owner_id;
+    end if;
+    if v_user is null and not v_trusted then
       raise exception using errcode = '42501',
         message = 'powersync_upload_ledger_claim: the session has no sub';
     end if;
-    v_user := coalesce(p_owner_id, '');
   end if;
-  return v_user;
+  return coalesce(v_user, '');
 end
 $$;
 
@@ -250,9 +255,9 @@ $$;
 --     ledger (such a transaction is applied without a ledger record), so a
 --     longer value can only come from a direct call;
 --   * the user is the caller's JWT `sub`; p_owner_id counts only for a caller
---     that bypasses row-level security (service mode, operators) and has no
---     `sub`. A caller that does neither is refused (42501): a user only ever
---     touches their own records;
+--     that bypasses row-level security (service mode, operators), and then
+--     before its `sub`. A caller with neither is refused (42501): a user only
+--     ever touches their own records;
 --   * each new record beyond the user's max_records_per_user removes that
 --     user's oldest (which only weakens that user's own exactly-once: a
 --     re-send of a transaction that old is applied again);

@@ -1505,6 +1505,22 @@ def test_ledger_records_the_session_user_not_an_owner_id_a_caller_passes(db, pg,
     assert db.execute(f"select user_id from public.{LEDGER}").fetchall() == [(sub,)]
 
 
+def test_ledger_keys_a_service_caller_by_the_owner_id_even_when_its_key_carries_a_sub(db, pg, user,
+                                                                                      other_user):
+    # A service key minted with a `sub` of its own would otherwise put every user in one ledger:
+    # another user's transaction with the same ids and ops would be answered already applied.
+    first, _ = user
+    second, _ = other_user
+    claims = json.dumps({"sub": "the-service", "role": "service_role"})
+    with psycopg.connect(pg.dsn) as conn:
+        conn.execute("set local role service_role")
+        conn.execute("select set_config('request.jwt.claims', %s, true)", (claims,))
+        applied = [conn.execute("select public.powersync_upload_ledger_claim('c', '1', %s, %s)",
+                                ("d" * 64, owner)).fetchone()[0] for owner in (first, second)]
+    assert applied == [False, False]
+    assert sorted(db.execute(f"select user_id from public.{LEDGER}").fetchall()) == sorted([(first,), (second,)])
+
+
 def test_expired_ledger_records_are_pruned_by_later_calls(atomic_worker, db, user):
     sub, token = user
     db.execute(f"insert into public.{LEDGER} (user_id, client_id, transaction_id, digest, applied_at)"
