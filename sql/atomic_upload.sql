@@ -58,7 +58,8 @@
 -- the bridge passes owner_column/owner_id and then
 --   * PUT forces <owner_column> = owner_id, and an existing row with the same
 --     id that belongs to someone else is not taken over: error 42501;
---   * PATCH and DELETE only touch rows WHERE <owner_column>::text = owner_id
+--   * PATCH and DELETE only touch rows whose <owner_column> is owner_id, as
+--     the column's type reads it (an upper-case uuid names the same owner)
 --     (other users' rows are silently left alone, like RLS-hidden rows);
 --     a PATCH cannot change <owner_column> (it is forced to owner_id).
 --
@@ -557,6 +558,8 @@ declare
   v_n      integer;    -- PUT group: number of rows to apply
   v_cond   text;       -- an op's "expect" as SQL conditions on t
   v_owned  text;       -- service mode: the condition on the owner column
+  v_owner  text;       -- service mode: owner_id as the current table's owner column prints it
+  v_owners jsonb := '{}';  -- … for each table met so far
   v_read   text;       -- a compared op's read of its row: format(v_read, <select list>, table, table, <conditions>)
   v_row    jsonb;      -- a compared op's row as read after it changed nothing
   v_same   boolean;    -- a compared PATCH's row already holds its values
@@ -739,18 +742,18 @@ begin
                 g_table,
                 case when owner_column is null then ''
                      else format('left join public.%I as t on t.id = r.id', g_table) end)
-                into v_dup, v_other using g_ids, owner_id;
+                into v_dup, v_other using g_ids, v_owner;
             end if;
           end if;
 
           v_n := coalesce(v_other - 1, cardinality(g_rows));  -- the rows to apply
           v_rows := 0;
           if v_n > 0 and not v_dup then
-            execute v_sql using to_jsonb(g_rows[1:v_n]), owner_id;
+            execute v_sql using to_jsonb(g_rows[1:v_n]), v_owner;
             get diagnostics v_rows = row_count;
           elsif v_n > 0 then
             for i in 1 .. v_n loop
-              execute v_sql using jsonb_build_array(g_rows[i]), owner_id;
+              execute v_sql using jsonb_build_array(g_rows[i]), v_owner;
               get diagnostics v_count = row_count;
               v_rows := v_rows + v_count;
             end loop;
@@ -771,7 +774,7 @@ begin
                 ' left join public.%I as t on t.id = r.id'
                 ' where (t.%I::text = $2) is not true',
                 g_table, g_table, owner_column)
-                into v_other using g_ids, owner_id;
+                into v_other using g_ids, v_owner;
               v_other := coalesce(v_other, 1);
             end if;
           end if;
@@ -801,7 +804,7 @@ begin
             case when owner_column is null then ''
                  else format(' and t.%I::text = $2', owner_column) end,
             g_table);
-          execute v_sql into v_missed using g_ids, owner_id;
+          execute v_sql into v_missed using g_ids, v_owner;
           v_unchanged := v_unchanged
                          || array(select g_start + m from unnest(v_missed) as m order by m);
         end if;
@@ -826,6 +829,22 @@ begin
       if jsonb_typeof(v.data) <> 'object' then
         raise exception using errcode = '22023', message = '"data" must be a JSON object';
       end if;
+      -- Service mode: the statements compare `<owner column>::text = $2`, so $2 is owner_id
+      -- as that column prints it (a uuid in lower case, an integer without leading zeros),
+      -- once per table; as given when it is no value of the column's type (nothing matches).
+      -- Set here for the op that starts a group (the ops that join it do not come here), it
+      -- is still the group's table's when step 2 applies the group.
+      if owner_column is not null and not v_owners ? v.tbl then
+        begin
+          execute format('select r.%I::text from jsonb_populate_record(null::public.%I, $1) as r',
+                         owner_column, v.tbl)
+            into v_owner using jsonb_build_object(owner_column, owner_id);
+        exception when others then  -- no such type, or table: the statements say so, as before
+          v_owner := null;
+        end;
+        v_owners := v_owners || jsonb_build_object(v.tbl, coalesce(v_owner, owner_id));
+      end if;
+      v_owner := v_owners ->> v.tbl;
       v_cond := null; v_row := null; v_same := null;
       if v.expect is not null and v.op in ('PATCH', 'DELETE') then
         if jsonb_typeof(v.expect) <> 'object' then
@@ -846,11 +865,11 @@ begin
           'delete from public.%I as t using jsonb_populate_record(null::public.%I, $1) as r'
           ' where t.id = r.id%s%s',
           v.tbl, v.tbl, v_owned, v_cond)
-          using jsonb_build_object('id', v.id), owner_id;
+          using jsonb_build_object('id', v.id), v_owner;
         get diagnostics v_rows = row_count;
         if v_rows = 0 then
           execute format(v_read, 'to_jsonb(t)', v.tbl, v.tbl, '')
-            into v_row using jsonb_build_object('id', v.id), owner_id;
+            into v_row using jsonb_build_object('id', v.id), v_owner;
           if v_row is null then  -- gone, or hidden from the caller
             v_unchanged := v_unchanged || v.idx;
           else
@@ -877,18 +896,18 @@ begin
             'update public.%I as t set %s from jsonb_populate_record(null::public.%I, $1) as r where t.id = r.id',
             v.tbl, v_set, v.tbl);
           execute v_sql || v_owned || coalesce(v_cond, '')
-            using v_data || jsonb_build_object('id', v.id), owner_id;
+            using v_data || jsonb_build_object('id', v.id), v_owner;
           get diagnostics v_rows = row_count;
           if v_rows = 0 and v_cond is not null then
             execute format(v_read, 'to_jsonb(t)', v.tbl, v.tbl, '')
-              into v_row using jsonb_build_object('id', v.id), owner_id;
+              into v_row using jsonb_build_object('id', v.id), v_owner;
             if v_row is not null then
               -- already holds every value it sets: its own earlier application, or the same
               -- change by someone else, not a conflict
               execute format(v_read, 'true', v.tbl, v.tbl,
                              (select string_agg(format(' and to_jsonb(t.%I) is not distinct from to_jsonb(r.%I)', k, k), '')
                                 from jsonb_object_keys(v_data) as k))
-                into v_same using v_data || jsonb_build_object('id', v.id), owner_id;
+                into v_same using v_data || jsonb_build_object('id', v.id), v_owner;
               if v_same is null then
                 c_index := v.idx; c_row := v_row;
                 raise exception using errcode = 'PS409', message = 'powersync conflict';

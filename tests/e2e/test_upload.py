@@ -66,6 +66,8 @@ def instances(base_vars, start_workers):
                 "UPLOAD_BOOLEAN_COLUMNS": "todos.completed"},
         "service": {**rest, "UPLOAD_MODE": "service", "UPLOAD_TABLES": "profiles",
                     "UPLOAD_OWNER_COLUMN": "user_id"},
+        "service_atomic": {**base_vars, "UPLOAD_ATOMIC": "true", "UPLOAD_MODE": "service",
+                           "UPLOAD_TABLES": "profiles", "UPLOAD_OWNER_COLUMN": "user_id"},
         "atomic": {**base_vars, "UPLOAD_ATOMIC": "true"},
         "auto": dict(base_vars),
         "later": {**base_vars, "UPLOAD_ATOMIC_FUNCTION": LATER_FUNCTION,
@@ -87,6 +89,11 @@ def rls_worker(instances):
 @pytest.fixture(scope="module")
 def service_worker(instances):
     return instances["service"]
+
+
+@pytest.fixture(scope="module")
+def service_atomic_worker(instances):
+    return instances["service_atomic"]
 
 
 @pytest.fixture(scope="module")
@@ -764,6 +771,30 @@ def test_service_mode_put_onto_another_users_id_is_fatal_42501(service_worker, d
     assert (f["code"], f["index"]) == ("42501", 1), f
     assert row(db, "profiles", a_profile) == a_before
     assert row(db, "profiles", later)["user_id"] == b
+
+
+@pytest.mark.parametrize("mode", ["rest", "atomic"])
+def test_service_mode_applies_the_writes_of_a_user_whose_uuid_sub_is_upper_case(
+        mode, service_worker, service_atomic_worker, db, session_token):
+    # The owner column (uuid) prints the sub in lower case: the user's own rows are still theirs.
+    worker = service_atomic_worker if mode == "atomic" else service_worker
+    sub = str(uuid.uuid4()).upper()
+    token = session_token(sub)
+    mine, also_mine, gone = ("p-" + new_id() for _ in range(3))
+    insert_profile(db, also_mine, sub.lower(), handle="h-" + new_id(), active=False)
+    insert_profile(db, gone, sub.lower(), handle="h-" + new_id(), active=False)
+    response = upload(worker, token, body(
+        tx(put("profiles", mine, handle="h-" + new_id()), put("profiles", also_mine, handle="again-" + mine),
+           tid="puts"),
+        tx(patch("profiles", mine, active=True), delete("profiles", gone), tid="patch-delete"),
+    ))
+    assert response.status_code == 200, response.text
+    assert statuses(response) == ["success", "success"], response.text
+    assert not any(r.get("unchanged") for r in response.json()["results"]), response.text
+    assert row(db, "profiles", mine)["user_id"] == sub.lower()
+    assert row(db, "profiles", mine)["active"] is True
+    assert row(db, "profiles", also_mine)["handle"] == "again-" + mine
+    assert row(db, "profiles", gone) is None
 
 
 def test_service_mode_refuses_anonymous_sign_ins(service_worker, db, standin, session_token):
