@@ -1,4 +1,5 @@
-//! What the worker repeats of text it did not write: credentials kept out, length bounded.
+//! What the worker repeats of text it did not write: credentials kept out, length bounded; and
+//! a public key given where the service key belongs.
 
 use std::borrow::Cow;
 
@@ -64,6 +65,41 @@ pub fn redact_setting_text(text: &str) -> String {
     })
 }
 
+/// Why `key`, given as `SUPABASE_SERVICE_ROLE_KEY`, is not a service key: one of the project's
+/// public keys (`anon_key` itself, an `sb_publishable_…` key, or a legacy JWT key whose `role`
+/// is `anon` or `authenticated`; its signature is Supabase's to check, the role is only read).
+/// Such a key runs every request as a role without a user, under row-level security: in service
+/// mode the policies would refuse every PUT (fatal) and hide every row from PATCH and DELETE
+/// (answered `success`, unchanged), so writes would be lost. The problem to report for the
+/// setting `mode_setting` (`UPLOAD_MODE`, `STORAGE_MODE`) that asked for the service key, never
+/// quoting the key; `None` for anything else (an `sb_secret_…` key, a `service_role` JWT, a key
+/// of a form the worker cannot read).
+pub fn public_key_as_service_key(key: &str, anon_key: Option<&str>, mode_setting: &str) -> Option<String> {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    let role = || {
+        let payload = key.split('.').nth(1).filter(|_| key.split('.').count() == 3)?;
+        let claims: serde_json::Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()?;
+        claims.get("role")?.as_str().map(str::to_string)
+    };
+    let what = if anon_key == Some(key) {
+        "is the same key as SUPABASE_ANON_KEY"
+    } else if key.starts_with("sb_publishable_") {
+        "is a publishable key (sb_publishable_…)"
+    } else {
+        match role().as_deref() {
+            Some("anon") => "is a key whose role is anon (an anon key)",
+            Some("authenticated") => "is a key whose role is authenticated (a user's token)",
+            _ => return None,
+        }
+    };
+    Some(format!(
+        "{what}: {mode_setting}=service needs the project's service key (a secret key, or the \
+         legacy service_role key), which bypasses row-level security; with a public key the \
+         policies would refuse or hide every write"
+    ))
+}
+
 /// `text` with each maximal run of `in_run` characters for which `secret(the text before it since
 /// the last run, the run)` holds replaced by [`REDACTED`].
 fn replace_runs(text: &str, in_run: impl Fn(char) -> bool, mut secret: impl FnMut(&str, &str) -> bool) -> String {
@@ -91,6 +127,27 @@ mod tests {
         assert_eq!(clipped("abcd", 3), "abc…");
         assert_eq!(clipped("ééééé", 2), "éé…");
         assert!(matches!(clipped("short", 10), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn public_keys_given_as_the_service_key_are_named_and_service_keys_pass() {
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        use base64::Engine;
+        let jwt = |claims: &str| format!("eyJhbGciOiJIUzI1NiJ9.{}.c2ln", URL_SAFE_NO_PAD.encode(claims));
+        let anon = jwt(r#"{"iss":"supabase","role":"anon"}"#);
+        let problem = |key: &str, anon_key: Option<&str>| public_key_as_service_key(key, anon_key, "UPLOAD_MODE");
+        let anon_problem = problem(&anon, None).unwrap();
+        assert!(anon_problem.starts_with("is a key whose role is anon"), "{anon_problem}");
+        assert!(anon_problem.contains("UPLOAD_MODE=service needs the project's service key"), "{anon_problem}");
+        assert!(!anon_problem.contains(&anon), "the key is not quoted");
+        assert!(problem("key-a", Some("key-a")).unwrap().starts_with("is the same key as SUPABASE_ANON_KEY"));
+        assert!(problem("sb_publishable_Q1w", None).unwrap().starts_with("is a publishable key"));
+        let user = jwt(r#"{"sub":"u","role":"authenticated"}"#);
+        assert!(problem(&user, Some(&anon)).unwrap().starts_with("is a key whose role is authenticated"));
+        let service = jwt(r#"{"iss":"supabase","role":"service_role"}"#);
+        for key in [service.as_str(), "sb_secret_N7UND0Ug", "svc", "a.b.c", "a.!!.c", &jwt("[1]")] {
+            assert_eq!(problem(key, Some(&anon)), None, "{key}");
+        }
     }
 
     #[test]

@@ -15,6 +15,7 @@ use std::fmt;
 
 use serde_json::Value;
 
+use crate::credentials;
 use crate::environment::Reader;
 
 /// Default path template: the first segment is the user's id (any issuer's `sub`).
@@ -128,8 +129,14 @@ pub fn read(r: &mut Reader, supabase_url: Option<String>) -> Option<StorageSetti
     });
     let service_key = r.get("SUPABASE_SERVICE_ROLE_KEY");
     if mode == StorageMode::Service {
-        if service_key.is_none() {
-            r.problem("SUPABASE_SERVICE_ROLE_KEY", "is required with STORAGE_MODE=service");
+        match &service_key {
+            None => r.problem("SUPABASE_SERVICE_ROLE_KEY", "is required with STORAGE_MODE=service"),
+            Some(key) => {
+                let anon_key = r.get("SUPABASE_ANON_KEY");
+                if let Some(why) = credentials::public_key_as_service_key(key, anon_key.as_deref(), "STORAGE_MODE") {
+                    r.problem("SUPABASE_SERVICE_ROLE_KEY", why);
+                }
+            }
         }
         if r.get("STORAGE_BUCKETS").is_none() {
             r.problem("STORAGE_BUCKETS", "is required with STORAGE_MODE=service (the buckets files may go to)");
@@ -262,6 +269,25 @@ mod tests {
     fn service_mode_needs_the_service_key_and_a_bucket_list() {
         let problems = read_vars(&[("SUPABASE_ANON_KEY", "anon"), ("STORAGE_MODE", "service")]).unwrap_err();
         assert_eq!(problems, vec!["SUPABASE_SERVICE_ROLE_KEY", "STORAGE_BUCKETS"]);
+    }
+
+    #[test]
+    fn service_mode_refuses_a_public_key_as_the_service_key() {
+        for key in ["anon", "sb_publishable_abc"] {
+            let vars = [
+                ("SUPABASE_ANON_KEY", "anon"),
+                ("STORAGE_MODE", "service"),
+                ("SUPABASE_SERVICE_ROLE_KEY", key),
+                ("STORAGE_BUCKETS", "photos"),
+            ];
+            let problems = read_problems(&vars);
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            assert_eq!(problems[0].name, "SUPABASE_SERVICE_ROLE_KEY");
+            assert!(
+                problems[0].message.contains("STORAGE_MODE=service needs the project's service key"),
+                "{problems:?}"
+            );
+        }
     }
 
     #[test]

@@ -33,6 +33,7 @@ use std::fmt;
 
 use super::crud::Limits;
 use super::outcome::{ClassOverrides, ErrorClass};
+use crate::credentials;
 use crate::environment::{Problem, Reader};
 
 /// The only value of `UPLOAD_DEAD_LETTER_TABLE`: the table `sql/dead_letter.sql` creates and
@@ -450,7 +451,15 @@ fn mode(r: &mut Reader) -> Option<WriteMode> {
             Some(WriteMode::Rls)
         }
         "service" => {
-            let service_key = key(r, "SUPABASE_SERVICE_ROLE_KEY", true);
+            let service_key = key(r, "SUPABASE_SERVICE_ROLE_KEY", true).filter(|service_key| {
+                let anon_key = r.get("SUPABASE_ANON_KEY");
+                let public = credentials::public_key_as_service_key(service_key, anon_key.as_deref(), "UPLOAD_MODE");
+                let usable = public.is_none();
+                if let Some(why) = public {
+                    r.problem("SUPABASE_SERVICE_ROLE_KEY", why);
+                }
+                usable
+            });
             let owner_column = match r.get("UPLOAD_OWNER_COLUMN") {
                 None => {
                     r.problem("UPLOAD_OWNER_COLUMN", "required with UPLOAD_MODE=service");
@@ -772,6 +781,25 @@ mod tests {
             s.mode,
             WriteMode::Service { service_key: "sb_secret_abc".to_string(), owner_column: "user_id".to_string() }
         );
+    }
+
+    #[test]
+    fn service_mode_refuses_a_public_key_as_the_service_key() {
+        // the anon key, a publishable key: every write would meet the policies as anon and be lost
+        for key in ["anon", "sb_publishable_abc"] {
+            let vars = with(&[
+                ("UPLOAD_MODE", "service"),
+                ("SUPABASE_SERVICE_ROLE_KEY", key),
+                ("UPLOAD_OWNER_COLUMN", "user_id"),
+                ("UPLOAD_TABLES", "todos"),
+            ]);
+            let problems = read_vars(&vars).unwrap_err();
+            assert_eq!(problems.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["SUPABASE_SERVICE_ROLE_KEY"]);
+            assert!(
+                problems[0].message.contains("UPLOAD_MODE=service needs the project's service key"),
+                "{problems:?}"
+            );
+        }
     }
 
     #[test]

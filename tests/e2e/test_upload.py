@@ -797,6 +797,24 @@ def test_service_mode_applies_the_writes_of_a_user_whose_uuid_sub_is_upper_case(
     assert row(db, "profiles", gone) is None
 
 
+def test_service_mode_with_the_anon_key_as_service_key_is_a_configuration_problem_and_writes_wait(
+        base_vars, start_worker, db, user):
+    # With the anon key the policies would refuse every PUT (fatal) and hide every row from
+    # PATCH and DELETE (`success`, unchanged): /health says so, and uploads stay queued.
+    sub, token = user
+    worker = start_worker({**base_vars, "UPLOAD_MODE": "service", "UPLOAD_TABLES": "profiles",
+                           "UPLOAD_OWNER_COLUMN": "user_id", "SUPABASE_SERVICE_ROLE_KEY": ANON_KEY})
+    problems = worker.get("/health").json()["upload"]["problems"]
+    assert [p["name"] for p in problems] == ["SUPABASE_SERVICE_ROLE_KEY"], problems
+    assert problems[0]["message"].startswith("is the same key as SUPABASE_ANON_KEY: UPLOAD_MODE=service needs "
+                                             "the project's service key (a secret key"), problems
+    assert ANON_KEY not in json.dumps(problems)
+    profile = "p-" + new_id()
+    response = upload(worker, token, body(tx(put("profiles", profile, handle="h-" + new_id()))))
+    assert (response.status_code, response.json()["code"]) == (500, "upload_not_configured"), response.text
+    assert row(db, "profiles", profile) is None
+
+
 def test_service_mode_refuses_anonymous_sign_ins(service_worker, db, standin, session_token):
     # The service key bypasses RLS and anyone can sign in anonymously with the public anon key:
     # unless UPLOAD_ALLOW_ANONYMOUS=true, such sessions write nothing (403; the client keeps its
