@@ -81,7 +81,7 @@ use super::crud::{Entry, Transaction};
 use super::dead_letter::{self, EntryState};
 use super::outcome::{
     affected_rows, atomic_answer, classify, op_index_from_hint, unexpected_response, AtomicAnswer, FailedOperation,
-    TransactionResult, UploadReport, Verdict, SCHEMA_DRIFT_RETRY_AFTER_SECONDS, UNEXPECTED_RESPONSE,
+    TransactionResult, UploadReport, Verdict, WrittenAs, SCHEMA_DRIFT_RETRY_AFTER_SECONDS, UNEXPECTED_RESPONSE,
 };
 use super::plan::{self, Check, PlannedRequest};
 use super::settings::{AtomicMode, UploadSettings, WriteMode};
@@ -837,7 +837,12 @@ fn classify_for(
     settings: &UploadSettings,
     caller: &Caller,
 ) -> Verdict {
-    classify(answer, index, &settings.error_class_overrides, settings.mode.api_role(), &caller.user_id)
+    let written_as = WrittenAs {
+        api_role: settings.mode.api_role(),
+        sub: &caller.user_id,
+        sub_written_as_owner: matches!(settings.mode, WriteMode::Service { .. }),
+    };
+    classify(answer, index, &settings.error_class_overrides, written_as)
 }
 
 /// Records a fatal transaction (`record`: the transaction, its failure, its entries' states)

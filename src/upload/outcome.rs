@@ -435,16 +435,25 @@ pub enum Verdict {
     Retryable { failure: FailedOperation, retry_after_seconds: Option<u64> },
 }
 
+/// Who a write runs as, for reading the database's refusals of it.
+#[derive(Debug, Clone, Copy)]
+pub struct WrittenAs<'a> {
+    /// The database role (`authenticated`, `service_role`), named in the GRANT a missing
+    /// privilege calls for.
+    pub api_role: &'a str,
+    /// The caller's user id, which the database may fail to read as a value of some type (see
+    /// [`sub_refused_by_a_type`]).
+    pub sub: &'a str,
+    /// Whether the worker itself writes `sub` into an owner column (service mode).
+    pub sub_written_as_owner: bool,
+}
+
 /// Classifies the answer to a request covering the entry at `index` (see the module docs).
-/// `api_role` is the database role the write runs as (`authenticated`, `service_role`), named in
-/// the GRANT a missing privilege calls for; `sub` is the caller's user id, which the database
-/// may have failed to cast to a uuid (see [`sub_not_a_uuid`]).
 pub fn classify(
     answer: &Result<HttpResponse, TransportError>,
     index: Option<usize>,
     overrides: &ClassOverrides,
-    api_role: &str,
-    sub: &str,
+    written_as: WrittenAs<'_>,
 ) -> Verdict {
     let response = match answer {
         Ok(response) => response,
@@ -462,7 +471,7 @@ pub fn classify(
     }
 
     let mut body = ErrorBody::parse(&response.body);
-    let operators = operators_to_fix(&body, api_role, sub);
+    let operators = operators_to_fix(&body, written_as);
     let class = match &operators {
         Some(_) => Class::SchemaDrift,
         None => body.code.as_deref().map(class_of).unwrap_or(Class::Unrecognised),
@@ -533,7 +542,8 @@ pub fn classify(
 
 /// Why an error answer is the operator's to fix, not the data's (the write waits: schema
 /// drift), said after its message; `None` when nothing says so.
-fn operators_to_fix(body: &ErrorBody, api_role: &str, sub: &str) -> Option<String> {
+fn operators_to_fix(body: &ErrorBody, written_as: WrittenAs<'_>) -> Option<String> {
+    let WrittenAs { api_role, sub, sub_written_as_owner } = written_as;
     let code = body.code.as_deref()?;
     let message = body.message.as_deref().unwrap_or_default();
     if session_role_unusable(code, message) {
@@ -559,13 +569,24 @@ fn operators_to_fix(body: &ErrorBody, api_role: &str, sub: &str) -> Option<Strin
             );
         }
     }
-    if sub_not_a_uuid(body, sub) {
-        return Some(
-            "the session's user id (sub) is not a uuid, and the database casts it to one (a policy, \
-             trigger or default using auth.uid(), or a uuid column meant for it); with this issuer \
-             compare auth.jwt() ->> 'sub' as text (the operator's to fix; the upload waits)"
-                .into(),
-        );
+    match sub_refused_by_a_type(body, sub) {
+        Some("uuid") => {
+            return Some(
+                "the session's user id (sub) is not a uuid, and the database casts it to one (a policy, \
+                 trigger or default using auth.uid(), or a uuid column meant for it); with this issuer \
+                 compare auth.jwt() ->> 'sub' as text (the operator's to fix; the upload waits)"
+                    .into(),
+            )
+        }
+        Some(_) if sub_written_as_owner => {
+            return Some(
+                "the session's user id (sub), which service mode writes into UPLOAD_OWNER_COLUMN, is \
+                 no value of that column's type: the owner column must hold user ids (text, or uuid \
+                 for Supabase Auth) (the operator's to fix; the upload waits)"
+                    .into(),
+            )
+        }
+        _ => {}
     }
     is_database_setup_error(code).then(|| {
         "an error in the database's own policies, triggers or functions, not in the data (the \
@@ -860,22 +881,21 @@ fn is_database_setup_error(code: &str) -> bool {
     }
 }
 
-/// Whether the database refused the caller's own user id as a uuid: `22P02` `invalid input
-/// syntax for type uuid: "<sub>"`. Supabase's `auth.uid()` casts the session's `sub` to uuid,
+/// The type as which the database refused the caller's own user id: `22P02` `invalid input
+/// syntax for type <type>: "<sub>"`. Supabase's `auth.uid()` casts the session's `sub` to uuid,
 /// so every policy, trigger or default that uses it fails this way for a third-party issuer
 /// whose ids are not uuids (Firebase, Auth0, Clerk), whatever the row holds; so does a uuid
 /// owner column given that id. The schema is the operator's to fix, and the write waits for it:
-/// a client cannot choose its `sub`, so it cannot make its own data look like this.
-fn sub_not_a_uuid(body: &ErrorBody, sub: &str) -> bool {
-    const PREFIX: &str = "invalid input syntax for type uuid: \"";
-    body.code.as_deref() == Some("22P02")
-        && !sub.is_empty()
-        && body
-            .message
-            .as_deref()
-            .and_then(|m| m.strip_prefix(PREFIX))
-            .and_then(|quoted| quoted.strip_suffix('"'))
-            .is_some_and(|value| value == sub)
+/// a client cannot choose its `sub`, so it cannot make its own data look like this. Another
+/// type is the operator's only where the worker wrote the `sub` itself (service mode's owner
+/// column, `bigint` say); in RLS mode it is what the client put in a column of that type.
+fn sub_refused_by_a_type<'b>(body: &'b ErrorBody, sub: &str) -> Option<&'b str> {
+    if body.code.as_deref() != Some("22P02") || sub.is_empty() {
+        return None;
+    }
+    let refused = body.message.as_deref()?.strip_prefix("invalid input syntax for type ")?;
+    let (type_name, quoted) = refused.split_once(": \"")?;
+    (quoted.strip_suffix('"')? == sub).then_some(type_name)
 }
 
 /// Five characters of digits and upper-case letters, as Postgres error codes are.
@@ -940,8 +960,12 @@ mod tests {
     use super::*;
 
     /// The built-in rules, without operator overrides.
+    fn as_user<'a>(api_role: &'a str, sub: &'a str) -> WrittenAs<'a> {
+        WrittenAs { api_role, sub, sub_written_as_owner: false }
+    }
+
     fn classify(answer: &Result<HttpResponse, TransportError>, index: Option<usize>) -> Verdict {
-        super::classify(answer, index, &ClassOverrides::default(), "authenticated", "user-1")
+        super::classify(answer, index, &ClassOverrides::default(), as_user("authenticated", "user-1"))
     }
 
     #[test]
@@ -1137,8 +1161,7 @@ mod tests {
             &with_message(403, "42501", "permission denied for table todos"),
             None,
             &ClassOverrides::default(),
-            "service_role",
-            "user-1",
+            as_user("service_role", "user-1"),
         );
         let Verdict::Retryable { failure, .. } = &verdict else { panic!("{verdict:?}") };
         assert!(failure.message.ends_with("on table public.todos to service_role"), "{}", failure.message);
@@ -1170,8 +1193,12 @@ mod tests {
             ),
         ] {
             assert_eq!(missing_grant(message, "r").as_deref(), Some(grant), "{message}");
-            let verdict =
-                super::classify(&with_message(403, "42501", message), None, &ClassOverrides::default(), "r", "user-1");
+            let verdict = super::classify(
+                &with_message(403, "42501", message),
+                None,
+                &ClassOverrides::default(),
+                as_user("r", "user-1"),
+            );
             assert_eq!(retry_after_of(&verdict), Some(SCHEMA_DRIFT_RETRY_AFTER_SECONDS), "{message}");
         }
     }
@@ -1203,8 +1230,7 @@ mod tests {
             &with_message(403, "42501", "permission denied for table todos"),
             None,
             &overrides,
-            "r",
-            "user-1",
+            as_user("r", "user-1"),
         );
         assert!(is_fatal(&verdict));
     }
@@ -1330,7 +1356,7 @@ mod tests {
         overrides.insert("http_503", ErrorClass::Fatal);
         overrides.insert("42703", ErrorClass::Retryable);
         let with = |status, code: &str| {
-            super::classify(&postgrest(status, code), Some(0), &overrides, "authenticated", "user-1")
+            super::classify(&postgrest(status, code), Some(0), &overrides, as_user("authenticated", "user-1"))
         };
         assert!(is_fatal(&with(400, "PGRST204")));
         assert!(is_retryable(&with(400, "23514")));
@@ -1338,10 +1364,18 @@ mod tests {
         assert!(is_fatal(&with(500, "P0004")), "the exact code wins over its class");
         assert!(is_fatal(&with(409, "23505")), "codes without an entry keep their class");
         assert_eq!(retry_after_of(&with(400, "42703")), Some(SCHEMA_DRIFT_RETRY_AFTER_SECONDS));
-        assert!(is_fatal(&super::classify(&answer(503, "down"), Some(0), &overrides, "authenticated", "user-1")));
-        assert_eq!(super::classify(&answer(201, ""), Some(0), &overrides, "authenticated", "user-1"), Verdict::Applied);
+        assert!(is_fatal(&super::classify(
+            &answer(503, "down"),
+            Some(0),
+            &overrides,
+            as_user("authenticated", "user-1")
+        )));
+        assert_eq!(
+            super::classify(&answer(201, ""), Some(0), &overrides, as_user("authenticated", "user-1")),
+            Verdict::Applied
+        );
         let lost = Err(TransportError::no_answer("reset"));
-        assert!(is_retryable(&super::classify(&lost, Some(0), &overrides, "authenticated", "user-1")));
+        assert!(is_retryable(&super::classify(&lost, Some(0), &overrides, as_user("authenticated", "user-1"))));
     }
 
     #[test]
@@ -1467,8 +1501,7 @@ mod tests {
             &uncastable(firebase_uid),
             Some(1),
             &ClassOverrides::default(),
-            "authenticated",
-            firebase_uid,
+            as_user("authenticated", firebase_uid),
         );
         let Verdict::Retryable { failure, retry_after_seconds } = &verdict else { panic!("{verdict:?}") };
         assert_eq!((failure.code.as_str(), failure.index), ("22P02", Some(1)));
@@ -1476,15 +1509,41 @@ mod tests {
         assert!(failure.message.contains("auth.jwt() ->> 'sub'"), "{}", failure.message);
         assert!(failure.message.contains("the operator's to fix; the upload waits"), "{}", failure.message);
         // Any other value that is not a uuid is the data's, for this caller as for another.
-        let rules = |sub| super::classify(&uncastable("not-a-uuid"), Some(1), &ClassOverrides::default(), "r", sub);
+        let rules =
+            |sub| super::classify(&uncastable("not-a-uuid"), Some(1), &ClassOverrides::default(), as_user("r", sub));
         assert!(is_fatal(&rules(firebase_uid)));
         assert!(is_fatal(&rules("")));
         // The caller's id quoted in another error, or in a longer value, stays the data's.
         let other = format!("invalid input syntax for type integer: \"{firebase_uid}\"");
         let other = answer(400, &json!({"code": "22P02", "message": other}).to_string());
-        assert!(is_fatal(&super::classify(&other, None, &ClassOverrides::default(), "r", firebase_uid)));
+        assert!(is_fatal(&super::classify(&other, None, &ClassOverrides::default(), as_user("r", firebase_uid))));
         let longer = uncastable(&format!("{firebase_uid}x"));
-        assert!(is_fatal(&super::classify(&longer, None, &ClassOverrides::default(), "r", firebase_uid)));
+        assert!(is_fatal(&super::classify(&longer, None, &ClassOverrides::default(), as_user("r", firebase_uid))));
+    }
+
+    #[test]
+    fn service_mode_owner_column_that_cannot_hold_the_callers_sub_keeps_the_upload_queued() {
+        // The worker writes the sub into the owner column itself: a column of another type is
+        // the configuration's, whatever the type (`double precision` has a space).
+        let sub = "Xk3pQ9abcDEF0123456789ghij";
+        let owner = WrittenAs { api_role: "service_role", sub, sub_written_as_owner: true };
+        for type_name in ["bigint", "integer", "double precision", "uuid"] {
+            let message = format!("invalid input syntax for type {type_name}: \"{sub}\"");
+            let refused = answer(400, &json!({"code": "22P02", "message": message}).to_string());
+            let verdict = super::classify(&refused, Some(0), &ClassOverrides::default(), owner);
+            let Verdict::Retryable { failure, retry_after_seconds } = &verdict else { panic!("{verdict:?}") };
+            assert_eq!(*retry_after_seconds, Some(SCHEMA_DRIFT_RETRY_AFTER_SECONDS), "{type_name}");
+            assert!(failure.message.contains("the operator's to fix"), "{}", failure.message);
+            // where the client wrote it (RLS mode), only uuid is the operator's
+            let by_client = super::classify(&refused, Some(0), &ClassOverrides::default(), as_user("r", sub));
+            assert_eq!(is_fatal(&by_client), type_name != "uuid", "{type_name}");
+        }
+        // another value of the type stays the data's in service mode too
+        let other = answer(
+            400,
+            &json!({"code": "22P02", "message": "invalid input syntax for type bigint: \"7x\""}).to_string(),
+        );
+        assert!(is_fatal(&super::classify(&other, Some(0), &ClassOverrides::default(), owner)));
     }
 
     #[test]

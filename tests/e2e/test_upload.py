@@ -815,6 +815,31 @@ def test_service_mode_with_the_anon_key_as_service_key_is_a_configuration_proble
     assert row(db, "profiles", profile) is None
 
 
+@pytest.mark.parametrize("atomic", ["false", "true"])
+def test_service_mode_owner_column_that_cannot_hold_user_ids_keeps_the_writes_queued(
+        atomic, pg, base_vars, start_worker, db, user):
+    # UPLOAD_OWNER_COLUMN naming a bigint column: the worker writes the sub there itself, so the
+    # database's 22P02 is the configuration's to fix, not the user's data (was fatal).
+    sub, token = user
+    with psycopg.connect(pg.dsn, autocommit=True) as conn:
+        conn.execute("create table if not exists public.org_notes (id text primary key, org_id bigint, body text);"
+                     "grant select, insert, update, delete on public.org_notes to service_role")
+    try:
+        worker = start_worker({**base_vars, "UPLOAD_ATOMIC": atomic, "UPLOAD_MODE": "service",
+                               "UPLOAD_TABLES": "org_notes", "UPLOAD_OWNER_COLUMN": "org_id"})
+        note = "n-" + new_id()
+        response = upload(worker, token, body(tx(put("org_notes", note, body="hello"), tid=1)))
+        assert_retry_response(response)
+        failure = response.json()["results"][0]["failed_operation"]
+        assert (failure["code"], failure["index"]) == ("22P02", 0), failure
+        assert "UPLOAD_OWNER_COLUMN" in failure["message"] and "the upload waits" in failure["message"], failure
+        assert int(response.headers["Retry-After"]) >= 60
+        assert db.execute("select count(*) from public.org_notes").fetchone()[0] == 0
+    finally:
+        with psycopg.connect(pg.dsn, autocommit=True) as conn:
+            conn.execute("drop table if exists public.org_notes")
+
+
 def test_service_mode_refuses_anonymous_sign_ins(service_worker, db, standin, session_token):
     # The service key bypasses RLS and anyone can sign in anonymously with the public anon key:
     # unless UPLOAD_ALLOW_ANONYMOUS=true, such sessions write nothing (403; the client keeps its
