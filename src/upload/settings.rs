@@ -373,14 +373,26 @@ pub fn read(reader: &mut Reader, supabase_url: Option<String>) -> Option<UploadS
             );
         }
     }
+    // The most one transaction of one entry may need over REST: its write, and before it the
+    // ownership check of a service-mode PUT or after it the two reads that tell a compared
+    // PATCH's conflict from a gone row; and the dead letter's insert, kept in reserve.
     let always = atomic == AtomicMode::Always;
-    let needed = 1 + usize::from(service && !always) + usize::from(dead_letter_table.is_some());
+    let ownership_check = service && !always;
+    let conflict_reads = conflict_detection && !always;
+    let needed =
+        if conflict_reads { 3 } else { 1 + usize::from(ownership_check) } + usize::from(dead_letter_table.is_some());
     if (subrequest_budget as usize) < needed {
         reader.problem(
             "UPLOAD_SUBREQUEST_BUDGET",
             format!(
                 "must be at least {needed} with these settings (one write{}{})",
-                if service && !always { ", one ownership check" } else { "" },
+                if conflict_reads {
+                    ", two reads after a compared write that changed no row"
+                } else if ownership_check {
+                    ", one ownership check"
+                } else {
+                    ""
+                },
                 if dead_letter_table.is_some() { ", one dead-letter insert" } else { "" }
             ),
         );
@@ -965,6 +977,23 @@ mod tests {
         );
         assert!(read_vars(&with(&[("UPLOAD_SUBREQUEST_BUDGET", "1")])).is_ok());
         assert!(read_vars(&with(&[("UPLOAD_SUBREQUEST_BUDGET", "10000")])).is_ok());
+        // a compared write that changed no row is told from a gone row by two reads over REST
+        // (with the dead letter's reserve: 4); with atomic mode always on, nothing is read
+        let compared = |budget, atomic: Option<&'static str>| {
+            let mut vars = with(&[
+                ("UPLOAD_CONFLICT_DETECTION", "true"),
+                ("UPLOAD_DEAD_LETTER_TABLE", DEAD_LETTER_TABLE),
+                ("UPLOAD_SUBREQUEST_BUDGET", budget),
+            ]);
+            vars.extend(atomic.map(|atomic| ("UPLOAD_ATOMIC", atomic)));
+            read_vars(&vars)
+        };
+        let problems = compared("3", None).unwrap_err();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].message.contains("must be at least 4"), "{problems:?}");
+        assert!(problems[0].message.contains("two reads"), "{problems:?}");
+        assert!(compared("4", None).is_ok());
+        assert!(compared("2", Some("true")).is_ok());
         assert_eq!(problem_names(&with(&[("UPLOAD_SUBREQUEST_BUDGET", "10001")])), vec!["UPLOAD_SUBREQUEST_BUDGET"]);
     }
 
