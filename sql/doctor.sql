@@ -12,10 +12,12 @@
 --    "functions": ["public.powersync_apply_transaction(jsonb, text, text, text, text, boolean)"]}
 --
 -- answers
---   {"version": 2, "publication": true,
+--   {"version": 3, "publication": true,
 --    "bypassrls": {"anon": false, "authenticated": false, "service_role": true},
 --    "tables": [{"schema": "public", "name": "todos", "exists": true, "rls": true,
 --                "missing_columns": [], "published": true,
+--                "column_types": {"id": {"type": "uuid", "category": "U"},
+--                                 "tags": {"type": "text[]", "category": "A"}, …},
 --                "privileges": {"anon": [], "authenticated": ["DELETE", "INSERT", "SELECT", "UPDATE"],
 --                               "service_role": ["DELETE", "INSERT", "SELECT", "UPDATE"]},
 --                "column_only": {"anon": [], "authenticated": [], "service_role": []}}],
@@ -26,7 +28,9 @@
 -- UPDATE: or on any of its columns); "column_only" lists those held on some
 -- columns but not on the table (a write of another column is refused).
 -- "bypassrls": whether the role bypasses row-level security (a superuser
--- does). Roles that do not exist are left out.
+-- does). Roles that do not exist are left out. "column_types": each column's
+-- type as PostgreSQL prints it, and its category (pg_type.typcategory: A an
+-- array, B boolean, S a string, U a user type such as uuid, json and jsonb).
 -- EXECUTE: service_role (and the owner) only: the answer describes the schema.
 
 create or replace function public.powersync_doctor(tables jsonb, functions text[] default '{}')
@@ -54,7 +58,7 @@ as $$
        and c.relkind in ('r', 'p', 'v', 'f')
   )
   select jsonb_build_object(
-    'version', 2,
+    'version', 3,
     'bypassrls', coalesce((select jsonb_object_agg(r.rolname, r.bypasses) from roles r), '{}'::jsonb),
     'publication', exists (select 1 from pg_catalog.pg_publication p where p.pubname = 'powersync'),
     'tables', coalesce((
@@ -70,6 +74,13 @@ as $$
               or not exists (select 1 from pg_catalog.pg_attribute a
                               where a.attrelid = f.rel and a.attname = col
                                 and a.attnum > 0 and not a.attisdropped)), '[]'::jsonb),
+        'column_types', coalesce((
+          select jsonb_object_agg(a.attname, jsonb_build_object(
+                   'type', pg_catalog.format_type(a.atttypid, a.atttypmod),
+                   'category', t.typcategory::text))
+            from pg_catalog.pg_attribute a
+            join pg_catalog.pg_type t on t.oid = a.atttypid
+           where a.attrelid = f.rel and a.attnum > 0 and not a.attisdropped), '{}'::jsonb),
         'published', exists (select 1 from pg_catalog.pg_publication_tables pt
                               where pt.pubname = 'powersync' and pt.schemaname = f.schema_name
                                 and pt.tablename = f.table_name),

@@ -253,7 +253,8 @@ impl ColumnSet {
         self.0.insert((table.to_string(), column.to_string()));
     }
 
-    fn iter(&self) -> impl Iterator<Item = &(String, String)> {
+    /// Each `(table, column)`, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &(String, String)> {
         self.0.iter()
     }
 }

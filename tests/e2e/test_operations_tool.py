@@ -45,9 +45,10 @@ def write_vars(path, vars: dict) -> str:
 
 @pytest.fixture(scope="module")
 def ops_vars(base_vars):
-    """The settings of the deployment under test: rls mode, atomic, dead letters, two tables."""
+    """The settings of the deployment under test: rls mode, atomic, dead letters, two tables
+    (todos.tags is jsonb: converted)."""
     return {**base_vars, "UPLOAD_DEAD_LETTER_TABLE": DEAD_LETTERS, "UPLOAD_ATOMIC": "true",
-            "UPLOAD_TABLES": "todos,lists"}
+            "UPLOAD_TABLES": "todos,lists", "UPLOAD_JSON_COLUMNS": "todos.tags"}
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +97,9 @@ def dead_port_url() -> str:
     return f"http://127.0.0.1:{free_port()}"
 
 
+# service mode on profiles (its jsonb column converted, as todos.tags is in ops_vars)
+SERVICE = {"UPLOAD_MODE": "service", "UPLOAD_TABLES": "profiles", "UPLOAD_JSON_COLUMNS": "profiles.settings"}
+
 # (id, SQL that breaks the copy, settings changed, extra arguments, a line of the report, exit code)
 BROKEN = [
     ("healthy_copy", None, {}, [], "doctor: ready (0 warning(s))", 0),
@@ -106,14 +110,24 @@ BROKEN = [
     ("rls_off", "alter table public.todos disable row level security", {}, [],
      "PROBLEM: row-level security is off on public.todos: in rls mode any signed-in user may write any row", 1),
     ("owner_column_missing", None,
-     {"UPLOAD_MODE": "service", "UPLOAD_TABLES": "profiles", "UPLOAD_OWNER_COLUMN": "owner_id"}, [],
+     {**SERVICE, "UPLOAD_OWNER_COLUMN": "owner_id"}, [],
      "PROBLEM: uploaded table public.profiles has no column owner_id", 1),
     ("service_role_not_granted", "revoke update on public.profiles from service_role",
-     {"UPLOAD_MODE": "service", "UPLOAD_TABLES": "profiles", "UPLOAD_OWNER_COLUMN": "user_id"}, [],
+     {**SERVICE, "UPLOAD_OWNER_COLUMN": "user_id"}, [],
      "PROBLEM: service_role lacks UPDATE on public.profiles: every upload to it stays queued (42501)", 1),
     ("service_role_under_rls", ("alter role service_role nobypassrls", "alter role service_role bypassrls"),
-     {"UPLOAD_MODE": "service", "UPLOAD_TABLES": "profiles", "UPLOAD_OWNER_COLUMN": "user_id"}, [],
+     {**SERVICE, "UPLOAD_OWNER_COLUMN": "user_id"}, [],
      "PROBLEM: service_role does not bypass row-level security", 1),
+    ("json_conversion_of_a_text_column", None, {"UPLOAD_JSON_COLUMNS": "todos.tags,todos.description"}, [],
+     "PROBLEM: UPLOAD_JSON_COLUMNS names todos.description, which is text: the client's text is sent as the JSON"
+     " value it holds", 1),
+    ("boolean_conversion_of_an_integer_column", None, {"UPLOAD_BOOLEAN_COLUMNS": "todos.priority"}, [],
+     "  fix: remove todos.priority from UPLOAD_BOOLEAN_COLUMNS (it is for boolean columns)", 1),
+    ("array_column_without_conversion", "alter table public.todos add column labels text[]", {}, [],
+     "warning: public.todos.labels is an array (text[]) not in UPLOAD_JSON_COLUMNS", 0),
+    ("owner_column_that_cannot_hold_user_ids", "alter table public.profiles add column org_id bigint",
+     {**SERVICE, "UPLOAD_OWNER_COLUMN": "org_id"}, [],
+     "PROBLEM: public.profiles.org_id is bigint: service mode writes the user's id", 1),
     ("column_only_grant", "revoke update on public.todos from authenticated;"
      " grant update (description, completed) on public.todos to authenticated", {}, [],
      "warning: authenticated holds UPDATE on only some columns of public.todos", 0),

@@ -10,7 +10,7 @@
 
 use std::collections::BTreeSet;
 
-use powersync_supabase_worker::upload::settings::{AtomicMode, UploadSettings, WriteMode};
+use powersync_supabase_worker::upload::settings::{AtomicMode, ColumnSet, UploadSettings, WriteMode};
 use serde_json::{json, Value};
 
 use crate::rest::{self, Request, Response};
@@ -66,6 +66,20 @@ pub struct TableCheck {
     pub name: String,
     pub columns: Vec<String>,
     pub kind: TableKind,
+    /// Uploaded tables: the columns whose values the worker converts
+    /// (`UPLOAD_JSON_COLUMNS`, `UPLOAD_BOOLEAN_COLUMNS`), in order.
+    pub conversions: Vec<(String, Conversion)>,
+    /// Uploaded tables, service mode: the column the worker writes the user's id into.
+    pub owner_column: Option<String>,
+}
+
+/// A value conversion the worker applies to a column.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Conversion {
+    /// `UPLOAD_JSON_COLUMNS`: the client's JSON text sent as JSON.
+    Json,
+    /// `UPLOAD_BOOLEAN_COLUMNS`: 0 and 1 sent as false and true.
+    Boolean,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -104,7 +118,19 @@ pub fn expectations(settings: &UploadSettings, tables: &[String]) -> Expectation
         WriteMode::Rls => ("authenticated", true, None),
         WriteMode::Service { owner_column, .. } => ("service_role", false, Some(owner_column.clone())),
     };
+    let converted = |kind, set: &ColumnSet| {
+        set.iter().map(move |(table, column)| (table.clone(), (column.clone(), kind))).collect::<Vec<_>>()
+    };
+    let conversions: Vec<(String, (String, Conversion))> = [
+        converted(Conversion::Json, &settings.json_columns),
+        converted(Conversion::Boolean, &settings.boolean_columns),
+    ]
+    .concat();
     let mut names: BTreeSet<String> = settings.tables.clone().unwrap_or_default();
+    if settings.tables.is_none() {
+        // any table may be uploaded: those the conversions name are
+        names.extend(conversions.iter().map(|(table, _)| table.clone()));
+    }
     names.extend(tables.iter().cloned());
     let mut checks: Vec<TableCheck> = names
         .iter()
@@ -112,7 +138,12 @@ pub fn expectations(settings: &UploadSettings, tables: &[String]) -> Expectation
             let (schema, name) = split_table(n);
             let mut columns = vec!["id".to_string()];
             columns.extend(owner.clone());
-            TableCheck { schema, name, columns, kind: TableKind::Uploaded }
+            let conversions = conversions
+                .iter()
+                .filter(|(table, _)| *table == name)
+                .map(|(_, conversion)| conversion.clone())
+                .collect();
+            TableCheck { schema, name, columns, kind: TableKind::Uploaded, conversions, owner_column: owner.clone() }
         })
         .collect();
     let atomic = match settings.atomic {
@@ -135,6 +166,8 @@ pub fn expectations(settings: &UploadSettings, tables: &[String]) -> Expectation
                 name: t.into(),
                 columns: columns.iter().map(|c| c.to_string()).collect(),
                 kind: TableKind::Ledger,
+                conversions: vec![],
+                owner_column: None,
             });
         }
     }
@@ -145,6 +178,8 @@ pub fn expectations(settings: &UploadSettings, tables: &[String]) -> Expectation
             name: "powersync_dead_letters".into(),
             columns: DEAD_LETTER_COLUMNS.iter().map(|c| c.to_string()).collect(),
             kind: TableKind::DeadLetters,
+            conversions: vec![],
+            owner_column: None,
         });
     }
     Expectations { role, rls_mode, tables: checks, atomic, dead_letters }
@@ -210,6 +245,7 @@ pub fn check_catalog(expected: &Expectations, response: &Response, supabase_url:
         }
     };
     let mut findings = vec![];
+    let mut outdated_doctor_sql = false;
     let role = expected.role;
     let tables = answer["tables"].as_array().cloned().unwrap_or_default();
     for (check, table) in expected.tables.iter().zip(tables.iter()) {
@@ -287,6 +323,10 @@ pub fn check_catalog(expected: &Expectations, response: &Response, supabase_url:
                         format!("alter publication powersync add table {name};"),
                     ));
                 }
+                match table["column_types"].as_object() {
+                    Some(types) => findings.extend(check_column_types(check, &name, types)),
+                    None => outdated_doctor_sql = true,
+                }
             }
             TableKind::DeadLetters | TableKind::Ledger => {
                 // Written only through the SECURITY DEFINER functions: a user who could write
@@ -331,6 +371,12 @@ pub fn check_catalog(expected: &Expectations, response: &Response, supabase_url:
                 "run sql/doctor.sql again (read-only)",
             )),
         }
+    }
+    if outdated_doctor_sql {
+        findings.push(warning(
+            "sql/doctor.sql is outdated: the doctor cannot check the uploaded columns' types",
+            "run sql/doctor.sql again (read-only)",
+        ));
     }
     if !answer["publication"].as_bool().unwrap_or(false) {
         findings.push(warning(
@@ -377,6 +423,90 @@ pub fn check_catalog(expected: &Expectations, response: &Response, supabase_url:
             } else {
                 blocking(format!("{problem}: uploads that need it stay queued (42501)"), fix)
             });
+        }
+    }
+    findings
+}
+
+/// Whether the worker's conversions suit the columns of uploaded table `name` (`types`: the
+/// catalog's `column_types`), and whether the columns that need one have it: a conversion of
+/// the wrong column alters or refuses the client's values, an array column without one is
+/// refused, a JSON column without one stores the client's JSON text as a JSON string; and, in
+/// service mode, whether the owner column can hold user ids.
+fn check_column_types(check: &TableCheck, name: &str, types: &serde_json::Map<String, Value>) -> Vec<Finding> {
+    let mut findings = vec![];
+    let type_of = |column: &str| {
+        let info = types.get(column)?;
+        Some((info["type"].as_str().unwrap_or_default().to_string(), info["category"].as_str().unwrap_or_default()))
+    };
+    let is_json = |type_name: &str, category: &str| category == "A" || type_name == "json" || type_name == "jsonb";
+    for (column, conversion) in &check.conversions {
+        let (setting, suits, sent) = match conversion {
+            Conversion::Json => (
+                "UPLOAD_JSON_COLUMNS",
+                "json, jsonb and array columns",
+                "the client's text is sent as the JSON value it holds: a text null is stored as NULL, \"x\" as x",
+            ),
+            Conversion::Boolean => (
+                "UPLOAD_BOOLEAN_COLUMNS",
+                "boolean columns",
+                "0 and 1 are sent as false and true, which it refuses or stores as text",
+            ),
+        };
+        let entry = format!("{}.{column}", check.name);
+        match type_of(column) {
+            None => findings.push(warning(
+                format!("{setting} names {entry}, but {name} has no column {column}"),
+                format!("correct or remove {entry} in {setting}"),
+            )),
+            Some((type_name, category)) => {
+                let fits = match conversion {
+                    Conversion::Json => is_json(&type_name, category),
+                    Conversion::Boolean => type_name == "boolean",
+                };
+                if !fits {
+                    findings.push(blocking(
+                        format!("{setting} names {entry}, which is {type_name}: {sent}"),
+                        format!("remove {entry} from {setting} (it is for {suits})"),
+                    ));
+                }
+            }
+        }
+    }
+    for (column, info) in types {
+        let (type_name, category) =
+            (info["type"].as_str().unwrap_or_default(), info["category"].as_str().unwrap_or_default());
+        if !is_json(type_name, category) || check.conversions.iter().any(|(c, _)| c == column) {
+            continue;
+        }
+        let entry = format!("{}.{column}", check.name);
+        findings.push(warning(
+            if category == "A" {
+                format!(
+                    "{name}.{column} is an array ({type_name}) not in UPLOAD_JSON_COLUMNS: the SDK sends it as JSON \
+                     text, which PostgreSQL refuses as an array literal (22P02, fatal) unless the client writes \
+                     PostgreSQL's own form ({{a,b}})"
+                )
+            } else {
+                format!(
+                    "{name}.{column} is {type_name} not in UPLOAD_JSON_COLUMNS: the SDK sends it as JSON text, which \
+                     is stored as a JSON string, not the value it holds"
+                )
+            },
+            format!("add {entry} to UPLOAD_JSON_COLUMNS"),
+        ));
+    }
+    if let Some((owner, (type_name, category))) =
+        check.owner_column.as_ref().and_then(|owner| Some((owner, type_of(owner)?)))
+    {
+        if category != "S" && type_name != "uuid" {
+            findings.push(blocking(
+                format!(
+                    "{name}.{owner} is {type_name}: service mode writes the user's id (the session's sub) into \
+                     UPLOAD_OWNER_COLUMN, which it cannot hold (22P02): every upload to {name} stays queued"
+                ),
+                "make the owner column text (or uuid, for Supabase Auth's user ids)",
+            ));
         }
     }
     findings
@@ -543,7 +673,95 @@ mod tests {
 
     fn table(name: &str, privileges: &[&str], rls: bool) -> Value {
         json!({"schema": "public", "name": name, "exists": true, "rls": rls, "missing_columns": [], "published": true,
-               "privileges": {"anon": [], "authenticated": privileges, "service_role": privileges}})
+               "privileges": {"anon": [], "authenticated": privileges, "service_role": privileges},
+               "column_types": {"id": {"type": "uuid", "category": "U"}, "user_id": {"type": "uuid", "category": "U"}}})
+    }
+
+    fn with_columns(mut table: Value, columns: &[(&str, &str, &str)]) -> Value {
+        for (column, type_name, category) in columns {
+            table["column_types"][*column] = json!({"type": type_name, "category": category});
+        }
+        table
+    }
+
+    #[test]
+    fn conversions_must_suit_their_columns_and_json_columns_want_one() {
+        let e = expectations(
+            &settings(&[
+                ("UPLOAD_JSON_COLUMNS", "todos.tags,todos.doc,todos.note,todos.gone"),
+                ("UPLOAD_BOOLEAN_COLUMNS", "todos.done,todos.count"),
+                ("UPLOAD_ATOMIC", "false"),
+            ]),
+            &[],
+        );
+        assert_eq!(e.tables.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["todos"], "named by the conversions");
+        let all = ["DELETE", "INSERT", "SELECT", "UPDATE"];
+        let todos = with_columns(
+            table("todos", &all, true),
+            &[
+                ("tags", "text[]", "A"),
+                ("doc", "jsonb", "U"),
+                ("note", "text", "S"),
+                ("done", "boolean", "B"),
+                ("count", "integer", "N"),
+                ("labels", "varchar[]", "A"),
+                ("meta", "json", "U"),
+            ],
+        );
+        let found = check_catalog(&e, &answer(json!([todos]), json!([])), "u");
+        let said = |needle: &str| {
+            found.iter().find(|f| f.problem.contains(needle)).unwrap_or_else(|| panic!("{needle}: {found:#?}"))
+        };
+        let note = said("todos.note, which is text");
+        assert_eq!(note.severity, Severity::Blocking);
+        assert!(note.problem.contains("a text null is stored as NULL"), "{note:?}");
+        assert_eq!(note.fix, "remove todos.note from UPLOAD_JSON_COLUMNS (it is for json, jsonb and array columns)");
+        let count = said("todos.count, which is integer");
+        assert_eq!(
+            (count.severity, count.fix.as_str()),
+            (Severity::Blocking, "remove todos.count from UPLOAD_BOOLEAN_COLUMNS (it is for boolean columns)")
+        );
+        assert_eq!(said("todos.gone, but public.todos has no column gone").severity, Severity::Warning);
+        let labels = said("public.todos.labels is an array (varchar[]) not in UPLOAD_JSON_COLUMNS");
+        assert_eq!(
+            (labels.severity, labels.fix.as_str()),
+            (Severity::Warning, "add todos.labels to UPLOAD_JSON_COLUMNS")
+        );
+        assert_eq!(said("public.todos.meta is json not in UPLOAD_JSON_COLUMNS").severity, Severity::Warning);
+        assert_eq!(found.len(), 5, "tags, doc and done suit their conversions: {found:#?}");
+    }
+
+    #[test]
+    fn service_mode_owner_column_must_hold_user_ids_and_an_old_doctor_sql_is_named() {
+        let e = expectations(&settings(&SERVICE_MODE), &[]);
+        let all = ["DELETE", "INSERT", "SELECT", "UPDATE"];
+        let bypass = |tables: Value| {
+            let mut answer = answer(tables, json!([]));
+            let mut body: Value = serde_json::from_str(&answer.body).unwrap();
+            body["bypassrls"] = json!({"service_role": true});
+            answer.body = body.to_string();
+            answer
+        };
+        for (type_name, category, blocks) in [("bigint", "N", true), ("text", "S", false), ("uuid", "U", false)] {
+            let profiles = with_columns(table("profiles", &all, true), &[("user_id", type_name, category)]);
+            let found = check_catalog(&e, &bypass(json!([profiles])), "u");
+            let owner: Vec<_> = found.iter().filter(|f| f.problem.contains("UPLOAD_OWNER_COLUMN")).collect();
+            assert_eq!(owner.len(), usize::from(blocks), "{type_name}: {found:#?}");
+            if blocks {
+                assert_eq!(owner[0].severity, Severity::Blocking);
+                assert!(
+                    owner[0].problem.starts_with("public.profiles.user_id is bigint: service mode writes"),
+                    "{owner:?}"
+                );
+            }
+        }
+        let mut old = table("profiles", &all, true);
+        old.as_object_mut().unwrap().remove("column_types");
+        let found = check_catalog(&e, &bypass(json!([old])), "u");
+        assert_eq!(
+            found.iter().map(|f| (f.severity, f.problem.as_str())).collect::<Vec<_>>(),
+            [(Severity::Warning, "sql/doctor.sql is outdated: the doctor cannot check the uploaded columns' types")]
+        );
     }
 
     fn function(signature: &str, exists: bool, roles: &[&str]) -> Value {
@@ -601,7 +819,9 @@ mod tests {
                 schema: "app".into(),
                 name: "notes".into(),
                 columns: vec!["id".into(), "user_id".into()],
-                kind: TableKind::Uploaded
+                kind: TableKind::Uploaded,
+                conversions: vec![],
+                owner_column: Some("user_id".into()),
             }
         );
         assert_eq!(e.tables.len(), 2);
