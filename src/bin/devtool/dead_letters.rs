@@ -98,7 +98,10 @@ pub fn list_request(supabase_url: &str, service_key: &str, selection: &Selection
         query.push(format!("created_at=lt.{}", encode(&before.to_rfc3339_opts(SecondsFormat::Secs, true))));
     }
     query.push("order=id.asc".to_string());
-    query.push(format!("limit={}", selection.limit.max(1)));
+    // ids named one by one are each fetched, whatever the limit (one left out would be
+    // reported as unknown)
+    let limit = (selection.limit as usize).max(selection.ids.len()).max(1);
+    query.push(format!("limit={limit}"));
     Request {
         method: "GET",
         url: format!("{}/rest/v1/{TABLE}?{}", supabase_url.trim_end_matches('/'), query.join("&")),
@@ -275,6 +278,13 @@ mod tests {
             format!("{URL}/rest/v1/powersync_dead_letters?select={LIST_COLUMNS}&replayed_at=is.null&discarded_at=is.null&order=id.asc&limit=50")
         );
         assert_eq!(r.headers, vec![("apikey".to_string(), "sb_secret_x".to_string())]);
+    }
+
+    #[test]
+    fn ids_named_one_by_one_are_all_fetched_whatever_the_limit() {
+        let ids: Vec<i64> = (1..=150).collect();
+        let r = list_request(URL, "k", &Selection { ids, limit: 100, ..Default::default() }, 0);
+        assert!(r.url.ends_with("&order=id.asc&limit=150"), "{}", r.url);
     }
 
     #[test]

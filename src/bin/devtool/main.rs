@@ -54,23 +54,13 @@ fn main() -> ExitCode {
         eprintln!("{HELP}");
         return ExitCode::from(2);
     };
-    let mut options = HashMap::new();
-    let mut flags = args[1..].iter();
-    let mut subcommand = None;
-    if command == "dead-letters" {
-        subcommand = flags.next().cloned();
-    }
-    while let Some(name) = flags.next() {
-        let Some(name) = name.strip_prefix("--") else {
-            eprintln!("unexpected argument {name}\n{HELP}");
+    let (subcommand, options) = match parse_options(command, &args[1..]) {
+        Ok(parsed) => parsed,
+        Err(message) => {
+            eprintln!("devtool: {message}\n{HELP}");
             return ExitCode::from(2);
-        };
-        if name == "dry-run" || name == "json" {
-            options.insert(name.to_string(), "true".to_string());
-            continue;
         }
-        options.insert(name.to_string(), flags.next().cloned().unwrap_or_default());
-    }
+    };
     match command.as_str() {
         "doctor" => return run_doctor(&options),
         "dead-letters" => return run_dead_letters(subcommand.as_deref().unwrap_or(""), &options),
@@ -94,6 +84,65 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The options `command` (with `subcommand`) takes, as [`HELP`] lists them: those with a value,
+/// and the flags, which take none.
+fn known_options(command: &str, subcommand: Option<&str>) -> (&'static [&'static str], &'static [&'static str]) {
+    match (command, subcommand) {
+        ("keygen", _) => (&["kid", "alg"], &[]),
+        ("dev-vars", _) => (&["supabase-url", "powersync-url"], &[]),
+        ("mint", _) => (&["secret", "sub", "iss", "aud", "ttl", "role", "email", "iat"], &[]),
+        ("sign", _) => (&["key-file", "input"], &[]),
+        ("public-jwk", _) => (&["key-file", "kid"], &[]),
+        ("doctor", _) => (&["worker-url", "tables", "vars", "supabase-url", "service-key"], &[]),
+        ("dead-letters", Some("list")) => {
+            (&["user", "code", "older-than", "state", "limit", "vars", "supabase-url", "service-key"], &["json"])
+        }
+        ("dead-letters", Some("show")) => (&["id", "vars", "supabase-url", "service-key"], &["json"]),
+        ("dead-letters", Some("replay")) => (
+            &["id", "ids", "user", "code", "older-than", "limit", "vars", "supabase-url", "service-key"],
+            &["dry-run", "json"],
+        ),
+        ("dead-letters", Some("discard")) => (
+            &["id", "ids", "user", "code", "older-than", "limit", "reason", "vars", "supabase-url", "service-key"],
+            &["dry-run", "json"],
+        ),
+        _ => (&[], &[]),
+    }
+}
+
+/// `args` after the command: its subcommand (`dead-letters`) and its options. Refused, so that
+/// nothing runs without an option it was given: an option the command does not take (a typo
+/// such as `--dryrun` or `--older-then`), an option given twice, one without its value, and a
+/// value that is itself an option (`--reason --dry-run`).
+fn parse_options(command: &str, args: &[String]) -> Result<(Option<String>, HashMap<String, String>), String> {
+    let mut args = args.iter();
+    let subcommand = if command == "dead-letters" { args.next().cloned() } else { None };
+    let (valued, flags) = known_options(command, subcommand.as_deref());
+    let mut options = HashMap::new();
+    while let Some(arg) = args.next() {
+        let Some(name) = arg.strip_prefix("--") else {
+            return Err(format!("unexpected argument {arg}"));
+        };
+        let value = if flags.contains(&name) {
+            "true".to_string()
+        } else if valued.contains(&name) {
+            match args.next() {
+                Some(value) if !value.starts_with("--") => value.clone(),
+                _ => return Err(format!("--{name} needs a value")),
+            }
+        } else {
+            return Err(format!(
+                "{command}{} takes no option --{name}",
+                subcommand.map(|s| format!(" {s}")).unwrap_or_default()
+            ));
+        };
+        if options.insert(name.to_string(), value).is_some() {
+            return Err(format!("--{name} is given twice"));
+        }
+    }
+    Ok((subcommand, options))
 }
 
 fn now() -> u64 {
@@ -478,6 +527,33 @@ fn public_jwk(options: &HashMap<String, String>) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn parse(command: &str, args: &[&str]) -> Result<(Option<String>, HashMap<String, String>), String> {
+        parse_options(command, &args.iter().map(|a| a.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn options_are_those_the_command_takes_each_once_with_its_value() {
+        let (sub, options) =
+            parse("dead-letters", &["discard", "--user", "u1", "--reason", "typo", "--dry-run"]).expect("valid");
+        assert_eq!(sub.as_deref(), Some("discard"));
+        assert_eq!(options.get("user").map(String::as_str), Some("u1"));
+        assert_eq!(options.get("dry-run").map(String::as_str), Some("true"));
+        // a typo must not run the command without the option it meant
+        for (command, args, error) in [
+            ("dead-letters", &["discard", "--user", "u", "--reason", "r", "--dryrun"][..], "takes no option --dryrun"),
+            ("dead-letters", &["replay", "--user", "u", "--older-then", "30d"], "takes no option --older-then"),
+            ("dead-letters", &["discard", "--id", "1", "--reason", "--dry-run"], "--reason needs a value"),
+            ("dead-letters", &["replay", "--id"], "--id needs a value"),
+            ("dead-letters", &["replay", "--id", "1", "--id", "2"], "--id is given twice"),
+            ("dead-letters", &["list", "--reason", "r"], "takes no option --reason"),
+            ("doctor", &["--worker-url", "u", "stray"], "unexpected argument stray"),
+            ("mint", &["--dry-run"], "mint takes no option --dry-run"),
+        ] {
+            let refused = parse(command, args).expect_err(&format!("{args:?}"));
+            assert!(refused.contains(error), "{args:?}: {refused}");
+        }
+    }
 
     #[test]
     fn settings_come_from_the_vars_file_as_wrangler_reads_it_then_the_environment() {
