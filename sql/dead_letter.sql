@@ -90,8 +90,11 @@
 -- ({"applied": 0, "replayed": false, "error": {code, message, details, hint}}),
 -- and the row can be replayed again once the cause is fixed. Success:
 -- {"applied": n, "replayed": true, "dead_letter_id": id}, replayed_at set.
--- A row already replayed is refused (55000, raised). With a client_id and a
--- transaction_id the replay asks the ledger first: a transaction applied since
+-- "unchanged" lists the entries (their places in the letter, from 0) that changed
+-- no row. A row already replayed is refused (55000, raised). With a client_id
+-- and a transaction_id (1 to 256 bytes each, as the ledger takes them; not for a
+-- record of code `unchanged`, whose transaction the ledger holds applied) the
+-- replay asks the ledger first: a transaction applied since
 -- it was dead-lettered (same user, client, transaction, recorded after
 -- created_at; or the same ops at any time) is refused (55000, stored);
 -- otherwise the replay records it in the ledger with the digest of ALL its
@@ -361,6 +364,7 @@ as $$
 declare
   d        public.powersync_dead_letters;
   v_ops    jsonb;
+  v_places integer[];  -- each op's entry in the letter (from 0)
   v_owner  text;
   v_table  text;
   v_result jsonb;
@@ -403,9 +407,10 @@ begin
     raise exception using errcode = '22023',
       message = pg_catalog.format('dead letter %s has no "entries"', dead_letter_id);
   end if;
-  -- the entries not applied, in order, without their state
-  select coalesce(jsonb_agg(e.value - 'state' order by e.ord), '[]'::jsonb)
-    into v_ops
+  -- the entries not applied, in order, without their state, and their places in the letter
+  select coalesce(jsonb_agg(e.value - 'state' order by e.ord), '[]'::jsonb),
+         coalesce(array_agg((e.ord - 1)::integer order by e.ord), '{}')
+    into v_ops, v_places
     from jsonb_array_elements(d.entries) with ordinality as e(value, ord)
    where e.value ->> 'state' is distinct from 'applied';
 
@@ -440,7 +445,12 @@ begin
       perform pg_catalog.set_config('request.jwt.claim.sub', d.user_id, true);
       perform pg_catalog.set_config('request.jwt.claim.role', v_role, true);
     end if;
+    -- the ledger, as the bridge keeps it: not for the record of an applied transaction's
+    -- unchanged entries (the ledger holds that transaction applied, as it is), nor for ids it
+    -- does not take (1 to 256 bytes: the bridge sent such a transaction without a record)
     if d.client_id is not null and d.transaction_id is not null and d.ops_digest is not null
+       and d.code is distinct from 'unchanged'
+       and octet_length(d.client_id) between 1 and 256 and octet_length(d.transaction_id) between 1 and 256
        and public.powersync_upload_ledger_claim(d.client_id, d.transaction_id, d.ops_digest,
                                                 v_owner, d.created_at)
     then
@@ -449,6 +459,12 @@ begin
                                     d.transaction_id, d.client_id, dead_letter_id);
     end if;
     v_result := public.powersync_apply_transaction(v_ops, d.owner_column, v_owner);
+    -- the ops that changed no row, counted among those sent: as the letter's entries
+    if jsonb_typeof(v_result -> 'unchanged') = 'array' then
+      v_result := jsonb_set(v_result, '{unchanged}', (
+        select coalesce(jsonb_agg(v_places[u.value::integer + 1] order by u.ord), '[]'::jsonb)
+          from jsonb_array_elements_text(v_result -> 'unchanged') with ordinality as u(value, ord)));
+    end if;
     perform pg_catalog.set_config('role', s_role, true);
     perform pg_catalog.set_config('request.jwt.claims', s_claims, true);
     perform pg_catalog.set_config('request.jwt.claim', s_claim, true);

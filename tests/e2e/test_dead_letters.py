@@ -645,9 +645,48 @@ def test_unchanged_entries_are_recorded_only_with_the_setting_and_replay_as_the_
 
     insert_list(db, sub, name="back", list_id=gone)  # the operator brings the row back
     result = db.execute(f"select public.{REPLAY}(%s)", (letter["id"],)).fetchone()[0]
-    assert (result["replayed"], result["applied"], result["unchanged"]) == (True, 2, [1]), result
+    # unchanged: entry 2 of the letter (the hidden row), not the second op sent
+    assert (result["replayed"], result["applied"], result["unchanged"]) == (True, 2, [2]), result
+    assert db.execute(f"select replay_result -> 'unchanged' from {DEAD_LETTERS} where id = %s",
+                      (letter["id"],)).fetchone()[0] == [2]
     assert row(db, "lists", gone)["name"] == "late"
     assert row(db, "lists", hidden)["name"] == "b's", "replayed as the writer: B's row stays hidden"
+
+
+def test_unchanged_record_of_an_atomic_transaction_replays_once_the_row_is_back(workers, db, user):
+    """The ledger holds the transaction applied (it was): the replay of its unchanged entries
+    is not refused as "applied since", and a re-send of it still applies nothing."""
+    sub, token = user
+    gone = new_id()
+    payload = with_client(body(tx(patch("lists", gone, name="late"), tid="u4")), "c-atomic-replay")
+    response = upload(workers["atomic_unchanged"], token, payload)
+    assert statuses(response) == ["success"] and response.json()["results"][0]["unchanged"] == [0], response.text
+    (letter,) = letters(db)
+    insert_list(db, sub, name="back", list_id=gone)
+    result = db.execute(f"select public.{REPLAY}(%s)", (letter["id"],)).fetchone()[0]
+    assert (result["replayed"], result["applied"], result["unchanged"]) == (True, 1, []), result
+    assert row(db, "lists", gone)["name"] == "late"
+    db.execute("update lists set name = 'changed later' where id = %s", (gone,))
+    again = upload(workers["atomic_unchanged"], token, payload)
+    assert again.json()["results"][0].get("already_applied") is True, again.text
+    assert row(db, "lists", gone)["name"] == "changed later"
+
+
+@pytest.mark.parametrize("transaction_id", ["", "t" * 300])
+def test_dead_letter_of_a_transaction_id_the_ledger_does_not_take_replays(workers, db, user, transaction_id):
+    """An empty transaction id, or one over 256 bytes, went without a ledger record: its replay
+    does not ask the ledger either (which refuses such ids, 22023, on every attempt)."""
+    sub, token = user
+    missing, todo = new_id(), new_id()
+    payload = with_client(body(tx(put("todos", todo, description="d", list_id=missing, created_by=sub),
+                                  tid=transaction_id)), "client-long-id")
+    assert statuses(upload(workers["atomic"], token, payload)) == ["fatal_error"]
+    (letter,) = letters(db)
+    assert letter["transaction_id"] == transaction_id
+    insert_list(db, sub, list_id=missing)
+    result = db.execute(f"select public.{REPLAY}(%s)", (letter["id"],)).fetchone()[0]
+    assert result["replayed"] is True, result
+    assert row(db, "todos", todo)["description"] == "d"
 
 
 def test_unchanged_record_of_an_atomic_transaction_leaves_it_applied_in_the_ledger(workers, db, user):
