@@ -442,11 +442,20 @@ impl App {
         log.files = Some(storage::log_summary(&files, 0));
         storage::check(&files, settings, &session.user_id).map_err(ApiError::File)?;
         let mut results = Vec::with_capacity(files.files.len());
+        let mut buckets_asked = Vec::new();
         for (index, file) in files.files.iter().enumerate() {
             let planned = storage::plan(&files, file, settings, &session.token);
-            // Signing and deleting are idempotent: a connection lost before any answer is retried.
+            // Signing, deleting and reading a bucket are idempotent: a connection lost before
+            // any answer is retried.
             let (answer, _) = send_resending_once(transport, &planned, true).await;
-            let result = storage::interpret(&files, file, index, settings, answer);
+            let mut result = storage::interpret(&files, file, index, settings, answer);
+            if storage::says_no_such_object(&result) && !buckets_asked.contains(&file.bucket) {
+                if let Some(asked) = storage::bucket_request(file, settings) {
+                    let (answer, _) = send_resending_once(transport, &asked, true).await;
+                    result = storage::bucket_exists(answer).and(result);
+                    buckets_asked.push(file.bucket.clone());
+                }
+            }
             log.files = Some(storage::log_summary(&files, results.len()));
             results.push(result.map_err(ApiError::File)?);
         }
@@ -1201,6 +1210,44 @@ mod tests {
             log.files.unwrap(),
             json!({"op": "upload", "count": 1, "done": 1, "bytes": 3, "buckets": ["photos"]})
         );
+    }
+
+    #[test]
+    fn a_delete_of_nothing_in_service_mode_asks_once_per_bucket_whether_storage_has_it() {
+        let service =
+            [("STORAGE_MODE", "service"), ("SUPABASE_SERVICE_ROLE_KEY", "svc"), ("STORAGE_BUCKETS", "photos")];
+        let auth = bearer(&hs256(&user_claims()));
+        let answer_of = |status: u16, body: &str| Ok(HttpResponse { status, headers: vec![], body: body.into() });
+        let no_such_object = r#"{"statusCode":"404","error":"not_found","message":"Object not found"}"#;
+        let body = r#"{"files":[{"bucket":"photos","path":"user-1/a.jpg"},{"bucket":"photos","path":"user-1/b.jpg"}]}"#;
+        let delete = || request("POST", "/powersync-files/delete", &[("authorization", &auth)], body);
+
+        // the bucket exists: nothing to delete, and the second file's bucket is not asked again
+        let transport = FakeTransport::scripted(vec![
+            answer_of(400, no_such_object),
+            answer_of(200, r#"{"id":"photos","name":"photos","public":false}"#),
+            answer_of(400, no_such_object),
+        ]);
+        let (response, _, answer) = send(&app(&service), &transport, delete());
+        assert_eq!(response.status, 200, "{answer}");
+        let deleted: Vec<&Value> = answer["files"].as_array().unwrap().iter().map(|f| &f["deleted"]).collect();
+        assert_eq!(deleted, [&json!(false), &json!(false)], "{answer}");
+        let sent = transport.sent();
+        assert_eq!(sent.len(), 3);
+        assert_eq!(
+            (sent[1].method, sent[1].url.as_str()),
+            (Method::Get, format!("{URL}/storage/v1/bucket/photos").as_str())
+        );
+        assert_eq!(sent[1].header_value("authorization"), Some("Bearer svc"));
+
+        // Storage does not have the bucket: never reported deleted
+        let transport = FakeTransport::scripted(vec![
+            answer_of(400, no_such_object),
+            answer_of(400, r#"{"statusCode":"404","error":"Bucket not found","message":"Bucket not found"}"#),
+        ]);
+        let (response, _, answer) = send(&app(&service), &transport, delete());
+        assert_eq!((response.status, answer["code"].as_str()), (502, Some("storage_failed")), "{answer}");
+        assert!(answer.get("files").is_none());
     }
 
     #[test]

@@ -270,7 +270,9 @@ pub fn parse_request(op: FileOp, body: &[u8]) -> Result<FileRequest, FileError> 
         let (mut content_type, mut size, mut upsert) = (None, None, false);
         if op == FileOp::Upload {
             let kind = text("content_type")
-                .filter(|t| t.len() <= 255 && t.contains('/') && !t.chars().any(char::is_control))
+                // one media type: a list (`image/png;a=b, text/html`) is refused whole, since a
+                // browser reads the last type of it and the bucket's rule the first
+                .filter(|t| t.len() <= 255 && t.contains('/') && !t.contains(',') && !t.chars().any(char::is_control))
                 .ok_or_else(|| malformed(field("content_type"), "must be a content type such as image/png"))?;
             content_type = Some(kind);
             size = Some(
@@ -448,6 +450,50 @@ pub fn interpret(
     }
 }
 
+/// Whether `result` says Storage has no such object (a delete of nothing, a download not found):
+/// Storage says so for any object of a bucket it does not have (it looks the object up, not the
+/// bucket), so in service mode the worker asks whether the bucket exists ([`bucket_request`]).
+pub fn says_no_such_object(result: &Result<FileResult, FileError>) -> bool {
+    matches!(result, Ok(FileResult::Deleted { existed: false }) | Err(FileError::NotFound { .. }))
+}
+
+/// Service mode: the request that asks Storage whether `file`'s bucket exists, with the service
+/// key. Without it, a bucket missing from Storage (a name in `STORAGE_BUCKETS` it does not have,
+/// a bucket dropped, a `STORAGE_URL` ending in `/object`, which makes the first path segment the
+/// bucket) reports every delete done and every download not found. In rls mode the user's
+/// token may not read the bucket (storage.buckets' policies): `None`, nothing asked.
+pub fn bucket_request(file: &FileSpec, settings: &StorageSettings) -> Option<HttpRequest> {
+    let key = settings.service_key.as_deref().filter(|_| settings.mode == StorageMode::Service)?;
+    // a checked bucket name (`A-Z a-z 0-9 _ . -`) goes into a URL as it is
+    Some(
+        HttpRequest::new(Method::Get, format!("{}/bucket/{}", settings.storage_url, file.bucket))
+            .header("Authorization", format!("Bearer {key}"))
+            .header("apikey", key),
+    )
+}
+
+/// Storage's answer to [`bucket_request`]: `Ok` when the bucket exists; the configuration's
+/// error (502) when Storage does not have it or the answer is not Storage's; unavailable when
+/// Storage is.
+pub fn bucket_exists(answer: Result<HttpResponse, TransportError>) -> Result<(), FileError> {
+    let response = answer.map_err(|e| FileError::Unavailable { detail: format!("storage: {}", e.message) })?;
+    let body: Value = serde_json::from_str(&response.body).unwrap_or(Value::Null);
+    match response.status {
+        200 if body["id"].is_string() => Ok(()),
+        408 | 429 | 500..=599 => Err(FileError::Unavailable {
+            detail: format!("storage answered {} for the bucket", response.status_described()),
+        }),
+        _ if body["error"] == "Bucket not found" => Err(FileError::Failed {
+            detail: "storage does not have the bucket (check STORAGE_BUCKETS and STORAGE_URL): \
+                     it answered no such object for it"
+                .into(),
+        }),
+        _ => Err(FileError::Failed {
+            detail: format!("storage answered {} when asked for the bucket", response.status_described()),
+        }),
+    }
+}
+
 /// Storage's refusal of the session's times, in its JWT library's words (jose 6, as Storage 1.70
 /// answers them: `"exp" claim timestamp check failed`, ...): expired, or not valid yet.
 fn session_time_refusal(body: &Value) -> Option<SessionError> {
@@ -582,6 +628,11 @@ mod tests {
             (FileOp::Upload, "[]", "$"),
             (FileOp::Upload, r#"{"files":[]}"#, "files"),
             (FileOp::Upload, r#"{"files":[{"bucket":"b","path":"p","size":1}]}"#, "files[0].content_type"),
+            (
+                FileOp::Upload,
+                r#"{"files":[{"bucket":"b","path":"p","content_type":"image/png;a=b, text/html","size":1}]}"#,
+                "files[0].content_type",
+            ),
             (
                 FileOp::Upload,
                 r#"{"files":[{"bucket":"b","path":"p","content_type":"a/b","size":-1}]}"#,
@@ -768,6 +819,26 @@ mod tests {
         assert_eq!(interpret(&delete, &delete.files[0], 0, &s, missing()), Ok(FileResult::Deleted { existed: false }));
         let hidden = answer(400, json!({"statusCode": "403", "error": "Unauthorized", "message": "Access denied"}));
         assert_eq!(interpret(&delete, &delete.files[0], 0, &s, hidden), Err(FileError::Denied { index: 0 }));
+    }
+
+    #[test]
+    fn whether_storage_has_the_bucket_is_asked_in_service_mode_only_and_only_its_yes_passes() {
+        let delete = parse_request(FileOp::Delete, br#"{"files":[{"bucket":"b","path":"u/a"}]}"#).unwrap();
+        let file = &delete.files[0];
+        assert!(says_no_such_object(&Ok(FileResult::Deleted { existed: false })));
+        assert!(says_no_such_object(&Err(FileError::NotFound { index: 0 })));
+        assert!(!says_no_such_object(&Ok(FileResult::Deleted { existed: true })));
+        assert_eq!(bucket_request(file, &settings(StorageMode::Rls, None)), None, "a user may not read buckets");
+        let asked = bucket_request(file, &settings(StorageMode::Service, Some("b"))).unwrap();
+        assert_eq!((asked.method, asked.url.as_str()), (Method::Get, "https://ref.supabase.co/storage/v1/bucket/b"));
+        assert_eq!(asked.header_value("apikey"), Some("svc"));
+        assert_eq!(bucket_exists(answer(200, json!({"id": "b", "name": "b"}))), Ok(()));
+        let missing = json!({"statusCode": "404", "error": "Bucket not found", "message": "Bucket not found"});
+        for not_there in [answer(400, missing), answer(200, json!({})), answer(404, json!("gateway"))] {
+            assert!(matches!(bucket_exists(not_there), Err(FileError::Failed { .. })));
+        }
+        assert!(matches!(bucket_exists(answer(503, json!({}))), Err(FileError::Unavailable { .. })));
+        assert!(matches!(bucket_exists(Err(TransportError::timed_out("t"))), Err(FileError::Unavailable { .. })));
     }
 
     #[test]

@@ -188,6 +188,28 @@ def test_a_bucket_missing_in_storage_is_the_operators_not_a_missing_file(storage
     r = call(worker, "upload", session_token(user), {"files": [
         {"bucket": "never-created", "path": f"{user}/a.png", "content_type": "image/png", "size": 3}]})
     assert (r.status_code, r.json()["code"]) == (502, "storage_failed"), r.text
+    # Storage answers a delete or download there as of an object it does not have (it looks the
+    # object up, not the bucket): the worker asks for the bucket, and never reports it done
+    for op in ("delete", "download"):
+        r = call(worker, op, session_token(user), {"files": [{"bucket": "never-created", "path": f"{user}/a.png"}]})
+        assert (r.status_code, r.json()["code"]) == (502, "storage_failed"), (op, r.text)
+
+
+def test_a_storage_url_ending_in_object_never_reports_a_delete_done(
+        service_worker, storage, base_vars, start_worker, session_token):
+    """`<storage>/object` as STORAGE_URL: Storage reads the bucket as `object` and the bucket's
+    name as the first folder, and answers "no such object" (Storage 1.70)."""
+    user = str(uuid.uuid4())
+    token = session_token(user)
+    assert upload_file(service_worker, token, SERVICE_BUCKET, f"{user}/keep.png", b"kept").status_code == 200
+    wrong = start_worker({**base_vars, "STORAGE_URL": storage.url + "/object", "STORAGE_MODE": "service",
+                          "STORAGE_BUCKETS": json.dumps({SERVICE_BUCKET: PHOTO_RULES})})
+    r = call(wrong, "delete", token, {"files": [{"bucket": SERVICE_BUCKET, "path": f"{user}/keep.png"}]})
+    assert (r.status_code, r.json()["code"]) == (502, "storage_failed"), r.text
+    assert storage.list_objects(SERVICE_BUCKET, user, SERVICE_KEY) == ["keep.png"]
+    # a delete of nothing in a bucket Storage has is still deleted: false
+    r = call(service_worker, "delete", token, {"files": [{"bucket": SERVICE_BUCKET, "path": f"{user}/none.png"}]})
+    assert (r.status_code, r.json()["files"][0]["deleted"]) == (200, False), r.text
 
 
 def test_a_wrong_storage_url_never_reports_a_delete_done_and_the_file_stays(
