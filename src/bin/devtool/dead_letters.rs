@@ -184,16 +184,22 @@ pub fn outcome(id: i64, response: &Response) -> (bool, Value) {
         _ => json!({"message": response.describe()}),
     };
     let hint = match response.error_code().as_deref() {
-        Some("PGRST202") | Some("42883") => {
-            Some("the function is missing or outdated: run sql/dead_letter.sql (and sql/atomic_upload.sql for replay)")
-        }
+        // no answer: the database may have done it all the same
+        _ if response.status == 0 => Some(format!(
+            "no answer: it may have been done all the same; see `devtool dead-letters show --id {id}` \
+             (replayed_at, discarded_at) before trying again (a replayed or discarded one is refused)"
+        )),
+        Some("PGRST202") | Some("42883") => Some(
+            "the function is missing or outdated: run sql/dead_letter.sql (and sql/atomic_upload.sql for replay)"
+                .into(),
+        ),
         Some("42501")
             if error
                 .get("message")
                 .and_then(Value::as_str)
                 .is_some_and(|m| m.contains("permission denied for function")) =>
         {
-            Some("run sql/dead_letter.sql again: it grants EXECUTE to service_role")
+            Some("run sql/dead_letter.sql again: it grants EXECUTE to service_role".into())
         }
         _ => None,
     };
@@ -359,6 +365,13 @@ mod tests {
         let missing =
             Response { status: 404, body: r#"{"code":"PGRST202","message":"Could not find the function"}"#.into() };
         assert!(outcome(7, &missing).1["fix"].as_str().unwrap().contains("sql/dead_letter.sql"));
+        let lost = Response { status: 0, body: "timed out".into() };
+        let (ok, answer) = outcome(7, &lost);
+        assert!(!ok);
+        assert!(answer["fix"]
+            .as_str()
+            .unwrap()
+            .contains("it may have been done all the same; see `devtool dead-letters show --id 7`"));
         let discarded = Response { status: 200, body: r#"{"dead_letter_id":7,"discarded":true}"#.into() };
         assert!(outcome(7, &discarded).0);
     }

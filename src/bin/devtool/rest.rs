@@ -73,9 +73,12 @@ pub fn get(url: &str) -> Request {
     Request { method: "GET", url: url.to_string(), headers: vec![], body: None }
 }
 
-/// Sends `request` (15 s timeout); every failure becomes a [`Response`].
+/// Sends `request`; every failure becomes a [`Response`]. Timeout: 15 s for a read; 300 s for
+/// a function call (`POST`), since a replay applies a whole transaction and may run as long as
+/// the database lets it: given up on sooner, its outcome would be unknown.
 pub fn send(request: &Request) -> Response {
-    let agent = ureq::AgentBuilder::new().timeout(std::time::Duration::from_secs(15)).build();
+    let seconds = if request.method == "POST" { 300 } else { 15 };
+    let agent = ureq::AgentBuilder::new().timeout(std::time::Duration::from_secs(seconds)).build();
     let mut call = agent.request(request.method, &request.url);
     for (name, value) in &request.headers {
         call = call.set(name, value);
