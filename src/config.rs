@@ -5,6 +5,7 @@
 //! at once ([`Config::problems`]). A problem may quote the value it finds wrong, less anything
 //! shaped like a secret ([`crate::environment::Problem::new`]).
 
+use crate::credentials;
 use crate::keys::{self, KeyError, PublicJwk, SigningKey};
 use crate::session::SessionSettings;
 use crate::storage::settings::StorageSettings;
@@ -213,9 +214,22 @@ fn session_settings(r: &mut Reader, supabase_url: Option<String>) -> Option<Sess
         // Supabase's gateway refuses /auth/v1/user without an apikey: every user would fail.
         r.problem("SUPABASE_VERIFY_SESSION_REMOTE", "needs SUPABASE_ANON_KEY (sent as apikey to Supabase Auth)");
     }
-    let project_keys = [anon_key.clone(), r.get("SUPABASE_SERVICE_ROLE_KEY")].into_iter().flatten().collect();
+    let project_keys: Vec<String> =
+        [anon_key.clone(), r.get("SUPABASE_SERVICE_ROLE_KEY")].into_iter().flatten().collect();
     let third_party = crate::session::third_party::read(r);
     let jwt_secret = r.get("SUPABASE_JWT_SECRET");
+    if let Some(why) =
+        jwt_secret.as_deref().and_then(|secret| credentials::public_value_as_jwt_secret(secret, &project_keys))
+    {
+        r.problem(
+            "SUPABASE_JWT_SECRET",
+            format!(
+                "{why}: anyone could sign a session for any user with it. Use the project's legacy JWT \
+                 secret, or leave it unset when sessions are signed with signing keys (the JWKS verifies \
+                 them)"
+            ),
+        );
+    }
     if jwt_secret.as_ref().is_some_and(|secret| secret.len() < MIN_JWT_SECRET_BYTES) {
         r.problem(
             "SUPABASE_JWT_SECRET",
@@ -438,6 +452,23 @@ mod tests {
         local.push(("SUPABASE_JWKS_URL", "http://localhost:9999/jwks".into()));
         local.push(("STORAGE_URL", "http://[::1]:5000/storage/v1".into()));
         assert!(config_of(&local).problems.is_empty(), "{:?}", config_of(&local).problems);
+    }
+
+    #[test]
+    fn a_public_value_as_the_jwt_secret_is_a_problem_of_the_session_part() {
+        // the anon key (here a JWT-shaped value): anyone could sign sessions with it
+        let mut vars = complete();
+        let anon = "an-anon-key-of-at-least-32-characters-long".to_string();
+        vars.retain(|(n, _)| *n != "SUPABASE_ANON_KEY");
+        vars.push(("SUPABASE_ANON_KEY", anon.clone()));
+        for secret in [anon, "sb_publishable_0123456789abcdefghijklmnopqrstuv".to_string()] {
+            vars.retain(|(n, _)| *n != "SUPABASE_JWT_SECRET");
+            vars.push(("SUPABASE_JWT_SECRET", secret.clone()));
+            let c = config_of(&vars);
+            assert_eq!(names(&c.problems), vec!["SUPABASE_JWT_SECRET"], "{secret}");
+            assert!(c.problems[0].message.contains("anyone could sign a session for any user"), "{:?}", c.problems);
+            assert!(c.session.is_err());
+        }
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! What the worker repeats of text it did not write: credentials kept out, length bounded; and
-//! a public key given where the service key belongs.
+//! public keys given where a secret belongs (the service key, the JWT secret).
 
 use std::borrow::Cow;
 
@@ -100,6 +100,27 @@ pub fn public_key_as_service_key(key: &str, anon_key: Option<&str>, mode_setting
     ))
 }
 
+/// Why `secret`, given as `SUPABASE_JWT_SECRET`, is no HS256 secret but a value anyone may read:
+/// one of the project's API keys (`project_keys`: the anon key, the service key), an `sb_…` key, a
+/// JWT (the legacy anon key), or a public key (a JWK's JSON, a PEM block) copied from the
+/// dashboard's JWT Keys page. Any of them as the HS256 key lets anyone sign a session for any
+/// user. `None` for anything else.
+pub fn public_value_as_jwt_secret(secret: &str, project_keys: &[String]) -> Option<&'static str> {
+    let secret = secret.trim();
+    let segments: Vec<&str> = secret.split('.').collect();
+    if project_keys.iter().any(|key| key == secret) {
+        Some("is one of the project's API keys (SUPABASE_ANON_KEY or SUPABASE_SERVICE_ROLE_KEY)")
+    } else if secret.starts_with("sb_") {
+        Some("is an API key (sb_…), not the JWT secret")
+    } else if segments.len() == 3 && secret.starts_with("eyJ") {
+        Some("is a JWT (an API key or a session), not the JWT secret")
+    } else if secret.starts_with('{') || secret.contains("-----BEGIN") {
+        Some("is a key (JWK or PEM), not the JWT secret: a public key as the HS256 secret lets anyone sign sessions")
+    } else {
+        None
+    }
+}
+
 /// `text` with each maximal run of `in_run` characters for which `secret(the text before it since
 /// the last run, the run)` holds replaced by [`REDACTED`].
 fn replace_runs(text: &str, in_run: impl Fn(char) -> bool, mut secret: impl FnMut(&str, &str) -> bool) -> String {
@@ -147,6 +168,28 @@ mod tests {
         let service = jwt(r#"{"iss":"supabase","role":"service_role"}"#);
         for key in [service.as_str(), "sb_secret_N7UND0Ug", "svc", "a.b.c", "a.!!.c", &jwt("[1]")] {
             assert_eq!(problem(key, Some(&anon)), None, "{key}");
+        }
+    }
+
+    #[test]
+    fn public_values_given_as_the_jwt_secret_are_named_and_secrets_pass() {
+        let keys = ["anon-key-of-the-project-0123456789".to_string()];
+        for (value, why) in [
+            ("anon-key-of-the-project-0123456789", "one of the project's API keys"),
+            ("sb_publishable_Q1wE2rT3yU4iO5pA6sD7fG8hJ9kL0", "an API key (sb_…)"),
+            ("eyJhbGciOiJIUzI1NiJ9.eyJyb2xlIjoiYW5vbiJ9.c2lnbmF0dXJlLW9mLXRoZS1rZXk", "a JWT"),
+            (r#"{"kty":"EC","crv":"P-256","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x"}"#, "JWK or PEM"),
+            (
+                "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE\n-----END PUBLIC KEY-----",
+                "JWK or PEM",
+            ),
+        ] {
+            let said = public_value_as_jwt_secret(value, &keys).unwrap_or_else(|| panic!("{value}"));
+            assert!(said.contains(why), "{value}: {said}");
+        }
+        for secret in ["super-secret-jwt-token-with-at-least-32-characters-long", "a.b.c.d-with-32-characters-or-more"]
+        {
+            assert_eq!(public_value_as_jwt_secret(secret, &keys), None, "{secret}");
         }
     }
 

@@ -425,6 +425,20 @@ def test_secrets_pasted_under_the_wrong_settings_never_reach_health_or_the_log(s
         assert secret not in log, "the configuration's log lines quote it"
 
 
+def test_a_public_key_as_the_jwt_secret_is_refused_so_no_one_can_sign_sessions(start_worker, base_vars,
+                                                                               session_token):
+    """SUPABASE_JWT_SECRET set to the anon key (public): a session anyone signs with it must not
+    get a token. /health names the setting; every session route answers session_not_configured."""
+    w = start_worker(dict(base_vars, SUPABASE_JWT_SECRET=ANON_KEY))
+    health = w.get("/health").json()
+    problems = health["session"]["problems"]
+    assert [p["name"] for p in problems] == ["SUPABASE_JWT_SECRET"], problems
+    assert "anyone could sign a session" in problems[0]["message"] and ANON_KEY not in json.dumps(health)
+    forged = session_token("00000000-0000-4000-8000-00000000beef", secret=ANON_KEY)
+    r = w.get("/powersync-token", headers=bearer(forged))
+    assert (r.status_code, r.json()["code"]) == (500, "session_not_configured"), r.text
+
+
 def test_cors_preflight_is_answered(worker):
     r = worker.request("OPTIONS", "/powersync-token", headers={
         "Origin": "https://app.example", "Access-Control-Request-Method": "POST",
