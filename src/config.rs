@@ -198,6 +198,17 @@ fn with_url_problem(mut problems: Vec<Problem>, url: &Option<String>, all: &[Pro
     problems
 }
 
+/// `url` (`scheme://host[:port][/path]`) with its host in lower case.
+fn host_in_lower_case(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            format!("{scheme}://{}{path}", host.to_ascii_lowercase())
+        }
+        None => url.to_string(),
+    }
+}
+
 /// Shortest `SUPABASE_JWT_SECRET` (Supabase's own rule for self-hosted projects; hosted
 /// projects' secrets are 40 characters or more).
 pub const MIN_JWT_SECRET_BYTES: usize = 32;
@@ -243,7 +254,9 @@ fn session_settings(r: &mut Reader, supabase_url: Option<String>) -> Option<Sess
     Some(SessionSettings {
         jwt_secret,
         jwks_url: jwks_url.unwrap_or_else(|| format!("{supabase_url}/auth/v1/.well-known/jwks.json")),
-        issuer: issuer.unwrap_or_else(|| format!("{supabase_url}/auth/v1")),
+        // Supabase Auth writes its host in lower case: `https://REF.supabase.co` names the same
+        // project, and its sessions must not all fail the issuer check
+        issuer: issuer.unwrap_or_else(|| format!("{}/auth/v1", host_in_lower_case(&supabase_url))),
         audiences: if audiences.is_empty() { vec!["authenticated".into()] } else { audiences },
         leeway_seconds,
         jwks_cache_seconds,
@@ -469,6 +482,14 @@ mod tests {
             assert!(c.problems[0].message.contains("anyone could sign a session for any user"), "{:?}", c.problems);
             assert!(c.session.is_err());
         }
+    }
+
+    #[test]
+    fn the_default_issuer_has_the_hosts_lower_case_as_supabase_writes_it() {
+        let mut vars = complete();
+        vars[0] = ("SUPABASE_URL", "https://REF.Supabase.co/Base".into());
+        let session = config_of(&vars).session.expect("valid");
+        assert_eq!(session.issuer, "https://ref.supabase.co/Base/auth/v1");
     }
 
     #[test]

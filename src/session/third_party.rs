@@ -215,7 +215,8 @@ pub fn read(r: &mut Reader) -> ThirdPartySettings {
 
     if let Some(domain) = r.get("THIRD_PARTY_CLERK_DOMAIN") {
         let keys = jwks_override(r, "THIRD_PARTY_CLERK_JWKS_URL");
-        let domain = domain.strip_prefix("https://").unwrap_or(&domain).trim_end_matches('/').to_string();
+        // a host name in the issuer Clerk writes: lower case
+        let domain = domain.strip_prefix("https://").unwrap_or(&domain).trim_end_matches('/').to_ascii_lowercase();
         if !is_host_name(&domain) || !domain.contains('.') {
             r.problem("THIRD_PARTY_CLERK_DOMAIN", "must be the Clerk Frontend API domain (e.g. clerk.example.com)");
         } else {
@@ -458,7 +459,7 @@ mod tests {
 
     #[test]
     fn clerk_issuer_is_its_domain_over_https() {
-        for domain in ["clerk.example.com", "https://clerk.example.com/"] {
+        for domain in ["clerk.example.com", "https://clerk.example.com/", "Clerk.Example.com"] {
             let issuer = only(&[("THIRD_PARTY_CLERK_DOMAIN", domain)]);
             assert_eq!(issuer.issuer, "https://clerk.example.com");
             assert_eq!(issuer.keys, KeySource::Jwks("https://clerk.example.com/.well-known/jwks.json".into()));
