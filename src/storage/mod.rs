@@ -459,8 +459,7 @@ pub fn says_no_such_object(result: &Result<FileResult, FileError>) -> bool {
 
 /// Service mode: the request that asks Storage whether `file`'s bucket exists, with the service
 /// key. Without it, a bucket missing from Storage (a name in `STORAGE_BUCKETS` it does not have,
-/// a bucket dropped, a `STORAGE_URL` ending in `/object`, which makes the first path segment the
-/// bucket) reports every delete done and every download not found. In rls mode the user's
+/// a bucket dropped) reports every delete done and every download not found. In rls mode the user's
 /// token may not read the bucket (storage.buckets' policies): `None`, nothing asked.
 pub fn bucket_request(file: &FileSpec, settings: &StorageSettings) -> Option<HttpRequest> {
     let key = settings.service_key.as_deref().filter(|_| settings.mode == StorageMode::Service)?;

@@ -119,7 +119,15 @@ pub fn read(r: &mut Reader, supabase_url: Option<String>) -> Option<StorageSetti
             StorageMode::Rls
         }
     };
-    let storage_url = r.fetchable_url("STORAGE_URL");
+    let storage_url = r.fetchable_url("STORAGE_URL").filter(|url| {
+        // Storage's own routes start there: the bucket would be read from the first segment of
+        // every name (`object`), and deletes answered as of objects it does not have
+        let route = ["/object", "/bucket"].into_iter().find(|route| url.ends_with(route));
+        if let Some(route) = route {
+            r.problem("STORAGE_URL", format!("give Storage's base URL (…/storage/v1), without {route}"));
+        }
+        route.is_none()
+    });
     let buckets = r.get("STORAGE_BUCKETS").and_then(|text| match parse_buckets(&text) {
         Ok(buckets) => Some(buckets),
         Err(why) => {
@@ -269,6 +277,18 @@ mod tests {
     fn service_mode_needs_the_service_key_and_a_bucket_list() {
         let problems = read_vars(&[("SUPABASE_ANON_KEY", "anon"), ("STORAGE_MODE", "service")]).unwrap_err();
         assert_eq!(problems, vec!["SUPABASE_SERVICE_ROLE_KEY", "STORAGE_BUCKETS"]);
+    }
+
+    #[test]
+    fn a_storage_url_ending_in_one_of_storages_routes_is_refused() {
+        for url in ["https://abc.supabase.co/storage/v1/object", "https://abc.supabase.co/storage/v1/bucket/"] {
+            let problems = read_problems(&[("SUPABASE_ANON_KEY", "anon"), ("STORAGE_URL", url)]);
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            assert_eq!(problems[0].name, "STORAGE_URL");
+            assert!(problems[0].message.contains("without /"), "{problems:?}");
+        }
+        let ok = read_vars(&[("SUPABASE_ANON_KEY", "anon"), ("STORAGE_URL", "http://127.0.0.1:5000")]).unwrap();
+        assert_eq!(ok.storage_url, "http://127.0.0.1:5000");
     }
 
     #[test]

@@ -195,19 +195,20 @@ def test_a_bucket_missing_in_storage_is_the_operators_not_a_missing_file(storage
         assert (r.status_code, r.json()["code"]) == (502, "storage_failed"), (op, r.text)
 
 
-def test_a_storage_url_ending_in_object_never_reports_a_delete_done(
+def test_a_storage_url_ending_in_object_is_refused_and_a_delete_of_nothing_stays_not_deleted(
         service_worker, storage, base_vars, start_worker, session_token):
-    """`<storage>/object` as STORAGE_URL: Storage reads the bucket as `object` and the bucket's
-    name as the first folder, and answers "no such object" (Storage 1.70)."""
+    """`<storage>/object` as STORAGE_URL would make Storage read the bucket as `object` and answer
+    "no such object" for everything (Storage 1.70): refused as a configuration problem. A delete
+    of nothing in a bucket Storage has is still `deleted: false` (the bucket was asked for)."""
     user = str(uuid.uuid4())
     token = session_token(user)
     assert upload_file(service_worker, token, SERVICE_BUCKET, f"{user}/keep.png", b"kept").status_code == 200
     wrong = start_worker({**base_vars, "STORAGE_URL": storage.url + "/object", "STORAGE_MODE": "service",
                           "STORAGE_BUCKETS": json.dumps({SERVICE_BUCKET: PHOTO_RULES})})
+    assert [p["name"] for p in wrong.get("/health").json()["files"]["problems"]] == ["STORAGE_URL"]
     r = call(wrong, "delete", token, {"files": [{"bucket": SERVICE_BUCKET, "path": f"{user}/keep.png"}]})
-    assert (r.status_code, r.json()["code"]) == (502, "storage_failed"), r.text
+    assert (r.status_code, r.json()["code"]) == (500, "storage_not_configured"), r.text
     assert storage.list_objects(SERVICE_BUCKET, user, SERVICE_KEY) == ["keep.png"]
-    # a delete of nothing in a bucket Storage has is still deleted: false
     r = call(service_worker, "delete", token, {"files": [{"bucket": SERVICE_BUCKET, "path": f"{user}/none.png"}]})
     assert (r.status_code, r.json()["files"][0]["deleted"]) == (200, False), r.text
 
