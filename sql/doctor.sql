@@ -29,7 +29,7 @@
 -- columns but not on the table (a write of another column is refused).
 -- "bypassrls": whether the role bypasses row-level security (a superuser
 -- does). Roles that do not exist are left out. "column_types": each column's
--- type as PostgreSQL prints it, and its category (pg_type.typcategory: A an
+-- type as PostgreSQL prints it (a domain's: its base type), and its category (pg_type.typcategory: A an
 -- array, B boolean, S a string, U a user type such as uuid, json and jsonb).
 -- EXECUTE: service_role (and the owner) only: the answer describes the schema.
 
@@ -76,7 +76,9 @@ as $$
                                 and a.attnum > 0 and not a.attisdropped)), '[]'::jsonb),
         'column_types', coalesce((
           select jsonb_object_agg(a.attname, jsonb_build_object(
-                   'type', pg_catalog.format_type(a.atttypid, a.atttypmod),
+                   'type', case when t.typtype = 'd'
+                                then pg_catalog.format_type(t.typbasetype, t.typtypmod)
+                                else pg_catalog.format_type(a.atttypid, a.atttypmod) end,
                    'category', t.typcategory::text))
             from pg_catalog.pg_attribute a
             join pg_catalog.pg_type t on t.oid = a.atttypid

@@ -82,7 +82,10 @@ pub fn public_key_as_service_key(key: &str, anon_key: Option<&str>, mode_setting
         let claims: serde_json::Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()?;
         claims.get("role")?.as_str().map(str::to_string)
     };
-    let what = if anon_key == Some(key) {
+    let what = if key.starts_with("sb_secret_") || role().as_deref() == Some("service_role") {
+        // a service key, even one also given as SUPABASE_ANON_KEY (a server-side setup)
+        return None;
+    } else if anon_key == Some(key) {
         "is the same key as SUPABASE_ANON_KEY"
     } else if key.starts_with("sb_publishable_") {
         "is a publishable key (sb_publishable_…)"
@@ -169,6 +172,9 @@ mod tests {
         for key in [service.as_str(), "sb_secret_N7UND0Ug", "svc", "a.b.c", "a.!!.c", &jwt("[1]")] {
             assert_eq!(problem(key, Some(&anon)), None, "{key}");
         }
+        // a service key also given as the anon key is still a service key
+        assert_eq!(problem("sb_secret_N7UND0Ug", Some("sb_secret_N7UND0Ug")), None);
+        assert_eq!(problem(&service, Some(&service)), None);
     }
 
     #[test]

@@ -127,10 +127,6 @@ pub fn expectations(settings: &UploadSettings, tables: &[String]) -> Expectation
     ]
     .concat();
     let mut names: BTreeSet<String> = settings.tables.clone().unwrap_or_default();
-    if settings.tables.is_none() {
-        // any table may be uploaded: those the conversions name are
-        names.extend(conversions.iter().map(|(table, _)| table.clone()));
-    }
     names.extend(tables.iter().cloned());
     let mut checks: Vec<TableCheck> = names
         .iter()
@@ -692,9 +688,9 @@ mod tests {
                 ("UPLOAD_BOOLEAN_COLUMNS", "todos.done,todos.count"),
                 ("UPLOAD_ATOMIC", "false"),
             ]),
-            &[],
+            &["todos".to_string()],
         );
-        assert_eq!(e.tables.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["todos"], "named by the conversions");
+        assert_eq!(e.tables.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["todos"]);
         let all = ["DELETE", "INSERT", "SELECT", "UPDATE"];
         let todos = with_columns(
             table("todos", &all, true),

@@ -96,9 +96,10 @@ fn known_options(command: &str, subcommand: Option<&str>) -> (&'static [&'static
         ("sign", _) => (&["key-file", "input"], &[]),
         ("public-jwk", _) => (&["key-file", "kid"], &[]),
         ("doctor", _) => (&["worker-url", "tables", "vars", "supabase-url", "service-key"], &[]),
-        ("dead-letters", Some("list")) => {
-            (&["user", "code", "older-than", "state", "limit", "vars", "supabase-url", "service-key"], &["json"])
-        }
+        ("dead-letters", Some("list")) => (
+            &["id", "ids", "user", "code", "older-than", "state", "limit", "vars", "supabase-url", "service-key"],
+            &["json"],
+        ),
         ("dead-letters", Some("show")) => (&["id", "vars", "supabase-url", "service-key"], &["json"]),
         ("dead-letters", Some("replay")) => (
             &["id", "ids", "user", "code", "older-than", "limit", "vars", "supabase-url", "service-key"],
