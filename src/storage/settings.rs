@@ -120,11 +120,12 @@ pub fn read(r: &mut Reader, supabase_url: Option<String>) -> Option<StorageSetti
         }
     };
     let storage_url = r.fetchable_url("STORAGE_URL").filter(|url| {
-        // Storage's own routes start there: the bucket would be read from the first segment of
-        // every name (`object`), and deletes answered as of objects it does not have
-        let route = ["/object", "/bucket"].into_iter().find(|route| url.ends_with(route));
+        // Storage's own routes start there (`…/object`, `…/object/public`): the bucket would be
+        // read from a name's first segment, and deletes answered as of objects it does not have
+        let path = url.splitn(4, '/').nth(3).unwrap_or("");
+        let route = path.split('/').find(|segment| ["object", "bucket"].contains(segment));
         if let Some(route) = route {
-            r.problem("STORAGE_URL", format!("give Storage's base URL (…/storage/v1), without {route}"));
+            r.problem("STORAGE_URL", format!("give Storage's base URL (…/storage/v1), without /{route}…"));
         }
         route.is_none()
     });
@@ -281,14 +282,20 @@ mod tests {
 
     #[test]
     fn a_storage_url_ending_in_one_of_storages_routes_is_refused() {
-        for url in ["https://abc.supabase.co/storage/v1/object", "https://abc.supabase.co/storage/v1/bucket/"] {
+        for url in [
+            "https://abc.supabase.co/storage/v1/object",
+            "https://abc.supabase.co/storage/v1/bucket/",
+            "https://abc.supabase.co/storage/v1/object/public",
+        ] {
             let problems = read_problems(&[("SUPABASE_ANON_KEY", "anon"), ("STORAGE_URL", url)]);
             assert_eq!(problems.len(), 1, "{problems:?}");
             assert_eq!(problems[0].name, "STORAGE_URL");
             assert!(problems[0].message.contains("without /"), "{problems:?}");
         }
-        let ok = read_vars(&[("SUPABASE_ANON_KEY", "anon"), ("STORAGE_URL", "http://127.0.0.1:5000")]).unwrap();
-        assert_eq!(ok.storage_url, "http://127.0.0.1:5000");
+        for url in ["http://127.0.0.1:5000", "https://object.example.com/object-store/storage/v1"] {
+            let ok = read_vars(&[("SUPABASE_ANON_KEY", "anon"), ("STORAGE_URL", url)]).unwrap();
+            assert_eq!(ok.storage_url, url);
+        }
     }
 
     #[test]
