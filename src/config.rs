@@ -5,7 +5,7 @@
 //! at once ([`Config::problems`]). A problem may quote the value it finds wrong, less anything
 //! shaped like a secret ([`crate::environment::Problem::new`]).
 
-use crate::credentials;
+use crate::api_keys;
 use crate::keys::{self, KeyError, PublicJwk, SigningKey};
 use crate::session::SessionSettings;
 use crate::storage::settings::StorageSettings;
@@ -230,7 +230,7 @@ fn session_settings(r: &mut Reader, supabase_url: Option<String>) -> Option<Sess
     let third_party = crate::session::third_party::read(r);
     let jwt_secret = r.get("SUPABASE_JWT_SECRET");
     if let Some(why) =
-        jwt_secret.as_deref().and_then(|secret| credentials::public_value_as_jwt_secret(secret, &project_keys))
+        jwt_secret.as_deref().and_then(|secret| api_keys::public_value_as_jwt_secret(secret, &project_keys))
     {
         r.problem(
             "SUPABASE_JWT_SECRET",

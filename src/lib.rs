@@ -9,6 +9,7 @@
 //! Everything except [`edge`] (the Workers adapter, wasm32 only) is plain Rust that builds and
 //! tests natively: it reads no clock, no environment and does no I/O of its own.
 
+pub mod api_keys;
 pub mod app;
 pub mod config;
 pub mod credentials;

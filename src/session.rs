@@ -626,6 +626,15 @@ fn unverified_alg(token: &str) -> Option<String> {
     header.get("alg")?.as_str().map(|s| s.chars().take(16).collect())
 }
 
+/// The claims of a JWT-shaped text (three segments, the second a base64url JSON object), read
+/// without verification: only to tell what kind of key a setting holds ([`crate::api_keys`]).
+pub fn unverified_claims(token: &str) -> Option<Map<String, Value>> {
+    match token.split('.').collect::<Vec<_>>()[..] {
+        [_, payload, _] => decode_segment(payload),
+        _ => None,
+    }
+}
+
 /// A base64url JSON object segment of a JWT.
 fn decode_segment(segment: &str) -> Option<Map<String, Value>> {
     let bytes = URL_SAFE_NO_PAD.decode(segment.trim_end_matches('=')).ok()?;

@@ -15,7 +15,7 @@ use std::fmt;
 
 use serde_json::Value;
 
-use crate::credentials;
+use crate::api_keys;
 use crate::environment::Reader;
 
 /// Default path template: the first segment is the user's id (any issuer's `sub`).
@@ -142,7 +142,7 @@ pub fn read(r: &mut Reader, supabase_url: Option<String>) -> Option<StorageSetti
             None => r.problem("SUPABASE_SERVICE_ROLE_KEY", "is required with STORAGE_MODE=service"),
             Some(key) => {
                 let anon_key = r.get("SUPABASE_ANON_KEY");
-                if let Some(why) = credentials::public_key_as_service_key(key, anon_key.as_deref(), "STORAGE_MODE") {
+                if let Some(why) = api_keys::public_key_as_service_key(key, anon_key.as_deref(), "STORAGE_MODE") {
                     r.problem("SUPABASE_SERVICE_ROLE_KEY", why);
                 }
             }

@@ -33,7 +33,7 @@ use std::fmt;
 
 use super::crud::Limits;
 use super::outcome::{ClassOverrides, ErrorClass};
-use crate::credentials;
+use crate::api_keys;
 use crate::environment::{Problem, Reader};
 
 /// The only value of `UPLOAD_DEAD_LETTER_TABLE`: the table `sql/dead_letter.sql` creates and
@@ -466,7 +466,7 @@ fn mode(r: &mut Reader) -> Option<WriteMode> {
         "service" => {
             let service_key = key(r, "SUPABASE_SERVICE_ROLE_KEY", true).filter(|service_key| {
                 let anon_key = r.get("SUPABASE_ANON_KEY");
-                let public = credentials::public_key_as_service_key(service_key, anon_key.as_deref(), "UPLOAD_MODE");
+                let public = api_keys::public_key_as_service_key(service_key, anon_key.as_deref(), "UPLOAD_MODE");
                 let usable = public.is_none();
                 if let Some(why) = public {
                     r.problem("SUPABASE_SERVICE_ROLE_KEY", why);

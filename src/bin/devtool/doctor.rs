@@ -431,10 +431,7 @@ pub fn check_catalog(expected: &Expectations, response: &Response, supabase_url:
 /// service mode, whether the owner column can hold user ids.
 fn check_column_types(check: &TableCheck, name: &str, types: &serde_json::Map<String, Value>) -> Vec<Finding> {
     let mut findings = vec![];
-    let type_of = |column: &str| {
-        let info = types.get(column)?;
-        Some((info["type"].as_str().unwrap_or_default().to_string(), info["category"].as_str().unwrap_or_default()))
-    };
+    let type_of = |column: &str| types.get(column).map(type_and_category);
     let is_json = |type_name: &str, category: &str| category == "A" || type_name == "json" || type_name == "jsonb";
     for (column, conversion) in &check.conversions {
         let (setting, suits, sent) = match conversion {
@@ -457,7 +454,7 @@ fn check_column_types(check: &TableCheck, name: &str, types: &serde_json::Map<St
             )),
             Some((type_name, category)) => {
                 let fits = match conversion {
-                    Conversion::Json => is_json(&type_name, category),
+                    Conversion::Json => is_json(type_name, category),
                     Conversion::Boolean => type_name == "boolean",
                 };
                 if !fits {
@@ -470,8 +467,7 @@ fn check_column_types(check: &TableCheck, name: &str, types: &serde_json::Map<St
         }
     }
     for (column, info) in types {
-        let (type_name, category) =
-            (info["type"].as_str().unwrap_or_default(), info["category"].as_str().unwrap_or_default());
+        let (type_name, category) = type_and_category(info);
         if !is_json(type_name, category) || check.conversions.iter().any(|(c, _)| c == column) {
             continue;
         }
@@ -506,6 +502,11 @@ fn check_column_types(check: &TableCheck, name: &str, types: &serde_json::Map<St
         }
     }
     findings
+}
+
+/// A column's type and type category, as the catalog's `column_types` gives them.
+fn type_and_category(info: &Value) -> (&str, &str) {
+    (info["type"].as_str().unwrap_or_default(), info["category"].as_str().unwrap_or_default())
 }
 
 /// The worker's `/health`: reachable, and every part configured.

@@ -1,0 +1,109 @@
+//! Supabase's API keys and the JWT secret, told apart: a public key given where a secret
+//! belongs (the service key, the JWT secret) is a configuration problem, never a silent
+//! downgrade or a key anyone could sign with.
+
+use crate::session;
+
+/// Why `key`, given as `SUPABASE_SERVICE_ROLE_KEY`, is not a service key: one of the project's
+/// public keys (`anon_key` itself, an `sb_publishable_…` key, or a legacy JWT key whose `role`
+/// is `anon` or `authenticated`; its signature is Supabase's to check, the role is only read).
+/// Such a key runs every request as a role without a user, under row-level security: in service
+/// mode the policies would refuse every PUT (fatal) and hide every row from PATCH and DELETE
+/// (answered `success`, unchanged), so writes would be lost. The problem to report for the
+/// setting `mode_setting` (`UPLOAD_MODE`, `STORAGE_MODE`) that asked for the service key, never
+/// quoting the key; `None` for anything else (an `sb_secret_…` key, a `service_role` JWT, a key
+/// of a form the worker cannot read).
+pub fn public_key_as_service_key(key: &str, anon_key: Option<&str>, mode_setting: &str) -> Option<String> {
+    let claims = session::unverified_claims(key);
+    let role = claims.as_ref().and_then(|claims| claims.get("role")?.as_str());
+    let what = if key.starts_with("sb_secret_") || role == Some("service_role") {
+        // a service key, even one also given as SUPABASE_ANON_KEY (a server-side setup)
+        return None;
+    } else if anon_key == Some(key) {
+        "is the same key as SUPABASE_ANON_KEY"
+    } else if key.starts_with("sb_publishable_") {
+        "is a publishable key (sb_publishable_…)"
+    } else {
+        match role {
+            Some("anon") => "is a key whose role is anon (an anon key)",
+            Some("authenticated") => "is a key whose role is authenticated (a user's token)",
+            _ => return None,
+        }
+    };
+    Some(format!(
+        "{what}: {mode_setting}=service needs the project's service key (a secret key, or the \
+         legacy service_role key), which bypasses row-level security; with a public key the \
+         policies would refuse or hide every write"
+    ))
+}
+
+/// Why `secret`, given as `SUPABASE_JWT_SECRET`, is no HS256 secret but a value anyone may read:
+/// one of the project's API keys (`project_keys`: the anon key, the service key), an `sb_…` key, a
+/// JWT (the legacy anon key), or a public key (a JWK's JSON, a PEM block) copied from the
+/// dashboard's JWT Keys page. Any of them as the HS256 key lets anyone sign a session for any
+/// user. `None` for anything else.
+pub fn public_value_as_jwt_secret(secret: &str, project_keys: &[String]) -> Option<&'static str> {
+    let secret = secret.trim();
+    if project_keys.iter().any(|key| key == secret) {
+        Some("is one of the project's API keys (SUPABASE_ANON_KEY or SUPABASE_SERVICE_ROLE_KEY)")
+    } else if secret.starts_with("sb_") {
+        Some("is an API key (sb_…), not the JWT secret")
+    } else if session::unverified_claims(secret).is_some() {
+        Some("is a JWT (an API key or a session), not the JWT secret")
+    } else if secret.starts_with('{') || secret.contains("-----BEGIN") {
+        Some("is a key (JWK or PEM), not the JWT secret: a public key as the HS256 secret lets anyone sign sessions")
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn public_keys_given_as_the_service_key_are_named_and_service_keys_pass() {
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        use base64::Engine;
+        let jwt = |claims: &str| format!("eyJhbGciOiJIUzI1NiJ9.{}.c2ln", URL_SAFE_NO_PAD.encode(claims));
+        let anon = jwt(r#"{"iss":"supabase","role":"anon"}"#);
+        let problem = |key: &str, anon_key: Option<&str>| public_key_as_service_key(key, anon_key, "UPLOAD_MODE");
+        let anon_problem = problem(&anon, None).unwrap();
+        assert!(anon_problem.starts_with("is a key whose role is anon"), "{anon_problem}");
+        assert!(anon_problem.contains("UPLOAD_MODE=service needs the project's service key"), "{anon_problem}");
+        assert!(!anon_problem.contains(&anon), "the key is not quoted");
+        assert!(problem("key-a", Some("key-a")).unwrap().starts_with("is the same key as SUPABASE_ANON_KEY"));
+        assert!(problem("sb_publishable_Q1w", None).unwrap().starts_with("is a publishable key"));
+        let user = jwt(r#"{"sub":"u","role":"authenticated"}"#);
+        assert!(problem(&user, Some(&anon)).unwrap().starts_with("is a key whose role is authenticated"));
+        let service = jwt(r#"{"iss":"supabase","role":"service_role"}"#);
+        for key in [service.as_str(), "sb_secret_N7UND0Ug", "svc", "a.b.c", "a.!!.c", &jwt("[1]")] {
+            assert_eq!(problem(key, Some(&anon)), None, "{key}");
+        }
+        // a service key also given as the anon key is still a service key
+        assert_eq!(problem("sb_secret_N7UND0Ug", Some("sb_secret_N7UND0Ug")), None);
+        assert_eq!(problem(&service, Some(&service)), None);
+    }
+
+    #[test]
+    fn public_values_given_as_the_jwt_secret_are_named_and_secrets_pass() {
+        let keys = ["anon-key-of-the-project-0123456789".to_string()];
+        for (value, why) in [
+            ("anon-key-of-the-project-0123456789", "one of the project's API keys"),
+            ("sb_publishable_Q1wE2rT3yU4iO5pA6sD7fG8hJ9kL0", "an API key (sb_…)"),
+            ("eyJhbGciOiJIUzI1NiJ9.eyJyb2xlIjoiYW5vbiJ9.c2lnbmF0dXJlLW9mLXRoZS1rZXk", "a JWT"),
+            (r#"{"kty":"EC","crv":"P-256","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x"}"#, "JWK or PEM"),
+            (
+                "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE\n-----END PUBLIC KEY-----",
+                "JWK or PEM",
+            ),
+        ] {
+            let said = public_value_as_jwt_secret(value, &keys).unwrap_or_else(|| panic!("{value}"));
+            assert!(said.contains(why), "{value}: {said}");
+        }
+        for secret in ["super-secret-jwt-token-with-at-least-32-characters-long", "a.b.c.d-with-32-characters-or-more"]
+        {
+            assert_eq!(public_value_as_jwt_secret(secret, &keys), None, "{secret}");
+        }
+    }
+}
