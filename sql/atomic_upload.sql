@@ -554,6 +554,8 @@ declare
   v_count  bigint;
   v_other  bigint;     -- PUT group: position of the op that hit another owner's row
   v_unchanged integer[] := '{}';  -- PATCH/DELETE ops that changed no row
+  v_single int4range;  -- ops applied one by one, not grouped (after a group's statement failed)
+  v_grouped boolean := false;  -- a statement of several ops' rows is running
   v_missed integer[];  -- DELETE group: positions (from 0) of the ids that matched no row
   v_n      integer;    -- PUT group: number of rows to apply
   v_cond   text;       -- an op's "expect" as SQL conditions on t
@@ -623,7 +625,10 @@ begin
     return jsonb_build_object('applied', 0, 'already_applied', true);
   end if;
 
+  <<attempt>>
+  loop
   begin
+    v_unchanged := '{}'; g_kind := null;
     -- One row per op, in order, followed by an end marker (idx null) that
     -- makes the loop apply the last pending group. Per op:
     --   valid     the op is well-formed (else it raises below, when reached)
@@ -668,6 +673,7 @@ begin
       -- 1. Op v joins the pending group if it is the same kind of op on the
       --    same table (for a PUT: same columns, and its id not yet in the group).
       if g_kind is not null and v.valid and v.op = g_kind and v.tbl = g_table
+         and not coalesce(v_single @> g_start or v_single @> v.idx, false)
          and (g_kind = 'DELETE' and v.expect is null
               or (v.put_cols = g_cols and (v.prev_idx is null or v.prev_idx < g_start)))
       then
@@ -679,7 +685,8 @@ begin
       end if;
 
       -- 2. Otherwise apply the pending group first (ops are applied in
-      --    order). Errors name the group's first op.
+      --    order). A group's statement that fails is applied again op by op
+      --    (below, `attempt`), so that the error names the op causing it.
       if g_kind is not null then
         h_index := g_start; h_op := g_kind; h_table := g_table; h_id := g_ids[1];
 
@@ -749,14 +756,18 @@ begin
           v_n := coalesce(v_other - 1, cardinality(g_rows));  -- the rows to apply
           v_rows := 0;
           if v_n > 0 and not v_dup then
+            v_grouped := v_n > 1;
             execute v_sql using to_jsonb(g_rows[1:v_n]), v_owner;
+            v_grouped := false;
             get diagnostics v_rows = row_count;
           elsif v_n > 0 then
             for i in 1 .. v_n loop
+              h_index := g_start + i - 1; h_id := g_ids[i];
               execute v_sql using jsonb_build_array(g_rows[i]), v_owner;
               get diagnostics v_count = row_count;
               v_rows := v_rows + v_count;
             end loop;
+            h_index := g_start; h_id := g_ids[1];
           end if;
 
           -- Service mode: a row skipped by the upsert's WHERE belongs to
@@ -804,7 +815,9 @@ begin
             case when owner_column is null then ''
                  else format(' and t.%I::text = $2', owner_column) end,
             g_table);
+          v_grouped := cardinality(g_ids) > 1;
           execute v_sql into v_missed using g_ids, v_owner;
+          v_grouped := false;
           v_unchanged := v_unchanged
                          || array(select g_start + m from unnest(v_missed) as m order by m);
         end if;
@@ -924,9 +937,18 @@ begin
           message = format('unknown op %L (expected PUT, PATCH or DELETE)', v.raw_op);
       end if;
     end loop;
+    exit attempt;
   exception when others then
-    -- keep the original SQLSTATE/message/detail, name the failing op (for a
-    -- group: its first op) in the hint
+    -- everything this block did is rolled back. A statement of a group's
+    -- rows failed: the ops are applied again, that group op by op, once
+    -- (the same as applying them in order, which applies them if no op
+    -- fails on its own: a cast the grouping does not foresee)
+    if v_grouped and v_single is null then
+      v_grouped := false;
+      v_single := int4range(g_start, g_start + cardinality(g_ids));
+      continue attempt;
+    end if;
+    -- keep the original SQLSTATE/message/detail, name the failing op in the hint
     get stacked diagnostics
       e_state  = returned_sqlstate,
       e_msg    = message_text,
@@ -941,6 +963,7 @@ begin
       raise exception using errcode = e_state, message = e_msg, detail = e_detail, hint = e_hint;
     end if;
   end;
+  end loop attempt;
 
   -- recorded, so that a re-send after a lost answer reports them too
   if client_id is not null and transaction_id is not null and pg_catalog.cardinality(v_unchanged) > 0 then

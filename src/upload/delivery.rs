@@ -67,6 +67,12 @@
 //!   (all-or-nothing demanded) it stays retryable with a message naming the fix. A bulk upsert
 //!   the statement timeout cancels is sent again in two halves, recursively, like one refused
 //!   with 21000 (below), while the budget allows.
+//! - A merged request refused whole (a bulk upsert, a PATCH or DELETE of `id=in.(…)`: one
+//!   statement, so nothing of it applied) is sent again in halves, first half first,
+//!   recursively, while the budget allows (keeping the dead-letter reserve): that equals applying
+//!   its entries in order, applies those before the one at fault, and reports that entry. Without
+//!   room, the failure is reported at the request's first entry (and, for 21000, retryable: the
+//!   halves are how such an upsert applies at all).
 //! - An atomic call answering `{"already_applied": true}` (its ledger holds this client id and
 //!   transaction id: a re-send after a lost answer) is a success that applied nothing now,
 //!   reported with `already_applied`. One answering `{"dead_letter": {…}}` (the ledger holds
@@ -439,11 +445,12 @@ fn function_not_executable(failure: &FailedOperation, function: &str) -> bool {
             .is_some_and(|rest| rest.is_empty() || rest.starts_with(':'))
 }
 
-/// Sends a transaction's requests in order until one fails. A bulk upsert the database refuses
-/// with 21000 (two of its rows are one row once cast) is sent again in two halves, first half
-/// first, recursively: that equals applying its rows in order, since a later PUT of an id is
-/// always later in the body (see `plan`). The extra requests must fit in the budget, keeping
-/// `reserve` for the dead-letter insert; when they do not, the transaction is retryable.
+/// Sends a transaction's requests in order until one fails. A merged request refused whole (for
+/// a bulk upsert, 21000 too: two of its rows are one row once cast) is sent again in two halves,
+/// first half first, recursively: that equals applying its entries in order, since a later entry
+/// of an id is always later in the request (see `plan`). The extra requests must fit in the
+/// budget, keeping `reserve` for the dead-letter insert; when they do not, the failure stands at
+/// the request's first entry (21000: the transaction is retryable).
 async fn send<T: Transport>(
     requests: Vec<PlannedRequest>,
     entries: &[Entry],
@@ -464,9 +471,10 @@ async fn send<T: Transport>(
             Check::Upsert { row_entries } if row_entries.len() == 1 => row_entries.first().copied(),
             _ => Some(planned.entries.start),
         };
+        // A request of several rows or ids can be sent again in halves (see below).
         let splittable = match &planned.check {
-            Check::Upsert { row_entries } if row_entries.len() > 1 => Some(&planned),
-            _ => None,
+            Check::Upsert { row_entries } | Check::Filtered { row_entries, .. } => row_entries.len() > 1,
+            _ => false,
         };
         // A request whose connection failed before any answer is sent again at once, if that
         // extra request still leaves room for every request planned after it and the reserve.
@@ -569,32 +577,43 @@ async fn send<T: Transport>(
             Verdict::Applied => match (&planned.check, is_half) {
                 (Check::OwnerCheck { .. }, _) => {}
                 (Check::Atomic, _) => mark(&mut states, planned.entries.clone(), EntryState::Applied),
-                (Check::Upsert { row_entries }, true) => {
+                (Check::Upsert { row_entries } | Check::Filtered { row_entries, .. }, true) => {
                     mark(&mut states, row_entries.iter().copied(), EntryState::Applied)
                 }
                 _ => mark(&mut states, planned.entries.clone(), EntryState::Applied),
             },
-            Verdict::Fatal(failure) if failure.code == CARDINALITY_VIOLATION && splittable.is_some() => {
-                let Some(halves) = splittable.and_then(split_upsert) else {
-                    return Ending::Fatal(failure, failed_states(states, &planned.entries));
-                };
-                if report.subrequests + queue.len() + halves.len() + reserve > settings.subrequest_budget {
-                    let mut failure = failure;
-                    failure.message = format!(
-                        "{}; two rows of one upsert are the same row once cast, and sending them apart \
-                         needs more requests than UPLOAD_SUBREQUEST_BUDGET leaves in this upload",
-                        failure.message
-                    );
-                    return Ending::Retryable(failure, settings.retry_after_seconds);
-                }
-                for half in halves.into_iter().rev() {
-                    queue.push_front((half, true));
+            // Refused whole (nothing of it applied): its halves, first half first, recursively,
+            // equal applying its entries in order and name the entry at fault. For 21000 (two
+            // rows of an upsert are one row once cast) they are how it applies at all, so without
+            // room for them the transaction waits; for any other refusal it is then reported at
+            // the request's first entry.
+            Verdict::Fatal(failure) if splittable => {
+                let halves = plan::halves(&planned, entries, settings, caller);
+                match halves {
+                    Some(halves) if report.subrequests + queue.len() + 2 + reserve <= settings.subrequest_budget => {
+                        for half in halves.into_iter().rev() {
+                            queue.push_front((half, true));
+                        }
+                    }
+                    Some(_) if failure.code == CARDINALITY_VIOLATION => {
+                        let mut failure = failure;
+                        failure.message = format!(
+                            "{}; two rows of one upsert are the same row once cast, and sending them apart \
+                             needs more requests than UPLOAD_SUBREQUEST_BUDGET leaves in this upload",
+                            failure.message
+                        );
+                        return Ending::Retryable(failure, settings.retry_after_seconds);
+                    }
+                    _ => return Ending::Fatal(failure, failed_states(states, &planned.entries)),
                 }
             }
             // The statement timeout cancelled the whole upsert (nothing of it applied): its halves
             // are smaller statements, each with a timeout of its own.
             Verdict::Retryable { mut failure, retry_after_seconds } if failure.code == QUERY_CANCELED => {
-                let halves = splittable.and_then(split_upsert);
+                let halves = match planned.check {
+                    Check::Upsert { .. } => plan::halves(&planned, entries, settings, caller),
+                    _ => None,
+                };
                 let fits = |halves: &[PlannedRequest; 2]| {
                     report.subrequests + queue.len() + halves.len() + reserve <= settings.subrequest_budget
                 };
@@ -745,38 +764,6 @@ fn failed_states(mut states: Vec<EntryState>, failed: &std::ops::Range<usize>) -
 
 /// SQLSTATE 21000: "ON CONFLICT DO UPDATE command cannot affect row a second time".
 const CARDINALITY_VIOLATION: &str = "21000";
-
-/// A bulk upsert of several rows as two upserts of its first and second half (same URL and
-/// headers), each row's text as it was (never re-read as numbers: a value beyond f64 would
-/// change); `None` if its body is not the array of rows it was built with.
-fn split_upsert(planned: &PlannedRequest) -> Option<[PlannedRequest; 2]> {
-    let Check::Upsert { row_entries } = &planned.check else { return None };
-    let rows: Vec<&serde_json::value::RawValue> = serde_json::from_str(planned.request.body.as_deref()?).ok()?;
-    if rows.len() != row_entries.len() || rows.len() < 2 {
-        return None;
-    }
-    let middle = rows.len() / 2;
-    let half = |rows: &[&serde_json::value::RawValue], row_entries: &[usize]| {
-        let mut request = planned.request.clone();
-        let texts: Vec<&str> = rows.iter().map(|row| row.get()).collect();
-        request.body = Some(format!("[{}]", texts.join(",")));
-        PlannedRequest {
-            request,
-            entries: planned.entries.clone(),
-            check: Check::Upsert { row_entries: row_entries.to_vec() },
-        }
-    };
-    let mut first = half(&rows[..middle], &row_entries[..middle]);
-    let mut second = half(&rows[middle..], &row_entries[middle..]);
-    // a failure of a half is reported at its first row's entry
-    for part in [&mut first, &mut second] {
-        if let Check::Upsert { row_entries } = &part.check {
-            let start = row_entries.iter().copied().min().unwrap_or(planned.entries.start);
-            part.entries = start..planned.entries.end;
-        }
-    }
-    Some([first, second])
-}
 
 /// The verdict on the service-mode ownership check: rows listed in the answer exist and belong to
 /// someone else, so upserting them would take them over.

@@ -209,18 +209,73 @@ mod tests {
     }
 
     #[test]
-    fn merged_request_failure_is_reported_at_the_group_start() {
+    fn refused_merged_upsert_is_sent_again_in_halves_to_name_the_entry_at_fault() {
         let transaction = Transaction {
             transaction_id: None,
             entries: vec![
                 entry(Op::Delete, "a", Value::Null),
                 entry(Op::Put, "b", json!({"x": 1})),
                 entry(Op::Put, "c", json!({"x": 2})),
+                entry(Op::Put, "d", json!({"x": 3})),
             ],
         };
-        let transport = FakeTransport::scripted(vec![ok(204), error(400, "22P02", "bad uuid")]);
+        // the upsert of b, c, d is refused for c's row: b alone applies, then c, d; c, refused
+        let transport = FakeTransport::scripted(vec![
+            ok(204),
+            error(400, "23514", "check"),
+            ok(201),
+            error(400, "23514", "check"),
+            error(400, "23514", "check"),
+        ]);
         let report = run(&[transaction], &settings(), &transport);
-        assert_eq!(report.results[0].failed_operation.as_ref().and_then(|f| f.index), Some(1));
+        assert_eq!(statuses(&report), vec![Status::FatalError]);
+        let failure = report.results[0].failed_operation.clone().expect("failure");
+        assert_eq!((failure.index, failure.code.as_str()), (Some(2), "23514"));
+        let sent: Vec<Vec<String>> = transport.sent().iter().skip(1).map(rows_sent).collect();
+        assert_eq!(sent, vec![vec!["b", "c", "d"], vec!["b"], vec!["c", "d"], vec!["c"]]);
+    }
+
+    #[test]
+    fn refused_merged_delete_is_sent_again_in_halves_to_name_the_entry_at_fault() {
+        let transaction = Transaction {
+            transaction_id: None,
+            entries: ["a", "b", "c", "d"].iter().map(|id| entry(Op::Delete, id, Value::Null)).collect(),
+        };
+        // d is still referenced: a, b apply; c, d refused; c applies; d refused
+        let transport = FakeTransport::scripted(vec![
+            error(409, "23503", "fk"),
+            counted(204, 2),
+            error(409, "23503", "fk"),
+            counted(204, 0),
+            error(409, "23503", "fk"),
+        ]);
+        let report = run(&[transaction], &settings(), &transport);
+        let failure = report.results[0].failed_operation.clone().expect("failure");
+        assert_eq!((report.results[0].status, failure.index), (Status::FatalError, Some(3)));
+        let urls: Vec<String> =
+            transport.sent().iter().map(|r| r.url.rsplit('?').next().unwrap_or("").to_string()).collect();
+        assert_eq!(
+            urls,
+            vec![
+                "id=in.%28%22a%22%2C%22b%22%2C%22c%22%2C%22d%22%29",
+                "id=in.%28%22a%22%2C%22b%22%29",
+                "id=in.%28%22c%22%2C%22d%22%29",
+                "id=eq.c",
+                "id=eq.d"
+            ]
+        );
+        assert!(transport.sent().iter().all(|r| r.method == crate::http::Method::Delete));
+    }
+
+    #[test]
+    fn refused_merged_request_without_room_for_halves_is_reported_at_its_first_entry() {
+        let mut s = settings();
+        s.subrequest_budget = 2;
+        let transport = FakeTransport::scripted(vec![error(400, "23514", "check")]);
+        let report = run(&[puts(&["a", "b", "c"])], &s, &transport);
+        let failure = report.results[0].failed_operation.clone().expect("failure");
+        assert_eq!((report.results[0].status, failure.index), (Status::FatalError, Some(0)));
+        assert_eq!(transport.sent().len(), 1);
     }
 
     fn rows_sent(request: &crate::http::HttpRequest) -> Vec<String> {
@@ -278,12 +333,14 @@ mod tests {
             error(500, "21000", "cannot affect row a second time"),
             ok(201),
             error(409, "23505", "duplicate key"),
+            ok(201),
+            error(409, "23505", "duplicate key"),
         ]);
         let report = run(&[puts(&["a", "b", "c", "d"])], &settings(), &transport);
         let failure = report.results[0].failed_operation.clone().expect("failure");
         assert_eq!(
             (report.results[0].status, failure.index, failure.code.as_str()),
-            (Status::FatalError, Some(2), "23505")
+            (Status::FatalError, Some(3), "23505")
         );
     }
 
@@ -806,18 +863,25 @@ mod tests {
                 entry(Op::Put, "e", json!({"x": 2})),
             ],
         };
-        // PUT a: 201; DELETE b,c (merged): 409; the PATCH and the last PUT are never sent
-        let transport = FakeTransport::scripted(vec![ok(201), error(409, "23503", "fk"), recorded()]);
+        // PUT a: 201; DELETE b,c (merged): 409, so b: 204, c: 409; the PATCH and the last PUT
+        // are never sent
+        let transport = FakeTransport::scripted(vec![
+            ok(201),
+            error(409, "23503", "fk"),
+            ok(204),
+            error(409, "23503", "fk"),
+            recorded(),
+        ]);
         let report = run(std::slice::from_ref(&transaction), &s, &transport);
         assert_eq!(statuses(&report), vec![Status::FatalError]);
         let body = dead_letter_body(&transport);
-        assert_eq!(body["op_index"], json!(2));
-        assert_eq!(states_of(&body), vec!["applied", "applied", "failed", "failed", "not_attempted", "not_attempted"]);
+        assert_eq!(body["op_index"], json!(3));
+        assert_eq!(states_of(&body), vec!["applied", "applied", "applied", "failed", "not_attempted", "not_attempted"]);
         assert_eq!(
             body["entries"][4],
             json!({"op": "PATCH", "table": "todos", "id": "d", "data": {"y": 1}, "state": "not_attempted"})
         );
-        assert_eq!(body["entry"], json!({"op": "DELETE", "table": "todos", "id": "b"}));
+        assert_eq!(body["entry"], json!({"op": "DELETE", "table": "todos", "id": "c"}));
     }
 
     #[test]
@@ -846,10 +910,12 @@ mod tests {
             error(500, "21000", "cannot affect row a second time"),
             ok(201),
             error(409, "23505", "duplicate key"),
+            ok(201),
+            error(409, "23505", "duplicate key"),
             recorded(),
         ]);
         run(&[puts(&["a", "b", "c", "d"])], &s, &transport);
-        assert_eq!(states_of(&dead_letter_body(&transport)), vec!["applied", "applied", "failed", "failed"]);
+        assert_eq!(states_of(&dead_letter_body(&transport)), vec!["applied", "applied", "applied", "failed"]);
     }
 
     #[test]

@@ -149,10 +149,11 @@ impl Status {
 /// Which entry failed and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FailedOperation {
-    /// Index of the failing entry within its transaction. When several entries were merged into
-    /// one request, the index of the group's first entry (the error cannot tell which row of the
-    /// group failed). `None` when the failure concerns the whole transaction: an atomic call whose
-    /// error does not name the op, or a transaction too large for the subrequest budget.
+    /// Index of the failing entry within its transaction. A merged request refused whole is sent
+    /// again in halves to find it (see `delivery`); where the budget leaves no room for them, the
+    /// index of the group's first entry. `None` when the failure concerns the whole transaction:
+    /// an atomic call whose error does not name the op, or a transaction too large for the
+    /// subrequest budget.
     pub index: Option<usize>,
     /// SQLSTATE (`23505`), PostgREST code (`PGRST204`) or a bridge code (`http_404`,
     /// `network_error`, `timeout`, `too_many_requests_for_budget`, `invalid_table_name`,

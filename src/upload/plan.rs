@@ -36,7 +36,9 @@
 //! - an `in.(…)` list stops growing before the URL passes [`filter::MAX_URL_BYTES`];
 //! - PATCHes without data send nothing, so they neither start nor end a group.
 //!
-//! When a merged request fails, the failure is reported at the group's first entry.
+//! A merged request refused whole is sent again in halves, recursively, while the budget allows
+//! (see `delivery` and [`halves`]): that equals applying its entries in order and names the entry
+//! at fault. Without room for them, the failure is reported at the group's first entry.
 //!
 //! Service mode (`UPLOAD_MODE=service`) adds, because the service key bypasses RLS:
 //! - `&<owner>=eq.<user id>` on every PATCH and DELETE, so only the caller's rows are touched;
@@ -781,6 +783,60 @@ impl<'e> Planner<'e> {
             }
         }
     }
+}
+
+/// A merged request as two requests of its first and second half (same method, headers and
+/// data): a bulk upsert's rows, each row's text as it was (never re-read as numbers: a value
+/// beyond f64 would change), or the ids of a PATCH or DELETE of `id=in.(…)`. How the driver
+/// applies a bulk upsert the database refuses with 21000 and finds which entry of a refused
+/// merged request is at fault (see `delivery`). `None` for a request of one row or id, or one
+/// whose body is not the array of rows it was built with.
+pub fn halves(
+    planned: &PlannedRequest,
+    entries: &[Entry],
+    settings: &UploadSettings,
+    caller: &Caller,
+) -> Option<[PlannedRequest; 2]> {
+    match &planned.check {
+        Check::Upsert { row_entries } => upsert_halves(planned, row_entries),
+        Check::Filtered { row_entries, .. } if row_entries.len() > 1 => {
+            let data = planned.request.body.clone();
+            let half = |indexes: &[usize]| {
+                let mut planner =
+                    Planner { context: Context::new(settings, caller), requests: Vec::new(), group: None };
+                for &index in indexes {
+                    let entry = entries.get(index)?;
+                    planner.add_filtered(index, &entry.table, &entry.id, data.clone());
+                }
+                planner.flush();
+                planner.requests.pop().filter(|_| planner.requests.is_empty())
+            };
+            let (first, second) = row_entries.split_at(row_entries.len() / 2);
+            Some([half(first)?, half(second)?])
+        }
+        _ => None,
+    }
+}
+
+fn upsert_halves(planned: &PlannedRequest, row_entries: &[usize]) -> Option<[PlannedRequest; 2]> {
+    let rows: Vec<&serde_json::value::RawValue> = serde_json::from_str(planned.request.body.as_deref()?).ok()?;
+    if rows.len() != row_entries.len() || rows.len() < 2 {
+        return None;
+    }
+    let middle = rows.len() / 2;
+    let half = |rows: &[&serde_json::value::RawValue], row_entries: &[usize]| {
+        let mut request = planned.request.clone();
+        let texts: Vec<&str> = rows.iter().map(|row| row.get()).collect();
+        request.body = Some(format!("[{}]", texts.join(",")));
+        // a failure of a half is reported at its first row's entry
+        let start = row_entries.iter().copied().min().unwrap_or(planned.entries.start);
+        PlannedRequest {
+            request,
+            entries: start..planned.entries.end,
+            check: Check::Upsert { row_entries: row_entries.to_vec() },
+        }
+    };
+    Some([half(&rows[..middle], &row_entries[..middle]), half(&rows[middle..], &row_entries[middle..])])
 }
 
 /// [`cast_key`] as the planner keeps it: a uuid's 32 hex digits as their value (the common case,

@@ -1370,6 +1370,32 @@ def test_atomic_transaction_is_rolled_back_when_its_third_op_fails(atomic_worker
     assert requests_made(standin) == 2
 
 
+@pytest.mark.parametrize("mode", ["rest", "atomic"])
+def test_refusal_of_one_row_of_a_merged_write_names_that_entry(mode, rls_worker, atomic_worker, db, user):
+    # PUTs with the same columns are one upsert, DELETEs of one table one delete (one statement
+    # each, refused whole): the failure names the entry that causes it, not the group's first.
+    # REST applies the entries before it, atomic mode none.
+    sub, token = user
+    worker = atomic_worker if mode == "atomic" else rls_worker
+    list_id = insert_list(db, sub)
+    todos = [new_id() for _ in range(4)]
+    response = upload(worker, token, body(tx(
+        *[put("todos", t, description=f"t{n}", list_id=list_id, created_by=sub, priority=9 if n == 2 else n)
+          for n, t in enumerate(todos)], tid="puts")))
+    assert statuses(response) == ["fatal_error"], response.text
+    assert (failure(response, 0)["code"], failure(response, 0)["index"]) == ("23514", 2), response.text
+    expected = [True, True, False, False] if mode == "rest" else [False] * 4
+    assert [row(db, "todos", t) is not None for t in todos] == expected
+
+    lists = [insert_list(db, sub) for _ in range(2)]
+    response = upload(worker, token, body(tx(
+        delete("lists", lists[0]), delete("lists", lists[1]), delete("lists", "not-a-uuid"), tid="deletes")))
+    assert statuses(response) == ["fatal_error"], response.text
+    assert (failure(response, 0)["code"], failure(response, 0)["index"]) == ("22P02", 2), response.text
+    expected = [False, False] if mode == "rest" else [True, True]
+    assert [row(db, "lists", i) is not None for i in lists] == expected
+
+
 def test_atomic_transaction_is_one_rpc_request(atomic_worker, db, standin, user):
     sub, token = user
     old_list = insert_list(db, sub, "old")

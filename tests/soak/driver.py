@@ -27,7 +27,8 @@ the clients' rows. No lock serialises the clients, so the worker sees real concu
 entries its dead letter marks `applied` (per-entry states) or, for a dead letter without states, the entries
 before `failed_operation.index` outside atomic mode and none in atomic mode. The model also
 predicts every outcome itself; a report the model disagrees with (a success it would refuse, a
-fatal transaction whose unapplied part it would accept) is a *disagreement* and fails the soak,
+fatal transaction whose unapplied part it would accept, a fatal transaction reported at another
+entry than the first one the model refuses) is a *disagreement* and fails the soak,
 as does any row that differs, a fatal transaction without a dead letter (whole, with the same
 index) or a dead letter for a transaction that was not reported fatal.
 
@@ -844,6 +845,13 @@ def verify(report: SoakReport, clients: list[Client], anchors: State, db: dict, 
                     except (Refused, Conflict) as e:
                         stopped = (i, e)
                         break
+                if (result["status"] == "fatal_error" and stopped and isinstance(stopped[1], Refused)
+                        and failure.get("index") is not None and failure.get("index") != stopped[0]):
+                    # a merged request refused whole is sent again in halves to name the entry at fault
+                    report.disagreements.append({"problem": f"fatal reported at entry {failure.get('index')}, "
+                                                            f"the model refuses entry {stopped[0]} first",
+                                                 "client": c.index, "tid": tx.tid, "applied": applied,
+                                                 "result": result, "crud": wire})
                 if result["status"] == "fatal_error" and not isinstance(stopped and stopped[1], Refused):
                     report.disagreements.append({"problem": "reported fatal but the model accepts the unapplied entries"
                                                             + (f" up to a conflict ({stopped[1]})" if stopped else ""),
