@@ -24,7 +24,9 @@
 //!      (`42P01`, `PGRST205`, and a 404 without a code, which PostgREST 12 gives for a table
 //!      missing from its schema cache, as does a wrong `SUPABASE_URL`), function (`42883`;
 //!      `PGRST202`: the atomic function is not installed; `PGRST203`: several overloads of it
-//!      match), or no unique constraint on `id` for the upsert's conflict target (`42P10`).
+//!      match), or no unique constraint on `id` for the upsert's conflict target (`42P10`); a
+//!      path PostgREST 13 does not serve (`PGRST125`: a wrong path in `SUPABASE_URL`); a trigger
+//!      setting a malformed `response.headers` or `response.status` (`PGRST111`, `PGRST112`).
 //!      These are the operator's to fix (an app release that writes a new column before its
 //!      migration ships): the writes wait in the client's queue;
 //!    - *a missing GRANT* → retryable, with the same least `Retry-After` as schema drift:
@@ -844,8 +846,11 @@ fn class_of(code: &str) -> Class {
     if let Some(number) = code.strip_prefix("PGRST") {
         return match number.as_bytes().first() {
             // 202 (function not found) and 203 (ambiguous overload) concern the atomic-mode
-            // setup, never the data; 204 and 205: unknown column, unknown table.
-            _ if matches!(number, "202" | "203" | "204" | "205") => Class::SchemaDrift,
+            // setup, never the data; 204 and 205: unknown column, unknown table; 125: a path
+            // PostgREST 13 does not serve (a `SUPABASE_URL` whose path it does not expect, as a
+            // bare 404 in PostgREST 12); 111 and 112: a trigger or function setting a malformed
+            // `response.headers` or `response.status`.
+            _ if matches!(number, "111" | "112" | "125" | "202" | "203" | "204" | "205") => Class::SchemaDrift,
             Some(b'1' | b'2') => Class::Fatal,
             Some(b'0' | b'3' | b'X') => Class::Retryable,
             _ => Class::Unrecognised,
@@ -1117,6 +1122,9 @@ mod tests {
             (400, "PGRST204"), // column not in the schema cache
             (404, "PGRST205"), // table not in the schema cache
             (404, "PGRST202"), // the atomic function is not installed
+            (404, "PGRST125"), // PostgREST 13: a path it does not serve (a wrong SUPABASE_URL path)
+            (500, "PGRST111"), // a trigger set a malformed response.headers
+            (500, "PGRST112"), // … or response.status
         ] {
             let verdict = classify(&postgrest(status, code), Some(1));
             assert!(is_retryable(&verdict), "{code} {verdict:?}");

@@ -572,6 +572,18 @@ def test_unknown_table_is_a_code_less_404_on_12_and_pgrst205_on_13(db, as_user, 
             assert body["message"] == "Could not find the table 'public.nope' in the schema cache"
 
 
+def test_path_postgrest_does_not_serve_is_a_code_less_404_on_12_and_pgrst125_on_13(db, as_user, user_a,
+                                                                                   postgrest_version):
+    api = as_user(user_a)
+    for resp in (api.post("lists/extra", {"id": new_id()}), api.delete("a/b", "id=eq.1"),
+                 api.get("rpc/x/y", "")):
+        if postgrest_version == 12:
+            assert (resp.status_code, resp.json()) == (404, {}), resp.text
+        else:
+            body = assert_error(resp, 404, "PGRST125")
+            assert body["message"] == "Invalid path specified in request URL"
+
+
 def test_malformed_json_is_pgrst102(db, as_user, user_a):
     api = as_user(user_a)
     for bad in (b"{not json", b"", b"[1, 2]", b'{"a": NaN}'):

@@ -100,6 +100,8 @@ VERSION_DIFFERENCES = {
     "expired JWT": "12: 401 PGRST301 'JWT expired'. 13: 401 PGRST303 'JWT expired' (PGRST303 is "
                    "new in 13: JWT claims errors)",
     "Proxy-Status": "12: none. 13: 'Proxy-Status: PostgREST; error=<code>' on every error",
+    "invalid path": "12: 404 with body {} (no code) for a path other than /<table> or /rpc/<name>. "
+                    "13: 404 PGRST125 'Invalid path specified in request URL'",
 }
 
 # Query-string keys that are not column filters.
@@ -849,7 +851,10 @@ class StandIn:
                 raise ApiError(405, "PGRST101", "Only GET and POST verbs are allowed for functions")
             return self._run(req, claims, lambda cur: self._rpc(cur, req, schema, parts[1], role))
         if len(parts) != 1:
-            raise Unsupported(f"path {req.path}")
+            # a path PostgREST does not serve (a base URL with a path of its own before /rest/v1)
+            if self.postgrest_version >= 13:
+                raise ApiError(404, "PGRST125", "Invalid path specified in request URL", None, None)
+            raise HttpError(404, {})
         table_name = parts[0]
         handlers = {"POST": self._insert, "PATCH": self._update, "DELETE": self._delete,
                     "GET": self._select, "HEAD": self._select}
