@@ -62,7 +62,8 @@
 //!
 //! Tables and ids are checked before anything is sent: a name that is not a plain identifier
 //! (`invalid_table_name`), one outside `UPLOAD_TABLES` or equal to the dead-letter table
-//! (`table_not_allowed`), or an id containing U+0000 (`invalid_id`: PostgreSQL cannot store it,
+//! (`table_not_allowed`), a column name no column can have (`invalid_column_name`: empty, not valid
+//! text, over 63 bytes, or holding U+0000), or an id containing U+0000 (`invalid_id`: PostgreSQL cannot store it,
 //! and PostgREST would cut it short inside `in.(…)`, touching another row) fails its
 //! transaction as a fatal error without any request.
 
@@ -75,7 +76,7 @@ use super::filter::{self, InList};
 use super::id_set::{self, IdSet};
 use super::outcome::FailedOperation;
 use super::row::{self, Columns};
-use super::settings::{is_filter_column, is_identifier, AtomicMode, UploadSettings, WriteMode};
+use super::settings::{is_filter_column, is_identifier, AtomicMode, UploadSettings, WriteMode, MAX_IDENTIFIER_BYTES};
 use super::Caller;
 use crate::http::{HttpRequest, Method};
 
@@ -144,6 +145,7 @@ pub fn plan_transaction_as(
     for (index, entry) in transaction.entries.iter().enumerate() {
         check_table(index, &entry.table, settings)?;
         check_id(index, &entry.id)?;
+        check_columns(index, entry)?;
     }
     let context = Context::new(settings, caller);
     if atomic {
@@ -227,6 +229,28 @@ fn check_id(index: usize, id: &str) -> Result<(), FailedOperation> {
         ));
     }
     Ok(())
+}
+
+/// Refuses column names no column can have: empty (as is a name whose escapes are no text, a lone
+/// surrogate: see `crud`), holding U+0000, or longer than PostgreSQL's 63 bytes (it would cut
+/// the name short, and the atomic function would write the column named by its first 63 bytes).
+/// Sent, they would be refused as a column missing from the schema (`PGRST204`) or as a syntax
+/// error (`42601` for an empty name in the atomic function), both the operator's to fix, so the
+/// transaction would wait for ever. Such an entry is never sent.
+fn check_columns(index: usize, entry: &Entry) -> Result<(), FailedOperation> {
+    let invalid = |name: &str| name.is_empty() || name.len() > MAX_IDENTIFIER_BYTES || name.contains('\u{0}');
+    match entry.data.iter().find(|(name, _)| invalid(name)) {
+        Some((name, _)) => Err(FailedOperation::new(
+            Some(index),
+            "invalid_column_name",
+            format!(
+                "column name {:?} cannot name a column (empty, not valid text, longer than {MAX_IDENTIFIER_BYTES} \
+                 bytes, or holding U+0000); the entry was not sent",
+                name.chars().take(80).collect::<String>()
+            ),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// The tables of the bridge's SQL files, never written through an upload.
@@ -1711,6 +1735,28 @@ mod tests {
                 assert_eq!((failure.index, failure.code.as_str()), (Some(1), "invalid_id"));
             }
         }
+    }
+
+    #[test]
+    fn column_names_no_column_can_have_fail_the_entry_before_sending() {
+        let long = "c".repeat(MAX_IDENTIFIER_BYTES + 1);
+        for name in [r#""""#, r#""x\ud800""#, r#""a\u0000b""#, &format!("\"{long}\"")] {
+            for op in ["PUT", "PATCH"] {
+                let body = format!(
+                    r#"{{"batch": [{{"op": "PUT", "table": "todos", "id": "a", "data": {{"x": 1}}}},
+                        {{"op": "{op}", "table": "todos", "id": "b", "data": {{"y": 1, {name}: 2}}}}]}}"#
+                );
+                let transactions = crate::upload::parse(body.as_bytes(), &crate::upload::Limits::default())
+                    .unwrap_or_else(|e| panic!("{body}: {e:?}"));
+                for atomic in [false, true] {
+                    let failure = plan_transaction_as(&transactions[0], &settings(), &caller(), atomic)
+                        .expect_err("refused before sending");
+                    assert_eq!((failure.index, failure.code.as_str()), (Some(1), "invalid_column_name"), "{name}");
+                }
+            }
+        }
+        let longest = "c".repeat(MAX_IDENTIFIER_BYTES);
+        assert!(plan_transaction(&tx(vec![put("a", json!({ longest: 1 }))]), &settings(), &caller()).is_ok());
     }
 
     #[test]

@@ -209,12 +209,39 @@ fn json_value(raw: &str) -> Cow<'_, str> {
 }
 
 fn boolean_value(raw: &str) -> Cow<'_, str> {
-    let is_number = raw.starts_with(|c: char| c == '-' || c.is_ascii_digit());
-    match raw.parse::<f64>() {
-        Ok(n) if is_number && n == 0.0 => Cow::Borrowed("false"),
-        Ok(n) if is_number && n == 1.0 => Cow::Borrowed("true"),
-        _ => Cow::Borrowed(raw),
+    match exactly_zero_or_one(raw) {
+        Some(false) => Cow::Borrowed("false"),
+        Some(true) => Cow::Borrowed("true"),
+        None => Cow::Borrowed(raw),
     }
+}
+
+/// Whether the JSON number `raw` is exactly 0 (`Some(false)`) or exactly 1 (`Some(true)`), read
+/// from its digits: `0.0`, `-0`, `1.0`, `10e-1` are; `0.99999999999999999999` and `1e-400` are
+/// not, though a float would take them for 1 and 0. `None` for any other value or text.
+fn exactly_zero_or_one(raw: &str) -> Option<bool> {
+    let (negative, number) = match raw.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, raw),
+    };
+    let (mantissa, exponent) = match number.split_once(['e', 'E']) {
+        Some((mantissa, exponent)) => (mantissa, exponent.strip_prefix('+').unwrap_or(exponent).parse::<i64>().ok()?),
+        None => (number, 0),
+    };
+    let (whole, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    if whole.is_empty() || !whole.bytes().chain(fraction.bytes()).all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    // the value is <digits> × 10^(exponent − fraction's length)
+    let digits = format!("{whole}{fraction}");
+    let significant = digits.trim_start_matches('0');
+    if significant.is_empty() {
+        return Some(false);
+    }
+    let one = significant.trim_end_matches('0');
+    let trailing = (significant.len() - one.len()) as i64;
+    let fraction_len = i64::try_from(fraction.len()).ok()?;
+    (one == "1" && !negative && exponent.checked_sub(fraction_len)?.checked_add(trailing)? == 0).then_some(true)
 }
 
 /// The row a PUT upserts: the converted data, `id` set from the entry (it wins over `data.id`),
@@ -349,8 +376,11 @@ mod tests {
         assert_eq!(converted("todos", &data, &settings()), map(json!({"done": true})));
         let data = map(json!({"done": 0}));
         assert_eq!(converted("todos", &data, &settings()), map(json!({"done": false})));
-        let data = map(json!({"done": 1.0}));
-        assert_eq!(converted("todos", &data, &settings()), map(json!({"done": true})));
+        for (raw, value) in
+            [("1.0", "true"), ("10e-1", "true"), ("0.1E+1", "true"), ("-0", "false"), ("0.0e5", "false")]
+        {
+            assert_eq!(super::boolean_value(raw), value, "{raw}");
+        }
     }
 
     #[test]
@@ -358,6 +388,12 @@ mod tests {
         for value in [json!(2), json!("1"), json!(null), json!(true), json!(-1)] {
             let data = map(json!({ "done": value }));
             assert_eq!(converted("todos", &data, &settings()), data);
+        }
+        // not 0 or 1, though a float would read them so: sent as written (the database refuses them)
+        for raw in
+            ["0.99999999999999999999", "1.00000000000000000001", "1e-400", "-1.0", "100e-1", "1e99999999999999999999"]
+        {
+            assert_eq!(super::boolean_value(raw), raw, "{raw}");
         }
     }
 

@@ -52,7 +52,7 @@ pub const DEFAULT_ATOMIC_RECHECK_SECONDS: u64 = 300;
 /// Default for [`UploadSettings::retry_after_seconds`].
 pub const DEFAULT_RETRY_AFTER_SECONDS: u64 = 5;
 /// Longest Postgres identifier (NAMEDATALEN - 1); longer names are silently truncated by Postgres.
-const MAX_IDENTIFIER_BYTES: usize = 63;
+pub const MAX_IDENTIFIER_BYTES: usize = 63;
 
 /// Everything the upload bridge needs to know about the deployment.
 #[derive(Clone, PartialEq, Eq)]
