@@ -74,8 +74,9 @@ pub enum EntryState {
     Applied,
     Failed,
     NotAttempted,
-    /// Applied, but it changed no row (a PATCH or DELETE whose row is gone or hidden): only in
-    /// the records `UPLOAD_DEAD_LETTER_UNCHANGED` writes (see [`unchanged_record`]).
+    /// Applied, but it changed no row (a PATCH or DELETE whose row is gone or hidden): in the
+    /// records `UPLOAD_DEAD_LETTER_UNCHANGED` writes (see [`unchanged_record`]), and for such
+    /// entries before the failure of a transaction sent as REST requests.
     Unchanged,
 }
 

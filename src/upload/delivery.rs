@@ -573,6 +573,10 @@ async fn send<T: Transport>(
             }
             (_, verdict, _) => verdict,
         };
+        // A PATCH or DELETE that changed no row is `unchanged` in a dead letter, not `applied`.
+        if matches!(verdict, Verdict::Applied) {
+            mark(&mut states, unchanged.iter().copied(), EntryState::Unchanged);
+        }
         match verdict {
             Verdict::Applied => match (&planned.check, is_half) {
                 (Check::OwnerCheck { .. }, _) => {}

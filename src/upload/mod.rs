@@ -903,6 +903,25 @@ mod tests {
     }
 
     #[test]
+    fn dead_letter_marks_an_entry_that_changed_no_row_unchanged_not_applied() {
+        let mut s = settings();
+        s.dead_letter_table = Some("dead".to_string());
+        let transaction = Transaction {
+            transaction_id: Some(json!("t")),
+            entries: vec![
+                entry(Op::Patch, "gone", json!({"x": 1})),
+                entry(Op::Delete, "b", Value::Null),
+                entry(Op::Put, "c", json!({"x": 2})),
+            ],
+        };
+        // the PATCH changes no row, the DELETE one, the PUT is refused
+        let transport =
+            FakeTransport::scripted(vec![counted(204, 0), counted(204, 1), error(400, "23514", "check"), recorded()]);
+        run(std::slice::from_ref(&transaction), &s, &transport);
+        assert_eq!(states_of(&dead_letter_body(&transport)), vec!["unchanged", "applied", "failed"]);
+    }
+
+    #[test]
     fn dead_letter_of_a_split_upsert_marks_the_applied_half() {
         let mut s = settings();
         s.dead_letter_table = Some("dead".to_string());

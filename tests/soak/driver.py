@@ -761,7 +761,7 @@ def _applied_indexes(tx: Transaction, result: dict, letter: dict | None, atomic:
     if result["status"] == "success":
         return list(range(len(tx.entries))), "success"
     if letter is not None and isinstance(letter.get("entries"), list):
-        return [i for i, e in enumerate(letter["entries"]) if isinstance(e, dict) and e.get("state") == "applied"], \
+        return [i for i, e in enumerate(letter["entries"]) if isinstance(e, dict) and e.get("state") in ("applied", "unchanged")], \
             "dead letter states"
     if atomic:
         return [], "atomic"
@@ -919,7 +919,10 @@ def _check_letter(report: SoakReport, c: Client, tx: Transaction, wire: list[dic
                 if not isinstance(rec, dict) or (rec.get("op"), rec.get("table"), rec.get("id")) != \
                         (sent["op"], sent["table"], sent["id"]):
                     problems.append(f"entry {i} recorded as {rec}")
-                elif rec.get("state") not in ("applied", "failed", "not_attempted"):
+                elif rec.get("state") == "unchanged" and (sent["op"] == "PUT" or index is None or i >= index):
+                    # only a PATCH or DELETE sent before the failure can have changed no row
+                    problems.append(f"entry {i} state unchanged")
+                elif rec.get("state") not in ("applied", "failed", "not_attempted", "unchanged"):
                     problems.append(f"entry {i} state {rec.get('state')}")
     elif index is not None and 0 <= index < len(wire):
         if not _same_entry(wire[index], row.get("entry")):
