@@ -336,6 +336,26 @@ def test_replay_a_selection_replays_only_the_chosen_users_dead_letters(standin, 
     assert bare.returncode == 1 and "replay what?" in bare.stderr
 
 
+def test_replay_of_a_selection_holds_a_users_later_letters_behind_one_that_failed(standin, recorded, db):
+    # User a's first letter still fails (its list is missing), the second could apply: replayed
+    # now, its writes would land before the first one's, which the user made first.
+    (first_entry, _), (second_entry, second_list) = recorded["orphans"]
+    insert_list(db, recorded["a"], list_id=second_list)
+    held = dead_letters(standin, "replay", "--user", recorded["a"], "--json")
+    assert held.returncode == 1
+    first, second = as_json(held)
+    assert (first["dead_letter_id"], first["replayed"]) == (recorded["ids"][0], False)
+    assert (second["dead_letter_id"], second["replayed"], second["skipped"]) == (recorded["ids"][1], False, True)
+    assert f"dead letter {recorded['ids'][0]} of the same user" in second["reason"]
+    assert row(db, "todos", second_entry["id"]) is None
+    assert [r["id"] for r in as_json(dead_letters(standin, "list", "--user", recorded["a"], "--json"))] == \
+        recorded["ids"][:2]
+    # another user's letters are not held by it
+    other = as_json(dead_letters(standin, "replay", "--ids", f"{recorded['ids'][0]},{recorded['ids'][2]}", "--json"))
+    assert [o["dead_letter_id"] for o in other] == [recorded["ids"][0], recorded["ids"][2]]
+    assert "skipped" not in other[1]
+
+
 def test_discard_keeps_the_reason_and_a_discarded_dead_letter_is_never_replayed(standin, recorded, db, as_service):
     ids = recorded["ids"]
     no_reason = dead_letters(standin, "discard", "--id", str(ids[2]))

@@ -396,6 +396,8 @@ fn dead_letters_command(subcommand: &str, options: &HashMap<String, String>) -> 
             let rows = fetch_rows(&url, &key, &waiting)?;
             let mut outcomes = vec![];
             let mut all_ok = true;
+            // users with a dead letter this replay could not replay, and its id
+            let mut held: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
             if rows.is_empty() {
                 all_ok = selection.ids.is_empty();
             }
@@ -420,12 +422,26 @@ fn dead_letters_command(subcommand: &str, options: &HashMap<String, String>) -> 
                     outcomes.push(would);
                     continue;
                 }
+                let user = row["user_id"].as_str().unwrap_or_default().to_string();
+                if let (true, Some(earlier)) = (subcommand == "replay", held.get(&user)) {
+                    // Replayed now, this one's writes would land before the earlier one's, which
+                    // the user made first (its replay, once its cause is fixed, would then
+                    // overwrite them): it waits for that one.
+                    all_ok = false;
+                    outcomes.push(json!({"dead_letter_id": id, "replayed": false, "skipped": true,
+                        "reason": format!("dead letter {earlier} of the same user, recorded before this one, was not \
+                                           replayed: replay that one first (or discard it), then this one")}));
+                    continue;
+                }
                 let request = if subcommand == "replay" {
                     dead_letters::replay_request(&url, &key, id)
                 } else {
                     dead_letters::discard_request(&url, &key, id, &reason)
                 };
                 let (ok, answer) = dead_letters::outcome(id, &rest::send(&request));
+                if !ok {
+                    held.entry(user).or_insert(id);
+                }
                 all_ok &= ok;
                 outcomes.push(answer);
             }
