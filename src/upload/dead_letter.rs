@@ -61,9 +61,10 @@ use std::borrow::Cow;
 
 use serde_json::{json, Value};
 
-use super::crud::{Entry, Transaction};
+use super::crud::{Entry, Op, Row, Transaction};
 use super::outcome::FailedOperation;
 use super::plan::{atomic_op, authorized};
+use super::row::push_json_string;
 use super::settings::{UploadSettings, WriteMode};
 use super::Caller;
 use crate::http::{HttpRequest, Method};
@@ -161,9 +162,11 @@ pub fn request(
     failure: &FailedOperation,
     states: &[EntryState],
 ) -> HttpRequest {
+    // the failing entry (every entry when none is named) as the client sent it, its values'
+    // text as sent, like the entries below
     let entry = match failure.index.and_then(|i| transaction.entries.get(i)) {
-        Some(entry) => entry.to_json(),
-        None => Value::Array(transaction.entries.iter().map(|e| e.to_json()).collect()),
+        Some(entry) => entry_text(entry),
+        None => format!("[{}]", transaction.entries.iter().map(entry_text).collect::<Vec<_>>().join(",")),
     };
     let transaction_id = match &transaction.transaction_id {
         None => Value::Null,
@@ -188,7 +191,6 @@ pub fn request(
         "transaction_id": transaction_id,
         "client_id": caller.client_id,
         "op_index": failure.index,
-        "entry": entry,
     });
     if let WriteMode::Service { owner_column, .. } = &settings.mode {
         body["user_id"] = json!(caller.user_id);
@@ -198,27 +200,78 @@ pub fn request(
     let url = format!("{}/rest/v1/rpc/{RECORD_FUNCTION}", settings.supabase_url);
     let mut text = body.to_string();
     text.pop(); // the object's closing brace: the entries go in as written
+    text.push_str(",\"entry\":");
+    text.push_str(&entry);
     text.push_str(",\"entries\":[");
     text.push_str(&entries.join(","));
     text.push_str("]}");
     authorized(Method::Post, url, settings, caller).json_body(storable(&text).into_owned())
 }
 
-/// JSON text with U+0000, which PostgreSQL's text and jsonb cannot hold, replaced by U+FFFD in
-/// every string and key: each `\u0000` escape (the only way U+0000 appears in JSON text, and how
-/// serde_json writes it) becomes `\ufffd`, escape by escape (`\\u0000` is a backslash and the
-/// text `u0000`, left as it is).
+/// `entry` as the client sent it: `{"op","table","id","data"?,"previous_values"?,"metadata"?}`
+/// (no `data` for DELETE; the last two only when sent), each value's text as sent (through a
+/// float, `1e400` would read null and a long integer lose digits).
+fn entry_text(entry: &Entry) -> String {
+    let object = |out: &mut String, row: &Row| {
+        out.push('{');
+        for (i, (name, value)) in row.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            push_json_string(out, name);
+            out.push(':');
+            out.push_str(value);
+        }
+        out.push('}');
+    };
+    let mut out = String::from("{\"op\":");
+    push_json_string(&mut out, entry.op.as_str());
+    out.push_str(",\"table\":");
+    push_json_string(&mut out, &entry.table);
+    out.push_str(",\"id\":");
+    push_json_string(&mut out, &entry.id);
+    if entry.op != Op::Delete {
+        out.push_str(",\"data\":");
+        object(&mut out, &entry.data);
+    }
+    if let Some(previous) = &entry.previous {
+        out.push_str(",\"previous_values\":");
+        object(&mut out, previous);
+    }
+    if let Some(metadata) = &entry.metadata {
+        out.push_str(",\"metadata\":");
+        push_json_string(&mut out, metadata);
+    }
+    out.push('}');
+    out
+}
+
+/// JSON text PostgreSQL's jsonb can hold: U+0000, which it cannot hold, and a surrogate escape
+/// that is not half of a pair (`\ud800` alone: jsonb refuses it, 22P02, and the record would
+/// fail for ever), replaced by U+FFFD in every string and key, escape by escape (the only way
+/// either appears in JSON text; `\\u0000` is a backslash and the text `u0000`, left as it is).
 fn storable(json: &str) -> Cow<'_, str> {
-    if !json.contains("\\u0000") {
+    if !json.contains("\\u0000") && !json.contains("\\ud") && !json.contains("\\uD") {
         return Cow::Borrowed(json);
     }
+    let unit = |escape: &str| {
+        escape.strip_prefix("\\u").and_then(|hex| hex.get(..4)).and_then(|hex| u16::from_str_radix(hex, 16).ok())
+    };
     let mut out = String::with_capacity(json.len());
     let mut rest = json;
     while let Some(at) = rest.find('\\') {
         out.push_str(&rest[..at]);
         let escape = &rest[at..];
         let len = if escape.starts_with("\\u") { 6 } else { 2 }.min(escape.len());
-        out.push_str(if &escape[..len] == "\\u0000" { "\\ufffd" } else { &escape[..len] });
+        match unit(escape) {
+            Some(0xD800..=0xDBFF) if matches!(escape.get(6..).and_then(unit), Some(0xDC00..=0xDFFF)) => {
+                out.push_str(&escape[..12]); // a pair
+                rest = &escape[12..];
+                continue;
+            }
+            Some(0 | 0xD800..=0xDFFF) => out.push_str("\\ufffd"),
+            _ => out.push_str(&escape[..len]),
+        }
         rest = &escape[len..];
     }
     out.push_str(rest);
@@ -375,6 +428,36 @@ mod tests {
     fn an_escaped_backslash_before_u0000_is_no_nul() {
         assert_eq!(storable(r#"["\u0000","\\u0000","\\\u0000x"]"#), r#"["\ufffd","\\u0000","\\\ufffdx"]"#);
         assert!(matches!(storable(r#"{"a":"\n"}"#), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn a_surrogate_escape_without_its_pair_becomes_u_fffd_and_a_pair_stays() {
+        assert_eq!(
+            storable(r#"["\ud800","x\udc00","\ud83d\ude00","\uD83D\uDE00","\ud800\u0041","\\ud800"]"#),
+            r#"["\ufffd","x\ufffd","\ud83d\ude00","\uD83D\uDE00","\ufffd\u0041","\\ud800"]"#
+        );
+        assert!(matches!(storable(r#"{"a":"\u00e9"}"#), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn the_recorded_entry_keeps_each_values_text_as_sent() {
+        let body = r#"{"batch": [{"op": "PUT", "table": "todos", "id": "a",
+            "data": {"n": 1e400, "b": 123456789012345678901234567890, "p": 0.1000000000000000000001, "s": "\ud800"}}]}"#;
+        let transactions = crate::upload::parse(body.as_bytes(), &crate::upload::Limits::default()).expect("valid");
+        let failure = FailedOperation::new(Some(0), "22P02", "bad");
+        let request = request(
+            &UploadSettings::new("https://p.supabase.co", "anon"),
+            &caller(),
+            &transactions[0],
+            &failure,
+            &[EntryState::Failed],
+        );
+        let text = request.body.as_deref().unwrap_or_default();
+        let entry = &text[text.find(r#""entry":"#).expect("entry")..text.find(r#","entries""#).expect("entries")];
+        for value in ["1e400", "123456789012345678901234567890", "0.1000000000000000000001", r#""\ufffd""#] {
+            assert!(entry.contains(value), "{value} in {entry}");
+        }
+        assert!(serde_json::from_str::<&serde_json::value::RawValue>(text).is_ok(), "{text}");
     }
 
     #[test]

@@ -16,6 +16,7 @@ Worker instances (started once for the module, in parallel):
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import uuid
@@ -367,6 +368,25 @@ def test_a_dead_letter_keeps_every_digit_so_its_transaction_stays_recorded_and_r
     result = db.execute(f"select public.{REPLAY}(%s)", (letter["id"],)).fetchone()[0]
     assert result["replayed"] is True, result
     assert db.execute("select tags->>'n' from todos where id = %s", (todo,)).fetchone() == ("12345678901234567890123",)
+
+
+@pytest.mark.parametrize("route", ["rest", "atomic"])
+def test_a_value_postgresql_cannot_hold_is_dead_lettered_not_retried_for_ever(route, workers, db, user):
+    """A lone surrogate escape (`\\ud800`): the database refuses it for good, and so did the dead
+    letter's jsonb, so the transaction was retried for ever. The record holds U+FFFD instead, and
+    the failing entry keeps each value's text (1e400 is no float)."""
+    sub, token = user
+    list_id = insert_list(db, sub)
+    payload = body(tx(put("todos", new_id(), description="x\ud800y", list_id=list_id, created_by=sub,
+                          tags={"n": "BIG"}), tid=5))
+    response = upload(workers[route], token, raw=json.dumps(payload).replace('"BIG"', "1e400"))
+    assert statuses(response) == ["fatal_error"], response.text
+    (letter,) = letters(db)
+    entry = letter["entry"] if isinstance(letter["entry"], dict) else letter["entry"][0]
+    assert entry["data"]["description"] == "x\ufffdy", letter
+    # (the entry is the whole transaction when the failure names no entry: atomic mode, here)
+    assert db.execute(f"select coalesce(entry #>> '{{data,tags,n}}', entry #>> '{{0,data,tags,n}}'),"
+                      f" entries #>> '{{0,data,tags,n}}' from {DEAD_LETTERS}").fetchone() == ("1" + "0" * 400,) * 2
 
 
 def test_dead_letter_of_a_transaction_the_ledger_holds_applied_is_refused_so_the_client_keeps_it(
