@@ -32,14 +32,15 @@
 --   * consecutive DELETEs from the same table become one
 --     DELETE … WHERE id = ANY(…);
 --   * PATCHes are applied one at a time.
--- The result is the same as applying the ops one by one. When a group fails,
--- the hint names the FIRST op of the group (its index and id) and the bridge
--- reports that index as the failing op; the message and detail are
--- Postgres's and usually name the offending row. (Exception: the service-mode
--- "belongs to another owner" error below knows its op and names it.) If
--- several ops of one group would fail, the error reported can be that of a
--- later op of the group (e.g. a bad value is found before an earlier row's
--- constraint violation); the call fails either way.
+-- The result is the same as applying the ops one by one. When a group's
+-- statement fails, the call's work is rolled back and done again with that
+-- group's rows in halves (a savepoint each, on this failure path only), so
+-- the hint names the op whose row fails (its index and id) and the bridge
+-- reports that index as the failing op, as one statement per op would; the
+-- message and detail are Postgres's. A group that fails only as one
+-- statement then applies. Once the call has run a fifth of
+-- statement_timeout, it is not done again: the hint names the group's
+-- first op.
 --
 -- search_path = pg_catalog, pg_temp: every table is schema-qualified
 -- (public.<table>, pg_catalog.pg_attribute …) and built-ins resolve in
@@ -554,9 +555,14 @@ declare
   v_count  bigint;
   v_other  bigint;     -- PUT group: position of the op that hit another owner's row
   v_unchanged integer[] := '{}';  -- PATCH/DELETE ops that changed no row
-  v_single int4range;  -- ops applied one by one, not grouped (after a group's statement failed)
-  v_grouped boolean := false;  -- a statement of several ops' rows is running
+  v_split  integer[] := '{}';  -- groups (their first op) applied in halves: their statement failed
+  v_grouped boolean := false;  -- a group of several ops is being applied
+  v_lo     integer;    -- a group applied in halves: its first op not applied yet …
+  v_hi     integer;    -- … and the last of the part tried now
+  v_failed boolean;
+  v_timeout bigint;    -- statement_timeout, in ms (0: none)
   v_missed integer[];  -- DELETE group: positions (from 0) of the ids that matched no row
+  v_one    integer[];  -- … of one part of a DELETE group applied in halves
   v_n      integer;    -- PUT group: number of rows to apply
   v_cond   text;       -- an op's "expect" as SQL conditions on t
   v_owned  text;       -- service mode: the condition on the owner column
@@ -628,7 +634,7 @@ begin
   <<attempt>>
   loop
   begin
-    v_unchanged := '{}'; g_kind := null;
+    v_unchanged := '{}'; g_kind := null; v_grouped := false;
     -- One row per op, in order, followed by an end marker (idx null) that
     -- makes the loop apply the last pending group. Per op:
     --   valid     the op is well-formed (else it raises below, when reached)
@@ -673,7 +679,6 @@ begin
       -- 1. Op v joins the pending group if it is the same kind of op on the
       --    same table (for a PUT: same columns, and its id not yet in the group).
       if g_kind is not null and v.valid and v.op = g_kind and v.tbl = g_table
-         and not coalesce(v_single @> g_start or v_single @> v.idx, false)
          and (g_kind = 'DELETE' and v.expect is null
               or (v.put_cols = g_cols and (v.prev_idx is null or v.prev_idx < g_start)))
       then
@@ -685,8 +690,8 @@ begin
       end if;
 
       -- 2. Otherwise apply the pending group first (ops are applied in
-      --    order). A group's statement that fails is applied again op by op
-      --    (below, `attempt`), so that the error names the op causing it.
+      --    order). A group whose statement fails is applied in halves on the
+      --    next attempt (below, `attempt`), so that the error names its op.
       if g_kind is not null then
         h_index := g_start; h_op := g_kind; h_table := g_table; h_id := g_ids[1];
 
@@ -721,8 +726,38 @@ begin
           --     exists and belongs to another owner. Only the rows before it
           --     are applied (their errors come first, as op by op), then the
           --     call is refused with 42501.
-          v_dup := false; v_other := null;
-          if v_set is not null and cardinality(g_ids) > 1 then
+          v_dup := false; v_other := null; v_rows := 0;
+          v_grouped := cardinality(g_ids) > 1;
+          if g_start = any (v_split) then
+            -- its statement failed on the last attempt: its rows in order, in
+            -- parts, a part that fails halved until one row's error names its op
+            -- (a part's savepoint only here, on the way to an error)
+            v_n := cardinality(g_rows);
+            v_lo := 1;
+            while v_lo <= v_n loop
+              v_hi := v_n;
+              loop
+                if v_lo = v_hi then
+                  h_index := g_start + v_lo - 1; h_id := g_ids[v_lo];
+                  execute v_sql using jsonb_build_array(g_rows[v_lo]), v_owner;
+                  get diagnostics v_count = row_count;
+                  exit;
+                end if;
+                v_failed := false;
+                begin
+                  execute v_sql using to_jsonb(g_rows[v_lo:v_hi]), v_owner;
+                  get diagnostics v_count = row_count;
+                exception when others then
+                  v_failed := true;
+                end;
+                exit when not v_failed;
+                v_hi := (v_lo + v_hi - 1) / 2;
+              end loop;
+              v_rows := v_rows + v_count;
+              v_lo := v_hi + 1;
+            end loop;
+            h_index := g_start; h_id := g_ids[1];
+          elsif v_set is not null and cardinality(g_ids) > 1 then
             select case
                      when a.atttypid in ('pg_catalog.text'::pg_catalog.regtype, 'pg_catalog.varchar'::pg_catalog.regtype)
                        then coalesce(c.collisdeterministic, true)
@@ -753,14 +788,16 @@ begin
             end if;
           end if;
 
-          v_n := coalesce(v_other - 1, cardinality(g_rows));  -- the rows to apply
-          v_rows := 0;
-          if v_n > 0 and not v_dup then
-            v_grouped := v_n > 1;
+          if not g_start = any (v_split) then
+            v_n := coalesce(v_other - 1, cardinality(g_rows));  -- the rows to apply
+          end if;
+          if g_start = any (v_split) then
+            null;  -- applied above
+          elsif v_n > 0 and not v_dup then
             execute v_sql using to_jsonb(g_rows[1:v_n]), v_owner;
-            v_grouped := false;
             get diagnostics v_rows = row_count;
           elsif v_n > 0 then
+            v_grouped := false;  -- row by row: an error names its op already
             for i in 1 .. v_n loop
               h_index := g_start + i - 1; h_id := g_ids[i];
               execute v_sql using jsonb_build_array(g_rows[i]), v_owner;
@@ -769,6 +806,8 @@ begin
             end loop;
             h_index := g_start; h_id := g_ids[1];
           end if;
+
+          v_grouped := false;  -- (the refusal below names its op)
 
           -- Service mode: a row skipped by the upsert's WHERE belongs to
           -- another owner although the check did not see it (a single row;
@@ -816,7 +855,34 @@ begin
                  else format(' and t.%I::text = $2', owner_column) end,
             g_table);
           v_grouped := cardinality(g_ids) > 1;
-          execute v_sql into v_missed using g_ids, v_owner;
+          if g_start = any (v_split) then
+            -- its statement failed on the last attempt: as for PUTs above
+            v_missed := '{}';
+            v_lo := 1;
+            while v_lo <= cardinality(g_ids) loop
+              v_hi := cardinality(g_ids);
+              loop
+                if v_lo = v_hi then
+                  h_index := g_start + v_lo - 1; h_id := g_ids[v_lo];
+                  execute v_sql into v_one using g_ids[v_lo:v_lo], v_owner;
+                  exit;
+                end if;
+                v_failed := false;
+                begin
+                  execute v_sql into v_one using g_ids[v_lo:v_hi], v_owner;
+                exception when others then
+                  v_failed := true;
+                end;
+                exit when not v_failed;
+                v_hi := (v_lo + v_hi - 1) / 2;
+              end loop;
+              v_missed := v_missed || array(select v_lo - 1 + m from unnest(v_one) as m);
+              v_lo := v_hi + 1;
+            end loop;
+            h_index := g_start; h_id := g_ids[1];
+          else
+            execute v_sql into v_missed using g_ids, v_owner;
+          end if;
           v_grouped := false;
           v_unchanged := v_unchanged
                          || array(select g_start + m from unnest(v_missed) as m order by m);
@@ -939,14 +1005,21 @@ begin
     end loop;
     exit attempt;
   exception when others then
-    -- everything this block did is rolled back. A statement of a group's
-    -- rows failed: the ops are applied again, that group op by op, once
-    -- (the same as applying them in order, which applies them if no op
-    -- fails on its own: a cast the grouping does not foresee)
-    if v_grouped and v_single is null then
-      v_grouped := false;
-      v_single := int4range(g_start, g_start + cardinality(g_ids));
-      continue attempt;
+    -- everything this block did is rolled back. A group of several ops
+    -- failed: the ops are applied again, that group in halves (the same as
+    -- applying its ops in order, which applies them all if no op fails on
+    -- its own: a cast the grouping does not foresee, a statement trigger).
+    -- Not when the call has run a fifth of statement_timeout already (the
+    -- attempt again and the halves could take it past it, and a timeout
+    -- is retried where this error is final): the hint then names the
+    -- group's first op.
+    if v_grouped and not g_start = any (v_split) then
+      select s.setting::bigint into v_timeout from pg_catalog.pg_settings as s where s.name = 'statement_timeout';
+      if coalesce(v_timeout, 0) = 0
+         or extract(epoch from clock_timestamp() - statement_timestamp()) * 1000 < v_timeout / 5 then
+        v_split := v_split || g_start;
+        continue attempt;
+      end if;
     end if;
     -- keep the original SQLSTATE/message/detail, name the failing op in the hint
     get stacked diagnostics

@@ -37,10 +37,13 @@
 //!   `UPLOAD_BOOLEAN_COLUMNS` conversions and the service-mode owner rules, a PUT's data with its
 //!   `id`, a PATCH's without; plus its `state`:
 //!   - `applied`: written (its request was answered 2xx, or there was nothing to write);
-//!   - `failed`: sent in the request that failed, and so not applied (a merged request fails as a
-//!     whole; in atomic mode the whole call is rolled back, so every entry is `failed`); also the
-//!     entry a check refused before anything was sent, and every entry when `op_index` is null;
-//!   - `not_attempted`: never sent.
+//!   - `failed`: sent in the request that failed, and so not applied (in atomic mode the whole
+//!     call is rolled back, so every entry is `failed`); also the entry a check refused before
+//!     anything was sent, and every entry when `op_index` is null;
+//!   - `not_attempted`: never sent;
+//!   - `unchanged`: a PATCH or DELETE before the failure that changed no row (its row gone or
+//!     hidden; of a merged request only when its count says none of them changed a row), and
+//!     the entries of `UPLOAD_DEAD_LETTER_UNCHANGED`'s records ([`unchanged_record`]).
 //!
 //!   Replaying the entries that are not `applied`, in order, completes the transaction. Without
 //!   their states they are exactly the atomic call's `ops`, so the function's digest of them is
@@ -77,7 +80,7 @@ pub enum EntryState {
     NotAttempted,
     /// Applied, but it changed no row (a PATCH or DELETE whose row is gone or hidden): in the
     /// records `UPLOAD_DEAD_LETTER_UNCHANGED` writes (see [`unchanged_record`]), and for such
-    /// entries before the failure of a transaction sent as REST requests.
+    /// entries before the failure of a transaction sent as REST requests (see the module docs).
     Unchanged,
 }
 

@@ -465,6 +465,8 @@ async fn send<T: Transport>(
     let mut queue: VecDeque<(PlannedRequest, bool)> = requests.into_iter().map(|r| (r, false)).collect();
     let mut already_applied = false;
     let mut unchanged: Vec<usize> = Vec::new();
+    // those of them known to have changed no row (a merged request's count may leave it open)
+    let mut surely_unchanged: Vec<usize> = Vec::new();
     while let Some((planned, is_half)) = queue.pop_front() {
         let index = match &planned.check {
             Check::Atomic => None,
@@ -538,6 +540,7 @@ async fn send<T: Transport>(
                     {
                         Probe::Gone => {
                             unchanged.push(entry);
+                            surely_unchanged.push(entry);
                             Verdict::Applied
                         }
                         Probe::Same => Verdict::Applied,
@@ -564,6 +567,9 @@ async fn send<T: Transport>(
                             // several, the count cannot say which, so all of them.
                             if count < *distinct_ids as u64 {
                                 unchanged.extend(row_entries.iter().copied());
+                                if count == 0 {
+                                    surely_unchanged.extend(row_entries.iter().copied());
+                                }
                             }
                         }
                         Verdict::Applied
@@ -573,9 +579,10 @@ async fn send<T: Transport>(
             }
             (_, verdict, _) => verdict,
         };
-        // A PATCH or DELETE that changed no row is `unchanged` in a dead letter, not `applied`.
+        // A PATCH or DELETE that changed no row is `unchanged` in a dead letter, not `applied`
+        // (a replay sends it again); one that may have changed its row stays `applied`.
         if matches!(verdict, Verdict::Applied) {
-            mark(&mut states, unchanged.iter().copied(), EntryState::Unchanged);
+            mark(&mut states, surely_unchanged.iter().copied(), EntryState::Unchanged);
         }
         match verdict {
             Verdict::Applied => match (&planned.check, is_half) {
@@ -608,7 +615,18 @@ async fn send<T: Transport>(
                         );
                         return Ending::Retryable(failure, settings.retry_after_seconds);
                     }
-                    _ => return Ending::Fatal(failure, failed_states(states, &planned.entries)),
+                    Some(_) => {
+                        let mut failure = failure;
+                        failure.message = format!(
+                            "{}; the entry at fault is one of entries {}..={} (sent as one request), and finding \
+                             which needs more requests than UPLOAD_SUBREQUEST_BUDGET leaves in this upload",
+                            failure.message,
+                            planned.entries.start,
+                            planned.entries.end.saturating_sub(1)
+                        );
+                        return Ending::Fatal(failure, failed_states(states, &planned.entries));
+                    }
+                    None => return Ending::Fatal(failure, failed_states(states, &planned.entries)),
                 }
             }
             // The statement timeout cancelled the whole upsert (nothing of it applied): its halves

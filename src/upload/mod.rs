@@ -275,6 +275,11 @@ mod tests {
         let report = run(&[puts(&["a", "b", "c"])], &s, &transport);
         let failure = report.results[0].failed_operation.clone().expect("failure");
         assert_eq!((report.results[0].status, failure.index), (Status::FatalError, Some(0)));
+        assert!(
+            failure.message.starts_with("check; the entry at fault is one of entries 0..=2"),
+            "{}",
+            failure.message
+        );
         assert_eq!(transport.sent().len(), 1);
     }
 
@@ -919,6 +924,25 @@ mod tests {
             FakeTransport::scripted(vec![counted(204, 0), counted(204, 1), error(400, "23514", "check"), recorded()]);
         run(std::slice::from_ref(&transaction), &s, &transport);
         assert_eq!(states_of(&dead_letter_body(&transport)), vec!["unchanged", "applied", "failed"]);
+
+        // merged: a count of 1 for two ids cannot say which changed nothing, so both stay
+        // applied (a replay would send again one that did change its row); a count of 0 says
+        let letter = |count: usize| {
+            let transaction = Transaction {
+                transaction_id: Some(json!("m")),
+                entries: vec![
+                    entry(Op::Delete, "a", Value::Null),
+                    entry(Op::Delete, "b", Value::Null),
+                    entry(Op::Put, "c", json!({"x": 2})),
+                ],
+            };
+            let transport =
+                FakeTransport::scripted(vec![counted(204, count), error(400, "23514", "check"), recorded()]);
+            run(std::slice::from_ref(&transaction), &s, &transport);
+            states_of(&dead_letter_body(&transport))
+        };
+        assert_eq!(letter(1), vec!["applied", "applied", "failed"]);
+        assert_eq!(letter(0), vec!["unchanged", "unchanged", "failed"]);
     }
 
     #[test]

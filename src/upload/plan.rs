@@ -109,8 +109,9 @@ pub enum Check {
     /// new values>`) a row that already holds this PATCH's values (its own earlier, lost-answer
     /// application: applied) from a conflict. See `delivery`.
     Conditional { current: HttpRequest, same: Option<HttpRequest> },
-    /// A bulk upsert; `row_entries[i]` is the entry index of row `i` of the body. On 21000 (two
-    /// rows are one row after casting) the driver splits it. A 2xx must carry PostgREST's count.
+    /// A bulk upsert; `row_entries[i]` is the entry index of row `i` of the body. Refused whole
+    /// (21000, two rows are one row after casting, or any fatal error), the driver splits it
+    /// ([`halves`]). A 2xx must carry PostgREST's count.
     Upsert { row_entries: Vec<usize> },
 }
 
@@ -833,7 +834,10 @@ pub fn halves(
                     planner.add_filtered(index, &entry.table, &entry.id, data.clone());
                 }
                 planner.flush();
-                planner.requests.pop().filter(|_| planner.requests.is_empty())
+                let mut part = planner.requests.pop().filter(|_| planner.requests.is_empty())?;
+                // as for an upsert's halves: a failure of a half fails the rest of the request
+                part.entries = part.entries.start..planned.entries.end;
+                Some(part)
             };
             let (first, second) = row_entries.split_at(row_entries.len() / 2);
             Some([half(first)?, half(second)?])

@@ -14,6 +14,7 @@ import time
 from urllib.parse import quote
 
 import jwt
+import psycopg
 import pytest
 import requests
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -1191,7 +1192,7 @@ def test_rpc_group_with_a_repeated_id_is_split(db, as_user, user_a):
     assert count(db, "lists") == 3
 
 
-def test_rpc_failing_op_in_a_group_rolls_back_and_names_that_op(db, as_user, user_a):
+def test_rpc_failing_op_in_a_group_rolls_back_and_names_that_op(db, as_user, as_service, user_a):
     existing = insert_list(db, user_a, name="keep")
     list_id = new_id()
     todos = [new_id() for _ in range(5)]
@@ -1215,35 +1216,66 @@ def test_rpc_failing_op_in_a_group_rolls_back_and_names_that_op(db, as_user, use
         {"op": "DELETE", "table": "lists", "id": existing},
         {"op": "DELETE", "table": "lists", "id": "not-a-uuid"}]}), 400, "22P02")
     assert body["hint"] == "powersync op 1 (DELETE lists/not-a-uuid)"
+
+    # a PUT group whose ids are cast before the upsert (one not a uuid here; always in service mode)
+    lists = [new_id(), new_id(), "not-a-uuid"]
+    for call in ({}, {"owner_column": "owner_id", "owner_id": user_a}):
+        ops = [{"op": "PUT", "table": "lists", "id": i, "data": {"name": "n", "owner_id": user_a}} for i in lists]
+        api = as_user(user_a) if not call else as_service
+        body = assert_error(api.rpc("powersync_apply_transaction", {**call, "ops": ops}), 400, "22P02")
+        assert body["hint"] == "powersync op 2 (PUT lists/not-a-uuid)", call
     assert row(db, "lists", existing) is not None
 
 
-def test_rpc_group_refused_only_as_one_statement_is_applied_op_by_op(db, as_user, user_a):
-    # A refusal of the group's statement that no op meets on its own (here a statement trigger
-    # refusing inserts of several rows; in the wild, a cast the grouping does not foresee):
-    # applied op by op, which is applying them in order, and what came before counted once.
-    db.execute("""create or replace function _one_row_per_statement() returns trigger
-                  language plpgsql as $$
-                  begin
-                    if (select count(*) from inserted) > 1 then
-                      raise exception 'one row per statement';
-                    end if;
-                    return null;
-                  end $$""")
-    db.execute("create trigger _one_row after insert on lists referencing new table as inserted "
+@contextlib.contextmanager
+def _one_row_per_insert(db, table: str, sleep: float = 0):
+    """A statement trigger on `table` refusing inserts of several rows (after `sleep` seconds)."""
+    db.execute(f"""create or replace function _one_row_per_statement() returns trigger
+                   language plpgsql as $$
+                   begin
+                     perform pg_sleep({sleep});
+                     if (select count(*) from inserted) > 1 then
+                       raise exception 'one row per statement';
+                     end if;
+                     return null;
+                   end $$""")
+    db.execute(f"create trigger _one_row after insert on {table} referencing new table as inserted "
                "for each statement execute function _one_row_per_statement()")
     try:
-        ids = [new_id() for _ in range(3)]
-        ops = [{"op": "DELETE", "table": "lists", "id": new_id()}]
-        ops += [{"op": "PUT", "table": "lists", "id": i, "data": {"name": f"l{n}", "owner_id": user_a}}
-                for n, i in enumerate(ids)]
-        resp = as_user(user_a).rpc("powersync_apply_transaction", {"ops": ops})
-        assert resp.status_code == 200, resp.text
-        assert resp.json() == {"applied": 4, "unchanged": [0]}
-        assert [row(db, "lists", i)["name"] for i in ids] == ["l0", "l1", "l2"]
+        yield
     finally:
-        db.execute("drop trigger _one_row on lists")
+        db.execute(f"drop trigger _one_row on {table}")
         db.execute("drop function _one_row_per_statement()")
+
+
+def test_rpc_groups_refused_only_as_one_statement_are_applied_in_halves(db, as_user, user_a):
+    # A refusal of a group's statement that no op meets on its own (here a statement trigger
+    # refusing inserts of several rows; in the wild, a cast the grouping does not foresee):
+    # applied in halves, which is applying them in order, and what came before counted once;
+    # a second such group too.
+    ids = [new_id() for _ in range(5)]
+    put = lambda n, i: {"op": "PUT", "table": "lists", "id": i, "data": {"name": f"l{n}", "owner_id": user_a}}  # noqa: E731
+    ops = [{"op": "DELETE", "table": "lists", "id": new_id()}, put(0, ids[0]), put(1, ids[1]), put(2, ids[2]),
+           {"op": "DELETE", "table": "lists", "id": new_id()}, put(3, ids[3]), put(4, ids[4])]
+    with _one_row_per_insert(db, "lists"):
+        resp = as_user(user_a).rpc("powersync_apply_transaction", {"ops": ops})
+    assert resp.status_code == 200, resp.text
+    assert resp.json() == {"applied": 7, "unchanged": [0, 4]}
+    assert [row(db, "lists", i)["name"] for i in ids] == ["l0", "l1", "l2", "l3", "l4"]
+
+
+def test_rpc_group_failing_late_in_a_long_call_names_its_first_op_rather_than_risk_the_timeout(db, user_a):
+    # Applying it again in halves could take the call past statement_timeout, and a timeout is
+    # retried where the refusal is final: past a fifth of it, the hint names the group's first op.
+    ids = [new_id() for _ in range(3)]
+    ops = [{"op": "PUT", "table": "lists", "id": i, "data": {"name": "l", "owner_id": user_a}} for i in ids]
+    with _one_row_per_insert(db, "lists", sleep=0.3):
+        with pytest.raises(psycopg.Error) as refused:
+            with db.transaction():
+                db.execute("set local statement_timeout = '1s'")
+                db.execute("select public.powersync_apply_transaction(%s::jsonb)", (json.dumps(ops),))
+    assert refused.value.sqlstate == "P0001", refused.value
+    assert refused.value.diag.message_hint == f"powersync op 0 (PUT lists/{ids[0]})"
 
 
 def test_rpc_service_mode_forces_the_owner_within_groups(db, as_service, user_a, user_b):
