@@ -902,6 +902,11 @@ begin
       if v.tbl is null or v.tbl = '' then
         raise exception using errcode = '22023', message = 'op has no "table"';
       end if;
+      if v.tbl in ('powersync_dead_letters', 'powersync_upload_ledger', 'powersync_upload_ledger_settings') then
+        -- the bridge's own tables, never an upload's (service_role may update dead letters)
+        raise exception using errcode = '42501',
+          message = format('table %s is the bridge''s own: uploads do not write it', v.tbl);
+      end if;
       if v.id is null then
         raise exception using errcode = '22023', message = 'op has no "id"';
       end if;

@@ -849,7 +849,8 @@ fn class_of(code: &str) -> Class {
             // setup, never the data; 204 and 205: unknown column, unknown table; 125: a path
             // PostgREST 13 does not serve (a `SUPABASE_URL` whose path it does not expect, as a
             // bare 404 in PostgREST 12); 111 and 112: a trigger or function setting a malformed
-            // `response.headers` or `response.status`.
+            // `response.headers` or `response.status` (answered after the write committed: the
+            // retry sends it again, as after a lost answer; fatal would discard it as failed).
             _ if matches!(number, "111" | "112" | "125" | "202" | "203" | "204" | "205") => Class::SchemaDrift,
             Some(b'1' | b'2') => Class::Fatal,
             Some(b'0' | b'3' | b'X') => Class::Retryable,

@@ -269,8 +269,9 @@ fn check_table(index: usize, table: &str, settings: &UploadSettings) -> Result<(
     }
     let is_dead_letter = settings.dead_letter_table.as_deref() == Some(table);
     // The bridge's own tables (sql/atomic_upload.sql, sql/dead_letter.sql), whatever is set:
-    // row-level security and their grants refuse such a write anyway, but its refusal would
-    // read as the operator's missing GRANT.
+    // their grants and row-level security refuse a user's write (a refusal that would read as
+    // the operator's missing GRANT), but not all of the service key's (it may update dead
+    // letters); the atomic function refuses them too.
     let is_bridges = BRIDGE_TABLES.contains(&table);
     let outside_allowlist = settings.tables.as_ref().is_some_and(|allowed| !allowed.contains(table));
     if is_dead_letter || is_bridges || outside_allowlist {

@@ -224,10 +224,7 @@ fn exactly_zero_or_one(raw: &str) -> Option<bool> {
         Some(rest) => (true, rest),
         None => (false, raw),
     };
-    let (mantissa, exponent) = match number.split_once(['e', 'E']) {
-        Some((mantissa, exponent)) => (mantissa, exponent.strip_prefix('+').unwrap_or(exponent).parse::<i64>().ok()?),
-        None => (number, 0),
-    };
+    let (mantissa, exponent) = number.split_once(['e', 'E']).unwrap_or((number, "0"));
     let (whole, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
     if whole.is_empty() || !whole.bytes().chain(fraction.bytes()).all(|b| b.is_ascii_digit()) {
         return None;
@@ -236,8 +233,9 @@ fn exactly_zero_or_one(raw: &str) -> Option<bool> {
     let digits = format!("{whole}{fraction}");
     let significant = digits.trim_start_matches('0');
     if significant.is_empty() {
-        return Some(false);
+        return Some(false); // whatever the exponent
     }
+    let exponent = exponent.strip_prefix('+').unwrap_or(exponent).parse::<i64>().ok()?;
     let one = significant.trim_end_matches('0');
     let trailing = (significant.len() - one.len()) as i64;
     let fraction_len = i64::try_from(fraction.len()).ok()?;
@@ -376,9 +374,14 @@ mod tests {
         assert_eq!(converted("todos", &data, &settings()), map(json!({"done": true})));
         let data = map(json!({"done": 0}));
         assert_eq!(converted("todos", &data, &settings()), map(json!({"done": false})));
-        for (raw, value) in
-            [("1.0", "true"), ("10e-1", "true"), ("0.1E+1", "true"), ("-0", "false"), ("0.0e5", "false")]
-        {
+        for (raw, value) in [
+            ("1.0", "true"),
+            ("10e-1", "true"),
+            ("0.1E+1", "true"),
+            ("-0", "false"),
+            ("0.0e5", "false"),
+            ("0e99999999999999999999", "false"),
+        ] {
             assert_eq!(super::boolean_value(raw), value, "{raw}");
         }
     }

@@ -1278,6 +1278,15 @@ def test_rpc_group_failing_late_in_a_long_call_names_its_first_op_rather_than_ri
     assert refused.value.diag.message_hint == f"powersync op 0 (PUT lists/{ids[0]})"
 
 
+def test_rpc_refuses_the_bridges_own_tables_even_for_the_service_key(db, as_service, as_user, user_a):
+    # service_role may update dead letters (the operator's tools do): an upload must not
+    for table in ("powersync_dead_letters", "powersync_upload_ledger", "powersync_upload_ledger_settings"):
+        for api, call in ((as_service, {"owner_column": "user_id", "owner_id": user_a}), (as_user(user_a), {})):
+            ops = [{"op": "PATCH", "table": table, "id": "1", "data": {"discarded_reason": "mine"}}]
+            body = assert_error(api.rpc("powersync_apply_transaction", {**call, "ops": ops}), 403, "42501")
+            assert body["message"] == f"table {table} is the bridge's own: uploads do not write it", body
+
+
 def test_rpc_service_mode_forces_the_owner_within_groups(db, as_service, user_a, user_b):
     theirs = insert_list(db, user_b, name="theirs")
     mine = insert_list(db, user_a, name="mine")
