@@ -336,9 +336,10 @@ def test_replay_a_selection_replays_only_the_chosen_users_dead_letters(standin, 
     assert bare.returncode == 1 and "replay what?" in bare.stderr
 
 
-def test_replay_of_a_selection_holds_a_users_later_letters_behind_one_that_failed(standin, recorded, db):
+def test_replay_holds_a_users_later_letters_behind_an_earlier_one_still_waiting(standin, recorded, db):
     # User a's first letter still fails (its list is missing), the second could apply: replayed
-    # now, its writes would land before the first one's, which the user made first.
+    # now, its writes would land before the first one's, which the user made first. In the same
+    # run or not.
     (first_entry, _), (second_entry, second_list) = recorded["orphans"]
     insert_list(db, recorded["a"], list_id=second_list)
     held = dead_letters(standin, "replay", "--user", recorded["a"], "--json")
@@ -350,6 +351,9 @@ def test_replay_of_a_selection_holds_a_users_later_letters_behind_one_that_faile
     assert row(db, "todos", second_entry["id"]) is None
     assert [r["id"] for r in as_json(dead_letters(standin, "list", "--user", recorded["a"], "--json"))] == \
         recorded["ids"][:2]
+    # named alone too: the earlier one still waits
+    (alone,) = as_json(dead_letters(standin, "replay", "--id", str(recorded["ids"][1]), "--json"))
+    assert alone["skipped"] is True and row(db, "todos", second_entry["id"]) is None
     # another user's letters are not held by it
     other = as_json(dead_letters(standin, "replay", "--ids", f"{recorded['ids'][0]},{recorded['ids'][2]}", "--json"))
     assert [o["dead_letter_id"] for o in other] == [recorded["ids"][0], recorded["ids"][2]]

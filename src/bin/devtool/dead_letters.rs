@@ -20,6 +20,8 @@ pub struct Selection {
     /// Only those recorded at least this many seconds ago.
     pub older_than_seconds: Option<u64>,
     pub state: State,
+    /// Only those with a smaller id (recorded before it).
+    pub before_id: Option<i64>,
     pub limit: u32,
 }
 
@@ -92,6 +94,9 @@ pub fn list_request(supabase_url: &str, service_key: &str, selection: &Selection
     }
     if let Some(code) = &selection.code {
         query.push(format!("code=eq.{}", encode(code)));
+    }
+    if let Some(id) = selection.before_id {
+        query.push(format!("id=lt.{id}"));
     }
     if let Some(age) = selection.older_than_seconds {
         let before = DateTime::<Utc>::from_timestamp(now.saturating_sub(age as i64), 0).unwrap_or_default();
@@ -301,6 +306,7 @@ mod tests {
             code: Some("23505".into()),
             older_than_seconds: Some(3600),
             state: State::All,
+            before_id: Some(9),
             limit: 10,
         };
         let r = list_request(URL, "k", &selection, 1_700_003_600);
@@ -308,7 +314,7 @@ mod tests {
             r.url,
             format!(
                 "{URL}/rest/v1/powersync_dead_letters?select={LIST_COLUMNS}&id=in.(3,5)&user_id=eq.a%20b%26c&code=eq.23505\
-                 &created_at=lt.2023%2D11%2D14T22%3A13%3A20Z&order=id.asc&limit=10"
+                 &id=lt.9&created_at=lt.2023%2D11%2D14T22%3A13%3A20Z&order=id.asc&limit=10"
             )
         );
         let replayed = list_request(URL, "k", &Selection { state: State::Replayed, limit: 1, ..Default::default() }, 0);

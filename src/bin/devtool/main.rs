@@ -345,6 +345,7 @@ fn selection(options: &HashMap<String, String>) -> Result<dead_letters::Selectio
         code: options.get("code").cloned(),
         older_than_seconds: options.get("older-than").map(|a| dead_letters::parse_age(a)).transpose()?,
         state: options.get("state").map(|s| dead_letters::State::parse(s)).transpose()?.unwrap_or_default(),
+        before_id: None,
         limit: options
             .get("limit")
             .map(|l| l.parse::<u32>().map_err(|_| "--limit must be a number"))
@@ -355,6 +356,18 @@ fn selection(options: &HashMap<String, String>) -> Result<dead_letters::Selectio
 
 fn fetch_rows(url: &str, key: &str, selection: &dead_letters::Selection) -> Result<Vec<serde_json::Value>, String> {
     dead_letters::rows(&rest::send(&dead_letters::list_request(url, key, selection, now() as i64)))
+}
+
+/// The id of the oldest dead letter of `row`'s user recorded before it and still waiting (not
+/// replayed, not discarded), if any, as the database holds it now.
+fn earlier_waiting(url: &str, key: &str, row: &serde_json::Value) -> Result<Option<i64>, String> {
+    let earlier = dead_letters::Selection {
+        user: Some(row["user_id"].as_str().unwrap_or_default().to_string()),
+        before_id: row["id"].as_i64(),
+        limit: 1,
+        ..Default::default()
+    };
+    Ok(fetch_rows(url, key, &earlier)?.first().and_then(|r| r["id"].as_i64()))
 }
 
 /// The output and whether everything asked was done.
@@ -396,8 +409,6 @@ fn dead_letters_command(subcommand: &str, options: &HashMap<String, String>) -> 
             let rows = fetch_rows(&url, &key, &waiting)?;
             let mut outcomes = vec![];
             let mut all_ok = true;
-            // users with a dead letter this replay could not replay, and its id
-            let mut held: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
             if rows.is_empty() {
                 all_ok = selection.ids.is_empty();
             }
@@ -422,15 +433,16 @@ fn dead_letters_command(subcommand: &str, options: &HashMap<String, String>) -> 
                     outcomes.push(would);
                     continue;
                 }
-                let user = row["user_id"].as_str().unwrap_or_default().to_string();
-                if let (true, Some(earlier)) = (subcommand == "replay", held.get(&user)) {
+                if let Some(earlier) =
+                    (subcommand == "replay").then(|| earlier_waiting(&url, &key, row)).transpose()?.flatten()
+                {
                     // Replayed now, this one's writes would land before the earlier one's, which
                     // the user made first (its replay, once its cause is fixed, would then
-                    // overwrite them): it waits for that one.
+                    // overwrite them): it waits for that one, in this run or not.
                     all_ok = false;
                     outcomes.push(json!({"dead_letter_id": id, "replayed": false, "skipped": true,
-                        "reason": format!("dead letter {earlier} of the same user, recorded before this one, was not \
-                                           replayed: replay that one first (or discard it), then this one")}));
+                        "reason": format!("dead letter {earlier} of the same user, recorded before this one, is still \
+                                           waiting: replay that one first (or discard it), then this one")}));
                     continue;
                 }
                 let request = if subcommand == "replay" {
@@ -439,9 +451,6 @@ fn dead_letters_command(subcommand: &str, options: &HashMap<String, String>) -> 
                     dead_letters::discard_request(&url, &key, id, &reason)
                 };
                 let (ok, answer) = dead_letters::outcome(id, &rest::send(&request));
-                if !ok {
-                    held.entry(user).or_insert(id);
-                }
                 all_ok &= ok;
                 outcomes.push(answer);
             }
