@@ -158,7 +158,11 @@ begin
   if not exists (select 1 from pg_catalog.pg_attribute a
                   where a.attrelid = 'public.powersync_dead_letters'::pg_catalog.regclass
                     and a.attname = 'id' and a.attidentity = 'a') then
-    select coalesce(max(d.id), 0) + 1 into v_next from public.powersync_dead_letters d;
+    -- after the old ids, leaving out those from 2^62 up: the old table let users insert rows with
+    -- ids of their choosing, and one near bigint's end would have ended every user's dead
+    -- letters (the numbering reaches such a row after 2^62 dead letters: never)
+    select coalesce(max(d.id) filter (where d.id < 4611686018427387904), 0) + 1 into v_next
+      from public.powersync_dead_letters d;
     alter table public.powersync_dead_letters alter column id drop default;
     drop sequence if exists public.powersync_dead_letters_id_seq;
     execute pg_catalog.format(

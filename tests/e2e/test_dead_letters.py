@@ -616,6 +616,9 @@ def test_rerunning_dead_letter_sql_upgrades_an_older_table_in_place(pg, fresh_da
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(f"insert into {DEAD_LETTERS} (user_id, transaction_id, op_index, entry, entries, code)"
                      " values (%s, '1', 0, '{}', '[]', '23505'), (null, '2', null, '[]', null, 'x')", (user,))
+        # the old table let users choose ids: one near bigint's end must not end the numbering
+        conn.execute(f"insert into {DEAD_LETTERS} (id, user_id, entry) values (9223372036854775806, %s, '{{}}')",
+                     (user,))
         before = conn.execute(f"select id, user_id::text, transaction_id, entry, code from {DEAD_LETTERS}"
                               " order by id").fetchall()
     for _ in range(2):  # idempotent
@@ -628,9 +631,9 @@ def test_rerunning_dead_letter_sql_upgrades_an_older_table_in_place(pg, fresh_da
         assert conn.execute("select attidentity from pg_attribute where attrelid = %s::regclass"
                             " and attname = 'id'", (DEAD_LETTERS,)).fetchone() == ("a",)
         # new rows continue after the old ids; old rows, without provenance, are not replayable
-        new_id_ = conn.execute(f"select public.{RECORD}('[]', 'x', 'm', user_id => 'u', owner_column => 'o')"
-                               ).fetchone()[0]
-        assert new_id_ > max(r[0] for r in before)
+        new_ids = [conn.execute(f"select public.{RECORD}('[]', 'x', %s, user_id => 'u', owner_column => 'o')",
+                                (f"m{n}",)).fetchone()[0] for n in range(3)]
+        assert max(r[0] for r in before[:2]) < new_ids[0] < new_ids[1] < new_ids[2] < 2 ** 62
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute(f"select public.{REPLAY}(%s)", (before[0][0],))
 
