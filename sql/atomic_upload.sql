@@ -30,7 +30,8 @@
 --     id starts a new group) become one multi-row
 --     INSERT … SELECT … FROM jsonb_populate_recordset(…) ON CONFLICT (id) DO UPDATE;
 --   * consecutive DELETEs from the same table become one
---     DELETE … WHERE id = ANY(…);
+--     DELETE … WHERE id = ANY(…) (a repeated id starts a new group: the
+--     second DELETE changes nothing, and is reported unchanged);
 --   * PATCHes are applied one at a time.
 -- The result is the same as applying the ops one by one. When a group's
 -- statement fails, the call's work is rolled back and done again with that
@@ -677,9 +678,10 @@ begin
       order by 1 nulls last
     loop
       -- 1. Op v joins the pending group if it is the same kind of op on the
-      --    same table (for a PUT: same columns, and its id not yet in the group).
+      --    same table and its id is not yet in the group (for a PUT: same
+      --    columns; a DELETE compared with "expect" is applied on its own).
       if g_kind is not null and v.valid and v.op = g_kind and v.tbl = g_table
-         and (g_kind = 'DELETE' and v.expect is null
+         and (g_kind = 'DELETE' and v.expect is null and (v.prev_idx is null or v.prev_idx < g_start)
               or (v.put_cols = g_cols and (v.prev_idx is null or v.prev_idx < g_start)))
       then
         g_ids := array_append(g_ids, v.id);

@@ -31,7 +31,8 @@
 //!   a check. The fault soak found exactly that.) Should the database still answer 21000 (a
 //!   cast this rule does not foresee), the driver sends the group again in halves, recursively,
 //!   which equals applying its rows in order (see `delivery`);
-//! - DELETEs to the same table → one `id=in.(…)`;
+//! - DELETEs to the same table → one `id=in.(…)` (a DELETE of an id the group names already
+//!   starts the next one: it changes nothing, which its own count says);
 //! - PATCHes to the same table with identical data → one `id=in.(…)`;
 //! - an `in.(…)` list stops growing before the URL passes [`filter::MAX_URL_BYTES`];
 //! - PATCHes without data send nothing, so they neither start nor end a group.
@@ -689,7 +690,10 @@ impl<'e> Planner<'e> {
             // the same row or not depending on the column's type: the request's row count could
             // not tell whether each changed a row (`unchanged`), so it goes in the next request.
             let respelled = !group.ids.contains(id) && group.cast_keys.contains(&key);
-            if group.table == table && group.data == data && fits && !respelled {
+            // A DELETE of a row the group deletes already changes nothing: in the same request
+            // the count could not say so (`unchanged`), so it goes in the next one.
+            let deleted_again = data.is_none() && group.cast_keys.contains(&key);
+            if group.table == table && group.data == data && fits && !respelled && !deleted_again {
                 group.end = index + 1;
                 group.ids.push(id);
                 group.row_entries.push(index);
@@ -1245,6 +1249,8 @@ mod tests {
             ids,
             vec![
                 ("https://p.supabase.co/rest/v1/todos?id=eq.abc".to_string(), 1),
+                // deleted again: changes nothing, said by its own count
+                ("https://p.supabase.co/rest/v1/todos?id=eq.abc".to_string(), 1),
                 (format!("https://p.supabase.co/rest/v1/todos?id=in.(\"ABC\",\"x\",\"{upper}\")"), 3),
                 (format!("https://p.supabase.co/rest/v1/todos?id=eq.{}", upper.to_lowercase()), 1),
             ]
@@ -1399,13 +1405,13 @@ mod tests {
 
     #[test]
     fn consecutive_deletes_are_one_in_filter() {
-        let requests = plan(vec![delete("a"), delete("b"), delete("a"), delete("c")], &settings());
+        let requests = plan(vec![delete("a"), delete("b"), delete("c")], &settings());
         assert_eq!(requests.len(), 1);
         assert_eq!(
             requests[0].request.url,
             "https://p.supabase.co/rest/v1/todos?id=in.%28%22a%22%2C%22b%22%2C%22c%22%29"
         );
-        assert_eq!(requests[0].entries, 0..4);
+        assert_eq!(requests[0].entries, 0..3);
     }
 
     #[test]
@@ -1740,6 +1746,21 @@ mod tests {
                 assert_eq!((failure.index, failure.code.as_str()), (Some(1), "invalid_id"));
             }
         }
+    }
+
+    #[test]
+    fn a_delete_of_an_id_its_group_deletes_already_starts_the_next_request() {
+        let plan =
+            plan_transaction(&tx(vec![delete("a"), delete("b"), delete("a"), delete("c")]), &settings(), &caller())
+                .expect("plan");
+        let groups: Vec<Vec<usize>> = plan
+            .iter()
+            .map(|p| match &p.check {
+                Check::Filtered { row_entries, .. } => row_entries.clone(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(groups, vec![vec![0, 1], vec![2, 3]]);
     }
 
     #[test]

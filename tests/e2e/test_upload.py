@@ -1396,6 +1396,19 @@ def test_refusal_of_one_row_of_a_merged_write_names_that_entry(mode, rls_worker,
     assert [row(db, "lists", i) is not None for i in lists] == expected
 
 
+@pytest.mark.parametrize("mode", ["rest", "atomic"])
+def test_a_second_delete_of_one_row_in_a_transaction_is_reported_unchanged(mode, rls_worker, atomic_worker, db,
+                                                                          user):
+    sub, token = user
+    worker = atomic_worker if mode == "atomic" else rls_worker
+    doomed, other = insert_list(db, sub), insert_list(db, sub)
+    response = upload(worker, token, body(tx(delete("lists", doomed), delete("lists", other),
+                                             delete("lists", doomed), tid="twice")))
+    assert response.json()["results"] == [{"status": "success", "transaction_id": "twice", "unchanged": [2]}], \
+        response.text
+    assert row(db, "lists", doomed) is None and row(db, "lists", other) is None
+
+
 def test_atomic_transaction_is_one_rpc_request(atomic_worker, db, standin, user):
     sub, token = user
     old_list = insert_list(db, sub, "old")
