@@ -717,7 +717,63 @@ begin
             v_sql := v_sql || 'do update set ' || v_set
                    || format(' where t.%I::text = $2', owner_column);
           end if;
+        else -- DELETE
+          -- the ids are typed by the table's id column (so the index is used);
+          -- the deleted rows' ids, returned, tell which ops matched no row
+          v_sql := format(
+            'with d as (delete from public.%I as t where t.id = any (array('
+            '  select r.id from unnest($1::text[]) as u(id)'
+            '  cross join lateral jsonb_populate_record(null::public.%I,'
+            '                                           jsonb_build_object(''id'', u.id)) as r))'
+            '%s returning t.id)'
+            ' select coalesce(array_agg((u.ord - 1)::integer order by u.ord), ''{}'')'
+            '   from unnest($1::text[]) with ordinality as u(id, ord)'
+            '  cross join lateral jsonb_populate_record(null::public.%I,'
+            '                                           jsonb_build_object(''id'', u.id)) as r'
+            '  where not exists (select 1 from d where d.id = r.id)',
+            g_table, g_table,
+            case when owner_column is null then ''
+                 else format(' and t.%I::text = $2', owner_column) end,
+            g_table);
+        end if;
 
+        v_dup := false; v_other := null; v_rows := 0; v_missed := '{}';
+        v_n := cardinality(g_ids);
+        v_grouped := v_n > 1;
+        if g_start = any (v_split) then
+          -- Its statement failed on the last attempt: its ops in order, in
+          -- parts, a part that fails halved until one op's error names it (a
+          -- savepoint per part, only here, on the way to an error).
+          v_lo := 1;
+          while v_lo <= v_n loop
+            v_hi := v_n;
+            loop
+              v_failed := false;
+              begin
+                if g_kind = 'PUT' then
+                  execute v_sql using to_jsonb(g_rows[v_lo:v_hi]), v_owner;
+                  get diagnostics v_count = row_count;
+                  v_one := '{}';
+                else
+                  execute v_sql into v_one using g_ids[v_lo:v_hi], v_owner;
+                  v_count := 0;
+                end if;
+              exception when others then
+                if v_lo = v_hi then
+                  h_index := g_start + v_lo - 1; h_id := g_ids[v_lo];
+                  raise;  -- one op: its own error, naming it
+                end if;
+                v_failed := true;
+              end;
+              exit when not v_failed;
+              v_hi := (v_lo + v_hi - 1) / 2;
+            end loop;
+            v_rows := v_rows + v_count;
+            v_missed := v_missed || array(select v_lo - 1 + m from unnest(v_one) as m);
+            v_lo := v_hi + 1;
+          end loop;
+
+        elsif g_kind = 'PUT' then
           -- Before applying a group of several rows, check its ids:
           --   * v_dup: ids that differ as text can still name the same row (a
           --     uuid in upper case, an integer with a leading zero …), which
@@ -728,38 +784,7 @@ begin
           --     exists and belongs to another owner. Only the rows before it
           --     are applied (their errors come first, as op by op), then the
           --     call is refused with 42501.
-          v_dup := false; v_other := null; v_rows := 0;
-          v_grouped := cardinality(g_ids) > 1;
-          if g_start = any (v_split) then
-            -- its statement failed on the last attempt: its rows in order, in
-            -- parts, a part that fails halved until one row's error names its op
-            -- (a part's savepoint only here, on the way to an error)
-            v_n := cardinality(g_rows);
-            v_lo := 1;
-            while v_lo <= v_n loop
-              v_hi := v_n;
-              loop
-                if v_lo = v_hi then
-                  h_index := g_start + v_lo - 1; h_id := g_ids[v_lo];
-                  execute v_sql using jsonb_build_array(g_rows[v_lo]), v_owner;
-                  get diagnostics v_count = row_count;
-                  exit;
-                end if;
-                v_failed := false;
-                begin
-                  execute v_sql using to_jsonb(g_rows[v_lo:v_hi]), v_owner;
-                  get diagnostics v_count = row_count;
-                exception when others then
-                  v_failed := true;
-                end;
-                exit when not v_failed;
-                v_hi := (v_lo + v_hi - 1) / 2;
-              end loop;
-              v_rows := v_rows + v_count;
-              v_lo := v_hi + 1;
-            end loop;
-            h_index := g_start; h_id := g_ids[1];
-          elsif v_set is not null and cardinality(g_ids) > 1 then
+          if v_set is not null and v_n > 1 then
             select case
                      when a.atttypid in ('pg_catalog.text'::pg_catalog.regtype, 'pg_catalog.varchar'::pg_catalog.regtype)
                        then coalesce(c.collisdeterministic, true)
@@ -790,12 +815,8 @@ begin
             end if;
           end if;
 
-          if not g_start = any (v_split) then
-            v_n := coalesce(v_other - 1, cardinality(g_rows));  -- the rows to apply
-          end if;
-          if g_start = any (v_split) then
-            null;  -- applied above
-          elsif v_n > 0 and not v_dup then
+          v_n := coalesce(v_other - 1, v_n);  -- the rows to apply
+          if v_n > 0 and not v_dup then
             execute v_sql using to_jsonb(g_rows[1:v_n]), v_owner;
             get diagnostics v_rows = row_count;
           elsif v_n > 0 then
@@ -806,11 +827,15 @@ begin
               get diagnostics v_count = row_count;
               v_rows := v_rows + v_count;
             end loop;
-            h_index := g_start; h_id := g_ids[1];
           end if;
 
-          v_grouped := false;  -- (the refusal below names its op)
+        else
+          execute v_sql into v_missed using g_ids, v_owner;
+        end if;
+        v_grouped := false;  -- (the refusal below names its op)
+        h_index := g_start; h_id := g_ids[1];
 
+        if g_kind = 'PUT' then
           -- Service mode: a row skipped by the upsert's WHERE belongs to
           -- another owner although the check did not see it (a single row;
           -- hidden by row-level security; changed concurrently): find the
@@ -837,55 +862,7 @@ begin
               message = format('row %s of table %s belongs to another owner',
                                g_ids[v_other], g_table);
           end if;
-
-        else -- DELETE
-          -- the ids are typed by the table's id column (so the index is used);
-          -- the deleted rows' ids, returned, tell which ops matched no row
-          v_sql := format(
-            'with d as (delete from public.%I as t where t.id = any (array('
-            '  select r.id from unnest($1::text[]) as u(id)'
-            '  cross join lateral jsonb_populate_record(null::public.%I,'
-            '                                           jsonb_build_object(''id'', u.id)) as r))'
-            '%s returning t.id)'
-            ' select coalesce(array_agg((u.ord - 1)::integer order by u.ord), ''{}'')'
-            '   from unnest($1::text[]) with ordinality as u(id, ord)'
-            '  cross join lateral jsonb_populate_record(null::public.%I,'
-            '                                           jsonb_build_object(''id'', u.id)) as r'
-            '  where not exists (select 1 from d where d.id = r.id)',
-            g_table, g_table,
-            case when owner_column is null then ''
-                 else format(' and t.%I::text = $2', owner_column) end,
-            g_table);
-          v_grouped := cardinality(g_ids) > 1;
-          if g_start = any (v_split) then
-            -- its statement failed on the last attempt: as for PUTs above
-            v_missed := '{}';
-            v_lo := 1;
-            while v_lo <= cardinality(g_ids) loop
-              v_hi := cardinality(g_ids);
-              loop
-                if v_lo = v_hi then
-                  h_index := g_start + v_lo - 1; h_id := g_ids[v_lo];
-                  execute v_sql into v_one using g_ids[v_lo:v_lo], v_owner;
-                  exit;
-                end if;
-                v_failed := false;
-                begin
-                  execute v_sql into v_one using g_ids[v_lo:v_hi], v_owner;
-                exception when others then
-                  v_failed := true;
-                end;
-                exit when not v_failed;
-                v_hi := (v_lo + v_hi - 1) / 2;
-              end loop;
-              v_missed := v_missed || array(select v_lo - 1 + m from unnest(v_one) as m);
-              v_lo := v_hi + 1;
-            end loop;
-            h_index := g_start; h_id := g_ids[1];
-          else
-            execute v_sql into v_missed using g_ids, v_owner;
-          end if;
-          v_grouped := false;
+        else
           v_unchanged := v_unchanged
                          || array(select g_start + m from unnest(v_missed) as m order by m);
         end if;

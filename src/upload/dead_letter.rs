@@ -64,10 +64,10 @@ use std::borrow::Cow;
 
 use serde_json::{json, Value};
 
-use super::crud::{Entry, Op, Row, Transaction};
+use super::crud::{Entry, Op, Transaction};
 use super::outcome::FailedOperation;
 use super::plan::{atomic_op, authorized};
-use super::row::push_json_string;
+use super::row::{push_json_string, Columns};
 use super::settings::{UploadSettings, WriteMode};
 use super::Caller;
 use crate::http::{HttpRequest, Method};
@@ -215,18 +215,6 @@ pub fn request(
 /// (no `data` for DELETE; the last two only when sent), each value's text as sent (through a
 /// float, `1e400` would read null and a long integer lose digits).
 fn entry_text(entry: &Entry) -> String {
-    let object = |out: &mut String, row: &Row| {
-        out.push('{');
-        for (i, (name, value)) in row.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            push_json_string(out, name);
-            out.push(':');
-            out.push_str(value);
-        }
-        out.push('}');
-    };
     let mut out = String::from("{\"op\":");
     push_json_string(&mut out, entry.op.as_str());
     out.push_str(",\"table\":");
@@ -235,11 +223,11 @@ fn entry_text(entry: &Entry) -> String {
     push_json_string(&mut out, &entry.id);
     if entry.op != Op::Delete {
         out.push_str(",\"data\":");
-        object(&mut out, &entry.data);
+        Columns::of(&entry.data).write_json(&mut out);
     }
     if let Some(previous) = &entry.previous {
         out.push_str(",\"previous_values\":");
-        object(&mut out, previous);
+        Columns::of(previous).write_json(&mut out);
     }
     if let Some(metadata) = &entry.metadata {
         out.push_str(",\"metadata\":");

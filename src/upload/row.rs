@@ -32,7 +32,8 @@ pub struct Columns<'a> {
 }
 
 impl<'a> Columns<'a> {
-    fn of(row: &'a Row) -> Self {
+    /// The row's columns as the client sent them, nothing set or left out.
+    pub fn of(row: &'a Row) -> Self {
         Columns { row, set: Vec::new(), removed: Vec::new() }
     }
 
