@@ -164,7 +164,12 @@ impl Config {
                 format!("{list}: each entry is * or an origin as browsers send it, scheme://host[:port] (no path, no trailing /)"),
             );
         }
-        let cors = CorsSettings { allowed_origins: if origins.is_empty() { vec!["*".into()] } else { origins } };
+        // a malformed entry allows nothing (left out: `null` would let sandboxed pages in)
+        let allowed_origins = match origins.is_empty() {
+            true => vec!["*".into()],
+            false => origins.into_iter().filter(|o| o == "*" || is_origin(o)).collect(),
+        };
+        let cors = CorsSettings { allowed_origins };
         let upstream_timeout_ms = r.number("UPSTREAM_TIMEOUT_MS", 15_000, 100..=60_000);
         // SUPABASE_URL's own problem belongs to every part that needs it, but is listed once.
         let session = session.map_err(|problems| with_url_problem(problems, &supabase_url, &r.problems));
@@ -371,7 +376,12 @@ mod tests {
             let c = config(&[("CORS_ALLOWED_ORIGINS", &format!("https://ok.example, {bad}"))]);
             let problem = c.problems.iter().find(|p| p.name == "CORS_ALLOWED_ORIGINS");
             assert!(problem.is_some_and(|p| p.message.contains(bad)), "{bad}: {:?}", c.problems);
+            // reported, and allowing nothing
+            assert_eq!(c.cors.allowed_origins, vec!["https://ok.example"], "{bad}");
         }
+        // `null` (sandboxed pages, file: and data: URLs send it) alone allows no origin, not all
+        let c = config(&[("CORS_ALLOWED_ORIGINS", "null")]);
+        assert!(c.cors.allowed_origins.is_empty() && c.cors.allow_origin(Some("null")).is_none());
     }
 
     #[test]

@@ -168,9 +168,10 @@ fn point_json(log: &RequestLog) -> String {
     serde_json::to_string(&point).unwrap_or_default()
 }
 
-/// Cloudflare's `cf-ray` when present (ties our log to Cloudflare's), else random.
+/// Cloudflare's `cf-ray` when present and shaped like one (ties our log to Cloudflare's), else
+/// random: where no Cloudflare edge sets it, the caller could put any text there.
 fn request_id(req: &IncomingRequest) -> String {
-    if let Some(ray) = req.header("cf-ray") {
+    if let Some(ray) = req.header("cf-ray").filter(|ray| crate::http::is_ray(ray)) {
         return ray.to_string();
     }
     let mut bytes = [0u8; 8];

@@ -133,6 +133,12 @@ pub fn read_head_lines<'a>(mut lines: impl Iterator<Item = &'a str>) -> Vec<(Str
     headers
 }
 
+/// Whether `value` can be a Cloudflare ray id (`8f3a1b2c3d4e5f60-LHR`): up to 64 letters, digits
+/// and hyphens. Used as the request id, it is repeated in a header, the answer and the log line.
+pub fn is_ray(value: &str) -> bool {
+    (1..=64).contains(&value.len()) && value.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
 /// Headers as the adapter hands them to the runtime in one string: `name\nvalue\n` per header.
 /// Refused (`Err` with the header's name) when a name or value holds a line feed, which would
 /// split it into other headers; no valid header holds one, and the runtime refuses the rest.
@@ -284,7 +290,15 @@ pub fn local_pause() -> (impl Future<Output = bool>, Resume) {
 /// Test doubles: a scripted [`Transport`] and a `block_on` for futures that never wait.
 #[cfg(test)]
 mod tests {
-    use super::{head_lines, url_path, HttpResponse};
+    use super::{head_lines, is_ray, url_path, HttpResponse};
+
+    #[test]
+    fn only_a_value_shaped_like_a_ray_id_is_taken_as_the_request_id() {
+        assert!(is_ray("8f3a1b2c3d4e5f60-LHR") && is_ray("8f3a1b2c3d4e5f60"));
+        for value in ["", "a b", "x\"y", &"a".repeat(65), "8f3a1b2c3d4e5f60-LHR\u{2028}"] {
+            assert!(!is_ray(value), "{value:?}");
+        }
+    }
 
     #[test]
     fn headers_travel_as_lines_and_come_back_as_they_were() {

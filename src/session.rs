@@ -547,18 +547,32 @@ impl Verifier {
 }
 
 /// Interprets Supabase Auth's answer to `GET /auth/v1/user`. Only Auth's own refusals (a body
-/// with its error code: `error_code`, or `code` as text in API version 2024-01-01) revoke the
-/// session; a 401/403 without one comes from the gateway (`{"message":"Invalid API key"}`), so
-/// the worker's key is wrong and every user would be refused: that is our fault (5xx).
+/// with its error code: `error_code`, or `code` as text in API version 2024-01-01; from a release
+/// without error codes, a numeric `code` with its `msg`) revoke the session; a 401/403 without
+/// one comes from the gateway (`{"message":"Invalid API key"}`), so the worker's key is wrong and
+/// every user would be refused: that is our fault (5xx). The code is logged only when it looks
+/// like one (an echoing proxy could put the caller's token there).
 pub fn interpret_remote_check(answer: Result<HttpResponse, TransportError>) -> Result<(), SessionError> {
     let response = answer.map_err(|e| SessionError::AuthUnavailable(e.message))?;
     match response.status {
         200..=299 => Ok(()),
         401 | 403 | 404 => {
             let body: Value = serde_json::from_str(&response.body).unwrap_or(Value::Null);
-            let auth_code = ["error_code", "code"].iter().find_map(|k| body.get(*k).and_then(|v| v.as_str()));
+            let auth_code = ["error_code", "code"]
+                .iter()
+                .find_map(|k| body.get(*k).and_then(|v| v.as_str()).map(str::to_string))
+                .or_else(|| {
+                    match (body.get("code").and_then(Value::as_u64), body.get("msg").and_then(Value::as_str)) {
+                        (Some(code), Some(_)) => Some(code.to_string()),
+                        _ => None,
+                    }
+                });
+            let code_like = |code: &str| {
+                (1..=64).contains(&code.len()) && code.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            };
             match auth_code {
-                Some(code) => Err(SessionError::Revoked(format!("{} {code}", response.status))),
+                Some(code) if code_like(&code) => Err(SessionError::Revoked(format!("{} {code}", response.status))),
+                Some(_) => Err(SessionError::Revoked(format!("{} (an error code not shown)", response.status))),
                 None => {
                     let message = body.get("message").and_then(|v| v.as_str()).unwrap_or("no Auth error code");
                     Err(SessionError::AuthMisconfigured(format!(
@@ -937,6 +951,13 @@ pub(crate) mod tests {
         assert!(
             matches!(interpret_remote_check(answer(403, r#"{"code":"user_not_found","message":"User from sub claim in JWT does not exist"}"#)), Err(SessionError::Revoked(r)) if r.contains("user_not_found"))
         );
+        // Auth before error codes: the status as a number, the text in `msg`
+        assert!(
+            matches!(interpret_remote_check(answer(404, r#"{"code":404,"msg":"User not found"}"#)), Err(SessionError::Revoked(r)) if r == "404 404")
+        );
+        // a code that is no code (a proxy echoing the request) is not logged
+        let echoed = interpret_remote_check(answer(401, r#"{"code":"Bearer eyJh.eyJz.sig"}"#)).unwrap_err();
+        assert!(matches!(&echoed, SessionError::Revoked(r) if !r.contains("eyJ")), "{echoed:?}");
         assert!(matches!(interpret_remote_check(answer(502, "")), Err(SessionError::AuthUnavailable(_))));
         let refused = Err(TransportError::no_answer("refused"));
         assert!(matches!(interpret_remote_check(refused), Err(SessionError::AuthUnavailable(_))));

@@ -404,7 +404,8 @@ pub fn interpret(
         (400, Some(code)) if code >= 400 => code,
         (status, _) => status,
     };
-    let error = body["error"].as_str().unwrap_or("");
+    // (for the log: what Storage, or whatever answers at STORAGE_URL, says, credentials left out)
+    let error = crate::credentials::redact(&crate::credentials::clipped(body["error"].as_str().unwrap_or(""), 80));
     let described =
         || format!("storage answered {} (statusCode {:?}, error {error:?})", response.status_described(), inner);
     if let (403, StorageMode::Rls, Some(refused)) = (status, settings.mode, session_time_refusal(&body)) {
@@ -792,6 +793,11 @@ mod tests {
             interpret(&request, file, 0, &s, answer(502, json!(null))),
             Err(FileError::Unavailable { .. })
         ));
+        // an answer echoing credentials (a proxy at STORAGE_URL) is logged without them
+        let echoed =
+            answer(418, json!({"error": "apikey sb_secret_ABCDEFGHIJ1234567890 authorization: Bearer eyJh.eyJz.sig"}));
+        let Err(FileError::Failed { detail }) = interpret(&request, file, 0, &s, echoed) else { panic!("failed") };
+        assert!(!detail.contains("sb_secret_ABCDEFGHIJ") && !detail.contains("eyJh.eyJz"), "{detail}");
         assert!(matches!(
             interpret(&request, file, 0, &s, Err(TransportError::timed_out("t"))),
             Err(FileError::Unavailable { .. })
