@@ -30,8 +30,8 @@
 --     id starts a new group) become one multi-row
 --     INSERT … SELECT … FROM jsonb_populate_recordset(…) ON CONFLICT (id) DO UPDATE;
 --   * consecutive DELETEs from the same table become one
---     DELETE … WHERE id = ANY(…) (a repeated id starts a new group: the
---     second DELETE changes nothing, and is reported unchanged);
+--     DELETE … WHERE id = ANY(…) (a second DELETE of one row, in any
+--     spelling of its id, changes nothing and is reported unchanged);
 --   * PATCHes are applied one at a time.
 -- The result is the same as applying the ops one by one. When a group's
 -- statement fails, the call's work is rolled back and done again with that
@@ -41,7 +41,8 @@
 -- message and detail are Postgres's. A group that fails only as one
 -- statement then applies. Once the call has run a fifth of
 -- statement_timeout, it is not done again: the hint names the group's
--- first op.
+-- first op; past four fifths of it, a refused half's error is raised,
+-- naming the half's first op.
 --
 -- search_path = pg_catalog, pg_temp: every table is schema-qualified
 -- (public.<table>, pg_catalog.pg_attribute …) and built-ins resolve in
@@ -678,10 +679,10 @@ begin
       order by 1 nulls last
     loop
       -- 1. Op v joins the pending group if it is the same kind of op on the
-      --    same table and its id is not yet in the group (for a PUT: same
-      --    columns; a DELETE compared with "expect" is applied on its own).
+      --    same table (for a PUT: same columns, and its id not yet in the
+      --    group; a DELETE compared with "expect" is applied on its own).
       if g_kind is not null and v.valid and v.op = g_kind and v.tbl = g_table
-         and (g_kind = 'DELETE' and v.expect is null and (v.prev_idx is null or v.prev_idx < g_start)
+         and (g_kind = 'DELETE' and v.expect is null
               or (v.put_cols = g_cols and (v.prev_idx is null or v.prev_idx < g_start)))
       then
         g_ids := array_append(g_ids, v.id);
@@ -726,11 +727,12 @@ begin
             '  cross join lateral jsonb_populate_record(null::public.%I,'
             '                                           jsonb_build_object(''id'', u.id)) as r))'
             '%s returning t.id)'
-            ' select coalesce(array_agg((u.ord - 1)::integer order by u.ord), ''{}'')'
-            '   from unnest($1::text[]) with ordinality as u(id, ord)'
-            '  cross join lateral jsonb_populate_record(null::public.%I,'
-            '                                           jsonb_build_object(''id'', u.id)) as r'
-            '  where not exists (select 1 from d where d.id = r.id)',
+            ' select coalesce(array_agg((x.ord - 1)::integer order by x.ord), ''{}'')'
+            '   from (select u.ord, r.id, row_number() over (partition by r.id order by u.ord) as nth'
+            '           from unnest($1::text[]) with ordinality as u(id, ord)'
+            '          cross join lateral jsonb_populate_record(null::public.%I,'
+            '                                                   jsonb_build_object(''id'', u.id)) as r) as x'
+            '  where x.nth > 1 or not exists (select 1 from d where d.id = x.id)',
             g_table, g_table,
             case when owner_column is null then ''
                  else format(' and t.%I::text = $2', owner_column) end,
@@ -759,9 +761,12 @@ begin
                   v_count := 0;
                 end if;
               exception when others then
-                if v_lo = v_hi then
+                -- one op: its own error, naming it; past four fifths of
+                -- statement_timeout, the part's, naming its first op
+                if v_lo = v_hi or (coalesce(v_timeout, 0) > 0 and
+                    extract(epoch from clock_timestamp() - statement_timestamp()) * 1000 > v_timeout * 4 / 5) then
                   h_index := g_start + v_lo - 1; h_id := g_ids[v_lo];
-                  raise;  -- one op: its own error, naming it
+                  raise;
                 end if;
                 v_failed := true;
               end;
@@ -770,6 +775,11 @@ begin
             end loop;
             v_rows := v_rows + v_count;
             v_missed := v_missed || array(select v_lo - 1 + m from unnest(v_one) as m);
+            if g_kind = 'PUT' and owner_column is not null and v_set is not null
+               and v_count < v_hi - v_lo + 1 then
+              v_n := v_hi;  -- another owner's row among these: refused below
+              exit;
+            end if;
             v_lo := v_hi + 1;
           end loop;
 

@@ -158,11 +158,22 @@ begin
   if not exists (select 1 from pg_catalog.pg_attribute a
                   where a.attrelid = 'public.powersync_dead_letters'::pg_catalog.regclass
                     and a.attname = 'id' and a.attidentity = 'a') then
-    -- after the old ids, leaving out those from 2^62 up: the old table let users insert rows with
-    -- ids of their choosing, and one near bigint's end would have ended every user's dead
-    -- letters (the numbering reaches such a row after 2^62 dead letters: never)
-    select coalesce(max(d.id) filter (where d.id < 4611686018427387904), 0) + 1 into v_next
-      from public.powersync_dead_letters d;
+    -- After the ids the old sequence issued. The old table let users insert rows with ids of
+    -- their choosing: those above them (the sequence never issued them) move to the negative
+    -- ids, where the numbering never comes (one near bigint's end would have ended every
+    -- user's dead letters, ids just above the start each failed a record). Without the old
+    -- sequence, after the ids below 2^62.
+    if pg_catalog.to_regclass('public.powersync_dead_letters_id_seq') is not null then
+      execute 'select case when is_called then last_value else last_value - 1 end'
+              ' from public.powersync_dead_letters_id_seq' into v_next;
+      update public.powersync_dead_letters as d set id = -d.id
+       where d.id > v_next
+         and not exists (select 1 from public.powersync_dead_letters as n where n.id = -d.id);
+      v_next := greatest(v_next, 0) + 1;
+    else
+      select coalesce(max(d.id) filter (where d.id < 4611686018427387904), 0) + 1 into v_next
+        from public.powersync_dead_letters d;
+    end if;
     alter table public.powersync_dead_letters alter column id drop default;
     drop sequence if exists public.powersync_dead_letters_id_seq;
     execute pg_catalog.format(

@@ -616,24 +616,30 @@ def test_rerunning_dead_letter_sql_upgrades_an_older_table_in_place(pg, fresh_da
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(f"insert into {DEAD_LETTERS} (user_id, transaction_id, op_index, entry, entries, code)"
                      " values (%s, '1', 0, '{}', '[]', '23505'), (null, '2', null, '[]', null, 'x')", (user,))
-        # the old table let users choose ids: one near bigint's end must not end the numbering
-        conn.execute(f"insert into {DEAD_LETTERS} (id, user_id, entry) values (9223372036854775806, %s, '{{}}')",
-                     (user,))
+        # the old table let users choose ids: ones near bigint's end, or right where the numbering
+        # goes on, must not end it or fail records
+        next_ = conn.execute("select nextval('public.powersync_dead_letters_id_seq')").fetchone()[0]
+        conn.execute(f"select setval('public.powersync_dead_letters_id_seq', {next_ - 1})")
+        planted = [next_, next_ + 1, 2 ** 62 - 1, 2 ** 62, 2 ** 62 + 1, 2 ** 63 - 2]
+        for planted_id in planted:
+            conn.execute(f"insert into {DEAD_LETTERS} (id, user_id, entry) values (%s, %s, '{{}}')", (planted_id, user))
         before = conn.execute(f"select id, user_id::text, transaction_id, entry, code from {DEAD_LETTERS}"
-                              " order by id").fetchall()
+                              " where id < %s order by id", (next_,)).fetchall()
     for _ in range(2):  # idempotent
         run_file(pg, database, ROOT / "sql/dead_letter.sql")
     with psycopg.connect(dsn, autocommit=True) as conn:
         after = conn.execute(f"select id, user_id, transaction_id, entry, code from {DEAD_LETTERS}"
-                             " order by id").fetchall()
+                             " where id > 0 order by id").fetchall()
         assert after == before
+        # the planted rows are kept, out of the numbering's way
+        assert sorted(-i for (i,) in conn.execute(f"select id from {DEAD_LETTERS} where id < 0")) == planted
         assert conn.execute(f"select pg_typeof(user_id)::text from {DEAD_LETTERS} limit 1").fetchone() == ("text",)
         assert conn.execute("select attidentity from pg_attribute where attrelid = %s::regclass"
                             " and attname = 'id'", (DEAD_LETTERS,)).fetchone() == ("a",)
         # new rows continue after the old ids; old rows, without provenance, are not replayable
         new_ids = [conn.execute(f"select public.{RECORD}('[]', 'x', %s, user_id => 'u', owner_column => 'o')",
                                 (f"m{n}",)).fetchone()[0] for n in range(3)]
-        assert max(r[0] for r in before[:2]) < new_ids[0] < new_ids[1] < new_ids[2] < 2 ** 62
+        assert new_ids == [next_, next_ + 1, next_ + 2]
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute(f"select public.{REPLAY}(%s)", (before[0][0],))
 

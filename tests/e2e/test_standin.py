@@ -1278,11 +1278,46 @@ def test_rpc_group_failing_late_in_a_long_call_names_its_first_op_rather_than_ri
     assert refused.value.diag.message_hint == f"powersync op 0 (PUT lists/{ids[0]})"
 
 
+def test_rpc_group_in_halves_stops_at_another_owners_row_as_op_by_op(db, as_service, user_a, user_b):
+    # A group applied in halves (its statement refused by a trigger here) meets another owner's
+    # row: the call is refused at that op (42501), as op by op, not by a later op's error.
+    theirs = insert_list(db, user_b, name="theirs")
+    ops = [{"op": "PUT", "table": "lists", "id": i, "data": {"name": n}}
+           for i, n in ((new_id(), "a"), (new_id(), "b"), (theirs, "mine now"), (new_id(), None))]
+    with _one_row_per_insert(db, "lists"):
+        body = assert_error(as_service.rpc("powersync_apply_transaction",
+                                           {"ops": ops, "owner_column": "owner_id", "owner_id": user_a}), 403, "42501")
+    assert body["hint"] == f"powersync op 2 (PUT lists/{theirs})", body
+    assert row(db, "lists", theirs)["name"] == "theirs"
+
+
+def test_rpc_group_in_halves_near_the_timeout_names_the_failing_part_rather_than_time_out(db, user_a):
+    # Each statement on profiles sleeps 0.42 s (statement_timeout 3 s): halving down to the one
+    # refused row would take about 4.2 s; past four fifths of the timeout the part's own error is
+    # raised (naming its first op), final, where a timeout would be retried for ever.
+    db.execute("insert into profiles (id, user_id, handle) values (%s, %s, 'taken')", (new_id(), user_a))
+    db.execute("""create or replace function _slow_statement() returns trigger language plpgsql as $$
+                  begin perform pg_sleep(0.42); return null; end $$""")
+    db.execute("create trigger _slow before insert on profiles for each statement execute function _slow_statement()")
+    ops = [{"op": "PUT", "table": "profiles", "id": f"p-{n}-{new_id()}",
+            "data": {"user_id": user_a, "handle": "taken" if n == 15 else f"h-{new_id()}"}} for n in range(16)]
+    try:
+        with pytest.raises(psycopg.Error) as refused:
+            with db.transaction():
+                db.execute("set local statement_timeout = '3s'")
+                db.execute("select public.powersync_apply_transaction(%s::jsonb)", (json.dumps(ops),))
+    finally:
+        db.execute("drop trigger _slow on profiles")
+        db.execute("drop function _slow_statement()")
+    assert refused.value.sqlstate == "23505", refused.value
+    assert refused.value.diag.message_hint.startswith("powersync op 12 (PUT profiles/p-12-"), refused.value.diag.message_hint
+
+
 def test_rpc_refuses_the_bridges_own_tables_even_for_the_service_key(db, as_service, as_user, user_a):
     # service_role may update dead letters (the operator's tools do): an upload must not
     for table in ("powersync_dead_letters", "powersync_upload_ledger", "powersync_upload_ledger_settings"):
         for api, call in ((as_service, {"owner_column": "user_id", "owner_id": user_a}), (as_user(user_a), {})):
-            ops = [{"op": "PATCH", "table": table, "id": "1", "data": {"discarded_reason": "mine"}}]
+            ops = [{"op": "PATCH", "table": table, "id": "1", "data": {"discard_reason": "mine"}}]
             body = assert_error(api.rpc("powersync_apply_transaction", {**call, "ops": ops}), 403, "42501")
             assert body["message"] == f"table {table} is the bridge's own: uploads do not write it", body
 

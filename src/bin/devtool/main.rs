@@ -433,9 +433,16 @@ fn dead_letters_command(subcommand: &str, options: &HashMap<String, String>) -> 
                     outcomes.push(would);
                     continue;
                 }
-                if let Some(earlier) =
-                    (subcommand == "replay").then(|| earlier_waiting(&url, &key, row)).transpose()?.flatten()
-                {
+                let earlier = match (subcommand == "replay").then(|| earlier_waiting(&url, &key, row)).transpose() {
+                    Ok(earlier) => earlier.flatten(),
+                    Err(message) => {
+                        // not replayed; what this run did already is still reported
+                        all_ok = false;
+                        outcomes.push(json!({"dead_letter_id": id, "error": {"message": message}}));
+                        continue;
+                    }
+                };
+                if let Some(earlier) = earlier {
                     // Replayed now, this one's writes would land before the earlier one's, which
                     // the user made first (its replay, once its cause is fixed, would then
                     // overwrite them): it waits for that one, in this run or not.
