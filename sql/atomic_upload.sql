@@ -720,7 +720,8 @@ begin
           end if;
         else -- DELETE
           -- the ids are typed by the table's id column (so the index is used);
-          -- the deleted rows' ids, returned, tell which ops matched no row
+          -- the deleted rows' ids, returned, tell which ops matched no row (of
+          -- two ops on one row, in any spelling of its id, the second did not)
           v_sql := format(
             'with d as (delete from public.%I as t where t.id = any (array('
             '  select r.id from unnest($1::text[]) as u(id)'
