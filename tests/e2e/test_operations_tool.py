@@ -351,6 +351,9 @@ def test_replay_holds_a_users_later_letters_behind_an_earlier_one_still_waiting(
     assert row(db, "todos", second_entry["id"]) is None
     assert [r["id"] for r in as_json(dead_letters(standin, "list", "--user", recorded["a"], "--json"))] == \
         recorded["ids"][:2]
+    # a dry run says which earlier dead letter it waits for
+    (dry,) = as_json(dead_letters(standin, "replay", "--id", str(recorded["ids"][1]), "--dry-run", "--json"))
+    assert dry["earlier_waiting"] == recorded["ids"][0], dry
     # named alone too: the earlier one still waits
     (alone,) = as_json(dead_letters(standin, "replay", "--id", str(recorded["ids"][1]), "--json"))
     assert alone["skipped"] is True and row(db, "todos", second_entry["id"]) is None

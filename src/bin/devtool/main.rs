@@ -427,6 +427,10 @@ fn dead_letters_command(subcommand: &str, options: &HashMap<String, String>) -> 
                         let full = dead_letters::rows(&rest::send(&dead_letters::show_request(&url, &key, id)))?;
                         would["would_apply"] =
                             json!(full.first().map(dead_letters::pending_entries).unwrap_or_default());
+                        // a real run replays this one only once that one is replayed (see below)
+                        if let Some(earlier) = earlier_waiting(&url, &key, row)? {
+                            would["earlier_waiting"] = json!(earlier);
+                        }
                     } else {
                         would["would_discard_with_reason"] = json!(reason);
                     }
