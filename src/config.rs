@@ -156,7 +156,10 @@ impl Config {
         let origins = r.list("CORS_ALLOWED_ORIGINS");
         // A browser's `Origin` is `scheme://host[:port]`, compared exactly: an entry with a path,
         // a trailing slash or no scheme would never match, so it is reported, not ignored.
-        let malformed: Vec<&String> = origins.iter().filter(|o| *o != "*" && !is_origin(o)).collect();
+        // a malformed entry is reported and allows nothing (`null` would let sandboxed pages in)
+        let unset = origins.is_empty();
+        let (allowed_origins, malformed): (Vec<String>, Vec<String>) =
+            origins.into_iter().partition(|o| o == "*" || is_origin(o));
         if !malformed.is_empty() {
             let list = malformed.iter().map(|o| format!("{o:?}")).collect::<Vec<_>>().join(", ");
             r.problem(
@@ -164,12 +167,7 @@ impl Config {
                 format!("{list}: each entry is * or an origin as browsers send it, scheme://host[:port] (no path, no trailing /)"),
             );
         }
-        // a malformed entry allows nothing (left out: `null` would let sandboxed pages in)
-        let allowed_origins = match origins.is_empty() {
-            true => vec!["*".into()],
-            false => origins.into_iter().filter(|o| o == "*" || is_origin(o)).collect(),
-        };
-        let cors = CorsSettings { allowed_origins };
+        let cors = CorsSettings { allowed_origins: if unset { vec!["*".into()] } else { allowed_origins } };
         let upstream_timeout_ms = r.number("UPSTREAM_TIMEOUT_MS", 15_000, 100..=60_000);
         // SUPABASE_URL's own problem belongs to every part that needs it, but is listed once.
         let session = session.map_err(|problems| with_url_problem(problems, &supabase_url, &r.problems));

@@ -128,8 +128,10 @@ pub struct Entry {
 
 impl Entry {
     /// The entry in normalised JSON form `{"op","table","id","data"?,"previous_values"?,
-    /// "metadata"?}` (no `data` for DELETE; the last two only when sent), as stored in the
-    /// dead-letter table: the data is the client's, before conversions.
+    /// "metadata"?}` (no `data` for DELETE; the last two only when sent): the data is the
+    /// client's, before conversions, its values read as `serde_json` values (a number no float
+    /// holds reads null). For tests and the fuzz target; the dead letter writes the same shape
+    /// with each value's text as sent (`dead_letter::entry_text`).
     pub fn to_json(&self) -> Value {
         let mut object = Map::new();
         object.insert("op".to_string(), Value::String(self.op.as_str().to_string()));

@@ -473,11 +473,6 @@ async fn send<T: Transport>(
             Check::Upsert { row_entries } if row_entries.len() == 1 => row_entries.first().copied(),
             _ => Some(planned.entries.start),
         };
-        // A request of several rows or ids can be sent again in halves (see below).
-        let splittable = match &planned.check {
-            Check::Upsert { row_entries } | Check::Filtered { row_entries, .. } => row_entries.len() > 1,
-            _ => false,
-        };
         // A request whose connection failed before any answer is sent again at once, if that
         // extra request still leaves room for every request planned after it and the reserve.
         let may_resend = report.subrequests + 2 + queue.len() + reserve <= settings.subrequest_budget;
@@ -593,42 +588,39 @@ async fn send<T: Transport>(
                 }
                 _ => mark(&mut states, planned.entries.clone(), EntryState::Applied),
             },
-            // Refused whole (nothing of it applied): its halves, first half first, recursively,
-            // equal applying its entries in order and name the entry at fault. For 21000 (two
-            // rows of an upsert are one row once cast) they are how it applies at all, so without
-            // room for them the transaction waits; for any other refusal it is then reported at
-            // the request's first entry.
-            Verdict::Fatal(failure) if splittable => {
-                let halves = plan::halves(&planned, entries, settings, caller);
-                match halves {
-                    Some(halves) if report.subrequests + queue.len() + 2 + reserve <= settings.subrequest_budget => {
-                        for half in halves.into_iter().rev() {
-                            queue.push_front((half, true));
-                        }
+            // Refused whole (nothing of it applied): a request of several rows or ids is sent again
+            // in halves, first half first, recursively, which equals applying its entries in
+            // order and names the entry at fault. For 21000 (two rows of an upsert are one row
+            // once cast) they are how it applies at all, so without room for them the transaction
+            // waits; for any other refusal it is then reported at the request's first entry.
+            Verdict::Fatal(failure) => match plan::halves(&planned, entries, settings, caller) {
+                Some(halves) if report.subrequests + queue.len() + 2 + reserve <= settings.subrequest_budget => {
+                    for half in halves.into_iter().rev() {
+                        queue.push_front((half, true));
                     }
-                    Some(_) if failure.code == CARDINALITY_VIOLATION => {
-                        let mut failure = failure;
-                        failure.message = format!(
-                            "{}; two rows of one upsert are the same row once cast, and sending them apart \
-                             needs more requests than UPLOAD_SUBREQUEST_BUDGET leaves in this upload",
-                            failure.message
-                        );
-                        return Ending::Retryable(failure, settings.retry_after_seconds);
-                    }
-                    Some(_) => {
-                        let mut failure = failure;
-                        failure.message = format!(
-                            "{}; the entry at fault is one of entries {}..={} (sent as one request), and finding \
-                             which needs more requests than UPLOAD_SUBREQUEST_BUDGET leaves in this upload",
-                            failure.message,
-                            planned.entries.start,
-                            planned.entries.end.saturating_sub(1)
-                        );
-                        return Ending::Fatal(failure, failed_states(states, &planned.entries));
-                    }
-                    None => return Ending::Fatal(failure, failed_states(states, &planned.entries)),
                 }
-            }
+                Some(_) if failure.code == CARDINALITY_VIOLATION => {
+                    let mut failure = failure;
+                    failure.message = format!(
+                        "{}; two rows of one upsert are the same row once cast, and sending them apart \
+                             needs more requests than UPLOAD_SUBREQUEST_BUDGET leaves in this upload",
+                        failure.message
+                    );
+                    return Ending::Retryable(failure, settings.retry_after_seconds);
+                }
+                Some(_) => {
+                    let mut failure = failure;
+                    failure.message = format!(
+                        "{}; the entry at fault is one of entries {}..={} (sent as one request), and finding \
+                             which needs more requests than UPLOAD_SUBREQUEST_BUDGET leaves in this upload",
+                        failure.message,
+                        planned.entries.start,
+                        planned.entries.end.saturating_sub(1)
+                    );
+                    return Ending::Fatal(failure, failed_states(states, &planned.entries));
+                }
+                None => return Ending::Fatal(failure, failed_states(states, &planned.entries)),
+            },
             // The statement timeout cancelled the whole upsert (nothing of it applied): its halves
             // are smaller statements, each with a timeout of its own.
             Verdict::Retryable { mut failure, retry_after_seconds } if failure.code == QUERY_CANCELED => {
@@ -658,7 +650,6 @@ async fn send<T: Transport>(
                     }
                 }
             }
-            Verdict::Fatal(failure) => return Ending::Fatal(failure, failed_states(states, &planned.entries)),
             Verdict::Retryable { failure, retry_after_seconds } => {
                 let wait = retry_after_seconds.unwrap_or(0).max(settings.retry_after_seconds);
                 return Ending::Retryable(failure, wait);

@@ -248,7 +248,7 @@ fn check_columns(index: usize, entry: &Entry) -> Result<(), FailedOperation> {
             format!(
                 "column name {:?} cannot name a column (empty, not valid text, longer than {MAX_IDENTIFIER_BYTES} \
                  bytes, or holding U+0000); the entry was not sent",
-                name.chars().take(80).collect::<String>()
+                crate::credentials::clipped(name, 80)
             ),
         )),
         None => Ok(()),
