@@ -152,8 +152,8 @@ impl App {
         limits.max_body_bytes as u64
     }
 
-    /// Handles one request at time `now` (Unix seconds). `body` is read only by the upload
-    /// route, after the session is verified; every other route drops it unread.
+    /// Handles one request at time `now` (Unix seconds). `body` is read only by the upload and
+    /// file routes, after the session is verified; every other route drops it unread.
     #[allow(clippy::too_many_arguments)]
     pub async fn handle<B: RequestBody, T: Transport, C: TokenSigner + SignatureVerifier>(
         &self,

@@ -252,10 +252,12 @@ pub fn read(r: &mut Reader) -> ThirdPartySettings {
         issuers.push(Issuer { provider, issuer, audience, keys });
     }
     if r.get("THIRD_PARTY_OIDC_ISSUER").is_none() {
-        for name in ["THIRD_PARTY_OIDC_AUDIENCE", ANY_AUDIENCE] {
-            if r.get(name).is_some() {
-                r.problem(name, "is set but THIRD_PARTY_OIDC_ISSUER is not");
-            }
+        if r.get("THIRD_PARTY_OIDC_AUDIENCE").is_some() {
+            r.problem("THIRD_PARTY_OIDC_AUDIENCE", "is set but THIRD_PARTY_OIDC_ISSUER is not");
+        }
+        // Only when it asks for something: its default written out (`false`) changes nothing.
+        if r.flag(ANY_AUDIENCE, false) {
+            r.problem(ANY_AUDIENCE, "is set but THIRD_PARTY_OIDC_ISSUER is not");
         }
     }
     for (i, issuer) in issuers.iter().enumerate() {
@@ -688,6 +690,15 @@ mod tests {
         for uri in ["http://localhost:80@keys.example.com/jwks", "http://keys.example.com/jwks", "not a url"] {
             assert!(jwks_uri(doc(uri), OIDC).is_err(), "{uri}");
         }
+    }
+
+    #[test]
+    fn oidc_audience_settings_without_the_issuer_are_problems_unless_they_read_as_the_default() {
+        let names = |vars: &[(&str, &str)]| read_vars(vars).1.iter().map(|p| p.name.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&[("THIRD_PARTY_OIDC_AUDIENCE", "app")]), vec!["THIRD_PARTY_OIDC_AUDIENCE"]);
+        assert_eq!(names(&[(ANY_AUDIENCE, "true")]), vec![ANY_AUDIENCE]);
+        // The default written out (secrets.example lists it so) leaves the session part usable.
+        assert!(names(&[(ANY_AUDIENCE, "false")]).is_empty());
     }
 
     #[test]

@@ -38,12 +38,15 @@
 //!      mode (`authenticated` in `rls` mode, `service_role` in `service` mode). Any other
 //!      `42501` (a row refused by a row-level security policy, `new row violates row-level
 //!      security policy …`; the service-mode `row … belongs to another owner`) stays fatal;
+//!    - *an error of the database's own policies, triggers or functions* → retryable, with the
+//!      same least `Retry-After` ([`is_database_setup_error`]): class `42` except `42501`,
+//!      `42804` and `42846`, and classes `2F`, `38`, `39`, `0A`, `3F`, `26`;
 //!    - SQLSTATE classes `21` (e.g. 21000, a row affected twice), `22` (data), `23`
-//!      (constraints), `42` (RLS: `42501` not matched above; the rest of the class), `2F` (SQL
-//!      routine), `38` (external routine), `39` (external routine invocation), `54` (program
-//!      limit exceeded, e.g. an index row too large) and `P0` (PL/pgSQL, e.g. raised by a
-//!      trigger) → fatal, whatever the HTTP status (PostgREST answers 500 for most of them:
-//!      retrying the same row would fail the same way for ever and block the user's queue);
+//!      (constraints), `42501` (RLS: not matched above), `42804` and `42846` (a value of the
+//!      wrong type), `54` (program limit exceeded, e.g. an index row too large) and `P0`
+//!      (PL/pgSQL, e.g. raised by a trigger) → fatal, whatever the HTTP status (PostgREST
+//!      answers 500 for most of them: retrying the same row would fail the same way for ever
+//!      and block the user's queue);
 //!    - classes `08` (connection), `25` (e.g. 25006: the project is in read-only mode), `28`
 //!      (authorization configuration), `40` (serialization, deadlock), `53` (resources), `57`
 //!      (operator intervention, statement timeout), `58` (system) → retryable;
@@ -54,8 +57,11 @@
 //! 4. by HTTP status: 401 and 403 → retryable (without a code they come from a gateway or a
 //!    wrong key, e.g. "Invalid API key", and say nothing about the data), 402 → retryable
 //!    (Supabase restricts a project over quota or with an unpaid bill), 404 → schema drift
-//!    (above), 408 and 429 → retryable, other 4xx → fatal `http_<status>`, 5xx and anything else
-//!    → retryable `http_<status>`.
+//!    (above), 408 and 429 → retryable, a 3xx (a redirect, never followed) and other 4xx →
+//!    retryable with the schema drift's least `Retry-After` (PostgREST answers every error with
+//!    its code, so these came from something in front of it: the operator's), except a 4xx with
+//!    a SQLSTATE of a class not listed (fatal), 5xx and anything else → retryable
+//!    `http_<status>`. docs/upload.md's "Error classes" is the table for operators.
 
 use serde_json::{json, Map, Value};
 

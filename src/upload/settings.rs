@@ -344,7 +344,8 @@ pub fn read(reader: &mut Reader, supabase_url: Option<String>) -> Option<UploadS
     // Rules that relate several variables (judged on what was asked for, so a service-mode
     // deployment missing its key still hears about every other problem).
     let service = reader.get("UPLOAD_MODE").is_some_and(|m| m.eq_ignore_ascii_case("service"));
-    if !service && reader.get("UPLOAD_ALLOW_ANONYMOUS").is_some() {
+    // Only when it asks for something: its default written out (`false`) changes nothing.
+    if !service && allow_anonymous {
         reader.problem(
             "UPLOAD_ALLOW_ANONYMOUS",
             "only used with UPLOAD_MODE=service; in rls mode your RLS policies decide (they can read \
@@ -876,8 +877,10 @@ mod tests {
     }
 
     #[test]
-    fn allow_anonymous_is_refused_in_rls_mode() {
+    fn allow_anonymous_is_refused_in_rls_mode_unless_it_reads_as_its_default() {
         assert_eq!(problem_names(&with(&[("UPLOAD_ALLOW_ANONYMOUS", "true")])), vec!["UPLOAD_ALLOW_ANONYMOUS"]);
+        // The default written out, as in secrets.example, is no problem (STORAGE_ALLOW_ANONYMOUS alike)
+        assert!(read_vars(&with(&[("UPLOAD_ALLOW_ANONYMOUS", "false")])).is_ok());
         let mut vars = with(&SERVICE);
         vars.push(("UPLOAD_ALLOW_ANONYMOUS", "perhaps"));
         assert_eq!(problem_names(&vars), vec!["UPLOAD_ALLOW_ANONYMOUS"]);
