@@ -288,6 +288,19 @@ def test_list_filters_by_user_code_and_age_and_show_gives_the_entries(standin, r
     assert missing.returncode == 1 and "no dead letter with id 999999" in missing.stderr
 
 
+def test_a_selection_larger_than_the_limit_is_handled_a_page_at_a_time_and_says_so(standin, recorded, db):
+    a, ids = recorded["a"], recorded["ids"]
+    first = dead_letters(standin, "discard", "--user", a, "--reason", "paged", "--limit", "1", "--json")
+    assert first.returncode == 1, "not everything asked was done: " + first.stdout
+    done, more = as_json(first)
+    assert done["dead_letter_id"] == ids[0] and more["more"] is True and "run the command again" in more["message"]
+    second = dead_letters(standin, "discard", "--user", a, "--reason", "paged", "--limit", "2", "--json")
+    assert second.returncode == 0, second.stdout
+    assert [o["dead_letter_id"] for o in as_json(second)] == [ids[1]]
+    assert db.execute(f"select count(*) from {DEAD_LETTERS} where user_id = %s and discarded_at is not null",
+                      (a,)).fetchone() == (2,)
+
+
 def test_replay_dry_run_changes_nothing_and_replay_applies_once_the_cause_is_fixed(standin, recorded, db):
     first = recorded["ids"][0]
     entry, list_id = recorded["orphans"][0]

@@ -25,6 +25,19 @@ pub struct Selection {
     pub limit: u32,
 }
 
+impl Selection {
+    /// How many rows one list request asks for: `limit`, but every id named one by one is
+    /// fetched whatever the limit (one left out would be reported as unknown).
+    pub fn page_size(&self) -> usize {
+        (self.limit as usize).max(self.ids.len()).max(1)
+    }
+
+    /// Whether `fetched` rows may not be all that match: a full page.
+    pub fn may_have_more(&self, fetched: usize) -> bool {
+        fetched >= self.page_size()
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub enum State {
     /// Neither replayed nor discarded (the default).
@@ -103,10 +116,7 @@ pub fn list_request(supabase_url: &str, service_key: &str, selection: &Selection
         query.push(format!("created_at=lt.{}", encode(&before.to_rfc3339_opts(SecondsFormat::Secs, true))));
     }
     query.push("order=id.asc".to_string());
-    // ids named one by one are each fetched, whatever the limit (one left out would be
-    // reported as unknown)
-    let limit = (selection.limit as usize).max(selection.ids.len()).max(1);
-    query.push(format!("limit={limit}"));
+    query.push(format!("limit={}", selection.page_size()));
     Request {
         method: "GET",
         url: format!("{}/rest/v1/{TABLE}?{}", supabase_url.trim_end_matches('/'), query.join("&")),
@@ -289,6 +299,15 @@ mod tests {
             format!("{URL}/rest/v1/powersync_dead_letters?select={LIST_COLUMNS}&replayed_at=is.null&discarded_at=is.null&order=id.asc&limit=50")
         );
         assert_eq!(r.headers, vec![("apikey".to_string(), "sb_secret_x".to_string())]);
+    }
+
+    #[test]
+    fn a_full_page_may_have_more_and_a_shorter_one_has_not() {
+        let selection = Selection { user: Some("u".into()), limit: 100, ..Default::default() };
+        assert!(selection.may_have_more(100));
+        assert!(!selection.may_have_more(99));
+        let named = Selection { ids: (1..=150).collect(), limit: 100, ..Default::default() };
+        assert!(!named.may_have_more(149), "the ids named are all fetched");
     }
 
     #[test]

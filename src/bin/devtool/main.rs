@@ -465,6 +465,14 @@ fn dead_letters_command(subcommand: &str, options: &HashMap<String, String>) -> 
                 all_ok &= ok;
                 outcomes.push(answer);
             }
+            if selection.ids.is_empty() && waiting.may_have_more(rows.len()) {
+                // Rows past the limit were not fetched: "everything asked" is not done yet.
+                all_ok = false;
+                outcomes.push(json!({"more": true, "message": format!(
+                    "the selection may match more than these {}: run the command again (or give a larger --limit)",
+                    rows.len()
+                )}));
+            }
             let text = if json_out {
                 serde_json::Value::Array(outcomes).to_string()
             } else {
