@@ -137,6 +137,21 @@
 
 begin;
 
+-- Run again while uploads go on: take both tables' locks first, in the order a call takes them
+-- (powersync_upload_ledger_claim reads the settings, then writes the ledger); the alter
+-- statements below would otherwise lock the ledger before the settings, and a call caught
+-- between its two steps would deadlock with this file (40P01).
+do $$
+begin
+  if pg_catalog.to_regclass('public.powersync_upload_ledger_settings') is not null then
+    lock table public.powersync_upload_ledger_settings in access exclusive mode;
+  end if;
+  if pg_catalog.to_regclass('public.powersync_upload_ledger') is not null then
+    lock table public.powersync_upload_ledger in access exclusive mode;
+  end if;
+end
+$$;
+
 create table if not exists public.powersync_upload_ledger (
   user_id        text        not null,
   client_id      text        not null,

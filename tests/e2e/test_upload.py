@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 import time
 import uuid
 
@@ -1669,6 +1670,32 @@ def test_rerunning_the_sql_file_upgrades_the_older_functions_and_keeps_the_ledge
     response = upload(atomic_worker, token, {"client_id": CLIENT, **body(
         tx(put("lists", list_id, name="l", owner_id=sub), tid=1))})
     assert statuses(response) == ["success"], response.text
+
+
+def test_rerunning_the_sql_file_while_a_call_holds_the_ledger_settings_waits_for_it_without_deadlock(db, pg):
+    """A call of the function reads the ledger settings, then writes the ledger
+    (powersync_upload_ledger_claim); the file run again meanwhile waits for that call, and both
+    finish. Taking the ledger first, the file deadlocked with such a call (40P01)."""
+    with psycopg.connect(pg.dsn) as call:
+        call.execute("select retention from public.powersync_upload_ledger_settings").fetchone()
+        rerun: dict = {}
+        thread = threading.Thread(target=lambda: rerun.update(
+            out=_run_or_error(lambda: pg.run_sql_file(ROOT / "sql/atomic_upload.sql"))))
+        thread.start()
+        time.sleep(1.5)  # the file is waiting now (on the settings' lock, or after the ledger's)
+        call.execute(f"insert into public.{LEDGER} (user_id, client_id, transaction_id, digest)"
+                     " values ('lock-order', 'c', '1', 'x')")
+        call.commit()
+        thread.join(timeout=120)
+    assert not isinstance(rerun.get("out"), Exception), rerun.get("out")
+    assert db.execute(f"select count(*) from public.{LEDGER} where user_id = 'lock-order'").fetchone() == (1,)
+
+
+def _run_or_error(run):
+    try:
+        return run()
+    except Exception as e:  # noqa: BLE001 - reported by the test's assertion
+        return e
 
 
 # =========================================================================== UPLOAD_ATOMIC unset
