@@ -124,8 +124,13 @@ pub fn unchanged_record(count: usize, unchanged: &[usize]) -> (FailedOperation, 
              from the writer by row-level security or another owner"
         ),
     );
-    let states =
-        (0..count).map(|i| if unchanged.contains(&i) { EntryState::Unchanged } else { EntryState::Applied }).collect();
+    // One pass over the list (a `contains` per entry made it count × unchanged).
+    let mut states = vec![EntryState::Applied; count];
+    for &i in unchanged {
+        if let Some(state) = states.get_mut(i) {
+            *state = EntryState::Unchanged;
+        }
+    }
     (failure, states)
 }
 
@@ -310,6 +315,19 @@ mod tests {
 
     fn body(request: &HttpRequest) -> Value {
         serde_json::from_str(request.body.as_deref().unwrap_or("null")).unwrap_or(Value::Null)
+    }
+
+    #[test]
+    fn an_unchanged_record_of_many_entries_is_made_in_one_pass() {
+        // A `contains` per entry made it count × unchanged: 40,000 unchanged DELETEs took
+        // 0.15 s natively, and UPLOAD_MAX_ENTRIES may be 1,000,000.
+        let unchanged: Vec<usize> = (0..100_000).step_by(2).collect();
+        let started = std::time::Instant::now();
+        let (failure, states) = unchanged_record(100_000, &unchanged);
+        assert!(started.elapsed() < std::time::Duration::from_millis(1500), "{:?}", started.elapsed());
+        assert_eq!(failure.index, Some(0));
+        assert_eq!(states.iter().filter(|s| **s == EntryState::Unchanged).count(), 50_000);
+        assert_eq!((states[0], states[1]), (EntryState::Unchanged, EntryState::Applied));
     }
 
     #[test]
