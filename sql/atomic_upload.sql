@@ -76,8 +76,11 @@
 -- client id the app sent with its upload and the transaction's id. The call
 -- then records (user, client_id, transaction_id, digest of ops) in
 -- public.powersync_upload_ledger, in the same database transaction as the
--- writes. A later call with the same three and the same ops (the client
--- re-sending a transaction whose answer was lost) applies nothing and returns
+-- writes. A later call with the same three and the same ops, or the same
+-- entries as the client sent them (the X-PowerSync-Entries-Digest header: a
+-- bridge whose settings or version changed writes other ops for them; see
+-- powersync_upload_entries_digest), such as the client re-sending a
+-- transaction whose answer was lost, applies nothing and returns
 -- {"applied": 0, "already_applied": true}, with the first call's "unchanged"
 -- when it was not empty (powersync_upload_ledger_unchanged). A transaction
 -- the bridge reported rejected and dead-lettered
@@ -86,8 +89,8 @@
 -- re-send): it returns {"applied": 0, "dead_letter": {"id", "index", "code",
 -- "message", "details"}}, as recorded. Without the two (either null) it
 -- applies the ops as before and records nothing. The same ids with
--- DIFFERENT ops (a client whose local database was reset and reuses its ids)
--- are applied, and the record replaced. The user is owner_id if the caller
+-- DIFFERENT ops and entries (a client whose local database was reset and
+-- reuses its ids) are applied, and the record replaced. The user is owner_id if the caller
 -- bypasses row-level security (service mode, an operator), else the caller's
 -- JWT `sub` (request.jwt.claims, set by PostgREST), else the call is refused:
 -- a user cannot choose another user's key. Records are kept 30 days and at most 10,000 per user (the table
@@ -166,6 +169,10 @@ alter table public.powersync_upload_ledger add column if not exists dead_letter_
 -- added later: the ops of an applied transaction that changed no row ("unchanged"), so a re-send
 -- after a lost answer reports them too (null: none); see powersync_upload_ledger_unchanged
 alter table public.powersync_upload_ledger add column if not exists unchanged integer[];
+-- added later: the digest of the transaction's entries as the client sent them (null: recorded
+-- without it), the same for every attempt whatever the bridge's settings or version, which change
+-- the ops and so `digest`; see powersync_upload_entries_digest
+alter table public.powersync_upload_ledger add column if not exists entries_digest text;
 create index if not exists powersync_upload_ledger_applied_at
   on public.powersync_upload_ledger (applied_at);
 comment on table public.powersync_upload_ledger is
@@ -260,8 +267,48 @@ begin
 end
 $$;
 
+-- The digest of the transaction's entries as the client sent them, which the
+-- bridge sends with each call that the ledger records (the
+-- X-PowerSync-Entries-Digest header, read from PostgREST's request.headers):
+-- 32 lower-case hex digits, or null (no such header, as from an older bridge,
+-- a replay or psql). Two attempts of one transaction carry the same one even
+-- when the bridge's settings (a JSON or boolean column, the write mode) or
+-- version changed between them and wrote its ops differently, so the ledger
+-- knows a call by this digest or by the ops' digest. Like p_digest it is the
+-- caller's word, and only ever matches the caller's own records.
+create or replace function public.powersync_upload_entries_digest()
+returns text
+language plpgsql
+stable
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v text;
+begin
+  begin
+    v := nullif(current_setting('request.headers', true), '')::json ->> 'x-powersync-entries-digest';
+  exception when others then
+    return null;  -- not PostgREST's JSON: no digest
+  end;
+  return case when v ~ '^[0-9a-f]{32}$' then v end;
+end
+$$;
+do $$
+declare
+  r text;
+begin
+  execute 'revoke all on function public.powersync_upload_entries_digest() from public';
+  foreach r in array array['anon', 'authenticated', 'service_role'] loop
+    if exists (select 1 from pg_catalog.pg_roles where rolname = r) then
+      execute pg_catalog.format('revoke all on function public.powersync_upload_entries_digest() from %I', r);
+    end if;
+  end loop;
+end
+$$;
+
 -- Records (user, client, transaction) unless already recorded with the same
--- digest; true = already applied (apply nothing). Called by
+-- digest, or the same entries digest (powersync_upload_entries_digest, when
+-- both have one); true = already applied (apply nothing). Called by
 -- powersync_apply_transaction inside its transaction: if the writes fail,
 -- the record is rolled back with them. A concurrent call for the same key
 -- waits for the first one's transaction, then sees its record.
@@ -300,6 +347,8 @@ as $$
 declare
   v_user    text;
   v_digest  text;
+  v_entries text := public.powersync_upload_entries_digest();
+  v_same    text;
   v_dead    bigint;
   v_at      timestamptz;
   v_keep    interval;
@@ -332,8 +381,8 @@ begin
                      order by o.applied_at limit 100
                      for update skip locked);
 
-  insert into public.powersync_upload_ledger as l (user_id, client_id, transaction_id, digest)
-  values (v_user, p_client_id, p_transaction_id, p_digest)
+  insert into public.powersync_upload_ledger as l (user_id, client_id, transaction_id, digest, entries_digest)
+  values (v_user, p_client_id, p_transaction_id, p_digest, v_entries)
   on conflict (user_id, client_id, transaction_id) do nothing;
   if found then
     -- beyond the cap, this user's oldest records go (a few per call, like expiry)
@@ -349,18 +398,23 @@ begin
     end if;
     return false;
   end if;
-  select l.digest, l.applied_at, l.dead_letter_id into v_digest, v_at, v_dead
+  select l.digest, l.entries_digest, l.applied_at, l.dead_letter_id into v_digest, v_same, v_at, v_dead
     from public.powersync_upload_ledger as l
    where l.user_id = v_user and l.client_id = p_client_id and l.transaction_id = p_transaction_id
    for update;
   -- a dead-lettered transaction: its replay applies it (from now on it counts as applied);
-  -- anything else, a late or re-sent call, applies nothing
-  if (v_digest = p_digest or v_at >= p_not_before) and not (v_dead is not null and p_not_before is not null) then
+  -- anything else, a late or re-sent call, applies nothing. The same transaction: the same ops,
+  -- or the same entries written as other ops (the bridge's settings or version changed).
+  if (v_digest = p_digest or v_same = v_entries or v_at >= p_not_before)
+     and not (v_dead is not null and p_not_before is not null) then
     return true;
   end if;
-  -- the replay, or the same ids for other ops: a new transaction (the client reused its ids)
+  -- the replay, or the same ids for other ops: a new transaction (the client reused its ids);
+  -- the replay keeps the entries' digest the dead letter was recorded with
   update public.powersync_upload_ledger as l
-     set digest = p_digest, applied_at = now(), dead_letter_id = null, unchanged = null
+     set digest = p_digest, applied_at = now(), dead_letter_id = null, unchanged = null,
+         entries_digest = case when p_not_before is not null then coalesce(v_entries, l.entries_digest)
+                               else v_entries end
    where l.user_id = v_user and l.client_id = p_client_id and l.transaction_id = p_transaction_id;
   return false;
 end
@@ -411,34 +465,73 @@ security definer
 set search_path = pg_catalog, pg_temp
 as $$
 declare
-  v_digest text;
-  v_dead   bigint;
+  v_digest  text;
+  v_entries text := public.powersync_upload_entries_digest();
+  v_same    text;
+  v_dead    bigint;
 begin
   if coalesce(octet_length(p_client_id), 0) not between 1 and 256
      or coalesce(octet_length(p_transaction_id), 0) not between 1 and 256 then
     return;  -- the bridge sends no such transaction to the ledger either
   end if;
-  insert into public.powersync_upload_ledger as l (user_id, client_id, transaction_id, digest, dead_letter_id)
-  values (p_user_id, p_client_id, p_transaction_id, p_digest, p_dead_letter_id)
+  insert into public.powersync_upload_ledger as l
+    (user_id, client_id, transaction_id, digest, dead_letter_id, entries_digest)
+  values (p_user_id, p_client_id, p_transaction_id, p_digest, p_dead_letter_id, v_entries)
   on conflict (user_id, client_id, transaction_id) do nothing;
   if found then
     return;
   end if;
-  select l.digest, l.dead_letter_id into v_digest, v_dead from public.powersync_upload_ledger as l
+  select l.digest, l.entries_digest, l.dead_letter_id into v_digest, v_same, v_dead
+    from public.powersync_upload_ledger as l
    where l.user_id = p_user_id and l.client_id = p_client_id and l.transaction_id = p_transaction_id
    for update;
-  if v_digest = p_digest and v_dead is null then
+  if (v_digest = p_digest or v_same = v_entries) and v_dead is null then
     raise exception using errcode = '55000',
       message = pg_catalog.format('transaction %s of client %s was applied: it is not recorded as a dead letter',
                                   p_transaction_id, p_client_id);
   end if;
   update public.powersync_upload_ledger as l
-     set digest = p_digest, dead_letter_id = p_dead_letter_id, applied_at = now(), unchanged = null
+     set digest = p_digest, dead_letter_id = p_dead_letter_id, applied_at = now(), unchanged = null,
+         entries_digest = v_entries
    where l.user_id = p_user_id and l.client_id = p_client_id and l.transaction_id = p_transaction_id;
 end
 $$;
 comment on function public.powersync_upload_ledger_refuse(text, text, text, text, bigint) is
   'PowerSync upload bridge: record a dead-lettered transaction in the ledger, so no later call applies it.';
+
+-- The dead letter of the user's (client, transaction) that the ledger holds
+-- under the digest of the entries this call carries (see
+-- powersync_upload_entries_digest), or null: sql/dead_letter.sql's recorder
+-- returns it instead of recording the same transaction a second time when a
+-- re-send was written as other ops (the bridge's settings or version changed
+-- between the two attempts). Only the owner runs it (through the recorder).
+create or replace function public.powersync_upload_ledger_letter_of(
+  p_user_id text,
+  p_client_id text,
+  p_transaction_id text
+) returns bigint
+language sql
+stable
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+  select l.dead_letter_id from public.powersync_upload_ledger as l
+   where l.user_id = p_user_id and l.client_id = p_client_id and l.transaction_id = p_transaction_id
+     and l.entries_digest = public.powersync_upload_entries_digest()
+$$;
+do $$
+declare
+  r text;
+begin
+  execute 'revoke all on function public.powersync_upload_ledger_letter_of(text, text, text) from public';
+  foreach r in array array['anon', 'authenticated', 'service_role'] loop
+    if exists (select 1 from pg_catalog.pg_roles where rolname = r) then
+      execute pg_catalog.format(
+        'revoke all on function public.powersync_upload_ledger_letter_of(text, text, text) from %I', r);
+    end if;
+  end loop;
+end
+$$;
 
 -- The dead letter the ledger holds for the caller's (client, transaction), as
 -- {"id", "index", "code", "message", "details"} (index, code, message and

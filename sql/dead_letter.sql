@@ -322,6 +322,20 @@ begin
                jsonb_build_array(v_owner, client_id, transaction_id, v_digest)::text, 'UTF8')), 'hex');
   end if;
 
+  -- the same transaction recorded before, re-sent written as other ops (the bridge's settings
+  -- or version changed between the two attempts): the ledger knows it by its entries' digest,
+  -- and its first dead letter is the answer, as for an identical re-send (dedup_key, below)
+  if client_id is not null and transaction_id is not null
+     and pg_catalog.to_regprocedure('public.powersync_upload_ledger_letter_of(text, text, text)') is not null
+  then
+    execute 'select d.id from public.powersync_dead_letters as d'
+            ' where d.id = public.powersync_upload_ledger_letter_of($1, $2, $3)'
+      into v_id using v_owner, client_id, transaction_id;
+    if v_id is not null then
+      return v_id;
+    end if;
+  end if;
+
   -- a user's dead letters waiting for a replay are capped (recording them is open to the user
   -- through /rpc): beyond the cap this user's next record fails, so the bridge keeps their
   -- transaction queued (dead_letter_failed) until an operator looks; no one else is affected

@@ -159,6 +159,41 @@ pub struct Transaction {
     pub entries: Vec<Entry>,
 }
 
+/// The header that carries [`Transaction::entries_digest`] to the atomic function and to the
+/// dead-letter recorder (`sql/atomic_upload.sql` reads it from PostgREST's `request.headers`).
+pub const ENTRIES_DIGEST_HEADER: &str = "X-PowerSync-Entries-Digest";
+
+impl Transaction {
+    /// The transaction's entries as the client sent them, hashed: each entry's op, table, id and
+    /// data columns (name, the value's text as sent; in name order), each piece length-prefixed,
+    /// as a 128-bit XXH3 in 32 hex digits. Every attempt of one transaction has the same digest
+    /// whatever the worker's settings (conversions, write mode) or version, unlike the ops the
+    /// worker writes: the atomic function's ledger knows a re-sent or late call by either, so a
+    /// change of settings or a gradual deployment between two attempts no longer applies it
+    /// twice. What goes in must never change (records one version made are matched by the
+    /// next). Fast rather than cryptographic: a collision can only come from the caller's own
+    /// entries, and only ever matches the caller's own records.
+    pub fn entries_digest(&self) -> String {
+        let size: usize = self.entries.iter().map(|e| e.data.text_len() + 8 * e.data.len() + e.id.len() + 64).sum();
+        let mut bytes = Vec::with_capacity(size);
+        let piece = |bytes: &mut Vec<u8>, text: &str| {
+            bytes.extend_from_slice(&(text.len() as u32).to_le_bytes());
+            bytes.extend_from_slice(text.as_bytes());
+        };
+        for entry in &self.entries {
+            piece(&mut bytes, entry.op.as_str());
+            piece(&mut bytes, &entry.table);
+            piece(&mut bytes, &entry.id);
+            bytes.extend_from_slice(&(entry.data.len() as u32).to_le_bytes());
+            for (name, value) in entry.data.iter() {
+                piece(&mut bytes, name);
+                piece(&mut bytes, value);
+            }
+        }
+        format!("{:032x}", xxhash_rust::xxh3::xxh3_128(&bytes))
+    }
+}
+
 /// A whole upload body: the client's id, when it sent one, and its transactions in order.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Upload {
@@ -1192,6 +1227,39 @@ mod tests {
             _ => Map::new(),
         };
         Entry { op, table: table.to_string(), id: id.to_string(), data: data.into(), previous: None, metadata: None }
+    }
+
+    #[test]
+    fn entries_digest_is_the_entries_as_sent_and_never_changes() {
+        let digest = |body: &str| match parse(body.as_bytes(), &Limits::default()) {
+            Ok(transactions) => transactions[0].entries_digest(),
+            Err(e) => panic!("{e:?}"),
+        };
+        let sent = r#"{"transactions": [{"transaction_id": 1, "crud": [
+            {"op": "PUT", "type": "todos", "id": "a", "data": {"n": 1.50, "t": "x", "j": "[1]"}},
+            {"op": "DELETE", "type": "todos", "id": "b"}]}]}"#;
+        // Pinned: records one version made are matched by the next, so what goes in, and the
+        // hash, must never change.
+        assert_eq!(digest(sent), "20c738668be0f3a7a11aa1a968450457");
+        // the same entries: key order, spacing and the other fields do not count
+        let reordered = r#"{"transactions":[{"crud":[{"id":"a","data":{"t":"x","j":"[1]","n":1.50},"type":"todos",
+            "op":"PUT","op_id":7},{"id":"b","op":"DELETE","type":"todos"}],"transaction_id":2}]}"#;
+        assert_eq!(digest(reordered), digest(sent));
+        // anything the write depends on does: a value's text (1.5 is not 1.50 as sent), a name,
+        // an id, a table, an op
+        for other in [
+            sent.replace("1.50", "1.5"),
+            sent.replace(r#""t": "x""#, r#""u": "x""#),
+            sent.replace(r#""id": "b""#, r#""id": "c""#),
+            sent.replace(r#""type": "todos", "id": "b""#, r#""type": "lists", "id": "b""#),
+            sent.replace(r#""op": "PUT""#, r#""op": "PATCH""#),
+        ] {
+            assert_ne!(digest(&other), digest(sent), "{other}");
+        }
+        // pieces are length-prefixed: moving text between a name and a value is another digest
+        let a = r#"{"transactions": [{"crud": [{"op": "PUT", "type": "t", "id": "a", "data": {"ab": "c"}}]}]}"#;
+        let b = r#"{"transactions": [{"crud": [{"op": "PUT", "type": "t", "id": "a", "data": {"a": "bc"}}]}]}"#;
+        assert_ne!(digest(a), digest(b));
     }
 
     #[test]

@@ -64,7 +64,7 @@ use std::borrow::Cow;
 
 use serde_json::{json, Value};
 
-use super::crud::{Entry, Op, Transaction};
+use super::crud::{Entry, Op, Transaction, ENTRIES_DIGEST_HEADER};
 use super::outcome::FailedOperation;
 use super::plan::{atomic_op, authorized};
 use super::row::{push_json_string, Columns};
@@ -213,7 +213,12 @@ pub fn request(
     text.push_str(",\"entries\":[");
     text.push_str(&entries.join(","));
     text.push_str("]}");
-    authorized(Method::Post, url, settings, caller).json_body(storable(&text).into_owned())
+    let request = authorized(Method::Post, url, settings, caller).json_body(storable(&text).into_owned());
+    match (&caller.client_id, &transaction.transaction_id) {
+        // the ledger records the dead-lettered transaction under this digest too (crud)
+        (Some(_), Some(_)) => request.header(ENTRIES_DIGEST_HEADER, transaction.entries_digest()),
+        _ => request,
+    }
 }
 
 /// `entry` as the client sent it: `{"op","table","id","data"?,"previous_values"?,"metadata"?}`
@@ -336,7 +341,8 @@ mod tests {
         let mut failure = FailedOperation::new(Some(1), "23503", "fk violation");
         failure.details = Some("Key is not present".to_string());
         let states = [EntryState::Applied, EntryState::Failed];
-        let request = request(&settings, &caller(), &transaction(Some(json!(17))), &failure, &states);
+        let transaction = transaction(Some(json!(17)));
+        let request = request(&settings, &caller(), &transaction, &failure, &states);
         assert_eq!(request.method, Method::Post);
         assert_eq!(request.url, "https://p.supabase.co/rest/v1/rpc/powersync_record_dead_letter");
         assert_eq!(
@@ -345,6 +351,7 @@ mod tests {
                 ("apikey".to_string(), "anon".to_string()),
                 ("Authorization".to_string(), "Bearer tok".to_string()),
                 ("Content-Type".to_string(), "application/json".to_string()),
+                ("X-PowerSync-Entries-Digest".to_string(), transaction.entries_digest()),
             ]
         );
         assert_eq!(

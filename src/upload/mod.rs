@@ -745,7 +745,7 @@ mod tests {
             recorded(),
         ]);
         let caller = Caller { client_id: Some("client-9".to_string()), ..caller() };
-        let report = block_on(apply(&[transaction], &s, &caller, &transport));
+        let report = block_on(apply(std::slice::from_ref(&transaction), &s, &caller, &transport));
         assert_eq!(statuses(&report), vec![Status::FatalError]);
         let sent = transport.sent();
         assert_eq!(sent.len(), 2);
@@ -758,6 +758,7 @@ mod tests {
                 ("apikey".to_string(), "anon".to_string()),
                 ("Authorization".to_string(), "Bearer token".to_string()),
                 ("Content-Type".to_string(), "application/json".to_string()),
+                ("X-PowerSync-Entries-Digest".to_string(), transaction.entries_digest()),
             ]
         );
         let body: Value = serde_json::from_str(dead.body.as_deref().unwrap_or("")).unwrap_or(Value::Null);

@@ -72,7 +72,7 @@ use std::ops::Range;
 
 use serde_json::Value;
 
-use super::crud::{Entry, Op, Transaction};
+use super::crud::{Entry, Op, Transaction, ENTRIES_DIGEST_HEADER};
 use super::filter::{self, InList};
 use super::id_set::{self, IdSet};
 use super::outcome::FailedOperation;
@@ -489,19 +489,22 @@ impl<'a> Context<'a> {
             body.push_str(",\"owner_id\":");
             row::push_json_string(&mut body, user_id);
         }
+        let mut digest = None;
         if let (Some(client_id), Some(transaction_id)) = (&self.caller.client_id, ledger_id(transaction)) {
             body.push_str(",\"client_id\":");
             row::push_json_string(&mut body, client_id);
             body.push_str(",\"transaction_id\":");
             row::push_json_string(&mut body, &transaction_id);
+            // The ledger's second key for this transaction, whatever the ops read (crud).
+            digest = Some(transaction.entries_digest());
         }
         body.push('}');
         let url = format!("{}/rest/v1/rpc/{}", self.settings.supabase_url, self.settings.atomic_function);
-        Some(PlannedRequest {
-            request: self.request(Method::Post, url).json_body(body),
-            entries: 0..transaction.entries.len(),
-            check: Check::Atomic,
-        })
+        let mut request = self.request(Method::Post, url).json_body(body);
+        if let Some(digest) = digest {
+            request = request.header(ENTRIES_DIGEST_HEADER, digest);
+        }
+        Some(PlannedRequest { request, entries: 0..transaction.entries.len(), check: Check::Atomic })
     }
 }
 
@@ -1663,6 +1666,31 @@ mod tests {
         // REST requests have nowhere to record it
         let rest = plan_transaction_as(&numbered, &s, &with_client, false).expect("planned");
         assert_eq!(rest[0].request.method, Method::Delete);
+    }
+
+    #[test]
+    fn atomic_call_carries_the_entries_digest_which_settings_that_change_the_ops_leave_alone() {
+        // A change of settings between two attempts of one transaction (a JSON column, the
+        // write mode) changes the ops the call writes, and so the ledger's digest of them; the
+        // entries' digest stays, so the ledger still knows the re-sent or late call.
+        let transaction = tx(vec![put("a", json!({"tags": "[\"x\"]", "n": 1})), patch("b", json!({"n": 2}))]);
+        let caller = Caller { client_id: Some("client-1".to_string()), ..caller() };
+        let mut json_column = settings();
+        json_column.json_columns.insert("todos", "tags");
+        let mut calls = vec![];
+        for mut s in [settings(), json_column, service()] {
+            s.atomic = AtomicMode::Always;
+            let requests = plan_transaction(&transaction, &s, &caller).unwrap_or_default();
+            calls.push(requests[0].request.clone());
+        }
+        let digests: Vec<_> = calls.iter().map(|r| r.header_value(ENTRIES_DIGEST_HEADER)).collect();
+        assert_eq!(digests, vec![Some(transaction.entries_digest().as_str()); 3]);
+        assert_ne!(calls[0].body, calls[1].body, "the JSON column is written as JSON");
+        assert_ne!(calls[0].body, calls[2].body, "service mode writes the owner column");
+        // without a client id nothing is recorded, and no digest is sent
+        let s = UploadSettings { atomic: AtomicMode::Always, ..settings() };
+        let anonymous = plan_transaction(&transaction, &s, &super::tests::caller()).unwrap_or_default();
+        assert_eq!(anonymous[0].request.header_value(ENTRIES_DIGEST_HEADER), None);
     }
 
     #[test]

@@ -35,6 +35,7 @@ RECORD = "powersync_record_dead_letter"
 REPLAY = "powersync_replay_dead_letter"
 CLAIM = "powersync_upload_ledger_claim"
 UNCHANGED = "powersync_upload_ledger_unchanged"
+LEDGER = "powersync_upload_ledger"
 APPLY_PATH = "/rest/v1/rpc/powersync_apply_transaction"
 DEAD = {"UPLOAD_DEAD_LETTER_TABLE": DEAD_LETTERS}
 
@@ -346,6 +347,44 @@ def test_dead_lettered_transaction_is_never_applied_later_and_its_resend_is_answ
     assert statuses(resent) == ["success"] and resent.json()["results"][0].get("already_applied") is True, resent.text
 
 
+def test_a_resend_through_a_worker_whose_settings_write_other_ops_is_not_applied_again(workers, db, user):
+    """Two attempts of one transaction reach workers whose settings differ (a JSON column set
+    between them, or two versions of a gradual deployment): the ops they write differ, and so
+    the ledger's digest of them. The ledger knows the re-send by the digest of the entries as
+    the client sent them, so it does not apply it again over the client's later transaction."""
+    sub, token = user
+    list_id, todo = insert_list(db, sub), new_id()
+    first = with_client(body(tx(put("todos", todo, description="v1", list_id=list_id, created_by=sub,
+                                    tags='["a"]'), tid=41)), "client-skew")
+    assert statuses(upload(workers["atomic_json"], token, first)) == ["success"]
+    later = with_client(body(tx(patch("todos", todo, description="v2"), tid=42)), "client-skew")
+    assert statuses(upload(workers["atomic_json"], token, later)) == ["success"]
+    (digest,) = db.execute(f"select entries_digest from public.{LEDGER} where transaction_id = '41'").fetchone()
+    assert digest is not None and len(digest) == 32, "the worker sends the entries' digest"
+    resent = upload(workers["atomic"], token, first)  # tags written as a JSON string this time
+    assert statuses(resent) == ["success"] and resent.json()["results"][0].get("already_applied") is True, resent.text
+    stored = row(db, "todos", todo)
+    assert (stored["description"], stored["tags"]) == ("v2", ["a"]), "transaction 42 stands"
+
+
+def test_a_dead_lettered_transaction_resent_through_other_settings_is_answered_as_recorded(workers, db, user):
+    """Dead-lettered by one worker, re-sent (after a lost answer) through a worker whose settings
+    write its ops differently, once the cause is gone: still answered as the dead letter, and
+    nothing applied (the client discarded it; only the replay applies it)."""
+    sub, token = user
+    missing, todo = new_id(), new_id()
+    payload = with_client(body(tx(put("todos", todo, description="d", list_id=missing, created_by=sub,
+                                      tags='["a"]'), tid=51)), "client-skew")
+    first = upload(workers["atomic"], token, payload)
+    assert statuses(first) == ["fatal_error"] and failure(first, 0)["code"] == "23503", first.text
+    insert_list(db, sub, list_id=missing)  # the same call would now apply
+    again = upload(workers["atomic_json"], token, payload)
+    assert statuses(again) == ["fatal_error"], again.text
+    assert failure(again, 0)["code"] == "23503"
+    assert row(db, "todos", todo) is None
+    assert len(letters(db)) == 1
+
+
 def test_a_dead_letter_keeps_every_digit_so_its_transaction_stays_recorded_and_replays_as_sent(workers, db, user):
     """A JSON column's number no float holds: the dead letter's ops are the atomic call's, digit
     for digit. Else the ledger's digest of them differs from the call's, and a late call or
@@ -580,6 +619,8 @@ EXPECTED = {
     ("powersync_upload_ledger_dead_letter(text,text,text)", "EXECUTE"): {"authenticated", "service_role"},
     ("powersync_upload_ledger_unchanged(text,text,text,integer[])", "EXECUTE"): {"authenticated", "service_role"},
     ("powersync_upload_ledger_refuse(text,text,text,text,bigint)", "EXECUTE"): set(),
+    ("powersync_upload_entries_digest()", "EXECUTE"): set(),
+    ("powersync_upload_ledger_letter_of(text,text,text)", "EXECUTE"): set(),
     ("powersync_upload_ledger_user(text)", "EXECUTE"): set(),
     ("powersync_record_dead_letter(jsonb,text,text,text,text,text,integer,jsonb,text,text,text[])", "EXECUTE"):
         {"authenticated", "service_role"},

@@ -48,8 +48,9 @@ pub const LEDGER_UNCHANGED: &str = "public.powersync_upload_ledger_unchanged(tex
 /// Columns of the ledger this version relies on (added over time: their absence means
 /// sql/atomic_upload.sql is outdated: a late call could apply a dead-lettered transaction
 /// (`dead_letter_id`), a re-send after a lost answer would not report entries that changed no
-/// row (`unchanged`)).
-pub const LEDGER_COLUMNS: [&str; 2] = ["dead_letter_id", "unchanged"];
+/// row (`unchanged`), a re-send or late call written as other ops after a change of settings or
+/// version would be applied again (`entries_digest`)).
+pub const LEDGER_COLUMNS: [&str; 3] = ["dead_letter_id", "entries_digest", "unchanged"];
 pub const RECORD: &str =
     "public.powersync_record_dead_letter(jsonb, text, text, text, text, text, integer, jsonb, text, text, text[])";
 pub const REPLAY: &str = "public.powersync_replay_dead_letter(bigint)";
