@@ -2,7 +2,9 @@
 //! `put1000` body): parse, plan, request body. For iterating on speed; the figures that count
 //! are `make bench`'s (wasm under workerd).
 //!
-//! `cargo run --release --example upload_cpu` (`UPLOAD_CPU_ATOMIC=1`: atomic mode); instruction counts by
+//! `cargo run --release --example upload_cpu` (`UPLOAD_CPU_ATOMIC=1`: atomic mode; `UPLOAD_CPU_CLIENT=<id>`:
+//! with a client id, as the connectors send, so the atomic call carries the entries' digest for
+//! the ledger); instruction counts by
 //! function:
 //! `UPLOAD_CPU_ROUNDS=3 valgrind --tool=callgrind target/release/examples/upload_cpu`
 
@@ -69,7 +71,7 @@ fn main() {
     if std::env::var_os("UPLOAD_CPU_ATOMIC").is_some() {
         settings.atomic = upload::AtomicMode::Always;
     }
-    let caller = Caller { user_id: sub.into(), access_token: "t".into(), client_id: None };
+    let caller = Caller { user_id: sub.into(), access_token: "t".into(), client_id: std::env::var("UPLOAD_CPU_CLIENT").ok() };
     let limits = Limits::default();
     // UPLOAD_CPU_ROUNDS=3 for a callgrind run (instruction counts per function)
     let rounds: u32 = std::env::var("UPLOAD_CPU_ROUNDS").ok().and_then(|n| n.parse().ok()).unwrap_or(300);
