@@ -410,10 +410,13 @@ begin
     return true;
   end if;
   -- the replay, or the same ids for other ops: a new transaction (the client reused its ids);
-  -- the replay keeps the entries' digest the dead letter was recorded with
+  -- the replay keeps the entries' digest the dead letter was recorded with, when the record is
+  -- that letter's (the same ops: not a later transaction under the same ids, whose digest would
+  -- then answer that transaction's re-send as applied)
   update public.powersync_upload_ledger as l
      set digest = p_digest, applied_at = now(), dead_letter_id = null, unchanged = null,
-         entries_digest = case when p_not_before is not null then coalesce(v_entries, l.entries_digest)
+         entries_digest = case when p_not_before is not null and v_digest = p_digest
+                               then coalesce(v_entries, l.entries_digest)
                                else v_entries end
    where l.user_id = v_user and l.client_id = p_client_id and l.transaction_id = p_transaction_id;
   return false;

@@ -385,6 +385,27 @@ def test_a_dead_lettered_transaction_resent_through_other_settings_is_answered_a
     assert len(letters(db)) == 1
 
 
+def test_replaying_an_older_dead_letter_of_reused_ids_never_marks_the_newer_transaction_applied(workers, db, user):
+    """A client reset reuses transaction id 61: its old transaction X and its new one Y are both
+    dead-lettered. Replaying X must not leave Y's entries digest on X's record, or Y's re-send
+    would be answered as applied without ever being written."""
+    sub, token = user
+    x_list, x_todo, y_list, y_todo = new_id(), new_id(), new_id(), new_id()
+    x = with_client(body(tx(put("todos", x_todo, description="x", list_id=x_list, created_by=sub), tid=61)),
+                    "client-reset")
+    y = with_client(body(tx(put("todos", y_todo, description="y", list_id=y_list, created_by=sub), tid=61)),
+                    "client-reset")
+    assert statuses(upload(workers["atomic"], token, x)) == ["fatal_error"]
+    assert statuses(upload(workers["atomic"], token, y)) == ["fatal_error"]
+    first, second = letters(db)
+    insert_list(db, sub, list_id=x_list)
+    assert db.execute(f"select public.{REPLAY}(%s)", (first["id"],)).fetchone()[0]["replayed"] is True
+    insert_list(db, sub, list_id=y_list)
+    resent = upload(workers["atomic"], token, y)  # Y's answer was lost: the client sends it again
+    written = row(db, "todos", y_todo) is not None
+    assert written or not resent.json()["results"][0].get("already_applied"), resent.text
+
+
 def test_a_dead_letter_keeps_every_digit_so_its_transaction_stays_recorded_and_replays_as_sent(workers, db, user):
     """A JSON column's number no float holds: the dead letter's ops are the atomic call's, digit
     for digit. Else the ledger's digest of them differs from the call's, and a late call or

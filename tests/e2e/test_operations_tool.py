@@ -290,6 +290,9 @@ def test_list_filters_by_user_code_and_age_and_show_gives_the_entries(standin, r
 
 def test_a_selection_larger_than_the_limit_is_handled_a_page_at_a_time_and_says_so(standin, recorded, db):
     a, ids = recorded["a"], recorded["ids"]
+    # a dry run leaves its page waiting: running it again would show the same page
+    dry = dead_letters(standin, "discard", "--user", a, "--reason", "paged", "--limit", "1", "--dry-run", "--json")
+    assert dry.returncode == 1 and "give a larger --limit" in as_json(dry)[-1]["message"], dry.stdout
     first = dead_letters(standin, "discard", "--user", a, "--reason", "paged", "--limit", "1", "--json")
     assert first.returncode == 1, "not everything asked was done: " + first.stdout
     done, more = as_json(first)

@@ -466,10 +466,16 @@ fn dead_letters_command(subcommand: &str, options: &HashMap<String, String>) -> 
                 outcomes.push(answer);
             }
             if selection.ids.is_empty() && waiting.may_have_more(rows.len()) {
-                // Rows past the limit were not fetched: "everything asked" is not done yet.
+                // Rows past the limit were not fetched: "everything asked" is not done yet. A
+                // second run fetches the oldest waiting ones again: it gets further only when
+                // this page left none of them waiting.
+                let next = match dry_run || !all_ok {
+                    true => "give a larger --limit, or narrow the selection",
+                    false => "run the command again (or give a larger --limit)",
+                };
                 all_ok = false;
                 outcomes.push(json!({"more": true, "message": format!(
-                    "the selection may match more than these {}: run the command again (or give a larger --limit)",
+                    "the selection may match more than these {}: {next}",
                     rows.len()
                 )}));
             }
