@@ -51,6 +51,11 @@ pub const DEFAULT_ATOMIC_FUNCTION: &str = "powersync_apply_transaction";
 pub const DEFAULT_ATOMIC_RECHECK_SECONDS: u64 = 300;
 /// Default for [`UploadSettings::retry_after_seconds`].
 pub const DEFAULT_RETRY_AFTER_SECONDS: u64 = 5;
+/// The largest `UPLOAD_MAX_BODY_BYTES` accepted: 16 MiB. An upload's peak memory is about three
+/// times its body in the worst shapes (the body, each row's text, the request body; natively,
+/// tests/upload_memory.rs), and the runtime holds the request's and the upstream request's
+/// bodies too: at 16 MiB that is within the isolate's 128 MB, at 24 MiB no longer (about 120).
+pub const MAX_BODY_BYTES_LIMIT: u64 = 16 * 1024 * 1024;
 /// Longest Postgres identifier (NAMEDATALEN - 1); longer names are silently truncated by Postgres.
 pub const MAX_IDENTIFIER_BYTES: usize = 63;
 
@@ -331,7 +336,7 @@ pub fn read(reader: &mut Reader, supabase_url: Option<String>) -> Option<UploadS
     let conflict_detection = reader.flag("UPLOAD_CONFLICT_DETECTION", false);
     let defaults = Limits::default();
     let limits = Limits {
-        max_body_bytes: reader.number("UPLOAD_MAX_BODY_BYTES", defaults.max_body_bytes as u64, 1..=100 * 1024 * 1024)
+        max_body_bytes: reader.number("UPLOAD_MAX_BODY_BYTES", defaults.max_body_bytes as u64, 1..=MAX_BODY_BYTES_LIMIT)
             as usize,
         max_entries: reader.number("UPLOAD_MAX_ENTRIES", defaults.max_entries as u64, 1..=1_000_000) as usize,
         max_transactions: reader.number("UPLOAD_MAX_TRANSACTIONS", defaults.max_transactions as u64, 1..=100_000)
@@ -617,6 +622,16 @@ mod tests {
     #[test]
     fn every_missing_required_value_is_reported_at_once() {
         assert_eq!(problem_names(&[]), vec!["SUPABASE_URL", "SUPABASE_ANON_KEY"]);
+    }
+
+    #[test]
+    fn body_limits_beyond_what_an_isolate_holds_are_refused() {
+        let limit = |value: &'static str| {
+            read_vars(&with(&[("UPLOAD_MAX_BODY_BYTES", value)])).map(|s| s.limits.max_body_bytes)
+        };
+        assert_eq!(limit("16777216").ok(), Some(16 * 1024 * 1024));
+        assert!(limit("16777217").is_err(), "more than 16 MiB: about three copies no longer fit in 128 MB");
+        assert!(limit("104857600").is_err(), "100 MiB was accepted before");
     }
 
     #[test]
