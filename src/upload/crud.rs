@@ -602,6 +602,11 @@ fn kind_of(raw: &RawValue) -> &'static str {
 }
 
 fn expected(what: &str, found: &RawValue) -> String {
+    // A string whose escapes are no text (an unpaired UTF-16 surrogate, `"\ud800"`) is refused
+    // where a string is expected: say why, not "expected a string, found a string".
+    if found.get().starts_with('"') && serde_json::from_str::<String>(found.get()).is_err() {
+        return format!("expected {what}, found a string that is not text (an unpaired UTF-16 surrogate escape)");
+    }
     format!("expected {what}, found {}", kind_of(found))
 }
 
@@ -1227,6 +1232,21 @@ mod tests {
             _ => Map::new(),
         };
         Entry { op, table: table.to_string(), id: id.to_string(), data: data.into(), previous: None, metadata: None }
+    }
+
+    #[test]
+    fn a_lone_surrogate_in_op_table_or_id_is_refused_saying_why() {
+        for field in ["op", "type", "id"] {
+            let mut entry = json!({"op": "PUT", "type": "todos", "id": "a", "data": {}});
+            entry[field] = json!("X");
+            let body = json!({"transactions": [{"crud": [entry]}]}).to_string().replace("\"X\"", "\"\\ud800\"");
+            match parse(body.as_bytes(), &Limits::default()) {
+                Err(CrudError::Malformed { message, .. }) => {
+                    assert!(message.contains("not text (an unpaired UTF-16 surrogate escape)"), "{field}: {message}")
+                }
+                other => panic!("{field}: {other:?}"),
+            }
+        }
     }
 
     #[test]
