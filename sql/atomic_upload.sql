@@ -293,18 +293,6 @@ begin
   return case when v ~ '^[0-9a-f]{32}$' then v end;
 end
 $$;
-do $$
-declare
-  r text;
-begin
-  execute 'revoke all on function public.powersync_upload_entries_digest() from public';
-  foreach r in array array['anon', 'authenticated', 'service_role'] loop
-    if exists (select 1 from pg_catalog.pg_roles where rolname = r) then
-      execute pg_catalog.format('revoke all on function public.powersync_upload_entries_digest() from %I', r);
-    end if;
-  end loop;
-end
-$$;
 
 -- Records (user, client, transaction) unless already recorded with the same
 -- digest, or the same entries digest (powersync_upload_entries_digest, when
@@ -522,19 +510,6 @@ as $$
    where l.user_id = p_user_id and l.client_id = p_client_id and l.transaction_id = p_transaction_id
      and l.entries_digest = public.powersync_upload_entries_digest()
 $$;
-do $$
-declare
-  r text;
-begin
-  execute 'revoke all on function public.powersync_upload_ledger_letter_of(text, text, text) from public';
-  foreach r in array array['anon', 'authenticated', 'service_role'] loop
-    if exists (select 1 from pg_catalog.pg_roles where rolname = r) then
-      execute pg_catalog.format(
-        'revoke all on function public.powersync_upload_ledger_letter_of(text, text, text) from %I', r);
-    end if;
-  end loop;
-end
-$$;
 
 -- The dead letter the ledger holds for the caller's (client, transaction), as
 -- {"id", "index", "code", "message", "details"} (index, code, message and
@@ -621,7 +596,9 @@ declare
   f text;
 begin
   foreach f in array array['public.powersync_upload_ledger_user(text)',
+                           'public.powersync_upload_entries_digest()',
                            'public.powersync_upload_ledger_refuse(text, text, text, text, bigint)',
+                           'public.powersync_upload_ledger_letter_of(text, text, text)',
                            'public.powersync_upload_ledger_dead_letter(text, text, text)',
                            'public.powersync_upload_ledger_unchanged(text, text, text, integer[])'] loop
     execute pg_catalog.format('revoke all on function %s from public', f);
