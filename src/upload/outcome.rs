@@ -631,9 +631,11 @@ pub fn op_index_from_hint(hint: &str, ops: &[(&str, &str, &str)]) -> Option<usiz
 pub const UNEXPECTED_RESPONSE: &str = "unexpected_response";
 
 /// A 2xx answer that is not what PostgREST sends for the request (`expected` says what that
-/// is): not counted as applied, retryable. The message names the status and quotes the body's
-/// first characters (at most [`BODY_EXCERPT_CHARS`], control characters blanked), e.g. a
-/// catch-all server or a proxy behind a wrong `SUPABASE_URL`.
+/// is): not counted as applied, retryable. The message names the status; the details quote the
+/// body's first characters (at most [`BODY_EXCERPT_CHARS`], control characters blanked), e.g. a
+/// catch-all server or a proxy behind a wrong `SUPABASE_URL`. The details, never the message:
+/// the log line keeps the message, and a host that echoes the request would put the row's
+/// values and the user's id there.
 pub fn unexpected_response(index: Option<usize>, response: &HttpResponse, expected: &str) -> FailedOperation {
     let body = if response.body.trim().is_empty() {
         "an empty body".to_string()
@@ -644,11 +646,12 @@ pub fn unexpected_response(index: Option<usize>, response: &HttpResponse, expect
         index,
         UNEXPECTED_RESPONSE,
         format!(
-            "HTTP {} from Supabase with {body} is not PostgREST's answer ({expected}); not counted as \
-             applied (is SUPABASE_URL the project's API URL?)",
+            "HTTP {} from Supabase is not PostgREST's answer ({expected}); not counted as applied (is \
+             SUPABASE_URL the project's API URL?)",
             response.status
         ),
     );
+    failure.details = Some(body);
     failure.http_status = Some(response.status);
     failure
 }
@@ -1333,13 +1336,17 @@ mod tests {
             (failure.code.as_str(), failure.index, failure.http_status),
             ("unexpected_response", Some(1), Some(201))
         );
-        assert!(failure.message.starts_with("HTTP 201 from Supabase with an empty body"), "{}", failure.message);
+        assert!(failure.message.starts_with("HTTP 201 from Supabase is not PostgREST's answer"), "{}", failure.message);
+        assert_eq!(failure.details.as_deref(), Some("an empty body"));
         let html = format!("<html>\u{1b}[31m\r\n{}</html>", "x".repeat(1000));
         let failure = unexpected_response(None, &with_range(200, None, &html), "x");
-        assert!(failure.message.starts_with("HTTP 200 from Supabase with body \"<html>"), "{}", failure.message);
-        assert!(!failure.message.chars().any(char::is_control), "{:?}", failure.message);
-        assert!(failure.message.chars().count() < 400, "{}", failure.message.len());
-        assert!(failure.message.contains("xxx…"));
+        assert!(failure.message.starts_with("HTTP 200 from Supabase is not"), "{}", failure.message);
+        assert!(!failure.message.contains("<html>"), "the message (logged) quotes nothing of the body");
+        let details = failure.details.unwrap_or_default();
+        assert!(details.starts_with("body \"<html>"), "{details}");
+        assert!(!details.chars().any(char::is_control), "{details:?}");
+        assert!(details.chars().count() < 400, "{}", details.len());
+        assert!(details.contains("xxx…"));
     }
 
     #[test]

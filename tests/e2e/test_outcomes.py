@@ -287,7 +287,8 @@ def test_catch_all_server_answering_201_is_never_counted_applied(instances, catc
     assert answer["applied"] == 0, "nothing reported applied"
     failed = failure(response, 0)
     assert (failed["code"], failed["http_status"]) == ("unexpected_response", 201), failed
-    assert failed["message"].startswith("HTTP 201 from Supabase with an empty body"), failed
+    assert failed["message"].startswith("HTTP 201 from Supabase is not PostgREST's answer"), failed
+    assert failed["details"] == "an empty body", failed
     assert catch_all.requests == before + 1, "the first answer stops the upload"
     logged = worker.log_line(response)["upload"]
     assert logged["failure_codes"] == ["unexpected_response"]
