@@ -857,7 +857,9 @@ async fn record_dead_letter<T: Transport>(
     report: &mut UploadReport,
 ) -> Result<(), (FailedOperation, u64)> {
     let (transaction, failure, states) = record;
-    let kept = |why: String, http_status: Option<u16>| {
+    // The recorder's own error, which names the fix (the GRANT to run, the user's cap reached),
+    // goes to the answer; the log line keeps its code only (a database error may quote a value).
+    let kept = |why: String, http_status: Option<u16>, hint: Option<String>| {
         let mut kept = FailedOperation::new(
             failure.index,
             "dead_letter_failed",
@@ -867,6 +869,7 @@ async fn record_dead_letter<T: Transport>(
             ),
         );
         kept.details = failure.details.clone();
+        kept.hint = hint;
         kept.http_status = http_status;
         kept
     };
@@ -874,7 +877,7 @@ async fn record_dead_letter<T: Transport>(
     if report.subrequests >= settings.subrequest_budget {
         report.dead_letter_failures += 1;
         report.dead_letter_errors.push(format!("dead-letter call {function} skipped: no subrequest budget left"));
-        return Err((kept("no subrequest budget left".to_string(), None), settings.retry_after_seconds));
+        return Err((kept("no subrequest budget left".to_string(), None, None), settings.retry_after_seconds));
     }
     let request = dead_letter::request(settings, caller, transaction, failure, states);
     let may_resend = report.subrequests + 2 <= settings.subrequest_budget;
@@ -892,12 +895,15 @@ async fn record_dead_letter<T: Transport>(
             error.http_status = answer.as_ref().ok().map(|response| response.status);
             (error, None)
         }
-        (Verdict::Fatal(error), _) => (error, None),
+        // Refused for good (the user's cap of waiting dead letters, 54000; a refusal the
+        // recorder raises): only an operator changes that, as for schema drift.
+        (Verdict::Fatal(error), _) => (error, Some(SCHEMA_DRIFT_RETRY_AFTER_SECONDS)),
         (Verdict::Retryable { failure: error, retry_after_seconds }, _) => (error, retry_after_seconds),
     };
     report.dead_letter_failures += 1;
     let status = error.http_status.map_or_else(|| "no answer".to_string(), |s| format!("HTTP {s}"));
     report.dead_letter_errors.push(format!("dead-letter call {function} failed: {} ({status})", error.code));
     let wait = retry_after.unwrap_or(0).max(settings.retry_after_seconds);
-    Err((kept(format!("{} {status}", error.code), error.http_status), wait))
+    let why = format!("{} {status}: {}", error.code, crate::credentials::clipped(&error.message, 300));
+    Err((kept(why, error.http_status, error.hint.clone()), wait))
 }

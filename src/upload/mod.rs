@@ -806,6 +806,35 @@ mod tests {
             "{:?}",
             report.dead_letter_errors
         );
+        // the answer names the fix the recorder's refusal led to
+        assert!(
+            kept.message.contains("grant execute on function public.powersync_record_dead_letter"),
+            "{}",
+            kept.message
+        );
+    }
+
+    #[test]
+    fn a_user_at_the_dead_letter_cap_waits_for_an_operator_told_why() {
+        let mut s = settings();
+        s.dead_letter_table = Some("dead".to_string());
+        let cap = json!({"code": "54000", "details": null,
+            "message": "powersync_record_dead_letter: 10000 dead letters of this user are waiting for a replay",
+            "hint": "replay or delete them (as an operator) before more can be recorded"});
+        let transport = FakeTransport::scripted(vec![
+            error(409, "23505", "duplicate"),
+            Ok(HttpResponse { status: 400, headers: vec![], body: cap.to_string() }),
+        ]);
+        let report = run(&[tx(1)], &s, &transport);
+        assert_eq!(statuses(&report), vec![Status::RetryableError]);
+        let kept = report.results[0].failed_operation.clone().expect("failure");
+        assert!(kept.message.contains("10000 dead letters of this user"), "{}", kept.message);
+        assert_eq!(kept.hint.as_deref(), Some("replay or delete them (as an operator) before more can be recorded"));
+        assert_eq!(report.results[0].retry_after_ms, Some(60_000), "only an operator frees room");
+        assert_eq!(
+            report.dead_letter_errors,
+            vec!["dead-letter call powersync_record_dead_letter failed: 54000 (HTTP 400)"]
+        );
     }
 
     #[test]
