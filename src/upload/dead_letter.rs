@@ -113,22 +113,34 @@ pub const UNCHANGED: &str = "unchanged";
 /// whose entries `unchanged` (indexes, in order, not empty) changed no row: a failure with code
 /// `unchanged` at the first of them, and the states (those entries `unchanged`, the others
 /// `applied`). A replay applies the `unchanged` entries again (e.g. once a policy that hid the
-/// rows is fixed).
-pub fn unchanged_record(count: usize, unchanged: &[usize]) -> (FailedOperation, Vec<EntryState>) {
-    let listed = unchanged.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
-    let failure = FailedOperation::new(
-        unchanged.first().copied(),
-        UNCHANGED,
-        format!(
-            "applied, but entries {listed} (PATCH or DELETE) changed no row: the row is gone, or hidden \
-             from the writer by row-level security or another owner"
-        ),
+/// rows is fixed). Entries also in `uncertain` (of `unchanged`: merged in one request that
+/// changed fewer rows than it named, so each may have changed its row) are recorded `applied`
+/// and named in the message: a replay sending one again could overwrite a newer value.
+pub fn unchanged_record(count: usize, unchanged: &[usize], uncertain: &[usize]) -> (FailedOperation, Vec<EntryState>) {
+    let list = |entries: &[usize]| entries.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+    let mut message = format!(
+        "applied, but entries {} (PATCH or DELETE) changed no row: the row is gone, or hidden from the writer by \
+         row-level security or another owner",
+        list(unchanged)
     );
-    // One pass over the list (a `contains` per entry made it count × unchanged).
+    if !uncertain.is_empty() {
+        message.push_str(&format!(
+            "; of them, entries {} were sent in one request that changed some of their rows, so each may have \
+             changed its own: recorded applied (a replay does not send them again)",
+            list(uncertain)
+        ));
+    }
+    let failure = FailedOperation::new(unchanged.first().copied(), UNCHANGED, message);
+    // One pass over each list (a `contains` per entry made it count × unchanged).
     let mut states = vec![EntryState::Applied; count];
     for &i in unchanged {
         if let Some(state) = states.get_mut(i) {
             *state = EntryState::Unchanged;
+        }
+    }
+    for &i in uncertain {
+        if let Some(state) = states.get_mut(i) {
+            *state = EntryState::Applied;
         }
     }
     (failure, states)
@@ -328,7 +340,7 @@ mod tests {
         // 0.15 s natively, and UPLOAD_MAX_ENTRIES may be 1,000,000.
         let unchanged: Vec<usize> = (0..100_000).step_by(2).collect();
         let started = std::time::Instant::now();
-        let (failure, states) = unchanged_record(100_000, &unchanged);
+        let (failure, states) = unchanged_record(100_000, &unchanged, &[]);
         assert!(started.elapsed() < std::time::Duration::from_millis(1500), "{:?}", started.elapsed());
         assert_eq!(failure.index, Some(0));
         assert_eq!(states.iter().filter(|s| **s == EntryState::Unchanged).count(), 50_000);

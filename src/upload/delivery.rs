@@ -103,6 +103,9 @@ enum Ending {
     /// a transaction applied before, as the ledger recorded them then).
     Success {
         unchanged: Vec<usize>,
+        /// Of `unchanged`: entries merged in one request that changed some of its rows, so each
+        /// may have changed its own (the count cannot say which).
+        uncertain: Vec<usize>,
         already_applied: bool,
     },
     /// Rejected for good; what became of each entry (for the dead letter).
@@ -154,7 +157,7 @@ pub async fn apply_with<T: Transport>(
             let atomic = route != Route::Rest && report.atomic_function != Some(false);
             let ending = match plan::plan_transaction_as(transaction, settings, caller, atomic) {
                 Ok(requests) if requests.is_empty() => {
-                    Some(Ending::Success { unchanged: Vec::new(), already_applied: false })
+                    Some(Ending::Success { unchanged: Vec::new(), uncertain: Vec::new(), already_applied: false })
                 }
                 Ok(requests) if worst_case(&requests) + dead_letter_cost > budget => {
                     let too_big = too_big(worst_case(&requests), budget, dead_letter_cost, &settings.atomic_function);
@@ -250,13 +253,14 @@ pub async fn apply_with<T: Transport>(
             continue;
         };
         match ending {
-            Ending::Success { unchanged, already_applied } => {
+            Ending::Success { unchanged, uncertain, already_applied } => {
                 if settings.dead_letter_unchanged && settings.dead_letter_table.is_some() && !unchanged.is_empty() {
                     // Best effort: the transaction is applied and its result names the entries
                     // either way; a record that fails is counted and logged, not retried. For a
                     // transaction applied before, this is the record its lost answer would have
                     // made (made already, it is returned, not made twice: one per transaction).
-                    let (failure, states) = dead_letter::unchanged_record(transaction.entries.len(), &unchanged);
+                    let (failure, states) =
+                        dead_letter::unchanged_record(transaction.entries.len(), &unchanged, &uncertain);
                     let record = (transaction, &failure, states.as_slice());
                     let _ = record_dead_letter(settings, caller, record, transport, &mut report).await;
                 }
@@ -467,6 +471,7 @@ async fn send<T: Transport>(
     let mut unchanged: Vec<usize> = Vec::new();
     // those of them known to have changed no row (a merged request's count may leave it open)
     let mut surely_unchanged: Vec<usize> = Vec::new();
+    let mut uncertain: Vec<usize> = Vec::new();
     while let Some((planned, is_half)) = queue.pop_front() {
         let index = match &planned.check {
             Check::Atomic => None,
@@ -564,6 +569,8 @@ async fn send<T: Transport>(
                                 unchanged.extend(row_entries.iter().copied());
                                 if count == 0 {
                                     surely_unchanged.extend(row_entries.iter().copied());
+                                } else {
+                                    uncertain.extend(row_entries.iter().copied());
                                 }
                             }
                         }
@@ -658,7 +665,9 @@ async fn send<T: Transport>(
     }
     unchanged.sort_unstable();
     unchanged.dedup();
-    Ending::Success { unchanged, already_applied }
+    uncertain.sort_unstable();
+    uncertain.dedup();
+    Ending::Success { unchanged, uncertain, already_applied }
 }
 
 /// The most subrequests `requests` can take: one each, plus the reads a conditional write may need

@@ -1602,6 +1602,32 @@ mod tests {
     }
 
     #[test]
+    fn a_merged_patch_that_changed_some_of_its_rows_records_its_entries_applied_not_unchanged() {
+        // Two PATCHes go as one `id=in.(a,gone)` and change one row: the count cannot say which,
+        // so both are reported unchanged, but the record must not have a replay send PATCH a
+        // again over a newer value of its row.
+        let mut s = settings();
+        s.dead_letter_table = Some("dead".to_string());
+        s.dead_letter_unchanged = true;
+        let patches = Transaction {
+            transaction_id: Some(json!("m")),
+            entries: vec![
+                entry(Op::Patch, "a", json!({"done": true})),
+                entry(Op::Patch, "gone", json!({"done": true})),
+            ],
+        };
+        let transport = FakeTransport::scripted(vec![counted(204, 1), recorded()]);
+        let report = run(&[patches], &s, &transport);
+        assert_eq!(statuses(&report), vec![Status::Success]);
+        assert_eq!(transport.sent().len(), 2, "one merged PATCH, then the record");
+        assert_eq!(report.results[0].unchanged, vec![0, 1]);
+        let body: Value =
+            serde_json::from_str(transport.sent()[1].body.as_deref().unwrap_or("")).unwrap_or(Value::Null);
+        assert_eq!(states_of(&body), vec!["applied", "applied"]);
+        assert!(body["message"].as_str().unwrap_or("").contains("may have changed its own"), "{body}");
+    }
+
+    #[test]
     fn an_atomic_re_send_reports_the_unchanged_entries_the_ledger_recorded_and_records_their_letter() {
         // The first call's answer was lost; the ledger kept what it changed nothing of.
         let mut s = settings();
