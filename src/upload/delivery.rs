@@ -472,7 +472,13 @@ async fn send<T: Transport>(
     // those of them known to have changed no row (a merged request's count may leave it open)
     let mut surely_unchanged: Vec<usize> = Vec::new();
     let mut uncertain: Vec<usize> = Vec::new();
+    // What the requests still queued may take (their reads included, as `worst_case` reserved
+    // them): a resend or a split uses only what this leaves, so it never takes the reads a later
+    // compared write needs (counted as one request each, they did, and that write then waited,
+    // and its re-send could read the entries before it as a conflict).
+    let mut pending = queue.iter().map(|(planned, _)| cost(planned)).sum::<usize>();
     while let Some((planned, is_half)) = queue.pop_front() {
+        pending -= cost(&planned);
         let index = match &planned.check {
             Check::Atomic => None,
             Check::Upsert { row_entries } if row_entries.len() == 1 => row_entries.first().copied(),
@@ -480,7 +486,7 @@ async fn send<T: Transport>(
         };
         // A request whose connection failed before any answer is sent again at once, if that
         // extra request still leaves room for every request planned after it and the reserve.
-        let may_resend = report.subrequests + 2 + queue.len() + reserve <= settings.subrequest_budget;
+        let may_resend = report.subrequests + 2 + pending + reserve <= settings.subrequest_budget;
         let (answer, sent) = send_resending_once(transport, &planned.request, may_resend).await;
         report.subrequests += sent;
         report.resent += sent - 1;
@@ -534,7 +540,7 @@ async fn send<T: Transport>(
             (Check::Conditional { current, same }, Verdict::Applied, Ok(response)) => match affected_rows(response) {
                 Some(0) => {
                     let entry = planned.entries.start;
-                    let spare = queue.len() + reserve;
+                    let spare = pending + reserve;
                     match probe_conflict((current, same.as_ref()), entry, spare, (settings, caller), transport, report)
                         .await
                     {
@@ -601,8 +607,9 @@ async fn send<T: Transport>(
             // once cast) they are how it applies at all, so without room for them the transaction
             // waits; for any other refusal it is then reported at the request's first entry.
             Verdict::Fatal(failure) => match plan::halves(&planned, entries, settings, caller) {
-                Some(halves) if report.subrequests + queue.len() + 2 + reserve <= settings.subrequest_budget => {
+                Some(halves) if report.subrequests + pending + 2 + reserve <= settings.subrequest_budget => {
                     for half in halves.into_iter().rev() {
+                        pending += cost(&half);
                         queue.push_front((half, true));
                     }
                 }
@@ -636,11 +643,12 @@ async fn send<T: Transport>(
                     _ => None,
                 };
                 let fits = |halves: &[PlannedRequest; 2]| {
-                    report.subrequests + queue.len() + halves.len() + reserve <= settings.subrequest_budget
+                    report.subrequests + pending + halves.len() + reserve <= settings.subrequest_budget
                 };
                 match halves {
                     Some(halves) if fits(&halves) => {
                         for half in halves.into_iter().rev() {
+                            pending += cost(&half);
                             queue.push_front((half, true));
                         }
                     }
@@ -675,14 +683,16 @@ async fn send<T: Transport>(
 /// whose re-send finds its own earlier writes (each then needing its reads) still fits in a fresh
 /// budget: one that cannot fit is too big for REST and goes through the atomic function.
 fn worst_case(requests: &[PlannedRequest]) -> usize {
-    requests
-        .iter()
-        .map(|planned| match &planned.check {
-            Check::Conditional { same: Some(_), .. } => 3,
-            Check::Conditional { same: None, .. } => 2,
-            _ => 1,
-        })
-        .sum()
+    requests.iter().map(cost).sum()
+}
+
+/// The most subrequests one planned request can take (see [`worst_case`]).
+fn cost(planned: &PlannedRequest) -> usize {
+    match &planned.check {
+        Check::Conditional { same: Some(_), .. } => 3,
+        Check::Conditional { same: None, .. } => 2,
+        _ => 1,
+    }
 }
 
 /// Code of a conflict's `failed_operation`.

@@ -1323,6 +1323,34 @@ mod tests {
     }
 
     #[test]
+    fn a_resend_never_takes_the_reads_reserved_for_a_later_compared_write() {
+        // Budget 5 = the plan's worst case: PUT (1), DELETE (1), compared PATCH (3: the write and
+        // two reads when it changes no row). The PUT's connection is lost: sending it again
+        // would leave the PATCH without its reads (counted as one request each, it did, and the
+        // PATCH ended `conflict_check_budget` after the DELETE had applied). It waits instead.
+        let mut s = conflict_settings();
+        s.subrequest_budget = 5;
+        let transaction = Transaction {
+            transaction_id: Some(json!(1)),
+            entries: vec![entry(Op::Put, "p", json!({"x": 1})), entry(Op::Delete, "d", Value::Null), stale_patch()],
+        };
+        let transport = FakeTransport::scripted(vec![
+            lost(),
+            counted(201, 1),
+            counted(204, 1),
+            counted(204, 0),
+            rows(json!([{"id": "a", "title": "theirs"}])),
+            rows(json!([])),
+        ]);
+        let report = run(&[transaction], &s, &transport);
+        assert_eq!(statuses(&report), vec![Status::RetryableError]);
+        let failure = failure_of(&report, 0);
+        assert_ne!(failure.code, "conflict_check_budget", "{failure:?}");
+        assert_eq!(failure.index, Some(0), "{failure:?}");
+        assert_eq!(transport.sent().len(), 1, "nothing after the lost PUT: its re-send would eat the reads");
+    }
+
+    #[test]
     fn with_conflict_detection_a_patch_applies_only_where_the_row_holds_the_previous_values() {
         let transport = FakeTransport::scripted(vec![counted(204, 1)]);
         let transaction = Transaction { transaction_id: Some(json!(1)), entries: vec![stale_patch()] };
