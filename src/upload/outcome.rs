@@ -51,6 +51,9 @@
 //!      (authorization configuration), `40` (serialization, deadlock), `53` (resources), `57`
 //!      (operator intervention, statement timeout), `58` (system) → retryable;
 //!    - other `PGRST1xx` (request) and `PGRST2xx` (schema cache) → fatal;
+//!    - `PGRST300`–`PGRST303` (PostgREST refused the session the worker accepted) whose message
+//!      does not say it expired → retryable with the schema drift's least `Retry-After` and what
+//!      to check (the issuer under Supabase's Third-party Auth, the project's JWT keys);
 //!    - `PGRST0xx` (database unreachable), `PGRST3xx` (JWT invalid or expired: the client
 //!      refreshes its session and retries) and `PGRSTX..` (internal) → retryable;
 //!    - any other SQLSTATE (e.g. `XX000` → 500) → by status;
@@ -596,6 +599,28 @@ fn operators_to_fix(body: &ErrorBody, written_as: WrittenAs<'_>) -> Option<Strin
             )
         }
         _ => {}
+    }
+    // PostgREST refused the session the worker verified a moment ago (in service mode, the
+    // service key): unless it expired in between (within the leeway), the project does not
+    // trust its issuer or key, e.g. a third-party provider set in the worker but not under
+    // Supabase's Third-party Auth. Retried every few seconds as an outage, it waited for ever.
+    if matches!(code, "PGRST300" | "PGRST301" | "PGRST302" | "PGRST303")
+        && !message.to_ascii_lowercase().contains("expired")
+    {
+        return Some(
+            "PostgREST refused a session the worker accepted: add its issuer under Authentication > \
+             Third-party Auth in Supabase, or check the project's JWT keys and SUPABASE_URL (the \
+             operator's to fix; the upload waits)"
+                .into(),
+        );
+    }
+    // No unique constraint on `id` for the upsert's conflict target: not a policy's error.
+    if code == "42P10" {
+        return Some(
+            "the table needs a unique constraint on id for the upsert (make id its primary key, or \
+             create a unique index on it: the operator's to fix; the upload waits)"
+                .into(),
+        );
     }
     is_database_setup_error(code).then(|| {
         "an error in the database's own policies, triggers or functions, not in the data (the \
@@ -1429,6 +1454,43 @@ mod tests {
             [(401, "PGRST301"), (401, "PGRST303"), (503, "PGRST000"), (504, "PGRST003"), (500, "PGRSTX00")]
         {
             assert!(is_retryable(&classify(&postgrest(status, code), None)), "{code}");
+        }
+    }
+
+    #[test]
+    fn postgrest_refusing_a_session_the_worker_accepted_waits_for_the_operator_unless_it_expired() {
+        let refusal = |message: &str| {
+            let body = json!({"code": "PGRST301", "message": message, "details": null, "hint": null});
+            classify(&answer(401, &body.to_string()), None)
+        };
+        match refusal("No suitable key or wrong key type") {
+            Verdict::Retryable { failure, retry_after_seconds } => {
+                assert_eq!(retry_after_seconds, Some(SCHEMA_DRIFT_RETRY_AFTER_SECONDS));
+                assert!(failure.message.contains("Third-party Auth"), "{}", failure.message);
+                assert_eq!(failure.code, "PGRST301");
+            }
+            other => panic!("{other:?}"),
+        }
+        // expired between the worker's check and PostgREST's: the client refreshes, soon
+        match refusal("JWT expired") {
+            Verdict::Retryable { failure, retry_after_seconds } => {
+                assert_eq!(retry_after_seconds, None);
+                assert_eq!(failure.message, "JWT expired");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn no_unique_constraint_on_id_names_that_fix() {
+        let body = json!({"code": "42P10", "message": "there is no unique or exclusion constraint matching the ON CONFLICT specification"});
+        match classify(&answer(400, &body.to_string()), Some(0)) {
+            Verdict::Retryable { failure, retry_after_seconds } => {
+                assert_eq!(retry_after_seconds, Some(SCHEMA_DRIFT_RETRY_AFTER_SECONDS));
+                assert!(failure.message.contains("unique constraint on id"), "{}", failure.message);
+                assert!(!failure.message.contains("policies, triggers"), "{}", failure.message);
+            }
+            other => panic!("{other:?}"),
         }
     }
 
