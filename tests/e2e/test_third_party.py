@@ -389,6 +389,25 @@ def test_supabase_sessions_upload_beside_firebase_ones_through_the_same_bridge(f
         assert conn.execute("select owner_id::text from public.lists where id = %s", (list_id,)).fetchone() == (user,)
 
 
+def test_a_provider_the_project_does_not_trust_keeps_uploads_queued_and_says_where_to_add_it(
+        providers, base_vars, start_worker, db):
+    """Firebase set in the worker, not under the project's Third-party Auth (the default stand-in
+    trusts only the project's keys): PostgREST refuses every Firebase session (PGRST301). That
+    is the operator's setup: the writes wait at least 60 s a try (they were retried every 5 s as
+    an outage, for ever), and the message says where to add the provider."""
+    _, keys, urls, _ = providers
+    worker = start_worker({**base_vars, "UPLOAD_ATOMIC": "false",
+                           "THIRD_PARTY_FIREBASE_PROJECT_ID": FIREBASE_PROJECT,
+                           "THIRD_PARTY_FIREBASE_JWKS_URL": urls["firebase"]})
+    token = keys["firebase"].sign(firebase_claims())
+    r = upload(worker, token, upload_body(tx(put("lists", str(uuid.uuid4()), name="n", owner_id=FIREBASE_UID))))
+    assert r.status_code == 503 and statuses(r) == ["retryable_error"], r.text
+    failed = failure(r, 0)
+    assert failed["code"] == "PGRST301" and "Third-party Auth" in failed["message"], failed
+    assert int(r.headers["Retry-After"]) >= 60
+    assert db.execute("select count(*) from public.lists").fetchone() == (0,)
+
+
 def test_unreachable_provider_keys_are_503_try_again_not_401(providers, base_vars, start_worker):
     from tests.support.worker import free_port
     _, keys, _, _ = providers
