@@ -388,7 +388,7 @@ async fn after_timeout<T: Transport>(
         return (Ending::Retryable(failure, wait), None);
     }
     let reason = format!(
-        "{cancelled} ({}: {}), so it was applied through {needed} REST requests instead: \
+        "{cancelled} ({}: {}), so it was sent through {needed} REST requests instead: \
          neither all-or-nothing nor exactly once",
         failure.code, failure.message
     );
