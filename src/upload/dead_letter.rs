@@ -115,7 +115,8 @@ pub const UNCHANGED: &str = "unchanged";
 /// `applied`). A replay applies the `unchanged` entries again (e.g. once a policy that hid the
 /// rows is fixed). Entries also in `uncertain` (of `unchanged`: merged in one request that
 /// changed fewer rows than it named, so each may have changed its row) are recorded `applied`
-/// and named in the message: a replay sending one again could overwrite a newer value.
+/// and named in the message: a replay sending one again could overwrite a newer value. The
+/// failure's index is the first entry recorded `unchanged` (`uncertain` is sorted).
 pub fn unchanged_record(count: usize, unchanged: &[usize], uncertain: &[usize]) -> (FailedOperation, Vec<EntryState>) {
     let list = |entries: &[usize]| entries.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
     let mut message = format!(
@@ -130,7 +131,9 @@ pub fn unchanged_record(count: usize, unchanged: &[usize], uncertain: &[usize]) 
             list(uncertain)
         ));
     }
-    let failure = FailedOperation::new(unchanged.first().copied(), UNCHANGED, message);
+    // at the first entry recorded unchanged (`uncertain` is sorted)
+    let first = unchanged.iter().copied().find(|i| uncertain.binary_search(i).is_err());
+    let failure = FailedOperation::new(first.or(unchanged.first().copied()), UNCHANGED, message);
     // One pass over each list (a `contains` per entry made it count × unchanged).
     let mut states = vec![EntryState::Applied; count];
     for &i in unchanged {

@@ -254,7 +254,10 @@ pub async fn apply_with<T: Transport>(
         };
         match ending {
             Ending::Success { unchanged, uncertain, already_applied } => {
-                if settings.dead_letter_unchanged && settings.dead_letter_table.is_some() && !unchanged.is_empty() {
+                // Not when every such entry may have changed its row after all (`uncertain`):
+                // that record would hold nothing to replay.
+                let surely = unchanged.iter().any(|i| uncertain.binary_search(i).is_err());
+                if settings.dead_letter_unchanged && settings.dead_letter_table.is_some() && surely {
                     // Best effort: the transaction is applied and its result names the entries
                     // either way; a record that fails is counted and logged, not retried. For a
                     // transaction applied before, this is the record its lost answer would have
@@ -486,7 +489,8 @@ async fn send<T: Transport>(
         };
         // A request whose connection failed before any answer is sent again at once, if that
         // extra request still leaves room for every request planned after it and the reserve.
-        let may_resend = report.subrequests + 2 + pending + reserve <= settings.subrequest_budget;
+        // (its own reads too, for a compared write: they come after its answer)
+        let may_resend = report.subrequests + 1 + cost(&planned) + pending + reserve <= settings.subrequest_budget;
         let (answer, sent) = send_resending_once(transport, &planned.request, may_resend).await;
         report.subrequests += sent;
         report.resent += sent - 1;

@@ -1351,6 +1351,21 @@ mod tests {
     }
 
     #[test]
+    fn a_compared_write_is_sent_again_only_with_room_for_its_own_reads() {
+        // Budget 3 = the compared PATCH's write and its two reads. Its connection is lost: a
+        // second send would leave one read, and a zero-row answer then could not be told apart
+        // (conflict_check_budget after a wasted request). It waits for the next upload instead.
+        let mut s = conflict_settings();
+        s.subrequest_budget = 3;
+        let transaction = Transaction { transaction_id: Some(json!(1)), entries: vec![stale_patch()] };
+        let transport = FakeTransport::scripted(vec![lost(), counted(204, 0), rows(json!([]))]);
+        let report = run(&[transaction], &s, &transport);
+        assert_eq!(statuses(&report), vec![Status::RetryableError]);
+        assert_eq!(failure_of(&report, 0).code, "network_error");
+        assert_eq!(transport.sent().len(), 1);
+    }
+
+    #[test]
     fn with_conflict_detection_a_patch_applies_only_where_the_row_holds_the_previous_values() {
         let transport = FakeTransport::scripted(vec![counted(204, 1)]);
         let transaction = Transaction { transaction_id: Some(json!(1)), entries: vec![stale_patch()] };
@@ -1633,25 +1648,29 @@ mod tests {
     fn a_merged_patch_that_changed_some_of_its_rows_records_its_entries_applied_not_unchanged() {
         // Two PATCHes go as one `id=in.(a,gone)` and change one row: the count cannot say which,
         // so both are reported unchanged, but the record must not have a replay send PATCH a
-        // again over a newer value of its row.
+        // again over a newer value of its row. Alone, they make no record (nothing to replay).
         let mut s = settings();
         s.dead_letter_table = Some("dead".to_string());
         s.dead_letter_unchanged = true;
-        let patches = Transaction {
-            transaction_id: Some(json!("m")),
-            entries: vec![
-                entry(Op::Patch, "a", json!({"done": true})),
-                entry(Op::Patch, "gone", json!({"done": true})),
-            ],
-        };
-        let transport = FakeTransport::scripted(vec![counted(204, 1), recorded()]);
-        let report = run(&[patches], &s, &transport);
+        let patches =
+            vec![entry(Op::Patch, "a", json!({"done": true})), entry(Op::Patch, "gone", json!({"done": true}))];
+        let merged = Transaction { transaction_id: Some(json!("m")), entries: patches.clone() };
+        let transport = FakeTransport::scripted(vec![counted(204, 1)]);
+        let report = run(&[merged], &s, &transport);
         assert_eq!(statuses(&report), vec![Status::Success]);
-        assert_eq!(transport.sent().len(), 2, "one merged PATCH, then the record");
         assert_eq!(report.results[0].unchanged, vec![0, 1]);
+        assert_eq!((transport.sent().len(), report.dead_letters), (1, 0), "no record of nothing to replay");
+        // With a DELETE that surely changed nothing after them: recorded, at that DELETE.
+        let mut entries = patches;
+        entries.push(entry(Op::Delete, "gone-too", Value::Null));
+        let mixed = Transaction { transaction_id: Some(json!("n")), entries };
+        let transport = FakeTransport::scripted(vec![counted(204, 1), counted(204, 0), recorded()]);
+        let report = run(&[mixed], &s, &transport);
+        assert_eq!(report.results[0].unchanged, vec![0, 1, 2]);
         let body: Value =
-            serde_json::from_str(transport.sent()[1].body.as_deref().unwrap_or("")).unwrap_or(Value::Null);
-        assert_eq!(states_of(&body), vec!["applied", "applied"]);
+            serde_json::from_str(transport.sent()[2].body.as_deref().unwrap_or("")).unwrap_or(Value::Null);
+        assert_eq!(states_of(&body), vec!["applied", "applied", "unchanged"]);
+        assert_eq!(body["op_index"], json!(2));
         assert!(body["message"].as_str().unwrap_or("").contains("may have changed its own"), "{body}");
     }
 

@@ -52,7 +52,7 @@
 //!      (operator intervention, statement timeout), `58` (system) → retryable;
 //!    - other `PGRST1xx` (request) and `PGRST2xx` (schema cache) → fatal;
 //!    - `PGRST300`–`PGRST303` (PostgREST refused the session the worker accepted) whose message
-//!      does not say it expired → retryable with the schema drift's least `Retry-After` and what
+//!      does not say it expired, is not yet valid or was issued in the future → retryable with the schema drift's least `Retry-After` and what
 //!      to check (the issuer under Supabase's Third-party Auth, the project's JWT keys);
 //!    - `PGRST0xx` (database unreachable), `PGRST3xx` (JWT invalid or expired: the client
 //!      refreshes its session and retries) and `PGRSTX..` (internal) → retryable;
@@ -395,8 +395,9 @@ impl UploadReport {
         let counts = self.counts();
         let failure_codes: Vec<&str> =
             self.results.iter().filter_map(|r| r.failed_operation.as_ref().map(|f| f.code.as_str())).collect();
-        // What came back that was not PostgREST's answer: status and the body's first bytes (the
-        // failure's message, see `unexpected_response`), so a wrong SUPABASE_URL shows in logs.
+        // What came back that was not PostgREST's answer: its status and what was expected (the
+        // failure's message, see `unexpected_response`; the body's excerpt goes to the answer's
+        // details only), so a wrong SUPABASE_URL shows in logs.
         let unexpected: Vec<&str> = self
             .results
             .iter()
@@ -604,9 +605,7 @@ fn operators_to_fix(body: &ErrorBody, written_as: WrittenAs<'_>) -> Option<Strin
     // service key): unless it expired in between (within the leeway), the project does not
     // trust its issuer or key, e.g. a third-party provider set in the worker but not under
     // Supabase's Third-party Auth. Retried every few seconds as an outage, it waited for ever.
-    if matches!(code, "PGRST300" | "PGRST301" | "PGRST302" | "PGRST303")
-        && !message.to_ascii_lowercase().contains("expired")
-    {
+    if matches!(code, "PGRST300" | "PGRST301" | "PGRST302" | "PGRST303") && !refused_for_its_time(message) {
         return Some(
             "PostgREST refused a session the worker accepted: add its issuer under Authentication > \
              Third-party Auth in Supabase, or check the project's JWT keys and SUPABASE_URL (the \
@@ -614,11 +613,13 @@ fn operators_to_fix(body: &ErrorBody, written_as: WrittenAs<'_>) -> Option<Strin
                 .into(),
         );
     }
-    // No unique constraint on `id` for the upsert's conflict target: not a policy's error.
-    if code == "42P10" {
+    // No unique constraint for an ON CONFLICT: the bridge's upsert on `id`, or a trigger's or
+    // function's own (the message does not say which statement).
+    if code == "42P10" && message.contains("ON CONFLICT") {
         return Some(
-            "the table needs a unique constraint on id for the upsert (make id its primary key, or \
-             create a unique index on it: the operator's to fix; the upload waits)"
+            "an ON CONFLICT without a unique constraint to match: the table written needs one on id \
+             for the upsert (make id its primary key, or create a unique index on it), or a trigger's \
+             or function's own ON CONFLICT lacks one (the operator's to fix; the upload waits)"
                 .into(),
         );
     }
@@ -627,6 +628,15 @@ fn operators_to_fix(body: &ErrorBody, written_as: WrittenAs<'_>) -> Option<Strin
          operator's to fix; the upload waits)"
             .into()
     })
+}
+
+/// Whether PostgREST refused a session for its time: expired, or not yet valid / issued in the
+/// future (clock skew beyond PostgREST's 30 s, which the worker's leeway may allow). PostgREST 12
+/// says `JWT expired`, `JWTNotYetValid`, `JWTIssuedAtFuture`; 13 `JWT expired`, `JWT not yet
+/// valid`, `JWT issued at future`. The client's next session, or the next try, passes.
+fn refused_for_its_time(message: &str) -> bool {
+    let message = message.to_ascii_lowercase().replace(' ', "");
+    ["expired", "notyetvalid", "issuedatfuture"].iter().any(|word| message.contains(word))
 }
 
 /// The op index named by the atomic function's error hint, whose end is `powersync op <index>
@@ -1471,13 +1481,18 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        // expired between the worker's check and PostgREST's: the client refreshes, soon
-        match refusal("JWT expired") {
-            Verdict::Retryable { failure, retry_after_seconds } => {
-                assert_eq!(retry_after_seconds, None);
-                assert_eq!(failure.message, "JWT expired");
+        // expired between the worker's check and PostgREST's, or refused for clock skew the
+        // worker's leeway allows: the next session or try passes, soon
+        for message in
+            ["JWT expired", "JWTNotYetValid", "JWT not yet valid", "JWTIssuedAtFuture", "JWT issued at future"]
+        {
+            match refusal(message) {
+                Verdict::Retryable { failure, retry_after_seconds } => {
+                    assert_eq!(retry_after_seconds, None, "{message}");
+                    assert_eq!(failure.message, message);
+                }
+                other => panic!("{other:?}"),
             }
-            other => panic!("{other:?}"),
         }
     }
 
@@ -1487,8 +1502,8 @@ mod tests {
         match classify(&answer(400, &body.to_string()), Some(0)) {
             Verdict::Retryable { failure, retry_after_seconds } => {
                 assert_eq!(retry_after_seconds, Some(SCHEMA_DRIFT_RETRY_AFTER_SECONDS));
-                assert!(failure.message.contains("unique constraint on id"), "{}", failure.message);
-                assert!(!failure.message.contains("policies, triggers"), "{}", failure.message);
+                assert!(failure.message.contains("unique constraint"), "{}", failure.message);
+                assert!(failure.message.contains("one on id"), "{}", failure.message);
             }
             other => panic!("{other:?}"),
         }
