@@ -110,14 +110,20 @@ pub fn refused_states(count: usize, index: Option<usize>) -> Vec<EntryState> {
 pub const UNCHANGED: &str = "unchanged";
 
 /// What `UPLOAD_DEAD_LETTER_UNCHANGED` records for an applied transaction of `count` entries
-/// whose entries `unchanged` (indexes, in order, not empty) changed no row: a failure with code
-/// `unchanged` at the first of them, and the states (those entries `unchanged`, the others
+/// whose entries `unchanged` (indexes, in order) changed no row: a failure with code `unchanged`
+/// at the first of them recorded so, and the states (those entries `unchanged`, the others
 /// `applied`). A replay applies the `unchanged` entries again (e.g. once a policy that hid the
-/// rows is fixed). Entries also in `uncertain` (of `unchanged`: merged in one request that
-/// changed fewer rows than it named, so each may have changed its row) are recorded `applied`
-/// and named in the message: a replay sending one again could overwrite a newer value. The
-/// failure's index is the first entry recorded `unchanged` (`uncertain` is sorted).
-pub fn unchanged_record(count: usize, unchanged: &[usize], uncertain: &[usize]) -> (FailedOperation, Vec<EntryState>) {
+/// rows is fixed). Entries also in `uncertain` (sorted; of `unchanged`: merged in one request
+/// that changed fewer rows than it named, so each may have changed its row) are recorded
+/// `applied` and named in the message: a replay sending one again could overwrite a newer value.
+/// `None` when no entry is left to record `unchanged`: such a record would hold nothing to replay.
+pub fn unchanged_record(
+    count: usize,
+    unchanged: &[usize],
+    uncertain: &[usize],
+) -> Option<(FailedOperation, Vec<EntryState>)> {
+    let surely = |i: &usize| uncertain.binary_search(i).is_err();
+    let first = unchanged.iter().copied().find(surely)?;
     let list = |entries: &[usize]| entries.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
     let mut message = format!(
         "applied, but entries {} (PATCH or DELETE) changed no row: the row is gone, or hidden from the writer by \
@@ -131,22 +137,14 @@ pub fn unchanged_record(count: usize, unchanged: &[usize], uncertain: &[usize]) 
             list(uncertain)
         ));
     }
-    // at the first entry recorded unchanged (`uncertain` is sorted)
-    let first = unchanged.iter().copied().find(|i| uncertain.binary_search(i).is_err());
-    let failure = FailedOperation::new(first.or(unchanged.first().copied()), UNCHANGED, message);
-    // One pass over each list (a `contains` per entry made it count × unchanged).
+    // One pass over the list (a `contains` per entry made it count × unchanged).
     let mut states = vec![EntryState::Applied; count];
-    for &i in unchanged {
+    for i in unchanged.iter().copied().filter(surely) {
         if let Some(state) = states.get_mut(i) {
             *state = EntryState::Unchanged;
         }
     }
-    for &i in uncertain {
-        if let Some(state) = states.get_mut(i) {
-            *state = EntryState::Applied;
-        }
-    }
-    (failure, states)
+    Some((FailedOperation::new(Some(first), UNCHANGED, message), states))
 }
 
 /// What a conflict's dead letter keeps of the row as the server held it (its `details`), as
@@ -343,7 +341,7 @@ mod tests {
         // 0.15 s natively, and UPLOAD_MAX_ENTRIES may be 1,000,000.
         let unchanged: Vec<usize> = (0..100_000).step_by(2).collect();
         let started = std::time::Instant::now();
-        let (failure, states) = unchanged_record(100_000, &unchanged, &[]);
+        let Some((failure, states)) = unchanged_record(100_000, &unchanged, &[]) else { panic!("a record") };
         assert!(started.elapsed() < std::time::Duration::from_millis(1500), "{:?}", started.elapsed());
         assert_eq!(failure.index, Some(0));
         assert_eq!(states.iter().filter(|s| **s == EntryState::Unchanged).count(), 50_000);

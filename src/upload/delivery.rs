@@ -254,16 +254,14 @@ pub async fn apply_with<T: Transport>(
         };
         match ending {
             Ending::Success { unchanged, uncertain, already_applied } => {
-                // Not when every such entry may have changed its row after all (`uncertain`):
-                // that record would hold nothing to replay.
-                let surely = unchanged.iter().any(|i| uncertain.binary_search(i).is_err());
-                if settings.dead_letter_unchanged && settings.dead_letter_table.is_some() && surely {
+                let record = (settings.dead_letter_unchanged && settings.dead_letter_table.is_some())
+                    .then(|| dead_letter::unchanged_record(transaction.entries.len(), &unchanged, &uncertain))
+                    .flatten();
+                if let Some((failure, states)) = record {
                     // Best effort: the transaction is applied and its result names the entries
                     // either way; a record that fails is counted and logged, not retried. For a
                     // transaction applied before, this is the record its lost answer would have
                     // made (made already, it is returned, not made twice: one per transaction).
-                    let (failure, states) =
-                        dead_letter::unchanged_record(transaction.entries.len(), &unchanged, &uncertain);
                     let record = (transaction, &failure, states.as_slice());
                     let _ = record_dead_letter(settings, caller, record, transport, &mut report).await;
                 }

@@ -869,6 +869,15 @@ mod tests {
         assert_eq!(report.results[0].failed_operation.as_ref().map(|f| f.code.as_str()), Some("dead_letter_failed"));
     }
 
+    /// Settings that record dead letters, and (`UPLOAD_DEAD_LETTER_UNCHANGED`) the entries that
+    /// changed no row.
+    fn recording_unchanged() -> UploadSettings {
+        let mut s = settings();
+        s.dead_letter_table = Some("dead".to_string());
+        s.dead_letter_unchanged = true;
+        s
+    }
+
     fn dead_letter_body(transport: &FakeTransport) -> Value {
         let sent = transport.sent();
         let last = sent.last().expect("a dead letter");
@@ -1628,9 +1637,7 @@ mod tests {
 
     #[test]
     fn with_upload_dead_letter_unchanged_a_transaction_that_changed_nothing_somewhere_is_recorded() {
-        let mut s = settings();
-        s.dead_letter_table = Some("dead".to_string());
-        s.dead_letter_unchanged = true;
+        let s = recording_unchanged();
         let transport = FakeTransport::scripted(vec![counted(201, 1), counted(204, 0), recorded()]);
         let report = run(&[put_then_patch_of_a_gone_row(), tx(2)], &s, &transport);
         assert_eq!(statuses(&report), vec![Status::Success, Status::Success]);
@@ -1649,9 +1656,7 @@ mod tests {
         // Two PATCHes go as one `id=in.(a,gone)` and change one row: the count cannot say which,
         // so both are reported unchanged, but the record must not have a replay send PATCH a
         // again over a newer value of its row. Alone, they make no record (nothing to replay).
-        let mut s = settings();
-        s.dead_letter_table = Some("dead".to_string());
-        s.dead_letter_unchanged = true;
+        let s = recording_unchanged();
         let patches =
             vec![entry(Op::Patch, "a", json!({"done": true})), entry(Op::Patch, "gone", json!({"done": true}))];
         let merged = Transaction { transaction_id: Some(json!("m")), entries: patches.clone() };
@@ -1667,8 +1672,7 @@ mod tests {
         let transport = FakeTransport::scripted(vec![counted(204, 1), counted(204, 0), recorded()]);
         let report = run(&[mixed], &s, &transport);
         assert_eq!(report.results[0].unchanged, vec![0, 1, 2]);
-        let body: Value =
-            serde_json::from_str(transport.sent()[2].body.as_deref().unwrap_or("")).unwrap_or(Value::Null);
+        let body = dead_letter_body(&transport);
         assert_eq!(states_of(&body), vec!["applied", "applied", "unchanged"]);
         assert_eq!(body["op_index"], json!(2));
         assert!(body["message"].as_str().unwrap_or("").contains("may have changed its own"), "{body}");
@@ -1677,10 +1681,8 @@ mod tests {
     #[test]
     fn an_atomic_re_send_reports_the_unchanged_entries_the_ledger_recorded_and_records_their_letter() {
         // The first call's answer was lost; the ledger kept what it changed nothing of.
-        let mut s = settings();
+        let mut s = recording_unchanged();
         s.atomic = AtomicMode::Always;
-        s.dead_letter_table = Some("dead".to_string());
-        s.dead_letter_unchanged = true;
         let transport = FakeTransport::scripted(vec![
             ok_body(r#"{"applied": 0, "already_applied": true, "unchanged": [1]}"#),
             recorded(),
@@ -1702,9 +1704,7 @@ mod tests {
 
     #[test]
     fn failed_record_of_unchanged_entries_keeps_the_success_and_is_logged() {
-        let mut s = settings();
-        s.dead_letter_table = Some("dead".to_string());
-        s.dead_letter_unchanged = true;
+        let s = recording_unchanged();
         let transport =
             FakeTransport::scripted(vec![counted(201, 1), counted(204, 0), error(404, "PGRST202", "no function")]);
         let report = run(&[put_then_patch_of_a_gone_row()], &s, &transport);
