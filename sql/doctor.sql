@@ -12,9 +12,9 @@
 --    "functions": ["public.powersync_apply_transaction(jsonb, text, text, text, text, boolean)"]}
 --
 -- answers
---   {"version": 3, "publication": true,
+--   {"version": 4, "publication": true,
 --    "bypassrls": {"anon": false, "authenticated": false, "service_role": true},
---    "tables": [{"schema": "public", "name": "todos", "exists": true, "rls": true,
+--    "tables": [{"schema": "public", "name": "todos", "exists": true, "rls": true, "id_unique": true,
 --                "missing_columns": [], "published": true,
 --                "column_types": {"id": {"type": "uuid", "category": "U"},
 --                                 "tags": {"type": "text[]", "category": "A"}, …},
@@ -31,6 +31,9 @@
 -- does). Roles that do not exist are left out. "column_types": each column's
 -- type as PostgreSQL prints it (a domain's: its base type), and its category (pg_type.typcategory: A an
 -- array, B boolean, S a string, U a user type such as uuid, json and jsonb).
+-- "id_unique": whether a unique index on `id` alone (not partial, not
+-- deferrable: what `on conflict (id)`, the upsert of every PUT, needs) exists;
+-- null for a view or a foreign table, whose arbiter the catalog cannot tell.
 -- EXECUTE: service_role (and the owner) only: the answer describes the schema.
 
 create or replace function public.powersync_doctor(tables jsonb, functions text[] default '{}')
@@ -50,7 +53,7 @@ as $$
       from jsonb_array_elements(coalesce(tables, '[]'::jsonb)) with ordinality as t(value, ord)
   ),
   found as (
-    select w.*, c.oid as rel, c.relrowsecurity
+    select w.*, c.oid as rel, c.relrowsecurity, c.relkind
       from wanted w
       left join pg_catalog.pg_namespace n on n.nspname = w.schema_name
       left join pg_catalog.pg_class c
@@ -58,7 +61,7 @@ as $$
        and c.relkind in ('r', 'p', 'v', 'f')
   )
   select jsonb_build_object(
-    'version', 3,
+    'version', 4,
     'bypassrls', coalesce((select jsonb_object_agg(r.rolname, r.bypasses) from roles r), '{}'::jsonb),
     'publication', exists (select 1 from pg_catalog.pg_publication p where p.pubname = 'powersync'),
     'tables', coalesce((
@@ -67,6 +70,12 @@ as $$
         'name', f.table_name,
         'exists', f.rel is not null,
         'rls', coalesce(f.relrowsecurity, false),
+        'id_unique', case when f.relkind in ('r', 'p') then exists (
+          select 1 from pg_catalog.pg_index i
+            join pg_catalog.pg_attribute a on a.attrelid = i.indrelid and a.attnum = i.indkey[0]
+           where i.indrelid = f.rel and i.indisunique and i.indimmediate and i.indisvalid
+             and i.indpred is null and i.indexprs is null and i.indnkeyatts = 1
+             and a.attname = 'id') end,
         'missing_columns', coalesce((
           select jsonb_agg(col order by col)
             from jsonb_array_elements_text(f.columns) as col

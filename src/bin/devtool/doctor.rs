@@ -324,6 +324,19 @@ pub fn check_catalog(expected: &Expectations, response: &Response, supabase_url:
                     Some(types) => findings.extend(check_column_types(check, &name, types)),
                     None => outdated_doctor_sql = true,
                 }
+                match table.get("id_unique") {
+                    // a view or a foreign table (null): its arbiter is the base table's
+                    Some(Value::Bool(true)) | Some(Value::Null) => {}
+                    Some(_) if missing.iter().any(|c| c == "id") => {}
+                    Some(_) => findings.push(blocking(
+                        format!(
+                            "{name} has no unique index on id alone: every PUT (an upsert on id) is refused \
+                             (42P10) and stays queued"
+                        ),
+                        format!("alter table {name} add primary key (id); (or a unique constraint on id)"),
+                    )),
+                    None => outdated_doctor_sql = true,
+                }
             }
             TableKind::DeadLetters | TableKind::Ledger => {
                 // Written only through the SECURITY DEFINER functions: a user who could write
@@ -371,7 +384,7 @@ pub fn check_catalog(expected: &Expectations, response: &Response, supabase_url:
     }
     if outdated_doctor_sql {
         findings.push(warning(
-            "sql/doctor.sql is outdated: the doctor cannot check the uploaded columns' types",
+            "sql/doctor.sql is outdated: the doctor cannot check the uploaded columns' types and unique ids",
             "run sql/doctor.sql again (read-only)",
         ));
     }
@@ -671,7 +684,7 @@ mod tests {
 
     fn table(name: &str, privileges: &[&str], rls: bool) -> Value {
         json!({"schema": "public", "name": name, "exists": true, "rls": rls, "missing_columns": [], "published": true,
-               "privileges": {"anon": [], "authenticated": privileges, "service_role": privileges},
+               "id_unique": true, "privileges": {"anon": [], "authenticated": privileges, "service_role": privileges},
                "column_types": {"id": {"type": "uuid", "category": "U"}, "user_id": {"type": "uuid", "category": "U"}}})
     }
 
@@ -680,6 +693,48 @@ mod tests {
             table["column_types"][*column] = json!({"type": type_name, "category": category});
         }
         table
+    }
+
+    #[test]
+    fn an_uploaded_table_without_a_unique_id_blocks_and_a_view_is_not_judged() {
+        let e = expectations(&settings(&[("UPLOAD_ATOMIC", "false")]), &["todos".to_string()]);
+        let all = ["DELETE", "INSERT", "SELECT", "UPDATE"];
+        let check = |id_unique: Option<Value>, missing: &[&str]| {
+            let mut todos = table("todos", &all, true);
+            match id_unique {
+                Some(v) => todos["id_unique"] = v,
+                None => drop(todos.as_object_mut().unwrap().remove("id_unique")),
+            }
+            todos["missing_columns"] = json!(missing);
+            check_catalog(&e, &answer(json!([todos]), json!([])), "u")
+                .into_iter()
+                .map(|f| (f.severity, f.problem, f.fix))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            check(Some(json!(false)), &[]),
+            [(
+                Severity::Blocking,
+                "public.todos has no unique index on id alone: every PUT (an upsert on id) is refused (42P10) and \
+                 stays queued"
+                    .to_string(),
+                "alter table public.todos add primary key (id); (or a unique constraint on id)".to_string()
+            )]
+        );
+        assert_eq!(check(Some(json!(true)), &[]), [], "a unique id is ready");
+        assert_eq!(check(Some(Value::Null), &[]), [], "a view's arbiter is its base table's");
+        let without_id = check(Some(json!(false)), &["id"]);
+        assert_eq!(without_id.len(), 1, "only the missing column: {without_id:#?}");
+        assert!(without_id[0].1.contains("has no column id"), "{without_id:#?}");
+        assert_eq!(
+            check(None, &[]),
+            [(
+                Severity::Warning,
+                "sql/doctor.sql is outdated: the doctor cannot check the uploaded columns' types and unique ids"
+                    .to_string(),
+                "run sql/doctor.sql again (read-only)".to_string()
+            )]
+        );
     }
 
     #[test]
@@ -758,7 +813,7 @@ mod tests {
         let found = check_catalog(&e, &bypass(json!([old])), "u");
         assert_eq!(
             found.iter().map(|f| (f.severity, f.problem.as_str())).collect::<Vec<_>>(),
-            [(Severity::Warning, "sql/doctor.sql is outdated: the doctor cannot check the uploaded columns' types")]
+            [(Severity::Warning, "sql/doctor.sql is outdated: the doctor cannot check the uploaded columns' types and unique ids")]
         );
     }
 
