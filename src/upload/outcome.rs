@@ -568,8 +568,18 @@ fn operators_to_fix(body: &ErrorBody, written_as: WrittenAs<'_>) -> Option<Strin
     }
     if code == "42501" {
         if let Some(grant) = missing_grant(message, api_role) {
+            // PostgreSQL names the table, not the column, when a privilege held on some columns
+            // only is missing for one written: the table-wide GRANT would open a column kept
+            // from users on purpose (`is_admin`) to every session through the API.
+            let column_level = if grant.starts_with("grant select, insert, update, delete on table ") {
+                "; if its privileges are column-level on purpose, the client writes a column kept from \
+                 it: grant that column, or stop the client writing it and reject the waiting write \
+                 (UPLOAD_ERROR_CLASS_OVERRIDES)"
+            } else {
+                ""
+            };
             return Some(format!(
-                "the API role lacks a privilege (a missing GRANT, the operator's to fix; the upload waits): {grant}"
+                "the API role lacks a privilege (a missing GRANT, the operator's to fix; the upload waits): {grant}{column_level}"
             ));
         }
         // The SQL functions' refusal of a caller with neither a `sub` nor the right to bypass
@@ -623,11 +633,64 @@ fn operators_to_fix(body: &ErrorBody, written_as: WrittenAs<'_>) -> Option<Strin
                 .into(),
         );
     }
+    // An enum type without the value the client sent: an app release ahead of its migration,
+    // as a column the table lacks (42703) is.
+    if let Some(value_of) = missing_enum_value(code, message) {
+        return Some(format!(
+            "the column's enum type has no such value: add it ({value_of}), or make the client send \
+             one the type has (the operator's to fix; the upload waits)"
+        ));
+    }
+    // The atomic function runs with `search_path = pg_catalog, pg_temp`: a policy, trigger,
+    // default or check function that names a table or function without its schema fails there
+    // (`relation "members" does not exist`) although the same write passes through REST,
+    // whose search path is the API's schemas. The function's own names are always qualified.
+    if matches!(code, "42P01" | "42883")
+        && body.hint.as_deref().is_some_and(|hint| hint.contains("powersync op "))
+        && names_an_unqualified_object(message)
+    {
+        return Some(
+            "the atomic function runs with search_path = pg_catalog, pg_temp, so a policy, trigger, \
+             default or check function that names a table or function without its schema fails \
+             there (REST's search path hides it): give that function `set search_path = public` or \
+             qualify its names (the operator's to fix; the upload waits)"
+                .into(),
+        );
+    }
     is_database_setup_error(code).then(|| {
         "an error in the database's own policies, triggers or functions, not in the data (the \
          operator's to fix; the upload waits)"
             .into()
     })
+}
+
+/// `22P02` `invalid input value for enum <type>: "<value>"` (PostgreSQL's enum.c): the SQL that
+/// adds the value to the type.
+fn missing_enum_value(code: &str, message: &str) -> Option<String> {
+    if code != "22P02" {
+        return None;
+    }
+    let rest = message.strip_prefix("invalid input value for enum ")?;
+    let (type_name, value) = rest.split_once(": \"")?;
+    let value = value.strip_suffix('"')?;
+    if type_name.is_empty() || type_name.contains(char::is_whitespace) {
+        return None;
+    }
+    Some(format!("alter type {type_name} add value '{}';", value.replace('\'', "''")))
+}
+
+/// Whether a `42P01`/`42883` message names its relation or function without a schema:
+/// `relation "members" does not exist`, `function is_member(uuid) does not exist` (the atomic
+/// function's own names carry `public.`).
+fn names_an_unqualified_object(message: &str) -> bool {
+    let name = if let Some(rest) = message.strip_prefix("relation \"") {
+        rest.split('"').next().unwrap_or_default()
+    } else if let Some(rest) = message.strip_prefix("function ") {
+        rest.split('(').next().unwrap_or_default()
+    } else {
+        return false;
+    };
+    !name.is_empty() && !name.contains('.')
 }
 
 /// Whether PostgREST refused a session for its time: expired, or not yet valid / issued in the
@@ -1206,8 +1269,13 @@ mod tests {
         );
         assert!(failure.message.starts_with("permission denied for table todos: "), "{}", failure.message);
         assert!(
-            failure.message.ends_with("grant select, insert, update, delete on table public.todos to authenticated"),
-            "{}",
+            failure.message.contains(
+                "(a missing GRANT, the operator's to fix; the upload waits): grant select, insert, update, delete on \
+                 table public.todos to authenticated; if its privileges are column-level on purpose, the client \
+                 writes a column kept from it: grant that column, or stop the client writing it and reject the \
+                 waiting write (UPLOAD_ERROR_CLASS_OVERRIDES)"
+            ),
+            "the table-wide GRANT, and a warning for a table whose columns are granted one by one: {}",
             failure.message
         );
         // service mode names the service role
@@ -1218,7 +1286,54 @@ mod tests {
             as_user("service_role", "user-1"),
         );
         let Verdict::Retryable { failure, .. } = &verdict else { panic!("{verdict:?}") };
-        assert!(failure.message.ends_with("on table public.todos to service_role"), "{}", failure.message);
+        assert!(failure.message.contains("on table public.todos to service_role; "), "{}", failure.message);
+    }
+
+    #[test]
+    fn a_sequence_grant_carries_no_column_level_warning() {
+        let verdict = classify(&with_message(403, "42501", "permission denied for sequence todos_id_seq"), Some(0));
+        let Verdict::Retryable { failure, .. } = &verdict else { panic!("{verdict:?}") };
+        assert!(failure.message.ends_with("grant usage on sequence public.todos_id_seq to authenticated"), "{}", failure.message);
+    }
+
+    #[test]
+    fn an_enum_value_the_type_lacks_waits_and_names_the_sql_that_adds_it() {
+        let verdict = classify(
+            &with_message(400, "22P02", r#"invalid input value for enum public.mood: "it's""#),
+            Some(1),
+        );
+        let Verdict::Retryable { failure, retry_after_seconds } = &verdict else { panic!("{verdict:?}") };
+        assert_eq!((failure.code.as_str(), *retry_after_seconds), ("22P02", Some(SCHEMA_DRIFT_RETRY_AFTER_SECONDS)));
+        assert!(
+            failure.message.contains("add it (alter type public.mood add value 'it''s';)"),
+            "{}",
+            failure.message
+        );
+        // any other invalid input is still the data's
+        assert!(is_fatal(&classify(&with_message(400, "22P02", r#"invalid input syntax for type uuid: "x""#), Some(0))));
+    }
+
+    #[test]
+    fn an_unqualified_name_in_a_policy_under_the_atomic_function_names_its_search_path() {
+        let atomic = |code: &str, message: &str, hint: &str| {
+            answer(400, &json!({"code": code, "message": message, "details": null, "hint": hint}).to_string())
+        };
+        for (code, message) in
+            [("42P01", r#"relation "members" does not exist"#), ("42883", "function is_member(uuid) does not exist")]
+        {
+            let verdict = classify(&atomic(code, message, "powersync op 0 (PUT todos/1)"), Some(0));
+            let Verdict::Retryable { failure, retry_after_seconds } = &verdict else { panic!("{verdict:?}") };
+            assert_eq!(*retry_after_seconds, Some(SCHEMA_DRIFT_RETRY_AFTER_SECONDS));
+            assert!(failure.message.contains("set search_path = public"), "{}", failure.message);
+        }
+        // the table itself missing (the function names it with its schema), or a REST answer
+        for verdict in [
+            classify(&atomic("42P01", r#"relation "public.notes" does not exist"#, "powersync op 0 (PUT notes/1)"), Some(0)),
+            classify(&with_message(404, "42P01", r#"relation "members" does not exist"#), Some(0)),
+        ] {
+            let Verdict::Retryable { failure, .. } = &verdict else { panic!("{verdict:?}") };
+            assert!(!failure.message.contains("search_path"), "{}", failure.message);
+        }
     }
 
     #[test]
