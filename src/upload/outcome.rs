@@ -539,8 +539,17 @@ pub fn classify(
         None if response.body.trim().is_empty() => format!("HTTP {status} from Supabase"),
         None => format!("HTTP {status} from Supabase: {}", excerpt(&response.body)),
     };
-    let failure =
-        FailedOperation { index, code, message, details: body.details, hint: body.hint, http_status: Some(status) };
+    // A constraint's detail quotes rows: `Failing row contains (<every column>)`, the other
+    // row's key of an exclusion constraint. PostgreSQL leaves the values out for a role under
+    // row-level security; service mode writes as a role that bypasses it, so a user would
+    // read columns or rows (another user's) they cannot read themselves.
+    let details = match body.details {
+        Some(_) if written_as.sub_written_as_owner && code.starts_with("23") => {
+            Some(WITHHELD_DETAILS.to_string())
+        }
+        details => details,
+    };
+    let failure = FailedOperation { index, code, message, details, hint: body.hint, http_status: Some(status) };
     match class {
         Class::Fatal => Verdict::Fatal(failure),
         Class::SchemaDrift => Verdict::Retryable {
@@ -552,6 +561,10 @@ pub fn classify(
         }
     }
 }
+
+/// What a constraint's detail reads in service mode (see [`classify`]).
+pub const WITHHELD_DETAILS: &str =
+    "withheld in service mode (the database's detail can quote rows and columns the user cannot read)";
 
 /// Why an error answer is the operator's to fix, not the data's (the write waits: schema
 /// drift), said after its message; `None` when nothing says so.
@@ -1287,6 +1300,27 @@ mod tests {
         );
         let Verdict::Retryable { failure, .. } = &verdict else { panic!("{verdict:?}") };
         assert!(failure.message.contains("on table public.todos to service_role; "), "{}", failure.message);
+    }
+
+    #[test]
+    fn service_mode_withholds_a_constraints_detail_that_quotes_rows() {
+        let exclusion = json!({"code": "23P01", "message": "conflicting key value violates exclusion constraint \"no_overlap\"",
+                               "details": "Key (room, during)=(7, [0,24)) conflicts with existing key (room, during)=(7, [10,11)).",
+                               "hint": null}).to_string();
+        let check = json!({"code": "23514", "message": "new row for relation \"todos\" violates check constraint \"p\"",
+                           "details": "Failing row contains (1, secret-score, 9).", "hint": null}).to_string();
+        let raised = json!({"code": "P0001", "message": "refused", "details": "the trigger's own words", "hint": null}).to_string();
+        let service = WrittenAs { api_role: "service_role", sub: "user-1", sub_written_as_owner: true };
+        let details = |body: &str, written_as| match super::classify(&answer(409, body), Some(0), &ClassOverrides::default(), written_as) {
+            Verdict::Fatal(failure) => failure.details,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(details(&exclusion, service).as_deref(), Some(WITHHELD_DETAILS), "another user's booking");
+        assert_eq!(details(&check, service).as_deref(), Some(WITHHELD_DETAILS), "columns the user cannot read");
+        assert_eq!(details(&raised, service).as_deref(), Some("the trigger's own words"), "a trigger's message is meant for the user");
+        // under row-level security PostgreSQL itself leaves the values out: what it says is kept
+        let rls = as_user("authenticated", "user-1");
+        assert!(details(&check, rls).is_some_and(|d| d.starts_with("Failing row contains")));
     }
 
     #[test]
