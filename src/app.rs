@@ -1125,6 +1125,40 @@ mod tests {
     }
 
     #[test]
+    fn one_users_role_that_may_not_execute_the_atomic_function_leaves_other_users_on_it() {
+        let app = app(&[]);
+        // user A: a session whose role (custom, from an access-token hook) lacks EXECUTE
+        let mut a = user_claims();
+        a["role"] = json!("moderator");
+        a["sub"] = json!("user-a");
+        let auth_a = bearer(&hs256(&a));
+        let mut b = user_claims();
+        b["sub"] = json!("user-b");
+        let auth_b = bearer(&hs256(&b));
+        let body = r#"{"client_id":"c-1","transactions":[{"transaction_id":1,"crud":[{"op":"DELETE","table":"todos","id":"1"}]}]}"#;
+        let upload = |auth: &str, now: u64, transport: &FakeTransport| {
+            let (req, bytes) = request("POST", "/powersync-upload", &[("authorization", auth)], body);
+            let (response, log) = block_on(app.handle(&req, bytes, transport, &RustCrypto, now, "req-1"));
+            let paths: Vec<String> = transport.sent().iter().map(|r| r.url.replace(URL, "")).collect();
+            (response.status, log.upload.unwrap_or_default(), paths)
+        };
+        let denied = HttpResponse {
+            status: 403,
+            headers: vec![],
+            body: r#"{"code":"42501","message":"permission denied for function powersync_apply_transaction","details":null,"hint":null}"#.to_string(),
+        };
+        let (status, log, paths) = upload(&auth_a, NOW, &FakeTransport::scripted(vec![Ok(denied)]));
+        assert_eq!(status, 200, "A's upload went on through REST");
+        assert_eq!(paths, ["/rest/v1/rpc/powersync_apply_transaction", "/rest/v1/todos?id=eq.1"]);
+        assert_eq!(log["atomic_function"], "not_executable");
+        let (_, _, paths) = upload(&auth_b, NOW + 10, &FakeTransport::default());
+        assert_eq!(paths, ["/rest/v1/rpc/powersync_apply_transaction"], "B's role may execute it: B stays atomic");
+        // A's next upload tries it again (one subrequest more, while A's role lacks the GRANT)
+        let (_, _, paths) = upload(&auth_a, NOW + 20, &FakeTransport::default());
+        assert_eq!(paths[0], "/rest/v1/rpc/powersync_apply_transaction");
+    }
+
+    #[test]
     fn service_mode_upload_from_an_anonymous_session_is_403_and_sends_nothing() {
         let service = [
             ("UPLOAD_MODE", "service"),

@@ -154,7 +154,9 @@ pub async fn apply_with<T: Transport>(
         let ending = loop {
             let remaining = budget.saturating_sub(report.subrequests);
             let fresh = report.subrequests == 0;
-            let atomic = route != Route::Rest && report.atomic_function != Some(false);
+            let atomic = route != Route::Rest
+                && report.atomic_function != Some(false)
+                && !report.atomic_function_not_executable;
             let ending = match plan::plan_transaction_as(transaction, settings, caller, atomic) {
                 Ok(requests) if requests.is_empty() => {
                     Some(Ending::Success { unchanged: Vec::new(), uncertain: Vec::new(), already_applied: false })
@@ -229,11 +231,17 @@ pub async fn apply_with<T: Transport>(
                     // met (a bare 404 from a table missing from PostgREST's cache) says nothing
                     // of the function.
                     _ if via_rest.is_some() => report.atomic_function = Some(true),
-                    Some(Ending::Retryable(failure, _) | Ending::Fatal(failure, _))
-                        if function_missing(failure) || function_not_executable(failure, &settings.atomic_function) =>
-                    {
+                    Some(Ending::Retryable(failure, _) | Ending::Fatal(failure, _)) if function_missing(failure) => {
                         // Nothing was applied: this transaction, and the rest, through REST.
                         report.atomic_function = Some(false);
+                        continue;
+                    }
+                    Some(Ending::Retryable(failure, _) | Ending::Fatal(failure, _))
+                        if function_not_executable(failure, &settings.atomic_function) =>
+                    {
+                        // Nothing was applied: this upload through REST. This caller's role's,
+                        // not the isolate's: others' roles may execute it.
+                        report.atomic_function_not_executable = true;
                         continue;
                     }
                     // No answer, or not PostgREST's: nothing learnt.

@@ -1807,11 +1807,15 @@ mod tests {
     #[test]
     fn probe_of_a_function_the_role_may_not_execute_applies_the_upload_through_rest() {
         let transport =
-            FakeTransport::scripted(vec![permission_denied("function powersync_apply_transaction"), ok(201)]);
-        let report = run_on(Route::Probe, &[tx(1)], &transport);
-        assert_eq!(statuses(&report), vec![Status::Success]);
-        assert_eq!(report.atomic_function, Some(false));
-        assert!(transport.sent()[1].url.ends_with("/rest/v1/todos?on_conflict=id"));
+            FakeTransport::scripted(vec![permission_denied("function powersync_apply_transaction"), ok(201), ok(201)]);
+        let report = run_on(Route::Probe, &[tx(1), tx(2)], &transport);
+        assert_eq!(statuses(&report), vec![Status::Success, Status::Success]);
+        assert_eq!(report.atomic_function, None, "the caller's role's GRANT, not the isolate's to remember");
+        assert!(report.atomic_function_not_executable);
+        assert_eq!(report.log_summary()["atomic_function"], json!("not_executable"));
+        let sent: Vec<String> = transport.sent().iter().map(|r| r.url.clone()).collect();
+        assert_eq!(sent.len(), 3, "one failed call, then both transactions through REST: {sent:?}");
+        assert!(sent[1..].iter().all(|url| url.ends_with("/rest/v1/todos?on_conflict=id")), "{sent:?}");
         // the ledger's function is another GRANT: the transaction waits for it
         let transport = FakeTransport::scripted(vec![permission_denied("function powersync_upload_ledger_claim")]);
         let report = run_on(Route::Probe, &[tx(1)], &transport);

@@ -350,6 +350,11 @@ pub struct UploadReport {
     /// (PGRST202/404), `None` not tried or no answer. The adapter's per-isolate memory
     /// (`atomic_function`) takes it in.
     pub atomic_function: Option<bool>,
+    /// Whether the atomic function refused this caller's role (`42501 permission denied for
+    /// function`): this upload went on through REST. Not taken into the isolate's memory, since
+    /// EXECUTE is granted per role: a session with a custom role (an access-token hook's) or
+    /// `anon` would otherwise send every other user's uploads through REST too.
+    pub atomic_function_not_executable: bool,
     /// Seconds the client should wait before retrying, when [`needs_retry`](Self::needs_retry):
     /// the largest `retry_after_ms` of the results, or `UPLOAD_RETRY_AFTER_SECONDS`.
     pub retry_after_seconds: u64,
@@ -428,7 +433,10 @@ impl UploadReport {
             "unchanged_entries": self.results.iter().map(|r| r.unchanged.len()).sum::<usize>(),
             "unexpected_responses": unexpected,
             "applied_via_rest": self.results.iter().filter(|r| r.applied_via_rest.is_some()).count(),
-            "atomic_function": self.atomic_function.map(|found| if found { "found" } else { "missing" }),
+            "atomic_function": match (self.atomic_function_not_executable, self.atomic_function) {
+                (true, _) => Some("not_executable"),
+                (false, found) => found.map(|found| if found { "found" } else { "missing" }),
+            },
             "dead_letters": self.dead_letters,
             "dead_letter_failures": self.dead_letter_failures,
             "failure_codes": failure_codes,

@@ -227,7 +227,7 @@ def test_missing_execute_grant_on_the_atomic_function_never_discards(instances, 
         assert response.status_code == 200, response.text
         assert statuses(response) == ["success"]
         assert row(db, "lists", second)["name"] == "b"
-        assert instances["auto"].log_line(response)["upload"]["atomic_function"] == "missing"
+        assert instances["auto"].log_line(response)["upload"]["atomic_function"] == "not_executable"
     response = upload(instances["atomic"], token, body(tx(put("lists", first, name="a", owner_id=sub), tid=1)))
     assert statuses(response) == ["success"], response.text
     assert row(db, "lists", first)["name"] == "a"
