@@ -15,6 +15,8 @@
 --   {"version": 4, "publication": true,
 --    "bypassrls": {"anon": false, "authenticated": false, "service_role": true},
 --    "tables": [{"schema": "public", "name": "todos", "exists": true, "rls": true, "id_unique": true,
+--                "kind": "table", "security_invoker": null,
+--                "policies": {"anon": [], "authenticated": ["DELETE", "INSERT", "SELECT", "UPDATE"], …},
 --                "missing_columns": [], "published": true,
 --                "column_types": {"id": {"type": "uuid", "category": "U"},
 --                                 "tags": {"type": "text[]", "category": "A"}, …},
@@ -31,6 +33,10 @@
 -- does). Roles that do not exist are left out. "column_types": each column's
 -- type as PostgreSQL prints it (a domain's: its base type), and its category (pg_type.typcategory: A an
 -- array, B boolean, S a string, U a user type such as uuid, json and jsonb).
+-- "kind": table, view or foreign table; "security_invoker": a view's option
+-- (null for a table). "policies": for each role, the commands (DELETE, INSERT,
+-- SELECT, UPDATE) some permissive policy lets it run (a policy for ALL, for
+-- PUBLIC or for a role it is a member of counts).
 -- "id_unique": whether a unique index on `id` alone (not partial, not
 -- deferrable: what `on conflict (id)`, the upsert of every PUT, needs) exists;
 -- null for a view or a foreign table, whose arbiter the catalog cannot tell.
@@ -53,7 +59,7 @@ as $$
       from jsonb_array_elements(coalesce(tables, '[]'::jsonb)) with ordinality as t(value, ord)
   ),
   found as (
-    select w.*, c.oid as rel, c.relrowsecurity, c.relkind
+    select w.*, c.oid as rel, c.relrowsecurity, c.relkind, c.reloptions
       from wanted w
       left join pg_catalog.pg_namespace n on n.nspname = w.schema_name
       left join pg_catalog.pg_class c
@@ -70,6 +76,25 @@ as $$
         'name', f.table_name,
         'exists', f.rel is not null,
         'rls', coalesce(f.relrowsecurity, false),
+        'kind', case f.relkind when 'r' then 'table' when 'p' then 'table' when 'v' then 'view'
+                               when 'f' then 'foreign table' end,
+        'security_invoker', case when f.relkind = 'v' then exists (
+          select 1 from unnest(f.reloptions) as o
+           where pg_catalog.lower(o) in ('security_invoker=true', 'security_invoker=on', 'security_invoker=1',
+                                         'security_invoker=yes', 'security_invoker=t', 'security_invoker=y')) end,
+        'policies', coalesce((
+          select jsonb_object_agg(r.rolname, coalesce((
+            select jsonb_agg(cmd order by cmd)
+              from unnest(array['DELETE', 'INSERT', 'SELECT', 'UPDATE']) as cmd
+             where exists (
+               select 1 from pg_catalog.pg_policy p
+                where p.polrelid = f.rel and p.polpermissive
+                  and p.polcmd::text in ('*', case cmd when 'SELECT' then 'r' when 'INSERT' then 'a'
+                                                       when 'UPDATE' then 'w' else 'd' end)
+                  and exists (select 1 from unnest(p.polroles) as pr
+                               where case when pr = 0 then true
+                                          else pg_catalog.pg_has_role(r.oid, pr, 'USAGE') end))), '[]'::jsonb))
+            from roles r), '{}'::jsonb),
         'id_unique', case when f.relkind in ('r', 'p') then exists (
           select 1 from pg_catalog.pg_index i
             join pg_catalog.pg_attribute a on a.attrelid = i.indrelid and a.attnum = i.indkey[0]

@@ -136,6 +136,19 @@ BROKEN = [
      "warning: authenticated holds UPDATE on only some columns of public.todos", 0),
     ("ledger_writable_by_users", "grant insert on public.powersync_upload_ledger to authenticated", {}, [],
      "PROBLEM: authenticated may INSERT public.powersync_upload_ledger directly", 1),
+    ("update_policy_missing", "drop policy todos_update_own on public.todos", {}, [],
+     "PROBLEM: no policy on public.todos lets authenticated UPDATE: a PUT of a row that exists", 1),
+    ("no_policies_at_all", "drop policy todos_select_own on public.todos; drop policy todos_insert_own on public.todos;"
+     " drop policy todos_update_own on public.todos; drop policy todos_delete_own on public.todos", {}, [],
+     "  fix: create policy todos_insert on public.todos for insert to authenticated with check (…);", 1),
+    ("delete_policy_missing", "drop policy todos_delete_own on public.todos", {}, [],
+     "warning: no policy on public.todos lets authenticated DELETE", 0),
+    ("view_running_as_its_owner", "create view public.todo_view as select * from public.todos;"
+     " grant select, insert, update, delete on public.todo_view to authenticated", {}, ["--tables", "todo_view"],
+     "PROBLEM: view public.todo_view runs as its owner", 1),
+    ("view_running_as_its_caller", "create view public.todo_view with (security_invoker = on) as"
+     " select * from public.todos; grant select, insert, update, delete on public.todo_view to authenticated",
+     {}, ["--tables", "todo_view"], "doctor: ready (", 0),
     ("id_not_unique", "alter table public.profiles drop constraint profiles_pkey", {}, ["--tables", "profiles"],
      "PROBLEM: public.profiles has no unique index on id alone: every PUT (an upsert on id) is refused (42P10)", 1),
     ("id_unique_only_deferred",

@@ -306,13 +306,8 @@ pub fn check_catalog(expected: &Expectations, response: &Response, supabase_url:
                         ),
                     ));
                 }
-                if expected.rls_mode && table["rls"] != json!(true) {
-                    findings.push(blocking(
-                        format!(
-                            "row-level security is off on {name}: in rls mode any signed-in user may write any row"
-                        ),
-                        format!("alter table {name} enable row level security; (and add policies for the owner)"),
-                    ));
+                if expected.rls_mode {
+                    findings.extend(check_row_security(table, &name, role, &mut outdated_doctor_sql));
                 }
                 if answer["publication"] == json!(true) && table["published"] != json!(true) {
                     findings.push(warning(
@@ -384,7 +379,7 @@ pub fn check_catalog(expected: &Expectations, response: &Response, supabase_url:
     }
     if outdated_doctor_sql {
         findings.push(warning(
-            "sql/doctor.sql is outdated: the doctor cannot check the uploaded columns' types and unique ids",
+            "sql/doctor.sql is outdated: the doctor cannot check the uploaded tables' column types, unique ids and policies",
             "run sql/doctor.sql again (read-only)",
         ));
     }
@@ -436,6 +431,83 @@ pub fn check_catalog(expected: &Expectations, response: &Response, supabase_url:
         }
     }
     findings
+}
+
+/// Rls mode: whether the uploaded table `name` keeps each user to their rows, and lets `role`
+/// (the writing role) run what uploads send. A PUT is an upsert (INSERT, and UPDATE of a row
+/// that exists: a re-send after a lost answer included); a PATCH and a DELETE find their row
+/// through SELECT. A view is judged by its `security_invoker` (the base table's policies then
+/// apply to the caller); without it the view writes as its owner.
+fn check_row_security(table: &Value, name: &str, role: &str, outdated_doctor_sql: &mut bool) -> Vec<Finding> {
+    if table["kind"] == json!("view") {
+        return match table["security_invoker"] {
+            Value::Bool(false) => vec![blocking(
+                format!(
+                    "view {name} runs as its owner: in rls mode its writes bypass the row-level security of \
+                     the table under it, so any signed-in user may write any row"
+                ),
+                format!("alter view {name} set (security_invoker = true);"),
+            )],
+            _ => vec![],
+        };
+    }
+    if table["rls"] != json!(true) {
+        return vec![blocking(
+            format!("row-level security is off on {name}: in rls mode any signed-in user may write any row"),
+            format!(
+                "alter table {name} enable row level security; (and add policies for select, insert, update \
+                 and delete to {role}, each keeping to the user's rows)"
+            ),
+        )];
+    }
+    let Some(policies) = table.get("policies") else {
+        *outdated_doctor_sql = true;
+        return vec![];
+    };
+    let allowed = |command: &str| {
+        policies[role].as_array().is_some_and(|commands| commands.iter().any(|c| c == command))
+    };
+    let why = [
+        ("INSERT", "every PUT of a new row is refused (42501) and dead-lettered"),
+        (
+            "UPDATE",
+            "a PUT of a row that exists (a re-send after a lost answer included) is refused (42501) and \
+             dead-lettered, and a PATCH changes nothing",
+        ),
+        ("SELECT", "a PATCH or DELETE finds no row and is reported unchanged, its change not made"),
+    ];
+    let mut findings: Vec<Finding> = why
+        .iter()
+        .filter(|(command, _)| !allowed(command))
+        .map(|(command, what)| {
+            blocking(
+                format!("no policy on {name} lets {role} {command}: {what}"),
+                policy_sql(name, command, role),
+            )
+        })
+        .collect();
+    if !allowed("DELETE") {
+        findings.push(warning(
+            format!(
+                "no policy on {name} lets {role} DELETE: a client's DELETE is reported unchanged and the row \
+                 syncs back"
+            ),
+            format!("{} if clients may delete rows", policy_sql(name, "DELETE", role)),
+        ));
+    }
+    findings
+}
+
+/// The `create policy` a missing `command` calls for, its conditions left to the operator.
+fn policy_sql(name: &str, command: &str, role: &str) -> String {
+    let clauses = match command {
+        "INSERT" => "with check (…)",
+        "UPDATE" => "using (…) with check (…)",
+        _ => "using (…)",
+    };
+    let command = command.to_lowercase();
+    let table = name.rsplit('.').next().unwrap_or(name);
+    format!("create policy {table}_{command} on {name} for {command} to {role} {clauses}; (each keeping to the user's rows)")
 }
 
 /// Whether the worker's conversions suit the columns of uploaded table `name` (`types`: the
@@ -684,7 +756,9 @@ mod tests {
 
     fn table(name: &str, privileges: &[&str], rls: bool) -> Value {
         json!({"schema": "public", "name": name, "exists": true, "rls": rls, "missing_columns": [], "published": true,
-               "id_unique": true, "privileges": {"anon": [], "authenticated": privileges, "service_role": privileges},
+               "id_unique": true, "kind": "table", "security_invoker": null,
+               "policies": {"anon": [], "authenticated": ["DELETE", "INSERT", "SELECT", "UPDATE"], "service_role": []},
+               "privileges": {"anon": [], "authenticated": privileges, "service_role": privileges},
                "column_types": {"id": {"type": "uuid", "category": "U"}, "user_id": {"type": "uuid", "category": "U"}}})
     }
 
@@ -693,6 +767,55 @@ mod tests {
             table["column_types"][*column] = json!({"type": type_name, "category": category});
         }
         table
+    }
+
+    #[test]
+    fn rls_mode_wants_policies_for_what_uploads_run_and_a_view_that_runs_as_its_caller() {
+        let e = expectations(&settings(&[("UPLOAD_ATOMIC", "false")]), &["todos".to_string()]);
+        let all = ["DELETE", "INSERT", "SELECT", "UPDATE"];
+        let found = |change: &dyn Fn(&mut Value)| {
+            let mut todos = table("todos", &all, true);
+            change(&mut todos);
+            check_catalog(&e, &answer(json!([todos]), json!([])), "u")
+                .into_iter()
+                .map(|f| (f.severity, f.problem, f.fix))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(found(&|_| {}), [], "every command has a policy");
+        // an insert-only table: a re-sent PUT of an applied row would be dead-lettered
+        let insert_only = found(&|t| t["policies"]["authenticated"] = json!(["INSERT", "SELECT"]));
+        assert_eq!(insert_only.len(), 2, "{insert_only:#?}");
+        assert_eq!(insert_only[0].0, Severity::Blocking);
+        assert!(insert_only[0].1.starts_with("no policy on public.todos lets authenticated UPDATE: a PUT of a row that exists"), "{insert_only:#?}");
+        assert_eq!(
+            insert_only[0].2,
+            "create policy todos_update on public.todos for update to authenticated using (…) with check (…); \
+             (each keeping to the user's rows)"
+        );
+        assert_eq!(insert_only[1].0, Severity::Warning, "a DELETE not allowed is the app's choice: {insert_only:#?}");
+        // RLS on and no policy at all: nothing a user writes can apply
+        let none = found(&|t| t["policies"]["authenticated"] = json!([]));
+        let blocking: Vec<_> = none.iter().filter(|f| f.0 == Severity::Blocking).map(|f| f.1.as_str()).collect();
+        assert_eq!(blocking.len(), 3, "{none:#?}");
+        assert!(blocking[0].contains("lets authenticated INSERT") && blocking[2].contains("lets authenticated SELECT"));
+        assert!(none.iter().any(|f| f.2.starts_with("create policy todos_insert on public.todos for insert to authenticated with check (…);")));
+        // a view: no RLS of its own; it must run as its caller
+        let view = |invoker: bool| {
+            found(&move |t: &mut Value| {
+                t["kind"] = json!("view");
+                t["rls"] = json!(false);
+                t["policies"] = json!({});
+                t["security_invoker"] = json!(invoker);
+            })
+        };
+        assert_eq!(view(true), [], "the table under it decides");
+        let owner = view(false);
+        assert_eq!(owner.len(), 1, "{owner:#?}");
+        assert_eq!(owner[0].2, "alter view public.todos set (security_invoker = true);");
+        // an older doctor.sql tells no policies
+        let old = found(&|t| drop(t.as_object_mut().unwrap().remove("policies")));
+        assert_eq!(old.len(), 1, "{old:#?}");
+        assert!(old[0].1.starts_with("sql/doctor.sql is outdated"), "{old:#?}");
     }
 
     #[test]
@@ -730,7 +853,7 @@ mod tests {
             check(None, &[]),
             [(
                 Severity::Warning,
-                "sql/doctor.sql is outdated: the doctor cannot check the uploaded columns' types and unique ids"
+                "sql/doctor.sql is outdated: the doctor cannot check the uploaded tables' column types, unique ids and policies"
                     .to_string(),
                 "run sql/doctor.sql again (read-only)".to_string()
             )]
@@ -813,7 +936,7 @@ mod tests {
         let found = check_catalog(&e, &bypass(json!([old])), "u");
         assert_eq!(
             found.iter().map(|f| (f.severity, f.problem.as_str())).collect::<Vec<_>>(),
-            [(Severity::Warning, "sql/doctor.sql is outdated: the doctor cannot check the uploaded columns' types and unique ids")]
+            [(Severity::Warning, "sql/doctor.sql is outdated: the doctor cannot check the uploaded tables' column types, unique ids and policies")]
         );
     }
 
@@ -961,7 +1084,7 @@ mod tests {
         assert_eq!(findings[1].fix, "grant select, insert, update, delete on table public.lists to authenticated;");
         assert_eq!(
             findings[2].fix,
-            "alter table public.todos enable row level security; (and add policies for the owner)"
+            "alter table public.todos enable row level security; (and add policies for select, insert, update and delete to authenticated, each keeping to the user's rows)"
         );
         assert_eq!(
             (findings[3].severity, findings[3].fix.as_str()),
