@@ -149,20 +149,16 @@ pub fn unchanged_record(
 
 /// What a conflict's dead letter keeps of the row as the server held it (its `details`), as
 /// JSON. The user can read their own dead letters, so in service mode, where the row was read
-/// with the service key, only the columns the entry (`None`: unknown) itself names (`id`, what
-/// it writes, what it compared) are kept: the others may be hidden from the user by a column
-/// grant or their sync rules. Under RLS the row was read with the user's own rights, and is
-/// kept whole.
+/// with the service key, only `id` and the columns the entry (`None`: unknown) writes are kept:
+/// the others may be hidden from the user by a column grant or their sync rules. Not the
+/// columns it only compared: the client chooses its previous values, so naming a hidden column
+/// there would read it. Under RLS the row was read with the user's own rights, and is kept
+/// whole.
 pub fn conflict_details(row: &Value, entry: Option<&Entry>, mode: &WriteMode) -> String {
     match (mode, row) {
         (WriteMode::Service { .. }, Value::Object(columns)) => {
-            let named = |name: &str| {
-                name == "id"
-                    || entry.is_some_and(|entry| {
-                        entry.data.iter().any(|(n, _)| n == name)
-                            || entry.previous.as_ref().is_some_and(|p| p.iter().any(|(n, _)| n == name))
-                    })
-            };
+            let named =
+                |name: &str| name == "id" || entry.is_some_and(|entry| entry.data.iter().any(|(n, _)| n == name));
             let kept: serde_json::Map<String, Value> =
                 columns.iter().filter(|(name, _)| named(name)).map(|(k, v)| (k.clone(), v.clone())).collect();
             Value::Object(kept).to_string()
