@@ -17,7 +17,8 @@
 -- original hint if there was one.
 --
 --   PUT    = INSERT … ON CONFLICT (id) DO UPDATE SET <only the columns in
---            data>; values are typed by the table (jsonb_populate_record).
+--            data>; values are typed by the table's columns (jsonb_to_record
+--            with the keys given only, as PostgREST does).
 --   PATCH  = UPDATE <only the columns in data> WHERE id = <id>; empty data is
 --            a no-op.
 --   DELETE = DELETE WHERE id = <id>.
@@ -28,7 +29,7 @@
 --   * consecutive PUTs to the same table whose data have the same keys (and
 --     whose ids differ: an upsert cannot touch one row twice, so a repeated
 --     id starts a new group) become one multi-row
---     INSERT … SELECT … FROM jsonb_populate_recordset(…) ON CONFLICT (id) DO UPDATE;
+--     INSERT … SELECT … FROM jsonb_to_recordset(…) ON CONFLICT (id) DO UPDATE;
 --   * consecutive DELETEs from the same table become one
 --     DELETE … WHERE id = ANY(…) (a second DELETE of one row, in any
 --     spelling of its id, changes nothing and is reported unchanged);
@@ -119,7 +120,7 @@
 -- the caller's rights: RLS applies): no row = gone or hidden, the op is listed
 -- in "unchanged" as without "expect"; a PATCH whose row already holds every
 -- value it sets (compared as written: `to_jsonb` of the column `is not
--- distinct from` that of the value of jsonb_populate_record, so json and
+-- distinct from` that of the value typed by the column, so json and
 -- array columns compare too) was applied before: no conflict; otherwise the call
 -- applies NOTHING (every write of the call is rolled back, the ledger records
 -- nothing) and returns
@@ -658,7 +659,9 @@ declare
   v_owned  text;       -- service mode: the condition on the owner column
   v_owner  text;       -- service mode: owner_id as the current table's owner column prints it
   v_owners jsonb := '{}';  -- … for each table met so far
-  v_read   text;       -- a compared op's read of its row: format(v_read, <select list>, table, table, <conditions>)
+  v_types  jsonb := '{}';  -- each table met so far: its columns' types, as format_type prints them
+  v_def    text;       -- a column definition list for jsonb_to_record: the keys given, typed by the table
+  v_read   text;       -- a compared op's read of its row: format(v_read, <select list>, table, <r's columns>, <conditions>)
   v_row    jsonb;      -- a compared op's row as read after it changed nothing
   v_same   boolean;    -- a compared PATCH's row already holds its values
   v_letter jsonb;      -- the dead letter the ledger holds for this transaction
@@ -692,7 +695,10 @@ begin
   end if;
   v_owned := case when owner_column is null then ''
                   else format(' and t.%I::text = $2', owner_column) end;
-  v_read := 'select %s from public.%I as t, jsonb_populate_record(null::public.%I, $1) as r'
+  -- Values are typed by the table through jsonb_to_record with the keys given only (as
+  -- PostgREST does): jsonb_populate_record(null::<table>, …) also reads each absent column as
+  -- NULL of its type, which a NOT NULL domain refuses (23502) for a row that never mentions it.
+  v_read := 'select %s from public.%I as t, jsonb_to_record($1) as r(%s)'
             ' where t.id = r.id' || replace(v_owned, '%', '%%') || '%s';
 
   -- this block is rolled back as a whole on a conflict (PS409), the ledger's record included
@@ -790,13 +796,14 @@ begin
           select string_agg(format('%I', c), ', ' order by c),
                  string_agg(format('r.%I', c), ', ' order by c),
                  string_agg(format('%I = excluded.%I', c, c), ', ' order by c)
-                   filter (where c <> 'id')
-            into v_cols, v_vals, v_set
+                   filter (where c <> 'id'),
+                 string_agg(format('%I %s', c, coalesce(v_types -> g_table ->> c, 'text')), ', ' order by c)
+            into v_cols, v_vals, v_set, v_def
             from jsonb_array_elements_text(g_cols) as c;
           v_sql := format(
             'insert into public.%I as t (%s) select %s'
-            ' from jsonb_populate_recordset(null::public.%I, $1) as r on conflict (id) ',
-            g_table, v_cols, v_vals, g_table);
+            ' from jsonb_to_recordset($1) as r(%s) on conflict (id) ',
+            g_table, v_cols, v_vals, v_def);
           if v_set is null then
             v_sql := v_sql || 'do nothing';
           elsif owner_column is null then
@@ -813,19 +820,17 @@ begin
           v_sql := format(
             'with d as (delete from public.%I as t where t.id = any (array('
             '  select r.id from unnest($1::text[]) as u(id)'
-            '  cross join lateral jsonb_populate_record(null::public.%I,'
-            '                                           jsonb_build_object(''id'', u.id)) as r))'
+            '  cross join lateral jsonb_to_record(jsonb_build_object(''id'', u.id)) as r(%s)))'
             '%s returning t.id)'
             ' select coalesce(array_agg((x.ord - 1)::integer order by x.ord), ''{}'')'
             '   from (select u.ord, r.id, row_number() over (partition by r.id order by u.ord) as nth'
             '           from unnest($1::text[]) with ordinality as u(id, ord)'
-            '          cross join lateral jsonb_populate_record(null::public.%I,'
-            '                                                   jsonb_build_object(''id'', u.id)) as r) as x'
+            '          cross join lateral jsonb_to_record(jsonb_build_object(''id'', u.id)) as r(%s)) as x'
             '  where x.nth > 1 or not exists (select 1 from d where d.id = x.id)',
-            g_table, g_table,
+            g_table, format('id %s', coalesce(v_types -> g_table ->> 'id', 'text')),
             case when owner_column is null then ''
                  else format(' and t.%I::text = $2', owner_column) end,
-            g_table);
+            format('id %s', coalesce(v_types -> g_table ->> 'id', 'text')));
         end if;
 
         v_dup := false; v_other := null; v_rows := 0; v_missed := '{}';
@@ -901,13 +906,12 @@ begin
             if v_exact is not null and (not v_exact or owner_column is not null) then
               execute format(
                 'select %s, %s from unnest($1::text[]) with ordinality as u(id, ord)'
-                ' cross join lateral jsonb_populate_record(null::public.%I,'
-                '                                          jsonb_build_object(''id'', u.id)) as r %s',
+                ' cross join lateral jsonb_to_record(jsonb_build_object(''id'', u.id)) as r(%s) %s',
                 case when v_exact then 'false' else 'count(distinct r.id) < count(*)' end,
                 case when owner_column is null then 'null::bigint'
                      else format('min(u.ord) filter (where t.id is not null'
                                  ' and (t.%I::text = $2) is not true)', owner_column) end,
-                g_table,
+                format('id %s', coalesce(v_types -> g_table ->> 'id', 'text')),
                 case when owner_column is null then ''
                      else format('left join public.%I as t on t.id = r.id', g_table) end)
                 into v_dup, v_other using g_ids, v_owner;
@@ -945,11 +949,10 @@ begin
             if v_n > 1 then
               execute format(
                 'select min(u.ord) from unnest($1::text[]) with ordinality as u(id, ord)'
-                ' cross join lateral jsonb_populate_record(null::public.%I,'
-                '                                          jsonb_build_object(''id'', u.id)) as r'
+                ' cross join lateral jsonb_to_record(jsonb_build_object(''id'', u.id)) as r(%s)'
                 ' left join public.%I as t on t.id = r.id'
                 ' where (t.%I::text = $2) is not true',
-                g_table, g_table, owner_column)
+                format('id %s', coalesce(v_types -> g_table ->> 'id', 'text')), g_table, owner_column)
                 into v_other using g_ids, v_owner;
               v_other := coalesce(v_other, 1);
             end if;
@@ -996,10 +999,17 @@ begin
       -- once per table; as given when it is no value of the column's type (nothing matches).
       -- Set here for the op that starts a group (the ops that join it do not come here), it
       -- is still the group's table's when step 2 applies the group.
+      if not v_types ? v.tbl then
+        v_types := v_types || jsonb_build_object(v.tbl, coalesce((
+          select jsonb_object_agg(a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod))
+            from pg_catalog.pg_attribute as a
+           where a.attrelid = pg_catalog.to_regclass(format('public.%I', v.tbl))
+             and a.attnum > 0 and not a.attisdropped), '{}'::jsonb));
+      end if;
       if owner_column is not null and not v_owners ? v.tbl then
         begin
-          execute format('select r.%I::text from jsonb_populate_record(null::public.%I, $1) as r',
-                         owner_column, v.tbl)
+          execute format('select r.%I::text from jsonb_to_record($1) as r(%I %s)',
+                         owner_column, owner_column, coalesce(v_types -> v.tbl ->> owner_column, 'text'))
             into v_owner using jsonb_build_object(owner_column, owner_id);
         exception when others then  -- no such type, or table: the statements say so, as before
           v_owner := null;
@@ -1024,13 +1034,13 @@ begin
       if v.op = 'DELETE' and v_cond is not null then
         -- compared: on its own, only where the row still holds the expected values
         execute format(
-          'delete from public.%I as t using jsonb_populate_record(null::public.%I, $1) as r'
+          'delete from public.%I as t using jsonb_to_record($1) as r(%s)'
           ' where t.id = r.id%s%s',
-          v.tbl, v.tbl, v_owned, v_cond)
+          v.tbl, format('id %s', coalesce(v_types -> v.tbl ->> 'id', 'text')), v_owned, v_cond)
           using jsonb_build_object('id', v.id), v_owner;
         get diagnostics v_rows = row_count;
         if v_rows = 0 then
-          execute format(v_read, 'to_jsonb(t)', v.tbl, v.tbl, '')
+          execute format(v_read, 'to_jsonb(t)', v.tbl, format('id %s', coalesce(v_types -> v.tbl ->> 'id', 'text')), '')
             into v_row using jsonb_build_object('id', v.id), v_owner;
           if v_row is null then  -- gone, or hidden from the caller
             v_unchanged := v_unchanged || v.idx;
@@ -1054,19 +1064,22 @@ begin
           select string_agg(format('%I = r.%I', k, k), ', ' order by k)
             into v_set
             from jsonb_object_keys(v_data) as k;
+          select string_agg(format('%I %s', k, coalesce(v_types -> v.tbl ->> k, 'text')), ', ')
+            into v_def
+            from jsonb_object_keys(v_data || jsonb_build_object('id', v.id)) as k;
           v_sql := format(
-            'update public.%I as t set %s from jsonb_populate_record(null::public.%I, $1) as r where t.id = r.id',
-            v.tbl, v_set, v.tbl);
+            'update public.%I as t set %s from jsonb_to_record($1) as r(%s) where t.id = r.id',
+            v.tbl, v_set, v_def);
           execute v_sql || v_owned || coalesce(v_cond, '')
             using v_data || jsonb_build_object('id', v.id), v_owner;
           get diagnostics v_rows = row_count;
           if v_rows = 0 and v_cond is not null then
-            execute format(v_read, 'to_jsonb(t)', v.tbl, v.tbl, '')
+            execute format(v_read, 'to_jsonb(t)', v.tbl, format('id %s', coalesce(v_types -> v.tbl ->> 'id', 'text')), '')
               into v_row using jsonb_build_object('id', v.id), v_owner;
             if v_row is not null then
               -- already holds every value it sets: its own earlier application, or the same
               -- change by someone else, not a conflict
-              execute format(v_read, 'true', v.tbl, v.tbl,
+              execute format(v_read, 'true', v.tbl, v_def,
                              (select string_agg(format(' and to_jsonb(t.%I) is not distinct from to_jsonb(r.%I)', k, k), '')
                                 from jsonb_object_keys(v_data) as k))
                 into v_same using v_data || jsonb_build_object('id', v.id), v_owner;
