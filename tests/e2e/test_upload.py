@@ -1371,10 +1371,12 @@ def test_atomic_transaction_is_rolled_back_when_its_third_op_fails(atomic_worker
     assert requests_made(standin) == 2
 
 
-def test_atomic_writes_that_leave_out_a_not_null_domain_column_apply(atomic_worker, db, user):
-    # Only the columns an op gives are typed (as PostgREST does): reading every absent column as
-    # a NULL of its type made a NOT NULL domain refuse (23502) every DELETE, every PATCH of other
-    # columns and every PUT leaving it to its default, and they were dead-lettered.
+@pytest.mark.parametrize("mode", ["rest", "atomic"])
+def test_writes_that_leave_out_a_not_null_domain_column_apply(mode, rls_worker, atomic_worker, db, user):
+    # Only the columns an op gives are typed (as PostgREST does): the atomic function read every
+    # absent column as a NULL of its type, so a NOT NULL domain refused (23502) every DELETE,
+    # every PATCH of other columns and every PUT leaving it to its default: all dead-lettered.
+    worker = {"rest": rls_worker, "atomic": atomic_worker}[mode]
     sub, token = user
     db.execute("create domain public.handle_text as text not null")
     db.execute("create table public.handles (id uuid primary key, note text,"
@@ -1385,7 +1387,7 @@ def test_atomic_writes_that_leave_out_a_not_null_domain_column_apply(atomic_work
     db.execute("grant select, insert, update, delete on public.handles to authenticated")
     try:
         a, b, c = new_id(), new_id(), new_id()
-        response = upload(atomic_worker, token, body(
+        response = upload(worker, token, body(
             tx(put("handles", a, note="a"), put("handles", b, note="b"), put("handles", c, note="c", handle="cc"),
                tid="puts"),
             tx(patch("handles", a, note="a2"), delete("handles", b), tid="patch-delete")))
@@ -1393,7 +1395,7 @@ def test_atomic_writes_that_leave_out_a_not_null_domain_column_apply(atomic_work
         rows = {r[0]: r[1:] for r in db.execute("select id::text, note, handle from public.handles").fetchall()}
         assert rows == {a: ("a2", "anon"), c: ("c", "cc")}, rows
         # a null the client sends is still refused, as PostgREST would
-        response = upload(atomic_worker, token, body(tx(put("handles", new_id(), note="n", handle=None))))
+        response = upload(worker, token, body(tx(put("handles", new_id(), note="n", handle=None))))
         assert statuses(response) == ["fatal_error"], response.text
         assert failure(response, 0)["code"] == "23502"
     finally:

@@ -1106,25 +1106,33 @@ class StandIn:
         if restrict:
             elem = sql.SQL("(SELECT coalesce(jsonb_object_agg(k, v), '{}'::jsonb) FROM"
                            " jsonb_each(e.elem) AS kv(k, v) WHERE k = ANY(%s))")
+        # As PostgREST's fromJsonBodyF: the body's columns only, each typed by the table
+        # (json_to_recordset(…) AS _(col type, …)); a column the body leaves out is never read,
+        # so a NOT NULL domain it leaves to its default is not refused.
         exprs = []
         for c in cols:
             col = table.by_name[c]
-            val = sql.SQL("(pgrst_body.r).{}").format(sql.Identifier(c))
+            val = sql.SQL("pgrst_body.{}").format(sql.Identifier(c))
             if missing_default:
-                val = sql.SQL("CASE WHEN pgrst_body.elem ? {} THEN {} ELSE {} END").format(
+                val = sql.SQL("CASE WHEN pgrst_body.pgrst_elem ? {} THEN {} ELSE {} END").format(
                     sql.Literal(c), val, col.default_sql())
             exprs.append(val)
+        typed = sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(c), table.by_name[c].type_sql())
+                                   for c in cols)
         stmt = sql.SQL(
             "INSERT INTO {tbl} {collist} SELECT {exprs} FROM ("
-            "SELECT e.elem, e.ord, jsonb_populate_record(NULL::{tbl}, {elem}) AS r "
-            "FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS e(elem, ord)"
-            ") AS pgrst_body ORDER BY pgrst_body.ord").format(
+            "SELECT e.elem AS pgrst_elem, e.ord AS pgrst_ord{record} "
+            "FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS e(elem, ord){lateral}"
+            ") AS pgrst_body ORDER BY pgrst_body.pgrst_ord").format(
             tbl=table.ident,
             collist=(sql.SQL("({})").format(sql.SQL(", ").join(map(sql.Identifier, cols)))
                      if cols else sql.SQL("")),
-            exprs=sql.SQL(", ").join(exprs), elem=elem)
-        params: list = [cols] if restrict else []
-        params.append(array_text)
+            exprs=sql.SQL(", ").join(exprs),
+            record=sql.SQL(", r.*") if cols else sql.SQL(""),
+            lateral=(sql.SQL(" CROSS JOIN LATERAL jsonb_to_record({elem}) AS r({typed})").format(
+                elem=elem, typed=typed) if cols else sql.SQL("")))
+        # the body's array, then (in the lateral after it) the column list that restricts it
+        params: list = [array_text] + ([cols] if restrict and cols else [])
 
         resolution = prefs.get("resolution")
         on_conflict = self._param(req, "on_conflict")
@@ -1154,9 +1162,13 @@ class StandIn:
             # involved, as they are not in PostgREST's answer status).
             if all(c in cols for c in conflict_cols):
                 new_row = cur.execute(sql.SQL(
-                    "SELECT EXISTS (SELECT 1 FROM jsonb_populate_recordset(NULL::{tbl}, %s::jsonb)"
-                    " AS p WHERE NOT EXISTS (SELECT 1 FROM {tbl} AS t WHERE {match}))").format(
-                    tbl=table.ident, match=sql.SQL(" AND ").join(
+                    "SELECT EXISTS (SELECT 1 FROM jsonb_to_recordset(%s::jsonb) AS p({typed})"
+                    " WHERE NOT EXISTS (SELECT 1 FROM {tbl} AS t WHERE {match}))").format(
+                    tbl=table.ident,
+                    typed=sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(c),
+                                                                     table.by_name[c].type_sql())
+                                             for c in conflict_cols),
+                    match=sql.SQL(" AND ").join(
                         sql.SQL("t.{c} = p.{c}").format(c=sql.Identifier(c))
                         for c in conflict_cols)), [array_text]).fetchone()[0]
             else:
@@ -1200,12 +1212,14 @@ class StandIn:
             body_sql = sql.SQL("(SELECT coalesce(jsonb_object_agg(k, v), '{}'::jsonb) FROM "
                                "jsonb_each(%s::jsonb) AS kv(k, v) WHERE k = ANY(%s))")
             params.append(cols)
-        stmt = sql.SQL("UPDATE {tbl} SET {sets} FROM (SELECT * FROM jsonb_populate_record("
-                       "NULL::{tbl}, {body})) AS pgrst_body{where}").format(
+        stmt = sql.SQL("UPDATE {tbl} SET {sets} FROM (SELECT * FROM jsonb_to_record("
+                       "{body}) AS r({typed})) AS pgrst_body{where}").format(
             tbl=table.ident,
             sets=sql.SQL(", ").join(sql.SQL("{} = pgrst_body.{}").format(sql.Identifier(c),
                                                                          sql.Identifier(c))
                                     for c in cols),
+            typed=sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(c), table.by_name[c].type_sql())
+                                     for c in cols),
             body=body_sql, where=where)
         params.extend(filter_params)
         if representation:
