@@ -154,9 +154,8 @@ pub async fn apply_with<T: Transport>(
         let ending = loop {
             let remaining = budget.saturating_sub(report.subrequests);
             let fresh = report.subrequests == 0;
-            let atomic = route != Route::Rest
-                && report.atomic_function != Some(false)
-                && !report.atomic_function_not_executable;
+            let atomic =
+                route != Route::Rest && report.atomic_function != Some(false) && !report.atomic_function_not_executable;
             let ending = match plan::plan_transaction_as(transaction, settings, caller, atomic) {
                 Ok(requests) if requests.is_empty() => {
                     Some(Ending::Success { unchanged: Vec::new(), uncertain: Vec::new(), already_applied: false })

@@ -552,9 +552,7 @@ pub fn classify(
     // row-level security; service mode writes as a role that bypasses it, so a user would
     // read columns or rows (another user's) they cannot read themselves.
     let details = match body.details {
-        Some(_) if written_as.sub_written_as_owner && code.starts_with("23") => {
-            Some(WITHHELD_DETAILS.to_string())
-        }
+        Some(_) if written_as.sub_written_as_owner && code.starts_with("23") => Some(WITHHELD_DETAILS.to_string()),
         details => details,
     };
     let failure = FailedOperation { index, code, message, details, hint: body.hint, http_status: Some(status) };
@@ -1315,17 +1313,29 @@ mod tests {
         let exclusion = json!({"code": "23P01", "message": "conflicting key value violates exclusion constraint \"no_overlap\"",
                                "details": "Key (room, during)=(7, [0,24)) conflicts with existing key (room, during)=(7, [10,11)).",
                                "hint": null}).to_string();
-        let check = json!({"code": "23514", "message": "new row for relation \"todos\" violates check constraint \"p\"",
-                           "details": "Failing row contains (1, secret-score, 9).", "hint": null}).to_string();
-        let raised = json!({"code": "P0001", "message": "refused", "details": "the trigger's own words", "hint": null}).to_string();
+        let check =
+            json!({"code": "23514", "message": "new row for relation \"todos\" violates check constraint \"p\"",
+                           "details": "Failing row contains (1, secret-score, 9).", "hint": null})
+            .to_string();
+        let raised = json!({"code": "P0001", "message": "refused", "details": "the trigger's own words", "hint": null})
+            .to_string();
         let service = WrittenAs { api_role: "service_role", sub: "user-1", sub_written_as_owner: true };
-        let details = |body: &str, written_as| match super::classify(&answer(409, body), Some(0), &ClassOverrides::default(), written_as) {
+        let details = |body: &str, written_as| match super::classify(
+            &answer(409, body),
+            Some(0),
+            &ClassOverrides::default(),
+            written_as,
+        ) {
             Verdict::Fatal(failure) => failure.details,
             other => panic!("{other:?}"),
         };
         assert_eq!(details(&exclusion, service).as_deref(), Some(WITHHELD_DETAILS), "another user's booking");
         assert_eq!(details(&check, service).as_deref(), Some(WITHHELD_DETAILS), "columns the user cannot read");
-        assert_eq!(details(&raised, service).as_deref(), Some("the trigger's own words"), "a trigger's message is meant for the user");
+        assert_eq!(
+            details(&raised, service).as_deref(),
+            Some("the trigger's own words"),
+            "a trigger's message is meant for the user"
+        );
         // under row-level security PostgreSQL itself leaves the values out: what it says is kept
         let rls = as_user("authenticated", "user-1");
         assert!(details(&check, rls).is_some_and(|d| d.starts_with("Failing row contains")));
@@ -1335,24 +1345,25 @@ mod tests {
     fn a_sequence_grant_carries_no_column_level_warning() {
         let verdict = classify(&with_message(403, "42501", "permission denied for sequence todos_id_seq"), Some(0));
         let Verdict::Retryable { failure, .. } = &verdict else { panic!("{verdict:?}") };
-        assert!(failure.message.ends_with("grant usage on sequence public.todos_id_seq to authenticated"), "{}", failure.message);
+        assert!(
+            failure.message.ends_with("grant usage on sequence public.todos_id_seq to authenticated"),
+            "{}",
+            failure.message
+        );
     }
 
     #[test]
     fn an_enum_value_the_type_lacks_waits_and_names_the_sql_that_adds_it() {
-        let verdict = classify(
-            &with_message(400, "22P02", r#"invalid input value for enum public.mood: "it's""#),
-            Some(1),
-        );
+        let verdict =
+            classify(&with_message(400, "22P02", r#"invalid input value for enum public.mood: "it's""#), Some(1));
         let Verdict::Retryable { failure, retry_after_seconds } = &verdict else { panic!("{verdict:?}") };
         assert_eq!((failure.code.as_str(), *retry_after_seconds), ("22P02", Some(SCHEMA_DRIFT_RETRY_AFTER_SECONDS)));
-        assert!(
-            failure.message.contains("add it (alter type public.mood add value 'it''s';)"),
-            "{}",
-            failure.message
-        );
+        assert!(failure.message.contains("add it (alter type public.mood add value 'it''s';)"), "{}", failure.message);
         // any other invalid input is still the data's
-        assert!(is_fatal(&classify(&with_message(400, "22P02", r#"invalid input syntax for type uuid: "x""#), Some(0))));
+        assert!(is_fatal(&classify(
+            &with_message(400, "22P02", r#"invalid input syntax for type uuid: "x""#),
+            Some(0)
+        )));
     }
 
     #[test]
@@ -1370,7 +1381,10 @@ mod tests {
         }
         // the table itself missing (the function names it with its schema), or a REST answer
         for verdict in [
-            classify(&atomic("42P01", r#"relation "public.notes" does not exist"#, "powersync op 0 (PUT notes/1)"), Some(0)),
+            classify(
+                &atomic("42P01", r#"relation "public.notes" does not exist"#, "powersync op 0 (PUT notes/1)"),
+                Some(0),
+            ),
             classify(&with_message(404, "42P01", r#"relation "members" does not exist"#), Some(0)),
         ] {
             let Verdict::Retryable { failure, .. } = &verdict else { panic!("{verdict:?}") };

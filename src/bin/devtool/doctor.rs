@@ -464,9 +464,8 @@ fn check_row_security(table: &Value, name: &str, role: &str, outdated_doctor_sql
         *outdated_doctor_sql = true;
         return vec![];
     };
-    let allowed = |command: &str| {
-        policies[role].as_array().is_some_and(|commands| commands.iter().any(|c| c == command))
-    };
+    let allowed =
+        |command: &str| policies[role].as_array().is_some_and(|commands| commands.iter().any(|c| c == command));
     let why = [
         ("INSERT", "every PUT of a new row is refused (42501) and dead-lettered"),
         (
@@ -480,10 +479,7 @@ fn check_row_security(table: &Value, name: &str, role: &str, outdated_doctor_sql
         .iter()
         .filter(|(command, _)| !allowed(command))
         .map(|(command, what)| {
-            blocking(
-                format!("no policy on {name} lets {role} {command}: {what}"),
-                policy_sql(name, command, role),
-            )
+            blocking(format!("no policy on {name} lets {role} {command}: {what}"), policy_sql(name, command, role))
         })
         .collect();
     if !allowed("DELETE") {
@@ -786,7 +782,12 @@ mod tests {
         let insert_only = found(&|t| t["policies"]["authenticated"] = json!(["INSERT", "SELECT"]));
         assert_eq!(insert_only.len(), 2, "{insert_only:#?}");
         assert_eq!(insert_only[0].0, Severity::Blocking);
-        assert!(insert_only[0].1.starts_with("no policy on public.todos lets authenticated UPDATE: a PUT of a row that exists"), "{insert_only:#?}");
+        assert!(
+            insert_only[0]
+                .1
+                .starts_with("no policy on public.todos lets authenticated UPDATE: a PUT of a row that exists"),
+            "{insert_only:#?}"
+        );
         assert_eq!(
             insert_only[0].2,
             "create policy todos_update on public.todos for update to authenticated using (…) with check (…); \
@@ -798,7 +799,9 @@ mod tests {
         let blocking: Vec<_> = none.iter().filter(|f| f.0 == Severity::Blocking).map(|f| f.1.as_str()).collect();
         assert_eq!(blocking.len(), 3, "{none:#?}");
         assert!(blocking[0].contains("lets authenticated INSERT") && blocking[2].contains("lets authenticated SELECT"));
-        assert!(none.iter().any(|f| f.2.starts_with("create policy todos_insert on public.todos for insert to authenticated with check (…);")));
+        assert!(none.iter().any(|f| f
+            .2
+            .starts_with("create policy todos_insert on public.todos for insert to authenticated with check (…);")));
         // a view: no RLS of its own; it must run as its caller
         let view = |invoker: bool| {
             found(&move |t: &mut Value| {
