@@ -659,7 +659,8 @@ declare
   v_owned  text;       -- service mode: the condition on the owner column
   v_owner  text;       -- service mode: owner_id as the current table's owner column prints it
   v_owners jsonb := '{}';  -- … for each table met so far
-  v_types  jsonb := '{}';  -- each table met so far: its columns' types, as format_type prints them
+  v_types  jsonb := '{}';  -- each table met so far: {column: {"t": its type as format_type prints it,
+                           -- with its collation when not the type's, "n": attnum}}
   v_def    text;       -- a column definition list for jsonb_to_record: the keys given, typed by the table
   v_read   text;       -- a compared op's read of its row: format(v_read, <select list>, table, <r's columns>, <conditions>)
   v_row    jsonb;      -- a compared op's row as read after it changed nothing
@@ -698,6 +699,9 @@ begin
   -- Values are typed by the table through jsonb_to_record with the keys given only (as
   -- PostgREST does): jsonb_populate_record(null::<table>, …) also reads each absent column as
   -- NULL of its type, which a NOT NULL domain refuses (23502) for a row that never mentions it.
+  -- The column lists keep the table's order (the first bad value is the one reported, as
+  -- before) and each column's collation (ids compared as the table compares them). Naming a
+  -- type needs USAGE on its schema, as on the REST route.
   v_read := 'select %s from public.%I as t, jsonb_to_record($1) as r(%s)'
             ' where t.id = r.id' || replace(v_owned, '%', '%%') || '%s';
 
@@ -797,7 +801,8 @@ begin
                  string_agg(format('r.%I', c), ', ' order by c),
                  string_agg(format('%I = excluded.%I', c, c), ', ' order by c)
                    filter (where c <> 'id'),
-                 string_agg(format('%I %s', c, coalesce(v_types -> g_table ->> c, 'text')), ', ' order by c)
+                 string_agg(format('%I %s', c, coalesce(v_types -> g_table -> c ->> 't', 'text')), ', '
+                            order by (v_types -> g_table -> c ->> 'n')::integer, c)
             into v_cols, v_vals, v_set, v_def
             from jsonb_array_elements_text(g_cols) as c;
           v_sql := format(
@@ -827,10 +832,10 @@ begin
             '           from unnest($1::text[]) with ordinality as u(id, ord)'
             '          cross join lateral jsonb_to_record(jsonb_build_object(''id'', u.id)) as r(%s)) as x'
             '  where x.nth > 1 or not exists (select 1 from d where d.id = x.id)',
-            g_table, format('id %s', coalesce(v_types -> g_table ->> 'id', 'text')),
+            g_table, format('id %s', coalesce(v_types -> g_table -> 'id' ->> 't', 'text')),
             case when owner_column is null then ''
                  else format(' and t.%I::text = $2', owner_column) end,
-            format('id %s', coalesce(v_types -> g_table ->> 'id', 'text')));
+            format('id %s', coalesce(v_types -> g_table -> 'id' ->> 't', 'text')));
         end if;
 
         v_dup := false; v_other := null; v_rows := 0; v_missed := '{}';
@@ -911,7 +916,7 @@ begin
                 case when owner_column is null then 'null::bigint'
                      else format('min(u.ord) filter (where t.id is not null'
                                  ' and (t.%I::text = $2) is not true)', owner_column) end,
-                format('id %s', coalesce(v_types -> g_table ->> 'id', 'text')),
+                format('id %s', coalesce(v_types -> g_table -> 'id' ->> 't', 'text')),
                 case when owner_column is null then ''
                      else format('left join public.%I as t on t.id = r.id', g_table) end)
                 into v_dup, v_other using g_ids, v_owner;
@@ -952,7 +957,7 @@ begin
                 ' cross join lateral jsonb_to_record(jsonb_build_object(''id'', u.id)) as r(%s)'
                 ' left join public.%I as t on t.id = r.id'
                 ' where (t.%I::text = $2) is not true',
-                format('id %s', coalesce(v_types -> g_table ->> 'id', 'text')), g_table, owner_column)
+                format('id %s', coalesce(v_types -> g_table -> 'id' ->> 't', 'text')), g_table, owner_column)
                 into v_other using g_ids, v_owner;
               v_other := coalesce(v_other, 1);
             end if;
@@ -1001,15 +1006,22 @@ begin
       -- is still the group's table's when step 2 applies the group.
       if not v_types ? v.tbl then
         v_types := v_types || jsonb_build_object(v.tbl, coalesce((
-          select jsonb_object_agg(a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod))
+          select jsonb_object_agg(a.attname, jsonb_build_object(
+                   't', pg_catalog.format_type(a.atttypid, a.atttypmod)
+                        || case when a.attcollation <> ty.typcollation
+                                then format(' collate %I.%I', cn.nspname, co.collname) else '' end,
+                   'n', a.attnum))
             from pg_catalog.pg_attribute as a
+            join pg_catalog.pg_type as ty on ty.oid = a.atttypid
+            left join pg_catalog.pg_collation as co on co.oid = a.attcollation
+            left join pg_catalog.pg_namespace as cn on cn.oid = co.collnamespace
            where a.attrelid = pg_catalog.to_regclass(format('public.%I', v.tbl))
              and a.attnum > 0 and not a.attisdropped), '{}'::jsonb));
       end if;
       if owner_column is not null and not v_owners ? v.tbl then
         begin
           execute format('select r.%I::text from jsonb_to_record($1) as r(%I %s)',
-                         owner_column, owner_column, coalesce(v_types -> v.tbl ->> owner_column, 'text'))
+                         owner_column, owner_column, coalesce(v_types -> v.tbl -> owner_column ->> 't', 'text'))
             into v_owner using jsonb_build_object(owner_column, owner_id);
         exception when others then  -- no such type, or table: the statements say so, as before
           v_owner := null;
@@ -1036,11 +1048,11 @@ begin
         execute format(
           'delete from public.%I as t using jsonb_to_record($1) as r(%s)'
           ' where t.id = r.id%s%s',
-          v.tbl, format('id %s', coalesce(v_types -> v.tbl ->> 'id', 'text')), v_owned, v_cond)
+          v.tbl, format('id %s', coalesce(v_types -> v.tbl -> 'id' ->> 't', 'text')), v_owned, v_cond)
           using jsonb_build_object('id', v.id), v_owner;
         get diagnostics v_rows = row_count;
         if v_rows = 0 then
-          execute format(v_read, 'to_jsonb(t)', v.tbl, format('id %s', coalesce(v_types -> v.tbl ->> 'id', 'text')), '')
+          execute format(v_read, 'to_jsonb(t)', v.tbl, format('id %s', coalesce(v_types -> v.tbl -> 'id' ->> 't', 'text')), '')
             into v_row using jsonb_build_object('id', v.id), v_owner;
           if v_row is null then  -- gone, or hidden from the caller
             v_unchanged := v_unchanged || v.idx;
@@ -1064,7 +1076,8 @@ begin
           select string_agg(format('%I = r.%I', k, k), ', ' order by k)
             into v_set
             from jsonb_object_keys(v_data) as k;
-          select string_agg(format('%I %s', k, coalesce(v_types -> v.tbl ->> k, 'text')), ', ')
+          select string_agg(format('%I %s', k, coalesce(v_types -> v.tbl -> k ->> 't', 'text')), ', '
+                            order by (v_types -> v.tbl -> k ->> 'n')::integer, k)
             into v_def
             from jsonb_object_keys(v_data || jsonb_build_object('id', v.id)) as k;
           v_sql := format(
@@ -1074,7 +1087,7 @@ begin
             using v_data || jsonb_build_object('id', v.id), v_owner;
           get diagnostics v_rows = row_count;
           if v_rows = 0 and v_cond is not null then
-            execute format(v_read, 'to_jsonb(t)', v.tbl, format('id %s', coalesce(v_types -> v.tbl ->> 'id', 'text')), '')
+            execute format(v_read, 'to_jsonb(t)', v.tbl, format('id %s', coalesce(v_types -> v.tbl -> 'id' ->> 't', 'text')), '')
               into v_row using jsonb_build_object('id', v.id), v_owner;
             if v_row is not null then
               -- already holds every value it sets: its own earlier application, or the same

@@ -37,6 +37,9 @@
 -- (null for a table). "policies": for each role, the commands (DELETE, INSERT,
 -- SELECT, UPDATE) some permissive policy lets it run (a policy for ALL, for
 -- PUBLIC or for a role it is a member of counts).
+-- "type_schemas_without_usage": for each role, the schemas holding a column's
+-- type (an enum, a domain, …) on which it lacks USAGE: a write that names the
+-- column refers to the type by name (PostgREST and the atomic function alike).
 -- "id_unique": whether a unique index on `id` alone (not partial, not
 -- deferrable: what `on conflict (id)`, the upsert of every PUT, needs) exists;
 -- null for a view or a foreign table, whose arbiter the catalog cannot tell.
@@ -82,6 +85,15 @@ as $$
           select 1 from unnest(f.reloptions) as o
            where pg_catalog.lower(o) in ('security_invoker=true', 'security_invoker=on', 'security_invoker=1',
                                          'security_invoker=yes', 'security_invoker=t', 'security_invoker=y')) end,
+        'type_schemas_without_usage', coalesce((
+          select jsonb_object_agg(r.rolname, coalesce((
+            select jsonb_agg(distinct ns.nspname order by ns.nspname)
+              from pg_catalog.pg_attribute as a
+              join pg_catalog.pg_type as t on t.oid = a.atttypid
+              join pg_catalog.pg_namespace as ns on ns.oid = t.typnamespace
+             where a.attrelid = f.rel and a.attnum > 0 and not a.attisdropped
+               and not pg_catalog.has_schema_privilege(r.oid, ns.oid, 'USAGE')), '[]'::jsonb))
+            from roles r), '{}'::jsonb),
         'policies', coalesce((
           select jsonb_object_agg(r.rolname, coalesce((
             select jsonb_agg(cmd order by cmd)

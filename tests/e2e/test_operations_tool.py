@@ -149,6 +149,12 @@ BROKEN = [
     ("view_running_as_its_caller", "create view public.todo_view with (security_invoker = on) as"
      " select * from public.todos; grant select, insert, update, delete on public.todo_view to authenticated",
      {}, ["--tables", "todo_view"], "doctor: ready (", 0),
+    ("type_schema_without_usage", "create schema app_types; create type app_types.mood as enum ('ok');"
+     " alter table public.todos add column mood app_types.mood", {}, [],
+     "PROBLEM: authenticated lacks USAGE on schema app_types, which holds the type of a column of public.todos", 1),
+    ("type_schema_with_usage", "create schema app_types; create type app_types.mood as enum ('ok');"
+     " alter table public.todos add column mood app_types.mood; grant usage on schema app_types to authenticated",
+     {}, [], "doctor: ready (0 warning(s))", 0),
     ("id_not_unique", "alter table public.profiles drop constraint profiles_pkey", {}, ["--tables", "profiles"],
      "PROBLEM: public.profiles has no unique index on id alone: every PUT (an upsert on id) is refused (42P10)", 1),
     ("id_unique_only_deferred",

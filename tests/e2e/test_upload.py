@@ -1403,6 +1403,28 @@ def test_writes_that_leave_out_a_not_null_domain_column_apply(mode, rls_worker, 
         db.execute("drop domain public.handle_text")
 
 
+def test_atomic_function_types_values_in_the_tables_column_order_and_collation(atomic_worker, db, user):
+    # The first bad value of a row is reported in the table's column order, as before the typing
+    # change; ids keep their column's collation, so two spellings of one id under a
+    # case-insensitive collation are one row (the second DELETE is unchanged, not applied).
+    sub, token = user
+    db.execute("create collation if not exists public.ci (provider = icu, locale = 'und-u-ks-level2',"
+               " deterministic = false)")
+    db.execute("create table public.typed (id text collate public.ci primary key, b_short varchar(5), a_flag boolean)")
+    db.execute("grant select, insert, update, delete on public.typed to authenticated")
+    try:
+        response = upload(atomic_worker, token, body(tx(put("typed", "row-1", a_flag="maybe", b_short="too long"))))
+        assert statuses(response) == ["fatal_error"], response.text
+        assert failure(response, 0)["code"] == "22001", "b_short comes first in the table: " + response.text
+        db.execute("insert into public.typed (id) values ('ABC')")
+        response = upload(atomic_worker, token, body(tx(delete("typed", "ABC"), delete("typed", "abc"))))
+        assert statuses(response) == ["success"], response.text
+        assert response.json()["results"][0].get("unchanged") == [1], response.text
+        assert db.execute("select count(*) from public.typed").fetchone() == (0,)
+    finally:
+        db.execute("drop table public.typed")
+
+
 @pytest.mark.parametrize("mode", ["rest", "atomic"])
 def test_refusal_of_one_row_of_a_merged_write_names_that_entry(mode, rls_worker, atomic_worker, db, user):
     # PUTs with the same columns are one upsert, DELETEs of one table one delete (one statement

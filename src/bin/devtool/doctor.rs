@@ -319,6 +319,29 @@ pub fn check_catalog(expected: &Expectations, response: &Response, supabase_url:
                     Some(types) => findings.extend(check_column_types(check, &name, types)),
                     None => outdated_doctor_sql = true,
                 }
+                match table.get("type_schemas_without_usage") {
+                    Some(schemas) => {
+                        let schemas: Vec<&str> = schemas[role]
+                            .as_array()
+                            .map(|a| a.iter().filter_map(Value::as_str).collect())
+                            .unwrap_or_default();
+                        if !schemas.is_empty() {
+                            findings.push(blocking(
+                                format!(
+                                    "{role} lacks USAGE on schema {}, which holds the type of a column of {name}: \
+                                     every write of that column stays queued (42501)",
+                                    schemas.join(", ")
+                                ),
+                                schemas
+                                    .iter()
+                                    .map(|schema| format!("grant usage on schema {schema} to {role};"))
+                                    .collect::<Vec<_>>()
+                                    .join(" "),
+                            ));
+                        }
+                    }
+                    None => outdated_doctor_sql = true,
+                }
                 match table.get("id_unique") {
                     // a view or a foreign table (null): its arbiter is the base table's
                     Some(Value::Bool(true)) | Some(Value::Null) => {}
@@ -753,6 +776,7 @@ mod tests {
     fn table(name: &str, privileges: &[&str], rls: bool) -> Value {
         json!({"schema": "public", "name": name, "exists": true, "rls": rls, "missing_columns": [], "published": true,
                "id_unique": true, "kind": "table", "security_invoker": null,
+               "type_schemas_without_usage": {"anon": [], "authenticated": [], "service_role": []},
                "policies": {"anon": [], "authenticated": ["DELETE", "INSERT", "SELECT", "UPDATE"], "service_role": []},
                "privileges": {"anon": [], "authenticated": privileges, "service_role": privileges},
                "column_types": {"id": {"type": "uuid", "category": "U"}, "user_id": {"type": "uuid", "category": "U"}}})
@@ -763,6 +787,23 @@ mod tests {
             table["column_types"][*column] = json!({"type": type_name, "category": category});
         }
         table
+    }
+
+    #[test]
+    fn a_column_type_in_a_schema_the_writing_role_cannot_use_blocks() {
+        let e = expectations(&settings(&[("UPLOAD_ATOMIC", "false")]), &["todos".to_string()]);
+        let all = ["DELETE", "INSERT", "SELECT", "UPDATE"];
+        let mut todos = table("todos", &all, true);
+        todos["type_schemas_without_usage"]["authenticated"] = json!(["app", "private"]);
+        todos["type_schemas_without_usage"]["anon"] = json!(["other"]);
+        let found = check_catalog(&e, &answer(json!([todos]), json!([])), "u");
+        assert_eq!(found.len(), 1, "the writing role's only: {found:#?}");
+        assert_eq!(found[0].severity, Severity::Blocking);
+        assert!(found[0].problem.starts_with("authenticated lacks USAGE on schema app, private"), "{found:#?}");
+        assert_eq!(
+            found[0].fix,
+            "grant usage on schema app to authenticated; grant usage on schema private to authenticated;"
+        );
     }
 
     #[test]
