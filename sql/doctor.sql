@@ -38,8 +38,9 @@
 -- SELECT, UPDATE) some permissive policy lets it run (a policy for ALL, for
 -- PUBLIC or for a role it is a member of counts).
 -- "type_schemas_without_usage": for each role, the schemas holding a column's
--- type (an enum, a domain, …) on which it lacks USAGE: a write that names the
--- column refers to the type by name (PostgREST and the atomic function alike).
+-- type (an enum, a domain, …) on which it lacks USAGE, each with those columns:
+-- a write that names such a column names its type (PostgREST and the atomic
+-- function alike), and is refused.
 -- "id_unique": whether a unique index on `id` alone (not partial, not
 -- deferrable: what `on conflict (id)`, the upsert of every PUT, needs) exists;
 -- null for a view or a foreign table, whose arbiter the catalog cannot tell.
@@ -81,18 +82,19 @@ as $$
         'rls', coalesce(f.relrowsecurity, false),
         'kind', case f.relkind when 'r' then 'table' when 'p' then 'table' when 'v' then 'view'
                                when 'f' then 'foreign table' end,
-        'security_invoker', case when f.relkind = 'v' then exists (
-          select 1 from unnest(f.reloptions) as o
-           where pg_catalog.lower(o) in ('security_invoker=true', 'security_invoker=on', 'security_invoker=1',
-                                         'security_invoker=yes', 'security_invoker=t', 'security_invoker=y')) end,
+        'security_invoker', case when f.relkind = 'v' then coalesce((
+          select o.option_value::boolean from pg_catalog.pg_options_to_table(f.reloptions) as o
+           where o.option_name = 'security_invoker'), false) end,
         'type_schemas_without_usage', coalesce((
           select jsonb_object_agg(r.rolname, coalesce((
-            select jsonb_agg(distinct ns.nspname order by ns.nspname)
-              from pg_catalog.pg_attribute as a
-              join pg_catalog.pg_type as t on t.oid = a.atttypid
-              join pg_catalog.pg_namespace as ns on ns.oid = t.typnamespace
-             where a.attrelid = f.rel and a.attnum > 0 and not a.attisdropped
-               and not pg_catalog.has_schema_privilege(r.oid, ns.oid, 'USAGE')), '[]'::jsonb))
+            select jsonb_object_agg(u.nspname, u.columns)
+              from (select ns.nspname, jsonb_agg(a.attname order by a.attnum) as columns
+                      from pg_catalog.pg_attribute as a
+                      join pg_catalog.pg_type as t on t.oid = a.atttypid
+                      join pg_catalog.pg_namespace as ns on ns.oid = t.typnamespace
+                     where a.attrelid = f.rel and a.attnum > 0 and not a.attisdropped
+                       and not pg_catalog.has_schema_privilege(r.oid, ns.oid, 'USAGE')
+                     group by ns.nspname) as u), '{}'::jsonb))
             from roles r), '{}'::jsonb),
         'policies', coalesce((
           select jsonb_object_agg(r.rolname, coalesce((

@@ -592,8 +592,7 @@ fn operators_to_fix(body: &ErrorBody, written_as: WrittenAs<'_>) -> Option<Strin
             // from users on purpose (`is_admin`) to every session through the API.
             let column_level = if grant.starts_with("grant select, insert, update, delete on table ") {
                 "; if its privileges are column-level on purpose, the client writes a column kept from \
-                 it: grant that column, or stop the client writing it and reject the waiting write \
-                 (UPLOAD_ERROR_CLASS_OVERRIDES)"
+                 it: grant that column, or fix the client (the write waits until then)"
             } else {
                 ""
             };
@@ -671,8 +670,9 @@ fn operators_to_fix(body: &ErrorBody, written_as: WrittenAs<'_>) -> Option<Strin
         return Some(
             "the atomic function runs with search_path = pg_catalog, pg_temp, so a policy, trigger, \
              default or check function that names a table or function without its schema fails \
-             there (REST's search path hides it): give that function `set search_path = public` or \
-             qualify its names (the operator's to fix; the upload waits)"
+             there (REST's search path, on Supabase public, extensions, hides it): give that function \
+             `set search_path = public, extensions` or qualify its names (the operator's to fix; the \
+             upload waits)"
                 .into(),
         );
     }
@@ -692,7 +692,9 @@ fn missing_enum_value(code: &str, message: &str) -> Option<String> {
     let rest = message.strip_prefix("invalid input value for enum ")?;
     let (type_name, value) = rest.split_once(": \"")?;
     let value = value.strip_suffix('"')?;
-    if type_name.is_empty() || type_name.contains(char::is_whitespace) {
+    // PostgreSQL answers any input of 64 bytes or more so, and no label can be that long
+    // (NAMEDATALEN): no migration adds it, so it stays the data's.
+    if type_name.is_empty() || type_name.contains(char::is_whitespace) || value.len() >= 64 {
         return None;
     }
     Some(format!("alter type {type_name} add value '{}';", value.replace('\'', "''")))
@@ -1291,8 +1293,7 @@ mod tests {
             failure.message.contains(
                 "(a missing GRANT, the operator's to fix; the upload waits): grant select, insert, update, delete on \
                  table public.todos to authenticated; if its privileges are column-level on purpose, the client \
-                 writes a column kept from it: grant that column, or stop the client writing it and reject the \
-                 waiting write (UPLOAD_ERROR_CLASS_OVERRIDES)"
+                 writes a column kept from it: grant that column, or fix the client (the write waits until then)"
             ),
             "the table-wide GRANT, and a warning for a table whose columns are granted one by one: {}",
             failure.message
@@ -1359,6 +1360,11 @@ mod tests {
         let Verdict::Retryable { failure, retry_after_seconds } = &verdict else { panic!("{verdict:?}") };
         assert_eq!((failure.code.as_str(), *retry_after_seconds), ("22P02", Some(SCHEMA_DRIFT_RETRY_AFTER_SECONDS)));
         assert!(failure.message.contains("add it (alter type public.mood add value 'it''s';)"), "{}", failure.message);
+        // a value no label can be (64 bytes or more): no migration adds it, the data's
+        let long = format!(r#"invalid input value for enum mood: "{}""#, "x".repeat(64));
+        assert!(is_fatal(&classify(&with_message(400, "22P02", &long), Some(0))));
+        let longest = format!(r#"invalid input value for enum mood: "{}""#, "x".repeat(63));
+        assert!(is_retryable(&classify(&with_message(400, "22P02", &longest), Some(0))));
         // any other invalid input is still the data's
         assert!(is_fatal(&classify(
             &with_message(400, "22P02", r#"invalid input syntax for type uuid: "x""#),
@@ -1377,7 +1383,7 @@ mod tests {
             let verdict = classify(&atomic(code, message, "powersync op 0 (PUT todos/1)"), Some(0));
             let Verdict::Retryable { failure, retry_after_seconds } = &verdict else { panic!("{verdict:?}") };
             assert_eq!(*retry_after_seconds, Some(SCHEMA_DRIFT_RETRY_AFTER_SECONDS));
-            assert!(failure.message.contains("set search_path = public"), "{}", failure.message);
+            assert!(failure.message.contains("set search_path = public, extensions"), "{}", failure.message);
         }
         // the table itself missing (the function names it with its schema), or a REST answer
         for verdict in [

@@ -151,7 +151,14 @@ BROKEN = [
      {}, ["--tables", "todo_view"], "doctor: ready (", 0),
     ("type_schema_without_usage", "create schema app_types; create type app_types.mood as enum ('ok');"
      " alter table public.todos add column mood app_types.mood", {}, [],
-     "PROBLEM: authenticated lacks USAGE on schema app_types, which holds the type of a column of public.todos", 1),
+     "warning: authenticated lacks USAGE on schema app_types, which holds the type of public.todos.mood", 0),
+    ("id_type_schema_without_usage", "create schema app_types; create domain app_types.pid as text;"
+     " alter table public.profiles drop constraint profiles_pkey; alter table public.profiles alter column id"
+     " type app_types.pid; alter table public.profiles add primary key (id)", {}, ["--tables", "profiles"],
+     "PROBLEM: authenticated lacks USAGE on schema app_types, which holds the type of public.profiles.id", 1),
+    ("view_invoker_written_as_a_prefix", "create view public.todo_view with (security_invoker = tru) as"
+     " select * from public.todos; grant select, insert, update, delete on public.todo_view to authenticated",
+     {}, ["--tables", "todo_view"], "doctor: ready (", 0),
     ("type_schema_with_usage", "create schema app_types; create type app_types.mood as enum ('ok');"
      " alter table public.todos add column mood app_types.mood; grant usage on schema app_types to authenticated",
      {}, [], "doctor: ready (0 warning(s))", 0),

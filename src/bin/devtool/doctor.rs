@@ -320,26 +320,7 @@ pub fn check_catalog(expected: &Expectations, response: &Response, supabase_url:
                     None => outdated_doctor_sql = true,
                 }
                 match table.get("type_schemas_without_usage") {
-                    Some(schemas) => {
-                        let schemas: Vec<&str> = schemas[role]
-                            .as_array()
-                            .map(|a| a.iter().filter_map(Value::as_str).collect())
-                            .unwrap_or_default();
-                        if !schemas.is_empty() {
-                            findings.push(blocking(
-                                format!(
-                                    "{role} lacks USAGE on schema {}, which holds the type of a column of {name}: \
-                                     every write of that column stays queued (42501)",
-                                    schemas.join(", ")
-                                ),
-                                schemas
-                                    .iter()
-                                    .map(|schema| format!("grant usage on schema {schema} to {role};"))
-                                    .collect::<Vec<_>>()
-                                    .join(" "),
-                            ));
-                        }
-                    }
+                    Some(schemas) => findings.extend(check_type_schemas(schemas[role].as_object(), &name, role)),
                     None => outdated_doctor_sql = true,
                 }
                 match table.get("id_unique") {
@@ -515,6 +496,32 @@ fn check_row_security(table: &Value, name: &str, role: &str, outdated_doctor_sql
         ));
     }
     findings
+}
+
+/// The schemas holding a column type of uploaded table `name` on which `role` lacks USAGE, each
+/// with those columns (`schemas`): a write naming such a column is refused (42501) and waits.
+/// Blocking when `id` is one (every write names it); else a warning, since a column clients
+/// never write (the server's) costs nothing.
+fn check_type_schemas(schemas: Option<&serde_json::Map<String, Value>>, name: &str, role: &str) -> Vec<Finding> {
+    let Some(schemas) = schemas else { return vec![] };
+    schemas
+        .iter()
+        .map(|(schema, columns)| {
+            let columns: Vec<&str> = columns.as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+            let problem = format!(
+                "{role} lacks USAGE on schema {schema}, which holds the type of {name}.{}: a write of {} stays \
+                 queued (42501)",
+                columns.join(format!(", {name}.").as_str()),
+                if columns.contains(&"id") { "any row" } else { "such a column" }
+            );
+            let fix = format!("grant usage on schema {schema} to {role};");
+            if columns.contains(&"id") {
+                blocking(problem, fix)
+            } else {
+                warning(problem, format!("{fix} (if clients write {})", columns.join(", ")))
+            }
+        })
+        .collect()
 }
 
 /// The `create policy` a missing `command` calls for, its conditions left to the operator.
@@ -776,7 +783,7 @@ mod tests {
     fn table(name: &str, privileges: &[&str], rls: bool) -> Value {
         json!({"schema": "public", "name": name, "exists": true, "rls": rls, "missing_columns": [], "published": true,
                "id_unique": true, "kind": "table", "security_invoker": null,
-               "type_schemas_without_usage": {"anon": [], "authenticated": [], "service_role": []},
+               "type_schemas_without_usage": {"anon": {}, "authenticated": {}, "service_role": {}},
                "policies": {"anon": [], "authenticated": ["DELETE", "INSERT", "SELECT", "UPDATE"], "service_role": []},
                "privileges": {"anon": [], "authenticated": privileges, "service_role": privileges},
                "column_types": {"id": {"type": "uuid", "category": "U"}, "user_id": {"type": "uuid", "category": "U"}}})
@@ -790,19 +797,31 @@ mod tests {
     }
 
     #[test]
-    fn a_column_type_in_a_schema_the_writing_role_cannot_use_blocks() {
+    fn a_column_type_in_a_schema_the_writing_role_cannot_use_is_named_blocking_only_for_id() {
         let e = expectations(&settings(&[("UPLOAD_ATOMIC", "false")]), &["todos".to_string()]);
         let all = ["DELETE", "INSERT", "SELECT", "UPDATE"];
         let mut todos = table("todos", &all, true);
-        todos["type_schemas_without_usage"]["authenticated"] = json!(["app", "private"]);
-        todos["type_schemas_without_usage"]["anon"] = json!(["other"]);
+        todos["type_schemas_without_usage"]["authenticated"] = json!({"app": ["mood", "kind"], "ids": ["id"]});
+        todos["type_schemas_without_usage"]["anon"] = json!({"other": ["x"]});
         let found = check_catalog(&e, &answer(json!([todos]), json!([])), "u");
-        assert_eq!(found.len(), 1, "the writing role's only: {found:#?}");
-        assert_eq!(found[0].severity, Severity::Blocking);
-        assert!(found[0].problem.starts_with("authenticated lacks USAGE on schema app, private"), "{found:#?}");
+        let found: Vec<_> = found.iter().map(|f| (f.severity, f.problem.as_str(), f.fix.as_str())).collect();
         assert_eq!(
-            found[0].fix,
-            "grant usage on schema app to authenticated; grant usage on schema private to authenticated;"
+            found,
+            [
+                (
+                    Severity::Warning,
+                    "authenticated lacks USAGE on schema app, which holds the type of public.todos.mood, \
+                     public.todos.kind: a write of such a column stays queued (42501)",
+                    "grant usage on schema app to authenticated; (if clients write mood, kind)"
+                ),
+                (
+                    Severity::Blocking,
+                    "authenticated lacks USAGE on schema ids, which holds the type of public.todos.id: a write of any \
+                     row stays queued (42501)",
+                    "grant usage on schema ids to authenticated;"
+                ),
+            ],
+            "the writing role's only, by schema"
         );
     }
 
