@@ -2046,4 +2046,124 @@ mod tests {
         assert!(!format!("{:?}", caller()).contains("token\""));
         assert!(format!("{:?}", caller()).contains("<redacted>"));
     }
+
+    #[test]
+    fn budget_exhaustion_answers_the_configured_retry_after() {
+        let mut s = settings();
+        s.subrequest_budget = 45;
+        s.retry_after_seconds = 7;
+        let transactions: Vec<Transaction> = (0..100).map(tx).collect();
+        let report = run(&transactions, &s, &FakeTransport::default());
+        assert!(report.needs_retry());
+        assert_eq!(report.retry_after_seconds, 7);
+    }
+
+    #[test]
+    fn empty_transaction_succeeds_even_when_the_budget_is_spent() {
+        let mut s = settings();
+        s.subrequest_budget = 2;
+        s.dead_letter_table = Some("dead".to_string());
+        let empty = Transaction { transaction_id: Some(json!("e")), entries: vec![] };
+        // tx(1) is refused and dead-lettered: nothing left, yet the empty transaction needs nothing
+        let transport = FakeTransport::scripted(vec![error(400, "23514", "check"), recorded()]);
+        let report = run(&[tx(1), empty], &s, &transport);
+        assert_eq!(statuses(&report), vec![Status::FatalError, Status::Success]);
+    }
+
+    fn unmergeable(n: usize) -> Transaction {
+        let entries = (0..n).map(|i| entry(Op::Put, &format!("r{i}"), json!({ format!("c{i}"): i }))).collect();
+        Transaction { transaction_id: Some(json!("big")), entries }
+    }
+
+    #[test]
+    fn a_too_big_transactions_atomic_call_failing_otherwise_keeps_its_own_failure() {
+        let mut s = settings();
+        s.subrequest_budget = 3;
+        let unavailable = Ok(HttpResponse { status: 503, headers: vec![], body: String::new() });
+        let transport = FakeTransport::scripted(vec![unavailable]);
+        let report = run(&[unmergeable(5)], &s, &transport);
+        assert_eq!(statuses(&report), vec![Status::RetryableError]);
+        let failure = report.results[0].failed_operation.clone().expect("failure");
+        assert_eq!(failure.code, "http_503");
+        assert!(!failure.message.contains("statement timeout"), "{}", failure.message);
+        assert_eq!(report.results[0].retry_after_ms, Some(s.retry_after_seconds * 1000));
+    }
+
+    #[test]
+    fn a_timed_out_atomic_call_falls_back_to_rest_only_within_the_budget_and_its_reserve() {
+        let mut s = settings();
+        s.subrequest_budget = 3;
+        s.dead_letter_table = Some("dead".to_string());
+        let transport = FakeTransport::scripted(vec![statement_timeout()]);
+        let report = run_with(Route::Atomic, &s, &[mixed("big")], &transport);
+        assert!(report.subrequests <= s.subrequest_budget, "{} requests", report.subrequests);
+        assert_eq!(statuses(&report), vec![Status::RetryableError]);
+    }
+
+    #[test]
+    fn a_timed_out_atomic_call_whose_rest_requests_fill_a_whole_budget_waits_for_the_operator() {
+        let mut s = settings();
+        s.subrequest_budget = 4; // the call (1) + REST (3) + the reserve (1) can never fit
+        s.dead_letter_table = Some("dead".to_string());
+        let transport = FakeTransport::scripted(vec![statement_timeout()]);
+        let report = run_with(Route::Atomic, &s, &[mixed("big")], &transport);
+        let failure = report.results[0].failed_operation.clone().expect("failure");
+        assert!(failure.message.contains("so no upload can apply it"), "{}", failure.message);
+        assert_eq!(report.results[0].retry_after_ms, Some(60_000));
+    }
+
+    #[test]
+    fn a_bulk_upsert_answered_503_is_not_split() {
+        let transaction = Transaction {
+            transaction_id: None,
+            entries: vec![entry(Op::Put, "a", json!({"x": 1})), entry(Op::Put, "b", json!({"x": 2}))],
+        };
+        let unavailable = Ok(HttpResponse { status: 503, headers: vec![], body: String::new() });
+        let transport = FakeTransport::scripted(vec![unavailable]);
+        let report = run(&[transaction], &settings(), &transport);
+        assert_eq!(statuses(&report), vec![Status::RetryableError]);
+        assert_eq!(transport.sent().len(), 1, "an overloaded upstream is not sent the halves");
+    }
+
+    #[test]
+    fn halves_need_room_for_both_and_the_dead_letter_reserve() {
+        let mut s = settings();
+        s.subrequest_budget = 3;
+        s.dead_letter_table = Some("dead".to_string());
+        let transaction = Transaction {
+            transaction_id: Some(json!("t")),
+            entries: vec![entry(Op::Put, "a", json!({"x": 1})), entry(Op::Put, "b", json!({"x": 2}))],
+        };
+        let transport = FakeTransport::scripted(vec![error(400, "23514", "check"), recorded()]);
+        let report = run(&[transaction], &s, &transport);
+        assert_eq!(statuses(&report), vec![Status::FatalError], "recorded, not left to fail for ever");
+        assert_eq!(transport.sent().len(), 2, "the refused upsert and its dead letter");
+        // with a request after the group (pending), the halves need room for it too
+        let mut s = settings();
+        s.subrequest_budget = 4;
+        s.dead_letter_table = Some("dead".to_string());
+        let transaction = Transaction {
+            transaction_id: Some(json!("t")),
+            entries: vec![
+                entry(Op::Put, "a", json!({"x": 1})),
+                entry(Op::Put, "b", json!({"x": 2})),
+                entry(Op::Delete, "c", Value::Null),
+            ],
+        };
+        let transport = FakeTransport::scripted(vec![error(400, "23514", "check"), recorded()]);
+        let report = run(&[transaction], &s, &transport);
+        let failure = report.results[0].failed_operation.clone().expect("failure");
+        assert_eq!(failure.index, Some(0));
+        assert!(failure.message.contains("one of entries 0..=1"), "{}", failure.message);
+    }
+
+    #[test]
+    fn service_mode_upsert_refused_after_its_ownership_check_is_dead_lettered_failed_not_applied() {
+        let mut s = service();
+        s.dead_letter_table = Some("dead".to_string());
+        let transport = FakeTransport::scripted(vec![ok_body("[]"), error(400, "23514", "check"), recorded()]);
+        let report = run(&[tx(1)], &s, &transport);
+        assert_eq!(statuses(&report), vec![Status::FatalError]);
+        assert_eq!(states_of(&dead_letter_body(&transport)), vec!["failed"]);
+    }
 }

@@ -511,8 +511,9 @@ pub fn classify(
         // `https://`, a moved host). The operator's to fix; the upload waits.
         Class::Unrecognised if response.is_redirect() => Class::SchemaDrift,
         // Without a code: PostgREST 12 answers a table missing from its schema cache with a
-        // bare 404 (a wrong SUPABASE_URL looks the same: the operator's to fix either way).
-        Class::Unrecognised if status == 404 => Class::SchemaDrift,
+        // bare 404 (a wrong SUPABASE_URL looks the same: the operator's to fix either way). A
+        // SQLSTATE answered 404 is a trigger's own (`raise sqlstate 'PT404'`): below, the data's.
+        Class::Unrecognised if status == 404 && !body.code.as_deref().is_some_and(is_sqlstate) => Class::SchemaDrift,
         // Without a PostgREST/Postgres code, 401/403 come from a gateway or a wrong key, and 402
         // from Supabase's gateway refusing every request of a restricted project (quota, fair
         // use, an unpaid bill) until the owner acts: not from the data. Retrying after the
@@ -2028,5 +2029,88 @@ mod tests {
         };
         assert!(!report.needs_retry());
         assert!(!UploadReport::default().needs_retry());
+    }
+
+    #[test]
+    fn the_log_line_counts_conflicts() {
+        let report = UploadReport {
+            results: vec![TransactionResult::conflict(None, FailedOperation::new(Some(0), "conflict", "m"))],
+            ..UploadReport::default()
+        };
+        assert_eq!(report.counts().conflict, 1);
+        assert_eq!(report.log_summary()["conflict"], 1);
+    }
+
+    #[test]
+    fn a_sqlstate_a_trigger_raised_with_status_404_is_fatal() {
+        // `raise sqlstate 'PT404'`: PostgREST answers 404 with the code; only a bare 404 (a table
+        // missing from PostgREST 12's cache, a wrong SUPABASE_URL) is the operator's
+        let verdict = classify(&with_message(404, "PT404", "no such booking"), Some(0));
+        assert!(is_fatal(&verdict), "{verdict:?}");
+        assert_eq!(code(&verdict), "PT404");
+        assert!(is_retryable(&classify(&answer(404, "{}"), Some(0))));
+    }
+
+    #[test]
+    fn a_retryable_override_keeps_the_upstreams_retry_after() {
+        let mut overrides = ClassOverrides::default();
+        overrides.insert("23505", ErrorClass::Retryable);
+        let verdict = super::classify(
+            &with_message(409, "23505", "dup"),
+            Some(0),
+            &overrides,
+            as_user("authenticated", "user-1"),
+        );
+        assert!(
+            matches!(verdict, Verdict::Retryable { retry_after_seconds: None, .. }),
+            "not schema drift's 60 s: {verdict:?}"
+        );
+    }
+
+    #[test]
+    fn an_error_with_an_empty_body_says_its_status() {
+        let Verdict::Retryable { failure, .. } = classify(&answer(502, "  "), Some(0)) else { panic!() };
+        assert_eq!(failure.message, "HTTP 502 from Supabase");
+    }
+
+    #[test]
+    fn an_atomic_answer_naming_an_op_past_the_entries_is_not_the_functions() {
+        assert_eq!(atomic_answer(r#"{"applied":0,"conflict":{"index":1,"row":{}}}"#, 1), None);
+        assert_eq!(atomic_answer(r#"{"applied":1,"unchanged":[0,1]}"#, 1).map(|a| a.unchanged), Some(vec![0]));
+    }
+
+    #[test]
+    fn a_22023_not_about_the_sessions_role_stays_fatal() {
+        for message in [r#"role "admin" may not be granted here"#, r#"option "x" does not exist"#] {
+            assert!(is_fatal(&classify(&with_message(400, "22023", message), Some(0))), "{message}");
+        }
+    }
+
+    #[test]
+    fn grants_for_a_large_object_and_for_a_name_starting_with_a_digit() {
+        assert_eq!(
+            missing_grant("permission denied for large object 16401", "authenticated").as_deref(),
+            Some("grant select, update on large object 16401 to authenticated")
+        );
+        assert_eq!(
+            missing_grant("permission denied for sequence 1seq", "authenticated").as_deref(),
+            Some("grant usage on sequence public.\"1seq\" to authenticated")
+        );
+    }
+
+    #[test]
+    fn retryable_postgrest_codes_keep_their_code_for_overrides() {
+        for (status, postgrest_code) in [(401, "PGRST301"), (503, "PGRST002"), (500, "PGRSTX00")] {
+            assert_eq!(code(&classify(&with_message(status, postgrest_code, "JWT expired"), Some(0))), postgrest_code);
+        }
+        let mut overrides = ClassOverrides::default();
+        overrides.insert("PGRST002", ErrorClass::Fatal);
+        let verdict = super::classify(
+            &with_message(503, "PGRST002", "m"),
+            Some(0),
+            &overrides,
+            as_user("authenticated", "user-1"),
+        );
+        assert!(is_fatal(&verdict));
     }
 }

@@ -1866,4 +1866,36 @@ mod tests {
             assert_eq!(failure.code, "table_not_allowed", "{table}");
         }
     }
+
+    #[test]
+    fn only_an_earlier_put_of_the_row_stops_its_comparison() {
+        let previous = |v: Value| Some(v.as_object().cloned().unwrap_or_default().into());
+        let mut s = settings();
+        s.conflict_detection = true;
+        let mut patch_x = patch("x", json!({"t": "y"}));
+        patch_x.previous = previous(json!({"t": "x"}));
+        let conditional = |entries: Vec<Entry>| -> Vec<bool> {
+            plan(entries, &s).iter().map(|r| matches!(r.check, Check::Conditional { .. })).collect()
+        };
+        assert_eq!(conditional(vec![put("x", json!({"t": "x"})), patch_x.clone()]), [false, false]);
+        let mut patch_x2 = patch("x", json!({"t": "z"}));
+        patch_x2.previous = previous(json!({"t": "y"}));
+        assert_eq!(conditional(vec![patch_x, patch_x2]), [true, true]);
+    }
+
+    #[test]
+    fn conflict_conditions_keep_the_url_within_its_limit() {
+        let mut s = settings();
+        s.conflict_detection = true;
+        let mut p = patch("x", json!({"a": 1, "b": 2}));
+        p.previous =
+            Some(json!({"a": "v".repeat(5000), "b": "w".repeat(5000)}).as_object().cloned().unwrap_or_default().into());
+        let requests = plan(vec![p], &s);
+        assert!(
+            requests.iter().all(|r| r.request.url.len() <= filter::MAX_URL_BYTES),
+            "{}",
+            requests[0].request.url.len()
+        );
+        assert!(matches!(requests[0].check, Check::Conditional { .. }), "the column that fits is still compared");
+    }
 }
