@@ -406,8 +406,23 @@ pub fn interpret(
     };
     // (for the log: what Storage, or whatever answers at STORAGE_URL, says, credentials left out)
     let error = crate::credentials::redact(&crate::credentials::clipped(body["error"].as_str().unwrap_or(""), 80));
-    let described =
-        || format!("storage answered {} (statusCode {:?}, error {error:?})", response.status_described(), inner);
+    // Storage's own words for a refusal of the key or the setup (a wrong JWT secret, an issuer,
+    // a missing GRANT look alike by status): its code, and for 401/403 its message, which names
+    // no object there (messages that quote a path come with 400).
+    let code = crate::credentials::clipped(body["code"].as_str().unwrap_or(""), 40);
+    let message = match status {
+        401 | 403 => {
+            crate::credentials::redact(&crate::credentials::clipped(body["message"].as_str().unwrap_or(""), 120))
+        }
+        _ => String::new(),
+    };
+    let described = || {
+        format!(
+            "storage answered {} (statusCode {:?}, error {error:?}, code {code:?}, message {message:?})",
+            response.status_described(),
+            inner
+        )
+    };
     if let (403, StorageMode::Rls, Some(refused)) = (status, settings.mode, session_time_refusal(&body)) {
         return Err(FileError::Session(refused));
     }
@@ -447,7 +462,12 @@ pub fn interpret(
                 .ok_or_else(|| FileError::Failed { detail: "storage: no signedURL in the signing answer".into() })?;
             Ok(FileResult::Signed { url, headers: vec![], expires_in: Some(download_seconds(request, settings)) })
         }
-        FileOp::Delete => Ok(FileResult::Deleted { existed: true }),
+        // Storage answers `{"message": "Successfully deleted"}`; any other 2xx (a catch-all host or
+        // a proxy at STORAGE_URL) deleted nothing the worker knows of: never reported deleted.
+        FileOp::Delete if body["message"].is_string() => Ok(FileResult::Deleted { existed: true }),
+        FileOp::Delete => {
+            Err(FileError::Failed { detail: format!("{}: not Storage's answer to a delete", described()) })
+        }
     }
 }
 
@@ -914,6 +934,51 @@ mod tests {
                 matches!(result, Err(FileError::Unavailable { .. } | FileError::Failed { .. })),
                 "{status} {body}: {result:?}"
             );
+        }
+    }
+
+    #[test]
+    fn only_storages_own_answer_to_a_delete_reports_the_file_deleted() {
+        let s = settings(StorageMode::Rls, None);
+        let delete = parse_request(FileOp::Delete, br#"{"files":[{"bucket":"b","path":"u/a"}]}"#).unwrap();
+        let got = |answer| interpret(&delete, &delete.files[0], 0, &s, answer);
+        assert_eq!(
+            got(answer(200, json!({"message": "Successfully deleted"}))),
+            Ok(FileResult::Deleted { existed: true })
+        );
+        let html = Ok(HttpResponse { status: 200, headers: vec![], body: "<html>welcome</html>".into() });
+        let empty = Ok(HttpResponse { status: 204, headers: vec![], body: String::new() });
+        for not_storages in [html, empty, answer(200, json!({}))] {
+            let result = got(not_storages.clone());
+            assert!(matches!(result, Err(FileError::Failed { .. })), "{not_storages:?}: {result:?}");
+        }
+    }
+
+    #[test]
+    fn a_refusal_of_the_setup_is_logged_with_storages_code_and_message() {
+        let s = settings(StorageMode::Service, Some("b"));
+        let delete = parse_request(FileOp::Delete, br#"{"files":[{"bucket":"b","path":"u/a"}]}"#).unwrap();
+        let refused = |message: &str| {
+            answer(400, json!({"statusCode": "403", "code": "InvalidJWT", "error": "Unauthorized", "message": message}))
+        };
+        let detail = |message: &str| match interpret(&delete, &delete.files[0], 0, &s, refused(message)) {
+            Err(FileError::Failed { detail }) => detail,
+            other => panic!("{other:?}"),
+        };
+        let wrong_secret = detail("signature verification failed");
+        assert!(
+            wrong_secret.contains(r#"code "InvalidJWT", message "signature verification failed""#),
+            "{wrong_secret}"
+        );
+        assert_ne!(wrong_secret, detail("unexpected \"iss\" claim value"), "two causes, two log lines");
+        // a 400 that quotes the object's path logs no message
+        let invalid = answer(
+            400,
+            json!({"statusCode": "400", "code": "InvalidKey", "error": "Invalid Input", "message": "Invalid key: u/secret"}),
+        );
+        match interpret(&delete, &delete.files[0], 0, &s, invalid) {
+            Err(FileError::Failed { detail }) => assert!(!detail.contains("secret"), "{detail}"),
+            other => panic!("{other:?}"),
         }
     }
 

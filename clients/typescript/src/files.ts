@@ -42,8 +42,14 @@ export interface WorkerStorageAdapterOptions {
   pathOf?: (attachment: AttachmentRecord, userId: string) => string;
   /** The `fetch` to use. Default: `globalThis.fetch`, looked up at each request. */
   fetch?: FileFetchLike;
-  /** Abort a request (to the worker or to a signed URL) after this many ms; 0 = never. Default 60000. */
+  /** Abort a request to the worker after this many ms; 0 = never. Default 60000. */
   requestTimeoutMs?: number;
+  /**
+   * Abort the transfer of a file's bytes (the PUT or GET of a signed URL) after this many ms;
+   * 0 = never. Default 900000 (15 minutes: a 50 MB file at about 0.5 Mbit/s). It covers sending
+   * or receiving the whole file, so keep it above what the largest file takes on a slow link.
+   */
+  transferTimeoutMs?: number;
 }
 
 /**
@@ -61,18 +67,20 @@ export class WorkerStorageAdapter implements RemoteStorageAdapter {
   private readonly baseUrl: string;
   private readonly options: WorkerStorageAdapterOptions;
   private readonly timeoutMs: number;
+  private readonly transferTimeoutMs: number;
 
   constructor(options: WorkerStorageAdapterOptions) {
     if (!options.workerUrl) throw new TypeError('workerUrl is required');
     if (typeof options.getSessionToken !== 'function') throw new TypeError('getSessionToken is required');
     if (!options.bucket) throw new TypeError('bucket is required');
-    const timeout = options.requestTimeoutMs ?? 60_000;
-    if (!Number.isInteger(timeout) || timeout < 0) {
-      throw new TypeError(`requestTimeoutMs must be a non-negative integer, got ${timeout}`);
-    }
+    const milliseconds = (name: string, value: number) => {
+      if (!Number.isInteger(value) || value < 0) throw new TypeError(`${name} must be a non-negative integer, got ${value}`);
+      return value;
+    };
     this.baseUrl = options.workerUrl.replace(/\/+$/, '');
     this.options = options;
-    this.timeoutMs = timeout;
+    this.timeoutMs = milliseconds('requestTimeoutMs', options.requestTimeoutMs ?? 60_000);
+    this.transferTimeoutMs = milliseconds('transferTimeoutMs', options.transferTimeoutMs ?? 900_000);
   }
 
   async uploadFile(fileData: ArrayBuffer, attachment: AttachmentRecord): Promise<void> {
@@ -84,7 +92,7 @@ export class WorkerStorageAdapter implements RemoteStorageAdapter {
     };
     const entry = await this.ask('upload', { files: [file] }, file.session);
     const headers = (entry['headers'] ?? {}) as Record<string, string>;
-    const { status, text } = await this.send(
+    const { status, text } = await this.transfer(
       String(entry['url']),
       { method: 'PUT', headers, body: fileData, redirect: 'manual' },
       'PUT signed upload URL',
@@ -96,7 +104,7 @@ export class WorkerStorageAdapter implements RemoteStorageAdapter {
   async downloadFile(attachment: AttachmentRecord): Promise<ArrayBuffer> {
     const file = await this.file(attachment);
     const entry = await this.ask('download', { files: [file] }, file.session);
-    const answer = await this.send(
+    const answer = await this.transfer(
       String(entry['url']),
       { method: 'GET', headers: {} },
       'GET signed download URL',
@@ -152,11 +160,16 @@ export class WorkerStorageAdapter implements RemoteStorageAdapter {
   }
 
   /**
-   * One request, its answer read by `read` within `requestTimeoutMs` too: a server that sends
-   * its head and then nothing is a `timeout`, not a request that never ends.
+   * One request to the worker, its answer read by `read` within `requestTimeoutMs` too: a server
+   * that sends its head and then nothing is a `timeout`, not a request that never ends.
    */
   private send<T>(url: string, init: FileFetchInit, what: string, read: (response: FileFetchResponse) => Promise<T>): Promise<T> {
-    return fetchWithin(this.options.fetch, url, init, this.timeoutMs, what, read);
+    return fetchWithin(this.options.fetch, url, init, this.timeoutMs, `${what} (requestTimeoutMs)`, read);
+  }
+
+  /** The transfer of a file's bytes to or from a signed URL, within `transferTimeoutMs`. */
+  private transfer<T>(url: string, init: FileFetchInit, what: string, read: (response: FileFetchResponse) => Promise<T>): Promise<T> {
+    return fetchWithin(this.options.fetch, url, init, this.transferTimeoutMs, `${what} (transferTimeoutMs)`, read);
   }
 }
 
@@ -176,9 +189,16 @@ export function subjectOf(token: string): string {
   });
 }
 
+/**
+ * Storage's refusal of a signed URL. Storage answers its errors with HTTP 400 and the status it
+ * means in the body's `statusCode` (a string): `413` over the bucket's size limit, `415` a type
+ * the bucket does not allow, `403` an expired or invalid signature; the code names that one.
+ */
 function storageError(what: string, status: number, text: string): WorkerConnectorError {
-  return new WorkerConnectorError(`Storage refused the ${what} (${status}): ${text.slice(0, 200)}`, {
-    code: `storage_http_${status}`,
+  const inner = Number((parseJson(text) as { statusCode?: unknown } | undefined)?.statusCode);
+  const meant = status === 400 && Number.isInteger(inner) && inner >= 400 && inner <= 599 ? inner : status;
+  return new WorkerConnectorError(`Storage refused the ${what} (${meant}): ${text.slice(0, 200)}`, {
+    code: `storage_http_${meant}`,
     status,
   });
 }

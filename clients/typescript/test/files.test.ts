@@ -108,9 +108,50 @@ describe('WorkerStorageAdapter', () => {
     await rejectsWith(adapter(scripted(new Error('offline')).fetch).deleteFile(photo), { code: 'network_error', status: null });
   });
 
-  test('a signed URL Storage refuses is an error naming its status', async () => {
+  test('a signed URL Storage refuses is an error naming the status Storage means', async () => {
+    // Storage answers 400 and puts the status it means in the body's statusCode
     const fake = scripted({ status: 200, json: { files: [{ url: 'https://s/u' }] } }, { status: 400, json: { statusCode: '403', error: 'expired' } });
-    await rejectsWith(adapter(fake.fetch).downloadFile(photo), { code: 'storage_http_400', status: 400 });
+    await rejectsWith(adapter(fake.fetch).downloadFile(photo), { code: 'storage_http_403', status: 400 });
+    const tooLarge = scripted(
+      { status: 200, json: { files: [{ url: 'https://s/u' }] } },
+      { status: 400, json: { statusCode: '413', error: 'Payload too large', message: 'The object exceeded the maximum allowed size' } },
+    );
+    await rejectsWith(adapter(tooLarge.fetch).uploadFile(new ArrayBuffer(1), photo), { code: 'storage_http_413', status: 400 });
+    const plain = scripted({ status: 200, json: { files: [{ url: 'https://s/u' }] } }, { status: 400, json: { error: 'bad' } });
+    await rejectsWith(adapter(plain.fetch).downloadFile(photo), { code: 'storage_http_400', status: 400 });
+  });
+
+  test('a file transfer slower than requestTimeoutMs completes within transferTimeoutMs, and a timeout names its option', async () => {
+    const signed: FileFetchResponse = {
+      status: 200,
+      headers: { get: () => null },
+      text: async () => JSON.stringify({ files: [{ url: 'https://s/object/upload/sign/a?token=t' }] }),
+      arrayBuffer: async () => new ArrayBuffer(0),
+    };
+    // the worker answers at once; Storage takes 150 ms to take the bytes
+    const slowStorage = () => {
+      let calls = 0;
+      return async (_url: string, init: FileFetchInit): Promise<FileFetchResponse> => {
+        calls += 1;
+        if (calls % 2 === 1) return signed;
+        await new Promise<void>((resolve, reject) => {
+          const timer = setTimeout(resolve, 150);
+          init.signal?.addEventListener('abort', () => {
+            clearTimeout(timer);
+            reject(new Error('aborted'));
+          });
+        });
+        return { status: 200, headers: { get: () => null }, text: async () => '', arrayBuffer: async () => new ArrayBuffer(0) };
+      };
+    };
+    const options = { workerUrl: WORKER, getSessionToken: () => SESSION, bucket: 'attachments', requestTimeoutMs: 30 };
+    await new WorkerStorageAdapter({ ...options, fetch: slowStorage() }).uploadFile(new ArrayBuffer(1), photo);
+    const error = await new WorkerStorageAdapter({ ...options, fetch: slowStorage(), transferTimeoutMs: 40 })
+      .uploadFile(new ArrayBuffer(1), photo)
+      .then(() => undefined, (e: unknown) => e);
+    assert.ok(error instanceof WorkerConnectorError && error.code === 'timeout', String(error));
+    assert.match(String((error as Error).message), /transferTimeoutMs/);
+    assert.throws(() => new WorkerStorageAdapter({ ...options, transferTimeoutMs: -1 }), TypeError);
   });
 
   test('signed out: nothing is sent', async () => {
@@ -144,7 +185,7 @@ describe('WorkerStorageAdapter', () => {
       };
     };
     const within = (fetch: (url: string, init: FileFetchInit) => Promise<FileFetchResponse>) =>
-      new WorkerStorageAdapter({ workerUrl: WORKER, getSessionToken: () => SESSION, bucket: 'attachments', fetch, requestTimeoutMs: 30 });
+      new WorkerStorageAdapter({ workerUrl: WORKER, getSessionToken: () => SESSION, bucket: 'attachments', fetch, requestTimeoutMs: 30, transferTimeoutMs: 30 });
     await rejectsWith(within(stalled(200)).deleteFile(photo), { code: 'timeout' });
     const signed: FileFetchResponse = {
       status: 200,
