@@ -385,3 +385,25 @@ def test_sdk_attachment_queue_uploads_once_when_back_online_then_another_device_
         wait_until("deleted from Storage", lambda: storage.list_objects(SERVICE_BUCKET, user, SERVICE_KEY) == [])
         # Through the worker (the app records the request when its answer has come).
         wait_until("the delete answered", lambda: "/powersync-files/delete" in {r["kind"] for r in phone.call("fileRequests")})
+
+
+def test_doctor_checks_the_buckets_storage_holds_against_the_workers_rules(storage, service_worker, base_vars,
+                                                                          tmp_path):
+    # Storage checks its bucket limits only when the bytes arrive, after the worker signed: a
+    # limit tighter than the worker's rules, or a bucket Storage lacks, is found before any file.
+    from tests.e2e.test_operations_tool import devtool, write_vars
+    storage.create_bucket("doctor-tight", SERVICE_KEY, file_size_limit=500, allowed_mime_types=["image/png"])
+    vars = {**base_vars, "STORAGE_URL": storage.url, "STORAGE_MODE": "service",
+            "SUPABASE_SERVICE_ROLE_KEY": SERVICE_KEY,
+            "STORAGE_BUCKETS": json.dumps({SERVICE_BUCKET: PHOTO_RULES, "doctor-tight": PHOTO_RULES,
+                                           "doctor-missing": PHOTO_RULES})}
+    result = devtool("doctor", "--worker-url", service_worker.url, "--vars", write_vars(tmp_path / "vars", vars))
+    report = result.stdout
+    assert "PROBLEM: bucket doctor-missing (STORAGE_BUCKETS) does not exist in Storage" in report, report
+    assert "warning: Storage takes files of at most 500 bytes in bucket doctor-tight, the worker signs up to 1000" \
+        in report, report
+    assert "warning: Storage takes only image/png in bucket doctor-tight, the worker signs image/*, text/plain" \
+        in report, report
+    assert f"bucket {SERVICE_BUCKET}" not in report, "a bucket within Storage's limits is ready: " + report
+    assert result.returncode == 1, report
+

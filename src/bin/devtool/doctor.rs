@@ -30,11 +30,11 @@ pub struct Finding {
     pub fix: String,
 }
 
-fn blocking(problem: impl Into<String>, fix: impl Into<String>) -> Finding {
+pub fn blocking(problem: impl Into<String>, fix: impl Into<String>) -> Finding {
     Finding { severity: Severity::Blocking, problem: problem.into(), fix: fix.into() }
 }
 
-fn warning(problem: impl Into<String>, fix: impl Into<String>) -> Finding {
+pub fn warning(problem: impl Into<String>, fix: impl Into<String>) -> Finding {
     Finding { severity: Severity::Warning, problem: problem.into(), fix: fix.into() }
 }
 

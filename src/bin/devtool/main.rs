@@ -7,6 +7,7 @@
 //!
 //! Build: `cargo run --features devtool --bin devtool -- <command>`; `help` lists commands.
 
+mod buckets;
 mod dead_letters;
 mod doctor;
 mod dotenv;
@@ -310,6 +311,13 @@ fn doctor_findings(options: &HashMap<String, String>) -> Result<Vec<doctor::Find
         let expected = doctor::expectations(upload, &tables);
         let answer = rest::send(&doctor::catalog_request(&supabase_url, &service_key, &expected));
         findings.extend(doctor::check_catalog(&expected, &answer, &supabase_url));
+    }
+    // the files' buckets, when STORAGE_BUCKETS names them (invalid file settings are reported above)
+    if let Ok(storage) = &config.storage {
+        for (name, rules) in storage.buckets.iter().flatten() {
+            let answer = rest::send(&buckets::bucket_request(&storage.storage_url, name, &service_key));
+            findings.extend(buckets::check_bucket(name, rules, &answer, &storage.storage_url));
+        }
     }
     Ok(findings)
 }

@@ -1,0 +1,200 @@
+//! `devtool doctor`'s look at Supabase Storage: each bucket `STORAGE_BUCKETS` names, as Storage
+//! holds it (`GET <STORAGE_URL>/bucket/<name>` with the service key), against the worker's rules
+//! for it. The worker signs an upload by its own rules; Storage checks the bucket's size and type
+//! limits only when the bytes arrive, so a limit tighter than the worker's leaves such a file
+//! signed, refused and retried for ever, and a bucket Storage does not have fails every file.
+
+use powersync_supabase_worker::storage::settings::BucketRules;
+use serde_json::Value;
+
+use crate::doctor::{blocking, warning, Finding};
+use crate::rest::{self, Request, Response};
+
+/// The request that reads bucket `name` with the service key.
+pub fn bucket_request(storage_url: &str, name: &str, service_key: &str) -> Request {
+    Request {
+        method: "GET",
+        url: format!("{storage_url}/bucket/{name}"),
+        headers: rest::service_headers(service_key),
+        body: None,
+    }
+}
+
+/// Problems with bucket `name` as Storage answered for it (`response`), given the worker's
+/// `rules` for it.
+pub fn check_bucket(name: &str, rules: &BucketRules, response: &Response, storage_url: &str) -> Vec<Finding> {
+    let body = response.json().unwrap_or(Value::Null);
+    // Storage answers its errors 400 with the status it means in `statusCode` (a string)
+    let meant = match &body["statusCode"] {
+        Value::String(code) => code.parse::<u16>().ok(),
+        Value::Number(code) => code.as_u64().and_then(|c| u16::try_from(c).ok()),
+        _ => None,
+    }
+    .filter(|_| response.status == 400)
+    .unwrap_or(response.status);
+    match meant {
+        0 => vec![blocking(
+            format!("Storage is not reachable at {storage_url}: {}", response.describe()),
+            "check STORAGE_URL (default <SUPABASE_URL>/storage/v1)",
+        )],
+        200 if body["id"].is_string() => judge(name, rules, &body),
+        404 => vec![blocking(
+            format!(
+                "bucket {name} (STORAGE_BUCKETS) does not exist in Storage: every file to it fails (storage_failed)"
+            ),
+            format!("create the bucket {name} in Storage (private), or correct its name in STORAGE_BUCKETS"),
+        )],
+        401 | 403 => vec![blocking(
+            format!("Storage refused the service key reading bucket {name}: {}", response.describe()),
+            "SUPABASE_SERVICE_ROLE_KEY (or --service-key) must be this project's service_role / secret key, and \
+             STORAGE_URL this project's Storage",
+        )],
+        _ => vec![warning(
+            format!("cannot read bucket {name} from Storage: {}", response.describe()),
+            "check STORAGE_URL and the service key",
+        )],
+    }
+}
+
+/// The bucket Storage holds (`bucket`: its `public`, `file_size_limit`, `allowed_mime_types`)
+/// against the worker's rules.
+fn judge(name: &str, rules: &BucketRules, bucket: &Value) -> Vec<Finding> {
+    let mut findings = vec![];
+    if bucket["public"] == Value::Bool(true) {
+        findings.push(warning(
+            format!(
+                "bucket {name} is public: anyone with a file's path reads it without the worker (its download \
+                 URLs' expiry protects nothing)"
+            ),
+            format!("make {name} private in Storage, unless its files are meant for everyone"),
+        ));
+    }
+    if let Some(limit) = bucket["file_size_limit"].as_u64().filter(|limit| *limit < rules.max_bytes) {
+        findings.push(warning(
+            format!(
+                "Storage takes files of at most {limit} bytes in bucket {name}, the worker signs up to {} \
+                 (max_bytes): a file in between is signed, then refused by Storage (storage_http_413) and \
+                 retried for ever",
+                rules.max_bytes
+            ),
+            format!("raise the bucket's file size limit in Storage, or set max_bytes to {limit} for {name} in STORAGE_BUCKETS"),
+        ));
+    }
+    let allowed: Vec<&str> =
+        bucket["allowed_mime_types"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+    if !allowed.is_empty() {
+        let takes = |wanted: &str| {
+            allowed.iter().any(|a| {
+                *a == wanted
+                    || *a == "*/*"
+                    || a.strip_suffix('*').is_some_and(|prefix| prefix.ends_with('/') && wanted.starts_with(prefix))
+            })
+        };
+        let refused: Vec<&str> = if rules.content_types.is_empty() {
+            vec!["any type"]
+        } else {
+            rules.content_types.iter().map(String::as_str).filter(|t| !takes(t)).collect()
+        };
+        if !refused.is_empty() {
+            findings.push(warning(
+                format!(
+                    "Storage takes only {} in bucket {name}, the worker signs {}: such a file is signed, then \
+                     refused by Storage (storage_http_415) and retried for ever",
+                    allowed.join(", "),
+                    refused.join(", ")
+                ),
+                format!(
+                    "allow them in the bucket's settings, or keep {name}'s content_types in STORAGE_BUCKETS within \
+                     what Storage takes"
+                ),
+            ));
+        }
+    }
+    findings
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::doctor::Severity;
+    use serde_json::json;
+
+    fn rules(max_bytes: u64, content_types: &[&str]) -> BucketRules {
+        BucketRules {
+            max_bytes,
+            content_types: content_types.iter().map(|t| t.to_string()).collect(),
+            ..BucketRules::default()
+        }
+    }
+
+    fn answered(status: u16, body: Value) -> Response {
+        Response { status, body: body.to_string() }
+    }
+
+    fn found(rules: &BucketRules, response: Response) -> Vec<(Severity, String)> {
+        check_bucket("photos", rules, &response, "https://p.supabase.co/storage/v1")
+            .into_iter()
+            .map(|f| (f.severity, f.problem))
+            .collect()
+    }
+
+    #[test]
+    fn the_bucket_is_read_with_the_service_key() {
+        let request = bucket_request("https://p.supabase.co/storage/v1", "photos", "sb_secret_k");
+        assert_eq!((request.method, request.url.as_str()), ("GET", "https://p.supabase.co/storage/v1/bucket/photos"));
+        assert_eq!(request.headers, rest::service_headers("sb_secret_k"));
+    }
+
+    #[test]
+    fn a_private_bucket_within_storages_limits_is_ready() {
+        let bucket = json!({"id": "photos", "public": false, "file_size_limit": 5000, "allowed_mime_types": ["image/*", "text/plain"]});
+        assert_eq!(found(&rules(1000, &["image/png", "image/*", "text/plain"]), answered(200, bucket)), []);
+        let unlimited = json!({"id": "photos", "public": false, "file_size_limit": null, "allowed_mime_types": null});
+        assert_eq!(found(&rules(1000, &[]), answered(200, unlimited)), []);
+    }
+
+    #[test]
+    fn limits_tighter_than_the_workers_and_a_public_bucket_are_warned_of() {
+        let bucket =
+            json!({"id": "photos", "public": true, "file_size_limit": 500, "allowed_mime_types": ["image/png"]});
+        let got = found(&rules(1000, &["image/*", "image/png"]), answered(200, bucket));
+        assert_eq!(got.len(), 3, "{got:#?}");
+        assert!(got.iter().all(|(severity, _)| *severity == Severity::Warning), "{got:#?}");
+        assert!(got[0].1.starts_with("bucket photos is public"), "{got:#?}");
+        assert!(got[1]
+            .1
+            .starts_with("Storage takes files of at most 500 bytes in bucket photos, the worker signs up to 1000"));
+        assert!(
+            got[2].1.starts_with("Storage takes only image/png in bucket photos, the worker signs image/*:"),
+            "{got:#?}"
+        );
+        // the worker signing any type, Storage taking some
+        let typed = json!({"id": "photos", "public": false, "allowed_mime_types": ["image/*"]});
+        let got = found(&rules(1000, &[]), answered(200, typed));
+        assert!(got[0].1.contains("the worker signs any type"), "{got:#?}");
+    }
+
+    #[test]
+    fn a_missing_bucket_a_refused_key_and_no_storage_block() {
+        let missing =
+            answered(400, json!({"statusCode": "404", "error": "Bucket not found", "message": "Bucket not found"}));
+        let got = found(&rules(1000, &[]), missing);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].0, Severity::Blocking);
+        assert!(got[0].1.starts_with("bucket photos (STORAGE_BUCKETS) does not exist in Storage"), "{got:#?}");
+        let refused = answered(
+            400,
+            json!({"statusCode": "403", "error": "Unauthorized", "message": "signature verification failed"}),
+        );
+        let got = found(&rules(1000, &[]), refused);
+        assert!(got[0].1.starts_with("Storage refused the service key reading bucket photos"), "{got:#?}");
+        assert_eq!(got[0].0, Severity::Blocking);
+        let none = Response { status: 0, body: "connection refused".into() };
+        assert_eq!(found(&rules(1000, &[]), none)[0].0, Severity::Blocking);
+        // a 200 that is not Storage's bucket, or another error: said, not blocking
+        for other in [answered(200, json!({})), answered(500, json!({"message": "boom"}))] {
+            let got = found(&rules(1000, &[]), other);
+            assert_eq!(got[0].0, Severity::Warning, "{got:#?}");
+        }
+    }
+}
