@@ -12,7 +12,7 @@
 --    "functions": ["public.powersync_apply_transaction(jsonb, text, text, text, text, boolean)"]}
 --
 -- answers
---   {"version": 4, "publication": true,
+--   {"version": 5, "publication": true,
 --    "bypassrls": {"anon": false, "authenticated": false, "service_role": true},
 --    "tables": [{"schema": "public", "name": "todos", "exists": true, "rls": true, "id_unique": true,
 --                "kind": "table", "security_invoker": null,
@@ -71,7 +71,7 @@ as $$
        and c.relkind in ('r', 'p', 'v', 'f')
   )
   select jsonb_build_object(
-    'version', 4,
+    'version', 5,
     'bypassrls', coalesce((select jsonb_object_agg(r.rolname, r.bypasses) from roles r), '{}'::jsonb),
     'publication', exists (select 1 from pg_catalog.pg_publication p where p.pubname = 'powersync'),
     'tables', coalesce((

@@ -2090,7 +2090,7 @@ mod tests {
     }
 
     #[test]
-    fn a_timed_out_atomic_call_falls_back_to_rest_only_within_the_budget_and_its_reserve() {
+    fn a_timed_out_atomic_call_whose_rest_requests_cannot_fit_waits_within_the_budget() {
         let mut s = settings();
         s.subrequest_budget = 3;
         s.dead_letter_table = Some("dead".to_string());

@@ -513,7 +513,9 @@ pub fn classify(
         // Without a code: PostgREST 12 answers a table missing from its schema cache with a
         // bare 404 (a wrong SUPABASE_URL looks the same: the operator's to fix either way). A
         // SQLSTATE answered 404 is a trigger's own (`raise sqlstate 'PT404'`): below, the data's.
-        Class::Unrecognised if status == 404 && !body.code.as_deref().is_some_and(is_sqlstate) => Class::SchemaDrift,
+        Class::Unrecognised if status == 404 && !body.code.as_deref().is_some_and(is_raised_status) => {
+            Class::SchemaDrift
+        }
         // Without a PostgREST/Postgres code, 401/403 come from a gateway or a wrong key, and 402
         // from Supabase's gateway refusing every request of a restricted project (quota, fair
         // use, an unpaid bill) until the owner acts: not from the data. Retrying after the
@@ -1032,6 +1034,12 @@ fn sub_refused_by_a_type<'b>(body: &'b ErrorBody, sub: &str) -> Option<&'b str> 
     let refused = body.message.as_deref()?.strip_prefix("invalid input syntax for type ")?;
     let (type_name, quoted) = refused.split_once(": \"")?;
     (quoted.strip_suffix('"')? == sub).then_some(type_name)
+}
+
+/// A SQLSTATE that asks PostgREST for an HTTP status (`PT404`: `raise sqlstate 'PT404'` in a
+/// trigger or function), PostgREST's own convention: the database's deliberate answer.
+fn is_raised_status(code: &str) -> bool {
+    code.starts_with("PT") && is_sqlstate(code)
 }
 
 /// Five characters of digits and upper-case letters, as Postgres error codes are.
@@ -2049,22 +2057,33 @@ mod tests {
         assert!(is_fatal(&verdict), "{verdict:?}");
         assert_eq!(code(&verdict), "PT404");
         assert!(is_retryable(&classify(&answer(404, "{}"), Some(0))));
+        // a host that is not PostgREST answering 404 with a code of its own (a wrong SUPABASE_URL)
+        for other in [r#"{"code":10404,"message":"not here"}"#, r#"{"code":"NOTFD","message":"not here"}"#] {
+            assert!(is_retryable(&classify(&answer(404, other), Some(0))), "{other}");
+        }
     }
 
     #[test]
     fn a_retryable_override_keeps_the_upstreams_retry_after() {
         let mut overrides = ClassOverrides::default();
         overrides.insert("23505", ErrorClass::Retryable);
-        let verdict = super::classify(
-            &with_message(409, "23505", "dup"),
-            Some(0),
-            &overrides,
-            as_user("authenticated", "user-1"),
-        );
-        assert!(
-            matches!(verdict, Verdict::Retryable { retry_after_seconds: None, .. }),
-            "not schema drift's 60 s: {verdict:?}"
-        );
+        let dup = |retry_after: Option<&str>| {
+            let headers = retry_after.map(|v| vec![("Retry-After".to_string(), v.to_string())]).unwrap_or_default();
+            let body = json!({"code": "23505", "message": "dup", "details": null, "hint": null}).to_string();
+            super::classify(
+                &Ok(HttpResponse { status: 409, headers, body }),
+                Some(0),
+                &overrides,
+                as_user("authenticated", "user-1"),
+            )
+        };
+        for (retry_after, expected) in [(None, None), (Some("7"), Some(7))] {
+            let verdict = dup(retry_after);
+            assert!(
+                matches!(verdict, Verdict::Retryable { retry_after_seconds, .. } if retry_after_seconds == expected),
+                "the upstream's {retry_after:?}, not schema drift's 60 s: {verdict:?}"
+            );
+        }
     }
 
     #[test]

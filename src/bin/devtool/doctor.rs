@@ -320,8 +320,11 @@ pub fn check_catalog(expected: &Expectations, response: &Response, supabase_url:
                     None => outdated_doctor_sql = true,
                 }
                 match table.get("type_schemas_without_usage") {
-                    Some(schemas) => findings.extend(check_type_schemas(schemas[role].as_object(), &name, role)),
-                    None => outdated_doctor_sql = true,
+                    // (an older shape, a list of schemas per role without their columns: outdated)
+                    Some(schemas) if schemas[role].is_object() || schemas[role].is_null() => findings.extend(
+                        check_type_schemas(schemas[role].as_object(), &name, role, check.owner_column.as_deref()),
+                    ),
+                    _ => outdated_doctor_sql = true,
                 }
                 match table.get("id_unique") {
                     // a view or a foreign table (null): its arbiter is the base table's
@@ -500,22 +503,28 @@ fn check_row_security(table: &Value, name: &str, role: &str, outdated_doctor_sql
 
 /// The schemas holding a column type of uploaded table `name` on which `role` lacks USAGE, each
 /// with those columns (`schemas`): a write naming such a column is refused (42501) and waits.
-/// Blocking when `id` is one (every write names it); else a warning, since a column clients
-/// never write (the server's) costs nothing.
-fn check_type_schemas(schemas: Option<&serde_json::Map<String, Value>>, name: &str, role: &str) -> Vec<Finding> {
+/// Blocking when `id` is one, or service mode's `owner` column (every write names `id`, every PUT
+/// the owner); else a warning, since a column clients never write (the server's) costs nothing.
+fn check_type_schemas(
+    schemas: Option<&serde_json::Map<String, Value>>,
+    name: &str,
+    role: &str,
+    owner: Option<&str>,
+) -> Vec<Finding> {
     let Some(schemas) = schemas else { return vec![] };
     schemas
         .iter()
         .map(|(schema, columns)| {
             let columns: Vec<&str> = columns.as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+            let every_write = columns.iter().any(|c| *c == "id" || Some(*c) == owner);
             let problem = format!(
                 "{role} lacks USAGE on schema {schema}, which holds the type of {name}.{}: a write of {} stays \
                  queued (42501)",
                 columns.join(format!(", {name}.").as_str()),
-                if columns.contains(&"id") { "any row" } else { "such a column" }
+                if every_write { "any row" } else { "such a column" }
             );
             let fix = format!("grant usage on schema {schema} to {role};");
-            if columns.contains(&"id") {
+            if every_write {
                 blocking(problem, fix)
             } else {
                 warning(problem, format!("{fix} (if clients write {})", columns.join(", ")))
@@ -823,6 +832,37 @@ mod tests {
             ],
             "the writing role's only, by schema"
         );
+    }
+
+    #[test]
+    fn a_service_mode_owner_columns_type_schema_without_usage_blocks_and_an_old_answer_is_outdated() {
+        let e = expectations(
+            &settings(&[
+                ("UPLOAD_MODE", "service"),
+                ("SUPABASE_SERVICE_ROLE_KEY", "svc"),
+                ("UPLOAD_OWNER_COLUMN", "user_id"),
+                ("UPLOAD_TABLES", "todos"),
+                ("UPLOAD_ATOMIC", "false"),
+            ]),
+            &[],
+        );
+        let all = ["DELETE", "INSERT", "SELECT", "UPDATE"];
+        let judged = |usage: Value| {
+            let mut answer = answer(json!([]), json!([]));
+            let mut body: Value = serde_json::from_str(&answer.body).unwrap();
+            body["bypassrls"] = json!({"service_role": true});
+            let mut todos = table("todos", &all, true);
+            todos["type_schemas_without_usage"]["service_role"] = usage;
+            body["tables"] = json!([todos]);
+            answer.body = body.to_string();
+            check_catalog(&e, &answer, "u").into_iter().map(|f| (f.severity, f.problem)).collect::<Vec<_>>()
+        };
+        let owner = judged(json!({"app": ["user_id"]}));
+        assert_eq!(owner.len(), 1, "{owner:#?}");
+        assert_eq!(owner[0].0, Severity::Blocking, "every PUT writes the owner column: {owner:#?}");
+        let old = judged(json!(["app"]));
+        assert_eq!(old.len(), 1, "{old:#?}");
+        assert!(old[0].1.starts_with("sql/doctor.sql is outdated"), "{old:#?}");
     }
 
     #[test]
