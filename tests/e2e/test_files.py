@@ -407,3 +407,15 @@ def test_doctor_checks_the_buckets_storage_holds_against_the_workers_rules(stora
     assert f"bucket {SERVICE_BUCKET}" not in report, "a bucket within Storage's limits is ready: " + report
     assert result.returncode == 1, report
 
+
+def test_doctor_in_rls_mode_checks_the_policies_on_storage_objects(storage, rls_worker, base_vars, tmp_path):
+    # RLS_POLICIES allow insert, select and delete: a file uploaded again (the adapter upserts)
+    # needs update too
+    from tests.e2e.test_operations_tool import devtool, write_vars
+    vars = {**base_vars, "STORAGE_URL": storage.url, "SUPABASE_SERVICE_ROLE_KEY": SERVICE_KEY,
+            "STORAGE_BUCKETS": json.dumps({RLS_BUCKET: PHOTO_RULES})}
+    result = devtool("doctor", "--worker-url", rls_worker.url, "--vars", write_vars(tmp_path / "vars", vars))
+    report = result.stdout
+    assert "warning: no policy on storage.objects lets authenticated UPDATE" in report, report
+    assert "lets authenticated INSERT" not in report and "lets authenticated SELECT" not in report, report
+

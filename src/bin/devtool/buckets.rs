@@ -10,6 +10,59 @@ use serde_json::Value;
 use crate::doctor::{blocking, warning, Finding};
 use crate::rest::{self, Request, Response};
 
+/// Rls mode: the catalog request (sql/doctor.sql's `powersync_doctor`) for the policies on
+/// `storage.objects`, which decide what a user's token may do with files.
+pub fn object_policies_request(supabase_url: &str, service_key: &str) -> Request {
+    rest::rpc(
+        supabase_url,
+        service_key,
+        "powersync_doctor",
+        serde_json::json!({"tables": [{"schema": "storage", "name": "objects", "columns": []}], "functions": []}),
+    )
+}
+
+/// Rls mode: whether some permissive policy on `storage.objects` lets `authenticated` do what
+/// the file endpoints ask of Storage with the user's token (the catalog's answer; a failed
+/// answer is said once, by the uploads' catalog check). An upload needs INSERT, and UPDATE to
+/// replace a file (the adapter always upserts: a re-sent upload meets the file it stored); a
+/// download SELECT; a delete DELETE and SELECT. Their conditions (bucket, folder) are not judged.
+pub fn check_object_policies(response: &Response) -> Vec<Finding> {
+    let Some(table) = response.json().filter(|_| response.status == 200).map(|v| v["tables"][0].clone()) else {
+        return vec![];
+    };
+    let Some(policies) = table.get("policies").and_then(|p| p["authenticated"].as_array()).cloned() else {
+        return vec![];
+    };
+    let allowed = |command: &str| policies.iter().any(|c| c == command);
+    let needed = [
+        ("INSERT", true, "no file can be uploaded (file_denied)"),
+        ("SELECT", true, "no file can be downloaded or deleted (file_not_found, deleted: false)"),
+        (
+            "UPDATE",
+            false,
+            "a file uploaded again (the adapter upserts; a re-sent upload) is refused (file_denied) and retried",
+        ),
+        ("DELETE", false, "a delete removes nothing (deleted: false)"),
+    ];
+    needed
+        .iter()
+        .filter(|(command, _, _)| !allowed(command))
+        .map(|(command, blocks, what)| {
+            let problem = format!("no policy on storage.objects lets authenticated {command}: {what}");
+            let fix = format!(
+                "create policy on storage.objects for {} to authenticated … (keeping each user to their folder \
+                 of the buckets in STORAGE_BUCKETS), unless files are meant not to allow it",
+                command.to_lowercase()
+            );
+            if *blocks {
+                blocking(problem, fix)
+            } else {
+                warning(problem, fix)
+            }
+        })
+        .collect()
+}
+
 /// The request that reads bucket `name` with the service key.
 pub fn bucket_request(storage_url: &str, name: &str, service_key: &str) -> Request {
     Request {
@@ -136,6 +189,36 @@ mod tests {
             .into_iter()
             .map(|f| (f.severity, f.problem))
             .collect()
+    }
+
+    #[test]
+    fn rls_mode_wants_policies_on_storage_objects_for_what_the_file_endpoints_do() {
+        let request = object_policies_request("https://p.supabase.co", "svc");
+        assert_eq!(request.url, "https://p.supabase.co/rest/v1/rpc/powersync_doctor");
+        assert_eq!(
+            request.body.as_ref().unwrap()["tables"],
+            json!([{"schema": "storage", "name": "objects", "columns": []}])
+        );
+        let answer = |commands: Value| {
+            answered(
+                200,
+                json!({"version": 5, "tables": [{"schema": "storage", "name": "objects", "exists": true,
+                                                          "policies": {"anon": [], "authenticated": commands}}]}),
+            )
+        };
+        assert_eq!(check_object_policies(&answer(json!(["DELETE", "INSERT", "SELECT", "UPDATE"]))), []);
+        let found: Vec<(Severity, String)> = check_object_policies(&answer(json!(["DELETE", "SELECT"])))
+            .into_iter()
+            .map(|f| (f.severity, f.problem))
+            .collect();
+        assert_eq!(found.len(), 2, "{found:#?}");
+        assert_eq!(found[0].0, Severity::Blocking);
+        assert!(found[0].1.starts_with("no policy on storage.objects lets authenticated INSERT"), "{found:#?}");
+        assert_eq!(found[1].0, Severity::Warning);
+        assert!(found[1].1.starts_with("no policy on storage.objects lets authenticated UPDATE"), "{found:#?}");
+        // no answer, or an older doctor.sql without policies: said by the uploads' check, not twice
+        assert_eq!(check_object_policies(&answered(404, json!({"code": "PGRST202"}))), []);
+        assert_eq!(check_object_policies(&answered(200, json!({"version": 3, "tables": [{"exists": true}]}))), []);
     }
 
     #[test]

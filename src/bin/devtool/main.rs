@@ -314,6 +314,11 @@ fn doctor_findings(options: &HashMap<String, String>) -> Result<Vec<doctor::Find
     }
     // the files' buckets, when STORAGE_BUCKETS names them (invalid file settings are reported above)
     if let Ok(storage) = &config.storage {
+        // (the file settings have defaults: only STORAGE_BUCKETS says that files are in use)
+        if storage.mode == powersync_supabase_worker::storage::settings::StorageMode::Rls && storage.buckets.is_some() {
+            let answer = rest::send(&buckets::object_policies_request(&supabase_url, &service_key));
+            findings.extend(buckets::check_object_policies(&answer));
+        }
         for (name, rules) in storage.buckets.iter().flatten() {
             let answer = rest::send(&buckets::bucket_request(&storage.storage_url, name, &service_key));
             findings.extend(buckets::check_bucket(name, rules, &answer, &storage.storage_url));
