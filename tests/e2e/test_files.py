@@ -323,8 +323,8 @@ def test_rls_mode_checks_paths_before_asking_storage(rls_worker, storage, sessio
 
 
 def test_storage_down_is_retryable(base_vars, start_worker, session_token):
-    from tests.support.worker import free_port
-    worker = start_worker({**base_vars, "STORAGE_URL": f"http://127.0.0.1:{free_port()}"})
+    from tests.support.pg import refused_port
+    worker = start_worker({**base_vars, "STORAGE_URL": f"http://127.0.0.1:{refused_port()}"})
     user = str(uuid.uuid4())
     r = call(worker, "download", session_token(user), {"files": [{"bucket": RLS_BUCKET, "path": f"{user}/a"}]})
     assert (r.status_code, r.json()["code"]) == (503, "storage_unavailable")

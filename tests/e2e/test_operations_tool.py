@@ -25,7 +25,7 @@ from tests.e2e.test_dead_letters import run_file
 from tests.e2e.upload_helpers import body, put, statuses, tx, upload
 from tests.postgrest_standin.standin import StandIn
 from tests.support.db import insert_list, new_id, row
-from tests.support.pg import free_port
+from tests.support.pg import refused_port
 from tests.support.worker import DEVTOOL
 
 DEAD_LETTERS = "powersync_dead_letters"
@@ -94,7 +94,7 @@ OTHER_PROJECTS_SERVICE_KEY = jwt.encode({"iss": "supabase", "ref": "other", "rol
 
 
 def dead_port_url() -> str:
-    return f"http://127.0.0.1:{free_port()}"
+    return f"http://127.0.0.1:{refused_port()}"
 
 
 # service mode on profiles (its jsonb column converted, as todos.tags is in ops_vars)

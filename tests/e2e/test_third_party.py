@@ -409,10 +409,10 @@ def test_a_provider_the_project_does_not_trust_keeps_uploads_queued_and_says_whe
 
 
 def test_unreachable_provider_keys_are_503_try_again_not_401(providers, base_vars, start_worker):
-    from tests.support.worker import free_port
+    from tests.support.pg import refused_port
     _, keys, _, _ = providers
     w = start_worker({**base_vars, "THIRD_PARTY_FIREBASE_PROJECT_ID": FIREBASE_PROJECT,
-                      "THIRD_PARTY_FIREBASE_JWKS_URL": f"http://127.0.0.1:{free_port()}/jwks.json"})
+                      "THIRD_PARTY_FIREBASE_JWKS_URL": f"http://127.0.0.1:{refused_port()}/jwks.json"})
     r = powersync_token(w, keys["firebase"].sign(firebase_claims()))
     assert_error(r, 503, "Session keys unavailable, try again", "session_keys_unavailable")
     assert r.headers["Retry-After"]

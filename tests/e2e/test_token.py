@@ -343,8 +343,8 @@ def test_broken_private_key_is_a_500_failed_to_import_with_a_precise_code(start_
 
 
 def test_unreachable_jwks_is_a_503_while_hs256_still_works(start_worker, base_vars, session_keys, standin, session_token):
-    from tests.support.worker import free_port
-    vars = dict(base_vars, SUPABASE_JWKS_URL=f"http://127.0.0.1:{free_port()}/jwks.json")
+    from tests.support.pg import refused_port
+    vars = dict(base_vars, SUPABASE_JWKS_URL=f"http://127.0.0.1:{refused_port()}/jwks.json")
     w = start_worker(vars)
     r = w.get("/powersync-token", headers=bearer(es256_token(session_keys, standin)))
     assert_error(r, 503, "Session keys unavailable, try again", "session_keys_unavailable")

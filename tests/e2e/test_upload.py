@@ -35,7 +35,7 @@ from tests.e2e.upload_helpers import (body, delete, failure, patch, put, statuse
                                       upload_log_lines, wait_until_standin_idle)
 from tests.support.db import count, insert_list, insert_profile, insert_todo, new_id, row, snapshot
 from tests.support.upstream import ScriptedUpstream
-from tests.support.worker import free_port
+from tests.support.pg import refused_port
 
 DEAD_LETTERS = "powersync_dead_letters"
 RPC_PATH = "/rest/v1/rpc/powersync_apply_transaction"
@@ -60,7 +60,7 @@ def test_json_text_is_stored_with_every_digit_of_its_numbers(rls_worker, db, use
 def instances(base_vars, start_workers):
     """All the worker configurations this module needs, started concurrently (each
     `wrangler dev` takes several seconds to come up)."""
-    refused_url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    refused_url = f"http://127.0.0.1:{refused_port()}"  # connections refused
     rest = {**base_vars, "UPLOAD_ATOMIC": "false"}
     configs = {
         "rls": {**rest, "UPLOAD_JSON_COLUMNS": "todos.tags",

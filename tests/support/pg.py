@@ -78,6 +78,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# Sockets held for the whole test session by refused_port().
+_REFUSING: list[socket.socket] = []
+
+
+def refused_port() -> int:
+    """A port where every connection is refused for the rest of the session: bound and never
+    listening, so the kernel refuses connections and no other process can take it. (A port from
+    free_port() is free only until the next server starts: one of the wrangler dev instances
+    started at the same time took it once, and answered 404 where a refusal was expected.)"""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind(("127.0.0.1", 0))
+    _REFUSING.append(s)
+    return s.getsockname()[1]
+
+
 # What logical replication (the PowerSync service) needs. max_wal_senders and
 # max_replication_slots already default to 10, enough for a few services at once.
 LOGICAL_REPLICATION_SETTINGS = {"wal_level": "logical"}
