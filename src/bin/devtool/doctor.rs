@@ -789,6 +789,15 @@ mod tests {
         }
     }
 
+    /// [`answer`] for service mode, whose role bypasses row-level security.
+    fn service_answer(tables: Value) -> Response {
+        let mut answer = answer(tables, json!([]));
+        let mut body: Value = serde_json::from_str(&answer.body).unwrap();
+        body["bypassrls"] = json!({"service_role": true});
+        answer.body = body.to_string();
+        answer
+    }
+
     fn table(name: &str, privileges: &[&str], rls: bool) -> Value {
         json!({"schema": "public", "name": name, "exists": true, "rls": rls, "missing_columns": [], "published": true,
                "id_unique": true, "kind": "table", "security_invoker": null,
@@ -836,26 +845,15 @@ mod tests {
 
     #[test]
     fn a_service_mode_owner_columns_type_schema_without_usage_blocks_and_an_old_answer_is_outdated() {
-        let e = expectations(
-            &settings(&[
-                ("UPLOAD_MODE", "service"),
-                ("SUPABASE_SERVICE_ROLE_KEY", "svc"),
-                ("UPLOAD_OWNER_COLUMN", "user_id"),
-                ("UPLOAD_TABLES", "todos"),
-                ("UPLOAD_ATOMIC", "false"),
-            ]),
-            &[],
-        );
+        let e = expectations(&settings(&SERVICE_MODE), &[]);
         let all = ["DELETE", "INSERT", "SELECT", "UPDATE"];
         let judged = |usage: Value| {
-            let mut answer = answer(json!([]), json!([]));
-            let mut body: Value = serde_json::from_str(&answer.body).unwrap();
-            body["bypassrls"] = json!({"service_role": true});
-            let mut todos = table("todos", &all, true);
-            todos["type_schemas_without_usage"]["service_role"] = usage;
-            body["tables"] = json!([todos]);
-            answer.body = body.to_string();
-            check_catalog(&e, &answer, "u").into_iter().map(|f| (f.severity, f.problem)).collect::<Vec<_>>()
+            let mut profiles = table("profiles", &all, true);
+            profiles["type_schemas_without_usage"]["service_role"] = usage;
+            check_catalog(&e, &service_answer(json!([profiles])), "u")
+                .into_iter()
+                .map(|f| (f.severity, f.problem))
+                .collect::<Vec<_>>()
         };
         let owner = judged(json!({"app": ["user_id"]}));
         assert_eq!(owner.len(), 1, "{owner:#?}");
@@ -1014,16 +1012,9 @@ mod tests {
     fn service_mode_owner_column_must_hold_user_ids_and_an_old_doctor_sql_is_named() {
         let e = expectations(&settings(&SERVICE_MODE), &[]);
         let all = ["DELETE", "INSERT", "SELECT", "UPDATE"];
-        let bypass = |tables: Value| {
-            let mut answer = answer(tables, json!([]));
-            let mut body: Value = serde_json::from_str(&answer.body).unwrap();
-            body["bypassrls"] = json!({"service_role": true});
-            answer.body = body.to_string();
-            answer
-        };
         for (type_name, category, blocks) in [("bigint", "N", true), ("text", "S", false), ("uuid", "U", false)] {
             let profiles = with_columns(table("profiles", &all, true), &[("user_id", type_name, category)]);
-            let found = check_catalog(&e, &bypass(json!([profiles])), "u");
+            let found = check_catalog(&e, &service_answer(json!([profiles])), "u");
             let owner: Vec<_> = found.iter().filter(|f| f.problem.contains("UPLOAD_OWNER_COLUMN")).collect();
             assert_eq!(owner.len(), usize::from(blocks), "{type_name}: {found:#?}");
             if blocks {
@@ -1036,7 +1027,7 @@ mod tests {
         }
         let mut old = table("profiles", &all, true);
         old.as_object_mut().unwrap().remove("column_types");
-        let found = check_catalog(&e, &bypass(json!([old])), "u");
+        let found = check_catalog(&e, &service_answer(json!([old])), "u");
         assert_eq!(
             found.iter().map(|f| (f.severity, f.problem.as_str())).collect::<Vec<_>>(),
             [(Severity::Warning, "sql/doctor.sql is outdated: the doctor cannot check the uploaded tables' column types, unique ids and policies")]

@@ -19,6 +19,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use powersync_supabase_worker::keys::{KeyKind, SigningKey};
+use powersync_supabase_worker::storage::settings::StorageMode;
 use powersync_supabase_worker::token::RustSigner;
 use rand::RngCore;
 use serde_json::json;
@@ -315,7 +316,7 @@ fn doctor_findings(options: &HashMap<String, String>) -> Result<Vec<doctor::Find
     // the files' buckets, when STORAGE_BUCKETS names them (invalid file settings are reported above)
     if let Ok(storage) = &config.storage {
         // (the file settings have defaults: only STORAGE_BUCKETS says that files are in use)
-        if storage.mode == powersync_supabase_worker::storage::settings::StorageMode::Rls && storage.buckets.is_some() {
+        if storage.mode == StorageMode::Rls && storage.buckets.is_some() {
             let answer = rest::send(&buckets::object_policies_request(&supabase_url, &service_key));
             findings.extend(buckets::check_object_policies(&answer));
         }
