@@ -47,6 +47,7 @@ pub const NAMES: &[&str] = &[
     "POWERSYNC_KEY_ID",
     "POWERSYNC_PRIVATE_KEY",
     "POWERSYNC_TOKEN_TTL_SECONDS",
+    "POWERSYNC_TOKEN_OUTLIVES_SESSION",
     "POWERSYNC_TOKEN_ISSUER",
     "POWERSYNC_COPY_CLAIMS",
     "POWERSYNC_PREVIOUS_PUBLIC_KEYS",
@@ -275,6 +276,7 @@ fn powersync_settings(r: &mut Reader) -> Result<PowerSyncSettings, PowerSyncProb
     let before = r.problems.len();
     let url = r.url("POWERSYNC_URL");
     let ttl_seconds = r.number("POWERSYNC_TOKEN_TTL_SECONDS", DEFAULT_TTL_SECONDS, MIN_TTL_SECONDS..=MAX_TTL_SECONDS);
+    let outlives_session = r.flag("POWERSYNC_TOKEN_OUTLIVES_SESSION", false);
     let copy_claims = r.list("POWERSYNC_COPY_CLAIMS");
     if let Some(reserved) = copy_claims.iter().find(|c| RESERVED_CLAIMS.contains(&c.as_str())) {
         r.problem("POWERSYNC_COPY_CLAIMS", format!("'{reserved}' is set by the worker and cannot be copied"));
@@ -337,7 +339,15 @@ fn powersync_settings(r: &mut Reader) -> Result<PowerSyncSettings, PowerSyncProb
             jwks.extend(previous.into_iter().filter(|p| p.kid != key_id));
             let issuer = r.get("POWERSYNC_TOKEN_ISSUER");
             Ok(PowerSyncSettings {
-                token: TokenSettings { powersync_url, key_id, alg: key.alg(), ttl_seconds, issuer, copy_claims },
+                token: TokenSettings {
+                    powersync_url,
+                    key_id,
+                    alg: key.alg(),
+                    ttl_seconds,
+                    outlives_session,
+                    issuer,
+                    copy_claims,
+                },
                 key,
                 jwks,
             })
@@ -421,7 +431,7 @@ mod tests {
         assert_eq!((s.leeway_seconds, s.jwks_cache_seconds, s.remote_check), (30, 600, false));
         assert_eq!(s.project_keys, vec!["anon"]);
         let p = c.powersync.unwrap();
-        assert_eq!(p.token.ttl_seconds, 28_800);
+        assert_eq!((p.token.ttl_seconds, p.token.outlives_session), (28_800, false));
         assert_eq!(p.token.key_id, "kid-1");
         assert_eq!(p.jwks.len(), 1);
         assert_eq!(c.cors.allowed_origins, vec!["*"]);
@@ -527,6 +537,16 @@ mod tests {
         assert!(
             matches!(c.powersync, Err(PowerSyncProblem::Invalid(ref n)) if n.contains(&"POWERSYNC_TOKEN_TTL_SECONDS".to_string()))
         );
+    }
+
+    #[test]
+    fn outlives_session_is_read_as_a_flag() {
+        let mut vars = complete();
+        vars.push(("POWERSYNC_TOKEN_OUTLIVES_SESSION", "true".into()));
+        assert!(config_of(&vars).powersync.unwrap().token.outlives_session);
+        let mut vars = complete();
+        vars.push(("POWERSYNC_TOKEN_OUTLIVES_SESSION", "sometimes".into()));
+        assert!(names(&config_of(&vars).problems).contains(&"POWERSYNC_TOKEN_OUTLIVES_SESSION"));
     }
 
     #[test]

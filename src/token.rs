@@ -32,8 +32,13 @@ pub struct TokenSettings {
     pub key_id: String,
     /// The header `alg`: the signing key's (`RS256`, `ES256` or `EdDSA`).
     pub alg: &'static str,
-    /// `POWERSYNC_TOKEN_TTL_SECONDS`; default 28800 (8 h), allowed 60..=86400.
+    /// `POWERSYNC_TOKEN_TTL_SECONDS`; default 28800 (8 h), allowed 60..=86400. The longest a
+    /// token lasts: it expires with the session when that comes sooner ([`expires_at`]).
     pub ttl_seconds: u64,
+    /// `POWERSYNC_TOKEN_OUTLIVES_SESSION`; default false. When true, every token lasts the whole
+    /// TTL however soon its session expires: a user who signed out, was banned or deleted, or
+    /// whose access token leaked with seconds to live, keeps syncing until the token expires.
+    pub outlives_session: bool,
     /// `POWERSYNC_TOKEN_ISSUER`; default none (no `iss` claim).
     pub issuer: Option<String>,
     /// `POWERSYNC_COPY_CLAIMS` (comma-separated); default none. Session claims copied into the
@@ -58,10 +63,25 @@ pub struct UnsignedToken {
     pub expires_at: u64,
 }
 
+/// The token's `exp` for a session at time `now`: the TTL, but no later than the session's own
+/// `exp`, so that a token gives no more time than the session it was issued for (a Supabase
+/// client connecting to PowerSync with its access token directly gets exactly the session's).
+/// It lasts at least [`MIN_TTL_SECONDS`] all the same: a session in its last seconds (or past its
+/// `exp` within the leeway) would otherwise get a token the SDK fetches again at once.
+pub fn expires_at(settings: &TokenSettings, session: &Session, now: u64) -> u64 {
+    let full = now + settings.ttl_seconds;
+    if settings.outlives_session {
+        return full;
+    }
+    // The verifier refused a session without a numeric `exp`; none here means no bound.
+    let session_exp = session.claims.get("exp").and_then(Value::as_f64).map_or(u64::MAX, |exp| exp.max(0.0) as u64);
+    full.min(session_exp.max(now + MIN_TTL_SECONDS))
+}
+
 /// Builds the PowerSync token for `session` at time `now` (Unix seconds).
 pub fn unsigned(settings: &TokenSettings, session: &Session, now: u64) -> UnsignedToken {
     let header = Header { alg: settings.alg, typ: "JWT", kid: &settings.key_id };
-    let expires_at = now + settings.ttl_seconds;
+    let expires_at = expires_at(settings, session, now);
     let mut claims = Map::new();
     for name in &settings.copy_claims {
         match session.claims.get(name) {
@@ -165,6 +185,7 @@ mod tests {
             key_id: "ps-key-1".into(),
             alg: "RS256",
             ttl_seconds: DEFAULT_TTL_SECONDS,
+            outlives_session: false,
             issuer: None,
             copy_claims: vec![],
         }
@@ -192,6 +213,43 @@ mod tests {
         assert_eq!(body.user_id, "user-1");
         assert_eq!(body.powersync_url, "https://abc.powersync.journeyapps.com");
         assert_eq!(body.endpoint, body.powersync_url);
+    }
+
+    #[test]
+    fn token_expires_with_a_session_that_ends_before_the_ttl() {
+        let now = 1_800_000_000;
+        let (_, claims) = decode_parts(&sign(&settings(), &session(json!({"exp": now + 3600})), now).token).unwrap();
+        assert_eq!((claims["iat"].as_u64(), claims["exp"].as_u64()), (Some(now), Some(now + 3600)));
+        // A fractional NumericDate counts down to the second.
+        let (_, claims) =
+            decode_parts(&sign(&settings(), &session(json!({"exp": now as f64 + 99.9})), now).token).unwrap();
+        assert_eq!(claims["exp"], now + 99);
+        let unsigned = unsigned(&settings(), &session(json!({"exp": now + 3600})), now);
+        assert_eq!(unsigned.expires_at, now + 3600, "the answer's expires_at is the token's exp");
+    }
+
+    #[test]
+    fn a_session_that_outlives_the_ttl_gets_the_ttl() {
+        let now = 1_800_000_000;
+        let (_, claims) = decode_parts(&sign(&settings(), &session(json!({"exp": now + 86_400})), now).token).unwrap();
+        assert_eq!(claims["exp"], now + DEFAULT_TTL_SECONDS);
+    }
+
+    #[test]
+    fn a_session_in_its_last_seconds_gets_a_token_of_one_minute() {
+        let now = 1_800_000_000;
+        for exp in [now + 10, now, now - 29] {
+            let (_, claims) = decode_parts(&sign(&settings(), &session(json!({"exp": exp})), now).token).unwrap();
+            assert_eq!(claims["exp"], now + MIN_TTL_SECONDS, "session exp {exp}");
+        }
+    }
+
+    #[test]
+    fn outlives_session_gives_every_token_the_whole_ttl() {
+        let now = 1_800_000_000;
+        let s = TokenSettings { outlives_session: true, ..settings() };
+        let (_, claims) = decode_parts(&sign(&s, &session(json!({"exp": now + 10})), now).token).unwrap();
+        assert_eq!(claims["exp"], now + DEFAULT_TTL_SECONDS);
     }
 
     #[test]

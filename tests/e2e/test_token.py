@@ -78,7 +78,8 @@ def assert_error(response, status: int, message: str, code: str | None = None):
 
 def test_hs256_session_gets_a_powersync_token_in_the_edge_function_shape(worker, session_token):
     before = int(time.time())
-    r = worker.get("/powersync-token", headers=bearer(session_token("user-hs")))
+    session = session_token("user-hs", expires_in=9 * 3600)
+    r = worker.get("/powersync-token", headers=bearer(session))
     assert r.status_code == 200, r.text
     body = r.json()
     assert {"token", "powersync_url", "expires_at", "user_id"} <= set(body)
@@ -93,6 +94,24 @@ def test_hs256_session_gets_a_powersync_token_in_the_edge_function_shape(worker,
     expires = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(claims["exp"]))
     assert body["expires_at"] == expires
     assert r.headers["Cache-Control"] == "no-store"
+
+
+def test_token_expires_with_a_session_that_ends_before_the_ttl(worker, session_token):
+    session = session_token("user-short", expires_in=600)
+    session_exp = jwt.decode(session, options={"verify_signature": False})["exp"]
+    r = worker.get("/powersync-token", headers=bearer(session))
+    assert r.status_code == 200, r.text
+    claims = verify_like_powersync(worker, r.json()["token"])
+    assert claims["exp"] == session_exp
+    assert r.json()["expires_at"] == time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(session_exp))
+
+
+def test_outlives_session_gives_a_short_session_the_whole_ttl(start_worker, base_vars, session_token):
+    w = start_worker(dict(base_vars, POWERSYNC_TOKEN_OUTLIVES_SESSION="true"))
+    r = w.get("/powersync-token", headers=bearer(session_token("user-long", expires_in=600)))
+    assert r.status_code == 200, r.text
+    claims = verify_like_powersync(w, r.json()["token"])
+    assert claims["exp"] - claims["iat"] == 8 * 3600
 
 
 def test_post_is_accepted_like_get(worker, session_token):
@@ -523,7 +542,7 @@ def test_es256_and_eddsa_keys_issue_tokens_that_verify_against_the_worker_s_jwks
     expected = {"ES256": {"kty", "crv", "x", "y", "alg", "use", "kid"}, "EdDSA": {"kty", "crv", "x", "alg", "use", "kid"}}[alg]
     assert set(jwks[0]) == expected
     assert (jwks[0]["kty"], jwks[0]["crv"]) == {"ES256": ("EC", "P-256"), "EdDSA": ("OKP", "Ed25519")}[alg]
-    r = w.get("/powersync-token", headers=bearer(session_token("user-" + alg)))
+    r = w.get("/powersync-token", headers=bearer(session_token("user-" + alg, expires_in=9 * 3600)))
     assert r.status_code == 200, r.text
     token = r.json()["token"]
     assert jwt.get_unverified_header(token) == {"alg": alg, "typ": "JWT", "kid": key["kid"]}
