@@ -570,7 +570,17 @@ pub fn interpret_remote_check(answer: Result<HttpResponse, TransportError>) -> R
             let code_like = |code: &str| {
                 (1..=64).contains(&code.len()) && code.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
             };
+            // Auth checks `exp` and `nbf` without the worker's leeway: a session the worker took
+            // within it is refused `bad_jwt` "token is expired" (golang-jwt's words), which is
+            // the routine refresh, not a sign-out.
+            let text = ["msg", "message"].iter().find_map(|k| body.get(*k).and_then(Value::as_str)).unwrap_or("");
             match auth_code {
+                Some(code) if code == "bad_jwt" && text.contains("token is expired") => Err(SessionError::Expired),
+                Some(code)
+                    if code == "bad_jwt" && (text.contains("not valid yet") || text.contains("used before issued")) =>
+                {
+                    Err(SessionError::NotYetValid)
+                }
                 Some(code) if code_like(&code) => Err(SessionError::Revoked(format!("{} {code}", response.status))),
                 Some(_) => Err(SessionError::Revoked(format!("{} (an error code not shown)", response.status))),
                 None => {
@@ -959,6 +969,17 @@ pub(crate) mod tests {
         let echoed = interpret_remote_check(answer(401, r#"{"code":"Bearer eyJh.eyJz.sig"}"#)).unwrap_err();
         assert!(matches!(&echoed, SessionError::Revoked(r) if !r.contains("eyJ")), "{echoed:?}");
         assert!(matches!(interpret_remote_check(answer(502, "")), Err(SessionError::AuthUnavailable(_))));
+        // A session the worker took within its leeway, which Auth checks without one.
+        let expired = r#"{"code":403,"error_code":"bad_jwt","msg":"invalid JWT: unable to parse or verify signature, token has invalid claims: token is expired"}"#;
+        assert_eq!(interpret_remote_check(answer(403, expired)), Err(SessionError::Expired));
+        let expired_v2 = r#"{"code":"bad_jwt","message":"invalid JWT: unable to parse or verify signature, token has invalid claims: token is expired"}"#;
+        assert_eq!(interpret_remote_check(answer(403, expired_v2)), Err(SessionError::Expired));
+        let early = r#"{"code":"bad_jwt","message":"invalid JWT: unable to parse or verify signature, token has invalid claims: token is not valid yet"}"#;
+        assert_eq!(interpret_remote_check(answer(403, early)), Err(SessionError::NotYetValid));
+        let forged = r#"{"code":"bad_jwt","message":"invalid JWT: unable to parse or verify signature, token signature is invalid"}"#;
+        assert!(
+            matches!(interpret_remote_check(answer(403, forged)), Err(SessionError::Revoked(r)) if r.contains("bad_jwt"))
+        );
         let refused = Err(TransportError::no_answer("refused"));
         assert!(matches!(interpret_remote_check(refused), Err(SessionError::AuthUnavailable(_))));
     }
