@@ -362,7 +362,8 @@ impl App {
     fn jwks(&self) -> Result<HttpResponse, ApiError> {
         let powersync = self.config.powersync.as_ref().map_err(|p| ApiError::PowerSync(p.clone()))?;
         let mut response = json_response(200, &json!({ "keys": powersync.jwks }));
-        // PowerSync keeps a JWKS 5 minutes; rotation waits for that anyway.
+        // PowerSync fetches a JWKS again every 5 minutes; a rotation publishes the next key first
+        // (docs/operations.md, Key rotation).
         response.headers.push(("Cache-Control".into(), "public, max-age=300".into()));
         Ok(response)
     }

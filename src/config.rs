@@ -625,6 +625,31 @@ mod tests {
     }
 
     #[test]
+    fn a_rotation_publishes_the_next_key_before_it_signs() {
+        // docs/operations.md, Key rotation. Step 2: the next key published, the current one signs.
+        let next = crate::keys::tests::ed25519_key();
+        let next_jwk = serde_json::to_string(&next.public_jwk("kid-2")).unwrap();
+        let mut vars = complete();
+        vars.push(("POWERSYNC_PREVIOUS_PUBLIC_KEYS", format!("[{next_jwk}]")));
+        let before = config_of(&vars).powersync.unwrap();
+        assert_eq!((before.token.alg, before.token.key_id.as_str()), ("RS256", "kid-1"));
+        assert_eq!(before.jwks, vec![test_key().public_jwk("kid-1"), next.public_jwk("kid-2")]);
+        // Step 3: the next key signs; the old one stays published, the next one is listed once
+        // even when the setting still names it.
+        let old_jwk = serde_json::to_string(&test_key().public_jwk("kid-1")).unwrap();
+        let mut vars: Vec<(&str, String)> = complete()
+            .into_iter()
+            .filter(|(k, _)| !matches!(*k, "POWERSYNC_PRIVATE_KEY" | "POWERSYNC_KEY_ID"))
+            .collect();
+        vars.push(("POWERSYNC_PRIVATE_KEY", next.pkcs8_pem()));
+        vars.push(("POWERSYNC_KEY_ID", "kid-2".into()));
+        vars.push(("POWERSYNC_PREVIOUS_PUBLIC_KEYS", format!("[{old_jwk},{next_jwk}]")));
+        let after = config_of(&vars).powersync.unwrap();
+        assert_eq!((after.token.alg, after.token.key_id.as_str()), ("EdDSA", "kid-2"));
+        assert_eq!(after.jwks, vec![next.public_jwk("kid-2"), test_key().public_jwk("kid-1")]);
+    }
+
+    #[test]
     fn a_p256_jwk_key_signs_es256_under_its_own_kid() {
         let key = crate::keys::tests::p256_key();
         let mut vars = complete();
