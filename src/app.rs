@@ -556,6 +556,13 @@ fn health(config: &Config) -> HttpResponse {
 /// Reads a request body of at most `limit` bytes, refusing a larger declared `Content-Length`
 /// before reading any of it: more is the caller's 413, a body that cannot be read their 400.
 async fn read_body<B: RequestBody>(request: &IncomingRequest, body: B, limit: usize) -> Result<Vec<u8>, ApiError> {
+    // workerd hands a request body over as it came: a compressed one would read as bad JSON.
+    if let Some(encoding) = request.header("Content-Encoding").map(str::trim) {
+        if !encoding.is_empty() && !encoding.eq_ignore_ascii_case("identity") {
+            let shown: String = encoding.chars().take(32).filter(|c| c.is_ascii_graphic() || *c == ' ').collect();
+            return Err(ApiError::UnsupportedEncoding(shown));
+        }
+    }
     let declared = request.header("Content-Length").and_then(|n| n.trim().parse::<u64>().ok());
     if let Some(length) = declared.filter(|n| *n > limit as u64) {
         return Err(ApiError::PayloadTooLarge(format!("body is {length} bytes; at most {limit} are accepted")));
@@ -1042,6 +1049,45 @@ mod tests {
         ));
         assert_eq!(response.status, 200);
         assert!(read.get());
+    }
+
+    #[test]
+    fn a_compressed_body_is_refused_415_unread() {
+        let app =
+            app(&[("STORAGE_MODE", "service"), ("SUPABASE_SERVICE_ROLE_KEY", "svc"), ("STORAGE_BUCKETS", "photos")]);
+        let auth = bearer(&hs256(&user_claims()));
+        let paths =
+            [("/powersync-upload", "gzip"), ("/powersync-upload", "BR"), ("/powersync-files/upload", "deflate")];
+        for (path, encoding) in paths {
+            let read = std::cell::Cell::new(false);
+            let (req, _) = request("POST", path, &[("authorization", &auth), ("content-encoding", encoding)], "");
+            let (response, _) = block_on(app.handle(
+                &req,
+                WatchedBody { bytes: b"{}".to_vec(), read: &read },
+                &FakeTransport::default(),
+                &RustCrypto,
+                NOW,
+                "r",
+            ));
+            assert_eq!(response.status, 415, "{path} {encoding}: {}", response.body);
+            let body: Value = serde_json::from_str(&response.body).unwrap();
+            assert_eq!(body["code"], "unsupported_encoding");
+            assert!(body["error"].as_str().unwrap().contains(encoding), "{body}");
+            assert!(!read.get(), "{path} read a {encoding} body");
+        }
+        // `identity` is no encoding at all.
+        let read = std::cell::Cell::new(false);
+        let (req, _) =
+            request("POST", "/powersync-upload", &[("authorization", &auth), ("content-encoding", "identity")], "");
+        let (response, _) = block_on(app.handle(
+            &req,
+            WatchedBody { bytes: br#"{"batch":[]}"#.to_vec(), read: &read },
+            &FakeTransport::default(),
+            &RustCrypto,
+            NOW,
+            "r",
+        ));
+        assert_eq!(response.status, 200, "{}", response.body);
     }
 
     #[test]

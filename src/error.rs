@@ -34,6 +34,9 @@ pub enum ApiError {
         message: String,
     },
     PayloadTooLarge(String),
+    /// A body with a `Content-Encoding` other than `identity` (workerd does not decode a request
+    /// body): the encoding's name, as sent (clipped).
+    UnsupportedEncoding(String),
     /// Service mode refuses anonymous sign-ins (`UPLOAD_ALLOW_ANONYMOUS` unset).
     AnonymousNotAllowed,
     /// The file endpoints: a refused file request, or Storage's answer.
@@ -61,6 +64,7 @@ impl ApiError {
             | ApiError::Signing(_) => 500,
             ApiError::BadRequest { .. } => 400,
             ApiError::PayloadTooLarge(_) => 413,
+            ApiError::UnsupportedEncoding(_) => 415,
             ApiError::AnonymousNotAllowed => 403,
             ApiError::File(e) => match e {
                 FileError::Malformed { .. } | FileError::InvalidPath { .. } | FileError::InvalidBucket { .. } => 400,
@@ -99,6 +103,7 @@ impl ApiError {
             ApiError::Signing(_) => "signing_failed",
             ApiError::BadRequest { .. } => "invalid_body",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::UnsupportedEncoding(_) => "unsupported_encoding",
             ApiError::AnonymousNotAllowed => "anonymous_not_allowed",
             ApiError::File(e) => match e {
                 FileError::Malformed { .. } => "invalid_body",
@@ -137,6 +142,9 @@ impl ApiError {
             ApiError::UploadNotConfigured(_) => "Upload not configured".into(),
             ApiError::BadRequest { path, message } => format!("{path}: {message}"),
             ApiError::PayloadTooLarge(message) => message.clone(),
+            ApiError::UnsupportedEncoding(encoding) => {
+                format!("Content-Encoding {encoding} is not accepted; send the body uncompressed")
+            }
             ApiError::AnonymousNotAllowed => "Anonymous sessions cannot upload; sign in".into(),
             ApiError::File(e) => match e {
                 FileError::Malformed { field, message } => format!("{field}: {message}"),

@@ -19,6 +19,7 @@ Every test gets emptied tables and a reset stand-in (`db`), and fresh uuids.
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import socket
@@ -253,6 +254,20 @@ def test_too_large_body_is_413(rls_worker, db, standin, user, too_large):
     response = upload(rls_worker, token, payload)
     assert response.status_code == 413, response.text[:500]
     assert response.json()["code"] == "payload_too_large"
+    assert requests_made(standin) == 0
+    assert count(db, "lists") == 0
+
+
+def test_compressed_body_is_415_and_nothing_is_written(rls_worker, db, standin, user):
+    """workerd hands the worker a request body as it came: a gzip body would read as bad JSON."""
+    sub, token = user
+    raw = json.dumps(body(tx(put("lists", new_id(), name="zipped", owner_id=sub)))).encode()
+    response = requests.post(f"{rls_worker.url}/powersync-upload", data=gzip.compress(raw), timeout=30,
+                             headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json",
+                                      "Content-Encoding": "gzip"})
+    assert response.status_code == 415, response.text[:500]
+    assert response.json()["code"] == "unsupported_encoding"
+    assert "gzip" in response.json()["error"]
     assert requests_made(standin) == 0
     assert count(db, "lists") == 0
 
