@@ -178,21 +178,45 @@ impl Config {
     }
 }
 
-/// `scheme://host[:port]`, as a browser's `Origin` header is (lower-case scheme and host).
+/// `scheme://host[:port]`, as a browser's `Origin` header is: lower-case scheme and host (an
+/// IPv6 host in brackets, lower-case hex), and no port where it is the scheme's default (a
+/// browser leaves `:443` out of an `https` origin, so such an entry would never match).
 fn is_origin(text: &str) -> bool {
     let Some((scheme, rest)) = text.split_once("://") else { return false };
-    let (host, port) = match rest.rsplit_once(':') {
-        Some((host, port)) if !host.is_empty() => (host, Some(port)),
-        _ => (rest, None),
+    let (host_ok, port) = match rest.strip_prefix('[') {
+        Some(bracketed) => match bracketed.split_once(']') {
+            Some((ipv6, after)) => (
+                !ipv6.is_empty() && ipv6.bytes().all(|b| b.is_ascii_digit() || b"abcdef:.".contains(&b)),
+                match after {
+                    "" => None,
+                    _ => Some(after.strip_prefix(':').unwrap_or("x")),
+                },
+            ),
+            None => (false, None),
+        },
+        None => {
+            let (host, port) = match rest.split_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (rest, None),
+            };
+            (
+                !host.is_empty()
+                    && host.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-.".contains(&b)),
+                port,
+            )
+        }
+    };
+    let default_port = match scheme {
+        "https" => Some("443"),
+        "http" => Some("80"),
+        _ => None,
     };
     !scheme.is_empty()
         && scheme.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.".contains(&b))
-        && !host.is_empty()
-        && match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-            Some(ipv6) => ipv6.bytes().all(|b| b.is_ascii_hexdigit() || b":.".contains(&b)),
-            None => host.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-.".contains(&b)),
-        }
-        && port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()))
+        && host_ok
+        && port.is_none_or(|p| {
+            !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()) && Some(p) != default_port
+        })
 }
 
 fn with_url_problem(mut problems: Vec<Problem>, url: &Option<String>, all: &[Problem]) -> Vec<Problem> {
@@ -369,8 +393,16 @@ mod tests {
 
     #[test]
     fn cors_origins_that_no_browser_sends_are_reported() {
-        for good in ["*", "https://app.example", "http://localhost:3000", "http://127.0.0.1:5173", "http://[::1]:8080"]
-        {
+        for good in [
+            "*",
+            "https://app.example",
+            "http://localhost:3000",
+            "http://127.0.0.1:5173",
+            "http://[::1]:8080",
+            "http://[::1]",
+            "https://app.example:8443",
+            "capacitor://localhost",
+        ] {
             let c = config(&[("CORS_ALLOWED_ORIGINS", good)]);
             assert!(c.problems.iter().all(|p| p.name != "CORS_ALLOWED_ORIGINS"), "{good}: {:?}", c.problems);
         }
@@ -380,6 +412,13 @@ mod tests {
             "https://app.example/path",
             "https://App.example",
             "https://a.example:",
+            // browsers leave a scheme's default port out, and write IPv6 hex in lower case
+            "https://app.example:443",
+            "http://app.example:80",
+            "http://[::ABCD]",
+            "http://[::1",
+            "http://[::1]x",
+            "http://a.example:1:2",
         ] {
             let c = config(&[("CORS_ALLOWED_ORIGINS", &format!("https://ok.example, {bad}"))]);
             let problem = c.problems.iter().find(|p| p.name == "CORS_ALLOWED_ORIGINS");
