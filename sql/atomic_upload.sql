@@ -370,27 +370,32 @@ begin
                      order by o.applied_at limit 100
                      for update skip locked);
 
-  insert into public.powersync_upload_ledger as l (user_id, client_id, transaction_id, digest, entries_digest)
-  values (v_user, p_client_id, p_transaction_id, p_digest, v_entries)
-  on conflict (user_id, client_id, transaction_id) do nothing;
-  if found then
-    -- beyond the cap, this user's oldest records go (a few per call, like expiry)
-    select o.applied_at into v_cut from public.powersync_upload_ledger as o
-     where o.user_id = v_user
-     order by o.applied_at desc offset v_cap limit 1;
-    if v_cut is not null then
-      delete from public.powersync_upload_ledger as l
-       where l.ctid in (select o.ctid from public.powersync_upload_ledger as o
-                         where o.user_id = v_user and o.applied_at <= v_cut
-                         order by o.applied_at limit 100
-                         for update skip locked);
+  -- the record is made, or the one there is locked; when another call's pruning deletes that
+  -- one between the two, the insert is tried again (else this call would go unrecorded)
+  loop
+    insert into public.powersync_upload_ledger as l (user_id, client_id, transaction_id, digest, entries_digest)
+    values (v_user, p_client_id, p_transaction_id, p_digest, v_entries)
+    on conflict (user_id, client_id, transaction_id) do nothing;
+    if found then
+      -- beyond the cap, this user's oldest records go (a few per call, like expiry)
+      select o.applied_at into v_cut from public.powersync_upload_ledger as o
+       where o.user_id = v_user
+       order by o.applied_at desc offset v_cap limit 1;
+      if v_cut is not null then
+        delete from public.powersync_upload_ledger as l
+         where l.ctid in (select o.ctid from public.powersync_upload_ledger as o
+                           where o.user_id = v_user and o.applied_at <= v_cut
+                           order by o.applied_at limit 100
+                           for update skip locked);
+      end if;
+      return false;
     end if;
-    return false;
-  end if;
-  select l.digest, l.entries_digest, l.applied_at, l.dead_letter_id into v_digest, v_same, v_at, v_dead
-    from public.powersync_upload_ledger as l
-   where l.user_id = v_user and l.client_id = p_client_id and l.transaction_id = p_transaction_id
-   for update;
+    select l.digest, l.entries_digest, l.applied_at, l.dead_letter_id into v_digest, v_same, v_at, v_dead
+      from public.powersync_upload_ledger as l
+     where l.user_id = v_user and l.client_id = p_client_id and l.transaction_id = p_transaction_id
+     for update;
+    exit when found;
+  end loop;
   -- a dead-lettered transaction: its replay applies it (from now on it counts as applied);
   -- anything else, a late or re-sent call, applies nothing. The same transaction: the same ops,
   -- or the same entries written as other ops (the bridge's settings or version changed).
@@ -466,17 +471,21 @@ begin
      or coalesce(octet_length(p_transaction_id), 0) not between 1 and 256 then
     return;  -- the bridge sends no such transaction to the ledger either
   end if;
-  insert into public.powersync_upload_ledger as l
-    (user_id, client_id, transaction_id, digest, dead_letter_id, entries_digest)
-  values (p_user_id, p_client_id, p_transaction_id, p_digest, p_dead_letter_id, v_entries)
-  on conflict (user_id, client_id, transaction_id) do nothing;
-  if found then
-    return;
-  end if;
-  select l.digest, l.entries_digest, l.dead_letter_id into v_digest, v_same, v_dead
-    from public.powersync_upload_ledger as l
-   where l.user_id = p_user_id and l.client_id = p_client_id and l.transaction_id = p_transaction_id
-   for update;
+  -- as in the claim: tried again when a concurrent pruning deletes the record in between
+  loop
+    insert into public.powersync_upload_ledger as l
+      (user_id, client_id, transaction_id, digest, dead_letter_id, entries_digest)
+    values (p_user_id, p_client_id, p_transaction_id, p_digest, p_dead_letter_id, v_entries)
+    on conflict (user_id, client_id, transaction_id) do nothing;
+    if found then
+      return;
+    end if;
+    select l.digest, l.entries_digest, l.dead_letter_id into v_digest, v_same, v_dead
+      from public.powersync_upload_ledger as l
+     where l.user_id = p_user_id and l.client_id = p_client_id and l.transaction_id = p_transaction_id
+     for update;
+    exit when found;
+  end loop;
   if (v_digest = p_digest or v_same = v_entries) and v_dead is null then
     raise exception using errcode = '55000',
       message = pg_catalog.format('transaction %s of client %s was applied: it is not recorded as a dead letter',
@@ -490,6 +499,59 @@ end
 $$;
 comment on function public.powersync_upload_ledger_refuse(text, text, text, text, bigint) is
   'PowerSync upload bridge: record a dead-lettered transaction in the ledger, so no later call applies it.';
+
+-- The same guard without a dead letter (UPLOAD_DEAD_LETTER_TABLE unset): the
+-- bridge calls this through /rpc, as the caller of the atomic call, before it
+-- reports a transaction rejected (fatal_error or conflict), so that a late call
+-- of it applies nothing. The ledger then holds the transaction under the
+-- digest of its entries (the X-PowerSync-Entries-Digest header, required) with
+-- dead letter id 0 (none): a later call of it answers {"applied": 0,
+-- "dead_letter": {"id": 0}}, which the bridge reports as rejected before. As
+-- for a dead letter, 55000 when the ledger shows it applied (the late call came
+-- first): the bridge then keeps the transaction, and its re-send is answered
+-- already applied. The user is found as for the claim: a user only ever touches
+-- their own records, and rejecting one's own transaction is no more than not
+-- sending it. Errors: 22023 for bad input, 42501 for a caller without a user.
+create or replace function public.powersync_upload_ledger_reject(
+  p_client_id text,
+  p_transaction_id text,
+  p_owner_id text default null
+) returns void
+language plpgsql
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v_entries text := public.powersync_upload_entries_digest();
+begin
+  if coalesce(octet_length(p_client_id), 0) not between 1 and 256
+     or coalesce(octet_length(p_transaction_id), 0) not between 1 and 256 then
+    raise exception using errcode = '22023',
+      message = 'powersync_upload_ledger_reject: p_client_id and p_transaction_id must be 1 to 256 bytes';
+  end if;
+  if v_entries is null then
+    raise exception using errcode = '22023',
+      message = 'powersync_upload_ledger_reject: the X-PowerSync-Entries-Digest header is required';
+  end if;
+  perform public.powersync_upload_ledger_refuse(
+    public.powersync_upload_ledger_user(p_owner_id), p_client_id, p_transaction_id, v_entries, 0);
+end
+$$;
+comment on function public.powersync_upload_ledger_reject(text, text, text) is
+  'PowerSync upload bridge: record a transaction reported rejected without a dead letter, so no later call applies it.';
+do $$
+declare
+  r text;
+begin
+  execute 'revoke all on function public.powersync_upload_ledger_reject(text, text, text) from public';
+  foreach r in array array['anon', 'authenticated', 'service_role'] loop
+    if exists (select 1 from pg_catalog.pg_roles where rolname = r) then
+      execute pg_catalog.format('revoke all on function public.powersync_upload_ledger_reject(text, text, text) from %I', r);
+    end if;
+  end loop;
+end
+$$;
+grant execute on function public.powersync_upload_ledger_reject(text, text, text) to authenticated, service_role;
 
 -- The dead letter of the user's (client, transaction) that the ledger holds
 -- under the digest of the entries this call carries (see

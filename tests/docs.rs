@@ -106,7 +106,8 @@ fn error_class_table_lists_the_bridges_own_failure_codes() {
                 made.insert(literal.split('"').next().unwrap().to_string());
             }
         }
-        for code in ["network_error", "timeout", "dead_letter_failed", "unexpected_response"] {
+        for code in ["network_error", "timeout", "dead_letter_failed", "unexpected_response", "rejection_not_recorded"]
+        {
             if source.contains(&format!("\"{code}\"")) {
                 made.insert(code.to_string());
             }

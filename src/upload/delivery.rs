@@ -139,7 +139,10 @@ pub async fn apply_with<T: Transport>(
     route: Route,
 ) -> UploadReport {
     let mut report = UploadReport { retry_after_seconds: settings.retry_after_seconds, ..UploadReport::default() };
-    let dead_letter_cost = usize::from(settings.dead_letter_table.is_some());
+    // One subrequest kept for recording a rejection: its dead letter, or without a dead-letter
+    // table its record in the atomic function's ledger (for a caller the ledger keys).
+    let dead_letter_cost =
+        usize::from(settings.dead_letter_table.is_some() || (route != Route::Rest && caller.client_id.is_some()));
     let budget = settings.subrequest_budget;
     let mut stopped = false;
 
@@ -281,6 +284,9 @@ pub async fn apply_with<T: Transport>(
                         let record = (transaction, &failure, states.as_slice());
                         record_dead_letter(settings, caller, record, transport, &mut report).await
                     }
+                    None if guards_late_calls(route, &report) => {
+                        record_rejection(transaction, &failure, (settings, caller), transport, &mut report).await
+                    }
                     None => Ok(()),
                 };
                 match recorded {
@@ -303,6 +309,9 @@ pub async fn apply_with<T: Transport>(
                         recorded_failure.details = Some(dead_letter::conflict_details(&current, entry, &settings.mode));
                         let record = (transaction, &recorded_failure, states.as_slice());
                         record_dead_letter(settings, caller, record, transport, &mut report).await
+                    }
+                    None if guards_late_calls(route, &report) => {
+                        record_rejection(transaction, &failure, (settings, caller), transport, &mut report).await
                     }
                     None => Ok(()),
                 };
@@ -420,7 +429,7 @@ fn refuse_unsendable(
 }
 
 fn too_big(planned: usize, budget: usize, dead_letter_cost: usize, function: &str) -> FailedOperation {
-    let reserve = if dead_letter_cost > 0 { " plus one for its dead-letter record" } else { "" };
+    let reserve = if dead_letter_cost > 0 { " plus one to record its rejection" } else { "" };
     FailedOperation::new(
         None,
         "too_many_requests_for_budget",
@@ -871,6 +880,71 @@ fn classify_for(
         sub_written_as_owner: matches!(settings.mode, WriteMode::Service { .. }),
     };
     classify(answer, index, &settings.error_class_overrides, written_as)
+}
+
+/// Whether a transaction rejected in this upload may have atomic calls that reach the database
+/// late (this one's, or an earlier attempt's): the function is in use, for this caller.
+fn guards_late_calls(route: Route, report: &UploadReport) -> bool {
+    route != Route::Rest && report.atomic_function != Some(false) && !report.atomic_function_not_executable
+}
+
+/// Without a dead-letter table, records a rejected transaction in the atomic function's ledger
+/// (`powersync_upload_ledger_reject`) before it is reported rejected, so that no call of it
+/// that reaches the database later (a timed-out attempt) applies it after the client has
+/// discarded it. When that fails (no budget left, the ledger shows it applied, any error), the
+/// error to report instead, with its `Retry-After`: the transaction stays with the client. A
+/// ledger without the function (sql/atomic_upload.sql older than the worker) leaves it
+/// unguarded, as before: reported rejected, the log saying why. Never exceeds the budget.
+async fn record_rejection<T: Transport>(
+    transaction: &Transaction,
+    failure: &FailedOperation,
+    (settings, caller): (&UploadSettings, &Caller),
+    transport: &T,
+    report: &mut UploadReport,
+) -> Result<(), (FailedOperation, u64)> {
+    let Some(request) = plan::ledger_reject_request(transaction, settings, caller) else { return Ok(()) };
+    let function = plan::LEDGER_REJECT_FUNCTION;
+    let kept = |why: String, http_status: Option<u16>, hint: Option<String>| {
+        let mut kept = FailedOperation::new(
+            failure.index,
+            "rejection_not_recorded",
+            format!(
+                "{}: {}; not discarded because recording its rejection in the ledger failed ({why})",
+                failure.code, failure.message
+            ),
+        );
+        kept.details = failure.details.clone();
+        kept.hint = hint;
+        kept.http_status = http_status;
+        kept
+    };
+    if report.subrequests >= settings.subrequest_budget {
+        report.dead_letter_errors.push(format!("ledger call {function} skipped: no subrequest budget left"));
+        return Err((kept("no subrequest budget left".to_string(), None, None), settings.retry_after_seconds));
+    }
+    let may_resend = report.subrequests + 2 <= settings.subrequest_budget;
+    let (answer, sent) = send_resending_once(transport, &request, may_resend).await;
+    report.subrequests += sent;
+    report.resent += sent - 1;
+    let (error, retry_after) = match classify_for(&answer, None, settings, caller) {
+        Verdict::Applied => return Ok(()),
+        Verdict::Retryable { failure: error, .. } | Verdict::Fatal(error) if error.code == FUNCTION_NOT_FOUND => {
+            report.dead_letter_errors.push(format!(
+                "ledger call {function} missing: run sql/atomic_upload.sql again; a late call of this rejected \
+                 transaction could still apply it"
+            ));
+            return Ok(());
+        }
+        // The ledger shows it applied (55000: a late call came first), or a refusal only an
+        // operator changes: the transaction waits, as for schema drift.
+        Verdict::Fatal(error) => (error, Some(SCHEMA_DRIFT_RETRY_AFTER_SECONDS)),
+        Verdict::Retryable { failure: error, retry_after_seconds } => (error, retry_after_seconds),
+    };
+    let status = error.http_status.map_or_else(|| "no answer".to_string(), |s| format!("HTTP {s}"));
+    report.dead_letter_errors.push(format!("ledger call {function} failed: {} ({status})", error.code));
+    let wait = retry_after.unwrap_or(0).max(settings.retry_after_seconds);
+    let why = format!("{} {status}: {}", error.code, crate::credentials::clipped(&error.message, 300));
+    Err((kept(why, error.http_status, error.hint.clone()), wait))
 }
 
 /// Records a fatal transaction (`record`: the transaction, its failure, its entries' states)

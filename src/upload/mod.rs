@@ -1165,6 +1165,121 @@ mod tests {
         assert_eq!(letter(3)["details"], json!(r#"{"id":"a","n":2}"#));
     }
 
+    const REJECT_PATH: &str = "/rest/v1/rpc/powersync_upload_ledger_reject";
+
+    /// The atomic function's refusal of op 0 (a check constraint): fatal.
+    fn atomic_refusal() -> Answer {
+        Ok(HttpResponse {
+            status: 400,
+            headers: vec![],
+            body: json!({"code": "23514", "message": "check", "hint": "powersync op 0 (PUT todos/r1)"}).to_string(),
+        })
+    }
+
+    #[test]
+    fn without_dead_letters_a_rejected_transaction_is_recorded_in_the_ledger_before_it_is_reported() {
+        // A late call of it (an attempt the bridge gave up on) must not apply it once the client
+        // has discarded it: the ledger answers such a call instead.
+        let transport = FakeTransport::scripted(vec![atomic_refusal(), bare(204), ok_body(r#"{"applied": 1}"#)]);
+        let report = run_on(Route::Atomic, &[tx(1), tx(2)], &transport);
+        assert_eq!(statuses(&report), vec![Status::FatalError, Status::Success]);
+        assert_eq!(report.results[0].failed_operation.as_ref().map(|f| f.code.as_str()), Some("23514"));
+        let sent = transport.sent();
+        assert_eq!(sent.len(), 3);
+        let reject = &sent[1];
+        assert_eq!(
+            (reject.method, reject.url.as_str()),
+            (Method::Post, "https://p.supabase.co/rest/v1/rpc/powersync_upload_ledger_reject")
+        );
+        assert_eq!(reject.body.as_deref(), Some(r#"{"p_client_id":"client-1","p_transaction_id":"1"}"#));
+        assert_eq!(reject.header_value(crud::ENTRIES_DIGEST_HEADER), Some(tx(1).entries_digest().as_str()));
+        assert_eq!(reject.header_value("Authorization"), Some("Bearer token"), "as the user, as the atomic call");
+        assert_eq!(reject.header_value(crud::ENTRIES_DIGEST_HEADER), sent[0].header_value(crud::ENTRIES_DIGEST_HEADER));
+        assert_eq!(report.subrequests, 3);
+    }
+
+    #[test]
+    fn without_dead_letters_a_service_mode_conflict_is_recorded_under_the_owner() {
+        let mut s = service();
+        s.atomic = AtomicMode::Always;
+        let caller = Caller { client_id: Some("client-1".to_string()), ..caller() };
+        let conflict = r#"{"applied": 0, "conflict": {"index": 0, "row": {"id": "r1", "n": 9}}}"#;
+        let transport = FakeTransport::scripted(vec![ok_body(conflict), bare(204)]);
+        let report = block_on(apply_with(&[tx(1)], &s, &caller, &transport, Route::Atomic));
+        assert_eq!(statuses(&report), vec![Status::Conflict]);
+        let reject = &transport.sent()[1];
+        assert!(reject.url.ends_with(REJECT_PATH));
+        assert_eq!(
+            reject.body.as_deref(),
+            Some(r#"{"p_client_id":"client-1","p_transaction_id":"1","p_owner_id":"user-1"}"#)
+        );
+        assert_eq!(reject.header_value("Authorization"), Some("Bearer svc"));
+    }
+
+    #[test]
+    fn a_rejection_the_ledger_does_not_record_keeps_the_transaction() {
+        // 55000: a late call applied it first (its re-send is answered already applied); or any
+        // other failure: the client keeps it and sends it again.
+        for answer in [error(400, "55000", "transaction 1 of client client-1 was applied"), error(503, "", "down")] {
+            let transport = FakeTransport::scripted(vec![atomic_refusal(), answer.clone(), answer]);
+            let report = run_on(Route::Atomic, &[tx(1), tx(2)], &transport);
+            assert_eq!(statuses(&report), vec![Status::RetryableError, Status::NotAttempted]);
+            let kept = report.results[0].failed_operation.clone().expect("failure");
+            assert_eq!((kept.index, kept.code.as_str()), (Some(0), "rejection_not_recorded"));
+            assert!(
+                kept.message.starts_with("23514: check; not discarded because recording its rejection"),
+                "{}",
+                kept.message
+            );
+            assert!(report.log_summary()["dead_letter_errors"][0]
+                .as_str()
+                .unwrap()
+                .contains("powersync_upload_ledger_reject"));
+        }
+    }
+
+    #[test]
+    fn a_ledger_without_the_reject_function_reports_the_rejection_as_before_and_says_so() {
+        let missing = error(404, "PGRST202", "Could not find the function public.powersync_upload_ledger_reject");
+        let transport = FakeTransport::scripted(vec![atomic_refusal(), missing]);
+        let report = run_on(Route::Atomic, &[tx(1)], &transport);
+        assert_eq!(statuses(&report), vec![Status::FatalError]);
+        let errors = report.log_summary()["dead_letter_errors"].to_string();
+        assert!(errors.contains("run sql/atomic_upload.sql again"), "{errors}");
+    }
+
+    #[test]
+    fn no_ledger_record_of_a_rejection_without_a_client_id_or_off_the_atomic_function() {
+        // Without a client id the ledger keys nothing.
+        let mut s = settings();
+        s.atomic = AtomicMode::Always;
+        let transport = FakeTransport::scripted(vec![atomic_refusal()]);
+        let report = block_on(apply_with(&[tx(1)], &s, &caller(), &transport, Route::Atomic));
+        assert_eq!((statuses(&report), transport.sent().len()), (vec![Status::FatalError], 1));
+        // REST requests (UPLOAD_ATOMIC=false), or the function missing: no late atomic call.
+        let transport = FakeTransport::scripted(vec![error(400, "23514", "check")]);
+        let report = run_on(Route::Rest, &[tx(1)], &transport);
+        assert_eq!((statuses(&report), transport.sent().len()), (vec![Status::FatalError], 1));
+        let transport = FakeTransport::scripted(vec![missing_function(), error(400, "23514", "check")]);
+        let report = run_on(Route::Probe, &[tx(1)], &transport);
+        assert_eq!((statuses(&report), transport.sent().len()), (vec![Status::FatalError], 2));
+    }
+
+    #[test]
+    fn a_resend_the_ledger_holds_as_rejected_without_a_letter_is_reported_rejected_before() {
+        let transport =
+            FakeTransport::scripted(vec![ok_body(r#"{"applied": 0, "dead_letter": {"id": 0}}"#), bare(204)]);
+        let report = run_on(Route::Atomic, &[tx(1)], &transport);
+        assert_eq!(statuses(&report), vec![Status::FatalError]);
+        let failure = report.results[0].failed_operation.clone().expect("failure");
+        assert_eq!(failure.code, "dead_lettered");
+        assert_eq!(
+            failure.message,
+            "this transaction was rejected before (no dead letter was recorded); nothing applied"
+        );
+        assert_eq!(report.body()["applied"], json!(0));
+    }
+
     #[test]
     fn probe_uses_the_atomic_function_when_it_answers() {
         let transport = FakeTransport::scripted(vec![ok_body(r#"{"applied": 1}"#), ok_body(r#"{"applied": 1}"#)]);
@@ -1947,7 +2062,8 @@ mod tests {
     #[test]
     fn timed_out_transaction_whose_rest_requests_do_not_fit_what_is_left_waits_for_the_next_upload() {
         let mut s = settings();
-        s.subrequest_budget = 4;
+        // one subrequest stays reserved for recording a rejection in the ledger (a client id)
+        s.subrequest_budget = 5;
         let transport = FakeTransport::scripted(vec![
             ok_body(r#"{"applied": 1}"#),
             ok_body(r#"{"applied": 1}"#),
@@ -1965,7 +2081,8 @@ mod tests {
         assert!(failure.message.contains("next upload"), "{}", failure.message);
         assert_eq!(report.results[2].retry_after_ms, Some(5000));
         assert_eq!(report.results[2].applied_via_rest, None, "nothing went through REST");
-        // the next upload starts with it and a fresh budget: 1 atomic call + 3 REST requests fit in 4
+        // the next upload starts with it and a fresh budget: 1 atomic call + 3 REST requests and
+        // the reserve fit in 5
         let transport = FakeTransport::scripted(vec![statement_timeout()]);
         let report = run_with(Route::Probe, &s, &[mixed("big"), tx(4)], &transport);
         assert_eq!(statuses(&report), vec![Status::Success, Status::NotAttempted]);

@@ -857,8 +857,11 @@ pub fn atomic_answer(body: &str, entries: usize) -> Option<AtomicAnswer> {
             let id = letter.get("id").and_then(Value::as_i64)?;
             let text = |key: &str| letter.get(key).and_then(Value::as_str).map(str::to_string);
             let index = letter.get("index").and_then(Value::as_u64).and_then(|i| usize::try_from(i).ok());
-            let message = text("message")
-                .unwrap_or_else(|| format!("this transaction was rejected before (dead letter {id}); nothing applied"));
+            // Id 0: rejected without a dead letter (powersync_upload_ledger_reject).
+            let message = text("message").unwrap_or_else(|| match id {
+                0 => "this transaction was rejected before (no dead letter was recorded); nothing applied".to_string(),
+                _ => format!("this transaction was rejected before (dead letter {id}); nothing applied"),
+            });
             let mut failure = FailedOperation::new(
                 index.filter(|i| *i < entries),
                 text("code").as_deref().unwrap_or(DEAD_LETTERED),

@@ -508,6 +508,33 @@ impl<'a> Context<'a> {
     }
 }
 
+/// The ledger function that records a transaction reported rejected when no dead letter does
+/// (sql/atomic_upload.sql): a late call of it then applies nothing.
+pub const LEDGER_REJECT_FUNCTION: &str = "powersync_upload_ledger_reject";
+
+/// The call of [`LEDGER_REJECT_FUNCTION`] for `transaction`, made as its atomic call is (the
+/// session's token, or the service key with the owner's id): `None` when the ledger does not
+/// key it (no client id, or no usable transaction id).
+pub fn ledger_reject_request(
+    transaction: &Transaction,
+    settings: &UploadSettings,
+    caller: &Caller,
+) -> Option<HttpRequest> {
+    let context = Context::new(settings, caller);
+    let (client_id, transaction_id) = (caller.client_id.as_ref()?, ledger_id(transaction)?);
+    let mut body = String::from("{\"p_client_id\":");
+    row::push_json_string(&mut body, client_id);
+    body.push_str(",\"p_transaction_id\":");
+    row::push_json_string(&mut body, &transaction_id);
+    if let Some((_, user_id)) = context.owner {
+        body.push_str(",\"p_owner_id\":");
+        row::push_json_string(&mut body, user_id);
+    }
+    body.push('}');
+    let url = format!("{}/rest/v1/rpc/{LEDGER_REJECT_FUNCTION}", settings.supabase_url);
+    Some(context.request(Method::Post, url).json_body(body).header(ENTRIES_DIGEST_HEADER, transaction.entries_digest()))
+}
+
 /// The transaction's id as the atomic function's ledger keys it: a string as it is, a number in
 /// its JSON text (`42`); `None` without one, or one longer than [`MAX_LEDGER_ID_BYTES`] (then
 /// nothing is recorded: applied as without a client id).

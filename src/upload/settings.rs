@@ -382,12 +382,13 @@ pub fn read(reader: &mut Reader, supabase_url: Option<String>) -> Option<UploadS
     }
     // The most one transaction of one entry may need over REST: its write, and before it the
     // ownership check of a service-mode PUT or after it the two reads that tell a compared
-    // PATCH's conflict from a gone row; and the dead letter's insert, kept in reserve.
+    // PATCH's conflict from a gone row; and the record of a rejection kept in reserve: the dead
+    // letter's insert, or without one its record in the atomic function's ledger.
     let always = atomic == AtomicMode::Always;
     let ownership_check = service && !always;
     let conflict_reads = conflict_detection && !always;
-    let needed =
-        if conflict_reads { 3 } else { 1 + usize::from(ownership_check) } + usize::from(dead_letter_table.is_some());
+    let records_rejection = dead_letter_table.is_some() || atomic != AtomicMode::Never;
+    let needed = if conflict_reads { 3 } else { 1 + usize::from(ownership_check) } + usize::from(records_rejection);
     if (subrequest_budget as usize) < needed {
         reader.problem(
             "UPLOAD_SUBREQUEST_BUDGET",
@@ -400,7 +401,11 @@ pub fn read(reader: &mut Reader, supabase_url: Option<String>) -> Option<UploadS
                 } else {
                     ""
                 },
-                if dead_letter_table.is_some() { ", one dead-letter insert" } else { "" }
+                match (&dead_letter_table, atomic) {
+                    (Some(_), _) => ", one dead-letter insert",
+                    (None, AtomicMode::Never) => "",
+                    (None, _) => ", one to record a rejection in the atomic function's ledger",
+                }
             ),
         );
     }
@@ -994,7 +999,14 @@ mod tests {
             problem_names(&with(&[("UPLOAD_SUBREQUEST_BUDGET", "1"), ("UPLOAD_DEAD_LETTER_TABLE", DEAD_LETTER_TABLE)])),
             vec!["UPLOAD_SUBREQUEST_BUDGET"]
         );
-        assert!(read_vars(&with(&[("UPLOAD_SUBREQUEST_BUDGET", "1")])).is_ok());
+        // without dead letters, a rejection is recorded in the atomic function's ledger (when in use)
+        let problems = read_vars(&with(&[("UPLOAD_SUBREQUEST_BUDGET", "1")])).unwrap_err();
+        assert!(
+            problems[0].message.contains("must be at least 2") && problems[0].message.contains("ledger"),
+            "{problems:?}"
+        );
+        assert!(read_vars(&with(&[("UPLOAD_SUBREQUEST_BUDGET", "1"), ("UPLOAD_ATOMIC", "false")])).is_ok());
+        assert!(read_vars(&with(&[("UPLOAD_SUBREQUEST_BUDGET", "2")])).is_ok());
         assert!(read_vars(&with(&[("UPLOAD_SUBREQUEST_BUDGET", "10000")])).is_ok());
         // a compared write that changed no row is told from a gone row by two reads over REST
         // (with the dead letter's reserve: 4); with atomic mode always on, nothing is read

@@ -639,6 +639,7 @@ EXPECTED = {
         {"authenticated", "service_role"},
     ("powersync_upload_ledger_dead_letter(text,text,text)", "EXECUTE"): {"authenticated", "service_role"},
     ("powersync_upload_ledger_unchanged(text,text,text,integer[])", "EXECUTE"): {"authenticated", "service_role"},
+    ("powersync_upload_ledger_reject(text,text,text)", "EXECUTE"): {"authenticated", "service_role"},
     ("powersync_upload_ledger_refuse(text,text,text,text,bigint)", "EXECUTE"): set(),
     ("powersync_upload_entries_digest()", "EXECUTE"): set(),
     ("powersync_upload_ledger_letter_of(text,text,text)", "EXECUTE"): set(),

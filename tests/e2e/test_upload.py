@@ -1704,6 +1704,89 @@ def test_ledger_keys_a_service_caller_by_the_owner_id_even_when_its_key_carries_
     assert sorted(db.execute(f"select user_id from public.{LEDGER}").fetchall()) == sorted([(first,), (second,)])
 
 
+def test_without_dead_letters_a_rejected_transaction_is_never_applied_later(atomic_worker, db, user):
+    """The client discards a transaction reported fatal. A call of it that reaches the database
+    later (an attempt the worker gave up on), or its re-send after a lost answer, must not apply
+    it once its cause is gone: it could undo what the client wrote since. Without a dead-letter
+    table the worker records the rejection in the ledger (powersync_upload_ledger_reject)."""
+    sub, token = user
+    missing, todo = new_id(), new_id()
+    payload = {"client_id": CLIENT, **body(
+        tx(put("todos", todo, description="d", list_id=missing, created_by=sub), tid=31))}
+    first = upload(atomic_worker, token, payload)
+    assert statuses(first) == ["fatal_error"] and failure(first, 0)["code"] == "23503", first.text
+    assert first.json()["subrequests"] == 2, "the atomic call and the ledger's record"
+    insert_list(db, sub, list_id=missing)  # the cause is gone: the same call would now apply
+    again = upload(atomic_worker, token, payload)
+    assert statuses(again) == ["fatal_error"], again.text
+    assert failure(again, 0)["code"] == "dead_lettered"
+    assert "rejected before (no dead letter was recorded)" in failure(again, 0)["message"]
+    assert row(db, "todos", todo) is None
+    (dead_letter_id,) = db.execute(f"select dead_letter_id from public.{LEDGER} where user_id = %s"
+                                   " and transaction_id = '31'", (sub,)).fetchone()
+    assert dead_letter_id == 0
+
+
+def test_a_user_may_only_reject_their_own_transactions_and_only_with_an_entries_digest(db, pg, user, other_user):
+    sub, _ = user
+    victim, _ = other_user
+    digest = json.dumps({"x-powersync-entries-digest": "a" * 32})
+    with psycopg.connect(pg.dsn) as conn:
+        conn.execute("set local role authenticated")
+        conn.execute("select set_config('request.jwt.claims', %s, true)",
+                     (json.dumps({"sub": sub, "role": "authenticated"}),))
+        conn.execute("savepoint s")
+        with pytest.raises(psycopg.errors.InvalidParameterValue):
+            conn.execute("select public.powersync_upload_ledger_reject('c', '1', %s)", (victim,))
+        conn.execute("rollback to savepoint s")
+        conn.execute("select set_config('request.headers', %s, true)", (digest,))
+        conn.execute("select public.powersync_upload_ledger_reject('c', '1', %s)", (victim,))
+    assert db.execute(f"select user_id, dead_letter_id from public.{LEDGER}").fetchall() == [(sub, 0)]
+
+
+def test_a_ledger_record_another_calls_pruning_deletes_meanwhile_is_made_again(db, pg, user, other_user):
+    """Y, a re-send of an expired transaction, finds its record while X, another user's call,
+    prunes it before Y has locked it: Y must still leave a record, or every later call of that
+    transaction would be applied again."""
+    sub, _ = user
+    other, _ = other_user
+    digest = "d" * 64
+    db.execute(f"insert into public.{LEDGER} (user_id, client_id, transaction_id, digest, applied_at)"
+               " select 'someone', 'c', g::text, %s, now() - interval '50 days' from generate_series(1, 100) g",
+               (digest,))
+    db.execute(f"insert into public.{LEDGER} (user_id, client_id, transaction_id, digest, applied_at)"
+               " values (%s, 'c1', 'old1', %s, now() - interval '40 days')", (sub, digest))
+    db.execute("""create or replace function public.test_nap() returns trigger language plpgsql as $$
+                  begin
+                    if current_setting('test.nap', true) = 'on' then perform pg_sleep(1.5); end if;
+                    return null;
+                  end $$""")
+    db.execute(f"create trigger test_nap after insert on public.{LEDGER}"
+               " for each statement execute function public.test_nap()")
+
+    def claim(user_id: str, client: str, transaction: str, nap: bool) -> bool:
+        with psycopg.connect(pg.dsn) as conn:
+            conn.execute("set local role authenticated")
+            conn.execute("select set_config('request.jwt.claims', %s, true)",
+                         (json.dumps({"sub": user_id, "role": "authenticated"}),))
+            conn.execute("select set_config('test.nap', %s, true)", ("on" if nap else "off",))
+            return conn.execute("select public.powersync_upload_ledger_claim(%s, %s, %s)",
+                                (client, transaction, digest)).fetchone()[0]
+    try:
+        answers = {}
+        resend = threading.Thread(target=lambda: answers.update(y=claim(sub, "c1", "old1", True)))
+        resend.start()
+        time.sleep(0.5)  # Y has pruned the 100 oldest and found old1; it naps before locking it
+        assert claim(other, "cx", "x1", False) is False  # X prunes old1
+        resend.join()
+    finally:
+        db.execute(f"drop trigger if exists test_nap on public.{LEDGER}")
+        db.execute("drop function if exists public.test_nap()")
+    assert answers["y"] is False, "applied again: its record had expired"
+    assert db.execute(f"select count(*) from public.{LEDGER} where user_id = %s and transaction_id = 'old1'",
+                      (sub,)).fetchone()[0] == 1
+
+
 def test_expired_ledger_records_are_pruned_by_later_calls(atomic_worker, db, user):
     sub, token = user
     db.execute(f"insert into public.{LEDGER} (user_id, client_id, transaction_id, digest, applied_at)"

@@ -45,6 +45,9 @@ pub const LEDGER_DEAD_LETTER: &str = "public.powersync_upload_ledger_dead_letter
 /// What the atomic function records and answers of entries that changed no row (called as the
 /// API role).
 pub const LEDGER_UNCHANGED: &str = "public.powersync_upload_ledger_unchanged(text, text, text, integer[])";
+/// What records a transaction reported rejected without a dead letter (called as the API role
+/// when `UPLOAD_DEAD_LETTER_TABLE` is unset): without it a late call can still apply it.
+pub const LEDGER_REJECT: &str = "public.powersync_upload_ledger_reject(text, text, text)";
 /// Columns of the ledger this version relies on (added over time: their absence means
 /// sql/atomic_upload.sql is outdated: a late call could apply a dead-lettered transaction
 /// (`dead_letter_id`), a re-send after a lost answer would not report entries that changed no
@@ -190,6 +193,9 @@ impl Expectations {
             f.push(LEDGER_CLAIM.to_string());
             f.push(LEDGER_DEAD_LETTER.to_string());
             f.push(LEDGER_UNCHANGED.to_string());
+            if !self.dead_letters {
+                f.push(LEDGER_REJECT.to_string());
+            }
         }
         if self.dead_letters {
             f.extend([RECORD, REPLAY, DISCARD].map(String::from));
@@ -404,13 +410,22 @@ pub fn check_catalog(expected: &Expectations, response: &Response, supabase_url:
         let is_atomic = expected.atomic.as_ref().is_some_and(|(s, _)| *s == signature)
             || signature == LEDGER_CLAIM
             || signature == LEDGER_DEAD_LETTER
-            || signature == LEDGER_UNCHANGED;
+            || signature == LEDGER_UNCHANGED
+            || signature == LEDGER_REJECT;
         let file = if is_atomic { "sql/atomic_upload.sql" } else { "sql/dead_letter.sql" };
         let tool = signature == REPLAY || signature == DISCARD;
         let required_role = if tool { "service_role" } else { role };
         if !exists {
             let always = expected.atomic.as_ref().is_some_and(|(_, always)| *always);
-            findings.push(if is_atomic && !always {
+            findings.push(if signature == LEDGER_REJECT {
+                warning(
+                    format!(
+                        "{signature} is missing (outdated {file}): a transaction reported rejected is not recorded, so \
+                         a call of it that reaches the database late can still apply it"
+                    ),
+                    format!("run {file} again"),
+                )
+            } else if is_atomic && !always {
                 warning(
                     format!("{signature} is missing: uploads go through REST requests, not all-or-nothing"),
                     format!("run {file}"),
@@ -1271,6 +1286,40 @@ mod tests {
                 ),
             ]
         );
+    }
+
+    #[test]
+    fn without_dead_letters_the_ledgers_reject_function_is_expected_and_its_absence_named() {
+        let e = expectations(&settings(&[("UPLOAD_ATOMIC", "true")]), &[]);
+        assert!(e.functions().contains(&LEDGER_REJECT.to_string()));
+        let with_letters = expectations(&settings(&[("UPLOAD_DEAD_LETTER_TABLE", "powersync_dead_letters")]), &[]);
+        assert!(!with_letters.functions().contains(&LEDGER_REJECT.to_string()), "the recorder guards instead");
+        let tables =
+            json!([table("powersync_upload_ledger", &[], true), table("powersync_upload_ledger_settings", &[], true)]);
+        let installed = |reject: Value| {
+            json!([
+                function(
+                    "public.powersync_apply_transaction(jsonb, text, text, text, text, boolean)",
+                    true,
+                    &["authenticated"]
+                ),
+                function(LEDGER_CLAIM, true, &["authenticated"]),
+                function(LEDGER_DEAD_LETTER, true, &["authenticated"]),
+                function(LEDGER_UNCHANGED, true, &["authenticated"]),
+                reject,
+            ])
+        };
+        let findings = check_catalog(&e, &answer(tables.clone(), installed(function(LEDGER_REJECT, false, &[]))), "u");
+        assert_eq!(findings.len(), 1, "{findings:?}");
+        assert_eq!(findings[0].severity, Severity::Warning);
+        assert!(findings[0].problem.contains("late can still apply it"), "{}", findings[0].problem);
+        assert_eq!(findings[0].fix, "run sql/atomic_upload.sql again");
+        // installed but not executable: the rejected transaction waits (42501), as for any GRANT
+        let findings = check_catalog(&e, &answer(tables, installed(function(LEDGER_REJECT, true, &[]))), "u");
+        assert_eq!((findings.len(), findings[0].severity), (1, Severity::Blocking), "{findings:?}");
+        assert!(findings[0]
+            .fix
+            .contains("grant execute on function public.powersync_upload_ledger_reject to authenticated"));
     }
 
     #[test]
