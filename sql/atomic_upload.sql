@@ -295,6 +295,38 @@ begin
 end
 $$;
 
+-- Beyond the user's max_records_per_user (clamped as the claim reads it; p_cap
+-- when given), that user's oldest records go, a few per call like expiry (which
+-- only weakens that user's own exactly-once). Called by the functions below
+-- after they made a new record; no API role may call it.
+create or replace function public.powersync_upload_ledger_cap(p_user_id text, p_cap integer default null)
+returns void
+language plpgsql
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v_cap integer := p_cap;
+  v_cut timestamptz;
+begin
+  if v_cap is null then
+    select least(greatest(s.max_records_per_user, 1000), 1000000) into v_cap
+      from public.powersync_upload_ledger_settings as s;
+    v_cap := coalesce(v_cap, 10000);
+  end if;
+  select o.applied_at into v_cut from public.powersync_upload_ledger as o
+   where o.user_id = p_user_id
+   order by o.applied_at desc offset v_cap limit 1;
+  if v_cut is not null then
+    delete from public.powersync_upload_ledger as l
+     where l.ctid in (select o.ctid from public.powersync_upload_ledger as o
+                       where o.user_id = p_user_id and o.applied_at <= v_cut
+                       order by o.applied_at limit 100
+                       for update skip locked);
+  end if;
+end
+$$;
+
 -- Records (user, client, transaction) unless already recorded with the same
 -- digest, or the same entries digest (powersync_upload_entries_digest, when
 -- both have one); true = already applied (apply nothing). Called by
@@ -342,7 +374,6 @@ declare
   v_at      timestamptz;
   v_keep    interval;
   v_cap     integer;
-  v_cut     timestamptz;
 begin
   if p_digest is null or p_digest !~ '^[0-9a-f]{64}$' then
     raise exception using errcode = '22023',
@@ -377,17 +408,7 @@ begin
     values (v_user, p_client_id, p_transaction_id, p_digest, v_entries)
     on conflict (user_id, client_id, transaction_id) do nothing;
     if found then
-      -- beyond the cap, this user's oldest records go (a few per call, like expiry)
-      select o.applied_at into v_cut from public.powersync_upload_ledger as o
-       where o.user_id = v_user
-       order by o.applied_at desc offset v_cap limit 1;
-      if v_cut is not null then
-        delete from public.powersync_upload_ledger as l
-         where l.ctid in (select o.ctid from public.powersync_upload_ledger as o
-                           where o.user_id = v_user and o.applied_at <= v_cut
-                           order by o.applied_at limit 100
-                           for update skip locked);
-      end if;
+      perform public.powersync_upload_ledger_cap(v_user, v_cap);
       return false;
     end if;
     select l.digest, l.entries_digest, l.applied_at, l.dead_letter_id into v_digest, v_same, v_at, v_dead
@@ -505,24 +526,27 @@ comment on function public.powersync_upload_ledger_refuse(text, text, text, text
 -- reports a transaction rejected (fatal_error or conflict), so that a late call
 -- of it applies nothing. The ledger then holds the transaction under the
 -- digest of its entries (the X-PowerSync-Entries-Digest header, required) with
--- dead letter id 0 (none): a later call of it answers {"applied": 0,
--- "dead_letter": {"id": 0}}, which the bridge reports as rejected before. As
--- for a dead letter, 55000 when the ledger shows it applied (the late call came
--- first): the bridge then keeps the transaction, and its re-send is answered
--- already applied. The user is found as for the claim: a user only ever touches
--- their own records, and rejecting one's own transaction is no more than not
--- sending it. Errors: 22023 for bad input, 42501 for a caller without a user.
+-- dead letter id 0 (none), and it answers true (which no proxy's 2xx says): a
+-- later call of it answers {"applied": 0, "dead_letter": {"id": 0}}, which the
+-- bridge reports as rejected before. As for a dead letter, 55000 when the
+-- ledger shows it applied (the late call came first): the bridge then keeps the
+-- transaction, and its re-send is answered already applied. The user is found
+-- as for the claim: a user only ever touches their own records, and rejecting
+-- one's own transaction is no more than not sending it; their records stay
+-- within max_records_per_user, as the claim keeps them. Errors: 22023 for bad
+-- input, 42501 for a caller without a user.
 create or replace function public.powersync_upload_ledger_reject(
   p_client_id text,
   p_transaction_id text,
   p_owner_id text default null
-) returns void
+) returns boolean
 language plpgsql
 security definer
 set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_entries text := public.powersync_upload_entries_digest();
+  v_user    text;
 begin
   if coalesce(octet_length(p_client_id), 0) not between 1 and 256
      or coalesce(octet_length(p_transaction_id), 0) not between 1 and 256 then
@@ -533,8 +557,17 @@ begin
     raise exception using errcode = '22023',
       message = 'powersync_upload_ledger_reject: the X-PowerSync-Entries-Digest header is required';
   end if;
-  perform public.powersync_upload_ledger_refuse(
-    public.powersync_upload_ledger_user(p_owner_id), p_client_id, p_transaction_id, v_entries, 0);
+  v_user := public.powersync_upload_ledger_user(p_owner_id);
+  begin
+    perform public.powersync_upload_ledger_refuse(v_user, p_client_id, p_transaction_id, v_entries, 0);
+  exception when sqlstate '55000' then
+    raise exception using errcode = '55000',
+      message = pg_catalog.format('transaction %s of client %s was applied: its rejection is not recorded',
+                                  p_transaction_id, p_client_id);
+  end;
+  -- a user calls this through /rpc as often as they like: their records stay capped
+  perform public.powersync_upload_ledger_cap(v_user);
+  return true;
 end
 $$;
 comment on function public.powersync_upload_ledger_reject(text, text, text) is
@@ -659,6 +692,7 @@ declare
   f text;
 begin
   foreach f in array array['public.powersync_upload_ledger_user(text)',
+                           'public.powersync_upload_ledger_cap(text, integer)',
                            'public.powersync_upload_entries_digest()',
                            'public.powersync_upload_ledger_refuse(text, text, text, text, bigint)',
                            'public.powersync_upload_ledger_letter_of(text, text, text)',

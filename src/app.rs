@@ -1462,10 +1462,11 @@ mod tests {
                 r#"{"code":"23505","message":"duplicate key value","details":"Key (id)=(secret) exists","hint":null}"#
                     .into(),
         });
+        // The third answers the ledger's record of the refused transaction (no dead-letter table).
         let transport = FakeTransport::scripted(vec![
             applied,
             refused,
-            Ok(HttpResponse { status: 201, headers: vec![], body: String::new() }),
+            Ok(HttpResponse { status: 200, headers: vec![], body: "true".into() }),
         ]);
         let auth = bearer(&hs256(&user_claims()));
         let body = r#"{"client_id":"c-1","transactions":[

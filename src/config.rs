@@ -185,8 +185,10 @@ fn is_origin(text: &str) -> bool {
     let Some((scheme, rest)) = text.split_once("://") else { return false };
     let (host_ok, port) = match rest.strip_prefix('[') {
         Some(bracketed) => match bracketed.split_once(']') {
+            // As a browser writes it (RFC 5952 and the URL standard: `[::1]`, not `[0:0:0:0:0:0:0:1]`).
             Some((ipv6, after)) => (
-                !ipv6.is_empty() && ipv6.bytes().all(|b| b.is_ascii_digit() || b"abcdef:.".contains(&b)),
+                ipv6.parse::<std::net::Ipv6Addr>()
+                    .is_ok_and(|addr| url::Host::<&str>::Ipv6(addr).to_string() == format!("[{ipv6}]")),
                 match after {
                     "" => None,
                     _ => Some(after.strip_prefix(':').unwrap_or("x")),
@@ -214,9 +216,7 @@ fn is_origin(text: &str) -> bool {
     !scheme.is_empty()
         && scheme.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.".contains(&b))
         && host_ok
-        && port.is_none_or(|p| {
-            !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()) && Some(p) != default_port
-        })
+        && port.is_none_or(|p| p.parse::<u16>().is_ok_and(|n| n.to_string() == p) && Some(p) != default_port)
 }
 
 fn with_url_problem(mut problems: Vec<Problem>, url: &Option<String>, all: &[Problem]) -> Vec<Problem> {
@@ -400,6 +400,7 @@ mod tests {
             "http://127.0.0.1:5173",
             "http://[::1]:8080",
             "http://[::1]",
+            "http://[::ffff:7f00:1]",
             "https://app.example:8443",
             "capacitor://localhost",
         ] {
@@ -419,6 +420,12 @@ mod tests {
             "http://[::1",
             "http://[::1]x",
             "http://a.example:1:2",
+            // nor with a port a browser would write otherwise, or an address in another spelling
+            "https://app.example:0443",
+            "https://app.example:99999",
+            "https://app.example:+443",
+            "http://[0:0:0:0:0:0:0:1]:8080",
+            "http://[::ffff:127.0.0.1]",
         ] {
             let c = config(&[("CORS_ALLOWED_ORIGINS", &format!("https://ok.example, {bad}"))]);
             let problem = c.problems.iter().find(|p| p.name == "CORS_ALLOWED_ORIGINS");

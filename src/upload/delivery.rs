@@ -7,11 +7,15 @@
 //!   recorded first (`powersync_record_dead_letter`, see `dead_letter`), with what became of each
 //!   entry (applied, failed, not attempted); if that record cannot be written (the call fails,
 //!   including a missing EXECUTE grant, or answers anything but the row's id), the transaction is
-//!   `retryable_error` (`dead_letter_failed`) instead, so the client keeps it.
+//!   `retryable_error` (`dead_letter_failed`) instead, so the client keeps it. Without one, a
+//!   transaction with a client id that went to the atomic function (or whose earlier attempts
+//!   may have: the function is in use) is recorded in its ledger instead
+//!   (`powersync_upload_ledger_reject`), so that a late call of it applies nothing; if that
+//!   fails, `retryable_error` (`rejection_not_recorded`).
 //! - A retryable failure makes the transaction `retryable_error` and every later one
 //!   `not_attempted`: the client retries them in order.
-//! - Subrequest budget: before a transaction is sent, its planned requests plus one for a possible
-//!   dead-letter insert must fit in what remains of `UPLOAD_SUBREQUEST_BUDGET`; if not, it and
+//! - Subrequest budget: before a transaction is sent, its planned requests plus one for recording
+//!   a possible rejection (the dead-letter insert, or the ledger's record above) must fit in what remains of `UPLOAD_SUBREQUEST_BUDGET`; if not, it and
 //!   every later transaction are `not_attempted` (the client sends them again, in a fresh request
 //!   with a fresh budget). A transaction that would not fit even in a whole budget is sent as one
 //!   call of the atomic function instead (`UPLOAD_ATOMIC_FUNCTION`, `sql/atomic_upload.sql`):
@@ -140,9 +144,10 @@ pub async fn apply_with<T: Transport>(
 ) -> UploadReport {
     let mut report = UploadReport { retry_after_seconds: settings.retry_after_seconds, ..UploadReport::default() };
     // One subrequest kept for recording a rejection: its dead letter, or without a dead-letter
-    // table its record in the atomic function's ledger (for a caller the ledger keys).
-    let dead_letter_cost =
-        usize::from(settings.dead_letter_table.is_some() || (route != Route::Rest && caller.client_id.is_some()));
+    // table, for a transaction sent to the atomic function, its record in the function's ledger
+    // (for a caller the ledger keys).
+    let rejection_cost =
+        |atomic: bool| usize::from(settings.dead_letter_table.is_some() || (atomic && caller.client_id.is_some()));
     let budget = settings.subrequest_budget;
     let mut stopped = false;
 
@@ -154,19 +159,25 @@ pub async fn apply_with<T: Transport>(
         }
         // Set when the transaction went through REST after its atomic call timed out.
         let mut via_rest = None;
+        // Set when an atomic call of it was sent (a late copy of it could apply it).
+        let mut sent_atomic = false;
         let ending = loop {
             let remaining = budget.saturating_sub(report.subrequests);
             let fresh = report.subrequests == 0;
             let atomic =
                 route != Route::Rest && report.atomic_function != Some(false) && !report.atomic_function_not_executable;
+            let dead_letter_cost = rejection_cost(atomic);
             let ending = match plan::plan_transaction_as(transaction, settings, caller, atomic) {
                 Ok(requests) if requests.is_empty() => {
                     Some(Ending::Success { unchanged: Vec::new(), uncertain: Vec::new(), already_applied: false })
                 }
                 Ok(requests) if worst_case(&requests) + dead_letter_cost > budget => {
+                    // Sent as one atomic call whatever the route: its rejection's record too.
+                    let dead_letter_cost = rejection_cost(true);
                     let too_big = too_big(worst_case(&requests), budget, dead_letter_cost, &settings.atomic_function);
                     match plan::atomic_request(transaction, settings, caller) {
                         Some(call) if dead_letter_cost < remaining => {
+                            sent_atomic = true;
                             let ending = send(
                                 vec![call],
                                 &transaction.entries,
@@ -203,6 +214,7 @@ pub async fn apply_with<T: Transport>(
                 }
                 Ok(requests) if worst_case(&requests) + dead_letter_cost > remaining => None,
                 Ok(requests) => {
+                    sent_atomic |= atomic;
                     match send(
                         requests,
                         &transaction.entries,
@@ -236,6 +248,7 @@ pub async fn apply_with<T: Transport>(
                     Some(Ending::Retryable(failure, _) | Ending::Fatal(failure, _)) if function_missing(failure) => {
                         // Nothing was applied: this transaction, and the rest, through REST.
                         report.atomic_function = Some(false);
+                        sent_atomic = false;
                         continue;
                     }
                     Some(Ending::Retryable(failure, _) | Ending::Fatal(failure, _))
@@ -244,6 +257,7 @@ pub async fn apply_with<T: Transport>(
                         // Nothing was applied: this upload through REST. This caller's role's,
                         // not the isolate's: others' roles may execute it.
                         report.atomic_function_not_executable = true;
+                        sent_atomic = false;
                         continue;
                     }
                     // No answer, or not PostgREST's: nothing learnt.
@@ -284,7 +298,7 @@ pub async fn apply_with<T: Transport>(
                         let record = (transaction, &failure, states.as_slice());
                         record_dead_letter(settings, caller, record, transport, &mut report).await
                     }
-                    None if guards_late_calls(route, &report) => {
+                    None if sent_atomic || guards_late_calls(route, &report) => {
                         record_rejection(transaction, &failure, (settings, caller), transport, &mut report).await
                     }
                     None => Ok(()),
@@ -310,7 +324,7 @@ pub async fn apply_with<T: Transport>(
                         let record = (transaction, &recorded_failure, states.as_slice());
                         record_dead_letter(settings, caller, record, transport, &mut report).await
                     }
-                    None if guards_late_calls(route, &report) => {
+                    None if sent_atomic || guards_late_calls(route, &report) => {
                         record_rejection(transaction, &failure, (settings, caller), transport, &mut report).await
                     }
                     None => Ok(()),
@@ -382,7 +396,11 @@ async fn after_timeout<T: Transport>(
     let needed = worst_case(&requests);
     let budget = settings.subrequest_budget;
     if needed + reserve > budget.saturating_sub(report.subrequests) {
-        let reserve_text = if reserve > 0 { " plus one for a dead-letter record" } else { "" };
+        let reserve_text = match (reserve, &settings.dead_letter_table) {
+            (0, _) => "",
+            (_, Some(_)) => " plus one for a dead-letter record",
+            (_, None) => " plus one to record a rejection in the atomic function's ledger",
+        };
         let (why, wait) = if needed + reserve < budget {
             (
                 format!(
@@ -882,8 +900,27 @@ fn classify_for(
     classify(answer, index, &settings.error_class_overrides, written_as)
 }
 
+/// The failure reported instead of a rejection (`failure`) whose record could not be made, so
+/// that the client keeps the transaction: `code` and what was `recording`, then why it failed;
+/// the recorder's own error names the fix (the GRANT to run, the user's cap reached) in `hint`.
+fn kept_instead(
+    failure: &FailedOperation,
+    (code, recording): (&str, &str),
+    why: String,
+    http_status: Option<u16>,
+    hint: Option<String>,
+) -> FailedOperation {
+    let message = format!("{}: {}; not discarded because {recording} failed ({why})", failure.code, failure.message);
+    let mut kept = FailedOperation::new(failure.index, code, message);
+    kept.details = failure.details.clone();
+    kept.hint = hint;
+    kept.http_status = http_status;
+    kept
+}
+
 /// Whether a transaction rejected in this upload may have atomic calls that reach the database
-/// late (this one's, or an earlier attempt's): the function is in use, for this caller.
+/// late from earlier attempts: the function is in use, for this caller. (This upload's own
+/// atomic call of it is known: `sent_atomic`.)
 fn guards_late_calls(route: Route, report: &UploadReport) -> bool {
     route != Route::Rest && report.atomic_function != Some(false) && !report.atomic_function_not_executable
 }
@@ -905,18 +942,8 @@ async fn record_rejection<T: Transport>(
     let Some(request) = plan::ledger_reject_request(transaction, settings, caller) else { return Ok(()) };
     let function = plan::LEDGER_REJECT_FUNCTION;
     let kept = |why: String, http_status: Option<u16>, hint: Option<String>| {
-        let mut kept = FailedOperation::new(
-            failure.index,
-            "rejection_not_recorded",
-            format!(
-                "{}: {}; not discarded because recording its rejection in the ledger failed ({why})",
-                failure.code, failure.message
-            ),
-        );
-        kept.details = failure.details.clone();
-        kept.hint = hint;
-        kept.http_status = http_status;
-        kept
+        let recording = "recording its rejection in the ledger";
+        kept_instead(failure, ("rejection_not_recorded", recording), why, http_status, hint)
     };
     if report.subrequests >= settings.subrequest_budget {
         report.dead_letter_errors.push(format!("ledger call {function} skipped: no subrequest budget left"));
@@ -926,9 +953,15 @@ async fn record_rejection<T: Transport>(
     let (answer, sent) = send_resending_once(transport, &request, may_resend).await;
     report.subrequests += sent;
     report.resent += sent - 1;
-    let (error, retry_after) = match classify_for(&answer, None, settings, caller) {
-        Verdict::Applied => return Ok(()),
-        Verdict::Retryable { failure: error, .. } | Verdict::Fatal(error) if error.code == FUNCTION_NOT_FOUND => {
+    let (error, retry_after) = match (classify_for(&answer, None, settings, caller), &answer) {
+        (Verdict::Applied, Ok(response)) if response.body.trim() == "true" => return Ok(()),
+        (Verdict::Applied, _) => {
+            // A 2xx that is not the function's answer (a catch-all server, a proxy): not recorded.
+            let mut error = FailedOperation::new(None, UNEXPECTED_RESPONSE, "the answer is not the ledger's true");
+            error.http_status = answer.as_ref().ok().map(|response| response.status);
+            (error, None)
+        }
+        (Verdict::Retryable { failure: error, .. } | Verdict::Fatal(error), _) if error.code == FUNCTION_NOT_FOUND => {
             report.dead_letter_errors.push(format!(
                 "ledger call {function} missing: run sql/atomic_upload.sql again; a late call of this rejected \
                  transaction could still apply it"
@@ -937,8 +970,8 @@ async fn record_rejection<T: Transport>(
         }
         // The ledger shows it applied (55000: a late call came first), or a refusal only an
         // operator changes: the transaction waits, as for schema drift.
-        Verdict::Fatal(error) => (error, Some(SCHEMA_DRIFT_RETRY_AFTER_SECONDS)),
-        Verdict::Retryable { failure: error, retry_after_seconds } => (error, retry_after_seconds),
+        (Verdict::Fatal(error), _) => (error, Some(SCHEMA_DRIFT_RETRY_AFTER_SECONDS)),
+        (Verdict::Retryable { failure: error, retry_after_seconds }, _) => (error, retry_after_seconds),
     };
     let status = error.http_status.map_or_else(|| "no answer".to_string(), |s| format!("HTTP {s}"));
     report.dead_letter_errors.push(format!("ledger call {function} failed: {} ({status})", error.code));
@@ -962,18 +995,8 @@ async fn record_dead_letter<T: Transport>(
     // The recorder's own error, which names the fix (the GRANT to run, the user's cap reached),
     // goes to the answer; the log line keeps its code only (a database error may quote a value).
     let kept = |why: String, http_status: Option<u16>, hint: Option<String>| {
-        let mut kept = FailedOperation::new(
-            failure.index,
-            "dead_letter_failed",
-            format!(
-                "{}: {}; not discarded because recording it in the dead-letter table failed ({why})",
-                failure.code, failure.message
-            ),
-        );
-        kept.details = failure.details.clone();
-        kept.hint = hint;
-        kept.http_status = http_status;
-        kept
+        let recording = "recording it in the dead-letter table";
+        kept_instead(failure, ("dead_letter_failed", recording), why, http_status, hint)
     };
     let function = dead_letter::RECORD_FUNCTION;
     if report.subrequests >= settings.subrequest_budget {

@@ -1180,7 +1180,7 @@ mod tests {
     fn without_dead_letters_a_rejected_transaction_is_recorded_in_the_ledger_before_it_is_reported() {
         // A late call of it (an attempt the bridge gave up on) must not apply it once the client
         // has discarded it: the ledger answers such a call instead.
-        let transport = FakeTransport::scripted(vec![atomic_refusal(), bare(204), ok_body(r#"{"applied": 1}"#)]);
+        let transport = FakeTransport::scripted(vec![atomic_refusal(), ok_body("true"), ok_body(r#"{"applied": 1}"#)]);
         let report = run_on(Route::Atomic, &[tx(1), tx(2)], &transport);
         assert_eq!(statuses(&report), vec![Status::FatalError, Status::Success]);
         assert_eq!(report.results[0].failed_operation.as_ref().map(|f| f.code.as_str()), Some("23514"));
@@ -1204,7 +1204,7 @@ mod tests {
         s.atomic = AtomicMode::Always;
         let caller = Caller { client_id: Some("client-1".to_string()), ..caller() };
         let conflict = r#"{"applied": 0, "conflict": {"index": 0, "row": {"id": "r1", "n": 9}}}"#;
-        let transport = FakeTransport::scripted(vec![ok_body(conflict), bare(204)]);
+        let transport = FakeTransport::scripted(vec![ok_body(conflict), ok_body("true")]);
         let report = block_on(apply_with(&[tx(1)], &s, &caller, &transport, Route::Atomic));
         assert_eq!(statuses(&report), vec![Status::Conflict]);
         let reject = &transport.sent()[1];
@@ -1220,7 +1220,13 @@ mod tests {
     fn a_rejection_the_ledger_does_not_record_keeps_the_transaction() {
         // 55000: a late call applied it first (its re-send is answered already applied); or any
         // other failure: the client keeps it and sends it again.
-        for answer in [error(400, "55000", "transaction 1 of client client-1 was applied"), error(503, "", "down")] {
+        // A 2xx that is not the function's `true` (a catch-all proxy, an older copy) records nothing.
+        for answer in [
+            error(400, "55000", "transaction 1 of client client-1 was applied: its rejection is not recorded"),
+            error(503, "", "down"),
+            bare(204),
+            ok_body("null"),
+        ] {
             let transport = FakeTransport::scripted(vec![atomic_refusal(), answer.clone(), answer]);
             let report = run_on(Route::Atomic, &[tx(1), tx(2)], &transport);
             assert_eq!(statuses(&report), vec![Status::RetryableError, Status::NotAttempted]);
@@ -1268,7 +1274,7 @@ mod tests {
     #[test]
     fn a_resend_the_ledger_holds_as_rejected_without_a_letter_is_reported_rejected_before() {
         let transport =
-            FakeTransport::scripted(vec![ok_body(r#"{"applied": 0, "dead_letter": {"id": 0}}"#), bare(204)]);
+            FakeTransport::scripted(vec![ok_body(r#"{"applied": 0, "dead_letter": {"id": 0}}"#), ok_body("true")]);
         let report = run_on(Route::Atomic, &[tx(1)], &transport);
         assert_eq!(statuses(&report), vec![Status::FatalError]);
         let failure = report.results[0].failed_operation.clone().expect("failure");
@@ -1978,6 +1984,49 @@ mod tests {
                 entry(Op::Delete, "c", Value::Null),
             ],
         }
+    }
+
+    #[test]
+    fn a_too_big_transaction_sent_to_the_function_off_the_atomic_route_has_its_rejection_recorded() {
+        let mut s = settings();
+        s.subrequest_budget = 3;
+        let refused = error(400, "23514", "check");
+        let transport = FakeTransport::scripted(vec![refused]);
+        let report = run_with(Route::Rest, &s, &[big(4)], &transport);
+        assert_eq!(statuses(&report), vec![Status::FatalError]);
+        let sent = transport.sent();
+        assert!(sent[0].url.ends_with("/rpc/powersync_apply_transaction"), "four PATCHes do not fit in 3");
+        assert!(sent[1].url.ends_with(REJECT_PATH), "a late copy of that call could apply it");
+    }
+
+    #[test]
+    fn once_the_function_is_known_missing_nothing_is_kept_for_its_ledger() {
+        // Three REST requests fit the budget of 3 beside nothing: the probe's call took one, so
+        // the transaction waits for the next upload, as before (not refused as too big).
+        let mut s = settings();
+        s.subrequest_budget = 3;
+        let transport = FakeTransport::scripted(vec![missing_function()]);
+        let report = run_with(Route::Probe, &s, &[mixed("m")], &transport);
+        assert_eq!(statuses(&report), vec![Status::NotAttempted]);
+        let transport = FakeTransport::default();
+        let report = run_with(Route::Rest, &s, &[mixed("m")], &transport);
+        assert_eq!((statuses(&report), report.subrequests), (vec![Status::Success], 3));
+    }
+
+    #[test]
+    fn a_timed_out_call_whose_rest_requests_leave_no_room_to_record_a_rejection_names_the_ledger() {
+        let mut s = settings();
+        s.subrequest_budget = 4;
+        let transport = FakeTransport::scripted(vec![statement_timeout()]);
+        let report = run_with(Route::Probe, &s, &[mixed("big")], &transport);
+        assert_eq!(statuses(&report), vec![Status::RetryableError]);
+        let failure = report.results[0].failed_operation.clone().expect("failure");
+        assert!(
+            failure.message.contains("3 requests plus one to record a rejection in the atomic function's ledger"),
+            "{}",
+            failure.message
+        );
+        assert!(!failure.message.contains("dead-letter"), "{}", failure.message);
     }
 
     fn run_with(

@@ -644,6 +644,7 @@ EXPECTED = {
     ("powersync_upload_entries_digest()", "EXECUTE"): set(),
     ("powersync_upload_ledger_letter_of(text,text,text)", "EXECUTE"): set(),
     ("powersync_upload_ledger_user(text)", "EXECUTE"): set(),
+    ("powersync_upload_ledger_cap(text,integer)", "EXECUTE"): set(),
     ("powersync_record_dead_letter(jsonb,text,text,text,text,text,integer,jsonb,text,text,text[])", "EXECUTE"):
         {"authenticated", "service_role"},
     ("powersync_replay_dead_letter(bigint)", "EXECUTE"): {"service_role"},

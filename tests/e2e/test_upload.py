@@ -1744,6 +1744,27 @@ def test_a_user_may_only_reject_their_own_transactions_and_only_with_an_entries_
     assert db.execute(f"select user_id, dead_letter_id from public.{LEDGER}").fetchall() == [(sub, 0)]
 
 
+def test_a_user_rejecting_through_rpc_stays_within_their_ledger_cap(db, pg, user):
+    """powersync_upload_ledger_reject is open to users through /rpc: like the claim, it keeps each
+    user's records within max_records_per_user."""
+    sub, _ = user
+    try:
+        db.execute(f"update public.{LEDGER}_settings set max_records_per_user = 10")  # clamped to 1,000
+        with psycopg.connect(pg.dsn) as conn:
+            conn.execute("set local role authenticated")
+            conn.execute("select set_config('request.jwt.claims', %s, true)",
+                         (json.dumps({"sub": sub, "role": "authenticated"}),))
+            conn.execute("select set_config('request.headers', %s, true)",
+                         (json.dumps({"x-powersync-entries-digest": "a" * 32}),))
+            answers = conn.execute("select public.powersync_upload_ledger_reject('c', g::text)"
+                                   " from generate_series(1, 1500) as g").fetchall()
+        assert {a for (a,) in answers} == {True}
+        held = db.execute(f"select count(*) from public.{LEDGER} where user_id = %s", (sub,)).fetchone()[0]
+        assert held <= 1000, held
+    finally:
+        db.execute(f"update public.{LEDGER}_settings set max_records_per_user = 10000")
+
+
 def test_a_ledger_record_another_calls_pruning_deletes_meanwhile_is_made_again(db, pg, user, other_user):
     """Y, a re-send of an expired transaction, finds its record while X, another user's call,
     prunes it before Y has locked it: Y must still leave a record, or every later call of that
