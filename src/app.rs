@@ -1056,8 +1056,12 @@ mod tests {
         let app =
             app(&[("STORAGE_MODE", "service"), ("SUPABASE_SERVICE_ROLE_KEY", "svc"), ("STORAGE_BUCKETS", "photos")]);
         let auth = bearer(&hs256(&user_claims()));
-        let paths =
-            [("/powersync-upload", "gzip"), ("/powersync-upload", "BR"), ("/powersync-files/upload", "deflate")];
+        let paths = [
+            ("/powersync-upload", "gzip"),
+            ("/powersync-upload", "BR"),
+            ("/powersync-files/upload", "deflate"),
+            ("/powersync-upload", "gzip, br"),
+        ];
         for (path, encoding) in paths {
             let read = std::cell::Cell::new(false);
             let (req, _) = request("POST", path, &[("authorization", &auth), ("content-encoding", encoding)], "");

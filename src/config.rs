@@ -403,6 +403,7 @@ mod tests {
             "http://[::ffff:7f00:1]",
             "https://app.example:8443",
             "capacitor://localhost",
+            "chrome-extension://abcdefghijklmnopabcdefghijklmnop",
         ] {
             let c = config(&[("CORS_ALLOWED_ORIGINS", good)]);
             assert!(c.problems.iter().all(|p| p.name != "CORS_ALLOWED_ORIGINS"), "{good}: {:?}", c.problems);

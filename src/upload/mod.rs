@@ -2029,6 +2029,94 @@ mod tests {
         assert!(!failure.message.contains("dead-letter"), "{}", failure.message);
     }
 
+    // ---- mut2 killers ----
+    #[test]
+    fn a_rest_conflict_off_the_function_is_not_recorded_in_the_ledger() {
+        let transport = FakeTransport::scripted(vec![
+            counted(204, 0),
+            rows(json!([{"id": "a", "title": "theirs"}])),
+            rows(json!([])),
+        ]);
+        let transaction = Transaction { transaction_id: Some(json!(4)), entries: vec![stale_patch()] };
+        let report = run_with(Route::Rest, &conflict_settings(), &[transaction], &transport);
+        assert_eq!(statuses(&report), vec![Status::Conflict]);
+        assert!(transport.sent().iter().all(|r| !r.url.ends_with(REJECT_PATH)), "{:?}", transport.sent());
+        assert_eq!(transport.sent().len(), 3);
+    }
+
+    #[test]
+    fn a_too_big_conflict_sent_to_the_function_off_the_atomic_route_has_its_rejection_recorded() {
+        let mut s = conflict_settings();
+        s.subrequest_budget = 8;
+        let entries: Vec<Entry> = (0..3)
+            .map(|i| {
+                let mut patch = stale_patch();
+                patch.id = format!("r{i}");
+                patch
+            })
+            .collect();
+        let conflict = r#"{"applied": 0, "conflict": {"index": 0, "row": {"id": "r0", "title": "theirs"}}}"#;
+        let transport = FakeTransport::scripted(vec![ok_body(conflict), ok_body("true")]);
+        let report = run_with(Route::Rest, &s, &[Transaction { transaction_id: Some(json!(1)), entries }], &transport);
+        assert_eq!(statuses(&report), vec![Status::Conflict]);
+        let sent = transport.sent();
+        assert!(sent[0].url.ends_with("/rpc/powersync_apply_transaction"));
+        assert_eq!(sent.len(), 2);
+        assert!(sent[1].url.ends_with(REJECT_PATH), "a late copy of that call could apply it");
+    }
+
+    #[test]
+    fn a_transaction_refused_before_sending_on_the_atomic_route_is_recorded_in_the_ledger() {
+        let mut s = settings();
+        s.tables = Some(["other".to_string()].into_iter().collect());
+        let transport = FakeTransport::scripted(vec![ok_body("true")]);
+        let report = run_with(Route::Atomic, &s, &[tx(1)], &transport);
+        assert_eq!(statuses(&report), vec![Status::FatalError]);
+        assert_eq!(failure_of(&report, 0).code, "table_not_allowed");
+        let sent = transport.sent();
+        assert_eq!(sent.len(), 1, "{sent:?}");
+        assert!(sent[0].url.ends_with(REJECT_PATH), "an earlier attempt's atomic call may arrive late");
+    }
+
+    #[test]
+    fn the_ledger_call_is_sent_again_once_when_its_connection_is_lost_and_room_is_left() {
+        let transport = FakeTransport::scripted(vec![atomic_refusal(), lost(), ok_body("true")]);
+        let report = run_on(Route::Atomic, &[tx(1)], &transport);
+        assert_eq!(statuses(&report), vec![Status::FatalError]);
+        assert_eq!((transport.sent().len(), report.subrequests, report.resent), (3, 3, 1));
+    }
+
+    #[test]
+    fn the_ledger_call_is_not_sent_again_past_the_budget() {
+        let mut s = settings();
+        s.subrequest_budget = 2;
+        let transport = FakeTransport::scripted(vec![atomic_refusal(), lost(), ok_body("true")]);
+        let report = run_with(Route::Atomic, &s, &[tx(1)], &transport);
+        assert_eq!(statuses(&report), vec![Status::RetryableError]);
+        assert_eq!(failure_of(&report, 0).code, "rejection_not_recorded");
+        assert_eq!((transport.sent().len(), report.subrequests, report.resent), (2, 2, 0));
+    }
+
+    #[test]
+    fn too_big_names_the_rejections_reserve_only_when_one_is_kept() {
+        let mut s = settings();
+        s.subrequest_budget = 3;
+        let transport = FakeTransport::scripted(vec![missing_function()]);
+        let report = run_with(Route::Rest, &s, &[big(4)], &transport);
+        let failure = failure_of(&report, 0);
+        assert_eq!(failure.code, "too_many_requests_for_budget");
+        assert!(
+            failure.message.contains("needs 4 upstream requests plus one to record its rejection,"),
+            "{}",
+            failure.message
+        );
+        let transport = FakeTransport::scripted(vec![missing_function()]);
+        let report = block_on(apply_with(&[big(4)], &s, &caller(), &transport, Route::Rest));
+        let failure = failure_of(&report, 0);
+        assert_eq!(failure.code, "too_many_requests_for_budget");
+        assert!(failure.message.contains("needs 4 upstream requests, more than"), "{}", failure.message);
+    }
+
     fn run_with(
         route: Route,
         settings: &UploadSettings,

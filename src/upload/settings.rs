@@ -994,6 +994,17 @@ mod tests {
     }
 
     #[test]
+    fn service_mode_budget_counts_the_ownership_check() {
+        let mut vars = with(&SERVICE);
+        vars.extend([("UPLOAD_ATOMIC", "false"), ("UPLOAD_SUBREQUEST_BUDGET", "1")]);
+        let problems = read_vars(&vars).unwrap_err();
+        assert!(problems[0].message.contains("must be at least 2"), "{problems:?}");
+        let mut vars = with(&SERVICE);
+        vars.extend([("UPLOAD_ATOMIC", "false"), ("UPLOAD_SUBREQUEST_BUDGET", "2")]);
+        assert!(read_vars(&vars).is_ok());
+    }
+
+    #[test]
     fn budget_must_cover_one_transaction_and_its_dead_letter() {
         assert_eq!(
             problem_names(&with(&[("UPLOAD_SUBREQUEST_BUDGET", "1"), ("UPLOAD_DEAD_LETTER_TABLE", DEAD_LETTER_TABLE)])),

@@ -1233,6 +1233,7 @@ mod tests {
         assert_eq!(findings[3].fix, "run sql/atomic_upload.sql again, or: grant execute on function public.powersync_upload_ledger_claim to authenticated;");
         assert_eq!(summary[4].0, Severity::Blocking);
         assert!(summary[4].1.starts_with("authenticated may not execute public.powersync_record_dead_letter"));
+        assert!(findings[4].fix.starts_with("run sql/dead_letter.sql again"), "{}", findings[4].fix);
         assert_eq!((summary[5].0, summary[6].0), (Severity::Warning, Severity::Warning));
         assert_eq!(findings.len(), 7);
     }
