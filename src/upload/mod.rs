@@ -2029,7 +2029,7 @@ mod tests {
         assert!(!failure.message.contains("dead-letter"), "{}", failure.message);
     }
 
-    // ---- mut2 killers ----
+    // The ledger's record of a rejection: which transactions get one, and its budget.
     #[test]
     fn a_rest_conflict_off_the_function_is_not_recorded_in_the_ledger() {
         let transport = FakeTransport::scripted(vec![
