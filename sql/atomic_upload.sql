@@ -572,19 +572,6 @@ end
 $$;
 comment on function public.powersync_upload_ledger_reject(text, text, text) is
   'PowerSync upload bridge: record a transaction reported rejected without a dead letter, so no later call applies it.';
-do $$
-declare
-  r text;
-begin
-  execute 'revoke all on function public.powersync_upload_ledger_reject(text, text, text) from public';
-  foreach r in array array['anon', 'authenticated', 'service_role'] loop
-    if exists (select 1 from pg_catalog.pg_roles where rolname = r) then
-      execute pg_catalog.format('revoke all on function public.powersync_upload_ledger_reject(text, text, text) from %I', r);
-    end if;
-  end loop;
-end
-$$;
-grant execute on function public.powersync_upload_ledger_reject(text, text, text) to authenticated, service_role;
 
 -- The dead letter of the user's (client, transaction) that the ledger holds
 -- under the digest of the entries this call carries (see
@@ -697,7 +684,8 @@ begin
                            'public.powersync_upload_ledger_refuse(text, text, text, text, bigint)',
                            'public.powersync_upload_ledger_letter_of(text, text, text)',
                            'public.powersync_upload_ledger_dead_letter(text, text, text)',
-                           'public.powersync_upload_ledger_unchanged(text, text, text, integer[])'] loop
+                           'public.powersync_upload_ledger_unchanged(text, text, text, integer[])',
+                           'public.powersync_upload_ledger_reject(text, text, text)'] loop
     execute pg_catalog.format('revoke all on function %s from public', f);
     foreach r in array array['anon', 'authenticated', 'service_role'] loop
       if exists (select 1 from pg_catalog.pg_roles where rolname = r) then
@@ -710,6 +698,8 @@ $$;
 grant execute on function public.powersync_upload_ledger_dead_letter(text, text, text)
   to authenticated, service_role;
 grant execute on function public.powersync_upload_ledger_unchanged(text, text, text, integer[])
+  to authenticated, service_role;
+grant execute on function public.powersync_upload_ledger_reject(text, text, text)
   to authenticated, service_role;
 
 -- the copies installed before exactly-once (three arguments) and before conflict detection

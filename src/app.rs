@@ -672,6 +672,14 @@ mod tests {
         }
     }
 
+    /// `app`'s answer to `req` with `bytes` as a body, and whether it read them.
+    fn handle_watched(app: &App, req: &IncomingRequest, bytes: &[u8]) -> (HttpResponse, bool) {
+        let read = std::cell::Cell::new(false);
+        let body = WatchedBody { bytes: bytes.to_vec(), read: &read };
+        let (response, _) = block_on(app.handle(req, body, &FakeTransport::default(), &RustCrypto, NOW, "r"));
+        (response, read.get())
+    }
+
     fn send(
         app: &App,
         transport: &FakeTransport,
@@ -1019,36 +1027,19 @@ mod tests {
     #[test]
     fn upload_body_is_not_read_without_a_valid_session() {
         let app = app(&[]);
-        let body = br#"{"batch":[{"op":"PUT","table":"todos","id":"1","data":{"a":1}}]}"#.to_vec();
+        let body = br#"{"batch":[{"op":"PUT","table":"todos","id":"1","data":{"a":1}}]}"#;
         for auth in [None, Some("Bearer not-a-jwt".to_string()), Some(bearer(&hs256(&json!({"sub": "u", "exp": 1}))))] {
-            let read = std::cell::Cell::new(false);
             let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", a.as_str())).collect();
             let (req, _) = request("POST", "/powersync-upload", &headers, "");
-            let transport = FakeTransport::default();
-            let (response, _) = block_on(app.handle(
-                &req,
-                WatchedBody { bytes: body.clone(), read: &read },
-                &transport,
-                &RustCrypto,
-                NOW,
-                "r",
-            ));
+            let (response, read) = handle_watched(&app, &req, body);
             assert_eq!(response.status, 401);
-            assert!(!read.get(), "the body was read before the session was verified");
+            assert!(!read, "the body was read before the session was verified");
         }
-        let read = std::cell::Cell::new(false);
         let auth = bearer(&hs256(&user_claims()));
         let (req, _) = request("POST", "/powersync-upload", &[("authorization", &auth)], "");
-        let (response, _) = block_on(app.handle(
-            &req,
-            WatchedBody { bytes: body, read: &read },
-            &FakeTransport::default(),
-            &RustCrypto,
-            NOW,
-            "r",
-        ));
+        let (response, read) = handle_watched(&app, &req, body);
         assert_eq!(response.status, 200);
-        assert!(read.get());
+        assert!(read);
     }
 
     #[test]
@@ -1063,34 +1054,18 @@ mod tests {
             ("/powersync-upload", "gzip, br"),
         ];
         for (path, encoding) in paths {
-            let read = std::cell::Cell::new(false);
             let (req, _) = request("POST", path, &[("authorization", &auth), ("content-encoding", encoding)], "");
-            let (response, _) = block_on(app.handle(
-                &req,
-                WatchedBody { bytes: b"{}".to_vec(), read: &read },
-                &FakeTransport::default(),
-                &RustCrypto,
-                NOW,
-                "r",
-            ));
+            let (response, read) = handle_watched(&app, &req, b"{}");
             assert_eq!(response.status, 415, "{path} {encoding}: {}", response.body);
             let body: Value = serde_json::from_str(&response.body).unwrap();
             assert_eq!(body["code"], "unsupported_encoding");
             assert!(body["error"].as_str().unwrap().contains(encoding), "{body}");
-            assert!(!read.get(), "{path} read a {encoding} body");
+            assert!(!read, "{path} read a {encoding} body");
         }
         // `identity` is no encoding at all.
-        let read = std::cell::Cell::new(false);
         let (req, _) =
             request("POST", "/powersync-upload", &[("authorization", &auth), ("content-encoding", "identity")], "");
-        let (response, _) = block_on(app.handle(
-            &req,
-            WatchedBody { bytes: br#"{"batch":[]}"#.to_vec(), read: &read },
-            &FakeTransport::default(),
-            &RustCrypto,
-            NOW,
-            "r",
-        ));
+        let (response, _) = handle_watched(&app, &req, br#"{"batch":[]}"#);
         assert_eq!(response.status, 200, "{}", response.body);
     }
 
@@ -1104,17 +1079,9 @@ mod tests {
             ("PUT", "/powersync-upload"),
             ("OPTIONS", "/powersync-upload"),
         ] {
-            let read = std::cell::Cell::new(false);
             let (req, _) = request(method, path, &[("authorization", &auth)], "");
-            block_on(app.handle(
-                &req,
-                WatchedBody { bytes: b"{}".to_vec(), read: &read },
-                &FakeTransport::default(),
-                &RustCrypto,
-                NOW,
-                "r",
-            ));
-            assert!(!read.get(), "{method} {path} read its body");
+            let (_, read) = handle_watched(&app, &req, b"{}");
+            assert!(!read, "{method} {path} read its body");
         }
     }
 

@@ -1718,17 +1718,22 @@ mod tests {
         assert_eq!(report.subrequests, 3);
     }
 
-    #[test]
-    fn a_conflict_checked_transaction_too_big_for_its_worst_case_is_compared_in_the_atomic_function() {
-        let mut s = conflict_settings();
-        s.subrequest_budget = 8;
-        let entries: Vec<Entry> = (0..3)
+    /// `n` stale PATCHes of rows r0, r1, …
+    fn stale_patches(n: usize) -> Vec<Entry> {
+        (0..n)
             .map(|i| {
                 let mut patch = stale_patch();
                 patch.id = format!("r{i}");
                 patch
             })
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn a_conflict_checked_transaction_too_big_for_its_worst_case_is_compared_in_the_atomic_function() {
+        let mut s = conflict_settings();
+        s.subrequest_budget = 8;
+        let entries = stale_patches(3);
         let transport = FakeTransport::scripted(vec![ok_body(r#"{"applied":3}"#)]);
         let report = run(&[Transaction { transaction_id: Some(json!(1)), entries }], &s, &transport);
         assert_eq!(statuses(&report), vec![Status::Success]);
@@ -2048,13 +2053,7 @@ mod tests {
     fn a_too_big_conflict_sent_to_the_function_off_the_atomic_route_has_its_rejection_recorded() {
         let mut s = conflict_settings();
         s.subrequest_budget = 8;
-        let entries: Vec<Entry> = (0..3)
-            .map(|i| {
-                let mut patch = stale_patch();
-                patch.id = format!("r{i}");
-                patch
-            })
-            .collect();
+        let entries = stale_patches(3);
         let conflict = r#"{"applied": 0, "conflict": {"index": 0, "row": {"id": "r0", "title": "theirs"}}}"#;
         let transport = FakeTransport::scripted(vec![ok_body(conflict), ok_body("true")]);
         let report = run_with(Route::Rest, &s, &[Transaction { transaction_id: Some(json!(1)), entries }], &transport);
