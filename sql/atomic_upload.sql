@@ -547,6 +547,7 @@ as $$
 declare
   v_entries text := public.powersync_upload_entries_digest();
   v_user    text;
+  v_cap     integer;
 begin
   if coalesce(octet_length(p_client_id), 0) not between 1 and 256
      or coalesce(octet_length(p_transaction_id), 0) not between 1 and 256 then
@@ -558,6 +559,16 @@ begin
       message = 'powersync_upload_ledger_reject: the X-PowerSync-Entries-Digest header is required';
   end if;
   v_user := public.powersync_upload_ledger_user(p_owner_id);
+  -- the settings before the ledger, in the order the file's re-run locks them (else 40P01)
+  select least(greatest(s.max_records_per_user, 1000), 1000000) into v_cap
+    from public.powersync_upload_ledger_settings as s;
+  -- rejected already (its dead letter, or this record): kept as it is, so that a dead letter's
+  -- replay still knows it, and its answer still quotes the letter
+  if exists (select 1 from public.powersync_upload_ledger as l
+              where l.user_id = v_user and l.client_id = p_client_id and l.transaction_id = p_transaction_id
+                and l.dead_letter_id is not null and (l.entries_digest = v_entries or l.digest = v_entries)) then
+    return true;
+  end if;
   begin
     perform public.powersync_upload_ledger_refuse(v_user, p_client_id, p_transaction_id, v_entries, 0);
   exception when sqlstate '55000' then
@@ -566,7 +577,7 @@ begin
                                   p_transaction_id, p_client_id);
   end;
   -- a user calls this through /rpc as often as they like: their records stay capped
-  perform public.powersync_upload_ledger_cap(v_user);
+  perform public.powersync_upload_ledger_cap(v_user, coalesce(v_cap, 10000));
   return true;
 end
 $$;
@@ -589,7 +600,8 @@ stable
 security definer
 set search_path = pg_catalog, pg_temp
 as $$
-  select l.dead_letter_id from public.powersync_upload_ledger as l
+  -- 0: rejected without a dead letter (powersync_upload_ledger_reject), no letter's id
+  select nullif(l.dead_letter_id, 0) from public.powersync_upload_ledger as l
    where l.user_id = p_user_id and l.client_id = p_client_id and l.transaction_id = p_transaction_id
      and l.entries_digest = public.powersync_upload_entries_digest()
 $$;
@@ -618,6 +630,11 @@ begin
      and l.client_id = p_client_id and l.transaction_id = p_transaction_id;
   if v_id is null then
     return null;
+  end if;
+  -- rejected without a dead letter (powersync_upload_ledger_reject): no row to read, not even
+  -- one an older dead-letter table kept under id 0
+  if v_id = 0 then
+    return pg_catalog.jsonb_build_object('id', 0);
   end if;
   if pg_catalog.to_regclass('public.powersync_dead_letters') is not null then
     execute 'select pg_catalog.jsonb_build_object(''id'', d.id, ''index'', d.op_index, ''code'', d.code,'

@@ -347,6 +347,57 @@ def test_dead_lettered_transaction_is_never_applied_later_and_its_resend_is_answ
     assert statuses(resent) == ["success"] and resent.json()["results"][0].get("already_applied") is True, resent.text
 
 
+def test_a_dead_lettered_transaction_rejected_again_keeps_its_letter(workers, db, pg, user):
+    """A dead-lettered transaction whose re-send reaches a worker without a dead-letter table (the
+    setting removed) is recorded as rejected again: its record keeps the letter, so the answer
+    still quotes it and the letter's replay still knows the transaction."""
+    sub, token = user
+    missing, todo = new_id(), new_id()
+    payload = with_client(body(tx(put("todos", todo, description="d", list_id=missing, created_by=sub), tid=61)),
+                          "client-again")
+    first = upload(workers["atomic"], token, payload)
+    assert statuses(first) == ["fatal_error"], first.text
+    (letter,) = letters(db)
+    before = db.execute(f"select dead_letter_id, digest, entries_digest from public.{LEDGER}"
+                        " where transaction_id = '61'").fetchone()
+    assert before[0] == letter["id"] and before[2] is not None, before
+    with psycopg.connect(pg.dsn) as conn:
+        conn.execute("set local role authenticated")
+        conn.execute("select set_config('request.jwt.claims', %s, true)",
+                     (json.dumps({"sub": sub, "role": "authenticated"}),))
+        conn.execute("select set_config('request.headers', %s, true)",
+                     (json.dumps({"x-powersync-entries-digest": before[2]}),))
+        assert conn.execute("select public.powersync_upload_ledger_reject('client-again', '61')").fetchone()[0]
+    after = db.execute(f"select dead_letter_id, digest, entries_digest from public.{LEDGER}"
+                       " where transaction_id = '61'").fetchone()
+    assert after == before
+    again = upload(workers["atomic"], token, payload)
+    assert failure(again, 0)["code"] == failure(first, 0)["code"], again.text
+
+
+def test_a_rejection_without_a_letter_never_reads_a_dead_letter_kept_under_id_0(db, pg, user, other_user):
+    """Dead letter id 0 in the ledger means "rejected, no letter". A row an older dead-letter table
+    kept under id 0 (its ids were once a user's to choose) is never read for it."""
+    sub, _ = user
+    planter, _ = other_user
+    db.execute("insert into public.powersync_dead_letters (id, user_id, entry, code, message)"
+               " overriding system value values (0, %s, '{}', 'planted', 'from another user')", (planter,))
+    with psycopg.connect(pg.dsn) as conn:
+        conn.execute("set local role authenticated")
+        conn.execute("select set_config('request.jwt.claims', %s, true)",
+                     (json.dumps({"sub": sub, "role": "authenticated"}),))
+        conn.execute("select set_config('request.headers', %s, true)",
+                     (json.dumps({"x-powersync-entries-digest": "c" * 32}),))
+        assert conn.execute("select public.powersync_upload_ledger_reject('c0', '7')").fetchone()[0]
+        answer = conn.execute("select public.powersync_upload_ledger_dead_letter('c0', '7')").fetchone()[0]
+    assert answer == {"id": 0}
+    with psycopg.connect(pg.dsn) as conn:
+        conn.execute("select set_config('request.headers', %s, true)",
+                     (json.dumps({"x-powersync-entries-digest": "c" * 32}),))
+        assert conn.execute("select public.powersync_upload_ledger_letter_of(%s, 'c0', '7')",
+                            (sub,)).fetchone() == (None,)
+
+
 def test_a_resend_through_a_worker_whose_settings_write_other_ops_is_not_applied_again(workers, db, user):
     """Two attempts of one transaction reach workers whose settings differ (a JSON column set
     between them, or two versions of a gradual deployment): the ops they write differ, and so

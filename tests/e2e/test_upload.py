@@ -1864,6 +1864,39 @@ def test_rerunning_the_sql_file_while_a_call_holds_the_ledger_settings_waits_for
     assert db.execute(f"select count(*) from public.{LEDGER} where user_id = 'lock-order'").fetchone() == (1,)
 
 
+def test_rerunning_the_sql_file_while_a_rejection_waits_on_the_ledger_does_not_deadlock(db, pg, user):
+    """powersync_upload_ledger_reject reads the ledger settings before it writes the ledger, in
+    the order the file run again locks them. A rejection waiting on another call's record while
+    the file runs: both finish (the other way round one of them failed with 40P01)."""
+    sub, _ = user
+    out: dict = {}
+
+    def reject():
+        with psycopg.connect(pg.dsn) as conn:
+            conn.execute("set local role authenticated")
+            conn.execute("select set_config('request.jwt.claims', %s, true)",
+                         (json.dumps({"sub": sub, "role": "authenticated"}),))
+            conn.execute("select set_config('request.headers', %s, true)",
+                         (json.dumps({"x-powersync-entries-digest": "b" * 32}),))
+            return conn.execute("select public.powersync_upload_ledger_reject('c', '1')").fetchone()[0]
+
+    with psycopg.connect(pg.dsn) as holder:
+        holder.execute(f"insert into public.{LEDGER} (user_id, client_id, transaction_id, digest)"
+                       " values (%s, 'c', '1', 'x')", (sub,))
+        rejection = threading.Thread(target=lambda: out.update(reject=_run_or_error(reject)))
+        rejection.start()
+        time.sleep(1.0)  # the rejection waits on the holder's record
+        rerun = threading.Thread(target=lambda: out.update(
+            rerun=_run_or_error(lambda: pg.run_sql_file(ROOT / "sql/atomic_upload.sql"))))
+        rerun.start()
+        time.sleep(1.5)  # the file waits too
+        holder.commit()
+        rejection.join(timeout=120)
+        rerun.join(timeout=120)
+    assert out.get("reject") is True, out.get("reject")
+    assert not isinstance(out.get("rerun"), Exception), out.get("rerun")
+
+
 def _run_or_error(run):
     try:
         return run()
