@@ -28,7 +28,7 @@ from tests.e2e.conftest import ROOT
 from tests.e2e.test_third_party import (FIREBASE_PROJECT, FIREBASE_UID, firebase_claims,  # noqa: F401
                                         firebase_standin, providers)
 from tests.e2e.upload_helpers import body, failure, patch, put, statuses, tx, upload
-from tests.support.db import count, insert_list, insert_profile, insert_todo, new_id, row
+from tests.support.db import api_session, count, insert_list, insert_profile, insert_todo, new_id, row
 
 DEAD_LETTERS = "powersync_dead_letters"
 RECORD = "powersync_record_dead_letter"
@@ -361,12 +361,7 @@ def test_a_dead_lettered_transaction_rejected_again_keeps_its_letter(workers, db
     before = db.execute(f"select dead_letter_id, digest, entries_digest from public.{LEDGER}"
                         " where transaction_id = '61'").fetchone()
     assert before[0] == letter["id"] and before[2] is not None, before
-    with psycopg.connect(pg.dsn) as conn:
-        conn.execute("set local role authenticated")
-        conn.execute("select set_config('request.jwt.claims', %s, true)",
-                     (json.dumps({"sub": sub, "role": "authenticated"}),))
-        conn.execute("select set_config('request.headers', %s, true)",
-                     (json.dumps({"x-powersync-entries-digest": before[2]}),))
+    with api_session(pg, sub, before[2]) as conn:
         assert conn.execute("select public.powersync_upload_ledger_reject('client-again', '61')").fetchone()[0]
     after = db.execute(f"select dead_letter_id, digest, entries_digest from public.{LEDGER}"
                        " where transaction_id = '61'").fetchone()
@@ -382,12 +377,7 @@ def test_a_rejection_without_a_letter_never_reads_a_dead_letter_kept_under_id_0(
     planter, _ = other_user
     db.execute("insert into public.powersync_dead_letters (id, user_id, entry, code, message)"
                " overriding system value values (0, %s, '{}', 'planted', 'from another user')", (planter,))
-    with psycopg.connect(pg.dsn) as conn:
-        conn.execute("set local role authenticated")
-        conn.execute("select set_config('request.jwt.claims', %s, true)",
-                     (json.dumps({"sub": sub, "role": "authenticated"}),))
-        conn.execute("select set_config('request.headers', %s, true)",
-                     (json.dumps({"x-powersync-entries-digest": "c" * 32}),))
+    with api_session(pg, sub, "c" * 32) as conn:
         assert conn.execute("select public.powersync_upload_ledger_reject('c0', '7')").fetchone()[0]
         answer = conn.execute("select public.powersync_upload_ledger_dead_letter('c0', '7')").fetchone()[0]
     assert answer == {"id": 0}

@@ -45,7 +45,7 @@ from tests.e2e.conftest import (ANON_KEY, JWT_SECRET, SECRET_KEY, SERVICE_KEY, R
 from tests.e2e.test_third_party import FIREBASE_PROJECT, firebase_claims
 from tests.e2e.upload_helpers import delete, patch, put, tx, upload
 from tests.postgrest_standin.standin import StandIn
-from tests.support.db import new_id
+from tests.support.db import api_session, new_id
 from tests.support.issuers import IssuerServer, ProviderKeys
 
 NOTES = "hostile_notes"
@@ -575,10 +575,7 @@ def test_ledger_retention_cannot_be_shortened_from_a_user_session_to_prune_b_rec
     """A session of the `authenticated` role (A's claims) sets the retention setting to nothing
     and records a transaction of its own: B's records stay (the retention is not A's to set)."""
     s, a = scene, scene.a
-    with psycopg.connect(pg.dsn) as conn:
-        conn.execute("set local role authenticated")
-        conn.execute("select set_config('request.jwt.claims', %s, true)",
-                     (json.dumps({"sub": a.sub, "role": "authenticated"}),))
+    with api_session(pg, a.sub) as conn:
         conn.execute("select set_config('powersync.ledger_retention', '0 seconds', true)")
         conn.execute(f"select public.{APPLY}(%s::jsonb, null, null, %s, '1')",
                      (json.dumps([{"op": "PUT", "table": NOTES, "id": new_id(),

@@ -34,7 +34,7 @@ import requests
 from tests.e2e.conftest import ANON_KEY, ROOT, make_token
 from tests.e2e.upload_helpers import (body, delete, failure, patch, put, statuses, tx, upload,
                                       upload_log_lines, wait_until_standin_idle)
-from tests.support.db import count, insert_list, insert_profile, insert_todo, new_id, row, snapshot
+from tests.support.db import api_session, count, insert_list, insert_profile, insert_todo, new_id, row, snapshot
 from tests.support.upstream import ScriptedUpstream
 from tests.support.pg import refused_port
 
@@ -1680,10 +1680,7 @@ def test_ledger_records_the_session_user_not_an_owner_id_a_caller_passes(db, pg,
     # whose ledger is written: a user cannot mark another user's transactions applied.
     sub, _ = user
     victim, _ = other_user
-    with psycopg.connect(pg.dsn) as conn:
-        conn.execute("set local role authenticated")
-        conn.execute("select set_config('request.jwt.claims', %s, true)",
-                     (json.dumps({"sub": sub, "role": "authenticated"}),))
+    with api_session(pg, sub) as conn:
         conn.execute("select public.powersync_upload_ledger_claim('c', '1', %s, %s)", ("d" * 64, victim))
     assert db.execute(f"select user_id from public.{LEDGER}").fetchall() == [(sub,)]
 
@@ -1731,10 +1728,7 @@ def test_a_user_may_only_reject_their_own_transactions_and_only_with_an_entries_
     sub, _ = user
     victim, _ = other_user
     digest = json.dumps({"x-powersync-entries-digest": "a" * 32})
-    with psycopg.connect(pg.dsn) as conn:
-        conn.execute("set local role authenticated")
-        conn.execute("select set_config('request.jwt.claims', %s, true)",
-                     (json.dumps({"sub": sub, "role": "authenticated"}),))
+    with api_session(pg, sub) as conn:
         conn.execute("savepoint s")
         with pytest.raises(psycopg.errors.InvalidParameterValue):
             conn.execute("select public.powersync_upload_ledger_reject('c', '1', %s)", (victim,))
@@ -1750,12 +1744,7 @@ def test_a_user_rejecting_through_rpc_stays_within_their_ledger_cap(db, pg, user
     sub, _ = user
     try:
         db.execute(f"update public.{LEDGER}_settings set max_records_per_user = 10")  # clamped to 1,000
-        with psycopg.connect(pg.dsn) as conn:
-            conn.execute("set local role authenticated")
-            conn.execute("select set_config('request.jwt.claims', %s, true)",
-                         (json.dumps({"sub": sub, "role": "authenticated"}),))
-            conn.execute("select set_config('request.headers', %s, true)",
-                         (json.dumps({"x-powersync-entries-digest": "a" * 32}),))
+        with api_session(pg, sub, "a" * 32) as conn:
             answers = conn.execute("select public.powersync_upload_ledger_reject('c', g::text)"
                                    " from generate_series(1, 1500) as g").fetchall()
         assert {a for (a,) in answers} == {True}
@@ -1786,10 +1775,7 @@ def test_a_ledger_record_another_calls_pruning_deletes_meanwhile_is_made_again(d
                " for each statement execute function public.test_nap()")
 
     def claim(user_id: str, client: str, transaction: str, nap: bool) -> bool:
-        with psycopg.connect(pg.dsn) as conn:
-            conn.execute("set local role authenticated")
-            conn.execute("select set_config('request.jwt.claims', %s, true)",
-                         (json.dumps({"sub": user_id, "role": "authenticated"}),))
+        with api_session(pg, user_id) as conn:
             conn.execute("select set_config('test.nap', %s, true)", ("on" if nap else "off",))
             return conn.execute("select public.powersync_upload_ledger_claim(%s, %s, %s)",
                                 (client, transaction, digest)).fetchone()[0]
@@ -1872,12 +1858,7 @@ def test_rerunning_the_sql_file_while_a_rejection_waits_on_the_ledger_does_not_d
     out: dict = {}
 
     def reject():
-        with psycopg.connect(pg.dsn) as conn:
-            conn.execute("set local role authenticated")
-            conn.execute("select set_config('request.jwt.claims', %s, true)",
-                         (json.dumps({"sub": sub, "role": "authenticated"}),))
-            conn.execute("select set_config('request.headers', %s, true)",
-                         (json.dumps({"x-powersync-entries-digest": "b" * 32}),))
+        with api_session(pg, sub, "b" * 32) as conn:
             return conn.execute("select public.powersync_upload_ledger_reject('c', '1')").fetchone()[0]
 
     with psycopg.connect(pg.dsn) as holder:

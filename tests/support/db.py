@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 import uuid
+from contextlib import contextmanager
+
+import psycopg
 
 
 def new_id() -> str:
@@ -55,3 +58,16 @@ def count(db, table: str) -> int:
 
 def snapshot(db) -> dict:
     return {t: rows(db, t) for t in ("lists", "todos", "profiles")}
+
+
+@contextmanager
+def api_session(pg, sub: str, entries_digest: str | None = None, role: str = "authenticated"):
+    """A PostgreSQL session as PostgREST opens one for a request (one transaction): `role`, the
+    JWT claims naming `sub`, and the X-PowerSync-Entries-Digest header when given."""
+    with psycopg.connect(pg.dsn) as conn:
+        conn.execute(f"set local role {role}")
+        conn.execute("select set_config('request.jwt.claims', %s, true)", (json.dumps({"sub": sub, "role": role}),))
+        if entries_digest is not None:
+            conn.execute("select set_config('request.headers', %s, true)",
+                         (json.dumps({"x-powersync-entries-digest": entries_digest}),))
+        yield conn
