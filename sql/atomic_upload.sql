@@ -295,28 +295,24 @@ begin
 end
 $$;
 
--- Beyond the user's max_records_per_user (clamped as the claim reads it; p_cap
--- when given), that user's oldest records go, a few per call like expiry (which
+-- Beyond p_cap records (the user's max_records_per_user, clamped as the caller
+-- read it), that user's oldest records go, a few per call like expiry (which
 -- only weakens that user's own exactly-once). Called by the functions below
--- after they made a new record; no API role may call it.
-create or replace function public.powersync_upload_ledger_cap(p_user_id text, p_cap integer default null)
+-- after they made a new record, with the cap they read before writing the
+-- ledger (the settings first, in the order the file's re-run locks them); no
+-- API role may call it.
+create or replace function public.powersync_upload_ledger_cap(p_user_id text, p_cap integer)
 returns void
 language plpgsql
 security definer
 set search_path = pg_catalog, pg_temp
 as $$
 declare
-  v_cap integer := p_cap;
   v_cut timestamptz;
 begin
-  if v_cap is null then
-    select least(greatest(s.max_records_per_user, 1000), 1000000) into v_cap
-      from public.powersync_upload_ledger_settings as s;
-    v_cap := coalesce(v_cap, 10000);
-  end if;
   select o.applied_at into v_cut from public.powersync_upload_ledger as o
    where o.user_id = p_user_id
-   order by o.applied_at desc offset v_cap limit 1;
+   order by o.applied_at desc offset p_cap limit 1;
   if v_cut is not null then
     delete from public.powersync_upload_ledger as l
      where l.ctid in (select o.ctid from public.powersync_upload_ledger as o

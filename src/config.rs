@@ -178,45 +178,24 @@ impl Config {
     }
 }
 
-/// `scheme://host[:port]`, as a browser's `Origin` header is: lower-case scheme and host (an
-/// IPv6 host in brackets, lower-case hex), and no port where it is the scheme's default (a
-/// browser leaves `:443` out of an `https` origin, so such an entry would never match).
+/// `scheme://host[:port]`, exactly as a browser's `Origin` header is: the URL standard's
+/// serialization of the origin (the `url` crate's), so lower-case scheme and host, an IPv6 host
+/// in its short form, no default port (a browser leaves `:443` out of an `https` origin, so such
+/// an entry would never match). A scheme without such an origin (`capacitor://localhost`,
+/// `chrome-extension://<id>`, which apps send as they are) is taken as written: a host and
+/// perhaps a port, nothing else, nothing in upper case.
 fn is_origin(text: &str) -> bool {
-    let Some((scheme, rest)) = text.split_once("://") else { return false };
-    let (host_ok, port) = match rest.strip_prefix('[') {
-        Some(bracketed) => match bracketed.split_once(']') {
-            // As a browser writes it (RFC 5952 and the URL standard: `[::1]`, not `[0:0:0:0:0:0:0:1]`).
-            Some((ipv6, after)) => (
-                ipv6.parse::<std::net::Ipv6Addr>()
-                    .is_ok_and(|addr| url::Host::<&str>::Ipv6(addr).to_string() == format!("[{ipv6}]")),
-                match after {
-                    "" => None,
-                    _ => Some(after.strip_prefix(':').unwrap_or("x")),
-                },
-            ),
-            None => (false, None),
-        },
-        None => {
-            let (host, port) = match rest.split_once(':') {
-                Some((host, port)) => (host, Some(port)),
-                None => (rest, None),
-            };
-            (
-                !host.is_empty()
-                    && host.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-.".contains(&b)),
-                port,
-            )
+    let Ok(url) = url::Url::parse(text) else { return false };
+    match url.origin() {
+        origin @ url::Origin::Tuple(..) => origin.ascii_serialization() == text,
+        url::Origin::Opaque(_) => {
+            url.as_str() == text
+                && url.host_str().is_some_and(|host| !host.is_empty())
+                && url.path().is_empty()
+                && (url.username(), url.password(), url.query(), url.fragment()) == ("", None, None, None)
+                && !text.bytes().any(|b| b.is_ascii_uppercase())
         }
-    };
-    let default_port = match scheme {
-        "https" => Some("443"),
-        "http" => Some("80"),
-        _ => None,
-    };
-    !scheme.is_empty()
-        && scheme.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.".contains(&b))
-        && host_ok
-        && port.is_none_or(|p| p.parse::<u16>().is_ok_and(|n| n.to_string() == p) && Some(p) != default_port)
+    }
 }
 
 fn with_url_problem(mut problems: Vec<Problem>, url: &Option<String>, all: &[Problem]) -> Vec<Problem> {
@@ -427,6 +406,10 @@ mod tests {
             "https://app.example:+443",
             "http://[0:0:0:0:0:0:0:1]:8080",
             "http://[::ffff:127.0.0.1]",
+            "capacitor://user@localhost",
+            "capacitor://localhost?x",
+            "capacitor://localhost/",
+            "Capacitor://localhost",
         ] {
             let c = config(&[("CORS_ALLOWED_ORIGINS", &format!("https://ok.example, {bad}"))]);
             let problem = c.problems.iter().find(|p| p.name == "CORS_ALLOWED_ORIGINS");

@@ -15,8 +15,8 @@
 //! - A retryable failure makes the transaction `retryable_error` and every later one
 //!   `not_attempted`: the client retries them in order.
 //! - Subrequest budget: before a transaction is sent, its planned requests plus one for recording
-//!   a possible rejection (the dead-letter insert, or the ledger's record above) must fit in what remains of `UPLOAD_SUBREQUEST_BUDGET`; if not, it and
-//!   every later transaction are `not_attempted` (the client sends them again, in a fresh request
+//!   a possible rejection (the dead-letter insert, or the ledger's record above) must fit in what
+//!   remains of `UPLOAD_SUBREQUEST_BUDGET`; if not, it and every later transaction are `not_attempted` (the client sends them again, in a fresh request
 //!   with a fresh budget). A transaction that would not fit even in a whole budget is sent as one
 //!   call of the atomic function instead (`UPLOAD_ATOMIC_FUNCTION`, `sql/atomic_upload.sql`):
 //!   one request whatever its size, all or nothing. Only when that function is not installed
@@ -146,7 +146,7 @@ pub async fn apply_with<T: Transport>(
     // One subrequest kept for recording a rejection: its dead letter, or without a dead-letter
     // table, for a transaction sent to the atomic function, its record in the function's ledger
     // (for a caller the ledger keys).
-    let rejection_cost =
+    let reserve_for =
         |atomic: bool| usize::from(settings.dead_letter_table.is_some() || (atomic && caller.client_id.is_some()));
     let budget = settings.subrequest_budget;
     let mut stopped = false;
@@ -164,19 +164,18 @@ pub async fn apply_with<T: Transport>(
         let ending = loop {
             let remaining = budget.saturating_sub(report.subrequests);
             let fresh = report.subrequests == 0;
-            let atomic =
-                route != Route::Rest && report.atomic_function != Some(false) && !report.atomic_function_not_executable;
-            let dead_letter_cost = rejection_cost(atomic);
+            let atomic = atomic_in_use(route, &report);
+            let rejection_cost = reserve_for(atomic);
             let ending = match plan::plan_transaction_as(transaction, settings, caller, atomic) {
                 Ok(requests) if requests.is_empty() => {
                     Some(Ending::Success { unchanged: Vec::new(), uncertain: Vec::new(), already_applied: false })
                 }
-                Ok(requests) if worst_case(&requests) + dead_letter_cost > budget => {
+                Ok(requests) if worst_case(&requests) + rejection_cost > budget => {
                     // Sent as one atomic call whatever the route: its rejection's record too.
-                    let dead_letter_cost = rejection_cost(true);
-                    let too_big = too_big(worst_case(&requests), budget, dead_letter_cost, &settings.atomic_function);
+                    let rejection_cost = reserve_for(true);
+                    let too_big = too_big(worst_case(&requests), budget, rejection_cost, &settings.atomic_function);
                     match plan::atomic_request(transaction, settings, caller) {
-                        Some(call) if dead_letter_cost < remaining => {
+                        Some(call) if rejection_cost < remaining => {
                             sent_atomic = true;
                             let ending = send(
                                 vec![call],
@@ -184,7 +183,7 @@ pub async fn apply_with<T: Transport>(
                                 (settings, caller),
                                 transport,
                                 &mut report,
-                                dead_letter_cost,
+                                rejection_cost,
                             )
                             .await;
                             Some(match ending {
@@ -197,7 +196,7 @@ pub async fn apply_with<T: Transport>(
                                     Ending::Retryable(too_big, wait)
                                 }
                                 Ending::Retryable(failure, _) if failure.code == QUERY_CANCELED => {
-                                    let fallback = (transaction, settings, caller, dead_letter_cost);
+                                    let fallback = (transaction, settings, caller, rejection_cost);
                                     let (ending, reason) =
                                         after_timeout(fallback, failure, transport, &mut report).await;
                                     via_rest = reason;
@@ -209,10 +208,10 @@ pub async fn apply_with<T: Transport>(
                         // The call does not fit in what is left: it waits for the next upload's fresh
                         // budget (a budget that cannot hold it at all is below the enforced minimum).
                         Some(_) if !fresh => None,
-                        _ => refuse_unsendable(remaining, fresh, dead_letter_cost, too_big, transaction.entries.len()),
+                        _ => refuse_unsendable(remaining, fresh, rejection_cost, too_big, transaction.entries.len()),
                     }
                 }
-                Ok(requests) if worst_case(&requests) + dead_letter_cost > remaining => None,
+                Ok(requests) if worst_case(&requests) + rejection_cost > remaining => None,
                 Ok(requests) => {
                     sent_atomic |= atomic;
                     match send(
@@ -221,12 +220,12 @@ pub async fn apply_with<T: Transport>(
                         (settings, caller),
                         transport,
                         &mut report,
-                        dead_letter_cost,
+                        rejection_cost,
                     )
                     .await
                     {
                         Ending::Retryable(failure, _) if atomic && failure.code == QUERY_CANCELED => {
-                            let fallback = (transaction, settings, caller, dead_letter_cost);
+                            let fallback = (transaction, settings, caller, rejection_cost);
                             let (ending, reason) = after_timeout(fallback, failure, transport, &mut report).await;
                             via_rest = reason;
                             Some(ending)
@@ -234,9 +233,7 @@ pub async fn apply_with<T: Transport>(
                         ending => Some(ending),
                     }
                 }
-                Err(failure) => {
-                    refuse_unsendable(remaining, fresh, dead_letter_cost, failure, transaction.entries.len())
-                }
+                Err(failure) => refuse_unsendable(remaining, fresh, rejection_cost, failure, transaction.entries.len()),
             };
             if route == Route::Probe && atomic && !transaction.entries.is_empty() {
                 match &ending {
@@ -298,7 +295,7 @@ pub async fn apply_with<T: Transport>(
                         let record = (transaction, &failure, states.as_slice());
                         record_dead_letter(settings, caller, record, transport, &mut report).await
                     }
-                    None if sent_atomic || guards_late_calls(route, &report) => {
+                    None if sent_atomic || atomic_in_use(route, &report) => {
                         record_rejection(transaction, &failure, (settings, caller), transport, &mut report).await
                     }
                     None => Ok(()),
@@ -324,7 +321,7 @@ pub async fn apply_with<T: Transport>(
                         let record = (transaction, &recorded_failure, states.as_slice());
                         record_dead_letter(settings, caller, record, transport, &mut report).await
                     }
-                    None if sent_atomic || guards_late_calls(route, &report) => {
+                    None if sent_atomic || atomic_in_use(route, &report) => {
                         record_rejection(transaction, &failure, (settings, caller), transport, &mut report).await
                     }
                     None => Ok(()),
@@ -431,23 +428,23 @@ async fn after_timeout<T: Transport>(
     (ending, Some(reason))
 }
 
-/// A fatal failure found before sending: reported as such if its dead-letter insert still fits in
+/// A fatal failure found before sending: reported as such if recording its rejection still fits in
 /// the budget, otherwise `None` (not attempted; the next upload starts with a fresh budget) —
 /// unless this upload has not sent anything yet, since a fresh budget would not help then either
 /// (only possible with a budget below the minimum `from_lookup` enforces).
 fn refuse_unsendable(
     remaining: usize,
     fresh: bool,
-    dead_letter_cost: usize,
+    rejection_cost: usize,
     failure: FailedOperation,
     entries: usize,
 ) -> Option<Ending> {
     let states = dead_letter::refused_states(entries, failure.index);
-    (dead_letter_cost <= remaining || fresh).then_some(Ending::Fatal(failure, states))
+    (rejection_cost <= remaining || fresh).then_some(Ending::Fatal(failure, states))
 }
 
-fn too_big(planned: usize, budget: usize, dead_letter_cost: usize, function: &str) -> FailedOperation {
-    let reserve = if dead_letter_cost > 0 { " plus one to record its rejection" } else { "" };
+fn too_big(planned: usize, budget: usize, rejection_cost: usize, function: &str) -> FailedOperation {
+    let reserve = if rejection_cost > 0 { " plus one to record its rejection" } else { "" };
     FailedOperation::new(
         None,
         "too_many_requests_for_budget",
@@ -488,7 +485,7 @@ fn function_not_executable(failure: &FailedOperation, function: &str) -> bool {
 /// a bulk upsert, 21000 too: two of its rows are one row once cast) is sent again in two halves,
 /// first half first, recursively: that equals applying its entries in order, since a later entry
 /// of an id is always later in the request (see `plan`). The extra requests must fit in the
-/// budget, keeping `reserve` for the dead-letter insert; when they do not, the failure stands at
+/// budget, keeping `reserve` for recording a rejection; when they do not, the failure stands at
 /// the request's first entry (21000: the transaction is retryable).
 async fn send<T: Transport>(
     requests: Vec<PlannedRequest>,
@@ -918,10 +915,10 @@ fn kept_instead(
     kept
 }
 
-/// Whether a transaction rejected in this upload may have atomic calls that reach the database
-/// late from earlier attempts: the function is in use, for this caller. (This upload's own
-/// atomic call of it is known: `sent_atomic`.)
-fn guards_late_calls(route: Route, report: &UploadReport) -> bool {
+/// Whether transactions go to the atomic function, for this caller and now: so a transaction
+/// rejected in this upload may also have atomic calls from earlier attempts that reach the
+/// database late. (This upload's own atomic call of it is known: `sent_atomic`.)
+fn atomic_in_use(route: Route, report: &UploadReport) -> bool {
     route != Route::Rest && report.atomic_function != Some(false) && !report.atomic_function_not_executable
 }
 
