@@ -16,22 +16,37 @@ pub const REDACTED: &str = "[redacted]";
 
 /// `text` without credentials: the word after `Bearer`, anything shaped like a JWT (`eyJ…` with a
 /// dot: a session, the legacy anon and service keys) and Supabase's API keys (`sb_secret_…`,
-/// `sb_publishable_…`). For text the worker repeats but did not write: an upstream's answer (a
-/// debugging proxy, an echo service or a gateway's error page behind a wrong `SUPABASE_URL`
-/// reflects the request's headers), which is answered to the user, logged and dead-lettered; and
-/// configuration problems, which quote a setting's value (a secret pasted under the wrong name)
-/// and are logged and listed by the unauthenticated `/health`.
+/// `sb_publishable_…`), wherever they stand: after a header's `:`, a query's or form's `=`, a
+/// percent-escape (`Bearer%20eyJ…`) or a `+`. For text the worker repeats but did not write: an
+/// upstream's answer (a debugging proxy, an echo service or a gateway's error page behind a wrong
+/// `SUPABASE_URL` reflects the request's headers or its URL), which is answered to the user,
+/// logged and dead-lettered; and configuration problems, which quote a setting's value (a secret
+/// pasted under the wrong name) and are logged and listed by the unauthenticated `/health`.
 pub fn redact(text: &str) -> String {
+    // the word after `Bearer` (any token: base64 with `+ / =` too)
     let is_token_char = |c: char| c.is_ascii_alphanumeric() || "-._~+/=".contains(c);
     let mut after_bearer = false;
-    replace_runs(text, is_token_char, |gap, run| {
+    let bearer_words = replace_runs(text, is_token_char, |gap, run| {
         // `Bearer <token>`, `Bearer: <token>`
-        let secret = (after_bearer && gap.chars().all(|c| c.is_whitespace() || c == ':'))
-            || (run.starts_with("eyJ") && run.contains('.'))
-            || run.starts_with("sb_secret_")
-            || run.starts_with("sb_publishable_");
+        let secret = after_bearer && gap.chars().all(|c| c.is_whitespace() || c == ':');
         after_bearer = run.eq_ignore_ascii_case("bearer");
         secret
+    });
+    // then the shapes of the keys and sessions the worker holds, in the characters they are
+    // made of (base64url and `.`), so that a `name=`, `%20` or `+` before one does not hide it
+    let is_key_char = |c: char| c.is_ascii_alphanumeric() || "-._~".contains(c);
+    let is_key = |run: &str| {
+        (run.starts_with("eyJ") && run.contains('.'))
+            || run.starts_with("sb_secret_")
+            || run.starts_with("sb_publishable_")
+    };
+    replace_runs(&bearer_words, is_key_char, |gap, run| {
+        // after `%`, a run starts with the escape's two hex digits: `%20eyJ…`, `%3Dsb_secret_…`
+        let unescaped = match run.get(..2) {
+            Some(hex) if gap.ends_with('%') && hex.bytes().all(|b| b.is_ascii_hexdigit()) => &run[2..],
+            _ => run,
+        };
+        is_key(run) || is_key(unescaped)
     })
 }
 
@@ -98,6 +113,25 @@ mod tests {
         let text = "Authorization: Bearer abc.def\napikey: sb_secret_N7UND0Ug-x\nkey eyJhbGciOi.eyJzdWIi.sig, sb_publishable_Q1w";
         assert_eq!(redact(text), "Authorization: Bearer [redacted]\napikey: [redacted]\nkey [redacted], [redacted]");
         for plain in ["\"todos\" is not a plain identifier", "Failing row contains (1, eyJ, bearer).", "sb_other"] {
+            assert_eq!(redact(plain), plain);
+        }
+    }
+
+    #[test]
+    fn keys_and_sessions_are_redacted_in_query_form_and_percent_encoded_echoes() {
+        let key = "sb_secret_N7UND0UgjKTVK-Uodkm0Hg_xSvEMPvz";
+        let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1In0.c2ln";
+        for (echo, expected) in [
+            (format!("Received: apikey={key}&x=1"), "Received: apikey=[redacted]&x=1"),
+            (format!("token={jwt}"), "token=[redacted]"),
+            (format!("Authorization: Bearer%20{jwt}"), "Authorization: Bearer%[redacted]"),
+            (format!("authorization=Bearer+{jwt}"), "authorization=Bearer+[redacted]"),
+            (format!("q=%22{key}%22"), "q=%[redacted]%22"),
+            (format!("apikey:{key}"), "apikey:[redacted]"),
+        ] {
+            assert_eq!(redact(&echo), expected, "{echo}");
+        }
+        for plain in ["x=1&y=eyJ", "100%20done", "a=sb_other", "%22todos%22"] {
             assert_eq!(redact(plain), plain);
         }
     }

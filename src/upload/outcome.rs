@@ -551,11 +551,14 @@ pub fn classify(
         None => format!("HTTP {status} from Supabase: {}", excerpt(&response.body)),
     };
     // A constraint's detail quotes rows: `Failing row contains (<every column>)`, the other
-    // row's key of an exclusion constraint. PostgreSQL leaves the values out for a role under
-    // row-level security; service mode writes as a role that bypasses it, so a user would
-    // read columns or rows (another user's) they cannot read themselves.
+    // row's key of an exclusion constraint; so does a view's `WITH CHECK OPTION` (44000).
+    // PostgreSQL leaves the values out for a role under row-level security; service mode writes
+    // as a role that bypasses it, so a user would read columns or rows (another user's) they
+    // cannot read themselves.
     let details = match body.details {
-        Some(_) if written_as.sub_written_as_owner && code.starts_with("23") => Some(WITHHELD_DETAILS.to_string()),
+        Some(details) if written_as.sub_written_as_owner && quotes_rows(&code, &details) => {
+            Some(WITHHELD_DETAILS.to_string())
+        }
         details => details,
     };
     let failure = FailedOperation { index, code, message, details, hint: body.hint, http_status: Some(status) };
@@ -569,6 +572,16 @@ pub fn classify(
             Verdict::Retryable { failure, retry_after_seconds: retry_after(response) }
         }
     }
+}
+
+/// Whether an error's detail may quote rows: a constraint's (class 23) or a view's check option
+/// (class 44), or PostgreSQL's words for a row or a key whatever the code (a trigger's own
+/// detail, P0001, is the trigger's to word and stays).
+fn quotes_rows(code: &str, details: &str) -> bool {
+    code.starts_with("23")
+        || code.starts_with("44")
+        || details.starts_with("Failing row contains")
+        || details.starts_with("Key (")
 }
 
 /// What a constraint's detail reads in service mode (see [`classify`]).
@@ -1344,6 +1357,13 @@ mod tests {
         };
         assert_eq!(details(&exclusion, service).as_deref(), Some(WITHHELD_DETAILS), "another user's booking");
         assert_eq!(details(&check, service).as_deref(), Some(WITHHELD_DETAILS), "columns the user cannot read");
+        let view = json!({"code": "44000", "message": "new row violates check option for view \"open_orders\"",
+                          "details": "Failing row contains (a, u1, internal: vip customer, -1).", "hint": null})
+        .to_string();
+        assert_eq!(details(&view, service).as_deref(), Some(WITHHELD_DETAILS), "a view's check option");
+        let quoted =
+            json!({"code": "XX000", "message": "m", "details": "Key (email)=(b@example.com) is taken"}).to_string();
+        assert_eq!(details(&quoted, service).as_deref(), Some(WITHHELD_DETAILS), "PostgreSQL's words for a key");
         assert_eq!(
             details(&raised, service).as_deref(),
             Some("the trigger's own words"),
@@ -1840,8 +1860,11 @@ mod tests {
         let service = "sb_secret_N7UND0UgjKTVK-Uodkm0Hg_xSvEMPvz";
         let session = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1In0.c2lnbmF0dXJl";
         let opaque = "0123456789abcdef.opaque-token";
-        let echoed =
-            format!("GET /rest/v1/todos\nAuthorization: Bearer {session}\napikey: {service}\nX: Bearer: {opaque}");
+        // header, query and form styles (a proxy's log of the request, a gateway's error page)
+        let echoed = format!(
+            "GET /rest/v1/todos\nAuthorization: Bearer {session}\napikey: {service}\nX: Bearer: {opaque}\n\
+             GET /rest/v1/todos?apikey={service}&authorization=Bearer%20{session}"
+        );
         let json = json!({"code": "XX000", "message": echoed, "details": echoed, "hint": echoed}).to_string();
         let html = format!("<html><pre>{echoed}</pre></html>");
         for answer in [answer(500, &json), answer(502, &html), answer(200, &html)] {

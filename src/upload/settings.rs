@@ -506,8 +506,10 @@ fn mode(r: &mut Reader) -> Option<WriteMode> {
             };
             Some(WriteMode::Service { service_key: service_key?, owner_column: owner_column? })
         }
-        other => {
-            r.problem(NAME, format!("{other:?} is not a mode; use rls or service"));
+        _ => {
+            // the value unquoted: a fixed choice, so the value says nothing the name does not
+            // (and a secret pasted here without a secret's shape would be listed by /health)
+            r.problem(NAME, "must be rls or service");
             None
         }
     }
@@ -544,8 +546,8 @@ fn class_overrides(r: &mut Reader) -> ClassOverrides {
         let class = match class.trim().to_ascii_lowercase().as_str() {
             "fatal" => ErrorClass::Fatal,
             "retryable" => ErrorClass::Retryable,
-            other => {
-                r.problem(NAME, format!("{other:?} is not a class; use fatal or retryable"));
+            _ => {
+                r.problem(NAME, format!("{code:?}'s class must be fatal or retryable"));
                 continue;
             }
         };
@@ -1037,6 +1039,18 @@ mod tests {
         assert!(compared("4", None).is_ok());
         assert!(compared("2", Some("true")).is_ok());
         assert_eq!(problem_names(&with(&[("UPLOAD_SUBREQUEST_BUDGET", "10001")])), vec!["UPLOAD_SUBREQUEST_BUDGET"]);
+    }
+
+    #[test]
+    fn a_fixed_choices_problem_never_quotes_the_value() {
+        let passphrase = "correct-horse-battery-staple-violet-ocean-lamp";
+        let item = "23514:correct-horse-battery-staple-violet-ocean-lamp";
+        for vars in [[("UPLOAD_MODE", passphrase)], [("UPLOAD_ERROR_CLASS_OVERRIDES", item)]] {
+            let problems = read_vars(&with(&vars)).expect_err("invalid");
+            let text = format!("{problems:?}");
+            assert!(!text.contains("horse"), "{text}");
+            assert!(text.contains("must be"), "{text}");
+        }
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! writer's rights), discard through `powersync_discard_dead_letter` (the reason is kept).
 
 use chrono::{DateTime, SecondsFormat, Utc};
+use powersync_supabase_worker::credentials::redact;
 use serde_json::{json, Value};
 
 use crate::rest::{self, Request, Response};
@@ -195,7 +196,15 @@ pub fn outcome(id: i64, response: &Response) -> (bool, Value) {
         }
     }
     let error = match response.json() {
-        Some(v) if v.get("message").is_some() => v,
+        Some(mut v) if v.get("message").is_some() => {
+            // as `describe` does: an answer not PostgREST's may echo the request's key
+            for field in ["message", "details", "hint"] {
+                if let Some(text) = v.get(field).and_then(Value::as_str) {
+                    v[field] = json!(redact(text));
+                }
+            }
+            v
+        }
         _ => json!({"message": response.describe()}),
     };
     let hint = match response.error_code().as_deref() {
@@ -399,6 +408,16 @@ mod tests {
             .contains("it may have been done all the same; see `devtool dead-letters show --id 7`"));
         let discarded = Response { status: 200, body: r#"{"dead_letter_id":7,"discarded":true}"#.into() };
         assert!(outcome(7, &discarded).0);
+    }
+
+    #[test]
+    fn a_refusal_never_repeats_a_key_an_upstream_echoed() {
+        let key = "sb_secret_N7UND0UgjKTVK-Uodkm0Hg_xSvEMPvz";
+        let echo = json!({"message": format!("apikey: {key}"), "details": format!("apikey={key}"), "hint": key});
+        let (ok, answer) = outcome(7, &Response { status: 401, body: echo.to_string() });
+        assert!(!ok);
+        assert!(!answer.to_string().contains(key), "{answer}");
+        assert_eq!(answer["error"]["message"], "apikey: [redacted]");
     }
 
     #[test]

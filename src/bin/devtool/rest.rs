@@ -2,6 +2,7 @@
 //! blocking). Everything the operator commands decide is built and read as these values, so
 //! their tests check exact URLs, headers and bodies without a network.
 
+use powersync_supabase_worker::credentials::redact;
 use serde_json::Value;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -30,7 +31,9 @@ impl Response {
     }
 
     /// A short description of a failed answer for the operator (PostgREST's message, or the
-    /// status and the start of the body).
+    /// status and the start of the body), without credentials: the commands run in CI logs, and
+    /// a wrong `SUPABASE_URL` or `STORAGE_URL` can answer with the request's headers (the
+    /// service key) echoed.
     pub fn describe(&self) -> String {
         if self.status == 0 {
             return format!("no answer ({})", self.body);
@@ -38,11 +41,11 @@ impl Response {
         if let Some(v) = self.json() {
             if let Some(message) = v.get("message").and_then(Value::as_str) {
                 let code = v.get("code").and_then(Value::as_str).unwrap_or("");
-                return format!("HTTP {} {code}: {message}", self.status);
+                return format!("HTTP {} {code}: {}", self.status, redact(message));
             }
         }
         let start: String = self.body.chars().take(200).collect();
-        format!("HTTP {}: {start}", self.status)
+        format!("HTTP {}: {}", self.status, redact(&start))
     }
 }
 
@@ -131,5 +134,20 @@ mod tests {
             "no answer (connection refused)"
         );
         assert_eq!(Response { status: 502, body: "bad gateway".into() }.describe(), "HTTP 502: bad gateway");
+    }
+
+    #[test]
+    fn describe_never_repeats_a_key_an_upstream_echoed() {
+        let key = "sb_secret_N7UND0UgjKTVK-Uodkm0Hg_xSvEMPvz";
+        let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1In0.c2ln";
+        for body in [
+            format!("<pre>apikey: {key}\nAuthorization: Bearer {jwt}</pre>"),
+            json!({"message": format!("bad header apikey: {key}")}).to_string(),
+            format!("echo: /rest/v1/x?apikey={key}"),
+        ] {
+            let described = Response { status: 401, body }.describe();
+            assert!(!described.contains(key) && !described.contains(jwt), "{described}");
+            assert!(described.contains("[redacted]"), "{described}");
+        }
     }
 }
