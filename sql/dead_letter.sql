@@ -85,6 +85,10 @@
 --     recorded allowed tables; never the bridge's own tables.
 --   * a row without provenance (recorded by an older bridge or written by
 --     hand before this version) is refused (42501): replay its entries by hand.
+--   * values are typed as in the session that recorded the letter (its
+--     TimeZone, DateStyle and IntervalStyle, kept in recorded_settings), not
+--     the caller's: a zone-less timestamp or a day-month date lands as the
+--     upload would have written it.
 -- Refused or failing (RLS, a table not allowed, a constraint, already applied
 -- since): nothing is applied, the error is returned and stored in replay_error
 -- ({"applied": 0, "replayed": false, "error": {code, message, details, hint}}),
@@ -123,6 +127,7 @@ alter table public.powersync_dead_letters
   add column if not exists recorded_as text,        -- 'user' | 'service'; null: no provenance
   add column if not exists recorded_by text,        -- the database role that recorded it
   add column if not exists recorded_claims jsonb,   -- the recording session's JWT claims
+  add column if not exists recorded_settings jsonb, -- its TimeZone, DateStyle, IntervalStyle
   add column if not exists owner_column text,       -- service: the owner column
   add column if not exists allowed_tables text[],   -- service: the tables allowed (null: any)
   add column if not exists ops_digest text,         -- sha256 of the ops (entries without state)
@@ -351,10 +356,15 @@ begin
 
   insert into public.powersync_dead_letters as d
     (user_id, transaction_id, client_id, op_index, entry, entries, code, message, details,
-     recorded_as, recorded_by, recorded_claims, owner_column, allowed_tables, ops_digest, dedup_key)
+     recorded_as, recorded_by, recorded_claims, recorded_settings, owner_column, allowed_tables,
+     ops_digest, dedup_key)
   values
     (v_owner, transaction_id, client_id, op_index, coalesce(entry, entries), entries, code, message,
      details, v_as, v_caller, v_claims,
+     -- what types the values' text (a timestamp without a zone, a date's order, an interval) in
+     -- the API session the transaction was written in: its replay types them the same way
+     jsonb_build_object('TimeZone', current_setting('TimeZone'), 'DateStyle', current_setting('DateStyle'),
+                        'IntervalStyle', current_setting('IntervalStyle')),
      case when v_as = 'service' then owner_column end,
      case when v_as = 'service' then allowed_tables end,
      v_digest, v_key)
@@ -405,6 +415,10 @@ declare
   s_claim      text := coalesce(current_setting('request.jwt.claim', true), '');
   s_claim_sub  text := coalesce(current_setting('request.jwt.claim.sub', true), '');
   s_claim_role text := coalesce(current_setting('request.jwt.claim.role', true), '');
+  s_settings   jsonb := jsonb_build_object('TimeZone', current_setting('TimeZone'),
+                                           'DateStyle', current_setting('DateStyle'),
+                                           'IntervalStyle', current_setting('IntervalStyle'));
+  v_setting    text;
   e_state  text;
   e_msg    text;
   e_detail text;
@@ -444,6 +458,14 @@ begin
    where e.value ->> 'state' is distinct from 'applied';
 
   begin
+    -- the values' text typed as in the session that wrote the transaction, not the operator's
+    -- (a psql with PGTZ or another DateStyle would shift a zone-less timestamp or swap a date's
+    -- day and month); a letter recorded before these were kept: the caller's session's
+    for v_setting in select k from pg_catalog.jsonb_object_keys(s_settings) as k loop
+      if d.recorded_settings ->> v_setting is not null then
+        perform pg_catalog.set_config(v_setting, d.recorded_settings ->> v_setting, true);
+      end if;
+    end loop;
     if d.recorded_as = 'service' then
       -- only the tables the bridge allowed, never its own
       select o.value ->> 'table' into v_table
@@ -499,6 +521,9 @@ begin
     perform pg_catalog.set_config('request.jwt.claim', s_claim, true);
     perform pg_catalog.set_config('request.jwt.claim.sub', s_claim_sub, true);
     perform pg_catalog.set_config('request.jwt.claim.role', s_claim_role, true);
+    for v_setting in select k from pg_catalog.jsonb_object_keys(s_settings) as k loop
+      perform pg_catalog.set_config(v_setting, s_settings ->> v_setting, true);
+    end loop;
   exception when others then
     -- rolled back to the start of this block: nothing applied, role and settings restored
     get stacked diagnostics

@@ -11,9 +11,12 @@
 //! - `op`: `PUT`, `PATCH` or `DELETE`. Matched ignoring ASCII case (`put` is accepted): the
 //!   meaning is unambiguous and refusing it would answer 400 for the whole body, which blocks a
 //!   client's queue for ever.
-//! - `id`: a non-empty string; a JSON number is accepted and used in its JSON text form (`5`).
-//! - the table as `table` or `type`: a non-empty string. Whether the name is valid and allowed is
-//!   decided when planning, so a bad name fails only its own transaction (see `plan`).
+//! - `id`: a string; a JSON number is accepted and used in its JSON text form (`5`). Whether the
+//!   id can be sent (not empty, no U+0000) is decided when planning, so a bad id fails only its
+//!   own transaction (see `plan`): the SDK queues an empty id as any other, and a 400 for the
+//!   whole body would block the client's queue for ever.
+//! - the table as `table` or `type`: a string. Whether the name is valid and allowed is decided
+//!   when planning, so a bad name (an empty one too) fails only its own transaction.
 //! - the data as `data`, `opData` or `op_data`: a JSON object, or null/absent (= no columns).
 //!   The data of a DELETE is checked the same way and then ignored.
 //! - optionally the row's previous values as `previous_values`, `previousValues` or `old` (the
@@ -21,7 +24,7 @@
 //!   null/absent (= not known). Checked for every op, kept for PATCH and DELETE only (a PUT
 //!   replaces the row whatever it held). Used by conflict detection (docs/conflicts.md).
 //! - optionally `metadata` (the SDK's, from a table's `_metadata` column with `trackMetadata`):
-//!   a string of at most [`MAX_METADATA_BYTES`] bytes, or null. Kept for dead letters only.
+//!   a string (any length within the body's limit), or null. Kept for dead letters only.
 //!
 //! The body may also carry `"client_id"`: the PowerSync client id of the uploading database
 //! (`db.getClientId()`), a non-empty string of at most [`MAX_CLIENT_ID_BYTES`] bytes, or null
@@ -201,9 +204,6 @@ pub struct Upload {
     pub client_id: Option<String>,
     pub transactions: Vec<Transaction>,
 }
-
-/// Longest accepted entry `metadata` string.
-pub const MAX_METADATA_BYTES: usize = 64 * 1024;
 
 /// Longest accepted `client_id` (PowerSync's are uuids, 36 bytes).
 pub const MAX_CLIENT_ID_BYTES: usize = 256;
@@ -1104,9 +1104,6 @@ impl<'de> RawEntry<'de> {
             None => return Err(malformed(id_path(), "missing".to_string())),
             Some(raw) if is_null(raw) => return Err(malformed(id_path(), "missing".to_string())),
             Some(raw) => match (string_of(raw), kind_of(raw)) {
-                (Some(text), _) if text.is_empty() => {
-                    return Err(malformed(id_path(), "must not be empty".to_string()))
-                }
                 (Some(text), _) => text.into_owned(),
                 // Its JSON text, as sent: through f64, 123456789012345678901 and …902 were one id.
                 (None, "a number") => raw.get().to_string(),
@@ -1117,9 +1114,6 @@ impl<'de> RawEntry<'de> {
         let table = match aliased(&fields, &path, &[2, 3])? {
             None => return Err(malformed(format!("{path}.table"), "missing (as `table` or `type`)".to_string())),
             Some((slot, raw)) => match string_of(raw) {
-                Some(text) if text.is_empty() => {
-                    return Err(malformed(format!("{path}.table"), "must not be empty".to_string()))
-                }
                 Some(text) => text.into_owned(),
                 None => return Err(malformed(format!("{path}.{}", FIELD_NAMES[slot]), expected("a string", raw))),
             },
@@ -1152,12 +1146,6 @@ impl<'de> RawEntry<'de> {
             None => None,
             Some(raw) if is_null(raw) => None,
             Some(raw) => match string_of(raw) {
-                Some(text) if text.len() > MAX_METADATA_BYTES => {
-                    return Err(malformed(
-                        format!("{path}.metadata"),
-                        format!("longer than {MAX_METADATA_BYTES} bytes"),
-                    ))
-                }
                 Some(text) => Some(text.into_owned()),
                 None => return Err(malformed(format!("{path}.metadata"), expected("a string or null", raw))),
             },
@@ -1342,11 +1330,24 @@ mod tests {
             malformed_path(json!({"batch": [{"op": "DELETE", "table": "t", "id": "a", "metadata": 5}]})),
             "batch[0].metadata"
         );
-        let long = "m".repeat(MAX_METADATA_BYTES + 1);
-        assert_eq!(
-            malformed_path(json!({"batch": [{"op": "DELETE", "table": "t", "id": "a", "metadata": long}]})),
-            "batch[0].metadata"
-        );
+    }
+
+    #[test]
+    fn what_only_fails_its_own_transaction_is_read_not_refused_with_the_body() {
+        // metadata of any length (kept for dead letters only), an empty id or table (refused
+        // when planning, for their transaction alone): the SDK queues each of them, and a 400
+        // would hold the whole queue for ever
+        let long = "m".repeat(70 * 1024);
+        let body = json!({"transactions": [
+            {"transaction_id": 1, "crud": [{"op": "PUT", "table": "t", "id": "a", "data": {}}]},
+            {"transaction_id": 2, "crud": [{"op": "DELETE", "table": "t", "id": "b", "metadata": long}]},
+            {"transaction_id": 3, "crud": [{"op": "PUT", "table": "t", "id": "", "data": {}}]},
+            {"transaction_id": 4, "crud": [{"op": "PUT", "table": "", "id": "c", "data": {}}]},
+        ]});
+        let transactions = parse(body.to_string().as_bytes(), &Limits::default()).expect("read");
+        assert_eq!(transactions.len(), 4);
+        assert_eq!(transactions[1].entries[0].metadata.as_deref().map(str::len), Some(70 * 1024));
+        assert_eq!((transactions[2].entries[0].id.as_str(), transactions[3].entries[0].table.as_str()), ("", ""));
     }
 
     #[test]
@@ -1607,7 +1608,6 @@ mod tests {
     #[test]
     fn bad_id_is_malformed_with_its_path() {
         assert_eq!(malformed_path(json!({"batch": [{"op": "PUT", "table": "t"}]})), "batch[0].id");
-        assert_eq!(malformed_path(json!({"batch": [{"op": "PUT", "table": "t", "id": ""}]})), "batch[0].id");
         assert_eq!(malformed_path(json!({"batch": [{"op": "PUT", "table": "t", "id": true}]})), "batch[0].id");
         assert_eq!(malformed_path(json!({"batch": [{"op": "PUT", "table": "t", "id": {"a": 1}}]})), "batch[0].id");
     }
@@ -1615,7 +1615,6 @@ mod tests {
     #[test]
     fn bad_table_is_malformed_with_its_path() {
         assert_eq!(malformed_path(json!({"batch": [{"op": "PUT", "id": "1"}]})), "batch[0].table");
-        assert_eq!(malformed_path(json!({"batch": [{"op": "PUT", "table": "", "id": "1"}]})), "batch[0].table");
         assert_eq!(malformed_path(json!({"batch": [{"op": "PUT", "type": 3, "id": "1"}]})), "batch[0].type");
     }
 

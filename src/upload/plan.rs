@@ -64,9 +64,10 @@
 //! Tables and ids are checked before anything is sent: a name that is not a plain identifier
 //! (`invalid_table_name`), one outside `UPLOAD_TABLES` or equal to the dead-letter table
 //! (`table_not_allowed`), a column name no column can have (`invalid_column_name`: empty, not valid
-//! text, over 63 bytes, or holding U+0000), or an id containing U+0000 (`invalid_id`: PostgreSQL cannot store it,
-//! and PostgREST would cut it short inside `in.(…)`, touching another row) fails its
-//! transaction as a fatal error without any request.
+//! text, over 63 bytes, or holding U+0000), an id that is empty or contains U+0000 (`invalid_id`:
+//! PostgreSQL cannot store U+0000, and PostgREST would cut it short inside `in.(…)`, touching
+//! another row), or JSON-column text that is not JSON (`invalid_json`) fails its transaction as a
+//! fatal error without any request.
 
 use std::ops::Range;
 
@@ -148,6 +149,7 @@ pub fn plan_transaction_as(
         check_table(index, &entry.table, settings)?;
         check_id(index, &entry.id)?;
         check_columns(index, entry)?;
+        check_json_text(index, entry, settings)?;
     }
     let context = Context::new(settings, caller);
     if atomic {
@@ -221,8 +223,13 @@ pub fn atomic_request(transaction: &Transaction, settings: &UploadSettings, call
 
 /// Refuses ids no row can have: PostgreSQL text cannot hold U+0000, and PostgREST cuts each
 /// value of an `in.(…)` list at the first NUL, so a merged PATCH or DELETE for `"a\u{0}b"` would
-/// touch row `a`. Such an entry is never sent.
+/// touch row `a`; and an empty id, which no row the SDK creates has (its ids are uuids): an app's
+/// bug, refused for its own transaction (dead-lettered when set), not sent. Such an entry is
+/// never sent.
 fn check_id(index: usize, id: &str) -> Result<(), FailedOperation> {
+    if id.is_empty() {
+        return Err(FailedOperation::new(Some(index), "invalid_id", "the id is empty; the entry was not sent"));
+    }
     if id.contains('\u{0}') {
         return Err(FailedOperation::new(
             Some(index),
@@ -249,6 +256,25 @@ fn check_columns(index: usize, entry: &Entry) -> Result<(), FailedOperation> {
                 "column name {:?} cannot name a column (empty, not valid text, longer than {MAX_IDENTIFIER_BYTES} \
                  bytes, or holding U+0000); the entry was not sent",
                 crate::credentials::clipped(name, 80)
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Refuses a value of an `UPLOAD_JSON_COLUMNS` column that is text but not JSON text
+/// ([`row::not_json_text`]): the column would store it as a JSON string without an error, so the
+/// client's value would be altered, not written. The row itself is refused, as PostgreSQL
+/// refuses `'[oops'::json` (22P02): fatal, never sent.
+fn check_json_text(index: usize, entry: &Entry, settings: &UploadSettings) -> Result<(), FailedOperation> {
+    match row::not_json_text(&entry.table, &entry.data, settings) {
+        Some(column) => Err(FailedOperation::new(
+            Some(index),
+            "invalid_json",
+            format!(
+                "column {table}.{column} is in UPLOAD_JSON_COLUMNS but its value is not JSON text; the entry was \
+                 not sent",
+                table = entry.table
             ),
         )),
         None => Ok(()),
@@ -1810,7 +1836,7 @@ mod tests {
     }
 
     #[test]
-    fn ids_with_nul_fail_the_transaction_before_any_request() {
+    fn empty_ids_and_ids_with_nul_fail_the_transaction_before_any_request() {
         for settings in [settings(), service(), {
             let mut atomic = settings();
             atomic.atomic = AtomicMode::Always;
@@ -1820,6 +1846,8 @@ mod tests {
                 vec![delete("a"), delete("a\u{0}b")],
                 vec![patch("x", json!({"n": 1})), patch("a\u{0}", json!({"n": 1}))],
                 vec![put("a", json!({})), put("\u{0}", json!({}))],
+                vec![put("a", json!({})), put("", json!({}))],
+                vec![delete("a"), delete("")],
             ] {
                 let failure = plan_transaction(&tx(entries), &settings, &caller()).expect_err("fatal");
                 assert_eq!((failure.index, failure.code.as_str()), (Some(1), "invalid_id"));
@@ -1862,6 +1890,19 @@ mod tests {
         }
         let longest = "c".repeat(MAX_IDENTIFIER_BYTES);
         assert!(plan_transaction(&tx(vec![put("a", json!({ longest: 1 }))]), &settings(), &caller()).is_ok());
+    }
+
+    #[test]
+    fn text_that_is_not_json_in_a_json_column_fails_the_entry_before_sending() {
+        let mut s = settings();
+        s.json_columns.insert("todos", "tags");
+        let transaction = tx(vec![put("a", json!({"tags": "[1]"})), patch("b", json!({"tags": "[oops"}))]);
+        for atomic in [false, true] {
+            let failure = plan_transaction_as(&transaction, &s, &caller(), atomic).expect_err("refused before sending");
+            assert_eq!((failure.index, failure.code.as_str()), (Some(1), "invalid_json"));
+            assert!(failure.message.contains("todos.tags"), "{}", failure.message);
+        }
+        assert!(plan_transaction(&transaction, &settings(), &caller()).is_ok(), "not a JSON column: text as sent");
     }
 
     #[test]

@@ -166,9 +166,9 @@ pub fn json_string(text: &str) -> String {
 
 /// The data with the configured conversions applied:
 /// - JSON columns: a string holding JSON text is sent as that JSON, its text exactly as written
-///   (checked, never rebuilt: numbers keep every digit, a `json` column its key order); text
-///   that does not parse is sent unchanged, so Postgres reports the error against the right
-///   column;
+///   (checked, never rebuilt: numbers keep every digit); a value that is not a string is sent as
+///   it is. Text that does not parse is refused before this ([`not_json_text`]): sent as a JSON
+///   string, a `json` or `jsonb` column would store it as one, quotes and all;
 /// - boolean columns: the numbers 0 and 1 become false and true; other values are unchanged.
 ///
 /// Every other value is the client's text, passed through as it is.
@@ -194,6 +194,24 @@ pub fn converted<'a>(table: &str, data: &'a Row, settings: &UploadSettings) -> C
         }
     }
     columns
+}
+
+/// The first `UPLOAD_JSON_COLUMNS` column of `table` in `data` whose value is a string that is
+/// not JSON text (`[oops`, an empty string), which [`converted`] could only send as a JSON
+/// string: a `json` or `jsonb` column stores that without an error, and the client's text would
+/// come back to it quoted.
+pub fn not_json_text<'a>(table: &str, data: &'a Row, settings: &UploadSettings) -> Option<&'a str> {
+    if !settings.json_columns.has_table(table) {
+        return None;
+    }
+    data.iter()
+        .find(|(column, raw)| {
+            settings.json_columns.contains(table, column)
+                && raw.starts_with('"')
+                && serde_json::from_str::<String>(raw)
+                    .is_ok_and(|text| serde_json::from_str::<&RawValue>(&text).is_err())
+        })
+        .map(|(column, _)| column)
 }
 
 fn json_value(raw: &str) -> Cow<'_, str> {
@@ -356,9 +374,16 @@ mod tests {
     }
 
     #[test]
-    fn unparsable_json_text_is_sent_unchanged() {
-        let data = map(json!({"tags": "[oops"}));
-        assert_eq!(converted("todos", &data, &settings()), data);
+    fn text_that_is_not_json_in_a_json_column_is_found_and_nothing_else() {
+        for text in ["[oops", "", "{\"a\": 1} trailing", "hello"] {
+            let data = row(json!({"title": "x", "tags": text}));
+            assert_eq!(not_json_text("todos", &data, &settings()), Some("tags"), "{text:?}");
+            assert_eq!(not_json_text("lists", &data, &settings()), None, "not a JSON column of that table");
+        }
+        for value in [json!("[1]"), json!("\"quoted\""), json!(" null "), json!(null), json!(7), json!(["a"])] {
+            let data = row(json!({"tags": value, "title": "[oops"}));
+            assert_eq!(not_json_text("todos", &data, &settings()), None, "{value}");
+        }
     }
 
     #[test]

@@ -472,6 +472,33 @@ def test_a_dead_letter_keeps_every_digit_so_its_transaction_stays_recorded_and_r
 
 
 @pytest.mark.parametrize("route", ["rest", "atomic"])
+def test_a_replay_types_times_and_dates_as_the_upload_did_not_as_the_operators_session(route, workers, db, pg, user):
+    """A zone-less timestamp in the day-month-ambiguous form SQLite apps write: replayed from a
+    session with another TimeZone and DateStyle (psql with PGTZ, a GUI client), it landed an hour
+    off and with day and month swapped, answered as replayed."""
+    sub, token = user
+    list_id, missing = insert_list(db, sub), new_id()
+    when = "01/02/2024 10:00:00"
+    direct, refused = new_id(), new_id()
+    ok = upload(workers[route], token, body(tx(put("todos", direct, description="d", list_id=list_id,
+                                                   created_by=sub, completed_at=when), tid=1)))
+    assert statuses(ok) == ["success"], ok.text
+    rejected = upload(workers[route], token, body(tx(put("todos", refused, description="r", list_id=missing,
+                                                         created_by=sub, completed_at=when), tid=2)))
+    assert statuses(rejected) == ["fatal_error"], rejected.text
+    (letter,) = letters(db)
+    insert_list(db, sub, list_id=missing)
+    with psycopg.connect(pg.dsn, autocommit=True) as operator:
+        operator.execute("set timezone = 'Europe/Berlin'")
+        operator.execute("set datestyle = 'ISO, DMY'")
+        result = operator.execute(f"select public.{REPLAY}(%s)", (letter["id"],)).fetchone()[0]
+        assert result["replayed"] is True, result
+        assert operator.execute("select current_setting('TimeZone'), current_setting('DateStyle')").fetchone() == \
+            ("Europe/Berlin", "ISO, DMY"), "the operator's session is restored"
+    assert row(db, "todos", refused)["completed_at"] == row(db, "todos", direct)["completed_at"]
+
+
+@pytest.mark.parametrize("route", ["rest", "atomic"])
 def test_a_value_postgresql_cannot_hold_is_dead_lettered_not_retried_for_ever(route, workers, db, user):
     """A lone surrogate escape (`\\ud800`): the database refuses it for good, and so did the dead
     letter's jsonb, so the transaction was retried for ever. The record holds U+FFFD instead, and

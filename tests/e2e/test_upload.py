@@ -623,6 +623,39 @@ def test_json_text_and_0_1_are_stored_as_jsonb_and_boolean(rls_worker, db, user)
     assert (row(db, "todos", t2)["tags"], row(db, "todos", t2)["completed"]) == ("text", True)
 
 
+def test_text_that_is_not_json_in_a_json_column_is_refused_unsent_never_stored_quoted(rls_worker, db, standin, user):
+    """Sent as a JSON string, `[oops` would be stored in the jsonb column as "[oops", quotes and
+    all, with a success answer: the client's value altered, not written."""
+    sub, token = user
+    list_id = insert_list(db, sub)
+    todo = new_id()
+    response = upload(rls_worker, token, body(tx(put("todos", todo, description="d", list_id=list_id,
+                                                     created_by=sub, tags="[oops"))))
+    assert statuses(response) == ["fatal_error"], response.text
+    assert failure(response, 0)["code"] == "invalid_json", response.text
+    assert "todos.tags" in failure(response, 0)["message"]
+    assert row(db, "todos", todo) is None
+    assert [e["path"] for e in standin.requests_log()].count("/rest/v1/todos") == 0, "nothing was sent"
+
+
+def test_long_metadata_and_an_empty_id_fail_only_their_own_transaction_never_the_whole_queue(rls_worker, db, user):
+    """The SDK queues both (a write's 70 KiB `_metadata`; an app's `INSERT … (id) VALUES ('')`).
+    Answered 400 for the whole body, they held every transaction sent with them, for ever."""
+    sub, token = user
+    list_id = insert_list(db, sub)
+    first, second = new_id(), new_id()
+    with_metadata = {**put("todos", second, description="m", list_id=list_id, created_by=sub),
+                     "metadata": "m" * 70 * 1024}
+    response = upload(rls_worker, token, body(
+        tx(put("todos", first, description="f", list_id=list_id, created_by=sub), tid=1),
+        tx(with_metadata, tid=2),
+        tx(put("todos", "", description="e", list_id=list_id, created_by=sub), tid=3),
+    ))
+    assert statuses(response) == ["success", "success", "fatal_error"], response.text
+    assert failure(response, 2)["code"] == "invalid_id", response.text
+    assert row(db, "todos", first) is not None and row(db, "todos", second) is not None
+
+
 def test_ids_with_special_characters_touch_exactly_their_row(rls_worker, db, standin, user):
     sub, token = user
     p = uuid.uuid4().hex[:6] + "-"
