@@ -1,4 +1,5 @@
 import 'dart:async';
+import 'dart:convert';
 
 import 'package:http/http.dart' as http;
 import 'package:powersync_core/powersync_core.dart';
@@ -254,6 +255,88 @@ void main() {
       expect(queue.remainingTransactionIds(), [3, 4]);
     });
 
+    test('a 400 naming a place in transaction k sends the k before it, which are not at fault', () async {
+      final queue = FakeQueue()..addMany(1, 4);
+      final malformed = jsonResponse(400, {
+        'error': 'transactions[2].crud[0].op: unknown op',
+        'code': 'invalid_body',
+        'field': 'transactions[2].crud[0].op',
+      });
+      final fake = FakeWorker([malformed, jsonResponse(200, results([['success', 1], ['success', 2]]))]);
+      await connector(fake).uploadFrom(queue);
+      expect(fake.json(0)['transactions'], hasLength(4));
+      expect(fake.json(1)['transactions'], hasLength(2));
+      expect(queue.remainingTransactionIds(), [3, 4]);
+      // the one at fault, first now: its refusal is thrown and it stays queued
+      final atFault = FakeWorker([
+        jsonResponse(400, {'error': 'x', 'code': 'invalid_body', 'field': 'transactions[0].crud[0].op'}),
+      ]);
+      await expectLater(
+        connector(atFault).uploadFrom(queue),
+        throwsA(isA<WorkerConnectorException>().having((e) => e.code, 'code', 'invalid_body')),
+      );
+      expect(atFault.requests, hasLength(1));
+      expect(queue.remainingTransactionIds(), [3, 4]);
+    });
+
+    test('a number JSON cannot hold is sent as its word (jsonEncode alone throws: the queue would stop)', () async {
+      final queue = FakeQueue()
+        ..add(1, [
+          const EntrySpec(UpdateType.put, 'a', data: {'ratio': double.infinity, 'low': double.negativeInfinity, 'n': 1}),
+        ]);
+      final fake = FakeWorker([jsonResponse(200, results([['success', 1]]))]);
+      await connector(fake).uploadFrom(queue);
+      final data = (fake.json(0)['transactions'] as List).first['crud'].first['data'];
+      expect(data, {'ratio': 'Infinity', 'low': '-Infinity', 'n': 1});
+    });
+
+    test('after a 401 and a refresh, the next requests of the same upload use the fresh token', () async {
+      final queue = FakeQueue()..addMany(1, 4);
+      final fake = FakeWorker([
+        jsonResponse(401, {'code': 'session_expired'}),
+        jsonResponse(413, {'code': 'payload_too_large'}),
+        jsonResponse(200, results([['success', 1], ['success', 2]])),
+      ]);
+      var refreshed = 0;
+      await connector(fake, refreshSessionToken: () async {
+        refreshed++;
+        return 'fresh-token';
+      }).uploadFrom(queue);
+      expect(refreshed, 1);
+      expect([for (final r in fake.requests) r.headers['Authorization']],
+          ['Bearer $session', 'Bearer fresh-token', 'Bearer fresh-token']);
+      expect(queue.remainingTransactionIds(), [3, 4]);
+    });
+
+    test('an answer is read as UTF-8 whatever its Content-Type says', () async {
+      final queue = FakeQueue()..addMany(1, 1);
+      final failure = {...failure23505, 'index': 0, 'details': 'Key (handle)=(José) already exists.'};
+      final bytes = utf8.encode(jsonEncode(results([
+        ['fatal_error', 1, {'failed_operation': failure}],
+      ])));
+      final fake = FakeWorker([http.Response.bytes(bytes, 200, headers: {'content-type': 'application/json'})]);
+      final reports = <FatalErrorReport>[];
+      await connector(fake, onFatalError: reports.add).uploadFrom(queue);
+      expect(reports.single.failedOperation?.details, 'Key (handle)=(José) already exists.');
+    });
+
+    test('a request that does not answer in time is aborted, not left running', () async {
+      final hanging = _HangingClient();
+      final c = WorkerConnector(
+        workerUrl: worker,
+        getSessionToken: () async => session,
+        requestTimeout: const Duration(milliseconds: 20),
+        client: hanging,
+      );
+      await expectLater(
+        c.uploadFrom(FakeQueue()..addMany(1, 1)),
+        throwsA(isA<WorkerConnectorException>().having((e) => e.code, 'code', 'timeout')),
+      );
+      final trigger = (hanging.sent! as http.Abortable).abortTrigger;
+      expect(trigger, isNotNull);
+      await trigger!.timeout(const Duration(seconds: 1)); // completed: the request was aborted
+    });
+
     test('a network error or a timeout completes nothing and throws', () async {
       final queue = FakeQueue()..addMany(1, 1);
       final fake = FakeWorker([http.ClientException('connection refused')]);
@@ -285,4 +368,15 @@ void main() {
       expect(fake.requests, hasLength(1));
     });
   });
+}
+
+/// A client whose requests never answer; keeps the last request it was given.
+class _HangingClient extends http.BaseClient {
+  http.BaseRequest? sent;
+
+  @override
+  Future<http.StreamedResponse> send(http.BaseRequest request) {
+    sent = request;
+    return Completer<http.StreamedResponse>().future;
+  }
 }

@@ -16,6 +16,35 @@ void main() {
     });
   });
 
+  group('uploadBodyText', () {
+    test('non-finite numbers as their words, everything else as jsonEncode writes it', () {
+      final body = {
+        'data': {'a': double.infinity, 'b': double.negativeInfinity, 'c': double.nan, 'd': 1.5, 'e': null, 'f': 'x'},
+      };
+      expect(uploadBodyText(body), '{"data":{"a":"Infinity","b":"-Infinity","c":"NaN","d":1.5,"e":null,"f":"x"}}');
+    });
+  });
+
+  group('sendableBefore', () {
+    test('k for a 400 invalid_body at transactions[k] with 0 < k < sent, else null', () {
+      int? at(Object? field, {int status = 400, String code = 'invalid_body'}) =>
+          sendableBefore(status, {'code': code, 'field': field}, 5);
+      expect(at('transactions[3].crud[0].op'), 3);
+      expect(at('transactions[1]'), 1);
+      for (final none in [
+        at('transactions[0].crud[0].op'),
+        at('transactions[5].crud[0]'),
+        at('client_id'),
+        at(7),
+        at('transactions[2]', status: 413),
+        at('transactions[2]', code: 'other'),
+        sendableBefore(400, null, 5),
+      ]) {
+        expect(none, isNull);
+      }
+    });
+  });
+
   group('parseRetryAfter', () {
     test('seconds and HTTP dates; anything else is null', () {
       expect(parseRetryAfter('5'), 5000);

@@ -13,7 +13,9 @@ import {
   interpretUploadResponse,
   parseRetryAfter,
   planUploadBody,
+  sendableBefore,
   sentTransactionIds,
+  uploadBodyText,
   type FailedOperation,
 } from './protocol.js';
 
@@ -316,18 +318,27 @@ export class WorkerConnector implements PowerSyncBackendConnector {
 
     const clientId = await clientIdOf(database);
     const queue = this.reportQueue ? await this.queueReport(database, transactions[0]!) : undefined;
-    // Send; on 413 send the first half only, until it fits or a single transaction is refused.
+    // Send; on 413 send the first half only, until it fits or a single transaction is refused; on
+    // a 400 that names a place in transaction k > 0, the k before it only (the one at fault is
+    // then sent first, and its refusal thrown).
     let batch = transactions;
+    let token = session;
     for (;;) {
-      const { response, body } = await this.request(
+      const { response, body, session: used } = await this.request(
         'POST',
         '/powersync-upload',
-        session,
-        JSON.stringify(planUploadBody(batch, clientId)),
+        token,
+        uploadBodyText(planUploadBody(batch, clientId)),
         queue === undefined ? undefined : { [QUEUE_HEADER]: queue },
       );
+      token = used;
       if (response.status === 413 && batch.length > 1) {
         batch = batch.slice(0, Math.ceil(batch.length / 2));
+        continue;
+      }
+      const before = sendableBefore(response.status, body, batch.length);
+      if (before !== undefined) {
+        batch = batch.slice(0, before);
         continue;
       }
       await this.settle(batch, response, body);
@@ -445,20 +456,23 @@ export class WorkerConnector implements PowerSyncBackendConnector {
     return selected;
   }
 
-  /** One request to the worker; the body is read too, within the timeout. `body` is `undefined` when not JSON. */
-  /** One request; after a 401, once more with `refreshSessionToken`'s token when it gives a new one. */
+  /**
+   * One request to the worker; the body is read too, within the timeout (`body` is `undefined`
+   * when not JSON). After a 401, once more with `refreshSessionToken`'s token when it gives a new
+   * one; `session` is the token the answer was given for, for the next request.
+   */
   private async request(
     method: 'GET' | 'POST',
     path: string,
     session: string,
     body?: string,
     extraHeaders?: Record<string, string>,
-  ): Promise<{ response: FetchResponseLike; body: unknown }> {
+  ): Promise<{ response: FetchResponseLike; body: unknown; session: string }> {
     const answer = await this.requestOnce(method, path, session, body, extraHeaders);
-    if (answer.response.status !== 401 || !this.refreshSessionToken) return answer;
+    if (answer.response.status !== 401 || !this.refreshSessionToken) return { ...answer, session };
     const fresh = await this.refreshSessionToken();
-    if (!fresh || fresh === session) return answer;
-    return this.requestOnce(method, path, fresh, body, extraHeaders);
+    if (!fresh || fresh === session) return { ...answer, session };
+    return { ...(await this.requestOnce(method, path, fresh, body, extraHeaders)), session: fresh };
   }
 
   private async requestOnce(

@@ -16,7 +16,14 @@ export type {
 export { WorkerConnectorError } from './errors.js';
 export { WorkerStorageAdapter, subjectOf } from './files.js';
 export type { FileFetchInit, FileFetchLike, FileFetchResponse, WorkerStorageAdapterOptions } from './files.js';
-export { interpretUploadResponse, parseRetryAfter, planUploadBody, sentTransactionIds } from './protocol.js';
+export {
+  interpretUploadResponse,
+  parseRetryAfter,
+  planUploadBody,
+  sendableBefore,
+  sentTransactionIds,
+  uploadBodyText,
+} from './protocol.js';
 export type {
   FailedOperation,
   TransactionLike,

@@ -158,6 +158,32 @@ export function planUploadBody(transactions: readonly TransactionLike[], clientI
   return typeof clientId === 'string' && clientId !== '' ? { client_id: clientId, ...body } : body;
 }
 
+/**
+ * The body's JSON text. A number JSON cannot hold (`Infinity`, `-Infinity`, `NaN`: SQLite's
+ * `9e999` is read as `Infinity`) is sent as that word, as a string, which PostgreSQL's float and
+ * numeric columns read as the same value (and any other column refuses, so the write is reported,
+ * not altered): `JSON.stringify` alone writes `null`, which the server would store instead.
+ */
+export function uploadBodyText(body: UploadBody): string {
+  return JSON.stringify(body, (_key, value: unknown) =>
+    typeof value === 'number' && !Number.isFinite(value) ? String(value) : value,
+  );
+}
+
+/**
+ * How many transactions to send again when the worker refused the whole body as malformed (400
+ * `invalid_body`) at a place inside transaction `k` > 0 (`field` = `transactions[k]…`): the `k`
+ * before it, which are not at fault, so they are not held with it. `undefined` otherwise.
+ */
+export function sendableBefore(status: number, body: unknown, sent: number): number | undefined {
+  if (status !== 400 || !isObject(body) || body.code !== 'invalid_body' || typeof body.field !== 'string') {
+    return undefined;
+  }
+  const match = /^transactions\[(\d+)\]/.exec(body.field);
+  const k = match ? Number(match[1]) : NaN;
+  return Number.isInteger(k) && k > 0 && k < sent ? k : undefined;
+}
+
 /** The `transaction_id` each transaction is sent with, in order (what the results must echo). */
 export function sentTransactionIds(transactions: readonly TransactionLike[]): (number | null)[] {
   return transactions.map((tx) => tx.transactionId ?? null);

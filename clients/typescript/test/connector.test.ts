@@ -616,6 +616,61 @@ describe('uploadData: batching', () => {
     assert.deepEqual(queue.remainingTransactionIds(), [3, 4, 5]);
   });
 
+  test('a 400 naming a place in transaction k sends the k before it, which are not at fault, and completes them', async () => {
+    const queue = new FakeQueue().addMany(1, 4);
+    const malformed: Answer = {
+      status: 400,
+      body: { error: 'transactions[2].crud[0].op: unknown op', code: 'invalid_body', field: 'transactions[2].crud[0].op' },
+    };
+    const fake = new FakeFetch(malformed, { status: 200, body: results(['success', 1], ['success', 2]) });
+    const c = connector(fake);
+    await c.uploadData(queue);
+    assert.deepEqual(fake.requests.map(sentIds), [[1, 2, 3, 4], [1, 2]]);
+    assert.deepEqual(queue.remainingTransactionIds(), [3, 4]);
+    // the one at fault, first now: its refusal is thrown and it stays queued
+    const atFault: Answer = { ...malformed, body: { ...(malformed.body as object), field: 'transactions[0].crud[0].op' } };
+    const next = new FakeFetch(atFault);
+    await rejectsWith(connector(next).uploadData(queue), { code: 'invalid_body', status: 400 });
+    assert.deepEqual(next.requests.map(sentIds), [[3, 4]]);
+    assert.deepEqual(queue.remainingTransactionIds(), [3, 4]);
+  });
+
+  test('a 400 that names no transaction, or one not sent, holds the batch as before', async () => {
+    for (const field of ['client_id', 'transactions[7].crud[0].op', '$']) {
+      const queue = new FakeQueue().addMany(1, 3);
+      const fake = new FakeFetch({ status: 400, body: { error: 'x', code: 'invalid_body', field } });
+      await rejectsWith(connector(fake).uploadData(queue), { code: 'invalid_body', status: 400 });
+      assert.equal(fake.requests.length, 1, field);
+      assert.deepEqual(queue.remainingTransactionIds(), [1, 2, 3]);
+    }
+  });
+
+  test('after a 401 and a refresh, the next requests of the same upload use the fresh token', async () => {
+    const queue = new FakeQueue().addMany(1, 4);
+    const tooLarge: Answer = { status: 413, body: { error: 'too large', code: 'payload_too_large' } };
+    const fake = new FakeFetch(
+      { status: 401, body: { error: 'Unauthorized', code: 'session_expired' } },
+      tooLarge,
+      { status: 200, body: results(['success', 1], ['success', 2]) },
+    );
+    let refreshed = 0;
+    await connector(fake, { refreshSessionToken: async () => (refreshed++, 'fresh-token') }).uploadData(queue);
+    assert.equal(refreshed, 1);
+    assert.deepEqual(
+      fake.requests.map((r) => r.init.headers['Authorization']),
+      [`Bearer ${SESSION}`, 'Bearer fresh-token', 'Bearer fresh-token'],
+    );
+    assert.deepEqual(queue.remainingTransactionIds(), [3, 4]);
+  });
+
+  test('a number JSON cannot hold is sent as its word, never as the null JSON.stringify writes', async () => {
+    const queue = new FakeQueue().add(1, [{ op: 'PUT', id: 'a', data: { ratio: Infinity, low: -Infinity, n: 1 } }]);
+    const fake = new FakeFetch({ status: 200, body: results(['success', 1]) });
+    await connector(fake).uploadData(queue);
+    const body = fake.requests[0]!.json as { transactions: { crud: { data: unknown }[] }[] };
+    assert.deepEqual(body.transactions[0]!.crud[0]!.data, { ratio: 'Infinity', low: '-Infinity', n: 1 });
+  });
+
   test('413 for a single transaction completes nothing and throws payload_too_large', async () => {
     const queue = new FakeQueue().addMany(1, 2);
     const tooLarge: Answer = { status: 413, body: { error: 'too many entries', code: 'payload_too_large' } };

@@ -3,11 +3,40 @@ import { describe, test } from 'node:test';
 
 import type { CrudEntry } from '@powersync/common';
 
-import { interpretUploadResponse, parseRetryAfter, planUploadBody, sentTransactionIds } from '../src/index.js';
+import {
+  interpretUploadResponse,
+  parseRetryAfter,
+  planUploadBody,
+  sendableBefore,
+  sentTransactionIds,
+  uploadBodyText,
+} from '../src/index.js';
 
 function entry(op: string, table: string, id: string, opData?: Record<string, unknown>): CrudEntry {
   return { op, table, id, opData, clientId: 1 } as unknown as CrudEntry;
 }
+
+describe('uploadBodyText', () => {
+  test('writes non-finite numbers as their words and everything else as JSON.stringify does', () => {
+    const body = { transactions: [{ transaction_id: 1, crud: [{ op: 'PUT', table: 't', id: 'a', data: { a: Infinity, b: -Infinity, c: NaN, d: 1.5, e: null, f: 'x' } }] }] };
+    assert.equal(
+      uploadBodyText(body),
+      '{"transactions":[{"transaction_id":1,"crud":[{"op":"PUT","table":"t","id":"a","data":{"a":"Infinity","b":"-Infinity","c":"NaN","d":1.5,"e":null,"f":"x"}}]}]}',
+    );
+  });
+});
+
+describe('sendableBefore', () => {
+  test('is k for a 400 invalid_body at transactions[k] with 0 < k < sent, else undefined', () => {
+    const at = (field: unknown, status = 400, code = 'invalid_body') => sendableBefore(status, { code, field }, 5);
+    assert.equal(at('transactions[3].crud[0].op'), 3);
+    assert.equal(at('transactions[1]'), 1);
+    for (const none of [at('transactions[0].crud[0].op'), at('transactions[5].crud[0]'), at('client_id'), at(7),
+      at('transactions[2]', 413), at('transactions[2]', 400, 'other'), sendableBefore(400, undefined, 5)]) {
+      assert.equal(none, undefined);
+    }
+  });
+});
 
 describe('planUploadBody', () => {
   test('maps transactions to {transaction_id, crud:[{op, table, id, data}]}, data from opData, none for DELETE', () => {

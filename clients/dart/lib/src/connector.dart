@@ -219,7 +219,7 @@ class WorkerConnector extends PowerSyncBackendConnector {
   Future<PowerSyncCredentials?> fetchCredentials() async {
     final session = await getSessionToken();
     if (session == null || session.isEmpty) return null;
-    final answer = await _send('GET', '/powersync-token', session, null);
+    final (answer, _) = await _send('GET', '/powersync-token', session, null);
     final body = answer.body;
     if (answer.status != 200) {
       final error = errorOf(body);
@@ -253,21 +253,30 @@ class WorkerConnector extends PowerSyncBackendConnector {
   /// [uploadData] on any [UploadQueue]: sends the oldest queued transactions and completes those
   /// the worker reports final, in order (only the last of the completable prefix is completed:
   /// completing transaction k removes every entry up to k's last one). On 413 the first half is
-  /// sent instead, until it fits or a single transaction is refused. Throws when something must
-  /// be retried, or rethrows what a callback threw.
+  /// sent instead, until it fits or a single transaction is refused; on a 400 that names a place
+  /// in transaction k > 0, the k before it (the one at fault is then sent first, and its refusal
+  /// thrown). Throws when something must be retried, or rethrows what a callback threw.
   Future<void> uploadFrom(UploadQueue queue) async {
     final transactions = await _readQueue(queue);
     if (transactions.isEmpty) return;
-    final session = await getSessionToken();
-    if (session == null || session.isEmpty) {
+    final signedIn = await getSessionToken();
+    if (signedIn == null || signedIn.isEmpty) {
       throw WorkerConnectorException('signed out: no session token to upload with', code: 'signed_out');
     }
+    String session = signedIn;
     final clientId = await _clientIdOf(queue);
     var batch = transactions;
     for (;;) {
-      final answer = await _send('POST', '/powersync-upload', session, jsonEncode(planUploadBody(batch, clientId)));
+      final (answer, used) =
+          await _send('POST', '/powersync-upload', session, uploadBodyText(planUploadBody(batch, clientId)));
+      session = used;
       if (answer.status == 413 && batch.length > 1) {
         batch = batch.sublist(0, (batch.length + 1) ~/ 2);
+        continue;
+      }
+      final before = sendableBefore(answer.status, answer.body, batch.length);
+      if (before != null) {
+        batch = batch.sublist(0, before);
         continue;
       }
       await _settle(batch, answer);
@@ -347,21 +356,24 @@ class WorkerConnector extends PowerSyncBackendConnector {
   }
 
   /// One request (with one retry on 401 when [refreshSessionToken] is set), body read within
-  /// [requestTimeout].
-  Future<_Answer> _send(String method, String path, String session, String? body) async {
-    var answer = await _request(method, path, session, body);
+  /// [requestTimeout]; with the token the answer was given for, for the next request.
+  Future<(_Answer, String)> _send(String method, String path, String session, String? body) async {
+    final answer = await _request(method, path, session, body);
     final refresh = refreshSessionToken;
     if (answer.status == 401 && refresh != null) {
       final fresh = await refresh();
       if (fresh != null && fresh.isNotEmpty && fresh != session) {
-        answer = await _request(method, path, fresh, body);
+        return (await _request(method, path, fresh, body), fresh);
       }
     }
-    return answer;
+    return (answer, session);
   }
 
   Future<_Answer> _request(String method, String path, String session, String? body) async {
-    final request = http.Request(method, Uri.parse('$workerUrl$path'));
+    // aborted when the answer is late, so that the abandoned request does not go on in the
+    // background (and reach the worker after the SDK's re-send, or after later writes)
+    final abort = Completer<void>();
+    final request = http.AbortableRequest(method, Uri.parse('$workerUrl$path'), abortTrigger: abort.future);
     request.headers['Authorization'] = 'Bearer $session';
     request.headers['Accept'] = 'application/json';
     if (body != null) {
@@ -372,11 +384,14 @@ class WorkerConnector extends PowerSyncBackendConnector {
       final response = await _client.send(request).then(http.Response.fromStream).timeout(requestTimeout);
       return _Answer(
         status: response.statusCode,
-        body: _parseJson(response.body),
+        // UTF-8 whatever the Content-Type says (the worker's has no charset, which older
+        // package:http versions read as latin1)
+        body: _parseJson(utf8.decode(response.bodyBytes, allowMalformed: true)),
         retryAfter: response.headers['retry-after'],
         requestId: response.headers['x-request-id'],
       );
     } on TimeoutException {
+      abort.complete();
       throw WorkerConnectorException('$method $path: no answer within ${requestTimeout.inMilliseconds} ms',
           code: 'timeout');
     } catch (error) {

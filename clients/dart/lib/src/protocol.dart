@@ -2,6 +2,8 @@
 // answer means for each transaction sent. No I/O here, so the rules are testable on their own.
 // The same rules as the TypeScript connector (clients/typescript/src/protocol.ts).
 
+import 'dart:convert';
+
 import 'package:powersync_core/powersync_core.dart';
 
 /// Which entry of a transaction the worker could not apply, and why (`failed_operation`).
@@ -141,6 +143,28 @@ Map<String, Object?> planUploadBody(List<CrudTransaction> transactions, String? 
         },
     ],
   };
+}
+
+/// The body's JSON text. A number JSON cannot hold (infinity, NaN: SQLite's `9e999` is read as
+/// `double.infinity`) is sent as its word, as a string (`"Infinity"`, `"-Infinity"`, `"NaN"`),
+/// which PostgreSQL's float and numeric columns read as the same value (any other column refuses
+/// it, so the write is reported, not altered); `jsonEncode` alone throws, and the upload would be
+/// retried for ever.
+String uploadBodyText(Map<String, Object?> body) => jsonEncode(body, toEncodable: _encodable);
+
+Object? _encodable(Object? value) =>
+    value is double && !value.isFinite ? value.toString() : (value as dynamic).toJson();
+
+/// How many transactions to send again when the worker refused the whole body as malformed (400
+/// `invalid_body`) at a place inside transaction `k` > 0 (`field` = `transactions[k]…`): the `k`
+/// before it, which are not at fault, so they are not held with it. Null otherwise.
+int? sendableBefore(int status, Object? body, int sent) {
+  if (status != 400 || body is! Map || body['code'] != 'invalid_body') return null;
+  final field = body['field'];
+  if (field is! String) return null;
+  final match = RegExp(r'^transactions\[(\d+)\]').firstMatch(field);
+  final k = match == null ? null : int.tryParse(match.group(1)!);
+  return k != null && k > 0 && k < sent ? k : null;
 }
 
 /// The `transaction_id` each transaction is sent with, in order (what the results must echo).
