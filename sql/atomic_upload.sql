@@ -18,7 +18,9 @@
 --
 --   PUT    = INSERT … ON CONFLICT (id) DO UPDATE SET <only the columns in
 --            data>; values are typed by the table's columns (jsonb_to_record
---            with the keys given only, as PostgREST does).
+--            with the keys given only, as PostgREST does; through jsonb, not
+--            PostgREST's json: a json column gets jsonb's text of a value,
+--            a number in exponent form is written out, docs/upload.md).
 --   PATCH  = UPDATE <only the columns in data> WHERE id = <id>; empty data is
 --            a no-op.
 --   DELETE = DELETE WHERE id = <id>.
