@@ -57,6 +57,21 @@ pub fn public_value_as_jwt_secret(secret: &str, project_keys: &[String]) -> Opti
     }
 }
 
+/// JWT secrets anyone can read: the Supabase CLI's local default, self-hosted Supabase's
+/// `.env.example` default and `secrets.example`'s placeholder. A project whose sessions one of
+/// them verifies accepts a session anyone signed, for any user; the worker allows them only
+/// with a loopback `SUPABASE_URL` (`make dev`, tests).
+pub const PUBLISHED_JWT_SECRETS: [&str; 3] = [
+    "super-secret-jwt-token-with-at-least-32-characters-long",
+    "your-super-secret-jwt-token-with-at-least-32-characters-long",
+    "your-super-secret-jwt-token-with-at-least-32-characters",
+];
+
+/// Whether `secret` is one of the [`PUBLISHED_JWT_SECRETS`].
+pub fn is_published_jwt_secret(secret: &str) -> bool {
+    PUBLISHED_JWT_SECRETS.contains(&secret.trim())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,6 +6,7 @@
 //! shaped like a secret ([`crate::environment::Problem::new`]).
 
 use crate::api_keys;
+use crate::environment::is_loopback;
 use crate::keys::{self, KeyError, PublicJwk, SigningKey};
 use crate::session::SessionSettings;
 use crate::storage::settings::StorageSettings;
@@ -246,6 +247,16 @@ fn session_settings(r: &mut Reader, supabase_url: Option<String>) -> Option<Sess
                  secret, or leave it unset when sessions are signed with signing keys (the JWKS verifies \
                  them)"
             ),
+        );
+    }
+    let local = supabase_url.as_deref().and_then(|url| url::Url::parse(url).ok()).is_some_and(|url| is_loopback(&url));
+    if jwt_secret.as_deref().is_some_and(api_keys::is_published_jwt_secret) && !local {
+        r.problem(
+            "SUPABASE_JWT_SECRET",
+            "is a published default (the Supabase CLI's, self-hosted Supabase's or secrets.example's): \
+             anyone could sign a session for any user with it. Use the project's own legacy JWT secret, or \
+             leave it unset when sessions are signed with signing keys; a default is accepted only with a \
+             loopback SUPABASE_URL (local development)",
         );
     }
     if jwt_secret.as_ref().is_some_and(|secret| secret.len() < MIN_JWT_SECRET_BYTES) {
@@ -529,6 +540,23 @@ mod tests {
             assert_eq!(names(&c.problems), vec!["SUPABASE_JWT_SECRET"], "{secret}");
             assert!(c.problems[0].message.contains("anyone could sign a session for any user"), "{:?}", c.problems);
             assert!(c.session.is_err());
+        }
+    }
+
+    #[test]
+    fn a_published_default_jwt_secret_is_refused_unless_supabase_is_on_loopback() {
+        for secret in api_keys::PUBLISHED_JWT_SECRETS {
+            let mut hosted = complete();
+            hosted.retain(|(n, _)| *n != "SUPABASE_JWT_SECRET");
+            hosted.push(("SUPABASE_JWT_SECRET", secret.to_string()));
+            let c = config_of(&hosted);
+            assert_eq!(names(&c.problems), vec!["SUPABASE_JWT_SECRET"], "{secret}");
+            assert!(c.problems[0].message.contains("published default"), "{:?}", c.problems);
+            assert!(c.session.is_err(), "no session verifies with it");
+            let mut local = hosted.clone();
+            local.retain(|(n, _)| *n != "SUPABASE_URL");
+            local.push(("SUPABASE_URL", "http://127.0.0.1:54321".into()));
+            assert!(config_of(&local).problems.is_empty(), "make dev: {:?}", config_of(&local).problems);
         }
     }
 

@@ -177,17 +177,26 @@ pub fn fetchable(text: &str) -> Result<url::Url, &'static str> {
     if !url.username().is_empty() || url.password().is_some() {
         return Err("must not contain credentials (user@host)");
     }
-    let loopback = match url.host() {
-        None => return Err("has no host"),
-        Some(url::Host::Domain(name)) => name == "localhost",
-        Some(url::Host::Ipv4(address)) => address.is_loopback(),
-        Some(url::Host::Ipv6(address)) => address.is_loopback(),
-    };
+    if url.host().is_none() {
+        return Err("has no host");
+    }
+    let loopback = is_loopback(&url);
     match url.scheme() {
         "https" => Ok(url),
         "http" if loopback => Ok(url),
         "http" => Err("http:// is only for loopback hosts (127.0.0.0/8, localhost, [::1])"),
         _ => Err("must be an https:// URL"),
+    }
+}
+
+/// Whether `url`'s host is a loopback one (127.0.0.0/8, `localhost`, `[::1]`): local
+/// development and tests.
+pub fn is_loopback(url: &url::Url) -> bool {
+    match url.host() {
+        None => false,
+        Some(url::Host::Domain(name)) => name == "localhost",
+        Some(url::Host::Ipv4(address)) => address.is_loopback(),
+        Some(url::Host::Ipv6(address)) => address.is_loopback(),
     }
 }
 

@@ -9,5 +9,6 @@ export default defineConfig({
   worker: { format: 'es' },
   build: { target: 'es2022' },
   server: { host: '127.0.0.1', strictPort: true },
-  preview: { host: '127.0.0.1', strictPort: true },
+  // demo.test: the browser tests' name for this machine that is not a loopback name
+  preview: { host: '127.0.0.1', strictPort: true, allowedHosts: ['demo.test'] },
 });

@@ -93,6 +93,27 @@ def assert_no_console_errors(browser: Browser, tab: int) -> None:
     assert browser.errors(tab) == []
 
 
+# --- the address ---------------------------------------------------------------------------------
+
+def test_a_page_not_served_from_this_machine_ignores_the_worker_and_session_its_address_names(
+        browser, page, web_worker, session_token, user_a):
+    """A hosted copy given `?worker=https://evil.example` sent a returning user's session and queued
+    writes there, and `#session=` signed the user in as whoever made the link. Served under a name
+    that is not a loopback one (demo.test, mapped to 127.0.0.1 in the browser), the page keeps its
+    build's worker and stays signed out."""
+    url = page.url_for(web_worker.url, session_token(user_a)).replace("127.0.0.1", "demo.test", 1)
+    assert url.startswith("http://demo.test:"), url
+    tab = browser.open(url)
+    browser.wait_for(tab, "window.demo !== undefined")
+    assert browser.eval(tab, "document.getElementById('worker-url').textContent") == "http://127.0.0.1:8787"
+    assert browser.eval(tab, "window.demo.ready") is None, "not signed in from the address"
+    assert browser.eval(tab, "localStorage.length") == 0
+    # the same address on this machine's loopback name is the dev workflow, and is honoured
+    local = browser.open(page.url_for(web_worker.url, session_token(user_a)))
+    browser.wait_for(local, "window.demo !== undefined && window.demo.ready !== null")
+    assert browser.eval(local, "document.getElementById('worker-url').textContent") == web_worker.url
+
+
 # --- first sync, live changes ---------------------------------------------------------------------
 
 def test_page_first_sync_shows_exactly_the_users_rows_then_a_server_insert_live(

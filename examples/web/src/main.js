@@ -31,7 +31,13 @@ const schema = new Schema({
 
 const SESSION_KEY = 'powersync-worker-demo.session';
 const params = new URLSearchParams(location.search);
-const workerUrl = params.get('worker') || 'http://127.0.0.1:8787';
+// The address may choose the worker and hand over a session only on a page served from this
+// machine (`make dev`, the tests). A hosted copy takes its worker from the build
+// (`VITE_WORKER_URL`): else a link `?worker=https://evil.example` would send a returning
+// user's session and queued writes there, and `#session=` would sign them in as someone else.
+const local = ['127.0.0.1', 'localhost', '[::1]'].includes(location.hostname);
+const workerUrl =
+  (local && params.get('worker')) || import.meta.env.VITE_WORKER_URL || 'http://127.0.0.1:8787';
 // How long the SDK waits before retrying a failed upload or a lost connection (its default is 5 s).
 const retryDelayMs = Number(params.get('retryDelayMs') || 2000);
 
@@ -40,7 +46,7 @@ $('worker-url').textContent = workerUrl;
 
 // --- The session ---------------------------------------------------------------------------------
 
-const fromHash = new URLSearchParams(location.hash.slice(1)).get('session');
+const fromHash = local ? new URLSearchParams(location.hash.slice(1)).get('session') : null;
 if (fromHash) {
   localStorage.setItem(SESSION_KEY, fromHash);
   history.replaceState(null, '', location.pathname + location.search);

@@ -23,6 +23,9 @@ const args = [
   '--disable-background-networking',
   '--disable-component-update',
   '--disable-sync',
+  // a name for this machine that is not a loopback name: the page must then ignore the worker and
+  // the session its address names (tests/e2e/test_web.py)
+  '--host-resolver-rules=MAP demo.test 127.0.0.1',
 ];
 
 let browser = null;
