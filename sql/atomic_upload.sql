@@ -604,6 +604,23 @@ as $$
      and l.entries_digest = public.powersync_upload_entries_digest()
 $$;
 
+-- The transactions of p_user_id (any client) the ledger holds as applied after
+-- p_since, oldest first: what a replay of a dead letter recorded at p_since would
+-- write over (sql/dead_letter.sql). Only the owner and service_role run it.
+create or replace function public.powersync_upload_ledger_applied_since(
+  p_user_id text,
+  p_since timestamptz
+) returns table (client_id text, transaction_id text)
+language sql
+stable
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+  select l.client_id, l.transaction_id from public.powersync_upload_ledger as l
+   where l.user_id = p_user_id and l.applied_at > p_since and l.dead_letter_id is null
+   order by l.applied_at, l.client_id, l.transaction_id
+$$;
+
 -- The dead letter the ledger holds for the caller's (client, transaction), as
 -- {"id", "index", "code", "message", "details"} (index, code, message and
 -- details as recorded; the id alone if the row is gone), or null: what
@@ -700,7 +717,8 @@ begin
                            'public.powersync_upload_ledger_letter_of(text, text, text)',
                            'public.powersync_upload_ledger_dead_letter(text, text, text)',
                            'public.powersync_upload_ledger_unchanged(text, text, text, integer[])',
-                           'public.powersync_upload_ledger_reject(text, text, text)'] loop
+                           'public.powersync_upload_ledger_reject(text, text, text)',
+                           'public.powersync_upload_ledger_applied_since(text, timestamptz)'] loop
     execute pg_catalog.format('revoke all on function %s from public', f);
     foreach r in array array['anon', 'authenticated', 'service_role'] loop
       if exists (select 1 from pg_catalog.pg_roles where rolname = r) then
@@ -716,6 +734,7 @@ grant execute on function public.powersync_upload_ledger_unchanged(text, text, t
   to authenticated, service_role;
 grant execute on function public.powersync_upload_ledger_reject(text, text, text)
   to authenticated, service_role;
+grant execute on function public.powersync_upload_ledger_applied_since(text, timestamptz) to service_role;
 
 -- the copies installed before exactly-once (three arguments) and before conflict detection
 -- (five): replaced below

@@ -89,6 +89,11 @@
 --     TimeZone, DateStyle and IntervalStyle, kept in recorded_settings), not
 --     the caller's: a zone-less timestamp or a day-month date lands as the
 --     upload would have written it.
+-- Refused too (55000), so that the user's later writes are not gone over: while
+-- an earlier dead letter of the same user waits (replay the oldest first), and
+-- while the ledger holds a later transaction of the same user as applied (not a
+-- dead letter's own replay), unless called with overwrite_later_writes => true
+-- (check the rows first: devtool dead-letters replay --dry-run shows them).
 -- Refused or failing (RLS, a table not allowed, a constraint, already applied
 -- since): nothing is applied, the error is returned and stored in replay_error
 -- ({"applied": 0, "replayed": false, "error": {code, message, details, hint}}),
@@ -393,8 +398,13 @@ comment on function public.powersync_record_dead_letter(jsonb, text, text, text,
 
 -- ---------------------------------------------------------------- replay
 drop function if exists public.powersync_replay_dead_letter(bigint, text);
+-- before overwrite_later_writes
+drop function if exists public.powersync_replay_dead_letter(bigint);
 
-create or replace function public.powersync_replay_dead_letter(dead_letter_id bigint)
+create or replace function public.powersync_replay_dead_letter(
+  dead_letter_id bigint,
+  overwrite_later_writes boolean default false
+)
 returns jsonb
 language plpgsql
 security invoker
@@ -419,6 +429,8 @@ declare
                                            'DateStyle', current_setting('DateStyle'),
                                            'IntervalStyle', current_setting('IntervalStyle'));
   v_setting    text;
+  v_earlier    bigint;
+  v_later      text[];
   e_state  text;
   e_msg    text;
   e_detail text;
@@ -458,6 +470,41 @@ begin
    where e.value ->> 'state' is distinct from 'applied';
 
   begin
+    -- The user's own order: an earlier dead letter of theirs still waiting holds writes they made
+    -- before this one's, which its replay would put over this one's.
+    select l.id into v_earlier from public.powersync_dead_letters as l
+     where l.user_id is not distinct from d.user_id and l.id < d.id
+       and l.replayed_at is null and l.discarded_at is null
+     order by l.id limit 1;
+    if v_earlier is not null then
+      raise exception using errcode = '55000',
+        message = pg_catalog.format('dead letter %s of the same user, recorded before dead letter %s, is still '
+                                    'waiting: replay (or discard) that one first', v_earlier, dead_letter_id);
+    end if;
+    -- Transactions of the same user the ledger holds as applied since this one was recorded
+    -- (a dead letter's own replay aside): the user made them later, and this replay would write
+    -- over their rows (bring back one they deleted). Only on the operator's explicit word.
+    if not overwrite_later_writes
+       and pg_catalog.to_regprocedure('public.powersync_upload_ledger_applied_since(text, timestamptz)') is not null
+    then
+      execute 'select coalesce(array_agg(a.client_id || ''/'' || a.transaction_id), ''{}'')'
+              '  from public.powersync_upload_ledger_applied_since($1, $2) as a'
+              ' where not (a.client_id is not distinct from $3 and a.transaction_id is not distinct from $4)'
+              '   and not exists (select 1 from public.powersync_dead_letters as o'
+              '                    where o.user_id = $1 and o.client_id = a.client_id'
+              '                      and o.transaction_id = a.transaction_id and o.code is distinct from ''unchanged'')'
+        into v_later using d.user_id, d.created_at, d.client_id, d.transaction_id;
+      if pg_catalog.cardinality(v_later) > 0 then
+        raise exception using errcode = '55000',
+          message = pg_catalog.format('%s transaction(s) of the same user were applied after dead letter %s was '
+                                      'recorded (client/transaction: %s%s): replayed now, its writes would go over '
+                                      'theirs', pg_catalog.cardinality(v_later), dead_letter_id,
+                                      pg_catalog.array_to_string(v_later[1:3], ', '),
+                                      case when pg_catalog.cardinality(v_later) > 3 then ', …' else '' end),
+          hint = 'check the rows its entries write (devtool dead-letters replay --dry-run shows them); then replay '
+                 'with overwrite_later_writes => true (devtool: --overwrite-later-writes), or discard it';
+      end if;
+    end if;
     -- the values' text typed as in the session that wrote the transaction, not the operator's
     -- (a psql with PGTZ or another DateStyle would shift a zone-less timestamp or swap a date's
     -- day and month); a letter recorded before these were kept: the caller's session's
@@ -550,7 +597,7 @@ begin
 end
 $$;
 
-comment on function public.powersync_replay_dead_letter(bigint) is
+comment on function public.powersync_replay_dead_letter(bigint, boolean) is
   'PowerSync upload bridge: apply the entries of a dead-lettered transaction that were not applied, atomically, with the rights of the original writer.';
 
 -- ---------------------------------------------------------------- discard
@@ -607,12 +654,12 @@ declare
   r text;
 begin
   execute 'revoke all on function public.powersync_record_dead_letter(jsonb, text, text, text, text, text, integer, jsonb, text, text, text[]) from public';
-  execute 'revoke all on function public.powersync_replay_dead_letter(bigint) from public';
+  execute 'revoke all on function public.powersync_replay_dead_letter(bigint, boolean) from public';
   execute 'revoke all on function public.powersync_discard_dead_letter(bigint, text) from public';
   foreach r in array array['anon', 'authenticated', 'service_role'] loop
     if exists (select 1 from pg_catalog.pg_roles where rolname = r) then
       execute pg_catalog.format('revoke all on function public.powersync_record_dead_letter(jsonb, text, text, text, text, text, integer, jsonb, text, text, text[]) from %I', r);
-      execute pg_catalog.format('revoke all on function public.powersync_replay_dead_letter(bigint) from %I', r);
+      execute pg_catalog.format('revoke all on function public.powersync_replay_dead_letter(bigint, boolean) from %I', r);
       execute pg_catalog.format('revoke all on function public.powersync_discard_dead_letter(bigint, text) from %I', r);
     end if;
   end loop;
@@ -620,7 +667,7 @@ end
 $$;
 grant execute on function public.powersync_record_dead_letter(jsonb, text, text, text, text, text, integer, jsonb, text, text, text[])
   to authenticated, service_role;
-grant execute on function public.powersync_replay_dead_letter(bigint) to service_role;
+grant execute on function public.powersync_replay_dead_letter(bigint, boolean) to service_role;
 grant execute on function public.powersync_discard_dead_letter(bigint, text) to service_role;
 
 commit;

@@ -308,6 +308,53 @@ def test_replay_is_recorded_in_the_ledger_so_a_client_resend_applies_nothing(wor
     assert row(db, "todos", todo)["description"] == "changed later"
 
 
+def test_a_replay_never_goes_over_the_users_later_writes_unless_told_to(workers, db, user):
+    """T1 is dead-lettered, then the user's T2 edits the same row: replayed once its cause was
+    fixed, T1 put the row back as it was before T2, answered as replayed. Now it is refused,
+    naming the later transaction, until the operator, having looked at the row, says to go over
+    it."""
+    sub, token = user
+    list_id, missing = insert_list(db, sub), new_id()
+    edited = insert_todo(db, sub, list_id, "first")
+    t1 = tx(patch("todos", edited, description="v1"),
+            put("todos", new_id(), description="x", list_id=missing, created_by=sub), tid=1)
+    assert statuses(upload(workers["atomic"], token, with_client(body(t1), "client-later"))) == ["fatal_error"]
+    (letter,) = letters(db)
+    later = body(tx(patch("todos", edited, description="v2"), tid=2))
+    assert statuses(upload(workers["atomic"], token, with_client(later, "client-later"))) == ["success"]
+    insert_list(db, sub, list_id=missing)  # the cause, fixed
+    refused = db.execute(f"select public.{REPLAY}(%s)", (letter["id"],)).fetchone()[0]
+    assert (refused["replayed"], refused["error"]["code"]) == (False, "55000"), refused
+    assert "client-later/2" in refused["error"]["message"], refused
+    assert "overwrite_later_writes" in refused["error"]["hint"], refused
+    assert letters(db)[0]["replay_error"]["code"] == "55000", "stored for the operator"
+    assert row(db, "todos", edited)["description"] == "v2"
+    told = db.execute(f"select public.{REPLAY}(%s, overwrite_later_writes => true)", (letter["id"],)).fetchone()[0]
+    assert told["replayed"] is True, told
+    assert row(db, "todos", edited)["description"] == "v1"
+
+
+def test_replays_go_in_the_users_order_and_one_replay_does_not_hold_back_the_next(workers, db, user):
+    """Letters A then B of one user: B replayed first was applied, and A's replay then put the
+    older values back over it. Now B waits for A; once A is replayed (a later write on record
+    now), B is not refused for it: A's writes came first."""
+    sub, token = user
+    missing, first, second = new_id(), new_id(), new_id()
+    for tid, todo in [(1, first), (2, second)]:
+        payload = with_client(body(tx(put("todos", todo, description="d", list_id=missing, created_by=sub),
+                                      tid=tid)), "client-order")
+        assert statuses(upload(workers["atomic"], token, payload)) == ["fatal_error"]
+    a, b = letters(db)
+    insert_list(db, sub, list_id=missing)
+    early = db.execute(f"select public.{REPLAY}(%s)", (b["id"],)).fetchone()[0]
+    assert (early["replayed"], early["error"]["code"]) == (False, "55000"), early
+    assert f"dead letter {a['id']} of the same user" in early["error"]["message"], early
+    for letter in (a, b):
+        result = db.execute(f"select public.{REPLAY}(%s)", (letter["id"],)).fetchone()[0]
+        assert result["replayed"] is True, result
+    assert row(db, "todos", first) is not None and row(db, "todos", second) is not None
+
+
 def test_transaction_applied_since_its_dead_letter_is_not_replayed(workers, db, user):
     sub, token = user
     list_id = insert_list(db, sub)
@@ -708,6 +755,7 @@ EXPECTED = {
     ("powersync_upload_ledger_dead_letter(text,text,text)", "EXECUTE"): {"authenticated", "service_role"},
     ("powersync_upload_ledger_unchanged(text,text,text,integer[])", "EXECUTE"): {"authenticated", "service_role"},
     ("powersync_upload_ledger_reject(text,text,text)", "EXECUTE"): {"authenticated", "service_role"},
+    ("powersync_upload_ledger_applied_since(text,timestamp with time zone)", "EXECUTE"): {"service_role"},
     ("powersync_upload_ledger_refuse(text,text,text,text,bigint)", "EXECUTE"): set(),
     ("powersync_upload_entries_digest()", "EXECUTE"): set(),
     ("powersync_upload_ledger_letter_of(text,text,text)", "EXECUTE"): set(),
@@ -715,7 +763,7 @@ EXPECTED = {
     ("powersync_upload_ledger_cap(text,integer)", "EXECUTE"): set(),
     ("powersync_record_dead_letter(jsonb,text,text,text,text,text,integer,jsonb,text,text,text[])", "EXECUTE"):
         {"authenticated", "service_role"},
-    ("powersync_replay_dead_letter(bigint)", "EXECUTE"): {"service_role"},
+    ("powersync_replay_dead_letter(bigint,boolean)", "EXECUTE"): {"service_role"},
     ("powersync_discard_dead_letter(bigint,text)", "EXECUTE"): {"service_role"},
     ("powersync_doctor(jsonb,text[])", "EXECUTE"): {"service_role"},
 }

@@ -221,7 +221,7 @@ def test_every_body_shape_and_field_alias_is_applied(rls_worker, db, user, shape
         {"op": "PUT", "table": "lists", "id": "a", "op_data": {"name": "x"}},
         {"op": "UPSERT", "table": "lists", "id": "b"}]}]}, "transactions[1].crud[1].op"),
     ({"batch": [{"op": "PUT", "table": "lists", "data": {}}]}, "batch[0].id"),
-    ({"batch": [{"op": "PUT", "table": "lists", "id": ""}]}, "batch[0].id"),
+    ({"batch": [{"op": "PUT", "table": "lists", "id": True}]}, "batch[0].id"),
     ({"operations": [{"op": "PUT", "id": "a", "data": {}}]}, "operations[0].table"),
     ({"batch": [{"op": "PUT", "table": "lists", "id": "a", "data": "name=x"}]}, "batch[0].data"),
     ({"batch": [{"op": "PUT", "table": "lists", "id": "a", "data": {"name": "x"},

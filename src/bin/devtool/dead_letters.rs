@@ -113,7 +113,10 @@ pub fn list_request(supabase_url: &str, service_key: &str, selection: &Selection
         query.push(format!("id=lt.{id}"));
     }
     if let Some(age) = selection.older_than_seconds {
-        let before = DateTime::<Utc>::from_timestamp(now.saturating_sub(age as i64), 0).unwrap_or_default();
+        // an age beyond now (a typo of many digits) is "before 1970", which matches nothing: never
+        // a wrap into the future that would select every dead letter
+        let seconds = now.saturating_sub(i64::try_from(age).unwrap_or(i64::MAX)).max(0);
+        let before = DateTime::<Utc>::from_timestamp(seconds, 0).unwrap_or_default();
         query.push(format!("created_at=lt.{}", encode(&before.to_rfc3339_opts(SecondsFormat::Secs, true))));
     }
     query.push("order=id.asc".to_string());
@@ -136,8 +139,45 @@ pub fn show_request(supabase_url: &str, service_key: &str, id: i64) -> Request {
     }
 }
 
-pub fn replay_request(supabase_url: &str, service_key: &str, id: i64) -> Request {
-    rest::rpc(supabase_url, service_key, "powersync_replay_dead_letter", json!({"dead_letter_id": id}))
+/// Most rows a dry run reads to show what a replay would write over.
+pub const MAX_CURRENT_ROWS: usize = 20;
+
+/// For each of the first [`MAX_CURRENT_ROWS`] pending entries (see [`pending_entries`]), the
+/// read of the row it writes as it stands now (`GET /rest/v1/<table>?id=eq.<id>`, service key):
+/// a dry run shows it beside the entry, so the operator sees what the replay would go over (the
+/// user's later writes, a row they deleted since). `None` for an entry without a table or id.
+pub fn current_row_requests(supabase_url: &str, service_key: &str, pending: &[Value]) -> Vec<Option<Request>> {
+    pending
+        .iter()
+        .take(MAX_CURRENT_ROWS)
+        .map(|entry| {
+            let (table, id) = (entry.get("table")?.as_str()?, entry.get("id")?.as_str()?);
+            Some(Request {
+                method: "GET",
+                url: format!(
+                    "{}/rest/v1/{}?select=*&id=eq.{}",
+                    supabase_url.trim_end_matches('/'),
+                    encode(table),
+                    encode(id)
+                ),
+                headers: rest::service_headers(service_key),
+                body: None,
+            })
+        })
+        .collect()
+}
+
+/// The replay of dead letter `id`. `overwrite_later_writes` (`--overwrite-later-writes`; default
+/// false): replay it even though transactions of the same user were applied after it was
+/// recorded, whose rows its writes would go over (the function refuses it otherwise, 55000).
+pub fn replay_request(supabase_url: &str, service_key: &str, id: i64, overwrite_later_writes: bool) -> Request {
+    let body = if overwrite_later_writes {
+        json!({"dead_letter_id": id, "overwrite_later_writes": true})
+    } else {
+        // as before the option, so that an older sql/dead_letter.sql still answers
+        json!({"dead_letter_id": id})
+    };
+    rest::rpc(supabase_url, service_key, "powersync_replay_dead_letter", body)
 }
 
 pub fn discard_request(supabase_url: &str, service_key: &str, id: i64, reason: &str) -> Request {
@@ -213,6 +253,11 @@ pub fn outcome(id: i64, response: &Response) -> (bool, Value) {
             "no answer: it may have been done all the same; see `devtool dead-letters show --id {id}` \
              (replayed_at, discarded_at) before trying again (a replayed or discarded one is refused)"
         )),
+        Some("57014") => Some(
+            "cancelled (statement_timeout): nothing was applied and nothing stored; run it again, with a longer \
+             statement_timeout for service_role if it is large"
+                .into(),
+        ),
         Some("PGRST202") | Some("42883") => Some(
             "the function is missing or outdated: run sql/dead_letter.sql (and sql/atomic_upload.sql for replay)"
                 .into(),
@@ -368,14 +413,55 @@ mod tests {
     }
 
     #[test]
+    fn an_age_beyond_any_date_selects_nothing_never_everything() {
+        for age in [u64::MAX, u64::MAX - 31_536_000, i64::MAX as u64] {
+            let selection = Selection { older_than_seconds: Some(age), ..Default::default() };
+            let url = list_request(URL, "k", &selection, 1_800_000_000).url;
+            let before = url.split("created_at=lt.").nth(1).and_then(|rest| rest.split('&').next()).expect("a date");
+            assert!(before.starts_with("1970%2D01%2D01T00"), "{age}: {before}");
+        }
+    }
+
+    #[test]
+    fn a_cancelled_replay_says_nothing_was_applied() {
+        let cancelled = Response {
+            status: 500,
+            body: r#"{"code":"57014","message":"canceling statement due to statement timeout"}"#.into(),
+        };
+        let (ok, answer) = outcome(7, &cancelled);
+        assert!(!ok);
+        assert!(answer["fix"].as_str().unwrap().contains("nothing was applied"), "{answer}");
+    }
+
+    #[test]
+    fn a_dry_run_reads_the_rows_the_pending_entries_write_at_most_twenty() {
+        let pending = vec![
+            json!({"op": "PATCH", "table": "todos", "id": "a b/1", "data": {"x": 1}}),
+            json!({"op": "DELETE", "id": "no-table"}),
+        ];
+        let requests = current_row_requests(URL, "k", &pending);
+        let first = requests[0].as_ref().expect("a read");
+        assert_eq!(
+            (first.method, first.url.as_str()),
+            ("GET", "https://p.supabase.co/rest/v1/todos?select=*&id=eq.a%20b%2F1")
+        );
+        assert_eq!(first.headers, rest::service_headers("k"));
+        assert!(requests[1].is_none());
+        let many: Vec<Value> = (0..30).map(|i| json!({"table": "t", "id": i.to_string()})).collect();
+        assert_eq!(current_row_requests(URL, "k", &many).len(), MAX_CURRENT_ROWS);
+    }
+
+    #[test]
     fn show_replay_and_discard_requests_are_exact() {
         assert_eq!(show_request(URL, "k", 7).url, format!("{URL}/rest/v1/powersync_dead_letters?select=*&id=eq.7"));
-        let replay = replay_request(URL, "k", 7);
+        let replay = replay_request(URL, "k", 7, false);
         assert_eq!(
             (replay.method, replay.url.as_str()),
             ("POST", "https://p.supabase.co/rest/v1/rpc/powersync_replay_dead_letter")
         );
         assert_eq!(replay.body, Some(json!({"dead_letter_id": 7})));
+        let over = replay_request(URL, "k", 7, true);
+        assert_eq!(over.body, Some(json!({"dead_letter_id": 7, "overwrite_later_writes": true})));
         let discard = discard_request(URL, "k", 7, "duplicate of 6");
         assert_eq!(discard.url, format!("{URL}/rest/v1/rpc/powersync_discard_dead_letter"));
         assert_eq!(discard.body, Some(json!({"dead_letter_id": 7, "reason": "duplicate of 6"})));

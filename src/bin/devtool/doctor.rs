@@ -56,7 +56,10 @@ pub const LEDGER_REJECT: &str = "public.powersync_upload_ledger_reject(text, tex
 pub const LEDGER_COLUMNS: [&str; 3] = ["dead_letter_id", "entries_digest", "unchanged"];
 pub const RECORD: &str =
     "public.powersync_record_dead_letter(jsonb, text, text, text, text, text, integer, jsonb, text, text, text[])";
-pub const REPLAY: &str = "public.powersync_replay_dead_letter(bigint)";
+pub const REPLAY: &str = "public.powersync_replay_dead_letter(bigint, boolean)";
+/// What a replay asks for the user's transactions applied since its dead letter (called as
+/// service_role): without it a replay goes over the user's later writes unseen.
+pub const LEDGER_APPLIED_SINCE: &str = "public.powersync_upload_ledger_applied_since(text, timestamptz)";
 pub const DISCARD: &str = "public.powersync_discard_dead_letter(bigint, text)";
 /// Columns of the dead-letter table this version relies on (added over time: their absence
 /// means sql/dead_letter.sql is outdated).
@@ -199,6 +202,9 @@ impl Expectations {
         }
         if self.dead_letters {
             f.extend([RECORD, REPLAY, DISCARD].map(String::from));
+            if self.atomic.is_some() {
+                f.push(LEDGER_APPLIED_SINCE.to_string());
+            }
         }
         f
     }
@@ -411,13 +417,22 @@ pub fn check_catalog(expected: &Expectations, response: &Response, supabase_url:
             || signature == LEDGER_CLAIM
             || signature == LEDGER_DEAD_LETTER
             || signature == LEDGER_UNCHANGED
-            || signature == LEDGER_REJECT;
+            || signature == LEDGER_REJECT
+            || signature == LEDGER_APPLIED_SINCE;
         let file = if is_atomic { "sql/atomic_upload.sql" } else { "sql/dead_letter.sql" };
-        let tool = signature == REPLAY || signature == DISCARD;
+        let tool = signature == REPLAY || signature == DISCARD || signature == LEDGER_APPLIED_SINCE;
         let required_role = if tool { "service_role" } else { role };
         if !exists {
             let always = expected.atomic.as_ref().is_some_and(|(_, always)| *always);
-            findings.push(if signature == LEDGER_REJECT {
+            findings.push(if signature == LEDGER_APPLIED_SINCE {
+                warning(
+                    format!(
+                        "{signature} is missing (outdated {file}): a replay cannot see the user's transactions \
+                         applied after its dead letter, and goes over their rows"
+                    ),
+                    format!("run {file} again"),
+                )
+            } else if signature == LEDGER_REJECT {
                 warning(
                     format!(
                         "{signature} is missing (outdated {file}): a transaction reported rejected is not recorded, so \
@@ -1082,7 +1097,8 @@ mod tests {
                 LEDGER_UNCHANGED.into(),
                 RECORD.into(),
                 REPLAY.into(),
-                DISCARD.into()
+                DISCARD.into(),
+                LEDGER_APPLIED_SINCE.into()
             ]
         );
         let r = catalog_request("https://p.supabase.co", "sb_secret_k", &e);
@@ -1321,6 +1337,49 @@ mod tests {
         assert!(findings[0]
             .fix
             .contains("grant execute on function public.powersync_upload_ledger_reject to authenticated"));
+    }
+
+    #[test]
+    fn with_dead_letters_and_the_function_a_replays_view_of_later_writes_is_expected() {
+        let e = expectations(
+            &settings(&[("UPLOAD_ATOMIC", "true"), ("UPLOAD_DEAD_LETTER_TABLE", "powersync_dead_letters")]),
+            &[],
+        );
+        assert!(e.functions().contains(&LEDGER_APPLIED_SINCE.to_string()));
+        assert!(e.functions().contains(&REPLAY.to_string()));
+        let without = expectations(&settings(&[("UPLOAD_ATOMIC", "true")]), &[]);
+        assert!(!without.functions().contains(&LEDGER_APPLIED_SINCE.to_string()), "no dead letters, no replay");
+        let tables = json!([
+            table("powersync_upload_ledger", &[], true),
+            table("powersync_upload_ledger_settings", &[], true),
+            table("powersync_dead_letters", &["SELECT"], true)
+        ]);
+        let installed = |since: Value| {
+            json!([
+                function(
+                    "public.powersync_apply_transaction(jsonb, text, text, text, text, boolean)",
+                    true,
+                    &["authenticated"]
+                ),
+                function(LEDGER_CLAIM, true, &["authenticated"]),
+                function(LEDGER_DEAD_LETTER, true, &["authenticated"]),
+                function(LEDGER_UNCHANGED, true, &["authenticated"]),
+                function(RECORD, true, &["authenticated"]),
+                function(REPLAY, true, &["service_role"]),
+                function(DISCARD, true, &["service_role"]),
+                since,
+            ])
+        };
+        let healthy = check_catalog(
+            &e,
+            &answer(tables.clone(), installed(function(LEDGER_APPLIED_SINCE, true, &["service_role"]))),
+            "u",
+        );
+        assert!(healthy.is_empty(), "{healthy:?}");
+        let findings = check_catalog(&e, &answer(tables, installed(function(LEDGER_APPLIED_SINCE, false, &[]))), "u");
+        assert_eq!((findings.len(), findings[0].severity), (1, Severity::Warning), "{findings:?}");
+        assert!(findings[0].problem.contains("goes over their rows"), "{}", findings[0].problem);
+        assert_eq!(findings[0].fix, "run sql/atomic_upload.sql again");
     }
 
     #[test]

@@ -45,6 +45,7 @@ const HELP: &str = "devtool <command> [--name value ...]
   dead-letters list [--user ID] [--code C] [--older-than 7d] [--state waiting|replayed|discarded|all] [--limit N] [--json]
   dead-letters show --id N
   dead-letters replay (--id N | --ids 1,2 | --user/--code/--older-than) [--limit N] [--dry-run]
+                      [--overwrite-later-writes]
   dead-letters discard (--id N | --ids 1,2 | --user/--code/--older-than) --reason R [--dry-run]
                                 over PostgREST with the service key (no database password)
   Settings (--supabase-url, --service-key; the doctor reads all the worker's settings) come from
@@ -105,7 +106,7 @@ fn known_options(command: &str, subcommand: Option<&str>) -> (&'static [&'static
         ("dead-letters", Some("show")) => (&["id", "vars", "supabase-url", "service-key"], &["json"]),
         ("dead-letters", Some("replay")) => (
             &["id", "ids", "user", "code", "older-than", "limit", "vars", "supabase-url", "service-key"],
-            &["dry-run", "json"],
+            &["dry-run", "json", "overwrite-later-writes"],
         ),
         ("dead-letters", Some("discard")) => (
             &["id", "ids", "user", "code", "older-than", "limit", "reason", "vars", "supabase-url", "service-key"],
@@ -439,8 +440,21 @@ fn dead_letters_command(subcommand: &str, options: &HashMap<String, String>) -> 
                         json!({"dead_letter_id": id, "dry_run": true, "user_id": row["user_id"], "code": row["code"]});
                     if subcommand == "replay" {
                         let full = dead_letters::rows(&rest::send(&dead_letters::show_request(&url, &key, id)))?;
-                        would["would_apply"] =
-                            json!(full.first().map(dead_letters::pending_entries).unwrap_or_default());
+                        let mut pending = full.first().map(dead_letters::pending_entries).unwrap_or_default();
+                        // each entry's row as it stands now: what the replay would write over
+                        let reads = dead_letters::current_row_requests(&url, &key, &pending);
+                        for (entry, read) in pending.iter_mut().zip(reads) {
+                            if let Some(read) = read {
+                                let answer = rest::send(&read);
+                                entry["current"] = match answer.json() {
+                                    Some(serde_json::Value::Array(rows)) if answer.status == 200 => {
+                                        rows.into_iter().next().unwrap_or(serde_json::Value::Null)
+                                    }
+                                    _ => json!({"error": answer.describe()}),
+                                };
+                            }
+                        }
+                        would["would_apply"] = json!(pending);
                         // a real run replays this one only once that one is replayed (see below)
                         if let Some(earlier) = earlier_waiting(&url, &key, row)? {
                             would["earlier_waiting"] = json!(earlier);
@@ -471,7 +485,7 @@ fn dead_letters_command(subcommand: &str, options: &HashMap<String, String>) -> 
                     continue;
                 }
                 let request = if subcommand == "replay" {
-                    dead_letters::replay_request(&url, &key, id)
+                    dead_letters::replay_request(&url, &key, id, options.contains_key("overwrite-later-writes"))
                 } else {
                     dead_letters::discard_request(&url, &key, id, &reason)
                 };
