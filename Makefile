@@ -102,7 +102,7 @@ $(DEVTOOL): $(RUST_SOURCES)
 	cargo build --quiet --features devtool --bin devtool
 
 .dev.vars: | $(DEVTOOL)
-	$(DEVTOOL) dev-vars > $@
+	umask 077 && $(DEVTOOL) dev-vars > $@
 	@echo "created .dev.vars with a fresh dev key pair and JWT secret (gitignored)"
 
 ## Run ---------------------------------------------------------------------------------------
