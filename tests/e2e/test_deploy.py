@@ -235,6 +235,10 @@ def test_deploy_job_runs_after_the_tests_on_main_only_and_never_twice_at_once():
     assert "github.ref == 'refs/heads/main'" in deploy["if"]
     assert deploy["environment"] == "production"
     assert deploy["concurrency"]["group"] and deploy["concurrency"]["cancel-in-progress"] == "false"
+    # an older push whose tests finished last is not deployed over a newer one
+    head = next(s for s in deploy["steps"] if s.get("id") == "head")
+    assert "git ls-remote origin refs/heads/main" in head["run"] and "GITHUB_SHA" in head["run"]
+    assert deploy_step(flow)["if"] == "steps.head.outputs.deploy == 'true'"
     uses = [s["uses"] for job in flow["jobs"].values() for s in job["steps"] if "uses" in s]
     assert all(re.search(r"@v\d+$", u) for u in uses), f"pin actions to a major version: {uses}"
 
