@@ -1064,6 +1064,23 @@ mod tests {
         );
     }
 
+    /// The atomic function and the ledger helpers it calls, installed and executable by
+    /// `authenticated`, then `more`.
+    fn atomic_functions_and(more: Vec<Value>) -> Vec<Value> {
+        let mut all = vec![
+            function(
+                "public.powersync_apply_transaction(jsonb, text, text, text, text, boolean)",
+                true,
+                &["authenticated"],
+            ),
+            function(LEDGER_CLAIM, true, &["authenticated"]),
+            function(LEDGER_DEAD_LETTER, true, &["authenticated"]),
+            function(LEDGER_UNCHANGED, true, &["authenticated"]),
+        ];
+        all.extend(more);
+        all
+    }
+
     fn function(signature: &str, exists: bool, roles: &[&str]) -> Value {
         let execute: serde_json::Map<String, Value> = ["anon", "authenticated", "service_role"]
             .iter()
@@ -1313,19 +1330,7 @@ mod tests {
         assert!(!with_letters.functions().contains(&LEDGER_REJECT.to_string()), "the recorder guards instead");
         let tables =
             json!([table("powersync_upload_ledger", &[], true), table("powersync_upload_ledger_settings", &[], true)]);
-        let installed = |reject: Value| {
-            json!([
-                function(
-                    "public.powersync_apply_transaction(jsonb, text, text, text, text, boolean)",
-                    true,
-                    &["authenticated"]
-                ),
-                function(LEDGER_CLAIM, true, &["authenticated"]),
-                function(LEDGER_DEAD_LETTER, true, &["authenticated"]),
-                function(LEDGER_UNCHANGED, true, &["authenticated"]),
-                reject,
-            ])
-        };
+        let installed = |reject: Value| json!(atomic_functions_and(vec![reject]));
         let findings = check_catalog(&e, &answer(tables.clone(), installed(function(LEDGER_REJECT, false, &[]))), "u");
         assert_eq!(findings.len(), 1, "{findings:?}");
         assert_eq!(findings[0].severity, Severity::Warning);
@@ -1355,20 +1360,12 @@ mod tests {
             table("powersync_dead_letters", &["SELECT"], true)
         ]);
         let installed = |since: Value| {
-            json!([
-                function(
-                    "public.powersync_apply_transaction(jsonb, text, text, text, text, boolean)",
-                    true,
-                    &["authenticated"]
-                ),
-                function(LEDGER_CLAIM, true, &["authenticated"]),
-                function(LEDGER_DEAD_LETTER, true, &["authenticated"]),
-                function(LEDGER_UNCHANGED, true, &["authenticated"]),
+            json!(atomic_functions_and(vec![
                 function(RECORD, true, &["authenticated"]),
                 function(REPLAY, true, &["service_role"]),
                 function(DISCARD, true, &["service_role"]),
                 since,
-            ])
+            ]))
         };
         let healthy = check_catalog(
             &e,
