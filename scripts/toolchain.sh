@@ -36,7 +36,8 @@ cargo_tool() { # name version crate [extra args]
   # of ~10 min and wasm-bindgen-cli in 1m16s instead of ~4 min; the debug wasm-bindgen then
   # takes ~1 s per worker build instead of 0.2 s (same output, byte for byte).
   # --locked where the published lockfile resolves here; else the pinned version with fresh deps.
-  cargo install -q --debug "$crate" --version "$version" --locked "$@" >&2 \
+  # (The first try's error, a lockfile entry this registry lacks, is not shown: the second says.)
+  cargo install -q --debug "$crate" --version "$version" --locked "$@" 2>/dev/null \
     || cargo install -q --debug "$crate" --version "$version" "$@" >&2
 }
 

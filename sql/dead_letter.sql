@@ -91,8 +91,9 @@
 --     upload would have written it.
 -- Refused too (55000), so that the user's later writes are not gone over: while
 -- an earlier dead letter of the same user waits (replay the oldest first), and
--- while the ledger holds a later transaction of the same user as applied (not a
--- dead letter's own replay), unless called with overwrite_later_writes => true
+-- while the ledger holds a later transaction of the same user as applied that
+-- wrote one of the letter's rows (not a dead letter's own replay; one whose rows
+-- it did not record counts), unless called with overwrite_later_writes => true
 -- (check the rows first: devtool dead-letters replay --dry-run shows them).
 -- Refused or failing (RLS, a table not allowed, a constraint, already applied
 -- since): nothing is applied, the error is returned and stored in replay_error
@@ -471,10 +472,11 @@ begin
 
   begin
     -- The user's own order: an earlier dead letter of theirs still waiting holds writes they made
-    -- before this one's, which its replay would put over this one's.
+    -- before this one's, which its replay would put over this one's. (A record of code
+    -- 'unchanged' holds no such writes: its transaction was applied, in order.)
     select l.id into v_earlier from public.powersync_dead_letters as l
      where l.user_id is not distinct from d.user_id and l.id < d.id
-       and l.replayed_at is null and l.discarded_at is null
+       and l.replayed_at is null and l.discarded_at is null and l.code is distinct from 'unchanged'
      order by l.id limit 1;
     if v_earlier is not null then
       raise exception using errcode = '55000',
@@ -487,18 +489,24 @@ begin
     if not overwrite_later_writes
        and pg_catalog.to_regprocedure('public.powersync_upload_ledger_applied_since(text, timestamptz)') is not null
     then
+      -- the rows its entries write, as the ledger records them ('<table>/<id in lower case>');
+      -- a later transaction whose rows are not recorded (older SQL, over 1000) counts
       execute 'select coalesce(array_agg(a.client_id || ''/'' || a.transaction_id), ''{}'')'
               '  from public.powersync_upload_ledger_applied_since($1, $2) as a'
               ' where not (a.client_id is not distinct from $3 and a.transaction_id is not distinct from $4)'
+              '   and (a.row_keys is null or a.row_keys && $5)'
               '   and not exists (select 1 from public.powersync_dead_letters as o'
               '                    where o.user_id = $1 and o.client_id = a.client_id'
               '                      and o.transaction_id = a.transaction_id and o.code is distinct from ''unchanged'')'
-        into v_later using d.user_id, d.created_at, d.client_id, d.transaction_id;
+        into v_later
+        using d.user_id, d.created_at, d.client_id, d.transaction_id,
+              (select coalesce(array_agg((o.value ->> 'table') || '/' || lower(o.value ->> 'id')), '{}')
+                 from jsonb_array_elements(v_ops) as o(value));
       if pg_catalog.cardinality(v_later) > 0 then
         raise exception using errcode = '55000',
-          message = pg_catalog.format('%s transaction(s) of the same user were applied after dead letter %s was '
-                                      'recorded (client/transaction: %s%s): replayed now, its writes would go over '
-                                      'theirs', pg_catalog.cardinality(v_later), dead_letter_id,
+          message = pg_catalog.format('%s transaction(s) of the same user applied after dead letter %s was '
+                                      'recorded wrote its rows (client/transaction: %s%s): replayed now, its '
+                                      'writes would go over theirs', pg_catalog.cardinality(v_later), dead_letter_id,
                                       pg_catalog.array_to_string(v_later[1:3], ', '),
                                       case when pg_catalog.cardinality(v_later) > 3 then ', …' else '' end),
           hint = 'check the rows its entries write (devtool dead-letters replay --dry-run shows them); then replay '

@@ -197,19 +197,23 @@ pub fn converted<'a>(table: &str, data: &'a Row, settings: &UploadSettings) -> C
 }
 
 /// The first `UPLOAD_JSON_COLUMNS` column of `table` in `data` whose value is a string that is
-/// not JSON text (`[oops`, an empty string), which [`converted`] could only send as a JSON
-/// string: a `json` or `jsonb` column stores that without an error, and the client's text would
-/// come back to it quoted.
+/// neither JSON text (`[oops`, an empty string) nor shaped like a PostgreSQL array literal
+/// (`{a,b}`, which an array column reads from a JSON string): [`converted`] could only send it as
+/// a JSON string, which a `json` or `jsonb` column stores without an error, so the client's text
+/// would come back to it quoted.
 pub fn not_json_text<'a>(table: &str, data: &'a Row, settings: &UploadSettings) -> Option<&'a str> {
     if !settings.json_columns.has_table(table) {
         return None;
     }
+    let not_json = |text: String| {
+        let literal = text.trim();
+        serde_json::from_str::<&RawValue>(&text).is_err() && !(literal.starts_with('{') && literal.ends_with('}'))
+    };
     data.iter()
         .find(|(column, raw)| {
             settings.json_columns.contains(table, column)
                 && raw.starts_with('"')
-                && serde_json::from_str::<String>(raw)
-                    .is_ok_and(|text| serde_json::from_str::<&RawValue>(&text).is_err())
+                && serde_json::from_str::<String>(raw).is_ok_and(not_json)
         })
         .map(|(column, _)| column)
 }
@@ -380,7 +384,17 @@ mod tests {
             assert_eq!(not_json_text("todos", &data, &settings()), Some("tags"), "{text:?}");
             assert_eq!(not_json_text("lists", &data, &settings()), None, "not a JSON column of that table");
         }
-        for value in [json!("[1]"), json!("\"quoted\""), json!(" null "), json!(null), json!(7), json!(["a"])] {
+        // JSON, or an array literal an array column reads (json_to_record('{"a":"{x,y}"}') as r(a text[]))
+        for value in [
+            json!("[1]"),
+            json!("\"quoted\""),
+            json!(" null "),
+            json!(null),
+            json!(7),
+            json!(["a"]),
+            json!("{x,y}"),
+            json!(" {\"a b\",NULL} "),
+        ] {
             let data = row(json!({"tags": value, "title": "[oops"}));
             assert_eq!(not_json_text("todos", &data, &settings()), None, "{value}");
         }

@@ -537,9 +537,11 @@ fn tables(r: &mut Reader) -> Option<BTreeSet<String>> {
 fn class_overrides(r: &mut Reader) -> ClassOverrides {
     const NAME: &str = "UPLOAD_ERROR_CLASS_OVERRIDES";
     let mut overrides = ClassOverrides::default();
-    for item in r.list(NAME) {
+    // A bad item is named by its place, never quoted: a secret pasted here without a secret's
+    // shape would be listed by /health.
+    for (place, item) in r.list(NAME).into_iter().enumerate().map(|(i, item)| (i + 1, item)) {
         let Some((code, class)) = item.split_once(':') else {
-            r.problem(NAME, format!("{item:?} is not of the form code:fatal or code:retryable"));
+            r.problem(NAME, format!("item {place} is not of the form code:fatal or code:retryable"));
             continue;
         };
         let code = code.trim();
@@ -547,7 +549,7 @@ fn class_overrides(r: &mut Reader) -> ClassOverrides {
             "fatal" => ErrorClass::Fatal,
             "retryable" => ErrorClass::Retryable,
             _ => {
-                r.problem(NAME, format!("{code:?}'s class must be fatal or retryable"));
+                r.problem(NAME, format!("item {place}'s class must be fatal or retryable"));
                 continue;
             }
         };
@@ -555,7 +557,7 @@ fn class_overrides(r: &mut Reader) -> ClassOverrides {
             r.problem(
                 NAME,
                 format!(
-                    "{code:?} is not a code: give a SQLSTATE (23514) or its class (P0), a PostgREST \
+                    "item {place}'s code is not one: give a SQLSTATE (23514) or its class (P0), a PostgREST \
                      code (PGRST204) or http_<status> (http_404)"
                 ),
             );
@@ -1044,13 +1046,22 @@ mod tests {
     #[test]
     fn a_fixed_choices_problem_never_quotes_the_value() {
         let passphrase = "correct-horse-battery-staple-violet-ocean-lamp";
-        let item = "23514:correct-horse-battery-staple-violet-ocean-lamp";
-        for vars in [[("UPLOAD_MODE", passphrase)], [("UPLOAD_ERROR_CLASS_OVERRIDES", item)]] {
+        let bad_class = "23514:correct-horse-battery-staple-violet-ocean-lamp";
+        let bad_code = "correct-horse-battery-staple-violet-ocean-lamp:fatal";
+        let bad_form = "23514:fatal,correct-horse-battery-staple-violet-ocean-lamp";
+        for vars in [
+            [("UPLOAD_MODE", passphrase)],
+            [("UPLOAD_ERROR_CLASS_OVERRIDES", bad_class)],
+            [("UPLOAD_ERROR_CLASS_OVERRIDES", bad_code)],
+            [("UPLOAD_ERROR_CLASS_OVERRIDES", bad_form)],
+        ] {
             let problems = read_vars(&with(&vars)).expect_err("invalid");
             let text = format!("{problems:?}");
             assert!(!text.contains("horse"), "{text}");
-            assert!(text.contains("must be"), "{text}");
+            assert!(text.contains("must be") || text.contains("item "), "{text}");
         }
+        let problems = read_vars(&with(&[("UPLOAD_ERROR_CLASS_OVERRIDES", bad_form)])).expect_err("invalid");
+        assert!(problems[0].message.starts_with("item 2 is not of the form"), "{problems:?}");
     }
 
     #[test]

@@ -309,29 +309,47 @@ def test_replay_is_recorded_in_the_ledger_so_a_client_resend_applies_nothing(wor
 
 
 def test_a_replay_never_goes_over_the_users_later_writes_unless_told_to(workers, db, user):
-    """T1 is dead-lettered, then the user's T2 edits the same row: replayed once its cause was
-    fixed, T1 put the row back as it was before T2, answered as replayed. Now it is refused,
-    naming the later transaction, until the operator, having looked at the row, says to go over
-    it."""
+    """T1 is dead-lettered, then the user's T2 edits the same row (T3 another one): replayed once
+    its cause was fixed, T1 put the row back as it was before T2, answered as replayed. Now it is
+    refused, naming T2 alone, until the operator, having looked at the row, says to go over it."""
     sub, token = user
     list_id, missing = insert_list(db, sub), new_id()
     edited = insert_todo(db, sub, list_id, "first")
-    t1 = tx(patch("todos", edited, description="v1"),
+    t1 = tx(patch("todos", edited.upper(), description="v1"),  # the id in another spelling
             put("todos", new_id(), description="x", list_id=missing, created_by=sub), tid=1)
     assert statuses(upload(workers["atomic"], token, with_client(body(t1), "client-later"))) == ["fatal_error"]
     (letter,) = letters(db)
-    later = body(tx(patch("todos", edited, description="v2"), tid=2))
-    assert statuses(upload(workers["atomic"], token, with_client(later, "client-later"))) == ["success"]
+    later = body(tx(patch("todos", edited, description="v2"), tid=2),
+                 tx(put("todos", new_id(), description="elsewhere", list_id=list_id, created_by=sub), tid=3))
+    assert statuses(upload(workers["atomic"], token, with_client(later, "client-later"))) == ["success"] * 2
     insert_list(db, sub, list_id=missing)  # the cause, fixed
     refused = db.execute(f"select public.{REPLAY}(%s)", (letter["id"],)).fetchone()[0]
     assert (refused["replayed"], refused["error"]["code"]) == (False, "55000"), refused
-    assert "client-later/2" in refused["error"]["message"], refused
+    message = refused["error"]["message"]
+    assert "client-later/2" in message and "client-later/3" not in message, message
     assert "overwrite_later_writes" in refused["error"]["hint"], refused
     assert letters(db)[0]["replay_error"]["code"] == "55000", "stored for the operator"
     assert row(db, "todos", edited)["description"] == "v2"
     told = db.execute(f"select public.{REPLAY}(%s, overwrite_later_writes => true)", (letter["id"],)).fetchone()[0]
     assert told["replayed"] is True, told
     assert row(db, "todos", edited)["description"] == "v1"
+
+
+def test_later_writes_to_other_rows_do_not_hold_a_replay_back(workers, db, user):
+    """The user went on writing after a dead letter, as clients do: none of it touched the
+    letter's rows, so the replay goes through without the operator's word."""
+    sub, token = user
+    list_id, missing, todo = insert_list(db, sub), new_id(), new_id()
+    t1 = tx(put("todos", todo, description="x", list_id=missing, created_by=sub), tid=1)
+    assert statuses(upload(workers["atomic"], token, with_client(body(t1), "client-other"))) == ["fatal_error"]
+    (letter,) = letters(db)
+    later = body(*[tx(put("todos", new_id(), description=f"n{i}", list_id=list_id, created_by=sub), tid=2 + i)
+                   for i in range(3)])
+    assert statuses(upload(workers["atomic"], token, with_client(later, "client-other"))) == ["success"] * 3
+    insert_list(db, sub, list_id=missing)
+    result = db.execute(f"select public.{REPLAY}(%s)", (letter["id"],)).fetchone()[0]
+    assert result["replayed"] is True, result
+    assert row(db, "todos", todo) is not None
 
 
 def test_replays_go_in_the_users_order_and_one_replay_does_not_hold_back_the_next(workers, db, user):
@@ -756,6 +774,7 @@ EXPECTED = {
     ("powersync_upload_ledger_unchanged(text,text,text,integer[])", "EXECUTE"): {"authenticated", "service_role"},
     ("powersync_upload_ledger_reject(text,text,text)", "EXECUTE"): {"authenticated", "service_role"},
     ("powersync_upload_ledger_applied_since(text,timestamp with time zone)", "EXECUTE"): {"service_role"},
+    ("powersync_upload_ledger_rows(text,text,text,text[])", "EXECUTE"): {"authenticated", "service_role"},
     ("powersync_upload_ledger_refuse(text,text,text,text,bigint)", "EXECUTE"): set(),
     ("powersync_upload_entries_digest()", "EXECUTE"): set(),
     ("powersync_upload_ledger_letter_of(text,text,text)", "EXECUTE"): set(),

@@ -160,9 +160,9 @@ export function planUploadBody(transactions: readonly TransactionLike[], clientI
 
 /**
  * The body's JSON text. A number JSON cannot hold (`Infinity`, `-Infinity`, `NaN`: SQLite's
- * `9e999` is read as `Infinity`) is sent as that word, as a string, which PostgreSQL's float and
- * numeric columns read as the same value (and any other column refuses, so the write is reported,
- * not altered): `JSON.stringify` alone writes `null`, which the server would store instead.
+ * `9e999` is read as `Infinity`) is sent as that word, as a string: PostgreSQL's float and numeric
+ * columns read it as the same value, integer columns refuse it (the write is reported), text and
+ * JSON columns store the word. `JSON.stringify` alone writes `null`, which the server would store.
  */
 export function uploadBodyText(body: UploadBody): string {
   return JSON.stringify(body, (_key, value: unknown) =>

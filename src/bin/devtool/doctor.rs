@@ -52,11 +52,15 @@ pub const LEDGER_REJECT: &str = "public.powersync_upload_ledger_reject(text, tex
 /// sql/atomic_upload.sql is outdated: a late call could apply a dead-lettered transaction
 /// (`dead_letter_id`), a re-send after a lost answer would not report entries that changed no
 /// row (`unchanged`), a re-send or late call written as other ops after a change of settings or
-/// version would be applied again (`entries_digest`)).
-pub const LEDGER_COLUMNS: [&str; 3] = ["dead_letter_id", "entries_digest", "unchanged"];
+/// version would be applied again (`entries_digest`), the atomic function could not record the
+/// rows a transaction writes (`row_keys`)).
+pub const LEDGER_COLUMNS: [&str; 4] = ["dead_letter_id", "entries_digest", "row_keys", "unchanged"];
 pub const RECORD: &str =
     "public.powersync_record_dead_letter(jsonb, text, text, text, text, text, integer, jsonb, text, text, text[])";
 pub const REPLAY: &str = "public.powersync_replay_dead_letter(bigint, boolean)";
+/// What the atomic function records of the rows a transaction writes (called as the API role),
+/// for the replay of older dead letters.
+pub const LEDGER_ROWS: &str = "public.powersync_upload_ledger_rows(text, text, text, text[])";
 /// What a replay asks for the user's transactions applied since its dead letter (called as
 /// service_role): without it a replay goes over the user's later writes unseen.
 pub const LEDGER_APPLIED_SINCE: &str = "public.powersync_upload_ledger_applied_since(text, timestamptz)";
@@ -196,6 +200,7 @@ impl Expectations {
             f.push(LEDGER_CLAIM.to_string());
             f.push(LEDGER_DEAD_LETTER.to_string());
             f.push(LEDGER_UNCHANGED.to_string());
+            f.push(LEDGER_ROWS.to_string());
             if !self.dead_letters {
                 f.push(LEDGER_REJECT.to_string());
             }
@@ -418,6 +423,7 @@ pub fn check_catalog(expected: &Expectations, response: &Response, supabase_url:
             || signature == LEDGER_DEAD_LETTER
             || signature == LEDGER_UNCHANGED
             || signature == LEDGER_REJECT
+            || signature == LEDGER_ROWS
             || signature == LEDGER_APPLIED_SINCE;
         let file = if is_atomic { "sql/atomic_upload.sql" } else { "sql/dead_letter.sql" };
         let tool = signature == REPLAY || signature == DISCARD || signature == LEDGER_APPLIED_SINCE;
@@ -1076,6 +1082,7 @@ mod tests {
             function(LEDGER_CLAIM, true, &["authenticated"]),
             function(LEDGER_DEAD_LETTER, true, &["authenticated"]),
             function(LEDGER_UNCHANGED, true, &["authenticated"]),
+            function(LEDGER_ROWS, true, &["authenticated"]),
         ];
         all.extend(more);
         all
@@ -1112,6 +1119,7 @@ mod tests {
                 LEDGER_CLAIM.into(),
                 LEDGER_DEAD_LETTER.into(),
                 LEDGER_UNCHANGED.into(),
+                LEDGER_ROWS.into(),
                 RECORD.into(),
                 REPLAY.into(),
                 DISCARD.into(),

@@ -374,15 +374,17 @@ fn fetch_rows(url: &str, key: &str, selection: &dead_letters::Selection) -> Resu
 }
 
 /// The id of the oldest dead letter of `row`'s user recorded before it and still waiting (not
-/// replayed, not discarded), if any, as the database holds it now.
+/// replayed, not discarded), if any, as the database holds it now; not a record of code
+/// `unchanged` (its transaction was applied, in order: it holds no writes this one's would go
+/// before). Among the first 100: the replay function refuses for one further back anyway.
 fn earlier_waiting(url: &str, key: &str, row: &serde_json::Value) -> Result<Option<i64>, String> {
     let earlier = dead_letters::Selection {
         user: Some(row["user_id"].as_str().unwrap_or_default().to_string()),
         before_id: row["id"].as_i64(),
-        limit: 1,
+        limit: 100,
         ..Default::default()
     };
-    Ok(fetch_rows(url, key, &earlier)?.first().and_then(|r| r["id"].as_i64()))
+    Ok(fetch_rows(url, key, &earlier)?.iter().find(|r| r["code"] != json!("unchanged")).and_then(|r| r["id"].as_i64()))
 }
 
 /// The output and whether everything asked was done.

@@ -384,8 +384,8 @@ class WorkerConnector extends PowerSyncBackendConnector {
       final response = await _client.send(request).then(http.Response.fromStream).timeout(requestTimeout);
       return _Answer(
         status: response.statusCode,
-        // UTF-8 whatever the Content-Type says (the worker's has no charset, which older
-        // package:http versions read as latin1)
+        // UTF-8 whatever the Content-Type says: package:http reads an answer without a charset
+        // as latin1 unless it is application/json (a proxy's or gateway's error page)
         body: _parseJson(utf8.decode(response.bodyBytes, allowMalformed: true)),
         retryAfter: response.headers['retry-after'],
         requestId: response.headers['x-request-id'],

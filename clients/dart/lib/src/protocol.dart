@@ -146,10 +146,10 @@ Map<String, Object?> planUploadBody(List<CrudTransaction> transactions, String? 
 }
 
 /// The body's JSON text. A number JSON cannot hold (infinity, NaN: SQLite's `9e999` is read as
-/// `double.infinity`) is sent as its word, as a string (`"Infinity"`, `"-Infinity"`, `"NaN"`),
-/// which PostgreSQL's float and numeric columns read as the same value (any other column refuses
-/// it, so the write is reported, not altered); `jsonEncode` alone throws, and the upload would be
-/// retried for ever.
+/// `double.infinity`) is sent as its word, as a string (`"Infinity"`, `"-Infinity"`, `"NaN"`):
+/// PostgreSQL's float and numeric columns read it as the same value, integer columns refuse it
+/// (the write is reported), text and JSON columns store the word. `jsonEncode` alone throws, and
+/// the upload would be retried for ever.
 String uploadBodyText(Map<String, Object?> body) => jsonEncode(body, toEncodable: _encodable);
 
 Object? _encodable(Object? value) =>
