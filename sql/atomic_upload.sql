@@ -176,9 +176,10 @@ alter table public.powersync_upload_ledger add column if not exists unchanged in
 -- without it), the same for every attempt whatever the bridge's settings or version, which change
 -- the ops and so `digest`; see powersync_upload_entries_digest
 alter table public.powersync_upload_ledger add column if not exists entries_digest text;
--- added later: the rows an applied transaction's ops write, as '<table>/<id in lower case>', at
--- most 1000 (null: not recorded, or more); a replay of an older dead letter is refused where it
--- would write one of them (sql/dead_letter.sql); see powersync_upload_ledger_rows
+-- added later: the rows an applied transaction's ops write, as the md5 of their
+-- powersync_upload_row_key, for at most 1000 ops (null: not recorded, or more ops); a replay of an
+-- older dead letter is refused where it would write one of them (sql/dead_letter.sql); see
+-- powersync_upload_ledger_rows
 alter table public.powersync_upload_ledger add column if not exists row_keys text[];
 create index if not exists powersync_upload_ledger_applied_at
   on public.powersync_upload_ledger (applied_at);
@@ -608,8 +609,27 @@ as $$
      and l.entries_digest = public.powersync_upload_entries_digest()
 $$;
 
--- The rows the caller's applied (client, transaction) writes (p_rows, see the ledger's `row_keys`),
--- recorded by powersync_apply_transaction right after its claim.
+-- A row as the replay of a dead letter compares rows with the ledger's (sql/dead_letter.sql):
+-- '<table>/<id>', the id's letters lower-cased, all but letters and digits dropped, leading zeros
+-- too. The spellings one id column takes for one value (a uuid in either case, with or without
+-- hyphens or braces; an integer with a sign or leading zeros) make one key; ids that differ and
+-- still fold to one key only make that guard stricter. (A numeric id written as 1.0 or 1e3 is
+-- not folded.)
+create or replace function public.powersync_upload_row_key(p_table text, p_id text)
+returns text
+language sql
+immutable
+parallel safe
+set search_path = pg_catalog, pg_temp
+as $$
+  select p_table || '/' || ltrim(lower(regexp_replace(p_id, '[^[:alnum:]]', '', 'g')), '0')
+$$;
+comment on function public.powersync_upload_row_key(text, text) is
+  'PowerSync upload bridge: a row as the replay of a dead letter compares it with the ledger''s rows.';
+
+-- The rows the caller's applied (client, transaction) writes (p_rows: their
+-- powersync_upload_row_key; stored as their md5, null for more than 1000), recorded by
+-- powersync_apply_transaction right after its claim.
 create or replace function public.powersync_upload_ledger_rows(
   p_client_id text,
   p_transaction_id text,
@@ -623,7 +643,9 @@ as $$
 declare
   v_user text := public.powersync_upload_ledger_user(p_owner_id);
 begin
-  update public.powersync_upload_ledger as l set row_keys = p_rows
+  update public.powersync_upload_ledger as l
+     set row_keys = case when pg_catalog.cardinality(p_rows) <= 1000
+                         then array(select distinct pg_catalog.md5(k) from pg_catalog.unnest(p_rows) as k) end
    where l.user_id = v_user and l.client_id = p_client_id and l.transaction_id = p_transaction_id
      and l.dead_letter_id is null;
 end
@@ -632,20 +654,20 @@ comment on function public.powersync_upload_ledger_rows(text, text, text, text[]
   'PowerSync upload bridge: the rows an applied transaction writes, for the replay of older dead letters.';
 
 -- The transactions of p_user_id (any client) the ledger holds as applied after
--- p_since, oldest first, with the rows they write (null: not known): what a replay
--- of a dead letter recorded at p_since could write over (sql/dead_letter.sql).
+-- p_since, oldest first, with when and the rows they write (null: not known): what
+-- a replay of a dead letter recorded then could write over (sql/dead_letter.sql).
 -- Only the owner and service_role run it.
 drop function if exists public.powersync_upload_ledger_applied_since(text, timestamptz);
 create function public.powersync_upload_ledger_applied_since(
   p_user_id text,
   p_since timestamptz
-) returns table (client_id text, transaction_id text, row_keys text[])
+) returns table (client_id text, transaction_id text, applied_at timestamptz, row_keys text[])
 language sql
 stable
 security definer
 set search_path = pg_catalog, pg_temp
 as $$
-  select l.client_id, l.transaction_id, l.row_keys from public.powersync_upload_ledger as l
+  select l.client_id, l.transaction_id, l.applied_at, l.row_keys from public.powersync_upload_ledger as l
    where l.user_id = p_user_id and l.applied_at > p_since and l.dead_letter_id is null
    order by l.applied_at, l.client_id, l.transaction_id
 $$;
@@ -748,7 +770,8 @@ begin
                            'public.powersync_upload_ledger_unchanged(text, text, text, integer[])',
                            'public.powersync_upload_ledger_reject(text, text, text)',
                            'public.powersync_upload_ledger_applied_since(text, timestamptz)',
-                           'public.powersync_upload_ledger_rows(text, text, text, text[])'] loop
+                           'public.powersync_upload_ledger_rows(text, text, text, text[])',
+                           'public.powersync_upload_row_key(text, text)'] loop
     execute pg_catalog.format('revoke all on function %s from public', f);
     foreach r in array array['anon', 'authenticated', 'service_role'] loop
       if exists (select 1 from pg_catalog.pg_roles where rolname = r) then
@@ -767,6 +790,7 @@ grant execute on function public.powersync_upload_ledger_reject(text, text, text
 grant execute on function public.powersync_upload_ledger_applied_since(text, timestamptz) to service_role;
 grant execute on function public.powersync_upload_ledger_rows(text, text, text, text[])
   to authenticated, service_role;
+grant execute on function public.powersync_upload_row_key(text, text) to authenticated, service_role;
 
 -- the copies installed before exactly-once (three arguments) and before conflict detection
 -- (five): replaced below
@@ -885,11 +909,12 @@ begin
   -- recorded now: the rows it writes, so that replaying an older dead letter of this user does
   -- not go over them unseen (sql/dead_letter.sql)
   if client_id is not null and transaction_id is not null then
+    -- (at most 1001 entries read: over 1000, null, which a replay takes as every row)
     perform public.powersync_upload_ledger_rows(client_id, transaction_id, owner_id, (
-      select case when count(*) <= 1000
-                  then array_agg(distinct (e.value ->> 'table') || '/' || lower(e.value ->> 'id')) end
-        from jsonb_array_elements(ops) as e(value)
-       where jsonb_typeof(e.value) = 'object'));
+      select case when count(*) <= 1000 then array_agg(k.key) end
+        from (select public.powersync_upload_row_key(e.value ->> 'table', e.value ->> 'id') as key
+                from jsonb_array_elements(ops) as e(value)
+               where jsonb_typeof(e.value) = 'object' limit 1001) as k));
   end if;
 
   <<attempt>>

@@ -93,8 +93,10 @@
 -- an earlier dead letter of the same user waits (replay the oldest first), and
 -- while the ledger holds a later transaction of the same user as applied that
 -- wrote one of the letter's rows (not a dead letter's own replay; one whose rows
--- it did not record counts), unless called with overwrite_later_writes => true
--- (check the rows first: devtool dead-letters replay --dry-run shows them).
+-- it did not record counts; docs/upload.md says which count as later), unless
+-- called with overwrite_later_writes => true (check the rows first: devtool
+-- dead-letters replay --dry-run shows them). With the ledger's table but an older
+-- sql/atomic_upload.sql, that cannot be told: refused too.
 -- Refused or failing (RLS, a table not allowed, a constraint, already applied
 -- since): nothing is applied, the error is returned and stored in replay_error
 -- ({"applied": 0, "replayed": false, "error": {code, message, details, hint}}),
@@ -483,36 +485,6 @@ begin
         message = pg_catalog.format('dead letter %s of the same user, recorded before dead letter %s, is still '
                                     'waiting: replay (or discard) that one first', v_earlier, dead_letter_id);
     end if;
-    -- Transactions of the same user the ledger holds as applied since this one was recorded
-    -- (a dead letter's own replay aside): the user made them later, and this replay would write
-    -- over their rows (bring back one they deleted). Only on the operator's explicit word.
-    if not overwrite_later_writes
-       and pg_catalog.to_regprocedure('public.powersync_upload_ledger_applied_since(text, timestamptz)') is not null
-    then
-      -- the rows its entries write, as the ledger records them ('<table>/<id in lower case>');
-      -- a later transaction whose rows are not recorded (older SQL, over 1000) counts
-      execute 'select coalesce(array_agg(a.client_id || ''/'' || a.transaction_id), ''{}'')'
-              '  from public.powersync_upload_ledger_applied_since($1, $2) as a'
-              ' where not (a.client_id is not distinct from $3 and a.transaction_id is not distinct from $4)'
-              '   and (a.row_keys is null or a.row_keys && $5)'
-              '   and not exists (select 1 from public.powersync_dead_letters as o'
-              '                    where o.user_id = $1 and o.client_id = a.client_id'
-              '                      and o.transaction_id = a.transaction_id and o.code is distinct from ''unchanged'')'
-        into v_later
-        using d.user_id, d.created_at, d.client_id, d.transaction_id,
-              (select coalesce(array_agg((o.value ->> 'table') || '/' || lower(o.value ->> 'id')), '{}')
-                 from jsonb_array_elements(v_ops) as o(value));
-      if pg_catalog.cardinality(v_later) > 0 then
-        raise exception using errcode = '55000',
-          message = pg_catalog.format('%s transaction(s) of the same user applied after dead letter %s was '
-                                      'recorded wrote its rows (client/transaction: %s%s): replayed now, its '
-                                      'writes would go over theirs', pg_catalog.cardinality(v_later), dead_letter_id,
-                                      pg_catalog.array_to_string(v_later[1:3], ', '),
-                                      case when pg_catalog.cardinality(v_later) > 3 then ', …' else '' end),
-          hint = 'check the rows its entries write (devtool dead-letters replay --dry-run shows them); then replay '
-                 'with overwrite_later_writes => true (devtool: --overwrite-later-writes), or discard it';
-      end if;
-    end if;
     -- the values' text typed as in the session that wrote the transaction, not the operator's
     -- (a psql with PGTZ or another DateStyle would shift a zone-less timestamp or swap a date's
     -- day and month); a letter recorded before these were kept: the caller's session's
@@ -579,6 +551,51 @@ begin
     for v_setting in select k from pg_catalog.jsonb_object_keys(s_settings) as k loop
       perform pg_catalog.set_config(v_setting, s_settings ->> v_setting, true);
     end loop;
+    -- Transactions of the same user the ledger holds as applied since this one was tried, that
+    -- wrote (or may have written) its rows: the user made them later, and this replay would have
+    -- gone over them (brought back a row they deleted). Only on the operator's explicit word.
+    -- Asked after the apply (and rolled back with it), so that a transaction still committing
+    -- when the replay began, whose row lock the apply waited for, is seen too.
+    if not overwrite_later_writes and pg_catalog.to_regclass('public.powersync_upload_ledger') is not null then
+      if pg_catalog.to_regprocedure('public.powersync_upload_row_key(text, text)') is null
+         or pg_catalog.to_regprocedure('public.powersync_upload_ledger_applied_since(text, timestamptz)') is null then
+        raise exception using errcode = '55000',
+          message = 'the ledger''s SQL is older than this replay''s: it cannot tell which rows the user wrote since '
+                    'this dead letter was recorded',
+          hint = 'run sql/atomic_upload.sql again (it upgrades in place), or check the rows by hand and replay with '
+                 'overwrite_later_writes => true';
+      end if;
+      -- Rows compared by powersync_upload_row_key, as the ledger keeps them (their md5); a record
+      -- without rows (older SQL, over 1000 ops) counts. Another client's transaction applied up to
+      -- 10 minutes before the letter was recorded counts too: the failed attempt came before the
+      -- record, by up to the length of its upload request. The same client's came before it
+      -- (a client sends its transactions one after another). Not counted: this transaction's own
+      -- record, and the replays of the user's earlier dead letters (their writes came first).
+      execute 'select coalesce(array_agg(a.client_id || ''/'' || a.transaction_id order by a.applied_at), ''{}'')'
+              '  from public.powersync_upload_ledger_applied_since($1, $2 - interval ''10 minutes'') as a'
+              ' where (a.applied_at > $2 or a.client_id is distinct from $3)'
+              '   and not (a.client_id is not distinct from $3 and a.transaction_id is not distinct from $4)'
+              '   and (a.row_keys is null or a.row_keys && array('
+              '          select pg_catalog.md5(public.powersync_upload_row_key(o.value ->> ''table'', o.value ->> ''id''))'
+              '            from pg_catalog.jsonb_array_elements($5) as o(value)))'
+              '   and not exists (select 1 from public.powersync_dead_letters as o'
+              '                    where o.user_id = $1 and o.id < $6 and o.replayed_at is not null'
+              '                      and o.client_id = a.client_id and o.transaction_id = a.transaction_id'
+              '                      and o.code is distinct from ''unchanged'')'
+        into v_later
+        using d.user_id, d.created_at, d.client_id, d.transaction_id, v_ops, d.id;
+      if pg_catalog.cardinality(v_later) > 0 then
+        raise exception using errcode = '55000',
+          message = pg_catalog.format('%s transaction(s) of the same user applied after dead letter %s was '
+                                      'tried wrote (or may have written) its rows (client/transaction: %s%s): '
+                                      'replayed now, its writes would go over theirs',
+                                      pg_catalog.cardinality(v_later), dead_letter_id,
+                                      pg_catalog.array_to_string(v_later[1:3], ', '),
+                                      case when pg_catalog.cardinality(v_later) > 3 then ', …' else '' end),
+          hint = 'check the rows its entries write (devtool dead-letters replay --dry-run shows them); then replay '
+                 'with overwrite_later_writes => true (devtool: --overwrite-later-writes --id N), or discard it';
+      end if;
+    end if;
   exception when others then
     -- rolled back to the start of this block: nothing applied, role and settings restored
     get stacked diagnostics

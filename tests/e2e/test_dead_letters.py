@@ -19,6 +19,8 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import threading
+import time
 import uuid
 
 import psycopg
@@ -315,7 +317,8 @@ def test_a_replay_never_goes_over_the_users_later_writes_unless_told_to(workers,
     sub, token = user
     list_id, missing = insert_list(db, sub), new_id()
     edited = insert_todo(db, sub, list_id, "first")
-    t1 = tx(patch("todos", edited.upper(), description="v1"),  # the id in another spelling
+    spelled = "{" + edited.upper().replace("-", "") + "}"  # another spelling of the same uuid
+    t1 = tx(patch("todos", spelled, description="v1"),
             put("todos", new_id(), description="x", list_id=missing, created_by=sub), tid=1)
     assert statuses(upload(workers["atomic"], token, with_client(body(t1), "client-later"))) == ["fatal_error"]
     (letter,) = letters(db)
@@ -350,6 +353,150 @@ def test_later_writes_to_other_rows_do_not_hold_a_replay_back(workers, db, user)
     result = db.execute(f"select public.{REPLAY}(%s)", (letter["id"],)).fetchone()[0]
     assert result["replayed"] is True, result
     assert row(db, "todos", todo) is not None
+
+
+def test_a_later_transaction_too_large_for_its_rows_to_be_kept_holds_a_replay_back(workers, db, user):
+    """The ledger keeps the rows of a transaction of up to 1,000 entries; a later one of 1,001
+    (none on the letter's row) could have written any row, so it counts as writing the letter's."""
+    sub, token = user
+    list_id, missing, todo = insert_list(db, sub), new_id(), new_id()
+    t1 = tx(put("todos", todo, description="x", list_id=missing, created_by=sub), tid=1)
+    assert statuses(upload(workers["atomic"], token, with_client(body(t1), "client-big"))) == ["fatal_error"]
+    (letter,) = letters(db)
+    big = tx(*[put("todos", new_id(), description=f"n{i}", list_id=list_id, created_by=sub) for i in range(1001)],
+             tid=2)
+    assert statuses(upload(workers["atomic"], token, with_client(body(big), "client-big"))) == ["success"]
+    insert_list(db, sub, list_id=missing)
+    refused = db.execute(f"select public.{REPLAY}(%s)", (letter["id"],)).fetchone()[0]
+    assert (refused["replayed"], refused["error"]["code"]) == (False, "55000"), refused
+    assert "client-big/2" in refused["error"]["message"], refused
+    assert row(db, "todos", todo) is None
+
+
+def apply_as(pg, sub: str, ops: list[dict], client_id: str, transaction_id: str):
+    """The atomic function called as user `sub` (as PostgREST would), committed."""
+    with api_session(pg, sub) as conn:
+        return conn.execute("select public.powersync_apply_transaction(%s::jsonb, null, null, %s, %s)",
+                            (json.dumps(ops), client_id, transaction_id)).fetchone()[0]
+
+
+def replay_in_own_session(pg, letter_id: int) -> dict:
+    with psycopg.connect(pg.dsn, autocommit=True) as conn:
+        return conn.execute(f"select public.{REPLAY}(%s)", (letter_id,)).fetchone()[0]
+
+
+def test_a_later_write_still_committing_while_a_replay_runs_is_seen_and_kept(workers, db, pg, user):
+    """The user's later transaction has written the letter's row but not committed when the
+    replay starts: the replay waits for its row lock, and once it commits, sees it and refuses
+    (it read the ledger before its writes, and went over it)."""
+    sub, token = user
+    list_id, missing = insert_list(db, sub), new_id()
+    edited = insert_todo(db, sub, list_id, "first")
+    t1 = tx(patch("todos", edited, description="v1"),
+            put("todos", new_id(), description="x", list_id=missing, created_by=sub), tid=1)
+    assert statuses(upload(workers["atomic"], token, with_client(body(t1), "client-race"))) == ["fatal_error"]
+    (letter,) = letters(db)
+    insert_list(db, sub, list_id=missing)
+    result: dict = {}
+    with api_session(pg, sub) as later:  # the user's next transaction, still open
+        later.execute("select public.powersync_apply_transaction(%s::jsonb, null, null, 'client-race', '2')",
+                      (json.dumps([{"op": "PATCH", "table": "todos", "id": edited, "data": {"description": "v2"}}]),))
+        replay = threading.Thread(target=lambda: result.update(replay_in_own_session(pg, letter["id"])))
+        replay.start()
+        deadline = time.monotonic() + 20
+        while not db.execute("select exists (select 1 from pg_stat_activity where wait_event_type = 'Lock'"
+                             f" and query like '%%{REPLAY}%%')").fetchone()[0]:
+            assert time.monotonic() < deadline, "the replay never waited for the later transaction's lock"
+            time.sleep(0.05)
+        later.commit()
+    replay.join(30)
+    assert (result["replayed"], result["error"]["code"]) == (False, "55000"), result
+    assert "client-race/2" in result["error"]["message"], result
+    assert row(db, "todos", edited)["description"] == "v2"
+
+
+def test_another_devices_write_just_before_the_letter_was_recorded_counts_as_later_the_same_clients_does_not(
+        workers, db, user):
+    """Client A's T1 on a row fails and is recorded a moment after client B's write of that row
+    was applied: B's write may have come after A's attempt, so it counts. A's own earlier
+    transaction on the row came before (a client sends one after another): it does not."""
+    sub, token = user
+    list_id, missing = insert_list(db, sub), new_id()
+    edited = insert_todo(db, sub, list_id, "first")
+    first = tx(patch("todos", edited, description="a0"), tid=0)
+    assert statuses(upload(workers["atomic"], token, with_client(body(first), "client-a"))) == ["success"]
+    other = tx(patch("todos", edited, description="b"), tid=5)
+    assert statuses(upload(workers["atomic"], token, with_client(body(other), "client-b"))) == ["success"]
+    t1 = tx(patch("todos", edited, description="v1"),
+            put("todos", new_id(), description="x", list_id=missing, created_by=sub), tid=1)
+    assert statuses(upload(workers["atomic"], token, with_client(body(t1), "client-a"))) == ["fatal_error"]
+    (letter,) = letters(db)
+    insert_list(db, sub, list_id=missing)
+    refused = db.execute(f"select public.{REPLAY}(%s)", (letter["id"],)).fetchone()[0]
+    assert (refused["replayed"], refused["error"]["code"]) == (False, "55000"), refused
+    message = refused["error"]["message"]
+    assert "client-b/5" in message and "client-a/0" not in message, message
+    assert row(db, "todos", edited)["description"] == "b"
+    # without client B's write, client A's own earlier one holds nothing back
+    db.execute(f"delete from {LEDGER} where client_id = 'client-b'")
+    assert db.execute(f"select public.{REPLAY}(%s)", (letter["id"],)).fetchone()[0]["replayed"] is True
+    assert row(db, "todos", edited)["description"] == "v1"
+
+
+def test_a_later_transaction_reusing_a_discarded_letters_ids_still_holds_a_replay_back(workers, db, pg, user):
+    """Only the replays of the user's earlier letters are not counted as later writes: a client
+    whose database was reset reuses the ids of a discarded letter for a new write of the row."""
+    sub, token = user
+    list_id, missing = insert_list(db, sub), new_id()
+    edited = insert_todo(db, sub, list_id, "first")
+    discarded = tx(put("todos", new_id(), description="d", list_id=missing, created_by=sub), tid=5)
+    assert statuses(upload(workers["atomic"], token, with_client(body(discarded), "client-r"))) == ["fatal_error"]
+    (first,) = letters(db)
+    db.execute("select public.powersync_discard_dead_letter(%s, 'not needed')", (first["id"],))
+    t6 = tx(patch("todos", edited, description="v1"),
+            put("todos", new_id(), description="x", list_id=missing, created_by=sub), tid=6)
+    assert statuses(upload(workers["atomic"], token, with_client(body(t6), "client-r"))) == ["fatal_error"]
+    letter = letters(db)[1]
+    db.execute(f"delete from {LEDGER} where client_id = 'client-r' and transaction_id = '5'")  # expired
+    reused = apply_as(pg, sub, [{"op": "PATCH", "table": "todos", "id": edited, "data": {"description": "v2"}}],
+                      "client-r", "5")
+    assert reused["applied"] == 1, reused
+    insert_list(db, sub, list_id=missing)
+    refused = db.execute(f"select public.{REPLAY}(%s)", (letter["id"],)).fetchone()[0]
+    assert (refused["replayed"], refused["error"]["code"]) == (False, "55000"), refused
+    assert "client-r/5" in refused["error"]["message"], refused
+    assert row(db, "todos", edited)["description"] == "v2"
+
+
+def test_a_replay_with_the_ledgers_table_but_older_ledger_sql_is_refused_naming_the_file(workers, db, user):
+    sub, token = user
+    missing, todo = new_id(), new_id()
+    t1 = tx(put("todos", todo, description="x", list_id=missing, created_by=sub), tid=1)
+    assert statuses(upload(workers["atomic"], token, with_client(body(t1), "client-old"))) == ["fatal_error"]
+    (letter,) = letters(db)
+    insert_list(db, sub, list_id=missing)
+    with db.transaction(force_rollback=True):  # the older file had no row keys
+        db.execute("drop function public.powersync_upload_row_key(text, text)")
+        refused = db.execute(f"select public.{REPLAY}(%s)", (letter["id"],)).fetchone()[0]
+    assert (refused["replayed"], refused["error"]["code"]) == (False, "55000"), refused
+    assert "sql/atomic_upload.sql" in refused["error"]["hint"], refused
+    assert db.execute(f"select public.{REPLAY}(%s)", (letter["id"],)).fetchone()[0]["replayed"] is True
+    assert row(db, "todos", todo) is not None
+
+
+def test_the_rows_a_user_records_in_the_ledger_are_bounded_and_kept_as_digests(pg, db, user):
+    """powersync_upload_ledger_rows is the user's to call (as the atomic function does): what
+    they can store with it stays small, whatever they send."""
+    sub, _ = user
+    for tid in ("few", "many"):
+        claim_as(db, sub, tid)
+    with api_session(pg, sub) as conn:
+        for tid, keys in (("few", ["todos/" + "x" * 100_000, "todos/1", "todos/1"]),
+                          ("many", [f"todos/{i}" for i in range(1001)])):
+            conn.execute("select public.powersync_upload_ledger_rows('c', %s, null, %s)", (tid, keys))
+    kept = dict(db.execute(f"select transaction_id, row_keys from {LEDGER} where user_id = %s", (sub,)).fetchall())
+    assert kept["many"] is None, "over 1,000: not kept (counts as every row)"
+    assert len(kept["few"]) == 2 and all(len(k) == 32 for k in kept["few"]), kept["few"]
 
 
 def test_replays_go_in_the_users_order_and_one_replay_does_not_hold_back_the_next(workers, db, user):
@@ -775,6 +922,7 @@ EXPECTED = {
     ("powersync_upload_ledger_reject(text,text,text)", "EXECUTE"): {"authenticated", "service_role"},
     ("powersync_upload_ledger_applied_since(text,timestamp with time zone)", "EXECUTE"): {"service_role"},
     ("powersync_upload_ledger_rows(text,text,text,text[])", "EXECUTE"): {"authenticated", "service_role"},
+    ("powersync_upload_row_key(text,text)", "EXECUTE"): {"authenticated", "service_role"},
     ("powersync_upload_ledger_refuse(text,text,text,text,bigint)", "EXECUTE"): set(),
     ("powersync_upload_entries_digest()", "EXECUTE"): set(),
     ("powersync_upload_ledger_letter_of(text,text,text)", "EXECUTE"): set(),

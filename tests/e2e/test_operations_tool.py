@@ -385,6 +385,11 @@ def test_replay_a_selection_replays_only_the_chosen_users_dead_letters(standin, 
     # a selection is required: no accidental "replay everything"
     bare = dead_letters(standin, "replay")
     assert bare.returncode == 1 and "replay what?" in bare.stderr
+    # the word to go over a user's later writes is given for one letter, never a selection
+    for selection in (["--user", recorded["b"]], ["--ids", str(recorded["ids"][2])]):
+        broad = dead_letters(standin, "replay", *selection, "--overwrite-later-writes")
+        assert broad.returncode == 1 and "give --id N" in broad.stderr, broad.stderr
+    assert [r["user_id"] for r in as_json(dead_letters(standin, "list", "--json"))] == [recorded["b"]]
 
 
 def test_replay_holds_a_users_later_letters_behind_an_earlier_one_still_waiting(standin, recorded, db):

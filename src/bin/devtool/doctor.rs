@@ -61,6 +61,8 @@ pub const REPLAY: &str = "public.powersync_replay_dead_letter(bigint, boolean)";
 /// What the atomic function records of the rows a transaction writes (called as the API role),
 /// for the replay of older dead letters.
 pub const LEDGER_ROWS: &str = "public.powersync_upload_ledger_rows(text, text, text, text[])";
+/// How those rows are written (called as the API role).
+pub const ROW_KEY: &str = "public.powersync_upload_row_key(text, text)";
 /// What a replay asks for the user's transactions applied since its dead letter (called as
 /// service_role): without it a replay goes over the user's later writes unseen.
 pub const LEDGER_APPLIED_SINCE: &str = "public.powersync_upload_ledger_applied_since(text, timestamptz)";
@@ -201,6 +203,7 @@ impl Expectations {
             f.push(LEDGER_DEAD_LETTER.to_string());
             f.push(LEDGER_UNCHANGED.to_string());
             f.push(LEDGER_ROWS.to_string());
+            f.push(ROW_KEY.to_string());
             if !self.dead_letters {
                 f.push(LEDGER_REJECT.to_string());
             }
@@ -424,6 +427,7 @@ pub fn check_catalog(expected: &Expectations, response: &Response, supabase_url:
             || signature == LEDGER_UNCHANGED
             || signature == LEDGER_REJECT
             || signature == LEDGER_ROWS
+            || signature == ROW_KEY
             || signature == LEDGER_APPLIED_SINCE;
         let file = if is_atomic { "sql/atomic_upload.sql" } else { "sql/dead_letter.sql" };
         let tool = signature == REPLAY || signature == DISCARD || signature == LEDGER_APPLIED_SINCE;
@@ -1083,6 +1087,7 @@ mod tests {
             function(LEDGER_DEAD_LETTER, true, &["authenticated"]),
             function(LEDGER_UNCHANGED, true, &["authenticated"]),
             function(LEDGER_ROWS, true, &["authenticated"]),
+            function(ROW_KEY, true, &["authenticated"]),
         ];
         all.extend(more);
         all
@@ -1120,6 +1125,7 @@ mod tests {
                 LEDGER_DEAD_LETTER.into(),
                 LEDGER_UNCHANGED.into(),
                 LEDGER_ROWS.into(),
+                ROW_KEY.into(),
                 RECORD.into(),
                 REPLAY.into(),
                 DISCARD.into(),

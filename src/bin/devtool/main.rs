@@ -421,6 +421,15 @@ fn dead_letters_command(subcommand: &str, options: &HashMap<String, String>) -> 
                     "{subcommand} what? give --id N, --ids 1,2, or a selection (--user, --code, --older-than)"
                 ));
             }
+            // The operator's word to go over a user's later writes is given for one letter, whose
+            // rows they looked at (--dry-run), never for a whole selection.
+            if options.contains_key("overwrite-later-writes")
+                && (selection.ids.len() != 1 || options.contains_key("ids"))
+            {
+                return Err(
+                    "--overwrite-later-writes is for one dead letter whose rows you checked: give --id N".into()
+                );
+            }
             // only dead letters still waiting (the functions refuse the others anyway)
             let waiting = dead_letters::Selection { state: dead_letters::State::Waiting, ..selection.clone() };
             let rows = fetch_rows(&url, &key, &waiting)?;
