@@ -22,7 +22,83 @@ pub const REDACTED: &str = "[redacted]";
 /// `SUPABASE_URL` reflects the request's headers or its URL), which is answered to the user,
 /// logged and dead-lettered; and configuration problems, which quote a setting's value (a secret
 /// pasted under the wrong name) and are logged and listed by the unauthenticated `/health`.
+///
+/// Text that holds a credential only once its escapes are undone (`%XX`, twice encoded too, and
+/// JSON's `\uXXXX`: `sb%5Fsecret_…`, a JWT whose dots are `%2E`) is answered unescaped, with the
+/// credential redacted; text in which a credential's mark is still left after that (glued to a
+/// word before it: `xsb_secret_…`) is withheld whole ([`WITHHELD`]).
 pub fn redact(text: &str) -> String {
+    let redacted = redact_as_written(text);
+    let unescaped = unescaped(text);
+    let redacted = if unescaped != text && redact_as_written(&unescaped) != unescaped {
+        redact_as_written(&unescaped)
+    } else {
+        redacted
+    };
+    if holds_a_credentials_mark(&redacted) {
+        return WITHHELD.to_string();
+    }
+    redacted
+}
+
+/// What replaces text in which a credential could not be told apart from the rest.
+pub const WITHHELD: &str = "[withheld: it held a credential]";
+
+/// `text` with its percent-escapes (up to three times over) and JSON `\uXXXX` escapes undone.
+fn unescaped(text: &str) -> String {
+    let mut out = text.to_string();
+    for _ in 0..3 {
+        if !out.contains('%') {
+            break;
+        }
+        let decoded = percent_encoding::percent_decode_str(&out).decode_utf8_lossy().into_owned();
+        if decoded == out {
+            break;
+        }
+        out = decoded;
+    }
+    if !out.contains("\\u") {
+        return out;
+    }
+    let mut plain = String::with_capacity(out.len());
+    let mut rest = out.as_str();
+    while let Some(at) = rest.find("\\u") {
+        plain.push_str(&rest[..at]);
+        let code = rest.get(at + 2..at + 6).and_then(|hex| u32::from_str_radix(hex, 16).ok()).and_then(char::from_u32);
+        match code {
+            Some(c) => {
+                plain.push(c);
+                rest = &rest[at + 6..];
+            }
+            None => {
+                plain.push_str("\\u");
+                rest = &rest[at + 2..];
+            }
+        }
+    }
+    plain.push_str(rest);
+    plain
+}
+
+/// Whether `text` still holds the start of a Supabase key or of a JWT (`eyJ`, then a run of
+/// base64url characters, a dot and more), wherever it stands.
+fn holds_a_credentials_mark(text: &str) -> bool {
+    let lower = text.to_ascii_lowercase();
+    if lower.contains("sb_secret_") || lower.contains("sb_publishable_") {
+        return true;
+    }
+    let is_b64url = |b: &u8| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_';
+    text.match_indices("eyJ").any(|(at, _)| {
+        let after = &text.as_bytes()[at..];
+        let head = after.iter().take_while(|b| is_b64url(b)).count();
+        head >= 8
+            && after.get(head) == Some(&b'.')
+            && after[head + 1..].iter().take_while(|b| is_b64url(b)).count() >= 8
+    })
+}
+
+/// [`redact`]'s passes over the text as written.
+fn redact_as_written(text: &str) -> String {
     // the word after `Bearer` (any token: base64 with `+ / =` too)
     let is_token_char = |c: char| c.is_ascii_alphanumeric() || "-._~+/=".contains(c);
     let mut after_bearer = false;
@@ -124,14 +200,37 @@ mod tests {
         for (echo, expected) in [
             (format!("Received: apikey={key}&x=1"), "Received: apikey=[redacted]&x=1"),
             (format!("token={jwt}"), "token=[redacted]"),
-            (format!("Authorization: Bearer%20{jwt}"), "Authorization: Bearer%[redacted]"),
+            (format!("Authorization: Bearer%20{jwt}"), "Authorization: Bearer [redacted]"),
             (format!("authorization=Bearer+{jwt}"), "authorization=Bearer+[redacted]"),
-            (format!("q=%22{key}%22"), "q=%[redacted]%22"),
+            (format!("q=%22{key}%22"), "q=\"[redacted]\""),
             (format!("apikey:{key}"), "apikey:[redacted]"),
         ] {
             assert_eq!(redact(&echo), expected, "{echo}");
         }
         for plain in ["x=1&y=eyJ", "100%20done", "a=sb_other", "%22todos%22"] {
+            assert_eq!(redact(plain), plain);
+        }
+    }
+
+    #[test]
+    fn keys_hidden_by_escapes_or_glued_to_a_word_are_redacted_or_the_text_withheld() {
+        let key = "sb_secret_N7UND0Ug-jKTVK";
+        let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1In0.c2ln";
+        for (echo, expected) in [
+            (format!("q=\\u0022{key}\\u0022"), "q=\"[redacted]\"".to_string()),
+            (format!("q=%2522{key}%2522"), "q=\"[redacted]\"".to_string()),
+            ("k=sb%5Fsecret_N7UND0Ug".to_string(), "k=[redacted]".to_string()),
+            (format!("t={}", jwt.replace('.', "%2E")), "t=[redacted]".to_string()),
+            ("k=sb_secret_N7UND0Ug%2DjKTVK tail".to_string(), "k=[redacted] tail".to_string()),
+            (format!("x{key}"), WITHHELD.to_string()),
+            (format!("token:a{jwt}"), WITHHELD.to_string()),
+        ] {
+            let redacted = redact(&echo);
+            assert_eq!(redacted, expected, "{echo}");
+            assert!(!redacted.contains("N7UND0Ug") && !redacted.contains("jKTVK") && !redacted.contains("c2ln"));
+        }
+        // nothing to hide: escapes stay as written
+        for plain in ["100%20done", "a %2E b", "\\u0041 eyJ short.x", "SB_other"] {
             assert_eq!(redact(plain), plain);
         }
     }
