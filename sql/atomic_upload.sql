@@ -610,19 +610,20 @@ as $$
 $$;
 
 -- A row as the replay of a dead letter compares rows with the ledger's (sql/dead_letter.sql):
--- '<table>/<id>', the id's letters lower-cased, all but letters and digits dropped, leading zeros
--- too. The spellings one id column takes for one value (a uuid in either case, with or without
--- hyphens or braces; an integer with a sign or leading zeros) make one key; ids that differ and
--- still fold to one key only make that guard stricter. (A numeric id written as 1.0 or 1e3 is
--- not folded.)
+-- '<table>/<id>', the id's letters lower-cased, its hyphens, braces, plus signs and spaces
+-- dropped, leading zeros too. The spellings one id column takes for one value (a uuid in either
+-- case, with or without hyphens or braces; an integer with a sign, leading zeros or spaces) make
+-- one key; ids that differ and still fold to one key only make that guard stricter. (A numeric id
+-- written as 1.0 or 1e3 is not folded.) No `set search_path`, so that it is inlined: its callers
+-- set theirs, and it names pg_catalog's functions.
 create or replace function public.powersync_upload_row_key(p_table text, p_id text)
 returns text
 language sql
 immutable
 parallel safe
-set search_path = pg_catalog, pg_temp
 as $$
-  select p_table || '/' || ltrim(lower(regexp_replace(p_id, '[^[:alnum:]]', '', 'g')), '0')
+  select p_table operator(pg_catalog.||) '/'
+         operator(pg_catalog.||) pg_catalog.ltrim(pg_catalog.lower(pg_catalog.translate(p_id, '-{}+ ', '')), '0')
 $$;
 comment on function public.powersync_upload_row_key(text, text) is
   'PowerSync upload bridge: a row as the replay of a dead letter compares it with the ledger''s rows.';
