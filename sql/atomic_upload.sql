@@ -822,6 +822,7 @@ declare
   v_rows   bigint;
   v_count  bigint;
   v_other  bigint;     -- PUT group: position of the op that hit another owner's row
+  v_others text;       -- service mode, PUT group: the query for it among the ops $3 .. $4
   v_unchanged integer[] := '{}';  -- PATCH/DELETE ops that changed no row
   v_split  integer[] := '{}';  -- groups (their first op) applied in halves: their statement failed
   v_grouped boolean := false;  -- a group of several ops is being applied
@@ -1027,6 +1028,15 @@ begin
 
         v_dup := false; v_other := null; v_rows := 0; v_missed := '{}';
         v_n := cardinality(g_ids);
+        if g_kind = 'PUT' and owner_column is not null then
+          -- the first of the ops $3 .. $4 whose row is there and another owner's
+          v_others := format(
+            'select min(u.ord) from unnest($1::text[]) with ordinality as u(id, ord)'
+            ' cross join lateral jsonb_to_record(jsonb_build_object(''id'', u.id)) as r(%s)'
+            ' join public.%I as t on t.id = r.id'
+            ' where u.ord between $3 and $4 and (t.%I::text = $2) is not true',
+            format('id %s', coalesce(v_types -> g_table -> 'id' ->> 't', 'text')), g_table, owner_column);
+        end if;
         v_grouped := v_n > 1;
         if g_start = any (v_split) then
           -- Its statement failed on the last attempt: its ops in order, in
@@ -1063,8 +1073,11 @@ begin
             v_missed := v_missed || array(select v_lo - 1 + m from unnest(v_one) as m);
             if g_kind = 'PUT' and owner_column is not null and v_set is not null
                and v_count < v_hi - v_lo + 1 then
-              v_n := v_hi;  -- another owner's row among these: refused below
-              exit;
+              execute v_others into v_other using g_ids, v_owner, v_lo, v_hi;
+              if v_other is not null then
+                v_n := v_hi;  -- another owner's row among these: refused below
+                exit;
+              end if;
             end if;
             v_lo := v_hi + 1;
           end loop;
@@ -1134,20 +1147,11 @@ begin
           -- Service mode: a row skipped by the upsert's WHERE belongs to
           -- another owner although the check did not see it (a single row;
           -- hidden by row-level security; changed concurrently): find the
-          -- first op whose row is not the owner's now.
+          -- first op whose row is another owner's now. (A row that is not
+          -- there at all was skipped by the database: below.)
           if v_other is null and owner_column is not null and v_set is not null
              and v_rows < v_n then
-            v_other := 1;
-            if v_n > 1 then
-              execute format(
-                'select min(u.ord) from unnest($1::text[]) with ordinality as u(id, ord)'
-                ' cross join lateral jsonb_to_record(jsonb_build_object(''id'', u.id)) as r(%s)'
-                ' left join public.%I as t on t.id = r.id'
-                ' where (t.%I::text = $2) is not true',
-                format('id %s', coalesce(v_types -> g_table -> 'id' ->> 't', 'text')), g_table, owner_column)
-                into v_other using g_ids, v_owner;
-              v_other := coalesce(v_other, 1);
-            end if;
+            execute v_others into v_other using g_ids, v_owner, 1, v_n;
           end if;
           if v_other is not null then
             -- here the failing op is known: the hint names it, not the group
@@ -1155,6 +1159,13 @@ begin
             raise exception using errcode = '42501',
               message = format('row %s of table %s belongs to another owner',
                                g_ids[v_other], g_table);
+          end if;
+          -- Rows the database skipped (a BEFORE trigger returning null): those
+          -- ops changed no row. With several rows in one statement the count
+          -- cannot say which, so all of them, as a merged REST request does.
+          if v_rows < v_n then
+            v_unchanged := v_unchanged
+                           || array(select g_start + m from pg_catalog.generate_series(0, v_n - 1) as m);
           end if;
         else
           v_unchanged := v_unchanged

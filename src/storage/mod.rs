@@ -22,8 +22,12 @@ use crate::http::{HttpRequest, HttpResponse, Method, TransportError};
 use crate::session::SessionError;
 use settings::{BucketRules, StorageMode, StorageSettings};
 
-/// Longest object path (Storage's own limit on a key's name).
+/// Longest object path (S3's limit on a key, which Storage prefixes with the bucket).
 pub const MAX_PATH_BYTES: usize = 1024;
+/// Longest segment of an object path: Storage's file backend stores each as a directory or file
+/// name, which most file systems cap at 255 bytes (a longer one was signed, then its upload
+/// failed with Storage's 500, retried for ever).
+pub const MAX_SEGMENT_BYTES: usize = 255;
 /// Longest bucket name.
 pub const MAX_BUCKET_BYTES: usize = 100;
 /// Most files per request: each is one Storage request, and a Workers Free request may make 50.
@@ -73,6 +77,8 @@ pub struct FileRequest {
 pub enum PathProblem {
     Empty,
     TooLong,
+    /// A segment over [`MAX_SEGMENT_BYTES`].
+    LongSegment,
     EmptySegment,
     DotSegment,
     ControlCharacter,
@@ -92,6 +98,7 @@ impl PathProblem {
         match self {
             PathProblem::Empty => "is empty",
             PathProblem::TooLong => "is too long",
+            PathProblem::LongSegment => "has a segment over 255 bytes",
             PathProblem::EmptySegment => "has an empty segment (leading, trailing or double /)",
             PathProblem::DotSegment => "has a . or .. segment",
             PathProblem::ControlCharacter => "has a control character",
@@ -175,7 +182,7 @@ impl FileError {
     }
 }
 
-/// Checks an object path: 1..=1024 bytes, no empty, `.` or `..` segment, only the characters
+/// Checks an object path: 1..=1024 bytes, no empty, `.` or `..` segment, none over 255 bytes, only the characters
 /// Storage accepts in a name (ASCII letters, digits and [`STORAGE_KEY_PUNCTUATION`]; a name with
 /// another one could be signed for an upload whose PUT Storage then refuses).
 pub fn check_path(path: &str) -> Result<(), PathProblem> {
@@ -198,6 +205,7 @@ pub fn check_path(path: &str) -> Result<(), PathProblem> {
         match segment {
             "" => return Err(PathProblem::EmptySegment),
             "." | ".." => return Err(PathProblem::DotSegment),
+            _ if segment.len() > MAX_SEGMENT_BYTES => return Err(PathProblem::LongSegment),
             _ => {}
         }
     }
@@ -627,7 +635,8 @@ mod tests {
             assert_eq!(check_path(path), Err(problem), "{path:?}");
         }
         assert_eq!(check_path(&"a".repeat(1025)), Err(PathProblem::TooLong));
-        assert_eq!(check_path(&"a".repeat(1024)), Ok(()));
+        assert_eq!(check_path(&vec!["a".repeat(255); 4].join("/")), Ok(()));
+        assert_eq!(check_path(&format!("u1/{}", "a".repeat(256))), Err(PathProblem::LongSegment));
     }
 
     #[test]

@@ -598,19 +598,23 @@ async fn send<T: Transport>(
                 Some(_) => Verdict::Applied,
                 None => not_postgrest(response, "a write answered with its row count, Content-Range: */<n>"),
             },
-            (Check::Upsert { .. } | Check::Filtered { .. }, Verdict::Applied, Ok(response)) => {
+            (Check::Upsert { row_entries } | Check::Filtered { row_entries, .. }, Verdict::Applied, Ok(response)) => {
                 match affected_rows(response) {
                     Some(count) => {
-                        if let Check::Filtered { row_entries, distinct_ids } = &planned.check {
-                            // Fewer rows changed than ids named: with one id, that entry; with
-                            // several, the count cannot say which, so all of them.
-                            if count < *distinct_ids as u64 {
-                                unchanged.extend(row_entries.iter().copied());
-                                if count == 0 {
-                                    surely_unchanged.extend(row_entries.iter().copied());
-                                } else {
-                                    uncertain.extend(row_entries.iter().copied());
-                                }
+                        // Fewer rows changed than rows named (a PATCH or DELETE whose row is gone
+                        // or hidden; a PUT whose row the database skipped: a trigger returning
+                        // null): with one, that entry; with several, the count cannot say which,
+                        // so all of them. (A PUT group's rows are distinct rows.)
+                        let named = match &planned.check {
+                            Check::Filtered { distinct_ids, .. } => *distinct_ids,
+                            _ => row_entries.len(),
+                        };
+                        if count < named as u64 {
+                            unchanged.extend(row_entries.iter().copied());
+                            if count == 0 {
+                                surely_unchanged.extend(row_entries.iter().copied());
+                            } else {
+                                uncertain.extend(row_entries.iter().copied());
                             }
                         }
                         Verdict::Applied

@@ -1435,6 +1435,25 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_put_whose_row_the_database_skipped_is_reported_unchanged_not_silently_applied() {
+        // a BEFORE trigger returning null: PostgREST answers 201 with */0 (or */1 of two rows)
+        let transaction = Transaction {
+            transaction_id: Some(json!(3)),
+            entries: vec![
+                entry(Op::Put, "a", json!({"x": 1})),
+                entry(Op::Patch, "a", json!({"x": 2})),
+                entry(Op::Put, "b", json!({"y": 1})),
+                entry(Op::Put, "c", json!({"y": 2})),
+            ],
+        };
+        let transport = FakeTransport::scripted(vec![counted(201, 0), counted(204, 1), counted(201, 1)]);
+        let report = run(std::slice::from_ref(&transaction), &settings(), &transport);
+        assert_eq!(transport.sent().len(), 3, "b and c share one upsert");
+        assert_eq!(statuses(&report), vec![Status::Success]);
+        assert_eq!(report.results[0].unchanged, vec![0, 2, 3], "one of b and c: the count cannot say which");
+    }
+
     fn conflict_settings() -> UploadSettings {
         let mut s = settings();
         s.conflict_detection = true;

@@ -53,7 +53,9 @@ def firebase(storage_trusted_keys):
 
 @pytest.fixture(scope="module")
 def storage(storage_server, pg):
-    storage_server.create_bucket(SERVICE_BUCKET, SERVICE_KEY)
+    # the bucket's own limits as the worker's rules: in service mode they hold the bytes to them
+    storage_server.create_bucket(SERVICE_BUCKET, SERVICE_KEY, file_size_limit=PHOTO_RULES["max_bytes"],
+                                 allowed_mime_types=PHOTO_RULES["content_types"])
     storage_server.create_bucket(RLS_BUCKET, SERVICE_KEY)
     pg.run_sql(RLS_POLICIES)
     return storage_server
@@ -139,8 +141,9 @@ def test_service_mode_upload_through_the_signed_url_then_download_the_same_bytes
     ({"bucket": SERVICE_BUCKET, "path": "{user}/a\u0000.png"}, 400, "file_path_invalid"),
     ({"bucket": SERVICE_BUCKET, "path": "{user}/\u00fc.png"}, 400, "file_path_invalid"),
     ({"bucket": SERVICE_BUCKET, "path": "{user}/a?b.png"}, 400, "file_path_invalid"),
+    ({"bucket": SERVICE_BUCKET, "path": "{user}/" + "a" * 252 + ".png"}, 400, "file_path_invalid"),
 ], ids=["outside_prefix", "bucket_not_allowed", "oversized", "wrong_type", "dotdot", "empty_segment", "control",
-        "not_a_storage_character", "question_mark"])
+        "not_a_storage_character", "question_mark", "segment_over_255_bytes"])
 @pytest.mark.parametrize("who", ["supabase", "firebase"])
 def test_refused_file_is_refused_before_anything_is_signed_and_storage_holds_nothing_new(
         service_worker, storage, session_token, firebase, who, file, status, code):
@@ -393,10 +396,11 @@ def test_doctor_checks_the_buckets_storage_holds_against_the_workers_rules(stora
     # limit tighter than the worker's rules, or a bucket Storage lacks, is found before any file.
     from tests.e2e.test_operations_tool import devtool, write_vars
     storage.create_bucket("doctor-tight", SERVICE_KEY, file_size_limit=500, allowed_mime_types=["image/png"])
+    storage.create_bucket("doctor-loose", SERVICE_KEY)
     vars = {**base_vars, "STORAGE_URL": storage.url, "STORAGE_MODE": "service",
             "SUPABASE_SERVICE_ROLE_KEY": SERVICE_KEY,
             "STORAGE_BUCKETS": json.dumps({SERVICE_BUCKET: PHOTO_RULES, "doctor-tight": PHOTO_RULES,
-                                           "doctor-missing": PHOTO_RULES})}
+                                           "doctor-missing": PHOTO_RULES, "doctor-loose": PHOTO_RULES})}
     result = devtool("doctor", "--worker-url", service_worker.url, "--vars", write_vars(tmp_path / "vars", vars))
     report = result.stdout
     assert "PROBLEM: bucket doctor-missing (STORAGE_BUCKETS) does not exist in Storage" in report, report
@@ -404,7 +408,12 @@ def test_doctor_checks_the_buckets_storage_holds_against_the_workers_rules(stora
         in report, report
     assert "warning: Storage takes only image/png in bucket doctor-tight, the worker signs image/*, text/plain" \
         in report, report
-    assert f"bucket {SERVICE_BUCKET}" not in report, "a bucket within Storage's limits is ready: " + report
+    # service mode: Storage holds the bytes sent to a signed URL to the bucket's limits alone
+    assert "warning: Storage takes files of any size in bucket doctor-loose, the worker's rule is 1000 bytes" \
+        in report, report
+    assert "warning: Storage takes any type in bucket doctor-loose, the worker's rule is image/*, text/plain" \
+        in report, report
+    assert f"bucket {SERVICE_BUCKET}" not in report, "a bucket whose limits are the rules is ready: " + report
     assert result.returncode == 1, report
 
 

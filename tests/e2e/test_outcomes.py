@@ -85,6 +85,9 @@ def instances(base_vars, start_workers, catch_all):
         "auto": dict(base_vars),
         "catchall_rest": {**rest, "SUPABASE_URL": catch_all.url},
         "catchall_auto": {**base_vars, "SUPABASE_URL": catch_all.url},
+        "service_rest": {**rest, "UPLOAD_MODE": "service", "UPLOAD_TABLES": "profiles", "UPLOAD_OWNER_COLUMN": "user_id"},
+        "service_atomic": {**base_vars, "UPLOAD_ATOMIC": "true", "UPLOAD_MODE": "service", "UPLOAD_TABLES": "profiles",
+                           "UPLOAD_OWNER_COLUMN": "user_id"},
     }
     return start_workers(configs)
 
@@ -253,6 +256,53 @@ def test_patch_and_delete_that_changed_no_row_are_reported_unchanged(instances, 
     second = upload(instances[name], token, body(tx(patch("lists", mine, name="again"), tid=8)))
     assert second.json()["results"] == [{"status": "success", "transaction_id": 8}]
     assert [instances[name].log_line(r)["upload"]["unchanged_entries"] for r in (first, second)] == [2, 0]
+
+
+@contextmanager
+def skipping_trigger(db, table: str, column: str):
+    """A BEFORE trigger returning null for rows whose `column` is 'skip' (the classic bug:
+    `return old` in a trigger also attached to INSERT): PostgreSQL writes no row, no error."""
+    db.execute("create or replace function public.skip_marked() returns trigger language plpgsql as $$"
+               " begin if to_jsonb(new) ->> tg_argv[0] = 'skip' then return null; end if; return new; end $$")
+    db.execute(f"create trigger skip_marked before insert or update on public.{table}"
+               f" for each row execute function public.skip_marked('{column}')")
+    try:
+        yield
+    finally:
+        db.execute(f"drop trigger if exists skip_marked on public.{table}")
+
+
+@pytest.mark.parametrize("name", ["rest", "atomic"])
+def test_a_put_whose_row_the_database_skipped_is_reported_unchanged_not_silently_applied(instances, db, user, name):
+    # Alone in its request the entry is named exactly; two PUTs merged into one upsert share
+    # one count (1 of 2), so both are listed, through the function too.
+    sub, token = user
+    list_id = insert_list(db, sub)
+    kept_alone, skipped, kept, skipped_too = new_id(), new_id(), new_id(), new_id()
+    with skipping_trigger(db, "todos", "description"):
+        response = upload(instances[name], token, body(tx(
+            put("todos", skipped, description="skip", list_id=list_id, created_by=sub),
+            patch("lists", list_id, name="renamed"),
+            put("todos", kept, description="kept", list_id=list_id, created_by=sub),
+            put("todos", skipped_too, description="skip", list_id=list_id, created_by=sub),
+            put("todos", kept_alone, description="kept", list_id=list_id, created_by=sub, completed=True),
+            tid=1)))
+    assert response.status_code == 200, response.text
+    assert response.json()["results"] == [{"status": "success", "transaction_id": 1, "unchanged": [0, 2, 3]}]
+    assert row(db, "todos", skipped) is None and row(db, "todos", skipped_too) is None
+    assert row(db, "todos", kept) is not None and row(db, "todos", kept_alone) is not None
+
+
+@pytest.mark.parametrize("name", ["service_rest", "service_atomic"])
+def test_a_service_mode_put_the_database_skipped_is_unchanged_not_blamed_on_another_owner(instances, db, user,
+                                                                                           name):
+    sub, token = user
+    mine = "p-" + new_id()
+    with skipping_trigger(db, "profiles", "handle"):
+        response = upload(instances[name], token, body(tx(put("profiles", mine, handle="skip"), tid=2)))
+    assert response.status_code == 200, response.text
+    assert response.json()["results"] == [{"status": "success", "transaction_id": 2, "unchanged": [0]}]
+    assert row(db, "profiles", mine) is None
 
 
 @pytest.mark.parametrize("name,expected", [("rest", [0, 1, 2]), ("atomic", [1])])

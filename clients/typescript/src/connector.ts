@@ -62,7 +62,7 @@ export interface UnchangedReport {
   transactionId: number | undefined;
   /** Every entry of the transaction, as the SDK queued it. */
   entries: CrudEntry[];
-  /** Indexes in `entries` of the PATCH and DELETE entries that changed no row, in order. */
+  /** Indexes in `entries` of the entries that changed no row, in order. */
   unchangedIndexes: number[];
   /** `entries[i]` for each of `unchangedIndexes`. */
   unchangedEntries: CrudEntry[];
@@ -101,9 +101,9 @@ export interface WorkerConnectorOptions {
    */
   onFatalError?: (report: FatalErrorReport) => void | Promise<void>;
   /**
-   * Called once for each transaction the worker applied (`success`) in which some PATCH or DELETE
-   * changed no row (the worker's `unchanged`): the row was already gone, or hidden from the user by
-   * row-level security. The user's change to it is not in the database: tell the user, or
+   * Called once for each transaction the worker applied (`success`) in which some entries changed
+   * no row (the worker's `unchanged`): the row was already gone, or hidden from the user by
+   * row-level security, or a database trigger skipped a PUT. The user's change to it is not in the database: tell the user, or
    * re-create the row. Called before the transaction is removed from the upload queue; if it
    * throws (or rejects), the transaction stays queued and `uploadData` rethrows that error (the
    * transaction is sent again later, and this is called again for it: a worker with the atomic
@@ -188,7 +188,7 @@ function defaultOnUnchanged(report: UnchangedReport): void {
     .join(', ');
   console.warn(
     `[WorkerConnector] transaction ${report.transactionId ?? '(no id)'} was applied, but entries ${which} ` +
-      'changed no row (already gone, or hidden by row-level security)',
+      'changed no row (gone, hidden by row-level security, or skipped by a trigger)',
   );
 }
 

@@ -79,9 +79,9 @@ export interface TransactionResult {
    */
   already_applied?: boolean;
   /**
-   * `success` only: indexes (in the transaction's `crud`) of the PATCH and DELETE entries that
-   * changed no row: the row was gone already, or hidden from the user by row-level security (or,
-   * in the worker's service mode, owned by someone else). Absent when there are none. May list
+   * `success` only: indexes (in the transaction's `crud`) of the entries that changed no row: a
+   * PATCH or DELETE whose row was gone already, or hidden from the user by row-level security (or,
+   * in the worker's service mode, owned by someone else); a PUT a database trigger skipped. Absent when there are none. May list
    * more entries than changed nothing when the worker merged them into one request (the worker's
    * docs/upload.md, "Nothing silent").
    */

@@ -4,7 +4,7 @@
 //! limits only when the bytes arrive, so a limit tighter than the worker's leaves such a file
 //! signed, refused and retried for ever, and a bucket Storage does not have fails every file.
 
-use powersync_supabase_worker::storage::settings::BucketRules;
+use powersync_supabase_worker::storage::settings::{BucketRules, StorageMode};
 use serde_json::Value;
 
 use crate::doctor::{blocking, warning, Finding};
@@ -75,7 +75,13 @@ pub fn bucket_request(storage_url: &str, name: &str, service_key: &str) -> Reque
 
 /// Problems with bucket `name` as Storage answered for it (`response`), given the worker's
 /// `rules` for it.
-pub fn check_bucket(name: &str, rules: &BucketRules, response: &Response, storage_url: &str) -> Vec<Finding> {
+pub fn check_bucket(
+    name: &str,
+    rules: &BucketRules,
+    mode: StorageMode,
+    response: &Response,
+    storage_url: &str,
+) -> Vec<Finding> {
     let body = response.json().unwrap_or(Value::Null);
     // Storage answers its errors 400 with the status it means in `statusCode` (a string)
     let meant = match &body["statusCode"] {
@@ -90,7 +96,7 @@ pub fn check_bucket(name: &str, rules: &BucketRules, response: &Response, storag
             format!("Storage is not reachable at {storage_url}: {}", response.describe()),
             "check STORAGE_URL (default <SUPABASE_URL>/storage/v1)",
         )],
-        200 if body["id"].is_string() => judge(name, rules, &body),
+        200 if body["id"].is_string() => judge(name, rules, mode, &body),
         404 => vec![blocking(
             format!(
                 "bucket {name} (STORAGE_BUCKETS) does not exist in Storage: every file to it fails (storage_failed)"
@@ -110,8 +116,10 @@ pub fn check_bucket(name: &str, rules: &BucketRules, response: &Response, storag
 }
 
 /// The bucket Storage holds (`bucket`: its `public`, `file_size_limit`, `allowed_mime_types`)
-/// against the worker's rules.
-fn judge(name: &str, rules: &BucketRules, bucket: &Value) -> Vec<Finding> {
+/// against the worker's rules. In service mode the rules are the only ones: the worker checks the
+/// size and type a client declares, Storage the bytes that arrive at the signed URL, by the
+/// bucket's own limits alone, so limits looser than the rules let a client store more.
+fn judge(name: &str, rules: &BucketRules, mode: StorageMode, bucket: &Value) -> Vec<Finding> {
     let mut findings = vec![];
     if bucket["public"] == Value::Bool(true) {
         findings.push(warning(
@@ -135,6 +143,39 @@ fn judge(name: &str, rules: &BucketRules, bucket: &Value) -> Vec<Finding> {
     }
     let allowed: Vec<&str> =
         bucket["allowed_mime_types"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+    if mode == StorageMode::Service {
+        let limit = bucket["file_size_limit"].as_u64();
+        if limit.is_none_or(|limit| limit > rules.max_bytes) {
+            findings.push(warning(
+                format!(
+                    "Storage takes files of {} in bucket {name}, the worker's rule is {} bytes (max_bytes): it checks \
+                     the size a client declares, Storage the bytes sent to the signed URL, so a client that declares \
+                     less can store more",
+                    limit.map_or("any size".to_string(), |l| format!("up to {l} bytes")),
+                    rules.max_bytes
+                ),
+                format!("set the bucket's file size limit in Storage to {} bytes", rules.max_bytes),
+            ));
+        }
+        let covered = |a: &str| {
+            rules.content_types.iter().any(|r| {
+                r == a
+                    || r == "*/*"
+                    || r.strip_suffix('*').is_some_and(|prefix| prefix.ends_with('/') && a.starts_with(prefix))
+            })
+        };
+        if !rules.content_types.is_empty() && (allowed.is_empty() || allowed.iter().any(|a| !covered(a))) {
+            findings.push(warning(
+                format!(
+                    "Storage takes {} in bucket {name}, the worker's rule is {} (content_types): a client that declares \
+                     one of those can send bytes of another type",
+                    if allowed.is_empty() { "any type".to_string() } else { allowed.join(", ") },
+                    rules.content_types.join(", ")
+                ),
+                format!("set the bucket's allowed MIME types in Storage to {}", rules.content_types.join(", ")),
+            ));
+        }
+    }
     if !allowed.is_empty() {
         let takes = |wanted: &str| {
             allowed.iter().any(|a| {
@@ -185,7 +226,7 @@ mod tests {
     }
 
     fn found(rules: &BucketRules, response: Response) -> Vec<(Severity, String)> {
-        check_bucket("photos", rules, &response, "https://p.supabase.co/storage/v1")
+        check_bucket("photos", rules, StorageMode::Rls, &response, "https://p.supabase.co/storage/v1")
             .into_iter()
             .map(|f| (f.severity, f.problem))
             .collect()
@@ -234,6 +275,37 @@ mod tests {
         assert_eq!(found(&rules(1000, &["image/png", "image/*", "text/plain"]), answered(200, bucket)), []);
         let unlimited = json!({"id": "photos", "public": false, "file_size_limit": null, "allowed_mime_types": null});
         assert_eq!(found(&rules(1000, &[]), answered(200, unlimited)), []);
+    }
+
+    #[test]
+    fn in_service_mode_limits_looser_than_the_workers_rules_are_warned_of() {
+        let judged = |bucket: Value, rules: &BucketRules| -> Vec<String> {
+            check_bucket("photos", rules, StorageMode::Service, &answered(200, bucket), "https://s")
+                .into_iter()
+                .map(|f| f.problem)
+                .collect()
+        };
+        let photo_rules = rules(1000, &["image/*", "text/plain"]);
+        let fitted = json!({"id": "photos", "public": false, "file_size_limit": 1000, "allowed_mime_types": ["image/*", "text/plain"]});
+        assert_eq!(judged(fitted, &photo_rules), Vec::<String>::new());
+        let unlimited = json!({"id": "photos", "public": false, "file_size_limit": null, "allowed_mime_types": null});
+        let got = judged(unlimited.clone(), &photo_rules);
+        assert_eq!(got.len(), 2, "{got:#?}");
+        assert!(
+            got[0].starts_with("Storage takes files of any size in bucket photos, the worker's rule is 1000"),
+            "{got:#?}"
+        );
+        assert!(got[1].starts_with("Storage takes any type in bucket photos, the worker's rule is image/*, text/plain"));
+        let looser = json!({"id": "photos", "public": false, "file_size_limit": 5000, "allowed_mime_types": ["image/*", "text/html"]});
+        let got = judged(looser, &photo_rules);
+        assert!(got[0].starts_with("Storage takes files of up to 5000 bytes"), "{got:#?}");
+        assert!(got[1].starts_with("Storage takes image/*, text/html in bucket photos"), "{got:#?}");
+        // rules without content types: any type is the rule
+        assert_eq!(judged(unlimited.clone(), &rules(1000, &[])).len(), 1);
+        // rls mode: the user's own token reaches Storage anyway; its policies are the rules
+        let rls: Vec<Finding> =
+            check_bucket("photos", &photo_rules, StorageMode::Rls, &answered(200, unlimited), "https://s");
+        assert!(rls.is_empty());
     }
 
     #[test]

@@ -323,7 +323,7 @@ fn doctor_findings(options: &HashMap<String, String>) -> Result<Vec<doctor::Find
         }
         for (name, rules) in storage.buckets.iter().flatten() {
             let answer = rest::send(&buckets::bucket_request(&storage.storage_url, name, &service_key));
-            findings.extend(buckets::check_bucket(name, rules, &answer, &storage.storage_url));
+            findings.extend(buckets::check_bucket(name, rules, storage.mode, &answer, &storage.storage_url));
         }
     }
     Ok(findings)

@@ -92,8 +92,8 @@ class FatalErrorReport {
   }
 }
 
-/// An applied transaction some of whose PATCH or DELETE entries changed no row (gone already, or
-/// hidden by row-level security), handed to [WorkerConnector.onUnchanged].
+/// An applied transaction some of whose entries changed no row (gone already,
+/// hidden by row-level security, or a PUT a database trigger skipped), handed to [WorkerConnector.onUnchanged].
 class UnchangedReport {
   final int? transactionId;
   final List<CrudEntry> entries;
@@ -209,7 +209,7 @@ class WorkerConnector extends PowerSyncBackendConnector {
         for (final i in report.unchangedIndexes) '$i (${report.entries[i].op.toJson()} ${report.entries[i].table})'
       ].join(', ');
       log('[WorkerConnector] transaction ${report.transactionId ?? '(no id)'} was applied, but entries $which '
-          'changed no row (already gone, or hidden by row-level security)');
+          'changed no row (gone, hidden by row-level security, or skipped by a trigger)');
     };
   }
 

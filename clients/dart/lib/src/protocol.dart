@@ -67,7 +67,7 @@ class TransactionResult {
   /// `success` only: the worker's atomic function had applied it already (a re-send).
   final bool alreadyApplied;
 
-  /// `success` only: indexes of the PATCH and DELETE entries that changed no row.
+  /// `success` only: indexes of the entries that changed no row.
   final List<int> unchanged;
 
   const TransactionResult({
