@@ -692,6 +692,16 @@ fn operators_to_fix(body: &ErrorBody, written_as: WrittenAs<'_>) -> Option<Strin
                 .into(),
         );
     }
+    // A column missing: from the table the write names (a migration not shipped yet) or the
+    // owner column service mode writes, or from a trigger's or function's own SQL.
+    if code == "42703" && message.starts_with("column ") && message.ends_with(" does not exist") {
+        let owner = if sub_written_as_owner { " or correct UPLOAD_OWNER_COLUMN if it is that one," } else { "" };
+        return Some(format!(
+            "a column the write names (or a trigger or function it runs names) is not in the table: ship \
+             the migration that adds it,{owner} or fix that trigger or function (the operator's to fix; the \
+             upload waits)"
+        ));
+    }
     is_database_setup_error(code).then(|| {
         "an error in the database's own policies, triggers or functions, not in the data (the \
          operator's to fix; the upload waits)"
@@ -1383,6 +1393,26 @@ mod tests {
             "{}",
             failure.message
         );
+    }
+
+    #[test]
+    fn a_missing_column_names_the_migration_and_in_service_mode_the_owner_column_setting() {
+        let message = r#"column "newcol" of relation "todos" does not exist"#;
+        let Verdict::Retryable { failure, retry_after_seconds } =
+            classify(&with_message(400, "42703", message), Some(0))
+        else {
+            panic!("retryable")
+        };
+        assert_eq!(retry_after_seconds, Some(SCHEMA_DRIFT_RETRY_AFTER_SECONDS));
+        assert!(failure.message.contains("ship the migration that adds it"), "{}", failure.message);
+        assert!(!failure.message.contains("UPLOAD_OWNER_COLUMN"), "{}", failure.message);
+        let service = WrittenAs { api_role: "service_role", sub: "u", sub_written_as_owner: true };
+        let answer = with_message(400, "42703", "column todos.owner_missing does not exist");
+        let Verdict::Retryable { failure, .. } = super::classify(&answer, Some(0), &ClassOverrides::default(), service)
+        else {
+            panic!("retryable")
+        };
+        assert!(failure.message.contains("correct UPLOAD_OWNER_COLUMN"), "{}", failure.message);
     }
 
     #[test]
