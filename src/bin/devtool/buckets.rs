@@ -42,7 +42,11 @@ pub fn check_object_policies(response: &Response) -> Vec<Finding> {
             false,
             "a file uploaded again (the adapter upserts; a re-sent upload) is refused (file_denied) and retried",
         ),
-        ("DELETE", false, "a delete removes nothing (deleted: false)"),
+        (
+            "DELETE",
+            false,
+            "a delete is refused (file_denied) and the file stays (older Storage answered deleted: false)",
+        ),
     ];
     needed
         .iter()
