@@ -1163,7 +1163,9 @@ begin
           -- Rows the database skipped (a BEFORE trigger returning null): those
           -- ops changed no row. With several rows in one statement the count
           -- cannot say which, so all of them, as a merged REST request does.
-          if v_rows < v_n then
+          -- (With nothing to set, `do nothing` counts a row already there as
+          -- 0: that PUT is applied, as PostgREST's `set id = excluded.id` says.)
+          if v_rows < v_n and v_set is not null then
             v_unchanged := v_unchanged
                            || array(select g_start + m from pg_catalog.generate_series(0, v_n - 1) as m);
           end if;
@@ -1345,9 +1347,10 @@ begin
   end;
   end loop attempt;
 
-  -- recorded, so that a re-send after a lost answer reports them too
+  -- recorded, so that a re-send after a lost answer reports them too (the first 100,000: what
+  -- the ledger keeps of a user's list; a skipped PUT of a large group lists the whole group)
   if client_id is not null and transaction_id is not null and pg_catalog.cardinality(v_unchanged) > 0 then
-    perform public.powersync_upload_ledger_unchanged(client_id, transaction_id, owner_id, v_unchanged);
+    perform public.powersync_upload_ledger_unchanged(client_id, transaction_id, owner_id, v_unchanged[1:100000]);
   end if;
   return jsonb_build_object('applied', jsonb_array_length(ops),
                             'unchanged', to_jsonb(v_unchanged));

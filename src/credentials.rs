@@ -80,11 +80,23 @@ fn unescaped(text: &str) -> String {
     plain
 }
 
-/// Whether `text` still holds the start of a Supabase key or of a JWT (`eyJ`, then a run of
-/// base64url characters, a dot and more), wherever it stands.
+/// Whether `run` starts like a Supabase API key: `sb_secret_` or `sb_publishable_` and at least 16
+/// more key characters (a key has about 31; `app_sb_secret_keys`, a table's name, is no key).
+fn is_supabase_key(run: &str) -> bool {
+    ["sb_secret_", "sb_publishable_"].iter().any(|prefix| {
+        run.strip_prefix(prefix).is_some_and(|rest| {
+            rest.bytes().take_while(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_').count() >= 16
+        })
+    })
+}
+
+/// Whether `text` still holds a Supabase key ([`is_supabase_key`]) or a JWT (`eyJ`, then a run of
+/// base64url characters, a dot and more), wherever it starts: glued to a word before it too.
 fn holds_a_credentials_mark(text: &str) -> bool {
-    let lower = text.to_ascii_lowercase();
-    if lower.contains("sb_secret_") || lower.contains("sb_publishable_") {
+    if ["sb_secret_", "sb_publishable_"]
+        .iter()
+        .any(|prefix| text.match_indices(prefix).any(|(at, _)| is_supabase_key(&text[at..])))
+    {
         return true;
     }
     let is_b64url = |b: &u8| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_';
@@ -111,11 +123,7 @@ fn redact_as_written(text: &str) -> String {
     // then the shapes of the keys and sessions the worker holds, in the characters they are
     // made of (base64url and `.`), so that a `name=`, `%20` or `+` before one does not hide it
     let is_key_char = |c: char| c.is_ascii_alphanumeric() || "-._~".contains(c);
-    let is_key = |run: &str| {
-        (run.starts_with("eyJ") && run.contains('.'))
-            || run.starts_with("sb_secret_")
-            || run.starts_with("sb_publishable_")
-    };
+    let is_key = |run: &str| (run.starts_with("eyJ") && run.contains('.')) || is_supabase_key(run);
     replace_runs(&bearer_words, is_key_char, |gap, run| {
         // after `%`, a run starts with the escape's two hex digits: `%20eyJ…`, `%3Dsb_secret_…`
         let unescaped = match run.get(..2) {
@@ -186,7 +194,7 @@ mod tests {
 
     #[test]
     fn bearer_tokens_jwts_and_supabase_keys_are_redacted_and_nothing_else() {
-        let text = "Authorization: Bearer abc.def\napikey: sb_secret_N7UND0Ug-x\nkey eyJhbGciOi.eyJzdWIi.sig, sb_publishable_Q1w";
+        let text = "Authorization: Bearer abc.def\napikey: sb_secret_N7UND0Ug-xSvEMPvzQ1wRt\nkey eyJhbGciOi.eyJzdWIi.sig, sb_publishable_ACJWlzQHlZjBrEguHvfOxg";
         assert_eq!(redact(text), "Authorization: Bearer [redacted]\napikey: [redacted]\nkey [redacted], [redacted]");
         for plain in ["\"todos\" is not a plain identifier", "Failing row contains (1, eyJ, bearer).", "sb_other"] {
             assert_eq!(redact(plain), plain);
@@ -214,14 +222,14 @@ mod tests {
 
     #[test]
     fn keys_hidden_by_escapes_or_glued_to_a_word_are_redacted_or_the_text_withheld() {
-        let key = "sb_secret_N7UND0Ug-jKTVK";
+        let key = "sb_secret_N7UND0Ug-jKTVKUodkm0Hg";
         let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1In0.c2ln";
         for (echo, expected) in [
             (format!("q=\\u0022{key}\\u0022"), "q=\"[redacted]\"".to_string()),
             (format!("q=%2522{key}%2522"), "q=\"[redacted]\"".to_string()),
-            ("k=sb%5Fsecret_N7UND0Ug".to_string(), "k=[redacted]".to_string()),
+            ("k=sb%5Fsecret_N7UND0UgjKTVKUodkm0Hg".to_string(), "k=[redacted]".to_string()),
             (format!("t={}", jwt.replace('.', "%2E")), "t=[redacted]".to_string()),
-            ("k=sb_secret_N7UND0Ug%2DjKTVK tail".to_string(), "k=[redacted] tail".to_string()),
+            ("k=sb_secret_N7UND0Ug%2DjKTVKUodkm0Hg tail".to_string(), "k=[redacted] tail".to_string()),
             (format!("x{key}"), WITHHELD.to_string()),
             (format!("token:a{jwt}"), WITHHELD.to_string()),
         ] {
@@ -229,8 +237,17 @@ mod tests {
             assert_eq!(redacted, expected, "{echo}");
             assert!(!redacted.contains("N7UND0Ug") && !redacted.contains("jKTVK") && !redacted.contains("c2ln"));
         }
-        // nothing to hide: escapes stay as written
-        for plain in ["100%20done", "a %2E b", "\\u0041 eyJ short.x", "SB_other"] {
+        // nothing to hide: escapes stay as written, names that hold the prefixes stay
+        for plain in [
+            "100%20done",
+            "a %2E b",
+            "\\u0041 eyJ short.x",
+            "SB_other",
+            "permission denied for table app_sb_secret_keys",
+            "column \"SB_SECRET_NAME\" does not exist",
+            "Key (note)=(mysb_secret_vault) already exists.",
+            "sb_secret_short",
+        ] {
             assert_eq!(redact(plain), plain);
         }
     }

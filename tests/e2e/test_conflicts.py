@@ -238,9 +238,14 @@ def test_an_atomic_conflict_applies_nothing_of_its_transaction(tracking_apps, db
         "select entries, details from powersync_dead_letters where code = 'conflict'").fetchall()
     assert [(e["op"], e["state"]) for e in entries] == [("PUT", "failed"), ("PATCH", "failed")]
     assert json.loads(details)["name"] == "from first"
-    # the operator chooses the client's side: the replay applies the whole transaction, uncompared
+    # the operator chooses the client's side, in words (the first app's write, which the ledger
+    # holds, is the same user's): the replay applies the whole transaction, uncompared
     (dead_id,) = db.execute("select id from powersync_dead_letters").fetchone()
-    replayed = db.execute("select public.powersync_replay_dead_letter(%s)", (dead_id,)).fetchone()[0]
+    asked = db.execute("select public.powersync_replay_dead_letter(%s)", (dead_id,)).fetchone()[0]
+    assert (asked["replayed"], asked["error"]["code"]) == (False, "55000"), asked
+    assert server_name(db, list_id) == "from first"
+    replayed = db.execute("select public.powersync_replay_dead_letter(%s, overwrite_later_writes => true)",
+                          (dead_id,)).fetchone()[0]
     assert replayed["replayed"] is True, replayed
     assert server_name(db, list_id) == "from second"
     assert db.execute("select count(*) from todos where id = %s", (todo_id,)).fetchone()[0] == 1
