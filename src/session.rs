@@ -946,7 +946,8 @@ pub(crate) mod tests {
             assert_eq!((api.status(), api.code()), (500, "auth_check_misconfigured"));
         }
         // a gateway that echoes the request quotes no credential into the log
-        let echoed = r#"{"message":"apikey: sb_publishable_ACJWlzQHlZjBrEguHvfOxg Authorization: Bearer eyJh.eyJz.sig"}"#;
+        let echoed =
+            r#"{"message":"apikey: sb_publishable_ACJWlzQHlZjBrEguHvfOxg Authorization: Bearer eyJh.eyJz.sig"}"#;
         let reason = interpret_remote_check(answer(401, echoed)).unwrap_err().reason();
         assert!(!reason.contains("sb_publishable_ACJWlzQHlZjBrEguHvfOxg") && !reason.contains("eyJh.eyJz"), "{reason}");
     }

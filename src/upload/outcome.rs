@@ -1313,6 +1313,13 @@ mod tests {
     }
 
     #[test]
+    fn a_table_whose_name_holds_a_key_prefix_keeps_its_missing_grant_retryable() {
+        let verdict = classify(&with_message(403, "42501", "permission denied for table app_sb_secret_keys"), Some(0));
+        let Verdict::Retryable { failure, .. } = &verdict else { panic!("{verdict:?}") };
+        assert!(failure.message.contains("on table public.app_sb_secret_keys to authenticated"), "{}", failure.message);
+    }
+
+    #[test]
     fn permission_denied_for_table_is_retryable_and_names_the_grant() {
         // PostgreSQL 15's text (aclchk.c), as PostgREST passes it on with 403
         let verdict = classify(&with_message(403, "42501", "permission denied for table todos"), Some(2));

@@ -293,6 +293,24 @@ def test_a_put_whose_row_the_database_skipped_is_reported_unchanged_not_silently
     assert row(db, "todos", kept) is not None and row(db, "todos", kept_alone) is not None
 
 
+@pytest.mark.parametrize("name", ["rest", "atomic"])
+def test_a_put_of_only_the_id_of_a_row_already_there_is_applied_not_unchanged(instances, db, user, name):
+    # nothing to set: the function's `on conflict do nothing` counts the row 0, PostgREST's
+    # `set id = excluded.id` counts it 1; both are the PUT applied
+    sub, token = user
+    table = "tags_" + name
+    db.execute(f"create table public.{table} (id text primary key);"
+               f" grant select, insert, update, delete on public.{table} to authenticated")
+    try:
+        tag = new_id()
+        for tid in (4, 5):  # inserted, then already there
+            response = upload(instances[name], token, body(tx(put(table, tag), tid=tid)))
+            assert response.json()["results"] == [{"status": "success", "transaction_id": tid}], response.text
+        assert db.execute(f"select count(*) from public.{table}").fetchone()[0] == 1
+    finally:
+        db.execute(f"drop table if exists public.{table}")
+
+
 @pytest.mark.parametrize("name", ["service_rest", "service_atomic"])
 def test_a_service_mode_put_the_database_skipped_is_unchanged_not_blamed_on_another_owner(instances, db, user,
                                                                                            name):
