@@ -28,13 +28,11 @@ pub const REDACTED: &str = "[redacted]";
 /// credential redacted; text in which a credential's mark is still left after that (glued to a
 /// word before it: `xsb_secret_…`) is withheld whole ([`WITHHELD`]).
 pub fn redact(text: &str) -> String {
-    let redacted = redact_as_written(text);
     let unescaped = unescaped(text);
-    let redacted = if unescaped != text && redact_as_written(&unescaped) != unescaped {
-        redact_as_written(&unescaped)
-    } else {
-        redacted
-    };
+    // a credential only the unescaped text shows: that text, redacted (text without escapes, the
+    // usual case, is read once)
+    let hidden = (unescaped != text).then(|| redact_as_written(&unescaped)).filter(|r| *r != unescaped);
+    let redacted = hidden.unwrap_or_else(|| redact_as_written(text));
     if holds_a_credentials_mark(&redacted) {
         return WITHHELD.to_string();
     }
@@ -80,32 +78,36 @@ fn unescaped(text: &str) -> String {
     plain
 }
 
-/// Whether `run` starts like a Supabase API key: `sb_secret_` or `sb_publishable_` and at least 16
+/// The prefixes of Supabase's API keys.
+const SUPABASE_KEY_PREFIXES: [&str; 2] = ["sb_secret_", "sb_publishable_"];
+
+/// A base64url character, of which keys and JWT segments are made.
+fn is_base64url(b: &u8) -> bool {
+    b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_'
+}
+
+/// Whether `run` starts like a Supabase API key: one of [`SUPABASE_KEY_PREFIXES`] and at least 16
 /// more key characters (a key has about 31; `app_sb_secret_keys`, a table's name, is no key).
 fn is_supabase_key(run: &str) -> bool {
-    ["sb_secret_", "sb_publishable_"].iter().any(|prefix| {
-        run.strip_prefix(prefix).is_some_and(|rest| {
-            rest.bytes().take_while(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_').count() >= 16
-        })
+    SUPABASE_KEY_PREFIXES.iter().any(|prefix| {
+        run.strip_prefix(prefix)
+            .is_some_and(|rest| rest.as_bytes().iter().take_while(|b| is_base64url(b)).count() >= 16)
     })
 }
 
 /// Whether `text` still holds a Supabase key ([`is_supabase_key`]) or a JWT (`eyJ`, then a run of
 /// base64url characters, a dot and more), wherever it starts: glued to a word before it too.
 fn holds_a_credentials_mark(text: &str) -> bool {
-    if ["sb_secret_", "sb_publishable_"]
-        .iter()
-        .any(|prefix| text.match_indices(prefix).any(|(at, _)| is_supabase_key(&text[at..])))
+    if SUPABASE_KEY_PREFIXES.iter().any(|prefix| text.match_indices(prefix).any(|(at, _)| is_supabase_key(&text[at..])))
     {
         return true;
     }
-    let is_b64url = |b: &u8| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_';
     text.match_indices("eyJ").any(|(at, _)| {
         let after = &text.as_bytes()[at..];
-        let head = after.iter().take_while(|b| is_b64url(b)).count();
+        let head = after.iter().take_while(|b| is_base64url(b)).count();
         head >= 8
             && after.get(head) == Some(&b'.')
-            && after[head + 1..].iter().take_while(|b| is_b64url(b)).count() >= 8
+            && after[head + 1..].iter().take_while(|b| is_base64url(b)).count() >= 8
     })
 }
 

@@ -63,6 +63,8 @@ pub const REPLAY: &str = "public.powersync_replay_dead_letter(bigint, boolean)";
 pub const LEDGER_ROWS: &str = "public.powersync_upload_ledger_rows(text, text, text, text[])";
 /// How those rows are written (called as the API role).
 pub const ROW_KEY: &str = "public.powersync_upload_row_key(text, text)";
+/// The ledger's helpers the atomic function calls, as the API role (sql/atomic_upload.sql).
+pub const LEDGER_HELPERS: [&str; 5] = [LEDGER_CLAIM, LEDGER_DEAD_LETTER, LEDGER_UNCHANGED, LEDGER_ROWS, ROW_KEY];
 /// What a replay asks for the user's transactions applied since its dead letter (called as
 /// service_role): without it a replay goes over the user's later writes unseen.
 pub const LEDGER_APPLIED_SINCE: &str = "public.powersync_upload_ledger_applied_since(text, timestamptz)";
@@ -199,11 +201,7 @@ impl Expectations {
         let mut f = vec![];
         if let Some((signature, _)) = &self.atomic {
             f.push(signature.clone());
-            f.push(LEDGER_CLAIM.to_string());
-            f.push(LEDGER_DEAD_LETTER.to_string());
-            f.push(LEDGER_UNCHANGED.to_string());
-            f.push(LEDGER_ROWS.to_string());
-            f.push(ROW_KEY.to_string());
+            f.extend(LEDGER_HELPERS.map(String::from));
             if !self.dead_letters {
                 f.push(LEDGER_REJECT.to_string());
             }
@@ -422,12 +420,8 @@ pub fn check_catalog(expected: &Expectations, response: &Response, supabase_url:
         let exists = f["exists"] == json!(true);
         let executes = |r: &str| f["execute"][r] == json!(true);
         let is_atomic = expected.atomic.as_ref().is_some_and(|(s, _)| *s == signature)
-            || signature == LEDGER_CLAIM
-            || signature == LEDGER_DEAD_LETTER
-            || signature == LEDGER_UNCHANGED
+            || LEDGER_HELPERS.contains(&signature.as_str())
             || signature == LEDGER_REJECT
-            || signature == LEDGER_ROWS
-            || signature == ROW_KEY
             || signature == LEDGER_APPLIED_SINCE;
         let file = if is_atomic { "sql/atomic_upload.sql" } else { "sql/dead_letter.sql" };
         let tool = signature == REPLAY || signature == DISCARD || signature == LEDGER_APPLIED_SINCE;
@@ -1077,18 +1071,12 @@ mod tests {
     /// The atomic function and the ledger helpers it calls, installed and executable by
     /// `authenticated`, then `more`.
     fn atomic_functions_and(more: Vec<Value>) -> Vec<Value> {
-        let mut all = vec![
-            function(
-                "public.powersync_apply_transaction(jsonb, text, text, text, text, boolean)",
-                true,
-                &["authenticated"],
-            ),
-            function(LEDGER_CLAIM, true, &["authenticated"]),
-            function(LEDGER_DEAD_LETTER, true, &["authenticated"]),
-            function(LEDGER_UNCHANGED, true, &["authenticated"]),
-            function(LEDGER_ROWS, true, &["authenticated"]),
-            function(ROW_KEY, true, &["authenticated"]),
-        ];
+        let mut all = vec![function(
+            "public.powersync_apply_transaction(jsonb, text, text, text, text, boolean)",
+            true,
+            &["authenticated"],
+        )];
+        all.extend(LEDGER_HELPERS.map(|helper| function(helper, true, &["authenticated"])));
         all.extend(more);
         all
     }
