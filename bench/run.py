@@ -367,6 +367,8 @@ COLD_KINDS = {
     "token": ("the worker (RSA key), `GET /powersync-token` (HS256 session)", "rust"),
     "js_put1000": ("plain JS upload worker (bench/upload-floor/worker.js), 1,000 PUTs (`/forward`)", "upload"),
     "put1000": ("the worker (rls), 1,000 PUTs", "rust"),
+    "wasm_floor": ("the smallest wasm worker (bench/wasm-floor: a synchronous wasm-bindgen export), `GET /`",
+                   "wasm_floor"),
     "rust_floor": ("the smallest workers-rs worker (bench/rust-floor), `GET /`", "rust_floor"),
     "rust_put1000": ("the plain JS upload worker's job in Rust (bench/rust-upload-floor), 1,000 PUTs (`/forward`)",
                      "rust_upload"),
@@ -377,7 +379,8 @@ COLD_LOADER = BENCH / "cold/loader.js"
 
 
 # The scripts bench/cold/loader.js imports, and whether each has a wasm module beside its JS.
-COLD_SCRIPTS = {"rust": True, "noop": False, "token": False, "upload": False, "rust_floor": True, "rust_upload": True}
+COLD_SCRIPTS = {"rust": True, "noop": False, "token": False, "upload": False, "wasm_floor": True, "rust_floor": True,
+                "rust_upload": True}
 
 
 def start_cold_loader(scripts: dict[str, dict], envs: dict[str, dict]) -> tuple[WorkerProcess, Path]:
@@ -1119,7 +1122,7 @@ def main() -> int:
         # ---------------------------------------------------------------- cold start (fresh isolates)
         # Last, with the other workers stopped, so that their idle processes do not share the cores.
         for w in (w_atomic, w_es_key, w_ed_key, w_metrics, *w_js.values(), w_js_upload, w_upload_floor, w_main, w_sign,
-                  w_floor, w_rust_upload):
+                  w_floor, w_wasm_floor, w_rust_upload):
             w.stop()
         log("cold start: bundling the JS token worker, starting the loader")
         js_token_bundle = js_bundle(JS_TOKEN)
@@ -1129,7 +1132,8 @@ def main() -> int:
              "noop": {"js": SIGN_ONLY.read_text()}, "token": {"js": js_token_bundle["js"]},
              "upload": {"js": UPLOAD_FLOOR.read_text()},
              **{name: {"js": main.read_text(), "wasm": (main.parent / "index_bg.wasm").read_bytes()}
-                for name, main in (("rust_floor", RUST_FLOOR), ("rust_upload", RUST_UPLOAD_FLOOR))}},
+                for name, main in (("wasm_floor", WASM_FLOOR), ("rust_floor", RUST_FLOOR),
+                                   ("rust_upload", RUST_UPLOAD_FLOOR))}},
             {"rust": base_vars, "noop": sign_vars, "token": js_token_env,
              "upload": {"SUPABASE_URL": standin.url, "SUPABASE_ANON_KEY": ANON_KEY},
              "rust_upload": {"SUPABASE_URL": standin.url, "SUPABASE_ANON_KEY": ANON_KEY}})
@@ -1148,6 +1152,7 @@ def main() -> int:
             "token": ("GET", "/powersync-token", bearer(hs_token), None),
             "js_put1000": ("POST", "/forward", upload_headers, batches["put1000"]["body"]),
             "put1000": ("POST", "/powersync-upload", upload_headers, batches["put1000"]["body"]),
+            "wasm_floor": ("GET", "/", None, None),
             "rust_floor": ("GET", "/", None, None),
             "rust_put1000": ("POST", "/forward", upload_headers, batches["put1000"]["body"]),
         }
@@ -1262,7 +1267,9 @@ def main() -> int:
                                     f"load {fmt(r.get('load_cpu_ms'), 1)} ms of it); wall "
                                     f"{r['first_wall_ms']:.1f} vs {j['first_wall_ms']:.1f} ms ({pair['wall_ratio']:.2f}×)"})
     cm = cold["median"]
-    for what, rust, js in (("the smallest workers-rs worker (bench/rust-floor, `GET /`) vs the JS no-op", "rust_floor",
+    for what, rust, js in (("the smallest wasm worker (bench/wasm-floor, `GET /`: the platform's floor for any wasm "
+                            "worker) vs the JS no-op", "wasm_floor", "noop_js"),
+                           ("the smallest workers-rs worker (bench/rust-floor, `GET /`) vs the JS no-op", "rust_floor",
                             "noop_js"),
                            ("1,000 PUTs, the plain JS worker's job in Rust (bench/rust-upload-floor) vs the plain JS "
                             "worker", "rust_put1000", "js_put1000")):

@@ -10,8 +10,8 @@
 // Scripts (bench/run.py copies them next to this file before starting it, as Text / Data
 // modules): `rust` = build/index.js + index_bg.wasm (the worker as deployed), `noop` =
 // bench/sign-only/worker.js, `token` = bench/js/token.js bundled by wrangler, `upload` =
-// bench/upload-floor/worker.js, `rust_floor` and `rust_upload` = bench/rust-floor and
-// bench/rust-upload-floor as built (index.js + index_bg.wasm). Each script's env is the JSON in
+// bench/upload-floor/worker.js, `wasm_floor`, `rust_floor` and `rust_upload` = bench/wasm-floor,
+// bench/rust-floor and bench/rust-upload-floor as built (index.js + index_bg.wasm). Each script's env is the JSON in
 // ENV_<SCRIPT> (a string var).
 
 import RUST_JS from "./rust.js.txt";
@@ -19,6 +19,8 @@ import RUST_WASM from "./rust.wasm.bin";
 import NOOP_JS from "./noop.js.txt";
 import TOKEN_JS from "./token.js.txt";
 import UPLOAD_JS from "./upload.js.txt";
+import WASM_FLOOR_JS from "./wasm_floor.js.txt";
+import WASM_FLOOR_WASM from "./wasm_floor.wasm.bin";
 import RUST_FLOOR_JS from "./rust_floor.js.txt";
 import RUST_FLOOR_WASM from "./rust_floor.wasm.bin";
 import RUST_UPLOAD_JS from "./rust_upload.js.txt";
@@ -36,6 +38,7 @@ const SCRIPTS = {
   token: { "index.js": { js: TOKEN_JS } },
   token_load: { "index.js": { js: LOAD_ONLY }, "worker.js": { js: TOKEN_JS } },
   upload: { "index.js": { js: UPLOAD_JS } },
+  wasm_floor: { "index.js": { js: WASM_FLOOR_JS }, "index_bg.wasm": { wasm: WASM_FLOOR_WASM } },
   rust_floor: { "index.js": { js: RUST_FLOOR_JS }, "index_bg.wasm": { wasm: RUST_FLOOR_WASM } },
   rust_upload: { "index.js": { js: RUST_UPLOAD_JS }, "index_bg.wasm": { wasm: RUST_UPLOAD_WASM } },
 };
