@@ -943,7 +943,10 @@ mod tests {
         );
         assert_eq!(response.status, 401);
         assert_eq!(body, json!({"error": "Unauthorized", "code": "session_invalid", "request_id": "req-1"}));
-        assert_eq!(log.detail.as_deref(), Some("iss is not the configured issuer"));
+        assert_eq!(
+            log.detail.as_deref(),
+            Some("iss is not the configured issuer: iss \"other\", expected \"http://127.0.0.1:54321/auth/v1\"")
+        );
     }
 
     #[test]

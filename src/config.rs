@@ -206,12 +206,17 @@ fn with_url_problem(mut problems: Vec<Problem>, url: &Option<String>, all: &[Pro
     problems
 }
 
-/// `url` (`scheme://host[:port][/path]`) with its host in lower case.
-fn host_in_lower_case(url: &str) -> String {
+/// `url` (`scheme://host[:port][/path]`, the scheme in lower case) as Supabase Auth writes it in
+/// `iss`: the host in lower case, without the scheme's default port (`https://ref.supabase.co:443` issues
+/// `https://ref.supabase.co/auth/v1`).
+fn issuer_origin(url: &str) -> String {
     match url.split_once("://") {
         Some((scheme, rest)) => {
             let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-            format!("{scheme}://{}{path}", host.to_ascii_lowercase())
+            let host = host.to_ascii_lowercase();
+            let default_port = if scheme == "https" { ":443" } else { ":80" };
+            let host = host.strip_suffix(default_port).unwrap_or(&host);
+            format!("{scheme}://{host}{path}")
         }
         None => url.to_string(),
     }
@@ -274,7 +279,7 @@ fn session_settings(r: &mut Reader, supabase_url: Option<String>) -> Option<Sess
         jwks_url: jwks_url.unwrap_or_else(|| format!("{supabase_url}/auth/v1/.well-known/jwks.json")),
         // Supabase Auth writes its host in lower case: `https://REF.supabase.co` names the same
         // project, and its sessions must not all fail the issuer check
-        issuer: issuer.unwrap_or_else(|| format!("{}/auth/v1", host_in_lower_case(&supabase_url))),
+        issuer: issuer.unwrap_or_else(|| format!("{}/auth/v1", issuer_origin(&supabase_url))),
         audiences: if audiences.is_empty() { vec!["authenticated".into()] } else { audiences },
         leeway_seconds,
         jwks_cache_seconds,
@@ -288,7 +293,7 @@ fn session_settings(r: &mut Reader, supabase_url: Option<String>) -> Option<Sess
 
 fn powersync_settings(r: &mut Reader) -> Result<PowerSyncSettings, PowerSyncProblem> {
     let before = r.problems.len();
-    let url = r.url("POWERSYNC_URL");
+    let url = r.app_url("POWERSYNC_URL");
     let ttl_seconds = r.number("POWERSYNC_TOKEN_TTL_SECONDS", DEFAULT_TTL_SECONDS, MIN_TTL_SECONDS..=MAX_TTL_SECONDS);
     let outlives_session = r.flag("POWERSYNC_TOKEN_OUTLIVES_SESSION", false);
     let copy_claims = r.list("POWERSYNC_COPY_CLAIMS");
@@ -566,6 +571,22 @@ mod tests {
         vars[0] = ("SUPABASE_URL", "https://REF.Supabase.co/Base".into());
         let session = config_of(&vars).session.expect("valid");
         assert_eq!(session.issuer, "https://ref.supabase.co/Base/auth/v1");
+    }
+
+    #[test]
+    fn a_supabase_url_with_its_schemes_default_port_still_gives_the_issuer_supabase_writes() {
+        for (url, issuer) in [
+            ("https://ref.supabase.co:443", "https://ref.supabase.co/auth/v1"),
+            ("https://Ref.Supabase.co:443/Base", "https://ref.supabase.co/Base/auth/v1"),
+            ("http://127.0.0.1:80", "http://127.0.0.1/auth/v1"),
+            // Any other port is the issuer's own.
+            ("http://127.0.0.1:54321", "http://127.0.0.1:54321/auth/v1"),
+            ("https://ref.supabase.co:8443", "https://ref.supabase.co:8443/auth/v1"),
+        ] {
+            let mut vars = complete();
+            vars[0] = ("SUPABASE_URL", url.into());
+            assert_eq!(config_of(&vars).session.expect("valid").issuer, issuer, "{url}");
+        }
     }
 
     #[test]

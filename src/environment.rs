@@ -114,6 +114,23 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// [`Self::url`] that apps connect to with the token the worker gives them (`POWERSYNC_URL`):
+    /// `https://`, or `http://` to a loopback or private-network host only ([`is_private_network`]:
+    /// development, a phone on the local network). Over plain HTTP elsewhere anyone on the path
+    /// could read the token and sync as the user until it expires.
+    pub fn app_url(&mut self, name: &str) -> Option<String> {
+        let url = self.url(name)?;
+        if url.starts_with("http://") && !url::Url::parse(&url).is_ok_and(|url| is_private_network(&url)) {
+            self.problem(
+                name,
+                "http:// is only for loopback and private-network hosts (apps send their PowerSync token there, \
+                 readable on the way); give the https:// URL",
+            );
+            return None;
+        }
+        Some(url)
+    }
+
     /// [`Self::url`] that the worker may also send requests to ([`fetchable`]): `https://`, or
     /// `http://` to a loopback host only. Users' tokens and the project's keys go there.
     pub fn fetchable_url(&mut self, name: &str) -> Option<String> {
@@ -200,6 +217,26 @@ pub fn is_loopback(url: &url::Url) -> bool {
     }
 }
 
+/// Whether `url`'s host is on this machine or a private network: loopback, a private or
+/// link-local IPv4 address (10/8, 172.16/12, 192.168/16, 169.254/16), a unique- or link-local
+/// IPv6 address (fc00::/7, fe80::/10), or a name public DNS does not serve (one label such as a
+/// container's, `*.local`, `*.internal`, `*.localhost`).
+pub fn is_private_network(url: &url::Url) -> bool {
+    match url.host() {
+        None => false,
+        Some(url::Host::Domain(name)) => {
+            name == "localhost"
+                || !name.contains('.')
+                || [".local", ".internal", ".localhost"].iter().any(|suffix| name.ends_with(suffix))
+        }
+        Some(url::Host::Ipv4(address)) => address.is_loopback() || address.is_private() || address.is_link_local(),
+        Some(url::Host::Ipv6(address)) => {
+            let first = address.segments()[0];
+            address.is_loopback() || first & 0xfe00 == 0xfc00 || first & 0xffc0 == 0xfe80
+        }
+    }
+}
+
 /// What such a URL setting must be, after [`fetchable`]'s reason.
 pub const FETCHABLE_URL_RULE: &str =
     "an https:// URL without credentials (http:// only to 127.0.0.0/8, localhost or [::1])";
@@ -207,6 +244,41 @@ pub const FETCHABLE_URL_RULE: &str =
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_app_url_over_plain_http_is_only_for_loopback_and_private_network_hosts() {
+        for url in [
+            "https://ps.example.com",
+            "http://127.0.0.1:8080",
+            "http://localhost:8080",
+            "http://[::1]:8080",
+            "http://192.168.1.20:8080",
+            "http://10.0.2.2:8080",
+            "http://172.20.0.5",
+            "http://169.254.10.1",
+            "http://[fd00::5]:8080",
+            "http://[fe80::1]",
+            "http://powersync:8080",
+            "http://my-mac.local:8080",
+            "http://ps.corp.internal",
+        ] {
+            let (out, problems) = with(url, |r| r.app_url("X"));
+            assert_eq!((out.as_deref(), problems.len()), (Some(url), 0), "{url}");
+        }
+        for url in
+            ["http://ps.example.com", "http://8.8.8.8", "http://172.32.0.1", "http://[2001:db8::1]", "http://local"]
+        {
+            let (out, problems) = with(url, |r| r.app_url("X"));
+            if url == "http://local" {
+                // One label: a container's or a LAN name, never public DNS.
+                assert!(out.is_some(), "{url}");
+                continue;
+            }
+            assert_eq!(out, None, "{url}");
+            assert!(problems[0].message.starts_with("http:// is only for loopback and private-network hosts"), "{url}");
+            assert!(!problems[0].message.contains(url), "the value is not quoted");
+        }
+    }
 
     fn with<T>(value: &str, read: impl FnOnce(&mut Reader) -> T) -> (T, Vec<Problem>) {
         let value = value.to_string();

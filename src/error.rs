@@ -307,7 +307,7 @@ mod tests {
 
     #[test]
     fn session_reason_goes_to_the_log_not_the_body() {
-        let e = ApiError::Session(SessionError::WrongIssuer);
+        let e = ApiError::Session(SessionError::WrongIssuer("iss \"x\", expected \"y\"".into()));
         assert!(e.log_detail().unwrap().contains("iss"));
         assert!(!e.body("r").to_string().contains("iss"));
     }

@@ -84,7 +84,8 @@ pub enum SessionError {
     Expired,
     NotYetValid,
     WrongAudience,
-    WrongIssuer,
+    /// The token's `iss` against what was expected (for the log).
+    WrongIssuer(String),
     NoSubject,
     /// A third-party token whose `role` is not `authenticated` (or is missing).
     RoleNotAllowed(String),
@@ -112,7 +113,7 @@ impl SessionError {
             SessionError::Expired => "token expired".into(),
             SessionError::NotYetValid => "token not yet valid (nbf/iat in the future)".into(),
             SessionError::WrongAudience => "aud does not contain an accepted audience".into(),
-            SessionError::WrongIssuer => "iss is not the configured issuer".into(),
+            SessionError::WrongIssuer(why) => format!("iss is not the configured issuer: {why}"),
             SessionError::NoSubject => "no sub claim".into(),
             SessionError::RoleNotAllowed(why) => {
                 format!("third-party token refused: {why} (role must be authenticated)")
@@ -494,7 +495,12 @@ impl Verifier {
             });
         }
         if source == Source::Unknown && is_jwks_alg(header.alg) {
-            return Err(SessionError::WrongIssuer);
+            let claims = token.split('.').nth(1).and_then(decode_segment);
+            let iss = shown_issuer(claims.as_ref().and_then(|c| c.get("iss")));
+            return Err(SessionError::WrongIssuer(format!(
+                "{iss}, neither Supabase Auth's (\"{}\") nor a configured third-party issuer",
+                self.settings.issuer
+            )));
         }
         match header.alg {
             Algorithm::HS256 => {
@@ -667,19 +673,10 @@ fn decode_segment(segment: &str) -> Option<Map<String, Value>> {
 
 /// The claim rules, applied after the signature verified.
 fn check_claims(claims: Map<String, Value>, settings: &SessionSettings, now: u64) -> Result<Session, SessionError> {
-    let number = |name: &str| claims.get(name).and_then(Value::as_f64);
-    let leeway = settings.leeway_seconds as f64;
-    let now_f = now as f64;
     if matches!(claims.get("role").and_then(Value::as_str), Some("anon" | "service_role")) {
         return Err(SessionError::ProjectKey);
     }
-    let exp = number("exp").ok_or_else(|| SessionError::Malformed("exp missing or not a number".into()))?;
-    if now_f >= exp + leeway {
-        return Err(SessionError::Expired);
-    }
-    if number("nbf").is_some_and(|nbf| nbf > now_f + leeway) || number("iat").is_some_and(|iat| iat > now_f + leeway) {
-        return Err(SessionError::NotYetValid);
-    }
+    check_times(&claims, settings.leeway_seconds, now)?;
     let audience_ok = match claims.get("aud") {
         Some(Value::String(aud)) => settings.audiences.iter().any(|a| a == aud),
         Some(Value::Array(auds)) => {
@@ -690,14 +687,58 @@ fn check_claims(claims: Map<String, Value>, settings: &SessionSettings, now: u64
     if !audience_ok {
         return Err(SessionError::WrongAudience);
     }
-    if claims.get("iss").and_then(Value::as_str) != Some(settings.issuer.as_str()) {
-        return Err(SessionError::WrongIssuer);
-    }
+    check_issuer(&claims, &settings.issuer)?;
     let user_id = match claims.get("sub").and_then(Value::as_str) {
         Some(sub) if !sub.trim().is_empty() => sub.to_string(),
         _ => return Err(SessionError::NoSubject),
     };
     Ok(Session { user_id, claims, token: String::new() })
+}
+
+/// The time claims, the same for every issuer: `exp` required, `nbf` and `iat` optional; each a
+/// number of seconds when present (a present claim that is not a number makes the token
+/// malformed, never a claim skipped). `leeway_seconds` applies to each.
+pub(crate) fn check_times(claims: &Map<String, Value>, leeway_seconds: u64, now: u64) -> Result<(), SessionError> {
+    let number = |name: &str| match claims.get(name) {
+        None => Ok(None),
+        Some(value) => {
+            value.as_f64().map(Some).ok_or_else(|| SessionError::Malformed(format!("{name} is not a number")))
+        }
+    };
+    let (leeway, now) = (leeway_seconds as f64, now as f64);
+    let exp = number("exp")?.ok_or_else(|| SessionError::Malformed("exp missing or not a number".into()))?;
+    if now >= exp + leeway {
+        return Err(SessionError::Expired);
+    }
+    let (nbf, iat) = (number("nbf")?, number("iat")?);
+    if nbf.is_some_and(|nbf| nbf > now + leeway) || iat.is_some_and(|iat| iat > now + leeway) {
+        return Err(SessionError::NotYetValid);
+    }
+    Ok(())
+}
+
+/// Longest part of a token's `iss` quoted in a log line.
+const ISS_SHOWN_CHARS: usize = 120;
+
+/// `iss` must be `expected` exactly. The refusal names both (neither is secret), so that an
+/// operator can see a mismatch such as a custom domain or a self-hosted `API_EXTERNAL_URL`.
+pub(crate) fn check_issuer(claims: &Map<String, Value>, expected: &str) -> Result<(), SessionError> {
+    match claims.get("iss") {
+        Some(Value::String(iss)) if iss == expected => Ok(()),
+        found => Err(SessionError::WrongIssuer(format!("{}, expected \"{expected}\"", shown_issuer(found)))),
+    }
+}
+
+/// A token's `iss` as a log line shows it: quoted and cut short, or what it is instead.
+pub(crate) fn shown_issuer(iss: Option<&Value>) -> String {
+    match iss {
+        None => "no iss".into(),
+        Some(Value::String(iss)) if iss.chars().count() > ISS_SHOWN_CHARS => {
+            format!("iss \"{}…\"", iss.chars().take(ISS_SHOWN_CHARS).collect::<String>())
+        }
+        Some(Value::String(iss)) => format!("iss \"{iss}\""),
+        Some(_) => "iss not a string".into(),
+    }
 }
 
 #[cfg(test)]
@@ -785,6 +826,22 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_session_whose_nbf_or_iat_is_not_a_number_is_refused_as_malformed() {
+        // As a number the same future time is refused; as text it must not be skipped.
+        for claim in ["nbf", "iat"] {
+            for value in [json!((NOW + 99_999).to_string()), json!(null), json!([NOW]), json!(true)] {
+                let refused = verify(&hs256(&with(claim, value.clone())));
+                assert_eq!(
+                    refused,
+                    Err(SessionError::Malformed(format!("{claim} is not a number"))),
+                    "{claim}: {value}"
+                );
+            }
+            assert!(verify(&hs256(&with(claim, json!(NOW - 10)))).is_ok(), "{claim} as a number in the past");
+        }
+    }
+
+    #[test]
     fn audience_must_contain_authenticated() {
         assert_eq!(verify(&hs256(&with("aud", json!("anon")))), Err(SessionError::WrongAudience));
         assert_eq!(verify(&hs256(&without("aud"))), Err(SessionError::WrongAudience));
@@ -803,10 +860,29 @@ pub(crate) mod tests {
 
     #[test]
     fn issuer_must_be_the_projects_auth_url() {
-        assert_eq!(verify(&hs256(&with("iss", json!("supabase")))), Err(SessionError::WrongIssuer));
-        assert_eq!(verify(&hs256(&without("iss"))), Err(SessionError::WrongIssuer));
+        assert!(matches!(verify(&hs256(&with("iss", json!("supabase")))), Err(SessionError::WrongIssuer(_))));
+        assert!(matches!(verify(&hs256(&without("iss"))), Err(SessionError::WrongIssuer(_))));
         let other = json!("https://other.supabase.co/auth/v1");
-        assert_eq!(verify(&hs256(&with("iss", other))), Err(SessionError::WrongIssuer));
+        assert!(matches!(verify(&hs256(&with("iss", other))), Err(SessionError::WrongIssuer(_))));
+    }
+
+    #[test]
+    fn a_wrong_issuer_refusal_names_the_tokens_iss_and_the_expected_one() {
+        let reason = |claims: Value| verify(&hs256(&claims)).unwrap_err().reason();
+        assert_eq!(
+            reason(with("iss", json!("https://ref.supabase.co:443/auth/v1"))),
+            format!(
+                "iss is not the configured issuer: iss \"https://ref.supabase.co:443/auth/v1\", expected \"{URL}/auth/v1\""
+            )
+        );
+        assert_eq!(
+            reason(without("iss")),
+            format!("iss is not the configured issuer: no iss, expected \"{URL}/auth/v1\"")
+        );
+        assert!(reason(with("iss", json!(7))).contains(": iss not a string, expected"));
+        // A long one is cut short: the log line stays small whatever the token holds.
+        let long = reason(with("iss", json!("x".repeat(5_000))));
+        assert!(long.contains(&format!("iss \"{}…\"", "x".repeat(120))) && long.len() < 300, "{long}");
     }
 
     #[test]

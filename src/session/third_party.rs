@@ -292,18 +292,8 @@ pub fn check_claims(
     leeway_seconds: u64,
     now: u64,
 ) -> Result<String, SessionError> {
-    let number = |name: &str| claims.get(name).and_then(Value::as_f64);
-    let (leeway, now) = (leeway_seconds as f64, now as f64);
-    let exp = number("exp").ok_or_else(|| SessionError::Malformed("exp missing or not a number".into()))?;
-    if now >= exp + leeway {
-        return Err(SessionError::Expired);
-    }
-    if number("nbf").is_some_and(|nbf| nbf > now + leeway) || number("iat").is_some_and(|iat| iat > now + leeway) {
-        return Err(SessionError::NotYetValid);
-    }
-    if claims.get("iss").and_then(Value::as_str) != Some(issuer.issuer.as_str()) {
-        return Err(SessionError::WrongIssuer);
-    }
+    super::check_times(claims, leeway_seconds, now)?;
+    super::check_issuer(claims, &issuer.issuer)?;
     if let Some(expected) = &issuer.audience {
         let ok = match claims.get("aud") {
             Some(Value::String(aud)) => aud == expected,
@@ -783,12 +773,26 @@ mod tests {
     }
 
     #[test]
+    fn a_third_party_token_whose_nbf_or_iat_is_not_a_number_is_refused_as_malformed() {
+        let v = firebase();
+        for claim in ["nbf", "iat"] {
+            let mut claims = firebase_claims(PROJECT);
+            claims[claim] = json!((NOW + 99_999).to_string());
+            assert_eq!(
+                v.verify(&rs256("fb-1", &claims), NOW),
+                Err(SessionError::Malformed(format!("{claim} is not a number"))),
+                "{claim}"
+            );
+        }
+    }
+
+    #[test]
     fn token_for_another_firebase_project_signed_with_the_shared_keys_is_refused() {
         let mut v = firebase();
         // Same Google key, other project: an issuer we do not serve. No fetch, refused.
         let other = rs256("fb-1", &firebase_claims("someone-elses-app"));
         assert_eq!(v.plan(&other, NOW + 1), Step::Ready);
-        assert_eq!(v.verify(&other, NOW + 1), Err(SessionError::WrongIssuer));
+        assert!(matches!(v.verify(&other, NOW + 1), Err(SessionError::WrongIssuer(_))));
         // Our issuer but their audience (a forged mix) fails the aud rule.
         let mut mixed = firebase_claims(PROJECT);
         mixed["aud"] = json!("someone-elses-app");
@@ -805,7 +809,7 @@ mod tests {
             claims["iss"] = iss;
             let token = rs256("any", &claims);
             assert_eq!(v.plan(&token, NOW), Step::Ready, "not Supabase's JWKS either");
-            assert_eq!(v.verify(&token, NOW), Err(SessionError::WrongIssuer));
+            assert!(matches!(v.verify(&token, NOW), Err(SessionError::WrongIssuer(_))));
         }
     }
 
@@ -1067,7 +1071,7 @@ mod tests {
             // The same claims under a sibling issuer (another tenant/pool/domain) are refused.
             let mut other = claims.clone();
             other["iss"] = json!(format!("{}x", claims["iss"].as_str().unwrap()));
-            assert_eq!(v.verify(&rs256("p-1", &other), NOW), Err(SessionError::WrongIssuer), "{vars:?}");
+            assert!(matches!(v.verify(&rs256("p-1", &other), NOW), Err(SessionError::WrongIssuer(_))), "{vars:?}");
         }
     }
 }
