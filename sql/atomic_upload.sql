@@ -587,6 +587,78 @@ $$;
 comment on function public.powersync_upload_ledger_reject(text, text, text) is
   'PowerSync upload bridge: record a transaction reported rejected without a dead letter, so no later call applies it.';
 
+-- A transaction the bridge applied through REST requests after its atomic call
+-- was cancelled by the statement timeout (`applied_via: rest`) must not be
+-- applied again by an attempt the bridge gave up on (a timeout) that reaches the
+-- database late, after the client's later transactions: the bridge calls this
+-- through /rpc, as the caller of the atomic call, before it reports such a
+-- transaction applied. The ledger then holds it as applied under the digest of
+-- its entries (the X-PowerSync-Entries-Digest header, required), and a late call
+-- of it applies nothing (answered already applied). A record of the same entries
+-- there already (the late call came first, or it was rejected) is kept as it
+-- is; one of other entries under the same ids (a reused id) is replaced. The
+-- rows it wrote are not known here (row_keys null: the replay of an older dead
+-- letter treats it as writing every row, and asks for overwrite_later_writes).
+-- The user is found as for the claim, and stays within max_records_per_user: a
+-- user who marks their own transaction applied only keeps it from being
+-- applied. Errors: 22023 for bad input, 42501 for a caller without a user.
+create or replace function public.powersync_upload_ledger_applied_via_rest(
+  p_client_id text,
+  p_transaction_id text,
+  p_owner_id text default null
+) returns boolean
+language plpgsql
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v_entries text := public.powersync_upload_entries_digest();
+  v_user    text;
+  v_cap     integer;
+  v_digest  text;
+  v_same    text;
+begin
+  if coalesce(octet_length(p_client_id), 0) not between 1 and 256
+     or coalesce(octet_length(p_transaction_id), 0) not between 1 and 256 then
+    raise exception using errcode = '22023',
+      message = 'powersync_upload_ledger_applied_via_rest: p_client_id and p_transaction_id must be 1 to 256 bytes';
+  end if;
+  if v_entries is null then
+    raise exception using errcode = '22023',
+      message = 'powersync_upload_ledger_applied_via_rest: the X-PowerSync-Entries-Digest header is required';
+  end if;
+  v_user := public.powersync_upload_ledger_user(p_owner_id);
+  -- the settings before the ledger, in the order the file's re-run locks them (else 40P01)
+  select least(greatest(s.max_records_per_user, 1000), 1000000) into v_cap
+    from public.powersync_upload_ledger_settings as s;
+  -- as in the claim: tried again when a concurrent pruning deletes the record in between
+  loop
+    insert into public.powersync_upload_ledger as l (user_id, client_id, transaction_id, digest, entries_digest)
+    values (v_user, p_client_id, p_transaction_id, v_entries, v_entries)
+    on conflict (user_id, client_id, transaction_id) do nothing;
+    if found then
+      perform public.powersync_upload_ledger_cap(v_user, coalesce(v_cap, 10000));
+      return true;
+    end if;
+    select l.digest, l.entries_digest into v_digest, v_same
+      from public.powersync_upload_ledger as l
+     where l.user_id = v_user and l.client_id = p_client_id and l.transaction_id = p_transaction_id
+     for update;
+    exit when found;
+  end loop;
+  if v_digest = v_entries or v_same = v_entries then
+    return true;
+  end if;
+  update public.powersync_upload_ledger as l
+     set digest = v_entries, entries_digest = v_entries, applied_at = now(), dead_letter_id = null,
+         unchanged = null, row_keys = null
+   where l.user_id = v_user and l.client_id = p_client_id and l.transaction_id = p_transaction_id;
+  return true;
+end
+$$;
+comment on function public.powersync_upload_ledger_applied_via_rest(text, text, text) is
+  'PowerSync upload bridge: record a transaction applied through REST after its atomic call timed out, so no later call applies it again.';
+
 -- The dead letter of the user's (client, transaction) that the ledger holds
 -- under the digest of the entries this call carries (see
 -- powersync_upload_entries_digest), or null: sql/dead_letter.sql's recorder
@@ -770,6 +842,7 @@ begin
                            'public.powersync_upload_ledger_dead_letter(text, text, text)',
                            'public.powersync_upload_ledger_unchanged(text, text, text, integer[])',
                            'public.powersync_upload_ledger_reject(text, text, text)',
+                           'public.powersync_upload_ledger_applied_via_rest(text, text, text)',
                            'public.powersync_upload_ledger_applied_since(text, timestamptz)',
                            'public.powersync_upload_ledger_rows(text, text, text, text[])',
                            'public.powersync_upload_row_key(text, text)'] loop
@@ -787,6 +860,8 @@ grant execute on function public.powersync_upload_ledger_dead_letter(text, text,
 grant execute on function public.powersync_upload_ledger_unchanged(text, text, text, integer[])
   to authenticated, service_role;
 grant execute on function public.powersync_upload_ledger_reject(text, text, text)
+  to authenticated, service_role;
+grant execute on function public.powersync_upload_ledger_applied_via_rest(text, text, text)
   to authenticated, service_role;
 grant execute on function public.powersync_upload_ledger_applied_since(text, timestamptz) to service_role;
 grant execute on function public.powersync_upload_ledger_rows(text, text, text, text[])

@@ -408,8 +408,11 @@ pub(crate) mod fake {
                 call["ops"].as_array().map_or(0, Vec::len)
             });
             let answer = self.answers.borrow_mut().pop_front().unwrap_or_else(|| {
-                // The ledger's record of a rejection answers true, as the SQL function does.
-                if request.url.ends_with("/rpc/powersync_upload_ledger_reject") {
+                // The ledger's records of a rejection and of a transaction applied through REST
+                // answer true, as the SQL functions do.
+                if request.url.ends_with("/rpc/powersync_upload_ledger_reject")
+                    || request.url.ends_with("/rpc/powersync_upload_ledger_applied_via_rest")
+                {
                     return Ok(HttpResponse { status: 200, headers: vec![], body: "true".to_string() });
                 }
                 if let Some(ops) = ops {

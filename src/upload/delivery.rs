@@ -65,7 +65,9 @@
 //!   transaction is sent through REST requests at once, in the same upload (each request is
 //!   its own statement with its own timeout), and its result says so: `"applied_via": "rest"`
 //!   with `"applied_via_reason"`. Applied that way it is neither all-or-nothing nor exactly
-//!   once. Where those requests do not fit in what is left of the budget it stays retryable,
+//!   once; for a caller the ledger keys it is then recorded as applied there
+//!   (`powersync_upload_ledger_applied_via_rest`, best effort, in the subrequest kept for a
+//!   rejection), so that a late copy of the cancelled call applies nothing. Where those requests do not fit in what is left of the budget it stays retryable,
 //!   with a message saying whether the next upload (a fresh budget) can take it or only the
 //!   operator can (a longer statement timeout, a larger budget); with `UPLOAD_ATOMIC=true`
 //!   (all-or-nothing demanded) it stays retryable with a message naming the fix. A bulk upsert
@@ -275,6 +277,9 @@ pub async fn apply_with<T: Transport>(
         };
         match ending {
             Ending::Success { unchanged, uncertain, already_applied } => {
+                if via_rest.is_some() {
+                    record_applied_via_rest(transaction, (settings, caller), transport, &mut report).await;
+                }
                 let record = (settings.dead_letter_unchanged && settings.dead_letter_table.is_some())
                     .then(|| dead_letter::unchanged_record(transaction.entries.len(), &unchanged, &uncertain))
                     .flatten();
@@ -940,8 +945,8 @@ async fn record_rejection<T: Transport>(
     transport: &T,
     report: &mut UploadReport,
 ) -> Result<(), (FailedOperation, u64)> {
-    let Some(request) = plan::ledger_reject_request(transaction, settings, caller) else { return Ok(()) };
     let function = plan::LEDGER_REJECT_FUNCTION;
+    let Some(request) = plan::ledger_record_request(function, transaction, settings, caller) else { return Ok(()) };
     let kept = |why: String, http_status: Option<u16>, hint: Option<String>| {
         let recording = "recording its rejection in the ledger";
         kept_instead(failure, ("rejection_not_recorded", recording), why, http_status, hint)
@@ -979,6 +984,45 @@ async fn record_rejection<T: Transport>(
     let wait = retry_after.unwrap_or(0).max(settings.retry_after_seconds);
     let why = format!("{} {status}: {}", error.code, crate::credentials::clipped(&error.message, 300));
     Err((kept(why, error.http_status, error.hint.clone()), wait))
+}
+
+/// After a transaction was applied through REST requests because its atomic call was cancelled
+/// by the statement timeout, records it in the atomic function's ledger as applied
+/// (`powersync_upload_ledger_applied_via_rest`, for a caller the ledger keys), so that an
+/// attempt of it the bridge gave up on (a timeout) that reaches the database late applies
+/// nothing, instead of applying it again after the client's later transactions. Uses the
+/// subrequest kept for a rejection's record. Best effort: the transaction was applied and is
+/// reported so; a record that fails (no budget left, a ledger without the function, any error)
+/// is logged, and leaves only that late attempt unguarded.
+async fn record_applied_via_rest<T: Transport>(
+    transaction: &Transaction,
+    (settings, caller): (&UploadSettings, &Caller),
+    transport: &T,
+    report: &mut UploadReport,
+) {
+    let function = plan::LEDGER_APPLIED_VIA_REST_FUNCTION;
+    let Some(request) = plan::ledger_record_request(function, transaction, settings, caller) else { return };
+    let unguarded = "a late call of this transaction could apply it again";
+    if report.subrequests >= settings.subrequest_budget {
+        report
+            .dead_letter_errors
+            .push(format!("ledger call {function} skipped: no subrequest budget left; {unguarded}"));
+        return;
+    }
+    let may_resend = report.subrequests + 2 <= settings.subrequest_budget;
+    let (answer, sent) = send_resending_once(transport, &request, may_resend).await;
+    report.subrequests += sent;
+    report.resent += sent - 1;
+    let failure = match (classify_for(&answer, None, settings, caller), &answer) {
+        (Verdict::Applied, Ok(response)) if response.body.trim() == "true" => return,
+        (Verdict::Applied, _) => FailedOperation::new(None, UNEXPECTED_RESPONSE, "the answer is not the ledger's true"),
+        (Verdict::Retryable { failure, .. } | Verdict::Fatal(failure), _) => failure,
+    };
+    let status = answer.as_ref().map_or_else(|_| "no answer".to_string(), |r| format!("HTTP {}", r.status));
+    let fix = if failure.code == FUNCTION_NOT_FOUND { ": run sql/atomic_upload.sql again" } else { "" };
+    report
+        .dead_letter_errors
+        .push(format!("ledger call {function} failed: {} ({status}); {unguarded}{fix}", failure.code));
 }
 
 /// Records a fatal transaction (`record`: the transaction, its failure, its entries' states)

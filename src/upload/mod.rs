@@ -2147,11 +2147,18 @@ mod tests {
 
     #[test]
     fn atomic_call_cancelled_by_the_statement_timeout_is_applied_through_rest_and_says_so() {
-        let transport =
-            FakeTransport::scripted(vec![statement_timeout(), ok(201), ok(201), ok(204), ok_body(r#"{"applied": 1}"#)]);
+        let transport = FakeTransport::scripted(vec![
+            statement_timeout(),
+            ok(201),
+            ok(201),
+            ok(204),
+            ok_body("true"),
+            ok_body(r#"{"applied": 1}"#),
+        ]);
         let report = run_on(Route::Probe, &[mixed("big"), tx(2)], &transport);
         assert_eq!(statuses(&report), vec![Status::Success, Status::Success]);
-        let urls: Vec<String> = transport.sent().iter().map(|r| r.url.clone()).collect();
+        let sent = transport.sent();
+        let urls: Vec<&str> = sent.iter().map(|r| r.url.as_str()).collect();
         assert_eq!(
             urls,
             vec![
@@ -2159,10 +2166,18 @@ mod tests {
                 "https://p.supabase.co/rest/v1/todos?on_conflict=id",
                 "https://p.supabase.co/rest/v1/todos?on_conflict=id",
                 "https://p.supabase.co/rest/v1/todos?id=eq.c",
+                "https://p.supabase.co/rest/v1/rpc/powersync_upload_ledger_applied_via_rest",
                 "https://p.supabase.co/rest/v1/rpc/powersync_apply_transaction",
             ],
-            "the REST requests at once, then the next transaction through the function again"
+            "the REST requests at once, its record in the ledger, then the next transaction through the function"
         );
+        // Recorded applied under the digest of its entries, as the user, before the next
+        // transaction: a late copy of the cancelled call (the same entries) then applies nothing.
+        let record = &sent[4];
+        assert_eq!(record.body.as_deref(), Some(r#"{"p_client_id":"client-1","p_transaction_id":"big"}"#));
+        assert_eq!(record.header_value(crud::ENTRIES_DIGEST_HEADER), Some(mixed("big").entries_digest().as_str()));
+        assert_eq!(record.header_value(crud::ENTRIES_DIGEST_HEADER), sent[0].header_value(crud::ENTRIES_DIGEST_HEADER));
+        assert_eq!(record.header_value("Authorization"), Some("Bearer token"));
         let body = report.body();
         let result = &body["results"][0];
         assert_eq!(result["applied_via"], json!("rest"));
@@ -2171,10 +2186,36 @@ mod tests {
             assert!(reason.contains(part), "{part:?} in {reason}");
         }
         assert_eq!(body["results"][1], json!({"status": "success", "transaction_id": 2}), "no field when atomic");
-        assert_eq!(report.subrequests, 5);
+        assert_eq!(report.subrequests, 6);
+        assert!(report.dead_letter_errors.is_empty(), "{:?}", report.dead_letter_errors);
         assert_eq!(report.atomic_function, Some(true), "the function answered: it is installed");
         assert_eq!(report.log_summary()["applied_via_rest"], json!(1));
         assert!(!report.needs_retry());
+    }
+
+    #[test]
+    fn a_rest_fallbacks_ledger_record_that_fails_is_logged_and_the_transaction_stays_applied() {
+        // Applied through REST: reported applied whatever the record meets; the log says which
+        // guard is missing (and, for a ledger older than the worker, the file to run again).
+        let missing =
+            error(404, "PGRST202", "Could not find the function public.powersync_upload_ledger_applied_via_rest");
+        for (answer, expected) in [
+            (missing, "PGRST202 (HTTP 404); a late call of this transaction could apply it again: run sql/atomic_upload.sql again"),
+            (error(503, "", "down"), "(HTTP 503); a late call of this transaction could apply it again"),
+            (ok_body("null"), "unexpected_response (HTTP 200); a late call"),
+        ] {
+            let answers = vec![statement_timeout(), ok(201), ok(201), ok(204), answer.clone(), answer];
+            let transport = FakeTransport::scripted(answers);
+            let report = run_on(Route::Probe, &[mixed("big")], &transport);
+            assert_eq!(statuses(&report), vec![Status::Success]);
+            assert_eq!(report.body()["results"][0]["applied_via"], json!("rest"));
+            let errors = report.log_summary()["dead_letter_errors"].to_string();
+            assert!(errors.contains("powersync_upload_ledger_applied_via_rest failed") && errors.contains(expected), "{errors}");
+        }
+        // Without a client id the ledger keys nothing: no record is asked for.
+        let transport = FakeTransport::scripted(vec![statement_timeout(), ok(201), ok(201), ok(204)]);
+        let report = block_on(apply_with(&[mixed("big")], &settings(), &caller(), &transport, Route::Probe));
+        assert_eq!((statuses(&report), transport.sent().len()), (vec![Status::Success], 4));
     }
 
     #[test]
@@ -2242,7 +2283,8 @@ mod tests {
         let report = run_with(Route::Probe, &s, &[mixed("big"), tx(4)], &transport);
         assert_eq!(statuses(&report), vec![Status::Success, Status::NotAttempted]);
         assert!(report.results[0].applied_via_rest.is_some());
-        assert_eq!(report.subrequests, 4);
+        assert_eq!(report.subrequests, 5, "its record in the ledger takes the reserved one");
+        assert!(transport.sent()[4].url.ends_with("/rpc/powersync_upload_ledger_applied_via_rest"));
     }
 
     #[test]

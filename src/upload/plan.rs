@@ -538,10 +538,17 @@ impl<'a> Context<'a> {
 /// (sql/atomic_upload.sql): a late call of it then applies nothing.
 pub const LEDGER_REJECT_FUNCTION: &str = "powersync_upload_ledger_reject";
 
-/// The call of [`LEDGER_REJECT_FUNCTION`] for `transaction`, made as its atomic call is (the
-/// session's token, or the service key with the owner's id): `None` when the ledger does not
-/// key it (no client id, or no usable transaction id).
-pub fn ledger_reject_request(
+/// The ledger function that records a transaction applied through REST requests after its atomic
+/// call was cancelled by the statement timeout (sql/atomic_upload.sql): a late call of it then
+/// applies nothing.
+pub const LEDGER_APPLIED_VIA_REST_FUNCTION: &str = "powersync_upload_ledger_applied_via_rest";
+
+/// The call of ledger function `function` ([`LEDGER_REJECT_FUNCTION`],
+/// [`LEDGER_APPLIED_VIA_REST_FUNCTION`]) for `transaction`, made as its atomic call is (the
+/// session's token, or the service key with the owner's id), with the digest of its entries:
+/// `None` when the ledger does not key it (no client id, or no usable transaction id).
+pub fn ledger_record_request(
+    function: &str,
     transaction: &Transaction,
     settings: &UploadSettings,
     caller: &Caller,
@@ -557,7 +564,7 @@ pub fn ledger_reject_request(
         row::push_json_string(&mut body, user_id);
     }
     body.push('}');
-    let url = format!("{}/rest/v1/rpc/{LEDGER_REJECT_FUNCTION}", settings.supabase_url);
+    let url = format!("{}/rest/v1/rpc/{function}", settings.supabase_url);
     Some(context.request(Method::Post, url).json_body(body).header(ENTRIES_DIGEST_HEADER, transaction.entries_digest()))
 }
 

@@ -17,7 +17,7 @@ import uuid
 import psycopg
 import pytest
 
-from tests.e2e.upload_helpers import put, upload, wait_until_standin_idle
+from tests.e2e.upload_helpers import patch, put, statuses, upload, wait_until_standin_idle
 
 GROUPS = 40          # REST upserts: consecutive PUTs with another set of columns start a new one
 ROWS_PER_GROUP = 250  # 10,000 entries: UPLOAD_MAX_ENTRIES' default
@@ -85,19 +85,59 @@ def test_transaction_whose_atomic_call_the_statement_timeout_cancels_is_applied_
     for part in ("statement timeout", "57014", f"{GROUPS} REST requests",
                  "neither all-or-nothing nor exactly once"):
         assert part in reason, (part, reason)
-    assert answer["subrequests"] == 1 + GROUPS
+    assert answer["subrequests"] == 1 + GROUPS + 1
 
     log = standin.requests_log()
     assert [e["path"] for e in log] == (["/rest/v1/rpc/powersync_apply_transaction"]
-                                        + ["/rest/v1/todos"] * GROUPS)
+                                        + ["/rest/v1/todos"] * GROUPS
+                                        + ["/rest/v1/rpc/powersync_upload_ledger_applied_via_rest"])
     assert log[0]["status"] == 500, "the atomic call was cancelled"
-    assert all(e["status"] == 201 for e in log[1:]), [e["status"] for e in log[1:]]
+    assert all(e["status"] == 201 for e in log[1:-1]), [e["status"] for e in log[1:-1]]
+    assert log[-1]["status"] == 200, "recorded in the ledger"
 
     stored = db.execute("select id::text from public.todos where list_id = %s", (list_id,)).fetchall()
     assert sorted(r[0] for r in stored) == sorted(ids), "every row, once"
-    ledger = db.execute("select count(*) from public.powersync_upload_ledger"
-                        " where client_id = 'client-big'").fetchone()[0]
-    assert ledger == 0, "applied through REST: not recorded for exactly once"
+    ledger = db.execute("select transaction_id, dead_letter_id, entries_digest is not null"
+                        " from public.powersync_upload_ledger where client_id = 'client-big'").fetchall()
+    assert ledger == [("7", None, True)], "recorded applied, so that a late call of it applies nothing"
     line = auto_worker.log_line(resp)["upload"]
     assert line["applied_via_rest"] == 1, line
     assert line["success"] == 1, line
+
+
+RPC = "/rest/v1/rpc/powersync_apply_transaction"
+CANCELLED = {"code": "57014", "message": "canceling statement due to statement timeout", "details": None,
+             "hint": None}
+
+
+def test_a_late_call_of_a_transaction_applied_through_the_rest_fallback_applies_nothing_over_later_writes(
+        auto_worker, db, standin, session_token):
+    """T1's first atomic call is held (the network, PostgREST's pool) past the worker's timeout;
+    its re-send is cancelled by the statement timeout and applied through REST; T2 changes the
+    row. When the first call reaches the database at last, the ledger's record of T1 (made before
+    T1 was reported applied) makes it apply nothing: T2's write stays."""
+    user, list_id, row = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
+    db.execute("insert into public.lists (id, name, owner_id) values (%s, 'l', %s)", (list_id, user))
+    token = session_token(user)
+    t1 = {"transaction_id": 1, "crud": [put("todos", row, description="v1", list_id=list_id, created_by=user)]}
+    t2 = {"transaction_id": 2, "crud": [patch("todos", row, description="v2")]}
+    description = lambda: db.execute("select description from public.todos where id = %s",  # noqa: E731
+                                     (row,)).fetchone()
+
+    # held past UPSTREAM_TIMEOUT_MS (3 s), then applied: the late call
+    standin.add_fault({"delay_ms": 6000, "path_prefix": RPC, "method": "POST"})
+    first = upload(auto_worker, token, {"client_id": "dev-1", "transactions": [t1]})
+    assert statuses(first) == ["retryable_error"], first.text
+    standin.add_fault({"status": 500, "path_prefix": RPC, "method": "POST", "body": CANCELLED})
+    resent = upload(auto_worker, token, {"client_id": "dev-1", "transactions": [t1]})
+    assert resent.json()["results"][0]["applied_via"] == "rest", resent.text
+    assert statuses(resent) == ["success"], resent.text
+    later = upload(auto_worker, token, {"client_id": "dev-1", "transactions": [t2]})
+    assert statuses(later) == ["success"], later.text
+    assert description() == ("v2",)
+
+    assert wait_until_standin_idle(standin, timeout=20), "the late call ended"
+    assert description() == ("v2",), "the late call of T1 applied nothing over T2"
+    ledger = db.execute("select transaction_id from public.powersync_upload_ledger where client_id = 'dev-1'"
+                        " and user_id = %s order by transaction_id", (user,)).fetchall()
+    assert ledger == [("1",), ("2",)]

@@ -48,6 +48,10 @@ pub const LEDGER_UNCHANGED: &str = "public.powersync_upload_ledger_unchanged(tex
 /// What records a transaction reported rejected without a dead letter (called as the API role
 /// when `UPLOAD_DEAD_LETTER_TABLE` is unset): without it a late call can still apply it.
 pub const LEDGER_REJECT: &str = "public.powersync_upload_ledger_reject(text, text, text)";
+/// What records a transaction applied through REST after its atomic call was cancelled by the
+/// statement timeout (called as the API role when `UPLOAD_ATOMIC` is unset): without it a late
+/// call can apply it again over the user's later transactions.
+pub const LEDGER_APPLIED_VIA_REST: &str = "public.powersync_upload_ledger_applied_via_rest(text, text, text)";
 /// Columns of the ledger this version relies on (added over time: their absence means
 /// sql/atomic_upload.sql is outdated: a late call could apply a dead-lettered transaction
 /// (`dead_letter_id`), a re-send after a lost answer would not report entries that changed no
@@ -202,6 +206,9 @@ impl Expectations {
         if let Some((signature, _)) = &self.atomic {
             f.push(signature.clone());
             f.extend(LEDGER_HELPERS.map(String::from));
+            if !self.atomic.as_ref().is_some_and(|(_, always)| *always) {
+                f.push(LEDGER_APPLIED_VIA_REST.to_string());
+            }
             if !self.dead_letters {
                 f.push(LEDGER_REJECT.to_string());
             }
@@ -422,6 +429,7 @@ pub fn check_catalog(expected: &Expectations, response: &Response, supabase_url:
         let is_atomic = expected.atomic.as_ref().is_some_and(|(s, _)| *s == signature)
             || LEDGER_HELPERS.contains(&signature.as_str())
             || signature == LEDGER_REJECT
+            || signature == LEDGER_APPLIED_VIA_REST
             || signature == LEDGER_APPLIED_SINCE;
         let file = if is_atomic { "sql/atomic_upload.sql" } else { "sql/dead_letter.sql" };
         let tool = signature == REPLAY || signature == DISCARD || signature == LEDGER_APPLIED_SINCE;
@@ -433,6 +441,15 @@ pub fn check_catalog(expected: &Expectations, response: &Response, supabase_url:
                     format!(
                         "{signature} is missing (outdated {file}): a replay cannot see the user's transactions \
                          applied after its dead letter, and goes over their rows"
+                    ),
+                    format!("run {file} again"),
+                )
+            } else if signature == LEDGER_APPLIED_VIA_REST {
+                warning(
+                    format!(
+                        "{signature} is missing (outdated {file}): a transaction applied through REST after its atomic \
+                         call timed out is not recorded, so a call of it that reaches the database late can apply it \
+                         again over later writes"
                     ),
                     format!("run {file} again"),
                 )
@@ -1344,6 +1361,28 @@ mod tests {
         assert!(findings[0]
             .fix
             .contains("grant execute on function public.powersync_upload_ledger_reject to authenticated"));
+    }
+
+    #[test]
+    fn with_the_rest_fallback_the_ledgers_applied_via_rest_function_is_expected_and_its_absence_named() {
+        // UPLOAD_ATOMIC unset: a transaction whose atomic call timed out goes through REST, and is
+        // recorded so that a late call of it applies nothing; UPLOAD_ATOMIC=true has no fallback.
+        let e = expectations(&settings(&[]), &[]);
+        assert!(e.functions().contains(&LEDGER_APPLIED_VIA_REST.to_string()), "{:?}", e.functions());
+        let always = expectations(&settings(&[("UPLOAD_ATOMIC", "true")]), &[]);
+        assert!(!always.functions().contains(&LEDGER_APPLIED_VIA_REST.to_string()));
+        let tables =
+            json!([table("powersync_upload_ledger", &[], true), table("powersync_upload_ledger_settings", &[], true)]);
+        let installed =
+            |f: Value| json!(atomic_functions_and(vec![f, function(LEDGER_REJECT, true, &["authenticated"])]));
+        let missing = installed(function(LEDGER_APPLIED_VIA_REST, false, &[]));
+        let findings = check_catalog(&e, &answer(tables.clone(), missing), "u");
+        assert_eq!(findings.len(), 1, "{findings:?}");
+        assert_eq!(findings[0].severity, Severity::Warning);
+        assert!(findings[0].problem.contains("can apply it again over later writes"), "{}", findings[0].problem);
+        assert_eq!(findings[0].fix, "run sql/atomic_upload.sql again");
+        let findings = check_catalog(&e, &answer(tables, installed(function(LEDGER_APPLIED_VIA_REST, true, &[]))), "u");
+        assert_eq!((findings.len(), findings[0].severity), (1, Severity::Blocking), "{findings:?}");
     }
 
     #[test]
