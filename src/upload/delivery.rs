@@ -30,8 +30,10 @@
 //!   or was lost before a status line: workerd reusing a connection that an HTTP/1.0 upstream or
 //!   a proxy's keep-alive timeout had closed fails with "Network connection lost") is sent again
 //!   at once, once, on a fresh connection: every request the bridge sends is idempotent (upserts,
-//!   updates and deletes by id, the all-or-nothing atomic call, the dead-letter call (a second copy of
-//!   one transaction returns the first row's id), the owner-check GET). The second request counts
+//!   updates and deletes by id, the atomic call of a transaction the ledger keys (a client id),
+//!   the dead-letter call (a second copy of one transaction returns the first row's id), the
+//!   owner-check GET); an atomic call without a client id is as idempotent as a client's re-send
+//!   of it, no more (docs/upload.md, the known gap). The second request counts
 //!   against the budget like any other and is only made if it still leaves room for the rest of
 //!   the transaction and the dead-letter reserve; only a second failure (or no room) makes the
 //!   transaction retryable. A timeout is not re-sent at once (the upstream is slow, most likely
@@ -54,7 +56,8 @@
 //! - Writes that changed nothing: the transaction's result lists in `unchanged` the PATCH and
 //!   DELETE entries that changed no row (the row is gone, or hidden by RLS or owned by another
 //!   user in service mode; PostgREST answers 204 either way), learnt from that count without
-//!   another request, or from the atomic function's `unchanged`. A single-entry request's count
+//!   another request, or from the atomic function's `unchanged`; and a PATCH left with nothing to
+//!   write, which is not sent (its data only `id`, or in service mode the owner column). A single-entry request's count
 //!   names its entry exactly. Merged entries (`id=in.(a,b,c)`) share one count: when it is
 //!   below the number of different ids, the count cannot say which of them changed nothing, so
 //!   every entry of the group is listed (the list may then name entries that did change their
@@ -276,7 +279,14 @@ pub async fn apply_with<T: Transport>(
             continue;
         };
         match ending {
-            Ending::Success { unchanged, uncertain, already_applied } => {
+            Ending::Success { mut unchanged, uncertain, already_applied } => {
+                // Never reported applied: a PATCH that had nothing to write (and was not sent).
+                let wrote_nothing = plan::patches_writing_nothing(transaction, settings);
+                if !wrote_nothing.is_empty() {
+                    unchanged.extend(wrote_nothing);
+                    unchanged.sort_unstable();
+                    unchanged.dedup();
+                }
                 if via_rest.is_some() {
                     record_applied_via_rest(transaction, (settings, caller), transport, &mut report).await;
                 }

@@ -1053,6 +1053,36 @@ mod tests {
     }
 
     #[test]
+    fn a_patch_left_with_nothing_to_write_is_unchanged_never_reported_applied() {
+        // Service mode never changes the owner column (a PATCH of it alone writes nothing), and
+        // no PATCH renames a row (one of `id` alone writes nothing): not sent, and listed
+        // `unchanged` on both routes, as a PATCH that changed no row is.
+        let owner_only = Transaction {
+            transaction_id: Some(json!(1)),
+            entries: vec![
+                entry(Op::Patch, "a", json!({"owner": "user-2"})),
+                entry(Op::Patch, "b", json!({"owner": "user-2", "t": 1})),
+                entry(Op::Patch, "c", json!({"id": "c"})),
+            ],
+        };
+        for atomic in [AtomicMode::Never, AtomicMode::Always] {
+            let mut s = service();
+            s.atomic = atomic;
+            let transport = FakeTransport::default();
+            let report = run(std::slice::from_ref(&owner_only), &s, &transport);
+            assert_eq!(statuses(&report), vec![Status::Success], "{atomic:?}");
+            assert_eq!(report.body()["results"][0]["unchanged"], json!([0, 2]), "{atomic:?}");
+            if atomic == AtomicMode::Never {
+                assert_eq!(transport.sent().len(), 1, "only entry 1 writes something");
+            }
+        }
+        let rls = Transaction { transaction_id: None, entries: vec![entry(Op::Patch, "c", json!({"id": "c"}))] };
+        let transport = FakeTransport::default();
+        let report = run(&[rls], &settings(), &transport);
+        assert_eq!((report.body()["results"][0]["unchanged"].clone(), transport.sent().len()), (json!([0]), 0));
+    }
+
+    #[test]
     fn service_put_over_a_foreign_row_is_refused_before_writing() {
         let transaction = Transaction {
             transaction_id: None,

@@ -183,6 +183,22 @@ pub fn plan_transaction_as(
     Ok(planner.requests)
 }
 
+/// The PATCH entries of `transaction` left with nothing to write: their data holds only `id` (a
+/// PATCH never renames a row) or, in service mode, the owner column too (which the bridge never
+/// changes: [`row::patch_data`]). Nothing is sent for them, so they changed no row: `unchanged`.
+pub fn patches_writing_nothing(transaction: &Transaction, settings: &UploadSettings) -> Vec<usize> {
+    let owner = match &settings.mode {
+        WriteMode::Service { owner_column, .. } => Some(owner_column.as_str()),
+        WriteMode::Rls => None,
+    };
+    let kept_out = |name: &str| name == "id" || Some(name) == owner;
+    let entries = transaction.entries.iter().enumerate();
+    entries
+        .filter(|(_, entry)| entry.op == Op::Patch && entry.data.iter().all(|(name, _)| kept_out(name)))
+        .map(|(index, _)| index)
+        .collect()
+}
+
 /// For each entry of `transaction`, whether an earlier entry of it PUT the same row (same table,
 /// same [`CastKey`], the planner's key for [`cast_key`]: conservative, so two ids the database
 /// might take for one count as one).

@@ -802,6 +802,27 @@ def test_service_mode_patch_and_delete_of_another_users_rows_do_nothing(service_
     assert row(db, "profiles", b_profile)["active"] is True
 
 
+@pytest.mark.parametrize("route", ["service", "service_atomic"])
+def test_service_mode_patch_of_only_the_owner_column_is_unchanged_not_a_plain_success(instances, db, user,
+                                                                                     other_user, route):
+    """The owner column is never changed: a PATCH of it alone writes nothing, and says so, on an
+    existing row as on a missing one."""
+    a, _ = user
+    b, b_token = other_user
+    b_profile = insert_profile(db, "b-" + new_id(), b, handle="b-" + new_id(), active=False)
+    before = row(db, "profiles", b_profile)
+    response = upload(instances[route], b_token, {"client_id": "c-" + new_id(), "transactions": [
+        tx(patch("profiles", b_profile, user_id=a), tid=1),
+        tx(patch("profiles", "no-such-" + new_id(), user_id=a), tid=2),
+        tx(patch("profiles", b_profile, user_id=a, active=True), tid=3),
+    ]})
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert [(r["status"], r.get("unchanged")) for r in results] == [
+        ("success", [0]), ("success", [0]), ("success", None)], response.text
+    assert row(db, "profiles", b_profile) == {**before, "active": True}
+
+
 def test_service_mode_put_onto_another_users_id_is_fatal_42501(service_worker, db, user,
                                                               other_user):
     a, _ = user

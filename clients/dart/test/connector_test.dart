@@ -367,6 +367,19 @@ void main() {
       await connector(fake).uploadFrom(queue);
       expect(fake.requests, hasLength(1));
     });
+
+    test('keeps sending the client id once read, when reading it again fails', () async {
+      final queue = FakeQueue()..addMany(1, 1);
+      final fake = FakeWorker([
+        jsonResponse(503, {'error': 'down'}),
+        jsonResponse(200, results([['success', 1]])),
+      ]);
+      await expectLater(connector(fake).uploadFrom(queue), throwsA(isA<WorkerConnectorException>()));
+      expect(fake.json(0)['client_id'], 'client-abc');
+      queue.clientIdAnswer = null;
+      await connector(fake).uploadFrom(queue);
+      expect(fake.json(1)['client_id'], 'client-abc');
+    });
   });
 }
 

@@ -166,17 +166,26 @@ function positiveInteger(name: string, value: number | undefined, fallback: numb
   return value;
 }
 
+/** Each database's client id once read: it never changes for a database. */
+const knownClientIds = new WeakMap<object, string>();
+
 /**
  * The database's PowerSync client id (`getClientId()`), sent with every upload so the worker's
- * atomic function applies each transaction exactly once. `undefined` when the database has no
- * such method or it fails: the upload is then sent without it (applied as before: a re-send
- * after a lost answer is applied again).
+ * atomic function applies each transaction exactly once. Read once per database and kept: a
+ * later failure to read it again must not send an attempt without it, which the ledger could not
+ * tell from a late keyed one. `undefined` when the database has no such method or has never
+ * given one: the upload is then sent without it (applied as before: a re-send after a lost
+ * answer is applied again).
  */
 async function clientIdOf(database: UploadQueue): Promise<string | undefined> {
+  const known = knownClientIds.get(database);
+  if (known !== undefined) return known;
   if (typeof database.getClientId !== 'function') return undefined;
   try {
     const id = await database.getClientId();
-    return typeof id === 'string' && id !== '' ? id : undefined;
+    if (typeof id !== 'string' || id === '') return undefined;
+    knownClientIds.set(database, id);
+    return id;
   } catch {
     return undefined;
   }

@@ -200,6 +200,18 @@ describe('uploadData: request', () => {
     }
   });
 
+  test('keeps sending the client id once read, when reading it again fails', async () => {
+    // An attempt without it could not be told from a late attempt with it: never mixed.
+    const queue = new FakeQueue().add(1, [{ op: 'DELETE', id: 'a' }]);
+    let fake = new FakeFetch({ status: 503, body: { error: 'down' } });
+    await assert.rejects(connector(fake).uploadData(queue));
+    assert.equal((fake.requests[0]!.json as { client_id?: string }).client_id, 'client-abc');
+    queue.clientIdAnswer = undefined;
+    fake = new FakeFetch({ status: 200, body: results(['success', 1]) });
+    await connector(fake).uploadData(queue);
+    assert.equal((fake.requests[0]!.json as { client_id?: string }).client_id, 'client-abc', 'the same id again');
+  });
+
   test('sends POST /powersync-upload with Bearer, JSON headers and the exact transactions body', async () => {
     const queue = new FakeQueue()
       .add(7, [

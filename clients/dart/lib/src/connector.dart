@@ -344,12 +344,21 @@ class WorkerConnector extends PowerSyncBackendConnector {
     return selected;
   }
 
-  /// The client id, so the worker's atomic function applies each transaction exactly once; null
-  /// when the database cannot give one (the upload is then sent without it).
+  /// Each queue's client id once read: it never changes for a database.
+  static final Expando<String> _knownClientIds = Expando('client id');
+
+  /// The client id, so the worker's atomic function applies each transaction exactly once. Read
+  /// once per queue and kept: a later failure to read it again must not send an attempt without
+  /// it, which the ledger could not tell from a late one with it. Null when the database has never
+  /// given one (the upload is then sent without it).
   static Future<String?> _clientIdOf(UploadQueue queue) async {
+    final known = _knownClientIds[queue];
+    if (known != null) return known;
     try {
       final id = await queue.getClientId();
-      return id.isEmpty ? null : id;
+      if (id.isEmpty) return null;
+      _knownClientIds[queue] = id;
+      return id;
     } catch (_) {
       return null;
     }
