@@ -56,8 +56,8 @@
 //! - Writes that changed nothing: the transaction's result lists in `unchanged` the PATCH and
 //!   DELETE entries that changed no row (the row is gone, or hidden by RLS or owned by another
 //!   user in service mode; PostgREST answers 204 either way), learnt from that count without
-//!   another request, or from the atomic function's `unchanged`; and a PATCH left with nothing to
-//!   write, which is not sent (its data only `id`, or in service mode the owner column). A single-entry request's count
+//!   another request, or from the atomic function's `unchanged`; and a PATCH whose every column
+//!   the bridge leaves out, which is not sent (`id`, or in service mode the owner column). A single-entry request's count
 //!   names its entry exactly. Merged entries (`id=in.(a,b,c)`) share one count: when it is
 //!   below the number of different ids, the count cannot say which of them changed nothing, so
 //!   every entry of the group is listed (the list may then name entries that did change their
@@ -280,7 +280,7 @@ pub async fn apply_with<T: Transport>(
         };
         match ending {
             Ending::Success { mut unchanged, uncertain, already_applied } => {
-                // Never reported applied: a PATCH that had nothing to write (and was not sent).
+                // Never reported applied: a PATCH whose columns were all left out (not sent).
                 let wrote_nothing = plan::patches_writing_nothing(transaction, settings);
                 if !wrote_nothing.is_empty() {
                     unchanged.extend(wrote_nothing);

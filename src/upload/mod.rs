@@ -1053,7 +1053,7 @@ mod tests {
     }
 
     #[test]
-    fn a_patch_left_with_nothing_to_write_is_unchanged_never_reported_applied() {
+    fn a_patch_whose_every_column_the_bridge_leaves_out_is_unchanged_never_reported_applied() {
         // Service mode never changes the owner column (a PATCH of it alone writes nothing), and
         // no PATCH renames a row (one of `id` alone writes nothing): not sent, and listed
         // `unchanged` on both routes, as a PATCH that changed no row is.

@@ -183,20 +183,19 @@ pub fn plan_transaction_as(
     Ok(planner.requests)
 }
 
-/// The PATCH entries of `transaction` left with nothing to write: their data holds only `id` (a
-/// PATCH never renames a row) or, in service mode, the owner column too (which the bridge never
-/// changes: [`row::patch_data`]). Nothing is sent for them, so they changed no row: `unchanged`.
+/// The PATCH entries of `transaction` whose every column the bridge leaves out: `id` (a PATCH
+/// never renames a row) or, in service mode, the owner column (which the bridge never changes:
+/// [`row::patch_data`]). Nothing is sent for them, so what the client asked for changed no row:
+/// `unchanged`. (A PATCH without data asked for nothing: applied as it is.)
 pub fn patches_writing_nothing(transaction: &Transaction, settings: &UploadSettings) -> Vec<usize> {
     let owner = match &settings.mode {
         WriteMode::Service { owner_column, .. } => Some(owner_column.as_str()),
         WriteMode::Rls => None,
     };
     let kept_out = |name: &str| name == "id" || Some(name) == owner;
+    let dropped = |entry: &Entry| !entry.data.is_empty() && entry.data.iter().all(|(name, _)| kept_out(name));
     let entries = transaction.entries.iter().enumerate();
-    entries
-        .filter(|(_, entry)| entry.op == Op::Patch && entry.data.iter().all(|(name, _)| kept_out(name)))
-        .map(|(index, _)| index)
-        .collect()
+    entries.filter(|(_, entry)| entry.op == Op::Patch && dropped(entry)).map(|(index, _)| index).collect()
 }
 
 /// For each entry of `transaction`, whether an earlier entry of it PUT the same row (same table,
