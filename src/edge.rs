@@ -254,6 +254,12 @@ struct FetchTransport {
 }
 
 impl Transport for FetchTransport {
+    /// The runtime's clock (`Date.now()`, which workerd moves on at I/O: an upload's time is
+    /// its upstream requests').
+    fn now_ms(&self) -> u64 {
+        js_sys::Date::now().max(0.0) as u64
+    }
+
     /// One `fetch(url, init)` call, as a JS worker makes it, with the request's head and body
     /// handed over in one call from wasm ([`fetch_in_one_call`]) and the answer's head read in
     /// one ([`response_head`]). (Through workers-rs it was `fetch(new Request(url, init),

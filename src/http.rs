@@ -257,6 +257,13 @@ pub trait Transport {
         let _ = max;
         local_pause()
     }
+
+    /// Milliseconds on a clock that only counts forward, for how long an upload has run
+    /// (`UPLOAD_TIME_BUDGET_MS`). The default has no clock (always 0: no budget is ever spent);
+    /// the worker's adapter reads the runtime's.
+    fn now_ms(&self) -> u64 {
+        0
+    }
 }
 
 /// A pause ended only by its [`Resume`], waking the paused task directly.
@@ -380,16 +387,24 @@ pub(crate) mod fake {
     /// PostgREST with the atomic function installed would if every row named existed: an RPC
     /// call 200 `{"applied": <ops>}`, any other request 204 with `Content-Range: */<n>` when it
     /// asked `Prefer: count=exact` (n: the rows a POST body holds, or the ids its
-    /// `id=eq.`/`id=in.(…)` filter names).
+    /// `id=eq.`/`id=in.(…)` filter names). Its clock stands still unless [`Self::taking`] sets
+    /// how long each request takes.
     #[derive(Default)]
     pub struct FakeTransport {
         sent: RefCell<Vec<HttpRequest>>,
         answers: RefCell<VecDeque<Answer>>,
+        clock_ms: std::cell::Cell<u64>,
+        each_request_ms: u64,
     }
 
     impl FakeTransport {
         pub fn scripted(answers: Vec<Answer>) -> Self {
-            FakeTransport { sent: RefCell::default(), answers: RefCell::new(answers.into()) }
+            FakeTransport { answers: RefCell::new(answers.into()), ..FakeTransport::default() }
+        }
+
+        /// Each request moves the clock ([`Transport::now_ms`]) on by `ms`.
+        pub fn taking(self, ms: u64) -> Self {
+            FakeTransport { each_request_ms: ms, ..self }
         }
 
         pub fn sent(&self) -> Vec<HttpRequest> {
@@ -422,7 +437,12 @@ pub(crate) mod fake {
                 Ok(HttpResponse { status: 204, headers, body: String::new() })
             });
             self.sent.borrow_mut().push(request);
+            self.clock_ms.set(self.clock_ms.get() + self.each_request_ms);
             std::future::ready(answer)
+        }
+
+        fn now_ms(&self) -> u64 {
+            self.clock_ms.get()
         }
     }
 

@@ -14,6 +14,11 @@
 //!   fails, `retryable_error` (`rejection_not_recorded`).
 //! - A retryable failure makes the transaction `retryable_error` and every later one
 //!   `not_attempted`: the client retries them in order.
+//! - Time budget: once the upload has run for `UPLOAD_TIME_BUDGET_MS` (30 s), no further
+//!   transaction is started (the first always is): the rest are `not_attempted`. A slow upstream
+//!   still gets the client an answer before its own timeout (the connectors' 60 s), and a client
+//!   that gave up (whose disconnect a worker is not told of) is not followed for long by writes
+//!   of a queue it will send again.
 //! - Subrequest budget: before a transaction is sent, its planned requests plus one for recording
 //!   a possible rejection (the dead-letter insert, or the ledger's record above) must fit in what
 //!   remains of `UPLOAD_SUBREQUEST_BUDGET`; if not, it and every later transaction are `not_attempted` (the client sends them again, in a fresh request
@@ -155,9 +160,19 @@ pub async fn apply_with<T: Transport>(
         |atomic: bool| usize::from(settings.dead_letter_table.is_some() || (atomic && caller.client_id.is_some()));
     let budget = settings.subrequest_budget;
     let mut stopped = false;
+    let started_ms = transport.now_ms();
 
     for transaction in transactions {
         let transaction_id = transaction.transaction_id.clone();
+        // After the first transaction, none is started once the upload has run for its time
+        // budget: the client gets its answer (and a client that gave up gets no further writes).
+        if !stopped
+            && report.subrequests > 0
+            && transport.now_ms().saturating_sub(started_ms) >= settings.time_budget_ms
+        {
+            stopped = true;
+            report.time_budget_spent = true;
+        }
         if stopped {
             report.results.push(TransactionResult::not_attempted(transaction_id));
             continue;

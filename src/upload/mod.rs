@@ -154,6 +154,31 @@ mod tests {
     }
 
     #[test]
+    fn no_transaction_is_started_once_the_upload_has_run_its_time_budget() {
+        // Each request takes 2 s: the third transaction would start at 4 s, past a 3 s budget.
+        let mut s = settings();
+        s.time_budget_ms = 3_000;
+        let transport = FakeTransport::default().taking(2_000);
+        let report = run(&[tx(1), tx(2), tx(3), tx(4)], &s, &transport);
+        assert_eq!(
+            statuses(&report),
+            vec![Status::Success, Status::Success, Status::NotAttempted, Status::NotAttempted]
+        );
+        assert_eq!(transport.sent().len(), 2);
+        assert!(report.needs_retry());
+        assert_eq!(report.log_summary()["time_budget_spent"], json!(true));
+        // The first transaction is always started, whatever its requests take.
+        s.time_budget_ms = 1_000;
+        let transport = FakeTransport::default().taking(5_000);
+        let report = run(&[tx(1), tx(2)], &s, &transport);
+        assert_eq!(statuses(&report), vec![Status::Success, Status::NotAttempted]);
+        // Within the budget nothing changes.
+        let report = run(&[tx(1), tx(2)], &settings(), &FakeTransport::default().taking(2_000));
+        assert_eq!(statuses(&report), vec![Status::Success, Status::Success]);
+        assert_eq!(report.log_summary()["time_budget_spent"], json!(false));
+    }
+
+    #[test]
     fn every_transaction_applied_is_success() {
         let transport = FakeTransport::default();
         let report = run(&[tx(1), tx(2)], &settings(), &transport);

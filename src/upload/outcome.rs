@@ -355,6 +355,9 @@ pub struct UploadReport {
     /// EXECUTE is granted per role: a session with a custom role (an access-token hook's) or
     /// `anon` would otherwise send every other user's uploads through REST too.
     pub atomic_function_not_executable: bool,
+    /// Whether transactions were left `not_attempted` because the upload had run for
+    /// `UPLOAD_TIME_BUDGET_MS` (for logs).
+    pub time_budget_spent: bool,
     /// Seconds the client should wait before retrying, when [`needs_retry`](Self::needs_retry):
     /// the largest `retry_after_ms` of the results, or `UPLOAD_RETRY_AFTER_SECONDS`.
     pub retry_after_seconds: u64,
@@ -441,6 +444,7 @@ impl UploadReport {
             "dead_letter_failures": self.dead_letter_failures,
             "failure_codes": failure_codes,
             "dead_letter_errors": self.dead_letter_errors,
+            "time_budget_spent": self.time_budget_spent,
         })
     }
 }

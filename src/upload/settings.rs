@@ -25,6 +25,7 @@
 //! | `UPLOAD_MAX_ENTRIES` | 10000 | most CRUD entries per upload |
 //! | `UPLOAD_MAX_TRANSACTIONS` | 1000 | most transactions per upload |
 //! | `UPLOAD_RETRY_AFTER_SECONDS` | 5 | `Retry-After` suggested when the client must retry |
+//! | `UPLOAD_TIME_BUDGET_MS` | 30000 | no transaction is started once an upload has run this long (the rest `not_attempted`), 1000..=300000 |
 //! | `UPLOAD_ALLOW_ANONYMOUS` | `false` | service mode only: accept uploads from anonymous sign-ins (`is_anonymous: true`) |
 //! | `UPLOAD_ERROR_CLASS_OVERRIDES` | none | `code:fatal` / `code:retryable` list overriding how an answer's code is classified |
 
@@ -51,6 +52,10 @@ pub const DEFAULT_ATOMIC_FUNCTION: &str = "powersync_apply_transaction";
 pub const DEFAULT_ATOMIC_RECHECK_SECONDS: u64 = 300;
 /// Default for [`UploadSettings::retry_after_seconds`].
 pub const DEFAULT_RETRY_AFTER_SECONDS: u64 = 5;
+/// Default for [`UploadSettings::time_budget_ms`]: half the connectors' 60 s request timeout, so
+/// that a transaction started just before it (its requests each bounded by
+/// `UPSTREAM_TIMEOUT_MS`, 15 s by default) still ends in an answer the client reads.
+pub const DEFAULT_TIME_BUDGET_MS: u64 = 30_000;
 /// The largest `UPLOAD_MAX_BODY_BYTES` accepted: 16 MiB. An upload's peak memory is about three
 /// times its body in the worst shapes (the body, each row's text, the request body; natively,
 /// tests/upload_memory.rs), and the runtime holds the request's and the upstream request's
@@ -99,6 +104,11 @@ pub struct UploadSettings {
     pub limits: Limits,
     /// `UPLOAD_RETRY_AFTER_SECONDS`: the delay suggested to a client that must retry (default 5).
     pub retry_after_seconds: u64,
+    /// `UPLOAD_TIME_BUDGET_MS` (default 30,000): once an upload has run this long, no further
+    /// transaction is started; they are `not_attempted` and the client sends them again. A slow
+    /// upstream then still gets an answer to the client before its own timeout, and a client that
+    /// gave up is not followed by writes it no longer waits for (see `delivery`).
+    pub time_budget_ms: u64,
     /// `UPLOAD_ERROR_CLASS_OVERRIDES`: codes the operator classifies otherwise (default none).
     pub error_class_overrides: ClassOverrides,
     /// `UPLOAD_ALLOW_ANONYMOUS` (service mode only; default false): whether sessions of anonymous
@@ -126,6 +136,7 @@ impl UploadSettings {
             conflict_detection: false,
             limits: Limits::default(),
             retry_after_seconds: DEFAULT_RETRY_AFTER_SECONDS,
+            time_budget_ms: DEFAULT_TIME_BUDGET_MS,
             error_class_overrides: ClassOverrides::default(),
             allow_anonymous: false,
         }
@@ -167,6 +178,7 @@ impl fmt::Debug for UploadSettings {
             .field("conflict_detection", &self.conflict_detection)
             .field("limits", &self.limits)
             .field("retry_after_seconds", &self.retry_after_seconds)
+            .field("time_budget_ms", &self.time_budget_ms)
             .field("error_class_overrides", &self.error_class_overrides)
             .field("allow_anonymous", &self.allow_anonymous)
             .finish()
@@ -343,6 +355,7 @@ pub fn read(reader: &mut Reader, supabase_url: Option<String>) -> Option<UploadS
             as usize,
     };
     let retry_after_seconds = reader.number("UPLOAD_RETRY_AFTER_SECONDS", DEFAULT_RETRY_AFTER_SECONDS, 1..=3600);
+    let time_budget_ms = reader.number("UPLOAD_TIME_BUDGET_MS", DEFAULT_TIME_BUDGET_MS, 1_000..=300_000);
     let error_class_overrides = class_overrides(reader);
     let allow_anonymous = reader.flag("UPLOAD_ALLOW_ANONYMOUS", false);
 
@@ -427,6 +440,7 @@ pub fn read(reader: &mut Reader, supabase_url: Option<String>) -> Option<UploadS
             conflict_detection,
             limits,
             retry_after_seconds,
+            time_budget_ms,
             error_class_overrides,
             allow_anonymous,
         }),
@@ -626,6 +640,7 @@ mod tests {
         assert_eq!(s.dead_letter_table, None);
         assert_eq!(s.limits, Limits { max_body_bytes: 5 * 1024 * 1024, max_entries: 10_000, max_transactions: 1_000 });
         assert_eq!(s.retry_after_seconds, 5);
+        assert_eq!(s.time_budget_ms, 30_000);
     }
 
     #[test]

@@ -2199,3 +2199,27 @@ def test_credentials_an_upstream_echoes_reach_neither_the_answer_nor_the_log(
     finally:
         echo.stop()
 
+
+
+def test_no_transaction_is_started_once_an_upload_has_run_its_time_budget(base_vars, start_worker, db, standin,
+                                                                          session_token):
+    """Six REST transactions whose writes take 2 s each, a 3 s budget: the first two are applied,
+    the rest are not started (not_attempted, 503) and never written afterwards. The client gets its
+    answer in about 4 s instead of 12, and a client that gave up would not be followed by 12 s of
+    writes of a queue it sends again."""
+    worker = start_worker({**base_vars, "UPLOAD_ATOMIC": "false", "UPLOAD_TIME_BUDGET_MS": "3000"})
+    user = str(uuid.uuid4())
+    ids = [str(uuid.uuid4()) for _ in range(6)]
+    standin.add_fault({"delay_ms": 2000, "path_prefix": "/rest/v1/lists", "count": 6})
+    payload = {"client_id": "c-" + new_id(), "transactions": [
+        {"transaction_id": i + 1, "crud": [put("lists", ids[i], name=f"n{i}", owner_id=user)]} for i in range(6)]}
+    started = time.time()
+    response = upload(worker, session_token(user), payload, timeout=30)
+    elapsed = time.time() - started
+    assert response.status_code == 503, response.text
+    assert statuses(response) == ["success"] * 2 + ["not_attempted"] * 4, response.text
+    assert elapsed < 8, elapsed
+    assert worker.log_line(response)["upload"]["time_budget_spent"] is True
+    time.sleep(3)
+    written = db.execute("select id::text from public.lists where id = any(%s::uuid[])", (ids,)).fetchall()
+    assert sorted(r[0] for r in written) == sorted(ids[:2]), "nothing written after the answer"
