@@ -599,13 +599,18 @@ comment on function public.powersync_upload_ledger_reject(text, text, text) is
 -- is; one of other entries under the same ids (a reused id) is replaced. The
 -- rows it wrote are not known here (row_keys null: the replay of an older dead
 -- letter treats it as writing every row, and asks for overwrite_later_writes).
--- The user is found as for the claim, and stays within max_records_per_user: a
--- user who marks their own transaction applied only keeps it from being
--- applied. Errors: 22023 for bad input, 42501 for a caller without a user.
+-- p_unchanged: its entries that changed no row (indexes, as the atomic function
+-- answers them), so that a re-send answered already applied reports them as the
+-- first answer did. The user is found as for the claim, and stays within
+-- max_records_per_user: a user who marks their own transaction applied only
+-- keeps it from being applied. Errors: 22023 for bad input, 42501 for a caller
+-- without a user.
+drop function if exists public.powersync_upload_ledger_applied_via_rest(text, text, text);
 create or replace function public.powersync_upload_ledger_applied_via_rest(
   p_client_id text,
   p_transaction_id text,
-  p_owner_id text default null
+  p_owner_id text default null,
+  p_unchanged integer[] default null
 ) returns boolean
 language plpgsql
 security definer
@@ -627,14 +632,20 @@ begin
     raise exception using errcode = '22023',
       message = 'powersync_upload_ledger_applied_via_rest: the X-PowerSync-Entries-Digest header is required';
   end if;
+  if p_unchanged is not null and (pg_catalog.cardinality(p_unchanged) > 100000
+     or exists (select 1 from unnest(p_unchanged) as u(i) where u.i is null or u.i < 0)) then
+    raise exception using errcode = '22023',
+      message = 'powersync_upload_ledger_applied_via_rest: p_unchanged must be entry indexes (at most 100,000)';
+  end if;
   v_user := public.powersync_upload_ledger_user(p_owner_id);
   -- the settings before the ledger, in the order the file's re-run locks them (else 40P01)
   select least(greatest(s.max_records_per_user, 1000), 1000000) into v_cap
     from public.powersync_upload_ledger_settings as s;
   -- as in the claim: tried again when a concurrent pruning deletes the record in between
   loop
-    insert into public.powersync_upload_ledger as l (user_id, client_id, transaction_id, digest, entries_digest)
-    values (v_user, p_client_id, p_transaction_id, v_entries, v_entries)
+    insert into public.powersync_upload_ledger as l
+      (user_id, client_id, transaction_id, digest, entries_digest, unchanged)
+    values (v_user, p_client_id, p_transaction_id, v_entries, v_entries, nullif(p_unchanged, '{}'))
     on conflict (user_id, client_id, transaction_id) do nothing;
     if found then
       perform public.powersync_upload_ledger_cap(v_user, coalesce(v_cap, 10000));
@@ -651,12 +662,12 @@ begin
   end if;
   update public.powersync_upload_ledger as l
      set digest = v_entries, entries_digest = v_entries, applied_at = now(), dead_letter_id = null,
-         unchanged = null, row_keys = null
+         unchanged = nullif(p_unchanged, '{}'), row_keys = null
    where l.user_id = v_user and l.client_id = p_client_id and l.transaction_id = p_transaction_id;
   return true;
 end
 $$;
-comment on function public.powersync_upload_ledger_applied_via_rest(text, text, text) is
+comment on function public.powersync_upload_ledger_applied_via_rest(text, text, text, integer[]) is
   'PowerSync upload bridge: record a transaction applied through REST after its atomic call timed out, so no later call applies it again.';
 
 -- The dead letter of the user's (client, transaction) that the ledger holds
@@ -842,7 +853,7 @@ begin
                            'public.powersync_upload_ledger_dead_letter(text, text, text)',
                            'public.powersync_upload_ledger_unchanged(text, text, text, integer[])',
                            'public.powersync_upload_ledger_reject(text, text, text)',
-                           'public.powersync_upload_ledger_applied_via_rest(text, text, text)',
+                           'public.powersync_upload_ledger_applied_via_rest(text, text, text, integer[])',
                            'public.powersync_upload_ledger_applied_since(text, timestamptz)',
                            'public.powersync_upload_ledger_rows(text, text, text, text[])',
                            'public.powersync_upload_row_key(text, text)'] loop
@@ -861,7 +872,7 @@ grant execute on function public.powersync_upload_ledger_unchanged(text, text, t
   to authenticated, service_role;
 grant execute on function public.powersync_upload_ledger_reject(text, text, text)
   to authenticated, service_role;
-grant execute on function public.powersync_upload_ledger_applied_via_rest(text, text, text)
+grant execute on function public.powersync_upload_ledger_applied_via_rest(text, text, text, integer[])
   to authenticated, service_role;
 grant execute on function public.powersync_upload_ledger_applied_since(text, timestamptz) to service_role;
 grant execute on function public.powersync_upload_ledger_rows(text, text, text, text[])

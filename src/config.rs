@@ -8,6 +8,7 @@
 use crate::api_keys;
 use crate::environment::is_loopback;
 use crate::keys::{self, KeyError, PublicJwk, SigningKey};
+use crate::session::third_party::Provider;
 use crate::session::SessionSettings;
 use crate::storage::settings::StorageSettings;
 use crate::token::{TokenSettings, DEFAULT_TTL_SECONDS, MAX_TTL_SECONDS, MIN_TTL_SECONDS, RESERVED_CLAIMS};
@@ -275,12 +276,20 @@ fn session_settings(r: &mut Reader, supabase_url: Option<String>) -> Option<Sess
         );
     }
     let supabase_url = supabase_url?;
+    // Supabase Auth writes its host in lower case: `https://REF.supabase.co` names the same
+    // project, and its sessions must not all fail the issuer check
+    let issuer = issuer.unwrap_or_else(|| format!("{}/auth/v1", issuer_origin(&supabase_url)));
+    if third_party.issuers.iter().any(|i| i.provider == Provider::Oidc && i.issuer == issuer) {
+        r.problem(
+            "THIRD_PARTY_OIDC_ISSUER",
+            "is Supabase Auth's own issuer: its tokens are Supabase sessions, checked by the SUPABASE_* \
+             settings (THIRD_PARTY_OIDC_AUDIENCE would never apply to them); leave it unset",
+        );
+    }
     Some(SessionSettings {
         jwt_secret,
         jwks_url: jwks_url.unwrap_or_else(|| format!("{supabase_url}/auth/v1/.well-known/jwks.json")),
-        // Supabase Auth writes its host in lower case: `https://REF.supabase.co` names the same
-        // project, and its sessions must not all fail the issuer check
-        issuer: issuer.unwrap_or_else(|| format!("{}/auth/v1", issuer_origin(&supabase_url))),
+        issuer,
         audiences: if audiences.is_empty() { vec!["authenticated".into()] } else { audiences },
         leeway_seconds,
         jwks_cache_seconds,
@@ -588,6 +597,22 @@ mod tests {
             vars[0] = ("SUPABASE_URL", url.into());
             assert_eq!(config_of(&vars).session.expect("valid").issuer, issuer, "{url}");
         }
+    }
+
+    #[test]
+    fn an_oidc_issuer_that_is_supabase_auths_own_is_a_configuration_problem() {
+        let mut vars = complete();
+        vars.push(("THIRD_PARTY_OIDC_ISSUER", "https://ref.supabase.co/auth/v1".into()));
+        vars.push(("THIRD_PARTY_OIDC_AUDIENCE", "my-app".into()));
+        let problems = config_of(&vars).problems;
+        assert!(
+            problems.iter().any(|p| p.name == "THIRD_PARTY_OIDC_ISSUER" && p.message.contains("Supabase Auth's own")),
+            "{problems:?}"
+        );
+        vars.last_mut().unwrap().1 = "my-app".into();
+        let other = vars.iter().position(|(n, _)| *n == "THIRD_PARTY_OIDC_ISSUER").unwrap();
+        vars[other].1 = "https://id.example.com".into();
+        assert!(config_of(&vars).problems.is_empty(), "another issuer is fine");
     }
 
     #[test]

@@ -217,8 +217,8 @@ pub fn is_loopback(url: &url::Url) -> bool {
     }
 }
 
-/// Whether `url`'s host is on this machine or a private network: loopback, a private or
-/// link-local IPv4 address (10/8, 172.16/12, 192.168/16, 169.254/16), a unique- or link-local
+/// Whether `url`'s host is on this machine or a private network: loopback, a private, link-local
+/// or shared IPv4 address (10/8, 172.16/12, 192.168/16, 169.254/16, 100.64/10), a unique- or link-local
 /// IPv6 address (fc00::/7, fe80::/10), or a name public DNS does not serve (one label such as a
 /// container's, `*.local`, `*.internal`, `*.localhost`).
 pub fn is_private_network(url: &url::Url) -> bool {
@@ -229,7 +229,11 @@ pub fn is_private_network(url: &url::Url) -> bool {
                 || !name.contains('.')
                 || [".local", ".internal", ".localhost"].iter().any(|suffix| name.ends_with(suffix))
         }
-        Some(url::Host::Ipv4(address)) => address.is_loopback() || address.is_private() || address.is_link_local(),
+        Some(url::Host::Ipv4(address)) => {
+            // 100.64/10: carrier-grade NAT's shared space, where tailnets (Tailscale) live too.
+            let shared = address.octets()[0] == 100 && address.octets()[1] & 0xc0 == 64;
+            address.is_loopback() || address.is_private() || address.is_link_local() || shared
+        }
         Some(url::Host::Ipv6(address)) => {
             let first = address.segments()[0];
             address.is_loopback() || first & 0xfe00 == 0xfc00 || first & 0xffc0 == 0xfe80
@@ -256,6 +260,7 @@ mod tests {
             "http://10.0.2.2:8080",
             "http://172.20.0.5",
             "http://169.254.10.1",
+            "http://100.101.102.103:8080",
             "http://[fd00::5]:8080",
             "http://[fe80::1]",
             "http://powersync:8080",

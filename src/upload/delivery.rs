@@ -15,10 +15,11 @@
 //! - A retryable failure makes the transaction `retryable_error` and every later one
 //!   `not_attempted`: the client retries them in order.
 //! - Time budget: once the upload has run for `UPLOAD_TIME_BUDGET_MS` (30 s), no further
-//!   transaction is started (the first always is): the rest are `not_attempted`. A slow upstream
-//!   still gets the client an answer before its own timeout (the connectors' 60 s), and a client
-//!   that gave up (whose disconnect a worker is not told of) is not followed for long by writes
-//!   of a queue it will send again.
+//!   transaction is started, nor a timed-out atomic call's REST fallback (the first transaction's
+//!   always is): the rest are `not_attempted`. A transaction started runs to its end. A slow
+//!   upstream mostly still gets the client an answer before its own timeout (the connectors'
+//!   60 s), and a client that gave up (whose disconnect a worker is not told of) is not followed
+//!   for long by writes of a queue it will send again.
 //! - Subrequest budget: before a transaction is sent, its planned requests plus one for recording
 //!   a possible rejection (the dead-letter insert, or the ledger's record above) must fit in what
 //!   remains of `UPLOAD_SUBREQUEST_BUDGET`; if not, it and every later transaction are `not_attempted` (the client sends them again, in a fresh request
@@ -177,6 +178,11 @@ pub async fn apply_with<T: Transport>(
             report.results.push(TransactionResult::not_attempted(transaction_id));
             continue;
         }
+        // The upload's first transaction runs whatever its time; a later one's REST fallback only
+        // while the time budget lasts.
+        let first = report.subrequests == 0;
+        let time_left =
+            |transport: &T| first || transport.now_ms().saturating_sub(started_ms) < settings.time_budget_ms;
         // Set when the transaction went through REST after its atomic call timed out.
         let mut via_rest = None;
         // Set when an atomic call of it was sent (a late copy of it could apply it).
@@ -216,7 +222,8 @@ pub async fn apply_with<T: Transport>(
                                     Ending::Retryable(too_big, wait)
                                 }
                                 Ending::Retryable(failure, _) if failure.code == QUERY_CANCELED => {
-                                    let fallback = (transaction, settings, caller, rejection_cost);
+                                    let fallback =
+                                        (transaction, settings, caller, rejection_cost, time_left(transport));
                                     let (ending, reason) =
                                         after_timeout(fallback, failure, transport, &mut report).await;
                                     via_rest = reason;
@@ -245,7 +252,7 @@ pub async fn apply_with<T: Transport>(
                     .await
                     {
                         Ending::Retryable(failure, _) if atomic && failure.code == QUERY_CANCELED => {
-                            let fallback = (transaction, settings, caller, rejection_cost);
+                            let fallback = (transaction, settings, caller, rejection_cost, time_left(transport));
                             let (ending, reason) = after_timeout(fallback, failure, transport, &mut report).await;
                             via_rest = reason;
                             Some(ending)
@@ -302,9 +309,6 @@ pub async fn apply_with<T: Transport>(
                     unchanged.sort_unstable();
                     unchanged.dedup();
                 }
-                if via_rest.is_some() {
-                    record_applied_via_rest(transaction, (settings, caller), transport, &mut report).await;
-                }
                 let record = (settings.dead_letter_unchanged && settings.dead_letter_table.is_some())
                     .then(|| dead_letter::unchanged_record(transaction.entries.len(), &unchanged, &uncertain))
                     .flatten();
@@ -315,6 +319,10 @@ pub async fn apply_with<T: Transport>(
                     // made (made already, it is returned, not made twice: one per transaction).
                     let record = (transaction, &failure, states.as_slice());
                     let _ = record_dead_letter(settings, caller, record, transport, &mut report).await;
+                }
+                if via_rest.is_some() {
+                    let record = (transaction, unchanged.as_slice());
+                    record_applied_via_rest(record, (settings, caller), transport, &mut report).await;
                 }
                 let result = TransactionResult::success_with_unchanged(transaction_id, unchanged);
                 report.results.push(TransactionResult { already_applied, ..result })
@@ -387,7 +395,7 @@ const QUERY_CANCELED: &str = "57014";
 /// what is left of the budget (see the module docs). Returns how it ended and, when REST
 /// requests were sent, the reason for its result's `applied_via_reason`.
 async fn after_timeout<T: Transport>(
-    (transaction, settings, caller, reserve): (&Transaction, &UploadSettings, &Caller, usize),
+    (transaction, settings, caller, reserve, time_left): (&Transaction, &UploadSettings, &Caller, usize, bool),
     mut failure: FailedOperation,
     transport: &T,
     report: &mut UploadReport,
@@ -411,6 +419,15 @@ async fn after_timeout<T: Transport>(
             failure.message
         );
         return (Ending::Retryable(failure, operator_wait), None);
+    }
+    if !time_left {
+        report.time_budget_spent = true;
+        failure.message = format!(
+            "{}; {cancelled}, and this upload has run for UPLOAD_TIME_BUDGET_MS={}: sent through REST requests \
+             first in the next upload",
+            failure.message, settings.time_budget_ms
+        );
+        return (Ending::Retryable(failure, settings.retry_after_seconds), None);
     }
     let requests = match plan::plan_transaction_as(transaction, settings, caller, false) {
         Ok(requests) => requests,
@@ -454,6 +471,13 @@ async fn after_timeout<T: Transport>(
          neither all-or-nothing nor exactly once",
         failure.code, failure.message
     );
+    // Applied, it is recorded in the ledger (record_applied_via_rest) in the request kept for a
+    // rejection; where a dead letter of its unchanged entries may take that one, one more is kept
+    // when the budget has it (else that record comes first, and the ledger's is skipped, logged).
+    let unchanged_record = settings.dead_letter_unchanged && settings.dead_letter_table.is_some();
+    let extra = usize::from(unchanged_record && plan::ledger_keyed(transaction, caller));
+    let reserve =
+        if needed + reserve + extra <= budget.saturating_sub(report.subrequests) { reserve + extra } else { reserve };
     let ending = send(requests, &transaction.entries, (settings, caller), transport, report, reserve).await;
     (ending, Some(reason))
 }
@@ -971,7 +995,9 @@ async fn record_rejection<T: Transport>(
     report: &mut UploadReport,
 ) -> Result<(), (FailedOperation, u64)> {
     let function = plan::LEDGER_REJECT_FUNCTION;
-    let Some(request) = plan::ledger_record_request(function, transaction, settings, caller) else { return Ok(()) };
+    let Some(request) = plan::ledger_record_request(function, transaction, settings, caller, &[]) else {
+        return Ok(());
+    };
     let kept = |why: String, http_status: Option<u16>, hint: Option<String>| {
         let recording = "recording its rejection in the ledger";
         kept_instead(failure, ("rejection_not_recorded", recording), why, http_status, hint)
@@ -1015,18 +1041,23 @@ async fn record_rejection<T: Transport>(
 /// by the statement timeout, records it in the atomic function's ledger as applied
 /// (`powersync_upload_ledger_applied_via_rest`, for a caller the ledger keys), so that an
 /// attempt of it the bridge gave up on (a timeout) that reaches the database late applies
-/// nothing, instead of applying it again after the client's later transactions. Uses the
-/// subrequest kept for a rejection's record. Best effort: the transaction was applied and is
+/// nothing, instead of applying it again after the client's later transactions; with its
+/// `unchanged` entries, which a re-send answered already applied reports again. Uses the
+/// subrequest kept for a rejection's record, or one more kept beside it when a dead letter of
+/// its unchanged entries takes that one and the budget has room (`after_timeout`; without room
+/// that dead letter comes first). Best effort: the transaction was applied and is
 /// reported so; a record that fails (no budget left, a ledger without the function, any error)
 /// is logged, and leaves only that late attempt unguarded.
 async fn record_applied_via_rest<T: Transport>(
-    transaction: &Transaction,
+    (transaction, unchanged): (&Transaction, &[usize]),
     (settings, caller): (&UploadSettings, &Caller),
     transport: &T,
     report: &mut UploadReport,
 ) {
     let function = plan::LEDGER_APPLIED_VIA_REST_FUNCTION;
-    let Some(request) = plan::ledger_record_request(function, transaction, settings, caller) else { return };
+    let Some(request) = plan::ledger_record_request(function, transaction, settings, caller, unchanged) else {
+        return;
+    };
     let unguarded = "a late call of this transaction could apply it again";
     if report.subrequests >= settings.subrequest_budget {
         report

@@ -2249,6 +2249,56 @@ mod tests {
     }
 
     #[test]
+    fn a_rest_fallbacks_unchanged_entries_are_dead_lettered_beside_its_ledger_record() {
+        // UPLOAD_DEAD_LETTER_UNCHANGED: the DELETE changes no row. Budget 6 holds the atomic call,
+        // 3 REST requests, the dead letter of the unchanged entry and the ledger's record, which
+        // carries that entry too (a re-send answered already applied reports it again).
+        let mut s = recording_unchanged();
+        s.subrequest_budget = 6;
+        let rest = [statement_timeout(), ok(201), ok(201), counted(204, 0)];
+        let transport = FakeTransport::scripted([rest.to_vec(), vec![recorded(), ok_body("true")]].concat());
+        let report = run_with(Route::Probe, &s, &[mixed("big")], &transport);
+        assert_eq!(statuses(&report), vec![Status::Success]);
+        assert_eq!(report.results[0].unchanged, vec![2]);
+        let sent = transport.sent();
+        assert!(sent[4].url.ends_with(RECORD_PATH), "{}", sent[4].url);
+        assert!(sent[5].url.ends_with("/rpc/powersync_upload_ledger_applied_via_rest"), "{}", sent[5].url);
+        let body: Value = serde_json::from_str(sent[5].body.as_deref().unwrap_or("")).unwrap_or(Value::Null);
+        assert_eq!(body["p_unchanged"], json!([2]));
+        assert_eq!((report.dead_letters, report.subrequests), (1, 6));
+        // Budget 5 keeps one request for them: the dead letter, as before the ledger's record
+        // existed; the record is skipped, and the log says so.
+        s.subrequest_budget = 5;
+        let transport = FakeTransport::scripted([rest.to_vec(), vec![recorded()]].concat());
+        let report = run_with(Route::Probe, &s, &[mixed("big")], &transport);
+        assert_eq!((statuses(&report), report.dead_letters, report.subrequests), (vec![Status::Success], 1, 5));
+        let errors = report.log_summary()["dead_letter_errors"].to_string();
+        assert!(
+            errors.contains("powersync_upload_ledger_applied_via_rest skipped: no subrequest budget left"),
+            "{errors}"
+        );
+    }
+
+    #[test]
+    fn a_timed_out_atomic_call_is_not_followed_by_rest_requests_once_the_time_budget_is_spent() {
+        // Every request takes 15 s (UPSTREAM_TIMEOUT_MS): the second transaction's call starts
+        // within the 30 s budget and is cancelled past it; its REST requests wait for the next
+        // upload, which starts with it (and runs it whatever its time).
+        let transport = FakeTransport::scripted(vec![ok_body(r#"{"applied": 1}"#), statement_timeout()]).taking(15_000);
+        let report = run_with(Route::Probe, &settings(), &[tx(1), mixed("big"), tx(3)], &transport);
+        assert_eq!(statuses(&report), vec![Status::Success, Status::RetryableError, Status::NotAttempted]);
+        assert_eq!(transport.sent().len(), 2, "no REST request");
+        let failure = report.results[1].failed_operation.clone().expect("failure");
+        assert_eq!(failure.code, "57014");
+        assert!(failure.message.contains("UPLOAD_TIME_BUDGET_MS=30000"), "{}", failure.message);
+        assert_eq!(report.log_summary()["time_budget_spent"], json!(true));
+        let transport = FakeTransport::scripted(vec![statement_timeout()]).taking(15_000);
+        let report = run_with(Route::Probe, &settings(), &[mixed("big")], &transport);
+        assert_eq!(statuses(&report), vec![Status::Success]);
+        assert!(report.results[0].applied_via_rest.is_some());
+    }
+
+    #[test]
     fn a_rest_fallbacks_ledger_record_that_fails_is_logged_and_the_transaction_stays_applied() {
         // Applied through REST: reported applied whatever the record meets; the log says which
         // guard is missing (and, for a ledger older than the worker, the file to run again).

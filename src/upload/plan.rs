@@ -560,13 +560,15 @@ pub const LEDGER_APPLIED_VIA_REST_FUNCTION: &str = "powersync_upload_ledger_appl
 
 /// The call of ledger function `function` ([`LEDGER_REJECT_FUNCTION`],
 /// [`LEDGER_APPLIED_VIA_REST_FUNCTION`]) for `transaction`, made as its atomic call is (the
-/// session's token, or the service key with the owner's id), with the digest of its entries:
-/// `None` when the ledger does not key it (no client id, or no usable transaction id).
+/// session's token, or the service key with the owner's id), with the digest of its entries and,
+/// when any, the entries that changed no row (`p_unchanged`): `None` when the ledger does not key
+/// it ([`ledger_keyed`]).
 pub fn ledger_record_request(
     function: &str,
     transaction: &Transaction,
     settings: &UploadSettings,
     caller: &Caller,
+    unchanged: &[usize],
 ) -> Option<HttpRequest> {
     let context = Context::new(settings, caller);
     let (client_id, transaction_id) = (caller.client_id.as_ref()?, ledger_id(transaction)?);
@@ -578,9 +580,19 @@ pub fn ledger_record_request(
         body.push_str(",\"p_owner_id\":");
         row::push_json_string(&mut body, user_id);
     }
+    if !unchanged.is_empty() {
+        let indexes: Vec<String> = unchanged.iter().map(usize::to_string).collect();
+        body.push_str(&format!(",\"p_unchanged\":[{}]", indexes.join(",")));
+    }
     body.push('}');
     let url = format!("{}/rest/v1/rpc/{function}", settings.supabase_url);
     Some(context.request(Method::Post, url).json_body(body).header(ENTRIES_DIGEST_HEADER, transaction.entries_digest()))
+}
+
+/// Whether the atomic function's ledger keys `transaction` of `caller`: a client id, and a
+/// transaction id it takes.
+pub fn ledger_keyed(transaction: &Transaction, caller: &Caller) -> bool {
+    caller.client_id.is_some() && ledger_id(transaction).is_some()
 }
 
 /// The transaction's id as the atomic function's ledger keys it: a string as it is, a number in

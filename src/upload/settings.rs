@@ -54,7 +54,7 @@ pub const DEFAULT_ATOMIC_RECHECK_SECONDS: u64 = 300;
 pub const DEFAULT_RETRY_AFTER_SECONDS: u64 = 5;
 /// Default for [`UploadSettings::time_budget_ms`]: half the connectors' 60 s request timeout, so
 /// that a transaction started just before it (its requests each bounded by
-/// `UPSTREAM_TIMEOUT_MS`, 15 s by default) still ends in an answer the client reads.
+/// `UPSTREAM_TIMEOUT_MS`, 15 s by default) mostly still ends in an answer the client reads.
 pub const DEFAULT_TIME_BUDGET_MS: u64 = 30_000;
 /// The largest `UPLOAD_MAX_BODY_BYTES` accepted: 16 MiB. An upload's peak memory is about three
 /// times its body in the worst shapes (the body, each row's text, the request body; natively,
@@ -105,9 +105,10 @@ pub struct UploadSettings {
     /// `UPLOAD_RETRY_AFTER_SECONDS`: the delay suggested to a client that must retry (default 5).
     pub retry_after_seconds: u64,
     /// `UPLOAD_TIME_BUDGET_MS` (default 30,000): once an upload has run this long, no further
-    /// transaction is started; they are `not_attempted` and the client sends them again. A slow
-    /// upstream then still gets an answer to the client before its own timeout, and a client that
-    /// gave up is not followed by writes it no longer waits for (see `delivery`).
+    /// transaction (nor a timed-out atomic call's REST fallback) is started; they are
+    /// `not_attempted` and the client sends them again. A transaction started runs to its end. A
+    /// slow upstream then mostly still gets the client an answer before its own timeout, and a
+    /// client that gave up is not followed long by writes it no longer waits for (see `delivery`).
     pub time_budget_ms: u64,
     /// `UPLOAD_ERROR_CLASS_OVERRIDES`: codes the operator classifies otherwise (default none).
     pub error_class_overrides: ClassOverrides,

@@ -529,37 +529,16 @@ def test_ledger_claim_rpc_cannot_mark_b_transaction_applied(scene):
 
 @pytest.mark.parametrize("issuer", ISSUERS)
 @pytest.mark.parametrize("mode", MODES)
-def test_ledger_reject_rpc_cannot_mark_b_transaction_rejected(scene):
-    """A records B's next (client id, transaction id) as rejected, with the digest of B's entries
-    and naming B as the owner: B's transaction is still applied, not answered "rejected before"."""
+@pytest.mark.parametrize("function", [REJECT, APPLIED_VIA_REST])
+def test_ledger_record_rpcs_cannot_mark_b_transaction_rejected_or_applied(scene, function):
+    """A records B's next (client id, transaction id) as rejected, or as applied through REST, with
+    the digest of B's entries and naming B as the owner: B's transaction is still applied, not
+    answered "rejected before" or "already applied"."""
     s, a, b = scene, scene.a, scene.b
     digest = s.db.execute(f"select entries_digest from public.{LEDGER} where user_id = %s and client_id = %s"
                           " and transaction_id = '1'", (b.sub, b.client_id)).fetchone()
     entries = digest[0] if digest and digest[0] else "0" * 32
-    r = s.rest(a).rpc(REJECT, {"p_client_id": b.client_id, "p_transaction_id": "5", "p_owner_id": b.sub},
-                      headers={"X-PowerSync-Entries-Digest": entries})
-    assert r.status_code < 500, r.text
-    s.db.execute(f"update public.{NOTES} set body = 'edited' where id = %s", (s.b1,))
-    s.before = s.snapshot()
-    r = s.upload(b, dict(s.b_first, transaction_id=5))
-    assert r.json()["results"] == [{"status": "success", "transaction_id": 5}], r.text
-    assert s.db.execute(f"select body from public.{NOTES} where id = %s", (s.b1,)).fetchone() == ("b-one",)
-    s.db.execute(f"update public.{NOTES} set body = 'edited' where id = %s", (s.b1,))
-    s.before = s.snapshot()
-    assert_b_unharmed(s)
-
-
-@pytest.mark.parametrize("issuer", ISSUERS)
-@pytest.mark.parametrize("mode", MODES)
-def test_ledger_applied_via_rest_rpc_cannot_mark_b_transaction_applied(scene):
-    """A records B's next (client id, transaction id) as applied through REST, with the digest of
-    B's entries and naming B as the owner: B's transaction is still applied, not answered
-    "already applied"."""
-    s, a, b = scene, scene.a, scene.b
-    digest = s.db.execute(f"select entries_digest from public.{LEDGER} where user_id = %s and client_id = %s"
-                          " and transaction_id = '1'", (b.sub, b.client_id)).fetchone()
-    entries = digest[0] if digest and digest[0] else "0" * 32
-    r = s.rest(a).rpc(APPLIED_VIA_REST, {"p_client_id": b.client_id, "p_transaction_id": "5", "p_owner_id": b.sub},
+    r = s.rest(a).rpc(function, {"p_client_id": b.client_id, "p_transaction_id": "5", "p_owner_id": b.sub},
                       headers={"X-PowerSync-Entries-Digest": entries})
     assert r.status_code < 500, r.text
     s.db.execute(f"update public.{NOTES} set body = 'edited' where id = %s", (s.b1,))

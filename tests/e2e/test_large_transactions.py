@@ -141,3 +141,26 @@ def test_a_late_call_of_a_transaction_applied_through_the_rest_fallback_applies_
     ledger = db.execute("select transaction_id from public.powersync_upload_ledger where client_id = 'dev-1'"
                         " and user_id = %s order by transaction_id", (user,)).fetchall()
     assert ledger == [("1",), ("2",)]
+
+
+def test_a_resend_of_a_transaction_applied_through_the_rest_fallback_is_already_applied_with_its_unchanged(
+        auto_worker, db, standin, session_token):
+    """The first answer is lost: the re-send's atomic call finds the ledger's record of the REST
+    fallback and applies nothing, and reports the entry that changed no row as the first answer
+    did."""
+    user, list_id, row = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
+    db.execute("insert into public.lists (id, name, owner_id) values (%s, 'l', %s)", (list_id, user))
+    token = session_token(user)
+    t1 = {"transaction_id": 1, "crud": [put("todos", row, description="v1", list_id=list_id, created_by=user),
+                                        {"op": "DELETE", "type": "todos", "id": str(uuid.uuid4())}]}
+    payload = {"client_id": "dev-" + str(uuid.uuid4()), "transactions": [t1]}
+    standin.add_fault({"status": 500, "path_prefix": RPC, "method": "POST", "body": CANCELLED})
+    first = upload(auto_worker, token, payload)
+    assert first.json()["results"] == [{"status": "success", "transaction_id": 1, "unchanged": [1],
+                                        "applied_via": "rest",
+                                        "applied_via_reason": first.json()["results"][0]["applied_via_reason"]}]
+    db.execute("update public.todos set description = 'edited' where id = %s", (row,))
+    again = upload(auto_worker, token, payload)
+    assert again.json()["results"] == [{"status": "success", "transaction_id": 1, "unchanged": [1],
+                                        "already_applied": True}], again.text
+    assert db.execute("select description from public.todos where id = %s", (row,)).fetchone() == ("edited",)

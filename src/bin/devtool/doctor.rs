@@ -51,7 +51,8 @@ pub const LEDGER_REJECT: &str = "public.powersync_upload_ledger_reject(text, tex
 /// What records a transaction applied through REST after its atomic call was cancelled by the
 /// statement timeout (called as the API role when `UPLOAD_ATOMIC` is unset): without it a late
 /// call can apply it again over the user's later transactions.
-pub const LEDGER_APPLIED_VIA_REST: &str = "public.powersync_upload_ledger_applied_via_rest(text, text, text)";
+pub const LEDGER_APPLIED_VIA_REST: &str =
+    "public.powersync_upload_ledger_applied_via_rest(text, text, text, integer[])";
 /// Columns of the ledger this version relies on (added over time: their absence means
 /// sql/atomic_upload.sql is outdated: a late call could apply a dead-lettered transaction
 /// (`dead_letter_id`), a re-send after a lost answer would not report entries that changed no

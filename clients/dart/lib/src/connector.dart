@@ -348,16 +348,18 @@ class WorkerConnector extends PowerSyncBackendConnector {
   static final Expando<String> _knownClientIds = Expando('client id');
 
   /// The client id, so the worker's atomic function applies each transaction exactly once. Read
-  /// once per queue and kept: a later failure to read it again must not send an attempt without
-  /// it, which the ledger could not tell from a late one with it. Null when the database has never
-  /// given one (the upload is then sent without it).
+  /// once per database and kept (a [PowerSyncUploadQueue] is made anew for every [uploadData]:
+  /// it is kept under the database it wraps): a later failure to read it again must not send an
+  /// attempt without it, which the ledger could not tell from a late one with it. Null when the
+  /// database has never given one (the upload is then sent without it).
   static Future<String?> _clientIdOf(UploadQueue queue) async {
-    final known = _knownClientIds[queue];
+    final Object key = queue is PowerSyncUploadQueue ? queue.database : queue;
+    final known = _knownClientIds[key];
     if (known != null) return known;
     try {
       final id = await queue.getClientId();
       if (id.isEmpty) return null;
-      _knownClientIds[queue] = id;
+      _knownClientIds[key] = id;
       return id;
     } catch (_) {
       return null;
