@@ -164,7 +164,8 @@ soak: tools postgres venv build
 
 ## Fuzz --------------------------------------------------------------------------------------
 
-# cargo-fuzz targets in fuzz/ (parsers of upload bodies, session tokens, private keys, settings);
+# cargo-fuzz targets in fuzz/ (upload bodies and their planning, session tokens, private keys,
+# settings, storage requests, redaction and the other text helpers);
 # installs cargo-fuzz and a nightly toolchain where missing (falls back to stable without a
 # sanitizer). Prints executions per target; exits 1 on a crash (saved in fuzz/artifacts/).
 FUZZ_SECONDS ?= 60

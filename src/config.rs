@@ -188,6 +188,9 @@ impl Config {
 /// `chrome-extension://<id>`, which apps send as they are) is taken as written: a host and
 /// perhaps a port, nothing else, nothing in upper case.
 fn is_origin(text: &str) -> bool {
+    if !crate::environment::has_ascii_host(text) {
+        return false;
+    }
     let Ok(url) = url::Url::parse(text) else { return false };
     match url.origin() {
         origin @ url::Origin::Tuple(..) => origin.ascii_serialization() == text,
@@ -613,6 +616,22 @@ mod tests {
         let other = vars.iter().position(|(n, _)| *n == "THIRD_PARTY_OIDC_ISSUER").unwrap();
         vars[other].1 = "https://id.example.com".into();
         assert!(config_of(&vars).problems.is_empty(), "another issuer is fine");
+    }
+
+    #[test]
+    fn url_settings_whose_host_is_not_ascii_are_problems_never_a_panic() {
+        // Found by fuzzing: idna_adapter 1.0's debug check panicked on these.
+        for (name, value) in
+            [("SUPABASE_URL", "https://A%AB"), ("SUPABASE_URL", "http://Aé"), ("CORS_ALLOWED_ORIGINS", "https://Aé")]
+        {
+            let mut vars = complete();
+            vars.push((name, value.into()));
+            if name == "SUPABASE_URL" {
+                vars.swap_remove(0);
+            }
+            let problems = config_of(&vars).problems;
+            assert!(problems.iter().any(|p| p.name == name), "{name}={value}: {problems:?}");
+        }
     }
 
     #[test]

@@ -186,6 +186,9 @@ pub fn fetchable(text: &str) -> Result<url::Url, &'static str> {
     if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err("must not contain spaces");
     }
+    if !has_ascii_host(text) {
+        return Err("is not a URL (a host name with non-ASCII letters must be given in its ASCII xn-- form)");
+    }
     let url = url::Url::parse(text).map_err(|_| match text.is_ascii() {
         true => "is not a URL",
         // `url` is built without Unicode host names (idna_adapter 1.0, see Cargo.toml).
@@ -204,6 +207,16 @@ pub fn fetchable(text: &str) -> Result<url::Url, &'static str> {
         "http" => Err("http:// is only for loopback hosts (127.0.0.0/8, localhost, [::1])"),
         _ => Err("must be an https:// URL"),
     }
+}
+
+/// Whether the host of URL text `text` (after `://`, up to the first `/`, `?`, `#` or `\\`) is
+/// ASCII, its percent-escapes undone too. `url` is built without Unicode host names (idna_adapter
+/// 1.0, Cargo.toml): it refuses such a host, and in a debug build a check inside it panics on
+/// some (`https://Aé`), so they are refused before it parses them.
+pub fn has_ascii_host(text: &str) -> bool {
+    let rest = text.split_once("://").map_or(text, |(_, rest)| rest);
+    let host = rest.split(['/', '?', '#', '\\']).next().unwrap_or_default();
+    host.is_ascii() && percent_encoding::percent_decode_str(host).all(|b| b.is_ascii())
 }
 
 /// Whether `url`'s host is a loopback one (127.0.0.0/8, `localhost`, `[::1]`): local
@@ -248,6 +261,23 @@ pub const FETCHABLE_URL_RULE: &str =
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_url_whose_host_is_not_ascii_is_refused_before_it_is_parsed() {
+        // idna_adapter 1.0 asserts (debug builds) on an upper-case host with a non-ASCII byte.
+        for url in ["https://Aé", "https://A%AB", "http://Aé/path", "https://ké.example.com"] {
+            assert!(!has_ascii_host(url), "{url}");
+            assert_eq!(
+                fetchable(url).map(|u| u.to_string()).unwrap_err(),
+                "is not a URL (a host name with non-ASCII letters must be given in its ASCII xn-- form)",
+                "{url}"
+            );
+        }
+        for url in ["https://xn--k-bga.example.com/é", "https://a.example.com/%C3%A9?q=é", "http://127.0.0.1:8080"] {
+            assert!(has_ascii_host(url), "{url}");
+            assert!(fetchable(url).is_ok(), "{url}");
+        }
+    }
 
     #[test]
     fn an_app_url_over_plain_http_is_only_for_loopback_and_private_network_hosts() {

@@ -97,7 +97,8 @@ impl HttpResponse {
         if !self.is_redirect() {
             return None;
         }
-        let location = url::Url::parse(self.header_value("location")?).ok()?;
+        let location = self.header_value("location").filter(|l| crate::environment::has_ascii_host(l))?;
+        let location = url::Url::parse(location).ok()?;
         Some(location.origin().ascii_serialization())
     }
 

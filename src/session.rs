@@ -594,7 +594,7 @@ pub fn interpret_remote_check(answer: Result<HttpResponse, TransportError>) -> R
                     Err(SessionError::AuthMisconfigured(format!(
                         "{} from the gateway: {}",
                         response.status,
-                        crate::credentials::redact(&message.chars().take(120).collect::<String>())
+                        crate::credentials::redact_clipped(message, 120)
                     )))
                 }
             }

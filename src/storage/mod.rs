@@ -413,15 +413,13 @@ pub fn interpret(
         (status, _) => status,
     };
     // (for the log: what Storage, or whatever answers at STORAGE_URL, says, credentials left out)
-    let error = crate::credentials::redact(&crate::credentials::clipped(body["error"].as_str().unwrap_or(""), 80));
+    let error = crate::credentials::redact_clipped(body["error"].as_str().unwrap_or(""), 80);
     // Storage's own words for a refusal of the key or the setup (a wrong JWT secret, an issuer,
     // a missing GRANT look alike by status): its code, and for 401/403 its message, which names
     // no object there (messages that quote a path come with 400).
     let code = crate::credentials::clipped(body["code"].as_str().unwrap_or(""), 40);
     let message = match status {
-        401 | 403 => {
-            crate::credentials::redact(&crate::credentials::clipped(body["message"].as_str().unwrap_or(""), 120))
-        }
+        401 | 403 => crate::credentials::redact_clipped(body["message"].as_str().unwrap_or(""), 120),
         _ => String::new(),
     };
     let described = || {

@@ -1096,7 +1096,9 @@ impl ErrorBody {
             Some(Value::String(s)) => Some(s.clone()),
             Some(other) => Some(other.to_string()),
         };
-        let redacted = |name: &str| text(name).map(|t| credentials::redact(&t));
+        // PostgreSQL quotes a refused value whole (a user's megabytes): what is answered and
+        // logged is its start, redacted.
+        let redacted = |name: &str| text(name).map(|t| credentials::redact_clipped(&t, MAX_ERROR_TEXT_CHARS));
         ErrorBody {
             code: text("code"),
             message: redacted("message"),
@@ -1118,8 +1120,12 @@ fn logged_id(id: &Option<Value>) -> Value {
     }
 }
 
+/// Longest `message`, `details` or `hint` of an upstream's error kept (a value it quotes is cut).
+const MAX_ERROR_TEXT_CHARS: usize = 2_000;
+
 fn excerpt(body: &str) -> String {
-    let flat: String = credentials::redact(body).chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    let redacted = credentials::redact_clipped(body, 4 * BODY_EXCERPT_CHARS);
+    let flat: String = redacted.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
     credentials::clipped(flat.trim(), BODY_EXCERPT_CHARS).into_owned()
 }
 
@@ -1615,6 +1621,23 @@ mod tests {
     }
 
     #[test]
+    fn an_upstream_error_quoting_a_huge_value_is_cut_short_and_still_classified() {
+        // PostgreSQL quotes the refused value whole: a user's id of 300 KB of `eyJ` came back
+        // in the message, which redaction once read in quadratic time.
+        let value = "eyJ".repeat(100_000);
+        let body = json!({"code": "22P02", "message": format!("invalid input syntax for type uuid: \"{value}\""),
+                          "details": value, "hint": null});
+        let started = std::time::Instant::now();
+        let verdict = classify(&answer(400, &body.to_string()), Some(0));
+        assert!(started.elapsed() < std::time::Duration::from_secs(5), "{:?}", started.elapsed());
+        let Verdict::Fatal(failure) = verdict else { panic!("{verdict:?}") };
+        assert_eq!(failure.code, "22P02");
+        assert!(failure.message.starts_with("invalid input syntax for type uuid"), "{}", failure.message);
+        assert!(failure.message.chars().count() <= MAX_ERROR_TEXT_CHARS + 1, "{}", failure.message.len());
+        assert!(failure.details.unwrap_or_default().chars().count() <= MAX_ERROR_TEXT_CHARS + 1);
+    }
+
+    #[test]
     fn unexpected_response_names_the_status_and_a_short_clean_excerpt() {
         let failure = unexpected_response(Some(1), &with_range(201, None, ""), "the function's result");
         assert_eq!(
@@ -1631,7 +1654,8 @@ mod tests {
         assert!(details.starts_with("body \"<html>"), "{details}");
         assert!(!details.chars().any(char::is_control), "{details:?}");
         assert!(details.chars().count() < 400, "{}", details.len());
-        assert!(details.contains("xxx…"));
+        // cut within the run of x: the run is dropped whole (it could have been a credential)
+        assert!(details.contains("…") && !details.contains('x'), "{details}");
     }
 
     #[test]
