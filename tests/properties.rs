@@ -282,7 +282,7 @@ fn arb_claims() -> impl Strategy<Value = Value> {
             ("aud", vec![json!("authenticated"), json!(["x", "authenticated"]), json!("anon"), json!([]), json!(5)]),
             ("sub", vec![json!("user-1"), json!(""), json!("  "), json!(7), json!(null)]),
             ("exp", vec![json!(NOW + 100), json!(NOW - 100), json!(NOW - 29), json!(NOW - 30), json!("x"), json!(1e300), json!(-1e300), json!(u64::MAX)]),
-            ("nbf", vec![json!(NOW + 100), json!(NOW - 100), json!(NOW + 30), json!(NOW + 31)]),
+            ("nbf", vec![json!(NOW + 100), json!(NOW - 100), json!(NOW + 30), json!(NOW + 31), json!("later")]),
             ("iat", vec![json!(NOW + 100), json!(NOW), json!(NOW + 31), json!("soon")]),
             ("role", vec![json!("authenticated"), json!("anon"), json!("service_role"), json!(null)]),
             ("is_anonymous", vec![json!(true), json!(false)]),
@@ -302,7 +302,10 @@ fn claims_acceptable(claims: &Value) -> bool {
     let now = NOW as f64;
     let role_ok = !matches!(object.get("role").and_then(Value::as_str), Some("anon" | "service_role"));
     let exp_ok = number("exp").is_some_and(|exp| now < exp + 30.0);
-    let not_early = !number("nbf").is_some_and(|t| t > now + 30.0) && !number("iat").is_some_and(|t| t > now + 30.0);
+    // `nbf` and `iat` are optional, but when present a number of seconds not in the future
+    let not_early = ["nbf", "iat"]
+        .iter()
+        .all(|name| object.get(*name).is_none_or(|t| t.as_f64().is_some_and(|t| t <= now + 30.0)));
     let aud_ok = match object.get("aud") {
         Some(Value::String(aud)) => aud == "authenticated",
         Some(Value::Array(auds)) => auds.iter().any(|a| a.as_str() == Some("authenticated")),

@@ -11,7 +11,9 @@ use powersync_supabase_worker::keys::SigningKey;
 
 fuzz_target!(|data: &[u8]| {
     let text = match data.split_first() {
-        Some((0x01, der)) => format!("-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n", STANDARD.encode(der)),
+        Some((0x01, der)) => {
+            format!("-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n", STANDARD.encode(der))
+        }
         Some((0x02, der)) => {
             format!("-----BEGIN RSA PRIVATE KEY-----\n{}\n-----END RSA PRIVATE KEY-----\n", STANDARD.encode(der))
         }

@@ -1,7 +1,11 @@
 #![no_main]
-use std::sync::OnceLock;
 use libfuzzer_sys::fuzz_target;
-use powersync_supabase_worker::storage::{self, settings::{StorageMode, StorageSettings}, FileOp};
+use powersync_supabase_worker::storage::{
+    self,
+    settings::{StorageMode, StorageSettings},
+    FileOp,
+};
+use std::sync::OnceLock;
 
 fn settings() -> &'static Vec<StorageSettings> {
     static S: OnceLock<Vec<StorageSettings>> = OnceLock::new();
@@ -21,7 +25,11 @@ fn settings() -> &'static Vec<StorageSettings> {
 
 fuzz_target!(|data: &[u8]| {
     let Some((&sel, body)) = data.split_first() else { return };
-    let op = match sel % 3 { 0 => FileOp::Upload, 1 => FileOp::Download, _ => FileOp::Delete };
+    let op = match sel % 3 {
+        0 => FileOp::Upload,
+        1 => FileOp::Download,
+        _ => FileOp::Delete,
+    };
     let Ok(request) = storage::parse_request(op, body) else { return };
     for s in settings() {
         for user in ["user-1", "a/b", "..", ""] {

@@ -22,10 +22,13 @@ fuzz_target!(|data: &[u8]| {
             let _ = resp.status_described();
             let _ = http::url_path(&text);
             let _ = http::is_ray(&text);
-            let pairs: Vec<(String, String)> = text.split('\u{0}').map(|p| {
-                let (a, b) = p.split_once(':').unwrap_or((p, ""));
-                (a.to_string(), b.to_string())
-            }).collect();
+            let pairs: Vec<(String, String)> = text
+                .split('\u{0}')
+                .map(|p| {
+                    let (a, b) = p.split_once(':').unwrap_or((p, ""));
+                    (a.to_string(), b.to_string())
+                })
+                .collect();
             let _ = http::head_lines(&pairs);
         }
         3 => {

@@ -1,7 +1,7 @@
 #![no_main]
-use std::sync::OnceLock;
 use libfuzzer_sys::fuzz_target;
 use powersync_supabase_worker::upload::{self, plan, Caller, Limits, UploadSettings, WriteMode};
+use std::sync::OnceLock;
 
 fn settings() -> &'static Vec<UploadSettings> {
     static S: OnceLock<Vec<UploadSettings>> = OnceLock::new();
