@@ -303,9 +303,8 @@ fn claims_acceptable(claims: &Value) -> bool {
     let role_ok = !matches!(object.get("role").and_then(Value::as_str), Some("anon" | "service_role"));
     let exp_ok = number("exp").is_some_and(|exp| now < exp + 30.0);
     // `nbf` and `iat` are optional, but when present a number of seconds not in the future
-    let not_early = ["nbf", "iat"]
-        .iter()
-        .all(|name| object.get(*name).is_none_or(|t| t.as_f64().is_some_and(|t| t <= now + 30.0)));
+    let not_early =
+        ["nbf", "iat"].iter().all(|name| object.get(*name).is_none_or(|t| t.as_f64().is_some_and(|t| t <= now + 30.0)));
     let aud_ok = match object.get("aud") {
         Some(Value::String(aud)) => aud == "authenticated",
         Some(Value::Array(auds)) => auds.iter().any(|a| a.as_str() == Some("authenticated")),
