@@ -162,15 +162,14 @@ pub async fn apply_with<T: Transport>(
     let budget = settings.subrequest_budget;
     let mut stopped = false;
     let started_ms = transport.now_ms();
+    let time_spent = |transport: &T| transport.now_ms().saturating_sub(started_ms) >= settings.time_budget_ms;
 
     for transaction in transactions {
         let transaction_id = transaction.transaction_id.clone();
         // After the first transaction, none is started once the upload has run for its time
         // budget: the client gets its answer (and a client that gave up gets no further writes).
-        if !stopped
-            && report.subrequests > 0
-            && transport.now_ms().saturating_sub(started_ms) >= settings.time_budget_ms
-        {
+        let first = report.subrequests == 0;
+        if !stopped && !first && time_spent(transport) {
             stopped = true;
             report.time_budget_spent = true;
         }
@@ -180,9 +179,7 @@ pub async fn apply_with<T: Transport>(
         }
         // The upload's first transaction runs whatever its time; a later one's REST fallback only
         // while the time budget lasts.
-        let first = report.subrequests == 0;
-        let time_left =
-            |transport: &T| first || transport.now_ms().saturating_sub(started_ms) < settings.time_budget_ms;
+        let time_left = |transport: &T| first || !time_spent(transport);
         // Set when the transaction went through REST after its atomic call timed out.
         let mut via_rest = None;
         // Set when an atomic call of it was sent (a late copy of it could apply it).
