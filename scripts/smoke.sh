@@ -6,9 +6,12 @@
 #
 # Checks, in order, stopping at the first failure (exit 1; 2 for bad usage):
 #   health       GET /health: 200, "status": "ok"
-#   jwks         GET /.well-known/jwks.json: RSA keys with kid, n, e; alg RS256
+#   jwks         GET /.well-known/jwks.json: every key has a kid and the fields of its type
+#                (RSA n/e with alg RS256, EC P-256 x/y with ES256, OKP Ed25519 x with EdDSA)
 #   token        GET /powersync-token with the session: 200, token/powersync_url/endpoint/
-#                expires_at/user_id; the token is RS256, signed by a key in the JWKS, sub = user_id
+#                expires_at/user_id; the token is signed by the JWKS key its kid names, with that
+#                key's alg (RS256 checked with python3 alone; ES256 and EdDSA need openssl),
+#                sub = user_id
 #   no-auth      no Authorization header: 401 "No authorization header"
 #   bad-token    a malformed session token: 401 "Unauthorized"
 #   upload       (SMOKE_UPLOAD=1) POST {"transactions":[]} to /powersync-upload: 200 {"results":[]}
@@ -18,6 +21,9 @@
 # The session token is $SMOKE_SESSION_TOKEN, or else one minted by `target/debug/devtool mint`
 # with the local dev secret (.dev.vars, or SUPABASE_JWT_SECRET/SUPABASE_URL in the environment):
 # that only works against a worker with that same secret, i.e. local dev.
+# SMOKE_PUBLIC=1 runs only the checks that need no session (health, jwks, no-auth, bad-token):
+# what CI can check after a deploy, where no user's access token is at hand. It says so on its
+# last line; it cannot be combined with the upload checks.
 # Prints one line per check ("ok   health", "FAIL token: <why>"). Needs bash, curl and python3.
 # SMOKE_TIMEOUT (seconds, default 30) bounds each request.
 set -euo pipefail
@@ -91,6 +97,46 @@ def jwt_parts(token, what):
         raise Fail(f"{what} is not a readable JWT")
 
 
+def openssl_valid(public_der, signing_input, signature, command):
+    """Verifies with the openssl command line (python3's standard library has no EC or EdDSA)."""
+    import shutil, subprocess
+    if not shutil.which("openssl"):
+        raise Fail("openssl is not installed: it is needed to check an ES256 or EdDSA token")
+    pem = ("-----BEGIN PUBLIC KEY-----\n" + base64.encodebytes(public_der).decode()
+           + "-----END PUBLIC KEY-----\n")
+    for name, data in (("pub.pem", pem.encode()), ("signed", signing_input), ("sig", signature)):
+        with open(f"{work}/{name}", "wb") as f:
+            f.write(data)
+    args = [a.format(work=work) for a in command]
+    return subprocess.run(["openssl", *args], capture_output=True, timeout=30).returncode == 0
+
+
+def der_integer(value):
+    value = value.lstrip(b"\x00") or b"\x00"
+    if value[0] & 0x80:
+        value = b"\x00" + value
+    return b"\x02" + bytes([len(value)]) + value
+
+
+def es256_valid(jwk, signing_input, signature):
+    """ECDSA P-256 with SHA-256; the JWS signature is r || s, openssl wants it DER-encoded."""
+    if len(signature) != 64:
+        return False
+    point = b"\x04" + b64url(jwk["x"]) + b64url(jwk["y"])
+    der = bytes.fromhex("3059301306072a8648ce3d020106082a8648ce3d030107034200") + point
+    pair = der_integer(signature[:32]) + der_integer(signature[32:])
+    return openssl_valid(der, signing_input, b"\x30" + bytes([len(pair)]) + pair,
+                         ["dgst", "-sha256", "-verify", "{work}/pub.pem",
+                          "-signature", "{work}/sig", "{work}/signed"])
+
+
+def eddsa_valid(jwk, signing_input, signature):
+    der = bytes.fromhex("302a300506032b6570032100") + b64url(jwk["x"])
+    return openssl_valid(der, signing_input, signature,
+                         ["pkeyutl", "-verify", "-pubin", "-inkey", "{work}/pub.pem", "-rawin",
+                          "-in", "{work}/signed", "-sigfile", "{work}/sig"])
+
+
 def rs256_valid(jwk, signing_input, signature):
     """RSASSA-PKCS1-v1_5 with SHA-256, verified with the public key only (stdlib)."""
     n = int.from_bytes(b64url(jwk["n"]), "big")
@@ -103,6 +149,14 @@ def rs256_valid(jwk, signing_input, signature):
     digest = hashlib.sha256(signing_input).digest()
     expected = b"\x00\x01" + b"\xff" * (size - 3 - len(digest_info) - len(digest)) + b"\x00"
     return pow(s, e, n).to_bytes(size, "big") == expected + digest_info + digest
+
+
+# kty -> (its fields besides kid, its crv, its alg, the signature check)
+KEY_TYPES = {
+    "RSA": (("n", "e"), None, "RS256", rs256_valid),
+    "EC": (("crv", "x", "y"), "P-256", "ES256", es256_valid),
+    "OKP": (("crv", "x"), "Ed25519", "EdDSA", eddsa_valid),
+}
 
 
 def health():
@@ -122,13 +176,15 @@ def jwks():
     if not isinstance(keys, list) or not keys:
         raise Fail("no keys")
     for key in keys:
-        absent = [f for f in ("kid", "n", "e") if not key.get(f)]
+        if not isinstance(key, dict) or key.get("kty") not in KEY_TYPES:
+            raise Fail(f"a key's kty is not RSA, EC or OKP: {json.dumps(key)[:200]}")
+        fields, crv, alg, _ = KEY_TYPES[key["kty"]]
+        absent = [f for f in ("kid", *fields) if not key.get(f)]
         if absent:
             raise Fail(f"a key lacks {', '.join(absent)}: {json.dumps(key)[:200]}")
-        if key.get("kty", "RSA") != "RSA" or key.get("alg", "RS256") != "RS256":
-            raise Fail(f"key {key['kid']}: kty {key.get('kty')!r}, alg {key.get('alg')!r}")
-    if not any(key.get("alg") == "RS256" for key in keys):
-        raise Fail("no key has alg RS256")
+        if key.get("crv") != crv or key.get("alg") != alg:
+            raise Fail(f"key {key['kid']}: kty {key['kty']!r} with crv {key.get('crv')!r} "
+                       f"and alg {key.get('alg')!r} (expected crv {crv!r}, alg {alg!r})")
     with open(f"{work}/jwks.json", "wb") as f:
         f.write(raw)
     return "kids " + ", ".join(key["kid"] for key in keys)
@@ -150,13 +206,14 @@ def token():
     if "sub" in session_claims and data["user_id"] != session_claims["sub"]:
         raise Fail(f"user_id {data['user_id']!r} != the session's sub {session_claims['sub']!r}")
     header, claims, parts = jwt_parts(data["token"], "token")
-    if header.get("alg") != "RS256":
-        raise Fail(f"token alg {header.get('alg')!r}, expected RS256")
     keys = json.load(open(f"{work}/jwks.json"))["keys"]
     key = next((k for k in keys if k.get("kid") == header.get("kid")), None)
     if key is None:
         raise Fail(f"token kid {header.get('kid')!r} is not in the JWKS")
-    if not rs256_valid(key, f"{parts[0]}.{parts[1]}".encode(), b64url(parts[2])):
+    if header.get("alg") != key["alg"]:
+        raise Fail(f"token alg {header.get('alg')!r}, but JWKS key {key['kid']} is {key['alg']}")
+    valid = KEY_TYPES[key["kty"]][3]
+    if not valid(key, f"{parts[0]}.{parts[1]}".encode(), b64url(parts[2])):
         raise Fail(f"token signature does not verify with JWKS key {key['kid']}")
     if claims.get("sub") != data["user_id"]:
         raise Fail(f"token sub {claims.get('sub')!r} != user_id {data['user_id']!r}")
@@ -166,7 +223,8 @@ def token():
     exp = datetime.fromtimestamp(claims.get("exp", 0), timezone.utc)
     if exp <= datetime.now(timezone.utc):
         raise Fail(f"token already expired ({exp.isoformat()})")
-    return f"user {data['user_id']}, kid {key['kid']}, expires {data['expires_at']}"
+    return (f"user {data['user_id']}, kid {key['kid']} ({key['alg']}), "
+            f"expires {data['expires_at']}")
 
 
 def error(code, message):
@@ -262,10 +320,21 @@ check_upload_body() {
     -H "Content-Type: application/json" --data-binary "@$WORK/upload.json" && verify upload-body
 }
 
+PUBLIC=${SMOKE_PUBLIC:-}
+case "$PUBLIC" in
+  "" | 0) PUBLIC= ;;
+  1)
+    if [ "${SMOKE_UPLOAD:-}" = 1 ] || [ -n "${SMOKE_UPLOAD_BODY:-}" ]; then
+      echo "SMOKE_PUBLIC=1 runs no check that needs a session: drop SMOKE_UPLOAD/SMOKE_UPLOAD_BODY" >&2
+      exit 2
+    fi ;;
+  *) echo "SMOKE_PUBLIC must be 1 or unset, not '$PUBLIC'" >&2; exit 2 ;;
+esac
+
 echo "smoke test of $BASE"
 check health check_health
 check jwks check_jwks
-check token check_token
+[ -n "$PUBLIC" ] || check token check_token
 check no-auth check_no_auth
 check bad-token check_bad_token
 if [ "${SMOKE_UPLOAD:-}" = 1 ]; then
@@ -274,4 +343,8 @@ fi
 if [ -n "${SMOKE_UPLOAD_BODY:-}" ]; then
   check upload-body check_upload_body
 fi
-echo "all checks passed"
+if [ -n "$PUBLIC" ]; then
+  echo "all public checks passed (SMOKE_PUBLIC=1: no session, so no token or upload was checked)"
+else
+  echo "all checks passed"
+fi

@@ -243,6 +243,21 @@ def test_deploy_job_runs_after_the_tests_on_main_only_and_never_twice_at_once():
     assert all(re.search(r"@v\d+$", u) for u in uses), f"pin actions to a major version: {uses}"
 
 
+def test_deploy_is_followed_by_a_public_smoke_test_of_the_deployed_worker():
+    steps = workflow()["jobs"]["deploy"]["steps"]
+    deploy = deploy_step(workflow())
+    assert deploy["id"] == "deploy"
+    smoke = steps[steps.index(deploy) + 1]
+    assert smoke["if"] == deploy["if"] == "steps.head.outputs.deploy == 'true'"
+    assert "bash scripts/smoke.sh \"$WORKER_URL\"" in smoke["run"]
+    assert smoke["env"]["SMOKE_PUBLIC"] == "1"
+    assert smoke["env"]["WORKER_URL"] == (
+        "${{ vars.WORKER_URL || steps.deploy.outputs.deployment-url }}")
+    # no address is an error, not a silent pass; a failure names the way back
+    assert 'if [ -z "$WORKER_URL" ]' in smoke["run"] and "exit 1" in smoke["run"]
+    assert "wrangler rollback --env production" in smoke["run"]
+
+
 # --- wrangler deploy --dry-run --------------------------------------------------------------
 
 SIZE = re.compile(r"Total Upload:\s*([\d.]+)\s*(KiB|MiB)\s*/\s*gzip:\s*([\d.]+)\s*(KiB|MiB)")
