@@ -139,7 +139,7 @@ report_health() {
       $PY -c '
 import json, sys
 health = json.loads(sys.argv[1])
-problems = [p for part in ("session", "powersync", "upload", "files") for p in health.get(part, {}).get("problems", [])]
+problems = [p for part in ("session", "powersync", "upload", "files", "worker") for p in health.get(part, {}).get("problems", [])]
 for p in problems:
     print("configuration problem: " + p["name"] + " " + p["message"])
 print("worker ready" + ("" if problems else ": configuration complete"))

@@ -5,7 +5,9 @@
 #   SMOKE_SESSION_TOKEN=<a Supabase access token> scripts/smoke.sh https://<worker>.workers.dev
 #
 # Checks, in order, stopping at the first failure (exit 1; 2 for bad usage):
-#   health       GET /health: 200, "status": "ok"
+#   health       GET /health: 200, "status": "ok", and no part lists a problem (the token route
+#                can work while uploads cannot: a deployment that serves no uploads or files
+#                names those parts in SMOKE_IGNORE_PARTS, e.g. SMOKE_IGNORE_PARTS=upload,files)
 #   jwks         GET /.well-known/jwks.json: every key has a kid and the fields of its type
 #                (RSA n/e with alg RS256, EC P-256 x/y with ES256, OKP Ed25519 x with EdDSA)
 #   token        GET /powersync-token with the session: 200, token/powersync_url/endpoint/
@@ -159,15 +161,28 @@ KEY_TYPES = {
 }
 
 
-def health():
+PARTS = ("session", "powersync", "upload", "files", "worker")
+
+
+def health(ignored=""):
     data = body()
+    ignore = {part.strip() for part in ignored.split(",") if part.strip()}
+    unknown = sorted(ignore - set(PARTS))
+    if unknown:
+        raise Fail(f"SMOKE_IGNORE_PARTS names no part: {', '.join(unknown)} "
+                   f"(the parts: {', '.join(PARTS)})")
+    problems = {part: [p.get("name", "?") for p in data[part].get("problems") or []]
+                for part in PARTS if isinstance(data.get(part), dict)}
+    listed = "; ".join(f"{part}: {', '.join(names)}" for part, names in problems.items() if names)
     if status != 200 or data.get("status") != "ok":
-        missing = [f"{part}: " + ", ".join(p.get("name", "?") for p in data[part]["problems"])
-                   for part in ("session", "powersync", "upload")
-                   if isinstance(data.get(part), dict) and data[part].get("problems")]
-        raise Fail(f"HTTP {status}, status {data.get('status')!r}"
-                   + (f" ({'; '.join(missing)})" if missing else ""))
-    return f"version {data.get('version', '?')}"
+        raise Fail(f"HTTP {status}, status {data.get('status')!r}" + (f" ({listed})" if listed else ""))
+    broken = [part for part, names in problems.items() if names and part not in ignore]
+    if broken:
+        raise Fail(f"the token route works, but {', '.join(broken)} cannot ({listed}); "
+                   f"a deployment that does not serve a part names it in SMOKE_IGNORE_PARTS")
+    skipped = [part for part, names in problems.items() if names and part in ignore]
+    return f"version {data.get('version', '?')}" + (
+        f"; not served: {', '.join(skipped)}" if skipped else "")
 
 
 def jwks():
@@ -289,7 +304,7 @@ session_token() {
   fi
 }
 
-check_health() { request GET /health && verify health; }
+check_health() { request GET /health && verify health "${SMOKE_IGNORE_PARTS:-}"; }
 check_jwks() { request GET /.well-known/jwks.json && verify jwks; }
 check_token() {
   if ! session_token >"$WORK/session" 2>"$WORK/session.err" || [ ! -s "$WORK/session" ]; then

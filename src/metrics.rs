@@ -22,13 +22,15 @@ pub const BLOBS: [&str; 9] =
     ["route", "status_class", "code", "issuer", "session_alg", "signing_alg", "write_mode", "failure_codes", "user"];
 
 /// The doubles, in order (`double1` is `status`). Absent fields are written as 0; booleans as 0/1.
+/// `discarded` is the log line's `fatal` plus its `conflict`: every transaction the client drops
+/// for good, so that one figure (and the alert on it) sees conflicts too.
 pub const DOUBLES: [&str; 20] = [
     "status",
     "duration_ms",
     "transactions",
     "entries",
     "success",
-    "fatal",
+    "discarded",
     "retryable",
     "not_attempted",
     "already_applied",
@@ -87,6 +89,10 @@ pub fn data_point(line: &Value) -> DataPoint {
                 "entries" if files.is_some() => files.and_then(|f| f.get("count")),
                 "success" if files.is_some() => files.and_then(|f| f.get("done")),
                 "file_bytes" => files.and_then(|f| f.get("bytes")),
+                "discarded" => {
+                    let count = |name| field(name).and_then(Value::as_f64).unwrap_or(0.0);
+                    return count("fatal") + count("conflict");
+                }
                 _ => field(name),
             };
             match value {
@@ -203,6 +209,17 @@ mod tests {
             (double(&upload, "entries"), double(&upload, "success"), double(&upload, "file_bytes")),
             (7.0, 2.0, 0.0)
         );
+    }
+
+    #[test]
+    fn discarded_counts_refused_and_conflicting_transactions() {
+        let line = json!({"route": "upload", "status": 200,
+            "upload": {"transactions": 5, "success": 1, "fatal": 1, "conflict": 2, "retryable": 1}});
+        let point = data_point(&line);
+        assert_eq!(double(&point, "discarded"), 3.0);
+        assert_eq!(double(&data_point(&json!({"route": "upload", "upload": {"conflict": 2}}))
+            , "discarded"), 2.0);
+        assert_eq!(double(&data_point(&json!({"route": "health", "status": 200})), "discarded"), 0.0);
     }
 
     #[test]

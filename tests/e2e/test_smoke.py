@@ -103,6 +103,29 @@ def test_smoke_fails_at_health_when_the_powersync_secrets_are_missing(start_work
     assert "all checks passed" not in result.stdout
 
 
+def test_smoke_fails_at_health_when_uploads_cannot_work_though_tokens_can(start_worker,
+                                                                       base_vars):
+    """The owner column in rls mode is an upload problem: /health stays 200 "ok" (the token
+    route works) while every upload answers 500. The smoke test fails on it unless the
+    deployment says it serves no uploads (SMOKE_IGNORE_PARTS)."""
+    broken = start_worker(dict(base_vars, UPLOAD_OWNER_COLUMN="owner_id"))
+    health = broken.get("/health")
+    assert health.status_code == 200 and health.json()["status"] == "ok"
+    assert [p["name"] for p in health.json()["upload"]["problems"]] == ["UPLOAD_OWNER_COLUMN"]
+    result = smoke(broken.url, SMOKE_PUBLIC="1")
+    lines = check_lines(result)
+    assert result.returncode == 1
+    assert [(status, name) for status, name, _ in lines] == [("FAIL", "health")]
+    assert "upload cannot (upload: UPLOAD_OWNER_COLUMN)" in lines[0][2], lines[0][2]
+    served_elsewhere = smoke(broken.url, SMOKE_PUBLIC="1", SMOKE_IGNORE_PARTS="upload")
+    lines = check_lines(served_elsewhere)
+    assert served_elsewhere.returncode == 0, served_elsewhere.stdout
+    assert lines[0][:2] == ("ok", "health") and lines[0][2].endswith("; not served: upload)"), lines[0]
+    misspelt = smoke(broken.url, SMOKE_PUBLIC="1", SMOKE_IGNORE_PARTS="uploads")
+    assert misspelt.returncode == 1
+    assert "SMOKE_IGNORE_PARTS names no part: uploads" in check_lines(misspelt)[0][2]
+
+
 def test_smoke_stops_at_the_first_failing_check(worker, standin):
     """A session signed with the wrong secret: health and jwks pass, token fails, the rest
     (including the upload) never runs."""
