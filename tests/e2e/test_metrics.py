@@ -61,6 +61,8 @@ def expected_double(line: dict, name: str) -> float:
         return float(files[{"entries": "count", "success": "done", "file_bytes": "bytes"}[name]])
     if name == "queue_reported":
         return 1.0 if line.get("queue") else 0.0
+    if name == "discarded":  # every transaction the client drops for good
+        return float(upload.get("fatal") or 0) + float(upload.get("conflict") or 0)
     if name.startswith("queue_"):
         value = queue.get(name.removeprefix("queue_"))
     else:
