@@ -1083,9 +1083,12 @@ begin
             'insert into public.%I as t (%s) select %s'
             ' from jsonb_to_recordset($1) as r(%s) on conflict (id) ',
             g_table, v_cols, v_vals, v_def);
-          if v_set is null then
-            v_sql := v_sql || 'do nothing';
-          elsif owner_column is null then
+          -- A PUT of its id alone (the SDK leaves null columns out) sets the id
+          -- to itself, as PostgREST's upsert does: so a row the caller may not
+          -- update (another user's, hidden by RLS) is refused as it is there,
+          -- and a row the database skipped counts as changed by no op (below).
+          v_set := coalesce(v_set, 'id = excluded.id');
+          if owner_column is null then
             v_sql := v_sql || 'do update set ' || v_set;
           else
             -- never take over a row that belongs to another owner
@@ -1157,7 +1160,7 @@ begin
             end loop;
             v_rows := v_rows + v_count;
             v_missed := v_missed || array(select v_lo - 1 + m from unnest(v_one) as m);
-            if g_kind = 'PUT' and owner_column is not null and v_set is not null
+            if g_kind = 'PUT' and owner_column is not null
                and v_count < v_hi - v_lo + 1 then
               execute v_others into v_other using g_ids, v_owner, v_lo, v_hi;
               if v_other is not null then
@@ -1179,7 +1182,7 @@ begin
           --     exists and belongs to another owner. Only the rows before it
           --     are applied (their errors come first, as op by op), then the
           --     call is refused with 42501.
-          if v_set is not null and v_n > 1 then
+          if v_n > 1 then
             select case
                      when a.atttypid in ('pg_catalog.text'::pg_catalog.regtype, 'pg_catalog.varchar'::pg_catalog.regtype)
                        then coalesce(c.collisdeterministic, true)
@@ -1235,7 +1238,7 @@ begin
           -- hidden by row-level security; changed concurrently): find the
           -- first op whose row is another owner's now. (A row that is not
           -- there at all was skipped by the database: below.)
-          if v_other is null and owner_column is not null and v_set is not null
+          if v_other is null and owner_column is not null
              and v_rows < v_n then
             execute v_others into v_other using g_ids, v_owner, 1, v_n;
           end if;
@@ -1249,9 +1252,7 @@ begin
           -- Rows the database skipped (a BEFORE trigger returning null): those
           -- ops changed no row. With several rows in one statement the count
           -- cannot say which, so all of them, as a merged REST request does.
-          -- (With nothing to set, `do nothing` counts a row already there as
-          -- 0: that PUT is applied, as PostgREST's `set id = excluded.id` says.)
-          if v_rows < v_n and v_set is not null then
+          if v_rows < v_n then
             v_unchanged := v_unchanged
                            || array(select g_start + m from pg_catalog.generate_series(0, v_n - 1) as m);
           end if;

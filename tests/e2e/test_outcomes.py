@@ -295,8 +295,7 @@ def test_a_put_whose_row_the_database_skipped_is_reported_unchanged_not_silently
 
 @pytest.mark.parametrize("name", ["rest", "atomic"])
 def test_a_put_of_only_the_id_of_a_row_already_there_is_applied_not_unchanged(instances, db, user, name):
-    # nothing to set: the function's `on conflict do nothing` counts the row 0, PostgREST's
-    # `set id = excluded.id` counts it 1; both are the PUT applied
+    # nothing else to set: PostgREST's upsert and the function both set the id to itself
     sub, token = user
     table = "tags_" + name
     db.execute(f"create table public.{table} (id text primary key);"
@@ -309,6 +308,51 @@ def test_a_put_of_only_the_id_of_a_row_already_there_is_applied_not_unchanged(in
         assert db.execute(f"select count(*) from public.{table}").fetchone()[0] == 1
     finally:
         db.execute(f"drop table if exists public.{table}")
+
+
+@contextmanager
+def owned_id_table(db, table: str):
+    """A table of ids only (the SDK sends a row whose other columns are null as its id alone)
+    whose rows belong to their writer: RLS hides and guards another user's rows."""
+    db.execute(f"create table public.{table} (id text primary key,"
+               f" owner uuid not null default auth.uid());"
+               f" alter table public.{table} enable row level security;"
+               f" create policy own on public.{table} for all to authenticated"
+               f" using (owner = auth.uid()) with check (owner = auth.uid());"
+               f" grant select, insert, update, delete on public.{table} to authenticated")
+    try:
+        yield
+    finally:
+        db.execute(f"drop table if exists public.{table}")
+
+
+@pytest.mark.parametrize("name", ["rest", "atomic"])
+def test_a_put_of_only_the_id_of_another_users_row_is_refused_on_both_routes(instances, db, user, name):
+    # PostgREST's upsert sets the id to itself, which RLS refuses for a row the user may not
+    # update; the function did `on conflict do nothing` and answered success for a write that
+    # landed nowhere
+    sub, token = user
+    table = "owned_" + name
+    with owned_id_table(db, table):
+        theirs = new_id()
+        db.execute(f"insert into public.{table} (id, owner) values (%s, gen_random_uuid())", (theirs,))
+        response = upload(instances[name], token, body(tx(put(table, theirs), tid=3)))
+        assert response.status_code == 200, response.text
+        result = response.json()["results"][0]
+        assert (result["status"], result["failed_operation"]["code"]) == ("fatal_error", "42501"), result
+        owner = db.execute(f"select owner::text from public.{table} where id = %s", (theirs,)).fetchone()[0]
+        assert owner != sub
+
+
+@pytest.mark.parametrize("name", ["rest", "atomic"])
+def test_a_put_of_only_the_id_the_database_skipped_is_reported_unchanged(instances, db, user, name):
+    sub, token = user
+    table = "owned_" + name
+    with owned_id_table(db, table), skipping_trigger(db, table, "id"):
+        response = upload(instances[name], token, body(tx(put(table, "skip"), tid=4)))
+        assert response.status_code == 200, response.text
+        assert response.json()["results"] == [{"status": "success", "transaction_id": 4, "unchanged": [0]}]
+        assert db.execute(f"select count(*) from public.{table}").fetchone()[0] == 0
 
 
 @pytest.mark.parametrize("name", ["service_rest", "service_atomic"])
