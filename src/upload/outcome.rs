@@ -608,11 +608,16 @@ fn operators_to_fix(body: &ErrorBody, written_as: WrittenAs<'_>) -> Option<Strin
     if code == "42501" {
         if let Some(grant) = missing_grant(message, api_role) {
             // PostgreSQL names the table, not the column, when a privilege held on some columns
-            // only is missing for one written: the table-wide GRANT would open a column kept
-            // from users on purpose (`is_admin`) to every session through the API.
+            // only is missing for one written, and a table kept insert-only on purpose refuses
+            // every PUT (an upsert updates): the table-wide GRANT would open a column kept from
+            // users (`is_admin`), or UPDATE and DELETE, to every session through the API. So
+            // what each write needs is said too, with PostgREST's upsert setting the id.
             let column_level = if grant.starts_with("grant select, insert, update, delete on table ") {
-                "; if its privileges are column-level on purpose, the client writes a column kept from \
-                 it: grant that column, or fix the client (the write waits until then)"
+                "; if the table's privileges are limited on purpose (column by column, or no update or \
+                 delete), grant only what the writes need: a PUT insert and update of each column it \
+                 sends and of id (the upsert sets the id, even for a new row), a PATCH update of its \
+                 columns, a DELETE delete, each with select (id); a table without update takes no PUT \
+                 (the write waits until then)"
             } else {
                 ""
             };
@@ -1344,8 +1349,11 @@ mod tests {
         assert!(
             failure.message.contains(
                 "(a missing GRANT, the operator's to fix; the upload waits): grant select, insert, update, delete on \
-                 table public.todos to authenticated; if its privileges are column-level on purpose, the client \
-                 writes a column kept from it: grant that column, or fix the client (the write waits until then)"
+                 table public.todos to authenticated; if the table's privileges are limited on purpose (column \
+                 by column, or no update or delete), grant only what the writes need: a PUT insert and update \
+                 of each column it sends and of id (the upsert sets the id, even for a new row), a PATCH update \
+                 of its columns, a DELETE delete, each with select (id); a table without update takes no PUT \
+                 (the write waits until then)"
             ),
             "the table-wide GRANT, and a warning for a table whose columns are granted one by one: {}",
             failure.message

@@ -129,7 +129,7 @@ def test_missing_table_grant_keeps_the_upload_queued_naming_the_grant_until_gran
         # PostgreSQL's own words, then the GRANT that fixes it
         assert failed["code"] == "42501" and failed["http_status"] == 403, failed
         assert failed["message"].startswith("permission denied for table todos"), failed
-        assert GRANT_TODOS + "; if its privileges are column-level on purpose" in failed["message"], failed
+        assert GRANT_TODOS + "; if the table's privileges are limited on purpose" in failed["message"], failed
         assert row(db, "todos", todo_id) is None
     # granted (as the message says): the same upload applies
     response = upload(worker, token, payload)
