@@ -1069,6 +1069,12 @@ begin
       --    next attempt (below, `attempt`), so that the error names its op.
       if g_kind is not null then
         h_index := g_start; h_op := g_kind; h_table := g_table; h_id := g_ids[1];
+        -- Each write runs as the REST request it stands for, as PostgREST sets
+        -- them: a policy or trigger that reads request.method or request.path
+        -- (`for delete using (current_setting('request.method', true) <> 'DELETE')`)
+        -- judges it as it judges that request, not as this function's POST.
+        perform pg_catalog.set_config('request.method', case g_kind when 'PUT' then 'POST' else g_kind end, true);
+        perform pg_catalog.set_config('request.path', '/' || g_table, true);
 
         if g_kind = 'PUT' then
           select string_agg(format('%I', c), ', ' order by c),
@@ -1370,6 +1376,8 @@ begin
           v_sql := format(
             'update public.%I as t set %s from jsonb_to_record($1) as r(%s) where t.id = r.id',
             v.tbl, v_set, v_def);
+          perform pg_catalog.set_config('request.method', 'PATCH', true);
+          perform pg_catalog.set_config('request.path', '/' || v.tbl, true);
           execute v_sql || v_owned || coalesce(v_cond, '')
             using v_data || jsonb_build_object('id', v.id), v_owner;
           get diagnostics v_rows = row_count;

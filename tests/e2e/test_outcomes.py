@@ -355,6 +355,36 @@ def test_a_put_of_only_the_id_the_database_skipped_is_reported_unchanged(instanc
         assert db.execute(f"select count(*) from public.{table}").fetchone()[0] == 0
 
 
+@pytest.mark.parametrize("name", ["rest", "atomic"])
+def test_a_policy_on_the_request_method_judges_each_write_as_the_rest_request_it_stands_for(
+        instances, db, user, name):
+    """PostgREST sets request.method and request.path per request; through the function each
+    write runs as the REST request it stands for, so a rule keyed on them (here: no DELETE
+    through the Data API) holds on both routes; and the PUT and PATCH it lets pass are applied."""
+    sub, token = user
+    table = "nodelete_" + name
+    db.execute(f"create table public.{table} (id text primary key, note text);"
+               f" alter table public.{table} enable row level security;"
+               f" create policy rw on public.{table} for all to authenticated using (true) with check (true);"
+               f" create policy no_api_delete on public.{table} as restrictive for delete to authenticated"
+               f" using (current_setting('request.method', true) is distinct from 'DELETE');"
+               f" create policy own_path on public.{table} as restrictive for all to authenticated"
+               f" using (current_setting('request.path', true) = '/{table}')"
+               f" with check (current_setting('request.path', true) = '/{table}');"
+               f" grant select, insert, update, delete on public.{table} to authenticated")
+    try:
+        kept, patched = new_id(), new_id()
+        response = upload(instances[name], token, body(tx(
+            put(table, kept, note="a"), put(table, patched, note="b"), patch(table, patched, note="c"),
+            delete(table, kept), tid=6)))
+        assert response.status_code == 200, response.text
+        assert response.json()["results"] == [{"status": "success", "transaction_id": 6, "unchanged": [3]}]
+        notes = dict(db.execute(f"select id, note from public.{table}").fetchall())
+        assert notes == {kept: "a", patched: "c"}, "the delete was refused by the policy on both routes"
+    finally:
+        db.execute(f"drop table if exists public.{table}")
+
+
 @pytest.mark.parametrize("name", ["service_rest", "service_atomic"])
 def test_a_service_mode_put_the_database_skipped_is_unchanged_not_blamed_on_another_owner(instances, db, user,
                                                                                            name):

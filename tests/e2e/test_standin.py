@@ -673,12 +673,16 @@ def test_claims_reach_postgres_and_role_settings_apply(db, as_user, user_a):
     db.execute("""create or replace function public.whoami() returns jsonb language sql stable
                   as $$ select jsonb_build_object('uid', auth.uid(), 'role', current_user,
                         'timeout', current_setting('statement_timeout'),
-                        'email', auth.jwt() ->> 'email') $$""")
+                        'email', auth.jwt() ->> 'email',
+                        'method', current_setting('request.method', true),
+                        'path', current_setting('request.path', true)) $$""")
     db.execute("grant execute on function public.whoami() to authenticated")
     resp = as_user(user_a).rpc("whoami", {})
     assert resp.status_code == 200, resp.text
+    # request.path as PostgREST sees it behind Supabase's gateway, which strips /rest/v1
     assert resp.json() == {"uid": user_a, "role": "authenticated", "timeout": "8s",
-                           "email": f"{user_a}@example.test"}
+                           "email": f"{user_a}@example.test", "method": "POST",
+                           "path": "/rpc/whoami"}
 
 
 def test_service_role_keeps_the_statement_timeout_of_the_role_postgrest_connects_as(db, as_service):

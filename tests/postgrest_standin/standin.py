@@ -892,7 +892,9 @@ class StandIn:
                             " set_config('request.method', %s, true),"
                             " set_config('request.path', %s, true),"
                             " set_config('request.headers', %s, true)",
-                            (json.dumps(claims), req.method, req.path,
+                            # PostgREST sees the path Supabase's gateway forwards,
+                            # without /rest/v1 (Kong's strip_path): `/todos`
+                            (json.dumps(claims), req.method, req.path.removeprefix("/rest/v1") or "/",
                              json.dumps({k.lower(): v for k, v in req.headers.items()})))
                         # body_fn does catalog lookups first (as the connecting
                         # superuser, like PostgREST's schema cache), then calls
