@@ -158,6 +158,25 @@ begin
 end
 $$;
 
+-- Earlier copies a re-run cannot replace in place (`create or replace` can change neither a
+-- return type nor drop a parameter's default): the ledger reject function of one version
+-- returned void, the ledger cap of some had a default for p_cap. Dropped, then made anew below
+-- with their grants; without this the whole file failed on such a project and left it as it was.
+do $$
+begin
+  if exists (select 1 from pg_catalog.pg_proc as p
+              where p.oid = pg_catalog.to_regprocedure('public.powersync_upload_ledger_reject(text, text, text)')
+                and p.prorettype <> 'pg_catalog.bool'::pg_catalog.regtype) then
+    drop function public.powersync_upload_ledger_reject(text, text, text);
+  end if;
+  if exists (select 1 from pg_catalog.pg_proc as p
+              where p.oid = pg_catalog.to_regprocedure('public.powersync_upload_ledger_cap(text, integer)')
+                and p.pronargdefaults > 0) then
+    drop function public.powersync_upload_ledger_cap(text, integer);
+  end if;
+end
+$$;
+
 create table if not exists public.powersync_upload_ledger (
   user_id        text        not null,
   client_id      text        not null,

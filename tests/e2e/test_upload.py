@@ -1873,8 +1873,21 @@ def test_rerunning_the_sql_file_upgrades_the_older_functions_and_keeps_the_ledge
                " default null, owner_id text default null, client_id text default null,"
                " transaction_id text default null) returns jsonb language sql"
                " as $$ select '{}'::jsonb $$")
+    # and two that `create or replace` cannot change: the ledger reject returning void, the
+    # ledger cap with a default for p_cap (the whole file failed over them, changing nothing)
+    db.execute("drop function public.powersync_upload_ledger_reject(text, text, text)")
+    db.execute("create function public.powersync_upload_ledger_reject(p_client_id text,"
+               " p_transaction_id text, p_owner_id text default null) returns void"
+               " language sql as $$ select $$")
+    db.execute("drop function public.powersync_upload_ledger_cap(text, integer)")
+    db.execute("create function public.powersync_upload_ledger_cap(p_user_id text,"
+               " p_cap integer default 10000) returns void language sql as $$ select $$")
     pg.run_sql_file(ROOT / "sql/atomic_upload.sql")
     pg.run_sql_file(ROOT / "sql/atomic_upload.sql")  # and again: nothing changes
+    shapes = dict(db.execute(
+        "select p.proname, pg_get_function_result(p.oid) || ' ' || p.pronargdefaults from pg_proc p"
+        " where p.proname in ('powersync_upload_ledger_reject', 'powersync_upload_ledger_cap')").fetchall())
+    assert shapes == {"powersync_upload_ledger_reject": "boolean 1", "powersync_upload_ledger_cap": "void 0"}
     signatures = [r[0] for r in db.execute(
         "select p.oid::regprocedure::text from pg_proc p where p.proname = 'powersync_apply_transaction'")]
     assert signatures == ["powersync_apply_transaction(jsonb,text,text,text,text,boolean)"]
