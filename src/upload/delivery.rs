@@ -124,11 +124,20 @@ enum Ending {
         already_applied: bool,
     },
     /// Rejected for good; what became of each entry (for the dead letter).
-    Fatal(FailedOperation, Vec<EntryState>),
+    Fatal(FailedOperation, Vec<EntryState>, Ledger),
     /// A conflicting PATCH or DELETE (`UPLOAD_CONFLICT_DETECTION`): the failure naming it, the
     /// entries' states, and the row as the server holds it (for the dead letter only).
-    Conflict(FailedOperation, Vec<EntryState>, Value),
+    Conflict(FailedOperation, Vec<EntryState>, Value, Ledger),
     Retryable(FailedOperation, u64),
+}
+
+/// Whether the atomic function's ledger holds a rejection already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ledger {
+    /// It answered this (re-sent or late) call with the rejection: not recorded again.
+    HoldsIt,
+    /// Rejected now: recorded (a dead letter, or the ledger's record) before it is reported.
+    NotYet,
 }
 
 /// Applies the transactions through PostgREST and reports what happened to each (see the
@@ -212,7 +221,7 @@ pub async fn apply_with<T: Transport>(
                             Some(match ending {
                                 // Installing the function (or a budget the plan allows) is the
                                 // operator's to do: the transaction waits, as for a missing GRANT.
-                                Ending::Retryable(failure, _) | Ending::Fatal(failure, _)
+                                Ending::Retryable(failure, _) | Ending::Fatal(failure, ..)
                                     if failure.code == FUNCTION_NOT_FOUND =>
                                 {
                                     let wait = settings.retry_after_seconds.max(SCHEMA_DRIFT_RETRY_AFTER_SECONDS);
@@ -266,13 +275,13 @@ pub async fn apply_with<T: Transport>(
                     // met (a bare 404 from a table missing from PostgREST's cache) says nothing
                     // of the function.
                     _ if via_rest.is_some() => report.atomic_function = Some(true),
-                    Some(Ending::Retryable(failure, _) | Ending::Fatal(failure, _)) if function_missing(failure) => {
+                    Some(Ending::Retryable(failure, _) | Ending::Fatal(failure, ..)) if function_missing(failure) => {
                         // Nothing was applied: this transaction, and the rest, through REST.
                         report.atomic_function = Some(false);
                         sent_atomic = false;
                         continue;
                     }
-                    Some(Ending::Retryable(failure, _) | Ending::Fatal(failure, _))
+                    Some(Ending::Retryable(failure, _) | Ending::Fatal(failure, ..))
                         if function_not_executable(failure, &settings.atomic_function) =>
                     {
                         // Nothing was applied: this upload through REST. This caller's role's,
@@ -282,7 +291,7 @@ pub async fn apply_with<T: Transport>(
                         continue;
                     }
                     // No answer, or not PostgREST's: nothing learnt.
-                    Some(Ending::Retryable(failure, _) | Ending::Fatal(failure, _))
+                    Some(Ending::Retryable(failure, _) | Ending::Fatal(failure, ..))
                         if failure.http_status.is_none() || failure.code == UNEXPECTED_RESPONSE => {}
                     Some(_) => report.atomic_function = Some(true),
                     None => {}
@@ -324,12 +333,13 @@ pub async fn apply_with<T: Transport>(
                 let result = TransactionResult::success_with_unchanged(transaction_id, unchanged);
                 report.results.push(TransactionResult { already_applied, ..result })
             }
-            Ending::Fatal(failure, states) => {
+            Ending::Fatal(failure, states, ledger) => {
                 let recorded = match &settings.dead_letter_table {
                     Some(_) => {
                         let record = (transaction, &failure, states.as_slice());
                         record_dead_letter(settings, caller, record, transport, &mut report).await
                     }
+                    None if ledger == Ledger::HoldsIt => Ok(()),
                     None if sent_atomic || atomic_in_use(route, &report) => {
                         record_rejection(transaction, &failure, (settings, caller), transport, &mut report).await
                     }
@@ -345,7 +355,7 @@ pub async fn apply_with<T: Transport>(
                     }
                 }
             }
-            Ending::Conflict(failure, states, current) => {
+            Ending::Conflict(failure, states, current, ledger) => {
                 let recorded = match &settings.dead_letter_table {
                     Some(_) => {
                         // The dead letter keeps both sides: the client's entry (its data and
@@ -356,6 +366,7 @@ pub async fn apply_with<T: Transport>(
                         let record = (transaction, &recorded_failure, states.as_slice());
                         record_dead_letter(settings, caller, record, transport, &mut report).await
                     }
+                    None if ledger == Ledger::HoldsIt => Ok(()),
                     None if sent_atomic || atomic_in_use(route, &report) => {
                         record_rejection(transaction, &failure, (settings, caller), transport, &mut report).await
                     }
@@ -431,7 +442,7 @@ async fn after_timeout<T: Transport>(
         // Not reached: the atomic call passed the same checks.
         Err(refused) => {
             let states = dead_letter::refused_states(entries, refused.index);
-            return (Ending::Fatal(refused, states), None);
+            return (Ending::Fatal(refused, states, Ledger::NotYet), None);
         }
     };
     let needed = worst_case(&requests);
@@ -491,7 +502,7 @@ fn refuse_unsendable(
     entries: usize,
 ) -> Option<Ending> {
     let states = dead_letter::refused_states(entries, failure.index);
-    (rejection_cost <= remaining || fresh).then_some(Ending::Fatal(failure, states))
+    (rejection_cost <= remaining || fresh).then_some(Ending::Fatal(failure, states, Ledger::NotYet))
 }
 
 fn too_big(planned: usize, budget: usize, rejection_cost: usize, function: &str) -> FailedOperation {
@@ -594,7 +605,7 @@ async fn send<T: Transport>(
                             "the row changed since the client saw it: it no longer holds the previous values \
                              sent for the columns this entry changes; nothing of this transaction was applied",
                         );
-                        return Ending::Conflict(failure, vec![EntryState::Failed; entry_count], row);
+                        return Ending::Conflict(failure, vec![EntryState::Failed; entry_count], row, Ledger::NotYet);
                     }
                     Some(AtomicAnswer { dead_letter: Some(failure), .. }) => {
                         // Rejected and dead-lettered before (this call arrived late, or the client
@@ -604,9 +615,9 @@ async fn send<T: Transport>(
                             Some(_) if failure.code == CONFLICT => {
                                 let row = failure.details.as_deref().and_then(|d| serde_json::from_str(d).ok());
                                 let failure = FailedOperation { details: None, ..failure };
-                                Ending::Conflict(failure, states, row.unwrap_or(Value::Null))
+                                Ending::Conflict(failure, states, row.unwrap_or(Value::Null), Ledger::HoldsIt)
                             }
-                            _ => Ending::Fatal(failure, states),
+                            _ => Ending::Fatal(failure, states, Ledger::HoldsIt),
                         };
                     }
                     Some(result) => {
@@ -641,7 +652,7 @@ async fn send<T: Transport>(
                                 "the row changed since the client saw it: it no longer holds the previous values \
                                  sent for the columns this entry changes; nothing of this entry was applied",
                             );
-                            return Ending::Conflict(failure, failed_states(states, &planned.entries), row);
+                            return Ending::Conflict(failure, failed_states(states, &planned.entries), row, Ledger::NotYet);
                         }
                         Probe::Failed(verdict) => verdict,
                     }
@@ -719,9 +730,9 @@ async fn send<T: Transport>(
                         planned.entries.start,
                         planned.entries.end.saturating_sub(1)
                     );
-                    return Ending::Fatal(failure, failed_states(states, &planned.entries));
+                    return Ending::Fatal(failure, failed_states(states, &planned.entries), Ledger::NotYet);
                 }
-                None => return Ending::Fatal(failure, failed_states(states, &planned.entries)),
+                None => return Ending::Fatal(failure, failed_states(states, &planned.entries), Ledger::NotYet),
             },
             // The statement timeout cancelled the whole upsert (nothing of it applied): its halves
             // are smaller statements, each with a timeout of its own.

@@ -1328,9 +1328,11 @@ mod tests {
 
     #[test]
     fn a_resend_the_ledger_holds_as_rejected_without_a_letter_is_reported_rejected_before() {
-        let transport =
-            FakeTransport::scripted(vec![ok_body(r#"{"applied": 0, "dead_letter": {"id": 0}}"#), ok_body("true")]);
+        // The ledger's answer is its record: no second ledger call (an older ledger function
+        // answered that call 204, which is not `true`, and kept the user's queue waiting)
+        let transport = FakeTransport::scripted(vec![ok_body(r#"{"applied": 0, "dead_letter": {"id": 0}}"#)]);
         let report = run_on(Route::Atomic, &[tx(1)], &transport);
+        assert_eq!(transport.sent().len(), 1, "{:?}", transport.sent());
         assert_eq!(statuses(&report), vec![Status::FatalError]);
         let failure = report.results[0].failed_operation.clone().expect("failure");
         assert_eq!(failure.code, "dead_lettered");
