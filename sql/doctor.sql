@@ -12,7 +12,7 @@
 --    "functions": ["public.powersync_apply_transaction(jsonb, text, text, text, text, boolean)"]}
 --
 -- answers
---   {"version": 5, "publication": true,
+--   {"version": 6, "publication": true,
 --    "bypassrls": {"anon": false, "authenticated": false, "service_role": true},
 --    "tables": [{"schema": "public", "name": "todos", "exists": true, "rls": true, "id_unique": true,
 --                "kind": "table", "security_invoker": null,
@@ -23,7 +23,7 @@
 --                "privileges": {"anon": [], "authenticated": ["DELETE", "INSERT", "SELECT", "UPDATE"],
 --                               "service_role": ["DELETE", "INSERT", "SELECT", "UPDATE"]},
 --                "column_only": {"anon": [], "authenticated": [], "service_role": []}}],
---    "functions": [{"signature": "…", "exists": true,
+--    "functions": [{"signature": "…", "exists": true, "body_sha256": "…",
 --                   "execute": {"anon": false, "authenticated": true, "service_role": true}}]}
 --
 -- A privilege counts when the role holds it on the table (SELECT, INSERT and
@@ -44,6 +44,9 @@
 -- "id_unique": whether a unique index on `id` alone (not partial, not
 -- deferrable: what `on conflict (id)`, the upsert of every PUT, needs) exists;
 -- null for a view or a foreign table, whose arbiter the catalog cannot tell.
+-- "body_sha256": SHA-256 of the function's body as installed (prosrc), which
+-- the doctor compares with the body its SQL file writes: an older copy can keep
+-- the signature and behave otherwise. Null when the function does not exist.
 -- EXECUTE: service_role (and the owner) only: the answer describes the schema.
 
 create or replace function public.powersync_doctor(tables jsonb, functions text[] default '{}')
@@ -71,7 +74,7 @@ as $$
        and c.relkind in ('r', 'p', 'v', 'f')
   )
   select jsonb_build_object(
-    'version', 5,
+    'version', 6,
     'bypassrls', coalesce((select jsonb_object_agg(r.rolname, r.bypasses) from roles r), '{}'::jsonb),
     'publication', exists (select 1 from pg_catalog.pg_publication p where p.pubname = 'powersync'),
     'tables', coalesce((
@@ -156,6 +159,8 @@ as $$
       select jsonb_agg(jsonb_build_object(
         'signature', s.sig,
         'exists', pg_catalog.to_regprocedure(s.sig) is not null,
+        'body_sha256', (select pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(p.prosrc, 'UTF8')), 'hex')
+                          from pg_catalog.pg_proc p where p.oid = pg_catalog.to_regprocedure(s.sig)),
         'execute', coalesce((
           select jsonb_object_agg(r.rolname,
                    pg_catalog.to_regprocedure(s.sig) is not null

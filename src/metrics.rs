@@ -217,8 +217,7 @@ mod tests {
             "upload": {"transactions": 5, "success": 1, "fatal": 1, "conflict": 2, "retryable": 1}});
         let point = data_point(&line);
         assert_eq!(double(&point, "discarded"), 3.0);
-        assert_eq!(double(&data_point(&json!({"route": "upload", "upload": {"conflict": 2}}))
-            , "discarded"), 2.0);
+        assert_eq!(double(&data_point(&json!({"route": "upload", "upload": {"conflict": 2}})), "discarded"), 2.0);
         assert_eq!(double(&data_point(&json!({"route": "health", "status": 200})), "discarded"), 0.0);
     }
 

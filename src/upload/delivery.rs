@@ -652,7 +652,12 @@ async fn send<T: Transport>(
                                 "the row changed since the client saw it: it no longer holds the previous values \
                                  sent for the columns this entry changes; nothing of this entry was applied",
                             );
-                            return Ending::Conflict(failure, failed_states(states, &planned.entries), row, Ledger::NotYet);
+                            return Ending::Conflict(
+                                failure,
+                                failed_states(states, &planned.entries),
+                                row,
+                                Ledger::NotYet,
+                            );
                         }
                         Probe::Failed(verdict) => verdict,
                     }

@@ -191,6 +191,12 @@ BROKEN = [
      f"PROBLEM: authenticated may not execute {RECORD}: uploads that need it stay queued (42501)", 1),
     ("dead_letter_table_outdated", "alter table public.powersync_dead_letters drop column discarded_at", {}, [],
      "PROBLEM: table public.powersync_dead_letters is outdated (no column discarded_at)", 1),
+    ("function_body_of_another_version",  # the same signature, another body: an older copy of the file
+     "do $do$ begin execute replace(pg_get_functiondef("
+     "'public.powersync_upload_row_key(text, text)'::regprocedure),"
+     " 'AS $function$', 'AS $function$ -- an older copy' || chr(10)); end $do$", {}, [],
+     "PROBLEM: public.powersync_upload_row_key(text, text) is not the one this checkout's sql/atomic_upload.sql"
+     " makes", 1),
     ("publication_missing", "drop publication powersync", {}, [],
      "warning: the publication powersync does not exist: PowerSync cannot replicate the database", 0),
     ("doctor_sql_missing", "drop function public.powersync_doctor(jsonb, text[])", {}, [],

@@ -79,6 +79,45 @@ pub const DISCARD: &str = "public.powersync_discard_dead_letter(bigint, text)";
 pub const DEAD_LETTER_COLUMNS: [&str; 7] =
     ["client_id", "dedup_key", "discard_reason", "discarded_at", "entries", "recorded_as", "replay_error"];
 
+/// The SQL files as this checkout has them: the installed functions' bodies are compared with
+/// theirs. An older copy can have the same signature and another body (what a replay
+/// refuses, what a PUT reports), which the signatures and columns alone cannot tell.
+pub const SQL_FILES: [(&str, &str); 3] = [
+    ("sql/atomic_upload.sql", include_str!("../../../sql/atomic_upload.sql")),
+    ("sql/dead_letter.sql", include_str!("../../../sql/dead_letter.sql")),
+    ("sql/doctor.sql", include_str!("../../../sql/doctor.sql")),
+];
+
+/// The functions a SQL file makes (`create or replace function public.<name>(… as $$<body>$$`),
+/// each as (name, SHA-256 of its body in hex: PostgreSQL keeps the body as written, `prosrc`).
+pub fn function_bodies(sql: &str) -> Vec<(String, String)> {
+    const START: &str = "create or replace function public.";
+    let mut found = Vec::new();
+    let mut rest = sql;
+    while let Some(at) = rest.find(START) {
+        rest = &rest[at + START.len()..];
+        let name: String = rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+        let Some(open) = rest.find("\nas $$") else { break };
+        let body = &rest[open + "\nas $$".len()..];
+        let Some(close) = body.find("$$") else { break };
+        found.push((name, hex_sha256(&body[..close])));
+        rest = &body[close..];
+    }
+    found
+}
+
+fn hex_sha256(text: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The SQL file that makes the function `name`, and its body's SHA-256 there.
+fn made_by(name: &str) -> Option<(&'static str, String)> {
+    SQL_FILES.iter().find_map(|(file, sql)| {
+        function_bodies(sql).into_iter().find(|(n, _)| n == name).map(|(_, body)| (*file, body))
+    })
+}
+
 /// A table to check: `schema.name`, the columns it must have, and why it is checked.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TableCheck {
@@ -478,6 +517,8 @@ pub fn check_catalog(expected: &Expectations, response: &Response, supabase_url:
                     format!("run {file} (again: it upgrades in place)"),
                 )
             });
+        } else if let Some(finding) = outdated_body(&signature, &f) {
+            findings.push(finding);
         } else if !executes(required_role) {
             let name = signature.split('(').next().unwrap_or_default();
             let problem = format!("{required_role} may not execute {signature}");
@@ -490,6 +531,24 @@ pub fn check_catalog(expected: &Expectations, response: &Response, supabase_url:
         }
     }
     findings
+}
+
+/// An installed function whose body is not the one this checkout's SQL file makes: an older
+/// (or newer) version of the file, whose behaviour can differ with the same signature. `None`
+/// when it is the same, or when sql/doctor.sql is too old to say (`body_sha256` absent).
+fn outdated_body(signature: &str, answer: &Value) -> Option<Finding> {
+    let installed = answer["body_sha256"].as_str()?;
+    let name = signature.strip_prefix("public.")?.split('(').next()?;
+    let (file, expected) = made_by(name)?;
+    (installed != expected).then(|| {
+        blocking(
+            format!(
+                "{signature} is not the one this checkout's {file} makes (an older or newer copy of the file): \
+                 it can treat writes otherwise than the worker expects"
+            ),
+            format!("run {file} again (it upgrades in place), or run the doctor from the checkout you deployed"),
+        )
+    })
 }
 
 /// Rls mode: whether the uploaded table `name` keeps each user to their rows, and lets `role`
@@ -1097,6 +1156,48 @@ mod tests {
         all.extend(LEDGER_HELPERS.map(|helper| function(helper, true, &["authenticated"])));
         all.extend(more);
         all
+    }
+
+    #[test]
+    fn every_function_each_sql_file_makes_has_its_body_read() {
+        for (file, sql) in SQL_FILES {
+            let bodies = function_bodies(sql);
+            assert_eq!(bodies.len(), sql.matches("create or replace function public.").count(), "{file}");
+            let names: BTreeSet<&str> = bodies.iter().map(|(name, _)| name.as_str()).collect();
+            assert_eq!(names.len(), bodies.len(), "{file}: each function once");
+            assert!(bodies.iter().all(|(name, hash)| !name.is_empty() && hash.len() == 64), "{file}");
+        }
+        let (file, _) = made_by("powersync_apply_transaction").expect("the atomic function");
+        assert_eq!(file, "sql/atomic_upload.sql");
+        assert_eq!(
+            function_bodies("create or replace function public.f() returns int\nas $$ select 1 $$;")[0].1,
+            hex_sha256(" select 1 "),
+            "the body between the dollar quotes, as prosrc keeps it"
+        );
+    }
+
+    #[test]
+    fn an_installed_function_with_another_body_than_the_files_is_a_problem() {
+        let e = expectations(&settings(&[("UPLOAD_TABLES", "todos")]), &[]);
+        let (_, current) = made_by("powersync_upload_row_key").unwrap();
+        let with_body = |hash: &str| {
+            let mut f = function(ROW_KEY, true, &["authenticated", "service_role"]);
+            f["body_sha256"] = json!(hash);
+            f
+        };
+        let findings = check_catalog(&e, &answer(json!([]), json!([with_body("0ld")])), "u");
+        let outdated: Vec<&Finding> = findings.iter().filter(|f| f.problem.contains("is not the one")).collect();
+        assert_eq!(outdated.len(), 1, "{findings:?}");
+        assert_eq!(outdated[0].severity, Severity::Blocking);
+        assert!(
+            outdated[0].problem.contains("sql/atomic_upload.sql")
+                && outdated[0].fix.contains("run sql/atomic_upload.sql again")
+        );
+        let findings = check_catalog(&e, &answer(json!([]), json!([with_body(&current)])), "u");
+        assert!(!findings.iter().any(|f| f.problem.contains("is not the one")), "{findings:?}");
+        // sql/doctor.sql before body_sha256: nothing said of the bodies
+        let findings = check_catalog(&e, &answer(json!([]), json!([function(ROW_KEY, true, &["authenticated"])])), "u");
+        assert!(!findings.iter().any(|f| f.problem.contains("is not the one")), "{findings:?}");
     }
 
     fn function(signature: &str, exists: bool, roles: &[&str]) -> Value {
