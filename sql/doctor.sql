@@ -44,9 +44,10 @@
 -- "id_unique": whether a unique index on `id` alone (not partial, not
 -- deferrable: what `on conflict (id)`, the upsert of every PUT, needs) exists;
 -- null for a view or a foreign table, whose arbiter the catalog cannot tell.
--- "body_sha256": SHA-256 of the function's body as installed (prosrc), which
--- the doctor compares with the body its SQL file writes: an older copy can keep
--- the signature and behave otherwise. Null when the function does not exist.
+-- "body_sha256": SHA-256 of the function's body as installed (prosrc; carriage
+-- returns, blanks at line ends and around it left out, as an editor may change
+-- them), which the doctor compares with the body its SQL file writes: an older
+-- copy can keep the signature and behave otherwise. Null when it does not exist.
 -- EXECUTE: service_role (and the owner) only: the answer describes the schema.
 
 create or replace function public.powersync_doctor(tables jsonb, functions text[] default '{}')
@@ -159,7 +160,10 @@ as $$
       select jsonb_agg(jsonb_build_object(
         'signature', s.sig,
         'exists', pg_catalog.to_regprocedure(s.sig) is not null,
-        'body_sha256', (select pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(p.prosrc, 'UTF8')), 'hex')
+        'body_sha256', (select pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(
+                                 pg_catalog.btrim(pg_catalog.regexp_replace(pg_catalog.replace(p.prosrc, E'\r', ''),
+                                                                            E'[ \t]+\n', E'\n', 'g'), E' \t\n'),
+                                 'UTF8')), 'hex')
                           from pg_catalog.pg_proc p where p.oid = pg_catalog.to_regprocedure(s.sig)),
         'execute', coalesce((
           select jsonb_object_agg(r.rolname,

@@ -89,7 +89,7 @@ pub const SQL_FILES: [(&str, &str); 3] = [
 ];
 
 /// The functions a SQL file makes (`create or replace function public.<name>(… as $$<body>$$`),
-/// each as (name, SHA-256 of its body in hex: PostgreSQL keeps the body as written, `prosrc`).
+/// each as (name, [`body_digest`] of its body: PostgreSQL keeps the body as written, `prosrc`).
 pub fn function_bodies(sql: &str) -> Vec<(String, String)> {
     const START: &str = "create or replace function public.";
     let mut found = Vec::new();
@@ -100,15 +100,21 @@ pub fn function_bodies(sql: &str) -> Vec<(String, String)> {
         let Some(open) = rest.find("\nas $$") else { break };
         let body = &rest[open + "\nas $$".len()..];
         let Some(close) = body.find("$$") else { break };
-        found.push((name, hex_sha256(&body[..close])));
+        found.push((name, body_digest(&body[..close])));
         rest = &body[close..];
     }
     found
 }
 
-fn hex_sha256(text: &str) -> String {
+/// SHA-256 (hex) of a function's body with what an editor may change left out: carriage
+/// returns, spaces and tabs at the end of a line, blank space around the whole. sql/doctor.sql
+/// computes the same of the installed body (`body_sha256`).
+pub fn body_digest(body: &str) -> String {
     use sha2::{Digest, Sha256};
-    Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    let text = body.replace('\r', "");
+    let lines: Vec<&str> = text.split('\n').map(|line| line.trim_end_matches([' ', '\t'])).collect();
+    let text = lines.join("\n");
+    Sha256::digest(text.trim_matches([' ', '\t', '\n']).as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The SQL file that makes the function `name`, and its body's SHA-256 there.
@@ -1170,10 +1176,12 @@ mod tests {
         let (file, _) = made_by("powersync_apply_transaction").expect("the atomic function");
         assert_eq!(file, "sql/atomic_upload.sql");
         assert_eq!(
-            function_bodies("create or replace function public.f() returns int\nas $$ select 1 $$;")[0].1,
-            hex_sha256(" select 1 "),
-            "the body between the dollar quotes, as prosrc keeps it"
+            function_bodies("create or replace function public.f() returns int\nas $$\n select 1;  \n$$;")[0].1,
+            body_digest("select 1;"),
+            "the body between the dollar quotes, blank space around it and at line ends left out"
         );
+        assert_eq!(body_digest("a \r\n\tb\t\n"), body_digest("a\n\tb"), "an editor's line ends");
+        assert_ne!(body_digest("a\nb"), body_digest("a\n b"), "indentation counts");
     }
 
     #[test]
