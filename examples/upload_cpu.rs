@@ -71,8 +71,12 @@ fn main() {
     if std::env::var_os("UPLOAD_CPU_ATOMIC").is_some() {
         settings.atomic = upload::AtomicMode::Always;
     }
-    let caller =
-        Caller { user_id: sub.into(), access_token: "t".into(), client_id: std::env::var("UPLOAD_CPU_CLIENT").ok() };
+    let caller = Caller {
+        user_id: sub.into(),
+        access_token: "t".into(),
+        client_id: std::env::var("UPLOAD_CPU_CLIENT").ok(),
+        role: None,
+    };
     let limits = Limits::default();
     // UPLOAD_CPU_ROUNDS=3 for a callgrind run (instruction counts per function)
     let rounds: u32 = std::env::var("UPLOAD_CPU_ROUNDS").ok().and_then(|n| n.parse().ok()).unwrap_or(300);

@@ -392,8 +392,9 @@ impl App {
                 upload::crud::CrudError::Malformed { path, message } => ApiError::BadRequest { path, message },
                 upload::crud::CrudError::TooLarge { message } => ApiError::PayloadTooLarge(message),
             })?;
+        let role = session.claims.get("role").and_then(Value::as_str).map(str::to_string);
         let caller =
-            upload::Caller { user_id: session.user_id.clone(), access_token: session.token.clone(), client_id };
+            upload::Caller { user_id: session.user_id.clone(), access_token: session.token.clone(), client_id, role };
         let route = self.atomic_function.borrow().route(settings.atomic, now);
         let report = upload::apply_with(&transactions, settings, &caller, transport, route).await;
         self.atomic_function.borrow_mut().learn(report.atomic_function, now, settings.atomic_recheck_seconds);

@@ -1075,7 +1075,7 @@ fn upload_settings(service: bool) -> UploadSettings {
 }
 
 fn caller() -> Caller {
-    Caller { user_id: USER.into(), access_token: "user-token".into(), client_id: None }
+    Caller { user_id: USER.into(), access_token: "user-token".into(), client_id: None, role: None }
 }
 
 /// Applies `transactions` through the real planner and delivery to a copy of `table`.

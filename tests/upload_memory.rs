@@ -122,7 +122,7 @@ fn hostile_bodies(body: usize) -> Vec<(&'static str, String)> {
 fn hostile_five_mib_bodies_stay_far_below_the_isolate_memory_limit() {
     let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let settings = UploadSettings::new("https://p.supabase.co", "anon");
-    let caller = Caller { user_id: "u".into(), access_token: "t".into(), client_id: None };
+    let caller = Caller { user_id: "u".into(), access_token: "t".into(), client_id: None, role: None };
     let limits = Limits::default();
     let mut worst = 0;
     for (name, body) in hostile_bodies(BODY) {
@@ -162,7 +162,7 @@ fn hostile_bodies_at_the_largest_accepted_limit_fit_the_isolate_with_the_runtime
     // leave room in the isolate's 128 MB for the runtime and the wasm module (it accepted 100 MiB
     // before: about 300 MiB natively alone).
     let settings = UploadSettings::new("https://p.supabase.co", "anon");
-    let caller = Caller { user_id: "u".into(), access_token: "t".into(), client_id: None };
+    let caller = Caller { user_id: "u".into(), access_token: "t".into(), client_id: None, role: None };
     let limits = Limits { max_body_bytes: upload::settings::MAX_BODY_BYTES_LIMIT as usize, ..Limits::default() };
     for (name, body) in hostile_bodies(LARGEST_BODY) {
         assert!(body.len() <= limits.max_body_bytes, "{name}: {} bytes", body.len());

@@ -27,7 +27,7 @@ fn settings() -> &'static Vec<UploadSettings> {
 fuzz_target!(|data: &[u8]| {
     let Ok(up) = upload::parse_upload(data, &Limits::default()) else { return };
     for client_id in [None, up.client_id.clone(), Some("client-1".to_string())] {
-        let caller = Caller { user_id: "user-1".into(), access_token: "tok".into(), client_id };
+        let caller = Caller { user_id: "user-1".into(), access_token: "tok".into(), client_id, role: None };
         for t in &up.transactions {
             let _ = t.entries_digest();
             for s in settings() {

@@ -324,7 +324,12 @@ mod tests {
     }
 
     fn caller() -> Caller {
-        Caller { user_id: "u1".to_string(), access_token: "tok".to_string(), client_id: Some("client-1".to_string()) }
+        Caller {
+            user_id: "u1".to_string(),
+            access_token: "tok".to_string(),
+            client_id: Some("client-1".to_string()),
+            role: None,
+        }
     }
 
     fn body(request: &HttpRequest) -> Value {

@@ -960,8 +960,12 @@ fn classify_for(
     settings: &UploadSettings,
     caller: &Caller,
 ) -> Verdict {
+    let api_role = match (&settings.mode, caller.role.as_deref()) {
+        (WriteMode::Rls, Some(role)) if !role.is_empty() => role,
+        (mode, _) => mode.api_role(),
+    };
     let written_as = WrittenAs {
-        api_role: settings.mode.api_role(),
+        api_role,
         sub: &caller.user_id,
         sub_written_as_owner: matches!(settings.mode, WriteMode::Service { .. }),
     };

@@ -59,6 +59,10 @@ pub struct Caller {
     /// The PowerSync client id the upload carried (`client_id`, see `crud`): with a
     /// transaction's id, the key under which the atomic function applies it exactly once.
     pub client_id: Option<String>,
+    /// The session's `role` claim (`authenticated`, or a custom role an access-token hook
+    /// sets): in `rls` mode PostgREST runs the writes as it, so the GRANT a missing privilege
+    /// calls for names it. `None`: `authenticated`.
+    pub role: Option<String>,
 }
 
 impl fmt::Debug for Caller {
@@ -68,6 +72,7 @@ impl fmt::Debug for Caller {
             .field("user_id", &self.user_id)
             .field("access_token", &"<redacted>")
             .field("client_id", &self.client_id)
+            .field("role", &self.role)
             .finish()
     }
 }
@@ -126,7 +131,7 @@ mod tests {
     }
 
     fn caller() -> Caller {
-        Caller { user_id: "user-1".to_string(), access_token: "token".to_string(), client_id: None }
+        Caller { user_id: "user-1".to_string(), access_token: "token".to_string(), client_id: None, role: None }
     }
 
     fn entry(op: Op, id: &str, data: Value) -> Entry {
@@ -2035,6 +2040,26 @@ mod tests {
         assert!(failure_of(&report, 0)
             .message
             .ends_with("grant execute on function public.powersync_apply_transaction to authenticated"));
+    }
+
+    #[test]
+    fn a_missing_grant_names_the_custom_role_the_session_runs_as_in_rls_mode_only() {
+        // An access-token hook's role, granted by hand: a function a new SQL version adds is
+        // missing for it, and granting it to authenticated (which has it) would change nothing.
+        let premium = Caller { role: Some("premium".to_string()), ..caller() };
+        let transport = FakeTransport::scripted(vec![permission_denied("function powersync_upload_row_key")]);
+        let report = block_on(apply(&[tx(1)], &settings(), &premium, &transport));
+        assert!(failure_of(&report, 0)
+            .message
+            .ends_with("grant execute on function public.powersync_upload_row_key to premium"));
+        let mut service = settings();
+        service.mode = WriteMode::Service { service_key: "svc".to_string(), owner_column: "user_id".to_string() };
+        let transport = FakeTransport::scripted(vec![permission_denied("table todos")]);
+        let report = block_on(apply(&[tx(1)], &service, &premium, &transport));
+        assert!(
+            failure_of(&report, 0).message.contains("on table public.todos to service_role"),
+            "the service key's role"
+        );
     }
 
     #[test]

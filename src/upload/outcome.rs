@@ -978,7 +978,7 @@ pub fn missing_grant(message: &str, role: &str) -> Option<String> {
         "large object" => name.to_string(),
         _ => qualified(name),
     };
-    Some(template.replace("{role}", role).replacen("{}", &object, 1))
+    Some(template.replace("{role}", &quote_ident(role)).replacen("{}", &object, 1))
 }
 
 /// `name` as a SQL identifier: as it is when it is a plain lower-case identifier, else quoted.
@@ -1145,6 +1145,20 @@ mod tests {
     use super::*;
 
     /// The built-in rules, without operator overrides.
+    #[test]
+    fn a_missing_grant_names_the_sessions_own_role_quoted_when_it_must_be() {
+        let refused = with_message(403, "42501", "permission denied for function powersync_upload_row_key");
+        for (role, named) in [("premium", "to premium"), ("Premium Users", "to \"Premium Users\"")] {
+            let verdict = super::classify(&refused, Some(0), &ClassOverrides::default(), as_user(role, "u"));
+            let Verdict::Retryable { failure, .. } = &verdict else { panic!("{verdict:?}") };
+            assert!(
+                failure.message.contains(&format!("grant execute on function public.powersync_upload_row_key {named}")),
+                "{}",
+                failure.message
+            );
+        }
+    }
+
     fn as_user<'a>(api_role: &'a str, sub: &'a str) -> WrittenAs<'a> {
         WrittenAs { api_role, sub, sub_written_as_owner: false }
     }

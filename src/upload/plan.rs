@@ -1071,7 +1071,7 @@ mod tests {
     }
 
     fn caller() -> Caller {
-        Caller { user_id: "user-1".to_string(), access_token: "user-token".to_string(), client_id: None }
+        Caller { user_id: "user-1".to_string(), access_token: "user-token".to_string(), client_id: None, role: None }
     }
 
     fn e(op: Op, table: &str, id: &str, data: Value) -> Entry {
