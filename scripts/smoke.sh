@@ -110,7 +110,15 @@ def openssl_valid(public_der, signing_input, signature, command):
         with open(f"{work}/{name}", "wb") as f:
             f.write(data)
     args = [a.format(work=work) for a in command]
-    return subprocess.run(["openssl", *args], capture_output=True, timeout=30).returncode == 0
+    done = subprocess.run(["openssl", *args], capture_output=True, timeout=30)
+    said = (done.stdout + done.stderr).decode("utf-8", "replace")
+    if done.returncode == 0:
+        return True
+    if "verification failure" in said.lower():
+        return False
+    # not a verdict on the signature: openssl itself could not check it (too old for -rawin, …)
+    first = next((line for line in said.splitlines() if line.strip()), f"exit {done.returncode}")
+    raise Fail(f"openssl could not check the signature: {first.strip()[:200]}")
 
 
 def der_integer(value):

@@ -6,9 +6,9 @@
 -- bridge sends a whole PowerSync transaction as a single call:
 --
 --   POST /rest/v1/rpc/powersync_apply_transaction
---   {"ops": [{"op": "PUT",    "table": "todos", "id": "…", "data": {…}},
---            {"op": "PATCH",  "table": "todos", "id": "…", "data": {…}},
---            {"op": "DELETE", "table": "lists", "id": "…"}]}
+--   {"ops": [{"op": "PUT",    "table": "todos", "id": "...", "data": {...}},
+--            {"op": "PATCH",  "table": "todos", "id": "...", "data": {...}},
+--            {"op": "DELETE", "table": "lists", "id": "..."}]}
 --
 -- Ops are applied in order. Any error aborts the whole call (nothing is
 -- written) and PostgREST answers with the Postgres error (same SQLSTATE,
@@ -16,8 +16,9 @@
 -- (`powersync op <index> (<OP> <table>/<id>)`, index from 0), after the
 -- original hint if there was one.
 --
---   PUT    = INSERT … ON CONFLICT (id) DO UPDATE SET <only the columns in
---            data>; values are typed by the table's columns (jsonb_to_record
+--   PUT    = INSERT ... ON CONFLICT (id) DO UPDATE SET <only the columns in
+--            data; a PUT of its id alone: id = excluded.id, as PostgREST's
+--            upsert, so it needs UPDATE of id too>; values are typed by the table's columns (jsonb_to_record
 --            with the keys given only, as PostgREST does; through jsonb, not
 --            PostgREST's json: a json column gets jsonb's text of a value,
 --            a number in exponent form is written out, docs/upload.md).
@@ -31,9 +32,9 @@
 --   * consecutive PUTs to the same table whose data have the same keys (and
 --     whose ids differ: an upsert cannot touch one row twice, so a repeated
 --     id starts a new group) become one multi-row
---     INSERT … SELECT … FROM jsonb_to_recordset(…) ON CONFLICT (id) DO UPDATE;
+--     INSERT ... SELECT ... FROM jsonb_to_recordset(...) ON CONFLICT (id) DO UPDATE;
 --   * consecutive DELETEs from the same table become one
---     DELETE … WHERE id = ANY(…) (a second DELETE of one row, in any
+--     DELETE ... WHERE id = ANY(...) (a second DELETE of one row, in any
 --     spelling of its id, changes nothing and is reported unchanged);
 --   * PATCHes are applied one at a time.
 -- The result is the same as applying the ops one by one. When a group's
@@ -48,7 +49,7 @@
 -- naming the half's first op.
 --
 -- search_path = pg_catalog, pg_temp: every table is schema-qualified
--- (public.<table>, pg_catalog.pg_attribute …) and built-ins resolve in
+-- (public.<table>, pg_catalog.pg_attribute ...) and built-ins resolve in
 -- pg_catalog first, temporary objects last, so no role that can create
 -- objects in public (or a temporary schema) can shadow a built-in the
 -- function calls (a public.format(text, text) would otherwise be preferred
@@ -69,7 +70,7 @@
 --     (other users' rows are silently left alone, like RLS-hidden rows);
 --     a PATCH cannot change <owner_column> (it is forced to owner_id).
 --
--- Returns {"applied": <number of ops processed>, "unchanged": [<op index>, …]}:
+-- Returns {"applied": <number of ops processed>, "unchanged": [<op index>, ...]}:
 -- "unchanged" lists, in order, the PATCH ops that updated no row and the
 -- DELETE ops whose id matched no row (gone already, hidden by row-level
 -- security, or another owner's in service mode), learnt from the statements
@@ -112,7 +113,7 @@
 --
 -- Conflict detection (detect_conflicts => true; the bridge's
 -- UPLOAD_CONFLICT_DETECTION, docs/conflicts.md): a PATCH or DELETE op may
--- carry "expect": {"<column>": "<text>" | <array or object> | null, …}, the
+-- carry "expect": {"<column>": "<text>" | <array or object> | null, ...}, the
 -- values the client saw. The op then applies only where the row still holds
 -- them, compared as PostgREST's `eq.`/`is.null` filters do: `t.<column> =
 -- '<text>'` with the text as an untyped literal (PostgreSQL casts it to the
@@ -931,17 +932,17 @@ declare
   v_unchanged integer[] := '{}';  -- PATCH/DELETE ops that changed no row
   v_split  integer[] := '{}';  -- groups (their first op) applied in halves: their statement failed
   v_grouped boolean := false;  -- a group of several ops is being applied
-  v_lo     integer;    -- a group applied in halves: its first op not applied yet …
-  v_hi     integer;    -- … and the last of the part tried now
+  v_lo     integer;    -- a group applied in halves: its first op not applied yet ...
+  v_hi     integer;    -- ... and the last of the part tried now
   v_failed boolean;
   v_timeout bigint;    -- statement_timeout, in ms (0: none)
   v_missed integer[];  -- DELETE group: positions (from 0) of the ids that matched no row
-  v_one    integer[];  -- … of one part of a DELETE group applied in halves
+  v_one    integer[];  -- ... of one part of a DELETE group applied in halves
   v_n      integer;    -- PUT group: number of rows to apply
   v_cond   text;       -- an op's "expect" as SQL conditions on t
   v_owned  text;       -- service mode: the condition on the owner column
   v_owner  text;       -- service mode: owner_id as the current table's owner column prints it
-  v_owners jsonb := '{}';  -- … for each table met so far
+  v_owners jsonb := '{}';  -- ... for each table met so far
   v_types  jsonb := '{}';  -- each table met so far: {column: {"t": its type as format_type prints it,
                            -- with its collation when not the type's, "n": attnum}}
   v_def    text;       -- a column definition list for jsonb_to_record: the keys given, typed by the table
@@ -980,7 +981,7 @@ begin
   v_owned := case when owner_column is null then ''
                   else format(' and t.%I::text = $2', owner_column) end;
   -- Values are typed by the table through jsonb_to_record with the keys given only (as
-  -- PostgREST does): jsonb_populate_record(null::<table>, …) also reads each absent column as
+  -- PostgREST does): jsonb_populate_record(null::<table>, ...) also reads each absent column as
   -- NULL of its type, which a NOT NULL domain refuses (23502) for a row that never mentions it.
   -- The column lists keep the table's order (the first bad value is the one reported, as
   -- before) and each column's collation (ids compared as the table compares them). Naming a
@@ -1199,7 +1200,7 @@ begin
         elsif g_kind = 'PUT' then
           -- Before applying a group of several rows, check its ids:
           --   * v_dup: ids that differ as text can still name the same row (a
-          --     uuid in upper case, an integer with a leading zero …), which
+          --     uuid in upper case, an integer with a leading zero ...), which
           --     one upsert cannot touch twice (21000); then the rows are
           --     applied one by one. Text ids, and uuids written the way
           --     Postgres prints them, cannot (v_exact: no need to ask);
@@ -1355,6 +1356,10 @@ begin
           from jsonb_each(v.expect) as x;
       end if;
 
+      -- An op applied here on its own (a PATCH, a compared DELETE) runs as its REST request
+      -- too, as a group does (above)
+      perform pg_catalog.set_config('request.method', case v.op when 'PUT' then 'POST' else v.op end, true);
+      perform pg_catalog.set_config('request.path', '/' || v.tbl, true);
       if v.op = 'DELETE' and v_cond is not null then
         -- compared: on its own, only where the row still holds the expected values
         execute format(
@@ -1395,8 +1400,6 @@ begin
           v_sql := format(
             'update public.%I as t set %s from jsonb_to_record($1) as r(%s) where t.id = r.id',
             v.tbl, v_set, v_def);
-          perform pg_catalog.set_config('request.method', 'PATCH', true);
-          perform pg_catalog.set_config('request.path', '/' || v.tbl, true);
           execute v_sql || v_owned || coalesce(v_cond, '')
             using v_data || jsonb_build_object('id', v.id), v_owner;
           get diagnostics v_rows = row_count;

@@ -2,7 +2,7 @@
 --
 -- Run this once in your Supabase project if you enable dead-lettering
 -- (UPLOAD_DEAD_LETTER_TABLE=powersync_dead_letters): when a transaction is
--- rejected permanently (constraint violation, RLS, bad value …) the bridge
+-- rejected permanently (constraint violation, RLS, bad value ...) the bridge
 -- records the WHOLE transaction here, then tells the client to discard it,
 -- instead of blocking the user's upload queue forever. If the record cannot be
 -- written, the transaction is reported retryable and stays with the client.
@@ -15,14 +15,14 @@
 -- an `authenticated` user may only read their own rows. The bridge calls
 --
 --   POST /rest/v1/rpc/powersync_record_dead_letter
---   {"entries": [{"op": "PUT", "table": "todos", "id": "…", "data": {…},
+--   {"entries": [{"op": "PUT", "table": "todos", "id": "...", "data": {...},
 --                 "state": "applied"},
---                {"op": "DELETE", "table": "todos", "id": "…", "state": "failed"},
---                {"op": "PATCH", "table": "lists", "id": "…", "data": {…},
+--                {"op": "DELETE", "table": "todos", "id": "...", "state": "failed"},
+--                {"op": "PATCH", "table": "lists", "id": "...", "data": {...},
 --                 "state": "not_attempted"}],
---    "code": "23505", "message": "…", "details": "…",
---    "transaction_id": "…", "client_id": "…", "op_index": 1,
---    "entry": {…the failing entry, as the client sent it…}}
+--    "code": "23505", "message": "...", "details": "...",
+--    "transaction_id": "...", "client_id": "...", "op_index": 1,
+--    "entry": {...the failing entry, as the client sent it...}}
 --   service mode adds: "user_id": "<sub>", "owner_column": "user_id",
 --                      "allowed_tables": ["todos", "lists"] (null: any table)
 --
@@ -428,9 +428,12 @@ declare
   s_claim      text := coalesce(current_setting('request.jwt.claim', true), '');
   s_claim_sub  text := coalesce(current_setting('request.jwt.claim.sub', true), '');
   s_claim_role text := coalesce(current_setting('request.jwt.claim.role', true), '');
+  -- (request.method and request.path: the apply sets them for each write; never recorded)
   s_settings   jsonb := jsonb_build_object('TimeZone', current_setting('TimeZone'),
                                            'DateStyle', current_setting('DateStyle'),
-                                           'IntervalStyle', current_setting('IntervalStyle'));
+                                           'IntervalStyle', current_setting('IntervalStyle'),
+                                           'request.method', coalesce(current_setting('request.method', true), ''),
+                                           'request.path', coalesce(current_setting('request.path', true), ''));
   v_setting    text;
   v_earlier    bigint;
   v_later      text[];
@@ -591,7 +594,7 @@ begin
                                       'replayed now, its writes would go over theirs',
                                       pg_catalog.cardinality(v_later), dead_letter_id,
                                       pg_catalog.array_to_string(v_later[1:3], ', '),
-                                      case when pg_catalog.cardinality(v_later) > 3 then ', …' else '' end),
+                                      case when pg_catalog.cardinality(v_later) > 3 then ', ...' else '' end),
           hint = 'check the rows its entries write (devtool dead-letters replay --dry-run shows them); then replay '
                  'with overwrite_later_writes => true (devtool: --overwrite-later-writes --id N), or discard it';
       end if;

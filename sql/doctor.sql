@@ -16,14 +16,14 @@
 --    "bypassrls": {"anon": false, "authenticated": false, "service_role": true},
 --    "tables": [{"schema": "public", "name": "todos", "exists": true, "rls": true, "id_unique": true,
 --                "kind": "table", "security_invoker": null,
---                "policies": {"anon": [], "authenticated": ["DELETE", "INSERT", "SELECT", "UPDATE"], …},
+--                "policies": {"anon": [], "authenticated": ["DELETE", "INSERT", "SELECT", "UPDATE"], ...},
 --                "missing_columns": [], "published": true,
 --                "column_types": {"id": {"type": "uuid", "category": "U"},
---                                 "tags": {"type": "text[]", "category": "A"}, …},
+--                                 "tags": {"type": "text[]", "category": "A"}, ...},
 --                "privileges": {"anon": [], "authenticated": ["DELETE", "INSERT", "SELECT", "UPDATE"],
 --                               "service_role": ["DELETE", "INSERT", "SELECT", "UPDATE"]},
 --                "column_only": {"anon": [], "authenticated": [], "service_role": []}}],
---    "functions": [{"signature": "…", "exists": true, "body_sha256": "…",
+--    "functions": [{"signature": "...", "exists": true, "body_sha256": "...",
 --                   "execute": {"anon": false, "authenticated": true, "service_role": true}}]}
 --
 -- A privilege counts when the role holds it on the table (SELECT, INSERT and
@@ -38,7 +38,7 @@
 -- SELECT, UPDATE) some permissive policy lets it run (a policy for ALL, for
 -- PUBLIC or for a role it is a member of counts).
 -- "type_schemas_without_usage": for each role, the schemas holding a column's
--- type (an enum, a domain, …) on which it lacks USAGE, each with those columns:
+-- type (an enum, a domain, ...) on which it lacks USAGE, each with those columns:
 -- a write that names such a column names its type (PostgREST and the atomic
 -- function alike), and is refused.
 -- "id_unique": whether a unique index on `id` alone (not partial, not

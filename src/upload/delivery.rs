@@ -101,8 +101,9 @@ use super::atomic_function::Route;
 use super::crud::{Entry, Transaction};
 use super::dead_letter::{self, EntryState};
 use super::outcome::{
-    affected_rows, atomic_answer, classify, op_index_from_hint, unexpected_response, AtomicAnswer, FailedOperation,
-    TransactionResult, UploadReport, Verdict, WrittenAs, SCHEMA_DRIFT_RETRY_AFTER_SECONDS, UNEXPECTED_RESPONSE,
+    affected_rows, atomic_answer, classify, op_index_from_hint, quote_ident, unexpected_response, AtomicAnswer,
+    FailedOperation, TransactionResult, UploadReport, Verdict, WrittenAs, SCHEMA_DRIFT_RETRY_AFTER_SECONDS,
+    UNEXPECTED_RESPONSE,
 };
 use super::plan::{self, Check, PlannedRequest};
 use super::settings::{AtomicMode, UploadSettings, WriteMode};
@@ -409,10 +410,7 @@ async fn after_timeout<T: Transport>(
     report: &mut UploadReport,
 ) -> (Ending, Option<String>) {
     let entries = transaction.entries.len();
-    let role = match settings.mode {
-        WriteMode::Rls => "authenticated",
-        WriteMode::Service { .. } => "service_role",
-    };
+    let role = quote_ident(writing_role(settings, caller));
     let fix = format!(
         "raise the statement timeout of role {role} (alter role {role} set statement_timeout = '30s'; \
          notify pgrst, 'reload config')"
@@ -953,6 +951,16 @@ fn with_atomic_index(verdict: Verdict, entries: &[Entry]) -> Verdict {
     }
 }
 
+/// The database role the writes run as: in rls mode the session's (`authenticated`, or a custom
+/// role an access-token hook sets), in service mode the service key's. Named in the fixes the
+/// operator is given (a GRANT, a statement timeout).
+fn writing_role<'a>(settings: &UploadSettings, caller: &'a Caller) -> &'a str {
+    match (&settings.mode, caller.role.as_deref()) {
+        (WriteMode::Rls, Some(role)) if !role.is_empty() => role,
+        (mode, _) => mode.api_role(),
+    }
+}
+
 /// [`classify`] under this upload's settings, for this caller.
 fn classify_for(
     answer: &Result<HttpResponse, TransportError>,
@@ -960,12 +968,8 @@ fn classify_for(
     settings: &UploadSettings,
     caller: &Caller,
 ) -> Verdict {
-    let api_role = match (&settings.mode, caller.role.as_deref()) {
-        (WriteMode::Rls, Some(role)) if !role.is_empty() => role,
-        (mode, _) => mode.api_role(),
-    };
     let written_as = WrittenAs {
-        api_role,
+        api_role: writing_role(settings, caller),
         sub: &caller.user_id,
         sub_written_as_owner: matches!(settings.mode, WriteMode::Service { .. }),
     };

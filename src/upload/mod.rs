@@ -2446,6 +2446,17 @@ mod tests {
     }
 
     #[test]
+    fn a_timed_out_transaction_names_the_statement_timeout_of_the_role_the_session_runs_as() {
+        let mut s = settings();
+        s.atomic = AtomicMode::Always;
+        let premium = Caller { role: Some("premium".to_string()), ..caller() };
+        let transport = FakeTransport::scripted(vec![statement_timeout()]);
+        let report = block_on(apply_with(&[big(4)], &s, &premium, &transport, Route::Atomic));
+        let failure = report.results[0].failed_operation.clone().expect("failure");
+        assert!(failure.message.contains("alter role premium set statement_timeout"), "{}", failure.message);
+    }
+
+    #[test]
     fn upload_atomic_true_keeps_a_timed_out_transaction_retryable_naming_the_fix() {
         let mut s = service();
         s.atomic = AtomicMode::Always;

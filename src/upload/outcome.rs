@@ -941,8 +941,9 @@ pub fn missing_grant(message: &str, role: &str) -> Option<String> {
         let (column, relation) = (unquote(column)?, unquote(relation)?);
         let column = quote_ident(&column);
         return Some(format!(
-            "grant select ({column}), insert ({column}), update ({column}) on table {} to {role}",
-            qualified(&relation)
+            "grant select ({column}), insert ({column}), update ({column}) on table {} to {}",
+            qualified(&relation),
+            quote_ident(role)
         ));
     }
     const KINDS: [(&str, &str); 17] = [
@@ -982,7 +983,7 @@ pub fn missing_grant(message: &str, role: &str) -> Option<String> {
 }
 
 /// `name` as a SQL identifier: as it is when it is a plain lower-case identifier, else quoted.
-fn quote_ident(name: &str) -> String {
+pub fn quote_ident(name: &str) -> String {
     let plain = name.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
         && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
     if plain {
@@ -1147,15 +1148,17 @@ mod tests {
     /// The built-in rules, without operator overrides.
     #[test]
     fn a_missing_grant_names_the_sessions_own_role_quoted_when_it_must_be() {
-        let refused = with_message(403, "42501", "permission denied for function powersync_upload_row_key");
+        let function = with_message(403, "42501", "permission denied for function powersync_upload_row_key");
+        let column = with_message(403, "42501", "permission denied for column \"locked\" of relation \"todos\"");
         for (role, named) in [("premium", "to premium"), ("Premium Users", "to \"Premium Users\"")] {
-            let verdict = super::classify(&refused, Some(0), &ClassOverrides::default(), as_user(role, "u"));
-            let Verdict::Retryable { failure, .. } = &verdict else { panic!("{verdict:?}") };
-            assert!(
-                failure.message.contains(&format!("grant execute on function public.powersync_upload_row_key {named}")),
-                "{}",
-                failure.message
-            );
+            for (refused, grant) in [
+                (&function, "grant execute on function public.powersync_upload_row_key"),
+                (&column, "grant select (locked), insert (locked), update (locked) on table public.todos"),
+            ] {
+                let verdict = super::classify(refused, Some(0), &ClassOverrides::default(), as_user(role, "u"));
+                let Verdict::Retryable { failure, .. } = &verdict else { panic!("{verdict:?}") };
+                assert!(failure.message.contains(&format!("{grant} {named}")), "{}", failure.message);
+            }
         }
     }
 

@@ -447,3 +447,28 @@ def test_a_compared_write_of_array_and_json_columns_is_applied_not_refused(db, s
     answer = upload(worker, token, body(tx(gone, tid=4)))
     assert statuses(answer) == ["success"], answer.text
     assert db.execute("select count(*) from shapes").fetchone() == (0,)
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_a_compared_delete_is_judged_as_a_delete_by_a_policy_on_the_request_method(db, shapes_workers, user, route):
+    """A rule keyed on request.method (no DELETE through the Data API) holds for a DELETE that
+    carries previous values too, which the function applies on its own: on both routes the row
+    stays, and the DELETE is the same conflict."""
+    from tests.e2e.upload_helpers import body, statuses, tx, upload
+    sub, token = user
+    table = "guarded_" + route
+    db.execute(f"create table public.{table} (id text primary key, note text);"
+               f" alter table public.{table} enable row level security;"
+               f" create policy rw on public.{table} for all to authenticated using (true) with check (true);"
+               f" create policy no_api_delete on public.{table} as restrictive for delete to authenticated"
+               f" using (current_setting('request.method', true) is distinct from 'DELETE');"
+               f" grant select, insert, update, delete on public.{table} to authenticated;"
+               f" insert into public.{table} values ('g1', 'kept')")
+    try:
+        gone = {"op": "DELETE", "type": table, "id": "g1", "previous_values": {"note": "kept"}}
+        answer = upload(shapes_workers[route], token, body(tx(gone, tid=1)))
+        assert answer.status_code == 200, answer.text
+        assert statuses(answer) == ["conflict"], answer.text
+        assert db.execute(f"select note from public.{table}").fetchall() == [("kept",)]
+    finally:
+        db.execute(f"drop table if exists public.{table}")

@@ -261,3 +261,22 @@ def test_smoke_token_check_verifies_the_signature_with_the_jwks_key(alg, forged)
     else:
         assert result.returncode == 0, result.stdout + result.stderr
         assert f"kid smoke-kid ({alg})" in lines[2][2], lines[2][2]
+
+
+def test_smoke_says_when_openssl_cannot_check_a_signature_rather_than_calling_it_forged(tmp_path):
+    """An openssl that fails for its own reasons (too old for -rawin) is not a bad signature."""
+    key = private_key("EdDSA")
+    stand_in = ForgingWorker("EdDSA", key, key)
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "openssl").write_text("#!/bin/sh\necho 'pkeyutl: Unknown option: -rawin' >&2\nexit 1\n")
+    (fake / "openssl").chmod(0o755)
+    session = jwt.encode({"sub": "smoke-user"}, "any-secret-at-all-32-characters-long", algorithm="HS256")
+    try:
+        result = smoke(stand_in.url, SMOKE_SESSION_TOKEN=session, PATH=f"{fake}:{os.environ['PATH']}")
+    finally:
+        stand_in.server.shutdown()
+    lines = check_lines(result)
+    assert lines[2][:2] == ("FAIL", "token"), lines
+    assert "openssl could not check the signature: pkeyutl: Unknown option: -rawin" in lines[2][2], lines[2][2]
+    assert "does not verify" not in lines[2][2]

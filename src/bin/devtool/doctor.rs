@@ -88,14 +88,16 @@ pub const SQL_FILES: [(&str, &str); 3] = [
     ("sql/doctor.sql", include_str!("../../../sql/doctor.sql")),
 ];
 
-/// The functions a SQL file makes (`create or replace function public.<name>(… as $$<body>$$`),
+/// The functions a SQL file makes (`create [or replace] function public.<name>(… as $$<body>$$`),
 /// each as (name, [`body_digest`] of its body: PostgreSQL keeps the body as written, `prosrc`).
 pub fn function_bodies(sql: &str) -> Vec<(String, String)> {
-    const START: &str = "create or replace function public.";
+    const STARTS: [&str; 2] = ["create or replace function public.", "create function public."];
     let mut found = Vec::new();
     let mut rest = sql;
-    while let Some(at) = rest.find(START) {
-        rest = &rest[at + START.len()..];
+    while let Some((at, start)) =
+        STARTS.iter().filter_map(|start| rest.find(start).map(|at| (at, *start))).min_by_key(|(at, _)| *at)
+    {
+        rest = &rest[at + start.len()..];
         let name: String = rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
         let Some(open) = rest.find("\nas $$") else { break };
         let body = &rest[open + "\nas $$".len()..];
@@ -468,6 +470,13 @@ pub fn check_catalog(expected: &Expectations, response: &Response, supabase_url:
         ));
     }
     let functions = answer["functions"].as_array().cloned().unwrap_or_default();
+    if functions.iter().any(|f| f["exists"] == json!(true) && f.get("body_sha256").is_none()) {
+        findings.push(warning(
+            "sql/doctor.sql is outdated: the doctor cannot compare the installed functions with this checkout's \
+             SQL files (an older copy can keep their signatures)",
+            "run sql/doctor.sql again (read-only)",
+        ));
+    }
     for f in functions {
         let signature = f["signature"].as_str().unwrap_or_default().to_string();
         let exists = f["exists"] == json!(true);
@@ -523,7 +532,7 @@ pub fn check_catalog(expected: &Expectations, response: &Response, supabase_url:
                     format!("run {file} (again: it upgrades in place)"),
                 )
             });
-        } else if let Some(finding) = outdated_body(&signature, &f) {
+        } else if let Some(finding) = outdated_body(&signature, &f, tool) {
             findings.push(finding);
         } else if !executes(required_role) {
             let name = signature.split('(').next().unwrap_or_default();
@@ -540,20 +549,24 @@ pub fn check_catalog(expected: &Expectations, response: &Response, supabase_url:
 }
 
 /// An installed function whose body is not the one this checkout's SQL file makes: an older
-/// (or newer) version of the file, whose behaviour can differ with the same signature. `None`
-/// when it is the same, or when sql/doctor.sql is too old to say (`body_sha256` absent).
-fn outdated_body(signature: &str, answer: &Value) -> Option<Finding> {
+/// (or newer) version of the file, whose behaviour can differ with the same signature (a
+/// warning for the dead-letter tools', `tool`, as their absence is). `None` when it is the
+/// same, or when sql/doctor.sql is too old to say (`body_sha256` absent: said once, apart).
+fn outdated_body(signature: &str, answer: &Value, tool: bool) -> Option<Finding> {
     let installed = answer["body_sha256"].as_str()?;
     let name = signature.strip_prefix("public.")?.split('(').next()?;
     let (file, expected) = made_by(name)?;
     (installed != expected).then(|| {
-        blocking(
-            format!(
-                "{signature} is not the one this checkout's {file} makes (an older or newer copy of the file): \
-                 it can treat writes otherwise than the worker expects"
-            ),
-            format!("run {file} again (it upgrades in place), or run the doctor from the checkout you deployed"),
-        )
+        let problem = format!(
+            "{signature} is not the one this checkout's {file} makes (an older or newer copy of the file): \
+             it can treat writes otherwise than the worker expects"
+        );
+        let fix = format!("run {file} again (it upgrades in place), or run the doctor from the checkout you deployed");
+        if tool {
+            warning(problem, fix)
+        } else {
+            blocking(problem, fix)
+        }
     })
 }
 
@@ -1168,7 +1181,11 @@ mod tests {
     fn every_function_each_sql_file_makes_has_its_body_read() {
         for (file, sql) in SQL_FILES {
             let bodies = function_bodies(sql);
-            assert_eq!(bodies.len(), sql.matches("create or replace function public.").count(), "{file}");
+            let made = sql.matches("create or replace function public.").count()
+                + sql.matches("create function public.").count();
+            assert_eq!(bodies.len(), made, "{file}");
+            // a body's bytes as stored depend on the client encoding it was loaded with, unless ASCII
+            assert!(sql.is_ascii(), "{file} is not ASCII: its bodies' digests would depend on psql's encoding");
             let names: BTreeSet<&str> = bodies.iter().map(|(name, _)| name.as_str()).collect();
             assert_eq!(names.len(), bodies.len(), "{file}: each function once");
             assert!(bodies.iter().all(|(name, hash)| !name.is_empty() && hash.len() == 64), "{file}");
@@ -1203,17 +1220,42 @@ mod tests {
         );
         let findings = check_catalog(&e, &answer(json!([]), json!([with_body(&current)])), "u");
         assert!(!findings.iter().any(|f| f.problem.contains("is not the one")), "{findings:?}");
-        // sql/doctor.sql before body_sha256: nothing said of the bodies
-        let findings = check_catalog(&e, &answer(json!([]), json!([function(ROW_KEY, true, &["authenticated"])])), "u");
+        // the dead-letter tools' functions: a warning, as their absence is
+        let dead_letters = expectations(
+            &settings(&[("UPLOAD_TABLES", "todos"), ("UPLOAD_DEAD_LETTER_TABLE", "powersync_dead_letters")]),
+            &[],
+        );
+        let mut replay = function(REPLAY, true, &["service_role"]);
+        replay["body_sha256"] = json!("0ld");
+        let findings = check_catalog(&dead_letters, &answer(json!([]), json!([replay])), "u");
+        let outdated: Vec<&Finding> = findings.iter().filter(|f| f.problem.contains("is not the one")).collect();
+        assert_eq!(outdated.len(), 1, "{findings:?}");
+        assert_eq!(outdated[0].severity, Severity::Warning);
+        // sql/doctor.sql before body_sha256: it cannot compare, and says so once
+        let mut old = function(ROW_KEY, true, &["authenticated"]);
+        old.as_object_mut().unwrap().remove("body_sha256");
+        let findings = check_catalog(&e, &answer(json!([]), json!([old.clone(), old])), "u");
         assert!(!findings.iter().any(|f| f.problem.contains("is not the one")), "{findings:?}");
+        let outdated: Vec<&Finding> =
+            findings.iter().filter(|f| f.problem.contains("cannot compare the installed functions")).collect();
+        assert_eq!(outdated.len(), 1, "{findings:?}");
+        assert_eq!(outdated[0].severity, Severity::Warning);
     }
 
+    /// A function as a current sql/doctor.sql answers it: an existing one with the body digest
+    /// of this checkout's file.
     fn function(signature: &str, exists: bool, roles: &[&str]) -> Value {
         let execute: serde_json::Map<String, Value> = ["anon", "authenticated", "service_role"]
             .iter()
             .map(|r| (r.to_string(), json!(roles.contains(r))))
             .collect();
-        json!({"signature": signature, "exists": exists, "execute": execute})
+        let name = signature.trim_start_matches("public.").split('(').next().unwrap_or_default();
+        let body = made_by(name).filter(|_| exists).map(|(_, digest)| digest);
+        let mut f = json!({"signature": signature, "exists": exists, "execute": execute});
+        if let Some(body) = body {
+            f["body_sha256"] = json!(body);
+        }
+        f
     }
 
     #[test]
