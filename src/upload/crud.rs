@@ -900,7 +900,24 @@ impl<'de> Visitor<'de> for TransactionSeed<'_, '_> {
                     let raw = map.next_value::<&RawValue>()?;
                     (transaction_id, id_fault) = match raw.get().as_bytes().first() {
                         Some(b'n') => (None, None),
-                        Some(b'"' | b'-' | b'0'..=b'9') => (serde_json::from_str::<Value>(raw.get()).ok(), None),
+                        Some(b'"') => (serde_json::from_str::<Value>(raw.get()).ok(), None),
+                        // Echoed and keyed (the ledger) as sent: a number that would come out
+                        // otherwise (past 64 bits, past a float's precision: two ids as one) is
+                        // refused, not changed
+                        Some(b'-' | b'0'..=b'9') => match serde_json::from_str::<Value>(raw.get()) {
+                            Ok(id) if id.to_string() == raw.get() => (Some(id), None),
+                            _ => (
+                                None,
+                                Some(malformed(
+                                    format!("{path}.transaction_id"),
+                                    format!(
+                                        "the number {} cannot be kept exactly (past 64 bits or a float's \
+                                         precision): send it as a string",
+                                        crate::credentials::clipped(raw.get(), 40)
+                                    ),
+                                )),
+                            ),
+                        },
                         _ => (
                             None,
                             Some(malformed(format!("{path}.transaction_id"), expected("a number or a string", raw))),
@@ -1370,6 +1387,28 @@ mod tests {
         assert_eq!(parsed[1].transaction_id, Some(json!("t-2")));
         assert_eq!(parsed[1].entries, vec![entry(Op::Patch, "lists", "c", json!({"n": 1}))]);
         assert_eq!(parsed[2], Transaction { transaction_id: None, entries: vec![] });
+    }
+
+    #[test]
+    fn a_numeric_transaction_id_is_kept_exactly_as_sent_or_refused() {
+        // echoed and keyed in the ledger as sent: 2^64 would have come back rounded (two ids as
+        // one record), 1e400 as no id at all
+        let kept = ["7", "-3", "18446744073709551615", "1.5"];
+        for id in kept {
+            let body = format!(r#"{{"transactions": [{{"transaction_id": {id}, "crud": []}}]}}"#);
+            let parsed = parse(body.as_bytes(), &Limits::default()).expect(id);
+            assert_eq!(parsed[0].transaction_id.as_ref().map(Value::to_string).as_deref(), Some(id));
+        }
+        for id in ["18446744073709551616", "1e400", "1.50", "-0"] {
+            let body = format!(r#"{{"transactions": [{{"transaction_id": {id}, "crud": []}}]}}"#);
+            match parse(body.as_bytes(), &Limits::default()) {
+                Err(CrudError::Malformed { path, message }) => {
+                    assert_eq!(path, "transactions[0].transaction_id", "{id}");
+                    assert!(message.contains("send it as a string"), "{id}: {message}");
+                }
+                other => panic!("{id}: {other:?}"),
+            }
+        }
     }
 
     #[test]
