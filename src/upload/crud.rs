@@ -905,7 +905,9 @@ impl<'de> Visitor<'de> for TransactionSeed<'_, '_> {
                         // otherwise (past 64 bits, past a float's precision: two ids as one) is
                         // refused, not changed
                         Some(b'-' | b'0'..=b'9') => match serde_json::from_str::<Value>(raw.get()) {
-                            Ok(id) if id.to_string() == raw.get() => (Some(id), None),
+                            Ok(id) if serde_json::to_string(&id).is_ok_and(|text| text == raw.get()) => {
+                                (Some(id), None)
+                            }
                             _ => (
                                 None,
                                 Some(malformed(
