@@ -144,6 +144,11 @@
 
 begin;
 
+-- Run again while uploads go on, a lock this file waits for holds every new call of the
+-- function behind it (they queue after its request): wait at most 3 s for each, then fail
+-- (55P03: nothing changed; run it again at a quieter moment) rather than stall the uploads.
+set local lock_timeout = '3s';
+
 -- Run again while uploads go on: take both tables' locks first, in the order a call takes them
 -- (powersync_upload_ledger_claim reads the settings, then writes the ledger); the alter
 -- statements below would otherwise lock the ledger before the settings, and a call caught

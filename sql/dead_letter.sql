@@ -114,6 +114,10 @@
 
 begin;
 
+-- A lock this file waits for holds the uploads that record dead letters behind it: wait at most
+-- 3 s for each, then fail (55P03: nothing changed; run it again at a quieter moment).
+set local lock_timeout = '3s';
+
 create table if not exists public.powersync_dead_letters (
   id             bigint generated always as identity primary key,
   user_id        text,

@@ -1908,7 +1908,7 @@ def test_rerunning_the_sql_file_while_a_call_holds_the_ledger_settings_waits_for
         thread = threading.Thread(target=lambda: rerun.update(
             out=_run_or_error(lambda: pg.run_sql_file(ROOT / "sql/atomic_upload.sql"))))
         thread.start()
-        time.sleep(1.5)  # the file is waiting now (on the settings' lock, or after the ledger's)
+        time.sleep(1.0)  # the file is waiting now (on the settings' lock, or after the ledger's)
         call.execute(f"insert into public.{LEDGER} (user_id, client_id, transaction_id, digest)"
                      " values ('lock-order', 'c', '1', 'x')")
         call.commit()
@@ -1933,16 +1933,37 @@ def test_rerunning_the_sql_file_while_a_rejection_waits_on_the_ledger_does_not_d
                        " values (%s, 'c', '1', 'x')", (sub,))
         rejection = threading.Thread(target=lambda: out.update(reject=_run_or_error(reject)))
         rejection.start()
-        time.sleep(1.0)  # the rejection waits on the holder's record
+        time.sleep(0.5)  # the rejection waits on the holder's record
         rerun = threading.Thread(target=lambda: out.update(
             rerun=_run_or_error(lambda: pg.run_sql_file(ROOT / "sql/atomic_upload.sql"))))
         rerun.start()
-        time.sleep(1.5)  # the file waits too
+        time.sleep(1.0)  # the file waits too (within its 3 s lock_timeout)
         holder.commit()
         rejection.join(timeout=120)
         rerun.join(timeout=120)
     assert out.get("reject") is True, out.get("reject")
     assert not isinstance(out.get("rerun"), Exception), out.get("rerun")
+
+
+def test_rerunning_the_sql_file_while_a_call_holds_the_ledger_long_fails_fast_and_changes_nothing(db, pg, user):
+    """Every new call queues behind a lock the file waits for: the file waits at most its
+    lock_timeout (3 s), then fails whole, so uploads are not held up behind it for longer."""
+    sub, _ = user
+    db.execute(f"comment on table public.{LEDGER} is 'before the re-run'")
+    with psycopg.connect(pg.dsn) as holder:
+        holder.execute(f"insert into public.{LEDGER} (user_id, client_id, transaction_id, digest)"
+                       " values (%s, 'c', 'held', 'x')", (sub,))
+        started = time.monotonic()
+        out = _run_or_error(lambda: pg.run_sql_file(ROOT / "sql/atomic_upload.sql"))
+        waited = time.monotonic() - started
+        # meanwhile a call of the function is not held up past the file's lock_timeout
+        holder.rollback()
+    assert isinstance(out, Exception) and "lock timeout" in str(out), out
+    assert waited < 20, f"the file waited {waited:.1f} s"
+    comment = f"select obj_description('public.{LEDGER}'::regclass)"
+    assert db.execute(comment).fetchone()[0] == "before the re-run", "the failed run changed nothing (one transaction)"
+    pg.run_sql_file(ROOT / "sql/atomic_upload.sql")  # and run again at a quiet moment, it goes through
+    assert db.execute(comment).fetchone()[0] != "before the re-run"
 
 
 def _run_or_error(run):
