@@ -189,8 +189,8 @@ fn check_parsed(body: &[u8], limits: &Limits, result: &Result<Vec<Transaction>, 
             assert!(body.len() <= limits.max_body_bytes);
             let entries: usize = transactions.iter().map(|t| t.entries.len()).sum();
             assert!(entries <= limits.max_entries, "{entries} entries");
+            // (An empty id or table name is read: it fails only its own transaction, when planned.)
             for entry in transactions.iter().flat_map(|t| &t.entries) {
-                assert!(!entry.id.is_empty() && !entry.table.is_empty(), "{entry:?}");
                 assert!(entry.op != Op::Delete || entry.data.is_empty(), "{entry:?}");
             }
         }
