@@ -22,8 +22,8 @@ fuzz_target!(|data: &[u8]| {
         assert!(body.len() <= limits.max_body_bytes);
         let entries: usize = transactions.iter().map(|t| t.entries.len()).sum();
         assert!(entries <= limits.max_entries);
+        // (an empty id or table name is read: it fails only its own transaction, when planned)
         for entry in transactions.iter().flat_map(|t| &t.entries) {
-            assert!(!entry.id.is_empty() && !entry.table.is_empty());
             assert!(entry.op != Op::Delete || entry.data.is_empty());
             let _ = entry.to_json();
         }
