@@ -1362,9 +1362,12 @@ begin
       end if;
 
       -- An op applied here on its own (a PATCH, a compared DELETE) runs as its REST request
-      -- too, as a group does (above)
-      perform pg_catalog.set_config('request.method', case v.op when 'PUT' then 'POST' else v.op end, true);
-      perform pg_catalog.set_config('request.path', '/' || v.tbl, true);
+      -- too, as a group does when it is applied (above); a PUT or DELETE that starts or joins
+      -- a group leaves that to the group, once
+      if v.op = 'PATCH' or (v.op = 'DELETE' and v_cond is not null) then
+        perform pg_catalog.set_config('request.method', v.op, true);
+        perform pg_catalog.set_config('request.path', '/' || v.tbl, true);
+      end if;
       if v.op = 'DELETE' and v_cond is not null then
         -- compared: on its own, only where the row still holds the expected values
         execute format(

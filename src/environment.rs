@@ -189,11 +189,8 @@ pub fn fetchable(text: &str) -> Result<url::Url, &'static str> {
     if !has_ascii_host(text) {
         return Err("is not a URL (a host name with non-ASCII letters must be given in its ASCII xn-- form)");
     }
-    let url = url::Url::parse(text).map_err(|_| match text.is_ascii() {
-        true => "is not a URL",
-        // `url` is built without Unicode host names (idna_adapter 1.0, see Cargo.toml).
-        false => "is not a URL (a host name with non-ASCII letters must be given in its ASCII xn-- form)",
-    })?;
+    // (a host that is not ASCII was refused above, with its own reason)
+    let url = url::Url::parse(text).map_err(|_| "is not a URL")?;
     if !url.username().is_empty() || url.password().is_some() {
         return Err("must not contain credentials (user@host)");
     }

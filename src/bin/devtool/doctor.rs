@@ -119,11 +119,16 @@ pub fn body_digest(body: &str) -> String {
     Sha256::digest(text.trim_matches([' ', '\t', '\n']).as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The SQL file that makes the function `name`, and its body's SHA-256 there.
+/// The SQL file that makes the function `name`, and its body's digest there (the files read once).
 fn made_by(name: &str) -> Option<(&'static str, String)> {
-    SQL_FILES.iter().find_map(|(file, sql)| {
-        function_bodies(sql).into_iter().find(|(n, _)| n == name).map(|(_, body)| (*file, body))
-    })
+    static MADE: std::sync::OnceLock<Vec<(&'static str, String, String)>> = std::sync::OnceLock::new();
+    let made = MADE.get_or_init(|| {
+        SQL_FILES
+            .iter()
+            .flat_map(|(file, sql)| function_bodies(sql).into_iter().map(move |(name, body)| (*file, name, body)))
+            .collect()
+    });
+    made.iter().find(|(_, n, _)| n == name).map(|(file, _, body)| (*file, body.clone()))
 }
 
 /// A table to check: `schema.name`, the columns it must have, and why it is checked.
