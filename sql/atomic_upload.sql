@@ -206,6 +206,10 @@ alter table public.powersync_upload_ledger add column if not exists entries_dige
 -- older dead letter is refused where it would write one of them (sql/dead_letter.sql); see
 -- powersync_upload_ledger_rows
 alter table public.powersync_upload_ledger add column if not exists row_keys text[];
+-- added later: set while the transaction is being applied through REST requests after its atomic
+-- call was cancelled by the statement timeout, until when at the latest (null: not); see
+-- powersync_upload_ledger_rest_begin
+alter table public.powersync_upload_ledger add column if not exists rest_until timestamptz;
 create index if not exists powersync_upload_ledger_applied_at
   on public.powersync_upload_ledger (applied_at);
 comment on table public.powersync_upload_ledger is
@@ -400,6 +404,7 @@ declare
   v_same    text;
   v_dead    bigint;
   v_at      timestamptz;
+  v_rest    timestamptz;
   v_keep    interval;
   v_cap     integer;
 begin
@@ -439,16 +444,27 @@ begin
       perform public.powersync_upload_ledger_cap(v_user, v_cap);
       return false;
     end if;
-    select l.digest, l.entries_digest, l.applied_at, l.dead_letter_id into v_digest, v_same, v_at, v_dead
+    select l.digest, l.entries_digest, l.applied_at, l.dead_letter_id, l.rest_until
+      into v_digest, v_same, v_at, v_dead, v_rest
       from public.powersync_upload_ledger as l
      where l.user_id = v_user and l.client_id = p_client_id and l.transaction_id = p_transaction_id
      for update;
     exit when found;
   end loop;
+  -- being applied through REST requests by another upload (powersync_upload_ledger_rest_begin):
+  -- applied now, it could be overwritten by that upload's writes after the client's later
+  -- transactions. It waits (55P03, retryable) until that upload records it or drops the mark, or
+  -- the mark expires (an expired mark counts as nothing: that upload stopped writing long before)
+  if v_rest > now() then
+    raise exception using errcode = '55P03',
+      message = pg_catalog.format('transaction %s of client %s is being applied through REST requests by another '
+                                  'upload (its atomic call was cancelled by the statement timeout): retry after that '
+                                  'upload ends (at the latest %s)', p_transaction_id, p_client_id, v_rest);
+  end if;
   -- a dead-lettered transaction: its replay applies it (from now on it counts as applied);
   -- anything else, a late or re-sent call, applies nothing. The same transaction: the same ops,
   -- or the same entries written as other ops (the bridge's settings or version changed).
-  if (v_digest = p_digest or v_same = v_entries or v_at >= p_not_before)
+  if v_rest is null and (v_digest = p_digest or v_same = v_entries or v_at >= p_not_before)
      and not (v_dead is not null and p_not_before is not null) then
     return true;
   end if;
@@ -457,7 +473,7 @@ begin
   -- that letter's (the same ops: not a later transaction under the same ids, whose digest would
   -- then answer that transaction's re-send as applied)
   update public.powersync_upload_ledger as l
-     set digest = p_digest, applied_at = now(), dead_letter_id = null, unchanged = null,
+     set digest = p_digest, applied_at = now(), dead_letter_id = null, unchanged = null, rest_until = null,
          entries_digest = case when p_not_before is not null and v_digest = p_digest
                                then coalesce(v_entries, l.entries_digest)
                                else v_entries end
@@ -515,6 +531,7 @@ declare
   v_entries text := public.powersync_upload_entries_digest();
   v_same    text;
   v_dead    bigint;
+  v_rest    timestamptz;
 begin
   if coalesce(octet_length(p_client_id), 0) not between 1 and 256
      or coalesce(octet_length(p_transaction_id), 0) not between 1 and 256 then
@@ -529,20 +546,22 @@ begin
     if found then
       return;
     end if;
-    select l.digest, l.entries_digest, l.dead_letter_id into v_digest, v_same, v_dead
+    select l.digest, l.entries_digest, l.dead_letter_id, l.rest_until into v_digest, v_same, v_dead, v_rest
       from public.powersync_upload_ledger as l
      where l.user_id = p_user_id and l.client_id = p_client_id and l.transaction_id = p_transaction_id
      for update;
     exit when found;
   end loop;
-  if (v_digest = p_digest or v_same = v_entries) and v_dead is null then
+  -- (a record marked as being applied through REST is not applied: the upload that marked it
+  -- rejects it now)
+  if (v_digest = p_digest or v_same = v_entries) and v_dead is null and v_rest is null then
     raise exception using errcode = '55000',
       message = pg_catalog.format('transaction %s of client %s was applied: it is not recorded as a dead letter',
                                   p_transaction_id, p_client_id);
   end if;
   update public.powersync_upload_ledger as l
      set digest = p_digest, dead_letter_id = p_dead_letter_id, applied_at = now(), unchanged = null,
-         entries_digest = v_entries
+         entries_digest = v_entries, rest_until = null
    where l.user_id = p_user_id and l.client_id = p_client_id and l.transaction_id = p_transaction_id;
 end
 $$;
@@ -621,7 +640,8 @@ comment on function public.powersync_upload_ledger_reject(text, text, text) is
 -- its entries (the X-PowerSync-Entries-Digest header, required), and a late call
 -- of it applies nothing (answered already applied). A record of the same entries
 -- there already (the late call came first, or it was rejected) is kept as it
--- is; one of other entries under the same ids (a reused id) is replaced. The
+-- is; the mark of powersync_upload_ledger_rest_begin becomes the record of it
+-- applied; one of other entries under the same ids (a reused id) is replaced. The
 -- rows it wrote are not known here (row_keys null: the replay of an older dead
 -- letter treats it as writing every row, and asks for overwrite_later_writes).
 -- p_unchanged: its entries that changed no row (indexes, as the atomic function
@@ -647,6 +667,7 @@ declare
   v_cap     integer;
   v_digest  text;
   v_same    text;
+  v_rest    timestamptz;
 begin
   if coalesce(octet_length(p_client_id), 0) not between 1 and 256
      or coalesce(octet_length(p_transaction_id), 0) not between 1 and 256 then
@@ -676,24 +697,161 @@ begin
       perform public.powersync_upload_ledger_cap(v_user, coalesce(v_cap, 10000));
       return true;
     end if;
-    select l.digest, l.entries_digest into v_digest, v_same
+    select l.digest, l.entries_digest, l.rest_until into v_digest, v_same, v_rest
       from public.powersync_upload_ledger as l
      where l.user_id = v_user and l.client_id = p_client_id and l.transaction_id = p_transaction_id
      for update;
     exit when found;
   end loop;
-  if v_digest = v_entries or v_same = v_entries then
+  if (v_digest = v_entries or v_same = v_entries) and v_rest is null then
     return true;
   end if;
   update public.powersync_upload_ledger as l
      set digest = v_entries, entries_digest = v_entries, applied_at = now(), dead_letter_id = null,
-         unchanged = nullif(p_unchanged, '{}'), row_keys = null
+         unchanged = nullif(p_unchanged, '{}'), row_keys = null, rest_until = null
    where l.user_id = v_user and l.client_id = p_client_id and l.transaction_id = p_transaction_id;
   return true;
 end
 $$;
 comment on function public.powersync_upload_ledger_applied_via_rest(text, text, text, integer[]) is
   'PowerSync upload bridge: record a transaction applied through REST after its atomic call timed out, so no later call applies it again.';
+
+-- The statement-timeout fallback above sends a transaction's REST requests
+-- one by one, each its own statement: while they go on, another copy of the
+-- same queue (the app restarted, or re-sent after its own timeout) could apply
+-- the transaction and the client's later ones through powersync_apply_transaction,
+-- and the fallback's next write would then land over those later writes. So the
+-- bridge calls this through /rpc, as the caller of the atomic call, before the
+-- fallback's first write, in its own request (committed before any write):
+--   * the ledger holds the transaction (the same entries: the
+--     X-PowerSync-Entries-Digest header, required) as applied: answers
+--     {"applied": 0, "already_applied": true, "unchanged": [...]} and the bridge
+--     sends nothing; as rejected: {"applied": 0, "dead_letter": {...}}, as the
+--     atomic function answers them;
+--   * another upload's mark that has not expired: 55P03 (retryable), nothing
+--     changed;
+--   * otherwise the record is marked as being applied through REST until
+--     now() + 10 minutes (made, or replacing one of other entries under the same
+--     ids, or an expired mark), and it answers {"rest": "begun"}.
+-- While the mark stands, the claim of every atomic call of the transaction
+-- raises 55P03 (retryable: the copy's transaction and its later ones wait),
+-- and the fallback ends it: powersync_upload_ledger_applied_via_rest (applied),
+-- the dead letter or powersync_upload_ledger_reject (rejected), or
+-- powersync_upload_ledger_rest_abandon (retryable). A mark left by a bridge
+-- that stopped midway expires; the bridge sends no write of the fallback later
+-- than 5 minutes after it asked for the mark. The user is found as for the
+-- claim, and stays within max_records_per_user: a user who marks their own
+-- transaction only keeps it waiting for 10 minutes. Errors: 22023 for bad input,
+-- 42501 for a caller without a user, 55P03 as above.
+create or replace function public.powersync_upload_ledger_rest_begin(
+  p_client_id text,
+  p_transaction_id text,
+  p_owner_id text default null
+) returns jsonb
+language plpgsql
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v_entries   text := public.powersync_upload_entries_digest();
+  v_user      text;
+  v_cap       integer;
+  v_digest    text;
+  v_same      text;
+  v_dead      bigint;
+  v_rest      timestamptz;
+  v_unchanged integer[];
+begin
+  if coalesce(octet_length(p_client_id), 0) not between 1 and 256
+     or coalesce(octet_length(p_transaction_id), 0) not between 1 and 256 then
+    raise exception using errcode = '22023',
+      message = 'powersync_upload_ledger_rest_begin: p_client_id and p_transaction_id must be 1 to 256 bytes';
+  end if;
+  if v_entries is null then
+    raise exception using errcode = '22023',
+      message = 'powersync_upload_ledger_rest_begin: the X-PowerSync-Entries-Digest header is required';
+  end if;
+  v_user := public.powersync_upload_ledger_user(p_owner_id);
+  -- the settings before the ledger, in the order the file's re-run locks them (else 40P01)
+  select least(greatest(s.max_records_per_user, 1000), 1000000) into v_cap
+    from public.powersync_upload_ledger_settings as s;
+  -- as in the claim: tried again when a concurrent pruning deletes the record in between
+  loop
+    insert into public.powersync_upload_ledger as l
+      (user_id, client_id, transaction_id, digest, entries_digest, rest_until)
+    values (v_user, p_client_id, p_transaction_id, v_entries, v_entries, now() + interval '10 minutes')
+    on conflict (user_id, client_id, transaction_id) do nothing;
+    if found then
+      perform public.powersync_upload_ledger_cap(v_user, coalesce(v_cap, 10000));
+      return pg_catalog.jsonb_build_object('rest', 'begun');
+    end if;
+    select l.digest, l.entries_digest, l.dead_letter_id, l.rest_until, l.unchanged
+      into v_digest, v_same, v_dead, v_rest, v_unchanged
+      from public.powersync_upload_ledger as l
+     where l.user_id = v_user and l.client_id = p_client_id and l.transaction_id = p_transaction_id
+     for update;
+    exit when found;
+  end loop;
+  if v_rest > now() then
+    raise exception using errcode = '55P03',
+      message = pg_catalog.format('transaction %s of client %s is being applied through REST requests by another '
+                                  'upload: retry after that upload ends (at the latest %s)',
+                                  p_transaction_id, p_client_id, v_rest);
+  end if;
+  if v_rest is null and (v_digest = v_entries or v_same = v_entries) then
+    if v_dead is not null then
+      return pg_catalog.jsonb_build_object('applied', 0, 'dead_letter',
+        public.powersync_upload_ledger_dead_letter(p_client_id, p_transaction_id, p_owner_id));
+    end if;
+    return pg_catalog.jsonb_build_object('applied', 0, 'already_applied', true,
+                                         'unchanged', pg_catalog.to_jsonb(coalesce(v_unchanged, '{}')));
+  end if;
+  update public.powersync_upload_ledger as l
+     set digest = v_entries, entries_digest = v_entries, applied_at = now(), dead_letter_id = null,
+         unchanged = null, row_keys = null, rest_until = now() + interval '10 minutes'
+   where l.user_id = v_user and l.client_id = p_client_id and l.transaction_id = p_transaction_id;
+  return pg_catalog.jsonb_build_object('rest', 'begun');
+end
+$$;
+comment on function public.powersync_upload_ledger_rest_begin(text, text, text) is
+  'PowerSync upload bridge: mark a transaction as being applied through REST, so no atomic call applies it meanwhile.';
+
+-- The fallback above ended retryable (a write failed, or it ran too long): its
+-- mark is dropped (the caller's record of these entries, while it is marked),
+-- so that the client's next attempt need not wait for it to expire. The user is
+-- found as for the claim. Errors: 22023 for bad input, 42501 for a caller
+-- without a user.
+create or replace function public.powersync_upload_ledger_rest_abandon(
+  p_client_id text,
+  p_transaction_id text,
+  p_owner_id text default null
+) returns boolean
+language plpgsql
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v_entries text := public.powersync_upload_entries_digest();
+  v_user    text;
+begin
+  if coalesce(octet_length(p_client_id), 0) not between 1 and 256
+     or coalesce(octet_length(p_transaction_id), 0) not between 1 and 256 then
+    raise exception using errcode = '22023',
+      message = 'powersync_upload_ledger_rest_abandon: p_client_id and p_transaction_id must be 1 to 256 bytes';
+  end if;
+  if v_entries is null then
+    raise exception using errcode = '22023',
+      message = 'powersync_upload_ledger_rest_abandon: the X-PowerSync-Entries-Digest header is required';
+  end if;
+  v_user := public.powersync_upload_ledger_user(p_owner_id);
+  delete from public.powersync_upload_ledger as l
+   where l.user_id = v_user and l.client_id = p_client_id and l.transaction_id = p_transaction_id
+     and l.rest_until is not null and l.entries_digest = v_entries;
+  return true;
+end
+$$;
+comment on function public.powersync_upload_ledger_rest_abandon(text, text, text) is
+  'PowerSync upload bridge: drop the mark of a transaction whose REST fallback ended retryable.';
 
 -- The dead letter of the user's (client, transaction) that the ledger holds
 -- under the digest of the entries this call carries (see
@@ -879,6 +1037,8 @@ begin
                            'public.powersync_upload_ledger_unchanged(text, text, text, integer[])',
                            'public.powersync_upload_ledger_reject(text, text, text)',
                            'public.powersync_upload_ledger_applied_via_rest(text, text, text, integer[])',
+                           'public.powersync_upload_ledger_rest_begin(text, text, text)',
+                           'public.powersync_upload_ledger_rest_abandon(text, text, text)',
                            'public.powersync_upload_ledger_applied_since(text, timestamptz)',
                            'public.powersync_upload_ledger_rows(text, text, text, text[])',
                            'public.powersync_upload_row_key(text, text)'] loop
@@ -898,6 +1058,10 @@ grant execute on function public.powersync_upload_ledger_unchanged(text, text, t
 grant execute on function public.powersync_upload_ledger_reject(text, text, text)
   to authenticated, service_role;
 grant execute on function public.powersync_upload_ledger_applied_via_rest(text, text, text, integer[])
+  to authenticated, service_role;
+grant execute on function public.powersync_upload_ledger_rest_begin(text, text, text)
+  to authenticated, service_role;
+grant execute on function public.powersync_upload_ledger_rest_abandon(text, text, text)
   to authenticated, service_role;
 grant execute on function public.powersync_upload_ledger_applied_since(text, timestamptz) to service_role;
 grant execute on function public.powersync_upload_ledger_rows(text, text, text, text[])

@@ -428,8 +428,13 @@ pub(crate) mod fake {
                 // answer true, as the SQL functions do.
                 if request.url.ends_with("/rpc/powersync_upload_ledger_reject")
                     || request.url.ends_with("/rpc/powersync_upload_ledger_applied_via_rest")
+                    || request.url.ends_with("/rpc/powersync_upload_ledger_rest_abandon")
                 {
                     return Ok(HttpResponse { status: 200, headers: vec![], body: "true".to_string() });
+                }
+                // The ledger's mark of a transaction about to go through REST: made.
+                if request.url.ends_with("/rpc/powersync_upload_ledger_rest_begin") {
+                    return Ok(HttpResponse { status: 200, headers: vec![], body: r#"{"rest":"begun"}"#.to_string() });
                 }
                 if let Some(ops) = ops {
                     return Ok(HttpResponse { status: 200, headers: vec![], body: format!("{{\"applied\":{ops}}}") });

@@ -102,7 +102,7 @@ use super::crud::{Entry, Transaction};
 use super::dead_letter::{self, EntryState};
 use super::outcome::{
     affected_rows, atomic_answer, classify, op_index_from_hint, quote_ident, unexpected_response, AtomicAnswer,
-    FailedOperation, TransactionResult, UploadReport, Verdict, WrittenAs, SCHEMA_DRIFT_RETRY_AFTER_SECONDS,
+    FailedOperation, Status, TransactionResult, UploadReport, Verdict, WrittenAs, SCHEMA_DRIFT_RETRY_AFTER_SECONDS,
     UNEXPECTED_RESPONSE,
 };
 use super::plan::{self, Check, PlannedRequest};
@@ -191,7 +191,7 @@ pub async fn apply_with<T: Transport>(
         // while the time budget lasts.
         let time_left = |transport: &T| first || !time_spent(transport);
         // Set when the transaction went through REST after its atomic call timed out.
-        let mut via_rest = None;
+        let mut via_rest: Option<ViaRest> = None;
         // Set when an atomic call of it was sent (a late copy of it could apply it).
         let mut sent_atomic = false;
         let ending = loop {
@@ -217,6 +217,7 @@ pub async fn apply_with<T: Transport>(
                                 transport,
                                 &mut report,
                                 rejection_cost,
+                                None,
                             )
                             .await;
                             Some(match ending {
@@ -255,6 +256,7 @@ pub async fn apply_with<T: Transport>(
                         transport,
                         &mut report,
                         rejection_cost,
+                        None,
                     )
                     .await
                     {
@@ -319,6 +321,18 @@ pub async fn apply_with<T: Transport>(
                 let record = (settings.dead_letter_unchanged && settings.dead_letter_table.is_some())
                     .then(|| dead_letter::unchanged_record(transaction.entries.len(), &unchanged, &uncertain))
                     .flatten();
+                // A marked fallback's ledger record comes first: without it the transaction is kept.
+                let marked = via_rest.as_ref().is_some_and(|via| via.marked);
+                let record = match record {
+                    Some(_) if marked && report.subrequests + 2 > settings.subrequest_budget => {
+                        report.dead_letter_errors.push(format!(
+                            "dead-letter call {} of unchanged entries skipped: the subrequest left records the                              transaction in the ledger",
+                            dead_letter::RECORD_FUNCTION
+                        ));
+                        None
+                    }
+                    record => record,
+                };
                 if let Some((failure, states)) = record {
                     // Best effort: the transaction is applied and its result names the entries
                     // either way; a record that fails is counted and logged, not retried. For a
@@ -327,12 +341,36 @@ pub async fn apply_with<T: Transport>(
                     let record = (transaction, &failure, states.as_slice());
                     let _ = record_dead_letter(settings, caller, record, transport, &mut report).await;
                 }
-                if via_rest.is_some() {
+                let mut kept = None;
+                if let Some(via) = &via_rest {
                     let record = (transaction, unchanged.as_slice());
-                    record_applied_via_rest(record, (settings, caller), transport, &mut report).await;
+                    let recorded = record_applied_via_rest(record, (settings, caller), transport, &mut report).await;
+                    if let (Err(why), true) = (recorded, via.marked) {
+                        // Applied, but the ledger still marks it as being applied through REST: once
+                        // that mark expires, a copy of it could be applied over the client's later
+                        // transactions. Kept instead: sent again, it changes nothing those wrote, as
+                        // they wait behind it.
+                        let failure = FailedOperation::new(
+                            None,
+                            "applied_via_rest_not_recorded",
+                            format!(
+                                "applied through REST requests after its atomic call was cancelled by the statement \
+                                 timeout, but recording that in the ledger failed ({why}); kept, so that it is sent \
+                                 again (before the client's later transactions) rather than reported applied while a \
+                                 copy of it could still be applied over them"
+                            ),
+                        );
+                        kept = Some(failure);
+                    }
                 }
-                let result = TransactionResult::success_with_unchanged(transaction_id, unchanged);
-                report.results.push(TransactionResult { already_applied, ..result })
+                if let Some(failure) = kept {
+                    let wait = settings.retry_after_seconds;
+                    report.results.push(TransactionResult::retryable(transaction_id, failure, wait));
+                    stopped = true;
+                } else {
+                    let result = TransactionResult::success_with_unchanged(transaction_id, unchanged);
+                    report.results.push(TransactionResult { already_applied, ..result })
+                }
             }
             Ending::Fatal(failure, states, ledger) => {
                 let recorded = match &settings.dead_letter_table {
@@ -389,8 +427,13 @@ pub async fn apply_with<T: Transport>(
                 stopped = true;
             }
         }
-        if let (Some(reason), Some(result)) = (via_rest, report.results.last_mut()) {
-            result.applied_via_rest = Some(reason);
+        if let (Some(via), Some(result)) = (via_rest, report.results.last_mut()) {
+            let kept = result.status == Status::RetryableError;
+            result.applied_via_rest = Some(via.reason);
+            // Kept by the client: the mark goes, so that its next attempt need not wait for it.
+            if via.marked && kept {
+                abandon_rest(transaction, (settings, caller), transport, &mut report).await;
+            }
         }
     }
     report
@@ -398,6 +441,41 @@ pub async fn apply_with<T: Transport>(
 
 /// SQLSTATE 57014: `canceling statement due to statement timeout` (also a cancel request).
 const QUERY_CANCELED: &str = "57014";
+
+/// A transaction sent through REST requests after its atomic call was cancelled by the statement
+/// timeout (see `after_timeout`).
+struct ViaRest {
+    /// Why, for its result's `applied_via_reason`.
+    reason: String,
+    /// Whether the ledger marks it as being applied through REST
+    /// ([`plan::LEDGER_REST_BEGIN_FUNCTION`]) until the fallback ends the mark: applied
+    /// (`powersync_upload_ledger_applied_via_rest`, which must then succeed), rejected (its dead
+    /// letter or the ledger's rejection), or kept ([`abandon_rest`]).
+    marked: bool,
+}
+
+/// How long after asking for the ledger's mark a REST fallback may still send a write: half of
+/// the 10 minutes the mark lasts (sql/atomic_upload.sql), so that none of its writes lands after
+/// the mark expired and an atomic call of the transaction was let through. Past it, the rest of
+/// the transaction waits for the next upload (`REST_FALLBACK_TOO_LONG`, retryable).
+const REST_MARK_CUTOFF_MS: u64 = 5 * 60 * 1000;
+
+/// Code of a REST fallback stopped at [`REST_MARK_CUTOFF_MS`].
+pub const REST_FALLBACK_TOO_LONG: &str = "rest_fallback_too_long";
+
+/// What the ledger said to the mark a REST fallback asks for before its first write.
+enum Mark {
+    /// Marked: the fallback goes on.
+    Begun,
+    /// The ledger has no such function (sql/atomic_upload.sql older than the worker): the
+    /// fallback goes on unmarked, as before, logged.
+    Unavailable,
+    /// The ledger holds the transaction already (applied, or rejected): how it ends; nothing is sent.
+    Held(Ending),
+    /// Anything else (another upload's mark, 55P03; no answer; a missing GRANT): nothing was
+    /// sent, the transaction waits.
+    Failed(String, Option<u64>),
+}
 
 /// A transaction whose atomic call was cancelled by the statement timeout (`failure`; nothing was
 /// applied): sent through REST requests now, unless `UPLOAD_ATOMIC=true` or they do not fit in
@@ -408,7 +486,7 @@ async fn after_timeout<T: Transport>(
     mut failure: FailedOperation,
     transport: &T,
     report: &mut UploadReport,
-) -> (Ending, Option<String>) {
+) -> (Ending, Option<ViaRest>) {
     let entries = transaction.entries.len();
     let role = quote_ident(writing_role(settings, caller));
     let fix = format!(
@@ -445,16 +523,19 @@ async fn after_timeout<T: Transport>(
     };
     let needed = worst_case(&requests);
     let budget = settings.subrequest_budget;
-    if needed + reserve > budget.saturating_sub(report.subrequests) {
+    // One more first: the ledger's mark of it (for a transaction the ledger keys).
+    let mark = usize::from(plan::ledger_keyed(transaction, caller));
+    if mark + needed + reserve > budget.saturating_sub(report.subrequests) {
+        let mark_text = if mark == 1 { ", one to mark it in the ledger first," } else { "" };
         let reserve_text = match (reserve, &settings.dead_letter_table) {
             (0, _) => "",
             (_, Some(_)) => " plus one for a dead-letter record",
             (_, None) => " plus one to record a rejection in the atomic function's ledger",
         };
-        let (why, wait) = if needed + reserve < budget {
+        let (why, wait) = if mark + needed + reserve < budget {
             (
                 format!(
-                    "through REST it needs {needed} requests{reserve_text}, more than this upload has left; \
+                    "through REST it needs {needed} requests{mark_text}{reserve_text}, more than this upload has left; \
                      sent first in the next upload, whose budget has room for them"
                 ),
                 settings.retry_after_seconds,
@@ -462,7 +543,7 @@ async fn after_timeout<T: Transport>(
         } else {
             (
                 format!(
-                    "through REST it needs {needed} requests{reserve_text}, more than \
+                    "through REST it needs {needed} requests{mark_text}{reserve_text}, more than \
                      UPLOAD_SUBREQUEST_BUDGET={budget} allows beside the atomic call, so no upload can apply it: \
                      {fix}, or raise the budget (Workers Paid plan)"
                 ),
@@ -479,13 +560,147 @@ async fn after_timeout<T: Transport>(
     );
     // Applied, it is recorded in the ledger (record_applied_via_rest) in the request kept for a
     // rejection; where a dead letter of its unchanged entries may take that one, one more is kept
-    // when the budget has it (else that record comes first, and the ledger's is skipped, logged).
+    // when the budget has it (else the ledger's record comes first when it marked the transaction,
+    // the dead letter's otherwise, and the other is skipped, logged).
     let unchanged_record = settings.dead_letter_unchanged && settings.dead_letter_table.is_some();
     let extra = usize::from(unchanged_record && plan::ledger_keyed(transaction, caller));
-    let reserve =
-        if needed + reserve + extra <= budget.saturating_sub(report.subrequests) { reserve + extra } else { reserve };
-    let ending = send(requests, &transaction.entries, (settings, caller), transport, report, reserve).await;
-    (ending, Some(reason))
+    let reserve = if mark + needed + reserve + extra <= budget.saturating_sub(report.subrequests) {
+        reserve + extra
+    } else {
+        reserve
+    };
+    // Marked in the ledger first (its own request, committed before any write): meanwhile no
+    // atomic call of it (another copy of the queue) applies it, to be overwritten by these writes
+    // after the client's later transactions (see `plan::LEDGER_REST_BEGIN_FUNCTION`).
+    let mut deadline_ms = None;
+    if mark == 1 {
+        let asked_at = transport.now_ms();
+        match begin_rest(transaction, (settings, caller), transport, report, needed + reserve).await {
+            Mark::Begun => deadline_ms = Some(asked_at + REST_MARK_CUTOFF_MS),
+            Mark::Unavailable => {}
+            Mark::Held(ending) => return (ending, None),
+            Mark::Failed(why, retry_after_seconds) => {
+                failure.message = format!(
+                    "{}; {cancelled}, and marking it in the ledger before sending it through REST requests \
+                     failed: {why}",
+                    failure.message
+                );
+                let wait = retry_after_seconds.unwrap_or(0).max(settings.retry_after_seconds);
+                return (Ending::Retryable(failure, wait), None);
+            }
+        }
+    }
+    let ending = send(requests, &transaction.entries, (settings, caller), transport, report, reserve, deadline_ms).await;
+    (ending, Some(ViaRest { reason, marked: deadline_ms.is_some() }))
+}
+
+/// Marks `transaction` in the ledger as being applied through REST requests
+/// ([`plan::LEDGER_REST_BEGIN_FUNCTION`]) before the statement-timeout fallback's first write;
+/// `spare`: the requests that must stay in the budget after this one (a lost connection's second
+/// attempt is made only beside them).
+async fn begin_rest<T: Transport>(
+    transaction: &Transaction,
+    (settings, caller): (&UploadSettings, &Caller),
+    transport: &T,
+    report: &mut UploadReport,
+    spare: usize,
+) -> Mark {
+    let function = plan::LEDGER_REST_BEGIN_FUNCTION;
+    let Some(request) = plan::ledger_record_request(function, transaction, settings, caller, &[]) else {
+        return Mark::Unavailable;
+    };
+    let may_resend = report.subrequests + 2 + spare <= settings.subrequest_budget;
+    let (answer, sent) = send_resending_once(transport, &request, may_resend).await;
+    report.subrequests += sent;
+    report.resent += sent - 1;
+    let entries = transaction.entries.len();
+    let (failure, retry_after) = match (classify_for(&answer, None, settings, caller), &answer) {
+        (Verdict::Applied, Ok(response)) => {
+            let body: Value = serde_json::from_str(&response.body).unwrap_or_default();
+            if body == serde_json::json!({"rest": "begun"}) {
+                return Mark::Begun;
+            }
+            match atomic_answer(&response.body, entries) {
+                Some(AtomicAnswer { dead_letter: Some(failure), .. }) => {
+                    return Mark::Held(held_rejection(failure, entries))
+                }
+                Some(AtomicAnswer { already_applied: true, unchanged, .. }) => {
+                    return Mark::Held(Ending::Success { unchanged, uncertain: Vec::new(), already_applied: true })
+                }
+                _ => (unexpected_response(None, response, "the ledger's {\"rest\": \"begun\"} or its record"), None),
+            }
+        }
+        // (a 2xx is an answer: not reached)
+        (Verdict::Applied, Err(_)) => (FailedOperation::new(None, UNEXPECTED_RESPONSE, "no answer"), None),
+        (Verdict::Retryable { failure, .. } | Verdict::Fatal(failure), _) if failure.code == FUNCTION_NOT_FOUND => {
+            report.dead_letter_errors.push(format!(
+                "ledger call {function} missing: run sql/atomic_upload.sql again; sent through REST unmarked, so a \
+                 copy of the queue applying it meanwhile could be overwritten by these writes"
+            ));
+            return Mark::Unavailable;
+        }
+        (Verdict::Retryable { failure, retry_after_seconds }, _) => (failure, retry_after_seconds),
+        // A refusal (a missing GRANT, bad input) is no fault of the data: nothing was sent, it waits.
+        (Verdict::Fatal(failure), _) => (failure, Some(SCHEMA_DRIFT_RETRY_AFTER_SECONDS)),
+    };
+    let status = failure.http_status.map_or_else(|| "no answer".to_string(), |s| format!("HTTP {s}"));
+    report.dead_letter_errors.push(format!("ledger call {function} failed: {} ({status})", failure.code));
+    let fix = if failure.code == "42501" && failure.message.contains(function) {
+        let role = quote_ident(writing_role(settings, caller));
+        format!(" (grant execute on function public.{function}(text, text, text) to {role})")
+    } else {
+        String::new()
+    };
+    let why = format!("{} {status}: {}{fix}", failure.code, crate::credentials::clipped(&failure.message, 300));
+    Mark::Failed(why, retry_after)
+}
+
+/// Drops the ledger's mark of a transaction whose REST fallback ended retryable
+/// ([`plan::LEDGER_REST_ABANDON_FUNCTION`]), so that the client's next attempt need not wait for
+/// it to expire. Best effort: without budget left, or when it fails, the mark expires by itself
+/// (logged).
+async fn abandon_rest<T: Transport>(
+    transaction: &Transaction,
+    (settings, caller): (&UploadSettings, &Caller),
+    transport: &T,
+    report: &mut UploadReport,
+) {
+    let function = plan::LEDGER_REST_ABANDON_FUNCTION;
+    let Some(request) = plan::ledger_record_request(function, transaction, settings, caller, &[]) else {
+        return;
+    };
+    let expires = "the mark expires within 10 minutes; until then the transaction's attempts wait";
+    if report.subrequests >= settings.subrequest_budget {
+        report.dead_letter_errors.push(format!("ledger call {function} skipped: no subrequest budget left; {expires}"));
+        return;
+    }
+    let may_resend = report.subrequests + 2 <= settings.subrequest_budget;
+    let (answer, sent) = send_resending_once(transport, &request, may_resend).await;
+    report.subrequests += sent;
+    report.resent += sent - 1;
+    match (classify_for(&answer, None, settings, caller), &answer) {
+        (Verdict::Applied, Ok(response)) if response.body.trim() == "true" => {}
+        (Verdict::Applied, _) => {
+            report.dead_letter_errors.push(format!("ledger call {function}: not the ledger's true; {expires}"))
+        }
+        (Verdict::Retryable { failure, .. } | Verdict::Fatal(failure), _) => {
+            report.dead_letter_errors.push(format!("ledger call {function} failed: {}; {expires}", failure.code))
+        }
+    }
+}
+
+/// A transaction the ledger holds as rejected (a dead letter, or the ledger's own record),
+/// answered for a re-sent or late attempt: nothing was applied now; reported as it was then.
+fn held_rejection(failure: FailedOperation, entries: usize) -> Ending {
+    let states = vec![EntryState::Failed; entries];
+    match failure.index {
+        Some(_) if failure.code == CONFLICT => {
+            let row = failure.details.as_deref().and_then(|d| serde_json::from_str(d).ok());
+            let failure = FailedOperation { details: None, ..failure };
+            Ending::Conflict(failure, states, row.unwrap_or(Value::Null), Ledger::HoldsIt)
+        }
+        _ => Ending::Fatal(failure, states, Ledger::HoldsIt),
+    }
 }
 
 /// A fatal failure found before sending: reported as such if recording its rejection still fits in
@@ -554,6 +769,7 @@ async fn send<T: Transport>(
     transport: &T,
     report: &mut UploadReport,
     reserve: usize,
+    deadline_ms: Option<u64>,
 ) -> Ending {
     let entry_count = entries.len();
     let mut states = vec![EntryState::NotAttempted; entry_count];
@@ -576,6 +792,19 @@ async fn send<T: Transport>(
             Check::Upsert { row_entries } if row_entries.len() == 1 => row_entries.first().copied(),
             _ => Some(planned.entries.start),
         };
+        if deadline_ms.is_some_and(|deadline| transport.now_ms() >= deadline) {
+            let failure = FailedOperation::new(
+                Some(planned.entries.start),
+                REST_FALLBACK_TOO_LONG,
+                format!(
+                    "its REST requests (sent after its atomic call was cancelled by the statement timeout) ran for \
+                     {} s, past the ledger's mark of it: the rest waits for the next upload (what was sent is sent \
+                     again, which changes nothing)",
+                    REST_MARK_CUTOFF_MS / 1000
+                ),
+            );
+            return Ending::Retryable(failure, settings.retry_after_seconds);
+        }
         // A request whose connection failed before any answer is sent again at once, if that
         // extra request still leaves room for every request planned after it and the reserve.
         // (its own reads too, for a compared write: they come after its answer)
@@ -608,15 +837,7 @@ async fn send<T: Transport>(
                     Some(AtomicAnswer { dead_letter: Some(failure), .. }) => {
                         // Rejected and dead-lettered before (this call arrived late, or the client
                         // re-sent it): nothing applied now; answered as it was then.
-                        let states = vec![EntryState::Failed; entry_count];
-                        return match failure.index {
-                            Some(_) if failure.code == CONFLICT => {
-                                let row = failure.details.as_deref().and_then(|d| serde_json::from_str(d).ok());
-                                let failure = FailedOperation { details: None, ..failure };
-                                Ending::Conflict(failure, states, row.unwrap_or(Value::Null), Ledger::HoldsIt)
-                            }
-                            _ => Ending::Fatal(failure, states, Ledger::HoldsIt),
-                        };
+                        return held_rejection(failure, entry_count);
                     }
                     Some(result) => {
                         already_applied = result.already_applied;
@@ -1074,24 +1295,24 @@ async fn record_applied_via_rest<T: Transport>(
     (settings, caller): (&UploadSettings, &Caller),
     transport: &T,
     report: &mut UploadReport,
-) {
+) -> Result<(), String> {
     let function = plan::LEDGER_APPLIED_VIA_REST_FUNCTION;
     let Some(request) = plan::ledger_record_request(function, transaction, settings, caller, unchanged) else {
-        return;
+        return Ok(());
     };
     let unguarded = "a late call of this transaction could apply it again";
     if report.subrequests >= settings.subrequest_budget {
         report
             .dead_letter_errors
             .push(format!("ledger call {function} skipped: no subrequest budget left; {unguarded}"));
-        return;
+        return Err("no subrequest budget left".to_string());
     }
     let may_resend = report.subrequests + 2 <= settings.subrequest_budget;
     let (answer, sent) = send_resending_once(transport, &request, may_resend).await;
     report.subrequests += sent;
     report.resent += sent - 1;
     let failure = match (classify_for(&answer, None, settings, caller), &answer) {
-        (Verdict::Applied, Ok(response)) if response.body.trim() == "true" => return,
+        (Verdict::Applied, Ok(response)) if response.body.trim() == "true" => return Ok(()),
         (Verdict::Applied, _) => FailedOperation::new(None, UNEXPECTED_RESPONSE, "the answer is not the ledger's true"),
         (Verdict::Retryable { failure, .. } | Verdict::Fatal(failure), _) => failure,
     };
@@ -1100,6 +1321,7 @@ async fn record_applied_via_rest<T: Transport>(
     report
         .dead_letter_errors
         .push(format!("ledger call {function} failed: {} ({status}); {unguarded}{fix}", failure.code));
+    Err(format!("{} {status}", failure.code))
 }
 
 /// Records a fatal transaction (`record`: the transaction, its failure, its entries' states)

@@ -1170,6 +1170,14 @@ mod tests {
         error(404, "PGRST202", "Could not find the function public.powersync_apply_transaction")
     }
 
+    /// The ledger's answer to the mark a REST fallback asks for: made.
+    fn begun() -> Answer {
+        ok_body(r#"{"rest":"begun"}"#)
+    }
+
+    const REST_BEGIN_PATH: &str = "/rpc/powersync_upload_ledger_rest_begin";
+    const REST_ABANDON_PATH: &str = "/rpc/powersync_upload_ledger_rest_abandon";
+
     #[test]
     fn transaction_the_atomic_function_had_already_applied_is_a_success_saying_so() {
         let transport = FakeTransport::scripted(vec![
@@ -2128,7 +2136,10 @@ mod tests {
         assert_eq!(statuses(&report), vec![Status::RetryableError]);
         let failure = report.results[0].failed_operation.clone().expect("failure");
         assert!(
-            failure.message.contains("3 requests plus one to record a rejection in the atomic function's ledger"),
+            failure.message.contains(
+                "3 requests, one to mark it in the ledger first, plus one to record a rejection in the atomic \
+                 function's ledger"
+            ),
             "{}",
             failure.message
         );
@@ -2231,6 +2242,7 @@ mod tests {
     fn atomic_call_cancelled_by_the_statement_timeout_is_applied_through_rest_and_says_so() {
         let transport = FakeTransport::scripted(vec![
             statement_timeout(),
+            begun(),
             ok(201),
             ok(201),
             ok(204),
@@ -2245,17 +2257,24 @@ mod tests {
             urls,
             vec![
                 "https://p.supabase.co/rest/v1/rpc/powersync_apply_transaction",
+                "https://p.supabase.co/rest/v1/rpc/powersync_upload_ledger_rest_begin",
                 "https://p.supabase.co/rest/v1/todos?on_conflict=id",
                 "https://p.supabase.co/rest/v1/todos?on_conflict=id",
                 "https://p.supabase.co/rest/v1/todos?id=eq.c",
                 "https://p.supabase.co/rest/v1/rpc/powersync_upload_ledger_applied_via_rest",
                 "https://p.supabase.co/rest/v1/rpc/powersync_apply_transaction",
             ],
-            "the REST requests at once, its record in the ledger, then the next transaction through the function"
+            "marked in the ledger, the REST requests, its record in the ledger, then the next transaction \
+             through the function"
         );
-        // Recorded applied under the digest of its entries, as the user, before the next
-        // transaction: a late copy of the cancelled call (the same entries) then applies nothing.
-        let record = &sent[4];
+        // Marked, then recorded applied, under the digest of its entries, as the user, before the
+        // next transaction: meanwhile and afterwards, a copy of the cancelled call (the same
+        // entries) applies nothing.
+        let mark = &sent[1];
+        assert_eq!(mark.body.as_deref(), Some(r#"{"p_client_id":"client-1","p_transaction_id":"big"}"#));
+        assert_eq!(mark.header_value(crud::ENTRIES_DIGEST_HEADER), sent[0].header_value(crud::ENTRIES_DIGEST_HEADER));
+        assert_eq!(mark.header_value("Authorization"), Some("Bearer token"));
+        let record = &sent[5];
         assert_eq!(record.body.as_deref(), Some(r#"{"p_client_id":"client-1","p_transaction_id":"big"}"#));
         assert_eq!(record.header_value(crud::ENTRIES_DIGEST_HEADER), Some(mixed("big").entries_digest().as_str()));
         assert_eq!(record.header_value(crud::ENTRIES_DIGEST_HEADER), sent[0].header_value(crud::ENTRIES_DIGEST_HEADER));
@@ -2268,7 +2287,7 @@ mod tests {
             assert!(reason.contains(part), "{part:?} in {reason}");
         }
         assert_eq!(body["results"][1], json!({"status": "success", "transaction_id": 2}), "no field when atomic");
-        assert_eq!(report.subrequests, 6);
+        assert_eq!(report.subrequests, 7);
         assert!(report.dead_letter_errors.is_empty(), "{:?}", report.dead_letter_errors);
         assert_eq!(report.atomic_function, Some(true), "the function answered: it is installed");
         assert_eq!(report.log_summary()["applied_via_rest"], json!(1));
@@ -2277,33 +2296,46 @@ mod tests {
 
     #[test]
     fn a_rest_fallbacks_unchanged_entries_are_dead_lettered_beside_its_ledger_record() {
-        // UPLOAD_DEAD_LETTER_UNCHANGED: the DELETE changes no row. Budget 6 holds the atomic call,
-        // 3 REST requests, the dead letter of the unchanged entry and the ledger's record, which
-        // carries that entry too (a re-send answered already applied reports it again).
+        // UPLOAD_DEAD_LETTER_UNCHANGED: the DELETE changes no row. Budget 7 holds the atomic call,
+        // the ledger's mark, 3 REST requests, the dead letter of the unchanged entry and the
+        // ledger's record, which carries that entry too (a re-send answered already applied
+        // reports it again).
         let mut s = recording_unchanged();
-        s.subrequest_budget = 6;
-        let rest = [statement_timeout(), ok(201), ok(201), counted(204, 0)];
+        s.subrequest_budget = 7;
+        let rest = [statement_timeout(), begun(), ok(201), ok(201), counted(204, 0)];
         let transport = FakeTransport::scripted([rest.to_vec(), vec![recorded(), ok_body("true")]].concat());
         let report = run_with(Route::Probe, &s, &[mixed("big")], &transport);
         assert_eq!(statuses(&report), vec![Status::Success]);
         assert_eq!(report.results[0].unchanged, vec![2]);
         let sent = transport.sent();
-        assert!(sent[4].url.ends_with(RECORD_PATH), "{}", sent[4].url);
-        assert!(sent[5].url.ends_with("/rpc/powersync_upload_ledger_applied_via_rest"), "{}", sent[5].url);
-        let body: Value = serde_json::from_str(sent[5].body.as_deref().unwrap_or("")).unwrap_or(Value::Null);
+        assert!(sent[5].url.ends_with(RECORD_PATH), "{}", sent[5].url);
+        assert!(sent[6].url.ends_with("/rpc/powersync_upload_ledger_applied_via_rest"), "{}", sent[6].url);
+        let body: Value = serde_json::from_str(sent[6].body.as_deref().unwrap_or("")).unwrap_or(Value::Null);
         assert_eq!(body["p_unchanged"], json!([2]));
-        assert_eq!((report.dead_letters, report.subrequests), (1, 6));
-        // Budget 5 keeps one request for them: the dead letter, as before the ledger's record
-        // existed; the record is skipped, and the log says so.
-        s.subrequest_budget = 5;
-        let transport = FakeTransport::scripted([rest.to_vec(), vec![recorded()]].concat());
+        assert_eq!((report.dead_letters, report.subrequests), (1, 7));
+        // Budget 6 keeps one request for them: the ledger's record, which ends the mark (without
+        // it the transaction would be kept); the dead letter of the unchanged entry is skipped,
+        // and the log says so.
+        s.subrequest_budget = 6;
+        let transport = FakeTransport::scripted([rest.to_vec(), vec![ok_body("true")]].concat());
         let report = run_with(Route::Probe, &s, &[mixed("big")], &transport);
-        assert_eq!((statuses(&report), report.dead_letters, report.subrequests), (vec![Status::Success], 1, 5));
+        assert_eq!((statuses(&report), report.dead_letters, report.subrequests), (vec![Status::Success], 0, 6));
+        assert!(transport.sent()[5].url.ends_with("/rpc/powersync_upload_ledger_applied_via_rest"));
+        let errors = report.log_summary()["dead_letter_errors"].to_string();
+        assert!(errors.contains("of unchanged entries skipped"), "{errors}");
+        // Unmarked (a ledger older than the worker, without the mark's function): the dead letter
+        // comes first, as before, and the ledger's record is skipped, logged.
+        let missing = error(404, "PGRST202", "Could not find the function public.powersync_upload_ledger_rest_begin");
+        let unmarked = [statement_timeout(), missing, ok(201), ok(201), counted(204, 0), recorded()];
+        let transport = FakeTransport::scripted(unmarked.to_vec());
+        let report = run_with(Route::Probe, &s, &[mixed("big")], &transport);
+        assert_eq!((statuses(&report), report.dead_letters, report.subrequests), (vec![Status::Success], 1, 6));
         let errors = report.log_summary()["dead_letter_errors"].to_string();
         assert!(
             errors.contains("powersync_upload_ledger_applied_via_rest skipped: no subrequest budget left"),
             "{errors}"
         );
+        assert!(errors.contains("powersync_upload_ledger_rest_begin missing: run sql/atomic_upload.sql again"));
     }
 
     #[test]
@@ -2326,9 +2358,10 @@ mod tests {
     }
 
     #[test]
-    fn a_rest_fallbacks_ledger_record_that_fails_is_logged_and_the_transaction_stays_applied() {
-        // Applied through REST: reported applied whatever the record meets; the log says which
-        // guard is missing (and, for a ledger older than the worker, the file to run again).
+    fn an_unmarked_rest_fallbacks_ledger_record_that_fails_is_logged_and_the_transaction_stays_applied() {
+        // A ledger older than the worker (no mark): reported applied whatever the record meets,
+        // as before; the log says which guard is missing (and the file to run again).
+        let no_mark = || error(404, "PGRST202", "Could not find the function public.powersync_upload_ledger_rest_begin");
         let missing =
             error(404, "PGRST202", "Could not find the function public.powersync_upload_ledger_applied_via_rest");
         for (answer, expected) in [
@@ -2336,7 +2369,7 @@ mod tests {
             (error(503, "", "down"), "(HTTP 503); a late call of this transaction could apply it again"),
             (ok_body("null"), "unexpected_response (HTTP 200); a late call"),
         ] {
-            let answers = vec![statement_timeout(), ok(201), ok(201), ok(204), answer.clone(), answer];
+            let answers = vec![statement_timeout(), no_mark(), ok(201), ok(201), ok(204), answer.clone(), answer];
             let transport = FakeTransport::scripted(answers);
             let report = run_on(Route::Probe, &[mixed("big")], &transport);
             assert_eq!(statuses(&report), vec![Status::Success]);
@@ -2351,17 +2384,126 @@ mod tests {
     }
 
     #[test]
+    fn a_marked_rest_fallback_whose_ledger_record_fails_is_kept_and_its_mark_dropped() {
+        // Applied, but the ledger still marks it: once the mark expired, a copy of it could be
+        // applied over the client's later transactions. Kept (retryable) instead, the later ones
+        // not attempted, and the mark dropped so that the re-send goes on at once.
+        for answer in [error(503, "", "down"), ok_body("null")] {
+            let answers = vec![statement_timeout(), begun(), ok(201), ok(201), ok(204), answer.clone(), answer];
+            let transport = FakeTransport::scripted(answers);
+            let report = run_on(Route::Probe, &[mixed("big"), tx(2)], &transport);
+            assert_eq!(statuses(&report), vec![Status::RetryableError, Status::NotAttempted]);
+            let failure = failure_of(&report, 0);
+            assert_eq!(failure.code, "applied_via_rest_not_recorded");
+            assert!(failure.message.contains("recording that in the ledger failed"), "{}", failure.message);
+            assert_eq!(report.body()["results"][0]["applied_via"], json!("rest"));
+            let sent = transport.sent();
+            assert!(sent.last().is_some_and(|r| r.url.ends_with(REST_ABANDON_PATH)), "{sent:?}");
+            assert_eq!(sent.last().and_then(|r| r.body.clone()), sent[1].body, "the same transaction's mark");
+        }
+    }
+
+    #[test]
+    fn the_rest_fallback_asks_for_the_ledgers_mark_before_its_first_write_and_waits_without_it() {
+        // Another upload's mark (55P03), no answer, or a missing GRANT: nothing is sent through
+        // REST, the transaction waits (retryable), and the GRANT to run is named.
+        let busy = error(500, "55P03", "transaction big of client client-1 is being applied through REST requests");
+        let no_grant = error(403, "42501", "permission denied for function powersync_upload_ledger_rest_begin");
+        for (answer, expected) in [
+            (busy, "55P03 HTTP 500: transaction big of client client-1 is being applied"),
+            (error(503, "", "down"), "HTTP 503"),
+            (no_grant, "grant execute on function public.powersync_upload_ledger_rest_begin(text, text, text) to authenticated"),
+            (ok_body(r#"{"applied": 0}"#), "unexpected_response"),
+        ] {
+            let transport = FakeTransport::scripted(vec![statement_timeout(), answer.clone(), answer]);
+            let report = run_on(Route::Probe, &[mixed("big"), tx(2)], &transport);
+            assert_eq!(statuses(&report), vec![Status::RetryableError, Status::NotAttempted], "{expected}");
+            let failure = failure_of(&report, 0);
+            assert_eq!(failure.code, "57014");
+            assert!(failure.message.contains("marking it in the ledger before sending it through REST requests failed"));
+            assert!(failure.message.contains(expected), "{expected:?} in {}", failure.message);
+            let sent = transport.sent();
+            assert!(sent.iter().all(|r| r.url.contains("/rpc/")), "no write: {sent:?}");
+            assert!(sent.iter().all(|r| !r.url.ends_with(REST_ABANDON_PATH)), "no mark to drop");
+            assert_eq!(report.results[0].applied_via_rest, None);
+        }
+    }
+
+    #[test]
+    fn a_rest_fallback_the_ledger_answers_as_held_sends_nothing_and_reports_it_as_held() {
+        // Another copy of the queue applied (or rejected) it between the cancelled call and the
+        // mark: nothing goes through REST; answered as the atomic function would answer a re-send.
+        let applied = ok_body(r#"{"applied": 0, "already_applied": true, "unchanged": [2]}"#);
+        let transport = FakeTransport::scripted(vec![statement_timeout(), applied]);
+        let report = run_on(Route::Probe, &[mixed("big"), tx(2)], &transport);
+        assert_eq!(statuses(&report), vec![Status::Success, Status::Success]);
+        assert!(report.results[0].already_applied);
+        assert_eq!(report.results[0].unchanged, vec![2]);
+        assert_eq!(report.results[0].applied_via_rest, None, "nothing went through REST");
+        let sent = transport.sent();
+        assert_eq!(sent.len(), 3, "{sent:?}");
+        assert!(sent[1].url.ends_with(REST_BEGIN_PATH) && sent[2].url.ends_with("/rpc/powersync_apply_transaction"));
+        let rejected = ok_body(
+            r#"{"applied": 0, "dead_letter": {"id": 0, "index": 1, "code": "23505", "message": "duplicate"}}"#,
+        );
+        let transport = FakeTransport::scripted(vec![statement_timeout(), rejected]);
+        let report = run_on(Route::Probe, &[mixed("big"), tx(2)], &transport);
+        assert_eq!(statuses(&report), vec![Status::FatalError, Status::Success]);
+        assert_eq!((failure_of(&report, 0).code.as_str(), failure_of(&report, 0).index), ("23505", Some(1)));
+        assert!(
+            transport.sent().iter().all(|r| !r.url.ends_with(REJECT_PATH)),
+            "held by the ledger: not recorded again"
+        );
+    }
+
+    #[test]
+    fn a_rest_fallback_that_ends_retryable_drops_its_mark() {
+        let transport = FakeTransport::scripted(vec![statement_timeout(), begun(), ok(201), error(503, "", "down")]);
+        let report = run_on(Route::Probe, &[mixed("big"), tx(2)], &transport);
+        assert_eq!(statuses(&report), vec![Status::RetryableError, Status::NotAttempted]);
+        let sent = transport.sent();
+        let last = sent.last().expect("sent");
+        assert!(last.url.ends_with(REST_ABANDON_PATH), "{sent:?}");
+        assert_eq!(last.header_value(crud::ENTRIES_DIGEST_HEADER), sent[1].header_value(crud::ENTRIES_DIGEST_HEADER));
+        assert_eq!(report.subrequests, 5, "the request kept for a rejection takes it");
+        // Failing for good: its rejection's record ends the mark instead (the ledger's, here).
+        let transport =
+            FakeTransport::scripted(vec![statement_timeout(), begun(), ok(201), error(409, "23505", "duplicate key")]);
+        let report = run_on(Route::Probe, &[mixed("big")], &transport);
+        assert_eq!(statuses(&report), vec![Status::FatalError]);
+        let sent = transport.sent();
+        assert!(sent.last().is_some_and(|r| r.url.ends_with(REJECT_PATH)), "{sent:?}");
+        assert!(sent.iter().all(|r| !r.url.ends_with(REST_ABANDON_PATH)));
+    }
+
+    #[test]
+    fn a_rest_fallback_sends_no_write_five_minutes_after_asking_for_its_mark() {
+        // The mark lasts 10 minutes; every request here takes 100 s: the third write would start
+        // past 5 minutes, so it waits (retryable), and the mark is dropped.
+        let transport = FakeTransport::scripted(vec![statement_timeout(), begun()]).taking(100_000);
+        let report = run_on(Route::Probe, &[mixed("big")], &transport);
+        assert_eq!(statuses(&report), vec![Status::RetryableError]);
+        let failure = failure_of(&report, 0);
+        assert_eq!((failure.code.as_str(), failure.index), ("rest_fallback_too_long", Some(2)));
+        let urls: Vec<String> = transport.sent().iter().map(|r| r.url.clone()).collect();
+        assert_eq!(urls.len(), 5, "{urls:?}");
+        assert!(urls[2].contains("/todos") && urls[3].contains("/todos") && urls[4].ends_with(REST_ABANDON_PATH));
+    }
+
+    #[test]
     fn what_the_rest_fallback_meets_teaches_nothing_about_the_atomic_function() {
         // The call reached the function (the statement timeout cancelled it); a bare 404 from a
         // REST request after it is not "function missing": the transaction is not sent again
         // through REST, and the next one still goes through the function.
         let html = Ok(HttpResponse { status: 404, headers: vec![], body: "<html>Not Found</html>".to_string() });
-        let transport = FakeTransport::scripted(vec![statement_timeout(), ok(201), html]);
+        let transport = FakeTransport::scripted(vec![statement_timeout(), begun(), ok(201), html]);
         let report = run_on(Route::Probe, &[mixed("big"), tx(2)], &transport);
         assert_eq!(statuses(&report), vec![Status::RetryableError, Status::NotAttempted]);
         assert_eq!(report.results[0].failed_operation.as_ref().map(|f| f.code.as_str()), Some("http_404"));
         assert_eq!(report.atomic_function, Some(true), "the function answered: it is installed");
-        assert_eq!(transport.sent().len(), 3, "the transaction is not sent through REST a second time");
+        let sent = transport.sent();
+        assert_eq!(sent.len(), 5, "the transaction is not sent through REST a second time: {sent:?}");
+        assert!(sent[4].url.ends_with(REST_ABANDON_PATH), "only its mark is dropped");
     }
 
     #[test]
@@ -2370,6 +2512,7 @@ mod tests {
         s.dead_letter_table = Some("dead".to_string());
         let transport = FakeTransport::scripted(vec![
             statement_timeout(),
+            begun(),
             ok(201),
             error(409, "23505", "duplicate key"),
             recorded(),
@@ -2383,7 +2526,8 @@ mod tests {
         );
         assert_eq!(result["applied_via"], json!("rest"), "the app learns that the first PUT stayed applied");
         let sent = transport.sent();
-        assert!(sent[3].url.ends_with(RECORD_PATH));
+        assert!(sent[4].url.ends_with(RECORD_PATH), "its dead letter ends the ledger's mark");
+        assert_eq!(sent.len(), 5);
         assert_eq!(states_of(&dead_letter_body(&transport)), vec!["applied", "failed", "not_attempted"]);
     }
 
@@ -2391,7 +2535,7 @@ mod tests {
     fn timed_out_transaction_whose_rest_requests_do_not_fit_what_is_left_waits_for_the_next_upload() {
         let mut s = settings();
         // one subrequest stays reserved for recording a rejection in the ledger (a client id)
-        s.subrequest_budget = 5;
+        s.subrequest_budget = 6;
         let transport = FakeTransport::scripted(vec![
             ok_body(r#"{"applied": 1}"#),
             ok_body(r#"{"applied": 1}"#),
@@ -2409,14 +2553,14 @@ mod tests {
         assert!(failure.message.contains("next upload"), "{}", failure.message);
         assert_eq!(report.results[2].retry_after_ms, Some(5000));
         assert_eq!(report.results[2].applied_via_rest, None, "nothing went through REST");
-        // the next upload starts with it and a fresh budget: 1 atomic call + 3 REST requests and
-        // the reserve fit in 5
+        // the next upload starts with it and a fresh budget: 1 atomic call, the ledger's mark, 3
+        // REST requests and the reserve fit in 6
         let transport = FakeTransport::scripted(vec![statement_timeout()]);
         let report = run_with(Route::Probe, &s, &[mixed("big"), tx(4)], &transport);
         assert_eq!(statuses(&report), vec![Status::Success, Status::NotAttempted]);
         assert!(report.results[0].applied_via_rest.is_some());
-        assert_eq!(report.subrequests, 5, "its record in the ledger takes the reserved one");
-        assert!(transport.sent()[4].url.ends_with("/rpc/powersync_upload_ledger_applied_via_rest"));
+        assert_eq!(report.subrequests, 6, "its record in the ledger takes the reserved one");
+        assert!(transport.sent()[5].url.ends_with("/rpc/powersync_upload_ledger_applied_via_rest"));
     }
 
     #[test]
@@ -2433,7 +2577,7 @@ mod tests {
             let failure = report.results[0].failed_operation.clone().expect("failure");
             assert_eq!(failure.code, "57014");
             for part in [
-                "needs 4 requests plus one for a dead-letter record",
+                "needs 4 requests, one to mark it in the ledger first, plus one for a dead-letter record",
                 "UPLOAD_SUBREQUEST_BUDGET=3",
                 "no upload can apply it",
                 "alter role authenticated set statement_timeout",

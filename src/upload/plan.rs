@@ -558,8 +558,18 @@ pub const LEDGER_REJECT_FUNCTION: &str = "powersync_upload_ledger_reject";
 /// applies nothing.
 pub const LEDGER_APPLIED_VIA_REST_FUNCTION: &str = "powersync_upload_ledger_applied_via_rest";
 
+/// The ledger function that marks a transaction as being applied through REST requests before
+/// the statement-timeout fallback's first write (sql/atomic_upload.sql): meanwhile no atomic call
+/// of it applies it (55P03), so none can land before the fallback's writes and be overwritten by
+/// them; it answers the transaction as the ledger holds it instead when it does.
+pub const LEDGER_REST_BEGIN_FUNCTION: &str = "powersync_upload_ledger_rest_begin";
+
+/// The ledger function that drops that mark when the fallback ends retryable (sql/atomic_upload.sql).
+pub const LEDGER_REST_ABANDON_FUNCTION: &str = "powersync_upload_ledger_rest_abandon";
+
 /// The call of ledger function `function` ([`LEDGER_REJECT_FUNCTION`],
-/// [`LEDGER_APPLIED_VIA_REST_FUNCTION`]) for `transaction`, made as its atomic call is (the
+/// [`LEDGER_APPLIED_VIA_REST_FUNCTION`], [`LEDGER_REST_BEGIN_FUNCTION`],
+/// [`LEDGER_REST_ABANDON_FUNCTION`]) for `transaction`, made as its atomic call is (the
 /// session's token, or the service key with the owner's id), with the digest of its entries and,
 /// when any, the entries that changed no row (`p_unchanged`): `None` when the ledger does not key
 /// it ([`ledger_keyed`]).
