@@ -94,7 +94,10 @@
 -- "message", "details"}}, as recorded. Without the two (either null) it
 -- applies the ops as before and records nothing. The same ids with
 -- DIFFERENT ops and entries (a client whose local database was reset and
--- reuses its ids) are applied, and the record replaced. The user is owner_id if the caller
+-- reuses its ids) are applied, and the record replaced. A transaction the
+-- bridge is applying through REST requests after its call was cancelled by
+-- the statement timeout (powersync_upload_ledger_rest_begin) is not applied
+-- meanwhile: the call raises 55P03 (retryable). The user is owner_id if the caller
 -- bypasses row-level security (service mode, an operator), else the caller's
 -- JWT `sub` (request.jwt.claims, set by PostgREST), else the call is refused:
 -- a user cannot choose another user's key. Records are kept 30 days and at most 10,000 per user (the table

@@ -74,9 +74,18 @@
 //!   transaction is sent through REST requests at once, in the same upload (each request is
 //!   its own statement with its own timeout), and its result says so: `"applied_via": "rest"`
 //!   with `"applied_via_reason"`. Applied that way it is neither all-or-nothing nor exactly
-//!   once; for a caller the ledger keys it is then recorded as applied there
-//!   (`powersync_upload_ledger_applied_via_rest`, best effort, in the subrequest kept for a
-//!   rejection), so that a late copy of the cancelled call applies nothing. Where those requests do not fit in what is left of the budget it stays retryable,
+//!   once. For a caller the ledger keys, one request first marks it there as being applied
+//!   through REST (`powersync_upload_ledger_rest_begin`): meanwhile an atomic call of it from
+//!   another copy of the queue answers 55P03 (retryable) instead of applying it ahead of these
+//!   writes, which would then land over that copy's later transactions; a transaction the
+//!   ledger already holds is answered as held, and nothing is sent. Applied, it is recorded as
+//!   applied there (`powersync_upload_ledger_applied_via_rest`, in the subrequest kept for a
+//!   rejection), so that a late copy of the cancelled call applies nothing; when that record
+//!   fails the transaction is kept (retryable), as is one whose fallback ran past
+//!   `REST_MARK_CUTOFF_MS`, and a fallback that ends retryable drops its mark
+//!   (`powersync_upload_ledger_rest_abandon`, best effort). Against a ledger without the mark's
+//!   function (an older sql/atomic_upload.sql) it goes on unmarked, and its record is best
+//!   effort, as before. Where those requests do not fit in what is left of the budget it stays retryable,
 //!   with a message saying whether the next upload (a fresh budget) can take it or only the
 //!   operator can (a longer statement timeout, a larger budget); with `UPLOAD_ATOMIC=true`
 //!   (all-or-nothing demanded) it stays retryable with a message naming the fix. A bulk upsert

@@ -57,6 +57,8 @@ APPLY = "powersync_apply_transaction"
 CLAIM = "powersync_upload_ledger_claim"
 REJECT = "powersync_upload_ledger_reject"
 APPLIED_VIA_REST = "powersync_upload_ledger_applied_via_rest"
+REST_BEGIN = "powersync_upload_ledger_rest_begin"
+REST_ABANDON = "powersync_upload_ledger_rest_abandon"
 RECORD = "powersync_record_dead_letter"
 
 WORKER_MODES = ("rls", "rls-rest", "service", "service-rest")
@@ -529,11 +531,12 @@ def test_ledger_claim_rpc_cannot_mark_b_transaction_applied(scene):
 
 @pytest.mark.parametrize("issuer", ISSUERS)
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("function", [REJECT, APPLIED_VIA_REST])
+@pytest.mark.parametrize("function", [REJECT, APPLIED_VIA_REST, REST_BEGIN, REST_ABANDON])
 def test_ledger_record_rpcs_cannot_mark_b_transaction_rejected_or_applied(scene, function):
-    """A records B's next (client id, transaction id) as rejected, or as applied through REST, with
-    the digest of B's entries and naming B as the owner: B's transaction is still applied, not
-    answered "rejected before" or "already applied"."""
+    """A records B's next (client id, transaction id) as rejected, or as applied through REST, or
+    marks it as being applied through REST (or drops such a mark), with the digest of B's entries
+    and naming B as the owner: B's transaction is still applied, not answered "rejected before"
+    or "already applied", nor kept waiting."""
     s, a, b = scene, scene.a, scene.b
     digest = s.db.execute(f"select entries_digest from public.{LEDGER} where user_id = %s and client_id = %s"
                           " and transaction_id = '1'", (b.sub, b.client_id)).fetchone()

@@ -12,10 +12,15 @@ that a transaction of 10,000 PUTs exceeds it.
 
 from __future__ import annotations
 
+import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
 import pytest
+import requests
+
+from tests.e2e.conftest import ANON_KEY
 
 from tests.e2e.upload_helpers import patch, put, statuses, upload, wait_until_standin_idle
 
@@ -85,21 +90,23 @@ def test_transaction_whose_atomic_call_the_statement_timeout_cancels_is_applied_
     for part in ("statement timeout", "57014", f"{GROUPS} REST requests",
                  "neither all-or-nothing nor exactly once"):
         assert part in reason, (part, reason)
-    assert answer["subrequests"] == 1 + GROUPS + 1
+    assert answer["subrequests"] == 1 + 1 + GROUPS + 1
 
     log = standin.requests_log()
-    assert [e["path"] for e in log] == (["/rest/v1/rpc/powersync_apply_transaction"]
+    assert [e["path"] for e in log] == (["/rest/v1/rpc/powersync_apply_transaction",
+                                         "/rest/v1/rpc/powersync_upload_ledger_rest_begin"]
                                         + ["/rest/v1/todos"] * GROUPS
                                         + ["/rest/v1/rpc/powersync_upload_ledger_applied_via_rest"])
     assert log[0]["status"] == 500, "the atomic call was cancelled"
-    assert all(e["status"] == 201 for e in log[1:-1]), [e["status"] for e in log[1:-1]]
+    assert log[1]["status"] == 200, "marked in the ledger before the first write"
+    assert all(e["status"] == 201 for e in log[2:-1]), [e["status"] for e in log[2:-1]]
     assert log[-1]["status"] == 200, "recorded in the ledger"
 
     stored = db.execute("select id::text from public.todos where list_id = %s", (list_id,)).fetchall()
     assert sorted(r[0] for r in stored) == sorted(ids), "every row, once"
-    ledger = db.execute("select transaction_id, dead_letter_id, entries_digest is not null"
+    ledger = db.execute("select transaction_id, dead_letter_id, entries_digest is not null, rest_until"
                         " from public.powersync_upload_ledger where client_id = 'client-big'").fetchall()
-    assert ledger == [("7", None, True)], "recorded applied, so that a late call of it applies nothing"
+    assert ledger == [("7", None, True, None)], "recorded applied, so that a late call of it applies nothing"
     line = auto_worker.log_line(resp)["upload"]
     assert line["applied_via_rest"] == 1, line
     assert line["success"] == 1, line
@@ -164,3 +171,150 @@ def test_a_resend_of_a_transaction_applied_through_the_rest_fallback_is_already_
     assert again.json()["results"] == [{"status": "success", "transaction_id": 1, "unchanged": [1],
                                         "already_applied": True}], again.text
     assert db.execute("select description from public.todos where id = %s", (row,)).fetchone() == ("edited",)
+
+
+# The statement-timeout fallback against a second copy of the same queue (audit_concurrency F1)
+
+def _todo(db, user: str, description: str) -> str:
+    list_id, row = str(uuid.uuid4()), str(uuid.uuid4())
+    db.execute("insert into public.lists (id, name, owner_id) values (%s, 'l', %s)", (list_id, user))
+    db.execute("insert into public.todos (id, description, list_id, created_by) values (%s, %s, %s, %s)",
+               (row, description, list_id, user))
+    return row
+
+
+def _ledger(db, user: str, client: str) -> list[tuple]:
+    return db.execute("select transaction_id, dead_letter_id is not null, rest_until is not null"
+                      " from public.powersync_upload_ledger where user_id = %s and client_id = %s"
+                      " order by transaction_id", (user, client)).fetchall()
+
+
+def test_a_copy_of_the_queue_waits_while_a_transaction_goes_through_the_rest_fallback_and_lands_after_it(
+        auto_worker, db, standin, session_token):
+    """Request A's atomic call of T1 is cancelled by the statement timeout, and its REST PATCH is
+    held 2 s (a wait for a pooled connection). Meanwhile a second copy B of the same queue (the
+    app restarted) sends T1 and T2. The ledger's mark of T1, made before A's first write, makes
+    B's T1 wait (55P03, retryable) and T2 not attempted; before, B applied both, and A's PATCH
+    then landed over T2's value, both requests reporting success. B's re-send then finds T1
+    applied and applies T2: the row ends with T2's value."""
+    user = str(uuid.uuid4())
+    row = _todo(db, user, "v0")
+    token = session_token(user)
+    t1 = {"transaction_id": 1, "crud": [patch("todos", row, description="v1")]}
+    t2 = {"transaction_id": 2, "crud": [patch("todos", row, description="v2")]}
+    client = "dev-" + str(uuid.uuid4())
+    standin.add_fault({"status": 500, "path_prefix": RPC, "method": "POST", "body": CANCELLED})
+    standin.add_fault({"delay_ms": 2000, "path_prefix": "/rest/v1/todos", "method": "PATCH"})
+
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(upload, auto_worker, token, {"client_id": client, "transactions": [t1]})
+        deadline = time.monotonic() + 10
+        while _ledger(db, user, client) != [("1", False, True)]:
+            assert time.monotonic() < deadline and not first.done(), "A marks T1 before its first write"
+            time.sleep(0.05)
+        copy = upload(auto_worker, token, {"client_id": client, "transactions": [t1, t2]})
+        a = first.result()
+
+    assert statuses(copy) == ["retryable_error", "not_attempted"], copy.text
+    failure = copy.json()["results"][0]["failed_operation"]
+    assert failure["code"] == "55P03", failure
+    assert "is being applied through REST requests by another upload" in failure["message"], failure
+    assert statuses(a) == ["success"], a.text
+    assert a.json()["results"][0]["applied_via"] == "rest", a.text
+    description = lambda: db.execute("select description from public.todos where id = %s",  # noqa: E731
+                                     (row,)).fetchone()[0]
+    assert description() == "v1", "A's write landed; T2 waited behind it"
+    assert _ledger(db, user, client) == [("1", False, False)], "the mark became the record of T1 applied"
+
+    again = upload(auto_worker, token, {"client_id": client, "transactions": [t1, t2]})
+    assert again.json()["results"] == [{"status": "success", "transaction_id": 1, "already_applied": True},
+                                       {"status": "success", "transaction_id": 2}], again.text
+    assert wait_until_standin_idle(standin)
+    assert description() == "v2", "T2 last, as the client wrote it"
+
+
+def test_a_rest_fallback_that_ends_retryable_drops_its_mark_and_the_resend_goes_through_at_once(
+        auto_worker, db, standin, session_token):
+    user = str(uuid.uuid4())
+    row = _todo(db, user, "v0")
+    token = session_token(user)
+    payload = {"client_id": "dev-" + str(uuid.uuid4()),
+               "transactions": [{"transaction_id": 1, "crud": [patch("todos", row, description="v1")]}]}
+    standin.add_fault({"status": 500, "path_prefix": RPC, "method": "POST", "body": CANCELLED})
+    standin.add_fault({"status": 503, "path_prefix": "/rest/v1/todos", "method": "PATCH"})
+    first = upload(auto_worker, token, payload)
+    assert statuses(first) == ["retryable_error"], first.text
+    paths = [e["path"] for e in standin.requests_log()]
+    assert paths == [RPC, "/rest/v1/rpc/powersync_upload_ledger_rest_begin", "/rest/v1/todos",
+                     "/rest/v1/rpc/powersync_upload_ledger_rest_abandon"], paths
+    assert _ledger(db, user, payload["client_id"]) == [], "the mark is gone"
+    again = upload(auto_worker, token, payload)
+    assert again.json()["results"] == [{"status": "success", "transaction_id": 1}], again.text
+    assert db.execute("select description from public.todos where id = %s", (row,)).fetchone() == ("v1",)
+
+
+def test_an_atomic_call_waits_while_the_ledger_marks_its_transaction_and_goes_through_once_the_mark_expired(
+        auto_worker, db, standin, session_token):
+    """A mark left by a worker that stopped half-way (here made through /rpc, as the user may)
+    holds every attempt of that transaction (55P03, retryable), until it expires."""
+    user = str(uuid.uuid4())
+    row = _todo(db, user, "v0")
+    token = session_token(user)
+    payload = {"client_id": "dev-" + str(uuid.uuid4()),
+               "transactions": [{"transaction_id": 1, "crud": [patch("todos", row, description="v1")]}]}
+    held = upload(auto_worker, token, payload)  # applied: its entries' digest is in the ledger now
+    digest = db.execute("select entries_digest from public.powersync_upload_ledger where client_id = %s",
+                        (payload["client_id"],)).fetchone()[0]
+    db.execute("delete from public.powersync_upload_ledger where client_id = %s", (payload["client_id"],))
+    db.execute("update public.todos set description = 'v0' where id = %s", (row,))
+    assert statuses(held) == ["success"]
+    mark = requests.post(f"{standin.url}/rest/v1/rpc/powersync_upload_ledger_rest_begin",
+                         json={"p_client_id": payload["client_id"], "p_transaction_id": "1"},
+                         headers={"Authorization": f"Bearer {token}", "apikey": ANON_KEY,
+                                  "X-PowerSync-Entries-Digest": digest}, timeout=10)
+    assert mark.json() == {"rest": "begun"}, mark.text
+
+    waiting = upload(auto_worker, token, payload)
+    assert statuses(waiting) == ["retryable_error"], waiting.text
+    assert waiting.json()["results"][0]["failed_operation"]["code"] == "55P03"
+    assert db.execute("select description from public.todos where id = %s", (row,)).fetchone() == ("v0",)
+
+    db.execute("update public.powersync_upload_ledger set rest_until = now() - interval '1 second'"
+               " where client_id = %s", (payload["client_id"],))
+    expired = upload(auto_worker, token, payload)
+    assert expired.json()["results"] == [{"status": "success", "transaction_id": 1}], expired.text
+    assert db.execute("select description from public.todos where id = %s", (row,)).fetchone() == ("v1",)
+    assert _ledger(db, user, payload["client_id"]) == [("1", False, False)]
+
+
+def test_a_rest_fallback_of_a_transaction_the_ledger_holds_sends_nothing_and_answers_as_held(
+        auto_worker, db, standin, session_token):
+    """Applied by another copy between the cancelled call and the mark (here: before): the
+    fallback sends no write; rejected: answered as rejected before, and nothing is applied."""
+    user = str(uuid.uuid4())
+    row = _todo(db, user, "v0")
+    token = session_token(user)
+    client = "dev-" + str(uuid.uuid4())
+    applied = {"client_id": client, "transactions": [{"transaction_id": 1,
+                                                      "crud": [patch("todos", row, description="v1")]}]}
+    assert statuses(upload(auto_worker, token, applied)) == ["success"]
+    db.execute("update public.todos set description = 'edited' where id = %s", (row,))
+    standin.reset()
+    standin.add_fault({"status": 500, "path_prefix": RPC, "method": "POST", "body": CANCELLED})
+    again = upload(auto_worker, token, applied)
+    assert again.json()["results"] == [{"status": "success", "transaction_id": 1, "already_applied": True}], \
+        again.text
+    assert [e["path"] for e in standin.requests_log()] == [RPC, "/rest/v1/rpc/powersync_upload_ledger_rest_begin"]
+    assert db.execute("select description from public.todos where id = %s", (row,)).fetchone() == ("edited",)
+
+    # rejected through the fallback itself: its rejection's record replaces the mark
+    refused = {"client_id": client, "transactions": [{"transaction_id": 2,
+                                                      "crud": [patch("todos", row, priority=9)]}]}
+    standin.add_fault({"status": 500, "path_prefix": RPC, "method": "POST", "body": CANCELLED})
+    first = upload(auto_worker, token, refused)
+    assert statuses(first) == ["fatal_error"], first.text
+    assert first.json()["results"][0]["failed_operation"]["code"] == "23514"
+    assert ("2", True, False) in _ledger(db, user, client), "recorded rejected, the mark gone"
+    resent = upload(auto_worker, token, refused)
+    assert statuses(resent) == ["fatal_error"], resent.text
+    assert "rejected before" in resent.json()["results"][0]["failed_operation"]["message"], resent.text

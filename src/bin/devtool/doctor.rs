@@ -53,13 +53,20 @@ pub const LEDGER_REJECT: &str = "public.powersync_upload_ledger_reject(text, tex
 /// call can apply it again over the user's later transactions.
 pub const LEDGER_APPLIED_VIA_REST: &str =
     "public.powersync_upload_ledger_applied_via_rest(text, text, text, integer[])";
+/// What marks such a transaction as being applied through REST before the first write, and drops
+/// the mark when that ends retryable (called as the API role when `UPLOAD_ATOMIC` is unset):
+/// without them another copy of the queue can apply it meanwhile, and the REST writes land over
+/// that copy's later transactions.
+pub const LEDGER_REST_BEGIN: &str = "public.powersync_upload_ledger_rest_begin(text, text, text)";
+pub const LEDGER_REST_ABANDON: &str = "public.powersync_upload_ledger_rest_abandon(text, text, text)";
 /// Columns of the ledger this version relies on (added over time: their absence means
 /// sql/atomic_upload.sql is outdated: a late call could apply a dead-lettered transaction
 /// (`dead_letter_id`), a re-send after a lost answer would not report entries that changed no
 /// row (`unchanged`), a re-send or late call written as other ops after a change of settings or
 /// version would be applied again (`entries_digest`), the atomic function could not record the
-/// rows a transaction writes (`row_keys`)).
-pub const LEDGER_COLUMNS: [&str; 4] = ["dead_letter_id", "entries_digest", "row_keys", "unchanged"];
+/// rows a transaction writes (`row_keys`), the REST fallback could not mark a transaction
+/// (`rest_until`)).
+pub const LEDGER_COLUMNS: [&str; 5] = ["dead_letter_id", "entries_digest", "rest_until", "row_keys", "unchanged"];
 pub const RECORD: &str =
     "public.powersync_record_dead_letter(jsonb, text, text, text, text, text, integer, jsonb, text, text, text[])";
 pub const REPLAY: &str = "public.powersync_replay_dead_letter(bigint, boolean)";
@@ -260,7 +267,7 @@ impl Expectations {
             f.push(signature.clone());
             f.extend(LEDGER_HELPERS.map(String::from));
             if !self.atomic.as_ref().is_some_and(|(_, always)| *always) {
-                f.push(LEDGER_APPLIED_VIA_REST.to_string());
+                f.extend([LEDGER_APPLIED_VIA_REST, LEDGER_REST_BEGIN, LEDGER_REST_ABANDON].map(String::from));
             }
             if !self.dead_letters {
                 f.push(LEDGER_REJECT.to_string());
@@ -490,6 +497,8 @@ pub fn check_catalog(expected: &Expectations, response: &Response, supabase_url:
             || LEDGER_HELPERS.contains(&signature.as_str())
             || signature == LEDGER_REJECT
             || signature == LEDGER_APPLIED_VIA_REST
+            || signature == LEDGER_REST_BEGIN
+            || signature == LEDGER_REST_ABANDON
             || signature == LEDGER_APPLIED_SINCE;
         let file = if is_atomic { "sql/atomic_upload.sql" } else { "sql/dead_letter.sql" };
         let tool = signature == REPLAY || signature == DISCARD || signature == LEDGER_APPLIED_SINCE;
@@ -510,6 +519,15 @@ pub fn check_catalog(expected: &Expectations, response: &Response, supabase_url:
                         "{signature} is missing (outdated {file}): a transaction applied through REST after its atomic \
                          call timed out is not recorded, so a call of it that reaches the database late can apply it \
                          again over later writes"
+                    ),
+                    format!("run {file} again"),
+                )
+            } else if signature == LEDGER_REST_BEGIN || signature == LEDGER_REST_ABANDON {
+                warning(
+                    format!(
+                        "{signature} is missing (outdated {file}): a transaction whose atomic call timed out goes \
+                         through REST unmarked, so another copy of the queue can apply it meanwhile, and its REST \
+                         writes can land over that copy's later transactions"
                     ),
                     format!("run {file} again"),
                 )
@@ -1532,12 +1550,19 @@ mod tests {
             json!([table("powersync_upload_ledger", &[], true), table("powersync_upload_ledger_settings", &[], true)]);
         let installed =
             |f: Value| json!(atomic_functions_and(vec![f, function(LEDGER_REJECT, true, &["authenticated"])]));
+        for signature in [LEDGER_REST_BEGIN, LEDGER_REST_ABANDON] {
+            assert!(e.functions().contains(&signature.to_string()), "{:?}", e.functions());
+            assert!(!always.functions().contains(&signature.to_string()));
+        }
         let missing = installed(function(LEDGER_APPLIED_VIA_REST, false, &[]));
         let findings = check_catalog(&e, &answer(tables.clone(), missing), "u");
         assert_eq!(findings.len(), 1, "{findings:?}");
         assert_eq!(findings[0].severity, Severity::Warning);
         assert!(findings[0].problem.contains("can apply it again over later writes"), "{}", findings[0].problem);
         assert_eq!(findings[0].fix, "run sql/atomic_upload.sql again");
+        let findings = check_catalog(&e, &answer(tables.clone(), installed(function(LEDGER_REST_BEGIN, false, &[]))), "u");
+        assert_eq!((findings.len(), findings[0].severity), (1, Severity::Warning), "{findings:?}");
+        assert!(findings[0].problem.contains("goes through REST unmarked"), "{}", findings[0].problem);
         let findings = check_catalog(&e, &answer(tables, installed(function(LEDGER_APPLIED_VIA_REST, true, &[]))), "u");
         assert_eq!((findings.len(), findings[0].severity), (1, Severity::Blocking), "{findings:?}");
     }
