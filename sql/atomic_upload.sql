@@ -213,6 +213,8 @@ alter table public.powersync_upload_ledger add column if not exists row_keys tex
 -- call was cancelled by the statement timeout, until when at the latest (null: not); see
 -- powersync_upload_ledger_rest_begin
 alter table public.powersync_upload_ledger add column if not exists rest_until timestamptz;
+-- ... and the mark's token, which only the upload that made the mark knows (null: no mark)
+alter table public.powersync_upload_ledger add column if not exists rest_mark text;
 create index if not exists powersync_upload_ledger_applied_at
   on public.powersync_upload_ledger (applied_at);
 comment on table public.powersync_upload_ledger is
@@ -476,7 +478,8 @@ begin
   -- that letter's (the same ops: not a later transaction under the same ids, whose digest would
   -- then answer that transaction's re-send as applied)
   update public.powersync_upload_ledger as l
-     set digest = p_digest, applied_at = now(), dead_letter_id = null, unchanged = null, rest_until = null,
+     set digest = p_digest, applied_at = now(), dead_letter_id = null, unchanged = null,
+         rest_until = null, rest_mark = null,
          entries_digest = case when p_not_before is not null and v_digest = p_digest
                                then coalesce(v_entries, l.entries_digest)
                                else v_entries end
@@ -564,7 +567,7 @@ begin
   end if;
   update public.powersync_upload_ledger as l
      set digest = p_digest, dead_letter_id = p_dead_letter_id, applied_at = now(), unchanged = null,
-         entries_digest = v_entries, rest_until = null
+         entries_digest = v_entries, rest_until = null, rest_mark = null
    where l.user_id = p_user_id and l.client_id = p_client_id and l.transaction_id = p_transaction_id;
 end
 $$;
@@ -711,7 +714,7 @@ begin
   end if;
   update public.powersync_upload_ledger as l
      set digest = v_entries, entries_digest = v_entries, applied_at = now(), dead_letter_id = null,
-         unchanged = nullif(p_unchanged, '{}'), row_keys = null, rest_until = null
+         unchanged = nullif(p_unchanged, '{}'), row_keys = null, rest_until = null, rest_mark = null
    where l.user_id = v_user and l.client_id = p_client_id and l.transaction_id = p_transaction_id;
   return true;
 end
@@ -732,10 +735,13 @@ comment on function public.powersync_upload_ledger_applied_via_rest(text, text, 
 --     sends nothing; as rejected: {"applied": 0, "dead_letter": {...}}, as the
 --     atomic function answers them;
 --   * another upload's mark that has not expired: 55P03 (retryable), nothing
---     changed;
+--     changed; this upload's own (the same p_mark: a re-send after a lost
+--     answer) is answered {"rest": "begun"} again;
 --   * otherwise the record is marked as being applied through REST until
---     now() + 10 minutes (made, or replacing one of other entries under the same
---     ids, or an expired mark), and it answers {"rest": "begun"}.
+--     now() + 10 minutes, under p_mark (32 lower-case hex digits, drawn at
+--     random by the bridge for each fallback: only it can drop the mark), made,
+--     or replacing one of other entries under the same ids, or an expired mark,
+--     and it answers {"rest": "begun"}.
 -- While the mark stands, the claim of every atomic call of the transaction
 -- raises 55P03 (retryable: the copy's transaction and its later ones wait),
 -- and the fallback ends it: powersync_upload_ledger_applied_via_rest (applied),
@@ -749,7 +755,8 @@ comment on function public.powersync_upload_ledger_applied_via_rest(text, text, 
 create or replace function public.powersync_upload_ledger_rest_begin(
   p_client_id text,
   p_transaction_id text,
-  p_owner_id text default null
+  p_owner_id text default null,
+  p_mark text default null
 ) returns jsonb
 language plpgsql
 security definer
@@ -763,12 +770,17 @@ declare
   v_same      text;
   v_dead      bigint;
   v_rest      timestamptz;
+  v_mark      text;
   v_unchanged integer[];
 begin
   if coalesce(octet_length(p_client_id), 0) not between 1 and 256
      or coalesce(octet_length(p_transaction_id), 0) not between 1 and 256 then
     raise exception using errcode = '22023',
       message = 'powersync_upload_ledger_rest_begin: p_client_id and p_transaction_id must be 1 to 256 bytes';
+  end if;
+  if p_mark is null or p_mark !~ '^[0-9a-f]{32}$' then
+    raise exception using errcode = '22023',
+      message = 'powersync_upload_ledger_rest_begin: p_mark must be 32 lower-case hex digits';
   end if;
   if v_entries is null then
     raise exception using errcode = '22023',
@@ -781,20 +793,23 @@ begin
   -- as in the claim: tried again when a concurrent pruning deletes the record in between
   loop
     insert into public.powersync_upload_ledger as l
-      (user_id, client_id, transaction_id, digest, entries_digest, rest_until)
-    values (v_user, p_client_id, p_transaction_id, v_entries, v_entries, now() + interval '10 minutes')
+      (user_id, client_id, transaction_id, digest, entries_digest, rest_until, rest_mark)
+    values (v_user, p_client_id, p_transaction_id, v_entries, v_entries, now() + interval '10 minutes', p_mark)
     on conflict (user_id, client_id, transaction_id) do nothing;
     if found then
       perform public.powersync_upload_ledger_cap(v_user, coalesce(v_cap, 10000));
       return pg_catalog.jsonb_build_object('rest', 'begun');
     end if;
-    select l.digest, l.entries_digest, l.dead_letter_id, l.rest_until, l.unchanged
-      into v_digest, v_same, v_dead, v_rest, v_unchanged
+    select l.digest, l.entries_digest, l.dead_letter_id, l.rest_until, l.rest_mark, l.unchanged
+      into v_digest, v_same, v_dead, v_rest, v_mark, v_unchanged
       from public.powersync_upload_ledger as l
      where l.user_id = v_user and l.client_id = p_client_id and l.transaction_id = p_transaction_id
      for update;
     exit when found;
   end loop;
+  if v_rest > now() and v_mark = p_mark then
+    return pg_catalog.jsonb_build_object('rest', 'begun');
+  end if;
   if v_rest > now() then
     raise exception using errcode = '55P03',
       message = pg_catalog.format('transaction %s of client %s is being applied through REST requests by another '
@@ -811,23 +826,24 @@ begin
   end if;
   update public.powersync_upload_ledger as l
      set digest = v_entries, entries_digest = v_entries, applied_at = now(), dead_letter_id = null,
-         unchanged = null, row_keys = null, rest_until = now() + interval '10 minutes'
+         unchanged = null, row_keys = null, rest_until = now() + interval '10 minutes', rest_mark = p_mark
    where l.user_id = v_user and l.client_id = p_client_id and l.transaction_id = p_transaction_id;
   return pg_catalog.jsonb_build_object('rest', 'begun');
 end
 $$;
-comment on function public.powersync_upload_ledger_rest_begin(text, text, text) is
+comment on function public.powersync_upload_ledger_rest_begin(text, text, text, text) is
   'PowerSync upload bridge: mark a transaction as being applied through REST, so no atomic call applies it meanwhile.';
 
--- The fallback above ended retryable (a write failed, or it ran too long): its
--- mark is dropped (the caller's record of these entries, while it is marked),
--- so that the client's next attempt need not wait for it to expire. The user is
--- found as for the claim. Errors: 22023 for bad input, 42501 for a caller
--- without a user.
+-- The fallback above ended retryable (a write failed, it ran too long, or the
+-- answer to its mark was lost): its mark is dropped (the caller's record of
+-- these entries marked with p_mark; another upload's mark stays), so that the
+-- client's next attempt need not wait for it to expire. The user is found as
+-- for the claim. Errors: 22023 for bad input, 42501 for a caller without a user.
 create or replace function public.powersync_upload_ledger_rest_abandon(
   p_client_id text,
   p_transaction_id text,
-  p_owner_id text default null
+  p_owner_id text default null,
+  p_mark text default null
 ) returns boolean
 language plpgsql
 security definer
@@ -849,11 +865,11 @@ begin
   v_user := public.powersync_upload_ledger_user(p_owner_id);
   delete from public.powersync_upload_ledger as l
    where l.user_id = v_user and l.client_id = p_client_id and l.transaction_id = p_transaction_id
-     and l.rest_until is not null and l.entries_digest = v_entries;
+     and l.rest_until is not null and l.entries_digest = v_entries and l.rest_mark = p_mark;
   return true;
 end
 $$;
-comment on function public.powersync_upload_ledger_rest_abandon(text, text, text) is
+comment on function public.powersync_upload_ledger_rest_abandon(text, text, text, text) is
   'PowerSync upload bridge: drop the mark of a transaction whose REST fallback ended retryable.';
 
 -- The dead letter of the user's (client, transaction) that the ledger holds
@@ -1040,8 +1056,8 @@ begin
                            'public.powersync_upload_ledger_unchanged(text, text, text, integer[])',
                            'public.powersync_upload_ledger_reject(text, text, text)',
                            'public.powersync_upload_ledger_applied_via_rest(text, text, text, integer[])',
-                           'public.powersync_upload_ledger_rest_begin(text, text, text)',
-                           'public.powersync_upload_ledger_rest_abandon(text, text, text)',
+                           'public.powersync_upload_ledger_rest_begin(text, text, text, text)',
+                           'public.powersync_upload_ledger_rest_abandon(text, text, text, text)',
                            'public.powersync_upload_ledger_applied_since(text, timestamptz)',
                            'public.powersync_upload_ledger_rows(text, text, text, text[])',
                            'public.powersync_upload_row_key(text, text)'] loop
@@ -1062,9 +1078,9 @@ grant execute on function public.powersync_upload_ledger_reject(text, text, text
   to authenticated, service_role;
 grant execute on function public.powersync_upload_ledger_applied_via_rest(text, text, text, integer[])
   to authenticated, service_role;
-grant execute on function public.powersync_upload_ledger_rest_begin(text, text, text)
+grant execute on function public.powersync_upload_ledger_rest_begin(text, text, text, text)
   to authenticated, service_role;
-grant execute on function public.powersync_upload_ledger_rest_abandon(text, text, text)
+grant execute on function public.powersync_upload_ledger_rest_abandon(text, text, text, text)
   to authenticated, service_role;
 grant execute on function public.powersync_upload_ledger_applied_since(text, timestamptz) to service_role;
 grant execute on function public.powersync_upload_ledger_rows(text, text, text, text[])

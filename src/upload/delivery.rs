@@ -331,7 +331,7 @@ pub async fn apply_with<T: Transport>(
                     .then(|| dead_letter::unchanged_record(transaction.entries.len(), &unchanged, &uncertain))
                     .flatten();
                 // A marked fallback's ledger record comes first: without it the transaction is kept.
-                let marked = via_rest.as_ref().is_some_and(|via| via.marked);
+                let marked = via_rest.as_ref().is_some_and(|via| via.mark.is_some());
                 let record = match record {
                     Some(_) if marked && report.subrequests + 2 > settings.subrequest_budget => {
                         report.dead_letter_errors.push(format!(
@@ -354,7 +354,7 @@ pub async fn apply_with<T: Transport>(
                 if let Some(via) = &via_rest {
                     let record = (transaction, unchanged.as_slice());
                     let recorded = record_applied_via_rest(record, (settings, caller), transport, &mut report).await;
-                    if let (Err(why), true) = (recorded, via.marked) {
+                    if let (Err(why), true) = (recorded, via.mark.is_some()) {
                         // Applied, but the ledger still marks it as being applied through REST: once
                         // that mark expires, a copy of it could be applied over the client's later
                         // transactions. Kept instead: sent again, it changes nothing those wrote, as
@@ -440,8 +440,8 @@ pub async fn apply_with<T: Transport>(
             let kept = result.status == Status::RetryableError;
             result.applied_via_rest = Some(via.reason);
             // Kept by the client: the mark goes, so that its next attempt need not wait for it.
-            if via.marked && kept {
-                abandon_rest(transaction, (settings, caller), transport, &mut report).await;
+            if let (Some(token), true) = (&via.mark, kept) {
+                abandon_rest(transaction, (settings, caller), transport, &mut report, token).await;
             }
         }
     }
@@ -456,11 +456,11 @@ const QUERY_CANCELED: &str = "57014";
 struct ViaRest {
     /// Why, for its result's `applied_via_reason`.
     reason: String,
-    /// Whether the ledger marks it as being applied through REST
-    /// ([`plan::LEDGER_REST_BEGIN_FUNCTION`]) until the fallback ends the mark: applied
-    /// (`powersync_upload_ledger_applied_via_rest`, which must then succeed), rejected (its dead
-    /// letter or the ledger's rejection), or kept ([`abandon_rest`]).
-    marked: bool,
+    /// The token of the ledger's mark of it as being applied through REST
+    /// ([`plan::LEDGER_REST_BEGIN_FUNCTION`]), when marked, until the fallback ends the mark:
+    /// applied (`powersync_upload_ledger_applied_via_rest`, which must then succeed), rejected
+    /// (its dead letter or the ledger's rejection), or kept ([`abandon_rest`]).
+    mark: Option<String>,
 }
 
 /// How long after asking for the ledger's mark a REST fallback may still send a write: half of
@@ -482,8 +482,16 @@ enum Mark {
     /// The ledger holds the transaction already (applied, or rejected): how it ends; nothing is sent.
     Held(Ending),
     /// Anything else (another upload's mark, 55P03; no answer; a missing GRANT): nothing was
-    /// sent, the transaction waits.
-    Failed(String, Option<u64>),
+    /// sent, the transaction waits; whether the mark may have been made all the same (the
+    /// answer was lost, or did not come from PostgREST), so that it is dropped.
+    Failed(String, Option<u64>, bool),
+}
+
+/// A fresh token for a REST fallback's mark: 16 random bytes in hex (`None` without randomness).
+fn mark_token() -> Option<String> {
+    let mut bytes = [0u8; 16];
+    getrandom::getrandom(&mut bytes).ok()?;
+    Some(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// A transaction whose atomic call was cancelled by the statement timeout (`failure`; nothing was
@@ -582,13 +590,27 @@ async fn after_timeout<T: Transport>(
     // atomic call of it (another copy of the queue) applies it, to be overwritten by these writes
     // after the client's later transactions (see `plan::LEDGER_REST_BEGIN_FUNCTION`).
     let mut deadline_ms = None;
+    let mut marked = None;
     if mark == 1 {
         let asked_at = transport.now_ms();
-        match begin_rest(transaction, (settings, caller), transport, report, needed + reserve).await {
-            Mark::Begun => deadline_ms = Some(asked_at + REST_MARK_CUTOFF_MS),
+        let token = mark_token();
+        let begun = match &token {
+            Some(token) => {
+                begin_rest(transaction, (settings, caller), transport, report, (token, needed + reserve)).await
+            }
+            None => Mark::Failed("no randomness for the mark's token".to_string(), None, false),
+        };
+        match begun {
+            Mark::Begun => {
+                deadline_ms = Some(asked_at + REST_MARK_CUTOFF_MS);
+                marked = token;
+            }
             Mark::Unavailable => {}
             Mark::Held(ending) => return (ending, None),
-            Mark::Failed(why, retry_after_seconds) => {
+            Mark::Failed(why, retry_after_seconds, maybe_made) => {
+                if let (true, Some(token)) = (maybe_made, &token) {
+                    abandon_rest(transaction, (settings, caller), transport, report, token).await;
+                }
                 failure.message = format!(
                     "{}; {cancelled}, and marking it in the ledger before sending it through REST requests \
                      failed: {why}",
@@ -599,23 +621,25 @@ async fn after_timeout<T: Transport>(
             }
         }
     }
-    let ending = send(requests, &transaction.entries, (settings, caller), transport, report, reserve, deadline_ms).await;
-    (ending, Some(ViaRest { reason, marked: deadline_ms.is_some() }))
+    let ending =
+        send(requests, &transaction.entries, (settings, caller), transport, report, reserve, deadline_ms).await;
+    (ending, Some(ViaRest { reason, mark: marked }))
 }
 
 /// Marks `transaction` in the ledger as being applied through REST requests
-/// ([`plan::LEDGER_REST_BEGIN_FUNCTION`]) before the statement-timeout fallback's first write;
-/// `spare`: the requests that must stay in the budget after this one (a lost connection's second
-/// attempt is made only beside them).
+/// ([`plan::LEDGER_REST_BEGIN_FUNCTION`]) under `token` before the statement-timeout fallback's
+/// first write; `spare`: the requests that must stay in the budget after this one (a lost
+/// connection's second attempt is made only beside them: the same token, so it is answered
+/// `begun` again when the first one made the mark).
 async fn begin_rest<T: Transport>(
     transaction: &Transaction,
     (settings, caller): (&UploadSettings, &Caller),
     transport: &T,
     report: &mut UploadReport,
-    spare: usize,
+    (token, spare): (&str, usize),
 ) -> Mark {
     let function = plan::LEDGER_REST_BEGIN_FUNCTION;
-    let Some(request) = plan::ledger_record_request(function, transaction, settings, caller, &[]) else {
+    let Some(request) = plan::ledger_record_request(function, transaction, (settings, caller), &[], Some(token)) else {
         return Mark::Unavailable;
     };
     let may_resend = report.subrequests + 2 + spare <= settings.subrequest_budget;
@@ -656,26 +680,30 @@ async fn begin_rest<T: Transport>(
     report.dead_letter_errors.push(format!("ledger call {function} failed: {} ({status})", failure.code));
     let fix = if failure.code == "42501" && failure.message.contains(function) {
         let role = quote_ident(writing_role(settings, caller));
-        format!(" (grant execute on function public.{function}(text, text, text) to {role})")
+        format!(" (grant execute on function public.{function}(text, text, text, text) to {role})")
     } else {
         String::new()
     };
     let why = format!("{} {status}: {}{fix}", failure.code, crate::credentials::clipped(&failure.message, 300));
-    Mark::Failed(why, retry_after)
+    // Only PostgREST's error (a SQLSTATE or PGRST code) says the function's work was rolled back.
+    let maybe_made =
+        failure.http_status.is_none() || failure.code.starts_with("http_") || failure.code == UNEXPECTED_RESPONSE;
+    Mark::Failed(why, retry_after, maybe_made)
 }
 
-/// Drops the ledger's mark of a transaction whose REST fallback ended retryable
-/// ([`plan::LEDGER_REST_ABANDON_FUNCTION`]), so that the client's next attempt need not wait for
-/// it to expire. Best effort: without budget left, or when it fails, the mark expires by itself
-/// (logged).
+/// Drops the ledger's mark (`token`) of a transaction whose REST fallback ended retryable, or
+/// whose mark's answer was lost ([`plan::LEDGER_REST_ABANDON_FUNCTION`]; another upload's mark
+/// stays), so that the client's next attempt need not wait for it to expire. Best effort: without
+/// budget left, or when it fails, the mark expires by itself (logged).
 async fn abandon_rest<T: Transport>(
     transaction: &Transaction,
     (settings, caller): (&UploadSettings, &Caller),
     transport: &T,
     report: &mut UploadReport,
+    token: &str,
 ) {
     let function = plan::LEDGER_REST_ABANDON_FUNCTION;
-    let Some(request) = plan::ledger_record_request(function, transaction, settings, caller, &[]) else {
+    let Some(request) = plan::ledger_record_request(function, transaction, (settings, caller), &[], Some(token)) else {
         return;
     };
     let expires = "the mark expires within 10 minutes; until then the transaction's attempts wait";
@@ -1246,7 +1274,7 @@ async fn record_rejection<T: Transport>(
     report: &mut UploadReport,
 ) -> Result<(), (FailedOperation, u64)> {
     let function = plan::LEDGER_REJECT_FUNCTION;
-    let Some(request) = plan::ledger_record_request(function, transaction, settings, caller, &[]) else {
+    let Some(request) = plan::ledger_record_request(function, transaction, (settings, caller), &[], None) else {
         return Ok(());
     };
     let kept = |why: String, http_status: Option<u16>, hint: Option<String>| {
@@ -1306,7 +1334,7 @@ async fn record_applied_via_rest<T: Transport>(
     report: &mut UploadReport,
 ) -> Result<(), String> {
     let function = plan::LEDGER_APPLIED_VIA_REST_FUNCTION;
-    let Some(request) = plan::ledger_record_request(function, transaction, settings, caller, unchanged) else {
+    let Some(request) = plan::ledger_record_request(function, transaction, (settings, caller), unchanged, None) else {
         return Ok(());
     };
     let unguarded = "a late call of this transaction could apply it again";

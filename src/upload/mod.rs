@@ -2271,7 +2271,13 @@ mod tests {
         // next transaction: meanwhile and afterwards, a copy of the cancelled call (the same
         // entries) applies nothing.
         let mark = &sent[1];
-        assert_eq!(mark.body.as_deref(), Some(r#"{"p_client_id":"client-1","p_transaction_id":"big"}"#));
+        let body: Value = serde_json::from_str(mark.body.as_deref().unwrap_or("")).unwrap_or(Value::Null);
+        assert_eq!((&body["p_client_id"], &body["p_transaction_id"]), (&json!("client-1"), &json!("big")));
+        let token = body["p_mark"].as_str().unwrap_or("");
+        assert!(
+            token.len() == 32 && token.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()),
+            "{token}"
+        );
         assert_eq!(mark.header_value(crud::ENTRIES_DIGEST_HEADER), sent[0].header_value(crud::ENTRIES_DIGEST_HEADER));
         assert_eq!(mark.header_value("Authorization"), Some("Bearer token"));
         let record = &sent[5];
@@ -2361,7 +2367,8 @@ mod tests {
     fn an_unmarked_rest_fallbacks_ledger_record_that_fails_is_logged_and_the_transaction_stays_applied() {
         // A ledger older than the worker (no mark): reported applied whatever the record meets,
         // as before; the log says which guard is missing (and the file to run again).
-        let no_mark = || error(404, "PGRST202", "Could not find the function public.powersync_upload_ledger_rest_begin");
+        let no_mark =
+            || error(404, "PGRST202", "Could not find the function public.powersync_upload_ledger_rest_begin");
         let missing =
             error(404, "PGRST202", "Could not find the function public.powersync_upload_ledger_applied_via_rest");
         for (answer, expected) in [
@@ -2406,25 +2413,41 @@ mod tests {
     #[test]
     fn the_rest_fallback_asks_for_the_ledgers_mark_before_its_first_write_and_waits_without_it() {
         // Another upload's mark (55P03), no answer, or a missing GRANT: nothing is sent through
-        // REST, the transaction waits (retryable), and the GRANT to run is named.
+        // REST, the transaction waits (retryable), and the GRANT to run is named. Where the mark
+        // may have been made all the same (an answer not PostgREST's), it is dropped, by its token.
         let busy = error(500, "55P03", "transaction big of client client-1 is being applied through REST requests");
         let no_grant = error(403, "42501", "permission denied for function powersync_upload_ledger_rest_begin");
-        for (answer, expected) in [
-            (busy, "55P03 HTTP 500: transaction big of client client-1 is being applied"),
-            (error(503, "", "down"), "HTTP 503"),
-            (no_grant, "grant execute on function public.powersync_upload_ledger_rest_begin(text, text, text) to authenticated"),
-            (ok_body(r#"{"applied": 0}"#), "unexpected_response"),
+        for (answer, expected, dropped) in [
+            (busy, "55P03 HTTP 500: transaction big of client client-1 is being applied", false),
+            (error(503, "", "down"), "HTTP 503", true),
+            (
+                no_grant,
+                "grant execute on function public.powersync_upload_ledger_rest_begin(text, text, text, text) to \
+                 authenticated",
+                false,
+            ),
+            (ok_body(r#"{"applied": 0}"#), "unexpected_response", true),
         ] {
             let transport = FakeTransport::scripted(vec![statement_timeout(), answer.clone(), answer]);
             let report = run_on(Route::Probe, &[mixed("big"), tx(2)], &transport);
             assert_eq!(statuses(&report), vec![Status::RetryableError, Status::NotAttempted], "{expected}");
             let failure = failure_of(&report, 0);
             assert_eq!(failure.code, "57014");
-            assert!(failure.message.contains("marking it in the ledger before sending it through REST requests failed"));
+            assert!(failure
+                .message
+                .contains("marking it in the ledger before sending it through REST requests failed"));
             assert!(failure.message.contains(expected), "{expected:?} in {}", failure.message);
             let sent = transport.sent();
             assert!(sent.iter().all(|r| r.url.contains("/rpc/")), "no write: {sent:?}");
-            assert!(sent.iter().all(|r| !r.url.ends_with(REST_ABANDON_PATH)), "no mark to drop");
+            let abandon = sent.iter().find(|r| r.url.ends_with(REST_ABANDON_PATH));
+            assert_eq!(abandon.is_some(), dropped, "{expected}: {sent:?}");
+            if let Some(abandon) = abandon {
+                let token = |r: &crate::http::HttpRequest| {
+                    serde_json::from_str::<Value>(r.body.as_deref().unwrap_or("")).unwrap_or(Value::Null)["p_mark"]
+                        .clone()
+                };
+                assert_eq!(token(abandon), token(&sent[1]), "its own mark only");
+            }
             assert_eq!(report.results[0].applied_via_rest, None);
         }
     }
@@ -2443,9 +2466,8 @@ mod tests {
         let sent = transport.sent();
         assert_eq!(sent.len(), 3, "{sent:?}");
         assert!(sent[1].url.ends_with(REST_BEGIN_PATH) && sent[2].url.ends_with("/rpc/powersync_apply_transaction"));
-        let rejected = ok_body(
-            r#"{"applied": 0, "dead_letter": {"id": 0, "index": 1, "code": "23505", "message": "duplicate"}}"#,
-        );
+        let rejected =
+            ok_body(r#"{"applied": 0, "dead_letter": {"id": 0, "index": 1, "code": "23505", "message": "duplicate"}}"#);
         let transport = FakeTransport::scripted(vec![statement_timeout(), rejected]);
         let report = run_on(Route::Probe, &[mixed("big"), tx(2)], &transport);
         assert_eq!(statuses(&report), vec![Status::FatalError, Status::Success]);

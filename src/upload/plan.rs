@@ -571,14 +571,14 @@ pub const LEDGER_REST_ABANDON_FUNCTION: &str = "powersync_upload_ledger_rest_aba
 /// [`LEDGER_APPLIED_VIA_REST_FUNCTION`], [`LEDGER_REST_BEGIN_FUNCTION`],
 /// [`LEDGER_REST_ABANDON_FUNCTION`]) for `transaction`, made as its atomic call is (the
 /// session's token, or the service key with the owner's id), with the digest of its entries and,
-/// when any, the entries that changed no row (`p_unchanged`): `None` when the ledger does not key
-/// it ([`ledger_keyed`]).
+/// when any, the entries that changed no row (`p_unchanged`) and the REST fallback's mark
+/// (`p_mark`): `None` when the ledger does not key it ([`ledger_keyed`]).
 pub fn ledger_record_request(
     function: &str,
     transaction: &Transaction,
-    settings: &UploadSettings,
-    caller: &Caller,
+    (settings, caller): (&UploadSettings, &Caller),
     unchanged: &[usize],
+    mark: Option<&str>,
 ) -> Option<HttpRequest> {
     let context = Context::new(settings, caller);
     let (client_id, transaction_id) = (caller.client_id.as_ref()?, ledger_id(transaction)?);
@@ -593,6 +593,10 @@ pub fn ledger_record_request(
     if !unchanged.is_empty() {
         let indexes: Vec<String> = unchanged.iter().map(usize::to_string).collect();
         body.push_str(&format!(",\"p_unchanged\":[{}]", indexes.join(",")));
+    }
+    if let Some(mark) = mark {
+        body.push_str(",\"p_mark\":");
+        row::push_json_string(&mut body, mark);
     }
     body.push('}');
     let url = format!("{}/rest/v1/rpc/{function}", settings.supabase_url);

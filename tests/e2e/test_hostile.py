@@ -541,8 +541,10 @@ def test_ledger_record_rpcs_cannot_mark_b_transaction_rejected_or_applied(scene,
     digest = s.db.execute(f"select entries_digest from public.{LEDGER} where user_id = %s and client_id = %s"
                           " and transaction_id = '1'", (b.sub, b.client_id)).fetchone()
     entries = digest[0] if digest and digest[0] else "0" * 32
-    r = s.rest(a).rpc(function, {"p_client_id": b.client_id, "p_transaction_id": "5", "p_owner_id": b.sub},
-                      headers={"X-PowerSync-Entries-Digest": entries})
+    args = {"p_client_id": b.client_id, "p_transaction_id": "5", "p_owner_id": b.sub}
+    if function in (REST_BEGIN, REST_ABANDON):
+        args["p_mark"] = "0" * 32
+    r = s.rest(a).rpc(function, args, headers={"X-PowerSync-Entries-Digest": entries})
     assert r.status_code < 500, r.text
     s.db.execute(f"update public.{NOTES} set body = 'edited' where id = %s", (s.b1,))
     s.before = s.snapshot()
@@ -652,6 +654,8 @@ def hostile_argument(s: Scene, name: str, type_: str):
         return "4"
     if "digest" in n:
         return "0" * 64
+    if n == "p_mark":
+        return "0" * 32
     if "table" in n:
         return ADMIN
     if any(k in n for k in ("user", "owner", "sub")):

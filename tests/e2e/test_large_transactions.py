@@ -269,7 +269,7 @@ def test_an_atomic_call_waits_while_the_ledger_marks_its_transaction_and_goes_th
     db.execute("update public.todos set description = 'v0' where id = %s", (row,))
     assert statuses(held) == ["success"]
     mark = requests.post(f"{standin.url}/rest/v1/rpc/powersync_upload_ledger_rest_begin",
-                         json={"p_client_id": payload["client_id"], "p_transaction_id": "1"},
+                         json={"p_client_id": payload["client_id"], "p_transaction_id": "1", "p_mark": "0" * 32},
                          headers={"Authorization": f"Bearer {token}", "apikey": ANON_KEY,
                                   "X-PowerSync-Entries-Digest": digest}, timeout=10)
     assert mark.json() == {"rest": "begun"}, mark.text
@@ -318,3 +318,28 @@ def test_a_rest_fallback_of_a_transaction_the_ledger_holds_sends_nothing_and_ans
     resent = upload(auto_worker, token, refused)
     assert statuses(resent) == ["fatal_error"], resent.text
     assert "rejected before" in resent.json()["results"][0]["failed_operation"]["message"], resent.text
+
+
+def test_the_ledgers_mark_is_the_marking_uploads_own(db, standin, session_token):
+    """A re-send of the mark after a lost answer (the same token) is answered begun again;
+    another token (another upload) waits (55P03) and cannot drop it; the token that made it can."""
+    user = str(uuid.uuid4())
+    token = session_token(user)
+
+    def call(function: str, mark: str) -> requests.Response:
+        return requests.post(f"{standin.url}/rest/v1/rpc/{function}",
+                             json={"p_client_id": "dev-m", "p_transaction_id": "1", "p_mark": mark},
+                             headers={"Authorization": f"Bearer {token}", "apikey": ANON_KEY,
+                                      "X-PowerSync-Entries-Digest": "a" * 32}, timeout=10)
+
+    mine, theirs = "1" * 32, "2" * 32
+    assert call("powersync_upload_ledger_rest_begin", mine).json() == {"rest": "begun"}
+    assert call("powersync_upload_ledger_rest_begin", mine).json() == {"rest": "begun"}, "the same upload's re-send"
+    busy = call("powersync_upload_ledger_rest_begin", theirs)
+    assert busy.json()["code"] == "55P03", busy.text
+    assert call("powersync_upload_ledger_rest_abandon", theirs).json() is True
+    assert _ledger(db, user, "dev-m") == [("1", False, True)], "another upload's token leaves the mark"
+    assert call("powersync_upload_ledger_rest_abandon", mine).json() is True
+    assert _ledger(db, user, "dev-m") == []
+    refused = call("powersync_upload_ledger_rest_begin", "not hex")
+    assert refused.status_code == 400 and refused.json()["code"] == "22023", refused.text

@@ -57,16 +57,17 @@ pub const LEDGER_APPLIED_VIA_REST: &str =
 /// the mark when that ends retryable (called as the API role when `UPLOAD_ATOMIC` is unset):
 /// without them another copy of the queue can apply it meanwhile, and the REST writes land over
 /// that copy's later transactions.
-pub const LEDGER_REST_BEGIN: &str = "public.powersync_upload_ledger_rest_begin(text, text, text)";
-pub const LEDGER_REST_ABANDON: &str = "public.powersync_upload_ledger_rest_abandon(text, text, text)";
+pub const LEDGER_REST_BEGIN: &str = "public.powersync_upload_ledger_rest_begin(text, text, text, text)";
+pub const LEDGER_REST_ABANDON: &str = "public.powersync_upload_ledger_rest_abandon(text, text, text, text)";
 /// Columns of the ledger this version relies on (added over time: their absence means
 /// sql/atomic_upload.sql is outdated: a late call could apply a dead-lettered transaction
 /// (`dead_letter_id`), a re-send after a lost answer would not report entries that changed no
 /// row (`unchanged`), a re-send or late call written as other ops after a change of settings or
 /// version would be applied again (`entries_digest`), the atomic function could not record the
 /// rows a transaction writes (`row_keys`), the REST fallback could not mark a transaction
-/// (`rest_until`)).
-pub const LEDGER_COLUMNS: [&str; 5] = ["dead_letter_id", "entries_digest", "rest_until", "row_keys", "unchanged"];
+/// (`rest_until`, `rest_mark`)).
+pub const LEDGER_COLUMNS: [&str; 6] =
+    ["dead_letter_id", "entries_digest", "rest_mark", "rest_until", "row_keys", "unchanged"];
 pub const RECORD: &str =
     "public.powersync_record_dead_letter(jsonb, text, text, text, text, text, integer, jsonb, text, text, text[])";
 pub const REPLAY: &str = "public.powersync_replay_dead_letter(bigint, boolean)";
@@ -1560,7 +1561,8 @@ mod tests {
         assert_eq!(findings[0].severity, Severity::Warning);
         assert!(findings[0].problem.contains("can apply it again over later writes"), "{}", findings[0].problem);
         assert_eq!(findings[0].fix, "run sql/atomic_upload.sql again");
-        let findings = check_catalog(&e, &answer(tables.clone(), installed(function(LEDGER_REST_BEGIN, false, &[]))), "u");
+        let findings =
+            check_catalog(&e, &answer(tables.clone(), installed(function(LEDGER_REST_BEGIN, false, &[]))), "u");
         assert_eq!((findings.len(), findings[0].severity), (1, Severity::Warning), "{findings:?}");
         assert!(findings[0].problem.contains("goes through REST unmarked"), "{}", findings[0].problem);
         let findings = check_catalog(&e, &answer(tables, installed(function(LEDGER_APPLIED_VIA_REST, true, &[]))), "u");
