@@ -448,6 +448,23 @@ pub async fn apply_with<T: Transport>(
     report
 }
 
+/// Sends `request`, and again at once after a lost connection when `may_resend` (see
+/// `send_resending_once`), counted in the report: the answer and its verdict for the entry at
+/// `index`.
+async fn send_counted<T: Transport>(
+    request: &crate::http::HttpRequest,
+    (index, may_resend): (Option<usize>, bool),
+    (settings, caller): (&UploadSettings, &Caller),
+    transport: &T,
+    report: &mut UploadReport,
+) -> (Result<HttpResponse, TransportError>, Verdict) {
+    let (answer, sent) = send_resending_once(transport, request, may_resend).await;
+    report.subrequests += sent;
+    report.resent += sent - 1;
+    let verdict = classify_for(&answer, index, settings, caller);
+    (answer, verdict)
+}
+
 /// SQLSTATE 57014: `canceling statement due to statement timeout` (also a cancel request).
 const QUERY_CANCELED: &str = "57014";
 
@@ -643,11 +660,9 @@ async fn begin_rest<T: Transport>(
         return Mark::Unavailable;
     };
     let may_resend = report.subrequests + 2 + spare <= settings.subrequest_budget;
-    let (answer, sent) = send_resending_once(transport, &request, may_resend).await;
-    report.subrequests += sent;
-    report.resent += sent - 1;
+    let (answer, verdict) = send_counted(&request, (None, may_resend), (settings, caller), transport, report).await;
     let entries = transaction.entries.len();
-    let (failure, retry_after) = match (classify_for(&answer, None, settings, caller), &answer) {
+    let (failure, retry_after) = match (verdict, &answer) {
         (Verdict::Applied, Ok(response)) => {
             let body: Value = serde_json::from_str(&response.body).unwrap_or_default();
             if body == serde_json::json!({"rest": "begun"}) {
@@ -712,10 +727,8 @@ async fn abandon_rest<T: Transport>(
         return;
     }
     let may_resend = report.subrequests + 2 <= settings.subrequest_budget;
-    let (answer, sent) = send_resending_once(transport, &request, may_resend).await;
-    report.subrequests += sent;
-    report.resent += sent - 1;
-    match (classify_for(&answer, None, settings, caller), &answer) {
+    let (answer, verdict) = send_counted(&request, (None, may_resend), (settings, caller), transport, report).await;
+    match (verdict, &answer) {
         (Verdict::Applied, Ok(response)) if response.body.trim() == "true" => {}
         (Verdict::Applied, _) => {
             report.dead_letter_errors.push(format!("ledger call {function}: not the ledger's true; {expires}"))
@@ -846,10 +859,8 @@ async fn send<T: Transport>(
         // extra request still leaves room for every request planned after it and the reserve.
         // (its own reads too, for a compared write: they come after its answer)
         let may_resend = report.subrequests + 1 + cost(&planned) + pending + reserve <= settings.subrequest_budget;
-        let (answer, sent) = send_resending_once(transport, &planned.request, may_resend).await;
-        report.subrequests += sent;
-        report.resent += sent - 1;
-        let verdict = classify_for(&answer, index, settings, caller);
+        let (answer, verdict) =
+            send_counted(&planned.request, (index, may_resend), (settings, caller), transport, report).await;
         // A 2xx counts only when it is PostgREST's answer (see the module docs).
         let not_postgrest = |response: &HttpResponse, expected: &str| Verdict::Retryable {
             failure: unexpected_response(index, response, expected),
@@ -1121,10 +1132,9 @@ async fn read_rows<T: Transport>(
     transport: &T,
     report: &mut UploadReport,
 ) -> Result<Vec<Value>, Verdict> {
-    let (answer, sent) = send_resending_once(transport, &request, may_resend).await;
-    report.subrequests += sent;
-    report.resent += sent - 1;
-    match (classify_for(&answer, Some(entry), settings, caller), &answer) {
+    let (answer, verdict) =
+        send_counted(&request, (Some(entry), may_resend), (settings, caller), transport, report).await;
+    match (verdict, &answer) {
         (Verdict::Applied, Ok(response)) => match serde_json::from_str::<Value>(&response.body) {
             Ok(Value::Array(rows)) => Ok(rows),
             _ => Err(Verdict::Retryable {
@@ -1286,10 +1296,8 @@ async fn record_rejection<T: Transport>(
         return Err((kept("no subrequest budget left".to_string(), None, None), settings.retry_after_seconds));
     }
     let may_resend = report.subrequests + 2 <= settings.subrequest_budget;
-    let (answer, sent) = send_resending_once(transport, &request, may_resend).await;
-    report.subrequests += sent;
-    report.resent += sent - 1;
-    let (error, retry_after) = match (classify_for(&answer, None, settings, caller), &answer) {
+    let (answer, verdict) = send_counted(&request, (None, may_resend), (settings, caller), transport, report).await;
+    let (error, retry_after) = match (verdict, &answer) {
         (Verdict::Applied, Ok(response)) if response.body.trim() == "true" => return Ok(()),
         (Verdict::Applied, _) => {
             // A 2xx that is not the function's answer (a catch-all server, a proxy): not recorded.
@@ -1345,10 +1353,8 @@ async fn record_applied_via_rest<T: Transport>(
         return Err("no subrequest budget left".to_string());
     }
     let may_resend = report.subrequests + 2 <= settings.subrequest_budget;
-    let (answer, sent) = send_resending_once(transport, &request, may_resend).await;
-    report.subrequests += sent;
-    report.resent += sent - 1;
-    let failure = match (classify_for(&answer, None, settings, caller), &answer) {
+    let (answer, verdict) = send_counted(&request, (None, may_resend), (settings, caller), transport, report).await;
+    let failure = match (verdict, &answer) {
         (Verdict::Applied, Ok(response)) if response.body.trim() == "true" => return Ok(()),
         (Verdict::Applied, _) => FailedOperation::new(None, UNEXPECTED_RESPONSE, "the answer is not the ledger's true"),
         (Verdict::Retryable { failure, .. } | Verdict::Fatal(failure), _) => failure,
@@ -1387,10 +1393,8 @@ async fn record_dead_letter<T: Transport>(
     }
     let request = dead_letter::request(settings, caller, transaction, failure, states);
     let may_resend = report.subrequests + 2 <= settings.subrequest_budget;
-    let (answer, sent) = send_resending_once(transport, &request, may_resend).await;
-    report.subrequests += sent;
-    report.resent += sent - 1;
-    let (error, retry_after) = match (classify_for(&answer, None, settings, caller), &answer) {
+    let (answer, verdict) = send_counted(&request, (None, may_resend), (settings, caller), transport, report).await;
+    let (error, retry_after) = match (verdict, &answer) {
         (Verdict::Applied, Ok(response)) if dead_letter::is_recorded(&response.body) => {
             report.dead_letters += 1;
             return Ok(());
