@@ -921,6 +921,8 @@ EXPECTED = {
     ("powersync_upload_ledger_unchanged(text,text,text,integer[])", "EXECUTE"): {"authenticated", "service_role"},
     ("powersync_upload_ledger_reject(text,text,text)", "EXECUTE"): {"authenticated", "service_role"},
     ("powersync_upload_ledger_applied_via_rest(text,text,text,integer[])", "EXECUTE"): {"authenticated", "service_role"},
+    ("powersync_upload_ledger_rest_begin(text,text,text,text)", "EXECUTE"): {"authenticated", "service_role"},
+    ("powersync_upload_ledger_rest_abandon(text,text,text,text)", "EXECUTE"): {"authenticated", "service_role"},
     ("powersync_upload_ledger_applied_since(text,timestamp with time zone)", "EXECUTE"): {"service_role"},
     ("powersync_upload_ledger_rows(text,text,text,text[])", "EXECUTE"): {"authenticated", "service_role"},
     ("powersync_upload_row_key(text,text)", "EXECUTE"): {"authenticated", "service_role"},
