@@ -336,6 +336,30 @@ begin
 end
 $$;
 
+-- The token of the REST fallback's mark this call holds (see
+-- powersync_upload_ledger_rest_begin), which the bridge sends with the calls
+-- that end its mark (the X-PowerSync-Rest-Mark header): 32 lower-case hex
+-- digits, or null. A record another upload marks is left to that upload: the
+-- functions below that would end the mark (a rejection's record, the record of
+-- it applied) refuse with 55P03 instead, as the claim does.
+create or replace function public.powersync_upload_rest_mark()
+returns text
+language plpgsql
+stable
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v text;
+begin
+  begin
+    v := nullif(current_setting('request.headers', true), '')::json ->> 'x-powersync-rest-mark';
+  exception when others then
+    return null;  -- not PostgREST's JSON: no mark
+  end;
+  return case when v ~ '^[0-9a-f]{32}$' then v end;
+end
+$$;
+
 -- Beyond p_cap records (the user's max_records_per_user, clamped as the caller
 -- read it), that user's oldest records go, a few per call like expiry (which
 -- only weakens that user's own exactly-once). Called by the functions below
@@ -355,9 +379,11 @@ begin
    where o.user_id = p_user_id
    order by o.applied_at desc offset p_cap limit 1;
   if v_cut is not null then
+    -- (never a mark that has not expired: an upload is applying that transaction right now)
     delete from public.powersync_upload_ledger as l
      where l.ctid in (select o.ctid from public.powersync_upload_ledger as o
                        where o.user_id = p_user_id and o.applied_at <= v_cut
+                         and not coalesce(o.rest_until > now(), false)
                        order by o.applied_at limit 100
                        for update skip locked);
   end if;
@@ -518,8 +544,10 @@ grant execute on function public.powersync_upload_ledger_claim(text, text, text,
 -- and answers that dead letter (powersync_upload_ledger_dead_letter). If the
 -- ledger shows the same transaction applied (the late call came first), it
 -- raises 55000: no dead letter is recorded, the bridge keeps the transaction
--- (dead_letter_failed) and its re-send is answered already applied. Other ops
--- under the same ids (a reused id) replace the record. Only the owner runs it
+-- (dead_letter_failed) and its re-send is answered already applied. A record
+-- another upload marks as being applied through REST (its mark's token is not
+-- this call's, powersync_upload_rest_mark) raises 55P03: the bridge keeps the
+-- transaction. Other ops under the same ids (a reused id) replace the record. Only the owner runs it
 -- (through powersync_record_dead_letter): no API role may call it.
 create or replace function public.powersync_upload_ledger_refuse(
   p_user_id text,
@@ -538,6 +566,7 @@ declare
   v_same    text;
   v_dead    bigint;
   v_rest    timestamptz;
+  v_mark    text;
 begin
   if coalesce(octet_length(p_client_id), 0) not between 1 and 256
      or coalesce(octet_length(p_transaction_id), 0) not between 1 and 256 then
@@ -552,12 +581,20 @@ begin
     if found then
       return;
     end if;
-    select l.digest, l.entries_digest, l.dead_letter_id, l.rest_until into v_digest, v_same, v_dead, v_rest
+    select l.digest, l.entries_digest, l.dead_letter_id, l.rest_until, l.rest_mark
+      into v_digest, v_same, v_dead, v_rest, v_mark
       from public.powersync_upload_ledger as l
      where l.user_id = p_user_id and l.client_id = p_client_id and l.transaction_id = p_transaction_id
      for update;
     exit when found;
   end loop;
+  -- another upload's mark: that upload is applying it through REST right now; this rejection
+  -- waits (55P03), so that no copy applies the client's later transactions before those writes
+  if v_rest > now() and v_mark is distinct from public.powersync_upload_rest_mark() then
+    raise exception using errcode = '55P03',
+      message = pg_catalog.format('transaction %s of client %s is being applied through REST requests by another '
+                                  'upload: its rejection is not recorded', p_transaction_id, p_client_id);
+  end if;
   -- (a record marked as being applied through REST is not applied: the upload that marked it
   -- rejects it now)
   if (v_digest = p_digest or v_same = v_entries) and v_dead is null and v_rest is null then
@@ -625,6 +662,10 @@ begin
   begin
     perform public.powersync_upload_ledger_refuse(v_user, p_client_id, p_transaction_id, v_entries, 0);
   exception when sqlstate '55000' then
+    -- (a class's code catches the whole class: 55P03, another upload's mark, goes on as it is)
+    if sqlstate <> '55000' then
+      raise;
+    end if;
     raise exception using errcode = '55000',
       message = pg_catalog.format('transaction %s of client %s was applied: its rejection is not recorded',
                                   p_transaction_id, p_client_id);
@@ -647,7 +688,8 @@ comment on function public.powersync_upload_ledger_reject(text, text, text) is
 -- of it applies nothing (answered already applied). A record of the same entries
 -- there already (the late call came first, or it was rejected) is kept as it
 -- is; the mark of powersync_upload_ledger_rest_begin becomes the record of it
--- applied; one of other entries under the same ids (a reused id) is replaced. The
+-- applied (another upload's mark, whose token this call does not carry: 55P03);
+-- one of other entries under the same ids (a reused id) is replaced. The
 -- rows it wrote are not known here (row_keys null: the replay of an older dead
 -- letter treats it as writing every row, and asks for overwrite_later_writes).
 -- p_unchanged: its entries that changed no row (indexes, as the atomic function
@@ -674,6 +716,7 @@ declare
   v_digest  text;
   v_same    text;
   v_rest    timestamptz;
+  v_mark    text;
 begin
   if coalesce(octet_length(p_client_id), 0) not between 1 and 256
      or coalesce(octet_length(p_transaction_id), 0) not between 1 and 256 then
@@ -703,12 +746,18 @@ begin
       perform public.powersync_upload_ledger_cap(v_user, coalesce(v_cap, 10000));
       return true;
     end if;
-    select l.digest, l.entries_digest, l.rest_until into v_digest, v_same, v_rest
+    select l.digest, l.entries_digest, l.rest_until, l.rest_mark into v_digest, v_same, v_rest, v_mark
       from public.powersync_upload_ledger as l
      where l.user_id = v_user and l.client_id = p_client_id and l.transaction_id = p_transaction_id
      for update;
     exit when found;
   end loop;
+  -- another upload's mark: its writes are still going on, and it records them itself
+  if v_rest > now() and v_mark is distinct from public.powersync_upload_rest_mark() then
+    raise exception using errcode = '55P03',
+      message = pg_catalog.format('transaction %s of client %s is being applied through REST requests by another '
+                                  'upload', p_transaction_id, p_client_id);
+  end if;
   if (v_digest = v_entries or v_same = v_entries) and v_rest is null then
     return true;
   end if;
@@ -1050,6 +1099,7 @@ begin
   foreach f in array array['public.powersync_upload_ledger_user(text)',
                            'public.powersync_upload_ledger_cap(text, integer)',
                            'public.powersync_upload_entries_digest()',
+                           'public.powersync_upload_rest_mark()',
                            'public.powersync_upload_ledger_refuse(text, text, text, text, bigint)',
                            'public.powersync_upload_ledger_letter_of(text, text, text)',
                            'public.powersync_upload_ledger_dead_letter(text, text, text)',

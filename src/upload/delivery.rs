@@ -331,11 +331,13 @@ pub async fn apply_with<T: Transport>(
                     .then(|| dead_letter::unchanged_record(transaction.entries.len(), &unchanged, &uncertain))
                     .flatten();
                 // A marked fallback's ledger record comes first: without it the transaction is kept.
-                let marked = via_rest.as_ref().is_some_and(|via| via.mark.is_some());
+                let mark = via_rest.as_ref().and_then(|via| via.mark.as_deref());
+                let ledger_first = usize::from(mark.is_some());
                 let record = match record {
-                    Some(_) if marked && report.subrequests + 2 > settings.subrequest_budget => {
+                    Some(_) if report.subrequests + 1 + ledger_first > settings.subrequest_budget && mark.is_some() => {
                         report.dead_letter_errors.push(format!(
-                            "dead-letter call {} of unchanged entries skipped: the subrequest left records the                              transaction in the ledger",
+                            "dead-letter call {} of unchanged entries skipped: the subrequest left records the \
+                             transaction in the ledger",
                             dead_letter::RECORD_FUNCTION
                         ));
                         None
@@ -348,13 +350,15 @@ pub async fn apply_with<T: Transport>(
                     // transaction applied before, this is the record its lost answer would have
                     // made (made already, it is returned, not made twice: one per transaction).
                     let record = (transaction, &failure, states.as_slice());
-                    let _ = record_dead_letter(settings, caller, record, transport, &mut report).await;
+                    let ledger = (mark, ledger_first);
+                    let _ = record_dead_letter((settings, caller), record, ledger, transport, &mut report).await;
                 }
                 let mut kept = None;
-                if let Some(via) = &via_rest {
+                if via_rest.is_some() {
                     let record = (transaction, unchanged.as_slice());
-                    let recorded = record_applied_via_rest(record, (settings, caller), transport, &mut report).await;
-                    if let (Err(why), true) = (recorded, via.mark.is_some()) {
+                    let recorded =
+                        record_applied_via_rest(record, (settings, caller), mark, transport, &mut report).await;
+                    if let (Err((why, wait)), true) = (recorded, mark.is_some()) {
                         // Applied, but the ledger still marks it as being applied through REST: once
                         // that mark expires, a copy of it could be applied over the client's later
                         // transactions. Kept instead: sent again, it changes nothing those wrote, as
@@ -369,11 +373,11 @@ pub async fn apply_with<T: Transport>(
                                  copy of it could still be applied over them"
                             ),
                         );
-                        kept = Some(failure);
+                        kept = Some((failure, wait));
                     }
                 }
-                if let Some(failure) = kept {
-                    let wait = settings.retry_after_seconds;
+                if let Some((failure, wait)) = kept {
+                    report.retry_after_seconds = report.retry_after_seconds.max(wait);
                     report.results.push(TransactionResult::retryable(transaction_id, failure, wait));
                     stopped = true;
                 } else {
@@ -382,14 +386,16 @@ pub async fn apply_with<T: Transport>(
                 }
             }
             Ending::Fatal(failure, states, ledger) => {
+                let mark = via_rest.as_ref().and_then(|via| via.mark.as_deref());
                 let recorded = match &settings.dead_letter_table {
                     Some(_) => {
                         let record = (transaction, &failure, states.as_slice());
-                        record_dead_letter(settings, caller, record, transport, &mut report).await
+                        record_dead_letter((settings, caller), record, (mark, 0), transport, &mut report).await
                     }
                     None if ledger == Ledger::HoldsIt => Ok(()),
                     None if sent_atomic || atomic_in_use(route, &report) => {
-                        record_rejection(transaction, &failure, (settings, caller), transport, &mut report).await
+                        let rejected = (transaction, &failure, mark);
+                        record_rejection(rejected, (settings, caller), transport, &mut report).await
                     }
                     None => Ok(()),
                 };
@@ -404,6 +410,7 @@ pub async fn apply_with<T: Transport>(
                 }
             }
             Ending::Conflict(failure, states, current, ledger) => {
+                let mark = via_rest.as_ref().and_then(|via| via.mark.as_deref());
                 let recorded = match &settings.dead_letter_table {
                     Some(_) => {
                         // The dead letter keeps both sides: the client's entry (its data and
@@ -412,11 +419,12 @@ pub async fn apply_with<T: Transport>(
                         let entry = failure.index.and_then(|i| transaction.entries.get(i));
                         recorded_failure.details = Some(dead_letter::conflict_details(&current, entry, &settings.mode));
                         let record = (transaction, &recorded_failure, states.as_slice());
-                        record_dead_letter(settings, caller, record, transport, &mut report).await
+                        record_dead_letter((settings, caller), record, (mark, 0), transport, &mut report).await
                     }
                     None if ledger == Ledger::HoldsIt => Ok(()),
                     None if sent_atomic || atomic_in_use(route, &report) => {
-                        record_rejection(transaction, &failure, (settings, caller), transport, &mut report).await
+                        let rejected = (transaction, &failure, mark);
+                        record_rejection(rejected, (settings, caller), transport, &mut report).await
                     }
                     None => Ok(()),
                 };
@@ -848,8 +856,8 @@ async fn send<T: Transport>(
                 REST_FALLBACK_TOO_LONG,
                 format!(
                     "its REST requests (sent after its atomic call was cancelled by the statement timeout) ran for \
-                     {} s, past the ledger's mark of it: the rest waits for the next upload (what was sent is sent \
-                     again, which changes nothing)",
+                     {} s since it asked the ledger to mark it, half of the mark's 10 minutes: the rest waits for \
+                     the next upload (what was sent is sent again, which changes nothing)",
                     REST_MARK_CUTOFF_MS / 1000
                 ),
             );
@@ -1277,8 +1285,7 @@ fn atomic_in_use(route: Route, report: &UploadReport) -> bool {
 /// ledger without the function (sql/atomic_upload.sql older than the worker) leaves it
 /// unguarded, as before: reported rejected, the log saying why. Never exceeds the budget.
 async fn record_rejection<T: Transport>(
-    transaction: &Transaction,
-    failure: &FailedOperation,
+    (transaction, failure, mark): (&Transaction, &FailedOperation, Option<&str>),
     (settings, caller): (&UploadSettings, &Caller),
     transport: &T,
     report: &mut UploadReport,
@@ -1287,6 +1294,7 @@ async fn record_rejection<T: Transport>(
     let Some(request) = plan::ledger_record_request(function, transaction, (settings, caller), &[], None) else {
         return Ok(());
     };
+    let request = with_mark(request, mark);
     let kept = |why: String, http_status: Option<u16>, hint: Option<String>| {
         let recording = "recording its rejection in the ledger";
         kept_instead(failure, ("rejection_not_recorded", recording), why, http_status, hint)
@@ -1338,33 +1346,49 @@ async fn record_rejection<T: Transport>(
 async fn record_applied_via_rest<T: Transport>(
     (transaction, unchanged): (&Transaction, &[usize]),
     (settings, caller): (&UploadSettings, &Caller),
+    mark: Option<&str>,
     transport: &T,
     report: &mut UploadReport,
-) -> Result<(), String> {
+) -> Result<(), (String, u64)> {
     let function = plan::LEDGER_APPLIED_VIA_REST_FUNCTION;
     let Some(request) = plan::ledger_record_request(function, transaction, (settings, caller), unchanged, None) else {
         return Ok(());
     };
+    let request = with_mark(request, mark);
     let unguarded = "a late call of this transaction could apply it again";
     if report.subrequests >= settings.subrequest_budget {
         report
             .dead_letter_errors
             .push(format!("ledger call {function} skipped: no subrequest budget left; {unguarded}"));
-        return Err("no subrequest budget left".to_string());
+        return Err(("no subrequest budget left".to_string(), settings.retry_after_seconds));
     }
     let may_resend = report.subrequests + 2 <= settings.subrequest_budget;
     let (answer, verdict) = send_counted(&request, (None, may_resend), (settings, caller), transport, report).await;
-    let failure = match (verdict, &answer) {
+    let (failure, retry_after) = match (verdict, &answer) {
         (Verdict::Applied, Ok(response)) if response.body.trim() == "true" => return Ok(()),
-        (Verdict::Applied, _) => FailedOperation::new(None, UNEXPECTED_RESPONSE, "the answer is not the ledger's true"),
-        (Verdict::Retryable { failure, .. } | Verdict::Fatal(failure), _) => failure,
+        (Verdict::Applied, _) => {
+            (FailedOperation::new(None, UNEXPECTED_RESPONSE, "the answer is not the ledger's true"), None)
+        }
+        // A refusal (a missing GRANT) is the operator's to fix: the transaction waits as for one.
+        (Verdict::Fatal(failure), _) => (failure, Some(SCHEMA_DRIFT_RETRY_AFTER_SECONDS)),
+        (Verdict::Retryable { failure, retry_after_seconds }, _) => (failure, retry_after_seconds),
     };
     let status = answer.as_ref().map_or_else(|_| "no answer".to_string(), |r| format!("HTTP {}", r.status));
     let fix = if failure.code == FUNCTION_NOT_FOUND { ": run sql/atomic_upload.sql again" } else { "" };
     report
         .dead_letter_errors
         .push(format!("ledger call {function} failed: {} ({status}); {unguarded}{fix}", failure.code));
-    Err(format!("{} {status}", failure.code))
+    let why = format!("{} {status}: {}", failure.code, crate::credentials::clipped(&failure.message, 300));
+    Err((why, retry_after.unwrap_or(0).max(settings.retry_after_seconds)))
+}
+
+/// `request` with the REST fallback's mark (`X-PowerSync-Rest-Mark`), when the transaction has
+/// one: the ledger lets only the upload that made a mark end it (sql/atomic_upload.sql).
+fn with_mark(request: crate::http::HttpRequest, mark: Option<&str>) -> crate::http::HttpRequest {
+    match mark {
+        Some(token) => request.header(plan::REST_MARK_HEADER, token),
+        None => request,
+    }
 }
 
 /// Records a fatal transaction (`record`: the transaction, its failure, its entries' states)
@@ -1372,9 +1396,9 @@ async fn record_applied_via_rest<T: Transport>(
 /// answer is not the recorded row's id), the error to report instead, with its `Retry-After`:
 /// the transaction stays with the client. Never exceeds the budget.
 async fn record_dead_letter<T: Transport>(
-    settings: &UploadSettings,
-    caller: &Caller,
+    (settings, caller): (&UploadSettings, &Caller),
     record: (&Transaction, &FailedOperation, &[EntryState]),
+    (mark, spare): (Option<&str>, usize),
     transport: &T,
     report: &mut UploadReport,
 ) -> Result<(), (FailedOperation, u64)> {
@@ -1391,8 +1415,8 @@ async fn record_dead_letter<T: Transport>(
         report.dead_letter_errors.push(format!("dead-letter call {function} skipped: no subrequest budget left"));
         return Err((kept("no subrequest budget left".to_string(), None, None), settings.retry_after_seconds));
     }
-    let request = dead_letter::request(settings, caller, transaction, failure, states);
-    let may_resend = report.subrequests + 2 <= settings.subrequest_budget;
+    let request = with_mark(dead_letter::request(settings, caller, transaction, failure, states), mark);
+    let may_resend = report.subrequests + 2 + spare <= settings.subrequest_budget;
     let (answer, verdict) = send_counted(&request, (None, may_resend), (settings, caller), transport, report).await;
     let (error, retry_after) = match (verdict, &answer) {
         (Verdict::Applied, Ok(response)) if dead_letter::is_recorded(&response.body) => {

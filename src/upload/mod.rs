@@ -2282,6 +2282,7 @@ mod tests {
         assert_eq!(mark.header_value("Authorization"), Some("Bearer token"));
         let record = &sent[5];
         assert_eq!(record.body.as_deref(), Some(r#"{"p_client_id":"client-1","p_transaction_id":"big"}"#));
+        assert_eq!(record.header_value(plan::REST_MARK_HEADER), Some(token), "the mark's own upload ends it");
         assert_eq!(record.header_value(crud::ENTRIES_DIGEST_HEADER), Some(mixed("big").entries_digest().as_str()));
         assert_eq!(record.header_value(crud::ENTRIES_DIGEST_HEADER), sent[0].header_value(crud::ENTRIES_DIGEST_HEADER));
         assert_eq!(record.header_value("Authorization"), Some("Bearer token"));
@@ -2380,6 +2381,7 @@ mod tests {
             let transport = FakeTransport::scripted(answers);
             let report = run_on(Route::Probe, &[mixed("big")], &transport);
             assert_eq!(statuses(&report), vec![Status::Success]);
+            assert!(transport.sent().iter().all(|r| r.header_value(plan::REST_MARK_HEADER).is_none()), "no mark");
             assert_eq!(report.body()["results"][0]["applied_via"], json!("rest"));
             let errors = report.log_summary()["dead_letter_errors"].to_string();
             assert!(errors.contains("powersync_upload_ledger_applied_via_rest failed") && errors.contains(expected), "{errors}");
@@ -2395,7 +2397,8 @@ mod tests {
         // Applied, but the ledger still marks it: once the mark expired, a copy of it could be
         // applied over the client's later transactions. Kept (retryable) instead, the later ones
         // not attempted, and the mark dropped so that the re-send goes on at once.
-        for answer in [error(503, "", "down"), ok_body("null")] {
+        let no_grant = error(403, "42501", "permission denied for function powersync_upload_ledger_applied_via_rest");
+        for (answer, wait) in [(error(503, "", "down"), 5000), (ok_body("null"), 5000), (no_grant, 60_000)] {
             let answers = vec![statement_timeout(), begun(), ok(201), ok(201), ok(204), answer.clone(), answer];
             let transport = FakeTransport::scripted(answers);
             let report = run_on(Route::Probe, &[mixed("big"), tx(2)], &transport);
@@ -2403,6 +2406,10 @@ mod tests {
             let failure = failure_of(&report, 0);
             assert_eq!(failure.code, "applied_via_rest_not_recorded");
             assert!(failure.message.contains("recording that in the ledger failed"), "{}", failure.message);
+            assert_eq!(report.results[0].retry_after_ms, Some(wait), "a missing GRANT waits for the operator");
+            if wait == 60_000 {
+                assert!(failure.message.contains("permission denied for function"), "{}", failure.message);
+            }
             assert_eq!(report.body()["results"][0]["applied_via"], json!("rest"));
             let sent = transport.sent();
             assert!(sent.last().is_some_and(|r| r.url.ends_with(REST_ABANDON_PATH)), "{sent:?}");
@@ -2496,6 +2503,9 @@ mod tests {
         let sent = transport.sent();
         assert!(sent.last().is_some_and(|r| r.url.ends_with(REJECT_PATH)), "{sent:?}");
         assert!(sent.iter().all(|r| !r.url.ends_with(REST_ABANDON_PATH)));
+        // ... with the mark's token: the ledger lets only the upload that made a mark end it
+        let token = serde_json::from_str::<Value>(sent[1].body.as_deref().unwrap_or("")).unwrap_or(Value::Null);
+        assert_eq!(sent.last().and_then(|r| r.header_value(plan::REST_MARK_HEADER)), token["p_mark"].as_str());
     }
 
     #[test]
@@ -2550,6 +2560,8 @@ mod tests {
         let sent = transport.sent();
         assert!(sent[4].url.ends_with(RECORD_PATH), "its dead letter ends the ledger's mark");
         assert_eq!(sent.len(), 5);
+        let mark = serde_json::from_str::<Value>(sent[1].body.as_deref().unwrap_or("")).unwrap_or(Value::Null);
+        assert_eq!(sent[4].header_value(plan::REST_MARK_HEADER), mark["p_mark"].as_str(), "with the mark's token");
         assert_eq!(states_of(&dead_letter_body(&transport)), vec!["applied", "failed", "not_attempted"]);
     }
 

@@ -567,6 +567,11 @@ pub const LEDGER_REST_BEGIN_FUNCTION: &str = "powersync_upload_ledger_rest_begin
 /// The ledger function that drops that mark when the fallback ends retryable (sql/atomic_upload.sql).
 pub const LEDGER_REST_ABANDON_FUNCTION: &str = "powersync_upload_ledger_rest_abandon";
 
+/// The header carrying that mark's token on the calls that end it (the ledger's record of the
+/// transaction applied, or rejected; the dead letter): the ledger lets only the upload that made a
+/// mark end it.
+pub const REST_MARK_HEADER: &str = "X-PowerSync-Rest-Mark";
+
 /// The call of ledger function `function` ([`LEDGER_REJECT_FUNCTION`],
 /// [`LEDGER_APPLIED_VIA_REST_FUNCTION`], [`LEDGER_REST_BEGIN_FUNCTION`],
 /// [`LEDGER_REST_ABANDON_FUNCTION`]) for `transaction`, made as its atomic call is (the

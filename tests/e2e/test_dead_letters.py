@@ -928,6 +928,7 @@ EXPECTED = {
     ("powersync_upload_row_key(text,text)", "EXECUTE"): {"authenticated", "service_role"},
     ("powersync_upload_ledger_refuse(text,text,text,text,bigint)", "EXECUTE"): set(),
     ("powersync_upload_entries_digest()", "EXECUTE"): set(),
+    ("powersync_upload_rest_mark()", "EXECUTE"): set(),
     ("powersync_upload_ledger_letter_of(text,text,text)", "EXECUTE"): set(),
     ("powersync_upload_ledger_user(text)", "EXECUTE"): set(),
     ("powersync_upload_ledger_cap(text,integer)", "EXECUTE"): set(),

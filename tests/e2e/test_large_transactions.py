@@ -12,6 +12,7 @@ that a transaction of 10,000 PUTs exceeds it.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -343,3 +344,50 @@ def test_the_ledgers_mark_is_the_marking_uploads_own(db, standin, session_token)
     assert _ledger(db, user, "dev-m") == []
     refused = call("powersync_upload_ledger_rest_begin", "not hex")
     assert refused.status_code == 400 and refused.json()["code"] == "22023", refused.text
+
+
+def _session(pg, sub: str, headers: dict) -> psycopg.Connection:
+    """A connection as PostgREST runs a request of this user, with these request headers."""
+    conn = psycopg.connect(pg.dsn, autocommit=True)
+    conn.execute("set role authenticated")
+    conn.execute("select set_config('request.jwt.claims', %s, false)",
+                 (json.dumps({"sub": sub, "role": "authenticated"}),))
+    conn.execute("select set_config('request.headers', %s, false)", (json.dumps(headers),))
+    return conn
+
+
+def test_only_the_upload_that_marked_a_transaction_records_it_rejected_or_applied(pg, db):
+    """Another copy's rejection of the transaction (its atomic call failed for good just before
+    the mark, or a late record) and another upload's record of it applied are refused (55P03)
+    while the mark stands: ended by them, a copy would apply the client's later transactions
+    before the marking upload's writes land. The marking upload's own record ends it."""
+    user, entries, mine, theirs = str(uuid.uuid4()), "a" * 32, "1" * 32, "2" * 32
+    marking = _session(pg, user, {"x-powersync-entries-digest": entries, "x-powersync-rest-mark": mine})
+    assert marking.execute("select public.powersync_upload_ledger_rest_begin('dev-r', '1', null, %s)",
+                           (mine,)).fetchone()[0] == {"rest": "begun"}
+    for headers, call in (
+            ({"x-powersync-entries-digest": entries}, "powersync_upload_ledger_reject('dev-r', '1')"),
+            ({"x-powersync-entries-digest": entries, "x-powersync-rest-mark": theirs},
+             "powersync_upload_ledger_applied_via_rest('dev-r', '1')")):
+        other = _session(pg, user, headers)
+        with pytest.raises(psycopg.errors.LockNotAvailable, match="being applied through REST requests"):
+            other.execute(f"select public.{call}")
+        assert _ledger(db, user, "dev-r") == [("1", False, True)], f"{call}: the mark stands"
+    assert marking.execute("select public.powersync_upload_ledger_applied_via_rest('dev-r', '1')").fetchone()[0]
+    assert _ledger(db, user, "dev-r") == [("1", False, False)], "recorded applied, the mark ended"
+
+
+def test_the_per_user_cap_never_deletes_an_unexpired_mark(pg, db):
+    user = str(uuid.uuid4())
+    db.execute("update public.powersync_upload_ledger_settings set max_records_per_user = 1000")
+    try:
+        marking = _session(pg, user, {"x-powersync-entries-digest": "a" * 32})
+        marking.execute("select public.powersync_upload_ledger_rest_begin('dev-c', '1', null, %s)", ("1" * 32,))
+        other = _session(pg, user, {"x-powersync-entries-digest": "b" * 32})
+        for i in range(1001):
+            other.execute("select public.powersync_upload_ledger_claim('dev-other', %s, %s)", (str(i), "c" * 64))
+        assert _ledger(db, user, "dev-c") == [("1", False, True)], "the mark stands"
+        assert db.execute("select count(*) from public.powersync_upload_ledger where user_id = %s",
+                          (user,)).fetchone()[0] <= 1001, "the others are capped"
+    finally:
+        db.execute("update public.powersync_upload_ledger_settings set max_records_per_user = 10000")
