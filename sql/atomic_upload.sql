@@ -256,6 +256,9 @@ $$;
 -- a user's records, newest first: the per-user cap
 create index if not exists powersync_upload_ledger_user_applied_at
   on public.powersync_upload_ledger (user_id, applied_at);
+-- a user's marks (powersync_upload_ledger_rest_begin), which the cap leaves while they last
+create index if not exists powersync_upload_ledger_user_marks
+  on public.powersync_upload_ledger (user_id) where rest_until is not null;
 
 -- Privileges: none for the API roles on either table (older Supabase projects
 -- grant every new table in public to them by default).
@@ -799,8 +802,11 @@ comment on function public.powersync_upload_ledger_applied_via_rest(text, text, 
 -- that stopped midway expires; the bridge sends no write of the fallback later
 -- than 5 minutes after it asked for the mark. The user is found as for the
 -- claim, and stays within max_records_per_user: a user who marks their own
--- transaction only keeps it waiting for 10 minutes. Errors: 22023 for bad input,
--- 42501 for a caller without a user, 55P03 as above.
+-- transaction only keeps it waiting for 10 minutes. The cap leaves a mark that
+-- has not expired, so a user holds at most 100 at a time (a bridge needs one
+-- per upload in flight): beyond them, 54000 (the bridge keeps the transaction
+-- and retries later). Errors: 22023 for bad input, 42501 for a caller without
+-- a user, 54000 and 55P03 as above.
 create or replace function public.powersync_upload_ledger_rest_begin(
   p_client_id text,
   p_transaction_id text,
@@ -839,6 +845,14 @@ begin
   -- the settings before the ledger, in the order the file's re-run locks them (else 40P01)
   select least(greatest(s.max_records_per_user, 1000), 1000000) into v_cap
     from public.powersync_upload_ledger_settings as s;
+  if (select count(*) from (select 1 from public.powersync_upload_ledger as m
+                             where m.user_id = v_user and m.rest_until > now()
+                               and not (m.client_id = p_client_id and m.transaction_id = p_transaction_id)
+                             limit 100) as live) >= 100 then
+    raise exception using errcode = '54000',
+      message = 'powersync_upload_ledger_rest_begin: 100 transactions of this user are being applied through REST '
+                'requests already';
+  end if;
   -- as in the claim: tried again when a concurrent pruning deletes the record in between
   loop
     insert into public.powersync_upload_ledger as l

@@ -391,3 +391,22 @@ def test_the_per_user_cap_never_deletes_an_unexpired_mark(pg, db):
                           (user,)).fetchone()[0] <= 1001, "the others are capped"
     finally:
         db.execute("update public.powersync_upload_ledger_settings set max_records_per_user = 10000")
+
+
+def test_a_user_holds_at_most_100_marks_at_a_time(pg, db):
+    """The cap leaves unexpired marks, so marks are bounded on their own: beyond 100 live ones,
+    rest_begin is refused (54000: the bridge keeps the transaction and retries later); a mark's
+    re-send and other users are unaffected."""
+    user = str(uuid.uuid4())
+    marking = _session(pg, user, {"x-powersync-entries-digest": "a" * 32})
+    begin = "select public.powersync_upload_ledger_rest_begin('dev-many', %s, null, %s)"
+    for i in range(100):
+        assert marking.execute(begin, (str(i), "1" * 32)).fetchone()[0] == {"rest": "begun"}
+    with pytest.raises(psycopg.errors.ProgramLimitExceeded, match="100 transactions of this user"):
+        marking.execute(begin, ("100", "1" * 32))
+    assert marking.execute(begin, ("7", "1" * 32)).fetchone()[0] == {"rest": "begun"}, "its own re-send"
+    other = _session(pg, str(uuid.uuid4()), {"x-powersync-entries-digest": "a" * 32})
+    assert other.execute(begin, ("100", "1" * 32)).fetchone()[0] == {"rest": "begun"}
+    db.execute("update public.powersync_upload_ledger set rest_until = now() - interval '1 second'"
+               " where user_id = %s and transaction_id = '0'", (user,))
+    assert marking.execute(begin, ("100", "1" * 32)).fetchone()[0] == {"rest": "begun"}, "one expired: room"
