@@ -2346,6 +2346,23 @@ mod tests {
     }
 
     #[test]
+    fn a_marked_fallbacks_unchanged_dead_letter_never_takes_its_ledger_records_subrequest() {
+        // Budget 7: the atomic call, the mark, 3 REST requests, then the dead letter of the
+        // unchanged DELETE, whose connection is lost: sent again, it would take the last request,
+        // which the ledger's record needs (without it the transaction is kept, and its mark waits).
+        let mut s = recording_unchanged();
+        s.subrequest_budget = 7;
+        let answers = vec![statement_timeout(), begun(), ok(201), ok(201), counted(204, 0), lost(), ok_body("true")];
+        let transport = FakeTransport::scripted(answers);
+        let report = run_with(Route::Probe, &s, &[mixed("big")], &transport);
+        assert_eq!(statuses(&report), vec![Status::Success]);
+        let sent = transport.sent();
+        assert!(sent[5].url.ends_with(RECORD_PATH), "{}", sent[5].url);
+        assert!(sent[6].url.ends_with("/rpc/powersync_upload_ledger_applied_via_rest"), "{}", sent[6].url);
+        assert_eq!((report.subrequests, report.resent, report.dead_letters), (7, 0, 0));
+    }
+
+    #[test]
     fn a_timed_out_atomic_call_is_not_followed_by_rest_requests_once_the_time_budget_is_spent() {
         // Every request takes 15 s (UPSTREAM_TIMEOUT_MS): the second transaction's call starts
         // within the 30 s budget and is cancelled past it; its REST requests wait for the next
