@@ -98,8 +98,10 @@ build/index.js: $(RUST_SOURCES) package-lock.json scripts/build.sh scripts/toolc
 
 build: build/index.js
 
-$(DEVTOOL): $(RUST_SOURCES)
+# (the doctor compares the installed SQL functions with the files it embeds)
+$(DEVTOOL): $(RUST_SOURCES) $(wildcard sql/*.sql)
 	cargo build --quiet --features devtool --bin devtool
+	@touch $@
 
 .dev.vars: | $(DEVTOOL)
 	umask 077 && $(DEVTOOL) dev-vars > $@

@@ -282,6 +282,7 @@ declare
   v_bad     text;
   v_digest  text;
   v_key     text;
+  v_marked  boolean;
   v_id      bigint;
 begin
   select r.rolsuper or r.rolbypassrls into v_trusted
@@ -395,6 +396,22 @@ begin
   if v_id is null then
     -- this transaction has its dead letter already
     select d.id into v_id from public.powersync_dead_letters as d where d.dedup_key = v_key;
+    -- ... and the ledger marks it as being applied through REST (the letter found is an earlier
+    -- record of the same ops, e.g. of its unchanged entries): the mark is met as by a new letter,
+    -- so another upload's refuses this one (55P03: the bridge keeps the transaction), and the
+    -- marking upload's own ends (sql/atomic_upload.sql, powersync_upload_ledger_rest_begin)
+    if v_id is not null and client_id is not null and transaction_id is not null
+       and code is distinct from 'unchanged'
+       and pg_catalog.to_regprocedure('public.powersync_upload_rest_mark()') is not null
+    then
+      execute 'select exists (select 1 from public.powersync_upload_ledger as l'
+              ' where l.user_id = $1 and l.client_id = $2 and l.transaction_id = $3 and l.rest_until is not null)'
+        into v_marked using v_owner, client_id, transaction_id;
+      if v_marked then
+        execute 'select public.powersync_upload_ledger_refuse($1, $2, $3, $4, $5)'
+          using v_owner, client_id, transaction_id, v_digest, v_id;
+      end if;
+    end if;
   end if;
   return v_id;
 end

@@ -410,3 +410,27 @@ def test_a_user_holds_at_most_100_marks_at_a_time(pg, db):
     db.execute("update public.powersync_upload_ledger set rest_until = now() - interval '1 second'"
                " where user_id = %s and transaction_id = '0'", (user,))
     assert marking.execute(begin, ("100", "1" * 32)).fetchone()[0] == {"rest": "begun"}, "one expired: room"
+
+
+def test_a_rejection_whose_dead_letter_is_held_already_still_meets_the_mark(pg, db):
+    """The dead-letter table holds a letter of the same ops already (the record of the same
+    transaction's unchanged entries, from an earlier attempt): recording the rejection finds it,
+    and still meets the ledger's mark, as a new letter would: refused (55P03) for another upload,
+    the mark ended for the marking upload's own."""
+    user = str(uuid.uuid4())
+    row = _todo(db, user, "v0")
+    digest, mine = "a" * 32, "1" * 32
+    record = ("select public.powersync_record_dead_letter(entries => %s::jsonb, code => %s, message => 'm',"
+              " transaction_id => '1', client_id => 'dev-d', op_index => 0)")
+    entries = lambda state: json.dumps([{"op": "PATCH", "table": "todos", "id": row,  # noqa: E731
+                                         "data": {"description": "v1"}, "state": state}])
+    first = _session(pg, user, {"x-powersync-entries-digest": digest}).execute(
+        record, (entries("unchanged"), "unchanged")).fetchone()[0]
+    marking = _session(pg, user, {"x-powersync-entries-digest": digest, "x-powersync-rest-mark": mine})
+    marking.execute("select public.powersync_upload_ledger_rest_begin('dev-d', '1', null, %s)", (mine,))
+    other = _session(pg, user, {"x-powersync-entries-digest": digest})
+    with pytest.raises(psycopg.errors.LockNotAvailable, match="being applied through REST requests"):
+        other.execute(record, (entries("failed"), "23503"))
+    assert _ledger(db, user, "dev-d") == [("1", False, True)], "the mark stands"
+    assert marking.execute(record, (entries("failed"), "23503")).fetchone()[0] == first
+    assert _ledger(db, user, "dev-d") == [("1", True, False)], "recorded rejected, the mark ended"
