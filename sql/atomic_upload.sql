@@ -312,6 +312,26 @@ begin
 end
 $$;
 
+-- The value of the request header p_header (lower case) when it is 32 lower-case hex digits,
+-- else null (no such header, or not PostgREST's JSON in request.headers: a replay, psql).
+create or replace function public.powersync_upload_request_token(p_header text)
+returns text
+language plpgsql
+stable
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v text;
+begin
+  begin
+    v := nullif(current_setting('request.headers', true), '')::json ->> p_header;
+  exception when others then
+    return null;
+  end;
+  return case when v ~ '^[0-9a-f]{32}$' then v end;
+end
+$$;
+
 -- The digest of the transaction's entries as the client sent them, which the
 -- bridge sends with each call that the ledger records (the
 -- X-PowerSync-Entries-Digest header, read from PostgREST's request.headers):
@@ -323,43 +343,39 @@ $$;
 -- caller's word, and only ever matches the caller's own records.
 create or replace function public.powersync_upload_entries_digest()
 returns text
-language plpgsql
+language sql
 stable
 set search_path = pg_catalog, pg_temp
 as $$
-declare
-  v text;
-begin
-  begin
-    v := nullif(current_setting('request.headers', true), '')::json ->> 'x-powersync-entries-digest';
-  exception when others then
-    return null;  -- not PostgREST's JSON: no digest
-  end;
-  return case when v ~ '^[0-9a-f]{32}$' then v end;
-end
+  select public.powersync_upload_request_token('x-powersync-entries-digest')
 $$;
 
--- The token of the REST fallback's mark this call holds (see
--- powersync_upload_ledger_rest_begin), which the bridge sends with the calls
--- that end its mark (the X-PowerSync-Rest-Mark header): 32 lower-case hex
--- digits, or null. A record another upload marks is left to that upload: the
--- functions below that would end the mark (a rejection's record, the record of
--- it applied) refuse with 55P03 instead, as the claim does.
-create or replace function public.powersync_upload_rest_mark()
-returns text
+
+-- The checks the ledger's /rpc functions below make of their input, and the user they act for
+-- (powersync_upload_ledger_user): a client id and a transaction id of 1 to 256 bytes each, and
+-- the X-PowerSync-Entries-Digest header; the errors (22023) name p_function. No API role may
+-- call it.
+create or replace function public.powersync_upload_ledger_caller(
+  p_function text,
+  p_client_id text,
+  p_transaction_id text,
+  p_owner_id text
+) returns text
 language plpgsql
-stable
+security invoker
 set search_path = pg_catalog, pg_temp
 as $$
-declare
-  v text;
 begin
-  begin
-    v := nullif(current_setting('request.headers', true), '')::json ->> 'x-powersync-rest-mark';
-  exception when others then
-    return null;  -- not PostgREST's JSON: no mark
-  end;
-  return case when v ~ '^[0-9a-f]{32}$' then v end;
+  if coalesce(octet_length(p_client_id), 0) not between 1 and 256
+     or coalesce(octet_length(p_transaction_id), 0) not between 1 and 256 then
+    raise exception using errcode = '22023',
+      message = p_function || ': p_client_id and p_transaction_id must be 1 to 256 bytes';
+  end if;
+  if public.powersync_upload_entries_digest() is null then
+    raise exception using errcode = '22023',
+      message = p_function || ': the X-PowerSync-Entries-Digest header is required';
+  end if;
+  return public.powersync_upload_ledger_user(p_owner_id);
 end
 $$;
 
@@ -549,7 +565,7 @@ grant execute on function public.powersync_upload_ledger_claim(text, text, text,
 -- raises 55000: no dead letter is recorded, the bridge keeps the transaction
 -- (dead_letter_failed) and its re-send is answered already applied. A record
 -- another upload marks as being applied through REST (its mark's token is not
--- this call's, powersync_upload_rest_mark) raises 55P03: the bridge keeps the
+-- this call's X-PowerSync-Rest-Mark header) raises 55P03: the bridge keeps the
 -- transaction. Other ops under the same ids (a reused id) replace the record. Only the owner runs it
 -- (through powersync_record_dead_letter): no API role may call it.
 create or replace function public.powersync_upload_ledger_refuse(
@@ -593,7 +609,7 @@ begin
   end loop;
   -- another upload's mark: that upload is applying it through REST right now; this rejection
   -- waits (55P03), so that no copy applies the client's later transactions before those writes
-  if v_rest > now() and v_mark is distinct from public.powersync_upload_rest_mark() then
+  if v_rest > now() and v_mark is distinct from public.powersync_upload_request_token('x-powersync-rest-mark') then
     raise exception using errcode = '55P03',
       message = pg_catalog.format('transaction %s of client %s is being applied through REST requests by another '
                                   'upload: its rejection is not recorded', p_transaction_id, p_client_id);
@@ -642,16 +658,8 @@ declare
   v_user    text;
   v_cap     integer;
 begin
-  if coalesce(octet_length(p_client_id), 0) not between 1 and 256
-     or coalesce(octet_length(p_transaction_id), 0) not between 1 and 256 then
-    raise exception using errcode = '22023',
-      message = 'powersync_upload_ledger_reject: p_client_id and p_transaction_id must be 1 to 256 bytes';
-  end if;
-  if v_entries is null then
-    raise exception using errcode = '22023',
-      message = 'powersync_upload_ledger_reject: the X-PowerSync-Entries-Digest header is required';
-  end if;
-  v_user := public.powersync_upload_ledger_user(p_owner_id);
+  v_user := public.powersync_upload_ledger_caller('powersync_upload_ledger_reject', p_client_id, p_transaction_id,
+                                                  p_owner_id);
   -- the settings before the ledger, in the order the file's re-run locks them (else 40P01)
   select least(greatest(s.max_records_per_user, 1000), 1000000) into v_cap
     from public.powersync_upload_ledger_settings as s;
@@ -721,21 +729,13 @@ declare
   v_rest    timestamptz;
   v_mark    text;
 begin
-  if coalesce(octet_length(p_client_id), 0) not between 1 and 256
-     or coalesce(octet_length(p_transaction_id), 0) not between 1 and 256 then
-    raise exception using errcode = '22023',
-      message = 'powersync_upload_ledger_applied_via_rest: p_client_id and p_transaction_id must be 1 to 256 bytes';
-  end if;
-  if v_entries is null then
-    raise exception using errcode = '22023',
-      message = 'powersync_upload_ledger_applied_via_rest: the X-PowerSync-Entries-Digest header is required';
-  end if;
+  v_user := public.powersync_upload_ledger_caller('powersync_upload_ledger_applied_via_rest', p_client_id, p_transaction_id,
+                                                  p_owner_id);
   if p_unchanged is not null and (pg_catalog.cardinality(p_unchanged) > 100000
      or exists (select 1 from unnest(p_unchanged) as u(i) where u.i is null or u.i < 0)) then
     raise exception using errcode = '22023',
       message = 'powersync_upload_ledger_applied_via_rest: p_unchanged must be entry indexes (at most 100,000)';
   end if;
-  v_user := public.powersync_upload_ledger_user(p_owner_id);
   -- the settings before the ledger, in the order the file's re-run locks them (else 40P01)
   select least(greatest(s.max_records_per_user, 1000), 1000000) into v_cap
     from public.powersync_upload_ledger_settings as s;
@@ -756,7 +756,7 @@ begin
     exit when found;
   end loop;
   -- another upload's mark: its writes are still going on, and it records them itself
-  if v_rest > now() and v_mark is distinct from public.powersync_upload_rest_mark() then
+  if v_rest > now() and v_mark is distinct from public.powersync_upload_request_token('x-powersync-rest-mark') then
     raise exception using errcode = '55P03',
       message = pg_catalog.format('transaction %s of client %s is being applied through REST requests by another '
                                   'upload', p_transaction_id, p_client_id);
@@ -828,20 +828,12 @@ declare
   v_mark      text;
   v_unchanged integer[];
 begin
-  if coalesce(octet_length(p_client_id), 0) not between 1 and 256
-     or coalesce(octet_length(p_transaction_id), 0) not between 1 and 256 then
-    raise exception using errcode = '22023',
-      message = 'powersync_upload_ledger_rest_begin: p_client_id and p_transaction_id must be 1 to 256 bytes';
-  end if;
+  v_user := public.powersync_upload_ledger_caller('powersync_upload_ledger_rest_begin', p_client_id, p_transaction_id,
+                                                  p_owner_id);
   if p_mark is null or p_mark !~ '^[0-9a-f]{32}$' then
     raise exception using errcode = '22023',
       message = 'powersync_upload_ledger_rest_begin: p_mark must be 32 lower-case hex digits';
   end if;
-  if v_entries is null then
-    raise exception using errcode = '22023',
-      message = 'powersync_upload_ledger_rest_begin: the X-PowerSync-Entries-Digest header is required';
-  end if;
-  v_user := public.powersync_upload_ledger_user(p_owner_id);
   -- the settings before the ledger, in the order the file's re-run locks them (else 40P01)
   select least(greatest(s.max_records_per_user, 1000), 1000000) into v_cap
     from public.powersync_upload_ledger_settings as s;
@@ -916,16 +908,8 @@ declare
   v_entries text := public.powersync_upload_entries_digest();
   v_user    text;
 begin
-  if coalesce(octet_length(p_client_id), 0) not between 1 and 256
-     or coalesce(octet_length(p_transaction_id), 0) not between 1 and 256 then
-    raise exception using errcode = '22023',
-      message = 'powersync_upload_ledger_rest_abandon: p_client_id and p_transaction_id must be 1 to 256 bytes';
-  end if;
-  if v_entries is null then
-    raise exception using errcode = '22023',
-      message = 'powersync_upload_ledger_rest_abandon: the X-PowerSync-Entries-Digest header is required';
-  end if;
-  v_user := public.powersync_upload_ledger_user(p_owner_id);
+  v_user := public.powersync_upload_ledger_caller('powersync_upload_ledger_rest_abandon', p_client_id, p_transaction_id,
+                                                  p_owner_id);
   delete from public.powersync_upload_ledger as l
    where l.user_id = v_user and l.client_id = p_client_id and l.transaction_id = p_transaction_id
      and l.rest_until is not null and l.entries_digest = v_entries and l.rest_mark = p_mark;
@@ -1113,7 +1097,8 @@ begin
   foreach f in array array['public.powersync_upload_ledger_user(text)',
                            'public.powersync_upload_ledger_cap(text, integer)',
                            'public.powersync_upload_entries_digest()',
-                           'public.powersync_upload_rest_mark()',
+                           'public.powersync_upload_request_token(text)',
+                           'public.powersync_upload_ledger_caller(text, text, text, text)',
                            'public.powersync_upload_ledger_refuse(text, text, text, text, bigint)',
                            'public.powersync_upload_ledger_letter_of(text, text, text)',
                            'public.powersync_upload_ledger_dead_letter(text, text, text)',

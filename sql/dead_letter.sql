@@ -402,7 +402,7 @@ begin
     -- marking upload's own ends (sql/atomic_upload.sql, powersync_upload_ledger_rest_begin)
     if v_id is not null and client_id is not null and transaction_id is not null
        and code is distinct from 'unchanged'
-       and pg_catalog.to_regprocedure('public.powersync_upload_rest_mark()') is not null
+       and pg_catalog.to_regprocedure('public.powersync_upload_request_token(text)') is not null
     then
       execute 'select exists (select 1 from public.powersync_upload_ledger as l'
               ' where l.user_id = $1 and l.client_id = $2 and l.transaction_id = $3 and l.rest_until is not null)'
