@@ -318,6 +318,8 @@ pub async fn apply_with<T: Transport>(
             report.results.push(TransactionResult::not_attempted(transaction_id));
             continue;
         };
+        // The token of the ledger's mark of a REST fallback: the records that end it carry it.
+        let mark = via_rest.as_ref().and_then(|via| via.mark.as_deref());
         match ending {
             Ending::Success { mut unchanged, uncertain, already_applied } => {
                 // Never reported applied: a PATCH whose columns were all left out (not sent).
@@ -331,10 +333,9 @@ pub async fn apply_with<T: Transport>(
                     .then(|| dead_letter::unchanged_record(transaction.entries.len(), &unchanged, &uncertain))
                     .flatten();
                 // A marked fallback's ledger record comes first: without it the transaction is kept.
-                let mark = via_rest.as_ref().and_then(|via| via.mark.as_deref());
                 let ledger_first = usize::from(mark.is_some());
                 let record = match record {
-                    Some(_) if report.subrequests + 1 + ledger_first > settings.subrequest_budget && mark.is_some() => {
+                    Some(_) if ledger_first == 1 && report.subrequests + 2 > settings.subrequest_budget => {
                         report.dead_letter_errors.push(format!(
                             "dead-letter call {} of unchanged entries skipped: the subrequest left records the \
                              transaction in the ledger",
@@ -386,7 +387,6 @@ pub async fn apply_with<T: Transport>(
                 }
             }
             Ending::Fatal(failure, states, ledger) => {
-                let mark = via_rest.as_ref().and_then(|via| via.mark.as_deref());
                 let recorded = match &settings.dead_letter_table {
                     Some(_) => {
                         let record = (transaction, &failure, states.as_slice());
@@ -410,7 +410,6 @@ pub async fn apply_with<T: Transport>(
                 }
             }
             Ending::Conflict(failure, states, current, ledger) => {
-                let mark = via_rest.as_ref().and_then(|via| via.mark.as_deref());
                 let recorded = match &settings.dead_letter_table {
                     Some(_) => {
                         // The dead letter keeps both sides: the client's entry (its data and
@@ -566,7 +565,8 @@ async fn after_timeout<T: Transport>(
     let needed = worst_case(&requests);
     let budget = settings.subrequest_budget;
     // One more first: the ledger's mark of it (for a transaction the ledger keys).
-    let mark = usize::from(plan::ledger_keyed(transaction, caller));
+    let keyed = plan::ledger_keyed(transaction, caller);
+    let mark = usize::from(keyed);
     if mark + needed + reserve > budget.saturating_sub(report.subrequests) {
         let mark_text = if mark == 1 { ", one to mark it in the ledger first," } else { "" };
         let reserve_text = match (reserve, &settings.dead_letter_table) {
@@ -605,7 +605,7 @@ async fn after_timeout<T: Transport>(
     // when the budget has it (else the ledger's record comes first when it marked the transaction,
     // the dead letter's otherwise, and the other is skipped, logged).
     let unchanged_record = settings.dead_letter_unchanged && settings.dead_letter_table.is_some();
-    let extra = usize::from(unchanged_record && plan::ledger_keyed(transaction, caller));
+    let extra = usize::from(unchanged_record && keyed);
     let reserve = if mark + needed + reserve + extra <= budget.saturating_sub(report.subrequests) {
         reserve + extra
     } else {
@@ -616,7 +616,7 @@ async fn after_timeout<T: Transport>(
     // after the client's later transactions (see `plan::LEDGER_REST_BEGIN_FUNCTION`).
     let mut deadline_ms = None;
     let mut marked = None;
-    if mark == 1 {
+    if keyed {
         let asked_at = transport.now_ms();
         let token = mark_token();
         let begun = match &token {
