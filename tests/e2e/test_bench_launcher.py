@@ -61,3 +61,46 @@ def test_benchmarks_count_the_cpu_of_the_workers_own_workerd_apart_from_the_prox
         assert after["workerd_entry"] > before["workerd_entry"], (before, after)
     finally:
         w.stop()
+
+
+def _scripted_warm_up(bench, monkeypatch, windows, *, max_seconds=30):
+    """bench.warm_up against a made-up worker whose threads report `windows`: (main ms, other ms)
+    of CPU per window of requests; returns its result and how many windows it ran."""
+    clock = {"main": 0.0, "other": 0.0, "runs": 0}
+    monkeypatch.setattr(bench, "workerd_user_pid", lambda pgid, port: 4242)
+    monkeypatch.setattr(bench, "thread_cpu_ms", lambda pid: (clock["main"], clock["other"]))
+
+    def fake_wrk(url, **kwargs):
+        main, other = windows[clock["runs"]]
+        clock["main"] += main
+        clock["other"] += other
+        clock["runs"] += 1
+        return {"requests": 10}
+
+    monkeypatch.setattr(bench, "wrk", fake_wrk)
+
+    class Worker:
+        url = "http://worker.invalid"
+        port = 1
+        proc = type("Proc", (), {"pid": 1})()
+
+    result = bench.warm_up(Worker(), "/x", window=3, max_seconds=max_seconds, connections=1)
+    return result, clock["runs"]
+
+
+def test_benchmark_warm_up_ends_after_two_windows_in_a_row_with_the_background_threads_quiet(monkeypatch):
+    bench = bench_run()
+    # Tier-up comes in bursts: a quiet window, a busy one (the count starts again), then two quiet ones.
+    result, runs = _scripted_warm_up(bench, monkeypatch, [(100, 50), (100, 1), (100, 9), (100, 2), (100, 1.5), (100, 0)])
+    assert runs == 5
+    assert result["settled"] is True
+    assert result["seconds"] == 15 and result["requests"] == 50
+    assert result["background_cpu_ms"] == 50 + 1 + 9 + 2 + 1.5
+    assert result["last_window_background_share"] == 0.015
+
+
+def test_benchmark_warm_up_stops_at_its_cap_and_says_it_did_not_settle(monkeypatch):
+    bench = bench_run()
+    result, runs = _scripted_warm_up(bench, monkeypatch, [(100, 30)] * 20, max_seconds=12)
+    assert runs == 4
+    assert result["settled"] is False and result["seconds"] == 12
