@@ -142,7 +142,7 @@ test-e2e: tools postgres venv build $(DEVTOOL) powersync storage sdk web chromiu
 bench:
 	$(WITH_NODE) bash bench/run.sh
 
-# Where the CPU goes: perf profiles of the worker and the JS workers in workerd (about 4 minutes;
+# Where the CPU goes: perf profiles of the worker and the JS workers in workerd (about 6 minutes;
 # writes bench/cpu_profile.md). perf is Debian's linux-perf; the build keeps a copy of the wasm
 # with its function names (target/names), rebuilt here when older than the build.
 bench-profile: postgres venv build

@@ -2,7 +2,7 @@
 """Where the worker's CPU goes inside workerd, against the JavaScript workers it is compared with
 (issue 19): `perf` samples of the workerd process that runs each worker, with V8's map of its
 compiled code, so that every wasm function, JS function, V8 and workerd function is named. Not
-part of `make bench`; `make bench-profile` runs it (about 4 minutes) and writes
+part of `make bench`; `make bench-profile` runs it (about 6 minutes) and writes
 bench/cpu_profile.md, and target/profiles/<scenario>.perf.data for `perf report -i` (which reads
 the names of generated code from /tmp/perf-<pid>.map, left there for it).
 
