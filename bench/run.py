@@ -1030,10 +1030,15 @@ def main() -> int:
         }
         log("token: warm-up")
         warmups: dict[str, dict] = {}
+
+        def warmed(row: str, w: WorkerProcess, path: str, **how) -> None:
+            """warm_up, kept for results.md under `row`."""
+            warmups[row] = warm_up(w, path, **how)
+            log(f"warm-up {row}: {warmups[row]}")
+
         for key, (_, w, path, token) in variants.items():
-            warmups[f"token/{key}"] = warm_up(w, path, window=1, max_seconds=TOKEN_WARMUP_MAX_SECONDS,
-                                              connections=TOKEN_CONNECTIONS, token=token)
-            log(f"token warm-up {key}: {warmups[f'token/{key}']}")
+            warmed(f"token/{key}", w, path, window=1, max_seconds=TOKEN_WARMUP_MAX_SECONDS,
+                   connections=TOKEN_CONNECTIONS, token=token)
         token_runs: dict[str, list[dict]] = {k: [] for k in variants}
         order = list(variants)
         for rnd in range(ROUNDS):
@@ -1095,18 +1100,14 @@ def main() -> int:
         # that has settled.
         log("upload: warm-up")
         for key in batches:
+            how = dict(window=UPLOAD_WARMUP_SECONDS, max_seconds=UPLOAD_WARMUP_MAX_SECONDS,
+                       connections=UPLOAD_CONNECTIONS, method="POST", token=hs_token, body_file=work / f"{key}.json")
             for mode, w in workers.items():
                 if key in mode_batches[mode]:
-                    warmups[f"upload/{mode}/{key}"] = warm_up(
-                        w, "/powersync-upload", window=UPLOAD_WARMUP_SECONDS, max_seconds=UPLOAD_WARMUP_MAX_SECONDS,
-                        connections=UPLOAD_CONNECTIONS, method="POST", token=hs_token, body_file=work / f"{key}.json")
-                    log(f"upload warm-up {mode} {key}: {warmups[f'upload/{mode}/{key}']}")
+                    warmed(f"upload/{mode}/{key}", w, "/powersync-upload", **how)
             if key in FLOOR_BATCHES:
                 for js_key, (w, path) in compared_uploads.items():
-                    warmups[f"upload_js/{js_key}/{key}"] = warm_up(
-                        w, path, window=UPLOAD_WARMUP_SECONDS, max_seconds=UPLOAD_WARMUP_MAX_SECONDS,
-                        connections=UPLOAD_CONNECTIONS, method="POST", token=hs_token, body_file=work / f"{key}.json")
-                    log(f"upload warm-up {js_key} {key}: {warmups[f'upload_js/{js_key}/{key}']}")
+                    warmed(f"upload_js/{js_key}/{key}", w, path, **how)
 
         upload_runs = {(m, k): [] for m in workers for k in mode_batches[m]}
         floor_runs = {"noop": [], **{(j, k): [] for j in compared_uploads for k in FLOOR_BATCHES}}
