@@ -503,13 +503,25 @@ begin
   end loop;
   -- being applied through REST requests by another upload (powersync_upload_ledger_rest_begin):
   -- applied now, it could be overwritten by that upload's writes after the client's later
-  -- transactions. It waits (55P03, retryable) until that upload records it or drops the mark, or
-  -- the mark expires (an expired mark counts as nothing: that upload stopped writing long before)
+  -- transactions. It waits (55P03, retryable) until that upload records it or ends the mark, or
+  -- the mark expires
   if v_rest > now() then
     raise exception using errcode = '55P03',
       message = pg_catalog.format('transaction %s of client %s is being applied through REST requests by another '
                                   'upload (its atomic call was cancelled by the statement timeout): retry after that '
                                   'upload ends (at the latest %s)', p_transaction_id, p_client_id, v_rest);
+  end if;
+  -- begun through REST requests by an upload that ended (powersync_upload_ledger_rest_abandon) or
+  -- stopped (an expired mark) before it was applied: some of its writes may be in place, which an
+  -- atomic call would neither undo nor report (its dead letter would say nothing was applied). It
+  -- goes on through REST requests, whose result says which entries were applied: cancelled
+  -- (57014, nothing applied now), as the bridge does after a statement timeout. The same ids with
+  -- other entries are another transaction (below).
+  if v_rest is not null and v_same = v_entries then
+    raise exception using errcode = '57014',
+      message = pg_catalog.format('transaction %s of client %s was begun through REST requests by an earlier upload '
+                                  'that ended before it was applied: it goes on through REST requests, whose result '
+                                  'says which of its entries were applied', p_transaction_id, p_client_id);
   end if;
   -- a dead-lettered transaction: its replay applies it (from now on it counts as applied);
   -- anything else, a late or re-sent call, applies nothing. The same transaction: the same ops,
@@ -791,9 +803,9 @@ comment on function public.powersync_upload_ledger_applied_via_rest(text, text, 
 --     answer) is answered {"rest": "begun"} again;
 --   * otherwise the record is marked as being applied through REST until
 --     now() + 10 minutes, under p_mark (32 lower-case hex digits, drawn at
---     random by the bridge for each fallback: only it can drop the mark), made,
---     or replacing one of other entries under the same ids, or an expired mark,
---     and it answers {"rest": "begun"}.
+--     random by the bridge for each fallback: only it can end the mark), made,
+--     or replacing one of other entries under the same ids, or an ended or
+--     expired mark, and it answers {"rest": "begun"}.
 -- While the mark stands, the claim of every atomic call of the transaction
 -- raises 55P03 (retryable: the copy's transaction and its later ones wait),
 -- and the fallback ends it: powersync_upload_ledger_applied_via_rest (applied),
@@ -890,9 +902,12 @@ comment on function public.powersync_upload_ledger_rest_begin(text, text, text, 
   'PowerSync upload bridge: mark a transaction as being applied through REST, so no atomic call applies it meanwhile.';
 
 -- The fallback above ended retryable (a write failed, it ran too long, or the
--- answer to its mark was lost): its mark is dropped (the caller's record of
--- these entries marked with p_mark; another upload's mark stays), so that the
--- client's next attempt need not wait for it to expire. The user is found as
+-- answer to its mark was lost): its mark is ended (the caller's record of these
+-- entries marked with p_mark; another upload's mark stays), so that the
+-- client's next attempt need not wait for it to expire. The record stays, as
+-- a transaction begun through REST: some of its writes may be in place, so the
+-- claim of its next atomic call sends it on through REST requests (57014), and
+-- their result says which of its entries were applied. The user is found as
 -- for the claim. Errors: 22023 for bad input, 42501 for a caller without a user.
 create or replace function public.powersync_upload_ledger_rest_abandon(
   p_client_id text,
@@ -910,14 +925,15 @@ declare
 begin
   v_user := public.powersync_upload_ledger_caller('powersync_upload_ledger_rest_abandon', p_client_id, p_transaction_id,
                                                   p_owner_id);
-  delete from public.powersync_upload_ledger as l
+  update public.powersync_upload_ledger as l
+     set rest_until = least(l.rest_until, now()), rest_mark = null
    where l.user_id = v_user and l.client_id = p_client_id and l.transaction_id = p_transaction_id
      and l.rest_until is not null and l.entries_digest = v_entries and l.rest_mark = p_mark;
   return true;
 end
 $$;
 comment on function public.powersync_upload_ledger_rest_abandon(text, text, text, text) is
-  'PowerSync upload bridge: drop the mark of a transaction whose REST fallback ended retryable.';
+  'PowerSync upload bridge: end the mark of a transaction whose REST fallback ended retryable (it goes on through REST).';
 
 -- The dead letter of the user's (client, transaction) that the ledger holds
 -- under the digest of the entries this call carries (see

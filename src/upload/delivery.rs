@@ -82,8 +82,12 @@
 //!   applied there (`powersync_upload_ledger_applied_via_rest`, in the subrequest kept for a
 //!   rejection), so that a late copy of the cancelled call applies nothing; when that record
 //!   fails the transaction is kept (retryable), as is one whose fallback ran past
-//!   `REST_MARK_CUTOFF_MS`, and a fallback that ends retryable drops its mark
-//!   (`powersync_upload_ledger_rest_abandon`, best effort). Against a ledger without the mark's
+//!   `REST_MARK_CUTOFF_MS`, and a fallback that ends retryable ends its mark
+//!   (`powersync_upload_ledger_rest_abandon`, best effort). Some of its writes may be in place
+//!   then, so the ledger keeps the transaction as begun through REST: its next atomic call is
+//!   refused (57014, nothing applied) and it goes on through REST requests, whose result says
+//!   which entries were applied (an atomic call's rejection would say none, over the writes
+//!   left in place); so does one whose mark expired. Against a ledger without the mark's
 //!   function (an older sql/atomic_upload.sql) it goes on unmarked, and its record is best
 //!   effort, as before. Where those requests do not fit in what is left of the budget it stays retryable,
 //!   with a message saying whether the next upload (a fresh budget) can take it or only the
@@ -446,7 +450,8 @@ pub async fn apply_with<T: Transport>(
         if let (Some(via), Some(result)) = (via_rest, report.results.last_mut()) {
             let kept = result.status == Status::RetryableError;
             result.applied_via_rest = Some(via.reason);
-            // Kept by the client: the mark goes, so that its next attempt need not wait for it.
+            // Kept by the client: the mark ends, so that its next attempt need not wait for it
+            // (and goes on through REST, see the module docs).
             if let (Some(token), true) = (&via.mark, kept) {
                 abandon_rest(transaction, (settings, caller), transport, &mut report, token).await;
             }
@@ -474,6 +479,11 @@ async fn send_counted<T: Transport>(
 
 /// SQLSTATE 57014: `canceling statement due to statement timeout` (also a cancel request).
 const QUERY_CANCELED: &str = "57014";
+
+/// What the ledger's 57014 says of a transaction an earlier upload began through REST requests
+/// and ended (or stopped) before it was applied (sql/atomic_upload.sql,
+/// `powersync_upload_ledger_claim`): it goes on through REST, as after a statement timeout.
+const BEGUN_THROUGH_REST: &str = "was begun through REST requests by an earlier upload";
 
 /// A transaction sent through REST requests after its atomic call was cancelled by the statement
 /// timeout (see `after_timeout`).
@@ -519,9 +529,10 @@ fn mark_token() -> Option<String> {
 }
 
 /// A transaction whose atomic call was cancelled by the statement timeout (`failure`; nothing was
-/// applied): sent through REST requests now, unless `UPLOAD_ATOMIC=true` or they do not fit in
-/// what is left of the budget (see the module docs). Returns how it ended and, when REST
-/// requests were sent, the reason for its result's `applied_via_reason`.
+/// applied), or by the ledger because an earlier upload began it through REST requests
+/// ([`BEGUN_THROUGH_REST`]): sent through REST requests now, unless `UPLOAD_ATOMIC=true` or they
+/// do not fit in what is left of the budget (see the module docs). Returns how it ended and,
+/// when REST requests were sent, the reason for its result's `applied_via_reason`.
 async fn after_timeout<T: Transport>(
     (transaction, settings, caller, reserve, time_left): (&Transaction, &UploadSettings, &Caller, usize, bool),
     mut failure: FailedOperation,
@@ -535,8 +546,23 @@ async fn after_timeout<T: Transport>(
          notify pgrst, 'reload config')"
     );
     let operator_wait = settings.retry_after_seconds.max(SCHEMA_DRIFT_RETRY_AFTER_SECONDS);
-    let cancelled =
-        format!("the atomic call of this transaction ({entries} entries) was cancelled by the statement timeout");
+    let begun = failure.message.contains(BEGUN_THROUGH_REST);
+    let cancelled = if begun {
+        format!(
+            "the atomic call of this transaction ({entries} entries) was refused because an earlier upload began \
+             applying it through REST requests"
+        )
+    } else {
+        format!("the atomic call of this transaction ({entries} entries) was cancelled by the statement timeout")
+    };
+    if settings.atomic == AtomicMode::Always && begun {
+        failure.message = format!(
+            "{}; UPLOAD_ATOMIC=true sends every transaction through the atomic function, so it waits: unset \
+             UPLOAD_ATOMIC so that it goes on through REST requests",
+            failure.message
+        );
+        return (Ending::Retryable(failure, operator_wait), None);
+    }
     if settings.atomic == AtomicMode::Always {
         failure.message = format!(
             "{}; {cancelled}, and UPLOAD_ATOMIC=true keeps every transaction all-or-nothing, so it waits: \
@@ -714,10 +740,11 @@ async fn begin_rest<T: Transport>(
     Mark::Failed(why, retry_after, maybe_made)
 }
 
-/// Drops the ledger's mark (`token`) of a transaction whose REST fallback ended retryable, or
+/// Ends the ledger's mark (`token`) of a transaction whose REST fallback ended retryable, or
 /// whose mark's answer was lost ([`plan::LEDGER_REST_ABANDON_FUNCTION`]; another upload's mark
-/// stays), so that the client's next attempt need not wait for it to expire. Best effort: without
-/// budget left, or when it fails, the mark expires by itself (logged).
+/// stays), so that the client's next attempt need not wait for it to expire (it goes on through
+/// REST requests). Best effort: without budget left, or when it fails, the mark expires by itself
+/// (logged).
 async fn abandon_rest<T: Transport>(
     transaction: &Transaction,
     (settings, caller): (&UploadSettings, &Caller),

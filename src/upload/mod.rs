@@ -2301,6 +2301,49 @@ mod tests {
         assert!(!report.needs_retry());
     }
 
+    /// The ledger's 57014 for a transaction an earlier upload began through REST and ended before
+    /// it was applied (sql/atomic_upload.sql, powersync_upload_ledger_claim).
+    fn begun_before() -> Answer {
+        error(
+            500,
+            "57014",
+            "transaction big of client client-1 was begun through REST requests by an earlier upload that ended \
+             before it was applied: it goes on through REST requests, whose result says which of its entries were \
+             applied",
+        )
+    }
+
+    #[test]
+    fn a_transaction_an_earlier_upload_began_through_rest_goes_on_through_rest_and_says_why() {
+        let transport =
+            FakeTransport::scripted(vec![begun_before(), begun(), ok(201), ok(201), ok(204), ok_body("true")]);
+        let report = run_on(Route::Probe, &[mixed("big")], &transport);
+        assert_eq!(statuses(&report), vec![Status::Success]);
+        let sent = transport.sent();
+        let urls: Vec<&str> = sent.iter().map(|r| r.url.as_str()).collect();
+        assert_eq!(urls[1], "https://p.supabase.co/rest/v1/rpc/powersync_upload_ledger_rest_begin");
+        assert_eq!(urls.len(), 6, "{urls:?}");
+        let body = report.body();
+        let reason = body["results"][0]["applied_via_reason"].as_str().unwrap_or("");
+        for part in ["an earlier upload began applying it through REST requests", "3 REST requests"] {
+            assert!(reason.contains(part), "{part:?} in {reason}");
+        }
+        assert!(!reason.contains("cancelled by the statement timeout"), "{reason}");
+    }
+
+    #[test]
+    fn with_upload_atomic_true_a_transaction_begun_through_rest_waits_naming_the_setting() {
+        let mut s = settings();
+        s.atomic = AtomicMode::Always;
+        let transport = FakeTransport::scripted(vec![begun_before()]);
+        let report = run_with(Route::Atomic, &s, &[mixed("big")], &transport);
+        assert_eq!(statuses(&report), vec![Status::RetryableError]);
+        let failure = failure_of(&report, 0);
+        assert!(failure.message.contains("unset UPLOAD_ATOMIC so that it goes on through REST"), "{}", failure.message);
+        assert!(!failure.message.contains("statement_timeout = "), "{}", failure.message);
+        assert_eq!(transport.sent().len(), 1, "nothing else sent");
+    }
+
     #[test]
     fn a_rest_fallbacks_unchanged_entries_are_dead_lettered_beside_its_ledger_record() {
         // UPLOAD_DEAD_LETTER_UNCHANGED: the DELETE changes no row. Budget 7 holds the atomic call,

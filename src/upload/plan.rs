@@ -564,7 +564,8 @@ pub const LEDGER_APPLIED_VIA_REST_FUNCTION: &str = "powersync_upload_ledger_appl
 /// them; it answers the transaction as the ledger holds it instead when it does.
 pub const LEDGER_REST_BEGIN_FUNCTION: &str = "powersync_upload_ledger_rest_begin";
 
-/// The ledger function that drops that mark when the fallback ends retryable (sql/atomic_upload.sql).
+/// The ledger function that ends that mark when the fallback ends retryable (sql/atomic_upload.sql);
+/// the transaction then goes on through REST requests.
 pub const LEDGER_REST_ABANDON_FUNCTION: &str = "powersync_upload_ledger_rest_abandon";
 
 /// The header carrying that mark's token on the calls that end it (the ledger's record of the

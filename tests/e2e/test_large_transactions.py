@@ -234,8 +234,11 @@ def test_a_copy_of_the_queue_waits_while_a_transaction_goes_through_the_rest_fal
     assert description() == "v2", "T2 last, as the client wrote it"
 
 
-def test_a_rest_fallback_that_ends_retryable_drops_its_mark_and_the_resend_goes_through_at_once(
+def test_a_rest_fallback_that_ends_retryable_ends_its_mark_and_the_resend_goes_on_through_rest_at_once(
         auto_worker, db, standin, session_token):
+    """The mark ends, so the re-send need not wait for it; the ledger keeps the transaction as begun
+    through REST, so the re-send goes on through REST requests (its atomic call is refused with
+    57014, nothing applied)."""
     user = str(uuid.uuid4())
     row = _todo(db, user, "v0")
     token = session_token(user)
@@ -248,16 +251,58 @@ def test_a_rest_fallback_that_ends_retryable_drops_its_mark_and_the_resend_goes_
     paths = [e["path"] for e in standin.requests_log()]
     assert paths == [RPC, "/rest/v1/rpc/powersync_upload_ledger_rest_begin", "/rest/v1/todos",
                      "/rest/v1/rpc/powersync_upload_ledger_rest_abandon"], paths
-    assert _ledger(db, user, payload["client_id"]) == [], "the mark is gone"
+    ended = db.execute("select rest_until <= now(), rest_mark from public.powersync_upload_ledger"
+                       " where client_id = %s", (payload["client_id"],)).fetchall()
+    assert ended == [(True, None)], "the mark ended, the record kept"
+    standin.reset()
     again = upload(auto_worker, token, payload)
-    assert again.json()["results"] == [{"status": "success", "transaction_id": 1}], again.text
+    result = again.json()["results"][0]
+    assert (result["status"], result.get("applied_via")) == ("success", "rest"), again.text
+    assert "an earlier upload began applying it through REST requests" in result["applied_via_reason"], again.text
+    paths = [e["path"] for e in standin.requests_log()]
+    assert paths == [RPC, "/rest/v1/rpc/powersync_upload_ledger_rest_begin", "/rest/v1/todos",
+                     "/rest/v1/rpc/powersync_upload_ledger_applied_via_rest"], paths
     assert db.execute("select description from public.todos where id = %s", (row,)).fetchone() == ("v1",)
+    assert _ledger(db, user, payload["client_id"]) == [("1", False, False)], "recorded applied"
 
 
-def test_an_atomic_call_waits_while_the_ledger_marks_its_transaction_and_goes_through_once_the_mark_expired(
+def test_a_transaction_a_rest_fallback_applied_in_part_goes_on_through_rest_and_its_rejection_says_so(
+        auto_worker, db, standin, session_token):
+    """Found by the fault soak's default mode. The fallback applied the first entry, met a refusal
+    at the second, and could not record the rejection (kept, retryable). Re-sent through the
+    atomic function, the transaction would be refused whole and reported rejected as an atomic
+    call (nothing applied), over the first entry's write left in place. The ledger sends it on
+    through REST instead: its result says it went through REST, rejected at the second entry,
+    after the first was applied."""
+    user = str(uuid.uuid4())
+    row = _todo(db, user, "v0")
+    token = session_token(user)
+    payload = {"client_id": "dev-" + str(uuid.uuid4()),
+               "transactions": [{"transaction_id": 1, "crud": [patch("todos", row, description="v1"),
+                                                               patch("todos", row, priority=9)]}]}
+    standin.reset()
+    standin.add_fault({"status": 500, "path_prefix": RPC, "method": "POST", "body": CANCELLED})
+    standin.add_fault({"status": 503, "path_prefix": "/rest/v1/rpc/powersync_upload_ledger_reject", "method": "POST"})
+    first = upload(auto_worker, token, payload)
+    assert statuses(first) == ["retryable_error"], first.text
+    assert first.json()["results"][0]["applied_via"] == "rest", first.text
+    assert db.execute("select description, priority from public.todos where id = %s", (row,)).fetchone() == \
+        ("v1", None), "the first entry is applied"
+
+    again = upload(auto_worker, token, payload)
+    result = again.json()["results"][0]
+    assert (result["status"], result.get("applied_via")) == ("fatal_error", "rest"), again.text
+    assert (result["failed_operation"]["index"], result["failed_operation"]["code"]) == (1, "23514"), again.text
+    assert db.execute("select description, priority from public.todos where id = %s", (row,)).fetchone() == \
+        ("v1", None)
+    assert _ledger(db, user, payload["client_id"]) == [("1", True, False)], "recorded rejected"
+
+
+def test_an_atomic_call_waits_while_the_ledger_marks_its_transaction_and_goes_on_through_rest_once_it_expired(
         auto_worker, db, standin, session_token):
     """A mark left by a worker that stopped half-way (here made through /rpc, as the user may)
-    holds every attempt of that transaction (55P03, retryable), until it expires."""
+    holds every attempt of that transaction (55P03, retryable), until it expires; then the
+    transaction goes on through REST requests (some of its writes may be in place)."""
     user = str(uuid.uuid4())
     row = _todo(db, user, "v0")
     token = session_token(user)
@@ -283,7 +328,8 @@ def test_an_atomic_call_waits_while_the_ledger_marks_its_transaction_and_goes_th
     db.execute("update public.powersync_upload_ledger set rest_until = now() - interval '1 second'"
                " where client_id = %s", (payload["client_id"],))
     expired = upload(auto_worker, token, payload)
-    assert expired.json()["results"] == [{"status": "success", "transaction_id": 1}], expired.text
+    assert [(r["status"], r.get("applied_via")) for r in expired.json()["results"]] == [("success", "rest")], \
+        expired.text
     assert db.execute("select description from public.todos where id = %s", (row,)).fetchone() == ("v1",)
     assert _ledger(db, user, payload["client_id"]) == [("1", False, False)]
 
@@ -323,7 +369,7 @@ def test_a_rest_fallback_of_a_transaction_the_ledger_holds_sends_nothing_and_ans
 
 def test_the_ledgers_mark_is_the_marking_uploads_own(db, standin, session_token):
     """A re-send of the mark after a lost answer (the same token) is answered begun again;
-    another token (another upload) waits (55P03) and cannot drop it; the token that made it can."""
+    another token (another upload) waits (55P03) and cannot end it; the token that made it can."""
     user = str(uuid.uuid4())
     token = session_token(user)
 
@@ -341,7 +387,10 @@ def test_the_ledgers_mark_is_the_marking_uploads_own(db, standin, session_token)
     assert call("powersync_upload_ledger_rest_abandon", theirs).json() is True
     assert _ledger(db, user, "dev-m") == [("1", False, True)], "another upload's token leaves the mark"
     assert call("powersync_upload_ledger_rest_abandon", mine).json() is True
-    assert _ledger(db, user, "dev-m") == []
+    ended = db.execute("select rest_until <= now(), rest_mark from public.powersync_upload_ledger"
+                       " where user_id = %s and client_id = 'dev-m'", (user,)).fetchall()
+    assert ended == [(True, None)], "ended; the record stays (the transaction goes on through REST)"
+    assert call("powersync_upload_ledger_rest_begin", theirs).json() == {"rest": "begun"}, "an ended mark holds nothing"
     refused = call("powersync_upload_ledger_rest_begin", "not hex")
     assert refused.status_code == 400 and refused.json()["code"] == "22023", refused.text
 

@@ -27,8 +27,8 @@ import pytest
 from tests.e2e.conftest import make_token
 import random
 
-from tests.soak.driver import (MODES, Generator, Ids, SoakConfig, client_ids, has_dependent_pattern, rid,
-                               run_soak, workloads)
+from tests.soak.driver import (LEDGER_MODES, MODES, Generator, Ids, SoakConfig, client_ids,
+                               has_dependent_pattern, rid, run_soak, workloads)
 from tests.soak.stack import start_stack
 
 OPERATIONS = int(os.environ.get("SOAK_OPERATIONS", "2000"))
@@ -64,12 +64,17 @@ def soak(mode: str, soak_stack, pg):
     # model), and compared transactions completed after being sent again
     assert report.compared_entries > 0 and report.conflicts > 0, report.summary()
     assert report.compared_resent > 0, report.summary()
-    if mode == "atomic":
+    if mode in LEDGER_MODES:
         # writes that landed after the worker gave up on them (the ledger makes them harmless),
         # some of which, or re-sends after a lost answer, met a transaction the ledger holds as
         # dead-lettered: answered as recorded, nothing applied
         assert report.proxy["by_kind"]["late"] > 0, report.summary()
         assert report.proxy["dead_letter_answers"] > 0, report.summary()
+    if mode == "auto":
+        # atomic calls the statement timeout cancelled, whose transactions then went through
+        # REST requests under the ledger's mark, among the other faults and late calls
+        assert report.proxy["by_kind"]["statement_timeout"] > 0, report.summary()
+        assert report.applied_via_rest > 0, report.summary()
     else:
         # none in the REST modes: there a late write can undo a later one (docs/upload.md)
         assert report.proxy["by_kind"]["late"] == 0, report.summary()
@@ -98,7 +103,7 @@ def test_workload_holds_at_least_the_operations_asked_for_whatever_the_seed():
     """The soak asserts it completed OPERATIONS entries, so its workload must hold that many:
     seed 522860893 once made 1,999 of 2,000 (each client's share was rounded down)."""
     for seed in [522860893, *range(200)]:
-        for mode in ("rls", "atomic"):
+        for mode in ("rls", "atomic", "auto"):
             cfg = SoakConfig(mode, operations=2000)
             queues = workloads(cfg, seed, client_ids(seed, cfg.clients), mode == "atomic")
             assert sum(len(t.entries) for queue in queues for t in queue) >= 2000, (seed, mode)
@@ -114,3 +119,10 @@ def test_service_mode_under_random_faults_loses_no_write(soak_stack, pg):
 
 def test_atomic_mode_under_random_faults_and_late_writes_loses_no_write(soak_stack, pg):
     soak("atomic", soak_stack, pg)
+
+
+def test_default_mode_falling_back_to_rest_after_statement_timeouts_loses_no_write(soak_stack, pg):
+    """UPLOAD_ATOMIC unset, the default: the atomic function, and after a statement timeout the
+    same transaction through REST requests under the ledger's mark, while the other faults and
+    late atomic calls go on."""
+    soak("auto", soak_stack, pg)

@@ -98,12 +98,19 @@ import requests
 from tests.soak.model import DEFAULTS, DEMO, SERVICE, TABLES, Conflict, Entry, Refused, Schema, State, compares
 from tests.soak.proxy import DEFAULT_RATES
 
-MODES = ("rls", "service", "atomic")
+MODES = ("rls", "service", "atomic", "auto")
+# The modes whose uploads go through the atomic function and its ledger (exactly once): "atomic"
+# demands it (UPLOAD_ATOMIC=true); "auto" is the default configuration (UPLOAD_ATOMIC unset),
+# where a call the statement timeout cancels is applied through REST requests instead.
+LEDGER_MODES = ("atomic", "auto")
 DEAD_LETTERS = "powersync_dead_letters"
 FINAL = ("success", "fatal_error", "conflict")
 UNGRANTED = SERVICE.notes  # the table granted during the run (module docs)
 API_ROLES = "authenticated, service_role"
 LATE_RATE = 0.03  # share of atomic-mode requests the proxy applies after the worker gave up
+# share of the auto mode's atomic calls (of transactions safe to apply through REST) that the
+# proxy answers with a statement timeout
+TIMEOUT_RATE = 0.08
 
 
 def schema_for(mode: str) -> Schema:
@@ -122,16 +129,40 @@ def worker_vars(mode: str, base: dict, proxy_url: str, timeout_ms: int) -> dict:
                   "UPLOAD_OWNER_COLUMN": "owner_id", "UPLOAD_ATOMIC": "false"})
     elif mode == "atomic":
         v["UPLOAD_ATOMIC"] = "true"
-    else:
+    elif mode != "auto":
         raise ValueError(mode)
     return v
 
 
 def default_rates(mode: str) -> dict[str, float]:
-    """The proxy's fault rates in a mode: proxy.DEFAULT_RATES, and in atomic mode late writes too
-    (LATE_RATE): only the atomic function's ledger makes a write that lands after the worker gave
-    up on it harmless; through REST requests it can undo a later write (docs/upload.md, known gap)."""
+    """The proxy's fault rates in a mode: proxy.DEFAULT_RATES, and in the ledger's modes late writes
+    too (LATE_RATE): only the atomic function's ledger makes a write that lands after the worker
+    gave up on it harmless; through REST requests it can undo a later write (docs/upload.md, known
+    gap). In auto mode also statement timeouts of atomic calls (TIMEOUT_RATE, module docs)."""
+    if mode == "auto":
+        return {**DEFAULT_RATES, "late": LATE_RATE, "statement_timeout": TIMEOUT_RATE}
     return {**DEFAULT_RATES, "late": LATE_RATE} if mode == "atomic" else dict(DEFAULT_RATES)
+
+
+def late_ok(path: str) -> bool:
+    """Auto mode's `late` requests: the atomic function's and the ledger's calls, except the
+    REST fallback's writes (through REST a late write can undo a later one: the known gap, which
+    a fallback has too, docs/upload.md) and its mark (`rest_begin`: landing after the worker gave
+    up, a mark nobody drops keeps the transaction waiting for its 10 minutes; a liveness cost the
+    docs state, which the bounded soak cannot wait out)."""
+    return path.startswith("/rest/v1/rpc/") and not path.endswith("/powersync_upload_ledger_rest_begin")
+
+
+def rest_safe(entries: list[Entry]) -> bool:
+    """Whether a transaction may be applied through REST requests and sent again after a lost
+    answer without a different result: no dependent pattern (Generator docs), and no entry with
+    previous values whose row a later entry writes again (with_previous_values). Only these get
+    statement timeouts in auto mode: a fallback is neither all-or-nothing nor exactly once, and
+    for the others the known gap would show (docs/upload.md)."""
+    return not has_dependent_pattern(entries) and not any(
+        e.previous is not None and any((p.table, p.id) == (e.table, e.id) and p.op in ("PUT", "PATCH")
+                                       for p in entries[k + 1:])
+        for k, e in enumerate(entries))
 
 
 def rid(rng: random.Random) -> str:
@@ -375,6 +406,8 @@ class ClientStats:
     already_applied: int = 0       # results answered from the atomic function's ledger
     compared_already_applied: int = 0  # of those, transactions with previous values
     grant_retries: int = 0         # head transactions answered retryable for a missing grant
+    applied_via_rest: int = 0      # final results applied through REST after a statement timeout
+    mark_waits: int = 0            # head transactions answered 55P03: another upload's REST mark
     not_json: int = 0
     http_status: Counter = field(default_factory=Counter)
     result_status: Counter = field(default_factory=Counter)
@@ -403,6 +436,11 @@ class Client(threading.Thread):
         self.error: BaseException | None = None
         # the head of the queue was last answered "retryable: permission denied" (a missing grant)
         self.waiting_for_grant = False
+        # ... or 55P03, held by a REST fallback's mark (auto mode)
+        self.waiting_for_mark = False
+        # held while an upload is in flight: a mark of this client's made by no upload in flight
+        # is one a fallback left behind (the driver's expire_marks)
+        self.busy = threading.Lock()
 
     def run(self):
         try:
@@ -419,9 +457,10 @@ class Client(threading.Thread):
             self.stats.uploads += 1
             done = 0
             try:
-                response = http.post(self.url + "/powersync-upload", data=json.dumps(body),
-                                     headers={"Authorization": f"Bearer {self.token}",
-                                              "Content-Type": "application/json"}, timeout=60)
+                with self.busy:
+                    response = http.post(self.url + "/powersync-upload", data=json.dumps(body),
+                                         headers={"Authorization": f"Bearer {self.token}",
+                                                  "Content-Type": "application/json"}, timeout=60)
                 self.stats.http_status[response.status_code] += 1
                 results = None
                 if response.status_code in (200, 503):
@@ -441,10 +480,13 @@ class Client(threading.Thread):
                                                      f.get("code")])
                     while done < len(batch) and results[done].get("status") in FINAL:
                         self.completed.append((batch[done], results[done]))
+                        self.stats.applied_via_rest += results[done].get("applied_via") == "rest"
                         done += 1
                     head_result = results[done] if done < len(batch) else {}
                     self.waiting_for_grant = waits_for_grant(head_result)
                     self.stats.grant_retries += self.waiting_for_grant
+                    self.waiting_for_mark = (head_result.get("failed_operation") or {}).get("code") == "55P03"
+                    self.stats.mark_waits += self.waiting_for_mark
                 else:
                     for t in batch:
                         self.attempts[t.tid].append([response.status_code, "unusable answer"])
@@ -510,6 +552,9 @@ class SoakReport:
     already_applied: int = 0
     grant_retries: int = 0            # results "retryable: permission denied" before the GRANT
     granted: dict | None = None       # when soak_notes was granted (seconds, operations, waiting)
+    applied_via_rest: int = 0         # auto mode: completed through REST after a statement timeout
+    mark_waits: int = 0               # head transactions answered 55P03 (another upload's mark)
+    marks_expired: int = 0            # marks a fallback left, expired by the driver (expire_marks)
     injected_fatal: Counter = field(default_factory=Counter)  # completed, by position
     dependent_deletes: bool = False
     dependent_transactions: int = 0   # completed transactions with a dependent pattern
@@ -554,6 +599,9 @@ class SoakReport:
             f"faults {p.get('faults', 0)}: {kinds}; proxy upstream errors {p.get('upstream_errors', 0)}; "
             f"rolled back at the deadline {p.get('expired', 0)}; atomic calls answered from a dead letter "
             f"{p.get('dead_letter_answers', 0)}",
+            f"  applied through REST after a statement timeout {self.applied_via_rest}; answered 55P03 "
+            f"(another upload's mark) {self.mark_waits}; marks left by a fallback, expired by the driver "
+            f"{self.marks_expired}",
             f"  dead letters {self.dead_letters} ({self.dead_letter_format}; "
             f"{self.duplicate_dead_letters} duplicates)",
             f"  rows compared {self.rows_compared}; differences {len(self.differences)}, "
@@ -645,7 +693,7 @@ def run_soak(cfg: SoakConfig, worker_url: str, proxy, dsn: str, make_token, log=
     seed = cfg.seed if cfg.seed is not None else random.SystemRandom().randrange(1, 2**31)
     schema = schema_for(cfg.mode)
     service = cfg.mode == "service"
-    atomic = cfg.mode == "atomic"
+    atomic = cfg.mode in LEDGER_MODES
     report = SoakReport(cfg.mode, seed, cfg.clients)
     dependent = cfg.dependent_deletes if cfg.dependent_deletes is not None else atomic
     report.dependent_deletes = dependent
@@ -665,7 +713,11 @@ def run_soak(cfg: SoakConfig, worker_url: str, proxy, dsn: str, make_token, log=
     clients = [Client(i, ids[i], make_token(ids[i].sub), queues[i], worker_url, schema, str(seed),
                       cfg.max_per_upload, stop) for i in range(cfg.clients)]
     started = time.monotonic()
-    proxy.configure(seed, cfg.rates if cfg.rates is not None else default_rates(cfg.mode))
+    safe = {(c.client_id, str(t.tid)) for c in clients for t in c.queue if rest_safe(t.entries)}
+    auto = cfg.mode == "auto"
+    proxy.configure(seed, cfg.rates if cfg.rates is not None else default_rates(cfg.mode),
+                    timeout_ok=(lambda client_id, tid: (client_id, tid) in safe) if auto else None,
+                    late_ok=late_ok if auto else None)
     for c in clients:
         c.start()
 
@@ -687,12 +739,33 @@ def run_soak(cfg: SoakConfig, worker_url: str, proxy, dsn: str, make_token, log=
             log(f"  {time.monotonic() - started:.0f} s: {UNGRANTED} granted ({done} operations final, "
                 f"{waiting} of {len(running)} running clients waiting on it)")
 
+    def expire_marks() -> None:
+        """Ends the marks REST fallbacks left behind, as their 10 minutes would (the bounded soak
+        cannot wait them out): a fallback that ends retryable drops its mark, but that request
+        can fail too, and the transaction then waits (55P03) until the mark expires. A client
+        sends one upload at a time, so a mark of a client with no upload in flight is one no
+        fallback is using; each is counted (marks_expired)."""
+        for c in clients:
+            if not c.waiting_for_mark or not c.busy.acquire(blocking=False):
+                continue
+            try:
+                with psycopg.connect(dsn, autocommit=True) as conn:
+                    report.marks_expired += conn.execute(
+                        "update public.powersync_upload_ledger set rest_until = now() - interval '1 second'"
+                        " where client_id = %s and rest_until > now()", (c.client_id,)).rowcount
+            finally:
+                c.busy.release()
+
     def wait(until: float) -> None:
         last = time.monotonic()
+        marks_checked = time.monotonic()
         while any(c.is_alive() for c in clients) and time.monotonic() < until:
             time.sleep(0.2)
             if cfg.ungranted_table:
                 grant()
+            if auto and time.monotonic() - marks_checked >= 2:
+                marks_checked = time.monotonic()
+                expire_marks()
             if time.monotonic() - last >= cfg.progress_seconds:
                 last = time.monotonic()
                 done = sum(len(t.entries) for c in clients for t, _ in c.completed)
@@ -728,6 +801,8 @@ def run_soak(cfg: SoakConfig, worker_url: str, proxy, dsn: str, make_token, log=
         report.already_applied += s.already_applied
         report.compared_already_applied += s.compared_already_applied
         report.grant_retries += s.grant_retries
+        report.applied_via_rest += s.applied_via_rest
+        report.mark_waits += s.mark_waits
         for tx, result in c.completed:
             report.transactions += 1
             report.operations += len(tx.entries)
@@ -764,7 +839,7 @@ def _applied_indexes(tx: Transaction, result: dict, letter: dict | None, atomic:
     if letter is not None and isinstance(letter.get("entries"), list):
         return [i for i, e in enumerate(letter["entries"]) if isinstance(e, dict) and e.get("state") in ("applied", "unchanged")], \
             "dead letter states"
-    if atomic:
+    if atomic and result.get("applied_via") != "rest":
         return [], "atomic"
     index = (result.get("failed_operation") or {}).get("index")
     if index is None:

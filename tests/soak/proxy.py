@@ -14,6 +14,14 @@ and everything else always passes):
   late         held past the worker's timeout, then forwarded and applied upstream, then reset:
                a write that lands after the worker gave up on it (and after whatever it sent
                next), as a request queued behind a busy database can in production
+  statement_timeout
+               an atomic call (`/rpc/powersync_apply_transaction`) answered 500 `57014`
+               `canceling statement due to statement timeout`, never forwarded: a call the
+               database cancelled whole, which the worker (`UPLOAD_ATOMIC` unset) then applies
+               through REST requests. Only for the transactions `configure(timeout_ok=...)`
+               accepts; any other request drawn this kind passes
+
+`configure(late_ok=...)` limits `late` to the paths it accepts (the others pass).
 
 "drop_answer" and "hang_after" are the "applied, answer lost" faults: the stand-in has finished
 the request (its database transaction is committed) before the proxy decides not to answer.
@@ -30,6 +38,7 @@ requests rolled back that way.
 from __future__ import annotations
 
 import http.client
+import json
 import random
 import socket
 import struct
@@ -41,7 +50,12 @@ from urllib.parse import urlsplit
 
 from tests.postgrest_standin.standin import read_request_body, serve_in_thread
 
-KINDS = ("pass", "http_500", "http_503", "hang", "reset", "drop_answer", "hang_after", "late")
+KINDS = ("pass", "http_500", "http_503", "hang", "reset", "drop_answer", "hang_after", "late",
+         "statement_timeout")
+ATOMIC_CALL = "/rest/v1/rpc/powersync_apply_transaction"
+# What PostgREST answers for a statement the timeout cancelled (SQLSTATE 57014, HTTP 500).
+STATEMENT_TIMEOUT = (b'{"code":"57014","details":null,"hint":null,'
+                     b'"message":"canceling statement due to statement timeout"}')
 
 # Default per-request probabilities while faults are on (the rest passes).
 # About one request in 13 fails: an upload of ~10 requests then completes whole about half the
@@ -71,6 +85,8 @@ class FaultProxy:
         self._lock = threading.Lock()
         self._rng = random.Random(0)
         self._rates: dict[str, float] | None = None
+        self._timeout_ok = None
+        self._late_ok = None
         self.counts: Counter = Counter()
         self.other_requests = 0
         self.upstream_errors = 0
@@ -82,8 +98,12 @@ class FaultProxy:
         return f"http://{self.host}:{self.port}"
 
     # ------------------------------------------------------------ control
-    def configure(self, seed: int, rates: dict[str, float] | None = None) -> None:
-        """Faults on, drawn from `random.Random(seed)`; counters reset."""
+    def configure(self, seed: int, rates: dict[str, float] | None = None, *, timeout_ok=None,
+                  late_ok=None) -> None:
+        """Faults on, drawn from `random.Random(seed)`; counters reset. `timeout_ok(client_id,
+        transaction_id)`: whether an atomic call of that transaction may be answered
+        `statement_timeout` (default: none may); `late_ok(path)`: whether a request to `path` may
+        be `late` (default: every one)."""
         rates = dict(DEFAULT_RATES if rates is None else rates)
         unknown = set(rates) - set(KINDS)
         if unknown or sum(rates.values()) > 1:
@@ -91,6 +111,8 @@ class FaultProxy:
         with self._lock:
             self._rng = random.Random(seed)
             self._rates = rates
+            self._timeout_ok = timeout_ok
+            self._late_ok = late_ok
             self.counts = Counter()
             self.other_requests = 0
             self.upstream_errors = 0
@@ -101,7 +123,7 @@ class FaultProxy:
         with self._lock:
             self._rates = None
 
-    def choose(self, path: str) -> str:
+    def choose(self, path: str, body: bytes = b"") -> str:
         with self._lock:
             if not (path == "/rest/v1" or path.startswith("/rest/v1/")):
                 self.other_requests += 1
@@ -114,8 +136,21 @@ class FaultProxy:
                         kind = name
                         break
                     x -= rate
+            if kind == "late" and self._late_ok is not None and not self._late_ok(path):
+                kind = "pass"
+            if kind == "statement_timeout" and not (path == ATOMIC_CALL and self._may_time_out(body)):
+                kind = "pass"
             self.counts[kind] += 1
             return kind
+
+    def _may_time_out(self, body: bytes) -> bool:
+        if self._timeout_ok is None:
+            return False
+        try:
+            call = json.loads(body)
+        except ValueError:
+            return False
+        return isinstance(call, dict) and bool(self._timeout_ok(call.get("client_id"), call.get("transaction_id")))
 
     def snapshot(self) -> dict:
         with self._lock:
@@ -220,7 +255,7 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         except (ValueError, OSError):
             return self._reset()
         path = urlsplit(self.path).path
-        kind = self.app.choose(path)
+        kind = self.app.choose(path, body)
         try:
             if kind == "reset":
                 return self._reset()
@@ -231,6 +266,8 @@ class _ProxyHandler(BaseHTTPRequestHandler):
                 status = int(kind[-3:])
                 payload = b'{"message":"injected by the soak proxy"}'
                 return self._send(status, [("Content-Type", "application/json")], payload)
+            if kind == "statement_timeout":
+                return self._send(500, [("Content-Type", "application/json")], STATEMENT_TIMEOUT)
             deadline = None
             if kind == "late":
                 time.sleep(self.app.hang_seconds)  # the worker gives up; the write lands after
