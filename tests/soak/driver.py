@@ -71,6 +71,15 @@ entry whose row an earlier entry of its transaction PUT does carry them, and the
 compare it (docs/conflicts.md): a re-sent PUT brings a deleted row back with its defaults, which
 the REST route would otherwise read as a false conflict (seed 305193507 found it).
 
+The default mode ("auto": UPLOAD_ATOMIC unset): the atomic function, and for a call the
+statement timeout cancels, the same transaction through REST requests under the ledger's mark.
+The proxy answers a share of the atomic calls with 57014 (`statement_timeout`), only for the
+transactions `rest_safe` accepts: applied through REST a transaction is neither all-or-nothing nor
+exactly once, and the patterns of the known gap would show. Its outcome is then read as in the
+REST modes (`_applied_indexes`). A fallback that ends retryable ends its mark; when that request
+fails too, the mark stays for its 10 minutes and the transaction waits (55P03): the driver
+expires such marks once their client has no upload in flight (`expire_marks`) and counts them.
+
 Faults: see tests/soak/proxy.py. In atomic mode the proxy also applies a share of the requests
 after the worker gave up on them (`late`), by which time the client has re-sent the transaction
 and often sent later ones: the ledger must make the late call change nothing. The REST modes do
