@@ -27,7 +27,7 @@ import pytest
 from tests.e2e.conftest import make_token
 import random
 
-from tests.soak.driver import (LEDGER_MODES, MODES, Generator, Ids, SoakConfig, client_ids,
+from tests.soak.driver import (LEDGER_MODES, MODE_SPECS, MODES, Generator, Ids, SoakConfig, client_ids,
                                has_dependent_pattern, rid, run_soak, workloads)
 from tests.soak.stack import start_stack
 
@@ -73,7 +73,7 @@ def soak(mode: str, soak_stack, pg):
     else:
         # none in the REST modes: there a late write can undo a later one (docs/upload.md)
         assert report.proxy["by_kind"]["late"] == 0, report.summary()
-    if mode == "auto":
+    if MODE_SPECS[mode].fallback:
         # atomic calls the statement timeout cancelled, whose transactions then went through
         # REST requests under the ledger's mark, among the other faults and late calls
         assert report.proxy["by_kind"]["statement_timeout"] > 0, report.summary()
@@ -128,3 +128,15 @@ def test_default_mode_falling_back_to_rest_after_statement_timeouts_loses_no_wri
     same transaction through REST requests under the ledger's mark, while the other faults and
     late atomic calls go on."""
     soak("auto", soak_stack, pg)
+
+
+def test_default_mode_in_service_mode_falling_back_to_rest_loses_no_write(soak_stack, pg):
+    """The same in service mode: the atomic function with the service key and the owner column,
+    its REST fallback with the ownership checks."""
+    soak("service-auto", soak_stack, pg)
+
+
+def test_default_mode_without_a_dead_letter_table_loses_no_write(soak_stack, pg):
+    """Rejections recorded in the atomic function's ledger only (no UPLOAD_DEAD_LETTER_TABLE), also
+    those of transactions that went through the REST fallback."""
+    soak("auto-no-dead-letters", soak_stack, pg)

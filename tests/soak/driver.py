@@ -71,7 +71,9 @@ entry whose row an earlier entry of its transaction PUT does carry them, and the
 compare it (docs/conflicts.md): a re-sent PUT brings a deleted row back with its defaults, which
 the REST route would otherwise read as a false conflict (seed 305193507 found it).
 
-The default mode ("auto": UPLOAD_ATOMIC unset): the atomic function, and for a call the
+The default configuration ("auto": UPLOAD_ATOMIC unset; also in service mode, "service-auto",
+and without a dead-letter table, "auto-no-dead-letters", where a re-sent rejected transaction is
+answered "rejected before", `dead_lettered`, as docs/upload.md says): the atomic function, and for a call the
 statement timeout cancels, the same transaction through REST requests under the ledger's mark.
 The proxy answers a share of the atomic calls with 57014 (`statement_timeout`), only for the
 transactions `rest_safe` accepts: applied through REST a transaction is neither all-or-nothing nor
@@ -107,15 +109,40 @@ import requests
 from tests.soak.model import DEFAULTS, DEMO, SERVICE, TABLES, Conflict, Entry, Refused, Schema, State, compares
 from tests.soak.proxy import DEFAULT_RATES
 
-MODES = ("rls", "service", "atomic", "auto")
-# The modes whose uploads go through the atomic function and its ledger (exactly once): "atomic"
-# demands it (UPLOAD_ATOMIC=true); "auto" is the default configuration (UPLOAD_ATOMIC unset),
-# where a call the statement timeout cancels is applied through REST requests instead.
-LEDGER_MODES = ("atomic", "auto")
+@dataclass(frozen=True)
+class Mode:
+    """A worker configuration the soak runs."""
+    service: bool = False       # UPLOAD_MODE=service (the service schema), else rls
+    atomic: str | None = None   # UPLOAD_ATOMIC: "true", "false", or None (unset: the default)
+    dead_letters: bool = True   # UPLOAD_DEAD_LETTER_TABLE set (else rejections go to the ledger)
+
+    @property
+    def ledger(self) -> bool:
+        """Through the atomic function and its ledger: exactly once."""
+        return self.atomic != "false"
+
+    @property
+    def fallback(self) -> bool:
+        """A call the statement timeout cancels goes through REST requests (UPLOAD_ATOMIC unset)."""
+        return self.atomic is None
+
+
+# "atomic" demands the function (UPLOAD_ATOMIC=true); "auto" is the default configuration
+# (UPLOAD_ATOMIC unset), where a call the statement timeout cancels is applied through REST
+# requests instead; the last two are the default configuration in service mode and without a
+# dead-letter table (rejections recorded in the ledger only).
+MODE_SPECS = {"rls": Mode(atomic="false"), "service": Mode(service=True, atomic="false"),
+              "atomic": Mode(atomic="true"), "auto": Mode(),
+              "service-auto": Mode(service=True), "auto-no-dead-letters": Mode(dead_letters=False)}
+MODES = tuple(MODE_SPECS)
+# The modes whose uploads go through the atomic function and its ledger (exactly once).
+LEDGER_MODES = tuple(m for m, spec in MODE_SPECS.items() if spec.ledger)
 DEAD_LETTERS = "powersync_dead_letters"
 FINAL = ("success", "fatal_error", "conflict")
 UNGRANTED = SERVICE.notes  # the table granted during the run (module docs)
 API_ROLES = "authenticated, service_role"
+# A re-send's answer for a transaction the ledger holds as rejected without a dead letter.
+HELD_REJECTION = "dead_lettered"
 LATE_RATE = 0.03  # share of atomic-mode requests the proxy applies after the worker gave up
 # share of the auto mode's atomic calls (of transactions safe to apply through REST) that the
 # proxy answers with a statement timeout
@@ -123,23 +150,22 @@ TIMEOUT_RATE = 0.08
 
 
 def schema_for(mode: str) -> Schema:
-    return SERVICE if mode == "service" else DEMO
+    return SERVICE if MODE_SPECS[mode].service else DEMO
 
 
 def worker_vars(mode: str, base: dict, proxy_url: str, timeout_ms: int) -> dict:
     """The worker configuration of a soak mode (base: conftest.complete_vars)."""
+    spec = MODE_SPECS[mode]
     v = {**base, "SUPABASE_URL": proxy_url, "UPSTREAM_TIMEOUT_MS": str(timeout_ms),
-         "UPLOAD_DEAD_LETTER_TABLE": DEAD_LETTERS, "UPLOAD_CONFLICT_DETECTION": "true"}
-    if mode == "rls":
-        v["UPLOAD_ATOMIC"] = "false"
-    elif mode == "service":
+         "UPLOAD_CONFLICT_DETECTION": "true"}
+    if spec.dead_letters:
+        v["UPLOAD_DEAD_LETTER_TABLE"] = DEAD_LETTERS
+    if spec.service:
         v.update({"UPLOAD_MODE": "service",
                   "UPLOAD_TABLES": f"{SERVICE.lists},{SERVICE.todos},{SERVICE.notes}",
-                  "UPLOAD_OWNER_COLUMN": "owner_id", "UPLOAD_ATOMIC": "false"})
-    elif mode == "atomic":
-        v["UPLOAD_ATOMIC"] = "true"
-    elif mode != "auto":
-        raise ValueError(mode)
+                  "UPLOAD_OWNER_COLUMN": "owner_id"})
+    if spec.atomic is not None:
+        v["UPLOAD_ATOMIC"] = spec.atomic
     return v
 
 
@@ -148,9 +174,13 @@ def default_rates(mode: str) -> dict[str, float]:
     too (LATE_RATE): only the atomic function's ledger makes a write that lands after the worker
     gave up on it harmless; through REST requests it can undo a later write (docs/upload.md, known
     gap). In auto mode also statement timeouts of atomic calls (TIMEOUT_RATE, module docs)."""
-    if mode == "auto":
-        return {**DEFAULT_RATES, "late": LATE_RATE, "statement_timeout": TIMEOUT_RATE}
-    return {**DEFAULT_RATES, "late": LATE_RATE} if mode == "atomic" else dict(DEFAULT_RATES)
+    spec = MODE_SPECS[mode]
+    rates = dict(DEFAULT_RATES)
+    if spec.ledger:
+        rates["late"] = LATE_RATE
+    if spec.fallback:
+        rates["statement_timeout"] = TIMEOUT_RATE
+    return rates
 
 
 def late_ok(path: str) -> bool:
@@ -486,7 +516,7 @@ class Client(threading.Thread):
                             self.stats.compared_already_applied += any(e.previous for e in t.entries)
                         f = r.get("failed_operation") or {}
                         self.attempts[t.tid].append([response.status_code, r.get("status"), f.get("index"),
-                                                     f.get("code")])
+                                                     f.get("code"), r.get("applied_via")])
                     while done < len(batch) and results[done].get("status") in FINAL:
                         self.completed.append((batch[done], results[done]))
                         self.stats.applied_via_rest += results[done].get("applied_via") == "rest"
@@ -701,8 +731,9 @@ def run_soak(cfg: SoakConfig, worker_url: str, proxy, dsn: str, make_token, log=
     SUPABASE_URL is `proxy`. `make_token(sub)` -> a session token the worker accepts."""
     seed = cfg.seed if cfg.seed is not None else random.SystemRandom().randrange(1, 2**31)
     schema = schema_for(cfg.mode)
-    service = cfg.mode == "service"
-    atomic = cfg.mode in LEDGER_MODES
+    spec = MODE_SPECS[cfg.mode]
+    service = spec.service
+    atomic = spec.ledger
     report = SoakReport(cfg.mode, seed, cfg.clients)
     dependent = cfg.dependent_deletes if cfg.dependent_deletes is not None else atomic
     report.dependent_deletes = dependent
@@ -723,7 +754,7 @@ def run_soak(cfg: SoakConfig, worker_url: str, proxy, dsn: str, make_token, log=
                       cfg.max_per_upload, stop) for i in range(cfg.clients)]
     started = time.monotonic()
     safe = {(c.client_id, str(t.tid)) for c in clients for t in c.queue if rest_safe(t.entries)}
-    auto = cfg.mode == "auto"
+    auto = spec.fallback
     proxy.configure(seed, cfg.rates if cfg.rates is not None else default_rates(cfg.mode),
                     timeout_ok=(lambda client_id, tid: (client_id, tid) in safe) if auto else None,
                     late_ok=late_ok if auto else None)
@@ -794,6 +825,10 @@ def run_soak(cfg: SoakConfig, worker_url: str, proxy, dsn: str, make_token, log=
     stop.set()
     for c in clients:
         c.join(10)
+    # every write of this run has landed (a late one is held past the worker's timeout): none lands
+    # after the database is read, nor in the next run's
+    if not proxy.wait_idle(30):
+        report.client_errors.append({"error": "the proxy still handled requests 30 s after the clients stopped"})
     report.seconds = time.monotonic() - started
     report.proxy = proxy.snapshot()
     report.proxy["faults_phase"] = proxy_stats
@@ -837,14 +872,24 @@ def run_soak(cfg: SoakConfig, worker_url: str, proxy, dsn: str, make_token, log=
         db = _db_rows(conn, schema)
     report.dead_letters = len(dl_rows)
     report.dead_letter_format = "entries with states" if "entries" in dl_columns else "failing entry only"
-    verify(report, clients, anchors, db, dl_rows, schema, service, atomic)
+    verify(report, clients, anchors, db, dl_rows, schema, service, atomic, spec.dead_letters)
     return report
 
 
 # =========================================================================== the proof
-def _applied_indexes(tx: Transaction, result: dict, letter: dict | None, atomic: bool) -> tuple[list[int], str]:
+def _applied_indexes(tx: Transaction, result: dict, letter: dict | None, atomic: bool,
+                     attempts: list) -> tuple[list[int], str]:
     if result["status"] == "success":
         return list(range(len(tx.entries))), "success"
+    if (result.get("failed_operation") or {}).get("code") == HELD_REJECTION:
+        # Without a dead-letter table, a re-send of a transaction the ledger holds as rejected
+        # (the first answer was lost) is answered "rejected before", nothing applied now
+        # (docs/upload.md). That rejection applied nothing through the atomic function, and
+        # through REST the entries before the one refused, which its attempt's answer named.
+        rest = [a for a in attempts if len(a) > 4 and a[4] == "rest" and a[2] is not None]
+        if rest:
+            return list(range(rest[-1][2])), "a held rejection, after REST"
+        return [], "a held rejection"
     if letter is not None and isinstance(letter.get("entries"), list):
         return [i for i, e in enumerate(letter["entries"]) if isinstance(e, dict) and e.get("state") in ("applied", "unchanged")], \
             "dead letter states"
@@ -865,7 +910,7 @@ def _same_entry(sent: dict, recorded) -> bool:
 
 
 def verify(report: SoakReport, clients: list[Client], anchors: State, db: dict, dl_rows: list[dict],
-           schema: Schema, service: bool, atomic: bool) -> None:
+           schema: Schema, service: bool, atomic: bool, dead_letters: bool = True) -> None:
     letters: dict[str, list[dict]] = defaultdict(list)
     for row in dl_rows:
         letters[str(row.get("transaction_id"))].append(row)
@@ -889,7 +934,9 @@ def verify(report: SoakReport, clients: list[Client], anchors: State, db: dict, 
             if result["status"] in ("fatal_error", "conflict"):
                 fatal_tids.add(tid)
                 mine = letters.get(tid, [])
-                if not mine:
+                if not mine and not dead_letters:
+                    pass  # no dead-letter table: the rejection is the ledger's record only
+                elif not mine:
                     report.dead_letter_problems.append({"problem": "fatal transaction without dead letter",
                                                         "client": c.index, "tid": tx.tid, "result": result,
                                                         "crud": wire})
@@ -902,7 +949,7 @@ def verify(report: SoakReport, clients: list[Client], anchors: State, db: dict, 
                     letter = mine[-1]
                     for row in mine:
                         _check_letter(report, c, tx, wire, result, row)
-            applied, how = _applied_indexes(tx, result, letter, atomic)
+            applied, how = _applied_indexes(tx, result, letter, atomic, c.attempts.get(tx.tid, []))
             # the model's own view of the outcome, from the state before the transaction
             for i in applied:
                 try:
@@ -940,7 +987,8 @@ def verify(report: SoakReport, clients: list[Client], anchors: State, db: dict, 
                                                             f"the model refuses entry {stopped[0]} first",
                                                  "client": c.index, "tid": tx.tid, "applied": applied,
                                                  "result": result, "crud": wire})
-                if result["status"] == "fatal_error" and not isinstance(stopped and stopped[1], Refused):
+                held = failure.get("code") == HELD_REJECTION  # refused or a conflict then: either
+                if result["status"] == "fatal_error" and not (stopped and (held or isinstance(stopped[1], Refused))):
                     report.disagreements.append({"problem": "reported fatal but the model accepts the unapplied entries"
                                                             + (f" up to a conflict ({stopped[1]})" if stopped else ""),
                                                  "client": c.index, "tid": tx.tid, "applied": applied,

@@ -80,6 +80,7 @@ class FaultProxy:
         self.deadline_seconds = deadline_seconds
         self.expired = 0
         self.dead_letter_answers = 0
+        self.in_flight = 0  # requests being handled (a late one is held, then forwarded)
         self.host = host
         self.port: int | None = None
         self._lock = threading.Lock()
@@ -118,6 +119,17 @@ class FaultProxy:
             self.upstream_errors = 0
             self.expired = 0
             self.dead_letter_answers = 0
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Waits until no request is being handled (a late write held past the worker's timeout
+        lands, or not, before the database is read), at most `timeout` seconds."""
+        until = time.monotonic() + timeout
+        while time.monotonic() < until:
+            with self._lock:
+                if self.in_flight == 0:
+                    return True
+            time.sleep(0.05)
+        return False
 
     def faults_off(self) -> None:
         with self._lock:
@@ -249,6 +261,15 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         raise AssertionError("unreachable")
 
     def _handle(self) -> None:
+        with self.app._lock:
+            self.app.in_flight += 1
+        try:
+            self._handle_counted()
+        finally:
+            with self.app._lock:
+                self.app.in_flight -= 1
+
+    def _handle_counted(self) -> None:
         received = time.monotonic()
         try:
             body = self._read_body()
