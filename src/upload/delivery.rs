@@ -870,7 +870,17 @@ async fn send<T: Transport>(
     // compared write needs (counted as one request each, they did, and that write then waited,
     // and its re-send could read the entries before it as a conflict).
     let mut pending = queue.iter().map(|(planned, _)| cost(planned)).sum::<usize>();
-    while let Some((planned, is_half)) = queue.pop_front() {
+    // The ownership check's refusal of an entry, reported once the entries before it in its PUT
+    // group are applied (when the queue is back to this length): see `Check::OwnerCheck` below.
+    let mut refused_after: Option<(usize, FailedOperation, std::ops::Range<usize>)> = None;
+    loop {
+        if let Some((len, ..)) = &refused_after {
+            if queue.len() == *len {
+                let (_, failure, failed) = refused_after.take().expect("checked above");
+                return Ending::Fatal(failure, failed_states(states, &failed), Ledger::NotYet);
+            }
+        }
+        let Some((planned, is_half)) = queue.pop_front() else { break };
         pending -= cost(&planned);
         let index = match &planned.check {
             Check::Atomic => None,
@@ -1012,6 +1022,26 @@ async fn send<T: Transport>(
             // order and names the entry at fault. For 21000 (two rows of an upsert are one row
             // once cast) they are how it applies at all, so without room for them the transaction
             // waits; for any other refusal it is then reported at the request's first entry.
+            // The ownership check found the row of an entry of this PUT group owned by another
+            // user: the group's rows before it are upserted first (in place of the whole group),
+            // so that they are applied, or one of them is reported at fault, as in order; then
+            // that entry is reported.
+            Verdict::Fatal(failure)
+                if matches!(planned.check, Check::OwnerCheck { .. })
+                    && failure.index.is_some_and(|at| at > planned.entries.start) =>
+            {
+                let at = failure.index.unwrap_or(planned.entries.start);
+                let before = queue.front().and_then(|(upsert, _)| plan::upsert_before(upsert, at));
+                let Some(before) = before else {
+                    return Ending::Fatal(failure, failed_states(states, &planned.entries), Ledger::NotYet);
+                };
+                if let Some((upsert, _)) = queue.pop_front() {
+                    pending -= cost(&upsert);
+                }
+                refused_after = Some((queue.len(), failure, at..planned.entries.end));
+                pending += cost(&before);
+                queue.push_front((before, true));
+            }
             Verdict::Fatal(failure) => match plan::halves(&planned, entries, settings, caller) {
                 Some(halves) if report.subrequests + pending + 2 + reserve <= settings.subrequest_budget => {
                     for half in halves.into_iter().rev() {
@@ -1076,6 +1106,9 @@ async fn send<T: Transport>(
                 return Ending::Retryable(failure, wait);
             }
         }
+    }
+    if let Some((_, failure, failed)) = refused_after {
+        return Ending::Fatal(failure, failed_states(states, &failed), Ledger::NotYet);
     }
     unchanged.sort_unstable();
     unchanged.dedup();
@@ -1217,19 +1250,25 @@ fn owner_check(table: &str, ids: &[(String, usize)], first: usize, response: &Ht
             return Verdict::Retryable { failure, retry_after_seconds: None };
         }
     };
-    let Some(row) = rows.first() else { return Verdict::Applied };
-    let foreign = match row.get("id") {
-        Some(Value::String(id)) => id.clone(),
-        Some(other) => other.to_string(),
-        None => String::new(),
-    };
     // The database answers with its own spelling of the id (a uuid in lower case, an integer
-    // without leading zeros): match exactly first, then by the planner's cast key.
-    let index = ids
+    // without leading zeros): match exactly first, then by the planner's cast key. Of several
+    // rows, the one of the earliest entry is reported (the database lists them in its own order).
+    let entry_of = |foreign: &str| {
+        ids.iter()
+            .find(|(id, _)| id == foreign)
+            .or_else(|| ids.iter().find(|(id, _)| super::plan::cast_key(id) == super::plan::cast_key(foreign)))
+            .map_or(first, |(_, i)| *i)
+    };
+    let found = rows
         .iter()
-        .find(|(id, _)| *id == foreign)
-        .or_else(|| ids.iter().find(|(id, _)| super::plan::cast_key(id) == super::plan::cast_key(&foreign)))
-        .map_or(first, |(_, i)| *i);
+        .map(|row| match row.get("id") {
+            Some(Value::String(id)) => id.clone(),
+            Some(other) => other.to_string(),
+            None => String::new(),
+        })
+        .map(|foreign| (entry_of(&foreign), foreign))
+        .min_by_key(|(index, _)| *index);
+    let Some((index, foreign)) = found else { return Verdict::Applied };
     let mut failure =
         FailedOperation::new(Some(index), "42501", format!("row {foreign} of table {table} belongs to another owner"));
     failure.http_status = Some(response.status);

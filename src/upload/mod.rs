@@ -1113,20 +1113,45 @@ mod tests {
     }
 
     #[test]
-    fn service_put_over_a_foreign_row_is_refused_before_writing() {
+    fn service_put_over_a_foreign_row_is_refused_before_writing_it_and_after_the_rows_before_it() {
         let transaction = Transaction {
             transaction_id: None,
-            entries: vec![entry(Op::Put, "a", json!({})), entry(Op::Put, "b", json!({}))],
+            entries: vec![
+                entry(Op::Put, "a", json!({})),
+                entry(Op::Put, "b", json!({})),
+                entry(Op::Put, "c", json!({})),
+            ],
         };
-        let transport = FakeTransport::scripted(vec![ok_body(r#"[{"id":"b"}]"#)]);
+        let transport = FakeTransport::scripted(vec![ok_body(r#"[{"id":"c"},{"id":"b"}]"#), counted(201, 1)]);
         let report = run(&[transaction], &service(), &transport);
         let failure = report.results[0].failed_operation.clone().expect("failure");
         assert_eq!(
             (report.results[0].status, failure.index, failure.code.as_str()),
-            (Status::FatalError, Some(1), "42501")
+            (Status::FatalError, Some(1), "42501"),
+            "the earliest entry of the foreign rows, whatever the database's order"
         );
-        assert_eq!(transport.sent().len(), 1, "the upsert is not sent");
-        assert_eq!(transport.sent()[0].method, Method::Get);
+        let sent = transport.sent();
+        assert_eq!(sent.len(), 2, "{sent:?}");
+        assert_eq!(sent[0].method, Method::Get);
+        let rows: Value = serde_json::from_str(sent[1].body.as_deref().unwrap_or("")).unwrap_or(Value::Null);
+        assert_eq!(rows.as_array().map(|rows| rows.len()), Some(1), "only the row before it: {rows}");
+        assert_eq!(rows[0]["id"], json!("a"));
+    }
+
+    #[test]
+    fn service_put_group_with_a_refused_row_before_a_foreign_one_is_reported_at_the_refused_row() {
+        // Found by the long fault soak (service mode, seed 1887474629): a row the database refuses
+        // (here `name` null) before a row owned by another user was reported at the foreign row.
+        let transaction = Transaction {
+            transaction_id: None,
+            entries: vec![entry(Op::Put, "a", json!({})), entry(Op::Put, "b", json!({}))],
+        };
+        let not_null = error(400, "23502", "null value in column \"name\" violates not-null constraint");
+        let transport = FakeTransport::scripted(vec![ok_body(r#"[{"id":"b"}]"#), not_null]);
+        let report = run(&[transaction], &service(), &transport);
+        let failure = report.results[0].failed_operation.clone().expect("failure");
+        assert_eq!((failure.index, failure.code.as_str()), (Some(0), "23502"));
+        assert_eq!(transport.sent().len(), 2);
     }
 
     #[test]

@@ -965,6 +965,27 @@ pub fn halves(
     }
 }
 
+/// The part of a bulk upsert (`planned`) whose rows are of entries before `entry`: what the
+/// service-mode ownership check lets through when it finds the row of `entry` owned by another
+/// user, so that the entries before it are applied, or one of them is found at fault first, as
+/// in order. `None` when no row is before it, or `planned` is not an upsert.
+pub fn upsert_before(planned: &PlannedRequest, entry: usize) -> Option<PlannedRequest> {
+    let Check::Upsert { row_entries } = &planned.check else { return None };
+    let rows: Vec<&serde_json::value::RawValue> = serde_json::from_str(planned.request.body.as_deref()?).ok()?;
+    let kept = row_entries.iter().take_while(|&&index| index < entry).count();
+    if kept == 0 || rows.len() != row_entries.len() {
+        return None;
+    }
+    let mut request = planned.request.clone();
+    let texts: Vec<&str> = rows[..kept].iter().map(|row| row.get()).collect();
+    request.body = Some(format!("[{}]", texts.join(",")));
+    Some(PlannedRequest {
+        request,
+        entries: planned.entries.start..entry,
+        check: Check::Upsert { row_entries: row_entries[..kept].to_vec() },
+    })
+}
+
 fn upsert_halves(planned: &PlannedRequest, row_entries: &[usize]) -> Option<[PlannedRequest; 2]> {
     let rows: Vec<&serde_json::value::RawValue> = serde_json::from_str(planned.request.body.as_deref()?).ok()?;
     if rows.len() != row_entries.len() || rows.len() < 2 {
