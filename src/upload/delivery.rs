@@ -547,14 +547,12 @@ async fn after_timeout<T: Transport>(
     );
     let operator_wait = settings.retry_after_seconds.max(SCHEMA_DRIFT_RETRY_AFTER_SECONDS);
     let begun = failure.message.contains(BEGUN_THROUGH_REST);
-    let cancelled = if begun {
-        format!(
-            "the atomic call of this transaction ({entries} entries) was refused because an earlier upload began \
-             applying it through REST requests"
-        )
+    let why = if begun {
+        "refused because an earlier upload began applying it through REST requests"
     } else {
-        format!("the atomic call of this transaction ({entries} entries) was cancelled by the statement timeout")
+        "cancelled by the statement timeout"
     };
+    let cancelled = format!("the atomic call of this transaction ({entries} entries) was {why}");
     if settings.atomic == AtomicMode::Always && begun {
         failure.message = format!(
             "{}; UPLOAD_ATOMIC=true sends every transaction through the atomic function, so it waits: unset \
@@ -871,7 +869,8 @@ async fn send<T: Transport>(
     // and its re-send could read the entries before it as a conflict).
     let mut pending = queue.iter().map(|(planned, _)| cost(planned)).sum::<usize>();
     // The ownership check's refusal of an entry, reported once the entries before it in its PUT
-    // group are applied (when the queue is back to this length): see `Check::OwnerCheck` below.
+    // group are applied (when the queue is back to this length, which it reaches before it can
+    // empty): see `Check::OwnerCheck` below.
     let mut refused_after: Option<(usize, FailedOperation, std::ops::Range<usize>)> = None;
     loop {
         if let Some((len, ..)) = &refused_after {
@@ -1106,9 +1105,6 @@ async fn send<T: Transport>(
                 return Ending::Retryable(failure, wait);
             }
         }
-    }
-    if let Some((_, failure, failed)) = refused_after {
-        return Ending::Fatal(failure, failed_states(states, &failed), Ledger::NotYet);
     }
     unchanged.sort_unstable();
     unchanged.dedup();

@@ -971,40 +971,40 @@ pub fn halves(
 /// in order. `None` when no row is before it, or `planned` is not an upsert.
 pub fn upsert_before(planned: &PlannedRequest, entry: usize) -> Option<PlannedRequest> {
     let Check::Upsert { row_entries } = &planned.check else { return None };
-    let rows: Vec<&serde_json::value::RawValue> = serde_json::from_str(planned.request.body.as_deref()?).ok()?;
+    let rows = upsert_rows(planned, row_entries)?;
     let kept = row_entries.iter().take_while(|&&index| index < entry).count();
-    if kept == 0 || rows.len() != row_entries.len() {
-        return None;
-    }
-    let mut request = planned.request.clone();
-    let texts: Vec<&str> = rows[..kept].iter().map(|row| row.get()).collect();
-    request.body = Some(format!("[{}]", texts.join(",")));
-    Some(PlannedRequest {
-        request,
-        entries: planned.entries.start..entry,
-        check: Check::Upsert { row_entries: row_entries[..kept].to_vec() },
-    })
+    (kept > 0).then(|| upsert_part(planned, &rows[..kept], &row_entries[..kept], planned.entries.start..entry))
 }
 
 fn upsert_halves(planned: &PlannedRequest, row_entries: &[usize]) -> Option<[PlannedRequest; 2]> {
-    let rows: Vec<&serde_json::value::RawValue> = serde_json::from_str(planned.request.body.as_deref()?).ok()?;
-    if rows.len() != row_entries.len() || rows.len() < 2 {
-        return None;
-    }
+    let rows = upsert_rows(planned, row_entries).filter(|rows| rows.len() >= 2)?;
     let middle = rows.len() / 2;
     let half = |rows: &[&serde_json::value::RawValue], row_entries: &[usize]| {
-        let mut request = planned.request.clone();
-        let texts: Vec<&str> = rows.iter().map(|row| row.get()).collect();
-        request.body = Some(format!("[{}]", texts.join(",")));
         // a failure of a half is reported at its first row's entry
         let start = row_entries.iter().copied().min().unwrap_or(planned.entries.start);
-        PlannedRequest {
-            request,
-            entries: start..planned.entries.end,
-            check: Check::Upsert { row_entries: row_entries.to_vec() },
-        }
+        upsert_part(planned, rows, row_entries, start..planned.entries.end)
     };
     Some([half(&rows[..middle], &row_entries[..middle]), half(&rows[middle..], &row_entries[middle..])])
+}
+
+/// A bulk upsert's rows, each row's text as it was; `None` unless its body is the array of rows
+/// it was built with (one per entry of `row_entries`).
+fn upsert_rows<'a>(planned: &'a PlannedRequest, row_entries: &[usize]) -> Option<Vec<&'a serde_json::value::RawValue>> {
+    let rows: Vec<&serde_json::value::RawValue> = serde_json::from_str(planned.request.body.as_deref()?).ok()?;
+    (rows.len() == row_entries.len()).then_some(rows)
+}
+
+/// The upsert of `planned` with only `rows` (of entries `row_entries`), covering `entries`.
+fn upsert_part(
+    planned: &PlannedRequest,
+    rows: &[&serde_json::value::RawValue],
+    row_entries: &[usize],
+    entries: std::ops::Range<usize>,
+) -> PlannedRequest {
+    let mut request = planned.request.clone();
+    let texts: Vec<&str> = rows.iter().map(|row| row.get()).collect();
+    request.body = Some(format!("[{}]", texts.join(",")));
+    PlannedRequest { request, entries, check: Check::Upsert { row_entries: row_entries.to_vec() } }
 }
 
 /// [`cast_key`] as the planner keeps it: a uuid's 32 hex digits as their value (the common case,

@@ -199,9 +199,13 @@ def rest_safe(entries: list[Entry]) -> bool:
     statement timeouts in auto mode: a fallback is neither all-or-nothing nor exactly once, and
     for the others the known gap would show (docs/upload.md)."""
     return not has_dependent_pattern(entries) and not any(
-        e.previous is not None and any((p.table, p.id) == (e.table, e.id) and p.op in ("PUT", "PATCH")
-                                       for p in entries[k + 1:])
-        for k, e in enumerate(entries))
+        e.previous is not None and written_again(entries, k) for k, e in enumerate(entries))
+
+
+def written_again(entries: list[Entry], k: int) -> bool:
+    """Whether an entry after entries[k] writes its row again (a PUT or a PATCH of it)."""
+    e = entries[k]
+    return any((p.table, p.id) == (e.table, e.id) and p.op in ("PUT", "PATCH") for p in entries[k + 1:])
 
 
 def rid(rng: random.Random) -> str:
@@ -372,8 +376,7 @@ class Generator:
                     e.previous = dict(row)
                 else:
                     e.previous = {{"lists": "name", "todos": "description", "notes": "body"}[e.table]: "seen"}
-                if not self.dependent_deletes and any(
-                        (p.table, p.id) == (e.table, e.id) and p.op in ("PUT", "PATCH") for p in entries[k + 1:]):
+                if not self.dependent_deletes and written_again(entries, k):
                     e.previous = None
             self.local_apply(e)
 
@@ -445,7 +448,6 @@ class ClientStats:
     already_applied: int = 0       # results answered from the atomic function's ledger
     compared_already_applied: int = 0  # of those, transactions with previous values
     grant_retries: int = 0         # head transactions answered retryable for a missing grant
-    applied_via_rest: int = 0      # final results applied through REST after a statement timeout
     mark_waits: int = 0            # head transactions answered 55P03: another upload's REST mark
     not_json: int = 0
     http_status: Counter = field(default_factory=Counter)
@@ -519,7 +521,6 @@ class Client(threading.Thread):
                                                      f.get("code"), r.get("applied_via")])
                     while done < len(batch) and results[done].get("status") in FINAL:
                         self.completed.append((batch[done], results[done]))
-                        self.stats.applied_via_rest += results[done].get("applied_via") == "rest"
                         done += 1
                     head_result = results[done] if done < len(batch) else {}
                     self.waiting_for_grant = waits_for_grant(head_result)
@@ -754,10 +755,9 @@ def run_soak(cfg: SoakConfig, worker_url: str, proxy, dsn: str, make_token, log=
                       cfg.max_per_upload, stop) for i in range(cfg.clients)]
     started = time.monotonic()
     safe = {(c.client_id, str(t.tid)) for c in clients for t in c.queue if rest_safe(t.entries)}
-    auto = spec.fallback
     proxy.configure(seed, cfg.rates if cfg.rates is not None else default_rates(cfg.mode),
-                    timeout_ok=(lambda client_id, tid: (client_id, tid) in safe) if auto else None,
-                    late_ok=late_ok if auto else None)
+                    timeout_ok=(lambda client_id, tid: (client_id, tid) in safe) if spec.fallback else None,
+                    late_ok=late_ok if spec.fallback else None)
     for c in clients:
         c.start()
 
@@ -781,7 +781,7 @@ def run_soak(cfg: SoakConfig, worker_url: str, proxy, dsn: str, make_token, log=
 
     def expire_marks() -> None:
         """Ends the marks REST fallbacks left behind, as their 10 minutes would (the bounded soak
-        cannot wait them out): a fallback that ends retryable drops its mark, but that request
+        cannot wait them out): a fallback that ends retryable ends its mark, but that request
         can fail too, and the transaction then waits (55P03) until the mark expires. A client
         sends one upload at a time, so a mark of a client with no upload in flight is one no
         fallback is using; each is counted (marks_expired)."""
@@ -803,7 +803,7 @@ def run_soak(cfg: SoakConfig, worker_url: str, proxy, dsn: str, make_token, log=
             time.sleep(0.2)
             if cfg.ungranted_table:
                 grant()
-            if auto and time.monotonic() - marks_checked >= 2:
+            if spec.fallback and time.monotonic() - marks_checked >= 2:
                 marks_checked = time.monotonic()
                 expire_marks()
             if time.monotonic() - last >= cfg.progress_seconds:
@@ -845,7 +845,6 @@ def run_soak(cfg: SoakConfig, worker_url: str, proxy, dsn: str, make_token, log=
         report.already_applied += s.already_applied
         report.compared_already_applied += s.compared_already_applied
         report.grant_retries += s.grant_retries
-        report.applied_via_rest += s.applied_via_rest
         report.mark_waits += s.mark_waits
         for tx, result in c.completed:
             report.transactions += 1
@@ -855,6 +854,7 @@ def run_soak(cfg: SoakConfig, worker_url: str, proxy, dsn: str, make_token, log=
                 report.injected_fatal["only" if n == 1 else "first" if tx.fatal_at == 0
                                       else "last" if tx.fatal_at == n - 1 else "middle"] += 1
             report.dependent_transactions += has_dependent_pattern(tx.entries)
+            report.applied_via_rest += result.get("applied_via") == "rest"
             compared = sum(e.previous is not None for e in tx.entries)
             report.compared_entries += compared
             report.compared_resent += bool(compared) and len(c.attempts.get(tx.tid, [])) > 1
