@@ -168,16 +168,14 @@ end
 $$;
 
 -- Earlier copies a re-run cannot replace in place (`create or replace` can change neither a
--- return type nor drop a parameter's default): the ledger reject function of one version
--- returned void, the ledger cap of some had a default for p_cap. Dropped, then made anew below
--- with their grants; without this the whole file failed on such a project and left it as it was.
+-- return type nor drop a parameter's default): the ledger cap of some had a default for p_cap.
+-- Dropped, then made anew below with their grants; without this the whole file failed on such a
+-- project and left it as it was. The ledger reject function had three parameters (and in one
+-- version returned void): beside the one with p_rejection, a call naming three would be
+-- ambiguous.
 do $$
 begin
-  if exists (select 1 from pg_catalog.pg_proc as p
-              where p.oid = pg_catalog.to_regprocedure('public.powersync_upload_ledger_reject(text, text, text)')
-                and p.prorettype <> 'pg_catalog.bool'::pg_catalog.regtype) then
-    drop function public.powersync_upload_ledger_reject(text, text, text);
-  end if;
+  drop function if exists public.powersync_upload_ledger_reject(text, text, text);
   if exists (select 1 from pg_catalog.pg_proc as p
               where p.oid = pg_catalog.to_regprocedure('public.powersync_upload_ledger_cap(text, integer)')
                 and p.pronargdefaults > 0) then
@@ -215,6 +213,12 @@ alter table public.powersync_upload_ledger add column if not exists row_keys tex
 alter table public.powersync_upload_ledger add column if not exists rest_until timestamptz;
 -- ... and the mark's token, which only the upload that made the mark knows (null: no mark)
 alter table public.powersync_upload_ledger add column if not exists rest_mark text;
+-- added later: of a rejected transaction, what a later call of it is answered beside its dead
+-- letter (null: nothing more): {"applied_via": "rest"} when an attempt of it went through REST
+-- requests before it was rejected (powersync_upload_ledger_refuse), and without a dead letter
+-- the failure the bridge reported (powersync_upload_ledger_reject); see
+-- powersync_upload_ledger_dead_letter
+alter table public.powersync_upload_ledger add column if not exists rejection jsonb;
 create index if not exists powersync_upload_ledger_applied_at
   on public.powersync_upload_ledger (applied_at);
 comment on table public.powersync_upload_ledger is
@@ -536,7 +540,7 @@ begin
   -- then answer that transaction's re-send as applied)
   update public.powersync_upload_ledger as l
      set digest = p_digest, applied_at = now(), dead_letter_id = null, unchanged = null,
-         rest_until = null, rest_mark = null,
+         rest_until = null, rest_mark = null, rejection = null,
          entries_digest = case when p_not_before is not null and v_digest = p_digest
                                then coalesce(v_entries, l.entries_digest)
                                else v_entries end
@@ -633,9 +637,14 @@ begin
       message = pg_catalog.format('transaction %s of client %s was applied: it is not recorded as a dead letter',
                                   p_transaction_id, p_client_id);
   end if;
+  -- begun through REST requests (this upload's mark, or an ended or expired one of the same
+  -- entries): what that attempt applied before the failing entry stayed applied, and a later
+  -- call's answer says so
   update public.powersync_upload_ledger as l
      set digest = p_digest, dead_letter_id = p_dead_letter_id, applied_at = now(), unchanged = null,
-         entries_digest = v_entries, rest_until = null, rest_mark = null
+         entries_digest = v_entries, rest_until = null, rest_mark = null,
+         rejection = case when v_rest is not null and v_same = v_entries
+                          then pg_catalog.jsonb_build_object('applied_via', 'rest') end
    where l.user_id = p_user_id and l.client_id = p_client_id and l.transaction_id = p_transaction_id;
 end
 $$;
@@ -648,8 +657,12 @@ comment on function public.powersync_upload_ledger_refuse(text, text, text, text
 -- of it applies nothing. The ledger then holds the transaction under the
 -- digest of its entries (the X-PowerSync-Entries-Digest header, required) with
 -- dead letter id 0 (none), and it answers true (which no proxy's 2xx says): a
--- later call of it answers {"applied": 0, "dead_letter": {"id": 0}}, which the
--- bridge reports as rejected before. As for a dead letter, 55000 when the
+-- later call of it answers {"applied": 0, "dead_letter": {"id": 0, ...}}, which
+-- the bridge reports as rejected before. p_rejection: the failure the bridge
+-- reports ({"index", "code", "message", "details", "hint", "http_status"}, a
+-- JSON object of at most 8192 bytes), kept in the record so that such an answer
+-- repeats it as a dead letter's does (the same status, index, code and
+-- message); null keeps none. As for a dead letter, 55000 when the
 -- ledger shows it applied (the late call came first): the bridge then keeps the
 -- transaction, and its re-send is answered already applied. The user is found
 -- as for the claim: a user only ever touches their own records, and rejecting
@@ -659,7 +672,8 @@ comment on function public.powersync_upload_ledger_refuse(text, text, text, text
 create or replace function public.powersync_upload_ledger_reject(
   p_client_id text,
   p_transaction_id text,
-  p_owner_id text default null
+  p_owner_id text default null,
+  p_rejection jsonb default null
 ) returns boolean
 language plpgsql
 security definer
@@ -672,6 +686,11 @@ declare
 begin
   v_user := public.powersync_upload_ledger_caller('powersync_upload_ledger_reject', p_client_id, p_transaction_id,
                                                   p_owner_id);
+  if p_rejection is not null
+     and (pg_catalog.jsonb_typeof(p_rejection) <> 'object' or pg_catalog.octet_length(p_rejection::text) > 8192) then
+    raise exception using errcode = '22023',
+      message = 'powersync_upload_ledger_reject: p_rejection must be a JSON object of at most 8192 bytes';
+  end if;
   -- the settings before the ledger, in the order the file's re-run locks them (else 40P01)
   select least(greatest(s.max_records_per_user, 1000), 1000000) into v_cap
     from public.powersync_upload_ledger_settings as s;
@@ -693,12 +712,19 @@ begin
       message = pg_catalog.format('transaction %s of client %s was applied: its rejection is not recorded',
                                   p_transaction_id, p_client_id);
   end;
+  -- the failure reported, beside what the refusal recorded (whether it went through REST, which
+  -- only the ledger says)
+  if p_rejection is not null then
+    update public.powersync_upload_ledger as l
+       set rejection = coalesce(l.rejection, '{}') || (p_rejection - 'id' - 'applied_via')
+     where l.user_id = v_user and l.client_id = p_client_id and l.transaction_id = p_transaction_id;
+  end if;
   -- a user calls this through /rpc as often as they like: their records stay capped
   perform public.powersync_upload_ledger_cap(v_user, coalesce(v_cap, 10000));
   return true;
 end
 $$;
-comment on function public.powersync_upload_ledger_reject(text, text, text) is
+comment on function public.powersync_upload_ledger_reject(text, text, text, jsonb) is
   'PowerSync upload bridge: record a transaction reported rejected without a dead letter, so no later call applies it.';
 
 -- A transaction the bridge applied through REST requests after its atomic call
@@ -778,7 +804,8 @@ begin
   end if;
   update public.powersync_upload_ledger as l
      set digest = v_entries, entries_digest = v_entries, applied_at = now(), dead_letter_id = null,
-         unchanged = nullif(p_unchanged, '{}'), row_keys = null, rest_until = null, rest_mark = null
+         unchanged = nullif(p_unchanged, '{}'), row_keys = null, rest_until = null, rest_mark = null,
+         rejection = null
    where l.user_id = v_user and l.client_id = p_client_id and l.transaction_id = p_transaction_id;
   return true;
 end
@@ -893,7 +920,8 @@ begin
   end if;
   update public.powersync_upload_ledger as l
      set digest = v_entries, entries_digest = v_entries, applied_at = now(), dead_letter_id = null,
-         unchanged = null, row_keys = null, rest_until = now() + interval '10 minutes', rest_mark = p_mark
+         unchanged = null, row_keys = null, rest_until = now() + interval '10 minutes', rest_mark = p_mark,
+         rejection = null
    where l.user_id = v_user and l.client_id = p_client_id and l.transaction_id = p_transaction_id;
   return pg_catalog.jsonb_build_object('rest', 'begun');
 end
@@ -1023,8 +1051,11 @@ $$;
 
 -- The dead letter the ledger holds for the caller's (client, transaction), as
 -- {"id", "index", "code", "message", "details"} (index, code, message and
--- details as recorded; the id alone if the row is gone), or null: what
--- powersync_apply_transaction answers for a dead-lettered transaction.
+-- details as recorded; the id alone if the row is gone; without a dead letter,
+-- id 0 and the failure powersync_upload_ledger_reject was given), with
+-- "applied_via": "rest" when an attempt of it went through REST requests before
+-- it was rejected, or null: what powersync_apply_transaction answers for a
+-- dead-lettered transaction.
 create or replace function public.powersync_upload_ledger_dead_letter(
   p_client_id text,
   p_transaction_id text,
@@ -1039,8 +1070,9 @@ declare
   v_user text := public.powersync_upload_ledger_user(p_owner_id);
   v_id   bigint;
   v_row  jsonb;
+  v_more jsonb;
 begin
-  select l.dead_letter_id into v_id from public.powersync_upload_ledger as l
+  select l.dead_letter_id, l.rejection into v_id, v_more from public.powersync_upload_ledger as l
    where l.user_id = v_user
      and l.client_id = p_client_id and l.transaction_id = p_transaction_id;
   if v_id is null then
@@ -1049,14 +1081,16 @@ begin
   -- rejected without a dead letter (powersync_upload_ledger_reject): no row to read, not even
   -- one an older dead-letter table kept under id 0
   if v_id = 0 then
-    return pg_catalog.jsonb_build_object('id', 0);
+    return pg_catalog.jsonb_build_object('id', 0) || coalesce(v_more - 'id', '{}');
   end if;
+  v_more := case when v_more ? 'applied_via' then pg_catalog.jsonb_build_object('applied_via', v_more -> 'applied_via')
+                 else '{}' end;
   if pg_catalog.to_regclass('public.powersync_dead_letters') is not null then
     execute 'select pg_catalog.jsonb_build_object(''id'', d.id, ''index'', d.op_index, ''code'', d.code,'
             ' ''message'', d.message, ''details'', d.details) from public.powersync_dead_letters as d where d.id = $1'
       into v_row using v_id;
   end if;
-  return coalesce(v_row, pg_catalog.jsonb_build_object('id', v_id));
+  return coalesce(v_row, pg_catalog.jsonb_build_object('id', v_id)) || v_more;
 end
 $$;
 comment on function public.powersync_upload_ledger_dead_letter(text, text, text) is
@@ -1119,7 +1153,7 @@ begin
                            'public.powersync_upload_ledger_letter_of(text, text, text)',
                            'public.powersync_upload_ledger_dead_letter(text, text, text)',
                            'public.powersync_upload_ledger_unchanged(text, text, text, integer[])',
-                           'public.powersync_upload_ledger_reject(text, text, text)',
+                           'public.powersync_upload_ledger_reject(text, text, text, jsonb)',
                            'public.powersync_upload_ledger_applied_via_rest(text, text, text, integer[])',
                            'public.powersync_upload_ledger_rest_begin(text, text, text, text)',
                            'public.powersync_upload_ledger_rest_abandon(text, text, text, text)',
@@ -1139,7 +1173,7 @@ grant execute on function public.powersync_upload_ledger_dead_letter(text, text,
   to authenticated, service_role;
 grant execute on function public.powersync_upload_ledger_unchanged(text, text, text, integer[])
   to authenticated, service_role;
-grant execute on function public.powersync_upload_ledger_reject(text, text, text)
+grant execute on function public.powersync_upload_ledger_reject(text, text, text, jsonb)
   to authenticated, service_role;
 grant execute on function public.powersync_upload_ledger_applied_via_rest(text, text, text, integer[])
   to authenticated, service_role;

@@ -115,8 +115,8 @@ use super::crud::{Entry, Transaction};
 use super::dead_letter::{self, EntryState};
 use super::outcome::{
     affected_rows, atomic_answer, classify, op_index_from_hint, quote_ident, unexpected_response, AtomicAnswer,
-    FailedOperation, Status, TransactionResult, UploadReport, Verdict, WrittenAs, SCHEMA_DRIFT_RETRY_AFTER_SECONDS,
-    UNEXPECTED_RESPONSE,
+    FailedOperation, Status, TransactionResult, UploadReport, Verdict, WrittenAs, DEAD_LETTERED,
+    SCHEMA_DRIFT_RETRY_AFTER_SECONDS, UNEXPECTED_RESPONSE,
 };
 use super::plan::{self, Check, PlannedRequest};
 use super::settings::{AtomicMode, UploadSettings, WriteMode};
@@ -149,7 +149,9 @@ enum Ending {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ledger {
     /// It answered this (re-sent or late) call with the rejection: not recorded again.
-    HoldsIt,
+    /// `after_rest`: an attempt of it went through REST requests before it was rejected, so its
+    /// result says so again ([`REJECTED_AFTER_REST`]).
+    HoldsIt { after_rest: bool },
     /// Rejected now: recorded (a dead letter, or the ledger's record) before it is reported.
     NotYet,
 }
@@ -324,6 +326,11 @@ pub async fn apply_with<T: Transport>(
         };
         // The token of the ledger's mark of a REST fallback: the records that end it carry it.
         let mark = via_rest.as_ref().and_then(|via| via.mark.as_deref());
+        let held_after_rest = matches!(
+            ending,
+            Ending::Fatal(.., Ledger::HoldsIt { after_rest: true })
+                | Ending::Conflict(.., Ledger::HoldsIt { after_rest: true })
+        );
         match ending {
             Ending::Success { mut unchanged, uncertain, already_applied } => {
                 // Never reported applied: a PATCH whose columns were all left out (not sent).
@@ -396,7 +403,7 @@ pub async fn apply_with<T: Transport>(
                         let record = (transaction, &failure, states.as_slice());
                         record_dead_letter((settings, caller), record, (mark, 0), transport, &mut report).await
                     }
-                    None if ledger == Ledger::HoldsIt => Ok(()),
+                    None if matches!(ledger, Ledger::HoldsIt { .. }) => Ok(()),
                     None if sent_atomic || atomic_in_use(route, &report) => {
                         let rejected = (transaction, &failure, mark);
                         record_rejection(rejected, (settings, caller), transport, &mut report).await
@@ -424,7 +431,7 @@ pub async fn apply_with<T: Transport>(
                         let record = (transaction, &recorded_failure, states.as_slice());
                         record_dead_letter((settings, caller), record, (mark, 0), transport, &mut report).await
                     }
-                    None if ledger == Ledger::HoldsIt => Ok(()),
+                    None if matches!(ledger, Ledger::HoldsIt { .. }) => Ok(()),
                     None if sent_atomic || atomic_in_use(route, &report) => {
                         let rejected = (transaction, &failure, mark);
                         record_rejection(rejected, (settings, caller), transport, &mut report).await
@@ -446,6 +453,9 @@ pub async fn apply_with<T: Transport>(
                 report.results.push(TransactionResult::retryable(transaction_id, failure, retry_after_seconds));
                 stopped = true;
             }
+        }
+        if let (true, Some(result)) = (held_after_rest, report.results.last_mut()) {
+            result.applied_via_rest = Some(REJECTED_AFTER_REST.to_string());
         }
         if let (Some(via), Some(result)) = (via_rest, report.results.last_mut()) {
             let kept = result.status == Status::RetryableError;
@@ -484,6 +494,13 @@ const QUERY_CANCELED: &str = "57014";
 /// and ended (or stopped) before it was applied (sql/atomic_upload.sql,
 /// `powersync_upload_ledger_claim`): it goes on through REST, as after a statement timeout.
 const BEGUN_THROUGH_REST: &str = "was begun through REST requests by an earlier upload";
+
+/// The `applied_via_reason` of a transaction the ledger holds as rejected after an attempt of it
+/// went through REST requests (answered as it was then, see [`Ledger::HoldsIt`]).
+const REJECTED_AFTER_REST: &str =
+    "rejected before, after an earlier attempt sent it through REST requests (its atomic \
+     call was cancelled by the statement timeout): neither all-or-nothing nor exactly once, so what that attempt \
+     applied before the failing entry stayed applied; nothing was applied now";
 
 /// A transaction sent through REST requests after its atomic call was cancelled by the statement
 /// timeout (see `after_timeout`).
@@ -701,8 +718,8 @@ async fn begin_rest<T: Transport>(
                 return Mark::Begun;
             }
             match atomic_answer(&response.body, entries) {
-                Some(AtomicAnswer { dead_letter: Some(failure), .. }) => {
-                    return Mark::Held(held_rejection(failure, entries))
+                Some(AtomicAnswer { dead_letter: Some(failure), rejected_after_rest, .. }) => {
+                    return Mark::Held(held_rejection(failure, entries, rejected_after_rest))
                 }
                 Some(AtomicAnswer { already_applied: true, unchanged, .. }) => {
                     return Mark::Held(Ending::Success { unchanged, uncertain: Vec::new(), already_applied: true })
@@ -755,34 +772,46 @@ async fn abandon_rest<T: Transport>(
         return;
     };
     let expires = "the mark expires within 10 minutes; until then the transaction's attempts wait";
-    if report.subrequests >= settings.subrequest_budget {
-        report.dead_letter_errors.push(format!("ledger call {function} skipped: no subrequest budget left; {expires}"));
-        return;
-    }
-    let may_resend = report.subrequests + 2 <= settings.subrequest_budget;
-    let (answer, verdict) = send_counted(&request, (None, may_resend), (settings, caller), transport, report).await;
-    match (verdict, &answer) {
-        (Verdict::Applied, Ok(response)) if response.body.trim() == "true" => {}
-        (Verdict::Applied, _) => {
-            report.dead_letter_errors.push(format!("ledger call {function}: not the ledger's true; {expires}"))
+    // Sent once more after a retryable failure (a 5xx, a timeout), budget permitting: ending a
+    // mark twice is harmless, and a mark left standing holds the transaction for 10 minutes.
+    for attempt in 1..=2 {
+        if report.subrequests >= settings.subrequest_budget {
+            report
+                .dead_letter_errors
+                .push(format!("ledger call {function} skipped: no subrequest budget left; {expires}"));
+            return;
         }
-        (Verdict::Retryable { failure, .. } | Verdict::Fatal(failure), _) => {
-            report.dead_letter_errors.push(format!("ledger call {function} failed: {}; {expires}", failure.code))
+        let may_resend = report.subrequests + 2 <= settings.subrequest_budget;
+        let (answer, verdict) = send_counted(&request, (None, may_resend), (settings, caller), transport, report).await;
+        match (verdict, &answer) {
+            (Verdict::Applied, Ok(response)) if response.body.trim() == "true" => return,
+            (Verdict::Applied, _) => {
+                report.dead_letter_errors.push(format!("ledger call {function}: not the ledger's true; {expires}"));
+                return;
+            }
+            (Verdict::Retryable { failure, .. }, _) if attempt == 1 => {
+                report.dead_letter_errors.push(format!("ledger call {function} failed: {}; sent again", failure.code));
+            }
+            (Verdict::Retryable { failure, .. } | Verdict::Fatal(failure), _) => {
+                report.dead_letter_errors.push(format!("ledger call {function} failed: {}; {expires}", failure.code));
+                return;
+            }
         }
     }
 }
 
 /// A transaction the ledger holds as rejected (a dead letter, or the ledger's own record),
 /// answered for a re-sent or late attempt: nothing was applied now; reported as it was then.
-fn held_rejection(failure: FailedOperation, entries: usize) -> Ending {
+fn held_rejection(failure: FailedOperation, entries: usize, after_rest: bool) -> Ending {
     let states = vec![EntryState::Failed; entries];
+    let ledger = Ledger::HoldsIt { after_rest };
     match failure.index {
         Some(_) if failure.code == CONFLICT => {
             let row = failure.details.as_deref().and_then(|d| serde_json::from_str(d).ok());
             let failure = FailedOperation { details: None, ..failure };
-            Ending::Conflict(failure, states, row.unwrap_or(Value::Null), Ledger::HoldsIt)
+            Ending::Conflict(failure, states, row.unwrap_or(Value::Null), ledger)
         }
-        _ => Ending::Fatal(failure, states, Ledger::HoldsIt),
+        _ => Ending::Fatal(failure, states, ledger),
     }
 }
 
@@ -926,10 +955,10 @@ async fn send<T: Transport>(
                         );
                         return Ending::Conflict(failure, vec![EntryState::Failed; entry_count], row, Ledger::NotYet);
                     }
-                    Some(AtomicAnswer { dead_letter: Some(failure), .. }) => {
+                    Some(AtomicAnswer { dead_letter: Some(failure), rejected_after_rest, .. }) => {
                         // Rejected and dead-lettered before (this call arrived late, or the client
                         // re-sent it): nothing applied now; answered as it was then.
-                        return held_rejection(failure, entry_count);
+                        return held_rejection(failure, entry_count, rejected_after_rest);
                     }
                     Some(result) => {
                         already_applied = result.already_applied;
@@ -1353,39 +1382,61 @@ async fn record_rejection<T: Transport>(
     report: &mut UploadReport,
 ) -> Result<(), (FailedOperation, u64)> {
     let function = plan::LEDGER_REJECT_FUNCTION;
-    let Some(request) = plan::ledger_record_request(function, transaction, (settings, caller), &[], None) else {
-        return Ok(());
-    };
-    let request = with_mark(request, mark);
     let kept = |why: String, http_status: Option<u16>, hint: Option<String>| {
         let recording = "recording its rejection in the ledger";
         kept_instead(failure, ("rejection_not_recorded", recording), why, http_status, hint)
     };
-    if report.subrequests >= settings.subrequest_budget {
-        report.dead_letter_errors.push(format!("ledger call {function} skipped: no subrequest budget left"));
-        return Err((kept("no subrequest budget left".to_string(), None, None), settings.retry_after_seconds));
-    }
-    let may_resend = report.subrequests + 2 <= settings.subrequest_budget;
-    let (answer, verdict) = send_counted(&request, (None, may_resend), (settings, caller), transport, report).await;
-    let (error, retry_after) = match (verdict, &answer) {
-        (Verdict::Applied, Ok(response)) if response.body.trim() == "true" => return Ok(()),
-        (Verdict::Applied, _) => {
-            // A 2xx that is not the function's answer (a catch-all server, a proxy): not recorded.
-            let mut error = FailedOperation::new(None, UNEXPECTED_RESPONSE, "the answer is not the ledger's true");
-            error.http_status = answer.as_ref().ok().map(|response| response.status);
-            (error, None)
-        }
-        (Verdict::Retryable { failure: error, .. } | Verdict::Fatal(error), _) if error.code == FUNCTION_NOT_FOUND => {
-            report.dead_letter_errors.push(format!(
-                "ledger call {function} missing: run sql/atomic_upload.sql again; a late call of this rejected \
-                 transaction could still apply it"
-            ));
+    // With the failure as reported, so that a later call of it is answered the same way; a ledger
+    // older than that argument (PGRST202) is asked again without it.
+    let mut with_failure = true;
+    let (error, retry_after) = loop {
+        let request = plan::ledger_reject_request(transaction, (settings, caller), with_failure.then_some(failure));
+        let Some(request) = request else {
             return Ok(());
+        };
+        let request = with_mark(request, mark);
+        if report.subrequests >= settings.subrequest_budget {
+            report.dead_letter_errors.push(format!("ledger call {function} skipped: no subrequest budget left"));
+            if !with_failure {
+                // As for a ledger without the function (below): the next upload would find it so again.
+                return Ok(());
+            }
+            return Err((kept("no subrequest budget left".to_string(), None, None), settings.retry_after_seconds));
         }
-        // The ledger shows it applied (55000: a late call came first), or a refusal only an
-        // operator changes: the transaction waits, as for schema drift.
-        (Verdict::Fatal(error), _) => (error, Some(SCHEMA_DRIFT_RETRY_AFTER_SECONDS)),
-        (Verdict::Retryable { failure: error, retry_after_seconds }, _) => (error, retry_after_seconds),
+        let may_resend = report.subrequests + 2 <= settings.subrequest_budget;
+        let (answer, verdict) = send_counted(&request, (None, may_resend), (settings, caller), transport, report).await;
+        break match (verdict, &answer) {
+            (Verdict::Applied, Ok(response)) if response.body.trim() == "true" => return Ok(()),
+            (Verdict::Applied, _) => {
+                // A 2xx that is not the function's answer (a catch-all server, a proxy): not recorded.
+                let mut error = FailedOperation::new(None, UNEXPECTED_RESPONSE, "the answer is not the ledger's true");
+                error.http_status = answer.as_ref().ok().map(|response| response.status);
+                (error, None)
+            }
+            (Verdict::Retryable { failure: error, .. } | Verdict::Fatal(error), _)
+                if error.code == FUNCTION_NOT_FOUND && with_failure =>
+            {
+                report.dead_letter_errors.push(format!(
+                    "ledger call {function} takes no p_rejection: run sql/atomic_upload.sql again; until then a \
+                     re-send of a rejected transaction is answered {DEAD_LETTERED}, without its index and code"
+                ));
+                with_failure = false;
+                continue;
+            }
+            (Verdict::Retryable { failure: error, .. } | Verdict::Fatal(error), _)
+                if error.code == FUNCTION_NOT_FOUND =>
+            {
+                report.dead_letter_errors.push(format!(
+                    "ledger call {function} missing: run sql/atomic_upload.sql again; a late call of this rejected \
+                     transaction could still apply it"
+                ));
+                return Ok(());
+            }
+            // The ledger shows it applied (55000: a late call came first), or a refusal only an
+            // operator changes: the transaction waits, as for schema drift.
+            (Verdict::Fatal(error), _) => (error, Some(SCHEMA_DRIFT_RETRY_AFTER_SECONDS)),
+            (Verdict::Retryable { failure: error, retry_after_seconds }, _) => (error, retry_after_seconds),
+        };
     };
     let status = error.http_status.map_or_else(|| "no answer".to_string(), |s| format!("HTTP {s}"));
     report.dead_letter_errors.push(format!("ledger call {function} failed: {} ({status})", error.code));

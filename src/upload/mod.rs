@@ -1284,7 +1284,15 @@ mod tests {
             (reject.method, reject.url.as_str()),
             (Method::Post, "https://p.supabase.co/rest/v1/rpc/powersync_upload_ledger_reject")
         );
-        assert_eq!(reject.body.as_deref(), Some(r#"{"p_client_id":"client-1","p_transaction_id":"1"}"#));
+        // with the failure as reported, which the ledger keeps for a later call's answer
+        let reported = report.results[0].failed_operation.as_ref().map(FailedOperation::to_json);
+        assert_eq!(
+            reject.body.as_deref(),
+            Some(
+                format!(r#"{{"p_client_id":"client-1","p_transaction_id":"1","p_rejection":{}}}"#, reported.unwrap())
+                    .as_str()
+            )
+        );
         assert_eq!(reject.header_value(crud::ENTRIES_DIGEST_HEADER), Some(tx(1).entries_digest().as_str()));
         assert_eq!(reject.header_value("Authorization"), Some("Bearer token"), "as the user, as the atomic call");
         assert_eq!(reject.header_value(crud::ENTRIES_DIGEST_HEADER), sent[0].header_value(crud::ENTRIES_DIGEST_HEADER));
@@ -1302,10 +1310,13 @@ mod tests {
         assert_eq!(statuses(&report), vec![Status::Conflict]);
         let reject = &transport.sent()[1];
         assert!(reject.url.ends_with(REJECT_PATH));
+        let body: Value = serde_json::from_str(reject.body.as_deref().unwrap_or("")).unwrap();
+        let reported = report.results[0].failed_operation.as_ref().map(FailedOperation::to_json).unwrap();
         assert_eq!(
-            reject.body.as_deref(),
-            Some(r#"{"p_client_id":"client-1","p_transaction_id":"1","p_owner_id":"user-1"}"#)
+            body,
+            json!({"p_client_id": "client-1", "p_transaction_id": "1", "p_owner_id": "user-1", "p_rejection": reported})
         );
+        assert_eq!((reported["index"].clone(), reported["code"].clone()), (json!(0), json!("conflict")));
         assert_eq!(reject.header_value("Authorization"), Some("Bearer svc"));
     }
 
@@ -1340,11 +1351,40 @@ mod tests {
     #[test]
     fn a_ledger_without_the_reject_function_reports_the_rejection_as_before_and_says_so() {
         let missing = error(404, "PGRST202", "Could not find the function public.powersync_upload_ledger_reject");
-        let transport = FakeTransport::scripted(vec![atomic_refusal(), missing]);
+        let transport = FakeTransport::scripted(vec![atomic_refusal(), missing.clone(), missing]);
         let report = run_on(Route::Atomic, &[tx(1)], &transport);
         assert_eq!(statuses(&report), vec![Status::FatalError]);
         let errors = report.log_summary()["dead_letter_errors"].to_string();
         assert!(errors.contains("run sql/atomic_upload.sql again"), "{errors}");
+        assert!(errors.contains("could still apply it"), "{errors}");
+        assert_eq!(transport.sent().len(), 3, "asked with the failure, then without it");
+    }
+
+    #[test]
+    fn a_ledger_older_than_the_rejections_argument_records_it_without_and_says_so() {
+        // Deployed before sql/atomic_upload.sql is run again: PostgREST finds no function taking
+        // p_rejection (PGRST202). Asked again without it, the rejection is recorded (guarded).
+        let older = error(404, "PGRST202", "Could not find the function public.powersync_upload_ledger_reject(p_client_id, p_rejection, p_transaction_id)");
+        let transport = FakeTransport::scripted(vec![atomic_refusal(), older, ok_body("true")]);
+        let report = run_on(Route::Atomic, &[tx(1)], &transport);
+        assert_eq!(statuses(&report), vec![Status::FatalError]);
+        let sent = transport.sent();
+        assert_eq!(sent.len(), 3);
+        assert!(sent[1].body.as_deref().unwrap().contains("\"p_rejection\":"));
+        assert_eq!(sent[2].url, sent[1].url);
+        assert_eq!(sent[2].body.as_deref(), Some(r#"{"p_client_id":"client-1","p_transaction_id":"1"}"#));
+        let errors = report.log_summary()["dead_letter_errors"].to_string();
+        assert!(errors.contains("takes no p_rejection: run sql/atomic_upload.sql again"), "{errors}");
+        assert!(!errors.contains("could still apply it"), "{errors}");
+        // with no request left for the second call, reported as for a ledger without the function
+        let mut s = settings();
+        s.atomic = AtomicMode::Always;
+        s.subrequest_budget = 2;
+        let older = error(404, "PGRST202", "Could not find the function");
+        let transport = FakeTransport::scripted(vec![atomic_refusal(), older]);
+        let caller = Caller { client_id: Some("client-1".to_string()), ..caller() };
+        let report = block_on(apply_with(&[tx(1)], &s, &caller, &transport, Route::Atomic));
+        assert_eq!((statuses(&report), transport.sent().len()), (vec![Status::FatalError], 2));
     }
 
     #[test]
@@ -1379,6 +1419,39 @@ mod tests {
             "this transaction was rejected before (no dead letter was recorded); nothing applied"
         );
         assert_eq!(report.body()["applied"], json!(0));
+    }
+
+    #[test]
+    fn a_resend_the_ledger_holds_as_rejected_is_answered_as_it_was_reported_and_whether_it_went_through_rest() {
+        // The ledger kept the reported failure (p_rejection): a conflict stays a conflict, at its
+        // entry, with its code and message; an attempt that went through REST is named, since
+        // what it applied before the failing entry stayed applied.
+        let kept = json!({"applied": 0, "dead_letter": {"id": 0, "index": 0, "code": "conflict",
+            "message": "the row changed", "details": null, "http_status": 200, "applied_via": "rest"}});
+        let transport = FakeTransport::scripted(vec![ok_body(&kept.to_string())]);
+        let report = run_on(Route::Atomic, &[tx(1)], &transport);
+        assert_eq!(transport.sent().len(), 1, "held: recorded already");
+        assert_eq!(statuses(&report), vec![Status::Conflict]);
+        let result = &report.body()["results"][0];
+        assert_eq!(result["failed_operation"]["index"], json!(0));
+        assert_eq!(result["failed_operation"]["code"], json!("conflict"));
+        assert_eq!(result["failed_operation"]["message"], json!("the row changed"));
+        assert_eq!(result["applied_via"], json!("rest"));
+        assert!(result["applied_via_reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("rejected before, after an earlier attempt"));
+        // a dead letter's answer too, and without "applied_via" no such field
+        let letter = json!({"applied": 0, "dead_letter": {"id": 9, "index": 0, "code": "23514", "message": "check",
+            "applied_via": "rest"}});
+        let transport = FakeTransport::scripted(vec![ok_body(&letter.to_string())]);
+        let report = run_on(Route::Atomic, &[tx(1)], &transport);
+        assert_eq!(statuses(&report), vec![Status::FatalError]);
+        assert_eq!(report.body()["results"][0]["applied_via"], json!("rest"));
+        let plain = json!({"applied": 0, "dead_letter": {"id": 9, "index": 0, "code": "23514", "message": "check"}});
+        let transport = FakeTransport::scripted(vec![ok_body(&plain.to_string())]);
+        let report = run_on(Route::Atomic, &[tx(1)], &transport);
+        assert_eq!(report.body()["results"][0].get("applied_via"), None);
     }
 
     #[test]
@@ -2591,6 +2664,32 @@ mod tests {
         // ... with the mark's token: the ledger lets only the upload that made a mark end it
         let token = serde_json::from_str::<Value>(sent[1].body.as_deref().unwrap_or("")).unwrap_or(Value::Null);
         assert_eq!(sent.last().and_then(|r| r.header_value(plan::REST_MARK_HEADER)), token["p_mark"].as_str());
+    }
+
+    #[test]
+    fn a_rest_fallback_whose_mark_ending_fails_retryable_sends_it_once_more() {
+        // A mark left standing holds the transaction's attempts for 10 minutes: after a 5xx the
+        // ending is sent again (ending a mark twice is harmless), but not a third time.
+        let down = || error(503, "", "down");
+        let transport = FakeTransport::scripted(vec![statement_timeout(), begun(), ok(201), down(), down()]);
+        let report = run_on(Route::Probe, &[mixed("big"), tx(2)], &transport);
+        assert_eq!(statuses(&report), vec![Status::RetryableError, Status::NotAttempted]);
+        let sent = transport.sent();
+        let endings: Vec<_> = sent.iter().filter(|r| r.url.ends_with(REST_ABANDON_PATH)).collect();
+        assert_eq!(endings.len(), 2, "{sent:?}");
+        assert_eq!(endings[0].body, endings[1].body, "the same mark's token");
+        let errors = report.log_summary()["dead_letter_errors"].to_string();
+        assert!(errors.contains("sent again"), "{errors}");
+        assert!(!errors.contains("expires"), "{errors}");
+        // failing again: the mark expires, logged; a refusal (4xx) is not sent again
+        let transport = FakeTransport::scripted(vec![statement_timeout(), begun(), ok(201), down(), down(), down()]);
+        let report = run_on(Route::Probe, &[mixed("big")], &transport);
+        assert_eq!(transport.sent().iter().filter(|r| r.url.ends_with(REST_ABANDON_PATH)).count(), 2);
+        assert!(report.log_summary()["dead_letter_errors"].to_string().contains("the mark expires within 10 minutes"));
+        let refused = error(400, "22023", "powersync_upload_ledger_rest_abandon: bad input");
+        let transport = FakeTransport::scripted(vec![statement_timeout(), begun(), ok(201), down(), refused]);
+        let _ = run_on(Route::Probe, &[mixed("big")], &transport);
+        assert_eq!(transport.sent().iter().filter(|r| r.url.ends_with(REST_ABANDON_PATH)).count(), 1);
     }
 
     #[test]

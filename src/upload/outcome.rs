@@ -832,7 +832,8 @@ pub fn affected_rows(response: &HttpResponse) -> Option<u64> {
 
 /// What the atomic function answered: `{"applied": n, "unchanged": [op indexes]?,
 /// "already_applied": true?}`, `{"applied": 0, "conflict": {"index": i, "row": {…}}}`, or
-/// `{"applied": 0, "dead_letter": {"id": n, "index": i?, "code": c?, "message": m?, "details": d?}}`.
+/// `{"applied": 0, "dead_letter": {"id": n, "index": i?, "code": c?, "message": m?, "details": d?,
+/// "hint": h?, "http_status": s?, "applied_via": "rest"?}}`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AtomicAnswer {
     /// The ledger knew the transaction: nothing was applied now.
@@ -847,6 +848,10 @@ pub struct AtomicAnswer {
     /// after losing the answer): nothing was applied. The failure as the dead letter recorded
     /// it (`details` of a conflict: the row as read then).
     pub dead_letter: Option<FailedOperation>,
+    /// With `dead_letter`: an attempt of the transaction went through REST requests before it
+    /// was rejected (its atomic call was cancelled by the statement timeout), so what that
+    /// attempt applied before the failing entry stayed applied.
+    pub rejected_after_rest: bool,
 }
 
 /// Code of a re-sent transaction's failure when its dead letter's row is gone.
@@ -900,15 +905,21 @@ pub fn atomic_answer(body: &str, entries: usize) -> Option<AtomicAnswer> {
                 message,
             );
             failure.details = text("details");
+            failure.hint = text("hint");
+            failure.http_status = letter.get("http_status").and_then(Value::as_u64).and_then(|s| u16::try_from(s).ok());
             Some(failure)
         }
         Some(_) => return None,
     };
+    let rejected_after_rest = dead_letter.is_some()
+        && fields.get("dead_letter").and_then(|letter| letter.get("applied_via")).and_then(Value::as_str)
+            == Some("rest");
     Some(AtomicAnswer {
         already_applied: fields.get("already_applied") == Some(&Value::Bool(true)),
         unchanged,
         conflict,
         dead_letter,
+        rejected_after_rest,
     })
 }
 
@@ -1588,6 +1599,27 @@ mod tests {
             assert_eq!(affected_rows(&with_range(204, Some(range), "")), None, "{range}");
         }
         assert_eq!(affected_rows(&with_range(204, None, "")), None);
+    }
+
+    #[test]
+    fn a_rejection_the_ledger_kept_without_a_dead_letter_is_answered_whole_and_says_it_went_through_rest() {
+        let kept = r#"{"applied": 0, "dead_letter": {"id": 0, "index": 2, "code": "conflict", "message": "changed",
+            "details": null, "hint": "h", "http_status": 409, "applied_via": "rest"}}"#;
+        let mut failure = FailedOperation::new(Some(2), "conflict", "changed");
+        failure.hint = Some("h".to_string());
+        failure.http_status = Some(409);
+        assert_eq!(
+            atomic_answer(kept, 3),
+            Some(AtomicAnswer { dead_letter: Some(failure), rejected_after_rest: true, ..AtomicAnswer::default() })
+        );
+        // a dead letter's answer says so too; anything but "rest", or a status no HTTP has, is not taken
+        let letter = atomic_answer(r#"{"applied": 0, "dead_letter": {"id": 7, "applied_via": "rest"}}"#, 3).unwrap();
+        assert!(letter.rejected_after_rest);
+        let odd = r#"{"applied": 0, "dead_letter": {"id": 0, "applied_via": "atomic", "http_status": 70000}}"#;
+        let odd = atomic_answer(odd, 3).unwrap();
+        assert!(!odd.rejected_after_rest);
+        assert_eq!(odd.dead_letter.and_then(|f| f.http_status), None);
+        assert!(!atomic_answer(r#"{"applied": 3, "applied_via": "rest"}"#, 3).unwrap().rejected_after_rest);
     }
 
     #[test]

@@ -80,6 +80,7 @@ use super::outcome::FailedOperation;
 use super::row::{self, Columns};
 use super::settings::{is_filter_column, is_identifier, AtomicMode, UploadSettings, WriteMode, MAX_IDENTIFIER_BYTES};
 use super::Caller;
+use crate::credentials::clipped;
 use crate::http::{HttpRequest, Method};
 
 /// `Prefer` of an upsert: merge into existing rows, answer without a body but with the number of
@@ -609,6 +610,55 @@ pub fn ledger_record_request(
     Some(context.request(Method::Post, url).json_body(body).header(ENTRIES_DIGEST_HEADER, transaction.entries_digest()))
 }
 
+/// The call of [`LEDGER_REJECT_FUNCTION`] for `transaction` ([`ledger_record_request`]) with
+/// `failure`, as reported to the client, as `p_rejection`: the ledger keeps it, and a later call
+/// of the transaction is answered with it, as a dead letter's is. It fits in what the function
+/// takes ([`MAX_KEPT_REJECTION_BYTES`]): a longer one keeps its index, status and code, and the
+/// message clipped, without details and hint. `None` for `failure`: the call without it (a ledger
+/// older than the argument).
+pub fn ledger_reject_request(
+    transaction: &Transaction,
+    (settings, caller): (&UploadSettings, &Caller),
+    failure: Option<&FailedOperation>,
+) -> Option<HttpRequest> {
+    let mut request = ledger_record_request(LEDGER_REJECT_FUNCTION, transaction, (settings, caller), &[], None)?;
+    if let (Some(failure), Some(body)) = (failure, request.body.as_mut()) {
+        body.pop(); // its closing brace
+        body.push_str(",\"p_rejection\":");
+        body.push_str(&kept_rejection(failure));
+        body.push('}');
+    }
+    Some(request)
+}
+
+/// Largest `p_rejection` [`LEDGER_REJECT_FUNCTION`] takes, in bytes of its JSON text.
+pub const MAX_KEPT_REJECTION_BYTES: usize = 8192;
+
+/// `failure`'s JSON as the ledger keeps it: whole when it fits well within
+/// [`MAX_KEPT_REJECTION_BYTES`] (PostgreSQL's text of it adds a space after each colon and
+/// comma), else without details and hint and with the message clipped to 800 characters (at
+/// most 6 bytes each escaped), the code to 64. U+0000, which no PostgreSQL text holds, becomes
+/// U+FFFD.
+fn kept_rejection(failure: &FailedOperation) -> String {
+    let text = |s: &str| s.replace('\u{0}', "\u{fffd}");
+    let mut kept = FailedOperation {
+        code: text(&failure.code),
+        message: text(&failure.message),
+        details: failure.details.as_deref().map(text),
+        hint: failure.hint.as_deref().map(text),
+        ..failure.clone()
+    };
+    let whole = kept.to_json().to_string();
+    if whole.len() <= MAX_KEPT_REJECTION_BYTES - 1024 {
+        return whole;
+    }
+    kept.code = clipped(&kept.code, 64).into_owned();
+    kept.message = clipped(&kept.message, 800).into_owned();
+    kept.details = None;
+    kept.hint = None;
+    kept.to_json().to_string()
+}
+
 /// Whether the atomic function's ledger keys `transaction` of `caller`: a client id, and a
 /// transaction id it takes.
 pub fn ledger_keyed(transaction: &Transaction, caller: &Caller) -> bool {
@@ -1098,6 +1148,32 @@ mod tests {
     use percent_encoding::percent_decode_str;
     use serde_json::json;
     use std::collections::BTreeSet;
+
+    #[test]
+    fn a_kept_rejection_fits_what_the_ledger_takes_and_holds_no_nul() {
+        let mut failure = FailedOperation::new(Some(3), "23514", "new row violates check constraint \u{0}");
+        failure.details = Some("Failing row contains (…)".to_string());
+        failure.http_status = Some(400);
+        let kept: Value = serde_json::from_str(&kept_rejection(&failure)).unwrap();
+        assert_eq!(
+            kept,
+            json!({"index": 3, "code": "23514", "message": "new row violates check constraint \u{fffd}",
+                   "details": "Failing row contains (…)", "http_status": 400})
+        );
+        // a row of megabytes quoted in the details, a message of control characters (6 bytes each)
+        failure.details = Some("x".repeat(1 << 20));
+        failure.hint = Some("h".to_string());
+        failure.message = "\u{1}".repeat(5000);
+        let text = kept_rejection(&failure);
+        assert!(text.len() <= MAX_KEPT_REJECTION_BYTES - 1024, "{}", text.len());
+        let kept: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            (kept["index"].clone(), kept["code"].clone(), kept["details"].clone()),
+            (json!(3), json!("23514"), Value::Null)
+        );
+        assert_eq!(kept.get("hint"), None);
+        assert_eq!(kept["message"].as_str().map(|m| m.chars().count()), Some(801), "800 and the cut's mark");
+    }
 
     const BASE: &str = "https://p.supabase.co";
 

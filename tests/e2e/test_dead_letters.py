@@ -919,7 +919,7 @@ EXPECTED = {
         {"authenticated", "service_role"},
     ("powersync_upload_ledger_dead_letter(text,text,text)", "EXECUTE"): {"authenticated", "service_role"},
     ("powersync_upload_ledger_unchanged(text,text,text,integer[])", "EXECUTE"): {"authenticated", "service_role"},
-    ("powersync_upload_ledger_reject(text,text,text)", "EXECUTE"): {"authenticated", "service_role"},
+    ("powersync_upload_ledger_reject(text,text,text,jsonb)", "EXECUTE"): {"authenticated", "service_role"},
     ("powersync_upload_ledger_applied_via_rest(text,text,text,integer[])", "EXECUTE"): {"authenticated", "service_role"},
     ("powersync_upload_ledger_rest_begin(text,text,text,text)", "EXECUTE"): {"authenticated", "service_role"},
     ("powersync_upload_ledger_rest_abandon(text,text,text,text)", "EXECUTE"): {"authenticated", "service_role"},

@@ -37,6 +37,13 @@ def auto_worker(base_vars, start_worker):
     return start_worker({**base_vars, "UPLOAD_SUBREQUEST_BUDGET": "100"})
 
 
+@pytest.fixture(scope="module")
+def auto_worker_with_dead_letters(base_vars, start_worker):
+    """As auto_worker, with a dead-letter table."""
+    return start_worker({**base_vars, "UPLOAD_SUBREQUEST_BUDGET": "100",
+                         "UPLOAD_DEAD_LETTER_TABLE": "powersync_dead_letters"})
+
+
 @pytest.fixture
 def short_statement_timeout(pg, db):
     """`authenticated` gets a statement timeout of TIMEOUT for this test, restored afterwards
@@ -298,6 +305,45 @@ def test_a_transaction_a_rest_fallback_applied_in_part_goes_on_through_rest_and_
     assert _ledger(db, user, payload["client_id"]) == [("1", True, False)], "recorded rejected"
 
 
+@pytest.mark.parametrize("dead_letters", [False, True], ids=["ledger", "dead_letter"])
+def test_a_resend_of_a_transaction_the_rest_fallback_rejected_is_answered_as_then_and_says_what_stayed_applied(
+        dead_letters, request, db, standin, session_token):
+    """The fallback applied the first entry and was refused at the second: fatal_error at entry 1,
+    "applied_via": "rest". Re-sent after that answer was lost, the ledger answers for it, nothing
+    applied now: the same failure, and "applied_via": "rest" again, since the first entry stayed
+    applied. Before, the re-send said nothing of REST (as if, atomic, nothing had been applied),
+    and without a dead-letter table it was `dead_lettered` without an index."""
+    worker = request.getfixturevalue("auto_worker_with_dead_letters" if dead_letters else "auto_worker")
+    user = str(uuid.uuid4())
+    row = _todo(db, user, "v0")
+    token = session_token(user)
+    payload = {"client_id": "dev-" + str(uuid.uuid4()),
+               "transactions": [{"transaction_id": 1, "crud": [patch("todos", row, description="v1"),
+                                                               patch("todos", row, priority=9)]}]}
+    standin.reset()
+    standin.add_fault({"status": 500, "path_prefix": RPC, "method": "POST", "body": CANCELLED})
+    first = upload(worker, token, payload)
+    reported = first.json()["results"][0]
+    assert (reported["status"], reported.get("applied_via")) == ("fatal_error", "rest"), first.text
+    assert (reported["failed_operation"]["index"], reported["failed_operation"]["code"]) == (1, "23514")
+
+    again = upload(worker, token, payload)
+    held = again.json()["results"][0]
+    assert (held["status"], held.get("applied_via")) == ("fatal_error", "rest"), again.text
+    def named(result: dict) -> dict:
+        return {k: result["failed_operation"].get(k) for k in ("index", "code", "message")}
+    assert named(held) == named(reported), again.text
+    if not dead_letters:  # the ledger keeps the whole failure; a dead letter its index, code, message, details
+        assert held["failed_operation"] == reported["failed_operation"], again.text
+    assert held["applied_via_reason"].startswith("rejected before, after an earlier attempt sent it through REST")
+    assert again.json()["subrequests"] == (2 if dead_letters else 1), "the atomic call (and the letter, returned)"
+    assert db.execute("select description, priority from public.todos where id = %s", (row,)).fetchone() == \
+        ("v1", None)
+    if dead_letters:
+        assert db.execute("select count(*) from public.powersync_dead_letters where client_id = %s",
+                          (payload["client_id"],)).fetchone() == (1,), "one letter"
+
+
 def test_an_atomic_call_waits_while_the_ledger_marks_its_transaction_and_goes_on_through_rest_once_it_expired(
         auto_worker, db, standin, session_token):
     """A mark left by a worker that stopped half-way (here made through /rpc, as the user may)
@@ -364,7 +410,9 @@ def test_a_rest_fallback_of_a_transaction_the_ledger_holds_sends_nothing_and_ans
     assert ("2", True, False) in _ledger(db, user, client), "recorded rejected, the mark gone"
     resent = upload(auto_worker, token, refused)
     assert statuses(resent) == ["fatal_error"], resent.text
-    assert "rejected before" in resent.json()["results"][0]["failed_operation"]["message"], resent.text
+    held, reported = resent.json()["results"][0], first.json()["results"][0]
+    assert held["failed_operation"] == reported["failed_operation"], "answered as it was reported"
+    assert held["applied_via_reason"].startswith("rejected before"), resent.text
 
 
 def test_the_ledgers_mark_is_the_marking_uploads_own(db, standin, session_token):

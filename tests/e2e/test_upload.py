@@ -71,6 +71,7 @@ def instances(base_vars, start_workers):
         "service_atomic": {**base_vars, "UPLOAD_ATOMIC": "true", "UPLOAD_MODE": "service",
                            "UPLOAD_TABLES": "profiles", "UPLOAD_OWNER_COLUMN": "user_id"},
         "atomic": {**base_vars, "UPLOAD_ATOMIC": "true"},
+        "atomic_conflicts": {**base_vars, "UPLOAD_ATOMIC": "true", "UPLOAD_CONFLICT_DETECTION": "true"},
         "auto": dict(base_vars),
         "later": {**base_vars, "UPLOAD_ATOMIC_FUNCTION": LATER_FUNCTION,
                   "UPLOAD_ATOMIC_RECHECK_SECONDS": "2"},
@@ -101,6 +102,11 @@ def service_atomic_worker(instances):
 @pytest.fixture(scope="module")
 def atomic_worker(instances):
     return instances["atomic"]
+
+
+@pytest.fixture(scope="module")
+def atomic_conflicts_worker(instances):
+    return instances["atomic_conflicts"]
 
 
 @pytest.fixture(scope="module")
@@ -1770,12 +1776,31 @@ def test_without_dead_letters_a_rejected_transaction_is_never_applied_later(atom
     insert_list(db, sub, list_id=missing)  # the cause is gone: the same call would now apply
     again = upload(atomic_worker, token, payload)
     assert statuses(again) == ["fatal_error"], again.text
-    assert failure(again, 0)["code"] == "dead_lettered"
-    assert "rejected before (no dead letter was recorded)" in failure(again, 0)["message"]
+    assert failure(again, 0) == failure(first, 0), "answered as it was reported"
+    assert again.json()["subrequests"] == 1, "the atomic call alone: the ledger holds the rejection"
     assert row(db, "todos", todo) is None
     (dead_letter_id,) = db.execute(f"select dead_letter_id from public.{LEDGER} where user_id = %s"
                                    " and transaction_id = '31'", (sub,)).fetchone()
     assert dead_letter_id == 0
+
+
+def test_without_dead_letters_a_resent_conflict_is_answered_as_the_same_conflict(atomic_conflicts_worker, db, user):
+    """A conflict re-sent after its answer was lost (or a late call of it) is answered from the
+    ledger. Without a dead-letter table the ledger keeps the failure as reported, so the answer
+    is the same conflict at the same entry, which the connector passes to onConflict; before, it
+    was a `fatal_error` `dead_lettered` without an index."""
+    sub, token = user
+    list_id = insert_list(db, sub, "server")
+    payload = {"client_id": CLIENT, **body(tx(
+        put("lists", new_id(), name="other", owner_id=sub),
+        {**patch("lists", list_id, name="mine"), "previous_values": {"name": "local"}}, tid=41))}
+    first = upload(atomic_conflicts_worker, token, payload)
+    assert statuses(first) == ["conflict"], first.text
+    assert (failure(first, 0)["index"], failure(first, 0)["code"]) == (1, "conflict")
+    again = upload(atomic_conflicts_worker, token, payload)
+    assert again.json()["results"] == first.json()["results"], again.text
+    assert again.json()["subrequests"] == 1, "the atomic call alone: the ledger holds the rejection"
+    assert row(db, "lists", list_id)["name"] == "server"
 
 
 def test_a_user_may_only_reject_their_own_transactions_and_only_with_an_entries_digest(db, pg, user, other_user):
@@ -1790,6 +1815,26 @@ def test_a_user_may_only_reject_their_own_transactions_and_only_with_an_entries_
         conn.execute("select set_config('request.headers', %s, true)", (digest,))
         conn.execute("select public.powersync_upload_ledger_reject('c', '1', %s)", (victim,))
     assert db.execute(f"select user_id, dead_letter_id from public.{LEDGER}").fetchall() == [(sub, 0)]
+
+
+def test_a_rejection_a_user_keeps_through_rpc_is_a_bounded_object_and_cannot_claim_rest_writes(db, pg, user):
+    """p_rejection is what a later call of the user's own transaction is answered with: an object
+    of at most 8192 bytes, and never the ledger's own facts (the letter's id, whether an attempt
+    went through REST)."""
+    sub, _ = user
+    digest = json.dumps({"x-powersync-entries-digest": "a" * 32})
+    with api_session(pg, sub) as conn:
+        conn.execute("select set_config('request.headers', %s, true)", (digest,))
+        for bad in ('"text"', "[1]", json.dumps({"message": "x" * 8200})):
+            conn.execute("savepoint s")
+            with pytest.raises(psycopg.errors.InvalidParameterValue, match="p_rejection must be a JSON object"):
+                conn.execute("select public.powersync_upload_ledger_reject('c', '1', null, %s::jsonb)", (bad,))
+            conn.execute("rollback to savepoint s")
+        kept = {"index": 0, "code": "23514", "message": "m", "id": 5, "applied_via": "rest"}
+        assert conn.execute("select public.powersync_upload_ledger_reject('c', '1', null, %s::jsonb)",
+                            (json.dumps(kept),)).fetchone()[0]
+        answer = conn.execute("select public.powersync_upload_ledger_dead_letter('c', '1')").fetchone()[0]
+    assert answer == {"id": 0, "index": 0, "code": "23514", "message": "m"}
 
 
 def test_a_user_rejecting_through_rpc_stays_within_their_ledger_cap(db, pg, user):
@@ -1875,7 +1920,7 @@ def test_rerunning_the_sql_file_upgrades_the_older_functions_and_keeps_the_ledge
                " as $$ select '{}'::jsonb $$")
     # and two that `create or replace` cannot change: the ledger reject returning void, the
     # ledger cap with a default for p_cap (the whole file failed over them, changing nothing)
-    db.execute("drop function public.powersync_upload_ledger_reject(text, text, text)")
+    db.execute("drop function public.powersync_upload_ledger_reject(text, text, text, jsonb)")
     db.execute("create function public.powersync_upload_ledger_reject(p_client_id text,"
                " p_transaction_id text, p_owner_id text default null) returns void"
                " language sql as $$ select $$")
@@ -1887,7 +1932,10 @@ def test_rerunning_the_sql_file_upgrades_the_older_functions_and_keeps_the_ledge
     shapes = dict(db.execute(
         "select p.proname, pg_get_function_result(p.oid) || ' ' || p.pronargdefaults from pg_proc p"
         " where p.proname in ('powersync_upload_ledger_reject', 'powersync_upload_ledger_cap')").fetchall())
-    assert shapes == {"powersync_upload_ledger_reject": "boolean 1", "powersync_upload_ledger_cap": "void 0"}
+    assert shapes == {"powersync_upload_ledger_reject": "boolean 2", "powersync_upload_ledger_cap": "void 0"}
+    rejects = [r[0] for r in db.execute(
+        "select p.oid::regprocedure::text from pg_proc p where p.proname = 'powersync_upload_ledger_reject'")]
+    assert rejects == ["powersync_upload_ledger_reject(text,text,text,jsonb)"], "the three-argument copy is gone"
     signatures = [r[0] for r in db.execute(
         "select p.oid::regprocedure::text from pg_proc p where p.proname = 'powersync_apply_transaction'")]
     assert signatures == ["powersync_apply_transaction(jsonb,text,text,text,text,boolean)"]

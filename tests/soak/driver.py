@@ -72,8 +72,9 @@ compare it (docs/conflicts.md): a re-sent PUT brings a deleted row back with its
 the REST route would otherwise read as a false conflict (seed 305193507 found it).
 
 The default configuration ("auto": UPLOAD_ATOMIC unset; also in service mode, "service-auto",
-and without a dead-letter table, "auto-no-dead-letters", where a re-sent rejected transaction is
-answered "rejected before", `dead_lettered`, as docs/upload.md says): the atomic function, and for a call the
+and without a dead-letter table, "auto-no-dead-letters", where the ledger keeps a rejection's
+failure as reported, so a re-send is answered as the lost answer was; an answer without it,
+`dead_lettered`, is a disagreement): the atomic function, and for a call the
 statement timeout cancels, the same transaction through REST requests under the ledger's mark.
 The proxy answers a share of the atomic calls with 57014 (`statement_timeout`), only for the
 transactions `rest_safe` accepts: applied through REST a transaction is neither all-or-nothing nor
@@ -141,7 +142,8 @@ DEAD_LETTERS = "powersync_dead_letters"
 FINAL = ("success", "fatal_error", "conflict")
 UNGRANTED = SERVICE.notes  # the table granted during the run (module docs)
 API_ROLES = "authenticated, service_role"
-# A re-send's answer for a transaction the ledger holds as rejected without a dead letter.
+# A re-send's answer for a transaction the ledger holds as rejected without the failure reported
+# then (a ledger older than p_rejection): never expected here.
 HELD_REJECTION = "dead_lettered"
 LATE_RATE = 0.03  # share of atomic-mode requests the proxy applies after the worker gave up
 # share of the auto mode's atomic calls (of transactions safe to apply through REST) that the
@@ -877,19 +879,9 @@ def run_soak(cfg: SoakConfig, worker_url: str, proxy, dsn: str, make_token, log=
 
 
 # =========================================================================== the proof
-def _applied_indexes(tx: Transaction, result: dict, letter: dict | None, atomic: bool,
-                     attempts: list) -> tuple[list[int], str]:
+def _applied_indexes(tx: Transaction, result: dict, letter: dict | None, atomic: bool) -> tuple[list[int], str]:
     if result["status"] == "success":
         return list(range(len(tx.entries))), "success"
-    if (result.get("failed_operation") or {}).get("code") == HELD_REJECTION:
-        # Without a dead-letter table, a re-send of a transaction the ledger holds as rejected
-        # (the first answer was lost) is answered "rejected before", nothing applied now
-        # (docs/upload.md). That rejection applied nothing through the atomic function, and
-        # through REST the entries before the one refused, which its attempt's answer named.
-        rest = [a for a in attempts if len(a) > 4 and a[4] == "rest" and a[2] is not None]
-        if rest:
-            return list(range(rest[-1][2])), "a held rejection, after REST"
-        return [], "a held rejection"
     if letter is not None and isinstance(letter.get("entries"), list):
         return [i for i, e in enumerate(letter["entries"]) if isinstance(e, dict) and e.get("state") in ("applied", "unchanged")], \
             "dead letter states"
@@ -949,7 +941,7 @@ def verify(report: SoakReport, clients: list[Client], anchors: State, db: dict, 
                     letter = mine[-1]
                     for row in mine:
                         _check_letter(report, c, tx, wire, result, row)
-            applied, how = _applied_indexes(tx, result, letter, atomic, c.attempts.get(tx.tid, []))
+            applied, how = _applied_indexes(tx, result, letter, atomic)
             # the model's own view of the outcome, from the state before the transaction
             for i in applied:
                 try:
@@ -987,8 +979,10 @@ def verify(report: SoakReport, clients: list[Client], anchors: State, db: dict, 
                                                             f"the model refuses entry {stopped[0]} first",
                                                  "client": c.index, "tid": tx.tid, "applied": applied,
                                                  "result": result, "crud": wire})
-                held = failure.get("code") == HELD_REJECTION  # refused or a conflict then: either
-                if result["status"] == "fatal_error" and not (stopped and (held or isinstance(stopped[1], Refused))):
+                if failure.get("code") == HELD_REJECTION:
+                    report.disagreements.append({"problem": "a rejection answered without the failure reported then",
+                                                 "client": c.index, "tid": tx.tid, "result": result, "crud": wire})
+                if result["status"] == "fatal_error" and not (stopped and isinstance(stopped[1], Refused)):
                     report.disagreements.append({"problem": "reported fatal but the model accepts the unapplied entries"
                                                             + (f" up to a conflict ({stopped[1]})" if stopped else ""),
                                                  "client": c.index, "tid": tx.tid, "applied": applied,

@@ -47,7 +47,7 @@ pub const LEDGER_DEAD_LETTER: &str = "public.powersync_upload_ledger_dead_letter
 pub const LEDGER_UNCHANGED: &str = "public.powersync_upload_ledger_unchanged(text, text, text, integer[])";
 /// What records a transaction reported rejected without a dead letter (called as the API role
 /// when `UPLOAD_DEAD_LETTER_TABLE` is unset): without it a late call can still apply it.
-pub const LEDGER_REJECT: &str = "public.powersync_upload_ledger_reject(text, text, text)";
+pub const LEDGER_REJECT: &str = "public.powersync_upload_ledger_reject(text, text, text, jsonb)";
 /// What records a transaction applied through REST after its atomic call was cancelled by the
 /// statement timeout (called as the API role when `UPLOAD_ATOMIC` is unset): without it a late
 /// call can apply it again over the user's later transactions.
@@ -65,9 +65,10 @@ pub const LEDGER_REST_ABANDON: &str = "public.powersync_upload_ledger_rest_aband
 /// row (`unchanged`), a re-send or late call written as other ops after a change of settings or
 /// version would be applied again (`entries_digest`), the atomic function could not record the
 /// rows a transaction writes (`row_keys`), the REST fallback could not mark a transaction
-/// (`rest_until`, `rest_mark`)).
-pub const LEDGER_COLUMNS: [&str; 6] =
-    ["dead_letter_id", "entries_digest", "rest_mark", "rest_until", "row_keys", "unchanged"];
+/// (`rest_until`, `rest_mark`), a re-sent rejected transaction would not be answered as it was
+/// reported (`rejection`)).
+pub const LEDGER_COLUMNS: [&str; 7] =
+    ["dead_letter_id", "entries_digest", "rejection", "rest_mark", "rest_until", "row_keys", "unchanged"];
 pub const RECORD: &str =
     "public.powersync_record_dead_letter(jsonb, text, text, text, text, text, integer, jsonb, text, text, text[])";
 pub const REPLAY: &str = "public.powersync_replay_dead_letter(bigint, boolean)";
@@ -536,7 +537,9 @@ pub fn check_catalog(expected: &Expectations, response: &Response, supabase_url:
                 warning(
                     format!(
                         "{signature} is missing (outdated {file}): a transaction reported rejected is not recorded, so \
-                         a call of it that reaches the database late can still apply it"
+                         a call of it that reaches the database late can still apply it (with the earlier copy taking \
+                         three arguments it is recorded, but a re-send of it is answered dead_lettered, without its \
+                         index and code)"
                     ),
                     format!("run {file} again"),
                 )
