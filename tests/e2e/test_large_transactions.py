@@ -273,6 +273,17 @@ def test_a_rest_fallback_that_ends_retryable_ends_its_mark_and_the_resend_goes_o
     assert _ledger(db, user, payload["client_id"]) == [("1", False, False)], "recorded applied"
 
 
+def _refused_at_the_second_entry(db, session_token) -> tuple[str, str, str, dict]:
+    """A user, their todo, their token, and an upload of one transaction of two PATCHes of it: the
+    first applies, the second is refused (23514, the priority's check)."""
+    user = str(uuid.uuid4())
+    row = _todo(db, user, "v0")
+    payload = {"client_id": "dev-" + str(uuid.uuid4()),
+               "transactions": [{"transaction_id": 1, "crud": [patch("todos", row, description="v1"),
+                                                               patch("todos", row, priority=9)]}]}
+    return user, row, session_token(user), payload
+
+
 def test_a_transaction_a_rest_fallback_applied_in_part_goes_on_through_rest_and_its_rejection_says_so(
         auto_worker, db, standin, session_token):
     """Found by the fault soak's default mode. The fallback applied the first entry, met a refusal
@@ -281,12 +292,7 @@ def test_a_transaction_a_rest_fallback_applied_in_part_goes_on_through_rest_and_
     call (nothing applied), over the first entry's write left in place. The ledger sends it on
     through REST instead: its result says it went through REST, rejected at the second entry,
     after the first was applied."""
-    user = str(uuid.uuid4())
-    row = _todo(db, user, "v0")
-    token = session_token(user)
-    payload = {"client_id": "dev-" + str(uuid.uuid4()),
-               "transactions": [{"transaction_id": 1, "crud": [patch("todos", row, description="v1"),
-                                                               patch("todos", row, priority=9)]}]}
+    user, row, token, payload = _refused_at_the_second_entry(db, session_token)
     standin.reset()
     standin.add_fault({"status": 500, "path_prefix": RPC, "method": "POST", "body": CANCELLED})
     standin.add_fault({"status": 503, "path_prefix": "/rest/v1/rpc/powersync_upload_ledger_reject", "method": "POST"})
@@ -314,12 +320,7 @@ def test_a_resend_of_a_transaction_the_rest_fallback_rejected_is_answered_as_the
     applied. Before, the re-send said nothing of REST (as if, atomic, nothing had been applied),
     and without a dead-letter table it was `dead_lettered` without an index."""
     worker = request.getfixturevalue("auto_worker_with_dead_letters" if dead_letters else "auto_worker")
-    user = str(uuid.uuid4())
-    row = _todo(db, user, "v0")
-    token = session_token(user)
-    payload = {"client_id": "dev-" + str(uuid.uuid4()),
-               "transactions": [{"transaction_id": 1, "crud": [patch("todos", row, description="v1"),
-                                                               patch("todos", row, priority=9)]}]}
+    user, row, token, payload = _refused_at_the_second_entry(db, session_token)
     standin.reset()
     standin.add_fault({"status": 500, "path_prefix": RPC, "method": "POST", "body": CANCELLED})
     first = upload(worker, token, payload)
@@ -330,9 +331,8 @@ def test_a_resend_of_a_transaction_the_rest_fallback_rejected_is_answered_as_the
     again = upload(worker, token, payload)
     held = again.json()["results"][0]
     assert (held["status"], held.get("applied_via")) == ("fatal_error", "rest"), again.text
-    def named(result: dict) -> dict:
-        return {k: result["failed_operation"].get(k) for k in ("index", "code", "message")}
-    assert named(held) == named(reported), again.text
+    named = ("index", "code", "message")
+    assert [held["failed_operation"][k] for k in named] == [reported["failed_operation"][k] for k in named], again.text
     if not dead_letters:  # the ledger keeps the whole failure; a dead letter its index, code, message, details
         assert held["failed_operation"] == reported["failed_operation"], again.text
     assert held["applied_via_reason"].startswith("rejected before, after an earlier attempt sent it through REST")
