@@ -457,6 +457,7 @@ pub async fn apply_with<T: Transport>(
         if let (true, Some(result)) = (held_after_rest, report.results.last_mut()) {
             result.applied_via_rest = Some(REJECTED_AFTER_REST.to_string());
         }
+        report.rest_fallbacks += usize::from(via_rest.is_some());
         if let (Some(via), Some(result)) = (via_rest, report.results.last_mut()) {
             let kept = result.status == Status::RetryableError;
             result.applied_via_rest = Some(via.reason);

@@ -1441,6 +1441,7 @@ mod tests {
             .as_str()
             .unwrap()
             .starts_with("rejected before, after an earlier attempt"));
+        assert_eq!(report.log_summary()["applied_via_rest"], json!(0), "no fallback in this upload");
         // a dead letter's answer too, and without "applied_via" no such field
         let letter = json!({"applied": 0, "dead_letter": {"id": 9, "index": 0, "code": "23514", "message": "check",
             "applied_via": "rest"}});

@@ -338,6 +338,10 @@ pub struct UploadReport {
     /// Requests sent a second time at once because their connection failed before any answer
     /// (see `delivery`); each is also counted in `subrequests`.
     pub resent: usize,
+    /// Transactions sent through REST requests in this upload after their atomic call was
+    /// cancelled by the statement timeout (the log's `applied_via_rest`). A rejection the ledger
+    /// held from such an earlier attempt also carries `applied_via_rest`, but is not counted.
+    pub rest_fallbacks: usize,
     /// Dead-letter rows written.
     pub dead_letters: usize,
     /// Dead-letter inserts that failed or were skipped (their transactions became retryable).
@@ -435,7 +439,7 @@ impl UploadReport {
             "already_applied": self.results.iter().filter(|r| r.already_applied).count(),
             "unchanged_entries": self.results.iter().map(|r| r.unchanged.len()).sum::<usize>(),
             "unexpected_responses": unexpected,
-            "applied_via_rest": self.results.iter().filter(|r| r.applied_via_rest.is_some()).count(),
+            "applied_via_rest": self.rest_fallbacks,
             "atomic_function": match (self.atomic_function_not_executable, self.atomic_function) {
                 (true, _) => Some("not_executable"),
                 (false, found) => found.map(|found| if found { "found" } else { "missing" }),

@@ -613,9 +613,9 @@ pub fn ledger_record_request(
 /// The call of [`LEDGER_REJECT_FUNCTION`] for `transaction` ([`ledger_record_request`]) with
 /// `failure`, as reported to the client, as `p_rejection`: the ledger keeps it, and a later call
 /// of the transaction is answered with it, as a dead letter's is. It fits in what the function
-/// takes ([`MAX_KEPT_REJECTION_BYTES`]): a longer one keeps its index, status and code, and the
-/// message clipped, without details and hint. `None` for `failure`: the call without it (a ledger
-/// older than the argument).
+/// takes ([`MAX_KEPT_REJECTION_BYTES`]): a longer one keeps its index and code (`conflict` for a
+/// conflict, which is how the answer's status is told) and the message clipped, without details
+/// and hint. `None` for `failure`: the call without it (a ledger older than the argument).
 pub fn ledger_reject_request(
     transaction: &Transaction,
     (settings, caller): (&UploadSettings, &Caller),
