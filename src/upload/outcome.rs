@@ -892,8 +892,8 @@ pub fn atomic_answer(body: &str, entries: usize) -> Option<AtomicAnswer> {
     };
     unchanged.sort_unstable();
     unchanged.dedup();
-    let dead_letter = match fields.get("dead_letter") {
-        None | Some(Value::Null) => None,
+    let (dead_letter, rejected_after_rest) = match fields.get("dead_letter") {
+        None | Some(Value::Null) => (None, false),
         Some(Value::Object(letter)) => {
             let id = letter.get("id").and_then(Value::as_i64)?;
             let text = |key: &str| letter.get(key).and_then(Value::as_str).map(str::to_string);
@@ -911,13 +911,10 @@ pub fn atomic_answer(body: &str, entries: usize) -> Option<AtomicAnswer> {
             failure.details = text("details");
             failure.hint = text("hint");
             failure.http_status = letter.get("http_status").and_then(Value::as_u64).and_then(|s| u16::try_from(s).ok());
-            Some(failure)
+            (Some(failure), text("applied_via").as_deref() == Some("rest"))
         }
         Some(_) => return None,
     };
-    let rejected_after_rest = dead_letter.is_some()
-        && fields.get("dead_letter").and_then(|letter| letter.get("applied_via")).and_then(Value::as_str)
-            == Some("rest");
     Some(AtomicAnswer {
         already_applied: fields.get("already_applied") == Some(&Value::Bool(true)),
         unchanged,

@@ -637,26 +637,21 @@ pub const MAX_KEPT_REJECTION_BYTES: usize = 8192;
 /// `failure`'s JSON as the ledger keeps it: whole when it fits well within
 /// [`MAX_KEPT_REJECTION_BYTES`] (PostgreSQL's text of it adds a space after each colon and
 /// comma), else without details and hint and with the message clipped to 800 characters (at
-/// most 6 bytes each escaped), the code to 64. U+0000, which no PostgreSQL text holds, becomes
-/// U+FFFD.
+/// most 6 bytes each escaped), the code to 64; in either, U+0000, which no PostgreSQL text
+/// holds, becomes U+FFFD ([`row::storable`], the same length).
 fn kept_rejection(failure: &FailedOperation) -> String {
-    let text = |s: &str| s.replace('\u{0}', "\u{fffd}");
-    let mut kept = FailedOperation {
-        code: text(&failure.code),
-        message: text(&failure.message),
-        details: failure.details.as_deref().map(text),
-        hint: failure.hint.as_deref().map(text),
+    let whole = failure.to_json().to_string();
+    if whole.len() <= MAX_KEPT_REJECTION_BYTES - 1024 {
+        return row::storable(&whole).into_owned();
+    }
+    let short = FailedOperation {
+        code: clipped(&failure.code, 64).into_owned(),
+        message: clipped(&failure.message, 800).into_owned(),
+        details: None,
+        hint: None,
         ..failure.clone()
     };
-    let whole = kept.to_json().to_string();
-    if whole.len() <= MAX_KEPT_REJECTION_BYTES - 1024 {
-        return whole;
-    }
-    kept.code = clipped(&kept.code, 64).into_owned();
-    kept.message = clipped(&kept.message, 800).into_owned();
-    kept.details = None;
-    kept.hint = None;
-    kept.to_json().to_string()
+    row::storable(&short.to_json().to_string()).into_owned()
 }
 
 /// Whether the atomic function's ledger keys `transaction` of `caller`: a client id, and a

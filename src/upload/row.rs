@@ -164,6 +164,38 @@ pub fn json_string(text: &str) -> String {
     out
 }
 
+/// JSON text PostgreSQL's jsonb can hold: U+0000, which it cannot hold, and a surrogate escape
+/// that is not half of a pair (`\ud800` alone: jsonb refuses it, 22P02, and the record would
+/// fail for ever), replaced by U+FFFD in every string and key, escape by escape (the only way
+/// either appears in JSON text; `\\u0000` is a backslash and the text `u0000`, left as it is).
+pub fn storable(json: &str) -> Cow<'_, str> {
+    if !json.contains("\\u0000") && !json.contains("\\ud") && !json.contains("\\uD") {
+        return Cow::Borrowed(json);
+    }
+    let unit = |escape: &str| {
+        escape.strip_prefix("\\u").and_then(|hex| hex.get(..4)).and_then(|hex| u16::from_str_radix(hex, 16).ok())
+    };
+    let mut out = String::with_capacity(json.len());
+    let mut rest = json;
+    while let Some(at) = rest.find('\\') {
+        out.push_str(&rest[..at]);
+        let escape = &rest[at..];
+        let len = if escape.starts_with("\\u") { 6 } else { 2 }.min(escape.len());
+        match unit(escape) {
+            Some(0xD800..=0xDBFF) if matches!(escape.get(6..).and_then(unit), Some(0xDC00..=0xDFFF)) => {
+                out.push_str(&escape[..12]); // a pair
+                rest = &escape[12..];
+                continue;
+            }
+            Some(0 | 0xD800..=0xDFFF) => out.push_str("\\ufffd"),
+            _ => out.push_str(&escape[..len]),
+        }
+        rest = &escape[len..];
+    }
+    out.push_str(rest);
+    Cow::Owned(out)
+}
+
 /// The data with the configured conversions applied:
 /// - JSON columns: a string holding JSON text is sent as that JSON, its text exactly as written
 ///   (checked, never rebuilt: numbers keep every digit); a value that is not a string is sent as
@@ -328,6 +360,21 @@ mod tests {
 
     fn converted(table: &str, data: &Map<String, Value>, settings: &UploadSettings) -> Map<String, Value> {
         super::converted(table, &Row::from_map(data), settings).to_map()
+    }
+
+    #[test]
+    fn an_escaped_backslash_before_u0000_is_no_nul() {
+        assert_eq!(storable(r#"["\u0000","\\u0000","\\\u0000x"]"#), r#"["\ufffd","\\u0000","\\\ufffdx"]"#);
+        assert!(matches!(storable(r#"{"a":"\n"}"#), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn a_surrogate_escape_without_its_pair_becomes_u_fffd_and_a_pair_stays() {
+        assert_eq!(
+            storable(r#"["\ud800","x\udc00","\ud83d\ude00","\uD83D\uDE00","\ud800\u0041","\\ud800"]"#),
+            r#"["\ufffd","x\ufffd","\ud83d\ude00","\uD83D\uDE00","\ufffd\u0041","\\ud800"]"#
+        );
+        assert!(matches!(storable(r#"{"a":"\u00e9"}"#), Cow::Borrowed(_)));
     }
 
     #[test]
