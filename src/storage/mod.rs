@@ -417,7 +417,7 @@ pub fn interpret(
     // Storage's own words for a refusal of the key or the setup (a wrong JWT secret, an issuer,
     // a missing GRANT look alike by status): its code, and for 401/403 its message, which names
     // no object there (messages that quote a path come with 400).
-    let code = crate::credentials::clipped(body["code"].as_str().unwrap_or(""), 40);
+    let code = crate::credentials::redact_clipped(body["code"].as_str().unwrap_or(""), 40);
     let message = match status {
         401 | 403 => crate::credentials::redact_clipped(body["message"].as_str().unwrap_or(""), 120),
         _ => String::new(),
@@ -825,6 +825,12 @@ mod tests {
             answer(418, json!({"error": "apikey sb_secret_ABCDEFGHIJ1234567890 authorization: Bearer eyJh.eyJz.sig"}));
         let Err(FileError::Failed { detail }) = interpret(&request, file, 0, &s, echoed) else { panic!("failed") };
         assert!(!detail.contains("sb_secret_ABCDEFGHIJ") && !detail.contains("eyJh.eyJz"), "{detail}");
+        // in any field it logs (found by an audit: `code` was only clipped)
+        for field in ["error", "code", "message"] {
+            let echoed = answer(403, json!({field: "sb_secret_ABCDEFGHIJ1234567890"}));
+            let Err(FileError::Failed { detail }) = interpret(&request, file, 0, &s, echoed) else { panic!("failed") };
+            assert!(!detail.contains("sb_secret_ABCDEFGHIJ"), "{field}: {detail}");
+        }
         assert!(matches!(
             interpret(&request, file, 0, &s, Err(TransportError::timed_out("t"))),
             Err(FileError::Unavailable { .. })

@@ -1054,22 +1054,41 @@ async fn send<T: Transport>(
             // The ownership check found the row of an entry of this PUT group owned by another
             // user: the group's rows before it are upserted first (in place of the whole group),
             // so that they are applied, or one of them is reported at fault, as in order; then
-            // that entry is reported.
+            // that entry is reported. Those rows are checked again first, alone: one of them may
+            // name the same foreign row in another spelling (`plan::owner_check_before`).
             Verdict::Fatal(failure)
                 if matches!(planned.check, Check::OwnerCheck { .. })
                     && failure.index.is_some_and(|at| at > planned.entries.start) =>
             {
                 let at = failure.index.unwrap_or(planned.entries.start);
                 let before = queue.front().and_then(|(upsert, _)| plan::upsert_before(upsert, at));
-                let Some(before) = before else {
+                let again = plan::owner_check_before(&planned, at, settings, caller);
+                let (Some(before), Some(again)) = (before, again) else {
                     return Ending::Fatal(failure, failed_states(states, &planned.entries), Ledger::NotYet);
                 };
+                let upsert_cost = queue.front().map_or(0, |(upsert, _)| cost(upsert));
+                let room = report.subrequests + pending - upsert_cost + cost(&before) + cost(&again) + reserve
+                    <= settings.subrequest_budget;
+                if !room {
+                    let start = planned.entries.start;
+                    let mut failure = failure;
+                    failure.message = format!(
+                        "{} (entry {at}); the rows of entries {start}..={}, sent with it, were not written either: \
+                         checking them again (an id of theirs may name the same row in another spelling) needs more \
+                         requests than UPLOAD_SUBREQUEST_BUDGET leaves in this upload",
+                        failure.message,
+                        at - 1
+                    );
+                    failure.index = Some(start);
+                    return Ending::Fatal(failure, failed_states(states, &planned.entries), Ledger::NotYet);
+                }
                 if let Some((upsert, _)) = queue.pop_front() {
                     pending -= cost(&upsert);
                 }
                 refused_after = Some((queue.len(), failure, at..planned.entries.end));
-                pending += cost(&before);
+                pending += cost(&before) + cost(&again);
                 queue.push_front((before, true));
+                queue.push_front((again, false));
             }
             Verdict::Fatal(failure) => match plan::halves(&planned, entries, settings, caller) {
                 Some(halves) if report.subrequests + pending + 2 + reserve <= settings.subrequest_budget => {

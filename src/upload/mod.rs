@@ -1122,7 +1122,8 @@ mod tests {
                 entry(Op::Put, "c", json!({})),
             ],
         };
-        let transport = FakeTransport::scripted(vec![ok_body(r#"[{"id":"c"},{"id":"b"}]"#), counted(201, 1)]);
+        let transport =
+            FakeTransport::scripted(vec![ok_body(r#"[{"id":"c"},{"id":"b"}]"#), ok_body("[]"), counted(201, 1)]);
         let report = run(&[transaction], &service(), &transport);
         let failure = report.results[0].failed_operation.clone().expect("failure");
         assert_eq!(
@@ -1131,9 +1132,14 @@ mod tests {
             "the earliest entry of the foreign rows, whatever the database's order"
         );
         let sent = transport.sent();
-        assert_eq!(sent.len(), 2, "{sent:?}");
-        assert_eq!(sent[0].method, Method::Get);
-        let rows: Value = serde_json::from_str(sent[1].body.as_deref().unwrap_or("")).unwrap_or(Value::Null);
+        assert_eq!(sent.len(), 3, "{sent:?}");
+        assert_eq!((sent[0].method, sent[1].method), (Method::Get, Method::Get));
+        assert!(
+            sent[1].url.ends_with("/todos?select=id&id=eq.a&owner=isdistinct.user-1"),
+            "checked again: {}",
+            sent[1].url
+        );
+        let rows: Value = serde_json::from_str(sent[2].body.as_deref().unwrap_or("")).unwrap_or(Value::Null);
         assert_eq!(rows.as_array().map(|rows| rows.len()), Some(1), "only the row before it: {rows}");
         assert_eq!(rows[0]["id"], json!("a"));
     }
@@ -1147,11 +1153,68 @@ mod tests {
             entries: vec![entry(Op::Put, "a", json!({})), entry(Op::Put, "b", json!({}))],
         };
         let not_null = error(400, "23502", "null value in column \"name\" violates not-null constraint");
-        let transport = FakeTransport::scripted(vec![ok_body(r#"[{"id":"b"}]"#), not_null]);
+        let transport = FakeTransport::scripted(vec![ok_body(r#"[{"id":"b"}]"#), ok_body("[]"), not_null]);
         let report = run(&[transaction], &service(), &transport);
         let failure = report.results[0].failed_operation.clone().expect("failure");
         assert_eq!((failure.index, failure.code.as_str()), (Some(0), "23502"));
-        assert_eq!(transport.sent().len(), 2);
+        assert_eq!(transport.sent().len(), 3);
+    }
+
+    #[test]
+    fn service_put_never_upserts_another_spelling_of_a_foreign_row_before_the_entry_found_foreign() {
+        // Found by an audit: another user owns row 1 (a numeric id; a bigint one on PostgreSQL 16
+        // and later, which reads `0x1` as 1). PUT "1.0" (or "0x1") then PUT "1" are one group and
+        // one ownership check, answered with the database's spelling, `1`: matched to entry 1, so
+        // entry 0's row was upserted as a row before it, and `on_conflict=id` took the foreign
+        // row over. Checked again alone, entry 0's id is found foreign and matches no entry: the
+        // group is refused at its start and nothing is written.
+        for (first, second, stored) in
+            [("1.0", "1", r#"[{"id":1}]"#), ("0x1", "1", r#"[{"id":1}]"#), ("1.00", "1.0", r#"[{"id":1.0}]"#)]
+        {
+            let transaction = Transaction {
+                transaction_id: None,
+                entries: vec![entry(Op::Put, first, json!({"t": "x"})), entry(Op::Put, second, json!({"t": "x"}))],
+            };
+            let mut s = service();
+            s.atomic = AtomicMode::Never;
+            let transport = FakeTransport::scripted(vec![ok_body(stored), ok_body(stored), counted(200, 1)]);
+            let report = run(&[transaction], &s, &transport);
+            let sent = transport.sent();
+            assert!(sent.iter().all(|r| r.method == Method::Get), "{first}: only checks, no write: {sent:?}");
+            assert_eq!(sent.len(), 2, "{first}");
+            let failure = report.results[0].failed_operation.clone().expect("failure");
+            assert_eq!(
+                (report.results[0].status, failure.index, failure.code.as_str()),
+                (Status::FatalError, Some(0), "42501"),
+                "{first}"
+            );
+        }
+    }
+
+    #[test]
+    fn service_put_whose_rows_before_a_foreign_one_cannot_be_checked_again_writes_none_of_the_group() {
+        // No room in the budget for checking the rows before the foreign one again: none of the
+        // group is written, and the refusal is reported at the group's start, naming the entry.
+        let transaction = Transaction {
+            transaction_id: None,
+            entries: vec![entry(Op::Put, "a", json!({})), entry(Op::Put, "b", json!({}))],
+        };
+        let mut s = service();
+        s.atomic = AtomicMode::Never;
+        s.subrequest_budget = 2;
+        let transport = FakeTransport::scripted(vec![ok_body(r#"[{"id":"b"}]"#)]);
+        let report = run(&[transaction], &s, &transport);
+        assert_eq!(transport.sent().len(), 1, "{:?}", transport.sent());
+        let failure = report.results[0].failed_operation.clone().expect("failure");
+        assert_eq!(
+            (report.results[0].status, failure.index, failure.code.as_str()),
+            (Status::FatalError, Some(0), "42501")
+        );
+        assert!(
+            failure.message.contains("(entry 1)") && failure.message.contains("UPLOAD_SUBREQUEST_BUDGET"),
+            "{}",
+            failure.message
+        );
     }
 
     #[test]
@@ -1163,7 +1226,7 @@ mod tests {
                 transaction_id: None,
                 entries: vec![entry(Op::Put, "x", json!({})), entry(Op::Put, sent, json!({}))],
             };
-            let transport = FakeTransport::scripted(vec![ok_body(stored)]);
+            let transport = FakeTransport::scripted(vec![ok_body(stored), ok_body("[]"), counted(201, 1)]);
             let report = run(&[transaction], &service(), &transport);
             let failure = report.results[0].failed_operation.clone().expect("failure");
             assert_eq!((failure.index, failure.code.as_str()), (Some(1), "42501"), "{sent}");

@@ -376,6 +376,23 @@ impl<'a> Context<'a> {
         self.owner_condition(filter::is_distinct)
     }
 
+    /// The ownership check of the rows `ids` ((id, entry)) of `table`, whose filter is `list`:
+    /// `GET <table>?select=id&id=<list>&<owner>=isdistinct.<user id>`, covering `entries`.
+    fn owner_check(
+        &self,
+        table: &str,
+        list: &InList,
+        ids: Vec<(String, usize)>,
+        entries: Range<usize>,
+    ) -> PlannedRequest {
+        let url = format!("{}?select=id&id={}{}", self.table_url(table), list.filter(), self.owner_check_suffix());
+        PlannedRequest {
+            request: self.request(Method::Get, url),
+            entries,
+            check: Check::OwnerCheck { table: table.to_string(), ids },
+        }
+    }
+
     /// Fixed URL length of an ownership check (everything but the id filter value).
     fn owner_check_url_len(&self, table: &str) -> usize {
         self.table_url(table).len() + "?select=id&id=".len() + self.owner_check_suffix().len()
@@ -906,20 +923,9 @@ impl<'e> Planner<'e> {
                 let entries = group.start..group.end;
                 let rows = group.rows;
                 if self.context.owner.is_some() {
-                    let url = format!(
-                        "{}?select=id&id={}{}",
-                        self.context.table_url(group.table),
-                        group.check_ids.filter(),
-                        self.context.owner_check_suffix()
-                    );
-                    self.requests.push(PlannedRequest {
-                        request: self.context.request(Method::Get, url),
-                        entries: entries.clone(),
-                        check: Check::OwnerCheck {
-                            table: group.table.to_string(),
-                            ids: rows.iter().map(|(_, id, index)| (id.to_string(), *index)).collect(),
-                        },
-                    });
+                    let ids = rows.iter().map(|(_, id, index)| (id.to_string(), *index)).collect();
+                    let check = self.context.owner_check(group.table, &group.check_ids, ids, entries.clone());
+                    self.requests.push(check);
                 }
                 let row_entries = rows.iter().map(|(_, _, index)| *index).collect();
                 // The rows' values are the client's text: copied into the body, never rebuilt.
@@ -1019,6 +1025,33 @@ pub fn upsert_before(planned: &PlannedRequest, entry: usize) -> Option<PlannedRe
     let rows = upsert_rows(planned, row_entries)?;
     let kept = row_entries.iter().take_while(|&&index| index < entry).count();
     (kept > 0).then(|| upsert_part(planned, &rows[..kept], &row_entries[..kept], planned.entries.start..entry))
+}
+
+/// The ownership check of a PUT group (`check`) again, of its rows before entry `at` alone: what
+/// they need before [`upsert_before`] sends them, once the check found entry `at`'s row owned by
+/// another user. The database answers a foreign row's id in its own spelling, which is matched to
+/// the entry that spells it so; another entry may name the same row in another spelling (`1.0`
+/// and `1` of a numeric id, `0x1` on PostgreSQL 16 and later), and an upsert of it would take that
+/// row over. Checked alone, such a row matches none of them. `None` when no row is before `at`, or
+/// `check` is not an ownership check (or not in service mode).
+pub fn owner_check_before(
+    check: &PlannedRequest,
+    at: usize,
+    settings: &UploadSettings,
+    caller: &Caller,
+) -> Option<PlannedRequest> {
+    let Check::OwnerCheck { table, ids } = &check.check else { return None };
+    let context = Context::new(settings, caller);
+    context.owner?;
+    let kept: Vec<(String, usize)> = ids.iter().filter(|(_, index)| *index < at).cloned().collect();
+    if kept.is_empty() {
+        return None;
+    }
+    let mut list = InList::new();
+    for (id, _) in &kept {
+        list.push(id);
+    }
+    Some(context.owner_check(table, &list, kept, check.entries.start..at))
 }
 
 fn upsert_halves(planned: &PlannedRequest, row_entries: &[usize]) -> Option<[PlannedRequest; 2]> {
