@@ -39,9 +39,11 @@ pub fn public_key_as_service_key(key: &str, anon_key: Option<&str>, mode_setting
 
 /// Why `secret`, given as `SUPABASE_JWT_SECRET`, is no HS256 secret but a value anyone may read:
 /// one of the project's API keys (`project_keys`: the anon key, the service key), an `sb_…` key, a
-/// JWT (the legacy anon key), or a public key (a JWK's JSON, a PEM block) copied from the
-/// dashboard's JWT Keys page. Any of them as the HS256 key lets anyone sign a session for any
-/// user. `None` for anything else.
+/// JWT (the legacy anon key), a public key (a JWK's JSON, a PEM block) copied from the dashboard's
+/// JWT Keys page, the same in base64 (the form the PowerSync demos give a public key) or a public
+/// key's DER in base64, or a URL (the project's JWKS address). Any of them as the HS256 key lets
+/// anyone sign a session for any user. `None` for anything else: a secret that merely looks like
+/// base64 passes, since only what it decodes to counts.
 pub fn public_value_as_jwt_secret(secret: &str, project_keys: &[String]) -> Option<&'static str> {
     let secret = secret.trim();
     if project_keys.iter().any(|key| key == secret) {
@@ -52,9 +54,37 @@ pub fn public_value_as_jwt_secret(secret: &str, project_keys: &[String]) -> Opti
         Some("is a JWT (an API key or a session), not the JWT secret")
     } else if secret.starts_with('{') || secret.contains("-----BEGIN") {
         Some("is a key (JWK or PEM), not the JWT secret: a public key as the HS256 secret lets anyone sign sessions")
+    } else if secret.starts_with("https://") || secret.starts_with("http://") {
+        Some("is a URL (the project's JWKS address?), not the JWT secret: what it serves is public")
+    } else if is_encoded_public_key(secret) {
+        Some(
+            "is a key in base64 (a JWK, a PEM block or a public key's DER), not the JWT secret: a public key as \
+             the HS256 secret lets anyone sign sessions",
+        )
     } else {
         None
     }
+}
+
+/// Whether `text` is base64 (standard or URL-safe, padded or not) of a JWK or key set (a JSON
+/// object with `kty` or `keys`), of a PEM block, or of a public key's DER (SubjectPublicKeyInfo).
+/// Random bytes are none of them, so a secret that is itself base64 is never taken for one.
+fn is_encoded_public_key(text: &str) -> bool {
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+    use base64::Engine;
+    let compact: String = text.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    let Some(bytes) =
+        [STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD].iter().find_map(|engine| engine.decode(&compact).ok())
+    else {
+        return false;
+    };
+    if rsa::pkcs8::spki::SubjectPublicKeyInfoRef::try_from(bytes.as_slice()).is_ok() {
+        return true;
+    }
+    let Ok(decoded) = std::str::from_utf8(&bytes) else { return false };
+    decoded.contains("-----BEGIN")
+        || serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(decoded)
+            .is_ok_and(|object| object.contains_key("kty") || object.contains_key("keys"))
 }
 
 /// JWT secrets anyone can read: the Supabase CLI's local default, self-hosted Supabase's
@@ -119,6 +149,40 @@ mod tests {
         for secret in ["super-secret-jwt-token-with-at-least-32-characters-long", "a.b.c.d-with-32-characters-or-more"]
         {
             assert_eq!(public_value_as_jwt_secret(secret, &keys), None, "{secret}");
+        }
+    }
+
+    #[test]
+    fn public_keys_in_base64_and_urls_given_as_the_jwt_secret_are_named_and_base64_secrets_pass() {
+        // Found by an audit: these passed, and anyone who read them could sign sessions.
+        use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+        use base64::Engine;
+        let jwk = r#"{"kty":"EC","crv":"P-256","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x"}"#;
+        let spki = "MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEzjOvcGzNZ+ht3COpg9fClrcq+2Zbw0j4NXZVe9C6VmCSWY2Y/9GACrPNpRGo/n/efVYoqOX0k2BFDsM7QAXlSQ==";
+        let pem = format!("-----BEGIN PUBLIC KEY-----\n{spki}\n-----END PUBLIC KEY-----\n");
+        for (value, why) in [
+            ("https://ref.supabase.co/auth/v1/.well-known/jwks.json".to_string(), "a URL"),
+            ("http://127.0.0.1:54321/auth/v1/keys".to_string(), "a URL"),
+            (STANDARD.encode(jwk), "a key in base64"),
+            (URL_SAFE_NO_PAD.encode(format!(r#"{{"keys":[{jwk}]}}"#)), "a key in base64"),
+            (STANDARD.encode(&pem), "a key in base64"),
+            (spki.to_string(), "a key in base64"),
+            (spki.replace('+', "-").replace('/', "_").trim_end_matches('=').to_string(), "a key in base64"),
+        ] {
+            let said = public_value_as_jwt_secret(&value, &[]).unwrap_or_else(|| panic!("{value}"));
+            assert!(said.contains(why), "{value}: {said}");
+        }
+        // secrets that are themselves base64 (hosted Supabase's legacy secrets are), of random
+        // bytes, of text, of JSON that is no key
+        let random: Vec<u8> = (0u32..64).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        for secret in [
+            STANDARD.encode(&random),
+            URL_SAFE_NO_PAD.encode(&random),
+            STANDARD.encode("a secret of at least thirty-two characters"),
+            STANDARD.encode(r#"{"not":"a key","padding":"to 32 characters"}"#),
+            "{not base64: 32 characters or more}".replace('{', "("),
+        ] {
+            assert_eq!(public_value_as_jwt_secret(&secret, &[]), None, "{secret}");
         }
     }
 }
