@@ -986,20 +986,48 @@ as $$
 $$;
 
 -- A row as the replay of a dead letter compares rows with the ledger's (sql/dead_letter.sql):
--- '<table>/<id>', the id's letters lower-cased, its hyphens, braces, plus signs and spaces
+-- '<table>/<id>', the id's letters lower-cased, its hyphens, braces, plus signs and white space
 -- dropped, leading zeros too. The spellings one id column takes for one value (a uuid in either
--- case, with or without hyphens or braces; an integer with a sign, leading zeros or spaces) make
--- one key; ids that differ and still fold to one key only make that guard stricter. (A numeric id
--- written as 1.0 or 1e3 is not folded.) No `set search_path`, so that it is inlined: its callers
--- set theirs, and it names pg_catalog's functions.
+-- case, with or without hyphens or braces; an integer with a sign, leading zeros or white space)
+-- make one key; ids that differ and still fold to one key only make that guard stricter. A
+-- number spelled otherwise (a numeric id as 1.0, 1e3 or .5; PostgreSQL 16's 0x1f, 0o17, 0b1 and
+-- 1_000) is folded to its value first: its significant digits, then the zeros of an integer
+-- (so 1.0, 1e0 and 0x1 make the key of 1) or 'e' and the exponent (5e-1 for .5); its sign is
+-- dropped as an integer's is.
 create or replace function public.powersync_upload_row_key(p_table text, p_id text)
 returns text
 language sql
 immutable
 parallel safe
+set search_path = pg_catalog, pg_temp
 as $$
-  select p_table operator(pg_catalog.||) '/'
-         operator(pg_catalog.||) pg_catalog.ltrim(pg_catalog.lower(pg_catalog.translate(p_id, '-{}+ ', '')), '0')
+  select p_table || '/' || coalesce(
+    case when p_id ~ '[._eExXoObB]' then (
+      select case
+        when n.m is null then null
+        -- 0x, 0o, 0b: the digits' value (null when a digit is out of the base's range)
+        when n.m[1] is not null then (
+          select case when bool_and(d.v between 0 and d.radix - 1)
+                      then ltrim(trim_scale(sum(d.v::numeric * d.radix::numeric ^ (d.len - d.i)::numeric))::text, '0') end
+            from (select strpos('0123456789abcdef', u.c) - 1 as v, u.i,
+                         case n.m[1] when 'x' then 16 when 'o' then 8 else 2 end as radix,
+                         length(replace(n.m[2], '_', '')) as len
+                    from unnest(string_to_array(replace(n.m[2], '_', ''), null)) with ordinality as u(c, i)) as d)
+        -- decimal: digits, a fraction, an exponent
+        when coalesce(n.m[3], '') = '' and coalesce(n.m[4], '') = '' then null
+        else (
+          select case when f.sig = '' then ''
+                      when f.e between 0 and 64 then f.kept || repeat('0', f.e::integer)
+                      else f.kept || 'e' || f.e end
+            from (select g.sig, rtrim(g.sig, '0') as kept,
+                         g.e + length(g.sig) - length(rtrim(g.sig, '0')) as e
+                    from (select ltrim(replace(coalesce(n.m[3], ''), '_', '') || replace(coalesce(n.m[4], ''), '_', ''), '0') as sig,
+                                 coalesce(n.m[5], '0')::bigint - length(replace(coalesce(n.m[4], ''), '_', '')) as e) as g) as f)
+      end
+        from (select regexp_match(lower(p_id),
+                '^[[:space:]]*[+-]?(?:0([xob])_?([0-9a-f_]{1,100})|([0-9_]*)(?:\.([0-9_]*))?(?:e([+-]?[0-9]{1,9}))?)[[:space:]]*$') as m) as n)
+    end,
+    ltrim(lower(translate(p_id, E'-{}+ \t\n\r\v\f', '')), '0'))
 $$;
 comment on function public.powersync_upload_row_key(text, text) is
   'PowerSync upload bridge: a row as the replay of a dead letter compares it with the ledger''s rows.';

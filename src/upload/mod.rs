@@ -328,7 +328,8 @@ mod tests {
 
     #[test]
     fn upsert_refused_with_21000_is_sent_again_in_halves_until_it_applies() {
-        // "1.0" and "1" are one numeric value: the planner cannot know, the database says 21000
+        // "e\u{301}" and "\u{e9}" are one row under a non-deterministic collation: the planner
+        // cannot know, the database says 21000
         let transport = FakeTransport::scripted(vec![
             error(500, "21000", "ON CONFLICT DO UPDATE command cannot affect row a second time"),
             ok(201),
@@ -336,10 +337,20 @@ mod tests {
             ok(201),
             ok(201),
         ]);
-        let report = run(&[puts(&["a", "1.0", "1"])], &settings(), &transport);
+        let (decomposed, composed) = ("e\u{301}", "\u{e9}");
+        let report = run(&[puts(&["a", decomposed, composed])], &settings(), &transport);
         assert_eq!(statuses(&report), vec![Status::Success]);
         let sent: Vec<Vec<String>> = transport.sent().iter().map(rows_sent).collect();
-        assert_eq!(sent, vec![vec!["a", "1.0", "1"], vec!["a"], vec!["1.0", "1"], vec!["1.0"], vec!["1"]]);
+        assert_eq!(
+            sent,
+            vec![
+                vec!["a", decomposed, composed],
+                vec!["a"],
+                vec![decomposed, composed],
+                vec![decomposed],
+                vec![composed]
+            ]
+        );
         assert!(transport.sent().iter().all(|r| r.url.ends_with("/rest/v1/todos?on_conflict=id")));
         assert_eq!(report.subrequests, 5);
     }
@@ -1163,14 +1174,20 @@ mod tests {
     #[test]
     fn service_put_never_upserts_another_spelling_of_a_foreign_row_before_the_entry_found_foreign() {
         // Found by an audit: another user owns row 1 (a numeric id; a bigint one on PostgreSQL 16
-        // and later, which reads `0x1` as 1). PUT "1.0" (or "0x1") then PUT "1" are one group and
+        // and later, which reads `0x1` as 1). PUT "1.0" (or "0x1") then PUT "1" were one group and
         // one ownership check, answered with the database's spelling, `1`: matched to entry 1, so
         // entry 0's row was upserted as a row before it, and `on_conflict=id` took the foreign
-        // row over. Checked again alone, entry 0's id is found foreign and matches no entry: the
-        // group is refused at its start and nothing is written.
-        for (first, second, stored) in
-            [("1.0", "1", r#"[{"id":1}]"#), ("0x1", "1", r#"[{"id":1}]"#), ("1.00", "1.0", r#"[{"id":1.0}]"#)]
-        {
+        // row over. Now the planner knows them for one value (`cast_key`): entry 0 is checked on
+        // its own and refused. Spellings it cannot know (`é` decomposed and composed, one row
+        // under a non-deterministic collation) are one group still: the rows before the entry
+        // found foreign are checked again alone, entry 0's is found foreign and matches no entry,
+        // so the group is refused at its start (after 2 checks). Nothing is written either way.
+        for (first, second, stored, checks) in [
+            ("1.0", "1", r#"[{"id":1}]"#, 1),
+            ("0x1", "1", r#"[{"id":1}]"#, 1),
+            ("1.00", "1.0", r#"[{"id":1.0}]"#, 1),
+            ("e\u{301}", "\u{e9}", r#"[{"id":"\u00e9"}]"#, 2),
+        ] {
             let transaction = Transaction {
                 transaction_id: None,
                 entries: vec![entry(Op::Put, first, json!({"t": "x"})), entry(Op::Put, second, json!({"t": "x"}))],
@@ -1181,7 +1198,7 @@ mod tests {
             let report = run(&[transaction], &s, &transport);
             let sent = transport.sent();
             assert!(sent.iter().all(|r| r.method == Method::Get), "{first}: only checks, no write: {sent:?}");
-            assert_eq!(sent.len(), 2, "{first}");
+            assert_eq!(sent.len(), checks, "{first}");
             let failure = report.results[0].failed_operation.clone().expect("failure");
             assert_eq!(
                 (report.results[0].status, failure.index, failure.code.as_str()),
@@ -1189,6 +1206,25 @@ mod tests {
                 "{first}"
             );
         }
+    }
+
+    #[test]
+    fn a_foreign_row_in_another_numeric_spelling_is_reported_at_its_own_entry_not_an_earlier_one() {
+        // Found by an audit: the database's `1` matched no entry of [PUT "5", PUT "1.0"], so the
+        // refusal was reported at entry 0, and entry 0's row was not written.
+        let transaction = Transaction {
+            transaction_id: None,
+            entries: vec![entry(Op::Put, "5", json!({"t": "x"})), entry(Op::Put, "1.0", json!({"t": "x"}))],
+        };
+        let mut s = service();
+        s.atomic = AtomicMode::Never;
+        let transport = FakeTransport::scripted(vec![ok_body(r#"[{"id":1}]"#), ok_body("[]"), counted(201, 1)]);
+        let report = run(&[transaction], &s, &transport);
+        let failure = report.results[0].failed_operation.clone().expect("failure");
+        assert_eq!((failure.index, failure.code.as_str()), (Some(1), "42501"), "{:?}", transport.sent());
+        let written: Vec<Vec<String>> =
+            transport.sent().iter().filter(|r| r.method == Method::Post).map(rows_sent).collect();
+        assert_eq!(written, vec![vec!["5".to_string()]]);
     }
 
     #[test]

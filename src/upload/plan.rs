@@ -1135,8 +1135,8 @@ impl CastKey {
 /// Conservative: ids with equal keys may still be different rows (then they only cost one more
 /// request). Surrounding whitespace is dropped (integers, uuids; `char(n)` pads) and letters
 /// are lower-cased (uuid hex digits, `citext`); a uuid in any accepted form (braces, hyphens
-/// anywhere or none) is reduced to its 32 hex digits; an integer to its value's digits (sign,
-/// leading zeros and PostgreSQL 16's `_` separators dropped).
+/// anywhere or none) is reduced to its 32 hex digits; a number to its value ([`number_key`]:
+/// `01`, `1.0`, `1e0` and PostgreSQL 16's `0x1` are `1`).
 pub fn cast_key(id: &str) -> String {
     if id.len() == 36 && id.is_ascii() {
         // The common case, a uuid in its usual form: one pass, one allocation.
@@ -1153,20 +1153,74 @@ pub fn cast_key(id: &str) -> String {
     if hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return hex;
     }
-    let (negative, digits) = match lower.strip_prefix('-') {
+    number_key(&lower).unwrap_or(lower)
+}
+
+/// The value of `text` (trimmed, lower-cased) read as PostgreSQL reads an integer or `numeric`
+/// id: a sign; decimal digits with a fraction and an exponent (`1.0`, `.5`, `1e3`); PostgreSQL
+/// 16's `0x`, `0o` and `0b` integers and `_` between digits. As its significant digits, followed
+/// by the zeros of an integer (`1000`, `-7`, `0`) or by `e` and the exponent (`15e-1` for 1.5,
+/// `1e100` beyond 64 zeros). `None` for anything else, and for an exponent or a `0x` value too
+/// large for any id column.
+fn number_key(text: &str) -> Option<String> {
+    let (negative, unsigned) = match text.strip_prefix('-') {
         Some(rest) => (true, rest),
-        None => (false, lower.strip_prefix('+').unwrap_or(&lower)),
+        None => (false, text.strip_prefix('+').unwrap_or(text)),
     };
-    if digits.starts_with(|c: char| c.is_ascii_digit()) && digits.bytes().all(|b| b.is_ascii_digit() || b == b'_') {
-        let value = digits.replace('_', "");
-        let value = value.trim_start_matches('0');
-        return match (negative, value) {
-            (_, "") => "0".to_string(),
-            (true, value) => format!("-{value}"),
-            (false, value) => value.to_string(),
+    let digit_run = |run: &str, radix: u32| {
+        !run.starts_with('_')
+            && !run.ends_with('_')
+            && !run.contains("__")
+            && run.chars().all(|c| c == '_' || c.is_digit(radix))
+    };
+    let radix = match unsigned.get(..2) {
+        Some("0x") => 16,
+        Some("0o") => 8,
+        Some("0b") => 2,
+        _ => 10,
+    };
+    let (mut digits, mut exponent) = if radix != 10 {
+        // (`_` may follow the prefix: `0o_1_755`)
+        let run = unsigned.get(2..).map(|run| run.strip_prefix('_').unwrap_or(run));
+        let run = run.filter(|run| !run.is_empty() && digit_run(run, radix))?;
+        (u128::from_str_radix(&run.replace('_', ""), radix).ok()?.to_string(), 0i64)
+    } else {
+        let (mantissa, exponent) = match unsigned.split_once('e') {
+            Some((mantissa, exponent)) => {
+                let unsigned_exponent = exponent.strip_prefix(['+', '-']).unwrap_or(exponent);
+                if unsigned_exponent.is_empty()
+                    || unsigned_exponent.len() > 9
+                    || !unsigned_exponent.bytes().all(|b| b.is_ascii_digit())
+                {
+                    return None;
+                }
+                (mantissa, exponent.parse::<i64>().ok()?)
+            }
+            None => (unsigned, 0),
         };
+        let (whole, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+        if whole.is_empty() && fraction.is_empty()
+            || !whole.is_empty() && !digit_run(whole, 10)
+            || !fraction.is_empty() && !digit_run(fraction, 10)
+        {
+            return None;
+        }
+        let fraction = fraction.replace('_', "");
+        (format!("{}{fraction}", whole.replace('_', "")), exponent - fraction.len() as i64)
+    };
+    let significant = digits.trim_start_matches('0');
+    if significant.is_empty() {
+        return Some("0".to_string());
     }
-    lower
+    let kept = significant.trim_end_matches('0');
+    exponent += (significant.len() - kept.len()) as i64;
+    digits = kept.to_string();
+    if (0..=64).contains(&exponent) {
+        digits.extend(std::iter::repeat_n('0', exponent as usize));
+    } else {
+        digits = format!("{digits}e{exponent}");
+    }
+    Some(if negative { format!("-{digits}") } else { digits })
 }
 
 #[cfg(test)]
@@ -1459,6 +1513,26 @@ mod tests {
     }
 
     #[test]
+    fn conflict_detection_compares_nothing_after_a_put_of_the_row_spelled_as_another_number() {
+        // Found by an audit: PUT "1" then a compared PATCH "1.0" of a numeric id compared the
+        // PATCH with the values the PUT had just replaced, and reported a conflict.
+        let previous = |v: Value| Some(v.as_object().cloned().unwrap_or_default().into());
+        for (put_id, patch_id) in [("1", "1.0"), ("1", "1e0"), ("1", "0x1"), ("10", "1e1")] {
+            let mut s = settings();
+            s.conflict_detection = true;
+            let mut compared = patch(patch_id, json!({"t": "y"}));
+            compared.previous = previous(json!({"t": "old"}));
+            let entries = vec![put(put_id, json!({"t": "x"})), compared];
+            let requests = plan(entries.clone(), &s);
+            let checks: Vec<bool> = requests.iter().map(|r| matches!(r.check, Check::Conditional { .. })).collect();
+            assert_eq!(checks, [false, false], "REST {put_id}/{patch_id}: {requests:#?}");
+            s.atomic = AtomicMode::Always;
+            let ops = body(&plan(entries, &s)[0])["ops"].clone();
+            assert!(ops[1].get("expect").is_none(), "atomic {put_id}/{patch_id}: {ops}");
+        }
+    }
+
+    #[test]
     fn columns_named_like_postgrest_query_keys_are_never_url_filters_but_the_atomic_function_compares_them() {
         let previous = |v: Value| Some(v.as_object().cloned().unwrap_or_default().into());
         let mut s = settings();
@@ -1621,8 +1695,36 @@ mod tests {
             ("-0", "0"),
             ("000", "0"),
             ("-07", "-7"),
+            ("1\t", "1"),
+            ("100", "100"),
+            // numeric ids, and PostgreSQL 16's integers (found by an audit: `1.0` was not `1`)
+            ("1.0", "1"),
+            ("1.", "1"),
+            ("1e0", "1"),
+            ("10e-1", "1"),
+            ("0.1e1", "1"),
+            (".5", "5e-1"),
+            ("0.50", "5e-1"),
+            ("1e3", "1000"),
+            ("1E3", "1000"),
+            ("-1.50", "-15e-1"),
+            ("1e100", "1e100"),
+            ("0.0", "0"),
+            ("-0e5", "0"),
+            ("0x1f", "31"),
+            ("0X1F", "31"),
+            ("-0o17", "-15"),
+            ("0b101", "5"),
+            ("0o_1_755", "1005"),
+            ("1__0", "1__0"),
+            ("1_0.0_1", "1001e-2"),
         ] {
             assert_eq!(cast_key(spelling), key, "{spelling}");
+        }
+        for not_a_number in
+            [".", "e5", "1e", "1e+", "1.2.3", "0x", "0xg", "1e9999999999", "1 0", "0x1.5", "--1", "0x__1"]
+        {
+            assert_eq!(cast_key(not_a_number), not_a_number.to_lowercase(), "{not_a_number}");
         }
         assert_eq!(cast_key("Abc "), "abc");
         assert_ne!(cast_key("a-b"), cast_key("ab"), "hyphens only vanish from uuids");

@@ -338,6 +338,55 @@ def test_a_replay_never_goes_over_the_users_later_writes_unless_told_to(workers,
     assert row(db, "todos", edited)["description"] == "v1"
 
 
+def test_row_keys_fold_every_spelling_of_one_number_or_uuid_into_one(db):
+    """The replay's guard compares rows by powersync_upload_row_key: each spelling a column reads
+    as one value makes one key (found by an audit: 1.0 and a tab after 1 did not)."""
+    def key(id_: str) -> str:
+        return db.execute("select public.powersync_upload_row_key('t', %s)", (id_,)).fetchone()[0]
+
+    u = "0e0b5a1c-2d3e-4f50-8a6b-7c8d9e0f1a2b"
+    for spellings in (("1", "01", "+1", " 1", "1\t", "\n1\r", "1.0", "1.", "1e0", "10e-1", "0.1e1", "0x1", "0X01",
+                       "0o1", "0b1", "0x_1", "1.000"),
+                      ("1000", "1e3", "1_000", "1.0e3", "0x3e8", "0b1111101000", "0o1750"),
+                      ("0", "000", "0.0", "-0", "0x0", "0e9"),
+                      (".5", "0.5", "5e-1", "0.50"),
+                      (u, u.upper(), "{" + u + "}", u.replace("-", ""))):
+        keys = {key(s) for s in spellings}
+        assert len(keys) == 1, (spellings, keys)
+    assert key("1") == "t/1" and key("1000") == "t/1000", "an integer's key is its digits, as before"
+    assert len({key(s) for s in ("1", "10", "1.5", "15", "0x10", "abc", "1e5x")}) == 7, "other values stay apart"
+
+
+@pytest.mark.parametrize("id_type, letter_id, later_id", [
+    ("bigint", "1", "01"),
+    ("numeric", "1", "1.0"),
+    ("numeric", "10", "1e1"),
+    ("bigint", "1", "1\t"),
+])
+def test_a_later_write_to_the_letters_row_in_another_spelling_holds_a_replay_back(
+        workers, db, user, id_type, letter_id, later_id):
+    """Found by an audit: a later write of the letter's row spelled `1.0` (a numeric id) or `1`
+    and a tab (a bigint one) was not seen as the same row, and the replay went over it."""
+    sub, token = user
+    db.execute(f"create table public.spelled_rows (id {id_type} primary key, note text)")
+    db.execute("grant select, insert, update, delete on public.spelled_rows to authenticated, service_role")
+    try:
+        db.execute(f"insert into public.spelled_rows (id, note) values ({letter_id}, 'first')")
+        missing = new_id()
+        t1 = tx(patch("spelled_rows", letter_id, note="v1"),
+                put("todos", new_id(), description="x", list_id=missing, created_by=sub), tid=1)
+        assert statuses(upload(workers["atomic"], token, with_client(body(t1), "client-spell"))) == ["fatal_error"]
+        (letter,) = letters(db)
+        t2 = tx(patch("spelled_rows", later_id, note="v2"), tid=2)
+        assert statuses(upload(workers["atomic"], token, with_client(body(t2), "client-spell"))) == ["success"]
+        insert_list(db, sub, list_id=missing)  # the cause, fixed
+        result = db.execute(f"select public.{REPLAY}(%s)", (letter["id"],)).fetchone()[0]
+        note = db.execute("select note from public.spelled_rows").fetchone()[0]
+        assert (result["replayed"], result.get("error", {}).get("code"), note) == (False, "55000", "v2"), (result, note)
+    finally:
+        db.execute("drop table public.spelled_rows")
+
+
 def test_later_writes_to_other_rows_do_not_hold_a_replay_back(workers, db, user):
     """The user went on writing after a dead letter, as clients do: none of it touched the
     letter's rows, so the replay goes through without the operator's word."""

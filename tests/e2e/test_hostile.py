@@ -25,8 +25,8 @@ atomic mode) and one fatal transaction (a dead letter). After A's attempts:
 The data table `hostile_notes` keys its owner by `text` with policies on the JWT's `sub`
 (docs/third-party-auth.md), so the same table serves both issuers; `hostile_admin` is a table
 the API users have no rights on and that is outside `UPLOAD_TABLES`, which service_role (and so
-an operator's replay) can write; `hostile_numbered` is `hostile_notes` with a numeric id, whose
-rows each have many spellings.
+an operator's replay) can write; `hostile_numbered` and `hostile_accented` are `hostile_notes`
+with a numeric id and with an accent-insensitive text id, whose rows each have many spellings.
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ from tests.support.issuers import IssuerServer, ProviderKeys
 NOTES = "hostile_notes"
 ADMIN = "hostile_admin"
 NUMBERED = "hostile_numbered"  # a numeric id: one row has many spellings (`1`, `1.0`)
+ACCENTED = "hostile_accented"  # a text id under an accent-insensitive collation (`e`, `é`)
 DEAD_LETTERS = "powersync_dead_letters"
 LEDGER = "powersync_upload_ledger"
 REPLAY = "powersync_replay_dead_letter"
@@ -98,6 +99,24 @@ drop policy if exists {NUMBERED}_own on public.{NUMBERED};
 create policy {NUMBERED}_own on public.{NUMBERED} for all to authenticated
   using (owner_id = (auth.jwt() ->> 'sub')) with check (owner_id = (auth.jwt() ->> 'sub'));
 grant select, insert, update, delete on public.{NUMBERED} to authenticated, service_role;
+
+do $$
+begin
+  if not exists (select 1 from pg_catalog.pg_collation where collname = 'hostile_accents') then
+    create collation public.hostile_accents (provider = icu, locale = 'und-u-ks-level1', deterministic = false);
+  end if;
+end
+$$;
+create table if not exists public.{ACCENTED} (
+  id       text collate public.hostile_accents primary key,
+  owner_id text not null,
+  body     text not null
+);
+alter table public.{ACCENTED} enable row level security;
+drop policy if exists {ACCENTED}_own on public.{ACCENTED};
+create policy {ACCENTED}_own on public.{ACCENTED} for all to authenticated
+  using (owner_id = (auth.jwt() ->> 'sub')) with check (owner_id = (auth.jwt() ->> 'sub'));
+grant select, insert, update, delete on public.{ACCENTED} to authenticated, service_role;
 """
 
 
@@ -125,7 +144,7 @@ def hostile_standin(pg, jwks, firebase_issuer):
     yield standin
     standin.stop()
     with psycopg.connect(pg.dsn, autocommit=True) as conn:
-        conn.execute(f"drop table if exists public.{NOTES}, public.{ADMIN}, public.{NUMBERED}")
+        conn.execute(f"drop table if exists public.{NOTES}, public.{ADMIN}, public.{NUMBERED}, public.{ACCENTED}")
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +156,7 @@ def hostile_workers(hostile_standin, base_vars, start_workers, firebase_issuer):
               "THIRD_PARTY_FIREBASE_PROJECT_ID": FIREBASE_PROJECT,
               "THIRD_PARTY_FIREBASE_JWKS_URL": firebase_jwks,
               "UPLOAD_DEAD_LETTER_TABLE": DEAD_LETTERS}
-    service = {"UPLOAD_MODE": "service", "UPLOAD_TABLES": f"{NOTES},{NUMBERED}", "UPLOAD_OWNER_COLUMN": "owner_id"}
+    service = {"UPLOAD_MODE": "service", "UPLOAD_TABLES": f"{NOTES},{NUMBERED},{ACCENTED}", "UPLOAD_OWNER_COLUMN": "owner_id"}
     configs = {
         "rls": {**common, "UPLOAD_ATOMIC": "true"},
         "rls-rest": {**common, "UPLOAD_ATOMIC": "false"},
@@ -317,7 +336,7 @@ def assert_b_unharmed(s: Scene, context=None):
 
 @pytest.fixture
 def scene(mode, issuer, hostile_workers, hostile_standin, db, firebase_issuer):
-    db.execute(f"truncate public.{NOTES}, public.{ADMIN}, public.{NUMBERED}")
+    db.execute(f"truncate public.{NOTES}, public.{ADMIN}, public.{NUMBERED}, public.{ACCENTED}")
     hostile_standin.reset()
     keys, _ = firebase_issuer
     return Scene(mode, issuer, hostile_workers[mode], hostile_standin, db, keys)
@@ -370,18 +389,23 @@ def test_a_cannot_overwrite_patch_delete_or_gift_b_rows_through_the_worker(scene
 
 @pytest.mark.parametrize("issuer", ("supabase",))
 @pytest.mark.parametrize("mode", WORKER_MODES)
-def test_a_cannot_take_b_row_over_by_spelling_its_numeric_id_two_ways(scene):
+def test_a_cannot_take_b_row_over_by_spelling_its_id_two_ways(scene):
     # Found by an audit: in service mode over REST, PUT "1.0" then PUT "1" were one ownership
     # check, answered with B's row as `1`, matched to the second entry only; the first was then
-    # upserted as a row before it, and `on_conflict=id` took B's row 1 over.
+    # upserted as a row before it, and `on_conflict=id` took B's row 1 over. The worker now knows
+    # numbers in any spelling; `é` and `e` (one row under an accent-insensitive collation) it
+    # cannot know, and checks the rows before the foreign one again before writing them.
     s, a, b = scene, scene.a, scene.b
     s.db.execute(f"insert into public.{NUMBERED} (id, owner_id, body) values (1, %s, 'b-row')", (b.sub,))
-    for n, ids in enumerate((("1.0", "1"), ("1.00", "1.0"), ("1.0",))):
-        attack = tx(*(put(NUMBERED, id_, body="mine now", owner_id=a.sub) for id_ in ids), tid=300 + n)
+    s.db.execute(f"insert into public.{ACCENTED} (id, owner_id, body) values ('e', %s, 'b-row')", (b.sub,))
+    attacks = [(NUMBERED, ("1.0", "1")), (NUMBERED, ("1.00", "1.0")), (NUMBERED, ("1.0",)), (NUMBERED, ("0x1", "1")),
+               (ACCENTED, ("é", "e")), (ACCENTED, ("É",))]
+    for n, (table, ids) in enumerate(attacks):
+        attack = tx(*(put(table, id_, body="mine now", owner_id=a.sub) for id_ in ids), tid=300 + n)
         r = s.upload(a, attack)
         assert r.json()["results"][0]["status"] == "fatal_error", (ids, r.text)
-        rows = s.db.execute(f"select id::text, owner_id, body from public.{NUMBERED}").fetchall()
-        assert rows == [("1", b.sub, "b-row")], (ids, rows)
+        rows = s.db.execute(f"select id::text, owner_id, body from public.{table}").fetchall()
+        assert rows == [("1" if table == NUMBERED else "e", b.sub, "b-row")], (ids, rows)
 
 
 FORBIDDEN_TABLES = (ADMIN, DEAD_LETTERS, LEDGER, APPLY, REPLAY, RECORD, CLAIM, "rpc")
