@@ -985,49 +985,88 @@ as $$
      and l.entries_digest = public.powersync_upload_entries_digest()
 $$;
 
+-- A number spelled otherwise than in digits alone, as powersync_upload_row_key keys it: a
+-- numeric id as 1.0, 1e3 or .5, or PostgreSQL 16's 0x1f, 0o17, 0b1 and 1_000 (any id column
+-- reads them as one value, or refuses them). Its significant digits, then the zeros of an
+-- integer (so 1.0, 1e0 and 0x1 give 1's key) or 'e' and the exponent (5e-1 for .5); its sign
+-- dropped, as the key drops an integer's; '' for zero, as for 0. Null for anything else.
+create or replace function public.powersync_upload_number_key(p_id text)
+returns text
+language plpgsql
+immutable
+parallel safe
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v_m     text[] := regexp_match(lower(p_id), '^[[:space:]]*[+-]?(?:0([xob])_?([0-9a-f_]{1,100})'
+                                              '|([0-9_]*)(?:\.([0-9_]*))?(?:e([+-]?[0-9]{1,9}))?)[[:space:]]*$');
+  v_radix integer;
+  v_digit integer;
+  v_value numeric := 0;
+  v_whole text;
+  v_frac  text := '';
+  v_exp   bigint := 0;
+  v_sig   text;
+  v_kept  text;
+  c       text;
+begin
+  if v_m is null then
+    return null;
+  end if;
+  if v_m[1] is not null then
+    v_radix := case v_m[1] when 'x' then 16 when 'o' then 8 else 2 end;
+    foreach c in array string_to_array(replace(v_m[2], '_', ''), null) loop
+      v_digit := strpos('0123456789abcdef', c) - 1;
+      if v_digit >= v_radix then
+        return null;
+      end if;
+      v_value := v_value * v_radix + v_digit;
+    end loop;
+    v_whole := v_value::text;
+  else
+    v_whole := replace(coalesce(v_m[3], ''), '_', '');
+    v_frac := replace(coalesce(v_m[4], ''), '_', '');
+    if v_whole = '' and v_frac = '' then
+      return null;
+    end if;
+    v_exp := coalesce(v_m[5], '0')::bigint;
+  end if;
+  v_sig := ltrim(v_whole || v_frac, '0');
+  if v_sig = '' then
+    return '';
+  end if;
+  v_kept := rtrim(v_sig, '0');
+  v_exp := v_exp - length(v_frac) + length(v_sig) - length(v_kept);
+  if v_exp between 0 and 64 then
+    return v_kept || repeat('0', v_exp::integer);
+  end if;
+  return v_kept || 'e' || v_exp;
+end
+$$;
+comment on function public.powersync_upload_number_key(text) is
+  'PowerSync upload bridge: a number in another spelling than digits alone, as powersync_upload_row_key keys it.';
+
 -- A row as the replay of a dead letter compares rows with the ledger's (sql/dead_letter.sql):
 -- '<table>/<id>', the id's letters lower-cased, its hyphens, braces, plus signs and white space
--- dropped, leading zeros too. The spellings one id column takes for one value (a uuid in either
--- case, with or without hyphens or braces; an integer with a sign, leading zeros or white space)
--- make one key; ids that differ and still fold to one key only make that guard stricter. A
--- number spelled otherwise (a numeric id as 1.0, 1e3 or .5; PostgreSQL 16's 0x1f, 0o17, 0b1 and
--- 1_000) is folded to its value first: its significant digits, then the zeros of an integer
--- (so 1.0, 1e0 and 0x1 make the key of 1) or 'e' and the exponent (5e-1 for .5); its sign is
--- dropped as an integer's is.
+-- dropped, leading zeros too; a number in another spelling by its value
+-- (powersync_upload_number_key). The spellings one id column takes for one value (a uuid in
+-- either case, with or without hyphens or braces; an integer with a sign, leading zeros or white
+-- space; a number as 1.0, 1e0 or 0x1) make one key; ids that differ and still fold to one key
+-- only make that guard stricter. No `set search_path`, so that it is inlined: its callers set
+-- theirs, and it names pg_catalog's functions.
 create or replace function public.powersync_upload_row_key(p_table text, p_id text)
 returns text
 language sql
 immutable
 parallel safe
-set search_path = pg_catalog, pg_temp
 as $$
-  select p_table || '/' || coalesce(
-    case when p_id ~ '[._eExXoObB]' then (
-      select case
-        when n.m is null then null
-        -- 0x, 0o, 0b: the digits' value (null when a digit is out of the base's range)
-        when n.m[1] is not null then (
-          select case when bool_and(d.v between 0 and d.radix - 1)
-                      then ltrim(trim_scale(sum(d.v::numeric * d.radix::numeric ^ (d.len - d.i)::numeric))::text, '0') end
-            from (select strpos('0123456789abcdef', u.c) - 1 as v, u.i,
-                         case n.m[1] when 'x' then 16 when 'o' then 8 else 2 end as radix,
-                         length(replace(n.m[2], '_', '')) as len
-                    from unnest(string_to_array(replace(n.m[2], '_', ''), null)) with ordinality as u(c, i)) as d)
-        -- decimal: digits, a fraction, an exponent
-        when coalesce(n.m[3], '') = '' and coalesce(n.m[4], '') = '' then null
-        else (
-          select case when f.sig = '' then ''
-                      when f.e between 0 and 64 then f.kept || repeat('0', f.e::integer)
-                      else f.kept || 'e' || f.e end
-            from (select g.sig, rtrim(g.sig, '0') as kept,
-                         g.e + length(g.sig) - length(rtrim(g.sig, '0')) as e
-                    from (select ltrim(replace(coalesce(n.m[3], ''), '_', '') || replace(coalesce(n.m[4], ''), '_', ''), '0') as sig,
-                                 coalesce(n.m[5], '0')::bigint - length(replace(coalesce(n.m[4], ''), '_', '')) as e) as g) as f)
-      end
-        from (select regexp_match(lower(p_id),
-                '^[[:space:]]*[+-]?(?:0([xob])_?([0-9a-f_]{1,100})|([0-9_]*)(?:\.([0-9_]*))?(?:e([+-]?[0-9]{1,9}))?)[[:space:]]*$') as m) as n)
-    end,
-    ltrim(lower(translate(p_id, E'-{}+ \t\n\r\v\f', '')), '0'))
+  select p_table operator(pg_catalog.||) '/' operator(pg_catalog.||) case
+    when p_id operator(pg_catalog.~) '^[0-9]+$' then pg_catalog.ltrim(p_id, '0')
+    when p_id operator(pg_catalog.~*) '^[[:space:]]*[+-]?(0[xob]_?[0-9a-f_]+|[0-9_]*(\.[0-9_]*)?(e[+-]?[0-9]+)?)[[:space:]]*$' then coalesce(
+      public.powersync_upload_number_key(p_id),
+      pg_catalog.ltrim(pg_catalog.lower(pg_catalog.translate(p_id, E'-{}+ \t\n\r\v\f', '')), '0'))
+    else pg_catalog.ltrim(pg_catalog.lower(pg_catalog.translate(p_id, E'-{}+ \t\n\r\v\f', '')), '0')
+  end
 $$;
 comment on function public.powersync_upload_row_key(text, text) is
   'PowerSync upload bridge: a row as the replay of a dead letter compares it with the ledger''s rows.';
@@ -1187,6 +1226,7 @@ begin
                            'public.powersync_upload_ledger_rest_abandon(text, text, text, text)',
                            'public.powersync_upload_ledger_applied_since(text, timestamptz)',
                            'public.powersync_upload_ledger_rows(text, text, text, text[])',
+                           'public.powersync_upload_number_key(text)',
                            'public.powersync_upload_row_key(text, text)'] loop
     execute pg_catalog.format('revoke all on function %s from public', f);
     foreach r in array array['anon', 'authenticated', 'service_role'] loop
@@ -1212,6 +1252,7 @@ grant execute on function public.powersync_upload_ledger_rest_abandon(text, text
 grant execute on function public.powersync_upload_ledger_applied_since(text, timestamptz) to service_role;
 grant execute on function public.powersync_upload_ledger_rows(text, text, text, text[])
   to authenticated, service_role;
+grant execute on function public.powersync_upload_number_key(text) to authenticated, service_role;
 grant execute on function public.powersync_upload_row_key(text, text) to authenticated, service_role;
 
 -- the copies installed before exactly-once (three arguments) and before conflict detection

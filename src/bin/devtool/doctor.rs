@@ -77,8 +77,11 @@ pub const REPLAY: &str = "public.powersync_replay_dead_letter(bigint, boolean)";
 pub const LEDGER_ROWS: &str = "public.powersync_upload_ledger_rows(text, text, text, text[])";
 /// How those rows are written (called as the API role).
 pub const ROW_KEY: &str = "public.powersync_upload_row_key(text, text)";
+/// What [`ROW_KEY`] calls for a number in another spelling than digits alone (as the API role).
+pub const NUMBER_KEY: &str = "public.powersync_upload_number_key(text)";
 /// The ledger's helpers the atomic function calls, as the API role (sql/atomic_upload.sql).
-pub const LEDGER_HELPERS: [&str; 5] = [LEDGER_CLAIM, LEDGER_DEAD_LETTER, LEDGER_UNCHANGED, LEDGER_ROWS, ROW_KEY];
+pub const LEDGER_HELPERS: [&str; 6] =
+    [LEDGER_CLAIM, LEDGER_DEAD_LETTER, LEDGER_UNCHANGED, LEDGER_ROWS, ROW_KEY, NUMBER_KEY];
 /// What a replay asks for the user's transactions applied since its dead letter (called as
 /// service_role): without it a replay goes over the user's later writes unseen.
 pub const LEDGER_APPLIED_SINCE: &str = "public.powersync_upload_ledger_applied_since(text, timestamptz)";
@@ -1310,6 +1313,7 @@ mod tests {
                 LEDGER_UNCHANGED.into(),
                 LEDGER_ROWS.into(),
                 ROW_KEY.into(),
+                NUMBER_KEY.into(),
                 RECORD.into(),
                 REPLAY.into(),
                 DISCARD.into(),
