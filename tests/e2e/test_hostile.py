@@ -69,18 +69,25 @@ MODES = ("rls", "service")  # the atomic function (the default once installed)
 ISSUERS = ("supabase", "firebase")
 REPLAYERS = ("service_role", "postgres")
 
-HOSTILE_SQL = f"""
-create table if not exists public.{NOTES} (
-  id       text primary key,
-  owner_id text not null,
-  body     text not null check (body <> 'fatal')
-);
-alter table public.{NOTES} enable row level security;
-drop policy if exists {NOTES}_own on public.{NOTES};
-create policy {NOTES}_own on public.{NOTES} for all to authenticated
-  using (owner_id = (auth.jwt() ->> 'sub')) with check (owner_id = (auth.jwt() ->> 'sub'));
-grant select, insert, update, delete on public.{NOTES} to authenticated, service_role;
 
+def owned_table(name: str, id_type: str, body_check: str = "") -> str:
+    """A table of notes, its id of `id_type`, each row its `owner_id`'s (the JWT's `sub`) under
+    row-level security, writable by the API roles."""
+    return f"""
+create table if not exists public.{name} (
+  id       {id_type} primary key,
+  owner_id text not null,
+  body     text not null{body_check}
+);
+alter table public.{name} enable row level security;
+drop policy if exists {name}_own on public.{name};
+create policy {name}_own on public.{name} for all to authenticated
+  using (owner_id = (auth.jwt() ->> 'sub')) with check (owner_id = (auth.jwt() ->> 'sub'));
+grant select, insert, update, delete on public.{name} to authenticated, service_role;
+"""
+
+
+HOSTILE_SQL = owned_table(NOTES, "text", " check (body <> 'fatal')") + f"""
 create table if not exists public.{ADMIN} (
   id       text primary key,
   owner_id text not null,
@@ -88,18 +95,7 @@ create table if not exists public.{ADMIN} (
 );
 alter table public.{ADMIN} enable row level security;
 grant select, insert, update, delete on public.{ADMIN} to service_role;
-
-create table if not exists public.{NUMBERED} (
-  id       numeric primary key,
-  owner_id text not null,
-  body     text not null
-);
-alter table public.{NUMBERED} enable row level security;
-drop policy if exists {NUMBERED}_own on public.{NUMBERED};
-create policy {NUMBERED}_own on public.{NUMBERED} for all to authenticated
-  using (owner_id = (auth.jwt() ->> 'sub')) with check (owner_id = (auth.jwt() ->> 'sub'));
-grant select, insert, update, delete on public.{NUMBERED} to authenticated, service_role;
-
+""" + owned_table(NUMBERED, "numeric") + """
 do $$
 begin
   if not exists (select 1 from pg_catalog.pg_collation where collname = 'hostile_accents') then
@@ -107,17 +103,7 @@ begin
   end if;
 end
 $$;
-create table if not exists public.{ACCENTED} (
-  id       text collate public.hostile_accents primary key,
-  owner_id text not null,
-  body     text not null
-);
-alter table public.{ACCENTED} enable row level security;
-drop policy if exists {ACCENTED}_own on public.{ACCENTED};
-create policy {ACCENTED}_own on public.{ACCENTED} for all to authenticated
-  using (owner_id = (auth.jwt() ->> 'sub')) with check (owner_id = (auth.jwt() ->> 'sub'));
-grant select, insert, update, delete on public.{ACCENTED} to authenticated, service_role;
-"""
+""" + owned_table(ACCENTED, "text collate public.hostile_accents")
 
 
 # =========================================================================== the stack
