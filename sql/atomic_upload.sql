@@ -1062,10 +1062,11 @@ parallel safe
 as $$
   select p_table operator(pg_catalog.||) '/' operator(pg_catalog.||) case
     when p_id operator(pg_catalog.~) '^[0-9]+$' then pg_catalog.ltrim(p_id, '0')
-    when p_id operator(pg_catalog.~*) '^[[:space:]]*[+-]?(0[xob]_?[0-9a-f_]+|[0-9_]*(\.[0-9_]*)?(e[+-]?[0-9]+)?)[[:space:]]*$' then coalesce(
-      public.powersync_upload_number_key(p_id),
+    else coalesce(
+      case when p_id operator(pg_catalog.~*)
+                '^[[:space:]]*[+-]?(0[xob]_?[0-9a-f_]+|[0-9_]*(\.[0-9_]*)?(e[+-]?[0-9]+)?)[[:space:]]*$'
+           then public.powersync_upload_number_key(p_id) end,
       pg_catalog.ltrim(pg_catalog.lower(pg_catalog.translate(p_id, E'-{}+ \t\n\r\v\f', '')), '0'))
-    else pg_catalog.ltrim(pg_catalog.lower(pg_catalog.translate(p_id, E'-{}+ \t\n\r\v\f', '')), '0')
   end
 $$;
 comment on function public.powersync_upload_row_key(text, text) is

@@ -71,14 +71,7 @@ pub fn public_value_as_jwt_secret(secret: &str, project_keys: &[String]) -> Opti
 /// told by its algorithm's OID: parsing it whole cost 2 KB of the gzipped bundle).
 /// Random bytes are none of them, so a secret that is itself base64 is never taken for one.
 fn is_encoded_public_key(text: &str) -> bool {
-    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
-    use base64::Engine;
-    let compact: String = text.chars().filter(|c| !c.is_ascii_whitespace()).collect();
-    let Some(bytes) =
-        [STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD].iter().find_map(|engine| engine.decode(&compact).ok())
-    else {
-        return false;
-    };
+    let Some(bytes) = crate::keys::decode_base64(text) else { return false };
     // DER of a SubjectPublicKeyInfo: a SEQUENCE whose algorithm names RSA, EC or Ed25519 within
     // its first bytes (the OID with its tag and length; random bytes hold it by a chance of about
     // 2^-40 or less)

@@ -200,6 +200,15 @@ impl std::fmt::Debug for SigningKey {
 const ED25519_PKCS8_PREFIX: [u8; 16] =
     [0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20];
 
+/// `text` decoded as base64 or base64url, padded or not, white space (a pasted value's line
+/// breaks) left out; `None` when it is neither.
+pub fn decode_base64(text: &str) -> Option<Vec<u8>> {
+    let compact: String = text.split_whitespace().collect();
+    [STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD]
+        .iter()
+        .find_map(|engine| engine.decode(compact.as_bytes()).ok())
+}
+
 impl SigningKey {
     /// Reads `POWERSYNC_PRIVATE_KEY` in any accepted form.
     pub fn parse(input: &str) -> Result<SigningKey, KeyError> {
@@ -211,11 +220,7 @@ impl SigningKey {
             return Ok(key);
         }
         // Base64 (or base64url) of a PEM or of JWK JSON.
-        let compact: String = text.split_whitespace().collect();
-        let decoded = [STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD]
-            .iter()
-            .find_map(|engine| engine.decode(compact.as_bytes()).ok())
-            .ok_or(KeyError::Unrecognized)?;
+        let decoded = decode_base64(text).ok_or(KeyError::Unrecognized)?;
         let inner = String::from_utf8(decoded).map_err(|_| KeyError::Unrecognized)?;
         parse_text(unquote(inner.trim()))?.ok_or(KeyError::Unrecognized)
     }
