@@ -846,4 +846,20 @@ mod tests {
         assert_eq!(cors.allow_origin(None), None);
         assert_eq!(config_of(&complete()).cors.allow_origin(None).as_deref(), Some("*"));
     }
+
+    /// Found by the settings audit (latent): `SessionSettings` (and so `Config`) derives `Debug`
+    /// with the JWT secret and the project's API keys in clear, while `UploadSettings`,
+    /// `StorageSettings` and `SigningKey` redact theirs "so settings can be logged". The first
+    /// `{config:?}` or `{session_settings:?}` in a log line would print the service key and the
+    /// secret that signs every session.
+    #[test]
+    fn audit_debug_output_of_the_configuration_hides_secrets() {
+        let mut vars = complete();
+        vars.push(("SUPABASE_SERVICE_ROLE_KEY", "sb_secret_service-key-never-logged".into()));
+        let config = config_of(&vars);
+        let shown = format!("{config:?}");
+        for secret in ["a-jwt-secret-of-at-least-32-characters", "sb_secret_service-key-never-logged"] {
+            assert!(!shown.contains(secret), "{secret} in Config's Debug output");
+        }
+    }
 }

@@ -377,4 +377,21 @@ mod tests {
             assert!(error.contains(why), "{text}: {error}");
         }
     }
+
+    /// Found by the settings audit: `STORAGE_BUCKETS` stops at its first bad bucket, so an
+    /// operator fixing one is told of the next only on the following deploy ("every missing or
+    /// invalid value is logged at start", all at once).
+    #[test]
+    fn audit_every_bad_bucket_is_reported_at_once() {
+        for (text, expected) in [
+            (r#"{"a":{"path":"{user_id}"},"b":{"max_bytes":0}}"#, ["a.path", "b.max_bytes"]),
+            ("a/b,c d", ["'a/b'", "'c d'"]),
+        ] {
+            let problems = read_problems(&[("SUPABASE_ANON_KEY", "anon"), ("STORAGE_BUCKETS", text)]);
+            let said = format!("{problems:?}");
+            for name in expected {
+                assert!(said.contains(name), "{text}: {name} not reported in {said}");
+            }
+        }
+    }
 }

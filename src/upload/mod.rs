@@ -3085,4 +3085,46 @@ mod tests {
         assert_eq!(statuses(&report), vec![Status::FatalError]);
         assert_eq!(states_of(&dead_letter_body(&transport)), vec!["failed"]);
     }
+
+    // --- audit-settings: misconfigured worker -------------------------------------------------
+
+    /// Found by the settings audit: a table the client writes but `UPLOAD_TABLES` lacks is fatal
+    /// `table_not_allowed`, and over REST without a dead-letter table nothing keeps it: the write
+    /// is gone. The allowlist lagging behind an app release that adds a table, or spelling a
+    /// table otherwise than the client (`Todos` for `todos`: PostgREST's names are exact), is the
+    /// operator's to fix, exactly as a table missing from the schema (PGRST205, retryable): the
+    /// write must wait. (A hostile client gains nothing from waiting: only its own queue stops.)
+    #[test]
+    fn audit_a_table_missing_from_the_allowlist_waits_for_the_operator() {
+        for allowed in ["lists", "Todos"] {
+            let mut s = settings();
+            s.atomic = AtomicMode::Never;
+            s.tables = Some([allowed.to_string()].into_iter().collect());
+            let transport = FakeTransport::default();
+            let report = run_with(Route::Rest, &s, &[tx(1)], &transport);
+            assert_eq!(
+                statuses(&report),
+                vec![Status::RetryableError],
+                "UPLOAD_TABLES={allowed}, a write to todos: {:?} (nothing sent or recorded: {})",
+                report.results[0].failed_operation,
+                transport.sent().len()
+            );
+        }
+    }
+
+    /// Found by the settings audit: in service mode with the owner column in
+    /// `UPLOAD_JSON_COLUMNS` (a configuration the start-up check accepts), a PUT carrying its
+    /// own owner id (as a client's local row does) is refused fatal `invalid_json`, though the
+    /// worker overwrites that value with the caller's id before sending.
+    #[test]
+    fn audit_a_put_carrying_its_owner_is_not_refused_for_the_owner_columns_conversion() {
+        let mut s = settings();
+        s.mode = WriteMode::Service { service_key: "svc".to_string(), owner_column: "user_id".to_string() };
+        s.tables = Some(["todos".to_string()].into_iter().collect());
+        s.json_columns.insert("todos", "user_id");
+        let put = entry(Op::Put, "r1", json!({"user_id": "user-1", "title": "t"}));
+        let transport = FakeTransport::default();
+        let report = run_with(Route::Atomic, &s, &[Transaction { transaction_id: Some(json!(1)), entries: vec![put] }], &transport);
+        assert_eq!(statuses(&report), vec![Status::Success], "{:?}", report.results[0].failed_operation);
+    }
 }

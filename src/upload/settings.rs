@@ -1106,4 +1106,73 @@ mod tests {
         assert!(!text.contains("very-secret"));
         assert!(!text.contains("\"anon\""));
     }
+
+    // --- audit-settings: misconfigured worker -------------------------------------------------
+
+    /// Found by the settings audit: `UPLOAD_ERROR_CLASS_OVERRIDES` turns any code fatal without a
+    /// word, including the codes the bridge keeps retryable because only the operator can fix
+    /// them (schema drift, a missing GRANT, an unreachable database, a gateway's 5xx). The
+    /// documented example itself (`secrets.example`, docs/configuration.md) is `PGRST204:fatal`:
+    /// copied as it stands, every write of a column an app release adds before its migration is
+    /// discarded. Such an override must be refused at start, or need a loudly named opt-in.
+    #[test]
+    fn audit_a_fatal_override_of_an_operators_mistake_is_refused() {
+        let mut accepted = Vec::new();
+        for overrides in [
+            "PGRST204:fatal",                // unknown column: the documented example
+            "PGRST204:fatal,P0001:retryable", // secrets.example's value, as it stands
+            "42501:fatal",                   // a missing GRANT
+            "42:fatal",                      // every schema-drift SQLSTATE of class 42
+            "42P01:fatal",                   // unknown table
+            "PGRST205:fatal",                // unknown table (schema cache)
+            "PGRST202:fatal",                // atomic function not installed
+            "PGRST000:fatal",                // database unreachable
+            "08:fatal",                      // connection exceptions
+            "57014:fatal",                   // statement timeout
+            "http_503:fatal",                // a gateway's outage
+            "http_401:fatal",                // a rotated API key ("Invalid API key")
+        ] {
+            let vars = with(&[("UPLOAD_ERROR_CLASS_OVERRIDES", overrides)]);
+            let refused = read_vars(&vars).is_err_and(|problems| {
+                problems.iter().any(|p| p.name == "UPLOAD_ERROR_CLASS_OVERRIDES")
+            });
+            if !refused {
+                accepted.push(overrides);
+            }
+        }
+        assert!(
+            accepted.is_empty(),
+            "accepted without a word, each discarding writes only the operator could fix: {accepted:?}"
+        );
+        // The data's own refusals may still be chosen either way.
+        assert!(read_vars(&with(&[("UPLOAD_ERROR_CLASS_OVERRIDES", "P0001:retryable,23502:retryable")])).is_ok());
+    }
+
+    /// Found by the settings audit: the bridge's own tables listed in `UPLOAD_TABLES` pass the
+    /// start-up check (only `UPLOAD_DEAD_LETTER_TABLE` is compared), so the operator learns of the
+    /// mistake from each write refused at run time, not from `/health`.
+    #[test]
+    fn audit_upload_tables_naming_a_bridge_table_is_a_problem_at_start() {
+        for tables in ["todos,powersync_upload_ledger", "todos,powersync_upload_ledger_settings", "todos,powersync_dead_letters"]
+        {
+            let vars = with(&[("UPLOAD_TABLES", tables)]);
+            assert_eq!(problem_names(&vars), vec!["UPLOAD_TABLES"], "{tables}");
+        }
+    }
+
+    /// Found by the settings audit: in service mode a conversion of the owner column is accepted,
+    /// though the worker overwrites that column with the caller's id; `UPLOAD_JSON_COLUMNS`
+    /// naming it makes every PUT that carries the owner (as clients' local rows do) fatal
+    /// `invalid_json` (a user id is no JSON text), a write lost to a configuration mistake.
+    #[test]
+    fn audit_a_conversion_of_the_owner_column_is_a_problem_in_service_mode() {
+        for setting in ["UPLOAD_JSON_COLUMNS"] {
+            let mut vars = with(&SERVICE);
+            vars.push((setting, "todos.user_id"));
+            match read_vars(&vars) {
+                Ok(_) => panic!("{setting}=todos.user_id (the owner column) accepted in service mode"),
+                Err(problems) => assert!(problems.iter().any(|p| p.name == setting), "{problems:?}"),
+            }
+        }
+    }
 }
