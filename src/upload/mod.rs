@@ -3127,4 +3127,36 @@ mod tests {
         let report = run_with(Route::Atomic, &s, &[Transaction { transaction_id: Some(json!(1)), entries: vec![put] }], &transport);
         assert_eq!(statuses(&report), vec![Status::Success], "{:?}", report.results[0].failed_operation);
     }
+
+    /// Found by the settings audit: `UPLOAD_ATOMIC=false` with `UPLOAD_SUBREQUEST_BUDGET=1`
+    /// passes the start-up check (its documented minimum without atomic mode), yet a transaction
+    /// of two requests (two tables) from a client with a client id is answered fatal
+    /// `too_many_requests_for_budget`, whose own message says it "waits until
+    /// sql/atomic_upload.sql is installed ... or the budget raised": discarded for a setting.
+    #[test]
+    fn audit_a_transaction_over_the_smallest_allowed_budget_waits() {
+        let vars = [
+            ("SUPABASE_URL", "https://p.supabase.co"),
+            ("SUPABASE_ANON_KEY", "anon"),
+            ("UPLOAD_ATOMIC", "false"),
+            ("UPLOAD_SUBREQUEST_BUDGET", "1"),
+        ];
+        let s = from_lookup(&|name| vars.iter().find(|(n, _)| *n == name).map(|(_, v)| v.to_string()))
+            .expect("accepted at start");
+        let mut other = entry(Op::Put, "l1", json!({"name": "n"}));
+        other.table = "lists".to_string();
+        let two_tables = Transaction {
+            transaction_id: Some(json!(1)),
+            entries: vec![entry(Op::Put, "r1", json!({"title": "t"})), other],
+        };
+        let transport = FakeTransport::default();
+        let report = run_with(Route::Rest, &s, &[two_tables], &transport);
+        assert_eq!(
+            statuses(&report),
+            vec![Status::RetryableError],
+            "{:?} (requests sent: {})",
+            report.results[0].failed_operation,
+            transport.sent().len()
+        );
+    }
 }
