@@ -847,13 +847,10 @@ mod tests {
         assert_eq!(config_of(&complete()).cors.allow_origin(None).as_deref(), Some("*"));
     }
 
-    /// Found by the settings audit (latent): `SessionSettings` (and so `Config`) derives `Debug`
-    /// with the JWT secret and the project's API keys in clear, while `UploadSettings`,
-    /// `StorageSettings` and `SigningKey` redact theirs "so settings can be logged". The first
-    /// `{config:?}` or `{session_settings:?}` in a log line would print the service key and the
-    /// secret that signs every session.
+    /// The configuration's `Debug` shows no secret (`SessionSettings` showed the JWT secret and
+    /// the project's keys, which the first `{config:?}` in a log line would have printed).
     #[test]
-    fn audit_debug_output_of_the_configuration_hides_secrets() {
+    fn the_configurations_debug_output_hides_its_secrets() {
         let mut vars = complete();
         vars.push(("SUPABASE_SERVICE_ROLE_KEY", "sb_secret_service-key-never-logged".into()));
         let config = config_of(&vars);

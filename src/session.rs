@@ -24,8 +24,9 @@ use crate::http::{HttpRequest, HttpResponse, Method, TransportError};
 use jwks::JwksCache;
 use third_party::{Issuer, KeySource, ThirdPartySettings};
 
-/// How a session is checked. Every field documents its default (see `config.rs`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How a session is checked. Every field documents its default (see `config.rs`). Its `Debug`
+/// leaves the secret and the keys out.
+#[derive(Clone, PartialEq, Eq)]
 pub struct SessionSettings {
     /// `SUPABASE_URL`, without trailing slash.
     pub supabase_url: String,
@@ -55,11 +56,30 @@ pub struct SessionSettings {
     pub third_party: ThirdPartySettings,
 }
 
+impl std::fmt::Debug for SessionSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redacted = |set: bool| if set { "<redacted>" } else { "<unset>" };
+        f.debug_struct("SessionSettings")
+            .field("supabase_url", &self.supabase_url)
+            .field("jwt_secret", &redacted(self.jwt_secret.is_some()))
+            .field("jwks_url", &self.jwks_url)
+            .field("issuer", &self.issuer)
+            .field("audiences", &self.audiences)
+            .field("leeway_seconds", &self.leeway_seconds)
+            .field("jwks_cache_seconds", &self.jwks_cache_seconds)
+            .field("project_keys", &format_args!("<{} redacted>", self.project_keys.len()))
+            .field("remote_check", &self.remote_check)
+            .field("anon_key", &redacted(self.anon_key.is_some()))
+            .field("third_party", &self.third_party)
+            .finish()
+    }
+}
+
 /// Minimum time between two JWKS fetches triggered by an unknown `kid`.
 pub const UNKNOWN_KID_REFETCH_SECONDS: u64 = 30;
 
-/// A verified session.
-#[derive(Debug, Clone, PartialEq)]
+/// A verified session. Its `Debug` leaves the token out.
+#[derive(Clone, PartialEq)]
 pub struct Session {
     /// The user id (`sub`).
     pub user_id: String,
@@ -67,6 +87,16 @@ pub struct Session {
     pub claims: Map<String, Value>,
     /// The raw access token, forwarded to PostgREST so RLS applies.
     pub token: String,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("user_id", &self.user_id)
+            .field("claims", &self.claims)
+            .field("token", &"<redacted>")
+            .finish()
+    }
 }
 
 /// Why a session was refused. Every variant is the caller's fault except `KeysUnavailable`,
@@ -186,8 +216,9 @@ impl Step {
     }
 }
 
-/// A token read and keyed but whose claims are not yet checked.
-#[derive(Debug, Clone)]
+/// A token read and keyed but whose claims are not yet checked. Its `Debug` leaves the token
+/// out.
+#[derive(Clone)]
 pub struct PendingSession {
     claims: Map<String, Value>,
     token: String,
@@ -197,8 +228,20 @@ pub struct PendingSession {
     pub signature: Option<SignatureCheck>,
 }
 
-/// A signature made with one of the project's signing keys, still to be verified.
-#[derive(Debug, Clone, PartialEq)]
+impl std::fmt::Debug for PendingSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingSession")
+            .field("claims", &self.claims)
+            .field("token", &"<redacted>")
+            .field("third_party", &self.third_party)
+            .field("signature", &self.signature)
+            .finish()
+    }
+}
+
+/// A signature made with one of the project's signing keys, still to be verified. Its `Debug`
+/// leaves the signed text and the signature out (together they are the token).
+#[derive(Clone, PartialEq)]
 pub struct SignatureCheck {
     pub alg: Algorithm,
     /// The public key from the project's JWKS.
@@ -210,6 +253,17 @@ pub struct SignatureCheck {
     pub message: String,
     /// Raw signature bytes (for ES256: `r || s`, 64 bytes, as WebCrypto expects).
     pub signature: Vec<u8>,
+}
+
+impl std::fmt::Debug for SignatureCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignatureCheck")
+            .field("alg", &self.alg)
+            .field("public_jwk", &self.public_jwk)
+            .field("message", &"<redacted>")
+            .field("signature", &"<redacted>")
+            .finish()
+    }
 }
 
 /// Verifies ES256/RS256 session signatures. The worker uses WebCrypto (native code: P-256 in
@@ -989,6 +1043,17 @@ pub(crate) mod tests {
         for junk in ["", "abc", "a.b.c", "Bearer x.y.z", "eyJ.eyJ.sig"] {
             assert!(matches!(verify(junk), Err(SessionError::Malformed(_))), "{junk:?}");
         }
+    }
+
+    #[test]
+    fn a_session_and_its_settings_show_no_token_or_secret_when_debug_printed() {
+        let token = hs256(&user_claims());
+        let session = verify(&token).expect("valid");
+        let shown = format!("{session:?} {:?}", settings());
+        let signature = token.rsplit('.').next().expect("signed");
+        assert!(!shown.contains(signature), "{shown}");
+        assert!(!shown.contains(SECRET), "{shown}");
+        assert!(!shown.contains("anon-key"), "{shown}");
     }
 
     #[test]

@@ -106,8 +106,14 @@ fn error_class_table_lists_the_bridges_own_failure_codes() {
                 made.insert(literal.split('"').next().unwrap().to_string());
             }
         }
-        for code in ["network_error", "timeout", "dead_letter_failed", "unexpected_response", "rejection_not_recorded"]
-        {
+        for code in [
+            "network_error",
+            "timeout",
+            "dead_letter_failed",
+            "unexpected_response",
+            "rejection_not_recorded",
+            "table_not_in_upload_tables",
+        ] {
             if source.contains(&format!("\"{code}\"")) {
                 made.insert(code.to_string());
             }
@@ -116,6 +122,7 @@ fn error_class_table_lists_the_bridges_own_failure_codes() {
     for code in [
         "invalid_id",
         "too_many_requests_for_budget",
+        "table_not_in_upload_tables",
         "network_error",
         "timeout",
         "dead_letter_failed",

@@ -131,8 +131,10 @@ pub fn read(r: &mut Reader, supabase_url: Option<String>) -> Option<StorageSetti
     });
     let buckets = r.get("STORAGE_BUCKETS").and_then(|text| match parse_buckets(&text) {
         Ok(buckets) => Some(buckets),
-        Err(why) => {
-            r.problem("STORAGE_BUCKETS", why);
+        Err(problems) => {
+            for why in problems {
+                r.problem("STORAGE_BUCKETS", why);
+            }
             None
         }
     });
@@ -186,52 +188,71 @@ pub fn read(r: &mut Reader, supabase_url: Option<String>) -> Option<StorageSetti
     })
 }
 
-/// `a,b` (default rules) or a JSON object of bucket -> rules.
-pub fn parse_buckets(text: &str) -> Result<BTreeMap<String, BucketRules>, String> {
+/// `a,b` (default rules) or a JSON object of bucket -> rules; every problem found, at once.
+pub fn parse_buckets(text: &str) -> Result<BTreeMap<String, BucketRules>, Vec<String>> {
     let mut buckets = BTreeMap::new();
+    let mut problems = Vec::new();
+    let invalid_name = |name: &str| format!("'{name}' is not a valid bucket name");
     if !text.trim_start().starts_with('{') {
         for name in text.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-            super::check_bucket(name).map_err(|_| format!("'{name}' is not a valid bucket name"))?;
-            buckets.insert(name.to_string(), BucketRules::default());
-        }
-        return if buckets.is_empty() { Err("lists no bucket".into()) } else { Ok(buckets) };
-    }
-    let value: Value = serde_json::from_str(text).map_err(|e| format!("is not valid JSON ({e})"))?;
-    let Value::Object(map) = value else { return Err("must be a JSON object".into()) };
-    for (name, rules) in map {
-        super::check_bucket(&name).map_err(|_| format!("'{name}' is not a valid bucket name"))?;
-        let Value::Object(fields) = rules else { return Err(format!("{name}: rules must be an object")) };
-        let mut bucket = BucketRules::default();
-        for (field, value) in fields {
-            match (field.as_str(), value) {
-                ("path", Value::String(template)) => {
-                    check_template(&template).map_err(|why| format!("{name}.path: {why}"))?;
-                    bucket.path_template = template;
-                }
-                ("max_bytes", Value::Number(n)) if n.as_u64().is_some_and(|n| n > 0) => {
-                    bucket.max_bytes = n.as_u64().unwrap_or(DEFAULT_MAX_BYTES);
-                }
-                ("content_types", Value::Array(types)) => {
-                    bucket.content_types = types
-                        .iter()
-                        .map(|t| t.as_str().filter(|t| t.contains('/')).map(|t| t.trim().to_ascii_lowercase()))
-                        .collect::<Option<Vec<_>>>()
-                        .ok_or(format!("{name}.content_types: give types like image/png or image/*"))?;
-                }
-                ("shared", Value::Bool(shared)) => bucket.shared = shared,
-                (other, _) => {
-                    return Err(format!(
-                        "{name}.{other}: unknown or invalid (use path, max_bytes, content_types, shared)"
-                    ))
-                }
+            match super::check_bucket(name) {
+                Ok(()) => drop(buckets.insert(name.to_string(), BucketRules::default())),
+                Err(_) => problems.push(invalid_name(name)),
             }
         }
-        buckets.insert(name, bucket);
+    } else {
+        let value: Value = serde_json::from_str(text).map_err(|e| vec![format!("is not valid JSON ({e})")])?;
+        let Value::Object(map) = value else { return Err(vec!["must be a JSON object".into()]) };
+        for (name, rules) in map {
+            let before = problems.len();
+            if super::check_bucket(&name).is_err() {
+                problems.push(invalid_name(&name));
+            }
+            let Value::Object(fields) = rules else {
+                problems.push(format!("{name}: rules must be an object"));
+                continue;
+            };
+            let mut bucket = BucketRules::default();
+            for (field, value) in fields {
+                match (field.as_str(), value) {
+                    ("path", Value::String(template)) => match check_template(&template) {
+                        Ok(()) => bucket.path_template = template,
+                        Err(why) => problems.push(format!("{name}.path: {why}")),
+                    },
+                    ("max_bytes", Value::Number(n)) if n.as_u64().is_some_and(|n| n > 0) => {
+                        bucket.max_bytes = n.as_u64().unwrap_or(DEFAULT_MAX_BYTES);
+                    }
+                    ("content_types", Value::Array(types)) => {
+                        match types
+                            .iter()
+                            .map(|t| t.as_str().filter(|t| t.contains('/')).map(|t| t.trim().to_ascii_lowercase()))
+                            .collect::<Option<Vec<_>>>()
+                        {
+                            Some(types) => bucket.content_types = types,
+                            None => {
+                                problems.push(format!("{name}.content_types: give types like image/png or image/*"))
+                            }
+                        }
+                    }
+                    ("shared", Value::Bool(shared)) => bucket.shared = shared,
+                    (other, _) => problems.push(format!(
+                        "{name}.{other}: unknown or invalid (use path, max_bytes, content_types, shared)"
+                    )),
+                }
+            }
+            if problems.len() == before {
+                buckets.insert(name, bucket);
+            }
+        }
     }
-    if buckets.is_empty() {
-        return Err("lists no bucket".into());
+    if buckets.is_empty() && problems.is_empty() {
+        problems.push("lists no bucket".into());
     }
-    Ok(buckets)
+    if problems.is_empty() {
+        Ok(buckets)
+    } else {
+        Err(problems)
+    }
 }
 
 /// A template is a path prefix ending in `/` whose only placeholder is `{user_id}`.
@@ -373,16 +394,16 @@ mod tests {
             (r#"{"a":{"content_types":["png"]}}"#, "a.content_types"),
             ("{", "not valid JSON"),
         ] {
-            let error = parse_buckets(text).unwrap_err();
-            assert!(error.contains(why), "{text}: {error}");
+            let errors = parse_buckets(text).unwrap_err();
+            assert_eq!(errors.len(), 1, "{text}: {errors:?}");
+            assert!(errors[0].contains(why), "{text}: {errors:?}");
         }
     }
 
-    /// Found by the settings audit: `STORAGE_BUCKETS` stops at its first bad bucket, so an
-    /// operator fixing one is told of the next only on the following deploy ("every missing or
-    /// invalid value is logged at start", all at once).
+    /// Every bad bucket is reported at once (it stopped at the first, so an operator fixing one
+    /// heard of the next only on the following deploy).
     #[test]
-    fn audit_every_bad_bucket_is_reported_at_once() {
+    fn every_bad_bucket_is_reported_at_once() {
         for (text, expected) in [
             (r#"{"a":{"path":"{user_id}"},"b":{"max_bytes":0}}"#, ["a.path", "b.max_bytes"]),
             ("a/b,c d", ["'a/b'", "'c d'"]),

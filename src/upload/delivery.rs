@@ -241,8 +241,7 @@ pub async fn apply_with<T: Transport>(
                                 Ending::Retryable(failure, _) | Ending::Fatal(failure, ..)
                                     if failure.code == FUNCTION_NOT_FOUND =>
                                 {
-                                    let wait = settings.retry_after_seconds.max(SCHEMA_DRIFT_RETRY_AFTER_SECONDS);
-                                    Ending::Retryable(too_big, wait)
+                                    Ending::Retryable(too_big, operators_wait(settings))
                                 }
                                 Ending::Retryable(failure, _) if failure.code == QUERY_CANCELED => {
                                     let fallback =
@@ -256,9 +255,11 @@ pub async fn apply_with<T: Transport>(
                             })
                         }
                         // The call does not fit in what is left: it waits for the next upload's fresh
-                        // budget (a budget that cannot hold it at all is below the enforced minimum).
+                        // budget.
                         Some(_) if !fresh => None,
-                        _ => refuse_unsendable(remaining, fresh, rejection_cost, too_big, transaction.entries.len()),
+                        // Not even in a fresh budget (with the reserve for its rejection's record):
+                        // raising the budget is the operator's to do, as installing the function is.
+                        _ => Some(Ending::Retryable(too_big, operators_wait(settings))),
                     }
                 }
                 Ok(requests) if worst_case(&requests) + rejection_cost > remaining => None,
@@ -283,6 +284,11 @@ pub async fn apply_with<T: Transport>(
                         }
                         ending => Some(ending),
                     }
+                }
+                // A table UPLOAD_TABLES lacks: the operator's to add, as a table missing from the
+                // schema (PGRST205) is; nothing was sent.
+                Err(failure) if failure.code == plan::TABLE_NOT_LISTED => {
+                    Some(Ending::Retryable(failure, operators_wait(settings)))
                 }
                 Err(failure) => refuse_unsendable(remaining, fresh, rejection_cost, failure, transaction.entries.len()),
             };
@@ -563,7 +569,7 @@ async fn after_timeout<T: Transport>(
         "raise the statement timeout of role {role} (alter role {role} set statement_timeout = '30s'; \
          notify pgrst, 'reload config')"
     );
-    let operator_wait = settings.retry_after_seconds.max(SCHEMA_DRIFT_RETRY_AFTER_SECONDS);
+    let operator_wait = operators_wait(settings);
     let begun = failure.message.contains(BEGUN_THROUGH_REST);
     let why = if begun {
         "refused because an earlier upload began applying it through REST requests"
@@ -816,10 +822,17 @@ fn held_rejection(failure: FailedOperation, entries: usize, after_rest: bool) ->
     }
 }
 
+/// The least `Retry-After` of a transaction that waits for the operator (a migration, a GRANT, a
+/// setting): fixing it takes a deploy, so retrying every few seconds would only add load.
+fn operators_wait(settings: &UploadSettings) -> u64 {
+    settings.retry_after_seconds.max(SCHEMA_DRIFT_RETRY_AFTER_SECONDS)
+}
+
 /// A fatal failure found before sending: reported as such if recording its rejection still fits in
 /// the budget, otherwise `None` (not attempted; the next upload starts with a fresh budget) —
 /// unless this upload has not sent anything yet, since a fresh budget would not help then either
-/// (only possible with a budget below the minimum `from_lookup` enforces).
+/// (only possible with a budget below the minimum `from_lookup` enforces: then reported without
+/// its record).
 fn refuse_unsendable(
     remaining: usize,
     fresh: bool,

@@ -741,19 +741,20 @@ mod tests {
     }
 
     #[test]
-    fn tiny_budget_never_blocks_the_queue() {
-        // Below the minimum `from_lookup` enforces (1 write + 1 dead letter), a transaction still
-        // gets a final outcome instead of being `not_attempted` on every upload.
+    fn a_transaction_no_budget_can_hold_waits_for_the_operator_without_a_dead_letter() {
+        // Below the minimum `from_lookup` enforces (1 write + 1 dead letter): raising the budget
+        // is the operator's to do, so the transaction waits, as its message says.
         let mut s = settings();
         s.subrequest_budget = 1;
         s.dead_letter_table = Some("dead".to_string());
-        let transport = FakeTransport::scripted(vec![recorded()]);
+        let transport = FakeTransport::default();
         let report = run(&[tx(1), tx(2)], &s, &transport);
-        assert_eq!(statuses(&report), vec![Status::FatalError, Status::NotAttempted]);
+        assert_eq!(statuses(&report), vec![Status::RetryableError, Status::NotAttempted]);
         let failure = report.results[0].failed_operation.clone().expect("failure");
         assert_eq!(failure.code, "too_many_requests_for_budget");
-        assert_eq!((report.subrequests, report.dead_letters), (1, 1));
-        assert!(transport.sent()[0].url.ends_with(RECORD_PATH));
+        assert!(failure.message.contains("it waits until"), "{}", failure.message);
+        assert!(report.retry_after_seconds >= outcome::SCHEMA_DRIFT_RETRY_AFTER_SECONDS);
+        assert_eq!((report.subrequests, report.dead_letters), (0, 0));
     }
 
     #[test]
@@ -1052,13 +1053,15 @@ mod tests {
     }
 
     #[test]
-    fn refused_table_is_fatal_without_requests_and_dead_lettered() {
+    fn a_bridge_table_is_refused_fatal_without_requests_and_dead_lettered() {
         let mut s = settings();
-        s.tables = Some(BTreeSet::from(["lists".to_string()]));
         s.dead_letter_table = Some("dead".to_string());
+        let mut to_the_ledger = tx(2);
+        to_the_ledger.entries[0].table = "powersync_upload_ledger".to_string();
         let transport = FakeTransport::scripted(vec![recorded(), recorded()]);
-        let report = run(&[tx(1), tx(2)], &s, &transport);
+        let report = run(&[to_the_ledger.clone(), to_the_ledger], &s, &transport);
         assert_eq!(statuses(&report), vec![Status::FatalError, Status::FatalError]);
+        assert_eq!(failure_of(&report, 0).code, "table_not_allowed");
         let sent = transport.sent();
         assert_eq!(sent.len(), 2);
         assert!(sent.iter().all(|r| r.url.ends_with(RECORD_PATH)));
@@ -2376,12 +2379,12 @@ mod tests {
 
     #[test]
     fn a_transaction_refused_before_sending_on_the_atomic_route_is_recorded_in_the_ledger() {
-        let mut s = settings();
-        s.tables = Some(["other".to_string()].into_iter().collect());
+        let mut empty_id = tx(1);
+        empty_id.entries[0].id = String::new();
         let transport = FakeTransport::scripted(vec![ok_body("true")]);
-        let report = run_with(Route::Atomic, &s, &[tx(1)], &transport);
+        let report = run_with(Route::Atomic, &settings(), &[empty_id], &transport);
         assert_eq!(statuses(&report), vec![Status::FatalError]);
-        assert_eq!(failure_of(&report, 0).code, "table_not_allowed");
+        assert_eq!(failure_of(&report, 0).code, "invalid_id");
         let sent = transport.sent();
         assert_eq!(sent.len(), 1, "{sent:?}");
         assert!(sent[0].url.ends_with(REJECT_PATH), "an earlier attempt's atomic call may arrive late");
@@ -3086,55 +3089,35 @@ mod tests {
         assert_eq!(states_of(&dead_letter_body(&transport)), vec!["failed"]);
     }
 
-    // --- audit-settings: misconfigured worker -------------------------------------------------
-
-    /// Found by the settings audit: a table the client writes but `UPLOAD_TABLES` lacks is fatal
-    /// `table_not_allowed`, and over REST without a dead-letter table nothing keeps it: the write
-    /// is gone. The allowlist lagging behind an app release that adds a table, or spelling a
-    /// table otherwise than the client (`Todos` for `todos`: PostgREST's names are exact), is the
-    /// operator's to fix, exactly as a table missing from the schema (PGRST205, retryable): the
-    /// write must wait. (A hostile client gains nothing from waiting: only its own queue stops.)
+    /// A table `UPLOAD_TABLES` lacks (the list lagging behind an app release that adds a table,
+    /// or spelling it otherwise than the client: `Todos` for `todos`) is the operator's to fix,
+    /// as a table missing from the schema is: the write waits, nothing is sent or dead-lettered.
+    /// (A hostile client gains nothing from waiting: only its own queue stops.)
     #[test]
-    fn audit_a_table_missing_from_the_allowlist_waits_for_the_operator() {
-        for allowed in ["lists", "Todos"] {
-            let mut s = settings();
-            s.atomic = AtomicMode::Never;
-            s.tables = Some([allowed.to_string()].into_iter().collect());
-            let transport = FakeTransport::default();
-            let report = run_with(Route::Rest, &s, &[tx(1)], &transport);
-            assert_eq!(
-                statuses(&report),
-                vec![Status::RetryableError],
-                "UPLOAD_TABLES={allowed}, a write to todos: {:?} (nothing sent or recorded: {})",
-                report.results[0].failed_operation,
-                transport.sent().len()
-            );
+    fn a_table_missing_from_upload_tables_waits_for_the_operator_without_a_request() {
+        for route in [Route::Rest, Route::Atomic] {
+            for allowed in ["lists", "Todos"] {
+                let mut s = settings();
+                s.tables = Some([allowed.to_string()].into_iter().collect());
+                s.dead_letter_table = Some("dead".to_string());
+                let transport = FakeTransport::default();
+                let report = run_with(route, &s, &[tx(1), tx(2)], &transport);
+                assert_eq!(statuses(&report), vec![Status::RetryableError, Status::NotAttempted], "{allowed}");
+                let failure = failure_of(&report, 0);
+                assert_eq!((failure.index, failure.code.as_str()), (Some(0), plan::TABLE_NOT_LISTED));
+                assert!(report.retry_after_seconds >= outcome::SCHEMA_DRIFT_RETRY_AFTER_SECONDS);
+                assert_eq!((transport.sent().len(), report.dead_letters), (0, 0), "{route:?}, {allowed}");
+            }
         }
     }
 
-    /// Found by the settings audit: in service mode with the owner column in
-    /// `UPLOAD_JSON_COLUMNS` (a configuration the start-up check accepts), a PUT carrying its
-    /// own owner id (as a client's local row does) is refused fatal `invalid_json`, though the
-    /// worker overwrites that value with the caller's id before sending.
+    /// `UPLOAD_ATOMIC=false` with `UPLOAD_SUBREQUEST_BUDGET=1` (its least allowed value): a
+    /// transaction of two requests (two tables) from a client with a client id cannot be sent,
+    /// not even as one atomic call with its rejection's reserve. It waits, as its message says
+    /// ("it waits until sql/atomic_upload.sql is installed ... or the budget raised"); it was
+    /// answered fatal, and so discarded for a setting.
     #[test]
-    fn audit_a_put_carrying_its_owner_is_not_refused_for_the_owner_columns_conversion() {
-        let mut s = settings();
-        s.mode = WriteMode::Service { service_key: "svc".to_string(), owner_column: "user_id".to_string() };
-        s.tables = Some(["todos".to_string()].into_iter().collect());
-        s.json_columns.insert("todos", "user_id");
-        let put = entry(Op::Put, "r1", json!({"user_id": "user-1", "title": "t"}));
-        let transport = FakeTransport::default();
-        let report = run_with(Route::Atomic, &s, &[Transaction { transaction_id: Some(json!(1)), entries: vec![put] }], &transport);
-        assert_eq!(statuses(&report), vec![Status::Success], "{:?}", report.results[0].failed_operation);
-    }
-
-    /// Found by the settings audit: `UPLOAD_ATOMIC=false` with `UPLOAD_SUBREQUEST_BUDGET=1`
-    /// passes the start-up check (its documented minimum without atomic mode), yet a transaction
-    /// of two requests (two tables) from a client with a client id is answered fatal
-    /// `too_many_requests_for_budget`, whose own message says it "waits until
-    /// sql/atomic_upload.sql is installed ... or the budget raised": discarded for a setting.
-    #[test]
-    fn audit_a_transaction_over_the_smallest_allowed_budget_waits() {
+    fn a_transaction_over_the_least_allowed_budget_waits_for_the_operator() {
         let vars = [
             ("SUPABASE_URL", "https://p.supabase.co"),
             ("SUPABASE_ANON_KEY", "anon"),
@@ -3151,12 +3134,9 @@ mod tests {
         };
         let transport = FakeTransport::default();
         let report = run_with(Route::Rest, &s, &[two_tables], &transport);
-        assert_eq!(
-            statuses(&report),
-            vec![Status::RetryableError],
-            "{:?} (requests sent: {})",
-            report.results[0].failed_operation,
-            transport.sent().len()
-        );
+        assert_eq!(statuses(&report), vec![Status::RetryableError]);
+        assert_eq!(failure_of(&report, 0).code, "too_many_requests_for_budget");
+        assert!(report.retry_after_seconds >= outcome::SCHEMA_DRIFT_RETRY_AFTER_SECONDS);
+        assert!(transport.sent().is_empty());
     }
 }

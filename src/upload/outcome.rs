@@ -82,8 +82,17 @@ pub const SCHEMA_DRIFT_RETRY_AFTER_SECONDS: u64 = 60;
 /// A class an operator can give a code with `UPLOAD_ERROR_CLASS_OVERRIDES`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorClass {
+    /// `fatal`: the built-in rule decides, not a broader class's override (`P0:retryable,
+    /// P0004:fatal`). It never makes fatal what the built-in rules keep retryable because a
+    /// person can fix it (a missing GRANT, schema drift, an outage): the settings refuse it for
+    /// codes whose rule is not the data's ([`ClassOverrides::fatal_is_the_datas`]), and a
+    /// message that says the operator's to fix keeps its code retryable whatever is set.
     Fatal,
+    /// `retryable`: the write waits, whatever the rules say.
     Retryable,
+    /// `dangerously_fatal`: fatal whatever the rules say, even where the operator could fix the
+    /// cause: such writes are discarded (or dead-lettered) instead of waiting for the fix.
+    DangerouslyFatal,
 }
 
 /// `UPLOAD_ERROR_CLASS_OVERRIDES`: codes whose class the operator chose, consulted before the
@@ -122,6 +131,19 @@ impl ClassOverrides {
             return rest.len() == 3 && upper_alnum(rest);
         }
         (key.len() == 2 || key.len() == 5) && upper_alnum(key)
+    }
+
+    /// Whether the built-in rules make `key` (a valid key) fatal by its code alone, as the
+    /// data's own refusal: then `fatal` changes nothing a person could fix. Classes 21, 22, 23,
+    /// 54, P0 and their codes (a 22P02 or 22023 whose message says the operator's to fix stays
+    /// retryable at run time), other codes whose class the rules make fatal (`42804`,
+    /// `PGRST100`); never `http_<status>` (an answer without a code is never the data's).
+    pub fn fatal_is_the_datas(key: &str) -> bool {
+        match key.len() {
+            2 => matches!(key, "21" | "22" | "23" | "54" | "P0"),
+            _ if key.starts_with("http_") => false,
+            _ => class_of(key) == Class::Fatal,
+        }
     }
 }
 
@@ -542,10 +564,13 @@ pub fn classify(
         known => known,
     };
     let class = match overrides.get(&code) {
-        Some(ErrorClass::Fatal) => Class::Fatal,
+        // The built-in rule: fatal for the data's refusals, and retryable where the message says
+        // the operator's to fix (a 42501 missing GRANT, a 22P02 enum value) though the code is
+        // the data's.
+        Some(ErrorClass::Fatal) | None => class,
+        Some(ErrorClass::DangerouslyFatal) => Class::Fatal,
         Some(ErrorClass::Retryable) if class == Class::SchemaDrift => Class::SchemaDrift,
         Some(ErrorClass::Retryable) => Class::Retryable,
-        None => class,
     };
     let message = match body.message {
         Some(message) => message,
@@ -1570,16 +1595,28 @@ mod tests {
     }
 
     #[test]
-    fn operator_override_of_42501_still_decides_for_missing_grants() {
-        let mut overrides = ClassOverrides::default();
-        overrides.insert("42501", ErrorClass::Fatal);
-        let verdict = super::classify(
-            &with_message(403, "42501", "permission denied for table todos"),
-            None,
-            &overrides,
-            as_user("r", "user-1"),
-        );
-        assert!(is_fatal(&verdict));
+    fn a_fatal_override_keeps_what_the_operator_can_fix_retryable_and_only_dangerously_fatal_discards_it() {
+        let verdict = |class, code: &str, message: &str| {
+            let mut overrides = ClassOverrides::default();
+            overrides.insert(code, class);
+            super::classify(&with_message(403, code, message), None, &overrides, as_user("r", "user-1"))
+        };
+        let operators = [
+            ("42501", "permission denied for table todos"),
+            ("22P02", "invalid input value for enum mood: \"elated\""),
+            ("22P02", "invalid input syntax for type uuid: \"user-1\""),
+            ("22023", "role \"editor\" does not exist"),
+        ];
+        for (code, message) in operators {
+            assert_eq!(
+                retry_after_of(&verdict(ErrorClass::Fatal, code, message)),
+                Some(SCHEMA_DRIFT_RETRY_AFTER_SECONDS)
+            );
+            assert!(is_fatal(&verdict(ErrorClass::DangerouslyFatal, code, message)), "{message}");
+        }
+        // a row refused by a policy is the data's either way
+        let refused = "new row violates row-level security policy for table \"todos\"";
+        assert!(is_fatal(&verdict(ErrorClass::Fatal, "42501", refused)));
     }
 
     fn with_range(status: u16, range: Option<&str>, body: &str) -> HttpResponse {
@@ -1739,11 +1776,11 @@ mod tests {
     #[test]
     fn overrides_decide_before_the_built_in_rules() {
         let mut overrides = ClassOverrides::default();
-        overrides.insert("PGRST204", ErrorClass::Fatal);
+        overrides.insert("PGRST204", ErrorClass::DangerouslyFatal);
         overrides.insert("23514", ErrorClass::Retryable);
         overrides.insert("P0", ErrorClass::Retryable);
         overrides.insert("P0004", ErrorClass::Fatal);
-        overrides.insert("http_503", ErrorClass::Fatal);
+        overrides.insert("http_503", ErrorClass::DangerouslyFatal);
         overrides.insert("42703", ErrorClass::Retryable);
         let with = |status, code: &str| {
             super::classify(&postgrest(status, code), Some(0), &overrides, as_user("authenticated", "user-1"))
@@ -2272,7 +2309,7 @@ mod tests {
             assert_eq!(code(&classify(&with_message(status, postgrest_code, "JWT expired"), Some(0))), postgrest_code);
         }
         let mut overrides = ClassOverrides::default();
-        overrides.insert("PGRST002", ErrorClass::Fatal);
+        overrides.insert("PGRST002", ErrorClass::DangerouslyFatal);
         let verdict = super::classify(
             &with_message(503, "PGRST002", "m"),
             Some(0),
@@ -2280,5 +2317,13 @@ mod tests {
             as_user("authenticated", "user-1"),
         );
         assert!(is_fatal(&verdict));
+        overrides.insert("PGRST002", ErrorClass::Fatal);
+        let verdict = super::classify(
+            &with_message(503, "PGRST002", "m"),
+            Some(0),
+            &overrides,
+            as_user("authenticated", "user-1"),
+        );
+        assert!(is_retryable(&verdict), "fatal never makes an outage the data's");
     }
 }

@@ -62,12 +62,13 @@
 //! the function applies it exactly once (a re-send answers `already_applied`).
 //!
 //! Tables and ids are checked before anything is sent: a name that is not a plain identifier
-//! (`invalid_table_name`), one outside `UPLOAD_TABLES` or equal to the dead-letter table
-//! (`table_not_allowed`), a column name no column can have (`invalid_column_name`: empty, not valid
+//! (`invalid_table_name`), one of the bridge's own tables (`table_not_allowed`), a column name no column can have (`invalid_column_name`: empty, not valid
 //! text, over 63 bytes, or holding U+0000), an id that is empty or contains U+0000 (`invalid_id`:
 //! PostgreSQL cannot store U+0000, and PostgREST would cut it short inside `in.(…)`, touching
 //! another row), or JSON-column text that is not JSON (`invalid_json`) fails its transaction as a
-//! fatal error without any request.
+//! fatal error without any request. A table outside `UPLOAD_TABLES` (`table_not_in_upload_tables`)
+//! is refused without any request too, but waits: the list lagging behind an app release is the
+//! operator's to fix, as a table missing from the schema is.
 
 use std::ops::Range;
 
@@ -78,7 +79,9 @@ use super::filter::{self, InList};
 use super::id_set::{self, IdSet};
 use super::outcome::FailedOperation;
 use super::row::{self, Columns};
-use super::settings::{is_filter_column, is_identifier, AtomicMode, UploadSettings, WriteMode, MAX_IDENTIFIER_BYTES};
+use super::settings::{
+    is_filter_column, is_identifier, AtomicMode, UploadSettings, WriteMode, BRIDGE_TABLES, MAX_IDENTIFIER_BYTES,
+};
 use super::Caller;
 use crate::credentials::clipped;
 use crate::http::{HttpRequest, Method};
@@ -297,9 +300,8 @@ fn check_json_text(index: usize, entry: &Entry, settings: &UploadSettings) -> Re
     }
 }
 
-/// The tables of the bridge's SQL files, never written through an upload.
-const BRIDGE_TABLES: [&str; 3] =
-    ["powersync_upload_ledger", "powersync_upload_ledger_settings", "powersync_dead_letters"];
+/// The code of an entry whose table `UPLOAD_TABLES` does not list: retryable (`delivery`).
+pub const TABLE_NOT_LISTED: &str = "table_not_in_upload_tables";
 
 /// Refuses tables the bridge must not write.
 fn check_table(index: usize, table: &str, settings: &UploadSettings) -> Result<(), FailedOperation> {
@@ -315,13 +317,21 @@ fn check_table(index: usize, table: &str, settings: &UploadSettings) -> Result<(
     // their grants and row-level security refuse a user's write (a refusal that would read as
     // the operator's missing GRANT), but not all of the service key's (it may update dead
     // letters); the atomic function refuses them too.
-    let is_bridges = BRIDGE_TABLES.contains(&table);
-    let outside_allowlist = settings.tables.as_ref().is_some_and(|allowed| !allowed.contains(table));
-    if is_dead_letter || is_bridges || outside_allowlist {
+    if is_dead_letter || BRIDGE_TABLES.contains(&table) {
         return Err(FailedOperation::new(
             Some(index),
             "table_not_allowed",
             format!("uploads to table {table} are not allowed"),
+        ));
+    }
+    if settings.tables.as_ref().is_some_and(|allowed| !allowed.contains(table)) {
+        return Err(FailedOperation::new(
+            Some(index),
+            TABLE_NOT_LISTED,
+            format!(
+                "table {table} is not in UPLOAD_TABLES (names are compared exactly, case included); the \
+                 upload waits until the operator adds it there"
+            ),
         ));
     }
     Ok(())
@@ -2110,10 +2120,13 @@ mod tests {
         let mut s = settings();
         s.tables = Some(BTreeSet::from(["todos".to_string()]));
         assert!(plan_transaction(&tx(vec![put("a", json!({}))]), &s, &caller()).is_ok());
-        let failure =
-            plan_transaction(&tx(vec![put("a", json!({})), e(Op::Delete, "lists", "b", Value::Null)]), &s, &caller())
-                .expect_err("fatal");
-        assert_eq!((failure.index, failure.code.as_str()), (Some(1), "table_not_allowed"));
+        for table in ["lists", "Todos"] {
+            let failure =
+                plan_transaction(&tx(vec![put("a", json!({})), e(Op::Delete, table, "b", Value::Null)]), &s, &caller())
+                    .expect_err("refused");
+            assert_eq!((failure.index, failure.code.as_str()), (Some(1), TABLE_NOT_LISTED));
+            assert!(failure.message.contains("UPLOAD_TABLES"), "{}", failure.message);
+        }
     }
 
     #[test]

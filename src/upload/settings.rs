@@ -27,7 +27,7 @@
 //! | `UPLOAD_RETRY_AFTER_SECONDS` | 5 | `Retry-After` suggested when the client must retry |
 //! | `UPLOAD_TIME_BUDGET_MS` | 30000 | no transaction is started once an upload has run this long (the rest `not_attempted`), 1000..=300000 |
 //! | `UPLOAD_ALLOW_ANONYMOUS` | `false` | service mode only: accept uploads from anonymous sign-ins (`is_anonymous: true`) |
-//! | `UPLOAD_ERROR_CLASS_OVERRIDES` | none | `code:fatal` / `code:retryable` list overriding how an answer's code is classified |
+//! | `UPLOAD_ERROR_CLASS_OVERRIDES` | none | `code:fatal` / `code:retryable` / `code:dangerously_fatal` list overriding how an answer's code is classified (`fatal` only for the data's codes) |
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -61,6 +61,10 @@ pub const DEFAULT_TIME_BUDGET_MS: u64 = 30_000;
 /// tests/upload_memory.rs), and the runtime holds the request's and the upstream request's
 /// bodies too: at 16 MiB that is within the isolate's 128 MB, at 24 MiB no longer (about 120).
 pub const MAX_BODY_BYTES_LIMIT: u64 = 16 * 1024 * 1024;
+/// The tables of the bridge's SQL files (sql/atomic_upload.sql, sql/dead_letter.sql), never
+/// written through an upload.
+pub const BRIDGE_TABLES: [&str; 3] =
+    ["powersync_upload_ledger", "powersync_upload_ledger_settings", "powersync_dead_letters"];
 /// Longest Postgres identifier (NAMEDATALEN - 1); longer names are silently truncated by Postgres.
 pub const MAX_IDENTIFIER_BYTES: usize = 63;
 
@@ -386,11 +390,33 @@ pub fn read(reader: &mut Reader, supabase_url: Option<String>) -> Option<UploadS
             );
         }
     }
+    // The worker writes the owner column itself, with the caller's id: a conversion of it has
+    // nothing to convert, and UPLOAD_JSON_COLUMNS would refuse a row that carries its owner (a
+    // user id is no JSON text) before the worker replaced the value.
+    if let Some(owner) = reader.get("UPLOAD_OWNER_COLUMN").filter(|_| service) {
+        for (name, set) in [("UPLOAD_JSON_COLUMNS", &json_columns), ("UPLOAD_BOOLEAN_COLUMNS", &boolean_columns)] {
+            for (table, _) in set.iter().filter(|(_, column)| *column == owner) {
+                reader.problem(
+                    name,
+                    format!("{table}.{owner} is UPLOAD_OWNER_COLUMN, which the worker sets to the caller's id itself"),
+                );
+            }
+        }
+    }
     if let (Some(dead), Some(allowed)) = (&dead_letter_table, &tables) {
         if allowed.contains(dead) {
             reader.problem(
                 "UPLOAD_DEAD_LETTER_TABLE",
                 format!("{dead} is also in UPLOAD_TABLES; clients must not write dead letters themselves"),
+            );
+        }
+    }
+    for bridges in tables.iter().flatten().filter(|table| BRIDGE_TABLES.contains(&table.as_str())) {
+        // Unless UPLOAD_DEAD_LETTER_TABLE names it too, which is said above.
+        if dead_letter_table.as_ref() != Some(bridges) {
+            reader.problem(
+                "UPLOAD_TABLES",
+                format!("{bridges} is one of the bridge's own tables, which uploads never write; remove it"),
             );
         }
     }
@@ -547,8 +573,10 @@ fn tables(r: &mut Reader) -> Option<BTreeSet<String>> {
     Some(tables)
 }
 
-/// `UPLOAD_ERROR_CLASS_OVERRIDES`: `code:class` items, comma-separated; class `fatal` or
-/// `retryable` (any case); a code as [`ClassOverrides::is_valid_key`] allows.
+/// `UPLOAD_ERROR_CLASS_OVERRIDES`: `code:class` items, comma-separated; class `fatal`,
+/// `retryable` or `dangerously_fatal` (any case); a code as [`ClassOverrides::is_valid_key`]
+/// allows, and `fatal` only for a code whose rule is the data's
+/// ([`ClassOverrides::fatal_is_the_datas`]).
 fn class_overrides(r: &mut Reader) -> ClassOverrides {
     const NAME: &str = "UPLOAD_ERROR_CLASS_OVERRIDES";
     let mut overrides = ClassOverrides::default();
@@ -563,8 +591,9 @@ fn class_overrides(r: &mut Reader) -> ClassOverrides {
         let class = match class.trim().to_ascii_lowercase().as_str() {
             "fatal" => ErrorClass::Fatal,
             "retryable" => ErrorClass::Retryable,
+            "dangerously_fatal" => ErrorClass::DangerouslyFatal,
             _ => {
-                r.problem(NAME, format!("item {place}'s class must be fatal or retryable"));
+                r.problem(NAME, format!("item {place}'s class must be fatal, retryable or dangerously_fatal"));
                 continue;
             }
         };
@@ -574,6 +603,18 @@ fn class_overrides(r: &mut Reader) -> ClassOverrides {
                 format!(
                     "item {place}'s code is not one: give a SQLSTATE (23514) or its class (P0), a PostgREST \
                      code (PGRST204) or http_<status> (http_404)"
+                ),
+            );
+            continue;
+        }
+        // A valid key is a code's few letters and digits: quoting it shows no secret.
+        if class == ErrorClass::Fatal && !ClassOverrides::fatal_is_the_datas(code) {
+            r.problem(
+                NAME,
+                format!(
+                    "{code}:fatal would discard writes that wait today because a person can fix their cause \
+                     (schema drift, a missing GRANT, an outage, a gateway); write {code}:dangerously_fatal to \
+                     discard them anyway"
                 ),
             );
             continue;
@@ -698,14 +739,15 @@ mod tests {
     fn error_class_overrides_are_read() {
         let s = read_vars(&with(&[(
             "UPLOAD_ERROR_CLASS_OVERRIDES",
-            " PGRST204:Fatal, 23514:retryable,P0:retryable , http_404:fatal,",
+            " PGRST204:Dangerously_Fatal, 23514:retryable,P0:retryable ,P0004:Fatal, http_404:dangerously_fatal,",
         )]))
         .expect("valid");
         let o = &s.error_class_overrides;
-        assert_eq!(o.get("PGRST204"), Some(ErrorClass::Fatal));
+        assert_eq!(o.get("PGRST204"), Some(ErrorClass::DangerouslyFatal));
         assert_eq!(o.get("23514"), Some(ErrorClass::Retryable));
-        assert_eq!(o.get("P0004"), Some(ErrorClass::Retryable), "a class covers its codes");
-        assert_eq!(o.get("http_404"), Some(ErrorClass::Fatal));
+        assert_eq!(o.get("P0001"), Some(ErrorClass::Retryable), "a class covers its codes");
+        assert_eq!(o.get("P0004"), Some(ErrorClass::Fatal), "a code before its class");
+        assert_eq!(o.get("http_404"), Some(ErrorClass::DangerouslyFatal));
         assert_eq!(o.get("23505"), None);
         assert_eq!(read_vars(&BASE).expect("valid").error_class_overrides, ClassOverrides::default());
     }
@@ -1107,72 +1149,68 @@ mod tests {
         assert!(!text.contains("\"anon\""));
     }
 
-    // --- audit-settings: misconfigured worker -------------------------------------------------
-
-    /// Found by the settings audit: `UPLOAD_ERROR_CLASS_OVERRIDES` turns any code fatal without a
-    /// word, including the codes the bridge keeps retryable because only the operator can fix
-    /// them (schema drift, a missing GRANT, an unreachable database, a gateway's 5xx). The
-    /// documented example itself (`secrets.example`, docs/configuration.md) is `PGRST204:fatal`:
-    /// copied as it stands, every write of a column an app release adds before its migration is
-    /// discarded. Such an override must be refused at start, or need a loudly named opt-in.
+    /// `fatal` is refused for a code the rules keep retryable because a person can fix its cause
+    /// (schema drift, a missing GRANT's class, an outage, a gateway): copied as it stood, the
+    /// old documented example `PGRST204:fatal` discarded every write of a column an app release
+    /// adds before its migration. Only the loud `dangerously_fatal` does that.
     #[test]
-    fn audit_a_fatal_override_of_an_operators_mistake_is_refused() {
-        let mut accepted = Vec::new();
+    fn a_fatal_override_of_a_code_a_person_can_fix_is_refused_at_start() {
         for overrides in [
-            "PGRST204:fatal",                // unknown column: the documented example
-            "PGRST204:fatal,P0001:retryable", // secrets.example's value, as it stands
-            "42501:fatal",                   // a missing GRANT
-            "42:fatal",                      // every schema-drift SQLSTATE of class 42
-            "42P01:fatal",                   // unknown table
-            "PGRST205:fatal",                // unknown table (schema cache)
-            "PGRST202:fatal",                // atomic function not installed
-            "PGRST000:fatal",                // database unreachable
-            "08:fatal",                      // connection exceptions
-            "57014:fatal",                   // statement timeout
-            "http_503:fatal",                // a gateway's outage
-            "http_401:fatal",                // a rotated API key ("Invalid API key")
+            "PGRST204:fatal",                 // unknown column
+            "PGRST204:fatal,P0001:retryable", // the example secrets.example had
+            "42:fatal",                       // class 42: schema drift and the database's setup
+            "42P01:fatal",                    // unknown table
+            "PGRST205:fatal",                 // unknown table (schema cache)
+            "PGRST202:fatal",                 // atomic function not installed
+            "PGRST000:fatal",                 // database unreachable
+            "PGRST301:fatal",                 // a session PostgREST does not trust
+            "08:fatal",                       // connection exceptions
+            "57014:fatal",                    // statement timeout
+            "http_503:fatal",                 // a gateway's outage
+            "http_401:fatal",                 // a rotated API key ("Invalid API key")
+            "http_404:fatal",                 // a wrong SUPABASE_URL
         ] {
-            let vars = with(&[("UPLOAD_ERROR_CLASS_OVERRIDES", overrides)]);
-            let refused = read_vars(&vars).is_err_and(|problems| {
-                problems.iter().any(|p| p.name == "UPLOAD_ERROR_CLASS_OVERRIDES")
-            });
-            if !refused {
-                accepted.push(overrides);
-            }
+            let problems = read_vars(&with(&[("UPLOAD_ERROR_CLASS_OVERRIDES", overrides)])).expect_err(overrides);
+            assert_eq!(problems.len(), 1, "{overrides}: {problems:?}");
+            assert_eq!(problems[0].name, "UPLOAD_ERROR_CLASS_OVERRIDES");
+            assert!(problems[0].message.contains(":dangerously_fatal"), "{}", problems[0].message);
+            let loud: &'static str = overrides.replace(":fatal", ":dangerously_fatal").leak();
+            assert!(read_vars(&with(&[("UPLOAD_ERROR_CLASS_OVERRIDES", loud)])).is_ok(), "{loud}");
         }
-        assert!(
-            accepted.is_empty(),
-            "accepted without a word, each discarding writes only the operator could fix: {accepted:?}"
-        );
-        // The data's own refusals may still be chosen either way.
-        assert!(read_vars(&with(&[("UPLOAD_ERROR_CLASS_OVERRIDES", "P0001:retryable,23502:retryable")])).is_ok());
+        // The data's own refusals may be chosen either way (42501's refusals by a policy are the
+        // data's; its missing GRANTs stay retryable whatever is set: outcome's tests).
+        for data in
+            ["P0001:retryable,23502:retryable", "P0:retryable,P0004:fatal", "23:fatal", "42501:fatal", "PGRST100:fatal"]
+        {
+            assert!(read_vars(&with(&[("UPLOAD_ERROR_CLASS_OVERRIDES", data)])).is_ok(), "{data}");
+        }
     }
 
-    /// Found by the settings audit: the bridge's own tables listed in `UPLOAD_TABLES` pass the
-    /// start-up check (only `UPLOAD_DEAD_LETTER_TABLE` is compared), so the operator learns of the
-    /// mistake from each write refused at run time, not from `/health`.
+    /// The bridge's own tables in `UPLOAD_TABLES` are a problem at start (each write to them is
+    /// refused at run time anyway), not learnt write by write.
     #[test]
-    fn audit_upload_tables_naming_a_bridge_table_is_a_problem_at_start() {
-        for tables in ["todos,powersync_upload_ledger", "todos,powersync_upload_ledger_settings", "todos,powersync_dead_letters"]
+    fn upload_tables_naming_a_bridge_table_is_a_problem_at_start() {
+        for tables in
+            ["todos,powersync_upload_ledger", "todos,powersync_upload_ledger_settings", "todos,powersync_dead_letters"]
         {
             let vars = with(&[("UPLOAD_TABLES", tables)]);
             assert_eq!(problem_names(&vars), vec!["UPLOAD_TABLES"], "{tables}");
         }
     }
 
-    /// Found by the settings audit: in service mode a conversion of the owner column is accepted,
-    /// though the worker overwrites that column with the caller's id; `UPLOAD_JSON_COLUMNS`
-    /// naming it makes every PUT that carries the owner (as clients' local rows do) fatal
-    /// `invalid_json` (a user id is no JSON text), a write lost to a configuration mistake.
+    /// In service mode the worker writes the owner column itself: a conversion of it is a
+    /// problem at start (`UPLOAD_JSON_COLUMNS` naming it made every PUT that carries its owner,
+    /// as clients' local rows do, fatal `invalid_json`: a user id is no JSON text).
     #[test]
-    fn audit_a_conversion_of_the_owner_column_is_a_problem_in_service_mode() {
-        for setting in ["UPLOAD_JSON_COLUMNS"] {
+    fn a_conversion_of_the_owner_column_is_a_problem_in_service_mode() {
+        for setting in ["UPLOAD_JSON_COLUMNS", "UPLOAD_BOOLEAN_COLUMNS"] {
             let mut vars = with(&SERVICE);
             vars.push((setting, "todos.user_id"));
-            match read_vars(&vars) {
-                Ok(_) => panic!("{setting}=todos.user_id (the owner column) accepted in service mode"),
-                Err(problems) => assert!(problems.iter().any(|p| p.name == setting), "{problems:?}"),
-            }
+            assert_eq!(problem_names(&vars), vec![setting]);
+            assert!(
+                read_vars(&with(&[(setting, "todos.user_id")])).is_ok(),
+                "{setting}: in rls mode a column like any other"
+            );
         }
     }
 }

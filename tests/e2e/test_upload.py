@@ -10,7 +10,7 @@ Worker instances (started once for the module, in parallel, see `instances`):
   later      UPLOAD_ATOMIC unset, UPLOAD_ATOMIC_FUNCTION=powersync_apply_later (not installed
              until a test creates it), UPLOAD_ATOMIC_RECHECK_SECONDS=2
   dead       UPLOAD_DEAD_LETTER_TABLE=powersync_dead_letters,
-             UPLOAD_ERROR_CLASS_OVERRIDES=PGRST204:fatal,42703:fatal (REST)
+             UPLOAD_ERROR_CLASS_OVERRIDES=PGRST204:dangerously_fatal,42703:dangerously_fatal (REST)
   budget     UPLOAD_SUBREQUEST_BUDGET=5 (REST)
   refused    SUPABASE_URL = a closed loopback port (HS256 sessions still verify locally)
 
@@ -76,7 +76,7 @@ def instances(base_vars, start_workers):
         "later": {**base_vars, "UPLOAD_ATOMIC_FUNCTION": LATER_FUNCTION,
                   "UPLOAD_ATOMIC_RECHECK_SECONDS": "2"},
         "dead": {**rest, "UPLOAD_DEAD_LETTER_TABLE": DEAD_LETTERS,
-                 "UPLOAD_ERROR_CLASS_OVERRIDES": "PGRST204:fatal,42703:fatal"},
+                 "UPLOAD_ERROR_CLASS_OVERRIDES": "PGRST204:dangerously_fatal,42703:dangerously_fatal"},
         "budget": {**rest, "UPLOAD_SUBREQUEST_BUDGET": "5"},
         "refused": {**rest, "SUPABASE_URL": refused_url},
     }
@@ -933,17 +933,23 @@ def test_service_mode_refuses_anonymous_sign_ins(service_worker, db, standin, se
     assert row(db, "profiles", profile)["user_id"] == sub
 
 
-def test_service_mode_refuses_tables_outside_the_allowlist(service_worker, db, standin, user):
+def test_service_mode_keeps_a_write_to_a_table_outside_the_allowlist_queued_and_refuses_its_own_tables(
+    service_worker, db, standin, user
+):
+    # A table UPLOAD_TABLES lacks is the operator's to add (an app release ahead of the list):
+    # the write waits, nothing sent. The bridge's own tables are refused for good.
     sub, token = user
     list_id = new_id()
-    response = upload(service_worker, token, body(
-        tx(put("lists", list_id, name="n", owner_id=sub)),
-        tx(put("powersync_dead_letters", "1", entry={})),
-    ))
-    assert response.status_code == 200, response.text
-    assert statuses(response) == ["fatal_error", "fatal_error"]
-    assert failure(response, 0)["code"] == "table_not_allowed"
-    assert failure(response, 1)["code"] == "table_not_allowed"
+    waits = upload(service_worker, token, body(tx(put("lists", list_id, name="n", owner_id=sub)), tx(put("todos", new_id()))))
+    assert waits.status_code == 503, waits.text
+    assert statuses(waits) == ["retryable_error", "not_attempted"]
+    assert failure(waits, 0)["code"] == "table_not_in_upload_tables"
+    assert "UPLOAD_TABLES" in failure(waits, 0)["message"]
+    assert int(waits.headers["retry-after"]) >= 60
+    refused = upload(service_worker, token, body(tx(put("powersync_dead_letters", "1", entry={}))))
+    assert refused.status_code == 200, refused.text
+    assert statuses(refused) == ["fatal_error"]
+    assert failure(refused, 0)["code"] == "table_not_allowed"
     assert requests_made(standin) == 0
     assert count(db, "lists") == 0
 
@@ -1041,9 +1047,9 @@ def test_schema_drift_is_retryable_with_a_longer_retry_after(rls_worker, db, use
     assert count(db, "lists") == 0
 
 
-def test_operator_override_makes_a_schema_drift_code_fatal_and_dead_lettered(
+def test_operator_dangerously_fatal_override_makes_a_schema_drift_code_fatal_and_dead_lettered(
         dead_letter_worker, db, user):
-    # UPLOAD_ERROR_CLASS_OVERRIDES=PGRST204:fatal,42703:fatal on this worker
+    # UPLOAD_ERROR_CLASS_OVERRIDES=PGRST204:dangerously_fatal,42703:dangerously_fatal on this worker
     sub, token = user
     list_id, later = new_id(), new_id()
     response = upload(dead_letter_worker, token, body(
