@@ -995,6 +995,22 @@ mod tests {
         }
     }
 
+    /// Audit (files): the declared type comes back as the `Content-Type` header the client must
+    /// PUT with. A value no HTTP client can send as a header (a character outside Latin-1: fetch,
+    /// undici and browsers throw a TypeError) is signed in rls mode and with default rules, and
+    /// the adapter's PUT then fails as a `network_error`, retried for ever: a request that can
+    /// never succeed must be the caller's 400 (`invalid_body`, field `files[0].content_type`).
+    #[test]
+    fn audit_a_content_type_no_client_can_send_as_a_header_is_refused_before_signing() {
+        for kind in ["image/p\u{2028}ng", "image/png\u{1F600}", "image/\u{0100}png"] {
+            let body = json!({"files": [{"bucket": "photos", "path": "u1/a", "content_type": kind, "size": 1}]});
+            match parse_request(FileOp::Upload, body.to_string().as_bytes()) {
+                Err(FileError::Malformed { field, .. }) => assert_eq!(field, "files[0].content_type"),
+                other => panic!("{kind:?}: {other:?}"),
+            }
+        }
+    }
+
     #[test]
     fn log_summary_has_counts_bytes_and_buckets_but_no_path() {
         let request = upload("u1/secret-diagnosis.pdf", "application/pdf", 42);
