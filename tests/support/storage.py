@@ -66,6 +66,9 @@ class StorageServer(NodeService):
             "DB_SUPER_USER": "postgres",
             "STORAGE_BACKEND": "file", "STORAGE_FILE_BACKEND_PATH": str(self.files_dir),
             "STORAGE_S3_BUCKET": "stub", "PG_QUEUE_ENABLE": "false", "NO_COLOR": "1",
+            # The global upload limit (Supabase's default, 50 MB). Unset, Storage reads it as NaN
+            # and enforces no size limit at all, not even a bucket's file_size_limit.
+            "FILE_SIZE_LIMIT": "52428800",
         }
         if jwks:
             # Asymmetric keys Storage trusts besides the secret (JWT_JWKS), as a Supabase project
