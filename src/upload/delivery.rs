@@ -114,8 +114,8 @@ use super::atomic_function::Route;
 use super::crud::{Entry, Transaction};
 use super::dead_letter::{self, EntryState};
 use super::outcome::{
-    affected_rows, atomic_answer, classify, op_index_from_hint, quote_ident, unexpected_response, AtomicAnswer,
-    FailedOperation, Status, TransactionResult, UploadReport, Verdict, WrittenAs, DEAD_LETTERED,
+    self, affected_rows, atomic_answer, classify, op_index_from_hint, quote_ident, unexpected_response, AtomicAnswer,
+    ErrorClass, FailedOperation, Status, TransactionResult, UploadReport, Verdict, WrittenAs, DEAD_LETTERED,
     SCHEMA_DRIFT_RETRY_AFTER_SECONDS, UNEXPECTED_RESPONSE,
 };
 use super::plan::{self, Check, PlannedRequest};
@@ -1045,6 +1045,7 @@ async fn send<T: Transport>(
             }
             (_, verdict, _) => verdict,
         };
+        let verdict = refused_for_another_table(verdict, entries, settings);
         // A PATCH or DELETE that changed no row is `unchanged` in a dead letter, not `applied`
         // (a replay sends it again); one that may have changed its row stays `applied`.
         if matches!(verdict, Verdict::Applied) {
@@ -1348,6 +1349,29 @@ fn with_atomic_index(verdict: Verdict, entries: &[Entry]) -> Verdict {
         Verdict::Retryable { failure, retry_after_seconds } => {
             Verdict::Retryable { failure: locate(failure), retry_after_seconds }
         }
+    }
+}
+
+/// A row-level security refusal of a table the transaction does not write: a trigger's or
+/// function's own write (a log table with row-level security on and no policy for it), which
+/// no row of the transaction could pass. The operator's to fix, so it waits (unless the
+/// operator chose `42501:dangerously_fatal`).
+fn refused_for_another_table(verdict: Verdict, entries: &[Entry], settings: &UploadSettings) -> Verdict {
+    match verdict {
+        Verdict::Fatal(mut failure)
+            if failure.code == "42501"
+                && settings.error_class_overrides.get("42501") != Some(ErrorClass::DangerouslyFatal)
+                && outcome::refused_by_policy_of(&failure.message)
+                    .is_some_and(|table| !entries.iter().any(|entry| entry.table == table)) =>
+        {
+            failure.message = format!(
+                "{}: a table this transaction does not write, so a trigger's or function's own write, which its \
+                 policies refuse whatever the rows hold (the operator's to fix; the upload waits)",
+                failure.message
+            );
+            Verdict::Retryable { failure, retry_after_seconds: Some(SCHEMA_DRIFT_RETRY_AFTER_SECONDS) }
+        }
+        verdict => verdict,
     }
 }
 

@@ -231,7 +231,10 @@ mod tests {
                 entry(Op::Patch, "c", json!({"y": 1})),
             ],
         };
-        let transport = FakeTransport::scripted(vec![ok(201), error(403, "42501", "rls")]);
+        let transport = FakeTransport::scripted(vec![
+            ok(201),
+            error(403, "42501", "new row violates row-level security policy for table \"todos\""),
+        ]);
         let report = run(&[transaction], &settings(), &transport);
         assert_eq!(statuses(&report), vec![Status::FatalError]);
         assert_eq!(report.results[0].failed_operation.as_ref().and_then(|f| f.index), Some(1));
@@ -1050,6 +1053,28 @@ mod tests {
         let report = run(&[tx(1)], &s, &transport);
         assert_eq!(statuses(&report), vec![Status::RetryableError]);
         assert_eq!(transport.sent().len(), 1);
+    }
+
+    #[test]
+    fn a_policy_refusal_of_a_table_the_transaction_does_not_write_waits_for_the_operator() {
+        let refusal = |table: &str| {
+            error(403, "42501", &format!("new row violates row-level security policy for table \"{table}\""))
+        };
+        for route in [Route::Rest, Route::Atomic] {
+            let transport = FakeTransport::scripted(vec![refusal("list_events")]);
+            let report = run_with(route, &settings(), &[tx(1)], &transport);
+            assert_eq!(statuses(&report), vec![Status::RetryableError], "{route:?}");
+            assert!(failure_of(&report, 0).message.contains("a trigger's or function's own write"));
+            assert!(report.retry_after_seconds >= outcome::SCHEMA_DRIFT_RETRY_AFTER_SECONDS);
+            // the table it writes: the row's own refusal
+            let transport = FakeTransport::scripted(vec![refusal("todos"), ok_body("true")]);
+            let report = run_with(route, &settings(), &[tx(1)], &transport);
+            assert_eq!(statuses(&report), vec![Status::FatalError], "{route:?}");
+        }
+        let mut s = settings();
+        s.error_class_overrides.insert("42501", outcome::ErrorClass::DangerouslyFatal);
+        let transport = FakeTransport::scripted(vec![refusal("list_events"), ok_body("true")]);
+        assert_eq!(statuses(&run_with(Route::Rest, &s, &[tx(1)], &transport)), vec![Status::FatalError]);
     }
 
     #[test]

@@ -663,6 +663,19 @@ fn operators_to_fix(body: &ErrorBody, written_as: WrittenAs<'_>) -> Option<Strin
                     .into(),
             );
         }
+        // Only a refusal recognisably the row's is the data's: any other 42501 is a privilege
+        // the database's own setup lacks (a missing GRANT in the server's own language, a
+        // trigger refreshing a materialized view it does not own or setting a superuser's
+        // parameter), which no row could pass. (A row-level security refusal in another
+        // language waits too: kept, never discarded.)
+        if !is_the_rows_refusal(message) {
+            return Some(
+                "a privilege the database refused that no row could have (a missing GRANT, perhaps in the \
+                 server's own language; a trigger or function doing what only an owner or superuser may): \
+                 not a row refused by a row-level security policy (the operator's to fix; the upload waits)"
+                    .into(),
+            );
+        }
     }
     match sub_refused_by_a_type(body, sub) {
         Some("uuid") => {
@@ -959,6 +972,24 @@ fn session_role_unusable(code: &str, message: &str) -> bool {
         "42501" => message.starts_with("permission denied to set role \""),
         _ => false,
     }
+}
+
+/// Whether a `42501` message is a row refused for what it holds: PostgreSQL's row-level security
+/// refusal (`new row violates row-level security policy …`), or the bridge's own refusals of a
+/// row another user owns or of its own tables (sql/atomic_upload.sql).
+fn is_the_rows_refusal(message: &str) -> bool {
+    message.contains("violates row-level security policy")
+        || message.ends_with(" belongs to another owner")
+        || message.ends_with(" is the bridge's own: uploads do not write it")
+}
+
+/// The table a row-level security refusal names (`new row violates row-level security policy
+/// for table "todos"`, with or without `(USING expression)`): a refusal of a table the
+/// transaction does not write is a trigger's or function's (`delivery`).
+pub fn refused_by_policy_of(message: &str) -> Option<&str> {
+    let (_, rest) = message.split_once("violates row-level security policy")?;
+    let (_, quoted) = rest.split_once("for table \"")?;
+    quoted.strip_suffix('"').filter(|table| !table.contains('"'))
 }
 
 /// The GRANT that a `42501` message of PostgreSQL's form `permission denied for <kind> <name>`
@@ -1279,8 +1310,6 @@ mod tests {
             (409, "23503"),
             (400, "23502"),
             (400, "23514"),
-            (403, "42501"),
-            (401, "42501"),
             (400, "42804"),
             (500, "21000"),
         ] {
@@ -1576,47 +1605,63 @@ mod tests {
     }
 
     #[test]
-    fn row_level_security_and_other_42501_refusals_stay_fatal() {
+    fn only_a_42501_refusing_the_row_itself_is_fatal() {
         for message in [
             "new row violates row-level security policy for table \"todos\"",
             "new row violates row-level security policy (USING expression) for table \"todos\"",
             "row 1b4e28ba of table todos belongs to another owner",
-            "permission denied to set parameter \"log_statement\"",
-            "permission denied for",
-            "permission denied for table ",
+            "table powersync_upload_ledger is the bridge's own: uploads do not write it",
         ] {
-            let verdict = classify(&with_message(403, "42501", message), Some(0));
-            assert!(is_fatal(&verdict), "{message}: {verdict:?}");
-            let Verdict::Fatal(failure) = verdict else { continue };
-            assert_eq!(failure.message, message, "the message is left as it is");
+            for status in [401, 403] {
+                let verdict = classify(&with_message(status, "42501", message), Some(0));
+                assert!(is_fatal(&verdict), "{message}: {verdict:?}");
+                let Verdict::Fatal(failure) = verdict else { continue };
+                assert_eq!(failure.message, message, "the message is left as it is");
+            }
         }
         // another code with the same words is not a privilege error
         assert!(is_fatal(&classify(&with_message(400, "23514", "permission denied for table todos"), Some(0))));
     }
 
+    /// Any other 42501 is the database's setup, which no row could pass: a missing GRANT in the
+    /// server's own language (lc_messages), a trigger doing what only an owner or a superuser
+    /// may. It waits (it was fatal: every user's writes discarded). So does a row-level security
+    /// refusal in another language: kept, never discarded.
     #[test]
-    fn a_fatal_override_keeps_what_the_operator_can_fix_retryable_and_only_dangerously_fatal_discards_it() {
-        let verdict = |class, code: &str, message: &str| {
-            let mut overrides = ClassOverrides::default();
-            overrides.insert(code, class);
-            super::classify(&with_message(403, code, message), None, &overrides, as_user("r", "user-1"))
-        };
-        let operators = [
-            ("42501", "permission denied for table todos"),
-            ("22P02", "invalid input value for enum mood: \"elated\""),
-            ("22P02", "invalid input syntax for type uuid: \"user-1\""),
-            ("22023", "role \"editor\" does not exist"),
-        ];
-        for (code, message) in operators {
-            assert_eq!(
-                retry_after_of(&verdict(ErrorClass::Fatal, code, message)),
-                Some(SCHEMA_DRIFT_RETRY_AFTER_SECONDS)
-            );
-            assert!(is_fatal(&verdict(ErrorClass::DangerouslyFatal, code, message)), "{message}");
+    fn a_42501_of_the_databases_setup_in_any_language_waits_for_the_operator() {
+        for message in [
+            "keine Berechtigung für Tabelle todos",
+            "droit refusé pour la table todos",
+            "permiso denegado a la tabla todos",
+            "нет доступа к таблице todos",
+            "テーブル todos へのアクセスが拒否されました",
+            "keine Berechtigung für Funktion powersync_apply_transaction",
+            "must be owner of materialized view todo_counts",
+            "permission denied to set parameter \"session_replication_role\"",
+            "permission denied to create temporary tables in database \"postgres\"",
+            "permission denied for",
+            "permission denied for table ",
+            "neue Zeile verletzt Policy für Sicherheit auf Zeilenebene für Tabelle »todos«",
+            "",
+        ] {
+            let verdict = classify(&with_message(403, "42501", message), Some(0));
+            assert_eq!(retry_after_of(&verdict), Some(SCHEMA_DRIFT_RETRY_AFTER_SECONDS), "{message}: {verdict:?}");
+            let Verdict::Retryable { failure, .. } = verdict else { unreachable!() };
+            assert!(failure.message.contains("the operator's to fix"), "{failure:?}");
         }
-        // a row refused by a policy is the data's either way
-        let refused = "new row violates row-level security policy for table \"todos\"";
-        assert!(is_fatal(&verdict(ErrorClass::Fatal, "42501", refused)));
+    }
+
+    #[test]
+    fn a_row_level_security_refusal_names_its_table() {
+        for (message, table) in [
+            ("new row violates row-level security policy for table \"list_events\"", Some("list_events")),
+            ("new row violates row-level security policy (USING expression) for table \"todos\"", Some("todos")),
+            ("new row violates row-level security policy \"p\" for table \"t\"", Some("t")),
+            ("row 1 of table todos belongs to another owner", None),
+            ("new row violates row-level security policy for table \"a\"b\"", None),
+        ] {
+            assert_eq!(refused_by_policy_of(message), table, "{message}");
+        }
     }
 
     fn with_range(status: u16, range: Option<&str>, body: &str) -> HttpResponse {
@@ -1764,13 +1809,6 @@ mod tests {
             ..UploadReport::default()
         };
         assert_eq!(report.log_summary()["unchanged_entries"], json!(2));
-    }
-
-    #[test]
-    fn rls_and_privilege_errors_stay_fatal() {
-        for status in [401, 403] {
-            assert!(is_fatal(&classify(&postgrest(status, "42501"), Some(0))));
-        }
     }
 
     #[test]

@@ -1,0 +1,115 @@
+"""The database's own setup refusing a privilege no row could have: the upload waits.
+
+A 42501 is the data's only when it refuses the row itself (a row-level security policy of the
+table written, the bridge's refusal of a row another user owns). Any other is the operator's to
+fix (docs/upload.md, "Error classes"): a trigger that refreshes a materialized view only its
+owner may refresh, one that sets a superuser's parameter, one whose log table's policies refuse
+its own insert. Each fails every write of every user; each must leave the upload queued
+(retryable), and the write applies once the operator fixes it. (The same rule keeps a missing
+GRANT worded in the server's own language waiting: outcome's unit tests, since the local
+PostgreSQL has no other locale.)
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import pytest
+
+from tests.e2e.upload_helpers import body, failure, put, statuses, tx, upload
+from tests.support.db import new_id
+
+
+@pytest.fixture(scope="module")
+def instances(base_vars, start_workers):
+    configs = {
+        "rest": {**base_vars, "UPLOAD_ATOMIC": "false"},
+        "atomic": {**base_vars, "UPLOAD_ATOMIC": "true"},
+        "auto": dict(base_vars),
+    }
+    return start_workers(configs)
+
+
+def a_list(sub: str, list_id: str) -> dict:
+    return put("lists", list_id, name="n", owner_id=sub)
+
+
+@contextmanager
+def refreshing_trigger(db):
+    """A common Supabase pattern: an AFTER trigger keeps a materialized view of counts fresh.
+    PostgreSQL 15 lets only the view's owner refresh it: the trigger (security invoker) fails
+    for every API session with `42501 must be owner of materialized view list_counts`."""
+    db.execute("create materialized view public.list_counts as select count(*) as n from public.lists;"
+               " grant select on public.list_counts to authenticated;"
+               " create function public.refresh_list_counts() returns trigger language plpgsql"
+               " set search_path = public as $$ begin refresh materialized view public.list_counts;"
+               " return null; end $$;"
+               " create trigger refresh_list_counts after insert or update or delete on public.lists"
+               " for each statement execute function public.refresh_list_counts()")
+    try:
+        yield
+    finally:
+        db.execute("drop trigger if exists refresh_list_counts on public.lists;"
+                   " drop function if exists public.refresh_list_counts();"
+                   " drop materialized view if exists public.list_counts")
+
+
+@pytest.mark.parametrize("name", ["rest", "atomic", "auto"])
+def test_a_trigger_refreshing_a_materialized_view_keeps_the_upload_queued(instances, db, user, name):
+    sub, token = user
+    list_id = new_id()
+    payload = body(tx(a_list(sub, list_id), tid=1))
+    with refreshing_trigger(db):
+        response = upload(instances[name], token, payload)
+        failed = failure(response, 0)
+        assert failed["code"] == "42501" and "must be owner" in failed["message"], failed
+        assert statuses(response) == ["retryable_error"], (
+            f"the operator's trigger refused every write, and the write is {statuses(response)}: "
+            "discarded by the client")
+    response = upload(instances[name], token, payload)
+    assert statuses(response) == ["success"], response.text
+
+
+@pytest.mark.parametrize("name", ["rest", "atomic"])
+def test_a_trigger_setting_a_superuser_parameter_keeps_the_upload_queued(instances, db, user, name):
+    """A trigger that sets `session_replication_role` (to skip other triggers) fails for every
+    API session: `42501 permission denied to set parameter`. The operator's code, not the data."""
+    sub, token = user
+    list_id = new_id()
+    db.execute("create function public.quiet_lists() returns trigger language plpgsql as $$"
+               " begin perform set_config('session_replication_role', 'replica', true); return new; end $$;"
+               " create trigger quiet_lists before insert on public.lists"
+               " for each row execute function public.quiet_lists()")
+    try:
+        response = upload(instances[name], token, body(tx(a_list(sub, list_id), tid=1)))
+        failed = failure(response, 0)
+        assert failed["code"] == "42501", failed
+        assert statuses(response) == ["retryable_error"], (statuses(response), failed)
+    finally:
+        db.execute("drop trigger if exists quiet_lists on public.lists; drop function if exists public.quiet_lists()")
+
+
+@pytest.mark.parametrize("name", ["rest", "atomic"])
+def test_a_trigger_writing_a_table_without_an_insert_policy_keeps_the_upload_queued(instances, db, user, name):
+    """A classic Supabase mistake: a trigger on lists (security invoker) logs into
+    public.list_events, which has RLS on and no INSERT policy for authenticated. Every write
+    fails with `new row violates row-level security policy for table "list_events"`: a table
+    the upload never names, so the refusal is the trigger's setup, not the row's."""
+    sub, token = user
+    list_id = new_id()
+    db.execute("create table public.list_events (id bigint generated always as identity primary key,"
+               " list_id uuid, at timestamptz default now());"
+               " alter table public.list_events enable row level security;"
+               " grant select, insert on public.list_events to authenticated;"
+               " create function public.log_list() returns trigger language plpgsql as $$"
+               " begin insert into public.list_events (list_id) values (new.id); return new; end $$;"
+               " create trigger log_list after insert on public.lists"
+               " for each row execute function public.log_list()")
+    try:
+        response = upload(instances[name], token, body(tx(a_list(sub, list_id), tid=1)))
+        failed = failure(response, 0)
+        assert failed["code"] == "42501" and "list_events" in failed["message"], failed
+        assert statuses(response) == ["retryable_error"], (statuses(response), failed)
+    finally:
+        db.execute("drop trigger if exists log_list on public.lists; drop function if exists public.log_list();"
+                   " drop table if exists public.list_events")
