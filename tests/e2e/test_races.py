@@ -1,4 +1,4 @@
-"""Concurrency audit (races): the same upload posted twice at once, users racing on the ledger.
+"""Concurrent uploads: the same upload posted twice at once, users racing on the ledger.
 
 Each test forces its interleaving with a slow trigger (pg_sleep) or advisory locks in a
 test-only table, so that the two requests overlap in the database, not merely in time.
