@@ -1326,6 +1326,7 @@ declare
   e_msg    text;
   e_detail text;
   e_hint   text;
+  e_cmd    text;       -- a command no row-level security policy lets the caller's role run
 begin
   if ops is null or jsonb_typeof(ops) <> 'array' then
     raise exception using errcode = '22023',
@@ -1813,6 +1814,32 @@ begin
       e_msg    = message_text,
       e_detail = pg_exception_detail,
       e_hint   = pg_exception_hint;
+    -- A row-level security refusal of the table the op writes, where no permissive policy lets
+    -- this role run a command the op needs (row-level security on and no policy yet; a table
+    -- kept insert-only by its policies, which an upsert cannot pass): no row could pass, so it
+    -- is the setup's, said in words the bridge reads as the operator's to fix (still 42501,
+    -- without "violates row-level security policy").
+    if e_state = '42501' and h_table is not null
+       and pg_catalog.strpos(e_msg, 'violates row-level security policy') > 0
+       and pg_catalog.right(e_msg, pg_catalog.length(h_table) + 12) = 'for table "' || h_table || '"' then
+      select c.cmd into e_cmd
+        from pg_catalog.unnest(case h_op when 'PUT' then array['INSERT', 'UPDATE', 'SELECT']
+                                         when 'PATCH' then array['UPDATE', 'SELECT']
+                                         else array['DELETE', 'SELECT'] end) with ordinality as c(cmd, n)
+       where not exists (
+               select 1 from pg_catalog.pg_policies as p
+                where p.schemaname = 'public' and p.tablename = h_table and p.permissive = 'PERMISSIVE'
+                  and p.cmd in ('ALL', c.cmd)
+                  and ('public' = any (p.roles)
+                       or exists (select 1 from pg_catalog.unnest(p.roles) as r(name)
+                                   where pg_catalog.pg_has_role(current_user, r.name, 'MEMBER'))))
+       order by c.n
+       limit 1;
+      if e_cmd is not null then
+        e_msg := format('table %s has row-level security on and no policy lets %s %s, which a %s needs: no '
+                        'row can pass (write the policy; the upload waits)', h_table, current_user, e_cmd, h_op);
+      end if;
+    end if;
     e_hint := concat_ws('; ', nullif(e_hint, ''),
                 format('powersync op %s (%s %s/%s)', coalesce(h_index, 0),
                        coalesce(h_op, '?'), coalesce(h_table, '?'), coalesce(h_id, '?')));

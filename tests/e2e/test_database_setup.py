@@ -113,3 +113,62 @@ def test_a_trigger_writing_a_table_without_an_insert_policy_keeps_the_upload_que
     finally:
         db.execute("drop trigger if exists log_list on public.lists; drop function if exists public.log_list();"
                    " drop table if exists public.list_events")
+
+
+# Policies no row can pass: the atomic function says so (over REST PostgreSQL's refusal reads as the
+# row's, docs/upload.md).
+@contextmanager
+def insert_only_table(db, table: str):
+    """A write-only table (feedback, events): every privilege granted, RLS on, a policy for
+    INSERT only. A plain INSERT passes; PostgREST's upsert (the bridge's PUT), which also needs
+    SELECT and UPDATE policies, is refused with `new row violates row-level security policy`
+    for EVERY row, its own included. The same table kept insert-only by GRANTs waits (42501
+    permission denied, docs: "a table without update takes no PUT (the write waits until then)")."""
+    db.execute(f"create table public.{table} (id uuid primary key, body text,"
+               f" user_id uuid not null default auth.uid());"
+               f" alter table public.{table} enable row level security;"
+               f" create policy ins on public.{table} for insert to authenticated"
+               f" with check (user_id = auth.uid());"
+               f" grant select, insert, update, delete on public.{table} to authenticated")
+    try:
+        yield
+    finally:
+        db.execute(f"drop table if exists public.{table}")
+
+
+@pytest.mark.parametrize("name", ["atomic", "auto"])
+def test_an_insert_only_table_by_policy_does_not_discard_the_users_own_rows(instances, db, user, name):
+    sub, token = user
+    table = "feedback_" + name
+    with insert_only_table(db, table):
+        own = new_id()
+        response = upload(instances[name], token, body(tx(put(table, own, body="great app", user_id=sub), tid=1)))
+        failed = failure(response, 0)
+        assert failed["code"] == "42501" and "no policy lets authenticated UPDATE" in failed["message"], failed
+        assert statuses(response) == ["retryable_error"], (
+            f"the user's own new row, which a plain INSERT accepts, is {statuses(response)}: "
+            "the client discards it")
+        assert int(response.headers["retry-after"]) >= 60
+
+
+@pytest.mark.parametrize("name", ["atomic", "auto"])
+def test_a_table_with_rls_enabled_and_no_policy_yet_keeps_the_upload_queued(instances, db, user, name):
+    """Supabase's dashboard creates tables with RLS enabled and no policy: until the operator
+    writes the policies, every write of every user is refused (`new row violates row-level
+    security policy`). No row could pass, so no row is at fault: the writes must wait."""
+    sub, token = user
+    table = "nopolicy_" + name
+    db.execute(f"create table public.{table} (id uuid primary key, note text);"
+               f" alter table public.{table} enable row level security;"
+               f" grant select, insert, update, delete on public.{table} to authenticated")
+    try:
+        own = new_id()
+        response = upload(instances[name], token, body(tx(put(table, own, note="n"), tid=1)))
+        failed = failure(response, 0)
+        assert failed["code"] == "42501" and "no policy lets authenticated INSERT" in failed["message"], failed
+        assert statuses(response) == ["retryable_error"], (statuses(response), failed)
+        db.execute(f"create policy everyone on public.{table} for all to authenticated using (true) with check (true)")
+        response = upload(instances[name], token, body(tx(put(table, own, note="n"), tid=1)))
+        assert statuses(response) == ["success"], response.text
+    finally:
+        db.execute(f"drop table if exists public.{table}")
