@@ -62,11 +62,11 @@
 //! the function applies it exactly once (a re-send answers `already_applied`).
 //!
 //! Tables and ids are checked before anything is sent: a name that is not a plain identifier
-//! (`invalid_table_name`), one of the bridge's own tables (`table_not_allowed`), a column name no column can have (`invalid_column_name`: empty, not valid
-//! text, over 63 bytes, or holding U+0000), an id that is empty or contains U+0000 (`invalid_id`:
-//! PostgreSQL cannot store U+0000, and PostgREST would cut it short inside `in.(…)`, touching
-//! another row), or JSON-column text that is not JSON (`invalid_json`) fails its transaction as a
-//! fatal error without any request. A table outside `UPLOAD_TABLES` (`table_not_in_upload_tables`)
+//! (`invalid_table_name`), one of the bridge's own tables (`table_not_allowed`), a column name no
+//! column can have (`invalid_column_name`: empty, not valid text, over 63 bytes, or holding
+//! U+0000), an id that is empty or contains U+0000 (`invalid_id`: PostgreSQL cannot store U+0000,
+//! and PostgREST would cut it short inside `in.(…)`, touching another row), or JSON-column text
+//! that is not JSON (`invalid_json`) fails its transaction as a fatal error without any request. A table outside `UPLOAD_TABLES` (`table_not_in_upload_tables`)
 //! is refused without any request too, but waits: the list lagging behind an app release is the
 //! operator's to fix, as a table missing from the schema is.
 
