@@ -195,9 +195,10 @@ pub fn parse_buckets(text: &str) -> Result<BTreeMap<String, BucketRules>, Vec<St
     let invalid_name = |name: &str| format!("'{name}' is not a valid bucket name");
     if !text.trim_start().starts_with('{') {
         for name in text.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-            match super::check_bucket(name) {
-                Ok(()) => drop(buckets.insert(name.to_string(), BucketRules::default())),
-                Err(_) => problems.push(invalid_name(name)),
+            if super::check_bucket(name).is_ok() {
+                buckets.insert(name.to_string(), BucketRules::default());
+            } else {
+                problems.push(invalid_name(name));
             }
         }
     } else {
