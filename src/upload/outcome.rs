@@ -718,6 +718,13 @@ fn operators_to_fix(body: &ErrorBody, written_as: WrittenAs<'_>) -> Option<Strin
                 .into(),
         );
     }
+    // The database out of room for any row, though its codes are the data's: a partitioned
+    // table without a partition for the row (most often a trigger's log table partitioned by
+    // month whose next partition nobody created), a sequence at its end (a `serial` column
+    // outgrown). Each refuses every insert of every user, whatever it holds.
+    if let Some(why) = out_of_room(code, message) {
+        return Some(format!("{why} (the operator's to fix; the upload waits)"));
+    }
     // An enum type without the value the client sent: an app release ahead of its migration,
     // as a column the table lacks (42703) is.
     if let Some(value_of) = missing_enum_value(code, message) {
@@ -758,6 +765,22 @@ fn operators_to_fix(body: &ErrorBody, written_as: WrittenAs<'_>) -> Option<Strin
          operator's to fix; the upload waits)"
             .into()
     })
+}
+
+/// What the database lacks room for, from PostgreSQL's own words (execPartition.c, sequence.c):
+/// `23514` `no partition of relation "<t>" found for row`, `2200H` `nextval: reached maximum
+/// value of sequence "<s>" (<n>)` (or minimum, for a descending one).
+fn out_of_room(code: &str, message: &str) -> Option<&'static str> {
+    match code {
+        "23514" if message.starts_with("no partition of relation ") && message.ends_with(" found for row") => Some(
+            "a partitioned table has no partition for the row: create it, or a default partition (with \
+             pg_partman, check that its maintenance runs)",
+        ),
+        "2200H" if message.starts_with("nextval: reached m") => {
+            Some("a sequence reached its last value: make the column and its sequence bigint")
+        }
+        _ => None,
+    }
 }
 
 /// `22P02` `invalid input value for enum <type>: "<value>"` (PostgreSQL's enum.c): the SQL that
@@ -1540,6 +1563,27 @@ mod tests {
             &with_message(400, "22P02", r#"invalid input syntax for type uuid: "x""#),
             Some(0)
         )));
+    }
+
+    #[test]
+    fn a_missing_partition_or_a_sequence_at_its_end_waits_for_the_operator() {
+        for (code, message, says) in [
+            ("23514", r#"no partition of relation "audit_log" found for row"#, "create it, or a default partition"),
+            ("2200H", r#"nextval: reached maximum value of sequence "todos_n_seq" (2147483647)"#, "bigint"),
+            ("2200H", r#"nextval: reached minimum value of sequence "down_seq" (1)"#, "bigint"),
+        ] {
+            let verdict = classify(&with_message(400, code, message), Some(0));
+            let Verdict::Retryable { failure, retry_after_seconds } = &verdict else { panic!("{verdict:?}") };
+            assert_eq!((failure.code.as_str(), *retry_after_seconds), (code, Some(SCHEMA_DRIFT_RETRY_AFTER_SECONDS)));
+            assert!(failure.message.starts_with(message) && failure.message.contains(says), "{}", failure.message);
+        }
+        // a check constraint and a partition's own constraint refuse the row: the data's
+        for message in [
+            r#"new row for relation "todos" violates check constraint "positive""#,
+            r#"new row for relation "log_2026_12" violates partition constraint"#,
+        ] {
+            assert!(is_fatal(&classify(&with_message(400, "23514", message), Some(0))), "{message}");
+        }
     }
 
     #[test]

@@ -34,11 +34,11 @@ def a_list(sub: str, list_id: str) -> dict:
     return put("lists", list_id, name="n", owner_id=sub)
 
 
-def waits_for_the_operator(response, says: str = "") -> None:
-    """The first transaction refused with a 42501 saying `says`, kept (not discarded: the
+def waits_for_the_operator(response, says: str = "", code: str = "42501") -> None:
+    """The first transaction refused with `code` saying `says`, kept (not discarded: the
     client would drop a fatal one) with a migration's Retry-After."""
     failed = failure(response, 0)
-    assert failed["code"] == "42501" and says in failed["message"], failed
+    assert failed["code"] == code and says in failed["message"], failed
     assert statuses(response) == ["retryable_error"], (statuses(response), failed)
     assert int(response.headers["retry-after"]) >= 60, response.headers
 
@@ -163,6 +163,61 @@ def test_a_table_with_rls_enabled_and_no_policy_yet_keeps_the_upload_queued(inst
         waits_for_the_operator(response, "no policy lets authenticated INSERT")
         db.execute(f"create policy everyone on public.{table} for all to authenticated using (true) with check (true)")
         response = upload(instances[name], token, body(tx(put(table, own, note="n"), tid=1)))
+        assert statuses(response) == ["success"], response.text
+    finally:
+        db.execute(f"drop table if exists public.{table}")
+
+
+# The database out of room for any row, under codes that are otherwise the data's (23514, 2200H).
+@pytest.mark.parametrize("name", ["rest", "atomic"])
+def test_a_trigger_logging_into_a_partitioned_table_without_this_months_partition_keeps_the_upload_queued(
+        instances, db, user, name):
+    """An audit log partitioned by month, written by a trigger, whose next partition nobody
+    created (pg_partman's maintenance stopped): every write of every user fails with `23514 no
+    partition of relation "list_log" found for row`, a check violation's code. The write waits,
+    and applies once the partition exists."""
+    sub, token = user
+    list_id = new_id()
+    db.execute("create table public.list_log (list_id uuid, at timestamptz not null default now())"
+               " partition by range (at);"
+               " create table public.list_log_old partition of public.list_log"
+               " for values from ('2000-01-01') to ('2001-01-01');"
+               " grant insert on public.list_log to authenticated, service_role;"
+               " create function public.log_list_write() returns trigger language plpgsql as $$"
+               " begin insert into public.list_log (list_id) values (new.id); return new; end $$;"
+               " create trigger log_list_write after insert or update on public.lists"
+               " for each row execute function public.log_list_write()")
+    try:
+        payload = body(tx(a_list(sub, list_id), tid=1))
+        response = upload(instances[name], token, payload)
+        waits_for_the_operator(response, "create it, or a default partition", code="23514")
+        db.execute("create table public.list_log_rest partition of public.list_log default")
+        response = upload(instances[name], token, payload)
+        assert statuses(response) == ["success"], response.text
+        assert db.execute("select count(*) from public.list_log where list_id = %s", (list_id,)).fetchone()[0] == 1
+    finally:
+        db.execute("drop trigger if exists log_list_write on public.lists;"
+                   " drop function if exists public.log_list_write(); drop table if exists public.list_log")
+
+
+@pytest.mark.parametrize("name", ["rest", "atomic"])
+def test_a_serial_column_whose_sequence_is_used_up_keeps_the_upload_queued(instances, db, user, name):
+    """A `serial` (int4) counter column outgrown: `2200H nextval: reached maximum value of
+    sequence`, refusing every insert of every user. The write waits for a bigger sequence."""
+    sub, token = user
+    table = "numbered_" + name
+    db.execute(f"create table public.{table} (id uuid primary key, n serial, note text);"
+               f" grant select, insert, update, delete on public.{table} to authenticated, service_role;"
+               f" grant usage on sequence public.{table}_n_seq to authenticated, service_role;"
+               f" select setval('public.{table}_n_seq', 2147483647)")
+    try:
+        own = new_id()
+        payload = body(tx(put(table, own, note="n"), tid=1))
+        response = upload(instances[name], token, payload)
+        waits_for_the_operator(response, "make the column and its sequence bigint", code="2200H")
+        db.execute(f"alter sequence public.{table}_n_seq as bigint maxvalue 9223372036854775807;"
+                   f" alter table public.{table} alter column n type bigint")
+        response = upload(instances[name], token, payload)
         assert statuses(response) == ["success"], response.text
     finally:
         db.execute(f"drop table if exists public.{table}")
