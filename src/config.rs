@@ -52,6 +52,7 @@ pub const NAMES: &[&str] = &[
     "POWERSYNC_TOKEN_OUTLIVES_SESSION",
     "POWERSYNC_TOKEN_ISSUER",
     "POWERSYNC_COPY_CLAIMS",
+    COPY_USER_METADATA,
     "POWERSYNC_PREVIOUS_PUBLIC_KEYS",
     "CORS_ALLOWED_ORIGINS",
     "UPSTREAM_TIMEOUT_MS",
@@ -80,6 +81,11 @@ pub const NAMES: &[&str] = &[
     "STORAGE_DOWNLOAD_URL_SECONDS",
     "STORAGE_ALLOW_ANONYMOUS",
 ];
+
+/// `POWERSYNC_DANGEROUSLY_COPY_USER_METADATA` (default false): lets `POWERSYNC_COPY_CLAIMS` copy
+/// Supabase's `user_metadata`, which every user writes for themselves; for sync rules that only
+/// choose among data every user may read (a language, a region), never for access.
+pub const COPY_USER_METADATA: &str = "POWERSYNC_DANGEROUSLY_COPY_USER_METADATA";
 
 /// Everything the token endpoint and the JWKS need.
 #[derive(Debug, Clone)]
@@ -312,6 +318,18 @@ fn powersync_settings(r: &mut Reader) -> Result<PowerSyncSettings, PowerSyncProb
     let copy_claims = r.list("POWERSYNC_COPY_CLAIMS");
     if let Some(reserved) = copy_claims.iter().find(|c| RESERVED_CLAIMS.contains(&c.as_str())) {
         r.problem("POWERSYNC_COPY_CLAIMS", format!("'{reserved}' is set by the worker and cannot be copied"));
+    }
+    let user_metadata_allowed = r.flag(COPY_USER_METADATA, false);
+    if copy_claims.iter().any(|c| c == "user_metadata") && !user_metadata_allowed {
+        r.problem(
+            "POWERSYNC_COPY_CLAIMS",
+            format!(
+                "'user_metadata' is written by the user (supabase.auth.updateUser), and sync rules bypass \
+                 row-level security: a bucket keyed on it lets any user choose what they sync. Copy \
+                 app_metadata (only the service role writes it), or set {COPY_USER_METADATA}=true if no \
+                 sync rule grants access by it"
+            ),
+        );
     }
     let previous = match r.get("POWERSYNC_PREVIOUS_PUBLIC_KEYS") {
         None => Vec::new(),
@@ -661,6 +679,23 @@ mod tests {
         assert!(
             matches!(c.powersync, Err(PowerSyncProblem::Invalid(ref n)) if n.contains(&"POWERSYNC_TOKEN_TTL_SECONDS".to_string()))
         );
+    }
+
+    #[test]
+    fn copying_user_metadata_the_user_writes_takes_the_dangerous_setting() {
+        let mut vars = complete();
+        vars.push(("POWERSYNC_COPY_CLAIMS", "email,user_metadata".into()));
+        let c = config_of(&vars);
+        let problem = c.problems.iter().find(|p| p.name == "POWERSYNC_COPY_CLAIMS").expect("refused");
+        assert!(problem.message.contains("app_metadata") && problem.message.contains(COPY_USER_METADATA));
+        assert!(matches!(c.powersync, Err(PowerSyncProblem::Invalid(_))));
+        vars.push((COPY_USER_METADATA, "true".into()));
+        let token = config_of(&vars).powersync.expect("allowed").token;
+        assert_eq!(token.copy_claims, ["email", "user_metadata"]);
+        // what only the service role writes needs nothing
+        let mut vars = complete();
+        vars.push(("POWERSYNC_COPY_CLAIMS", "app_metadata,is_anonymous".into()));
+        assert!(config_of(&vars).problems.is_empty());
     }
 
     #[test]
