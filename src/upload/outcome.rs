@@ -1123,7 +1123,8 @@ fn class_of(code: &str) -> Class {
     }
     match code.get(..2).unwrap_or_default() {
         "21" | "22" | "23" | "42" | "54" | "P0" => Class::Fatal,
-        "08" | "25" | "28" | "40" | "53" | "57" | "58" => Class::Retryable,
+        // 72: snapshot too old (`old_snapshot_threshold`), answered 400
+        "08" | "25" | "28" | "40" | "53" | "57" | "58" | "72" => Class::Retryable,
         _ => Class::Unrecognised,
     }
 }
@@ -1136,12 +1137,15 @@ fn class_of(code: &str) -> Class {
 /// column written, ...). Class 2F (a function without RETURN), 38 and 39 (a function or trigger
 /// breaking its contract) are routine bugs; so are 0A (a feature not supported: a view that
 /// cannot be written, a deferrable unique constraint on `id` an upsert cannot use), 3F (a schema
-/// that does not exist) and 26 (a prepared statement's name). A deliberate refusal raised by a
-/// trigger (`P0001`, class P0) stays the data's.
+/// that does not exist) and 26 (a prepared statement's name), and the classes only a function's
+/// own code can raise: 20 (a PL/pgSQL `CASE` without the branch), 27 (a `BEFORE` trigger
+/// changing the row its statement is changing), 24 and 34 (cursors), 0Z (diagnostics), 0B, 0F,
+/// 2B. PostgREST answers these 400, which would otherwise read as the data's. A deliberate
+/// refusal raised by a trigger (`P0001`, class P0) stays the data's.
 fn is_database_setup_error(code: &str) -> bool {
     match code.get(..2).unwrap_or_default() {
         "42" => !matches!(code, "42501" | "42804" | "42846"),
-        "2F" | "38" | "39" | "0A" | "3F" | "26" => true,
+        "2F" | "38" | "39" | "0A" | "3F" | "26" | "20" | "27" | "24" | "34" | "0Z" | "0B" | "0F" | "2B" => true,
         _ => false,
     }
 }
@@ -1563,6 +1567,31 @@ mod tests {
             &with_message(400, "22P02", r#"invalid input syntax for type uuid: "x""#),
             Some(0)
         )));
+    }
+
+    #[test]
+    fn errors_only_a_functions_own_code_raises_wait_for_the_operator_though_answered_400() {
+        for (code, message) in [
+            (
+                "27000",
+                "tuple to be updated or deleted was already modified by an operation triggered by the current command",
+            ),
+            ("20000", "case not found"),
+            ("24000", "cursor \"c\" is not open"),
+            ("34000", "cursor \"c\" does not exist"),
+            ("0Z002", "GET STACKED DIAGNOSTICS cannot be used outside an exception handler"),
+        ] {
+            let verdict = classify(&with_message(400, code, message), Some(0));
+            let Verdict::Retryable { failure, retry_after_seconds } = &verdict else { panic!("{code}: {verdict:?}") };
+            assert_eq!((failure.code.as_str(), *retry_after_seconds), (code, Some(SCHEMA_DRIFT_RETRY_AFTER_SECONDS)));
+            assert!(failure.message.contains("the operator's to fix"), "{}", failure.message);
+        }
+        let verdict = classify(&with_message(400, "72000", "snapshot too old"), Some(0));
+        assert!(matches!(verdict, Verdict::Retryable { retry_after_seconds: None, .. }), "{verdict:?}");
+        // an unlisted class answered 400 stays the data's; a view's check option too
+        for code in ["44000", "HV000"] {
+            assert!(is_fatal(&classify(&with_message(400, code, "m"), Some(0))), "{code}");
+        }
     }
 
     #[test]
