@@ -111,7 +111,7 @@
 //!   gave up on it is what keeps a transaction reported rejected from being applied later.
 
 use super::atomic_function::Route;
-use super::crud::{Entry, Transaction};
+use super::crud::{Entry, Op, Transaction};
 use super::dead_letter::{self, EntryState};
 use super::outcome::{
     self, affected_rows, atomic_answer, classify, op_index_from_hint, quote_ident, unexpected_response, AtomicAnswer,
@@ -1046,6 +1046,7 @@ async fn send<T: Transport>(
             (_, verdict, _) => verdict,
         };
         let verdict = refused_for_another_table(verdict, entries, settings);
+        let verdict = referenced_row_written_later(verdict, &answer, entries, settings);
         // A PATCH or DELETE that changed no row is `unchanged` in a dead letter, not `applied`
         // (a replay sends it again); one that may have changed its row stays `applied`.
         if matches!(verdict, Verdict::Applied) {
@@ -1352,26 +1353,59 @@ fn with_atomic_index(verdict: Verdict, entries: &[Entry]) -> Verdict {
     }
 }
 
-/// A row-level security refusal of a table the transaction does not write: a trigger's or
-/// function's own write (a log table with row-level security on and no policy for it), which
-/// no row of the transaction could pass. The operator's to fix, so it waits (unless the
-/// operator chose `42501:dangerously_fatal`).
+/// A refusal of a row of a table the transaction does not write (a row-level security policy's,
+/// a not-null, check or foreign-key constraint's: [`outcome::refused_table_of`]): a trigger's or
+/// function's own write (into a log table with row-level security on and no policy for it, or
+/// a column the trigger never fills), which the operator fixes. It waits, unless the operator
+/// chose `dangerously_fatal` for its code.
 fn refused_for_another_table(verdict: Verdict, entries: &[Entry], settings: &UploadSettings) -> Verdict {
     match verdict {
         Verdict::Fatal(mut failure)
-            if failure.code == "42501"
-                && settings.error_class_overrides.get("42501") != Some(ErrorClass::DangerouslyFatal)
-                && outcome::refused_by_policy_of(&failure.message)
+            if settings.error_class_overrides.get(&failure.code) != Some(ErrorClass::DangerouslyFatal)
+                && outcome::refused_table_of(&failure.code, &failure.message)
                     .is_some_and(|table| !entries.iter().any(|entry| entry.table == table)) =>
         {
             failure.message = format!(
-                "{}: a table this transaction does not write, so a trigger's or function's own write, which its \
-                 policies refuse whatever the rows hold (the operator's to fix; the upload waits)",
+                "{}: a table this transaction does not write, so a trigger's or function's own write, which \
+                 that table refuses (the operator's to fix; the upload waits)",
                 failure.message
             );
             Verdict::Retryable { failure, retry_after_seconds: Some(SCHEMA_DRIFT_RETRY_AFTER_SECONDS) }
         }
         verdict => verdict,
+    }
+}
+
+/// A foreign key's refusal of a row whose referenced row a PUT of this same transaction writes
+/// (a child written before its parent, as an app may in one transaction): the transaction holds
+/// both, and fails only for the constraint's timing, checked at each statement, or at the commit
+/// of each REST request, which commits alone. The operator's to fix (a foreign key
+/// `DEFERRABLE INITIALLY DEFERRED`, and the atomic function, which applies the transaction as
+/// one): it waits, unless the operator chose `dangerously_fatal` for `23503`.
+fn referenced_row_written_later(
+    verdict: Verdict,
+    answer: &Result<HttpResponse, TransportError>,
+    entries: &[Entry],
+    settings: &UploadSettings,
+) -> Verdict {
+    match (verdict, answer) {
+        (Verdict::Fatal(mut failure), Ok(response))
+            if failure.code == "23503"
+                && settings.error_class_overrides.get("23503") != Some(ErrorClass::DangerouslyFatal)
+                && outcome::missing_reference(response).is_some_and(|(table, key)| {
+                    entries.iter().any(|e| e.op == Op::Put && e.table == table && e.id.eq_ignore_ascii_case(&key))
+                }) =>
+        {
+            failure.message = format!(
+                "{}: the row it references is written by a PUT of this same transaction, after it: make the \
+                 foreign key deferrable initially deferred, and apply uploads through the atomic function \
+                 (sql/atomic_upload.sql), which applies a transaction as one where REST requests commit one by \
+                 one (the operator's to fix; the upload waits)",
+                failure.message
+            );
+            Verdict::Retryable { failure, retry_after_seconds: Some(SCHEMA_DRIFT_RETRY_AFTER_SECONDS) }
+        }
+        (verdict, _) => verdict,
     }
 }
 

@@ -721,7 +721,7 @@ fn operators_to_fix(body: &ErrorBody, written_as: WrittenAs<'_>) -> Option<Strin
     // The database out of room for any row, though its codes are the data's: a partitioned
     // table without a partition for the row (most often a trigger's log table partitioned by
     // month whose next partition nobody created), a sequence at its end (a `serial` column
-    // outgrown). Each refuses every insert of every user, whatever it holds.
+    // outgrown), the stack of a recursion without end. Each refuses every write of every user.
     if let Some(why) = out_of_room(code, message) {
         return Some(format!("{why} (the operator's to fix; the upload waits)"));
     }
@@ -767,9 +767,10 @@ fn operators_to_fix(body: &ErrorBody, written_as: WrittenAs<'_>) -> Option<Strin
     })
 }
 
-/// What the database lacks room for, from PostgreSQL's own words (execPartition.c, sequence.c):
-/// `23514` `no partition of relation "<t>" found for row`, `2200H` `nextval: reached maximum
-/// value of sequence "<s>" (<n>)` (or minimum, for a descending one).
+/// What the database lacks room for, from PostgreSQL's own words (execPartition.c, sequence.c,
+/// postgres.c): `23514` `no partition of relation "<t>" found for row`, `2200H` `nextval:
+/// reached maximum value of sequence "<s>" (<n>)` (or minimum, for a descending one), `54001`
+/// `stack depth limit exceeded`.
 fn out_of_room(code: &str, message: &str) -> Option<&'static str> {
     match code {
         "23514" if message.starts_with("no partition of relation ") && message.ends_with(" found for row") => Some(
@@ -779,6 +780,12 @@ fn out_of_room(code: &str, message: &str) -> Option<&'static str> {
         "2200H" if message.starts_with("nextval: reached m") => {
             Some("a sequence reached its last value: make the column and its sequence bigint")
         }
+        // A value nested thousands of levels deep does it too, and waits: its sender's queue
+        // only, where discarding would lose every user's writes to a recursing table.
+        "54001" if message.starts_with("stack depth limit exceeded") => Some(
+            "a trigger, policy or function recursing without end (a trigger updating its own table \
+             without a depth guard, a policy calling a function that reads the policy's table)",
+        ),
         _ => None,
     }
 }
@@ -1015,6 +1022,50 @@ pub fn refused_by_policy_of(message: &str) -> Option<&str> {
     quoted.strip_suffix('"').filter(|table| !table.contains('"'))
 }
 
+/// The row a foreign key found missing, from a `23503` answer's detail (ri_triggers.c: `Key
+/// (parent_id)=(<value>) is not present in table "<table>".`), as (table, value); `None` for
+/// any other answer and for a key of several columns.
+pub fn missing_reference(response: &HttpResponse) -> Option<(String, String)> {
+    let body = ErrorBody::parse(&response.body);
+    if body.code.as_deref() != Some("23503") {
+        return None;
+    }
+    let details = body.details?;
+    let (column, rest) = details.strip_prefix("Key (")?.split_once(")=(")?;
+    let (value, table) = rest.rsplit_once(") is not present in table \"")?;
+    let table = table.strip_suffix("\".")?;
+    (!column.contains(',') && !table.contains('"')).then(|| (table.to_string(), value.to_string()))
+}
+
+/// The table whose row a refusal of the data's names, in PostgreSQL's words: a row-level
+/// security policy's ([`refused_by_policy_of`]), a not-null constraint's (`23502` `null value in
+/// column "c" of relation "t" violates not-null constraint`), a check constraint's (`23514` `new
+/// row for relation "t" violates check constraint "k"`), a foreign key's (`23503` `insert or
+/// update on table "t" violates foreign key constraint "k"`, `update or delete on table "t"
+/// violates …`). A table the transaction does not write makes it a trigger's or function's own
+/// write (`delivery`). `None` for any other code or message (`23505` names its constraint only).
+pub fn refused_table_of<'m>(code: &str, message: &'m str) -> Option<&'m str> {
+    let quoted = |rest: &'m str, after: &str| -> Option<&'m str> {
+        let (table, tail) = rest.split_once('"')?;
+        tail.starts_with(after).then_some(table)
+    };
+    match code {
+        "42501" => refused_by_policy_of(message),
+        "23502" => {
+            let (_, rest) = message.strip_prefix("null value in column \"")?.split_once("\" of relation \"")?;
+            quoted(rest, " violates not-null constraint")
+        }
+        "23514" => quoted(message.strip_prefix("new row for relation \"")?, " violates check constraint"),
+        "23503" => {
+            let rest = message
+                .strip_prefix("insert or update on table \"")
+                .or_else(|| message.strip_prefix("update or delete on table \""))?;
+            quoted(rest, " violates foreign key constraint")
+        }
+        _ => None,
+    }
+}
+
 /// The GRANT that a `42501` message of PostgreSQL's form `permission denied for <kind> <name>`
 /// calls for (aclchk.c: `permission denied for table todos`, `… for column "c" of relation
 /// "r"`, `… for sequence s`, `… for schema s`, `… for function f`, …), for `role`; `None` for
@@ -1139,13 +1190,13 @@ fn class_of(code: &str) -> Class {
 /// cannot be written, a deferrable unique constraint on `id` an upsert cannot use), 3F (a schema
 /// that does not exist) and 26 (a prepared statement's name), and the classes only a function's
 /// own code can raise: 20 (a PL/pgSQL `CASE` without the branch), 27 (a `BEFORE` trigger
-/// changing the row its statement is changing), 24 and 34 (cursors), 0Z (diagnostics), 0B, 0F,
-/// 2B. PostgREST answers these 400, which would otherwise read as the data's. A deliberate
+/// changing the row its statement is changing), 24 and 34 (cursors), 0Z (diagnostics), 3D (a
+/// database that does not exist, through dblink), 0B, 0F, 2B. PostgREST answers these 400, which would otherwise read as the data's. A deliberate
 /// refusal raised by a trigger (`P0001`, class P0) stays the data's.
 fn is_database_setup_error(code: &str) -> bool {
     match code.get(..2).unwrap_or_default() {
         "42" => !matches!(code, "42501" | "42804" | "42846"),
-        "2F" | "38" | "39" | "0A" | "3F" | "26" | "20" | "27" | "24" | "34" | "0Z" | "0B" | "0F" | "2B" => true,
+        "2F" | "38" | "39" | "0A" | "3F" | "26" | "20" | "27" | "24" | "34" | "0Z" | "0B" | "0F" | "2B" | "3D" => true,
         _ => false,
     }
 }
@@ -1580,6 +1631,7 @@ mod tests {
             ("24000", "cursor \"c\" is not open"),
             ("34000", "cursor \"c\" does not exist"),
             ("0Z002", "GET STACKED DIAGNOSTICS cannot be used outside an exception handler"),
+            ("3D000", "database \"other\" does not exist"),
         ] {
             let verdict = classify(&with_message(400, code, message), Some(0));
             let Verdict::Retryable { failure, retry_after_seconds } = &verdict else { panic!("{code}: {verdict:?}") };
@@ -1735,6 +1787,59 @@ mod tests {
         ] {
             assert_eq!(refused_by_policy_of(message), table, "{message}");
         }
+    }
+
+    #[test]
+    fn a_constraints_refusal_names_the_table_of_its_row() {
+        for (code, message, table) in [
+            ("42501", "new row violates row-level security policy for table \"list_events\"", Some("list_events")),
+            (
+                "23502",
+                r#"null value in column "actor" of relation "audit" violates not-null constraint"#,
+                Some("audit"),
+            ),
+            ("23514", r#"new row for relation "todos" violates check constraint "p""#, Some("todos")),
+            ("23514", r#"new row for relation "log_1" violates partition constraint"#, None),
+            ("23503", r#"insert or update on table "items" violates foreign key constraint "f""#, Some("items")),
+            (
+                "23503",
+                r#"update or delete on table "lists" violates foreign key constraint "f" on table "t""#,
+                Some("lists"),
+            ),
+            ("23505", r#"duplicate key value violates unique constraint "todos_pkey""#, None),
+            ("23502", r#"null value in column "a" violates not-null constraint"#, None),
+            ("22001", r#"new row for relation "todos" violates check constraint "p""#, None),
+        ] {
+            assert_eq!(refused_table_of(code, message), table, "{code} {message}");
+        }
+    }
+
+    #[test]
+    fn a_foreign_keys_refusal_names_the_missing_row() {
+        let refusal = |details: &str| {
+            answer(409, &json!({"code": "23503", "message": "m", "details": details, "hint": null}).to_string())
+                .unwrap()
+        };
+        let missing = |details: &str| missing_reference(&refusal(details));
+        assert_eq!(
+            missing(r#"Key (parent_id)=(5f0c) is not present in table "parents"."#),
+            Some(("parents".to_string(), "5f0c".to_string()))
+        );
+        assert_eq!(missing(r#"Key (a, b)=(1, 2) is not present in table "parents"."#), None);
+        // a parent row still referenced (a DELETE), another code
+        assert_eq!(missing(r#"Key (id)=(1) is still referenced from table "children"."#), None);
+        let other = answer(409, r#"{"code":"23505","details":"Key (id)=(1) is not present in table \"t\"."}"#);
+        assert_eq!(missing_reference(&other.unwrap()), None);
+    }
+
+    #[test]
+    fn unending_recursion_waits_for_the_operator() {
+        let verdict = classify(&with_message(500, "54001", "stack depth limit exceeded"), Some(0));
+        assert_eq!(retry_after_of(&verdict), Some(SCHEMA_DRIFT_RETRY_AFTER_SECONDS), "{verdict:?}");
+        let Verdict::Retryable { failure, .. } = verdict else { unreachable!() };
+        assert!(failure.message.contains("recursing without end"), "{}", failure.message);
+        // the rest of class 54 is still the data's (an index row too large)
+        assert!(is_fatal(&classify(&with_message(500, "54000", "index row size 9000 exceeds maximum"), Some(0))));
     }
 
     fn with_range(status: u16, range: Option<&str>, body: &str) -> HttpResponse {
@@ -2002,7 +2107,7 @@ mod tests {
     fn permanent_data_errors_are_fatal_even_when_postgrest_answers_500() {
         for (status, code) in [
             (500, "54000"), // program_limit_exceeded: index row too large
-            (500, "54001"), // statement too complex
+            (500, "54001"), // statement too complex (the stack's depth: below, the operator's)
             (413, "54000"),
             (500, "P0002"), // no_data_found, raised by a trigger
             (500, "P0004"), // assert_failure

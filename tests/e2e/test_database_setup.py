@@ -16,7 +16,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from tests.e2e.upload_helpers import body, failure, patch, put, statuses, tx, upload
+from tests.e2e.upload_helpers import body, failure, put, statuses, tx, upload
 from tests.support.db import new_id
 
 
@@ -222,27 +222,3 @@ def test_a_serial_column_whose_sequence_is_used_up_keeps_the_upload_queued(insta
     finally:
         db.execute(f"drop table if exists public.{table}")
 
-
-@pytest.mark.parametrize("name", ["rest", "atomic"])
-def test_a_before_trigger_updating_its_own_row_keeps_the_patch_queued(instances, db, user, name):
-    """A BEFORE UPDATE trigger that updates the row its statement is updating (where an AFTER
-    trigger was meant): every PATCH fails with `27000 tuple to be updated or deleted was already
-    modified by an operation triggered by the current command`, which PostgREST answers 400. Only
-    the trigger's code raises it: the PATCH waits, and applies once the trigger is fixed."""
-    sub, token = user
-    list_id = new_id()
-    assert statuses(upload(instances[name], token, body(tx(a_list(sub, list_id), tid=1)))) == ["success"]
-    db.execute("create function public.stamp_list() returns trigger language plpgsql as $$"
-               " begin update public.lists set name = new.name where id = new.id; return new; end $$;"
-               " create trigger stamp_list before update on public.lists"
-               " for each row when (pg_trigger_depth() = 0) execute function public.stamp_list()")
-    try:
-        payload = body(tx(patch("lists", list_id, name="renamed"), tid=2))
-        response = upload(instances[name], token, payload)
-        waits_for_the_operator(response, "the operator's to fix", code="27000")
-        db.execute("drop trigger stamp_list on public.lists")
-        response = upload(instances[name], token, payload)
-        assert statuses(response) == ["success"], response.text
-        assert db.execute("select name from public.lists where id = %s", (list_id,)).fetchone()[0] == "renamed"
-    finally:
-        db.execute("drop trigger if exists stamp_list on public.lists; drop function if exists public.stamp_list()")

@@ -1068,6 +1068,23 @@ class StandIn:
             return ok_status, headers, text.encode()
         return minimal_status, headers, b""
 
+    @staticmethod
+    def _wrap_minimal(stmt: sql.Composable) -> sql.Composable:
+        """A write without ``return=representation``: PostgREST still writes through a CTE,
+        ``RETURNING 1`` (QueryBuilder's returningF: "we return 1 to know how many rows were
+        modified"), and counts its rows. So a table whose rules rewrite the statement (``DO
+        INSTEAD NOTHING``, a soft-delete rule without RETURNING) is refused (0A000) as there."""
+        return sql.SQL("WITH pgrst_source AS ({stmt} RETURNING 1) SELECT count(*) FROM pgrst_source").format(stmt=stmt)
+
+    def _execute_write(self, cur: "_RoleCursor", stmt: sql.Composable, params, req: Request, table: Table,
+                       representation: bool) -> int | None:
+        """Runs a write as PostgREST does; the number of rows written when not represented."""
+        if representation:
+            cur.execute(self._wrap_returning(stmt, req, table), params)
+            return None
+        cur.execute(self._wrap_minimal(stmt), params)
+        return cur.fetchone()[0]
+
     def _wrap_returning(self, stmt: sql.Composable, req: Request, table: Table) -> sql.Composable:
         return sql.SQL("WITH pgrst_source AS ({stmt} RETURNING {tbl}.*) "
                        "SELECT coalesce(json_agg(pgrst_t), '[]')::text, count(*) FROM "
@@ -1177,10 +1194,8 @@ class StandIn:
                 new_row = bool(rows)  # a conflict column left to its default: new rows
             status = 201 if new_row else 200
         cur.become()
-        if representation:
-            stmt = self._wrap_returning(stmt, req, table)
-        cur.execute(stmt, params)
-        return self._mutation_response(cur, prefs, applied, status, status, representation, "POST")
+        rows = self._execute_write(cur, stmt, params, req, table, representation)
+        return self._mutation_response(cur, prefs, applied, status, status, representation, "POST", rows=rows)
 
     # ---------------------------------------------------------------- PATCH /table
     def _update(self, cur: "_RoleCursor", req: Request, table: Table):
@@ -1224,11 +1239,9 @@ class StandIn:
                                      for c in cols),
             body=body_sql, where=where)
         params.extend(filter_params)
-        if representation:
-            stmt = self._wrap_returning(stmt, req, table)
         cur.become()
-        cur.execute(stmt, params)
-        return self._mutation_response(cur, prefs, applied, 200, 204, representation, "PATCH")
+        rows = self._execute_write(cur, stmt, params, req, table, representation)
+        return self._mutation_response(cur, prefs, applied, 200, 204, representation, "PATCH", rows=rows)
 
     # ---------------------------------------------------------------- DELETE /table
     def _delete(self, cur: "_RoleCursor", req: Request, table: Table):
@@ -1239,11 +1252,9 @@ class StandIn:
         representation = prefs.get("return") == "representation"
         if prefs.get("return") in ("representation", "minimal"):
             applied.append(f"return={prefs['return']}")
-        if representation:
-            stmt = self._wrap_returning(stmt, req, table)
         cur.become()
-        cur.execute(stmt, filter_params)
-        return self._mutation_response(cur, prefs, applied, 200, 204, representation, "DELETE")
+        rows = self._execute_write(cur, stmt, filter_params, req, table, representation)
+        return self._mutation_response(cur, prefs, applied, 200, 204, representation, "DELETE", rows=rows)
 
     # ---------------------------------------------------------------- GET /table
     def _select(self, cur: "_RoleCursor", req: Request, table: Table):
