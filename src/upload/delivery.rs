@@ -111,7 +111,7 @@
 //!   gave up on it is what keeps a transaction reported rejected from being applied later.
 
 use super::atomic_function::Route;
-use super::crud::{Entry, Op, Transaction};
+use super::crud::{Entry, Transaction};
 use super::dead_letter::{self, EntryState};
 use super::outcome::{
     self, affected_rows, atomic_answer, classify, op_index_from_hint, quote_ident, unexpected_response, AtomicAnswer,
@@ -1046,7 +1046,6 @@ async fn send<T: Transport>(
             (_, verdict, _) => verdict,
         };
         let verdict = refused_for_another_table(verdict, entries, settings);
-        let verdict = referenced_row_written_later(verdict, &answer, entries, settings);
         // A PATCH or DELETE that changed no row is `unchanged` in a dead letter, not `applied`
         // (a replay sends it again); one that may have changed its row stays `applied`.
         if matches!(verdict, Verdict::Applied) {
@@ -1373,39 +1372,6 @@ fn refused_for_another_table(verdict: Verdict, entries: &[Entry], settings: &Upl
             Verdict::Retryable { failure, retry_after_seconds: Some(SCHEMA_DRIFT_RETRY_AFTER_SECONDS) }
         }
         verdict => verdict,
-    }
-}
-
-/// A foreign key's refusal of a row whose referenced row a PUT of this same transaction writes
-/// (a child written before its parent, as an app may in one transaction): the transaction holds
-/// both, and fails only for the constraint's timing, checked at each statement, or at the commit
-/// of each REST request, which commits alone. The operator's to fix (a foreign key
-/// `DEFERRABLE INITIALLY DEFERRED`, and the atomic function, which applies the transaction as
-/// one): it waits, unless the operator chose `dangerously_fatal` for `23503`.
-fn referenced_row_written_later(
-    verdict: Verdict,
-    answer: &Result<HttpResponse, TransportError>,
-    entries: &[Entry],
-    settings: &UploadSettings,
-) -> Verdict {
-    match (verdict, answer) {
-        (Verdict::Fatal(mut failure), Ok(response))
-            if failure.code == "23503"
-                && settings.error_class_overrides.get("23503") != Some(ErrorClass::DangerouslyFatal)
-                && outcome::missing_reference(response).is_some_and(|(table, key)| {
-                    entries.iter().any(|e| e.op == Op::Put && e.table == table && e.id.eq_ignore_ascii_case(&key))
-                }) =>
-        {
-            failure.message = format!(
-                "{}: the row it references is written by a PUT of this same transaction, after it: make the \
-                 foreign key deferrable initially deferred, and apply uploads through the atomic function \
-                 (sql/atomic_upload.sql), which applies a transaction as one where REST requests commit one by \
-                 one (the operator's to fix; the upload waits)",
-                failure.message
-            );
-            Verdict::Retryable { failure, retry_after_seconds: Some(SCHEMA_DRIFT_RETRY_AFTER_SECONDS) }
-        }
-        (verdict, _) => verdict,
     }
 }
 

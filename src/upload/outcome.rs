@@ -1022,21 +1022,6 @@ pub fn refused_by_policy_of(message: &str) -> Option<&str> {
     quoted.strip_suffix('"').filter(|table| !table.contains('"'))
 }
 
-/// The row a foreign key found missing, from a `23503` answer's detail (ri_triggers.c: `Key
-/// (parent_id)=(<value>) is not present in table "<table>".`), as (table, value); `None` for
-/// any other answer and for a key of several columns.
-pub fn missing_reference(response: &HttpResponse) -> Option<(String, String)> {
-    let body = ErrorBody::parse(&response.body);
-    if body.code.as_deref() != Some("23503") {
-        return None;
-    }
-    let details = body.details?;
-    let (column, rest) = details.strip_prefix("Key (")?.split_once(")=(")?;
-    let (value, table) = rest.rsplit_once(") is not present in table \"")?;
-    let table = table.strip_suffix("\".")?;
-    (!column.contains(',') && !table.contains('"')).then(|| (table.to_string(), value.to_string()))
-}
-
 /// The table whose row a refusal of the data's names, in PostgreSQL's words: a row-level
 /// security policy's ([`refused_by_policy_of`]), a not-null constraint's (`23502` `null value in
 /// column "c" of relation "t" violates not-null constraint`), a check constraint's (`23514` `new
@@ -1812,24 +1797,6 @@ mod tests {
         ] {
             assert_eq!(refused_table_of(code, message), table, "{code} {message}");
         }
-    }
-
-    #[test]
-    fn a_foreign_keys_refusal_names_the_missing_row() {
-        let refusal = |details: &str| {
-            answer(409, &json!({"code": "23503", "message": "m", "details": details, "hint": null}).to_string())
-                .unwrap()
-        };
-        let missing = |details: &str| missing_reference(&refusal(details));
-        assert_eq!(
-            missing(r#"Key (parent_id)=(5f0c) is not present in table "parents"."#),
-            Some(("parents".to_string(), "5f0c".to_string()))
-        );
-        assert_eq!(missing(r#"Key (a, b)=(1, 2) is not present in table "parents"."#), None);
-        // a parent row still referenced (a DELETE), another code
-        assert_eq!(missing(r#"Key (id)=(1) is still referenced from table "children"."#), None);
-        let other = answer(409, r#"{"code":"23505","details":"Key (id)=(1) is not present in table \"t\"."}"#);
-        assert_eq!(missing_reference(&other.unwrap()), None);
     }
 
     #[test]
