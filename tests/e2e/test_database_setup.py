@@ -16,7 +16,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from tests.e2e.upload_helpers import body, failure, put, statuses, tx, upload
+from tests.e2e.upload_helpers import a_list, body, put, statuses, tx, upload, waits_for_the_operator
 from tests.support.db import new_id
 
 
@@ -28,19 +28,6 @@ def instances(base_vars, start_workers):
         "auto": dict(base_vars),
     }
     return start_workers(configs)
-
-
-def a_list(sub: str, list_id: str) -> dict:
-    return put("lists", list_id, name="n", owner_id=sub)
-
-
-def waits_for_the_operator(response, says: str = "", code: str = "42501") -> None:
-    """The first transaction refused with `code` saying `says`, kept (not discarded: the
-    client would drop a fatal one) with a migration's Retry-After."""
-    failed = failure(response, 0)
-    assert failed["code"] == code and says in failed["message"], failed
-    assert statuses(response) == ["retryable_error"], (statuses(response), failed)
-    assert int(response.headers["retry-after"]) >= 60, response.headers
 
 
 @contextmanager
@@ -70,7 +57,7 @@ def test_a_trigger_refreshing_a_materialized_view_keeps_the_upload_queued(instan
     payload = body(tx(a_list(sub, list_id), tid=1))
     with refreshing_trigger(db):
         response = upload(instances[name], token, payload)
-        waits_for_the_operator(response, "must be owner")
+        waits_for_the_operator(response, "42501", "must be owner")
     response = upload(instances[name], token, payload)
     assert statuses(response) == ["success"], response.text
 
@@ -87,7 +74,7 @@ def test_a_trigger_setting_a_superuser_parameter_keeps_the_upload_queued(instanc
                " for each row execute function public.quiet_lists()")
     try:
         response = upload(instances[name], token, body(tx(a_list(sub, list_id), tid=1)))
-        waits_for_the_operator(response, "permission denied to set parameter")
+        waits_for_the_operator(response, "42501", "permission denied to set parameter")
     finally:
         db.execute("drop trigger if exists quiet_lists on public.lists; drop function if exists public.quiet_lists()")
 
@@ -110,7 +97,7 @@ def test_a_trigger_writing_a_table_without_an_insert_policy_keeps_the_upload_que
                " for each row execute function public.log_list()")
     try:
         response = upload(instances[name], token, body(tx(a_list(sub, list_id), tid=1)))
-        waits_for_the_operator(response, "list_events")
+        waits_for_the_operator(response, "42501", "list_events")
     finally:
         db.execute("drop trigger if exists log_list on public.lists; drop function if exists public.log_list();"
                    " drop table if exists public.list_events")
@@ -144,7 +131,7 @@ def test_an_insert_only_table_by_policy_does_not_discard_the_users_own_rows(inst
     with insert_only_table(db, table):
         own = new_id()
         response = upload(instances[name], token, body(tx(put(table, own, body="great app", user_id=sub), tid=1)))
-        waits_for_the_operator(response, "no policy lets authenticated UPDATE")
+        waits_for_the_operator(response, "42501", "no policy lets authenticated UPDATE")
 
 
 @pytest.mark.parametrize("name", ["atomic", "auto"])
@@ -160,7 +147,7 @@ def test_a_table_with_rls_enabled_and_no_policy_yet_keeps_the_upload_queued(inst
     try:
         own = new_id()
         response = upload(instances[name], token, body(tx(put(table, own, note="n"), tid=1)))
-        waits_for_the_operator(response, "no policy lets authenticated INSERT")
+        waits_for_the_operator(response, "42501", "no policy lets authenticated INSERT")
         db.execute(f"create policy everyone on public.{table} for all to authenticated using (true) with check (true)")
         response = upload(instances[name], token, body(tx(put(table, own, note="n"), tid=1)))
         assert statuses(response) == ["success"], response.text
@@ -190,7 +177,7 @@ def test_a_trigger_logging_into_a_partitioned_table_without_this_months_partitio
     try:
         payload = body(tx(a_list(sub, list_id), tid=1))
         response = upload(instances[name], token, payload)
-        waits_for_the_operator(response, "create it, or a default partition", code="23514")
+        waits_for_the_operator(response, "23514", "create it, or a default partition")
         db.execute("create table public.list_log_rest partition of public.list_log default")
         response = upload(instances[name], token, payload)
         assert statuses(response) == ["success"], response.text
@@ -214,7 +201,7 @@ def test_a_serial_column_whose_sequence_is_used_up_keeps_the_upload_queued(insta
         own = new_id()
         payload = body(tx(put(table, own, note="n"), tid=1))
         response = upload(instances[name], token, payload)
-        waits_for_the_operator(response, "make the column and its sequence bigint", code="2200H")
+        waits_for_the_operator(response, "2200H", "make the column and its sequence bigint")
         db.execute(f"alter sequence public.{table}_n_seq as bigint maxvalue 9223372036854775807;"
                    f" alter table public.{table} alter column n type bigint")
         response = upload(instances[name], token, payload)

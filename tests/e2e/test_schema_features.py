@@ -16,7 +16,8 @@ from uuid import UUID
 import psycopg
 import pytest
 
-from tests.e2e.upload_helpers import body, delete, failure, patch, put, statuses, tx, upload
+from tests.e2e.upload_helpers import (a_list, body, delete, failure, patch, put, statuses, tx, upload,
+                                      waits_for_the_operator)
 from tests.support.db import insert_list, new_id, row
 
 
@@ -32,19 +33,6 @@ def instances(base_vars, start_workers):
     return start_workers(configs)
 
 
-def waits_for_the_operator(response, code: str) -> None:
-    """The first transaction refused with `code`, kept (not discarded: the client would drop a
-    fatal one) with a migration's Retry-After."""
-    failed = failure(response, 0)
-    assert failed["code"] == code, failed
-    assert statuses(response) == ["retryable_error"], (statuses(response), failed)
-    assert int(response.headers["retry-after"]) >= 60, response.headers
-
-
-def a_list(sub: str, list_id: str, name: str = "n") -> dict:
-    return put("lists", list_id, name=name, owner_id=sub)
-
-
 @contextmanager
 def schema(db, create: str, drop: str):
     db.execute(create)
@@ -52,6 +40,15 @@ def schema(db, create: str, drop: str):
         yield
     finally:
         db.execute(drop)
+
+
+def touching_lists(db, timing: str, code: str):
+    """A row trigger `timing` (before/after) update on public.lists running the PL/pgSQL `code`."""
+    return schema(db, "create function public.touch_lists() returns trigger language plpgsql as $$"
+                      f" begin {code} end $$;"
+                      f" create trigger touch_lists {timing} update on public.lists"
+                      " for each row execute function public.touch_lists()",
+                  "drop trigger if exists touch_lists on public.lists; drop function if exists public.touch_lists()")
 
 
 # --------------------------------------------------------------------------- triggers whose code fails
@@ -68,14 +65,8 @@ def test_a_before_update_trigger_updating_its_own_row_keeps_the_upload_queued(in
     sub, token = user
     list_id = insert_list(db, sub, "before")
     payload = body(tx(patch("lists", list_id, name="after"), tid=1))
-    with schema(db,
-                "create function public.touch_lists() returns trigger language plpgsql as $$"
-                " begin if pg_trigger_depth() < 2 then"
-                "   update public.lists set created_at = now() where id = new.id; end if;"
-                " return new; end $$;"
-                " create trigger touch_lists before update on public.lists"
-                " for each row execute function public.touch_lists()",
-                "drop trigger if exists touch_lists on public.lists; drop function if exists public.touch_lists()"):
+    with touching_lists(db, "before", "if pg_trigger_depth() < 2 then"
+                        " update public.lists set created_at = now() where id = new.id; end if; return new;"):
         response = upload(instances[name], token, payload)
         assert row(db, "lists", list_id)["name"] == "before"
         waits_for_the_operator(response, "27000")
@@ -114,12 +105,7 @@ def test_a_trigger_recursing_into_its_own_table_keeps_the_upload_queued(instance
     sub, token = user
     list_id = insert_list(db, sub, "before")
     payload = body(tx(patch("lists", list_id, name="after"), tid=1))
-    with schema(db,
-                "create function public.touch_lists() returns trigger language plpgsql as $$"
-                " begin update public.lists set created_at = now() where id = new.id; return null; end $$;"
-                " create trigger touch_lists after update on public.lists"
-                " for each row execute function public.touch_lists()",
-                "drop trigger if exists touch_lists on public.lists; drop function if exists public.touch_lists()"):
+    with touching_lists(db, "after", "update public.lists set created_at = now() where id = new.id; return null;"):
         response = upload(instances[name], token, payload)
         assert row(db, "lists", list_id)["name"] == "before"
         waits_for_the_operator(response, "54001")
@@ -216,6 +202,16 @@ def test_a_view_with_check_option_refuses_only_the_row(instances, db, user, name
 
 
 # --------------------------------------------------------------------------- deferred constraints
+def deferred_check_on_lists(db):
+    """A constraint trigger checked at COMMIT that refuses a list named `bad` (23514)."""
+    return schema(db, "create function public.lists_bad() returns trigger language plpgsql as $$ begin"
+                      " if new.name = 'bad' then raise exception using errcode = '23514', message = 'bad name';"
+                      " end if; return null; end $$;"
+                      " create constraint trigger lists_bad after insert or update on public.lists"
+                      " deferrable initially deferred for each row execute function public.lists_bad()",
+                  "drop trigger if exists lists_bad on public.lists; drop function if exists public.lists_bad()")
+
+
 @pytest.mark.parametrize("name", ["rest", "atomic"])
 def test_a_deferred_constraint_failing_at_commit_applies_nothing_and_reports_nothing_applied(
         instances, db, user, name):
@@ -224,12 +220,7 @@ def test_a_deferred_constraint_failing_at_commit_applies_nothing_and_reports_not
     re-send is rejected again (the ledger's record rolled back with it)."""
     sub, token = user
     first, second = new_id(), new_id()
-    with schema(db, "create function public.lists_bad() returns trigger language plpgsql as $$ begin"
-                    " if new.name = 'bad' then raise exception using errcode = '23514', message = 'bad name'; end if;"
-                    " return null; end $$;"
-                    " create constraint trigger lists_bad after insert or update on public.lists"
-                    " deferrable initially deferred for each row execute function public.lists_bad()",
-                "drop trigger if exists lists_bad on public.lists; drop function if exists public.lists_bad()"):
+    with deferred_check_on_lists(db):
         payload = {**body(tx(a_list(sub, first, "good"), a_list(sub, second, "bad"), tid="d1")),
                    "client_id": f"c-{name}"}
         for _ in range(2):
@@ -280,12 +271,7 @@ def test_a_deferred_constraint_failing_at_commit_is_dead_lettered_as_it_stands(i
     halves committed `applied`; one letter however often it is sent."""
     sub, token = user
     first, second = new_id(), new_id()
-    with schema(db, "create function public.lists_bad() returns trigger language plpgsql as $$ begin"
-                    " if new.name = 'bad' then raise exception using errcode = '23514', message = 'bad name'; end if;"
-                    " return null; end $$;"
-                    " create constraint trigger lists_bad after insert or update on public.lists"
-                    " deferrable initially deferred for each row execute function public.lists_bad()",
-                "drop trigger if exists lists_bad on public.lists; drop function if exists public.lists_bad()"):
+    with deferred_check_on_lists(db):
         payload = {**body(tx(a_list(sub, first, "good"), a_list(sub, second, "bad"), tid="d2")),
                    "client_id": f"cd-{name}"}
         for _ in range(2):

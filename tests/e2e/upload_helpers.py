@@ -65,6 +65,21 @@ def failure(response: requests.Response, n: int) -> dict:
     return result["failed_operation"]
 
 
+def waits_for_the_operator(response: requests.Response, code: str, says: str = "") -> None:
+    """The first transaction refused with `code`, its message saying `says`, and kept (not
+    discarded: the client would drop a fatal one) with the Retry-After of the operator's fix
+    (at least 60 s: a migration, a GRANT, a trigger's)."""
+    failed = failure(response, 0)
+    assert failed["code"] == code and says in failed["message"], failed
+    assert statuses(response) == ["retryable_error"], (statuses(response), failed)
+    assert int(response.headers["retry-after"]) >= 60, response.headers
+
+
+def a_list(sub: str, list_id: str, name: str = "n") -> dict:
+    """A PUT of a demo `lists` row owned by `sub`."""
+    return put("lists", list_id, name=name, owner_id=sub)
+
+
 # --------------------------------------------------------------------------- waiting
 def wait_for(predicate, timeout: float = 10.0, interval: float = 0.1):
     """Polls `predicate()` until it returns something truthy (returned) or the timeout."""
