@@ -1176,8 +1176,9 @@ fn class_of(code: &str) -> Class {
 /// that does not exist) and 26 (a prepared statement's name), and the classes only a function's
 /// own code can raise: 20 (a PL/pgSQL `CASE` without the branch), 27 (a `BEFORE` trigger
 /// changing the row its statement is changing), 24 and 34 (cursors), 0Z (diagnostics), 3D (a
-/// database that does not exist, through dblink), 0B, 0F, 2B. PostgREST answers these 400, which would otherwise read as the data's. A deliberate
-/// refusal raised by a trigger (`P0001`, class P0) stays the data's.
+/// database that does not exist, through dblink), 0B, 0F, 2B. PostgREST answers these 400,
+/// which would otherwise read as the data's. A deliberate refusal raised by a trigger
+/// (`P0001`, class P0) stays the data's.
 fn is_database_setup_error(code: &str) -> bool {
     match code.get(..2).unwrap_or_default() {
         "42" => !matches!(code, "42501" | "42804" | "42846"),
