@@ -152,7 +152,7 @@ impl Config {
         let supabase_url = r.supabase_url();
         let session = r.part(|r| session_settings(r, supabase_url.clone()));
         let before = r.problems.len();
-        let powersync = powersync_settings(&mut r);
+        let powersync = powersync_settings(&mut r, on_loopback(supabase_url.as_deref()));
         if let Err(PowerSyncProblem::Key(e)) = &powersync {
             r.problems.insert(before, Problem::new("POWERSYNC_PRIVATE_KEY", e.reason()));
         }
@@ -265,8 +265,7 @@ fn session_settings(r: &mut Reader, supabase_url: Option<String>) -> Option<Sess
             ),
         );
     }
-    let local = supabase_url.as_deref().and_then(|url| url::Url::parse(url).ok()).is_some_and(|url| is_loopback(&url));
-    if jwt_secret.as_deref().is_some_and(api_keys::is_published_jwt_secret) && !local {
+    if jwt_secret.as_deref().is_some_and(api_keys::is_published_jwt_secret) && !on_loopback(supabase_url.as_deref()) {
         r.problem(
             "SUPABASE_JWT_SECRET",
             "is a published default (the Supabase CLI's, self-hosted Supabase's or secrets.example's): \
@@ -310,7 +309,14 @@ fn session_settings(r: &mut Reader, supabase_url: Option<String>) -> Option<Sess
     })
 }
 
-fn powersync_settings(r: &mut Reader) -> Result<PowerSyncSettings, PowerSyncProblem> {
+/// Whether `SUPABASE_URL` names a loopback host: local development (`make dev`, tests), where
+/// published secrets and keys are accepted.
+fn on_loopback(supabase_url: Option<&str>) -> bool {
+    supabase_url.and_then(|url| url::Url::parse(url).ok()).is_some_and(|url| is_loopback(&url))
+}
+
+/// `local`: [`on_loopback`].
+fn powersync_settings(r: &mut Reader, local: bool) -> Result<PowerSyncSettings, PowerSyncProblem> {
     let before = r.problems.len();
     let url = r.app_url("POWERSYNC_URL");
     let ttl_seconds = r.number("POWERSYNC_TOKEN_TTL_SECONDS", DEFAULT_TTL_SECONDS, MIN_TTL_SECONDS..=MAX_TTL_SECONDS);
@@ -367,12 +373,20 @@ fn powersync_settings(r: &mut Reader) -> Result<PowerSyncSettings, PowerSyncProb
         Some(Err(e)) => return Err(PowerSyncProblem::Key(e)),
         None => return Err(PowerSyncProblem::Missing(vec!["POWERSYNC_PRIVATE_KEY".into()])),
     };
+    let current = key_id.as_ref().map(|key_id| key.public_jwk(key_id));
+    if current.as_ref().is_some_and(|jwk| jwk.is_published()) && !local {
+        r.problem(
+            "POWERSYNC_PRIVATE_KEY",
+            "is a test key published in this worker's repository (tests/fixtures/keys): anyone could sign \
+             a PowerSync token for any user with it. Make a key of your own (devtool keygen, docs/token.md); \
+             a published key is accepted only with a loopback SUPABASE_URL (local development)",
+        );
+    }
     // A previous key under the current kid is the current key published twice (dropped), unless
     // it is another key: then tokens it signed would stop verifying, and PowerSync, which
     // fetches the JWKS again only for a kid it does not know, could keep the old key for it.
-    if let Some(key_id) = &key_id {
-        let current = key.public_jwk(key_id);
-        if previous.iter().any(|p| p.kid == *key_id && !p.same_key_as(&current)) {
+    if let (Some(key_id), Some(current)) = (&key_id, &current) {
+        if previous.iter().any(|p| p.kid == *key_id && !p.same_key_as(current)) {
             r.problem(
                 "POWERSYNC_PREVIOUS_PUBLIC_KEYS",
                 format!(
@@ -385,7 +399,7 @@ fn powersync_settings(r: &mut Reader) -> Result<PowerSyncSettings, PowerSyncProb
     let invalid: Vec<String> = r.problems[before..].iter().map(|p| p.name.clone()).collect();
     match (url, key_id) {
         (Some(powersync_url), Some(key_id)) if invalid.is_empty() => {
-            let mut jwks = vec![key.public_jwk(&key_id)];
+            let mut jwks = vec![current.unwrap_or_else(|| key.public_jwk(&key_id))];
             jwks.extend(previous.into_iter().filter(|p| p.kid != key_id));
             let issuer = r.get("POWERSYNC_TOKEN_ISSUER");
             Ok(PowerSyncSettings {
@@ -593,6 +607,35 @@ mod tests {
             local.retain(|(n, _)| *n != "SUPABASE_URL");
             local.push(("SUPABASE_URL", "http://127.0.0.1:54321".into()));
             assert!(config_of(&local).problems.is_empty(), "make dev: {:?}", config_of(&local).problems);
+        }
+    }
+
+    #[test]
+    fn a_test_key_published_in_this_repository_is_refused_unless_supabase_is_on_loopback() {
+        for pem in [
+            include_str!("../tests/fixtures/keys/p256_pkcs8.pem"),
+            include_str!("../tests/fixtures/keys/p256_sec1_with_params.pem"),
+            include_str!("../tests/fixtures/keys/ed25519_pkcs8.pem"),
+        ] {
+            let mut hosted = complete();
+            hosted.retain(|(n, _)| *n != "POWERSYNC_PRIVATE_KEY");
+            hosted.push(("POWERSYNC_PRIVATE_KEY", pem.to_string()));
+            let c = config_of(&hosted);
+            assert_eq!(names(&c.problems), vec!["POWERSYNC_PRIVATE_KEY"], "{pem}");
+            assert!(c.problems[0].message.contains("published in this worker's repository"), "{:?}", c.problems);
+            assert!(!c.problems[0].message.contains("PRIVATE KEY-----"), "the key is not quoted");
+            assert!(c.powersync.is_err(), "no token is signed with it");
+            let mut local = hosted.clone();
+            local.retain(|(n, _)| *n != "SUPABASE_URL");
+            local.push(("SUPABASE_URL", "http://127.0.0.1:54321".into()));
+            assert!(config_of(&local).problems.is_empty(), "make dev: {:?}", config_of(&local).problems);
+        }
+        // a key of one's own passes, of each type
+        for key in [crate::keys::tests::ed25519_key(), crate::keys::tests::p256_key(), test_key().clone()] {
+            let mut vars = complete();
+            vars.retain(|(n, _)| *n != "POWERSYNC_PRIVATE_KEY");
+            vars.push(("POWERSYNC_PRIVATE_KEY", key.pkcs8_pem()));
+            assert!(config_of(&vars).problems.is_empty(), "{:?}", config_of(&vars).problems);
         }
     }
 

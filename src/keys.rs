@@ -209,6 +209,22 @@ pub fn decode_base64(text: &str) -> Option<Vec<u8>> {
         .find_map(|engine| engine.decode(compact.as_bytes()).ok())
 }
 
+/// The public halves (base64url: a P-256 key's `x`, an Ed25519 key's public key) of the private
+/// keys this repository publishes for its key-parsing tests (tests/fixtures/keys): whoever reads
+/// the repository can sign a PowerSync token for any user with them.
+pub const PUBLISHED_KEYS: [&str; 3] = [
+    "p9ZZSOQajZ91OJK7AiBpEnTkiUkJZH97nGh6SgrjVUQ",
+    "bvfNyErMWXYvPb1jwinhutyShNkIgzmQA5tndaG5gw4",
+    "ZEBSS36mMIuWeaRsy-39bXVJKmoFgKUU9R-MTQB6c8c",
+];
+
+impl PublicJwk {
+    /// Whether this is the public half of one of the [`PUBLISHED_KEYS`].
+    pub fn is_published(&self) -> bool {
+        self.x.as_deref().is_some_and(|x| PUBLISHED_KEYS.contains(&x))
+    }
+}
+
 impl SigningKey {
     /// Reads `POWERSYNC_PRIVATE_KEY` in any accepted form.
     pub fn parse(input: &str) -> Result<SigningKey, KeyError> {
