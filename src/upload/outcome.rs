@@ -47,7 +47,9 @@
 //!      (PL/pgSQL, e.g. raised by a trigger) → fatal, whatever the HTTP status (PostgREST
 //!      answers 500 for most of them: retrying the same row would fail the same way for ever
 //!      and block the user's queue);
-//!    - classes `08` (connection), `25` (e.g. 25006: the project is in read-only mode), `28`
+//!    - `25006` (the database is read-only: a full disk, a read replica) → retryable, with the
+//!      same least `Retry-After`;
+//!    - classes `08` (connection), `25` (transaction state), `28`
 //!      (authorization configuration), `40` (serialization, deadlock), `53` (resources), `57`
 //!      (operator intervention, statement timeout), `58` (system) → retryable;
 //!    - other `PGRST1xx` (request) and `PGRST2xx` (schema cache) → fatal;
@@ -1154,7 +1156,9 @@ fn class_of(code: &str) -> Class {
     if !is_sqlstate(code) {
         return Class::Unrecognised;
     }
-    if matches!(code, "42703" | "42P01" | "42883" | "42P10") || is_database_setup_error(code) {
+    // 25006: the database is read-only (Supabase makes a project so when its disk is full;
+    // a `SUPABASE_URL` of a read replica is always so): a person's to fix, as schema drift is.
+    if matches!(code, "42703" | "42P01" | "42883" | "42P10" | "25006") || is_database_setup_error(code) {
         return Class::SchemaDrift;
     }
     match code.get(..2).unwrap_or_default() {
@@ -1415,13 +1419,23 @@ mod tests {
             (503, "53300"),
             (500, "57014"),
             (500, "58030"),
-            (405, "25006"),
             (403, "28000"),
         ] {
             let verdict = classify(&postgrest(status, code), Some(0));
             assert!(is_retryable(&verdict), "{code} {verdict:?}");
             assert_eq!(code_of(&verdict), code);
         }
+    }
+
+    #[test]
+    fn a_read_only_database_waits_as_long_as_schema_drift_for_the_person_who_fixes_it() {
+        // PostgREST answers 25006 with 405; Supabase makes a project read-only when its disk is full
+        let verdict = classify(&postgrest(405, "25006"), Some(0));
+        assert!(is_retryable(&verdict), "{verdict:?}");
+        assert_eq!(code_of(&verdict), "25006");
+        assert_eq!(retry_after_of(&verdict), Some(SCHEMA_DRIFT_RETRY_AFTER_SECONDS));
+        // another class 25 state stays a short wait
+        assert_eq!(retry_after_of(&classify(&postgrest(500, "25P02"), Some(0))), None);
     }
 
     #[test]

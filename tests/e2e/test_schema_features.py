@@ -5,7 +5,8 @@ Rules, views, partitioned tables, identity and generated columns, deferred const
 whose own code fails, a role's statement timeout. Each test undoes the schema change it makes
 (`finally`), so later tests are not poisoned. (A database in read-only mode, `25006`, is not
 tested here: `alter system` would make the PowerSync service's own storage, on the same server,
-read-only too, and break the sync suites after it; outcome's unit tests keep `25006` retryable.)
+read-only too, and break the sync suites after it; outcome's unit tests keep `25006` waiting
+as schema drift does.)
 """
 
 from __future__ import annotations
