@@ -48,12 +48,26 @@ export interface FatalErrorReport {
   status: 'fatal_error' | 'conflict';
   /** The SDK's transaction id; `undefined` for entries recorded without one (each is its own transaction). */
   transactionId: number | undefined;
-  /** Every entry of the transaction, as the SDK queued it. The whole transaction is discarded. */
+  /**
+   * Every entry of the transaction, as the SDK queued it. The whole transaction is discarded from
+   * the queue; what of it the server holds depends on how it was applied: see `appliedVia`.
+   */
   entries: CrudEntry[];
   /** The worker's `failed_operation`: which entry failed (`index`) and why (`code`, `message`, ...). */
   failedOperation: FailedOperation | null;
   /** `entries[failedOperation.index]`, when the worker named the entry. */
   failedEntry: CrudEntry | undefined;
+  /**
+   * `rest` when the worker applied the transaction through REST requests after its atomic call
+   * timed out: the entries before `failedOperation.index` stayed applied (they are on the server,
+   * and reach the app by sync), so an app that re-creates the transaction must leave them out.
+   * `undefined` when the atomic function applied nothing of it. A worker without the atomic
+   * function (the worker's `UPLOAD_ATOMIC=false`) applies every transaction that way without
+   * saying so (its docs/upload.md).
+   */
+  appliedVia: string | undefined;
+  /** With `appliedVia`: the worker's words for why, and what that costs. */
+  appliedViaReason: string | undefined;
 }
 
 /** What {@link WorkerConnectorOptions.onUnchanged} receives for an applied transaction some of whose writes changed nothing. */
@@ -206,7 +220,10 @@ function defaultOnFatalError(report: FatalErrorReport): void {
   console.error(
     `[WorkerConnector] the worker ${report.status === 'conflict' ? 'found a conflict in' : 'rejected'} transaction ${report.transactionId ?? '(no id)'} for good; ` +
       `it is discarded from the upload queue: ${failure ? `${failure.code} ${failure.message}` : 'no details'}` +
-      (failure?.index != null ? ` (entry ${failure.index})` : ''),
+      (failure?.index != null ? ` (entry ${failure.index})` : '') +
+      (report.appliedVia === 'rest' && failure?.index != null
+        ? `; the entries before it were applied (through REST: ${report.appliedViaReason ?? 'no reason given'})`
+        : ''),
   );
 }
 
@@ -385,6 +402,8 @@ export class WorkerConnector implements PowerSyncBackendConnector {
             entries: tx.crud,
             failedOperation,
             failedEntry: typeof index === 'number' ? tx.crud[index] : undefined,
+            appliedVia: result.applied_via,
+            appliedViaReason: result.applied_via_reason,
           });
         } else {
           const unchangedIndexes = (result.unchanged ?? []).filter((i) => i < tx.crud.length);

@@ -96,9 +96,17 @@ export class WorkerStorageAdapter implements RemoteStorageAdapter {
       String(entry['url']),
       { method: 'PUT', headers, body: fileData, redirect: 'manual' },
       'PUT signed upload URL',
-      async (response) => ({ status: response.status, text: ok(response.status) ? '' : await response.text() }),
+      async (response) => ({ status: response.status, text: await response.text() }),
     );
     if (!ok(status)) throw storageError('upload', status, text);
+    // Storage answers a stored upload `{"Key": "<bucket>/<path>"}`; a 2xx without it came from
+    // something in front of Storage (a captive portal, a proxy's page): the file is not stored.
+    if (!storedKey(text)) {
+      throw new WorkerConnectorError(
+        `storage upload: HTTP ${status} without Storage's {"Key": ...}: the file was not stored; will retry`,
+        { code: 'storage_unexpected_response', status },
+      );
+    }
   }
 
   async downloadFile(attachment: AttachmentRecord): Promise<ArrayBuffer> {
@@ -213,4 +221,10 @@ function parseJson(text: string): unknown {
   } catch {
     return undefined;
   }
+}
+
+/** Whether `text` is Storage's answer to a stored upload: a JSON object with a string `Key`. */
+function storedKey(text: string): boolean {
+  const body = parseJson(text);
+  return typeof body === 'object' && body !== null && typeof (body as { Key?: unknown }).Key === 'string';
 }

@@ -86,6 +86,15 @@ export interface TransactionResult {
    * docs/upload.md, "Nothing silent").
    */
   unchanged?: number[];
+  /**
+   * `rest` when the transaction was sent through REST requests after its atomic call timed out
+   * (the worker's docs/upload.md): then it was neither all-or-nothing nor exactly once, and with
+   * `fatal_error` or `retryable_error` the entries before `failed_operation.index` stayed applied.
+   * Absent otherwise.
+   */
+  applied_via?: string;
+  /** With `applied_via`: the worker's words for why, and what that costs. */
+  applied_via_reason?: string;
 }
 
 /**
@@ -255,6 +264,8 @@ function validResults(body: unknown, sentIds: readonly (number | null)[]): Trans
     if (item.already_applied === true) result.already_applied = true;
     const unchanged = unchangedIndexes(item.unchanged);
     if (unchanged.length > 0) result.unchanged = unchanged;
+    if (typeof item.applied_via === 'string') result.applied_via = item.applied_via;
+    if (typeof item.applied_via_reason === 'string') result.applied_via_reason = item.applied_via_reason;
     results.push(result);
   }
   return results;

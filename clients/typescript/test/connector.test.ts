@@ -339,7 +339,31 @@ describe('uploadData: what is completed', () => {
     );
     assert.deepEqual(report!.failedOperation, FAILURE_23505);
     assert.equal(report!.failedEntry?.id, 'p2');
+    assert.equal(report!.appliedVia, undefined, 'the atomic function applied nothing of it');
     assert.deepEqual(queuedDuringCallback, [3, 4], 'onFatalError runs before the transaction is discarded');
+    assert.deepEqual(queue.remainingTransactionIds(), []);
+  });
+
+  test('a fatal_error applied through REST after the atomic call timed out tells onFatalError that the entries before it were applied', async () => {
+    const queue = new FakeQueue().add(7, [
+      { op: 'PUT', table: 'lists', id: 'l1', data: { name: 'groceries' } },
+      { op: 'PUT', table: 'todos', id: 't1', data: { list_id: 'l1', priority: 9 } },
+    ]);
+    const reason = 'the atomic call was cancelled by the statement timeout; entries before the failing one stayed applied';
+    const reports: FatalErrorReport[] = [];
+    const fake = new FakeFetch({
+      status: 200,
+      body: results([
+        'fatal_error',
+        7,
+        { failed_operation: { index: 1, code: '23514', message: 'check' }, applied_via: 'rest', applied_via_reason: reason },
+      ]),
+    });
+    await connector(fake, { onFatalError: (report) => void reports.push(report) }).uploadData(queue);
+    assert.equal(reports.length, 1);
+    assert.equal(reports[0]!.appliedVia, 'rest');
+    assert.equal(reports[0]!.appliedViaReason, reason);
+    assert.equal(reports[0]!.failedEntry?.id, 't1');
     assert.deepEqual(queue.remainingTransactionIds(), []);
   });
 

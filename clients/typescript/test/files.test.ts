@@ -74,6 +74,21 @@ describe('WorkerStorageAdapter', () => {
     assert.equal(fake.sent[1]!.init.redirect, 'manual', 'a redirected PUT is never followed as a GET');
   });
 
+  for (const [name, reply] of [
+    ['a 200 HTML page (a captive portal, a proxy)', { status: 200, headers: { 'content-type': 'text/html' } }],
+    ['an empty 204 (a catch-all host)', { status: 204 }],
+    ['a 200 JSON that is not Storage\'s {"Key": ...}', { status: 200, json: { ok: true } }],
+    ['a 201 whose Key is not a string', { status: 201, json: { Key: 7 } }],
+  ] as const) {
+    test(`a signed upload answered with ${name} is not the file stored: an error, so the queue retries`, async () => {
+      const fake = scripted({ status: 200, json: { files: [{ url: 'https://s/u', method: 'PUT', headers: {} }] } }, reply);
+      await rejectsWith(adapter(fake.fetch).uploadFile(new ArrayBuffer(1), photo), {
+        code: 'storage_unexpected_response',
+        status: reply.status,
+      });
+    });
+  }
+
   test('a signed upload URL answered with a redirect is no upload: an error, so the queue retries', async () => {
     const fake = scripted(
       { status: 200, json: { files: [{ url: 'https://s/u', method: 'PUT', headers: {} }] } },
@@ -141,7 +156,7 @@ describe('WorkerStorageAdapter', () => {
             reject(new Error('aborted'));
           });
         });
-        return { status: 200, headers: { get: () => null }, text: async () => '', arrayBuffer: async () => new ArrayBuffer(0) };
+        return { status: 200, headers: { get: () => null }, text: async () => '{"Key":"attachments/a"}', arrayBuffer: async () => new ArrayBuffer(0) };
       };
     };
     const options = { workerUrl: WORKER, getSessionToken: () => SESSION, bucket: 'attachments', requestTimeoutMs: 30 };
