@@ -171,6 +171,43 @@ void main() {
       expect(queue.remainingTransactionIds(), isEmpty);
     });
 
+    test('a fatal_error applied through REST after the atomic call timed out tells onFatalError so', () async {
+      final queue = FakeQueue()
+        ..add(7, [
+          const EntrySpec(UpdateType.put, 'l1', table: 'lists', data: {'name': 'groceries'}),
+          const EntrySpec(UpdateType.put, 't1', data: {'list_id': 'l1', 'priority': 9}),
+        ]);
+      final reports = <FatalErrorReport>[];
+      const reason = 'entries before the failing one stayed applied';
+      final fake = FakeWorker([
+        jsonResponse(200, results([
+          [
+            'fatal_error',
+            7,
+            {
+              'failed_operation': {'index': 1, 'code': '23514', 'message': 'check'},
+              'applied_via': 'rest',
+              'applied_via_reason': reason,
+            }
+          ]
+        ])),
+      ]);
+      await connector(fake, onFatalError: reports.add).uploadFrom(queue);
+      expect(reports.single.appliedVia, 'rest');
+      expect(reports.single.appliedViaReason, reason);
+      expect(reports.single.failedEntry!.id, 't1');
+      expect(queue.remainingTransactionIds(), isEmpty);
+    });
+
+    test('a 200 whose results are all final is completed whatever Retry-After a proxy adds', () async {
+      final queue = FakeQueue()..addMany(1, 2);
+      final fake = FakeWorker([
+        jsonResponse(200, results([['success', 1], ['success', 2]]), headers: {'retry-after': '99999999999999999999'}),
+      ]);
+      await connector(fake).uploadFrom(queue);
+      expect(queue.remainingTransactionIds(), isEmpty);
+    });
+
     test('a conflict is handed to onFatalError like a fatal error', () async {
       final queue = FakeQueue()
         ..add(5, [const EntrySpec(UpdateType.patch, 't1', data: {'title': 'mine'}, previousValues: {'title': 'seen'})]);

@@ -53,6 +53,11 @@ void main() {
       expect(parseRetryAfter('soon'), isNull);
       expect(parseRetryAfter(null), isNull);
     });
+
+    test('more seconds than an int holds are no usable wait, never a FormatException', () {
+      expect(parseRetryAfter('99999999999999999999'), isNull);
+      expect(parseRetryAfter('999999999999999'), 999999999999999000);
+    });
   });
 
   group('interpretUploadResponse', () {

@@ -70,17 +70,31 @@ class FatalErrorReport {
   /// The SDK's transaction id; null for entries recorded without one.
   final int? transactionId;
 
-  /// Every entry of the transaction, as the SDK queued it. The whole transaction is discarded.
+  /// Every entry of the transaction, as the SDK queued it. The whole transaction is discarded
+  /// from the queue; what of it the server holds depends on how it was applied: see [appliedVia].
   final List<CrudEntry> entries;
 
   /// The worker's `failed_operation`: which entry failed (`index`) and why.
   final FailedOperation? failedOperation;
+
+  /// `rest` when the worker applied the transaction through REST requests after its atomic call
+  /// timed out: the entries before `failedOperation.index` stayed applied (they are on the server
+  /// and reach the app by sync), so an app that re-creates the transaction must leave them out.
+  /// Null when the atomic function applied nothing of it. A worker without the atomic function
+  /// (its `UPLOAD_ATOMIC=false`) applies every transaction that way without saying so (its
+  /// docs/upload.md).
+  final String? appliedVia;
+
+  /// With [appliedVia]: the worker's words for why, and what that costs.
+  final String? appliedViaReason;
 
   const FatalErrorReport({
     required this.status,
     required this.transactionId,
     required this.entries,
     required this.failedOperation,
+    this.appliedVia,
+    this.appliedViaReason,
   });
 
   bool get isConflict => status == 'conflict';
@@ -199,7 +213,8 @@ class WorkerConnector extends PowerSyncBackendConnector {
       log('[WorkerConnector] the worker ${report.isConflict ? 'found a conflict in' : 'rejected'} transaction '
           '${report.transactionId ?? '(no id)'} for good; it is discarded from the upload queue: '
           '${failure != null ? '${failure.code} ${failure.message}' : 'no details'}'
-          '${failure?.index != null ? ' (entry ${failure!.index})' : ''}');
+          '${failure?.index != null ? ' (entry ${failure!.index})' : ''}'
+          '${report.appliedVia == 'rest' && failure?.index != null ? '; the entries before it were applied (through REST: ${report.appliedViaReason ?? 'no reason given'})' : ''}');
     };
   }
 
@@ -301,6 +316,8 @@ class WorkerConnector extends PowerSyncBackendConnector {
             transactionId: tx.transactionId,
             entries: tx.crud,
             failedOperation: result.failedOperation,
+            appliedVia: result.appliedVia,
+            appliedViaReason: result.appliedViaReason,
           ));
         } else {
           final unchanged = [

@@ -70,6 +70,14 @@ class TransactionResult {
   /// `success` only: indexes of the entries that changed no row.
   final List<int> unchanged;
 
+  /// `rest` when the transaction was sent through REST requests after its atomic call timed out:
+  /// neither all-or-nothing nor exactly once; with `fatal_error` or `retryable_error` the entries
+  /// before `failedOperation.index` stayed applied. Null otherwise.
+  final String? appliedVia;
+
+  /// With [appliedVia]: the worker's words for why, and what that costs.
+  final String? appliedViaReason;
+
   const TransactionResult({
     required this.status,
     required this.transactionId,
@@ -77,6 +85,8 @@ class TransactionResult {
     this.retryAfterMs,
     this.alreadyApplied = false,
     this.unchanged = const [],
+    this.appliedVia,
+    this.appliedViaReason,
   });
 
   /// Final outcomes: the transaction may be completed (removed from the upload queue).
@@ -175,7 +185,12 @@ List<int?> sentTransactionIds(List<CrudTransaction> transactions) =>
 int? parseRetryAfter(String? value, {DateTime? now}) {
   if (value == null) return null;
   final text = value.trim();
-  if (RegExp(r'^\d+$').hasMatch(text)) return int.parse(text) * 1000;
+  if (RegExp(r'^\d+$').hasMatch(text)) {
+    // More seconds than a millisecond count can hold (int.parse would throw past 2^63, before
+    // any result was honoured): no usable wait, as for any other invalid value.
+    final seconds = text.length <= 15 ? int.parse(text) : null;
+    return seconds == null ? null : seconds * 1000;
+  }
   final date = parseHttpDateOrNull(text);
   if (date == null) return null;
   final ms = date.difference(now ?? DateTime.now()).inMilliseconds;
@@ -254,6 +269,8 @@ List<TransactionResult>? _validResults(Object? body, List<int?> sentIds) {
       retryAfterMs: retryAfter is num && retryAfter.isFinite ? retryAfter.round() : null,
       alreadyApplied: item['already_applied'] == true,
       unchanged: _unchangedIndexes(item['unchanged']),
+      appliedVia: item['applied_via'] is String ? item['applied_via'] as String : null,
+      appliedViaReason: item['applied_via_reason'] is String ? item['applied_via_reason'] as String : null,
     ));
   }
   return results;
