@@ -56,7 +56,7 @@ void main() {
 
     test('more seconds than an int holds are no usable wait, never a FormatException', () {
       expect(parseRetryAfter('99999999999999999999'), isNull);
-      expect(parseRetryAfter('999999999999999'), 999999999999999000);
+      expect(parseRetryAfter('000000000086400'), 86400000);
     });
   });
 
