@@ -33,7 +33,7 @@ CONNECTOR_SOURCES := $(wildcard $(CONNECTOR)/src/*.ts) $(CONNECTOR)/package-lock
 SDK := tests/sdk
 WEB_DEMO := examples/web
 
-.PHONY: dev test test-native test-connector test-e2e build tools postgres venv powersync storage sdk web chromium clean bench bench-profile bench-atomic soak fuzz
+.PHONY: dev test test-native test-connector test-sdk test-e2e build tools postgres venv powersync storage sdk web chromium clean bench bench-profile bench-atomic soak fuzz
 
 ## Tools -------------------------------------------------------------------------------------
 
@@ -121,7 +121,7 @@ dev: tools postgres venv build $(DEVTOOL) .dev.vars $(if $(filter off,$(POWERSYN
 
 ## Test --------------------------------------------------------------------------------------
 
-test: test-native test-connector test-e2e
+test: test-native test-connector test-sdk test-e2e
 
 # The fuzz targets are only compiled here (make fuzz runs them): a change to the core's types
 # must not leave them broken until someone fuzzes.
@@ -131,6 +131,10 @@ test-native: tools
 
 test-connector: $(CONNECTOR)/node_modules/.package-lock.json
 	cd $(CONNECTOR) && $(WITH_NODE) npm test --silent
+
+# Our connector inside the official Node SDK, without a worker (tests/sdk/*.test.mjs).
+test-sdk: sdk
+	cd $(SDK) && $(WITH_NODE) node --test *.test.mjs
 
 test-e2e: tools postgres venv build $(DEVTOOL) powersync storage sdk web chromium
 	$(WITH_NODE) CHROMIUM="$$(scripts/chromium.sh)" $(PY) -m pytest tests/e2e -q -p no:cacheprovider

@@ -8,6 +8,7 @@ import type {
 
 import { WorkerConnectorError } from './errors.js';
 import { fetchWithin } from './fetching.js';
+import { withExactIntegers, type RawQueue } from './integers.js';
 import {
   errorOf,
   interpretUploadResponse,
@@ -159,7 +160,7 @@ export interface WorkerConnectorOptions {
  * `@powersync/web`, `@powersync/node` and `@powersync/react-native` database satisfies it.
  */
 export type UploadQueue = Pick<CommonPowerSyncDatabase, 'getNextCrudTransaction'> &
-  Partial<Pick<CommonPowerSyncDatabase, 'getCrudTransactions' | 'getClientId' | 'getUploadQueueStats'>>;
+  Partial<Pick<CommonPowerSyncDatabase, 'getCrudTransactions' | 'getClientId' | 'getUploadQueueStats' | 'getAll'>>;
 
 /** The request header the queue report travels in (see {@link WorkerConnectorOptions.reportQueue}). */
 export const QUEUE_HEADER = 'PowerSync-Upload-Queue';
@@ -342,6 +343,8 @@ export class WorkerConnector implements PowerSyncBackendConnector {
       throw new WorkerConnectorError('signed out: no session token to upload with', { code: 'signed_out' });
     }
 
+    // An integer beyond 2^53 is re-read from ps_crud with its exact digits (./integers.ts).
+    const exact = await withExactIntegers(database as RawQueue, transactions);
     const clientId = await clientIdOf(database);
     const queue = this.reportQueue ? await this.queueReport(database, transactions[0]!) : undefined;
     // Send; on 413 send the first half only, until it fits or a single transaction is refused; on
@@ -354,7 +357,7 @@ export class WorkerConnector implements PowerSyncBackendConnector {
         'POST',
         '/powersync-upload',
         token,
-        uploadBodyText(planUploadBody(batch, clientId)),
+        uploadBodyText(planUploadBody(exact.slice(0, batch.length), clientId)),
         queue === undefined ? undefined : { [QUEUE_HEADER]: queue },
       );
       token = used;

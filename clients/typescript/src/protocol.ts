@@ -7,6 +7,7 @@
  */
 
 import type { CrudEntry, CrudTransaction } from '@powersync/common';
+import { ExactInteger } from './integers.js';
 
 /** A transaction as this package needs it: the SDK's `CrudTransaction` satisfies it. */
 export type TransactionLike = Pick<CrudTransaction, 'transactionId' | 'crud'>;
@@ -174,10 +175,22 @@ export function planUploadBody(transactions: readonly TransactionLike[], clientI
  * JSON columns store the word. `JSON.stringify` alone writes `null`, which the server would store.
  */
 export function uploadBodyText(body: UploadBody): string {
-  return JSON.stringify(body, (_key, value: unknown) =>
-    typeof value === 'number' && !Number.isFinite(value) ? String(value) : value,
-  );
+  let exact = false;
+  const text = JSON.stringify(body, (_key, value: unknown) => {
+    if (value instanceof ExactInteger) {
+      exact = true;
+      return EXACT_MARKER + value.digits;
+    }
+    return typeof value === 'number' && !Number.isFinite(value) ? String(value) : value;
+  });
+  // An integer beyond 2^53 (./integers.ts) as its digits, a JSON number.
+  return exact ? text.replace(EXACT_IN_TEXT, '$1') : text;
 }
+
+/** Marks an {@link ExactInteger}'s digits in the body's text: U+0000 and a random part, which no
+ * value written by the SDK holds. */
+const EXACT_MARKER = `\u0000exact-${Math.random().toString(36).slice(2)}:`;
+const EXACT_IN_TEXT = new RegExp(`"${JSON.stringify(EXACT_MARKER).slice(1, -1).replace(/[\\^$.*+?()[\]{}|]/g, '\\$&')}(-?[0-9]+)"`, 'g');
 
 /**
  * How many transactions to send again when the worker refused the whole body as malformed (400
