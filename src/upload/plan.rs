@@ -1351,6 +1351,21 @@ mod tests {
     }
 
     #[test]
+    fn integers_beyond_2_pow_53_reach_postgrest_and_the_atomic_function_with_their_exact_digits() {
+        let big = "9007199254740993"; // 2^53 + 1: a double would round it
+        let text = format!(
+            r#"{{"transactions":[{{"transaction_id":1,"crud":[{{"op":"PUT","table":"todos","id":"a","data":{{"n":{big},"m":-{big}0}}}}]}}]}}"#
+        );
+        let transactions = super::super::crud::parse(text.as_bytes(), &Default::default()).expect("valid");
+        let rest = plan_transaction(&transactions[0], &settings(), &caller()).expect("planned");
+        let sent = rest[0].request.body.as_deref().unwrap_or_default();
+        assert!(sent.contains(&format!(r#""n":{big}"#)) && sent.contains(&format!(r#""m":-{big}0"#)), "{sent}");
+        let atomic = atomic_request(&transactions[0], &settings(), &caller()).expect("atomic");
+        let sent = atomic.request.body.as_deref().unwrap_or_default();
+        assert!(sent.contains(&format!(r#""n":{big}"#)) && sent.contains(&format!(r#""m":-{big}0"#)), "{sent}");
+    }
+
+    #[test]
     fn patch_has_eq_filter_and_data_body() {
         let requests = plan(vec![patch("a", json!({"title": "y", "n": null}))], &settings());
         let r = &requests[0];
