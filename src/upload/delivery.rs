@@ -409,15 +409,16 @@ pub async fn apply_with<T: Transport>(
                         let record = (transaction, &failure, states.as_slice());
                         record_dead_letter((settings, caller), record, (mark, 0), transport, &mut report).await
                     }
-                    None if matches!(ledger, Ledger::HoldsIt { .. }) => Ok(()),
+                    None if matches!(ledger, Ledger::HoldsIt { .. }) => Ok(Recorded::Yes),
                     None if sent_atomic || atomic_in_use(route, &report) => {
                         let rejected = (transaction, &failure, mark);
                         record_rejection(rejected, (settings, caller), transport, &mut report).await
                     }
-                    None => Ok(()),
+                    None => Ok(Recorded::Yes),
                 };
                 match recorded {
-                    Ok(()) => report.results.push(TransactionResult::fatal(transaction_id, failure)),
+                    Ok(Recorded::Yes) => report.results.push(TransactionResult::fatal(transaction_id, failure)),
+                    Ok(Recorded::AppliedBefore) => report.results.push(applied_before(transaction_id)),
                     Err((kept, retry_after_seconds)) => {
                         // Not recorded: the client must keep the transaction, so it is retryable.
                         report.retry_after_seconds = report.retry_after_seconds.max(retry_after_seconds);
@@ -437,15 +438,16 @@ pub async fn apply_with<T: Transport>(
                         let record = (transaction, &recorded_failure, states.as_slice());
                         record_dead_letter((settings, caller), record, (mark, 0), transport, &mut report).await
                     }
-                    None if matches!(ledger, Ledger::HoldsIt { .. }) => Ok(()),
+                    None if matches!(ledger, Ledger::HoldsIt { .. }) => Ok(Recorded::Yes),
                     None if sent_atomic || atomic_in_use(route, &report) => {
                         let rejected = (transaction, &failure, mark);
                         record_rejection(rejected, (settings, caller), transport, &mut report).await
                     }
-                    None => Ok(()),
+                    None => Ok(Recorded::Yes),
                 };
                 match recorded {
-                    Ok(()) => report.results.push(TransactionResult::conflict(transaction_id, failure)),
+                    Ok(Recorded::Yes) => report.results.push(TransactionResult::conflict(transaction_id, failure)),
+                    Ok(Recorded::AppliedBefore) => report.results.push(applied_before(transaction_id)),
                     Err((mut kept, retry_after_seconds)) => {
                         kept.details = None;
                         report.retry_after_seconds = report.retry_after_seconds.max(retry_after_seconds);
@@ -810,7 +812,12 @@ async fn abandon_rest<T: Transport>(
 /// A transaction the ledger holds as rejected (a dead letter, or the ledger's own record),
 /// answered for a re-sent or late attempt: nothing was applied now; reported as it was then.
 fn held_rejection(failure: FailedOperation, entries: usize, after_rest: bool) -> Ending {
-    let states = vec![EntryState::Failed; entries];
+    let mut states = vec![EntryState::Failed; entries];
+    // Rejected after an attempt through REST requests: the entries before the failing one stayed
+    // applied (a replay leaves them out), as the dead letter that attempt made would say.
+    if let (true, Some(index)) = (after_rest, failure.index) {
+        states.iter_mut().take(index).for_each(|state| *state = EntryState::Applied);
+    }
     let ledger = Ledger::HoldsIt { after_rest };
     match failure.index {
         Some(_) if failure.code == CONFLICT => {
@@ -1045,7 +1052,8 @@ async fn send<T: Transport>(
             }
             (_, verdict, _) => verdict,
         };
-        let verdict = refused_for_another_table(verdict, entries, settings);
+        let verdict =
+            refused_a_converted_boolean(refused_for_another_table(verdict, entries, settings), entries, settings);
         // A PATCH or DELETE that changed no row is `unchanged` in a dead letter, not `applied`
         // (a replay sends it again); one that may have changed its row stays `applied`.
         if matches!(verdict, Verdict::Applied) {
@@ -1375,6 +1383,36 @@ fn refused_for_another_table(verdict: Verdict, entries: &[Entry], settings: &Upl
     }
 }
 
+/// A refusal of `true` or `false` (`22P02 invalid input syntax for type <t>: "true"`) in a
+/// transaction holding a 0 or 1 that the worker itself sent as one, for `UPLOAD_BOOLEAN_COLUMNS`:
+/// the setting names a column that takes no boolean (an integer column, or one a migration
+/// changed), and the client's number was valid. The operator fixes the setting; it waits, unless
+/// the operator chose `dangerously_fatal` for 22P02.
+fn refused_a_converted_boolean(verdict: Verdict, entries: &[Entry], settings: &UploadSettings) -> Verdict {
+    let Verdict::Fatal(mut failure) = verdict else { return verdict };
+    let refused_a_boolean = failure.code == "22P02"
+        && settings.error_class_overrides.get(&failure.code) != Some(ErrorClass::DangerouslyFatal)
+        && (failure.message.ends_with(": \"true\"") || failure.message.ends_with(": \"false\""));
+    let converted = refused_a_boolean
+        .then(|| {
+            entries.iter().find_map(|entry| {
+                super::row::converted_boolean(&entry.table, &entry.data, settings).map(|column| (&entry.table, column))
+            })
+        })
+        .flatten();
+    match converted {
+        Some((table, column)) => {
+            failure.message = format!(
+                "{}: UPLOAD_BOOLEAN_COLUMNS names {table}.{column}, whose 0 and 1 the worker sends as false and \
+                 true, and the database takes no boolean there (the operator's to fix; the upload waits)",
+                failure.message
+            );
+            Verdict::Retryable { failure, retry_after_seconds: Some(SCHEMA_DRIFT_RETRY_AFTER_SECONDS) }
+        }
+        None => Verdict::Fatal(failure),
+    }
+}
+
 /// The database role the writes run as: in rls mode the session's (`authenticated`, or a custom
 /// role an access-token hook sets), in service mode the service key's. Named in the fixes the
 /// operator is given (a GRANT, a statement timeout).
@@ -1425,6 +1463,30 @@ fn atomic_in_use(route: Route, report: &UploadReport) -> bool {
     route != Route::Rest && report.atomic_function != Some(false) && !report.atomic_function_not_executable
 }
 
+/// The result of a transaction the ledger holds applied ([`Recorded::AppliedBefore`]).
+fn applied_before(transaction_id: Option<Value>) -> TransactionResult {
+    TransactionResult { already_applied: true, ..TransactionResult::success_with_unchanged(transaction_id, Vec::new()) }
+}
+
+/// What recording a rejection found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Recorded {
+    /// Recorded (or nothing to record).
+    Yes,
+    /// The ledger holds the transaction applied (its `55000 … was applied: …`): an earlier
+    /// attempt applied it whole (a call that reached the database late, or one whose answer was
+    /// lost before a setting changed the route or the checks). This attempt's rejection is moot:
+    /// reported `already_applied`, as its atomic re-send would be. (Kept instead, a re-send that
+    /// never asks the ledger, one refused before sending or sent through REST, would be kept on
+    /// every attempt, and the user's later transactions behind it.)
+    AppliedBefore,
+}
+
+/// Whether a recorder's error is the ledger's refusal of a transaction it holds applied.
+fn ledger_holds_it_applied(error: &FailedOperation) -> bool {
+    error.code == "55000" && error.message.contains(" was applied: ")
+}
+
 /// Without a dead-letter table, records a rejected transaction in the atomic function's ledger
 /// (`powersync_upload_ledger_reject`) before it is reported rejected, so that no call of it
 /// that reaches the database later (a timed-out attempt) applies it after the client has
@@ -1437,7 +1499,7 @@ async fn record_rejection<T: Transport>(
     (settings, caller): (&UploadSettings, &Caller),
     transport: &T,
     report: &mut UploadReport,
-) -> Result<(), (FailedOperation, u64)> {
+) -> Result<Recorded, (FailedOperation, u64)> {
     let function = plan::LEDGER_REJECT_FUNCTION;
     let kept = |why: String, http_status: Option<u16>, hint: Option<String>| {
         let recording = "recording its rejection in the ledger";
@@ -1449,21 +1511,21 @@ async fn record_rejection<T: Transport>(
     let (error, retry_after) = loop {
         let request = plan::ledger_reject_request(transaction, (settings, caller), with_failure.then_some(failure));
         let Some(request) = request else {
-            return Ok(());
+            return Ok(Recorded::Yes);
         };
         let request = with_mark(request, mark);
         if report.subrequests >= settings.subrequest_budget {
             report.dead_letter_errors.push(format!("ledger call {function} skipped: no subrequest budget left"));
             if !with_failure {
                 // As for a ledger without the function (below): the next upload would find it so again.
-                return Ok(());
+                return Ok(Recorded::Yes);
             }
             return Err((kept("no subrequest budget left".to_string(), None, None), settings.retry_after_seconds));
         }
         let may_resend = report.subrequests + 2 <= settings.subrequest_budget;
         let (answer, verdict) = send_counted(&request, (None, may_resend), (settings, caller), transport, report).await;
         break match (verdict, &answer) {
-            (Verdict::Applied, Ok(response)) if response.body.trim() == "true" => return Ok(()),
+            (Verdict::Applied, Ok(response)) if response.body.trim() == "true" => return Ok(Recorded::Yes),
             (Verdict::Applied, _) => {
                 // A 2xx that is not the function's answer (a catch-all server, a proxy): not recorded.
                 let mut error = FailedOperation::new(None, UNEXPECTED_RESPONSE, "the answer is not the ledger's true");
@@ -1487,10 +1549,14 @@ async fn record_rejection<T: Transport>(
                     "ledger call {function} missing: run sql/atomic_upload.sql again; a late call of this rejected \
                      transaction could still apply it"
                 ));
-                return Ok(());
+                return Ok(Recorded::Yes);
             }
-            // The ledger shows it applied (55000: a late call came first), or a refusal only an
-            // operator changes: the transaction waits, as for schema drift.
+            (Verdict::Retryable { failure: error, .. } | Verdict::Fatal(error), _)
+                if ledger_holds_it_applied(&error) =>
+            {
+                return Ok(Recorded::AppliedBefore);
+            }
+            // A refusal only an operator changes: the transaction waits, as for schema drift.
             (Verdict::Fatal(error), _) => (error, Some(SCHEMA_DRIFT_RETRY_AFTER_SECONDS)),
             (Verdict::Retryable { failure: error, retry_after_seconds }, _) => (error, retry_after_seconds),
         };
@@ -1571,7 +1637,7 @@ async fn record_dead_letter<T: Transport>(
     (mark, spare): (Option<&str>, usize),
     transport: &T,
     report: &mut UploadReport,
-) -> Result<(), (FailedOperation, u64)> {
+) -> Result<Recorded, (FailedOperation, u64)> {
     let (transaction, failure, states) = record;
     // The recorder's own error, which names the fix (the GRANT to run, the user's cap reached),
     // goes to the answer; the log line keeps its code only (a database error may quote a value).
@@ -1591,7 +1657,10 @@ async fn record_dead_letter<T: Transport>(
     let (error, retry_after) = match (verdict, &answer) {
         (Verdict::Applied, Ok(response)) if dead_letter::is_recorded(&response.body) => {
             report.dead_letters += 1;
-            return Ok(());
+            return Ok(Recorded::Yes);
+        }
+        (Verdict::Retryable { failure: error, .. } | Verdict::Fatal(error), _) if ledger_holds_it_applied(&error) => {
+            return Ok(Recorded::AppliedBefore);
         }
         (Verdict::Applied, _) => {
             // A 2xx that is not the function's answer (a catch-all server, a proxy): not recorded.

@@ -184,6 +184,30 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_true_or_false_the_worker_converted_for_upload_boolean_columns_waits_for_the_operator() {
+        // UPLOAD_BOOLEAN_COLUMNS names todos.priority, an integer column: the client's valid 1 is
+        // sent as true, which the database refuses (22P02)
+        let mut s = settings();
+        s.boolean_columns.insert("todos", "priority");
+        let refused = || error(400, "22P02", "invalid input syntax for type integer: \"true\"");
+        let put =
+            |data: Value| Transaction { transaction_id: Some(json!(1)), entries: vec![entry(Op::Put, "r1", data)] };
+        let report = run(&[put(json!({"priority": 1}))], &s, &FakeTransport::scripted(vec![refused()]));
+        let result = &report.results[0];
+        assert_eq!(result.status, Status::RetryableError);
+        assert_eq!(result.retry_after_ms, Some(60_000));
+        let message = &result.failed_operation.as_ref().expect("failure").message;
+        assert!(message.contains("UPLOAD_BOOLEAN_COLUMNS names todos.priority"), "{message}");
+        // the client's own "true" in a column the setting does not convert stays the data's
+        let report = run(&[put(json!({"n": "true"}))], &s, &FakeTransport::scripted(vec![refused()]));
+        assert_eq!(report.results[0].status, Status::FatalError);
+        // and so does the refusal of another value
+        let other = error(400, "22P02", "invalid input syntax for type integer: \"abc\"");
+        let report = run(&[put(json!({"priority": 1, "n": "abc"}))], &s, &FakeTransport::scripted(vec![other]));
+        assert_eq!(report.results[0].status, Status::FatalError);
+    }
+
+    #[test]
     fn every_transaction_applied_is_success() {
         let transport = FakeTransport::default();
         let report = run(&[tx(1), tx(2)], &settings(), &transport);
@@ -1350,6 +1374,30 @@ mod tests {
     }
 
     #[test]
+    fn a_rejection_held_after_rest_requests_is_dead_lettered_with_the_entries_before_the_failure_applied() {
+        // Rejected at entry 1 after an attempt through REST requests (entry 0 stayed applied), its
+        // answer lost, without a dead-letter table; the table set since: the re-send's record
+        // says entry 0 is applied, so a replay leaves it out.
+        let mut s = settings();
+        s.atomic = AtomicMode::Always;
+        s.dead_letter_table = Some("dead".to_string());
+        let caller = Caller { client_id: Some("client-1".to_string()), ..caller() };
+        let held = json!({"applied": 0, "dead_letter": {"id": 0, "index": 1, "code": "23514", "message": "check",
+            "applied_via": "rest"}});
+        let two = Transaction {
+            transaction_id: Some(json!(1)),
+            entries: vec![entry(Op::Patch, "a", json!({"n": 1})), entry(Op::Patch, "a", json!({"m": 2}))],
+        };
+        let transport = FakeTransport::scripted(vec![ok_body(&held.to_string()), recorded()]);
+        let report = block_on(apply_with(&[two], &s, &caller, &transport, Route::Atomic));
+        assert_eq!(statuses(&report), vec![Status::FatalError]);
+        let record: Value = serde_json::from_str(transport.sent()[1].body.as_deref().unwrap_or("")).unwrap();
+        let states: Vec<&str> =
+            record["entries"].as_array().expect("entries").iter().filter_map(|e| e["state"].as_str()).collect();
+        assert_eq!(states, vec!["applied", "failed"], "{record}");
+    }
+
+    #[test]
     fn transaction_the_ledger_holds_as_dead_lettered_is_answered_as_recorded_and_applies_nothing() {
         let mut s = settings();
         s.atomic = AtomicMode::Always;
@@ -1448,16 +1496,39 @@ mod tests {
     }
 
     #[test]
+    fn a_rejection_of_a_transaction_the_ledger_holds_applied_is_answered_already_applied_and_the_queue_goes_on() {
+        // An earlier attempt applied it whole (a late call; or its answer was lost, and a setting
+        // changed since sends it through REST or refuses it before sending, routes that never ask
+        // the ledger): the ledger refuses its rejection's record, 55000 (PostgREST: 500). Kept,
+        // it would be kept on every attempt, the user's later transactions behind it.
+        let applied =
+            |what: &str| error(500, "55000", &format!("transaction 1 of client client-1 was applied: {what}"));
+        let transport = FakeTransport::scripted(vec![atomic_refusal(), applied("its rejection is not recorded")]);
+        let report = run_on(Route::Atomic, &[tx(1), tx(2)], &transport);
+        assert_eq!(statuses(&report), vec![Status::Success, Status::Success]);
+        assert!(report.results[0].already_applied);
+        assert_eq!(report.results[0].failed_operation, None);
+        // the same through the dead-letter recorder
+        let mut s = settings();
+        s.dead_letter_table = Some("dead".to_string());
+        let transport =
+            FakeTransport::scripted(vec![error(400, "23514", "check"), applied("it is not recorded as a dead letter")]);
+        let report = run(&[tx(1), tx(2)], &s, &transport);
+        assert_eq!(statuses(&report), vec![Status::Success, Status::Success]);
+        assert!(report.results[0].already_applied && !report.results[1].already_applied);
+        assert_eq!(report.dead_letters, 0);
+        // another 55000 (a replay's own refusal) is no such answer: kept
+        let other = error(500, "55000", "dead letter 3 was replayed already");
+        let transport = FakeTransport::scripted(vec![error(400, "23514", "check"), other]);
+        let report = run(&[tx(1)], &s, &transport);
+        assert_eq!(statuses(&report), vec![Status::RetryableError]);
+    }
+
+    #[test]
     fn a_rejection_the_ledger_does_not_record_keeps_the_transaction() {
-        // 55000: a late call applied it first (its re-send is answered already applied); or any
-        // other failure: the client keeps it and sends it again.
+        // Any failure: the client keeps it and sends it again.
         // A 2xx that is not the function's `true` (a catch-all proxy, an older copy) records nothing.
-        for answer in [
-            error(400, "55000", "transaction 1 of client client-1 was applied: its rejection is not recorded"),
-            error(503, "", "down"),
-            bare(204),
-            ok_body("null"),
-        ] {
+        for answer in [error(503, "", "down"), bare(204), ok_body("null")] {
             let transport = FakeTransport::scripted(vec![atomic_refusal(), answer.clone(), answer]);
             let report = run_on(Route::Atomic, &[tx(1), tx(2)], &transport);
             assert_eq!(statuses(&report), vec![Status::RetryableError, Status::NotAttempted]);

@@ -228,6 +228,17 @@ pub fn converted<'a>(table: &str, data: &'a Row, settings: &UploadSettings) -> C
     columns
 }
 
+/// The first `UPLOAD_BOOLEAN_COLUMNS` column of `table` in `data` whose 0 or 1 [`converted`]
+/// sends as `false` or `true`.
+pub fn converted_boolean<'a>(table: &str, data: &'a Row, settings: &UploadSettings) -> Option<&'a str> {
+    if !settings.boolean_columns.has_table(table) {
+        return None;
+    }
+    data.iter()
+        .find(|(column, raw)| settings.boolean_columns.contains(table, column) && exactly_zero_or_one(raw).is_some())
+        .map(|(column, _)| column)
+}
+
 /// The first `UPLOAD_JSON_COLUMNS` column of `table` in `data` whose value is a string that is
 /// neither JSON text (`[oops`, an empty string) nor shaped like a PostgreSQL array literal
 /// (`{a,b}`, which an array column reads from a JSON string): [`converted`] could only send it as
