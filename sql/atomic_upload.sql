@@ -1101,6 +1101,8 @@ comment on function public.powersync_upload_ledger_rows(text, text, text, text[]
 -- The transactions of p_user_id (any client) the ledger holds as applied after
 -- p_since, oldest first, with when and the rows they write (null: not known): what
 -- a replay of a dead letter recorded then could write over (sql/dead_letter.sql).
+-- A transaction rejected after an attempt through REST requests counts too (what
+-- that attempt applied before the failing entry stayed applied), its rows not known.
 -- Only the owner and service_role run it.
 drop function if exists public.powersync_upload_ledger_applied_since(text, timestamptz);
 create function public.powersync_upload_ledger_applied_since(
@@ -1112,8 +1114,11 @@ stable
 security definer
 set search_path = pg_catalog, pg_temp
 as $$
-  select l.client_id, l.transaction_id, l.applied_at, l.row_keys from public.powersync_upload_ledger as l
-   where l.user_id = p_user_id and l.applied_at > p_since and l.dead_letter_id is null
+  select l.client_id, l.transaction_id, l.applied_at,
+         case when l.dead_letter_id is null then l.row_keys end
+    from public.powersync_upload_ledger as l
+   where l.user_id = p_user_id and l.applied_at > p_since
+     and (l.dead_letter_id is null or l.rejection ? 'applied_via')
    order by l.applied_at, l.client_id, l.transaction_id
 $$;
 

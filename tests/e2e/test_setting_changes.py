@@ -175,6 +175,40 @@ def test_a_rejection_kept_without_a_letter_is_dead_lettered_once_the_table_is_se
     assert resent.json()["results"][0].get("already_applied") is True, resent.text
 
 
+def test_a_replay_is_refused_over_what_a_later_rest_fallback_left_applied_before_its_rejection(workers, db, standin, user):
+    """T1 is dead-lettered (atomic). Later T2 goes through the statement-timeout fallback: its
+    entry 0 writes the same row (v2) and stays applied, entry 1 is refused -> fatal_error,
+    "applied_via": "rest"; the ledger keeps T2 as rejected after REST. Replaying T1 once its
+    cause is fixed would put the row back to T1's v1 over T2's later v2: refused, naming T2, as
+    for a fallback that applied T2 whole; the operator may still replay over it on purpose."""
+    sub, token = user
+    list_id, missing = insert_list(db, sub), new_id()
+    todo = insert_todo(db, sub, list_id, "v0")
+    t1 = with_client(body(tx(patch("todos", todo, description="v1"),
+                             put("todos", new_id(), description="x", list_id=missing, created_by=sub), tid=1)),
+                     "client-replay")
+    assert statuses(upload(workers["auto_dl"], token, t1)) == ["fatal_error"]
+    t2 = with_client(body(tx(patch("todos", todo, description="v2"), patch("todos", todo, priority=9), tid=2)),
+                     "client-replay")
+    standin.add_fault({"status": 500, "path_prefix": RPC, "method": "POST", "body": CANCELLED})
+    second = upload(workers["auto_dl"], token, t2)
+    standin.reset()
+    result = second.json()["results"][0]
+    assert (result["status"], result.get("applied_via")) == ("fatal_error", "rest"), second.text
+    assert row(db, "todos", todo)["description"] == "v2", "T2's entry 0 stayed applied"
+    first_letter = letters(db)[0]
+    assert first_letter["transaction_id"] == "1"
+
+    insert_list(db, sub, list_id=missing)  # T1's cause, fixed
+    refused = replay_answer(db, first_letter["id"])
+    assert "client-replay/2" in refused, refused
+    assert row(db, "todos", todo)["description"] == "v2", "the replay of T1 went over T2's later write"
+    forced = db.execute("select public.powersync_replay_dead_letter(%s, overwrite_later_writes => true)",
+                        (first_letter["id"],)).fetchone()[0]
+    assert forced["replayed"] is True, forced
+    assert row(db, "todos", todo)["description"] == "v1"
+
+
 @pytest.mark.parametrize("name", ["bool_rest", "bool_atomic"])
 def test_a_value_the_worker_converted_for_a_stale_boolean_setting_waits_for_the_operator(name, workers, db, user):
     """UPLOAD_BOOLEAN_COLUMNS still names a column a migration made an integer (or names it by
@@ -237,3 +271,11 @@ def test_two_replays_of_one_dead_letter_at_once_apply_it_once(workers, db, pg, u
 
 def count_todos(db, todo: str) -> int:
     return db.execute("select count(*) from public.todos where id = %s", (todo,)).fetchone()[0]
+
+
+def replay_answer(db, letter_id: int) -> str:
+    """The replay's answer, or its refusal's message."""
+    try:
+        return str(db.execute("select public.powersync_replay_dead_letter(%s)", (letter_id,)).fetchone()[0])
+    except Exception as refused:  # noqa: BLE001 - the refusal is what is asserted
+        return str(refused)
