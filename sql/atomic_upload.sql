@@ -577,9 +577,10 @@ grant execute on function public.powersync_upload_ledger_claim(text, text, text,
 -- letter: the ledger then holds (user, client, transaction, digest) with the
 -- dead letter's id, and a later call of the same transaction applies nothing
 -- and answers that dead letter (powersync_upload_ledger_dead_letter). If the
--- ledger shows the same transaction applied (the late call came first), it
--- raises 55000: no dead letter is recorded, the bridge keeps the transaction
--- (dead_letter_failed) and its re-send is answered already applied. A record
+-- ledger shows the same transaction applied (the late call came first, or an
+-- attempt whose answer was lost applied it before a setting changed), it
+-- raises 55000, its detail {"unchanged": [...]} as recorded: no dead letter is
+-- recorded, and the bridge answers the transaction already applied. A record
 -- another upload marks as being applied through REST (its mark's token is not
 -- this call's X-PowerSync-Rest-Mark header) raises 55P03: the bridge keeps the
 -- transaction. Other ops under the same ids (a reused id) replace the record. Only the owner runs it
@@ -602,6 +603,7 @@ declare
   v_dead    bigint;
   v_rest    timestamptz;
   v_mark    text;
+  v_unchanged integer[];
 begin
   if coalesce(octet_length(p_client_id), 0) not between 1 and 256
      or coalesce(octet_length(p_transaction_id), 0) not between 1 and 256 then
@@ -616,8 +618,8 @@ begin
     if found then
       return;
     end if;
-    select l.digest, l.entries_digest, l.dead_letter_id, l.rest_until, l.rest_mark
-      into v_digest, v_same, v_dead, v_rest, v_mark
+    select l.digest, l.entries_digest, l.dead_letter_id, l.rest_until, l.rest_mark, l.unchanged
+      into v_digest, v_same, v_dead, v_rest, v_mark, v_unchanged
       from public.powersync_upload_ledger as l
      where l.user_id = p_user_id and l.client_id = p_client_id and l.transaction_id = p_transaction_id
      for update;
@@ -635,7 +637,8 @@ begin
   if (v_digest = p_digest or v_same = v_entries) and v_dead is null and v_rest is null then
     raise exception using errcode = '55000',
       message = pg_catalog.format('transaction %s of client %s was applied: it is not recorded as a dead letter',
-                                  p_transaction_id, p_client_id);
+                                  p_transaction_id, p_client_id),
+      detail = pg_catalog.jsonb_build_object('unchanged', pg_catalog.to_jsonb(coalesce(v_unchanged, '{}')))::text;
   end if;
   -- begun through REST requests (this upload's mark, or an ended or expired one of the same
   -- entries): what that attempt applied before the failing entry stayed applied, and a later
@@ -663,8 +666,8 @@ comment on function public.powersync_upload_ledger_refuse(text, text, text, text
 -- JSON object of at most 8192 bytes), kept in the record so that such an answer
 -- repeats it as a dead letter's does (the same status, index, code and
 -- message); null keeps none. As for a dead letter, 55000 when the
--- ledger shows it applied (the late call came first): the bridge then keeps the
--- transaction, and its re-send is answered already applied. The user is found
+-- ledger shows it applied (the late call came first), its detail the unchanged
+-- entries recorded then: the bridge answers the transaction already applied. The user is found
 -- as for the claim: a user only ever touches their own records, and rejecting
 -- one's own transaction is no more than not sending it; their records stay
 -- within max_records_per_user, as the claim keeps them. Errors: 22023 for bad
@@ -683,6 +686,7 @@ declare
   v_entries text := public.powersync_upload_entries_digest();
   v_user    text;
   v_cap     integer;
+  v_applied text;  -- the refusal's detail: the unchanged entries recorded when it was applied
 begin
   v_user := public.powersync_upload_ledger_caller('powersync_upload_ledger_reject', p_client_id, p_transaction_id,
                                                   p_owner_id);
@@ -708,9 +712,11 @@ begin
     if sqlstate <> '55000' then
       raise;
     end if;
+    get stacked diagnostics v_applied = pg_exception_detail;
     raise exception using errcode = '55000',
       message = pg_catalog.format('transaction %s of client %s was applied: its rejection is not recorded',
-                                  p_transaction_id, p_client_id);
+                                  p_transaction_id, p_client_id),
+      detail = v_applied;
   end;
   -- the failure reported, beside what the refusal recorded (whether it went through REST, which
   -- only the ledger says)

@@ -57,8 +57,9 @@
 -- is also recorded in its ledger (powersync_upload_ledger_refuse):
 -- a later call of the same transaction (one the bridge gave up on that reaches
 -- the database late, or a re-send) applies nothing and answers this dead letter;
--- if the ledger shows the transaction applied already, recording fails (55000)
--- and the bridge keeps the transaction queued.
+-- if the ledger shows the transaction applied already, or a record of its
+-- unchanged entries does, recording fails (55000, its detail {"unchanged":
+-- [...]}) and the bridge answers the transaction already applied.
 --
 -- Operators list, show, replay and discard dead letters with `devtool dead-letters`
 -- (docs/operations-tool.md), or call the functions below.
@@ -284,6 +285,7 @@ declare
   v_key     text;
   v_marked  boolean;
   v_id      bigint;
+  v_found   public.powersync_dead_letters;
 begin
   select r.rolsuper or r.rolbypassrls into v_trusted
     from pg_catalog.pg_roles r where r.rolname = v_caller;
@@ -395,7 +397,20 @@ begin
   end if;
   if v_id is null then
     -- this transaction has its dead letter already
-    select d.id into v_id from public.powersync_dead_letters as d where d.dedup_key = v_key;
+    select d.* into v_found from public.powersync_dead_letters as d where d.dedup_key = v_key;
+    v_id := v_found.id;
+    -- ... the record of its unchanged entries, made when it was applied: a rejection of a re-send
+    -- of it (refused before sending by a setting changed since) is moot; as the ledger answers it
+    -- (sql/atomic_upload.sql, powersync_upload_ledger_refuse), with the entries that changed no row
+    if v_found.code = 'unchanged' and code is distinct from 'unchanged' then
+      raise exception using errcode = '55000',
+        message = pg_catalog.format('transaction %s of client %s was applied: it is not recorded as a dead letter',
+                                    transaction_id, client_id),
+        detail = jsonb_build_object('unchanged',
+                   (select coalesce(jsonb_agg(e.ord - 1 order by e.ord), '[]'::jsonb)
+                      from jsonb_array_elements(v_found.entries) with ordinality as e(value, ord)
+                     where e.value ->> 'state' = 'unchanged'))::text;
+    end if;
     -- ... and the ledger marks it as being applied through REST (the letter found is an earlier
     -- record of the same ops, e.g. of its unchanged entries): the mark is met as by a new letter,
     -- so another upload's refuses this one (55P03: the bridge keeps the transaction), and the

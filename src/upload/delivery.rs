@@ -418,7 +418,9 @@ pub async fn apply_with<T: Transport>(
                 };
                 match recorded {
                     Ok(Recorded::Yes) => report.results.push(TransactionResult::fatal(transaction_id, failure)),
-                    Ok(Recorded::AppliedBefore) => report.results.push(applied_before(transaction_id)),
+                    Ok(Recorded::AppliedBefore(unchanged)) => {
+                        report.results.push(applied_before(transaction_id, unchanged))
+                    }
                     Err((kept, retry_after_seconds)) => {
                         // Not recorded: the client must keep the transaction, so it is retryable.
                         report.retry_after_seconds = report.retry_after_seconds.max(retry_after_seconds);
@@ -447,7 +449,9 @@ pub async fn apply_with<T: Transport>(
                 };
                 match recorded {
                     Ok(Recorded::Yes) => report.results.push(TransactionResult::conflict(transaction_id, failure)),
-                    Ok(Recorded::AppliedBefore) => report.results.push(applied_before(transaction_id)),
+                    Ok(Recorded::AppliedBefore(unchanged)) => {
+                        report.results.push(applied_before(transaction_id, unchanged))
+                    }
                     Err((mut kept, retry_after_seconds)) => {
                         kept.details = None;
                         report.retry_after_seconds = report.retry_after_seconds.max(retry_after_seconds);
@@ -1463,13 +1467,14 @@ fn atomic_in_use(route: Route, report: &UploadReport) -> bool {
     route != Route::Rest && report.atomic_function != Some(false) && !report.atomic_function_not_executable
 }
 
-/// The result of a transaction the ledger holds applied ([`Recorded::AppliedBefore`]).
-fn applied_before(transaction_id: Option<Value>) -> TransactionResult {
-    TransactionResult { already_applied: true, ..TransactionResult::success_with_unchanged(transaction_id, Vec::new()) }
+/// The result of a transaction the ledger holds applied ([`Recorded::AppliedBefore`]), with the
+/// entries that changed no row as the ledger recorded them then.
+fn applied_before(transaction_id: Option<Value>, unchanged: Vec<usize>) -> TransactionResult {
+    TransactionResult { already_applied: true, ..TransactionResult::success_with_unchanged(transaction_id, unchanged) }
 }
 
 /// What recording a rejection found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Recorded {
     /// Recorded (or nothing to record).
     Yes,
@@ -1478,13 +1483,33 @@ enum Recorded {
     /// lost before a setting changed the route or the checks). This attempt's rejection is moot:
     /// reported `already_applied`, as its atomic re-send would be. (Kept instead, a re-send that
     /// never asks the ledger, one refused before sending or sent through REST, would be kept on
-    /// every attempt, and the user's later transactions behind it.)
-    AppliedBefore,
+    /// every attempt, and the user's later transactions behind it.) With the indexes of its
+    /// entries that changed no row, as the ledger recorded them.
+    AppliedBefore(Vec<usize>),
 }
 
-/// Whether a recorder's error is the ledger's refusal of a transaction it holds applied.
-fn ledger_holds_it_applied(error: &FailedOperation) -> bool {
-    error.code == "55000" && error.message.contains(" was applied: ")
+/// The ledger's refusal of a transaction of `entries` entries it holds applied (`55000 … was
+/// applied: …`, its detail `{"unchanged": [...]}`, absent from older SQL): what it recorded
+/// then. `None` for any other error.
+fn ledger_holds_it_applied(verdict: &Verdict, entries: usize) -> Option<Recorded> {
+    let (Verdict::Retryable { failure: error, .. } | Verdict::Fatal(error)) = verdict else { return None };
+    if error.code != "55000" || !error.message.contains(" was applied: ") {
+        return None;
+    }
+    let detail: Option<Value> = error.details.as_deref().and_then(|d| serde_json::from_str(d).ok());
+    let unchanged = detail
+        .as_ref()
+        .and_then(|d| d["unchanged"].as_array())
+        .map(|indexes| {
+            let mut indexes: Vec<usize> =
+                indexes.iter().filter_map(Value::as_u64).filter_map(|i| usize::try_from(i).ok()).collect();
+            indexes.retain(|&i| i < entries);
+            indexes.sort_unstable();
+            indexes.dedup();
+            indexes
+        })
+        .unwrap_or_default();
+    Some(Recorded::AppliedBefore(unchanged))
 }
 
 /// Without a dead-letter table, records a rejected transaction in the atomic function's ledger
@@ -1524,6 +1549,9 @@ async fn record_rejection<T: Transport>(
         }
         let may_resend = report.subrequests + 2 <= settings.subrequest_budget;
         let (answer, verdict) = send_counted(&request, (None, may_resend), (settings, caller), transport, report).await;
+        if let Some(applied) = ledger_holds_it_applied(&verdict, transaction.entries.len()) {
+            return Ok(applied);
+        }
         break match (verdict, &answer) {
             (Verdict::Applied, Ok(response)) if response.body.trim() == "true" => return Ok(Recorded::Yes),
             (Verdict::Applied, _) => {
@@ -1550,11 +1578,6 @@ async fn record_rejection<T: Transport>(
                      transaction could still apply it"
                 ));
                 return Ok(Recorded::Yes);
-            }
-            (Verdict::Retryable { failure: error, .. } | Verdict::Fatal(error), _)
-                if ledger_holds_it_applied(&error) =>
-            {
-                return Ok(Recorded::AppliedBefore);
             }
             // A refusal only an operator changes: the transaction waits, as for schema drift.
             (Verdict::Fatal(error), _) => (error, Some(SCHEMA_DRIFT_RETRY_AFTER_SECONDS)),
@@ -1654,13 +1677,13 @@ async fn record_dead_letter<T: Transport>(
     let request = with_mark(dead_letter::request(settings, caller, transaction, failure, states), mark);
     let may_resend = report.subrequests + 2 + spare <= settings.subrequest_budget;
     let (answer, verdict) = send_counted(&request, (None, may_resend), (settings, caller), transport, report).await;
+    if let Some(applied) = ledger_holds_it_applied(&verdict, transaction.entries.len()) {
+        return Ok(applied);
+    }
     let (error, retry_after) = match (verdict, &answer) {
         (Verdict::Applied, Ok(response)) if dead_letter::is_recorded(&response.body) => {
             report.dead_letters += 1;
             return Ok(Recorded::Yes);
-        }
-        (Verdict::Retryable { failure: error, .. } | Verdict::Fatal(error), _) if ledger_holds_it_applied(&error) => {
-            return Ok(Recorded::AppliedBefore);
         }
         (Verdict::Applied, _) => {
             // A 2xx that is not the function's answer (a catch-all server, a proxy): not recorded.

@@ -1517,6 +1517,21 @@ mod tests {
         assert_eq!(statuses(&report), vec![Status::Success, Status::Success]);
         assert!(report.results[0].already_applied && !report.results[1].already_applied);
         assert_eq!(report.dead_letters, 0);
+        // with the entries that changed no row as the ledger recorded them (its detail), those
+        // of this transaction only
+        let two = Transaction {
+            transaction_id: Some(json!(1)),
+            entries: vec![entry(Op::Patch, "a", json!({"n": 1})), entry(Op::Delete, "b", Value::Null)],
+        };
+        let mut recorded = applied("it is not recorded as a dead letter");
+        if let Ok(response) = &mut recorded {
+            response.body = json!({"code": "55000", "message": "transaction 1 of client client-1 was applied: it is not                                    recorded as a dead letter", "details": "{\"unchanged\": [1, 7]}", "hint": null})
+            .to_string();
+        }
+        let transport = FakeTransport::scripted(vec![error(400, "23514", "check"), recorded]);
+        let report = run(&[two], &s, &transport);
+        assert_eq!(statuses(&report), vec![Status::Success]);
+        assert_eq!(report.body()["results"][0]["unchanged"], json!([1]));
         // another 55000 (a replay's own refusal) is no such answer: kept
         let other = error(500, "55000", "dead letter 3 was replayed already");
         let transport = FakeTransport::scripted(vec![error(400, "23514", "check"), other]);

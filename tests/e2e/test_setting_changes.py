@@ -67,17 +67,20 @@ def test_a_transaction_the_ledger_holds_applied_is_answered_already_applied_when
     list_id = insert_list(db, sub)
     todo = new_id()
     payload = with_client(body(tx(put("todos", todo, description="d", list_id=list_id, created_by=sub,
-                                      tags="urgent"), tid=1),
+                                      tags="urgent"),
+                                  patch("todos", new_id(), description="gone"), tid=1),
                                tx(put("todos", new_id(), description="later", list_id=list_id,
                                       created_by=sub), tid=2)), "client-json")
     first = upload(workers["dl"], token, {**payload, "transactions": payload["transactions"][:1]})
-    assert statuses(first) == ["success"], first.text
+    assert statuses(first) == ["success"] and first.json()["results"][0]["unchanged"] == [1], first.text
     assert row(db, "todos", todo) is not None
 
     again = upload(workers["dl_json"], token, payload)
     assert statuses(again) == ["success", "success"], again.text
-    assert again.json()["results"][0].get("already_applied") is True, again.text
-    assert letters(db) == [], "nothing was rejected"
+    result = again.json()["results"][0]
+    assert result.get("already_applied") is True, again.text
+    assert result.get("unchanged") == [1], f"the ledger's unchanged entry, as first answered: {result}"
+    assert [letter["code"] for letter in letters(db)] == ["unchanged"], "nothing was rejected"
 
 
 def test_a_dependent_transaction_the_ledger_holds_applied_is_answered_already_applied_after_upload_atomic_false(
