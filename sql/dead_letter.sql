@@ -399,18 +399,6 @@ begin
     -- this transaction has its dead letter already
     select d.* into v_found from public.powersync_dead_letters as d where d.dedup_key = v_key;
     v_id := v_found.id;
-    -- ... the record of its unchanged entries, made when it was applied: a rejection of a re-send
-    -- of it (refused before sending by a setting changed since) is moot; as the ledger answers it
-    -- (sql/atomic_upload.sql, powersync_upload_ledger_refuse), with the entries that changed no row
-    if v_found.code = 'unchanged' and code is distinct from 'unchanged' then
-      raise exception using errcode = '55000',
-        message = pg_catalog.format('transaction %s of client %s was applied: it is not recorded as a dead letter',
-                                    transaction_id, client_id),
-        detail = jsonb_build_object('unchanged',
-                   (select coalesce(jsonb_agg(e.ord - 1 order by e.ord), '[]'::jsonb)
-                      from jsonb_array_elements(v_found.entries) with ordinality as e(value, ord)
-                     where e.value ->> 'state' = 'unchanged'))::text;
-    end if;
     -- ... and the ledger marks it as being applied through REST (the letter found is an earlier
     -- record of the same ops, e.g. of its unchanged entries): the mark is met as by a new letter,
     -- so another upload's refuses this one (55P03: the bridge keeps the transaction), and the
@@ -426,6 +414,19 @@ begin
         execute 'select public.powersync_upload_ledger_refuse($1, $2, $3, $4, $5)'
           using v_owner, client_id, transaction_id, v_digest, v_id;
       end if;
+    end if;
+    -- ... the record of its unchanged entries, made when it was applied, and no upload marks it
+    -- as being applied through REST: a rejection of a re-send of it (refused before sending by a
+    -- setting changed since) is moot; as the ledger answers it (sql/atomic_upload.sql,
+    -- powersync_upload_ledger_refuse), with the entries that changed no row
+    if v_found.code = 'unchanged' and code is distinct from 'unchanged' and not coalesce(v_marked, false) then
+      raise exception using errcode = '55000',
+        message = pg_catalog.format('transaction %s of client %s was applied: it is not recorded as a dead letter',
+                                    transaction_id, client_id),
+        detail = jsonb_build_object('unchanged',
+                   (select coalesce(jsonb_agg(e.ord - 1 order by e.ord), '[]'::jsonb)
+                      from jsonb_array_elements(v_found.entries) with ordinality as e(value, ord)
+                     where e.value ->> 'state' = 'unchanged'))::text;
     end if;
   end if;
   return v_id;
