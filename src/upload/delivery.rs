@@ -1497,18 +1497,8 @@ fn ledger_holds_it_applied(verdict: &Verdict, entries: usize) -> Option<Recorded
         return None;
     }
     let detail: Option<Value> = error.details.as_deref().and_then(|d| serde_json::from_str(d).ok());
-    let unchanged = detail
-        .as_ref()
-        .and_then(|d| d["unchanged"].as_array())
-        .map(|indexes| {
-            let mut indexes: Vec<usize> =
-                indexes.iter().filter_map(Value::as_u64).filter_map(|i| usize::try_from(i).ok()).collect();
-            indexes.retain(|&i| i < entries);
-            indexes.sort_unstable();
-            indexes.dedup();
-            indexes
-        })
-        .unwrap_or_default();
+    let listed = detail.as_ref().and_then(|d| d.get("unchanged"));
+    let unchanged = outcome::unchanged_indexes(listed, entries).unwrap_or_default();
     Some(Recorded::AppliedBefore(unchanged))
 }
 

@@ -931,6 +931,24 @@ pub struct AtomicAnswer {
 /// Code of a re-sent transaction's failure when its dead letter's row is gone.
 pub const DEAD_LETTERED: &str = "dead_lettered";
 
+/// The entry indexes of an `unchanged` list (the atomic function's answer, the ledger's "was
+/// applied" detail): sorted, without repeats, those at or past `entries` dropped. Absent or null
+/// is none; `None` when it is not an array of op indexes.
+pub fn unchanged_indexes(list: Option<&Value>, entries: usize) -> Option<Vec<usize>> {
+    let mut unchanged: Vec<usize> = match list {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) => {
+            let indexes: Option<Vec<usize>> =
+                items.iter().map(|i| i.as_u64().and_then(|i| usize::try_from(i).ok())).collect();
+            indexes?.into_iter().filter(|i| *i < entries).collect()
+        }
+        Some(_) => return None,
+    };
+    unchanged.sort_unstable();
+    unchanged.dedup();
+    Some(unchanged)
+}
+
 /// The atomic function's result in a 2xx body, or `None` when the body is not one (not a JSON
 /// object with a numeric `applied`, an `unchanged` that is not an array of op indexes, or a
 /// `conflict` without an op index below `entries` and a row object): then the answer is not
@@ -951,17 +969,7 @@ pub fn atomic_answer(body: &str, entries: usize) -> Option<AtomicAnswer> {
         }
         Some(_) => return None,
     };
-    let mut unchanged: Vec<usize> = match fields.get("unchanged") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::Array(items)) => {
-            let indexes: Option<Vec<usize>> =
-                items.iter().map(|i| i.as_u64().and_then(|i| usize::try_from(i).ok())).collect();
-            indexes?.into_iter().filter(|i| *i < entries).collect()
-        }
-        Some(_) => return None,
-    };
-    unchanged.sort_unstable();
-    unchanged.dedup();
+    let unchanged = unchanged_indexes(fields.get("unchanged"), entries)?;
     let (dead_letter, rejected_after_rest) = match fields.get("dead_letter") {
         None | Some(Value::Null) => (None, false),
         Some(Value::Object(letter)) => {
