@@ -33,8 +33,12 @@ function holdsInexact(values: Record<string, unknown> | null | undefined): boole
   return values != null && Object.values(values).some(inexact);
 }
 
-/** A marker no JSON text written by the SDK holds: U+0000 and a random part. */
-function newMarker(): string {
+/**
+ * A marker no JSON text written by the SDK holds: U+0000 and a random part. It carries an
+ * integer's exact digits through `JSON.parse` here, and through `JSON.stringify` in
+ * `uploadBodyText` (./protocol.ts).
+ */
+export function exactMarker(): string {
   return `\u0000exact-integer-${Math.random().toString(36).slice(2)}-${Date.now().toString(36)}:`;
 }
 
@@ -43,7 +47,7 @@ function newMarker(): string {
  * {@link ExactInteger}; every other value as `JSON.parse` gives it.
  */
 export function parseWithExactIntegers(text: string): unknown {
-  const marker = newMarker();
+  const marker = exactMarker();
   let marked = '';
   let copied = 0;
   let i = 0;

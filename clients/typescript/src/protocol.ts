@@ -7,7 +7,7 @@
  */
 
 import type { CrudEntry, CrudTransaction } from '@powersync/common';
-import { ExactInteger } from './integers.js';
+import { ExactInteger, exactMarker } from './integers.js';
 
 /** A transaction as this package needs it: the SDK's `CrudTransaction` satisfies it. */
 export type TransactionLike = Pick<CrudTransaction, 'transactionId' | 'crud'>;
@@ -187,9 +187,8 @@ export function uploadBodyText(body: UploadBody): string {
   return exact ? text.replace(EXACT_IN_TEXT, '$1') : text;
 }
 
-/** Marks an {@link ExactInteger}'s digits in the body's text: U+0000 and a random part, which no
- * value written by the SDK holds. */
-const EXACT_MARKER = `\u0000exact-${Math.random().toString(36).slice(2)}:`;
+/** Marks an {@link ExactInteger}'s digits in the body's text. */
+const EXACT_MARKER = exactMarker();
 const EXACT_IN_TEXT = new RegExp(`"${JSON.stringify(EXACT_MARKER).slice(1, -1).replace(/[\\^$.*+?()[\]{}|]/g, '\\$&')}(-?[0-9]+)"`, 'g');
 
 /**
