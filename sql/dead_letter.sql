@@ -356,6 +356,27 @@ begin
     end if;
   end if;
 
+  -- the record of an applied transaction's unchanged entries (UPLOAD_DEAD_LETTER_UNCHANGED), made
+  -- already by an attempt that wrote its entries as other ops (the bridge's settings or version
+  -- changed between the two), so under another dedup_key: the ledger knows the transaction by its
+  -- entries' digest, and that record is the answer (one per transaction). A record older than
+  -- the ledger's of the transaction is another transaction's (a client that reused its ids).
+  if code = 'unchanged' and client_id is not null and transaction_id is not null
+     and pg_catalog.to_regprocedure('public.powersync_upload_entries_digest()') is not null
+  then
+    execute 'select d.id from public.powersync_upload_ledger as l'
+            ' join public.powersync_dead_letters as d on d.user_id = l.user_id'
+            '   and d.client_id = l.client_id and d.transaction_id = l.transaction_id'
+            ' where l.user_id = $1 and l.client_id = $2 and l.transaction_id = $3'
+            '   and l.entries_digest = public.powersync_upload_entries_digest()'
+            '   and l.dead_letter_id is null and d.code = ''unchanged'' and d.created_at >= l.applied_at'
+            ' order by d.id limit 1'
+      into v_id using v_owner, client_id, transaction_id;
+    if v_id is not null then
+      return v_id;
+    end if;
+  end if;
+
   -- a user's dead letters waiting for a replay are capped (recording them is open to the user
   -- through /rpc): beyond the cap this user's next record fails, so the bridge keeps their
   -- transaction queued (dead_letter_failed) until an operator looks; no one else is affected

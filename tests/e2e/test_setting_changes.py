@@ -130,6 +130,40 @@ def test_a_dead_letter_recorded_for_a_held_rest_fallback_rejection_says_what_was
     assert states == ["applied", "failed"], f"the letter says entry 0 was not written: {states}"
 
 
+def test_one_unchanged_record_per_transaction_even_when_a_setting_changed_between_its_attempts(
+        workers, db, user):
+    """UPLOAD_DEAD_LETTER_UNCHANGED: an applied transaction's unchanged entries get one record.
+    Re-sent through a worker whose UPLOAD_JSON_COLUMNS differ, the ops (and their digest, the
+    record's dedup key) differ; the ledger knows the transaction by its entries' digest, and
+    the first record is the answer (two would replay the entries twice)."""
+    sub, token = user
+    list_id = insert_list(db, sub)
+    payload = with_client(body(tx(put("todos", new_id(), description="d", list_id=list_id, created_by=sub,
+                                      tags='["a"]'),
+                                  patch("todos", new_id(), description="gone"), tid=1)), "client-unch")
+    first = upload(workers["dl_json"], token, payload)
+    assert statuses(first) == ["success"] and first.json()["results"][0]["unchanged"] == [1], first.text
+    again = upload(workers["dl"], token, payload)
+    result = again.json()["results"][0]
+    assert result.get("already_applied") is True and result["unchanged"] == [1], again.text
+    recorded = letters(db)
+    assert len(recorded) == 1, [(r["id"], r["code"], r["ops_digest"]) for r in recorded]
+
+
+def test_a_client_that_reuses_its_transaction_ids_gets_a_record_of_its_new_unchanged_entries(workers, db, user):
+    """A client whose local database was reset sends other entries under the ids of an applied
+    transaction: another transaction, whose unchanged entries get their own record (the first
+    transaction's record is older than the ledger's record of the new one)."""
+    sub, token = user
+    first = with_client(body(tx(patch("todos", new_id(), description="gone"), tid=1)), "client-reset")
+    assert upload(workers["dl"], token, first).json()["results"][0]["unchanged"] == [0]
+    second = with_client(body(tx(patch("todos", new_id(), description="also gone"), tid=1)), "client-reset")
+    result = upload(workers["dl_json"], token, second).json()["results"][0]
+    assert result.get("already_applied") is None and result["unchanged"] == [0], result
+    recorded = letters(db)
+    assert [r["entries"][0]["data"]["description"] for r in recorded] == ["gone", "also gone"], recorded
+
+
 def test_rls_to_service_resend_of_an_applied_transaction_applies_nothing_over_a_later_write(workers, db, user):
     sub, token = user
     list_id = insert_list(db, sub)
