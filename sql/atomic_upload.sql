@@ -991,6 +991,45 @@ as $$
      and l.entries_digest = public.powersync_upload_entries_digest()
 $$;
 
+-- Why no row of public.<p_table> can pass an op (a message naming the first command it needs,
+-- PUT: INSERT, UPDATE, SELECT; PATCH: UPDATE, SELECT; DELETE: DELETE, SELECT, that no permissive
+-- policy lets the current role run), where row-level security applies to that role (on; the
+-- role neither bypasses it nor owns the table unforced); null otherwise. Then no row can pass, whoever writes it: the setup's (row-level
+-- security on and no policy yet, how the dashboard creates tables; a policy forgotten), not the
+-- row's. The atomic function asks it when an op was refused by row-level security or changed no
+-- row (PostgreSQL says nothing when no policy lets a role UPDATE or DELETE: no row matches).
+create or replace function public.powersync_upload_policy_gap(p_table text, p_op text)
+returns text
+language sql
+stable
+security invoker
+set search_path = pg_catalog, pg_temp
+as $$
+  select pg_catalog.format('table %s has row-level security on and no policy lets %s %s, which a %s needs: no '
+                           'row can pass (write the policy; the upload waits)', p_table, current_user, c.cmd, p_op)
+    from pg_catalog.pg_class as t
+    join pg_catalog.pg_namespace as n on n.oid = t.relnamespace and n.nspname = 'public'
+    cross join pg_catalog.unnest(case p_op when 'PUT' then array['INSERT', 'UPDATE', 'SELECT']
+                                           when 'PATCH' then array['UPDATE', 'SELECT']
+                                           else array['DELETE', 'SELECT'] end) with ordinality as c(cmd, n)
+   where t.relname = p_table and t.relrowsecurity
+     and not exists (select 1 from pg_catalog.pg_roles as r
+                      where r.rolname = current_user and (r.rolsuper or r.rolbypassrls))
+     and (t.relforcerowsecurity or not pg_catalog.pg_has_role(current_user, t.relowner, 'USAGE'))
+     and not exists (
+           select 1 from pg_catalog.pg_policies as p
+            where p.schemaname = 'public' and p.tablename = p_table and p.permissive = 'PERMISSIVE'
+              and p.cmd in ('ALL', c.cmd)
+              and ('public' = any (p.roles)
+                   or exists (select 1 from pg_catalog.unnest(p.roles) as r(name)
+                               where pg_catalog.pg_has_role(current_user, r.name, 'MEMBER'))))
+   order by c.n
+   limit 1
+$$;
+
+comment on function public.powersync_upload_policy_gap(text, text) is
+  'PowerSync upload bridge: why no row can pass an op, when no row-level security policy lets the caller run a command it needs.';
+
 -- A number spelled otherwise than in digits alone, as powersync_upload_row_key keys it: a
 -- numeric id as 1.0, 1e3 or .5, or PostgreSQL 16's 0x1f, 0o17, 0b1 and 1_000 (any id column
 -- reads them as one value, or refuses them). Its significant digits, then the zeros of an
@@ -1239,7 +1278,8 @@ begin
                            'public.powersync_upload_ledger_applied_since(text, timestamptz)',
                            'public.powersync_upload_ledger_rows(text, text, text, text[])',
                            'public.powersync_upload_number_key(text)',
-                           'public.powersync_upload_row_key(text, text)'] loop
+                           'public.powersync_upload_row_key(text, text)',
+                           'public.powersync_upload_policy_gap(text, text)'] loop
     execute pg_catalog.format('revoke all on function %s from public', f);
     foreach r in array array['anon', 'authenticated', 'service_role'] loop
       if exists (select 1 from pg_catalog.pg_roles where rolname = r) then
@@ -1266,6 +1306,7 @@ grant execute on function public.powersync_upload_ledger_rows(text, text, text, 
   to authenticated, service_role;
 grant execute on function public.powersync_upload_number_key(text) to authenticated, service_role;
 grant execute on function public.powersync_upload_row_key(text, text) to authenticated, service_role;
+grant execute on function public.powersync_upload_policy_gap(text, text) to authenticated, service_role;
 
 -- the copies installed before exactly-once (three arguments) and before conflict detection
 -- (five): replaced below
@@ -1337,7 +1378,7 @@ declare
   e_msg    text;
   e_detail text;
   e_hint   text;
-  e_cmd    text;       -- a command no row-level security policy lets the caller's role run
+  e_cmd    text;       -- why no row can pass an op: no policy lets the role run a command it needs
 begin
   if ops is null or jsonb_typeof(ops) <> 'array' then
     raise exception using errcode = '22023',
@@ -1652,6 +1693,16 @@ begin
                            || array(select g_start + m from pg_catalog.generate_series(0, v_n - 1) as m);
           end if;
         else
+          if pg_catalog.cardinality(v_missed) > 0 then
+            -- no policy lets this role delete (or read) any row: the setup's, it waits
+            e_cmd := public.powersync_upload_policy_gap(g_table, 'DELETE');
+            if e_cmd is not null then
+              h_op := 'DELETE'; h_table := g_table;
+              h_index := g_start + (select min(m) from unnest(v_missed) as m);
+              h_id := g_ids[h_index - g_start + 1];
+              raise exception using errcode = '42501', message = e_cmd;
+            end if;
+          end if;
           v_unchanged := v_unchanged
                          || array(select g_start + m from unnest(v_missed) as m order by m);
         end if;
@@ -1741,6 +1792,10 @@ begin
           using jsonb_build_object('id', v.id), v_owner;
         get diagnostics v_rows = row_count;
         if v_rows = 0 then
+          e_cmd := public.powersync_upload_policy_gap(v.tbl, v.op);
+          if e_cmd is not null then  -- no policy lets this role delete any row: it waits
+            raise exception using errcode = '42501', message = e_cmd;
+          end if;
           execute format(v_read, 'to_jsonb(t)', v.tbl, format('id %s', coalesce(v_types -> v.tbl -> 'id' ->> 't', 'text')), '')
             into v_row using jsonb_build_object('id', v.id), v_owner;
           if v_row is null then  -- gone, or hidden from the caller
@@ -1775,6 +1830,13 @@ begin
           execute v_sql || v_owned || coalesce(v_cond, '')
             using v_data || jsonb_build_object('id', v.id), v_owner;
           get diagnostics v_rows = row_count;
+          if v_rows = 0 then
+            -- no policy lets this role update any row (the row it can read is no conflict): it waits
+            e_cmd := public.powersync_upload_policy_gap(v.tbl, v.op);
+            if e_cmd is not null then
+              raise exception using errcode = '42501', message = e_cmd;
+            end if;
+          end if;
           if v_rows = 0 and v_cond is not null then
             execute format(v_read, 'to_jsonb(t)', v.tbl, format('id %s', coalesce(v_types -> v.tbl -> 'id' ->> 't', 'text')), '')
               into v_row using jsonb_build_object('id', v.id), v_owner;
@@ -1833,23 +1895,7 @@ begin
     if e_state = '42501' and h_table is not null
        and pg_catalog.strpos(e_msg, 'violates row-level security policy') > 0
        and pg_catalog.right(e_msg, pg_catalog.length(h_table) + 12) = 'for table "' || h_table || '"' then
-      select c.cmd into e_cmd
-        from pg_catalog.unnest(case h_op when 'PUT' then array['INSERT', 'UPDATE', 'SELECT']
-                                         when 'PATCH' then array['UPDATE', 'SELECT']
-                                         else array['DELETE', 'SELECT'] end) with ordinality as c(cmd, n)
-       where not exists (
-               select 1 from pg_catalog.pg_policies as p
-                where p.schemaname = 'public' and p.tablename = h_table and p.permissive = 'PERMISSIVE'
-                  and p.cmd in ('ALL', c.cmd)
-                  and ('public' = any (p.roles)
-                       or exists (select 1 from pg_catalog.unnest(p.roles) as r(name)
-                                   where pg_catalog.pg_has_role(current_user, r.name, 'MEMBER'))))
-       order by c.n
-       limit 1;
-      if e_cmd is not null then
-        e_msg := format('table %s has row-level security on and no policy lets %s %s, which a %s needs: no '
-                        'row can pass (write the policy; the upload waits)', h_table, current_user, e_cmd, h_op);
-      end if;
+      e_msg := coalesce(public.powersync_upload_policy_gap(h_table, h_op), e_msg);
     end if;
     e_hint := concat_ws('; ', nullif(e_hint, ''),
                 format('powersync op %s (%s %s/%s)', coalesce(h_index, 0),

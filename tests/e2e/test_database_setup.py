@@ -16,7 +16,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from tests.e2e.upload_helpers import a_list, body, put, statuses, tx, upload, waits_for_the_operator
+from tests.e2e.upload_helpers import a_list, body, delete, patch, put, statuses, tx, upload, waits_for_the_operator
 from tests.support.db import new_id
 
 
@@ -26,6 +26,7 @@ def instances(base_vars, start_workers):
         "rest": {**base_vars, "UPLOAD_ATOMIC": "false"},
         "atomic": {**base_vars, "UPLOAD_ATOMIC": "true"},
         "auto": dict(base_vars),
+        "atomic_compared": {**base_vars, "UPLOAD_ATOMIC": "true", "UPLOAD_CONFLICT_DETECTION": "true"},
     }
     return start_workers(configs)
 
@@ -153,6 +154,92 @@ def test_a_table_with_rls_enabled_and_no_policy_yet_keeps_the_upload_queued(inst
         assert statuses(response) == ["success"], response.text
     finally:
         db.execute(f"drop table if exists public.{table}")
+
+
+@contextmanager
+def table_without_a_policy_for(db, table: str, missing: str):
+    """A table whose policies let its owner read and insert, and all but one command (`missing`:
+    UPDATE or DELETE: the policy the operator forgot). No row can be updated (or deleted) by
+    anyone; PostgreSQL says nothing, the statement changes no row. Holds one row of the user's."""
+    commands = [c for c in ("UPDATE", "DELETE") if c != missing]
+    db.execute(f"create table public.{table} (id uuid primary key, note text,"
+               f" user_id uuid not null default auth.uid());"
+               f" alter table public.{table} enable row level security;"
+               f" create policy sel on public.{table} for select to authenticated using (user_id = auth.uid());"
+               f" create policy ins on public.{table} for insert to authenticated with check (user_id = auth.uid());"
+               + "".join(f" create policy p_{c.lower()} on public.{table} for {c} to authenticated"
+                         f" using (user_id = auth.uid());" for c in commands)
+               + f" grant select, insert, update, delete on public.{table} to authenticated")
+    try:
+        yield
+    finally:
+        db.execute(f"drop table if exists public.{table}")
+
+
+@pytest.mark.parametrize("name", ["atomic", "auto", "atomic_compared"])
+def test_a_patch_of_a_table_no_update_policy_lets_anyone_write_waits_instead_of_being_unchanged(
+        instances, db, user, name):
+    """RLS on, policies for SELECT and INSERT, none for UPDATE (forgotten): every PATCH of every
+    user changes no row. Reported `unchanged` (or, compared with its previous values, a
+    `conflict` against the row it could read), the client dropped it. No row can pass: it waits,
+    and applies once the policy exists."""
+    sub, token = user
+    table = "noupdate_" + name
+    with table_without_a_policy_for(db, table, "UPDATE"):
+        own = new_id()
+        db.execute(f"insert into public.{table} (id, note, user_id) values (%s, 'v0', %s)", (own, sub))
+        entry = patch(table, own, note="v1")
+        entry["previous_values"] = {"note": "v0"}
+        payload = body(tx(entry, tid=1))
+        response = upload(instances[name], token, payload)
+        waits_for_the_operator(response, "42501", "no policy lets authenticated UPDATE")
+        db.execute(f"create policy upd on public.{table} for update to authenticated using (user_id = auth.uid())")
+        response = upload(instances[name], token, payload)
+        assert statuses(response) == ["success"] and not response.json()["results"][0].get("unchanged"), response.text
+        assert db.execute(f"select note from public.{table} where id = %s", (own,)).fetchone()[0] == "v1"
+
+
+@pytest.mark.parametrize("name", ["atomic", "auto"])
+def test_a_delete_of_a_table_no_delete_policy_lets_anyone_write_waits_instead_of_being_unchanged(
+        instances, db, user, name):
+    sub, token = user
+    table = "nodelete_" + name
+    with table_without_a_policy_for(db, table, "DELETE"):
+        own = new_id()
+        db.execute(f"insert into public.{table} (id, note, user_id) values (%s, 'v0', %s)", (own, sub))
+        payload = body(tx(delete(table, own), tid=1))
+        response = upload(instances[name], token, payload)
+        waits_for_the_operator(response, "42501", "no policy lets authenticated DELETE")
+        db.execute(f"create policy del on public.{table} for delete to authenticated using (user_id = auth.uid())")
+        response = upload(instances[name], token, payload)
+        assert statuses(response) == ["success"] and not response.json()["results"][0].get("unchanged"), response.text
+        assert db.execute(f"select count(*) from public.{table} where id = %s", (own,)).fetchone()[0] == 0
+
+
+def test_a_delete_a_policy_refuses_on_purpose_is_unchanged_not_waiting(instances, db, user):
+    """A table users may not delete from on purpose says so with a policy no row passes
+    (`using (false)`): a DELETE is the row's, reported `unchanged` as before, and nothing waits."""
+    sub, token = user
+    table = "nodelete_on_purpose"
+    with table_without_a_policy_for(db, table, "DELETE"):
+        db.execute(f"create policy no_delete on public.{table} for delete to authenticated using (false)")
+        own = new_id()
+        db.execute(f"insert into public.{table} (id, note, user_id) values (%s, 'v0', %s)", (own, sub))
+        response = upload(instances["atomic"], token, body(tx(delete(table, own), tid=1)))
+        assert statuses(response) == ["success"] and response.json()["results"][0]["unchanged"] == [0], response.text
+
+
+def test_a_patch_of_a_row_a_policy_hides_is_still_unchanged(instances, db, user, other_user):
+    """The policies exist and hide another user's row: its PATCH changed no row, reported
+    `unchanged` as before (the row's, not the setup's)."""
+    sub, token = user
+    other, _ = other_user
+    table = "hidden_rows"
+    with table_without_a_policy_for(db, table, "none"):
+        theirs = new_id()
+        db.execute(f"insert into public.{table} (id, note, user_id) values (%s, 'v0', %s)", (theirs, other))
+        response = upload(instances["atomic"], token, body(tx(patch(table, theirs, note="mine"), tid=1)))
+        assert statuses(response) == ["success"] and response.json()["results"][0]["unchanged"] == [0], response.text
 
 
 # The database out of room for any row, under codes that are otherwise the data's (23514, 2200H).

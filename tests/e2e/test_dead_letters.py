@@ -976,6 +976,7 @@ EXPECTED = {
     ("powersync_upload_ledger_rows(text,text,text,text[])", "EXECUTE"): {"authenticated", "service_role"},
     ("powersync_upload_row_key(text,text)", "EXECUTE"): {"authenticated", "service_role"},
     ("powersync_upload_number_key(text)", "EXECUTE"): {"authenticated", "service_role"},
+    ("powersync_upload_policy_gap(text,text)", "EXECUTE"): {"authenticated", "service_role"},
     ("powersync_upload_ledger_refuse(text,text,text,text,bigint)", "EXECUTE"): set(),
     ("powersync_upload_entries_digest()", "EXECUTE"): set(),
     ("powersync_upload_request_token(text)", "EXECUTE"): set(),

@@ -79,9 +79,12 @@ pub const LEDGER_ROWS: &str = "public.powersync_upload_ledger_rows(text, text, t
 pub const ROW_KEY: &str = "public.powersync_upload_row_key(text, text)";
 /// What [`ROW_KEY`] calls for a number in another spelling than digits alone (as the API role).
 pub const NUMBER_KEY: &str = "public.powersync_upload_number_key(text)";
+/// Why no row can pass an op (no row-level security policy lets the role run a command it
+/// needs), which the atomic function asks as the API role.
+pub const POLICY_GAP: &str = "public.powersync_upload_policy_gap(text, text)";
 /// The ledger's helpers the atomic function calls, as the API role (sql/atomic_upload.sql).
-pub const LEDGER_HELPERS: [&str; 6] =
-    [LEDGER_CLAIM, LEDGER_DEAD_LETTER, LEDGER_UNCHANGED, LEDGER_ROWS, ROW_KEY, NUMBER_KEY];
+pub const LEDGER_HELPERS: [&str; 7] =
+    [LEDGER_CLAIM, LEDGER_DEAD_LETTER, LEDGER_UNCHANGED, LEDGER_ROWS, ROW_KEY, NUMBER_KEY, POLICY_GAP];
 /// What a replay asks for the user's transactions applied since its dead letter (called as
 /// service_role): without it a replay goes over the user's later writes unseen.
 pub const LEDGER_APPLIED_SINCE: &str = "public.powersync_upload_ledger_applied_since(text, timestamptz)";
@@ -638,9 +641,14 @@ fn check_row_security(table: &Value, name: &str, role: &str, outdated_doctor_sql
         (
             "UPDATE",
             "a PUT of a row that exists (a re-send after a lost answer included) is refused (42501) and \
-             dead-lettered, and a PATCH changes nothing",
+             dead-lettered, and a PATCH changes nothing (reported unchanged); through the atomic function \
+             both wait for the policy",
         ),
-        ("SELECT", "a PATCH or DELETE finds no row and is reported unchanged, its change not made"),
+        (
+            "SELECT",
+            "a PATCH or DELETE finds no row and is reported unchanged, its change not made; through the \
+             atomic function it waits for the policy",
+        ),
     ];
     let mut findings: Vec<Finding> = why
         .iter()
@@ -653,9 +661,14 @@ fn check_row_security(table: &Value, name: &str, role: &str, outdated_doctor_sql
         findings.push(warning(
             format!(
                 "no policy on {name} lets {role} DELETE: a client's DELETE is reported unchanged and the row \
-                 syncs back"
+                 syncs back; through the atomic function it waits for the policy"
             ),
-            format!("{} if clients may delete rows", policy_sql(name, "DELETE", role)),
+            format!(
+                "{} if clients may delete rows; if they may not, say so with `create policy {}_no_delete on {name} \
+                 for delete to {role} using (false);` (their DELETEs are then reported unchanged)",
+                policy_sql(name, "DELETE", role),
+                name.rsplit('.').next().unwrap_or(name)
+            ),
         ));
     }
     findings
@@ -1314,6 +1327,7 @@ mod tests {
                 LEDGER_ROWS.into(),
                 ROW_KEY.into(),
                 NUMBER_KEY.into(),
+                POLICY_GAP.into(),
                 RECORD.into(),
                 REPLAY.into(),
                 DISCARD.into(),
