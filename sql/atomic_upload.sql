@@ -127,7 +127,10 @@
 -- in "unchanged" as without "expect"; a PATCH whose row already holds every
 -- value it sets (compared as written: `to_jsonb` of the column `is not
 -- distinct from` that of the value typed by the column, so json and
--- array columns compare too) was applied before: no conflict; otherwise the call
+-- array columns compare too) was applied before: no conflict; a row that still
+-- holds the expected values was not changed by anyone (a policy for the
+-- command, the row readable, or a trigger refused the write): listed in
+-- "unchanged", no conflict either; otherwise the call
 -- applies NOTHING (every write of the call is rolled back, the ledger records
 -- nothing) and returns
 --   {"applied": 0, "conflict": {"index": <op index>, "row": <the row as read>}}.
@@ -1358,6 +1361,7 @@ declare
   v_read   text;       -- a compared op's read of its row: format(v_read, <select list>, table, <r's columns>, <conditions>)
   v_row    jsonb;      -- a compared op's row as read after it changed nothing
   v_same   boolean;    -- a compared PATCH's row already holds its values
+  v_seen   boolean;    -- a compared op's row still holds the values the client saw
   v_letter jsonb;      -- the dead letter the ledger holds for this transaction
   c_index  integer;    -- the conflicting op (set before raising PS409)
   c_row    jsonb;
@@ -1762,7 +1766,7 @@ begin
         v_owners := v_owners || jsonb_build_object(v.tbl, coalesce(v_owner, owner_id));
       end if;
       v_owner := v_owners ->> v.tbl;
-      v_cond := null; v_row := null; v_same := null;
+      v_cond := null; v_row := null; v_same := null; v_seen := null;
       if v.expect is not null and v.op in ('PATCH', 'DELETE') then
         if jsonb_typeof(v.expect) <> 'object' then
           raise exception using errcode = '22023', message = '"expect" must be a JSON object';
@@ -1798,12 +1802,17 @@ begin
           end if;
           execute format(v_read, 'to_jsonb(t)', v.tbl, format('id %s', coalesce(v_types -> v.tbl -> 'id' ->> 't', 'text')), '')
             into v_row using jsonb_build_object('id', v.id), v_owner;
-          if v_row is null then  -- gone, or hidden from the caller
-            v_unchanged := v_unchanged || v.idx;
-          else
-            c_index := v.idx; c_row := v_row;
-            raise exception using errcode = 'PS409', message = 'powersync conflict';
+          if v_row is not null then
+            -- still as the client saw it: nothing changed it, a policy (its DELETE's, the row
+            -- readable) or a trigger refused the write: the row's, unchanged, not a conflict
+            execute format(v_read, 'true', v.tbl, format('id %s', coalesce(v_types -> v.tbl -> 'id' ->> 't', 'text')), v_cond)
+              into v_seen using jsonb_build_object('id', v.id), v_owner;
+            if v_seen is null then
+              c_index := v.idx; c_row := v_row;
+              raise exception using errcode = 'PS409', message = 'powersync conflict';
+            end if;
           end if;
+          v_unchanged := v_unchanged || v.idx;  -- gone, hidden from the caller, or refused
         end if;
 
       elsif v.op in ('PUT', 'DELETE') then
@@ -1848,8 +1857,15 @@ begin
                                 from jsonb_object_keys(v_data) as k))
                 into v_same using v_data || jsonb_build_object('id', v.id), v_owner;
               if v_same is null then
-                c_index := v.idx; c_row := v_row;
-                raise exception using errcode = 'PS409', message = 'powersync conflict';
+                -- still as the client saw it: nothing changed it, a policy (its UPDATE's, the
+                -- row readable) or a trigger refused the write: the row's, unchanged (below)
+                execute format(v_read, 'true', v.tbl, format('id %s', coalesce(v_types -> v.tbl -> 'id' ->> 't', 'text')), v_cond)
+                  into v_seen using jsonb_build_object('id', v.id), v_owner;
+                if v_seen is null then
+                  c_index := v.idx; c_row := v_row;
+                  raise exception using errcode = 'PS409', message = 'powersync conflict';
+                end if;
+                v_row := null;
               end if;
             end if;
           end if;

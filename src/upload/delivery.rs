@@ -997,39 +997,40 @@ async fn send<T: Transport>(
                 }
             }
             (Check::Atomic, verdict, _) => with_atomic_index(verdict, entries),
-            (Check::Conditional { current, same }, Verdict::Applied, Ok(response)) => match affected_rows(response) {
-                Some(0) => {
-                    let entry = planned.entries.start;
-                    let spare = pending + reserve;
-                    match probe_conflict((current, same.as_ref()), entry, spare, (settings, caller), transport, report)
-                        .await
-                    {
-                        Probe::Gone => {
-                            unchanged.push(entry);
-                            surely_unchanged.push(entry);
-                            Verdict::Applied
-                        }
-                        Probe::Same => Verdict::Applied,
-                        Probe::Changed(row) => {
-                            let failure = FailedOperation::new(
-                                Some(entry),
-                                CONFLICT,
-                                "the row changed since the client saw it: it no longer holds the previous values \
+            (Check::Conditional { current, same, seen }, Verdict::Applied, Ok(response)) => {
+                match affected_rows(response) {
+                    Some(0) => {
+                        let entry = planned.entries.start;
+                        let spare = pending + reserve;
+                        let reads = (current, same.as_ref(), seen);
+                        match probe_conflict(reads, entry, spare, (settings, caller), transport, report).await {
+                            Probe::Gone | Probe::Refused => {
+                                unchanged.push(entry);
+                                surely_unchanged.push(entry);
+                                Verdict::Applied
+                            }
+                            Probe::Same => Verdict::Applied,
+                            Probe::Changed(row) => {
+                                let failure = FailedOperation::new(
+                                    Some(entry),
+                                    CONFLICT,
+                                    "the row changed since the client saw it: it no longer holds the previous values \
                                  sent for the columns this entry changes; nothing of this entry was applied",
-                            );
-                            return Ending::Conflict(
-                                failure,
-                                failed_states(states, &planned.entries),
-                                row,
-                                Ledger::NotYet,
-                            );
+                                );
+                                return Ending::Conflict(
+                                    failure,
+                                    failed_states(states, &planned.entries),
+                                    row,
+                                    Ledger::NotYet,
+                                );
+                            }
+                            Probe::Failed(verdict) => verdict,
                         }
-                        Probe::Failed(verdict) => verdict,
                     }
+                    Some(_) => Verdict::Applied,
+                    None => not_postgrest(response, "a write answered with its row count, Content-Range: */<n>"),
                 }
-                Some(_) => Verdict::Applied,
-                None => not_postgrest(response, "a write answered with its row count, Content-Range: */<n>"),
-            },
+            }
             (Check::Upsert { row_entries } | Check::Filtered { row_entries, .. }, Verdict::Applied, Ok(response)) => {
                 match affected_rows(response) {
                     Some(count) => {
@@ -1199,8 +1200,8 @@ fn worst_case(requests: &[PlannedRequest]) -> usize {
 /// The most subrequests one planned request can take (see [`worst_case`]).
 fn cost(planned: &PlannedRequest) -> usize {
     match &planned.check {
-        Check::Conditional { same: Some(_), .. } => 3,
-        Check::Conditional { same: None, .. } => 2,
+        Check::Conditional { same: Some(_), .. } => 4,
+        Check::Conditional { same: None, .. } => 3,
         _ => 1,
     }
 }
@@ -1214,6 +1215,9 @@ enum Probe {
     Gone,
     /// The row already holds the PATCH's new values (its own earlier application): applied.
     Same,
+    /// The row still holds the values the client saw: nobody changed it, the write was refused (a
+    /// policy for its command, the row readable; a trigger): `unchanged`, not a conflict.
+    Refused,
     /// The row holds other values: a conflict; the row as read.
     Changed(Value),
     /// A read failed: its verdict.
@@ -1221,19 +1225,20 @@ enum Probe {
 }
 
 /// After a conditional PATCH or DELETE of entry `entry` changed no row: reads the row
-/// (`current`) and, for a PATCH, whether it already holds the new values (`same`). Needs up to
-/// two requests, which must leave `spare` requests of the budget (those planned after this one
-/// and the dead-letter reserve); without them the transaction is retryable: nothing of this
-/// entry was applied, and sending it again is safe.
+/// (`current`), for a PATCH whether it already holds the new values (`same`), then whether it
+/// still holds the previous ones (`seen`). Needs up to three requests, which must leave `spare`
+/// requests of the budget (those planned after this one and the dead-letter reserve); without
+/// them the transaction is retryable: nothing of this entry was applied, and sending it again is
+/// safe.
 async fn probe_conflict<T: Transport>(
-    (current, same): (&crate::http::HttpRequest, Option<&crate::http::HttpRequest>),
+    (current, same, seen): (&crate::http::HttpRequest, Option<&crate::http::HttpRequest>, &crate::http::HttpRequest),
     entry: usize,
     spare: usize,
     (settings, caller): (&UploadSettings, &Caller),
     transport: &T,
     report: &mut UploadReport,
 ) -> Probe {
-    let reads = if same.is_some() { 2 } else { 1 };
+    let reads = if same.is_some() { 3 } else { 2 };
     if report.subrequests + reads + spare > settings.subrequest_budget {
         let failure = FailedOperation::new(
             Some(entry),
@@ -1251,10 +1256,13 @@ async fn probe_conflict<T: Transport>(
         },
         Err(verdict) => return Probe::Failed(verdict),
     };
-    if let Some(same) = same {
-        let may_resend = report.subrequests + 2 + spare <= settings.subrequest_budget;
-        match read_rows(same.clone(), entry, may_resend, (settings, caller), transport, report).await {
-            Ok(rows) if !rows.is_empty() => return Probe::Same,
+    let mut left = reads - 1;
+    for (check, found) in [(same, Probe::Same), (Some(seen), Probe::Refused)] {
+        let Some(check) = check else { continue };
+        let may_resend = report.subrequests + 1 + left + spare <= settings.subrequest_budget;
+        left -= 1;
+        match read_rows(check.clone(), entry, may_resend, (settings, caller), transport, report).await {
+            Ok(rows) if !rows.is_empty() => return found,
             Ok(_) => {}
             Err(verdict) => return Probe::Failed(verdict),
         }

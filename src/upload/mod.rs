@@ -1855,12 +1855,12 @@ mod tests {
 
     #[test]
     fn a_resend_never_takes_the_reads_reserved_for_a_later_compared_write() {
-        // Budget 5 = the plan's worst case: PUT (1), DELETE (1), compared PATCH (3: the write and
-        // two reads when it changes no row). The PUT's connection is lost: sending it again
+        // Budget 6 = the plan's worst case: PUT (1), DELETE (1), compared PATCH (4: the write and
+        // three reads when it changes no row). The PUT's connection is lost: sending it again
         // would leave the PATCH without its reads (counted as one request each, it did, and the
         // PATCH ended `conflict_check_budget` after the DELETE had applied). It waits instead.
         let mut s = conflict_settings();
-        s.subrequest_budget = 5;
+        s.subrequest_budget = 6;
         let transaction = Transaction {
             transaction_id: Some(json!(1)),
             entries: vec![entry(Op::Put, "p", json!({"x": 1})), entry(Op::Delete, "d", Value::Null), stale_patch()],
@@ -1871,6 +1871,7 @@ mod tests {
             counted(204, 1),
             counted(204, 0),
             rows(json!([{"id": "a", "title": "theirs"}])),
+            rows(json!([])),
             rows(json!([])),
         ]);
         let report = run(&[transaction], &s, &transport);
@@ -1883,11 +1884,11 @@ mod tests {
 
     #[test]
     fn a_compared_write_is_sent_again_only_with_room_for_its_own_reads() {
-        // Budget 3 = the compared PATCH's write and its two reads. Its connection is lost: a
-        // second send would leave one read, and a zero-row answer then could not be told apart
+        // Budget 4 = the compared PATCH's write and its three reads. Its connection is lost: a
+        // second send would leave two reads, and a zero-row answer then could not be told apart
         // (conflict_check_budget after a wasted request). It waits for the next upload instead.
         let mut s = conflict_settings();
-        s.subrequest_budget = 3;
+        s.subrequest_budget = 4;
         let transaction = Transaction { transaction_id: Some(json!(1)), entries: vec![stale_patch()] };
         let transport = FakeTransport::scripted(vec![lost(), counted(204, 0), rows(json!([]))]);
         let report = run(&[transaction], &s, &transport);
@@ -1914,6 +1915,7 @@ mod tests {
             counted(204, 0),
             rows(json!([{"id": "a", "title": "theirs"}])),
             rows(json!([])),
+            rows(json!([])),
         ]);
         let transaction = Transaction {
             transaction_id: Some(json!(4)),
@@ -1930,14 +1932,15 @@ mod tests {
         assert_eq!(result["failed_operation"]["details"], Value::Null, "the server's row is not sent back");
         let urls: Vec<String> = transport.sent().iter().map(|r| r.url.clone()).collect();
         assert_eq!(
-            urls[..3],
+            urls[..4],
             [
                 "https://p.supabase.co/rest/v1/todos?id=eq.a&title=eq.seen".to_string(),
                 "https://p.supabase.co/rest/v1/todos?id=eq.a&select=*".to_string(),
                 "https://p.supabase.co/rest/v1/todos?id=eq.a&title=eq.mine&select=id".to_string(),
+                "https://p.supabase.co/rest/v1/todos?id=eq.a&title=eq.seen&select=id".to_string(),
             ]
         );
-        assert_eq!(urls.len(), 4, "the PUT after the conflicting entry is not sent; tx 5 is");
+        assert_eq!(urls.len(), 5, "the PUT after the conflicting entry is not sent; tx 5 is");
         assert!(!report.needs_retry());
     }
 
@@ -1959,6 +1962,23 @@ mod tests {
     }
 
     #[test]
+    fn a_conditional_write_of_a_row_that_still_holds_the_previous_values_is_unchanged_not_a_conflict() {
+        // Readable, not changed by anyone, yet the write changed no row: a policy for UPDATE
+        // (or DELETE) that the SELECT policy does not share, or a trigger, refused it.
+        let transport = FakeTransport::scripted(vec![
+            counted(204, 0),
+            rows(json!([{"id": "a", "title": "seen"}])),
+            rows(json!([])),
+            rows(json!([{"id": "a"}])),
+        ]);
+        let transaction = Transaction { transaction_id: Some(json!(1)), entries: vec![stale_patch()] };
+        let report = run(&[transaction], &conflict_settings(), &transport);
+        assert_eq!(statuses(&report), vec![Status::Success]);
+        assert_eq!(report.results[0].unchanged, vec![0]);
+        assert_eq!(transport.sent()[3].url, "https://p.supabase.co/rest/v1/todos?id=eq.a&title=eq.seen&select=id");
+    }
+
+    #[test]
     fn a_conflict_is_dead_lettered_with_the_clients_entry_and_the_servers_row() {
         let mut s = conflict_settings();
         s.dead_letter_table = Some("dead".to_string());
@@ -1968,14 +1988,15 @@ mod tests {
         let transport = FakeTransport::scripted(vec![
             counted(204, 0),
             rows(json!([{"id": "a", "title": "theirs", "note": null}])),
+            rows(json!([])),
             recorded(),
         ]);
         let report = run(&[Transaction { transaction_id: Some(json!(3)), entries: vec![delete] }], &s, &transport);
         assert_eq!(statuses(&report), vec![Status::Conflict]);
         let sent = transport.sent();
         assert_eq!(sent[0].url, "https://p.supabase.co/rest/v1/todos?id=eq.a&note=is.null&title=eq.seen");
-        assert_eq!(sent.len(), 3, "a DELETE has no new values to compare: one read");
-        let body: Value = serde_json::from_str(sent[2].body.as_deref().unwrap_or("")).unwrap_or(Value::Null);
+        assert_eq!(sent.len(), 4, "a DELETE has no new values to compare: two reads");
+        let body: Value = serde_json::from_str(sent[3].body.as_deref().unwrap_or("")).unwrap_or(Value::Null);
         assert_eq!(body["code"], json!("conflict"));
         assert_eq!(body["entry"]["previous_values"], json!({"id": "a", "title": "seen", "note": null}));
         let server: Value = serde_json::from_str(body["details"].as_str().unwrap_or("")).unwrap_or(Value::Null);
@@ -1995,13 +2016,14 @@ mod tests {
             counted(204, 0),
             rows(json!([{"id": "a", "title": "theirs", "done": 1, "owner": "user-1", "internal_score": 7}])),
             rows(json!([])),
+            rows(json!([])),
             recorded(),
         ]);
         let report =
             run(&[Transaction { transaction_id: Some(json!(3)), entries: vec![stale_patch()] }], &s, &transport);
         assert_eq!(statuses(&report), vec![Status::Conflict]);
         let sent = transport.sent();
-        let body: Value = serde_json::from_str(sent[3].body.as_deref().unwrap_or("")).unwrap_or(Value::Null);
+        let body: Value = serde_json::from_str(sent[4].body.as_deref().unwrap_or("")).unwrap_or(Value::Null);
         let server: Value = serde_json::from_str(body["details"].as_str().unwrap_or("")).unwrap_or(Value::Null);
         assert_eq!(server, json!({"id": "a", "title": "theirs"}));
     }
@@ -2104,9 +2126,9 @@ mod tests {
     #[test]
     fn a_conflict_checked_transaction_waits_for_a_budget_with_room_for_its_reads() {
         let mut s = conflict_settings();
-        s.subrequest_budget = 4;
-        // tx 1 (one PUT) leaves 3 of 4: the conditional PATCH with its two possible reads needs 3
-        // plus nothing reserved, so it is sent; a second one would need 3 more: not attempted.
+        s.subrequest_budget = 5;
+        // tx 1 (one PUT) leaves 4 of 5: the conditional PATCH with its three possible reads needs
+        // 4 plus nothing reserved, so it is sent; a second one would need 4 more: not attempted.
         let transport =
             FakeTransport::scripted(vec![counted(201, 1), counted(204, 0), rows(json!([])), counted(204, 1)]);
         let second = Transaction { transaction_id: Some(json!(3)), entries: vec![stale_patch()] };
@@ -2465,12 +2487,13 @@ mod tests {
             counted(204, 0),
             rows(json!([{"id": "a", "title": "theirs"}])),
             rows(json!([])),
+            rows(json!([])),
         ]);
         let transaction = Transaction { transaction_id: Some(json!(4)), entries: vec![stale_patch()] };
         let report = run_with(Route::Rest, &conflict_settings(), &[transaction], &transport);
         assert_eq!(statuses(&report), vec![Status::Conflict]);
         assert!(transport.sent().iter().all(|r| !r.url.ends_with(REJECT_PATH)), "{:?}", transport.sent());
-        assert_eq!(transport.sent().len(), 3);
+        assert_eq!(transport.sent().len(), 4);
     }
 
     #[test]

@@ -113,8 +113,10 @@ pub enum Check {
     /// when it is 0, `current` (`GET …?select=*&id=eq.<id>`) tells a gone or hidden row (no row:
     /// `unchanged`) from a changed one, and `same` (PATCH only: `GET …?select=id&id=eq.<id>&<the
     /// new values>`) a row that already holds this PATCH's values (its own earlier, lost-answer
-    /// application: applied) from a conflict. See `delivery`.
-    Conditional { current: HttpRequest, same: Option<HttpRequest> },
+    /// application: applied) from a conflict, and `seen` (`GET …?select=id&id=eq.<id>&<the
+    /// previous values>`) a row nobody changed (a policy for the write, the row readable, or a
+    /// trigger refused it: `unchanged`) from a conflict. See `delivery`.
+    Conditional { current: HttpRequest, same: Option<HttpRequest>, seen: HttpRequest },
     /// A bulk upsert; `row_entries[i]` is the entry index of row `i` of the body. Refused whole
     /// (21000, two rows are one row after casting, or any fatal error), the driver splits it
     /// ([`halves`]). A 2xx must carry PostgREST's count.
@@ -918,10 +920,11 @@ impl<'e> Planner<'e> {
         };
         let current = self.context.request(Method::Get, format!("{row}&select=*"));
         let same = conditions.new.map(|new| self.context.request(Method::Get, format!("{row}{new}&select=id")));
+        let seen = self.context.request(Method::Get, format!("{row}{}&select=id", conditions.previous));
         self.requests.push(PlannedRequest {
             request: request.header("Prefer", PREFER_COUNTED),
             entries: index..index + 1,
-            check: Check::Conditional { current, same },
+            check: Check::Conditional { current, same, seen },
         });
     }
 
@@ -1432,13 +1435,17 @@ mod tests {
             "https://p.supabase.co/rest/v1/todos?id=eq.a&b=is.null&n=eq.1.5&t=eq.a%2Cb%29%26%3D%25%22"
         );
         match &requests[0].check {
-            Check::Conditional { current, same: Some(same) } => {
+            Check::Conditional { current, same: Some(same), seen } => {
                 assert_eq!(current.url, "https://p.supabase.co/rest/v1/todos?id=eq.a&select=*");
                 assert_eq!(
                     same.url,
                     "https://p.supabase.co/rest/v1/todos?id=eq.a&b=eq.true&n=eq.2&t=eq.x&z=eq.new&select=id"
                 );
-                assert_eq!(current.method, Method::Get);
+                assert_eq!(
+                    seen.url,
+                    "https://p.supabase.co/rest/v1/todos?id=eq.a&b=is.null&n=eq.1.5&t=eq.a%2Cb%29%26%3D%25%22&select=id"
+                );
+                assert_eq!((current.method, seen.method), (Method::Get, Method::Get));
             }
             other => panic!("expected a conditional check, got {other:?}"),
         }

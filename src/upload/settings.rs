@@ -421,21 +421,21 @@ pub fn read(reader: &mut Reader, supabase_url: Option<String>) -> Option<UploadS
         }
     }
     // The most one transaction of one entry may need over REST: its write, and before it the
-    // ownership check of a service-mode PUT or after it the two reads that tell a compared
-    // PATCH's conflict from a gone row; and the record of a rejection kept in reserve: the dead
+    // ownership check of a service-mode PUT or after it the three reads that tell a compared
+    // PATCH's conflict from a gone, an already written or a refused row; and the record of a rejection kept in reserve: the dead
     // letter's insert, or without one its record in the atomic function's ledger.
     let always = atomic == AtomicMode::Always;
     let ownership_check = service && !always;
     let conflict_reads = conflict_detection && !always;
     let records_rejection = dead_letter_table.is_some() || atomic != AtomicMode::Never;
-    let needed = if conflict_reads { 3 } else { 1 + usize::from(ownership_check) } + usize::from(records_rejection);
+    let needed = if conflict_reads { 4 } else { 1 + usize::from(ownership_check) } + usize::from(records_rejection);
     if (subrequest_budget as usize) < needed {
         reader.problem(
             "UPLOAD_SUBREQUEST_BUDGET",
             format!(
                 "must be at least {needed} with these settings (one write{}{})",
                 if conflict_reads {
-                    ", two reads after a compared write that changed no row"
+                    ", three reads after a compared write that changed no row"
                 } else if ownership_check {
                     ", one ownership check"
                 } else {
@@ -1081,8 +1081,8 @@ mod tests {
         assert!(read_vars(&with(&[("UPLOAD_SUBREQUEST_BUDGET", "1"), ("UPLOAD_ATOMIC", "false")])).is_ok());
         assert!(read_vars(&with(&[("UPLOAD_SUBREQUEST_BUDGET", "2")])).is_ok());
         assert!(read_vars(&with(&[("UPLOAD_SUBREQUEST_BUDGET", "10000")])).is_ok());
-        // a compared write that changed no row is told from a gone row by two reads over REST
-        // (with the dead letter's reserve: 4); with atomic mode always on, nothing is read
+        // a compared write that changed no row is told from a gone row by three reads over REST
+        // (with the dead letter's reserve: 5); with atomic mode always on, nothing is read
         let compared = |budget, atomic: Option<&'static str>| {
             let mut vars = with(&[
                 ("UPLOAD_CONFLICT_DETECTION", "true"),
@@ -1092,11 +1092,11 @@ mod tests {
             vars.extend(atomic.map(|atomic| ("UPLOAD_ATOMIC", atomic)));
             read_vars(&vars)
         };
-        let problems = compared("3", None).unwrap_err();
+        let problems = compared("4", None).unwrap_err();
         assert_eq!(problems.len(), 1, "{problems:?}");
-        assert!(problems[0].message.contains("must be at least 4"), "{problems:?}");
-        assert!(problems[0].message.contains("two reads"), "{problems:?}");
-        assert!(compared("4", None).is_ok());
+        assert!(problems[0].message.contains("must be at least 5"), "{problems:?}");
+        assert!(problems[0].message.contains("three reads"), "{problems:?}");
+        assert!(compared("5", None).is_ok());
         assert!(compared("2", Some("true")).is_ok());
         assert_eq!(problem_names(&with(&[("UPLOAD_SUBREQUEST_BUDGET", "10001")])), vec!["UPLOAD_SUBREQUEST_BUDGET"]);
     }

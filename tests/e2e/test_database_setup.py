@@ -27,6 +27,7 @@ def instances(base_vars, start_workers):
         "atomic": {**base_vars, "UPLOAD_ATOMIC": "true"},
         "auto": dict(base_vars),
         "atomic_compared": {**base_vars, "UPLOAD_ATOMIC": "true", "UPLOAD_CONFLICT_DETECTION": "true"},
+        "rest_compared": {**base_vars, "UPLOAD_ATOMIC": "false", "UPLOAD_CONFLICT_DETECTION": "true"},
     }
     return start_workers(configs)
 
@@ -240,6 +241,59 @@ def test_a_patch_of_a_row_a_policy_hides_is_still_unchanged(instances, db, user,
         db.execute(f"insert into public.{table} (id, note, user_id) values (%s, 'v0', %s)", (theirs, other))
         response = upload(instances["atomic"], token, body(tx(patch(table, theirs, note="mine"), tid=1)))
         assert statuses(response) == ["success"] and response.json()["results"][0]["unchanged"] == [0], response.text
+
+
+@pytest.mark.parametrize("name", ["atomic_compared", "rest_compared"])
+def test_a_compared_write_a_policy_refuses_on_a_row_nobody_changed_is_unchanged_not_a_conflict(
+        instances, db, user, other_user, name):
+    """A team's table: everyone reads every row, only the owner updates or deletes it. Another
+    user's PATCH and DELETE, sent with the previous values they saw, change no row: the policies
+    refused them, nobody changed the row. `unchanged`, as without conflict detection, not a
+    `conflict` ("the row changed since the client saw it")."""
+    sub, token = user
+    owner, _ = other_user
+    table = "team_notes_" + name
+    db.execute(f"create table public.{table} (id uuid primary key, note text,"
+               f" user_id uuid not null default auth.uid());"
+               f" alter table public.{table} enable row level security;"
+               f" create policy sel on public.{table} for select to authenticated using (true);"
+               f" create policy ins on public.{table} for insert to authenticated with check (user_id = auth.uid());"
+               f" create policy upd on public.{table} for update to authenticated using (user_id = auth.uid());"
+               f" create policy del on public.{table} for delete to authenticated using (user_id = auth.uid());"
+               f" grant select, insert, update, delete on public.{table} to authenticated")
+    try:
+        theirs = new_id()
+        db.execute(f"insert into public.{table} (id, note, user_id) values (%s, 'v0', %s)", (theirs, owner))
+        edit = patch(table, theirs, note="mine")
+        edit["previous_values"] = {"note": "v0"}
+        removal = delete(table, theirs)
+        removal["previous_values"] = {"note": "v0", "user_id": owner}
+        for tid, entry in ((1, edit), (2, removal)):
+            response = upload(instances[name], token, body(tx(entry, tid=tid)))
+            result = response.json()["results"][0]
+            assert result["status"] == "success" and result["unchanged"] == [0], response.text
+        assert db.execute(f"select note from public.{table} where id = %s", (theirs,)).fetchone()[0] == "v0"
+        # a row someone did change is still a conflict
+        db.execute(f"update public.{table} set note = 'v1' where id = %s", (theirs,))
+        response = upload(instances[name], token, body(tx(edit, tid=3)))
+        assert statuses(response) == ["conflict"], response.text
+    finally:
+        db.execute(f"drop table if exists public.{table}")
+
+
+def test_over_rest_a_compared_patch_no_update_policy_lets_through_is_unchanged_not_a_conflict(instances, db, user):
+    """REST requests cannot tell a forgotten policy from the row's (docs/upload.md): the PATCH is
+    `unchanged`, as without conflict detection, not a `conflict`."""
+    sub, token = user
+    table = "noupdate_rest_compared"
+    with table_without_a_policy_for(db, table, "UPDATE"):
+        own = new_id()
+        db.execute(f"insert into public.{table} (id, note, user_id) values (%s, 'v0', %s)", (own, sub))
+        entry = patch(table, own, note="v1")
+        entry["previous_values"] = {"note": "v0"}
+        response = upload(instances["rest_compared"], token, body(tx(entry, tid=1)))
+        result = response.json()["results"][0]
+        assert result["status"] == "success" and result["unchanged"] == [0], response.text
 
 
 # The database out of room for any row, under codes that are otherwise the data's (23514, 2200H).
