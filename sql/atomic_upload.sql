@@ -1795,25 +1795,6 @@ begin
           v.tbl, format('id %s', coalesce(v_types -> v.tbl -> 'id' ->> 't', 'text')), v_owned, v_cond)
           using jsonb_build_object('id', v.id), v_owner;
         get diagnostics v_rows = row_count;
-        if v_rows = 0 then
-          e_cmd := public.powersync_upload_policy_gap(v.tbl, v.op);
-          if e_cmd is not null then  -- no policy lets this role delete any row: it waits
-            raise exception using errcode = '42501', message = e_cmd;
-          end if;
-          execute format(v_read, 'to_jsonb(t)', v.tbl, format('id %s', coalesce(v_types -> v.tbl -> 'id' ->> 't', 'text')), '')
-            into v_row using jsonb_build_object('id', v.id), v_owner;
-          if v_row is not null then
-            -- still as the client saw it: nothing changed it, a policy (its DELETE's, the row
-            -- readable) or a trigger refused the write: the row's, unchanged, not a conflict
-            execute format(v_read, 'true', v.tbl, format('id %s', coalesce(v_types -> v.tbl -> 'id' ->> 't', 'text')), v_cond)
-              into v_seen using jsonb_build_object('id', v.id), v_owner;
-            if v_seen is null then
-              c_index := v.idx; c_row := v_row;
-              raise exception using errcode = 'PS409', message = 'powersync conflict';
-            end if;
-          end if;
-          v_unchanged := v_unchanged || v.idx;  -- gone, hidden from the caller, or refused
-        end if;
 
       elsif v.op in ('PUT', 'DELETE') then
         g_kind := v.op; g_table := v.tbl; g_start := v.idx;
@@ -1839,44 +1820,45 @@ begin
           execute v_sql || v_owned || coalesce(v_cond, '')
             using v_data || jsonb_build_object('id', v.id), v_owner;
           get diagnostics v_rows = row_count;
-          if v_rows = 0 then
-            -- no policy lets this role update any row (the row it can read is no conflict): it waits
-            e_cmd := public.powersync_upload_policy_gap(v.tbl, v.op);
-            if e_cmd is not null then
-              raise exception using errcode = '42501', message = e_cmd;
-            end if;
-          end if;
-          if v_rows = 0 and v_cond is not null then
-            execute format(v_read, 'to_jsonb(t)', v.tbl, format('id %s', coalesce(v_types -> v.tbl -> 'id' ->> 't', 'text')), '')
-              into v_row using jsonb_build_object('id', v.id), v_owner;
-            if v_row is not null then
-              -- already holds every value it sets: its own earlier application, or the same
-              -- change by someone else, not a conflict
-              execute format(v_read, 'true', v.tbl, v_def,
-                             (select string_agg(format(' and to_jsonb(t.%I) is not distinct from to_jsonb(r.%I)', k, k), '')
-                                from jsonb_object_keys(v_data) as k))
-                into v_same using v_data || jsonb_build_object('id', v.id), v_owner;
-              if v_same is null then
-                -- still as the client saw it: nothing changed it, a policy (its UPDATE's, the
-                -- row readable) or a trigger refused the write: the row's, unchanged (below)
-                execute format(v_read, 'true', v.tbl, format('id %s', coalesce(v_types -> v.tbl -> 'id' ->> 't', 'text')), v_cond)
-                  into v_seen using jsonb_build_object('id', v.id), v_owner;
-                if v_seen is null then
-                  c_index := v.idx; c_row := v_row;
-                  raise exception using errcode = 'PS409', message = 'powersync conflict';
-                end if;
-                v_row := null;
-              end if;
-            end if;
-          end if;
-          if v_rows = 0 and v_row is null then
-            v_unchanged := v_unchanged || v.idx;
-          end if;
         end if;
 
       else
         raise exception using errcode = '22023',
           message = format('unknown op %L (expected PUT, PATCH or DELETE)', v.raw_op);
+      end if;
+
+      -- A PATCH with data, or a compared DELETE, that changed no row: why.
+      if ((v.op = 'PATCH' and v_data <> '{}'::jsonb) or (v.op = 'DELETE' and v_cond is not null)) and v_rows = 0 then
+        -- no policy lets this role run the command (or read) at all: the setup's, it waits
+        e_cmd := public.powersync_upload_policy_gap(v.tbl, v.op);
+        if e_cmd is not null then
+          raise exception using errcode = '42501', message = e_cmd;
+        end if;
+        if v_cond is not null then
+          execute format(v_read, 'to_jsonb(t)', v.tbl, format('id %s', coalesce(v_types -> v.tbl -> 'id' ->> 't', 'text')), '')
+            into v_row using jsonb_build_object('id', v.id), v_owner;
+        end if;
+        if v_row is not null and v.op = 'PATCH' then
+          -- already holds every value it sets: its own earlier application, or the same
+          -- change by someone else: applied, not a conflict
+          execute format(v_read, 'true', v.tbl, v_def,
+                         (select string_agg(format(' and to_jsonb(t.%I) is not distinct from to_jsonb(r.%I)', k, k), '')
+                            from jsonb_object_keys(v_data) as k))
+            into v_same using v_data || jsonb_build_object('id', v.id), v_owner;
+        end if;
+        if v_row is not null and v_same is null then
+          -- still as the client saw it: nobody changed it, a policy (the command's, the row
+          -- readable) or a trigger refused the write: the row's, unchanged, not a conflict
+          execute format(v_read, 'true', v.tbl, format('id %s', coalesce(v_types -> v.tbl -> 'id' ->> 't', 'text')), v_cond)
+            into v_seen using jsonb_build_object('id', v.id), v_owner;
+          if v_seen is null then
+            c_index := v.idx; c_row := v_row;
+            raise exception using errcode = 'PS409', message = 'powersync conflict';
+          end if;
+        end if;
+        if v_same is null then
+          v_unchanged := v_unchanged || v.idx;  -- gone, hidden from the caller, or refused
+        end if;
       end if;
     end loop;
     exit attempt;

@@ -342,35 +342,27 @@ begin
                jsonb_build_array(v_owner, client_id, transaction_id, v_digest)::text, 'UTF8')), 'hex');
   end if;
 
-  -- the same transaction recorded before, re-sent written as other ops (the bridge's settings
-  -- or version changed between the two attempts): the ledger knows it by its entries' digest,
-  -- and its first dead letter is the answer, as for an identical re-send (dedup_key, below)
+  -- the same transaction recorded before, written as other ops (the bridge's settings or
+  -- version changed between two attempts), so under another dedup_key: the ledger knows it by
+  -- its entries' digest, and the first record is the answer, as for an identical re-send
+  -- (dedup_key, below): a rejection's dead letter, or an applied transaction's record of its
+  -- unchanged entries (UPLOAD_DEAD_LETTER_UNCHANGED; one older than the ledger's record of the
+  -- transaction is another transaction's: a client that reused its ids)
   if client_id is not null and transaction_id is not null
      and pg_catalog.to_regprocedure('public.powersync_upload_ledger_letter_of(text, text, text)') is not null
   then
-    execute 'select d.id from public.powersync_dead_letters as d'
-            ' where d.id = public.powersync_upload_ledger_letter_of($1, $2, $3)'
-      into v_id using v_owner, client_id, transaction_id;
-    if v_id is not null then
-      return v_id;
-    end if;
-  end if;
-
-  -- the record of an applied transaction's unchanged entries (UPLOAD_DEAD_LETTER_UNCHANGED), made
-  -- already by an attempt that wrote its entries as other ops (the bridge's settings or version
-  -- changed between the two), so under another dedup_key: the ledger knows the transaction by its
-  -- entries' digest, and that record is the answer (one per transaction). A record older than
-  -- the ledger's of the transaction is another transaction's (a client that reused its ids).
-  if code = 'unchanged' and client_id is not null and transaction_id is not null
-     and pg_catalog.to_regprocedure('public.powersync_upload_entries_digest()') is not null
-  then
-    execute 'select d.id from public.powersync_upload_ledger as l'
-            ' join public.powersync_dead_letters as d on d.user_id = l.user_id'
-            '   and d.client_id = l.client_id and d.transaction_id = l.transaction_id'
-            ' where l.user_id = $1 and l.client_id = $2 and l.transaction_id = $3'
-            '   and l.entries_digest = public.powersync_upload_entries_digest()'
-            '   and l.dead_letter_id is null and d.code = ''unchanged'' and d.created_at >= l.applied_at'
-            ' order by d.id limit 1'
+    execute case when code = 'unchanged' then
+              'select d.id from public.powersync_upload_ledger as l'
+              ' join public.powersync_dead_letters as d on d.user_id = l.user_id'
+              '   and d.client_id = l.client_id and d.transaction_id = l.transaction_id'
+              ' where l.user_id = $1 and l.client_id = $2 and l.transaction_id = $3'
+              '   and l.entries_digest = public.powersync_upload_entries_digest()'
+              '   and l.dead_letter_id is null and d.code = ''unchanged'' and d.created_at >= l.applied_at'
+              ' order by d.id limit 1'
+            else
+              'select d.id from public.powersync_dead_letters as d'
+              ' where d.id = public.powersync_upload_ledger_letter_of($1, $2, $3)'
+            end
       into v_id using v_owner, client_id, transaction_id;
     if v_id is not null then
       return v_id;
