@@ -635,6 +635,18 @@ begin
       message = pg_catalog.format('transaction %s of client %s is being applied through REST requests by another '
                                   'upload: its rejection is not recorded', p_transaction_id, p_client_id);
   end if;
+  -- begun through REST requests by an upload that ended or stopped (its mark ended or expired),
+  -- and this call does not carry that mark: it was made before those requests (a late call of an
+  -- earlier attempt's record, or another copy of the queue), and what it records (its entries'
+  -- states, its failure) says nothing of what they applied. Not recorded: it waits (55P03, the
+  -- bridge keeps the transaction), and the attempt that goes on through REST records its own
+  if v_rest <= now() and v_same = v_entries
+     and not coalesce(v_mark = public.powersync_upload_request_token('x-powersync-rest-mark'), false) then
+    raise exception using errcode = '55P03',
+      message = pg_catalog.format('transaction %s of client %s was begun through REST requests by an upload that '
+                                  'ended before it was applied: its rejection is recorded by the attempt that goes on '
+                                  'through REST requests', p_transaction_id, p_client_id);
+  end if;
   -- (a record marked as being applied through REST is not applied: the upload that marked it
   -- rejects it now)
   if (v_digest = p_digest or v_same = v_entries) and v_dead is null and v_rest is null then

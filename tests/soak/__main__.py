@@ -1,7 +1,12 @@
 """`make soak`: the long model-based fault soak, with its own PostgreSQL, stand-in and workers.
 
     python -m tests.soak [--operations 20000] [--clients 6] [--seed N] [--modes rls,service,atomic]
-                         [--previous-rate 0.6]
+                         [--previous-rate 0.6] [--deploys N]
+
+--deploys N (opt-in; not part of `make test`): N times during each mode's run the mode's worker is
+stopped (its requests in flight killed) and started again with a random subset of the settings an
+operator may change while writes are queued (tests/soak/driver.py, "deploys"); each stopped
+worker's log is kept in a directory the run prints.
 
 Prints one report per mode (operations, faults by kind, retries, fatal count, the final
 difference, which must be zero) and exits 1 if any mode found a difference.
@@ -13,6 +18,7 @@ import argparse
 import os
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -23,8 +29,8 @@ if str(ROOT) not in sys.path:
 from tests.e2e.conftest import (ANON_KEY, JWT_SECRET, SERVICE_KEY, SQL_FILES,  # noqa: E402
                                 SessionKeys, complete_vars, make_token)
 from tests.postgrest_standin.standin import StandIn  # noqa: E402
-from tests.soak.driver import MODES, SoakConfig, run_soak  # noqa: E402
-from tests.soak.stack import start_stack  # noqa: E402
+from tests.soak.driver import MODES, SoakConfig, run_soak, worker_vars  # noqa: E402
+from tests.soak.stack import TIMEOUT_MS, start_stack  # noqa: E402
 from tests.support.pg import TempPostgres  # noqa: E402
 from tests.support.worker import JwksServer, WorkerProcess  # noqa: E402
 
@@ -48,6 +54,8 @@ def main(argv=None) -> int:
                    help="share of PATCHes and DELETEs sent with previous values (conflict detection; default 0.6)")
     p.add_argument("--rates", default=os.environ.get("SOAK_RATES"),
                    help="proxy fault rates, e.g. hang=0.01,late=0.01 (default: tests/soak/proxy.py DEFAULT_RATES)")
+    p.add_argument("--deploys", type=int, default=int(os.environ.get("SOAK_DEPLOYS", "0")),
+                   help="restarts of each mode's worker with changed settings during its run (default 0)")
     args = p.parse_args(argv)
     rates = None
     if args.rates:
@@ -82,10 +90,37 @@ def main(argv=None) -> int:
 
             proxy, by_mode = start_stack(pg, standin.url, base, start_worker, modes)
             iss = f"{proxy.url}/auth/v1"
+            logs = Path(tempfile.mkdtemp(prefix="soak-deploys-")) if args.deploys else None
+            if logs:
+                print(f"soak: worker logs of the deploys in {logs}", flush=True)
+
+            def redeploy(mode, changes):
+                """A deploy: the mode's worker stopped (log kept) and started again at its address."""
+                old = by_mode[mode]
+                generation = sum(1 for f in logs.glob(f"{mode}-g*.log"))
+                os.link(old.log_path, logs / f"{mode}-g{generation}.log")  # kept past stop(), its last lines too
+                old.stop()
+                v = {**old.vars}
+                for k, value in changes.items():
+                    if value is None:
+                        v.pop(k, None)
+                    else:
+                        v[k] = value
+                by_mode[mode] = start_worker_at(v, old.port)
+
+            def start_worker_at(v, port):
+                w = WorkerProcess(v, port=port)
+                workers.append(w)
+                return w
+
             for m in modes:
                 cfg = SoakConfig(m, operations=args.operations, clients=args.clients, seed=args.seed,
-                                 previous_rate=args.previous_rate, rates=rates)
-                report = run_soak(cfg, by_mode[m].url, proxy, pg.dsn, lambda sub: make_token(sub, iss=iss))
+                                 previous_rate=args.previous_rate, rates=rates, deploys=args.deploys)
+                report = run_soak(cfg, by_mode[m].url, proxy, pg.dsn, lambda sub: make_token(sub, iss=iss),
+                                  redeploy=lambda changes, m=m: redeploy(m, changes),
+                                  worker_settings=worker_vars(m, base, proxy.url, TIMEOUT_MS))
+                if logs:
+                    (logs / f"{m}-last.log").write_text(by_mode[m].output())
                 print(report.summary(), flush=True)
                 reports.append(report)
         finally:

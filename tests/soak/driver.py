@@ -451,6 +451,7 @@ class ClientStats:
     compared_already_applied: int = 0  # of those, transactions with previous values
     grant_retries: int = 0         # head transactions answered retryable for a missing grant
     mark_waits: int = 0            # head transactions answered 55P03: another upload's REST mark
+    killed_in_flight: int = 0      # uploads sent before a deploy stopped the worker, ended by a network error
     not_json: int = 0
     http_status: Counter = field(default_factory=Counter)
     result_status: Counter = field(default_factory=Counter)
@@ -460,8 +461,12 @@ class Client(threading.Thread):
     """One simulated PowerSync client: its queue, sent head first, completed in order."""
 
     def __init__(self, index: int, ids: Ids, token: str, queue: list[Transaction], url: str,
-                 schema: Schema, seed: str, max_per_upload: int, stop: threading.Event):
+                 schema: Schema, seed: str, max_per_upload: int, stop: threading.Event,
+                 deploys: "Deploys | None" = None):
         super().__init__(name=f"soak-client-{index}", daemon=True)
+        self.deploys = deploys
+        # tid -> the worker generations (Deploys) that may have served each of its attempts, in order
+        self.generations: dict[int, list[set[int]]] = defaultdict(list)
         self.index = index
         # the PowerSync client id of this simulated database (db.getClientId() in the SDK)
         self.client_id = str(uuid.UUID(int=random.Random(f"{seed}:client-id:{index}").getrandbits(128)))
@@ -499,6 +504,7 @@ class Client(threading.Thread):
             body = {"client_id": self.client_id, "transactions": [t.wire(self.schema) for t in batch]}
             self.stats.uploads += 1
             done = 0
+            sent_in, changing = (self.deploys.generation, self.deploys.changing) if self.deploys else (0, False)
             try:
                 with self.busy:
                     response = http.post(self.url + "/powersync-upload", data=json.dumps(body),
@@ -536,6 +542,15 @@ class Client(threading.Thread):
                 self.stats.network_errors += 1
                 for t in batch:
                     self.attempts[t.tid].append(["network error", type(e).__name__])
+            if self.deploys:
+                # a request sent while a deploy stops the worker reaches the old one (killed) or the new one
+                gens = range(sent_in, max(self.deploys.generation, sent_in + changing) + 1)
+                if not changing and (self.deploys.changing or len(gens) > 1) and \
+                        self.attempts[batch[0].tid][-1][0] == "network error":
+                    self.stats.killed_in_flight += 1
+                for t in batch:
+                    self.generations[t.tid].append(set(gens))
+                    self.attempts[t.tid][-1].append(f"g{sent_in}" if len(gens) == 1 else f"g{sent_in}..{gens[-1]}")
             head += done
             if done < len(batch):
                 self.stats.retried_uploads += 1
@@ -548,6 +563,124 @@ def waits_for_grant(result: dict) -> bool:
     """A result retryable because a privilege is missing (42501 `permission denied for ...`)."""
     failure = result.get("failed_operation") or {}
     return result.get("status") == "retryable_error" and failure.get("code") == "42501"
+
+
+# =========================================================================== deploys
+# `--deploys N`: an operator's `wrangler deploy` with changed settings while clients hold queued,
+# half-applied or answer-lost transactions. The worker is stopped (its process killed: an isolate
+# eviction, which ends the requests in flight, a REST fallback half-way included) and started
+# again at the same address with a random subset of these settings changed, each one a setting
+# docs/upload.md and docs/configuration.md let an operator change while writes are queued without
+# losing the mode's guarantees:
+# - UPLOAD_DEAD_LETTER_TABLE set or unset (ledger modes: a rejection is then the ledger's record
+#   only, answered as it was; REST modes: reported, not recorded). A fatal transaction whose last
+#   attempt (the one answered final) may have met a worker without the table may lack a dead
+#   letter (counted); otherwise it must have exactly one, as without deploys (a worker with the
+#   table records one for a rejection the ledger held from an attempt without it);
+# - UPLOAD_ATOMIC "true" <-> unset, only in the modes where it is unset (auto, service-auto,
+#   auto-no-dead-letters): their workload is safe through REST (rest_safe), and "true" only
+#   removes the fallback. Not in atomic mode: its workload has the dependent patterns, which the
+#   unset setting's fallback (a call the deadline rolls back answers 57014 too) does not
+#   guarantee (docs/upload.md, "What is not guaranteed"). Never "false" in a ledger mode (the known gap);
+# - UPLOAD_SUBREQUEST_BUDGET (ledger modes; 16: room for a one-entry transaction over REST with
+#   conflict detection, the ownership check and a record), UPLOAD_TIME_BUDGET_MS,
+#   UPLOAD_RETRY_AFTER_SECONDS: how much one upload does and how long a client waits, never
+#   what is applied;
+# - "waiting" settings, which make writes wait for the operator (retryable) and are undone by a
+#   later deploy (the last deploy undoes them, and a deploy with one comes at most WAITING_SECONDS
+#   before the next): UPLOAD_TABLES without soak_notes (the list lagging behind an app release,
+#   `table_not_in_upload_tables`), UPLOAD_ERROR_CLASS_OVERRIDES=23502:retryable (docs/upload.md:
+#   make a NOT NULL refusal wait while you migrate), and UPLOAD_ATOMIC=true in the auto modes: a
+#   transaction whose REST fallback ended or was killed half-way goes on only through REST
+#   requests, so under it that transaction waits, its message saying to unset UPLOAD_ATOMIC
+#   (docs/upload.md, statement timeout; the soak's expire_marks ends a killed fallback's mark);
+#   UPLOAD_SUBREQUEST_BUDGET=16 in the auto modes: such a transaction too big for it over REST
+#   waits for the operator to raise it (docs/upload.md).
+# Not changed: UPLOAD_CONFLICT_DETECTION (a stale PATCH applied while it is off is a silent
+# overwrite the model cannot tell from a bug when the applying attempt's answer was lost),
+# UPLOAD_JSON_COLUMNS (no json column in the soak's tables), UPLOAD_BOOLEAN_COLUMNS (clients send
+# booleans: nothing to convert), UPLOAD_DEAD_LETTER_UNCHANGED (records success transactions: verify
+# would need their `unchanged`), UPLOAD_MODE, UPLOAD_OWNER_COLUMN (they change what a write means).
+WAITING = ("UPLOAD_TABLES", "UPLOAD_ERROR_CLASS_OVERRIDES", "UPLOAD_ATOMIC", "UPLOAD_SUBREQUEST_BUDGET")
+WAITING_SECONDS = 15.0
+
+
+def deploy_settings(mode: str) -> dict[str, list]:
+    """The settings a deploy may change in a mode, each with its values (None: unset)."""
+    spec = MODE_SPECS[mode]
+    schema = schema_for(mode)
+    full = f"{SERVICE.lists},{SERVICE.todos},{SERVICE.notes}" if spec.service else None
+    s = {"UPLOAD_DEAD_LETTER_TABLE": [DEAD_LETTERS, None],
+         "UPLOAD_TIME_BUDGET_MS": ["2000", None],
+         "UPLOAD_RETRY_AFTER_SECONDS": ["1", "30", None],
+         "UPLOAD_TABLES": [f"{schema.lists},{schema.todos}", full],
+         "UPLOAD_ERROR_CLASS_OVERRIDES": ["23502:retryable", None]}
+    if spec.ledger:
+        s["UPLOAD_SUBREQUEST_BUDGET"] = ["16", None]
+    if spec.fallback:
+        s["UPLOAD_ATOMIC"] = ["true", None]
+    return s
+
+
+class Deploys:
+    """The worker's generations: `redeploy(changes)` (from the caller: stop the mode's worker,
+    start it again at the same address with its settings and `changes`, None = unset) is called
+    `n` times during the run, when the operations final pass (k+1)/(n+1) of cfg.operations, or
+    WAITING_SECONDS after a deploy that made writes wait. Which settings change is drawn from
+    the seed; the clients note the generation(s) each attempt may have met."""
+
+    def __init__(self, mode: str, base: dict, n: int, operations: int, seed: int, redeploy, log):
+        self.settings = deploy_settings(mode)
+        self.current = {k: base.get(k) for k in self.settings}
+        self.configs = [dict(self.current)]  # by generation
+        self.n = n
+        self.operations = operations
+        self.rng = random.Random(f"{seed}:deploys:{mode}")
+        self.redeploy = redeploy
+        self.log = log
+        self.generation = 0
+        self.changing = False
+        self.history: list[dict] = []
+        self.since = time.monotonic()
+
+    def due(self, final_operations: int) -> bool:
+        k = len(self.history)
+        if k >= self.n:
+            return False
+        waiting = any(self.current[w] != self.configs[0][w] for w in WAITING if w in self.settings)
+        return (final_operations >= (k + 1) * self.operations / (self.n + 1)
+                or (waiting and time.monotonic() - self.since >= WAITING_SECONDS))
+
+    def deploy(self, started: float, final_operations: int) -> None:
+        last = len(self.history) == self.n - 1
+        names = sorted(self.settings)
+        chosen = self.rng.sample(names, self.rng.randint(1, 3))
+        changed = {}
+        for name in chosen:
+            others = [v for v in self.settings[name] if v != self.current[name]]
+            changed[name] = self.rng.choice(others)
+        if last:  # the last configuration makes nothing wait: every queue drains
+            for w in (w for w in WAITING if w in self.settings):
+                if self.current[w] != self.configs[0][w] or w in changed:
+                    changed[w] = self.configs[0][w]
+        t0 = time.monotonic()
+        self.changing = True
+        try:
+            self.redeploy(changed)
+        finally:
+            self.current.update(changed)
+            self.configs.append(dict(self.current))
+            self.generation += 1
+            self.changing = False
+            self.since = time.monotonic()
+        self.history.append({"generation": self.generation, "seconds": t0 - started,
+                             "operations": final_operations, "down_seconds": time.monotonic() - t0,
+                             "changed": changed})
+        self.log(f"  {t0 - started:.0f} s: deploy g{self.generation} ({final_operations} operations final): "
+                 f"{json.dumps(changed)}")
+
+    def without_dead_letters(self, generations: set[int]) -> bool:
+        return any(self.configs[g].get("UPLOAD_DEAD_LETTER_TABLE") is None for g in generations)
 
 
 # =========================================================================== the run
@@ -572,6 +705,8 @@ class SoakConfig:
     # share of PATCHes and DELETEs sent with previous values (the worker runs with
     # UPLOAD_CONFLICT_DETECTION=true; 0: none are compared)
     previous_rate: float = 0.6
+    # times the worker is stopped and started again with changed settings during the run (Deploys)
+    deploys: int = 0
 
 
 @dataclass
@@ -612,6 +747,9 @@ class SoakReport:
     undrained: int = 0
     client_errors: list = field(default_factory=list)
     histories: dict = field(default_factory=dict)
+    deploys: list = field(default_factory=list)    # Deploys.history
+    fatal_without_dead_letter: int = 0  # allowed: an attempt may have run without the table (Deploys)
+    killed_in_flight: int = 0
 
     @property
     def ok(self) -> bool:
@@ -646,6 +784,12 @@ class SoakReport:
             f"{self.marks_expired}",
             f"  dead letters {self.dead_letters} ({self.dead_letter_format}; "
             f"{self.duplicate_dead_letters} duplicates)",
+            *([f"  deploys {len(self.deploys)}, uploads in flight killed {self.killed_in_flight}; "
+               f"fatal transactions without a dead letter, last attempt possibly to a "
+               f"worker without the table {self.fatal_without_dead_letter}"]
+              + [f"    g{d['generation']} at {d['seconds']:.0f} s ({d['operations']} operations final, "
+                 f"down {d['down_seconds']:.1f} s): {json.dumps(d['changed'])}" for d in self.deploys]
+              if self.deploys else []),
             f"  rows compared {self.rows_compared}; differences {len(self.differences)}, "
             f"disagreements {len(self.disagreements)}, dead-letter problems "
             f"{len(self.dead_letter_problems)}, undrained {self.undrained}",
@@ -729,9 +873,12 @@ def workloads(cfg: SoakConfig, seed: int, ids: list[Ids], dependent: bool) -> li
     return queues
 
 
-def run_soak(cfg: SoakConfig, worker_url: str, proxy, dsn: str, make_token, log=print) -> SoakReport:
+def run_soak(cfg: SoakConfig, worker_url: str, proxy, dsn: str, make_token, log=print,
+             redeploy=None, worker_settings: dict | None = None) -> SoakReport:
     """Runs one soak against a worker already configured for `cfg.mode` (worker_vars) whose
-    SUPABASE_URL is `proxy`. `make_token(sub)` -> a session token the worker accepts."""
+    SUPABASE_URL is `proxy`. `make_token(sub)` -> a session token the worker accepts.
+    With cfg.deploys, `redeploy(changes)` restarts that worker at the same address with its
+    settings (`worker_settings`) and `changes` (Deploys)."""
     seed = cfg.seed if cfg.seed is not None else random.SystemRandom().randrange(1, 2**31)
     schema = schema_for(cfg.mode)
     spec = MODE_SPECS[cfg.mode]
@@ -752,9 +899,14 @@ def run_soak(cfg: SoakConfig, worker_url: str, proxy, dsn: str, make_token, log=
             "select column_name from information_schema.columns where table_schema = 'public'"
             " and table_name = %s", (DEAD_LETTERS,))}
 
+    deploys = None
+    if cfg.deploys:
+        if redeploy is None or worker_settings is None:
+            raise ValueError("cfg.deploys needs redeploy and worker_settings")
+        deploys = Deploys(cfg.mode, worker_settings, cfg.deploys, cfg.operations, seed, redeploy, log)
     stop = threading.Event()
     clients = [Client(i, ids[i], make_token(ids[i].sub), queues[i], worker_url, schema, str(seed),
-                      cfg.max_per_upload, stop) for i in range(cfg.clients)]
+                      cfg.max_per_upload, stop, deploys) for i in range(cfg.clients)]
     started = time.monotonic()
     safe = {(c.client_id, str(t.tid)) for c in clients for t in c.queue if rest_safe(t.entries)}
     proxy.configure(seed, cfg.rates if cfg.rates is not None else default_rates(cfg.mode),
@@ -805,6 +957,8 @@ def run_soak(cfg: SoakConfig, worker_url: str, proxy, dsn: str, make_token, log=
             time.sleep(0.2)
             if cfg.ungranted_table:
                 grant()
+            if deploys is not None and deploys.due(final_operations()):
+                deploys.deploy(started, final_operations())
             if spec.fallback and time.monotonic() - marks_checked >= 2:
                 marks_checked = time.monotonic()
                 expire_marks()
@@ -848,6 +1002,7 @@ def run_soak(cfg: SoakConfig, worker_url: str, proxy, dsn: str, make_token, log=
         report.compared_already_applied += s.compared_already_applied
         report.grant_retries += s.grant_retries
         report.mark_waits += s.mark_waits
+        report.killed_in_flight += s.killed_in_flight
         for tx, result in c.completed:
             report.transactions += 1
             report.operations += len(tx.entries)
@@ -874,7 +1029,13 @@ def run_soak(cfg: SoakConfig, worker_url: str, proxy, dsn: str, make_token, log=
         db = _db_rows(conn, schema)
     report.dead_letters = len(dl_rows)
     report.dead_letter_format = "entries with states" if "entries" in dl_columns else "failing entry only"
-    verify(report, clients, anchors, db, dl_rows, schema, service, atomic, spec.dead_letters)
+    if deploys is not None:
+        report.deploys = deploys.history
+        if len(deploys.history) < cfg.deploys:
+            report.client_errors.append({"error": f"{len(deploys.history)} of {cfg.deploys} deploys ran"})
+    # the attempt that completed a transaction is its last one
+    maybe_without = (lambda c, tid: deploys.without_dead_letters(c.generations[tid][-1])) if deploys else None
+    verify(report, clients, anchors, db, dl_rows, schema, service, atomic, spec.dead_letters, maybe_without)
     return report
 
 
@@ -902,7 +1063,8 @@ def _same_entry(sent: dict, recorded) -> bool:
 
 
 def verify(report: SoakReport, clients: list[Client], anchors: State, db: dict, dl_rows: list[dict],
-           schema: Schema, service: bool, atomic: bool, dead_letters: bool = True) -> None:
+           schema: Schema, service: bool, atomic: bool, dead_letters: bool = True,
+           maybe_without_dead_letters=None) -> None:
     letters: dict[str, list[dict]] = defaultdict(list)
     for row in dl_rows:
         letters[str(row.get("transaction_id"))].append(row)
@@ -926,7 +1088,15 @@ def verify(report: SoakReport, clients: list[Client], anchors: State, db: dict, 
             if result["status"] in ("fatal_error", "conflict"):
                 fatal_tids.add(tid)
                 mine = letters.get(tid, [])
-                if not mine and not dead_letters:
+                if not mine and maybe_without_dead_letters is not None:
+                    if maybe_without_dead_letters(c, tx.tid):  # deploys: its last attempt may have met a worker without the table
+                        report.fatal_without_dead_letter += 1
+                    else:
+                        report.dead_letter_problems.append({"problem": "fatal transaction without dead letter, "
+                                                            "its last attempt with the table", "client": c.index,
+                                                            "tid": tx.tid, "result": result,
+                                                            "attempts": c.attempts.get(tx.tid), "crud": wire})
+                elif not mine and not dead_letters:
                     pass  # no dead-letter table: the rejection is the ledger's record only
                 elif not mine:
                     report.dead_letter_problems.append({"problem": "fatal transaction without dead letter",
