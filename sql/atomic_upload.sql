@@ -1009,10 +1009,11 @@ $$;
 -- Why no row of public.<p_table> can pass an op (a message naming the first command it needs,
 -- PUT: INSERT, UPDATE, SELECT; PATCH: UPDATE, SELECT; DELETE: DELETE, SELECT, that no permissive
 -- policy lets the current role run), where row-level security applies to that role (on; the
--- role neither bypasses it nor owns the table unforced); null otherwise. Then no row can pass, whoever writes it: the setup's (row-level
--- security on and no policy yet, how the dashboard creates tables; a policy forgotten), not the
--- row's. The atomic function asks it when an op was refused by row-level security or changed no
--- row (PostgreSQL says nothing when no policy lets a role UPDATE or DELETE: no row matches).
+-- role neither bypasses it nor owns the table unforced); null otherwise. No row can pass then,
+-- whoever writes it: the setup's (row-level security on and no policy yet, how the dashboard
+-- creates tables; a policy forgotten), not the row's. The atomic function asks it when an op was
+-- refused by row-level security or changed no row (PostgreSQL says nothing when no policy lets a
+-- role UPDATE or DELETE: no row matches).
 create or replace function public.powersync_upload_policy_gap(p_table text, p_op text)
 returns text
 language sql

@@ -119,7 +119,7 @@ use super::outcome::{
     SCHEMA_DRIFT_RETRY_AFTER_SECONDS, UNEXPECTED_RESPONSE,
 };
 use super::plan::{self, Check, PlannedRequest};
-use super::settings::{AtomicMode, UploadSettings, WriteMode};
+use super::settings::{AtomicMode, UploadSettings, WriteMode, COMPARED_WRITE_REQUESTS};
 use super::Caller;
 use crate::http::{send_resending_once, HttpResponse, Transport, TransportError};
 use serde_json::Value;
@@ -1200,8 +1200,8 @@ fn worst_case(requests: &[PlannedRequest]) -> usize {
 /// The most subrequests one planned request can take (see [`worst_case`]).
 fn cost(planned: &PlannedRequest) -> usize {
     match &planned.check {
-        Check::Conditional { same: Some(_), .. } => 4,
-        Check::Conditional { same: None, .. } => 3,
+        Check::Conditional { same: Some(_), .. } => COMPARED_WRITE_REQUESTS,
+        Check::Conditional { same: None, .. } => COMPARED_WRITE_REQUESTS - 1,
         _ => 1,
     }
 }

@@ -46,6 +46,10 @@ pub const DEAD_LETTER_TABLE: &str = "powersync_dead_letters";
 pub const DEFAULT_SUBREQUEST_BUDGET: usize = 45;
 /// Largest accepted `UPLOAD_SUBREQUEST_BUDGET` (the Workers Paid plan limit).
 pub const MAX_SUBREQUEST_BUDGET: usize = 10_000;
+/// The most requests a compared write (`UPLOAD_CONFLICT_DETECTION`) takes over REST: the write
+/// and, when it changes no row, three reads (`delivery::probe_conflict`: the row, whether it
+/// holds the new values, whether it still holds the previous ones); a DELETE has no new values.
+pub const COMPARED_WRITE_REQUESTS: usize = 4;
 /// Default for [`UploadSettings::atomic_function`].
 pub const DEFAULT_ATOMIC_FUNCTION: &str = "powersync_apply_transaction";
 /// Default for [`UploadSettings::atomic_recheck_seconds`]: five minutes.
@@ -428,7 +432,8 @@ pub fn read(reader: &mut Reader, supabase_url: Option<String>) -> Option<UploadS
     let ownership_check = service && !always;
     let conflict_reads = conflict_detection && !always;
     let records_rejection = dead_letter_table.is_some() || atomic != AtomicMode::Never;
-    let needed = if conflict_reads { 4 } else { 1 + usize::from(ownership_check) } + usize::from(records_rejection);
+    let needed = if conflict_reads { COMPARED_WRITE_REQUESTS } else { 1 + usize::from(ownership_check) }
+        + usize::from(records_rejection);
     if (subrequest_budget as usize) < needed {
         reader.problem(
             "UPLOAD_SUBREQUEST_BUDGET",

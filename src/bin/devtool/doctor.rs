@@ -667,7 +667,7 @@ fn check_row_security(table: &Value, name: &str, role: &str, outdated_doctor_sql
                 "{} if clients may delete rows; if they may not, say so with `create policy {}_no_delete on {name} \
                  for delete to {role} using (false);` (their DELETEs are then reported unchanged)",
                 policy_sql(name, "DELETE", role),
-                name.rsplit('.').next().unwrap_or(name)
+                unqualified(name)
             ),
         ));
     }
@@ -714,8 +714,13 @@ fn policy_sql(name: &str, command: &str, role: &str) -> String {
         _ => "using (…)",
     };
     let command = command.to_lowercase();
-    let table = name.rsplit('.').next().unwrap_or(name);
+    let table = unqualified(name);
     format!("create policy {table}_{command} on {name} for {command} to {role} {clauses}; (each keeping to the user's rows)")
+}
+
+/// A table's name without its schema (`todos` of `public.todos`), for the policy names suggested.
+fn unqualified(name: &str) -> &str {
+    name.rsplit('.').next().unwrap_or(name)
 }
 
 /// Whether the worker's conversions suit the columns of uploaded table `name` (`types`: the
