@@ -200,7 +200,7 @@ def test_a_patch_of_a_table_no_update_policy_lets_anyone_write_waits_instead_of_
         assert db.execute(f"select note from public.{table} where id = %s", (own,)).fetchone()[0] == "v1"
 
 
-@pytest.mark.parametrize("name", ["atomic", "auto"])
+@pytest.mark.parametrize("name", ["atomic", "auto", "atomic_compared"])
 def test_a_delete_of_a_table_no_delete_policy_lets_anyone_write_waits_instead_of_being_unchanged(
         instances, db, user, name):
     sub, token = user
@@ -208,7 +208,9 @@ def test_a_delete_of_a_table_no_delete_policy_lets_anyone_write_waits_instead_of
     with table_without_a_policy_for(db, table, "DELETE"):
         own = new_id()
         db.execute(f"insert into public.{table} (id, note, user_id) values (%s, 'v0', %s)", (own, sub))
-        payload = body(tx(delete(table, own), tid=1))
+        removal = delete(table, own)
+        removal["previous_values"] = {"note": "v0"}  # compared with UPLOAD_CONFLICT_DETECTION
+        payload = body(tx(removal, tid=1))
         response = upload(instances[name], token, payload)
         waits_for_the_operator(response, "42501", "no policy lets authenticated DELETE")
         db.execute(f"create policy del on public.{table} for delete to authenticated using (user_id = auth.uid())")
